@@ -1,0 +1,311 @@
+public import NIOCore
+import Logging
+import Synchronization
+
+/// A message received on a subscribed channel.
+public struct RedisPubSubMessage: Sendable, Hashable {
+    /// The channel the message was published to.
+    public var channel: String
+    /// The pattern that matched, for pattern subscriptions.
+    public var pattern: String?
+    /// The message bytes.
+    public var payload: ByteBuffer
+
+    public init(channel: String, pattern: String? = nil, payload: ByteBuffer) {
+        self.channel = channel
+        self.pattern = pattern
+        self.payload = payload
+    }
+
+    /// The payload decoded as UTF-8.
+    public var string: String { String(buffer: self.payload) }
+}
+
+/// The messages of one subscription, as an `AsyncSequence`.
+///
+/// The subscription ends (and the channels are unsubscribed when no other
+/// subscription needs them) when the sequence is deallocated, its iteration is
+/// cancelled, or the client shuts down. Up to 4096 undelivered messages are
+/// buffered; beyond that the oldest are dropped with a warning.
+public struct RedisSubscription: AsyncSequence, Sendable {
+    public typealias Element = RedisPubSubMessage
+    let stream: AsyncStream<RedisPubSubMessage>
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var iterator: AsyncStream<RedisPubSubMessage>.AsyncIterator
+        public mutating func next() async -> RedisPubSubMessage? { await self.iterator.next() }
+        public mutating func next(isolation actor: isolated (any Actor)?) async -> RedisPubSubMessage? {
+            await self.iterator.next(isolation: actor)
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(iterator: self.stream.makeAsyncIterator())
+    }
+}
+
+/// The dedicated pub/sub connection of a ``RedisClient``: opened on the first
+/// subscription, reopened with backoff whenever it drops, and every active
+/// channel and pattern subscribed again on the new connection.
+final class RedisSubscriber: Sendable {
+    private struct Subscriber {
+        var channels: Set<String>
+        var patterns: Set<String>
+        var continuation: AsyncStream<RedisPubSubMessage>.Continuation
+    }
+
+    private struct State {
+        var subscribers: [Int: Subscriber] = [:]
+        var nextID = 0
+        var channelCounts: [String: Int] = [:]
+        var patternCounts: [String: Int] = [:]
+        var connection: RedisConnection?
+        var confirmedChannels: Set<String> = []
+        var confirmedPatterns: Set<String> = []
+        var confirmationWaiters: [Int: (channels: Set<String>, patterns: Set<String>, continuation: CheckedContinuation<Void, Never>)] = [:]
+        var supervisor: Task<Void, Never>?
+        var isShutdown = false
+        /// The last attempt to open the pub/sub connection failed.
+        var isDown = false
+    }
+
+    private let state = Mutex(State())
+    private let configuration: RedisConfiguration
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let bufferSize = 4096
+
+    init(configuration: RedisConfiguration, group: any EventLoopGroup, logger: Logger) {
+        self.configuration = configuration
+        self.group = group
+        self.logger = logger
+    }
+
+    func subscribe(channels: [String], patterns: [String]) async throws(RedisError) -> RedisSubscription {
+        let (stream, continuation) = AsyncStream<RedisPubSubMessage>.makeStream(bufferingPolicy: .bufferingNewest(self.bufferSize))
+        let channelSet = Set(channels)
+        let patternSet = Set(patterns)
+        let registered: (id: Int, connection: RedisConnection?, newChannels: [String], newPatterns: [String])? = self.state.withLock { state in
+            guard !state.isShutdown else { return nil }
+            let id = state.nextID
+            state.nextID += 1
+            state.subscribers[id] = Subscriber(channels: channelSet, patterns: patternSet, continuation: continuation)
+            var newChannels: [String] = []
+            var newPatterns: [String] = []
+            for channel in channelSet {
+                state.channelCounts[channel, default: 0] += 1
+                if state.channelCounts[channel] == 1 { newChannels.append(channel) }
+            }
+            for pattern in patternSet {
+                state.patternCounts[pattern, default: 0] += 1
+                if state.patternCounts[pattern] == 1 { newPatterns.append(pattern) }
+            }
+            if state.supervisor == nil {
+                state.supervisor = Task { await self.supervise() }
+            }
+            return (id, state.connection, newChannels, newPatterns)
+        }
+        guard let registered else {
+            continuation.finish()
+            throw RedisError(.shutdown, "the Redis client was shut down")
+        }
+        continuation.onTermination = { _ in self.unsubscribe(id: registered.id) }
+        if let connection = registered.connection {
+            self.send(channels: registered.newChannels, patterns: registered.newPatterns, on: connection)
+        }
+        // Without a connection the supervisor subscribes everything once it connects.
+        await self.waitForConfirmation(channels: channelSet, patterns: patternSet)
+        return RedisSubscription(stream: stream)
+    }
+
+    /// Waits until the server confirmed the channels, the connection is lost, or the timeout passes.
+    private func waitForConfirmation(channels: Set<String>, patterns: Set<String>) async {
+        let waiterID = self.state.withLock { state -> Int in
+            state.nextID += 1
+            return state.nextID
+        }
+        let timeout = self.configuration.connectTimeout + self.configuration.commandTimeout
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = self.state.withLock { state -> Bool in
+                if state.isDown || state.isShutdown
+                    || (channels.isSubset(of: state.confirmedChannels) && patterns.isSubset(of: state.confirmedPatterns))
+                {
+                    return true
+                }
+                state.confirmationWaiters[waiterID] = (channels, patterns, continuation)
+                return false
+            }
+            if done {
+                continuation.resume()
+            } else {
+                self.group.any().scheduleTask(in: TimeAmount(timeout)) {
+                    let waiter = self.state.withLock { $0.confirmationWaiters.removeValue(forKey: waiterID) }
+                    waiter?.continuation.resume()
+                }
+            }
+        }
+    }
+
+    private func unsubscribe(id: Int) {
+        let result: (RedisConnection?, [String], [String]) = self.state.withLock { state in
+            guard let subscriber = state.subscribers.removeValue(forKey: id) else { return (nil, [], []) }
+            var goneChannels: [String] = []
+            var gonePatterns: [String] = []
+            for channel in subscriber.channels {
+                state.channelCounts[channel, default: 1] -= 1
+                if state.channelCounts[channel] == 0 {
+                    state.channelCounts[channel] = nil
+                    state.confirmedChannels.remove(channel)
+                    goneChannels.append(channel)
+                }
+            }
+            for pattern in subscriber.patterns {
+                state.patternCounts[pattern, default: 1] -= 1
+                if state.patternCounts[pattern] == 0 {
+                    state.patternCounts[pattern] = nil
+                    state.confirmedPatterns.remove(pattern)
+                    gonePatterns.append(pattern)
+                }
+            }
+            return (state.connection, goneChannels, gonePatterns)
+        }
+        guard let connection = result.0 else { return }
+        if !result.1.isEmpty {
+            connection.sendPush(HiredisEncoder.encode(RedisCommand("UNSUBSCRIBE", result.1.map { RedisArgument($0) })))
+        }
+        if !result.2.isEmpty {
+            connection.sendPush(HiredisEncoder.encode(RedisCommand("PUNSUBSCRIBE", result.2.map { RedisArgument($0) })))
+        }
+    }
+
+    private func send(channels: [String], patterns: [String], on connection: RedisConnection) {
+        if !channels.isEmpty {
+            connection.sendPush(HiredisEncoder.encode(RedisCommand("SUBSCRIBE", channels.map { RedisArgument($0) })))
+        }
+        if !patterns.isEmpty {
+            connection.sendPush(HiredisEncoder.encode(RedisCommand("PSUBSCRIBE", patterns.map { RedisArgument($0) })))
+        }
+    }
+
+    /// Keeps one pub/sub connection open until shutdown.
+    private func supervise() async {
+        var failures = 0
+        while !Task.isCancelled {
+            do {
+                let connection = try await RedisConnection.connect(
+                    configuration: self.configuration,
+                    id: -1,
+                    eventLoop: self.group.next(),
+                    logger: self.logger
+                )
+                try await connection.enterPubSub { value in self.received(value) }
+                let toSubscribe: (channels: [String], patterns: [String])? = self.state.withLock { state in
+                    guard !state.isShutdown else { return nil }
+                    state.connection = connection
+                    state.isDown = false
+                    state.confirmedChannels = []
+                    state.confirmedPatterns = []
+                    return (Array(state.channelCounts.keys), Array(state.patternCounts.keys))
+                }
+                guard let toSubscribe else {
+                    connection.close()
+                    return
+                }
+                if failures > 0 {
+                    self.logger.info("redis pub/sub connection restored", metadata: ["channels": "\(toSubscribe.channels.count)"])
+                }
+                failures = 0
+                self.send(channels: toSubscribe.channels, patterns: toSubscribe.patterns, on: connection)
+                try? await connection.closeFuture.get()
+                let waiters = self.state.withLock { state in
+                    state.connection = nil
+                    state.confirmedChannels = []
+                    state.confirmedPatterns = []
+                    let waiters = state.confirmationWaiters.values.map(\.continuation)
+                    state.confirmationWaiters = [:]
+                    return waiters
+                }
+                for waiter in waiters { waiter.resume() }
+                self.logger.info("redis pub/sub connection lost; reconnecting")
+            } catch {
+                failures += 1
+                self.logger.debug("redis pub/sub connect failed", metadata: ["error": "\(error)"])
+                let waiters = self.state.withLock { state in
+                    state.isDown = true
+                    let waiters = state.confirmationWaiters.values.map(\.continuation)
+                    state.confirmationWaiters = [:]
+                    return waiters
+                }
+                for waiter in waiters { waiter.resume() }
+            }
+            let delay = failures == 0 ? self.configuration.initialReconnectDelay : self.backoff(failures: failures)
+            try? await Task.sleep(for: delay)
+        }
+    }
+
+    private func backoff(failures: Int) -> Duration {
+        var delay = self.configuration.initialReconnectDelay * (1 << min(failures - 1, 20))
+        if delay > self.configuration.maximumReconnectDelay { delay = self.configuration.maximumReconnectDelay }
+        return delay * Double.random(in: 0.75...1.0)
+    }
+
+    /// A push from the pub/sub connection (on its event loop).
+    private func received(_ value: RESPValue) {
+        guard case .array(let parts) = value, let kind = parts.first?.string?.lowercased() else { return }
+        switch kind {
+        case "message" where parts.count == 3:
+            guard let channel = parts[1].string, let payload = parts[2].byteBuffer else { return }
+            let message = RedisPubSubMessage(channel: channel, payload: payload)
+            self.deliver(message) { $0.channels.contains(channel) }
+        case "pmessage" where parts.count == 4:
+            guard let pattern = parts[1].string, let channel = parts[2].string, let payload = parts[3].byteBuffer else { return }
+            let message = RedisPubSubMessage(channel: channel, pattern: pattern, payload: payload)
+            self.deliver(message) { $0.patterns.contains(pattern) }
+        case "subscribe", "psubscribe":
+            guard parts.count >= 2, let name = parts[1].string else { return }
+            let ready = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                if kind == "subscribe" { state.confirmedChannels.insert(name) } else { state.confirmedPatterns.insert(name) }
+                var ready: [CheckedContinuation<Void, Never>] = []
+                for (id, waiter) in state.confirmationWaiters
+                where waiter.channels.isSubset(of: state.confirmedChannels) && waiter.patterns.isSubset(of: state.confirmedPatterns) {
+                    ready.append(waiter.continuation)
+                    state.confirmationWaiters[id] = nil
+                }
+                return ready
+            }
+            for waiter in ready { waiter.resume() }
+        default:
+            break
+        }
+    }
+
+    private func deliver(_ message: RedisPubSubMessage, to matches: (Subscriber) -> Bool) {
+        let targets = self.state.withLock { state in
+            state.subscribers.values.filter(matches).map(\.continuation)
+        }
+        for continuation in targets {
+            if case .dropped = continuation.yield(message) {
+                self.logger.warning("redis pub/sub consumer is slow; dropped a message", metadata: ["channel": "\(message.channel)"])
+            }
+        }
+    }
+
+    func shutdown() async {
+        let (supervisor, connection, continuations, waiters) = self.state.withLock { state in
+            state.isShutdown = true
+            let result = (
+                state.supervisor, state.connection, state.subscribers.values.map(\.continuation),
+                state.confirmationWaiters.values.map(\.continuation)
+            )
+            state.subscribers = [:]
+            state.confirmationWaiters = [:]
+            state.supervisor = nil
+            return result
+        }
+        supervisor?.cancel()
+        connection?.close()
+        for waiter in waiters { waiter.resume() }
+        for continuation in continuations { continuation.finish() }
+        await supervisor?.value
+    }
+}

@@ -1,0 +1,178 @@
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Test environment: the shared Redis named by `KISGW_TEST_REDIS_URL`, and
+/// private `redis-server` processes for tests that stop, restart or pause it.
+enum TestEnvironment {
+    static let redisURL: String? = {
+        let value = ProcessInfo.processInfo.environment["KISGW_TEST_REDIS_URL"]
+        return value?.isEmpty == false ? value : nil
+    }()
+
+    static var hasRedis: Bool { redisURL != nil }
+
+    static let logger: Logger = {
+        var logger = Logger(label: "kisgw.redis.tests")
+        logger.logLevel = ProcessInfo.processInfo.environment["KISGW_TEST_LOG"] == "debug" ? .debug : .critical
+        return logger
+    }()
+
+    /// A key no other test (or test run) uses.
+    static func uniqueKey(_ name: String = #function) -> String {
+        let clean = name.prefix { $0 != "(" }
+        return "test:\(clean):\(UUID().uuidString.prefix(8))"
+    }
+
+    /// Polls `condition` until it holds or `timeout` passes.
+    static func eventually(
+        timeout: Duration = .seconds(20),
+        every interval: Duration = .milliseconds(50),
+        _ condition: () async -> Bool
+    ) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if await condition() { return true }
+            try? await Task.sleep(for: interval)
+        }
+        return await condition()
+    }
+}
+
+/// A `redis-server` process of the test's own, on a free loopback port.
+final class RedisServerProcess: @unchecked Sendable {
+    // @unchecked: `process` is only replaced by start/stop, which the owning test calls sequentially.
+    let port: Int
+    private var process: Process?
+
+    init() throws {
+        self.port = try Self.freePort()
+        try self.start()
+    }
+
+    var url: String { "redis://127.0.0.1:\(self.port)/0" }
+
+    var pid: Int32? { self.process?.processIdentifier }
+
+    func start() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.redisServerPath)
+        process.arguments = [
+            "--port", String(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--protected-mode", "no", "--loglevel", "warning",
+        ]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        guard self.waitUntilReady() else {
+            self.stop()
+            throw ServerError(message: "redis-server on port \(self.port) did not become ready")
+        }
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL) and waits for it to exit.
+    func stop() {
+        guard let process = self.process else { return }
+        self.process = nil
+        if process.isRunning {
+            kill(process.processIdentifier, SIGCONT)
+            process.terminate()
+            let deadline = Date().addingTimeInterval(10)
+            while process.isRunning && Date() < deadline { usleep(20_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
+        process.waitUntilExit()
+    }
+
+    func restart() throws {
+        self.stop()
+        try self.start()
+    }
+
+    /// SIGSTOP: the server keeps its sockets but answers nothing.
+    func pause() {
+        if let pid = self.pid { kill(pid, SIGSTOP) }
+    }
+
+    /// SIGCONT after ``pause()``.
+    func resume() {
+        if let pid = self.pid { kill(pid, SIGCONT) }
+    }
+
+    deinit {
+        self.stop()
+    }
+
+    private func waitUntilReady() -> Bool {
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline {
+            if let process = self.process, !process.isRunning { return false }
+            if Self.ping(port: self.port) { return true }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    /// One `PING` over a blocking socket (test helper only, not the client under test).
+    static func ping(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var timeout = timeval(tv_sec: 1, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard connected == 0 else { return false }
+        let ping = Array("PING\r\n".utf8)
+        guard write(fd, ping, ping.count) == ping.count else { return false }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let count = read(fd, &buffer, buffer.count)
+        return count > 0 && String(decoding: buffer[0..<count], as: UTF8.self).hasPrefix("+PONG")
+    }
+
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw ServerError(message: "socket() failed") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else { throw ServerError(message: "bind() failed") }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else { throw ServerError(message: "getsockname() failed") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    static let redisServerPath: String = {
+        for directory in ["/usr/bin", "/usr/local/bin", "/opt/homebrew/bin"] {
+            let path = directory + "/redis-server"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return "/usr/bin/redis-server"
+    }()
+
+    struct ServerError: Error, CustomStringConvertible {
+        var message: String
+        var description: String { self.message }
+    }
+}
