@@ -1,0 +1,77 @@
+import Foundation
+
+extension KisgwConfig {
+    /// Checks that the configuration has what `role` needs to start:
+    ///
+    /// - `gateway`: the HS256 secret when `algorithms` include HS256, a readable
+    ///   `public_keys_file` when they include RS256, ES256 or EdDSA; with the Redis backend,
+    ///   a Redis URL and the `current` seal key.
+    /// - `broker`: the same JWT requirements, the `current` seal key, and with the Redis
+    ///   backend a Redis URL.
+    /// - `demo`: nothing (it makes its own).
+    /// - `jwt`: the HS256 secret.
+    ///
+    /// - Throws: ``ConfigError`` (kind ``ConfigError/Kind/missing``) naming the key and how to set it.
+    public func validate(for role: Role) throws(ConfigError) {
+        let source = "kisgw \(role.rawValue)"
+        func missing(_ key: String, _ problem: String) -> ConfigError {
+            ConfigError(.missing, source: source, key: key, problem: problem)
+        }
+        func requireSecret(_ reason: String) throws(ConfigError) {
+            guard auth.jwt.hs256Secret != nil else {
+                throw missing(
+                    "auth.jwt.hs256_secret",
+                    "\(reason); set KISGW_AUTH_JWT_HS256_SECRET (32 bytes or more) or [auth.jwt] hs256_secret_file")
+            }
+        }
+        func requireJWT() throws(ConfigError) {
+            if auth.jwt.algorithms.contains(.hs256) {
+                try requireSecret("is required because [auth.jwt] algorithms include HS256")
+            }
+            let asymmetric = auth.jwt.algorithms.filter(\.isAsymmetric).map(\.rawValue)
+            if !asymmetric.isEmpty {
+                let because = "because [auth.jwt] algorithms include \(asymmetric.joined(separator: ", "))"
+                guard let file = auth.jwt.publicKeysFile else {
+                    throw missing(
+                        "auth.jwt.public_keys_file",
+                        "is required \(because); set it to a PEM or JWKS file, or KISGW_AUTH_JWT_PUBLIC_KEYS_FILE")
+                }
+                guard FileManager.default.isReadableFile(atPath: file) else {
+                    throw ConfigError(
+                        .unreadableFile, source: source, key: "auth.jwt.public_keys_file",
+                        problem: "cannot read \(Loader.quoted(file)), which is required \(because)")
+                }
+            }
+        }
+        func requireSealKey() throws(ConfigError) {
+            guard seal.currentKey != nil else {
+                let variable = KisgwConfig.sealKeyEnvironmentPrefix + seal.current.uppercased()
+                let have = seal.keys.isEmpty ? "no seal keys are set" : "the seal keys are \(seal.keys.keys.sorted().joined(separator: ", "))"
+                throw missing(
+                    "seal.keys",
+                    "has no key for [seal] current \(Loader.quoted(seal.current)) (\(have)); set \(variable) to the base64 of 32 random bytes, or [seal] keys_file")
+            }
+        }
+        func requireRedis() throws(ConfigError) {
+            guard store.backend == .redis else { return }
+            guard redis.url != nil else {
+                throw missing("redis.url", "is required when [store] backend is \"redis\"; set KISGW_REDIS_URL or [redis] url")
+            }
+        }
+
+        switch role {
+        case .gateway:
+            try requireJWT()
+            try requireRedis()
+            if store.backend == .redis { try requireSealKey() }
+        case .broker:
+            try requireJWT()
+            try requireSealKey()
+            try requireRedis()
+        case .demo:
+            return
+        case .jwt:
+            try requireSecret("is required to sign tokens")
+        }
+    }
+}

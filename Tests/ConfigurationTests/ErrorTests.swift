@@ -1,0 +1,292 @@
+import Foundation
+import KisgwConfiguration
+import Testing
+
+/// One bad input and the exact one-line message it must produce. `<FILE>` stands for the path of
+/// the temporary configuration file.
+struct BadInput: CustomTestStringConvertible, Sendable {
+    let name: String
+    var toml: String = ""
+    var environment: [String: String] = [:]
+    let message: String
+    let kind: ConfigError.Kind
+    /// Text that must not appear in the message (secrets).
+    var hidden: [String] = []
+
+    var testDescription: String { name }
+}
+
+let badInputs: [BadInput] = [
+    BadInput(
+        name: "wrong type", toml: "[server]\nport = \"8000\"",
+        message: "<FILE>: [server] port: must be an integer from 1 to 65535, got \"8000\"", kind: .invalidValue),
+    BadInput(
+        name: "negative port", toml: "[server]\nport = -1",
+        message: "<FILE>: [server] port: must be an integer from 1 to 65535, got -1", kind: .invalidValue),
+    BadInput(
+        name: "port 70000", toml: "[server]\nport = 70000",
+        message: "<FILE>: [server] port: must be an integer from 1 to 65535, got 70000", kind: .invalidValue),
+    BadInput(
+        name: "float for an integer", toml: "[cache]\nlive_ttl_s = 1.5",
+        message: "<FILE>: [cache] live_ttl_s: must be an integer from 0 to 86400, got 1.5", kind: .invalidValue),
+    BadInput(
+        name: "bool type", toml: "[cors]\nallow_credentials = \"yes\"",
+        message: "<FILE>: [cors] allow_credentials: must be true or false, got \"yes\"", kind: .invalidValue),
+    BadInput(
+        name: "unknown section", toml: "[sever]\nport = 1",
+        message: "<FILE>: unknown section [sever]; did you mean [server]?", kind: .unknownSection),
+    BadInput(
+        name: "unknown nested section", toml: "[auth.jwks]\nx = 1",
+        message: "<FILE>: unknown section [auth.jwks]; the auth section is [auth.jwt]", kind: .unknownSection),
+    BadInput(
+        name: "unknown key", toml: "[server]\nprot = 1",
+        message: "<FILE>: [server] prot: unknown key; did you mean \"port\"?", kind: .unknownKey),
+    BadInput(
+        name: "unknown key without a near name", toml: "[redis]\ncluster = true",
+        message: "<FILE>: [redis] cluster: unknown key", kind: .unknownKey),
+    BadInput(
+        name: "top-level key", toml: "port = 1",
+        message: "<FILE>: port: keys must be inside a section, not at the top level; did you mean to put it under [server]?",
+        kind: .unknownKey),
+    BadInput(
+        name: "section not a table", toml: "server = 1",
+        message: "<FILE>: [server]: must be a table, got 1", kind: .invalidValue),
+    BadInput(
+        name: "malformed URL", toml: "[kis]\nlive_url = \"ftp://example.com\"",
+        message: "<FILE>: [kis] live_url: must be an http:// or https:// URL with a host, like https://example.com:9443, got \"ftp://example.com\"",
+        kind: .invalidValue),
+    BadInput(
+        name: "URL with a query", toml: "[broker]\nurl = \"http://127.0.0.1:8080/?x=1\"",
+        message: "<FILE>: [broker] url: must not have a query or fragment, got \"http://127.0.0.1:8080/?x=1\"",
+        kind: .invalidValue),
+    BadInput(
+        name: "URL with a bad port", toml: "[kis]\nsandbox_url = \"http://127.0.0.1:0\"",
+        message: "<FILE>: [kis] sandbox_url: must be an http:// or https:// URL with a host, like https://example.com:9443, got \"http://127.0.0.1:0\"",
+        kind: .invalidValue),
+    BadInput(
+        name: "bad redis scheme", toml: "[redis]\nurl = \"http://localhost:6379\"",
+        message: "<FILE>: [redis] url: must be redis://[:password@]host[:port][/db] or rediss://…, got \"http://localhost:6379\"",
+        kind: .invalidValue),
+    BadInput(
+        name: "redis url without host keeps the password out", toml: "[redis]\nurl = \"redis://:hunter2@/0\"",
+        message: "<FILE>: [redis] url: has no host; must be redis://[:password@]host[:port][/db] or rediss://…, got \"redis://:[REDACTED]@/0\"",
+        kind: .invalidValue, hidden: ["hunter2"]),
+    BadInput(
+        name: "redis db not a number", environment: ["KISGW_REDIS_URL": "redis://u:s3cret@localhost/x"],
+        message: "environment KISGW_REDIS_URL: must end with a database number (/0 to /999999999) or nothing, got \"redis://u:[REDACTED]@localhost/x\"",
+        kind: .invalidValue, hidden: ["s3cret"]),
+    BadInput(
+        name: "bad origin pattern", toml: "[cors]\nallow_origins = [\"https://*.com\"]",
+        message: "<FILE>: [cors] allow_origins: must name a registrable domain after *. (like *.example.com, not *.com), got \"https://*.com\"",
+        kind: .invalidValue),
+    BadInput(
+        name: "origin with a trailing slash", toml: "[cors]\nallow_origins = [\"https://app.example.com/\"]",
+        message: "<FILE>: [cors] allow_origins: must not end with a slash; an origin has no path, got \"https://app.example.com/\"",
+        kind: .invalidValue),
+    BadInput(
+        name: "bare star origin", toml: "[cors]\nallow_origins = [\"*\"]",
+        message: "<FILE>: [cors] allow_origins: a bare * is not allowed; list the origins, or use a pattern like https://*.example.com, got \"*\"",
+        kind: .invalidValue),
+    BadInput(
+        name: "none algorithm", toml: "[auth.jwt]\nalgorithms = [\"none\"]",
+        message: "<FILE>: [auth.jwt] algorithms: \"none\" is never allowed; use HS256, RS256, ES256, EdDSA", kind: .invalidValue),
+    BadInput(
+        name: "unknown algorithm", toml: "[auth.jwt]\nalgorithms = [\"hs256\"]",
+        message: "<FILE>: [auth.jwt] algorithms: must list only HS256, RS256, ES256, EdDSA, got \"hs256\"; did you mean \"HS256\"?",
+        kind: .invalidValue),
+    BadInput(
+        name: "empty algorithms", toml: "[auth.jwt]\nalgorithms = []",
+        message: "<FILE>: [auth.jwt] algorithms: must list at least one of HS256, RS256, ES256, EdDSA", kind: .invalidValue),
+    BadInput(
+        name: "secret in the file", toml: "[auth.jwt]\nhs256_secret = \"\(goodSecret)\"",
+        message: "<FILE>: [auth.jwt] hs256_secret: secrets may not be written in the file; set KISGW_AUTH_JWT_HS256_SECRET or hs256_secret_file",
+        kind: .secretInFile, hidden: [goodSecret]),
+    BadInput(
+        name: "seal keys in the file", toml: "[seal.keys]\nk1 = \"\(base64Key(32))\"",
+        message: "<FILE>: [seal] keys: secrets may not be written in the file; set KISGW_SEAL_KEYS_K1 (one variable per key id) or [seal] keys_file",
+        kind: .secretInFile, hidden: [base64Key(32)]),
+    BadInput(
+        name: "bad base64 seal key", environment: ["KISGW_SEAL_KEYS_K1": "not base64!!"],
+        message: "environment KISGW_SEAL_KEYS_K1: must be base64 of exactly 32 bytes, got text that is not base64",
+        kind: .invalidValue, hidden: ["not base64!!"]),
+    BadInput(
+        name: "31-byte seal key", environment: ["KISGW_SEAL_KEYS_K1": base64Key(31)],
+        message: "environment KISGW_SEAL_KEYS_K1: must be base64 of exactly 32 bytes, got 31 bytes",
+        kind: .invalidValue, hidden: [base64Key(31)]),
+    BadInput(
+        name: "bad seal key id", environment: ["KISGW_SEAL_KEYS_K-1": base64Key(32)],
+        message: "environment KISGW_SEAL_KEYS_K-1: must be a key id of 1 to 32 lower-case letters, digits and underscores, like k1",
+        kind: .invalidValue),
+    BadInput(
+        name: "bad seal current", toml: "[seal]\ncurrent = \"K 1\"",
+        message: "<FILE>: [seal] current: must be a key id of 1 to 32 lower-case letters, digits and underscores, like k1, got \"K 1\"",
+        kind: .invalidValue),
+    BadInput(
+        name: "bad env override value", toml: "[server]\nport = 9000", environment: ["KISGW_SERVER_PORT": "abc"],
+        message: "environment KISGW_SERVER_PORT: must be an integer from 1 to 65535, got \"abc\"", kind: .invalidValue),
+    BadInput(
+        name: "bad env bool", environment: ["KISGW_CORS_ALLOW_CREDENTIALS": "yes"],
+        message: "environment KISGW_CORS_ALLOW_CREDENTIALS: must be true, false, 1 or 0, got \"yes\"", kind: .invalidValue),
+    BadInput(
+        name: "bad env array literal", environment: ["KISGW_AUTH_JWT_ALGORITHMS": "[HS256]"],
+        message: "environment KISGW_AUTH_JWT_ALGORITHMS: must be a comma-separated list or a TOML array of strings, got \"[HS256]\"",
+        kind: .invalidValue),
+    BadInput(
+        name: "bad env rate", environment: ["KISGW_KIS_SANDBOX_RATE_PER_S": "0"],
+        message: "environment KISGW_KIS_SANDBOX_RATE_PER_S: must be a number greater than 0 and at most 10000 (requests per second), got 0.0",
+        kind: .invalidValue),
+    BadInput(
+        name: "unknown KISGW_ variable", environment: ["KISGW_SERVER_PROT": "9000"],
+        message: "environment KISGW_SERVER_PROT: names no configuration key; did you mean KISGW_SERVER_PORT? (KISGW_TEST_* and KISGW_BENCH_* are ignored)",
+        kind: .unknownEnvironmentVariable),
+    BadInput(
+        name: "short secret", environment: ["KISGW_AUTH_JWT_HS256_SECRET": "tooshort"],
+        message: "environment KISGW_AUTH_JWT_HS256_SECRET: must be at least 32 bytes (256 bits), got 8 bytes",
+        kind: .invalidValue, hidden: ["tooshort"]),
+    BadInput(
+        name: "secret and secret file both in the environment",
+        environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_AUTH_JWT_HS256_SECRET_FILE": "/run/x"],
+        message: "environment KISGW_AUTH_JWT_HS256_SECRET_FILE: set either KISGW_AUTH_JWT_HS256_SECRET or KISGW_AUTH_JWT_HS256_SECRET_FILE, not both",
+        kind: .invalidValue, hidden: [goodSecret]),
+    BadInput(
+        name: "missing secret file", toml: "[auth.jwt]\nhs256_secret_file = \"/nonexistent/kisgw-secret\"",
+        message: "<FILE>: [auth.jwt] hs256_secret_file: cannot read \"/nonexistent/kisgw-secret\": no such file",
+        kind: .unreadableFile),
+    BadInput(
+        name: "log level", toml: "[log]\nlevel = \"warn\"",
+        message: "<FILE>: [log] level: must be one of trace, debug, info, notice, warning, error, critical, got \"warn\"; did you mean \"warning\"?",
+        kind: .invalidValue),
+    BadInput(
+        name: "log format", toml: "[log]\nformat = \"logfmt\"",
+        message: "<FILE>: [log] format: must be \"text\" or \"json\", got \"logfmt\"", kind: .invalidValue),
+    BadInput(
+        name: "store backend", toml: "[store]\nbackend = \"postgres\"",
+        message: "<FILE>: [store] backend: must be \"redis\" or \"memory\", got \"postgres\"", kind: .invalidValue),
+    BadInput(
+        name: "bad database", toml: "[broker]\ndatabase = \"mysql://u:pw@db/kisgw\"",
+        message: "<FILE>: [broker] database: must be sqlite:<path> or postgres://user@host[:port]/database, got \"mysql://u:[REDACTED]@db/kisgw\"",
+        kind: .invalidValue, hidden: ["pw@"]),
+    BadInput(
+        name: "bad bind host", toml: "[server]\nhost = \"http://0.0.0.0\"",
+        message: "<FILE>: [server] host: must be a host name or IP address, not a URL, got \"http://0.0.0.0\"", kind: .invalidValue),
+    BadInput(
+        name: "bad redis prefix", toml: "[redis]\nprefix = \"\"",
+        message: "<FILE>: [redis] prefix: must be 1 to 64 printable ASCII characters without spaces, got \"\"", kind: .invalidValue),
+    BadInput(
+        name: "array holding a number", toml: "[cors]\nallow_origins = [1]",
+        message: "<FILE>: [cors] allow_origins: must be an array of strings, got an array holding 1", kind: .invalidValue),
+]
+
+@Suite("Errors")
+struct ErrorTests {
+    @Test(arguments: badInputs)
+    func badInputNamesSourceKeyAndProblem(input: BadInput) throws {
+        let failure = try #require(loadError(input.toml, environment: input.environment), "\(input.name) loaded")
+        let expected = input.message.replacingOccurrences(of: "<FILE>", with: failure.path)
+        #expect(failure.error.description == expected)
+        #expect(failure.error.kind == input.kind)
+        #expect(!failure.error.description.contains("\n"))
+        for secret in input.hidden {
+            #expect(!failure.error.description.contains(secret))
+            #expect(!failure.error.problem.contains(secret))
+        }
+    }
+
+    @Test func syntaxErrorsGiveTheLine() throws {
+        let failure = try #require(loadError("[server]\nport = = 1\n"))
+        #expect(failure.error.kind == .syntax)
+        #expect(failure.error.description.hasPrefix("\(failure.path): line 2, column "))
+    }
+
+    @Test func keysFileProblemsNameTheKeysFile() throws {
+        let keys = writeFile("k1 = \"\(base64Key(31))\"\n", name: "keys.toml")
+        let failure = try #require(loadError("[seal]\nkeys_file = \"\(keys)\"\n"))
+        #expect(failure.error.description == "\(keys): [seal.keys] k1: must be base64 of exactly 32 bytes, got 31 bytes")
+        let numeric = writeFile("k1 = 5\n", name: "keys.toml")
+        let second = try #require(loadError("[seal]\nkeys_file = \"\(numeric)\"\n"))
+        #expect(second.error.description == "\(numeric): [seal.keys] k1: must be a base64 string of exactly 32 bytes, got 5")
+    }
+
+    @Test func errorKeyAndSourceAreExposed() throws {
+        let failure = try #require(loadError("[server]\nport = 0"))
+        #expect(failure.error.key == "server.port")
+        #expect(failure.error.source == failure.path)
+        #expect(failure.error.problem == "must be an integer from 1 to 65535, got 0")
+    }
+}
+
+struct RoleCase: CustomTestStringConvertible, Sendable {
+    let name: String
+    let toml: String
+    let environment: [String: String]
+    let role: KisgwConfig.Role
+    /// `nil` when the role must accept the configuration.
+    let message: String?
+
+    var testDescription: String { name }
+}
+
+let roleCases: [RoleCase] = [
+    RoleCase(
+        name: "gateway without secret", toml: "", environment: [:], role: .gateway,
+        message: "kisgw gateway: [auth.jwt] hs256_secret: is required because [auth.jwt] algorithms include HS256; set KISGW_AUTH_JWT_HS256_SECRET (32 bytes or more) or [auth.jwt] hs256_secret_file"),
+    RoleCase(name: "gateway on memory with a secret", toml: "", environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret], role: .gateway, message: nil),
+    RoleCase(
+        name: "gateway on redis without seal key", toml: "[redis]\nurl = \"redis://localhost\"",
+        environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret], role: .gateway,
+        message: "kisgw gateway: [seal] keys: has no key for [seal] current \"k1\" (no seal keys are set); set KISGW_SEAL_KEYS_K1 to the base64 of 32 random bytes, or [seal] keys_file"),
+    RoleCase(
+        name: "gateway whose current key is absent", toml: "[redis]\nurl = \"redis://localhost\"\n[seal]\ncurrent = \"k2\"",
+        environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_K1": base64Key(32)], role: .gateway,
+        message: "kisgw gateway: [seal] keys: has no key for [seal] current \"k2\" (the seal keys are k1); set KISGW_SEAL_KEYS_K2 to the base64 of 32 random bytes, or [seal] keys_file"),
+    RoleCase(
+        name: "gateway on redis, complete", toml: "[redis]\nurl = \"redis://localhost\"",
+        environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_K1": base64Key(32)], role: .gateway, message: nil),
+    RoleCase(
+        name: "explicit redis backend without url", toml: "[store]\nbackend = \"redis\"",
+        environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret], role: .gateway,
+        message: "kisgw gateway: [redis] url: is required when [store] backend is \"redis\"; set KISGW_REDIS_URL or [redis] url"),
+    RoleCase(
+        name: "gateway with ES256 without keys", toml: "[auth.jwt]\nalgorithms = [\"ES256\"]", environment: [:], role: .gateway,
+        message: "kisgw gateway: [auth.jwt] public_keys_file: is required because [auth.jwt] algorithms include ES256; set it to a PEM or JWKS file, or KISGW_AUTH_JWT_PUBLIC_KEYS_FILE"),
+    RoleCase(
+        name: "gateway with RS256 and an unreadable key file", toml: "[auth.jwt]\nalgorithms = [\"RS256\"]\npublic_keys_file = \"/nonexistent/jwks.json\"",
+        environment: [:], role: .gateway,
+        message: "kisgw gateway: [auth.jwt] public_keys_file: cannot read \"/nonexistent/jwks.json\", which is required because [auth.jwt] algorithms include RS256"),
+    RoleCase(
+        name: "broker without seal key", toml: "", environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret], role: .broker,
+        message: "kisgw broker: [seal] keys: has no key for [seal] current \"k1\" (no seal keys are set); set KISGW_SEAL_KEYS_K1 to the base64 of 32 random bytes, or [seal] keys_file"),
+    RoleCase(
+        name: "broker without secret", toml: "", environment: ["KISGW_SEAL_KEYS_K1": base64Key(32)], role: .broker,
+        message: "kisgw broker: [auth.jwt] hs256_secret: is required because [auth.jwt] algorithms include HS256; set KISGW_AUTH_JWT_HS256_SECRET (32 bytes or more) or [auth.jwt] hs256_secret_file"),
+    RoleCase(
+        name: "broker complete", toml: "", environment: ["KISGW_SEAL_KEYS_K1": base64Key(32), "KISGW_AUTH_JWT_HS256_SECRET": goodSecret],
+        role: .broker, message: nil),
+    RoleCase(
+        name: "jwt without secret", toml: "[auth.jwt]\nalgorithms = [\"EdDSA\"]", environment: [:], role: .jwt,
+        message: "kisgw jwt: [auth.jwt] hs256_secret: is required to sign tokens; set KISGW_AUTH_JWT_HS256_SECRET (32 bytes or more) or [auth.jwt] hs256_secret_file"),
+    RoleCase(name: "jwt with secret", toml: "", environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret], role: .jwt, message: nil),
+    RoleCase(name: "demo needs nothing", toml: "[store]\nbackend = \"redis\"", environment: [:], role: .demo, message: nil),
+]
+
+@Suite("Roles")
+struct RoleTests {
+    @Test(arguments: roleCases)
+    func role(_ test: RoleCase) throws {
+        let config = try load(test.toml, environment: test.environment)
+        do {
+            try config.validate(for: test.role)
+            #expect(test.message == nil, "expected: \(test.message ?? "")")
+        } catch {
+            #expect(error.description == test.message)
+            #expect(!error.description.contains(goodSecret))
+        }
+    }
+
+    @Test func defaultsSufficeForTheDemoOnly() throws {
+        try KisgwConfig.defaults.validate(for: .demo)
+        for role in [KisgwConfig.Role.gateway, .broker, .jwt] {
+            #expect(throws: ConfigError.self) { try KisgwConfig.defaults.validate(for: role) }
+        }
+    }
+}

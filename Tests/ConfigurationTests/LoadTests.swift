@@ -1,0 +1,315 @@
+import Foundation
+import KisgwConfiguration
+import Logging
+import Observability
+import Testing
+
+@Suite("Loading")
+struct LoadTests {
+    @Test func defaultsMatchTheSpec() throws {
+        let config = try load("")
+        #expect(config == KisgwConfig.defaults)
+        #expect(config.server.host == "127.0.0.1")
+        #expect(config.server.port == 8000)
+        #expect(config.server.requestTimeoutMs == 10_000)
+        #expect(config.server.maxHeaderBytes == 16_384)
+        #expect(config.server.shutdownGraceS == 10)
+        #expect(config.cors.allowOrigins.map(\.description) == ["http://localhost:3000"])
+        #expect(config.cors.allowCredentials)
+        #expect(config.cors.maxAgeS == 600)
+        #expect(config.auth.jwt.algorithms == [.hs256])
+        #expect(config.auth.jwt.hs256Secret == nil)
+        #expect(config.auth.jwt.publicKeysFile == nil)
+        #expect(config.auth.jwt.issuer == nil)
+        #expect(config.auth.jwt.audience == nil)
+        #expect(config.auth.jwt.leewayS == 30)
+        #expect(config.store.backend == .memory)
+        #expect(config.redis.url == nil)
+        #expect(config.redis.prefix == "kisgw:")
+        #expect(config.redis.poolSize == 8)
+        #expect(config.redis.timeoutMs == 250)
+        #expect(config.seal.current == "k1")
+        #expect(config.seal.keys.isEmpty)
+        #expect(config.kis.liveURL == "https://openapi.koreainvestment.com:9443")
+        #expect(config.kis.sandboxURL == "https://openapivts.koreainvestment.com:29443")
+        #expect(config.kis.liveRatePerS == 18)
+        #expect(config.kis.sandboxRatePerS == 1)
+        #expect(config.upstream.timeoutMs == 5000)
+        #expect(config.upstream.maxQueueMs == 2000)
+        #expect(config.upstream.retries == 2)
+        #expect(config.cache.l1Entries == 10_000)
+        #expect(config.cache.liveTTLS == 5)
+        #expect(config.cache.settledTTLS == 86_400)
+        #expect(config.cache.staleWhileRevalidateS == 30)
+        #expect(config.cache.staleIfErrorS == 3600)
+        #expect(config.limits.maxRangeDays == 3660)
+        #expect(config.broker.url == "http://127.0.0.1:8080")
+        #expect(config.broker.host == "127.0.0.1")
+        #expect(config.broker.port == 8080)
+        #expect(config.broker.database == .sqlite(path: "data/broker.sqlite"))
+        #expect(config.broker.refreshIntervalS == 60)
+        #expect(config.broker.refreshAheadS == 3600)
+        #expect(config.broker.reuseWindowS == 21_600)
+        #expect(config.broker.reconcileIntervalS == 60)
+        #expect(config.log.level == .info)
+        #expect(config.log.format == .text)
+    }
+
+    @Test func theRepositoryExampleLoadsAndWorksWithTheSimulator() throws {
+        let root = URL(fileURLWithPath: #filePath).resolvingSymlinksInPath()
+            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let path = root.appendingPathComponent("gateway.toml").path
+        #expect(FileManager.default.fileExists(atPath: path))
+        let config = try KisgwConfig.load(file: path, environment: [:])
+        #expect(config.kis.sandboxURL == "http://127.0.0.1:29443")
+        #expect(config.kis.liveURL == "http://127.0.0.1:29443")
+        #expect(config.store.backend == .memory)
+        // Apart from the simulator URLs, the example shows the defaults.
+        let defaults = KisgwConfig.defaults
+        #expect(config.server == defaults.server)
+        #expect(config.cors == defaults.cors)
+        #expect(config.auth == defaults.auth)
+        #expect(config.redis == defaults.redis)
+        #expect(config.seal == defaults.seal)
+        #expect(config.upstream == defaults.upstream)
+        #expect(config.cache == defaults.cache)
+        #expect(config.limits == defaults.limits)
+        #expect(config.broker == defaults.broker)
+        #expect(config.log == defaults.log)
+        #expect(config.kis.liveRatePerS == defaults.kis.liveRatePerS)
+        #expect(config.kis.sandboxRatePerS == defaults.kis.sandboxRatePerS)
+
+        // Every key of every section is written in it (secrets as comments).
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        for (section, keys) in [
+            ("server", ["host", "port", "request_timeout_ms", "max_header_bytes", "shutdown_grace_s"]),
+            ("cors", ["allow_origins", "allow_credentials", "max_age_s"]),
+            ("auth.jwt", ["algorithms", "hs256_secret", "hs256_secret_file", "public_keys_file", "issuer", "audience", "leeway_s"]),
+            ("store", ["backend"]), ("redis", ["url", "prefix", "pool_size", "timeout_ms"]),
+            ("seal", ["current", "keys", "keys_file"]),
+            ("kis", ["live_url", "sandbox_url", "live_rate_per_s", "sandbox_rate_per_s"]),
+            ("upstream", ["timeout_ms", "max_queue_ms", "retries"]),
+            ("cache", ["l1_entries", "live_ttl_s", "settled_ttl_s", "stale_while_revalidate_s", "stale_if_error_s"]),
+            ("limits", ["max_range_days"]),
+            ("broker", ["url", "host", "port", "database", "refresh_interval_s", "refresh_ahead_s", "reuse_window_s", "reconcile_interval_s"]),
+            ("log", ["level", "format"]),
+        ] {
+            #expect(text.contains("[\(section)]"), "missing [\(section)]")
+            for key in keys { #expect(text.contains(key), "missing \(section).\(key)") }
+        }
+
+        // With the secret from the environment it is enough for the gateway and `kisgw jwt`.
+        let withSecret = try KisgwConfig.load(file: path, environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret])
+        try withSecret.validate(for: .gateway)
+        try withSecret.validate(for: .jwt)
+        try withSecret.validate(for: .demo)
+    }
+
+    @Test func everyKeyCanBeSetInTheFile() throws {
+        let directory = temporaryDirectory()
+        let secretFile = writeFile(goodSecret + "\n", name: "jwt-secret", in: directory)
+        let keysFile = writeFile("k1 = \"\(base64Key(32, value: 1))\"\nk2 = \"\(base64Key(32, value: 2))\"\n", name: "seal.toml", in: directory)
+        let pem = writeFile("-----BEGIN PUBLIC KEY-----\n", name: "keys.pem", in: directory)
+        let config = try load(
+            """
+            [server]
+            host = "0.0.0.0"
+            port = 9000
+            request_timeout_ms = 2000
+            max_header_bytes = 8192
+            shutdown_grace_s = 3
+            [cors]
+            allow_origins = ["https://app.example.com", "https://*.example.org", "null"]
+            allow_credentials = false
+            max_age_s = 60
+            [auth.jwt]
+            algorithms = ["HS256", "ES256", "EdDSA"]
+            hs256_secret_file = "\(secretFile)"
+            public_keys_file = "\(pem)"
+            issuer = "https://auth.example.com/"
+            audience = "kisgw"
+            leeway_s = 5
+            [store]
+            backend = "redis"
+            [redis]
+            url = "rediss://gw:p%40ss@cache.example.com:6380/2"
+            prefix = "prod:"
+            pool_size = 16
+            timeout_ms = 100
+            [seal]
+            current = "k2"
+            keys_file = "\(keysFile)"
+            [kis]
+            live_url = "https://live.example.com/"
+            sandbox_url = "http://127.0.0.1:29443"
+            live_rate_per_s = 15
+            sandbox_rate_per_s = 0.5
+            [upstream]
+            timeout_ms = 3000
+            max_queue_ms = 0
+            retries = 0
+            [cache]
+            l1_entries = 0
+            live_ttl_s = 2
+            settled_ttl_s = 3600
+            stale_while_revalidate_s = 0
+            stale_if_error_s = 60
+            [limits]
+            max_range_days = 365
+            [broker]
+            url = "https://broker.example.com"
+            host = "::"
+            port = 8081
+            database = "postgres://kisgw:pw@db.example.com:5432/kisgw?sslmode=require"
+            refresh_interval_s = 30
+            refresh_ahead_s = 7200
+            reuse_window_s = 0
+            reconcile_interval_s = 120
+            [log]
+            level = "debug"
+            format = "json"
+            """
+        )
+        #expect(config.server == .init(host: "0.0.0.0", port: 9000, requestTimeoutMs: 2000, maxHeaderBytes: 8192, shutdownGraceS: 3))
+        #expect(config.cors.allowOrigins.map(\.description) == ["https://app.example.com", "https://*.example.org", "null"])
+        #expect(!config.cors.allowCredentials)
+        #expect(config.cors.maxAgeS == 60)
+        #expect(config.auth.jwt.algorithms == [.hs256, .es256, .eddsa])
+        #expect(config.auth.jwt.hs256Secret == Secret(goodSecret))
+        #expect(config.auth.jwt.hs256SecretFile == secretFile)
+        #expect(config.auth.jwt.publicKeysFile == pem)
+        #expect(config.auth.jwt.issuer == "https://auth.example.com/")
+        #expect(config.auth.jwt.audience == "kisgw")
+        #expect(config.auth.jwt.leewayS == 5)
+        #expect(config.store.backend == .redis)
+        let url = try #require(config.redis.url)
+        #expect(url.tls && url.host == "cache.example.com" && url.port == 6380 && url.database == 2)
+        #expect(url.username == "gw")
+        #expect(url.password?.value == "p@ss")
+        #expect(config.redis.prefix == "prod:" && config.redis.poolSize == 16 && config.redis.timeoutMs == 100)
+        #expect(config.seal.current == "k2")
+        #expect(config.seal.currentKey?.bytes == [UInt8](repeating: 2, count: 32))
+        #expect(config.seal.keys.keys.sorted() == ["k1", "k2"])
+        #expect(config.kis.liveURL == "https://live.example.com")
+        #expect(config.kis.sandboxRatePerS == 0.5)
+        #expect(config.kis.liveRatePerS == 15)
+        #expect(config.upstream == .init(timeoutMs: 3000, maxQueueMs: 0, retries: 0))
+        #expect(config.cache == .init(l1Entries: 0, liveTTLS: 2, settledTTLS: 3600, staleWhileRevalidateS: 0, staleIfErrorS: 60))
+        #expect(config.limits.maxRangeDays == 365)
+        #expect(config.broker.url == "https://broker.example.com")
+        #expect(config.broker.host == "::")
+        #expect(config.broker.port == 8081)
+        #expect(config.broker.database.description == "postgres://kisgw:[REDACTED]@db.example.com:5432/kisgw?sslmode=require")
+        #expect(config.broker.refreshIntervalS == 30 && config.broker.refreshAheadS == 7200)
+        #expect(config.broker.reuseWindowS == 0 && config.broker.reconcileIntervalS == 120)
+        #expect(config.log == .init(level: .debug, format: .json))
+        try config.validate(for: .gateway)
+        try config.validate(for: .broker)
+    }
+
+    @Test func environmentWinsOverTheFile() throws {
+        let toml = """
+            [server]
+            port = 9000
+            host = "0.0.0.0"
+            [redis]
+            url = "redis://127.0.0.1:6379/0"
+            [log]
+            level = "info"
+            """
+        let fromFile = try load(toml)
+        #expect(fromFile.server.port == 9000)
+        #expect(fromFile.store.backend == .redis)
+        let config = try load(
+            toml,
+            environment: [
+                "KISGW_SERVER_PORT": "9100",
+                "KISGW_REDIS_URL": "",
+                "KISGW_LOG_LEVEL": "warning",
+                "KISGW_CORS_ALLOW_ORIGINS": "https://a.example.com, https://*.b.example.com",
+                "KISGW_CORS_ALLOW_CREDENTIALS": "0",
+                "KISGW_AUTH_JWT_ALGORITHMS": "[\"HS256\", \"RS256\"]",
+                "KISGW_KIS_LIVE_RATE_PER_S": "2.5",
+                "KISGW_AUTH_JWT_HS256_SECRET": goodSecret,
+                "KISGW_SEAL_KEYS_K1": base64Key(32),
+                "KISGW_SEAL_CURRENT": "k1",
+                "KISGW_TEST_REDIS_URL": "ignored",
+                "KISGW_BENCH_ANYTHING": "ignored",
+                "PATH": "/usr/bin",
+            ]
+        )
+        #expect(config.server.port == 9100)
+        #expect(config.server.host == "0.0.0.0")
+        #expect(config.redis.url == nil)
+        #expect(config.store.backend == .memory)
+        #expect(config.log.level == .warning)
+        #expect(config.cors.allowOrigins.map(\.description) == ["https://a.example.com", "https://*.b.example.com"])
+        #expect(!config.cors.allowCredentials)
+        #expect(config.auth.jwt.algorithms == [.hs256, .rs256])
+        #expect(config.kis.liveRatePerS == 2.5)
+        #expect(config.auth.jwt.hs256Secret?.value == goodSecret)
+        #expect(config.seal.currentKey?.bytes.count == 32)
+    }
+
+    @Test func environmentSecretWinsOverTheSecretFileInTheFile() throws {
+        let secretFile = writeFile("file-secret-file-secret-file-secret-0123", name: "s")
+        let toml = "[auth.jwt]\nhs256_secret_file = \"\(secretFile)\"\n"
+        #expect(try load(toml).auth.jwt.hs256Secret?.value == "file-secret-file-secret-file-secret-0123")
+        let config = try load(toml, environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret])
+        #expect(config.auth.jwt.hs256Secret?.value == goodSecret)
+        #expect(config.auth.jwt.hs256SecretFile == nil)
+    }
+
+    @Test func sealKeysFromTheEnvironmentJoinAndOverrideTheKeysFile() throws {
+        let keysFile = writeFile("k1 = \"\(base64Key(32, value: 1))\"\nold_2025 = \"\(base64Key(32, value: 9))\"\n", name: "keys.toml")
+        let config = try load(
+            "[seal]\nkeys_file = \"\(keysFile)\"\n",
+            environment: [
+                "KISGW_SEAL_KEYS_K1": base64Key(32, value: 3),
+                // URL-safe alphabet without padding is accepted too.
+                "KISGW_SEAL_KEYS_K2": Data(repeating: 0xFB, count: 32).base64EncodedString()
+                    .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "+", with: "-")
+                    .replacingOccurrences(of: "=", with: ""),
+            ]
+        )
+        #expect(config.seal.keys.keys.sorted() == ["k1", "k2", "old_2025"])
+        #expect(config.seal.keys["k1"]?.bytes == [UInt8](repeating: 3, count: 32))
+        #expect(config.seal.keys["k2"]?.bytes == [UInt8](repeating: 0xFB, count: 32))
+        #expect(config.seal.keys["old_2025"]?.bytes == [UInt8](repeating: 9, count: 32))
+        #expect(!"\(config.seal.keys)".contains(base64Key(32, value: 3)))
+        #expect("\(config.seal.keys["k1"]!)" == "SealKey(k1, [REDACTED])")
+    }
+
+    @Test func noFileMeansDefaultsOrKISGWConfig() throws {
+        let path = writeFile("[server]\nport = 8123\n")
+        #expect(try KisgwConfig.load(file: nil, environment: ["KISGW_CONFIG": path]).server.port == 8123)
+        do {
+            _ = try KisgwConfig.load(file: nil, environment: ["KISGW_CONFIG": path + ".missing"])
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.description == "\(path).missing: cannot read \"\(path).missing\": no such file")
+            #expect(error.kind == .unreadableFile)
+        }
+    }
+
+    @Test func environmentNames() {
+        #expect(KisgwConfig.environmentName(section: "server", key: "port") == "KISGW_SERVER_PORT")
+        #expect(KisgwConfig.environmentName(section: "auth.jwt", key: "hs256_secret") == "KISGW_AUTH_JWT_HS256_SECRET")
+        #expect(KisgwConfig.environmentName(section: "cache", key: "stale-if-error_s") == "KISGW_CACHE_STALE_IF_ERROR_S")
+    }
+
+    @Test func secretsDoNotPrint() throws {
+        let config = try load(
+            "[redis]\nurl = \"redis://:hunter2hunter2@localhost\"\n[broker]\ndatabase = \"postgres://u:dbpass@db/kisgw\"\n",
+            environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_K1": base64Key(32)]
+        )
+        var dumped = ""
+        dump(config, to: &dumped)
+        let printed = "\(config) \(String(reflecting: config)) \(dumped)"
+        #expect(!printed.contains("hunter2"))
+        #expect(!printed.contains("dbpass"))
+        #expect(!printed.contains(goodSecret))
+        #expect(!printed.contains(base64Key(32)))
+        #expect(config.redis.url?.description == "redis://:[REDACTED]@localhost:6379/0")
+    }
+}
