@@ -83,7 +83,7 @@ public enum Redact {
     /// - Korean account numbers (`12345678-01` → `1234****-01`; also ten digits in a row,
     ///   so a ten-digit Unix time shows masked too).
     ///
-    /// Text without any of these is returned as is, without copying.
+    /// Text without any of these is returned unchanged.
     public static func scrub(_ text: String) -> String {
         var bytes = Array(text.utf8)
         var changed = false
