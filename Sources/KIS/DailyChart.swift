@@ -1,0 +1,147 @@
+import Foundation
+
+/// A number exactly as KIS wrote it, made fit to stand as a JSON number (`"+0012.50"` → `12.50`), never rounded
+/// through `Double`.
+public struct ExactNumber: Sendable, Hashable, CustomStringConvertible {
+    public let text: String
+
+    /// nil unless `raw` is an optionally signed decimal (`-12`, `185.6400`).
+    public init?(_ raw: String) {
+        var u = Substring(raw.trimmingCharacters(in: .whitespaces))
+        var negative = false
+        if u.first == "+" || u.first == "-" {
+            negative = u.first == "-"
+            u = u.dropFirst()
+        }
+        let parts = u.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let intPart = parts.first, !intPart.isEmpty, intPart.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else {
+            return nil
+        }
+        if parts.count == 2 {
+            guard !parts[1].isEmpty, parts[1].utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
+        }
+        var digits = intPart.drop { $0 == "0" }
+        if digits.isEmpty { digits = "0" }
+        var text = String(digits)
+        if parts.count == 2 { text += "." + parts[1] }
+        let isZero = text.utf8.allSatisfy { $0 == 48 || $0 == 46 }
+        self.text = negative && !isZero ? "-" + text : text
+    }
+
+    public var description: String { text }
+}
+
+/// One normalized daily (or weekly, monthly, yearly) candle.
+public struct Candle: Sendable, Hashable {
+    public var date: CivilDate
+    public var open: ExactNumber
+    public var high: ExactNumber
+    public var low: ExactNumber
+    public var close: ExactNumber
+    public var volume: ExactNumber
+    public var turnover: ExactNumber?
+
+    public init(date: CivilDate, open: ExactNumber, high: ExactNumber, low: ExactNumber, close: ExactNumber,
+                volume: ExactNumber, turnover: ExactNumber?) {
+        self.date = date
+        self.open = open
+        self.high = high
+        self.low = low
+        self.close = close
+        self.volume = volume
+        self.turnover = turnover
+    }
+
+    init?(_ row: KISDomesticBar) {
+        guard let d = row.stck_bsop_date.flatMap({ CivilDate(yyyymmdd: $0) }),
+            let o = row.stck_oprc.flatMap(ExactNumber.init), let h = row.stck_hgpr.flatMap(ExactNumber.init),
+            let l = row.stck_lwpr.flatMap(ExactNumber.init), let c = row.stck_clpr.flatMap(ExactNumber.init),
+            let v = row.acml_vol.flatMap(ExactNumber.init)
+        else { return nil }
+        self.init(date: d, open: o, high: h, low: l, close: c, volume: v,
+                  turnover: row.acml_tr_pbmn.flatMap(ExactNumber.init))
+    }
+
+    init?(_ row: KISOverseasBar) {
+        guard let d = row.xymd.flatMap({ CivilDate(yyyymmdd: $0) }), let o = row.open.flatMap(ExactNumber.init),
+            let h = row.high.flatMap(ExactNumber.init), let l = row.low.flatMap(ExactNumber.init),
+            let c = row.clos.flatMap(ExactNumber.init), let v = row.tvol.flatMap(ExactNumber.init)
+        else { return nil }
+        self.init(date: d, open: o, high: h, low: l, close: c, volume: v, turnover: row.tamt.flatMap(ExactNumber.init))
+    }
+}
+
+/// A whole chart over a range, every KIS page merged.
+public struct DailyChart: Sendable, Equatable {
+    /// KIS's name for the stock (domestic only).
+    public var name: String?
+    /// Ascending, within the range, each date once.
+    public var candles: [Candle]
+    /// False when KIS does not know the symbol.
+    public var known: Bool
+    /// How many KIS calls it took.
+    public var calls: Int
+}
+
+/// Walks KIS's daily charts back by date, 100 rows a call, as KIS's own samples do; calls `beforeEachCall`
+/// (the rate limiter) before every page.
+public enum DailyChartPager {
+    /// Upper bound on pages for one chart, against a misbehaving upstream.
+    static func pageLimit(start: CivilDate, end: CivilDate) -> Int { (end.dayNumber - start.dayNumber) / 100 + 3 }
+
+    public static func domestic(
+        client: KISClient, credentials: KISCredentials, symbol: String, start: CivilDate, end: CivilDate,
+        period: String, adjusted: Bool, beforeEachCall: @Sendable () async throws -> Void
+    ) async throws -> DailyChart {
+        var byDate: [CivilDate: Candle] = [:]
+        var name: String? = nil
+        var known = true
+        var calls = 0
+        var pageEnd = end
+        while calls < pageLimit(start: start, end: end) {
+            try await beforeEachCall()
+            let page = try await client.domesticDailyPage(
+                credentials, symbol: symbol, start: start, end: pageEnd, period: period, adjusted: adjusted)
+            calls += 1
+            if let o = page.output1 {
+                if o.stck_prpr == "0" && (page.output2 ?? []).allSatisfy({ $0.stck_bsop_date == nil }) { known = false }
+                if !o.hts_kor_isnm.isEmpty { name = o.hts_kor_isnm.trimmingCharacters(in: .whitespaces) }
+            }
+            let rows = page.output2 ?? []
+            let candles = rows.compactMap(Candle.init)
+            for c in candles where c.date >= start && c.date <= end { byDate[c.date] = byDate[c.date] ?? c }
+            guard rows.count >= 100, let oldest = candles.map(\.date).min(), oldest > start, oldest <= pageEnd else {
+                break
+            }
+            pageEnd = oldest.adding(days: -1)
+        }
+        return DailyChart(name: name, candles: byDate.values.sorted { $0.date < $1.date }, known: known, calls: calls)
+    }
+
+    public static func overseas(
+        client: KISClient, credentials: KISCredentials, exchange: Exchange, symbol: String, start: CivilDate,
+        end: CivilDate, period: String, adjusted: Bool, beforeEachCall: @Sendable () async throws -> Void
+    ) async throws -> DailyChart {
+        var byDate: [CivilDate: Candle] = [:]
+        var known = true
+        var calls = 0
+        var pageEnd = end
+        while calls < pageLimit(start: start, end: end) {
+            try await beforeEachCall()
+            let page = try await client.overseasDailyPage(
+                credentials, exchange: exchange, symbol: symbol, period: period, end: pageEnd, adjusted: adjusted)
+            calls += 1
+            if (page.output1?.nrec ?? "").isEmpty && (page.output2 ?? []).isEmpty { known = false }
+            var rows = page.output2 ?? []
+            // `nrec` counts the valid rows (python-kis truncates to it).
+            if let n = page.output1.flatMap({ Int($0.nrec) }), n < rows.count { rows = Array(rows.prefix(n)) }
+            let candles = rows.compactMap(Candle.init)
+            for c in candles where c.date >= start && c.date <= end { byDate[c.date] = byDate[c.date] ?? c }
+            guard rows.count >= 100, let oldest = candles.map(\.date).min(), oldest > start, oldest <= pageEnd else {
+                break
+            }
+            pageEnd = oldest.adding(days: -1)
+        }
+        return DailyChart(name: nil, candles: byDate.values.sorted { $0.date < $1.date }, known: known, calls: calls)
+    }
+}

@@ -1,0 +1,142 @@
+public import Foundation
+
+/// The markets kisgw serves: KRX for domestic charts, and the KIS `EXCD` codes of overseas exchanges.
+public enum Exchange: String, CaseIterable, Sendable, Hashable {
+    case krx = "KRX"
+    case nas = "NAS"
+    case nys = "NYS"
+    case ams = "AMS"
+    case hks = "HKS"
+    case tse = "TSE"
+    case shs = "SHS"
+    case szs = "SZS"
+    case hsx = "HSX"
+    case hnx = "HNX"
+
+    /// The overseas exchanges, as `EXCD` accepts them.
+    public static let overseas: [Exchange] = allCases.filter { $0 != .krx }
+
+    /// Case-insensitive `EXCD` lookup (overseas only).
+    public init?(excd: some StringProtocol) {
+        guard let e = Exchange(rawValue: excd.uppercased()), e != .krx else { return nil }
+        self = e
+    }
+
+    public var timeZoneIdentifier: String {
+        switch self {
+        case .krx: "Asia/Seoul"
+        case .nas, .nys, .ams: "America/New_York"
+        case .hks: "Asia/Hong_Kong"
+        case .tse: "Asia/Tokyo"
+        case .shs, .szs: "Asia/Shanghai"
+        case .hsx, .hnx: "Asia/Ho_Chi_Minh"
+        }
+    }
+
+    public var timeZone: TimeZone { Exchange.zones[self]! }
+    private static let zones: [Exchange: TimeZone] = Dictionary(
+        uniqueKeysWithValues: allCases.map { ($0, TimeZone(identifier: $0.timeZoneIdentifier)!) })
+
+    public var currency: String {
+        switch self {
+        case .krx: "KRW"
+        case .nas, .nys, .ams: "USD"
+        case .hks: "HKD"
+        case .tse: "JPY"
+        case .shs, .szs: "CNY"
+        case .hsx, .hnx: "VND"
+        }
+    }
+
+    /// The number of decimals KIS writes prices with (`zdiv` overseas; domestic prices are whole won).
+    public var zdiv: Int {
+        switch self {
+        case .krx, .hsx, .hnx: 0
+        case .nas, .nys, .ams: 4
+        case .hks: 3
+        case .tse: 1
+        case .shs, .szs: 2
+        }
+    }
+
+    /// Regular sessions in local minutes after midnight (lunch breaks split a day in two).
+    public var sessions: [ClosedRange<Int>] {
+        switch self {
+        case .krx: [540...930]  // 09:00–15:30
+        case .nas, .nys, .ams: [570...960]  // 09:30–16:00
+        case .hks: [570...720, 780...960]  // 09:30–12:00, 13:00–16:00
+        case .tse: [540...690, 750...930]  // 09:00–11:30, 12:30–15:30
+        case .shs, .szs: [570...690, 780...900]  // 09:30–11:30, 13:00–15:00
+        case .hsx: [540...690, 780...885]  // 09:00–11:30, 13:00–14:45
+        case .hnx: [540...690, 780...900]  // 09:00–11:30, 13:00–15:00
+        }
+    }
+
+    /// Whether the exchange trades on `date` (weekdays, less the KRX holidays kisgw knows).
+    public func isTradingDay(_ date: CivilDate) -> Bool {
+        if date.isWeekend { return false }
+        if self == .krx { return !KRXHolidays.contains(date) }
+        return true
+    }
+
+    /// The local date and minute-of-day of `instant` at this exchange.
+    public func localTime(_ instant: Date) -> (date: CivilDate, minute: Int) {
+        let tz = timeZone
+        let seconds = Int(instant.timeIntervalSince1970.rounded(.down)) + tz.secondsFromGMT(for: instant)
+        let day = Int((Double(seconds) / 86400).rounded(.down))
+        return (CivilDate(dayNumber: day), (seconds - day * 86400) / 60)
+    }
+
+    /// True while a regular session (lunch breaks included) is under way at `instant`.
+    public func isOpen(at instant: Date) -> Bool {
+        let (date, minute) = localTime(instant)
+        guard isTradingDay(date), let first = sessions.first, let last = sessions.last else { return false }
+        return minute >= first.lowerBound && minute < last.upperBound
+    }
+
+    /// The exchange's current trading day at `instant`: today if it trades today, else the previous trading day.
+    public func currentTradingDay(at instant: Date) -> CivilDate {
+        var d = localTime(instant).date
+        while !isTradingDay(d) { d = d.adding(days: -1) }
+        return d
+    }
+
+    /// The next moment a regular session opens, strictly after `instant`.
+    public func nextOpen(after instant: Date) -> Date {
+        let (today, minute) = localTime(instant)
+        let openMinute = sessions.first!.lowerBound
+        var d = today
+        if minute >= openMinute || !isTradingDay(d) { d = d.adding(days: 1) }
+        while !isTradingDay(d) { d = d.adding(days: 1) }
+        // Local midnight of d plus the opening minute, converted back to an instant through the zone's offset.
+        let localSeconds = Double(d.dayNumber * 86400 + openMinute * 60)
+        let guess = Date(timeIntervalSince1970: localSeconds)
+        let offset = Double(timeZone.secondsFromGMT(for: guess))
+        let candidate = Date(timeIntervalSince1970: localSeconds - offset)
+        let corrected = Double(timeZone.secondsFromGMT(for: candidate))
+        return Date(timeIntervalSince1970: localSeconds - corrected)
+    }
+}
+
+/// KRX market holidays (closed days that fall on weekdays), 2023–2026.
+public enum KRXHolidays {
+    public static func contains(_ date: CivilDate) -> Bool { days.contains(date.dayNumber) }
+
+    static let days: Set<Int> = Set(
+        [
+            // 2023
+            "20230123", "20230124", "20230301", "20230505", "20230529", "20230606",
+            "20230815", "20230928", "20230929", "20231002", "20231003", "20231009", "20231225", "20231229",
+            // 2024
+            "20240101", "20240209", "20240212", "20240301", "20240410", "20240501", "20240506", "20240515",
+            "20240606", "20240815", "20240916", "20240917", "20240918", "20241001", "20241003", "20241009",
+            "20241225", "20241231",
+            // 2025
+            "20250101", "20250127", "20250128", "20250129", "20250130", "20250303", "20250501", "20250505",
+            "20250506", "20250603", "20250606", "20250815", "20251003", "20251006", "20251007", "20251008",
+            "20251009", "20251225", "20251231",
+            // 2026
+            "20260101", "20260216", "20260217", "20260218", "20260302", "20260501", "20260505", "20260525",
+            "20260603", "20260817", "20260924", "20260925", "20261005", "20261009", "20261225", "20261231",
+        ].compactMap { CivilDate(yyyymmdd: $0)?.dayNumber })
+}

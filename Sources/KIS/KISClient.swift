@@ -1,0 +1,244 @@
+public import AsyncHTTPClient
+public import Foundation
+public import Logging
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+
+/// The credentials a quotation call is made with: the app key pair and the access token it issued.
+public struct KISCredentials: Sendable, Hashable {
+    public var appKey: String
+    public var appSecret: String
+    public var accessToken: String
+    public init(appKey: String, appSecret: String, accessToken: String) {
+        self.appKey = appKey
+        self.appSecret = appSecret
+        self.accessToken = accessToken
+    }
+}
+
+/// A failed KIS call, classified by KIS's own code (`msg_cd` / `error_code`) whatever the HTTP status.
+/// Never carries a token, key or secret.
+public struct KISClientError: Error, CustomStringConvertible, Sendable {
+    public struct Kind: Hashable, Sendable, CustomStringConvertible {
+        fileprivate enum Base: String { case tokenExpired, tokenInvalid, rateLimited, credentialsRejected,
+            issuanceTooFrequent, upstream, unreadable, timeout, transport }
+        fileprivate let base: Base
+        /// `EGW00123`: the access token expired.
+        public static let tokenExpired = Kind(base: .tokenExpired)
+        /// `EGW00121`/`EGW00122`: unknown, revoked or missing token.
+        public static let tokenInvalid = Kind(base: .tokenInvalid)
+        /// `EGW00201`/`EGW00215`: too many calls per second.
+        public static let rateLimited = Kind(base: .rateLimited)
+        /// `EGW00102`–`EGW00105`: KIS refused the app key or secret.
+        public static let credentialsRejected = Kind(base: .credentialsRejected)
+        /// `EGW00133`: a token was issued less than a minute ago.
+        public static let issuanceTooFrequent = Kind(base: .issuanceTooFrequent)
+        /// Any other KIS error (see `msgCode`, `message`).
+        public static let upstream = Kind(base: .upstream)
+        /// A body that is not the JSON KIS sends.
+        public static let unreadable = Kind(base: .unreadable)
+        /// No answer within the deadline.
+        public static let timeout = Kind(base: .timeout)
+        /// The connection failed.
+        public static let transport = Kind(base: .transport)
+        public var description: String { base.rawValue }
+    }
+
+    public let kind: Kind
+    /// KIS's `msg_cd` or `error_code`, when it gave one.
+    public let msgCode: String?
+    /// KIS's `msg1` or `error_description`, trimmed.
+    public let message: String?
+    public let httpStatus: Int?
+
+    public init(kind: Kind, msgCode: String? = nil, message: String? = nil, httpStatus: Int? = nil) {
+        self.kind = kind
+        self.msgCode = msgCode
+        self.message = message
+        self.httpStatus = httpStatus
+    }
+
+    public var description: String {
+        var s = "KIS \(kind)"
+        if let msgCode { s += " \(msgCode)" }
+        if let message { s += ": \(message)" }
+        if let httpStatus { s += " (HTTP \(httpStatus))" }
+        return s
+    }
+
+    /// Classifies a KIS code.
+    public static func kind(forCode code: String) -> Kind {
+        switch code {
+        case "EGW00123": .tokenExpired
+        case "EGW00121", "EGW00122": .tokenInvalid
+        case "EGW00201", "EGW00215": .rateLimited
+        case "EGW00102", "EGW00103", "EGW00104", "EGW00105": .credentialsRejected
+        case "EGW00133": .issuanceTooFrequent
+        default: .upstream
+        }
+    }
+}
+
+/// A token as KIS issued it, with its expiry taken from KIS's answer (never guessed).
+public struct KISIssuedToken: Sendable, Equatable {
+    public var accessToken: String
+    public var expiresAt: Date
+    public var expiresIn: Int
+}
+
+/// A REST client for the KIS endpoints kisgw uses, on AsyncHTTPClient (keep-alive pool, TLS for real KIS).
+///
+/// Each method makes exactly one HTTP call; paging and rate limiting are the caller's (see `DailyChartPager`).
+public struct KISClient: Sendable {
+    public let baseURL: String
+    public let httpClient: HTTPClient
+    public let timeout: Duration
+    public let logger: Logger
+
+    public init(baseURL: String, httpClient: HTTPClient = .shared, timeout: Duration = .seconds(5), logger: Logger) {
+        self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
+        self.httpClient = httpClient
+        self.timeout = timeout
+        self.logger = logger
+    }
+
+    // MARK: tokens
+
+    /// `POST /oauth2/tokenP`.
+    public func issueToken(appKey: String, appSecret: String) async throws -> KISIssuedToken {
+        let body = try JSONEncoder().encode(KISTokenRequest(appkey: appKey, appsecret: appSecret))
+        let (status, data, _) = try await send(.POST, KISPath.tokenP, headers: [], body: body)
+        if status == 200, let t = try? JSONDecoder().decode(KISTokenResponse.self, from: data) {
+            // Expiry: KST wall clock as KIS wrote it; `expires_in` only if that string is unreadable.
+            let expiry = KST.parse(t.access_token_token_expired)
+                ?? Date().addingTimeInterval(TimeInterval(t.expires_in))
+            return KISIssuedToken(accessToken: t.access_token, expiresAt: expiry, expiresIn: t.expires_in)
+        }
+        throw Self.classify(status: status, data: data)
+    }
+
+    /// `POST /oauth2/revokeP`.
+    public func revokeToken(appKey: String, appSecret: String, token: String) async throws {
+        let body = try JSONEncoder().encode(KISRevokeRequest(appkey: appKey, appsecret: appSecret, token: token))
+        let (status, data, _) = try await send(.POST, KISPath.revokeP, headers: [], body: body)
+        if status == 200, let r = try? JSONDecoder().decode(KISRevokeResponse.self, from: data), r.code == 200 {
+            return
+        }
+        throw Self.classify(status: status, data: data)
+    }
+
+    // MARK: quotations
+
+    /// One page of `inquire-daily-itemchartprice` (`FHKST03010100`).
+    public func domesticDailyPage(
+        _ credentials: KISCredentials, symbol: String, start: CivilDate, end: CivilDate, period: String, adjusted: Bool
+    ) async throws -> KISDomesticChartResponse {
+        let query = [
+            ("FID_COND_MRKT_DIV_CODE", "J"), ("FID_INPUT_ISCD", symbol), ("FID_INPUT_DATE_1", start.yyyymmdd),
+            ("FID_INPUT_DATE_2", end.yyyymmdd), ("FID_PERIOD_DIV_CODE", period),
+            ("FID_ORG_ADJ_PRC", adjusted ? "0" : "1"),  // KIS: 0 = adjusted
+        ]
+        let data = try await quotation(
+            KISPath.domesticDailyChart, query: query, trID: KISTrID.domesticDailyChart, credentials: credentials)
+        return try Self.decodeSuccess(KISDomesticChartResponse.self, data)
+    }
+
+    /// One page of `dailyprice` (`HHDFS76240000`).
+    public func overseasDailyPage(
+        _ credentials: KISCredentials, exchange: Exchange, symbol: String, period: String, end: CivilDate?,
+        adjusted: Bool
+    ) async throws -> KISOverseasDailyResponse {
+        let gubn = period == "W" ? "1" : period == "M" ? "2" : "0"
+        let query = [
+            ("AUTH", ""), ("EXCD", exchange.rawValue), ("SYMB", symbol), ("GUBN", gubn),
+            ("BYMD", end?.yyyymmdd ?? ""), ("MODP", adjusted ? "1" : "0"),  // overseas: 1 = adjusted
+        ]
+        let data = try await quotation(
+            KISPath.overseasDailyPrice, query: query, trID: KISTrID.overseasDailyPrice, credentials: credentials)
+        return try Self.decodeSuccess(KISOverseasDailyResponse.self, data)
+    }
+
+    private func quotation(
+        _ path: String, query: [(String, String)], trID: String, credentials: KISCredentials
+    ) async throws -> Data {
+        let headers = [
+            ("authorization", "Bearer " + credentials.accessToken), ("appkey", credentials.appKey),
+            ("appsecret", credentials.appSecret), ("tr_id", trID), ("tr_cont", ""), ("custtype", "P"),
+        ]
+        let q = query.map { "\($0.0)=\(Self.percentEncode($0.1))" }.joined(separator: "&")
+        let (status, data, _) = try await send(.GET, path + "?" + q, headers: headers, body: nil)
+        // KIS answers errors as 200 or 500 alike: the body decides.
+        if status == 200 || status == 500 || status == 403 {
+            if let envelope = try? JSONDecoder().decode(KISEnvelope.self, from: data) {
+                if envelope.rt_cd == "0" { return data }
+                throw KISClientError(
+                    kind: KISClientError.kind(forCode: envelope.msg_cd), msgCode: envelope.msg_cd,
+                    message: envelope.msg1.trimmingCharacters(in: .whitespaces), httpStatus: status)
+            }
+        }
+        throw Self.classify(status: status, data: data)
+    }
+
+    private static func decodeSuccess<T: Decodable>(_ type: T.Type, _ data: Data) throws -> T {
+        do { return try JSONDecoder().decode(T.self, from: data) } catch {
+            throw KISClientError(kind: .unreadable, message: "KIS answered rt_cd 0 with a body kisgw cannot read",
+                                 httpStatus: 200)
+        }
+    }
+
+    /// Classifies a non-success answer by its body: KIS's envelope, the token endpoints' shape, or neither.
+    static func classify(status: Int, data: Data) -> KISClientError {
+        if let e = try? JSONDecoder().decode(KISTokenError.self, from: data) {
+            return KISClientError(kind: KISClientError.kind(forCode: e.error_code), msgCode: e.error_code,
+                                  message: e.error_description.trimmingCharacters(in: .whitespaces), httpStatus: status)
+        }
+        if let e = try? JSONDecoder().decode(KISEnvelope.self, from: data), e.rt_cd != "0" {
+            return KISClientError(kind: KISClientError.kind(forCode: e.msg_cd), msgCode: e.msg_cd,
+                                  message: e.msg1.trimmingCharacters(in: .whitespaces), httpStatus: status)
+        }
+        return KISClientError(kind: .unreadable, message: "KIS answered HTTP \(status) with no KIS error body",
+                              httpStatus: status)
+    }
+
+    private func send(
+        _ method: HTTPMethod, _ pathAndQuery: String, headers: [(String, String)], body: Data?
+    ) async throws -> (Int, Data, HTTPHeaders) {
+        var request = HTTPClientRequest(url: baseURL + pathAndQuery)
+        request.method = method
+        request.headers.add(name: "content-type", value: "application/json; charset=utf-8")
+        request.headers.add(name: "accept", value: "application/json")
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        if let body { request.body = .bytes(ByteBuffer(data: body)) }
+        let deadline = NIODeadline.now() + .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000
+            + timeout.components.attoseconds / 1_000_000_000)
+        do {
+            let response = try await httpClient.execute(request, deadline: deadline, logger: logger)
+            let bytes = try await response.body.collect(upTo: 16 << 20)
+            return (Int(response.status.code), Data(buffer: bytes), response.headers)
+        } catch let error as HTTPClientError {
+            switch error {
+            case .deadlineExceeded, .readTimeout, .connectTimeout, .writeTimeout:
+                throw KISClientError(kind: .timeout, message: "KIS did not answer within \(timeout)")
+            default:
+                throw KISClientError(kind: .transport, message: "cannot reach KIS: \(error)")
+            }
+        } catch let error as KISClientError {
+            throw error
+        } catch {
+            throw KISClientError(kind: .transport, message: "cannot reach KIS: \(error)")
+        }
+    }
+
+    private static func percentEncode(_ s: String) -> String {
+        s.addingPercentEncoding(withAllowedCharacters: .urlQueryValueAllowed) ?? s
+    }
+}
+
+extension CharacterSet {
+    fileprivate static let urlQueryValueAllowed: CharacterSet = {
+        var set = CharacterSet.urlQueryAllowed
+        set.remove(charactersIn: "&=+?#")
+        return set
+    }()
+}

@@ -1,0 +1,97 @@
+public import Foundation
+public import KIS
+
+/// How `kisgw sim` behaves (../shared/spec/sim.md).
+public struct SimulatorConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    public var environment: KISEnvironment
+    /// Life of a new token (KIS: 24 h).
+    public var tokenTTL: Int
+    /// A token request within this many seconds of the last issuance returns the same token (KIS: 6 h).
+    public var reuseWindow: Int
+    /// A second token request within this many seconds gets `EGW00133` (KIS: one a minute).
+    public var issueInterval: Int
+    /// Per-app-key quotation calls per second (sliding one-second window); nil = the environment's default.
+    public var ratePerSecond: Int?
+    /// Latency added to every quotation call.
+    public var latencyMs: Int
+    /// When set, only these app key → secret pairs get tokens.
+    public var credentials: [String: String]?
+    /// PEM files for HTTPS.
+    public var tlsCertificatePath: String?
+    public var tlsKeyPath: String?
+    /// On a reused token, `expires_in` counts the seconds left (true) or still says the full life (false).
+    public var reuseReportsRemaining: Bool
+    /// Where quotation data is dated from; nil = the real clock (the token clock is separate, see `/__sim/clock`).
+    public var marketNow: (@Sendable () -> Date)?
+
+    public var effectiveRatePerSecond: Int { ratePerSecond ?? environment.defaultRatePerSecond }
+
+    public init(
+        host: String = "127.0.0.1", port: Int = 29443, environment: KISEnvironment = .sandbox,
+        tokenTTL: Int = 86400, reuseWindow: Int = 21600, issueInterval: Int = 60, ratePerSecond: Int? = nil,
+        latencyMs: Int = 0, credentials: [String: String]? = nil, tlsCertificatePath: String? = nil,
+        tlsKeyPath: String? = nil, reuseReportsRemaining: Bool = true, marketNow: (@Sendable () -> Date)? = nil
+    ) {
+        self.host = host
+        self.port = port
+        self.environment = environment
+        self.tokenTTL = tokenTTL
+        self.reuseWindow = reuseWindow
+        self.issueInterval = issueInterval
+        self.ratePerSecond = ratePerSecond
+        self.latencyMs = latencyMs
+        self.credentials = credentials
+        self.tlsCertificatePath = tlsCertificatePath
+        self.tlsKeyPath = tlsKeyPath
+        self.reuseReportsRemaining = reuseReportsRemaining
+        self.marketNow = marketNow
+    }
+
+    /// Reads a `--credentials` file: `[{"appKey": "…", "appSecret": "…"}, …]`.
+    public static func loadCredentials(path: String) throws -> [String: String] {
+        struct Pair: Decodable {
+            let appKey: String
+            let appSecret: String
+        }
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+            throw SimulatorError("cannot read credentials file \(path): \(error.localizedDescription)")
+        }
+        let pairs: [Pair]
+        do { pairs = try JSONDecoder().decode([Pair].self, from: data) } catch {
+            throw SimulatorError(
+                "credentials file \(path) is not a JSON array of {\"appKey\", \"appSecret\"} objects")
+        }
+        var out: [String: String] = [:]
+        for (i, p) in pairs.enumerated() {
+            guard !p.appKey.isEmpty, !p.appSecret.isEmpty else {
+                throw SimulatorError("credentials file \(path): entry \(i) has an empty appKey or appSecret")
+            }
+            out[p.appKey] = p.appSecret
+        }
+        return out
+    }
+
+    /// Checks ranges; the message names the option.
+    public func validate() throws {
+        guard (0...65535).contains(port) else { throw SimulatorError("--port must be from 0 to 65535, got \(port)") }
+        guard tokenTTL > 0 else { throw SimulatorError("--token-ttl-s must be positive, got \(tokenTTL)") }
+        guard reuseWindow >= 0 else { throw SimulatorError("--reuse-window-s must be 0 or more, got \(reuseWindow)") }
+        guard issueInterval >= 0 else {
+            throw SimulatorError("--issue-interval-s must be 0 or more, got \(issueInterval)")
+        }
+        if let r = ratePerSecond, r <= 0 { throw SimulatorError("--rate-per-s must be positive, got \(r)") }
+        guard latencyMs >= 0 else { throw SimulatorError("--latency-ms must be 0 or more, got \(latencyMs)") }
+        guard (tlsCertificatePath == nil) == (tlsKeyPath == nil) else {
+            throw SimulatorError("--tls-cert and --tls-key go together")
+        }
+    }
+}
+
+/// A simulator start-up problem, with a message fit for a terminal.
+public struct SimulatorError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,161 @@
+import AsyncHTTPClient
+import Foundation
+import NIOHTTP1
+import NIOCore
+import KIS
+import NIOCore
+import Testing
+@testable import Simulator
+
+@Suite("Simulator: /__sim/ control routes and faults")
+struct ControlTests {
+    @Test("stats count calls and errors; reset zeroes them and keeps tokens")
+    func statsAndReset() async throws {
+        try await withSimulator { sim in
+            let token = try await sim.accessToken()
+            _ = try await sim.domestic(token: token, from: "20250102", to: "20250110")
+            _ = try await sim.overseas(token: token)
+            _ = try await sim.domestic(token: "bogus", from: "20250102", to: "20250110")
+            var stats = try await sim.request(.GET, "/__sim/stats").json
+            #expect(stats["calls"] as? [String: Int] == ["tokenP": 1, "revokeP": 0, "domestic_daily": 2, "overseas_daily": 1])
+            #expect(stats["errors"] as? [String: Int] == ["EGW00121": 1])
+            #expect(try await sim.request(.POST, "/__sim/reset").status == 200)
+            stats = try await sim.request(.GET, "/__sim/stats").json
+            #expect(stats["calls"] as? [String: Int] == ["tokenP": 0, "revokeP": 0, "domestic_daily": 0, "overseas_daily": 0])
+            #expect((stats["errors"] as? [String: Int])?.isEmpty == true)
+            #expect(try await sim.domestic(token: token, from: "20250102", to: "20250110").status == 200)
+        }
+    }
+
+    @Test("faults: kis_error, http500 and garbage hit quotation calls; reset lifts them")
+    func faults() async throws {
+        try await withSimulator { sim in
+            let token = try await sim.accessToken()
+            #expect(try await sim.post("/__sim/faults", ["mode": "kis_error", "msg_cd": "EGW00201"]).status == 200)
+            var r = try await sim.domestic(token: token, from: "20250102", to: "20250110")
+            #expect(r.status == 500 && r.json["msg_cd"] as? String == "EGW00201")
+            _ = try await sim.post("/__sim/faults", ["mode": "kis_error", "msg_cd": "EGW00123"])
+            r = try await sim.overseas(token: token)
+            #expect(r.json["msg_cd"] as? String == "EGW00123")
+            _ = try await sim.post("/__sim/faults", ["mode": "http500"])
+            r = try await sim.domestic(token: token, from: "20250102", to: "20250110")
+            #expect(r.status == 500 && r.json.isEmpty)
+            _ = try await sim.post("/__sim/faults", ["mode": "garbage"])
+            r = try await sim.domestic(token: token, from: "20250102", to: "20250110")
+            #expect(r.status == 200)
+            #expect((try? JSONSerialization.jsonObject(with: r.body)) == nil)
+            // Token issuance is never faulted.
+            #expect(try await sim.token(appKey: "PSfaultfree").status == 200)
+            _ = try await sim.request(.POST, "/__sim/reset")
+            #expect(try await sim.domestic(token: token, from: "20250102", to: "20250110").status == 200)
+        }
+    }
+
+    @Test("faults with rate 0 never fire; latency delays calls")
+    func rateAndLatency() async throws {
+        try await withSimulator { sim in
+            let token = try await sim.accessToken()
+            _ = try await sim.post("/__sim/faults", ["mode": "http500", "rate": 0.0])
+            for _ in 0..<5 { #expect(try await sim.domestic(token: token, from: "20250102", to: "20250110").status == 200) }
+            _ = try await sim.post("/__sim/faults", ["mode": "none", "latency_ms": 300])
+            let start = ContinuousClock.now
+            #expect(try await sim.domestic(token: token, from: "20250102", to: "20250110").status == 200)
+            #expect(ContinuousClock.now - start >= .milliseconds(300))
+        }
+    }
+
+    @Test("timeout fault: the call hangs past the client's deadline")
+    func timeoutFault() async throws {
+        try await withSimulator { sim in
+            let token = try await sim.accessToken()
+            _ = try await sim.post("/__sim/faults", ["mode": "timeout"])
+            await #expect(throws: HTTPClientError.self) {
+                _ = try await sim.request(
+                    .GET,
+                    KISPath.domesticDailyChart
+                        + "?FID_COND_MRKT_DIV_CODE=J&FID_INPUT_ISCD=005930&FID_INPUT_DATE_1=20250102&FID_INPUT_DATE_2=20250110&FID_PERIOD_DIV_CODE=D&FID_ORG_ADJ_PRC=0",
+                    headers: SimClient.kisHeaders(token: token, trID: KISTrID.domesticDailyChart), timeout: .milliseconds(500))
+            }
+            _ = try await sim.request(.POST, "/__sim/reset")
+        }
+    }
+
+    @Test("bad control bodies are refused with a message", arguments: [
+        ("/__sim/faults", #"{"mode":"explode"}"#),
+        ("/__sim/faults", #"{"mode":"http500","rate":1.5}"#),
+        ("/__sim/faults", #"{"mode":"none","latency_ms":-1}"#),
+        ("/__sim/faults", "nope"),
+        ("/__sim/clock", #"{"advance_s":-5}"#),
+        ("/__sim/clock", #"{}"#),
+        ("/__sim/expire", #"{"token":"x"}"#),
+    ])
+    func badControl(path: String, body: String) async throws {
+        try await withSimulator { sim in
+            let r = try await sim.request(.POST, path, body: body)
+            #expect(r.status == 400)
+            #expect((r.json["error"] as? String)?.isEmpty == false)
+        }
+    }
+}
+
+@Suite("Simulator: configuration")
+struct ConfigurationCheckTests {
+    @Test("a credentials file is read; malformed ones are refused with the path in the message")
+    func credentialsFile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-sim-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let good = dir.appendingPathComponent("good.json")
+        try Data(#"[{"appKey":"PSa","appSecret":"s"},{"appKey":"PSb","appSecret":"t"}]"#.utf8).write(to: good)
+        #expect(try SimulatorConfiguration.loadCredentials(path: good.path) == ["PSa": "s", "PSb": "t"])
+        let bad = dir.appendingPathComponent("bad.json")
+        try Data(#"{"appKey":"PSa"}"#.utf8).write(to: bad)
+        #expect { try SimulatorConfiguration.loadCredentials(path: bad.path) } throws: { error in
+            "\(error)".contains(bad.path)
+        }
+        #expect(throws: SimulatorError.self) { try SimulatorConfiguration.loadCredentials(path: dir.path + "/missing") }
+    }
+
+    @Test("out-of-range options are refused naming the option", arguments: [
+        (SimulatorConfiguration(port: 70000), "--port"),
+        (SimulatorConfiguration(tokenTTL: 0), "--token-ttl-s"),
+        (SimulatorConfiguration(ratePerSecond: 0), "--rate-per-s"),
+        (SimulatorConfiguration(latencyMs: -1), "--latency-ms"),
+        (SimulatorConfiguration(tlsCertificatePath: "/x.pem"), "--tls-cert"),
+    ])
+    func options(config: SimulatorConfiguration, option: String) {
+        #expect { try config.validate() } throws: { "\($0)".contains(option) }
+    }
+}
+
+@Suite("Simulator: market data")
+struct MarketDataTests {
+    @Test("the same symbol and date give the same candle; KRX ticks; listed vs unknown codes")
+    func determinism() throws {
+        let p = try #require(MarketData.profile(symbol: "005930", exchange: .krx))
+        let d = CivilDate(yyyymmdd: "20250304")!
+        #expect(MarketData.day(p, d, adjusted: true) == MarketData.day(p, d, adjusted: true))
+        // FNV-1a, fixed across runs and machines (never Swift's per-process Hasher).
+        #expect(MarketData.hash("a") == 0xaf63_dc4c_8601_ec8c)
+        #expect(MarketData.profile(symbol: "000000", exchange: .krx) == nil)
+        #expect(MarketData.profile(symbol: "ZZZZ", exchange: .nas) == nil)
+        #expect(MarketData.profile(symbol: "BRK/B", exchange: .nys) != nil)
+        #expect(MarketData.format(23593, tickDecimals: 2, zdiv: 4) == "235.9300")
+        #expect(MarketData.format(5, tickDecimals: 2, zdiv: 2) == "0.05")
+        #expect(MarketData.format(65000, tickDecimals: 0, zdiv: 0) == "65000")
+    }
+
+    @Test("civil dates and KST round-trip")
+    func dates() {
+        #expect(CivilDate("2024-02-29")?.yyyymmdd == "20240229")
+        #expect(CivilDate("20230229") == nil)
+        #expect(CivilDate("2024-2-29") == nil)
+        #expect(CivilDate(yyyymmdd: "20250303")?.weekday == 1)
+        #expect(CivilDate(dayNumber: 0).iso == "1970-01-01")
+        let t = Date(timeIntervalSince1970: 1_741_217_400)  // 2025-03-05 23:30:00 UTC
+        #expect(KST.format(t) == "2025-03-06 08:30:00")
+        #expect(KST.parse("2025-03-06 08:30:00") == t)
+        #expect(KST.iso8601(t) == "2025-03-06T08:30:00+09:00")
+        #expect(KST.parse("2025-03-06T08:30:00") == nil)
+    }
+}

@@ -1,0 +1,124 @@
+import AsyncHTTPClient
+import Foundation
+import NIOHTTP1
+import NIOCore
+import Hummingbird
+import KIS
+import Logging
+import NIOCore
+import NIOFoundationCompat
+@testable import Simulator
+
+/// Runs the simulator on a real loopback port for the duration of `body`.
+func withSimulator<T: Sendable>(
+    _ configuration: SimulatorConfiguration = SimulatorConfiguration(
+        port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000),
+    _ body: @Sendable (SimClient) async throws -> T
+) async throws -> T {
+    var configuration = configuration
+    configuration.port = 0
+    let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+    var logger = Logger(label: "sim-test")
+    logger.logLevel = .warning
+    let app = try await buildSimulator(configuration, logger: logger) { port in continuation.yield(port) }
+    return try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await app.runService(gracefulShutdownSignals: []) }
+        var iterator = ports.makeAsyncIterator()
+        guard let port = await iterator.next() else { throw SimulatorError("simulator did not start") }
+        let client = SimClient(base: "http://127.0.0.1:\(port)")
+        do {
+            let result = try await body(client)
+            group.cancelAll()
+            return result
+        } catch {
+            group.cancelAll()
+            throw error
+        }
+    }
+}
+
+struct SimResponse: Sendable {
+    let status: Int
+    let headers: [(String, String)]
+    let body: Data
+
+    func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name.lowercased() }?.1 }
+    var json: [String: Any] { (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:] }
+    var text: String { String(decoding: body, as: UTF8.self) }
+    func decode<T: Decodable>(_ type: T.Type) throws -> T { try JSONDecoder().decode(T.self, from: body) }
+}
+
+/// A thin AsyncHTTPClient wrapper speaking to the simulator over a real socket.
+struct SimClient: Sendable {
+    let base: String
+
+    func request(
+        _ method: HTTPMethod, _ path: String, headers: [(String, String)] = [], body: String? = nil,
+        timeout: TimeAmount = .seconds(20)
+    ) async throws -> SimResponse {
+        var request = HTTPClientRequest(url: base + path)
+        request.method = method
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        if let body {
+            request.headers.add(name: "content-type", value: "application/json")
+            request.body = .bytes(ByteBuffer(string: body))
+        }
+        let response = try await HTTPClient.shared.execute(request, timeout: timeout)
+        let bytes = try await response.body.collect(upTo: 8 << 20)
+        return SimResponse(
+            status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) },
+            body: Data(buffer: bytes))
+    }
+
+    func post(_ path: String, _ json: [String: Any]) async throws -> SimResponse {
+        let data = try JSONSerialization.data(withJSONObject: json)
+        return try await request(.POST, path, body: String(decoding: data, as: UTF8.self))
+    }
+
+    func token(appKey: String = "PSappkey-test-0001", appSecret: String = "secret-0001") async throws -> SimResponse {
+        try await post(KISPath.tokenP, ["grant_type": "client_credentials", "appkey": appKey, "appsecret": appSecret])
+    }
+
+    /// Obtains a token or fails the test.
+    func accessToken(appKey: String = "PSappkey-test-0001", appSecret: String = "secret-0001") async throws -> String {
+        let r = try await token(appKey: appKey, appSecret: appSecret)
+        guard r.status == 200, let t = r.json["access_token"] as? String else {
+            throw SimulatorError("token request failed: \(r.status) \(r.text)")
+        }
+        return t
+    }
+
+    static func kisHeaders(token: String, appKey: String = "PSappkey-test-0001", appSecret: String = "secret-0001",
+                           trID: String, custType: String? = "P") -> [(String, String)] {
+        var h = [("authorization", "Bearer " + token), ("appkey", appKey), ("appsecret", appSecret), ("tr_id", trID)]
+        if let custType { h.append(("custtype", custType)) }
+        return h
+    }
+
+    func domestic(
+        token: String, code: String = "005930", from: String, to: String, period: String = "D", adj: String = "0",
+        market: String = "J", appKey: String = "PSappkey-test-0001", appSecret: String = "secret-0001",
+        extraHeaders: [(String, String)] = []
+    ) async throws -> SimResponse {
+        let q = "FID_COND_MRKT_DIV_CODE=\(market)&FID_INPUT_ISCD=\(code)&FID_INPUT_DATE_1=\(from)&FID_INPUT_DATE_2=\(to)&FID_PERIOD_DIV_CODE=\(period)&FID_ORG_ADJ_PRC=\(adj)"
+        return try await request(
+            .GET, KISPath.domesticDailyChart + "?" + q,
+            headers: Self.kisHeaders(token: token, appKey: appKey, appSecret: appSecret, trID: KISTrID.domesticDailyChart)
+                + extraHeaders)
+    }
+
+    func overseas(
+        token: String, excd: String = "NAS", symbol: String = "AAPL", gubn: String = "0", bymd: String = "",
+        modp: String = "1", extraHeaders: [(String, String)] = []
+    ) async throws -> SimResponse {
+        let q = "AUTH=&EXCD=\(excd)&SYMB=\(symbol)&GUBN=\(gubn)&BYMD=\(bymd)&MODP=\(modp)"
+        return try await request(
+            .GET, KISPath.overseasDailyPrice + "?" + q,
+            headers: Self.kisHeaders(token: token, trID: KISTrID.overseasDailyPrice, custType: nil) + extraHeaders)
+    }
+}
+
+extension SimResponse {
+    var rows: [[String: Any]] { json["output2"] as? [[String: Any]] ?? [] }
+    var output1: [String: Any] { json["output1"] as? [String: Any] ?? [:] }
+}

@@ -1,0 +1,176 @@
+import Foundation
+import NIOHTTP1
+import NIOCore
+import KIS
+import Testing
+@testable import Simulator
+
+@Suite("Simulator: tokens (kis-api.md §2)")
+struct TokenTests {
+    @Test("tokenP answers KIS's four fields, a KIS-shaped JWT and a KST expiry")
+    func issue() async throws {
+        try await withSimulator { sim in
+            let r = try await sim.token(appKey: "PSkeyshape", appSecret: "s1")
+            #expect(r.status == 200)
+            #expect(Set(r.json.keys) == ["access_token", "access_token_token_expired", "token_type", "expires_in"])
+            let t = try r.decode(KISTokenResponse.self)
+            #expect(t.token_type == "Bearer")
+            #expect(t.expires_in == 86400)
+            #expect(t.access_token.count <= 350)
+            let parts = t.access_token.split(separator: ".")
+            #expect(parts.count == 3)
+            let header = try decodeSegment(parts[0])
+            let claims = try decodeSegment(parts[1])
+            #expect(header["alg"] as? String == "HS512")
+            #expect(header["typ"] as? String == "JWT")
+            #expect(claims["sub"] as? String == "token")
+            #expect(claims["iss"] as? String == "unogw")
+            #expect(claims["jti"] as? String == "PSkeyshape")
+            #expect(UUID(uuidString: claims["aud"] as? String ?? "") != nil)
+            let iat = try #require(claims["iat"] as? Int), exp = try #require(claims["exp"] as? Int)
+            #expect(exp - iat == 86400)
+            // Expiry string: KST wall clock, no offset.
+            #expect(t.access_token_token_expired == KST.format(Date(timeIntervalSince1970: TimeInterval(exp))))
+            #expect(KST.parse(t.access_token_token_expired) == Date(timeIntervalSince1970: TimeInterval(exp)))
+            #expect(r.header("content-type")?.hasPrefix("application/json") == true)
+        }
+    }
+
+    @Test("a second request within the issue interval gets 403 EGW00133 in the token endpoint's own shape")
+    func tooSoon() async throws {
+        try await withSimulator(SimulatorConfiguration(port: 0, issueInterval: 60)) { sim in
+            #expect(try await sim.token().status == 200)
+            let r = try await sim.token()
+            #expect(r.status == 403)
+            #expect(r.json["error_code"] as? String == "EGW00133")
+            #expect(r.json["error_description"] as? String == "접근토큰 발급 잠시 후 다시 시도하세요(1분당 1회)")
+            #expect(r.json["rt_cd"] == nil && r.json["msg_cd"] == nil)
+            // Another app key is not affected.
+            #expect(try await sim.token(appKey: "PSother").status == 200)
+            // After the interval (on the simulator's clock) the same token comes back.
+            _ = try await sim.post("/__sim/clock", ["advance_s": 61])
+            #expect(try await sim.token().status == 200)
+            let stats = try await sim.request(.GET, "/__sim/stats").json
+            #expect((stats["errors"] as? [String: Int])?["EGW00133"] == 1)
+            #expect((stats["calls"] as? [String: Int])?["tokenP"] == 4)
+            #expect(stats["issuances"] as? Int == 2)
+        }
+    }
+
+    @Test("within the reuse window the same token and expiry come back; after it, a new token")
+    func reuseWindow() async throws {
+        try await withSimulator(SimulatorConfiguration(port: 0, issueInterval: 60)) { sim in
+            let first = try await sim.token().decode(KISTokenResponse.self)
+            _ = try await sim.post("/__sim/clock", ["advance_s": 3600])
+            let again = try await sim.token().decode(KISTokenResponse.self)
+            #expect(again.access_token == first.access_token)
+            #expect(again.access_token_token_expired == first.access_token_token_expired)
+            #expect((86400 - 3605)...(86400 - 3595) ~= again.expires_in)  // the seconds left
+            _ = try await sim.post("/__sim/clock", ["advance_s": 21600])
+            let fresh = try await sim.token().decode(KISTokenResponse.self)
+            #expect(fresh.access_token != first.access_token)
+            #expect(fresh.expires_in == 86400)
+            // The old token still works at KIS until it expires.
+            let r = try await sim.domestic(token: first.access_token, from: "20250102", to: "20250110")
+            #expect(r.status == 200)
+        }
+    }
+
+    @Test("--reused-expires-in full keeps saying the full life")
+    func reuseFull() async throws {
+        try await withSimulator(SimulatorConfiguration(port: 0, issueInterval: 0, reuseReportsRemaining: false)) { sim in
+            _ = try await sim.token()
+            _ = try await sim.post("/__sim/clock", ["advance_s": 100])
+            #expect(try await sim.token().decode(KISTokenResponse.self).expires_in == 86400)
+        }
+    }
+
+    @Test("with --credentials only listed pairs get tokens", arguments: [
+        ("PSgood", "good-secret", 200, nil),
+        ("PSunknown", "good-secret", 403, "EGW00103"),
+        ("PSgood", "wrong", 403, "EGW00105"),
+        ("", "good-secret", 403, "EGW00102"),
+        ("PSgood", "", 403, "EGW00104"),
+    ] as [(String, String, Int, String?)])
+    func credentials(appKey: String, appSecret: String, status: Int, code: String?) async throws {
+        let config = SimulatorConfiguration(port: 0, issueInterval: 0, credentials: ["PSgood": "good-secret"])
+        try await withSimulator(config) { sim in
+            let r = try await sim.token(appKey: appKey, appSecret: appSecret)
+            #expect(r.status == status)
+            if let code {
+                #expect(r.json["error_code"] as? String == code)
+                #expect((r.json["error_description"] as? String)?.isEmpty == false)
+            }
+        }
+    }
+
+    @Test("a malformed token request is refused in KIS's shape", arguments: [
+        #"not json"#,
+        #"{"appkey":"a","appsecret":"b"}"#,
+        #"{"grant_type":"password","appkey":"a","appsecret":"b"}"#,
+    ])
+    func malformed(body: String) async throws {
+        try await withSimulator { sim in
+            let r = try await sim.request(.POST, KISPath.tokenP, body: body)
+            #expect(r.status == 403)
+            #expect(["EGW00115", "EGW00116"].contains(r.json["error_code"] as? String))
+        }
+    }
+
+    @Test("revokeP revokes; the token is then refused with EGW00121 and a new one is issued")
+    func revoke() async throws {
+        try await withSimulator { sim in
+            let token = try await sim.accessToken()
+            let r = try await sim.post(
+                KISPath.revokeP, ["appkey": "PSappkey-test-0001", "appsecret": "secret-0001", "token": token])
+            #expect(r.status == 200)
+            #expect(r.json["code"] as? Int == 200)
+            #expect(r.json["message"] as? String == "접근토큰 폐기에 성공하였습니다")
+            let q = try await sim.domestic(token: token, from: "20250102", to: "20250110")
+            #expect(q.status == 500)
+            #expect(q.json["msg_cd"] as? String == "EGW00121")
+            #expect(q.json["rt_cd"] as? String == "1")
+            let next = try await sim.accessToken()
+            #expect(next != token)
+            // Revoking with another app key's credentials is refused.
+            let other = try await sim.post(KISPath.revokeP, ["appkey": "PSintruder", "appsecret": "x", "token": next])
+            #expect(other.status == 403)
+            #expect(other.json["error_code"] as? String == "EGW00121")
+        }
+    }
+
+    @Test("an expired token gets 500 EGW00123, by /__sim/expire or by the clock")
+    func expiry() async throws {
+        try await withSimulator { sim in
+            let a = try await sim.accessToken(appKey: "PSexpire-a")
+            #expect(try await sim.post("/__sim/expire", ["access_token": a]).status == 200)
+            let r = try await sim.domestic(token: a, from: "20250102", to: "20250110", appKey: "PSexpire-a")
+            #expect(r.status == 500)
+            #expect(r.json["msg_cd"] as? String == "EGW00123")
+            #expect(r.json["msg1"] as? String == "기간이 만료된 token 입니다.")
+
+            let b = try await sim.accessToken(appKey: "PSexpire-b")
+            #expect(try await sim.domestic(token: b, from: "20250102", to: "20250110", appKey: "PSexpire-b").status == 200)
+            _ = try await sim.post("/__sim/clock", ["advance_s": 86401])
+            let late = try await sim.domestic(token: b, from: "20250102", to: "20250110", appKey: "PSexpire-b")
+            #expect(late.json["msg_cd"] as? String == "EGW00123")
+            // Unknown token for /__sim/expire.
+            #expect(try await sim.post("/__sim/expire", ["access_token": "nope"]).status == 404)
+        }
+    }
+
+    @Test("short-lived tokens: --token-ttl-s")
+    func shortTTL() async throws {
+        try await withSimulator(SimulatorConfiguration(port: 0, tokenTTL: 120, issueInterval: 0)) { sim in
+            let t = try await sim.token().decode(KISTokenResponse.self)
+            #expect(t.expires_in == 120)
+        }
+    }
+
+    private func decodeSegment(_ s: Substring) throws -> [String: Any] {
+        var b64 = s.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        while b64.count % 4 != 0 { b64 += "=" }
+        let data = try #require(Data(base64Encoded: b64))
+        return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+    }
+}
