@@ -1,0 +1,170 @@
+public import Foundation
+import JWTKit
+import Synchronization
+
+/// A verified session: the user id (`sub`) and until when the JWT may be trusted without checking it again.
+public struct VerifiedSession: Sendable, Equatable {
+    public var userID: String
+    /// `exp` plus the leeway: the JWT is good until then.
+    public var validUntil: Date
+}
+
+/// Verifies the users' session JWTs, the same way in the gateway and the broker (`[auth.jwt]`).
+///
+/// - The header's `alg` must be in the allow-list (`none` never is); HS256 tokens are checked only against the
+///   HMAC secret and asymmetric ones only against the public keys, so one cannot pass for the other.
+/// - `exp` is required; `exp`, `nbf` and `iat` are checked with the leeway; `iss` and `aud` when configured.
+/// - Verified tokens are remembered (bounded) until they expire, so the hot path verifies a JWT once.
+///
+/// ```swift
+/// let verifier = try await JWTVerifier(settings: .init(algorithms: ["HS256"], hs256Secret: secret))
+/// let session = try await verifier.verify(bearer)   // throws Problem(.jwtInvalid / .jwtExpired)
+/// ```
+public final class JWTVerifier: Sendable {
+    public struct Settings: Sendable {
+        public var algorithms: Set<String>
+        public var hs256Secret: [UInt8]?
+        /// Contents of a PEM public key or a JWKS document.
+        public var publicKeys: String?
+        public var issuer: String?
+        public var audience: String?
+        public var leeway: TimeInterval
+        public init(algorithms: Set<String>, hs256Secret: [UInt8]? = nil, publicKeys: String? = nil,
+                    issuer: String? = nil, audience: String? = nil, leeway: TimeInterval = 30) {
+            self.algorithms = algorithms
+            self.hs256Secret = hs256Secret
+            self.publicKeys = publicKeys
+            self.issuer = issuer
+            self.audience = audience
+            self.leeway = leeway
+        }
+    }
+
+    struct Claims: JWTPayload {
+        var sub: SubjectClaim?
+        var exp: ExpirationClaim?
+        var nbf: NotBeforeClaim?
+        var iat: IssuedAtClaim?
+        var iss: IssuerClaim?
+        var aud: AudienceClaim?
+        func verify(using algorithm: some JWTAlgorithm) async throws {}
+    }
+
+    private let settings: Settings
+    private let hmacKeys: JWTKeyCollection?
+    private let publicKeyCollection: JWTKeyCollection?
+    private let cache = Mutex<[String: VerifiedSession]>([:])
+    private let cacheLimit = 100_000
+
+    public init(settings: Settings) async throws {
+        self.settings = settings
+        if settings.algorithms.contains("HS256"), let secret = settings.hs256Secret {
+            let keys = JWTKeyCollection()
+            await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+            self.hmacKeys = keys
+        } else {
+            self.hmacKeys = nil
+        }
+        if let text = settings.publicKeys {
+            let keys = JWTKeyCollection()
+            if text.contains("-----BEGIN") {
+                if let rsa = try? Insecure.RSA.PublicKey(pem: text) {
+                    await keys.add(rsa: rsa, digestAlgorithm: .sha256)
+                } else if let ec = try? ES256PublicKey(pem: text) {
+                    await keys.add(ecdsa: ec)
+                } else if let ed = try? EdDSA.PublicKey(pem: text) {
+                    await keys.add(eddsa: ed)
+                } else {
+                    throw Problem(.internalError, "public_keys_file holds no RSA, P-256 or Ed25519 public key")
+                }
+            } else {
+                do { try await keys.add(jwksJSON: text) } catch {
+                    throw Problem(.internalError, "public_keys_file is neither PEM nor a JWKS document")
+                }
+            }
+            self.publicKeyCollection = keys
+        } else {
+            self.publicKeyCollection = nil
+        }
+    }
+
+    /// Verifies `token` (without `Bearer `), or throws a `Problem` with `jwt_invalid` / `jwt_expired`.
+    public func verify(_ token: String, now: Date = Date()) async throws(Problem) -> VerifiedSession {
+        if let hit = cache.withLock({ $0[token] }) {
+            if hit.validUntil > now { return hit }
+            cache.withLock { _ = $0.removeValue(forKey: token) }
+            throw Problem(.jwtExpired, "the JWT has expired")
+        }
+        let header = try Self.header(of: token)
+        guard let alg = header["alg"] as? String, alg.lowercased() != "none" else {
+            throw Problem(.jwtInvalid, "the JWT is not signed (alg none is never accepted)")
+        }
+        guard settings.algorithms.contains(alg) else {
+            throw Problem(.jwtInvalid, "the JWT's algorithm \(alg) is not allowed")
+        }
+        let keys = alg == "HS256" ? hmacKeys : publicKeyCollection
+        guard let keys else { throw Problem(.jwtInvalid, "no key is configured for \(alg)") }
+        let claims: Claims
+        do { claims = try await keys.verify(token, as: Claims.self) } catch {
+            throw Problem(.jwtInvalid, "the JWT's signature does not verify")
+        }
+        let session = try check(claims, now: now)
+        cache.withLock { c in
+            if c.count >= cacheLimit { c.removeAll(keepingCapacity: true) }
+            c[token] = session
+        }
+        return session
+    }
+
+    private func check(_ c: Claims, now: Date) throws(Problem) -> VerifiedSession {
+        let leeway = settings.leeway
+        guard let sub = c.sub?.value, !sub.isEmpty, sub.count <= 256 else {
+            throw Problem(.jwtInvalid, "the JWT has no sub (user id)")
+        }
+        guard let exp = c.exp?.value else { throw Problem(.jwtInvalid, "the JWT has no exp") }
+        guard exp.addingTimeInterval(leeway) > now else { throw Problem(.jwtExpired, "the JWT has expired") }
+        if let nbf = c.nbf?.value, nbf.addingTimeInterval(-leeway) > now {
+            throw Problem(.jwtInvalid, "the JWT is not valid yet (nbf)")
+        }
+        if let iat = c.iat?.value, iat.addingTimeInterval(-leeway) > now {
+            throw Problem(.jwtInvalid, "the JWT was issued in the future (iat)")
+        }
+        if let issuer = settings.issuer, c.iss?.value != issuer {
+            throw Problem(.jwtInvalid, "the JWT's issuer is not the expected one")
+        }
+        if let audience = settings.audience, !(c.aud?.value.contains(audience) ?? false) {
+            throw Problem(.jwtInvalid, "the JWT's audience is not the expected one")
+        }
+        return VerifiedSession(userID: sub, validUntil: exp.addingTimeInterval(leeway))
+    }
+
+    /// The decoded JOSE header, or `jwt_invalid` when the token is not three base64url parts.
+    static func header(of token: String) throws(Problem) -> [String: Any] {
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, !parts[0].isEmpty, !parts[1].isEmpty, token.count <= 8192,
+            let data = base64URLDecode(parts[0]),
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+        else { throw Problem(.jwtInvalid, "the Authorization value is not a well-formed JWT") }
+        return object
+    }
+
+    static func base64URLDecode(_ s: Substring) -> Data? {
+        var b = s.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        while b.count % 4 != 0 { b += "=" }
+        return Data(base64Encoded: b)
+    }
+
+    /// Mints an HS256 JWT (for `kisgw jwt`, the demo's sign-in and tests).
+    public static func mintHS256(secret: [UInt8], sub: String, ttl: TimeInterval, issuer: String? = nil,
+                                 audience: String? = nil, now: Date = Date()) async throws -> String {
+        let keys = JWTKeyCollection()
+        await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+        let claims = Claims(
+            sub: SubjectClaim(value: sub), exp: ExpirationClaim(value: now.addingTimeInterval(ttl)), nbf: nil,
+            iat: IssuedAtClaim(value: now), iss: issuer.map { IssuerClaim(value: $0) },
+            aud: audience.map { AudienceClaim(value: [$0]) })
+        var header = JWTHeader()
+        header.typ = "JWT"
+        return try await keys.sign(claims, header: header)
+    }
+}
