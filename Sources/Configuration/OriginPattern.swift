@@ -28,6 +28,8 @@ public struct OriginPattern: Sendable, Hashable, CustomStringConvertible {
     let host: [UInt8]
     /// `nil` when the scheme's default port (or none) is meant.
     let port: Int?
+    /// 443 for https, 80 for http, else `nil`; kept so matching never rebuilds it.
+    let schemeDefaultPort: Int?
 
     /// The pattern in canonical form: lower case, default port left out.
     public let description: String
@@ -46,6 +48,7 @@ public struct OriginPattern: Sendable, Hashable, CustomStringConvertible {
         self.scheme = scheme
         self.host = host
         self.port = port
+        self.schemeDefaultPort = OriginPattern.defaultPort(scheme)
         switch kind {
         case .null:
             description = "null"
@@ -201,7 +204,7 @@ public struct OriginPattern: Sendable, Hashable, CustomStringConvertible {
                 value = value * 10 + Int(bytes[j] - 48)
             }
             guard value <= 65535 else { return false }
-            originPort = value == OriginPattern.defaultPort(scheme) ? nil : value
+            originPort = value == schemeDefaultPort ? nil : value
         }
         guard originPort == port else { return false }
         let hostCount = hostEnd - hostStart
@@ -242,8 +245,8 @@ public struct OriginPattern: Sendable, Hashable, CustomStringConvertible {
     }
 
     static func defaultPort(_ scheme: [UInt8]) -> Int? {
-        if scheme.count == 5, scheme == Array("https".utf8) { return 443 }
-        if scheme.count == 4, scheme == Array("http".utf8) { return 80 }
+        if scheme.elementsEqual("https".utf8) { return 443 }
+        if scheme.elementsEqual("http".utf8) { return 80 }
         return nil
     }
 
