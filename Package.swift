@@ -135,6 +135,7 @@ let package = Package(
             dependencies: [
                 "KisgwConfiguration",
                 "Observability",
+                "ServerKit",
                 "Simulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -160,6 +161,16 @@ let package = Package(
             name: "KisgwConfigurationTests",
             dependencies: ["KisgwConfiguration", "Observability", .product(name: "Logging", package: "swift-log")],
             path: "Tests/ConfigurationTests",
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "ServerKitTests",
+            dependencies: [
+                "ServerKit",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(

@@ -159,6 +159,7 @@ public final class JWTVerifier: Sendable {
                                  audience: String? = nil, now: Date = Date()) async throws -> String {
         let keys = JWTKeyCollection()
         await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+        let now = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))  // whole seconds
         let claims = Claims(
             sub: SubjectClaim(value: sub), exp: ExpirationClaim(value: now.addingTimeInterval(ttl)), nbf: nil,
             iat: IssuedAtClaim(value: now), iss: issuer.map { IssuerClaim(value: $0) },

@@ -1,0 +1,156 @@
+import Crypto
+import Foundation
+import JWTKit
+import ServerKit
+import Testing
+import _CryptoExtras
+
+private let secret = Array("a-development-secret-of-32-bytes!!".utf8)
+
+private struct Claims: JWTPayload {
+    var sub: SubjectClaim?
+    var exp: ExpirationClaim?
+    var nbf: NotBeforeClaim?
+    var iat: IssuedAtClaim?
+    var iss: IssuerClaim?
+    var aud: AudienceClaim?
+    func verify(using algorithm: some JWTAlgorithm) async throws {}
+}
+
+private func claims(sub: String? = "42", exp: TimeInterval? = 3600, nbf: TimeInterval? = nil, iat: TimeInterval? = 0,
+                    iss: String? = nil, aud: String? = nil) -> Claims {
+    let now = Date()
+    return Claims(
+        sub: sub.map { SubjectClaim(value: $0) }, exp: exp.map { ExpirationClaim(value: now.addingTimeInterval($0)) },
+        nbf: nbf.map { NotBeforeClaim(value: now.addingTimeInterval($0)) },
+        iat: iat.map { IssuedAtClaim(value: now.addingTimeInterval($0)) }, iss: iss.map { IssuerClaim(value: $0) },
+        aud: aud.map { AudienceClaim(value: [$0]) })
+}
+
+private func hs256(_ c: Claims, secret: [UInt8] = secret) async throws -> String {
+    let keys = JWTKeyCollection()
+    await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+    return try await keys.sign(c)
+}
+
+private func b64url(_ data: Data) -> String {
+    data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+        .replacingOccurrences(of: "=", with: "")
+}
+
+@Suite("JWT verification (gateway-api.md, Authentication)")
+struct JWTVerifierTests {
+    func verifier(_ algorithms: Set<String> = ["HS256"], publicKeys: String? = nil, issuer: String? = nil,
+                  audience: String? = nil) async throws -> JWTVerifier {
+        try await JWTVerifier(settings: .init(algorithms: algorithms, hs256Secret: secret, publicKeys: publicKeys,
+                                              issuer: issuer, audience: audience, leeway: 30))
+    }
+
+    func code(_ body: () async throws(Problem) -> VerifiedSession) async -> String? {
+        do {
+            _ = try await body()
+            return nil
+        } catch { return error.code.rawValue }
+    }
+
+    @Test("a good HS256 token gives its sub; the second check is served from memory")
+    func good() async throws {
+        let v = try await verifier()
+        let token = try await hs256(claims())
+        let session = try await v.verify(token)
+        #expect(session.userID == "42")
+        #expect(try await v.verify(token) == session)
+    }
+
+    @Test("the auth matrix: each bad token gets its code")
+    func matrix() async throws {
+        let v = try await verifier(issuer: "https://id.example.com", audience: "kisgw")
+        let ok = claims(iss: "https://id.example.com", aud: "kisgw")
+        var cases: [(String, String, String)] = []
+        cases.append(("malformed", "not-a-jwt", "jwt_invalid"))
+        cases.append(("two parts", "abc.def", "jwt_invalid"))
+        cases.append(("bad signature", try await hs256(ok, secret: Array("another-secret-another-secret-32".utf8)), "jwt_invalid"))
+        cases.append(("expired", try await hs256(claims(exp: -120, iss: "https://id.example.com", aud: "kisgw")), "jwt_expired"))
+        cases.append(("not yet valid", try await hs256(claims(nbf: 600, iss: "https://id.example.com", aud: "kisgw")), "jwt_invalid"))
+        cases.append(("issued in the future", try await hs256(claims(iat: 600, iss: "https://id.example.com", aud: "kisgw")), "jwt_invalid"))
+        cases.append(("wrong iss", try await hs256(claims(iss: "https://evil.example.com", aud: "kisgw")), "jwt_invalid"))
+        cases.append(("wrong aud", try await hs256(claims(iss: "https://id.example.com", aud: "other")), "jwt_invalid"))
+        cases.append(("no sub", try await hs256(claims(sub: nil, iss: "https://id.example.com", aud: "kisgw")), "jwt_invalid"))
+        cases.append(("no exp", try await hs256(claims(exp: nil, iss: "https://id.example.com", aud: "kisgw")), "jwt_invalid"))
+        // alg none: a header saying none and an empty signature.
+        let none = b64url(Data(#"{"alg":"none","typ":"JWT"}"#.utf8)) + "."
+            + b64url(Data(#"{"sub":"42","exp":4102444800}"#.utf8)) + "."
+        cases.append(("alg none", none, "jwt_invalid"))
+        let noneUpper = b64url(Data(#"{"alg":"NONE"}"#.utf8)) + "." + b64url(Data(#"{"sub":"42","exp":4102444800}"#.utf8)) + ".x"
+        cases.append(("alg NONE", noneUpper, "jwt_invalid"))
+        for (name, token, expected) in cases {
+            let got = await code { () async throws(Problem) -> VerifiedSession in try await v.verify(token) }
+            #expect(got == expected, "\(name)")
+        }
+        // Within the leeway an expired token still passes.
+        let justExpired = try await hs256(claims(exp: -10, iss: "https://id.example.com", aud: "kisgw"))
+        #expect(try await v.verify(justExpired).userID == "42")
+    }
+
+    @Test("HS/RS confusion: an HS256 token signed with the RSA public key is refused")
+    func confusion() async throws {
+        let rsa = try _RSA.Signing.PrivateKey(keySize: .bits2048)
+        let publicPEM = rsa.publicKey.pemRepresentation
+        // RS256 allowed only: an HS256 token is refused whatever it is signed with.
+        let rsOnly = try await verifier(["RS256"], publicKeys: publicPEM)
+        let forged = try await hs256(claims(), secret: Array(publicPEM.utf8))
+        let got = await code { () async throws(Problem) -> VerifiedSession in try await rsOnly.verify(forged) }
+        #expect(got == "jwt_invalid")
+        // Both allowed: the HS256 token is checked only against the HMAC secret.
+        let both = try await verifier(["RS256", "HS256"], publicKeys: publicPEM)
+        let got2 = await code { () async throws(Problem) -> VerifiedSession in try await both.verify(forged) }
+        #expect(got2 == "jwt_invalid")
+        // A real RS256 token passes.
+        let keys = JWTKeyCollection()
+        await keys.add(rsa: try Insecure.RSA.PrivateKey(pem: rsa.pemRepresentation), digestAlgorithm: .sha256)
+        let rs = try await keys.sign(claims())
+        #expect(try await both.verify(rs).userID == "42")
+        // …but not when RS256 is not in the allow-list.
+        let hsOnly = try await verifier(["HS256"], publicKeys: publicPEM)
+        let got3 = await code { () async throws(Problem) -> VerifiedSession in try await hsOnly.verify(rs) }
+        #expect(got3 == "jwt_invalid")
+    }
+
+    @Test("ES256 through a JWKS document")
+    func jwks() async throws {
+        let key = ES256PrivateKey()
+        let params = try #require(key.publicKey.parameters)
+        let jwks = #"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","use":"sig","alg":"ES256","x":"\#(params.x)","y":"\#(params.y)"}]}"#
+        let v = try await verifier(["ES256"], publicKeys: jwks)
+        let keys = JWTKeyCollection()
+        await keys.add(ecdsa: key, kid: "k1")
+        let token = try await keys.sign(claims(), kid: "k1")
+        #expect(try await v.verify(token).userID == "42")
+    }
+
+    @Test("mintHS256 makes tokens the verifier accepts, with whole-second times")
+    func mint() async throws {
+        let token = try await JWTVerifier.mintHS256(secret: secret, sub: "user-7", ttl: 600)
+        let v = try await verifier()
+        #expect(try await v.verify(token).userID == "user-7")
+        let payload = String(token.split(separator: ".")[1])
+        #expect(!payload.isEmpty)
+    }
+}
+
+@Suite("Problem documents")
+struct ProblemTests {
+    @Test("RFC 9457 fields, KIS codes, and WWW-Authenticate by code")
+    func body() throws {
+        let p = Problem(.upstreamError, "KIS failed", kisMsgCode: "EGW00002", kisMessage: "서버 에러")
+        let json = try #require(try JSONSerialization.jsonObject(with: p.body()) as? [String: Any])
+        #expect(json["type"] as? String == "https://kisgw.dev/problems/upstream_error")
+        #expect(json["status"] as? Int == 502)
+        #expect(json["code"] as? String == "upstream_error")
+        #expect(json["kis_msg_cd"] as? String == "EGW00002")
+        #expect(json["kis_msg1"] as? String == "서버 에러")
+        #expect(Problem(.authRequired, "x").wwwAuthenticate == "Bearer")
+        #expect(Problem(.kisTokenExpired, "x").wwwAuthenticate == #"Bearer error="invalid_token""#)
+        #expect(Problem(.rateLimited, "x").wwwAuthenticate == nil)
+    }
+}
