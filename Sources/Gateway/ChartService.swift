@@ -1,0 +1,292 @@
+import Crypto
+import Foundation
+import KIS
+import CoreMetrics
+import Logging
+import NIOCore
+import ServerKit
+import Store
+import Synchronization
+
+/// Serves charts from the L1, then the shared store, then KIS — one coalesced, rate-limited fetch per key
+/// across every gateway sharing the store.
+final class ChartService: Sendable {
+    struct Settings: Sendable {
+        var freshness: FreshnessPolicy
+        var staleWhileRevalidate: Int
+        var staleIfError: Int
+        var upstreamTimeout: Duration
+        var maxQueue: Duration
+        var retries: Int
+        var liveRate: Double
+        var sandboxRate: Double
+    }
+
+    enum Outcome: Sendable {
+        case hit(ChartEntry)
+        case stale(ChartEntry)
+        case miss(ChartEntry, upstreamMilliseconds: Double)
+    }
+
+    static let filledChannel = "chart-filled"
+
+    let settings: Settings
+    let store: any SharedStore
+    let l1: L1Cache<ChartEntry>
+    let clients: [KISEnvironment: KISClient]
+    let authorizer: TokenAuthorizer
+    let notifier = FillNotifier()
+    let metrics: GatewayMetrics
+    let logger: Logger
+    private let inflight = Mutex<[String: Task<(ChartEntry, Double), any Error>]>([:])
+    private let refreshing = Mutex<Set<String>>([])
+
+    init(settings: Settings, store: any SharedStore, l1: L1Cache<ChartEntry>, clients: [KISEnvironment: KISClient],
+         authorizer: TokenAuthorizer, metrics: GatewayMetrics, logger: Logger) {
+        self.settings = settings
+        self.store = store
+        self.l1 = l1
+        self.clients = clients
+        self.authorizer = authorizer
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    private static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+
+    func chart(_ query: ChartQuery, token: ResolvedToken) async throws(Problem) -> Outcome {
+        let key = query.cacheKey
+        let now = Self.now()
+        var entry = l1.get(key)
+        if entry == nil, let shared = try? await store.get("cache:" + key), let e = ChartEntry.decode(shared) {
+            l1.set(key, e, cost: e.cost)
+            entry = e
+        }
+        if let e = entry {
+            if now < e.freshUntil {
+                metrics.cacheHit.increment()
+                return .hit(e)
+            }
+            if now < e.freshUntil + Int64(settings.staleWhileRevalidate) {
+                metrics.cacheStale.increment()
+                refreshInBackground(query, token: token)
+                return .stale(e)
+            }
+        }
+        do {
+            let (fresh, ms) = try await fetchCoalesced(query, token: token)
+            return .miss(fresh, upstreamMilliseconds: ms)
+        } catch {
+            // Stale-if-error: KIS failed, timed out or the key's quota is exhausted.
+            if let e = entry, now < e.freshUntil + Int64(settings.staleIfError),
+                [.upstreamError, .upstreamTimeout, .rateLimited, .storeUnavailable].contains(error.code)
+            {
+                metrics.cacheStale.increment()
+                logger.notice("serving stale after an upstream failure", metadata: ["code": "\(error.code)"])
+                return .stale(e)
+            }
+            throw error
+        }
+    }
+
+    private func refreshInBackground(_ query: ChartQuery, token: ResolvedToken) {
+        let key = query.cacheKey
+        let first = refreshing.withLock { $0.insert(key).inserted }
+        guard first else { return }
+        Task {
+            defer { _ = self.refreshing.withLock { $0.remove(key) } }
+            do { _ = try await self.fetchCoalesced(query, token: token) } catch let problem as Problem {
+                self.logger.info("background refresh failed", metadata: ["code": "\(problem.code)"])
+            } catch {
+                self.logger.info("background refresh failed")
+            }
+        }
+    }
+
+    /// One fetch per key in this process; every concurrent caller awaits the same task.
+    func fetchCoalesced(_ query: ChartQuery, token: ResolvedToken) async throws(Problem) -> (ChartEntry, Double) {
+        let key = query.cacheKey
+        let (task, leader) = inflight.withLock { tasks -> (Task<(ChartEntry, Double), any Error>, Bool) in
+            if let t = tasks[key] { return (t, false) }
+            let t = Task { try await self.fetchAcrossFleet(query, token: token) }
+            tasks[key] = t
+            return (t, true)
+        }
+        if !leader { metrics.cacheCoalesced.increment() }
+        do {
+            let result = try await task.value
+            if leader { _ = inflight.withLock { $0.removeValue(forKey: key) } }
+            return result
+        } catch {
+            if leader { _ = inflight.withLock { $0.removeValue(forKey: key) } }
+            throw (error as? Problem) ?? Problem(.internalError, "the chart could not be fetched")
+        }
+    }
+
+    /// One fetch per key across the fleet: a lock with expiry in the store; the others wait to be woken by
+    /// pub/sub (or a short poll) and read the result from the store. A dead holder's lock expires.
+    private func fetchAcrossFleet(_ query: ChartQuery, token: ResolvedToken) async throws(Problem) -> (ChartEntry, Double) {
+        let key = query.cacheKey
+        let lockKey = "lock:chart:" + key
+        let lockTTL = settings.upstreamTimeout + settings.maxQueue + .seconds(1)
+        let started = ContinuousClock.now
+        let patience = settings.upstreamTimeout * 3 + settings.maxQueue
+        while true {
+            let lock: StoreLock?
+            do { lock = try await store.acquireLock(lockKey, ttl: lockTTL) } catch {
+                throw Problem(.storeUnavailable, "the shared store cannot be reached", retryAfter: 1)
+            }
+            if let lock {
+                defer { Task { [store] in _ = try? await store.releaseLock(lock) } }
+                // Someone may have filled it between our miss and the lock.
+                if let e = await freshFromStore(key) { return (e, 0) }
+                let (entry, ms) = try await fetchUpstream(query, token: token, lock: lock, lockTTL: lockTTL)
+                l1.set(key, entry, cost: entry.cost)
+                let keep = entry.freshUntil - Self.now() + Int64(max(settings.staleIfError, settings.staleWhileRevalidate))
+                do {
+                    try await store.set("cache:" + key, to: entry.encoded(), ttl: .seconds(max(1, keep)))
+                    try await store.publish(ByteBuffer(string: key), to: Self.filledChannel)
+                } catch {
+                    logger.warning("could not share a fetched chart", metadata: ["error": "\(error)"])
+                }
+                notifier.notify(key)
+                metrics.cacheMiss.increment()
+                return (entry, ms)
+            }
+            // Another gateway is fetching it.
+            await notifier.wait(for: key, timeout: .milliseconds(50))
+            if let e = await freshFromStore(key) {
+                metrics.cacheCoalesced.increment()
+                return (e, 0)
+            }
+            if ContinuousClock.now - started > patience {
+                throw Problem(.upstreamTimeout, "KIS did not answer in time (waited for another gateway's fetch)")
+            }
+        }
+    }
+
+    private func freshFromStore(_ key: String) async -> ChartEntry? {
+        guard let buffer = try? await store.get("cache:" + key), let e = ChartEntry.decode(buffer),
+            e.freshUntil > Self.now()
+        else { return nil }
+        l1.set(key, e, cost: e.cost)
+        return e
+    }
+
+    // MARK: - KIS
+
+    static func rateKey(appKey: String) -> String {
+        "rl:" + SHA256.hash(data: Data(appKey.utf8)).prefix(16).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// KIS's per-second limit with headroom for network jitter, so the whole fleet never exceeds it.
+    static func effectiveRate(_ rate: Double) -> Double { 1 / (1.05 / rate + 0.005) }
+
+    private func fetchUpstream(
+        _ query: ChartQuery, token: ResolvedToken, lock: StoreLock, lockTTL: Duration
+    ) async throws(Problem) -> (ChartEntry, Double) {
+        guard let client = clients[token.environment] else {
+            throw Problem(.upstreamError, "no KIS URL is configured for \(token.environment.rawValue)")
+        }
+        let rate = Self.effectiveRate(token.environment == .live ? settings.liveRate : settings.sandboxRate)
+        let limit = RateLimit(rate: rate, burst: 1)
+        let rlKey = Self.rateKey(appKey: token.credentials.appKey)
+        let store = self.store, maxQueue = settings.maxQueue, metrics = self.metrics
+        let beforeEachCall: @Sendable () async throws -> Void = {
+            let waitStart = ContinuousClock.now
+            let ok: Bool
+            do {
+                ok = try await store.waitForRateLimit(rlKey, limit: limit, deadline: .now + maxQueue)
+            } catch is CancellationError {
+                throw CancellationError()
+            } catch {
+                throw Problem(.storeUnavailable, "the shared rate limiter cannot be reached", retryAfter: 1)
+            }
+            guard ok else {
+                metrics.rateLimitRejections.increment()
+                throw Problem(.rateLimited, "the KIS rate for this app key cannot be met within the queue limit",
+                              retryAfter: 1)
+            }
+            let waited = ContinuousClock.now - waitStart
+            if waited > .milliseconds(1) {
+                metrics.rateLimitWaits.increment()
+                metrics.rateLimitWait.recordNanoseconds(
+                    waited.components.seconds * 1_000_000_000 + waited.components.attoseconds / 1_000_000_000)
+            }
+            _ = try? await store.renewLock(lock, ttl: lockTTL)
+        }
+        var attempt = 0
+        let started = ContinuousClock.now
+        while true {
+            do {
+                let chart: DailyChart
+                switch query.market {
+                case .domestic:
+                    chart = try await DailyChartPager.domestic(
+                        client: client, credentials: token.credentials, symbol: query.symbol, start: query.start,
+                        end: query.end, period: query.period, adjusted: query.adjusted, beforeEachCall: beforeEachCall)
+                case .overseas:
+                    chart = try await DailyChartPager.overseas(
+                        client: client, credentials: token.credentials, exchange: query.exchange, symbol: query.symbol,
+                        start: query.start, end: query.end, period: query.period, adjusted: query.adjusted,
+                        beforeEachCall: beforeEachCall)
+                }
+                for _ in 0..<chart.calls { metrics.upstreamCall(outcome: "ok", msgCode: nil) }
+                let elapsed = ContinuousClock.now - started
+                metrics.upstreamDuration.recordNanoseconds(
+                    elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
+                let now = Self.now()
+                let ttl = settings.freshness.ttl(for: query, now: Date(timeIntervalSince1970: TimeInterval(now)))
+                let entry = ChartEntry(body: ChartEntry.render(query, chart: chart), storedAt: now,
+                                       freshUntil: now + Int64(ttl))
+                let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+                return (entry, ms)
+            } catch let p as Problem {
+                throw p
+            } catch let e as KISClientError {
+                metrics.upstreamCall(outcome: Self.outcome(e.kind), msgCode: e.msgCode)
+                switch e.kind {
+                case .rateLimited where attempt < settings.retries:
+                    // KIS says too fast: push this app key's schedule back for everyone, then retry.
+                    attempt += 1
+                    _ = try? await store.rateLimit(rlKey, limit: limit, cost: max(1, Int(rate.rounded(.up))),
+                                                   maxWait: .seconds(30))
+                    try? await Task.sleep(for: .milliseconds(100 * (1 << attempt) + Int.random(in: 0..<50)))
+                    continue
+                case .transport where attempt < settings.retries:
+                    attempt += 1
+                    try? await Task.sleep(for: .milliseconds(50 * (1 << attempt) + Int.random(in: 0..<50)))
+                    continue
+                case .tokenExpired:
+                    authorizer.forget(sha256: token.sha256)
+                    throw Problem(.kisTokenExpired, "KIS says the token has expired", kisMsgCode: e.msgCode,
+                                  kisMessage: e.message)
+                case .tokenInvalid:
+                    authorizer.forget(sha256: token.sha256)
+                    throw Problem(.kisTokenInvalid, "KIS refused the token", kisMsgCode: e.msgCode, kisMessage: e.message)
+                case .rateLimited:
+                    throw Problem(.rateLimited, "KIS refused the call as too frequent", retryAfter: 1,
+                                  kisMsgCode: e.msgCode, kisMessage: e.message)
+                case .timeout:
+                    throw Problem(.upstreamTimeout, "KIS did not answer within \(settings.upstreamTimeout)")
+                default:
+                    throw Problem(.upstreamError, "KIS answered with an error or an unreadable body",
+                                  kisMsgCode: e.msgCode, kisMessage: e.message)
+                }
+            } catch is CancellationError {
+                throw Problem(.upstreamTimeout, "the fetch was cancelled")
+            } catch {
+                throw Problem(.upstreamError, "the KIS call failed")
+            }
+        }
+    }
+
+    static func outcome(_ kind: KISClientError.Kind) -> String {
+        switch kind {
+        case .timeout: "timeout"
+        case .transport: "transport"
+        case .unreadable: "unreadable"
+        default: "kis_error"
+        }
+    }
+}

@@ -1,0 +1,273 @@
+public import AsyncHTTPClient
+import Crypto
+import Foundation
+public import Hummingbird
+import HTTPTypes
+import KIS
+public import KisgwConfiguration
+public import Logging
+import NIOCore
+import NIOHTTP1
+import Observability
+public import Prometheus
+import ServerKit
+public import Store
+public import Tokens
+
+/// What `buildGateway` needs besides the configuration: the store shared with the broker and the other gateways,
+/// the seal keys' opener, and where metrics are read from.
+public struct GatewayDependencies: Sendable {
+    public var store: any SharedStore
+    public var keyring: SealKeyring
+    public var httpClient: HTTPClient
+    public var metricsRegistry: PrometheusCollectorRegistry?
+    /// Answers `/readyz`: nil when the store answers.
+    public var readiness: @Sendable () async -> String?
+
+    public init(store: any SharedStore, keyring: SealKeyring, httpClient: HTTPClient = .shared,
+                metricsRegistry: PrometheusCollectorRegistry? = nil,
+                readiness: @escaping @Sendable () async -> String?) {
+        self.store = store
+        self.keyring = keyring
+        self.httpClient = httpClient
+        self.metricsRegistry = metricsRegistry
+        self.readiness = readiness
+    }
+}
+
+/// The edge gateway (gateway-api.md) as a Hummingbird application.
+///
+/// ```swift
+/// let app = try await buildGateway(config, dependencies: deps, logger: logger)
+/// try await app.runService()
+/// ```
+public func buildGateway(
+    _ config: KisgwConfig, dependencies: GatewayDependencies, logger: Logger,
+    onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+) async throws -> some ApplicationProtocol {
+    let gateway = try await GatewayCore(config: config, dependencies: dependencies, logger: logger)
+    let router = Router(context: BasicRequestContext.self)
+    let metrics = gateway.metrics
+    router.add(middleware: AccessMiddleware(logger: logger) { route, status, nanos in
+        metrics.request(route: route, status: status, nanoseconds: nanos)
+    })
+    router.add(middleware: CORSMiddleware(cors: config.cors, renderer: ProblemRenderer(allowedMethods: GatewayCore.allowedMethods)))
+    gateway.addRoutes(to: router)
+    return Application(
+        router: router,
+        configuration: .init(address: .hostname(config.server.host, port: config.server.port), serverName: nil),
+        services: [gateway.eventListener],
+        onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? 0) },
+        logger: logger
+    )
+}
+
+/// Route handlers and the parts they share.
+struct GatewayCore: Sendable {
+    let config: KisgwConfig
+    let dependencies: GatewayDependencies
+    let verifier: JWTVerifier
+    let authorizer: TokenAuthorizer
+    let charts: ChartService
+    let metrics = GatewayMetrics()
+    let logger: Logger
+    let eventListener: StoreEventListener
+
+    init(config: KisgwConfig, dependencies: GatewayDependencies, logger: Logger) async throws {
+        self.config = config
+        self.dependencies = dependencies
+        self.logger = logger
+        self.verifier = try await JWTVerifier(settings: .init(config: config.auth.jwt))
+        let store = dependencies.store, keyring = dependencies.keyring
+        let authorizer = TokenAuthorizer { (token: String) async throws(StoreError) -> ResolvedToken? in
+            guard let p = try await TokenDirectory.resolve(token: token, store: store, keyring: keyring) else { return nil }
+            return ResolvedToken(
+                userID: p.userID, environment: p.environment, expiresAt: p.expiresAt, sha256: p.sha256,
+                credentials: KISCredentials(appKey: p.credentials.app_key, appSecret: p.credentials.app_secret,
+                                            accessToken: p.credentials.access_token))
+        }
+        self.authorizer = authorizer
+        let timeout = config.upstream.timeout
+        let clients: [KISEnvironment: KISClient] = [
+            .live: KISClient(baseURL: config.kis.liveURL, httpClient: dependencies.httpClient, timeout: timeout, logger: logger),
+            .sandbox: KISClient(baseURL: config.kis.sandboxURL, httpClient: dependencies.httpClient, timeout: timeout,
+                                logger: logger),
+        ]
+        let settings = ChartService.Settings(
+            freshness: FreshnessPolicy(liveTTL: config.cache.liveTTLS, settledTTL: config.cache.settledTTLS),
+            staleWhileRevalidate: config.cache.staleWhileRevalidateS, staleIfError: config.cache.staleIfErrorS,
+            upstreamTimeout: config.upstream.timeout, maxQueue: config.upstream.maxQueue,
+            retries: config.upstream.retries, liveRate: config.kis.liveRatePerS, sandboxRate: config.kis.sandboxRatePerS)
+        let l1 = L1Cache<ChartEntry>(maxEntries: config.cache.l1Entries, maxBytes: 256 << 20)
+        let metrics = self.metrics
+        self.charts = ChartService(settings: settings, store: store, l1: l1, clients: clients, authorizer: authorizer,
+                                   metrics: metrics, logger: logger)
+        self.eventListener = StoreEventListener(store: store, authorizer: authorizer, notifier: charts.notifier,
+                                                filledChannel: ChartService.filledChannel, logger: logger)
+    }
+
+    static let chartPatterns: [[String]] = [["domestic", "chart", "daily", "*"], ["overseas", "*", "chart", "daily", "*"]]
+
+    /// The methods a path allows, when it matches a route (for 405 answers).
+    static let allowedMethods: @Sendable (String) -> String? = { path in
+        let parts = path.split(separator: "/").map(String.init)
+        for pattern in chartPatterns where pattern.count == parts.count {
+            if zip(pattern, parts).allSatisfy({ $0.0 == "*" || $0.0 == $0.1 }) { return "GET, OPTIONS" }
+        }
+        switch path {
+        case "/token/refresh": return "POST, OPTIONS"
+        case "/healthz", "/readyz", "/metrics": return "GET"
+        default: return nil
+        }
+    }
+
+    func addRoutes(to router: Router<BasicRequestContext>) {
+        router.get("/domestic/chart/daily/:symbol") { request, context in
+            try await self.chart(request, context: context) { query, now throws(Problem) in
+                try ChartQuery.domestic(symbol: Substring(context.parameters.get("symbol") ?? ""), query: query,
+                                        maxRangeDays: self.config.limits.maxRangeDays, now: now)
+            }
+        }
+        router.get("/overseas/:exchange/chart/daily/:symbol") { request, context in
+            try await self.chart(request, context: context) { query, now throws(Problem) in
+                try ChartQuery.overseas(
+                    exchange: Substring(context.parameters.get("exchange") ?? ""), symbol: Substring(context.parameters.get("symbol") ?? ""),
+                    query: query, maxRangeDays: self.config.limits.maxRangeDays, now: now)
+            }
+        }
+        router.post("/token/refresh") { request, _ in try await self.refreshToken(request) }
+        router.get("/healthz") { _, _ in Self.json(#"{"status":"ok"}"#, status: .ok) }
+        router.get("/readyz") { _, _ in
+            if let problem = await self.dependencies.readiness() {
+                let body = #"{"status":"unavailable","detail":"# + ChartEntry.jsonString(problem) + "}"
+                return Self.json(body, status: .serviceUnavailable)
+            }
+            return Self.json(#"{"status":"ready"}"#, status: .ok)
+        }
+        router.get("/metrics") { _, _ in
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+            let text = self.dependencies.metricsRegistry.map { MetricsSetup.render($0) } ?? ""
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
+        }
+    }
+
+    static func json(_ body: String, status: HTTPResponse.Status) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        headers[.cacheControl] = "no-store"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+
+    // MARK: - charts
+
+    func chart(
+        _ request: Request, context: BasicRequestContext,
+        parse: (_ query: [String: Substring], _ now: Date) throws(Problem) -> ChartQuery
+    ) async throws -> Response {
+        let now = Date()
+        // Authenticate first: nothing about the data is said to an unauthenticated caller.
+        let (jwt, kisToken) = try Self.credentials(request)
+        let session = try await verifier.verify(jwt, now: now)
+        var params: [String: Substring] = [:]
+        for (k, v) in request.uri.queryParameters where params[String(k)] == nil { params[String(k)] = v }
+        let query = try parse(params, now)
+        let token = try await authorizer.authorize(kisToken: kisToken, userID: session.userID, now: now)
+
+        let outcome = try await charts.chart(query, token: token)
+        let entry: ChartEntry
+        let cacheState: String
+        var timing: String
+        switch outcome {
+        case .hit(let e):
+            entry = e
+            cacheState = "HIT"
+            timing = #"cache;desc="hit""#
+        case .stale(let e):
+            entry = e
+            cacheState = "STALE"
+            timing = #"cache;desc="stale""#
+        case .miss(let e, let ms):
+            entry = e
+            cacheState = "MISS"
+            timing = #"cache;desc="miss", upstream;dur="# + String(format: "%.1f", ms)
+        }
+        let nowSeconds = Int64(now.timeIntervalSince1970)
+        var headers = HTTPFields()
+        headers.reserveCapacity(10)
+        headers[.eTag] = entry.etag
+        headers[.cacheControl] = "private, max-age=\(max(0, entry.freshUntil - nowSeconds))"
+        headers[.age] = String(max(0, nowSeconds - entry.storedAt))
+        headers[Self.xCache] = cacheState
+        headers[Self.serverTiming] = timing
+        if let inm = request.headers[.ifNoneMatch], Self.etagMatches(inm, entry.etag) {
+            return Response(status: .notModified, headers: headers)
+        }
+        headers[.contentType] = "application/json"
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: entry.body))
+    }
+
+    static let xCache = HTTPField.Name("X-Cache")!
+    static let serverTiming = HTTPField.Name("Server-Timing")!
+    static let xKISToken = HTTPField.Name("X-KIS-Token")!
+
+    /// `Authorization: Bearer <JWT>` and `X-KIS-Token`, or `auth_required`.
+    static func credentials(_ request: Request) throws(Problem) -> (String, String) {
+        guard let authorization = request.headers[.authorization] else {
+            throw Problem(.authRequired, "Authorization: Bearer <JWT> is required")
+        }
+        let parts = authorization.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+        guard parts.count == 2, parts[0].lowercased() == "bearer", !parts[1].isEmpty else {
+            throw Problem(.authRequired, "Authorization must be a Bearer value")
+        }
+        guard let kis = request.headers[xKISToken]?.trimmingCharacters(in: .whitespaces), !kis.isEmpty else {
+            throw Problem(.authRequired, "X-KIS-Token is required")
+        }
+        return (String(parts[1]).trimmingCharacters(in: .whitespaces), kis)
+    }
+
+    /// `If-None-Match` against a strong ETag: a list, `W/` prefixes compare weakly, `*` matches.
+    static func etagMatches(_ header: String, _ etag: String) -> Bool {
+        for candidate in header.split(separator: ",") {
+            var c = candidate.trimmingCharacters(in: .whitespaces)
+            if c == "*" { return true }
+            if c.hasPrefix("W/") { c.removeFirst(2) }
+            if c == etag { return true }
+        }
+        return false
+    }
+
+    // MARK: - token refresh (proxied to the broker)
+
+    func refreshToken(_ request: Request) async throws -> Response {
+        guard let authorization = request.headers[.authorization] else {
+            throw Problem(.authRequired, "Authorization: Bearer <JWT> is required")
+        }
+        let body = try await request.body.collect(upTo: 16 * 1024)
+        var upstream = HTTPClientRequest(url: config.broker.url + "/api/kis/token/refresh")
+        upstream.method = .POST
+        upstream.headers.add(name: "authorization", value: authorization)
+        upstream.headers.add(name: "content-type", value: "application/json")
+        upstream.body = .bytes(body)
+        do {
+            let response = try await dependencies.httpClient.execute(upstream, timeout: .seconds(Int64(config.upstream.timeoutMs / 1000 + 5)))
+            let bytes = try await response.body.collect(upTo: 1 << 20)
+            var headers = HTTPFields()
+            headers[.contentType] = response.headers.first(name: "content-type") ?? "application/json"
+            if let r = response.headers.first(name: "retry-after") { headers[.retryAfter] = r }
+            if let w = response.headers.first(name: "www-authenticate") { headers[.wwwAuthenticate] = w }
+            return Response(status: .init(code: Int(response.status.code)), headers: headers, body: .init(byteBuffer: bytes))
+        } catch {
+            throw Problem(.upstreamError, "the token broker cannot be reached")
+        }
+    }
+}
+
+extension JWTVerifier.Settings {
+    init(config: KisgwConfig.JWT) {
+        self.init(
+            algorithms: Set(config.algorithms.map(\.rawValue)), hs256Secret: config.hs256Secret.map { Array($0.value.utf8) },
+            publicKeys: config.publicKeysFile.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) },
+            issuer: config.issuer, audience: config.audience, leeway: TimeInterval(config.leewayS))
+    }
+}

@@ -1,0 +1,50 @@
+import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Store
+import Tokens
+
+/// Listens to the store's channels for as long as the gateway runs: `events` (a `revoked` token is forgotten at
+/// once) and the chart-filled channel (wakes requests waiting on another gateway's fetch). Subscriptions are
+/// retried with backoff while the store is down.
+struct StoreEventListener: Service {
+    let store: any SharedStore
+    let authorizer: TokenAuthorizer
+    let notifier: FillNotifier
+    let filledChannel: String
+    let logger: Logger
+
+    private struct Event: Decodable {
+        var type: String
+        var sha256: String
+    }
+
+    func run() async throws {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.listen(to: TokenDirectory.eventsChannel) { self.handleEvent($0) } }
+            group.addTask { await self.listen(to: self.filledChannel) { self.notifier.notify(String(buffer: $0)) } }
+            await group.waitForAll()
+        }
+    }
+
+    private func handleEvent(_ payload: ByteBuffer) {
+        guard let event = try? JSONDecoder().decode(Event.self, from: Data(payload.readableBytesView)) else { return }
+        if event.type == "revoked" { authorizer.forget(sha256: event.sha256) }
+    }
+
+    private func listen(to channel: String, _ handle: @escaping @Sendable (ByteBuffer) -> Void) async {
+        var delay = Duration.milliseconds(100)
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                let subscription = try await store.subscribe(to: channel)
+                delay = .milliseconds(100)
+                for await message in subscription.cancelOnGracefulShutdown() { handle(message) }
+            } catch {
+                logger.warning("store subscription failed; retrying", metadata: ["channel": "\(channel)"])
+            }
+            try? await Task.sleep(for: delay)
+            delay = min(delay * 2, .seconds(5))
+        }
+    }
+}

@@ -1,0 +1,73 @@
+import Foundation
+import KIS
+import ServerKit
+import Store
+import Synchronization
+
+/// What a KIS token resolves to: its owner, environment, expiry, and the credentials to call KIS with.
+struct ResolvedToken: Sendable {
+    var userID: String
+    var environment: KISEnvironment
+    var expiresAt: Date
+    var sha256: String
+    var credentials: KISCredentials
+}
+
+/// Looks KIS tokens up in the shared store (`kisgw:tok:{sha256}`), unseals their credentials, and remembers the
+/// positive decisions briefly — bounded by the token's expiry and `recheck` — dropping them at once on a
+/// `revoked` event.
+final class TokenAuthorizer: Sendable {
+    private struct Entry {
+        var token: ResolvedToken
+        var validUntil: Date
+    }
+
+    private let lookup: @Sendable (_ token: String) async throws(StoreError) -> ResolvedToken?
+    private let cache = Mutex<[String: Entry]>([:])
+    private let recheck: TimeInterval
+    private let limit = 100_000
+
+    init(recheck: TimeInterval = 30, lookup: @escaping @Sendable (_ token: String) async throws(StoreError) -> ResolvedToken?) {
+        self.recheck = recheck
+        self.lookup = lookup
+    }
+
+    /// The token's credentials if `kisToken` was published for `userID` and is live; else a `kis_token_*` problem.
+    func authorize(kisToken: String, userID: String, now: Date = Date()) async throws(Problem) -> ResolvedToken {
+        if let hit = cache.withLock({ $0[kisToken] }), hit.validUntil > now {
+            guard hit.token.userID == userID else {
+                throw Problem(.kisTokenInvalid, "the KIS token does not belong to this user")
+            }
+            return hit.token
+        }
+        let resolved: ResolvedToken?
+        do { resolved = try await lookup(kisToken) } catch {
+            throw Problem(.storeUnavailable, "the token store cannot be reached", retryAfter: 1)
+        }
+        guard let resolved else {
+            cache.withLock { _ = $0.removeValue(forKey: kisToken) }
+            throw Problem(.kisTokenInvalid, "the KIS token is unknown or was revoked")
+        }
+        guard resolved.expiresAt > now else {
+            throw Problem(.kisTokenExpired, "the KIS token has expired")
+        }
+        guard resolved.userID == userID else {
+            throw Problem(.kisTokenInvalid, "the KIS token does not belong to this user")
+        }
+        let until = min(resolved.expiresAt, now.addingTimeInterval(recheck))
+        cache.withLock { c in
+            if c.count >= limit { c.removeAll(keepingCapacity: true) }
+            c[kisToken] = Entry(token: resolved, validUntil: until)
+        }
+        return resolved
+    }
+
+    /// Forgets every decision about the token with this SHA-256 (a `revoked` event, or KIS said it expired).
+    func forget(sha256: String) {
+        cache.withLock { c in
+            for (k, v) in c where v.token.sha256 == sha256 { c.removeValue(forKey: k) }
+        }
+    }
+
+    func forget(token: String) { cache.withLock { _ = $0.removeValue(forKey: token) } }
+}

@@ -1,0 +1,70 @@
+/// The generic cell rate algorithm, in integer microseconds.
+///
+/// The same arithmetic runs in Lua inside Redis (``RedisStore``) and in Swift
+/// (``MemoryStore``). The state is one number per key, the *theoretical
+/// arrival time* (TAT): when the next request would be on schedule if
+/// requests came exactly every `interval`. A request of `cost` units pushes
+/// the TAT `interval × cost` ahead; it conforms when the new TAT is at most
+/// `interval × burst` ahead of now. If it would conform within `maxWait`, the
+/// TAT is stored anyway and the caller waits the difference: a reservation.
+public enum GCRA {
+    /// A decision and the state to store.
+    public struct Outcome: Sendable, Hashable {
+        /// Whether the request was admitted (possibly after ``wait``).
+        public var allowed: Bool
+        /// Microseconds until the request conforms (for admitted requests: how long to wait first).
+        public var wait: Int64
+        /// The TAT to store if admitted.
+        public var newTAT: Int64?
+        /// How long the stored TAT stays relevant (its key's expiry), in microseconds.
+        public var keepFor: Int64
+    }
+
+    /// Decides one request.
+    ///
+    /// - Parameters:
+    ///   - tat: the stored TAT, or `nil` if none (or expired).
+    ///   - now: current time in microseconds.
+    ///   - interval: emission interval in microseconds (> 0).
+    ///   - burst: requests allowed back to back (≥ 1).
+    ///   - cost: units this request consumes (≥ 0).
+    ///   - maxWait: the longest wait the caller accepts, in microseconds (≥ 0).
+    public static func decide(tat: Int64?, now: Int64, interval: Int64, burst: Int64, cost: Int64, maxWait: Int64) -> Outcome {
+        let base = max(tat ?? now, now)
+        let newTAT = base + interval * cost
+        let wait = max(0, newTAT - interval * burst - now)
+        if wait > maxWait {
+            return Outcome(allowed: false, wait: wait, newTAT: nil, keepFor: 0)
+        }
+        return Outcome(allowed: true, wait: wait, newTAT: newTAT, keepFor: newTAT - now)
+    }
+
+    /// The Lua version of ``decide(tat:now:interval:burst:cost:maxWait:)``, for `EVALSHA`.
+    ///
+    /// `KEYS[1]` holds the TAT; `ARGV` is interval, burst, cost, maxWait (all µs
+    /// or counts). Time comes from the Redis server (`TIME`), so every gateway
+    /// shares one clock. Returns `{allowed (0/1), wait_us}`.
+    static let lua = """
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        local interval = tonumber(ARGV[1])
+        local burst = tonumber(ARGV[2])
+        local cost = tonumber(ARGV[3])
+        local maxwait = tonumber(ARGV[4])
+        local tat = now
+        local stored = redis.call('GET', KEYS[1])
+        if stored then
+            tat = tonumber(stored)
+            if tat < now then tat = now end
+        end
+        local newtat = tat + interval * cost
+        local wait = newtat - interval * burst - now
+        if wait < 0 then wait = 0 end
+        if wait > maxwait then
+            return {0, wait}
+        end
+        local keep = math.floor((newtat - now) / 1000) + 1
+        redis.call('SET', KEYS[1], string.format('%d', newtat), 'PX', keep)
+        return {1, wait}
+        """
+}

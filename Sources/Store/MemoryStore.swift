@@ -1,0 +1,245 @@
+public import NIOCore
+import Synchronization
+
+/// The in-process store for a single process (`[store] backend = "memory"`): the same contract as
+/// ``RedisStore``, expiry included, with the same GCRA arithmetic for rate limits.
+///
+/// ```swift
+/// let store = MemoryStore()
+/// try await store.set("k", to: ByteBuffer(string: "v"), ttl: .seconds(5))
+/// ```
+public final class MemoryStore: SharedStore {
+    private enum Value {
+        case bytes(ByteBuffer)
+        case set(Set<String>)
+    }
+
+    private struct Item {
+        var value: Value
+        /// Monotonic expiry; nil = never.
+        var expiresAt: ContinuousClock.Instant?
+    }
+
+    private struct State {
+        var items: [String: Item] = [:]
+        var subscribers: [String: [Int: AsyncStream<ByteBuffer>.Continuation]] = [:]
+        var nextSubscriber = 0
+        var writes = 0
+    }
+
+    public let keyPrefix: String
+    private let state = Mutex(State())
+    private let epoch = ContinuousClock.now
+
+    public init(keyPrefix: String = "kisgw:") {
+        self.keyPrefix = keyPrefix
+    }
+
+    /// The live item at `key`, dropping it if it expired.
+    private static func live(_ s: inout State, _ key: String, now: ContinuousClock.Instant) -> Item? {
+        guard let item = s.items[key] else { return nil }
+        if let e = item.expiresAt, e <= now {
+            s.items.removeValue(forKey: key)
+            return nil
+        }
+        return item
+    }
+
+    /// Sweeps expired items now and then so unread keys do not pile up.
+    private static func sweepIfDue(_ s: inout State, now: ContinuousClock.Instant) {
+        s.writes += 1
+        guard s.writes % 1024 == 0 else { return }
+        s.items = s.items.filter { $0.value.expiresAt.map { $0 > now } ?? true }
+    }
+
+    private static func expiry(_ ttl: Duration?, now: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+        ttl.map { now + $0 }
+    }
+
+    public func get(_ key: String) async throws(StoreError) -> ByteBuffer? {
+        let now = ContinuousClock.now
+        return state.withLock { s in
+            guard case .bytes(let b)? = Self.live(&s, keyPrefix + key, now: now)?.value else { return nil }
+            return b
+        }
+    }
+
+    public func set(_ key: String, to value: ByteBuffer, ttl: Duration?) async throws(StoreError) {
+        let now = ContinuousClock.now
+        state.withLock { s in
+            s.items[keyPrefix + key] = Item(value: .bytes(value), expiresAt: Self.expiry(ttl, now: now))
+            Self.sweepIfDue(&s, now: now)
+        }
+    }
+
+    public func setIfAbsent(_ key: String, to value: ByteBuffer, ttl: Duration?) async throws(StoreError) -> Bool {
+        let now = ContinuousClock.now
+        return state.withLock { s in
+            let k = keyPrefix + key
+            guard Self.live(&s, k, now: now) == nil else { return false }
+            s.items[k] = Item(value: .bytes(value), expiresAt: Self.expiry(ttl, now: now))
+            Self.sweepIfDue(&s, now: now)
+            return true
+        }
+    }
+
+    public func compareAndSet(
+        _ key: String, expected: ByteBuffer?, newValue: ByteBuffer?, ttl: Duration?
+    ) async throws(StoreError) -> Bool {
+        let now = ContinuousClock.now
+        return state.withLock { s in
+            let k = keyPrefix + key
+            let current: ByteBuffer?
+            switch Self.live(&s, k, now: now)?.value {
+            case .bytes(let b)?: current = b
+            case .set?: return false
+            case nil: current = nil
+            }
+            guard current == expected else { return false }
+            if let newValue {
+                s.items[k] = Item(value: .bytes(newValue), expiresAt: Self.expiry(ttl, now: now))
+            } else {
+                s.items.removeValue(forKey: k)
+            }
+            return true
+        }
+    }
+
+    @discardableResult
+    public func delete(_ key: String) async throws(StoreError) -> Bool {
+        let now = ContinuousClock.now
+        return state.withLock { s in
+            let k = keyPrefix + key
+            guard Self.live(&s, k, now: now) != nil else { return false }
+            s.items.removeValue(forKey: k)
+            return true
+        }
+    }
+
+    public func timeToLive(_ key: String) async throws(StoreError) -> StoreTTL {
+        let now = ContinuousClock.now
+        return state.withLock { s in
+            guard let item = Self.live(&s, keyPrefix + key, now: now) else { return .missing }
+            guard let e = item.expiresAt else { return .persistent }
+            return .expiresIn(now.duration(to: e))
+        }
+    }
+
+    @discardableResult
+    public func setAdd(_ key: String, members: [String], ttlAtLeast: Duration?) async throws(StoreError) -> Int {
+        let now = ContinuousClock.now
+        return state.withLock { s in
+            let k = keyPrefix + key
+            var item = Self.live(&s, k, now: now) ?? Item(value: .set([]), expiresAt: nil)
+            guard case .set(var members0) = item.value else { return 0 }
+            let before = members0.count
+            members0.formUnion(members)
+            item.value = .set(members0)
+            if let ttl = ttlAtLeast {
+                let wanted = now + ttl
+                // Extend, never shorten; a persistent set stays persistent.
+                if s.items[k] == nil { item.expiresAt = wanted } else if let e = item.expiresAt, e < wanted {
+                    item.expiresAt = wanted
+                }
+            }
+            s.items[k] = item
+            return members0.count - before
+        }
+    }
+
+    @discardableResult
+    public func setRemove(_ key: String, members: [String]) async throws(StoreError) -> Int {
+        let now = ContinuousClock.now
+        return state.withLock { s in
+            let k = keyPrefix + key
+            guard var item = Self.live(&s, k, now: now), case .set(var m) = item.value else { return 0 }
+            let before = m.count
+            m.subtract(members)
+            if m.isEmpty {
+                s.items.removeValue(forKey: k)
+            } else {
+                item.value = .set(m)
+                s.items[k] = item
+            }
+            return before - m.count
+        }
+    }
+
+    public func setMembers(_ key: String) async throws(StoreError) -> Set<String> {
+        let now = ContinuousClock.now
+        return state.withLock { s in
+            guard case .set(let m)? = Self.live(&s, keyPrefix + key, now: now)?.value else { return [] }
+            return m
+        }
+    }
+
+    public func acquireLock(_ key: String, ttl: Duration) async throws(StoreError) -> StoreLock? {
+        let token = Self.randomToken()
+        let stored = try await setIfAbsent(key, to: ByteBuffer(string: token), ttl: ttl)
+        return stored ? StoreLock(key: key, token: token) : nil
+    }
+
+    public func renewLock(_ lock: StoreLock, ttl: Duration) async throws(StoreError) -> Bool {
+        let token = ByteBuffer(string: lock.token)
+        return try await compareAndSet(lock.key, expected: token, newValue: token, ttl: ttl)
+    }
+
+    @discardableResult
+    public func releaseLock(_ lock: StoreLock) async throws(StoreError) -> Bool {
+        try await compareAndSet(lock.key, expected: ByteBuffer(string: lock.token), newValue: nil, ttl: nil)
+    }
+
+    public func rateLimit(_ key: String, limit: RateLimit, cost: Int, maxWait: Duration) async throws(StoreError)
+        -> RateLimitDecision
+    {
+        let now = ContinuousClock.now
+        let micros = Self.micros(epoch.duration(to: now))
+        return state.withLock { s in
+            let k = keyPrefix + key
+            var tat: Int64? = nil
+            if case .bytes(let b)? = Self.live(&s, k, now: now)?.value, let t = b.getString(at: b.readerIndex, length: b.readableBytes).flatMap({ Int64($0) }) {
+                tat = t
+            }
+            let outcome = GCRA.decide(
+                tat: tat, now: micros, interval: limit.intervalMicroseconds, burst: Int64(limit.burst),
+                cost: Int64(cost), maxWait: Self.micros(maxWait))
+            if outcome.allowed, let newTAT = outcome.newTAT {
+                s.items[k] = Item(value: .bytes(ByteBuffer(string: String(newTAT))),
+                                  expiresAt: now + .microseconds(outcome.keepFor + 1000))
+                return .allowed(after: .microseconds(outcome.wait))
+            }
+            return .denied(retryAfter: .microseconds(outcome.wait))
+        }
+    }
+
+    public func publish(_ message: ByteBuffer, to channel: String) async throws(StoreError) {
+        let continuations = state.withLock { s in Array((s.subscribers[keyPrefix + channel] ?? [:]).values) }
+        for c in continuations { c.yield(message) }
+    }
+
+    public func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription {
+        let (stream, continuation) = AsyncStream.makeStream(of: ByteBuffer.self, bufferingPolicy: .bufferingNewest(4096))
+        let k = keyPrefix + channel
+        let id = state.withLock { s -> Int in
+            s.nextSubscriber += 1
+            s.subscribers[k, default: [:]][s.nextSubscriber] = continuation
+            return s.nextSubscriber
+        }
+        continuation.onTermination = { [weak self] _ in
+            self?.state.withLock { s in
+                s.subscribers[k]?.removeValue(forKey: id)
+                if s.subscribers[k]?.isEmpty == true { s.subscribers.removeValue(forKey: k) }
+            }
+        }
+        return StoreSubscription(source: .memory(stream))
+    }
+
+    private static func micros(_ d: Duration) -> Int64 {
+        d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000
+    }
+
+    static func randomToken() -> String {
+        var g = SystemRandomNumberGenerator()
+        return (0..<4).map { _ in String(g.next() as UInt64, radix: 16) }.joined()
+    }
+}

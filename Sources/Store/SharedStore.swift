@@ -1,0 +1,221 @@
+public import NIOCore
+
+/// The state gateways and the broker share: cache entries, locks, rate-limit
+/// state, token records and events.
+///
+/// Two implementations behave the same, expiry included: ``RedisStore``
+/// (many processes, one Redis) and ``MemoryStore`` (one process). Keys and
+/// channels are given *without* the prefix; the store prepends
+/// ``keyPrefix`` (`kisgw:` by default) to every key and channel.
+///
+/// ```swift
+/// let store: any SharedStore = RedisStore(client: redis)
+/// if let lock = try await store.acquireLock("lock:quote:005930", ttl: .seconds(5)) {
+///     defer { Task { _ = try? await store.releaseLock(lock) } }
+///     …
+/// }
+/// ```
+public protocol SharedStore: Sendable {
+    /// Prepended to every key and channel (`kisgw:`).
+    var keyPrefix: String { get }
+
+    /// The value of `key`, or `nil` if it does not exist (or expired).
+    func get(_ key: String) async throws(StoreError) -> ByteBuffer?
+
+    /// Stores `value` at `key`, replacing any value; `ttl` `nil` keeps it until deleted.
+    func set(_ key: String, to value: ByteBuffer, ttl: Duration?) async throws(StoreError)
+
+    /// Stores `value` only if `key` does not exist. Returns whether it was stored.
+    func setIfAbsent(_ key: String, to value: ByteBuffer, ttl: Duration?) async throws(StoreError) -> Bool
+
+    /// Atomically replaces the value of `key` if it currently equals `expected`
+    /// (`nil`: the key must not exist). `newValue` `nil` deletes the key.
+    /// Returns whether the swap happened.
+    func compareAndSet(
+        _ key: String,
+        expected: ByteBuffer?,
+        newValue: ByteBuffer?,
+        ttl: Duration?
+    ) async throws(StoreError) -> Bool
+
+    /// Deletes `key` (a value or a set). Returns whether it existed.
+    @discardableResult
+    func delete(_ key: String) async throws(StoreError) -> Bool
+
+    /// Whether `key` exists and when it expires.
+    func timeToLive(_ key: String) async throws(StoreError) -> StoreTTL
+
+    /// Adds members to the set at `key`. With `ttlAtLeast`, the set's expiry is
+    /// extended (never shortened) to at least that long from now. Returns the
+    /// number of members that were new.
+    @discardableResult
+    func setAdd(_ key: String, members: [String], ttlAtLeast: Duration?) async throws(StoreError) -> Int
+
+    /// Removes members from the set at `key`; returns how many were present.
+    @discardableResult
+    func setRemove(_ key: String, members: [String]) async throws(StoreError) -> Int
+
+    /// All members of the set at `key` (empty if it does not exist).
+    func setMembers(_ key: String) async throws(StoreError) -> Set<String>
+
+    /// Takes the lock `key` for `ttl` if nobody holds it; returns the held lock or `nil`.
+    func acquireLock(_ key: String, ttl: Duration) async throws(StoreError) -> StoreLock?
+
+    /// Extends a held lock; `false` if it expired or someone else holds it now.
+    func renewLock(_ lock: StoreLock, ttl: Duration) async throws(StoreError) -> Bool
+
+    /// Releases a lock only if this holder still owns it; returns whether it did.
+    @discardableResult
+    func releaseLock(_ lock: StoreLock) async throws(StoreError) -> Bool
+
+    /// One atomic rate-limit decision (GCRA) for `key` across every process
+    /// sharing the store.
+    ///
+    /// - Parameters:
+    ///   - cost: units this request consumes (usually 1).
+    ///   - maxWait: how long the caller is willing to wait. If the request
+    ///     conforms within that time, a slot is *reserved* and the decision is
+    ///     ``RateLimitDecision/allowed(after:)`` with the wait (zero: go now);
+    ///     otherwise nothing is reserved and the decision is
+    ///     ``RateLimitDecision/denied(retryAfter:)``.
+    func rateLimit(_ key: String, limit: RateLimit, cost: Int, maxWait: Duration) async throws(StoreError) -> RateLimitDecision
+
+    /// Publishes `message` on `channel`; returns immediately (fire and forget).
+    func publish(_ message: ByteBuffer, to channel: String) async throws(StoreError)
+
+    /// Messages published on `channel` from now on.
+    func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription
+}
+
+extension SharedStore {
+    /// `key` with the store's prefix, as it appears in Redis (e.g. for AAD).
+    public func fullKey(_ key: String) -> String { self.keyPrefix + key }
+
+    /// Waits for a rate-limit slot up to `deadline`, reserving it atomically.
+    ///
+    /// - Returns: `true` once the request may go ahead (after sleeping for its
+    ///   reserved slot); `false` if no slot was available before the deadline.
+    public func waitForRateLimit(
+        _ key: String,
+        limit: RateLimit,
+        cost: Int = 1,
+        deadline: ContinuousClock.Instant
+    ) async throws -> Bool {
+        let remaining = ContinuousClock.now.duration(to: deadline)
+        guard remaining >= .zero else { return false }
+        switch try await self.rateLimit(key, limit: limit, cost: cost, maxWait: remaining) {
+        case .allowed(let wait):
+            if wait > .zero { try await Task.sleep(for: wait) }
+            return true
+        case .denied:
+            return false
+        }
+    }
+}
+
+/// The expiry state of a key.
+public enum StoreTTL: Sendable, Hashable {
+    /// No such key.
+    case missing
+    /// The key never expires.
+    case persistent
+    /// The key expires after this long.
+    case expiresIn(Duration)
+}
+
+/// A held lock: the key and the random token that proves ownership.
+public struct StoreLock: Sendable, Hashable {
+    /// The lock's key (without prefix).
+    public let key: String
+    /// The owner's random token.
+    public let token: String
+
+    public init(key: String, token: String) {
+        self.key = key
+        self.token = token
+    }
+}
+
+/// A rate: `rate` requests per second with bursts of up to `burst`.
+public struct RateLimit: Sendable, Hashable {
+    /// Sustained requests per second (> 0).
+    public var rate: Double
+    /// How many requests may go back to back after an idle period (≥ 1).
+    public var burst: Int
+
+    public init(rate: Double, burst: Int = 1) {
+        precondition(rate > 0, "rate must be positive")
+        precondition(burst >= 1, "burst must be at least 1")
+        self.rate = rate
+        self.burst = burst
+    }
+
+    /// The emission interval in microseconds (rounded up, so never faster than `rate`).
+    public var intervalMicroseconds: Int64 {
+        Int64((1_000_000 / self.rate).rounded(.up))
+    }
+}
+
+/// The answer of ``SharedStore/rateLimit(_:limit:cost:maxWait:)``.
+public enum RateLimitDecision: Sendable, Hashable {
+    /// Go ahead after `after` (zero: now). The slot is already reserved.
+    case allowed(after: Duration)
+    /// Too early; the request would conform after `retryAfter`. Nothing was reserved.
+    case denied(retryAfter: Duration)
+
+    /// `true` for ``allowed(after:)``.
+    public var isAllowed: Bool {
+        if case .allowed = self { return true }
+        return false
+    }
+}
+
+/// An error from a shared store.
+public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The category of the error.
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        fileprivate enum Base: Sendable, Hashable {
+            case unavailable, timeout, backend, invalidRecord, seal, unknownKey, shutdown
+        }
+        fileprivate let base: Base
+
+        /// The backing store cannot be reached right now.
+        public static let unavailable = Code(base: .unavailable)
+        /// The backing store did not answer in time.
+        public static let timeout = Code(base: .timeout)
+        /// The backing store reported an error.
+        public static let backend = Code(base: .backend)
+        /// A stored record is malformed.
+        public static let invalidRecord = Code(base: .invalidRecord)
+        /// Sealing or opening a token record failed (wrong key, tampered data).
+        public static let seal = Code(base: .seal)
+        /// A seal key id is not in the keyring.
+        public static let unknownKey = Code(base: .unknownKey)
+        /// The store was shut down.
+        public static let shutdown = Code(base: .shutdown)
+
+        public var description: String {
+            switch self.base {
+            case .unavailable: "unavailable"
+            case .timeout: "timeout"
+            case .backend: "backend"
+            case .invalidRecord: "invalidRecord"
+            case .seal: "seal"
+            case .unknownKey: "unknownKey"
+            case .shutdown: "shutdown"
+            }
+        }
+    }
+
+    /// The category of the error.
+    public let code: Code
+    /// A human-readable explanation (never contains secrets).
+    public let message: String
+
+    package init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "StoreError(\(self.code)): \(self.message)" }
+}

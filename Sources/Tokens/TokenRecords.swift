@@ -1,0 +1,184 @@
+public import Foundation
+import Crypto
+public import KIS
+import NIOCore
+public import Store
+
+/// The seal keys (`[seal]`): AES-256-GCM keys by id; `current` seals, every key opens.
+public struct SealKeyring: Sendable {
+    public let current: String
+    private let keys: [String: SymmetricKey]
+
+    /// - Parameters:
+    ///   - current: the id that seals new records; it must be among `keys`.
+    ///   - keys: id → exactly 32 bytes.
+    public init(current: String, keys: [String: [UInt8]]) throws(StoreError) {
+        guard keys[current] != nil else {
+            throw StoreError(.unknownKey, "the current seal key \(current) is not among the configured keys")
+        }
+        for (id, bytes) in keys where bytes.count != 32 {
+            throw StoreError(.seal, "seal key \(id) must be 32 bytes, it has \(bytes.count)")
+        }
+        self.current = current
+        self.keys = keys.mapValues { SymmetricKey(data: $0) }
+    }
+
+    /// A keyring with one random key, for a single process that keeps everything in memory (the demo).
+    public static func ephemeral() -> SealKeyring {
+        let bytes = SymmetricKey(size: .bits256).withUnsafeBytes { Array($0) }
+        return try! SealKeyring(current: "k1", keys: ["k1": bytes])
+    }
+
+    public var keyIDs: [String] { keys.keys.sorted() }
+
+    /// base64(nonce 12 ‖ ciphertext ‖ tag 16) of `plaintext`, bound to `aad`, with the current key.
+    public func seal(_ plaintext: Data, aad: Data) throws(StoreError) -> (kid: String, sealed: String) {
+        do {
+            let box = try AES.GCM.seal(plaintext, using: keys[current]!, nonce: AES.GCM.Nonce(), authenticating: aad)
+            guard let combined = box.combined else { throw StoreError(.seal, "sealing produced no output") }
+            return (current, combined.base64EncodedString())
+        } catch let e as StoreError {
+            throw e
+        } catch {
+            throw StoreError(.seal, "sealing failed")
+        }
+    }
+
+    /// Opens what `seal` made; fails for an unknown key id, a wrong key or AAD, or tampered data.
+    public func open(_ sealed: String, kid: String, aad: Data) throws(StoreError) -> Data {
+        guard let key = keys[kid] else { throw StoreError(.unknownKey, "no seal key with id \(kid)") }
+        guard let data = Data(base64Encoded: sealed), data.count >= 12 + 16 else {
+            throw StoreError(.seal, "the sealed value is not base64 of nonce, ciphertext and tag")
+        }
+        do {
+            return try AES.GCM.open(AES.GCM.SealedBox(combined: data), using: key, authenticating: aad)
+        } catch {
+            throw StoreError(.seal, "the sealed value does not open with key \(kid) (wrong key, wrong name or tampered)")
+        }
+    }
+}
+
+/// `kisgw:tok:{sha256}` (store.md): who owns a KIS token, its environment and life, and its credentials sealed.
+public struct TokenRecord: Codable, Sendable, Equatable {
+    public var v: Int
+    public var user_id: String
+    public var env: KISEnvironment
+    public var issued_at: Int64
+    public var expires_at: Int64
+    public var kid: String
+    public var sealed: String
+}
+
+/// What a record seals: `{"access_token", "app_key", "app_secret"}`.
+public struct SealedCredentials: Codable, Sendable, Equatable {
+    public var access_token: String
+    public var app_key: String
+    public var app_secret: String
+    public init(access_token: String, app_key: String, app_secret: String) {
+        self.access_token = access_token
+        self.app_key = app_key
+        self.app_secret = app_secret
+    }
+}
+
+/// An `issued` / `revoked` event on `kisgw:events`.
+public struct TokenEvent: Codable, Sendable, Equatable {
+    public var type: String
+    public var sha256: String
+    public var user_id: String
+    public var env: KISEnvironment
+    public init(type: String, sha256: String, user_id: String, env: KISEnvironment) {
+        self.type = type
+        self.sha256 = sha256
+        self.user_id = user_id
+        self.env = env
+    }
+}
+
+/// A token record, resolved and opened.
+public struct PublishedToken: Sendable, Equatable {
+    public var userID: String
+    public var environment: KISEnvironment
+    public var issuedAt: Date
+    public var expiresAt: Date
+    public var sha256: String
+    public var credentials: SealedCredentials
+}
+
+/// Token records in the shared store, exactly as store.md lays them out. The broker publishes and unpublishes;
+/// gateways resolve.
+public enum TokenDirectory {
+    public static let eventsChannel = "events"
+
+    /// Lower-case hex SHA-256 of the token's UTF-8 bytes.
+    public static func sha256(of token: String) -> String {
+        SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    public static func recordKey(_ sha256: String) -> String { "tok:" + sha256 }
+    public static func userKey(_ userID: String, _ env: KISEnvironment) -> String { "user:\(userID):\(env.rawValue)" }
+
+    /// Writes the record (TTL = seconds until expiry), adds it to the user's set, and announces `issued`.
+    public static func publish(
+        _ credentials: SealedCredentials, userID: String, environment: KISEnvironment, issuedAt: Date, expiresAt: Date,
+        store: any SharedStore, keyring: SealKeyring, now: Date = Date()
+    ) async throws(StoreError) {
+        let sha = sha256(of: credentials.access_token)
+        let key = recordKey(sha)
+        let ttl = Int64(expiresAt.timeIntervalSince(now).rounded(.down))
+        guard ttl > 0 else { return }
+        let plaintext: Data
+        do { plaintext = try JSONEncoder().encode(credentials) } catch { throw StoreError(.seal, "cannot encode credentials") }
+        let (kid, sealed) = try keyring.seal(plaintext, aad: Data(store.fullKey(key).utf8))
+        let record = TokenRecord(
+            v: 1, user_id: userID, env: environment, issued_at: Int64(issuedAt.timeIntervalSince1970),
+            expires_at: Int64(expiresAt.timeIntervalSince1970), kid: kid, sealed: sealed)
+        let json: Data
+        do { json = try JSONEncoder().encode(record) } catch { throw StoreError(.invalidRecord, "cannot encode the record") }
+        try await store.set(key, to: ByteBuffer(bytes: json), ttl: .seconds(ttl))
+        try await store.setAdd(userKey(userID, environment), members: [sha], ttlAtLeast: .seconds(ttl))
+        try await announce(TokenEvent(type: "issued", sha256: sha, user_id: userID, env: environment), store: store)
+    }
+
+    /// Deletes the record, removes it from the user's set, and announces `revoked` (gateways forget it at once).
+    public static func unpublish(
+        sha256 sha: String, userID: String, environment: KISEnvironment, store: any SharedStore
+    ) async throws(StoreError) {
+        try await store.delete(recordKey(sha))
+        try await store.setRemove(userKey(userID, environment), members: [sha])
+        try await announce(TokenEvent(type: "revoked", sha256: sha, user_id: userID, env: environment), store: store)
+    }
+
+    static func announce(_ event: TokenEvent, store: any SharedStore) async throws(StoreError) {
+        let data: Data
+        do { data = try JSONEncoder().encode(event) } catch { throw StoreError(.invalidRecord, "cannot encode the event") }
+        try await store.publish(ByteBuffer(bytes: data), to: eventsChannel)
+    }
+
+    /// The record of `token`, opened; nil when there is none (unknown, revoked, or expired away).
+    public static func resolve(token: String, store: any SharedStore, keyring: SealKeyring) async throws(StoreError)
+        -> PublishedToken?
+    {
+        let sha = sha256(of: token)
+        let key = recordKey(sha)
+        guard let buffer = try await store.get(key) else { return nil }
+        let record: TokenRecord
+        do { record = try JSONDecoder().decode(TokenRecord.self, from: Data(buffer.readableBytesView)) } catch {
+            throw StoreError(.invalidRecord, "the record at \(key) is not a token record")
+        }
+        guard record.v == 1 else { throw StoreError(.invalidRecord, "the record at \(key) has version \(record.v)") }
+        let plaintext = try keyring.open(record.sealed, kid: record.kid, aad: Data(store.fullKey(key).utf8))
+        let credentials: SealedCredentials
+        do { credentials = try JSONDecoder().decode(SealedCredentials.self, from: plaintext) } catch {
+            throw StoreError(.invalidRecord, "the sealed credentials at \(key) are malformed")
+        }
+        guard credentials.access_token == token else {
+            throw StoreError(.invalidRecord, "the record at \(key) seals another token")
+        }
+        return PublishedToken(
+            userID: record.user_id, environment: record.env,
+            issuedAt: Date(timeIntervalSince1970: TimeInterval(record.issued_at)),
+            expiresAt: Date(timeIntervalSince1970: TimeInterval(record.expires_at)), sha256: sha,
+            credentials: credentials)
+    }
+}

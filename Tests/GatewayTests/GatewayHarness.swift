@@ -1,0 +1,154 @@
+import AsyncHTTPClient
+import Foundation
+import Gateway
+import Hummingbird
+import KIS
+import KisgwConfiguration
+import Logging
+import Observability
+import NIOCore
+import NIOHTTP1
+import Redis
+import ServerKit
+import Simulator
+import Store
+import Tokens
+
+let testSecret = "gateway-test-secret-of-at-least-32-bytes"
+
+/// A running simulator and gateway on loopback ports, sharing one store.
+struct GatewayFixture: Sendable {
+    let gatewayURL: String
+    let simURL: String
+    let store: any SharedStore
+    let keyring: SealKeyring
+
+    func jwt(_ sub: String, ttl: TimeInterval = 600) async throws -> String {
+        try await JWTVerifier.mintHS256(secret: Array(testSecret.utf8), sub: sub, ttl: ttl)
+    }
+
+    /// Issues a KIS token at the simulator and publishes it for `user`, as the broker does.
+    func connect(user: String, appKey: String, environment: KISEnvironment = .live,
+                 expiresIn: TimeInterval? = nil) async throws -> String {
+        let client = KISClient(baseURL: simURL, logger: Logger(label: "test"))
+        let issued = try await client.issueToken(appKey: appKey, appSecret: "secret-" + appKey)
+        try await TokenDirectory.publish(
+            SealedCredentials(access_token: issued.accessToken, app_key: appKey, app_secret: "secret-" + appKey),
+            userID: user, environment: environment, issuedAt: Date(),
+            expiresAt: expiresIn.map { Date().addingTimeInterval($0) } ?? issued.expiresAt, store: store,
+            keyring: keyring)
+        return issued.accessToken
+    }
+
+    func get(_ path: String, jwt: String?, kis: String?, headers: [(String, String)] = [],
+             base: String? = nil) async throws -> HTTPResult {
+        var h = headers
+        if let jwt { h.append(("Authorization", "Bearer " + jwt)) }
+        if let kis { h.append(("X-KIS-Token", kis)) }
+        return try await http(.GET, (base ?? gatewayURL) + path, headers: h)
+    }
+
+    func sim(_ method: HTTPMethod, _ path: String, _ json: String? = nil) async throws -> HTTPResult {
+        try await http(method, simURL + path, headers: json == nil ? [] : [("content-type", "application/json")], body: json)
+    }
+
+    func simStats() async throws -> [String: Int] {
+        (try await sim(.GET, "/__sim/stats").json["calls"] as? [String: Int]) ?? [:]
+    }
+}
+
+struct HTTPResult: Sendable {
+    let status: Int
+    let headers: [(String, String)]
+    let body: Data
+    func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name.lowercased() }?.1 }
+    func headers(_ name: String) -> [String] { headers.filter { $0.0.lowercased() == name.lowercased() }.map(\.1) }
+    var json: [String: Any] { (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:] }
+    var text: String { String(decoding: body, as: UTF8.self) }
+    var code: String? { json["code"] as? String }
+    var candles: [[String: Any]] { json["candles"] as? [[String: Any]] ?? [] }
+}
+
+func http(_ method: HTTPMethod, _ url: String, headers: [(String, String)] = [], body: String? = nil,
+          timeout: TimeAmount = .seconds(30)) async throws -> HTTPResult {
+    var request = HTTPClientRequest(url: url)
+    request.method = method
+    for (n, v) in headers { request.headers.add(name: n, value: v) }
+    if let body { request.body = .bytes(ByteBuffer(string: body)) }
+    let response = try await HTTPClient.shared.execute(request, timeout: timeout)
+    let bytes = try await response.body.collect(upTo: 16 << 20)
+    return HTTPResult(status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) },
+                      body: Data(bytes.readableBytesView))
+}
+
+enum StoreKind: String, Sendable, CaseIterable { case memory, redis }
+
+let redisURL = ProcessInfo.processInfo.environment["KISGW_TEST_REDIS_URL"]
+
+/// A store for one test: the memory store, or Redis (from KISGW_TEST_REDIS_URL) under a unique prefix.
+func makeStore(_ kind: StoreKind, prefix: String = "t\(UInt32.random(in: 0...UInt32.max)):") throws -> (any SharedStore, RedisClient?) {
+    switch kind {
+    case .memory:
+        return (MemoryStore(keyPrefix: prefix), nil)
+    case .redis:
+        guard let redisURL else { throw SimulatorError("KISGW_TEST_REDIS_URL is not set") }
+        let client = try RedisClient(url: redisURL, logger: Logger(label: "test-redis"))
+        _ = client
+        throw SimulatorError("RedisStore pending")  // REDISSTORE
+    }
+}
+
+/// The configuration a test gateway runs with; `tweak` adjusts it.
+func testConfig(simURL: String, origins: [String] = ["http://localhost:3000", "https://*.example.com"],
+                upstreamTimeoutMs: Int = 3000, maxQueueMs: Int = 2000, liveRate: Double = 1000,
+                sandboxRate: Double = 1, cache: KisgwConfig.Cache = KisgwConfig.Cache()) -> KisgwConfig {
+    KisgwConfig(
+        server: .init(host: "127.0.0.1", port: 0),
+        cors: .init(allowOrigins: origins.map { OriginPattern($0)! }, allowCredentials: true, maxAgeS: 600),
+        auth: .init(jwt: .init(algorithms: [.hs256], hs256Secret: Secret(testSecret))),
+        kis: .init(liveURL: simURL, sandboxURL: simURL, liveRatePerS: liveRate, sandboxRatePerS: sandboxRate),
+        upstream: .init(timeoutMs: upstreamTimeoutMs, maxQueueMs: maxQueueMs, retries: 2),
+        cache: cache)
+}
+
+/// Runs a simulator, then `gateways` gateways sharing one store, for the duration of `body`.
+func withGateway<T: Sendable>(
+    store kind: StoreKind = .memory,
+    sim simConfig: SimulatorConfiguration = SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000),
+    gateways count: Int = 1,
+    config: @escaping @Sendable (_ simURL: String) -> KisgwConfig = { testConfig(simURL: $0) },
+    _ body: @Sendable (GatewayFixture, [String]) async throws -> T
+) async throws -> T {
+    var logger = Logger(label: "gateway-test")
+    logger.logLevel = .warning
+    let (store, redis) = try makeStore(kind)
+    let keyring = SealKeyring.ephemeral()
+    let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
+    var simConfig = simConfig
+    simConfig.port = 0
+    let sim = try await buildSimulator(simConfig, logger: logger) { simCont.yield($0) }
+    return try await withThrowingTaskGroup(of: Void.self) { group in
+        if let redis { group.addTask { await redis.run() } }
+        group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
+        var it = simPorts.makeAsyncIterator()
+        let simURL = "http://127.0.0.1:\(await it.next()!)"
+        let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+        for _ in 0..<count {
+            let deps = GatewayDependencies(store: store, keyring: keyring, readiness: { nil })
+            let app = try await buildGateway(config(simURL), dependencies: deps, logger: logger) { cont.yield($0) }
+            group.addTask { try await app.runService(gracefulShutdownSignals: []) }
+        }
+        var urls: [String] = []
+        var pit = ports.makeAsyncIterator()
+        for _ in 0..<count { urls.append("http://127.0.0.1:\(await pit.next()!)") }
+        let fixture = GatewayFixture(gatewayURL: urls[0], simURL: simURL, store: store, keyring: keyring)
+        do {
+            let result = try await body(fixture, urls)
+            group.cancelAll()
+            return result
+        } catch {
+            group.cancelAll()
+            throw error
+        }
+    }
+}

@@ -1,0 +1,378 @@
+import Foundation
+import KIS
+import KisgwConfiguration
+import Logging
+import Simulator
+import NIOHTTP1
+import Store
+import Testing
+import Tokens
+
+@Suite("Gateway: charts, cache and validation over real sockets")
+struct GatewayChartTests {
+    @Test("a domestic chart over several KIS pages equals the simulator's rows, field for field", arguments: StoreKind.allCases)
+    func domesticEqualsSimulator(kind: StoreKind) async throws {
+        guard kind == .memory || redisURL != nil else { return }
+        try await withGateway(store: kind) { g, _ in
+            let kis = try await g.connect(user: "u1", appKey: "PSapp-eq-\(kind)")
+            let jwt = try await g.jwt("u1")
+            let r = try await g.get("/domestic/chart/daily/005930?start=2024-01-01&end=2025-03-31", jwt: jwt, kis: kis)
+            #expect(r.status == 200)
+            #expect(r.header("X-Cache") == "MISS")
+            #expect(r.header("Content-Type") == "application/json")
+            #expect(r.json["market"] as? String == "domestic")
+            #expect(r.json["exchange"] as? String == "KRX")
+            #expect(r.json["name"] as? String == "삼성전자")
+            #expect(r.json["currency"] as? String == "KRW")
+            #expect(r.json["start"] as? String == "2024-01-01")
+            #expect(r.json["end"] as? String == "2025-03-31")
+            let candles = r.candles
+            // Every trading day in the range, ascending, once.
+            let days = (CivilDate("2024-01-01")!.dayNumber...CivilDate("2025-03-31")!.dayNumber)
+                .map(CivilDate.init(dayNumber:)).filter { Exchange.krx.isTradingDay($0) }
+            #expect(candles.map { $0["date"] as? String } == days.map(\.iso))
+            // The simulator's own rows, paged by hand, match to the digit.
+            let client = KISClient(baseURL: g.simURL, logger: .init(label: "t"))
+            let creds = KISCredentials(appKey: "PSapp-eq-\(kind)", appSecret: "secret-PSapp-eq-\(kind)", accessToken: kis)
+            let page = try await client.domesticDailyPage(creds, symbol: "005930", start: CivilDate("20240101")!,
+                                                          end: CivilDate("20250331")!, period: "D", adjusted: true)
+            let raw = Dictionary(uniqueKeysWithValues: (page.output2 ?? []).map { ($0.stck_bsop_date!, $0) })
+            var compared = 0
+            for c in candles {
+                guard let date = c["date"] as? String, let row = raw[date.replacingOccurrences(of: "-", with: "")] else { continue }
+                #expect("\(c["open"]!)" == row.stck_oprc)
+                #expect("\(c["high"]!)" == row.stck_hgpr)
+                #expect("\(c["low"]!)" == row.stck_lwpr)
+                #expect("\(c["close"]!)" == row.stck_clpr)
+                #expect("\(c["volume"]!)" == row.acml_vol)
+                compared += 1
+            }
+            #expect(compared == 100)
+            // Second time: a hit with the same bytes, no new KIS call.
+            let calls = try await g.simStats()["domestic_daily"]
+            let again = try await g.get("/domestic/chart/daily/005930?start=20240101&end=20250331", jwt: jwt, kis: kis)
+            #expect(again.header("X-Cache") == "HIT")
+            #expect(again.body == r.body)
+            #expect(try await g.simStats()["domestic_daily"] == calls)
+        }
+    }
+
+    @Test("overseas prices keep KIS's decimals exactly")
+    func overseasDecimals() async throws {
+        try await withGateway { g, _ in
+            let kis = try await g.connect(user: "u2", appKey: "PSapp-os")
+            let jwt = try await g.jwt("u2")
+            let r = try await g.get("/overseas/nas/chart/daily/aapl?start=2025-01-01&end=2025-03-05", jwt: jwt, kis: kis)
+            #expect(r.status == 200)
+            #expect(r.json["exchange"] as? String == "NAS")
+            #expect(r.json["symbol"] as? String == "AAPL")
+            #expect(r.json["currency"] as? String == "USD")
+            #expect(r.json["name"] == nil)
+            // The raw text carries four decimals, as KIS sent them, not a Double's shortest form.
+            #expect(r.text.range(of: #""close":[0-9]+\.[0-9]{4}[,}]"#, options: .regularExpression) != nil)
+            #expect(r.candles.first?["date"] as? String == "2025-01-01")  // the simulator has no US holidays
+            #expect(r.candles.last?["date"] as? String == "2025-03-05")
+        }
+    }
+
+    @Test("ETag and If-None-Match give 304 with no body; Cache-Control, Age and Server-Timing are set")
+    func conditional() async throws {
+        try await withGateway { g, _ in
+            let kis = try await g.connect(user: "u3", appKey: "PSapp-etag")
+            let jwt = try await g.jwt("u3")
+            let path = "/domestic/chart/daily/000660?start=2025-01-02&end=2025-02-28"
+            let first = try await g.get(path, jwt: jwt, kis: kis)
+            let etag = try #require(first.header("ETag"))
+            #expect(etag.hasPrefix("\"") && etag.hasSuffix("\""))
+            #expect(first.header("Cache-Control")?.hasPrefix("private, max-age=") == true)
+            #expect(first.header("Age") == "0")
+            #expect(first.header("Server-Timing")?.contains(#"cache;desc="miss""#) == true)
+            #expect(first.header("Server-Timing")?.contains("upstream;dur=") == true)
+            let second = try await g.get(path, jwt: jwt, kis: kis, headers: [("If-None-Match", etag)])
+            #expect(second.status == 304)
+            #expect(second.body.isEmpty)
+            #expect(second.header("ETag") == etag)
+            #expect(second.header("Server-Timing") == #"cache;desc="hit""#)
+            let weak = try await g.get(path, jwt: jwt, kis: kis, headers: [("If-None-Match", #""nope", W/"# + etag)])
+            #expect(weak.status == 304)
+            let other = try await g.get(path, jwt: jwt, kis: kis, headers: [("If-None-Match", #""nope""#)])
+            #expect(other.status == 200)
+        }
+    }
+
+    @Test("bad parameters: one clear problem each", arguments: [
+        ("/domestic/chart/daily/12345", "invalid_parameter"),
+        ("/domestic/chart/daily/0059301234", "invalid_parameter"),
+        ("/domestic/chart/daily/005930?start=2024-13-01", "invalid_parameter"),
+        ("/domestic/chart/daily/005930?end=20240230", "invalid_parameter"),
+        ("/domestic/chart/daily/005930?start=2024-03-01&end=2024-02-01", "invalid_parameter"),
+        ("/domestic/chart/daily/005930?period=Q", "invalid_parameter"),
+        ("/domestic/chart/daily/005930?adjusted=yes", "invalid_parameter"),
+        ("/domestic/chart/daily/005930?start=2000-01-01&end=2020-01-01", "range_too_large"),
+        ("/overseas/XXX/chart/daily/AAPL", "invalid_parameter"),
+        ("/overseas/NAS/chart/daily/AAPL?period=Y", "invalid_parameter"),
+        ("/overseas/NAS/chart/daily/AA%20PL", "invalid_parameter"),
+        ("/overseas/NAS/chart/daily/ABCDEFGHIJKLMNOPQ", "invalid_parameter"),
+    ])
+    func badParameters(path: String, code: String) async throws {
+        try await withGateway { g, _ in
+            let kis = try await g.connect(user: "u4", appKey: "PSapp-bad")
+            let r = try await g.get(path, jwt: try await g.jwt("u4"), kis: kis)
+            #expect(r.status == 400)
+            #expect(r.code == code)
+            #expect(r.header("Content-Type") == "application/problem+json")
+            #expect(r.json["type"] as? String == "https://kisgw.dev/problems/\(code)")
+            #expect((r.json["detail"] as? String)?.isEmpty == false)
+            #expect(try await g.simStats()["domestic_daily"] == 0)
+        }
+    }
+
+    @Test("unknown routes are 404, a wrong method 405 with Allow; health, readiness and metrics answer")
+    func routesAndOperations() async throws {
+        try await withGateway { g, _ in
+            let nf = try await g.get("/nope", jwt: nil, kis: nil)
+            #expect(nf.status == 404 && nf.code == "not_found")
+            let m = try await http(.DELETE, g.gatewayURL + "/domestic/chart/daily/005930")
+            #expect(m.status == 405 && m.code == "method_not_allowed")
+            #expect(m.header("Allow") == "GET, OPTIONS")
+            #expect(try await g.get("/healthz", jwt: nil, kis: nil).json["status"] as? String == "ok")
+            #expect(try await g.get("/readyz", jwt: nil, kis: nil).status == 200)
+            #expect(try await g.get("/metrics", jwt: nil, kis: nil).status == 200)
+        }
+    }
+}
+
+@Suite("Gateway: authentication matrix")
+struct GatewayAuthTests {
+    @Test("missing, malformed, expired, another user's, revoked credentials")
+    func matrix() async throws {
+        try await withGateway { g, _ in
+            let mine = try await g.connect(user: "alice", appKey: "PSapp-alice")
+            let theirs = try await g.connect(user: "bob", appKey: "PSapp-bob")
+            let jwt = try await g.jwt("alice")
+            let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
+            func check(_ jwt: String?, _ kis: String?, _ code: String, _ extra: [(String, String)] = [],
+                       _ line: Int = #line) async throws {
+                let r = try await g.get(path, jwt: jwt, kis: kis, headers: extra)
+                #expect(r.status == 401, "line \(line)")
+                #expect(r.code == code, "line \(line): \(r.text)")
+                let www = r.header("WWW-Authenticate")
+                #expect(www == (code == "auth_required" ? "Bearer" : #"Bearer error="invalid_token""#), "line \(line)")
+                #expect(!r.text.contains(mine) && !r.text.contains(theirs))
+            }
+            try await check(nil, mine, "auth_required")
+            try await check(jwt, nil, "auth_required")
+            let basic = try await g.get(path, jwt: nil, kis: mine, headers: [("Authorization", "Basic Zm9vOmJhcg==")])
+            #expect(basic.code == "auth_required")
+            try await check("not.a.jwt", mine, "jwt_invalid")
+            try await check(try await g.jwt("alice", ttl: -3600), mine, "jwt_expired")
+            try await check(jwt, "unknown-token", "kis_token_invalid")
+            try await check(jwt, theirs, "kis_token_invalid")
+            #expect(try await g.get(path, jwt: jwt, kis: mine).status == 200)
+            // Revoked: unpublished by the broker → refused at once, even though the decision was cached.
+            try await TokenDirectory.unpublish(sha256: TokenDirectory.sha256(of: mine), userID: "alice",
+                                               environment: .live, store: g.store)
+            var refused = false
+            for _ in 0..<50 where !refused {
+                refused = try await g.get(path, jwt: jwt, kis: mine).code == "kis_token_invalid"
+                if !refused { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(refused)
+        }
+    }
+
+    @Test("a token KIS says expired gives kis_token_expired")
+    func kisExpired() async throws {
+        try await withGateway { g, _ in
+            let kis = try await g.connect(user: "carol", appKey: "PSapp-carol")
+            _ = try await g.sim(.POST, "/__sim/expire", #"{"access_token":"\#(kis)"}"#)
+            let r = try await g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31",
+                                    jwt: try await g.jwt("carol"), kis: kis)
+            #expect(r.status == 401)
+            #expect(r.code == "kis_token_expired")
+        }
+    }
+}
+
+@Suite("Gateway: CORS matrix")
+struct GatewayCORSTests {
+    @Test("preflights and actual requests, allowed and not", arguments: [
+        ("http://localhost:3000", true),
+        ("https://app.example.com", true),
+        ("https://a.b.example.com", true),
+        ("https://example.com", false),
+        ("https://evilexample.com", false),
+        ("https://example.com.evil.com", false),
+        ("http://app.example.com", false),
+        ("https://app.example.com:8443", false),
+        ("http://localhost:3001", false),
+        ("null", false),
+    ])
+    func matrix(origin: String, allowed: Bool) async throws {
+        try await withGateway { g, _ in
+            let pre = try await http(.OPTIONS, g.gatewayURL + "/domestic/chart/daily/005930",
+                                     headers: [("Origin", origin), ("Access-Control-Request-Method", "GET"),
+                                               ("Access-Control-Request-Headers", "authorization, x-kis-token")])
+            #expect(pre.headers("Vary").contains { $0.contains("Origin") })
+            if allowed {
+                #expect(pre.status == 204)
+                #expect(pre.header("Access-Control-Allow-Origin") == origin)
+                #expect(pre.header("Access-Control-Allow-Credentials") == "true")
+                #expect(pre.header("Access-Control-Allow-Methods") == "GET, POST, DELETE, OPTIONS")
+                let allowHeaders = pre.header("Access-Control-Allow-Headers")?.lowercased() ?? ""
+                for h in ["authorization", "x-kis-token", "content-type", "if-none-match"] { #expect(allowHeaders.contains(h)) }
+                #expect(pre.header("Access-Control-Max-Age") == "600")
+            } else {
+                #expect(pre.status == 403)
+                #expect(!pre.headers.contains { $0.0.lowercased().hasPrefix("access-control-allow") })
+            }
+            // An error answer (no credentials) carries CORS too, so the page can read it.
+            let err = try await g.get("/domestic/chart/daily/005930", jwt: nil, kis: nil, headers: [("Origin", origin)])
+            #expect(err.status == 401)
+            #expect(err.headers("Vary").contains { $0.contains("Origin") })
+            if allowed {
+                #expect(err.header("Access-Control-Allow-Origin") == origin)
+                #expect(err.header("Access-Control-Expose-Headers") == "ETag, X-Cache, Age, Retry-After, Server-Timing")
+            } else {
+                #expect(err.header("Access-Control-Allow-Origin") == nil)
+            }
+        }
+    }
+
+    @Test("the null origin is allowed only when listed literally")
+    func nullListed() async throws {
+        try await withGateway(config: { testConfig(simURL: $0, origins: ["null"]) }) { g, _ in
+            let pre = try await http(.OPTIONS, g.gatewayURL + "/domestic/chart/daily/005930",
+                                     headers: [("Origin", "null"), ("Access-Control-Request-Method", "GET")])
+            #expect(pre.status == 204)
+            #expect(pre.header("Access-Control-Allow-Origin") == "null")
+        }
+    }
+}
+
+@Suite("Gateway: coalescing, rate limits and upstream failures")
+struct GatewayUpstreamTests {
+    @Test("50 concurrent identical misses make one upstream fetch", arguments: StoreKind.allCases)
+    func coalescing(kind: StoreKind) async throws {
+        guard kind == .memory || redisURL != nil else { return }
+        try await withGateway(store: kind) { g, _ in
+            let kis = try await g.connect(user: "u5", appKey: "PSapp-co-\(kind)")
+            let jwt = try await g.jwt("u5")
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"none","latency_ms":300}"#)
+            let statuses = try await withThrowingTaskGroup(of: (Int, String?).self) { group in
+                for _ in 0..<50 {
+                    group.addTask {
+                        let r = try await g.get("/domestic/chart/daily/035720?start=2025-01-02&end=2025-03-31", jwt: jwt, kis: kis)
+                        return (r.status, r.header("X-Cache"))
+                    }
+                }
+                return try await group.reduce(into: [(Int, String?)]()) { $0.append($1) }
+            }
+            #expect(statuses.allSatisfy { $0.0 == 200 })
+            #expect(try await g.simStats()["domestic_daily"] == 1)
+        }
+    }
+
+    @Test("two gateways sharing Redis make one upstream fetch for concurrent misses")
+    func twoGateways() async throws {
+        guard redisURL != nil else { return }
+        try await withGateway(store: .redis, gateways: 2) { g, urls in
+            let kis = try await g.connect(user: "u6", appKey: "PSapp-fleet")
+            let jwt = try await g.jwt("u6")
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"none","latency_ms":300}"#)
+            let results = try await withThrowingTaskGroup(of: Int.self) { group in
+                for i in 0..<20 {
+                    group.addTask {
+                        try await g.get("/domestic/chart/daily/051910?start=2025-01-02&end=2025-03-31", jwt: jwt, kis: kis,
+                                        base: urls[i % 2]).status
+                    }
+                }
+                return try await group.reduce(into: [Int]()) { $0.append($1) }
+            }
+            #expect(results.allSatisfy { $0 == 200 })
+            #expect(try await g.simStats()["domestic_daily"] == 1)
+        }
+    }
+
+    @Test("the per-app-key rate is shared: KIS never sees more than allowed, excess waits then gets 429")
+    func rateLimit() async throws {
+        let sim = SimulatorConfiguration(port: 0, environment: .sandbox, issueInterval: 0, ratePerSecond: 1)
+        try await withGateway(sim: sim, config: { testConfig(simURL: $0, maxQueueMs: 1500, sandboxRate: 1) }) { g, _ in
+            let kis = try await g.connect(user: "u7", appKey: "PSapp-rl", environment: .sandbox)
+            let jwt = try await g.jwt("u7")
+            let codes = try await withThrowingTaskGroup(of: Int.self) { group in
+                for i in 0..<6 {
+                    group.addTask {
+                        let r = try await g.get("/domestic/chart/daily/0\(10000 + i)0?start=2025-01-02&end=2025-01-31",
+                                                jwt: jwt, kis: kis)
+                        if r.status == 429 { #expect(r.header("Retry-After") != nil && r.code == "rate_limited") }
+                        return r.status
+                    }
+                }
+                return try await group.reduce(into: [Int]()) { $0.append($1) }
+            }
+            #expect(codes.filter { $0 == 200 }.count >= 2)
+            #expect(codes.contains(429))
+            let errors = try await g.sim(.GET, "/__sim/stats").json["errors"] as? [String: Int] ?? [:]
+            #expect(errors["EGW00201"] == nil)
+        }
+    }
+
+    @Test("KIS errors become upstream_error with KIS's code; timeouts upstream_timeout")
+    func upstreamFailures() async throws {
+        try await withGateway(config: { testConfig(simURL: $0, upstreamTimeoutMs: 500) }) { g, _ in
+            let kis = try await g.connect(user: "u8", appKey: "PSapp-fail")
+            let jwt = try await g.jwt("u8")
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"kis_error","msg_cd":"EGW00002"}"#)
+            let e = try await g.get("/domestic/chart/daily/005380?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(e.status == 502)
+            #expect(e.code == "upstream_error")
+            #expect(e.json["kis_msg_cd"] as? String == "EGW00002")
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"garbage"}"#)
+            let garbage = try await g.get("/domestic/chart/daily/005380?start=2025-01-03&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(garbage.status == 502)
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"timeout"}"#)
+            let t = try await g.get("/domestic/chart/daily/005380?start=2025-01-06&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(t.status == 504)
+            #expect(t.code == "upstream_timeout")
+            _ = try await g.sim(.POST, "/__sim/reset")
+        }
+    }
+
+    @Test("stale-if-error: an expired entry is served STALE when KIS fails")
+    func staleIfError() async throws {
+        let cache = KisgwConfig.Cache(l1Entries: 100, liveTTLS: 1, settledTTLS: 1, staleWhileRevalidateS: 0, staleIfErrorS: 3600)
+        try await withGateway(config: { testConfig(simURL: $0, cache: cache) }) { g, _ in
+            let kis = try await g.connect(user: "u9", appKey: "PSapp-stale")
+            let jwt = try await g.jwt("u9")
+            let path = "/domestic/chart/daily/068270?start=2025-01-02&end=2025-01-31"
+            #expect(try await g.get(path, jwt: jwt, kis: kis).header("X-Cache") == "MISS")
+            try await Task.sleep(for: .milliseconds(2100))
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"http500"}"#)
+            let r = try await g.get(path, jwt: jwt, kis: kis)
+            #expect(r.status == 200)
+            #expect(r.header("X-Cache") == "STALE")
+            #expect(r.header("Server-Timing") == #"cache;desc="stale""#)
+        }
+    }
+
+    @Test("stale-while-revalidate: served STALE while one background refresh runs")
+    func staleWhileRevalidate() async throws {
+        let cache = KisgwConfig.Cache(l1Entries: 100, liveTTLS: 1, settledTTLS: 1, staleWhileRevalidateS: 60, staleIfErrorS: 60)
+        try await withGateway(config: { testConfig(simURL: $0, cache: cache) }) { g, _ in
+            let kis = try await g.connect(user: "u10", appKey: "PSapp-swr")
+            let jwt = try await g.jwt("u10")
+            let path = "/domestic/chart/daily/105560?start=2025-01-02&end=2025-01-31"
+            _ = try await g.get(path, jwt: jwt, kis: kis)
+            try await Task.sleep(for: .milliseconds(2100))
+            let r = try await g.get(path, jwt: jwt, kis: kis)
+            #expect(r.header("X-Cache") == "STALE")
+            var refreshed = false
+            for _ in 0..<100 where !refreshed {
+                refreshed = try await g.simStats()["domestic_daily"] == 2
+                if !refreshed { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(refreshed)
+        }
+    }
+}
