@@ -166,10 +166,16 @@ let package = Package(
         .executableTarget(
             name: "kisgw",
             dependencies: [
+                "Gateway",
                 "KisgwConfiguration",
                 "Observability",
+                "Redis",
                 "ServerKit",
                 "Simulator",
+                "Store",
+                "Tokens",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Hummingbird", package: "hummingbird"),

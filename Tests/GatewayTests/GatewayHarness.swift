@@ -93,8 +93,7 @@ func makeStore(_ kind: StoreKind, prefix: String = "t\(UInt32.random(in: 0...UIn
     case .redis:
         guard let redisURL else { throw SimulatorError("KISGW_TEST_REDIS_URL is not set") }
         let client = try RedisClient(url: redisURL, logger: Logger(label: "test-redis"))
-        _ = client
-        throw SimulatorError("RedisStore pending")  // REDISSTORE
+        return (RedisStore(client: client, keyPrefix: prefix), client)
     }
 }
 

@@ -1,0 +1,183 @@
+public import NIOCore
+public import Redis
+
+/// The shared store on Redis: every gateway and the broker see the same keys, locks, rate-limit state and
+/// events. Compound operations are single Lua scripts (`EVALSHA`, reloaded transparently after `NOSCRIPT`),
+/// so they stay atomic across processes.
+///
+/// ```swift
+/// let redis = try RedisClient(url: "redis://127.0.0.1:6379/0", logger: logger)
+/// let store = RedisStore(client: redis)          // keys under "kisgw:"
+/// ```
+public final class RedisStore: SharedStore {
+    public let client: RedisClient
+    public let keyPrefix: String
+
+    public init(client: RedisClient, keyPrefix: String = "kisgw:") {
+        self.client = client
+        self.keyPrefix = keyPrefix
+    }
+
+    static let compareAndSet = RedisScript(name: "kisgw-cas", """
+        local cur = redis.call('GET', KEYS[1])
+        local expect_absent = ARGV[1] == '0'
+        if expect_absent then
+            if cur then return 0 end
+        else
+            if (not cur) or cur ~= ARGV[2] then return 0 end
+        end
+        if ARGV[3] == '0' then
+            redis.call('DEL', KEYS[1])
+        elseif tonumber(ARGV[5]) > 0 then
+            redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+        else
+            redis.call('SET', KEYS[1], ARGV[4])
+        end
+        return 1
+        """)
+
+    static let setAddAtLeast = RedisScript(name: "kisgw-sadd-ttl", """
+        local added = redis.call('SADD', KEYS[1], unpack(ARGV, 2))
+        local want = tonumber(ARGV[1])
+        if want > 0 then
+            local ttl = redis.call('PTTL', KEYS[1])
+            if ttl >= 0 and ttl < want then redis.call('PEXPIRE', KEYS[1], want) end
+            if ttl == -1 and added == #ARGV - 1 and redis.call('SCARD', KEYS[1]) == added then
+                redis.call('PEXPIRE', KEYS[1], want)
+            end
+        end
+        return added
+        """)
+
+    static let gcra = RedisScript(name: "kisgw-gcra", GCRA.lua)
+
+    private func k(_ key: String) -> String { keyPrefix + key }
+
+    private static func map(_ e: RedisError) -> StoreError {
+        switch e.code {
+        case .timeout: StoreError(.timeout, "Redis did not answer in time")
+        case .unavailable, .connectionClosed, .cancelled: StoreError(.unavailable, "Redis is unreachable: \(e.message)")
+        case .shutdown: StoreError(.shutdown, "the Redis client was shut down")
+        default: StoreError(.backend, "Redis: \(e.message)")
+        }
+    }
+
+    private static func ms(_ d: Duration) -> Int {
+        max(1, Int(d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000))
+    }
+
+    public func get(_ key: String) async throws(StoreError) -> ByteBuffer? {
+        do { return try await client.get(k(key)) } catch { throw Self.map(error) }
+    }
+
+    public func set(_ key: String, to value: ByteBuffer, ttl: Duration?) async throws(StoreError) {
+        do { try await client.set(k(key), to: value, expiration: ttl) } catch { throw Self.map(error) }
+    }
+
+    public func setIfAbsent(_ key: String, to value: ByteBuffer, ttl: Duration?) async throws(StoreError) -> Bool {
+        do { return try await client.set(k(key), to: value, expiration: ttl, condition: .ifAbsent) } catch {
+            throw Self.map(error)
+        }
+    }
+
+    public func compareAndSet(
+        _ key: String, expected: ByteBuffer?, newValue: ByteBuffer?, ttl: Duration?
+    ) async throws(StoreError) -> Bool {
+        let args: [RedisArgument] = [
+            expected == nil ? "0" : "1", expected.map { RedisArgument($0) } ?? "", newValue == nil ? "0" : "1",
+            newValue.map { RedisArgument($0) } ?? "", RedisArgument(ttl.map(Self.ms) ?? 0),
+        ]
+        do {
+            let reply = try await client.evaluate(Self.compareAndSet, keys: [RedisArgument(k(key))], arguments: args)
+            return reply == .integer(1)
+        } catch { throw Self.map(error) }
+    }
+
+    @discardableResult
+    public func delete(_ key: String) async throws(StoreError) -> Bool {
+        do { return try await client.delete([k(key)]) > 0 } catch { throw Self.map(error) }
+    }
+
+    public func timeToLive(_ key: String) async throws(StoreError) -> StoreTTL {
+        let reply: RESPValue
+        do { reply = try await client.send(["PTTL", RedisArgument(k(key))]) } catch { throw Self.map(error) }
+        guard case .integer(let ms) = reply else { throw StoreError(.backend, "PTTL gave an unexpected reply") }
+        switch ms {
+        case -2: return .missing
+        case -1: return .persistent
+        default: return .expiresIn(.milliseconds(ms))
+        }
+    }
+
+    @discardableResult
+    public func setAdd(_ key: String, members: [String], ttlAtLeast: Duration?) async throws(StoreError) -> Int {
+        guard !members.isEmpty else { return 0 }
+        let args = [RedisArgument(ttlAtLeast.map(Self.ms) ?? 0)] + members.map { RedisArgument($0) }
+        do {
+            let reply = try await client.evaluate(Self.setAddAtLeast, keys: [RedisArgument(k(key))], arguments: args)
+            guard case .integer(let n) = reply else { throw StoreError(.backend, "SADD gave an unexpected reply") }
+            return n
+        } catch let e as RedisError {
+            throw Self.map(e)
+        } catch let e as StoreError {
+            throw e
+        } catch {
+            throw StoreError(.backend, "SADD failed")
+        }
+    }
+
+    @discardableResult
+    public func setRemove(_ key: String, members: [String]) async throws(StoreError) -> Int {
+        guard !members.isEmpty else { return 0 }
+        do { return try await client.setRemove(k(key), members: members.map { RedisArgument($0) }) } catch {
+            throw Self.map(error)
+        }
+    }
+
+    public func setMembers(_ key: String) async throws(StoreError) -> Set<String> {
+        do { return Set(try await client.setMembers(k(key)).map { String(buffer: $0) }) } catch { throw Self.map(error) }
+    }
+
+    public func acquireLock(_ key: String, ttl: Duration) async throws(StoreError) -> StoreLock? {
+        let token = MemoryStore.randomToken()
+        return try await setIfAbsent(key, to: ByteBuffer(string: token), ttl: ttl) ? StoreLock(key: key, token: token) : nil
+    }
+
+    public func renewLock(_ lock: StoreLock, ttl: Duration) async throws(StoreError) -> Bool {
+        let token = ByteBuffer(string: lock.token)
+        return try await compareAndSet(lock.key, expected: token, newValue: token, ttl: ttl)
+    }
+
+    @discardableResult
+    public func releaseLock(_ lock: StoreLock) async throws(StoreError) -> Bool {
+        try await compareAndSet(lock.key, expected: ByteBuffer(string: lock.token), newValue: nil, ttl: nil)
+    }
+
+    public func rateLimit(_ key: String, limit: RateLimit, cost: Int, maxWait: Duration) async throws(StoreError)
+        -> RateLimitDecision
+    {
+        let maxWaitMicros = maxWait.components.seconds * 1_000_000 + maxWait.components.attoseconds / 1_000_000_000_000
+        let args: [RedisArgument] = [
+            RedisArgument(integer: limit.intervalMicroseconds), RedisArgument(limit.burst), RedisArgument(cost),
+            RedisArgument(integer: max(0, maxWaitMicros)),
+        ]
+        let reply: RESPValue
+        do { reply = try await client.evaluate(Self.gcra, keys: [RedisArgument(k(key))], arguments: args) } catch {
+            throw Self.map(error)
+        }
+        guard case .array(let parts) = reply, parts.count == 2, case .integer(let allowed) = parts[0],
+            case .integer(let wait) = parts[1]
+        else { throw StoreError(.backend, "the rate-limit script gave an unexpected reply") }
+        return allowed == 1 ? .allowed(after: .microseconds(wait)) : .denied(retryAfter: .microseconds(wait))
+    }
+
+    public func publish(_ message: ByteBuffer, to channel: String) async throws(StoreError) {
+        do { _ = try await client.publish(RedisArgument(message), to: k(channel)) } catch { throw Self.map(error) }
+    }
+
+    public func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription {
+        do { return StoreSubscription(source: .redis(try await client.subscribe(to: [k(channel)]))) } catch {
+            throw Self.map(error)
+        }
+    }
+}

@@ -1,0 +1,94 @@
+import Foundation
+import KisgwConfiguration
+import Logging
+import Observability
+import Prometheus
+import NIOSSL
+import Redis
+import ServiceLifecycle
+import Store
+import Tokens
+import UnixSignals
+
+/// What every long-running verb shares: logging and metrics bootstrapped from `[log]`, the shared store chosen by
+/// `[store]`, the seal keys, and a service group that stops gracefully on SIGTERM/SIGINT.
+struct Runtime {
+    let config: KisgwConfig
+    let logger: Logger
+    let registry: PrometheusCollectorRegistry
+    let store: any SharedStore
+    let redis: RedisClient?
+    let keyring: SealKeyring
+
+    init(config: KisgwConfig, label: String, ephemeralSeal: Bool = false) throws {
+        self.config = config
+        LoggingSetup.bootstrap(level: config.log.level, format: config.log.format)
+        var logger = Logger(label: label)
+        logger.logLevel = config.log.level
+        self.logger = logger
+        self.registry = MetricsSetup.bootstrap()
+        switch config.store.backend {
+        case .memory:
+            self.store = MemoryStore(keyPrefix: config.redis.prefix)
+            self.redis = nil
+        case .redis:
+            guard let url = config.redis.url else { throw ValidationErrorLine("[redis] url is required with backend redis") }
+            var rc = RedisConfiguration(host: url.host, port: url.port)
+            rc.username = url.username
+            rc.password = url.password?.value
+            rc.database = url.database
+            rc.poolSize = config.redis.poolSize
+            rc.commandTimeout = config.redis.timeout
+            if url.tls { rc.tls = .makeClientConfiguration() }
+            let client = RedisClient(configuration: rc, logger: logger)
+            self.redis = client
+            self.store = RedisStore(client: client, keyPrefix: config.redis.prefix)
+        }
+        if ephemeralSeal && config.seal.keys.isEmpty {
+            self.keyring = SealKeyring.ephemeral()
+        } else {
+            self.keyring = try SealKeyring(current: config.seal.current, keys: config.seal.keys.mapValues(\.bytes))
+        }
+    }
+
+    /// nil when the store answers; else why not.
+    var readiness: @Sendable () async -> String? {
+        let store = self.store
+        return {
+            do {
+                _ = try await store.get("readyz")
+                return nil
+            } catch {
+                return "the shared store does not answer"
+            }
+        }
+    }
+
+    /// Runs `services` (and the Redis client) until SIGTERM/SIGINT, then shuts down within `shutdown_grace_s`.
+    func run(_ services: [any Service]) async throws {
+        var all: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let redis { all.append(.init(service: RedisService(client: redis))) }
+        all += services.map { .init(service: $0) }
+        var configuration = ServiceGroupConfiguration(
+            services: all, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        configuration.maximumGracefulShutdownDuration = config.server.shutdownGrace
+        try await ServiceGroup(configuration: configuration).run()
+    }
+}
+
+/// The Redis client as a service: it runs until the group shuts down, then closes its connections.
+struct RedisService: Service {
+    let client: RedisClient
+    func run() async throws {
+        await withGracefulShutdownHandler {
+            await client.run()
+        } onGracefulShutdown: {
+            Task { await client.shutdown() }
+        }
+    }
+}
+
+struct ValidationErrorLine: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
