@@ -263,11 +263,3 @@ struct GatewayCore: Sendable {
     }
 }
 
-extension JWTVerifier.Settings {
-    init(config: KisgwConfig.JWT) {
-        self.init(
-            algorithms: Set(config.algorithms.map(\.rawValue)), hs256Secret: config.hs256Secret.map { Array($0.value.utf8) },
-            publicKeys: config.publicKeysFile.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) },
-            issuer: config.issuer, audience: config.audience, leeway: TimeInterval(config.leewayS))
-    }
-}

@@ -1,5 +1,7 @@
 public import Foundation
 import JWTKit
+public import KisgwConfiguration
+import Observability
 import Synchronization
 
 /// A verified session: the user id (`sub`) and until when the JWT may be trusted without checking it again.
@@ -167,5 +169,15 @@ public final class JWTVerifier: Sendable {
         var header = JWTHeader()
         header.typ = "JWT"
         return try await keys.sign(claims, header: header)
+    }
+}
+
+extension JWTVerifier.Settings {
+    /// The settings `[auth.jwt]` describes (the public keys file is read here).
+    public init(config: KisgwConfig.JWT) {
+        self.init(
+            algorithms: Set(config.algorithms.map(\.rawValue)), hs256Secret: config.hs256Secret.map { Array($0.value.utf8) },
+            publicKeys: config.publicKeysFile.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) },
+            issuer: config.issuer, audience: config.audience, leeway: TimeInterval(config.leewayS))
     }
 }
