@@ -1,0 +1,254 @@
+import Foundation
+import Logging
+import NIOCore
+import Redis
+import Synchronization
+import Testing
+
+/// Restarts, kills and pauses — each test runs its own `redis-server`.
+@Suite(
+    "Redis client resilience (own redis-server)",
+    .enabled(if: TestEnvironment.hasRedis),
+    .serialized,
+    .timeLimit(.minutes(3))
+)
+struct ResilienceTests {
+    func makeClient(_ server: RedisServerProcess, poolSize: Int = 4, timeout: Duration = .seconds(5)) throws -> RedisClient {
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.poolSize = poolSize
+        configuration.commandTimeout = timeout
+        configuration.initialReconnectDelay = .milliseconds(20)
+        configuration.maximumReconnectDelay = .milliseconds(500)
+        return RedisClient(configuration: configuration, logger: TestEnvironment.logger)
+    }
+
+    /// Counts outcomes of a load of ECHO/SET/GET whose replies are checked against what was sent.
+    final class Tally: Sendable {
+        let succeeded = Atomic<Int>(0)
+        let failed = Atomic<Int>(0)
+        let mispaired = Atomic<Int>(0)
+        let codes = Mutex<Set<String>>([])
+        let stop = Atomic<Bool>(false)
+
+        func record(_ error: RedisError) {
+            self.failed.add(1, ordering: .relaxed)
+            _ = self.codes.withLock { $0.insert("\(error.code)") }
+        }
+    }
+
+    /// Runs `workers` tasks that send uniquely tagged commands until `stop` is set.
+    func runLoad(_ client: RedisClient, workers: Int, tally: Tally) async {
+        await withTaskGroup(of: Void.self) { group in
+            for worker in 0..<workers {
+                group.addTask {
+                    var step = 0
+                    let key = TestEnvironment.uniqueKey("load\(worker)")
+                    while !tally.stop.load(ordering: .relaxed) {
+                        step += 1
+                        let token = "w\(worker)-s\(step)"
+                        do {
+                            let echoed = try await client.send(["ECHO", RedisArgument(token)])
+                            if echoed.string != token { tally.mispaired.add(1, ordering: .relaxed) }
+                            try await client.set(key, to: token)
+                            let value = try await client.getString(key)
+                            // A restart between SET and GET may lose the value, but never swap it.
+                            if value != nil && value != token { tally.mispaired.add(1, ordering: .relaxed) }
+                            tally.succeeded.add(1, ordering: .relaxed)
+                        } catch {
+                            tally.record(error as? RedisError ?? RedisError.unknown)
+                            try? await Task.sleep(for: .milliseconds(5))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func restartDuringLoadRecoversWithoutMispairing() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let client = try makeClient(server)
+        let tally = Tally()
+        let load = Task { await runLoad(client, workers: 50, tally: tally) }
+        #expect(await TestEnvironment.eventually { tally.succeeded.load(ordering: .relaxed) > 200 })
+        try server.restart()
+        let before = tally.succeeded.load(ordering: .relaxed)
+        // Traffic resumes on new connections.
+        #expect(await TestEnvironment.eventually { tally.succeeded.load(ordering: .relaxed) > before + 500 })
+        tally.stop.store(true, ordering: .relaxed)
+        await load.value
+        #expect(tally.mispaired.load(ordering: .relaxed) == 0)
+        let codes = tally.codes.withLock { $0 }
+        #expect(codes.isSubset(of: ["connectionClosed", "unavailable", "timeout"]), "unexpected errors: \(codes)")
+        #expect(try await client.send(["ECHO", "done"]).string == "done")
+        await client.shutdown()
+    }
+
+    @Test func commandsFailFastWhileDownAndRecover() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let client = try makeClient(server, timeout: .seconds(30))
+        try await client.ping()
+        server.stop()
+        // After the connection drops and a reconnect fails, calls fail at once
+        // with `unavailable` instead of waiting out their 30 s timeout.
+        let sawUnavailable = await TestEnvironment.eventually {
+            do {
+                try await client.ping()
+                return false
+            } catch {
+                return (error as? RedisError)?.code == .unavailable
+            }
+        }
+        #expect(sawUnavailable)
+        let started = ContinuousClock.now
+        do {
+            try await client.ping()
+            Issue.record("ping succeeded with the server stopped")
+        } catch {
+            #expect(error.code == .unavailable)
+            #expect(error.message.contains("127.0.0.1:\(server.port)"))
+        }
+        // Far below the 30 s command timeout: the call did not wait for it.
+        #expect(started.duration(to: .now) < .seconds(15))
+        try server.start()
+        #expect(await TestEnvironment.eventually { (try? await client.ping()) != nil })
+        #expect(try await client.send(["ECHO", "back"]).string == "back")
+        await client.shutdown()
+    }
+
+    @Test func clientKillDuringLoad() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let client = try makeClient(server)
+        let admin = try makeClient(server, poolSize: 1)
+        let tally = Tally()
+        let load = Task { await runLoad(client, workers: 20, tally: tally) }
+        #expect(await TestEnvironment.eventually { tally.succeeded.load(ordering: .relaxed) > 100 })
+        let adminID = try #require(try await admin.send(["CLIENT", "ID"]).int)
+        let killed = try await admin.send(["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+        #expect((killed.int ?? 0) >= 1)
+        let before = tally.succeeded.load(ordering: .relaxed)
+        #expect(await TestEnvironment.eventually { tally.succeeded.load(ordering: .relaxed) > before + 300 })
+        tally.stop.store(true, ordering: .relaxed)
+        await load.value
+        #expect(tally.mispaired.load(ordering: .relaxed) == 0)
+        #expect(try await admin.send(["CLIENT", "ID"]).int == adminID)
+        await client.shutdown()
+        await admin.shutdown()
+    }
+
+    @Test func pausedServerTimesOutThenRepliesStayPaired() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let client = try makeClient(server, poolSize: 1, timeout: .milliseconds(300))
+        #expect(try await client.send(["ECHO", "warm"]).string == "warm")
+        server.pause()
+        // Commands time out instead of hanging; their replies will come later.
+        var timeouts = 0
+        for index in 0..<5 {
+            do {
+                _ = try await client.send(["ECHO", RedisArgument("lost \(index)")])
+            } catch {
+                if error.code == .timeout { timeouts += 1 }
+            }
+        }
+        #expect(timeouts == 5)
+        server.resume()
+        // The late replies to the timed-out commands are discarded, not handed to these.
+        #expect(await TestEnvironment.eventually { (try? await client.ping()) != nil })
+        for index in 0..<20 {
+            #expect(try await client.send(["ECHO", RedisArgument("fresh \(index)")]).string == "fresh \(index)")
+        }
+        await client.shutdown()
+    }
+
+    @Test func slowCommandTimesOutAndNextCommandGetsItsOwnReply() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let client = try makeClient(server, poolSize: 1, timeout: .seconds(10))
+        _ = try await client.ping()
+        let busy = RedisScript(name: "busy", "local t = redis.call('TIME'); local s = t[1] * 1000000 + t[2]; while true do local n = redis.call('TIME'); if n[1] * 1000000 + n[2] - s > 700000 then break end end; return 'slow'")
+        do {
+            _ = try await client.evaluate(busy, timeout: .milliseconds(200))
+            Issue.record("a 700 ms script must time out at 200 ms")
+        } catch {
+            #expect(error.code == .timeout)
+        }
+        #expect(try await client.send(["ECHO", "next"]).string == "next")
+        // DEBUG SLEEP too.
+        do {
+            _ = try await client.send(["DEBUG", "SLEEP", "0.5"], timeout: .milliseconds(100))
+            Issue.record("DEBUG SLEEP 0.5 must time out at 100 ms")
+        } catch {
+            #expect(error.code == .timeout)
+        }
+        #expect(try await client.send(["ECHO", "after sleep"]).string == "after sleep")
+        await client.shutdown()
+    }
+
+    @Test func scriptsReloadAfterRestart() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let client = try makeClient(server)
+        let script = RedisScript(name: "answer", "return tonumber(ARGV[1]) * 2")
+        #expect(try await client.evaluate(script, arguments: [21]) == .integer(42))
+        try server.restart()
+        #expect(await TestEnvironment.eventually { (try? await client.evaluate(script, arguments: [4])) == .integer(8) })
+        await client.shutdown()
+    }
+
+    @Test func pubSubResubscribesAfterRestart() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let client = try makeClient(server)
+        let subscription = try await client.subscribe(to: ["events"], patterns: ["ev*"])
+        let received = Mutex<[RedisPubSubMessage]>([])
+        let reader = Task {
+            for await message in subscription {
+                received.withLock { $0.append(message) }
+            }
+        }
+        #expect(try await client.publish("before", to: "events") == 2)
+        #expect(await TestEnvironment.eventually { received.withLock { $0.count } == 2 })
+        try server.restart()
+        // Publish until both subscriptions are live again on the new connection.
+        #expect(await TestEnvironment.eventually { ((try? await client.publish("probe", to: "events")) ?? 0) == 2 })
+        #expect(try await client.publish("after", to: "events") == 2)
+        #expect(await TestEnvironment.eventually {
+            received.withLock { messages in messages.filter { $0.string == "after" }.count } == 2
+        })
+        let messages = received.withLock { $0 }
+        #expect(messages.allSatisfy { $0.channel == "events" })
+        #expect(Set(messages.compactMap(\.pattern)) == ["ev*"])
+        await client.shutdown()
+        await reader.value
+    }
+
+    @Test func subscriptionsEndWhenDropped() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let client = try makeClient(server)
+        let observer = try makeClient(server, poolSize: 1)
+        var subscription: RedisSubscription? = try await client.subscribe(to: ["gone"])
+        #expect(try await observer.publish("x", to: "gone") == 1)
+        #expect(subscription != nil)
+        subscription = nil
+        #expect(await TestEnvironment.eventually { ((try? await observer.publish("x", to: "gone")) ?? -1) == 0 })
+        await client.shutdown()
+        await observer.shutdown()
+    }
+}
+
+extension RedisError {
+    /// Stand-in for non-Redis errors in tallies (none are expected).
+    fileprivate static var unknown: RedisError {
+        // No public initializer: obtain a real error value by parsing a bad URL.
+        do {
+            _ = try RedisConfiguration(url: "bogus://")
+        } catch {
+            return error
+        }
+        fatalError("unreachable")
+    }
+}
