@@ -1,0 +1,78 @@
+import Store
+import Testing
+
+/// The rate-limit arithmetic shared by the Lua script and the memory store.
+@Suite("GCRA")
+struct GCRATests {
+    let interval: Int64 = 100_000  // 10 per second
+
+    @Test func burstThenSpacing() {
+        var tat: Int64? = nil
+        var now: Int64 = 1_000_000
+        // Burst of 3 at one instant.
+        for _ in 0..<3 {
+            let outcome = GCRA.decide(tat: tat, now: now, interval: interval, burst: 3, cost: 1, maxWait: 0)
+            #expect(outcome.allowed)
+            #expect(outcome.wait == 0)
+            tat = outcome.newTAT
+        }
+        let denied = GCRA.decide(tat: tat, now: now, interval: interval, burst: 3, cost: 1, maxWait: 0)
+        #expect(!denied.allowed)
+        #expect(denied.wait == interval)
+        #expect(denied.newTAT == nil)
+        // Exactly one interval later one more conforms.
+        now += interval
+        let next = GCRA.decide(tat: tat, now: now, interval: interval, burst: 3, cost: 1, maxWait: 0)
+        #expect(next.allowed)
+        #expect(next.wait == 0)
+    }
+
+    @Test func reservationsQueueInOrder() {
+        var tat: Int64? = nil
+        let now: Int64 = 5_000_000
+        var waits: [Int64] = []
+        for _ in 0..<5 {
+            let outcome = GCRA.decide(tat: tat, now: now, interval: interval, burst: 1, cost: 1, maxWait: 1_000_000)
+            #expect(outcome.allowed)
+            waits.append(outcome.wait)
+            tat = outcome.newTAT
+        }
+        #expect(waits == [0, 100_000, 200_000, 300_000, 400_000])
+        // Beyond maxWait nothing is reserved.
+        let tooLate = GCRA.decide(tat: tat, now: now, interval: interval, burst: 1, cost: 1, maxWait: 450_000)
+        #expect(!tooLate.allowed)
+        #expect(tooLate.wait == 500_000)
+    }
+
+    @Test func idleTimeDoesNotBankMoreThanTheBurst() {
+        let stale: Int64 = 1_000
+        let now: Int64 = 100_000_000
+        var tat: Int64? = stale
+        var allowed = 0
+        for _ in 0..<10 {
+            let outcome = GCRA.decide(tat: tat, now: now, interval: interval, burst: 4, cost: 1, maxWait: 0)
+            if outcome.allowed {
+                allowed += 1
+                tat = outcome.newTAT
+            }
+        }
+        #expect(allowed == 4)
+    }
+
+    @Test func costCountsAsSeveralRequests() {
+        let now: Int64 = 0
+        let outcome = GCRA.decide(tat: nil, now: now, interval: interval, burst: 5, cost: 3, maxWait: 0)
+        #expect(outcome.allowed)
+        #expect(outcome.newTAT == 300_000)
+        let second = GCRA.decide(tat: outcome.newTAT, now: now, interval: interval, burst: 5, cost: 3, maxWait: 0)
+        #expect(!second.allowed)
+        #expect(second.wait == 100_000)
+        #expect(outcome.keepFor == 300_000)
+    }
+
+    @Test func intervalRoundsUp() {
+        #expect(RateLimit(rate: 18).intervalMicroseconds == 55_556)
+        #expect(RateLimit(rate: 1).intervalMicroseconds == 1_000_000)
+        #expect(RateLimit(rate: 3).intervalMicroseconds == 333_334)
+    }
+}

@@ -1,0 +1,257 @@
+import Foundation
+import NIOCore
+import Store
+import Testing
+
+/// The `SharedStore` contract, run against every available implementation.
+@Suite("SharedStore contract", .timeLimit(.minutes(2)))
+struct StoreContractTests {
+    @Test(arguments: Backend.available)
+    func valuesWithExpiry(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        #expect(try await store.get("a") == nil)
+        try await store.set("a", to: ByteBuffer(string: "one"), ttl: nil)
+        #expect(try await store.get("a")?.text == "one")
+        #expect(try await store.timeToLive("a") == .persistent)
+        try await store.set("a", to: ByteBuffer(string: "two"), ttl: .seconds(30))
+        #expect(try await store.get("a")?.text == "two")
+        guard case .expiresIn(let ttl) = try await store.timeToLive("a") else {
+            Issue.record("expected an expiry")
+            return
+        }
+        #expect(ttl > .seconds(20) && ttl <= .seconds(30))
+        try await store.set("short", to: ByteBuffer(string: "x"), ttl: .milliseconds(80))
+        #expect(await eventually { (try? await store.get("short")) == .some(nil) })
+        #expect(try await store.timeToLive("short") == .missing)
+        #expect(try await store.delete("a"))
+        #expect(try await store.delete("a") == false)
+        #expect(try await store.get("a") == nil)
+        await close()
+    }
+
+    @Test(arguments: Backend.available)
+    func binaryValues(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        let bytes: [UInt8] = Array(0...255) + [13, 10, 0]
+        try await store.set("bin", to: ByteBuffer(bytes: bytes), ttl: .seconds(30))
+        #expect(try await store.get("bin").map { Array($0.readableBytesView) } == bytes)
+        try await store.set("empty", to: ByteBuffer(), ttl: .seconds(30))
+        #expect(try await store.get("empty")?.readableBytes == 0)
+        await close()
+    }
+
+    @Test(arguments: Backend.available)
+    func setIfAbsent(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        #expect(try await store.setIfAbsent("k", to: ByteBuffer(string: "first"), ttl: .milliseconds(80)))
+        #expect(try await store.setIfAbsent("k", to: ByteBuffer(string: "second"), ttl: nil) == false)
+        #expect(try await store.get("k")?.text == "first")
+        // Once expired the key is absent again.
+        #expect(await eventually { (try? await store.setIfAbsent("k", to: ByteBuffer(string: "third"), ttl: nil)) == true })
+        #expect(try await store.get("k")?.text == "third")
+        await close()
+    }
+
+    @Test(arguments: Backend.available)
+    func compareAndSet(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        let a = ByteBuffer(string: "a")
+        let b = ByteBuffer(string: "b")
+        #expect(try await store.compareAndSet("c", expected: a, newValue: b, ttl: nil) == false)
+        #expect(try await store.compareAndSet("c", expected: nil, newValue: a, ttl: nil))
+        #expect(try await store.compareAndSet("c", expected: nil, newValue: b, ttl: nil) == false)
+        #expect(try await store.compareAndSet("c", expected: b, newValue: a, ttl: nil) == false)
+        #expect(try await store.compareAndSet("c", expected: a, newValue: b, ttl: .seconds(30)))
+        #expect(try await store.get("c")?.text == "b")
+        guard case .expiresIn = try await store.timeToLive("c") else {
+            Issue.record("compareAndSet with a ttl must set an expiry")
+            return
+        }
+        #expect(try await store.compareAndSet("c", expected: b, newValue: nil, ttl: nil))
+        #expect(try await store.get("c") == nil)
+        await close()
+    }
+
+    @Test(arguments: Backend.available)
+    func compareAndSetIsAtomicUnderContention(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        try await store.set("counter", to: ByteBuffer(string: "0"), ttl: .seconds(60))
+        // 20 tasks each add 10 by CAS retries; no update may be lost.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<20 {
+                group.addTask {
+                    for _ in 0..<10 {
+                        while true {
+                            let current = try await store.get("counter")!
+                            let next = ByteBuffer(string: String(Int(current.text)! + 1))
+                            if try await store.compareAndSet("counter", expected: current, newValue: next, ttl: .seconds(60)) { break }
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await store.get("counter")?.text == "200")
+        await close()
+    }
+
+    @Test(arguments: Backend.available)
+    func locks(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        let lock = try #require(try await store.acquireLock("lock", ttl: .seconds(30)))
+        #expect(try await store.acquireLock("lock", ttl: .seconds(30)) == nil)
+        let impostor = StoreLock(key: "lock", token: "not-the-owner")
+        #expect(try await store.releaseLock(impostor) == false)
+        #expect(try await store.renewLock(impostor, ttl: .seconds(30)) == false)
+        #expect(try await store.renewLock(lock, ttl: .seconds(60)))
+        guard case .expiresIn(let ttl) = try await store.timeToLive("lock") else {
+            Issue.record("a lock must expire")
+            return
+        }
+        #expect(ttl > .seconds(40))
+        #expect(try await store.releaseLock(lock))
+        #expect(try await store.releaseLock(lock) == false)
+        // An expired lock can be taken by someone else, and the old owner cannot release it.
+        let short = try #require(try await store.acquireLock("lock", ttl: .milliseconds(80)))
+        var next: StoreLock?
+        #expect(await eventually {
+            next = try? await store.acquireLock("lock", ttl: .seconds(30))
+            return next != nil
+        })
+        #expect(next?.token != short.token)
+        #expect(try await store.releaseLock(short) == false)
+        #expect(try await store.releaseLock(try #require(next)))
+        await close()
+    }
+
+    @Test(arguments: Backend.available)
+    func lockHasOneWinner(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        let winners = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<50 {
+                group.addTask { try await store.acquireLock("race", ttl: .seconds(30)) == nil ? 0 : 1 }
+            }
+            return try await group.reduce(0, +)
+        }
+        #expect(winners == 1)
+        await close()
+    }
+
+    @Test(arguments: Backend.available)
+    func sets(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        #expect(try await store.setMembers("s").isEmpty)
+        #expect(try await store.setAdd("s", members: ["a", "b"], ttlAtLeast: nil) == 2)
+        #expect(try await store.setAdd("s", members: ["b", "c"], ttlAtLeast: nil) == 1)
+        #expect(try await store.setMembers("s") == ["a", "b", "c"])
+        #expect(try await store.timeToLive("s") == .persistent)
+        #expect(try await store.setRemove("s", members: ["a", "zzz"]) == 1)
+        #expect(try await store.setMembers("s") == ["b", "c"])
+        #expect(try await store.setRemove("s", members: ["b", "c"]) == 2)
+        #expect(try await store.timeToLive("s") == .missing)
+        // ttlAtLeast: a new set expires; the expiry is extended, never shortened.
+        #expect(try await store.setAdd("t", members: ["x"], ttlAtLeast: .seconds(30)) == 1)
+        guard case .expiresIn(let first) = try await store.timeToLive("t") else {
+            Issue.record("a set created with ttlAtLeast must expire")
+            return
+        }
+        #expect(first > .seconds(20) && first <= .seconds(30))
+        try await store.setAdd("t", members: ["y"], ttlAtLeast: .seconds(5))
+        guard case .expiresIn(let unchanged) = try await store.timeToLive("t") else {
+            Issue.record("expiry lost")
+            return
+        }
+        #expect(unchanged > .seconds(20))
+        try await store.setAdd("t", members: ["z"], ttlAtLeast: .seconds(120))
+        guard case .expiresIn(let extended) = try await store.timeToLive("t") else {
+            Issue.record("expiry lost")
+            return
+        }
+        #expect(extended > .seconds(100))
+        #expect(try await store.setAdd("u", members: ["x"], ttlAtLeast: .milliseconds(80)) == 1)
+        #expect(await eventually { (try? await store.setMembers("u")) == .some([]) })
+        #expect(try await store.delete("t"))
+        await close()
+    }
+
+    @Test(arguments: Backend.available)
+    func rateLimitDecisions(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        // One per second, bursts of two: two go now, the third must wait up to a second.
+        let limit = RateLimit(rate: 1, burst: 2)
+        #expect(try await store.rateLimit("rl", limit: limit, cost: 1, maxWait: .zero) == .allowed(after: .zero))
+        #expect(try await store.rateLimit("rl", limit: limit, cost: 1, maxWait: .zero) == .allowed(after: .zero))
+        let denied = try await store.rateLimit("rl", limit: limit, cost: 1, maxWait: .zero)
+        guard case .denied(let retryAfter) = denied else {
+            Issue.record("third request in a burst of two must be denied, got \(denied)")
+            return
+        }
+        #expect(retryAfter > .zero && retryAfter <= .seconds(1))
+        // Willing to wait: a slot is reserved and the wait returned.
+        let reserved = try await store.rateLimit("rl", limit: limit, cost: 1, maxWait: .seconds(10))
+        guard case .allowed(let wait) = reserved else {
+            Issue.record("a caller willing to wait 10 s must get a reservation, got \(reserved)")
+            return
+        }
+        #expect(wait > .zero && wait <= .seconds(1))
+        // The reservation counts: the next one waits about a second longer.
+        let after = try await store.rateLimit("rl", limit: limit, cost: 1, maxWait: .seconds(10))
+        guard case .allowed(let laterWait) = after else {
+            Issue.record("expected a second reservation, got \(after)")
+            return
+        }
+        #expect(laterWait > wait)
+        #expect(laterWait - wait > .milliseconds(900))
+        // A separate key has its own budget.
+        #expect(try await store.rateLimit("other", limit: limit, cost: 1, maxWait: .zero).isAllowed)
+        await close()
+    }
+
+    @Test(arguments: Backend.available)
+    func rateLimitIsSharedAcrossConcurrentCallers(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        // 1 per 10 s with a burst of 5: of 40 simultaneous callers exactly 5 pass.
+        let limit = RateLimit(rate: 0.1, burst: 5)
+        let allowed = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<40 {
+                group.addTask { try await store.rateLimit("shared", limit: limit, cost: 1, maxWait: .zero).isAllowed ? 1 : 0 }
+            }
+            return try await group.reduce(0, +)
+        }
+        #expect(allowed == 5)
+        await close()
+    }
+
+    @Test(arguments: Backend.available)
+    func waitForRateLimitQueuesUntilDeadline(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        let limit = RateLimit(rate: 20, burst: 1)
+        for _ in 0..<3 {
+            #expect(try await store.waitForRateLimit("q", limit: limit, deadline: .now + .seconds(10)))
+        }
+        let slow = RateLimit(rate: 0.01, burst: 1)
+        #expect(try await store.waitForRateLimit("slow", limit: slow, deadline: .now + .seconds(5)))
+        // The next slot is 100 s away: not before a 1 s deadline.
+        #expect(try await store.waitForRateLimit("slow", limit: slow, deadline: .now + .seconds(1)) == false)
+        await close()
+    }
+
+    @Test(arguments: Backend.available)
+    func publishSubscribe(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        let first = try await store.subscribe(to: "events")
+        let second = try await store.subscribe(to: "events")
+        let other = try await store.subscribe(to: "elsewhere")
+        try await store.publish(ByteBuffer(string: "hello"), to: "events")
+        var firstIterator = first.makeAsyncIterator()
+        var secondIterator = second.makeAsyncIterator()
+        #expect(await firstIterator.next()?.text == "hello")
+        #expect(await secondIterator.next()?.text == "hello")
+        try await store.publish(ByteBuffer(string: "there"), to: "elsewhere")
+        var otherIterator = other.makeAsyncIterator()
+        #expect(await otherIterator.next()?.text == "there")
+        try await store.publish(ByteBuffer(bytes: [0, 255, 13, 10]), to: "events")
+        #expect(await firstIterator.next().map { Array($0.readableBytesView) } == [0, 255, 13, 10])
+        await close()
+    }
+}
