@@ -162,6 +162,18 @@ let package = Package(
             swiftSettings: strict
         ),
 
+        // The browser UI and client module (../shared/spec/web-client.md), served from package resources.
+        .target(
+            name: "Web",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            resources: [.copy("Resources")],
+            swiftSettings: strict
+        ),
+
         // MARK: the thin executable
         .executableTarget(
             name: "kisgw",

@@ -1,0 +1,431 @@
+// The kisgw page: sign-in (demo), KIS account connection, status, environment switch and the chart view.
+import { createKisClient, ENVIRONMENTS } from './kis-client.js';
+import { CandleChart, formatDate, formatPrice, formatVolume, priceDecimals } from './chart.js';
+
+const $ = (id) => document.getElementById(id);
+const ENV_LABEL = { SANDBOX: '모의투자', LIVE: '실계좌' };
+const STATUS_LABEL = { connected: '연결됨', expired: '토큰 만료', disconnected: '연결 안됨' };
+const JWT_KEY = 'kisgw.jwt';
+
+const expiryFmt = new Intl.DateTimeFormat('ko-KR', {
+  year: 'numeric', month: 'long', day: 'numeric', hour: 'numeric', minute: '2-digit', timeZone: 'Asia/Seoul',
+});
+const timeFmt = new Intl.DateTimeFormat('ko-KR', {
+  month: 'long', day: 'numeric', hour: 'numeric', minute: '2-digit', second: '2-digit', timeZone: 'Asia/Seoul',
+});
+const formatExpiry = (iso) => (iso ? `${expiryFmt.format(new Date(iso))} (KST)` : '—');
+
+let config = { gatewayUrl: '', demo: false };
+let client = null;
+let jwt = null;
+let user = null;
+let chartData = null;
+let lastQuery = null;
+let chartSeq = 0;
+
+// ------------------------------------------------------------------------------------------------ toasts
+
+function toast(message, kind = 'info', ms = 4500) {
+  const el = document.createElement('div');
+  el.className = `toast ${kind}`;
+  el.setAttribute('role', kind === 'error' ? 'alert' : 'status');
+  el.textContent = message;
+  $('toasts').append(el);
+  setTimeout(() => el.remove(), ms);
+}
+
+// ------------------------------------------------------------------------------------------------ sign-in
+
+function jwtSubject(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const json = new TextDecoder().decode(Uint8Array.from(atob(part), (c) => c.charCodeAt(0)));
+    return JSON.parse(json).sub ?? null;
+  } catch {
+    return null;
+  }
+}
+
+async function signIn(input) {
+  let token;
+  if (config.demo) {
+    const userId = (input || 'demo').trim();
+    const res = await fetch('/api/dev/signin', {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ userId }),
+    });
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok || !body.token) throw new Error(body.message || body.detail || `로그인 실패 (HTTP ${res.status})`);
+    token = body.token;
+  } else {
+    token = input.trim();
+    if (!jwtSubject(token)) throw new Error('JWT 형식이 아닙니다');
+  }
+  sessionStorage.setItem(JWT_KEY, token);
+  await startSession(token);
+}
+
+async function startSession(token) {
+  client?.stop();
+  jwt = token;
+  user = jwtSubject(token) ?? 'user';
+  $('signin-state').textContent = `${user} 로그인됨`;
+  $('signin-state').classList.remove('warn');
+  if (config.demo) $('signin-user').value = user;
+  const previousEnv = client?.environment ?? 'SANDBOX';
+  client = createKisClient({
+    gatewayUrl: config.gatewayUrl,
+    brokerUrl: '',
+    getJwt: () => jwt,
+    scope: user,
+    environment: previousEnv,
+    onStateChange: render,
+    onSignInRequired: () => {
+      $('signin-state').textContent = '다시 로그인하세요';
+      toast('로그인이 만료되었습니다. 다시 로그인하세요.', 'warn');
+    },
+  });
+  chartData = null;
+  showChartEmpty('계정을 연결한 뒤 종목을 조회하세요');
+  render(client.state());
+  try {
+    const s = await client.init();
+    if (s.environments[client.environment].connected) loadChart();
+  } catch (err) {
+    toast(err.message, 'error');
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ status
+
+let editing = false;
+
+function render(s = client?.state()) {
+  if (!s) return;
+  const env = s.environment;
+  const e = s.environments[env];
+  for (const name of ENVIRONMENTS) $(`env-${name}`).setAttribute('aria-checked', String(name === env));
+
+  const status = $('status');
+  status.dataset.status = e.status;
+  status.dataset.environment = env;
+  $('status-text').textContent = STATUS_LABEL[e.status];
+  let detail = ENV_LABEL[env];
+  if (e.connected && e.expiresAt) detail += ` · 만료 ${formatExpiry(e.expiresAt)}`;
+  if (e.refreshing) detail += ' · 갱신 중…';
+  else if (e.refreshFailures > 0) detail += ` · 토큰 갱신 실패 ${e.refreshFailures}회`;
+  if (s.signInRequired) detail += ' · 다시 로그인 필요';
+  $('status-detail').textContent = detail;
+
+  // account panel
+  const showForm = !e.connected || editing;
+  $('account-view').hidden = showForm;
+  $('connect-form').hidden = !showForm;
+  $('connect-cancel').hidden = !(editing && e.connected);
+  $('connect-submit').textContent = editing && e.connected ? '저장' : '연결';
+  if (!editing) {
+    for (const r of document.querySelectorAll('#connect-form input[name=environment]')) r.checked = r.value === env;
+  }
+  $('acct-env').textContent = ENV_LABEL[env];
+  $('acct-number').textContent = e.account ?? '—';
+  $('acct-appkey').textContent = e.appKey ?? '—';
+  $('acct-expiry').textContent = formatExpiry(e.expiresAt);
+  const refreshEl = $('acct-refresh');
+  if (e.refreshFailures > 0) {
+    refreshEl.textContent = `실패 ${e.refreshFailures}회 — ${e.nextRefreshAt ? timeFmt.format(new Date(e.nextRefreshAt)) + ' 재시도' : '중지됨'}${e.lastError ? ` (${e.lastError})` : ''}`;
+    refreshEl.className = 'warn';
+  } else {
+    refreshEl.textContent = e.nextRefreshAt ? `${timeFmt.format(new Date(e.nextRefreshAt))} 예정` : '—';
+    refreshEl.className = '';
+  }
+  $('acct-refresh-now').disabled = e.refreshing;
+}
+
+// ------------------------------------------------------------------------------------------------ account
+
+async function onConnect(event) {
+  event.preventDefault();
+  const form = new FormData($('connect-form'));
+  const data = {
+    environment: form.get('environment'),
+    appKey: form.get('appKey') ?? '',
+    appSecret: form.get('appSecret') ?? '',
+    accountNumber: form.get('accountNumber') ?? '',
+  };
+  const errorEl = $('connect-error');
+  errorEl.hidden = true;
+  const problems = [];
+  if (!data.appKey.trim()) problems.push('App Key 를 입력하세요');
+  if (!data.appSecret.trim()) problems.push('App Secret 을 입력하세요');
+  if (!/^\d{8}-?\d{2}$/.test(data.accountNumber.trim())) problems.push('계좌번호는 12345678-01 형식입니다');
+  if (problems.length) {
+    errorEl.textContent = problems.join(' · ');
+    errorEl.hidden = false;
+    return;
+  }
+  const button = $('connect-submit');
+  button.disabled = true;
+  button.textContent = '확인 중…';
+  try {
+    if (client.environment !== data.environment) client.setEnvironment(data.environment);
+    const { message } = await client.connect(data);
+    editing = false;
+    $('connect-form').reset();
+    toast(`${ENV_LABEL[data.environment]} 계정이 연결되었습니다${message ? ` — ${message}` : ''}`, 'success');
+    render();
+    loadChart();
+  } catch (err) {
+    errorEl.textContent = err.message;
+    errorEl.dataset.code = err.code;
+    errorEl.hidden = false;
+    toast(`연결 실패: ${err.message}`, 'error', 7000);
+  } finally {
+    button.disabled = false;
+    render();
+  }
+}
+
+let disconnectArmed = null;
+
+async function onDisconnect() {
+  const button = $('acct-disconnect');
+  if (!disconnectArmed) {
+    button.textContent = '한 번 더 누르면 해제';
+    disconnectArmed = setTimeout(() => { disconnectArmed = null; button.textContent = '연결 해제'; }, 4000);
+    return;
+  }
+  clearTimeout(disconnectArmed);
+  disconnectArmed = null;
+  button.textContent = '연결 해제';
+  const env = client.environment;
+  button.disabled = true;
+  try {
+    await client.disconnect(env);
+    toast(`${ENV_LABEL[env]} 계정 연결을 해제했습니다`, 'success');
+    chartData = null;
+    showChartEmpty('계정을 연결한 뒤 종목을 조회하세요');
+  } catch (err) {
+    toast(`연결 해제 실패: ${err.message}`, 'error');
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function onRefreshNow() {
+  try {
+    await client.refresh();
+    toast('토큰을 갱신했습니다', 'success');
+  } catch (err) {
+    toast(`토큰 갱신 실패: ${err.message}`, 'error');
+  }
+}
+
+function switchEnvironment(env) {
+  if (!client || client.environment === env) return;
+  editing = false;
+  client.setEnvironment(env);
+  if (client.state().environments[env].connected) loadChart();
+  else {
+    chartData = null;
+    chart.setData(null);
+    showChartEmpty(`${ENV_LABEL[env]} 계정이 연결되어 있지 않습니다`);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ chart
+
+const chartEl = $('chart');
+const tip = $('crosshair');
+const chart = new CandleChart($('chart-canvas'), { onHover: showCrosshair });
+
+function showCrosshair(c, i, x) {
+  if (!c || !chartData) { tip.hidden = true; return; }
+  const d = priceDecimals(chartData.candles, chartData.currency);
+  const row = (k, v) => `<div><span class="k">${k}</span>${v}</div>`;
+  tip.innerHTML = `<div class="d">${formatDate(c.date)}</div>`
+    + row('시가', formatPrice(c.open, d)) + row('고가', formatPrice(c.high, d))
+    + row('저가', formatPrice(c.low, d)) + row('종가', formatPrice(c.close, d))
+    + row('거래량', formatVolume(c.volume));
+  tip.hidden = false;
+  // keep the box away from the pointer
+  const left = x > chartEl.clientWidth / 2;
+  tip.style.left = left ? '8px' : 'auto';
+  tip.style.right = left ? 'auto' : '80px';
+}
+
+function setChartState(state, status = '') {
+  chartEl.dataset.state = state;
+  chartEl.dataset.status = String(status);
+  $('chart-loading').hidden = state !== 'loading';
+  $('chart-error').hidden = state !== 'error';
+  $('chart-empty').hidden = state !== 'idle';
+  $('chart-submit').disabled = state === 'loading';
+}
+
+function showChartEmpty(text) {
+  $('chart-empty').textContent = text;
+  $('chart-title').textContent = '종목을 조회하세요';
+  $('chart-cache').textContent = '';
+  $('chart-timing').textContent = '';
+  tip.hidden = true;
+  setChartState('idle');
+}
+
+function isoDay(d) {
+  const z = new Date(d.getTime() - d.getTimezoneOffset() * 60000);
+  return z.toISOString().slice(0, 10);
+}
+
+const PERIOD_SPAN_DAYS = { D: 150, W: 730, M: 1825, Y: 3650 };
+
+function setDefaultRange(period = 'D') {
+  const end = $('end').value ? new Date(`${$('end').value}T00:00:00`) : new Date();
+  const start = new Date(end.getTime() - PERIOD_SPAN_DAYS[period] * 86400000);
+  $('end').value = isoDay(end);
+  $('start').value = isoDay(start);
+}
+
+function readQuery() {
+  const f = new FormData($('chart-form'));
+  const market = f.get('market');
+  return {
+    market,
+    exchange: market === 'overseas' ? f.get('exchange') : undefined,
+    symbol: String(f.get('symbol') ?? '').trim().toUpperCase(),
+    period: f.get('period'),
+    start: f.get('start') || undefined,
+    end: f.get('end') || undefined,
+    adjusted: $('adjusted').checked,
+  };
+}
+
+async function loadChart(query = readQuery()) {
+  if (!client) return;
+  if (!query.symbol) { toast('종목 코드를 입력하세요', 'warn'); return; }
+  const s = client.state();
+  if (!s.environments[s.environment].connected) {
+    showChartEmpty(`${ENV_LABEL[s.environment]} 계정을 먼저 연결하세요`);
+    return;
+  }
+  const seq = ++chartSeq;
+  lastQuery = query;
+  setChartState('loading');
+  try {
+    const res = await client.chart(query);
+    if (seq !== chartSeq) return;
+    chartData = res.data;
+    const d = res.data;
+    const title = $('chart-title');
+    title.textContent = d.name || d.symbol;
+    const code = document.createElement('span');
+    code.className = 'code';
+    code.textContent = `${d.name ? `${d.symbol} · ` : ''}${d.exchange} · ${d.currency} · ${({ D: '일봉', W: '주봉', M: '월봉', Y: '년봉' })[d.period] ?? d.period}`;
+    title.append(code);
+    $('chart-cache').textContent = `${res.cache ?? '—'}${res.status === 304 ? ' · 304' : ''}`;
+    $('chart-cache').dataset.cache = res.cache ?? '';
+    const upstream = /upstream;dur=([\d.]+)/.exec(res.serverTiming ?? '');
+    $('chart-timing').textContent = `${Math.round(res.ms)} ms${upstream ? ` (KIS ${Math.round(Number(upstream[1]))} ms)` : ''}`;
+    if (!d.candles.length) {
+      chart.setData(null);
+      showChartEmpty('해당 기간에 데이터가 없습니다');
+      chartEl.dataset.status = String(res.status);
+      chartEl.dataset.state = 'empty';
+      return;
+    }
+    setChartState('ready', res.status);
+    chart.setData(d);
+    if (res.refreshed) console.info('KIS 토큰을 갱신하고 다시 요청했습니다');
+  } catch (err) {
+    if (seq !== chartSeq) return;
+    setChartState('error', err.status || err.code);
+    const box = $('chart-error');
+    box.replaceChildren();
+    const msg = document.createElement('div');
+    msg.textContent = err.code === 'network' ? '게이트웨이에 연결할 수 없습니다 (네트워크 또는 CORS 거부)' : err.message;
+    const code = document.createElement('div');
+    code.className = 'code';
+    code.textContent = err.status ? `${err.status} ${err.code}` : err.code;
+    box.append(msg, code);
+    if (err.retryAfter) {
+      const retry = document.createElement('div');
+      retry.className = 'code';
+      retry.textContent = `${err.retryAfter}초 후 다시 시도하세요`;
+      box.append(retry);
+    }
+  }
+}
+
+function onMarketChange() {
+  const overseas = document.querySelector('#chart-form input[name=market]:checked').value === 'overseas';
+  $('exchange').disabled = !overseas;
+  const y = $('period').querySelector('option[value=Y]');
+  y.disabled = overseas;
+  if (overseas && $('period').value === 'Y') $('period').value = 'M';
+  const sym = $('symbol');
+  if (overseas && /^\d{6}$/.test(sym.value)) sym.value = 'AAPL';
+  if (!overseas && !/^[0-9A-Z]{6,9}$/.test(sym.value)) sym.value = '005930';
+}
+
+// ------------------------------------------------------------------------------------------------ start
+
+async function main() {
+  setDefaultRange('D');
+  $('connect-form').addEventListener('submit', onConnect);
+  $('connect-cancel').addEventListener('click', () => { editing = false; render(); });
+  $('acct-edit').addEventListener('click', () => {
+    editing = true;
+    render();
+    for (const r of document.querySelectorAll('#connect-form input[name=environment]')) r.checked = r.value === client.environment;
+    $('appKey').focus();
+  });
+  $('acct-disconnect').addEventListener('click', onDisconnect);
+  $('acct-refresh-now').addEventListener('click', onRefreshNow);
+  for (const env of ENVIRONMENTS) $(`env-${env}`).addEventListener('click', () => switchEnvironment(env));
+  $('chart-form').addEventListener('submit', (e) => { e.preventDefault(); loadChart(); });
+  for (const r of document.querySelectorAll('#chart-form input[name=market]')) r.addEventListener('change', onMarketChange);
+  $('period').addEventListener('change', () => setDefaultRange($('period').value));
+  $('signin').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      await signIn($('signin-user').value);
+      toast(`${user} 로 로그인했습니다`, 'success');
+    } catch (err) {
+      toast(err.message, 'error');
+    }
+  });
+  setInterval(() => render(), 30000);
+
+  try {
+    const res = await fetch('/ui/config.json', { cache: 'no-store' });
+    config = await res.json();
+  } catch {
+    toast('설정을 불러오지 못했습니다 (/ui/config.json)', 'error', 10000);
+    return;
+  }
+  if (!config.demo) {
+    $('signin-label').textContent = 'JWT';
+    $('signin-user').value = '';
+    $('signin-user').placeholder = 'eyJ…';
+  }
+  const requested = new URLSearchParams(location.search).get('user');
+  const stored = sessionStorage.getItem(JWT_KEY);
+  try {
+    if (stored && (!requested || jwtSubject(stored) === requested)) await startSession(stored);
+    else if (config.demo) await signIn(requested || 'demo');
+    else {
+      $('signin-state').textContent = 'JWT 를 입력하세요';
+      showChartEmpty('로그인이 필요합니다');
+    }
+  } catch (err) {
+    toast(err.message, 'error');
+  }
+}
+
+// A small hook for tests and debugging: the client's state plus the current KIS token.
+window.__kisgw = {
+  state: () => (client ? { ...client.state(), user, token: client.token() } : null),
+  get client() { return client; },
+  loadChart: (q) => loadChart(q ? { ...readQuery(), ...q } : readQuery()),
+  get lastQuery() { return lastQuery; },
+};
+
+main();

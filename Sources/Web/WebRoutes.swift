@@ -1,0 +1,62 @@
+public import Hummingbird
+import HTTPTypes
+import NIOCore
+
+/// Adds the web UI's routes to a router (the broker's, so the page's token calls are same-origin):
+///
+/// - `GET /` — `index.html`
+/// - `GET /ui/config.json` — the JSON that `config` returns, e.g. `{"gatewayUrl": "http://127.0.0.1:8000", "demo": true}`
+/// - `GET /ui/<file>` — one of `WebAssets.fileNames`, else 404
+///
+/// Every answer has `Cache-Control: no-cache` (the browser revalidates, so a new binary's assets are seen at
+/// once), `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`; the page also gets a
+/// Content-Security-Policy that allows scripts and styles from the same origin only and fetches to any http(s)
+/// origin (the gateway's is only known at run time).
+///
+/// ```swift
+/// let router = Router(context: BasicRequestContext.self)
+/// addWebRoutes(to: router) { #"{"gatewayUrl": "http://127.0.0.1:8000", "demo": true}"# }
+/// ```
+public func addWebRoutes(to router: Router<BasicRequestContext>, config: @escaping @Sendable () -> String) {
+    router.get("/") { _, _ in
+        guard let page = WebAssets.asset(path: "index.html") else { return webNotFound() }
+        var headers = webHeaders(contentType: page.contentType)
+        headers[.contentSecurityPolicy] = webContentSecurityPolicy
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: page.bytes)))
+    }
+    router.get("/ui/{file}") { _, context in
+        let file = context.parameters.get("file") ?? ""
+        if file == "config.json" {
+            return Response(
+                status: .ok, headers: webHeaders(contentType: "application/json; charset=utf-8"),
+                body: .init(byteBuffer: ByteBuffer(string: config())))
+        }
+        guard let asset = WebAssets.asset(path: file) else { return webNotFound() }
+        var headers = webHeaders(contentType: asset.contentType)
+        if file.hasSuffix(".html") { headers[.contentSecurityPolicy] = webContentSecurityPolicy }
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: asset.bytes)))
+    }
+}
+
+let webContentSecurityPolicy =
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self' http: https:; "
+    + "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+let referrerPolicy = HTTPField.Name("Referrer-Policy")!
+
+func webHeaders(contentType: String) -> HTTPFields {
+    var headers = HTTPFields()
+    headers[.contentType] = contentType
+    headers[.cacheControl] = "no-cache"
+    headers[.xContentTypeOptions] = "nosniff"
+    headers[referrerPolicy] = "no-referrer"
+    return headers
+}
+
+func webNotFound() -> Response {
+    var headers = HTTPFields()
+    headers[.contentType] = "application/problem+json"
+    headers[.cacheControl] = "no-store"
+    let body = #"{"type":"https://kisgw.dev/problems/not_found","title":"Not Found","status":404,"code":"not_found","detail":"no such file"}"#
+    return Response(status: .notFound, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
+}
