@@ -1,0 +1,153 @@
+"""Fixtures for the browser tests: a real `kisgw demo` process and headless Chromium driven by Selenium.
+
+Environment:
+- KISGW_DEMO_CMD: the command that starts the demo (default: `<repo>/.build/debug/kisgw demo`); `--port-base N`
+  is appended. `python3 Tests/browser/stub_demo.py demo` runs a stand-in with the same interface.
+- KISGW_DEMO_BIN: the kisgw binary, when KISGW_DEMO_CMD is not set.
+- CHROMIUM / CHROMEDRIVER: browser and driver paths (default /usr/bin/chromium, /usr/bin/chromedriver).
+"""
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import time
+import random
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.abspath(os.path.join(HERE, '..', '..'))
+ARTEFACTS = os.path.join(HERE, 'artefacts')
+APP_KEY = 'PSbrowserTestAppKey0001'
+APP_SECRET = 'browser-test-app-secret-0001'
+
+
+def free_port_base(span=10):
+    """A base port such that base..base+span-1 are free on 127.0.0.1 right now."""
+    for _ in range(200):
+        base = random.randrange(20000, 40000, span)
+        socks = []
+        try:
+            for p in range(base, base + span):
+                s = socket.socket()
+                s.bind(('127.0.0.1', p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError('no free port range')
+
+
+class Demo:
+    """A running `kisgw demo`: its URLs, its JWT and its output."""
+
+    def __init__(self, proc, urls, log_path):
+        self.proc = proc
+        self.ui = urls['UI'].rstrip('/') + '/'
+        self.gateway = urls['Gateway'].rstrip('/')
+        self.simulator = urls['Simulator'].rstrip('/')
+        self.jwt = urls['JWT']
+        self.log_path = log_path
+
+    @property
+    def ui_origin(self):
+        return self.ui.rstrip('/')
+
+
+@pytest.fixture(scope='session')
+def demo(tmp_path_factory):
+    os.makedirs(ARTEFACTS, exist_ok=True)
+    base = free_port_base()
+    data = tmp_path_factory.mktemp('demo-data')
+    cmd = os.environ.get('KISGW_DEMO_CMD')
+    if cmd:
+        argv = shlex.split(cmd)
+    else:
+        binary = os.environ.get('KISGW_DEMO_BIN') or os.path.join(REPO, '.build', 'debug', 'kisgw')
+        if not os.path.exists(binary):
+            pytest.fail(f'{binary} does not exist: build kisgw first (swift build) or set KISGW_DEMO_CMD')
+        argv = [binary, 'demo']
+    argv += ['--port-base', str(base)]
+    env = dict(os.environ, KISGW_DEMO_DATA=str(data), KISGW_DEMO_PORT_BASE=str(base),
+               KISGW_DEMO_APP_KEY=APP_KEY, KISGW_DEMO_APP_SECRET=APP_SECRET)
+    log_path = os.path.join(ARTEFACTS, 'demo.log')
+    log = open(log_path, 'w', encoding='utf-8')
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+    urls = {}
+    ready = threading.Event()
+
+    def pump():
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            m = re.match(r'^\s*(UI|Gateway|Simulator|JWT):\s*(\S+)', line)
+            if m and m.group(1) not in urls:
+                urls[m.group(1)] = m.group(2)
+                if len(urls) == 4:
+                    ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    ready.wait(timeout=120)
+    if len(urls) < 4:
+        proc.kill()
+        proc.wait()
+        log.close()
+        with open(log_path, encoding='utf-8') as f:
+            tail = f.read()[-3000:]
+        pytest.fail(f'kisgw demo did not print its UI/Gateway/Simulator/JWT lines (exit {proc.returncode}):\n{tail}')
+    d = Demo(proc, urls, log_path)
+    wait_http(d.ui + 'ui/config.json')
+    yield d
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+def wait_http(url, timeout=30):
+    import urllib.request
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.status
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def browser(request):
+    options = webdriver.ChromeOptions()
+    options.binary_location = os.environ.get('CHROMIUM', '/usr/bin/chromium')
+    for arg in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu',
+                '--window-size=1400,950', '--force-device-scale-factor=1', '--lang=ko-KR',
+                '--no-first-run', '--disable-extensions', '--disable-background-networking'):
+        options.add_argument(arg)
+    options.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
+    service = Service(executable_path=os.environ.get('CHROMEDRIVER', '/usr/bin/chromedriver'))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_script_timeout(30)
+    yield driver
+    name = re.sub(r'[^A-Za-z0-9_.-]+', '_', request.node.name)
+    try:
+        driver.save_screenshot(os.path.join(ARTEFACTS, f'{name}.png'))
+        with open(os.path.join(ARTEFACTS, f'{name}.console.txt'), 'w', encoding='utf-8') as f:
+            for entry in driver.get_log('browser'):
+                f.write(f"{entry['level']} {entry['message']}\n")
+    except Exception:
+        pass
+    driver.quit()

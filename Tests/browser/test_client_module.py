@@ -1,0 +1,176 @@
+"""kis-client.js on its own, in the real browser (WebCrypto, IndexedDB, localStorage), with a scripted fetch.
+
+The module is imported from the demo's UI origin; the gateway and broker are replaced by a fake `fetch`, so these
+checks pin the client's contract: one shared refresh for concurrent kis_token_* 401s and a single retry, jwt_*
+answers surface as "sign in again" without retry, ETag reuse, proactive refresh with backoff, encrypted store.
+"""
+import pytest
+
+from test_web import open_page
+
+SETUP = r"""
+window.__t = {};
+const mod = await import('/ui/kis-client.js');
+const log = [];
+const json = (status, body, headers = {}) => new Response(body === null ? null : JSON.stringify(body),
+  {status, headers: {'Content-Type': 'application/json', ...headers}});
+const future = (s) => new Date(Date.now() + s * 1000).toISOString();
+// the broker knows a SANDBOX account only
+const account = (u) => u.searchParams.get('environment') === 'SANDBOX'
+  ? json(200, {environment: 'SANDBOX', accountNumber: '1234****-01', appKey: 'PSab…wxyz', connected: true})
+  : json(404, {code: 'account_not_found', status: 404, detail: 'no account'});
+window.__t = {mod, log, json, future, account};
+"""
+
+SCENARIOS = {
+    'concurrent_401_share_one_refresh': r"""
+const {mod, json, future, account} = window.__t;
+let refreshes = 0; const used = [];
+const fetch = async (url, init = {}) => {
+  const u = new URL(url, location.href);
+  if (u.pathname === '/api/kis/account') return account(u);
+  if (u.pathname === '/api/kis/token/refresh') {
+    refreshes++; await new Promise(r => setTimeout(r, 80));
+    return json(200, {token: 'T2', expiresAt: future(86400), environment: 'SANDBOX'});
+  }
+  const tok = init.headers['X-KIS-Token']; used.push(tok);
+  if (tok === 'T1') return json(401, {code: 'kis_token_expired', status: 401, detail: 'expired'});
+  if (init.headers['If-None-Match'] === '"e1"') return new Response(null, {status: 304, headers: {ETag: '"e1"', 'X-Cache': 'HIT'}});
+  return json(200, {symbol: u.pathname, candles: [{date: '2024-01-02', open: 1, high: 2, low: 1, close: 2, volume: 3}]},
+              {ETag: '"e1"', 'X-Cache': 'MISS'});
+};
+const store = new mod.TokenStore({scope: 'contract-' + Math.random()});
+await store.save({token: 'T1', expiresAt: future(3600), receivedAt: Date.now(), environment: 'SANDBOX', connected: true});
+const c = mod.createKisClient({gatewayUrl: 'http://gw.invalid', getJwt: () => 'J', fetch, store});
+await c.init();
+const rs = await Promise.all(['005930', '000660', '035420'].map(symbol => c.chart({market: 'domestic', symbol})));
+const again = await c.chart({market: 'domestic', symbol: '005930'});
+c.stop();
+return {refreshes, used, statuses: rs.map(r => r.status), refreshed: rs.map(r => r.refreshed),
+        again: [again.status, again.data.candles.length, again.cache], token: c.token()};
+""",
+    'jwt_codes_sign_in_without_retry': r"""
+const {mod, json, future, account} = window.__t;
+let refreshes = 0, charts = 0, signIns = 0;
+const fetch = async (url, init = {}) => {
+  const u = new URL(url, location.href);
+  if (u.pathname === '/api/kis/account') return account(u);
+  if (u.pathname === '/api/kis/token/refresh') { refreshes++; return json(200, {token: 'T9', expiresAt: future(86400)}); }
+  charts++;
+  return json(401, {code: 'jwt_expired', status: 401, detail: 'JWT expired'});
+};
+const store = new mod.TokenStore({scope: 'contract-' + Math.random()});
+await store.save({token: 'T1', expiresAt: future(3600), receivedAt: Date.now(), environment: 'SANDBOX', connected: true});
+const c = mod.createKisClient({gatewayUrl: 'http://gw.invalid', getJwt: () => 'J', fetch, store,
+                                onSignInRequired: () => signIns++});
+await c.init();
+let error = null;
+try { await c.chart({market: 'overseas', exchange: 'NAS', symbol: 'AAPL'}); } catch (e) { error = [e.code, e.signInRequired]; }
+c.stop();
+return {refreshes, charts, signIns, error, signInRequired: c.state().signInRequired};
+""",
+    'proactive_refresh_with_backoff': r"""
+const {mod, json, future, account} = window.__t;
+let calls = 0; const seen = [];
+const fetch = async (url) => {
+  const u = new URL(url, location.href);
+  if (u.pathname === '/api/kis/account') return account(u);
+  if (u.pathname === '/api/kis/token/refresh') {
+    calls++;
+    if (calls <= 2) return json(502, {code: 'upstream_error', status: 502, detail: 'KIS is down'});
+    return json(200, {token: 'FRESH', expiresAt: future(86400)});
+  }
+  return json(404, {code: 'not_found'});
+};
+const store = new mod.TokenStore({scope: 'contract-' + Math.random()});
+await store.save({token: 'OLD', expiresAt: future(1.0), receivedAt: Date.now(), environment: 'SANDBOX', connected: true});
+const c = mod.createKisClient({gatewayUrl: 'http://gw.invalid', getJwt: () => 'J', fetch, store,
+  minRefreshDelayMs: 0, backoffBaseMs: 100, backoffMaxMs: 1000,
+  onStateChange: (s) => seen.push(s.environments.SANDBOX.refreshFailures)});
+const t0 = Date.now();
+await c.init();
+while (c.token() !== 'FRESH' && Date.now() - t0 < 8000) await new Promise(r => setTimeout(r, 20));
+c.stop();
+return {calls, maxFailures: Math.max(...seen), token: c.token(), failuresNow: c.state().environments.SANDBOX.refreshFailures,
+        status: c.state().environments.SANDBOX.status};
+""",
+    'encrypted_store': r"""
+const {mod, future} = window.__t;
+const scope = 'contract-' + Math.random();
+const s1 = new mod.TokenStore({scope});
+await s1.save({token: 'SECRET-TOKEN-1', expiresAt: future(3600), receivedAt: Date.now(), environment: 'LIVE', connected: true});
+const raw = localStorage.getItem(s1.storageKey('LIVE'));
+const s2 = new mod.TokenStore({scope});
+const loaded = await s2.load('LIVE');
+// tampered ciphertext is discarded
+const parsed = JSON.parse(raw); const ct = atob(parsed.ct);
+parsed.ct = btoa(String.fromCharCode(ct.charCodeAt(0) ^ 1) + ct.slice(1));
+localStorage.setItem(s1.storageKey('LIVE'), JSON.stringify(parsed));
+const tampered = await new mod.TokenStore({scope}).load('LIVE');
+const removedAfterTamper = localStorage.getItem(s1.storageKey('LIVE')) === null;
+// an entry moved to another scope does not decrypt (the storage key is authenticated)
+await s1.save({token: 'SECRET-TOKEN-2', expiresAt: future(3600), receivedAt: Date.now(), environment: 'LIVE', connected: true});
+const other = new mod.TokenStore({scope: scope + 'x'});
+localStorage.setItem(other.storageKey('LIVE'), localStorage.getItem(s1.storageKey('LIVE')));
+const moved = await other.load('LIVE');
+// expired entries are discarded
+await s1.save({token: 'OLD', expiresAt: new Date(Date.now() - 1000).toISOString(), receivedAt: 0, environment: 'SANDBOX', connected: true});
+const expired = await new mod.TokenStore({scope}).load('SANDBOX');
+const key = await new Promise((resolve, reject) => {
+  const r = indexedDB.open('kisgw', 1);
+  r.onsuccess = () => { const g = r.result.transaction('keys').objectStore('keys').get('token-store-aes-gcm-v1');
+                        g.onsuccess = () => { resolve(g.result); r.result.close(); }; g.onerror = reject; };
+  r.onerror = reject;
+});
+return {plainInStorage: raw.includes('SECRET-TOKEN'), loaded: loaded && loaded.token, tampered, removedAfterTamper,
+        moved, expired, keyType: key && key.type, extractable: key && key.extractable, algorithm: key && key.algorithm.name,
+        persistent: await s1.persistent()};
+""",
+}
+
+
+def run(browser, body):
+    script = 'const done = arguments[arguments.length - 1];\n(async () => {{' + SETUP + '}\n' + body + \
+             '})().then(done, (e) => done({error: String(e && e.stack || e)}));'
+    result = browser.execute_async_script(script)
+    assert not (isinstance(result, dict) and 'error' in result and isinstance(result['error'], str)), result
+    return result
+
+
+@pytest.fixture
+def page(browser, demo):
+    open_page(browser, demo, 'module')
+    return browser
+
+
+def test_concurrent_kis_401s_share_one_refresh_and_etag_is_reused(page):
+    r = run(page, SCENARIOS['concurrent_401_share_one_refresh'])
+    assert r['refreshes'] == 1, r
+    assert sorted(r['used']) == ['T1'] * 3 + ['T2'] * 4, r
+    assert r['statuses'] == [200, 200, 200] and all(r['refreshed']), r
+    assert r['again'] == [304, 1, 'HIT'], r
+    assert r['token'] == 'T2'
+
+
+def test_jwt_codes_ask_to_sign_in_and_do_not_retry(page):
+    r = run(page, SCENARIOS['jwt_codes_sign_in_without_retry'])
+    assert r == {'refreshes': 0, 'charts': 1, 'signIns': 1, 'error': ['jwt_expired', True], 'signInRequired': True}, r
+
+
+def test_proactive_refresh_backs_off_and_shows_failures(page):
+    page.set_script_timeout(20)
+    r = run(page, SCENARIOS['proactive_refresh_with_backoff'])
+    assert r['token'] == 'FRESH', r
+    assert r['calls'] == 3 and r['maxFailures'] == 2 and r['failuresNow'] == 0, r
+    assert r['status'] == 'connected'
+
+
+def test_token_store_is_encrypted_under_a_non_extractable_key(page):
+    r = run(page, SCENARIOS['encrypted_store'])
+    assert r['persistent'] is True
+    assert r['plainInStorage'] is False
+    assert r['loaded'] == 'SECRET-TOKEN-1'
+    assert r['tampered'] is None and r['removedAfterTamper'] is True
+    assert r['moved'] is None
+    assert r['expired'] is None
+    assert (r['keyType'], r['extractable'], r['algorithm']) == ('secret', False, 'AES-GCM')

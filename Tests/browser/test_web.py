@@ -1,0 +1,318 @@
+"""The web UI in headless Chromium against a real `kisgw demo` (see conftest.py and run.sh)."""
+import functools
+import http.server
+import json
+import os
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from conftest import APP_KEY, APP_SECRET, ARTEFACTS, free_port_base
+
+TIMEOUT = 30
+
+
+def wait(browser, predicate, timeout=TIMEOUT, message=''):
+    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(lambda d: predicate(d), message)
+
+
+def el(browser, id_):
+    return browser.find_element(By.ID, id_)
+
+
+def shot(browser, name):
+    browser.save_screenshot(os.path.join(ARTEFACTS, name))
+
+
+def open_page(browser, demo, user):
+    browser.get(f'{demo.ui}?user={user}')
+    wait(browser, lambda d: d.execute_script('return window.__kisgw && window.__kisgw.state() && window.__kisgw.state().user'),
+         message='the page did not sign in')
+    assert browser.execute_script('return window.__kisgw.state().user') == user
+
+
+def status(browser):
+    return el(browser, 'status').get_attribute('data-status'), el(browser, 'status-text').text
+
+
+def fill_connect(browser, environment='SANDBOX', key=APP_KEY, secret=APP_SECRET, account='12345678-01'):
+    browser.find_element(By.CSS_SELECTOR, f'#connect-form input[name=environment][value={environment}]').click()
+    for id_, value in (('appKey', key), ('appSecret', secret), ('accountNumber', account)):
+        field = el(browser, id_)
+        field.clear()
+        field.send_keys(value)
+    el(browser, 'connect-submit').click()
+
+
+def connect(browser, environment='SANDBOX'):
+    fill_connect(browser, environment)
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'), message=f'not connected: {status(browser)}')
+
+
+def chart_state(browser):
+    c = el(browser, 'chart')
+    return c.get_attribute('data-state'), c.get_attribute('data-status')
+
+
+def wait_chart(browser, expect_status=('200', '304')):
+    wait(browser, lambda d: chart_state(d)[0] in ('ready', 'error', 'empty'), message='the chart did not finish loading')
+    state, code = chart_state(browser)
+    assert state == 'ready', f'chart {state} {code}: {el(browser, "chart-error").text}'
+    assert code in expect_status
+    return code
+
+
+def load_chart(browser, **query):
+    """Submits the chart form after setting the given fields (market, exchange, symbol, period)."""
+    if 'market' in query:
+        browser.find_element(By.CSS_SELECTOR, f'#chart-form input[name=market][value={query["market"]}]').click()
+    if 'exchange' in query:
+        browser.execute_script("document.getElementById('exchange').value = arguments[0]", query['exchange'])
+    if 'symbol' in query:
+        field = el(browser, 'symbol')
+        field.clear()
+        field.send_keys(query['symbol'])
+    if 'period' in query:
+        browser.execute_script(
+            "const p = document.getElementById('period'); p.value = arguments[0]; p.dispatchEvent(new Event('change'))",
+            query['period'])
+    browser.execute_script("document.getElementById('chart').dataset.state = 'submitting'")
+    el(browser, 'chart-submit').click()
+
+
+CANVAS_PIXELS = """
+const c = document.getElementById('chart-canvas');
+const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let drawn = 0, red = 0, blue = 0;
+for (let i = 0; i < d.length; i += 4) {
+  const [r, g, b] = [d[i], d[i + 1], d[i + 2]];
+  if (r < 250 || g < 250 || b < 250) drawn++;
+  if (r > 180 && g < 90 && b < 90) red++;
+  if (b > 180 && r < 90 && g < 150) blue++;
+}
+return {drawn, red, blue, width: c.width, height: c.height, css: c.clientWidth};
+"""
+
+
+def assert_canvas_drawn(browser):
+    px = browser.execute_script(CANVAS_PIXELS)
+    assert px['width'] >= px['css'] > 0, px
+    assert px['drawn'] > 2000, px
+    assert px['red'] + px['blue'] > 300, f'no candles drawn: {px}'
+
+
+def visible_error_toasts(browser):
+    return [t.text for t in browser.find_elements(By.CSS_SELECTOR, '.toast.error') if t.is_displayed()]
+
+
+def broker_post(demo, path, body, jwt):
+    req = urllib.request.Request(demo.ui.rstrip('/') + path, data=json.dumps(body).encode(), method='POST',
+                                 headers={'Content-Type': 'application/json', 'Authorization': f'Bearer {jwt}'})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read() or b'null')
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b'null')
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_connect_then_chart_with_crosshair_and_etag(browser, demo):
+    open_page(browser, demo, 'alice')
+    assert status(browser) == ('disconnected', '연결 안됨')
+    shot(browser, '01-disconnected.png')
+
+    connect(browser)
+    detail = el(browser, 'status-detail').text
+    assert '모의투자' in detail and '만료' in detail, detail
+
+    # connecting loads the default chart (005930, daily)
+    assert wait_chart(browser) == '200'
+    assert_canvas_drawn(browser)
+    assert el(browser, 'chart-cache').text.split(' ')[0] in ('HIT', 'MISS', 'STALE')
+    assert 'ms' in el(browser, 'chart-timing').text
+    assert '005930' in el(browser, 'chart-title').text
+
+    # crosshair: date in Korean, OHLC and volume
+    canvas = el(browser, 'chart-canvas')
+    ActionChains(browser).move_to_element_with_offset(canvas, 40, 0).perform()
+    tip = el(browser, 'crosshair')
+    wait(browser, lambda d: tip.is_displayed(), message='crosshair not shown')
+    text = tip.text
+    for label in ('년', '월', '일', '시가', '고가', '저가', '종가', '거래량'):
+        assert label in text, text
+    shot(browser, '02-connected-chart.png')
+
+    # the same query again: If-None-Match gives 304 and the kept body is drawn
+    load_chart(browser)
+    assert wait_chart(browser) == '304'
+    assert_canvas_drawn(browser)
+
+    # overseas: prices keep their decimals
+    load_chart(browser, market='overseas', exchange='NAS', symbol='AAPL')
+    wait_chart(browser)
+    assert 'AAPL' in el(browser, 'chart-title').text
+    assert_canvas_drawn(browser)
+    ActionChains(browser).move_to_element_with_offset(canvas, -60, 20).perform()
+    wait(browser, lambda d: tip.is_displayed())
+    assert '.' in tip.text.split('시가')[1].split('\n')[0], tip.text
+    shot(browser, '03-overseas-chart.png')
+    assert visible_error_toasts(browser) == []
+
+
+def test_token_expiring_mid_session_is_refreshed(browser, demo):
+    open_page(browser, demo, 'bob')
+    connect(browser)
+    wait_chart(browser)
+    old = browser.execute_script('return window.__kisgw.state().token')
+    assert old
+
+    req = urllib.request.Request(f'{demo.simulator}/__sim/expire', data=json.dumps({'access_token': old}).encode(),
+                                 method='POST', headers={'Content-Type': 'application/json'})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+
+    # a symbol not seen before, so the gateway must go to KIS with the (now expired) token
+    load_chart(browser, symbol='000660')
+    assert wait_chart(browser) == '200'
+    assert_canvas_drawn(browser)
+    new = browser.execute_script('return window.__kisgw.state().token')
+    assert new and new != old, 'the KIS token was not refreshed'
+    assert status(browser) == ('connected', '연결됨')
+    assert not el(browser, 'chart-error').is_displayed()
+    assert visible_error_toasts(browser) == []
+    shot(browser, '04-after-token-refresh.png')
+
+
+def test_wrong_app_secret_shows_broker_message(browser, demo):
+    open_page(browser, demo, 'carol')
+    fill_connect(browser, secret='definitely-not-the-secret')
+    error = el(browser, 'connect-error')
+    wait(browser, lambda d: error.is_displayed() and error.text, message='no error shown')
+    shown = error.text
+    shot(browser, '05-wrong-secret.png')
+    assert status(browser) == ('disconnected', '연결 안됨')
+
+    jwt = browser.execute_script("return sessionStorage.getItem('kisgw.jwt')")
+    code, body = broker_post(demo, '/api/kis/account/validate',
+                             {'appKey': APP_KEY, 'appSecret': 'definitely-not-the-secret',
+                              'accountNumber': '12345678-01', 'environment': 'SANDBOX'}, jwt)
+    assert code == 400, body
+    message = body.get('message') or body.get('detail')
+    assert message and message in shown, (message, shown)
+    assert any(message in t for t in visible_error_toasts(browser))
+
+
+PROBE = """<!doctype html><meta charset="utf-8"><title>probe</title><body>
+<script>
+const p = new URLSearchParams(location.hash.slice(1));
+fetch(p.get('url'), {headers: {Authorization: 'Bearer ' + p.get('jwt'), 'X-KIS-Token': p.get('kis')}})
+  .then(async (r) => { document.body.dataset.result = 'ok:' + r.status + ':' + (await r.text()).length; })
+  .catch((e) => { document.body.dataset.result = 'error:' + e.name + ':' + e.message; });
+</script></body>
+"""
+
+FETCH_FROM_PAGE = """
+const [url, jwt, kis, done] = arguments;
+fetch(url, {headers: {Authorization: 'Bearer ' + jwt, 'X-KIS-Token': kis}, cache: 'no-store'})
+  .then((r) => done('ok:' + r.status)).catch((e) => done('error:' + e.name));
+"""
+
+
+def test_origin_not_allowed_cannot_read_chart(browser, demo, tmp_path):
+    open_page(browser, demo, 'dave')
+    connect(browser)
+    wait_chart(browser)
+    jwt = browser.execute_script("return sessionStorage.getItem('kisgw.jwt')")
+    kis = browser.execute_script('return window.__kisgw.state().token')
+    url = f'{demo.gateway}/domestic/chart/daily/005930?period=D'
+
+    # from the page's own origin the same request is readable
+    assert browser.execute_async_script(FETCH_FROM_PAGE, url, jwt, kis) == 'ok:200'
+
+    (tmp_path / 'probe.html').write_text(PROBE, encoding='utf-8')
+    port = free_port_base(1)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        from urllib.parse import urlencode
+        browser.get(f'http://127.0.0.1:{port}/probe.html#' + urlencode({'url': url, 'jwt': jwt, 'kis': kis}))
+        result = wait(browser, lambda d: d.find_element(By.TAG_NAME, 'body').get_attribute('data-result'))
+        shot(browser, '06-foreign-origin.png')
+        assert result.startswith('error:TypeError'), result
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    # and the gateway does not grant that origin anything
+    req = urllib.request.Request(url, headers={'Origin': f'http://127.0.0.1:{port}', 'Authorization': f'Bearer {jwt}',
+                                               'X-KIS-Token': kis})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.headers.get('Access-Control-Allow-Origin') is None
+
+
+def test_environment_switch_disconnect_and_encrypted_store(browser, demo):
+    open_page(browser, demo, 'erin')
+    connect(browser, 'SANDBOX')
+    wait_chart(browser)
+    browser.execute_script('window.__noReload = true')
+
+    el(browser, 'env-LIVE').click()
+    wait(browser, lambda d: status(d) == ('disconnected', '연결 안됨'))
+    assert '실계좌' in el(browser, 'status-detail').text
+    connect(browser, 'LIVE')
+    assert '실계좌' in el(browser, 'status-detail').text
+    wait_chart(browser)
+
+    el(browser, 'env-SANDBOX').click()
+    wait(browser, lambda d: status(d) == ('connected', '연결됨') and '모의투자' in el(d, 'status-detail').text)
+    assert browser.execute_script('return window.__noReload') is True
+
+    # tokens are in localStorage only as ciphertext
+    stored = browser.execute_script(
+        'return Object.keys(localStorage).filter(k => k.startsWith("kisgw.")).map(k => [k, localStorage.getItem(k)])')
+    token = browser.execute_script('return window.__kisgw.state().token')
+    assert len(stored) == 2, stored
+    for _, value in stored:
+        assert token not in value and '"ct"' in value
+
+    # a reload restores the connection from the encrypted store
+    browser.refresh()
+    wait(browser, lambda d: d.execute_script('return window.__kisgw.state() && window.__kisgw.state().user') == 'erin')
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'))
+
+    # disconnect LIVE (two clicks: arm, confirm)
+    el(browser, 'env-LIVE').click()
+    wait(browser, lambda d: status(d) == ('connected', '연결됨') and '실계좌' in el(d, 'status-detail').text)
+    el(browser, 'acct-disconnect').click()
+    el(browser, 'acct-disconnect').click()
+    wait(browser, lambda d: status(d) == ('disconnected', '연결 안됨'))
+    shot(browser, '07-live-disconnected.png')
+    el(browser, 'env-SANDBOX').click()
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'))
+    assert visible_error_toasts(browser) == []
+
+
+def test_assets_served_safely(demo):
+    def get(path):
+        try:
+            with urllib.request.urlopen(demo.ui.rstrip('/') + path, timeout=10) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+
+    code, headers, body = get('/')
+    assert code == 200 and 'text/html' in headers['Content-Type'] and '한국투자증권 계정 연결' in body.decode()
+    code, headers, _ = get('/ui/kis-client.js')
+    assert code == 200 and 'javascript' in headers['Content-Type'] and 'no-cache' in headers['Cache-Control']
+    code, headers, body = get('/ui/config.json')
+    assert code == 200 and json.loads(body)['gatewayUrl'].rstrip('/') == demo.gateway
+    for path in ('/ui/..%2FPackage.swift', '/ui/../Package.swift', '/ui/.hidden', '/ui/nope.js'):
+        assert get(path)[0] == 404, path
