@@ -170,6 +170,7 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
+            exclude: ["README.md"],
             resources: [.copy("Resources")],
             swiftSettings: strict
         ),

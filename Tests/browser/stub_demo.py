@@ -332,6 +332,8 @@ class Sim(Base):
                 if t:
                     t['expired'] = True
             return self.send(200, {'status': 'expired' if t else 'unknown'})
+        if self.path == '/__sim/clock':
+            return self.send(200, {'advanced_s': body.get('advance_s', 0)})
         self.send(404, {'error': 'not found'})
 
 

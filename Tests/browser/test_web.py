@@ -15,6 +15,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from conftest import APP_KEY, APP_SECRET, ARTEFACTS, free_port_base
 
 TIMEOUT = 30
+# One app key is used throughout (the demo simulator accepts only KISGW_DEMO_APP_KEY/SECRET) and KIS gives one token
+# per app key, so every test that connects does so as the same user, after `reset_account` cleared that user.
+USER = 'tester'
 
 
 def wait(browser, predicate, timeout=TIMEOUT, message=''):
@@ -111,8 +114,11 @@ def visible_error_toasts(browser):
 
 
 def broker_post(demo, path, body, jwt):
+    headers = {'Content-Type': 'application/json'}
+    if jwt:
+        headers['Authorization'] = f'Bearer {jwt}'
     req = urllib.request.Request(demo.ui.rstrip('/') + path, data=json.dumps(body).encode(), method='POST',
-                                 headers={'Content-Type': 'application/json', 'Authorization': f'Bearer {jwt}'})
+                                 headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, json.loads(r.read() or b'null')
@@ -120,11 +126,39 @@ def broker_post(demo, path, body, jwt):
         return e.code, json.loads(e.read() or b'null')
 
 
+def sim_post(demo, path, body):
+    req = urllib.request.Request(f'{demo.simulator}{path}', data=json.dumps(body).encode(), method='POST',
+                                 headers={'Content-Type': 'application/json'})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.status
+
+
+def advance_sim_clock(demo, seconds=61):
+    """Moves the simulator's token clock past KIS's one-issuance-per-minute rule."""
+    assert sim_post(demo, '/__sim/clock', {'advance_s': seconds}) == 200
+
+
+@pytest.fixture
+def reset_account(demo):
+    """USER has no account in either environment, and a new token may be issued at once."""
+    code, body = broker_post(demo, '/api/dev/signin', {'userId': USER}, jwt='')
+    assert code == 200, body
+    for env in ('SANDBOX', 'LIVE'):
+        req = urllib.request.Request(demo.ui.rstrip('/') + f'/api/kis/account?environment={env}', method='DELETE',
+                                     headers={'Authorization': f'Bearer {body["token"]}'})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert r.status in (200, 204)
+        except urllib.error.HTTPError as e:
+            assert e.code == 404, e.read()
+    advance_sim_clock(demo)
+
+
 # --------------------------------------------------------------------------------------------------------------
 
 
-def test_connect_then_chart_with_crosshair_and_etag(browser, demo):
-    open_page(browser, demo, 'alice')
+def test_connect_then_chart_with_crosshair_and_etag(browser, demo, reset_account):
+    open_page(browser, demo, USER)
     assert status(browser) == ('disconnected', '연결 안됨')
     shot(browser, '01-disconnected.png')
 
@@ -166,17 +200,15 @@ def test_connect_then_chart_with_crosshair_and_etag(browser, demo):
     assert visible_error_toasts(browser) == []
 
 
-def test_token_expiring_mid_session_is_refreshed(browser, demo):
-    open_page(browser, demo, 'bob')
+def test_token_expiring_mid_session_is_refreshed(browser, demo, reset_account):
+    open_page(browser, demo, USER)
     connect(browser)
     wait_chart(browser)
     old = browser.execute_script('return window.__kisgw.state().token')
     assert old
 
-    req = urllib.request.Request(f'{demo.simulator}/__sim/expire', data=json.dumps({'access_token': old}).encode(),
-                                 method='POST', headers={'Content-Type': 'application/json'})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        assert r.status == 200
+    assert sim_post(demo, '/__sim/expire', {'access_token': old}) == 200
+    advance_sim_clock(demo)   # KIS would refuse a second issuance within a minute
 
     # a symbol not seen before, so the gateway must go to KIS with the (now expired) token
     load_chart(browser, symbol='000660')
@@ -225,8 +257,8 @@ fetch(url, {headers: {Authorization: 'Bearer ' + jwt, 'X-KIS-Token': kis}, cache
 """
 
 
-def test_origin_not_allowed_cannot_read_chart(browser, demo, tmp_path):
-    open_page(browser, demo, 'dave')
+def test_origin_not_allowed_cannot_read_chart(browser, demo, tmp_path, reset_account):
+    open_page(browser, demo, USER)
     connect(browser)
     wait_chart(browser)
     jwt = browser.execute_script("return sessionStorage.getItem('kisgw.jwt')")
@@ -258,8 +290,8 @@ def test_origin_not_allowed_cannot_read_chart(browser, demo, tmp_path):
         assert r.headers.get('Access-Control-Allow-Origin') is None
 
 
-def test_environment_switch_disconnect_and_encrypted_store(browser, demo):
-    open_page(browser, demo, 'erin')
+def test_environment_switch_disconnect_and_encrypted_store(browser, demo, reset_account):
+    open_page(browser, demo, USER)
     connect(browser, 'SANDBOX')
     wait_chart(browser)
     browser.execute_script('window.__noReload = true')
@@ -285,7 +317,7 @@ def test_environment_switch_disconnect_and_encrypted_store(browser, demo):
 
     # a reload restores the connection from the encrypted store
     browser.refresh()
-    wait(browser, lambda d: d.execute_script('return window.__kisgw.state() && window.__kisgw.state().user') == 'erin')
+    wait(browser, lambda d: d.execute_script('return window.__kisgw.state() && window.__kisgw.state().user') == USER)
     wait(browser, lambda d: status(d) == ('connected', '연결됨'))
 
     # disconnect LIVE (two clicks: arm, confirm)

@@ -6,6 +6,25 @@ const $ = (id) => document.getElementById(id);
 const ENV_LABEL = { SANDBOX: '모의투자', LIVE: '실계좌' };
 const STATUS_LABEL = { connected: '연결됨', expired: '토큰 만료', disconnected: '연결 안됨' };
 const JWT_KEY = 'kisgw.jwt';
+/** Korean headlines for the gateway's problem codes (gateway-api.md); the server's own detail is shown below. */
+const PROBLEM_LABEL = {
+  network: '게이트웨이에 연결할 수 없습니다 (네트워크 또는 CORS 거부)',
+  invalid_parameter: '요청 값이 올바르지 않습니다',
+  range_too_large: '조회 기간이 너무 깁니다',
+  auth_required: '인증 정보가 없습니다',
+  jwt_invalid: '로그인 정보가 유효하지 않습니다. 다시 로그인하세요',
+  jwt_expired: '로그인이 만료되었습니다. 다시 로그인하세요',
+  sign_in_required: '로그인이 필요합니다',
+  kis_token_invalid: 'KIS 접근 토큰이 유효하지 않습니다',
+  kis_token_expired: 'KIS 접근 토큰이 만료되었습니다',
+  not_connected: '한국투자증권 계정이 연결되어 있지 않습니다',
+  account_not_found: '연결된 계정이 없습니다',
+  not_found: '지원하지 않는 요청입니다',
+  rate_limited: '요청이 많아 잠시 후 다시 시도해야 합니다',
+  upstream_error: '한국투자증권 API 오류',
+  upstream_timeout: '한국투자증권 API 응답이 지연되고 있습니다',
+  store_unavailable: '토큰 저장소를 사용할 수 없습니다',
+};
 
 const expiryFmt = new Intl.DateTimeFormat('ko-KR', {
   year: 'numeric', month: 'long', day: 'numeric', hour: 'numeric', minute: '2-digit', timeZone: 'Asia/Seoul',
@@ -167,10 +186,10 @@ async function onConnect(event) {
   button.textContent = '확인 중…';
   try {
     if (client.environment !== data.environment) client.setEnvironment(data.environment);
-    const { message } = await client.connect(data);
+    await client.connect(data);
     editing = false;
     $('connect-form').reset();
-    toast(`${ENV_LABEL[data.environment]} 계정이 연결되었습니다${message ? ` — ${message}` : ''}`, 'success');
+    toast(`${ENV_LABEL[data.environment]} 계정이 연결되었습니다`, 'success');
     render();
     loadChart();
   } catch (err) {
@@ -301,6 +320,11 @@ function readQuery() {
 async function loadChart(query = readQuery()) {
   if (!client) return;
   if (!query.symbol) { toast('종목 코드를 입력하세요', 'warn'); return; }
+  const pattern = query.market === 'overseas' ? /^[A-Z0-9.\-/]{1,16}$/ : /^[0-9A-Z]{6,9}$/;
+  if (!pattern.test(query.symbol)) {
+    toast(query.market === 'overseas' ? '해외 종목 코드 형식이 올바르지 않습니다 (예: AAPL, BRK/B)' : '국내 종목 코드는 6~9자리입니다 (예: 005930)', 'warn');
+    return;
+  }
   const s = client.state();
   if (!s.environments[s.environment].connected) {
     showChartEmpty(`${ENV_LABEL[s.environment]} 계정을 먼저 연결하세요`);
@@ -337,14 +361,25 @@ async function loadChart(query = readQuery()) {
   } catch (err) {
     if (seq !== chartSeq) return;
     setChartState('error', err.status || err.code);
+    $('chart-title').textContent = query.market === 'overseas' ? `${query.exchange} ${query.symbol}` : query.symbol;
+    $('chart-cache').textContent = '';
+    $('chart-timing').textContent = '';
     const box = $('chart-error');
     box.replaceChildren();
     const msg = document.createElement('div');
-    msg.textContent = err.code === 'network' ? '게이트웨이에 연결할 수 없습니다 (네트워크 또는 CORS 거부)' : err.message;
+    msg.textContent = PROBLEM_LABEL[err.code] ?? err.message;
+    box.append(msg);
+    const kisMsg = err.body?.kis_msg1 ? `${err.body.kis_msg_cd ?? ''} ${err.body.kis_msg1}`.trim() : null;
+    if (err.code !== 'network' && (kisMsg || err.message !== msg.textContent)) {
+      const detail = document.createElement('div');
+      detail.className = 'code';
+      detail.textContent = kisMsg ?? err.message;
+      box.append(detail);
+    }
     const code = document.createElement('div');
     code.className = 'code';
     code.textContent = err.status ? `${err.status} ${err.code}` : err.code;
-    box.append(msg, code);
+    box.append(code);
     if (err.retryAfter) {
       const retry = document.createElement('div');
       retry.className = 'code';

@@ -512,11 +512,16 @@ export function createKisClient(options) {
       }
       throw err;
     }
-    Object.assign(envs[env], {
-      connected: info.connected !== false, account: info.accountNumber ?? null, appKey: info.appKey ?? null,
-    });
+    // The account exists; `info.connected` says whether the broker holds a live token for it.
+    const e = envs[env];
+    Object.assign(e, { connected: true, account: info.accountNumber ?? e.account, appKey: info.appKey ?? e.appKey });
+    if (info.connected === false && e.token) {
+      // the broker knows the token expired or was revoked: forget ours
+      e.token = null;
+      await store.remove(env);
+    }
     emit();
-    if (envs[env].connected && !envs[env].token) await refresh(env).catch(() => {});
+    if (!e.token) await refresh(env).catch(() => {});
     return info;
   }
 
