@@ -80,6 +80,9 @@ def load_chart(browser, **query):
         field = el(browser, 'symbol')
         field.clear()
         field.send_keys(query['symbol'])
+    for field in ('start', 'end'):
+        if field in query:
+            browser.execute_script('document.getElementById(arguments[0]).value = arguments[1]', field, query[field])
     if 'period' in query:
         browser.execute_script(
             "const p = document.getElementById('period'); p.value = arguments[0]; p.dispatchEvent(new Event('change'))",
@@ -183,10 +186,13 @@ def test_connect_then_chart_with_crosshair_and_etag(browser, demo, reset_account
         assert label in text, text
     shot(browser, '02-connected-chart.png')
 
-    # the same query again: If-None-Match gives 304 and the kept body is drawn
+    # a settled range, then the same query again: If-None-Match gives 304 and the kept body is drawn
+    load_chart(browser, start='2024-01-02', end='2024-03-29')
+    assert wait_chart(browser) == '200'
     load_chart(browser)
     assert wait_chart(browser) == '304'
     assert_canvas_drawn(browser)
+    assert el(browser, 'chart-cache').text.endswith('304')
 
     # overseas: prices keep their decimals
     load_chart(browser, market='overseas', exchange='NAS', symbol='AAPL')
