@@ -94,6 +94,35 @@ c.stop();
 return {calls, maxFailures: Math.max(...seen), token: c.token(), failuresNow: c.state().environments.SANDBOX.refreshFailures,
         status: c.state().environments.SANDBOX.status};
 """,
+    'new_browser_gets_token_with_retries': r"""
+const {mod, json, future, account} = window.__t;
+let calls = 0; const seen = [];
+const fetch = async (url) => {
+  const u = new URL(url, location.href);
+  if (u.pathname === '/api/kis/account') {
+    const r = await account(u);
+    if (r.status !== 200) return r;
+    return json(200, {environment: 'SANDBOX', accountNumber: '1234****-01', appKey: 'PSab…wxyz', connected: false});
+  }
+  if (u.pathname === '/api/kis/token/refresh') {
+    calls++;
+    if (calls <= 2) return json(429, {code: 'kis_rate_limited', status: 429, detail: 'KIS allows one token a minute'});
+    return json(200, {token: 'NEW', expiresAt: future(86400)});
+  }
+  return json(404, {code: 'not_found'});
+};
+const store = new mod.TokenStore({scope: 'contract-' + Math.random()});
+const c = mod.createKisClient({gatewayUrl: 'http://gw.invalid', getJwt: () => 'J', fetch, store,
+  minRefreshDelayMs: 0, backoffBaseMs: 100, backoffMaxMs: 1000,
+  onStateChange: (s) => seen.push(s.environments.SANDBOX.status + ':' + s.environments.SANDBOX.refreshFailures)});
+const t0 = Date.now();
+await c.init();
+while (c.token() !== 'NEW' && Date.now() - t0 < 8000) await new Promise(r => setTimeout(r, 20));
+c.stop();
+const st = c.state().environments;
+return {calls, token: c.token(), sawExpiredFailing: seen.includes('expired:2'), status: st.SANDBOX.status,
+        account: st.SANDBOX.account, live: st.LIVE.status};
+""",
     'encrypted_store': r"""
 const {mod, future} = window.__t;
 const scope = 'contract-' + Math.random();
@@ -174,3 +203,10 @@ def test_token_store_is_encrypted_under_a_non_extractable_key(page):
     assert r['moved'] is None
     assert r['expired'] is None
     assert (r['keyType'], r['extractable'], r['algorithm']) == ('secret', False, 'AES-GCM')
+
+
+def test_connected_account_without_local_token_gets_one_with_backoff(page):
+    page.set_script_timeout(20)
+    r = run(page, SCENARIOS['new_browser_gets_token_with_retries'])
+    assert r == {'calls': 3, 'token': 'NEW', 'sawExpiredFailing': True, 'status': 'connected',
+                 'account': '1234****-01', 'live': 'disconnected'}, r

@@ -410,7 +410,8 @@ export function createKisClient(options) {
     clearTimeout(timers[env]);
     timers[env] = null;
     const e = envs[env];
-    if (stopped || !e.connected || !e.token) { e.nextRefreshAt = null; return; }
+    // a retry (delayMs given) is scheduled even without a token: the account is connected and needs one
+    if (stopped || !e.connected || (!e.token && delayMs === undefined)) { e.nextRefreshAt = null; return; }
     if (delayMs === undefined) {
       const expires = Date.parse(e.expiresAt);
       const life = Math.max(0, expires - e.receivedAt);
@@ -421,7 +422,19 @@ export function createKisClient(options) {
     timers[env] = setTimeout(() => proactive(env), delayMs);
   }
 
+  /** After a sleep or a hidden tab, timers run late: catch up with any refresh that is due. */
+  function onVisible() {
+    if (globalThis.document?.visibilityState !== 'visible') return;
+    for (const env of ENVIRONMENTS) {
+      const e = envs[env];
+      if (e.connected && e.nextRefreshAt && Date.parse(e.nextRefreshAt) <= Date.now() && !inflight[env]) proactive(env);
+    }
+    emit();
+  }
+  globalThis.document?.addEventListener?.('visibilitychange', onVisible);
+
   async function proactive(env) {
+    clearTimeout(timers[env]);
     timers[env] = null;
     const before = envs[env].token;
     try {
@@ -521,7 +534,7 @@ export function createKisClient(options) {
       await store.remove(env);
     }
     emit();
-    if (!e.token) await refresh(env).catch(() => {});
+    if (!e.token && !inflight[env]) await proactive(env);
     return info;
   }
 
@@ -680,6 +693,7 @@ export function createKisClient(options) {
     /** Stops the proactive refresh timers (e.g. on sign-out). */
     stop() {
       stopped = true;
+      globalThis.document?.removeEventListener?.('visibilitychange', onVisible);
       for (const env of ENVIRONMENTS) { clearTimeout(timers[env]); timers[env] = null; }
     },
     store,
