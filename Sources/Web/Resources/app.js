@@ -259,11 +259,19 @@ const chart = new CandleChart($('chart-canvas'), { onHover: showCrosshair });
 function showCrosshair(c, i, x) {
   if (!c || !chartData) { tip.hidden = true; return; }
   const d = priceDecimals(chartData.candles, chartData.currency);
-  const row = (k, v) => `<div><span class="k">${k}</span>${v}</div>`;
-  tip.innerHTML = `<div class="d">${formatDate(c.date)}</div>`
-    + row('시가', formatPrice(c.open, d)) + row('고가', formatPrice(c.high, d))
-    + row('저가', formatPrice(c.low, d)) + row('종가', formatPrice(c.close, d))
-    + row('거래량', formatVolume(c.volume));
+  const row = (k, v) => {
+    const div = document.createElement('div');
+    const key = document.createElement('span');
+    key.className = 'k';
+    key.textContent = k;
+    div.append(key, v);
+    return div;
+  };
+  const head = document.createElement('div');
+  head.className = 'd';
+  head.textContent = formatDate(c.date);
+  tip.replaceChildren(head, row('시가', formatPrice(c.open, d)), row('고가', formatPrice(c.high, d)),
+    row('저가', formatPrice(c.low, d)), row('종가', formatPrice(c.close, d)), row('거래량', formatVolume(c.volume)));
   tip.hidden = false;
   // keep the box away from the pointer
   const left = x > chartEl.clientWidth / 2;

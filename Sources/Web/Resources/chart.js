@@ -42,6 +42,7 @@ const dateFmt = new Intl.DateTimeFormat('ko-KR', { year: 'numeric', month: 'long
 /** "2024년 1월 2일 (화)" for "2024-01-02". */
 export function formatDate(iso) {
   const d = new Date(`${iso}T00:00:00Z`);
+  if (Number.isNaN(d.getTime())) return String(iso);
   const parts = dateFmt.formatToParts(d);
   const get = (t) => parts.find((p) => p.type === t)?.value ?? '';
   return `${get('year')}년 ${get('month')} ${get('day')}일 (${get('weekday')})`.replace('월월', '월');
