@@ -175,37 +175,11 @@ let package = Package(
             resources: [.copy("Resources")],
             swiftSettings: strict
         ),
-        .target(
-            name: "Broker",
-            dependencies: [
-                "KIS",
-                "KisgwConfiguration",
-                "Observability",
-                "ServerKit",
-                "Store",
-                "Tokens",
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "GRDB", package: "GRDB.swift"),
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HTTPTypes", package: "swift-http-types"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "PostgresNIO", package: "postgres-nio"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ],
-            exclude: ["README.md"],
-            swiftSettings: strict
-        ),
 
         // MARK: the thin executable
         .executableTarget(
             name: "kisgw",
             dependencies: [
-                "Broker",
                 "Gateway",
                 "KisgwConfiguration",
                 "Observability",
