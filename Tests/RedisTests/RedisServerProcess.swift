@@ -48,10 +48,12 @@ enum TestEnvironment {
 final class RedisServerProcess: @unchecked Sendable {
     // @unchecked: `process` is only replaced by start/stop, which the owning test calls sequentially.
     let port: Int
+    let extraArguments: [String]
     private var process: Process?
 
-    init() throws {
+    init(extraArguments: [String] = []) throws {
         self.port = try Self.freePort()
+        self.extraArguments = extraArguments
         try self.start()
     }
 
@@ -65,7 +67,7 @@ final class RedisServerProcess: @unchecked Sendable {
         process.arguments = [
             "--port", String(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--protected-mode", "no", "--loglevel", "warning", "--enable-debug-command", "local",
-        ]
+        ] + self.extraArguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
@@ -113,14 +115,14 @@ final class RedisServerProcess: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(15)
         while Date() < deadline {
             if let process = self.process, !process.isRunning { return false }
-            if Self.ping(port: self.port) { return true }
+            if Self.ping(port: self.port, acceptAuthError: !self.extraArguments.isEmpty) { return true }
             usleep(20_000)
         }
         return false
     }
 
     /// One `PING` over a blocking socket (test helper only, not the client under test).
-    static func ping(port: Int) -> Bool {
+    static func ping(port: Int, acceptAuthError: Bool = false) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
@@ -140,7 +142,9 @@ final class RedisServerProcess: @unchecked Sendable {
         guard write(fd, ping, ping.count) == ping.count else { return false }
         var buffer = [UInt8](repeating: 0, count: 64)
         let count = read(fd, &buffer, buffer.count)
-        return count > 0 && String(decoding: buffer[0..<count], as: UTF8.self).hasPrefix("+PONG")
+        guard count > 0 else { return false }
+        let reply = String(decoding: buffer[0..<count], as: UTF8.self)
+        return reply.hasPrefix("+PONG") || (acceptAuthError && reply.hasPrefix("-NOAUTH"))
     }
 
     static func freePort() throws -> Int {

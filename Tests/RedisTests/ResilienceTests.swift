@@ -225,6 +225,36 @@ struct ResilienceTests {
         await reader.value
     }
 
+    @Test func authAndSelectOnEveryConnection() async throws {
+        let server = try RedisServerProcess(extraArguments: ["--requirepass", "s3cret-pw"])
+        defer { server.stop() }
+        var good = try RedisConfiguration(url: "redis://:s3cret-pw@127.0.0.1:\(server.port)/5")
+        good.poolSize = 2
+        let client = RedisClient(configuration: good, logger: TestEnvironment.logger)
+        let key = TestEnvironment.uniqueKey()
+        try await client.set(key, to: "in db 5")
+        #expect(try await client.send(["CLIENT", "INFO"]).string?.contains("db=5") == true)
+        // A second client on db 0 does not see it.
+        let db0 = RedisClient(configuration: try RedisConfiguration(url: "redis://:s3cret-pw@127.0.0.1:\(server.port)/0"), logger: TestEnvironment.logger)
+        #expect(try await db0.get(key) == nil)
+        // After the connections are killed, the replacements authenticate and select again.
+        _ = try await db0.send(["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+        #expect(await TestEnvironment.eventually { (try? await client.getString(key)) == "in db 5" })
+        // A wrong password is a clear error that does not echo the password.
+        let bad = RedisClient(configuration: try RedisConfiguration(url: "redis://:wrong-pw-123@127.0.0.1:\(server.port)/0"), logger: TestEnvironment.logger)
+        do {
+            try await bad.ping()
+            Issue.record("a wrong password must fail")
+        } catch {
+            #expect(error.code == .unavailable)
+            #expect(error.message.contains("AUTH"))
+            #expect(!error.message.contains("wrong-pw-123"))
+        }
+        await bad.shutdown()
+        await db0.shutdown()
+        await client.shutdown()
+    }
+
     @Test func subscriptionsEndWhenDropped() async throws {
         let server = try RedisServerProcess()
         defer { server.stop() }
