@@ -51,9 +51,13 @@ final class RedisServerProcess: @unchecked Sendable {
     let extraArguments: [String]
     private var process: Process?
 
-    init(extraArguments: [String] = []) throws {
+    /// Certificate, key and CA files: serve TLS only, on ``port``.
+    let tls: (certificate: String, key: String, ca: String)?
+
+    init(extraArguments: [String] = [], tls: (certificate: String, key: String, ca: String)? = nil) throws {
         self.port = try Self.freePort()
         self.extraArguments = extraArguments
+        self.tls = tls
         try self.start()
     }
 
@@ -68,6 +72,12 @@ final class RedisServerProcess: @unchecked Sendable {
             "--port", String(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--protected-mode", "no", "--loglevel", "warning", "--enable-debug-command", "local",
         ] + self.extraArguments
+        if let tls = self.tls {
+            process.arguments! += [
+                "--port", "0", "--tls-port", String(self.port), "--tls-cert-file", tls.certificate,
+                "--tls-key-file", tls.key, "--tls-ca-cert-file", tls.ca, "--tls-auth-clients", "no",
+            ]
+        }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
@@ -115,7 +125,9 @@ final class RedisServerProcess: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(15)
         while Date() < deadline {
             if let process = self.process, !process.isRunning { return false }
-            if Self.ping(port: self.port, acceptAuthError: !self.extraArguments.isEmpty) { return true }
+            if self.tls != nil ? Self.accepts(port: self.port) : Self.ping(port: self.port, acceptAuthError: !self.extraArguments.isEmpty) {
+                return true
+            }
             usleep(20_000)
         }
         return false
@@ -145,6 +157,43 @@ final class RedisServerProcess: @unchecked Sendable {
         guard count > 0 else { return false }
         let reply = String(decoding: buffer[0..<count], as: UTF8.self)
         return reply.hasPrefix("+PONG") || (acceptAuthError && reply.hasPrefix("-NOAUTH"))
+    }
+
+    /// Whether a TCP connection to the port succeeds.
+    static func accepts(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+
+    /// Makes a CA and a server certificate for localhost/127.0.0.1 with `openssl`; `nil` if it is missing.
+    static func makeTestCertificates() -> (certificate: String, key: String, ca: String)? {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl") else { return nil }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-redis-tls-\(UUID().uuidString)").path
+        let script = """
+            set -e
+            mkdir -p '\(directory)' && cd '\(directory)'
+            openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=kisgw-test-ca
+            openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost
+            printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext.cnf
+            openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext.cnf
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", script]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return nil }
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { return nil }
+        return (directory + "/server.crt", directory + "/server.key", directory + "/ca.crt")
     }
 
     static func freePort() throws -> Int {

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOSSL
 import Redis
 import Synchronization
 import Testing
@@ -252,6 +253,38 @@ struct ResilienceTests {
         }
         await bad.shutdown()
         await db0.shutdown()
+        await client.shutdown()
+    }
+
+    @Test func tlsConnectionsAndReconnect() async throws {
+        let files = try #require(RedisServerProcess.makeTestCertificates(), "openssl is needed to make test certificates")
+        let server = try RedisServerProcess(tls: files)
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: "rediss://localhost:\(server.port)/0")
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(files.ca))
+        configuration.tls = tls
+        configuration.initialReconnectDelay = .milliseconds(20)
+        configuration.maximumReconnectDelay = .milliseconds(500)
+        let client = RedisClient(configuration: configuration, logger: TestEnvironment.logger)
+        let key = TestEnvironment.uniqueKey()
+        try await client.set(key, to: ByteBuffer(repeating: 7, count: 6000))
+        #expect(try await client.get(key)?.readableBytes == 6000)
+        let results = try await client.pipeline((0..<100).map { RedisCommand("ECHO", [RedisArgument($0)]) })
+        #expect(results.compactMap { try? $0.get().int } == Array(0..<100))
+        let subscription = try await client.subscribe(to: ["tls-events"])
+        #expect(try await client.publish("hi", to: "tls-events") == 1)
+        var iterator = subscription.makeAsyncIterator()
+        #expect(await iterator.next()?.string == "hi")
+        try server.restart()
+        #expect(await TestEnvironment.eventually { (try? await client.send(["ECHO", "tls back"]).string) == "tls back" })
+        #expect(await TestEnvironment.eventually { ((try? await client.publish("again", to: "tls-events")) ?? 0) == 1 })
+        // Without the CA the server is not trusted.
+        var untrusted = configuration
+        untrusted.tls = .makeClientConfiguration()
+        let stranger = RedisClient(configuration: untrusted, logger: TestEnvironment.logger)
+        await #expect(throws: RedisError.self) { try await stranger.ping() }
+        await stranger.shutdown()
         await client.shutdown()
     }
 
