@@ -1,6 +1,6 @@
 # bench/run: latency vs offered rate, kisgw vs nginx proxy_cache (h2load, open loop).
 # gnuplot -e "datafile='…'; outfile='…'" plot.gp
-set terminal pngcairo size 900,540 font "sans,10"
+set terminal pngcairo size 900,540 font "sans,10" noenhanced
 set output outfile
 set title "Cache-hit latency vs offered rate (h2load --h1 --rps, 64 connections)"
 set xlabel "offered requests/s"

@@ -19,6 +19,7 @@ def sub(text, pattern, repl, flags=re.M):
 
 def nginx(s, tmp, listen, gw1, gw2):
     s = sub(s, r"^user .*;$", "user root;")
+    s = sub(s, r"^worker_rlimit_nofile .*;\n", "")
     s = sub(s, r"^pid .*;$", f"pid {tmp}/nginx-lb.pid;")
     s = sub(s, r"^error_log .*;$", f"error_log {tmp}/nginx-lb.error.log warn;")
     s = sub(s, r"^(\s*)access_log .*;$",
@@ -35,6 +36,8 @@ def nginx(s, tmp, listen, gw1, gw2):
 
 def haproxy(s, tmp, listen, gw1, gw2):
     s = sub(s, r"^\s*log /dev/log.*\n", "")
+    s = sub(s, r"^(\s*)maxconn 20000$", r"\1maxconn 4000")  # within an unprivileged FD limit
+    s = sub(s, r"^\s*option httplog\n", "")
     s = sub(s, r"^\s*ssl-default-bind-options.*\n", "")
     s = sub(s, r"^\s*bind :443 .*\n", "")
     s = sub(s, r"^(\s*)bind :80$", rf"\1bind 127.0.0.1:{listen}")

@@ -357,11 +357,11 @@ L = []
 L.append(f"# kisgw bench — {run['date']} — {run['machine']}")
 L.append("")
 L.append(f"Machine: {run['nproc']} cores, {run['cpu_model']}, {run['mem_gib']} GiB, Linux {run['kernel']}. "
-         f"kisgw {run['git']} ({run['binary']}); {run['quiet']}.")
+         f"kisgw {run['git']} ({run['binary']}); {run['quiet']}; {run.get('tokens', '')}.")
 L.append(f"Load: wrk -t1 -c{run['connections']}, {run['duration_s']} s per scenario, hit and its anchors in "
          f"{run['rounds']} interleaved rounds (medians). Hot response {run['body_bytes']:,} bytes of JSON. "
          f"Simulator: live, {run['sim']['latency_ms']} ms latency, {run['sim']['rate_per_s']}/s per app key; "
-         f"{run['users']} users connected through the broker. Versions: {run['versions']}.")
+         f"{run['users']} users ({run.get('tokens', '')}). Versions: {run['versions']}.")
 L.append("")
 L.append("| scenario | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | upstream calls / req | token issuances | peak RSS MiB (gw1 / gw2) | vs anchor (req/s, p99) |")
 L.append("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
