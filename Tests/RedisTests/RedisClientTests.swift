@@ -231,8 +231,8 @@ struct RedisClientTests {
         let single = RedisClient(configuration: configuration, logger: TestEnvironment.logger)
         let key = TestEnvironment.uniqueKey()
         _ = try await single.send(["PING"])
-        // BLPOP blocks this connection for up to 1 s; cancel the waiting task meanwhile.
-        let blocked = Task { try await single.send(["BLPOP", RedisArgument(key), "1"], timeout: .seconds(30)) }
+        // BLPOP blocks this connection for up to 3 s; cancel the waiting task meanwhile.
+        let blocked = Task { try await single.send(["BLPOP", RedisArgument(key), "3"], timeout: .seconds(30)) }
         try await Task.sleep(for: .milliseconds(100))
         blocked.cancel()
         let result = await blocked.result
