@@ -1,0 +1,211 @@
+import AsyncHTTPClient
+import Foundation
+import Gateway
+import Hummingbird
+import KIS
+import KisgwConfiguration
+import Logging
+import NIOCore
+import NIOHTTP1
+import Redis
+import Simulator
+import Store
+import Testing
+import Tokens
+
+/// A redis-server of the test's own on a free loopback port, to stop and restart.
+final class PrivateRedis: @unchecked Sendable {
+    // @unchecked: `process` is replaced only by start/stop, which one test calls in sequence.
+    let port: Int
+    private var process: Process?
+
+    init() throws {
+        port = Self.freePort()
+        try start()
+    }
+
+    var url: String { "redis://127.0.0.1:\(port)/0" }
+
+    func start() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
+        p.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        process = p
+        for _ in 0..<100 where !Self.accepts(port) { usleep(50_000) }
+    }
+
+    func stop() {
+        guard let p = process else { return }
+        p.terminate()
+        // Poll rather than waitUntilExit, which can wait forever on a cooperative thread.
+        for _ in 0..<200 where p.isRunning { usleep(25_000) }
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        for _ in 0..<200 where p.isRunning || Self.accepts(port) { usleep(25_000) }
+        process = nil
+    }
+
+    deinit { stop() }
+
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    static func accepts(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+}
+
+func eventually(_ timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return try await condition()
+}
+
+@Suite("Gateway: Redis outage and process shutdown", .serialized)
+struct GatewayResilienceTests {
+    @Test("Redis stops: readiness 503, undecidable requests store_unavailable, L1 hits still served; Redis returns: service resumes")
+    func redisOutage() async throws {
+        let redis = try PrivateRedis()
+        let client = RedisClient(configuration: {
+            var c = try! RedisConfiguration(url: redis.url)
+            c.commandTimeout = .milliseconds(500)
+            c.maximumReconnectDelay = .milliseconds(200)
+            return c
+        }(), logger: Logger(label: "outage"))
+        let store = RedisStore(client: client, keyPrefix: "outage:")
+        let keyring = SealKeyring.ephemeral()
+        var logger = Logger(label: "outage")
+        logger.logLevel = .critical
+        let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
+        let sim = try await buildSimulator(SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000),
+                                           logger: logger) { simCont.yield($0) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
+            var sit = simPorts.makeAsyncIterator()
+            let simURL = "http://127.0.0.1:\(await sit.next()!)"
+            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+            let deps = GatewayDependencies(store: store, keyring: keyring, readiness: {
+                do { _ = try await store.get("readyz"); return nil } catch { return "store down" }
+            })
+            let app = try await buildGateway(testConfig(simURL: simURL), dependencies: deps, logger: logger) { cont.yield($0) }
+            group.addTask { try await app.runService(gracefulShutdownSignals: []) }
+            var pit = ports.makeAsyncIterator()
+            let base = "http://127.0.0.1:\(await pit.next()!)"
+            let g = GatewayFixture(gatewayURL: base, simURL: simURL, store: store, keyring: keyring)
+            let kis = try await g.connect(user: "o1", appKey: "PSapp-outage")
+            let jwt = try await g.jwt("o1")
+            let cached = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
+            #expect(try await g.get(cached, jwt: jwt, kis: kis).status == 200)
+            #expect(try await g.get("/readyz", jwt: nil, kis: nil).status == 200)
+
+            redis.stop()
+            #expect(try await eventually { try await g.get("/readyz", jwt: nil, kis: nil).status == 503 })
+            let started = ContinuousClock.now
+            let miss = try await g.get("/domestic/chart/daily/000660?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(miss.status == 503)
+            #expect(miss.code == "store_unavailable")
+            #expect(ContinuousClock.now - started < .seconds(5))  // fails fast, never hangs
+            let hit = try await g.get(cached, jwt: jwt, kis: kis)
+            #expect(hit.status == 200 && hit.header("X-Cache") == "HIT")
+
+            try redis.start()
+            #expect(try await eventually { try await g.get("/readyz", jwt: nil, kis: nil).status == 200 })
+            // Redis came back empty; once the broker republishes the token (reconciliation), service resumes.
+            _ = try await g.connect(user: "o1", appKey: "PSapp-outage2")
+            let kis2 = try await g.connect(user: "o1", appKey: "PSapp-outage3")
+            #expect(try await eventually {
+                try await g.get("/domestic/chart/daily/000660?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis2).status == 200
+            })
+            group.cancelAll()
+        }
+        redis.stop()
+    }
+
+    @Test("SIGTERM with a request in flight: the request completes, the process exits 0")
+    func sigterm() async throws {
+        guard let binary = kisgwBinary(), redisURL != nil else { return }
+        var logger = Logger(label: "sigterm")
+        logger.logLevel = .critical
+        let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
+        let sim = try await buildSimulator(SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0,
+                                                                  ratePerSecond: 1000, latencyMs: 1500),
+                                           logger: logger) { simCont.yield($0) }
+        let (store, client) = try makeStore(.redis, prefix: "sig\(UInt16.random(in: 0...9999)):")
+        let keyBytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
+        let keyring = try SealKeyring(current: "k1", keys: ["k1": keyBytes])
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            if let client { group.addTask { await client.run() } }
+            group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
+            var sit = simPorts.makeAsyncIterator()
+            let simURL = "http://127.0.0.1:\(await sit.next()!)"
+            let port = PrivateRedis.freePort()
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = ["gateway"]
+            var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("KISGW_") }
+            env["KISGW_SERVER_PORT"] = String(port)
+            env["KISGW_REDIS_URL"] = redisURL!
+            env["KISGW_REDIS_PREFIX"] = store.keyPrefix
+            env["KISGW_AUTH_JWT_HS256_SECRET"] = testSecret
+            env["KISGW_SEAL_KEYS_K1"] = Data(keyBytes).base64EncodedString()
+            env["KISGW_KIS_LIVE_URL"] = simURL
+            env["KISGW_KIS_LIVE_RATE_PER_S"] = "1000"
+            env["KISGW_LOG_LEVEL"] = "warning"
+            process.environment = env
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            defer { if process.isRunning { process.terminate() } }
+            #expect(await eventually { PrivateRedis.accepts(port) })
+            let g = GatewayFixture(gatewayURL: "http://127.0.0.1:\(port)", simURL: simURL, store: store, keyring: keyring)
+            let kis = try await g.connect(user: "s1", appKey: "PSapp-sigterm")
+            let jwt = try await g.jwt("s1")
+            async let slow = g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            try await Task.sleep(for: .milliseconds(500))
+            kill(process.processIdentifier, SIGTERM)
+            let r = try await slow
+            #expect(r.status == 200)
+            #expect(await eventually(.seconds(15)) { !process.isRunning })
+            #expect(process.terminationStatus == 0)
+            #expect(!PrivateRedis.accepts(port))
+            group.cancelAll()
+        }
+    }
+}
+
+/// The kisgw executable built next to the tests (or KISGW_TEST_BINARY).
+func kisgwBinary() -> String? {
+    if let p = ProcessInfo.processInfo.environment["KISGW_TEST_BINARY"], FileManager.default.isExecutableFile(atPath: p) {
+        return p
+    }
+    var dir = Bundle.main.bundleURL
+    for _ in 0..<4 {
+        let candidate = dir.appendingPathComponent("kisgw").path
+        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        dir = dir.deletingLastPathComponent()
+    }
+    return nil
+}
