@@ -1,0 +1,143 @@
+import Foundation
+public import KIS
+public import Logging
+public import Store
+public import Tokens
+
+/// An account in clear, as the broker uses it for a moment and never logs it.
+public struct Account: Sendable, Equatable {
+    public var userID: String
+    public var environment: KISEnvironment
+    public var appKey: String
+    public var appSecret: String
+    /// `12345678-01`.
+    public var accountNumber: String
+    public var isActive: Bool
+    public var createdAt: Int64
+    public var updatedAt: Int64
+
+    public init(userID: String, environment: KISEnvironment, appKey: String, appSecret: String, accountNumber: String,
+                isActive: Bool = true, createdAt: Int64, updatedAt: Int64) {
+        self.userID = userID
+        self.environment = environment
+        self.appKey = appKey
+        self.appSecret = appSecret
+        self.accountNumber = accountNumber
+        self.isActive = isActive
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+    }
+}
+
+/// A token in clear.
+public struct BrokerToken: Sendable, Equatable {
+    public var userID: String
+    public var environment: KISEnvironment
+    public var accessToken: String
+    public var sha256: String
+    public var issuedAt: Int64
+    public var expiresAt: Int64
+    public var status: TokenStatus
+
+    public init(userID: String, environment: KISEnvironment, accessToken: String, issuedAt: Int64, expiresAt: Int64,
+                status: TokenStatus = .active) {
+        self.userID = userID
+        self.environment = environment
+        self.accessToken = accessToken
+        self.sha256 = TokenDirectory.sha256(of: accessToken)
+        self.issuedAt = issuedAt
+        self.expiresAt = expiresAt
+        self.status = status
+    }
+}
+
+/// Seals and opens the secret columns with the seal keyring (AES-256-GCM, the key id stored with the row).
+///
+/// Each field's additional authenticated data names the table, column and row (`kis_accounts.app_secret:42:LIVE`),
+/// so a sealed value copied to another row or column does not open.
+public struct AccountVault: Sendable {
+    public let keyring: SealKeyring
+
+    public init(keyring: SealKeyring) { self.keyring = keyring }
+
+    static func aad(_ column: String, _ userID: String, _ env: KISEnvironment, _ extra: String? = nil) -> Data {
+        var s = "\(column):\(userID):\(env.rawValue)"
+        if let extra { s += ":" + extra }
+        return Data(s.utf8)
+    }
+
+    public func seal(_ account: Account) throws(StoreError) -> StoredAccount {
+        let (kid, appKey) = try keyring.seal(
+            Data(account.appKey.utf8), aad: Self.aad("kis_accounts.app_key", account.userID, account.environment))
+        let (_, appSecret) = try keyring.seal(
+            Data(account.appSecret.utf8), aad: Self.aad("kis_accounts.app_secret", account.userID, account.environment))
+        let (_, number) = try keyring.seal(
+            Data(account.accountNumber.utf8),
+            aad: Self.aad("kis_accounts.account_number", account.userID, account.environment))
+        return StoredAccount(
+            userID: account.userID, environment: account.environment, appKey: appKey, appSecret: appSecret,
+            accountNumber: number, kid: kid, isActive: account.isActive, createdAt: account.createdAt,
+            updatedAt: account.updatedAt)
+    }
+
+    public func open(_ row: StoredAccount) throws(StoreError) -> Account {
+        func field(_ sealed: String, _ column: String) throws(StoreError) -> String {
+            let data = try keyring.open(sealed, kid: row.kid, aad: Self.aad(column, row.userID, row.environment))
+            return String(decoding: data, as: UTF8.self)
+        }
+        return Account(
+            userID: row.userID, environment: row.environment, appKey: try field(row.appKey, "kis_accounts.app_key"),
+            appSecret: try field(row.appSecret, "kis_accounts.app_secret"),
+            accountNumber: try field(row.accountNumber, "kis_accounts.account_number"), isActive: row.isActive,
+            createdAt: row.createdAt, updatedAt: row.updatedAt)
+    }
+
+    public func seal(_ token: BrokerToken, updatedAt: Int64) throws(StoreError) -> StoredToken {
+        let (kid, sealed) = try keyring.seal(
+            Data(token.accessToken.utf8),
+            aad: Self.aad("kis_tokens.access_token", token.userID, token.environment, token.sha256))
+        return StoredToken(
+            userID: token.userID, environment: token.environment, accessToken: sealed, tokenSHA256: token.sha256,
+            kid: kid, issuedAt: token.issuedAt, expiresAt: token.expiresAt, status: token.status, updatedAt: updatedAt)
+    }
+
+    public func open(_ row: StoredToken) throws(StoreError) -> BrokerToken {
+        let data = try keyring.open(
+            row.accessToken, kid: row.kid,
+            aad: Self.aad("kis_tokens.access_token", row.userID, row.environment, row.tokenSHA256))
+        let token = BrokerToken(
+            userID: row.userID, environment: row.environment, accessToken: String(decoding: data, as: UTF8.self),
+            issuedAt: row.issuedAt, expiresAt: row.expiresAt, status: row.status)
+        guard token.sha256 == row.tokenSHA256 else {
+            throw StoreError(.invalidRecord, "a kis_tokens row seals another token than its token_sha256 names")
+        }
+        return token
+    }
+
+    /// Re-encrypts, with the current key, every row sealed with another key (after a rotation: a new `current`
+    /// key in `[seal]`, the old ones kept to open). Returns how many rows it re-encrypted.
+    @discardableResult
+    public func resealStaleRows(in repository: any BrokerRepository, logger: Logger) async throws -> Int {
+        var count = 0
+        for row in try await repository.allAccounts() where row.kid != keyring.current {
+            let account = try open(row)
+            var fresh = try seal(account)
+            fresh.createdAt = row.createdAt
+            fresh.updatedAt = row.updatedAt
+            if try await repository.replaceAccountSeal(fresh, expectedKid: row.kid) { count += 1 }
+        }
+        for status in TokenStatus.allCases {
+            for row in try await repository.tokens(status: status) where row.kid != keyring.current {
+                let token = try open(row)
+                let fresh = try seal(token, updatedAt: row.updatedAt)
+                if try await repository.replaceTokenSeal(
+                    tokenSHA256: row.tokenSHA256, accessToken: fresh.accessToken, kid: fresh.kid, expectedKid: row.kid)
+                {
+                    count += 1
+                }
+            }
+        }
+        if count > 0 { logger.notice("re-encrypted rows with the current seal key", metadata: ["rows": "\(count)", "kid": "\(keyring.current)"]) }
+        return count
+    }
+}

@@ -1,0 +1,117 @@
+public import KIS
+
+/// A token's state in `kis_tokens.status`.
+public enum TokenStatus: String, Sendable, Codable, CaseIterable {
+    case active = "ACTIVE"
+    case revoked = "REVOKED"
+    case expired = "EXPIRED"
+}
+
+/// A `kis_accounts` row as stored: the app key, secret and account number are sealed (base64 of AES-256-GCM
+/// nonce ‖ ciphertext ‖ tag) with the seal key `kid`. See ``AccountVault`` for sealing and opening.
+public struct StoredAccount: Sendable, Equatable {
+    public var userID: String
+    public var environment: KISEnvironment
+    public var appKey: String
+    public var appSecret: String
+    public var accountNumber: String
+    public var kid: String
+    public var isActive: Bool
+    /// Unix seconds.
+    public var createdAt: Int64
+    public var updatedAt: Int64
+
+    public init(userID: String, environment: KISEnvironment, appKey: String, appSecret: String, accountNumber: String,
+                kid: String, isActive: Bool, createdAt: Int64, updatedAt: Int64) {
+        self.userID = userID
+        self.environment = environment
+        self.appKey = appKey
+        self.appSecret = appSecret
+        self.accountNumber = accountNumber
+        self.kid = kid
+        self.isActive = isActive
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+    }
+}
+
+/// A `kis_tokens` row as stored: the access token sealed with the seal key `kid`, its SHA-256 in clear (the
+/// Redis record name), and its life as KIS gave it.
+public struct StoredToken: Sendable, Equatable {
+    public var userID: String
+    public var environment: KISEnvironment
+    public var accessToken: String
+    public var tokenSHA256: String
+    public var kid: String
+    /// Unix seconds.
+    public var issuedAt: Int64
+    public var expiresAt: Int64
+    public var status: TokenStatus
+    public var updatedAt: Int64
+
+    public init(userID: String, environment: KISEnvironment, accessToken: String, tokenSHA256: String, kid: String,
+                issuedAt: Int64, expiresAt: Int64, status: TokenStatus, updatedAt: Int64) {
+        self.userID = userID
+        self.environment = environment
+        self.accessToken = accessToken
+        self.tokenSHA256 = tokenSHA256
+        self.kid = kid
+        self.issuedAt = issuedAt
+        self.expiresAt = expiresAt
+        self.status = status
+        self.updatedAt = updatedAt
+    }
+}
+
+/// A failure of the broker's database.
+public struct RepositoryError: Error, Sendable, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { "RepositoryError: \(message)" }
+}
+
+/// Where the broker keeps accounts and tokens: the source of truth (Redis is a published copy).
+///
+/// Two implementations pass the same contract tests: ``SQLiteRepository`` (GRDB, the default) and
+/// ``PostgresRepository`` (postgres-nio, for several broker copies). Rows arrive and leave sealed; this layer
+/// never sees a secret in clear.
+public protocol BrokerRepository: Sendable {
+    /// Creates or upgrades the tables (`kis_accounts`, `kis_tokens`). Idempotent.
+    func migrate() async throws
+    /// Throws unless the database answers.
+    func ping() async throws
+
+    func account(userID: String, environment: KISEnvironment) async throws -> StoredAccount?
+    func allAccounts() async throws -> [StoredAccount]
+    /// Inserts or replaces the account (unique per user and environment; `created_at` of an existing row is
+    /// kept) and, when given, inserts or replaces `token` (unique by `token_sha256`), in one transaction.
+    func saveAccount(_ account: StoredAccount, token: StoredToken?) async throws
+    /// Sets `is_active` of an account.
+    func setAccountActive(userID: String, environment: KISEnvironment, isActive: Bool, updatedAt: Int64) async throws
+    /// Deletes an account and all its tokens; returns whether the account existed.
+    @discardableResult
+    func deleteAccount(userID: String, environment: KISEnvironment) async throws -> Bool
+
+    /// Inserts or replaces a token (unique by `token_sha256`).
+    func saveToken(_ token: StoredToken) async throws
+    /// The tokens of an account, newest `issued_at` first.
+    func tokens(userID: String, environment: KISEnvironment) async throws -> [StoredToken]
+    /// Every token with `status`.
+    func tokens(status: TokenStatus) async throws -> [StoredToken]
+    func setStatus(_ status: TokenStatus, tokenSHA256s: [String], updatedAt: Int64) async throws
+
+    /// Replaces the sealed fields and key id of an account only if it is still sealed with `expectedKid`
+    /// (so concurrent re-encryptions cannot clobber each other). Returns whether it did.
+    func replaceAccountSeal(_ account: StoredAccount, expectedKid: String) async throws -> Bool
+    /// Replaces the sealed access token and key id of a token only if it is still sealed with `expectedKid`.
+    func replaceTokenSeal(tokenSHA256: String, accessToken: String, kid: String, expectedKid: String) async throws
+        -> Bool
+}
+
+/// The tables, as both implementations create them (types differ only where the dialects do).
+enum Schema {
+    static let accountColumns =
+        "user_id, environment, app_key, app_secret, account_number, seal_kid, is_active, created_at, updated_at"
+    static let tokenColumns =
+        "user_id, environment, access_token, token_sha256, seal_kid, issued_at, expires_at, status, updated_at"
+}

@@ -1,0 +1,168 @@
+import CoreMetrics
+import Foundation
+import KIS
+import Logging
+import ServerKit
+import ServiceLifecycle
+import Store
+import Synchronization
+
+/// Per-account retry timing after failed scheduled refreshes: exponential backoff with jitter, as a value type
+/// with no clock of its own (tests drive it with plain numbers).
+struct RefreshBackoff: Sendable {
+    /// The first retry delay and the cap, in seconds.
+    var base: Double
+    var cap: Double
+    private var failures: [String: (count: Int, notBefore: Double)] = [:]
+
+    init(base: Double, cap: Double) {
+        self.base = base
+        self.cap = cap
+    }
+
+    /// Whether `key` may be tried at `now` (seconds).
+    func mayAttempt(_ key: String, now: Double) -> Bool {
+        guard let f = failures[key] else { return true }
+        return now >= f.notBefore
+    }
+
+    /// Records a failure; returns the delay chosen. `jitter` is a number in 0..<1 (random in production): the
+    /// delay is `min(cap, base·2ⁿ⁻¹)` scaled into its upper half, so copies that failed together spread out.
+    /// `atLeast` raises the delay (KIS said when to come back).
+    @discardableResult
+    mutating func failed(_ key: String, now: Double, jitter: Double, atLeast: Double = 0) -> Double {
+        let count = (failures[key]?.count ?? 0) + 1
+        let raw = min(cap, base * pow(2, Double(count - 1)))
+        let delay = max(atLeast, raw * (0.5 + 0.5 * jitter))
+        failures[key] = (count, now + delay)
+        return delay
+    }
+
+    mutating func succeeded(_ key: String) { failures[key] = nil }
+
+    func failureCount(_ key: String) -> Int { failures[key]?.count ?? 0 }
+}
+
+/// Keeps tokens alive and Redis whole: every `refresh_interval_s` it refreshes due tokens, every
+/// `reconcile_interval_s` it republishes what the store lost. Only the holder of the lease
+/// `lease:broker-scheduler` does either, so with several broker copies one works at a time; the lease expires
+/// when its holder dies and another copy takes it over.
+final class BrokerScheduler: Service, Sendable {
+    static let leaseKey = "lease:broker-scheduler"
+
+    let keeper: TokenKeeper
+    let refreshInterval: Duration
+    let reconcileInterval: Duration
+    /// How often the lease is renewed (and checked); the lease lives three times as long.
+    let tick: Duration
+    let leaseTTL: Duration
+    let logger: Logger
+    private let backoff: Mutex<RefreshBackoff>
+    /// Whether this copy holds the lease now (for tests and logs).
+    let holdsLease = Atomic<Bool>(false)
+
+    let onLeaseChange: (@Sendable (Bool) -> Void)?
+
+    init(keeper: TokenKeeper, refreshIntervalS: Int, reconcileIntervalS: Int, logger: Logger,
+         onLeaseChange: (@Sendable (Bool) -> Void)? = nil) {
+        self.onLeaseChange = onLeaseChange
+        self.keeper = keeper
+        self.refreshInterval = .seconds(max(1, refreshIntervalS))
+        self.reconcileInterval = .seconds(max(1, reconcileIntervalS))
+        let tickS = max(1, min(refreshIntervalS, reconcileIntervalS, 10))
+        self.tick = .seconds(tickS)
+        self.leaseTTL = .seconds(tickS * 3)
+        self.logger = logger
+        self.backoff = Mutex(RefreshBackoff(base: Double(max(1, refreshIntervalS)), cap: 900))
+    }
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await self.loop()
+        }
+        if let lease = currentLease.withLock({ $0 }) {
+            _ = try? await keeper.store.releaseLock(lease)
+            currentLease.withLock { $0 = nil }
+            onLeaseChange?(false)
+        }
+    }
+
+    private let currentLease = Mutex<StoreLock?>(nil)
+
+    private func loop() async {
+        var nextRefresh = ContinuousClock.now
+        var nextReconcile = ContinuousClock.now
+        while !Task.isCancelled {
+            if await holdLease() {
+                let now = ContinuousClock.now
+                if now >= nextReconcile {
+                    nextReconcile = now + reconcileInterval
+                    do { try await keeper.reconcile() } catch {
+                        logger.warning("reconciliation failed; it runs again next interval", metadata: ["error": "\(error)"])
+                    }
+                }
+                if now >= nextRefresh {
+                    nextRefresh = now + refreshInterval
+                    await refreshPass()
+                }
+            }
+            do { try await Task.sleep(for: tick) } catch { return }
+        }
+    }
+
+    /// Takes or renews the lease; false when another copy holds it (or the store does not answer).
+    private func holdLease() async -> Bool {
+        let store = keeper.store
+        do {
+            if let lease = currentLease.withLock({ $0 }) {
+                if try await store.renewLock(lease, ttl: leaseTTL) { return true }
+                currentLease.withLock { $0 = nil }
+                holdsLease.store(false, ordering: .relaxed)
+                onLeaseChange?(false)
+                logger.notice("lost the scheduler lease")
+            }
+            if let lease = try await store.acquireLock(Self.leaseKey, ttl: leaseTTL) {
+                currentLease.withLock { $0 = lease }
+                holdsLease.store(true, ordering: .relaxed)
+                onLeaseChange?(true)
+                logger.notice("took the scheduler lease")
+                return true
+            }
+            return false
+        } catch {
+            logger.warning("the shared store does not answer; the scheduler waits", metadata: ["error": "\(error)"])
+            return false
+        }
+    }
+
+    func refreshPass() async {
+        let accounts: [StoredAccount]
+        do { accounts = try await keeper.repository.allAccounts() } catch {
+            logger.warning("cannot list accounts for the refresh pass", metadata: ["error": "\(error)"])
+            return
+        }
+        for row in accounts where row.isActive {
+            let key = row.userID + "|" + row.environment.rawValue
+            let now = keeper.clock().timeIntervalSince1970
+            guard backoff.withLock({ $0.mayAttempt(key, now: now) }) else { continue }
+            do {
+                if try await keeper.scheduledRefresh(row) {
+                    keeper.metrics.refreshOK.increment()
+                    logger.info("refreshed a token before expiry", metadata: ["user": "\(row.userID)", "env": "\(row.environment.rawValue)"])
+                }
+                backoff.withLock { $0.succeeded(key) }
+            } catch {
+                keeper.metrics.refreshFailed.increment()
+                var atLeast = 0.0
+                if let p = error as? Problem, let r = p.retryAfter { atLeast = Double(r) }
+                let delay = backoff.withLock {
+                    $0.failed(key, now: now, jitter: Double.random(in: 0..<1), atLeast: atLeast)
+                }
+                logger.warning("scheduled refresh failed; retrying later", metadata: [
+                    "user": "\(row.userID)", "env": "\(row.environment.rawValue)", "error": "\(error)",
+                    "retry_in_s": "\(Int(delay))",
+                ])
+            }
+        }
+    }
+}

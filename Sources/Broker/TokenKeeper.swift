@@ -1,0 +1,457 @@
+import CoreMetrics
+import Foundation
+import KIS
+import Logging
+import NIOCore
+import ServerKit
+import Store
+import Tokens
+
+/// The `[broker]` timings the keeper decides by, in seconds.
+struct KeeperSettings: Sendable {
+    var refreshAhead: Int64
+    var reuseWindow: Int64
+    var refreshInterval: Int64
+    /// How long the per-app-key issuance lock lives if its holder dies.
+    var lockTTL: Duration
+    /// How long a request waits for another copy's issuance for the same app key.
+    var lockWait: Duration
+}
+
+/// What a user submits to connect an account.
+struct AccountForm: Sendable {
+    var environment: KISEnvironment
+    var appKey: String
+    var appSecret: String
+    var accountNumber: String
+}
+
+/// The token lifecycle: the one place kisgw asks KIS for tokens.
+///
+/// Rules (broker-api.md): a stored token that can serve is reused; issuance for one app key is serialised across
+/// broker copies by a lock in the shared store, and re-checked after the lock is taken; what KIS returns is
+/// written to the database first and then published (`store.md`).
+final class TokenKeeper: Sendable {
+    let repository: any BrokerRepository
+    let vault: AccountVault
+    let store: any SharedStore
+    let keyring: SealKeyring
+    let clients: [KISEnvironment: KISClient]
+    let settings: KeeperSettings
+    let metrics: BrokerMetrics
+    let logger: Logger
+    let clock: @Sendable () -> Date
+
+    init(repository: any BrokerRepository, store: any SharedStore, keyring: SealKeyring,
+         clients: [KISEnvironment: KISClient], settings: KeeperSettings, metrics: BrokerMetrics, logger: Logger,
+         clock: @escaping @Sendable () -> Date) {
+        self.repository = repository
+        self.vault = AccountVault(keyring: keyring)
+        self.store = store
+        self.keyring = keyring
+        self.clients = clients
+        self.settings = settings
+        self.metrics = metrics
+        self.logger = logger
+        self.clock = clock
+    }
+
+    var now: Int64 { Int64(clock().timeIntervalSince1970) }
+
+    // MARK: - decisions
+
+    /// Issuance economy: a stored token serves unless it is gone, expired or revoked, or inside `refresh_ahead_s`
+    /// of expiry and past the reuse window (inside the window KIS would only return the same token).
+    func canServe(_ t: BrokerToken, at now: Int64) -> Bool {
+        guard t.status == .active, t.expiresAt > now else { return false }
+        if t.expiresAt - now >= settings.refreshAhead { return true }
+        return now - t.issuedAt < settings.reuseWindow
+    }
+
+    /// `POST /api/kis/token/refresh`: the current token while issued within the reuse window and not expiring.
+    func refreshCanReuse(_ t: BrokerToken, at now: Int64) -> Bool {
+        t.status == .active && now - t.issuedAt < settings.reuseWindow && t.expiresAt - now >= settings.refreshAhead
+    }
+
+    /// The scheduler's rule: refresh inside `refresh_ahead_s` of expiry once past the reuse window, or when the
+    /// token would expire before the scheduler's next two passes whatever its age.
+    func needsScheduledRefresh(_ t: BrokerToken, at now: Int64) -> Bool {
+        guard t.status == .active else { return true }
+        let remaining = t.expiresAt - now
+        if remaining < 2 * settings.refreshInterval { return true }
+        return remaining < settings.refreshAhead && now - t.issuedAt >= settings.reuseWindow
+    }
+
+    // MARK: - reading
+
+    func account(_ userID: String, _ env: KISEnvironment) async throws -> Account? {
+        guard let row = try await repository.account(userID: userID, environment: env) else { return nil }
+        return try vault.open(row)
+    }
+
+    /// The newest ACTIVE token of an account, opened.
+    func currentToken(_ userID: String, _ env: KISEnvironment) async throws -> BrokerToken? {
+        guard let row = try await repository.tokens(userID: userID, environment: env).first(where: { $0.status == .active })
+        else { return nil }
+        return try vault.open(row)
+    }
+
+    // MARK: - routes
+
+    /// `POST /api/kis/account/validate`: proves the key and secret at KIS by obtaining a token, which is kept
+    /// (sealed, in the shared store) for the `token` call that follows — KIS allows one issuance a minute.
+    func validate(userID: String, form: AccountForm) async throws {
+        let now = self.now
+        if let stored = try await account(userID, form.environment), stored.appKey == form.appKey,
+            stored.appSecret == form.appSecret, let t = try await currentToken(userID, form.environment), t.expiresAt > now
+        {
+            return  // already connected with these credentials: KIS accepted them
+        }
+        if try await peekValidated(form) != nil { return }
+        let lock = try await acquireIssueLock(form.environment, form.appKey)
+        do {
+            if try await peekValidated(form) == nil {
+                let issued = try await issueAtKIS(form.environment, appKey: form.appKey, appSecret: form.appSecret)
+                try await keepValidated(form, token: issued.accessToken, issuedAt: now,
+                                        expiresAt: Int64(issued.expiresAt.timeIntervalSince1970))
+            }
+        } catch {
+            await release(lock)
+            throw error
+        }
+        await release(lock)
+    }
+
+    /// `POST /api/kis/token`: stores the account and answers a token that can serve, obtaining one if needed.
+    func connect(userID: String, form: AccountForm) async throws -> BrokerToken {
+        let now = self.now
+        let stored = try await account(userID, form.environment)
+        let account = Account(
+            userID: userID, environment: form.environment, appKey: form.appKey, appSecret: form.appSecret,
+            accountNumber: form.accountNumber, isActive: true, createdAt: stored?.createdAt ?? now, updatedAt: now)
+        var retiring: [StoredToken] = []
+        if let stored {
+            if stored.appKey == form.appKey, stored.appSecret == form.appSecret {
+                if let t = try await currentToken(userID, form.environment), canServe(t, at: now) {
+                    if stored.accountNumber != form.accountNumber || !stored.isActive {
+                        try await repository.saveAccount(try vault.seal(account), token: nil)
+                    }
+                    try await ensurePublished(t, account: account)
+                    return t
+                }
+            } else if stored.appKey != form.appKey {
+                // Another app key: its tokens are retired once the new one is in place.
+                retiring = try await repository.tokens(userID: userID, environment: form.environment)
+                    .filter { $0.status == .active }
+            }
+        }
+        let token = try await issue(for: account, adoptValidated: true) { [self] t, now in canServe(t, at: now) }
+        if !retiring.isEmpty, let stored {
+            await retire(retiring, account: stored)
+        }
+        return token
+    }
+
+    /// `POST /api/kis/token/refresh`.
+    func refresh(userID: String, environment: KISEnvironment) async throws -> BrokerToken {
+        guard let account = try await account(userID, environment) else {
+            throw Problem(.accountNotFound, "no \(environment.rawValue) account is connected")
+        }
+        if let t = try await currentToken(userID, environment), refreshCanReuse(t, at: now) {
+            try await ensurePublished(t, account: account)
+            return t
+        }
+        var fresh = account
+        fresh.isActive = true
+        fresh.updatedAt = now
+        return try await issue(for: fresh, adoptValidated: false) { [self] t, now in refreshCanReuse(t, at: now) }
+    }
+
+    /// `DELETE /api/kis/account`: revokes at KIS, marks REVOKED, unpublishes, deletes. Idempotent.
+    func disconnect(userID: String, environment: KISEnvironment) async throws {
+        guard let row = try await repository.account(userID: userID, environment: environment) else { return }
+        let now = self.now
+        let rows = try await repository.tokens(userID: userID, environment: environment)
+        let live = rows.filter { $0.expiresAt > now && $0.status != .expired }
+        if let account = try? vault.open(row), let client = clients[environment] {
+            for r in live where r.status == .active {
+                guard let t = try? vault.open(r) else { continue }
+                do {
+                    try await client.revokeToken(appKey: account.appKey, appSecret: account.appSecret, token: t.accessToken)
+                } catch {
+                    metrics.revokeFailures.increment()
+                    logger.warning("KIS did not revoke a token; it is unpublished all the same",
+                                   metadata: ["user": "\(userID)", "env": "\(environment.rawValue)", "error": "\(error)"])
+                }
+            }
+            try await store.delete(validatedKey(environment, account.appKey))
+        }
+        // Database first: should unpublishing fail, the reconciler finishes it from these REVOKED rows.
+        try await repository.setStatus(.revoked, tokenSHA256s: live.map(\.tokenSHA256), updatedAt: now)
+        for r in live {
+            try await TokenDirectory.unpublish(sha256: r.tokenSHA256, userID: userID, environment: environment, store: store)
+        }
+        try await repository.deleteAccount(userID: userID, environment: environment)
+    }
+
+    // MARK: - the scheduler's work
+
+    /// Refreshes one account if its token is due; returns whether it obtained a new token.
+    func scheduledRefresh(_ row: StoredAccount) async throws -> Bool {
+        guard row.isActive else { return false }
+        let rows = try await repository.tokens(userID: row.userID, environment: row.environment)
+        if rows.first?.status == .revoked { return false }  // a disconnect in progress
+        let now = self.now
+        if let current = rows.first(where: { $0.status == .active }), !needsScheduledRefresh(try vault.open(current), at: now) {
+            return false
+        }
+        var account = try vault.open(row)
+        account.updatedAt = now
+        do {
+            _ = try await issue(for: account, adoptValidated: false) { [self] t, now in !needsScheduledRefresh(t, at: now) }
+        } catch let p as Problem where p.code == .kisCredentialsRejected {
+            // KIS no longer accepts this key pair: stop asking until the user connects again.
+            try await repository.setAccountActive(userID: row.userID, environment: row.environment, isActive: false,
+                                                  updatedAt: now)
+            throw p
+        }
+        return true
+    }
+
+    /// Puts back into the store every live token it lost, marks expired ones EXPIRED, and makes sure revoked ones
+    /// are gone from it. Returns how many tokens it republished.
+    @discardableResult
+    func reconcile() async throws -> Int {
+        let now = self.now
+        var expired: [String] = []
+        var republished = 0
+        var accounts: [String: Account?] = [:]
+        for row in try await repository.tokens(status: .active) {
+            if row.expiresAt <= now {
+                expired.append(row.tokenSHA256)
+                continue
+            }
+            if try await isPublished(row.tokenSHA256, userID: row.userID, environment: row.environment) { continue }
+            let key = row.userID + "|" + row.environment.rawValue
+            if accounts[key] == nil { accounts[key] = try await account(row.userID, row.environment) }
+            guard let account = accounts[key] ?? nil else { continue }
+            try await publish(try vault.open(row), account: account)
+            republished += 1
+        }
+        if !expired.isEmpty {
+            try await repository.setStatus(.expired, tokenSHA256s: expired, updatedAt: now)
+            metrics.expired.increment(by: Int64(expired.count))
+        }
+        for row in try await repository.tokens(status: .revoked) where row.expiresAt > now {
+            if try await store.get(TokenDirectory.recordKey(row.tokenSHA256)) != nil {
+                try await TokenDirectory.unpublish(sha256: row.tokenSHA256, userID: row.userID,
+                                                   environment: row.environment, store: store)
+            }
+        }
+        if republished > 0 {
+            metrics.republished.increment(by: Int64(republished))
+            logger.notice("republished tokens missing from the shared store", metadata: ["tokens": "\(republished)"])
+        }
+        return republished
+    }
+
+    // MARK: - issuance
+
+    /// Obtains a token for `account` under the app key's lock — unless, once the lock is held, a stored token
+    /// satisfies `reusable` (another copy just obtained one) — saves account and token, releases, publishes.
+    private func issue(
+        for account: Account, adoptValidated: Bool, reusable: @Sendable (BrokerToken, Int64) -> Bool
+    ) async throws -> BrokerToken {
+        let env = account.environment
+        let lock = try await acquireIssueLock(env, account.appKey)
+        let token: BrokerToken
+        do {
+            let now = self.now
+            // Another request (or copy) may have stored a token for these credentials while this one waited.
+            if let stored = try await self.account(account.userID, env), stored.appKey == account.appKey,
+                stored.appSecret == account.appSecret, let t = try await currentToken(account.userID, env),
+                reusable(t, now)
+            {
+                if stored.accountNumber != account.accountNumber || !stored.isActive {
+                    var updated = account
+                    updated.createdAt = stored.createdAt
+                    try await repository.saveAccount(try vault.seal(updated), token: nil)
+                }
+                await release(lock)
+                try await ensurePublished(t, account: account)
+                return t
+            }
+            var obtained: BrokerToken?
+            if adoptValidated, let v = try await peekValidated(
+                AccountForm(environment: env, appKey: account.appKey, appSecret: account.appSecret, accountNumber: ""))
+            {
+                obtained = BrokerToken(userID: account.userID, environment: env, accessToken: v.access_token,
+                                       issuedAt: v.issued_at, expiresAt: v.expires_at)
+                try await store.delete(validatedKey(env, account.appKey))
+            }
+            if obtained == nil {
+                let issued = try await issueAtKIS(env, appKey: account.appKey, appSecret: account.appSecret)
+                var t = BrokerToken(userID: account.userID, environment: env, accessToken: issued.accessToken,
+                                    issuedAt: now, expiresAt: Int64(issued.expiresAt.timeIntervalSince1970))
+                // KIS answers the same token again within its reuse window: keep when it was first issued.
+                if let same = try await repository.tokens(userID: account.userID, environment: env)
+                    .first(where: { $0.tokenSHA256 == t.sha256 })
+                {
+                    t.issuedAt = same.issuedAt
+                }
+                obtained = t
+            }
+            token = obtained!
+            try await repository.saveAccount(try vault.seal(account), token: try vault.seal(token, updatedAt: now))
+        } catch {
+            await release(lock)
+            throw error
+        }
+        await release(lock)
+        try await publish(token, account: account)
+        return token
+    }
+
+    /// One `tokenP` call, counted, with KIS's refusals as the broker's problems.
+    private func issueAtKIS(_ env: KISEnvironment, appKey: String, appSecret: String) async throws -> KISIssuedToken {
+        guard let client = clients[env] else { throw Problem(.internalError, "no KIS endpoint for \(env.rawValue)") }
+        do {
+            let issued = try await client.issueToken(appKey: appKey, appSecret: appSecret)
+            metrics.issued(env)
+            try? await store.set(issuedAtKey(env, appKey), to: ByteBuffer(string: String(now)), ttl: .seconds(60))
+            logger.info("KIS issued a token", metadata: ["env": "\(env.rawValue)"])
+            return issued
+        } catch let e as KISClientError {
+            metrics.issuanceFailed(reason: e.kind.description)
+            switch e.kind {
+            case .credentialsRejected:
+                throw Problem(.kisCredentialsRejected, "KIS refused the app key or secret", kisMsgCode: e.msgCode,
+                              kisMessage: e.message)
+            case .issuanceTooFrequent:
+                var wait: Int64 = 60
+                if let b = try? await store.get(issuedAtKey(env, appKey)), let at = Int64(String(buffer: b)) {
+                    wait = max(1, 60 - (now - at))
+                }
+                throw Problem(.kisRateLimited, "KIS allows one token issuance a minute per app key; try again later",
+                              retryAfter: Int(wait), kisMsgCode: e.msgCode, kisMessage: e.message)
+            case .timeout:
+                throw Problem(.upstreamTimeout, "KIS did not answer the token request in time")
+            default:
+                throw Problem(.upstreamError, "KIS did not issue a token", kisMsgCode: e.msgCode, kisMessage: e.message)
+            }
+        }
+    }
+
+    private func acquireIssueLock(_ env: KISEnvironment, _ appKey: String) async throws -> StoreLock {
+        let key = "lock:kis-issue:\(env.rawValue):\(TokenDirectory.sha256(of: appKey))"
+        let deadline = ContinuousClock.now + settings.lockWait
+        var delay = Duration.milliseconds(20)
+        while true {
+            if let lock = try await store.acquireLock(key, ttl: settings.lockTTL) { return lock }
+            guard ContinuousClock.now < deadline else {
+                throw Problem(.kisRateLimited, "another token request for this app key is in progress", retryAfter: 1)
+            }
+            try await Task.sleep(for: delay)
+            delay = min(delay * 2, .milliseconds(250))
+        }
+    }
+
+    private func release(_ lock: StoreLock) async {
+        do { try await store.releaseLock(lock) } catch {
+            logger.warning("could not release an issuance lock; it expires by itself", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: - publishing
+
+    func publish(_ token: BrokerToken, account: Account) async throws {
+        try await TokenDirectory.publish(
+            SealedCredentials(access_token: token.accessToken, app_key: account.appKey, app_secret: account.appSecret),
+            userID: token.userID, environment: token.environment,
+            issuedAt: Date(timeIntervalSince1970: TimeInterval(token.issuedAt)),
+            expiresAt: Date(timeIntervalSince1970: TimeInterval(token.expiresAt)), store: store, keyring: keyring,
+            now: clock())
+    }
+
+    func isPublished(_ sha: String, userID: String, environment: KISEnvironment) async throws -> Bool {
+        guard try await store.get(TokenDirectory.recordKey(sha)) != nil else { return false }
+        return try await store.setMembers(TokenDirectory.userKey(userID, environment)).contains(sha)
+    }
+
+    private func ensurePublished(_ token: BrokerToken, account: Account) async throws {
+        if try await !isPublished(token.sha256, userID: token.userID, environment: token.environment) {
+            try await publish(token, account: account)
+        }
+    }
+
+    /// Tokens of an app key the user replaced: revoked at KIS (best effort), marked REVOKED, unpublished.
+    private func retire(_ rows: [StoredToken], account: Account) async {
+        for r in rows {
+            if let t = try? vault.open(r), let client = clients[account.environment] {
+                do {
+                    try await client.revokeToken(appKey: account.appKey, appSecret: account.appSecret, token: t.accessToken)
+                } catch {
+                    metrics.revokeFailures.increment()
+                }
+            }
+        }
+        do {
+            try await repository.setStatus(.revoked, tokenSHA256s: rows.map(\.tokenSHA256), updatedAt: now)
+            for r in rows {
+                try await TokenDirectory.unpublish(sha256: r.tokenSHA256, userID: r.userID, environment: r.environment,
+                                                   store: store)
+            }
+        } catch {
+            logger.warning("could not retire the tokens of a replaced app key; the reconciler will",
+                           metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: - the validated token
+
+    /// What `validate` keeps for the `token` call, sealed in the shared store under the app key.
+    struct Validated: Codable, Sendable {
+        var access_token: String
+        var app_key: String
+        var app_secret: String
+        var issued_at: Int64
+        var expires_at: Int64
+    }
+
+    private struct SealedValue: Codable {
+        var kid: String
+        var sealed: String
+    }
+
+    private func validatedKey(_ env: KISEnvironment, _ appKey: String) -> String {
+        "broker:validated:\(env.rawValue):\(TokenDirectory.sha256(of: appKey))"
+    }
+
+    private func issuedAtKey(_ env: KISEnvironment, _ appKey: String) -> String {
+        "broker:issued-at:\(env.rawValue):\(TokenDirectory.sha256(of: appKey))"
+    }
+
+    private func keepValidated(_ form: AccountForm, token: String, issuedAt: Int64, expiresAt: Int64) async throws {
+        let key = validatedKey(form.environment, form.appKey)
+        let ttl = min(expiresAt - now, settings.reuseWindow)
+        guard ttl > 0 else { return }
+        let plain = try JSONEncoder().encode(Validated(
+            access_token: token, app_key: form.appKey, app_secret: form.appSecret, issued_at: issuedAt,
+            expires_at: expiresAt))
+        let (kid, sealed) = try keyring.seal(plain, aad: Data(store.fullKey(key).utf8))
+        let value = try JSONEncoder().encode(SealedValue(kid: kid, sealed: sealed))
+        try await store.set(key, to: ByteBuffer(bytes: value), ttl: .seconds(ttl))
+    }
+
+    /// The kept token for these exact credentials, if any and still alive.
+    private func peekValidated(_ form: AccountForm) async throws -> Validated? {
+        let key = validatedKey(form.environment, form.appKey)
+        guard let buffer = try await store.get(key),
+            let value = try? JSONDecoder().decode(SealedValue.self, from: Data(buffer.readableBytesView)),
+            let plain = try? keyring.open(value.sealed, kid: value.kid, aad: Data(store.fullKey(key).utf8)),
+            let v = try? JSONDecoder().decode(Validated.self, from: plain)
+        else { return nil }
+        guard v.app_key == form.appKey, v.app_secret == form.appSecret, v.expires_at > now else { return nil }
+        return v
+    }
+}

@@ -1,0 +1,398 @@
+import AsyncHTTPClient
+import Broker
+import Foundation
+import Gateway
+import Hummingbird
+import KIS
+import KisgwConfiguration
+import Logging
+import NIOCore
+import NIOHTTP1
+import Observability
+import Prometheus
+import ServerKit
+import Simulator
+import Store
+import Testing
+import Tokens
+
+@Suite("Broker API over real sockets: routes, bodies and errors")
+struct BrokerAPITests {
+    @Test("every /api/kis route wants a valid Bearer JWT")
+    func authentication() async throws {
+        try await withBroker { b in
+            let routes: [(HTTPMethod, String)] = [
+                (.POST, "/api/kis/account/validate"), (.POST, "/api/kis/token"), (.POST, "/api/kis/token/refresh"),
+                (.GET, "/api/kis/account?environment=SANDBOX"), (.DELETE, "/api/kis/account?environment=SANDBOX"),
+            ]
+            for (method, path) in routes {
+                let none = try await http(method, b.url + path, headers: [("content-type", "application/json")], body: "{}")
+                #expect(none.status == 401, "\(path)")
+                #expect(none.code == "auth_required")
+                #expect(none.header("content-type") == "application/problem+json")
+                let bad = try await http(method, b.url + path, headers: [("Authorization", "Bearer not.a.jwt")], body: "{}")
+                #expect(bad.status == 401)
+                #expect(bad.code == "jwt_invalid")
+            }
+        }
+    }
+
+    @Test("validate checks the form first and answers valid:false with a code")
+    func validateForm() async throws {
+        try await withBroker { b in
+            let jwt = try await b.jwt("u1")
+            let cases: [[String: Any]] = [
+                accountBody(appKey("a"), number: "1234"),
+                accountBody("", number: "12345678-01"),
+                accountBody(appKey("a"), secret: "has space"),
+                accountBody(appKey("a"), secret: String(repeating: "s", count: 513)),
+                accountBody(appKey("a"), env: "PAPER"),
+                ["appKey": appKey("a")],
+            ]
+            for body in cases {
+                let r = try await b.post("/api/kis/account/validate", body, jwt: jwt)
+                #expect(r.status == 400)
+                #expect(r.json["valid"] as? Bool == false)
+                #expect(r.code == "invalid_parameter")
+                #expect((r.json["message"] as? String)?.isEmpty == false)
+            }
+            let notJSON = try await http(.POST, b.url + "/api/kis/account/validate",
+                                         headers: [("Authorization", "Bearer " + jwt)], body: "nope")
+            #expect(notJSON.status == 400)
+            #expect(try await b.issuances() == 0)
+        }
+    }
+
+    @Test("validate: KIS refusing the secret is valid:false kis_credentials_rejected; token answers the problem")
+    func validateRejected() async throws {
+        let key = appKey("rej")
+        let sim = SimulatorConfiguration(port: 0, environment: .sandbox, credentials: [key: "right-secret"])
+        try await withBroker(sim: sim) { b in
+            let jwt = try await b.jwt("u1")
+            let r = try await b.post("/api/kis/account/validate", accountBody(key, secret: "wrong-secret"), jwt: jwt)
+            #expect(r.status == 400)
+            #expect(r.json["valid"] as? Bool == false)
+            #expect(r.code == "kis_credentials_rejected")
+            let t = try await b.post("/api/kis/token", accountBody(key, secret: "wrong-secret"), jwt: jwt)
+            #expect(t.status == 400)
+            #expect(t.code == "kis_credentials_rejected")
+            #expect(t.header("content-type") == "application/problem+json")
+            #expect(t.json["kis_msg_cd"] as? String == "EGW00105")
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
+        }
+    }
+
+    @Test("validate then token back to back succeeds with one KIS issuance (KIS allows one a minute)",
+          arguments: StoreKind.available, DatabaseKind.available)
+    func validateThenToken(store: StoreKind, database: DatabaseKind) async throws {
+        try await withBroker(store: store, database: database) { b in
+            let jwt = try await b.jwt("u1")
+            let subscription = try await b.store.subscribe(to: TokenDirectory.eventsChannel)
+            let key = appKey("vt")
+            let v = try await b.post("/api/kis/account/validate", accountBody(key), jwt: jwt)
+            #expect(v.status == 200)
+            #expect(v.json["valid"] as? Bool == true)
+            let t = try await b.post("/api/kis/token", accountBody(key), jwt: jwt)
+            #expect(t.status == 200, "\(t.text)")
+            #expect(t.json["environment"] as? String == "SANDBOX")
+            let token = try #require(t.json["token"] as? String)
+            let expiresAt = try #require(t.json["expiresAt"] as? String)
+            #expect(expiresAt.hasSuffix("+09:00"))
+            #expect(try await b.issuances() == 1)
+
+            // Published as store.md says: the record, the user's set, an `issued` event.
+            let published = try #require(try await b.published(token))
+            #expect(published.userID == "u1")
+            #expect(published.environment == .sandbox)
+            #expect(published.credentials.app_key == key)
+            #expect(published.credentials.app_secret == "secret-" + key)
+            #expect(KST.iso8601(published.expiresAt) == expiresAt)
+            let sha = TokenDirectory.sha256(of: token)
+            #expect(try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox)) == [sha])
+            var events = subscription.makeAsyncIterator()
+            let event = try #require(await events.next())
+            let decoded = try JSONDecoder().decode(TokenEvent.self, from: Data(event.readableBytesView))
+            #expect(decoded == TokenEvent(type: "issued", sha256: sha, user_id: "u1", env: .sandbox))
+
+            // Asking again reuses the stored token.
+            let again = try await b.post("/api/kis/token", accountBody(key, number: "8765432109"), jwt: jwt)
+            #expect(again.json["token"] as? String == token)
+            #expect(try await b.issuances() == 1)
+            let metrics = try await b.get("/metrics", jwt: nil)
+            #expect(metrics.text.contains(#"kis_token_issuances_total{environment="SANDBOX"} 1"#))
+        }
+    }
+
+    @Test("a second issuance within KIS's minute is kis_rate_limited, 429 with Retry-After")
+    func rateLimited() async throws {
+        try await withBroker { b in
+            let key = appKey("rl")
+            #expect(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1")).status == 200)
+            // Another user with the same app key: nothing stored can serve them, and KIS refuses a second token.
+            let r = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u2"))
+            #expect(r.status == 429)
+            #expect(r.code == "kis_rate_limited")
+            #expect(r.json["kis_msg_cd"] as? String == "EGW00133")
+            let retry = try #require(r.header("retry-after").flatMap { Int($0) })
+            #expect((1...60).contains(retry))
+        }
+    }
+
+    @Test("refresh: 404 without an account, the same token inside the reuse window, a new one past it")
+    func refresh() async throws {
+        try await withBroker(config: { testConfig(simURL: $0, database: $1, reconcileIntervalS: 3600) }) { b in
+            let key = appKey("rf")
+            var jwt = try await b.jwt("u1")
+            let missing = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: jwt)
+            #expect(missing.status == 404)
+            #expect(missing.code == "account_not_found")
+            let bad = try await b.post("/api/kis/token/refresh", ["environment": "x"], jwt: jwt)
+            #expect(bad.code == "invalid_parameter")
+
+            let first = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: jwt).json["token"] as? String)
+            let same = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: jwt)
+            #expect(same.status == 200)
+            #expect(same.json["token"] as? String == first)
+            #expect(try await b.issuances() == 1)
+
+            try await b.advanceClocks(21600 + 60)
+            jwt = try await b.jwt("u1")
+            let fresh = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: jwt)
+            #expect(fresh.status == 200, "\(fresh.text)")
+            let second = try #require(fresh.json["token"] as? String)
+            #expect(second != first)
+            #expect(try await b.issuances() == 2)
+            // Both stay published: a refresh never breaks requests in flight with the old token.
+            #expect(try await b.published(first) != nil)
+            #expect(try await b.published(second) != nil)
+            let account = try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt)
+            #expect(account.json["tokenExpiresAt"] as? String == fresh.json["expiresAt"] as? String)
+        }
+    }
+
+    @Test("account: masked, connected, with the token's expiry; 404 for the other environment")
+    func account() async throws {
+        try await withBroker { b in
+            let jwt = try await b.jwt("u1")
+            let key = appKey("ac")
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).code == "account_not_found")
+            #expect(try await b.get("/api/kis/account", jwt: jwt).code == "invalid_parameter")
+            let t = try await b.post("/api/kis/token", accountBody(key, number: "1234567801"), jwt: jwt)
+            let r = try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt)
+            #expect(r.status == 200)
+            #expect(r.json["environment"] as? String == "SANDBOX")
+            #expect(r.json["accountNumber"] as? String == "1234****-01")
+            #expect(r.json["appKey"] as? String == String(key.prefix(4)) + "…" + String(key.suffix(4)))
+            #expect(r.json["connected"] as? Bool == true)
+            #expect(r.json["tokenExpiresAt"] as? String == t.json["expiresAt"] as? String)
+            #expect(!r.text.contains("secret-"))
+            #expect(r.header("cache-control") == "no-store")
+            #expect(try await b.get("/api/kis/account?environment=LIVE", jwt: jwt).status == 404)
+            // Another user sees nothing of it.
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u2")).status == 404)
+        }
+    }
+
+    @Test("disconnect revokes at KIS, unpublishes with a revoked event, and a gateway refuses the token at once",
+          arguments: StoreKind.available)
+    func disconnect(store: StoreKind) async throws {
+        try await withBroker(store: store, sim: SimulatorConfiguration(port: 0, environment: .sandbox, ratePerSecond: 1000)) { b in
+            let jwt = try await b.jwt("u1")
+            let key = appKey("dc")
+            let token = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: jwt).json["token"] as? String)
+
+            // A gateway on the same store serves the user, and keeps its decision in memory…
+            let gatewayConfig = KisgwConfig(
+                server: .init(host: "127.0.0.1", port: 0),
+                auth: .init(jwt: .init(algorithms: [.hs256], hs256Secret: Secret(testSecret))),
+                kis: .init(liveURL: b.simURL, sandboxURL: b.simURL, liveRatePerS: 1000, sandboxRatePerS: 1000))
+            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+            let gateway = try await buildGateway(
+                gatewayConfig, dependencies: GatewayDependencies(store: b.store, keyring: b.keyring, readiness: { nil }),
+                logger: quietLogger) { cont.yield($0) }
+            let gatewayTask = Task { try await gateway.runService(gracefulShutdownSignals: []) }
+            defer { gatewayTask.cancel() }
+            var it = ports.makeAsyncIterator()
+            let gatewayURL = "http://127.0.0.1:\(await it.next()!)"
+            let path = "/domestic/chart/daily/005930?start=2025-01-06&end=2025-01-10"
+            let headers = [("Authorization", "Bearer " + jwt), ("X-KIS-Token", token)]
+            #expect(try await http(.GET, gatewayURL + path, headers: headers).status == 200)
+
+            let subscription = try await b.store.subscribe(to: TokenDirectory.eventsChannel)
+            let d = try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)
+            #expect(d.status == 204)
+            #expect(try await b.simCalls("revokeP") == 1)
+            #expect(try await b.published(token) == nil)
+            #expect(try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox)).isEmpty)
+            var events = subscription.makeAsyncIterator()
+            let event = try #require(await events.next())
+            #expect(try JSONDecoder().decode(TokenEvent.self, from: Data(event.readableBytesView)).type == "revoked")
+
+            // …which the revoked event drops: the gateway refuses the token straight away.
+            let refused = try await eventually(timeout: .seconds(2)) {
+                try await http(.GET, gatewayURL + path, headers: headers).code == "kis_token_invalid"
+            }
+            #expect(refused)
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
+            // Disconnecting again is harmless.
+            #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 204)
+        }
+    }
+
+    @Test("KIS failing is upstream_error (502), KIS silent is upstream_timeout (504), KIS gone is upstream_error")
+    func upstreamErrors() async throws {
+        // A stand-in for KIS that fails its token endpoint: /broken answers HTML with 500, /slow never in time.
+        let router = Router()
+        router.post("/broken/oauth2/tokenP") { _, _ in
+            Response(status: .internalServerError, body: .init(byteBuffer: ByteBuffer(string: "<html>oops</html>")))
+        }
+        router.post("/slow/oauth2/tokenP") { _, _ -> Response in
+            try await Task.sleep(for: .seconds(5))
+            return Response(status: .ok)
+        }
+        let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+        let faulty = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                                 onServerRunning: { cont.yield($0.localAddress?.port ?? 0) }, logger: quietLogger)
+        let faultyTask = Task { try await faulty.runService(gracefulShutdownSignals: []) }
+        defer { faultyTask.cancel() }
+        var it = ports.makeAsyncIterator()
+        let base = "http://127.0.0.1:\(await it.next()!)"
+        try await withBroker(config: { _, db in
+            var c = testConfig(simURL: base + "/broken", database: db, upstreamTimeoutMs: 500)
+            c = KisgwConfig(auth: c.auth, kis: .init(liveURL: base + "/broken", sandboxURL: base + "/slow"),
+                            upstream: c.upstream, broker: c.broker)
+            return c
+        }) { b in
+            let jwt = try await b.jwt("u1")
+            let e = try await b.post("/api/kis/token", accountBody(appKey("up"), env: "LIVE"), jwt: jwt)
+            #expect(e.status == 502)
+            #expect(e.code == "upstream_error")
+            let t = try await b.post("/api/kis/token", accountBody(appKey("up"), env: "SANDBOX"), jwt: jwt)
+            #expect(t.status == 504)
+            #expect(t.code == "upstream_timeout")
+            #expect(try await b.get("/api/kis/account?environment=LIVE", jwt: jwt).status == 404)
+        }
+        try await withBroker(config: { testConfig(simURL: "http://127.0.0.1:1", database: $1) }) { b in
+            let r = try await b.post("/api/kis/token", accountBody(appKey("gone")), jwt: try await b.jwt("u1"))
+            #expect(r.status == 502)
+            #expect(r.code == "upstream_error")
+        }
+    }
+
+    @Test("a store that does not answer is store_unavailable (503)")
+    func storeUnavailable() async throws {
+        try await withBroker(store: .memory) { b in
+            // The same broker code over a store whose Redis is gone.
+            let dead = DeadStore()
+            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+            let app = try await buildBroker(
+                b.config, dependencies: BrokerDependencies(store: dead, keyring: b.keyring, repository: try b.database.repository()),
+                logger: quietLogger) { cont.yield($0) }
+            let task = Task { try await app.runService(gracefulShutdownSignals: []) }
+            defer { task.cancel() }
+            var it = ports.makeAsyncIterator()
+            let url = "http://127.0.0.1:\(await it.next()!)"
+            let r = try await b.post("/api/kis/token", accountBody(appKey("st")), jwt: try await b.jwt("u1"), base: url)
+            #expect(r.status == 503)
+            #expect(r.code == "store_unavailable")
+            let ready = try await b.get("/readyz", jwt: nil, base: url)
+            #expect(ready.status == 503)
+        }
+    }
+
+    @Test("health, readiness, metrics, 404, 405 and CORS")
+    func operations() async throws {
+        try await withBroker { b in
+            #expect(try await b.get("/healthz", jwt: nil).json["status"] as? String == "ok")
+            #expect(try await b.get("/readyz", jwt: nil).json["status"] as? String == "ready")
+            let metrics = try await b.get("/metrics", jwt: nil)
+            #expect(metrics.status == 200)
+            #expect(metrics.header("content-type")?.hasPrefix("text/plain") == true)
+            let unknown = try await b.get("/nope", jwt: nil)
+            #expect(unknown.status == 404)
+            #expect(unknown.code == "not_found")
+            let wrong = try await http(.PUT, b.url + "/api/kis/token")
+            #expect(wrong.status == 405)
+            #expect(wrong.header("allow") == "POST, OPTIONS")
+            let preflight = try await http(.OPTIONS, b.url + "/api/kis/token", headers: [
+                ("Origin", "http://localhost:3000"), ("Access-Control-Request-Method", "POST"),
+            ])
+            #expect(preflight.status == 204)
+            #expect(preflight.header("access-control-allow-origin") == "http://localhost:3000")
+            let denied = try await http(.OPTIONS, b.url + "/api/kis/token", headers: [
+                ("Origin", "http://evil.example"), ("Access-Control-Request-Method", "POST"),
+            ])
+            #expect(denied.status == 403)
+            let cross = try await http(.GET, b.url + "/api/kis/account?environment=LIVE", headers: [
+                ("Origin", "http://localhost:3000"), ("Authorization", "Bearer " + (try await b.jwt("u1"))),
+            ])
+            #expect(cross.status == 404)
+            #expect(cross.header("access-control-allow-origin") == "http://localhost:3000")
+            // The demo sign-in exists only in demo mode; `/` and `/ui` are left to the web UI.
+            #expect(try await b.post("/api/dev/signin", ["userId": "alice"], jwt: nil).status == 404)
+            #expect(try await b.get("/", jwt: nil).status == 404)
+        }
+    }
+
+    @Test("demo mode: sign-in mints a 12-hour JWT for a valid user id; extra routes mount beside the API")
+    func demoSignIn() async throws {
+        try await withBroker(demoMode: true) { b in
+            let r = try await b.post("/api/dev/signin", ["userId": "alice@example.com"], jwt: nil)
+            #expect(r.status == 200)
+            let token = try #require(r.json["token"] as? String)
+            let verifier = try await JWTVerifier(settings: .init(config: b.config.auth.jwt))
+            let session = try await verifier.verify(token, now: b.clock.now())
+            #expect(session.userID == "alice@example.com")
+            let life = session.validUntil.timeIntervalSince(b.clock.now())
+            #expect(life > 12 * 3600 - 60 && life <= 12 * 3600 + TimeInterval(b.config.auth.jwt.leewayS) + 1)
+            #expect(try await b.get("/api/kis/account?environment=LIVE", jwt: token).code == "account_not_found")
+            for bad in ["", "a b", String(repeating: "x", count: 65), "semi;colon"] {
+                #expect(try await b.post("/api/dev/signin", ["userId": bad], jwt: nil).code == "invalid_parameter")
+            }
+            #expect(try await b.post("/api/dev/signin", ["user": "x"], jwt: nil).status == 400)
+        }
+    }
+
+    @Test("extra routes from the caller share the router")
+    func extraRoutes() async throws {
+        try await withBroker { b in
+            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+            let deps = BrokerDependencies(
+                store: b.store, keyring: b.keyring, repository: try b.database.repository(),
+                extraRoutes: { router in router.get("/ui/hello") { _, _ in "hi" } })
+            let app = try await buildBroker(b.config, dependencies: deps, logger: quietLogger) { cont.yield($0) }
+            let task = Task { try await app.runService(gracefulShutdownSignals: []) }
+            defer { task.cancel() }
+            var it = ports.makeAsyncIterator()
+            let url = "http://127.0.0.1:\(await it.next()!)"
+            let r = try await http(.GET, url + "/ui/hello")
+            #expect(r.status == 200)
+            #expect(r.text == "hi")
+        }
+    }
+}
+
+/// A shared store whose backend is gone: every call fails as Redis's would.
+struct DeadStore: SharedStore {
+    var keyPrefix: String { "dead:" }
+    private var down: StoreError { StoreError(.unavailable, "the store is gone") }
+    func get(_ key: String) async throws(StoreError) -> ByteBuffer? { throw down }
+    func set(_ key: String, to value: ByteBuffer, ttl: Duration?) async throws(StoreError) { throw down }
+    func setIfAbsent(_ key: String, to value: ByteBuffer, ttl: Duration?) async throws(StoreError) -> Bool { throw down }
+    func compareAndSet(_ key: String, expected: ByteBuffer?, newValue: ByteBuffer?, ttl: Duration?) async throws(StoreError)
+        -> Bool
+    { throw down }
+    func delete(_ key: String) async throws(StoreError) -> Bool { throw down }
+    func timeToLive(_ key: String) async throws(StoreError) -> StoreTTL { throw down }
+    func setAdd(_ key: String, members: [String], ttlAtLeast: Duration?) async throws(StoreError) -> Int { throw down }
+    func setRemove(_ key: String, members: [String]) async throws(StoreError) -> Int { throw down }
+    func setMembers(_ key: String) async throws(StoreError) -> Set<String> { throw down }
+    func acquireLock(_ key: String, ttl: Duration) async throws(StoreError) -> StoreLock? { throw down }
+    func renewLock(_ lock: StoreLock, ttl: Duration) async throws(StoreError) -> Bool { throw down }
+    func releaseLock(_ lock: StoreLock) async throws(StoreError) -> Bool { throw down }
+    func rateLimit(_ key: String, limit: RateLimit, cost: Int, maxWait: Duration) async throws(StoreError)
+        -> RateLimitDecision
+    { throw down }
+    func publish(_ message: ByteBuffer, to channel: String) async throws(StoreError) { throw down }
+    func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription { throw down }
+}

@@ -1,0 +1,308 @@
+import AsyncHTTPClient
+import Broker
+import Foundation
+import Hummingbird
+import KIS
+import KisgwConfiguration
+import Logging
+import NIOCore
+import NIOHTTP1
+import Observability
+import PostgresNIO
+import Prometheus
+import Redis
+import ServerKit
+import Simulator
+import Store
+import Synchronization
+import Testing
+import Tokens
+
+let testSecret = "broker-test-secret-of-at-least-32-bytes!"
+let redisURL = ProcessInfo.processInfo.environment["KISGW_TEST_REDIS_URL"]
+let postgresURL = ProcessInfo.processInfo.environment["KISGW_TEST_POSTGRES_URL"]
+
+var quietLogger: Logger {
+    var logger = Logger(label: "broker-test")
+    logger.logLevel = .warning
+    return logger
+}
+
+enum StoreKind: String, Sendable, CaseIterable, CustomTestStringConvertible {
+    case memory, redis
+    /// Memory always; Redis when KISGW_TEST_REDIS_URL is set.
+    static var available: [StoreKind] { redisURL == nil ? [.memory] : [.memory, .redis] }
+    var testDescription: String { rawValue }
+}
+
+enum DatabaseKind: String, Sendable, CaseIterable, CustomTestStringConvertible {
+    case sqlite, postgres
+    /// SQLite always; PostgreSQL when KISGW_TEST_POSTGRES_URL is set.
+    static var available: [DatabaseKind] { postgresURL == nil ? [.sqlite] : [.sqlite, .postgres] }
+    var testDescription: String { rawValue }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+/// A store for one test: the memory store, or Redis under a unique prefix (database `db`).
+func makeStore(_ kind: StoreKind, db: Int? = nil) throws -> (any SharedStore, RedisClient?) {
+    let prefix = "b\(UInt32.random(in: 0...UInt32.max)):"
+    switch kind {
+    case .memory:
+        return (MemoryStore(keyPrefix: prefix), nil)
+    case .redis:
+        guard var url = redisURL else { throw TestFailure("KISGW_TEST_REDIS_URL is not set") }
+        if let db, let slash = url.lastIndex(of: "/"), url[url.index(after: slash)...].allSatisfy(\.isNumber) {
+            url = String(url[..<slash]) + "/\(db)"
+        }
+        let client = try RedisClient(url: url, logger: quietLogger)
+        return (RedisStore(client: client, keyPrefix: prefix), client)
+    }
+}
+
+/// Where a test's database lives: an SQLite file in a fresh folder, or a fresh PostgreSQL database.
+struct TestDatabase: Sendable {
+    let kind: DatabaseKind
+    /// The SQLite file, or the PostgreSQL URL.
+    let location: String
+
+    static func make(_ kind: DatabaseKind) async throws -> TestDatabase {
+        switch kind {
+        case .sqlite:
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-broker-\(UUID().uuidString)")
+            return TestDatabase(kind: .sqlite, location: dir.appendingPathComponent("data/broker.sqlite").path)
+        case .postgres:
+            guard let postgresURL else { throw TestFailure("KISGW_TEST_POSTGRES_URL is not set") }
+            let name = "kisgw_t\(UInt32.random(in: 0...UInt32.max))"
+            let admin = PostgresClient(configuration: try PostgresRepository.configuration(url: postgresURL))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await admin.run() }
+                try await admin.query("CREATE DATABASE \(unescaped: name)")
+                group.cancelAll()
+            }
+            var c = URLComponents(string: postgresURL)!
+            c.path = "/" + name
+            return TestDatabase(kind: .postgres, location: c.string!)
+        }
+    }
+
+    /// A new repository on this database (several may share it, like several broker copies).
+    func repository() throws -> any BrokerRepository {
+        switch kind {
+        case .sqlite: try SQLiteRepository(path: location)
+        case .postgres: try PostgresRepository(url: location, logger: quietLogger)
+        }
+    }
+
+    var config: BrokerDatabase {
+        switch kind {
+        case .sqlite: .sqlite(path: location)
+        case .postgres: .postgres(url: Secret(location))
+        }
+    }
+}
+
+/// Runs `body` with a migrated repository (running its client if it needs one).
+func withRepository<T: Sendable>(
+    _ db: TestDatabase, _ body: @Sendable (any BrokerRepository) async throws -> T
+) async throws -> T {
+    let repository = try db.repository()
+    return try await withThrowingTaskGroup(of: Void.self) { group in
+        if let pg = repository as? PostgresRepository { group.addTask { try await pg.run() } }
+        defer { group.cancelAll() }
+        try await repository.migrate()
+        return try await body(repository)
+    }
+}
+
+/// A wall clock that tests move forward together with the simulator's token clock.
+final class TestClock: Sendable {
+    private let offset = Mutex<TimeInterval>(0)
+    func now() -> Date { Date().addingTimeInterval(offset.withLock { $0 }) }
+    func advance(_ seconds: TimeInterval) { offset.withLock { $0 += seconds } }
+}
+
+/// One running broker of a fixture.
+struct RunningBroker: Sendable {
+    let url: String
+    let registry: PrometheusCollectorRegistry
+    let holdsLease: Flag
+    let task: Task<Void, any Error>
+}
+
+/// A flag another task sets.
+final class Flag: Sendable {
+    let value = Atomic<Bool>(false)
+    var current: Bool { value.load(ordering: .relaxed) }
+}
+
+/// A simulator, a store and one or more brokers sharing a database.
+struct BrokerFixture: Sendable {
+    let brokers: [RunningBroker]
+    let simURL: String
+    let store: any SharedStore
+    let redis: RedisClient?
+    let keyring: SealKeyring
+    let database: TestDatabase
+    let clock: TestClock
+    let config: KisgwConfig
+
+    var url: String { brokers[0].url }
+
+    func jwt(_ sub: String, ttl: TimeInterval = 600) async throws -> String {
+        try await JWTVerifier.mintHS256(secret: Array(testSecret.utf8), sub: sub, ttl: ttl, now: clock.now())
+    }
+
+    func post(_ path: String, _ json: [String: Any], jwt: String?, base: String? = nil) async throws -> HTTPResult {
+        var headers = [("content-type", "application/json")]
+        if let jwt { headers.append(("Authorization", "Bearer " + jwt)) }
+        let body = String(decoding: try JSONSerialization.data(withJSONObject: json), as: UTF8.self)
+        return try await http(.POST, (base ?? url) + path, headers: headers, body: body)
+    }
+
+    func get(_ path: String, jwt: String?, base: String? = nil) async throws -> HTTPResult {
+        try await http(.GET, (base ?? url) + path, headers: jwt.map { [("Authorization", "Bearer " + $0)] } ?? [])
+    }
+
+    func delete(_ path: String, jwt: String?) async throws -> HTTPResult {
+        try await http(.DELETE, url + path, headers: jwt.map { [("Authorization", "Bearer " + $0)] } ?? [])
+    }
+
+    func sim(_ method: HTTPMethod, _ path: String, _ json: String? = nil) async throws -> HTTPResult {
+        try await http(method, simURL + path, headers: json == nil ? [] : [("content-type", "application/json")], body: json)
+    }
+
+    /// Tokens KIS has handed out (`/__sim/stats` `issuances`).
+    func issuances() async throws -> Int { try await sim(.GET, "/__sim/stats").json["issuances"] as? Int ?? -1 }
+    func simCalls(_ name: String) async throws -> Int {
+        ((try await sim(.GET, "/__sim/stats").json["calls"] as? [String: Int]) ?? [:])[name] ?? 0
+    }
+
+    /// Moves the simulator's token clock and the brokers' clock forward together.
+    func advanceClocks(_ seconds: Int) async throws {
+        _ = try await sim(.POST, "/__sim/clock", #"{"advance_s": \#(seconds)}"#)
+        clock.advance(TimeInterval(seconds))
+    }
+
+    func published(_ token: String) async throws -> PublishedToken? {
+        try await TokenDirectory.resolve(token: token, store: store, keyring: keyring)
+    }
+}
+
+func accountBody(_ appKey: String, secret: String? = nil, number: String = "12345678-01", env: String = "SANDBOX")
+    -> [String: Any]
+{
+    ["appKey": appKey, "appSecret": secret ?? "secret-" + appKey, "accountNumber": number, "environment": env]
+}
+
+/// An app key in KIS's shape (36 characters).
+func appKey(_ tag: String) -> String {
+    let base = "PS" + tag + String(repeating: "x", count: 36)
+    return String(base.prefix(32)) + "wxyz"
+}
+
+func testConfig(simURL: String, database: BrokerDatabase, refreshIntervalS: Int = 60, refreshAheadS: Int = 3600,
+                reuseWindowS: Int = 21600, reconcileIntervalS: Int = 60, upstreamTimeoutMs: Int = 3000) -> KisgwConfig
+{
+    KisgwConfig(
+        cors: .init(allowOrigins: [OriginPattern("http://localhost:3000")!], allowCredentials: true, maxAgeS: 600),
+        auth: .init(jwt: .init(algorithms: [.hs256], hs256Secret: Secret(testSecret))),
+        kis: .init(liveURL: simURL, sandboxURL: simURL),
+        upstream: .init(timeoutMs: upstreamTimeoutMs, maxQueueMs: 2000, retries: 0),
+        broker: .init(host: "127.0.0.1", port: 0, database: database, refreshIntervalS: refreshIntervalS,
+                      refreshAheadS: refreshAheadS, reuseWindowS: reuseWindowS, reconcileIntervalS: reconcileIntervalS))
+}
+
+/// Runs a simulator, a store, and `count` brokers on one database, for the duration of `body`.
+func withBroker<T: Sendable>(
+    store kind: StoreKind = .memory,
+    database dbKind: DatabaseKind = .sqlite,
+    redisDB: Int? = nil,
+    sim simConfig: SimulatorConfiguration = SimulatorConfiguration(port: 0, environment: .sandbox),
+    brokers count: Int = 1,
+    demoMode: Bool = false,
+    keyring: SealKeyring = .ephemeral(),
+    config makeConfig: @escaping @Sendable (_ simURL: String, _ db: BrokerDatabase) -> KisgwConfig = {
+        testConfig(simURL: $0, database: $1)
+    },
+    _ body: @Sendable (BrokerFixture) async throws -> T
+) async throws -> T {
+    let logger = quietLogger
+    let (store, redis) = try makeStore(kind, db: redisDB)
+    let database = try await TestDatabase.make(dbKind)
+    let clock = TestClock()
+    let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
+    var simConfig = simConfig
+    simConfig.port = 0
+    let sim = try await buildSimulator(simConfig, logger: logger) { simCont.yield($0) }
+    return try await withThrowingTaskGroup(of: Void.self) { group in
+        if let redis { group.addTask { await redis.run() } }
+        group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
+        var it = simPorts.makeAsyncIterator()
+        let simURL = "http://127.0.0.1:\(await it.next()!)"
+        let config = makeConfig(simURL, database.config)
+        var brokers: [RunningBroker] = []
+        for _ in 0..<count {
+            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+            let registry = PrometheusCollectorRegistry()
+            let lease = Flag()
+            var deps = BrokerDependencies(
+                store: store, keyring: keyring, metricsRegistry: registry, demoMode: demoMode,
+                repository: try database.repository(), clock: { clock.now() })
+            deps.onLeaseChange = { lease.value.store($0, ordering: .relaxed) }
+            let app = try await buildBroker(config, dependencies: deps, logger: logger) { cont.yield($0) }
+            let task = Task { try await app.runService(gracefulShutdownSignals: []) }
+            var pit = ports.makeAsyncIterator()
+            guard let port = await pit.next() else { throw TestFailure("the broker did not start") }
+            brokers.append(RunningBroker(url: "http://127.0.0.1:\(port)", registry: registry, holdsLease: lease, task: task))
+        }
+        let fixture = BrokerFixture(brokers: brokers, simURL: simURL, store: store, redis: redis, keyring: keyring,
+                                    database: database, clock: clock, config: config)
+        defer {
+            for b in brokers { b.task.cancel() }
+            group.cancelAll()
+            if database.kind == .sqlite {
+                try? FileManager.default.removeItem(
+                    atPath: URL(fileURLWithPath: database.location).deletingLastPathComponent().deletingLastPathComponent().path)
+            }
+        }
+        return try await body(fixture)
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+func eventually(
+    timeout: Duration = .seconds(10), _ condition: @Sendable () async throws -> Bool
+) async throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    return try await condition()
+}
+
+struct HTTPResult: Sendable {
+    let status: Int
+    let headers: [(String, String)]
+    let body: Data
+    func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name.lowercased() }?.1 }
+    var json: [String: Any] { (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:] }
+    var text: String { String(decoding: body, as: UTF8.self) }
+    var code: String? { json["code"] as? String }
+}
+
+func http(_ method: HTTPMethod, _ url: String, headers: [(String, String)] = [], body: String? = nil,
+          timeout: TimeAmount = .seconds(30)) async throws -> HTTPResult {
+    var request = HTTPClientRequest(url: url)
+    request.method = method
+    for (n, v) in headers { request.headers.add(name: n, value: v) }
+    if let body { request.body = .bytes(ByteBuffer(string: body)) }
+    let response = try await HTTPClient.shared.execute(request, timeout: timeout)
+    let bytes = try await response.body.collect(upTo: 16 << 20)
+    return HTTPResult(status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) },
+                      body: Data(bytes.readableBytesView))
+}

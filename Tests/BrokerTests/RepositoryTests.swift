@@ -1,0 +1,200 @@
+import Foundation
+import KIS
+import Logging
+import Store
+import Testing
+import Tokens
+
+@testable import Broker
+
+@Suite("Broker storage: one contract, SQLite and PostgreSQL")
+struct RepositoryContractTests {
+    static func account(_ user: String, _ env: KISEnvironment = .sandbox, kid: String = "k1", at t: Int64 = 1000)
+        -> StoredAccount
+    {
+        StoredAccount(userID: user, environment: env, appKey: "sealed-key-\(user)", appSecret: "sealed-secret",
+                      accountNumber: "sealed-number", kid: kid, isActive: true, createdAt: t, updatedAt: t)
+    }
+
+    static func token(_ user: String, _ sha: String, issuedAt: Int64, status: TokenStatus = .active,
+                      env: KISEnvironment = .sandbox) -> StoredToken
+    {
+        StoredToken(userID: user, environment: env, accessToken: "sealed-\(sha)", tokenSHA256: sha, kid: "k1",
+                    issuedAt: issuedAt, expiresAt: issuedAt + 86400, status: status, updatedAt: issuedAt)
+    }
+
+    @Test("migrations run twice without harm; accounts upsert per user and environment, keeping created_at",
+          arguments: DatabaseKind.available)
+    func accounts(kind: DatabaseKind) async throws {
+        let db = try await TestDatabase.make(kind)
+        try await withRepository(db) { repo in
+            try await repo.migrate()
+            #expect(try await repo.account(userID: "u1", environment: .sandbox) == nil)
+            try await repo.saveAccount(Self.account("u1"), token: nil)
+            try await repo.saveAccount(Self.account("u1", .live), token: nil)
+            var changed = Self.account("u1", at: 2000)
+            changed.accountNumber = "sealed-other"
+            try await repo.saveAccount(changed, token: nil)
+            let got = try #require(try await repo.account(userID: "u1", environment: .sandbox))
+            #expect(got.accountNumber == "sealed-other")
+            #expect(got.createdAt == 1000)
+            #expect(got.updatedAt == 2000)
+            #expect(try await repo.allAccounts().count == 2)
+            try await repo.setAccountActive(userID: "u1", environment: .sandbox, isActive: false, updatedAt: 3000)
+            #expect(try await repo.account(userID: "u1", environment: .sandbox)?.isActive == false)
+            #expect(try await repo.account(userID: "u1", environment: .live)?.isActive == true)
+        }
+    }
+
+    @Test("tokens: newest first, upsert by sha256, status changes, delete takes the account's tokens",
+          arguments: DatabaseKind.available)
+    func tokens(kind: DatabaseKind) async throws {
+        let db = try await TestDatabase.make(kind)
+        try await withRepository(db) { repo in
+            try await repo.saveAccount(Self.account("u1"), token: Self.token("u1", "a", issuedAt: 100))
+            try await repo.saveToken(Self.token("u1", "b", issuedAt: 200))
+            try await repo.saveAccount(Self.account("u2"), token: Self.token("u2", "c", issuedAt: 150))
+            #expect(try await repo.tokens(userID: "u1", environment: .sandbox).map(\.tokenSHA256) == ["b", "a"])
+            var again = Self.token("u1", "a", issuedAt: 100)
+            again.expiresAt = 5
+            try await repo.saveToken(again)
+            #expect(try await repo.tokens(userID: "u1", environment: .sandbox).count == 2)
+            #expect(try await repo.tokens(userID: "u1", environment: .sandbox).last?.expiresAt == 5)
+            try await repo.setStatus(.revoked, tokenSHA256s: ["a", "c"], updatedAt: 300)
+            #expect(Set(try await repo.tokens(status: .revoked).map(\.tokenSHA256)) == ["a", "c"])
+            #expect(try await repo.tokens(status: .active).map(\.tokenSHA256) == ["b"])
+            #expect(try await repo.deleteAccount(userID: "u1", environment: .sandbox))
+            #expect(try await repo.deleteAccount(userID: "u1", environment: .sandbox) == false)
+            #expect(try await repo.tokens(userID: "u1", environment: .sandbox).isEmpty)
+            #expect(try await repo.tokens(userID: "u2", environment: .sandbox).count == 1)
+        }
+    }
+
+    @Test("re-sealing replaces a row only while it still has the expected key id", arguments: DatabaseKind.available)
+    func resealCompareAndSet(kind: DatabaseKind) async throws {
+        let db = try await TestDatabase.make(kind)
+        try await withRepository(db) { repo in
+            try await repo.saveAccount(Self.account("u1"), token: Self.token("u1", "a", issuedAt: 100))
+            var fresh = Self.account("u1", kid: "k2")
+            fresh.appSecret = "resealed"
+            #expect(try await repo.replaceAccountSeal(fresh, expectedKid: "k1"))
+            #expect(try await repo.replaceAccountSeal(fresh, expectedKid: "k1") == false)
+            #expect(try await repo.account(userID: "u1", environment: .sandbox)?.appSecret == "resealed")
+            #expect(try await repo.replaceTokenSeal(tokenSHA256: "a", accessToken: "x", kid: "k2", expectedKid: "k1"))
+            #expect(try await repo.replaceTokenSeal(tokenSHA256: "a", accessToken: "y", kid: "k3", expectedKid: "k1") == false)
+            #expect(try await repo.tokens(userID: "u1", environment: .sandbox).first?.kid == "k2")
+        }
+    }
+
+    @Test("the SQLite file and its folders are created on first start")
+    func sqliteCreatesFile() async throws {
+        let db = try await TestDatabase.make(.sqlite)
+        #expect(!FileManager.default.fileExists(atPath: db.location))
+        try await withRepository(db) { repo in try await repo.ping() }
+        #expect(FileManager.default.fileExists(atPath: db.location))
+    }
+}
+
+@Suite("Broker sealing: per-field AES-256-GCM with key ids, and rotation")
+struct VaultTests {
+    static func key(_ byte: UInt8) -> [UInt8] { [UInt8](repeating: byte, count: 32) }
+
+    static let account = Account(
+        userID: "42", environment: .live, appKey: "PSabcdefghijklmnopqrstuvwxyz012345", appSecret: "very-secret",
+        accountNumber: "12345678-01", createdAt: 1, updatedAt: 1)
+
+    @Test("sealed fields open with the seal key and not without it, nor in another row or column")
+    func sealing() throws {
+        let vault = AccountVault(keyring: try SealKeyring(current: "k1", keys: ["k1": Self.key(1)]))
+        let row = try vault.seal(Self.account)
+        #expect(row.kid == "k1")
+        for field in [row.appKey, row.appSecret, row.accountNumber] {
+            #expect(!field.contains("very-secret") && !field.contains("12345678") && !field.contains("PSabcdef"))
+        }
+        #expect(try vault.open(row) == Self.account)
+        let stranger = AccountVault(keyring: try SealKeyring(current: "k1", keys: ["k1": Self.key(2)]))
+        #expect(throws: StoreError.self) { try stranger.open(row) }
+        var swapped = row
+        swapped.appKey = row.appSecret
+        #expect(throws: StoreError.self) { try vault.open(swapped) }
+        var moved = row
+        moved.userID = "43"
+        #expect(throws: StoreError.self) { try vault.open(moved) }
+
+        let token = BrokerToken(userID: "42", environment: .live, accessToken: "eyJ.token", issuedAt: 1, expiresAt: 2)
+        let sealedToken = try vault.seal(token, updatedAt: 1)
+        #expect(!sealedToken.accessToken.contains("eyJ.token"))
+        #expect(try vault.open(sealedToken) == token)
+        #expect(throws: StoreError.self) { try stranger.open(sealedToken) }
+    }
+
+    @Test("rotation: a new current key re-encrypts old rows at start-up; the old key can then go",
+          arguments: DatabaseKind.available)
+    func rotation(kind: DatabaseKind) async throws {
+        let db = try await TestDatabase.make(kind)
+        let old = AccountVault(keyring: try SealKeyring(current: "k1", keys: ["k1": Self.key(1)]))
+        let both = AccountVault(keyring: try SealKeyring(current: "k2", keys: ["k1": Self.key(1), "k2": Self.key(2)]))
+        let onlyNew = AccountVault(keyring: try SealKeyring(current: "k2", keys: ["k2": Self.key(2)]))
+        let token = BrokerToken(userID: "42", environment: .live, accessToken: "eyJ.token", issuedAt: 1, expiresAt: 2)
+        try await withRepository(db) { repo in
+            try await repo.saveAccount(try old.seal(Self.account), token: try old.seal(token, updatedAt: 1))
+            let stored = try #require(try await repo.account(userID: "42", environment: .live))
+            #expect(throws: StoreError.self) { try onlyNew.open(stored) }
+            #expect(try await both.resealStaleRows(in: repo, logger: quietLogger) == 2)
+            #expect(try await both.resealStaleRows(in: repo, logger: quietLogger) == 0)
+            let rotated = try #require(try await repo.account(userID: "42", environment: .live))
+            #expect(rotated.kid == "k2")
+            #expect(try onlyNew.open(rotated) == Self.account)
+            let t = try #require(try await repo.tokens(userID: "42", environment: .live).first)
+            #expect(t.kid == "k2")
+            #expect(try onlyNew.open(t) == token)
+        }
+    }
+}
+
+@Suite("Broker rules without sockets")
+struct BrokerRuleTests {
+    @Test("backoff doubles from the base up to the cap, jittered into the upper half, and resets on success")
+    func backoff() {
+        var b = RefreshBackoff(base: 10, cap: 100)
+        #expect(b.mayAttempt("a", now: 0))
+        #expect(b.failed("a", now: 0, jitter: 1) == 10)
+        #expect(!b.mayAttempt("a", now: 9.9))
+        #expect(b.mayAttempt("a", now: 10))
+        #expect(b.failed("a", now: 10, jitter: 0) == 10)  // 20 · 0.5
+        #expect(b.failed("a", now: 20, jitter: 1) == 40)
+        #expect(b.failed("a", now: 60, jitter: 1) == 80)
+        #expect(b.failed("a", now: 140, jitter: 1) == 100)
+        #expect(b.failed("a", now: 240, jitter: 0.5) == 75)
+        #expect(b.failed("a", now: 0, jitter: 0, atLeast: 61) == 61)
+        #expect(b.mayAttempt("b", now: 0))
+        b.succeeded("a")
+        #expect(b.mayAttempt("a", now: 0))
+        #expect(b.failureCount("a") == 0)
+    }
+
+    @Test("account numbers: 8 digits, an optional dash, 2 digits", arguments: [
+        ("12345678-01", "12345678-01"), ("1234567801", "12345678-01"), ("1234567-801", nil), ("12345678-1", nil),
+        ("abcdefgh-01", nil), ("", nil), ("12345678--01", nil), ("１２３４５６７８-01", nil),
+    ] as [(String, String?)])
+    func accountNumbers(raw: String, normalized: String?) {
+        #expect(RequestForm.accountNumber(raw) == normalized)
+    }
+
+    @Test("masking shows the first and last four of an app key and hides the middle of an account number")
+    func masking() {
+        #expect(Mask.accountNumber("12345678-01") == "1234****-01")
+        #expect(Mask.appKey("PSabcdefghijklmnopqrstuvwxyz012345wxyz") == "PSab…wxyz")
+        #expect(Mask.appKey("short") == "****")
+    }
+
+    @Test("demo user ids: 1 to 64 letters, digits or -_.@")
+    func userIDs() {
+        #expect(RequestForm.isUserID("alice"))
+        #expect(RequestForm.isUserID("a.b-c_d@example.com"))
+        #expect(!RequestForm.isUserID(""))
+        #expect(!RequestForm.isUserID(String(repeating: "a", count: 65)))
+        #expect(!RequestForm.isUserID("a b"))
+        #expect(!RequestForm.isUserID("a/b"))
+    }
+}

@@ -1,0 +1,136 @@
+import Broker
+import Foundation
+import KIS
+import NIOCore
+import Redis
+import Simulator
+import Store
+import Testing
+import Tokens
+
+@Suite("Broker scheduler, reconciliation, several copies, and what the database holds")
+struct SchedulerTests {
+    @Test("the scheduler refreshes a token before KIS's expiry and publishes the new one (clock control)",
+          arguments: DatabaseKind.available)
+    func refreshBeforeExpiry(database: DatabaseKind) async throws {
+        try await withBroker(database: database, config: {
+            testConfig(simURL: $0, database: $1, refreshIntervalS: 1, refreshAheadS: 3600, reconcileIntervalS: 1)
+        }) { b in
+            let jwt = try await b.jwt("u1")
+            let first = try #require(try await b.post("/api/kis/token", accountBody(appKey("sc")), jwt: jwt).json["token"] as? String)
+            #expect(try await b.issuances() == 1)
+            // Nothing is due yet: a few scheduler passes later KIS has still been asked once.
+            try await Task.sleep(for: .milliseconds(2500))
+            #expect(try await b.issuances() == 1)
+
+            // 23.5 hours later, by both clocks: inside refresh_ahead_s and past the reuse window.
+            try await b.advanceClocks(86400 - 1800)
+            let refreshed = try await eventually { try await b.issuances() == 2 }
+            #expect(refreshed)
+            let account = try await eventually {
+                let r = try await b.get("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u1"))
+                return r.json["connected"] as? Bool == true
+            }
+            #expect(account)
+            let members = try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox))
+            #expect(members.contains(TokenDirectory.sha256(of: first)))
+            #expect(members.count == 2)
+            let newSHA = try #require(members.first { $0 != TokenDirectory.sha256(of: first) })
+            let record = try #require(try await b.store.get(TokenDirectory.recordKey(newSHA)))
+            let decoded = try JSONDecoder().decode(TokenRecord.self, from: Data(record.readableBytesView))
+            // KIS's expiry for the new token: 24 h after the advanced clock.
+            let expected = Int64(b.clock.now().timeIntervalSince1970) + 86400
+            #expect(abs(decoded.expires_at - expected) <= 5)
+            // And then it rests: the new token is not due.
+            try await Task.sleep(for: .milliseconds(2500))
+            #expect(try await b.issuances() == 2)
+        }
+    }
+
+    @Test("reconciliation puts back what the store lost (FLUSHALL) within the interval", arguments: StoreKind.available)
+    func flushRecovery(store: StoreKind) async throws {
+        try await withBroker(store: store, redisDB: 13, config: {
+            testConfig(simURL: $0, database: $1, refreshIntervalS: 1, reconcileIntervalS: 1)
+        }) { b in
+            let jwt = try await b.jwt("u1")
+            let token = try #require(try await b.post("/api/kis/token", accountBody(appKey("fl")), jwt: jwt).json["token"] as? String)
+            let sha = TokenDirectory.sha256(of: token)
+            if let redis = b.redis {
+                _ = try await redis.send(RedisCommand("FLUSHDB"))  // this test's own Redis database
+            } else {
+                try await b.store.delete(TokenDirectory.recordKey(sha))
+                try await b.store.delete(TokenDirectory.userKey("u1", .sandbox))
+            }
+            #expect(try await b.published(token) == nil)
+            // The record first, then the user's set: wait for both.
+            let back = try await eventually {
+                try await b.published(token) != nil
+                    && b.store.setMembers(TokenDirectory.userKey("u1", .sandbox)) == [sha]
+            }
+            #expect(back)
+            #expect(try await b.issuances() == 1)
+        }
+    }
+
+    @Test("two broker copies: one holds the scheduler lease, one KIS issuance per app key; the lease moves when its holder dies",
+          arguments: DatabaseKind.available)
+    func twoCopies(database: DatabaseKind) async throws {
+        let store: StoreKind = redisURL == nil ? .memory : .redis
+        try await withBroker(store: store, database: database, brokers: 2, config: {
+            testConfig(simURL: $0, database: $1, refreshIntervalS: 1, reconcileIntervalS: 1)
+        }) { b in
+            let one = try await eventually { b.brokers.filter(\.holdsLease.current).count == 1 }
+            #expect(one)
+            for _ in 0..<20 {
+                #expect(b.brokers.filter(\.holdsLease.current).count <= 1)
+                try await Task.sleep(for: .milliseconds(100))
+            }
+
+            // The same user asks both copies at once, several times: KIS issues one token.
+            let jwt = try await b.jwt("u1")
+            let key = appKey("two")
+            let tokens = try await withThrowingTaskGroup(of: String?.self) { group in
+                for i in 0..<6 {
+                    let base = b.brokers[i % 2].url
+                    group.addTask { try await b.post("/api/kis/token", accountBody(key), jwt: jwt, base: base).json["token"] as? String }
+                }
+                var out: [String?] = []
+                for try await t in group { out.append(t) }
+                return out
+            }
+            #expect(tokens.allSatisfy { $0 != nil })
+            #expect(Set(tokens.compactMap { $0 }).count == 1)
+            #expect(try await b.issuances() == 1)
+
+            // The holder dies; the other copy takes the lease over once it expires.
+            let holder = try #require(b.brokers.firstIndex { $0.holdsLease.current })
+            let other = 1 - holder
+            b.brokers[holder].task.cancel()
+            let moved = try await eventually(timeout: .seconds(15)) { b.brokers[other].holdsLease.current }
+            #expect(moved)
+        }
+    }
+
+    @Test("the database file holds no app key, secret, token or account number in clear")
+    func noPlaintextInFile() async throws {
+        let key = appKey("plain")
+        try await withBroker { b in
+            let jwt = try await b.jwt("u1")
+            let r = try await b.post("/api/kis/token", accountBody(key, secret: "s3cr3t-value-XYZ", number: "98765432-10"), jwt: jwt)
+            let token = try #require(r.json["token"] as? String)
+            _ = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: jwt)
+            let folder = URL(fileURLWithPath: b.database.location).deletingLastPathComponent()
+            let files = try FileManager.default.contentsOfDirectory(atPath: folder.path)
+            #expect(files.contains("broker.sqlite"))
+            var bytes = Data()
+            for f in files { bytes += try Data(contentsOf: folder.appendingPathComponent(f)) }
+            #expect(bytes.count > 0)
+            for secret in [key, "s3cr3t-value-XYZ", "98765432-10", "9876543210", "98765432", token, String(token.prefix(24))] {
+                #expect(bytes.range(of: Data(secret.utf8)) == nil, "found \(secret.prefix(6))… in the database file")
+            }
+            // What is there is the tables of the spec.
+            #expect(bytes.range(of: Data("kis_accounts".utf8)) != nil)
+            #expect(bytes.range(of: Data("kis_tokens".utf8)) != nil)
+        }
+    }
+}
