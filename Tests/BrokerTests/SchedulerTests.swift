@@ -64,8 +64,8 @@ struct SchedulerTests {
             #expect(try await b.published(token) == nil)
             // The record first, then the user's set: wait for both.
             let back = try await eventually {
-                try await b.published(token) != nil
-                    && b.store.setMembers(TokenDirectory.userKey("u1", .sandbox)) == [sha]
+                guard try await b.published(token) != nil else { return false }
+                return try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox)) == [sha]
             }
             #expect(back)
             #expect(try await b.issuances() == 1)
