@@ -27,13 +27,18 @@ APP_KEY = 'PSbrowserTestAppKey0001'
 APP_SECRET = 'browser-test-app-secret-0001'
 
 
-def free_port_base(span=10):
-    """A base port such that base..base+span-1 are free on 127.0.0.1 right now."""
+# Offsets from --port-base that `kisgw demo` may use (gateway, broker/UI, live and sandbox simulators).
+DEMO_PORT_OFFSETS = (0, 1, 2, 3, 4, 5, 80, 81, 1443, 1444, 21443, 21444)
+
+
+def free_port_base(span=10, offsets=None):
+    """A base port such that base+offset is free on 127.0.0.1 right now, for offsets 0..span-1 (or `offsets`)."""
+    offsets = offsets or range(span)
     for _ in range(200):
-        base = random.randrange(20000, 40000, span)
+        base = random.randrange(20000, 40000, 10)
         socks = []
         try:
-            for p in range(base, base + span):
+            for p in (base + o for o in offsets):
                 s = socket.socket()
                 s.bind(('127.0.0.1', p))
                 socks.append(s)
@@ -65,7 +70,7 @@ class Demo:
 @pytest.fixture(scope='session')
 def demo(tmp_path_factory):
     os.makedirs(ARTEFACTS, exist_ok=True)
-    base = free_port_base()
+    base = free_port_base(offsets=DEMO_PORT_OFFSETS)
     data = tmp_path_factory.mktemp('demo-data')
     cmd = os.environ.get('KISGW_DEMO_CMD')
     if cmd:
