@@ -225,6 +225,7 @@ func withBroker<T: Sendable>(
     brokers count: Int = 1,
     demoMode: Bool = false,
     keyring: SealKeyring = .ephemeral(),
+    existingDatabase: TestDatabase? = nil,
     config makeConfig: @escaping @Sendable (_ simURL: String, _ db: BrokerDatabase) -> KisgwConfig = {
         testConfig(simURL: $0, database: $1)
     },
@@ -232,7 +233,8 @@ func withBroker<T: Sendable>(
 ) async throws -> T {
     let logger = quietLogger
     let (store, redis) = try makeStore(kind, db: redisDB)
-    let database = try await TestDatabase.make(dbKind)
+    let database: TestDatabase
+    if let existingDatabase { database = existingDatabase } else { database = try await TestDatabase.make(dbKind) }
     let clock = TestClock()
     let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
     var simConfig = simConfig
@@ -264,7 +266,7 @@ func withBroker<T: Sendable>(
         defer {
             for b in brokers { b.task.cancel() }
             group.cancelAll()
-            if database.kind == .sqlite {
+            if database.kind == .sqlite && existingDatabase == nil {
                 try? FileManager.default.removeItem(
                     atPath: URL(fileURLWithPath: database.location).deletingLastPathComponent().deletingLastPathComponent().path)
             }

@@ -111,6 +111,36 @@ struct SchedulerTests {
         }
     }
 
+    @Test("key rotation: a broker started with a new current key re-encrypts every row and still serves the account",
+          arguments: DatabaseKind.available)
+    func rotationAtStart(database: DatabaseKind) async throws {
+        let k1 = [UInt8](repeating: 1, count: 32), k2 = [UInt8](repeating: 2, count: 32)
+        let db = try await TestDatabase.make(database)
+        let token = try await withBroker(keyring: try SealKeyring(current: "k1", keys: ["k1": k1]), existingDatabase: db) { b in
+            try #require(try await b.post("/api/kis/token", accountBody(appKey("rot")), jwt: try await b.jwt("u1")).json["token"] as? String)
+        }
+        let rotated = try SealKeyring(current: "k2", keys: ["k1": k1, "k2": k2])
+        try await withBroker(keyring: rotated, existingDatabase: db) { b in
+            // The server answers only after start-up work, re-encryption included.
+            let r = try await b.get("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u1"))
+            #expect(r.json["connected"] as? Bool == true)
+            let again = try await b.post("/api/kis/token", accountBody(appKey("rot")), jwt: try await b.jwt("u1"))
+            #expect(again.json["token"] as? String == token)
+        }
+        try await withRepository(db) { repo in
+            let account = try #require(try await repo.account(userID: "u1", environment: .sandbox))
+            #expect(account.kid == "k2")
+            #expect(try await repo.tokens(userID: "u1", environment: .sandbox).allSatisfy { $0.kid == "k2" })
+            let onlyK2 = AccountVault(keyring: try SealKeyring(current: "k2", keys: ["k2": k2]))
+            #expect(try onlyK2.open(account).appKey == appKey("rot"))
+            let onlyK1 = AccountVault(keyring: try SealKeyring(current: "k1", keys: ["k1": k1]))
+            #expect(throws: StoreError.self) { try onlyK1.open(account) }
+        }
+        if db.kind == .sqlite {
+            try? FileManager.default.removeItem(atPath: URL(fileURLWithPath: db.location).deletingLastPathComponent().path)
+        }
+    }
+
     @Test("the database file holds no app key, secret, token or account number in clear")
     func noPlaintextInFile() async throws {
         let key = appKey("plain")
