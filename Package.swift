@@ -177,7 +177,6 @@ let package = Package(
             resources: [.copy("Resources")],
             swiftSettings: strict
         ),
-
         .target(
             name: "Broker",
             dependencies: [
@@ -217,6 +216,8 @@ let package = Package(
                 "Simulator",
                 "Store",
                 "Tokens",
+                "Web",
+                "KIS",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

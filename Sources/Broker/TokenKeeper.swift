@@ -158,8 +158,13 @@ final class TokenKeeper: Sendable {
             throw Problem(.accountNotFound, "no \(environment.rawValue) account is connected")
         }
         if let t = try await currentToken(userID, environment), refreshCanReuse(t, at: now) {
-            try await ensurePublished(t, account: account)
-            return t
+            // A gateway saw KIS refuse this token (EGW00123/EGW00121, e.g. after KIS maintenance): KIS would issue a
+            // new one, so handing the same token back would only fail again.
+            if (try? await TokenDirectory.deadReason(sha256: t.sha256, store: store)) == nil {
+                try await ensurePublished(t, account: account)
+                return t
+            }
+            try await repository.setStatus(.expired, tokenSHA256s: [t.sha256], updatedAt: now)
         }
         var fresh = account
         fresh.isActive = true
@@ -232,6 +237,11 @@ final class TokenKeeper: Sendable {
                 continue
             }
             if try await isPublished(row.tokenSHA256, userID: row.userID, environment: row.environment) { continue }
+            // KIS refused it (a gateway marked it dead): expire it rather than publish it again.
+            if try await TokenDirectory.deadReason(sha256: row.tokenSHA256, store: store) != nil {
+                expired.append(row.tokenSHA256)
+                continue
+            }
             let key = row.userID + "|" + row.environment.rawValue
             if accounts[key] == nil { accounts[key] = try await account(row.userID, row.environment) }
             guard let account = accounts[key] ?? nil else { continue }

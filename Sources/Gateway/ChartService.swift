@@ -7,6 +7,7 @@ import NIOCore
 import ServerKit
 import Store
 import Synchronization
+import Tokens
 
 /// Serves charts from the L1, then the shared store, then KIS — one coalesced, rate-limited fetch per key
 /// across every gateway sharing the store.
@@ -180,7 +181,11 @@ final class ChartService: Sendable {
     }
 
     /// KIS's per-second limit with headroom for network jitter, so the whole fleet never exceeds it.
-    static func effectiveRate(_ rate: Double) -> Double { 1 / (1.05 / rate + 0.005) }
+    ///
+    /// KIS counts calls in a sliding one-second window, so calls spaced exactly `1/rate` apart put `rate + 1` in
+    /// some windows once the network shifts them a little. Spacing them `1/(rate − 2)` apart (or `1.25/rate` for
+    /// small rates) keeps every window at least one call under the limit, with one interval of jitter to spare.
+    static func effectiveRate(_ rate: Double) -> Double { rate >= 4 ? rate - 2 : rate / 1.25 }
 
     private func fetchUpstream(
         _ query: ChartQuery, token: ResolvedToken, lock: StoreLock, lockTTL: Duration
@@ -257,13 +262,17 @@ final class ChartService: Sendable {
                     attempt += 1
                     try? await Task.sleep(for: .milliseconds(50 * (1 << attempt) + Int.random(in: 0..<50)))
                     continue
-                case .tokenExpired:
+                case .tokenExpired, .tokenInvalid:
+                    // KIS refused it before its stated expiry: forget it everywhere and tell the broker.
                     authorizer.forget(sha256: token.sha256)
+                    let store = self.store, sha = token.sha256, code = e.msgCode ?? "EGW00123"
+                    Task { try? await TokenDirectory.markDead(sha256: sha, msgCode: code, store: store) }
+                    if e.kind == .tokenInvalid {
+                        throw Problem(.kisTokenInvalid, "KIS refused the token", kisMsgCode: e.msgCode,
+                                      kisMessage: e.message)
+                    }
                     throw Problem(.kisTokenExpired, "KIS says the token has expired", kisMsgCode: e.msgCode,
                                   kisMessage: e.message)
-                case .tokenInvalid:
-                    authorizer.forget(sha256: token.sha256)
-                    throw Problem(.kisTokenInvalid, "KIS refused the token", kisMsgCode: e.msgCode, kisMessage: e.message)
                 case .rateLimited:
                     throw Problem(.rateLimited, "KIS refused the call as too frequent", retryAfter: 1,
                                   kisMsgCode: e.msgCode, kisMessage: e.message)

@@ -155,6 +155,20 @@ public enum TokenDirectory {
         try await store.publish(ByteBuffer(bytes: data), to: eventsChannel)
     }
 
+    public static func deadKey(_ sha256: String) -> String { "dead:" + sha256 }
+
+    /// Records that KIS refused a token as expired or invalid (`EGW00123`/`EGW00121`) before its stated expiry, so the
+    /// broker's refresh issues a new one instead of handing the same token back; gateways stop accepting it.
+    public static func markDead(sha256 sha: String, msgCode: String, store: any SharedStore) async throws(StoreError) {
+        try await store.set(deadKey(sha), to: ByteBuffer(string: msgCode), ttl: .seconds(86_400))
+        try await store.delete(recordKey(sha))
+    }
+
+    /// The KIS code a token was refused with, if a gateway saw KIS refuse it.
+    public static func deadReason(sha256 sha: String, store: any SharedStore) async throws(StoreError) -> String? {
+        try await store.get(deadKey(sha)).map { String(buffer: $0) }
+    }
+
     /// The record of `token`, opened; nil when there is none (unknown, revoked, or expired away).
     public static func resolve(token: String, store: any SharedStore, keyring: SealKeyring) async throws(StoreError)
         -> PublishedToken?

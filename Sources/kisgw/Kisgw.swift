@@ -10,6 +10,6 @@ struct Kisgw: AsyncParsableCommand {
             Roles: `sim` runs a simulator of the KIS Open API for local runs, tests and benchmarks.
             Configuration: gateway.toml (see the README), overridden by KISGW_<SECTION>_<KEY> variables.
             """,
-        subcommands: [GatewayCommand.self, BrokerCommand.self, SimCommand.self, JWTCommand.self]
+        subcommands: [DemoCommand.self, GatewayCommand.self, BrokerCommand.self, SimCommand.self, JWTCommand.self]
     )
 }

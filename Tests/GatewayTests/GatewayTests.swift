@@ -190,6 +190,10 @@ struct GatewayAuthTests {
                                     jwt: try await g.jwt("carol"), kis: kis)
             #expect(r.status == 401)
             #expect(r.code == "kis_token_expired")
+            // The broker is told (so its refresh issues a new token) and the record is gone for every gateway.
+            let sha = TokenDirectory.sha256(of: kis)
+            #expect(try await eventually { try await TokenDirectory.deadReason(sha256: sha, store: g.store) == "EGW00123" })
+            #expect(try await g.store.get(TokenDirectory.recordKey(sha)) == nil)
         }
     }
 }

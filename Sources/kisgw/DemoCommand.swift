@@ -1,0 +1,136 @@
+import ArgumentParser
+import Broker
+import Foundation
+import Gateway
+import KIS
+import KisgwConfiguration
+import Logging
+import Observability
+import ServerKit
+import ServiceLifecycle
+import Simulator
+import Tokens
+import Web
+
+/// `kisgw demo`: the whole system in one process on embedded defaults.
+struct DemoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "Run everything in one process: KIS simulators (live and sandbox), the broker on SQLite, the gateway, and the web UI.",
+        discussion: """
+            Prints the URL to open and a ready JWT; stops cleanly on Ctrl-C. The broker keeps its SQLite database and
+            the demo's generated secrets in the data folder. With KISGW_REDIS_URL set, the gateway and the broker share
+            that Redis instead of the in-process memory store. KISGW_DEMO_APP_KEY / KISGW_DEMO_APP_SECRET make the
+            simulators accept only that pair (any non-empty pair otherwise).
+            """
+    )
+
+    @Option(help: "First port: the gateway listens on it, the broker and UI on +80, the live simulator on +1443, the sandbox simulator on +21443.")
+    var portBase: Int = Int(ProcessInfo.processInfo.environment["KISGW_DEMO_PORT_BASE"] ?? "") ?? 8000
+
+    @Option(help: "Data folder (SQLite database and the demo's secrets).")
+    var data: String = ProcessInfo.processInfo.environment["KISGW_DEMO_DATA"] ?? "data/demo"
+
+    @Option(help: "Log level: trace … critical.") var logLevel: String = "notice"
+
+    func validate() throws {
+        guard (1024...44000).contains(portBase) else { throw ValidationError("--port-base must be from 1024 to 44000, got \(portBase)") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level must be trace … critical") }
+        if let key = ProcessInfo.processInfo.environment["KISGW_DEMO_APP_KEY"], key.isEmpty {
+            throw ValidationError("KISGW_DEMO_APP_KEY is set but empty")
+        }
+    }
+
+    /// Secrets generated on the first run and kept (mode 0600) so the SQLite rows stay readable across runs.
+    struct DemoSecrets: Codable {
+        var jwtSecret: String
+        var sealKeys: [String: String]
+        var sealCurrent: String
+    }
+
+    static func secrets(in folder: String) throws -> DemoSecrets {
+        let url = URL(fileURLWithPath: folder).appendingPathComponent("demo-secrets.json")
+        if let data = try? Data(contentsOf: url) {
+            guard let s = try? JSONDecoder().decode(DemoSecrets.self, from: data) else {
+                throw ValidationError("\(url.path) is not a demo secrets file; move it away to start afresh")
+            }
+            return s
+        }
+        func random(_ n: Int) -> String { Data((0..<n).map { _ in UInt8.random(in: 0...255) }).base64EncodedString() }
+        let s = DemoSecrets(jwtSecret: random(48), sealKeys: ["k1": random(32)], sealCurrent: "k1")
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try JSONEncoder().encode(s).write(to: url)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: url.path)
+        return s
+    }
+
+    func run() async throws {
+        let env = ProcessInfo.processInfo.environment
+        let secrets = try Self.secrets(in: data)
+        let gatewayPort = portBase, brokerPort = portBase + 80
+        let livePort = portBase + 1443, sandboxPort = portBase + 21443
+        let host = "127.0.0.1"
+        let uiOrigins = ["http://127.0.0.1:\(brokerPort)", "http://localhost:\(brokerPort)"]
+        var sealKeys: [String: SealKey] = [:]
+        for (id, b64) in secrets.sealKeys {
+            guard let bytes = Data(base64Encoded: b64), let key = SealKey(id: id, bytes: Array(bytes)) else {
+                throw ValidationError("the demo secrets file holds a bad seal key \(id)")
+            }
+            sealKeys[id] = key
+        }
+        let redisURL = env["KISGW_REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        var redis = KisgwConfig.Redis()
+        if let redisURL {
+            guard let url = RedisURL(redisURL) else { throw ValidationError("KISGW_REDIS_URL is not a redis:// URL") }
+            redis = KisgwConfig.Redis(url: url)
+        }
+        let config = KisgwConfig(
+            server: .init(host: host, port: gatewayPort),
+            cors: .init(allowOrigins: uiOrigins.compactMap { OriginPattern($0) }, allowCredentials: true, maxAgeS: 600),
+            auth: .init(jwt: .init(algorithms: [.hs256], hs256Secret: Secret(secrets.jwtSecret))),
+            redis: redis,
+            seal: .init(current: secrets.sealCurrent, keys: sealKeys),
+            kis: .init(liveURL: "http://\(host):\(livePort)", sandboxURL: "http://\(host):\(sandboxPort)"),
+            broker: .init(url: "http://\(host):\(brokerPort)", host: host, port: brokerPort,
+                          database: .sqlite(path: URL(fileURLWithPath: data).appendingPathComponent("broker.sqlite").path)),
+            log: .init(level: Logger.Level(rawValue: logLevel) ?? .notice, format: .text))
+        let runtime = try Runtime(config: config, label: "kisgw.demo")
+        let logger = runtime.logger
+
+        var credentials: [String: String]? = nil
+        if let key = env["KISGW_DEMO_APP_KEY"], let secret = env["KISGW_DEMO_APP_SECRET"] { credentials = [key: secret] }
+        let live = try await buildSimulator(
+            SimulatorConfiguration(host: host, port: livePort, environment: .live, credentials: credentials), logger: logger)
+        let sandbox = try await buildSimulator(
+            SimulatorConfiguration(host: host, port: sandboxPort, environment: .sandbox, credentials: credentials),
+            logger: logger)
+        let gateway = try await buildGateway(
+            config,
+            dependencies: GatewayDependencies(store: runtime.store, keyring: runtime.keyring,
+                                              metricsRegistry: runtime.registry, readiness: runtime.readiness),
+            logger: logger)
+        let uiConfig = #"{"gatewayUrl":"http://\#(host):\#(gatewayPort)","demo":true}"#
+        let broker = try await buildBroker(
+            config,
+            dependencies: BrokerDependencies(
+                store: runtime.store, keyring: runtime.keyring, metricsRegistry: runtime.registry, demoMode: true,
+                extraRoutes: { router in addWebRoutes(to: router, config: { uiConfig }) }),
+            logger: logger)
+        let jwt = try await JWTVerifier.mintHS256(secret: Array(secrets.jwtSecret.utf8), sub: "demo", ttl: 12 * 3600)
+        let banner = """
+            kisgw demo — 한국투자증권 Open API gateway, everything in one process
+            UI: http://\(host):\(brokerPort)/
+            Gateway: http://\(host):\(gatewayPort)
+            Broker: http://\(host):\(brokerPort)/api/kis
+            Simulator: http://\(host):\(sandboxPort) (sandbox)
+            Simulator (live): http://\(host):\(livePort)
+            Store: \(redisURL == nil ? "memory" : "redis")
+            Data: \(data)
+            JWT: \(jwt)
+            Open the UI, connect with any app key and secret (sandbox), and draw a chart. Ctrl-C stops.
+
+            """
+        FileHandle.standardOutput.write(Data(banner.utf8))
+        try await runtime.run([live, sandbox, gateway, broker])
+    }
+}
