@@ -298,17 +298,20 @@ struct GatewayUpstreamTests {
         }
     }
 
-    @Test("the per-app-key rate is shared: KIS never sees more than allowed, excess waits then gets 429")
-    func rateLimit() async throws {
+    @Test("the per-app-key rate is shared by every gateway: KIS never sees more than allowed, excess waits then gets 429",
+          arguments: StoreKind.allCases)
+    func rateLimit(kind: StoreKind) async throws {
+        guard kind == .memory || redisURL != nil else { return }
         let sim = SimulatorConfiguration(port: 0, environment: .sandbox, issueInterval: 0, ratePerSecond: 1)
-        try await withGateway(sim: sim, config: { testConfig(simURL: $0, maxQueueMs: 1500, sandboxRate: 1) }) { g, _ in
+        try await withGateway(store: kind, sim: sim, gateways: kind == .redis ? 2 : 1,
+                              config: { testConfig(simURL: $0, maxQueueMs: 1500, sandboxRate: 1) }) { g, urls in
             let kis = try await g.connect(user: "u7", appKey: "PSapp-rl", environment: .sandbox)
             let jwt = try await g.jwt("u7")
             let codes = try await withThrowingTaskGroup(of: Int.self) { group in
                 for i in 0..<6 {
                     group.addTask {
                         let r = try await g.get("/domestic/chart/daily/0\(10000 + i)0?start=2025-01-02&end=2025-01-31",
-                                                jwt: jwt, kis: kis)
+                                                jwt: jwt, kis: kis, base: urls[i % urls.count])
                         if r.status == 429 { #expect(r.header("Retry-After") != nil && r.code == "rate_limited") }
                         return r.status
                     }
