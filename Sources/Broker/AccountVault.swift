@@ -119,8 +119,13 @@ public struct AccountVault: Sendable {
     @discardableResult
     public func resealStaleRows(in repository: any BrokerRepository, logger: Logger) async throws -> Int {
         var count = 0
+        var unopenable = 0
         for row in try await repository.allAccounts() where row.kid != keyring.current {
-            let account = try open(row)
+            // A row whose key is gone cannot be re-encrypted; it is reported, and the rest go on.
+            guard let account = try? open(row) else {
+                unopenable += 1
+                continue
+            }
             var fresh = try seal(account)
             fresh.createdAt = row.createdAt
             fresh.updatedAt = row.updatedAt
@@ -128,7 +133,10 @@ public struct AccountVault: Sendable {
         }
         for status in TokenStatus.allCases {
             for row in try await repository.tokens(status: status) where row.kid != keyring.current {
-                let token = try open(row)
+                guard let token = try? open(row) else {
+                    unopenable += 1
+                    continue
+                }
                 let fresh = try seal(token, updatedAt: row.updatedAt)
                 if try await repository.replaceTokenSeal(
                     tokenSHA256: row.tokenSHA256, accessToken: fresh.accessToken, kid: fresh.kid, expectedKid: row.kid)
@@ -136,6 +144,10 @@ public struct AccountVault: Sendable {
                     count += 1
                 }
             }
+        }
+        if unopenable > 0 {
+            logger.error("rows sealed with a key that is not configured (or is not that key) stay as they are; restore the key to open them",
+                         metadata: ["rows": "\(unopenable)"])
         }
         if count > 0 { logger.notice("re-encrypted rows with the current seal key", metadata: ["rows": "\(count)", "kid": "\(keyring.current)"]) }
         return count

@@ -98,6 +98,7 @@ final class BrokerScheduler: Service, Sendable {
                 if now >= nextReconcile {
                     nextReconcile = now + reconcileInterval
                     do { try await keeper.reconcile() } catch {
+                        if Task.isCancelled { return }
                         logger.warning("reconciliation failed; it runs again next interval", metadata: ["error": "\(error)"])
                     }
                 }
@@ -130,6 +131,7 @@ final class BrokerScheduler: Service, Sendable {
             }
             return false
         } catch {
+            if Task.isCancelled { return false }
             logger.warning("the shared store does not answer; the scheduler waits", metadata: ["error": "\(error)"])
             return false
         }
@@ -138,6 +140,7 @@ final class BrokerScheduler: Service, Sendable {
     func refreshPass() async {
         let accounts: [StoredAccount]
         do { accounts = try await keeper.repository.allAccounts() } catch {
+            if Task.isCancelled { return }
             logger.warning("cannot list accounts for the refresh pass", metadata: ["error": "\(error)"])
             return
         }
@@ -152,6 +155,7 @@ final class BrokerScheduler: Service, Sendable {
                 }
                 backoff.withLock { $0.succeeded(key) }
             } catch {
+                if Task.isCancelled { return }
                 keeper.metrics.refreshFailed.increment()
                 var atLeast = 0.0
                 if let p = error as? Problem, let r = p.retryAfter { atLeast = Double(r) }

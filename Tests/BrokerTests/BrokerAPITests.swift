@@ -16,7 +16,7 @@ import Store
 import Testing
 import Tokens
 
-@Suite("Broker API over real sockets: routes, bodies and errors")
+@Suite("Broker API over real sockets: routes, bodies and errors", .serialized)
 struct BrokerAPITests {
     @Test("every /api/kis route wants a valid Bearer JWT")
     func authentication() async throws {
@@ -247,7 +247,7 @@ struct BrokerAPITests {
             Response(status: .internalServerError, body: .init(byteBuffer: ByteBuffer(string: "<html>oops</html>")))
         }
         router.post("/slow/oauth2/tokenP") { _, _ -> Response in
-            try await Task.sleep(for: .seconds(5))
+            try await Task.sleep(for: .seconds(15))
             return Response(status: .ok)
         }
         let (ports, cont) = AsyncStream.makeStream(of: Int.self)
@@ -258,7 +258,8 @@ struct BrokerAPITests {
         var it = ports.makeAsyncIterator()
         let base = "http://127.0.0.1:\(await it.next()!)"
         try await withBroker(config: { _, db in
-            var c = testConfig(simURL: base + "/broken", database: db, upstreamTimeoutMs: 500)
+            // A timeout long enough that the broken answer never runs into it on a loaded machine.
+            var c = testConfig(simURL: base + "/broken", database: db, upstreamTimeoutMs: 2500)
             c = KisgwConfig(auth: c.auth, kis: .init(liveURL: base + "/broken", sandboxURL: base + "/slow"),
                             upstream: c.upstream, broker: c.broker)
             return c

@@ -58,7 +58,11 @@ func makeStore(_ kind: StoreKind, db: Int? = nil) throws -> (any SharedStore, Re
         if let db, let slash = url.lastIndex(of: "/"), url[url.index(after: slash)...].allSatisfy(\.isNumber) {
             url = String(url[..<slash]) + "/\(db)"
         }
-        let client = try RedisClient(url: url, logger: quietLogger)
+        var configuration = try RedisConfiguration(url: url)
+        // Generous: the whole suite shares two cores; these tests are about behaviour, not latency.
+        configuration.commandTimeout = .seconds(2)
+        configuration.connectTimeout = .seconds(5)
+        let client = RedisClient(configuration: configuration, logger: quietLogger)
         return (RedisStore(client: client, keyPrefix: prefix), client)
     }
 }

@@ -148,6 +148,16 @@ struct VaultTests {
             let t = try #require(try await repo.tokens(userID: "42", environment: .live).first)
             #expect(t.kid == "k2")
             #expect(try onlyNew.open(t) == token)
+
+            // A row sealed with a key the broker no longer has is left alone; the others are not held up by it.
+            let lost = AccountVault(keyring: try SealKeyring(current: "k0", keys: ["k0": Self.key(9)]))
+            var orphan = Self.account
+            orphan.userID = "99"
+            try await repo.saveAccount(try lost.seal(orphan), token: nil)
+            try await repo.saveAccount(try old.seal(Self.account), token: nil)
+            #expect(try await both.resealStaleRows(in: repo, logger: quietLogger) == 1)
+            #expect(try await repo.account(userID: "99", environment: .live)?.kid == "k0")
+            #expect(try await repo.account(userID: "42", environment: .live)?.kid == "k2")
         }
     }
 }

@@ -8,7 +8,7 @@ import Store
 import Testing
 import Tokens
 
-@Suite("Broker scheduler, reconciliation, several copies, and what the database holds")
+@Suite("Broker scheduler, reconciliation, several copies, and what the database holds", .serialized)
 struct SchedulerTests {
     @Test("the scheduler refreshes a token before KIS's expiry and publishes the new one (clock control)",
           arguments: DatabaseKind.available)
