@@ -132,7 +132,9 @@ final class TokenKeeper: Sendable {
         var retiring: [StoredToken] = []
         if let stored {
             if stored.appKey == form.appKey, stored.appSecret == form.appSecret {
-                if let t = try await currentToken(userID, form.environment), canServe(t, at: now) {
+                if let t = try await currentToken(userID, form.environment), canServe(t, at: now),
+                    try await !isDead(t)
+                {
                     if stored.accountNumber != form.accountNumber || !stored.isActive {
                         try await repository.saveAccount(try vault.seal(account), token: nil)
                     }
@@ -386,6 +388,14 @@ final class TokenKeeper: Sendable {
     func isPublished(_ sha: String, userID: String, environment: KISEnvironment) async throws -> Bool {
         guard try await store.get(TokenDirectory.recordKey(sha)) != nil else { return false }
         return try await store.setMembers(TokenDirectory.userKey(userID, environment)).contains(sha)
+    }
+
+    /// Whether a gateway saw KIS refuse the token before its stated expiry (`dead:{sha256}`); such a token is
+    /// marked EXPIRED here so that the next step issues a new one.
+    private func isDead(_ token: BrokerToken) async throws -> Bool {
+        guard (try? await TokenDirectory.deadReason(sha256: token.sha256, store: store)) != nil else { return false }
+        try await repository.setStatus(.expired, tokenSHA256s: [token.sha256], updatedAt: now)
+        return true
     }
 
     private func ensurePublished(_ token: BrokerToken, account: Account) async throws {

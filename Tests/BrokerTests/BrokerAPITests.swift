@@ -170,6 +170,28 @@ struct BrokerAPITests {
         }
     }
 
+    @Test("a token a gateway saw KIS refuse (dead) is not handed back: token and refresh obtain a new one")
+    func deadToken() async throws {
+        try await withBroker { b in
+            let jwt = try await b.jwt("u1")
+            let key = appKey("dead")
+            let first = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: jwt).json["token"] as? String)
+            // KIS ended the token early (as after maintenance) and a gateway saw it refused.
+            _ = try await b.sim(.POST, "/__sim/expire", #"{"access_token": "\#(first)"}"#)
+            try await TokenDirectory.markDead(sha256: TokenDirectory.sha256(of: first), msgCode: "EGW00123", store: b.store)
+            try await b.advanceClocks(61)  // KIS's minute between issuances
+            let second = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1")).json["token"] as? String)
+            #expect(second != first)
+            _ = try await b.sim(.POST, "/__sim/expire", #"{"access_token": "\#(second)"}"#)
+            try await TokenDirectory.markDead(sha256: TokenDirectory.sha256(of: second), msgCode: "EGW00123", store: b.store)
+            try await b.advanceClocks(61)
+            let third = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: try await b.jwt("u1"))
+            #expect(third.status == 200)
+            #expect(third.json["token"] as? String != second)
+            #expect(try await b.issuances() == 3)
+        }
+    }
+
     @Test("account: masked, connected, with the token's expiry; 404 for the other environment")
     func account() async throws {
         try await withBroker { b in
