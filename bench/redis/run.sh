@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Compares the kisgw Redis client with redis-benchmark on this machine:
+# GET of a ~6 KB value, same concurrency, with and without pipelining.
+# Starts its own redis-server on a free loopback port and stops it (by PID) at the end.
+#   bench/redis/run.sh [CLIENTS] [REQUESTS]
+set -euo pipefail
+cd "$(dirname "$0")"
+CLIENTS=${1:-50}
+REQUESTS=${2:-200000}
+SIZE=6000
+PIPELINE=16
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+
+swift build -c release --product RedisBench >/dev/null
+BIN=$(swift build -c release --show-bin-path)/RedisBench
+
+redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --loglevel warning >/dev/null &
+SERVER=$!
+trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(redis-server --version | cut -d' ' -f3)"
+for P in 1 $PIPELINE; do
+    echo "--- pipeline $P ---"
+    redis-benchmark -p "$PORT" -t set,get -d $SIZE -c "$CLIENTS" -n "$REQUESTS" -P "$P" --csv 2>/dev/null \
+        | awk -F'"' -v c="$CLIENTS" -v p="$P" '$2 == "GET" { printf "redis-benchmark GET: %d clients, pipeline %d: %s requests/s, p50 %s ms, p99 %s ms\n", c, p, $4, $10, $14 }' 
+    "$BIN" --url "redis://127.0.0.1:$PORT/0" -c "$CLIENTS" -n "$REQUESTS" -P "$P" -d $SIZE
+    "$BIN" --url "redis://127.0.0.1:$PORT/0" -c "$CLIENTS" -n "$REQUESTS" -P "$P" -d $SIZE --pool 8
+done
