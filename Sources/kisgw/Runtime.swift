@@ -80,10 +80,10 @@ struct Runtime {
 struct RedisService: Service {
     let client: RedisClient
     func run() async throws {
-        await withGracefulShutdownHandler {
+        // Stopped last (it is first in the group), once the servers have drained: cancelling `run()` shuts the
+        // client down and returns at once.
+        await cancelWhenGracefulShutdown {
             await client.run()
-        } onGracefulShutdown: {
-            Task { await client.shutdown() }
         }
     }
 }

@@ -5,10 +5,10 @@ import Hummingbird
 import KIS
 import KisgwConfiguration
 import Logging
+import Redis
 import Observability
 import NIOCore
 import NIOHTTP1
-import Redis
 import ServerKit
 import Simulator
 import Store
@@ -92,7 +92,11 @@ func makeStore(_ kind: StoreKind, prefix: String = "t\(UInt32.random(in: 0...UIn
         return (MemoryStore(keyPrefix: prefix), nil)
     case .redis:
         guard let redisURL else { throw SimulatorError("KISGW_TEST_REDIS_URL is not set") }
-        let client = try RedisClient(url: redisURL, logger: Logger(label: "test-redis"))
+        // Generous timeouts: the whole suite runs in parallel on a small machine.
+        var configuration = try RedisConfiguration(url: redisURL)
+        configuration.commandTimeout = .seconds(3)
+        configuration.connectTimeout = .seconds(3)
+        let client = RedisClient(configuration: configuration, logger: Logger(label: "test-redis"))
         return (RedisStore(client: client, keyPrefix: prefix), client)
     }
 }

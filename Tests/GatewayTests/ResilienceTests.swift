@@ -91,7 +91,8 @@ struct GatewayResilienceTests {
         let redis = try PrivateRedis()
         let client = RedisClient(configuration: {
             var c = try! RedisConfiguration(url: redis.url)
-            c.commandTimeout = .milliseconds(500)
+            c.commandTimeout = .seconds(2)
+            c.connectTimeout = .seconds(2)
             c.maximumReconnectDelay = .milliseconds(200)
             return c
         }(), logger: Logger(label: "outage"))
