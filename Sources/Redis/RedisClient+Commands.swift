@@ -183,10 +183,19 @@ extension RedisClient {
                 self.logger.debug("redis script missing on server, loading it", metadata: ["script": "\(script.name)"])
             }
         }
-        let loaded = try await self.send(["SCRIPT", "LOAD", RedisArgument(script.source)], timeout: timeout)
-        guard let sha = loaded.string, sha.utf8.count == 40 else { throw Self.unexpected("SCRIPT LOAD", loaded) }
-        script.sha1 = sha
-        return try await self.send(Self.evalsha(sha, keys: keys, arguments: arguments), timeout: timeout)
+        // Another client may flush scripts between our load and our call: retry a few times.
+        var attempt = 0
+        while true {
+            attempt += 1
+            let loaded = try await self.send(["SCRIPT", "LOAD", RedisArgument(script.source)], timeout: timeout)
+            guard let sha = loaded.string, sha.utf8.count == 40 else { throw Self.unexpected("SCRIPT LOAD", loaded) }
+            script.sha1 = sha
+            do {
+                return try await self.send(Self.evalsha(sha, keys: keys, arguments: arguments), timeout: timeout)
+            } catch where error.serverErrorPrefix == "NOSCRIPT" && attempt < 3 {
+                continue
+            }
+        }
     }
 
     private static func evalsha(_ sha: String, keys: [RedisArgument], arguments: [RedisArgument]) -> RedisCommand {

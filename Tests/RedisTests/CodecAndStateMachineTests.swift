@@ -46,7 +46,7 @@ struct CodecTests {
         wire.writeBytes(payload)
         wire.writeString("\r\n")
         let reader = HiredisReader()
-        while let slice = wire.readSlice(length: min(65_536, wire.readableBytes)) {
+        while wire.readableBytes > 0, let slice = wire.readSlice(length: min(65_536, wire.readableBytes)) {
             try reader.feed(slice)
         }
         let value = try reader.next(allocator: ByteBufferAllocator())
