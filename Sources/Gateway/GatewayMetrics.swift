@@ -13,12 +13,18 @@ final class GatewayMetrics: Sendable {
     let rateLimitWait = Timer(label: "kisgw_rate_limit_wait_seconds", preferredDisplayUnit: .seconds)
     let upstreamDuration = Timer(label: "kisgw_upstream_duration_seconds", preferredDisplayUnit: .seconds)
 
-    private let requests = Mutex<[String: Counter]>([:])
+    private struct RequestKey: Hashable {
+        var route: String
+        var status: Int
+    }
+
+    private let requests = Mutex<[RequestKey: Counter]>([:])
     private let durations = Mutex<[String: Timer]>([:])
     private let upstream = Mutex<[String: Counter]>([:])
 
     func request(route: String, status: Int, nanoseconds: Int64) {
-        let key = route + "|" + String(status)
+        // Keyed by value, not by a concatenated string: no allocation per request on the hot path.
+        let key = RequestKey(route: route, status: status)
         let counter = requests.withLock { c in
             if let x = c[key] { return x }
             let x = Counter(label: "kisgw_http_requests_total", dimensions: [("route", route), ("status", String(status))])
