@@ -32,6 +32,13 @@ final class TokenAuthorizer: Sendable {
         self.lookup = lookup
     }
 
+    /// The remembered positive decision for `kisToken` and `userID`, if there is one still valid (for the hit path;
+    /// anything else — unknown, another user's, expired — is left to `authorize`).
+    func known(kisToken: String, userID: String, now: Date) -> ResolvedToken? {
+        guard let hit = cache.withLock({ $0[kisToken] }), hit.validUntil > now, hit.token.userID == userID else { return nil }
+        return hit.token
+    }
+
     /// The token's credentials if `kisToken` was published for `userID` and is live; else a `kis_token_*` problem.
     func authorize(kisToken: String, userID: String, now: Date = Date()) async throws(Problem) -> ResolvedToken {
         if let hit = cache.withLock({ $0[kisToken] }), hit.validUntil > now {

@@ -1,5 +1,6 @@
 public import Hummingbird
 import HTTPTypes
+import NIOCore
 public import KisgwConfiguration
 
 /// CORS as the gateway spec says, around every route — including error answers, so browser code can read them.
@@ -19,9 +20,9 @@ public struct CORSMiddleware<Context: RequestContext>: RouterMiddleware {
         self.renderer = renderer
     }
 
-    static var allowMethods: String { "GET, POST, DELETE, OPTIONS" }
-    static var allowHeaders: String { "Authorization, X-KIS-Token, Content-Type, If-None-Match" }
-    static var exposeHeaders: String { "ETag, X-Cache, Age, Retry-After, Server-Timing" }
+    static var allowMethods: String { CORSHeaderValues.allowMethods }
+    static var allowHeaders: String { CORSHeaderValues.allowHeaders }
+    static var exposeHeaders: String { CORSHeaderValues.exposeHeaders }
 
     public func handle(
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
@@ -32,7 +33,8 @@ public struct CORSMiddleware<Context: RequestContext>: RouterMiddleware {
             var headers = HTTPFields()
             headers[.vary] = "Origin"
             guard allowed, let origin else {
-                return Response(status: .forbidden, headers: headers)
+                // An empty body of known length (`Content-Length: 0`), not an empty chunked one.
+                return Response(status: .forbidden, headers: headers, body: .init(byteBuffer: ByteBuffer()))
             }
             headers[.accessControlAllowOrigin] = origin
             if cors.allowCredentials { headers[.accessControlAllowCredentials] = "true" }
@@ -55,4 +57,11 @@ public struct CORSMiddleware<Context: RequestContext>: RouterMiddleware {
         }
         return response
     }
+}
+
+/// The fixed values of the CORS headers (also written by the gateway's hit path).
+public enum CORSHeaderValues {
+    public static let allowMethods = "GET, POST, DELETE, OPTIONS"
+    public static let allowHeaders = "Authorization, X-KIS-Token, Content-Type, If-None-Match"
+    public static let exposeHeaders = "ETag, X-Cache, Age, Retry-After, Server-Timing"
 }

@@ -57,6 +57,23 @@ public final class JWTVerifier: Sendable {
     private let publicKeyCollection: JWTKeyCollection?
     private let cache = Mutex<[String: VerifiedSession]>([:])
     private let cacheLimit = 100_000
+    /// Tokens that failed for good (bad form, algorithm or signature, expired, wrong issuer or audience): the
+    /// answer is remembered for `rejectionTTL`, so a client retrying a bad token costs no signature check.
+    /// "Not valid yet" failures are not remembered: time fixes them.
+    private let rejections = Mutex<[String: Rejection]>([:])
+    private let rejectionLimit = 10_000
+    private let rejectionTTL: TimeInterval = 300
+
+    private struct Rejection {
+        var problem: Problem
+        var until: Date
+    }
+
+    /// What the verifier already knows about a token without verifying it.
+    public enum Known: Sendable {
+        case valid(VerifiedSession)
+        case rejected(Problem)
+    }
 
     public init(settings: Settings) async throws {
         self.settings = settings
@@ -90,13 +107,45 @@ public final class JWTVerifier: Sendable {
         }
     }
 
+    /// The remembered decision about `token`, if any (no signature check, no suspension: for the hit path).
+    public func known(_ token: String, now: Date = Date()) -> Known? {
+        if let hit = cache.withLock({ $0[token] }) {
+            return hit.validUntil > now ? .valid(hit) : .rejected(Problem(.jwtExpired, "the JWT has expired"))
+        }
+        if let r = rejections.withLock({ $0[token] }), r.until > now { return .rejected(r.problem) }
+        return nil
+    }
+
     /// Verifies `token` (without `Bearer `), or throws a `Problem` with `jwt_invalid` / `jwt_expired`.
     public func verify(_ token: String, now: Date = Date()) async throws(Problem) -> VerifiedSession {
-        if let hit = cache.withLock({ $0[token] }) {
-            if hit.validUntil > now { return hit }
-            cache.withLock { _ = $0.removeValue(forKey: token) }
-            throw Problem(.jwtExpired, "the JWT has expired")
+        switch known(token, now: now) {
+        case .valid(let session): return session
+        case .rejected(let problem): throw problem
+        case nil: break
         }
+        let session: VerifiedSession
+        do {
+            session = try await verifyAfresh(token, now: now)
+        } catch {
+            if error.detail != Self.notYetValid, error.detail != Self.issuedInFuture {
+                rejections.withLock { r in
+                    if r.count >= rejectionLimit { r.removeAll(keepingCapacity: true) }
+                    r[token] = Rejection(problem: error, until: now.addingTimeInterval(rejectionTTL))
+                }
+            }
+            throw error
+        }
+        cache.withLock { c in
+            if c.count >= cacheLimit { c.removeAll(keepingCapacity: true) }
+            c[token] = session
+        }
+        return session
+    }
+
+    private static let notYetValid = "the JWT is not valid yet (nbf)"
+    private static let issuedInFuture = "the JWT was issued in the future (iat)"
+
+    private func verifyAfresh(_ token: String, now: Date) async throws(Problem) -> VerifiedSession {
         let header = try Self.header(of: token)
         guard let alg = header["alg"] as? String, alg.lowercased() != "none" else {
             throw Problem(.jwtInvalid, "the JWT is not signed (alg none is never accepted)")
@@ -110,12 +159,7 @@ public final class JWTVerifier: Sendable {
         do { claims = try await keys.verify(token, as: Claims.self) } catch {
             throw Problem(.jwtInvalid, "the JWT's signature does not verify")
         }
-        let session = try check(claims, now: now)
-        cache.withLock { c in
-            if c.count >= cacheLimit { c.removeAll(keepingCapacity: true) }
-            c[token] = session
-        }
-        return session
+        return try check(claims, now: now)
     }
 
     private func check(_ c: Claims, now: Date) throws(Problem) -> VerifiedSession {
@@ -126,10 +170,10 @@ public final class JWTVerifier: Sendable {
         guard let exp = c.exp?.value else { throw Problem(.jwtInvalid, "the JWT has no exp") }
         guard exp.addingTimeInterval(leeway) > now else { throw Problem(.jwtExpired, "the JWT has expired") }
         if let nbf = c.nbf?.value, nbf.addingTimeInterval(-leeway) > now {
-            throw Problem(.jwtInvalid, "the JWT is not valid yet (nbf)")
+            throw Problem(.jwtInvalid, Self.notYetValid)
         }
         if let iat = c.iat?.value, iat.addingTimeInterval(-leeway) > now {
-            throw Problem(.jwtInvalid, "the JWT was issued in the future (iat)")
+            throw Problem(.jwtInvalid, Self.issuedInFuture)
         }
         if let issuer = settings.issuer, c.iss?.value != issuer {
             throw Problem(.jwtInvalid, "the JWT's issuer is not the expected one")

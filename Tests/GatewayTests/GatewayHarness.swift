@@ -1,6 +1,6 @@
 import AsyncHTTPClient
 import Foundation
-import Gateway
+@testable import Gateway
 import Hummingbird
 import KIS
 import KisgwConfiguration
@@ -120,6 +120,7 @@ func withGateway<T: Sendable>(
     sim simConfig: SimulatorConfiguration = SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000),
     gateways count: Int = 1,
     config: @escaping @Sendable (_ simURL: String) -> KisgwConfig = { testConfig(simURL: $0) },
+    dependencies tweak: @Sendable (_ index: Int, _ deps: inout GatewayDependencies) -> Void = { _, _ in },
     _ body: @Sendable (GatewayFixture, [String]) async throws -> T
 ) async throws -> T {
     var logger = Logger(label: "gateway-test")
@@ -135,15 +136,20 @@ func withGateway<T: Sendable>(
         group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
         var it = simPorts.makeAsyncIterator()
         let simURL = "http://127.0.0.1:\(await it.next()!)"
-        let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-        for _ in 0..<count {
-            let deps = GatewayDependencies(store: store, keyring: keyring, readiness: { nil })
-            let app = try await buildGateway(config(simURL), dependencies: deps, logger: logger) { cont.yield($0) }
+        let (ports, cont) = AsyncStream.makeStream(of: (Int, Int).self)
+        for index in 0..<count {
+            var deps = GatewayDependencies(store: store, keyring: keyring, readiness: { nil })
+            tweak(index, &deps)
+            let app = try await buildGateway(config(simURL), dependencies: deps, logger: logger) { cont.yield((index, $0)) }
             group.addTask { try await app.runService(gracefulShutdownSignals: []) }
         }
-        var urls: [String] = []
+        // In the order of `index` (the servers may start in any order).
+        var urls = [String](repeating: "", count: count)
         var pit = ports.makeAsyncIterator()
-        for _ in 0..<count { urls.append("http://127.0.0.1:\(await pit.next()!)") }
+        for _ in 0..<count {
+            let (index, port) = await pit.next()!
+            urls[index] = "http://127.0.0.1:\(port)"
+        }
         let fixture = GatewayFixture(gatewayURL: urls[0], simURL: simURL, store: store, keyring: keyring)
         do {
             let result = try await body(fixture, urls)

@@ -1,0 +1,272 @@
+import Foundation
+import KIS
+import Simulator
+@testable import Gateway
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+import Testing
+import Tokens
+
+/// The hit path answers on the event loop what the router would answer: these tests run a gateway with it and
+/// one without it (the router alone) on one store, send both the same requests, and compare the answers.
+@Suite("Hit path", .serialized)
+struct HitPathTests {
+    /// Counts the hit path's answers.
+    final class Answers: Sendable {
+        private let count = Mutex(0)
+        var value: Int { count.withLock { $0 } }
+        func add() { count.withLock { $0 += 1 } }
+    }
+
+    /// Every header but `Date` (and `Age`, compared apart: a second may pass between the two answers).
+    static func comparable(_ r: HTTPResult) -> [String] {
+        r.headers.filter { !["date", "age"].contains($0.0.lowercased()) }.map { "\($0.0.lowercased()): \($0.1)" }
+    }
+
+    static func expectSame(_ fast: HTTPResult, _ router: HTTPResult, _ what: String) {
+        #expect(fast.status == router.status, "\(what): status")
+        #expect(fast.body == router.body, "\(what): body")
+        #expect(comparable(fast) == comparable(router), "\(what): headers")
+        if let a = fast.header("age").flatMap(Int.init), let b = router.header("age").flatMap(Int.init) {
+            #expect(abs(a - b) <= 1, "\(what): Age")
+        } else {
+            #expect(fast.header("age") == nil && router.header("age") == nil, "\(what): Age present in one only")
+        }
+        #expect(fast.header("date") != nil && router.header("date") != nil, "\(what): Date")
+    }
+
+    @Test("hits, 304s, CORS variants, preflights and rejected JWTs: the hit path's answers are the router's")
+    func sameAnswers() async throws {
+        let answers = Answers()
+        try await withGateway(gateways: 2, dependencies: { index, deps in
+            if index == 0 {
+                deps.onHitPathAnswer = { _ in answers.add() }
+            } else {
+                deps.hitPathEnabled = false
+            }
+        }) { fx, urls in
+            let (fast, router) = (urls[0], urls[1])
+            let jwt = try await fx.jwt("hp-user")
+            let kis = try await fx.connect(user: "hp-user", appKey: "PShitpath0001")
+            let expired = try await fx.jwt("hp-user", ttl: -3600)
+            let badSignature = String(jwt.dropLast(4)) + (jwt.hasSuffix("AAAA") ? "BBBB" : "AAAA")
+            let hot = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
+            // Warm the shared cache once, so both gateways answer hits.
+            let first = try await fx.get(hot, jwt: jwt, kis: kis)
+            #expect(first.status == 200)
+            let etag = try #require(first.header("etag"))
+
+            struct Case: Sendable {
+                var name: String
+                var method: HTTPMethod = .GET
+                var path: String
+                var jwt: String?
+                var headers: [(String, String)] = []
+                var status: Int
+            }
+            let overseas = "/overseas/NAS/chart/daily/AAPL?start=2025-01-02&end=2025-03-31"
+            _ = try await fx.get(overseas, jwt: jwt, kis: kis)
+            let cases: [Case] = [
+                Case(name: "hit, allowed origin", path: hot, jwt: jwt, headers: [("Origin", "http://localhost:3000")], status: 200),
+                Case(name: "hit, wildcard origin", path: hot, jwt: jwt, headers: [("Origin", "https://app.example.com")], status: 200),
+                Case(name: "hit, other origin", path: hot, jwt: jwt, headers: [("Origin", "https://example.com.evil.io")], status: 200),
+                Case(name: "hit, no origin", path: hot, jwt: jwt, status: 200),
+                Case(name: "304", path: hot, jwt: jwt, headers: [("If-None-Match", etag), ("Origin", "http://localhost:3000")], status: 304),
+                Case(name: "304 weak in a list", path: hot, jwt: jwt, headers: [("If-None-Match", "\"x\", W/\(etag)")], status: 304),
+                Case(name: "If-None-Match other", path: hot, jwt: jwt, headers: [("If-None-Match", "\"nope\"")], status: 200),
+                Case(name: "overseas hit", path: overseas, jwt: jwt, headers: [("Origin", "http://localhost:3000")], status: 200),
+                Case(name: "bad signature", path: hot, jwt: badSignature, headers: [("Origin", "http://localhost:3000")], status: 401),
+                Case(name: "expired JWT", path: hot, jwt: expired, headers: [("Origin", "http://localhost:3000")], status: 401),
+                Case(name: "bad signature, bad query", path: "/domestic/chart/daily/005930?start=nope", jwt: badSignature, status: 401),
+                Case(name: "preflight allowed", method: .OPTIONS, path: hot,
+                     headers: [("Origin", "http://localhost:3000"), ("Access-Control-Request-Method", "GET")], status: 204),
+                Case(name: "preflight refused", method: .OPTIONS, path: hot,
+                     headers: [("Origin", "https://evil.io"), ("Access-Control-Request-Method", "GET")], status: 403),
+            ]
+            for c in cases {
+                var headers = c.headers
+                if let j = c.jwt { headers += [("Authorization", "Bearer " + j), ("X-KIS-Token", kis)] }
+                // The first request may teach the caches (a JWT verified or rejected); the second is compared.
+                _ = try await http(c.method, fast + c.path, headers: headers)
+                _ = try await http(c.method, router + c.path, headers: headers)
+                let before = answers.value
+                let a = try await http(c.method, fast + c.path, headers: headers)
+                let b = try await http(c.method, router + c.path, headers: headers)
+                #expect(answers.value == before + 1, "\(c.name): answered by the hit path")
+                #expect(a.status == c.status, "\(c.name): status \(a.status)")
+                Self.expectSame(a, b, c.name)
+            }
+
+            // What the hit path must leave to the router: it answers those the same way too.
+            let routerOnly: [(String, [(String, String)])] = [
+                ("unknown KIS token", [("Authorization", "Bearer " + jwt), ("X-KIS-Token", "not-a-token")]),
+                ("two KIS tokens", [("Authorization", "Bearer " + jwt), ("X-KIS-Token", kis), ("X-KIS-Token", kis)]),
+                ("no KIS token", [("Authorization", "Bearer " + jwt)]),
+                ("not Bearer", [("Authorization", "Basic abc"), ("X-KIS-Token", kis)]),
+                ("Connection: close", [("Authorization", "Bearer " + jwt), ("X-KIS-Token", kis), ("Connection", "close")]),
+            ]
+            for (name, headers) in routerOnly {
+                let before = answers.value
+                let a = try await http(.GET, fast + hot, headers: headers)
+                let b = try await http(.GET, router + hot, headers: headers)
+                #expect(answers.value == before, "\(name): left to the router")
+                Self.expectSame(a, b, name)
+            }
+            for path in ["/domestic/chart/daily/005930?start=2025-13-01", "/domestic/chart/daily/00%35930?start=2025-04-01&end=2025-06-16",
+                         "/domestic/chart/daily/005930/?start=2025-04-01&end=2025-06-16", "/domestic/chart/daily/005930?start"] {
+                let headers = [("Authorization", "Bearer " + jwt), ("X-KIS-Token", kis)]
+                let before = answers.value
+                let a = try await http(.GET, fast + path, headers: headers)
+                let b = try await http(.GET, router + path, headers: headers)
+                #expect(answers.value == before, "\(path): left to the router")
+                #expect(a.status == b.status && a.body == b.body, "\(path): \(a.status) vs \(b.status)")
+            }
+        }
+    }
+
+    @Test("a revoked KIS token is refused at once, however often its hit was served")
+    func revocation() async throws {
+        let answers = Answers()
+        try await withGateway(dependencies: { _, deps in deps.onHitPathAnswer = { _ in answers.add() } }) { fx, _ in
+            let jwt = try await fx.jwt("hp-revoke")
+            let kis = try await fx.connect(user: "hp-revoke", appKey: "PShitpath0002")
+            let path = "/domestic/chart/daily/000660?start=2025-04-01&end=2025-06-16"
+            _ = try await fx.get(path, jwt: jwt, kis: kis)
+            for _ in 0..<3 { #expect(try await fx.get(path, jwt: jwt, kis: kis).status == 200) }
+            #expect(answers.value >= 3)
+            try await TokenDirectory.unpublish(sha256: TokenDirectory.sha256(of: kis), userID: "hp-revoke",
+                                               environment: .live, store: fx.store)
+            var refused = false
+            for _ in 0..<50 where !refused {
+                refused = try await fx.get(path, jwt: jwt, kis: kis).status == 401
+                if !refused { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(refused, "the revoked token still got charts")
+        }
+    }
+
+    @Test("pipelined requests are answered in order when a slow one comes first")
+    func pipelinedOrder() async throws {
+        try await withGateway(sim: SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000,
+                                                          latencyMs: 300)) { fx, _ in
+            let jwt = try await fx.jwt("hp-pipe")
+            let kis = try await fx.connect(user: "hp-pipe", appKey: "PShitpath0003")
+            let hot = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
+            let cold = "/domestic/chart/daily/035420?start=2025-04-01&end=2025-06-16"
+            _ = try await fx.get(hot, jwt: jwt, kis: kis)
+            #expect(try await fx.get(hot, jwt: jwt, kis: kis).header("x-cache") == "HIT")
+            let port = Int(fx.gatewayURL.split(separator: ":").last!)!
+            let headers = HTTPHeaders([("Host", "127.0.0.1"), ("Authorization", "Bearer \(jwt)"), ("X-KIS-Token", kis)])
+            // A miss (300 ms at KIS), then two hits, in one write.
+            let raw = try await RawHTTP.exchange(port: port, paths: [cold, hot, hot], headers: headers)
+            let order = raw.map { $0.headers.first(name: "x-cache") ?? "?" }
+            #expect(order == ["MISS", "HIT", "HIT"], "answers out of order: \(order)")
+            #expect(raw.allSatisfy { $0.status == .ok })
+        }
+    }
+
+    @Test("Date values are IMF-fixdate, as Foundation formats them")
+    func dates() {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        var rng = SystemRandomNumberGenerator()
+        let samples: [Int64] = [0, 86399, 86400, 951_782_400, 1_709_164_800, 1_795_000_000, 4_102_444_800]
+            + (0..<200).map { _ in Int64.random(in: 0...4_102_444_800, using: &rng) }
+        for s in samples {
+            #expect(HTTPDateCache.format(s) == formatter.string(from: Date(timeIntervalSince1970: TimeInterval(s))), "\(s)")
+        }
+    }
+
+    @Test("chart routes and queries in plain form are recognised; anything else is left to the router")
+    func parsing() {
+        #expect(HitPath.route(of: "/domestic/chart/daily/005930") == .domestic)
+        #expect(HitPath.route(of: "/domestic/chart/daily/005930?start=2025-01-01") == .domestic)
+        #expect(HitPath.route(of: "/overseas/NAS/chart/daily/AAPL?x=1") == .overseas)
+        for uri in ["/domestic/chart/daily/005930/", "/domestic/chart/daily/", "/domestic/chart/daily", "//domestic/chart/daily/1",
+                    "/domestic/chart/weekly/005930", "/overseas/NAS/chart/daily/BRK%2FB", "/domestic/chart/daily/00+930",
+                    "/overseas/chart/daily/AAPL", "/overseas/NAS/chart/daily/AAPL/x", "domestic/chart/daily/005930",
+                    "/domestic/chart/daily/005930#x", "/Domestic/chart/daily/005930"] {
+            #expect(HitPath.route(of: uri) == nil, "\(uri)")
+        }
+        let (path, query) = HitPath.split("/a?start=1&end=2&start=3&period=")!
+        #expect(path == "/a")
+        #expect(query == ["start": "1", "end": "2", "period": ""])
+        #expect(HitPath.split("/a?start") == nil)
+        #expect(HitPath.split("/a?=1") == nil)
+        #expect(HitPath.split("/a?x=1&&y=2") == nil)
+        #expect(HitPath.split("/a?")!.1.isEmpty)
+
+        var h = HTTPHeaders([("AUTHORIZATION", "Bearer x"), ("x-kis-token", "t"), ("Origin", "o"), ("If-None-Match", "e")])
+        let f = HitPath.Fields(h)!
+        #expect(f.authorization == "Bearer x" && f.kisToken == "t" && f.origin == "o" && f.ifNoneMatch == "e")
+        h.add(name: "authorization", value: "Bearer y")
+        #expect(HitPath.Fields(h) == nil)
+        #expect(GatewayCore.bearerToken("bEaReR   abc ") == "abc")
+        #expect(GatewayCore.bearerToken("Bearer") == nil)
+        #expect(GatewayCore.bearerToken("Bearer    ") == nil)
+        #expect(GatewayCore.bearerToken("Bearerabc") == nil)
+        #expect(GatewayCore.bearerToken("Basic abc") == nil)
+    }
+}
+
+/// A minimal HTTP/1.1 client that pipelines: every request is written before one flush (one TCP write), then
+/// the answers are read.
+enum RawHTTP {
+    struct Answer {
+        var status: HTTPResponseStatus
+        var headers: HTTPHeaders
+    }
+
+    final class Collector: ChannelInboundHandler, @unchecked Sendable {
+        typealias InboundIn = HTTPClientResponsePart
+        let expected: Int
+        let done: EventLoopPromise<[Answer]>
+        var answers: [Answer] = []
+        var head: HTTPResponseHead?
+        init(expected: Int, done: EventLoopPromise<[Answer]>) {
+            self.expected = expected
+            self.done = done
+        }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            switch unwrapInboundIn(data) {
+            case .head(let h): head = h
+            case .body: break
+            case .end:
+                if let head { answers.append(Answer(status: head.status, headers: head.headers)) }
+                if answers.count == expected { done.succeed(answers) }
+            }
+        }
+        func errorCaught(context: ChannelHandlerContext, error: any Error) { done.fail(error) }
+        func channelInactive(context: ChannelHandlerContext) { done.fail(ChannelError.eof) }
+    }
+
+    static func exchange(port: Int, paths: [String], headers: HTTPHeaders) async throws -> [Answer] {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let promise = group.next().makePromise(of: [Answer].self)
+        let channel = try await ClientBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(Collector(expected: paths.count, done: promise))
+                }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        let timeout = channel.eventLoop.scheduleTask(in: .seconds(20)) { promise.fail(ChannelError.connectTimeout(.seconds(20))) }
+        defer { timeout.cancel() }
+        try await channel.eventLoop.submit {
+            for path in paths {
+                let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: headers)
+                channel.write(HTTPClientRequestPart.head(head), promise: nil)
+                channel.write(HTTPClientRequestPart.end(nil), promise: nil)
+            }
+            channel.flush()
+        }.get()
+        let answers = try await promise.futureResult.get()
+        try? await channel.close().get()
+        return answers
+    }
+}
