@@ -24,7 +24,7 @@ package final class RedisConnection: Sendable {
     /// its reply is discarded when it arrives.
     package func send(_ bytes: ByteBuffer, deadline: NIODeadline) -> EventLoopPromise<RESPValue> {
         let promise = self.channel.eventLoop.makePromise(of: RESPValue.self)
-        self.channel.write(RedisOutbound.one(RedisRequest(bytes: bytes, promise: promise, deadline: deadline)), promise: nil)
+        self.submit(.one(RedisRequest(bytes: bytes, promise: promise, deadline: deadline)))
         return promise
     }
 
@@ -39,13 +39,43 @@ package final class RedisConnection: Sendable {
             requests.append(RedisRequest(bytes: bytes, promise: promise, deadline: deadline))
             promises.append(promise)
         }
-        self.channel.write(RedisOutbound.batch(requests), promise: nil)
+        self.submit(.batch(requests))
         return promises
     }
 
     /// Writes a command whose replies arrive as pub/sub pushes.
     package func sendPush(_ bytes: ByteBuffer) {
-        self.channel.write(RedisOutbound.one(RedisRequest(bytes: bytes, promise: nil, deadline: .distantFuture)), promise: nil)
+        self.submit(.one(RedisRequest(bytes: bytes, promise: nil, deadline: .distantFuture)))
+    }
+
+    /// Hands requests to ``RedisChannelHandler`` on the channel's event loop.
+    ///
+    /// The pool may hand out this connection just before it learns that the
+    /// socket closed (its close notification runs on the event loop, the
+    /// caller does not). NIO removes the handlers after closing, and a write
+    /// that reaches a pipeline without them is dropped, its promises with it:
+    /// the caller would wait forever, since the deadline timer lives in the
+    /// handler too. So the channel is checked on the loop: while it is active
+    /// its handlers are in place and pair or fail every request; once it is
+    /// not, the requests fail here.
+    private func submit(_ outbound: RedisOutbound) {
+        if self.channel.eventLoop.inEventLoop {
+            self.submitOnLoop(outbound)
+        } else {
+            self.channel.eventLoop.execute { self.submitOnLoop(outbound) }
+        }
+    }
+
+    private func submitOnLoop(_ outbound: RedisOutbound) {
+        guard self.channel.isActive else {
+            let error = RedisError(.connectionClosed, "connection to Redis closed before the command was sent")
+            switch outbound {
+            case .one(let request): request.promise?.fail(error)
+            case .batch(let requests): for request in requests { request.promise?.fail(error) }
+            }
+            return
+        }
+        self.channel.write(outbound, promise: nil)
     }
 
     /// Switches the connection to pub/sub mode: all replies go to `handler`.

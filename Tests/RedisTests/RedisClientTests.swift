@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 import Redis
 import Testing
 
@@ -209,11 +210,7 @@ struct RedisClientTests {
         #expect(await iterator.next() == nil)
     }
 
-    // Known defect (issue 3 stays open for it): in about one run in five a one-connection client whose connection
-    // was killed with CLIENT KILL never gets a replacement, and its next command waits past its deadline. Enable it
-    // again with the fix; it must not gate CI meanwhile.
-    @Test(.disabled("intermittent: a one-connection pool sometimes never replaces a killed connection"))
-    func killedConnectionIsReplaced() async throws {
+    @Test func killedConnectionIsReplaced() async throws {
         var configuration = client.configuration
         configuration.poolSize = 1
         let single = RedisClient(configuration: configuration, logger: TestEnvironment.logger)
@@ -226,6 +223,37 @@ struct RedisClientTests {
         #expect(recovered)
         #expect(try await single.send(["ECHO", "still paired"]).string == "still paired")
         await single.shutdown()
+        await client.shutdown()
+    }
+
+    /// The mechanism behind the killed-connection race: the pool can hand out a connection just before it learns
+    /// that the socket closed. A command written after NIO has torn the channel's pipeline down must fail at once
+    /// with `connectionClosed`, not vanish with the handler and wait forever (the handler owns the deadline timer).
+    @Test func sendOnAClosedConnectionFailsAtOnce() async throws {
+        let connection = try await RedisConnection.connect(
+            configuration: client.configuration,
+            id: 0,
+            eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+            logger: TestEnvironment.logger
+        )
+        connection.close()
+        try await connection.closeFuture.get()
+        let deadline = NIODeadline.now() + .seconds(30)
+        let single = connection.send(HiredisEncoder.encode(["PING"]), deadline: deadline)
+        let batch = connection.send(batch: [HiredisEncoder.encode(["PING"]), HiredisEncoder.encode(["PING"])], deadline: deadline)
+        for promise in [single] + batch {
+            // Before the fix these promises were never completed: give up on them after 5 s.
+            let giveUp = promise.futureResult.eventLoop.scheduleTask(in: .seconds(5)) {
+                promise.fail(RedisError(.timeout, "never completed"))
+            }
+            await #expect(throws: RedisError.self) { try await promise.futureResult.get() }
+            giveUp.cancel()
+            do {
+                _ = try await promise.futureResult.get()
+            } catch let error as RedisError {
+                #expect(error.code == .connectionClosed, "\(error)")
+            }
+        }
         await client.shutdown()
     }
 

@@ -139,6 +139,42 @@ struct ResilienceTests {
         await admin.shutdown()
     }
 
+    /// The race behind the once-intermittent `killedConnectionIsReplaced`: the pool hands out a connection just as
+    /// the server kills it. With one or two connections and commands always in flight, kill them again and again:
+    /// every call ends within its deadline (a reply or an error, never a hang), no reply is mis-paired, and traffic
+    /// resumes after every kill.
+    @Test(arguments: [1, 2])
+    func repeatedKillsWithCommandsInFlight(poolSize: Int) async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let client = try makeClient(server, poolSize: poolSize, timeout: .seconds(2))
+        let admin = try makeClient(server, poolSize: 1)
+        let tally = Tally()
+        let finished = Atomic<Bool>(false)
+        let load = Task {
+            await runLoad(client, workers: 16, tally: tally)
+            finished.store(true, ordering: .relaxed)
+        }
+        #expect(await TestEnvironment.eventually { tally.succeeded.load(ordering: .relaxed) > 50 })
+        for _ in 0..<20 {
+            _ = try await admin.send(["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+            let before = tally.succeeded.load(ordering: .relaxed)
+            #expect(await TestEnvironment.eventually { tally.succeeded.load(ordering: .relaxed) > before + 20 })
+        }
+        tally.stop.store(true, ordering: .relaxed)
+        // Each worker is at most one call (2 s deadline) from noticing `stop`.
+        let ended = await TestEnvironment.eventually(timeout: .seconds(10)) { finished.load(ordering: .relaxed) }
+        #expect(ended, "a command outlived its deadline")
+        if !ended { load.cancel() }
+        await load.value
+        #expect(tally.mispaired.load(ordering: .relaxed) == 0)
+        let codes = tally.codes.withLock { $0 }
+        #expect(codes.isSubset(of: ["connectionClosed", "unavailable", "timeout"]), "unexpected errors: \(codes)")
+        #expect(try await client.send(["ECHO", "done"]).string == "done")
+        await client.shutdown()
+        await admin.shutdown()
+    }
+
     @Test func pausedServerTimesOutThenRepliesStayPaired() async throws {
         let server = try RedisServerProcess()
         defer { server.stop() }
