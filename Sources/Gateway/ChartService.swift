@@ -138,20 +138,22 @@ final class ChartService: Sendable {
                 throw Problem(.storeUnavailable, "the shared store cannot be reached", retryAfter: 1)
             }
             if let lock {
-                defer { Task { [store] in _ = try? await store.releaseLock(lock) } }
-                // Someone may have filled it between our miss and the lock.
-                if let e = await freshFromStore(key) { return (e, 0) }
-                let (entry, ms) = try await fetchUpstream(query, token: token, lock: lock, lockTTL: lockTTL)
-                l1.set(key, entry, cost: entry.cost)
-                let keep = entry.freshUntil - Self.now() + Int64(max(settings.staleIfError, settings.staleWhileRevalidate))
+                let entry: ChartEntry, ms: Double
                 do {
-                    try await store.set("cache:" + key, to: entry.encoded(), ttl: .seconds(max(1, keep)))
-                    try await store.publish(ByteBuffer(string: key), to: Self.filledChannel)
+                    // Someone may have filled it between our miss and the lock.
+                    if let e = await freshFromStore(key) {
+                        releaseInBackground(lock)
+                        return (e, 0)
+                    }
+                    (entry, ms) = try await fetchUpstream(query, token: token, lock: lock, lockTTL: lockTTL)
                 } catch {
-                    logger.warning("could not share a fetched chart", metadata: ["error": "\(error)"])
+                    releaseInBackground(lock)
+                    throw error
                 }
+                l1.set(key, entry, cost: entry.cost)
                 notifier.notify(key)
                 metrics.cacheMiss.increment()
+                shareInBackground(entry, key: key, lock: lock)
                 return (entry, ms)
             }
             // Another gateway is fetching it.
@@ -163,6 +165,26 @@ final class ChartService: Sendable {
             if ContinuousClock.now - started > patience {
                 throw Problem(.upstreamTimeout, "KIS did not answer in time (waited for another gateway's fetch)")
             }
+        }
+    }
+
+    private func releaseInBackground(_ lock: StoreLock) {
+        Task { [store] in _ = try? await store.releaseLock(lock) }
+    }
+
+    /// Stores the entry for the fleet, tells the other gateways, then releases the lock — in that order, so a
+    /// gateway that gets the lock next finds the entry — while the caller already has its answer.
+    private func shareInBackground(_ entry: ChartEntry, key: String, lock: StoreLock) {
+        let keep = entry.freshUntil - Self.now() + Int64(max(settings.staleIfError, settings.staleWhileRevalidate))
+        let store = self.store, logger = self.logger
+        Task {
+            do {
+                try await store.set("cache:" + key, to: entry.encoded(), ttl: .seconds(max(1, keep)))
+                try await store.publish(ByteBuffer(string: key), to: Self.filledChannel)
+            } catch {
+                logger.warning("could not share a fetched chart", metadata: ["error": "\(error)"])
+            }
+            _ = try? await store.releaseLock(lock)
         }
     }
 
@@ -197,6 +219,7 @@ final class ChartService: Sendable {
         let limit = RateLimit(rate: rate, burst: 1)
         let rlKey = Self.rateKey(appKey: token.credentials.appKey)
         let store = self.store, maxQueue = settings.maxQueue, metrics = self.metrics
+        let calls = Atomic<Int>(0)
         let beforeEachCall: @Sendable () async throws -> Void = {
             let waitStart = ContinuousClock.now
             let ok: Bool
@@ -218,7 +241,10 @@ final class ChartService: Sendable {
                 metrics.rateLimitWait.recordNanoseconds(
                     waited.components.seconds * 1_000_000_000 + waited.components.attoseconds / 1_000_000_000)
             }
-            _ = try? await store.renewLock(lock, ttl: lockTTL)
+            // The lock's TTL covers one queue wait and one call; renew it for each further page.
+            if calls.add(1, ordering: .relaxed).oldValue > 0 {
+                _ = try? await store.renewLock(lock, ttl: lockTTL)
+            }
         }
         var attempt = 0
         let started = ContinuousClock.now

@@ -7,7 +7,10 @@ public struct ExactNumber: Sendable, Hashable, CustomStringConvertible {
 
     /// nil unless `raw` is an optionally signed decimal (`-12`, `185.6400`).
     public init?(_ raw: String) {
-        var u = Substring(raw.trimmingCharacters(in: .whitespaces))
+        // Byte-level trimming: Foundation's goes through UTF-16, and this runs for every field of every row.
+        var u = raw[...]
+        while let f = u.utf8.first, f == 0x20 || f == 0x09 { u = u.dropFirst() }
+        while let l = u.utf8.last, l == 0x20 || l == 0x09 { u = u.dropLast() }
         var negative = false
         if u.first == "+" || u.first == "-" {
             negative = u.first == "-"

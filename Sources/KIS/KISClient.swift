@@ -139,9 +139,9 @@ public struct KISClient: Sendable {
             ("FID_INPUT_DATE_2", end.yyyymmdd), ("FID_PERIOD_DIV_CODE", period),
             ("FID_ORG_ADJ_PRC", adjusted ? "0" : "1"),  // KIS: 0 = adjusted
         ]
-        let data = try await quotation(
-            KISPath.domesticDailyChart, query: query, trID: KISTrID.domesticDailyChart, credentials: credentials)
-        return try Self.decodeSuccess(KISDomesticChartResponse.self, data)
+        return try await quotation(
+            KISDomesticChartResponse.self, KISPath.domesticDailyChart, query: query, trID: KISTrID.domesticDailyChart,
+            credentials: credentials)
     }
 
     /// One page of `dailyprice` (`HHDFS76240000`).
@@ -154,14 +154,15 @@ public struct KISClient: Sendable {
             ("AUTH", ""), ("EXCD", exchange.rawValue), ("SYMB", symbol), ("GUBN", gubn),
             ("BYMD", end?.yyyymmdd ?? ""), ("MODP", adjusted ? "1" : "0"),  // overseas: 1 = adjusted
         ]
-        let data = try await quotation(
-            KISPath.overseasDailyPrice, query: query, trID: KISTrID.overseasDailyPrice, credentials: credentials)
-        return try Self.decodeSuccess(KISOverseasDailyResponse.self, data)
+        return try await quotation(
+            KISOverseasDailyResponse.self, KISPath.overseasDailyPrice, query: query, trID: KISTrID.overseasDailyPrice,
+            credentials: credentials)
     }
 
-    private func quotation(
-        _ path: String, query: [(String, String)], trID: String, credentials: KISCredentials
-    ) async throws -> Data {
+    /// One quotation call, its body decoded once: KIS's envelope fields are part of every answer type.
+    private func quotation<T: Decodable & KISEnveloped>(
+        _ type: T.Type, _ path: String, query: [(String, String)], trID: String, credentials: KISCredentials
+    ) async throws -> T {
         let headers = [
             ("authorization", "Bearer " + credentials.accessToken), ("appkey", credentials.appKey),
             ("appsecret", credentials.appSecret), ("tr_id", trID), ("tr_cont", ""), ("custtype", "P"),
@@ -170,21 +171,24 @@ public struct KISClient: Sendable {
         let (status, data, _) = try await send(.GET, path + "?" + q, headers: headers, body: nil)
         // KIS answers errors as 200 or 500 alike: the body decides.
         if status == 200 || status == 500 || status == 403 {
-            if let envelope = try? JSONDecoder().decode(KISEnvelope.self, from: data) {
-                if envelope.rt_cd == "0" { return data }
-                throw KISClientError(
-                    kind: KISClientError.kind(forCode: envelope.msg_cd), msgCode: envelope.msg_cd,
-                    message: envelope.msg1.trimmingCharacters(in: .whitespaces), httpStatus: status)
+            let envelope: KISEnvelope
+            if let answer = try? JSONDecoder().decode(T.self, from: data) {
+                if answer.rt_cd == "0" { return answer }
+                envelope = KISEnvelope(rt_cd: answer.rt_cd, msg_cd: answer.msg_cd, msg1: answer.msg1)
+            } else if let e = try? JSONDecoder().decode(KISEnvelope.self, from: data) {
+                guard e.rt_cd != "0" else {
+                    throw KISClientError(kind: .unreadable, message: "KIS answered rt_cd 0 with a body kisgw cannot read",
+                                         httpStatus: status)
+                }
+                envelope = e
+            } else {
+                throw Self.classify(status: status, data: data)
             }
+            throw KISClientError(
+                kind: KISClientError.kind(forCode: envelope.msg_cd), msgCode: envelope.msg_cd,
+                message: envelope.msg1.trimmingCharacters(in: .whitespaces), httpStatus: status)
         }
         throw Self.classify(status: status, data: data)
-    }
-
-    private static func decodeSuccess<T: Decodable>(_ type: T.Type, _ data: Data) throws -> T {
-        do { return try JSONDecoder().decode(T.self, from: data) } catch {
-            throw KISClientError(kind: .unreadable, message: "KIS answered rt_cd 0 with a body kisgw cannot read",
-                                 httpStatus: 200)
-        }
     }
 
     /// Classifies a non-success answer by its body: KIS's envelope, the token endpoints' shape, or neither.

@@ -119,6 +119,13 @@ public struct KISRevokeResponse: Codable, Sendable {
 // MARK: - quotations
 
 /// The envelope of every REST answer: `rt_cd "0"` is success.
+/// KIS's result fields, which every quotation answer carries.
+public protocol KISEnveloped {
+    var rt_cd: String { get }
+    var msg_cd: String { get }
+    var msg1: String { get }
+}
+
 public struct KISEnvelope: Codable, Sendable, Equatable {
     public var rt_cd: String
     public var msg_cd: String
@@ -244,7 +251,7 @@ public struct KISDomesticBar: Codable, Sendable, Equatable {
 }
 
 /// `inquire-daily-itemchartprice` body.
-public struct KISDomesticChartResponse: Codable, Sendable, Equatable {
+public struct KISDomesticChartResponse: Codable, Sendable, Equatable, KISEnveloped {
     public var output1: KISDomesticOutput1?
     public var output2: [KISDomesticBar]?
     public var rt_cd: String
@@ -299,7 +306,7 @@ public struct KISOverseasBar: Codable, Sendable, Equatable {
 }
 
 /// `dailyprice` body.
-public struct KISOverseasDailyResponse: Codable, Sendable, Equatable {
+public struct KISOverseasDailyResponse: Codable, Sendable, Equatable, KISEnveloped {
     public var output1: KISOverseasOutput1?
     public var output2: [KISOverseasBar]?
     public var rt_cd: String
