@@ -127,7 +127,8 @@ public final class JWTVerifier: Sendable {
         do {
             session = try await verifyAfresh(token, now: now)
         } catch {
-            if error.detail != Self.notYetValid, error.detail != Self.issuedInFuture {
+            // Bounded memory: at most `rejectionLimit` tokens of at most 2 KiB each are remembered.
+            if error.detail != Self.notYetValid, error.detail != Self.issuedInFuture, token.utf8.count <= 2048 {
                 rejections.withLock { r in
                     if r.count >= rejectionLimit { r.removeAll(keepingCapacity: true) }
                     r[token] = Rejection(problem: error, until: now.addingTimeInterval(rejectionTTL))

@@ -92,6 +92,38 @@ struct JWTVerifierTests {
         #expect(try await v.verify(justExpired).userID == "42")
     }
 
+    @Test("decisions are remembered: valid until exp, lasting failures for a while, 'not yet valid' never")
+    func remembered() async throws {
+        let v = try await verifier()
+        let good = try await hs256(claims())
+        #expect(v.known(good) == nil)
+        _ = try await v.verify(good)
+        guard case .valid(let s) = v.known(good) else { Issue.record("a verified token is not remembered"); return }
+        #expect(s.userID == "42")
+        // Past its exp (plus leeway) the remembered session answers jwt_expired, without a signature check.
+        guard case .rejected(let p) = v.known(good, now: Date().addingTimeInterval(3700)) else {
+            Issue.record("an expired remembered token is still valid")
+            return
+        }
+        #expect(p.code == .jwtExpired)
+
+        let forged = try await hs256(claims(), secret: Array("another-secret-another-secret-32".utf8))
+        _ = await code { () async throws(Problem) -> VerifiedSession in try await v.verify(forged) }
+        guard case .rejected(let q) = v.known(forged) else { Issue.record("a bad signature is not remembered"); return }
+        #expect(q.code == .jwtInvalid && q.detail.contains("signature"))
+        #expect(v.known(forged, now: Date().addingTimeInterval(301)) == nil, "rejections are forgotten after 5 min")
+
+        let early = try await hs256(claims(nbf: 600))
+        _ = await code { () async throws(Problem) -> VerifiedSession in try await v.verify(early) }
+        #expect(v.known(early) == nil, "a token that becomes valid later must be checked again")
+
+        let huge = try await hs256(Claims(sub: SubjectClaim(value: String(repeating: "x", count: 3000)),
+                                          exp: ExpirationClaim(value: Date().addingTimeInterval(60))),
+                                   secret: Array("another-secret-another-secret-32".utf8))
+        _ = await code { () async throws(Problem) -> VerifiedSession in try await v.verify(huge) }
+        #expect(v.known(huge) == nil, "tokens over 2 KiB are not remembered")
+    }
+
     @Test("HS/RS confusion: an HS256 token signed with the RSA public key is refused")
     func confusion() async throws {
         let rsa = try _RSA.Signing.PrivateKey(keySize: .bits2048)
