@@ -85,6 +85,27 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
         self.scheduleFlush(context: context)
     }
 
+    /// Writes requests handed over directly by ``RedisConnection`` (not through
+    /// the pipeline), then flushes at once (`flushNow`) or coalesced with other
+    /// writes of this event-loop tick.
+    ///
+    /// Once the handler is closed or removed from the pipeline every request
+    /// fails with ``RedisError/Code/connectionClosed``; none is ever dropped.
+    package func submit(_ requests: some Collection<RedisRequest>, flushNow: Bool) {
+        guard let context = self.context else {
+            let error = RedisError(.connectionClosed, "connection to Redis closed before the command was sent")
+            for request in requests { request.promise?.fail(error) }
+            return
+        }
+        for request in requests { self.write(request, context: context) }
+        if flushNow {
+            self.flushPending = false
+            context.flush()
+        } else {
+            self.scheduleFlush(context: context)
+        }
+    }
+
     private func write(_ request: RedisRequest, context: ChannelHandlerContext) {
         guard let promise = request.promise else {
             // A push-answered command (pub/sub); nothing to pair.

@@ -2,16 +2,29 @@ package import Logging
 package import NIOCore
 import NIOPosix
 import NIOSSL
+import Synchronization
 
 /// One open, authenticated connection to Redis.
 ///
-/// Safe to use from any thread: every method hops to the channel's event loop.
+/// Safe to use from any thread. Requests from off the event loop are queued
+/// in an outbox and handed to ``RedisChannelHandler`` in one event-loop task
+/// with one flush, however many arrived meanwhile: one hop, one wake-up and
+/// one `writev` for a burst of concurrent commands instead of one each.
 package final class RedisConnection: Sendable {
     package let channel: any Channel
     package let id: Int
+    private let handler: NIOLoopBound<RedisChannelHandler>
+    private let outbox = Mutex(Outbox())
 
-    private init(channel: any Channel, id: Int) {
+    private struct Outbox {
+        var requests: [RedisRequest] = []
+        /// A drain task is on the event loop's queue.
+        var drainScheduled = false
+    }
+
+    private init(channel: any Channel, handler: NIOLoopBound<RedisChannelHandler>, id: Int) {
         self.channel = channel
+        self.handler = handler
         self.id = id
     }
 
@@ -24,7 +37,7 @@ package final class RedisConnection: Sendable {
     /// its reply is discarded when it arrives.
     package func send(_ bytes: ByteBuffer, deadline: NIODeadline) -> EventLoopPromise<RESPValue> {
         let promise = self.channel.eventLoop.makePromise(of: RESPValue.self)
-        self.submit(.one(RedisRequest(bytes: bytes, promise: promise, deadline: deadline)))
+        self.submit(RedisRequest(bytes: bytes, promise: promise, deadline: deadline))
         return promise
     }
 
@@ -39,48 +52,69 @@ package final class RedisConnection: Sendable {
             requests.append(RedisRequest(bytes: bytes, promise: promise, deadline: deadline))
             promises.append(promise)
         }
-        self.submit(.batch(requests))
+        self.submit(contentsOf: requests)
         return promises
     }
 
     /// Writes a command whose replies arrive as pub/sub pushes.
     package func sendPush(_ bytes: ByteBuffer) {
-        self.submit(.one(RedisRequest(bytes: bytes, promise: nil, deadline: .distantFuture)))
-    }
-
-    /// Hands requests to ``RedisChannelHandler`` on the channel's event loop.
-    ///
-    /// The pool may hand out this connection just before it learns that the
-    /// socket closed (its close notification runs on the event loop, the
-    /// caller does not). NIO removes the handlers after closing, and a write
-    /// that reaches a pipeline without them is dropped, its promises with it:
-    /// the caller would wait forever, since the deadline timer lives in the
-    /// handler too. So the channel is checked on the loop: while it is active
-    /// its handlers are in place and pair or fail every request; once it is
-    /// not, the requests fail here.
-    private func submit(_ outbound: RedisOutbound) {
-        if self.channel.eventLoop.inEventLoop {
-            self.submitOnLoop(outbound)
-        } else {
-            self.channel.eventLoop.execute { self.submitOnLoop(outbound) }
-        }
-    }
-
-    private func submitOnLoop(_ outbound: RedisOutbound) {
-        guard self.channel.isActive else {
-            let error = RedisError(.connectionClosed, "connection to Redis closed before the command was sent")
-            switch outbound {
-            case .one(let request): request.promise?.fail(error)
-            case .batch(let requests): for request in requests { request.promise?.fail(error) }
-            }
-            return
-        }
-        self.channel.write(outbound, promise: nil)
+        self.submit(RedisRequest(bytes: bytes, promise: nil, deadline: .distantFuture))
     }
 
     /// Switches the connection to pub/sub mode: all replies go to `handler`.
     package func enterPubSub(_ handler: @escaping @Sendable (RESPValue) -> Void) async throws {
         try await self.channel.triggerUserOutboundEvent(RedisHandlerEvent.enterPubSub(handler)).get()
+    }
+
+    // MARK: submission
+
+    // Requests go straight to the handler, not through `channel.write`: the
+    // pool may hand out this connection just before it learns that the socket
+    // closed, and NIO drops a write that reaches a pipeline whose handlers it
+    // has already removed, reply promise and all (the caller would wait
+    // forever: the deadline timer is the handler's). The handler itself fails
+    // requests once it is closed or removed.
+
+    private func submit(_ request: RedisRequest) {
+        if self.channel.eventLoop.inEventLoop {
+            self.handler.value.submit(CollectionOfOne(request), flushNow: false)
+            return
+        }
+        let schedule = self.outbox.withLock { outbox in
+            outbox.requests.append(request)
+            return Self.claimDrain(&outbox)
+        }
+        if schedule { self.scheduleDrain() }
+    }
+
+    private func submit(contentsOf requests: [RedisRequest]) {
+        if self.channel.eventLoop.inEventLoop {
+            self.handler.value.submit(requests, flushNow: false)
+            return
+        }
+        let schedule = self.outbox.withLock { outbox in
+            outbox.requests.append(contentsOf: requests)
+            return Self.claimDrain(&outbox)
+        }
+        if schedule { self.scheduleDrain() }
+    }
+
+    private static func claimDrain(_ outbox: inout Outbox) -> Bool {
+        if outbox.drainScheduled { return false }
+        outbox.drainScheduled = true
+        return true
+    }
+
+    private func scheduleDrain() {
+        self.channel.eventLoop.execute {
+            let requests = self.outbox.withLock { outbox in
+                outbox.drainScheduled = false
+                let requests = outbox.requests
+                outbox.requests.removeAll(keepingCapacity: true)
+                return requests
+            }
+            self.handler.value.submit(requests, flushNow: true)
+        }
     }
 
     package func close() {
@@ -123,7 +157,16 @@ package final class RedisConnection: Sendable {
         } catch {
             throw RedisError(.unavailable, "cannot connect to \(configuration.endpointDescription): \(Self.describe(error))")
         }
-        let connection = RedisConnection(channel: channel, id: id)
+        let handler: NIOLoopBound<RedisChannelHandler>
+        do {
+            handler = try await channel.eventLoop.submit {
+                NIOLoopBound(try channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self), eventLoop: channel.eventLoop)
+            }.get()
+        } catch {
+            channel.close(promise: nil)
+            throw RedisError(.unavailable, "cannot connect to \(configuration.endpointDescription): \(Self.describe(error))")
+        }
+        let connection = RedisConnection(channel: channel, handler: handler, id: id)
         do {
             var handshake: [RedisCommand] = []
             if let password = configuration.password {
