@@ -6,12 +6,12 @@ package struct RedisRequest: Sendable {
     package var bytes: ByteBuffer
     /// Completed with the reply; `nil` for commands whose replies arrive as
     /// pushes (SUBSCRIBE and friends on a pub/sub connection).
-    package var promise: EventLoopPromise<RESPValue>?
+    package var reply: RedisPendingReply?
     package var deadline: NIODeadline
 
-    package init(bytes: ByteBuffer, promise: EventLoopPromise<RESPValue>?, deadline: NIODeadline) {
+    package init(bytes: ByteBuffer, reply: RedisPendingReply?, deadline: NIODeadline) {
         self.bytes = bytes
-        self.promise = promise
+        self.reply = reply
         self.deadline = deadline
     }
 }
@@ -31,14 +31,14 @@ package enum RedisHandlerEvent: Sendable {
 }
 
 /// The thin NIO side of a connection: writes encoded commands, feeds received
-/// bytes to hiredis's reader and matches replies to promises in FIFO order.
+/// bytes to hiredis's reader and matches replies to commands in FIFO order.
 /// All decisions are taken by ``ConnectionStateMachine``.
 package final class RedisChannelHandler: ChannelDuplexHandler {
     package typealias InboundIn = ByteBuffer
     package typealias OutboundIn = RedisOutbound
     package typealias OutboundOut = ByteBuffer
 
-    private var state: ConnectionStateMachine<EventLoopPromise<RESPValue>>
+    private var state: ConnectionStateMachine<RedisPendingReply>
     private let reader = HiredisReader()
     private let logger: Logger
     private var timer: Scheduled<Void>?
@@ -94,7 +94,7 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     package func submit(_ requests: some Collection<RedisRequest>, flushNow: Bool) {
         guard let context = self.context else {
             let error = RedisError(.connectionClosed, "connection to Redis closed before the command was sent")
-            for request in requests { request.promise?.fail(error) }
+            for request in requests { request.reply?.fail(error) }
             return
         }
         for request in requests { self.write(request, context: context) }
@@ -107,16 +107,16 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     }
 
     private func write(_ request: RedisRequest, context: ChannelHandlerContext) {
-        guard let promise = request.promise else {
+        guard let reply = request.reply else {
             // A push-answered command (pub/sub); nothing to pair.
             if self.state.isActive {
                 context.write(self.wrapOutboundOut(request.bytes), promise: nil)
             }
             return
         }
-        switch self.state.enqueue(promise, deadline: request.deadline) {
-        case .fail(let promise, let error):
-            promise.fail(error)
+        switch self.state.enqueue(reply, deadline: request.deadline) {
+        case .fail(let reply, let error):
+            reply.fail(error)
         case .write(let arm):
             context.write(self.wrapOutboundOut(request.bytes), promise: nil)
             if let arm { self.arm(arm, context: context) }
@@ -180,10 +180,10 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
                 continue
             }
             switch self.state.received(value) {
-            case .succeed(let promise, let value):
-                promise.succeed(value)
-            case .fail(let promise, let error):
-                promise.fail(error)
+            case .succeed(let reply, let value):
+                reply.succeed(value)
+            case .fail(let reply, let error):
+                reply.fail(error)
             case .discard:
                 break
             case .close(let error):
@@ -205,8 +205,8 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     private func timerFired() {
         self.timer = nil
         let action = self.state.timerFired(now: .now())
-        for promise in action.expired {
-            promise.fail(RedisError(.timeout, "Redis did not reply in time"))
+        for reply in action.expired {
+            reply.fail(RedisError(.timeout, "Redis did not reply in time"))
         }
         if let error = action.close {
             self.logger.warning("recycling redis connection", metadata: ["reason": "\(error.message)"])
@@ -222,8 +222,8 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     private func closeState(_ error: RedisError) {
         self.timer?.cancel()
         self.timer = nil
-        for promise in self.state.close(error) {
-            promise.fail(error)
+        for reply in self.state.close(error) {
+            reply.fail(error)
         }
     }
 }

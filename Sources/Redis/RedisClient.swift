@@ -71,8 +71,7 @@ public final class RedisClient: Sendable {
         } catch {
             throw Self.redisError(error)
         }
-        let promise = connection.send(bytes, deadline: deadline)
-        return try await Self.await(promise)
+        return try await connection.send(bytes, deadline: deadline).get()
     }
 
     /// Sends several commands back to back on one connection with one flush
@@ -91,12 +90,13 @@ public final class RedisClient: Sendable {
         } catch {
             throw Self.redisError(error)
         }
-        let promises = connection.send(batch: encoded, deadline: deadline)
+        let replies = connection.send(batch: encoded, deadline: deadline)
         var results: [Result<RESPValue, RedisError>] = []
-        results.reserveCapacity(promises.count)
-        for promise in promises {
+        results.reserveCapacity(replies.count)
+        for reply in replies {
+            // Replies complete in order, so after the first wait the rest are usually ready: no suspension.
             do {
-                results.append(.success(try await Self.await(promise)))
+                results.append(.success(try await reply.get()))
             } catch {
                 results.append(.failure(error))
             }
@@ -133,19 +133,6 @@ public final class RedisClient: Sendable {
             continuation.finish()
         }
         await self.shutdown()
-    }
-
-    static func await(_ promise: EventLoopPromise<RESPValue>) async throws(RedisError) -> RESPValue {
-        do {
-            return try await withTaskCancellationHandler {
-                try await promise.futureResult.get()
-            } onCancel: {
-                // The slot stays queued on the connection; its reply will be discarded.
-                promise.fail(RedisError(.cancelled, "task cancelled while awaiting the reply"))
-            }
-        } catch {
-            throw Self.redisError(error)
-        }
     }
 
     static func redisError(_ error: any Error) -> RedisError {

@@ -32,33 +32,33 @@ package final class RedisConnection: Sendable {
     package var isActive: Bool { self.channel.isActive }
     package var closeFuture: EventLoopFuture<Void> { self.channel.closeFuture }
 
-    /// Sends pre-encoded bytes; the promise completes with the reply. Failing
-    /// the promise early (cancellation) leaves the command's slot in place, so
-    /// its reply is discarded when it arrives.
-    package func send(_ bytes: ByteBuffer, deadline: NIODeadline) -> EventLoopPromise<RESPValue> {
-        let promise = self.channel.eventLoop.makePromise(of: RESPValue.self)
-        self.submit(RedisRequest(bytes: bytes, promise: promise, deadline: deadline))
-        return promise
+    /// Sends pre-encoded bytes; the returned reply completes with the server's
+    /// answer. Failing it early (cancellation) leaves the command's slot in
+    /// place, so its reply is discarded when it arrives.
+    package func send(_ bytes: ByteBuffer, deadline: NIODeadline) -> RedisPendingReply {
+        let reply = RedisPendingReply()
+        self.submit(RedisRequest(bytes: bytes, reply: reply, deadline: deadline))
+        return reply
     }
 
     /// Sends several pre-encoded commands with one flush.
-    package func send(batch: [ByteBuffer], deadline: NIODeadline) -> [EventLoopPromise<RESPValue>] {
+    package func send(batch: [ByteBuffer], deadline: NIODeadline) -> [RedisPendingReply] {
         var requests: [RedisRequest] = []
         requests.reserveCapacity(batch.count)
-        var promises: [EventLoopPromise<RESPValue>] = []
-        promises.reserveCapacity(batch.count)
+        var replies: [RedisPendingReply] = []
+        replies.reserveCapacity(batch.count)
         for bytes in batch {
-            let promise = self.channel.eventLoop.makePromise(of: RESPValue.self)
-            requests.append(RedisRequest(bytes: bytes, promise: promise, deadline: deadline))
-            promises.append(promise)
+            let reply = RedisPendingReply()
+            requests.append(RedisRequest(bytes: bytes, reply: reply, deadline: deadline))
+            replies.append(reply)
         }
         self.submit(contentsOf: requests)
-        return promises
+        return replies
     }
 
     /// Writes a command whose replies arrive as pub/sub pushes.
     package func sendPush(_ bytes: ByteBuffer) {
-        self.submit(RedisRequest(bytes: bytes, promise: nil, deadline: .distantFuture))
+        self.submit(RedisRequest(bytes: bytes, reply: nil, deadline: .distantFuture))
     }
 
     /// Switches the connection to pub/sub mode: all replies go to `handler`.
@@ -71,7 +71,7 @@ package final class RedisConnection: Sendable {
     // Requests go straight to the handler, not through `channel.write`: the
     // pool may hand out this connection just before it learns that the socket
     // closed, and NIO drops a write that reaches a pipeline whose handlers it
-    // has already removed, reply promise and all (the caller would wait
+    // has already removed, pending reply and all (the caller would wait
     // forever: the deadline timer is the handler's). The handler itself fails
     // requests once it is closed or removed.
 
@@ -167,7 +167,7 @@ package final class RedisConnection: Sendable {
             throw RedisError(.unavailable, "cannot connect to \(configuration.endpointDescription): \(Self.describe(error))")
         }
         let connection = RedisConnection(channel: channel, handler: handler, id: id)
-        do {
+        do throws(RedisError) {
             var handshake: [RedisCommand] = []
             if let password = configuration.password {
                 if let username = configuration.username {
@@ -185,22 +185,19 @@ package final class RedisConnection: Sendable {
             if handshake.isEmpty {
                 handshake.append(RedisCommand("PING"))
             }
-            let promises = connection.send(batch: handshake.map { HiredisEncoder.encode($0) }, deadline: deadline)
-            for (command, promise) in zip(handshake, promises) {
-                do {
-                    _ = try await promise.futureResult.get()
-                } catch let error as RedisError where error.code == .server {
+            let replies = connection.send(batch: handshake.map { HiredisEncoder.encode($0) }, deadline: deadline)
+            for (command, reply) in zip(handshake, replies) {
+                do throws(RedisError) {
+                    _ = try await reply.get()
+                } catch where error.code == .server {
                     // The server's text never echoes the password; the command name is safe.
                     throw RedisError(.unavailable, "\(command.name) failed on \(configuration.endpointDescription): \(error.message)")
                 }
             }
-        } catch let error as RedisError {
+        } catch {
             connection.close()
             if error.code == .unavailable { throw error }
             throw RedisError(.unavailable, "handshake with \(configuration.endpointDescription) failed: \(error.message)")
-        } catch {
-            connection.close()
-            throw RedisError(.unavailable, "handshake with \(configuration.endpointDescription) failed: \(error)")
         }
         return connection
     }

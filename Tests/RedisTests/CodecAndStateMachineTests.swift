@@ -306,3 +306,44 @@ struct PoolStateMachineTests {
         }
     }
 }
+
+@Suite("Pending reply")
+struct PendingReplyTests {
+    @Test func completedBeforeAwaitReturnsAtOnce() async throws {
+        let reply = RedisPendingReply()
+        reply.succeed(.integer(1))
+        reply.fail(RedisError(.timeout, "late"))  // the first completion wins
+        #expect(try await reply.get() == .integer(1))
+    }
+
+    @Test func completedWhileAwaited() async throws {
+        let reply = RedisPendingReply()
+        let waiter = Task { try await reply.get() }
+        try await Task.sleep(for: .milliseconds(20))
+        reply.succeed(.simpleString("OK"))
+        #expect(try await waiter.value == .simpleString("OK"))
+    }
+
+    @Test func cancellationFailsTheWaitAndALateReplyIsIgnored() async throws {
+        let reply = RedisPendingReply()
+        let waiter = Task { try await reply.get() }
+        try await Task.sleep(for: .milliseconds(20))
+        waiter.cancel()
+        do {
+            _ = try await waiter.value
+            Issue.record("expected cancellation")
+        } catch let error as RedisError {
+            #expect(error.code == .cancelled)
+        }
+        reply.succeed(.integer(2))
+    }
+
+    @Test func alreadyCancelledTaskFailsWithoutWaiting() async throws {
+        let reply = RedisPendingReply()
+        let waiter = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await reply.get()
+        }
+        await #expect(throws: RedisError.self) { try await waiter.value }
+    }
+}
