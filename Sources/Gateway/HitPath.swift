@@ -117,25 +117,24 @@ final class HitPath: Sendable {
         init?(_ headers: HTTPHeaders) {
             for (name, value) in headers {
                 let n = name.utf8
+                let fresh: Bool
                 switch n.count {
-                case 6 where Self.equals(n, "origin"):
-                    guard origin == nil else { return nil }
-                    origin = value
-                case 11 where Self.equals(n, "x-kis-token"):
-                    guard kisToken == nil else { return nil }
-                    kisToken = value
-                case 13 where Self.equals(n, "authorization"):
-                    guard authorization == nil else { return nil }
-                    authorization = value
-                case 13 where Self.equals(n, "if-none-match"):
-                    guard ifNoneMatch == nil else { return nil }
-                    ifNoneMatch = value
-                case 29 where Self.equals(n, "access-control-request-method"):
-                    guard requestMethod == nil else { return nil }
-                    requestMethod = value
-                default: continue
+                case 6 where Self.equals(n, "origin"): fresh = Self.take(&origin, value)
+                case 11 where Self.equals(n, "x-kis-token"): fresh = Self.take(&kisToken, value)
+                case 13 where Self.equals(n, "authorization"): fresh = Self.take(&authorization, value)
+                case 13 where Self.equals(n, "if-none-match"): fresh = Self.take(&ifNoneMatch, value)
+                case 29 where Self.equals(n, "access-control-request-method"): fresh = Self.take(&requestMethod, value)
+                default: fresh = true
                 }
+                guard fresh else { return nil }
             }
+        }
+
+        /// Sets an unset field; false when it was set already (a repeated header).
+        private static func take(_ field: inout String?, _ value: String) -> Bool {
+            guard field == nil else { return false }
+            field = value
+            return true
         }
 
         /// ASCII case-insensitive equality with a lower-case name.
@@ -390,18 +389,9 @@ struct HTTPDateCache {
     static func format(_ epoch: Int64) -> String {
         let day = epoch >= 0 ? epoch / 86400 : (epoch - 86399) / 86400
         let secs = Int(epoch - day * 86400)
-        // Days since 1970-01-01 to a civil date (the proleptic Gregorian calendar, as in CivilDate).
-        let z = day + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let d = doy - (153 * mp + 2) / 5 + 1
-        let m = mp < 10 ? mp + 3 : mp - 9
-        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
+        let (y, m, d) = CivilDate(dayNumber: Int(day)).components
         let weekday = Int(((day % 7) + 7) % 7)
         func two(_ v: some BinaryInteger) -> String { v < 10 ? "0\(v)" : "\(v)" }
-        return "\(days[weekday]), \(two(d)) \(months[Int(m) - 1]) \(y) \(two(secs / 3600)):\(two(secs / 60 % 60)):\(two(secs % 60)) GMT"
+        return "\(days[weekday]), \(two(d)) \(months[m - 1]) \(y) \(two(secs / 3600)):\(two(secs / 60 % 60)):\(two(secs % 60)) GMT"
     }
 }
