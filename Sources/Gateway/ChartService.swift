@@ -133,15 +133,19 @@ final class ChartService: Sendable {
         let started = ContinuousClock.now
         let patience = settings.upstreamTimeout * 3 + settings.maxQueue
         while true {
-            let lock: StoreLock?
-            do { lock = try await store.acquireLock(lockKey, ttl: lockTTL) } catch {
+            let lock: StoreLock?, filled: ByteBuffer?
+            do {
+                // The lock, and what is in the store once we hold it (in one round trip): someone may have filled
+                // it between our miss and the lock.
+                (lock, filled) = try await store.acquireLock(lockKey, ttl: lockTTL, thenGet: "cache:" + key)
+            } catch {
                 throw Problem(.storeUnavailable, "the shared store cannot be reached", retryAfter: 1)
             }
             if let lock {
                 let entry: ChartEntry, ms: Double
                 do {
-                    // Someone may have filled it between our miss and the lock.
-                    if let e = await freshFromStore(key) {
+                    if let filled, let e = ChartEntry.decode(filled), e.freshUntil > Self.now() {
+                        l1.set(key, e, cost: e.cost)
                         releaseInBackground(lock)
                         return (e, 0)
                     }

@@ -60,6 +60,7 @@ final class HitPath: Sendable {
     let observer: (@Sendable (_ status: Int) -> Void)?
     private let resolved = Mutex<[String: Resolved]>([:])
     private let resolvedLimit = 10_000
+    private let renderedProblems = Mutex<[String: (HTTPResponseStatus, HTTPHeaders, ByteBuffer)]>([:])
 
     init(cors: KisgwConfig.CORS, maxRangeDays: Int, verifier: JWTVerifier, authorizer: TokenAuthorizer,
          l1: L1Cache<ChartEntry>, metrics: GatewayMetrics, logger: Logger,
@@ -209,14 +210,22 @@ final class HitPath: Sendable {
 
     /// What `ProblemRenderer` and `CORSMiddleware` answer for `problem`.
     private func problem(_ problem: Problem, route: Route, origin: String?) -> Answer {
-        let rendered = ProblemRenderer.render(problem)
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(10)
-        for field in rendered.headers { headers.add(name: field.name.rawName, value: field.value) }
-        let body = ByteBuffer(bytes: problem.body())  // `rendered.headers` hold its Content-Length
+        // Rendered once per distinct problem (JWT problems are a handful of fixed texts): no JSON work per answer.
+        let key = problem.code.rawValue + "|" + problem.detail
+        let (status, fixed, body) = renderedProblems.withLock { cache in
+            if let r = cache[key] { return r }
+            let rendered = ProblemRenderer.render(problem)
+            var headers = HTTPHeaders()
+            for field in rendered.headers { headers.add(name: field.name.rawName, value: field.value) }
+            // `rendered.headers` hold the body's Content-Length.
+            let r = (HTTPResponseStatus(statusCode: problem.status), headers, ByteBuffer(bytes: problem.body()))
+            if cache.count >= 64 { cache.removeAll() }
+            cache[key] = r
+            return r
+        }
+        var headers = fixed
         addCORS(to: &headers, origin: origin)
-        return Answer(status: HTTPResponseStatus(statusCode: problem.status), headers: headers, body: body,
-                      route: route.label, cacheHit: false)
+        return Answer(status: status, headers: headers, body: body, route: route.label, cacheHit: false)
     }
 
     private func addCORS(to headers: inout HTTPHeaders, origin: String?) {

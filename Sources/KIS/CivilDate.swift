@@ -29,28 +29,32 @@ public struct CivilDate: Hashable, Comparable, Sendable, CustomStringConvertible
         self.dayNumber = era * 146097 + doe - 719468
     }
 
-    /// Parses `YYYYMMDD` or `YYYY-MM-DD`; nil for anything else.
+    /// Parses `YYYYMMDD` or `YYYY-MM-DD`; nil for anything else. (No allocation: KIS rows carry one each.)
     public init?(_ text: some StringProtocol) {
-        let u = Array(text.utf8)
-        let digits: [UInt8]
-        if u.count == 8 {
-            digits = u
-        } else if u.count == 10, u[4] == UInt8(ascii: "-"), u[7] == UInt8(ascii: "-") {
-            digits = Array(u[0..<4] + u[5..<7] + u[8..<10])
-        } else {
-            return nil
+        let u = text.utf8
+        let dashed: Bool
+        switch u.count {
+        case 8: dashed = false
+        case 10: dashed = true
+        default: return nil
         }
-        var values = [0, 0, 0]
-        let spans = [(0, 4), (4, 6), (6, 8)]
-        for (i, span) in spans.enumerated() {
-            var v = 0
-            for c in digits[span.0..<span.1] {
-                guard c >= UInt8(ascii: "0"), c <= UInt8(ascii: "9") else { return nil }
-                v = v * 10 + Int(c - UInt8(ascii: "0"))
+        var year = 0, month = 0, day = 0, i = 0
+        for c in u {
+            defer { i += 1 }
+            if dashed && (i == 4 || i == 7) {
+                guard c == UInt8(ascii: "-") else { return nil }
+                continue
             }
-            values[i] = v
+            guard c >= UInt8(ascii: "0"), c <= UInt8(ascii: "9") else { return nil }
+            let d = Int(c - UInt8(ascii: "0"))
+            let k = dashed ? (i < 4 ? 0 : i < 7 ? 1 : 2) : (i < 4 ? 0 : i < 6 ? 1 : 2)
+            switch k {
+            case 0: year = year * 10 + d
+            case 1: month = month * 10 + d
+            default: day = day * 10 + d
+            }
         }
-        self.init(year: values[0], month: values[1], day: values[2])
+        self.init(year: year, month: month, day: day)
     }
 
     /// Parses `YYYYMMDD` only.

@@ -5,30 +5,43 @@ import Foundation
 public struct ExactNumber: Sendable, Hashable, CustomStringConvertible {
     public let text: String
 
-    /// nil unless `raw` is an optionally signed decimal (`-12`, `185.6400`).
+    /// nil unless `raw` is an optionally signed decimal (`-12`, `185.6400`), with spaces or tabs around it.
+    ///
+    /// One pass over the bytes: this runs for every field of every KIS row.
     public init?(_ raw: String) {
-        // Byte-level trimming: Foundation's goes through UTF-16, and this runs for every field of every row.
-        var u = raw[...]
-        while let f = u.utf8.first, f == 0x20 || f == 0x09 { u = u.dropFirst() }
-        while let l = u.utf8.last, l == 0x20 || l == 0x09 { u = u.dropLast() }
+        var u = raw.utf8[...]
+        while let f = u.first, f == 0x20 || f == 0x09 { u = u.dropFirst() }
+        while let l = u.last, l == 0x20 || l == 0x09 { u = u.dropLast() }
         var negative = false
-        if u.first == "+" || u.first == "-" {
-            negative = u.first == "-"
+        if let sign = u.first, sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") {
+            negative = sign == UInt8(ascii: "-")
             u = u.dropFirst()
         }
-        let parts = u.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
-        guard let intPart = parts.first, !intPart.isEmpty, intPart.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else {
-            return nil
+        var out: [UInt8] = []
+        out.reserveCapacity(u.count + 1)
+        var intDigits = 0, fracDigits = 0, sawPoint = false, nonZero = false
+        for c in u {
+            if c == UInt8(ascii: ".") {
+                guard !sawPoint, intDigits > 0 else { return nil }
+                sawPoint = true
+                if out.isEmpty { out.append(UInt8(ascii: "0")) }  // "000.5" → "0.5"
+                out.append(c)
+                continue
+            }
+            guard c >= 48 && c <= 57 else { return nil }
+            if c != 48 { nonZero = true }
+            if sawPoint {
+                fracDigits += 1
+                out.append(c)
+            } else {
+                intDigits += 1
+                if !(out.isEmpty && c == 48) { out.append(c) }  // leading zeros go
+            }
         }
-        if parts.count == 2 {
-            guard !parts[1].isEmpty, parts[1].utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
-        }
-        var digits = intPart.drop { $0 == "0" }
-        if digits.isEmpty { digits = "0" }
-        var text = String(digits)
-        if parts.count == 2 { text += "." + parts[1] }
-        let isZero = text.utf8.allSatisfy { $0 == 48 || $0 == 46 }
-        self.text = negative && !isZero ? "-" + text : text
+        guard intDigits > 0, !sawPoint || fracDigits > 0 else { return nil }
+        if out.isEmpty { out.append(UInt8(ascii: "0")) }
+        if negative && nonZero { out.insert(UInt8(ascii: "-"), at: 0) }
+        self.text = String(decoding: out, as: UTF8.self)
     }
 
     public var description: String { text }

@@ -179,6 +179,14 @@ public final class MemoryStore: SharedStore {
         return stored ? StoreLock(key: key, token: token) : nil
     }
 
+    public func acquireLock(_ key: String, ttl: Duration, thenGet readKey: String) async throws(StoreError)
+        -> (lock: StoreLock?, value: ByteBuffer?)
+    {
+        // In one process the two steps cannot be split by another store's writes: releases come after writes.
+        guard let lock = try await acquireLock(key, ttl: ttl) else { return (nil, nil) }
+        return (lock, try await get(readKey))
+    }
+
     public func renewLock(_ lock: StoreLock, ttl: Duration) async throws(StoreError) -> Bool {
         let token = ByteBuffer(string: lock.token)
         return try await compareAndSet(lock.key, expected: token, newValue: token, ttl: ttl)

@@ -50,6 +50,15 @@ public final class RedisStore: SharedStore {
         """)
 
     static let gcra = RedisScript(name: "kisgw-gcra", GCRA.lua)
+    /// SET NX PX the lock; when taken, GET the read key too: one round trip, one atomic step.
+    static let lockThenGet = RedisScript(name: "kisgw-lock-get", """
+        if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+            local v = redis.call('GET', KEYS[2])
+            if v then return {1, v} end
+            return {1}
+        end
+        return {0}
+        """)
 
     private func k(_ key: String) -> String { keyPrefix + key }
 
@@ -141,6 +150,25 @@ public final class RedisStore: SharedStore {
     public func acquireLock(_ key: String, ttl: Duration) async throws(StoreError) -> StoreLock? {
         let token = MemoryStore.randomToken()
         return try await setIfAbsent(key, to: ByteBuffer(string: token), ttl: ttl) ? StoreLock(key: key, token: token) : nil
+    }
+
+    public func acquireLock(_ key: String, ttl: Duration, thenGet readKey: String) async throws(StoreError)
+        -> (lock: StoreLock?, value: ByteBuffer?)
+    {
+        let token = MemoryStore.randomToken()
+        let reply: RESPValue
+        do {
+            reply = try await client.evaluate(
+                Self.lockThenGet, keys: [RedisArgument(k(key)), RedisArgument(k(readKey))],
+                arguments: [RedisArgument(token), RedisArgument(max(1, Self.ms(ttl)))])
+        } catch { throw Self.map(error) }
+        guard case .array(let items) = reply, let first = items.first else {
+            throw StoreError(.backend, "the lock script gave an unexpected reply")
+        }
+        guard first == .integer(1) else { return (nil, nil) }
+        let lock = StoreLock(key: key, token: token)
+        if items.count > 1, case .bulkString(let value) = items[1] { return (lock, value) }
+        return (lock, nil)
     }
 
     public func renewLock(_ lock: StoreLock, ttl: Duration) async throws(StoreError) -> Bool {

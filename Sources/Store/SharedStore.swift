@@ -61,6 +61,12 @@ public protocol SharedStore: Sendable {
     /// Takes the lock `key` for `ttl` if nobody holds it; returns the held lock or `nil`.
     func acquireLock(_ key: String, ttl: Duration) async throws(StoreError) -> StoreLock?
 
+    /// Takes the lock `key` like `acquireLock`, and when it is taken reads `readKey` after taking it, in one atomic
+    /// step: a value written before the previous holder released the lock is seen. (Coalescing: whoever gets the
+    /// lock first checks whether the work was done meanwhile.)
+    func acquireLock(_ key: String, ttl: Duration, thenGet readKey: String) async throws(StoreError)
+        -> (lock: StoreLock?, value: ByteBuffer?)
+
     /// Extends a held lock; `false` if it expired or someone else holds it now.
     func renewLock(_ lock: StoreLock, ttl: Duration) async throws(StoreError) -> Bool
 

@@ -411,6 +411,9 @@ struct DeadStore: SharedStore {
     func setRemove(_ key: String, members: [String]) async throws(StoreError) -> Int { throw down }
     func setMembers(_ key: String) async throws(StoreError) -> Set<String> { throw down }
     func acquireLock(_ key: String, ttl: Duration) async throws(StoreError) -> StoreLock? { throw down }
+    func acquireLock(_ key: String, ttl: Duration, thenGet readKey: String) async throws(StoreError)
+        -> (lock: StoreLock?, value: ByteBuffer?)
+    { throw down }
     func renewLock(_ lock: StoreLock, ttl: Duration) async throws(StoreError) -> Bool { throw down }
     func releaseLock(_ lock: StoreLock) async throws(StoreError) -> Bool { throw down }
     func rateLimit(_ key: String, limit: RateLimit, cost: Int, maxWait: Duration) async throws(StoreError)

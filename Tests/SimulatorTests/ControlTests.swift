@@ -157,5 +157,23 @@ struct MarketDataTests {
         #expect(KST.parse("2025-03-06 08:30:00") == t)
         #expect(KST.iso8601(t) == "2025-03-06T08:30:00+09:00")
         #expect(KST.parse("2025-03-06T08:30:00") == nil)
+        for bad in ["2024-02-30", "2024_02-29", "2024-02-2x", "202402290", "", "2024-0229", "１２３４５６７８"] {
+            #expect(CivilDate(bad) == nil, "\(bad)")
+        }
+        #expect(CivilDate("00010101")?.iso == "0001-01-01")
+        #expect(CivilDate("2025-12-31")?.yyyymmdd == "20251231")
+    }
+
+    @Test("KIS numbers keep their digits: signs, leading zeros, spaces; anything else is refused")
+    func exactNumbers() {
+        let good: [(String, String)] = [
+            ("+0012.50", "12.50"), ("12", "12"), ("0005", "5"), ("-0012", "-12"), ("0", "0"), ("000", "0"),
+            ("-0", "0"), ("-0.00", "0.00"), ("-000.50", "-0.50"), (" 185.6400\t", "185.6400"), ("+0", "0"),
+            ("123456789012345678901234567890", "123456789012345678901234567890"), ("0.000001", "0.000001"),
+        ]
+        for (raw, text) in good { #expect(ExactNumber(raw)?.text == text, "\(raw)") }
+        for bad in ["", " ", "+", "-", ".5", "5.", "1.2.3", "1,000", "1e5", "--1", "+-1", "１２", "12a", "0x10", "1 2"] {
+            #expect(ExactNumber(bad) == nil, "\(bad)")
+        }
     }
 }

@@ -98,6 +98,32 @@ struct StoreContractTests {
     }
 
     @Test(arguments: Backend.available)
+    func lockThenGet(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        // Free lock, nothing stored: the lock and no value.
+        let first = try await store.acquireLock("lock:x", ttl: .seconds(30), thenGet: "value:x")
+        let lock = try #require(first.lock)
+        #expect(first.value == nil)
+        // Held: neither lock nor value, even once a value exists.
+        try await store.set("value:x", to: ByteBuffer(string: "filled"), ttl: .seconds(30))
+        let second = try await store.acquireLock("lock:x", ttl: .seconds(30), thenGet: "value:x")
+        #expect(second.lock == nil && second.value == nil)
+        // The holder wrote, then released: the next taker sees what was written.
+        #expect(try await store.releaseLock(lock))
+        let third = try await store.acquireLock("lock:x", ttl: .seconds(30), thenGet: "value:x")
+        #expect(third.lock != nil && third.lock?.token != lock.token)
+        #expect(third.value?.text == "filled")
+        // The lock it took is a real one, with its TTL.
+        guard case .expiresIn(let ttl) = try await store.timeToLive("lock:x") else {
+            Issue.record("the lock must expire")
+            return
+        }
+        #expect(ttl > .seconds(20))
+        #expect(try await store.releaseLock(try #require(third.lock)))
+        await close()
+    }
+
+    @Test(arguments: Backend.available)
     func locks(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         let lock = try #require(try await store.acquireLock("lock", ttl: .seconds(30)))
