@@ -69,6 +69,30 @@ try { await c.chart({market: 'overseas', exchange: 'NAS', symbol: 'AAPL'}); } ca
 c.stop();
 return {refreshes, charts, signIns, error, signInRequired: c.state().signInRequired};
 """,
+    'rate_limited_waits_then_gives_up': r"""
+const {mod, json, future, account} = window.__t;
+const times = []; let limitedFor = 1;
+const fetch = async (url, init = {}) => {
+  const u = new URL(url, location.href);
+  if (u.pathname === '/api/kis/account') return account(u);
+  times.push(Date.now());
+  if (times.length <= limitedFor) {
+    return json(429, {code: 'rate_limited', status: 429, detail: 'queue full', retry_after: 1}, {'Retry-After': '1'});
+  }
+  return json(200, {symbol: u.pathname, candles: []}, {ETag: '"r1"', 'X-Cache': 'MISS'});
+};
+const store = new mod.TokenStore({scope: 'contract-' + Math.random()});
+await store.save({token: 'T1', expiresAt: future(3600), receivedAt: Date.now(), environment: 'SANDBOX', connected: true});
+const c = mod.createKisClient({gatewayUrl: 'http://gw.invalid', getJwt: () => 'J', fetch, store});
+await c.init();
+const ok = await c.chart({market: 'domestic', symbol: '005930'});
+const waitedMs = times[1] - times[0];
+times.length = 0; limitedFor = 10;
+let error = null;
+try { await c.chart({market: 'domestic', symbol: '000660'}); } catch (e) { error = [e.code, e.retryAfter]; }
+c.stop();
+return {status: ok.status, waitedMs, attemptsWhenAlwaysLimited: times.length, error};
+""",
     'proactive_refresh_with_backoff': r"""
 const {mod, json, future, account} = window.__t;
 let calls = 0; const seen = [];
@@ -184,6 +208,15 @@ def test_concurrent_kis_401s_share_one_refresh_and_etag_is_reused(page):
 def test_jwt_codes_ask_to_sign_in_and_do_not_retry(page):
     r = run(page, SCENARIOS['jwt_codes_sign_in_without_retry'])
     assert r == {'refreshes': 0, 'charts': 1, 'signIns': 1, 'error': ['jwt_expired', True], 'signInRequired': True}, r
+
+
+def test_rate_limited_answers_are_waited_out_twice_then_shown(page):
+    page.set_script_timeout(20)
+    r = run(page, SCENARIOS['rate_limited_waits_then_gives_up'])
+    assert r['status'] == 200, r
+    assert 1000 <= r['waitedMs'] < 2000, r      # Retry-After: 1, plus jitter
+    assert r['attemptsWhenAlwaysLimited'] == 3, r
+    assert r['error'] == ['rate_limited', 1], r
 
 
 def test_proactive_refresh_backs_off_and_shows_failures(page):

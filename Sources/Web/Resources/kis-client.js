@@ -617,7 +617,9 @@ export function createKisClient(options) {
   /**
    * Fetches a chart from the gateway with the user's JWT and KIS token. Reuses the last body of the same URL on
    * `304`. On a `kis_token_expired`/`kis_token_invalid` 401 it refreshes the token (one refresh shared by all
-   * concurrent callers) and retries once; on `jwt_*` it calls `onSignInRequired` and throws.
+   * concurrent callers) and retries once; on `jwt_*` it calls `onSignInRequired` and throws. A `rate_limited`
+   * 429 (the app key's KIS quota is queued full) is waited out as its `Retry-After` says — up to twice, and only
+   * for waits of at most 5 s — before it is thrown.
    * @param {ChartQuery} query
    * @returns {Promise<ChartResult>}
    */
@@ -626,7 +628,8 @@ export function createKisClient(options) {
     const url = chartUrl(query);
     const started = performance.now();
     let refreshed = false;
-    for (let attempt = 0; ; attempt++) {
+    let rateWaits = 0;
+    for (;;) {
       const kisToken = await tokenFor(env);
       const headers = { Authorization: `Bearer ${await jwt()}`, 'X-KIS-Token': kisToken };
       const kept = etags.get(url);
@@ -652,7 +655,12 @@ export function createKisClient(options) {
       }
       const body = await readBody(response);
       const err = errorFrom(response, body);
-      if (response.status === 401 && KIS_TOKEN_CODES.has(err.code) && attempt === 0) {
+      if (response.status === 429 && err.code === 'rate_limited' && rateWaits < 2 && (err.retryAfter ?? 1) <= 5) {
+        rateWaits++;
+        await new Promise(r => setTimeout(r, (err.retryAfter ?? 1) * 1000 + Math.random() * 250));
+        continue;
+      }
+      if (response.status === 401 && KIS_TOKEN_CODES.has(err.code) && !refreshed) {
         // another caller may already have replaced the token we used
         if (envs[env].token === kisToken) await refresh(env);
         refreshed = true;
