@@ -305,8 +305,11 @@ final_rss = {k: round(v / 1024, 1) for k, v in (load(f"{RES}/final.rss.json", {}
 targets = {}
 if "hit" in scen:
     h = scen["hit"]
-    targets["hit_rps_vs_varnish_74k_earlier"] = {"value": h["rps"], "target": 74000, "met": h["rps"] >= 74000,
-                                                 "note": "Varnish was measured earlier, not in this run"}
+    # Varnish is not installed here: the issue measured it at 74k against nginx proxy_cache's 106k on the same
+    # machine, i.e. 0.70x; compare ratios, since absolute figures move with the machine.
+    targets["hit_ratio_vs_varnish_ratio_0.70"] = {"ratio": h.get("ratio_rps"), "target": round(74 / 106, 2),
+                                                  "met": (h.get("ratio_rps") or 0) >= 74 / 106,
+                                                  "note": "Varnish/nginx proxy_cache = 74k/106k in the issue's measurement"}
     targets["hit_rps_vs_nginx_proxy_cache_same_run"] = {"ratio": h.get("ratio_rps"), "goal": 1.0,
                                                        "met": (h.get("ratio_rps") or 0) >= 1.0}
 r50 = rates.get("rate.kisgw.50")
