@@ -1,9 +1,10 @@
 #ifndef KISGW_CHIREDIS_SHIM_H
 #define KISGW_CHIREDIS_SHIM_H
 
-// hiredis is used only as the RESP codec (redisFormatCommandArgv to encode,
-// redisReader* to decode); SwiftNIO owns the sockets. Debian 12 ships 0.14.1
-// (RESP2), newer systems 1.x: differences are guarded with HIREDIS_MAJOR.
+// hiredis is used only as the RESP reply reader (redisReader*, with our own
+// reply-object functions); SwiftNIO owns the sockets. Commands are encoded in
+// Swift; redisFormatCommandArgv stays as the reference the tests compare
+// with. Debian 12 ships 0.14.1 (RESP2), newer systems 1.x: differences are guarded with HIREDIS_MAJOR.
 //
 // Nothing here performs I/O: no hiredis connect/command function is reachable
 // through these helpers, and Swift code must not call them directly either.
@@ -57,9 +58,18 @@ static inline void kisgw_free_command(char *_Nullable cmd) {
     }
 }
 
-/// A reply reader with hiredis's default reply objects.
-static inline redisReader *_Nullable kisgw_reader_create(void) {
-    return redisReaderCreate();
+/// A reply reader that builds replies with the caller's functions (`fn` must
+/// outlive the reader: hiredis keeps the pointer); every read task carries
+/// `privdata`. hiredis calls `fn->freeObject` only for top-level objects (a
+/// partly read reply on a protocol error, or when the reader is freed);
+/// freeing nested objects is up to the caller's objects.
+static inline redisReader *_Nullable kisgw_reader_create_with_functions(redisReplyObjectFunctions *_Nonnull fn,
+                                                                         void *_Nullable privdata) {
+    redisReader *reader = redisReaderCreateWithFunctions(fn);
+    if (reader != NULL) {
+        reader->privdata = privdata;
+    }
+    return reader;
 }
 
 static inline void kisgw_reader_free(redisReader *_Nullable reader) {
@@ -73,42 +83,16 @@ static inline int kisgw_reader_feed(redisReader *_Nonnull reader, const char *_N
     return redisReaderFeed(reader, buf, len);
 }
 
-/// Returns REDIS_OK with *reply NULL when no complete reply is buffered yet,
-/// REDIS_OK with a reply (free with kisgw_free_reply), or REDIS_ERR on a
-/// protocol error (see kisgw_reader_errstr).
-static inline int kisgw_reader_get_reply(redisReader *_Nonnull reader, redisReply *_Nullable *_Nonnull reply) {
-    void *out = NULL;
-    int rc = redisReaderGetReply(reader, &out);
-    *reply = (redisReply *)out;
-    return rc;
+/// Returns REDIS_OK with *object NULL when no complete reply is buffered yet,
+/// REDIS_OK with the top-level object the functions built (now owned by the
+/// caller), or REDIS_ERR on a protocol error (see kisgw_reader_errstr).
+static inline int kisgw_reader_get_object(redisReader *_Nonnull reader, void *_Nullable *_Nonnull object) {
+    return redisReaderGetReply(reader, object);
 }
 
 static inline const char *_Nonnull kisgw_reader_errstr(const redisReader *_Nonnull reader) {
     return reader->errstr;
 }
 
-static inline void kisgw_free_reply(redisReply *_Nullable reply) {
-    if (reply != NULL) {
-        freeReplyObject(reply);
-    }
-}
-
-static inline int kisgw_reply_type(const redisReply *_Nonnull reply) { return reply->type; }
-static inline long long kisgw_reply_integer(const redisReply *_Nonnull reply) { return reply->integer; }
-static inline size_t kisgw_reply_len(const redisReply *_Nonnull reply) { return reply->len; }
-static inline const char *_Nullable kisgw_reply_str(const redisReply *_Nonnull reply) { return reply->str; }
-static inline size_t kisgw_reply_elements(const redisReply *_Nonnull reply) { return reply->elements; }
-static inline redisReply *_Nonnull kisgw_reply_element(const redisReply *_Nonnull reply, size_t i) {
-    return reply->element[i];
-}
-
-/// The value of a RESP3 double (1.x); 0.14 never produces one.
-static inline double kisgw_reply_double(const redisReply *_Nonnull reply) {
-#if HIREDIS_MAJOR >= 1
-    return reply->dval;
-#else
-    return reply->str != NULL ? strtod(reply->str, NULL) : 0.0;
-#endif
-}
 
 #endif

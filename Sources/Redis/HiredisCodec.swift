@@ -1,72 +1,131 @@
 import CHiredis
 package import NIOCore
 
-/// Encodes commands with hiredis's `redisFormatCommandArgv`.
+/// Encodes commands as RESP arrays of bulk strings, straight into a `ByteBuffer`.
 ///
-/// Pure CPU work, no I/O: callers encode on their own task, so the event loop
-/// only copies finished bytes to the socket.
-package enum HiredisEncoder {
+/// The same bytes `redisFormatCommandArgv` produces (a test compares the two),
+/// without its intermediate copies: no scratch arrays, no C buffer. Pure CPU
+/// work, no I/O: callers encode on their own task, so the event loop only
+/// copies finished bytes to the socket.
+package enum RESPEncoder {
+    /// The number of bytes ``encode(_:into:)`` writes for `command`.
+    package static func encodedLength(_ command: RedisCommand) -> Int {
+        var length = 3 + Self.digitCount(command.arguments.count)
+        for argument in command.arguments {
+            let count = argument.byteCount
+            length += 5 + Self.digitCount(count) + count
+        }
+        return length
+    }
+
     /// Appends the RESP encoding of `command` to `buffer`.
     package static func encode(_ command: RedisCommand, into buffer: inout ByteBuffer) {
         let arguments = command.arguments
-        let count = arguments.count
-        // All arguments back to back in one scratch array, then pointers into it.
-        var scratch: [UInt8] = []
-        scratch.reserveCapacity(arguments.reduce(0) { $0 + $1.byteCount })
-        var lengths = [Int](repeating: 0, count: count)
-        for (index, argument) in arguments.enumerated() {
-            let before = scratch.count
-            argument.append(to: &scratch)
-            lengths[index] = scratch.count - before
-        }
-        // An empty scratch array has no base address; give it one byte.
-        if scratch.isEmpty { scratch.append(0) }
-        scratch.withUnsafeBufferPointer { bytes in
-            let base = UnsafeRawPointer(bytes.baseAddress!).assumingMemoryBound(to: CChar.self)
-            var pointers = [UnsafePointer<CChar>](repeating: base, count: count)
-            var offset = 0
-            for index in 0..<count {
-                pointers[index] = base + offset
-                offset += lengths[index]
-            }
-            var target: UnsafeMutablePointer<CChar>? = nil
-            let encodedLength = pointers.withUnsafeMutableBufferPointer { argv in
-                lengths.withUnsafeBufferPointer { argvlen in
-                    kisgw_format_command(&target, Int32(count), argv.baseAddress!, argvlen.baseAddress!)
-                }
-            }
-            defer { kisgw_free_command(target) }
-            guard encodedLength >= 0, let target else {
-                // hiredis fails only when malloc fails.
-                fatalError("redisFormatCommandArgv failed (out of memory)")
-            }
-            buffer.writeBytes(UnsafeRawBufferPointer(start: target, count: Int(encodedLength)))
+        Self.writeHeader(UInt8(ascii: "*"), arguments.count, into: &buffer)
+        for argument in arguments {
+            Self.writeHeader(UInt8(ascii: "$"), argument.byteCount, into: &buffer)
+            argument.write(to: &buffer)
+            buffer.writeInteger(UInt16(0x0D0A))  // "\r\n", big-endian
         }
     }
 
     /// The RESP encoding of `command` in a new buffer.
     package static func encode(_ command: RedisCommand, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer {
-        var buffer = allocator.buffer(capacity: 32 + command.arguments.reduce(0) { $0 + $1.byteCount + 16 })
+        var buffer = allocator.buffer(capacity: Self.encodedLength(command))
         self.encode(command, into: &buffer)
         return buffer
+    }
+
+    /// The encodings of `commands`, all in one allocation: each element is a
+    /// slice of a single buffer (NIO writes them with one `writev`).
+    package static func encode(batch commands: [RedisCommand], allocator: ByteBufferAllocator = ByteBufferAllocator()) -> [ByteBuffer] {
+        var buffer = allocator.buffer(capacity: commands.reduce(0) { $0 + Self.encodedLength($1) })
+        var ends: [Int] = []
+        ends.reserveCapacity(commands.count)
+        for command in commands {
+            self.encode(command, into: &buffer)
+            ends.append(buffer.writerIndex)
+        }
+        // Slices are taken only once all bytes are written: a slice shares the
+        // storage, so writing after taking one would copy it.
+        var slices: [ByteBuffer] = []
+        slices.reserveCapacity(commands.count)
+        var start = buffer.readerIndex
+        for end in ends {
+            slices.append(buffer.getSlice(at: start, length: end - start)!)
+            start = end
+        }
+        return slices
+    }
+
+    /// `*count\r\n` or `$count\r\n`.
+    @inline(__always)
+    private static func writeHeader(_ marker: UInt8, _ value: Int, into buffer: inout ByteBuffer) {
+        let digits = Self.digitCount(value)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: digits + 3) { bytes in
+            bytes[0] = marker
+            var rest = value
+            var index = digits
+            repeat {
+                bytes[index] = UInt8(truncatingIfNeeded: 48 + rest % 10)
+                rest /= 10
+                index -= 1
+            } while index > 0
+            bytes[digits + 1] = UInt8(ascii: "\r")
+            bytes[digits + 2] = UInt8(ascii: "\n")
+            return digits + 3
+        }
+    }
+
+    @inline(__always)
+    private static func digitCount(_ value: Int) -> Int {
+        var count = 1
+        var rest = value
+        while rest >= 10 {
+            rest /= 10
+            count += 1
+        }
+        return count
     }
 }
 
 /// Decodes replies with hiredis's reply reader.
 ///
+/// The reader is given its own reply-object functions, so replies are built
+/// directly as ``RESPValue``s: a bulk string is copied once, from hiredis's
+/// read buffer into its final `ByteBuffer`, and no `redisReply` is allocated.
+/// A scalar reply is handed back through ``ReplyBuilder`` with a token
+/// pointer; an array is an ``ArrayBox`` that hiredis holds retained until it
+/// returns it (or frees it through `freeObject` on a protocol error or when
+/// the reader is freed); nested arrays belong to their parent box.
+///
 /// Owns a `redisReader`; not thread-safe, lives inside one channel handler.
 package final class HiredisReader {
     private let reader: UnsafeMutablePointer<redisReader>
+    private let functions: UnsafeMutablePointer<redisReplyObjectFunctions>
+    /// Referenced unretained by the reader's `privdata`; lives as long as `self`.
+    private let builder = ReplyBuilder()
 
     package init() {
-        guard let reader = kisgw_reader_create() else {
+        self.functions = .allocate(capacity: 1)
+        self.functions.initialize(to: redisReplyObjectFunctions())
+        self.functions.pointee.createString = { task, str, len in HiredisReader.createString(task, str, len) }
+        self.functions.pointee.createArray = { task, count in HiredisReader.createArray(task, Int(count)) }
+        self.functions.pointee.createInteger = { task, value in HiredisReader.store(.integer(Int(value)), task) }
+        self.functions.pointee.createNil = { task in HiredisReader.store(.null, task) }
+        self.functions.pointee.freeObject = { object in HiredisReader.freeObject(object) }
+        let privdata = Unmanaged.passUnretained(self.builder).toOpaque()
+        guard let reader = kisgw_reader_create_with_functions(self.functions, privdata) else {
             fatalError("redisReaderCreate failed (out of memory)")
         }
         self.reader = reader
     }
 
     deinit {
+        // Frees a partly read array through `freeObject` before the table goes.
         kisgw_reader_free(self.reader)
+        self.functions.deinitialize(count: 1)
+        self.functions.deallocate()
     }
 
     /// Hands received bytes to the reader.
@@ -84,52 +143,123 @@ package final class HiredisReader {
     ///
     /// A top-level error reply is returned as ``RESPValue/error(_:)``; the caller decides.
     package func next(allocator: ByteBufferAllocator) throws(RedisError) -> RESPValue? {
-        var reply: UnsafeMutablePointer<redisReply>? = nil
-        guard kisgw_reader_get_reply(self.reader, &reply) == REDIS_OK else {
+        self.builder.allocator = allocator
+        var object: UnsafeMutableRawPointer? = nil
+        guard kisgw_reader_get_object(self.reader, &object) == REDIS_OK else {
             throw RedisError(.protocolError, "invalid reply from server: \(String(cString: kisgw_reader_errstr(self.reader)))")
         }
-        guard let reply else { return nil }
-        defer { kisgw_free_reply(reply) }
-        return Self.convert(reply, allocator: allocator)
-    }
-
-    private static func string(_ reply: UnsafeMutablePointer<redisReply>) -> String {
-        guard let str = kisgw_reply_str(reply) else { return "" }
-        let raw = UnsafeRawBufferPointer(start: str, count: kisgw_reply_len(reply))
-        return String(decoding: raw, as: UTF8.self)
-    }
-
-    private static func convert(_ reply: UnsafeMutablePointer<redisReply>, allocator: ByteBufferAllocator) -> RESPValue {
-        switch kisgw_reply_type(reply) {
-        case KISGW_REPLY_STRING, KISGW_REPLY_VERB:
-            let length = kisgw_reply_len(reply)
-            var buffer = allocator.buffer(capacity: length)
-            if let str = kisgw_reply_str(reply), length > 0 {
-                buffer.writeBytes(UnsafeRawBufferPointer(start: str, count: length))
+        guard let object else { return nil }
+        if object == Self.scalarToken {
+            guard let value = self.builder.root.take() else {
+                throw RedisError(.protocolError, "hiredis returned a reply that was never built")
             }
-            return .bulkString(buffer)
-        case KISGW_REPLY_STATUS, KISGW_REPLY_BIGNUM:
-            return .simpleString(self.string(reply))
-        case KISGW_REPLY_ERROR:
-            return .error(self.string(reply))
-        case KISGW_REPLY_INTEGER:
-            return .integer(Int(kisgw_reply_integer(reply)))
-        case KISGW_REPLY_NIL:
-            return .null
-        case KISGW_REPLY_DOUBLE:
-            return .double(kisgw_reply_double(reply))
-        case KISGW_REPLY_BOOL:
-            return .bool(kisgw_reply_integer(reply) != 0)
-        case KISGW_REPLY_ARRAY, KISGW_REPLY_MAP, KISGW_REPLY_SET, KISGW_REPLY_PUSH, KISGW_REPLY_ATTR:
-            let count = kisgw_reply_elements(reply)
-            var values: [RESPValue] = []
-            values.reserveCapacity(count)
-            for index in 0..<count {
-                values.append(self.convert(kisgw_reply_element(reply, index), allocator: allocator))
-            }
-            return .array(values)
-        default:
-            return .error("unknown hiredis reply type \(kisgw_reply_type(reply))")
+            return value
         }
+        if Self.isDefaultObject(object) {
+            // hiredis 1.x, a RESP3 double or boolean (no function given): never
+            // sent on our RESP2 connections.
+            return .error("unsupported hiredis reply type \(UInt(bitPattern: object))")
+        }
+        return Unmanaged<ArrayBox>.fromOpaque(object).takeRetainedValue().resolve()
+    }
+
+    // MARK: reply-object functions (called by hiredis inside `next`)
+
+    /// What a function returns for a value stored in the builder or the parent box.
+    private static var scalarToken: UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: 1)! }
+
+    /// hiredis 1.x returns the reply type cast to a pointer for types without a function.
+    private static func isDefaultObject(_ object: UnsafeMutableRawPointer) -> Bool {
+        UInt(bitPattern: object) < 4096
+    }
+
+    private static func builder(_ task: UnsafePointer<redisReadTask>) -> ReplyBuilder? {
+        guard let privdata = task.pointee.privdata else { return nil }
+        return Unmanaged<ReplyBuilder>.fromOpaque(privdata).takeUnretainedValue()
+    }
+
+    /// Puts a scalar into the parent array or, at the top level, into the builder.
+    /// Returning `nil` makes hiredis fail the read (as out of memory).
+    private static func store(_ value: RESPValue, _ task: UnsafePointer<redisReadTask>?) -> UnsafeMutableRawPointer? {
+        guard let task else { return nil }
+        if let parent = task.pointee.parent {
+            guard let parentObject = parent.pointee.obj, !Self.isDefaultObject(parentObject) else { return nil }
+            let box = Unmanaged<ArrayBox>.fromOpaque(parentObject).takeUnretainedValue()
+            let index = Int(task.pointee.idx)
+            guard box.elements.indices.contains(index) else { return nil }
+            box.elements[index] = .value(value)
+        } else {
+            guard let builder = Self.builder(task) else { return nil }
+            builder.root = value
+        }
+        return Self.scalarToken
+    }
+
+    private static func createString(_ task: UnsafePointer<redisReadTask>?, _ str: UnsafeMutablePointer<CChar>?, _ length: Int) -> UnsafeMutableRawPointer? {
+        guard let task, let builder = Self.builder(task) else { return nil }
+        let bytes = UnsafeRawBufferPointer(start: str, count: str == nil ? 0 : length)
+        let value: RESPValue
+        switch task.pointee.type {
+        case KISGW_REPLY_ERROR:
+            value = .error(String(decoding: bytes, as: UTF8.self))
+        case KISGW_REPLY_STATUS, KISGW_REPLY_BIGNUM:
+            value = .simpleString(String(decoding: bytes, as: UTF8.self))
+        default:
+            var buffer = builder.allocator.buffer(capacity: bytes.count)
+            buffer.writeBytes(bytes)
+            value = .bulkString(buffer)
+        }
+        return Self.store(value, task)
+    }
+
+    private static func createArray(_ task: UnsafePointer<redisReadTask>?, _ count: Int) -> UnsafeMutableRawPointer? {
+        guard let task, count >= 0 else { return nil }
+        let box = ArrayBox(count: count)
+        if let parent = task.pointee.parent {
+            guard let parentObject = parent.pointee.obj, !Self.isDefaultObject(parentObject) else { return nil }
+            let parentBox = Unmanaged<ArrayBox>.fromOpaque(parentObject).takeUnretainedValue()
+            let index = Int(task.pointee.idx)
+            guard parentBox.elements.indices.contains(index) else { return nil }
+            // The parent owns the nested box; hiredis never frees a nested object itself.
+            parentBox.elements[index] = .nested(box)
+            return Unmanaged.passUnretained(box).toOpaque()
+        }
+        // The top-level box is owned by hiredis until `next` takes it back or `freeObject` releases it.
+        return Unmanaged.passRetained(box).toOpaque()
+    }
+
+    /// Called by hiredis for top-level objects only (`r->reply`).
+    private static func freeObject(_ object: UnsafeMutableRawPointer?) {
+        guard let object, !Self.isDefaultObject(object) else { return }
+        Unmanaged<ArrayBox>.fromOpaque(object).release()
+    }
+}
+
+/// Where the reply-object functions put a finished top-level scalar.
+private final class ReplyBuilder {
+    var allocator = ByteBufferAllocator()
+    var root: RESPValue?
+}
+
+/// An array reply under construction.
+private final class ArrayBox {
+    enum Element {
+        case value(RESPValue)
+        case nested(ArrayBox)
+    }
+
+    var elements: [Element]
+
+    init(count: Int) {
+        self.elements = Array(repeating: .value(.null), count: count)
+    }
+
+    func resolve() -> RESPValue {
+        .array(self.elements.map { element in
+            switch element {
+            case .value(let value): value
+            case .nested(let box): box.resolve()
+            }
+        })
     }
 }

@@ -63,7 +63,7 @@ public final class RedisClient: Sendable {
     /// - Throws: ``RedisError``; a server error reply has code ``RedisError/Code/server``.
     public func send(_ command: RedisCommand, timeout: Duration? = nil) async throws(RedisError) -> RESPValue {
         let deadline = NIODeadline.now() + TimeAmount(timeout ?? self.configuration.commandTimeout)
-        let bytes = HiredisEncoder.encode(command)
+        let bytes = RESPEncoder.encode(command)
         if Task.isCancelled { throw RedisError(.cancelled, "task cancelled before \(command.name) was sent") }
         let connection: RedisConnection
         do {
@@ -82,7 +82,8 @@ public final class RedisClient: Sendable {
     public func pipeline(_ commands: [RedisCommand], timeout: Duration? = nil) async throws(RedisError) -> [Result<RESPValue, RedisError>] {
         guard !commands.isEmpty else { return [] }
         let deadline = NIODeadline.now() + TimeAmount(timeout ?? self.configuration.commandTimeout)
-        let encoded = commands.map { HiredisEncoder.encode($0) }
+        // One buffer for the whole pipeline; each command gets a slice of it.
+        let encoded = RESPEncoder.encode(batch: commands)
         if Task.isCancelled { throw RedisError(.cancelled, "task cancelled before the pipeline was sent") }
         let connection: RedisConnection
         do {

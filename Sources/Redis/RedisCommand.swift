@@ -39,12 +39,13 @@ public struct RedisArgument: Sendable, Hashable, ExpressibleByStringLiteral, Exp
         }
     }
 
+    /// Appends the argument's bytes to `buffer`.
     @usableFromInline
-    func append(to scratch: inout [UInt8]) {
+    func write(to buffer: inout ByteBuffer) {
         switch self.storage {
-        case .string(let s): scratch.append(contentsOf: s.utf8)
-        case .bytes(let b): b.withUnsafeReadableBytes { scratch.append(contentsOf: $0) }
-        case .array(let a): scratch.append(contentsOf: a)
+        case .string(let s): buffer.writeString(s)
+        case .bytes(let b): buffer.writeImmutableBuffer(b)
+        case .array(let a): buffer.writeBytes(a)
         }
     }
 }

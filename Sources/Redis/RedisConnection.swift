@@ -185,7 +185,7 @@ package final class RedisConnection: Sendable {
             if handshake.isEmpty {
                 handshake.append(RedisCommand("PING"))
             }
-            let replies = connection.send(batch: handshake.map { HiredisEncoder.encode($0) }, deadline: deadline)
+            let replies = connection.send(batch: handshake.map { RESPEncoder.encode($0) }, deadline: deadline)
             for (command, reply) in zip(handshake, replies) {
                 do throws(RedisError) {
                     _ = try await reply.get()

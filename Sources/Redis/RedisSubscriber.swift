@@ -171,19 +171,19 @@ final class RedisSubscriber: Sendable {
         }
         guard let connection = result.0 else { return }
         if !result.1.isEmpty {
-            connection.sendPush(HiredisEncoder.encode(RedisCommand("UNSUBSCRIBE", result.1.map { RedisArgument($0) })))
+            connection.sendPush(RESPEncoder.encode(RedisCommand("UNSUBSCRIBE", result.1.map { RedisArgument($0) })))
         }
         if !result.2.isEmpty {
-            connection.sendPush(HiredisEncoder.encode(RedisCommand("PUNSUBSCRIBE", result.2.map { RedisArgument($0) })))
+            connection.sendPush(RESPEncoder.encode(RedisCommand("PUNSUBSCRIBE", result.2.map { RedisArgument($0) })))
         }
     }
 
     private func send(channels: [String], patterns: [String], on connection: RedisConnection) {
         if !channels.isEmpty {
-            connection.sendPush(HiredisEncoder.encode(RedisCommand("SUBSCRIBE", channels.map { RedisArgument($0) })))
+            connection.sendPush(RESPEncoder.encode(RedisCommand("SUBSCRIBE", channels.map { RedisArgument($0) })))
         }
         if !patterns.isEmpty {
-            connection.sendPush(HiredisEncoder.encode(RedisCommand("PSUBSCRIBE", patterns.map { RedisArgument($0) })))
+            connection.sendPush(RESPEncoder.encode(RedisCommand("PSUBSCRIBE", patterns.map { RedisArgument($0) })))
         }
     }
 

@@ -1,3 +1,4 @@
+import CHiredis
 import NIOCore
 @testable import Redis
 import Testing
@@ -6,11 +7,93 @@ import Testing
 @Suite("RESP codec via hiredis")
 struct CodecTests {
     @Test func encodesArgvAsRESPArray() {
-        let encoded = HiredisEncoder.encode(["SET", "key", RedisArgument([0, 13, 10, 255]), 42])
+        let encoded = RESPEncoder.encode(["SET", "key", RedisArgument([0, 13, 10, 255]), 42])
         let expected: [UInt8] = Array("*4\r\n$3\r\nSET\r\n$3\r\nkey\r\n$4\r\n".utf8) + [0, 13, 10, 255] + Array("\r\n$2\r\n42\r\n".utf8)
         #expect(Array(encoded.readableBytesView) == expected)
-        let empty = HiredisEncoder.encode(["GET", ""])
+        let empty = RESPEncoder.encode(["GET", ""])
         #expect(String(buffer: empty) == "*2\r\n$3\r\nGET\r\n$0\r\n\r\n")
+    }
+
+    /// The Swift encoder writes exactly what hiredis's `redisFormatCommandArgv` writes.
+    @Test func encoderMatchesHiredisFormatting() {
+        var big = ByteBuffer(repeating: 0x41, count: 70_000)
+        big.moveReaderIndex(forwardBy: 3)  // a buffer whose readable bytes do not start at 0
+        let commands: [RedisCommand] = [
+            ["PING"],
+            ["GET", ""],
+            ["SET", "ключ", RedisArgument(big), "PX", 250, RedisArgument(integer: -7)],
+            RedisCommand("MSET", (0..<12).map { RedisArgument("k\($0)") }),
+            ["EVALSHA", RedisArgument([0, 13, 10, 255]), 0],
+        ]
+        for command in commands {
+            let ours = RESPEncoder.encode(command)
+            #expect(ours.readableBytes == RESPEncoder.encodedLength(command))
+            #expect(Array(ours.readableBytesView) == Self.hiredisFormat(command))
+        }
+        let slices = RESPEncoder.encode(batch: commands)
+        #expect(slices.count == commands.count)
+        for (slice, command) in zip(slices, commands) {
+            #expect(Array(slice.readableBytesView) == Self.hiredisFormat(command))
+        }
+    }
+
+    private static func hiredisFormat(_ command: RedisCommand) -> [UInt8] {
+        let arguments: [[UInt8]] = command.arguments.map { argument in
+            var buffer = ByteBuffer()
+            argument.write(to: &buffer)
+            return Array(buffer.readableBytesView)
+        }
+        let storage = arguments.map { bytes -> UnsafeMutablePointer<CChar> in
+            let pointer = UnsafeMutablePointer<CChar>.allocate(capacity: max(1, bytes.count))
+            bytes.withUnsafeBytes { raw in
+                UnsafeMutableRawPointer(pointer).copyMemory(from: raw.baseAddress ?? UnsafeRawPointer(pointer), byteCount: bytes.count)
+            }
+            return pointer
+        }
+        defer { storage.forEach { $0.deallocate() } }
+        var argv = storage.map { UnsafePointer($0) }
+        let lengths = arguments.map(\.count)
+        var target: UnsafeMutablePointer<CChar>? = nil
+        let length = argv.withUnsafeMutableBufferPointer { argvPointer in
+            lengths.withUnsafeBufferPointer { lengthsPointer in
+                kisgw_format_command(&target, Int32(arguments.count), argvPointer.baseAddress!, lengthsPointer.baseAddress!)
+            }
+        }
+        defer { kisgw_free_command(target) }
+        guard length >= 0, let target else { return [] }
+        return Array(UnsafeRawBufferPointer(start: target, count: Int(length)))
+    }
+
+    /// Replies built by our reply-object functions: deep nesting, every element
+    /// type, values that outlive the reader.
+    @Test func nestedArraysAndValuesOutliveTheReader() throws {
+        var values: [RESPValue] = []
+        do {
+            let reader = HiredisReader()
+            try reader.feed(ByteBuffer(string: "*3\r\n*2\r\n*1\r\n$3\r\nabc\r\n-ERR x\r\n+S\r\n*2\r\n$-1\r\n:5\r\n$2\r\nok\r\n"))
+            while let value = try reader.next(allocator: ByteBufferAllocator()) { values.append(value) }
+        }
+        #expect(values == [
+            .array([.array([.array([.bulkString(ByteBuffer(string: "abc"))]), .error("ERR x")]), .simpleString("S"), .array([.null, .integer(5)])]),
+            .bulkString(ByteBuffer(string: "ok")),
+        ])
+    }
+
+    /// A partly read array is released by hiredis through freeObject, on a
+    /// protocol error and when the reader goes away.
+    @Test func partlyReadArraysAreReleased() throws {
+        weak var probe: HiredisReader?
+        do {
+            let reader = HiredisReader()
+            probe = reader
+            try reader.feed(ByteBuffer(string: "*3\r\n*2\r\n$1\r\na\r\n"))
+            #expect(try reader.next(allocator: ByteBufferAllocator()) == nil)
+            // Freed with the reader (deinit) while the array is half built.
+        }
+        #expect(probe == nil)
+        let reader = HiredisReader()
+        try reader.feed(ByteBuffer(string: "*2\r\n$1\r\na\r\n?bad\r\n"))
+        #expect(throws: RedisError.self) { try reader.next(allocator: ByteBufferAllocator()) }
     }
 
     @Test func decodesEveryRESP2TypeAcrossFragmentedReads() throws {

@@ -239,8 +239,8 @@ struct RedisClientTests {
         connection.close()
         try await connection.closeFuture.get()
         let deadline = NIODeadline.now() + .seconds(30)
-        let single = connection.send(HiredisEncoder.encode(["PING"]), deadline: deadline)
-        let batch = connection.send(batch: [HiredisEncoder.encode(["PING"]), HiredisEncoder.encode(["PING"])], deadline: deadline)
+        let single = connection.send(RESPEncoder.encode(["PING"]), deadline: deadline)
+        let batch = connection.send(batch: [RESPEncoder.encode(["PING"]), RESPEncoder.encode(["PING"])], deadline: deadline)
         for reply in [single] + batch {
             // Before the fix these replies were never completed: give up on them after 5 s.
             let giveUp = connection.eventLoop.scheduleTask(in: .seconds(5)) {
