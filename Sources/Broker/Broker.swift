@@ -80,10 +80,7 @@ public func buildBroker(
     let repository = try dependencies.repository ?? makeBrokerRepository(config.broker.database, logger: logger)
     let core = try await BrokerCore(config: config, dependencies: dependencies, repository: repository, logger: logger)
     let router = Router(context: BasicRequestContext.self)
-    let metrics = core.keeper.metrics
-    router.add(middleware: AccessMiddleware(logger: logger) { route, status, nanos in
-        metrics.request(route: route, status: status, nanoseconds: nanos)
-    })
+    router.add(middleware: AccessMiddleware(recorder: core.recorder))
     let demo = dependencies.demoMode
     router.add(middleware: CORSMiddleware(
         cors: config.cors, renderer: ProblemRenderer(allowedMethods: { BrokerCore.allowedMethods($0, demo: demo) })))
@@ -135,6 +132,7 @@ struct BrokerCore: Sendable {
     let dependencies: BrokerDependencies
     let verifier: JWTVerifier
     let keeper: TokenKeeper
+    let recorder: RequestRecorder
     let scheduler: GatedService
     let started = Gate()
     let logger: Logger
@@ -155,6 +153,7 @@ struct BrokerCore: Sendable {
         ]
         let factory: any MetricsFactory = dependencies.metricsRegistry.map { PrometheusMetricsFactory(registry: $0) }
             ?? MetricsSystem.factory
+        self.recorder = RequestRecorder(logger: logger, factory: factory)
         let b = config.broker
         let settings = KeeperSettings(
             refreshAhead: Int64(b.refreshAheadS), reuseWindow: Int64(b.reuseWindowS),

@@ -14,8 +14,6 @@ final class BrokerMetrics: Sendable {
     let expired: Counter
     let revokeFailures: Counter
     private let failures = Mutex<[String: Counter]>([:])
-    private let requests = Mutex<[String: Counter]>([:])
-    private let durations = Mutex<[String: Timer]>([:])
 
     init(factory: any MetricsFactory) {
         self.factory = factory
@@ -46,25 +44,5 @@ final class BrokerMetrics: Sendable {
             return x
         }
         counter.increment()
-    }
-
-    func request(route: String, status: Int, nanoseconds: Int64) {
-        let key = route + "|" + String(status)
-        let counter = requests.withLock { c in
-            if let x = c[key] { return x }
-            let x = Counter(label: "kisgw_http_requests_total", dimensions: [("route", route), ("status", String(status))],
-                            factory: factory)
-            c[key] = x
-            return x
-        }
-        counter.increment()
-        let timer = durations.withLock { d in
-            if let x = d[route] { return x }
-            let x = Timer(label: "kisgw_http_request_duration_seconds", dimensions: [("route", route)],
-                          preferredDisplayUnit: .seconds, factory: factory)
-            d[route] = x
-            return x
-        }
-        timer.recordNanoseconds(nanoseconds)
     }
 }

@@ -51,10 +51,7 @@ public func buildGateway(
 ) async throws -> some ApplicationProtocol {
     let gateway = try await GatewayCore(config: config, dependencies: dependencies, logger: logger)
     let router = Router(context: BasicRequestContext.self)
-    let metrics = gateway.metrics
-    router.add(middleware: AccessMiddleware(logger: logger) { route, status, nanos in
-        metrics.request(route: route, status: status, nanoseconds: nanos)
-    })
+    router.add(middleware: AccessMiddleware(recorder: gateway.recorder))
     router.add(middleware: CORSMiddleware(cors: config.cors, renderer: ProblemRenderer(allowedMethods: GatewayCore.allowedMethods)))
     gateway.addRoutes(to: router)
     return Application(
@@ -76,6 +73,7 @@ struct GatewayCore: Sendable {
     let charts: ChartService
     let hitPath: HitPath
     let metrics = GatewayMetrics()
+    let recorder: RequestRecorder
     let logger: Logger
     let eventListener: StoreEventListener
 
@@ -83,6 +81,8 @@ struct GatewayCore: Sendable {
         self.config = config
         self.dependencies = dependencies
         self.logger = logger
+        let recorder = RequestRecorder(logger: logger)
+        self.recorder = recorder
         self.verifier = try await JWTVerifier(settings: .init(config: config.auth.jwt))
         let store = dependencies.store, keyring = dependencies.keyring
         let authorizer = TokenAuthorizer { (token: String) async throws(StoreError) -> ResolvedToken? in
@@ -109,7 +109,7 @@ struct GatewayCore: Sendable {
         self.charts = ChartService(settings: settings, store: store, l1: l1, clients: clients, authorizer: authorizer,
                                    metrics: metrics, logger: logger)
         self.hitPath = HitPath(cors: config.cors, maxRangeDays: config.limits.maxRangeDays, verifier: verifier,
-                               authorizer: authorizer, l1: l1, metrics: metrics, logger: logger,
+                               authorizer: authorizer, l1: l1, metrics: metrics, recorder: recorder,
                                observer: dependencies.onHitPathAnswer)
         self.eventListener = StoreEventListener(store: store, authorizer: authorizer, notifier: charts.notifier,
                                                 filledChannel: ChartService.filledChannel, logger: logger)

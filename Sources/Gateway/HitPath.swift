@@ -56,14 +56,13 @@ final class HitPath: Sendable {
     let authorizer: TokenAuthorizer
     let l1: L1Cache<ChartEntry>
     let metrics: GatewayMetrics
-    let logger: Logger
+    let recorder: RequestRecorder
     let observer: (@Sendable (_ status: Int) -> Void)?
     private let resolved = Mutex<[String: Resolved]>([:])
     private let resolvedLimit = 10_000
-    private let renderedProblems = Mutex<[String: (HTTPResponseStatus, HTTPHeaders, ByteBuffer)]>([:])
 
     init(cors: KisgwConfig.CORS, maxRangeDays: Int, verifier: JWTVerifier, authorizer: TokenAuthorizer,
-         l1: L1Cache<ChartEntry>, metrics: GatewayMetrics, logger: Logger,
+         l1: L1Cache<ChartEntry>, metrics: GatewayMetrics, recorder: RequestRecorder,
          observer: (@Sendable (_ status: Int) -> Void)? = nil) {
         self.observer = observer
         self.cors = cors
@@ -72,7 +71,7 @@ final class HitPath: Sendable {
         self.authorizer = authorizer
         self.l1 = l1
         self.metrics = metrics
-        self.logger = logger
+        self.recorder = recorder
     }
 
     // MARK: - deciding
@@ -210,22 +209,14 @@ final class HitPath: Sendable {
 
     /// What `ProblemRenderer` and `CORSMiddleware` answer for `problem`.
     private func problem(_ problem: Problem, route: Route, origin: String?) -> Answer {
-        // Rendered once per distinct problem (JWT problems are a handful of fixed texts): no JSON work per answer.
-        let key = problem.code.rawValue + "|" + problem.detail
-        let (status, fixed, body) = renderedProblems.withLock { cache in
-            if let r = cache[key] { return r }
-            let rendered = ProblemRenderer.render(problem)
-            var headers = HTTPHeaders()
-            for field in rendered.headers { headers.add(name: field.name.rawName, value: field.value) }
-            // `rendered.headers` hold the body's Content-Length.
-            let r = (HTTPResponseStatus(statusCode: problem.status), headers, ByteBuffer(bytes: problem.body()))
-            if cache.count >= 64 { cache.removeAll() }
-            cache[key] = r
-            return r
-        }
-        var headers = fixed
+        let rendered = ProblemRenderer.rendered(problem)
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(10)
+        for field in rendered.headers { headers.add(name: field.name.rawName, value: field.value) }
+        headers.add(name: "Content-Length", value: String(rendered.body.readableBytes))
         addCORS(to: &headers, origin: origin)
-        return Answer(status: status, headers: headers, body: body, route: route.label, cacheHit: false)
+        return Answer(status: HTTPResponseStatus(statusCode: problem.status), headers: headers, body: rendered.body,
+                      route: route.label, cacheHit: false)
     }
 
     private func addCORS(to headers: inout HTTPHeaders, origin: String?) {
@@ -303,13 +294,8 @@ final class HitPath: Sendable {
     func record(_ answer: Answer, method: HTTPMethod, nanoseconds: Int64) {
         observer?(Int(answer.status.code))
         if answer.cacheHit { metrics.cacheHit.increment() }
-        metrics.request(route: answer.route, status: Int(answer.status.code), nanoseconds: nanoseconds)
-        if logger.logLevel <= .info {
-            logger.info("request", metadata: [
-                "method": "\(method.rawValue)", "route": "\(answer.route)", "status": "\(answer.status.code)",
-                "ms": "\(String(format: "%.2f", Double(nanoseconds) / 1e6))",
-            ])
-        }
+        recorder.record(method: method.rawValue, route: answer.route, status: Int(answer.status.code),
+                        nanoseconds: nanoseconds)
     }
 }
 

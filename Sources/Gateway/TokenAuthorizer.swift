@@ -35,17 +35,23 @@ final class TokenAuthorizer: Sendable {
     /// The remembered positive decision for `kisToken` and `userID`, if there is one still valid (for the hit path;
     /// anything else — unknown, another user's, expired — is left to `authorize`).
     func known(kisToken: String, userID: String, now: Date) -> ResolvedToken? {
-        guard let hit = cache.withLock({ $0[kisToken] }), hit.validUntil > now, hit.token.userID == userID else { return nil }
+        guard let token = remembered(kisToken, now: now), token.userID == userID else { return nil }
+        return token
+    }
+
+    /// The remembered decision for `kisToken`, while it is still valid.
+    private func remembered(_ kisToken: String, now: Date) -> ResolvedToken? {
+        guard let hit = cache.withLock({ $0[kisToken] }), hit.validUntil > now else { return nil }
         return hit.token
     }
 
     /// The token's credentials if `kisToken` was published for `userID` and is live; else a `kis_token_*` problem.
     func authorize(kisToken: String, userID: String, now: Date = Date()) async throws(Problem) -> ResolvedToken {
-        if let hit = cache.withLock({ $0[kisToken] }), hit.validUntil > now {
-            guard hit.token.userID == userID else {
+        if let token = remembered(kisToken, now: now) {
+            guard token.userID == userID else {
                 throw Problem(.kisTokenInvalid, "the KIS token does not belong to this user")
             }
-            return hit.token
+            return token
         }
         let resolved: ResolvedToken?
         do { resolved = try await lookup(kisToken) } catch {

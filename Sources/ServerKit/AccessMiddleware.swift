@@ -1,16 +1,65 @@
+public import CoreMetrics
 import Foundation
 public import Hummingbird
 public import Logging
+import Synchronization
 
-/// Counts and times every request by route and status, and writes one structured access-log line for it
-/// (method, route, status, duration — never a header value, so no token reaches the log).
-public struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
-    public let record: @Sendable (_ route: String, _ status: Int, _ nanoseconds: Int64) -> Void
-    public let logger: Logger
+/// Counts and times requests by route and status (`kisgw_http_requests_total`,
+/// `kisgw_http_request_duration_seconds`) and writes one structured access-log line each (method, route, status,
+/// duration — never a header value, so no token reaches the log). One per server; `AccessMiddleware` and the
+/// gateway's hit path both record through it.
+public final class RequestRecorder: Sendable {
+    private struct Key: Hashable {
+        var route: String
+        var status: Int
+    }
 
-    public init(logger: Logger, record: @escaping @Sendable (_ route: String, _ status: Int, _ nanoseconds: Int64) -> Void) {
+    private let factory: any MetricsFactory
+    private let logger: Logger
+    private let requests = Mutex<[Key: Counter]>([:])
+    private let durations = Mutex<[String: CoreMetrics.Timer]>([:])
+
+    /// `factory`: where the series go (the bootstrapped `MetricsSystem` unless a test gives its own).
+    public init(logger: Logger, factory: any MetricsFactory = MetricsSystem.factory) {
         self.logger = logger
-        self.record = record
+        self.factory = factory
+    }
+
+    public func record(method: String, route: String, status: Int, nanoseconds: Int64) {
+        // Keyed by value, not by a concatenated string: no allocation per request once a series exists.
+        let counter = requests.withLock { c in
+            let key = Key(route: route, status: status)
+            if let x = c[key] { return x }
+            let x = Counter(label: "kisgw_http_requests_total", dimensions: [("route", route), ("status", String(status))],
+                            factory: factory)
+            c[key] = x
+            return x
+        }
+        counter.increment()
+        let timer = durations.withLock { d in
+            if let x = d[route] { return x }
+            let x = CoreMetrics.Timer(label: "kisgw_http_request_duration_seconds", dimensions: [("route", route)],
+                          preferredDisplayUnit: .seconds, factory: factory)
+            d[route] = x
+            return x
+        }
+        timer.recordNanoseconds(nanoseconds)
+        if logger.logLevel <= .info {
+            logger.info("request", metadata: [
+                "method": "\(method)", "route": "\(route)", "status": "\(status)",
+                "ms": "\(String(format: "%.2f", Double(nanoseconds) / 1e6))",
+            ])
+        }
+    }
+}
+
+/// Records every request the router answers through a `RequestRecorder`, by the route it matched
+/// (`unmatched` when none did).
+public struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
+    public let recorder: RequestRecorder
+
+    public init(recorder: RequestRecorder) {
+        self.recorder = recorder
     }
 
     public func handle(
@@ -31,14 +80,7 @@ public struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
 
     private func finish(_ request: Request, context: Context, status: Int, start: ContinuousClock.Instant) {
         let d = ContinuousClock.now - start
-        let nanos = d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000
-        let route = context.endpointPath ?? "unmatched"
-        record(route, status, nanos)
-        if logger.logLevel <= .info {
-            logger.info("request", metadata: [
-                "method": "\(request.method)", "route": "\(route)", "status": "\(status)",
-                "ms": "\(String(format: "%.2f", Double(nanos) / 1e6))",
-            ])
-        }
+        recorder.record(method: "\(request.method)", route: context.endpointPath ?? "unmatched", status: status,
+                        nanoseconds: d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
     }
 }

@@ -1,6 +1,7 @@
 public import Hummingbird
 import HTTPTypes
-import NIOCore
+public import NIOCore
+import Synchronization
 
 /// Turns whatever a handler threw into an `application/problem+json` answer. Unknown routes become
 /// `not_found`, a known path with another method `method_not_allowed` (with `Allow`).
@@ -37,14 +38,36 @@ public struct ProblemRenderer: Sendable {
     }
 
     public static func render(_ problem: Problem) -> Response {
+        let r = rendered(problem)
+        return Response(status: HTTPResponse.Status(code: problem.status), headers: r.headers,
+                        body: .init(byteBuffer: r.body))
+    }
+
+    /// A problem's headers (without `Content-Length`) and encoded body.
+    public struct Rendered: Sendable {
+        public let headers: HTTPFields
+        public let body: ByteBuffer
+    }
+
+    /// Problems are a small set of fixed texts (a bad JWT is answered the same way every time), so each distinct
+    /// one is encoded once and kept (bounded): no JSON work per error answer.
+    private static let renderedCache = Mutex<[String: Rendered]>([:])
+
+    public static func rendered(_ problem: Problem) -> Rendered {
+        let key = [problem.code.rawValue, problem.detail, problem.retryAfter.map(String.init) ?? "",
+                   problem.kisMsgCode ?? "", problem.kisMessage ?? "", problem.allow ?? ""].joined(separator: "\u{0}")
+        if let hit = renderedCache.withLock({ $0[key] }) { return hit }
         var headers = HTTPFields()
         headers[.contentType] = "application/problem+json"
         headers[.cacheControl] = "no-store"
         if let w = problem.wwwAuthenticate { headers[.wwwAuthenticate] = w }
         if let r = problem.retryAfter { headers[.retryAfter] = String(r) }
         if let a = problem.allow { headers[.allow] = a }
-        return Response(
-            status: HTTPResponse.Status(code: problem.status), headers: headers,
-            body: .init(byteBuffer: ByteBuffer(bytes: problem.body())))
+        let r = Rendered(headers: headers, body: ByteBuffer(bytes: problem.body()))
+        renderedCache.withLock { c in
+            if c.count >= 256 { c.removeAll(keepingCapacity: true) }
+            c[key] = r
+        }
+        return r
     }
 }
