@@ -235,6 +235,18 @@ let package = Package(
         ),
 
         // MARK: tests
+        // What several test targets share (HTTP over real sockets); not part of the product.
+        .target(
+            name: "TestSupport",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Tests/TestSupport",
+            swiftSettings: strict
+        ),
+
         .testTarget(
             name: "ObservabilityTests",
             dependencies: [
@@ -264,6 +276,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
+                "TestSupport",
                 "Gateway",
                 "KIS",
                 "KisgwConfiguration",
@@ -285,6 +298,7 @@ let package = Package(
         .testTarget(
             name: "BrokerTests",
             dependencies: [
+                "TestSupport",
                 "Broker",
                 "Gateway",
                 "KIS",
@@ -309,6 +323,7 @@ let package = Package(
         .testTarget(
             name: "SimulatorTests",
             dependencies: [
+                "TestSupport",
                 "Simulator",
                 "KIS",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

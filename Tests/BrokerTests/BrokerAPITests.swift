@@ -15,6 +15,7 @@ import Simulator
 import Store
 import Testing
 import Tokens
+import TestSupport
 
 @Suite("Broker API over real sockets: routes, bodies and errors", .serialized)
 struct BrokerAPITests {

@@ -6,6 +6,7 @@ import Testing
 import Tokens
 
 @testable import Broker
+import TestSupport
 
 @Suite("Broker storage: one contract, SQLite and PostgreSQL")
 struct RepositoryContractTests {

@@ -7,6 +7,7 @@ import Simulator
 import Store
 import Testing
 import Tokens
+import TestSupport
 
 @Suite("Broker scheduler, reconciliation, several copies, and what the database holds", .serialized)
 struct SchedulerTests {

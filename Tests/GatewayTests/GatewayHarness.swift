@@ -12,6 +12,7 @@ import NIOHTTP1
 import ServerKit
 import Simulator
 import Store
+import TestSupport
 import Tokens
 
 let testSecret = "gateway-test-secret-of-at-least-32-bytes"
@@ -57,28 +58,8 @@ struct GatewayFixture: Sendable {
     }
 }
 
-struct HTTPResult: Sendable {
-    let status: Int
-    let headers: [(String, String)]
-    let body: Data
-    func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name.lowercased() }?.1 }
-    func headers(_ name: String) -> [String] { headers.filter { $0.0.lowercased() == name.lowercased() }.map(\.1) }
-    var json: [String: Any] { (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:] }
-    var text: String { String(decoding: body, as: UTF8.self) }
-    var code: String? { json["code"] as? String }
+extension HTTPResult {
     var candles: [[String: Any]] { json["candles"] as? [[String: Any]] ?? [] }
-}
-
-func http(_ method: HTTPMethod, _ url: String, headers: [(String, String)] = [], body: String? = nil,
-          timeout: TimeAmount = .seconds(30)) async throws -> HTTPResult {
-    var request = HTTPClientRequest(url: url)
-    request.method = method
-    for (n, v) in headers { request.headers.add(name: n, value: v) }
-    if let body { request.body = .bytes(ByteBuffer(string: body)) }
-    let response = try await HTTPClient.shared.execute(request, timeout: timeout)
-    let bytes = try await response.body.collect(upTo: 16 << 20)
-    return HTTPResult(status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) },
-                      body: Data(bytes.readableBytesView))
 }
 
 enum StoreKind: String, Sendable, CaseIterable { case memory, redis }

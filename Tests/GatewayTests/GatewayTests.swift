@@ -7,6 +7,7 @@ import NIOHTTP1
 import Store
 import Testing
 import Tokens
+import TestSupport
 
 @Suite("Gateway: charts, cache and validation over real sockets")
 struct GatewayChartTests {

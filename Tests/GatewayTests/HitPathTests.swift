@@ -8,6 +8,7 @@ import NIOPosix
 import Synchronization
 import Testing
 import Tokens
+import TestSupport
 
 /// The hit path answers on the event loop what the router would answer: these tests run a gateway with it and
 /// one without it (the router alone) on one store, send both the same requests, and compare the answers.

@@ -12,6 +12,7 @@ import Simulator
 import Store
 import Testing
 import Tokens
+import TestSupport
 
 /// A redis-server of the test's own on a free loopback port, to stop and restart.
 final class PrivateRedis: @unchecked Sendable {

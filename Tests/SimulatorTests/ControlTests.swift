@@ -6,6 +6,7 @@ import KIS
 import NIOCore
 import Testing
 @testable import Simulator
+import TestSupport
 
 @Suite("Simulator: /__sim/ control routes and faults")
 struct ControlTests {

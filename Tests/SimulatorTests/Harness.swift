@@ -8,6 +8,7 @@ import Logging
 import NIOCore
 import NIOFoundationCompat
 @testable import Simulator
+import TestSupport
 
 /// Runs the simulator on a real loopback port for the duration of `body`.
 func withSimulator<T: Sendable>(
@@ -37,16 +38,8 @@ func withSimulator<T: Sendable>(
     }
 }
 
-struct SimResponse: Sendable {
-    let status: Int
-    let headers: [(String, String)]
-    let body: Data
-
-    func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name.lowercased() }?.1 }
-    var json: [String: Any] { (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:] }
-    var text: String { String(decoding: body, as: UTF8.self) }
-    func decode<T: Decodable>(_ type: T.Type) throws -> T { try JSONDecoder().decode(T.self, from: body) }
-}
+/// The simulator's answers are read like every other HTTP answer in the tests.
+typealias SimResponse = HTTPResult
 
 /// A thin AsyncHTTPClient wrapper speaking to the simulator over a real socket.
 struct SimClient: Sendable {
@@ -56,18 +49,9 @@ struct SimClient: Sendable {
         _ method: HTTPMethod, _ path: String, headers: [(String, String)] = [], body: String? = nil,
         timeout: TimeAmount = .seconds(20)
     ) async throws -> SimResponse {
-        var request = HTTPClientRequest(url: base + path)
-        request.method = method
-        for (name, value) in headers { request.headers.add(name: name, value: value) }
-        if let body {
-            request.headers.add(name: "content-type", value: "application/json")
-            request.body = .bytes(ByteBuffer(string: body))
-        }
-        let response = try await HTTPClient.shared.execute(request, timeout: timeout)
-        let bytes = try await response.body.collect(upTo: 8 << 20)
-        return SimResponse(
-            status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) },
-            body: Data(buffer: bytes))
+        // A body is KIS-style JSON.
+        let h = body == nil ? headers : headers + [("content-type", "application/json")]
+        return try await http(method, base + path, headers: h, body: body, timeout: timeout)
     }
 
     func post(_ path: String, _ json: [String: Any]) async throws -> SimResponse {

@@ -4,6 +4,7 @@ import NIOCore
 import KIS
 import Testing
 @testable import Simulator
+import TestSupport
 
 @Suite("Simulator: quotation gate — headers, tokens, tr_id, rate limits (kis-api.md §3, §6, §7)")
 struct GateTests {

@@ -4,6 +4,7 @@ import NIOCore
 import KIS
 import Testing
 @testable import Simulator
+import TestSupport
 
 @Suite("Simulator: tokens (kis-api.md §2)")
 struct TokenTests {
