@@ -6,17 +6,27 @@ import KIS
 struct ChartQuery: Sendable, Hashable {
     enum Market: String, Sendable { case domestic, overseas }
 
-    var market: Market
-    var exchange: Exchange
-    var symbol: String
-    var period: String
-    var adjusted: Bool
-    var start: CivilDate
-    var end: CivilDate
-
+    let market: Market
+    let exchange: Exchange
+    let symbol: String
+    let period: String
+    let adjusted: Bool
+    let start: CivilDate
+    let end: CivilDate
     /// The shared cache key: market, exchange, symbol, period, adjusted and the resolved range — never the user.
-    var cacheKey: String {
-        "\(market == .domestic ? "d" : "o"):\(exchange.rawValue):\(symbol):\(period):\(adjusted ? "a" : "r"):\(start.dayNumber)-\(end.dayNumber)"
+    /// Built once: the miss path uses it at every step (L1, store, in-flight map, fleet lock).
+    let cacheKey: String
+
+    init(market: Market, exchange: Exchange, symbol: String, period: String, adjusted: Bool, start: CivilDate,
+         end: CivilDate) {
+        self.market = market
+        self.exchange = exchange
+        self.symbol = symbol
+        self.period = period
+        self.adjusted = adjusted
+        self.start = start
+        self.end = end
+        self.cacheKey = "\(market == .domestic ? "d" : "o"):\(exchange.rawValue):\(symbol):\(period):\(adjusted ? "a" : "r"):\(start.dayNumber)-\(end.dayNumber)"
     }
 
     static let domesticPeriods: Set<String> = ["D", "W", "M", "Y"]
