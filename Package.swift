@@ -338,6 +338,7 @@ let package = Package(
         .testTarget(
             name: "RedisTests",
             dependencies: [
+                "TestSupport",
                 "Redis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -14,68 +14,7 @@ import Testing
 import Tokens
 import TestSupport
 
-/// A redis-server of the test's own on a free loopback port, to stop and restart.
-final class PrivateRedis: @unchecked Sendable {
-    // @unchecked: `process` is replaced only by start/stop, which one test calls in sequence.
-    let port: Int
-    private var process: Process?
-
-    init() throws {
-        port = Self.freePort()
-        try start()
-    }
-
-    var url: String { "redis://127.0.0.1:\(port)/0" }
-
-    func start() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
-        p.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        process = p
-        for _ in 0..<100 where !Self.accepts(port) { usleep(50_000) }
-    }
-
-    func stop() {
-        guard let p = process else { return }
-        p.terminate()
-        // Poll rather than waitUntilExit, which can wait forever on a cooperative thread.
-        for _ in 0..<200 where p.isRunning { usleep(25_000) }
-        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-        for _ in 0..<200 where p.isRunning || Self.accepts(port) { usleep(25_000) }
-        process = nil
-    }
-
-    deinit { stop() }
-
-    static func freePort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        return Int(UInt16(bigEndian: addr.sin_port))
-    }
-
-    static func accepts(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = UInt16(port).bigEndian
-        return withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
-    }
-}
-
+/// Polls `condition` until it holds or `timeout` passes.
 func eventually(_ timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async rethrows -> Bool {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
@@ -89,7 +28,7 @@ func eventually(_ timeout: Duration = .seconds(20), _ condition: () async throws
 struct GatewayResilienceTests {
     @Test("Redis stops: readiness 503, undecidable requests store_unavailable, L1 hits still served; Redis returns: service resumes")
     func redisOutage() async throws {
-        let redis = try PrivateRedis()
+        let redis = try RedisServerProcess()
         let client = RedisClient(configuration: {
             var c = try! RedisConfiguration(url: redis.url)
             c.commandTimeout = .seconds(2)
@@ -164,7 +103,7 @@ struct GatewayResilienceTests {
             group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
             var sit = simPorts.makeAsyncIterator()
             let simURL = "http://127.0.0.1:\(await sit.next()!)"
-            let port = PrivateRedis.freePort()
+            let port = try RedisServerProcess.freePort()
             let process = Process()
             process.executableURL = URL(fileURLWithPath: binary)
             process.arguments = ["gateway"]
@@ -181,7 +120,7 @@ struct GatewayResilienceTests {
             process.standardOutput = FileHandle.nullDevice
             try process.run()
             defer { if process.isRunning { process.terminate() } }
-            #expect(await eventually { PrivateRedis.accepts(port) })
+            #expect(await eventually { RedisServerProcess.accepts(port: port) })
             let g = GatewayFixture(gatewayURL: "http://127.0.0.1:\(port)", simURL: simURL, store: store, keyring: keyring)
             let kis = try await g.connect(user: "s1", appKey: "PSapp-sigterm")
             let jwt = try await g.jwt("s1")
@@ -192,7 +131,7 @@ struct GatewayResilienceTests {
             #expect(r.status == 200)
             #expect(await eventually(.seconds(15)) { !process.isRunning })
             #expect(process.terminationStatus == 0)
-            #expect(!PrivateRedis.accepts(port))
+            #expect(!RedisServerProcess.accepts(port: port))
             group.cancelAll()
         }
     }

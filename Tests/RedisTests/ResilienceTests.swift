@@ -5,6 +5,7 @@ import NIOSSL
 import Redis
 import Synchronization
 import Testing
+import TestSupport
 
 /// Restarts, kills and pauses — each test runs its own `redis-server`.
 @Suite(

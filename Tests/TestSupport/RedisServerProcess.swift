@@ -1,0 +1,194 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A `redis-server` process of the test's own, on a free loopback port.
+public final class RedisServerProcess: @unchecked Sendable {
+    // @unchecked: `process` is only replaced by start/stop, which the owning test calls sequentially.
+    public let port: Int
+    public let extraArguments: [String]
+    private var process: Process?
+
+    /// Certificate, key and CA files: serve TLS only, on ``port``.
+    public let tls: (certificate: String, key: String, ca: String)?
+
+    public init(extraArguments: [String] = [], tls: (certificate: String, key: String, ca: String)? = nil) throws {
+        self.port = try Self.freePort()
+        self.extraArguments = extraArguments
+        self.tls = tls
+        try self.start()
+    }
+
+    public var url: String { "redis://127.0.0.1:\(self.port)/0" }
+
+    public var pid: Int32? { self.process?.processIdentifier }
+
+    public func start() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.redisServerPath)
+        process.arguments = [
+            "--port", String(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--protected-mode", "no", "--loglevel", "warning", "--enable-debug-command", "local",
+        ] + self.extraArguments
+        if let tls = self.tls {
+            process.arguments! += [
+                "--port", "0", "--tls-port", String(self.port), "--tls-cert-file", tls.certificate,
+                "--tls-key-file", tls.key, "--tls-ca-cert-file", tls.ca, "--tls-auth-clients", "no",
+            ]
+        }
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        guard self.waitUntilReady() else {
+            self.stop()
+            throw ServerError(message: "redis-server on port \(self.port) did not become ready")
+        }
+    }
+
+    /// Stops the server and waits for it to exit.
+    ///
+    /// SIGKILL, because a child spawned from the test runner inherits a signal
+    /// mask that blocks SIGTERM; without persistence a kill is also the
+    /// harshest restart for the client under test.
+    public func stop() {
+        guard let process = self.process else { return }
+        self.process = nil
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+        }
+        // Polled: Foundation's waitUntilExit can wait forever when called from a cooperative thread.
+        for _ in 0..<400 where process.isRunning { usleep(25_000) }
+    }
+
+    public func restart() throws {
+        self.stop()
+        try self.start()
+    }
+
+    /// SIGSTOP: the server keeps its sockets but answers nothing.
+    public func pause() {
+        if let pid = self.pid { kill(pid, SIGSTOP) }
+    }
+
+    /// SIGCONT after ``pause()``.
+    public func resume() {
+        if let pid = self.pid { kill(pid, SIGCONT) }
+    }
+
+    deinit {
+        self.stop()
+    }
+
+    private func waitUntilReady() -> Bool {
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline {
+            if let process = self.process, !process.isRunning { return false }
+            if self.tls != nil ? Self.accepts(port: self.port) : Self.ping(port: self.port, acceptAuthError: !self.extraArguments.isEmpty) {
+                return true
+            }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    /// One `PING` over a blocking socket (test helper only, not the client under test).
+    public static func ping(port: Int, acceptAuthError: Bool = false) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var timeout = timeval(tv_sec: 1, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard connected == 0 else { return false }
+        let ping = Array("PING\r\n".utf8)
+        guard write(fd, ping, ping.count) == ping.count else { return false }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let count = read(fd, &buffer, buffer.count)
+        guard count > 0 else { return false }
+        let reply = String(decoding: buffer[0..<count], as: UTF8.self)
+        return reply.hasPrefix("+PONG") || (acceptAuthError && reply.hasPrefix("-NOAUTH"))
+    }
+
+    /// Whether a TCP connection to the port succeeds.
+    public static func accepts(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+
+    /// Makes a CA and a server certificate for localhost/127.0.0.1 with `openssl`; `nil` if it is missing.
+    public static func makeTestCertificates() -> (certificate: String, key: String, ca: String)? {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl") else { return nil }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-redis-tls-\(UUID().uuidString)").path
+        let script = """
+            set -e
+            mkdir -p '\(directory)' && cd '\(directory)'
+            openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=kisgw-test-ca
+            openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost
+            printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext.cnf
+            openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext.cnf
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", script]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return nil }
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { return nil }
+        return (directory + "/server.crt", directory + "/server.key", directory + "/ca.crt")
+    }
+
+    public static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw ServerError(message: "socket() failed") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else { throw ServerError(message: "bind() failed") }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else { throw ServerError(message: "getsockname() failed") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    public static let redisServerPath: String = {
+        for directory in ["/usr/bin", "/usr/local/bin", "/opt/homebrew/bin"] {
+            let path = directory + "/redis-server"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return "/usr/bin/redis-server"
+    }()
+
+    public struct ServerError: Error, CustomStringConvertible {
+        public var message: String
+        public var description: String { self.message }
+    }
+}
