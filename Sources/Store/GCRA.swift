@@ -44,27 +44,36 @@ public enum GCRA {
     /// `KEYS[1]` holds the TAT; `ARGV` is interval, burst, cost, maxWait (all µs
     /// or counts). Time comes from the Redis server (`TIME`), so every gateway
     /// shares one clock. Returns `{allowed (0/1), wait_us}`.
-    static let lua = """
-        local t = redis.call('TIME')
-        local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-        local interval = tonumber(ARGV[1])
-        local burst = tonumber(ARGV[2])
-        local cost = tonumber(ARGV[3])
-        local maxwait = tonumber(ARGV[4])
-        local tat = now
-        local stored = redis.call('GET', KEYS[1])
-        if stored then
-            tat = tonumber(stored)
-            if tat < now then tat = now end
+    static let lua = luaFunction + """
+        return kisgw_gcra(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+        """
+
+    /// `kisgw_gcra(key, interval, burst, cost, maxwait)`: the decision as a local Lua function, for scripts that
+    /// take a slot along with other work.
+    static let luaFunction = """
+        local function kisgw_gcra(key, interval, burst, cost, maxwait)
+            local t = redis.call('TIME')
+            local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+            interval = tonumber(interval)
+            burst = tonumber(burst)
+            cost = tonumber(cost)
+            maxwait = tonumber(maxwait)
+            local tat = now
+            local stored = redis.call('GET', key)
+            if stored then
+                tat = tonumber(stored)
+                if tat < now then tat = now end
+            end
+            local newtat = tat + interval * cost
+            local wait = newtat - interval * burst - now
+            if wait < 0 then wait = 0 end
+            if wait > maxwait then
+                return {0, wait}
+            end
+            local keep = math.floor((newtat - now) / 1000) + 1
+            redis.call('SET', key, string.format('%d', newtat), 'PX', keep)
+            return {1, wait}
         end
-        local newtat = tat + interval * cost
-        local wait = newtat - interval * burst - now
-        if wait < 0 then wait = 0 end
-        if wait > maxwait then
-            return {0, wait}
-        end
-        local keep = math.floor((newtat - now) / 1000) + 1
-        redis.call('SET', KEYS[1], string.format('%d', newtat), 'PX', keep)
-        return {1, wait}
+
         """
 }

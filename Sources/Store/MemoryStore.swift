@@ -201,22 +201,46 @@ public final class MemoryStore: SharedStore {
         -> RateLimitDecision
     {
         let now = ContinuousClock.now
-        let micros = Self.micros(epoch.duration(to: now))
+        return state.withLock { s in decideRate(&s, key, limit: limit, cost: cost, maxWait: maxWait, now: now) }
+    }
+
+    /// One GCRA decision on `key`, inside the state's lock.
+    private func decideRate(
+        _ s: inout State, _ key: String, limit: RateLimit, cost: Int, maxWait: Duration, now: ContinuousClock.Instant
+    ) -> RateLimitDecision {
+        let k = keyPrefix + key
+        var tat: Int64? = nil
+        if case .bytes(let b)? = Self.live(&s, k, now: now)?.value,
+            let t = b.getString(at: b.readerIndex, length: b.readableBytes).flatMap({ Int64($0) })
+        {
+            tat = t
+        }
+        let outcome = GCRA.decide(
+            tat: tat, now: Self.micros(epoch.duration(to: now)), interval: limit.intervalMicroseconds,
+            burst: Int64(limit.burst), cost: Int64(cost), maxWait: Self.micros(maxWait))
+        if outcome.allowed, let newTAT = outcome.newTAT {
+            s.items[k] = Item(value: .bytes(ByteBuffer(string: String(newTAT))),
+                              expiresAt: now + .microseconds(outcome.keepFor + 1000))
+            return .allowed(after: .microseconds(outcome.wait))
+        }
+        return .denied(retryAfter: .microseconds(outcome.wait))
+    }
+
+    public func readOrLock(_ readKey: String, lock key: String, ttl: Duration, reserving: RateReservation?)
+        async throws(StoreError) -> ReadOrLock
+    {
+        let now = ContinuousClock.now
+        let token = Self.randomToken()
         return state.withLock { s in
-            let k = keyPrefix + key
-            var tat: Int64? = nil
-            if case .bytes(let b)? = Self.live(&s, k, now: now)?.value, let t = b.getString(at: b.readerIndex, length: b.readableBytes).flatMap({ Int64($0) }) {
-                tat = t
+            if case .bytes(let b)? = Self.live(&s, keyPrefix + readKey, now: now)?.value { return .value(b) }
+            let lockKey = keyPrefix + key
+            guard Self.live(&s, lockKey, now: now) == nil else { return .busy }
+            s.items[lockKey] = Item(value: .bytes(ByteBuffer(string: token)), expiresAt: Self.expiry(ttl, now: now))
+            Self.sweepIfDue(&s, now: now)
+            let slot = reserving.map { r in
+                decideRate(&s, r.key, limit: r.limit, cost: 1, maxWait: r.maxWait, now: now)
             }
-            let outcome = GCRA.decide(
-                tat: tat, now: micros, interval: limit.intervalMicroseconds, burst: Int64(limit.burst),
-                cost: Int64(cost), maxWait: Self.micros(maxWait))
-            if outcome.allowed, let newTAT = outcome.newTAT {
-                s.items[k] = Item(value: .bytes(ByteBuffer(string: String(newTAT))),
-                                  expiresAt: now + .microseconds(outcome.keepFor + 1000))
-                return .allowed(after: .microseconds(outcome.wait))
-            }
-            return .denied(retryAfter: .microseconds(outcome.wait))
+            return .locked(StoreLock(key: key, token: token), slot: slot)
         }
     }
 

@@ -60,6 +60,17 @@ public final class RedisStore: SharedStore {
         return {0}
         """)
 
+    /// GET the read key; when it has no value, SET NX PX the lock, and when that is taken and a slot is asked
+    /// for (a third key), decide it with GCRA: `{2, value}`, `{0}` (busy), `{1}` or `{1, allowed, wait_us}`.
+    static let readOrLock = RedisScript(name: "kisgw-read-or-lock", GCRA.luaFunction + """
+        local v = redis.call('GET', KEYS[1])
+        if v then return {2, v} end
+        if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
+        if #KEYS < 3 then return {1} end
+        local d = kisgw_gcra(KEYS[3], ARGV[3], ARGV[4], 1, ARGV[5])
+        return {1, d[1], d[2]}
+        """)
+
     private func k(_ key: String) -> String { keyPrefix + key }
 
     private static func map(_ e: RedisError) -> StoreError {
@@ -69,6 +80,10 @@ public final class RedisStore: SharedStore {
         case .shutdown: StoreError(.shutdown, "the Redis client was shut down")
         default: StoreError(.backend, "Redis: \(e.message)")
         }
+    }
+
+    private static func micros(_ d: Duration) -> Int64 {
+        d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000
     }
 
     private static func ms(_ d: Duration) -> Int {
@@ -171,6 +186,44 @@ public final class RedisStore: SharedStore {
         return (lock, nil)
     }
 
+    public func readOrLock(_ readKey: String, lock key: String, ttl: Duration, reserving: RateReservation?)
+        async throws(StoreError) -> ReadOrLock
+    {
+        let token = MemoryStore.randomToken()
+        var keys = [RedisArgument(k(readKey)), RedisArgument(k(key))]
+        var args = [RedisArgument(token), RedisArgument(max(1, Self.ms(ttl)))]
+        if let r = reserving {
+            keys.append(RedisArgument(k(r.key)))
+            args += [RedisArgument(integer: r.limit.intervalMicroseconds), RedisArgument(r.limit.burst),
+                     RedisArgument(integer: max(0, Self.micros(r.maxWait)))]
+        }
+        let reply: RESPValue
+        do { reply = try await client.evaluate(Self.readOrLock, keys: keys, arguments: args) } catch {
+            throw Self.map(error)
+        }
+        guard case .array(let items) = reply, case .integer(let state)? = items.first else {
+            throw StoreError(.backend, "the read-or-lock script gave an unexpected reply")
+        }
+        switch state {
+        case 2:
+            guard items.count == 2, case .bulkString(let value) = items[1] else { break }
+            return .value(value)
+        case 0:
+            return .busy
+        case 1:
+            let lock = StoreLock(key: key, token: token)
+            if items.count == 1 { return .locked(lock, slot: nil) }
+            guard items.count == 3, case .integer(let allowed) = items[1], case .integer(let wait) = items[2] else {
+                break
+            }
+            return .locked(lock, slot: allowed == 1 ? .allowed(after: .microseconds(wait))
+                                                    : .denied(retryAfter: .microseconds(wait)))
+        default:
+            break
+        }
+        throw StoreError(.backend, "the read-or-lock script gave an unexpected reply")
+    }
+
     public func renewLock(_ lock: StoreLock, ttl: Duration) async throws(StoreError) -> Bool {
         let token = ByteBuffer(string: lock.token)
         return try await compareAndSet(lock.key, expected: token, newValue: token, ttl: ttl)
@@ -184,7 +237,7 @@ public final class RedisStore: SharedStore {
     public func rateLimit(_ key: String, limit: RateLimit, cost: Int, maxWait: Duration) async throws(StoreError)
         -> RateLimitDecision
     {
-        let maxWaitMicros = maxWait.components.seconds * 1_000_000 + maxWait.components.attoseconds / 1_000_000_000_000
+        let maxWaitMicros = Self.micros(maxWait)
         let args: [RedisArgument] = [
             RedisArgument(integer: limit.intervalMicroseconds), RedisArgument(limit.burst), RedisArgument(cost),
             RedisArgument(integer: max(0, maxWaitMicros)),

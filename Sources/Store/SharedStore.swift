@@ -67,6 +67,13 @@ public protocol SharedStore: Sendable {
     func acquireLock(_ key: String, ttl: Duration, thenGet readKey: String) async throws(StoreError)
         -> (lock: StoreLock?, value: ByteBuffer?)
 
+    /// The first step of coalesced work on a key nobody here has, in one atomic step (one round trip): the value
+    /// of `readKey` if it has one; else the lock `key` for `ttl` if nobody holds it — with `reserving`, also a
+    /// rate-limit slot for the work, decided as ``rateLimit(_:limit:cost:maxWait:)`` decides a cost of 1 — else
+    /// ``ReadOrLock/busy``.
+    func readOrLock(_ readKey: String, lock key: String, ttl: Duration, reserving: RateReservation?)
+        async throws(StoreError) -> ReadOrLock
+
     /// Extends a held lock; `false` if it expired or someone else holds it now.
     func renewLock(_ lock: StoreLock, ttl: Duration) async throws(StoreError) -> Bool
 
@@ -160,6 +167,31 @@ public struct RateLimit: Sendable, Hashable {
     public var intervalMicroseconds: Int64 {
         Int64((1_000_000 / self.rate).rounded(.up))
     }
+}
+
+/// A rate-limit slot to reserve along with a lock (``SharedStore/readOrLock(_:lock:ttl:reserving:)``).
+public struct RateReservation: Sendable, Hashable {
+    /// The rate-limit key (without prefix).
+    public var key: String
+    public var limit: RateLimit
+    /// The longest the caller will wait for the slot.
+    public var maxWait: Duration
+
+    public init(key: String, limit: RateLimit, maxWait: Duration) {
+        self.key = key
+        self.limit = limit
+        self.maxWait = maxWait
+    }
+}
+
+/// The answer of ``SharedStore/readOrLock(_:lock:ttl:reserving:)``.
+public enum ReadOrLock: Sendable, Hashable {
+    /// The read key has this value; no lock was taken and no slot reserved.
+    case value(ByteBuffer)
+    /// The read key had no value and the lock is ours, with the rate-limit decision if a slot was asked for.
+    case locked(StoreLock, slot: RateLimitDecision?)
+    /// The read key had no value and somebody else holds the lock.
+    case busy
 }
 
 /// The answer of ``SharedStore/rateLimit(_:limit:cost:maxWait:)``.

@@ -415,6 +415,9 @@ struct DeadStore: SharedStore {
     func acquireLock(_ key: String, ttl: Duration, thenGet readKey: String) async throws(StoreError)
         -> (lock: StoreLock?, value: ByteBuffer?)
     { throw down }
+    func readOrLock(_ readKey: String, lock key: String, ttl: Duration, reserving: RateReservation?)
+        async throws(StoreError) -> ReadOrLock
+    { throw down }
     func renewLock(_ lock: StoreLock, ttl: Duration) async throws(StoreError) -> Bool { throw down }
     func releaseLock(_ lock: StoreLock) async throws(StoreError) -> Bool { throw down }
     func rateLimit(_ key: String, limit: RateLimit, cost: Int, maxWait: Duration) async throws(StoreError)

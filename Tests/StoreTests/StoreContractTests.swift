@@ -203,6 +203,78 @@ struct StoreContractTests {
     }
 
     @Test(arguments: Backend.available)
+    func readOrLock(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        // Nothing stored, lock free: the lock, no slot asked for, none given.
+        let first = try await store.readOrLock("value:r", lock: "lock:r", ttl: .seconds(30), reserving: nil)
+        guard case .locked(let lock, let slot) = first else {
+            Issue.record("expected the lock, got \(first)")
+            return
+        }
+        #expect(slot == nil)
+        guard case .expiresIn(let ttl) = try await store.timeToLive("lock:r") else {
+            Issue.record("the lock must expire")
+            return
+        }
+        #expect(ttl > .seconds(20))
+        // Held by somebody else, still nothing stored: busy.
+        #expect(try await store.readOrLock("value:r", lock: "lock:r", ttl: .seconds(30), reserving: nil) == .busy)
+        // A value wins over the lock, held or not, and takes nothing.
+        try await store.set("value:r", to: ByteBuffer(string: "filled"), ttl: .seconds(30))
+        #expect(try await store.readOrLock("value:r", lock: "lock:r", ttl: .seconds(30), reserving: nil)
+                == .value(ByteBuffer(string: "filled")))
+        #expect(try await store.releaseLock(lock))
+        #expect(try await store.readOrLock("value:r", lock: "lock:r", ttl: .seconds(30), reserving: nil)
+                == .value(ByteBuffer(string: "filled")))
+        #expect(try await store.timeToLive("lock:r") == .missing)
+        await close()
+    }
+
+    @Test(arguments: Backend.available)
+    func readOrLockReservesARateSlot(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        // One per 10 s (slow, so a loaded machine cannot change the answers).
+        let limit = RateLimit(rate: 0.1, burst: 1)
+        let now = RateReservation(key: "rl:r", limit: limit, maxWait: .zero)
+        // The first taker gets the lock and the slot, at once.
+        let first = try await store.readOrLock("value:a", lock: "lock:a", ttl: .seconds(30), reserving: now)
+        guard case .locked(_, let slot) = first else {
+            Issue.record("expected the lock, got \(first)")
+            return
+        }
+        #expect(slot == .allowed(after: .zero))
+        // The slot counts for the plain rate limiter too.
+        #expect(try await store.rateLimit("rl:r", limit: limit, cost: 1, maxWait: .zero).isAllowed == false)
+        // Another key's lock, same app key, unwilling to wait: the lock, and a denial that reserves nothing.
+        let second = try await store.readOrLock("value:b", lock: "lock:b", ttl: .seconds(30), reserving: now)
+        guard case .locked(_, .denied(let retryAfter)?) = second else {
+            Issue.record("expected the lock and a denied slot, got \(second)")
+            return
+        }
+        #expect(retryAfter > .zero && retryAfter <= .seconds(10))
+        // Willing to wait: reserved, about one interval out (a denial above would have pushed it to two).
+        let patient = RateReservation(key: "rl:r", limit: limit, maxWait: .seconds(60))
+        let third = try await store.readOrLock("value:c", lock: "lock:c", ttl: .seconds(30), reserving: patient)
+        guard case .locked(_, .allowed(let wait)?) = third else {
+            Issue.record("expected the lock and a reserved slot, got \(third)")
+            return
+        }
+        #expect(wait > .zero && wait <= .seconds(10))
+        // Busy or answered from the value: no slot is taken.
+        #expect(try await store.readOrLock("value:c", lock: "lock:c", ttl: .seconds(30), reserving: patient) == .busy)
+        try await store.set("value:d", to: ByteBuffer(string: "x"), ttl: .seconds(30))
+        #expect(try await store.readOrLock("value:d", lock: "lock:d", ttl: .seconds(30), reserving: patient)
+                == .value(ByteBuffer(string: "x")))
+        let next = try await store.rateLimit("rl:r", limit: limit, cost: 1, maxWait: .seconds(60))
+        guard case .allowed(let nextWait) = next else {
+            Issue.record("expected a reservation, got \(next)")
+            return
+        }
+        #expect(nextWait > wait && nextWait - wait <= .seconds(11))
+        await close()
+    }
+
+    @Test(arguments: Backend.available)
     func rateLimitDecisions(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         // One per 10 s, bursts of two: two go now, the third must wait up to 10 s. (A slow interval, so that a
