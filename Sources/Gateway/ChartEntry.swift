@@ -17,7 +17,14 @@ struct ChartEntry: Sendable {
         self.storedAt = storedAt
         self.freshUntil = freshUntil
         let digest = SHA256.hash(data: body.readableBytesView)
-        self.etag = "\"" + digest.prefix(12).map { String(format: "%02x", $0) }.joined() + "\""
+        var tag: [UInt8] = [UInt8(ascii: "\"")]
+        tag.reserveCapacity(26)
+        for byte in digest.prefix(12) {
+            tag.append(Self.hexDigits[Int(byte >> 4)])
+            tag.append(Self.hexDigits[Int(byte & 0x0f)])
+        }
+        tag.append(UInt8(ascii: "\""))
+        self.etag = String(decoding: tag, as: UTF8.self)
     }
 
     private init(body: ByteBuffer, etag: String, storedAt: Int64, freshUntil: Int64) {
@@ -57,22 +64,61 @@ struct ChartEntry: Sendable {
     // MARK: the response body
 
     static func render(_ query: ChartQuery, chart: DailyChart) -> ByteBuffer {
-        var s = ""
-        s.reserveCapacity(96 + chart.candles.count * 110)
-        s += "{\"market\":\"\(query.market.rawValue)\",\"exchange\":\"\(query.exchange.rawValue)\",\"symbol\":"
-        s += jsonString(query.symbol)
-        if let name = chart.name, !name.isEmpty { s += ",\"name\":" + jsonString(name) }
-        s += ",\"currency\":\"\(query.exchange.currency)\",\"period\":\"\(query.period)\",\"adjusted\":\(query.adjusted)"
-        s += ",\"start\":\"\(query.start.iso)\",\"end\":\"\(query.end.iso)\",\"candles\":["
-        for (i, c) in chart.candles.enumerated() {
-            if i > 0 { s += "," }
-            s += "{\"date\":\"\(c.date.iso)\",\"open\":\(c.open.text),\"high\":\(c.high.text),\"low\":\(c.low.text)"
-            s += ",\"close\":\(c.close.text),\"volume\":\(c.volume.text)"
-            if let t = c.turnover { s += ",\"turnover\":\(t.text)" }
-            s += "}"
+        // Written straight into the buffer: no intermediate strings per candle (a miss renders up to thousands).
+        var out = ByteBuffer()
+        out.reserveCapacity(256 + chart.candles.count * 120)
+        out.writeStaticString("{\"market\":\"")
+        out.writeString(query.market.rawValue)
+        out.writeStaticString("\",\"exchange\":\"")
+        out.writeString(query.exchange.rawValue)
+        out.writeStaticString("\",\"symbol\":")
+        out.writeString(jsonString(query.symbol))
+        if let name = chart.name, !name.isEmpty {
+            out.writeStaticString(",\"name\":")
+            out.writeString(jsonString(name))
         }
-        s += "]}"
-        return ByteBuffer(string: s)
+        out.writeStaticString(",\"currency\":\"")
+        out.writeString(query.exchange.currency)
+        out.writeStaticString("\",\"period\":\"")
+        out.writeString(query.period)
+        out.writeStaticString(query.adjusted ? "\",\"adjusted\":true,\"start\":\"" : "\",\"adjusted\":false,\"start\":\"")
+        writeISO(query.start, to: &out)
+        out.writeStaticString("\",\"end\":\"")
+        writeISO(query.end, to: &out)
+        out.writeStaticString("\",\"candles\":[")
+        for (i, c) in chart.candles.enumerated() {
+            out.writeStaticString(i == 0 ? "{\"date\":\"" : ",{\"date\":\"")
+            writeISO(c.date, to: &out)
+            out.writeStaticString("\",\"open\":")
+            out.writeString(c.open.text)
+            out.writeStaticString(",\"high\":")
+            out.writeString(c.high.text)
+            out.writeStaticString(",\"low\":")
+            out.writeString(c.low.text)
+            out.writeStaticString(",\"close\":")
+            out.writeString(c.close.text)
+            out.writeStaticString(",\"volume\":")
+            out.writeString(c.volume.text)
+            if let t = c.turnover {
+                out.writeStaticString(",\"turnover\":")
+                out.writeString(t.text)
+            }
+            out.writeStaticString("}")
+        }
+        out.writeStaticString("]}")
+        return out
+    }
+
+    private static let hexDigits = Array("0123456789abcdef".utf8)
+
+    /// `YYYY-MM-DD`, the same as ``CivilDate/iso``, without making a string.
+    static func writeISO(_ date: CivilDate, to out: inout ByteBuffer) {
+        let (y, m, d) = date.components
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (
+            48 + UInt8(y / 1000 % 10), 48 + UInt8(y / 100 % 10), 48 + UInt8(y / 10 % 10), 48 + UInt8(y % 10),
+            UInt8(ascii: "-"), 48 + UInt8(m / 10), 48 + UInt8(m % 10), UInt8(ascii: "-"), 48 + UInt8(d / 10),
+            48 + UInt8(d % 10))
+        _ = withUnsafeBytes(of: &digits) { out.writeBytes($0) }
     }
 
     static func jsonString(_ v: String) -> String {

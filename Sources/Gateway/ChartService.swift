@@ -39,7 +39,7 @@ final class ChartService: Sendable {
     let notifier = FillNotifier()
     let metrics: GatewayMetrics
     let logger: Logger
-    private let inflight = Mutex<[String: Task<(ChartEntry, Double), any Error>]>([:])
+    private let inflight = Mutex<[String: Task<(ChartEntry, Double?), any Error>]>([:])
     private let refreshing = Mutex<Set<String>>([])
 
     init(settings: Settings, store: any SharedStore, l1: L1Cache<ChartEntry>, clients: [KISEnvironment: KISClient],
@@ -57,12 +57,15 @@ final class ChartService: Sendable {
 
     func chart(_ query: ChartQuery, token: ResolvedToken) async throws(Problem) -> Outcome {
         let key = query.cacheKey
-        let now = Self.now()
         var entry = l1.get(key)
-        if entry == nil, let shared = try? await store.get("cache:" + key), let e = ChartEntry.decode(shared) {
-            l1.set(key, e, cost: e.cost)
+        if entry == nil {
+            // Nobody here has it: one coalesced step reads the shared store or, when it is not there either,
+            // fetches it — the read, the fleet lock and the first rate-limit slot in one round trip.
+            let (e, ms) = try await fetchCoalesced(query, token: token, cold: true)
+            if let ms { return .miss(e, upstreamMilliseconds: ms) }
             entry = e
         }
+        let now = Self.now()
         if let e = entry {
             if now < e.freshUntil {
                 metrics.cacheHit.increment()
@@ -75,8 +78,8 @@ final class ChartService: Sendable {
             }
         }
         do {
-            let (fresh, ms) = try await fetchCoalesced(query, token: token)
-            return .miss(fresh, upstreamMilliseconds: ms)
+            let (fresh, ms) = try await fetchCoalesced(query, token: token, cold: false)
+            return .miss(fresh, upstreamMilliseconds: ms ?? 0)
         } catch {
             // Stale-if-error: KIS failed, timed out or the key's quota is exhausted.
             if let e = entry, now < e.freshUntil + Int64(settings.staleIfError),
@@ -96,7 +99,7 @@ final class ChartService: Sendable {
         guard first else { return }
         Task {
             defer { _ = self.refreshing.withLock { $0.remove(key) } }
-            do { _ = try await self.fetchCoalesced(query, token: token) } catch let problem as Problem {
+            do { _ = try await self.fetchCoalesced(query, token: token, cold: false) } catch let problem as Problem {
                 self.logger.info("background refresh failed", metadata: ["code": "\(problem.code)"])
             } catch {
                 self.logger.info("background refresh failed")
@@ -105,41 +108,79 @@ final class ChartService: Sendable {
     }
 
     /// One fetch per key in this process; every concurrent caller awaits the same task.
-    func fetchCoalesced(_ query: ChartQuery, token: ResolvedToken) async throws(Problem) -> (ChartEntry, Double) {
+    ///
+    /// `cold`: nobody here has the key; the store is read first and the answer's `upstreamMilliseconds` is `nil`
+    /// when the store had it (fresh or not). Otherwise the key is fetched unless another gateway fills it
+    /// meanwhile (then `0`).
+    func fetchCoalesced(_ query: ChartQuery, token: ResolvedToken, cold: Bool) async throws(Problem)
+        -> (ChartEntry, Double?)
+    {
         let key = query.cacheKey
-        let (task, leader) = inflight.withLock { tasks -> (Task<(ChartEntry, Double), any Error>, Bool) in
-            if let t = tasks[key] { return (t, false) }
-            let t = Task { try await self.fetchAcrossFleet(query, token: token) }
-            tasks[key] = t
+        let slot = cold ? "cold " + key : key
+        let (task, leader) = inflight.withLock { tasks -> (Task<(ChartEntry, Double?), any Error>, Bool) in
+            if let t = tasks[slot] { return (t, false) }
+            let t = Task<(ChartEntry, Double?), any Error> {
+                try await self.fetchAcrossFleet(query, token: token, cold: cold)
+            }
+            tasks[slot] = t
             return (t, true)
         }
         if !leader { metrics.cacheCoalesced.increment() }
         do {
             let result = try await task.value
-            if leader { _ = inflight.withLock { $0.removeValue(forKey: key) } }
+            if leader { _ = inflight.withLock { $0.removeValue(forKey: slot) } }
             return result
         } catch {
-            if leader { _ = inflight.withLock { $0.removeValue(forKey: key) } }
+            if leader { _ = inflight.withLock { $0.removeValue(forKey: slot) } }
             throw (error as? Problem) ?? Problem(.internalError, "the chart could not be fetched")
         }
     }
 
     /// One fetch per key across the fleet: a lock with expiry in the store; the others wait to be woken by
     /// pub/sub (or a short poll) and read the result from the store. A dead holder's lock expires.
-    private func fetchAcrossFleet(_ query: ChartQuery, token: ResolvedToken) async throws(Problem) -> (ChartEntry, Double) {
+    private func fetchAcrossFleet(_ query: ChartQuery, token: ResolvedToken, cold: Bool) async throws(Problem)
+        -> (ChartEntry, Double?)
+    {
         let key = query.cacheKey
         let lockKey = "lock:chart:" + key
         let lockTTL = settings.upstreamTimeout + settings.maxQueue + .seconds(1)
         let started = ContinuousClock.now
         let patience = settings.upstreamTimeout * 3 + settings.maxQueue
+        var readFirst = cold
         while true {
             let lock: StoreLock?, filled: ByteBuffer?
-            do {
-                // The lock, and what is in the store once we hold it (in one round trip): someone may have filled
-                // it between our miss and the lock.
-                (lock, filled) = try await store.acquireLock(lockKey, ttl: lockTTL, thenGet: "cache:" + key)
-            } catch {
-                throw Problem(.storeUnavailable, "the shared store cannot be reached", retryAfter: 1)
+            var reserved: RateLimitDecision? = nil
+            if readFirst {
+                readFirst = false
+                let step: ReadOrLock
+                do {
+                    step = try await store.readOrLock(
+                        "cache:" + key, lock: lockKey, ttl: lockTTL,
+                        reserving: RateReservation(key: Self.rateKey(appKey: token.credentials.appKey),
+                                                   limit: rateLimit(for: token), maxWait: settings.maxQueue))
+                } catch {
+                    throw Problem(.storeUnavailable, "the shared store cannot be reached", retryAfter: 1)
+                }
+                switch step {
+                case .value(let buffer):
+                    if let e = ChartEntry.decode(buffer) {
+                        l1.set(key, e, cost: e.cost)
+                        return (e, nil)
+                    }
+                    continue  // unreadable: fetch it under the lock
+                case .locked(let l, let slot):
+                    (lock, filled, reserved) = (l, nil, slot)
+                case .busy:
+                    (lock, filled) = (nil, nil)
+                }
+            } else {
+                do {
+                    // The lock, and what is in the store once we hold it (in one round trip): someone may have
+                    // filled it between our miss and the lock.
+                    (lock, filled) = try await store.acquireLock(lockKey, ttl: lockTTL, thenGet: "cache:" + key)
+                } catch {
+                    throw Problem(.storeUnavailable, "the shared store cannot be reached", retryAfter: 1)
+                }
             }
             if let lock {
                 let entry: ChartEntry, ms: Double
@@ -149,7 +190,8 @@ final class ChartService: Sendable {
                         releaseInBackground(lock)
                         return (e, 0)
                     }
-                    (entry, ms) = try await fetchUpstream(query, token: token, lock: lock, lockTTL: lockTTL)
+                    (entry, ms) = try await fetchUpstream(query, token: token, lock: lock, lockTTL: lockTTL,
+                                                          reserved: reserved.map { ($0, ContinuousClock.now) })
                 } catch {
                     releaseInBackground(lock)
                     throw error
@@ -203,7 +245,21 @@ final class ChartService: Sendable {
     // MARK: - KIS
 
     static func rateKey(appKey: String) -> String {
-        "rl:" + SHA256.hash(data: Data(appKey.utf8)).prefix(16).map { String(format: "%02x", $0) }.joined()
+        var hex: [UInt8] = Array("rl:".utf8)
+        hex.reserveCapacity(3 + 32)
+        for byte in SHA256.hash(data: Data(appKey.utf8)).prefix(16) {
+            hex.append(hexDigits[Int(byte >> 4)])
+            hex.append(hexDigits[Int(byte & 0x0f)])
+        }
+        return String(decoding: hex, as: UTF8.self)
+    }
+
+    private static let hexDigits = Array("0123456789abcdef".utf8)
+
+    /// The upstream rate for this token's environment (``effectiveRate(_:)``).
+    func rateLimit(for token: ResolvedToken) -> RateLimit {
+        RateLimit(rate: Self.effectiveRate(token.environment == .live ? settings.liveRate : settings.sandboxRate),
+                  burst: 1)
     }
 
     /// KIS's per-second limit with headroom for network jitter, so the whole fleet never exceeds it.
@@ -213,40 +269,55 @@ final class ChartService: Sendable {
     /// small rates) keeps every window at least one call under the limit, with one interval of jitter to spare.
     static func effectiveRate(_ rate: Double) -> Double { rate >= 4 ? rate - 2 : rate / 1.25 }
 
+    /// - Parameter reserved: the first call's rate-limit slot, if one was decided already, and when.
     private func fetchUpstream(
-        _ query: ChartQuery, token: ResolvedToken, lock: StoreLock, lockTTL: Duration
+        _ query: ChartQuery, token: ResolvedToken, lock: StoreLock, lockTTL: Duration,
+        reserved: (RateLimitDecision, ContinuousClock.Instant)?
     ) async throws(Problem) -> (ChartEntry, Double) {
         guard let client = clients[token.environment] else {
             throw Problem(.upstreamError, "no KIS URL is configured for \(token.environment.rawValue)")
         }
-        let rate = Self.effectiveRate(token.environment == .live ? settings.liveRate : settings.sandboxRate)
-        let limit = RateLimit(rate: rate, burst: 1)
+        let limit = rateLimit(for: token)
+        let rate = limit.rate
         let rlKey = Self.rateKey(appKey: token.credentials.appKey)
         let store = self.store, maxQueue = settings.maxQueue, metrics = self.metrics
         let calls = Atomic<Int>(0)
         let beforeEachCall: @Sendable () async throws -> Void = {
+            let n = calls.add(1, ordering: .relaxed).oldValue
             let waitStart = ContinuousClock.now
             let ok: Bool
-            do {
-                ok = try await store.waitForRateLimit(rlKey, limit: limit, deadline: .now + maxQueue)
-            } catch is CancellationError {
-                throw CancellationError()
-            } catch {
-                throw Problem(.storeUnavailable, "the shared rate limiter cannot be reached", retryAfter: 1)
+            if n == 0, let (decision, decidedAt) = reserved {
+                // The slot came with the lock.
+                switch decision {
+                case .allowed(let wait):
+                    let remaining = wait - (waitStart - decidedAt)
+                    if remaining > .zero { try await Task.sleep(for: remaining) }
+                    ok = true
+                case .denied:
+                    ok = false
+                }
+            } else {
+                do {
+                    ok = try await store.waitForRateLimit(rlKey, limit: limit, deadline: .now + maxQueue)
+                } catch is CancellationError {
+                    throw CancellationError()
+                } catch {
+                    throw Problem(.storeUnavailable, "the shared rate limiter cannot be reached", retryAfter: 1)
+                }
             }
             guard ok else {
                 metrics.rateLimitRejections.increment()
                 throw Problem(.rateLimited, "the KIS rate for this app key cannot be met within the queue limit",
                               retryAfter: 1)
             }
-            let waited = ContinuousClock.now - waitStart
+            let waited = ContinuousClock.now - (n == 0 ? reserved?.1 ?? waitStart : waitStart)
             if waited > .milliseconds(1) {
                 metrics.rateLimitWaits.increment()
                 metrics.rateLimitWait.recordNanoseconds(
                     waited.components.seconds * 1_000_000_000 + waited.components.attoseconds / 1_000_000_000)
             }
             // The lock's TTL covers one queue wait and one call; renew it for each further page.
-            if calls.add(1, ordering: .relaxed).oldValue > 0 {
+            if n > 0 {
                 _ = try? await store.renewLock(lock, ttl: lockTTL)
             }
         }

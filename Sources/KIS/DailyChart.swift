@@ -9,6 +9,11 @@ public struct ExactNumber: Sendable, Hashable, CustomStringConvertible {
     ///
     /// One pass over the bytes: this runs for every field of every KIS row.
     public init?(_ raw: String) {
+        // Most KIS fields are already canonical ("18160", "0.16", "-260"): those are kept as they are, no copy.
+        if Self.isCanonical(raw.utf8) {
+            self.text = raw
+            return
+        }
         var u = raw.utf8[...]
         while let f = u.first, f == 0x20 || f == 0x09 { u = u.dropFirst() }
         while let l = u.last, l == 0x20 || l == 0x09 { u = u.dropLast() }
@@ -44,6 +49,39 @@ public struct ExactNumber: Sendable, Hashable, CustomStringConvertible {
         self.text = String(decoding: out, as: UTF8.self)
     }
 
+    /// Whether `bytes` is already what ``init(_:)`` would make of it: `-?(0|[1-9][0-9]*)(\.[0-9]+)?`, not a
+    /// negative zero.
+    static func isCanonical(_ bytes: String.UTF8View) -> Bool {
+        var i = bytes.startIndex
+        guard i != bytes.endIndex else { return false }
+        var negative = false
+        if bytes[i] == UInt8(ascii: "-") {
+            negative = true
+            i = bytes.index(after: i)
+        }
+        guard i != bytes.endIndex else { return false }
+        let lead = bytes[i]
+        guard lead >= 48 && lead <= 57 else { return false }
+        var nonZero = lead != 48
+        i = bytes.index(after: i)
+        if lead == 48, i != bytes.endIndex, bytes[i] != UInt8(ascii: ".") { return false }  // "05"
+        var sawPoint = false, fracDigits = 0
+        while i != bytes.endIndex {
+            let c = bytes[i]
+            if c == UInt8(ascii: ".") {
+                guard !sawPoint else { return false }
+                sawPoint = true
+            } else {
+                guard c >= 48 && c <= 57 else { return false }
+                if c != 48 { nonZero = true }
+                if sawPoint { fracDigits += 1 }
+            }
+            i = bytes.index(after: i)
+        }
+        if sawPoint && fracDigits == 0 { return false }
+        return !(negative && !nonZero)
+    }
+
     public var description: String { text }
 }
 
@@ -68,7 +106,7 @@ public struct Candle: Sendable, Hashable {
         self.turnover = turnover
     }
 
-    init?(_ row: KISDomesticBar) {
+    init?(_ row: KISDomesticChartPage.Row) {
         guard let d = row.stck_bsop_date.flatMap({ CivilDate(yyyymmdd: $0) }),
             let o = row.stck_oprc.flatMap(ExactNumber.init), let h = row.stck_hgpr.flatMap(ExactNumber.init),
             let l = row.stck_lwpr.flatMap(ExactNumber.init), let c = row.stck_clpr.flatMap(ExactNumber.init),
@@ -78,7 +116,7 @@ public struct Candle: Sendable, Hashable {
                   turnover: row.acml_tr_pbmn.flatMap(ExactNumber.init))
     }
 
-    init?(_ row: KISOverseasBar) {
+    init?(_ row: KISOverseasChartPage.Row) {
         guard let d = row.xymd.flatMap({ CivilDate(yyyymmdd: $0) }), let o = row.open.flatMap(ExactNumber.init),
             let h = row.high.flatMap(ExactNumber.init), let l = row.low.flatMap(ExactNumber.init),
             let c = row.clos.flatMap(ExactNumber.init), let v = row.tvol.flatMap(ExactNumber.init)
@@ -121,7 +159,7 @@ public enum DailyChartPager {
             calls += 1
             if let o = page.output1 {
                 if o.stck_prpr == "0" && (page.output2 ?? []).allSatisfy({ $0.stck_bsop_date == nil }) { known = false }
-                if !o.hts_kor_isnm.isEmpty { name = o.hts_kor_isnm.trimmingCharacters(in: .whitespaces) }
+                if let n = o.hts_kor_isnm, !n.isEmpty { name = n.trimmingCharacters(in: .whitespaces) }
             }
             let rows = page.output2 ?? []
             let candles = rows.compactMap(Candle.init)
@@ -150,7 +188,7 @@ public enum DailyChartPager {
             if (page.output1?.nrec ?? "").isEmpty && (page.output2 ?? []).isEmpty { known = false }
             var rows = page.output2 ?? []
             // `nrec` counts the valid rows (python-kis truncates to it).
-            if let n = page.output1.flatMap({ Int($0.nrec) }), n < rows.count { rows = Array(rows.prefix(n)) }
+            if let n = page.output1?.nrec.flatMap({ Int($0) }), n < rows.count { rows = Array(rows.prefix(n)) }
             let candles = rows.compactMap(Candle.init)
             for c in candles where c.date >= start && c.date <= end { byDate[c.date] = byDate[c.date] ?? c }
             guard rows.count >= 100, let oldest = candles.map(\.date).min(), oldest > start, oldest <= pageEnd else {

@@ -133,14 +133,14 @@ public struct KISClient: Sendable {
     /// One page of `inquire-daily-itemchartprice` (`FHKST03010100`).
     public func domesticDailyPage(
         _ credentials: KISCredentials, symbol: String, start: CivilDate, end: CivilDate, period: String, adjusted: Bool
-    ) async throws -> KISDomesticChartResponse {
+    ) async throws -> KISDomesticChartPage {
         let query = [
             ("FID_COND_MRKT_DIV_CODE", "J"), ("FID_INPUT_ISCD", symbol), ("FID_INPUT_DATE_1", start.yyyymmdd),
             ("FID_INPUT_DATE_2", end.yyyymmdd), ("FID_PERIOD_DIV_CODE", period),
             ("FID_ORG_ADJ_PRC", adjusted ? "0" : "1"),  // KIS: 0 = adjusted
         ]
         return try await quotation(
-            KISDomesticChartResponse.self, KISPath.domesticDailyChart, query: query, trID: KISTrID.domesticDailyChart,
+            KISDomesticChartPage.self, KISPath.domesticDailyChart, query: query, trID: KISTrID.domesticDailyChart,
             credentials: credentials)
     }
 
@@ -148,14 +148,14 @@ public struct KISClient: Sendable {
     public func overseasDailyPage(
         _ credentials: KISCredentials, exchange: Exchange, symbol: String, period: String, end: CivilDate?,
         adjusted: Bool
-    ) async throws -> KISOverseasDailyResponse {
+    ) async throws -> KISOverseasChartPage {
         let gubn = period == "W" ? "1" : period == "M" ? "2" : "0"
         let query = [
             ("AUTH", ""), ("EXCD", exchange.rawValue), ("SYMB", symbol), ("GUBN", gubn),
             ("BYMD", end?.yyyymmdd ?? ""), ("MODP", adjusted ? "1" : "0"),  // overseas: 1 = adjusted
         ]
         return try await quotation(
-            KISOverseasDailyResponse.self, KISPath.overseasDailyPrice, query: query, trID: KISTrID.overseasDailyPrice,
+            KISOverseasChartPage.self, KISPath.overseasDailyPrice, query: query, trID: KISTrID.overseasDailyPrice,
             credentials: credentials)
     }
 
