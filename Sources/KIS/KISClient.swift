@@ -208,18 +208,24 @@ public struct KISClient: Sendable {
     private func send(
         _ method: HTTPMethod, _ pathAndQuery: String, headers: [(String, String)], body: Data?
     ) async throws -> (Int, Data, HTTPHeaders) {
-        var request = HTTPClientRequest(url: baseURL + pathAndQuery)
-        request.method = method
-        request.headers.add(name: "content-type", value: "application/json; charset=utf-8")
-        request.headers.add(name: "accept", value: "application/json")
-        for (name, value) in headers { request.headers.add(name: name, value: value) }
-        if let body { request.body = .bytes(ByteBuffer(data: body)) }
+        var headerFields = HTTPHeaders()
+        headerFields.reserveCapacity(headers.count + 2)
+        headerFields.add(name: "content-type", value: "application/json; charset=utf-8")
+        headerFields.add(name: "accept", value: "application/json")
+        for (name, value) in headers { headerFields.add(name: name, value: value) }
         let deadline = NIODeadline.now() + .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000
             + timeout.components.attoseconds / 1_000_000_000)
         do {
-            let response = try await httpClient.execute(request, deadline: deadline, logger: logger)
-            let bytes = try await response.body.collect(upTo: 16 << 20)
-            return (Int(response.status.code), Data(buffer: bytes), response.headers)
+            // The whole answer is gathered on the event loop and handed over once (the streaming API hands every
+            // read of the body over to the task, each a thread switch; a page is read whole anyway).
+            let request = try HTTPClient.Request(
+                url: baseURL + pathAndQuery, method: method, headers: headerFields,
+                body: body.map { .byteBuffer(ByteBuffer(data: $0)) })
+            let response = try await httpClient.execute(
+                request: request, delegate: ResponseAccumulator(request: request, maxBodySize: 16 << 20),
+                deadline: deadline, logger: logger
+            ).get()
+            return (Int(response.status.code), response.body.map { Data(buffer: $0) } ?? Data(), response.headers)
         } catch let error as HTTPClientError {
             switch error {
             case .deadlineExceeded, .readTimeout, .connectTimeout, .writeTimeout:
