@@ -92,16 +92,28 @@ public final class RedisClient: Sendable {
             throw Self.redisError(error)
         }
         let replies = connection.send(batch: encoded, deadline: deadline)
+        // The last reply first: replies complete in order (and a timeout or a
+        // close fails all of them at once), so once it is complete the others
+        // are too and the task suspends and is resumed once per pipeline. Awaiting
+        // the first one first resumed the task as soon as that reply was parsed,
+        // then suspended it again on a later reply still in the socket: a
+        // wake-up (a thread hop) per read instead of one per pipeline.
+        let last: Result<RESPValue, RedisError>
+        do {
+            last = .success(try await replies[replies.count - 1].get())
+        } catch {
+            last = .failure(error)
+        }
         var results: [Result<RESPValue, RedisError>] = []
         results.reserveCapacity(replies.count)
-        for reply in replies {
-            // Replies complete in order, so after the first wait the rest are usually ready: no suspension.
+        for reply in replies.dropLast() {
             do {
                 results.append(.success(try await reply.get()))
             } catch {
                 results.append(.failure(error))
             }
         }
+        results.append(last)
         return results
     }
 
