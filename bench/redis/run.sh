@@ -3,6 +3,12 @@
 # GET of a ~6 KB value, same concurrency, with and without pipelining.
 # Starts its own redis-server on a free loopback port and stops it (by PID) at the end.
 #   bench/redis/run.sh [CLIENTS] [REQUESTS]
+# SCRATCH=path sets the build directory (default .build in bench/redis).
+# Our client runs in two shapes: the default (MultiThreadedEventLoopGroup.singleton,
+# one event-loop thread per core, the tasks on Swift's cooperative pool), and on one
+# event-loop thread with the driving tasks on that same thread (`--threads 1 --on-loop`,
+# the shape of single-threaded redis-benchmark), each with one connection per client
+# and with a pool of 8.
 set -euo pipefail
 cd "$(dirname "$0")"
 CLIENTS=${1:-50}
@@ -11,8 +17,9 @@ SIZE=6000
 PIPELINE=16
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
 
-swift build -c release --product RedisBench >/dev/null
-BIN=$(swift build -c release --show-bin-path)/RedisBench
+SCRATCH=${SCRATCH:-.build}
+swift build -c release --product RedisBench --scratch-path "$SCRATCH" >/dev/null
+BIN=$(swift build -c release --scratch-path "$SCRATCH" --show-bin-path)/RedisBench
 
 redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --loglevel warning >/dev/null &
 SERVER=$!
@@ -24,6 +31,10 @@ for P in 1 $PIPELINE; do
     echo "--- pipeline $P ---"
     redis-benchmark -p "$PORT" -t set,get -d $SIZE -c "$CLIENTS" -n "$REQUESTS" -P "$P" --csv 2>/dev/null \
         | awk -F'"' -v c="$CLIENTS" -v p="$P" '$2 == "GET" { printf "redis-benchmark GET: %d clients, pipeline %d: %s requests/s, p50 %s ms, p99 %s ms\n", c, p, $4, $10, $14 }' 
-    "$BIN" --url "redis://127.0.0.1:$PORT/0" -c "$CLIENTS" -n "$REQUESTS" -P "$P" -d $SIZE
-    "$BIN" --url "redis://127.0.0.1:$PORT/0" -c "$CLIENTS" -n "$REQUESTS" -P "$P" -d $SIZE --pool 8
+    for SHAPE in "" "--threads 1 --on-loop"; do
+        # shellcheck disable=SC2086 # SHAPE is a list of flags
+        "$BIN" --url "redis://127.0.0.1:$PORT/0" -c "$CLIENTS" -n "$REQUESTS" -P "$P" -d $SIZE $SHAPE
+        # shellcheck disable=SC2086
+        "$BIN" --url "redis://127.0.0.1:$PORT/0" -c "$CLIENTS" -n "$REQUESTS" -P "$P" -d $SIZE --pool 8 $SHAPE
+    done
 done
