@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import KIS
 import NIOCore
+import Tokens
 
 /// A cached chart: the encoded body ready to write, its ETag, and when it was stored and stops being fresh.
 /// Immutable and shared between requests: the hit path does no JSON work.
@@ -16,15 +17,7 @@ struct ChartEntry: Sendable {
         self.body = body
         self.storedAt = storedAt
         self.freshUntil = freshUntil
-        let digest = SHA256.hash(data: body.readableBytesView)
-        var tag: [UInt8] = [UInt8(ascii: "\"")]
-        tag.reserveCapacity(26)
-        for byte in digest.prefix(12) {
-            tag.append(Self.hexDigits[Int(byte >> 4)])
-            tag.append(Self.hexDigits[Int(byte & 0x0f)])
-        }
-        tag.append(UInt8(ascii: "\""))
-        self.etag = String(decoding: tag, as: UTF8.self)
+        self.etag = "\"" + lowercaseHex(SHA256.hash(data: body.readableBytesView).prefix(12)) + "\""
     }
 
     private init(body: ByteBuffer, etag: String, storedAt: Int64, freshUntil: Int64) {
@@ -64,7 +57,7 @@ struct ChartEntry: Sendable {
     // MARK: the response body
 
     static func render(_ query: ChartQuery, chart: DailyChart) -> ByteBuffer {
-        // Written straight into the buffer: no intermediate strings per candle (a miss renders up to thousands).
+        // Written piece by piece into the buffer: no interpolated string per candle (a miss renders up to thousands).
         var out = ByteBuffer()
         out.reserveCapacity(256 + chart.candles.count * 120)
         out.writeStaticString("{\"market\":\"")
@@ -82,13 +75,13 @@ struct ChartEntry: Sendable {
         out.writeStaticString("\",\"period\":\"")
         out.writeString(query.period)
         out.writeStaticString(query.adjusted ? "\",\"adjusted\":true,\"start\":\"" : "\",\"adjusted\":false,\"start\":\"")
-        writeISO(query.start, to: &out)
+        out.writeString(query.start.iso)
         out.writeStaticString("\",\"end\":\"")
-        writeISO(query.end, to: &out)
+        out.writeString(query.end.iso)
         out.writeStaticString("\",\"candles\":[")
         for (i, c) in chart.candles.enumerated() {
             out.writeStaticString(i == 0 ? "{\"date\":\"" : ",{\"date\":\"")
-            writeISO(c.date, to: &out)
+            out.writeString(c.date.iso)
             out.writeStaticString("\",\"open\":")
             out.writeString(c.open.text)
             out.writeStaticString(",\"high\":")
@@ -107,18 +100,6 @@ struct ChartEntry: Sendable {
         }
         out.writeStaticString("]}")
         return out
-    }
-
-    private static let hexDigits = Array("0123456789abcdef".utf8)
-
-    /// `YYYY-MM-DD`, the same as ``CivilDate/iso``, without making a string.
-    static func writeISO(_ date: CivilDate, to out: inout ByteBuffer) {
-        let (y, m, d) = date.components
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (
-            48 + UInt8(y / 1000 % 10), 48 + UInt8(y / 100 % 10), 48 + UInt8(y / 10 % 10), 48 + UInt8(y % 10),
-            UInt8(ascii: "-"), 48 + UInt8(m / 10), 48 + UInt8(m % 10), UInt8(ascii: "-"), 48 + UInt8(d / 10),
-            48 + UInt8(d % 10))
-        _ = withUnsafeBytes(of: &digits) { out.writeBytes($0) }
     }
 
     static func jsonString(_ v: String) -> String {

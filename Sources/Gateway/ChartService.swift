@@ -146,6 +146,7 @@ final class ChartService: Sendable {
         let lockTTL = settings.upstreamTimeout + settings.maxQueue + .seconds(1)
         let started = ContinuousClock.now
         let patience = settings.upstreamTimeout * 3 + settings.maxQueue
+        let upstreamRate = rateReservation(for: token)
         var readFirst = cold
         while true {
             let lock: StoreLock?, filled: ByteBuffer?
@@ -154,10 +155,8 @@ final class ChartService: Sendable {
                 readFirst = false
                 let step: ReadOrLock
                 do {
-                    step = try await store.readOrLock(
-                        "cache:" + key, lock: lockKey, ttl: lockTTL,
-                        reserving: RateReservation(key: Self.rateKey(appKey: token.credentials.appKey),
-                                                   limit: rateLimit(for: token), maxWait: settings.maxQueue))
+                    step = try await store.readOrLock("cache:" + key, lock: lockKey, ttl: lockTTL,
+                                                      reserving: upstreamRate)
                 } catch {
                     throw Problem(.storeUnavailable, "the shared store cannot be reached", retryAfter: 1)
                 }
@@ -191,6 +190,7 @@ final class ChartService: Sendable {
                         return (e, 0)
                     }
                     (entry, ms) = try await fetchUpstream(query, token: token, lock: lock, lockTTL: lockTTL,
+                                                          rate: upstreamRate,
                                                           reserved: reserved.map { ($0, ContinuousClock.now) })
                 } catch {
                     releaseInBackground(lock)
@@ -245,21 +245,17 @@ final class ChartService: Sendable {
     // MARK: - KIS
 
     static func rateKey(appKey: String) -> String {
-        var hex: [UInt8] = Array("rl:".utf8)
-        hex.reserveCapacity(3 + 32)
-        for byte in SHA256.hash(data: Data(appKey.utf8)).prefix(16) {
-            hex.append(hexDigits[Int(byte >> 4)])
-            hex.append(hexDigits[Int(byte & 0x0f)])
-        }
-        return String(decoding: hex, as: UTF8.self)
+        "rl:" + lowercaseHex(SHA256.hash(data: Data(appKey.utf8)).prefix(16))
     }
 
-    private static let hexDigits = Array("0123456789abcdef".utf8)
-
-    /// The upstream rate for this token's environment (``effectiveRate(_:)``).
-    func rateLimit(for token: ResolvedToken) -> RateLimit {
-        RateLimit(rate: Self.effectiveRate(token.environment == .live ? settings.liveRate : settings.sandboxRate),
-                  burst: 1)
+    /// The upstream rate of this token's app key (``effectiveRate(_:)`` of its environment's), waited for up to
+    /// `max_queue_ms`.
+    func rateReservation(for token: ResolvedToken) -> RateReservation {
+        RateReservation(
+            key: Self.rateKey(appKey: token.credentials.appKey),
+            limit: RateLimit(rate: Self.effectiveRate(token.environment == .live ? settings.liveRate : settings.sandboxRate),
+                             burst: 1),
+            maxWait: settings.maxQueue)
     }
 
     /// KIS's per-second limit with headroom for network jitter, so the whole fleet never exceeds it.
@@ -269,18 +265,18 @@ final class ChartService: Sendable {
     /// small rates) keeps every window at least one call under the limit, with one interval of jitter to spare.
     static func effectiveRate(_ rate: Double) -> Double { rate >= 4 ? rate - 2 : rate / 1.25 }
 
-    /// - Parameter reserved: the first call's rate-limit slot, if one was decided already, and when.
+    /// - Parameters:
+    ///   - rate: the app key's upstream rate (``rateReservation(for:)``).
+    ///   - reserved: the first call's rate-limit slot, if one was decided already, and when.
     private func fetchUpstream(
-        _ query: ChartQuery, token: ResolvedToken, lock: StoreLock, lockTTL: Duration,
+        _ query: ChartQuery, token: ResolvedToken, lock: StoreLock, lockTTL: Duration, rate upstreamRate: RateReservation,
         reserved: (RateLimitDecision, ContinuousClock.Instant)?
     ) async throws(Problem) -> (ChartEntry, Double) {
         guard let client = clients[token.environment] else {
             throw Problem(.upstreamError, "no KIS URL is configured for \(token.environment.rawValue)")
         }
-        let limit = rateLimit(for: token)
-        let rate = limit.rate
-        let rlKey = Self.rateKey(appKey: token.credentials.appKey)
-        let store = self.store, maxQueue = settings.maxQueue, metrics = self.metrics
+        let limit = upstreamRate.limit, rate = limit.rate, rlKey = upstreamRate.key
+        let store = self.store, maxQueue = upstreamRate.maxWait, metrics = self.metrics
         let calls = Atomic<Int>(0)
         let beforeEachCall: @Sendable () async throws -> Void = {
             let n = calls.add(1, ordering: .relaxed).oldValue

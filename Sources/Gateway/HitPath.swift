@@ -312,7 +312,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Requests passed on whose response has not ended yet.
     private var routed = 0
     /// The answer to the request being read (sent at its end; its body, if any, is dropped).
-    private var answering: (HitPath.Answer, HTTPMethod, ContinuousClock.Instant)?
+    private var answering: (answer: HitPath.Answer, method: HTTPMethod, start: ContinuousClock.Instant, now: Date)?
     private var dates = HTTPDateCache()
     private var lastOrigin: (String, Bool)?
 
@@ -323,9 +323,9 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
-            let start = ContinuousClock.now
-            if routed == 0, let answer = path.answer(head, now: Date(), originAllowed: allowed) {
-                answering = (answer, head.method, start)
+            let start = ContinuousClock.now, now = Date()
+            if routed == 0, let answer = path.answer(head, now: now, originAllowed: allowed) {
+                answering = (answer, head.method, start, now)
             } else {
                 routed += 1
                 context.fireChannelRead(data)
@@ -333,7 +333,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .body:
             if answering == nil { context.fireChannelRead(data) }
         case .end:
-            guard let (answer, method, start) = answering else {
+            guard let (answer, method, start, now) = answering else {
                 context.fireChannelRead(data)
                 return
             }
@@ -343,7 +343,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             path.record(answer, method: method,
                         nanoseconds: d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
             var headers = answer.headers
-            headers.add(name: "Date", value: dates.value(at: Int64(Date().timeIntervalSince1970)))
+            headers.add(name: "Date", value: dates.value(at: Int64(now.timeIntervalSince1970)))
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: answer.status, headers: headers))),
                           promise: nil)
             if let body = answer.body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }

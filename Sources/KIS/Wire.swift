@@ -118,7 +118,6 @@ public struct KISRevokeResponse: Codable, Sendable {
 
 // MARK: - quotations
 
-/// The envelope of every REST answer: `rt_cd "0"` is success.
 /// KIS's result fields, which every quotation answer carries.
 public protocol KISEnveloped {
     var rt_cd: String { get }
@@ -126,6 +125,7 @@ public protocol KISEnveloped {
     var msg1: String { get }
 }
 
+/// The envelope of every REST answer: `rt_cd "0"` is success.
 public struct KISEnvelope: Codable, Sendable, Equatable {
     public var rt_cd: String
     public var msg_cd: String
@@ -251,7 +251,7 @@ public struct KISDomesticBar: Codable, Sendable, Equatable {
 }
 
 /// `inquire-daily-itemchartprice` body.
-public struct KISDomesticChartResponse: Codable, Sendable, Equatable, KISEnveloped {
+public struct KISDomesticChartResponse: Codable, Sendable, Equatable {
     public var output1: KISDomesticOutput1?
     public var output2: [KISDomesticBar]?
     public var rt_cd: String
@@ -306,7 +306,7 @@ public struct KISOverseasBar: Codable, Sendable, Equatable {
 }
 
 /// `dailyprice` body.
-public struct KISOverseasDailyResponse: Codable, Sendable, Equatable, KISEnveloped {
+public struct KISOverseasDailyResponse: Codable, Sendable, Equatable {
     public var output1: KISOverseasOutput1?
     public var output2: [KISOverseasBar]?
     public var rt_cd: String

@@ -20,10 +20,6 @@ public struct CORSMiddleware<Context: RequestContext>: RouterMiddleware {
         self.renderer = renderer
     }
 
-    static var allowMethods: String { CORSHeaderValues.allowMethods }
-    static var allowHeaders: String { CORSHeaderValues.allowHeaders }
-    static var exposeHeaders: String { CORSHeaderValues.exposeHeaders }
-
     public func handle(
         _ request: Request, context: Context, next: (Request, Context) async throws -> Response
     ) async throws -> Response {
@@ -38,8 +34,8 @@ public struct CORSMiddleware<Context: RequestContext>: RouterMiddleware {
             }
             headers[.accessControlAllowOrigin] = origin
             if cors.allowCredentials { headers[.accessControlAllowCredentials] = "true" }
-            headers[.accessControlAllowMethods] = Self.allowMethods
-            headers[.accessControlAllowHeaders] = Self.allowHeaders
+            headers[.accessControlAllowMethods] = CORSHeaderValues.allowMethods
+            headers[.accessControlAllowHeaders] = CORSHeaderValues.allowHeaders
             headers[.accessControlMaxAge] = String(cors.maxAgeS)
             return Response(status: .noContent, headers: headers)
         }
@@ -53,7 +49,7 @@ public struct CORSMiddleware<Context: RequestContext>: RouterMiddleware {
         if allowed, let origin {
             response.headers[.accessControlAllowOrigin] = origin
             if cors.allowCredentials { response.headers[.accessControlAllowCredentials] = "true" }
-            response.headers[.accessControlExposeHeaders] = Self.exposeHeaders
+            response.headers[.accessControlExposeHeaders] = CORSHeaderValues.exposeHeaders
         }
         return response
     }

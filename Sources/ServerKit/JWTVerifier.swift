@@ -128,13 +128,13 @@ public final class JWTVerifier: Sendable {
             session = try await verifyAfresh(token, now: now)
         } catch {
             // Bounded memory: at most `rejectionLimit` tokens of at most 2 KiB each are remembered.
-            if error.detail != Self.notYetValid, error.detail != Self.issuedInFuture, token.utf8.count <= 2048 {
+            if error.lasting, token.utf8.count <= 2048 {
                 rejections.withLock { r in
                     if r.count >= rejectionLimit { r.removeAll(keepingCapacity: true) }
-                    r[token] = Rejection(problem: error, until: now.addingTimeInterval(rejectionTTL))
+                    r[token] = Rejection(problem: error.problem, until: now.addingTimeInterval(rejectionTTL))
                 }
             }
-            throw error
+            throw error.problem
         }
         cache.withLock { c in
             if c.count >= cacheLimit { c.removeAll(keepingCapacity: true) }
@@ -143,44 +143,56 @@ public final class JWTVerifier: Sendable {
         return session
     }
 
-    private static let notYetValid = "the JWT is not valid yet (nbf)"
-    private static let issuedInFuture = "the JWT was issued in the future (iat)"
+    /// Why a token was refused, and whether that can change: only the clock fixes "not valid yet".
+    private struct Refusal: Error {
+        let problem: Problem
+        let lasting: Bool
 
-    private func verifyAfresh(_ token: String, now: Date) async throws(Problem) -> VerifiedSession {
-        let header = try Self.header(of: token)
+        init(_ problem: Problem, lasting: Bool = true) {
+            self.problem = problem
+            self.lasting = lasting
+        }
+        init(_ code: Problem.Code, _ detail: String, lasting: Bool = true) {
+            self.init(Problem(code, detail), lasting: lasting)
+        }
+    }
+
+    private func verifyAfresh(_ token: String, now: Date) async throws(Refusal) -> VerifiedSession {
+        let header: [String: Any]
+        do { header = try Self.header(of: token) } catch { throw Refusal(error) }
         guard let alg = header["alg"] as? String, alg.lowercased() != "none" else {
-            throw Problem(.jwtInvalid, "the JWT is not signed (alg none is never accepted)")
+            throw Refusal(.jwtInvalid, "the JWT is not signed (alg none is never accepted)")
         }
         guard settings.algorithms.contains(alg) else {
-            throw Problem(.jwtInvalid, "the JWT's algorithm \(alg) is not allowed")
+            throw Refusal(.jwtInvalid, "the JWT's algorithm \(alg) is not allowed")
         }
         let keys = alg == "HS256" ? hmacKeys : publicKeyCollection
-        guard let keys else { throw Problem(.jwtInvalid, "no key is configured for \(alg)") }
+        guard let keys else { throw Refusal(.jwtInvalid, "no key is configured for \(alg)") }
         let claims: Claims
         do { claims = try await keys.verify(token, as: Claims.self) } catch {
-            throw Problem(.jwtInvalid, "the JWT's signature does not verify")
+            throw Refusal(.jwtInvalid, "the JWT's signature does not verify")
         }
         return try check(claims, now: now)
     }
 
-    private func check(_ c: Claims, now: Date) throws(Problem) -> VerifiedSession {
+    private func check(_ c: Claims, now: Date) throws(Refusal) -> VerifiedSession {
         let leeway = settings.leeway
         guard let sub = c.sub?.value, !sub.isEmpty, sub.count <= 256 else {
-            throw Problem(.jwtInvalid, "the JWT has no sub (user id)")
+            throw Refusal(.jwtInvalid, "the JWT has no sub (user id)")
         }
-        guard let exp = c.exp?.value else { throw Problem(.jwtInvalid, "the JWT has no exp") }
-        guard exp.addingTimeInterval(leeway) > now else { throw Problem(.jwtExpired, "the JWT has expired") }
+        guard let exp = c.exp?.value else { throw Refusal(.jwtInvalid, "the JWT has no exp") }
+        guard exp.addingTimeInterval(leeway) > now else { throw Refusal(.jwtExpired, "the JWT has expired") }
         if let nbf = c.nbf?.value, nbf.addingTimeInterval(-leeway) > now {
-            throw Problem(.jwtInvalid, Self.notYetValid)
+            throw Refusal(.jwtInvalid, "the JWT is not valid yet (nbf)", lasting: false)
         }
         if let iat = c.iat?.value, iat.addingTimeInterval(-leeway) > now {
-            throw Problem(.jwtInvalid, Self.issuedInFuture)
+            throw Refusal(.jwtInvalid, "the JWT was issued in the future (iat)", lasting: false)
         }
         if let issuer = settings.issuer, c.iss?.value != issuer {
-            throw Problem(.jwtInvalid, "the JWT's issuer is not the expected one")
+            throw Refusal(.jwtInvalid, "the JWT's issuer is not the expected one")
         }
         if let audience = settings.audience, !(c.aud?.value.contains(audience) ?? false) {
-            throw Problem(.jwtInvalid, "the JWT's audience is not the expected one")
+            throw Refusal(.jwtInvalid, "the JWT's audience is not the expected one")
         }
         return VerifiedSession(userID: sub, validUntil: exp.addingTimeInterval(leeway))
     }

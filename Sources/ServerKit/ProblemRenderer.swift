@@ -51,11 +51,21 @@ public struct ProblemRenderer: Sendable {
 
     /// Problems are a small set of fixed texts (a bad JWT is answered the same way every time), so each distinct
     /// one is encoded once and kept (bounded): no JSON work per error answer.
-    private static let renderedCache = Mutex<[String: Rendered]>([:])
+    private static let renderedCache = Mutex<[RenderKey: Rendered]>([:])
+
+    /// Everything of a problem that shows in its answer (by value: no string is built to look one up).
+    private struct RenderKey: Hashable {
+        let code: Problem.Code
+        let detail: String
+        let retryAfter: Int?
+        let kisMsgCode: String?
+        let kisMessage: String?
+        let allow: String?
+    }
 
     public static func rendered(_ problem: Problem) -> Rendered {
-        let key = [problem.code.rawValue, problem.detail, problem.retryAfter.map(String.init) ?? "",
-                   problem.kisMsgCode ?? "", problem.kisMessage ?? "", problem.allow ?? ""].joined(separator: "\u{0}")
+        let key = RenderKey(code: problem.code, detail: problem.detail, retryAfter: problem.retryAfter,
+                            kisMsgCode: problem.kisMsgCode, kisMessage: problem.kisMessage, allow: problem.allow)
         if let hit = renderedCache.withLock({ $0[key] }) { return hit }
         var headers = HTTPFields()
         headers[.contentType] = "application/problem+json"

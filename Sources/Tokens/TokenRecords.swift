@@ -112,7 +112,7 @@ public enum TokenDirectory {
 
     /// Lower-case hex SHA-256 of the token's UTF-8 bytes.
     public static func sha256(of token: String) -> String {
-        SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+        lowercaseHex(SHA256.hash(data: Data(token.utf8)))
     }
 
     public static func recordKey(_ sha256: String) -> String { "tok:" + sha256 }

@@ -38,6 +38,16 @@ struct ResilienceTests {
         }
     }
 
+    /// After a load through an outage: no reply went to the wrong command, every failure was one an outage
+    /// explains, and the client answers again; then shuts it down.
+    func expectRecovered(_ client: RedisClient, tally: Tally) async throws {
+        #expect(tally.mispaired.load(ordering: .relaxed) == 0)
+        let codes = tally.codes.withLock { $0 }
+        #expect(codes.isSubset(of: ["connectionClosed", "unavailable", "timeout"]), "unexpected errors: \(codes)")
+        #expect(try await client.send(["ECHO", "done"]).string == "done")
+        await client.shutdown()
+    }
+
     /// Runs `workers` tasks that send uniquely tagged commands until `stop` is set.
     func runLoad(_ client: RedisClient, workers: Int, tally: Tally) async {
         await withTaskGroup(of: Void.self) { group in
@@ -79,11 +89,7 @@ struct ResilienceTests {
         #expect(await TestEnvironment.eventually { tally.succeeded.load(ordering: .relaxed) > before + 500 })
         tally.stop.store(true, ordering: .relaxed)
         await load.value
-        #expect(tally.mispaired.load(ordering: .relaxed) == 0)
-        let codes = tally.codes.withLock { $0 }
-        #expect(codes.isSubset(of: ["connectionClosed", "unavailable", "timeout"]), "unexpected errors: \(codes)")
-        #expect(try await client.send(["ECHO", "done"]).string == "done")
-        await client.shutdown()
+        try await expectRecovered(client, tally: tally)
     }
 
     @Test func commandsFailFastWhileDownAndRecover() async throws {
@@ -168,11 +174,7 @@ struct ResilienceTests {
         #expect(ended, "a command outlived its deadline")
         if !ended { load.cancel() }
         await load.value
-        #expect(tally.mispaired.load(ordering: .relaxed) == 0)
-        let codes = tally.codes.withLock { $0 }
-        #expect(codes.isSubset(of: ["connectionClosed", "unavailable", "timeout"]), "unexpected errors: \(codes)")
-        #expect(try await client.send(["ECHO", "done"]).string == "done")
-        await client.shutdown()
+        try await expectRecovered(client, tally: tally)
         await admin.shutdown()
     }
 
