@@ -39,6 +39,14 @@ let package = Package(
             pkgConfig: "hiredis",
             providers: [.apt(["libhiredis-dev"]), .brew(["hiredis"])]
         ),
+        // KIS answers read with simdjson (C++, Debian's libsimdjson-dev, installed by scripts/bootstrap) behind a C
+        // interface (Sources/KISJSON/include/kisjson.h). Not a system-library target: simdjson's pkg-config flags
+        // are defines SwiftPM refuses there, so the one that matters is set here, as Debian's library was built.
+        .target(
+            name: "KISJSON",
+            cxxSettings: [.define("SIMDJSON_THREADS_ENABLED", to: "1")],
+            linkerSettings: [.linkedLibrary("simdjson")]
+        ),
 
         // MARK: libraries
         .target(
@@ -90,6 +98,7 @@ let package = Package(
         .target(
             name: "KIS",
             dependencies: [
+                "KISJSON",
                 "Observability",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -359,5 +368,6 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-    ]
+    ],
+    cxxLanguageStandard: .cxx17
 )
