@@ -19,7 +19,8 @@ import Synchronization
 /// Measured before this existed (perf, release build, wrk -c64 on the 2-core bench machine): a cache hit spent
 /// about half its CPU in the async request machinery (task switches, the router, two middlewares, HTTPTypes
 /// conversion) rather than in parsing and writing. The answers here are byte-for-byte the router's, apart from
-/// `Date`; `HitPathTests` compares the two.
+/// `Date`; `HitPathTests` compares the two. A hit's head is written already encoded, past `HTTPResponseEncoder`
+/// (29.6k/33.5k → 39.7k/37.8k hits/s in the dev loop, wrk -c64, alternating binaries).
 final class HitPath: Sendable {
     enum Route: Sendable {
         case domestic, overseas
@@ -35,8 +36,14 @@ final class HitPath: Sendable {
 
     /// A ready answer: the head and, for 200 and problems, the body.
     struct Answer {
+        /// A head as fields for `HTTPResponseEncoder`, or, for a cache hit, already encoded: the status line and
+        /// every header line but `Date`, which the handler adds with the blank line that ends the head.
+        enum Head {
+            case fields(HTTPHeaders)
+            case encoded(ByteBuffer)
+        }
         var status: HTTPResponseStatus
-        var headers: HTTPHeaders
+        var head: Head
         var body: ByteBuffer?
         /// For metrics and the access log.
         var route: String
@@ -78,10 +85,12 @@ final class HitPath: Sendable {
 
     /// The answer to `head` if it is known now, or nil to let the router answer.
     /// `originAllowed` says whether an `Origin` value is allowed (the handler remembers the last one).
-    func answer(_ head: HTTPRequestHead, now: Date, originAllowed: (String) -> Bool) -> Answer? {
+    /// A hit's head is encoded into a buffer from `allocator`.
+    func answer(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator,
+                originAllowed: (String) -> Bool) -> Answer? {
         guard head.version == .http1_1, head.isKeepAlive else { return nil }
         switch head.method {
-        case .GET: return chart(head, now: now, originAllowed: originAllowed)
+        case .GET: return chart(head, now: now, allocator: allocator, originAllowed: originAllowed)
         case .OPTIONS: return preflight(head, originAllowed: originAllowed)
         default: return nil
         }
@@ -95,14 +104,14 @@ final class HitPath: Sendable {
         headers.add(name: "Vary", value: "Origin")
         guard originAllowed(origin) else {
             headers.add(name: "Content-Length", value: "0")
-            return Answer(status: .forbidden, headers: headers, body: nil, route: "unmatched", cacheHit: false)
+            return Answer(status: .forbidden, head: .fields(headers), body: nil, route: "unmatched", cacheHit: false)
         }
         headers.add(name: "Access-Control-Allow-Origin", value: origin)
         if cors.allowCredentials { headers.add(name: "Access-Control-Allow-Credentials", value: "true") }
         headers.add(name: "Access-Control-Allow-Methods", value: CORSHeaderValues.allowMethods)
         headers.add(name: "Access-Control-Allow-Headers", value: CORSHeaderValues.allowHeaders)
         headers.add(name: "Access-Control-Max-Age", value: String(cors.maxAgeS))
-        return Answer(status: .noContent, headers: headers, body: nil, route: "unmatched", cacheHit: false)
+        return Answer(status: .noContent, head: .fields(headers), body: nil, route: "unmatched", cacheHit: false)
     }
 
     /// The request headers the hit path reads, each found in one pass; a repeated one makes the request the
@@ -152,7 +161,8 @@ final class HitPath: Sendable {
         }
     }
 
-    private func chart(_ head: HTTPRequestHead, now: Date, originAllowed: (String) -> Bool) -> Answer? {
+    private func chart(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator,
+                       originAllowed: (String) -> Bool) -> Answer? {
         let uri = head.uri
         let nowSeconds = Int64(now.timeIntervalSince1970)
         let memo = resolved.withLock { $0[uri] }
@@ -190,20 +200,34 @@ final class HitPath: Sendable {
             let entry = l1.get(key), nowSeconds < entry.freshUntil
         else { return nil }
 
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(12)
-        headers.add(name: "ETag", value: entry.etag)
-        headers.add(name: "Cache-Control", value: "private, max-age=\(max(0, entry.freshUntil - nowSeconds))")
-        headers.add(name: "Age", value: String(max(0, nowSeconds - entry.storedAt)))
-        headers.add(name: "X-Cache", value: "HIT")
-        headers.add(name: "Server-Timing", value: #"cache;desc="hit""#)
+        // The head `HTTPResponseEncoder` would write for these fields, in this order (HitPathTests compare it with
+        // the router's), written straight into one buffer: building `HTTPHeaders` and encoding them took about a
+        // tenth of a hit's CPU.
         let notModified = fields.ifNoneMatch.map { GatewayCore.etagMatches($0, entry.etag) } ?? false
+        var bytes = allocator.buffer(capacity: 400 + (allowedOrigin?.utf8.count ?? 0))
+        bytes.writeStaticString(notModified ? "HTTP/1.1 304 Not Modified\r\nETag: " : "HTTP/1.1 200 OK\r\nETag: ")
+        bytes.writeString(entry.etag)
+        bytes.writeStaticString("\r\nCache-Control: private, max-age=")
+        bytes.writeString(String(max(0, entry.freshUntil - nowSeconds)))
+        bytes.writeStaticString("\r\nAge: ")
+        bytes.writeString(String(max(0, nowSeconds - entry.storedAt)))
+        bytes.writeStaticString("\r\nX-Cache: HIT\r\nServer-Timing: cache;desc=\"hit\"\r\n")
         if !notModified {
-            headers.add(name: "Content-Type", value: "application/json")
-            headers.add(name: "Content-Length", value: String(entry.body.readableBytes))
+            bytes.writeStaticString("Content-Type: application/json\r\nContent-Length: ")
+            bytes.writeString(String(entry.body.readableBytes))
+            bytes.writeStaticString("\r\n")
         }
-        addCORS(to: &headers, origin: allowedOrigin)
-        return Answer(status: notModified ? .notModified : .ok, headers: headers,
+        bytes.writeStaticString("Vary: Origin\r\n")
+        if let origin = allowedOrigin {
+            // An allowed origin matched a configured pattern, and the parser admits no CR or LF in a value.
+            bytes.writeStaticString("Access-Control-Allow-Origin: ")
+            bytes.writeString(origin)
+            if cors.allowCredentials { bytes.writeStaticString("\r\nAccess-Control-Allow-Credentials: true") }
+            bytes.writeStaticString("\r\nAccess-Control-Expose-Headers: ")
+            bytes.writeString(CORSHeaderValues.exposeHeaders)
+            bytes.writeStaticString("\r\n")
+        }
+        return Answer(status: notModified ? .notModified : .ok, head: .encoded(bytes),
                       body: notModified ? nil : entry.body, route: route.label, cacheHit: true)
     }
 
@@ -215,7 +239,7 @@ final class HitPath: Sendable {
         for field in rendered.headers { headers.add(name: field.name.rawName, value: field.value) }
         headers.add(name: "Content-Length", value: String(rendered.body.readableBytes))
         addCORS(to: &headers, origin: origin)
-        return Answer(status: HTTPResponseStatus(statusCode: problem.status), headers: headers, body: rendered.body,
+        return Answer(status: HTTPResponseStatus(statusCode: problem.status), head: .fields(headers), body: rendered.body,
                       route: route.label, cacheHit: false)
     }
 
@@ -309,6 +333,8 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let path: HitPath
+    /// `HTTPResponseEncoder`'s context: an encoded head written through it goes on to the socket as it is.
+    private var encoder: ChannelHandlerContext?
     /// Requests passed on whose response has not ended yet.
     private var routed = 0
     /// The answer to the request being read (sent at its end; its body, if any, is dropped).
@@ -320,11 +346,22 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.path = path
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        // Without the encoder in the pipeline nothing is answered here: the router answers everything.
+        encoder = try? context.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        encoder = nil
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
             let start = ContinuousClock.now, now = Date()
-            if routed == 0, let answer = path.answer(head, now: now, originAllowed: allowed) {
+            if routed == 0, encoder != nil,
+                let answer = path.answer(head, now: now, allocator: context.channel.allocator, originAllowed: allowed)
+            {
                 answering = (answer, head.method, start, now)
             } else {
                 routed += 1
@@ -342,12 +379,24 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let d = ContinuousClock.now - start
             path.record(answer, method: method,
                         nanoseconds: d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
-            var headers = answer.headers
-            headers.add(name: "Date", value: dates.value(at: Int64(now.timeIntervalSince1970)))
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: answer.status, headers: headers))),
-                          promise: nil)
-            if let body = answer.body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            let date = dates.value(at: Int64(now.timeIntervalSince1970))
+            switch answer.head {
+            case .fields(var headers):
+                headers.add(name: "Date", value: date)
+                context.write(
+                    wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: answer.status, headers: headers))),
+                    promise: nil)
+                if let body = answer.body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            case .encoded(var head):
+                guard let encoder else { return }  // never: nothing is answered without it
+                head.writeStaticString("Date: ")
+                head.writeString(date)
+                head.writeStaticString("\r\n\r\n")
+                encoder.write(NIOAny(IOData.byteBuffer(head)), promise: nil)
+                if let body = answer.body { encoder.write(NIOAny(IOData.byteBuffer(body)), promise: nil) }
+                encoder.flush()
+            }
         }
     }
 
