@@ -112,6 +112,9 @@ final class KISAnswerReader: Sendable {
     private let idle = Mutex<[Handle]>([])
 
     func read<T: KISTableAnswer>(_ type: T.Type, from bytes: UnsafeRawBufferPointer) throws(KISAnswerReadError) -> T {
+        guard let base = bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), !bytes.isEmpty else {
+            throw KISAnswerReadError(kind: .notJSON, description: "not JSON: the answer is empty")
+        }
         guard let handle = idle.withLock({ $0.popLast() }) ?? Handle() else {
             throw KISAnswerReadError(kind: .notJSON, description: "out of memory reading the answer")
         }
@@ -123,7 +126,6 @@ final class KISAnswerReader: Sendable {
         let shape = T.shape
         var table = kisjson_table()
         var message: UnsafePointer<CChar>?
-        let base = bytes.baseAddress?.assumingMemoryBound(to: UInt8.self) ?? UnsafePointer(bitPattern: 1)!
         let code = kisjson_read_table(handle.raw, base, bytes.count, shape.raw, &table, &message)
         guard code == 0 else {
             throw KISAnswerReadError(kind: code == 1 ? .notJSON : .shape,
