@@ -20,13 +20,14 @@ struct GatewayHTTP1Channel: HTTPChannelHandler {
             limits.maxHeaderFieldSize = 80 * 1024
             limits.maxHeaderListSize = 80 * 1024
             limits.maxHeaderFieldCount = 1000
-            try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                withPipeliningAssistance: false,  // the hit path and the async channel keep responses in order
-                withErrorHandling: false,  // Hummingbird answers parse errors
-                withOutboundHeaderValidation: false,
-                withEncoderConfiguration: .init(),
-                withDecoderLimitConfiguration: limits
-            )
+            // What `configureHTTPServerPipeline` sets up without pipelining assistance (the hit path and the async
+            // channel keep answers in order), error handling (Hummingbird answers parse errors) or header
+            // validation — but with the encoder and decoder unpaired: paired, the decoder tells the encoder every
+            // request's method, and the encoder pairs them with the heads it writes, which the hit path's answers
+            // do not go through. `HitPathHandler` keeps that record for the requests it passes on instead.
+            try channel.pipeline.syncOperations.addHandler(HTTPResponseEncoder(configuration: .init()))
+            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(
+                leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop, limitConfiguration: limits)))
             try channel.pipeline.syncOperations.addHandler(HitPathHandler(path: hitPath))
             try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
             try channel.pipeline.syncOperations.addHandler(

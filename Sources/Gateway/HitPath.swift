@@ -359,7 +359,9 @@ final class HitPath: Sendable {
 
 /// Sits between the HTTP/1 codec and the router's HTTPTypes conversion: answers what `HitPath` knows and passes
 /// everything else on. Responses go out in request order: nothing is answered here while a request passed to
-/// the router is still unanswered.
+/// the router is still unanswered. The router's answers to `HEAD` requests leave here without their body (RFC 9110
+/// §9.3.2), their head unchanged — what NIO's encoder does when paired with the decoder, which it is not here (see
+/// `GatewayHTTP1Channel`).
 final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -369,8 +371,10 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let path: HitPath
     /// `HTTPResponseEncoder`'s context: an encoded head written through it goes on to the socket as it is.
     private var encoder: ChannelHandlerContext?
-    /// Requests passed on whose response has not ended yet.
-    private var routed = 0
+    /// The methods of the requests passed on whose answer has not ended yet, oldest first.
+    private var routed = CircularBuffer<HTTPMethod>(initialCapacity: 2)
+    /// The answer going out is to a `HEAD` request: its body is not sent.
+    private var bodiless = false
     /// The answer to the request being read (sent at its end; its body, if any, is dropped).
     private var answering: (answer: HitPath.Answer, method: HTTPMethod, start: ContinuousClock.Instant, now: Date)?
     private var dates = HTTPDateCache()
@@ -393,12 +397,12 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         switch unwrapInboundIn(data) {
         case .head(let head):
             let start = ContinuousClock.now, now = Date()
-            if routed == 0, encoder != nil,
+            if routed.isEmpty, encoder != nil,
                 let answer = path.answer(head, now: now, allocator: context.channel.allocator, originAllowed: allowed)
             {
                 answering = (answer, head.method, start, now)
             } else {
-                routed += 1
+                routed.append(head.method)
                 context.fireChannelRead(data)
             }
         case .body:
@@ -422,8 +426,25 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .end = unwrapOutboundIn(data), routed > 0 { routed -= 1 }
-        context.write(data, promise: promise)
+        switch unwrapOutboundIn(data) {
+        case .head(let head):
+            // A final head answers the oldest request passed on (a 1xx other than 101 is followed by another).
+            let code = head.status.code
+            if code >= 200 || code == 101 { bodiless = routed.first == .HEAD }
+            context.write(data, promise: promise)
+        case .body:
+            if bodiless { promise?.succeed(()) } else { context.write(data, promise: promise) }
+        case .end:
+            if !routed.isEmpty { routed.removeFirst() }
+            if bodiless {
+                // Not `.end`: after a chunked head the encoder would write the last chunk. An empty write keeps
+                // the promise and the flush in step.
+                bodiless = false
+                context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer()))), promise: promise)
+            } else {
+                context.write(data, promise: promise)
+            }
+        }
     }
 
     private func allowed(_ origin: String) -> Bool {

@@ -168,6 +168,36 @@ struct HitPathTests {
         }
     }
 
+    @Test("the router's answers to HEAD have no body, between hits answered by the hit path on one connection")
+    func headBetweenHits() async throws {
+        try await withGateway { fx, _ in
+            let jwt = try await fx.jwt("hp-head")
+            let kis = try await fx.connect(user: "hp-head", appKey: "PShitpath0004")
+            let hot = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
+            let warm = try await fx.get(hot, jwt: jwt, kis: kis)
+            #expect(warm.status == 200)
+            let port = Int(fx.gatewayURL.split(separator: ":").last!)!
+            let headers = HTTPHeaders([("Host", "127.0.0.1"), ("Authorization", "Bearer \(jwt)"), ("X-KIS-Token", kis)])
+            let requests: [(HTTPMethod, String)] = [
+                (.GET, hot), (.GET, hot), (.HEAD, "/healthz"), (.GET, hot), (.HEAD, hot), (.GET, "/healthz"), (.GET, hot),
+            ]
+            // In one write: a body after a HEAD answer would be read as the next answer's start.
+            for answers in [try await RawHTTP.exchange(port: port, requests: requests, headers: headers)] {
+                #expect(answers.count == requests.count)
+                for (answer, (method, path)) in zip(answers, requests) {
+                    if method == .HEAD {
+                        #expect(answer.bodyBytes == 0, "\(path): a HEAD answer carried a body")
+                    } else if path == hot {
+                        #expect(answer.status == .ok && answer.headers.first(name: "x-cache") == "HIT")
+                        #expect(answer.bodyBytes == warm.body.count)
+                    } else {
+                        #expect(answer.status == .ok && answer.bodyBytes > 0)
+                    }
+                }
+            }
+        }
+    }
+
     @Test("Date values are IMF-fixdate, as Foundation formats them")
     func dates() {
         let formatter = DateFormatter()
@@ -220,6 +250,7 @@ enum RawHTTP {
     struct Answer {
         var status: HTTPResponseStatus
         var headers: HTTPHeaders
+        var bodyBytes: Int
     }
 
     final class Collector: ChannelInboundHandler, @unchecked Sendable {
@@ -228,16 +259,19 @@ enum RawHTTP {
         let done: EventLoopPromise<[Answer]>
         var answers: [Answer] = []
         var head: HTTPResponseHead?
+        var bodyBytes = 0
         init(expected: Int, done: EventLoopPromise<[Answer]>) {
             self.expected = expected
             self.done = done
         }
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             switch unwrapInboundIn(data) {
-            case .head(let h): head = h
-            case .body: break
+            case .head(let h):
+                head = h
+                bodyBytes = 0
+            case .body(let b): bodyBytes += b.readableBytes
             case .end:
-                if let head { answers.append(Answer(status: head.status, headers: head.headers)) }
+                if let head { answers.append(Answer(status: head.status, headers: head.headers, bodyBytes: bodyBytes)) }
                 if answers.count == expected { done.succeed(answers) }
             }
         }
@@ -246,21 +280,25 @@ enum RawHTTP {
     }
 
     static func exchange(port: Int, paths: [String], headers: HTTPHeaders) async throws -> [Answer] {
+        try await exchange(port: port, requests: paths.map { (.GET, $0) }, headers: headers)
+    }
+
+    static func exchange(port: Int, requests: [(HTTPMethod, String)], headers: HTTPHeaders) async throws -> [Answer] {
         let group = MultiThreadedEventLoopGroup.singleton
         let promise = group.next().makePromise(of: [Answer].self)
         let channel = try await ClientBootstrap(group: group)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(Collector(expected: paths.count, done: promise))
+                    try channel.pipeline.syncOperations.addHandler(Collector(expected: requests.count, done: promise))
                 }
             }
             .connect(host: "127.0.0.1", port: port).get()
         let timeout = channel.eventLoop.scheduleTask(in: .seconds(20)) { promise.fail(ChannelError.connectTimeout(.seconds(20))) }
         defer { timeout.cancel() }
         try await channel.eventLoop.submit {
-            for path in paths {
-                let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: headers)
+            for (method, path) in requests {
+                let head = HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)
                 channel.write(HTTPClientRequestPart.head(head), promise: nil)
                 channel.write(HTTPClientRequestPart.end(nil), promise: nil)
             }
