@@ -361,7 +361,8 @@ final class HitPath: Sendable {
 /// everything else on. Responses go out in request order: nothing is answered here while a request passed to
 /// the router is still unanswered. The router's answers to `HEAD` requests leave here without their body (RFC 9110
 /// §9.3.2), their head unchanged — what NIO's encoder does when paired with the decoder, which it is not here (see
-/// `GatewayHTTP1Channel`).
+/// `GatewayHTTP1Channel`). Unlike the paired encoder, the router's answer to a `CONNECT` (never a 2xx: no route
+/// takes it) keeps its body and framing, as RFC 9110 §9.3.6 allows for any other status.
 final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart

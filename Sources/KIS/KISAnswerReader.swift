@@ -8,7 +8,7 @@ import Synchronization
 /// and an optional array of row objects (`output2`), every value a JSON string. A conforming type names the fields
 /// it reads and builds itself from what was found. Foundation's `JSONDecoder` took 0.6–0.9 ms for a 100-row page
 /// on the 2-core bench machine, simdjson 0.03–0.04 ms (bench/README.md, "Miss path").
-protocol KISTableAnswer: KISEnveloped, Sendable {
+protocol KISTableAnswer: KISEnveloped, Decodable, Sendable {
     static var shape: KISTableShape { get }
     /// Nil when a field the type requires (the envelope's) is missing.
     init?(_ table: KISTable)
@@ -137,6 +137,19 @@ final class KISAnswerReader: Sendable {
             throw KISAnswerReadError(kind: .missingEnvelope, description: "the answer has no rt_cd, msg_cd or msg1")
         }
         return answer
+    }
+}
+
+extension KISAnswerReader {
+    /// The answer read with simdjson or, when simdjson refuses the body, with `JSONDecoder`; nil when neither reads
+    /// it. simdjson checks the whole document and `JSONDecoder` only what it reads: an invalid UTF-8 sequence or a
+    /// raw control character in a field the gateway never reads must not make a page unreadable.
+    func answer<T: KISTableAnswer>(_ type: T.Type, from data: Data) -> T? {
+        let read = data.withUnsafeBytes { bytes in
+            Result { () throws(KISAnswerReadError) in try self.read(T.self, from: bytes) }
+        }
+        if case .success(let answer) = read { return answer }
+        return try? JSONDecoder().decode(T.self, from: data)
     }
 }
 

@@ -160,7 +160,7 @@ public struct KISClient: Sendable {
     }
 
     /// One quotation call, its body read once (simdjson, ``KISAnswerReader``): KIS's envelope fields are part of
-    /// every answer type. A body that is not the answer's shape is classified as before, with `JSONDecoder`.
+    /// every answer type. A body that is not the answer's shape is classified with `JSONDecoder`.
     private func quotation<T: KISTableAnswer>(
         _ type: T.Type, _ path: String, query: [(String, String)], trID: String, credentials: KISCredentials
     ) async throws -> T {
@@ -173,10 +173,7 @@ public struct KISClient: Sendable {
         // KIS answers errors as 200 or 500 alike: the body decides.
         if status == 200 || status == 500 || status == 403 {
             let envelope: KISEnvelope
-            let read = data.withUnsafeBytes { bytes in
-                Result { () throws(KISAnswerReadError) in try KISAnswerReader.shared.read(T.self, from: bytes) }
-            }
-            if case .success(let answer) = read {
+            if let answer = KISAnswerReader.shared.answer(T.self, from: data) {
                 if answer.rt_cd == "0" { return answer }
                 envelope = KISEnvelope(rt_cd: answer.rt_cd, msg_cd: answer.msg_cd, msg1: answer.msg1)
             } else if let e = try? JSONDecoder().decode(KISEnvelope.self, from: data) {

@@ -14,6 +14,7 @@ struct kisjson_reader {
     simdjson::dom::parser parser;
     std::vector<kisjson_text> values;
     std::vector<std::string_view> names;
+    std::vector<char> seen;
     std::string message;
     explicit kisjson_reader(size_t max_bytes) : parser(max_bytes) {}
 };
@@ -51,15 +52,22 @@ std::string place(const char *container, long index, std::string_view field) {
 }
 
 /// Reads the wanted fields of `object` into `out[0 ..< names.size()]`; false with a message on a non-string value.
+/// A key that appears twice counts the first time only, as with Foundation's `JSONDecoder`.
 bool read_fields(kisjson_reader *r, simdjson::dom::object object, const std::string_view *names, size_t count,
                  kisjson_text *out, const char *container, long index) {
+    r->seen.assign(count, 0);
     for (auto field : object) {
         for (size_t i = 0; i < count; i++) {
             if (field.key != names[i]) continue;
+            if (r->seen[i]) break;
+            r->seen[i] = 1;
             element_type type = field.value.type();
             if (type == element_type::STRING) {
                 std::string_view text;
-                if (field.value.get_string().get(text) != simdjson::SUCCESS) return false;
+                if (field.value.get_string().get(text) != simdjson::SUCCESS) {
+                    r->message = place(container, index, field.key) + " is not a readable string";
+                    return false;
+                }
                 out[i] = kisjson_text{text.data(), text.size()};
             } else if (type == element_type::NULL_VALUE) {
                 out[i] = kisjson_text{nullptr, 0};
@@ -115,8 +123,9 @@ int read_table(kisjson_reader *r, const uint8_t *json, size_t length, const kisj
     element head, rows;
     bool has_head = false, has_rows = false;
     for (auto field : top) {
-        if (shape->head && field.key == head_name) { head = field.value; has_head = true; }
-        if (shape->rows && field.key == rows_name) { rows = field.value; has_rows = true; }
+        // The first of repeated keys counts, as with Foundation's `JSONDecoder`.
+        if (shape->head && !has_head && field.key == head_name) { head = field.value; has_head = true; }
+        if (shape->rows && !has_rows && field.key == rows_name) { rows = field.value; has_rows = true; }
     }
     if (has_head && head.type() != element_type::NULL_VALUE) {
         simdjson::dom::object object;
@@ -168,10 +177,15 @@ void kisjson_reader_destroy(kisjson_reader *reader) { delete reader; }
 
 int kisjson_read_table(kisjson_reader *reader, const uint8_t *json, size_t length, const kisjson_shape *shape,
                        kisjson_table *table, const char **error) {
+    // Nothing may unwind into Swift: the messages here are static, as building one could throw again.
     try {
         return read_table(reader, json, length, shape, table, error);
     } catch (const std::bad_alloc &) {
-        return fail(reader, 1, "out of memory reading the answer", error);
+        *error = "out of memory reading the answer";
+        return 1;
+    } catch (...) {
+        *error = "the answer could not be read";
+        return 1;
     }
 }
 

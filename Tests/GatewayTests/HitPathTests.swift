@@ -170,7 +170,8 @@ struct HitPathTests {
 
     @Test("the router's answers to HEAD have no body, between hits answered by the hit path on one connection")
     func headBetweenHits() async throws {
-        try await withGateway { fx, _ in
+        let answers = Answers()
+        try await withGateway(dependencies: { _, deps in deps.onHitPathAnswer = { _ in answers.add() } }) { fx, _ in
             let jwt = try await fx.jwt("hp-head")
             let kis = try await fx.connect(user: "hp-head", appKey: "PShitpath0004")
             let hot = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
@@ -181,12 +182,18 @@ struct HitPathTests {
             let requests: [(HTTPMethod, String)] = [
                 (.GET, hot), (.GET, hot), (.HEAD, "/healthz"), (.GET, hot), (.HEAD, hot), (.GET, "/healthz"), (.GET, hot),
             ]
-            // In one write: a body after a HEAD answer would be read as the next answer's start.
-            for answers in [try await RawHTTP.exchange(port: port, requests: requests, headers: headers)] {
-                #expect(answers.count == requests.count)
+            // In one write. The client knows HEAD answers have no body, so a body sent after one would be read as
+            // the start of the next answer: the answers would come out garbled, or too few.
+            let before = answers.value
+            let raw = try await RawHTTP.exchange(port: port, requests: requests, headers: headers)
+            // The first two were answered by the hit path, before the HEAD went to the router.
+            #expect(answers.value - before >= 2)
+            #expect(raw.count == requests.count)
+            for answers in [raw] {
                 for (answer, (method, path)) in zip(answers, requests) {
                     if method == .HEAD {
-                        #expect(answer.bodyBytes == 0, "\(path): a HEAD answer carried a body")
+                        #expect(answer.status == .methodNotAllowed, "\(path): \(answer.status)")
+                        #expect(answer.headers.first(name: "content-length").flatMap(Int.init) ?? 0 > 0)
                     } else if path == hot {
                         #expect(answer.status == .ok && answer.headers.first(name: "x-cache") == "HIT")
                         #expect(answer.bodyBytes == warm.body.count)

@@ -88,7 +88,7 @@ struct AnswerReaderTests {
         #expect(bare.output1 == nil && bare.output2 == nil && bare.rt_cd == "1")
         let empty = try read(KISOverseasChartPage.self, #"{"rt_cd":"0","msg_cd":"M","msg1":"","output2":[]}"#)
         #expect(empty.output2 == [] && empty.output1 == nil)
-        // Two reads in a row on the same pooled reader: the first answer's strings are its own.
+        // Two reads in a row: the first answer's strings are its own (copied before its reader is used again).
         let a = try read(KISOverseasChartPage.self, #"{"rt_cd":"0","msg_cd":"A","msg1":"first","output1":{"nrec":"1"}}"#)
         let b = try read(KISOverseasChartPage.self, #"{"rt_cd":"0","msg_cd":"B","msg1":"second"}"#)
         #expect(a.msg1 == "first" && a.output1?.nrec == "1" && b.msg1 == "second" && b.output1 == nil)
@@ -125,7 +125,32 @@ struct AnswerReaderTests {
         #expect((try? JSONDecoder().decode(KISOverseasChartPage.self, from: Data(bytes))) == nil)
     }
 
-    @Test("an answer longer than the client's body limit is refused, and the reader goes on working")
+    @Test("repeated keys: the first counts, as with JSONDecoder", arguments: [
+        #"{"rt_cd":"1","rt_cd":"0","msg_cd":"M","msg1":"x"}"#,
+        #"{"rt_cd":"0","rt_cd":0,"msg_cd":"M","msg1":"x","msg1":"y"}"#,
+        #"{"rt_cd":"0","msg_cd":"M","msg1":"","output1":{"stck_prpr":"1","stck_prpr":"2"},"output1":null}"#,
+        #"{"rt_cd":"0","msg_cd":"M","msg1":"","output2":[{"stck_clpr":"1","stck_clpr":2}],"output2":null}"#,
+    ])
+    func repeatedKeys(json: String) throws {
+        let expected = try JSONDecoder().decode(KISDomesticChartPage.self, from: Data(json.utf8))
+        #expect(try read(KISDomesticChartPage.self, json) == expected)
+    }
+
+    @Test("a body simdjson refuses for a field nobody reads is still read, by JSONDecoder, as it was before")
+    func fallback() throws {
+        let tab = #"{"rt_cd":"0","msg_cd":"M","msg1":"","output1":{"stck_prpr":"1","prdy_vrss":"a\#tb"}}"#
+        var broken = Array(#"{"rt_cd":"0","msg_cd":"M","msg1":"","output1":{"stck_prpr":"1","prdy_vrss":"ab"}}"#.utf8)
+        broken[broken.count - 4] = 0xC3  // a two-byte sequence cut short, inside a field the gateway never reads
+        for body in [Data(tab.utf8), Data(broken)] {
+            #expect(throws: KISAnswerReadError.self) { try read(KISDomesticChartPage.self, body) }
+            let page = KISAnswerReader.shared.answer(KISDomesticChartPage.self, from: body)
+            #expect(page?.output1?.stck_prpr == "1")
+            #expect(page == (try? JSONDecoder().decode(KISDomesticChartPage.self, from: body)))
+        }
+        #expect(KISAnswerReader.shared.answer(KISDomesticChartPage.self, from: Data("{".utf8)) == nil)
+    }
+
+    @Test("an answer longer than the client's body limit is refused; the next one is read")
     func tooLong() throws {
         let filler = String(repeating: "a", count: KISAnswerReader.maxBytes)
         let error = failure(KISOverseasChartPage.self, #"{"rt_cd":"0","msg_cd":"M","msg1":"\#(filler)"}"#)
