@@ -65,12 +65,7 @@ final class HitPath: Sendable {
             }
         }
 
-        mutating func add(_ name: StaticString, _ value: String) {
-            bytes.writeStaticString(name)
-            bytes.writeStaticString(": ")
-            bytes.writeString(value)
-            bytes.writeStaticString("\r\n")
-        }
+        mutating func add(_ name: StaticString, _ value: String) { add(name, "", value) }
 
         /// `name: <prefix><value>`, without joining the two strings first.
         mutating func add(_ name: StaticString, _ prefix: StaticString, _ value: String) {
@@ -372,10 +367,9 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let path: HitPath
     /// `HTTPResponseEncoder`'s context: an encoded head written through it goes on to the socket as it is.
     private var encoder: ChannelHandlerContext?
-    /// The methods of the requests passed on whose answer has not ended yet, oldest first.
+    /// The methods of the requests passed on whose answer has not ended yet, oldest first: the router's answer
+    /// being written is to the first.
     private var routed = CircularBuffer<HTTPMethod>(initialCapacity: 2)
-    /// The answer going out is to a `HEAD` request: its body is not sent.
-    private var bodiless = false
     /// The answer to the request being read (sent at its end; its body, if any, is dropped).
     private var answering: (answer: HitPath.Answer, method: HTTPMethod, start: ContinuousClock.Instant, now: Date)?
     private var dates = HTTPDateCache()
@@ -427,24 +421,17 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let bodiless = routed.first == .HEAD
         switch unwrapOutboundIn(data) {
-        case .head(let head):
-            // A final head answers the oldest request passed on (a 1xx other than 101 is followed by another).
-            let code = head.status.code
-            if code >= 200 || code == 101 { bodiless = routed.first == .HEAD }
+        case .head:
             context.write(data, promise: promise)
         case .body:
             if bodiless { promise?.succeed(()) } else { context.write(data, promise: promise) }
         case .end:
             if !routed.isEmpty { routed.removeFirst() }
-            if bodiless {
-                // Not `.end`: after a chunked head the encoder would write the last chunk. An empty write keeps
-                // the promise and the flush in step.
-                bodiless = false
-                context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer()))), promise: promise)
-            } else {
-                context.write(data, promise: promise)
-            }
+            // Not `.end` after a HEAD answer: after a chunked head the encoder would write the last chunk. An empty
+            // write keeps the promise and the flush in step.
+            context.write(bodiless ? wrapOutboundOut(.body(.byteBuffer(ByteBuffer()))) : data, promise: promise)
         }
     }
 

@@ -19,14 +19,12 @@ protocol KISTableAnswer: KISEnveloped, Decodable, Sendable {
 final class KISTableShape: @unchecked Sendable {
     static let envelope = ["rt_cd", "msg_cd", "msg1"]
 
-    let headFieldCount: Int
-    let rowFieldCount: Int
     fileprivate let raw: UnsafeMutablePointer<kisjson_shape>
+    var headFieldCount: Int { raw.pointee.head_count }
+    var rowFieldCount: Int { raw.pointee.row_field_count }
 
     /// `head` and `rows` name the object and the array; `headFields` and `rowFields` the strings read in them.
     init(head: String?, headFields: [String], rows: String?, rowFields: [String]) {
-        headFieldCount = headFields.count
-        rowFieldCount = rowFields.count
         func names(_ list: [String]) -> UnsafePointer<UnsafePointer<CChar>?> {
             let p = UnsafeMutablePointer<UnsafePointer<CChar>?>.allocate(capacity: max(list.count, 1))
             for (i, name) in list.enumerated() { p[i] = UnsafePointer(strdup(name)) }
@@ -145,11 +143,13 @@ extension KISAnswerReader {
     /// it. simdjson checks the whole document and `JSONDecoder` only what it reads: an invalid UTF-8 sequence or a
     /// raw control character in a field the gateway never reads must not make a page unreadable.
     func answer<T: KISTableAnswer>(_ type: T.Type, from data: Data) -> T? {
-        let read = data.withUnsafeBytes { bytes in
+        (try? read(T.self, from: data)) ?? (try? JSONDecoder().decode(T.self, from: data))
+    }
+
+    func read<T: KISTableAnswer>(_ type: T.Type, from data: Data) throws(KISAnswerReadError) -> T {
+        try data.withUnsafeBytes { bytes in
             Result { () throws(KISAnswerReadError) in try self.read(T.self, from: bytes) }
-        }
-        if case .success(let answer) = read { return answer }
-        return try? JSONDecoder().decode(T.self, from: data)
+        }.get()
     }
 }
 
