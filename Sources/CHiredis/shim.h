@@ -12,6 +12,9 @@
 #include <hiredis/read.h>
 #include <stddef.h>
 #include <stdlib.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 // Reply types. 0.14 knows the six RESP2 types only; 1.x adds RESP3 types,
 // which a RESP2 connection (we never send HELLO 3) does not produce but which
@@ -94,5 +97,19 @@ static inline const char *_Nonnull kisgw_reader_errstr(const redisReader *_Nonnu
     return reader->errstr;
 }
 
+// Not hiredis: glibc's <malloc.h> is not part of Swift's Glibc module, and the
+// Redis module's ProcessHeap needs mallopt. Keeps up to `trim_threshold` free
+// bytes at the top of each malloc arena instead of returning them to the
+// kernel, and grows arenas by `top_pad` extra bytes. Returns 0 where the C
+// library is not glibc.
+static inline int kisgw_heap_keep_freed(int trim_threshold, int top_pad) {
+#if defined(__GLIBC__)
+    return mallopt(M_TRIM_THRESHOLD, trim_threshold) && mallopt(M_TOP_PAD, top_pad);
+#else
+    (void)trim_threshold;
+    (void)top_pad;
+    return 0;
+#endif
+}
 
 #endif

@@ -49,8 +49,11 @@ struct ChartEntry: Sendable {
         guard parts.count == 4, parts[0] == "kc1", let stored = Int64(parts[1]), let fresh = Int64(parts[2]) else {
             return nil
         }
-        guard let body = buffer.getSlice(at: buffer.readerIndex + headerLength + 1,
-                                         length: buffer.readableBytes - headerLength - 1) else { return nil }
+        // A copy of its own: the store's value can be a slice of a whole received buffer, which an L1 entry must
+        // not keep alive.
+        var body = ByteBuffer()
+        body.reserveCapacity(view.count - headerLength - 1)
+        body.writeBytes(view[(newline + 1)...])
         return ChartEntry(body: body, etag: String(parts[3]), storedAt: stored, freshUntil: fresh)
     }
 

@@ -154,15 +154,9 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     // MARK: inbound
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var buffer = self.unwrapInboundIn(data)
         do {
-            // Fed in slices, draining replies after each: hiredis moves its unread
-            // bytes to the front of its buffer (`sdsrange`) after every reply once
-            // 1 KB is consumed, so one 64 KB read of pipelined 6 KB replies fed at
-            // once costs ~0.4 MB of memmove; a 4 KB slice bounds it by the slice.
-            while let slice = buffer.readSlice(length: min(buffer.readableBytes, Self.feedSliceSize)), slice.readableBytes > 0 {
-                try self.reader.feed(slice)
-                try self.drainReplies(context: context)
+            try self.reader.read(self.unwrapInboundIn(data), allocator: context.channel.allocator) { value throws(RedisError) in
+                try self.received(value)
             }
         } catch {
             self.logger.warning("closing redis connection", metadata: ["error": "\(error)"])
@@ -171,24 +165,20 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
         }
     }
 
-    private static let feedSliceSize = 4096
-
-    private func drainReplies(context: ChannelHandlerContext) throws(RedisError) {
-        while let value = try self.reader.next(allocator: context.channel.allocator) {
-            if let pushHandler = self.pushHandler, self.state.pending.isEmpty {
-                pushHandler(value)
-                continue
-            }
-            switch self.state.received(value) {
-            case .succeed(let reply, let value):
-                reply.succeed(value)
-            case .fail(let reply, let error):
-                reply.fail(error)
-            case .discard:
-                break
-            case .close(let error):
-                throw error
-            }
+    private func received(_ value: RESPValue) throws(RedisError) {
+        if let pushHandler = self.pushHandler, self.state.pending.isEmpty {
+            pushHandler(value)
+            return
+        }
+        switch self.state.received(value) {
+        case .succeed(let reply, let value):
+            reply.succeed(value)
+        case .fail(let reply, let error):
+            reply.fail(error)
+        case .discard:
+            break
+        case .close(let error):
+            throw error
         }
     }
 

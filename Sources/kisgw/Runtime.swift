@@ -22,6 +22,7 @@ struct Runtime {
 
     init(config: KisgwConfig, label: String, ephemeralSeal: Bool = false) throws {
         self.config = config
+        ProcessHeap.keepFreedMemory()
         LoggingSetup.bootstrap(level: config.log.level, format: config.log.format)
         var logger = Logger(label: label)
         logger.logLevel = config.log.level

@@ -123,6 +123,49 @@ struct CodecTests {
         #expect(throws: RedisError.self) { try reader.next(allocator: ByteBufferAllocator()) }
     }
 
+    /// Pipelined replies read the way the connection reads them: whole socket reads of odd sizes, cut anywhere.
+    /// A bulk string inside one read is a slice of that read's buffer (its bytes are not copied); one that spans
+    /// two reads is a copy; every value is right either way, also nested in arrays, after hiredis has compacted
+    /// its buffer many times, and after the read buffers are reused.
+    @Test func bulkStringsAreSlicesOfTheReadTheyLieIn() throws {
+        var wire = ByteBuffer()
+        var expected: [RESPValue] = []
+        for i in 0..<200 {
+            // 6,000-byte values like the bench's, and small ones and arrays between them.
+            let value = ByteBuffer(repeating: UInt8(truncatingIfNeeded: i), count: i % 3 == 0 ? 6_000 : 1 + i % 17)
+            wire.writeString("$\(value.readableBytes)\r\n")
+            wire.writeImmutableBuffer(value)
+            wire.writeString("\r\n")
+            expected.append(.bulkString(value))
+            if i % 7 == 0 {
+                wire.writeString("*2\r\n$3\r\nabc\r\n:\(i)\r\n")
+                expected.append(.array([.bulkString(ByteBuffer(string: "abc")), .integer(i)]))
+            }
+        }
+        let reader = HiredisReader()
+        var values: [RESPValue] = []
+        var sliced = 0, copied = 0
+        let sizes = [65_536, 1, 4_097, 12_345, 3, 6_010, 30_000]
+        var n = 0
+        while wire.readableBytes > 0 {
+            // A fresh buffer per read, as NIO's receive allocator gives one when a value still holds the last.
+            let read = ByteBuffer(bytes: wire.readBytes(length: min(sizes[n % sizes.count], wire.readableBytes))!)
+            n += 1
+            let readRange = read.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress!)..<UInt(bitPattern: $0.baseAddress! + $0.count) }
+            try reader.read(read, allocator: ByteBufferAllocator()) { value in
+                values.append(value)
+                if case .bulkString(let b) = value, b.readableBytes > 0 {
+                    let start = b.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress!) }
+                    if readRange.contains(start) { sliced += 1 } else { copied += 1 }
+                }
+            }
+        }
+        #expect(values == expected)
+        #expect(sliced > 100)
+        #expect(copied > 10)  // the values cut by a read's end
+        #expect(try reader.next(allocator: ByteBufferAllocator()) == nil)
+    }
+
     @Test func largeBulkString() throws {
         let payload = [UInt8](repeating: 7, count: 1 << 20)
         var wire = ByteBuffer(string: "$\(payload.count)\r\n")

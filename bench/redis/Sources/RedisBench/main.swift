@@ -56,6 +56,7 @@ final class Recorder: @unchecked Sendable {
 }
 
 let options = Options(CommandLine.arguments)
+ProcessHeap.keepFreedMemory()  // as kisgw does at start (Sources/kisgw/Runtime.swift)
 if options.nioExecutor && !NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor() {
     FileHandle.standardError.write(Data("could not install the NIO event loops as the global executor\n".utf8))
     exit(2)
