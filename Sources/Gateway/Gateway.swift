@@ -109,7 +109,7 @@ struct GatewayCore: Sendable {
         self.charts = ChartService(settings: settings, store: store, l1: l1, clients: clients, authorizer: authorizer,
                                    metrics: metrics, logger: logger)
         self.hitPath = HitPath(cors: config.cors, maxRangeDays: config.limits.maxRangeDays, verifier: verifier,
-                               authorizer: authorizer, l1: l1, metrics: metrics, recorder: recorder,
+                               authorizer: authorizer, l1: l1, charts: charts, metrics: metrics, recorder: recorder,
                                observer: dependencies.onHitPathAnswer)
         self.eventListener = StoreEventListener(store: store, authorizer: authorizer, notifier: charts.notifier,
                                                 filledChannel: ChartService.filledChannel, logger: logger)

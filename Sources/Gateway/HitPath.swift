@@ -12,9 +12,11 @@ import Synchronization
 
 /// The hit path: answers, on the event loop and without leaving the channel pipeline, the requests whose answer
 /// is already known — a fresh chart in the L1 for a JWT and a KIS token already verified, a JWT already
-/// rejected, and CORS preflights. Everything else (and anything unusual: percent-escapes, duplicate credential
-/// headers, `Connection: close`, HTTP/1.0, a request pipelined behind one still being answered) goes on to the
-/// router unchanged, which answers it the same way, only slower.
+/// rejected, and CORS preflights — and, for the same known credentials, a chart the L1 lacks or holds stale: that
+/// one is asked of `ChartService` (the same call the router's handler makes) and answered when it comes. Everything
+/// else (and anything unusual: percent-escapes, duplicate credential headers, `Connection: close`, HTTP/1.0, a
+/// request pipelined behind one still being answered) goes on to the router unchanged, which answers it the same
+/// way, only slower.
 ///
 /// Measured before this existed (perf, release build, wrk -c64 on the 2-core bench machine): a cache hit spent
 /// about half its CPU in the async request machinery (task switches, the router, two middlewares, HTTPTypes
@@ -32,6 +34,24 @@ final class HitPath: Sendable {
             case .overseas: "/overseas/{exchange}/chart/daily/{symbol}"
             }
         }
+    }
+
+    /// What the hit path does with a request.
+    enum Decision {
+        /// Answer now.
+        case answer(Answer)
+        /// Ask `ChartService` for the chart, then answer (``answer(_:to:allocator:)``).
+        case fetch(Fetch)
+    }
+
+    /// A chart to ask `ChartService` for, for credentials already verified, and what its answer depends on.
+    struct Fetch: Sendable {
+        var query: ChartQuery
+        var token: ResolvedToken
+        var route: Route
+        var origin: String?
+        var ifNoneMatch: String?
+        var nowSeconds: Int64
     }
 
     /// A ready answer: the head and, for 200 and problems, the body.
@@ -93,7 +113,7 @@ final class HitPath: Sendable {
 
     private struct Resolved {
         var route: Route
-        var cacheKey: String
+        var query: ChartQuery
         /// Unix seconds: the resolution depends on the exchange's local date (the default end is "today").
         var validUntil: Int64
     }
@@ -103,6 +123,7 @@ final class HitPath: Sendable {
     let verifier: JWTVerifier
     let authorizer: TokenAuthorizer
     let l1: L1Cache<ChartEntry>
+    let charts: ChartService
     let metrics: GatewayMetrics
     let recorder: RequestRecorder
     let observer: (@Sendable (_ status: Int) -> Void)?
@@ -110,8 +131,9 @@ final class HitPath: Sendable {
     private let resolvedLimit = 10_000
 
     init(cors: KisgwConfig.CORS, maxRangeDays: Int, verifier: JWTVerifier, authorizer: TokenAuthorizer,
-         l1: L1Cache<ChartEntry>, metrics: GatewayMetrics, recorder: RequestRecorder,
+         l1: L1Cache<ChartEntry>, charts: ChartService, metrics: GatewayMetrics, recorder: RequestRecorder,
          observer: (@Sendable (_ status: Int) -> Void)? = nil) {
+        self.charts = charts
         self.observer = observer
         self.cors = cors
         self.maxRangeDays = maxRangeDays
@@ -124,17 +146,68 @@ final class HitPath: Sendable {
 
     // MARK: - deciding
 
-    /// The answer to `head` if it is known now, or nil to let the router answer.
+    /// The answer to `head` if it is known now, the chart to fetch first, or nil to let the router answer.
     /// `originAllowed` says whether an `Origin` value is allowed (the handler remembers the last one).
     /// The head is encoded into a buffer from `allocator`.
-    func answer(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator,
-                originAllowed: (String) -> Bool) -> Answer? {
+    func decide(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator,
+                originAllowed: (String) -> Bool) -> Decision? {
         guard head.version == .http1_1, head.isKeepAlive else { return nil }
         switch head.method {
         case .GET: return chart(head, now: now, allocator: allocator, originAllowed: originAllowed)
-        case .OPTIONS: return preflight(head, allocator: allocator, originAllowed: originAllowed)
+        case .OPTIONS: return preflight(head, allocator: allocator, originAllowed: originAllowed).map(Decision.answer)
         default: return nil
         }
+    }
+
+    /// What `ChartService` says of `fetch`'s chart (the router's handler makes the same call).
+    func fetch(_ fetch: Fetch) async -> Result<ChartService.Outcome, Problem> {
+        do throws(Problem) {
+            return .success(try await charts.chart(fetch.query, token: fetch.token))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// The answer to a fetched chart, as the router's handler renders `ChartService`'s outcome. `ChartService`
+    /// counted the cache result itself, so the answer does not count as a hit path hit.
+    func answer(_ outcome: Result<ChartService.Outcome, Problem>, to fetch: Fetch, allocator: ByteBufferAllocator) -> Answer {
+        switch outcome {
+        case .failure(let problem):
+            return self.problem(problem, route: fetch.route, origin: fetch.origin, allocator: allocator)
+        case .success(.hit(let entry)):
+            return answer(entry, cacheState: "HIT", timing: #"cache;desc="hit""#, fetch: fetch, allocator: allocator)
+        case .success(.stale(let entry)):
+            return answer(entry, cacheState: "STALE", timing: #"cache;desc="stale""#, fetch: fetch, allocator: allocator)
+        case .success(.miss(let entry, let ms)):
+            return answer(entry, cacheState: "MISS", timing: #"cache;desc="miss", upstream;dur="# + String(format: "%.1f", ms),
+                          fetch: fetch, allocator: allocator)
+        }
+    }
+
+    private func answer(_ entry: ChartEntry, cacheState: StaticString, timing: String, fetch: Fetch,
+                        allocator: ByteBufferAllocator) -> Answer {
+        let notModified = fetch.ifNoneMatch.map { GatewayCore.etagMatches($0, entry.etag) } ?? false
+        let head = entryHead(entry, notModified: notModified, cacheState: cacheState, timing: timing, origin: fetch.origin,
+                             nowSeconds: fetch.nowSeconds, allocator: allocator)
+        return Answer(status: notModified ? .notModified : .ok, head: head, body: notModified ? nil : entry.body,
+                      route: fetch.route.label, cacheHit: false)
+    }
+
+    /// The head of a chart answer, in the order the router's answer has them (HitPathTests compare the two).
+    private func entryHead(_ entry: ChartEntry, notModified: Bool, cacheState: StaticString, timing: String,
+                           origin: String?, nowSeconds: Int64, allocator: ByteBufferAllocator) -> Head {
+        var out = Head(notModified ? .notModified : .ok, allocator: allocator, capacity: 400 + (origin?.utf8.count ?? 0))
+        out.add("ETag", entry.etag)
+        out.add("Cache-Control", "private, max-age=", String(max(0, entry.freshUntil - nowSeconds)))
+        out.add("Age", String(max(0, nowSeconds - entry.storedAt)))
+        out.add("X-Cache", cacheState, "")
+        out.add("Server-Timing", timing)
+        if !notModified {
+            out.add("Content-Type", "application/json")
+            out.add("Content-Length", String(entry.body.readableBytes))
+        }
+        addCORS(to: &out, origin: origin)
+        return out
     }
 
     /// What `CORSMiddleware` answers to a preflight.
@@ -205,7 +278,7 @@ final class HitPath: Sendable {
     }
 
     private func chart(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator,
-                       originAllowed: (String) -> Bool) -> Answer? {
+                       originAllowed: (String) -> Bool) -> Decision? {
         let uri = head.uri
         let nowSeconds = Int64(now.timeIntervalSince1970)
         let memo = resolved.withLock { $0[uri] }
@@ -228,37 +301,27 @@ final class HitPath: Sendable {
         case nil: return nil
         case .rejected(let problem):
             // The router checks the JWT before the query: the same problem, whatever the query says.
-            return self.problem(problem, route: route, origin: allowedOrigin, allocator: allocator)
+            return .answer(self.problem(problem, route: route, origin: allowedOrigin, allocator: allocator))
         case .valid(let s): session = s
         }
-        let key: String
+        let query: ChartQuery
         if let memo, memo.validUntil > nowSeconds {
-            key = memo.cacheKey
+            query = memo.query
         } else {
-            guard let k = resolve(uri, route: route, now: now, nowSeconds: nowSeconds) else { return nil }
-            key = k
+            guard let q = resolve(uri, route: route, now: now, nowSeconds: nowSeconds) else { return nil }
+            query = q
         }
         let token = kisToken.utf8.count == rawKIS.utf8.count ? rawKIS : String(kisToken)
-        guard authorizer.known(kisToken: token, userID: session.userID, now: now) != nil,
-            let entry = l1.get(key), nowSeconds < entry.freshUntil
-        else { return nil }
-
-        // In the order the router's answer has them (HitPathTests compare the two).
-        let notModified = fields.ifNoneMatch.map { GatewayCore.etagMatches($0, entry.etag) } ?? false
-        let status: HTTPResponseStatus = notModified ? .notModified : .ok
-        var out = Head(status, allocator: allocator, capacity: 400 + (allowedOrigin?.utf8.count ?? 0))
-        out.add("ETag", entry.etag)
-        out.add("Cache-Control", "private, max-age=", String(max(0, entry.freshUntil - nowSeconds)))
-        out.add("Age", String(max(0, nowSeconds - entry.storedAt)))
-        out.add("X-Cache", "HIT")
-        out.add("Server-Timing", #"cache;desc="hit""#)
-        if !notModified {
-            out.add("Content-Type", "application/json")
-            out.add("Content-Length", String(entry.body.readableBytes))
+        guard let resolvedToken = authorizer.known(kisToken: token, userID: session.userID, now: now) else { return nil }
+        guard let entry = l1.get(query.cacheKey), nowSeconds < entry.freshUntil else {
+            return .fetch(Fetch(query: query, token: resolvedToken, route: route, origin: allowedOrigin,
+                                ifNoneMatch: fields.ifNoneMatch, nowSeconds: nowSeconds))
         }
-        addCORS(to: &out, origin: allowedOrigin)
-        return Answer(status: status, head: out, body: notModified ? nil : entry.body, route: route.label,
-                      cacheHit: true)
+        let notModified = fields.ifNoneMatch.map { GatewayCore.etagMatches($0, entry.etag) } ?? false
+        let head = entryHead(entry, notModified: notModified, cacheState: "HIT", timing: #"cache;desc="hit""#,
+                             origin: allowedOrigin, nowSeconds: nowSeconds, allocator: allocator)
+        return .answer(Answer(status: notModified ? .notModified : .ok, head: head, body: notModified ? nil : entry.body,
+                              route: route.label, cacheHit: true))
     }
 
     /// What `ProblemRenderer` and `CORSMiddleware` answer for `problem`.
@@ -280,9 +343,9 @@ final class HitPath: Sendable {
         head.add("Access-Control-Expose-Headers", CORSHeaderValues.exposeHeaders)
     }
 
-    /// The L1 key of a chart target, validated as the router's handler would (and remembered); nil when it is
+    /// The query of a chart target, validated as the router's handler would (and remembered); nil when it is
     /// invalid (the router then says why).
-    private func resolve(_ uri: String, route: Route, now: Date, nowSeconds: Int64) -> String? {
+    private func resolve(_ uri: String, route: Route, now: Date, nowSeconds: Int64) -> ChartQuery? {
         guard let (path, query) = Self.split(uri) else { return nil }
         let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
         let chartQuery: ChartQuery
@@ -300,12 +363,11 @@ final class HitPath: Sendable {
         // Valid for a minute, and never across the exchange's local midnight (when "today" changes).
         let minute = chartQuery.exchange.localTime(now).minute
         let until = nowSeconds + Int64(min(60, (1439 - minute) * 60))
-        let key = chartQuery.cacheKey
         resolved.withLock { r in
             if r.count >= resolvedLimit { r.removeAll(keepingCapacity: true) }
-            r[uri] = Resolved(route: route, cacheKey: key, validUntil: until)
+            r[uri] = Resolved(route: route, query: chartQuery, validUntil: until)
         }
-        return key
+        return chartQuery
     }
 
     // MARK: - parsing
@@ -352,12 +414,18 @@ final class HitPath: Sendable {
     }
 }
 
-/// Sits between the HTTP/1 codec and the router's HTTPTypes conversion: answers what `HitPath` knows and passes
-/// everything else on. Responses go out in request order: nothing is answered here while a request passed to
-/// the router is still unanswered. The router's answers to `HEAD` requests leave here without their body (RFC 9110
-/// §9.3.2), their head unchanged — what NIO's encoder does when paired with the decoder, which it is not here (see
-/// `GatewayHTTP1Channel`). Unlike the paired encoder, the router's answer to a `CONNECT` (never a 2xx: no route
-/// takes it) keeps its body and framing, as RFC 9110 §9.3.6 allows for any other status.
+/// Sits between the HTTP/1 codec and the router's HTTPTypes conversion: answers what `HitPath` knows (or fetches)
+/// and passes everything else on. Responses go out in request order: nothing is answered here while a request
+/// passed to the router is still unanswered, and while a fetched chart is awaited the requests behind it are held
+/// here (and the socket is not read) until its answer is written. The router's answers to `HEAD` requests leave
+/// here without their body (RFC 9110 §9.3.2), their head unchanged — what NIO's encoder does when paired with the
+/// decoder, which it is not here (see `GatewayHTTP1Channel`). Unlike the paired encoder, the router's answer to a
+/// `CONNECT` (never a 2xx: no route takes it) keeps its body and framing, as RFC 9110 §9.3.6 allows for any other
+/// status.
+///
+/// Graceful shutdown: Hummingbird closes a connection on `ChannelShouldQuiesceEvent` unless the router is
+/// answering a request on it; while this handler is answering one, the event waits here until the answer is
+/// written (the requests held behind it are then dropped with the connection, as Hummingbird drops them).
 final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -365,13 +433,20 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let path: HitPath
+    private var context: ChannelHandlerContext?
     /// `HTTPResponseEncoder`'s context: an encoded head written through it goes on to the socket as it is.
     private var encoder: ChannelHandlerContext?
     /// The methods of the requests passed on whose answer has not ended yet, oldest first: the router's answer
     /// being written is to the first.
     private var routed = CircularBuffer<HTTPMethod>(initialCapacity: 2)
-    /// The answer to the request being read (sent at its end; its body, if any, is dropped).
-    private var answering: (answer: HitPath.Answer, method: HTTPMethod, start: ContinuousClock.Instant, now: Date)?
+    /// What to do at the end of the request being read (its body, if any, is dropped).
+    private var answering: (decision: HitPath.Decision, method: HTTPMethod, start: ContinuousClock.Instant, now: Date)?
+    /// A fetched chart is awaited: what arrives meanwhile waits in `held`, and reading waits in `readHeld`.
+    private var fetching = false
+    private var held = CircularBuffer<NIOAny>(initialCapacity: 4)
+    private var readHeld = false
+    /// A `ChannelShouldQuiesceEvent` that waits for this handler's answer.
+    private var quiesce: Any?
     private var dates = HTTPDateCache()
     private var lastOrigin: (String, Bool)?
 
@@ -380,22 +455,29 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
         // Without the encoder in the pipeline nothing is answered here: the router answers everything.
         encoder = try? context.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
         encoder = nil
+        held.removeAll()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if fetching {
+            held.append(data)
+            return
+        }
         switch unwrapInboundIn(data) {
         case .head(let head):
             let start = ContinuousClock.now, now = Date()
             if routed.isEmpty, encoder != nil,
-                let answer = path.answer(head, now: now, allocator: context.channel.allocator, originAllowed: allowed)
+                let decision = path.decide(head, now: now, allocator: context.channel.allocator, originAllowed: allowed)
             {
-                answering = (answer, head.method, start, now)
+                answering = (decision, head.method, start, now)
             } else {
                 routed.append(head.method)
                 context.fireChannelRead(data)
@@ -403,20 +485,96 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .body:
             if answering == nil { context.fireChannelRead(data) }
         case .end:
-            guard var pending = answering else {
+            guard let pending = answering else {
                 context.fireChannelRead(data)
                 return
             }
-            answering = nil  // `pending` now holds the only reference to the head's buffer: it is finished in place
-            // Recorded before the write, as the router's middleware records before Hummingbird writes.
-            let d = ContinuousClock.now - pending.start
-            path.record(pending.answer, method: pending.method,
-                        nanoseconds: d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
-            guard let encoder else { return }  // never: nothing is answered without it
-            let date = dates.value(at: Int64(pending.now.timeIntervalSince1970))
-            encoder.write(NIOAny(IOData.byteBuffer(pending.answer.head.finish(date: date))), promise: nil)
-            if let body = pending.answer.body { encoder.write(NIOAny(IOData.byteBuffer(body)), promise: nil) }
-            encoder.flush()
+            answering = nil
+            switch pending.decision {
+            case .answer(let answer):
+                send(answer, method: pending.method, start: pending.start, now: pending.now)
+                releaseQuiesce()
+            case .fetch(let fetch):
+                startFetch(fetch, method: pending.method, start: pending.start, now: pending.now, context: context)
+            }
+        }
+    }
+
+    /// Asks `ChartService` on a task, and sends its answer on the event loop.
+    private func startFetch(_ fetch: HitPath.Fetch, method: HTTPMethod, start: ContinuousClock.Instant, now: Date,
+                            context: ChannelHandlerContext) {
+        fetching = true
+        let loop = context.eventLoop
+        let handler = NIOLoopBound(self, eventLoop: loop)
+        let path = self.path
+        Task {
+            let outcome = await path.fetch(fetch)
+            loop.execute {
+                handler.value.fetched(outcome, fetch: fetch, method: method, start: start, now: now)
+            }
+        }
+    }
+
+    private func fetched(_ outcome: Result<ChartService.Outcome, Problem>, fetch: HitPath.Fetch, method: HTTPMethod,
+                         start: ContinuousClock.Instant, now: Date) {
+        fetching = false
+        guard let context else { return }  // the connection went away meanwhile; the fetch filled the caches
+        send(path.answer(outcome, to: fetch, allocator: context.channel.allocator), method: method, start: start, now: now)
+        if releaseQuiesce() { return }
+        // What arrived meanwhile, in order, until it all went or another fetch began.
+        var replayed = false
+        while !fetching, let data = held.popFirst() {
+            replayed = true
+            channelRead(context: context, data: data)
+        }
+        // The async channel hands what it was given to the router at the end of a read.
+        if replayed { context.fireChannelReadComplete() }
+        if !fetching, readHeld {
+            readHeld = false
+            context.read()
+        }
+    }
+
+    private func send(_ answer: HitPath.Answer, method: HTTPMethod, start: ContinuousClock.Instant, now: Date) {
+        var answer = answer
+        // Recorded before the write, as the router's middleware records before Hummingbird writes.
+        let d = ContinuousClock.now - start
+        path.record(answer, method: method,
+                    nanoseconds: d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
+        guard let encoder else { return }  // never: nothing is answered without it
+        let date = dates.value(at: Int64(now.timeIntervalSince1970))
+        encoder.write(NIOAny(IOData.byteBuffer(answer.head.finish(date: date))), promise: nil)
+        if let body = answer.body { encoder.write(NIOAny(IOData.byteBuffer(body)), promise: nil) }
+        encoder.flush()
+    }
+
+    /// Passes on a quiesce event that waited for an answer; true if it did (the connection is closing).
+    @discardableResult
+    private func releaseQuiesce() -> Bool {
+        guard let event = quiesce, let context else { return false }
+        quiesce = nil
+        held.removeAll()
+        context.fireUserInboundEventTriggered(event)
+        return true
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.fireChannelReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent, fetching || answering != nil {
+            quiesce = event
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if fetching {
+            readHeld = true
+        } else {
+            context.read()
         }
     }
 

@@ -100,6 +100,33 @@ struct HitPathTests {
                 Self.expectSame(a, b, c.name)
             }
 
+            // Charts the fast gateway's L1 lacks, for credentials it knows: asked of ChartService on the hit path.
+            let auth = [("Authorization", "Bearer " + jwt), ("X-KIS-Token", kis), ("Origin", "http://localhost:3000")]
+            // In the shared store (the router's gateway fetched it): the same answer as the router's hit.
+            let shared = "/domestic/chart/daily/000660?start=2025-04-01&end=2025-06-16"
+            #expect(try await http(.GET, router + shared, headers: auth).header("x-cache") == "MISS")
+            var before = answers.value
+            let viaStore = try await http(.GET, fast + shared, headers: auth)
+            #expect(answers.value == before + 1, "a chart from the store: answered by the hit path")
+            #expect(viaStore.header("x-cache") == "HIT")
+            Self.expectSame(viaStore, try await http(.GET, router + shared, headers: auth), "a chart from the store")
+            // Fetched from KIS: the router's head for another symbol, but for what depends on the data.
+            before = answers.value
+            let fetched = try await http(.GET, fast + "/domestic/chart/daily/035720?start=2025-04-01&end=2025-06-16", headers: auth)
+            #expect(answers.value == before + 1, "a miss: answered by the hit path")
+            let routed = try await http(.GET, router + "/domestic/chart/daily/035420?start=2025-04-01&end=2025-06-16", headers: auth)
+            #expect(fetched.status == 200 && routed.status == 200)
+            let varying: Set<String> = ["date", "age", "etag", "content-length", "server-timing"]
+            func fixed(_ r: HTTPResult) -> [String] {
+                r.headers.map { varying.contains($0.0.lowercased()) ? $0.0.lowercased() : "\($0.0.lowercased()): \($0.1)" }
+            }
+            #expect(fixed(fetched) == fixed(routed), "a miss: headers")
+            #expect(fetched.header("x-cache") == "MISS")
+            for r in [fetched, routed] {
+                #expect(r.header("server-timing")?.wholeMatch(of: /cache;desc="miss", upstream;dur=\d+\.\d/) != nil,
+                        "Server-Timing \(r.header("server-timing") ?? "none")")
+            }
+
             // What the hit path must leave to the router: it answers those the same way too.
             let routerOnly: [(String, [(String, String)])] = [
                 ("unknown KIS token", [("Authorization", "Bearer " + jwt), ("X-KIS-Token", "not-a-token")]),
@@ -109,7 +136,7 @@ struct HitPathTests {
                 ("Connection: close", [("Authorization", "Bearer " + jwt), ("X-KIS-Token", kis), ("Connection", "close")]),
             ]
             for (name, headers) in routerOnly {
-                let before = answers.value
+                before = answers.value
                 let a = try await http(.GET, fast + hot, headers: headers)
                 let b = try await http(.GET, router + hot, headers: headers)
                 #expect(answers.value == before, "\(name): left to the router")
@@ -118,7 +145,7 @@ struct HitPathTests {
             for path in ["/domestic/chart/daily/005930?start=2025-13-01", "/domestic/chart/daily/00%35930?start=2025-04-01&end=2025-06-16",
                          "/domestic/chart/daily/005930/?start=2025-04-01&end=2025-06-16", "/domestic/chart/daily/005930?start"] {
                 let headers = [("Authorization", "Bearer " + jwt), ("X-KIS-Token", kis)]
-                let before = answers.value
+                before = answers.value
                 let a = try await http(.GET, fast + path, headers: headers)
                 let b = try await http(.GET, router + path, headers: headers)
                 #expect(answers.value == before, "\(path): left to the router")
@@ -150,8 +177,10 @@ struct HitPathTests {
 
     @Test("pipelined requests are answered in order when a slow one comes first")
     func pipelinedOrder() async throws {
+        let answers = Answers()
         try await withGateway(sim: SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000,
-                                                          latencyMs: 300)) { fx, _ in
+                                                          latencyMs: 300),
+                              dependencies: { _, deps in deps.onHitPathAnswer = { _ in answers.add() } }) { fx, _ in
             let jwt = try await fx.jwt("hp-pipe")
             let kis = try await fx.connect(user: "hp-pipe", appKey: "PShitpath0003")
             let hot = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
@@ -165,6 +194,19 @@ struct HitPathTests {
             let order = raw.map { $0.headers.first(name: "x-cache") ?? "?" }
             #expect(order == ["MISS", "HIT", "HIT"], "answers out of order: \(order)")
             #expect(raw.allSatisfy { $0.status == .ok })
+            // Behind misses the hit path fetches (the credentials are known now), the requests that arrived with
+            // them wait, then go on in order: a hit and another miss answered by the hit path, then a HEAD for the
+            // router (its 405) and a hit that, pipelined behind the router's request, goes to the router too.
+            let cold2 = "/domestic/chart/daily/000270?start=2025-04-01&end=2025-06-16"
+            let cold3 = "/domestic/chart/daily/000100?start=2025-04-01&end=2025-06-16"
+            let before = answers.value
+            let mixed = try await RawHTTP.exchange(port: port, requests: [(.GET, cold2), (.GET, hot), (.GET, cold3), (.HEAD, hot), (.GET, hot)],
+                                                   headers: headers)
+            let mixedOrder = mixed.map { $0.headers.first(name: "x-cache") ?? "?" }
+            #expect(mixedOrder == ["MISS", "HIT", "MISS", "?", "HIT"], "answers out of order: \(mixedOrder)")
+            #expect(mixed.map(\.status) == [.ok, .ok, .ok, .methodNotAllowed, .ok])
+            #expect(mixed.map { $0.bodyBytes > 0 } == [true, true, true, false, true], "HEAD has no body")
+            #expect(answers.value - before == 3, "the first three answered by the hit path")
         }
     }
 

@@ -86,7 +86,9 @@ struct GatewayResilienceTests {
         redis.stop()
     }
 
-    @Test("SIGTERM with a request in flight: the request completes, the process exits 0")
+    /// Two requests in flight at KIS: one the router answers (a JWT not seen before) and one the hit path answers
+    /// (a chart the L1 lacks, for credentials already verified), each on its own connection.
+    @Test("SIGTERM with requests in flight: they complete, the process exits 0")
     func sigterm() async throws {
         guard let binary = kisgwBinary(), redisURL != nil else { return }
         var logger = Logger(label: "sigterm")
@@ -124,11 +126,16 @@ struct GatewayResilienceTests {
             let g = GatewayFixture(gatewayURL: "http://127.0.0.1:\(port)", simURL: simURL, store: store, keyring: keyring)
             let kis = try await g.connect(user: "s1", appKey: "PSapp-sigterm")
             let jwt = try await g.jwt("s1")
-            async let slow = g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            // Teaches the gateway the JWT and the KIS token.
+            #expect(try await g.get("/domestic/chart/daily/000660?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis).status == 200)
+            let unseenJWT = try await g.jwt("s1", ttl: 1234)
+            async let viaRouter = g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31", jwt: unseenJWT, kis: kis)
+            async let viaHitPath = g.get("/domestic/chart/daily/035420?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
             try await Task.sleep(for: .milliseconds(500))
             kill(process.processIdentifier, SIGTERM)
-            let r = try await slow
-            #expect(r.status == 200)
+            let (r, h) = try await (viaRouter, viaHitPath)
+            #expect(r.status == 200 && r.header("x-cache") == "MISS")
+            #expect(h.status == 200 && h.header("x-cache") == "MISS")
             #expect(await eventually(.seconds(15)) { !process.isRunning })
             #expect(process.terminationStatus == 0)
             #expect(!RedisServerProcess.accepts(port: port))
