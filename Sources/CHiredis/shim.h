@@ -100,14 +100,18 @@ static inline const char *_Nonnull kisgw_reader_errstr(const redisReader *_Nonnu
 // Not hiredis: glibc's <malloc.h> is not part of Swift's Glibc module, and the
 // Redis module's ProcessHeap needs mallopt. Keeps up to `trim_threshold` free
 // bytes at the top of each malloc arena instead of returning them to the
-// kernel, and grows arenas by `top_pad` extra bytes. Returns 0 where the C
-// library is not glibc.
-static inline int kisgw_heap_keep_freed(int trim_threshold, int top_pad) {
+// kernel, grows arenas by `top_pad` extra bytes, and serves allocations below
+// `mmap_threshold` from the arenas (setting either of the first two stops
+// glibc raising its mmap threshold by itself from 128 KB, so it is set too).
+// Returns 0 where the C library is not glibc.
+static inline int kisgw_heap_keep_freed(int trim_threshold, int top_pad, int mmap_threshold) {
 #if defined(__GLIBC__)
-    return mallopt(M_TRIM_THRESHOLD, trim_threshold) && mallopt(M_TOP_PAD, top_pad);
+    return mallopt(M_TRIM_THRESHOLD, trim_threshold) && mallopt(M_TOP_PAD, top_pad)
+        && mallopt(M_MMAP_THRESHOLD, mmap_threshold);
 #else
     (void)trim_threshold;
     (void)top_pad;
+    (void)mmap_threshold;
     return 0;
 #endif
 }

@@ -65,7 +65,7 @@ final class HitPath: Sendable {
     }
 
     /// An answer's head as `HTTPResponseEncoder` writes one — the status line, then `name: value` lines in the
-    /// order added — but for `Date` and the blank line, which the handler adds when it sends the answer. Written
+    /// order added — but for `Date` and the blank line, which the handler sends after it (`HTTPDateCache`). Written
     /// straight into one buffer: building `HTTPHeaders` and encoding them took about a tenth of a hit's CPU.
     /// Values come from configuration, the cache and allowed origins (the parser admits no CR or LF in a request).
     struct Head {
@@ -101,13 +101,6 @@ final class HitPath: Sendable {
             bytes.writeStaticString(": ")
             bytes.writeString(value)
             bytes.writeStaticString("\r\n")
-        }
-
-        /// The head complete: `Date` and the blank line.
-        mutating func finish(date: String) -> ByteBuffer {
-            add("Date", date)
-            bytes.writeStaticString("\r\n")
-            return bytes
         }
     }
 
@@ -441,9 +434,17 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var routed = CircularBuffer<HTTPMethod>(initialCapacity: 2)
     /// What to do at the end of the request being read (its body, if any, is dropped).
     private var answering: (decision: HitPath.Decision, method: HTTPMethod, start: ContinuousClock.Instant, now: Date)?
+    /// What arrived while a fetched chart is awaited, in order: request parts, inbound events (a half-close) and
+    /// errors (a request the decoder refused) — none may overtake the answer being awaited.
+    private enum Held {
+        case read(NIOAny)
+        case event(Any)
+        case error(any Error)
+    }
+
     /// A fetched chart is awaited: what arrives meanwhile waits in `held`, and reading waits in `readHeld`.
     private var fetching = false
-    private var held = CircularBuffer<NIOAny>(initialCapacity: 4)
+    private var held = CircularBuffer<Held>(initialCapacity: 4)
     private var readHeld = false
     /// A `ChannelShouldQuiesceEvent` that waits for this handler's answer.
     private var quiesce: Any?
@@ -468,7 +469,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if fetching {
-            held.append(data)
+            held.append(.read(data))
             return
         }
         switch unwrapInboundIn(data) {
@@ -492,16 +493,17 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             answering = nil
             switch pending.decision {
             case .answer(let answer):
-                send(answer, method: pending.method, start: pending.start, now: pending.now)
+                record(answer, method: pending.method, start: pending.start)
+                send(answer, date: pending.now)
                 releaseQuiesce()
             case .fetch(let fetch):
-                startFetch(fetch, method: pending.method, start: pending.start, now: pending.now, context: context)
+                startFetch(fetch, method: pending.method, start: pending.start, context: context)
             }
         }
     }
 
     /// Asks `ChartService` on a task, and sends its answer on the event loop.
-    private func startFetch(_ fetch: HitPath.Fetch, method: HTTPMethod, start: ContinuousClock.Instant, now: Date,
+    private func startFetch(_ fetch: HitPath.Fetch, method: HTTPMethod, start: ContinuousClock.Instant,
                             context: ChannelHandlerContext) {
         fetching = true
         let loop = context.eventLoop
@@ -510,24 +512,37 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         Task {
             let outcome = await path.fetch(fetch)
             loop.execute {
-                handler.value.fetched(outcome, fetch: fetch, method: method, start: start, now: now)
+                handler.value.fetched(outcome, fetch: fetch, method: method, start: start)
             }
         }
     }
 
     private func fetched(_ outcome: Result<ChartService.Outcome, Problem>, fetch: HitPath.Fetch, method: HTTPMethod,
-                         start: ContinuousClock.Instant, now: Date) {
+                         start: ContinuousClock.Instant) {
         fetching = false
+        let answer = path.answer(outcome, to: fetch, allocator: context?.channel.allocator ?? ByteBufferAllocator())
+        record(answer, method: method, start: start)
         guard let context else { return }  // the connection went away meanwhile; the fetch filled the caches
-        send(path.answer(outcome, to: fetch, allocator: context.channel.allocator), method: method, start: start, now: now)
+        send(answer, date: Date())
         if releaseQuiesce() { return }
-        // What arrived meanwhile, in order, until it all went or another fetch began.
+        // What arrived meanwhile, in order, until it all went or another fetch began. The async channel hands the
+        // request parts it was given to the router at the end of a read: one ends before any event or error.
         var replayed = false
-        while !fetching, let data = held.popFirst() {
-            replayed = true
-            channelRead(context: context, data: data)
+        while !fetching, let item = held.popFirst() {
+            switch item {
+            case .read(let data):
+                replayed = true
+                channelRead(context: context, data: data)
+            case .event(let event):
+                if replayed { context.fireChannelReadComplete() }
+                replayed = false
+                context.fireUserInboundEventTriggered(event)
+            case .error(let error):
+                if replayed { context.fireChannelReadComplete() }
+                replayed = false
+                context.fireErrorCaught(error)
+            }
         }
-        // The async channel hands what it was given to the router at the end of a read.
         if replayed { context.fireChannelReadComplete() }
         if !fetching, readHeld {
             readHeld = false
@@ -535,15 +550,18 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    private func send(_ answer: HitPath.Answer, method: HTTPMethod, start: ContinuousClock.Instant, now: Date) {
-        var answer = answer
-        // Recorded before the write, as the router's middleware records before Hummingbird writes.
+    /// Recorded before the write, as the router's middleware records before Hummingbird writes.
+    private func record(_ answer: HitPath.Answer, method: HTTPMethod, start: ContinuousClock.Instant) {
         let d = ContinuousClock.now - start
         path.record(answer, method: method,
                     nanoseconds: d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
+    }
+
+    /// The head, then `Date` and the blank line (one buffer a second), then the body: one `writev`.
+    private func send(_ answer: HitPath.Answer, date: Date) {
         guard let encoder else { return }  // never: nothing is answered without it
-        let date = dates.value(at: Int64(now.timeIntervalSince1970))
-        encoder.write(NIOAny(IOData.byteBuffer(answer.head.finish(date: date))), promise: nil)
+        encoder.write(NIOAny(IOData.byteBuffer(answer.head.bytes)), promise: nil)
+        encoder.write(NIOAny(IOData.byteBuffer(dates.line(at: Int64(date.timeIntervalSince1970)))), promise: nil)
         if let body = answer.body { encoder.write(NIOAny(IOData.byteBuffer(body)), promise: nil) }
         encoder.flush()
     }
@@ -565,9 +583,19 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent, fetching || answering != nil {
             quiesce = event
-            return
+        } else if fetching {
+            held.append(.event(event))
+        } else {
+            context.fireUserInboundEventTriggered(event)
         }
-        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if fetching {
+            held.append(.error(error))
+        } else {
+            context.fireErrorCaught(error)
+        }
     }
 
     func read(context: ChannelHandlerContext) {
@@ -604,14 +632,15 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
 /// `Date` values (IMF-fixdate), formatted once a second.
 struct HTTPDateCache {
     private var second: Int64 = -1
-    private var text = ""
+    private var bytes = ByteBuffer()
 
-    mutating func value(at epoch: Int64) -> String {
+    /// `Date: <IMF-fixdate>` and the blank line that ends a head.
+    mutating func line(at epoch: Int64) -> ByteBuffer {
         if epoch != second {
             second = epoch
-            text = Self.format(epoch)
+            bytes = ByteBuffer(string: "Date: " + Self.format(epoch) + "\r\n\r\n")
         }
-        return text
+        return bytes
     }
 
     private static let days = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]  // 1970-01-01 was a Thursday

@@ -10,14 +10,19 @@ import Glibc
 /// in `bench/redis` with 2 event loops (bench/README.md, "Redis client"). Keeping a few MB per arena stops that
 /// for the cost of that much resident memory per busy arena.
 package enum ProcessHeap {
-    /// Keeps up to `trimThreshold` bytes free at the top of each arena and grows arenas by `topPad` extra bytes.
-    /// Does nothing where the heap is not glibc's, or when `GLIBC_TUNABLES` / `MALLOC_TRIM_THRESHOLD_` already set
-    /// the threshold (the operator's choice wins). Call once, at start.
-    package static func keepFreedMemory(trimThreshold: Int32 = 4 << 20, topPad: Int32 = 1 << 20) {
+    /// Keeps up to `trimThreshold` bytes free at the top of each arena, grows arenas by `topPad` extra bytes, and
+    /// takes allocations under `mmapThreshold` from the arenas (glibc stops adapting its own 128 KB threshold once
+    /// the others are set; it raises it up to 32 MB by itself otherwise, so large buffers stay out of `mmap`).
+    /// Does nothing where the heap is not glibc's, or when the operator set any of these (`GLIBC_TUNABLES`'
+    /// `glibc.malloc.*` or `MALLOC_*_` variables): their choice wins. Call once, at start.
+    package static func keepFreedMemory(trimThreshold: Int32 = 4 << 20, topPad: Int32 = 1 << 20,
+                                        mmapThreshold: Int32 = 4 << 20) {
         #if canImport(Glibc)
-        if let tunables = getenv("GLIBC_TUNABLES"), String(cString: tunables).contains("malloc.trim_threshold") { return }
-        if getenv("MALLOC_TRIM_THRESHOLD_") != nil { return }
-        _ = kisgw_heap_keep_freed(trimThreshold, topPad)
+        if let tunables = getenv("GLIBC_TUNABLES"), String(cString: tunables).contains("glibc.malloc.") { return }
+        for name in ["MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_"] where getenv(name) != nil {
+            return
+        }
+        _ = kisgw_heap_keep_freed(trimThreshold, topPad, mmapThreshold)
         #endif
     }
 }

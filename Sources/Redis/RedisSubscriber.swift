@@ -249,17 +249,23 @@ final class RedisSubscriber: Sendable {
         return delay * Double.random(in: 0.75...1.0)
     }
 
+    /// A payload in a buffer of its own: a message may wait in a subscriber's buffer (up to `bufferSize` of them),
+    /// and the reply it came in is a slice of a whole socket read.
+    private static func own(_ payload: ByteBuffer) -> ByteBuffer {
+        ByteBuffer(bytes: payload.readableBytesView)
+    }
+
     /// A push from the pub/sub connection (on its event loop).
     private func received(_ value: RESPValue) {
         guard case .array(let parts) = value, let kind = parts.first?.string?.lowercased() else { return }
         switch kind {
         case "message" where parts.count == 3:
             guard let channel = parts[1].string, let payload = parts[2].byteBuffer else { return }
-            let message = RedisPubSubMessage(channel: channel, payload: payload)
+            let message = RedisPubSubMessage(channel: channel, payload: Self.own(payload))
             self.deliver(message) { $0.channels.contains(channel) }
         case "pmessage" where parts.count == 4:
             guard let pattern = parts[1].string, let channel = parts[2].string, let payload = parts[3].byteBuffer else { return }
-            let message = RedisPubSubMessage(channel: channel, pattern: pattern, payload: payload)
+            let message = RedisPubSubMessage(channel: channel, pattern: pattern, payload: Self.own(payload))
             self.deliver(message) { $0.patterns.contains(pattern) }
         case "subscribe", "psubscribe":
             guard parts.count >= 2, let name = parts[1].string else { return }

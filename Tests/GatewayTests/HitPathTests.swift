@@ -110,6 +110,26 @@ struct HitPathTests {
             #expect(answers.value == before + 1, "a chart from the store: answered by the hit path")
             #expect(viaStore.header("x-cache") == "HIT")
             Self.expectSame(viaStore, try await http(.GET, router + shared, headers: auth), "a chart from the store")
+            // A conditional request for a chart the fast gateway's L1 lacks: the router's 304.
+            let shared2 = "/domestic/chart/daily/005380?start=2025-04-01&end=2025-06-16"
+            let tag = try #require(try await http(.GET, router + shared2, headers: auth).header("etag"))
+            before = answers.value
+            let conditional = try await http(.GET, fast + shared2, headers: auth + [("If-None-Match", tag)])
+            #expect(answers.value == before + 1, "a conditional fetch: answered by the hit path")
+            #expect(conditional.status == 304)
+            Self.expectSame(conditional, try await http(.GET, router + shared2, headers: auth + [("If-None-Match", tag)]),
+                            "a conditional fetch")
+            // KIS refuses: the router's problem, CORS included.
+            _ = try await fx.sim(.POST, "/__sim/faults", #"{"mode":"kis_error","msg_cd":"EGW00002"}"#)
+            let failing = "/domestic/chart/daily/068270?start=2025-04-01&end=2025-06-16"
+            before = answers.value
+            let problem = try await http(.GET, fast + failing, headers: auth)
+            #expect(answers.value == before + 1, "a failed fetch: answered by the hit path")
+            let routerProblem = try await http(.GET, router + failing, headers: auth)
+            _ = try await fx.sim(.POST, "/__sim/faults", #"{"mode":"none"}"#)
+            #expect(problem.status == 502 && problem.header("access-control-allow-origin") == "http://localhost:3000")
+            Self.expectSame(problem, routerProblem, "a failed fetch")
+
             // Fetched from KIS: the router's head for another symbol, but for what depends on the data.
             before = answers.value
             let fetched = try await http(.GET, fast + "/domestic/chart/daily/035720?start=2025-04-01&end=2025-06-16", headers: auth)
@@ -199,14 +219,31 @@ struct HitPathTests {
             // router (its 405) and a hit that, pipelined behind the router's request, goes to the router too.
             let cold2 = "/domestic/chart/daily/000270?start=2025-04-01&end=2025-06-16"
             let cold3 = "/domestic/chart/daily/000100?start=2025-04-01&end=2025-06-16"
+            // A second batch on the same connection once those are answered: reading went on after the fetches.
             let before = answers.value
-            let mixed = try await RawHTTP.exchange(port: port, requests: [(.GET, cold2), (.GET, hot), (.GET, cold3), (.HEAD, hot), (.GET, hot)],
-                                                   headers: headers)
+            let both = try await RawHTTP.exchange(port: port, batches: [[(.GET, cold2), (.GET, hot), (.GET, cold3), (.HEAD, hot), (.GET, hot)],
+                                                                        [(.GET, hot)]], headers: headers)
+            #expect(both.count == 6 && both.last?.status == .ok && both.last?.headers.first(name: "x-cache") == "HIT")
+            let mixed = Array(both.prefix(5))
             let mixedOrder = mixed.map { $0.headers.first(name: "x-cache") ?? "?" }
             #expect(mixedOrder == ["MISS", "HIT", "MISS", "?", "HIT"], "answers out of order: \(mixedOrder)")
             #expect(mixed.map(\.status) == [.ok, .ok, .ok, .methodNotAllowed, .ok])
             #expect(mixed.map { $0.bodyBytes > 0 } == [true, true, true, false, true], "HEAD has no body")
-            #expect(answers.value - before == 3, "the first three answered by the hit path")
+            #expect(answers.value - before == 4, "the first three and the second batch answered by the hit path")
+
+            // A client that half-closes after its request still gets the fetched answer (the end of its input does
+            // not overtake it), and so does the request behind it.
+            let cold4 = "/domestic/chart/daily/000120?start=2025-04-01&end=2025-06-16"
+            let halfClosed = try await RawHTTP.exchange(port: port, batches: [[(.GET, cold4), (.GET, hot)]], headers: headers,
+                                                        halfClose: true)
+            #expect(halfClosed.map(\.status) == [.ok, .ok])
+            #expect(halfClosed.map { $0.headers.first(name: "x-cache") ?? "?" } == ["MISS", "HIT"])
+
+            // A request the decoder refuses, behind a fetch: the fetched answer first, then the router's 400.
+            let cold5 = "/domestic/chart/daily/000150?start=2025-04-01&end=2025-06-16"
+            let refused = try await RawHTTP.exchange(port: port, batches: [[(.GET, cold5)]], headers: headers, refused: true)
+            #expect(refused.map(\.status) == [.ok, .badRequest])
+            #expect(refused.first?.headers.first(name: "x-cache") == "MISS")
         }
     }
 
@@ -304,14 +341,18 @@ enum RawHTTP {
 
     final class Collector: ChannelInboundHandler, @unchecked Sendable {
         typealias InboundIn = HTTPClientResponsePart
-        let expected: Int
-        let done: EventLoopPromise<[Answer]>
+        /// Promises fulfilled once that many answers arrived, in the order they were asked for.
+        var waiting: [(count: Int, promise: EventLoopPromise<[Answer]>)] = []
         var answers: [Answer] = []
         var head: HTTPResponseHead?
         var bodyBytes = 0
-        init(expected: Int, done: EventLoopPromise<[Answer]>) {
-            self.expected = expected
-            self.done = done
+        var closed = false
+
+        /// The answers once there are `count` of them (on the event loop).
+        func wait(for count: Int, _ promise: EventLoopPromise<[Answer]>) {
+            if answers.count >= count { promise.succeed(answers) } else if closed { promise.fail(ChannelError.eof) } else {
+                waiting.append((count, promise))
+            }
         }
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             switch unwrapInboundIn(data) {
@@ -321,11 +362,22 @@ enum RawHTTP {
             case .body(let b): bodyBytes += b.readableBytes
             case .end:
                 if let head { answers.append(Answer(status: head.status, headers: head.headers, bodyBytes: bodyBytes)) }
-                if answers.count == expected { done.succeed(answers) }
+                while let first = waiting.first, answers.count >= first.count {
+                    waiting.removeFirst()
+                    first.promise.succeed(answers)
+                }
             }
         }
-        func errorCaught(context: ChannelHandlerContext, error: any Error) { done.fail(error) }
-        func channelInactive(context: ChannelHandlerContext) { done.fail(ChannelError.eof) }
+        func errorCaught(context: ChannelHandlerContext, error: any Error) { failAll(error) }
+        func channelInactive(context: ChannelHandlerContext) {
+            closed = true
+            failAll(ChannelError.eof)
+        }
+        private func failAll(_ error: any Error) {
+            let all = waiting
+            waiting.removeAll()
+            for w in all { w.promise.fail(error) }
+        }
     }
 
     static func exchange(port: Int, paths: [String], headers: HTTPHeaders) async throws -> [Answer] {
@@ -333,28 +385,52 @@ enum RawHTTP {
     }
 
     static func exchange(port: Int, requests: [(HTTPMethod, String)], headers: HTTPHeaders) async throws -> [Answer] {
+        try await exchange(port: port, batches: [requests], headers: headers)
+    }
+
+    /// Each batch is written in one flush once every answer to the batch before has arrived. With `refused`, a
+    /// request the server's parser refuses (a space in a header name) follows the last batch in the same flush;
+    /// `halfClose` shuts the client's side for writing after the last. Returns every answer.
+    static func exchange(port: Int, batches: [[(HTTPMethod, String)]], headers: HTTPHeaders, refused: Bool = false,
+                         halfClose: Bool = false) async throws -> [Answer] {
         let group = MultiThreadedEventLoopGroup.singleton
-        let promise = group.next().makePromise(of: [Answer].self)
+        let collector = Collector()
         let channel = try await ClientBootstrap(group: group)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(Collector(expected: requests.count, done: promise))
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(enableOutboundHeaderValidation: false)
+                    try channel.pipeline.syncOperations.addHandler(collector)
                 }
             }
             .connect(host: "127.0.0.1", port: port).get()
-        let timeout = channel.eventLoop.scheduleTask(in: .seconds(20)) { promise.fail(ChannelError.connectTimeout(.seconds(20))) }
-        defer { timeout.cancel() }
-        try await channel.eventLoop.submit {
-            for (method, path) in requests {
-                let head = HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)
-                channel.write(HTTPClientRequestPart.head(head), promise: nil)
-                channel.write(HTTPClientRequestPart.end(nil), promise: nil)
-            }
-            channel.flush()
-        }.get()
-        let answers = try await promise.futureResult.get()
-        try? await channel.close().get()
-        return answers
+        defer { channel.close(promise: nil) }
+        var expected = 0
+        for (index, batch) in batches.enumerated() {
+            let last = index == batches.count - 1
+            expected += batch.count + (last && refused ? 1 : 0)
+            let promise = channel.eventLoop.makePromise(of: [Answer].self)
+            let timeout = channel.eventLoop.scheduleTask(in: .seconds(20)) { promise.fail(ChannelError.connectTimeout(.seconds(20))) }
+            defer { timeout.cancel() }
+            try await channel.eventLoop.submit { [expected] () -> Void in
+                for (method, path) in batch {
+                    let head = HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)
+                    channel.write(HTTPClientRequestPart.head(head), promise: nil)
+                    channel.write(HTTPClientRequestPart.end(nil), promise: nil)
+                }
+                if last, refused {
+                    var bad = headers
+                    bad.add(name: "Bad Header", value: "1")
+                    channel.write(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/healthz",
+                                                                             headers: bad)), promise: nil)
+                    channel.write(HTTPClientRequestPart.end(nil), promise: nil)
+                }
+                channel.flush()
+                if last, halfClose { channel.close(mode: .output, promise: nil) }
+                collector.wait(for: expected, promise)
+            }.get()
+            let answers = try await promise.futureResult.get()
+            if last { return answers }
+        }
+        return []
     }
 }
