@@ -27,6 +27,30 @@ final class ChartService: Sendable {
         case hit(ChartEntry)
         case stale(ChartEntry)
         case miss(ChartEntry, upstreamMilliseconds: Double)
+
+        var entry: ChartEntry {
+            switch self {
+            case .hit(let e), .stale(let e), .miss(let e, _): e
+            }
+        }
+
+        /// The answer's `X-Cache`.
+        var cacheState: String {
+            switch self {
+            case .hit: "HIT"
+            case .stale: "STALE"
+            case .miss: "MISS"
+            }
+        }
+
+        /// The answer's `Server-Timing`.
+        var serverTiming: String {
+            switch self {
+            case .hit: #"cache;desc="hit""#
+            case .stale: #"cache;desc="stale""#
+            case .miss(_, let ms): #"cache;desc="miss", upstream;dur="# + String(format: "%.1f", ms)
+            }
+        }
     }
 
     static let filledChannel = "chart-filled"

@@ -184,31 +184,15 @@ struct GatewayCore: Sendable {
         let token = try await authorizer.authorize(kisToken: kisToken, userID: session.userID, now: now)
 
         let outcome = try await charts.chart(query, token: token)
-        let entry: ChartEntry
-        let cacheState: String
-        var timing: String
-        switch outcome {
-        case .hit(let e):
-            entry = e
-            cacheState = "HIT"
-            timing = #"cache;desc="hit""#
-        case .stale(let e):
-            entry = e
-            cacheState = "STALE"
-            timing = #"cache;desc="stale""#
-        case .miss(let e, let ms):
-            entry = e
-            cacheState = "MISS"
-            timing = #"cache;desc="miss", upstream;dur="# + String(format: "%.1f", ms)
-        }
+        let entry = outcome.entry
         let nowSeconds = Int64(now.timeIntervalSince1970)
         var headers = HTTPFields()
         headers.reserveCapacity(10)
         headers[.eTag] = entry.etag
         headers[.cacheControl] = "private, max-age=\(max(0, entry.freshUntil - nowSeconds))"
         headers[.age] = String(max(0, nowSeconds - entry.storedAt))
-        headers[Self.xCache] = cacheState
-        headers[Self.serverTiming] = timing
+        headers[Self.xCache] = outcome.cacheState
+        headers[Self.serverTiming] = outcome.serverTiming
         if let inm = request.headers[.ifNoneMatch], Self.etagMatches(inm, entry.etag) {
             return Response(status: .notModified, headers: headers)
         }

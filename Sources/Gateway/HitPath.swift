@@ -167,40 +167,31 @@ final class HitPath: Sendable {
         switch outcome {
         case .failure(let problem):
             return self.problem(problem, route: fetch.route, origin: fetch.origin, allocator: allocator)
-        case .success(.hit(let entry)):
-            return answer(entry, cacheState: "HIT", timing: #"cache;desc="hit""#, fetch: fetch, allocator: allocator)
-        case .success(.stale(let entry)):
-            return answer(entry, cacheState: "STALE", timing: #"cache;desc="stale""#, fetch: fetch, allocator: allocator)
-        case .success(.miss(let entry, let ms)):
-            return answer(entry, cacheState: "MISS", timing: #"cache;desc="miss", upstream;dur="# + String(format: "%.1f", ms),
-                          fetch: fetch, allocator: allocator)
+        case .success(let outcome):
+            return chartAnswer(outcome, route: fetch.route, origin: fetch.origin, ifNoneMatch: fetch.ifNoneMatch,
+                               nowSeconds: fetch.nowSeconds, cacheHit: false, allocator: allocator)
         }
     }
 
-    private func answer(_ entry: ChartEntry, cacheState: StaticString, timing: String, fetch: Fetch,
-                        allocator: ByteBufferAllocator) -> Answer {
-        let notModified = fetch.ifNoneMatch.map { GatewayCore.etagMatches($0, entry.etag) } ?? false
-        let head = entryHead(entry, notModified: notModified, cacheState: cacheState, timing: timing, origin: fetch.origin,
-                             nowSeconds: fetch.nowSeconds, allocator: allocator)
-        return Answer(status: notModified ? .notModified : .ok, head: head, body: notModified ? nil : entry.body,
-                      route: fetch.route.label, cacheHit: false)
-    }
-
-    /// The head of a chart answer, in the order the router's answer has them (HitPathTests compare the two).
-    private func entryHead(_ entry: ChartEntry, notModified: Bool, cacheState: StaticString, timing: String,
-                           origin: String?, nowSeconds: Int64, allocator: ByteBufferAllocator) -> Head {
+    /// A chart answer (200, or 304 for a matching `If-None-Match`), its head in the order the router's answer has
+    /// them (HitPathTests compare the two).
+    private func chartAnswer(_ outcome: ChartService.Outcome, route: Route, origin: String?, ifNoneMatch: String?,
+                             nowSeconds: Int64, cacheHit: Bool, allocator: ByteBufferAllocator) -> Answer {
+        let entry = outcome.entry
+        let notModified = ifNoneMatch.map { GatewayCore.etagMatches($0, entry.etag) } ?? false
         var out = Head(notModified ? .notModified : .ok, allocator: allocator, capacity: 400 + (origin?.utf8.count ?? 0))
         out.add("ETag", entry.etag)
         out.add("Cache-Control", "private, max-age=", String(max(0, entry.freshUntil - nowSeconds)))
         out.add("Age", String(max(0, nowSeconds - entry.storedAt)))
-        out.add("X-Cache", cacheState, "")
-        out.add("Server-Timing", timing)
+        out.add("X-Cache", outcome.cacheState)
+        out.add("Server-Timing", outcome.serverTiming)
         if !notModified {
             out.add("Content-Type", "application/json")
             out.add("Content-Length", String(entry.body.readableBytes))
         }
         addCORS(to: &out, origin: origin)
-        return out
+        return Answer(status: notModified ? .notModified : .ok, head: out, body: notModified ? nil : entry.body,
+                      route: route.label, cacheHit: cacheHit)
     }
 
     /// What `CORSMiddleware` answers to a preflight.
@@ -274,9 +265,9 @@ final class HitPath: Sendable {
                        originAllowed: (String) -> Bool) -> Decision? {
         let uri = head.uri
         let nowSeconds = Int64(now.timeIntervalSince1970)
-        let memo = resolved.withLock { $0[uri] }
+        let memo = resolved.withLock { $0[uri] }.flatMap { $0.validUntil > nowSeconds ? $0 : nil }
         let route: Route
-        if let memo, memo.validUntil > nowSeconds {
+        if let memo {
             route = memo.route
         } else {
             guard let r = Self.route(of: uri) else { return nil }
@@ -298,7 +289,7 @@ final class HitPath: Sendable {
         case .valid(let s): session = s
         }
         let query: ChartQuery
-        if let memo, memo.validUntil > nowSeconds {
+        if let memo {
             query = memo.query
         } else {
             guard let q = resolve(uri, route: route, now: now, nowSeconds: nowSeconds) else { return nil }
@@ -310,11 +301,8 @@ final class HitPath: Sendable {
             return .fetch(Fetch(query: query, token: resolvedToken, route: route, origin: allowedOrigin,
                                 ifNoneMatch: fields.ifNoneMatch, nowSeconds: nowSeconds))
         }
-        let notModified = fields.ifNoneMatch.map { GatewayCore.etagMatches($0, entry.etag) } ?? false
-        let head = entryHead(entry, notModified: notModified, cacheState: "HIT", timing: #"cache;desc="hit""#,
-                             origin: allowedOrigin, nowSeconds: nowSeconds, allocator: allocator)
-        return .answer(Answer(status: notModified ? .notModified : .ok, head: head, body: notModified ? nil : entry.body,
-                              route: route.label, cacheHit: true))
+        return .answer(chartAnswer(.hit(entry), route: route, origin: allowedOrigin, ifNoneMatch: fields.ifNoneMatch,
+                                   nowSeconds: nowSeconds, cacheHit: true, allocator: allocator))
     }
 
     /// What `ProblemRenderer` and `CORSMiddleware` answer for `problem`.

@@ -21,6 +21,22 @@ struct HitPathTests {
         func add() { count.withLock { $0 += 1 } }
     }
 
+    /// One gateway (no second one to compare with) whose hit-path answers are counted, and a user connected
+    /// through it: the body gets the fixture, the user's JWT and KIS token, and the count.
+    static func withUser(_ user: String, appKey: String, latencyMs: Int = 0,
+                         _ body: @Sendable (GatewayFixture, _ jwt: String, _ kis: String, Answers) async throws -> Void)
+        async throws
+    {
+        let answers = Answers()
+        try await withGateway(sim: SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000,
+                                                          latencyMs: latencyMs),
+                              dependencies: { _, deps in deps.onHitPathAnswer = { _ in answers.add() } }) { fx, _ in
+            let jwt = try await fx.jwt(user)
+            let kis = try await fx.connect(user: user, appKey: appKey)
+            try await body(fx, jwt, kis, answers)
+        }
+    }
+
     /// Every header but `Date` (and `Age`, compared apart: a second may pass between the two answers).
     static func comparable(_ r: HTTPResult) -> [String] {
         r.headers.filter { !["date", "age"].contains($0.0.lowercased()) }.map { "\($0.0.lowercased()): \($0.1)" }
@@ -176,10 +192,7 @@ struct HitPathTests {
 
     @Test("a revoked KIS token is refused at once, however often its hit was served")
     func revocation() async throws {
-        let answers = Answers()
-        try await withGateway(dependencies: { _, deps in deps.onHitPathAnswer = { _ in answers.add() } }) { fx, _ in
-            let jwt = try await fx.jwt("hp-revoke")
-            let kis = try await fx.connect(user: "hp-revoke", appKey: "PShitpath0002")
+        try await Self.withUser("hp-revoke", appKey: "PShitpath0002") { fx, jwt, kis, answers in
             let path = "/domestic/chart/daily/000660?start=2025-04-01&end=2025-06-16"
             _ = try await fx.get(path, jwt: jwt, kis: kis)
             for _ in 0..<3 { #expect(try await fx.get(path, jwt: jwt, kis: kis).status == 200) }
@@ -197,12 +210,7 @@ struct HitPathTests {
 
     @Test("pipelined requests are answered in order when a slow one comes first")
     func pipelinedOrder() async throws {
-        let answers = Answers()
-        try await withGateway(sim: SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000,
-                                                          latencyMs: 300),
-                              dependencies: { _, deps in deps.onHitPathAnswer = { _ in answers.add() } }) { fx, _ in
-            let jwt = try await fx.jwt("hp-pipe")
-            let kis = try await fx.connect(user: "hp-pipe", appKey: "PShitpath0003")
+        try await Self.withUser("hp-pipe", appKey: "PShitpath0003", latencyMs: 300) { fx, jwt, kis, answers in
             let hot = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
             let cold = "/domestic/chart/daily/035420?start=2025-04-01&end=2025-06-16"
             _ = try await fx.get(hot, jwt: jwt, kis: kis)
@@ -249,10 +257,7 @@ struct HitPathTests {
 
     @Test("the router's answers to HEAD have no body, between hits answered by the hit path on one connection")
     func headBetweenHits() async throws {
-        let answers = Answers()
-        try await withGateway(dependencies: { _, deps in deps.onHitPathAnswer = { _ in answers.add() } }) { fx, _ in
-            let jwt = try await fx.jwt("hp-head")
-            let kis = try await fx.connect(user: "hp-head", appKey: "PShitpath0004")
+        try await Self.withUser("hp-head", appKey: "PShitpath0004") { fx, jwt, kis, answers in
             let hot = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
             let warm = try await fx.get(hot, jwt: jwt, kis: kis)
             #expect(warm.status == 200)
