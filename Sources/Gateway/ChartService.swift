@@ -17,6 +17,8 @@ final class ChartService: Sendable {
         var staleWhileRevalidate: Int
         var staleIfError: Int
         var upstreamTimeout: Duration
+        /// How long a request waits for a fetch (`[server] request_timeout_ms`).
+        var requestTimeout: Duration
         var maxQueue: Duration
         var retries: Int
         var liveRate: Double
@@ -63,7 +65,7 @@ final class ChartService: Sendable {
     let notifier = FillNotifier()
     let metrics: GatewayMetrics
     let logger: Logger
-    private let inflight = Mutex<[String: Task<(ChartEntry, Double?), any Error>]>([:])
+    private let inflight = Mutex<[String: Flight<(ChartEntry, Double?)>]>([:])
     private let refreshing = Mutex<Set<String>>([])
 
     init(settings: Settings, store: any SharedStore, l1: L1Cache<ChartEntry>, clients: [KISEnvironment: KISClient],
@@ -80,12 +82,14 @@ final class ChartService: Sendable {
     private static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
 
     func chart(_ query: ChartQuery, token: ResolvedToken) async throws(Problem) -> Outcome {
+        let deadline = NIODeadline.now() + .nanoseconds(Int64(settings.requestTimeout.components.seconds) * 1_000_000_000
+            + settings.requestTimeout.components.attoseconds / 1_000_000_000)
         let key = query.cacheKey
         var entry = l1.get(key)
         if entry == nil {
             // Nobody here has it: one coalesced step reads the shared store or, when it is not there either,
             // fetches it — the read, the fleet lock and the first rate-limit slot in one round trip.
-            let (e, ms) = try await fetchCoalesced(query, token: token, cold: true)
+            let (e, ms) = try await fetchCoalesced(query, token: token, cold: true, deadline: deadline)
             if let ms { return .miss(e, upstreamMilliseconds: ms) }
             entry = e
         }
@@ -102,7 +106,7 @@ final class ChartService: Sendable {
             }
         }
         do {
-            let (fresh, ms) = try await fetchCoalesced(query, token: token, cold: false)
+            let (fresh, ms) = try await fetchCoalesced(query, token: token, cold: false, deadline: deadline)
             return .miss(fresh, upstreamMilliseconds: ms ?? 0)
         } catch {
             // Stale-if-error: KIS failed, timed out or the key's quota is exhausted.
@@ -123,7 +127,7 @@ final class ChartService: Sendable {
         guard first else { return }
         Task {
             defer { _ = self.refreshing.withLock { $0.remove(key) } }
-            do { _ = try await self.fetchCoalesced(query, token: token, cold: false) } catch let problem as Problem {
+            do { _ = try await self.fetchCoalesced(query, token: token, cold: false, deadline: nil) } catch let problem as Problem {
                 self.logger.info("background refresh failed", metadata: ["code": "\(problem.code)"])
             } catch {
                 self.logger.info("background refresh failed")
@@ -131,33 +135,40 @@ final class ChartService: Sendable {
         }
     }
 
-    /// One fetch per key in this process; every concurrent caller awaits the same task.
+    /// One fetch per key in this process, on a task of its own; every concurrent caller waits for the same one,
+    /// each until its `deadline` at most (nil: no bound). The fetch runs to its end whoever still waits.
     ///
     /// `cold`: nobody here has the key; the store is read first and the answer's `upstreamMilliseconds` is `nil`
     /// when the store had it (fresh or not). Otherwise the key is fetched unless another gateway fills it
     /// meanwhile (then `0`).
-    func fetchCoalesced(_ query: ChartQuery, token: ResolvedToken, cold: Bool) async throws(Problem)
+    func fetchCoalesced(_ query: ChartQuery, token: ResolvedToken, cold: Bool, deadline: NIODeadline?) async throws(Problem)
         -> (ChartEntry, Double?)
     {
         let key = query.cacheKey
         let slot = cold ? "cold " + key : key
-        let (task, leader) = inflight.withLock { tasks -> (Task<(ChartEntry, Double?), any Error>, Bool) in
-            if let t = tasks[slot] { return (t, false) }
-            let t = Task<(ChartEntry, Double?), any Error> {
-                try await self.fetchAcrossFleet(query, token: token, cold: cold)
+        let (flight, leader) = inflight.withLock { flights -> (Flight<(ChartEntry, Double?)>, Bool) in
+            if let f = flights[slot] { return (f, false) }
+            let f = Flight<(ChartEntry, Double?)>()
+            flights[slot] = f
+            return (f, true)
+        }
+        if leader {
+            Task {
+                let outcome: Flight<(ChartEntry, Double?)>.Outcome
+                do throws(Problem) {
+                    outcome = .success(try await self.fetchAcrossFleet(query, token: token, cold: cold))
+                } catch {
+                    outcome = .failure(error)
+                }
+                self.inflight.withLock { flights in
+                    if flights[slot] === flight { flights.removeValue(forKey: slot) }
+                }
+                flight.finish(outcome)
             }
-            tasks[slot] = t
-            return (t, true)
+        } else {
+            metrics.cacheCoalesced.increment()
         }
-        if !leader { metrics.cacheCoalesced.increment() }
-        do {
-            let result = try await task.value
-            if leader { _ = inflight.withLock { $0.removeValue(forKey: slot) } }
-            return result
-        } catch {
-            if leader { _ = inflight.withLock { $0.removeValue(forKey: slot) } }
-            throw (error as? Problem) ?? Problem(.internalError, "the chart could not be fetched")
-        }
+        return try await flight.wait(until: deadline).get()
     }
 
     /// One fetch per key across the fleet: a lock with expiry in the store; the others wait to be woken by

@@ -56,7 +56,10 @@ public func buildGateway(
     gateway.addRoutes(to: router)
     return Application(
         router: router,
-        server: dependencies.hitPathEnabled ? .gateway(hitPath: gateway.hitPath) : .http1(),
+        server: dependencies.hitPathEnabled
+            ? .gateway(hitPath: gateway.hitPath, maxHeaderBytes: config.server.maxHeaderBytes)
+            : .http1(configuration: .init(httpDecoderConfiguration: .init(
+                maxHeaderFieldSize: config.server.maxHeaderBytes, maxHeaderListSize: config.server.maxHeaderBytes))),
         configuration: .init(address: .hostname(config.server.host, port: config.server.port), serverName: nil),
         services: [gateway.eventListener],
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? 0) },
@@ -102,7 +105,7 @@ struct GatewayCore: Sendable {
         let settings = ChartService.Settings(
             freshness: FreshnessPolicy(liveTTL: config.cache.liveTTLS, settledTTL: config.cache.settledTTLS),
             staleWhileRevalidate: config.cache.staleWhileRevalidateS, staleIfError: config.cache.staleIfErrorS,
-            upstreamTimeout: config.upstream.timeout, maxQueue: config.upstream.maxQueue,
+            upstreamTimeout: config.upstream.timeout, requestTimeout: config.server.requestTimeout, maxQueue: config.upstream.maxQueue,
             retries: config.upstream.retries, liveRate: config.kis.liveRatePerS, sandboxRate: config.kis.sandboxRatePerS)
         let l1 = L1Cache<ChartEntry>(maxEntries: config.cache.l1Entries, maxBytes: 256 << 20)
         let metrics = self.metrics

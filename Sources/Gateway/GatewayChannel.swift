@@ -12,14 +12,16 @@ struct GatewayHTTP1Channel: HTTPChannelHandler {
 
     let responder: HTTPChannelHandler.Responder
     let hitPath: HitPath
+    /// `[server] max_header_bytes`: the longest header field, and all of them together.
+    let maxHeaderBytes: Int
     let idleTimeout: Duration?
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
-            var limits = NIOHTTPDecoderLimitConfiguration()  // Hummingbird's defaults
-            limits.maxHeaderFieldSize = 80 * 1024
-            limits.maxHeaderListSize = 80 * 1024
-            limits.maxHeaderFieldCount = 1000
+            var limits = NIOHTTPDecoderLimitConfiguration()
+            limits.maxHeaderFieldSize = maxHeaderBytes
+            limits.maxHeaderListSize = maxHeaderBytes
+            limits.maxHeaderFieldCount = 1000  // Hummingbird's default
             // What `configureHTTPServerPipeline` sets up without pipelining assistance (the hit path and the async
             // channel keep answers in order), error handling (Hummingbird answers parse errors) or header
             // validation — but with the encoder and decoder unpaired: paired, the decoder tells the encoder every
@@ -44,7 +46,9 @@ struct GatewayHTTP1Channel: HTTPChannelHandler {
 
 extension HTTPServerBuilder {
     /// HTTP/1.1 with the gateway's hit path.
-    static func gateway(hitPath: HitPath, idleTimeout: Duration? = nil) -> HTTPServerBuilder {
-        .init { responder in GatewayHTTP1Channel(responder: responder, hitPath: hitPath, idleTimeout: idleTimeout) }
+    static func gateway(hitPath: HitPath, maxHeaderBytes: Int, idleTimeout: Duration? = nil) -> HTTPServerBuilder {
+        .init { responder in
+            GatewayHTTP1Channel(responder: responder, hitPath: hitPath, maxHeaderBytes: maxHeaderBytes, idleTimeout: idleTimeout)
+        }
     }
 }

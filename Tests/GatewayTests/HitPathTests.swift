@@ -190,6 +190,50 @@ struct HitPathTests {
         }
     }
 
+    @Test("[server] max_header_bytes bounds a request's headers, with the hit path and without")
+    func headerLimit() async throws {
+        try await withGateway(gateways: 2, config: { testConfig(simURL: $0, maxHeaderBytes: 4096) }, dependencies: { index, deps in deps.hitPathEnabled = index == 0 }) { fx, urls in
+            let jwt = try await fx.jwt("hp-limit")
+            let kis = try await fx.connect(user: "hp-limit", appKey: "PShitpath0005")
+            let path = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
+            let auth = [("Authorization", "Bearer " + jwt), ("X-KIS-Token", kis)]
+            for url in urls {
+                #expect(try await http(.GET, url + path, headers: auth + [("X-Pad", String(repeating: "a", count: 2000))]).status == 200,
+                        "\(url): under the limit")
+                let over = try await http(.GET, url + path, headers: auth + [("X-Pad", String(repeating: "a", count: 5000))])
+                #expect(over.status == 400, "\(url): over the limit, \(over.status)")
+                #expect(over.header("connection") == "close")
+            }
+        }
+    }
+
+    @Test("[server] request_timeout_ms bounds the wait for a fetch, through the router and the hit path; the fetch goes on")
+    func requestTimeout() async throws {
+        let answers = Answers()
+        try await withGateway(sim: SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000,
+                                                          latencyMs: 1200),
+                              config: { testConfig(simURL: $0, requestTimeoutMs: 400) },
+                              dependencies: { _, deps in deps.onHitPathAnswer = { _ in answers.add() } }) { fx, _ in
+            let kis = try await fx.connect(user: "hp-timeout", appKey: "PShitpath0006")
+            let jwt = try await fx.jwt("hp-timeout")
+            let paths = ["/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16",   // first sight of the JWT: the router
+                         "/domestic/chart/daily/000660?start=2025-04-01&end=2025-06-16"]   // then the hit path
+            for (i, path) in paths.enumerated() {
+                let before = answers.value
+                let started = ContinuousClock.now
+                let r = try await fx.get(path, jwt: jwt, kis: kis)
+                let waited = ContinuousClock.now - started
+                #expect(answers.value - before == i, "answered by \(i == 0 ? "the router" : "the hit path")")
+                #expect(r.status == 504 && r.json["code"] as? String == "upstream_timeout", "\(path): \(r.status)")
+                #expect(waited < .milliseconds(1100), "waited \(waited) (KIS takes 1.2 s)")
+                // The fetch went on and filled the cache.
+                try await Task.sleep(for: .milliseconds(1200))
+                let later = try await fx.get(path, jwt: jwt, kis: kis)
+                #expect(later.status == 200 && later.header("x-cache") == "HIT", "\(path) later: \(later.status)")
+            }
+        }
+    }
+
     @Test("a revoked KIS token is refused at once, however often its hit was served")
     func revocation() async throws {
         try await Self.withUser("hp-revoke", appKey: "PShitpath0002") { fx, jwt, kis, answers in
