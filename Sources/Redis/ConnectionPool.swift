@@ -1,5 +1,6 @@
 package import Logging
 package import NIOCore
+import NIOPosix
 import Synchronization
 
 /// A bounded pool of pipelined connections with automatic reconnection.
@@ -29,8 +30,15 @@ package final class ConnectionPool: Sendable {
     }
 
     /// A ready connection, waiting up to `deadline` for one to open; fails at once while Redis is down.
+    ///
+    /// Called on one of the group's event loops (a task that prefers it, or a handler), a connection on that
+    /// same loop when one is ready: the command is written and its reply read where the caller runs, with no
+    /// thread to wake either way.
     package func connection(deadline: NIODeadline) async throws -> RedisConnection {
-        let (result, effects) = self.state.withLock { $0.acquire() }
+        let here = MultiThreadedEventLoopGroup.currentEventLoop
+        let (result, effects) = self.state.withLock { state in
+            if let here { state.acquire(preferring: { $0.eventLoop === here }) } else { state.acquire() }
+        }
         self.run(effects)
         switch result {
         case .use(let connection): return connection

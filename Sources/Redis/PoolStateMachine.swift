@@ -79,16 +79,29 @@ package struct PoolStateMachine<Connection, Waiter> {
         effects.append(self.startConnecting(idle))
     }
 
-    /// A connection for one command (or batch).
-    package mutating func acquire() -> (AcquireResult, [Effect]) {
+    /// A connection for one command (or batch): the ready connections in turn, or in turn among those
+    /// `preferred` accepts when there is one.
+    package mutating func acquire(preferring preferred: ((Connection) -> Bool)? = nil) -> (AcquireResult, [Effect]) {
         var effects: [Effect] = []
-        let result = self.acquire(effects: &effects)
+        let result = self.acquire(effects: &effects, preferring: preferred)
         return (result, effects)
     }
 
-    private mutating func acquire(effects: inout [Effect]) -> AcquireResult {
+    private mutating func acquire(effects: inout [Effect], preferring preferred: ((Connection) -> Bool)? = nil)
+        -> AcquireResult
+    {
         if self.isShutdown { return .fail(RedisError(.shutdown, "the Redis client was shut down")) }
         let count = self.slots.count
+        if let preferred {
+            for offset in 0..<count {
+                let index = (self.nextReady + offset) % count
+                if case .ready(let connection) = self.slots[index].slot, preferred(connection) {
+                    self.nextReady = (index + 1) % count
+                    self.growIfUseful(into: &effects)
+                    return .use(connection)
+                }
+            }
+        }
         for offset in 0..<count {
             let index = (self.nextReady + offset) % count
             if case .ready(let connection) = self.slots[index].slot {

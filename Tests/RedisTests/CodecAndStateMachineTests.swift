@@ -348,6 +348,31 @@ struct PoolStateMachineTests {
         #expect(Set(used) == ["c0", "c1"])
     }
 
+    @Test func preferredConnectionsInTurnElseAnyReady() {
+        var machine = Machine(size: 4, initialDelay: .milliseconds(10), maximumDelay: .seconds(1))
+        var effects = machine.acquire().1
+        // Open all four: loop "a" holds a0 and a1, loop "b" holds b0 and b1.
+        for name in ["a0", "b0", "a1", "b1"] {
+            guard let connect = connectEffect(effects) else {
+                Issue.record("expected the pool to grow to \(name)")
+                return
+            }
+            _ = machine.connected(slot: connect.slot, generation: connect.generation, connection: name)
+            effects = machine.acquire().1
+        }
+        var onA: [String] = []
+        for _ in 0..<4 {
+            if case .use(let connection) = machine.acquire(preferring: { $0.hasPrefix("a") }).0 { onA.append(connection) }
+        }
+        #expect(onA == ["a0", "a1", "a0", "a1"] || onA == ["a1", "a0", "a1", "a0"])
+        // No ready connection is preferred: any ready one, still in turn.
+        var any: [String] = []
+        for _ in 0..<4 {
+            if case .use(let connection) = machine.acquire(preferring: { $0.hasPrefix("c") }).0 { any.append(connection) }
+        }
+        #expect(Set(any) == ["a0", "a1", "b0", "b1"])
+    }
+
     @Test func downFailsFastThenRecovers() {
         var machine = Machine(size: 1, initialDelay: .milliseconds(10), maximumDelay: .seconds(1))
         let (_, effects) = machine.acquire()

@@ -175,6 +175,44 @@ struct RedisClientTests {
         await client.shutdown()
     }
 
+    @Test func aTaskOnAnEventLoopUsesThatLoopsConnections() async throws {
+        // Two loops, four connections (opened on the loops in turn): commands sent from a task running on one loop
+        // go over that loop's connections only, and the task resumes there.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        var configuration = try RedisConfiguration(url: TestEnvironment.redisURL!)
+        configuration.poolSize = 4
+        let client = RedisClient(configuration: configuration, eventLoopGroup: group, logger: TestEnvironment.logger)
+        // Open all four: the pool grows by one connection per use until it is full.
+        for _ in 0..<40 where try await Set(clientIDs(client, count: 8)).count < 4 {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        var seen: [Set<Int>] = []
+        for loop in group.makeIterator() {
+            let ids = try await Task(executorPreference: OnLoop(loop)) {
+                var ids: Set<Int> = []
+                for _ in 0..<12 {
+                    ids.insert(try await client.send(["CLIENT", "ID"]).int ?? -1)
+                    #expect(loop.inEventLoop)
+                }
+                return ids
+            }.value
+            seen.append(ids)
+        }
+        #expect(seen.count == 2 && seen.allSatisfy { $0.count == 2 })
+        #expect(seen[0].isDisjoint(with: seen[1]))
+        await client.shutdown()
+        try await group.shutdownGracefully()
+        await self.client.shutdown()
+    }
+
+    /// The connection ids of `count` concurrent `CLIENT ID` calls.
+    private func clientIDs(_ client: RedisClient, count: Int) async throws -> [Int] {
+        try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<count { group.addTask { try await client.send(["CLIENT", "ID"]).int ?? -1 } }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+    }
+
     @Test func scriptsRunAndSurviveScriptFlush() async throws {
         let key = TestEnvironment.uniqueKey()
         let script = RedisScript(name: "incr-twice", "redis.call('INCR', KEYS[1]); return redis.call('INCRBY', KEYS[1], ARGV[1])")
@@ -286,5 +324,15 @@ struct RedisClientTests {
         } catch {
             #expect(error.code == .shutdown)
         }
+    }
+}
+
+/// Runs a task's jobs on one event loop (as the gateway runs a miss on its connection's loop).
+private final class OnLoop: TaskExecutor {
+    let loop: any EventLoop
+    init(_ loop: any EventLoop) { self.loop = loop }
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        loop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }
