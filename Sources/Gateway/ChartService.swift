@@ -81,7 +81,11 @@ final class ChartService: Sendable {
 
     private static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
 
-    func chart(_ query: ChartQuery, token: ResolvedToken) async throws(Problem) -> Outcome {
+    /// - Parameter executor: where the fetch's tasks run (the asking connection's event loop, from the hit path);
+    ///   `nil`: Swift's global executor.
+    func chart(_ query: ChartQuery, token: ResolvedToken, on executor: (any TaskExecutor)? = nil) async throws(Problem)
+        -> Outcome
+    {
         let deadline = NIODeadline.now() + .nanoseconds(Int64(settings.requestTimeout.components.seconds) * 1_000_000_000
             + settings.requestTimeout.components.attoseconds / 1_000_000_000)
         let key = query.cacheKey
@@ -89,7 +93,7 @@ final class ChartService: Sendable {
         if entry == nil {
             // Nobody here has it: one coalesced step reads the shared store or, when it is not there either,
             // fetches it — the read, the fleet lock and the first rate-limit slot in one round trip.
-            let (e, ms) = try await fetchCoalesced(query, token: token, cold: true, deadline: deadline)
+            let (e, ms) = try await fetchCoalesced(query, token: token, cold: true, deadline: deadline, on: executor)
             if let ms { return .miss(e, upstreamMilliseconds: ms) }
             entry = e
         }
@@ -101,12 +105,12 @@ final class ChartService: Sendable {
             }
             if now < e.freshUntil + Int64(settings.staleWhileRevalidate) {
                 metrics.cacheStale.increment()
-                refreshInBackground(query, token: token)
+                refreshInBackground(query, token: token, on: executor)
                 return .stale(e)
             }
         }
         do {
-            let (fresh, ms) = try await fetchCoalesced(query, token: token, cold: false, deadline: deadline)
+            let (fresh, ms) = try await fetchCoalesced(query, token: token, cold: false, deadline: deadline, on: executor)
             return .miss(fresh, upstreamMilliseconds: ms ?? 0)
         } catch {
             // Stale-if-error: KIS failed, timed out or the key's quota is exhausted.
@@ -121,13 +125,13 @@ final class ChartService: Sendable {
         }
     }
 
-    private func refreshInBackground(_ query: ChartQuery, token: ResolvedToken) {
+    private func refreshInBackground(_ query: ChartQuery, token: ResolvedToken, on executor: (any TaskExecutor)?) {
         let key = query.cacheKey
         let first = refreshing.withLock { $0.insert(key).inserted }
         guard first else { return }
-        Task {
+        Task(executorPreference: executor) {
             defer { _ = self.refreshing.withLock { $0.remove(key) } }
-            do { _ = try await self.fetchCoalesced(query, token: token, cold: false, deadline: nil) } catch let problem as Problem {
+            do { _ = try await self.fetchCoalesced(query, token: token, cold: false, deadline: nil, on: executor) } catch let problem as Problem {
                 self.logger.info("background refresh failed", metadata: ["code": "\(problem.code)"])
             } catch {
                 self.logger.info("background refresh failed")
@@ -141,8 +145,8 @@ final class ChartService: Sendable {
     /// `cold`: nobody here has the key; the store is read first and the answer's `upstreamMilliseconds` is `nil`
     /// when the store had it (fresh or not). Otherwise the key is fetched unless another gateway fills it
     /// meanwhile (then `0`).
-    func fetchCoalesced(_ query: ChartQuery, token: ResolvedToken, cold: Bool, deadline: NIODeadline?) async throws(Problem)
-        -> (ChartEntry, Double?)
+    func fetchCoalesced(_ query: ChartQuery, token: ResolvedToken, cold: Bool, deadline: NIODeadline?,
+                        on executor: (any TaskExecutor)? = nil) async throws(Problem) -> (ChartEntry, Double?)
     {
         let key = query.cacheKey
         let slot = cold ? "cold " + key : key
@@ -153,10 +157,10 @@ final class ChartService: Sendable {
             return (f, true)
         }
         if leader {
-            Task {
+            Task(executorPreference: executor) {
                 let outcome: Flight<(ChartEntry, Double?)>.Outcome
                 do throws(Problem) {
-                    outcome = .success(try await self.fetchAcrossFleet(query, token: token, cold: cold))
+                    outcome = .success(try await self.fetchAcrossFleet(query, token: token, cold: cold, on: executor))
                 } catch {
                     outcome = .failure(error)
                 }
@@ -173,8 +177,8 @@ final class ChartService: Sendable {
 
     /// One fetch per key across the fleet: a lock with expiry in the store; the others wait to be woken by
     /// pub/sub (or a short poll) and read the result from the store. A dead holder's lock expires.
-    private func fetchAcrossFleet(_ query: ChartQuery, token: ResolvedToken, cold: Bool) async throws(Problem)
-        -> (ChartEntry, Double?)
+    private func fetchAcrossFleet(_ query: ChartQuery, token: ResolvedToken, cold: Bool, on executor: (any TaskExecutor)?)
+        async throws(Problem) -> (ChartEntry, Double?)
     {
         let key = query.cacheKey
         let lockKey = "lock:chart:" + key
@@ -221,20 +225,20 @@ final class ChartService: Sendable {
                 do {
                     if let filled, let e = ChartEntry.decode(filled), e.freshUntil > Self.now() {
                         l1.set(key, e, cost: e.cost)
-                        releaseInBackground(lock)
+                        releaseInBackground(lock, on: executor)
                         return (e, 0)
                     }
                     (entry, ms) = try await fetchUpstream(query, token: token, lock: lock, lockTTL: lockTTL,
                                                           rate: upstreamRate,
                                                           reserved: reserved.map { ($0, ContinuousClock.now) })
                 } catch {
-                    releaseInBackground(lock)
+                    releaseInBackground(lock, on: executor)
                     throw error
                 }
                 l1.set(key, entry, cost: entry.cost)
                 notifier.notify(key)
                 metrics.cacheMiss.increment()
-                shareInBackground(entry, key: key, lock: lock)
+                shareInBackground(entry, key: key, lock: lock, on: executor)
                 return (entry, ms)
             }
             // Another gateway is fetching it.
@@ -249,16 +253,16 @@ final class ChartService: Sendable {
         }
     }
 
-    private func releaseInBackground(_ lock: StoreLock) {
-        Task { [store] in _ = try? await store.releaseLock(lock) }
+    private func releaseInBackground(_ lock: StoreLock, on executor: (any TaskExecutor)?) {
+        Task(executorPreference: executor) { [store] in _ = try? await store.releaseLock(lock) }
     }
 
     /// Stores the entry for the fleet, tells the other gateways, then releases the lock — in that order, so a
     /// gateway that gets the lock next finds the entry — while the caller already has its answer.
-    private func shareInBackground(_ entry: ChartEntry, key: String, lock: StoreLock) {
+    private func shareInBackground(_ entry: ChartEntry, key: String, lock: StoreLock, on executor: (any TaskExecutor)?) {
         let keep = entry.freshUntil - Self.now() + Int64(max(settings.staleIfError, settings.staleWhileRevalidate))
         let store = self.store, logger = self.logger
-        Task {
+        Task(executorPreference: executor) {
             do {
                 try await store.set("cache:" + key, to: entry.encoded(), ttl: .seconds(max(1, keep)))
                 try await store.publish(ByteBuffer(string: key), to: Self.filledChannel)

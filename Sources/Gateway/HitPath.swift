@@ -153,9 +153,9 @@ final class HitPath: Sendable {
     }
 
     /// What `ChartService` says of `fetch`'s chart (the router's handler makes the same call).
-    func fetch(_ fetch: Fetch) async -> Result<ChartService.Outcome, Problem> {
+    func fetch(_ fetch: Fetch, on executor: EventLoopExecutor) async -> Result<ChartService.Outcome, Problem> {
         do throws(Problem) {
-            return .success(try await charts.chart(fetch.query, token: fetch.token))
+            return .success(try await charts.chart(fetch.query, token: fetch.token, on: executor))
         } catch {
             return .failure(error)
         }
@@ -438,6 +438,8 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var quiesce: Any?
     private var dates = HTTPDateCache()
     private var lastOrigin: (String, Bool)?
+    /// Where this connection's fetches run: its own event loop (made at the first fetch).
+    private var executor: EventLoopExecutor?
 
     init(path: HitPath) {
         self.path = path
@@ -497,8 +499,10 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let loop = context.eventLoop
         let handler = NIOLoopBound(self, eventLoop: loop)
         let path = self.path
-        Task {
-            let outcome = await path.fetch(fetch)
+        let executor = self.executor ?? EventLoopExecutor(loop)
+        self.executor = executor
+        Task(executorPreference: executor) {
+            let outcome = await path.fetch(fetch, on: executor)
             loop.execute {
                 handler.value.fetched(outcome, fetch: fetch, method: method, start: start)
             }
