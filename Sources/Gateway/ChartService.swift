@@ -159,8 +159,11 @@ final class ChartService: Sendable {
         if leader {
             Task(executorPreference: executor) {
                 let outcome: Flight<(ChartEntry, Double?)>.Outcome
+                var fetched: (ChartEntry, StoreLock)?
                 do throws(Problem) {
-                    outcome = .success(try await self.fetchAcrossFleet(query, token: token, cold: cold, on: executor))
+                    let (entry, ms, lock) = try await self.fetchAcrossFleet(query, token: token, cold: cold)
+                    outcome = .success((entry, ms))
+                    fetched = lock.map { (entry, $0) }
                 } catch {
                     outcome = .failure(error)
                 }
@@ -168,6 +171,11 @@ final class ChartService: Sendable {
                     if flights[slot] === flight { flights.removeValue(forKey: slot) }
                 }
                 flight.finish(outcome)
+                // After the waiters were resumed: on an event loop its jobs run in turn, so their answers are
+                // written before the entry is (the fleet's copy can wait the few microseconds).
+                if let (entry, lock) = fetched {
+                    self.shareInBackground(entry, key: key, lock: lock, on: executor)
+                }
             }
         } else {
             metrics.cacheCoalesced.increment()
@@ -177,8 +185,12 @@ final class ChartService: Sendable {
 
     /// One fetch per key across the fleet: a lock with expiry in the store; the others wait to be woken by
     /// pub/sub (or a short poll) and read the result from the store. A dead holder's lock expires.
-    private func fetchAcrossFleet(_ query: ChartQuery, token: ResolvedToken, cold: Bool, on executor: (any TaskExecutor)?)
-        async throws(Problem) -> (ChartEntry, Double?)
+    ///
+    /// - Returns: the entry, the upstream milliseconds (see ``fetchCoalesced(_:token:cold:deadline:on:)``), and the
+    ///   lock when the entry was fetched here: the caller shares the entry and releases the lock
+    ///   (``shareInBackground(_:key:lock:on:)``).
+    private func fetchAcrossFleet(_ query: ChartQuery, token: ResolvedToken, cold: Bool)
+        async throws(Problem) -> (ChartEntry, Double?, StoreLock?)
     {
         let key = query.cacheKey
         let lockKey = "lock:chart:" + key
@@ -203,7 +215,7 @@ final class ChartService: Sendable {
                 case .value(let buffer):
                     if let e = ChartEntry.decode(buffer) {
                         l1.set(key, e, cost: e.cost)
-                        return (e, nil)
+                        return (e, nil, nil)
                     }
                     continue  // unreadable: fetch it under the lock
                 case .locked(let l, let slot):
@@ -225,27 +237,26 @@ final class ChartService: Sendable {
                 do {
                     if let filled, let e = ChartEntry.decode(filled), e.freshUntil > Self.now() {
                         l1.set(key, e, cost: e.cost)
-                        releaseInBackground(lock, on: executor)
-                        return (e, 0)
+                        releaseInBackground(lock)
+                        return (e, 0, nil)
                     }
                     (entry, ms) = try await fetchUpstream(query, token: token, lock: lock, lockTTL: lockTTL,
                                                           rate: upstreamRate,
                                                           reserved: reserved.map { ($0, ContinuousClock.now) })
                 } catch {
-                    releaseInBackground(lock, on: executor)
+                    releaseInBackground(lock)
                     throw error
                 }
                 l1.set(key, entry, cost: entry.cost)
                 notifier.notify(key)
                 metrics.cacheMiss.increment()
-                shareInBackground(entry, key: key, lock: lock, on: executor)
-                return (entry, ms)
+                return (entry, ms, lock)
             }
             // Another gateway is fetching it.
             await notifier.wait(for: key, timeout: .milliseconds(50))
             if let e = await freshFromStore(key) {
                 metrics.cacheCoalesced.increment()
-                return (e, 0)
+                return (e, 0, nil)
             }
             if ContinuousClock.now - started > patience {
                 throw Problem(.upstreamTimeout, "KIS did not answer in time (waited for another gateway's fetch)")
@@ -253,8 +264,8 @@ final class ChartService: Sendable {
         }
     }
 
-    private func releaseInBackground(_ lock: StoreLock, on executor: (any TaskExecutor)?) {
-        Task(executorPreference: executor) { [store] in _ = try? await store.releaseLock(lock) }
+    private func releaseInBackground(_ lock: StoreLock) {
+        Task { [store] in _ = try? await store.releaseLock(lock) }
     }
 
     /// Stores the entry for the fleet, tells the other gateways, then releases the lock — in that order, so a

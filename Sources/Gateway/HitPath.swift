@@ -503,8 +503,11 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.executor = executor
         Task(executorPreference: executor) {
             let outcome = await path.fetch(fetch, on: executor)
-            loop.execute {
+            // On the loop already (the executor's job): answer in this job, before the jobs queued behind it.
+            if loop.inEventLoop {
                 handler.value.fetched(outcome, fetch: fetch, method: method, start: start)
+            } else {
+                loop.execute { handler.value.fetched(outcome, fetch: fetch, method: method, start: start) }
             }
         }
     }
