@@ -302,7 +302,7 @@ final class ChartService: Sendable {
     /// `max_queue_ms`.
     func rateReservation(for token: ResolvedToken) -> RateReservation {
         RateReservation(
-            key: Self.rateKey(appKey: token.credentials.appKey),
+            key: token.rateKey,
             limit: RateLimit(rate: Self.effectiveRate(token.environment == .live ? settings.liveRate : settings.sandboxRate),
                              burst: 1),
             maxWait: settings.maxQueue)

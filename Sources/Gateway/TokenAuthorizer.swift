@@ -11,6 +11,18 @@ struct ResolvedToken: Sendable {
     var expiresAt: Date
     var sha256: String
     var credentials: KISCredentials
+    /// The store key of the app key's upstream rate (``ChartService/rateKey(appKey:)``), worked out once per
+    /// resolved token rather than on every miss (it is a SHA-256).
+    var rateKey: String
+
+    init(userID: String, environment: KISEnvironment, expiresAt: Date, sha256: String, credentials: KISCredentials) {
+        self.userID = userID
+        self.environment = environment
+        self.expiresAt = expiresAt
+        self.sha256 = sha256
+        self.credentials = credentials
+        self.rateKey = ChartService.rateKey(appKey: credentials.appKey)
+    }
 }
 
 /// Looks KIS tokens up in the shared store (`kisgw:tok:{sha256}`), unseals their credentials, and remembers the

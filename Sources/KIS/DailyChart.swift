@@ -159,7 +159,7 @@ public enum DailyChartPager {
             calls += 1
             if let o = page.output1 {
                 if o.stck_prpr == "0" && (page.output2 ?? []).allSatisfy({ $0.stck_bsop_date == nil }) { known = false }
-                if let n = o.hts_kor_isnm, !n.isEmpty { name = n.trimmingCharacters(in: .whitespaces) }
+                if let n = o.hts_kor_isnm, !n.isEmpty { name = n.trimmingSpaces() }
             }
             let rows = page.output2 ?? []
             let candles = rows.compactMap(Candle.init)
@@ -197,5 +197,18 @@ public enum DailyChartPager {
             pageEnd = oldest.adding(days: -1)
         }
         return DailyChart(name: nil, candles: byDate.values.sorted { $0.date < $1.date }, known: known, calls: calls)
+    }
+}
+
+extension String {
+    /// `trimmingCharacters(in: .whitespaces)` (tabs and Unicode space separators off both ends) without
+    /// Foundation's trip through UTF-16; returns `self` when there is nothing to trim.
+    func trimmingSpaces() -> String {
+        func isSpace(_ c: Unicode.Scalar) -> Bool { c == "\t" || c.properties.generalCategory == .spaceSeparator }
+        let scalars = unicodeScalars
+        guard let first = scalars.firstIndex(where: { !isSpace($0) }), let last = scalars.lastIndex(where: { !isSpace($0) })
+        else { return "" }
+        if first == scalars.startIndex && last == scalars.index(before: scalars.endIndex) { return self }
+        return String(scalars[first...last])
     }
 }

@@ -242,7 +242,20 @@ public struct KISClient: Sendable {
     }
 
     private static func percentEncode(_ s: String) -> String {
-        s.addingPercentEncoding(withAllowedCharacters: .urlQueryValueAllowed) ?? s
+        // KIS's query values are codes, dates and digits: unreserved characters need no Foundation call.
+        if s.utf8.allSatisfy(Self.isUnreserved) { return s }
+        return s.addingPercentEncoding(withAllowedCharacters: .urlQueryValueAllowed) ?? s
+    }
+
+    /// RFC 3986 unreserved: letters, digits, `-`, `.`, `_`, `~`.
+    private static func isUnreserved(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+            UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+            true
+        default:
+            false
+        }
     }
 }
 

@@ -158,3 +158,11 @@ struct AnswerReaderTests {
         #expect(try read(KISOverseasChartPage.self, #"{"rt_cd":"0","msg_cd":"M","msg1":"ok"}"#).msg1 == "ok")
     }
 }
+
+@Suite("KIS text helpers")
+struct KISTextTests {
+    @Test(arguments: ["삼성전자", "  삼성전자", "삼성전자 \t", "\u{3000}삼성 전자\u{00A0}", "   ", "", "\t", "a", " a b "])
+    func trimmingSpacesIsFoundationsWhitespaceTrim(_ text: String) {
+        #expect(text.trimmingSpaces() == text.trimmingCharacters(in: .whitespaces))
+    }
+}
