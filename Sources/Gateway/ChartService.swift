@@ -50,7 +50,7 @@ final class ChartService: Sendable {
             switch self {
             case .hit: #"cache;desc="hit""#
             case .stale: #"cache;desc="stale""#
-            case .miss(_, let ms): #"cache;desc="miss", upstream;dur="# + String(format: "%.1f", ms)
+            case .miss(_, let ms): #"cache;desc="miss", upstream;dur="# + fixedPoint(ms, decimals: 1)
             }
         }
     }

@@ -47,7 +47,7 @@ public final class RequestRecorder: Sendable {
         if logger.logLevel <= .info {
             logger.info("request", metadata: [
                 "method": "\(method)", "route": "\(route)", "status": "\(status)",
-                "ms": "\(String(format: "%.2f", Double(nanoseconds) / 1e6))",
+                "ms": "\(fixedPoint(Double(nanoseconds) / 1e6, decimals: 2))",
             ])
         }
     }
