@@ -4,8 +4,10 @@
 # Starts its own redis-server on a free loopback port and stops it (by PID) at the end.
 #   bench/redis/run.sh [CLIENTS] [REQUESTS]
 # SCRATCH=path sets the build directory (default .build in bench/redis).
-# Our client runs in two shapes: the default (MultiThreadedEventLoopGroup.singleton,
-# one event-loop thread per core, the tasks on Swift's cooperative pool), and on one
+# Our client runs in three shapes: the default (MultiThreadedEventLoopGroup.singleton,
+# one event-loop thread per core, the tasks on Swift's cooperative pool); the same loops
+# with each driving task on one of them (`--on-loop`: the shape of a gateway miss, which
+# runs on its connection's loop and uses the Redis connections of that loop); and on one
 # event-loop thread with the driving tasks on that same thread (`--threads 1 --on-loop`,
 # the shape of single-threaded redis-benchmark), each with one connection per client
 # and with a pool of 8.
@@ -45,7 +47,7 @@ for P in 1 $PIPELINE; do
     echo "--- pipeline $P ---"
     cpu_per_get redis-benchmark -p "$PORT" -t get -d $SIZE -c "$CLIENTS" -n "$REQUESTS" -P "$P" --csv 2>/dev/null \
         | awk -F'"' -v c="$CLIENTS" -v p="$P" '$2 == "GET" { printf "redis-benchmark GET: %d clients, pipeline %d: %s requests/s, p50 %s ms, p99 %s ms\n", c, p, $4, $10, $14 } /client CPU/ { print }'
-    for SHAPE in "" "--threads 1 --on-loop"; do
+    for SHAPE in "" "--on-loop" "--threads 1 --on-loop"; do
         # shellcheck disable=SC2086 # SHAPE is a list of flags
         cpu_per_get "$BIN" --url "redis://127.0.0.1:$PORT/0" -c "$CLIENTS" -n "$REQUESTS" -P "$P" -d $SIZE $SHAPE
         # shellcheck disable=SC2086
