@@ -201,10 +201,12 @@ public enum DailyChartPager {
 }
 
 extension String {
-    /// `trimmingCharacters(in: .whitespaces)` (tabs and Unicode space separators off both ends) without
-    /// Foundation's trip through UTF-16; returns `self` when there is nothing to trim.
+    /// `trimmingCharacters(in: .whitespaces)` (tabs, Unicode space separators and the zero-width space, Foundation's
+    /// set) off both ends without Foundation's trip through UTF-16; returns `self` when there is nothing to trim.
     func trimmingSpaces() -> String {
-        func isSpace(_ c: Unicode.Scalar) -> Bool { c == "\t" || c.properties.generalCategory == .spaceSeparator }
+        func isSpace(_ c: Unicode.Scalar) -> Bool {
+            c == "\t" || c == "\u{200B}" || c.properties.generalCategory == .spaceSeparator
+        }
         let scalars = unicodeScalars
         guard let first = scalars.firstIndex(where: { !isSpace($0) }), let last = scalars.lastIndex(where: { !isSpace($0) })
         else { return "" }

@@ -14,11 +14,15 @@ package final class ConnectionPool: Sendable {
     private let waiterIDs = Atomic<Int>(0)
     private let configuration: RedisConfiguration
     private let group: any EventLoopGroup
+    /// The group's loops: slot `i` always connects on `loops[i % loops.count]`, so the connections are spread
+    /// evenly and every loop has its own (``connection(deadline:)`` prefers the caller's loop).
+    private let loops: [any EventLoop]
     private let logger: Logger
 
     package init(configuration: RedisConfiguration, group: any EventLoopGroup, logger: Logger) {
         self.configuration = configuration
         self.group = group
+        self.loops = Array(group.makeIterator())
         self.logger = logger
         self.state = Mutex(
             Machine(
@@ -112,7 +116,7 @@ package final class ConnectionPool: Sendable {
     }
 
     private func connect(slot: Int, generation: Int) {
-        let eventLoop = self.group.next()
+        let eventLoop = self.loops.isEmpty ? self.group.next() : self.loops[slot % self.loops.count]
         Task {
             do {
                 let connection = try await RedisConnection.connect(

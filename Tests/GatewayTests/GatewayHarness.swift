@@ -13,6 +13,7 @@ import ServerKit
 import Simulator
 import Store
 import TestSupport
+import Testing
 import Tokens
 
 let testSecret = "gateway-test-secret-of-at-least-32-bytes"
@@ -142,4 +143,22 @@ func withGateway<T: Sendable>(
             throw error
         }
     }
+}
+
+/// Waits until the gateway that fetched the domestic chart at `path` (`/domestic/chart/daily/SYMBOL?start=…&end=…`)
+/// has shared it with the fleet: it stores the entry and releases its fleet lock after it has answered, so a
+/// request to another gateway right after the answer may still find the lock held and wait for the fill.
+func waitUntilShared(_ store: any SharedStore, domesticChart path: String) async throws {
+    let url = try #require(URLComponents(string: path))
+    let symbol = try #require(url.path.split(separator: "/").last)
+    var query: [String: Substring] = [:]
+    for item in url.queryItems ?? [] { query[item.name] = Substring(item.value ?? "") }
+    let key = try ChartQuery.domestic(symbol: symbol, query: query, maxRangeDays: 3660, now: Date()).cacheKey
+    for _ in 0..<200 {
+        if try await store.timeToLive("lock:chart:" + key) == .missing, try await store.get("cache:" + key) != nil {
+            return
+        }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    Issue.record("the chart at \(path) was never shared")
 }

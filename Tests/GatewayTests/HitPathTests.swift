@@ -131,6 +131,7 @@ struct HitPathTests {
             // In the shared store (the router's gateway fetched it): the same answer as the router's hit.
             let shared = "/domestic/chart/daily/000660?start=2025-04-01&end=2025-06-16"
             #expect(try await http(.GET, router + shared, headers: auth).header("x-cache") == "MISS")
+            try await waitUntilShared(fx.store, domesticChart: shared)
             var before = answers.value
             let viaStore = try await http(.GET, fast + shared, headers: auth)
             #expect(answers.value == before + 1, "a chart from the store: answered by the hit path")
@@ -139,6 +140,7 @@ struct HitPathTests {
             // A conditional request for a chart the fast gateway's L1 lacks: the router's 304.
             let shared2 = "/domestic/chart/daily/005380?start=2025-04-01&end=2025-06-16"
             let tag = try #require(try await http(.GET, router + shared2, headers: auth).header("etag"))
+            try await waitUntilShared(fx.store, domesticChart: shared2)
             before = answers.value
             let conditional = try await http(.GET, fast + shared2, headers: auth + [("If-None-Match", tag)])
             #expect(answers.value == before + 1, "a conditional fetch: answered by the hit path")

@@ -161,7 +161,7 @@ struct AnswerReaderTests {
 
 @Suite("KIS text helpers")
 struct KISTextTests {
-    @Test(arguments: ["삼성전자", "  삼성전자", "삼성전자 \t", "\u{3000}삼성 전자\u{00A0}", "   ", "", "\t", "a", " a b "])
+    @Test(arguments: ["삼성전자", "  삼성전자", "삼성전자 \t", "\u{3000}삼성 전자\u{00A0}", "\u{200B}삼성전자\u{200B}\u{2009}", "\u{1680}\u{202F}\u{205F}", "   ", "", "\t", "a", " a b "])
     func trimmingSpacesIsFoundationsWhitespaceTrim(_ text: String) {
         #expect(text.trimmingSpaces() == text.trimmingCharacters(in: .whitespaces))
     }
