@@ -51,10 +51,8 @@ struct ChartEntry: Sendable {
         }
         // A copy of its own: the store's value can be a slice of a whole received buffer, which an L1 entry must
         // not keep alive.
-        var body = ByteBuffer()
-        body.reserveCapacity(view.count - headerLength - 1)
-        body.writeBytes(view[(newline + 1)...])
-        return ChartEntry(body: body, etag: String(parts[3]), storedAt: stored, freshUntil: fresh)
+        return ChartEntry(body: ByteBuffer(bytes: view[(newline + 1)...]), etag: String(parts[3]), storedAt: stored,
+                          freshUntil: fresh)
     }
 
     // MARK: the response body

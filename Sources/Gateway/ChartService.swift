@@ -86,8 +86,7 @@ final class ChartService: Sendable {
     func chart(_ query: ChartQuery, token: ResolvedToken, on executor: (any TaskExecutor)? = nil) async throws(Problem)
         -> Outcome
     {
-        let deadline = NIODeadline.now() + .nanoseconds(Int64(settings.requestTimeout.components.seconds) * 1_000_000_000
-            + settings.requestTimeout.components.attoseconds / 1_000_000_000)
+        let deadline = NIODeadline.now() + TimeAmount(settings.requestTimeout)
         let key = query.cacheKey
         var entry = l1.get(key)
         if entry == nil {

@@ -547,9 +547,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Recorded before the write, as the router's middleware records before Hummingbird writes.
     private func record(_ answer: HitPath.Answer, method: HTTPMethod, start: ContinuousClock.Instant) {
-        let d = ContinuousClock.now - start
-        path.record(answer, method: method,
-                    nanoseconds: d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
+        path.record(answer, method: method, nanoseconds: TimeAmount(ContinuousClock.now - start).nanoseconds)
     }
 
     /// The head, then `Date` and the blank line (one buffer a second), then the body: one `writev`.

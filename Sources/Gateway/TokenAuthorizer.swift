@@ -10,10 +10,10 @@ struct ResolvedToken: Sendable {
     var environment: KISEnvironment
     var expiresAt: Date
     var sha256: String
-    var credentials: KISCredentials
+    let credentials: KISCredentials
     /// The store key of the app key's upstream rate (``ChartService/rateKey(appKey:)``), worked out once per
-    /// resolved token rather than on every miss (it is a SHA-256).
-    var rateKey: String
+    /// resolved token rather than on every miss (it is a SHA-256); both are constants, so it cannot drift.
+    let rateKey: String
 
     init(userID: String, environment: KISEnvironment, expiresAt: Date, sha256: String, credentials: KISCredentials) {
         self.userID = userID

@@ -116,7 +116,7 @@ package final class ConnectionPool: Sendable {
     }
 
     private func connect(slot: Int, generation: Int) {
-        let eventLoop = self.loops.isEmpty ? self.group.next() : self.loops[slot % self.loops.count]
+        let eventLoop = self.loops[slot % self.loops.count]
         Task {
             do {
                 let connection = try await RedisConnection.connect(

@@ -91,31 +91,28 @@ package struct PoolStateMachine<Connection, Waiter> {
         -> AcquireResult
     {
         if self.isShutdown { return .fail(RedisError(.shutdown, "the Redis client was shut down")) }
-        let count = self.slots.count
-        if let preferred {
-            for offset in 0..<count {
-                let index = (self.nextReady + offset) % count
-                if case .ready(let connection) = self.slots[index].slot, preferred(connection) {
-                    self.nextReady = (index + 1) % count
-                    self.growIfUseful(into: &effects)
-                    return .use(connection)
-                }
-            }
-        }
-        for offset in 0..<count {
-            let index = (self.nextReady + offset) % count
-            if case .ready(let connection) = self.slots[index].slot {
-                self.nextReady = (index + 1) % count
-                self.growIfUseful(into: &effects)
-                return .use(connection)
-            }
-        }
+        if let preferred, let connection = self.nextReady(where: preferred, effects: &effects) { return .use(connection) }
+        if let connection = self.nextReady(where: { _ in true }, effects: &effects) { return .use(connection) }
         if self.isConnecting { return .wait }
         if let lastError = self.lastError {
             return .fail(RedisError(.unavailable, "Redis is unavailable, reconnecting in the background (\(lastError.message))"))
         }
         self.growIfUseful(into: &effects)
         return .wait
+    }
+
+    /// The next ready connection `accept` takes, in turn from the last one used.
+    private mutating func nextReady(where accept: (Connection) -> Bool, effects: inout [Effect]) -> Connection? {
+        let count = self.slots.count
+        for offset in 0..<count {
+            let index = (self.nextReady + offset) % count
+            if case .ready(let connection) = self.slots[index].slot, accept(connection) {
+                self.nextReady = (index + 1) % count
+                self.growIfUseful(into: &effects)
+                return connection
+            }
+        }
+        return nil
     }
 
     /// Registers a waiter after ``acquire()`` said `.wait`. The state may

@@ -1,5 +1,6 @@
 import Foundation
 import KIS
+import KisgwConfiguration
 import Simulator
 @testable import Gateway
 import NIOCore
@@ -24,12 +25,14 @@ struct HitPathTests {
     /// One gateway (no second one to compare with) whose hit-path answers are counted, and a user connected
     /// through it: the body gets the fixture, the user's JWT and KIS token, and the count.
     static func withUser(_ user: String, appKey: String, latencyMs: Int = 0,
+                         config: @escaping @Sendable (_ simURL: String) -> KisgwConfig = { testConfig(simURL: $0) },
                          _ body: @Sendable (GatewayFixture, _ jwt: String, _ kis: String, Answers) async throws -> Void)
         async throws
     {
         let answers = Answers()
         try await withGateway(sim: SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000,
                                                           latencyMs: latencyMs),
+                              config: config,
                               dependencies: { _, deps in deps.onHitPathAnswer = { _ in answers.add() } }) { fx, _ in
             let jwt = try await fx.jwt(user)
             let kis = try await fx.connect(user: user, appKey: appKey)
@@ -40,9 +43,13 @@ struct HitPathTests {
     /// Every header but `Date` and `Age`, with `max-age`'s number left out: those are compared apart, since a second
     /// may pass between the two answers.
     static func comparable(_ r: HTTPResult) -> [String] {
-        r.headers.filter { !["date", "age"].contains($0.0.lowercased()) }.map { name, value in
-            "\(name.lowercased()): " + (name.lowercased() == "cache-control" ? value.replacing(/max-age=\d+/, with: "max-age=N") : value)
-        }
+        r.headers.filter { !["date", "age"].contains($0.0.lowercased()) }.map(line)
+    }
+
+    /// `name: value`, the name lowercased, `max-age`'s number left out.
+    static func line(_ name: String, _ value: String) -> String {
+        let n = name.lowercased()
+        return n + ": " + (n == "cache-control" ? value.replacing(/max-age=\d+/, with: "max-age=N") : value)
     }
 
     static func maxAge(_ r: HTTPResult) -> Int? {
@@ -166,11 +173,7 @@ struct HitPathTests {
             #expect(fetched.status == 200 && routed.status == 200)
             let varying: Set<String> = ["date", "age", "etag", "content-length", "server-timing"]
             func fixed(_ r: HTTPResult) -> [String] {
-                r.headers.map { name, value in
-                    let n = name.lowercased()
-                    if varying.contains(n) { return n }
-                    return n + ": " + (n == "cache-control" ? value.replacing(/max-age=\d+/, with: "max-age=N") : value)
-                }
+                r.headers.map { name, value in varying.contains(name.lowercased()) ? name.lowercased() : Self.line(name, value) }
             }
             #expect(fixed(fetched) == fixed(routed), "a miss: headers")
             #expect(fetched.header("x-cache") == "MISS")
@@ -225,13 +228,8 @@ struct HitPathTests {
 
     @Test("[server] request_timeout_ms bounds the wait for a fetch, through the router and the hit path; the fetch goes on")
     func requestTimeout() async throws {
-        let answers = Answers()
-        try await withGateway(sim: SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000,
-                                                          latencyMs: 1200),
-                              config: { testConfig(simURL: $0, requestTimeoutMs: 400) },
-                              dependencies: { _, deps in deps.onHitPathAnswer = { _ in answers.add() } }) { fx, _ in
-            let kis = try await fx.connect(user: "hp-timeout", appKey: "PShitpath0006")
-            let jwt = try await fx.jwt("hp-timeout")
+        try await Self.withUser("hp-timeout", appKey: "PShitpath0006", latencyMs: 1200,
+                                config: { testConfig(simURL: $0, requestTimeoutMs: 400) }) { fx, jwt, kis, answers in
             let paths = ["/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16",   // first sight of the JWT: the router
                          "/domestic/chart/daily/000660?start=2025-04-01&end=2025-06-16"]   // then the hit path
             for (i, path) in paths.enumerated() {

@@ -16,12 +16,7 @@ struct MissRoundTripTests {
           arguments: StoreKind.allCases)
     func oneStepPerMiss(kind: StoreKind) async throws {
         guard kind == .memory || redisURL != nil else { return }
-        let log = StoreCallLog()
-        try await withGateway(store: kind, gateways: 2, dependencies: { index, deps in
-            deps.store = CountingStore(inner: deps.store, log: log, label: "gw\(index)")
-        }) { g, urls in
-            let kis = try await g.connect(user: "u-rt", appKey: "PSapp-rt-\(kind)")
-            let jwt = try await g.jwt("u-rt")
+        try await withCountedGateways(kind, count: 2, user: "u-rt") { g, urls, log, jwt, kis in
             let path = "/domestic/chart/daily/068270?start=2025-03-03&end=2025-05-30"  // one KIS page
             log.reset()
             let first = try await g.get(path, jwt: jwt, kis: kis, base: urls[0])
@@ -52,12 +47,7 @@ struct MissRoundTripTests {
           arguments: StoreKind.allCases)
     func hitPathMissRunsOnTheEventLoop(kind: StoreKind) async throws {
         guard kind == .memory || redisURL != nil else { return }
-        let log = StoreCallLog()
-        try await withGateway(store: kind, gateways: 1, dependencies: { index, deps in
-            deps.store = CountingStore(inner: deps.store, log: log, label: "gw\(index)")
-        }) { g, urls in
-            let kis = try await g.connect(user: "u-loop", appKey: "PSapp-loop-\(kind)")
-            let jwt = try await g.jwt("u-loop")
+        try await withCountedGateways(kind, count: 1, user: "u-loop") { g, urls, log, jwt, kis in
             // The router answers the first request and the gateway learns the credentials; the hit path fetches
             // the next chart it lacks.
             let first = try await g.get("/domestic/chart/daily/005930?start=2025-03-03&end=2025-05-30", jwt: jwt,
@@ -73,6 +63,22 @@ struct MissRoundTripTests {
             #expect(log.onLoop(of: "gw0", call: "readOrLock(reserving)", keyPrefix: "cache:", containing: "068270") == [true])
             #expect(log.onLoop(of: "gw0", call: "set", keyPrefix: "cache:", containing: "068270") == [true])
         }
+    }
+}
+
+/// `count` gateways on a `kind` store whose calls are logged (labels `gw0`, `gw1`, …), and a user connected through
+/// them: the body gets the fixture, the gateways' URLs, the log, and the user's JWT and KIS token.
+private func withCountedGateways(
+    _ kind: StoreKind, count: Int, user: String,
+    _ body: @Sendable (GatewayFixture, [String], StoreCallLog, _ jwt: String, _ kis: String) async throws -> Void
+) async throws {
+    let log = StoreCallLog()
+    try await withGateway(store: kind, gateways: count, dependencies: { index, deps in
+        deps.store = CountingStore(inner: deps.store, log: log, label: "gw\(index)")
+    }) { g, urls in
+        let kis = try await g.connect(user: user, appKey: "PSapp-\(user)-\(kind)")
+        let jwt = try await g.jwt(user)
+        try await body(g, urls, log, jwt, kis)
     }
 }
 
