@@ -1,9 +1,9 @@
-public import AsyncHTTPClient
+import AsyncHTTPClient
 import CoreMetrics
 public import Foundation
 public import Hummingbird
 import HTTPTypes
-import KIS
+public import KIS
 public import KisgwConfiguration
 public import Logging
 import NIOCore
@@ -21,7 +21,8 @@ public struct BrokerDependencies: Sendable {
     public var store: any SharedStore
     /// The seal keys: they seal the database's secret columns and the published records.
     public var keyring: SealKeyring
-    public var httpClient: HTTPClient
+    /// The HTTP clients for KIS, one per event loop.
+    public var http: KISHTTPClients
     /// Where `/metrics` reads from; the broker's own series are created in it. nil: the global `MetricsSystem`
     /// and an empty `/metrics`.
     public var metricsRegistry: PrometheusCollectorRegistry?
@@ -38,7 +39,7 @@ public struct BrokerDependencies: Sendable {
     package var onLeaseChange: (@Sendable (Bool) -> Void)?
 
     public init(
-        store: any SharedStore, keyring: SealKeyring, httpClient: HTTPClient = .shared,
+        store: any SharedStore, keyring: SealKeyring, http: KISHTTPClients = .shared,
         metricsRegistry: PrometheusCollectorRegistry? = nil, demoMode: Bool = false,
         repository: (any BrokerRepository)? = nil,
         extraRoutes: (@Sendable (Router<BasicRequestContext>) -> Void)? = nil,
@@ -46,7 +47,7 @@ public struct BrokerDependencies: Sendable {
     ) {
         self.store = store
         self.keyring = keyring
-        self.httpClient = httpClient
+        self.http = http
         self.metricsRegistry = metricsRegistry
         self.demoMode = demoMode
         self.repository = repository
@@ -146,9 +147,9 @@ struct BrokerCore: Sendable {
         self.verifier = try await JWTVerifier(settings: .init(config: config.auth.jwt))
         let timeout = config.upstream.timeout
         let clients: [KISEnvironment: KISClient] = [
-            .live: KISClient(baseURL: config.kis.liveURL, httpClient: dependencies.httpClient, timeout: timeout,
+            .live: KISClient(baseURL: config.kis.liveURL, http: dependencies.http, timeout: timeout,
                              logger: logger),
-            .sandbox: KISClient(baseURL: config.kis.sandboxURL, httpClient: dependencies.httpClient, timeout: timeout,
+            .sandbox: KISClient(baseURL: config.kis.sandboxURL, http: dependencies.http, timeout: timeout,
                                 logger: logger),
         ]
         let factory: any MetricsFactory = dependencies.metricsRegistry.map { PrometheusMetricsFactory(registry: $0) }

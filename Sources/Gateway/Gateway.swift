@@ -1,9 +1,9 @@
-public import AsyncHTTPClient
+import AsyncHTTPClient
 import Crypto
 import Foundation
 public import Hummingbird
 import HTTPTypes
-import KIS
+public import KIS
 public import KisgwConfiguration
 public import Logging
 import NIOCore
@@ -19,7 +19,8 @@ public import Tokens
 public struct GatewayDependencies: Sendable {
     public var store: any SharedStore
     public var keyring: SealKeyring
-    public var httpClient: HTTPClient
+    /// The HTTP clients for KIS and the broker, one per event loop.
+    public var http: KISHTTPClients
     public var metricsRegistry: PrometheusCollectorRegistry?
     /// Answers `/readyz`: nil when the store answers.
     public var readiness: @Sendable () async -> String?
@@ -28,12 +29,12 @@ public struct GatewayDependencies: Sendable {
     /// Told of every answer the hit path gives (tests).
     var onHitPathAnswer: (@Sendable (_ status: Int) -> Void)?
 
-    public init(store: any SharedStore, keyring: SealKeyring, httpClient: HTTPClient = .shared,
+    public init(store: any SharedStore, keyring: SealKeyring, http: KISHTTPClients = .shared,
                 metricsRegistry: PrometheusCollectorRegistry? = nil,
                 readiness: @escaping @Sendable () async -> String?) {
         self.store = store
         self.keyring = keyring
-        self.httpClient = httpClient
+        self.http = http
         self.metricsRegistry = metricsRegistry
         self.readiness = readiness
     }
@@ -98,8 +99,8 @@ struct GatewayCore: Sendable {
         self.authorizer = authorizer
         let timeout = config.upstream.timeout
         let clients: [KISEnvironment: KISClient] = [
-            .live: KISClient(baseURL: config.kis.liveURL, httpClient: dependencies.httpClient, timeout: timeout, logger: logger),
-            .sandbox: KISClient(baseURL: config.kis.sandboxURL, httpClient: dependencies.httpClient, timeout: timeout,
+            .live: KISClient(baseURL: config.kis.liveURL, http: dependencies.http, timeout: timeout, logger: logger),
+            .sandbox: KISClient(baseURL: config.kis.sandboxURL, http: dependencies.http, timeout: timeout,
                                 logger: logger),
         ]
         let settings = ChartService.Settings(
@@ -275,7 +276,8 @@ struct GatewayCore: Sendable {
         upstream.headers.add(name: "content-type", value: "application/json")
         upstream.body = .bytes(body)
         do {
-            let response = try await dependencies.httpClient.execute(upstream, timeout: .seconds(Int64(config.upstream.timeoutMs / 1000 + 5)))
+            let response = try await dependencies.http.current.execute(
+                upstream, timeout: .seconds(Int64(config.upstream.timeoutMs / 1000 + 5)))
             let bytes = try await response.body.collect(upTo: 1 << 20)
             var headers = HTTPFields()
             headers[.contentType] = response.headers.first(name: "content-type") ?? "application/json"

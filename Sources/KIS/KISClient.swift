@@ -1,4 +1,4 @@
-public import AsyncHTTPClient
+import AsyncHTTPClient
 public import Foundation
 public import Logging
 import NIOCore
@@ -87,18 +87,19 @@ public struct KISIssuedToken: Sendable, Equatable {
     public var expiresIn: Int
 }
 
-/// A REST client for the KIS endpoints kisgw uses, on AsyncHTTPClient (keep-alive pool, TLS for real KIS).
+/// A REST client for the KIS endpoints kisgw uses, on AsyncHTTPClient (keep-alive pools on the caller's event loop,
+/// `KISHTTPClients`; TLS for real KIS).
 ///
 /// Each method makes exactly one HTTP call; paging and rate limiting are the caller's (see `DailyChartPager`).
 public struct KISClient: Sendable {
     public let baseURL: String
-    public let httpClient: HTTPClient
+    public let http: KISHTTPClients
     public let timeout: Duration
     public let logger: Logger
 
-    public init(baseURL: String, httpClient: HTTPClient = .shared, timeout: Duration = .seconds(5), logger: Logger) {
+    public init(baseURL: String, http: KISHTTPClients = .shared, timeout: Duration = .seconds(5), logger: Logger) {
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
-        self.httpClient = httpClient
+        self.http = http
         self.timeout = timeout
         self.logger = logger
     }
@@ -222,7 +223,7 @@ public struct KISClient: Sendable {
             let request = try HTTPClient.Request(
                 url: baseURL + pathAndQuery, method: method, headers: headerFields,
                 body: body.map { .byteBuffer(ByteBuffer(data: $0)) })
-            let response = try await httpClient.execute(
+            let response = try await http.current.execute(
                 request: request, delegate: ResponseAccumulator(request: request, maxBodySize: 16 << 20),
                 deadline: deadline, logger: logger
             ).get()

@@ -19,11 +19,14 @@ struct BrokerCommand: AsyncParsableCommand {
     func run() async throws {
         let config = try configOptions.load(for: .broker)
         let runtime = try Runtime(config: config, label: "kisgw.broker")
-        let deps = BrokerDependencies(store: runtime.store, keyring: runtime.keyring, metricsRegistry: runtime.registry)
-        let app = try await buildBroker(config, dependencies: deps, logger: runtime.logger) { port in
-            let line = "kisgw broker listening on http://\(config.broker.host):\(port) (database: \(config.broker.database), store: \(config.store.backend.rawValue))\n"
-            FileHandle.standardOutput.write(Data(line.utf8))
+        let deps = BrokerDependencies(store: runtime.store, keyring: runtime.keyring, http: runtime.kisHTTP,
+                                      metricsRegistry: runtime.registry)
+        try await runtime.run {
+            [try await buildBroker(config, dependencies: deps, logger: runtime.logger) { port in
+                let line = "kisgw broker listening on http://\(config.broker.host):\(port) "
+                    + "(database: \(config.broker.database), store: \(config.store.backend.rawValue))\n"
+                FileHandle.standardOutput.write(Data(line.utf8))
+            }]
         }
-        try await runtime.run([app])
     }
 }

@@ -99,38 +99,42 @@ struct DemoCommand: AsyncParsableCommand {
 
         var credentials: [String: String]? = nil
         if let key = env["KISGW_DEMO_APP_KEY"], let secret = env["KISGW_DEMO_APP_SECRET"] { credentials = [key: secret] }
-        let live = try await buildSimulator(
-            SimulatorConfiguration(host: host, port: livePort, environment: .live, credentials: credentials), logger: logger)
-        let sandbox = try await buildSimulator(
-            SimulatorConfiguration(host: host, port: sandboxPort, environment: .sandbox, credentials: credentials),
-            logger: logger)
-        let gateway = try await buildGateway(
-            config,
-            dependencies: GatewayDependencies(store: runtime.store, keyring: runtime.keyring,
-                                              metricsRegistry: runtime.registry, readiness: runtime.readiness),
-            logger: logger)
-        let uiConfig = #"{"gatewayUrl":"http://\#(host):\#(gatewayPort)","demo":true}"#
-        let broker = try await buildBroker(
-            config,
-            dependencies: BrokerDependencies(
-                store: runtime.store, keyring: runtime.keyring, metricsRegistry: runtime.registry, demoMode: true,
-                extraRoutes: { router in addWebRoutes(to: router, config: { uiConfig }) }),
-            logger: logger)
-        let jwt = try await JWTVerifier.mintHS256(secret: Array(secrets.jwtSecret.utf8), sub: "demo", ttl: 12 * 3600)
-        let banner = """
-            kisgw demo — 한국투자증권 Open API gateway, everything in one process
-            UI: http://\(host):\(brokerPort)/
-            Gateway: http://\(host):\(gatewayPort)
-            Broker: http://\(host):\(brokerPort)/api/kis
-            Simulator: http://\(host):\(sandboxPort) (sandbox)
-            Simulator (live): http://\(host):\(livePort)
-            Store: \(redisURL == nil ? "memory" : "redis")
-            Data: \(data)
-            JWT: \(jwt)
-            Open the UI, connect with any app key and secret (sandbox), and draw a chart. Ctrl-C stops.
+        try await runtime.run {
+            let live = try await buildSimulator(
+                SimulatorConfiguration(host: host, port: livePort, environment: .live, credentials: credentials),
+                logger: logger)
+            let sandbox = try await buildSimulator(
+                SimulatorConfiguration(host: host, port: sandboxPort, environment: .sandbox, credentials: credentials),
+                logger: logger)
+            let gateway = try await buildGateway(
+                config,
+                dependencies: GatewayDependencies(store: runtime.store, keyring: runtime.keyring, http: runtime.kisHTTP,
+                                                  metricsRegistry: runtime.registry, readiness: runtime.readiness),
+                logger: logger)
+            let uiConfig = #"{"gatewayUrl":"http://\#(host):\#(gatewayPort)","demo":true}"#
+            let broker = try await buildBroker(
+                config,
+                dependencies: BrokerDependencies(
+                    store: runtime.store, keyring: runtime.keyring, http: runtime.kisHTTP,
+                    metricsRegistry: runtime.registry, demoMode: true,
+                    extraRoutes: { router in addWebRoutes(to: router, config: { uiConfig }) }),
+                logger: logger)
+            let jwt = try await JWTVerifier.mintHS256(secret: Array(secrets.jwtSecret.utf8), sub: "demo", ttl: 12 * 3600)
+            let banner = """
+                kisgw demo — 한국투자증권 Open API gateway, everything in one process
+                UI: http://\(host):\(brokerPort)/
+                Gateway: http://\(host):\(gatewayPort)
+                Broker: http://\(host):\(brokerPort)/api/kis
+                Simulator: http://\(host):\(sandboxPort) (sandbox)
+                Simulator (live): http://\(host):\(livePort)
+                Store: \(redisURL == nil ? "memory" : "redis")
+                Data: \(data)
+                JWT: \(jwt)
+                Open the UI, connect with any app key and secret (sandbox), and draw a chart. Ctrl-C stops.
 
-            """
-        FileHandle.standardOutput.write(Data(banner.utf8))
-        try await runtime.run([live, sandbox, gateway, broker])
+                """
+            FileHandle.standardOutput.write(Data(banner.utf8))
+            return [live, sandbox, gateway, broker]
+        }
     }
 }

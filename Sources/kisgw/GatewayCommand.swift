@@ -16,13 +16,15 @@ struct GatewayCommand: AsyncParsableCommand {
     func run() async throws {
         let config = try configOptions.load(for: .gateway)
         let runtime = try Runtime(config: config, label: "kisgw.gateway")
-        let deps = GatewayDependencies(store: runtime.store, keyring: runtime.keyring,
+        let deps = GatewayDependencies(store: runtime.store, keyring: runtime.keyring, http: runtime.kisHTTP,
                                        metricsRegistry: runtime.registry, readiness: runtime.readiness)
         let logger = runtime.logger
-        let app = try await buildGateway(config, dependencies: deps, logger: logger) { port in
-            let line = "kisgw gateway listening on http://\(config.server.host):\(port) (store: \(config.store.backend.rawValue))\n"
-            FileHandle.standardOutput.write(Data(line.utf8))
+        try await runtime.run {
+            [try await buildGateway(config, dependencies: deps, logger: logger) { port in
+                let line = "kisgw gateway listening on http://\(config.server.host):\(port) "
+                    + "(store: \(config.store.backend.rawValue))\n"
+                FileHandle.standardOutput.write(Data(line.utf8))
+            }]
         }
-        try await runtime.run([app])
     }
 }

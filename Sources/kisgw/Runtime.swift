@@ -1,4 +1,5 @@
 import Foundation
+import KIS
 import KisgwConfiguration
 import Logging
 import Observability
@@ -19,6 +20,8 @@ struct Runtime {
     let store: any SharedStore
     let redis: RedisClient?
     let keyring: SealKeyring
+    /// The clients for KIS calls, one per event loop, shut down after the servers.
+    let kisHTTP: KISHTTPClients
 
     init(config: KisgwConfig, label: String, ephemeralSeal: Bool = false) throws {
         self.config = config
@@ -50,6 +53,7 @@ struct Runtime {
         } else {
             self.keyring = try SealKeyring(current: config.seal.current, keys: config.seal.keys.mapValues(\.bytes))
         }
+        self.kisHTTP = KISHTTPClients()
     }
 
     /// nil when the store answers; else why not.
@@ -65,10 +69,23 @@ struct Runtime {
         }
     }
 
-    /// Runs `services` (and the Redis client) until SIGTERM/SIGINT, then shuts down within `shutdown_grace_s`.
-    func run(_ services: [any Service]) async throws {
+    /// Builds the services, then runs them (and the Redis and KIS clients) until SIGTERM/SIGINT, then shuts down
+    /// within `shutdown_grace_s`. When building fails, the KIS client is shut down before the error is thrown.
+    func run(_ build: () async throws -> [any Service]) async throws {
+        let services: [any Service]
+        do {
+            services = try await build()
+        } catch {
+            try? await kisHTTP.shutdown()
+            throw error
+        }
+        try await run(services)
+    }
+
+    private func run(_ services: [any Service]) async throws {
         var all: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let redis { all.append(.init(service: RedisService(client: redis))) }
+        all.append(.init(service: HTTPClientService(client: kisHTTP)))
         all += services.map { .init(service: $0) }
         var configuration = ServiceGroupConfiguration(
             services: all, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -86,6 +103,15 @@ struct RedisService: Service {
         await cancelWhenGracefulShutdown {
             await client.run()
         }
+    }
+}
+
+/// The KIS clients as a service: once the servers after it in the group have drained, they close their connections.
+struct HTTPClientService: Service {
+    let client: KISHTTPClients
+    func run() async throws {
+        try? await gracefulShutdown()
+        try await client.shutdown()
     }
 }
 

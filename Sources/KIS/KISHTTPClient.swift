@@ -1,0 +1,61 @@
+public import AsyncHTTPClient
+public import NIOCore
+public import NIOPosix
+import Synchronization
+
+/// The HTTP clients kisgw calls KIS (and the broker) with: one `HTTPClient` per event loop of the servers' group,
+/// each with its connections on its own loop.
+///
+/// A miss is fetched on the event loop of the connection that asked for it. One client over the whole group prefers
+/// an idle connection of the caller's loop, but takes another loop's when its own has none, and then has no reason to
+/// ever open one on the caller's loop: in the dev loop every KIS call of a connection on the other loop crossed
+/// threads four times (request, idle timer, answer head, answer end; `perf record -e sched:sched_wakeup`). A client per
+/// loop makes a call from a loop always use that loop's connections, from the first call on. A call from elsewhere (a
+/// task on Swift's pool, the broker's scheduler) takes the loops' clients in turn.
+///
+/// Measured: the hand-offs are gone from the trace; isolated misses on an idle machine were not measurably faster
+/// (1.82–2.03 ms over the upstream against 1.62–1.99 ms, alternating binaries; bench/README.md, "Miss path").
+public final class KISHTTPClients: Sendable {
+    private let clients: [HTTPClient]
+    private let byLoop: [ObjectIdentifier: Int]
+    private let turn = Atomic<Int>(0)
+    private let canShutDown: Bool
+
+    /// A client per loop of `group`, each like `HTTPClient.shared` (decompression with a ratio limit, a 600 s idle
+    /// timeout) except that redirects are not followed: KIS answers in place, and a redirect must not carry the app
+    /// secret elsewhere. The caller shuts them down (`shutdown()`).
+    public convenience init(group: MultiThreadedEventLoopGroup = .singleton) {
+        self.init(group: group, canShutDown: true)
+    }
+
+    private init(group: MultiThreadedEventLoopGroup, canShutDown: Bool) {
+        var configuration = HTTPClient.Configuration.singletonConfiguration
+        configuration.redirectConfiguration = .disallow
+        let loops = Array(group.makeIterator())
+        self.clients = loops.map { HTTPClient(eventLoopGroup: $0, configuration: configuration) }
+        self.byLoop = Dictionary(uniqueKeysWithValues: loops.enumerated().map { (ObjectIdentifier($1), $0) })
+        self.canShutDown = canShutDown
+    }
+
+    /// The process's clients on `MultiThreadedEventLoopGroup.singleton`, never shut down (as `HTTPClient.shared`).
+    public static let shared = KISHTTPClients(group: .singleton, canShutDown: false)
+
+    /// The client whose connections live on the current event loop; off the loops, the next one in turn.
+    public var current: HTTPClient {
+        if let loop = MultiThreadedEventLoopGroup.currentEventLoop, let index = byLoop[ObjectIdentifier(loop)] {
+            return clients[index]
+        }
+        return clients[turn.add(1, ordering: .relaxed).oldValue % clients.count]
+    }
+
+    /// The client of `loop`'s connections, if `loop` is one of the group's.
+    public func client(on loop: any EventLoop) -> HTTPClient? {
+        byLoop[ObjectIdentifier(loop)].map { clients[$0] }
+    }
+
+    /// Closes every client's connections. The shared instance is not shut down.
+    public func shutdown() async throws {
+        guard canShutDown else { return }
+        for client in clients { try await client.shutdown() }
+    }
+}
