@@ -1,4 +1,3 @@
-import AsyncHTTPClient
 import CoreMetrics
 public import Foundation
 public import Hummingbird

@@ -87,8 +87,8 @@ public struct KISIssuedToken: Sendable, Equatable {
     public var expiresIn: Int
 }
 
-/// A REST client for the KIS endpoints kisgw uses, on AsyncHTTPClient (keep-alive pools on the caller's event loop,
-/// `KISHTTPClients`; TLS for real KIS).
+/// A REST client for the KIS endpoints kisgw uses, on AsyncHTTPClient (`KISHTTPClients`: keep-alive pools, a call
+/// made on one of the servers' event loops goes over a connection of that loop; TLS for real KIS).
 ///
 /// Each method makes exactly one HTTP call; paging and rate limiting are the caller's (see `DailyChartPager`).
 public struct KISClient: Sendable {

@@ -85,7 +85,7 @@ struct Runtime {
     private func run(_ services: [any Service]) async throws {
         var all: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let redis { all.append(.init(service: RedisService(client: redis))) }
-        all.append(.init(service: HTTPClientService(client: kisHTTP)))
+        all.append(.init(service: HTTPClientService(clients: kisHTTP)))
         all += services.map { .init(service: $0) }
         var configuration = ServiceGroupConfiguration(
             services: all, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -108,10 +108,10 @@ struct RedisService: Service {
 
 /// The KIS clients as a service: once the servers after it in the group have drained, they close their connections.
 struct HTTPClientService: Service {
-    let client: KISHTTPClients
+    let clients: KISHTTPClients
     func run() async throws {
         try? await gracefulShutdown()
-        try await client.shutdown()
+        try await clients.shutdown()
     }
 }
 

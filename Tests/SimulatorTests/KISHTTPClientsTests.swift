@@ -54,7 +54,7 @@ struct KISHTTPClientTests {
         do {
             try await body(clients)
         } catch {
-            try await clients.shutdown()
+            try? await clients.shutdown()
             throw error
         }
         try await clients.shutdown()
@@ -71,25 +71,31 @@ struct KISHTTPClientTests {
     func aConnectionPerLoop() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let loops = Array(group.makeIterator())
-        try await withPeerServer { port in
-            try await withKISClients(on: group) { clients in
-                var seen: [[Int]] = [[], []]
-                for round in 0..<6 {
-                    for (index, loop) in loops.enumerated() where round % 2 == index % 2 || round > 2 {
-                        seen[index].append(try await peer(clients, from: loop, port: port))
+        do {
+            try await withPeerServer { port in
+                try await withKISClients(on: group) { clients in
+                    var seen: [[Int]] = [[], []]
+                    for round in 0..<6 {
+                        for (index, loop) in loops.enumerated() where round % 2 == index % 2 || round > 2 {
+                            seen[index].append(try await peer(clients, from: loop, port: port))
+                        }
                     }
+                    #expect(Set(seen[0]).count == 1 && Set(seen[1]).count == 1, "\(seen)")
+                    #expect(Set(seen[0]).isDisjoint(with: seen[1]), "loop 0 used \(seen[0]), loop 1 used \(seen[1])")
+                    for loop in loops {
+                        let onLoop = try await loop.submit { clients.current === clients.client(on: loop) }.get()
+                        #expect(onLoop)
+                    }
+                    // Off the loops: one client (one pool), the first loop's, whose connection the calls reuse.
+                    #expect(clients.current === clients.client(on: loops[0]))
+                    let request = try HTTPClient.Request(url: "http://127.0.0.1:\(port)/peer")
+                    let offLoop = try await clients.current.execute(request: request).get()
+                    #expect(offLoop.body.map { Int(String(buffer: $0)) } == seen[0].first)
                 }
-                #expect(Set(seen[0]).count == 1 && Set(seen[1]).count == 1, "\(seen)")
-                #expect(Set(seen[0]).isDisjoint(with: seen[1]), "loop 0 used \(seen[0]), loop 1 used \(seen[1])")
-                for loop in loops {
-                    let onLoop = try await loop.submit { clients.current === clients.client(on: loop) }.get()
-                    #expect(onLoop)
-                }
-                // Off the loops, the loops' clients in turn.
-                let offLoop = [clients.current, clients.current]
-                #expect(offLoop[0] !== offLoop[1])
-                #expect(offLoop.allSatisfy { c in loops.contains { clients.client(on: $0) === c } })
             }
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
         }
         try await group.shutdownGracefully()
     }
@@ -105,6 +111,7 @@ struct KISHTTPClientTests {
                 let response = try await clients.current.execute(
                     request: HTTPClient.Request(url: "http://127.0.0.1:\(port)/moved")).get()
                 #expect(response.status == .found)
+                #expect(response.headers.first(name: "location") == "http://127.0.0.1:9/elsewhere")
             }
         }
     }

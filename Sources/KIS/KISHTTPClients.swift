@@ -1,24 +1,24 @@
 public import AsyncHTTPClient
 public import NIOCore
 public import NIOPosix
-import Synchronization
 
 /// The HTTP clients kisgw calls KIS (and the broker) with: one `HTTPClient` per event loop of the servers' group,
 /// each with its connections on its own loop.
 ///
 /// A miss is fetched on the event loop of the connection that asked for it. One client over the whole group prefers
 /// an idle connection of the caller's loop, but takes another loop's when its own has none, and then has no reason to
-/// ever open one on the caller's loop: in the dev loop every KIS call of a connection on the other loop crossed
-/// threads four times (request, idle timer, answer head, answer end; `perf record -e sched:sched_wakeup`). A client per
-/// loop makes a call from a loop always use that loop's connections, from the first call on. A call from elsewhere (a
-/// task on Swift's pool, the broker's scheduler) takes the loops' clients in turn.
+/// ever open one on the caller's loop: in the dev loop every KIS call from a connection on the other loop crossed
+/// threads four times (request, idle timer, answer head, answer end; `perf record -e sched:sched_wakeup`). With a
+/// client per loop, a call from a loop of the group uses that loop's connections from the first call on. A call from
+/// elsewhere (a task on Swift's pool, the broker, a loop of another group) uses the first loop's client, so such calls
+/// share one pool instead of opening a connection on every loop.
 ///
-/// Measured: the hand-offs are gone from the trace; isolated misses on an idle machine were not measurably faster
-/// (1.82–2.03 ms over the upstream against 1.62–1.99 ms, alternating binaries; bench/README.md, "Miss path").
+/// Each client allows `max(2, 8 / loops)` connections per host (`HTTPClient.shared` allows 8 over the whole group):
+/// 8 in all on 1 to 4 loops, 2 per loop beyond. Measured (bench/README.md, "Miss path"): the hand-offs are gone from
+/// the trace; isolated misses on an idle machine were not measurably faster.
 public final class KISHTTPClients: Sendable {
     private let clients: [HTTPClient]
     private let byLoop: [ObjectIdentifier: Int]
-    private let turn = Atomic<Int>(0)
     private let canShutDown: Bool
 
     /// A client per loop of `group`, each like `HTTPClient.shared` (decompression with a ratio limit, a 600 s idle
@@ -29,9 +29,10 @@ public final class KISHTTPClients: Sendable {
     }
 
     private init(group: MultiThreadedEventLoopGroup, canShutDown: Bool) {
+        let loops = Array(group.makeIterator())
         var configuration = HTTPClient.Configuration.singletonConfiguration
         configuration.redirectConfiguration = .disallow
-        let loops = Array(group.makeIterator())
+        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = max(2, 8 / loops.count)
         self.clients = loops.map { HTTPClient(eventLoopGroup: $0, configuration: configuration) }
         self.byLoop = Dictionary(uniqueKeysWithValues: loops.enumerated().map { (ObjectIdentifier($1), $0) })
         self.canShutDown = canShutDown
@@ -40,12 +41,12 @@ public final class KISHTTPClients: Sendable {
     /// The process's clients on `MultiThreadedEventLoopGroup.singleton`, never shut down (as `HTTPClient.shared`).
     public static let shared = KISHTTPClients(group: .singleton, canShutDown: false)
 
-    /// The client whose connections live on the current event loop; off the loops, the next one in turn.
+    /// The client whose connections live on the current event loop; off the group's loops, the first loop's.
     public var current: HTTPClient {
         if let loop = MultiThreadedEventLoopGroup.currentEventLoop, let index = byLoop[ObjectIdentifier(loop)] {
             return clients[index]
         }
-        return clients[turn.add(1, ordering: .relaxed).oldValue % clients.count]
+        return clients[0]
     }
 
     /// The client of `loop`'s connections, if `loop` is one of the group's.
@@ -53,7 +54,7 @@ public final class KISHTTPClients: Sendable {
         byLoop[ObjectIdentifier(loop)].map { clients[$0] }
     }
 
-    /// Closes every client's connections. The shared instance is not shut down.
+    /// Closes every client's connections. Does nothing for `shared`, which lives as long as the process.
     public func shutdown() async throws {
         guard canShutDown else { return }
         for client in clients { try await client.shutdown() }
