@@ -39,7 +39,10 @@ struct StoreEventListener: Service {
             do {
                 let subscription = try await store.subscribe(to: channel)
                 delay = .milliseconds(100)
-                for await message in subscription.cancelOnGracefulShutdown() { handle(message) }
+                // One task reads the whole subscription until graceful shutdown. `cancelOnGracefulShutdown()` on the
+                // sequence merges it with the shutdown signal, which hands every message through a task of its own:
+                // a second thread hand-off for each message (each fill notice, i.e. each miss of every gateway).
+                await cancelWhenGracefulShutdown { for await message in subscription { handle(message) } }
             } catch {
                 logger.warning("store subscription failed; retrying", metadata: ["channel": "\(channel)"])
             }
