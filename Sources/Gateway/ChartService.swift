@@ -67,6 +67,8 @@ final class ChartService: Sendable {
     let logger: Logger
     private let inflight = Mutex<[String: Flight<(ChartEntry, Double?)>]>([:])
     private let refreshing = Mutex<Set<String>>([])
+    /// Every task a request starts and does not wait for, for graceful shutdown (`BackgroundDrain`).
+    let background = BackgroundWork()
 
     init(settings: Settings, store: any SharedStore, l1: L1Cache<ChartEntry>, clients: [KISEnvironment: KISClient],
          authorizer: TokenAuthorizer, metrics: GatewayMetrics, logger: Logger) {
@@ -128,7 +130,7 @@ final class ChartService: Sendable {
         let key = query.cacheKey
         let first = refreshing.withLock { $0.insert(key).inserted }
         guard first else { return }
-        Task(executorPreference: executor) {
+        background.start(on: executor) {
             defer { _ = self.refreshing.withLock { $0.remove(key) } }
             do { _ = try await self.fetchCoalesced(query, token: token, cold: false, deadline: nil, on: executor) } catch let problem as Problem {
                 self.logger.info("background refresh failed", metadata: ["code": "\(problem.code)"])
@@ -156,7 +158,7 @@ final class ChartService: Sendable {
             return (f, true)
         }
         if leader {
-            Task(executorPreference: executor) {
+            background.start(on: executor) {
                 let outcome: Flight<(ChartEntry, Double?)>.Outcome
                 var fetched: (ChartEntry, StoreLock)?
                 do throws(Problem) {
@@ -264,7 +266,7 @@ final class ChartService: Sendable {
     }
 
     private func releaseInBackground(_ lock: StoreLock) {
-        Task { [store] in _ = try? await store.releaseLock(lock) }
+        background.start { [store] in _ = try? await store.releaseLock(lock) }
     }
 
     /// Stores the entry for the fleet, tells the other gateways, then releases the lock — in that order, so a
@@ -272,7 +274,7 @@ final class ChartService: Sendable {
     private func shareInBackground(_ entry: ChartEntry, key: String, lock: StoreLock, on executor: (any TaskExecutor)?) {
         let keep = entry.freshUntil - Self.now() + Int64(max(settings.staleIfError, settings.staleWhileRevalidate))
         let store = self.store, logger = self.logger
-        Task(executorPreference: executor) {
+        background.start(on: executor) {
             do {
                 try await store.set("cache:" + key, to: entry.encoded(), ttl: .seconds(max(1, keep)))
                 try await store.publish(ByteBuffer(string: key), to: Self.filledChannel)
@@ -412,7 +414,7 @@ final class ChartService: Sendable {
                     // KIS refused it before its stated expiry: forget it everywhere and tell the broker.
                     authorizer.forget(sha256: token.sha256)
                     let store = self.store, sha = token.sha256, code = e.msgCode ?? "EGW00123"
-                    Task { try? await TokenDirectory.markDead(sha256: sha, msgCode: code, store: store) }
+                    background.start { try? await TokenDirectory.markDead(sha256: sha, msgCode: code, store: store) }
                     if e.kind == .tokenInvalid {
                         throw Problem(.kisTokenInvalid, "KIS refused the token", kisMsgCode: e.msgCode,
                                       kisMessage: e.message)

@@ -62,7 +62,7 @@ public func buildGateway(
             : .http1(configuration: .init(httpDecoderConfiguration: .init(
                 maxHeaderFieldSize: config.server.maxHeaderBytes, maxHeaderListSize: config.server.maxHeaderBytes))),
         configuration: .init(address: .hostname(config.server.host, port: config.server.port), serverName: nil),
-        services: [gateway.eventListener],
+        services: [BackgroundDrain(work: gateway.charts.background, logger: logger), gateway.eventListener],
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? 0) },
         logger: logger
     )

@@ -145,15 +145,20 @@ func withGateway<T: Sendable>(
     }
 }
 
-/// Waits until the gateway that fetched the domestic chart at `path` (`/domestic/chart/daily/SYMBOL?start=…&end=…`)
-/// has shared it with the fleet: it stores the entry and releases its fleet lock after it has answered, so a
-/// request to another gateway right after the answer may still find the lock held and wait for the fill.
-func waitUntilShared(_ store: any SharedStore, domesticChart path: String) async throws {
+/// The cache key of the domestic chart at `path` (`/domestic/chart/daily/SYMBOL?start=…&end=…`).
+func chartKey(domesticChart path: String) throws -> String {
     let url = try #require(URLComponents(string: path))
     let symbol = try #require(url.path.split(separator: "/").last)
     var query: [String: Substring] = [:]
     for item in url.queryItems ?? [] { query[item.name] = Substring(item.value ?? "") }
-    let key = try ChartQuery.domestic(symbol: symbol, query: query, maxRangeDays: 3660, now: Date()).cacheKey
+    return try ChartQuery.domestic(symbol: symbol, query: query, maxRangeDays: 3660, now: Date()).cacheKey
+}
+
+/// Waits until the gateway that fetched the domestic chart at `path` (`/domestic/chart/daily/SYMBOL?start=…&end=…`)
+/// has shared it with the fleet: it stores the entry and releases its fleet lock after it has answered, so a
+/// request to another gateway right after the answer may still find the lock held and wait for the fill.
+func waitUntilShared(_ store: any SharedStore, domesticChart path: String) async throws {
+    let key = try chartKey(domesticChart: path)
     for _ in 0..<200 {
         if try await store.timeToLive("lock:chart:" + key) == .missing, try await store.get("cache:" + key) != nil {
             return

@@ -86,16 +86,17 @@ struct GatewayResilienceTests {
         redis.stop()
     }
 
-    /// Two requests in flight at KIS: one the router answers (a JWT not seen before) and one the hit path answers
-    /// (a chart the L1 lacks, for credentials already verified), each on its own connection.
-    @Test("SIGTERM with requests in flight: they complete, the process exits 0")
-    func sigterm() async throws {
-        guard let binary = kisgwBinary(), redisURL != nil else { return }
-        var logger = Logger(label: "sigterm")
+    /// Runs the kisgw executable as a gateway over real Redis (`env` added to its environment) and an in-process
+    /// simulator that answers after `latencyMs`, for the duration of `body`.
+    private func withGatewayProcess(
+        _ binary: String, latencyMs: Int, env extra: [String: String] = [:],
+        _ body: @Sendable (GatewayFixture, Process) async throws -> Void
+    ) async throws {
+        var logger = Logger(label: "gateway-process")
         logger.logLevel = .critical
         let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
         let sim = try await buildSimulator(SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0,
-                                                                  ratePerSecond: 1000, latencyMs: 1500),
+                                                                  ratePerSecond: 1000, latencyMs: latencyMs),
                                            logger: logger) { simCont.yield($0) }
         let (store, client) = try makeStore(.redis, prefix: "sig\(UInt16.random(in: 0...9999)):")
         let keyBytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
@@ -118,12 +119,25 @@ struct GatewayResilienceTests {
             env["KISGW_KIS_LIVE_URL"] = simURL
             env["KISGW_KIS_LIVE_RATE_PER_S"] = "1000"
             env["KISGW_LOG_LEVEL"] = "warning"
+            env.merge(extra) { _, new in new }
             process.environment = env
             process.standardOutput = FileHandle.nullDevice
             try process.run()
             defer { if process.isRunning { process.terminate() } }
             #expect(await eventually { RedisServerProcess.accepts(port: port) })
             let g = GatewayFixture(gatewayURL: "http://127.0.0.1:\(port)", simURL: simURL, store: store, keyring: keyring)
+            try await body(g, process)
+            #expect(!RedisServerProcess.accepts(port: port))
+            group.cancelAll()
+        }
+    }
+
+    /// Two requests in flight at KIS: one the router answers (a JWT not seen before) and one the hit path answers
+    /// (a chart the L1 lacks, for credentials already verified), each on its own connection.
+    @Test("SIGTERM with requests in flight: they complete, the process exits 0")
+    func sigterm() async throws {
+        guard let binary = kisgwBinary(), redisURL != nil else { return }
+        try await withGatewayProcess(binary, latencyMs: 1500) { g, process in
             let kis = try await g.connect(user: "s1", appKey: "PSapp-sigterm")
             let jwt = try await g.jwt("s1")
             // Teaches the gateway the JWT and the KIS token.
@@ -138,8 +152,28 @@ struct GatewayResilienceTests {
             #expect(h.status == 200 && h.header("x-cache") == "MISS")
             #expect(await eventually(.seconds(15)) { !process.isRunning })
             #expect(process.terminationStatus == 0)
-            #expect(!RedisServerProcess.accepts(port: port))
-            group.cancelAll()
+        }
+    }
+
+    /// The request gives up after `request_timeout_ms`; its fetch goes on (the next request would find the chart).
+    /// SIGTERM then must not drop it: a dropped fetch leaves its fleet lock held until it expires, and the chart
+    /// unshared.
+    @Test("SIGTERM with a fetch nobody waits for any more: it finishes and is shared, its lock released, then exit 0")
+    func sigtermFinishesBackgroundFetch() async throws {
+        guard let binary = kisgwBinary(), redisURL != nil else { return }
+        try await withGatewayProcess(binary, latencyMs: 1500, env: ["KISGW_SERVER_REQUEST_TIMEOUT_MS": "300"]) { g, process in
+            let kis = try await g.connect(user: "s2", appKey: "PSapp-sigterm-bg")
+            let jwt = try await g.jwt("s2")
+            let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
+            let r = try await g.get(path, jwt: jwt, kis: kis)
+            #expect(r.status == 504 && r.json["code"] as? String == "upstream_timeout", "\(r.status)")
+            let key = try chartKey(domesticChart: path)
+            #expect(try await g.store.timeToLive("lock:chart:" + key) != .missing, "the fetch holds the fleet lock")
+            kill(process.processIdentifier, SIGTERM)
+            #expect(await eventually(.seconds(15)) { !process.isRunning })
+            #expect(process.terminationStatus == 0)
+            #expect(try await g.store.get("cache:" + key) != nil, "the fetched chart was not shared")
+            #expect(try await g.store.timeToLive("lock:chart:" + key) == .missing, "the fleet lock is still held")
         }
     }
 }
