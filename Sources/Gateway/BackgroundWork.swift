@@ -52,6 +52,8 @@ final class BackgroundWork: Sendable {
             }
             continuation?.resume()
         }
+        // A cancellation after the wait had ended left its id behind.
+        _ = state.withLock { $0.cancelled.remove(id) }
     }
 
     private func finished() {
@@ -65,9 +67,11 @@ final class BackgroundWork: Sendable {
     }
 }
 
-/// Runs until graceful shutdown, then until the gateway's background work is done. It comes first among the
-/// application's services, so it is shut down last: after the server has answered its last request. The service
-/// group's `shutdown_grace_s` bounds the wait (it cancels it).
+/// Runs until graceful shutdown, then until the gateway's background work is done. It comes before the date cache
+/// and the server among the application's services, so it is shut down after the server has answered its last
+/// request, and after it the store-event listener (fill notices still wake the work's waits). What bounds the wait is
+/// the process's service group (`[server] shutdown_grace_s`, which also covers the requests in flight): it cancels the
+/// wait, and the work still running is dropped.
 struct BackgroundDrain: Service {
     let work: BackgroundWork
     let logger: Logger
@@ -80,5 +84,9 @@ struct BackgroundDrain: Service {
             logger.notice("finishing background work before exiting", metadata: ["tasks": "\(running)"])
         }
         await work.drained()
+        let left = work.running
+        if left > 0 {
+            logger.warning("shutdown grace over; dropping background work", metadata: ["tasks": "\(left)"])
+        }
     }
 }

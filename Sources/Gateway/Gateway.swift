@@ -62,7 +62,7 @@ public func buildGateway(
             : .http1(configuration: .init(httpDecoderConfiguration: .init(
                 maxHeaderFieldSize: config.server.maxHeaderBytes, maxHeaderListSize: config.server.maxHeaderBytes))),
         configuration: .init(address: .hostname(config.server.host, port: config.server.port), serverName: nil),
-        services: [BackgroundDrain(work: gateway.charts.background, logger: logger), gateway.eventListener],
+        services: [gateway.eventListener, BackgroundDrain(work: gateway.charts.background, logger: logger)],
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? 0) },
         logger: logger
     )

@@ -501,7 +501,9 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let path = self.path
         let executor = self.executor ?? EventLoopExecutor(loop)
         self.executor = executor
-        Task(executorPreference: executor) {
+        // Counted: when the client goes away meanwhile, nothing holds the server's shutdown for this task, which may
+        // still start a refresh or another fetch (`ChartService.chart`).
+        path.charts.background.start(on: executor) {
             let outcome = await path.fetch(fetch, on: executor)
             // On the loop already (the executor's job): answer in this job, before the jobs queued behind it.
             if loop.inEventLoop {

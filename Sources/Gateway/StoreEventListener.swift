@@ -46,7 +46,8 @@ struct StoreEventListener: Service {
             } catch {
                 logger.warning("store subscription failed; retrying", metadata: ["channel": "\(channel)"])
             }
-            try? await Task.sleep(for: delay)
+            // The backoff ends early on graceful shutdown (up to 5 s while the store is down).
+            try? await cancelWhenGracefulShutdown { [delay] in try await Task.sleep(for: delay) }
             delay = min(delay * 2, .seconds(5))
         }
     }

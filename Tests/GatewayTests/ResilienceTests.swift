@@ -123,7 +123,13 @@ struct GatewayResilienceTests {
             process.environment = env
             process.standardOutput = FileHandle.nullDevice
             try process.run()
-            defer { if process.isRunning { process.terminate() } }
+            defer {
+                // SIGKILL: a gateway that hangs must not outlive the test.
+                if process.isRunning {
+                    kill(process.processIdentifier, SIGKILL)
+                    process.waitUntilExit()
+                }
+            }
             #expect(await eventually { RedisServerProcess.accepts(port: port) })
             let g = GatewayFixture(gatewayURL: "http://127.0.0.1:\(port)", simURL: simURL, store: store, keyring: keyring)
             try await body(g, process)
