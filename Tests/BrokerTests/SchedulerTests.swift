@@ -33,6 +33,12 @@ struct SchedulerTests {
                 return r.json["connected"] as? Bool == true
             }
             #expect(account)
+            // KIS counts the issuance when it answers; the broker then saves the token (to Postgres, say) and only
+            // then publishes it.
+            let published = try await eventually {
+                try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox)).count == 2
+            }
+            #expect(published)
             let members = try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox))
             #expect(members.contains(TokenDirectory.sha256(of: first)))
             #expect(members.count == 2)
