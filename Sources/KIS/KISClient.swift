@@ -215,8 +215,7 @@ public struct KISClient: Sendable {
         headerFields.add(name: "content-type", value: "application/json; charset=utf-8")
         headerFields.add(name: "accept", value: "application/json")
         for (name, value) in headers { headerFields.add(name: name, value: value) }
-        let deadline = NIODeadline.now() + .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000
-            + timeout.components.attoseconds / 1_000_000_000)
+        let deadline = NIODeadline.now() + TimeAmount(timeout)
         do {
             // The whole answer is gathered on the event loop and handed over once (the streaming API hands every
             // read of the body over to the task, each a thread switch; a page is read whole anyway).

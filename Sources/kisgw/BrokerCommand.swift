@@ -19,8 +19,7 @@ struct BrokerCommand: AsyncParsableCommand {
     func run() async throws {
         let config = try configOptions.load(for: .broker)
         let runtime = try Runtime(config: config, label: "kisgw.broker")
-        let deps = BrokerDependencies(store: runtime.store, keyring: runtime.keyring, http: runtime.kisHTTP,
-                                      metricsRegistry: runtime.registry)
+        let deps = runtime.brokerDependencies()
         try await runtime.run {
             [try await buildBroker(config, dependencies: deps, logger: runtime.logger) { port in
                 let line = "kisgw broker listening on http://\(config.broker.host):\(port) "

@@ -106,18 +106,12 @@ struct DemoCommand: AsyncParsableCommand {
             let sandbox = try await buildSimulator(
                 SimulatorConfiguration(host: host, port: sandboxPort, environment: .sandbox, credentials: credentials),
                 logger: logger)
-            let gateway = try await buildGateway(
-                config,
-                dependencies: GatewayDependencies(store: runtime.store, keyring: runtime.keyring, http: runtime.kisHTTP,
-                                                  metricsRegistry: runtime.registry, readiness: runtime.readiness),
-                logger: logger)
+            let gateway = try await buildGateway(config, dependencies: runtime.gatewayDependencies, logger: logger)
             let uiConfig = #"{"gatewayUrl":"http://\#(host):\#(gatewayPort)","demo":true}"#
             let broker = try await buildBroker(
                 config,
-                dependencies: BrokerDependencies(
-                    store: runtime.store, keyring: runtime.keyring, http: runtime.kisHTTP,
-                    metricsRegistry: runtime.registry, demoMode: true,
-                    extraRoutes: { router in addWebRoutes(to: router, config: { uiConfig }) }),
+                dependencies: runtime.brokerDependencies(
+                    demoMode: true, extraRoutes: { router in addWebRoutes(to: router, config: { uiConfig }) }),
                 logger: logger)
             let jwt = try await JWTVerifier.mintHS256(secret: Array(secrets.jwtSecret.utf8), sub: "demo", ttl: 12 * 3600)
             let banner = """

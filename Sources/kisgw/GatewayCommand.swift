@@ -16,8 +16,7 @@ struct GatewayCommand: AsyncParsableCommand {
     func run() async throws {
         let config = try configOptions.load(for: .gateway)
         let runtime = try Runtime(config: config, label: "kisgw.gateway")
-        let deps = GatewayDependencies(store: runtime.store, keyring: runtime.keyring, http: runtime.kisHTTP,
-                                       metricsRegistry: runtime.registry, readiness: runtime.readiness)
+        let deps = runtime.gatewayDependencies
         let logger = runtime.logger
         try await runtime.run {
             [try await buildGateway(config, dependencies: deps, logger: logger) { port in

@@ -1,4 +1,7 @@
+import Broker
 import Foundation
+import Gateway
+import Hummingbird
 import KIS
 import KisgwConfiguration
 import Logging
@@ -54,6 +57,19 @@ struct Runtime {
             self.keyring = try SealKeyring(current: config.seal.current, keys: config.seal.keys.mapValues(\.bytes))
         }
         self.kisHTTP = KISHTTPClients()
+    }
+
+    /// What a gateway takes from the runtime.
+    var gatewayDependencies: GatewayDependencies {
+        GatewayDependencies(store: store, keyring: keyring, http: kisHTTP, metricsRegistry: registry,
+                            readiness: readiness)
+    }
+
+    /// What a broker takes from the runtime.
+    func brokerDependencies(demoMode: Bool = false,
+                            extraRoutes: (@Sendable (Router<BasicRequestContext>) -> Void)? = nil) -> BrokerDependencies {
+        BrokerDependencies(store: store, keyring: keyring, http: kisHTTP, metricsRegistry: registry,
+                           demoMode: demoMode, extraRoutes: extraRoutes)
     }
 
     /// nil when the store answers; else why not.

@@ -18,17 +18,26 @@ func withSimulator<T: Sendable>(
 ) async throws -> T {
     var configuration = configuration
     configuration.port = 0
-    let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
     var logger = Logger(label: "sim-test")
     logger.logLevel = .warning
-    let app = try await buildSimulator(configuration, logger: logger) { port in continuation.yield(port) }
+    return try await withApp({ onPort in try await buildSimulator(configuration, logger: logger) { onPort($0) } }) { port in
+        try await body(SimClient(base: "http://127.0.0.1:\(port)"))
+    }
+}
+
+/// Builds an application with `make` (given the callback its server calls with its port), runs it on a loopback
+/// port for the duration of `body`, then stops it.
+func withApp<App: ApplicationProtocol, T: Sendable>(
+    _ make: (@escaping @Sendable (Int) -> Void) async throws -> App, _ body: @Sendable (Int) async throws -> T
+) async throws -> T {
+    let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+    let app = try await make { continuation.yield($0) }
     return try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { try await app.runService(gracefulShutdownSignals: []) }
         var iterator = ports.makeAsyncIterator()
-        guard let port = await iterator.next() else { throw SimulatorError("simulator did not start") }
-        let client = SimClient(base: "http://127.0.0.1:\(port)")
+        guard let port = await iterator.next() else { throw SimulatorError("the server did not start") }
         do {
-            let result = try await body(client)
+            let result = try await body(port)
             group.cancelAll()
             return result
         } catch {

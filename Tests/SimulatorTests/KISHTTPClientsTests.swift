@@ -24,18 +24,12 @@ struct KISHTTPClientTests {
     private func withServer<Context: RequestContext>(
         _ router: Router<Context>, _ body: @Sendable (Int) async throws -> Void
     ) async throws where Context.Source == ApplicationRequestContextSource {
-        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
         var logger = Logger(label: "kis-http-test-server")
         logger.logLevel = .critical
-        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-                              onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) }, logger: logger)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await app.runService(gracefulShutdownSignals: []) }
-            var iterator = ports.makeAsyncIterator()
-            let port = try #require(await iterator.next())
-            defer { group.cancelAll() }
-            try await body(port)
-        }
+        try await withApp({ onPort in
+            Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                        onServerRunning: { onPort($0.localAddress?.port ?? 0) }, logger: logger)
+        }, body)
     }
 
     /// Serves `GET /peer` (the caller's port) for the duration of `body`.
