@@ -14,7 +14,7 @@ public import NIOPosix
 /// share one pool instead of opening a connection on every loop.
 ///
 /// Each client allows `max(2, 8 / loops)` connections per host (`HTTPClient.shared` allows 8 over the whole group):
-/// 8 in all on 1 to 4 loops, 2 per loop beyond. Measured (bench/README.md, "Miss path"): the hand-offs are gone from
+/// 8 in all on 1, 2 or 4 loops (6 on 3), 2 per loop beyond. Measured (bench/README.md, "Miss path"): the hand-offs are gone from
 /// the trace; isolated misses on an idle machine were not measurably faster.
 public final class KISHTTPClients: Sendable {
     private let clients: [HTTPClient]
@@ -43,10 +43,7 @@ public final class KISHTTPClients: Sendable {
 
     /// The client whose connections live on the current event loop; off the group's loops, the first loop's.
     public var current: HTTPClient {
-        if let loop = MultiThreadedEventLoopGroup.currentEventLoop, let index = byLoop[ObjectIdentifier(loop)] {
-            return clients[index]
-        }
-        return clients[0]
+        MultiThreadedEventLoopGroup.currentEventLoop.flatMap(client(on:)) ?? clients[0]
     }
 
     /// The client of `loop`'s connections, if `loop` is one of the group's.

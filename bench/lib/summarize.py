@@ -135,15 +135,16 @@ def h2_record(name):
         pass
     # Runs with "warmup_s" (clients started 1 ms apart, bench/run) log their warm-up too: drop the
     # requests sent in its first seconds, and count the rate over what is left.
+    span_s = meta["duration_s"]
     warmup_us = meta.get("warmup_s", 0) * 1_000_000
     if warmup_us and entries:
-        start = min(e[0] for e in entries) + warmup_us
+        entries.sort()
+        start = entries[0][0] + warmup_us
         entries = [e for e in entries if e[0] >= start]
+        if len(entries) > 1:
+            span_s = (entries[-1][0] - entries[0][0]) / 1e6
     bad = sum(1 for e in entries if e[1] != "200")
     durs = sorted(e[2] for e in entries)
-    span_s = meta["duration_s"]
-    if warmup_us and len(entries) > 1:
-        span_s = (max(e[0] for e in entries) - min(e[0] for e in entries)) / 1e6
     txt = _read(f"{RES}/{name}.h2load.txt") or ""
     m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", txt)
     rec = dict(meta)
