@@ -83,7 +83,8 @@ public func buildBroker(
     router.add(middleware: AccessMiddleware(recorder: core.recorder))
     let demo = dependencies.demoMode
     router.add(middleware: CORSMiddleware(
-        cors: config.cors, renderer: ProblemRenderer(allowedMethods: { BrokerCore.allowedMethods($0, demo: demo) })))
+        cors: config.cors, renderer: ProblemRenderer(allowedMethods: { BrokerCore.allowedMethods($0, demo: demo) }),
+        allowMethods: CORSHeaderValues.brokerMethods))
     core.addRoutes(to: router)
     dependencies.extraRoutes?(router)
 

@@ -338,18 +338,18 @@ final class TokenKeeper: Sendable {
             switch e.kind {
             case .credentialsRejected:
                 throw Problem(.kisCredentialsRejected, "KIS refused the app key or secret", kisMsgCode: e.msgCode,
-                              kisMessage: e.message)
+                              kisMessage: e.kisMessage)
             case .issuanceTooFrequent:
                 var wait: Int64 = 60
                 if let b = try? await store.get(issuedAtKey(env, appKey)), let at = Int64(String(buffer: b)) {
                     wait = max(1, 60 - (now - at))
                 }
                 throw Problem(.kisRateLimited, "KIS allows one token issuance a minute per app key; try again later",
-                              retryAfter: Int(wait), kisMsgCode: e.msgCode, kisMessage: e.message)
+                              retryAfter: Int(wait), kisMsgCode: e.msgCode, kisMessage: e.kisMessage)
             case .timeout:
                 throw Problem(.upstreamTimeout, "KIS did not answer the token request in time")
             default:
-                throw Problem(.upstreamError, "KIS did not issue a token", kisMsgCode: e.msgCode, kisMessage: e.message)
+                throw Problem(.upstreamError, "KIS did not issue a token", kisMsgCode: e.msgCode, kisMessage: e.kisMessage)
             }
         }
     }

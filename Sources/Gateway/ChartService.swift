@@ -141,7 +141,8 @@ final class ChartService: Sendable {
     }
 
     /// One fetch per key in this process, on a task of its own; every concurrent caller waits for the same one,
-    /// each until its `deadline` at most (nil: no bound). The fetch runs to its end whoever still waits.
+    /// each until its `deadline` at most (nil: no bound) — and one that did not start it, for `[upstream]
+    /// timeout_ms` at most (`gateway-api.md`). The fetch runs to its end whoever still waits.
     ///
     /// `cold`: nobody here has the key; the store is read first and the answer's `upstreamMilliseconds` is `nil`
     /// when the store had it (fresh or not). Otherwise the key is fetched unless another gateway fills it
@@ -178,10 +179,12 @@ final class ChartService: Sendable {
                     self.shareInBackground(entry, key: key, lock: lock, on: executor)
                 }
             }
-        } else {
-            metrics.cacheCoalesced.increment()
+            return try await flight.wait(until: deadline).get()
         }
-        return try await flight.wait(until: deadline).get()
+        metrics.cacheCoalesced.increment()
+        // A request that waits on a fetch another one started waits at most `[upstream] timeout_ms` for it.
+        let bound = deadline.map { min($0, NIODeadline.now() + TimeAmount(settings.upstreamTimeout)) }
+        return try await flight.wait(until: bound).get()
     }
 
     /// One fetch per key across the fleet: a lock with expiry in the store; the others wait to be woken by
@@ -417,18 +420,18 @@ final class ChartService: Sendable {
                     background.start { try? await TokenDirectory.markDead(sha256: sha, msgCode: code, store: store) }
                     if e.kind == .tokenInvalid {
                         throw Problem(.kisTokenInvalid, "KIS refused the token", kisMsgCode: e.msgCode,
-                                      kisMessage: e.message)
+                                      kisMessage: e.kisMessage)
                     }
                     throw Problem(.kisTokenExpired, "KIS says the token has expired", kisMsgCode: e.msgCode,
-                                  kisMessage: e.message)
+                                  kisMessage: e.kisMessage)
                 case .rateLimited:
                     throw Problem(.rateLimited, "KIS refused the call as too frequent", retryAfter: 1,
-                                  kisMsgCode: e.msgCode, kisMessage: e.message)
+                                  kisMsgCode: e.msgCode, kisMessage: e.kisMessage)
                 case .timeout:
                     throw Problem(.upstreamTimeout, "KIS did not answer within \(settings.upstreamTimeout)")
                 default:
                     throw Problem(.upstreamError, "KIS answered with an error or an unreadable body",
-                                  kisMsgCode: e.msgCode, kisMessage: e.message)
+                                  kisMsgCode: e.msgCode, kisMessage: e.kisMessage)
                 }
             } catch is CancellationError {
                 throw Problem(.upstreamTimeout, "the fetch was cancelled")

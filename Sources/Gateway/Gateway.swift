@@ -52,8 +52,11 @@ public func buildGateway(
 ) async throws -> some ApplicationProtocol {
     let gateway = try await GatewayCore(config: config, dependencies: dependencies, logger: logger)
     let router = Router(context: BasicRequestContext.self)
-    router.add(middleware: AccessMiddleware(recorder: gateway.recorder))
-    router.add(middleware: CORSMiddleware(cors: config.cors, renderer: ProblemRenderer(allowedMethods: GatewayCore.allowedMethods)))
+    router.add(middleware: AccessMiddleware(
+        recorder: gateway.recorder,
+        labels: ["/overseas/{exchange}/chart/daily/**": HitPath.Route.overseas.label]))
+    router.add(middleware: CORSMiddleware(cors: config.cors, renderer: ProblemRenderer(allowedMethods: GatewayCore.allowedMethods),
+                                          allowMethods: CORSHeaderValues.gatewayMethods))
     gateway.addRoutes(to: router)
     return Application(
         router: router,
@@ -89,7 +92,7 @@ struct GatewayCore: Sendable {
         self.recorder = recorder
         self.verifier = try await JWTVerifier(settings: .init(config: config.auth.jwt))
         let store = dependencies.store, keyring = dependencies.keyring
-        let authorizer = TokenAuthorizer { (token: String) async throws(StoreError) -> ResolvedToken? in
+        let authorizer = TokenAuthorizer(logger: logger) { (token: String) async throws(StoreError) -> ResolvedToken? in
             guard let p = try await TokenDirectory.resolve(token: token, store: store, keyring: keyring) else { return nil }
             return ResolvedToken(
                 userID: p.userID, environment: p.environment, expiresAt: p.expiresAt, sha256: p.sha256,
@@ -119,13 +122,16 @@ struct GatewayCore: Sendable {
                                                 filledChannel: ChartService.filledChannel, logger: logger)
     }
 
-    static let chartPatterns: [[String]] = [["domestic", "chart", "daily", "*"], ["overseas", "*", "chart", "daily", "*"]]
+    /// The chart routes' paths; `**` is an overseas symbol of one or more segments (`BRK/B`).
+    static let chartPatterns: [[String]] = [["domestic", "chart", "daily", "*"], ["overseas", "*", "chart", "daily", "**"]]
 
     /// The methods a path allows, when it matches a route (for 405 answers).
     static let allowedMethods: @Sendable (String) -> String? = { path in
         let parts = path.split(separator: "/").map(String.init)
-        for pattern in chartPatterns where pattern.count == parts.count {
-            if zip(pattern, parts).allSatisfy({ $0.0 == "*" || $0.0 == $0.1 }) { return "GET, OPTIONS" }
+        for pattern in chartPatterns {
+            let rest = pattern.last == "**" ? pattern.count - 1 : pattern.count
+            guard pattern.last == "**" ? parts.count > rest : parts.count == rest else { continue }
+            if zip(pattern.prefix(rest), parts).allSatisfy({ $0.0 == "*" || $0.0 == $0.1 }) { return "GET, OPTIONS" }
         }
         switch path {
         case "/token/refresh": return "POST, OPTIONS"
@@ -137,14 +143,16 @@ struct GatewayCore: Sendable {
     func addRoutes(to router: Router<BasicRequestContext>) {
         router.get("/domestic/chart/daily/:symbol") { request, context in
             try await self.chart(request, context: context) { query, now throws(Problem) in
-                try ChartQuery.domestic(symbol: Substring(context.parameters.get("symbol") ?? ""), query: query,
+                try ChartQuery.domestic(symbol: Self.decoded(context.parameters.get("symbol") ?? ""), query: query,
                                         maxRangeDays: self.config.limits.maxRangeDays, now: now)
             }
         }
-        router.get("/overseas/:exchange/chart/daily/:symbol") { request, context in
+        // The symbol is the rest of the path, so `BRK/B` may be sent as is (or as `BRK%2FB`).
+        router.get("/overseas/:exchange/chart/daily/**") { request, context in
             try await self.chart(request, context: context) { query, now throws(Problem) in
                 try ChartQuery.overseas(
-                    exchange: Substring(context.parameters.get("exchange") ?? ""), symbol: Substring(context.parameters.get("symbol") ?? ""),
+                    exchange: Self.decoded(context.parameters.get("exchange") ?? ""),
+                    symbol: Self.decoded(context.parameters.getCatchAll().joined(separator: "/")),
                     query: query, maxRangeDays: self.config.limits.maxRangeDays, now: now)
             }
         }
@@ -163,6 +171,12 @@ struct GatewayCore: Sendable {
             let text = self.dependencies.metricsRegistry.map { MetricsSetup.render($0) } ?? ""
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
         }
+    }
+
+    /// A path parameter with its percent-escapes decoded (the router leaves them); as sent when they are not
+    /// valid UTF-8 escapes, for the validation to refuse.
+    static func decoded(_ raw: String) -> Substring {
+        Substring(raw.contains("%") ? raw.removingPercentEncoding ?? raw : raw)
     }
 
     static func json(_ body: String, status: HTTPResponse.Status) -> Response {
@@ -189,7 +203,8 @@ struct GatewayCore: Sendable {
 
         let outcome = try await charts.chart(query, token: token)
         let entry = outcome.entry
-        let nowSeconds = Int64(now.timeIntervalSince1970)
+        // `max-age` and `Age` as of the answer, not of the request: a fetched entry was stored meanwhile.
+        let nowSeconds = Int64(Date().timeIntervalSince1970)
         var headers = HTTPFields()
         headers.reserveCapacity(10)
         headers[.eTag] = entry.etag

@@ -51,7 +51,6 @@ final class HitPath: Sendable {
         var route: Route
         var origin: String?
         var ifNoneMatch: String?
-        var nowSeconds: Int64
     }
 
     /// A ready answer: the head and, for 200 and problems, the body.
@@ -168,8 +167,10 @@ final class HitPath: Sendable {
         case .failure(let problem):
             return self.problem(problem, route: fetch.route, origin: fetch.origin, allocator: allocator)
         case .success(let outcome):
+            // `max-age` and `Age` as of now, not as of the request: the entry may have been stored since.
             return chartAnswer(outcome, route: fetch.route, origin: fetch.origin, ifNoneMatch: fetch.ifNoneMatch,
-                               nowSeconds: fetch.nowSeconds, cacheHit: false, allocator: allocator)
+                               nowSeconds: Int64(Date().timeIntervalSince1970), cacheHit: false,
+                               allocator: allocator)
         }
     }
 
@@ -208,7 +209,7 @@ final class HitPath: Sendable {
         out.add("Vary", "Origin")
         out.add("Access-Control-Allow-Origin", origin)
         if cors.allowCredentials { out.add("Access-Control-Allow-Credentials", "true") }
-        out.add("Access-Control-Allow-Methods", CORSHeaderValues.allowMethods)
+        out.add("Access-Control-Allow-Methods", CORSHeaderValues.gatewayMethods)
         out.add("Access-Control-Allow-Headers", CORSHeaderValues.allowHeaders)
         out.add("Access-Control-Max-Age", String(cors.maxAgeS))
         return Answer(status: .noContent, head: out, body: nil, route: "unmatched", cacheHit: false)
@@ -299,7 +300,7 @@ final class HitPath: Sendable {
         guard let resolvedToken = authorizer.known(kisToken: token, userID: session.userID, now: now) else { return nil }
         guard let entry = l1.get(query.cacheKey), nowSeconds < entry.freshUntil else {
             return .fetch(Fetch(query: query, token: resolvedToken, route: route, origin: allowedOrigin,
-                                ifNoneMatch: fields.ifNoneMatch, nowSeconds: nowSeconds))
+                                ifNoneMatch: fields.ifNoneMatch))
         }
         return .answer(chartAnswer(.hit(entry), route: route, origin: allowedOrigin, ifNoneMatch: fields.ifNoneMatch,
                                    nowSeconds: nowSeconds, cacheHit: true, allocator: allocator))
@@ -307,16 +308,21 @@ final class HitPath: Sendable {
 
     /// What `ProblemRenderer` and `CORSMiddleware` answer for `problem`.
     private func problem(_ problem: Problem, route: Route, origin: String?, allocator: ByteBufferAllocator) -> Answer {
-        let rendered = ProblemRenderer.rendered(problem)
-        let status = HTTPResponseStatus(statusCode: problem.status)
-        var out = Head(status, allocator: allocator, capacity: 512 + (origin?.utf8.count ?? 0))
-        for field in rendered.headers { out.add(name: field.name.rawName, value: field.value) }
-        out.add("Content-Length", String(rendered.body.readableBytes))
-        addCORS(to: &out, origin: origin)
-        return Answer(status: status, head: out, body: rendered.body, route: route.label, cacheHit: false)
+        problem.rendered(route: route.label, origin: origin, close: false, cors: self, allocator: allocator)
     }
 
-    private func addCORS(to head: inout Head, origin: String?) {
+    /// The answer to a request the HTTP decoder refused (its head too long, or not HTTP/1.1): a problem like every
+    /// other error, and the connection closes after it (nothing after the bad bytes can be read). Its `Origin` was
+    /// not read, so it has no CORS headers.
+    func malformed(_ error: HTTPParserError, allocator: ByteBufferAllocator) -> Answer {
+        let detail = error == .headerOverflow
+            ? "the request's header fields are longer than this server accepts ([server] max_header_bytes)"
+            : "the request is not valid HTTP/1.1 (\(error))"
+        return Problem(.invalidParameter, detail).rendered(route: "unmatched", origin: nil, close: true, cors: self,
+                                                           allocator: allocator)
+    }
+
+    fileprivate func addCORS(to head: inout Head, origin: String?) {
         head.add("Vary", "Origin")
         guard let origin else { return }
         head.add("Access-Control-Allow-Origin", origin)
@@ -335,7 +341,9 @@ final class HitPath: Sendable {
             case .domestic:
                 chartQuery = try ChartQuery.domestic(symbol: parts.last!, query: query, maxRangeDays: maxRangeDays, now: now)
             case .overseas:
-                chartQuery = try ChartQuery.overseas(exchange: parts[parts.startIndex + 1], symbol: parts.last!, query: query,
+                // A symbol may contain `/` (BRK/B): everything after `daily/`.
+                let symbol = path[parts[parts.startIndex + 4].startIndex...]
+                chartQuery = try ChartQuery.overseas(exchange: parts[parts.startIndex + 1], symbol: symbol, query: query,
                                                      maxRangeDays: maxRangeDays, now: now)
             }
         } catch {
@@ -363,7 +371,8 @@ final class HitPath: Sendable {
         let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
         guard !parts.contains(where: \.isEmpty) else { return nil }
         if parts.count == 4, parts.elementsEqual(["domestic", "chart", "daily", parts.last!]) { return .domestic }
-        if parts.count == 5, parts.first == "overseas", parts.dropFirst(2).elementsEqual(["chart", "daily", parts.last!]) {
+        // An overseas symbol may span segments (BRK/B).
+        if parts.count >= 5, parts.first == "overseas", parts.dropFirst(2).prefix(2).elementsEqual(["chart", "daily"]) {
             return .overseas
         }
         return nil
@@ -436,6 +445,8 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var readHeld = false
     /// A `ChannelShouldQuiesceEvent` that waits for this handler's answer.
     private var quiesce: Any?
+    /// A request the decoder refused, answered (and the connection closed) once the answers before it are out.
+    private var refused: HTTPParserError?
     private var dates = HTTPDateCache()
     private var lastOrigin: (String, Bool)?
     /// Where this connection's fetches run: its own event loop (made at the first fetch).
@@ -537,7 +548,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .error(let error):
                 if replayed { context.fireChannelReadComplete() }
                 replayed = false
-                context.fireErrorCaught(error)
+                errorCaught(context: context, error: error)
             }
         }
         if replayed { context.fireChannelReadComplete() }
@@ -588,9 +599,24 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if fetching {
             held.append(.error(error))
+        } else if let bad = error as? HTTPParserError, encoder != nil, refused == nil {
+            // Answered here, as a problem, rather than by Hummingbird's bare 400 — after the router's answers to
+            // the requests before it.
+            refused = bad
+            if routed.isEmpty { refuse(context: context) }
         } else {
             context.fireErrorCaught(error)
         }
+    }
+
+    /// Answers the request the decoder refused, then closes the connection.
+    private func refuse(context: ChannelHandlerContext) {
+        guard let bad = refused else { return }
+        answering = nil  // a request cut short by the bad bytes is not answered
+        let answer = path.malformed(bad, allocator: context.channel.allocator)
+        record(answer, method: .RAW(value: "-"), start: ContinuousClock.now)
+        send(answer, date: Date())
+        context.close(promise: nil)
     }
 
     func read(context: ChannelHandlerContext) {
@@ -613,6 +639,10 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // Not `.end` after a HEAD answer: after a chunked head the encoder would write the last chunk. An empty
             // write keeps the promise and the flush in step.
             context.write(bodiless ? wrapOutboundOut(.body(.byteBuffer(ByteBuffer()))) : data, promise: promise)
+            if routed.isEmpty, refused != nil {
+                context.flush()
+                refuse(context: context)
+            }
         }
     }
 
@@ -649,5 +679,20 @@ struct HTTPDateCache {
         let weekday = Int(((day % 7) + 7) % 7)
         func two(_ v: some BinaryInteger) -> String { v < 10 ? "0\(v)" : "\(v)" }
         return "\(days[weekday]), \(two(d)) \(months[m - 1]) \(y) \(two(secs / 3600)):\(two(secs / 60 % 60)):\(two(secs % 60)) GMT"
+    }
+}
+
+extension Problem {
+    /// The hit path's answer for this problem: `ProblemRenderer`'s head and body, with CORS as `CORSMiddleware` adds.
+    fileprivate func rendered(route: String, origin: String?, close: Bool, cors: HitPath,
+                              allocator: ByteBufferAllocator) -> HitPath.Answer {
+        let rendered = ProblemRenderer.rendered(self)
+        let status = HTTPResponseStatus(statusCode: self.status)
+        var out = HitPath.Head(status, allocator: allocator, capacity: 512 + (origin?.utf8.count ?? 0))
+        for field in rendered.headers { out.add(name: field.name.rawName, value: field.value) }
+        out.add("Content-Length", String(rendered.body.readableBytes))
+        if close { out.add("Connection", "close") }
+        cors.addCORS(to: &out, origin: origin)
+        return HitPath.Answer(status: status, head: out, body: rendered.body, route: route, cacheHit: false)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import KIS
+import Logging
 import ServerKit
 import Store
 import Synchronization
@@ -38,9 +39,12 @@ final class TokenAuthorizer: Sendable {
     private let cache = Mutex<[String: Entry]>([:])
     private let recheck: TimeInterval
     private let limit = 100_000
+    private let logger: Logger
 
-    init(recheck: TimeInterval = 30, lookup: @escaping @Sendable (_ token: String) async throws(StoreError) -> ResolvedToken?) {
+    init(recheck: TimeInterval = 30, logger: Logger = Logger(label: "kisgw.gateway"),
+         lookup: @escaping @Sendable (_ token: String) async throws(StoreError) -> ResolvedToken?) {
         self.recheck = recheck
+        self.logger = logger
         self.lookup = lookup
     }
 
@@ -67,10 +71,23 @@ final class TokenAuthorizer: Sendable {
         }
         let resolved: ResolvedToken?
         do { resolved = try await lookup(kisToken) } catch {
-            throw Problem(.storeUnavailable, "the token store cannot be reached", retryAfter: 1)
+            switch error.code {
+            case .seal, .unknownKey, .invalidRecord:
+                // The store answered, with a record this gateway cannot open: sealed with a key it does not hold
+                // (its `[seal]` keys differ from the broker's), tampered with, or malformed. Not a store outage,
+                // and nothing to accept the token on.
+                logger.error("a KIS token record cannot be opened", metadata: ["error": "\(error)"])
+                throw Problem(.kisTokenInvalid, "the KIS token's record cannot be opened by this gateway")
+            default:
+                throw Problem(.storeUnavailable, "the token store cannot be reached", retryAfter: 1)
+            }
         }
         guard let resolved else {
-            cache.withLock { _ = $0.removeValue(forKey: kisToken) }
+            // Its record is gone: expired (the record's TTL ends at `expires_at`), revoked, or never published.
+            let forgotten = cache.withLock { $0.removeValue(forKey: kisToken) }
+            if let expiry = forgotten?.token.expiresAt ?? KISTokenClaims.expiry(of: kisToken), expiry <= now {
+                throw Problem(.kisTokenExpired, "the KIS token has expired")
+            }
             throw Problem(.kisTokenInvalid, "the KIS token is unknown or was revoked")
         }
         guard resolved.expiresAt > now else {

@@ -48,9 +48,12 @@ public struct KISClientError: Error, CustomStringConvertible, Sendable {
     public let kind: Kind
     /// KIS's `msg_cd` or `error_code`, when it gave one.
     public let msgCode: String?
-    /// KIS's `msg1` or `error_description`, trimmed.
+    /// KIS's `msg1` or `error_description`, trimmed; or what went wrong, when KIS gave no answer to read.
     public let message: String?
     public let httpStatus: Int?
+
+    /// KIS's own message: ``message`` when KIS gave a code with it, nil when the message is kisgw's.
+    public var kisMessage: String? { msgCode == nil ? nil : message }
 
     public init(kind: Kind, msgCode: String? = nil, message: String? = nil, httpStatus: Int? = nil) {
         self.kind = kind

@@ -57,9 +57,12 @@ public final class RequestRecorder: Sendable {
 /// (`unmatched` when none did).
 public struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
     public let recorder: RequestRecorder
+    /// Labels for routes whose path pattern is not how they are named (a `**` capture), by pattern.
+    public let labels: [String: String]
 
-    public init(recorder: RequestRecorder) {
+    public init(recorder: RequestRecorder, labels: [String: String] = [:]) {
         self.recorder = recorder
+        self.labels = labels
     }
 
     public func handle(
@@ -80,7 +83,8 @@ public struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
 
     private func finish(_ request: Request, context: Context, status: Int, start: ContinuousClock.Instant) {
         let d = ContinuousClock.now - start
-        recorder.record(method: "\(request.method)", route: context.endpointPath ?? "unmatched", status: status,
+        let route = context.endpointPath.map { labels[$0] ?? $0 } ?? "unmatched"
+        recorder.record(method: "\(request.method)", route: route, status: status,
                         nanoseconds: d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
     }
 }

@@ -14,10 +14,13 @@ public import KisgwConfiguration
 public struct CORSMiddleware<Context: RequestContext>: RouterMiddleware {
     public let cors: KisgwConfig.CORS
     public let renderer: ProblemRenderer
+    /// `Access-Control-Allow-Methods` of a preflight: the methods this server's routes take.
+    public let allowMethods: String
 
-    public init(cors: KisgwConfig.CORS, renderer: ProblemRenderer) {
+    public init(cors: KisgwConfig.CORS, renderer: ProblemRenderer, allowMethods: String) {
         self.cors = cors
         self.renderer = renderer
+        self.allowMethods = allowMethods
     }
 
     public func handle(
@@ -34,7 +37,7 @@ public struct CORSMiddleware<Context: RequestContext>: RouterMiddleware {
             }
             headers[.accessControlAllowOrigin] = origin
             if cors.allowCredentials { headers[.accessControlAllowCredentials] = "true" }
-            headers[.accessControlAllowMethods] = CORSHeaderValues.allowMethods
+            headers[.accessControlAllowMethods] = allowMethods
             headers[.accessControlAllowHeaders] = CORSHeaderValues.allowHeaders
             headers[.accessControlMaxAge] = String(cors.maxAgeS)
             return Response(status: .noContent, headers: headers)
@@ -57,7 +60,10 @@ public struct CORSMiddleware<Context: RequestContext>: RouterMiddleware {
 
 /// The fixed values of the CORS headers (also written by the gateway's hit path).
 public enum CORSHeaderValues {
-    public static let allowMethods = "GET, POST, DELETE, OPTIONS"
+    /// The gateway's methods, as `gateway-api.md` lists them.
+    public static let gatewayMethods = "GET, POST, OPTIONS"
+    /// The broker's: its API also deletes (`DELETE /api/kis/account`).
+    public static let brokerMethods = "GET, POST, DELETE, OPTIONS"
     public static let allowHeaders = "Authorization, X-KIS-Token, Content-Type, If-None-Match"
     public static let exposeHeaders = "ETag, X-Cache, Age, Retry-After, Server-Timing"
 }

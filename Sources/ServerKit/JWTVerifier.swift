@@ -238,3 +238,19 @@ extension JWTVerifier.Settings {
             issuer: config.issuer, audience: config.audience, leeway: TimeInterval(config.leewayS))
     }
 }
+
+/// The `exp` a KIS access token states. KIS's tokens are JWTs signed by KIS, which no gateway can verify; the claim
+/// only tells an expired token from an unknown one once the broker's record of it is gone (its TTL ends at
+/// `expires_at`), so a made-up value gains nothing but a different 401 code.
+public enum KISTokenClaims {
+    private struct Expiry: JWTPayload {
+        var exp: ExpirationClaim
+        func verify(using algorithm: some JWTAlgorithm) async throws {}
+    }
+
+    /// The token's `exp`, or nil when it is not a JWT with a numeric `exp`.
+    public static func expiry(of token: String) -> Date? {
+        guard token.utf8.count <= 8192 else { return nil }
+        return try? DefaultJWTParser().parse(Array(token.utf8), as: Expiry.self).payload.exp.value
+    }
+}

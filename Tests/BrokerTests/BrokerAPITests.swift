@@ -343,6 +343,8 @@ struct BrokerAPITests {
             ])
             #expect(preflight.status == 204)
             #expect(preflight.header("access-control-allow-origin") == "http://localhost:3000")
+            // The broker's API deletes too (`DELETE /api/kis/account`), so its preflights allow it; the gateway's do not.
+            #expect(preflight.header("access-control-allow-methods") == "GET, POST, DELETE, OPTIONS")
             let denied = try await http(.OPTIONS, b.url + "/api/kis/token", headers: [
                 ("Origin", "http://evil.example"), ("Access-Control-Request-Method", "POST"),
             ])

@@ -223,6 +223,11 @@ struct HitPathTests {
                 #expect(over.status == 400, "\(url): over the limit, \(over.status)")
                 #expect(over.header("connection") == "close")
             }
+            // The gateway as it runs (with the hit path): a problem, naming the limit.
+            let over = try await http(.GET, urls[0] + path, headers: auth + [("X-Pad", String(repeating: "a", count: 5000))])
+            #expect(over.header("content-type") == "application/problem+json")
+            #expect(over.code == "invalid_parameter")
+            #expect((over.json["detail"] as? String)?.contains("max_header_bytes") == true)
         }
     }
 
@@ -245,6 +250,26 @@ struct HitPathTests {
                 let later = try await fx.get(path, jwt: jwt, kis: kis)
                 #expect(later.status == 200 && later.header("x-cache") == "HIT", "\(path) later: \(later.status)")
             }
+        }
+    }
+
+    @Test("a request waiting on a fetch another request started waits at most [upstream] timeout_ms; the fetch goes on")
+    func waiterBound() async throws {
+        // Four KIS pages of 400 ms each: the fetch takes ~1.6 s, each call well within the 700 ms timeout.
+        try await Self.withUser("hp-waiter", appKey: "PShitpath0007", latencyMs: 400,
+                                config: { testConfig(simURL: $0, upstreamTimeoutMs: 700, requestTimeoutMs: 5000) }) { fx, jwt, kis, _ in
+            let path = "/domestic/chart/daily/005930?start=2024-01-01&end=2025-03-31"
+            async let first = fx.get(path, jwt: jwt, kis: kis)
+            try await Task.sleep(for: .milliseconds(150))
+            let started = ContinuousClock.now
+            let waiter = try await fx.get(path, jwt: jwt, kis: kis)
+            let waited = ContinuousClock.now - started
+            #expect(waiter.status == 504 && waiter.json["code"] as? String == "upstream_timeout", "\(waiter.status)")
+            #expect(waited >= .milliseconds(650) && waited < .milliseconds(1300), "waited \(waited)")
+            let leader = try await first
+            #expect(leader.status == 200 && leader.header("x-cache") == "MISS", "\(leader.status)")
+            #expect(try await fx.simStats()["domestic_daily"]! >= 3)
+            #expect(try await fx.get(path, jwt: jwt, kis: kis).header("x-cache") == "HIT")
         }
     }
 
@@ -310,6 +335,16 @@ struct HitPathTests {
             let refused = try await RawHTTP.exchange(port: port, batches: [[(.GET, cold5)]], headers: headers, refused: true)
             #expect(refused.map(\.status) == [.ok, .badRequest])
             #expect(refused.first?.headers.first(name: "x-cache") == "MISS")
+            // The refusal is a problem like every other error, and the connection closes after it.
+            #expect(refused.last?.headers.first(name: "content-type") == "application/problem+json")
+            #expect(refused.last?.headers.first(name: "connection") == "close")
+            #expect((refused.last?.bodyBytes ?? 0) > 0)
+
+            // Behind a request the router answers: its answer first, then the refusal.
+            let routedFirst = try await RawHTTP.exchange(port: port, batches: [[(.GET, "/healthz")]], headers: headers,
+                                                         refused: true)
+            #expect(routedFirst.map(\.status) == [.ok, .badRequest])
+            #expect(routedFirst.last?.headers.first(name: "content-type") == "application/problem+json")
         }
     }
 
@@ -366,9 +401,11 @@ struct HitPathTests {
         #expect(HitPath.route(of: "/domestic/chart/daily/005930") == .domestic)
         #expect(HitPath.route(of: "/domestic/chart/daily/005930?start=2025-01-01") == .domestic)
         #expect(HitPath.route(of: "/overseas/NAS/chart/daily/AAPL?x=1") == .overseas)
+        #expect(HitPath.route(of: "/overseas/NYS/chart/daily/BRK/B?x=1") == .overseas)  // a symbol with a slash
         for uri in ["/domestic/chart/daily/005930/", "/domestic/chart/daily/", "/domestic/chart/daily", "//domestic/chart/daily/1",
                     "/domestic/chart/weekly/005930", "/overseas/NAS/chart/daily/BRK%2FB", "/domestic/chart/daily/00+930",
-                    "/overseas/chart/daily/AAPL", "/overseas/NAS/chart/daily/AAPL/x", "domestic/chart/daily/005930",
+                    "/overseas/chart/daily/AAPL", "/overseas/NAS/chart/daily/AAPL/", "/overseas/NAS/chart/daily/BRK//B",
+                    "/overseas/NAS/chart/weekly/AAPL", "domestic/chart/daily/005930",
                     "/domestic/chart/daily/005930#x", "/Domestic/chart/daily/005930"] {
             #expect(HitPath.route(of: uri) == nil, "\(uri)")
         }

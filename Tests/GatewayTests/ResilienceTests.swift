@@ -142,7 +142,8 @@ struct GatewayResilienceTests {
     /// (a chart the L1 lacks, for credentials already verified), each on its own connection.
     @Test("SIGTERM with requests in flight: they complete, the process exits 0")
     func sigterm() async throws {
-        guard let binary = kisgwBinary(), redisURL != nil else { return }
+        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        let binary = try #require(kisgwBinary(), "no kisgw executable next to the tests (swift build --build-tests builds it) or at KISGW_TEST_BINARY")
         try await withGatewayProcess(binary, latencyMs: 1500) { g, process in
             let kis = try await g.connect(user: "s1", appKey: "PSapp-sigterm")
             let jwt = try await g.jwt("s1")
@@ -166,7 +167,8 @@ struct GatewayResilienceTests {
     /// unshared.
     @Test("SIGTERM with a fetch nobody waits for any more: it finishes and is shared, its lock released, then exit 0")
     func sigtermFinishesBackgroundFetch() async throws {
-        guard let binary = kisgwBinary(), redisURL != nil else { return }
+        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        let binary = try #require(kisgwBinary(), "no kisgw executable next to the tests (swift build --build-tests builds it) or at KISGW_TEST_BINARY")
         try await withGatewayProcess(binary, latencyMs: 1500, env: ["KISGW_SERVER_REQUEST_TIMEOUT_MS": "300"]) { g, process in
             let kis = try await g.connect(user: "s2", appKey: "PSapp-sigterm-bg")
             let jwt = try await g.jwt("s2")
