@@ -1,0 +1,186 @@
+import Foundation
+@testable import Gateway
+import KIS
+import KisgwConfiguration
+import Testing
+
+/// One instant, one chart range ending on `end`, and how long gateway-api.md ("Freshness") keeps it fresh.
+struct FreshnessCase: Sendable, CustomTestStringConvertible {
+    let exchange: Exchange
+    /// The instant, ISO 8601 in UTC.
+    let at: String
+    /// The range's last day (the market's local date).
+    let end: String
+    let ttl: Int
+    let what: String
+
+    init(_ exchange: Exchange, _ at: String, end: String, _ ttl: Int, _ what: String) {
+        self.exchange = exchange
+        self.at = at
+        self.end = end
+        self.ttl = ttl
+        self.what = what
+    }
+
+    var testDescription: String { "\(exchange.rawValue) \(what) (\(at), end \(end)) → \(ttl)" }
+}
+
+/// The freshness policy at fixed instants, with the spec's default TTLs (live 5 s, settled 86400 s): live while
+/// the market's regular session is open, until the next opening while it is closed (at most settled_ttl_s),
+/// settled for ranges that end before the market's current trading day. Hours are the exchanges' own, in their
+/// own time zones, daylight saving included; weekends are closed.
+@Suite("Freshness: TTLs at fixed instants (gateway-api.md, Freshness)")
+struct FreshnessTests {
+    static let defaults = FreshnessPolicy(liveTTL: KisgwConfig.Cache().liveTTLS,
+                                          settledTTL: KisgwConfig.Cache().settledTTLS)
+    /// A settled TTL longer than any closure, to see the seconds until the next opening uncapped.
+    static let uncapped = FreshnessPolicy(liveTTL: 5, settledTTL: 1_000_000)
+
+    static func ttl(_ c: FreshnessCase, _ policy: FreshnessPolicy = defaults) throws -> Int {
+        let now = try Date(c.at, strategy: .iso8601)
+        let end = try #require(CivilDate(c.end))
+        let query = ChartQuery(market: c.exchange == .krx ? .domestic : .overseas, exchange: c.exchange,
+                               symbol: "TEST", period: "D", adjusted: true, start: end.adding(days: -30), end: end)
+        return policy.ttl(for: query, now: now)
+    }
+
+    @Test("[cache] defaults are the spec's: live 5, settled 86400, stale-while-revalidate 30, stale-if-error 3600")
+    func configDefaults() {
+        let cache = KisgwConfig.Cache()
+        #expect(cache.liveTTLS == 5)
+        #expect(cache.settledTTLS == 86_400)
+        #expect(cache.staleWhileRevalidateS == 30)
+        #expect(cache.staleIfErrorS == 3600)
+    }
+
+    // 2025-03-11 is a Tuesday (KST = UTC+9, no daylight saving); 2025-03-14 a Friday; 2025-03-03 a KRX holiday.
+    static let krx: [FreshnessCase] = [
+        .init(.krx, "2025-03-11T01:00:00Z", end: "2025-03-11", 5, "Tue 10:00 KST, range including today: open"),
+        .init(.krx, "2025-03-11T01:00:00Z", end: "2025-03-10", 86_400, "Tue 10:00 KST, range ending yesterday: settled"),
+        .init(.krx, "2025-03-11T01:00:00Z", end: "2025-02-28", 86_400, "Tue 10:00 KST, range ending last month: settled"),
+        .init(.krx, "2025-03-11T00:00:00Z", end: "2025-03-11", 5, "Tue 09:00 KST: the session opens"),
+        .init(.krx, "2025-03-11T06:29:00Z", end: "2025-03-11", 5, "Tue 15:29 KST: still open"),
+        .init(.krx, "2025-03-11T06:30:00Z", end: "2025-03-11", 63_000, "Tue 15:30 KST: closed until Wed 09:00"),
+        .init(.krx, "2025-03-11T07:00:00Z", end: "2025-03-11", 61_200, "Tue 16:00 KST: closed until Wed 09:00"),
+        .init(.krx, "2025-03-10T23:00:00Z", end: "2025-03-11", 3600, "Tue 08:00 KST: closed until 09:00"),
+        .init(.krx, "2025-03-10T23:00:00Z", end: "2025-03-10", 86_400, "Tue 08:00 KST, range ending Monday: settled"),
+        .init(.krx, "2025-03-14T07:00:00Z", end: "2025-03-14", 86_400,
+              "Fri 16:00 KST: until Mon 09:00 (65 h) capped at settled_ttl"),
+        .init(.krx, "2025-03-15T01:00:00Z", end: "2025-03-15", 86_400,
+              "Sat 10:00 KST (session hours, but a weekend): until Mon 09:00 capped"),
+        .init(.krx, "2025-03-16T11:00:00Z", end: "2025-03-16", 46_800, "Sun 20:00 KST: until Mon 09:00"),
+        .init(.krx, "2025-03-03T03:00:00Z", end: "2025-03-03", 75_600, "Mon 12:00 KST, a KRX holiday: until Tue 09:00"),
+        // The market's own date: 01:00 KST on the 11th is still the 10th in UTC.
+        .init(.krx, "2025-03-10T16:00:00Z", end: "2025-03-10", 86_400,
+              "Tue 01:00 KST (Mon 16:00 UTC), range ending Monday: settled by the Seoul date"),
+    ]
+
+    @Test("KRX: 09:00–15:30 Asia/Seoul, weekends and holidays closed", arguments: krx)
+    func krxSessions(_ c: FreshnessCase) throws {
+        #expect(try Self.ttl(c) == c.ttl)
+    }
+
+    // New York: EST (UTC−5) on 2025-01-02 (a Thursday), EDT (UTC−4) on 2025-07-01 (a Tuesday).
+    // Daylight saving starts on Sunday 2025-03-09 and ends on Sunday 2025-11-02.
+    static let us: [FreshnessCase] = [Exchange.nas, .nys, .ams].flatMap { x -> [FreshnessCase] in
+        [
+            .init(x, "2025-07-01T13:30:00Z", end: "2025-07-01", 5, "EDT 09:30: open"),
+            .init(x, "2025-07-01T13:29:00Z", end: "2025-07-01", 60, "EDT 09:29: closed until 09:30"),
+            .init(x, "2025-07-01T19:59:00Z", end: "2025-07-01", 5, "EDT 15:59: open"),
+            .init(x, "2025-07-01T20:00:00Z", end: "2025-07-01", 63_000, "EDT 16:00: closed until 09:30 next day"),
+            .init(x, "2025-07-01T13:30:00Z", end: "2025-06-30", 86_400, "EDT 09:30, range ending yesterday: settled"),
+            .init(x, "2025-01-02T14:00:00Z", end: "2025-01-02", 1800, "EST 09:00: closed until 09:30"),
+            .init(x, "2025-01-02T14:30:00Z", end: "2025-01-02", 5, "EST 09:30: open"),
+            .init(x, "2025-01-02T20:59:00Z", end: "2025-01-02", 5, "EST 15:59: open"),
+            .init(x, "2025-01-02T21:00:00Z", end: "2025-01-02", 63_000, "EST 16:00: closed until 09:30 next day"),
+            // 22:00 EDT on June 30 is July 1 in UTC: the range ending June 30 includes New York's today.
+            .init(x, "2025-07-01T02:00:00Z", end: "2025-06-30", 41_400,
+                  "EDT 22:00 (next day in UTC), range ending New York's today: until 09:30"),
+            .init(x, "2025-03-09T23:00:00Z", end: "2025-03-09", 52_200,
+                  "Sun 19:00 EDT, the day daylight saving starts: until Mon 09:30 EDT"),
+            .init(x, "2025-11-02T23:00:00Z", end: "2025-11-02", 55_800,
+                  "Sun 18:00 EST, the day daylight saving ends: until Mon 09:30 EST"),
+            .init(x, "2025-03-15T15:00:00Z", end: "2025-03-15", 86_400, "Sat 11:00 EDT: weekend, capped"),
+        ]
+    }
+
+    @Test("NAS, NYS, AMS: 09:30–16:00 America/New_York, daylight saving included", arguments: us)
+    func usSessions(_ c: FreshnessCase) throws {
+        #expect(try Self.ttl(c) == c.ttl)
+    }
+
+    // Tuesday 2025-03-11. HKT and CST are UTC+8, JST UTC+9, ICT UTC+7 (none observes daylight saving).
+    static let asia: [FreshnessCase] = [
+        // HKEX: 09:30–12:00, 13:00–16:00.
+        .init(.hks, "2025-03-11T01:29:00Z", end: "2025-03-11", 60, "09:29 HKT: closed until 09:30"),
+        .init(.hks, "2025-03-11T02:00:00Z", end: "2025-03-11", 5, "10:00 HKT: open"),
+        .init(.hks, "2025-03-11T07:59:00Z", end: "2025-03-11", 5, "15:59 HKT: open"),
+        .init(.hks, "2025-03-11T08:00:00Z", end: "2025-03-11", 63_000, "16:00 HKT: closed until 09:30 next day"),
+        .init(.hks, "2025-03-11T02:00:00Z", end: "2025-03-10", 86_400, "10:00 HKT, range ending yesterday: settled"),
+        .init(.hks, "2025-03-15T02:00:00Z", end: "2025-03-15", 86_400, "Sat 10:00 HKT: weekend, capped"),
+        // TSE: 09:00–11:30, 12:30–15:30 (the afternoon runs to 15:30 since November 2024).
+        .init(.tse, "2025-03-10T23:59:00Z", end: "2025-03-11", 60, "08:59 JST: closed until 09:00"),
+        .init(.tse, "2025-03-11T00:00:00Z", end: "2025-03-11", 5, "09:00 JST: open"),
+        .init(.tse, "2025-03-11T06:29:00Z", end: "2025-03-11", 5, "15:29 JST: open"),
+        .init(.tse, "2025-03-11T06:30:00Z", end: "2025-03-11", 63_000, "15:30 JST: closed until 09:00 next day"),
+        // SSE and SZSE: 09:30–11:30, 13:00–15:00.
+        .init(.shs, "2025-03-11T01:29:00Z", end: "2025-03-11", 60, "09:29 CST: closed until 09:30"),
+        .init(.shs, "2025-03-11T06:59:00Z", end: "2025-03-11", 5, "14:59 CST: open"),
+        .init(.shs, "2025-03-11T07:00:00Z", end: "2025-03-11", 66_600, "15:00 CST: closed until 09:30 next day"),
+        .init(.szs, "2025-03-11T02:00:00Z", end: "2025-03-11", 5, "10:00 CST: open"),
+        .init(.szs, "2025-03-11T07:00:00Z", end: "2025-03-11", 66_600, "15:00 CST: closed until 09:30 next day"),
+        // HOSE: 09:00–11:30, 13:00–14:45 (ATC to 14:45).
+        .init(.hsx, "2025-03-11T02:00:00Z", end: "2025-03-11", 5, "09:00 ICT: open"),
+        .init(.hsx, "2025-03-11T07:44:00Z", end: "2025-03-11", 5, "14:44 ICT: open"),
+        .init(.hsx, "2025-03-11T07:45:00Z", end: "2025-03-11", 65_700, "14:45 ICT: closed until 09:00 next day"),
+        // HNX: 09:00–11:30, 13:00–15:00 (ATC to 14:45, then the post-close session to 15:00).
+        .init(.hnx, "2025-03-11T01:59:00Z", end: "2025-03-11", 60, "08:59 ICT: closed until 09:00"),
+        .init(.hnx, "2025-03-11T07:59:00Z", end: "2025-03-11", 5, "14:59 ICT: open"),
+        .init(.hnx, "2025-03-11T08:00:00Z", end: "2025-03-11", 64_800, "15:00 ICT: closed until 09:00 next day"),
+    ]
+
+    @Test("HKS, TSE, SHS, SZS, HSX, HNX: their own local hours", arguments: asia)
+    func asiaSessions(_ c: FreshnessCase) throws {
+        #expect(try Self.ttl(c) == c.ttl)
+    }
+
+    /// Lunch breaks: whether a break counts as open or closed, the entry must not stay fresh past the afternoon
+    /// session's opening.
+    @Test("a lunch break never keeps an entry fresh past the afternoon opening", arguments: [
+        (Exchange.hks, "2025-03-11T04:30:00Z", 1800),  // 12:30 HKT, reopens 13:00
+        (Exchange.tse, "2025-03-11T03:00:00Z", 1800),  // 12:00 JST, reopens 12:30
+        (Exchange.shs, "2025-03-11T04:00:00Z", 3600),  // 12:00 CST, reopens 13:00
+        (Exchange.szs, "2025-03-11T04:00:00Z", 3600),
+        (Exchange.hsx, "2025-03-11T05:00:00Z", 3600),  // 12:00 ICT, reopens 13:00
+        (Exchange.hnx, "2025-03-11T05:00:00Z", 3600),
+    ])
+    func lunchBreak(exchange: Exchange, at: String, untilReopening: Int) throws {
+        let ttl = try Self.ttl(FreshnessCase(exchange, at, end: "2025-03-11", 0, "lunch"))
+        #expect(ttl >= 1 && ttl <= untilReopening, "\(exchange.rawValue) at \(at): \(ttl)")
+    }
+
+    /// With a settled TTL longer than any closure: closed markets stay fresh exactly until their next opening,
+    /// across weekends, holidays and daylight saving changes; the defaults cap the same cases at 86400.
+    @Test("closed: exactly until the next opening, or settled_ttl_s when that is sooner", arguments: [
+        FreshnessCase(.krx, "2025-03-14T07:00:00Z", end: "2025-03-14", 234_000, "Fri 16:00 KST: until Mon 09:00"),
+        FreshnessCase(.krx, "2025-03-15T03:00:00Z", end: "2025-03-15", 162_000, "Sat 12:00 KST: until Mon 09:00"),
+        FreshnessCase(.krx, "2025-02-28T07:00:00Z", end: "2025-02-28", 320_400,
+                      "Fri 16:00 KST before the Mon 03-03 holiday: until Tue 09:00"),
+        FreshnessCase(.nas, "2025-03-07T21:00:00Z", end: "2025-03-07", 232_200,
+                      "Fri 16:00 EST before daylight saving: until Mon 09:30 EDT"),
+        FreshnessCase(.hks, "2025-03-14T08:00:00Z", end: "2025-03-14", 235_800, "Fri 16:00 HKT: until Mon 09:30"),
+    ])
+    func untilNextOpening(_ c: FreshnessCase) throws {
+        #expect(try Self.ttl(c, Self.uncapped) == c.ttl)
+        #expect(try Self.ttl(c) == min(c.ttl, 86_400))
+    }
+
+    @Test("the TTLs come from [cache]: live_ttl_s while open, settled_ttl_s for settled ranges")
+    func configured() throws {
+        let policy = FreshnessPolicy(liveTTL: 7, settledTTL: 3000)
+        #expect(try Self.ttl(FreshnessCase(.krx, "2025-03-11T01:00:00Z", end: "2025-03-11", 0, "open"), policy) == 7)
+        #expect(try Self.ttl(FreshnessCase(.krx, "2025-03-11T01:00:00Z", end: "2025-03-10", 0, "settled"), policy) == 3000)
+        // Closed until the next opening (61200 s), capped at settled_ttl_s.
+        #expect(try Self.ttl(FreshnessCase(.krx, "2025-03-11T07:00:00Z", end: "2025-03-11", 0, "closed"), policy) == 3000)
+    }
+}

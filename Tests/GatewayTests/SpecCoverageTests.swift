@@ -1,0 +1,375 @@
+import Foundation
+@testable import Gateway
+import Hummingbird
+import KIS
+import KisgwConfiguration
+import Logging
+import NIOHTTP1
+import Redis
+import Simulator
+import Store
+import TestSupport
+import Testing
+import Tokens
+
+/// Rules of gateway-api.md checked over real sockets: freshness headers, parameters, the shared cache, coalescing
+/// and problem bodies.
+@Suite("Gateway: spec rules over real sockets")
+struct GatewaySpecTests {
+    static func maxAge(_ r: HTTPResult) -> Int? {
+        (r.header("Cache-Control")?.firstMatch(of: /^private, max-age=(\d+)$/)).flatMap { Int($0.1) }
+    }
+
+    static func age(_ r: HTTPResult) -> Int? { r.header("Age").flatMap { Int($0) } }
+
+    /// KIS chart calls the simulator has answered, domestic and overseas.
+    static func chartCalls(_ g: GatewayFixture) async throws -> Int {
+        try await g.simStats().filter { $0.key.hasSuffix("_daily") }.values.reduce(0, +)
+    }
+
+    // MARK: Cache-Control and Age
+
+    /// A range that ended long ago is settled: fresh for settled_ttl_s (86400) from when the gateway stored it.
+    /// Served again 2 s later by the hit path (same user), the router (another user) and another gateway (from the
+    /// shared store), each answer says the entry's age and what is left of its freshness.
+    static func settledAges(_ kind: StoreKind) async throws {
+        try await withGateway(store: kind, gateways: 2) { g, urls in
+            let a = "age-a-\(kind)", b = "age-b-\(kind)"
+            let kisA = try await g.connect(user: a, appKey: "PSapp-\(a)")
+            let kisB = try await g.connect(user: b, appKey: "PSapp-\(b)")
+            let jwtA = try await g.jwt(a), jwtB = try await g.jwt(b)
+            let path = "/domestic/chart/daily/005380?start=2025-01-02&end=2025-02-28"
+            let miss = try await g.get(path, jwt: jwtA, kis: kisA)
+            #expect(miss.status == 200)
+            #expect(miss.header("X-Cache") == "MISS")
+            #expect(miss.header("Age") == "0")
+            try await waitUntilShared(g.store, domesticChart: path)
+            try await Task.sleep(for: .milliseconds(2100))
+            let calls = try await Self.chartCalls(g)
+
+            let viaHitPath = try await g.get(path, jwt: jwtA, kis: kisA)
+            let viaRouter = try await g.get(path, jwt: jwtB, kis: kisB)
+            let viaStore = try await g.get(path, jwt: jwtA, kis: kisA, base: urls[1])
+            for (what, r) in [("same user", viaHitPath), ("another user", viaRouter), ("other gateway", viaStore)] {
+                #expect(r.status == 200, "\(what)")
+                #expect(r.header("X-Cache") == "HIT", "\(what)")
+                #expect(r.header("ETag") == miss.header("ETag"), "\(what)")
+                #expect(r.body == miss.body, "\(what)")
+                let age = try #require(Self.age(r), "\(what): Age \(r.header("Age") ?? "missing")")
+                let maxAge = try #require(Self.maxAge(r), "\(what): \(r.header("Cache-Control") ?? "no Cache-Control")")
+                #expect(age >= 2 && age < 60, "\(what): Age \(age)")
+                #expect((86_340...86_398).contains(maxAge), "\(what): max-age \(maxAge)")
+                #expect(abs(maxAge + age - 86_400) <= 1, "\(what): max-age \(maxAge) + Age \(age)")
+            }
+            #expect(try await Self.chartCalls(g) == calls)
+        }
+    }
+
+    @Test("Age counts from when the entry was stored; max-age is what is left of settled_ttl_s (memory store)")
+    func settledAgesMemory() async throws {
+        try await Self.settledAges(.memory)
+    }
+
+    @Test("Age counts from when the entry was stored; max-age is what is left of settled_ttl_s (Redis)",
+          .enabled(if: redisURL != nil, "KISGW_TEST_REDIS_URL is not set"))
+    func settledAgesRedis() async throws {
+        try await Self.settledAges(.redis)
+    }
+
+    /// KIS takes over a second here, so the answer is given at least a second after the request came: the entry
+    /// then has at most settled_ttl_s − 1 seconds of freshness left, and `max-age` must not promise more than
+    /// settled_ttl_s.
+    @Test("a slow miss: max-age is at most settled_ttl_s, within a few seconds of it")
+    func slowMissMaxAge() async throws {
+        let sim = SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000,
+                                         latencyMs: 1100)
+        try await withGateway(sim: sim) { g, _ in
+            let kis = try await g.connect(user: "slow-miss", appKey: "PSapp-slow-miss")
+            let jwt = try await g.jwt("slow-miss")
+            let r = try await g.get("/domestic/chart/daily/012330?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(r.status == 200)
+            #expect(r.header("X-Cache") == "MISS")
+            let maxAge = try #require(Self.maxAge(r), "\(r.header("Cache-Control") ?? "no Cache-Control")")
+            let age = try #require(Self.age(r))
+            #expect(maxAge <= 86_400 && maxAge >= 86_390, "max-age \(maxAge)")
+            #expect(maxAge + age <= 86_400, "max-age \(maxAge) + Age \(age)")
+        }
+    }
+
+    // MARK: parameters
+
+    @Test("period=w&adjusted=false: 200 and the body says W and false; without them D and true")
+    func periodAndAdjusted() async throws {
+        try await withGateway { g, _ in
+            let kis = try await g.connect(user: "params", appKey: "PSapp-params")
+            let jwt = try await g.jwt("params")
+            let base = "/domestic/chart/daily/005930?start=2024-01-02&end=2025-03-31"
+            let weekly = try await g.get(base + "&period=w&adjusted=false", jwt: jwt, kis: kis)
+            #expect(weekly.status == 200, "\(weekly.text)")
+            #expect(weekly.json["period"] as? String == "W")
+            #expect(weekly.json["adjusted"] as? Bool == false)
+            let daily = try await g.get(base, jwt: jwt, kis: kis)
+            #expect(daily.status == 200)
+            #expect(daily.json["period"] as? String == "D")
+            #expect(daily.json["adjusted"] as? Bool == true)
+            // The period reached KIS: a week's bar per week, not a day's.
+            #expect(!weekly.candles.isEmpty && weekly.candles.count * 3 < daily.candles.count)
+            let yearly = try await g.get(base + "&period=Y", jwt: jwt, kis: kis)
+            #expect(yearly.status == 200)
+            #expect(yearly.json["period"] as? String == "Y")
+
+            let monthly = try await g.get("/overseas/nas/chart/daily/aapl?start=2024-01-02&end=2025-03-31&period=m&adjusted=false",
+                                          jwt: jwt, kis: kis)
+            #expect(monthly.status == 200, "\(monthly.text)")
+            #expect(monthly.json["market"] as? String == "overseas")
+            #expect(monthly.json["period"] as? String == "M")
+            #expect(monthly.json["adjusted"] as? Bool == false)
+            let overseasYearly = try await g.get("/overseas/NAS/chart/daily/AAPL?period=y", jwt: jwt, kis: kis)
+            #expect(overseasYearly.status == 400)
+            #expect(overseasYearly.code == "invalid_parameter")
+        }
+    }
+
+    @Test("every overseas exchange, in lower case: 200 with market overseas, its code and its currency")
+    func everyExchange() async throws {
+        let cases: [(String, String, String)] = [
+            ("nas", "aapl", "USD"), ("nys", "jpm", "USD"), ("ams", "spy", "USD"), ("hks", "0700", "HKD"),
+            ("tse", "7203", "JPY"), ("shs", "600519", "CNY"), ("szs", "000001", "CNY"), ("hsx", "vnm", "VND"),
+            ("hnx", "shb", "VND"),
+        ]
+        try await withGateway { g, _ in
+            let kis = try await g.connect(user: "excd", appKey: "PSapp-excd")
+            let jwt = try await g.jwt("excd")
+            for (exchange, symbol, currency) in cases {
+                let r = try await g.get("/overseas/\(exchange)/chart/daily/\(symbol)?start=2025-01-06&end=2025-01-31",
+                                        jwt: jwt, kis: kis)
+                #expect(r.status == 200, "\(exchange): \(r.text)")
+                #expect(r.json["market"] as? String == "overseas", "\(exchange)")
+                #expect(r.json["exchange"] as? String == exchange.uppercased(), "\(exchange)")
+                #expect(r.json["symbol"] as? String == symbol.uppercased(), "\(exchange)")
+                #expect(r.json["currency"] as? String == currency, "\(exchange)")
+                #expect(r.json["period"] as? String == "D", "\(exchange)")
+                #expect(r.json["adjusted"] as? Bool == true, "\(exchange)")
+                #expect(!r.candles.isEmpty, "\(exchange)")
+            }
+        }
+    }
+
+    @Test("symbols and exchanges: 00593- and the overseas route for KRX are refused; q500001 is upper-cased")
+    func symbolsAndExchanges() async throws {
+        try await withGateway { g, _ in
+            let kis = try await g.connect(user: "sym", appKey: "PSapp-sym")
+            let jwt = try await g.jwt("sym")
+            for path in ["/domestic/chart/daily/00593-", "/overseas/KRX/chart/daily/AAPL", "/overseas/krx/chart/daily/005930"] {
+                let r = try await g.get(path, jwt: jwt, kis: kis)
+                #expect(r.status == 400, "\(path)")
+                #expect(r.code == "invalid_parameter", "\(path)")
+            }
+            let etn = try await g.get("/domestic/chart/daily/q500001?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(etn.status == 200, "\(etn.text)")
+            #expect(etn.json["symbol"] as? String == "Q500001")
+            #expect(!etn.candles.isEmpty)
+            #expect(try await g.simStats()["domestic_daily"] == 1)
+        }
+    }
+
+    @Test("unknown query parameters are ignored: the same cache entry answers, no new KIS call")
+    func unknownParameters() async throws {
+        try await withGateway { g, _ in
+            let kis = try await g.connect(user: "unk", appKey: "PSapp-unk")
+            let jwt = try await g.jwt("unk")
+            let path = "/domestic/chart/daily/000270?start=2025-01-02&end=2025-01-31"
+            let first = try await g.get(path, jwt: jwt, kis: kis)
+            #expect(first.status == 200 && first.header("X-Cache") == "MISS")
+            let calls = try await Self.chartCalls(g)
+            // Also the same resolved values written otherwise: the key is built from what they resolve to.
+            for variant in [path + "&foo=1", path + "&foo", "/domestic/chart/daily/000270?foo=1&start=20250102&end=20250131",
+                            path + "&period=D&adjusted=true"] {
+                let r = try await g.get(variant, jwt: jwt, kis: kis)
+                #expect(r.status == 200, "\(variant): \(r.text)")
+                #expect(r.header("X-Cache") == "HIT", "\(variant)")
+                #expect(r.body == first.body, "\(variant)")
+            }
+            #expect(try await Self.chartCalls(g) == calls)
+        }
+    }
+
+    // MARK: the shared cache
+
+    @Test("the cache is shared by all users; its key includes period and adjusted")
+    func sharedAcrossUsers() async throws {
+        try await withGateway { g, _ in
+            let kisA = try await g.connect(user: "share-a", appKey: "PSapp-share-a")
+            let kisB = try await g.connect(user: "share-b", appKey: "PSapp-share-b")
+            let jwtA = try await g.jwt("share-a"), jwtB = try await g.jwt("share-b")
+            let path = "/domestic/chart/daily/055550?start=2025-01-02&end=2025-02-28"
+            let a = try await g.get(path, jwt: jwtA, kis: kisA)
+            #expect(a.status == 200 && a.header("X-Cache") == "MISS")
+            let calls = try await Self.chartCalls(g)
+            #expect(calls >= 1)
+            let b = try await g.get(path, jwt: jwtB, kis: kisB)
+            #expect(b.status == 200)
+            #expect(b.header("X-Cache") == "HIT")
+            #expect(b.body == a.body)
+            #expect(b.header("ETag") == a.header("ETag"))
+            #expect(try await Self.chartCalls(g) == calls)
+
+            let raw = try await g.get(path + "&adjusted=false", jwt: jwtB, kis: kisB)
+            #expect(raw.status == 200)
+            #expect(raw.header("X-Cache") == "MISS")
+            #expect(raw.json["adjusted"] as? Bool == false)
+            let afterRaw = try await Self.chartCalls(g)
+            #expect(afterRaw > calls)
+            let weekly = try await g.get(path + "&period=W", jwt: jwtB, kis: kisB)
+            #expect(weekly.status == 200)
+            #expect(weekly.header("X-Cache") == "MISS")
+            #expect(try await Self.chartCalls(g) > afterRaw)
+            // And user A now finds user B's entries.
+            #expect(try await g.get(path + "&adjusted=false", jwt: jwtA, kis: kisA).header("X-Cache") == "HIT")
+        }
+    }
+
+    // MARK: coalescing
+
+    @Test("50 concurrent identical misses: one KIS fetch, and the requests that waited for it say MISS")
+    func coalescedWaitersSayMiss() async throws {
+        try await withGateway { g, _ in
+            let kis = try await g.connect(user: "co-miss", appKey: "PSapp-co-miss")
+            let jwt = try await g.jwt("co-miss")
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"none","latency_ms":300}"#)
+            let answers = try await withThrowingTaskGroup(of: (Int, String?).self) { group in
+                for _ in 0..<50 {
+                    group.addTask {
+                        let r = try await g.get("/domestic/chart/daily/006400?start=2025-01-02&end=2025-03-31",
+                                                jwt: jwt, kis: kis)
+                        return (r.status, r.header("X-Cache"))
+                    }
+                }
+                return try await group.reduce(into: [(Int, String?)]()) { $0.append($1) }
+            }
+            #expect(answers.allSatisfy { $0.0 == 200 })
+            #expect(try await g.simStats()["domestic_daily"] == 1)
+            let misses = answers.filter { $0.1 == "MISS" }.count
+            #expect(misses > 1, "X-Cache: \(answers.map { $0.1 ?? "-" })")
+            #expect(answers.allSatisfy { $0.1 == "MISS" || $0.1 == "HIT" })
+        }
+    }
+
+    // MARK: problems and CORS
+
+    @Test("problem bodies carry title and status equal to the HTTP status")
+    func problemBodies() async throws {
+        try await withGateway { g, _ in
+            let kis = try await g.connect(user: "prob", appKey: "PSapp-prob")
+            let jwt = try await g.jwt("prob")
+            let answers = [
+                try await g.get("/domestic/chart/daily/00593-", jwt: jwt, kis: kis),
+                try await g.get("/domestic/chart/daily/005930?start=2000-01-01&end=2020-01-01", jwt: jwt, kis: kis),
+                try await g.get("/domestic/chart/daily/005930", jwt: nil, kis: kis),
+                try await g.get("/domestic/chart/daily/005930", jwt: "not.a.jwt", kis: kis),
+                try await g.get("/nope", jwt: nil, kis: nil),
+                try await http(.DELETE, g.gatewayURL + "/domestic/chart/daily/005930"),
+            ]
+            #expect(answers.map(\.status) == [400, 400, 401, 401, 404, 405])
+            for r in answers {
+                #expect(r.header("Content-Type") == "application/problem+json", "\(r.status)")
+                #expect(r.json["status"] as? Int == r.status, "\(r.text)")
+                let title = r.json["title"] as? String
+                #expect(title?.isEmpty == false, "\(r.text)")
+                #expect(r.json["type"] as? String == "https://kisgw.dev/problems/\(r.code ?? "")", "\(r.text)")
+            }
+            // The spec's own example.
+            _ = try await g.sim(.POST, "/__sim/expire", #"{"access_token":"\#(kis)"}"#)
+            let expired = try await g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(expired.status == 401)
+            #expect(expired.code == "kis_token_expired")
+            #expect(expired.json["title"] as? String == "KIS token expired")
+            #expect(expired.json["status"] as? Int == 401)
+        }
+    }
+
+    @Test("an allowed origin gets Access-Control-Allow-Credentials: true on errors and on success")
+    func credentialsOnErrors() async throws {
+        try await withGateway { g, _ in
+            let origin = [("Origin", "http://localhost:3000")]
+            let kis = try await g.connect(user: "acac", appKey: "PSapp-acac")
+            let expiredJWT = try await g.jwt("acac", ttl: -3600)
+            let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
+            // No credentials; an expired JWT twice (the second is answered from what the first taught); a 400.
+            let answers = [
+                try await g.get(path, jwt: nil, kis: nil, headers: origin),
+                try await g.get(path, jwt: expiredJWT, kis: kis, headers: origin),
+                try await g.get(path, jwt: expiredJWT, kis: kis, headers: origin),
+                try await g.get("/domestic/chart/daily/00593-", jwt: try await g.jwt("acac"), kis: kis, headers: origin),
+                try await g.get(path, jwt: try await g.jwt("acac"), kis: kis, headers: origin),
+            ]
+            #expect(answers.map(\.status) == [401, 401, 401, 400, 200])
+            for r in answers {
+                #expect(r.header("Access-Control-Allow-Origin") == "http://localhost:3000", "\(r.status)")
+                #expect(r.header("Access-Control-Allow-Credentials") == "true", "\(r.status)")
+            }
+        }
+    }
+
+    @Test("range boundary: end − start = max_range_days (3660) is answered, one day more is range_too_large")
+    func rangeBoundary() async throws {
+        try await withGateway { g, _ in
+            let kis = try await g.connect(user: "range", appKey: "PSapp-range")
+            let jwt = try await g.jwt("range")
+            let longest = try await g.get("/domestic/chart/daily/005930?start=2015-01-01&end=2025-01-08&period=M",
+                                          jwt: jwt, kis: kis)
+            #expect(longest.status == 200, "\(longest.text)")
+            #expect(longest.json["start"] as? String == "2015-01-01")
+            for path in ["/domestic/chart/daily/005930?start=2015-01-01&end=2025-01-09&period=M",
+                         "/overseas/NAS/chart/daily/AAPL?start=20150101&end=20250109"] {
+                let r = try await g.get(path, jwt: jwt, kis: kis)
+                #expect(r.status == 400, "\(path)")
+                #expect(r.code == "range_too_large", "\(path)")
+                #expect(r.json["status"] as? Int == 400)
+            }
+        }
+    }
+}
+
+@Suite("Gateway: readiness body")
+struct GatewayReadinessBodyTests {
+    /// The store made unreachable as in `GatewayResilienceTests.redisOutage`: a Redis of the test's own, stopped.
+    @Test("/readyz while the store is unreachable: 503 with {\"status\":\"unavailable\", …}")
+    func readyzUnavailable() async throws {
+        let redis = try RedisServerProcess()
+        defer { redis.stop() }
+        let client = RedisClient(configuration: {
+            var c = try! RedisConfiguration(url: redis.url)
+            c.commandTimeout = .seconds(2)
+            c.connectTimeout = .seconds(2)
+            c.maximumReconnectDelay = .milliseconds(200)
+            return c
+        }(), logger: Logger(label: "readyz"))
+        let store = RedisStore(client: client, keyPrefix: "readyz\(UInt32.random(in: 0...UInt32.max)):")
+        var logger = Logger(label: "readyz")
+        logger.logLevel = .critical
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+            let deps = GatewayDependencies(store: store, keyring: SealKeyring.ephemeral(), readiness: {
+                do { _ = try await store.get("readyz"); return nil } catch { return "store down" }
+            })
+            // No KIS is called here: the simulator's address is never used.
+            let app = try await buildGateway(testConfig(simURL: "http://127.0.0.1:9"), dependencies: deps,
+                                             logger: logger) { cont.yield($0) }
+            group.addTask { try await app.runService(gracefulShutdownSignals: []) }
+            var it = ports.makeAsyncIterator()
+            let base = "http://127.0.0.1:\(await it.next()!)"
+            let ready = try await http(.GET, base + "/readyz")
+            #expect(ready.status == 200)
+
+            redis.stop()
+            #expect(try await eventually(.seconds(10)) { try await http(.GET, base + "/readyz").status == 503 })
+            let r = try await http(.GET, base + "/readyz")
+            #expect(r.status == 503)
+            #expect(r.header("Content-Type") == "application/json")
+            #expect(r.json["status"] as? String == "unavailable", "\(r.text)")
+            group.cancelAll()
+        }
+    }
+}
