@@ -64,7 +64,7 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
         switch self {
         case .krx: [540...930]  // 09:00–15:30
         case .nas, .nys, .ams: [570...960]  // 09:30–16:00
-        case .hks: [570...720, 780...960]  // 09:30–12:00, 13:00–16:00
+        case .hks: [570...720, 780...970]  // 09:30–12:00, 13:00–16:00, then the closing auction (sets the close) to 16:10
         case .tse: [540...690, 750...930]  // 09:00–11:30, 12:30–15:30
         case .shs, .szs: [570...690, 780...900]  // 09:30–11:30, 13:00–15:00
         case .hsx: [540...690, 780...885]  // 09:00–11:30, 13:00–14:45

@@ -111,11 +111,12 @@ struct FreshnessTests {
 
     // Tuesday 2025-03-11. HKT and CST are UTC+8, JST UTC+9, ICT UTC+7 (none observes daylight saving).
     static let asia: [FreshnessCase] = [
-        // HKEX: 09:30–12:00, 13:00–16:00.
+        // HKEX: 09:30–12:00, 13:00–16:00, and the closing auction that sets the day's close, to 16:10.
         .init(.hks, "2025-03-11T01:29:00Z", end: "2025-03-11", 60, "09:29 HKT: closed until 09:30"),
         .init(.hks, "2025-03-11T02:00:00Z", end: "2025-03-11", 5, "10:00 HKT: open"),
         .init(.hks, "2025-03-11T07:59:00Z", end: "2025-03-11", 5, "15:59 HKT: open"),
-        .init(.hks, "2025-03-11T08:00:00Z", end: "2025-03-11", 63_000, "16:00 HKT: closed until 09:30 next day"),
+        .init(.hks, "2025-03-11T08:05:00Z", end: "2025-03-11", 5, "16:05 HKT: the closing auction, the close not yet set"),
+        .init(.hks, "2025-03-11T08:10:00Z", end: "2025-03-11", 62_400, "16:10 HKT: closed until 09:30 next day"),
         .init(.hks, "2025-03-11T02:00:00Z", end: "2025-03-10", 86_400, "10:00 HKT, range ending yesterday: settled"),
         .init(.hks, "2025-03-15T02:00:00Z", end: "2025-03-15", 86_400, "Sat 10:00 HKT: weekend, capped"),
         // TSE: 09:00–11:30, 12:30–15:30 (the afternoon runs to 15:30 since November 2024).
@@ -168,7 +169,7 @@ struct FreshnessTests {
                       "Fri 16:00 KST before the Mon 03-03 holiday: until Tue 09:00"),
         FreshnessCase(.nas, "2025-03-07T21:00:00Z", end: "2025-03-07", 232_200,
                       "Fri 16:00 EST before daylight saving: until Mon 09:30 EDT"),
-        FreshnessCase(.hks, "2025-03-14T08:00:00Z", end: "2025-03-14", 235_800, "Fri 16:00 HKT: until Mon 09:30"),
+        FreshnessCase(.hks, "2025-03-14T08:10:00Z", end: "2025-03-14", 235_200, "Fri 16:10 HKT: until Mon 09:30"),
     ])
     func untilNextOpening(_ c: FreshnessCase) throws {
         #expect(try Self.ttl(c, Self.uncapped) == c.ttl)
