@@ -287,6 +287,7 @@ let package = Package(
             name: "GatewayTests",
             dependencies: [
                 "TestSupport",
+                "Broker",
                 "Gateway",
                 "KIS",
                 "KisgwConfiguration",
@@ -302,6 +303,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: strict
         ),

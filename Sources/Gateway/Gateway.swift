@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import CoreMetrics
 import Crypto
 import Foundation
 public import Hummingbird
@@ -79,7 +80,7 @@ struct GatewayCore: Sendable {
     let authorizer: TokenAuthorizer
     let charts: ChartService
     let hitPath: HitPath
-    let metrics = GatewayMetrics()
+    let metrics: GatewayMetrics
     let recorder: RequestRecorder
     let logger: Logger
     let eventListener: StoreEventListener
@@ -88,7 +89,12 @@ struct GatewayCore: Sendable {
         self.config = config
         self.dependencies = dependencies
         self.logger = logger
-        let recorder = RequestRecorder(logger: logger)
+        // The series go to the registry `/metrics` renders, when one is given (the executable's is also the
+        // bootstrapped `MetricsSystem`'s).
+        let factory: any MetricsFactory = dependencies.metricsRegistry.map { PrometheusMetricsFactory(registry: $0) }
+            ?? MetricsSystem.factory
+        self.metrics = GatewayMetrics(factory: factory)
+        let recorder = RequestRecorder(logger: logger, factory: factory)
         self.recorder = recorder
         self.verifier = try await JWTVerifier(settings: .init(config: config.auth.jwt))
         let store = dependencies.store, keyring = dependencies.keyring
@@ -296,6 +302,8 @@ struct GatewayCore: Sendable {
             let bytes = try await response.body.collect(upTo: 1 << 20)
             var headers = HTTPFields()
             headers[.contentType] = response.headers.first(name: "content-type") ?? "application/json"
+            // A token, or a problem: never to be kept by a browser or a proxy.
+            headers[.cacheControl] = "no-store"
             if let r = response.headers.first(name: "retry-after") { headers[.retryAfter] = r }
             if let w = response.headers.first(name: "www-authenticate") { headers[.wwwAuthenticate] = w }
             return Response(status: .init(code: Int(response.status.code)), headers: headers, body: .init(byteBuffer: bytes))

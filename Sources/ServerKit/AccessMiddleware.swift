@@ -83,7 +83,8 @@ public struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
 
     private func finish(_ request: Request, context: Context, status: Int, start: ContinuousClock.Instant) {
         let d = ContinuousClock.now - start
-        let route = context.endpointPath.map { labels[$0] ?? $0 } ?? "unmatched"
+        // Hummingbird names the path of a request no route matched "NotFound".
+        let route = context.endpointPath.flatMap { $0 == "NotFound" ? nil : labels[$0] ?? $0 } ?? "unmatched"
         recorder.record(method: "\(request.method)", route: route, status: status,
                         nanoseconds: d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
     }

@@ -87,14 +87,16 @@ func makeStore(_ kind: StoreKind, prefix: String = "t\(UInt32.random(in: 0...UIn
 func testConfig(simURL: String, origins: [String] = ["http://localhost:3000", "https://*.example.com"],
                 upstreamTimeoutMs: Int = 3000, maxQueueMs: Int = 2000, liveRate: Double = 1000,
                 sandboxRate: Double = 1, cache: KisgwConfig.Cache = KisgwConfig.Cache(),
-                maxHeaderBytes: Int = 16_384, requestTimeoutMs: Int = 10_000) -> KisgwConfig {
+                maxHeaderBytes: Int = 16_384, requestTimeoutMs: Int = 10_000,
+                broker: KisgwConfig.Broker = KisgwConfig.Broker()) -> KisgwConfig {
     KisgwConfig(
         server: .init(host: "127.0.0.1", port: 0, requestTimeoutMs: requestTimeoutMs, maxHeaderBytes: maxHeaderBytes),
         cors: .init(allowOrigins: origins.map { OriginPattern($0)! }, allowCredentials: true, maxAgeS: 600),
         auth: .init(jwt: .init(algorithms: [.hs256], hs256Secret: Secret(testSecret))),
         kis: .init(liveURL: simURL, sandboxURL: simURL, liveRatePerS: liveRate, sandboxRatePerS: sandboxRate),
         upstream: .init(timeoutMs: upstreamTimeoutMs, maxQueueMs: maxQueueMs, retries: 2),
-        cache: cache)
+        cache: cache,
+        broker: broker)
 }
 
 /// Runs a simulator, then `gateways` gateways sharing one store, for the duration of `body`.

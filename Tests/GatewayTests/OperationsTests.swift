@@ -1,0 +1,602 @@
+import AsyncHTTPClient
+import Broker
+import Foundation
+import Gateway
+import Hummingbird
+import KIS
+import KisgwConfiguration
+import Logging
+import NIOCore
+import NIOHTTP1
+import Observability
+import Prometheus
+import Redis
+import Simulator
+import Store
+import Testing
+import Tokens
+import TestSupport
+
+// gateway-api.md, "Token refresh" and "Operations": the broker proxy, `/metrics`, and SIGTERM/SIGINT.
+
+private let allowedOrigin = "http://localhost:3000"
+
+// MARK: - POST /token/refresh against a real broker
+
+/// A simulator playing KIS's sandbox, a broker on a fresh SQLite file, and a gateway whose `[broker] url` is that
+/// broker, all sharing one memory store, for the duration of `body` (which gets the broker's URL).
+private func withBrokerAndGateway(
+    _ body: @Sendable (_ g: GatewayFixture, _ brokerURL: String) async throws -> Void
+) async throws {
+    var logger = Logger(label: "refresh-test")
+    logger.logLevel = .critical
+    let store = MemoryStore(keyPrefix: "r\(UInt32.random(in: 0...UInt32.max)):")
+    let keyring = SealKeyring.ephemeral()
+    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-gw-refresh-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: folder) }
+    let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
+    let sim = try await buildSimulator(SimulatorConfiguration(port: 0, environment: .sandbox), logger: logger) {
+        simCont.yield($0)
+    }
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
+        var sit = simPorts.makeAsyncIterator()
+        let simURL = "http://127.0.0.1:\(await sit.next()!)"
+
+        let brokerConfig = KisgwConfig(
+            cors: .init(allowOrigins: [OriginPattern(allowedOrigin)!], allowCredentials: true, maxAgeS: 600),
+            auth: .init(jwt: .init(algorithms: [.hs256], hs256Secret: Secret(testSecret))),
+            kis: .init(liveURL: simURL, sandboxURL: simURL),
+            upstream: .init(timeoutMs: 3000, maxQueueMs: 2000, retries: 0),
+            broker: .init(host: "127.0.0.1", port: 0,
+                          database: .sqlite(path: folder.appendingPathComponent("broker.sqlite").path),
+                          reconcileIntervalS: 3600))
+        let (brokerPorts, brokerCont) = AsyncStream.makeStream(of: Int.self)
+        let broker = try await buildBroker(brokerConfig, dependencies: BrokerDependencies(store: store, keyring: keyring),
+                                           logger: logger) { brokerCont.yield($0) }
+        group.addTask { try await broker.runService(gracefulShutdownSignals: []) }
+        var bit = brokerPorts.makeAsyncIterator()
+        let brokerURL = "http://127.0.0.1:\(await bit.next()!)"
+
+        let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+        let gateway = try await buildGateway(
+            testConfig(simURL: simURL, broker: .init(url: brokerURL)),
+            dependencies: GatewayDependencies(store: store, keyring: keyring, readiness: { nil }), logger: logger
+        ) { cont.yield($0) }
+        group.addTask { try await gateway.runService(gracefulShutdownSignals: []) }
+        var pit = ports.makeAsyncIterator()
+        let g = GatewayFixture(gatewayURL: "http://127.0.0.1:\(await pit.next()!)", simURL: simURL, store: store,
+                               keyring: keyring)
+        do {
+            try await body(g, brokerURL)
+        } catch {
+            group.cancelAll()
+            throw error
+        }
+        group.cancelAll()
+    }
+}
+
+/// `POST url` with a JSON content type, `Authorization: Bearer jwt` and `Origin` when given.
+private func post(_ url: String, _ body: String?, jwt: String?, origin: String? = nil) async throws -> HTTPResult {
+    var headers = [("content-type", "application/json")]
+    if let jwt { headers.append(("Authorization", "Bearer " + jwt)) }
+    if let origin { headers.append(("Origin", origin)) }
+    return try await http(.POST, url, headers: headers, body: body)
+}
+
+/// Connects a SANDBOX account for the JWT's user at the broker (`POST /api/kis/token`); returns the KIS token.
+private func connectAccount(brokerURL: String, jwt: String, appKey: String) async throws -> String {
+    let body = #"{"appKey":"\#(appKey)","appSecret":"secret-\#(appKey)","accountNumber":"12345678-01","environment":"SANDBOX"}"#
+    let r = try await post(brokerURL + "/api/kis/token", body, jwt: jwt)
+    #expect(r.status == 200, "connecting the account at the broker: \(r.status) \(r.text)")
+    return try #require(r.json["token"] as? String)
+}
+
+/// The broker's answer as the gateway passed it on: same status, same body bytes, same content type.
+private func expectPassedThrough(_ via: HTTPResult, _ direct: HTTPResult, sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(via.status == direct.status, "status: gateway \(via.status), broker \(direct.status)",
+            sourceLocation: sourceLocation)
+    #expect(via.body == direct.body, "body: gateway \(via.text) — broker \(direct.text)", sourceLocation: sourceLocation)
+    #expect(via.header("content-type") == direct.header("content-type"), sourceLocation: sourceLocation)
+}
+
+/// The CORS headers of an actual (not preflight) request from an allowed origin, once each.
+private func expectCORS(_ r: HTTPResult, origin: String = allowedOrigin, sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(r.headers("Access-Control-Allow-Origin") == [origin], "status \(r.status)", sourceLocation: sourceLocation)
+    #expect(r.headers("Access-Control-Allow-Credentials") == ["true"], "status \(r.status)", sourceLocation: sourceLocation)
+    let exposed = Set((r.header("Access-Control-Expose-Headers") ?? "").split(separator: ",").map {
+        $0.trimmingCharacters(in: .whitespaces).lowercased()
+    })
+    #expect(exposed.isSuperset(of: ["etag", "x-cache", "age", "retry-after", "server-timing"]), "status \(r.status)",
+            sourceLocation: sourceLocation)
+    expectVaryOrigin(r, sourceLocation: sourceLocation)
+}
+
+private func expectVaryOrigin(_ r: HTTPResult, sourceLocation: SourceLocation = #_sourceLocation) {
+    let vary = r.headers("Vary").flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+    #expect(vary.contains("origin"), "Vary: \(vary) on a \(r.status)", sourceLocation: sourceLocation)
+}
+
+/// An `application/problem+json` answer with this status and code, and the RFC 9457 members.
+private func expectProblem(_ r: HTTPResult, _ status: Int, _ code: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(r.status == status, "\(r.status) \(r.text)", sourceLocation: sourceLocation)
+    #expect(r.header("content-type") == "application/problem+json", sourceLocation: sourceLocation)
+    #expect(r.code == code, "\(r.text)", sourceLocation: sourceLocation)
+    #expect(r.json["status"] as? Int == status, sourceLocation: sourceLocation)
+    #expect(r.json["type"] as? String == "https://kisgw.dev/problems/" + code, sourceLocation: sourceLocation)
+    #expect((r.json["title"] as? String)?.isEmpty == false, sourceLocation: sourceLocation)
+}
+
+@Suite("Gateway: POST /token/refresh is the broker's answer")
+struct TokenRefreshProxyTests {
+    @Test("a connected user: the broker's 200 and body, byte for byte, with no new KIS issuance")
+    func passesTheBrokersToken() async throws {
+        try await withBrokerAndGateway { g, brokerURL in
+            let jwt = try await g.jwt("refresh-u1")
+            let token = try await connectAccount(brokerURL: brokerURL, jwt: jwt, appKey: "PSrefreshu1xxxxxxxxxxxxxxxxxxxxxwxyz")
+            let direct = try await post(brokerURL + "/api/kis/token/refresh", #"{"environment":"SANDBOX"}"#, jwt: jwt)
+            #expect(direct.status == 200, "\(direct.text)")
+            let via = try await post(g.gatewayURL + "/token/refresh", #"{"environment":"SANDBOX"}"#, jwt: jwt)
+            expectPassedThrough(via, direct)
+            #expect(via.header("content-type") == "application/json")
+            // It carries a token: no browser or proxy may keep it.
+            #expect(via.header("cache-control") == "no-store")
+            // What broker-api.md says the answer holds: inside the reuse window, the token already published.
+            #expect(via.json["token"] as? String == token)
+            #expect(via.json["environment"] as? String == "SANDBOX")
+            #expect((via.json["expiresAt"] as? String)?.hasSuffix("+09:00") == true, "\(via.text)")
+            // The gateway asked the broker, which reused the token: KIS issued only the one for the connection.
+            #expect(try await g.simStats()["tokenP"] == 1)
+            // The token the gateway handed out is one it accepts.
+            let chart = try await g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-10", jwt: jwt,
+                                        kis: try #require(via.json["token"] as? String))
+            #expect(chart.status == 200, "\(chart.text)")
+        }
+    }
+
+    @Test("the broker's 4xx problems pass through unchanged: 404 account_not_found, 401 jwt_invalid with WWW-Authenticate")
+    func passesTheBrokersErrors() async throws {
+        try await withBrokerAndGateway { g, brokerURL in
+            let jwt = try await g.jwt("refresh-nobody")
+            let direct = try await post(brokerURL + "/api/kis/token/refresh", #"{"environment":"LIVE"}"#, jwt: jwt)
+            let via = try await post(g.gatewayURL + "/token/refresh", #"{"environment":"LIVE"}"#, jwt: jwt)
+            expectProblem(via, 404, "account_not_found")
+            expectPassedThrough(via, direct)
+
+            // The gateway does not judge the JWT itself; the broker's verdict and its challenge come back.
+            let badDirect = try await post(brokerURL + "/api/kis/token/refresh", #"{"environment":"LIVE"}"#, jwt: "not.a.jwt")
+            let bad = try await post(g.gatewayURL + "/token/refresh", #"{"environment":"LIVE"}"#, jwt: "not.a.jwt")
+            expectProblem(bad, 401, "jwt_invalid")
+            expectPassedThrough(bad, badDirect)
+            #expect(bad.header("WWW-Authenticate") == #"Bearer error="invalid_token""#)
+        }
+    }
+
+    @Test("no Authorization: 401 auth_required problem+json with WWW-Authenticate: Bearer")
+    func needsAuthorization() async throws {
+        try await withBrokerAndGateway { g, _ in
+            let r = try await post(g.gatewayURL + "/token/refresh", #"{"environment":"LIVE"}"#, jwt: nil)
+            expectProblem(r, 401, "auth_required")
+            #expect(r.header("WWW-Authenticate") == "Bearer")
+        }
+    }
+
+    /// The gateway does not read the body (Gateway.swift `refreshToken` forwards it); the broker judges it.
+    @Test("a bad body: the broker's 400 invalid_parameter, passed through", arguments: [
+        #"{"environment":"BOGUS"}"#, #"{}"#, "environment=LIVE", "",
+    ])
+    func badBody(_ body: String) async throws {
+        try await withBrokerAndGateway { g, brokerURL in
+            let jwt = try await g.jwt("refresh-body")
+            _ = try await connectAccount(brokerURL: brokerURL, jwt: jwt, appKey: "PSrefreshbodyxxxxxxxxxxxxxxxxxxxwxyz")
+            let direct = try await post(brokerURL + "/api/kis/token/refresh", body, jwt: jwt)
+            let via = try await post(g.gatewayURL + "/token/refresh", body, jwt: jwt)
+            expectProblem(via, 400, "invalid_parameter")
+            expectPassedThrough(via, direct)
+        }
+    }
+
+    @Test("broker unreachable: 502 upstream_error problem+json, with CORS for an allowed origin")
+    func brokerUnreachable() async throws {
+        let closed = try RedisServerProcess.freePort()
+        // The gateway's wait for the broker is `[upstream] timeout_ms` + 5 s, and a refused connection is retried
+        // within it: 1 s here.
+        let config: @Sendable (String) -> KisgwConfig = {
+            testConfig(simURL: $0, upstreamTimeoutMs: 1000, broker: .init(url: "http://127.0.0.1:\(closed)"))
+        }
+        try await withGateway(config: config) { g, _ in
+            let jwt = try await g.jwt("refresh-unreachable")
+            let r = try await post(g.gatewayURL + "/token/refresh", #"{"environment":"LIVE"}"#, jwt: jwt, origin: allowedOrigin)
+            expectProblem(r, 502, "upstream_error")
+            expectCORS(r)
+        }
+    }
+
+    @Test("CORS on every refresh answer: allowed origin gets the headers once (200, 404, 400, 401), others none; preflight 204")
+    func cors() async throws {
+        try await withBrokerAndGateway { g, brokerURL in
+            let jwt = try await g.jwt("refresh-cors")
+            _ = try await connectAccount(brokerURL: brokerURL, jwt: jwt, appKey: "PSrefreshcorsxxxxxxxxxxxxxxxxxxxwxyz")
+            let url = g.gatewayURL + "/token/refresh"
+            let ok = try await post(url, #"{"environment":"SANDBOX"}"#, jwt: jwt, origin: allowedOrigin)
+            #expect(ok.status == 200)
+            expectCORS(ok)
+            let missing = try await post(url, #"{"environment":"LIVE"}"#, jwt: jwt, origin: allowedOrigin)
+            #expect(missing.status == 404)
+            expectCORS(missing)
+            let bogus = try await post(url, #"{"environment":"BOGUS"}"#, jwt: jwt, origin: allowedOrigin)
+            #expect(bogus.status == 400)
+            expectCORS(bogus)
+            let anonymous = try await post(url, #"{"environment":"LIVE"}"#, jwt: nil, origin: allowedOrigin)
+            #expect(anonymous.status == 401)
+            expectCORS(anonymous)
+
+            let foreign = try await post(url, #"{"environment":"SANDBOX"}"#, jwt: jwt, origin: "https://evil.example.org")
+            #expect(foreign.status == 200)
+            #expect(!foreign.headers.contains { $0.0.lowercased().hasPrefix("access-control-allow-") }, "\(foreign.headers)")
+            expectVaryOrigin(foreign)
+
+            let preflight = try await http(.OPTIONS, url, headers: [
+                ("Origin", allowedOrigin), ("Access-Control-Request-Method", "POST"),
+                ("Access-Control-Request-Headers", "authorization, content-type"),
+            ])
+            #expect(preflight.status == 204)
+            #expect(preflight.header("Access-Control-Allow-Origin") == allowedOrigin)
+            #expect(preflight.header("Access-Control-Allow-Credentials") == "true")
+            let methods = (preflight.header("Access-Control-Allow-Methods") ?? "").split(separator: ",").map {
+                $0.trimmingCharacters(in: .whitespaces)
+            }
+            #expect(methods.contains("POST") && methods.contains("OPTIONS"), "\(methods)")
+            expectVaryOrigin(preflight)
+        }
+    }
+}
+
+// MARK: - the kisgw executable: /metrics, SIGINT, shutdown grace
+
+/// The `kisgw gateway` process of a test.
+private struct GatewayProcess: Sendable {
+    let process: Process
+    let port: Int
+    /// Where the process's standard error goes (for failure messages).
+    let stderrFile: URL
+
+    var stderr: String { (try? String(contentsOf: stderrFile, encoding: .utf8)) ?? "" }
+    var accepts: Bool { RedisServerProcess.accepts(port: port) }
+
+    /// How the process ended, for failure messages.
+    var ending: String {
+        guard !process.isRunning else { return "still running" }
+        let reason = process.terminationReason == .exit ? "exit" : "signal"
+        return "\(reason) \(process.terminationStatus); stderr: \(stderr.suffix(2000))"
+    }
+}
+
+/// Whether the process tests can run: the built `kisgw` and a Redis server shared with it.
+private var processTestsEnabled: Bool { kisgwBinary() != nil && redisURL != nil }
+
+/// Runs the kisgw executable as a gateway over real Redis (a prefix of its own; `env` added to its environment) and
+/// an in-process simulator, for the duration of `body`; a process still running afterwards is killed.
+private func withGatewayProcess(
+    env extra: [String: String] = [:], _ body: @Sendable (GatewayFixture, GatewayProcess) async throws -> Void
+) async throws {
+    let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
+    let redis = try #require(redisURL, "KISGW_TEST_REDIS_URL")
+    var logger = Logger(label: "operations-process")
+    logger.logLevel = .critical
+    let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
+    let sim = try await buildSimulator(
+        SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000), logger: logger
+    ) { simCont.yield($0) }
+    let (store, client) = try makeStore(.redis, prefix: "ops\(UInt32.random(in: 0...UInt32.max)):")
+    let keyBytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
+    let keyring = try SealKeyring(current: "k1", keys: ["k1": keyBytes])
+    let stderrFile = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-ops-\(UUID().uuidString).stderr")
+    _ = FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
+    defer { try? FileManager.default.removeItem(at: stderrFile) }
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        if let client { group.addTask { await client.run() } }
+        group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
+        var sit = simPorts.makeAsyncIterator()
+        let simURL = "http://127.0.0.1:\(await sit.next()!)"
+        let port = try RedisServerProcess.freePort()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["gateway"]
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("KISGW_") }
+        env["KISGW_SERVER_HOST"] = "127.0.0.1"
+        env["KISGW_SERVER_PORT"] = String(port)
+        env["KISGW_REDIS_URL"] = redis
+        env["KISGW_REDIS_PREFIX"] = store.keyPrefix
+        env["KISGW_AUTH_JWT_HS256_SECRET"] = testSecret
+        env["KISGW_SEAL_KEYS_K1"] = Data(keyBytes).base64EncodedString()
+        env["KISGW_KIS_LIVE_URL"] = simURL
+        env["KISGW_KIS_LIVE_RATE_PER_S"] = "1000"
+        env["KISGW_LOG_LEVEL"] = "warning"
+        env.merge(extra) { _, new in new }
+        process.environment = env
+        process.currentDirectoryURL = FileManager.default.temporaryDirectory  // no ./gateway.toml is read
+        process.standardOutput = FileHandle.nullDevice
+        let stderrHandle = try FileHandle(forWritingTo: stderrFile)
+        process.standardError = stderrHandle
+        try process.run()
+        try? stderrHandle.close()  // the child has its own
+        defer {
+            // SIGKILL: a gateway that hangs must not outlive the test.
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+        }
+        let p = GatewayProcess(process: process, port: port, stderrFile: stderrFile)
+        try #require(await eventually(.seconds(10)) { p.accepts }, "the gateway did not start: \(p.ending)")
+        let g = GatewayFixture(gatewayURL: "http://127.0.0.1:\(port)", simURL: simURL, store: store, keyring: keyring)
+        do {
+            try await body(g, p)
+        } catch {
+            group.cancelAll()
+            throw error
+        }
+        group.cancelAll()
+    }
+}
+
+/// Prometheus's text exposition format, read back: samples by name and exact label set, and `# TYPE` lines.
+private struct Exposition {
+    struct Sample {
+        let name: String
+        let labels: [String: String]
+        let value: Double
+    }
+
+    private(set) var samples: [Sample] = []
+    private(set) var types: [String: String] = [:]
+
+    init(_ text: String) {
+        for line in text.split(separator: "\n") {
+            if line.hasPrefix("# TYPE ") {
+                let parts = line.split(separator: " ")
+                if parts.count == 4 { types[String(parts[2])] = String(parts[3]) }
+            } else if !line.hasPrefix("#"), let sample = Self.sample(Array(line)) {
+                samples.append(sample)
+            }
+        }
+    }
+
+    /// `name{k="v",…} value [timestamp]`, with `\\`, `\"` and `\n` escapes in label values; nil if malformed.
+    private static func sample(_ c: [Character]) -> Sample? {
+        var i = 0
+        while i < c.count, c[i] != "{", c[i] != " " { i += 1 }
+        let name = String(c[0..<i])
+        var labels: [String: String] = [:]
+        if i < c.count, c[i] == "{" {
+            i += 1
+            while i < c.count, c[i] != "}" {
+                var key = ""
+                while i < c.count, c[i] != "=" { key.append(c[i]); i += 1 }
+                guard i + 1 < c.count, c[i + 1] == "\"" else { return nil }
+                i += 2
+                var value = ""
+                while i < c.count, c[i] != "\"" {
+                    if c[i] == "\\", i + 1 < c.count {
+                        i += 1
+                        value.append(c[i] == "n" ? "\n" : c[i])
+                    } else {
+                        value.append(c[i])
+                    }
+                    i += 1
+                }
+                guard i < c.count else { return nil }
+                i += 1
+                labels[key.trimmingCharacters(in: .whitespaces)] = value
+                if i < c.count, c[i] == "," { i += 1 }
+            }
+            guard i < c.count else { return nil }
+            i += 1
+        }
+        let rest = String(c[i...]).split(separator: " ")
+        guard let first = rest.first, let value = Double(first) else { return nil }
+        return Sample(name: name, labels: labels, value: value)
+    }
+
+    /// The value of the sample with exactly these labels.
+    func value(_ name: String, _ labels: [String: String] = [:]) -> Double? {
+        samples.first { $0.name == name && $0.labels == labels }?.value
+    }
+
+    func samples(_ name: String) -> [Sample] { samples.filter { $0.name == name } }
+}
+
+/// A histogram as `/metrics` must show it: `# TYPE … histogram`, `_bucket` series with `le` (up to `+Inf`, counts
+/// not decreasing), `_sum` and `_count` for `labels`, at least `atLeast` observations, `+Inf` = `_count`.
+private func expectHistogram(_ m: Exposition, _ name: String, _ labels: [String: String] = [:], atLeast: Double,
+                             sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(m.types[name] == "histogram", "# TYPE \(name): \(m.types[name] ?? "none")", sourceLocation: sourceLocation)
+    let buckets = m.samples(name + "_bucket").filter { s in
+        s.labels["le"] != nil && s.labels.filter { $0.key != "le" } == labels
+    }
+    #expect(buckets.count >= 2, "\(name)_bucket\(labels): \(buckets.count) buckets", sourceLocation: sourceLocation)
+    let bounds = buckets.map { $0.labels["le"]! }
+    #expect(bounds.allSatisfy { $0 == "+Inf" || Double($0) != nil }, "le values \(bounds)", sourceLocation: sourceLocation)
+    let finite = buckets.filter { $0.labels["le"] != "+Inf" }.sorted { Double($0.labels["le"]!)! < Double($1.labels["le"]!)! }
+    #expect(zip(finite, finite.dropFirst()).allSatisfy { $0.value <= $1.value }, "buckets are cumulative",
+            sourceLocation: sourceLocation)
+    let count = m.value(name + "_count", labels)
+    #expect(count.map { $0 >= atLeast } == true, "\(name)_count\(labels) = \(count.map { "\($0)" } ?? "missing")",
+            sourceLocation: sourceLocation)
+    #expect(m.value(name + "_sum", labels).map { $0 > 0 } == true, "\(name)_sum\(labels)", sourceLocation: sourceLocation)
+    let inf = buckets.first { $0.labels["le"] == "+Inf" }?.value
+    #expect(inf != nil && inf == count, "\(name)_bucket{le=\"+Inf\"} = \(String(describing: inf)), _count = \(String(describing: count))",
+            sourceLocation: sourceLocation)
+}
+
+@Suite("Gateway: its series go to the registry it is given")
+struct GatewayMetricsRegistryTests {
+    @Test("an in-process gateway given a registry serves its own series at /metrics, and no other gateway's")
+    func ownRegistry() async throws {
+        let registry = PrometheusCollectorRegistry()
+        try await withGateway(dependencies: { _, deps in deps.metricsRegistry = registry }) { g, _ in
+            let kis = try await g.connect(user: "reg-u1", appKey: "PSapp-registry")
+            let jwt = try await g.jwt("reg-u1")
+            let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
+            #expect(try await g.get(path, jwt: jwt, kis: kis).header("X-Cache") == "MISS")
+            #expect(try await g.get(path, jwt: jwt, kis: kis).header("X-Cache") == "HIT")
+            let m = Exposition(try await g.get("/metrics", jwt: nil, kis: nil).text)
+            #expect(m.value("kisgw_cache_results_total", ["result": "miss"]) == 1)
+            #expect(m.value("kisgw_cache_results_total", ["result": "hit"]) == 1)
+            #expect(m.value("kisgw_upstream_calls_total", ["outcome": "ok", "msg_cd": ""]) == 1)
+            #expect(m.value("kisgw_http_requests_total", ["route": "/domestic/chart/daily/{symbol}", "status": "200"]) == 2)
+            #expect(m.types["kisgw_upstream_duration_seconds"] == "histogram")
+        }
+    }
+}
+
+@Suite("Gateway process: /metrics series, SIGINT, shutdown grace", .serialized)
+struct GatewayOperationsProcessTests {
+    /// The series gateway-api.md lists, by the names Sources/Gateway/GatewayMetrics.swift and
+    /// Sources/ServerKit/AccessMiddleware.swift give them, as the executable (which bootstraps the metrics system)
+    /// serves them.
+    @Test("/metrics: requests by route and status, cache results, upstream calls by outcome and msg_cd, rate-limit waits, histograms",
+          .enabled(if: processTestsEnabled, "needs the kisgw binary (KISGW_TEST_BINARY) and KISGW_TEST_REDIS_URL"))
+    func metricsSeries() async throws {
+        // 10 calls/s for the app key (8/s with the gateway's headroom): a chart of several pages waits between them.
+        try await withGatewayProcess(env: ["KISGW_KIS_LIVE_RATE_PER_S": "10"]) { g, p in
+            let kis = try await g.connect(user: "m1", appKey: "PSapp-metrics")
+            let jwt = try await g.jwt("m1")
+            let chart = "/domestic/chart/daily/"
+            let route = "/domestic/chart/daily/{symbol}"
+
+            let miss = try await g.get(chart + "005930?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(miss.status == 200 && miss.header("X-Cache") == "MISS", "\(miss.status) \(miss.text)")
+            let hit = try await g.get(chart + "005930?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(hit.status == 200 && hit.header("X-Cache") == "HIT")
+            // Two requests for one chart while KIS is slow: one fetch, the other waits for it.
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"none","latency_ms":700}"#)
+            async let first = g.get(chart + "000660?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            async let second = g.get(chart + "000660?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            let (a, b) = try await (first, second)
+            #expect(a.status == 200 && b.status == 200)
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"none","latency_ms":0}"#)
+            // About 540 weekdays: six pages, each after a rate-limit wait.
+            let pages = try await g.get(chart + "035420?start=2023-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(pages.status == 200, "\(pages.status) \(pages.text)")
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"kis_error","msg_cd":"EGW00002"}"#)
+            let failed = try await g.get(chart + "005380?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(failed.status == 502)
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"none"}"#)
+            let invalid = try await g.get(chart + "12?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(invalid.status == 400 && invalid.code == "invalid_parameter")
+            let anonymous = try await g.get(chart + "005930", jwt: nil, kis: nil)
+            #expect(anonymous.status == 401)
+            let nowhere = try await g.get("/no/such/route", jwt: nil, kis: nil)
+            #expect(nowhere.status == 404)
+
+            // A request is recorded as it is answered: wait for the last ones to show.
+            var m = Exposition("")
+            var response: HTTPResult?
+            _ = try await eventually(.seconds(5)) {
+                let r = try await g.get("/metrics", jwt: nil, kis: nil)
+                response = r
+                m = Exposition(r.text)
+                let answered = [200, 400, 401, 502].compactMap {
+                    m.value("kisgw_http_requests_total", ["route": route, "status": String($0)])
+                }
+                return m.samples("kisgw_http_requests_total").contains { $0.labels["status"] == "404" }
+                    && answered.count == 4
+                    && m.value("kisgw_http_request_duration_seconds_count", ["route": route]) == answered.reduce(0, +)
+            }
+            let r = try #require(response)
+            #expect(r.status == 200)
+            #expect(r.header("content-type")?.hasPrefix("text/plain; version=0.0.4") == true, "\(r.header("content-type") ?? "")")
+
+            func atLeast(_ n: Double, _ name: String, _ labels: [String: String] = [:],
+                         sourceLocation: SourceLocation = #_sourceLocation) {
+                let v = m.value(name, labels)
+                #expect(v.map { $0 >= n } == true, "\(name)\(labels) = \(v.map { "\($0)" } ?? "missing"); series: \(m.samples(name).map(\.labels))",
+                        sourceLocation: sourceLocation)
+            }
+            #expect(m.types["kisgw_http_requests_total"] == "counter")
+            atLeast(5, "kisgw_http_requests_total", ["route": route, "status": "200"])
+            atLeast(1, "kisgw_http_requests_total", ["route": route, "status": "400"])
+            atLeast(1, "kisgw_http_requests_total", ["route": route, "status": "401"])
+            atLeast(1, "kisgw_http_requests_total", ["route": route, "status": "502"])
+            // Routes are labelled by pattern, never by the path sent; a path with no route as `unmatched` (the label
+            // the hit path gives what it answers for no route, too).
+            let notFound = m.samples("kisgw_http_requests_total").filter { $0.labels["status"] == "404" }
+            #expect(notFound.count == 1 && notFound.allSatisfy { $0.labels == ["route": "unmatched", "status": "404"] && $0.value >= 1 },
+                    "\(notFound.map(\.labels))")
+            let routes = Set(m.samples("kisgw_http_requests_total").compactMap { $0.labels["route"] })
+            #expect(!routes.contains { $0.contains("005930") || $0.contains("no/such") }, "\(routes)")
+
+            #expect(m.types["kisgw_cache_results_total"] == "counter")
+            atLeast(1, "kisgw_cache_results_total", ["result": "hit"])
+            atLeast(3, "kisgw_cache_results_total", ["result": "miss"])
+            atLeast(1, "kisgw_cache_results_total", ["result": "coalesced"])
+            atLeast(0, "kisgw_cache_results_total", ["result": "stale"])
+
+            #expect(m.types["kisgw_upstream_calls_total"] == "counter")
+            atLeast(8, "kisgw_upstream_calls_total", ["outcome": "ok", "msg_cd": ""])
+            atLeast(1, "kisgw_upstream_calls_total", ["outcome": "kis_error", "msg_cd": "EGW00002"])
+
+            atLeast(1, "kisgw_rate_limit_waits_total")
+            atLeast(0, "kisgw_rate_limit_rejections_total")
+
+            expectHistogram(m, "kisgw_http_request_duration_seconds", ["route": route], atLeast: 8)
+            expectHistogram(m, "kisgw_upstream_duration_seconds", atLeast: 3)
+            expectHistogram(m, "kisgw_rate_limit_wait_seconds", atLeast: 1)
+        }
+    }
+
+    @Test("SIGINT with a request in flight: the port closes, the request completes, the process exits 0",
+          .enabled(if: processTestsEnabled, "needs the kisgw binary (KISGW_TEST_BINARY) and KISGW_TEST_REDIS_URL"))
+    func sigint() async throws {
+        try await withGatewayProcess { g, p in
+            let kis = try await g.connect(user: "i1", appKey: "PSapp-sigint")
+            let jwt = try await g.jwt("i1")
+            #expect(try await g.get("/domestic/chart/daily/000660?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis).status == 200)
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"none","latency_ms":2500}"#)
+            async let inFlight = g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            try await Task.sleep(for: .milliseconds(500))
+            kill(p.process.processIdentifier, SIGINT)
+            // Well before KIS answers the request in flight, new connections are refused.
+            #expect(await eventually(.seconds(1.2)) { !p.accepts }, "still accepting connections after SIGINT")
+            let r = try await inFlight
+            #expect(r.status == 200 && r.header("X-Cache") == "MISS", "\(r.status) \(r.text)")
+            try #require(await eventually(.seconds(10)) { !p.process.isRunning }, "still running 10 s after SIGINT")
+            #expect(p.process.terminationReason == .exit && p.process.terminationStatus == 0, "\(p.ending)")
+        }
+    }
+
+    /// gateway-api.md: the requests in flight are finished "up to `[server] shutdown_grace_s`", and the process
+    /// exits 0. Here KIS takes 10 s and the grace is 2 s.
+    @Test("a request in flight outlasting shutdown_grace_s: the process waits about the grace, then exits 0",
+          .enabled(if: processTestsEnabled, "needs the kisgw binary (KISGW_TEST_BINARY) and KISGW_TEST_REDIS_URL"))
+    func shutdownGraceBoundsTheWait() async throws {
+        try await withGatewayProcess(env: [
+            "KISGW_SERVER_SHUTDOWN_GRACE_S": "2", "KISGW_UPSTREAM_TIMEOUT_MS": "20000",
+            "KISGW_SERVER_REQUEST_TIMEOUT_MS": "20000",
+        ]) { g, p in
+            let kis = try await g.connect(user: "gr1", appKey: "PSapp-grace")
+            let jwt = try await g.jwt("gr1")
+            #expect(try await g.get("/domestic/chart/daily/000660?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis).status == 200)
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"none","latency_ms":10000}"#)
+            let inFlight = Task {
+                try? await g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            }
+            defer { inFlight.cancel() }
+            try await Task.sleep(for: .milliseconds(500))
+            let signalled = ContinuousClock.now
+            kill(p.process.processIdentifier, SIGTERM)
+            try #require(await eventually(.seconds(6)) { !p.process.isRunning },
+                         "still running 6 s after SIGTERM with shutdown_grace_s = 2 and a request in flight")
+            let took = ContinuousClock.now - signalled
+            // It did wait for the request (rather than dropping it at once) until about the grace.
+            #expect(took >= .milliseconds(1500), "exited \(took) after SIGTERM, before the 2 s grace")
+            #expect(p.process.terminationReason == .exit && p.process.terminationStatus == 0, "\(p.ending)")
+            // The request could not be finished: whatever the client got, it is not the chart.
+            let answer = await inFlight.value
+            #expect(answer?.status != 200, "the request in flight was answered 200 though KIS takes 10 s")
+        }
+    }
+}
