@@ -152,8 +152,7 @@ struct BrokerCore: Sendable {
             .sandbox: KISClient(baseURL: config.kis.sandboxURL, http: dependencies.http, timeout: timeout,
                                 logger: logger),
         ]
-        let factory: any MetricsFactory = dependencies.metricsRegistry.map { PrometheusMetricsFactory(registry: $0) }
-            ?? MetricsSystem.factory
+        let factory = MetricsSetup.factory(for: dependencies.metricsRegistry)
         self.recorder = RequestRecorder(logger: logger, factory: factory)
         let b = config.broker
         let settings = KeeperSettings(
@@ -297,7 +296,7 @@ struct BrokerCore: Sendable {
             return try await work()
         } catch let p as Problem {
             throw p
-        } catch let e as StoreError where e.code == .seal || e.code == .unknownKey || e.code == .invalidRecord {
+        } catch let e as StoreError where e.code.isUnopenable {
             logger.error("a sealed value does not open", metadata: ["error": "\(e)"])
             throw Problem(.internalError, "a stored secret cannot be opened with the configured seal keys")
         } catch let e as StoreError {

@@ -61,6 +61,10 @@ struct ChartQuery: Sendable, Hashable {
         else {
             throw Problem(.invalidParameter, "symbol must be 1 to 16 letters, digits, '.', '-' or '/', such as AAPL")
         }
+        // `/` only between two parts (BRK/B): `%2F` must not name the same symbol another way than the path does.
+        guard !symbol.hasPrefix("/"), !symbol.hasSuffix("/"), !symbol.contains("//") else {
+            throw Problem(.invalidParameter, "a '/' in symbol must stand between two parts, as in BRK/B")
+        }
         return try resolve(.overseas, exchange, symbol, query, periods: overseasPeriods, maxRangeDays: maxRangeDays,
                            now: now)
     }

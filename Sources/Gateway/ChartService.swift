@@ -183,8 +183,13 @@ final class ChartService: Sendable {
         }
         metrics.cacheCoalesced.increment()
         // A request that waits on a fetch another one started waits at most `[upstream] timeout_ms` for it.
-        let bound = deadline.map { min($0, NIODeadline.now() + TimeAmount(settings.upstreamTimeout)) }
-        return try await flight.wait(until: bound).get()
+        guard let deadline else { return try await flight.wait(until: nil).get() }
+        let bound = NIODeadline.now() + TimeAmount(settings.upstreamTimeout)
+        if deadline <= bound { return try await flight.wait(until: deadline).get() }
+        return try await flight.wait(
+            until: bound,
+            timeout: Problem(.upstreamTimeout, "the fetch this request waited for took longer than [upstream] timeout_ms")
+        ).get()
     }
 
     /// One fetch per key across the fleet: a lock with expiry in the store; the others wait to be woken by

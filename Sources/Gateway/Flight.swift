@@ -35,7 +35,9 @@ final class Flight<Value: Sendable>: Sendable {
     }
 
     /// The fetch's outcome, or `upstream_timeout` if it has none by `deadline` (nil: no bound).
-    func wait(until deadline: NIODeadline?) async -> Outcome {
+    /// - Parameter timeout: what a waiter still waiting at `deadline` is answered.
+    func wait(until deadline: NIODeadline?, timeout: @autoclosure @escaping @Sendable () -> Problem = Flight.requestTimeout)
+        async -> Outcome {
         await withUnsafeContinuation { continuation in
             let registered = state.withLock { state -> (id: Int?, outcome: Outcome?) in
                 switch state {
@@ -54,7 +56,7 @@ final class Flight<Value: Sendable>: Sendable {
             guard let id = registered.id, let deadline else { return }
             // A timer on an event loop: no task to start or stop per request.
             let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(deadline: deadline) {
-                self.timeOut(id)
+                self.timeOut(id, timeout())
             }
             let stillWaiting = state.withLock { state -> Bool in
                 guard case .running(var waiters, let nextID) = state, waiters[id] != nil else { return false }
@@ -66,7 +68,11 @@ final class Flight<Value: Sendable>: Sendable {
         }
     }
 
-    private func timeOut(_ id: Int) {
+    static var requestTimeout: Problem {
+        Problem(.upstreamTimeout, "no answer within the request timeout ([server] request_timeout_ms)")
+    }
+
+    private func timeOut(_ id: Int, _ problem: Problem) {
         let waiter = state.withLock { state -> Waiter? in
             guard case .running(var waiters, let nextID) = state, let waiter = waiters.removeValue(forKey: id) else {
                 return nil
@@ -74,7 +80,6 @@ final class Flight<Value: Sendable>: Sendable {
             state = .running(waiters: waiters, nextID: nextID)
             return waiter
         }
-        waiter?.continuation.resume(returning: .failure(
-            Problem(.upstreamTimeout, "no answer within the request timeout ([server] request_timeout_ms)")))
+        waiter?.continuation.resume(returning: .failure(problem))
     }
 }

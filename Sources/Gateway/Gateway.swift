@@ -91,8 +91,7 @@ struct GatewayCore: Sendable {
         self.logger = logger
         // The series go to the registry `/metrics` renders, when one is given (the executable's is also the
         // bootstrapped `MetricsSystem`'s).
-        let factory: any MetricsFactory = dependencies.metricsRegistry.map { PrometheusMetricsFactory(registry: $0) }
-            ?? MetricsSystem.factory
+        let factory = MetricsSetup.factory(for: dependencies.metricsRegistry)
         self.metrics = GatewayMetrics(factory: factory)
         let recorder = RequestRecorder(logger: logger, factory: factory)
         self.recorder = recorder
@@ -290,7 +289,10 @@ struct GatewayCore: Sendable {
         guard let authorization = request.headers[.authorization] else {
             throw Problem(.authRequired, "Authorization: Bearer <JWT> is required")
         }
-        let body = try await request.body.collect(upTo: 16 * 1024)
+        let body: ByteBuffer
+        do { body = try await request.body.collect(upTo: 16 * 1024) } catch let e as HTTPError { throw e } catch {
+            throw Problem(.invalidParameter, "the request body cannot be read (malformed HTTP/1.1 framing)")
+        }
         var upstream = HTTPClientRequest(url: config.broker.url + "/api/kis/token/refresh")
         upstream.method = .POST
         upstream.headers.add(name: "authorization", value: authorization)

@@ -447,6 +447,9 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var quiesce: Any?
     /// A request the decoder refused, answered (and the connection closed) once the answers before it are out.
     private var refused: HTTPParserError?
+    /// The router has a request whose end has not been passed on yet: a decoder error now is in its body, and the
+    /// router's body stream is the one to fail.
+    private var routedBodyOpen = false
     private var dates = HTTPDateCache()
     private var lastOrigin: (String, Bool)?
     /// Where this connection's fetches run: its own event loop (made at the first fetch).
@@ -482,12 +485,14 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 answering = (decision, head.method, start, now)
             } else {
                 routed.append(head.method)
+                routedBodyOpen = true
                 context.fireChannelRead(data)
             }
         case .body:
             if answering == nil { context.fireChannelRead(data) }
         case .end:
             guard let pending = answering else {
+                routedBodyOpen = false
                 context.fireChannelRead(data)
                 return
             }
@@ -564,11 +569,15 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// The head, then `Date` and the blank line (one buffer a second), then the body: one `writev`.
-    private func send(_ answer: HitPath.Answer, date: Date) {
-        guard let encoder else { return }  // never: nothing is answered without it
+    private func send(_ answer: HitPath.Answer, date: Date, promise: EventLoopPromise<Void>? = nil) {
+        guard let encoder else {  // never: nothing is answered without it
+            promise?.succeed(())
+            return
+        }
+        let dateLine = dates.line(at: Int64(date.timeIntervalSince1970))
         encoder.write(NIOAny(IOData.byteBuffer(answer.head.bytes)), promise: nil)
-        encoder.write(NIOAny(IOData.byteBuffer(dates.line(at: Int64(date.timeIntervalSince1970)))), promise: nil)
-        if let body = answer.body { encoder.write(NIOAny(IOData.byteBuffer(body)), promise: nil) }
+        encoder.write(NIOAny(IOData.byteBuffer(dateLine)), promise: answer.body == nil ? promise : nil)
+        if let body = answer.body { encoder.write(NIOAny(IOData.byteBuffer(body)), promise: promise) }
         encoder.flush()
     }
 
@@ -599,7 +608,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if fetching {
             held.append(.error(error))
-        } else if let bad = error as? HTTPParserError, encoder != nil, refused == nil {
+        } else if let bad = error as? HTTPParserError, encoder != nil, refused == nil, !routedBodyOpen {
             // Answered here, as a problem, rather than by Hummingbird's bare 400 — after the router's answers to
             // the requests before it.
             refused = bad
@@ -609,14 +618,17 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Answers the request the decoder refused, then closes the connection.
+    /// Answers the request the decoder refused, then closes the connection — once that answer, and everything
+    /// written before it, has gone out (a close drops the writes still pending).
     private func refuse(context: ChannelHandlerContext) {
         guard let bad = refused else { return }
         answering = nil  // a request cut short by the bad bytes is not answered
         let answer = path.malformed(bad, allocator: context.channel.allocator)
         record(answer, method: .RAW(value: "-"), start: ContinuousClock.now)
-        send(answer, date: Date())
-        context.close(promise: nil)
+        let written = context.eventLoop.makePromise(of: Void.self)
+        send(answer, date: Date(), promise: written)
+        let channel = context.channel
+        written.futureResult.whenComplete { _ in channel.close(promise: nil) }
     }
 
     func read(context: ChannelHandlerContext) {

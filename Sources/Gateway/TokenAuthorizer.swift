@@ -71,20 +71,25 @@ final class TokenAuthorizer: Sendable {
         }
         let resolved: ResolvedToken?
         do { resolved = try await lookup(kisToken) } catch {
-            switch error.code {
-            case .seal, .unknownKey, .invalidRecord:
-                // The store answered, with a record this gateway cannot open: sealed with a key it does not hold
-                // (its `[seal]` keys differ from the broker's), tampered with, or malformed. Not a store outage,
-                // and nothing to accept the token on.
-                logger.error("a KIS token record cannot be opened", metadata: ["error": "\(error)"])
-                throw Problem(.kisTokenInvalid, "the KIS token's record cannot be opened by this gateway")
-            default:
+            guard error.code.isUnopenable else {
                 throw Problem(.storeUnavailable, "the token store cannot be reached", retryAfter: 1)
             }
+            // A record this gateway cannot open: sealed with a key it does not hold (its `[seal]` keys differ from
+            // the broker's), tampered with, or malformed. Nothing to accept the token on.
+            logger.error("a KIS token record cannot be opened", metadata: ["error": "\(error)"])
+            throw Problem(.kisTokenInvalid, "the KIS token's record cannot be opened by this gateway")
         }
         guard let resolved else {
             // Its record is gone: expired (the record's TTL ends at `expires_at`), revoked, or never published.
-            let forgotten = cache.withLock { $0.removeValue(forKey: kisToken) }
+            // Forgotten — unless another user asks for it (then its owner still learns it expired).
+            let forgotten = cache.withLock { c -> Entry? in
+                guard let e = c[kisToken] else { return nil }
+                if e.token.userID == userID { c.removeValue(forKey: kisToken) }
+                return e
+            }
+            if let f = forgotten, f.token.userID != userID {
+                throw Problem(.kisTokenInvalid, "the KIS token does not belong to this user")
+            }
             if let expiry = forgotten?.token.expiresAt ?? KISTokenClaims.expiry(of: kisToken), expiry <= now {
                 throw Problem(.kisTokenExpired, "the KIS token has expired")
             }

@@ -1,6 +1,6 @@
 public import Prometheus
 
-internal import CoreMetrics
+public import CoreMetrics
 internal import Synchronization
 
 /// Sets up swift-metrics with a Prometheus registry for the `kisgw` executable.
@@ -27,6 +27,12 @@ public enum MetricsSetup {
     /// The registry's metrics in the Prometheus text exposition format (version 0.0.4).
     public static func render(_ registry: PrometheusCollectorRegistry) -> String {
         registry.emitToString()
+    }
+
+    /// Where a server's series go: the registry it renders at `/metrics` when it has one, else the bootstrapped
+    /// `MetricsSystem`'s factory.
+    public static func factory(for registry: PrometheusCollectorRegistry?) -> any MetricsFactory {
+        registry.map { PrometheusMetricsFactory(registry: $0) } ?? MetricsSystem.factory
     }
 
     /// The content type to serve ``render(_:)`` with.

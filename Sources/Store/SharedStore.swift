@@ -232,6 +232,10 @@ public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
         /// The store was shut down.
         public static let shutdown = Code(base: .shutdown)
 
+        /// The store answered, with a sealed record that cannot be opened here (``seal``, ``unknownKey``,
+        /// ``invalidRecord``): not an outage.
+        public var isUnopenable: Bool { self == .seal || self == .unknownKey || self == .invalidRecord }
+
         public var description: String {
             switch self.base {
             case .unavailable: "unavailable"

@@ -255,21 +255,53 @@ struct HitPathTests {
 
     @Test("a request waiting on a fetch another request started waits at most [upstream] timeout_ms; the fetch goes on")
     func waiterBound() async throws {
-        // Four KIS pages of 400 ms each: the fetch takes ~1.6 s, each call well within the 700 ms timeout.
-        try await Self.withUser("hp-waiter", appKey: "PShitpath0007", latencyMs: 400,
-                                config: { testConfig(simURL: $0, upstreamTimeoutMs: 700, requestTimeoutMs: 5000) }) { fx, jwt, kis, _ in
-            let path = "/domestic/chart/daily/005930?start=2024-01-01&end=2025-03-31"
-            async let first = fx.get(path, jwt: jwt, kis: kis)
-            try await Task.sleep(for: .milliseconds(150))
-            let started = ContinuousClock.now
-            let waiter = try await fx.get(path, jwt: jwt, kis: kis)
-            let waited = ContinuousClock.now - started
-            #expect(waiter.status == 504 && waiter.json["code"] as? String == "upstream_timeout", "\(waiter.status)")
-            #expect(waited >= .milliseconds(650) && waited < .milliseconds(1300), "waited \(waited)")
-            let leader = try await first
-            #expect(leader.status == 200 && leader.header("x-cache") == "MISS", "\(leader.status)")
-            #expect(try await fx.simStats()["domestic_daily"]! >= 3)
+        // Six or more KIS pages of 300 ms each: the fetch takes ~2 s, each call well within the 1 s timeout.
+        try await Self.withUser("hp-waiter", appKey: "PShitpath0007", latencyMs: 300,
+                                config: { testConfig(simURL: $0, upstreamTimeoutMs: 1000, requestTimeoutMs: 10_000) }) { fx, jwt, kis, _ in
+            let path = "/domestic/chart/daily/005930?start=2023-01-02&end=2025-03-31"
+            @Sendable func timed() async throws -> (HTTPResult, Duration) {
+                let started = ContinuousClock.now
+                let r = try await fx.get(path, jwt: jwt, kis: kis)
+                return (r, ContinuousClock.now - started)
+            }
+            async let first = timed()
+            try await Task.sleep(for: .milliseconds(200))
+            async let second = timed()
+            // Whichever started the fetch gets the chart; the other waited for it, and gave up at the bound.
+            let results = try await [first, second]
+            let answered = results.filter { $0.0.status == 200 }, gaveUp = results.filter { $0.0.status == 504 }
+            #expect(answered.count == 1 && gaveUp.count == 1, "\(results.map { ($0.0.status, $0.1) })")
+            if let (r, waited) = gaveUp.first {
+                #expect(r.json["code"] as? String == "upstream_timeout")
+                #expect((r.json["detail"] as? String)?.contains("[upstream] timeout_ms") == true, "\(r.text)")
+                #expect(waited >= .milliseconds(950) && waited < .milliseconds(1900), "waited \(waited)")
+            }
+            if let (r, waited) = answered.first {
+                #expect(r.header("x-cache") == "MISS")
+                #expect(waited >= .milliseconds(1800), "the fetch took \(waited)")
+            }
+            #expect(try await fx.simStats()["domestic_daily"]! >= 6)
             #expect(try await fx.get(path, jwt: jwt, kis: kis).header("x-cache") == "HIT")
+        }
+    }
+
+    @Test("bytes the decoder refuses: a problem 400 for a request it cannot read; the router's own body error for a request it is reading")
+    func refusedBytes() async throws {
+        try await Self.withUser("hp-bytes", appKey: "PShitpath0008") { fx, _, _, _ in
+            let port = Int(fx.gatewayURL.split(separator: ":").last!)!
+            // Not HTTP at all: answered as a problem, then closed.
+            let junk = try await RawBytes.exchange(port: port, "NOT HTTP AT ALL\r\n\r\n")
+            #expect(junk.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(junk)")
+            #expect(junk.contains("Content-Type: application/problem+json"), "\(junk)")
+            #expect(junk.contains(#""code":"invalid_parameter""#), "\(junk)")
+            // A routed request whose chunked body turns bad mid-way: the router's body stream fails (a problem 400
+            // from the route) and the connection closes — it does not wait for a body that will never end.
+            let started = ContinuousClock.now
+            let bad = try await RawBytes.exchange(port: port, "POST /token/refresh HTTP/1.1\r\nHost: x\r\n"
+                + "Authorization: Bearer x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n")
+            #expect(ContinuousClock.now - started < .seconds(5), "the connection stayed open")
+            #expect(bad.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(bad)")
+            #expect(bad.contains(#""code":"invalid_parameter""#), "\(bad)")
         }
     }
 
@@ -532,5 +564,37 @@ enum RawHTTP {
             if last { return answers }
         }
         return []
+    }
+}
+
+/// Raw bytes to the server; what it sends back until it closes the connection (within 10 s, else a failure).
+enum RawBytes {
+    final class Collector: ChannelInboundHandler, @unchecked Sendable {
+        typealias InboundIn = ByteBuffer
+        var received = ByteBuffer()
+        var timedOut = false
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var b = unwrapInboundIn(data)
+            received.writeBuffer(&b)
+        }
+    }
+
+    static func exchange(port: Int, _ request: String) async throws -> String {
+        let collector = Collector()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        try await channel.writeAndFlush(ByteBuffer(string: request))
+        let timeout = channel.eventLoop.scheduleTask(in: .seconds(10)) {
+            collector.timedOut = true
+            channel.close(promise: nil)
+        }
+        try await channel.closeFuture.get()
+        timeout.cancel()
+        let (text, timedOut) = try await channel.eventLoop.submit { (String(buffer: collector.received), collector.timedOut) }.get()
+        if timedOut { throw ChannelError.connectTimeout(.seconds(10)) }
+        return text
     }
 }
