@@ -165,7 +165,7 @@ final class HitPath: Sendable {
     func answer(_ outcome: Result<ChartService.Outcome, Problem>, to fetch: Fetch, allocator: ByteBufferAllocator) -> Answer {
         switch outcome {
         case .failure(let problem):
-            return self.problem(problem, route: fetch.route, origin: fetch.origin, allocator: allocator)
+            return self.problem(problem, route: fetch.route.label, origin: fetch.origin, allocator: allocator)
         case .success(let outcome):
             // `max-age` and `Age` as of now, not as of the request: the entry may have been stored since.
             return chartAnswer(outcome, route: fetch.route, origin: fetch.origin, ifNoneMatch: fetch.ifNoneMatch,
@@ -286,7 +286,7 @@ final class HitPath: Sendable {
         case nil: return nil
         case .rejected(let problem):
             // The router checks the JWT before the query: the same problem, whatever the query says.
-            return .answer(self.problem(problem, route: route, origin: allowedOrigin, allocator: allocator))
+            return .answer(self.problem(problem, route: route.label, origin: allowedOrigin, allocator: allocator))
         case .valid(let s): session = s
         }
         let query: ChartQuery
@@ -306,9 +306,17 @@ final class HitPath: Sendable {
                                    nowSeconds: nowSeconds, cacheHit: true, allocator: allocator))
     }
 
-    /// What `ProblemRenderer` and `CORSMiddleware` answer for `problem`.
-    private func problem(_ problem: Problem, route: Route, origin: String?, allocator: ByteBufferAllocator) -> Answer {
-        problem.rendered(route: route.label, origin: origin, close: false, cors: self, allocator: allocator)
+    /// What `ProblemRenderer` and `CORSMiddleware` answer for `problem` (and `Connection: close` with `close`).
+    private func problem(_ problem: Problem, route: String, origin: String?, close: Bool = false,
+                         allocator: ByteBufferAllocator) -> Answer {
+        let rendered = ProblemRenderer.rendered(problem)
+        let status = HTTPResponseStatus(statusCode: problem.status)
+        var out = Head(status, allocator: allocator, capacity: 512 + (origin?.utf8.count ?? 0))
+        for field in rendered.headers { out.add(name: field.name.rawName, value: field.value) }
+        out.add("Content-Length", String(rendered.body.readableBytes))
+        if close { out.add("Connection", "close") }
+        addCORS(to: &out, origin: origin)
+        return Answer(status: status, head: out, body: rendered.body, route: route, cacheHit: false)
     }
 
     /// The answer to a request the HTTP decoder refused (its head too long, or not HTTP/1.1): a problem like every
@@ -318,11 +326,11 @@ final class HitPath: Sendable {
         let detail = error == .headerOverflow
             ? "the request's header fields are longer than this server accepts ([server] max_header_bytes)"
             : "the request is not valid HTTP/1.1 (\(error))"
-        return Problem(.invalidParameter, detail).rendered(route: "unmatched", origin: nil, close: true, cors: self,
-                                                           allocator: allocator)
+        return problem(Problem(.invalidParameter, detail), route: "unmatched", origin: nil, close: true,
+                       allocator: allocator)
     }
 
-    fileprivate func addCORS(to head: inout Head, origin: String?) {
+    private func addCORS(to head: inout Head, origin: String?) {
         head.add("Vary", "Origin")
         guard let origin else { return }
         head.add("Access-Control-Allow-Origin", origin)
@@ -691,20 +699,5 @@ struct HTTPDateCache {
         let weekday = Int(((day % 7) + 7) % 7)
         func two(_ v: some BinaryInteger) -> String { v < 10 ? "0\(v)" : "\(v)" }
         return "\(days[weekday]), \(two(d)) \(months[m - 1]) \(y) \(two(secs / 3600)):\(two(secs / 60 % 60)):\(two(secs % 60)) GMT"
-    }
-}
-
-extension Problem {
-    /// The hit path's answer for this problem: `ProblemRenderer`'s head and body, with CORS as `CORSMiddleware` adds.
-    fileprivate func rendered(route: String, origin: String?, close: Bool, cors: HitPath,
-                              allocator: ByteBufferAllocator) -> HitPath.Answer {
-        let rendered = ProblemRenderer.rendered(self)
-        let status = HTTPResponseStatus(statusCode: self.status)
-        var out = HitPath.Head(status, allocator: allocator, capacity: 512 + (origin?.utf8.count ?? 0))
-        for field in rendered.headers { out.add(name: field.name.rawName, value: field.value) }
-        out.add("Content-Length", String(rendered.body.readableBytes))
-        if close { out.add("Connection", "close") }
-        cors.addCORS(to: &out, origin: origin)
-        return HitPath.Answer(status: status, head: out, body: rendered.body, route: route, cacheHit: false)
     }
 }

@@ -169,3 +169,90 @@ func waitUntilShared(_ store: any SharedStore, domesticChart path: String) async
     }
     Issue.record("the chart at \(path) was never shared")
 }
+
+/// The `kisgw gateway` process of a test.
+struct GatewayProcess: Sendable {
+    let process: Process
+    let port: Int
+    /// Where the process's standard error goes (for failure messages).
+    let stderrFile: URL
+
+    var stderr: String { (try? String(contentsOf: stderrFile, encoding: .utf8)) ?? "" }
+    var accepts: Bool { RedisServerProcess.accepts(port: port) }
+
+    /// How the process ended, for failure messages.
+    var ending: String {
+        guard !process.isRunning else { return "still running" }
+        let reason = process.terminationReason == .exit ? "exit" : "signal"
+        return "\(reason) \(process.terminationStatus); stderr: \(stderr.suffix(2000))"
+    }
+}
+
+/// Runs the kisgw executable as a gateway over real Redis (a prefix of its own; `env` added to its environment) and
+/// an in-process simulator that answers after `latencyMs`, for the duration of `body`; a process still running
+/// afterwards is killed.
+func withGatewayProcess(
+    latencyMs: Int = 0, env extra: [String: String] = [:],
+    _ body: @Sendable (GatewayFixture, GatewayProcess) async throws -> Void
+) async throws {
+    let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
+    let redis = try #require(redisURL, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+    var logger = Logger(label: "gateway-process")
+    logger.logLevel = .critical
+    let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
+    let sim = try await buildSimulator(
+        SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000, latencyMs: latencyMs),
+        logger: logger
+    ) { simCont.yield($0) }
+    let (store, client) = try makeStore(.redis, prefix: "ops\(UInt32.random(in: 0...UInt32.max)):")
+    let keyBytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
+    let keyring = try SealKeyring(current: "k1", keys: ["k1": keyBytes])
+    let stderrFile = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-ops-\(UUID().uuidString).stderr")
+    _ = FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
+    defer { try? FileManager.default.removeItem(at: stderrFile) }
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        if let client { group.addTask { await client.run() } }
+        group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
+        var sit = simPorts.makeAsyncIterator()
+        let simURL = "http://127.0.0.1:\(await sit.next()!)"
+        let port = try RedisServerProcess.freePort()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["gateway"]
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("KISGW_") }
+        env["KISGW_SERVER_HOST"] = "127.0.0.1"
+        env["KISGW_SERVER_PORT"] = String(port)
+        env["KISGW_REDIS_URL"] = redis
+        env["KISGW_REDIS_PREFIX"] = store.keyPrefix
+        env["KISGW_AUTH_JWT_HS256_SECRET"] = testSecret
+        env["KISGW_SEAL_KEYS_K1"] = Data(keyBytes).base64EncodedString()
+        env["KISGW_KIS_LIVE_URL"] = simURL
+        env["KISGW_KIS_LIVE_RATE_PER_S"] = "1000"
+        env["KISGW_LOG_LEVEL"] = "warning"
+        env.merge(extra) { _, new in new }
+        process.environment = env
+        process.currentDirectoryURL = FileManager.default.temporaryDirectory  // no ./gateway.toml is read
+        process.standardOutput = FileHandle.nullDevice
+        let stderrHandle = try FileHandle(forWritingTo: stderrFile)
+        process.standardError = stderrHandle
+        try process.run()
+        try? stderrHandle.close()  // the child has its own
+        defer {
+            // SIGKILL: a gateway that hangs must not outlive the test.
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+        }
+        let p = GatewayProcess(process: process, port: port, stderrFile: stderrFile)
+        try #require(await eventually(.seconds(10)) { p.accepts }, "the gateway did not start: \(p.ending)")
+        let g = GatewayFixture(gatewayURL: "http://127.0.0.1:\(port)", simURL: simURL, store: store, keyring: keyring)
+        do {
+            try await body(g, p)
+        } catch {
+            group.cancelAll()
+            throw error
+        }
+        group.cancelAll()
+    }
+}

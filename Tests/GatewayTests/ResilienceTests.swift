@@ -65,6 +65,10 @@ struct GatewayResilienceTests {
 
             redis.stop()
             #expect(try await eventually { try await g.get("/readyz", jwt: nil, kis: nil).status == 503 })
+            let unready = try await g.get("/readyz", jwt: nil, kis: nil)
+            #expect(unready.status == 503)
+            #expect(unready.header("Content-Type") == "application/json")
+            #expect(unready.json["status"] as? String == "unavailable", "\(unready.text)")
             let started = ContinuousClock.now
             let miss = try await g.get("/domestic/chart/daily/000660?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
             #expect(miss.status == 503)
@@ -86,65 +90,12 @@ struct GatewayResilienceTests {
         redis.stop()
     }
 
-    /// Runs the kisgw executable as a gateway over real Redis (`env` added to its environment) and an in-process
-    /// simulator that answers after `latencyMs`, for the duration of `body`.
-    private func withGatewayProcess(
-        _ binary: String, latencyMs: Int, env extra: [String: String] = [:],
-        _ body: @Sendable (GatewayFixture, Process) async throws -> Void
-    ) async throws {
-        var logger = Logger(label: "gateway-process")
-        logger.logLevel = .critical
-        let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
-        let sim = try await buildSimulator(SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0,
-                                                                  ratePerSecond: 1000, latencyMs: latencyMs),
-                                           logger: logger) { simCont.yield($0) }
-        let (store, client) = try makeStore(.redis, prefix: "sig\(UInt16.random(in: 0...9999)):")
-        let keyBytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
-        let keyring = try SealKeyring(current: "k1", keys: ["k1": keyBytes])
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            if let client { group.addTask { await client.run() } }
-            group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
-            var sit = simPorts.makeAsyncIterator()
-            let simURL = "http://127.0.0.1:\(await sit.next()!)"
-            let port = try RedisServerProcess.freePort()
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = ["gateway"]
-            var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("KISGW_") }
-            env["KISGW_SERVER_PORT"] = String(port)
-            env["KISGW_REDIS_URL"] = redisURL!
-            env["KISGW_REDIS_PREFIX"] = store.keyPrefix
-            env["KISGW_AUTH_JWT_HS256_SECRET"] = testSecret
-            env["KISGW_SEAL_KEYS_K1"] = Data(keyBytes).base64EncodedString()
-            env["KISGW_KIS_LIVE_URL"] = simURL
-            env["KISGW_KIS_LIVE_RATE_PER_S"] = "1000"
-            env["KISGW_LOG_LEVEL"] = "warning"
-            env.merge(extra) { _, new in new }
-            process.environment = env
-            process.standardOutput = FileHandle.nullDevice
-            try process.run()
-            defer {
-                // SIGKILL: a gateway that hangs must not outlive the test.
-                if process.isRunning {
-                    kill(process.processIdentifier, SIGKILL)
-                    process.waitUntilExit()
-                }
-            }
-            #expect(await eventually { RedisServerProcess.accepts(port: port) })
-            let g = GatewayFixture(gatewayURL: "http://127.0.0.1:\(port)", simURL: simURL, store: store, keyring: keyring)
-            try await body(g, process)
-            #expect(!RedisServerProcess.accepts(port: port))
-            group.cancelAll()
-        }
-    }
-
     /// Two requests in flight at KIS: one the router answers (a JWT not seen before) and one the hit path answers
     /// (a chart the L1 lacks, for credentials already verified), each on its own connection.
     @Test("SIGTERM with requests in flight: they complete, the process exits 0")
     func sigterm() async throws {
-        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
-        let binary = try #require(kisgwBinary(), "no kisgw executable next to the tests (swift build --build-tests builds it) or at KISGW_TEST_BINARY")
-        try await withGatewayProcess(binary, latencyMs: 1500) { g, process in
+        try await withGatewayProcess(latencyMs: 1500) { g, p in
+            let process = p.process
             let kis = try await g.connect(user: "s1", appKey: "PSapp-sigterm")
             let jwt = try await g.jwt("s1")
             // Teaches the gateway the JWT and the KIS token.
@@ -159,6 +110,7 @@ struct GatewayResilienceTests {
             #expect(h.status == 200 && h.header("x-cache") == "MISS")
             #expect(await eventually(.seconds(15)) { !process.isRunning })
             #expect(process.terminationStatus == 0)
+            #expect(!p.accepts)
         }
     }
 
@@ -167,9 +119,8 @@ struct GatewayResilienceTests {
     /// unshared.
     @Test("SIGTERM with a fetch nobody waits for any more: it finishes and is shared, its lock released, then exit 0")
     func sigtermFinishesBackgroundFetch() async throws {
-        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
-        let binary = try #require(kisgwBinary(), "no kisgw executable next to the tests (swift build --build-tests builds it) or at KISGW_TEST_BINARY")
-        try await withGatewayProcess(binary, latencyMs: 1500, env: ["KISGW_SERVER_REQUEST_TIMEOUT_MS": "300"]) { g, process in
+        try await withGatewayProcess(latencyMs: 1500, env: ["KISGW_SERVER_REQUEST_TIMEOUT_MS": "300"]) { g, p in
+            let process = p.process
             let kis = try await g.connect(user: "s2", appKey: "PSapp-sigterm-bg")
             let jwt = try await g.jwt("s2")
             let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
@@ -182,6 +133,7 @@ struct GatewayResilienceTests {
             #expect(process.terminationStatus == 0)
             #expect(try await g.store.get("cache:" + key) != nil, "the fetched chart was not shared")
             #expect(try await g.store.timeToLive("lock:chart:" + key) == .missing, "the fleet lock is still held")
+            #expect(!p.accepts)
         }
     }
 }
