@@ -197,19 +197,22 @@ struct TokenRefreshProxyTests {
         }
     }
 
-    @Test("broker unreachable: 502 upstream_error problem+json, with CORS for an allowed origin")
+    @Test("broker unreachable: a prompt 502 upstream_error problem+json, with CORS for an allowed origin")
     func brokerUnreachable() async throws {
         let closed = try RedisServerProcess.freePort()
-        // The gateway's wait for the broker is `[upstream] timeout_ms` + 5 s, and a refused connection is retried
-        // within it: 1 s here.
+        // The gateway's wait for the broker is `[upstream] timeout_ms` + 5 s: 25 s here. A refused connection must
+        // not be retried until then (AsyncHTTPClient's default): the answer comes at once.
         let config: @Sendable (String) -> KisgwConfig = {
-            testConfig(simURL: $0, upstreamTimeoutMs: 1000, broker: .init(url: "http://127.0.0.1:\(closed)"))
+            testConfig(simURL: $0, upstreamTimeoutMs: 20_000, broker: .init(url: "http://127.0.0.1:\(closed)"))
         }
         try await withGateway(config: config) { g, _ in
             let jwt = try await g.jwt("refresh-unreachable")
+            let started = ContinuousClock.now
             let r = try await post(g.gatewayURL + "/token/refresh", #"{"environment":"LIVE"}"#, jwt: jwt, origin: allowedOrigin)
+            let waited = ContinuousClock.now - started
             expectProblem(r, 502, "upstream_error")
             expectCORS(r)
+            #expect(waited < .seconds(10), "a refused connection to the broker was retried for \(waited)")
         }
     }
 
