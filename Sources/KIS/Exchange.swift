@@ -72,11 +72,16 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
         }
     }
 
-    /// Whether the exchange trades on `date` (weekdays, less the KRX holidays kisgw knows).
+    /// Whether the exchange trades on `date`: weekdays, less the holidays kisgw knows — KRX's (a table) and the US
+    /// exchanges' (NYSE's rules, which Nasdaq and NYSE American follow). Other exchanges' holidays count as trading
+    /// days: their charts are then refreshed as on a trading day, never kept past a real session.
     public func isTradingDay(_ date: CivilDate) -> Bool {
         if date.isWeekend { return false }
-        if self == .krx { return !KRXHolidays.contains(date) }
-        return true
+        switch self {
+        case .krx: return !KRXHolidays.contains(date)
+        case .nas, .nys, .ams: return !USMarketHolidays.contains(date)
+        default: return true
+        }
     }
 
     /// The local date and minute-of-day of `instant` at this exchange.
@@ -116,6 +121,58 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
         let corrected = Double(timeZone.secondsFromGMT(for: candidate))
         return Date(timeIntervalSince1970: localSeconds - corrected)
     }
+}
+
+/// The weekdays the US stock exchanges (NYSE, Nasdaq, NYSE American) are closed all day.
+///
+/// NYSE Rule 7.2's holidays, by their rules: New Year's Day, Martin Luther King Jr. Day (third Monday of January, from
+/// 1998), Washington's Birthday (third Monday of February), Good Friday, Memorial Day (last Monday of May), Juneteenth
+/// (from 2022), Independence Day, Labor Day (first Monday of September), Thanksgiving (fourth Thursday of November) and
+/// Christmas. A date holiday on a Sunday is kept on the Monday after, on a Saturday on the Friday before — except New
+/// Year's Day, which is then not made up (the Friday is the year's last trading day). Besides these, the unscheduled
+/// closures since 2001. Half days (13:00 closes) are trading days.
+public enum USMarketHolidays {
+    public static func contains(_ date: CivilDate) -> Bool {
+        if unscheduled.contains(date.dayNumber) { return true }
+        let (year, month, day) = date.components
+        let weekday = date.weekday  // 0 Sunday ... 6 Saturday
+        /// A fixed-date holiday: the day itself, the Friday before a Saturday one, the Monday after a Sunday one.
+        func observed(_ holiday: Int) -> Bool {
+            day == holiday || (day == holiday - 1 && weekday == 5) || (day == holiday + 1 && weekday == 1)
+        }
+        let thirdMonday = weekday == 1 && (15...21).contains(day)
+        switch month {
+        case 1: return day == 1 || (day == 2 && weekday == 1) || (thirdMonday && year >= 1998)
+        case 2: return thirdMonday
+        case 3, 4: return date == easter(year).adding(days: -2)
+        case 5: return weekday == 1 && day >= 25
+        case 6: return year >= 2022 && observed(19)
+        case 7: return observed(4)
+        case 9: return weekday == 1 && day <= 7
+        case 11: return weekday == 4 && (22...28).contains(day)
+        case 12: return observed(25)
+        default: return false
+        }
+    }
+
+    /// Easter Sunday of `year` (Gregorian; the anonymous algorithm of Meeus, Jones and Butcher).
+    static func easter(_ year: Int) -> CivilDate {
+        let a = year % 19, b = year / 100, c = year % 100
+        let d = b / 4, e = b % 4, f = (b + 8) / 25, g = (b - f + 1) / 3
+        let h = (19 * a + b - d - g + 15) % 30
+        let i = c / 4, k = c % 4
+        let l = (32 + 2 * e + 2 * i - h - k) % 7
+        let m = (a + 11 * h + 22 * l) / 451
+        let n = h + l - 7 * m + 114
+        return CivilDate(year: year, month: n / 31, day: n % 31 + 1)!
+    }
+
+    /// Closures outside the rules: September 11–14, 2001; the national days of mourning for Presidents Reagan
+    /// (2004-06-11), Ford (2007-01-02), G. H. W. Bush (2018-12-05) and Carter (2025-01-09); Hurricane Sandy
+    /// (2012-10-29 and 30).
+    static let unscheduled: Set<Int> = Set(
+        ["20010911", "20010912", "20010913", "20010914", "20040611", "20070102", "20121029", "20121030", "20181205",
+         "20250109"].compactMap { CivilDate(yyyymmdd: $0)?.dayNumber })
 }
 
 /// KRX market holidays (closed days that fall on weekdays), 2023–2026.

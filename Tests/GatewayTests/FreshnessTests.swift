@@ -1,6 +1,6 @@
 import Foundation
 @testable import Gateway
-import KIS
+@testable import KIS
 import KisgwConfiguration
 import Testing
 
@@ -170,10 +170,54 @@ struct FreshnessTests {
         FreshnessCase(.nas, "2025-03-07T21:00:00Z", end: "2025-03-07", 232_200,
                       "Fri 16:00 EST before daylight saving: until Mon 09:30 EDT"),
         FreshnessCase(.hks, "2025-03-14T08:10:00Z", end: "2025-03-14", 235_200, "Fri 16:10 HKT: until Mon 09:30"),
+        // US holidays: closed all day, so a range ending today waits for the next session.
+        FreshnessCase(.nas, "2025-11-27T15:00:00Z", end: "2025-11-27", 84_600,
+                      "Thanksgiving 10:00 EST: closed until Fri 09:30"),
+        FreshnessCase(.nys, "2025-04-17T20:00:00Z", end: "2025-04-17", 322_200,
+                      "Thu 16:00 EDT before Good Friday: until Mon 09:30"),
+        FreshnessCase(.ams, "2026-07-02T20:00:00Z", end: "2026-07-02", 322_200,
+                      "Thu 16:00 EDT before Fri 07-03 (Independence Day, a Saturday, kept on the Friday): until Mon 09:30"),
+        FreshnessCase(.nas, "2025-01-08T21:00:00Z", end: "2025-01-08", 149_400,
+                      "Wed 16:00 EST before the 01-09 day of mourning: until Fri 09:30"),
     ])
     func untilNextOpening(_ c: FreshnessCase) throws {
         #expect(try Self.ttl(c, Self.uncapped) == c.ttl)
         #expect(try Self.ttl(c) == min(c.ttl, 86_400))
+    }
+
+    /// NYSE's published full-day closures (Nasdaq and NYSE American close on the same days), year by year.
+    static let usClosures: [Int: [String]] = [
+        // 2022-01-01 was a Saturday: not made up (12-31-2021 traded). Juneteenth and Christmas on Sundays.
+        2022: ["01-17", "02-21", "04-15", "05-30", "06-20", "07-04", "09-05", "11-24", "12-26"],
+        2023: ["01-02", "01-16", "02-20", "04-07", "05-29", "06-19", "07-04", "09-04", "11-23", "12-25"],
+        2024: ["01-01", "01-15", "02-19", "03-29", "05-27", "06-19", "07-04", "09-02", "11-28", "12-25"],
+        // 01-09: the national day of mourning for President Carter.
+        2025: ["01-01", "01-09", "01-20", "02-17", "04-18", "05-26", "06-19", "07-04", "09-01", "11-27", "12-25"],
+        2026: ["01-01", "01-19", "02-16", "04-03", "05-25", "06-19", "07-03", "09-07", "11-26", "12-25"],
+        // Juneteenth on a Saturday, Independence Day on a Sunday, Christmas on a Saturday.
+        2027: ["01-01", "01-18", "02-15", "03-26", "05-31", "06-18", "07-05", "09-06", "11-25", "12-24"],
+    ]
+
+    @Test("US exchanges: NYSE's holidays by its rules, 2022–2027, and nothing else on weekdays",
+          arguments: [2022, 2023, 2024, 2025, 2026, 2027])
+    func usHolidays(year: Int) throws {
+        let first = try #require(CivilDate(year: year, month: 1, day: 1)), last = try #require(CivilDate(year: year, month: 12, day: 31))
+        let closed = (first.dayNumber...last.dayNumber).map(CivilDate.init(dayNumber:))
+            .filter { !$0.isWeekend && !Exchange.nys.isTradingDay($0) }
+        #expect(closed.map { String($0.iso.dropFirst(5)) } == Self.usClosures[year])
+        for d in closed {
+            #expect(!Exchange.nas.isTradingDay(d) && !Exchange.ams.isTradingDay(d))
+            #expect(Exchange.krx.isTradingDay(d) == !KRXHolidays.contains(d))  // KRX keeps its own calendar
+            #expect(Exchange.hks.isTradingDay(d))
+        }
+    }
+
+    @Test("Easter Sunday (Good Friday is two days before)", arguments: [
+        (2000, "2000-04-23"), (2019, "2019-04-21"), (2024, "2024-03-31"), (2025, "2025-04-20"), (2026, "2026-04-05"),
+        (2027, "2027-03-28"), (2038, "2038-04-25"), (2285, "2285-03-22"),
+    ])
+    func easter(year: Int, date: String) {
+        #expect(USMarketHolidays.easter(year).iso == date)
     }
 
     @Test("the TTLs come from [cache]: live_ttl_s while open, settled_ttl_s for settled ranges")

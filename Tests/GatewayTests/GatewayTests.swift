@@ -73,7 +73,10 @@ struct GatewayChartTests {
             #expect(r.json["name"] == nil)
             // The raw text carries four decimals, as KIS sent them, not a Double's shortest form.
             #expect(r.text.range(of: #""close":[0-9]+\.[0-9]{4}[,}]"#, options: .regularExpression) != nil)
-            #expect(r.candles.first?["date"] as? String == "2025-01-01")  // the simulator has no US holidays
+            // New Year's Day and 01-09 (a day of mourning) are US holidays: no candles, as on KIS.
+            #expect(r.candles.first?["date"] as? String == "2025-01-02")
+            #expect(!r.candles.contains { $0["date"] as? String == "2025-01-09" })
+            #expect(r.candles.contains { $0["date"] as? String == "2025-01-08" })
             #expect(r.candles.last?["date"] as? String == "2025-03-05")
         }
     }
