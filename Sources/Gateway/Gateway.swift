@@ -60,7 +60,7 @@ public func buildGateway(
     let router = Router(context: BasicRequestContext.self)
     router.add(middleware: AccessMiddleware(
         recorder: gateway.recorder,
-        labels: ["/overseas/{exchange}/chart/daily/**": HitPath.Route.overseas.label]))
+        labels: Dictionary(uniqueKeysWithValues: HitPath.Route.allCases.map { ($0.endpointPath, $0.label) })))
     router.add(middleware: CORSMiddleware(cors: config.cors, renderer: ProblemRenderer(allowedMethods: GatewayCore.allowedMethods),
                                           allowMethods: CORSHeaderValues.gatewayMethods))
     gateway.addRoutes(to: router)
@@ -132,17 +132,10 @@ struct GatewayCore: Sendable {
                                                 filledChannel: ChartService.filledChannel, logger: logger)
     }
 
-    /// The chart routes' paths; `**` is an overseas symbol of one or more segments (`BRK/B`).
-    static let chartPatterns: [[String]] = [["domestic", "chart", "daily", "*"], ["overseas", "*", "chart", "daily", "**"]]
-
     /// The methods a path allows, when it matches a route (for 405 answers).
     static let allowedMethods: @Sendable (String) -> String? = { path in
-        let parts = path.split(separator: "/").map(String.init)
-        for pattern in chartPatterns {
-            let rest = pattern.last == "**" ? pattern.count - 1 : pattern.count
-            guard pattern.last == "**" ? parts.count > rest : parts.count == rest else { continue }
-            if zip(pattern.prefix(rest), parts).allSatisfy({ $0.0 == "*" || $0.0 == $0.1 }) { return "GET, OPTIONS" }
-        }
+        let parts = path.split(separator: "/")
+        if HitPath.Route.allCases.contains(where: { $0.matches(parts) }) { return "GET, OPTIONS" }
         switch path {
         case "/token/refresh": return "POST, OPTIONS"
         case "/healthz", "/readyz", "/metrics": return "GET"
@@ -151,14 +144,14 @@ struct GatewayCore: Sendable {
     }
 
     func addRoutes(to router: Router<BasicRequestContext>) {
-        router.get("/domestic/chart/daily/:symbol") { request, context in
+        router.get(RouterPath(HitPath.Route.domestic.routerPath)) { request, context in
             try await self.chart(request, context: context) { query, now throws(Problem) in
                 try ChartQuery.domestic(symbol: Self.decoded(context.parameters.get("symbol") ?? ""), query: query,
                                         maxRangeDays: self.config.limits.maxRangeDays, now: now)
             }
         }
         // The symbol is the rest of the path, so `BRK/B` may be sent as is (or as `BRK%2FB`).
-        router.get("/overseas/:exchange/chart/daily/**") { request, context in
+        router.get(RouterPath(HitPath.Route.overseas.routerPath)) { request, context in
             try await self.chart(request, context: context) { query, now throws(Problem) in
                 try ChartQuery.overseas(
                     exchange: Self.decoded(context.parameters.get("exchange") ?? ""),

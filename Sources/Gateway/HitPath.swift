@@ -24,14 +24,60 @@ import Synchronization
 /// `Date`; `HitPathTests` compares the two. Heads are written already encoded, past `HTTPResponseEncoder`
 /// (29.6k/33.5k → 39.7k/37.8k hits/s in the dev loop, wrk -c64, alternating binaries).
 final class HitPath: Sendable {
-    enum Route: Sendable {
+    /// The chart routes, defined once here: the router's paths, the paths that answer 405 to other methods, the
+    /// metrics and access-log labels and the hit path's matching all come from `segments`.
+    enum Route: Int, CaseIterable, Sendable {
         case domestic, overseas
 
-        /// The route label the router gives (metrics and access logs use it).
-        var label: String {
-            switch self {
-            case .domestic: "/domestic/chart/daily/{symbol}"
-            case .overseas: "/overseas/{exchange}/chart/daily/{symbol}"
+        /// The path's segments: a literal, `:name` for one segment, or a last `**` for one or more (an overseas
+        /// symbol may contain a `/`: `BRK/B`).
+        var segments: [String] { Self.shapes[rawValue].segments }
+
+        /// The router's path (Hummingbird's syntax).
+        var routerPath: String { Self.shapes[rawValue].routerPath }
+
+        /// The route label the router gives (metrics and access logs use it): parameters in braces, `**` as
+        /// `{symbol}`.
+        var label: String { Self.shapes[rawValue].label }
+
+        /// The path Hummingbird reports for a request the router matched (`{name}` for `:name`, `**` as is), for
+        /// `AccessMiddleware`'s label map.
+        var endpointPath: String { Self.shapes[rawValue].endpointPath }
+
+        /// Whether a path's segments (without the leading empty one) match this route's.
+        func matches<C: Collection>(_ parts: C) -> Bool where C.Element: StringProtocol {
+            let shape = Self.shapes[rawValue]
+            guard shape.catchAll ? parts.count >= shape.segments.count : parts.count == shape.segments.count else {
+                return false
+            }
+            for (pattern, part) in zip(shape.segments, parts) where !pattern.hasPrefix(":") && pattern != "**" {
+                guard pattern.utf8.elementsEqual(part.utf8) else { return false }
+            }
+            return true
+        }
+
+        private struct Shape {
+            let segments: [String]
+            let catchAll: Bool
+            let routerPath: String
+            let endpointPath: String
+            let label: String
+
+            init(_ segments: [String]) {
+                self.segments = segments
+                self.catchAll = segments.last == "**"
+                routerPath = "/" + segments.joined(separator: "/")
+                endpointPath = "/" + segments.map { $0.hasPrefix(":") ? "{\($0.dropFirst())}" : $0 }.joined(separator: "/")
+                label = "/" + segments.map {
+                    $0.hasPrefix(":") ? "{\($0.dropFirst())}" : $0 == "**" ? "{symbol}" : $0
+                }.joined(separator: "/")
+            }
+        }
+
+        private static let shapes: [Shape] = allCases.map { route in
+            switch route {
+            case .domestic: Shape(["domestic", "chart", "daily", ":symbol"])
+            case .overseas: Shape(["overseas", ":exchange", "chart", "daily", "**"])
             }
         }
     }
@@ -378,12 +424,7 @@ final class HitPath: Sendable {
         let path = uri.utf8.firstIndex(of: UInt8(ascii: "?")).map { uri[..<$0] } ?? uri[...]
         let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
         guard !parts.contains(where: \.isEmpty) else { return nil }
-        if parts.count == 4, parts.elementsEqual(["domestic", "chart", "daily", parts.last!]) { return .domestic }
-        // An overseas symbol may span segments (BRK/B).
-        if parts.count >= 5, parts.first == "overseas", parts.dropFirst(2).prefix(2).elementsEqual(["chart", "daily"]) {
-            return .overseas
-        }
-        return nil
+        return Route.allCases.first { $0.matches(parts) }
     }
 
     /// Path and query parameters (first occurrence wins, as in the router's handler); nil for a query in a form

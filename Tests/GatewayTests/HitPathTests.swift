@@ -428,6 +428,24 @@ struct HitPathTests {
         }
     }
 
+    @Test("the chart routes' one definition gives the router's paths, the spec's labels and the 405 paths")
+    func routeShapes() {
+        #expect(HitPath.Route.domestic.routerPath == "/domestic/chart/daily/:symbol")
+        #expect(HitPath.Route.overseas.routerPath == "/overseas/:exchange/chart/daily/**")
+        #expect(HitPath.Route.domestic.label == "/domestic/chart/daily/{symbol}")
+        #expect(HitPath.Route.overseas.label == "/overseas/{exchange}/chart/daily/{symbol}")
+        #expect(HitPath.Route.overseas.endpointPath == "/overseas/{exchange}/chart/daily/**")
+        for path in ["/domestic/chart/daily/005930", "/overseas/NAS/chart/daily/AAPL", "/overseas/NYS/chart/daily/BRK/B",
+                     "/overseas/NYS/chart/daily/BRK%2FB", "//domestic/chart/daily/005930"] {
+            #expect(GatewayCore.allowedMethods(path) == "GET, OPTIONS", "\(path)")
+        }
+        for path in ["/domestic/chart/daily", "/domestic/chart/daily/005930/x", "/overseas/NAS/chart/daily",
+                     "/overseas/chart/daily/AAPL", "/domestic/chart/weekly/005930"] {
+            #expect(GatewayCore.allowedMethods(path) == nil, "\(path)")
+        }
+        #expect(GatewayCore.allowedMethods("/token/refresh") == "POST, OPTIONS")
+    }
+
     @Test("chart routes and queries in plain form are recognised; anything else is left to the router")
     func parsing() {
         #expect(HitPath.route(of: "/domestic/chart/daily/005930") == .domestic)
