@@ -20,11 +20,8 @@ public import Tokens
 public struct GatewayDependencies: Sendable {
     public var store: any SharedStore
     public var keyring: SealKeyring
-    /// The HTTP clients for KIS, one per event loop.
+    /// The HTTP clients for KIS and the broker, one per event loop.
     public var http: KISHTTPClients
-    /// The HTTP clients for the token broker (`POST /token/refresh`): a refused connection fails at once
-    /// (`retryingConnections: false`), so an unreachable broker is a prompt 502, not one after the whole timeout.
-    public var brokerHTTP: KISHTTPClients
     public var metricsRegistry: PrometheusCollectorRegistry?
     /// Answers `/readyz`: nil when the store answers.
     public var readiness: @Sendable () async -> String?
@@ -34,13 +31,11 @@ public struct GatewayDependencies: Sendable {
     var onHitPathAnswer: (@Sendable (_ status: Int) -> Void)?
 
     public init(store: any SharedStore, keyring: SealKeyring, http: KISHTTPClients = .shared,
-                brokerHTTP: KISHTTPClients = .sharedFailingFast,
                 metricsRegistry: PrometheusCollectorRegistry? = nil,
                 readiness: @escaping @Sendable () async -> String?) {
         self.store = store
         self.keyring = keyring
         self.http = http
-        self.brokerHTTP = brokerHTTP
         self.metricsRegistry = metricsRegistry
         self.readiness = readiness
     }
@@ -297,7 +292,7 @@ struct GatewayCore: Sendable {
         upstream.headers.add(name: "content-type", value: "application/json")
         upstream.body = .bytes(body)
         do {
-            let response = try await dependencies.brokerHTTP.current.execute(
+            let response = try await dependencies.http.current.execute(
                 upstream, timeout: .seconds(Int64(config.upstream.timeoutMs / 1000 + 5)))
             let bytes = try await response.body.collect(upTo: 1 << 20)
             var headers = HTTPFields()

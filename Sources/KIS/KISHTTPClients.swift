@@ -22,22 +22,21 @@ public final class KISHTTPClients: Sendable {
     private let canShutDown: Bool
 
     /// A client per loop of `group`, each like `HTTPClient.shared` (decompression with a ratio limit, a 600 s idle
-    /// timeout) except that redirects are not followed: KIS answers in place, and a redirect must not carry the app
-    /// secret elsewhere. The caller shuts them down (`shutdown()`).
-    ///
-    /// - Parameter retryingConnections: whether a connection that cannot be established is tried again until the
-    ///   request's deadline (AsyncHTTPClient's default). `false` fails the request with the first connect error: for
-    ///   a peer on the operator's own network (the token broker), where a refused connection means it is down and
-    ///   the caller should hear so at once rather than after the whole timeout.
-    public convenience init(group: MultiThreadedEventLoopGroup = .singleton, retryingConnections: Bool = true) {
-        self.init(group: group, retryingConnections: retryingConnections, canShutDown: true)
+    /// timeout) except that redirects are not followed (KIS answers in place, and a redirect must not carry the app
+    /// secret elsewhere), and that a connection that cannot be established fails the requests waiting for it at once.
+    /// AsyncHTTPClient's default tries it again until each request's deadline: a KIS (or broker) that refuses
+    /// connections — down, or in maintenance — then held every request for the whole `[upstream] timeout_ms` and
+    /// answered 504, where kisgw's own retries (`[upstream] retries`, with backoff) give up in a few hundred
+    /// milliseconds and stale-if-error can serve a stale copy at once. The caller shuts them down (`shutdown()`).
+    public convenience init(group: MultiThreadedEventLoopGroup = .singleton) {
+        self.init(group: group, canShutDown: true)
     }
 
-    private init(group: MultiThreadedEventLoopGroup, retryingConnections: Bool = true, canShutDown: Bool) {
+    private init(group: MultiThreadedEventLoopGroup, canShutDown: Bool) {
         let loops = Array(group.makeIterator())
         var configuration = HTTPClient.Configuration.singletonConfiguration
         configuration.redirectConfiguration = .disallow
-        configuration.connectionPool.retryConnectionEstablishment = retryingConnections
+        configuration.connectionPool.retryConnectionEstablishment = false
         configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = max(2, 8 / loops.count)
         self.clients = loops.map { HTTPClient(eventLoopGroup: $0, configuration: configuration) }
         self.byLoop = Dictionary(uniqueKeysWithValues: loops.enumerated().map { (ObjectIdentifier($1), $0) })
@@ -46,11 +45,6 @@ public final class KISHTTPClients: Sendable {
 
     /// The process's clients on `MultiThreadedEventLoopGroup.singleton`, never shut down (as `HTTPClient.shared`).
     public static let shared = KISHTTPClients(group: .singleton, canShutDown: false)
-
-    /// Like ``shared``, but a connection that cannot be established fails its request at once
-    /// (`retryingConnections: false`).
-    public static let sharedFailingFast = KISHTTPClients(group: .singleton, retryingConnections: false,
-                                                         canShutDown: false)
 
     /// The client whose connections live on the current event loop; off the group's loops, the first loop's.
     public var current: HTTPClient {

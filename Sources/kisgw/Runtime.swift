@@ -25,8 +25,6 @@ struct Runtime {
     let keyring: SealKeyring
     /// The clients for KIS calls, one per event loop, shut down after the servers.
     let kisHTTP: KISHTTPClients
-    /// The gateway's clients for the broker (a refused connection fails at once), shut down with `kisHTTP`.
-    let brokerHTTP: KISHTTPClients
 
     init(config: KisgwConfig, label: String, ephemeralSeal: Bool = false) throws {
         self.config = config
@@ -59,13 +57,11 @@ struct Runtime {
             self.keyring = try SealKeyring(current: config.seal.current, keys: config.seal.keys.mapValues(\.bytes))
         }
         self.kisHTTP = KISHTTPClients()
-        self.brokerHTTP = KISHTTPClients(retryingConnections: false)
     }
 
     /// What a gateway takes from the runtime.
     var gatewayDependencies: GatewayDependencies {
-        GatewayDependencies(store: store, keyring: keyring, http: kisHTTP, brokerHTTP: brokerHTTP,
-                            metricsRegistry: registry,
+        GatewayDependencies(store: store, keyring: keyring, http: kisHTTP, metricsRegistry: registry,
                             readiness: readiness)
     }
 
@@ -97,7 +93,6 @@ struct Runtime {
             services = try await build()
         } catch {
             try? await kisHTTP.shutdown()
-            try? await brokerHTTP.shutdown()
             throw error
         }
         try await run(services)
@@ -106,7 +101,7 @@ struct Runtime {
     private func run(_ services: [any Service]) async throws {
         var all: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let redis { all.append(.init(service: RedisService(client: redis))) }
-        all.append(.init(service: HTTPClientService(clients: [kisHTTP, brokerHTTP])))
+        all.append(.init(service: HTTPClientService(clients: kisHTTP)))
         all += services.map { .init(service: $0) }
         var configuration = ServiceGroupConfiguration(
             services: all, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -127,12 +122,12 @@ struct RedisService: Service {
     }
 }
 
-/// The HTTP clients as a service: once the servers after it in the group have drained, they close their connections.
+/// The KIS clients as a service: once the servers after it in the group have drained, they close their connections.
 struct HTTPClientService: Service {
-    let clients: [KISHTTPClients]
+    let clients: KISHTTPClients
     func run() async throws {
         try? await gracefulShutdown()
-        for c in clients { try await c.shutdown() }
+        try await clients.shutdown()
     }
 }
 

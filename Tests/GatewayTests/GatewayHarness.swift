@@ -88,12 +88,12 @@ func testConfig(simURL: String, origins: [String] = ["http://localhost:3000", "h
                 upstreamTimeoutMs: Int = 3000, maxQueueMs: Int = 2000, liveRate: Double = 1000,
                 sandboxRate: Double = 1, cache: KisgwConfig.Cache = KisgwConfig.Cache(),
                 maxHeaderBytes: Int = 16_384, requestTimeoutMs: Int = 10_000,
-                broker: KisgwConfig.Broker = KisgwConfig.Broker()) -> KisgwConfig {
+                broker: KisgwConfig.Broker = KisgwConfig.Broker(), liveURL: String? = nil) -> KisgwConfig {
     KisgwConfig(
         server: .init(host: "127.0.0.1", port: 0, requestTimeoutMs: requestTimeoutMs, maxHeaderBytes: maxHeaderBytes),
         cors: .init(allowOrigins: origins.map { OriginPattern($0)! }, allowCredentials: true, maxAgeS: 600),
         auth: .init(jwt: .init(algorithms: [.hs256], hs256Secret: Secret(testSecret))),
-        kis: .init(liveURL: simURL, sandboxURL: simURL, liveRatePerS: liveRate, sandboxRatePerS: sandboxRate),
+        kis: .init(liveURL: liveURL ?? simURL, sandboxURL: simURL, liveRatePerS: liveRate, sandboxRatePerS: sandboxRate),
         upstream: .init(timeoutMs: upstreamTimeoutMs, maxQueueMs: maxQueueMs, retries: 2),
         cache: cache,
         broker: broker)

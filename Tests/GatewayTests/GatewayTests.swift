@@ -443,6 +443,38 @@ struct GatewayUpstreamTests {
         }
     }
 
+    @Test("KIS refusing connections: a prompt 502 upstream_error, or a prompt STALE copy, not a wait for timeout_ms")
+    func kisRefusing() async throws {
+        let closed = try RedisServerProcess.freePort()
+        let cache = KisgwConfig.Cache(l1Entries: 100, liveTTLS: 1, settledTTLS: 1, staleWhileRevalidateS: 0, staleIfErrorS: 3600)
+        // LIVE tokens call KIS at a port nothing listens on; SANDBOX ones the simulator. A refused connection must
+        // not be retried until `timeout_ms` (20 s here): kisgw's own retries give up in well under a second.
+        let config: @Sendable (String) -> KisgwConfig = {
+            testConfig(simURL: $0, upstreamTimeoutMs: 20_000, cache: cache, requestTimeoutMs: 30_000,
+                       liveURL: "http://127.0.0.1:\(closed)")
+        }
+        try await withGateway(config: config) { g, _ in
+            let live = try await g.connect(user: "u8r", appKey: "PSapp-refused", environment: .live)
+            let sandbox = try await g.connect(user: "u8s", appKey: "PSapp-sandbox", environment: .sandbox)
+            let jwtLive = try await g.jwt("u8r"), jwtSandbox = try await g.jwt("u8s")
+            var started = ContinuousClock.now
+            let refused = try await g.get("/domestic/chart/daily/005380?start=2025-01-02&end=2025-01-31", jwt: jwtLive, kis: live)
+            #expect(refused.status == 502)
+            #expect(refused.code == "upstream_error")
+            #expect(refused.json["kis_msg_cd"] == nil)
+            #expect(ContinuousClock.now - started < .seconds(10), "a refused connection to KIS was retried")
+            // A copy fetched through the simulator, expired: served STALE to the user whose KIS refuses.
+            let path = "/domestic/chart/daily/068270?start=2025-01-02&end=2025-01-31"
+            #expect(try await g.get(path, jwt: jwtSandbox, kis: sandbox).header("X-Cache") == "MISS")
+            try await Task.sleep(for: .milliseconds(2100))
+            started = ContinuousClock.now
+            let stale = try await g.get(path, jwt: jwtLive, kis: live)
+            #expect(stale.status == 200)
+            #expect(stale.header("X-Cache") == "STALE")
+            #expect(ContinuousClock.now - started < .seconds(10), "a refused connection to KIS was retried")
+        }
+    }
+
     @Test("stale-if-error: an expired entry is served STALE when KIS fails")
     func staleIfError() async throws {
         let cache = KisgwConfig.Cache(l1Entries: 100, liveTTLS: 1, settledTTLS: 1, staleWhileRevalidateS: 0, staleIfErrorS: 3600)
