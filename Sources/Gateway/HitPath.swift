@@ -24,14 +24,10 @@ import Synchronization
 /// `Date`; `HitPathTests` compares the two. Heads are written already encoded, past `HTTPResponseEncoder`
 /// (29.6k/33.5k → 39.7k/37.8k hits/s in the dev loop, wrk -c64, alternating binaries).
 final class HitPath: Sendable {
-    /// The chart routes, defined once here: the router's paths, the paths that answer 405 to other methods, the
-    /// metrics and access-log labels and the hit path's matching all come from `segments`.
+    /// The chart routes, defined once here (`shapes`): the router's paths, the paths that answer 405 to other
+    /// methods, the metrics and access-log labels and the hit path's matching all come from their segments.
     enum Route: Int, CaseIterable, Sendable {
         case domestic, overseas
-
-        /// The path's segments: a literal, `:name` for one segment, or a last `**` for one or more (an overseas
-        /// symbol may contain a `/`: `BRK/B`).
-        var segments: [String] { Self.shapes[rawValue].segments }
 
         /// The router's path (Hummingbird's syntax).
         var routerPath: String { Self.shapes[rawValue].routerPath }
@@ -56,6 +52,8 @@ final class HitPath: Sendable {
             return true
         }
 
+        /// A route's path as segments: a literal, `:name` for one segment, or a last `**` for one or more (an
+        /// overseas symbol may contain a `/`: `BRK/B`).
         private struct Shape {
             let segments: [String]
             let catchAll: Bool
