@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Gateway
 import KisgwConfiguration
+import Logging
 
 /// `kisgw gateway`: the edge gateway (gateway-api.md).
 struct GatewayCommand: AsyncParsableCommand {
@@ -15,9 +16,16 @@ struct GatewayCommand: AsyncParsableCommand {
 
     func run() async throws {
         let config = try configOptions.load(for: .gateway)
-        let runtime = try Runtime(config: config, label: "kisgw.gateway")
+        // On the memory store no broker can publish a token record to this process, so there is nothing to open:
+        // without `[seal]` keys (validation asks for them only with Redis) a throwaway key stands in.
+        let memory = config.store.backend == .memory
+        let runtime = try Runtime(config: config, label: "kisgw.gateway", ephemeralSeal: memory)
         let deps = runtime.gatewayDependencies
         let logger = runtime.logger
+        if memory {
+            logger.warning(
+                "[store] backend is memory: no broker can publish KIS tokens to this process's own store, so every chart request answers kis_token_invalid; set [redis] url (KISGW_REDIS_URL) to share one with the broker")
+        }
         try await runtime.run {
             [try await buildGateway(config, dependencies: deps, logger: logger) { port in
                 let line = "kisgw gateway listening on http://\(config.server.host):\(port) "

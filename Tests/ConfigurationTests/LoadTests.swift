@@ -63,13 +63,16 @@ struct LoadTests {
         let config = try KisgwConfig.load(file: path, environment: [:])
         #expect(config.kis.sandboxURL == "http://127.0.0.1:29443")
         #expect(config.kis.liveURL == "http://127.0.0.1:29443")
-        #expect(config.store.backend == .memory)
-        // Apart from the simulator URLs, the example shows the defaults.
+        // The broker and the gateway run as two processes: they share a Redis, so the gateway sees the broker's tokens.
+        #expect(config.store.backend == .redis)
+        #expect(config.redis.url == RedisURL("redis://127.0.0.1:6379/0"))
+        // Apart from the simulator URLs and the shared Redis, the example shows the defaults.
         let defaults = KisgwConfig.defaults
         #expect(config.server == defaults.server)
         #expect(config.cors == defaults.cors)
         #expect(config.auth == defaults.auth)
-        #expect(config.redis == defaults.redis)
+        #expect(config.redis.prefix == defaults.redis.prefix && config.redis.poolSize == defaults.redis.poolSize
+                    && config.redis.timeout == defaults.redis.timeout)
         #expect(config.seal == defaults.seal)
         #expect(config.upstream == defaults.upstream)
         #expect(config.cache == defaults.cache)
@@ -98,11 +101,17 @@ struct LoadTests {
             for key in keys { #expect(text.contains(key), "missing \(section).\(key)") }
         }
 
-        // With the secret from the environment it is enough for the gateway and `kisgw jwt`.
-        let withSecret = try KisgwConfig.load(file: path, environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret])
-        try withSecret.validate(for: .gateway)
-        try withSecret.validate(for: .jwt)
-        try withSecret.validate(for: .demo)
+        // With the two secrets its header exports, it is enough for the broker, the gateway and `kisgw jwt`.
+        let environment = ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_K1": base64Key(32)]
+        let withSecrets = try KisgwConfig.load(file: path, environment: environment)
+        try withSecrets.validate(for: .gateway)
+        try withSecrets.validate(for: .broker)
+        try withSecrets.validate(for: .jwt)
+        try withSecrets.validate(for: .demo)
+        // Without the seal key the gateway and the broker refuse to start, naming it.
+        let secretOnly = try KisgwConfig.load(file: path, environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret])
+        #expect(throws: ConfigError.self) { try secretOnly.validate(for: .gateway) }
+        #expect(throws: ConfigError.self) { try secretOnly.validate(for: .broker) }
     }
 
     @Test func everyKeyCanBeSetInTheFile() throws {

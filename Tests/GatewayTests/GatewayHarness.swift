@@ -188,11 +188,11 @@ struct GatewayProcess: Sendable {
     }
 }
 
-/// Runs the kisgw executable as a gateway over real Redis (a prefix of its own; `env` added to its environment) and
-/// an in-process simulator that answers after `latencyMs`, for the duration of `body`; a process still running
-/// afterwards is killed.
+/// Runs the kisgw executable as a gateway over real Redis (a prefix of its own; `env` added to its environment, the
+/// variables in `without` removed from it) and an in-process simulator that answers after `latencyMs`, for the
+/// duration of `body`; a process still running afterwards is killed.
 func withGatewayProcess(
-    latencyMs: Int = 0, env extra: [String: String] = [:],
+    latencyMs: Int = 0, env extra: [String: String] = [:], without: Set<String> = [],
     _ body: @Sendable (GatewayFixture, GatewayProcess) async throws -> Void
 ) async throws {
     let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
@@ -230,6 +230,7 @@ func withGatewayProcess(
         env["KISGW_KIS_LIVE_RATE_PER_S"] = "1000"
         env["KISGW_LOG_LEVEL"] = "warning"
         env.merge(extra) { _, new in new }
+        for name in without { env.removeValue(forKey: name) }
         process.environment = env
         process.currentDirectoryURL = FileManager.default.temporaryDirectory  // no ./gateway.toml is read
         process.standardOutput = FileHandle.nullDevice

@@ -463,6 +463,22 @@ struct GatewayOperationsProcessTests {
         }
     }
 
+    /// config.md: "memory" is one process's own store. Validation asks for `[seal]` keys only with Redis, and the
+    /// process used to stop right after it (exit 1, a store error naming no key) when none were set.
+    @Test("on the memory store without seal keys: it starts, says why no KIS token can work, answers kis_token_invalid")
+    func memoryStore() async throws {
+        try await withGatewayProcess(env: ["KISGW_STORE_BACKEND": "memory"],
+                                     without: ["KISGW_REDIS_URL", "KISGW_SEAL_KEYS_K1"]) { g, p in
+            let health = try await g.get("/healthz", jwt: nil, kis: nil)
+            #expect(health.status == 200)
+            let jwt = try await g.jwt("m1")
+            let r = try await g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31", jwt: jwt,
+                                    kis: "not-a-published-token")
+            #expect(r.status == 401 && r.code == "kis_token_invalid", "\(r.status) \(r.text)")
+            #expect(p.stderr.contains("[store] backend is memory"), "\(p.stderr.suffix(2000))")
+        }
+    }
+
     @Test("SIGINT with a request in flight: the port closes, the request completes, the process exits 0")
     func sigint() async throws {
         try await withGatewayProcess { g, p in
