@@ -225,23 +225,29 @@ final class TokenKeeper: Sendable {
         return true
     }
 
-    /// Puts back into the store every live token it lost, marks expired ones EXPIRED, and makes sure revoked ones
-    /// are gone from it. Returns how many tokens it republished.
+    /// Puts back into the store every live token it lost, marks expired ones EXPIRED (and takes them out of their
+    /// user's set, which holds live tokens only), and makes sure revoked ones are gone from it. Returns how many
+    /// tokens it republished.
     @discardableResult
     func reconcile() async throws -> Int {
         let now = self.now
         var expired: [String] = []
+        var expiredByUser: [String: [String]] = [:]  // user set key → shas
         var republished = 0
         var accounts: [String: Account?] = [:]
+        func expire(_ row: StoredToken) {
+            expired.append(row.tokenSHA256)
+            expiredByUser[TokenDirectory.userKey(row.userID, row.environment), default: []].append(row.tokenSHA256)
+        }
         for row in try await repository.tokens(status: .active) {
             if row.expiresAt <= now {
-                expired.append(row.tokenSHA256)
+                expire(row)
                 continue
             }
             if try await isPublished(row.tokenSHA256, userID: row.userID, environment: row.environment) { continue }
             // KIS refused it (a gateway marked it dead): expire it rather than publish it again.
             if try await TokenDirectory.deadReason(sha256: row.tokenSHA256, store: store) != nil {
-                expired.append(row.tokenSHA256)
+                expire(row)
                 continue
             }
             let key = row.userID + "|" + row.environment.rawValue
@@ -253,6 +259,7 @@ final class TokenKeeper: Sendable {
         if !expired.isEmpty {
             try await repository.setStatus(.expired, tokenSHA256s: expired, updatedAt: now)
             metrics.expired.increment(by: Int64(expired.count))
+            for (key, shas) in expiredByUser { _ = try await store.setRemove(key, members: shas) }
         }
         for row in try await repository.tokens(status: .revoked) where row.expiresAt > now {
             if try await store.get(TokenDirectory.recordKey(row.tokenSHA256)) != nil {

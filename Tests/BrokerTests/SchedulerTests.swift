@@ -51,6 +51,16 @@ struct SchedulerTests {
             // And then it rests: the new token is not due.
             try await Task.sleep(for: .milliseconds(2500))
             #expect(try await b.issuances() == 2)
+
+            // An hour on, the first token has expired: reconciliation marks it EXPIRED and takes it out of the
+            // user's set (store.md: the sha256 values of that user's live tokens); the new one stays.
+            try await b.advanceClocks(3600)
+            let pruned = try await eventually {
+                try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox)) == [newSHA]
+            }
+            let left = try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox))
+            #expect(pruned, "the user's set still holds \(left)")
+            #expect(try await b.issuances() == 2)
         }
     }
 
