@@ -210,6 +210,11 @@ struct Loader {
                     .secretInFile, source: path, key: "auth.jwt.hs256_secret",
                     problem: "secrets may not be written in the file; set KISGW_AUTH_JWT_HS256_SECRET or hs256_secret_file")
             }
+            if section == "broker", key == "database", case .string(let url) = value, Validation.carriesPassword(url) {
+                throw ConfigError(
+                    .secretInFile, source: path, key: "broker.database",
+                    problem: "secrets may not be written in the file: this URL carries a password; set KISGW_BROKER_DATABASE to it instead")
+            }
             if section == "seal", key == "keys" {
                 var variable = "KISGW_SEAL_KEYS_<KID>"
                 if case .table(let kids) = value, let first = kids.first?.0 {

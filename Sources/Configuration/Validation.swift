@@ -178,8 +178,29 @@ enum Validation {
         return .success(.postgres(url: Secret(text)))
     }
 
-    /// The URL with everything between `://` and the last `@` replaced, so a password never shows.
+    /// Whether a database URL carries a password: `user:password@` (a non-empty one) or a `password=` parameter.
+    static func carriesPassword(_ url: String) -> Bool {
+        if let scheme = url.range(of: "://"), let at = url.range(of: "@", options: .backwards),
+            at.lowerBound > scheme.upperBound,
+            let colon = url[scheme.upperBound..<at.lowerBound].firstIndex(of: ":"),
+            url.index(after: colon) < at.lowerBound
+        {
+            return true
+        }
+        guard let q = url.firstIndex(of: "?") else { return false }
+        return url[url.index(after: q)...].split(separator: "&").contains { $0.lowercased().hasPrefix("password=") }
+    }
+
+    /// The URL with everything between `://` and the last `@` replaced, and the value of a `password=` parameter,
+    /// so a password never shows.
     static func maskingPassword(_ url: String) -> String {
+        var url = url
+        if let q = url.firstIndex(of: "?") {
+            let parameters = url[url.index(after: q)...].split(separator: "&", omittingEmptySubsequences: false).map {
+                $0.lowercased().hasPrefix("password=") ? "password=[REDACTED]" : String($0)
+            }
+            url = String(url[...q]) + parameters.joined(separator: "&")
+        }
         guard let scheme = url.range(of: "://"), let at = url.range(of: "@", options: .backwards),
             at.lowerBound > scheme.upperBound
         else { return url }

@@ -102,6 +102,15 @@ let badInputs: [BadInput] = [
         message: "<FILE>: [auth.jwt] hs256_secret: secrets may not be written in the file; set KISGW_AUTH_JWT_HS256_SECRET or hs256_secret_file",
         kind: .secretInFile, hidden: [goodSecret]),
     BadInput(
+        name: "a database password in the file", toml: "[broker]\ndatabase = \"postgres://kisgw:secretpw@db:5432/kisgw\"",
+        message: "<FILE>: [broker] database: secrets may not be written in the file: this URL carries a password; set KISGW_BROKER_DATABASE to it instead",
+        kind: .secretInFile, hidden: ["secretpw"]),
+    BadInput(
+        name: "a database password parameter in the file",
+        toml: "[broker]\ndatabase = \"postgres://kisgw@db/kisgw?sslmode=disable&password=secretpw\"",
+        message: "<FILE>: [broker] database: secrets may not be written in the file: this URL carries a password; set KISGW_BROKER_DATABASE to it instead",
+        kind: .secretInFile, hidden: ["secretpw"]),
+    BadInput(
         name: "seal keys in the file", toml: "[seal.keys]\nk1 = \"\(base64Key(32))\"",
         message: "<FILE>: [seal] keys: secrets may not be written in the file; set KISGW_SEAL_KEYS_K1 (one variable per key id) or [seal] keys_file",
         kind: .secretInFile, hidden: [base64Key(32)]),
@@ -163,8 +172,8 @@ let badInputs: [BadInput] = [
         name: "store backend", toml: "[store]\nbackend = \"postgres\"",
         message: "<FILE>: [store] backend: must be \"redis\" or \"memory\", got \"postgres\"", kind: .invalidValue),
     BadInput(
-        name: "bad database", toml: "[broker]\ndatabase = \"mysql://u:pw@db/kisgw\"",
-        message: "<FILE>: [broker] database: must be sqlite:<path> or postgres://user@host[:port]/database, got \"mysql://u:[REDACTED]@db/kisgw\"",
+        name: "bad database", environment: ["KISGW_BROKER_DATABASE": "mysql://u:pw@db/kisgw"],
+        message: "environment KISGW_BROKER_DATABASE: must be sqlite:<path> or postgres://user@host[:port]/database, got \"mysql://u:[REDACTED]@db/kisgw\"",
         kind: .invalidValue, hidden: ["pw@"]),
     BadInput(
         name: "bad bind host", toml: "[server]\nhost = \"http://0.0.0.0\"",

@@ -169,7 +169,7 @@ struct LoadTests {
             url = "https://broker.example.com"
             host = "::"
             port = 8081
-            database = "postgres://kisgw:pw@db.example.com:5432/kisgw?sslmode=require"
+            database = "postgres://kisgw@db.example.com:5432/kisgw?sslmode=require"
             refresh_interval_s = 30
             refresh_ahead_s = 7200
             reuse_window_s = 0
@@ -208,7 +208,7 @@ struct LoadTests {
         #expect(config.broker.url == "https://broker.example.com")
         #expect(config.broker.host == "::")
         #expect(config.broker.port == 8081)
-        #expect(config.broker.database.description == "postgres://kisgw:[REDACTED]@db.example.com:5432/kisgw?sslmode=require")
+        #expect(config.broker.database.description == "postgres://[REDACTED]@db.example.com:5432/kisgw?sslmode=require")
         #expect(config.broker.refreshIntervalS == 30 && config.broker.refreshAheadS == 7200)
         #expect(config.broker.reuseWindowS == 0 && config.broker.reconcileIntervalS == 120)
         #expect(config.log == .init(level: .debug, format: .json))
@@ -309,8 +309,9 @@ struct LoadTests {
 
     @Test func secretsDoNotPrint() throws {
         let config = try load(
-            "[redis]\nurl = \"redis://:hunter2hunter2@localhost\"\n[broker]\ndatabase = \"postgres://u:dbpass@db/kisgw\"\n",
-            environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_K1": base64Key(32)]
+            "[redis]\nurl = \"redis://:hunter2hunter2@localhost\"\n",
+            environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_K1": base64Key(32),
+                          "KISGW_BROKER_DATABASE": "postgres://u:dbpass@db/kisgw"]
         )
         var dumped = ""
         dump(config, to: &dumped)

@@ -44,9 +44,12 @@ struct ValueTests {
             let config = try load("[broker]\ndatabase = \"\(text)\"\n")
             #expect(config.broker.database == expected)
         }
-        let withPassword = try load("[broker]\ndatabase = \"postgresql://u:secretpw@db/kisgw\"\n")
+        // A password comes through the environment (a file may not hold it: ErrorTests).
+        let withPassword = try load("", environment: ["KISGW_BROKER_DATABASE": "postgresql://u:secretpw@db/kisgw"])
         #expect(withPassword.broker.database.description == "postgresql://u:[REDACTED]@db/kisgw")
         #expect(!"\(withPassword.broker)".contains("secretpw"))
+        let parameter = try load("", environment: ["KISGW_BROKER_DATABASE": "postgres://u@db/kisgw?sslmode=disable&password=secretpw"])
+        #expect(parameter.broker.database.description == "postgres://[REDACTED]@db/kisgw?sslmode=disable&password=[REDACTED]")
         for bad in ["sqlite:", "postgres://", "postgres:///kisgw", "data/broker.sqlite", "redis://x"] {
             #expect(loadError("[broker]\ndatabase = \"\(bad)\"\n") != nil, "\(bad) was accepted")
         }
