@@ -7,7 +7,9 @@ import Tokens
 
 /// Listens to the store's channels for as long as the gateway runs: `events` (a `revoked` token is forgotten at
 /// once) and the chart-filled channel (wakes requests waiting on another gateway's fetch). Subscriptions are
-/// retried with backoff while the store is down.
+/// retried with backoff while the store is down. When they resume after a gap — the store's pub/sub connection was
+/// lost, so a `revoked` event may have gone by unseen — every remembered KIS token decision is dropped, and the
+/// next request for each token reads its record again.
 struct StoreEventListener: Service {
     let store: any SharedStore
     let authorizer: TokenAuthorizer
@@ -24,6 +26,15 @@ struct StoreEventListener: Service {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.listen(to: TokenDirectory.eventsChannel) { self.handleEvent($0) } }
             group.addTask { await self.listen(to: self.filledChannel) { self.notifier.notify(String(buffer: $0)) } }
+            group.addTask {
+                let gaps = self.store.subscriptionGaps()
+                await cancelWhenGracefulShutdown {
+                    for await _ in gaps {
+                        self.authorizer.forgetAll()
+                        self.logger.notice("store subscriptions resumed after a gap: KIS token decisions dropped")
+                    }
+                }
+            }
             await group.waitForAll()
         }
     }

@@ -117,4 +117,7 @@ final class TokenAuthorizer: Sendable {
     }
 
     func forget(token: String) { cache.withLock { _ = $0.removeValue(forKey: token) } }
+
+    /// Forgets every decision: a `revoked` event may have been missed (the store's pub/sub connection was lost).
+    func forgetAll() { cache.withLock { $0.removeAll() } }
 }

@@ -130,6 +130,13 @@ public final class RedisClient: Sendable {
         try await self.subscriber.subscribe(channels: channels, patterns: patterns)
     }
 
+    /// Yields each time the pub/sub connection is back after it was lost (or could not be opened), once every
+    /// subscription has been renewed on it: the messages published in between were not delivered to anyone, so a
+    /// subscriber that keeps state from them (a cache it invalidates) should start afresh. Ends at shutdown.
+    public func subscriptionRestorations() -> AsyncStream<Void> {
+        self.subscriber.restorations()
+    }
+
     /// Closes all connections. Pending and later commands fail with ``RedisError/Code/shutdown``.
     public func shutdown() async {
         await self.subscriber.shutdown()

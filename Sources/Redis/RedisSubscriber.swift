@@ -67,6 +67,10 @@ final class RedisSubscriber: Sendable {
         var isShutdown = false
         /// The last attempt to open the pub/sub connection failed.
         var isDown = false
+        /// A pub/sub connection was open once: every later one follows a gap in which messages were lost.
+        var wasConnected = false
+        /// Told each time the subscriptions are renewed on a new connection after a gap (``restorations()``).
+        var restorationWatchers: [Int: AsyncStream<Void>.Continuation] = [:]
     }
 
     private let state = Mutex(State())
@@ -199,14 +203,17 @@ final class RedisSubscriber: Sendable {
                     logger: self.logger
                 )
                 try await connection.enterPubSub { value in self.received(value) }
-                let toSubscribe: (channels: [String], patterns: [String])? = self.state.withLock { state in
-                    guard !state.isShutdown else { return nil }
-                    state.connection = connection
-                    state.isDown = false
-                    state.confirmedChannels = []
-                    state.confirmedPatterns = []
-                    return (Array(state.channelCounts.keys), Array(state.patternCounts.keys))
-                }
+                let toSubscribe: (channels: [String], patterns: [String], watchers: [AsyncStream<Void>.Continuation])? =
+                    self.state.withLock { state in
+                        guard !state.isShutdown else { return nil }
+                        state.connection = connection
+                        state.isDown = false
+                        state.confirmedChannels = []
+                        state.confirmedPatterns = []
+                        let watchers = state.wasConnected ? Array(state.restorationWatchers.values) : []
+                        state.wasConnected = true
+                        return (Array(state.channelCounts.keys), Array(state.patternCounts.keys), watchers)
+                    }
                 guard let toSubscribe else {
                     connection.close()
                     return
@@ -216,6 +223,8 @@ final class RedisSubscriber: Sendable {
                 }
                 failures = 0
                 self.send(channels: toSubscribe.channels, patterns: toSubscribe.patterns, on: connection)
+                // After the renewed SUBSCRIBEs are sent: what was published in the gap is lost to the subscribers.
+                for watcher in toSubscribe.watchers { watcher.yield() }
                 try? await connection.closeFuture.get()
                 let waiters = self.state.withLock { state in
                     state.connection = nil
@@ -296,15 +305,35 @@ final class RedisSubscriber: Sendable {
         }
     }
 
+    /// Yields each time the pub/sub connection is open again after it was lost (or could not be opened), once the
+    /// subscriptions have been renewed on it: messages published in between were not delivered. Ends at shutdown.
+    func restorations() -> AsyncStream<Void> {
+        let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let id = self.state.withLock { state -> Int? in
+            guard !state.isShutdown else { return nil }
+            let id = state.nextID
+            state.nextID += 1
+            state.restorationWatchers[id] = continuation
+            return id
+        }
+        guard let id else {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { _ in _ = self.state.withLock { $0.restorationWatchers.removeValue(forKey: id) } }
+        return stream
+    }
+
     func shutdown() async {
-        let (supervisor, connection, continuations, waiters) = self.state.withLock { state in
+        let (supervisor, connection, continuations, waiters, watchers) = self.state.withLock { state in
             state.isShutdown = true
             let result = (
                 state.supervisor, state.connection, state.subscribers.values.map(\.continuation),
-                state.confirmationWaiters.values.map(\.continuation)
+                state.confirmationWaiters.values.map(\.continuation), Array(state.restorationWatchers.values)
             )
             state.subscribers = [:]
             state.confirmationWaiters = [:]
+            state.restorationWatchers = [:]
             state.supervisor = nil
             return result
         }
@@ -312,6 +341,7 @@ final class RedisSubscriber: Sendable {
         connection?.close()
         for waiter in waiters { waiter.resume() }
         for continuation in continuations { continuation.finish() }
+        for watcher in watchers { watcher.finish() }
         await supervisor?.value
     }
 }

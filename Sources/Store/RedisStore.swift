@@ -256,6 +256,8 @@ public final class RedisStore: SharedStore {
         do { _ = try await client.publish(RedisArgument(message), to: k(channel)) } catch { throw Self.map(error) }
     }
 
+    public func subscriptionGaps() -> AsyncStream<Void> { client.subscriptionRestorations() }
+
     public func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription {
         do { return StoreSubscription(source: .redis(try await client.subscribe(to: [k(channel)]))) } catch {
             throw Self.map(error)

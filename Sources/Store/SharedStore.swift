@@ -98,9 +98,16 @@ public protocol SharedStore: Sendable {
 
     /// Messages published on `channel` from now on.
     func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription
+
+    /// Yields each time subscriptions resume after a gap in which published messages were lost (the store's pub/sub
+    /// connection dropped and came back). A store that never loses them never yields.
+    func subscriptionGaps() -> AsyncStream<Void>
 }
 
 extension SharedStore {
+    /// A store whose subscriptions never miss a message (the memory store): no gap, ever; the sequence ends at once.
+    public func subscriptionGaps() -> AsyncStream<Void> { AsyncStream { $0.finish() } }
+
     /// `key` with the store's prefix, as it appears in Redis (e.g. for AAD).
     public func fullKey(_ key: String) -> String { self.keyPrefix + key }
 

@@ -26,6 +26,30 @@ func eventually(_ timeout: Duration = .seconds(20), _ condition: () async throws
 
 @Suite("Gateway: Redis outage and process shutdown", .serialized)
 struct GatewayResilienceTests {
+    /// A `revoked` event published while the gateway's pub/sub connection is down never reaches it. The token's
+    /// record is deleted here without an event (that is what the gateway sees of a revocation it missed); the
+    /// decision it remembers (30 s) must not outlive the gap.
+    @Test("a revocation missed while the store's pub/sub connection was down: remembered decisions are dropped when it is back")
+    func missedRevocation() async throws {
+        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        try await withGateway(store: .redis) { g, _ in
+            let redis = try #require((g.store as? RedisStore)?.client)
+            let kis = try await g.connect(user: "mr1", appKey: "PSapp-missedrevoke")
+            let jwt = try await g.jwt("mr1")
+            let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
+            #expect(try await g.get(path, jwt: jwt, kis: kis).status == 200)  // the decision is remembered now
+            // The pub/sub connection drops (this suite runs alone: no other test's subscriber is on this Redis).
+            let killed = try await redis.send(RedisCommand("CLIENT", ["KILL", "TYPE", "pubsub"]))
+            #expect(killed != .integer(0), "no pub/sub connection to kill")
+            try await g.store.delete(TokenDirectory.recordKey(TokenDirectory.sha256(of: kis)))
+            // Once the gateway has subscribed again, the token is looked up afresh: its record is gone.
+            let refused = try await eventually(.seconds(10)) {
+                try await g.get(path, jwt: jwt, kis: kis).code == "kis_token_invalid"
+            }
+            #expect(refused, "the remembered decision outlived the pub/sub gap")
+        }
+    }
+
     @Test("Redis stops: readiness 503, undecidable requests store_unavailable, L1 hits still served; Redis returns: service resumes")
     func redisOutage() async throws {
         let redis = try RedisServerProcess()

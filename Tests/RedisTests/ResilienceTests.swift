@@ -238,6 +238,29 @@ struct ResilienceTests {
         await client.shutdown()
     }
 
+    /// What a subscriber misses while the pub/sub connection is down cannot be replayed; `subscriptionRestorations`
+    /// says when that happened (the gateway then drops what it remembered from the messages).
+    @Test func restorationsTellOfEachGapAndNotOfTheFirstConnection() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let client = try makeClient(server)
+        let restorations = client.subscriptionRestorations()
+        let count = Mutex(0)
+        let watcher = Task { for await _ in restorations { count.withLock { $0 += 1 } } }
+        let subscription = try await client.subscribe(to: ["gaps"])
+        let reader = Task { for await _ in subscription {} }  // holds the subscription until shutdown ends it
+        #expect(try await client.publish("first", to: "gaps") == 1)
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(count.withLock { $0 } == 0, "the first connection is no gap")
+        try server.restart()
+        #expect(await TestEnvironment.eventually { count.withLock { $0 } == 1 })
+        #expect(await TestEnvironment.eventually { ((try? await client.publish("probe", to: "gaps")) ?? 0) == 1 })
+        await client.shutdown()
+        await watcher.value  // the sequence ends at shutdown
+        await reader.value
+        #expect(count.withLock { $0 } == 1)
+    }
+
     @Test func pubSubResubscribesAfterRestart() async throws {
         let server = try RedisServerProcess()
         defer { server.stop() }
