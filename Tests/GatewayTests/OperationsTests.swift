@@ -463,6 +463,34 @@ struct GatewayOperationsProcessTests {
         }
     }
 
+    /// config.md: "Bad configuration stops start-up with a message naming the key" — from the executable itself.
+    @Test("bad configuration: exit 78 (EX_CONFIG), one line naming the variable and the problem, nothing listening")
+    func badConfigurationExits78() async throws {
+        let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
+        let port = try RedisServerProcess.freePort()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["gateway"]
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("KISGW_") }
+        env["KISGW_AUTH_JWT_HS256_SECRET"] = testSecret
+        env["KISGW_SERVER_PORT"] = String(port)
+        env["KISGW_UPSTREAM_TIMEOUT_MS"] = "soon"
+        process.environment = env
+        process.currentDirectoryURL = FileManager.default.temporaryDirectory  // no ./gateway.toml is read
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let text = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit && process.terminationStatus == 78, "\(process.terminationStatus): \(text)")
+        let lines = text.split(separator: "\n")
+        #expect(lines.count == 1, "\(text)")
+        #expect(text.contains("KISGW_UPSTREAM_TIMEOUT_MS") && text.contains("soon"), "\(text)")
+        #expect(!text.contains(testSecret))
+        #expect(!RedisServerProcess.accepts(port: port))
+    }
+
     /// config.md: "memory" is one process's own store. Validation asks for `[seal]` keys only with Redis, and the
     /// process used to stop right after it (exit 1, a store error naming no key) when none were set.
     @Test("on the memory store without seal keys: it starts, says why no KIS token can work, answers kis_token_invalid")

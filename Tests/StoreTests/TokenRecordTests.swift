@@ -98,6 +98,14 @@ struct TokenRecordTests {
         }
         #expect(ttl > .seconds(3500) && ttl <= .seconds(3600))
         #expect(try await store.setMembers(TokenDirectory.userKey("42", .sandbox)) == [sha])
+        // The sealed payload (store.md): the AAD is the record's full key, prefix included; the plaintext is exactly
+        // the token and the app key pair.
+        let record = try JSONDecoder().decode(TokenRecord.self, from: Data(stored.readableBytesView))
+        let fullKey = store.keyPrefix + "tok:" + sha
+        let plaintext = try ring.open(record.sealed, kid: record.kid, aad: Data(fullKey.utf8))
+        let payload = try #require(try JSONSerialization.jsonObject(with: plaintext) as? [String: String])
+        #expect(payload == ["access_token": token, "app_key": "APPKEY", "app_secret": "APPSECRET"])
+        #expect(throws: StoreError.self) { try ring.open(record.sealed, kid: record.kid, aad: Data(("tok:" + sha).utf8)) }
 
         let issued = try #require(await eventIterator.next())
         let issuedJSON = try #require(try JSONSerialization.jsonObject(with: Data(issued.readableBytesView)) as? [String: String])
