@@ -18,6 +18,7 @@ struct BrokerCommand: AsyncParsableCommand {
 
     func run() async throws {
         let config = try configOptions.load(for: .broker)
+        try await configOptions.checkJWTKeys(config)
         let runtime = try Runtime(config: config, label: "kisgw.broker")
         let deps = runtime.brokerDependencies()
         try await runtime.run {

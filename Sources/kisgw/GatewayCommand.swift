@@ -16,6 +16,7 @@ struct GatewayCommand: AsyncParsableCommand {
 
     func run() async throws {
         let config = try configOptions.load(for: .gateway)
+        try await configOptions.checkJWTKeys(config)
         // On the memory store no broker can publish a token record to this process, so there is nothing to open:
         // without `[seal]` keys (validation asks for them only with Redis) a throwaway key stands in.
         let memory = config.store.backend == .memory

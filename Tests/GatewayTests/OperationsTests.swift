@@ -368,6 +368,25 @@ struct GatewayMetricsRegistryTests {
     }
 }
 
+/// Runs `kisgw <command>` with only `env` of the KISGW_ variables, in a directory without a gateway.toml, until it
+/// exits; its standard error.
+func runToExit(_ command: String, env extra: [String: String]) throws -> (Process, String) {
+    let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: binary)
+    process.arguments = [command]
+    process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("KISGW_") }
+        .merging(extra) { _, new in new }
+    process.currentDirectoryURL = FileManager.default.temporaryDirectory
+    let stderr = Pipe()
+    process.standardError = stderr
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    let text = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    return (process, text)
+}
+
 @Suite("Gateway process: /metrics series, SIGINT, shutdown grace", .serialized)
 struct GatewayOperationsProcessTests {
     /// The series gateway-api.md lists, by the names Sources/Gateway/GatewayMetrics.swift and
@@ -466,29 +485,35 @@ struct GatewayOperationsProcessTests {
     /// config.md: "Bad configuration stops start-up with a message naming the key" — from the executable itself.
     @Test("bad configuration: exit 78 (EX_CONFIG), one line naming the variable and the problem, nothing listening")
     func badConfigurationExits78() async throws {
-        let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
         let port = try RedisServerProcess.freePort()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["gateway"]
-        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("KISGW_") }
-        env["KISGW_AUTH_JWT_HS256_SECRET"] = testSecret
-        env["KISGW_SERVER_PORT"] = String(port)
-        env["KISGW_UPSTREAM_TIMEOUT_MS"] = "soon"
-        process.environment = env
-        process.currentDirectoryURL = FileManager.default.temporaryDirectory  // no ./gateway.toml is read
-        let stderr = Pipe()
-        process.standardError = stderr
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let text = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+        let (process, text) = try runToExit("gateway", env: [
+            "KISGW_AUTH_JWT_HS256_SECRET": testSecret, "KISGW_SERVER_PORT": String(port),
+            "KISGW_UPSTREAM_TIMEOUT_MS": "soon",
+        ])
         #expect(process.terminationReason == .exit && process.terminationStatus == 78, "\(process.terminationStatus): \(text)")
         let lines = text.split(separator: "\n")
         #expect(lines.count == 1, "\(text)")
         #expect(text.contains("KISGW_UPSTREAM_TIMEOUT_MS") && text.contains("soon"), "\(text)")
         #expect(!text.contains(testSecret))
         #expect(!RedisServerProcess.accepts(port: port))
+    }
+
+    /// A readable `public_keys_file` that holds no key: validation only sees that it can be read; the keys are read
+    /// before anything starts, and a bad file is a configuration error like the others.
+    @Test("public_keys_file without a usable key: exit 78, one line naming the key and the file", arguments: ["gateway", "broker"])
+    func unusablePublicKeys(role: String) async throws {
+        let keys = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-keys-\(UUID().uuidString).pem")
+        try Data("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n".utf8).write(to: keys)
+        defer { try? FileManager.default.removeItem(at: keys) }
+        let (process, text) = try runToExit(role, env: [
+            "KISGW_AUTH_JWT_ALGORITHMS": "RS256", "KISGW_AUTH_JWT_PUBLIC_KEYS_FILE": keys.path,
+            "KISGW_SEAL_KEYS_K1": Data(repeating: 7, count: 32).base64EncodedString(),
+            "KISGW_SERVER_PORT": String(try RedisServerProcess.freePort()),
+            "KISGW_BROKER_PORT": String(try RedisServerProcess.freePort()), "KISGW_BROKER_DATABASE": "sqlite::memory:",
+        ])
+        #expect(process.terminationReason == .exit && process.terminationStatus == 78, "\(process.terminationStatus): \(text)")
+        #expect(text.split(separator: "\n").count == 1, "\(text)")
+        #expect(text.contains("[auth.jwt] public_keys_file") && text.contains(keys.path), "\(text)")
     }
 
     /// config.md: "memory" is one process's own store. Validation asks for `[seal]` keys only with Redis, and the
