@@ -231,12 +231,10 @@ final class TokenKeeper: Sendable {
     @discardableResult
     func reconcile() async throws -> Int {
         let now = self.now
-        var expired: [String] = []
         var expiredByUser: [String: [String]] = [:]  // user set key → shas
         var republished = 0
         var accounts: [String: Account?] = [:]
         func expire(_ row: StoredToken) {
-            expired.append(row.tokenSHA256)
             expiredByUser[TokenDirectory.userKey(row.userID, row.environment), default: []].append(row.tokenSHA256)
         }
         for row in try await repository.tokens(status: .active) {
@@ -256,6 +254,7 @@ final class TokenKeeper: Sendable {
             try await publish(try vault.open(row), account: account)
             republished += 1
         }
+        let expired = expiredByUser.values.flatMap { $0 }
         if !expired.isEmpty {
             try await repository.setStatus(.expired, tokenSHA256s: expired, updatedAt: now)
             metrics.expired.increment(by: Int64(expired.count))

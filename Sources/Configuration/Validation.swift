@@ -180,10 +180,8 @@ enum Validation {
 
     /// Whether a database URL carries a password: `user:password@` (a non-empty one) or a `password=` parameter.
     static func carriesPassword(_ url: String) -> Bool {
-        if let scheme = url.range(of: "://"), let at = url.range(of: "@", options: .backwards),
-            at.lowerBound > scheme.upperBound,
-            let colon = url[scheme.upperBound..<at.lowerBound].firstIndex(of: ":"),
-            url.index(after: colon) < at.lowerBound
+        if let userinfo = userinfo(of: url), let colon = userinfo.firstIndex(of: ":"),
+            userinfo.index(after: colon) < userinfo.endIndex
         {
             return true
         }
@@ -201,13 +199,18 @@ enum Validation {
             }
             url = String(url[...q]) + parameters.joined(separator: "&")
         }
-        guard let scheme = url.range(of: "://"), let at = url.range(of: "@", options: .backwards),
-            at.lowerBound > scheme.upperBound
-        else { return url }
-        let userinfo = url[scheme.upperBound..<at.lowerBound]
+        guard let userinfo = userinfo(of: url) else { return url }
         let user = userinfo.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         let masked = userinfo.contains(":") ? "\(user):[REDACTED]" : "[REDACTED]"
-        return String(url[..<scheme.upperBound]) + masked + String(url[at.lowerBound...])
+        return String(url[..<userinfo.startIndex]) + masked + String(url[userinfo.endIndex...])
+    }
+
+    /// What lies between `://` and the last `@`, if there is such a part.
+    private static func userinfo(of url: String) -> Substring? {
+        guard let scheme = url.range(of: "://"), let at = url.range(of: "@", options: .backwards),
+            at.lowerBound > scheme.upperBound
+        else { return nil }
+        return url[scheme.upperBound..<at.lowerBound]
     }
 
     // MARK: - seal keys

@@ -188,6 +188,16 @@ struct GatewayProcess: Sendable {
     }
 }
 
+/// `kisgw <command>` ready to run: none of this process's KISGW_ variables, in a directory without a gateway.toml.
+func kisgwProcess(_ binary: String, _ command: String) -> Process {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: binary)
+    process.arguments = [command]
+    process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("KISGW_") }
+    process.currentDirectoryURL = FileManager.default.temporaryDirectory  // no ./gateway.toml is read
+    return process
+}
+
 /// Runs the kisgw executable as a gateway over real Redis (a prefix of its own; `env` added to its environment, the
 /// variables in `without` removed from it) and an in-process simulator that answers after `latencyMs`, for the
 /// duration of `body`; a process still running afterwards is killed.
@@ -216,10 +226,8 @@ func withGatewayProcess(
         var sit = simPorts.makeAsyncIterator()
         let simURL = "http://127.0.0.1:\(await sit.next()!)"
         let port = try RedisServerProcess.freePort()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["gateway"]
-        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("KISGW_") }
+        let process = kisgwProcess(binary, "gateway")
+        var env = process.environment ?? [:]
         env["KISGW_SERVER_HOST"] = "127.0.0.1"
         env["KISGW_SERVER_PORT"] = String(port)
         env["KISGW_REDIS_URL"] = redis
@@ -232,7 +240,6 @@ func withGatewayProcess(
         env.merge(extra) { _, new in new }
         for name in without { env.removeValue(forKey: name) }
         process.environment = env
-        process.currentDirectoryURL = FileManager.default.temporaryDirectory  // no ./gateway.toml is read
         process.standardOutput = FileHandle.nullDevice
         let stderrHandle = try FileHandle(forWritingTo: stderrFile)
         process.standardError = stderrHandle

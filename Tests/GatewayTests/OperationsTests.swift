@@ -372,12 +372,8 @@ struct GatewayMetricsRegistryTests {
 /// exits; its standard error.
 func runToExit(_ command: String, env extra: [String: String]) throws -> (Process, String) {
     let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: binary)
-    process.arguments = [command]
-    process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("KISGW_") }
-        .merging(extra) { _, new in new }
-    process.currentDirectoryURL = FileManager.default.temporaryDirectory
+    let process = kisgwProcess(binary, command)
+    process.environment = process.environment?.merging(extra) { _, new in new }
     let stderr = Pipe()
     process.standardError = stderr
     process.standardOutput = FileHandle.nullDevice
