@@ -72,6 +72,15 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
         }
     }
 
+    /// The regular sessions on `date`: ``sessions``, but for the US exchanges' early closes at 13:00 (the day before
+    /// Independence Day, the day after Thanksgiving, Christmas Eve; see ``USMarketHolidays/isEarlyClose(_:)``).
+    public func sessions(on date: CivilDate) -> [ClosedRange<Int>] {
+        switch self {
+        case .nas, .nys, .ams: USMarketHolidays.isEarlyClose(date) ? [570...780] : sessions  // 09:30–13:00
+        default: sessions
+        }
+    }
+
     /// Whether the exchange trades on `date`: weekdays, less the holidays kisgw knows — KRX's (a table) and the US
     /// exchanges' (NYSE's rules, which Nasdaq and NYSE American follow). Other exchanges' holidays count as trading
     /// days: their charts are then refreshed as on a trading day, never kept past a real session.
@@ -95,6 +104,7 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
     /// True while a regular session (lunch breaks included) is under way at `instant`.
     public func isOpen(at instant: Date) -> Bool {
         let (date, minute) = localTime(instant)
+        let sessions = sessions(on: date)
         guard isTradingDay(date), let first = sessions.first, let last = sessions.last else { return false }
         return minute >= first.lowerBound && minute < last.upperBound
     }
@@ -130,8 +140,24 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
 /// (from 2022), Independence Day, Labor Day (first Monday of September), Thanksgiving (fourth Thursday of November) and
 /// Christmas. A date holiday on a Sunday is kept on the Monday after, on a Saturday on the Friday before — except New
 /// Year's Day, which is then not made up (the Friday is the year's last trading day). Besides these, the unscheduled
-/// closures since 2001. Half days (13:00 closes) are trading days.
+/// closures since 2001. Half days (13:00 closes, ``isEarlyClose(_:)``) are trading days.
 public enum USMarketHolidays {
+    /// Whether `date` is one of NYSE's early closes (13:00 Eastern): July 3 when Independence Day falls on a Tuesday
+    /// to Friday, the day after Thanksgiving, and Christmas Eve on a Monday to Thursday. (The Friday before a Saturday
+    /// holiday is itself the holiday, and no early close is kept when the eve falls on a weekend or a Monday holiday
+    /// follows.)
+    public static func isEarlyClose(_ date: CivilDate) -> Bool {
+        let (_, month, day) = date.components
+        let weekday = date.weekday  // 0 Sunday ... 6 Saturday
+        switch month {
+        case 7: return day == 3 && (1...4).contains(weekday)
+        case 11: return weekday == 5 && (23...29).contains(day)
+        case 12: return day == 24 && (1...4).contains(weekday)
+        default: return false
+        }
+    }
+
+
     public static func contains(_ date: CivilDate) -> Bool {
         if unscheduled.contains(date.dayNumber) { return true }
         let (year, month, day) = date.components
@@ -175,7 +201,12 @@ public enum USMarketHolidays {
          "20250109"].compactMap { CivilDate(yyyymmdd: $0)?.dayNumber })
 }
 
-/// KRX market holidays (closed days that fall on weekdays), 2023–2026.
+/// KRX market holidays (closed days that fall on weekdays), 2023–2027.
+///
+/// 2023–2026 as KRX published them. 2027 as the Public Holidays Act sets it (KRX publishes its calendar each
+/// December): the lunar holidays from the new moons in KST — Seollal on Sunday 02-07 (China's falls a day earlier)
+/// and Chuseok on 09-15 — with substitute days for Seollal on a Sunday (02-09), Liberation Day (08-16), National
+/// Foundation Day (10-04), Hangul Day (10-11) and Christmas (12-27), and the year-end closing day.
 public enum KRXHolidays {
     public static func contains(_ date: CivilDate) -> Bool { days.contains(date.dayNumber) }
 
@@ -195,5 +226,8 @@ public enum KRXHolidays {
             // 2026
             "20260101", "20260216", "20260217", "20260218", "20260302", "20260501", "20260505", "20260525",
             "20260603", "20260817", "20260924", "20260925", "20261005", "20261009", "20261225", "20261231",
+            // 2027
+            "20270101", "20270208", "20270209", "20270301", "20270505", "20270513", "20270816", "20270914",
+            "20270915", "20270916", "20271004", "20271011", "20271227", "20271231",
         ].compactMap { CivilDate(yyyymmdd: $0)?.dayNumber })
 }

@@ -179,6 +179,13 @@ struct FreshnessTests {
                       "Thu 16:00 EDT before Fri 07-03 (Independence Day, a Saturday, kept on the Friday): until Mon 09:30"),
         FreshnessCase(.nas, "2025-01-08T21:00:00Z", end: "2025-01-08", 149_400,
                       "Wed 16:00 EST before the 01-09 day of mourning: until Fri 09:30"),
+        // US early closes (13:00): closed from then until the next session, not refetched every live_ttl_s.
+        FreshnessCase(.nas, "2026-11-27T18:30:00Z", end: "2026-11-27", 244_800,
+                      "Fri 13:30 EST after Thanksgiving (closed at 13:00): until Mon 09:30"),
+        FreshnessCase(.nys, "2025-12-24T18:00:00Z", end: "2025-12-24", 160_200,
+                      "Christmas Eve 13:00 EST: until Fri 12-26 09:30"),
+        FreshnessCase(.ams, "2025-07-03T17:00:00Z", end: "2025-07-03", 333_000,
+                      "Thu 07-03 13:00 EDT before Independence Day: until Mon 09:30"),
     ])
     func untilNextOpening(_ c: FreshnessCase) throws {
         #expect(try Self.ttl(c, Self.uncapped) == c.ttl)
@@ -210,6 +217,51 @@ struct FreshnessTests {
             #expect(Exchange.krx.isTradingDay(d) == !KRXHolidays.contains(d))  // KRX keeps its own calendar
             #expect(Exchange.hks.isTradingDay(d))
         }
+    }
+
+    /// NYSE's published early closes (13:00 Eastern) of the same years.
+    static let usEarlyCloses: [Int: [String]] = [
+        2022: ["11-25"],  // 07-03 a Sunday, 12-24 a Saturday
+        2023: ["07-03", "11-24"],  // 12-24 a Sunday
+        2024: ["07-03", "11-29", "12-24"],
+        2025: ["07-03", "11-28", "12-24"],
+        2026: ["11-27", "12-24"],  // 07-03 is the holiday (Independence Day on a Saturday)
+        2027: ["11-26"],  // 07-05 and 12-24 are the holidays; no early close before them
+    ]
+
+    @Test("US exchanges: NYSE's early closes by its rules, 2022–2027; open until 13:00 on them, closed after",
+          arguments: [2022, 2023, 2024, 2025, 2026, 2027])
+    func usEarlyCloses(year: Int) throws {
+        let first = try #require(CivilDate(year: year, month: 1, day: 1)), last = try #require(CivilDate(year: year, month: 12, day: 31))
+        let early = (first.dayNumber...last.dayNumber).map(CivilDate.init(dayNumber:))
+            .filter { Exchange.nys.isTradingDay($0) && Exchange.nys.sessions(on: $0) != Exchange.nys.sessions }
+        #expect(early.map { String($0.iso.dropFirst(5)) } == Self.usEarlyCloses[year])
+        for d in early {
+            #expect(Exchange.nas.sessions(on: d) == [570...780] && Exchange.ams.sessions(on: d) == [570...780])
+            #expect(Exchange.hks.sessions(on: d) == Exchange.hks.sessions)
+            // 12:59 and 13:00 New York time (EST in November and December, EDT in July).
+            let offset = d.components.month == 7 ? 4 : 5
+            let noon59 = try Date("\(d.iso)T\(12 + offset):59:00Z", strategy: .iso8601)
+            #expect(Exchange.nys.isOpen(at: noon59))
+            #expect(!Exchange.nys.isOpen(at: noon59.addingTimeInterval(60)))
+        }
+    }
+
+    @Test("KRX holidays: weekdays only, through 2027, each year's New Year's Day (on a weekday) and year-end closing day")
+    func krxHolidays() throws {
+        let days = KRXHolidays.days.sorted().map(CivilDate.init(dayNumber:))
+        #expect(days.allSatisfy { !$0.isWeekend })
+        #expect(Set(days.map(\.components.year)) == [2023, 2024, 2025, 2026, 2027])
+        for year in 2023...2027 {
+            var last = try #require(CivilDate(year: year, month: 12, day: 31))
+            while last.isWeekend { last = last.adding(days: -1) }
+            #expect(!Exchange.krx.isTradingDay(last), "\(year): the year-end closing day")
+            let newYear = try #require(CivilDate(year: year, month: 1, day: 1))
+            #expect(newYear.isWeekend || !Exchange.krx.isTradingDay(newYear), "\(year): New Year's Day")
+        }
+        // 2027's Seollal (Sunday 02-07 in Korea) and its substitute day; China's falls on 02-06.
+        #expect(try ["2027-02-08", "2027-02-09"].allSatisfy { !Exchange.krx.isTradingDay(try #require(CivilDate($0))) })
+        #expect(try Exchange.krx.isTradingDay(#require(CivilDate("2027-02-05"))))
     }
 
     @Test("Easter Sunday (Good Friday is two days before)", arguments: [
