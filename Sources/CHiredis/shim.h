@@ -1,10 +1,9 @@
 #ifndef KISGW_CHIREDIS_SHIM_H
 #define KISGW_CHIREDIS_SHIM_H
 
-// hiredis is used only as the RESP reply reader (redisReader*, with our own
-// reply-object functions); SwiftNIO owns the sockets. Commands are encoded in
-// Swift; redisFormatCommandArgv stays as the reference the tests compare
-// with. Debian 12 ships 0.14.1 (RESP2), newer systems 1.x: differences are guarded with HIREDIS_MAJOR.
+// hiredis is the RESP codec: redisFormatCommandArgv formats commands and a
+// redisReader (with our own reply-object functions) parses replies; SwiftNIO
+// owns the sockets. Debian 12 ships 0.14.1 (RESP2), newer systems 1.x: differences are guarded with HIREDIS_MAJOR.
 //
 // Nothing here performs I/O: no hiredis connect/command function is reachable
 // through these helpers, and Swift code must not call them directly either.

@@ -1,37 +1,47 @@
 import CHiredis
 package import NIOCore
 
-/// Encodes commands as RESP arrays of bulk strings, straight into a `ByteBuffer`.
+/// Encodes commands with hiredis's formatter (`redisFormatCommandArgv`): RESP arrays of bulk strings, binary-safe.
 ///
-/// The same bytes `redisFormatCommandArgv` produces (a test compares the two),
-/// without its intermediate copies: no scratch arrays, no C buffer. Pure CPU
-/// work, no I/O: callers encode on their own task, so the event loop only
-/// copies finished bytes to the socket.
+/// The arguments are laid out back to back in one scratch buffer, hiredis formats from pointers into it, and the
+/// formatted bytes are copied into a `ByteBuffer`. Pure CPU work, no I/O: callers encode on their own task, so the
+/// event loop only copies finished bytes to the socket.
 package enum RESPEncoder {
-    /// The number of bytes ``encode(_:into:)`` writes for `command`.
-    package static func encodedLength(_ command: RedisCommand) -> Int {
-        var length = 3 + Self.digitCount(command.arguments.count)
-        for argument in command.arguments {
-            let count = argument.byteCount
-            length += 5 + Self.digitCount(count) + count
-        }
-        return length
-    }
-
     /// Appends the RESP encoding of `command` to `buffer`.
     package static func encode(_ command: RedisCommand, into buffer: inout ByteBuffer) {
         let arguments = command.arguments
-        Self.writeHeader(UInt8(ascii: "*"), arguments.count, into: &buffer)
-        for argument in arguments {
-            Self.writeHeader(UInt8(ascii: "$"), argument.byteCount, into: &buffer)
-            argument.write(to: &buffer)
-            buffer.writeInteger(UInt16(0x0D0A))  // "\r\n", big-endian
+        let count = arguments.count
+        var scratch = ByteBufferAllocator().buffer(capacity: arguments.reduce(0) { $0 + $1.byteCount })
+        for argument in arguments { argument.write(to: &scratch) }
+        scratch.withUnsafeReadableBytes { bytes in
+            // Arguments that are all empty leave no bytes: their pointers then point at an empty C string.
+            let base = bytes.baseAddress.map { UnsafePointer<CChar>($0.assumingMemoryBound(to: CChar.self)) }
+            Self.empty.withUnsafeBufferPointer { empty in
+                withUnsafeTemporaryAllocation(of: UnsafePointer<CChar>.self, capacity: count) { argv in
+                    withUnsafeTemporaryAllocation(of: Int.self, capacity: count) { lengths in
+                        var offset = 0
+                        for (index, argument) in arguments.enumerated() {
+                            let length = argument.byteCount
+                            argv.initializeElement(at: index, to: base.map { $0 + offset } ?? empty.baseAddress!)
+                            lengths.initializeElement(at: index, to: length)
+                            offset += length
+                        }
+                        var target: UnsafeMutablePointer<CChar>?
+                        let length = kisgw_format_command(&target, Int32(count), argv.baseAddress!, lengths.baseAddress!)
+                        guard length >= 0, let target else { fatalError("redisFormatCommandArgv failed (out of memory)") }
+                        defer { kisgw_free_command(target) }
+                        buffer.writeBytes(UnsafeRawBufferPointer(start: target, count: Int(length)))
+                    }
+                }
+            }
         }
     }
 
+    private static let empty: [CChar] = [0]
+
     /// The RESP encoding of `command` in a new buffer.
     package static func encode(_ command: RedisCommand, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer {
-        var buffer = allocator.buffer(capacity: Self.encodedLength(command))
+        var buffer = allocator.buffer(capacity: Self.estimatedLength(command))
         self.encode(command, into: &buffer)
         return buffer
     }
@@ -39,7 +49,7 @@ package enum RESPEncoder {
     /// The encodings of `commands`, all in one allocation: each element is a
     /// slice of a single buffer (NIO writes them with one `writev`).
     package static func encode(batch commands: [RedisCommand], allocator: ByteBufferAllocator = ByteBufferAllocator()) -> [ByteBuffer] {
-        var buffer = allocator.buffer(capacity: commands.reduce(0) { $0 + Self.encodedLength($1) })
+        var buffer = allocator.buffer(capacity: commands.reduce(0) { $0 + Self.estimatedLength($1) })
         var ends: [Int] = []
         ends.reserveCapacity(commands.count)
         for command in commands {
@@ -58,34 +68,10 @@ package enum RESPEncoder {
         return slices
     }
 
-    /// `*count\r\n` or `$count\r\n`.
-    @inline(__always)
-    private static func writeHeader(_ marker: UInt8, _ value: Int, into buffer: inout ByteBuffer) {
-        let digits = Self.digitCount(value)
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: digits + 3) { bytes in
-            bytes[0] = marker
-            var rest = value
-            var index = digits
-            repeat {
-                bytes[index] = UInt8(truncatingIfNeeded: 48 + rest % 10)
-                rest /= 10
-                index -= 1
-            } while index > 0
-            bytes[digits + 1] = UInt8(ascii: "\r")
-            bytes[digits + 2] = UInt8(ascii: "\n")
-            return digits + 3
-        }
-    }
-
-    @inline(__always)
-    private static func digitCount(_ value: Int) -> Int {
-        var count = 1
-        var rest = value
-        while rest >= 10 {
-            rest /= 10
-            count += 1
-        }
-        return count
+    /// A capacity that holds `command`'s encoding in all but huge commands: the arguments' bytes and, per
+    /// argument, `$`, up to ten digits and two CRLFs.
+    private static func estimatedLength(_ command: RedisCommand) -> Int {
+        command.arguments.reduce(16) { $0 + $1.byteCount + 15 }
     }
 }
 

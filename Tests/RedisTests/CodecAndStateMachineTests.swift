@@ -14,54 +14,33 @@ struct CodecTests {
         #expect(String(buffer: empty) == "*2\r\n$3\r\nGET\r\n$0\r\n\r\n")
     }
 
-    /// The Swift encoder writes exactly what hiredis's `redisFormatCommandArgv` writes.
-    @Test func encoderMatchesHiredisFormatting() {
+    /// Commands of every argument kind (strings, UTF-8, bytes, a buffer read from an offset, integers, empty
+    /// arguments, many arguments), one by one and as a batch of slices, against RESP spelled out argument by argument.
+    @Test func encodesEveryArgumentKindAlsoInBatches() {
         var big = ByteBuffer(repeating: 0x41, count: 70_000)
         big.moveReaderIndex(forwardBy: 3)  // a buffer whose readable bytes do not start at 0
-        let commands: [RedisCommand] = [
-            ["PING"],
-            ["GET", ""],
-            ["SET", "ключ", RedisArgument(big), "PX", 250, RedisArgument(integer: -7)],
-            RedisCommand("MSET", (0..<12).map { RedisArgument("k\($0)") }),
-            ["EVALSHA", RedisArgument([0, 13, 10, 255]), 0],
+        let cases: [(RedisCommand, [[UInt8]])] = [
+            (["PING"], [Array("PING".utf8)]),
+            (["GET", ""], [Array("GET".utf8), []]),
+            (["", ""], [[], []]),
+            (["SET", "ключ", RedisArgument(big), "PX", 250, RedisArgument(integer: -7)],
+             [Array("SET".utf8), Array("ключ".utf8), [UInt8](repeating: 0x41, count: 69_997), Array("PX".utf8),
+              Array("250".utf8), Array("-7".utf8)]),
+            (RedisCommand("MSET", (0..<12).map { RedisArgument("k\($0)") }),
+             [Array("MSET".utf8)] + (0..<12).map { Array("k\($0)".utf8) }),
+            (["EVALSHA", RedisArgument([0, 13, 10, 255]), 0], [Array("EVALSHA".utf8), [0, 13, 10, 255], Array("0".utf8)]),
         ]
-        for command in commands {
-            let ours = RESPEncoder.encode(command)
-            #expect(ours.readableBytes == RESPEncoder.encodedLength(command))
-            #expect(Array(ours.readableBytesView) == Self.hiredisFormat(command))
+        func resp(_ arguments: [[UInt8]]) -> [UInt8] {
+            arguments.reduce(Array("*\(arguments.count)\r\n".utf8)) { $0 + Array("$\($1.count)\r\n".utf8) + $1 + [13, 10] }
         }
-        let slices = RESPEncoder.encode(batch: commands)
-        #expect(slices.count == commands.count)
-        for (slice, command) in zip(slices, commands) {
-            #expect(Array(slice.readableBytesView) == Self.hiredisFormat(command))
+        for (command, arguments) in cases {
+            #expect(Array(RESPEncoder.encode(command).readableBytesView) == resp(arguments))
         }
-    }
-
-    private static func hiredisFormat(_ command: RedisCommand) -> [UInt8] {
-        let arguments: [[UInt8]] = command.arguments.map { argument in
-            var buffer = ByteBuffer()
-            argument.write(to: &buffer)
-            return Array(buffer.readableBytesView)
+        let slices = RESPEncoder.encode(batch: cases.map(\.0))
+        #expect(slices.count == cases.count)
+        for (slice, (_, arguments)) in zip(slices, cases) {
+            #expect(Array(slice.readableBytesView) == resp(arguments))
         }
-        let storage = arguments.map { bytes -> UnsafeMutablePointer<CChar> in
-            let pointer = UnsafeMutablePointer<CChar>.allocate(capacity: max(1, bytes.count))
-            bytes.withUnsafeBytes { raw in
-                UnsafeMutableRawPointer(pointer).copyMemory(from: raw.baseAddress ?? UnsafeRawPointer(pointer), byteCount: bytes.count)
-            }
-            return pointer
-        }
-        defer { storage.forEach { $0.deallocate() } }
-        var argv = storage.map { UnsafePointer($0) }
-        let lengths = arguments.map(\.count)
-        var target: UnsafeMutablePointer<CChar>? = nil
-        let length = argv.withUnsafeMutableBufferPointer { argvPointer in
-            lengths.withUnsafeBufferPointer { lengthsPointer in
-                kisgw_format_command(&target, Int32(arguments.count), argvPointer.baseAddress!, lengthsPointer.baseAddress!)
-            }
-        }
-        defer { kisgw_free_command(target) }
-        guard length >= 0, let target else { return [] }
-        return Array(UnsafeRawBufferPointer(start: target, count: Int(length)))
     }
 
     /// Replies built by our reply-object functions: deep nesting, every element
