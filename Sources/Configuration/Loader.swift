@@ -215,6 +215,11 @@ struct Loader {
                     .secretInFile, source: path, key: "broker.database",
                     problem: "secrets may not be written in the file: this URL carries a password; set KISGW_BROKER_DATABASE to it instead")
             }
+            if section == "redis", key == "url", case .string(let url) = value, Validation.carriesPassword(url) {
+                throw ConfigError(
+                    .secretInFile, source: path, key: "redis.url",
+                    problem: "secrets may not be written in the file: this URL carries a password; set KISGW_REDIS_URL to it instead")
+            }
             if section == "seal", key == "keys" {
                 var variable = "KISGW_SEAL_KEYS_<KID>"
                 if case .table(let kids) = value, let first = kids.first?.0 {

@@ -178,7 +178,8 @@ enum Validation {
         return .success(.postgres(url: Secret(text)))
     }
 
-    /// Whether a database URL carries a password: `user:password@` (a non-empty one) or a `password=` parameter.
+    /// Whether a database or Redis URL carries a password: `user:password@` or `:password@` (a non-empty one), or
+    /// a `password=` parameter. (`user@` names a user without a password.)
     static func carriesPassword(_ url: String) -> Bool {
         if let userinfo = userinfo(of: url), let colon = userinfo.firstIndex(of: ":"),
             userinfo.index(after: colon) < userinfo.endIndex

@@ -68,8 +68,8 @@ let badInputs: [BadInput] = [
         message: "<FILE>: [redis] url: must be redis://[:password@]host[:port][/db] or rediss://…, got \"http://localhost:6379\"",
         kind: .invalidValue),
     BadInput(
-        name: "redis url without host keeps the password out", toml: "[redis]\nurl = \"redis://:hunter2@/0\"",
-        message: "<FILE>: [redis] url: has no host; must be redis://[:password@]host[:port][/db] or rediss://…, got \"redis://:[REDACTED]@/0\"",
+        name: "redis url without host keeps the password out", environment: ["KISGW_REDIS_URL": "redis://:hunter2@/0"],
+        message: "environment KISGW_REDIS_URL: has no host; must be redis://[:password@]host[:port][/db] or rediss://…, got \"redis://:[REDACTED]@/0\"",
         kind: .invalidValue, hidden: ["hunter2"]),
     BadInput(
         name: "redis db not a number", environment: ["KISGW_REDIS_URL": "redis://u:s3cret@localhost/x"],
@@ -109,6 +109,14 @@ let badInputs: [BadInput] = [
         name: "a database password parameter in the file",
         toml: "[broker]\ndatabase = \"postgres://kisgw@db/kisgw?sslmode=disable&password=secretpw\"",
         message: "<FILE>: [broker] database: secrets may not be written in the file: this URL carries a password; set KISGW_BROKER_DATABASE to it instead",
+        kind: .secretInFile, hidden: ["secretpw"]),
+    BadInput(
+        name: "a Redis password in the file", toml: "[redis]\nurl = \"redis://:secretpw@127.0.0.1:6379/0\"",
+        message: "<FILE>: [redis] url: secrets may not be written in the file: this URL carries a password; set KISGW_REDIS_URL to it instead",
+        kind: .secretInFile, hidden: ["secretpw"]),
+    BadInput(
+        name: "a Redis user and password in the file", toml: "[redis]\nurl = \"redis://app:secretpw@127.0.0.1:6379/0\"",
+        message: "<FILE>: [redis] url: secrets may not be written in the file: this URL carries a password; set KISGW_REDIS_URL to it instead",
         kind: .secretInFile, hidden: ["secretpw"]),
     BadInput(
         name: "seal keys in the file", toml: "[seal.keys]\nk1 = \"\(base64Key(32))\"",

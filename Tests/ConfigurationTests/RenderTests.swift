@@ -53,8 +53,8 @@ struct RenderTests {
     }
 
     @Test func passwordsBecomeComments() throws {
-        let config = try load("[redis]\nurl = \"redis://:hunter2hunter2@cache:6379/0\"\n",
-                              environment: ["KISGW_BROKER_DATABASE": "postgres://u:dbpass@db/kisgw"])
+        let config = try load("", environment: ["KISGW_REDIS_URL": "redis://:hunter2hunter2@cache:6379/0",
+                                                "KISGW_BROKER_DATABASE": "postgres://u:dbpass@db/kisgw"])
         let text = config.effectiveTOML
         #expect(!text.contains("hunter2"))
         #expect(!text.contains("dbpass"))
