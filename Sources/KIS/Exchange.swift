@@ -18,7 +18,7 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
 
     /// Case-insensitive `EXCD` lookup (overseas only).
     public init?(excd: some StringProtocol) {
-        guard let e = Exchange(rawValue: excd.uppercased()), e != .krx else { return nil }
+        guard let e = Exchange(rawValue: excd.asciiUppercased), e != .krx else { return nil }
         self = e
     }
 
@@ -101,12 +101,11 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
         return (CivilDate(dayNumber: day), (seconds - day * 86400) / 60)
     }
 
-    /// True while a regular session (lunch breaks included) is under way at `instant`.
+    /// True while a regular session is under way at `instant` (a lunch break is closed: nothing trades then).
     public func isOpen(at instant: Date) -> Bool {
         let (date, minute) = localTime(instant)
-        let sessions = sessions(on: date)
-        guard isTradingDay(date), let first = sessions.first, let last = sessions.last else { return false }
-        return minute >= first.lowerBound && minute < last.upperBound
+        guard isTradingDay(date) else { return false }
+        return sessions(on: date).contains { minute >= $0.lowerBound && minute < $0.upperBound }
     }
 
     /// The exchange's current trading day at `instant`: today if it trades today, else the previous trading day.
@@ -116,13 +115,18 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
         return d
     }
 
-    /// The next moment a regular session opens, strictly after `instant`.
+    /// The next moment a regular session opens, strictly after `instant`: the afternoon session's during a lunch
+    /// break, else the next trading day's first.
     public func nextOpen(after instant: Date) -> Date {
         let (today, minute) = localTime(instant)
-        let openMinute = sessions.first!.lowerBound
         var d = today
-        if minute >= openMinute || !isTradingDay(d) { d = d.adding(days: 1) }
-        while !isTradingDay(d) { d = d.adding(days: 1) }
+        var openMinute = sessions.first!.lowerBound
+        if let later = isTradingDay(d) ? sessions(on: d).first(where: { $0.lowerBound > minute }) : nil {
+            openMinute = later.lowerBound
+        } else {
+            d = d.adding(days: 1)
+            while !isTradingDay(d) { d = d.adding(days: 1) }
+        }
         // Local midnight of d plus the opening minute, converted back to an instant through the zone's offset.
         let localSeconds = Double(d.dayNumber * 86400 + openMinute * 60)
         let guess = Date(timeIntervalSince1970: localSeconds)
@@ -230,4 +234,12 @@ public enum KRXHolidays {
             "20270101", "20270208", "20270209", "20270301", "20270505", "20270513", "20270816", "20270914",
             "20270915", "20270916", "20271004", "20271011", "20271227", "20271231",
         ].compactMap { CivilDate(yyyymmdd: $0)?.dayNumber })
+}
+
+extension StringProtocol {
+    /// `a`–`z` made `A`–`Z`, every other character kept: unlike `uppercased()`, no letter outside ASCII becomes an
+    /// ASCII one (`ß` → `SS`, `ı` → `I`, `ſ` → `S`), so codes are validated as written.
+    public var asciiUppercased: String {
+        String(decoding: utf8.map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 }, as: UTF8.self)
+    }
 }
