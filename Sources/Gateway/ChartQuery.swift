@@ -36,7 +36,7 @@ struct ChartQuery: Sendable, Hashable {
     static func domestic(symbol raw: Substring, query: [String: Substring], maxRangeDays: Int, now: Date)
         throws(Problem) -> ChartQuery
     {
-        let symbol = raw.uppercased()
+        let symbol = raw.asciiUppercased
         guard (6...9).contains(symbol.utf8.count),
             symbol.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) })
         else {
@@ -53,7 +53,7 @@ struct ChartQuery: Sendable, Hashable {
             let list = Exchange.overseas.map(\.rawValue).joined(separator: " ")
             throw Problem(.invalidParameter, "exchange must be one of \(list)")
         }
-        let symbol = raw.uppercased()
+        let symbol = raw.asciiUppercased
         guard (1...16).contains(symbol.utf8.count),
             symbol.utf8.allSatisfy({
                 ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || $0 == 46 || $0 == 45 || $0 == 47
@@ -73,7 +73,7 @@ struct ChartQuery: Sendable, Hashable {
         _ market: Market, _ exchange: Exchange, _ symbol: String, _ query: [String: Substring], periods: Set<String>,
         maxRangeDays: Int, now: Date
     ) throws(Problem) -> ChartQuery {
-        let period = query["period"].map { $0.uppercased() } ?? "D"
+        let period = query["period"].map(\.asciiUppercased) ?? "D"
         guard periods.contains(period) else {
             throw Problem(.invalidParameter, "period must be one of \(periods.sorted().joined(separator: " "))")
         }

@@ -126,6 +126,20 @@ struct ChartQueryTests {
         #expect(try Self.domestic(given).symbol == resolved)
     }
 
+    /// Letters outside ASCII that Unicode upper-cases into ASCII ones (`ß` → `SS`, `ı` → `I`, `ſ` → `S`) are refused,
+    /// not read as the ASCII code (gateway-api.md's grammar is ASCII).
+    @Test("symbols, exchanges and periods are upper-cased in ASCII only")
+    func asciiOnlyUpperCasing() {
+        for bad in ["00593ß", "ı00593", "ſ00593"] {
+            #expect(Self.refusal { () throws(Problem) in try Self.domestic(bad) } == "invalid_parameter", "\(bad)")
+        }
+        #expect(Self.refusal { () throws(Problem) in try Self.overseas("NAS", "ıbm") } == "invalid_parameter")
+        #expect(Self.refusal { () throws(Problem) in try Self.overseas("naſ", "IBM") } == "invalid_parameter")
+        #expect(Exchange(excd: "naſ") == nil && Exchange(excd: "nas") == .nas)
+        #expect(Self.refusal { () throws(Problem) in try Self.domestic("005930", ["period": "ｄ"]) } == "invalid_parameter")
+        #expect("ǆ-ibm.b/ß".asciiUppercased == "ǆ-IBM.B/ß")
+    }
+
     @Test("domestic symbols refused", arguments: ["00593-", "00593.0", "0059 30", "00593", "0059301234", "삼성전자00", ""])
     func badDomesticSymbols(given: String) {
         #expect(Self.refusal { () throws(Problem) in try Self.domestic(given) } == "invalid_parameter")
