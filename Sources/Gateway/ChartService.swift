@@ -65,7 +65,8 @@ final class ChartService: Sendable {
     let notifier = FillNotifier()
     let metrics: GatewayMetrics
     let logger: Logger
-    private let inflight = Mutex<[String: Flight<(ChartEntry, Double?)>]>([:])
+    /// Each key's fetch in this process, and the token it is made with.
+    private let inflight = Mutex<[String: (flight: Flight<(ChartEntry, Double?)>, owner: ResolvedToken)]>([:])
     private let refreshing = Mutex<Set<String>>([])
     /// Every task a request starts and does not wait for, for graceful shutdown (`BackgroundDrain`).
     let background = BackgroundWork()
@@ -147,49 +148,94 @@ final class ChartService: Sendable {
     /// `cold`: nobody here has the key; the store is read first and the answer's `upstreamMilliseconds` is `nil`
     /// when the store had it (fresh or not). Otherwise the key is fetched unless another gateway fills it
     /// meanwhile (then `0`).
+    ///
+    /// A waiter whose fetch failed for the fetching request's own credentials — its KIS token (expired, refused),
+    /// its app key's rate or its app key and secret (refused by KIS) — is not answered with that: it fetches again
+    /// with its own (`rejoins` times at most).
     func fetchCoalesced(_ query: ChartQuery, token: ResolvedToken, cold: Bool, deadline: NIODeadline?,
-                        on executor: (any TaskExecutor)? = nil) async throws(Problem) -> (ChartEntry, Double?)
+                        on executor: (any TaskExecutor)? = nil, rejoins: Int = 2) async throws(Problem)
+        -> (ChartEntry, Double?)
     {
         let key = query.cacheKey
         let slot = cold ? "cold " + key : key
-        let (flight, leader) = inflight.withLock { flights -> (Flight<(ChartEntry, Double?)>, Bool) in
-            if let f = flights[slot] { return (f, false) }
+        let (flight, owner) = inflight.withLock { flights -> (Flight<(ChartEntry, Double?)>, ResolvedToken?) in
+            if let f = flights[slot] { return (f.flight, f.owner) }
             let f = Flight<(ChartEntry, Double?)>()
-            flights[slot] = f
-            return (f, true)
+            flights[slot] = (f, token)
+            return (f, nil)
         }
-        if leader {
-            background.start(on: executor) {
-                let outcome: Flight<(ChartEntry, Double?)>.Outcome
-                var fetched: (ChartEntry, StoreLock)?
-                do throws(Problem) {
-                    let (entry, ms, lock) = try await self.fetchAcrossFleet(query, token: token, cold: cold)
-                    outcome = .success((entry, ms))
-                    fetched = lock.map { (entry, $0) }
-                } catch {
-                    outcome = .failure(error)
-                }
-                self.inflight.withLock { flights in
-                    if flights[slot] === flight { flights.removeValue(forKey: slot) }
-                }
-                flight.finish(outcome)
-                // After the waiters were resumed: on an event loop its jobs run in turn, so their answers are
-                // written before the entry is (the fleet's copy can wait the few microseconds).
-                if let (entry, lock) = fetched {
-                    self.shareInBackground(entry, key: key, lock: lock, on: executor)
-                }
-            }
-            return try await flight.wait(until: deadline).get()
-        }
+        guard let owner else { return try await lead(flight, slot: slot, query, token: token, cold: cold,
+                                                      deadline: deadline, on: executor) }
         metrics.cacheCoalesced.increment()
-        // A request that waits on a fetch another one started waits at most `[upstream] timeout_ms` for it.
-        guard let deadline else { return try await flight.wait(until: nil).get() }
+        let outcome = await wait(for: flight, until: deadline)
+        if case .failure(let problem) = outcome, rejoins > 0, Self.concernsOnly(owner, not: token, problem) {
+            return try await fetchCoalesced(query, token: token, cold: cold, deadline: deadline, on: executor,
+                                            rejoins: rejoins - 1)
+        }
+        return try outcome.get()
+    }
+
+    /// Whether `problem`, met by a fetch made with `owner`'s token, concerns that token or its app key rather than
+    /// the chart, so that a request made with `token` — another token, or another app key — must not be answered
+    /// with it.
+    static func concernsOnly(_ owner: ResolvedToken, not token: ResolvedToken, _ problem: Problem) -> Bool {
+        switch problem.code {
+        case .kisTokenExpired, .kisTokenInvalid:
+            return owner.sha256 != token.sha256
+        case .rateLimited:
+            return owner.rateKey != token.rateKey
+        case .upstreamError:
+            // KIS refused the app key or secret (EGW00102–EGW00105).
+            guard let code = problem.kisMsgCode, KISClientError.kind(forCode: code) == .credentialsRejected else {
+                return false
+            }
+            return owner.credentials.appKey != token.credentials.appKey
+                || owner.credentials.appSecret != token.credentials.appSecret
+        default:
+            return false
+        }
+    }
+
+    /// Starts `flight`'s fetch, made with `token`, and waits for it until `deadline`.
+    private func lead(_ flight: Flight<(ChartEntry, Double?)>, slot: String, _ query: ChartQuery, token: ResolvedToken,
+                      cold: Bool, deadline: NIODeadline?, on executor: (any TaskExecutor)?) async throws(Problem)
+        -> (ChartEntry, Double?)
+    {
+        let key = query.cacheKey
+        background.start(on: executor) {
+            let outcome: Flight<(ChartEntry, Double?)>.Outcome
+            var fetched: (ChartEntry, StoreLock)?
+            do throws(Problem) {
+                let (entry, ms, lock) = try await self.fetchAcrossFleet(query, token: token, cold: cold)
+                outcome = .success((entry, ms))
+                fetched = lock.map { (entry, $0) }
+            } catch {
+                outcome = .failure(error)
+            }
+            self.inflight.withLock { flights in
+                if flights[slot]?.flight === flight { flights.removeValue(forKey: slot) }
+            }
+            flight.finish(outcome)
+            // After the waiters were resumed: on an event loop its jobs run in turn, so their answers are
+            // written before the entry is (the fleet's copy can wait the few microseconds).
+            if let (entry, lock) = fetched {
+                self.shareInBackground(entry, key: key, lock: lock, on: executor)
+            }
+        }
+        return try await flight.wait(until: deadline).get()
+    }
+
+    /// A request that waits on a fetch another one started waits at most `[upstream] timeout_ms` for it (and at
+    /// most until its own `deadline`).
+    private func wait(for flight: Flight<(ChartEntry, Double?)>, until deadline: NIODeadline?) async
+        -> Flight<(ChartEntry, Double?)>.Outcome
+    {
+        guard let deadline else { return await flight.wait(until: nil) }
         let bound = NIODeadline.now() + TimeAmount(settings.upstreamTimeout)
-        if deadline <= bound { return try await flight.wait(until: deadline).get() }
-        return try await flight.wait(
+        if deadline <= bound { return await flight.wait(until: deadline) }
+        return await flight.wait(
             until: bound,
-            timeout: Problem(.upstreamTimeout, "the fetch this request waited for took longer than [upstream] timeout_ms")
-        ).get()
+            timeout: Problem(.upstreamTimeout, "the fetch this request waited for took longer than [upstream] timeout_ms"))
     }
 
     /// One fetch per key across the fleet: a lock with expiry in the store; the others wait to be woken by

@@ -367,6 +367,30 @@ struct GatewayUpstreamTests {
         }
     }
 
+    /// A request that joins another user's fetch is not answered with that user's credential problem: user A's
+    /// expired KIS token makes A's fetch fail with kis_token_expired, and user B, who asked for the same chart
+    /// while it ran, gets the chart fetched with B's own token (not a 401 that would make B's client refresh).
+    @Test("a waiter whose fetch failed for another user's token fetches with its own")
+    func waiterNotAnsweredWithAnotherUsersTokenProblem() async throws {
+        try await withGateway { g, _ in
+            // A's app key is a sandbox one (1 call/s, spaced 1.25 s): its second fetch waits for its slot, and B's
+            // request joins it meanwhile. KIS then refuses A's token, which expired in between.
+            let kisA = try await g.connect(user: "wa", appKey: "PSapp-waiter-a", environment: .sandbox)
+            let kisB = try await g.connect(user: "wb", appKey: "PSapp-waiter-b")
+            let (jwtA, jwtB) = (try await g.jwt("wa"), try await g.jwt("wb"))
+            #expect(try await g.get("/domestic/chart/daily/005380?start=2025-02-03&end=2025-02-28", jwt: jwtA, kis: kisA).status == 200)
+            _ = try await g.sim(.POST, "/__sim/expire", #"{"access_token":"\#(kisA)"}"#)
+            let path = "/domestic/chart/daily/000660?start=2025-02-03&end=2025-02-28"
+            async let a = g.get(path, jwt: jwtA, kis: kisA)
+            try await Task.sleep(for: .milliseconds(300))
+            let b = try await g.get(path, jwt: jwtB, kis: kisB)
+            let first = try await a
+            #expect(first.status == 401 && first.code == "kis_token_expired")
+            #expect(b.status == 200, "\(b.status) \(b.code ?? "")")
+            #expect(b.header("X-Cache") == "MISS")  // fetched with B's token, after A's fetch failed
+        }
+    }
+
     @Test("two gateways sharing Redis make one upstream fetch for concurrent misses")
     func twoGateways() async throws {
         try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
