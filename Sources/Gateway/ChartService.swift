@@ -113,7 +113,12 @@ final class ChartService: Sendable {
         }
         do {
             let (fresh, ms) = try await fetchCoalesced(query, token: token, cold: false, deadline: deadline, on: executor)
-            return .miss(fresh, upstreamMilliseconds: ms ?? 0)
+            guard let ms else {
+                // The shared store already held a fresh copy (another gateway refreshed it).
+                metrics.cacheHit.increment()
+                return .hit(fresh)
+            }
+            return .miss(fresh, upstreamMilliseconds: ms)
         } catch {
             // Stale-if-error: KIS failed, timed out or the key's quota is exhausted.
             if let e = entry, now < e.freshUntil + Int64(settings.staleIfError),
@@ -146,8 +151,9 @@ final class ChartService: Sendable {
     /// timeout_ms` at most (`gateway-api.md`). The fetch runs to its end whoever still waits.
     ///
     /// `cold`: nobody here has the key; the store is read first and the answer's `upstreamMilliseconds` is `nil`
-    /// when the store had it (fresh or not). Otherwise the key is fetched unless another gateway fills it
-    /// meanwhile (then `0`).
+    /// when the store had it (fresh or not). Otherwise the key is fetched unless the store holds it fresh once
+    /// the lock is ours (then `nil`: another gateway refreshed it) or another gateway fills it while we wait for
+    /// its fetch (then `0`: fetched for a request we waited on).
     ///
     /// A waiter whose fetch failed for the fetching request's own credentials — its KIS token (expired, refused),
     /// its app key's rate or its app key and secret (refused by KIS) — is not answered with that: it fetches again
@@ -241,7 +247,7 @@ final class ChartService: Sendable {
     /// One fetch per key across the fleet: a lock with expiry in the store; the others wait to be woken by
     /// pub/sub (or a short poll) and read the result from the store. A dead holder's lock expires.
     ///
-    /// - Returns: the entry, the upstream milliseconds (see ``fetchCoalesced(_:token:cold:deadline:on:)``), and the
+    /// - Returns: the entry, the upstream milliseconds (see ``fetchCoalesced(_:token:cold:deadline:on:rejoins:)``), and the
     ///   lock when the entry was fetched here: the caller shares the entry and releases the lock
     ///   (``shareInBackground(_:key:lock:on:)``).
     private func fetchAcrossFleet(_ query: ChartQuery, token: ResolvedToken, cold: Bool)
@@ -293,7 +299,7 @@ final class ChartService: Sendable {
                     if let filled, let e = ChartEntry.decode(filled), e.freshUntil > Self.now() {
                         l1.set(key, e, cost: e.cost)
                         releaseInBackground(lock)
-                        return (e, 0, nil)
+                        return (e, nil, nil)
                     }
                     (entry, ms) = try await fetchUpstream(query, token: token, lock: lock, lockTTL: lockTTL,
                                                           rate: upstreamRate,

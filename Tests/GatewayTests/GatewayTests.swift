@@ -391,6 +391,33 @@ struct GatewayUpstreamTests {
         }
     }
 
+    /// gateway-api.md: `X-Cache: HIT` "from the L1 or the shared cache while fresh". A gateway whose L1 copy has
+    /// expired finds the copy another gateway just refreshed in the store: that is a HIT, with no KIS call.
+    @Test("an expired L1 copy refreshed meanwhile by another gateway is a HIT from the shared cache")
+    func refreshedByAnotherGatewayIsAHit() async throws {
+        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        let cache = KisgwConfig.Cache(settledTTLS: 2, staleWhileRevalidateS: 0)
+        try await withGateway(store: .redis, gateways: 2, config: { testConfig(simURL: $0, cache: cache) }) { g, urls in
+            let kis = try await g.connect(user: "u-refreshed", appKey: "PSapp-refreshed")
+            let jwt = try await g.jwt("u-refreshed")
+            let path = "/domestic/chart/daily/051910?start=2025-03-03&end=2025-05-30"  // settled: fresh for 2 s
+            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[0]).header("X-Cache") == "MISS")
+            try await waitUntilShared(g.store, domesticChart: path)
+            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[1]).header("X-Cache") == "HIT")
+            try await Task.sleep(for: .milliseconds(2100))  // both L1 copies and the store's are past freshness
+            let refreshed = try await g.get(path, jwt: jwt, kis: kis, base: urls[0])
+            #expect(refreshed.header("X-Cache") == "MISS")
+            try await waitUntilShared(g.store, domesticChart: path)
+            let calls = try await g.simStats()["domestic_daily"]
+            let answer = try await g.get(path, jwt: jwt, kis: kis, base: urls[1])
+            #expect(answer.status == 200)
+            #expect(answer.header("X-Cache") == "HIT")
+            #expect(answer.header("Server-Timing") == #"cache;desc="hit""#)
+            #expect(answer.header("ETag") == refreshed.header("ETag"))
+            #expect(try await g.simStats()["domestic_daily"] == calls)
+        }
+    }
+
     @Test("two gateways sharing Redis make one upstream fetch for concurrent misses")
     func twoGateways() async throws {
         try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
