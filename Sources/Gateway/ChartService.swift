@@ -257,7 +257,10 @@ final class ChartService: Sendable {
         let lockKey = "lock:chart:" + key
         let lockTTL = settings.upstreamTimeout + settings.maxQueue + .seconds(1)
         let started = ContinuousClock.now
-        let patience = settings.upstreamTimeout * 3 + settings.maxQueue
+        // Waiting for another gateway's fetch is bounded like waiting for one here: `[upstream] timeout_ms`
+        // (gateway-api.md). A holder that died leaves its lock to expire (`lockTTL`); the requests that come then
+        // take it over.
+        let patience = settings.upstreamTimeout
         let upstreamRate = rateReservation(for: token)
         var readFirst = cold
         while true {
@@ -320,7 +323,8 @@ final class ChartService: Sendable {
                 return (e, 0, nil)
             }
             if ContinuousClock.now - started > patience {
-                throw Problem(.upstreamTimeout, "KIS did not answer in time (waited for another gateway's fetch)")
+                throw Problem(.upstreamTimeout,
+                              "the fetch this request waited for, on another gateway, took longer than [upstream] timeout_ms")
             }
         }
     }

@@ -418,6 +418,36 @@ struct GatewayUpstreamTests {
         }
     }
 
+    /// gateway-api.md: the others "wait for it (bounded by `[upstream] timeout_ms`)" — across gateways too.
+    @Test("a request waiting on another gateway's fetch waits at most [upstream] timeout_ms; the fetch goes on")
+    func fleetWaiterBound() async throws {
+        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        try await withGateway(store: .redis, gateways: 2,
+                              config: { testConfig(simURL: $0, upstreamTimeoutMs: 1000) }) { g, urls in
+            let kis = try await g.connect(user: "u-fleet-wait", appKey: "PSapp-fleet-wait")
+            let jwt = try await g.jwt("u-fleet-wait")
+            // Six or more KIS pages of 300 ms each: the fetch takes ~2 s, each call well within the 1 s timeout.
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"none","latency_ms":300}"#)
+            let path = "/domestic/chart/daily/005930?start=2023-01-02&end=2025-03-31"
+            @Sendable func timed(_ base: String) async throws -> (HTTPResult, Duration) {
+                let started = ContinuousClock.now
+                let r = try await g.get(path, jwt: jwt, kis: kis, base: base)
+                return (r, ContinuousClock.now - started)
+            }
+            async let first = timed(urls[0])
+            try await Task.sleep(for: .milliseconds(200))
+            let (waiter, waited) = try await timed(urls[1])
+            #expect(waiter.status == 504 && waiter.code == "upstream_timeout", "\(waiter.status) after \(waited)")
+            #expect((waiter.json["detail"] as? String)?.contains("[upstream] timeout_ms") == true, "\(waiter.text)")
+            #expect(waited >= .milliseconds(950) && waited < .milliseconds(1700), "waited \(waited)")
+            let (fetched, took) = try await first
+            #expect(fetched.status == 200 && fetched.header("X-Cache") == "MISS")
+            #expect(took >= .milliseconds(1800), "the fetch took \(took)")
+            try await waitUntilShared(g.store, domesticChart: path)
+            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[1]).header("X-Cache") == "HIT")
+        }
+    }
+
     @Test("two gateways sharing Redis make one upstream fetch for concurrent misses")
     func twoGateways() async throws {
         try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
