@@ -393,7 +393,19 @@ final class ChartService: Sendable {
         let limit = upstreamRate.limit, rate = limit.rate, rlKey = upstreamRate.key
         let store = self.store, maxQueue = upstreamRate.maxWait, metrics = self.metrics
         let calls = Atomic<Int>(0)
+        // Each KIS call is counted, with its own duration, as it ends: a page ends when the pager asks for the next
+        // one or returns, or with the error it throws.
+        let callStarted = Mutex<ContinuousClock.Instant?>(nil)
+        let recordCall: @Sendable (_ outcome: String, _ msgCode: String?) -> Void = { outcome, msgCode in
+            guard let started = callStarted.withLock({ s -> ContinuousClock.Instant? in defer { s = nil }; return s })
+            else { return }
+            metrics.upstreamCall(outcome: outcome, msgCode: msgCode)
+            let took = ContinuousClock.now - started
+            metrics.upstreamDuration.recordNanoseconds(
+                took.components.seconds * 1_000_000_000 + took.components.attoseconds / 1_000_000_000)
+        }
         let beforeEachCall: @Sendable () async throws -> Void = {
+            recordCall("ok", nil)  // the page before this one
             let n = calls.add(1, ordering: .relaxed).oldValue
             let waitStart = ContinuousClock.now
             let ok: Bool
@@ -431,6 +443,7 @@ final class ChartService: Sendable {
             if n > 0 {
                 _ = try? await store.renewLock(lock, ttl: lockTTL)
             }
+            callStarted.withLock { $0 = .now }
         }
         var attempt = 0
         let started = ContinuousClock.now
@@ -448,10 +461,8 @@ final class ChartService: Sendable {
                         start: query.start, end: query.end, period: query.period, adjusted: query.adjusted,
                         beforeEachCall: beforeEachCall)
                 }
-                for _ in 0..<chart.calls { metrics.upstreamCall(outcome: "ok", msgCode: nil) }
+                recordCall("ok", nil)  // the last page
                 let elapsed = ContinuousClock.now - started
-                metrics.upstreamDuration.recordNanoseconds(
-                    elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
                 let now = Self.now()
                 let ttl = settings.freshness.ttl(for: query, now: Date(timeIntervalSince1970: TimeInterval(now)))
                 let entry = ChartEntry(body: ChartEntry.render(query, chart: chart), storedAt: now,
@@ -461,7 +472,7 @@ final class ChartService: Sendable {
             } catch let p as Problem {
                 throw p
             } catch let e as KISClientError {
-                metrics.upstreamCall(outcome: Self.outcome(e.kind), msgCode: e.msgCode)
+                recordCall(Self.outcome(e.kind), e.msgCode)
                 switch e.kind {
                 case .rateLimited where attempt < settings.retries:
                     // KIS says too fast: push this app key's schedule back for everyone, then retry.
@@ -495,8 +506,10 @@ final class ChartService: Sendable {
                                   kisMsgCode: e.msgCode, kisMessage: e.kisMessage)
                 }
             } catch is CancellationError {
+                recordCall("timeout", nil)
                 throw Problem(.upstreamTimeout, "the fetch was cancelled")
             } catch {
+                recordCall("transport", nil)
                 throw Problem(.upstreamError, "the KIS call failed")
             }
         }

@@ -474,6 +474,10 @@ struct GatewayOperationsProcessTests {
 
             expectHistogram(m, "kisgw_http_request_duration_seconds", ["route": route], atLeast: 8)
             expectHistogram(m, "kisgw_upstream_duration_seconds", atLeast: 3)
+            // One observation per KIS call, failed ones included (the six pages each count, and the refused call).
+            let calls = m.samples("kisgw_upstream_calls_total").reduce(0) { $0 + $1.value }
+            #expect(m.value("kisgw_upstream_duration_seconds_count") == calls,
+                    "\(m.value("kisgw_upstream_duration_seconds_count") ?? -1) observations for \(calls) calls")
             expectHistogram(m, "kisgw_rate_limit_wait_seconds", atLeast: 1)
         }
     }
