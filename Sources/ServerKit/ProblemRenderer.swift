@@ -4,7 +4,8 @@ public import NIOCore
 import Synchronization
 
 /// Turns whatever a handler threw into an `application/problem+json` answer. Unknown routes become
-/// `not_found`, a known path with another method `method_not_allowed` (with `Allow`).
+/// `not_found`, a known path with another method `method_not_allowed` (with `Allow`); a plain `OPTIONS` on a path
+/// that allows it is answered `204` with `Allow`.
 public struct ProblemRenderer: Sendable {
     /// For a path with no route for this method: the methods it has (for 405), or nil (404).
     public let allowedMethods: @Sendable (_ path: String) -> String?
@@ -14,6 +15,15 @@ public struct ProblemRenderer: Sendable {
     }
 
     public func response(for error: any Error, request: Request) -> Response {
+        // A plain `OPTIONS` (a preflight is answered by the CORS middleware) asks which methods a route has
+        // (RFC 9110 §9.3.7): where they include `OPTIONS`, say so instead of refusing it.
+        if request.method == .options, let error = error as? HTTPError,
+            error.status == .notFound || error.status == .methodNotAllowed,
+            let allow = allowedMethods(request.uri.path),
+            allow.split(separator: ",").contains(where: { $0.drop(while: { $0 == " " }) == "OPTIONS" })
+        {
+            return Response(status: .noContent, headers: [.allow: allow])
+        }
         let problem: Problem
         switch error {
         case let p as Problem:

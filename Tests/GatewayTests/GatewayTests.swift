@@ -165,7 +165,7 @@ struct GatewayChartTests {
         }
     }
 
-    @Test("unknown routes are 404, a wrong method 405 with Allow; health, readiness and metrics answer")
+    @Test("unknown routes are 404, a wrong method 405 with Allow, a plain OPTIONS 204 with Allow; health, readiness and metrics answer")
     func routesAndOperations() async throws {
         try await withGateway { g, _ in
             let nf = try await g.get("/nope", jwt: nil, kis: nil)
@@ -173,6 +173,14 @@ struct GatewayChartTests {
             let m = try await http(.DELETE, g.gatewayURL + "/domestic/chart/daily/005930")
             #expect(m.status == 405 && m.code == "method_not_allowed")
             #expect(m.header("Allow") == "GET, OPTIONS")
+            // A plain OPTIONS (no preflight) asks for the methods: 204 with Allow where OPTIONS is one of them.
+            for (path, allow) in [("/domestic/chart/daily/005930", "GET, OPTIONS"), ("/overseas/NAS/chart/daily/AAPL", "GET, OPTIONS"),
+                                  ("/token/refresh", "POST, OPTIONS")] {
+                let o = try await http(.OPTIONS, g.gatewayURL + path)
+                #expect(o.status == 204 && o.header("Allow") == allow, "\(path): \(o.status) \(o.header("Allow") ?? "")")
+            }
+            let healthOptions = try await http(.OPTIONS, g.gatewayURL + "/healthz")
+            #expect(healthOptions.status == 405 && healthOptions.header("Allow") == "GET")
             #expect(try await g.get("/healthz", jwt: nil, kis: nil).json["status"] as? String == "ok")
             #expect(try await g.get("/readyz", jwt: nil, kis: nil).status == 200)
             #expect(try await g.get("/metrics", jwt: nil, kis: nil).status == 200)
