@@ -18,6 +18,9 @@ struct KeeperSettings: Sendable {
     var lockWait: Duration
 }
 
+/// The account a scheduled refresh was for is no longer stored with the credentials it was listed with.
+struct AccountChanged: Error {}
+
 /// What a user submits to connect an account.
 struct AccountForm: Sendable {
     var environment: KISEnvironment
@@ -166,7 +169,7 @@ final class TokenKeeper: Sendable {
                 try await ensurePublished(t, account: account)
                 return t
             }
-            try await repository.setStatus(.expired, tokenSHA256s: [t.sha256], updatedAt: now)
+            try await expireRefused(t)
         }
         var fresh = account
         fresh.isActive = true
@@ -177,6 +180,18 @@ final class TokenKeeper: Sendable {
     /// `DELETE /api/kis/account`: revokes at KIS, marks REVOKED, unpublishes, deletes. Idempotent.
     func disconnect(userID: String, environment: KISEnvironment) async throws {
         guard let row = try await repository.account(userID: userID, environment: environment) else { return }
+        // Under the app key's issuance lock: no issuance for this account (a scheduled refresh) runs meanwhile.
+        let lock = try? await acquireIssueLock(environment, try vault.open(row).appKey)
+        do {
+            try await disconnect(row, userID: userID, environment: environment)
+        } catch {
+            if let lock { await release(lock) }
+            throw error
+        }
+        if let lock { await release(lock) }
+    }
+
+    private func disconnect(_ row: StoredAccount, userID: String, environment: KISEnvironment) async throws {
         let now = self.now
         let rows = try await repository.tokens(userID: userID, environment: environment)
         let live = rows.filter { $0.expiresAt > now && $0.status != .expired }
@@ -215,7 +230,11 @@ final class TokenKeeper: Sendable {
         var account = try vault.open(row)
         account.updatedAt = now
         do {
-            _ = try await issue(for: account, adoptValidated: false) { [self] t, now in !needsScheduledRefresh(t, at: now) }
+            _ = try await issue(for: account, adoptValidated: false, onlyIfStored: true) { [self] t, now in
+                !needsScheduledRefresh(t, at: now)
+            }
+        } catch is AccountChanged {
+            return false  // disconnected (or connected again with other credentials) since the pass listed it
         } catch let p as Problem where p.code == .kisCredentialsRejected {
             // KIS no longer accepts this key pair: stop asking until the user connects again.
             try await repository.setAccountActive(userID: row.userID, environment: row.environment, isActive: false,
@@ -276,27 +295,33 @@ final class TokenKeeper: Sendable {
     // MARK: - issuance
 
     /// Obtains a token for `account` under the app key's lock — unless, once the lock is held, a stored token
-    /// satisfies `reusable` (another copy just obtained one) — saves account and token, releases, publishes.
+    /// satisfies `reusable` (another copy just obtained one) — saves account and token, publishes, releases.
+    /// - Parameter onlyIfStored: the scheduler's refresh: issue only while the account is still stored with these
+    ///   credentials (else ``AccountChanged``), so a pass never brings back an account deleted since it listed it.
+    ///
+    /// Everything from the check to the publication happens under the app key's issuance lock, which
+    /// ``disconnect(userID:environment:)`` takes too: a token is never published after its account was deleted.
     private func issue(
-        for account: Account, adoptValidated: Bool, reusable: @Sendable (BrokerToken, Int64) -> Bool
+        for account: Account, adoptValidated: Bool, onlyIfStored: Bool = false,
+        reusable: @Sendable (BrokerToken, Int64) -> Bool
     ) async throws -> BrokerToken {
         let env = account.environment
         let lock = try await acquireIssueLock(env, account.appKey)
         let token: BrokerToken
         do {
             let now = self.now
+            let stored = try await self.account(account.userID, env)
+            let sameCredentials = stored.map { $0.appKey == account.appKey && $0.appSecret == account.appSecret } ?? false
+            if onlyIfStored && !sameCredentials { throw AccountChanged() }
             // Another request (or copy) may have stored a token for these credentials while this one waited.
-            if let stored = try await self.account(account.userID, env), stored.appKey == account.appKey,
-                stored.appSecret == account.appSecret, let t = try await currentToken(account.userID, env),
-                reusable(t, now)
-            {
+            if let stored, sameCredentials, let t = try await currentToken(account.userID, env), reusable(t, now) {
                 if stored.accountNumber != account.accountNumber || !stored.isActive {
                     var updated = account
                     updated.createdAt = stored.createdAt
                     try await repository.saveAccount(try vault.seal(updated), token: nil)
                 }
-                await release(lock)
                 try await ensurePublished(t, account: account)
+                await release(lock)
                 return t
             }
             var obtained: BrokerToken?
@@ -321,12 +346,12 @@ final class TokenKeeper: Sendable {
             }
             token = obtained!
             try await repository.saveAccount(try vault.seal(account), token: try vault.seal(token, updatedAt: now))
+            try await publish(token, account: account)
         } catch {
             await release(lock)
             throw error
         }
         await release(lock)
-        try await publish(token, account: account)
         return token
     }
 
@@ -400,8 +425,14 @@ final class TokenKeeper: Sendable {
     /// marked EXPIRED here so that the next step issues a new one.
     private func isDead(_ token: BrokerToken) async throws -> Bool {
         guard (try? await TokenDirectory.deadReason(sha256: token.sha256, store: store)) != nil else { return false }
-        try await repository.setStatus(.expired, tokenSHA256s: [token.sha256], updatedAt: now)
+        try await expireRefused(token)
         return true
+    }
+
+    /// Marks a token KIS refused EXPIRED and takes it out of its user's set, which holds live tokens only.
+    private func expireRefused(_ token: BrokerToken) async throws {
+        try await repository.setStatus(.expired, tokenSHA256s: [token.sha256], updatedAt: now)
+        _ = try await store.setRemove(TokenDirectory.userKey(token.userID, token.environment), members: [token.sha256])
     }
 
     private func ensurePublished(_ token: BrokerToken, account: Account) async throws {

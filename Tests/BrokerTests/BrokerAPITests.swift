@@ -190,6 +190,9 @@ struct BrokerAPITests {
             #expect(third.status == 200)
             #expect(third.json["token"] as? String != second)
             #expect(try await b.issuances() == 3)
+            // The refused tokens are out of the user's set at once (store.md: the user's live tokens only).
+            let latest = try #require(third.json["token"] as? String)
+            #expect(try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox)) == [TokenDirectory.sha256(of: latest)])
         }
     }
 

@@ -1,4 +1,4 @@
-import Broker
+@testable import Broker
 import Foundation
 import KIS
 import NIOCore
@@ -8,9 +8,37 @@ import Store
 import Testing
 import Tokens
 import TestSupport
+import CoreMetrics
 
 @Suite("Broker scheduler, reconciliation, several copies, and what the database holds", .serialized)
 struct SchedulerTests {
+    /// broker-api.md: DELETE "deletes the account and its tokens". A scheduler pass lists the accounts once; one
+    /// deleted after that must not be issued a token, stored again with its secrets, or published.
+    @Test("a scheduler pass does not bring back an account deleted after it listed the accounts",
+          arguments: DatabaseKind.available)
+    func deletedDuringAPass(database: DatabaseKind) async throws {
+        try await withBroker(database: database) { b in
+            let jwt = try await b.jwt("u-del")
+            #expect(try await b.post("/api/kis/token", accountBody(appKey("del")), jwt: jwt).status == 200)
+            let repository = try b.database.repository()
+            let listed = try #require(try await repository.account(userID: "u-del", environment: .sandbox))
+            #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 204)
+            let keeper = TokenKeeper(
+                repository: repository, store: b.store, keyring: b.keyring,
+                clients: [.sandbox: KISClient(baseURL: b.simURL, logger: quietLogger)],
+                settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: 60, lockTTL: .seconds(30),
+                                         lockWait: .seconds(10)),
+                metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger,
+                clock: { b.clock.now() })
+            try await b.advanceClocks(61)  // KIS's minute between issuances: nothing but the account stops it
+            let issued = try await b.issuances()
+            #expect(try await keeper.scheduledRefresh(listed) == false)
+            #expect(try await repository.account(userID: "u-del", environment: .sandbox) == nil)
+            #expect(try await b.issuances() == issued)
+            #expect(try await b.store.setMembers(TokenDirectory.userKey("u-del", .sandbox)).isEmpty)
+        }
+    }
+
     @Test("the scheduler refreshes a token before KIS's expiry and publishes the new one (clock control)",
           arguments: DatabaseKind.available)
     func refreshBeforeExpiry(database: DatabaseKind) async throws {
