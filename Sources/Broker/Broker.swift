@@ -282,12 +282,10 @@ struct BrokerCore: Sendable {
         guard let authorization = request.headers[.authorization] else {
             throw Problem(.authRequired, "Authorization: Bearer <JWT> is required")
         }
-        let parts = authorization.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
-        guard parts.count == 2, parts[0].lowercased() == "bearer", !parts[1].isEmpty else {
+        guard let jwt = BearerCredentials.parse(authorization) else {
             throw Problem(.authRequired, "Authorization must be a Bearer value")
         }
-        let jwt = String(parts[1]).trimmingCharacters(in: .whitespaces)
-        return try await verifier.verify(jwt, now: keeper.clock()).userID
+        return try await verifier.verify(String(jwt), now: keeper.clock()).userID
     }
 
     /// Runs keeper work, turning database and store failures into `store_unavailable`.

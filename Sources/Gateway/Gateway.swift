@@ -229,46 +229,20 @@ struct GatewayCore: Sendable {
         guard let authorization = request.headers[.authorization] else {
             throw Problem(.authRequired, "Authorization: Bearer <JWT> is required")
         }
-        guard let jwt = bearerToken(authorization) else {
+        guard let jwt = BearerCredentials.parse(authorization) else {
             throw Problem(.authRequired, "Authorization must be a Bearer value")
         }
-        guard let raw = request.headers[xKISToken], case let kis = trimmedOWS(raw[...]), !kis.isEmpty else {
+        guard let raw = request.headers[xKISToken], case let kis = BearerCredentials.trimmedOWS(raw[...]), !kis.isEmpty else {
             throw Problem(.authRequired, "X-KIS-Token is required")
         }
         return (String(jwt), kis.count == raw.count ? raw : String(kis))
     }
 
-    /// The credentials of `Bearer <credentials>` (scheme case-insensitive, RFC 9110 §11.1), or nil.
-    static func bearerToken(_ value: String) -> Substring? {
-        let v = trimmedOWS(value[...])
-        let u = v.utf8
-        var i = u.startIndex
-        for expected in "bearer".utf8 {
-            guard i < u.endIndex, u[i] | 0x20 == expected else { return nil }
-            u.formIndex(after: &i)
-        }
-        guard i < u.endIndex, u[i] == 0x20 || u[i] == 0x09 else { return nil }
-        let credentials = trimmedOWS(v[i...])
-        return credentials.isEmpty ? nil : credentials
-    }
-
-    /// `s` without leading and trailing spaces and tabs (HTTP's optional whitespace).
-    static func trimmedOWS(_ s: Substring) -> Substring {
-        let u = s.utf8
-        var start = u.startIndex, end = u.endIndex
-        while start < end, u[start] == 0x20 || u[start] == 0x09 { u.formIndex(after: &start) }
-        while start < end {
-            let last = u.index(before: end)
-            guard u[last] == 0x20 || u[last] == 0x09 else { break }
-            end = last
-        }
-        return s[start..<end]
-    }
 
     /// `If-None-Match` against a strong ETag: a list, `W/` prefixes compare weakly, `*` matches.
     static func etagMatches(_ header: String, _ etag: String) -> Bool {
         for candidate in header.split(separator: ",") {
-            var c = trimmedOWS(candidate)
+            var c = BearerCredentials.trimmedOWS(candidate)
             if c == "*" { return true }
             if c.hasPrefix("W/") { c = c.dropFirst(2) }
             if c == etag { return true }

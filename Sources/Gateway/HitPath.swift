@@ -319,9 +319,9 @@ final class HitPath: Sendable {
             route = r
         }
         guard let fields = Fields(head.headers), let authorization = fields.authorization,
-            let jwt = GatewayCore.bearerToken(authorization), let rawKIS = fields.kisToken
+            let jwt = BearerCredentials.parse(authorization), let rawKIS = fields.kisToken
         else { return nil }
-        let kisToken = GatewayCore.trimmedOWS(rawKIS[...])
+        let kisToken = BearerCredentials.trimmedOWS(rawKIS[...])
         guard !kisToken.isEmpty else { return nil }
         let allowedOrigin = fields.origin.flatMap { originAllowed($0) ? $0 : nil }
 

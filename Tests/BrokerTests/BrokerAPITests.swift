@@ -35,6 +35,16 @@ struct BrokerAPITests {
                 #expect(bad.status == 401)
                 #expect(bad.code == "jwt_invalid")
             }
+            // Read exactly as the gateway reads it: the scheme in any case, a tab or spaces, optional whitespace.
+            let jwt = try await b.jwt("u-bearer")
+            for value in ["bearer\t" + jwt, "BEARER   " + jwt + " ", "Bearer " + jwt] {
+                let r = try await http(.GET, b.url + "/api/kis/account?environment=SANDBOX", headers: [("Authorization", value)])
+                #expect(r.status == 404 && r.code == "account_not_found", "\(value.prefix(10)): \(r.status) \(r.code ?? "")")
+            }
+            for value in ["Bearer", "Bearer    ", "Bearer" + jwt, "Basic " + jwt] {
+                let r = try await http(.GET, b.url + "/api/kis/account?environment=SANDBOX", headers: [("Authorization", value)])
+                #expect(r.status == 401 && r.code == "auth_required", "\(value.prefix(10)): \(r.status)")
+            }
         }
     }
 

@@ -7,6 +7,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Synchronization
+import ServerKit
 import Testing
 import Tokens
 import TestSupport
@@ -472,11 +473,11 @@ struct HitPathTests {
         #expect(f.authorization == "Bearer x" && f.kisToken == "t" && f.origin == "o" && f.ifNoneMatch == "e")
         h.add(name: "authorization", value: "Bearer y")
         #expect(HitPath.Fields(h) == nil)
-        #expect(GatewayCore.bearerToken("bEaReR   abc ") == "abc")
-        #expect(GatewayCore.bearerToken("Bearer") == nil)
-        #expect(GatewayCore.bearerToken("Bearer    ") == nil)
-        #expect(GatewayCore.bearerToken("Bearerabc") == nil)
-        #expect(GatewayCore.bearerToken("Basic abc") == nil)
+        #expect(BearerCredentials.parse("bEaReR   abc ") == "abc")
+        #expect(BearerCredentials.parse("Bearer") == nil)
+        #expect(BearerCredentials.parse("Bearer    ") == nil)
+        #expect(BearerCredentials.parse("Bearerabc") == nil)
+        #expect(BearerCredentials.parse("Basic abc") == nil)
     }
 }
 
