@@ -145,6 +145,10 @@ final class BrokerScheduler: Service, Sendable {
             return
         }
         for row in accounts where row.isActive {
+            // A pass over many due accounts (each KIS call up to [upstream] timeout_ms) can outlast the lease
+            // (3 ticks): renew it before each account, and stop if another copy holds it now — only one copy runs
+            // the scheduler at a time (broker-api.md).
+            guard await holdLease() else { return }
             let key = row.userID + "|" + row.environment.rawValue
             let now = keeper.clock().timeIntervalSince1970
             guard backoff.withLock({ $0.mayAttempt(key, now: now) }) else { continue }
