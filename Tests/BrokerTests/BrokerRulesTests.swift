@@ -1,0 +1,257 @@
+import Broker
+import Foundation
+import Hummingbird
+import KIS
+import NIOCore
+import NIOHTTP1
+import Simulator
+import Store
+import Synchronization
+import Testing
+import Tokens
+import TestSupport
+
+/// Counts calls a stand-in server received.
+final class Hits: Sendable {
+    let count = Atomic<Int>(0)
+    func hit() { count.add(1, ordering: .relaxed) }
+    var value: Int { count.load(ordering: .relaxed) }
+}
+
+/// A database whose `ping` can be made to fail, everything else delegated (for `/readyz`).
+final class SwitchableRepository: BrokerRepository {
+    let inner: any BrokerRepository
+    let down = Atomic<Bool>(false)
+    init(_ inner: any BrokerRepository) { self.inner = inner }
+
+    func migrate() async throws { try await inner.migrate() }
+    func ping() async throws {
+        if down.load(ordering: .relaxed) { throw TestFailure("the database is down") }
+        try await inner.ping()
+    }
+    func account(userID: String, environment: KISEnvironment) async throws -> StoredAccount? {
+        try await inner.account(userID: userID, environment: environment)
+    }
+    func allAccounts() async throws -> [StoredAccount] { try await inner.allAccounts() }
+    func saveAccount(_ account: StoredAccount, token: StoredToken?) async throws {
+        try await inner.saveAccount(account, token: token)
+    }
+    func setAccountActive(userID: String, environment: KISEnvironment, isActive: Bool, updatedAt: Int64) async throws {
+        try await inner.setAccountActive(userID: userID, environment: environment, isActive: isActive, updatedAt: updatedAt)
+    }
+    func deleteAccount(userID: String, environment: KISEnvironment) async throws -> Bool {
+        try await inner.deleteAccount(userID: userID, environment: environment)
+    }
+    func saveToken(_ token: StoredToken) async throws { try await inner.saveToken(token) }
+    func tokens(userID: String, environment: KISEnvironment) async throws -> [StoredToken] {
+        try await inner.tokens(userID: userID, environment: environment)
+    }
+    func tokens(status: TokenStatus) async throws -> [StoredToken] { try await inner.tokens(status: status) }
+    func setStatus(_ status: TokenStatus, tokenSHA256s: [String], updatedAt: Int64) async throws {
+        try await inner.setStatus(status, tokenSHA256s: tokenSHA256s, updatedAt: updatedAt)
+    }
+    func replaceAccountSeal(_ account: StoredAccount, expectedKid: String) async throws -> Bool {
+        try await inner.replaceAccountSeal(account, expectedKid: expectedKid)
+    }
+    func replaceTokenSeal(tokenSHA256: String, accessToken: String, kid: String, expectedKid: String) async throws
+        -> Bool
+    {
+        try await inner.replaceTokenSeal(tokenSHA256: tokenSHA256, accessToken: accessToken, kid: kid,
+                                         expectedKid: expectedKid)
+    }
+}
+
+@Suite("Broker: rules of broker-api.md asserted one by one", .serialized)
+struct BrokerRulesTests {
+    @Test("DELETE when KIS's revokeP fails: still 204, unpublished, counted in kisgw_broker_revoke_failures_total")
+    func revokeFailure() async throws {
+        // The simulator's revokeP cannot be made to fail (faults touch quotations only; revoking twice succeeds):
+        // a stand-in KIS issues tokens and fails every revokeP.
+        let revokes = Hits()
+        let router = Router()
+        router.post("/oauth2/tokenP") { _, _ in
+            let t = KISTokenResponse(access_token: "standin-" + UUID().uuidString,
+                                     access_token_token_expired: KST.format(Date().addingTimeInterval(86400)), expires_in: 86400)
+            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(bytes: try JSONEncoder().encode(t))))
+        }
+        router.post("/oauth2/revokeP") { _, _ in
+            revokes.hit()
+            return Response(status: .internalServerError, body: .init(byteBuffer: ByteBuffer(string: "<html>oops</html>")))
+        }
+        let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+        let standIn = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                                  onServerRunning: { cont.yield($0.localAddress?.port ?? 0) }, logger: quietLogger)
+        let standInTask = Task { try await standIn.runService(gracefulShutdownSignals: []) }
+        defer { standInTask.cancel() }
+        var it = ports.makeAsyncIterator()
+        let base = "http://127.0.0.1:\(await it.next()!)"
+        try await withBroker(config: { testConfig(simURL: base, database: $1) }) { b in
+            let jwt = try await b.jwt("u-rf")
+            let token = try #require(try await b.post("/api/kis/token", accountBody(appKey("rf")), jwt: jwt).json["token"] as? String)
+            #expect(try await b.published(token) != nil)
+            let d = try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)
+            #expect(d.status == 204)
+            #expect(revokes.value == 1)
+            #expect(try await b.store.get(TokenDirectory.recordKey(TokenDirectory.sha256(of: token))) == nil)
+            #expect(try await b.store.setMembers(TokenDirectory.userKey("u-rf", .sandbox)).isEmpty)
+            let metrics = try await b.get("/metrics", jwt: nil).text
+            #expect(metrics.contains("kisgw_broker_revoke_failures_total 1"), "\(metrics)")
+        }
+    }
+
+    @Test("reconciliation republishes a live token whose record and set member were deleted from the store",
+          arguments: StoreKind.available)
+    func reconcileRepublishes(store: StoreKind) async throws {
+        try await withBroker(store: store, config: { testConfig(simURL: $0, database: $1, reconcileIntervalS: 1) }) { b in
+            let jwt = try await b.jwt("u-rc")
+            let token = try #require(try await b.post("/api/kis/token", accountBody(appKey("rc")), jwt: jwt).json["token"] as? String)
+            let sha = TokenDirectory.sha256(of: token)
+            try await b.store.delete(TokenDirectory.recordKey(sha))
+            _ = try await b.store.setRemove(TokenDirectory.userKey("u-rc", .sandbox), members: [sha])
+            let back = try await eventually {
+                guard try await b.published(token) != nil else { return false }
+                return try await b.store.setMembers(TokenDirectory.userKey("u-rc", .sandbox)) == [sha]
+            }
+            #expect(back)
+            // It was the reconciler that put it back, from the database: no new issuance.
+            #expect(try await b.get("/metrics", jwt: nil).text.contains("kisgw_broker_republished_tokens_total 1"))
+            #expect(try await b.issuances() == 1)
+        }
+    }
+
+    @Test("reconciliation takes out of the store a token whose row is REVOKED")
+    func reconcileRemovesRevoked() async throws {
+        try await withBroker(config: { testConfig(simURL: $0, database: $1, reconcileIntervalS: 1) }) { b in
+            let jwt = try await b.jwt("u-rv")
+            let old = try #require(try await b.post("/api/kis/token", accountBody(appKey("rv1")), jwt: jwt).json["token"] as? String)
+            let oldSHA = TokenDirectory.sha256(of: old)
+            let record = try #require(try await b.store.get(TokenDirectory.recordKey(oldSHA)))
+            // Another app key: the old key's token is retired (REVOKED in the database).
+            let new = try #require(try await b.post("/api/kis/token", accountBody(appKey("rv2")), jwt: jwt).json["token"] as? String)
+            let rows = try await b.database.repository().tokens(userID: "u-rv", environment: .sandbox)
+            #expect(rows.first { $0.tokenSHA256 == oldSHA }?.status == .revoked)
+            // A stale copy of its record comes back into the store; reconciliation removes it again.
+            try await b.store.set(TokenDirectory.recordKey(oldSHA), to: record, ttl: .seconds(3600))
+            _ = try await b.store.setAdd(TokenDirectory.userKey("u-rv", .sandbox), members: [oldSHA], ttlAtLeast: nil)
+            let gone = try await eventually {
+                guard try await b.store.get(TokenDirectory.recordKey(oldSHA)) == nil else { return false }
+                return try await b.store.setMembers(TokenDirectory.userKey("u-rv", .sandbox)) == [TokenDirectory.sha256(of: new)]
+            }
+            #expect(gone)
+            #expect(try await b.published(new) != nil)
+        }
+    }
+
+    @Test("POST /api/kis/token with a new app key unpublishes the old token (revoked event) and publishes the new one")
+    func newAppKeyReplacesToken() async throws {
+        try await withBroker { b in
+            let jwt = try await b.jwt("u-nk")
+            let old = try #require(try await b.post("/api/kis/token", accountBody(appKey("nk1")), jwt: jwt).json["token"] as? String)
+            let oldSHA = TokenDirectory.sha256(of: old)
+            let subscription = try await b.store.subscribe(to: TokenDirectory.eventsChannel)
+            let r = try await b.post("/api/kis/token", accountBody(appKey("nk2")), jwt: jwt)
+            #expect(r.status == 200)
+            let new = try #require(r.json["token"] as? String)
+            let newSHA = TokenDirectory.sha256(of: new)
+            #expect(new != old)
+            #expect(try await b.store.get(TokenDirectory.recordKey(oldSHA)) == nil)
+            #expect(try await b.store.setMembers(TokenDirectory.userKey("u-nk", .sandbox)) == [newSHA])
+            #expect(try await b.published(new)?.userID == "u-nk")
+            #expect(try await b.simCalls("revokeP") == 1)
+            var events = subscription.makeAsyncIterator()
+            var seen: [TokenEvent] = []
+            for _ in 0..<2 {
+                let e = try #require(await events.next())
+                seen.append(try JSONDecoder().decode(TokenEvent.self, from: Data(e.readableBytesView)))
+            }
+            #expect(seen.contains { $0.type == "revoked" && $0.sha256 == oldSHA && $0.user_id == "u-nk" })
+            #expect(seen.contains { $0.type == "issued" && $0.sha256 == newSHA })
+        }
+    }
+
+    @Test("/readyz: 200 while the database answers, 503 when it does not, 200 again after")
+    func readiness() async throws {
+        try await withBroker { b in
+            #expect(try await b.get("/readyz", jwt: nil).status == 200)
+            // The same broker code over a database that can be switched off.
+            let repository = SwitchableRepository(try b.database.repository())
+            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+            let app = try await buildBroker(
+                b.config, dependencies: BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository),
+                logger: quietLogger) { cont.yield($0) }
+            let task = Task { try await app.runService(gracefulShutdownSignals: []) }
+            defer { task.cancel() }
+            var it = ports.makeAsyncIterator()
+            let url = "http://127.0.0.1:\(await it.next()!)"
+            #expect(try await b.get("/readyz", jwt: nil, base: url).status == 200)
+            repository.down.store(true, ordering: .relaxed)
+            let down = try await b.get("/readyz", jwt: nil, base: url)
+            #expect(down.status == 503)
+            #expect(down.json["status"] as? String == "unavailable")
+            repository.down.store(false, ordering: .relaxed)
+            #expect(try await b.get("/readyz", jwt: nil, base: url).status == 200)
+        }
+    }
+
+    @Test("an expired JWT is 401 jwt_expired with WWW-Authenticate: Bearer error=\"invalid_token\", as the gateway")
+    func expiredJWT() async throws {
+        try await withBroker { b in
+            let expired = try await b.jwt("u-exp", ttl: -300)  // past the 30 s leeway
+            let r = try await b.get("/api/kis/account?environment=SANDBOX", jwt: expired)
+            #expect(r.status == 401)
+            #expect(r.code == "jwt_expired")
+            #expect(r.header("content-type") == "application/problem+json")
+            #expect(r.header("www-authenticate") == #"Bearer error="invalid_token""#)
+            let none = try await b.get("/api/kis/account?environment=SANDBOX", jwt: nil)
+            #expect(none.code == "auth_required")
+            #expect(none.header("www-authenticate") == "Bearer")
+        }
+    }
+
+    @Test("CORS on an error answer from an allowed origin; a preflight from another origin is 403 with no allow headers")
+    func corsDetails() async throws {
+        try await withBroker { b in
+            let origin = "http://localhost:3000"
+            let r = try await http(.GET, b.url + "/api/kis/account?environment=SANDBOX", headers: [("Origin", origin)])
+            #expect(r.status == 401)
+            #expect(r.header("access-control-allow-origin") == origin)
+            #expect(r.headers("vary").joined(separator: ",").contains("Origin"))
+            #expect(r.header("access-control-allow-credentials") == "true")
+            #expect(r.header("access-control-expose-headers")?.isEmpty == false)
+            let denied = try await http(.OPTIONS, b.url + "/api/kis/token", headers: [
+                ("Origin", "http://evil.example"), ("Access-Control-Request-Method", "POST"),
+            ])
+            #expect(denied.status == 403)
+            #expect(!denied.headers.contains { $0.0.lowercased().hasPrefix("access-control-allow-") }, "\(denied.headers)")
+            let other = try await http(.GET, b.url + "/api/kis/account?environment=SANDBOX", headers: [("Origin", "http://evil.example")])
+            #expect(!other.headers.contains { $0.0.lowercased().hasPrefix("access-control-") })
+        }
+    }
+
+    @Test("problem bodies hold no app key, app secret or token: a refused secret, account_not_found")
+    func noSecretsInProblems() async throws {
+        let key = appKey("sec")
+        let sim = SimulatorConfiguration(port: 0, environment: .sandbox, credentials: [key: "right-secret-123"])
+        try await withBroker(sim: sim) { b in
+            let jwt = try await b.jwt("u-sec")
+            let wrong = "wrong-secret-456"
+            let v = try await b.post("/api/kis/account/validate", accountBody(key, secret: wrong), jwt: jwt)
+            #expect(v.status == 400 && v.code == "kis_credentials_rejected")
+            let t = try await b.post("/api/kis/token", accountBody(key, secret: wrong), jwt: jwt)
+            #expect(t.status == 400 && t.code == "kis_credentials_rejected")
+            for r in [v, t] {
+                #expect(!r.text.contains(key) && !r.text.contains(wrong) && !r.text.contains("right-secret-123"), "\(r.text)")
+            }
+            let token = try #require(try await b.post("/api/kis/token", accountBody(key, secret: "right-secret-123"), jwt: jwt)
+                .json["token"] as? String)
+            let notFound = [
+                try await b.get("/api/kis/account?environment=LIVE", jwt: jwt),
+                try await b.post("/api/kis/token/refresh", ["environment": "LIVE"], jwt: jwt),
+            ]
+            for r in notFound {
+                #expect(r.status == 404 && r.code == "account_not_found")
+                for secret in [key, "right-secret-123", token, "12345678"] { #expect(!r.text.contains(secret), "\(r.text)") }
+            }
+        }
+    }
+}
