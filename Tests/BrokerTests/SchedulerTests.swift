@@ -20,22 +20,23 @@ struct SchedulerTests {
         try await withBroker(database: database) { b in
             let jwt = try await b.jwt("u-del")
             #expect(try await b.post("/api/kis/token", accountBody(appKey("del")), jwt: jwt).status == 200)
-            let repository = try b.database.repository()
-            let listed = try #require(try await repository.account(userID: "u-del", environment: .sandbox))
-            #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 204)
-            let keeper = TokenKeeper(
-                repository: repository, store: b.store, keyring: b.keyring,
-                clients: [.sandbox: KISClient(baseURL: b.simURL, logger: quietLogger)],
-                settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: 60, lockTTL: .seconds(30),
-                                         lockWait: .seconds(10)),
-                metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger,
-                clock: { b.clock.now() })
-            try await b.advanceClocks(61)  // KIS's minute between issuances: nothing but the account stops it
-            let issued = try await b.issuances()
-            #expect(try await keeper.scheduledRefresh(listed) == false)
-            #expect(try await repository.account(userID: "u-del", environment: .sandbox) == nil)
-            #expect(try await b.issuances() == issued)
-            #expect(try await b.store.setMembers(TokenDirectory.userKey("u-del", .sandbox)).isEmpty)
+            try await withRepository(b.database) { repository in
+                let listed = try #require(try await repository.account(userID: "u-del", environment: .sandbox))
+                #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 204)
+                let keeper = TokenKeeper(
+                    repository: repository, store: b.store, keyring: b.keyring,
+                    clients: [.sandbox: KISClient(baseURL: b.simURL, logger: quietLogger)],
+                    settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: 60,
+                                             lockTTL: .seconds(30), lockWait: .seconds(10)),
+                    metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger,
+                    clock: { b.clock.now() })
+                try await b.advanceClocks(61)  // KIS's minute between issuances: nothing but the account stops it
+                let issued = try await b.issuances()
+                #expect(try await keeper.scheduledRefresh(listed) == false)
+                #expect(try await repository.account(userID: "u-del", environment: .sandbox) == nil)
+                #expect(try await b.issuances() == issued)
+                #expect(try await b.store.setMembers(TokenDirectory.userKey("u-del", .sandbox)).isEmpty)
+            }
         }
     }
 
