@@ -181,14 +181,12 @@ final class TokenKeeper: Sendable {
     func disconnect(userID: String, environment: KISEnvironment) async throws {
         guard let row = try await repository.account(userID: userID, environment: environment) else { return }
         // Under the app key's issuance lock: no issuance for this account (a scheduled refresh) runs meanwhile.
-        let lock = try? await acquireIssueLock(environment, try vault.open(row).appKey)
-        do {
-            try await disconnect(row, userID: userID, environment: environment)
-        } catch {
-            if let lock { await release(lock) }
-            throw error
+        guard let appKey = (try? vault.open(row))?.appKey else {
+            return try await disconnect(row, userID: userID, environment: environment)
         }
-        if let lock { await release(lock) }
+        try await withIssueLock(environment, appKey, required: false) {
+            try await disconnect(row, userID: userID, environment: environment)
+        }
     }
 
     private func disconnect(_ row: StoredAccount, userID: String, environment: KISEnvironment) async throws {
@@ -306,9 +304,7 @@ final class TokenKeeper: Sendable {
         reusable: @Sendable (BrokerToken, Int64) -> Bool
     ) async throws -> BrokerToken {
         let env = account.environment
-        let lock = try await acquireIssueLock(env, account.appKey)
-        let token: BrokerToken
-        do {
+        return try await withIssueLock(env, account.appKey) {
             let now = self.now
             let stored = try await self.account(account.userID, env)
             let sameCredentials = stored.map { $0.appKey == account.appKey && $0.appSecret == account.appSecret } ?? false
@@ -321,7 +317,6 @@ final class TokenKeeper: Sendable {
                     try await repository.saveAccount(try vault.seal(updated), token: nil)
                 }
                 try await ensurePublished(t, account: account)
-                await release(lock)
                 return t
             }
             var obtained: BrokerToken?
@@ -344,15 +339,11 @@ final class TokenKeeper: Sendable {
                 }
                 obtained = t
             }
-            token = obtained!
+            let token = obtained!
             try await repository.saveAccount(try vault.seal(account), token: try vault.seal(token, updatedAt: now))
             try await publish(token, account: account)
-        } catch {
-            await release(lock)
-            throw error
+            return token
         }
-        await release(lock)
-        return token
     }
 
     /// One `tokenP` call, counted, with KIS's refusals as the broker's problems.
@@ -396,6 +387,21 @@ final class TokenKeeper: Sendable {
             }
             try await Task.sleep(for: delay)
             delay = min(delay * 2, .milliseconds(250))
+        }
+    }
+
+    /// Runs `body` holding the app key's issuance lock, released however `body` ends. Not `required`: runs it
+    /// without the lock when the lock cannot be had (held past `lockWait`, or the store fails).
+    private func withIssueLock<T>(_ env: KISEnvironment, _ appKey: String, required: Bool = true,
+                                  _ body: () async throws -> T) async throws -> T {
+        let lock = required ? try await acquireIssueLock(env, appKey) : try? await acquireIssueLock(env, appKey)
+        do {
+            let result = try await body()
+            if let lock { await release(lock) }
+            return result
+        } catch {
+            if let lock { await release(lock) }
+            throw error
         }
     }
 

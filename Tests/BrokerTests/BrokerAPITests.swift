@@ -286,13 +286,9 @@ struct BrokerAPITests {
             try await Task.sleep(for: .seconds(15))
             return Response(status: .ok)
         }
-        let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-        let faulty = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-                                 onServerRunning: { cont.yield($0.localAddress?.port ?? 0) }, logger: quietLogger)
-        let faultyTask = Task { try await faulty.runService(gracefulShutdownSignals: []) }
-        defer { faultyTask.cancel() }
-        var it = ports.makeAsyncIterator()
-        let base = "http://127.0.0.1:\(await it.next()!)"
+        let faulty = await startStandInKIS(router)
+        defer { faulty.task.cancel() }
+        let base = faulty.url
         try await withBroker(config: { _, db in
             // A timeout long enough that the broken answer never runs into it on a loaded machine.
             var c = testConfig(simURL: base + "/broken", database: db, upstreamTimeoutMs: 2500)

@@ -78,13 +78,9 @@ struct BrokerRulesTests {
             revokes.hit()
             return Response(status: .internalServerError, body: .init(byteBuffer: ByteBuffer(string: "<html>oops</html>")))
         }
-        let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-        let standIn = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-                                  onServerRunning: { cont.yield($0.localAddress?.port ?? 0) }, logger: quietLogger)
-        let standInTask = Task { try await standIn.runService(gracefulShutdownSignals: []) }
-        defer { standInTask.cancel() }
-        var it = ports.makeAsyncIterator()
-        let base = "http://127.0.0.1:\(await it.next()!)"
+        let standIn = await startStandInKIS(router)
+        defer { standIn.task.cancel() }
+        let base = standIn.url
         try await withBroker(config: { testConfig(simURL: base, database: $1) }) { b in
             let jwt = try await b.jwt("u-rf")
             let token = try #require(try await b.post("/api/kis/token", accountBody(appKey("rf")), jwt: jwt).json["token"] as? String)

@@ -42,6 +42,13 @@ struct GatewayFixture: Sendable {
         return issued.accessToken
     }
 
+    /// `user` connected with the app key `PSapp-<user>` (``connect(user:appKey:environment:expiresIn:)``), and a
+    /// JWT for them.
+    func signIn(_ user: String) async throws -> (jwt: String, kis: String) {
+        let kis = try await connect(user: user, appKey: "PSapp-" + user)
+        return (try await jwt(user), kis)
+    }
+
     func get(_ path: String, jwt: String?, kis: String?, headers: [(String, String)] = [],
              base: String? = nil) async throws -> HTTPResult {
         var h = headers

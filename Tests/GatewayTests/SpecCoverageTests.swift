@@ -35,9 +35,8 @@ struct GatewaySpecTests {
     static func settledAges(_ kind: StoreKind) async throws {
         try await withGateway(store: kind, gateways: 2) { g, urls in
             let a = "age-a-\(kind)", b = "age-b-\(kind)"
-            let kisA = try await g.connect(user: a, appKey: "PSapp-\(a)")
-            let kisB = try await g.connect(user: b, appKey: "PSapp-\(b)")
-            let jwtA = try await g.jwt(a), jwtB = try await g.jwt(b)
+            let (jwtA, kisA) = try await g.signIn(a)
+            let (jwtB, kisB) = try await g.signIn(b)
             let path = "/domestic/chart/daily/005380?start=2025-01-02&end=2025-02-28"
             let miss = try await g.get(path, jwt: jwtA, kis: kisA)
             #expect(miss.status == 200)
@@ -84,8 +83,7 @@ struct GatewaySpecTests {
         let sim = SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000,
                                          latencyMs: 1100)
         try await withGateway(sim: sim) { g, _ in
-            let kis = try await g.connect(user: "slow-miss", appKey: "PSapp-slow-miss")
-            let jwt = try await g.jwt("slow-miss")
+            let (jwt, kis) = try await g.signIn("slow-miss")
             let r = try await g.get("/domestic/chart/daily/012330?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
             #expect(r.status == 200)
             #expect(r.header("X-Cache") == "MISS")
@@ -101,8 +99,7 @@ struct GatewaySpecTests {
     @Test("period=w&adjusted=false: 200 and the body says W and false; without them D and true")
     func periodAndAdjusted() async throws {
         try await withGateway { g, _ in
-            let kis = try await g.connect(user: "params", appKey: "PSapp-params")
-            let jwt = try await g.jwt("params")
+            let (jwt, kis) = try await g.signIn("params")
             let base = "/domestic/chart/daily/005930?start=2024-01-02&end=2025-03-31"
             let weekly = try await g.get(base + "&period=w&adjusted=false", jwt: jwt, kis: kis)
             #expect(weekly.status == 200, "\(weekly.text)")
@@ -138,8 +135,7 @@ struct GatewaySpecTests {
             ("hnx", "shb", "VND"),
         ]
         try await withGateway { g, _ in
-            let kis = try await g.connect(user: "excd", appKey: "PSapp-excd")
-            let jwt = try await g.jwt("excd")
+            let (jwt, kis) = try await g.signIn("excd")
             for (exchange, symbol, currency) in cases {
                 let r = try await g.get("/overseas/\(exchange)/chart/daily/\(symbol)?start=2025-01-06&end=2025-01-31",
                                         jwt: jwt, kis: kis)
@@ -158,8 +154,7 @@ struct GatewaySpecTests {
     @Test("symbols and exchanges: 00593- and the overseas route for KRX are refused; q500001 is upper-cased")
     func symbolsAndExchanges() async throws {
         try await withGateway { g, _ in
-            let kis = try await g.connect(user: "sym", appKey: "PSapp-sym")
-            let jwt = try await g.jwt("sym")
+            let (jwt, kis) = try await g.signIn("sym")
             for path in ["/domestic/chart/daily/00593-", "/overseas/KRX/chart/daily/AAPL", "/overseas/krx/chart/daily/005930"] {
                 let r = try await g.get(path, jwt: jwt, kis: kis)
                 #expect(r.status == 400, "\(path)")
@@ -176,8 +171,7 @@ struct GatewaySpecTests {
     @Test("unknown query parameters are ignored: the same cache entry answers, no new KIS call")
     func unknownParameters() async throws {
         try await withGateway { g, _ in
-            let kis = try await g.connect(user: "unk", appKey: "PSapp-unk")
-            let jwt = try await g.jwt("unk")
+            let (jwt, kis) = try await g.signIn("unk")
             let path = "/domestic/chart/daily/000270?start=2025-01-02&end=2025-01-31"
             let first = try await g.get(path, jwt: jwt, kis: kis)
             #expect(first.status == 200 && first.header("X-Cache") == "MISS")
@@ -199,9 +193,8 @@ struct GatewaySpecTests {
     @Test("the cache is shared by all users; its key includes period and adjusted")
     func sharedAcrossUsers() async throws {
         try await withGateway { g, _ in
-            let kisA = try await g.connect(user: "share-a", appKey: "PSapp-share-a")
-            let kisB = try await g.connect(user: "share-b", appKey: "PSapp-share-b")
-            let jwtA = try await g.jwt("share-a"), jwtB = try await g.jwt("share-b")
+            let (jwtA, kisA) = try await g.signIn("share-a")
+            let (jwtB, kisB) = try await g.signIn("share-b")
             let path = "/domestic/chart/daily/055550?start=2025-01-02&end=2025-02-28"
             let a = try await g.get(path, jwt: jwtA, kis: kisA)
             #expect(a.status == 200 && a.header("X-Cache") == "MISS")
@@ -234,8 +227,7 @@ struct GatewaySpecTests {
     @Test("50 concurrent identical misses: one KIS fetch, and the requests that waited for it say MISS")
     func coalescedWaitersSayMiss() async throws {
         try await withGateway { g, _ in
-            let kis = try await g.connect(user: "co-miss", appKey: "PSapp-co-miss")
-            let jwt = try await g.jwt("co-miss")
+            let (jwt, kis) = try await g.signIn("co-miss")
             _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"none","latency_ms":300}"#)
             let answers = try await withThrowingTaskGroup(of: (Int, String?).self) { group in
                 for _ in 0..<50 {
@@ -260,8 +252,7 @@ struct GatewaySpecTests {
     @Test("problem bodies carry title and status equal to the HTTP status")
     func problemBodies() async throws {
         try await withGateway { g, _ in
-            let kis = try await g.connect(user: "prob", appKey: "PSapp-prob")
-            let jwt = try await g.jwt("prob")
+            let (jwt, kis) = try await g.signIn("prob")
             let answers = [
                 try await g.get("/domestic/chart/daily/00593-", jwt: jwt, kis: kis),
                 try await g.get("/domestic/chart/daily/005930?start=2000-01-01&end=2020-01-01", jwt: jwt, kis: kis),
@@ -314,8 +305,7 @@ struct GatewaySpecTests {
     @Test("range boundary: end − start = max_range_days (3660) is answered, one day more is range_too_large")
     func rangeBoundary() async throws {
         try await withGateway { g, _ in
-            let kis = try await g.connect(user: "range", appKey: "PSapp-range")
-            let jwt = try await g.jwt("range")
+            let (jwt, kis) = try await g.signIn("range")
             let longest = try await g.get("/domestic/chart/daily/005930?start=2015-01-01&end=2025-01-08&period=M",
                                           jwt: jwt, kis: kis)
             #expect(longest.status == 200, "\(longest.text)")

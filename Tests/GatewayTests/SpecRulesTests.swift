@@ -33,8 +33,7 @@ struct SpecRulesTests {
     func staleWhileOneRefreshRuns() async throws {
         let cache = KisgwConfig.Cache(settledTTLS: 1, staleWhileRevalidateS: 30)
         try await withGateway(config: { testConfig(simURL: $0, cache: cache) }) { g, _ in
-            let kis = try await g.connect(user: "swr20", appKey: "PSapp-swr20")
-            let jwt = try await g.jwt("swr20")
+            let (jwt, kis) = try await g.signIn("swr20")
             let path = "/domestic/chart/daily/035420?start=2025-01-02&end=2025-01-31"  // settled: fresh for 1 s
             let first = try await g.get(path, jwt: jwt, kis: kis)
             #expect(first.status == 200 && first.header("X-Cache") == "MISS")
@@ -64,8 +63,7 @@ struct SpecRulesTests {
     func pastStaleWhileRevalidateIsAMiss() async throws {
         let cache = KisgwConfig.Cache(settledTTLS: 1, staleWhileRevalidateS: 1)
         try await withGateway(config: { testConfig(simURL: $0, cache: cache) }) { g, _ in
-            let kis = try await g.connect(user: "swr-past", appKey: "PSapp-swr-past")
-            let jwt = try await g.jwt("swr-past")
+            let (jwt, kis) = try await g.signIn("swr-past")
             let path = "/domestic/chart/daily/066570?start=2025-01-02&end=2025-01-31"
             #expect(try await g.get(path, jwt: jwt, kis: kis).header("X-Cache") == "MISS")
             try await Task.sleep(for: .milliseconds(3100))  // past freshness (1 s) and stale_while_revalidate_s (1 s)
@@ -82,8 +80,7 @@ struct SpecRulesTests {
     func pastStaleIfErrorIsTheError() async throws {
         let cache = KisgwConfig.Cache(settledTTLS: 1, staleWhileRevalidateS: 0, staleIfErrorS: 1)
         try await withGateway(config: { testConfig(simURL: $0, cache: cache) }) { g, _ in
-            let kis = try await g.connect(user: "sie-past", appKey: "PSapp-sie-past")
-            let jwt = try await g.jwt("sie-past")
+            let (jwt, kis) = try await g.signIn("sie-past")
             let path = "/domestic/chart/daily/003550?start=2025-01-02&end=2025-01-31"
             #expect(try await g.get(path, jwt: jwt, kis: kis).header("X-Cache") == "MISS")
             try await Task.sleep(for: .milliseconds(3100))  // past freshness (1 s) and stale_if_error_s (1 s)
@@ -101,8 +98,7 @@ struct SpecRulesTests {
     func insideStaleIfErrorOnTimeout() async throws {
         let cache = KisgwConfig.Cache(settledTTLS: 1, staleWhileRevalidateS: 0, staleIfErrorS: 3600)
         try await withGateway(config: { testConfig(simURL: $0, upstreamTimeoutMs: 500, cache: cache) }) { g, _ in
-            let kis = try await g.connect(user: "sie-to", appKey: "PSapp-sie-to")
-            let jwt = try await g.jwt("sie-to")
+            let (jwt, kis) = try await g.signIn("sie-to")
             let path = "/domestic/chart/daily/096770?start=2025-01-02&end=2025-01-31"
             let first = try await g.get(path, jwt: jwt, kis: kis)
             #expect(first.header("X-Cache") == "MISS")
@@ -126,8 +122,7 @@ struct SpecRulesTests {
     func kisTokenInvalid(msgCode: String) async throws {
         try await withGateway { g, _ in
             let user = "inv-\(msgCode)"
-            let kis = try await g.connect(user: user, appKey: "PSapp-\(user)")
-            let jwt = try await g.jwt(user)
+            let (jwt, kis) = try await g.signIn(user)
             let ok = try await g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
             #expect(ok.status == 200, "the token works before KIS refuses it: \(ok.text)")
             _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"kis_error","msg_cd":"\#(msgCode)"}"#)
@@ -220,8 +215,7 @@ struct SpecRulesTests {
                 #expect(p.header("Access-Control-Allow-Credentials") == nil, "\(extra)")
                 #expect(p.header("Access-Control-Max-Age") == "123", "\(extra)")
             }
-            let kis = try await g.connect(user: "nocred", appKey: "PSapp-nocred")
-            let jwt = try await g.jwt("nocred")
+            let (jwt, kis) = try await g.signIn("nocred")
             let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31", o = [("Origin", Self.origin)]
             // A 401, a 200 from the router, a 200 from the hit path.
             let answers = [try await g.get(path, jwt: nil, kis: nil, headers: o), try await g.get(path, jwt: jwt, kis: kis, headers: o),
@@ -239,9 +233,8 @@ struct SpecRulesTests {
     @Test("If-None-Match: * on a cached chart gives 304 Not Modified, no body (RFC 9110 §13.1.2)")
     func ifNoneMatchStar() async throws {
         try await withGateway { g, _ in
-            let kisA = try await g.connect(user: "inm-a", appKey: "PSapp-inm-a")
-            let kisB = try await g.connect(user: "inm-b", appKey: "PSapp-inm-b")
-            let jwtA = try await g.jwt("inm-a"), jwtB = try await g.jwt("inm-b")
+            let (jwtA, kisA) = try await g.signIn("inm-a")
+            let (jwtB, kisB) = try await g.signIn("inm-b")
             let path = "/domestic/chart/daily/017670?start=2025-01-02&end=2025-01-31"
             let first = try await g.get(path, jwt: jwtA, kis: kisA)
             #expect(first.status == 200 && first.header("X-Cache") == "MISS")
