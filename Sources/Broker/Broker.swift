@@ -79,7 +79,8 @@ public func buildBroker(
 ) async throws -> some ApplicationProtocol {
     let repository = try dependencies.repository ?? makeBrokerRepository(config.broker.database, logger: logger)
     let core = try await BrokerCore(config: config, dependencies: dependencies, repository: repository, logger: logger)
-    let router = Router(context: BasicRequestContext.self)
+    // HEAD wherever GET is (RFC 9110 §9.3.2), as the gateway: the GET route's headers without its body.
+    let router = Router(context: BasicRequestContext.self, options: .autoGenerateHeadEndpoints)
     router.add(middleware: AccessMiddleware(recorder: core.recorder))
     let demo = dependencies.demoMode
     router.add(middleware: CORSMiddleware(
@@ -172,9 +173,9 @@ struct BrokerCore: Sendable {
     static func allowedMethods(_ path: String, demo: Bool) -> String? {
         switch path {
         case "/api/kis/account/validate", "/api/kis/token", "/api/kis/token/refresh": "POST, OPTIONS"
-        case "/api/kis/account": "GET, DELETE, OPTIONS"
+        case "/api/kis/account": "GET, HEAD, DELETE, OPTIONS"
         case "/api/dev/signin" where demo: "POST, OPTIONS"
-        case "/healthz", "/readyz", "/metrics": "GET"
+        case "/healthz", "/readyz", "/metrics": "GET, HEAD"
         default: nil
         }
     }

@@ -52,7 +52,9 @@ public func buildGateway(
     onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
     let gateway = try await GatewayCore(config: config, dependencies: dependencies, logger: logger)
-    let router = Router(context: BasicRequestContext.self)
+    // HEAD is answered wherever GET is (RFC 9110 §9.3.2: every general-purpose server supports both): the GET
+    // route's answer, with its headers and without its body.
+    let router = Router(context: BasicRequestContext.self, options: .autoGenerateHeadEndpoints)
     router.add(middleware: AccessMiddleware(
         recorder: gateway.recorder,
         labels: Dictionary(uniqueKeysWithValues: HitPath.Route.allCases.map { ($0.endpointPath, $0.label) })))
@@ -130,10 +132,10 @@ struct GatewayCore: Sendable {
     /// The methods a path allows, when it matches a route (for 405 answers).
     static let allowedMethods: @Sendable (String) -> String? = { path in
         let parts = path.split(separator: "/")
-        if HitPath.Route.allCases.contains(where: { $0.matches(parts) }) { return "GET, OPTIONS" }
+        if HitPath.Route.allCases.contains(where: { $0.matches(parts) }) { return "GET, HEAD, OPTIONS" }
         switch path {
         case "/token/refresh": return "POST, OPTIONS"
-        case "/healthz", "/readyz", "/metrics": return "GET"
+        case "/healthz", "/readyz", "/metrics": return "GET, HEAD"
         default: return nil
         }
     }

@@ -347,6 +347,14 @@ struct BrokerAPITests {
             let wrong = try await http(.PUT, b.url + "/api/kis/token")
             #expect(wrong.status == 405)
             #expect(wrong.header("allow") == "POST, OPTIONS")
+            // HEAD wherever GET is: the GET answer's status and headers, no body.
+            let health = try await b.get("/healthz", jwt: nil)
+            let head = try await http(.HEAD, b.url + "/healthz")
+            #expect(head.status == 200 && head.body.isEmpty && head.header("content-length") == String(health.body.count))
+            let headAccount = try await http(.HEAD, b.url + "/api/kis/account?environment=LIVE",
+                                             headers: [("Authorization", "Bearer " + (try await b.jwt("u1")))])
+            #expect(headAccount.status == 404 && headAccount.body.isEmpty)
+            #expect(try await http(.DELETE, b.url + "/healthz").header("allow") == "GET, HEAD")
             let preflight = try await http(.OPTIONS, b.url + "/api/kis/token", headers: [
                 ("Origin", "http://localhost:3000"), ("Access-Control-Request-Method", "POST"),
             ])

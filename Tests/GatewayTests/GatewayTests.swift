@@ -109,7 +109,7 @@ struct GatewayChartTests {
                 #expect(r.status == 400 && r.code == "invalid_parameter", "\(bad): \(r.status)")
             }
             let m = try await http(.DELETE, g.gatewayURL + "/overseas/NYS/chart/daily/BRK/B")
-            #expect(m.status == 405 && m.header("Allow") == "GET, OPTIONS")
+            #expect(m.status == 405 && m.header("Allow") == "GET, HEAD, OPTIONS")
         }
     }
 
@@ -172,18 +172,58 @@ struct GatewayChartTests {
             #expect(nf.status == 404 && nf.code == "not_found")
             let m = try await http(.DELETE, g.gatewayURL + "/domestic/chart/daily/005930")
             #expect(m.status == 405 && m.code == "method_not_allowed")
-            #expect(m.header("Allow") == "GET, OPTIONS")
+            #expect(m.header("Allow") == "GET, HEAD, OPTIONS")
             // A plain OPTIONS (no preflight) asks for the methods: 204 with Allow where OPTIONS is one of them.
-            for (path, allow) in [("/domestic/chart/daily/005930", "GET, OPTIONS"), ("/overseas/NAS/chart/daily/AAPL", "GET, OPTIONS"),
+            for (path, allow) in [("/domestic/chart/daily/005930", "GET, HEAD, OPTIONS"), ("/overseas/NAS/chart/daily/AAPL", "GET, HEAD, OPTIONS"),
                                   ("/token/refresh", "POST, OPTIONS")] {
                 let o = try await http(.OPTIONS, g.gatewayURL + path)
                 #expect(o.status == 204 && o.header("Allow") == allow, "\(path): \(o.status) \(o.header("Allow") ?? "")")
             }
             let healthOptions = try await http(.OPTIONS, g.gatewayURL + "/healthz")
-            #expect(healthOptions.status == 405 && healthOptions.header("Allow") == "GET")
+            #expect(healthOptions.status == 405 && healthOptions.header("Allow") == "GET, HEAD")
             #expect(try await g.get("/healthz", jwt: nil, kis: nil).json["status"] as? String == "ok")
             #expect(try await g.get("/readyz", jwt: nil, kis: nil).status == 200)
             #expect(try await g.get("/metrics", jwt: nil, kis: nil).status == 200)
+        }
+    }
+
+    @Test("HEAD is answered wherever GET is: the GET answer's status and headers, no body")
+    func headLikeGet() async throws {
+        try await withGateway { g, _ in
+            let (jwt, kis) = try await g.signIn("head-user")
+            let path = "/domestic/chart/daily/005930?start=2025-03-03&end=2025-05-30"
+            let credentials = [("Authorization", "Bearer " + jwt), ("X-KIS-Token", kis), ("Origin", "http://localhost:3000")]
+            // First as HEAD: a miss fetched for it, as for a GET.
+            let miss = try await http(.HEAD, g.gatewayURL + path, headers: credentials)
+            #expect(miss.status == 200 && miss.body.isEmpty && miss.header("X-Cache") == "MISS")
+            let get = try await http(.GET, g.gatewayURL + path, headers: credentials)
+            #expect(get.status == 200 && get.header("X-Cache") == "HIT")
+            let head = try await http(.HEAD, g.gatewayURL + path, headers: credentials)
+            #expect(head.status == 200 && head.body.isEmpty)
+            for name in ["ETag", "Content-Type", "Content-Length", "X-Cache", "Access-Control-Allow-Origin", "Vary"] {
+                #expect(head.header(name) != nil && head.header(name) == get.header(name), "\(name)")
+            }
+            #expect(head.header("Content-Length") == String(get.body.count))
+            let notModified = try await http(.HEAD, g.gatewayURL + path,
+                                             headers: credentials + [("If-None-Match", get.header("ETag") ?? "")])
+            #expect(notModified.status == 304 && notModified.body.isEmpty)
+            // Problems too: the status and headers of the GET's, no body.
+            let refused = try await http(.HEAD, g.gatewayURL + path, headers: [("Origin", "http://localhost:3000")])
+            #expect(refused.status == 401 && refused.body.isEmpty)
+            #expect(refused.header("Content-Type") == "application/problem+json")
+            #expect(refused.header("Access-Control-Allow-Origin") == "http://localhost:3000")
+            #expect(try await g.simStats()["domestic_daily"] == 1)
+            for op in ["/healthz", "/readyz", "/metrics"] {
+                let h = try await http(.HEAD, g.gatewayURL + op)
+                #expect(h.status == 200 && h.body.isEmpty && h.header("Content-Length") != nil, "\(op)")
+            }
+            // On the wire: the head, then nothing, and the connection goes on to the next request.
+            let port = Int(g.gatewayURL.split(separator: ":").last!)!
+            let raw = try await RawBytes.exchange(port: port, "HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+                + "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            let answers = raw.components(separatedBy: "HTTP/1.1 200 OK")
+            #expect(answers.count == 3, "\(raw)")
+            #expect(answers.count == 3 && answers[1].hasSuffix("\r\n\r\n") && answers[2].hasSuffix(#"{"status":"ok"}"#), "\(raw)")
         }
     }
 }

@@ -255,7 +255,7 @@ struct SpecRulesTests {
     @Test("405 method_not_allowed with Allow on other routes: GET /token/refresh (POST, OPTIONS), POST /healthz (GET)")
     func methodNotAllowedElsewhere() async throws {
         try await withGateway { g, _ in
-            let cases: [(HTTPMethod, String, String)] = [(.GET, "/token/refresh", "POST, OPTIONS"), (.POST, "/healthz", "GET")]
+            let cases: [(HTTPMethod, String, String)] = [(.GET, "/token/refresh", "POST, OPTIONS"), (.POST, "/healthz", "GET, HEAD")]
             for (method, path, allow) in cases {
                 let r = try await http(method, g.gatewayURL + path)
                 #expect(r.status == 405, "\(method) \(path)")
