@@ -81,14 +81,16 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
         }
     }
 
-    /// Whether the exchange trades on `date`: weekdays, less the holidays kisgw knows — KRX's (a table) and the US
-    /// exchanges' (NYSE's rules, which Nasdaq and NYSE American follow). Other exchanges' holidays count as trading
-    /// days: their charts are then refreshed as on a trading day, never kept past a real session.
+    /// Whether the exchange trades on `date`: weekdays, less the holidays kisgw knows — KRX's (a table), the US
+    /// exchanges' (NYSE's rules, which Nasdaq and NYSE American follow) and Tokyo's (Japan's holiday law and JPX's
+    /// year-end closure). Other exchanges' holidays count as trading days: their charts are then refreshed as on a
+    /// trading day, never kept past a real session.
     public func isTradingDay(_ date: CivilDate) -> Bool {
         if date.isWeekend { return false }
         switch self {
         case .krx: return !KRXHolidays.contains(date)
         case .nas, .nys, .ams: return !USMarketHolidays.contains(date)
+        case .tse: return !JPXHolidays.contains(date)
         default: return true
         }
     }
@@ -203,6 +205,61 @@ public enum USMarketHolidays {
     static let unscheduled: Set<Int> = Set(
         ["20010911", "20010912", "20010913", "20010914", "20040611", "20070102", "20121029", "20121030", "20181205",
          "20250109"].compactMap { CivilDate(yyyymmdd: $0)?.dayNumber })
+}
+
+/// The days the Tokyo Stock Exchange is closed besides weekends: Japan's national holidays and JPX's year-end closure
+/// (December 31 to January 3), from 2022 on.
+///
+/// The holidays follow the National Holidays Act as amended for 2020 and after: New Year's Day, Coming of Age Day
+/// (second Monday of January), National Foundation Day (02-11), the Emperor's Birthday (02-23), the vernal equinox,
+/// Shōwa Day (04-29), Constitution Memorial Day, Greenery Day and Children's Day (05-03 to 05-05), Marine Day (third
+/// Monday of July), Mountain Day (08-11), Respect for the Aged Day (third Monday of September), the autumnal equinox,
+/// Sports Day (second Monday of October), Culture Day (11-03) and Labour Thanksgiving Day (11-23). A holiday on a
+/// Sunday gives the next day that is not a holiday (振替休日); a day between two holidays is one too (国民の休日, as
+/// 2026-09-22). The equinoxes, which the Cabinet announces each February for the next year, are the standard
+/// approximation of the astronomical dates (exact for 1980–2099). Before 2022 (the Olympic years moved three
+/// holidays, 2019 had the enthronement's) nothing is known, and weekdays count as trading days.
+public enum JPXHolidays {
+    public static func contains(_ date: CivilDate) -> Bool {
+        let (year, month, day) = date.components
+        guard year >= 2022 else { return false }
+        if (month == 12 && day == 31) || (month == 1 && day <= 3) { return true }
+        if isNamed(date) { return true }
+        // 振替休日: after a run of holidays that began on, or ran through, a Sunday.
+        var previous = date.adding(days: -1)
+        while isNamed(previous) {
+            if previous.weekday == 0 { return true }
+            previous = previous.adding(days: -1)
+        }
+        // 国民の休日: a day (other than a Sunday) between two holidays.
+        return date.weekday != 0 && isNamed(date.adding(days: -1)) && isNamed(date.adding(days: 1))
+    }
+
+    /// The named holidays of the Act (国民の祝日), without the days they give.
+    static func isNamed(_ date: CivilDate) -> Bool {
+        let (year, month, day) = date.components
+        let monday = date.weekday == 1
+        func nthMonday(_ n: Int) -> Bool { monday && (7 * n - 6...7 * n).contains(day) }
+        switch month {
+        case 1: return day == 1 || nthMonday(2)
+        case 2: return day == 11 || day == 23
+        case 3: return day == equinox(year, base: 20.8431)
+        case 4: return day == 29
+        case 5: return (3...5).contains(day)
+        case 7: return nthMonday(3)
+        case 8: return day == 11
+        case 9: return nthMonday(3) || day == equinox(year, base: 23.2488)
+        case 10: return nthMonday(2)
+        case 11: return day == 3 || day == 23
+        default: return false
+        }
+    }
+
+    /// The day of March (`base` 20.8431) or September (23.2488) of the equinox in Japan, 1980–2099.
+    static func equinox(_ year: Int, base: Double) -> Int {
+        let n = year - 1980
+        return Int((base + 0.242194 * Double(n)).rounded(.down)) - n / 4
+    }
 }
 
 /// KRX market holidays (closed days that fall on weekdays), 2023–2027.

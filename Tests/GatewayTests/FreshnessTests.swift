@@ -191,6 +191,9 @@ struct FreshnessTests {
                       "Christmas Eve 13:00 EST: until Fri 12-26 09:30"),
         FreshnessCase(.ams, "2025-07-03T17:00:00Z", end: "2025-07-03", 333_000,
                       "Thu 07-03 13:00 EDT before Independence Day: until Mon 09:30"),
+        // Tokyo's holidays: 2026's Silver Week (Respect for the Aged Day, the day between, the autumnal equinox).
+        FreshnessCase(.tse, "2026-09-18T06:30:00Z", end: "2026-09-18", 495_000,
+                      "Fri 09-18 15:30 JST before 09-21 to 09-23: until Thu 09:00"),
     ])
     func untilNextOpening(_ c: FreshnessCase) throws {
         #expect(try Self.ttl(c, Self.uncapped) == c.ttl)
@@ -250,6 +253,39 @@ struct FreshnessTests {
             #expect(Exchange.nys.isOpen(at: noon59))
             #expect(!Exchange.nys.isOpen(at: noon59.addingTimeInterval(60)))
         }
+    }
+
+    /// JPX's published weekday closures (2027 by the rules: the Cabinet fixes its equinoxes in February 2026).
+    static let tseClosures: [Int: [String]] = [
+        // 01-01 a Saturday; 12-31 a Saturday (12-30 was the last session).
+        2022: ["01-03", "01-10", "02-11", "02-23", "03-21", "04-29", "05-03", "05-04", "05-05", "07-18", "08-11",
+               "09-19", "09-23", "10-10", "11-03", "11-23"],
+        // 01-01 a Sunday (01-02 its substitute, closed anyway); 02-11, 04-29 and 09-23 Saturdays.
+        2023: ["01-02", "01-03", "01-09", "02-23", "03-21", "05-03", "05-04", "05-05", "07-17", "08-11", "09-18",
+               "10-09", "11-03", "11-23"],
+        // Substitute Mondays for 02-11, 05-05, 08-11, the equinox 09-22 and 11-03 on Sundays.
+        2024: ["01-01", "01-02", "01-03", "01-08", "02-12", "02-23", "03-20", "04-29", "05-03", "05-06", "07-15",
+               "08-12", "09-16", "09-23", "10-14", "11-04", "12-31"],
+        2025: ["01-01", "01-02", "01-03", "01-13", "02-11", "02-24", "03-20", "04-29", "05-05", "05-06", "07-21",
+               "08-11", "09-15", "09-23", "10-13", "11-03", "11-24", "12-31"],
+        // 05-06 for 05-03 on a Sunday; 09-22 between two holidays.
+        2026: ["01-01", "01-02", "01-12", "02-11", "02-23", "03-20", "04-29", "05-04", "05-05", "05-06", "07-20",
+               "08-11", "09-21", "09-22", "09-23", "10-12", "11-03", "11-23", "12-31"],
+        // The vernal equinox on Sunday 03-21: Monday 03-22.
+        2027: ["01-01", "01-11", "02-11", "02-23", "03-22", "04-29", "05-03", "05-04", "05-05", "07-19", "08-11",
+               "09-20", "09-23", "10-11", "11-03", "11-23", "12-31"],
+    ]
+
+    @Test("TSE: Japan's holidays and JPX's year-end closure by their rules, 2022–2027, and nothing else on weekdays",
+          arguments: [2022, 2023, 2024, 2025, 2026, 2027])
+    func tseHolidays(year: Int) throws {
+        let first = try #require(CivilDate(year: year, month: 1, day: 1)), last = try #require(CivilDate(year: year, month: 12, day: 31))
+        let closed = (first.dayNumber...last.dayNumber).map(CivilDate.init(dayNumber:))
+            .filter { !$0.isWeekend && !Exchange.tse.isTradingDay($0) }
+        #expect(closed.map { String($0.iso.dropFirst(5)) } == Self.tseClosures[year])
+        for d in closed { #expect(Exchange.hks.isTradingDay(d) && Exchange.shs.isTradingDay(d)) }
+        // Before 2022 nothing is known: weekdays trade.
+        #expect(try Exchange.tse.isTradingDay(#require(CivilDate("2021-11-03"))))
     }
 
     @Test("KRX holidays: weekdays only, through 2027, each year's New Year's Day (on a weekday) and year-end closing day")
