@@ -1,10 +1,12 @@
 @testable import Broker
 import Foundation
+import Hummingbird
 import KIS
 import NIOCore
 import Redis
 import Simulator
 import Store
+import Synchronization
 import Testing
 import Tokens
 import TestSupport
@@ -158,6 +160,133 @@ struct SchedulerTests {
         }
     }
 
+    /// broker-api.md: "only one runs the scheduler at a time". A refresh pass over several due accounts, each
+    /// `tokenP` slower than a tick, outlasts the 3-tick lease: its holder renews the lease before each account, so
+    /// a second copy never takes it meanwhile; and once another copy holds it, the pass stops at the next account.
+    @Test("a refresh pass longer than the scheduler lease keeps it, and stops once another copy holds it")
+    func leaseWithinAPass() async throws {
+        let kind: StoreKind = redisURL == nil ? .memory : .redis
+        let (store, redis) = try makeStore(kind)
+        let clock = TestClock()
+        let kis = SlowTokenP(delay: .milliseconds(1200), clock: clock)
+        let router = Router()
+        for copy in 0..<2 {  // each copy asks under its own prefix: the stand-in knows which copy called
+            router.post(RouterPath("/copy\(copy)/oauth2/tokenP")) { request, _ in try await kis.answer(copy: copy, request) }
+        }
+        let standIn = await startStandInKIS(router)
+        defer { standIn.task.cancel() }
+        let db = try await TestDatabase.make(.sqlite)
+        defer {
+            try? FileManager.default.removeItem(
+                atPath: URL(fileURLWithPath: db.location).deletingLastPathComponent().deletingLastPathComponent().path)
+        }
+        let keyring = SealKeyring.ephemeral()
+        let keys = (0..<4).map { appKey("lp\($0)") }
+        try await withRepository(db) { repository in
+            try await withRepository(db) { otherRepository in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    if let redis { group.addTask { await redis.run() } }
+                    defer { group.cancelAll() }
+                    // Four connected accounts with no token yet: all due.
+                    let vault = AccountVault(keyring: keyring)
+                    let now = Int64(clock.now().timeIntervalSince1970)
+                    for (i, key) in keys.enumerated() {
+                        let account = Account(userID: "u-lp\(i)", environment: .sandbox, appKey: key, appSecret: "secret-" + key,
+                                              accountNumber: "12345678-01", createdAt: now, updatedAt: now)
+                        try await repository.saveAccount(try vault.seal(account), token: nil)
+                    }
+                    // Two scheduler copies on one store and database, as two brokers run them; a tick of 1 s, the
+                    // smallest, so the lease lives 3 s.
+                    let took = [Hits(), Hits()]
+                    let copies = [repository, otherRepository].enumerated().map { (copy, repo) in
+                        let keeper = TokenKeeper(
+                            repository: repo, store: store, keyring: keyring,
+                            clients: [.sandbox: KISClient(baseURL: standIn.url + "/copy\(copy)", timeout: .seconds(10),
+                                                          logger: quietLogger)],
+                            settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: 1,
+                                                     lockTTL: .seconds(30), lockWait: .seconds(10)),
+                            metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger,
+                            clock: { clock.now() })
+                        return BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1,
+                                               logger: quietLogger, onLeaseChange: { if $0 { took[copy].hit() } })
+                    }
+                    #expect(copies[0].leaseTTL == .seconds(3))
+                    @Sendable func holds(_ copy: Int) -> Bool { copies[copy].holdsLease.load(ordering: .relaxed) }
+                    @Sendable func refreshed(_ calls: ArraySlice<SlowTokenP.Call>) -> Bool { Set(calls.map(\.appKey)) == Set(keys) }
+
+                    // Copy 0 takes the lease and starts its pass; copy 1 starts then, and asks for the lease every tick.
+                    let first = Task { try await copies[0].run() }
+                    defer { first.cancel() }
+                    #expect(try await eventually { holds(0) && kis.calls.count == 1 })
+                    let passStart = ContinuousClock.now
+                    let lease = try await store.get(BrokerScheduler.leaseKey).map { String(buffer: $0) }
+                    #expect(lease != nil)
+                    let stopWatching = Flag()
+                    let watch = Task {
+                        var seen: [String?] = []  // the lease key's value, each change once (nil: gone)
+                        while !stopWatching.current {
+                            do {
+                                let v = try await store.get(BrokerScheduler.leaseKey).map { String(buffer: $0) }
+                                if seen.isEmpty || seen[seen.count - 1] != v { seen.append(v) }
+                            } catch {}  // no answer is no observation
+                            try? await Task.sleep(for: .milliseconds(50))
+                        }
+                        return seen
+                    }
+                    let second = Task { try await copies[1].run() }
+                    defer { second.cancel() }
+
+                    // The pass (4 × 1.2 s) outlasts the 3 s lease; copy 0 refreshes every account, one at a time.
+                    let passed = try await eventually(timeout: .seconds(15)) {
+                        guard refreshed(kis.calls[...]), kis.inFlight == 0 else { return false }
+                        for i in keys.indices where try await repository.tokens(userID: "u-lp\(i)", environment: .sandbox).isEmpty {
+                            return false
+                        }
+                        return true
+                    }
+                    #expect(passed)
+                    #expect(ContinuousClock.now - passStart > copies[0].leaseTTL, "the pass did not outlast the lease")
+                    stopWatching.value.store(true, ordering: .relaxed)
+                    let seen = await watch.value
+                    #expect(seen == [lease], "the lease key went or changed hands during the pass: \(seen)")
+                    #expect(took[1].value == 0, "copy 1 took the lease during copy 0's pass")
+                    #expect(kis.calls.allSatisfy { $0.copy == 0 }, "tokenP calls by copy: \(kis.calls.map(\.copy))")
+                    #expect(kis.calls.map(\.appKey).sorted() == keys.sorted(), "each account once: \(kis.calls.map(\.appKey))")
+                    #expect(kis.mostAtOnce == 1, "tokenP calls at once: \(kis.mostAtOnce)")
+
+                    // A day on, every account is due again. The holder's next pass is held inside its first tokenP
+                    // call while another copy takes the lease (the key deleted, as if it had expired): once that call
+                    // answers, the holder's pass stops, and the new holder refreshes the other accounts.
+                    #expect(try await eventually { holds(0) != holds(1) })  // a copy that lost it notices at its next tick
+                    let holder = try #require([0, 1].first(where: holds))
+                    let other = 1 - holder
+                    let before = kis.calls.count
+                    kis.set(delay: .zero, holding: true)
+                    clock.advance(86400 - 1800)
+                    try #require(try await eventually { kis.calls.count == before + 1 })
+                    try #require(kis.calls.last?.copy == holder)
+                    try await store.delete(BrokerScheduler.leaseKey)
+                    #expect(try await eventually { holds(other) })
+                    kis.set(holding: false)
+                    let done = try await eventually(timeout: .seconds(15)) { refreshed(kis.calls[before...]) && kis.inFlight == 0 }
+                    #expect(done)
+                    try await Task.sleep(for: .milliseconds(500))
+                    let again = kis.calls[before...]
+                    #expect(again.filter { $0.copy == holder }.count == 1,
+                            "the pass went on after another copy took the lease: tokenP calls by copy \(again.map(\.copy))")
+                    #expect(again.filter { $0.copy == other }.count == keys.count - 1)
+                    #expect(again.map(\.appKey).sorted() == keys.sorted(), "each account once: \(again.map(\.appKey))")
+                    #expect(!holds(holder))
+
+                    for run in [first, second] {
+                        run.cancel()
+                        _ = await run.result
+                    }
+                }
+            }
+        }
+    }
+
     @Test("key rotation: a broker started with a new current key re-encrypts every row and still serves the account",
           arguments: DatabaseKind.available)
     func rotationAtStart(database: DatabaseKind) async throws {
@@ -209,5 +338,64 @@ struct SchedulerTests {
             #expect(bytes.range(of: Data("kis_accounts".utf8)) != nil)
             #expect(bytes.range(of: Data("kis_tokens".utf8)) != nil)
         }
+    }
+}
+
+/// A stand-in KIS `tokenP` for several scheduler copies (each under its own path prefix): every answer takes
+/// `delay`, then waits while `holding`; it records the calls by copy and app key, and how many ran at once.
+final class SlowTokenP: Sendable {
+    struct Call: Sendable {
+        var copy: Int
+        var appKey: String
+    }
+
+    private struct State {
+        var delay: Duration
+        var holding = false
+        var inFlight = 0
+        var mostAtOnce = 0
+        var calls: [Call] = []
+    }
+
+    private let state: Mutex<State>
+    private let clock: TestClock
+
+    init(delay: Duration, clock: TestClock) {
+        state = Mutex(State(delay: delay))
+        self.clock = clock
+    }
+
+    var calls: [Call] { state.withLock { $0.calls } }
+    var inFlight: Int { state.withLock { $0.inFlight } }
+    var mostAtOnce: Int { state.withLock { $0.mostAtOnce } }
+
+    func set(delay: Duration? = nil, holding: Bool) {
+        state.withLock {
+            if let delay { $0.delay = delay }
+            $0.holding = holding
+        }
+    }
+
+    func answer(copy: Int, _ request: Request) async throws -> Response {
+        let body = try await request.body.collect(upTo: 64 * 1024)
+        let appKey = (try? JSONDecoder().decode(KISTokenRequest.self, from: Data(body.readableBytesView)))?.appkey ?? "?"
+        let delay = state.withLock {
+            $0.calls.append(Call(copy: copy, appKey: appKey))
+            $0.inFlight += 1
+            $0.mostAtOnce = max($0.mostAtOnce, $0.inFlight)
+            return $0.delay
+        }
+        defer { state.withLock { $0.inFlight -= 1 } }
+        try await Task.sleep(for: delay)
+        let deadline = ContinuousClock.now + .seconds(6)
+        while state.withLock({ $0.holding }) && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        // In the simulator's shape; expiry by the test's clock, which the scheduler decides by.
+        let t = KISTokenResponse(access_token: "standin-" + UUID().uuidString,
+                                 access_token_token_expired: KST.format(clock.now().addingTimeInterval(86400)),
+                                 expires_in: 86400)
+        return Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: try JSONEncoder().encode(t))))
     }
 }
