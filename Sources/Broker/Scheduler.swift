@@ -89,25 +89,38 @@ final class BrokerScheduler: Service, Sendable {
 
     private let currentLease = Mutex<StoreLock?>(nil)
 
+    /// When the next reconciliation is due: at once when the lease is taken, then every `reconcile_interval_s`.
+    private let nextReconcile = Mutex(ContinuousClock.now)
+
     private func loop() async {
         var nextRefresh = ContinuousClock.now
-        var nextReconcile = ContinuousClock.now
         while !Task.isCancelled {
             if await holdLease() {
                 let now = ContinuousClock.now
-                if now >= nextReconcile {
-                    nextReconcile = now + reconcileInterval
-                    do { try await keeper.reconcile() } catch {
-                        if Task.isCancelled { return }
-                        logger.warning("reconciliation failed; it runs again next interval", metadata: ["error": "\(error)"])
-                    }
-                }
+                await reconcileIfDue()
+                if Task.isCancelled { return }
                 if now >= nextRefresh {
                     nextRefresh = now + refreshInterval
                     await refreshPass()
                 }
             }
             do { try await Task.sleep(for: tick) } catch { return }
+        }
+    }
+
+    /// Reconciles if it is time. Called between the accounts of a refresh pass too: a pass over many due accounts
+    /// may take minutes, and what the store lost is republished within `reconcile_interval_s` all the same (store.md).
+    private func reconcileIfDue() async {
+        let now = ContinuousClock.now
+        let due = nextReconcile.withLock { next -> Bool in
+            guard now >= next else { return false }
+            next = now + reconcileInterval
+            return true
+        }
+        guard due else { return }
+        do { try await keeper.reconcile() } catch {
+            if Task.isCancelled { return }
+            logger.warning("reconciliation failed; it runs again next interval", metadata: ["error": "\(error)"])
         }
     }
 
@@ -149,6 +162,7 @@ final class BrokerScheduler: Service, Sendable {
             // (3 ticks): renew it before each account, and stop if another copy holds it now — only one copy runs
             // the scheduler at a time (broker-api.md).
             guard await holdLease() else { return }
+            await reconcileIfDue()
             let key = row.userID + "|" + row.environment.rawValue
             let now = keeper.clock().timeIntervalSince1970
             guard backoff.withLock({ $0.mayAttempt(key, now: now) }) else { continue }

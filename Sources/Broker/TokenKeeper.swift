@@ -245,11 +245,17 @@ final class TokenKeeper: Sendable {
     /// Puts back into the store every live token it lost, marks expired ones EXPIRED (and takes them out of their
     /// user's set, which holds live tokens only), and makes sure revoked ones are gone from it. Returns how many
     /// tokens it republished.
+    ///
+    /// A row that cannot be opened (its seal key is gone, or it was tampered with) is reported and passed over: the
+    /// rows after it are still republished, and the expired and revoked ones still handled. A token is republished
+    /// under its app key's issuance lock, and only while its row is still ACTIVE: `disconnect` holds that lock from
+    /// marking the account's tokens REVOKED until it has deleted them, so a pass that listed a token before the
+    /// disconnect cannot publish it again after the disconnect unpublished it.
     @discardableResult
     func reconcile() async throws -> Int {
         let now = self.now
         var expiredByUser: [String: [String]] = [:]  // user set key → shas
-        var republished = 0
+        var republished = 0, unopenable = 0, postponed = 0
         var accounts: [String: Account?] = [:]
         func expire(_ row: StoredToken) {
             expiredByUser[TokenDirectory.userKey(row.userID, row.environment), default: []].append(row.tokenSHA256)
@@ -266,10 +272,40 @@ final class TokenKeeper: Sendable {
                 continue
             }
             let key = row.userID + "|" + row.environment.rawValue
-            if accounts[key] == nil { accounts[key] = try await account(row.userID, row.environment) }
+            if accounts[key] == nil {
+                let stored = try await repository.account(userID: row.userID, environment: row.environment)
+                let opened = stored.flatMap { try? vault.open($0) }
+                if stored != nil, opened == nil { unopenable += 1 }
+                accounts[key] = .some(opened)
+            }
             guard let account = accounts[key] ?? nil else { continue }
-            try await publish(try vault.open(row), account: account)
-            republished += 1
+            guard let token = try? vault.open(row) else {
+                unopenable += 1
+                continue
+            }
+            let published: Bool
+            do {
+                published = try await withIssueLock(row.environment, account.appKey) {
+                    let current = try await repository.tokens(userID: row.userID, environment: row.environment)
+                    guard current.contains(where: { $0.tokenSHA256 == row.tokenSHA256 && $0.status == .active })
+                    else { return false }
+                    try await publish(token, account: account)
+                    return true
+                }
+            } catch let problem as Problem where problem.code == .kisRateLimited {
+                postponed += 1  // an issuance for this app key holds the lock: the next pass sees its outcome
+                continue
+            }
+            if published { republished += 1 }
+        }
+        if unopenable > 0 {
+            logger.error(
+                "the reconciler cannot open some stored rows (their seal key is gone, or they were altered); their tokens are not republished",
+                metadata: ["rows": "\(unopenable)"])
+        }
+        if postponed > 0 {
+            logger.notice("tokens left to the next reconciliation: an issuance held their app key's lock",
+                          metadata: ["tokens": "\(postponed)"])
         }
         let expired = expiredByUser.values.flatMap { $0 }
         if !expired.isEmpty {

@@ -287,6 +287,85 @@ struct SchedulerTests {
         }
     }
 
+    /// A keeper over `store` and a fresh SQLite database, for reconciliation (it calls no KIS).
+    private static func withKeeper(
+        _ store: any SharedStore, keyring: SealKeyring,
+        _ body: @Sendable (TokenKeeper, any BrokerRepository) async throws -> Void
+    ) async throws {
+        let db = try await TestDatabase.make(.sqlite)
+        defer {
+            try? FileManager.default.removeItem(
+                atPath: URL(fileURLWithPath: db.location).deletingLastPathComponent().deletingLastPathComponent().path)
+        }
+        try await withRepository(db) { repository in
+            let keeper = TokenKeeper(
+                repository: repository, store: store, keyring: keyring, clients: [:],
+                settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: 60,
+                                         lockTTL: .seconds(30), lockWait: .seconds(10)),
+                metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger, clock: { Date() })
+            try await body(keeper, repository)
+        }
+    }
+
+    /// An account and an ACTIVE token for it, sealed with `keyring`, saved in `repository`; returns the token.
+    private static func save(_ user: String, appKey: String, keyring: SealKeyring,
+                             in repository: any BrokerRepository) async throws -> BrokerToken {
+        let vault = AccountVault(keyring: keyring)
+        let now = Int64(Date().timeIntervalSince1970)
+        let account = Account(userID: user, environment: .sandbox, appKey: appKey, appSecret: "secret-" + appKey,
+                              accountNumber: "12345678-01", createdAt: now, updatedAt: now)
+        let token = BrokerToken(userID: user, environment: .sandbox, accessToken: "token-of-" + user + "-" + UUID().uuidString,
+                                issuedAt: now, expiresAt: now + 86400)
+        try await repository.saveAccount(try vault.seal(account), token: try vault.seal(token, updatedAt: now))
+        return token
+    }
+
+    @Test("reconciliation passes over a row it cannot open (its seal key gone) and republishes the rows after it")
+    func reconcileAfterAnUnopenableRow() async throws {
+        let kind: StoreKind = redisURL == nil ? .memory : .redis
+        let (store, redis) = try makeStore(kind)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            if let redis { group.addTask { await redis.run() } }
+            defer { group.cancelAll() }
+            let keyring = SealKeyring.ephemeral()
+            try await Self.withKeeper(store, keyring: keyring) { keeper, repository in
+                // Sealed under another key with the same id (a key replaced too early): listed first, never opened.
+                let lost = try await Self.save("u-lost", appKey: appKey("ul"), keyring: .ephemeral(), in: repository)
+                let kept = try await Self.save("u-kept", appKey: appKey("uk"), keyring: keyring, in: repository)
+                #expect(try await keeper.reconcile() == 1)
+                #expect(try await store.get(TokenDirectory.recordKey(kept.sha256)) != nil)
+                #expect(try await store.setMembers(TokenDirectory.userKey("u-kept", .sandbox)) == [kept.sha256])
+                #expect(try await store.get(TokenDirectory.recordKey(lost.sha256)) == nil)
+                #expect(try await keeper.reconcile() == 0)  // and again: nothing left to do, nothing thrown
+            }
+        }
+    }
+
+    @Test("reconciliation does not republish a token revoked while it waited for the app key's issuance lock")
+    func reconcileUnderTheIssuanceLock() async throws {
+        let kind: StoreKind = redisURL == nil ? .memory : .redis
+        let (store, redis) = try makeStore(kind)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            if let redis { group.addTask { await redis.run() } }
+            defer { group.cancelAll() }
+            let keyring = SealKeyring.ephemeral()
+            try await Self.withKeeper(store, keyring: keyring) { keeper, repository in
+                let key = appKey("ur")
+                let token = try await Self.save("u-rev", appKey: key, keyring: keyring, in: repository)
+                // A disconnect holds the app key's lock while it marks the tokens REVOKED, unpublishes and deletes.
+                let lockKey = "lock:kis-issue:\(KISEnvironment.sandbox.rawValue):\(TokenDirectory.sha256(of: key))"
+                let lock = try #require(try await store.acquireLock(lockKey, ttl: .seconds(30)))
+                let pass = Task { try await keeper.reconcile() }
+                try await Task.sleep(for: .milliseconds(300))
+                try await repository.setStatus(.revoked, tokenSHA256s: [token.sha256],
+                                               updatedAt: Int64(Date().timeIntervalSince1970))
+                _ = try await store.releaseLock(lock)
+                #expect(try await pass.value == 0)
+                #expect(try await store.get(TokenDirectory.recordKey(token.sha256)) == nil, "a revoked token was published")
+            }
+        }
+    }
+
     @Test("key rotation: a broker started with a new current key re-encrypts every row and still serves the account",
           arguments: DatabaseKind.available)
     func rotationAtStart(database: DatabaseKind) async throws {
