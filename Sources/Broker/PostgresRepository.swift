@@ -15,7 +15,7 @@ public final class PostgresRepository: BrokerRepository, Service {
     private let client: PostgresClient
     private let logger: Logger
 
-    /// - Parameter url: `postgres://user[:password]@host[:port]/database[?sslmode=disable|prefer|require]`.
+    /// - Parameter url: `postgres://user[:password]@host[:port]/database[?sslmode=…][&password=…]`.
     public init(url: String, logger: Logger) throws {
         self.client = PostgresClient(configuration: try Self.configuration(url: url), backgroundLogger: logger)
         self.logger = logger
@@ -27,16 +27,18 @@ public final class PostgresRepository: BrokerRepository, Service {
             scheme == "postgres" || scheme == "postgresql", let host = c.host, !host.isEmpty
         else { throw RepositoryError("the database URL must be postgres://user@host[:port]/database") }
         let user = c.user.flatMap { $0.removingPercentEncoding } ?? "postgres"
+        // In the authority (`user:password@`) or as a `password=` parameter, as libpq reads either.
         let password = c.password.flatMap { $0.removingPercentEncoding }
+            ?? c.queryItems?.first { $0.name.lowercased() == "password" }?.value
         var database = c.path
         if database.hasPrefix("/") { database.removeFirst() }
-        let sslmode = c.queryItems?.first { $0.name == "sslmode" }?.value ?? "prefer"
+        let sslmode = c.queryItems?.first { $0.name.lowercased() == "sslmode" }?.value ?? "prefer"
         let tls: PostgresClient.Configuration.TLS
         switch sslmode {
         case "disable": tls = .disable
         case "prefer", "allow": tls = .prefer(.makeClientConfiguration())
         case "require", "verify-ca", "verify-full": tls = .require(.makeClientConfiguration())
-        default: throw RepositoryError("sslmode must be disable, prefer or require, got \(sslmode)")
+        default: throw RepositoryError("sslmode must be disable, allow, prefer, require, verify-ca or verify-full, got \(sslmode)")
         }
         var configuration = PostgresClient.Configuration(
             host: host, port: c.port ?? 5432, username: user, password: password,

@@ -251,7 +251,7 @@ struct Loader {
             names[KisgwConfig.environmentName(section: section, key: key)] = (section, key)
         }
         for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("KISGW_") {
-            if name.hasPrefix("KISGW_TEST_") || name.hasPrefix("KISGW_BENCH_") || name == "KISGW_CONFIG" { continue }
+            if Self.notConfiguration(name) { continue }
             if let (section, key) = names[name] {
                 environmentValues[section, default: [:]][key] = (name, value)
                 continue
@@ -269,8 +269,17 @@ struct Loader {
             let hint = Validation.suggestion(for: name, among: candidates).map { "; did you mean \($0)?" } ?? ""
             throw ConfigError(
                 .unknownEnvironmentVariable, source: "environment \(name)", key: nil,
-                problem: "names no configuration key\(hint) (KISGW_TEST_* and KISGW_BENCH_* are ignored)")
+                problem: "names no configuration key\(hint) (KISGW_TEST_*, KISGW_BENCH_* and KISGW_DEMO_* are ignored)")
         }
+    }
+
+    /// `KISGW_*` variables that are not configuration keys but kisgw's own tools' settings: the tests'
+    /// (`KISGW_TEST_*`, `KISGW_SKIP_BROWSER_TESTS`), the benchmark's (`KISGW_BENCH_*`), `kisgw demo`'s
+    /// (`KISGW_DEMO_*`) and the configuration file's path (`KISGW_CONFIG`). Left exported, they must not stop
+    /// another command from starting.
+    static func notConfiguration(_ name: String) -> Bool {
+        name.hasPrefix("KISGW_TEST_") || name.hasPrefix("KISGW_BENCH_") || name.hasPrefix("KISGW_DEMO_")
+            || name == "KISGW_SKIP_BROWSER_TESTS" || name == "KISGW_CONFIG"
     }
 
     // MARK: - typed lookups

@@ -63,7 +63,8 @@ extension KisgwConfig {
         case .gateway:
             try requireJWT()
             try requireRedis()
-            if store.backend == .redis { try requireSealKey() }
+            // The memory store makes its own key when none is set; keys that are set must include the current one.
+            if store.backend == .redis || !seal.keys.isEmpty { try requireSealKey() }
         case .broker:
             try requireJWT()
             try requireSealKey()

@@ -152,6 +152,10 @@ enum Validation {
         return String(text).removingPercentEncoding
     }
 
+    /// libpq's `sslmode` values: `disable`; `allow` and `prefer` (TLS when the server offers it); `require`,
+    /// `verify-ca` and `verify-full` (TLS with the certificate verified).
+    static let sslModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
     /// `sqlite:<path>` or `postgres://` / `postgresql://` URLs.
     static func database(_ text: String) -> Result<BrokerDatabase, Failure> {
         let shape = "must be sqlite:<path> or postgres://user@host[:port]/database"
@@ -174,6 +178,25 @@ enum Validation {
         let authority = rest[..<end]
         guard !authority.isEmpty, case .success = hostAndPort(authority) else {
             return .failure(Failure(problem: "has a missing or invalid host; " + shape))
+        }
+        // The parameters the broker's PostgreSQL client reads; any other would be silently ignored.
+        if let q = rest.firstIndex(of: "?") {
+            for parameter in rest[rest.index(after: q)...].split(separator: "&", omittingEmptySubsequences: false) {
+                let parts = parameter.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                let name = parts[0].lowercased(), value = parts.count > 1 ? String(parts[1]) : ""
+                switch name {
+                case "sslmode":
+                    guard Self.sslModes.contains(value) else {
+                        return .failure(Failure(problem: "has sslmode=\(value); use one of "
+                                                + Self.sslModes.joined(separator: ", ")))
+                    }
+                case "password":
+                    continue
+                default:
+                    return .failure(Failure(problem: "has the parameter \"\(parts[0])\", which kisgw does not read "
+                                            + "(it reads sslmode and password)"))
+                }
+            }
         }
         return .success(.postgres(url: Secret(text)))
     }

@@ -1,6 +1,7 @@
 import Foundation
 import KIS
 import Logging
+import PostgresNIO
 import Store
 import Testing
 import Tokens
@@ -85,6 +86,14 @@ struct RepositoryContractTests {
             #expect(try await repo.replaceTokenSeal(tokenSHA256: "a", accessToken: "y", kid: "k3", expectedKid: "k1") == false)
             #expect(try await repo.tokens(userID: "u1", environment: .sandbox).first?.kid == "k2")
         }
+    }
+
+    @Test("a PostgreSQL URL's password is read from the authority or from a password= parameter, as libpq reads it")
+    func postgresPassword() throws {
+        #expect(try PostgresRepository.configuration(url: "postgres://u:a%40b@db/x").password == "a@b")
+        #expect(try PostgresRepository.configuration(url: "postgres://u@db/x?sslmode=disable&password=p%26w").password == "p&w")
+        #expect(try PostgresRepository.configuration(url: "postgres://u@db/x?PASSWORD=pw").password == "pw")
+        #expect(try PostgresRepository.configuration(url: "postgres://u@db/x").password == nil)
     }
 
     @Test("the SQLite file and its folders are created on first start")

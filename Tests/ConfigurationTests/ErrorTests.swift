@@ -154,7 +154,7 @@ let badInputs: [BadInput] = [
         kind: .invalidValue),
     BadInput(
         name: "unknown KISGW_ variable", environment: ["KISGW_SERVER_PROT": "9000"],
-        message: "environment KISGW_SERVER_PROT: names no configuration key; did you mean KISGW_SERVER_PORT? (KISGW_TEST_* and KISGW_BENCH_* are ignored)",
+        message: "environment KISGW_SERVER_PROT: names no configuration key; did you mean KISGW_SERVER_PORT? (KISGW_TEST_*, KISGW_BENCH_* and KISGW_DEMO_* are ignored)",
         kind: .unknownEnvironmentVariable),
     BadInput(
         name: "short secret", environment: ["KISGW_AUTH_JWT_HS256_SECRET": "tooshort"],
@@ -182,6 +182,16 @@ let badInputs: [BadInput] = [
     BadInput(
         name: "bad database", environment: ["KISGW_BROKER_DATABASE": "mysql://u:pw@db/kisgw"],
         message: "environment KISGW_BROKER_DATABASE: must be sqlite:<path> or postgres://user@host[:port]/database, got \"mysql://u:[REDACTED]@db/kisgw\"",
+        kind: .invalidValue, hidden: ["pw@"]),
+    BadInput(
+        name: "a database URL parameter kisgw does not read",
+        environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw@db/kisgw?sslmode=require&connect_timeout=5"],
+        message: "environment KISGW_BROKER_DATABASE: has the parameter \"connect_timeout\", which kisgw does not read (it reads sslmode and password), got \"postgres://[REDACTED]@db/kisgw?sslmode=require&connect_timeout=5\"",
+        kind: .invalidValue),
+    BadInput(
+        name: "an unknown sslmode",
+        environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw:pw@db/kisgw?sslmode=strict"],
+        message: "environment KISGW_BROKER_DATABASE: has sslmode=strict; use one of disable, allow, prefer, require, verify-ca, verify-full, got \"postgres://kisgw:[REDACTED]@db/kisgw?sslmode=strict\"",
         kind: .invalidValue, hidden: ["pw@"]),
     BadInput(
         name: "bad bind host", toml: "[server]\nhost = \"http://0.0.0.0\"",
@@ -256,6 +266,10 @@ let roleCases: [RoleCase] = [
         name: "gateway whose current key is absent", toml: "[redis]\nurl = \"redis://localhost\"\n[seal]\ncurrent = \"k2\"",
         environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_K1": base64Key(32)], role: .gateway,
         message: "kisgw gateway: [seal] keys: has no key for [seal] current \"k2\" (the seal keys are k1); set KISGW_SEAL_KEYS_K2 to the base64 of 32 random bytes, or [seal] keys_file"),
+    RoleCase(
+        name: "gateway on memory whose seal keys lack the current one", toml: "",
+        environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_K2": base64Key(32)], role: .gateway,
+        message: "kisgw gateway: [seal] keys: has no key for [seal] current \"k1\" (the seal keys are k2); set KISGW_SEAL_KEYS_K1 to the base64 of 32 random bytes, or [seal] keys_file"),
     RoleCase(
         name: "gateway on redis, complete", toml: "[redis]\nurl = \"redis://localhost\"",
         environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_K1": base64Key(32)], role: .gateway, message: nil),

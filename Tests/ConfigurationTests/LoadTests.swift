@@ -301,6 +301,24 @@ struct LoadTests {
         }
     }
 
+    @Test func kisgwToolsVariablesAreNotConfiguration() throws {
+        // kisgw demo's, the tests' and the benchmark's own variables, left exported, do not stop a command.
+        let environment = ["KISGW_DEMO_PORT_BASE": "8100", "KISGW_DEMO_APP_KEY": "PSdemo", "KISGW_DEMO_DATA": "/tmp/d",
+                           "KISGW_SKIP_BROWSER_TESTS": "1", "KISGW_TEST_REDIS_URL": "redis://127.0.0.1:1/0",
+                           "KISGW_BENCH_BINARY": "/bin/true", "KISGW_SERVER_PORT": "8123"]
+        #expect(try KisgwConfig.load(file: nil, environment: environment).server.port == 8123)
+    }
+
+    @Test func databaseURLParameters() throws {
+        let url = "postgres://kisgw@db:5433/kisgw?sslmode=verify-full&password=pw"
+        let database = try KisgwConfig.load(file: nil, environment: ["KISGW_BROKER_DATABASE": url]).broker.database
+        guard case .postgres(let secret) = database else {
+            Issue.record("not read as PostgreSQL: \(database)")
+            return
+        }
+        #expect(secret.value == url)
+    }
+
     @Test func environmentNames() {
         #expect(KisgwConfig.environmentName(section: "server", key: "port") == "KISGW_SERVER_PORT")
         #expect(KisgwConfig.environmentName(section: "auth.jwt", key: "hs256_secret") == "KISGW_AUTH_JWT_HS256_SECRET")
