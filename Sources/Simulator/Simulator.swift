@@ -320,7 +320,11 @@ struct Simulator: Sendable {
             return inputError("INPUT_DATE", trID: trID)
         }
         guard d1.count == 8, d2.count == 8 else { return inputError("INPUT_DATE", trID: trID, length: true) }
-        guard let start = CivilDate(yyyymmdd: d1), let end = CivilDate(yyyymmdd: d2) else {
+        // Year 0000 (pykis sends FID_INPUT_DATE_1="00000101" when no start is given, kis-api.md) means "since the
+        // first bar": KIS takes it, so the simulator does.
+        let sinceListing = d1.hasPrefix("0000") && d1.utf8.allSatisfy { $0 >= 48 && $0 <= 57 }
+        let start = sinceListing ? nil : CivilDate(yyyymmdd: d1)
+        guard sinceListing || start != nil, let end = CivilDate(yyyymmdd: d2) else {
             return inputError("INPUT_DATE", trID: trID)
         }
         guard let p = q["FID_PERIOD_DIV_CODE"].flatMap({ ChartPeriod(rawValue: $0.uppercased()) }) else {
@@ -338,7 +342,7 @@ struct Simulator: Sendable {
         let today = lastDataDay(.krx)
         let appKey = request.headers[HTTPField.Name("appkey")!]!
         let (bars, trCont) = page(request, appKey: appKey) { limit in
-            start > end
+            start.map { $0 > end } ?? false
                 ? []
                 : MarketData.bars(profile, period: p, adjusted: adjusted, start: start, end: end, today: today,
                                   limit: limit)

@@ -94,6 +94,9 @@ final class SimulatorState: Sendable {
                 s.lastTokenResponse[appKey] = now
                 return .reuse(token: tokenString, expiresAt: t.expiresAt)
             }
+            // Decided now, not when the token is recorded: a second request arriving while this one's token is being
+            // signed is too soon, as at KIS (one token request per app key per issue interval).
+            s.lastTokenResponse[appKey] = now
             return .issue
         }
     }

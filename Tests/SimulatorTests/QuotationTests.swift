@@ -182,6 +182,21 @@ struct DomesticChartTests {
         }
     }
 
+    @Test("FID_INPUT_DATE_1=00000101 (pykis's \"no start date\") is taken, as KIS takes it: the same page as a real start")
+    func sinceListing() async throws {
+        try await withSimulator { sim in
+            let token = try await sim.accessToken()
+            let open = try await sim.domestic(token: token, from: "00000101", to: "20250331")
+            let dated = try await sim.domestic(token: token, from: "19000101", to: "20250331")
+            #expect(open.status == 200 && open.json["rt_cd"] as? String == "0", "\(open.json)")
+            #expect(open.rows.count == 100 && open.header("tr_cont") == "M")
+            #expect(open.rows.compactMap { $0["stck_bsop_date"] as? String }
+                == dated.rows.compactMap { $0["stck_bsop_date"] as? String })
+            // Only year 0000 means that: other unreadable dates are still refused.
+            #expect(try await sim.domestic(token: token, from: "2025013x", to: "20250331").json["rt_cd"] as? String == "2")
+        }
+    }
+
     @Test("paging by date: DATE_2 = oldest − 1 day continues with no gap and no overlap; the same data every time")
     func datePaging() async throws {
         try await withSimulator { sim in

@@ -58,6 +58,34 @@ struct TokenTests {
         }
     }
 
+    @Test("two token requests at once for one app key: one token, the other 403 EGW00133, as at KIS")
+    func concurrentRequests() async throws {
+        // The decision is taken when the request is decided, not when its token has been signed and recorded: a
+        // second request decided in between (the signing is an actor call, so one may be) is too soon.
+        let state = SimulatorState()
+        let now = Date()
+        guard case .issue = state.decideToken(appKey: "PSconcurrent", reuseWindow: 21600, issueInterval: 60, at: now) else {
+            Issue.record("the first request was not issued a token")
+            return
+        }
+        guard case .tooSoon = state.decideToken(appKey: "PSconcurrent", reuseWindow: 21600, issueInterval: 60, at: now)
+        else {
+            Issue.record("a second request decided before the first token was recorded got a token too")
+            return
+        }
+        // Over HTTP, several at once: one token.
+        try await withSimulator(SimulatorConfiguration(port: 0, issueInterval: 60)) { sim in
+            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<4 { group.addTask { try await sim.token(appKey: "PSconcurrent").status } }
+                var out: [Int] = []
+                for try await s in group { out.append(s) }
+                return out.sorted()
+            }
+            #expect(statuses == [200, 403, 403, 403])
+            #expect(try await sim.request(.GET, "/__sim/stats").json["issuances"] as? Int == 1)
+        }
+    }
+
     @Test("within the reuse window the same token and expiry come back; after it, a new token")
     func reuseWindow() async throws {
         try await withSimulator(SimulatorConfiguration(port: 0, issueInterval: 60)) { sim in
