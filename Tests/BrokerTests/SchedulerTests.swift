@@ -366,6 +366,98 @@ struct SchedulerTests {
         }
     }
 
+    /// store.md: a token the store lost is "republished within [broker] reconcile_interval_s". A refresh pass over
+    /// many due accounts, each KIS `tokenP` slow, may last far longer than that; reconciliation runs between its
+    /// accounts too, so a token lost mid-pass is back before the pass ends.
+    @Test("a token the store lost during a long refresh pass is republished within the reconcile interval, not after the pass")
+    func reconcileWithinAPass() async throws {
+        let kind: StoreKind = redisURL == nil ? .memory : .redis
+        let (store, redis) = try makeStore(kind)
+        let clock = TestClock()
+        let kis = SlowTokenP(delay: .milliseconds(1500), clock: clock)
+        let router = Router()
+        router.post(RouterPath("/copy0/oauth2/tokenP")) { request, _ in try await kis.answer(copy: 0, request) }
+        let standIn = await startStandInKIS(router)
+        defer { standIn.task.cancel() }
+        let db = try await TestDatabase.make(.sqlite)
+        defer {
+            try? FileManager.default.removeItem(
+                atPath: URL(fileURLWithPath: db.location).deletingLastPathComponent().deletingLastPathComponent().path)
+        }
+        let keyring = SealKeyring.ephemeral()
+        let keys = (0..<4).map { appKey("rp\($0)") }
+        try await withRepository(db) { repository in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                if let redis { group.addTask { await redis.run() } }
+                defer { group.cancelAll() }
+                // Four connected accounts with no token yet: all due, a pass of 4 × 1.5 s.
+                let vault = AccountVault(keyring: keyring)
+                let now = Int64(clock.now().timeIntervalSince1970)
+                for (i, key) in keys.enumerated() {
+                    let account = Account(userID: "u-rp\(i)", environment: .sandbox, appKey: key, appSecret: "secret-" + key,
+                                          accountNumber: "12345678-01", createdAt: now, updatedAt: now)
+                    try await repository.saveAccount(try vault.seal(account), token: nil)
+                }
+                let keeper = TokenKeeper(
+                    repository: repository, store: store, keyring: keyring,
+                    clients: [.sandbox: KISClient(baseURL: standIn.url + "/copy0", timeout: .seconds(10), logger: quietLogger)],
+                    settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: 1,
+                                             lockTTL: .seconds(30), lockWait: .seconds(10)),
+                    metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger,
+                    clock: { clock.now() })
+                // And one account with a live token, not due (a day left), published.
+                let kept = try await Self.save("u-rp-kept", appKey: appKey("rpk"), keyring: keyring, in: repository)
+                #expect(try await keeper.reconcile() == 1)
+                let record = TokenDirectory.recordKey(kept.sha256), userSet = TokenDirectory.userKey("u-rp-kept", .sandbox)
+                @Sendable func published() async throws -> Bool {
+                    guard try await store.get(record) != nil else { return false }
+                    return try await store.setMembers(userSet).contains(kept.sha256)
+                }
+                #expect(try await published())
+
+                let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1, logger: quietLogger)
+                let run = Task { try await scheduler.run() }
+                defer { run.cancel() }
+                // The pass is under way; the store loses the live token (as after a FLUSHALL).
+                try #require(try await eventually { kis.calls.count == 1 })
+                let lost = ContinuousClock.now
+                try await store.delete(record)
+                _ = try await store.setRemove(userSet, members: [kept.sha256])
+                // Not checked to be gone: reconciliation may already have put it back (see flushRecovery).
+                let callsWhenBack = Mutex<Int?>(nil)
+                let back = try await eventually(timeout: .milliseconds(2500)) {
+                    guard try await published() else { return false }
+                    callsWhenBack.withLock { $0 = kis.calls.count }
+                    return true
+                }
+                let after = ContinuousClock.now - lost
+                let callsNow = kis.calls.count
+                #expect(back, "not republished within 2.5 s of the loss (reconcile_interval_s 1); tokenP calls: \(callsNow)")
+                if back, let calls = callsWhenBack.withLock({ $0 }) {
+                    #expect(calls < keys.count, "republished \(after) after the loss, at the pass's last account (tokenP calls: \(calls))")
+                }
+
+                // Then the pass ends as usual: every account refreshed once, one at a time, published, its app key's
+                // issuance lock released (only then is the scheduler stopped, so no store call is cut short).
+                let passed = try await eventually {
+                    guard kis.calls.count == keys.count, kis.inFlight == 0 else { return false }
+                    for (i, key) in keys.enumerated() {
+                        guard try await !store.setMembers(TokenDirectory.userKey("u-rp\(i)", .sandbox)).isEmpty,
+                              try await store.get("lock:kis-issue:\(KISEnvironment.sandbox.rawValue):\(TokenDirectory.sha256(of: key))") == nil
+                        else { return false }
+                    }
+                    return true
+                }
+                #expect(passed)
+                #expect(kis.calls.map(\.appKey).sorted() == keys.sorted(), "each account once: \(kis.calls.map(\.appKey))")
+                #expect(kis.mostAtOnce == 1)
+
+                run.cancel()
+                _ = await run.result
+            }
+        }
+    }
+
     @Test("key rotation: a broker started with a new current key re-encrypts every row and still serves the account",
           arguments: DatabaseKind.available)
     func rotationAtStart(database: DatabaseKind) async throws {
