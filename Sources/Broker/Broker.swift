@@ -213,9 +213,14 @@ struct BrokerCore: Sendable {
             form = try RequestForm.account(try await Self.body(request))
             try await run { try await keeper.validate(userID: userID, form: form) }
         } catch let p as Problem where p.code == .invalidParameter || p.code == .kisCredentialsRejected {
-            return Self.json(["valid": false, "message": p.detail, "code": p.code.rawValue], status: .badRequest)
+            // KIS's own words (Korean, e.g. "유효하지 않은 AppSecret입니다.") go with the code, for the user.
+            var body: [String: Any] = ["valid": false, "message": p.detail, "code": p.code.rawValue]
+            if let m = p.kisMessage { body["kis_msg1"] = m }
+            if let c = p.kisMsgCode { body["kis_msg_cd"] = c }
+            return Self.json(body, status: .badRequest)
         }
-        return Self.json(["valid": true, "message": "KIS accepted the app key and secret"])
+        // Shown to the user as it is (web-client.md: toasts with the broker's message), in the UI's language.
+        return Self.json(["valid": true, "message": "한국투자증권에서 App Key와 App Secret을 확인했습니다"])
     }
 
     func token(_ request: Request) async throws -> Response {

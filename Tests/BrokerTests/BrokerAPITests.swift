@@ -84,6 +84,9 @@ struct BrokerAPITests {
             #expect(r.status == 400)
             #expect(r.json["valid"] as? Bool == false)
             #expect(r.code == "kis_credentials_rejected")
+            // KIS's own code and (Korean) words, for the user.
+            #expect(r.json["kis_msg_cd"] as? String == "EGW00105")
+            #expect((r.json["kis_msg1"] as? String)?.isEmpty == false, "\(r.json)")
             let t = try await b.post("/api/kis/token", accountBody(key, secret: "wrong-secret"), jwt: jwt)
             #expect(t.status == 400)
             #expect(t.code == "kis_credentials_rejected")
@@ -103,6 +106,7 @@ struct BrokerAPITests {
             let v = try await b.post("/api/kis/account/validate", accountBody(key), jwt: jwt)
             #expect(v.status == 200)
             #expect(v.json["valid"] as? Bool == true)
+            #expect(v.json["message"] as? String == "한국투자증권에서 App Key와 App Secret을 확인했습니다")
             let t = try await b.post("/api/kis/token", accountBody(key), jwt: jwt)
             #expect(t.status == 200, "\(t.text)")
             #expect(t.json["environment"] as? String == "SANDBOX")

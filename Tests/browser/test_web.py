@@ -228,6 +228,40 @@ def test_token_expiring_mid_session_is_refreshed(browser, demo, reset_account):
     shot(browser, '04-after-token-refresh.png')
 
 
+def test_default_range_ends_today_in_the_markets_time_zone(browser, demo):
+    """A browser far from Seoul still asks for today's KRX candle: the default end is today in Asia/Seoul (and in New
+    York for a NAS chart), not in the browser's zone; dates typed by the user stay theirs."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    def today(zone):
+        return datetime.now(ZoneInfo(zone)).date().isoformat()
+
+    # UTC−10: its date differs from Seoul's (UTC+9) for 19 hours of each day.
+    # (The browser is this test's own: the override ends with it.)
+    browser.execute_cdp_cmd('Emulation.setTimezoneOverride', {'timezoneId': 'Pacific/Honolulu'})
+    seoul = {today('Asia/Seoul')}
+    open_page(browser, demo, 'tz-user')
+    seoul.add(today('Asia/Seoul'))
+    end = el(browser, 'end').get_attribute('value')
+    assert end in seoul, (end, seoul, today('Pacific/Honolulu'))
+    start = el(browser, 'start').get_attribute('value')
+    assert start == (datetime.fromisoformat(end) - timedelta(days=150)).date().isoformat(), (start, end)
+
+    browser.find_element(By.CSS_SELECTOR, '#chart-form input[name=market][value=overseas]').click()
+    york = {today('America/New_York')}
+    end = el(browser, 'end').get_attribute('value')
+    york.add(today('America/New_York'))
+    assert end in york, (end, york)
+
+    # The user's own end is kept through a change of period; the start follows it.
+    browser.execute_script("document.getElementById('end').value = '2025-06-30'")
+    browser.execute_script(
+        "const p = document.getElementById('period'); p.value = 'W'; p.dispatchEvent(new Event('change'))")
+    assert el(browser, 'end').get_attribute('value') == '2025-06-30'
+    assert el(browser, 'start').get_attribute('value') == (datetime(2025, 6, 30) - timedelta(days=730)).date().isoformat()
+
+
 def test_wrong_app_secret_shows_broker_message(browser, demo):
     open_page(browser, demo, 'carol')
     fill_connect(browser, secret='definitely-not-the-secret')

@@ -24,7 +24,19 @@ const PROBLEM_LABEL = {
   upstream_error: '한국투자증권 API 오류',
   upstream_timeout: '한국투자증권 API 응답이 지연되고 있습니다',
   store_unavailable: '토큰 저장소를 사용할 수 없습니다',
+  kis_credentials_rejected: '한국투자증권이 App Key 또는 App Secret 을 거부했습니다',
+  kis_rate_limited: '토큰 발급은 App Key 당 1분에 한 번입니다. 잠시 후 다시 시도하세요',
 };
+
+/** A broker or gateway error for the user: the Korean headline of its code, then the server's message and, when KIS
+ *  gave one, KIS's own (Korean) message. */
+function describeError(err) {
+  const label = PROBLEM_LABEL[err.code];
+  const kis = err.body?.kis_msg1;
+  const parts = [label && !err.message.includes(label) ? `${label}: ${err.message}` : err.message];
+  if (kis && !parts[0].includes(kis)) parts.push(`(한국투자증권: ${kis})`);
+  return parts.join(' ');
+}
 
 const expiryFmt = new Intl.DateTimeFormat('ko-KR', {
   year: 'numeric', month: 'long', day: 'numeric', hour: 'numeric', minute: '2-digit', timeZone: 'Asia/Seoul',
@@ -186,17 +198,19 @@ async function onConnect(event) {
   button.textContent = '확인 중…';
   try {
     if (client.environment !== data.environment) client.setEnvironment(data.environment);
-    await client.connect(data);
+    const { message } = await client.connect(data);
     editing = false;
     $('connect-form').reset();
-    toast(`${ENV_LABEL[data.environment]} 계정이 연결되었습니다`, 'success');
+    const connected = `${ENV_LABEL[data.environment]} 계정이 연결되었습니다`;
+    toast(message ? `${connected} — ${message}` : connected, 'success');
     render();
     loadChart();
   } catch (err) {
-    errorEl.textContent = err.message;
+    const text = describeError(err);
+    errorEl.textContent = text;
     errorEl.dataset.code = err.code;
     errorEl.hidden = false;
-    toast(`연결 실패: ${err.message}`, 'error', 7000);
+    toast(`연결 실패: ${text}`, 'error', 7000);
   } finally {
     button.disabled = false;
     render();
@@ -297,21 +311,52 @@ function showChartEmpty(text) {
   setChartState('idle');
 }
 
-function isoDay(d) {
-  const z = new Date(d.getTime() - d.getTimezoneOffset() * 60000);
-  return z.toISOString().slice(0, 10);
+/** The exchanges' time zones: a chart's range ends today where the market is (gateway-api.md: the default `end` is
+ *  today in the market's own time zone), not in the browser's — a KRX chart is dated in Asia/Seoul wherever it is
+ *  looked at. */
+const MARKET_ZONE = {
+  KRX: 'Asia/Seoul', NAS: 'America/New_York', NYS: 'America/New_York', AMS: 'America/New_York', HKS: 'Asia/Hong_Kong',
+  TSE: 'Asia/Tokyo', SHS: 'Asia/Shanghai', SZS: 'Asia/Shanghai', HSX: 'Asia/Ho_Chi_Minh', HNX: 'Asia/Ho_Chi_Minh',
+};
+
+function selectedZone() {
+  const overseas = document.querySelector('#chart-form input[name=market]:checked')?.value === 'overseas';
+  return MARKET_ZONE[overseas ? $('exchange').value : 'KRX'] ?? 'Asia/Seoul';
+}
+
+/** Today's date, `YYYY-MM-DD`, in `zone`. */
+function todayIn(zone, now = new Date()) {
+  const parts = Object.fromEntries(new Intl.DateTimeFormat('en-US', {
+    timeZone: zone, year: 'numeric', month: '2-digit', day: '2-digit',
+  }).formatToParts(now).map((p) => [p.type, p.value]));
+  return `${parts.year}-${parts.month}-${parts.day}`;
+}
+
+function addDays(iso, days) {
+  return new Date(Date.parse(`${iso}T00:00:00Z`) + days * 86400000).toISOString().slice(0, 10);
 }
 
 const PERIOD_SPAN_DAYS = { D: 150, W: 730, M: 1825, Y: 3650 };
 
+/** The dates this page filled in itself, last. While the fields still hold them (nobody changed them), they follow
+ *  the market's today: after a change of market or exchange, and at each query, so a page left open past midnight
+ *  asks for the new day. */
+let autoDates = null;
+const autoRange = () => autoDates === null || (autoDates.start === $('start').value && autoDates.end === $('end').value);
+
+/** The range for `period` ending at the market's today — or, when the user chose the end, at theirs (which stays
+ *  theirs). */
 function setDefaultRange(period = 'D') {
-  const end = $('end').value ? new Date(`${$('end').value}T00:00:00`) : new Date();
-  const start = new Date(end.getTime() - PERIOD_SPAN_DAYS[period] * 86400000);
-  $('end').value = isoDay(end);
-  $('start').value = isoDay(start);
+  const auto = autoRange() || !$('end').value;
+  const end = auto ? todayIn(selectedZone()) : $('end').value;
+  const start = addDays(end, -PERIOD_SPAN_DAYS[period]);
+  $('end').value = end;
+  $('start').value = start;
+  autoDates = auto ? { start, end } : { start: null, end: null };
 }
 
 function readQuery() {
+  if (autoRange()) setDefaultRange($('period').value);
   const f = new FormData($('chart-form'));
   const market = f.get('market');
   return {
@@ -406,6 +451,7 @@ function onMarketChange() {
   const sym = $('symbol');
   if (overseas && /^\d{6}$/.test(sym.value)) sym.value = 'AAPL';
   if (!overseas && !/^[0-9A-Z]{6,9}$/.test(sym.value)) sym.value = '005930';
+  if (autoRange()) setDefaultRange($('period').value);
 }
 
 // ------------------------------------------------------------------------------------------------ start
@@ -426,6 +472,7 @@ async function main() {
   $('chart-form').addEventListener('submit', (e) => { e.preventDefault(); loadChart(); });
   for (const r of document.querySelectorAll('#chart-form input[name=market]')) r.addEventListener('change', onMarketChange);
   $('period').addEventListener('change', () => setDefaultRange($('period').value));
+  $('exchange').addEventListener('change', () => { if (autoRange()) setDefaultRange($('period').value); });
   $('signin').addEventListener('submit', async (e) => {
     e.preventDefault();
     try {
