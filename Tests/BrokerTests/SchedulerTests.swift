@@ -176,10 +176,7 @@ struct SchedulerTests {
         let standIn = await startStandInKIS(router)
         defer { standIn.task.cancel() }
         let db = try await TestDatabase.make(.sqlite)
-        defer {
-            try? FileManager.default.removeItem(
-                atPath: URL(fileURLWithPath: db.location).deletingLastPathComponent().deletingLastPathComponent().path)
-        }
+        defer { Self.remove(db) }
         let keyring = SealKeyring.ephemeral()
         let keys = (0..<4).map { appKey("lp\($0)") }
         try await withRepository(db) { repository in
@@ -188,25 +185,13 @@ struct SchedulerTests {
                     if let redis { group.addTask { await redis.run() } }
                     defer { group.cancelAll() }
                     // Four connected accounts with no token yet: all due.
-                    let vault = AccountVault(keyring: keyring)
-                    let now = Int64(clock.now().timeIntervalSince1970)
-                    for (i, key) in keys.enumerated() {
-                        let account = Account(userID: "u-lp\(i)", environment: .sandbox, appKey: key, appSecret: "secret-" + key,
-                                              accountNumber: "12345678-01", createdAt: now, updatedAt: now)
-                        try await repository.saveAccount(try vault.seal(account), token: nil)
-                    }
+                    try await Self.saveDue(keys, users: "u-lp", keyring: keyring, at: clock.now(), in: repository)
                     // Two scheduler copies on one store and database, as two brokers run them; a tick of 1 s, the
                     // smallest, so the lease lives 3 s.
                     let took = [Hits(), Hits()]
                     let copies = [repository, otherRepository].enumerated().map { (copy, repo) in
-                        let keeper = TokenKeeper(
-                            repository: repo, store: store, keyring: keyring,
-                            clients: [.sandbox: KISClient(baseURL: standIn.url + "/copy\(copy)", timeout: .seconds(10),
-                                                          logger: quietLogger)],
-                            settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: 1,
-                                                     lockTTL: .seconds(30), lockWait: .seconds(10)),
-                            metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger,
-                            clock: { clock.now() })
+                        let keeper = Self.keeper(repo, store: store, keyring: keyring, kis: standIn.url + "/copy\(copy)",
+                                                 refreshInterval: 1, clock: { clock.now() })
                         return BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1,
                                                logger: quietLogger, onLeaseChange: { if $0 { took[copy].hit() } })
                     }
@@ -287,23 +272,55 @@ struct SchedulerTests {
         }
     }
 
-    /// A keeper over `store` and a fresh SQLite database, for reconciliation (it calls no KIS).
-    private static func withKeeper(
-        _ store: any SharedStore, keyring: SealKeyring,
-        _ body: @Sendable (TokenKeeper, any BrokerRepository) async throws -> Void
-    ) async throws {
-        let db = try await TestDatabase.make(.sqlite)
-        defer {
-            try? FileManager.default.removeItem(
-                atPath: URL(fileURLWithPath: db.location).deletingLastPathComponent().deletingLastPathComponent().path)
+    /// Removes a test's SQLite database and its folder.
+    private static func remove(_ db: TestDatabase) {
+        try? FileManager.default.removeItem(
+            atPath: URL(fileURLWithPath: db.location).deletingLastPathComponent().deletingLastPathComponent().path)
+    }
+
+    /// A keeper as a broker builds one (tokens refreshed an hour ahead, 30 s issuance locks), calling the KIS at
+    /// `kis` for SANDBOX accounts (none when nil).
+    private static func keeper(_ repository: any BrokerRepository, store: any SharedStore, keyring: SealKeyring,
+                               kis: String?, refreshInterval: Int64,
+                               clock: @escaping @Sendable () -> Date) -> TokenKeeper {
+        TokenKeeper(
+            repository: repository, store: store, keyring: keyring,
+            clients: kis.map { [.sandbox: KISClient(baseURL: $0, timeout: .seconds(10), logger: quietLogger)] } ?? [:],
+            settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: refreshInterval,
+                                     lockTTL: .seconds(30), lockWait: .seconds(10)),
+            metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger, clock: clock)
+    }
+
+    /// SANDBOX accounts connected with no token yet (all due for the scheduler), one per app key: users
+    /// `<users>0`, `<users>1`, …
+    private static func saveDue(_ keys: [String], users: String, keyring: SealKeyring, at date: Date,
+                                in repository: any BrokerRepository) async throws {
+        let vault = AccountVault(keyring: keyring)
+        let now = Int64(date.timeIntervalSince1970)
+        for (i, key) in keys.enumerated() {
+            let account = Account(userID: users + "\(i)", environment: .sandbox, appKey: key, appSecret: "secret-" + key,
+                                  accountNumber: "12345678-01", createdAt: now, updatedAt: now)
+            try await repository.saveAccount(try vault.seal(account), token: nil)
         }
-        try await withRepository(db) { repository in
-            let keeper = TokenKeeper(
-                repository: repository, store: store, keyring: keyring, clients: [:],
-                settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: 60,
-                                         lockTTL: .seconds(30), lockWait: .seconds(10)),
-                metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger, clock: { Date() })
-            try await body(keeper, repository)
+    }
+
+    /// A keeper over this run's store (Redis when `KISGW_TEST_REDIS_URL` is set, else memory), a fresh SQLite
+    /// database and a new seal keyring, for reconciliation (it calls no KIS).
+    private static func withKeeper(
+        _ body: @Sendable (TokenKeeper, any BrokerRepository, any SharedStore, SealKeyring) async throws -> Void
+    ) async throws {
+        let (store, redis) = try makeStore(redisURL == nil ? .memory : .redis)
+        let keyring = SealKeyring.ephemeral()
+        let db = try await TestDatabase.make(.sqlite)
+        defer { Self.remove(db) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            if let redis { group.addTask { await redis.run() } }
+            defer { group.cancelAll() }
+            try await withRepository(db) { repository in
+                let keeper = Self.keeper(repository, store: store, keyring: keyring, kis: nil, refreshInterval: 60,
+                                         clock: { Date() })
+                try await body(keeper, repository, store, keyring)
+            }
         }
     }
 
@@ -322,47 +339,33 @@ struct SchedulerTests {
 
     @Test("reconciliation passes over a row it cannot open (its seal key gone) and republishes the rows after it")
     func reconcileAfterAnUnopenableRow() async throws {
-        let kind: StoreKind = redisURL == nil ? .memory : .redis
-        let (store, redis) = try makeStore(kind)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            if let redis { group.addTask { await redis.run() } }
-            defer { group.cancelAll() }
-            let keyring = SealKeyring.ephemeral()
-            try await Self.withKeeper(store, keyring: keyring) { keeper, repository in
-                // Sealed under another key with the same id (a key replaced too early): listed first, never opened.
-                let lost = try await Self.save("u-lost", appKey: appKey("ul"), keyring: .ephemeral(), in: repository)
-                let kept = try await Self.save("u-kept", appKey: appKey("uk"), keyring: keyring, in: repository)
-                #expect(try await keeper.reconcile() == 1)
-                #expect(try await store.get(TokenDirectory.recordKey(kept.sha256)) != nil)
-                #expect(try await store.setMembers(TokenDirectory.userKey("u-kept", .sandbox)) == [kept.sha256])
-                #expect(try await store.get(TokenDirectory.recordKey(lost.sha256)) == nil)
-                #expect(try await keeper.reconcile() == 0)  // and again: nothing left to do, nothing thrown
-            }
+        try await Self.withKeeper { keeper, repository, store, keyring in
+            // Sealed under another key with the same id (a key replaced too early): listed first, never opened.
+            let lost = try await Self.save("u-lost", appKey: appKey("ul"), keyring: .ephemeral(), in: repository)
+            let kept = try await Self.save("u-kept", appKey: appKey("uk"), keyring: keyring, in: repository)
+            #expect(try await keeper.reconcile() == 1)
+            #expect(try await store.get(TokenDirectory.recordKey(kept.sha256)) != nil)
+            #expect(try await store.setMembers(TokenDirectory.userKey("u-kept", .sandbox)) == [kept.sha256])
+            #expect(try await store.get(TokenDirectory.recordKey(lost.sha256)) == nil)
+            #expect(try await keeper.reconcile() == 0)  // and again: nothing left to do, nothing thrown
         }
     }
 
     @Test("reconciliation does not republish a token revoked while it waited for the app key's issuance lock")
     func reconcileUnderTheIssuanceLock() async throws {
-        let kind: StoreKind = redisURL == nil ? .memory : .redis
-        let (store, redis) = try makeStore(kind)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            if let redis { group.addTask { await redis.run() } }
-            defer { group.cancelAll() }
-            let keyring = SealKeyring.ephemeral()
-            try await Self.withKeeper(store, keyring: keyring) { keeper, repository in
-                let key = appKey("ur")
-                let token = try await Self.save("u-rev", appKey: key, keyring: keyring, in: repository)
-                // A disconnect holds the app key's lock while it marks the tokens REVOKED, unpublishes and deletes.
-                let lockKey = "lock:kis-issue:\(KISEnvironment.sandbox.rawValue):\(TokenDirectory.sha256(of: key))"
-                let lock = try #require(try await store.acquireLock(lockKey, ttl: .seconds(30)))
-                let pass = Task { try await keeper.reconcile() }
-                try await Task.sleep(for: .milliseconds(300))
-                try await repository.setStatus(.revoked, tokenSHA256s: [token.sha256],
-                                               updatedAt: Int64(Date().timeIntervalSince1970))
-                _ = try await store.releaseLock(lock)
-                #expect(try await pass.value == 0)
-                #expect(try await store.get(TokenDirectory.recordKey(token.sha256)) == nil, "a revoked token was published")
-            }
+        try await Self.withKeeper { keeper, repository, store, keyring in
+            let key = appKey("ur")
+            let token = try await Self.save("u-rev", appKey: key, keyring: keyring, in: repository)
+            // A disconnect holds the app key's lock while it marks the tokens REVOKED, unpublishes and deletes.
+            let lockKey = "lock:kis-issue:\(KISEnvironment.sandbox.rawValue):\(TokenDirectory.sha256(of: key))"
+            let lock = try #require(try await store.acquireLock(lockKey, ttl: .seconds(30)))
+            let pass = Task { try await keeper.reconcile() }
+            try await Task.sleep(for: .milliseconds(300))
+            try await repository.setStatus(.revoked, tokenSHA256s: [token.sha256],
+                                           updatedAt: Int64(Date().timeIntervalSince1970))
+            _ = try await store.releaseLock(lock)
+            #expect(try await pass.value == 0)
+            #expect(try await store.get(TokenDirectory.recordKey(token.sha256)) == nil, "a revoked token was published")
         }
     }
 
@@ -380,10 +383,7 @@ struct SchedulerTests {
         let standIn = await startStandInKIS(router)
         defer { standIn.task.cancel() }
         let db = try await TestDatabase.make(.sqlite)
-        defer {
-            try? FileManager.default.removeItem(
-                atPath: URL(fileURLWithPath: db.location).deletingLastPathComponent().deletingLastPathComponent().path)
-        }
+        defer { Self.remove(db) }
         let keyring = SealKeyring.ephemeral()
         let keys = (0..<4).map { appKey("rp\($0)") }
         try await withRepository(db) { repository in
@@ -391,20 +391,9 @@ struct SchedulerTests {
                 if let redis { group.addTask { await redis.run() } }
                 defer { group.cancelAll() }
                 // Four connected accounts with no token yet: all due, a pass of 4 × 1.5 s.
-                let vault = AccountVault(keyring: keyring)
-                let now = Int64(clock.now().timeIntervalSince1970)
-                for (i, key) in keys.enumerated() {
-                    let account = Account(userID: "u-rp\(i)", environment: .sandbox, appKey: key, appSecret: "secret-" + key,
-                                          accountNumber: "12345678-01", createdAt: now, updatedAt: now)
-                    try await repository.saveAccount(try vault.seal(account), token: nil)
-                }
-                let keeper = TokenKeeper(
-                    repository: repository, store: store, keyring: keyring,
-                    clients: [.sandbox: KISClient(baseURL: standIn.url + "/copy0", timeout: .seconds(10), logger: quietLogger)],
-                    settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: 1,
-                                             lockTTL: .seconds(30), lockWait: .seconds(10)),
-                    metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger,
-                    clock: { clock.now() })
+                try await Self.saveDue(keys, users: "u-rp", keyring: keyring, at: clock.now(), in: repository)
+                let keeper = Self.keeper(repository, store: store, keyring: keyring, kis: standIn.url + "/copy0",
+                                         refreshInterval: 1, clock: { clock.now() })
                 // And one account with a live token, not due (a day left), published.
                 let kept = try await Self.save("u-rp-kept", appKey: appKey("rpk"), keyring: keyring, in: repository)
                 #expect(try await keeper.reconcile() == 1)
