@@ -1,4 +1,5 @@
 public import Foundation
+import Synchronization
 
 /// The markets kisgw serves: KRX for domestic charts, and the KIS `EXCD` codes of overseas exchanges.
 public enum Exchange: String, CaseIterable, Sendable, Hashable {
@@ -36,6 +37,23 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
     public var timeZone: TimeZone { Exchange.zones[self]! }
     private static let zones: [Exchange: TimeZone] = Dictionary(
         uniqueKeysWithValues: allCases.map { ($0, TimeZone(identifier: $0.timeZoneIdentifier)!) })
+
+    /// The zone's offset from UTC at `instant`, in seconds. ICU's lookup is one of the larger costs of a miss's cold
+    /// path before its Redis call (the query's resolution and its freshness ask several times), so the offset is
+    /// remembered with the span it holds for: from the moment it was asked for until the zone's next transition.
+    /// Asking again for a later moment in that span — the clock moves forward — costs no lookup.
+    public func secondsFromGMT(at instant: Date) -> Int {
+        let t = instant.timeIntervalSince1970
+        let span = Exchange.offsetSpans[self]!
+        if let offset = span.offset(at: t) { return offset }
+        let zone = timeZone
+        let offset = zone.secondsFromGMT(for: instant)
+        span.remember(offset, from: t, until: zone.nextDaylightSavingTimeTransition(after: instant)?.timeIntervalSince1970)
+        return offset
+    }
+
+    private static let offsetSpans: [Exchange: OffsetSpan] = Dictionary(
+        uniqueKeysWithValues: allCases.map { ($0, OffsetSpan()) })
 
     public var currency: String {
         switch self {
@@ -97,8 +115,7 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
 
     /// The local date and minute-of-day of `instant` at this exchange.
     public func localTime(_ instant: Date) -> (date: CivilDate, minute: Int) {
-        let tz = timeZone
-        let seconds = Int(instant.timeIntervalSince1970.rounded(.down)) + tz.secondsFromGMT(for: instant)
+        let seconds = Int(instant.timeIntervalSince1970.rounded(.down)) + secondsFromGMT(at: instant)
         let day = Int((Double(seconds) / 86400).rounded(.down))
         return (CivilDate(dayNumber: day), (seconds - day * 86400) / 60)
     }
@@ -136,6 +153,22 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
         let candidate = Date(timeIntervalSince1970: localSeconds - offset)
         let corrected = Double(timeZone.secondsFromGMT(for: candidate))
         return Date(timeIntervalSince1970: localSeconds - corrected)
+    }
+}
+
+/// A zone's offset over one span of time: `[from, until)`, in Unix seconds.
+private final class OffsetSpan: Sendable {
+    private let span = Mutex<(from: Double, until: Double, offset: Int)?>(nil)
+
+    func offset(at t: Double) -> Int? {
+        span.withLock { s in
+            guard let s, t >= s.from, t < s.until else { return nil }
+            return s.offset
+        }
+    }
+
+    func remember(_ offset: Int, from: Double, until: Double?) {
+        span.withLock { $0 = (from, until ?? .infinity, offset) }
     }
 }
 

@@ -305,6 +305,22 @@ struct FreshnessTests {
         #expect(try Exchange.krx.isTradingDay(#require(CivilDate("2027-02-05"))))
     }
 
+    @Test("an exchange's UTC offset, remembered until the zone's next transition, is ICU's on both sides of one")
+    func offsetsAcrossTransitions() throws {
+        // New York's 2026 changes: 03-08 07:00 UTC (EST → EDT) and 11-01 06:00 UTC (EDT → EST); Seoul has none.
+        let cases: [(Exchange, String)] = [
+            (.nys, "2026-03-08T06:59:59Z"), (.nys, "2026-03-08T07:00:00Z"), (.nys, "2026-03-08T06:59:59Z"),
+            (.nys, "2026-11-01T05:59:59Z"), (.nys, "2026-11-01T06:00:00Z"), (.nys, "2026-07-01T12:00:00Z"),
+            (.nas, "2026-11-01T06:00:00Z"), (.krx, "1988-05-08T12:00:00Z"), (.krx, "2026-11-26T12:00:00Z"),
+        ]
+        for (exchange, at) in cases + cases.reversed() {
+            let instant = try Date(at, strategy: .iso8601)
+            #expect(exchange.secondsFromGMT(at: instant) == exchange.timeZone.secondsFromGMT(for: instant), "\(exchange) \(at)")
+        }
+        #expect(Exchange.nys.secondsFromGMT(at: try Date("2026-03-08T06:59:59Z", strategy: .iso8601)) == -5 * 3600)
+        #expect(Exchange.nys.secondsFromGMT(at: try Date("2026-03-08T07:00:00Z", strategy: .iso8601)) == -4 * 3600)
+    }
+
     @Test("Easter Sunday (Good Friday is two days before)", arguments: [
         (2000, "2000-04-23"), (2019, "2019-04-21"), (2024, "2024-03-31"), (2025, "2025-04-20"), (2026, "2026-04-05"),
         (2027, "2027-03-28"), (2038, "2038-04-25"), (2285, "2285-03-22"),
