@@ -106,13 +106,30 @@ public struct KISRevokeRequest: Codable, Sendable {
     }
 }
 
-/// `POST /oauth2/revokeP` success body; KIS sends `code` as a number although its spec says string.
+/// `POST /oauth2/revokeP` success body; KIS sends `code` as a number although its spec says string, so either is
+/// read (kis-api.md: the client tolerates both).
 public struct KISRevokeResponse: Codable, Sendable {
     public var code: Int
     public var message: String
     public init(code: Int = 200, message: String = "접근토큰 폐기에 성공하였습니다") {
         self.code = code
         self.message = message
+    }
+
+    private enum CodingKeys: String, CodingKey { case code, message }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        if let number = try? c.decode(Int.self, forKey: .code) {
+            code = number
+        } else {
+            let text = try c.decode(String.self, forKey: .code)
+            guard let number = Int(text.trimmingSpaces()) else {
+                throw DecodingError.dataCorruptedError(forKey: .code, in: c, debugDescription: "code is not a number: \(text)")
+            }
+            code = number
+        }
+        message = try c.decodeIfPresent(String.self, forKey: .message) ?? ""
     }
 }
 

@@ -166,3 +166,16 @@ struct KISTextTests {
         #expect(text.trimmingSpaces() == text.trimmingCharacters(in: .whitespaces))
     }
 }
+
+@Suite("KIS wire types")
+struct KISWireTests {
+    @Test("revokeP's code is read as a number or as a string (KIS sends a number, its spec says string)")
+    func revokeCode() throws {
+        let decode = { (json: String) in try JSONDecoder().decode(KISRevokeResponse.self, from: Data(json.utf8)) }
+        #expect(try decode(#"{"code":200,"message":"접근토큰 폐기에 성공하였습니다"}"#).code == 200)
+        #expect(try decode(#"{"code":"200","message":"접근토큰 폐기에 성공하였습니다"}"#).code == 200)
+        #expect(try decode(#"{"code":" 500 "}"#).code == 500)
+        #expect(throws: DecodingError.self) { try decode(#"{"code":"OK","message":""}"#) }
+        #expect(throws: DecodingError.self) { try decode(#"{"message":""}"#) }
+    }
+}
