@@ -250,6 +250,26 @@ public struct KisgwConfig: Sendable, Equatable {
             self.liveRatePerS = liveRatePerS
             self.sandboxRatePerS = sandboxRatePerS
         }
+
+        /// The keys whose URL is plain `http` to another machine than this one: app secrets and tokens would cross
+        /// the network in clear (KIS itself is served over TLS; a simulator on loopback is fine). For a warning at
+        /// start-up — a simulator elsewhere on a private network is legitimate.
+        public var inClear: [(key: String, url: String)] {
+            [("[kis] live_url", liveURL), ("[kis] sandbox_url", sandboxURL)].filter { Self.isInClear($0.1) }
+        }
+
+        public static func isInClear(_ url: String) -> Bool {
+            let lowered = url.lowercased()
+            guard lowered.hasPrefix("http://") else { return false }
+            var host = lowered.dropFirst("http://".count).prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+            if let at = host.lastIndex(of: "@") { host = host[host.index(after: at)...] }
+            if host.hasPrefix("[") {
+                host = host.dropFirst().prefix { $0 != "]" }
+            } else if let colon = host.lastIndex(of: ":") {
+                host = host[..<colon]
+            }
+            return !(host == "localhost" || host.hasSuffix(".localhost") || host.hasPrefix("127.") || host == "::1")
+        }
     }
 
     /// `[upstream]`: calls to KIS.

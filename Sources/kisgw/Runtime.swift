@@ -33,6 +33,9 @@ struct Runtime {
         var logger = Logger(label: label)
         logger.logLevel = config.log.level
         self.logger = logger
+        for (key, _) in config.kis.inClear {
+            logger.warning("\(key) is plain http to another machine: app secrets and KIS tokens cross the network in clear")
+        }
         self.registry = MetricsSetup.bootstrap()
         switch config.store.backend {
         case .memory:

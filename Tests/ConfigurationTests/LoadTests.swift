@@ -319,6 +319,20 @@ struct LoadTests {
         #expect(secret.value == url)
     }
 
+    @Test func kisURLsInClear() throws {
+        #expect(KisgwConfig.KIS().inClear.isEmpty)  // KIS's own URLs are https
+        for url in ["http://127.0.0.1:29443", "http://localhost:29443", "http://[::1]:29443", "https://kis.example.com",
+                    "http://sim.localhost:8", "HTTP://127.0.0.2"] {
+            #expect(!KisgwConfig.KIS.isInClear(url), "\(url)")
+        }
+        for url in ["http://10.0.0.5:29443", "http://sim:29443", "http://openapi.koreainvestment.com:9443",
+                    "http://[2001:db8::1]:80", "http://localhost.example.com"] {
+            #expect(KisgwConfig.KIS.isInClear(url), "\(url)")
+        }
+        let config = try KisgwConfig.load(file: nil, environment: ["KISGW_KIS_SANDBOX_URL": "http://10.0.0.5:29443"])
+        #expect(config.kis.inClear.map(\.key) == ["[kis] sandbox_url"])
+    }
+
     @Test func environmentNames() {
         #expect(KisgwConfig.environmentName(section: "server", key: "port") == "KISGW_SERVER_PORT")
         #expect(KisgwConfig.environmentName(section: "auth.jwt", key: "hs256_secret") == "KISGW_AUTH_JWT_HS256_SECRET")
