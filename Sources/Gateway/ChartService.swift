@@ -445,73 +445,80 @@ final class ChartService: Sendable {
             }
             callStarted.withLock { $0 = .now }
         }
-        var attempt = 0
-        let started = ContinuousClock.now
-        while true {
-            do {
-                let chart: DailyChart
-                switch query.market {
-                case .domestic:
-                    chart = try await DailyChartPager.domestic(
-                        client: client, credentials: token.credentials, symbol: query.symbol, start: query.start,
-                        end: query.end, period: query.period, adjusted: query.adjusted, beforeEachCall: beforeEachCall)
-                case .overseas:
-                    chart = try await DailyChartPager.overseas(
-                        client: client, credentials: token.credentials, exchange: query.exchange, symbol: query.symbol,
-                        start: query.start, end: query.end, period: query.period, adjusted: query.adjusted,
-                        beforeEachCall: beforeEachCall)
-                }
-                recordCall("ok", nil)  // the last page
-                let elapsed = ContinuousClock.now - started
-                let now = Self.now()
-                let ttl = settings.freshness.ttl(for: query, now: Date(timeIntervalSince1970: TimeInterval(now)))
-                let entry = ChartEntry(body: ChartEntry.render(query, chart: chart), storedAt: now,
-                                       freshUntil: now + Int64(ttl))
-                let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
-                return (entry, ms)
-            } catch let p as Problem {
-                throw p
-            } catch let e as KISClientError {
-                recordCall(Self.outcome(e.kind), e.msgCode)
-                switch e.kind {
-                case .rateLimited where attempt < settings.retries:
-                    // KIS says too fast: push this app key's schedule back for everyone, then retry.
-                    attempt += 1
-                    _ = try? await store.rateLimit(rlKey, limit: limit, cost: max(1, Int(rate.rounded(.up))),
-                                                   maxWait: .seconds(30))
-                    try? await Task.sleep(for: .milliseconds(100 * (1 << attempt) + Int.random(in: 0..<50)))
-                    continue
-                case .transport where attempt < settings.retries:
-                    attempt += 1
-                    try? await Task.sleep(for: .milliseconds(50 * (1 << attempt) + Int.random(in: 0..<50)))
-                    continue
-                case .tokenExpired, .tokenInvalid:
-                    // KIS refused it before its stated expiry: forget it everywhere and tell the broker.
-                    authorizer.forget(sha256: token.sha256)
-                    let store = self.store, sha = token.sha256, code = e.msgCode ?? "EGW00123"
-                    background.start { try? await TokenDirectory.markDead(sha256: sha, msgCode: code, store: store) }
-                    if e.kind == .tokenInvalid {
-                        throw Problem(.kisTokenInvalid, "KIS refused the token", kisMsgCode: e.msgCode,
-                                      kisMessage: e.kisMessage)
-                    }
-                    throw Problem(.kisTokenExpired, "KIS says the token has expired", kisMsgCode: e.msgCode,
-                                  kisMessage: e.kisMessage)
-                case .rateLimited:
-                    throw Problem(.rateLimited, "KIS refused the call as too frequent", retryAfter: 1,
-                                  kisMsgCode: e.msgCode, kisMessage: e.kisMessage)
-                case .timeout:
-                    throw Problem(.upstreamTimeout, "KIS did not answer within \(settings.upstreamTimeout)")
-                default:
-                    throw Problem(.upstreamError, "KIS answered with an error or an unreadable body",
-                                  kisMsgCode: e.msgCode, kisMessage: e.kisMessage)
-                }
-            } catch is CancellationError {
-                recordCall("timeout", nil)
-                throw Problem(.upstreamTimeout, "the fetch was cancelled")
-            } catch {
-                recordCall("transport", nil)
-                throw Problem(.upstreamError, "the KIS call failed")
+        // A page KIS refused as too frequent (`EGW00201`), or whose call failed on the way, is asked for again — that
+        // page only, up to `[upstream] retries` times — after pushing the app key's schedule back for every gateway
+        // (a refusal) and a backoff.
+        let retries = settings.retries
+        let retry: DailyChartPager.Retry = { e, attempt in
+            recordCall(Self.outcome(e.kind), e.msgCode)
+            guard attempt <= retries else { return false }
+            switch e.kind {
+            case .rateLimited:
+                _ = try? await store.rateLimit(rlKey, limit: limit, cost: max(1, Int(rate.rounded(.up))),
+                                               maxWait: .seconds(30))
+                try? await Task.sleep(for: .milliseconds(100 * (1 << attempt) + Int.random(in: 0..<50)))
+                return !Task.isCancelled
+            case .transport:
+                try? await Task.sleep(for: .milliseconds(50 * (1 << attempt) + Int.random(in: 0..<50)))
+                return !Task.isCancelled
+            default:
+                return false
             }
+        }
+        let started = ContinuousClock.now
+        do {
+            let chart: DailyChart
+            switch query.market {
+            case .domestic:
+                chart = try await DailyChartPager.domestic(
+                    client: client, credentials: token.credentials, symbol: query.symbol, start: query.start,
+                    end: query.end, period: query.period, adjusted: query.adjusted, beforeEachCall: beforeEachCall,
+                    retry: retry)
+            case .overseas:
+                chart = try await DailyChartPager.overseas(
+                    client: client, credentials: token.credentials, exchange: query.exchange, symbol: query.symbol,
+                    start: query.start, end: query.end, period: query.period, adjusted: query.adjusted,
+                    beforeEachCall: beforeEachCall, retry: retry)
+            }
+            recordCall("ok", nil)  // the last page
+            let elapsed = ContinuousClock.now - started
+            let now = Self.now()
+            let ttl = settings.freshness.ttl(for: query, now: Date(timeIntervalSince1970: TimeInterval(now)))
+            let entry = ChartEntry(body: ChartEntry.render(query, chart: chart), storedAt: now,
+                                   freshUntil: now + Int64(ttl))
+            let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+            return (entry, ms)
+        } catch let p as Problem {
+            throw p
+        } catch let e as KISClientError {
+            recordCall(Self.outcome(e.kind), e.msgCode)  // counted already when `retry` saw it
+            switch e.kind {
+            case .tokenExpired, .tokenInvalid:
+                // KIS refused it before its stated expiry: forget it everywhere and tell the broker.
+                authorizer.forget(sha256: token.sha256)
+                let store = self.store, sha = token.sha256, code = e.msgCode ?? "EGW00123"
+                background.start { try? await TokenDirectory.markDead(sha256: sha, msgCode: code, store: store) }
+                if e.kind == .tokenInvalid {
+                    throw Problem(.kisTokenInvalid, "KIS refused the token", kisMsgCode: e.msgCode,
+                                  kisMessage: e.kisMessage)
+                }
+                throw Problem(.kisTokenExpired, "KIS says the token has expired", kisMsgCode: e.msgCode,
+                              kisMessage: e.kisMessage)
+            case .rateLimited:
+                throw Problem(.rateLimited, "KIS refused the call as too frequent", retryAfter: 1,
+                              kisMsgCode: e.msgCode, kisMessage: e.kisMessage)
+            case .timeout:
+                throw Problem(.upstreamTimeout, "KIS did not answer within \(settings.upstreamTimeout)")
+            default:
+                throw Problem(.upstreamError, "KIS answered with an error or an unreadable body",
+                              kisMsgCode: e.msgCode, kisMessage: e.kisMessage)
+            }
+        } catch is CancellationError {
+            recordCall("timeout", nil)
+            throw Problem(.upstreamTimeout, "the fetch was cancelled")
+        } catch {
+            recordCall("transport", nil)
+            throw Problem(.upstreamError, "the KIS call failed")
         }
     }
 

@@ -138,14 +138,35 @@ public struct DailyChart: Sendable, Equatable {
 }
 
 /// Walks KIS's daily charts back by date, 100 rows a call, as KIS's own samples do; calls `beforeEachCall`
-/// (the rate limiter) before every page.
+/// (the rate limiter) before every call.
 public enum DailyChartPager {
+    /// Whether to call KIS again for the page whose call failed with `error`, the `attempt`th failure of that page
+    /// (1, 2, …); it waits as it sees fit first. False: the error ends the chart.
+    public typealias Retry = @Sendable (_ error: KISClientError, _ attempt: Int) async -> Bool
+
     /// Upper bound on pages for one chart, against a misbehaving upstream.
     static func pageLimit(start: CivilDate, end: CivilDate) -> Int { (end.dayNumber - start.dayNumber) / 100 + 3 }
 
+    /// One page's call, after `beforeEachCall`, again while `retry` says so: a refusal of page 24 asks for page
+    /// 24 again, not for the 23 before it (each page costs one unit of the app key's rate, kis-api.md).
+    static func page<T>(_ beforeEachCall: @Sendable () async throws -> Void, retry: Retry,
+                        _ call: () async throws -> T) async throws -> T {
+        var failures = 0
+        while true {
+            try await beforeEachCall()
+            do {
+                return try await call()
+            } catch let error as KISClientError {
+                failures += 1
+                guard await retry(error, failures) else { throw error }
+            }
+        }
+    }
+
     public static func domestic(
         client: KISClient, credentials: KISCredentials, symbol: String, start: CivilDate, end: CivilDate,
-        period: String, adjusted: Bool, beforeEachCall: @Sendable () async throws -> Void
+        period: String, adjusted: Bool, beforeEachCall: @Sendable () async throws -> Void,
+        retry: Retry = { _, _ in false }
     ) async throws -> DailyChart {
         var byDate: [CivilDate: Candle] = [:]
         var name: String? = nil
@@ -153,9 +174,10 @@ public enum DailyChartPager {
         var calls = 0
         var pageEnd = end
         while calls < pageLimit(start: start, end: end) {
-            try await beforeEachCall()
-            let page = try await client.domesticDailyPage(
-                credentials, symbol: symbol, start: start, end: pageEnd, period: period, adjusted: adjusted)
+            let page = try await Self.page(beforeEachCall, retry: retry) { [pageEnd] in
+                try await client.domesticDailyPage(
+                    credentials, symbol: symbol, start: start, end: pageEnd, period: period, adjusted: adjusted)
+            }
             calls += 1
             if let o = page.output1 {
                 if o.stck_prpr == "0" && (page.output2 ?? []).allSatisfy({ $0.stck_bsop_date == nil }) { known = false }
@@ -174,16 +196,18 @@ public enum DailyChartPager {
 
     public static func overseas(
         client: KISClient, credentials: KISCredentials, exchange: Exchange, symbol: String, start: CivilDate,
-        end: CivilDate, period: String, adjusted: Bool, beforeEachCall: @Sendable () async throws -> Void
+        end: CivilDate, period: String, adjusted: Bool, beforeEachCall: @Sendable () async throws -> Void,
+        retry: Retry = { _, _ in false }
     ) async throws -> DailyChart {
         var byDate: [CivilDate: Candle] = [:]
         var known = true
         var calls = 0
         var pageEnd = end
         while calls < pageLimit(start: start, end: end) {
-            try await beforeEachCall()
-            let page = try await client.overseasDailyPage(
-                credentials, exchange: exchange, symbol: symbol, period: period, end: pageEnd, adjusted: adjusted)
+            let page = try await Self.page(beforeEachCall, retry: retry) { [pageEnd] in
+                try await client.overseasDailyPage(
+                    credentials, exchange: exchange, symbol: symbol, period: period, end: pageEnd, adjusted: adjusted)
+            }
             calls += 1
             if (page.output1?.nrec ?? "").isEmpty && (page.output2 ?? []).isEmpty { known = false }
             var rows = page.output2 ?? []
