@@ -1,0 +1,261 @@
+import AsyncHTTPClient
+import Foundation
+@testable import Gateway
+import Hummingbird
+import KIS
+import KisgwConfiguration
+import Logging
+import NIOCore
+import NIOHTTP1
+import Simulator
+import Synchronization
+import TestSupport
+import Testing
+
+/// `[upstream] retries` on a multi-page chart, over real sockets: a page KIS refuses with `EGW00201` (or whose call
+/// fails on the way) is asked for again — that page only — and a chart KIS keeps refusing ends in 429 after
+/// 1 + retries calls (gateway-api.md, kis-api.md §6–7).
+@Suite("Upstream retries: a refused page is asked for again, not the whole chart")
+struct UpstreamRetryTests {
+    static let origin = "http://localhost:3000"
+    /// 2023-01-02 … 2024-06-28: 388 weekdays, so four pages of at most 100 rows from the simulator.
+    static let longChart = "/domestic/chart/daily/005930?start=2023-01-02&end=2024-06-28"
+
+    static var stores: [StoreKind] { redisURL == nil ? [.memory] : [.memory, .redis] }
+
+    /// `testConfig` with `[upstream] retries` set (the harness fixes it at 2).
+    static func config(_ simURL: String, liveURL: String? = nil, retries: Int = 2) -> KisgwConfig {
+        let c = testConfig(simURL: simURL, liveURL: liveURL)
+        return KisgwConfig(
+            server: c.server, cors: c.cors, auth: c.auth, kis: c.kis,
+            upstream: .init(timeoutMs: c.upstream.timeoutMs, maxQueueMs: c.upstream.maxQueueMs, retries: retries),
+            cache: c.cache, broker: c.broker)
+    }
+
+    /// Fetches `path` once through a gateway whose LIVE KIS is a stand-in in front of a fresh simulator, the stand-in
+    /// failing the quotation calls `fail` says (by their 1-based number) as `failure`.
+    static func fetchThroughStandIn(
+        _ path: String, store: StoreKind, user: String, failing failure: StandInKIS.Failure = .egw00201,
+        fail: Set<Int> = []
+    ) async throws -> (answer: HTTPResult, kis: StandInKIS.Seen, simCalls: Int) {
+        let standIn = StandInKIS(failure: failure, failing: fail)
+        let (url, task) = await standIn.start()
+        defer { task.cancel() }
+        return try await withGateway(store: store, config: { simURL in
+            standIn.forwardTo(simURL)
+            return Self.config(simURL, liveURL: url)
+        }) { g, _ in
+            let (jwt, kis) = try await g.signIn(user)  // the token comes from the simulator itself
+            let r = try await g.get(path, jwt: jwt, kis: kis)
+            return (r, standIn.seen, try await g.simStats()["domestic_daily"] ?? 0)
+        }
+    }
+
+    /// The candles of an answer, as canonical JSON (sorted keys), for comparing two answers.
+    static func candlesJSON(_ r: HTTPResult) throws -> Data {
+        try JSONSerialization.data(withJSONObject: r.candles, options: [.sortedKeys])
+    }
+
+    // MARK: one page refused
+
+    @Test("KIS refusing one page of a multi-page chart with EGW00201: 200, the same candles, that page asked twice and every other once",
+          arguments: stores, [2, 3])
+    func onePageRefused(store: StoreKind, refusedCall: Int) async throws {
+        let plain = try await Self.fetchThroughStandIn(Self.longChart, store: store, user: "plain")
+        try #require(plain.answer.status == 200, "\(plain.answer.text)")
+        let pages = plain.kis.calls
+        try #require(pages >= 4 && pages > refusedCall, "the chart should take 4+ pages: \(plain.kis.order)")
+        #expect(plain.kis.byPageEnd.values.allSatisfy { $0 == 1 }, "\(plain.kis.order)")
+        #expect(plain.answer.candles.count > 300)
+
+        let refused = try await Self.fetchThroughStandIn(Self.longChart, store: store, user: "refused",
+                                                         fail: [refusedCall])
+        #expect(refused.answer.status == 200, "\(refused.answer.status) \(refused.answer.text.prefix(500))")
+        #expect(refused.answer.header("X-Cache") == "MISS")
+        #expect(try Self.candlesJSON(refused.answer) == Self.candlesJSON(plain.answer),
+                "\(refused.answer.candles.count) candles against \(plain.answer.candles.count)")
+        #expect(refused.answer.json["name"] as? String == plain.answer.json["name"] as? String)
+        // KIS saw every page once, and the refused one once more: pages + 1 calls, in page order.
+        #expect(refused.kis.calls == pages + 1, "KIS was asked for the page ends \(refused.kis.order)")
+        #expect(refused.kis.refused == 1)
+        let refusedPage = plain.kis.order[refusedCall - 1]
+        var expected = plain.kis.order
+        expected.insert(refusedPage, at: refusedCall - 1)
+        #expect(refused.kis.order == expected, "page ends asked: \(refused.kis.order), expected \(expected)")
+        #expect(refused.kis.byPageEnd[refusedPage] == 2, "\(refused.kis.byPageEnd)")
+        for (end, n) in refused.kis.byPageEnd where end != refusedPage {
+            #expect(n == 1, "page ending \(end) asked \(n) times: \(refused.kis.order)")
+        }
+        // The simulator answered every call the stand-in passed on, and no other.
+        #expect(refused.simCalls == pages)
+    }
+
+    @Test("a KIS call of one page failing on the way (connection closed mid-answer): 200, the same candles, that page asked twice")
+    func onePageTransportFailure() async throws {
+        let plain = try await Self.fetchThroughStandIn(Self.longChart, store: .memory, user: "plain-t")
+        try #require(plain.answer.status == 200, "\(plain.answer.text)")
+        let pages = plain.kis.calls
+        let broken = try await Self.fetchThroughStandIn(Self.longChart, store: .memory, user: "broken",
+                                                        failing: .dropConnection, fail: [2])
+        #expect(broken.answer.status == 200, "\(broken.answer.status) \(broken.answer.text.prefix(500))")
+        #expect(try Self.candlesJSON(broken.answer) == Self.candlesJSON(plain.answer))
+        var expected = plain.kis.order
+        expected.insert(plain.kis.order[1], at: 1)
+        #expect(broken.kis.calls == pages + 1, "KIS was asked for the page ends \(broken.kis.order)")
+        #expect(broken.kis.order == expected, "page ends asked: \(broken.kis.order), expected \(expected)")
+    }
+
+    // MARK: every call refused
+
+    @Test("KIS refusing every call with EGW00201: 429 rate_limited with Retry-After and CORS, after 1 + retries calls",
+          arguments: stores, [0, 2])
+    func everyCallRefused(store: StoreKind, retries: Int) async throws {
+        try await withGateway(store: store, config: { Self.config($0, retries: retries) }) { g, _ in
+            let (jwt, kis) = try await g.signIn("always-\(retries)")
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"kis_error","msg_cd":"EGW00201","rate":1.0}"#)
+            let started = ContinuousClock.now
+            let r = try await g.get(Self.longChart, jwt: jwt, kis: kis, headers: [("Origin", Self.origin)])
+            let took = ContinuousClock.now - started
+            #expect(r.status == 429, "\(r.status) \(r.text)")
+            #expect(r.code == "rate_limited", "\(r.text)")
+            #expect(r.header("Content-Type") == "application/problem+json")
+            let retryAfter = r.header("Retry-After").flatMap { Int($0) }
+            #expect(retryAfter.map { $0 >= 1 } == true, "Retry-After: \(r.header("Retry-After") ?? "-")")
+            #expect(r.header("X-Cache") == nil)
+            // CORS on the error, as on a success.
+            #expect(r.header("Access-Control-Allow-Origin") == Self.origin)
+            #expect(r.header("Access-Control-Allow-Credentials") == "true")
+            let exposed = r.headers("Access-Control-Expose-Headers").flatMap { $0.split(separator: ",") }
+                .map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+            #expect(exposed.contains("retry-after"), "\(exposed)")
+            #expect(r.headers("Vary").joined(separator: ",").lowercased().contains("origin"))
+            // The first page, 1 + retries times, and nothing after it.
+            let stats = try await g.sim(.GET, "/__sim/stats").json
+            #expect((stats["calls"] as? [String: Int])?["domestic_daily"] == 1 + retries, "\(stats)")
+            #expect((stats["errors"] as? [String: Int])?["EGW00201"] == 1 + retries, "\(stats)")
+            #expect(took < .seconds(8), "took \(took)")
+            _ = try await g.sim(.POST, "/__sim/reset")
+        }
+    }
+
+    @Test("KIS refusing every call through the stand-in ([upstream] retries 2): 429 rate_limited, the first page asked 3 times")
+    func everyCallRefusedThroughStandIn() async throws {
+        let fetched = try await Self.fetchThroughStandIn(Self.longChart, store: .memory, user: "always-si",
+                                                         fail: Set(1...20))
+        #expect(fetched.answer.status == 429, "\(fetched.answer.status) \(fetched.answer.text)")
+        #expect(fetched.answer.code == "rate_limited")
+        #expect(fetched.answer.header("Retry-After") != nil)
+        // The first page (ending on the chart's end), 1 + retries times, and nothing after it.
+        #expect(fetched.kis.order == Array(repeating: "20240628", count: 3), "\(fetched.kis.order)")
+        #expect(fetched.simCalls == 0)
+    }
+}
+
+/// A stand-in for KIS in front of a simulator: every request is passed on to the simulator (same method, path,
+/// query, headers and body) and its answer passed back — except the quotation calls whose 1-based number is in
+/// `failing`, which get `failure` instead. Counts the quotation calls by their page end (`FID_INPUT_DATE_2`, or
+/// overseas `BYMD`).
+final class StandInKIS: Sendable {
+    enum Failure: Sendable {
+        /// KIS's own refusal: HTTP 500, `EGW00201` envelope.
+        case egw00201
+        /// Headers promising a body, part of it, then the connection closed.
+        case dropConnection
+    }
+
+    struct Seen: Sendable {
+        /// Quotation calls, including failed ones.
+        var calls = 0
+        var refused = 0
+        /// The page end of each quotation call, in order.
+        var order: [String] = []
+        var byPageEnd: [String: Int] = [:]
+    }
+
+    let failure: Failure
+    let failing: Set<Int>
+    private let target = Mutex<String?>(nil)
+    private let state = Mutex(Seen())
+
+    init(failure: Failure, failing: Set<Int>) {
+        self.failure = failure
+        self.failing = failing
+    }
+
+    var seen: Seen { state.withLock { $0 } }
+
+    /// Where requests are passed on to (the simulator); set before the first request.
+    func forwardTo(_ url: String) { target.withLock { $0 = url } }
+
+    /// Serves on a free loopback port; the caller cancels the task when done.
+    func start() async -> (url: String, task: Task<Void, any Error>) {
+        let router = Router()
+        router.get("**") { request, _ in try await self.handle(request) }
+        router.post("**") { request, _ in try await self.handle(request) }
+        var logger = Logger(label: "stand-in-kis")
+        logger.logLevel = .critical
+        let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                              onServerRunning: { cont.yield($0.localAddress?.port ?? 0) }, logger: logger)
+        let task = Task { try await app.runService(gracefulShutdownSignals: []) }
+        var it = ports.makeAsyncIterator()
+        return ("http://127.0.0.1:\(await it.next()!)", task)
+    }
+
+    private func handle(_ request: Request) async throws -> Response {
+        if request.uri.path.hasPrefix("/uapi/") {
+            let params = request.uri.queryParameters
+            let end = String(params["FID_INPUT_DATE_2"] ?? params["BYMD"] ?? "")
+            let n = state.withLock { s in
+                s.calls += 1
+                s.order.append(end)
+                s.byPageEnd[end, default: 0] += 1
+                if failing.contains(s.calls) { s.refused += 1 }
+                return s.calls
+            }
+            if failing.contains(n) { return failureResponse() }
+        }
+        return try await forward(request)
+    }
+
+    private func failureResponse() -> Response {
+        switch failure {
+        case .egw00201:
+            var headers = HTTPFields()
+            headers[.contentType] = "application/json; charset=utf-8"
+            return Response(
+                status: .internalServerError, headers: headers,
+                body: .init(byteBuffer: ByteBuffer(
+                    string: #"{"rt_cd":"1","msg_cd":"EGW00201","msg1":"초당 거래건수를 초과하였습니다."}"#)))
+        case .dropConnection:
+            var headers = HTTPFields()
+            headers[.contentType] = "application/json; charset=utf-8"
+            headers[.contentLength] = "4096"
+            return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+                try await writer.write(ByteBuffer(string: #"{"rt_cd":"0","output2":["#))
+                throw CancellationError()  // the server closes the connection mid-body
+            })
+        }
+    }
+
+    private func forward(_ request: Request) async throws -> Response {
+        guard let base = target.withLock({ $0 }) else { return Response(status: .serviceUnavailable) }
+        var outgoing = HTTPClientRequest(url: base + request.uri.path + (request.uri.query.map { "?" + $0 } ?? ""))
+        outgoing.method = HTTPMethod(rawValue: request.method.rawValue)
+        for field in request.headers where !["host", "content-length", "connection", "transfer-encoding"]
+            .contains(field.name.canonicalName)
+        {
+            outgoing.headers.add(name: field.name.rawName, value: field.value)
+        }
+        let body = try await request.body.collect(upTo: 1 << 20)
+        if body.readableBytes > 0 { outgoing.body = .bytes(body) }
+        let answer = try await HTTPClient.shared.execute(outgoing, timeout: .seconds(30))
+        let bytes = try await answer.body.collect(upTo: 16 << 20)
+        var headers = HTTPFields()
+        for (name, value) in answer.headers
+        where !["content-length", "connection", "transfer-encoding"].contains(name.lowercased()) {
+            headers.append(.init(name: .init(name)!, value: value))  // names KIS (the simulator) sent: valid
+        }
+        return Response(status: .init(code: Int(answer.status.code)), headers: headers, body: .init(byteBuffer: bytes))
+    }
+}
