@@ -292,13 +292,7 @@ func eventually(
     return try await condition()
 }
 
-/// Serves `router` on a free loopback port as a stand-in for KIS, for failures the simulator cannot produce; the
-/// caller cancels the task when done.
+/// `TestSupport.startStandInKIS` with the broker tests' quiet logger.
 func startStandInKIS(_ router: Router<BasicRequestContext>) async -> (url: String, task: Task<Void, any Error>) {
-    let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-    let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-                          onServerRunning: { cont.yield($0.localAddress?.port ?? 0) }, logger: quietLogger)
-    let task = Task { try await app.runService(gracefulShutdownSignals: []) }
-    var it = ports.makeAsyncIterator()
-    return ("http://127.0.0.1:\(await it.next()!)", task)
+    await TestSupport.startStandInKIS(router, logger: quietLogger)
 }

@@ -194,12 +194,7 @@ final class StandInKIS: Sendable {
         router.post("**") { request, _ in try await self.handle(request) }
         var logger = Logger(label: "stand-in-kis")
         logger.logLevel = .critical
-        let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-                              onServerRunning: { cont.yield($0.localAddress?.port ?? 0) }, logger: logger)
-        let task = Task { try await app.runService(gracefulShutdownSignals: []) }
-        var it = ports.makeAsyncIterator()
-        return ("http://127.0.0.1:\(await it.next()!)", task)
+        return await startStandInKIS(router, logger: logger)
     }
 
     private func handle(_ request: Request) async throws -> Response {
