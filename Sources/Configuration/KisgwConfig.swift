@@ -258,16 +258,12 @@ public struct KisgwConfig: Sendable, Equatable {
             [("[kis] live_url", liveURL), ("[kis] sandbox_url", sandboxURL)].filter { Self.isInClear($0.1) }
         }
 
+        /// Whether `url` is plain `http` to a host other than loopback (`localhost`, `*.localhost`, 127.x, `::1`).
         public static func isInClear(_ url: String) -> Bool {
-            let lowered = url.lowercased()
-            guard lowered.hasPrefix("http://") else { return false }
-            var host = lowered.dropFirst("http://".count).prefix { $0 != "/" && $0 != "?" && $0 != "#" }
-            if let at = host.lastIndex(of: "@") { host = host[host.index(after: at)...] }
-            if host.hasPrefix("[") {
-                host = host.dropFirst().prefix { $0 != "]" }
-            } else if let colon = host.lastIndex(of: ":") {
-                host = host[..<colon]
-            }
+            guard url.lowercased().hasPrefix("http://") else { return false }
+            let rest = url.dropFirst("http://".count)
+            let authority = rest[..<(rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex)]
+            guard case .success(let (host, _)) = Validation.hostAndPort(authority) else { return true }
             return !(host == "localhost" || host.hasSuffix(".localhost") || host.hasPrefix("127.") || host == "::1")
         }
     }

@@ -210,15 +210,14 @@ struct Loader {
                     .secretInFile, source: path, key: "auth.jwt.hs256_secret",
                     problem: "secrets may not be written in the file; set KISGW_AUTH_JWT_HS256_SECRET or hs256_secret_file")
             }
-            if section == "broker", key == "database", case .string(let url) = value, Validation.carriesPassword(url) {
+            // URLs that may carry a password (config.md: a database password only through the environment).
+            if (section, key) == ("broker", "database") || (section, key) == ("redis", "url"),
+                case .string(let url) = value, Validation.carriesPassword(url)
+            {
                 throw ConfigError(
-                    .secretInFile, source: path, key: "broker.database",
-                    problem: "secrets may not be written in the file: this URL carries a password; set KISGW_BROKER_DATABASE to it instead")
-            }
-            if section == "redis", key == "url", case .string(let url) = value, Validation.carriesPassword(url) {
-                throw ConfigError(
-                    .secretInFile, source: path, key: "redis.url",
-                    problem: "secrets may not be written in the file: this URL carries a password; set KISGW_REDIS_URL to it instead")
+                    .secretInFile, source: path, key: "\(section).\(key)",
+                    problem: "secrets may not be written in the file: this URL carries a password; set "
+                        + "\(KisgwConfig.environmentName(section: section, key: key)) to it instead")
             }
             if section == "seal", key == "keys" {
                 var variable = "KISGW_SEAL_KEYS_<KID>"

@@ -180,8 +180,8 @@ enum Validation {
             return .failure(Failure(problem: "has a missing or invalid host; " + shape))
         }
         // The parameters the broker's PostgreSQL client reads; any other would be silently ignored.
-        if let q = rest.firstIndex(of: "?") {
-            for parameter in rest[rest.index(after: q)...].split(separator: "&", omittingEmptySubsequences: false) {
+        if let parameters = queryParameters(of: rest) {
+            for parameter in parameters {
                 let parts = parameter.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                 let name = parts[0].lowercased(), value = parts.count > 1 ? String(parts[1]) : ""
                 switch name {
@@ -209,19 +209,24 @@ enum Validation {
         {
             return true
         }
-        guard let q = url.firstIndex(of: "?") else { return false }
-        return url[url.index(after: q)...].split(separator: "&").contains { $0.lowercased().hasPrefix("password=") }
+        return queryParameters(of: url[...])?.contains(where: isPassword) ?? false
     }
+
+    /// The `name=value` parameters of a URL's query, as written (empty ones kept), or nil without a query.
+    private static func queryParameters(of url: Substring) -> [Substring]? {
+        guard let q = url.firstIndex(of: "?") else { return nil }
+        return url[url.index(after: q)...].split(separator: "&", omittingEmptySubsequences: false)
+    }
+
+    private static func isPassword(_ parameter: Substring) -> Bool { parameter.lowercased().hasPrefix("password=") }
 
     /// The URL with everything between `://` and the last `@` replaced, and the value of a `password=` parameter,
     /// so a password never shows.
     static func maskingPassword(_ url: String) -> String {
         var url = url
-        if let q = url.firstIndex(of: "?") {
-            let parameters = url[url.index(after: q)...].split(separator: "&", omittingEmptySubsequences: false).map {
-                $0.lowercased().hasPrefix("password=") ? "password=[REDACTED]" : String($0)
-            }
-            url = String(url[...q]) + parameters.joined(separator: "&")
+        if let parameters = queryParameters(of: url[...]), let q = url.firstIndex(of: "?") {
+            url = String(url[...q]) + parameters.map { isPassword($0) ? "password=[REDACTED]" : String($0) }
+                .joined(separator: "&")
         }
         guard let userinfo = userinfo(of: url) else { return url }
         let user = userinfo.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""

@@ -400,9 +400,7 @@ final class ChartService: Sendable {
             guard let started = callStarted.withLock({ s -> ContinuousClock.Instant? in defer { s = nil }; return s })
             else { return }
             metrics.upstreamCall(outcome: outcome, msgCode: msgCode)
-            let took = ContinuousClock.now - started
-            metrics.upstreamDuration.recordNanoseconds(
-                took.components.seconds * 1_000_000_000 + took.components.attoseconds / 1_000_000_000)
+            metrics.upstreamDuration.recordNanoseconds(TimeAmount(ContinuousClock.now - started).nanoseconds)
         }
         let beforeEachCall: @Sendable () async throws -> Void = {
             recordCall("ok", nil)  // the page before this one
@@ -436,8 +434,7 @@ final class ChartService: Sendable {
             let waited = ContinuousClock.now - (n == 0 ? reserved?.1 ?? waitStart : waitStart)
             if waited > .milliseconds(1) {
                 metrics.rateLimitWaits.increment()
-                metrics.rateLimitWait.recordNanoseconds(
-                    waited.components.seconds * 1_000_000_000 + waited.components.attoseconds / 1_000_000_000)
+                metrics.rateLimitWait.recordNanoseconds(TimeAmount(waited).nanoseconds)
             }
             // The lock's TTL covers one queue wait and one call; renew it for each further page.
             if n > 0 {

@@ -94,6 +94,17 @@ public struct CivilDate: Hashable, Comparable, Sendable, CustomStringConvertible
 
     public var isWeekend: Bool { weekday == 0 || weekday == 6 }
 
+    /// Whether this is the `n`th (1…5) `weekday` (0 = Sunday … 6 = Saturday) of its month, as holiday rules name
+    /// days ("the third Monday of January").
+    public func isNth(_ n: Int, _ weekday: Int) -> Bool {
+        self.weekday == weekday && (7 * n - 6...7 * n).contains(day)
+    }
+
+    /// Whether this is the last `weekday` of its month.
+    public func isLast(_ weekday: Int) -> Bool {
+        self.weekday == weekday && adding(days: 7).month != month
+    }
+
     public func adding(days: Int) -> CivilDate { CivilDate(dayNumber: dayNumber + days) }
 
     /// `YYYYMMDD`, as KIS writes dates.

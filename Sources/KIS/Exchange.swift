@@ -34,26 +34,12 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
         }
     }
 
-    public var timeZone: TimeZone { Exchange.zones[self]! }
-    private static let zones: [Exchange: TimeZone] = Dictionary(
-        uniqueKeysWithValues: allCases.map { ($0, TimeZone(identifier: $0.timeZoneIdentifier)!) })
+    public var timeZone: TimeZone { Exchange.zones[self]!.timeZone }
+    private static let zones: [Exchange: Zone] = Dictionary(
+        uniqueKeysWithValues: allCases.map { ($0, Zone(TimeZone(identifier: $0.timeZoneIdentifier)!)) })
 
-    /// The zone's offset from UTC at `instant`, in seconds. ICU's lookup is one of the larger costs of a miss's cold
-    /// path before its Redis call (the query's resolution and its freshness ask several times), so the offset is
-    /// remembered with the span it holds for: from the moment it was asked for until the zone's next transition.
-    /// Asking again for a later moment in that span — the clock moves forward — costs no lookup.
-    public func secondsFromGMT(at instant: Date) -> Int {
-        let t = instant.timeIntervalSince1970
-        let span = Exchange.offsetSpans[self]!
-        if let offset = span.offset(at: t) { return offset }
-        let zone = timeZone
-        let offset = zone.secondsFromGMT(for: instant)
-        span.remember(offset, from: t, until: zone.nextDaylightSavingTimeTransition(after: instant)?.timeIntervalSince1970)
-        return offset
-    }
-
-    private static let offsetSpans: [Exchange: OffsetSpan] = Dictionary(
-        uniqueKeysWithValues: allCases.map { ($0, OffsetSpan()) })
+    /// The zone's offset from UTC at `instant`, in seconds (``Zone/offset(at:)``).
+    public func secondsFromGMT(at instant: Date) -> Int { Exchange.zones[self]!.offset(at: instant) }
 
     public var currency: String {
         switch self {
@@ -156,19 +142,28 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
     }
 }
 
-/// A zone's offset over one span of time: `[from, until)`, in Unix seconds.
-private final class OffsetSpan: Sendable {
+/// An exchange's time zone, and the offset from UTC it last looked up with the span that offset holds for.
+private final class Zone: Sendable {
+    let timeZone: TimeZone
+    /// `[from, until)` in Unix seconds: from the moment last asked for until the zone's next transition.
     private let span = Mutex<(from: Double, until: Double, offset: Int)?>(nil)
 
-    func offset(at t: Double) -> Int? {
-        span.withLock { s in
+    init(_ timeZone: TimeZone) { self.timeZone = timeZone }
+
+    /// The offset at `instant`. ICU's lookup is one of the larger costs of a miss's cold path before its Redis call
+    /// (the query's resolution and its freshness ask several times), so the offset is remembered with the span it
+    /// holds for; asking again for a later moment in that span — the clock moves forward — costs no lookup.
+    func offset(at instant: Date) -> Int {
+        let t = instant.timeIntervalSince1970
+        let remembered = span.withLock { s -> Int? in
             guard let s, t >= s.from, t < s.until else { return nil }
             return s.offset
         }
-    }
-
-    func remember(_ offset: Int, from: Double, until: Double?) {
-        span.withLock { $0 = (from, until ?? .infinity, offset) }
+        if let remembered { return remembered }
+        let offset = timeZone.secondsFromGMT(for: instant)
+        let until = timeZone.nextDaylightSavingTimeTransition(after: instant)?.timeIntervalSince1970 ?? .infinity
+        span.withLock { $0 = (t, until, offset) }
+        return offset
     }
 }
 
@@ -190,7 +185,7 @@ public enum USMarketHolidays {
         let weekday = date.weekday  // 0 Sunday ... 6 Saturday
         switch month {
         case 7: return day == 3 && (1...4).contains(weekday)
-        case 11: return weekday == 5 && (23...29).contains(day)
+        case 11: return date.adding(days: -1).isNth(4, 4)  // the day after Thanksgiving
         case 12: return day == 24 && (1...4).contains(weekday)
         default: return false
         }
@@ -205,16 +200,15 @@ public enum USMarketHolidays {
         func observed(_ holiday: Int) -> Bool {
             day == holiday || (day == holiday - 1 && weekday == 5) || (day == holiday + 1 && weekday == 1)
         }
-        let thirdMonday = weekday == 1 && (15...21).contains(day)
         switch month {
-        case 1: return day == 1 || (day == 2 && weekday == 1) || (thirdMonday && year >= 1998)
-        case 2: return thirdMonday
+        case 1: return day == 1 || (day == 2 && weekday == 1) || (date.isNth(3, 1) && year >= 1998)
+        case 2: return date.isNth(3, 1)
         case 3, 4: return date == easter(year).adding(days: -2)
-        case 5: return weekday == 1 && day >= 25
+        case 5: return date.isLast(1)
         case 6: return year >= 2022 && observed(19)
         case 7: return observed(4)
-        case 9: return weekday == 1 && day <= 7
-        case 11: return weekday == 4 && (22...28).contains(day)
+        case 9: return date.isNth(1, 1)
+        case 11: return date.isNth(4, 4)
         case 12: return observed(25)
         default: return false
         }
@@ -271,8 +265,7 @@ public enum JPXHolidays {
     /// The named holidays of the Act (国民の祝日), without the days they give.
     static func isNamed(_ date: CivilDate) -> Bool {
         let (year, month, day) = date.components
-        let monday = date.weekday == 1
-        func nthMonday(_ n: Int) -> Bool { monday && (7 * n - 6...7 * n).contains(day) }
+        func nthMonday(_ n: Int) -> Bool { date.isNth(n, 1) }
         switch month {
         case 1: return day == 1 || nthMonday(2)
         case 2: return day == 11 || day == 23

@@ -169,11 +169,7 @@ struct SchedulerTests {
         let (store, redis) = try makeStore(kind)
         let clock = TestClock()
         let kis = SlowTokenP(delay: .milliseconds(1200), clock: clock)
-        let router = Router()
-        for copy in 0..<2 {  // each copy asks under its own prefix: the stand-in knows which copy called
-            router.post(RouterPath("/copy\(copy)/oauth2/tokenP")) { request, _ in try await kis.answer(copy: copy, request) }
-        }
-        let standIn = await startStandInKIS(router)
+        let standIn = await kis.serve(copies: 2)
         defer { standIn.task.cancel() }
         let db = try await TestDatabase.make(.sqlite)
         defer { Self.remove(db) }
@@ -378,9 +374,7 @@ struct SchedulerTests {
         let (store, redis) = try makeStore(kind)
         let clock = TestClock()
         let kis = SlowTokenP(delay: .milliseconds(1500), clock: clock)
-        let router = Router()
-        router.post(RouterPath("/copy0/oauth2/tokenP")) { request, _ in try await kis.answer(copy: 0, request) }
-        let standIn = await startStandInKIS(router)
+        let standIn = await kis.serve(copies: 1)
         defer { standIn.task.cancel() }
         let db = try await TestDatabase.make(.sqlite)
         defer { Self.remove(db) }
@@ -534,6 +528,16 @@ final class SlowTokenP: Sendable {
             if let delay { $0.delay = delay }
             $0.holding = holding
         }
+    }
+
+    /// Serves `tokenP` for scheduler copies `0..<copies`, each under its own prefix (`/copy<n>`), so the stand-in
+    /// knows which copy called; the caller cancels the task when done.
+    func serve(copies: Int) async -> (url: String, task: Task<Void, any Error>) {
+        let router = Router()
+        for copy in 0..<copies {
+            router.post(RouterPath("/copy\(copy)/oauth2/tokenP")) { request, _ in try await self.answer(copy: copy, request) }
+        }
+        return await startStandInKIS(router)
     }
 
     func answer(copy: Int, _ request: Request) async throws -> Response {
