@@ -2,7 +2,7 @@
 
 Environment:
 - KISGW_DEMO_CMD: the command that starts the demo (default: `<repo>/.build/debug/kisgw demo`); `--port-base N`
-  is appended. `python3 Tests/browser/stub_demo.py demo` runs a stand-in with the same interface.
+  is appended.
 - KISGW_DEMO_BIN: the kisgw binary, when KISGW_DEMO_CMD is not set.
 - CHROMIUM / CHROMEDRIVER: browser and driver paths (default /usr/bin/chromium, /usr/bin/chromedriver).
 """

@@ -4,7 +4,6 @@
 #
 #   Tests/browser/run.sh                 # builds kisgw if .build/debug/kisgw is missing, then runs the tests
 #   KISGW_DEMO_BIN=/path/kisgw Tests/browser/run.sh
-#   KISGW_DEMO_CMD="python3 Tests/browser/stub_demo.py demo" Tests/browser/run.sh   # against the stand-in
 #   Tests/browser/run.sh -k expiry       # extra arguments go to pytest
 #
 # Screenshots, the demo's output and the browser consoles go to Tests/browser/artefacts/.
