@@ -59,7 +59,7 @@ public struct BrokerDependencies: Sendable {
 public func makeBrokerRepository(_ database: BrokerDatabase, logger: Logger) throws -> any BrokerRepository {
     switch database {
     case .sqlite(let path): try SQLiteRepository(path: path)
-    case .postgres(let url): try PostgresRepository(url: url.value, logger: logger)
+    case .postgres(let url, let password): try PostgresRepository(url: url.value, password: password?.value, logger: logger)
     }
 }
 

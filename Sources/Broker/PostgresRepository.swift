@@ -13,16 +13,74 @@ public import ServiceLifecycle
 /// together migrate once.
 public final class PostgresRepository: BrokerRepository, Service {
     private let client: PostgresClient
+    /// The same server, user, password and TLS as the pool's, for ``checkLogin(within:)``.
+    private let login: PostgresConnection.Configuration
     private let logger: Logger
 
-    /// - Parameter url: `postgres://user[:password]@host[:port]/database[?sslmode=…][&password=…]`.
-    public init(url: String, logger: Logger) throws {
-        self.client = PostgresClient(configuration: try Self.configuration(url: url), backgroundLogger: logger)
+    /// - Parameters:
+    ///   - url: `postgres://user[:password]@host[:port]/database[?sslmode=…][&password=…]`.
+    ///   - password: the password when the URL has none (`[broker] database_password_file`).
+    public init(url: String, password: String? = nil, logger: Logger) throws {
+        self.client = PostgresClient(configuration: try Self.configuration(url: url, password: password),
+                                     backgroundLogger: logger)
+        self.login = try Self.connectionConfiguration(url: url, password: password)
         self.logger = logger
     }
 
-    /// The client configuration a URL describes (sslmode `prefer` when not given, as libpq does).
-    package static func configuration(url: String) throws -> PostgresClient.Configuration {
+    /// Opens one connection with the pool's settings and closes it. The pool tries a refused login again for ever
+    /// (logging each attempt at info), so a broker with a wrong password, user or database name, or a server without
+    /// the TLS `sslmode` requires, used to hang at start-up without a word; now it stops with PostgreSQL's reason. A
+    /// server that cannot be reached, or is starting up, is tried again until `within` has passed.
+    public func checkLogin(within: Duration = .seconds(30)) async throws {
+        let place = "PostgreSQL at \(login.host ?? "?"):\(login.port ?? 5432)"
+        let deadline = ContinuousClock.now + within
+        var delay = Duration.milliseconds(200)
+        while true {
+            do {
+                let connection = try await PostgresConnection.connect(configuration: login, id: 0, logger: logger)
+                try? await connection.close()
+                return
+            } catch let error as PSQLError {
+                if let reason = Self.refusal(error) {
+                    throw RepositoryError("\(place) refused the broker: \(reason); check [broker] database "
+                                          + "(KISGW_BROKER_DATABASE) and database_password_file")
+                }
+                guard ContinuousClock.now < deadline else { throw RepositoryError("cannot reach \(place): \(Self.reason(error))") }
+            } catch {
+                guard ContinuousClock.now < deadline else { throw RepositoryError("cannot reach \(place): \(error)") }
+            }
+            try await Task.sleep(for: delay)
+            delay = min(delay * 2, .seconds(2))
+        }
+    }
+
+    /// Why the server will not take this login, if trying again cannot help: a password, user or database it refuses
+    /// (SQLSTATE class 28, 3D000), no password for an authentication that needs one, or no TLS where it is required.
+    static func refusal(_ error: PSQLError) -> String? {
+        switch error.code {
+        case .server:
+            let state = error.serverInfo?[.sqlState] ?? ""
+            guard state.hasPrefix("28") || state == "3D000" else { return nil }
+            return reason(error)
+        case .authMechanismRequiresPassword: return "it asks for a password and none is configured"
+        case .unsupportedAuthMechanism: return "it asks for an authentication method the client does not support"
+        case .sslUnsupported: return "it does not offer TLS, which sslmode requires"
+        default: return nil
+        }
+    }
+
+    /// PostgreSQL's own message and SQLSTATE, or the error's code.
+    static func reason(_ error: PSQLError) -> String {
+        guard let message = error.serverInfo?[.message] else { return "\(error.code)" }
+        return "\(message) (SQLSTATE \(error.serverInfo?[.sqlState] ?? "?"))"
+    }
+
+    /// What a URL names: server, user, password, database and `sslmode` (`prefer` when not given, as libpq does).
+    private struct Target {
+        var host: String, port: Int, user: String, password: String?, database: String?, sslmode: String
+    }
+
+    private static func target(url: String, password fallback: String?) throws -> Target {
         guard let c = URLComponents(string: url), let scheme = c.scheme?.lowercased(),
             scheme == "postgres" || scheme == "postgresql", let host = c.host, !host.isEmpty
         else { throw RepositoryError("the database URL must be postgres://user@host[:port]/database") }
@@ -30,21 +88,43 @@ public final class PostgresRepository: BrokerRepository, Service {
         // In the authority (`user:password@`) or as a `password=` parameter, as libpq reads either.
         let password = c.password.flatMap { $0.removingPercentEncoding }
             ?? c.queryItems?.first { $0.name.lowercased() == "password" }?.value
+            ?? fallback
         var database = c.path
         if database.hasPrefix("/") { database.removeFirst() }
         let sslmode = c.queryItems?.first { $0.name.lowercased() == "sslmode" }?.value ?? "prefer"
+        guard ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"].contains(sslmode) else {
+            throw RepositoryError("sslmode must be disable, allow, prefer, require, verify-ca or verify-full, got \(sslmode)")
+        }
+        return Target(host: host, port: c.port ?? 5432, user: user, password: password,
+                      database: database.isEmpty ? nil : database, sslmode: sslmode)
+    }
+
+    /// The pool's configuration a URL describes; `password` when the URL has none.
+    package static func configuration(url: String, password fallback: String? = nil) throws -> PostgresClient.Configuration {
+        let t = try target(url: url, password: fallback)
         let tls: PostgresClient.Configuration.TLS
-        switch sslmode {
+        switch t.sslmode {
         case "disable": tls = .disable
         case "prefer", "allow": tls = .prefer(.makeClientConfiguration())
-        case "require", "verify-ca", "verify-full": tls = .require(.makeClientConfiguration())
-        default: throw RepositoryError("sslmode must be disable, allow, prefer, require, verify-ca or verify-full, got \(sslmode)")
+        default: tls = .require(.makeClientConfiguration())
         }
         var configuration = PostgresClient.Configuration(
-            host: host, port: c.port ?? 5432, username: user, password: password,
-            database: database.isEmpty ? nil : database, tls: tls)
+            host: t.host, port: t.port, username: t.user, password: t.password, database: t.database, tls: tls)
         configuration.options.maximumConnections = 8
         return configuration
+    }
+
+    /// One connection's configuration with the same server, user, password, database and TLS as the pool's.
+    static func connectionConfiguration(url: String, password fallback: String?) throws -> PostgresConnection.Configuration {
+        let t = try target(url: url, password: fallback)
+        let tls: PostgresConnection.Configuration.TLS
+        switch t.sslmode {
+        case "disable": tls = .disable
+        case "prefer", "allow": tls = .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
+        default: tls = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+        }
+        return PostgresConnection.Configuration(
+            host: t.host, port: t.port, username: t.user, password: t.password, database: t.database, tls: tls)
     }
 
     public func run() async throws {
@@ -52,6 +132,7 @@ public final class PostgresRepository: BrokerRepository, Service {
     }
 
     public func migrate() async throws {
+        try await checkLogin()
         try await client.withTransaction(logger: logger) { conn in
             try await conn.query("SELECT pg_advisory_xact_lock(736455001)", logger: self.logger)
             try await conn.query(

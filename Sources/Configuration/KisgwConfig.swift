@@ -324,29 +324,55 @@ public struct KisgwConfig: Sendable, Equatable {
         public let host: String
         public let port: Int
         public let database: BrokerDatabase
+        /// `database_password_file`: the file the PostgreSQL password was read from (the password itself is in
+        /// ``database``).
+        public let databasePasswordFile: String?
         public let refreshIntervalS: Int
         public let refreshAheadS: Int
         public let reuseWindowS: Int
         public let reconcileIntervalS: Int
+        /// `ui`: whether the broker serves the web UI at `/` (web-client.md).
+        public let ui: Bool
+        /// `ui_gateway_url`: the gateway's base URL as the web UI's browsers reach it, without a trailing slash;
+        /// by default `[server]`'s host (127.0.0.1 for a wildcard address) and port.
+        public let uiGatewayURL: String
 
         public init(
             url: String = "http://127.0.0.1:8080",
             host: String = "127.0.0.1",
             port: Int = 8080,
             database: BrokerDatabase = .sqlite(path: "data/broker.sqlite"),
+            databasePasswordFile: String? = nil,
             refreshIntervalS: Int = 60,
             refreshAheadS: Int = 3600,
             reuseWindowS: Int = 21_600,
-            reconcileIntervalS: Int = 60
+            reconcileIntervalS: Int = 60,
+            ui: Bool = true,
+            uiGatewayURL: String = "http://127.0.0.1:8000"
         ) {
             self.url = url
             self.host = host
             self.port = port
             self.database = database
+            self.databasePasswordFile = databasePasswordFile
             self.refreshIntervalS = refreshIntervalS
             self.refreshAheadS = refreshAheadS
             self.reuseWindowS = reuseWindowS
             self.reconcileIntervalS = reconcileIntervalS
+            self.ui = ui
+            self.uiGatewayURL = uiGatewayURL
+        }
+
+        /// The gateway's URL for a browser on this machine when `[server]` listens on `host`:`port` — a wildcard
+        /// address becomes 127.0.0.1 (`::` becomes `[::1]`).
+        public static func gatewayURL(serverHost host: String, port: Int) -> String {
+            let shown: String
+            switch host {
+            case "0.0.0.0", "": shown = "127.0.0.1"
+            case "::", "[::]": shown = "[::1]"
+            default: shown = host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host
+            }
+            return "http://\(shown):\(port)"
         }
     }
 
@@ -386,14 +412,14 @@ public enum BrokerDatabase: Sendable, Equatable, CustomStringConvertible {
     /// `sqlite:data/broker.sqlite`, `sqlite:///var/lib/kisgw/broker.sqlite`, `sqlite::memory:`
     case sqlite(path: String)
     /// `postgres://user:password@host:5432/db?sslmode=require`, kept as a secret because it may
-    /// carry a password.
-    case postgres(url: Secret)
+    /// carry a password; `password`: one read from `[broker] database_password_file` (the URL then has none).
+    case postgres(url: Secret, password: Secret? = nil)
 
     /// The location with any password replaced by `[REDACTED]`.
     public var description: String {
         switch self {
         case .sqlite(let path): "sqlite:\(path)"
-        case .postgres(let url): Validation.maskingPassword(url.value)
+        case .postgres(let url, _): Validation.maskingPassword(url.value)
         }
     }
 }

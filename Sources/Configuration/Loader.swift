@@ -38,8 +38,8 @@ extension KisgwConfig {
         (
             "broker",
             [
-                "url", "host", "port", "database", "refresh_interval_s", "refresh_ahead_s", "reuse_window_s",
-                "reconcile_interval_s",
+                "url", "host", "port", "database", "database_password_file", "refresh_interval_s", "refresh_ahead_s",
+                "reuse_window_s", "reconcile_interval_s", "ui", "ui_gateway_url",
             ]
         ),
         ("log", ["level", "format"]),
@@ -217,7 +217,8 @@ struct Loader {
                 throw ConfigError(
                     .secretInFile, source: path, key: "\(section).\(key)",
                     problem: "secrets may not be written in the file: this URL carries a password; set "
-                        + "\(KisgwConfig.environmentName(section: section, key: key)) to it instead")
+                        + "\(KisgwConfig.environmentName(section: section, key: key)) to it instead"
+                        + (section == "broker" ? ", or give the password in [broker] database_password_file" : ""))
             }
             if section == "seal", key == "keys" {
                 var variable = "KISGW_SEAL_KEYS_<KID>"
@@ -413,8 +414,9 @@ struct Loader {
         } else {
             store = .init(backend: redis.url == nil ? .memory : .redis)
         }
+        let server = try buildServer()
         return KisgwConfig(
-            server: try buildServer(),
+            server: server,
             cors: try buildCORS(),
             auth: KisgwConfig.Auth(jwt: try buildJWT()),
             store: store,
@@ -434,7 +436,7 @@ struct Loader {
                 staleIfErrorS: try int("cache", "stale_if_error_s", 3600, 0...604_800)
             ),
             limits: KisgwConfig.Limits(maxRangeDays: try int("limits", "max_range_days", 3660, 1...36_600)),
-            broker: try buildBroker(),
+            broker: try buildBroker(server: server),
             log: try buildLog()
         )
     }
@@ -525,12 +527,7 @@ struct Loader {
             }
             secret = Secret(env.value)
         } else if let (path, found) = fileFound {
-            let source: String
-            switch found {
-            case .file: source = filePath ?? "configuration file"
-            case .environment(let name, _): source = "environment \(name)"
-            }
-            var text = try Loader.readText(path, source: source, key: "auth.jwt.hs256_secret_file")
+            var text = try Loader.readText(path, source: source(of: found), key: "auth.jwt.hs256_secret_file")
             while let last = text.last, last.isWhitespace { text.removeLast() }
             guard text.utf8.count >= 32 else {
                 throw invalid(
@@ -589,12 +586,7 @@ struct Loader {
         var keys: [String: SealKey] = [:]
         let keysFile = try string("seal", "keys_file", emptyIsUnset: true)
         if let (path, found) = keysFile {
-            let source: String
-            switch found {
-            case .file: source = filePath ?? "configuration file"
-            case .environment(let name, _): source = "environment \(name)"
-            }
-            let text = try Loader.readText(path, source: source, key: "seal.keys_file")
+            let text = try Loader.readText(path, source: source(of: found), key: "seal.keys_file")
             let table: TOMLTable
             do {
                 table = try TOMLTable(string: text)
@@ -641,7 +633,7 @@ struct Loader {
         )
     }
 
-    private func buildBroker() throws(ConfigError) -> KisgwConfig.Broker {
+    private func buildBroker(server: KisgwConfig.Server) throws(ConfigError) -> KisgwConfig.Broker {
         let defaults = KisgwConfig.Broker()
         var database = defaults.database
         if let (text, found) = try string("broker", "database") {
@@ -651,16 +643,46 @@ struct Loader {
                 throw invalid(found, "broker", "database", "\(failure.problem), got \(Loader.quoted(Validation.maskingPassword(text)))")
             }
         }
+        var passwordFile: String? = nil
+        if let (path, found) = try string("broker", "database_password_file", emptyIsUnset: true) {
+            guard case .postgres(let url, _) = database else {
+                throw invalid(found, "broker", "database_password_file",
+                              "applies to a postgres:// database only; [broker] database is \(database)")
+            }
+            guard !Validation.carriesPassword(url.value) else {
+                throw invalid(found, "broker", "database_password_file",
+                              "the database URL carries a password too; give it in one place")
+            }
+            var text = try Loader.readText(path, source: source(of: found), key: "broker.database_password_file")
+            while let last = text.last, last.isNewline { text.removeLast() }
+            guard !text.isEmpty else {
+                throw invalid(found, "broker", "database_password_file", "\(Loader.quoted(path)) is empty")
+            }
+            database = .postgres(url: url, password: Secret(text))
+            passwordFile = path
+        }
         return KisgwConfig.Broker(
             url: try httpURL("broker", "url", defaults.url),
             host: try host("broker", defaults.host),
             port: try int("broker", "port", defaults.port, 1...65535),
             database: database,
+            databasePasswordFile: passwordFile,
             refreshIntervalS: try int("broker", "refresh_interval_s", 60, 1...86_400),
             refreshAheadS: try int("broker", "refresh_ahead_s", 3600, 0...86_399),
             reuseWindowS: try int("broker", "reuse_window_s", 21_600, 0...86_400),
-            reconcileIntervalS: try int("broker", "reconcile_interval_s", 60, 1...86_400)
+            reconcileIntervalS: try int("broker", "reconcile_interval_s", 60, 1...86_400),
+            ui: try bool("broker", "ui", true),
+            uiGatewayURL: try httpURL(
+                "broker", "ui_gateway_url", KisgwConfig.Broker.gatewayURL(serverHost: server.host, port: server.port))
         )
+    }
+
+    /// Where a value was found, as errors name it: the configuration file's path or `environment NAME`.
+    private func source(of found: Found) -> String {
+        switch found {
+        case .file: filePath ?? "configuration file"
+        case .environment(let name, _): "environment \(name)"
+        }
     }
 
     private func buildLog() throws(ConfigError) -> KisgwConfig.Log {

@@ -107,7 +107,7 @@ extension KisgwConfig {
         switch broker.database {
         case .sqlite(let path):
             line("database", string("sqlite:\(path)"))
-        case .postgres(let url):
+        case .postgres(let url, _):
             let masked = Validation.maskingPassword(url.value)
             if masked == url.value {
                 line("database", string(url.value))
@@ -115,10 +115,13 @@ extension KisgwConfig {
                 comment("database = \(string(masked)) (has a password; set it with KISGW_BROKER_DATABASE)")
             }
         }
+        if let path = broker.databasePasswordFile { line("database_password_file", string(path)) }
         line("refresh_interval_s", String(broker.refreshIntervalS))
         line("refresh_ahead_s", String(broker.refreshAheadS))
         line("reuse_window_s", String(broker.reuseWindowS))
         line("reconcile_interval_s", String(broker.reconcileIntervalS))
+        line("ui", broker.ui ? "true" : "false")
+        line("ui_gateway_url", string(broker.uiGatewayURL))
 
         section("log")
         line("level", string(log.level.rawValue))

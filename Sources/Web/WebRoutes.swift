@@ -1,3 +1,4 @@
+import Foundation
 public import Hummingbird
 import HTTPTypes
 import NIOCore
@@ -36,6 +37,19 @@ public func addWebRoutes(to router: Router<BasicRequestContext>, config: @escapi
         if file.hasSuffix(".html") { headers[.contentSecurityPolicy] = webContentSecurityPolicy }
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: asset.bytes)))
     }
+}
+
+/// The page's `/ui/config.json`: where the gateway is (its base URL as browsers reach it) and whether the broker
+/// runs the demo's sign-in (`POST /api/dev/signin`) or the page asks for a JWT.
+public func webConfigJSON(gatewayURL: String, demo: Bool) -> String {
+    struct Config: Encodable {
+        var gatewayUrl: String
+        var demo: Bool
+    }
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    let data = (try? encoder.encode(Config(gatewayUrl: gatewayURL, demo: demo))) ?? Data("{}".utf8)
+    return String(decoding: data, as: UTF8.self)
 }
 
 let webContentSecurityPolicy =

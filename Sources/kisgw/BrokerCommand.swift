@@ -1,7 +1,10 @@
 import ArgumentParser
 import Broker
 import Foundation
+import Hummingbird
 import KisgwConfiguration
+import Logging
+import Web
 
 /// `kisgw broker`: the token broker (broker-api.md).
 struct BrokerCommand: AsyncParsableCommand {
@@ -9,8 +12,9 @@ struct BrokerCommand: AsyncParsableCommand {
         commandName: "broker",
         abstract: "Run the token broker: encrypted KIS accounts, KIS tokens obtained, kept alive and published to the store.",
         discussion: """
-            Reads [broker], [cors], [auth.jwt], [store], [redis], [seal], [kis], [upstream] and [log]. The database \
-            ([broker] database, sqlite:PATH or postgres://…) is created and migrated on start.
+            Reads [broker], [server], [cors], [auth.jwt], [store], [redis], [seal], [kis], [upstream] and [log]. The \
+            database ([broker] database, sqlite:PATH or postgres://…) is created and migrated on start. The web UI is \
+            served at / ([broker] ui); its chart calls go to [broker] ui_gateway_url, by default [server]'s address.
             """
     )
 
@@ -20,13 +24,33 @@ struct BrokerCommand: AsyncParsableCommand {
         let config = try configOptions.load(for: .broker)
         try await configOptions.checkJWTKeys(config)
         let runtime = try Runtime(config: config, label: "kisgw.broker")
-        let deps = runtime.brokerDependencies()
+        let logger = runtime.logger
+        var webRoutes: (@Sendable (Router<BasicRequestContext>) -> Void)? = nil
+        if config.broker.ui {
+            let uiConfig = webConfigJSON(gatewayURL: config.broker.uiGatewayURL, demo: false)
+            webRoutes = { router in addWebRoutes(to: router, config: { uiConfig }) }
+            if let origin = Self.unlistedPageOrigin(config) {
+                logger.warning(
+                    "the web UI's chart calls go to the gateway cross-origin, and [cors] allow_origins does not list \(origin): add it (or the origin browsers reach the broker at) for the gateway, or set [broker] ui = false")
+            }
+        }
+        let deps = runtime.brokerDependencies(extraRoutes: webRoutes)
         try await runtime.run {
-            [try await buildBroker(config, dependencies: deps, logger: runtime.logger) { port in
-                let line = "kisgw broker listening on http://\(config.broker.host):\(port) "
+            [try await buildBroker(config, dependencies: deps, logger: logger) { port in
+                var line = "kisgw broker listening on http://\(config.broker.host):\(port) "
                     + "(database: \(config.broker.database), store: \(config.store.backend.rawValue))\n"
+                if config.broker.ui {
+                    line += "web UI: \(KisgwConfig.Broker.gatewayURL(serverHost: config.broker.host, port: port))/ "
+                        + "(charts from \(config.broker.uiGatewayURL))\n"
+                }
                 FileHandle.standardOutput.write(Data(line.utf8))
             }]
         }
+    }
+
+    /// The web UI's origin as a browser on this machine sees it, when `[cors] allow_origins` does not allow it.
+    static func unlistedPageOrigin(_ config: KisgwConfig) -> String? {
+        let origin = KisgwConfig.Broker.gatewayURL(serverHost: config.broker.host, port: config.broker.port)
+        return config.cors.allows(origin: origin) ? nil : origin
     }
 }

@@ -107,7 +107,7 @@ struct DemoCommand: AsyncParsableCommand {
                 SimulatorConfiguration(host: host, port: sandboxPort, environment: .sandbox, credentials: credentials),
                 logger: logger)
             let gateway = try await buildGateway(config, dependencies: runtime.gatewayDependencies, logger: logger)
-            let uiConfig = #"{"gatewayUrl":"http://\#(host):\#(gatewayPort)","demo":true}"#
+            let uiConfig = webConfigJSON(gatewayURL: "http://\(host):\(gatewayPort)", demo: true)
             let broker = try await buildBroker(
                 config,
                 dependencies: runtime.brokerDependencies(

@@ -22,6 +22,8 @@ import TestSupport
 let testSecret = "broker-test-secret-of-at-least-32-bytes!"
 let redisURL = ProcessInfo.processInfo.environment["KISGW_TEST_REDIS_URL"]
 let postgresURL = ProcessInfo.processInfo.environment["KISGW_TEST_POSTGRES_URL"]
+/// A role of that cluster that must give its password (scripts/test sets it up), for the password tests.
+let passwordRole = ProcessInfo.processInfo.environment["KISGW_TEST_POSTGRES_PASSWORD_ROLE"]
 
 var quietLogger: Logger {
     var logger = Logger(label: "broker-test")
@@ -105,7 +107,7 @@ struct TestDatabase: Sendable {
     var config: BrokerDatabase {
         switch kind {
         case .sqlite: .sqlite(path: location)
-        case .postgres: .postgres(url: Secret(location))
+        case .postgres: .postgres(url: Secret(location), password: nil)
         }
     }
 }

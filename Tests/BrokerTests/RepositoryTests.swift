@@ -1,5 +1,6 @@
 import Foundation
 import KIS
+import KisgwConfiguration
 import Logging
 import PostgresNIO
 import Store
@@ -94,6 +95,88 @@ struct RepositoryContractTests {
         #expect(try PostgresRepository.configuration(url: "postgres://u@db/x?sslmode=disable&password=p%26w").password == "p&w")
         #expect(try PostgresRepository.configuration(url: "postgres://u@db/x?PASSWORD=pw").password == "pw")
         #expect(try PostgresRepository.configuration(url: "postgres://u@db/x").password == nil)
+    }
+
+    /// config.md: the database password may be given "through the environment or a file path". A role of the test
+    /// cluster that must give its password (scripts/test: scram-sha-256 for it, trust for the others) connects with
+    /// the one read from `[broker] database_password_file`, and is refused with a wrong one or none.
+    @Test("a PostgreSQL password from database_password_file reaches the server; a wrong one or none is refused",
+          .enabled(if: postgresURL != nil && passwordRole != nil, "needs KISGW_TEST_POSTGRES_URL and _PASSWORD_ROLE"))
+    func postgresPasswordFile() async throws {
+        let role = try #require(passwordRole), admin = try #require(postgresURL)
+        let password = "pw-\(UInt64.random(in: 0...UInt64.max))&:@ x"
+        let name = "kisgw_t\(UInt32.random(in: 0...UInt32.max))"
+        let client = PostgresClient(configuration: try PostgresRepository.configuration(url: admin))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            try await client.query(
+                "DO $$ BEGIN CREATE ROLE \(unescaped: role) LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+            try await client.query("ALTER ROLE \(unescaped: role) PASSWORD '\(unescaped: password)'")
+            try await client.query("CREATE DATABASE \(unescaped: name) OWNER \(unescaped: role)")
+            group.cancelAll()
+        }
+        var c = try #require(URLComponents(string: admin))
+        (c.user, c.path) = (role, "/" + name)
+        let url = try #require(c.string)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-pgpw-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+
+        /// Opens the database as `[broker] database` = `url` and the password file holding `secret` (none: no file)
+        /// say, and migrates it — or the error, within 15 s.
+        func open(_ secret: String?) async throws -> (any Error)? {
+            var environment = ["KISGW_BROKER_DATABASE": url]
+            if let secret {
+                let file = dir.appendingPathComponent(UUID().uuidString)
+                try Data((secret + "\n").utf8).write(to: file)
+                environment["KISGW_BROKER_DATABASE_PASSWORD_FILE"] = file.path
+            }
+            let config = try KisgwConfig.load(file: nil, environment: environment)
+            let repository = try makeBrokerRepository(config.broker.database, logger: quietLogger)
+            let pg = try #require(repository as? PostgresRepository)
+            return try await withThrowingTaskGroup(of: (any Error)?.self) { group in
+                group.addTask { try await pg.run(); return nil }
+                group.addTask {
+                    do {
+                        try await repository.migrate()
+                        try await repository.ping()
+                        return nil
+                    } catch {
+                        return error
+                    }
+                }
+                group.addTask {
+                    try await Task.sleep(for: .seconds(15))
+                    return TestFailure("no answer within 15 s")
+                }
+                defer { group.cancelAll() }
+                // The first to end: migrate and ping, or the timer (run() ends only when cancelled).
+                return try await group.next() ?? nil
+            }
+        }
+        #expect(try await open(password) == nil)
+        // Refused at once with PostgreSQL's reason (the pool alone tried again for ever: the broker hung at start-up).
+        let wrong = try await open(password + "x")
+        #expect("\(String(describing: wrong))".contains("refused the broker: password authentication failed"),
+                "\(String(describing: wrong))")
+        #expect(!"\(String(reflecting: wrong))".contains(password))
+        let none = try await open(nil)
+        #expect("\(String(describing: none))".contains("refused the broker: it asks for a password and none is configured"),
+                "\(String(describing: none))")
+    }
+
+    @Test("a PostgreSQL server that cannot be reached is tried again, then named in the error")
+    func postgresUnreachable() async throws {
+        let port = try RedisServerProcess.freePort()  // nothing listens there
+        let repository = try PostgresRepository(url: "postgres://kisgw@127.0.0.1:\(port)/kisgw?sslmode=disable",
+                                                logger: quietLogger)
+        let started = ContinuousClock.now
+        await #expect {
+            try await repository.checkLogin(within: .seconds(1))
+        } throws: { error in
+            "\(error)".contains("cannot reach PostgreSQL at 127.0.0.1:\(port)")
+        }
+        #expect(ContinuousClock.now - started >= .seconds(1))
     }
 
     @Test("the SQLite file and its folders are created on first start")

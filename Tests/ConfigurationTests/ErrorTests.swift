@@ -103,12 +103,12 @@ let badInputs: [BadInput] = [
         kind: .secretInFile, hidden: [goodSecret]),
     BadInput(
         name: "a database password in the file", toml: "[broker]\ndatabase = \"postgres://kisgw:secretpw@db:5432/kisgw\"",
-        message: "<FILE>: [broker] database: secrets may not be written in the file: this URL carries a password; set KISGW_BROKER_DATABASE to it instead",
+        message: "<FILE>: [broker] database: secrets may not be written in the file: this URL carries a password; set KISGW_BROKER_DATABASE to it instead, or give the password in [broker] database_password_file",
         kind: .secretInFile, hidden: ["secretpw"]),
     BadInput(
         name: "a database password parameter in the file",
         toml: "[broker]\ndatabase = \"postgres://kisgw@db/kisgw?sslmode=disable&password=secretpw\"",
-        message: "<FILE>: [broker] database: secrets may not be written in the file: this URL carries a password; set KISGW_BROKER_DATABASE to it instead",
+        message: "<FILE>: [broker] database: secrets may not be written in the file: this URL carries a password; set KISGW_BROKER_DATABASE to it instead, or give the password in [broker] database_password_file",
         kind: .secretInFile, hidden: ["secretpw"]),
     BadInput(
         name: "a Redis password in the file", toml: "[redis]\nurl = \"redis://:secretpw@127.0.0.1:6379/0\"",
@@ -193,6 +193,30 @@ let badInputs: [BadInput] = [
         environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw:pw@db/kisgw?sslmode=strict"],
         message: "environment KISGW_BROKER_DATABASE: has sslmode=strict; use one of disable, allow, prefer, require, verify-ca, verify-full, got \"postgres://kisgw:[REDACTED]@db/kisgw?sslmode=strict\"",
         kind: .invalidValue, hidden: ["pw@"]),
+    BadInput(
+        name: "a database password file for SQLite",
+        toml: "[broker]\ndatabase = \"sqlite:data/b.sqlite\"\ndatabase_password_file = \"/run/secrets/db\"",
+        message: "<FILE>: [broker] database_password_file: applies to a postgres:// database only; [broker] database is sqlite:data/b.sqlite",
+        kind: .invalidValue),
+    BadInput(
+        name: "a database password file and a password in the URL",
+        environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw:pw@db/kisgw",
+                      "KISGW_BROKER_DATABASE_PASSWORD_FILE": "/run/secrets/db"],
+        message: "environment KISGW_BROKER_DATABASE_PASSWORD_FILE: the database URL carries a password too; give it in one place",
+        kind: .invalidValue, hidden: ["pw@"]),
+    BadInput(
+        name: "a missing database password file",
+        environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw@db/kisgw",
+                      "KISGW_BROKER_DATABASE_PASSWORD_FILE": "/nonexistent/kisgw-db-password"],
+        message: "environment KISGW_BROKER_DATABASE_PASSWORD_FILE: cannot read \"/nonexistent/kisgw-db-password\": no such file",
+        kind: .unreadableFile),
+    BadInput(
+        name: "ui not a bool", toml: "[broker]\nui = \"yes\"",
+        message: "<FILE>: [broker] ui: must be true or false, got \"yes\"", kind: .invalidValue),
+    BadInput(
+        name: "ui_gateway_url not a URL", environment: ["KISGW_BROKER_UI_GATEWAY_URL": "gw.example.com"],
+        message: "environment KISGW_BROKER_UI_GATEWAY_URL: must be an http:// or https:// URL with a host, like https://example.com:9443, got \"gw.example.com\"",
+        kind: .invalidValue),
     BadInput(
         name: "bad bind host", toml: "[server]\nhost = \"http://0.0.0.0\"",
         message: "<FILE>: [server] host: must be a host name or IP address, not a URL, got \"http://0.0.0.0\"", kind: .invalidValue),

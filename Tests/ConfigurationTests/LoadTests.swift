@@ -51,6 +51,9 @@ struct LoadTests {
         #expect(config.broker.refreshAheadS == 3600)
         #expect(config.broker.reuseWindowS == 21_600)
         #expect(config.broker.reconcileIntervalS == 60)
+        #expect(config.broker.databasePasswordFile == nil)
+        #expect(config.broker.ui)
+        #expect(config.broker.uiGatewayURL == "http://127.0.0.1:8000")
         #expect(config.log.level == .info)
         #expect(config.log.format == .text)
     }
@@ -94,7 +97,8 @@ struct LoadTests {
             ("upstream", ["timeout_ms", "max_queue_ms", "retries"]),
             ("cache", ["l1_entries", "live_ttl_s", "settled_ttl_s", "stale_while_revalidate_s", "stale_if_error_s"]),
             ("limits", ["max_range_days"]),
-            ("broker", ["url", "host", "port", "database", "refresh_interval_s", "refresh_ahead_s", "reuse_window_s", "reconcile_interval_s"]),
+            ("broker", ["url", "host", "port", "database", "database_password_file", "refresh_interval_s", "refresh_ahead_s",
+                        "reuse_window_s", "reconcile_interval_s", "ui", "ui_gateway_url"]),
             ("log", ["level", "format"]),
         ] {
             #expect(text.contains("[\(section)]"), "missing [\(section)]")
@@ -312,11 +316,65 @@ struct LoadTests {
     @Test func databaseURLParameters() throws {
         let url = "postgres://kisgw@db:5433/kisgw?sslmode=verify-full&password=pw"
         let database = try KisgwConfig.load(file: nil, environment: ["KISGW_BROKER_DATABASE": url]).broker.database
-        guard case .postgres(let secret) = database else {
+        guard case .postgres(let secret, nil) = database else {
             Issue.record("not read as PostgreSQL: \(database)")
             return
         }
         #expect(secret.value == url)
+    }
+
+    /// config.md: the database password "only through the environment or a file path".
+    @Test func databasePasswordFile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-dbpw-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("password")
+        // One line, as secret mounts write it; the newline is not part of the password, inner spaces are.
+        try Data("p@ss w:rd&1\n".utf8).write(to: file)
+        let url = "postgres://kisgw@db:5432/kisgw?sslmode=disable"
+
+        // From the file, and from the environment.
+        let toml = dir.appendingPathComponent("gateway.toml")
+        try Data("[broker]\ndatabase = \"\(url)\"\ndatabase_password_file = \"\(file.path)\"\n".utf8).write(to: toml)
+        let fromEnvironment = try KisgwConfig.load(
+            file: nil, environment: ["KISGW_BROKER_DATABASE": url, "KISGW_BROKER_DATABASE_PASSWORD_FILE": file.path])
+        for config in [try KisgwConfig.load(file: toml.path, environment: [:]), fromEnvironment] {
+            #expect(config.broker.database == .postgres(url: Secret(url), password: Secret("p@ss w:rd&1")))
+            #expect(config.broker.databasePasswordFile == file.path)
+            // Shown without the password, and rendered as the file's path.
+            #expect(!"\(config.broker.database)".contains("p@ss"))
+            let rendered = config.effectiveTOML
+            #expect(rendered.contains("database_password_file = \"\(file.path)\""), "\(rendered)")
+            #expect(!rendered.contains("p@ss"))
+        }
+
+        // An empty file is refused, naming the file.
+        let empty = dir.appendingPathComponent("empty")
+        try Data("\n".utf8).write(to: empty)
+        #expect {
+            try KisgwConfig.load(
+                file: nil, environment: ["KISGW_BROKER_DATABASE": url, "KISGW_BROKER_DATABASE_PASSWORD_FILE": empty.path])
+        } throws: { error in
+            "\(error)" == "environment KISGW_BROKER_DATABASE_PASSWORD_FILE: \"\(empty.path)\" is empty"
+        }
+    }
+
+    /// web-client.md: the broker serves the web UI; its chart calls go to the gateway, by default `[server]`'s
+    /// address as a browser on the same machine reaches it.
+    @Test func webUIGatewayURL() throws {
+        func broker(_ environment: [String: String]) throws -> KisgwConfig.Broker {
+            try KisgwConfig.load(file: nil, environment: environment).broker
+        }
+        #expect(try broker(["KISGW_SERVER_PORT": "9001"]).uiGatewayURL == "http://127.0.0.1:9001")
+        #expect(try broker(["KISGW_SERVER_HOST": "0.0.0.0"]).uiGatewayURL == "http://127.0.0.1:8000")
+        #expect(try broker(["KISGW_SERVER_HOST": "::"]).uiGatewayURL == "http://[::1]:8000")
+        #expect(try broker(["KISGW_SERVER_HOST": "::1"]).uiGatewayURL == "http://[::1]:8000")
+        #expect(try broker(["KISGW_SERVER_HOST": "gw.internal", "KISGW_SERVER_PORT": "80"]).uiGatewayURL
+                == "http://gw.internal:80")
+        #expect(try broker(["KISGW_BROKER_UI_GATEWAY_URL": "https://GW.example.com/kis/"]).uiGatewayURL
+                == "https://gw.example.com/kis")
+        #expect(try broker(["KISGW_BROKER_UI": "false"]).ui == false)
+        #expect(try broker(["KISGW_BROKER_UI": "1"]).ui)
     }
 
     @Test func kisURLsInClear() throws {
