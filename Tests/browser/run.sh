@@ -37,4 +37,4 @@ mkdir -p "$here/artefacts"
 cd "$here"
 # Selenium Manager must not try to download a browser or driver: both come from Debian.
 export SE_OFFLINE=true PYTHONDONTWRITEBYTECODE=1
-exec "$python" -m pytest -p no:cacheprovider -v "$@" test_web.py test_client_module.py
+exec "$python" -m pytest -p no:cacheprovider -v "$@" test_web.py test_client_module.py test_broker_ui.py

@@ -91,39 +91,63 @@ async function signIn(input) {
     token = input.trim();
     if (!jwtSubject(token)) throw new Error('JWT 형식이 아닙니다');
   }
+  const refused = await startSession(token);
+  if (refused) throw new Error(describeError(refused));
+  // Kept for this tab only once the broker took it; the field does not keep showing a bearer credential.
   sessionStorage.setItem(JWT_KEY, token);
-  await startSession(token);
+  if (!config.demo) $('signin-user').value = '';
 }
 
+function showSignInState(text, warn) {
+  $('signin-state').textContent = text;
+  $('signin-state').classList.toggle('warn', warn);
+}
+
+/** Starts a session with `token`; returns the broker's refusal (a `KisError`) when it did not take the token — the
+ *  session is then closed and the token forgotten — or null. */
 async function startSession(token) {
   client?.stop();
   jwt = token;
   user = jwtSubject(token) ?? 'user';
-  $('signin-state').textContent = `${user} 로그인됨`;
-  $('signin-state').classList.remove('warn');
+  showSignInState(`${user} 확인 중…`, false);
   if (config.demo) $('signin-user').value = user;
   const previousEnv = client?.environment ?? 'SANDBOX';
-  client = createKisClient({
+  let refusal = null;
+  let starting = true;
+  const session = createKisClient({
     gatewayUrl: config.gatewayUrl,
     brokerUrl: '',
     getJwt: () => jwt,
     scope: user,
     environment: previousEnv,
     onStateChange: render,
-    onSignInRequired: () => {
-      $('signin-state').textContent = '다시 로그인하세요';
-      toast('로그인이 만료되었습니다. 다시 로그인하세요.', 'warn');
+    onSignInRequired: (err) => {
+      if (client !== session) return;
+      refusal = err;
+      sessionStorage.removeItem(JWT_KEY);
+      showSignInState('다시 로그인하세요', true);
+      // While signing in, the caller reports it; later (the JWT expired mid-session) the toast does.
+      if (!starting) toast(describeError(err), 'warn', 8000);
     },
   });
+  client = session;
   chartData = null;
   showChartEmpty('계정을 연결한 뒤 종목을 조회하세요');
   render(client.state());
+  let state = null;
   try {
-    const s = await client.init();
-    if (s.environments[client.environment].connected) loadChart();
+    state = await client.init();
   } catch (err) {
-    toast(err.message, 'error');
+    if (!refusal) toast(describeError(err), 'error');
   }
+  starting = false;
+  if (refusal) {
+    showChartEmpty('로그인이 필요합니다');
+    return refusal;
+  }
+  showSignInState(`${user} 로그인됨`, false);
+  if (state?.environments[client.environment].connected) loadChart();
+  return null;
 }
 
 // ------------------------------------------------------------------------------------------------ status
@@ -494,15 +518,18 @@ async function main() {
   if (!config.demo) {
     $('signin-label').textContent = 'JWT';
     $('signin-user').value = '';
+    $('signin-user').type = 'password';  // a bearer credential: not shown on screen
     $('signin-user').placeholder = 'eyJ…';
   }
   const requested = new URLSearchParams(location.search).get('user');
   const stored = sessionStorage.getItem(JWT_KEY);
   try {
-    if (stored && (!requested || jwtSubject(stored) === requested)) await startSession(stored);
-    else if (config.demo) await signIn(requested || 'demo');
+    if (stored && (!requested || jwtSubject(stored) === requested)) {
+      const refused = await startSession(stored);
+      if (refused) toast(describeError(refused), 'warn', 8000);
+    } else if (config.demo) await signIn(requested || 'demo');
     else {
-      $('signin-state').textContent = 'JWT 를 입력하세요';
+      showSignInState('JWT 를 입력하세요', false);
       showChartEmpty('로그인이 필요합니다');
     }
   } catch (err) {

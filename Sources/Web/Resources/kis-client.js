@@ -349,11 +349,12 @@ export function createKisClient(options) {
     return token;
   }
 
+  /** The JWT was refused: `onSignInRequired` is told once, and again only after `signedIn()` (a page asking for both
+   *  environments at once would otherwise ask its user to sign in twice). */
   function requireSignIn(err) {
-    if (!signInRequired) {
-      signInRequired = true;
-      emit();
-    }
+    if (signInRequired) return;
+    signInRequired = true;
+    emit();
     try { onSignInRequired(err); } catch (e) { console.error(e); }
   }
 
