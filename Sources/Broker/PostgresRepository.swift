@@ -127,6 +127,28 @@ public final class PostgresRepository: BrokerRepository, Service {
             host: t.host, port: t.port, username: t.user, password: t.password, database: t.database, tls: tls)
     }
 
+    /// How long one operation may wait for the database: postgres-nio's pool waits for a connection for ever, so
+    /// with the server down or unreachable every request to the broker, and `/readyz`, hung (curl gave up after
+    /// 30 s); now they fail (`store_unavailable`, readiness 503) after this.
+    public static let operationTimeout = Duration.seconds(5)
+
+    /// `work`, or an error once ``operationTimeout`` has passed (the work is cancelled: a wait for a connection ends).
+    private func bounded<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await work() }
+            group.addTask {
+                try await Task.sleep(for: Self.operationTimeout)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let value = first else {
+                throw RepositoryError("PostgreSQL at \(login.host ?? "?"):\(login.port ?? 5432) did not answer within "
+                                      + "\(Self.operationTimeout)")
+            }
+            return value
+        }
+    }
+
     public func run() async throws {
         await cancelWhenGracefulShutdown { await self.client.run() }
     }
@@ -186,131 +208,153 @@ public final class PostgresRepository: BrokerRepository, Service {
     }
 
     public func ping() async throws {
-        try await client.query("SELECT 1", logger: logger)
+        try await bounded { _ = try await self.client.query("SELECT 1", logger: self.logger) }
     }
 
     private typealias AccountColumns = (String, String, String, String, String, String, Bool, Int64, Int64)
     private typealias TokenColumns = (String, String, String, String, String, Int64, Int64, String, Int64)
 
     public func account(userID: String, environment: KISEnvironment) async throws -> StoredAccount? {
-        let env = environment.rawValue
-        let rows = try await client.query(
-            "SELECT \(unescaped: Schema.accountColumns) FROM kis_accounts WHERE user_id = \(userID) AND environment = \(env)",
-            logger: logger)
-        for try await columns in rows.decode(AccountColumns.self) { return try Self.account(columns) }
-        return nil
+        return try await bounded {
+            let env = environment.rawValue
+            let rows = try await self.client.query(
+                "SELECT \(unescaped: Schema.accountColumns) FROM kis_accounts WHERE user_id = \(userID) AND environment = \(env)",
+                logger: self.logger)
+            for try await columns in rows.decode(AccountColumns.self) { return try Self.account(columns) }
+            return nil
+        }
     }
 
     public func allAccounts() async throws -> [StoredAccount] {
-        let rows = try await client.query(
-            "SELECT \(unescaped: Schema.accountColumns) FROM kis_accounts ORDER BY user_id, environment", logger: logger)
-        var out: [StoredAccount] = []
-        for try await columns in rows.decode(AccountColumns.self) { out.append(try Self.account(columns)) }
-        return out
+        return try await bounded {
+            let rows = try await self.client.query(
+                "SELECT \(unescaped: Schema.accountColumns) FROM kis_accounts ORDER BY user_id, environment", logger: self.logger)
+            var out: [StoredAccount] = []
+            for try await columns in rows.decode(AccountColumns.self) { out.append(try Self.account(columns)) }
+            return out
+        }
     }
 
     public func saveAccount(_ account: StoredAccount, token: StoredToken?) async throws {
-        try await client.withTransaction(logger: logger) { conn in
-            let env = account.environment.rawValue
-            try await conn.query(
-                """
-                INSERT INTO kis_accounts (\(unescaped: Schema.accountColumns)) VALUES (\(account.userID), \(env),
-                    \(account.appKey), \(account.appSecret), \(account.accountNumber), \(account.kid),
-                    \(account.isActive), \(account.createdAt), \(account.updatedAt))
-                ON CONFLICT (user_id, environment) DO UPDATE SET app_key = excluded.app_key,
-                    app_secret = excluded.app_secret, account_number = excluded.account_number,
-                    seal_kid = excluded.seal_kid, is_active = excluded.is_active, updated_at = excluded.updated_at
-                """, logger: self.logger)
-            if let token { try await Self.upsert(token, conn, self.logger) }
+        try await bounded {
+            try await self.client.withTransaction(logger: self.logger) { conn in
+                let env = account.environment.rawValue
+                try await conn.query(
+                    """
+                    INSERT INTO kis_accounts (\(unescaped: Schema.accountColumns)) VALUES (\(account.userID), \(env),
+                        \(account.appKey), \(account.appSecret), \(account.accountNumber), \(account.kid),
+                        \(account.isActive), \(account.createdAt), \(account.updatedAt))
+                    ON CONFLICT (user_id, environment) DO UPDATE SET app_key = excluded.app_key,
+                        app_secret = excluded.app_secret, account_number = excluded.account_number,
+                        seal_kid = excluded.seal_kid, is_active = excluded.is_active, updated_at = excluded.updated_at
+                    """, logger: self.logger)
+                if let token { try await Self.upsert(token, conn, self.logger) }
+            }
         }
     }
 
     public func setAccountActive(userID: String, environment: KISEnvironment, isActive: Bool, updatedAt: Int64)
         async throws
     {
-        let env = environment.rawValue
-        try await client.query(
-            """
-            UPDATE kis_accounts SET is_active = \(isActive), updated_at = \(updatedAt)
-            WHERE user_id = \(userID) AND environment = \(env)
-            """, logger: logger)
+        try await bounded {
+            let env = environment.rawValue
+            try await self.client.query(
+                """
+                UPDATE kis_accounts SET is_active = \(isActive), updated_at = \(updatedAt)
+                WHERE user_id = \(userID) AND environment = \(env)
+                """, logger: self.logger)
+        }
     }
 
     public func deleteAccount(userID: String, environment: KISEnvironment) async throws -> Bool {
-        let env = environment.rawValue
-        return try await client.withTransaction(logger: logger) { conn in
-            try await conn.query(
-                "DELETE FROM kis_tokens WHERE user_id = \(userID) AND environment = \(env)", logger: self.logger)
-            let rows = try await conn.query(
-                "DELETE FROM kis_accounts WHERE user_id = \(userID) AND environment = \(env) RETURNING user_id",
-                logger: self.logger)
-            var deleted = false
-            for try await _ in rows.decode(String.self) { deleted = true }
-            return deleted
+        return try await bounded {
+            let env = environment.rawValue
+            return try await self.client.withTransaction(logger: self.logger) { conn in
+                try await conn.query(
+                    "DELETE FROM kis_tokens WHERE user_id = \(userID) AND environment = \(env)", logger: self.logger)
+                let rows = try await conn.query(
+                    "DELETE FROM kis_accounts WHERE user_id = \(userID) AND environment = \(env) RETURNING user_id",
+                    logger: self.logger)
+                var deleted = false
+                for try await _ in rows.decode(String.self) { deleted = true }
+                return deleted
+            }
         }
     }
 
     public func saveToken(_ token: StoredToken) async throws {
-        try await client.withConnection { conn in try await Self.upsert(token, conn, self.logger) }
+        try await bounded {
+            try await self.client.withConnection { conn in try await Self.upsert(token, conn, self.logger) }
+        }
     }
 
     public func tokens(userID: String, environment: KISEnvironment) async throws -> [StoredToken] {
-        let env = environment.rawValue
-        let rows = try await client.query(
-            """
-            SELECT \(unescaped: Schema.tokenColumns) FROM kis_tokens WHERE user_id = \(userID) AND environment = \(env)
-            ORDER BY issued_at DESC, id DESC
-            """, logger: logger)
-        var out: [StoredToken] = []
-        for try await columns in rows.decode(TokenColumns.self) { out.append(try Self.token(columns)) }
-        return out
+        return try await bounded {
+            let env = environment.rawValue
+            let rows = try await self.client.query(
+                """
+                SELECT \(unescaped: Schema.tokenColumns) FROM kis_tokens WHERE user_id = \(userID) AND environment = \(env)
+                ORDER BY issued_at DESC, id DESC
+                """, logger: self.logger)
+            var out: [StoredToken] = []
+            for try await columns in rows.decode(TokenColumns.self) { out.append(try Self.token(columns)) }
+            return out
+        }
     }
 
     public func tokens(status: TokenStatus) async throws -> [StoredToken] {
-        let raw = status.rawValue
-        let rows = try await client.query(
-            "SELECT \(unescaped: Schema.tokenColumns) FROM kis_tokens WHERE status = \(raw) ORDER BY id", logger: logger)
-        var out: [StoredToken] = []
-        for try await columns in rows.decode(TokenColumns.self) { out.append(try Self.token(columns)) }
-        return out
+        return try await bounded {
+            let raw = status.rawValue
+            let rows = try await self.client.query(
+                "SELECT \(unescaped: Schema.tokenColumns) FROM kis_tokens WHERE status = \(raw) ORDER BY id", logger: self.logger)
+            var out: [StoredToken] = []
+            for try await columns in rows.decode(TokenColumns.self) { out.append(try Self.token(columns)) }
+            return out
+        }
     }
 
     public func setStatus(_ status: TokenStatus, tokenSHA256s: [String], updatedAt: Int64) async throws {
         guard !tokenSHA256s.isEmpty else { return }
-        let raw = status.rawValue
-        try await client.query(
-            """
-            UPDATE kis_tokens SET status = \(raw), updated_at = \(updatedAt)
-            WHERE token_sha256 = ANY(\(tokenSHA256s))
-            """, logger: logger)
+        try await bounded {
+            let raw = status.rawValue
+            try await self.client.query(
+                """
+                UPDATE kis_tokens SET status = \(raw), updated_at = \(updatedAt)
+                WHERE token_sha256 = ANY(\(tokenSHA256s))
+                """, logger: self.logger)
+        }
     }
 
     public func replaceAccountSeal(_ account: StoredAccount, expectedKid: String) async throws -> Bool {
-        let env = account.environment.rawValue
-        let rows = try await client.query(
-            """
-            UPDATE kis_accounts SET app_key = \(account.appKey), app_secret = \(account.appSecret),
-                account_number = \(account.accountNumber), seal_kid = \(account.kid)
-            WHERE user_id = \(account.userID) AND environment = \(env) AND seal_kid = \(expectedKid)
-            RETURNING user_id
-            """, logger: logger)
-        var changed = false
-        for try await _ in rows.decode(String.self) { changed = true }
-        return changed
+        return try await bounded {
+            let env = account.environment.rawValue
+            let rows = try await self.client.query(
+                """
+                UPDATE kis_accounts SET app_key = \(account.appKey), app_secret = \(account.appSecret),
+                    account_number = \(account.accountNumber), seal_kid = \(account.kid)
+                WHERE user_id = \(account.userID) AND environment = \(env) AND seal_kid = \(expectedKid)
+                RETURNING user_id
+                """, logger: self.logger)
+            var changed = false
+            for try await _ in rows.decode(String.self) { changed = true }
+            return changed
+        }
     }
 
     public func replaceTokenSeal(tokenSHA256: String, accessToken: String, kid: String, expectedKid: String)
         async throws -> Bool
     {
-        let rows = try await client.query(
-            """
-            UPDATE kis_tokens SET access_token = \(accessToken), seal_kid = \(kid)
-            WHERE token_sha256 = \(tokenSHA256) AND seal_kid = \(expectedKid)
-            RETURNING token_sha256
-            """, logger: logger)
-        var changed = false
-        for try await _ in rows.decode(String.self) { changed = true }
-        return changed
+        return try await bounded {
+            let rows = try await self.client.query(
+                """
+                UPDATE kis_tokens SET access_token = \(accessToken), seal_kid = \(kid)
+                WHERE token_sha256 = \(tokenSHA256) AND seal_kid = \(expectedKid)
+                RETURNING token_sha256
+                """, logger: self.logger)
+            var changed = false
+            for try await _ in rows.decode(String.self) { changed = true }
+            return changed
+        }
     }
 
     // MARK: rows

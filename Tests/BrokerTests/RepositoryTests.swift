@@ -179,6 +179,36 @@ struct RepositoryContractTests {
         #expect(ContinuousClock.now - started >= .seconds(1))
     }
 
+    /// postgres-nio's pool waits for a connection for ever: with the server gone, every broker request and `/readyz`
+    /// hung. Each operation now fails after `operationTimeout` (the broker answers `store_unavailable`, readiness 503).
+    @Test("with the server gone, operations fail after operationTimeout instead of waiting for a connection for ever")
+    func postgresGoneFailsOperations() async throws {
+        let port = try RedisServerProcess.freePort()  // nothing listens there
+        let repository = try PostgresRepository(url: "postgres://kisgw@127.0.0.1:\(port)/kisgw?sslmode=disable",
+                                                logger: quietLogger)
+        await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await repository.run() }
+            defer { group.cancelAll() }
+            /// How the operation ended, and after how long.
+            func timed(_ operation: @escaping @Sendable () async throws -> Void) async -> (Result<Void, any Error>, Duration) {
+                let started = ContinuousClock.now
+                let outcome = await Task { try await operation() }.result
+                return (outcome, ContinuousClock.now - started)
+            }
+            // Both at once: a read the broker's routes make, and the readiness check's ping.
+            async let account = timed { _ = try await repository.account(userID: "u1", environment: .sandbox) }
+            async let ping = timed { try await repository.ping() }
+            for (name, (outcome, waited)) in [("account", await account), ("ping", await ping)] {
+                guard case .failure(let error) = outcome else {
+                    Issue.record("\(name) succeeded without a server")
+                    continue
+                }
+                #expect("\(error)".contains("did not answer within 5"), "\(name): \(error)")
+                #expect(waited >= PostgresRepository.operationTimeout && waited < .seconds(9), "\(name): \(waited)")
+            }
+        }
+    }
+
     @Test("the SQLite file and its folders are created on first start")
     func sqliteCreatesFile() async throws {
         let db = try await TestDatabase.make(.sqlite)
