@@ -81,20 +81,24 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
     public func sessions(on date: CivilDate) -> [ClosedRange<Int>] {
         switch self {
         case .nas, .nys, .ams: USMarketHolidays.isEarlyClose(date) ? [570...780] : sessions  // 09:30–13:00
+        // 09:30–12:00, then the closing auction to 12:10
+        case .hks: HKEXHolidays.isHalfDay(date) ? [570...730] : sessions
         default: sessions
         }
     }
 
     /// Whether the exchange trades on `date`: weekdays, less the holidays kisgw knows — KRX's (a table), the US
-    /// exchanges' (NYSE's rules, which Nasdaq and NYSE American follow) and Tokyo's (Japan's holiday law and JPX's
-    /// year-end closure). Other exchanges' holidays count as trading days: their charts are then refreshed as on a
-    /// trading day, never kept past a real session.
+    /// exchanges' (NYSE's rules, which Nasdaq and NYSE American follow), Tokyo's (Japan's holiday law and JPX's
+    /// year-end closure) and Hong Kong's (its general holidays). Other exchanges' holidays — Shanghai's, Shenzhen's
+    /// and Vietnam's, whose spans their governments set each year — count as trading days: their charts are then
+    /// refreshed as on a trading day, never kept past a real session.
     public func isTradingDay(_ date: CivilDate) -> Bool {
         if date.isWeekend { return false }
         switch self {
         case .krx: return !KRXHolidays.contains(date)
         case .nas, .nys, .ams: return !USMarketHolidays.contains(date)
         case .tse: return !JPXHolidays.contains(date)
+        case .hks: return !HKEXHolidays.contains(date)
         default: return true
         }
     }
@@ -285,6 +289,90 @@ public enum JPXHolidays {
     static func equinox(_ year: Int, base: Double) -> Int {
         let n = year - 1980
         return Int((base + 0.242194 * Double(n)).rounded(.down)) - n / 4
+    }
+}
+
+/// The days the Hong Kong stock exchange (HKEX) is closed besides weekends — Hong Kong's general holidays — and its
+/// half days, from 2022 to 2099.
+///
+/// The General Holidays Ordinance's days: New Year's Day; the first three days of the Lunar New Year; Ching Ming
+/// (the solar term, April 4 or 5); Good Friday, the day after it and Easter Monday; Labour Day; the Buddha's Birthday
+/// (4th month, 8th day); Tuen Ng (5/5); HKSAR Establishment Day (07-01); the day after Mid-Autumn (8/16); National
+/// Day (10-01); Chung Yeung (9/9); Christmas Day and the first weekday (not Sunday) after it. A holiday on a Sunday
+/// gives the next day that is not a Sunday or a holiday (so Ching Ming on Easter Sunday gives the Tuesday, and a Lunar
+/// New Year day on a Sunday the fourth day); a Saturday one gives nothing. Lunar dates are ICU's Chinese calendar
+/// (Hong Kong keeps China's); Ching Ming is the standard formula of the 21st century. Typhoon and rainstorm closures
+/// cannot be known ahead. Half days (the morning session only, ``isHalfDay(_:)``): the eves of Christmas, the New
+/// Year and the Lunar New Year, on a trading day.
+public enum HKEXHolidays {
+    public static func contains(_ date: CivilDate) -> Bool {
+        calendar(of: date.year).holidays.contains(date.dayNumber)
+    }
+
+    /// Whether HKEX trades the morning session only on `date`.
+    public static func isHalfDay(_ date: CivilDate) -> Bool {
+        calendar(of: date.year).halfDays.contains(date.dayNumber)
+    }
+
+    /// A year's holidays and half days, as day numbers.
+    struct Year: Sendable {
+        var holidays: Set<Int> = [], halfDays: Set<Int> = []
+    }
+
+    /// The year's days (computed once per year; nothing outside 2022–2099).
+    static func calendar(of year: Int) -> Year {
+        guard (2022...2099).contains(year) else { return Year() }
+        if let known = cache.withLock({ $0[year] }) { return known }
+        let computed = compute(year)
+        cache.withLock { $0[year] = computed }
+        return computed
+    }
+
+    private static let cache = Mutex<[Int: Year]>([:])
+
+    private static func compute(_ year: Int) -> Year {
+        func day(_ month: Int, _ day: Int) -> CivilDate { CivilDate(year: year, month: month, day: day)! }
+        let lunar = lunar(of: year)
+        let easter = USMarketHolidays.easter(year)
+        let christmas = day(12, 25)
+        let afterChristmas = christmas.adding(days: christmas.adding(days: 1).weekday == 0 ? 2 : 1)
+        var named = [day(1, 1), day(4, qingMing(year)), easter.adding(days: -2), easter.adding(days: -1),
+                     easter.adding(days: 1), day(5, 1), day(7, 1), day(10, 1), christmas, afterChristmas]
+        named += lunar.days.map(CivilDate.init(dayNumber:))
+        var holidays = Set(named.map(\.dayNumber))
+        for holiday in named.sorted() where holiday.weekday == 0 {
+            var substitute = holiday.adding(days: 1)
+            while substitute.weekday == 0 || holidays.contains(substitute.dayNumber) { substitute = substitute.adding(days: 1) }
+            holidays.insert(substitute.dayNumber)
+        }
+        let eves = [day(12, 24), day(12, 31)] + (lunar.newYearsEve.map { [CivilDate(dayNumber: $0)] } ?? [])
+        let halfDays = eves.filter { !$0.isWeekend && !holidays.contains($0.dayNumber) }.map(\.dayNumber)
+        return Year(holidays: holidays, halfDays: Set(halfDays))
+    }
+
+    /// The day of April of Ching Ming (清明, the sun at 15°) in 2000–2099.
+    static func qingMing(_ year: Int) -> Int {
+        let y = year % 100
+        return Int((Double(y) * 0.2422 + 4.81).rounded(.down)) - y / 4
+    }
+
+    /// The year's lunar holidays (the Lunar New Year's first three days, the Buddha's Birthday, Tuen Ng, the day after
+    /// Mid-Autumn, Chung Yeung) and the Lunar New Year's eve, as day numbers.
+    private static func lunar(of year: Int) -> (days: [Int], newYearsEve: Int?) {
+        var chinese = Calendar(identifier: .chinese)
+        chinese.timeZone = TimeZone(identifier: "Asia/Hong_Kong")!
+        let wanted: Set<[Int]> = [[1, 1], [1, 2], [1, 3], [4, 8], [5, 5], [8, 16], [9, 9]]
+        var days: [Int] = [], eve: Int? = nil
+        let first = CivilDate(year: year, month: 1, day: 1)!.dayNumber
+        let last = CivilDate(year: year, month: 12, day: 31)!.dayNumber
+        for n in first...last {
+            // Noon in Hong Kong (UTC+8) of that day.
+            let c = chinese.dateComponents([.month, .day, .isLeapMonth], from: Date(timeIntervalSince1970: Double(n * 86400 + 4 * 3600)))
+            guard c.isLeapMonth != true, let month = c.month, let day = c.day else { continue }
+            if wanted.contains([month, day]) { days.append(n) }
+            if month == 1 && day == 1 && n > first { eve = n - 1 }
+        }
+        return (days, eve)
     }
 }
 

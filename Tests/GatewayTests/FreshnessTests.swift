@@ -119,6 +119,9 @@ struct FreshnessTests {
         .init(.hks, "2025-03-11T08:10:00Z", end: "2025-03-11", 62_400, "16:10 HKT: closed until 09:30 next day"),
         .init(.hks, "2025-03-11T02:00:00Z", end: "2025-03-10", 86_400, "10:00 HKT, range ending yesterday: settled"),
         .init(.hks, "2025-03-15T02:00:00Z", end: "2025-03-15", 86_400, "Sat 10:00 HKT: weekend, capped"),
+        .init(.hks, "2025-12-24T04:05:00Z", end: "2025-12-24", 5, "Christmas Eve 12:05 HKT: the half day's closing auction"),
+        .init(.hks, "2025-12-24T05:30:00Z", end: "2025-12-24", 86_400, "Christmas Eve 13:30 HKT: a half day, closed"),
+        .init(.hks, "2025-10-07T02:00:00Z", end: "2025-10-07", 84_600, "Tue 10-07 10:00 HKT, a holiday: until Wed 09:30"),
         // TSE: 09:00–11:30, 12:30–15:30 (the afternoon runs to 15:30 since November 2024).
         .init(.tse, "2025-03-10T23:59:00Z", end: "2025-03-11", 60, "08:59 JST: closed until 09:00"),
         .init(.tse, "2025-03-11T00:00:00Z", end: "2025-03-11", 5, "09:00 JST: open"),
@@ -191,6 +194,13 @@ struct FreshnessTests {
                       "Christmas Eve 13:00 EST: until Fri 12-26 09:30"),
         FreshnessCase(.ams, "2025-07-03T17:00:00Z", end: "2025-07-03", 333_000,
                       "Thu 07-03 13:00 EDT before Independence Day: until Mon 09:30"),
+        // Hong Kong's holidays and half days.
+        FreshnessCase(.hks, "2025-10-06T08:10:00Z", end: "2025-10-06", 148_800,
+                      "Mon 16:10 HKT before the day after Mid-Autumn (Tue 10-07): until Wed 09:30"),
+        FreshnessCase(.hks, "2026-04-02T08:10:00Z", end: "2026-04-02", 494_400,
+                      "Thu 16:10 HKT before Good Friday, Easter Monday and Ching Ming's Tuesday: until Wed 04-08 09:30"),
+        FreshnessCase(.hks, "2025-12-24T04:10:00Z", end: "2025-12-24", 422_400,
+                      "Christmas Eve 12:10 HKT, a half day: until Mon 12-29 09:30"),
         // Tokyo's holidays: 2026's Silver Week (Respect for the Aged Day, the day between, the autumnal equinox).
         FreshnessCase(.tse, "2026-09-18T06:30:00Z", end: "2026-09-18", 495_000,
                       "Fri 09-18 15:30 JST before 09-21 to 09-23: until Thu 09:00"),
@@ -223,7 +233,8 @@ struct FreshnessTests {
         for d in closed {
             #expect(!Exchange.nas.isTradingDay(d) && !Exchange.ams.isTradingDay(d))
             #expect(Exchange.krx.isTradingDay(d) == !KRXHolidays.contains(d))  // KRX keeps its own calendar
-            #expect(Exchange.hks.isTradingDay(d))
+            #expect(Exchange.hks.isTradingDay(d) == !HKEXHolidays.contains(d))  // so does HKEX
+            #expect(Exchange.shs.isTradingDay(d))
         }
     }
 
@@ -246,7 +257,7 @@ struct FreshnessTests {
         #expect(early.map { String($0.iso.dropFirst(5)) } == Self.usEarlyCloses[year])
         for d in early {
             #expect(Exchange.nas.sessions(on: d) == [570...780] && Exchange.ams.sessions(on: d) == [570...780])
-            #expect(Exchange.hks.sessions(on: d) == Exchange.hks.sessions)
+            #expect(Exchange.tse.sessions(on: d) == Exchange.tse.sessions)  // other exchanges keep their hours
             // 12:59 and 13:00 New York time (EST in November and December, EDT in July).
             let offset = d.components.month == 7 ? 4 : 5
             let noon59 = try Date("\(d.iso)T\(12 + offset):59:00Z", strategy: .iso8601)
@@ -283,9 +294,48 @@ struct FreshnessTests {
         let closed = (first.dayNumber...last.dayNumber).map(CivilDate.init(dayNumber:))
             .filter { !$0.isWeekend && !Exchange.tse.isTradingDay($0) }
         #expect(closed.map { String($0.iso.dropFirst(5)) } == Self.tseClosures[year])
-        for d in closed { #expect(Exchange.hks.isTradingDay(d) && Exchange.shs.isTradingDay(d)) }
+        for d in closed { #expect(Exchange.shs.isTradingDay(d) && Exchange.hsx.isTradingDay(d)) }
         // Before 2022 nothing is known: weekdays trade.
         #expect(try Exchange.tse.isTradingDay(#require(CivilDate("2021-11-03"))))
+    }
+
+    /// HKEX's published weekday closures and half days (2027 by the rules: Hong Kong gazettes its holidays about a
+    /// year ahead).
+    static let hksClosures: [Int: (closed: [String], half: [String])] = [
+        // 01-01 and 10-01 Saturdays; 05-01 and Buddha's Birthday (05-08) Sundays; the day after Mid-Autumn a Sunday
+        // (09-11); Christmas a Sunday: 12-26 and 12-27.
+        2022: (["02-01", "02-02", "02-03", "04-05", "04-15", "04-18", "05-02", "05-09", "06-03", "07-01", "09-12",
+                "10-04", "12-26", "12-27"], ["01-31"]),
+        // Lunar New Year's Day a Sunday: the fourth day (01-25); 01-01 and 10-01 Sundays.
+        2023: (["01-02", "01-23", "01-24", "01-25", "04-05", "04-07", "04-10", "05-01", "05-26", "06-22", "10-02",
+                "10-23", "12-25", "12-26"], []),
+        // The second day of the Lunar New Year a Sunday: the fourth day (02-13).
+        2024: (["01-01", "02-12", "02-13", "03-29", "04-01", "04-04", "05-01", "05-15", "06-10", "07-01", "09-18",
+                "10-01", "10-11", "12-25", "12-26"], ["02-09", "12-24", "12-31"]),
+        // Tuen Ng a Saturday (05-31).
+        2025: (["01-01", "01-29", "01-30", "01-31", "04-04", "04-18", "04-21", "05-01", "05-05", "07-01", "10-01",
+                "10-07", "10-29", "12-25", "12-26"], ["01-28", "12-24", "12-31"]),
+        // Ching Ming on Easter Sunday: the Tuesday after (Monday is Easter Monday); Buddha's Birthday and Chung Yeung
+        // Sundays; the day after Christmas a Saturday.
+        2026: (["01-01", "02-17", "02-18", "02-19", "04-03", "04-06", "04-07", "05-01", "05-25", "06-19", "07-01",
+                "10-01", "10-19", "12-25"], ["02-16", "12-24", "12-31"]),
+        2027: (["01-01", "02-08", "02-09", "03-26", "03-29", "04-05", "05-13", "06-09", "07-01", "09-16", "10-01",
+                "10-08", "12-27"], ["02-05", "12-24", "12-31"]),
+    ]
+
+    @Test("HKS: Hong Kong's general holidays and HKEX's half days by their rules, 2022–2027, and nothing else on weekdays",
+          arguments: [2022, 2023, 2024, 2025, 2026, 2027])
+    func hksHolidays(year: Int) throws {
+        let first = try #require(CivilDate(year: year, month: 1, day: 1)), last = try #require(CivilDate(year: year, month: 12, day: 31))
+        let weekdays = (first.dayNumber...last.dayNumber).map(CivilDate.init(dayNumber:)).filter { !$0.isWeekend }
+        let closed = weekdays.filter { !Exchange.hks.isTradingDay($0) }
+        #expect(closed.map { String($0.iso.dropFirst(5)) } == Self.hksClosures[year]?.closed)
+        let half = weekdays.filter { Exchange.hks.sessions(on: $0) != Exchange.hks.sessions }
+        #expect(half.map { String($0.iso.dropFirst(5)) } == Self.hksClosures[year]?.half)
+        for d in half { #expect(Exchange.hks.sessions(on: d) == [570...730]) }  // 09:30–12:00 and the closing auction
+        for d in closed { #expect(Exchange.shs.isTradingDay(d) && Exchange.hsx.isTradingDay(d)) }
+        // Outside the years the rules are written for, nothing is known: weekdays trade.
+        #expect(try Exchange.hks.isTradingDay(#require(CivilDate("2021-12-27"))))
     }
 
     @Test("KRX holidays: weekdays only, through 2027, each year's New Year's Day (on a weekday) and year-end closing day")
