@@ -249,6 +249,23 @@ public final class MemoryStore: SharedStore {
         for c in continuations { c.yield(message) }
     }
 
+    public func delete(_ key: String, removing member: String, from setKey: String, announcing message: ByteBuffer,
+                       on channel: String) async throws(StoreError)
+    {
+        let now = ContinuousClock.now
+        // Under one lock: a reader sees the key and the member either both there or both gone.
+        let continuations = state.withLock { s in
+            s.items.removeValue(forKey: keyPrefix + key)
+            let sk = keyPrefix + setKey
+            if var item = Self.live(&s, sk, now: now), case .set(var m) = item.value {
+                m.remove(member)
+                if m.isEmpty { s.items.removeValue(forKey: sk) } else { item.value = .set(m); s.items[sk] = item }
+            }
+            return Array((s.subscribers[keyPrefix + channel] ?? [:]).values)
+        }
+        for c in continuations { c.yield(message) }
+    }
+
     public func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription {
         let (stream, continuation) = AsyncStream.makeStream(of: ByteBuffer.self, bufferingPolicy: .bufferingNewest(4096))
         let k = keyPrefix + channel

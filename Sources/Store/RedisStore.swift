@@ -49,6 +49,15 @@ public final class RedisStore: SharedStore {
         return added
         """)
 
+    /// PUBLISH first: a PUBLISH the server refuses (an ACL) stops the script before anything is deleted. Subscribers
+    /// get the message after the script, when the key is already gone.
+    static let deleteAndAnnounce = RedisScript(name: "kisgw-del-announce", """
+        redis.call('PUBLISH', ARGV[2], ARGV[3])
+        redis.call('DEL', KEYS[1])
+        redis.call('SREM', KEYS[2], ARGV[1])
+        return 1
+        """)
+
     static let gcra = RedisScript(name: "kisgw-gcra", GCRA.lua)
     /// SET NX PX the lock; when taken, GET the read key too: one round trip, one atomic step.
     static let lockThenGet = RedisScript(name: "kisgw-lock-get", """
@@ -254,6 +263,16 @@ public final class RedisStore: SharedStore {
 
     public func publish(_ message: ByteBuffer, to channel: String) async throws(StoreError) {
         do { _ = try await client.publish(RedisArgument(message), to: k(channel)) } catch { throw Self.map(error) }
+    }
+
+    public func delete(_ key: String, removing member: String, from setKey: String, announcing message: ByteBuffer,
+                       on channel: String) async throws(StoreError)
+    {
+        do {
+            _ = try await client.evaluate(
+                Self.deleteAndAnnounce, keys: [RedisArgument(k(key)), RedisArgument(k(setKey))],
+                arguments: [RedisArgument(member), RedisArgument(k(channel)), RedisArgument(message)])
+        } catch { throw Self.map(error) }
     }
 
     public func subscriptionGaps() -> AsyncStream<Void> { client.subscriptionRestorations() }

@@ -96,6 +96,12 @@ public protocol SharedStore: Sendable {
     /// Publishes `message` on `channel`; returns immediately (fire and forget).
     func publish(_ message: ByteBuffer, to channel: String) async throws(StoreError)
 
+    /// Deletes `key`, removes `member` from the set `setKey` and publishes `message` on `channel`, in one atomic step
+    /// that does all three or none: the key is never gone without the message having been sent (a token's `revoked`
+    /// event, which gateways forget their decision on).
+    func delete(_ key: String, removing member: String, from setKey: String, announcing message: ByteBuffer,
+                on channel: String) async throws(StoreError)
+
     /// Messages published on `channel` from now on.
     func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription
 

@@ -140,19 +140,25 @@ public enum TokenDirectory {
         try await announce(TokenEvent(type: "issued", sha256: sha, user_id: userID, env: environment), store: store)
     }
 
-    /// Deletes the record, removes it from the user's set, and announces `revoked` (gateways forget it at once).
+    /// Deletes the record, removes it from the user's set, and announces `revoked` (gateways forget it at once) — in
+    /// one atomic step. (In three, a failure after the deletion lost the event: the reconciler finishes an unpublish
+    /// only while the record is there, and gateways kept accepting the token from their decision caches.)
     public static func unpublish(
         sha256 sha: String, userID: String, environment: KISEnvironment, store: any SharedStore
     ) async throws(StoreError) {
-        try await store.delete(recordKey(sha))
-        try await store.setRemove(userKey(userID, environment), members: [sha])
-        try await announce(TokenEvent(type: "revoked", sha256: sha, user_id: userID, env: environment), store: store)
+        let event = try encoded(TokenEvent(type: "revoked", sha256: sha, user_id: userID, env: environment))
+        try await store.delete(recordKey(sha), removing: sha, from: userKey(userID, environment), announcing: event,
+                               on: eventsChannel)
     }
 
     static func announce(_ event: TokenEvent, store: any SharedStore) async throws(StoreError) {
-        let data: Data
-        do { data = try JSONEncoder().encode(event) } catch { throw StoreError(.invalidRecord, "cannot encode the event") }
-        try await store.publish(ByteBuffer(bytes: data), to: eventsChannel)
+        try await store.publish(try encoded(event), to: eventsChannel)
+    }
+
+    private static func encoded(_ event: TokenEvent) throws(StoreError) -> ByteBuffer {
+        do { return ByteBuffer(bytes: try JSONEncoder().encode(event)) } catch {
+            throw StoreError(.invalidRecord, "cannot encode the event")
+        }
     }
 
     public static func deadKey(_ sha256: String) -> String { "dead:" + sha256 }

@@ -447,5 +447,7 @@ struct DeadStore: SharedStore {
         -> RateLimitDecision
     { throw down }
     func publish(_ message: ByteBuffer, to channel: String) async throws(StoreError) { throw down }
+    func delete(_ key: String, removing member: String, from setKey: String, announcing message: ByteBuffer,
+                on channel: String) async throws(StoreError) { throw down }
     func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription { throw down }
 }

@@ -192,6 +192,12 @@ struct CountingStore: SharedStore {
         log.add(label, "publish", channel)
         try await inner.publish(message, to: channel)
     }
+    func delete(_ key: String, removing member: String, from setKey: String, announcing message: ByteBuffer,
+                on channel: String) async throws(StoreError)
+    {
+        log.add(label, "delete-announce", key)
+        try await inner.delete(key, removing: member, from: setKey, announcing: message, on: channel)
+    }
     func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription {
         log.add(label, "subscribe", channel)
         return try await inner.subscribe(to: channel)

@@ -1,8 +1,10 @@
 import Foundation
+import KIS
 import NIOCore
 import Redis
 import Store
 import Testing
+import Tokens
 
 /// The `SharedStore` contract, run against every available implementation.
 @Suite("SharedStore contract", .timeLimit(.minutes(2)))
@@ -380,6 +382,44 @@ struct RedisStoreTests {
         try await store.set("visible", to: ByteBuffer(string: "v"), ttl: .seconds(30))
         #expect(try await redisStore.client.getString(store.keyPrefix + "visible") == "v")
         #expect(try await redisStore.client.get("visible") == nil)
+        await close()
+    }
+
+    /// store.md: gateways "drop them on `revoked` at once". Unpublishing was three commands — DEL, SREM, PUBLISH —
+    /// and a failure after the DEL (here: a user the server refuses PUBLISH to) left the record gone and no event
+    /// sent, for good: the reconciler finishes an unpublish only while the record is there. Now it is one script
+    /// that does all of it or nothing.
+    @Test func unpublishIsAllOrNothing() async throws {
+        let (admin, close) = try Backend.redis.makeStore()
+        let adminClient = try #require(admin as? RedisStore).client
+        let user = "kisgw-nopub-\(UUID().uuidString.prefix(8).lowercased())", password = UUID().uuidString
+        _ = try await adminClient.send(["ACL", "SETUSER", RedisArgument(user), "on", RedisArgument(">" + password),
+                                        "~*", "&*", "+@all", "-publish"])
+        var url = try #require(URLComponents(string: Backend.redisURL!))
+        (url.user, url.password) = (user, password)
+        var configuration = try RedisConfiguration(url: try #require(url.string))
+        configuration.commandTimeout = .seconds(10)
+        let restrictedClient = RedisClient(configuration: configuration, logger: Backend.logger)
+        let restricted = RedisStore(client: restrictedClient, keyPrefix: admin.keyPrefix)
+
+        let sha = TokenDirectory.sha256(of: "a-token"), record = TokenDirectory.recordKey(sha)
+        let userKey = TokenDirectory.userKey("42", .sandbox)
+        try await admin.set(record, to: ByteBuffer(string: "sealed"), ttl: .seconds(60))
+        try await admin.setAdd(userKey, members: [sha], ttlAtLeast: .seconds(60))
+        await #expect(throws: StoreError.self) {
+            try await TokenDirectory.unpublish(sha256: sha, userID: "42", environment: .sandbox, store: restricted)
+        }
+        // Nothing happened: the record stays for the broker's reconciler to unpublish again.
+        #expect(try await admin.get(record) != nil)
+        #expect(try await admin.setMembers(userKey) == [sha])
+
+        // With PUBLISH allowed, all of it.
+        try await TokenDirectory.unpublish(sha256: sha, userID: "42", environment: .sandbox, store: admin)
+        #expect(try await admin.get(record) == nil)
+        #expect(try await admin.setMembers(userKey).isEmpty)
+
+        _ = try await adminClient.send(["ACL", "DELUSER", RedisArgument(user)])
+        await restrictedClient.shutdown()
         await close()
     }
 
