@@ -77,7 +77,7 @@ public func buildBroker(
     _ config: KisgwConfig, dependencies: BrokerDependencies, logger: Logger,
     onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
-    let repository = try dependencies.repository ?? makeBrokerRepository(config.broker.database, logger: logger)
+    let repository = try dependencies.repository ?? makeBrokerRepository(config.broker.resolvedDatabase(), logger: logger)
     let core = try await BrokerCore(config: config, dependencies: dependencies, repository: repository, logger: logger)
     // HEAD wherever GET is (RFC 9110 §9.3.2), as the gateway: the GET route's headers without its body.
     let router = Router(context: BasicRequestContext.self, options: .autoGenerateHeadEndpoints)

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 public import KIS
 public import Logging
 import NIOSSL
@@ -13,139 +14,165 @@ public import ServiceLifecycle
 /// together migrate once.
 public final class PostgresRepository: BrokerRepository, Service {
     private let client: PostgresClient
-    /// The same server, user, password and TLS as the pool's, for ``checkLogin(within:)``.
+    /// The same server, user, password, database and TLS as the pool's, for ``checkLogin(within:)``.
     private let login: PostgresConnection.Configuration
+    /// "PostgreSQL at host:port", for errors.
+    private let place: String
     private let logger: Logger
 
     /// - Parameters:
     ///   - url: `postgres://user[:password]@host[:port]/database[?sslmode=…][&password=…]`.
     ///   - password: the password when the URL has none (`[broker] database_password_file`).
     public init(url: String, password: String? = nil, logger: Logger) throws {
-        self.client = PostgresClient(configuration: try Self.configuration(url: url, password: password),
-                                     backgroundLogger: logger)
-        self.login = try Self.connectionConfiguration(url: url, password: password)
+        let target = try Target(url: url, password: password)
+        self.client = PostgresClient(configuration: target.poolConfiguration, backgroundLogger: logger)
+        self.login = try target.connectionConfiguration
+        self.place = "PostgreSQL at \(target.host):\(target.port)"
         self.logger = logger
     }
 
     /// Opens one connection with the pool's settings and closes it. The pool tries a refused login again for ever
     /// (logging each attempt at info), so a broker with a wrong password, user or database name, or a server without
-    /// the TLS `sslmode` requires, used to hang at start-up without a word; now it stops with PostgreSQL's reason. A
-    /// server that cannot be reached, or is starting up, is tried again until `within` has passed.
+    /// the TLS `sslmode` requires, used to hang at start-up without a word; now it stops with the reason. A server
+    /// that cannot be reached, or is starting up, is tried again until `within` has passed.
     public func checkLogin(within: Duration = .seconds(30)) async throws {
-        let place = "PostgreSQL at \(login.host ?? "?"):\(login.port ?? 5432)"
         let deadline = ContinuousClock.now + within
         var delay = Duration.milliseconds(200)
         while true {
+            let failure: any Error
             do {
                 let connection = try await PostgresConnection.connect(configuration: login, id: 0, logger: logger)
                 try? await connection.close()
                 return
-            } catch let error as PSQLError {
-                if let reason = Self.refusal(error) {
-                    throw RepositoryError("\(place) refused the broker: \(reason); check [broker] database "
-                                          + "(KISGW_BROKER_DATABASE) and database_password_file")
-                }
-                guard ContinuousClock.now < deadline else { throw RepositoryError("cannot reach \(place): \(Self.reason(error))") }
             } catch {
-                guard ContinuousClock.now < deadline else { throw RepositoryError("cannot reach \(place): \(error)") }
+                failure = error
             }
+            if let reason = Self.refusal(failure) {
+                throw RepositoryError("\(place) refused the broker: \(reason); check [broker] database "
+                                      + "(KISGW_BROKER_DATABASE) and database_password_file")
+            }
+            guard ContinuousClock.now < deadline else { throw RepositoryError("cannot reach \(place): \(Self.reason(failure))") }
             try await Task.sleep(for: delay)
             delay = min(delay * 2, .seconds(2))
         }
     }
 
     /// Why the server will not take this login, if trying again cannot help: a password, user or database it refuses
-    /// (SQLSTATE class 28, 3D000), no password for an authentication that needs one, or no TLS where it is required.
-    static func refusal(_ error: PSQLError) -> String? {
+    /// (SQLSTATE class 28, 3D000, 42501), no password for an authentication that needs one, or TLS that cannot work
+    /// (not offered where `sslmode` requires it, or a certificate that does not verify).
+    static func refusal(_ error: any Error) -> String? {
+        if error is NIOSSLError { return "TLS failed: \(error)" }
+        guard let error = error as? PSQLError else { return nil }
         switch error.code {
         case .server:
             let state = error.serverInfo?[.sqlState] ?? ""
-            guard state.hasPrefix("28") || state == "3D000" else { return nil }
+            guard state.hasPrefix("28") || state == "3D000" || state == "42501" else { return nil }
             return reason(error)
         case .authMechanismRequiresPassword: return "it asks for a password and none is configured"
         case .unsupportedAuthMechanism: return "it asks for an authentication method the client does not support"
         case .sslUnsupported: return "it does not offer TLS, which sslmode requires"
-        default: return nil
+        case .failedToAddSSLHandler: return "TLS failed: \(error.underlying.map { "\($0)" } ?? "\(error.code)")"
+        default:
+            if let underlying = error.underlying, underlying is NIOSSLError { return "TLS failed: \(underlying)" }
+            return nil
         }
     }
 
-    /// PostgreSQL's own message and SQLSTATE, or the error's code.
-    static func reason(_ error: PSQLError) -> String {
-        guard let message = error.serverInfo?[.message] else { return "\(error.code)" }
-        return "\(message) (SQLSTATE \(error.serverInfo?[.sqlState] ?? "?"))"
-    }
-
-    /// What a URL names: server, user, password, database and `sslmode` (`prefer` when not given, as libpq does).
-    private struct Target {
-        var host: String, port: Int, user: String, password: String?, database: String?, sslmode: String
-    }
-
-    private static func target(url: String, password fallback: String?) throws -> Target {
-        guard let c = URLComponents(string: url), let scheme = c.scheme?.lowercased(),
-            scheme == "postgres" || scheme == "postgresql", let host = c.host, !host.isEmpty
-        else { throw RepositoryError("the database URL must be postgres://user@host[:port]/database") }
-        let user = c.user.flatMap { $0.removingPercentEncoding } ?? "postgres"
-        // In the authority (`user:password@`) or as a `password=` parameter, as libpq reads either.
-        let password = c.password.flatMap { $0.removingPercentEncoding }
-            ?? c.queryItems?.first { $0.name.lowercased() == "password" }?.value
-            ?? fallback
-        var database = c.path
-        if database.hasPrefix("/") { database.removeFirst() }
-        let sslmode = c.queryItems?.first { $0.name.lowercased() == "sslmode" }?.value ?? "prefer"
-        guard ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"].contains(sslmode) else {
-            throw RepositoryError("sslmode must be disable, allow, prefer, require, verify-ca or verify-full, got \(sslmode)")
+    /// PostgreSQL's own message and SQLSTATE, or the error's code and what it came from.
+    static func reason(_ error: any Error) -> String {
+        guard let error = error as? PSQLError else { return "\(error)" }
+        if let message = error.serverInfo?[.message] {
+            return "\(message) (SQLSTATE \(error.serverInfo?[.sqlState] ?? "?"))"
         }
-        return Target(host: host, port: c.port ?? 5432, user: user, password: password,
-                      database: database.isEmpty ? nil : database, sslmode: sslmode)
+        return error.underlying.map { "\(error.code): \($0)" } ?? "\(error.code)"
+    }
+
+    /// What a URL names: server, user, password, database and TLS (`sslmode`, `prefer` when not given, as libpq).
+    struct Target {
+        enum TLSMode { case disable, prefer, require }
+        var host: String, port: Int, user: String, password: String?, database: String?, tls: TLSMode
+
+        /// `password` when the URL has none (an empty one counts as none).
+        init(url: String, password fallback: String?) throws {
+            guard let c = URLComponents(string: url), let scheme = c.scheme?.lowercased(),
+                scheme == "postgres" || scheme == "postgresql", let host = c.host, !host.isEmpty
+            else { throw RepositoryError("the database URL must be postgres://user@host[:port]/database") }
+            func nonEmpty(_ s: String?) -> String? { s?.isEmpty == false ? s : nil }
+            // In the authority (`user:password@`) or as a `password=` parameter, as libpq reads either.
+            let password = nonEmpty(c.password.flatMap { $0.removingPercentEncoding })
+                ?? nonEmpty(c.queryItems?.first { $0.name.lowercased() == "password" }?.value)
+                ?? fallback
+            var database = c.path
+            if database.hasPrefix("/") { database.removeFirst() }
+            switch c.queryItems?.first(where: { $0.name.lowercased() == "sslmode" })?.value ?? "prefer" {
+            case "disable": tls = .disable
+            case "prefer", "allow": tls = .prefer
+            case "require", "verify-ca", "verify-full": tls = .require
+            case let other:
+                throw RepositoryError("sslmode must be disable, allow, prefer, require, verify-ca or verify-full, got \(other)")
+            }
+            (self.host, self.port, self.user) = (host, c.port ?? 5432, c.user.flatMap { $0.removingPercentEncoding } ?? "postgres")
+            (self.password, self.database) = (password, database.isEmpty ? nil : database)
+        }
+
+        var poolConfiguration: PostgresClient.Configuration {
+            let mode: PostgresClient.Configuration.TLS
+            switch tls {
+            case .disable: mode = .disable
+            case .prefer: mode = .prefer(.makeClientConfiguration())
+            case .require: mode = .require(.makeClientConfiguration())
+            }
+            var configuration = PostgresClient.Configuration(
+                host: host, port: port, username: user, password: password, database: database, tls: mode)
+            configuration.options.maximumConnections = 8
+            // The server ends a statement, or a wait for a lock, that outlasts what the broker waits for it.
+            let ms = String(PostgresRepository.operationTimeout.components.seconds * 1000)
+            configuration.options.additionalStartupParameters = [("statement_timeout", ms), ("lock_timeout", ms)]
+            return configuration
+        }
+
+        var connectionConfiguration: PostgresConnection.Configuration {
+            get throws {
+                let mode: PostgresConnection.Configuration.TLS
+                switch tls {
+                case .disable: mode = .disable
+                case .prefer: mode = .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
+                case .require: mode = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+                }
+                return PostgresConnection.Configuration(
+                    host: host, port: port, username: user, password: password, database: database, tls: mode)
+            }
+        }
     }
 
     /// The pool's configuration a URL describes; `password` when the URL has none.
-    package static func configuration(url: String, password fallback: String? = nil) throws -> PostgresClient.Configuration {
-        let t = try target(url: url, password: fallback)
-        let tls: PostgresClient.Configuration.TLS
-        switch t.sslmode {
-        case "disable": tls = .disable
-        case "prefer", "allow": tls = .prefer(.makeClientConfiguration())
-        default: tls = .require(.makeClientConfiguration())
-        }
-        var configuration = PostgresClient.Configuration(
-            host: t.host, port: t.port, username: t.user, password: t.password, database: t.database, tls: tls)
-        configuration.options.maximumConnections = 8
-        return configuration
+    package static func configuration(url: String, password: String? = nil) throws -> PostgresClient.Configuration {
+        try Target(url: url, password: password).poolConfiguration
     }
 
-    /// One connection's configuration with the same server, user, password, database and TLS as the pool's.
-    static func connectionConfiguration(url: String, password fallback: String?) throws -> PostgresConnection.Configuration {
-        let t = try target(url: url, password: fallback)
-        let tls: PostgresConnection.Configuration.TLS
-        switch t.sslmode {
-        case "disable": tls = .disable
-        case "prefer", "allow": tls = .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
-        default: tls = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
-        }
-        return PostgresConnection.Configuration(
-            host: t.host, port: t.port, username: t.user, password: t.password, database: t.database, tls: tls)
-    }
-
-    /// How long one operation may wait for the database: postgres-nio's pool waits for a connection for ever, so
-    /// with the server down or unreachable every request to the broker, and `/readyz`, hung (curl gave up after
-    /// 30 s); now they fail (`store_unavailable`, readiness 503) after this.
+    /// How long one operation may wait for the database. postgres-nio's pool waits for a connection for ever, and a
+    /// query it sent cannot be cancelled: with the server stopped or gone, every request to the broker, and
+    /// `/readyz`, hung (curl gave up after 30 s). Now they fail (`store_unavailable`, readiness 503) after this; the
+    /// server itself ends statements and lock waits that take longer (`statement_timeout`, `lock_timeout`).
     public static let operationTimeout = Duration.seconds(5)
 
-    /// `work`, or an error once ``operationTimeout`` has passed (the work is cancelled: a wait for a connection ends).
+    /// `work`'s result, or an error once ``operationTimeout`` has passed. The caller does not wait for `work` past
+    /// that: it is cancelled (a wait for a connection ends at once) and left to end on its own.
     private func bounded<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await work() }
-            group.addTask {
+        let task = Task { try await work() }
+        let answer = Claim(), place = self.place
+        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            let timer = Task {
                 try await Task.sleep(for: Self.operationTimeout)
-                return nil
+                guard answer.claim() else { return }
+                task.cancel()
+                continuation.resume(throwing: RepositoryError("\(place) did not answer within \(Self.operationTimeout)"))
             }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let value = first else {
-                throw RepositoryError("PostgreSQL at \(login.host ?? "?"):\(login.port ?? 5432) did not answer within "
-                                      + "\(Self.operationTimeout)")
+            Task {
+                let result = await task.result
+                timer.cancel()
+                if answer.claim() { continuation.resume(with: result) }
             }
-            return value
         }
     }
 
@@ -391,4 +418,10 @@ public final class PostgresRepository: BrokerRepository, Service {
             userID: c.0, environment: try environment(c.1), accessToken: c.2, tokenSHA256: c.3, kid: c.4,
             issuedAt: c.5, expiresAt: c.6, status: status, updatedAt: c.8)
     }
+}
+
+/// Whoever claims it first gets it; everyone after gets `false`.
+private final class Claim: Sendable {
+    private let taken = Atomic<Bool>(false)
+    func claim() -> Bool { !taken.exchange(true, ordering: .acquiringAndReleasing) }
 }

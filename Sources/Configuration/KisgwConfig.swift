@@ -258,14 +258,19 @@ public struct KisgwConfig: Sendable, Equatable {
             [("[kis] live_url", liveURL), ("[kis] sandbox_url", sandboxURL)].filter { Self.isInClear($0.1) }
         }
 
-        /// Whether `url` is plain `http` to a host other than loopback (`localhost`, `*.localhost`, 127.x, `::1`).
+        /// Whether `url` is plain `http` to a host other than loopback.
         public static func isInClear(_ url: String) -> Bool {
-            guard url.lowercased().hasPrefix("http://") else { return false }
-            let rest = url.dropFirst("http://".count)
-            let authority = rest[..<(rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex)]
-            guard case .success(let (host, _)) = Validation.hostAndPort(authority) else { return true }
-            return !(host == "localhost" || host.hasSuffix(".localhost") || host.hasPrefix("127.") || host == "::1")
+            url.lowercased().hasPrefix("http://") && !KisgwConfig.isLoopback(url)
         }
+    }
+
+    /// Whether an `http(s)://` URL's host is this machine's loopback (`localhost`, `*.localhost`, 127.x, `::1`).
+    public static func isLoopback(_ url: String) -> Bool {
+        guard let scheme = url.firstRange(of: "://") else { return false }
+        let rest = url[scheme.upperBound...]
+        let authority = rest[..<(rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex)]
+        guard case .success(let (host, _)) = Validation.hostAndPort(authority) else { return false }
+        return host == "localhost" || host.hasSuffix(".localhost") || host.hasPrefix("127.") || host == "::1"
     }
 
     /// `[upstream]`: calls to KIS.
@@ -324,9 +329,11 @@ public struct KisgwConfig: Sendable, Equatable {
         public let host: String
         public let port: Int
         public let database: BrokerDatabase
-        /// `database_password_file`: the file the PostgreSQL password was read from (the password itself is in
-        /// ``database``).
+        /// `database_password_file`: a file holding the PostgreSQL password alone, read by the broker only
+        /// (``resolvedDatabase()``).
         public let databasePasswordFile: String?
+        /// Where `database_password_file` was set (`environment NAME` or the configuration file), for errors.
+        public let databasePasswordFileSource: String?
         public let refreshIntervalS: Int
         public let refreshAheadS: Int
         public let reuseWindowS: Int
@@ -343,6 +350,7 @@ public struct KisgwConfig: Sendable, Equatable {
             port: Int = 8080,
             database: BrokerDatabase = .sqlite(path: "data/broker.sqlite"),
             databasePasswordFile: String? = nil,
+            databasePasswordFileSource: String? = nil,
             refreshIntervalS: Int = 60,
             refreshAheadS: Int = 3600,
             reuseWindowS: Int = 21_600,
@@ -355,6 +363,7 @@ public struct KisgwConfig: Sendable, Equatable {
             self.port = port
             self.database = database
             self.databasePasswordFile = databasePasswordFile
+            self.databasePasswordFileSource = databasePasswordFileSource
             self.refreshIntervalS = refreshIntervalS
             self.refreshAheadS = refreshAheadS
             self.reuseWindowS = reuseWindowS
@@ -363,9 +372,28 @@ public struct KisgwConfig: Sendable, Equatable {
             self.uiGatewayURL = uiGatewayURL
         }
 
-        /// The gateway's URL for a browser on this machine when `[server]` listens on `host`:`port` — a wildcard
-        /// address becomes 127.0.0.1 (`::` becomes `[::1]`).
-        public static func gatewayURL(serverHost host: String, port: Int) -> String {
+        /// ``database`` with the password of `database_password_file`, read now: one line, its newline dropped.
+        /// Only the broker calls it (validation for the broker role, and opening the database), so a gateway sharing
+        /// the configuration file needs no access to the file.
+        public func resolvedDatabase() throws(ConfigError) -> BrokerDatabase {
+            guard let path = databasePasswordFile, case .postgres(let url, _) = database else { return database }
+            let source = databasePasswordFileSource ?? "configuration"
+            var text = try Loader.readText(path, source: source, key: "broker.database_password_file")
+            if let last = text.last, last.isNewline { text.removeLast() }  // "\n", or "\r\n" (one Character)
+            guard !text.isEmpty else {
+                throw ConfigError(.invalidValue, source: source, key: "broker.database_password_file",
+                                  problem: "\(Loader.quoted(path)) is empty")
+            }
+            guard !text.contains(where: \.isNewline) else {
+                throw ConfigError(.invalidValue, source: source, key: "broker.database_password_file",
+                                  problem: "\(Loader.quoted(path)) must hold the password alone, on one line")
+            }
+            return .postgres(url: url, password: Secret(text))
+        }
+
+        /// The URL a browser on this machine reaches a server listening on `host`:`port` at — a wildcard address
+        /// becomes 127.0.0.1 (`::` becomes `[::1]`).
+        public static func browserURL(host: String, port: Int) -> String {
             let shown: String
             switch host {
             case "0.0.0.0", "": shown = "127.0.0.1"

@@ -643,37 +643,33 @@ struct Loader {
                 throw invalid(found, "broker", "database", "\(failure.problem), got \(Loader.quoted(Validation.maskingPassword(text)))")
             }
         }
-        var passwordFile: String? = nil
+        // Only the path here: the broker reads the file (resolvedDatabase()), the gateway never does.
+        var passwordFile: (path: String, source: String)? = nil
         if let (path, found) = try string("broker", "database_password_file", emptyIsUnset: true) {
             guard case .postgres(let url, _) = database else {
                 throw invalid(found, "broker", "database_password_file",
                               "applies to a postgres:// database only; [broker] database is \(database)")
             }
-            guard !Validation.carriesPassword(url.value) else {
+            guard !Validation.carriesPassword(url.value), !Validation.hasEmptyPassword(url.value) else {
                 throw invalid(found, "broker", "database_password_file",
                               "the database URL carries a password too; give it in one place")
             }
-            var text = try Loader.readText(path, source: source(of: found), key: "broker.database_password_file")
-            while let last = text.last, last.isNewline { text.removeLast() }
-            guard !text.isEmpty else {
-                throw invalid(found, "broker", "database_password_file", "\(Loader.quoted(path)) is empty")
-            }
-            database = .postgres(url: url, password: Secret(text))
-            passwordFile = path
+            passwordFile = (path, source(of: found))
         }
         return KisgwConfig.Broker(
             url: try httpURL("broker", "url", defaults.url),
             host: try host("broker", defaults.host),
             port: try int("broker", "port", defaults.port, 1...65535),
             database: database,
-            databasePasswordFile: passwordFile,
+            databasePasswordFile: passwordFile?.path,
+            databasePasswordFileSource: passwordFile?.source,
             refreshIntervalS: try int("broker", "refresh_interval_s", 60, 1...86_400),
             refreshAheadS: try int("broker", "refresh_ahead_s", 3600, 0...86_399),
             reuseWindowS: try int("broker", "reuse_window_s", 21_600, 0...86_400),
             reconcileIntervalS: try int("broker", "reconcile_interval_s", 60, 1...86_400),
             ui: try bool("broker", "ui", true),
             uiGatewayURL: try httpURL(
-                "broker", "ui_gateway_url", KisgwConfig.Broker.gatewayURL(serverHost: server.host, port: server.port))
+                "broker", "ui_gateway_url", KisgwConfig.Broker.browserURL(host: server.host, port: server.port))
         )
     }
 

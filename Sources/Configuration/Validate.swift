@@ -6,8 +6,8 @@ extension KisgwConfig {
     /// - `gateway`: the HS256 secret when `algorithms` include HS256, a readable
     ///   `public_keys_file` when they include RS256, ES256 or EdDSA; with the Redis backend,
     ///   a Redis URL and the `current` seal key.
-    /// - `broker`: the same JWT requirements, the `current` seal key, and with the Redis
-    ///   backend a Redis URL.
+    /// - `broker`: the same JWT requirements, the `current` seal key, with the Redis
+    ///   backend a Redis URL, and a readable `database_password_file` when one is set.
     /// - `demo`: nothing (it makes its own).
     /// - `jwt`: the HS256 secret.
     ///
@@ -69,6 +69,7 @@ extension KisgwConfig {
             try requireJWT()
             try requireSealKey()
             try requireRedis()
+            _ = try broker.resolvedDatabase()  // a password file it cannot read stops it here, naming the key
         case .demo:
             return
         case .jwt:

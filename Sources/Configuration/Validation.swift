@@ -212,6 +212,12 @@ enum Validation {
         return queryParameters(of: url[...])?.contains(where: isPassword) ?? false
     }
 
+    /// Whether a URL names an empty password (`user:@host`), which a client would send as the password.
+    static func hasEmptyPassword(_ url: String) -> Bool {
+        guard let userinfo = userinfo(of: url) else { return false }
+        return userinfo.hasSuffix(":")
+    }
+
     /// The `name=value` parameters of a URL's query, as written (empty ones kept), or nil without a query.
     private static func queryParameters(of url: Substring) -> [Substring]? {
         guard let q = url.firstIndex(of: "?") else { return nil }

@@ -40,7 +40,7 @@ struct BrokerCommand: AsyncParsableCommand {
                 var line = "kisgw broker listening on http://\(config.broker.host):\(port) "
                     + "(database: \(config.broker.database), store: \(config.store.backend.rawValue))\n"
                 if config.broker.ui {
-                    line += "web UI: \(KisgwConfig.Broker.gatewayURL(serverHost: config.broker.host, port: port))/ "
+                    line += "web UI: \(KisgwConfig.Broker.browserURL(host: config.broker.host, port: port))/ "
                         + "(charts from \(config.broker.uiGatewayURL))\n"
                 }
                 FileHandle.standardOutput.write(Data(line.utf8))
@@ -48,9 +48,12 @@ struct BrokerCommand: AsyncParsableCommand {
         }
     }
 
-    /// The web UI's origin as a browser on this machine sees it, when `[cors] allow_origins` does not allow it.
+    /// The web UI's origin as a browser on this machine sees it, when `[cors] allow_origins` does not allow it — for a
+    /// gateway on this machine only (`ui_gateway_url` on loopback): behind a proxy the page's public origin is not
+    /// known here.
     static func unlistedPageOrigin(_ config: KisgwConfig) -> String? {
-        let origin = KisgwConfig.Broker.gatewayURL(serverHost: config.broker.host, port: config.broker.port)
+        guard KisgwConfig.isLoopback(config.broker.uiGatewayURL) else { return nil }
+        let origin = KisgwConfig.Broker.browserURL(host: config.broker.host, port: config.broker.port)
         return config.cors.allows(origin: origin) ? nil : origin
     }
 }

@@ -76,7 +76,9 @@ struct TestDatabase: Sendable {
     /// The SQLite file, or the PostgreSQL URL.
     let location: String
 
-    static func make(_ kind: DatabaseKind) async throws -> TestDatabase {
+    /// - Parameter owner: PostgreSQL only: a login role (created if missing) that owns the database, with the
+    ///   password `password` (`nil`: none set), and whom the location names; else the administrator.
+    static func make(_ kind: DatabaseKind, owner: String? = nil, password: String? = nil) async throws -> TestDatabase {
         switch kind {
         case .sqlite:
             let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-broker-\(UUID().uuidString)")
@@ -84,15 +86,31 @@ struct TestDatabase: Sendable {
         case .postgres:
             guard let postgresURL else { throw TestFailure("KISGW_TEST_POSTGRES_URL is not set") }
             let name = "kisgw_t\(UInt32.random(in: 0...UInt32.max))"
-            let admin = PostgresClient(configuration: try PostgresRepository.configuration(url: postgresURL))
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { await admin.run() }
-                try await admin.query("CREATE DATABASE \(unescaped: name)")
-                group.cancelAll()
+            try await withAdmin { admin in
+                if let owner {
+                    try await admin.query(
+                        "DO $$ BEGIN CREATE ROLE \(unescaped: owner) LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+                    if let password { try await admin.query("ALTER ROLE \(unescaped: owner) PASSWORD '\(unescaped: password)'") }
+                    try await admin.query("CREATE DATABASE \(unescaped: name) OWNER \(unescaped: owner)")
+                } else {
+                    try await admin.query("CREATE DATABASE \(unescaped: name)")
+                }
             }
             var c = URLComponents(string: postgresURL)!
             c.path = "/" + name
+            if let owner { c.user = owner }
             return TestDatabase(kind: .postgres, location: c.string!)
+        }
+    }
+
+    /// Runs `body` with a client of the test cluster's administrator.
+    static func withAdmin(_ body: @Sendable (PostgresClient) async throws -> Void) async throws {
+        guard let postgresURL else { throw TestFailure("KISGW_TEST_POSTGRES_URL is not set") }
+        let admin = PostgresClient(configuration: try PostgresRepository.configuration(url: postgresURL))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await admin.run() }
+            defer { group.cancelAll() }
+            try await body(admin)
         }
     }
 

@@ -205,11 +205,11 @@ let badInputs: [BadInput] = [
         message: "environment KISGW_BROKER_DATABASE_PASSWORD_FILE: the database URL carries a password too; give it in one place",
         kind: .invalidValue, hidden: ["pw@"]),
     BadInput(
-        name: "a missing database password file",
-        environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw@db/kisgw",
-                      "KISGW_BROKER_DATABASE_PASSWORD_FILE": "/nonexistent/kisgw-db-password"],
-        message: "environment KISGW_BROKER_DATABASE_PASSWORD_FILE: cannot read \"/nonexistent/kisgw-db-password\": no such file",
-        kind: .unreadableFile),
+        name: "a database password file and an empty password in the URL",
+        environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw:@db/kisgw",
+                      "KISGW_BROKER_DATABASE_PASSWORD_FILE": "/run/secrets/db"],
+        message: "environment KISGW_BROKER_DATABASE_PASSWORD_FILE: the database URL carries a password too; give it in one place",
+        kind: .invalidValue),
     BadInput(
         name: "ui not a bool", toml: "[broker]\nui = \"yes\"",
         message: "<FILE>: [broker] ui: must be true or false, got \"yes\"", kind: .invalidValue),

@@ -323,39 +323,53 @@ struct LoadTests {
         #expect(secret.value == url)
     }
 
-    /// config.md: the database password "only through the environment or a file path".
+    /// config.md: the database password "only through the environment or a file path". The broker reads the file;
+    /// a gateway sharing the configuration file never does (it may not be allowed to).
     @Test func databasePasswordFile() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-dbpw-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let file = dir.appendingPathComponent("password")
         // One line, as secret mounts write it; the newline is not part of the password, inner spaces are.
-        try Data("p@ss w:rd&1\n".utf8).write(to: file)
+        try Data("p@ss w:rd&1\r\n".utf8).write(to: file)
         let url = "postgres://kisgw@db:5432/kisgw?sslmode=disable"
+        let environment = ["KISGW_BROKER_DATABASE": url, "KISGW_BROKER_DATABASE_PASSWORD_FILE": file.path,
+                           "KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_K1": base64Key(32)]
 
         // From the file, and from the environment.
         let toml = dir.appendingPathComponent("gateway.toml")
         try Data("[broker]\ndatabase = \"\(url)\"\ndatabase_password_file = \"\(file.path)\"\n".utf8).write(to: toml)
-        let fromEnvironment = try KisgwConfig.load(
-            file: nil, environment: ["KISGW_BROKER_DATABASE": url, "KISGW_BROKER_DATABASE_PASSWORD_FILE": file.path])
-        for config in [try KisgwConfig.load(file: toml.path, environment: [:]), fromEnvironment] {
-            #expect(config.broker.database == .postgres(url: Secret(url), password: Secret("p@ss w:rd&1")))
+        var fileEnvironment = environment
+        (fileEnvironment["KISGW_BROKER_DATABASE"], fileEnvironment["KISGW_BROKER_DATABASE_PASSWORD_FILE"]) = (nil, nil)
+        for config in [try KisgwConfig.load(file: toml.path, environment: fileEnvironment),
+                       try KisgwConfig.load(file: nil, environment: environment)] {
+            #expect(config.broker.database == .postgres(url: Secret(url)))  // not read at load
+            #expect(try config.broker.resolvedDatabase() == .postgres(url: Secret(url), password: Secret("p@ss w:rd&1")))
             #expect(config.broker.databasePasswordFile == file.path)
-            // Shown without the password, and rendered as the file's path.
-            #expect(!"\(config.broker.database)".contains("p@ss"))
+            // Rendered as the file's path.
             let rendered = config.effectiveTOML
             #expect(rendered.contains("database_password_file = \"\(file.path)\""), "\(rendered)")
             #expect(!rendered.contains("p@ss"))
         }
 
-        // An empty file is refused, naming the file.
-        let empty = dir.appendingPathComponent("empty")
+        // A file the broker cannot use stops it at validation, naming the key; the gateway does not look at it.
+        let missing = dir.appendingPathComponent("missing").path, empty = dir.appendingPathComponent("empty")
+        let twoLines = dir.appendingPathComponent("two-lines")
         try Data("\n".utf8).write(to: empty)
-        #expect {
-            try KisgwConfig.load(
-                file: nil, environment: ["KISGW_BROKER_DATABASE": url, "KISGW_BROKER_DATABASE_PASSWORD_FILE": empty.path])
-        } throws: { error in
-            "\(error)" == "environment KISGW_BROKER_DATABASE_PASSWORD_FILE: \"\(empty.path)\" is empty"
+        try Data("first\nsecond\n".utf8).write(to: twoLines)
+        let source = "environment KISGW_BROKER_DATABASE_PASSWORD_FILE"
+        for (path, problem) in [(missing, "cannot read \"\(missing)\": no such file"),
+                                (empty.path, "\"\(empty.path)\" is empty"),
+                                (twoLines.path, "\"\(twoLines.path)\" must hold the password alone, on one line")] {
+            var bad = environment
+            bad["KISGW_BROKER_DATABASE_PASSWORD_FILE"] = path
+            let config = try KisgwConfig.load(file: nil, environment: bad)
+            try config.validate(for: .gateway)
+            #expect {
+                try config.validate(for: .broker)
+            } throws: { error in
+                "\(error)" == "\(source): \(problem)"
+            }
         }
     }
 
@@ -375,6 +389,15 @@ struct LoadTests {
                 == "https://gw.example.com/kis")
         #expect(try broker(["KISGW_BROKER_UI": "false"]).ui == false)
         #expect(try broker(["KISGW_BROKER_UI": "1"]).ui)
+    }
+
+    @Test func loopbackURLs() {
+        for url in ["http://127.0.0.1:8000", "https://localhost", "http://[::1]:8000/kis", "http://gw.localhost"] {
+            #expect(KisgwConfig.isLoopback(url), "\(url)")
+        }
+        for url in ["https://gw.example.com", "http://10.0.0.5:8000", "http://localhost.example.com", "127.0.0.1"] {
+            #expect(!KisgwConfig.isLoopback(url), "\(url)")
+        }
     }
 
     @Test func kisURLsInClear() throws {
