@@ -298,12 +298,13 @@ public enum JPXHolidays {
 /// The General Holidays Ordinance's days: New Year's Day; the first three days of the Lunar New Year; Ching Ming
 /// (the solar term, April 4 or 5); Good Friday, the day after it and Easter Monday; Labour Day; the Buddha's Birthday
 /// (4th month, 8th day); Tuen Ng (5/5); HKSAR Establishment Day (07-01); the day after Mid-Autumn (8/16); National
-/// Day (10-01); Chung Yeung (9/9); Christmas Day and the first weekday (not Sunday) after it. A holiday on a Sunday
-/// gives the next day that is not a Sunday or a holiday (so Ching Ming on Easter Sunday gives the Tuesday, and a Lunar
-/// New Year day on a Sunday the fourth day); a Saturday one gives nothing. Lunar dates are ICU's Chinese calendar
-/// (Hong Kong keeps China's); Ching Ming is the standard formula of the 21st century. Typhoon and rainstorm closures
-/// cannot be known ahead. Half days (the morning session only, ``isHalfDay(_:)``): the eves of Christmas, the New
-/// Year and the Lunar New Year, on a trading day.
+/// Day (10-01); Chung Yeung (9/9); Christmas Day and the first weekday (not Sunday) after it. A holiday on a Sunday,
+/// or on a day that is already a holiday, gives the next day that is neither (so Ching Ming on Easter Sunday gives the
+/// Tuesday, Ching Ming on Easter Monday the Tuesday, and a Lunar New Year day on a Sunday the fourth day); a Saturday
+/// one gives nothing. Lunar dates are ICU's Chinese calendar (Hong Kong keeps China's); Ching Ming is the standard
+/// formula of the 21st century. (HKEX has traded through typhoons and rainstorms since September 2024.) Half days
+/// (the morning session only, ``isHalfDay(_:)``): the eves of Christmas, the New Year and the Lunar New Year, on a
+/// trading day.
 public enum HKEXHolidays {
     public static func contains(_ date: CivilDate) -> Bool {
         calendar(of: date.year).holidays.contains(date.dayNumber)
@@ -339,8 +340,12 @@ public enum HKEXHolidays {
         var named = [day(1, 1), day(4, qingMing(year)), easter.adding(days: -2), easter.adding(days: -1),
                      easter.adding(days: 1), day(5, 1), day(7, 1), day(10, 1), christmas, afterChristmas]
         named += lunar.days.map(CivilDate.init(dayNumber:))
-        var holidays = Set(named.map(\.dayNumber))
-        for holiday in named.sorted() where holiday.weekday == 0 {
+        // A holiday on a Sunday, or on a day that is already one, gives the next day that is neither.
+        var holidays = Set<Int>(), owed: [CivilDate] = []
+        for holiday in named.sorted() where !holidays.insert(holiday.dayNumber).inserted || holiday.weekday == 0 {
+            owed.append(holiday)
+        }
+        for holiday in owed {
             var substitute = holiday.adding(days: 1)
             while substitute.weekday == 0 || holidays.contains(substitute.dayNumber) { substitute = substitute.adding(days: 1) }
             holidays.insert(substitute.dayNumber)

@@ -338,6 +338,18 @@ struct FreshnessTests {
         #expect(try Exchange.hks.isTradingDay(#require(CivilDate("2021-12-27"))))
     }
 
+    /// Ching Ming on another Easter holiday: the day it falls on is already a holiday, so it gives the next day that
+    /// is neither a Sunday nor a holiday — the Tuesday after Easter Monday (as 2010's, on Easter Monday, gave 04-06).
+    @Test("HKS: Ching Ming on Good Friday, the day after it, or Easter Monday gives the Tuesday after Easter",
+          arguments: [(2037, -1), (2042, -2), (2048, -1), (2078, 1)])
+    func hksChingMingOnEaster(year: Int, offset: Int) throws {
+        let easter = USMarketHolidays.easter(year)
+        #expect(easter.adding(days: offset) == CivilDate(year: year, month: 4, day: HKEXHolidays.qingMing(year)))
+        #expect(!Exchange.hks.isTradingDay(easter.adding(days: 1)))  // Easter Monday
+        #expect(!Exchange.hks.isTradingDay(easter.adding(days: 2)))  // the Tuesday
+        #expect(Exchange.hks.isTradingDay(easter.adding(days: 3)))
+    }
+
     @Test("KRX holidays: weekdays only, through 2027, each year's New Year's Day (on a weekday) and year-end closing day")
     func krxHolidays() throws {
         let days = KRXHolidays.days.sorted().map(CivilDate.init(dayNumber:))
