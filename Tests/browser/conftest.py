@@ -15,6 +15,8 @@ import subprocess
 import threading
 import time
 import random
+import urllib.error
+import urllib.request
 
 import pytest
 from selenium import webdriver
@@ -51,6 +53,33 @@ def free_port_base(span=10, offsets=None):
     raise RuntimeError('no free port range')
 
 
+def kisgw_binary():
+    """The kisgw executable the tests run: KISGW_DEMO_BIN, else the debug build."""
+    binary = os.environ.get('KISGW_DEMO_BIN') or os.path.join(REPO, '.build', 'debug', 'kisgw')
+    if not os.path.exists(binary):
+        pytest.fail(f'{binary} does not exist: build kisgw first (swift build) or set KISGW_DEMO_BIN')
+    return binary
+
+
+def log_tail(path, n=3000):
+    """The last `n` characters of a log file ('' if it cannot be read)."""
+    try:
+        with open(path, encoding='utf-8', errors='replace') as f:
+            return f.read()[-n:]
+    except OSError:
+        return ''
+
+
+def http_get(url, headers=None, method='GET', data=None):
+    """(status, headers, body) of one request; an HTTP error status is an answer too."""
+    req = urllib.request.Request(url, headers=headers or {}, method=method, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
 class Demo:
     """A running `kisgw demo`: its URLs, its JWT and its output."""
 
@@ -76,10 +105,7 @@ def demo(tmp_path_factory):
     if cmd:
         argv = shlex.split(cmd)
     else:
-        binary = os.environ.get('KISGW_DEMO_BIN') or os.path.join(REPO, '.build', 'debug', 'kisgw')
-        if not os.path.exists(binary):
-            pytest.fail(f'{binary} does not exist: build kisgw first (swift build) or set KISGW_DEMO_CMD')
-        argv = [binary, 'demo']
+        argv = [kisgw_binary(), 'demo']
     argv += ['--port-base', str(base)]
     env = dict(os.environ, KISGW_DEMO_DATA=str(data), KISGW_DEMO_PORT_BASE=str(base),
                KISGW_DEMO_APP_KEY=APP_KEY, KISGW_DEMO_APP_SECRET=APP_SECRET)
@@ -106,9 +132,8 @@ def demo(tmp_path_factory):
         proc.kill()
         proc.wait()
         log.close()
-        with open(log_path, encoding='utf-8') as f:
-            tail = f.read()[-3000:]
-        pytest.fail(f'kisgw demo did not print its UI/Gateway/Simulator/JWT lines (exit {proc.returncode}):\n{tail}')
+        pytest.fail(f'kisgw demo did not print its UI/Gateway/Simulator/JWT lines (exit {proc.returncode}):\n'
+                    f'{log_tail(log_path)}')
     d = Demo(proc, urls, log_path)
     wait_http(d.ui + 'ui/config.json')
     yield d

@@ -21,36 +21,12 @@ import urllib.request
 import pytest
 from selenium.webdriver.common.by import By
 
-from conftest import ARTEFACTS, REPO, free_port_base
-from test_web import assert_canvas_drawn, chart_state, el, shot, status, visible_error_toasts, wait
+from conftest import ARTEFACTS, free_port_base, http_get, kisgw_binary, log_tail
+from test_web import assert_canvas_drawn, chart_state, el, fill_connect, shot, status, visible_error_toasts, wait
 
 APP_KEY = 'PSbrokerUiTest' + secrets.token_hex(5)       # the simulator takes any non-empty key and secret
 APP_SECRET = 'broker-ui-test-secret-' + secrets.token_hex(8)
 USER = 'ui-user-' + secrets.token_hex(3)
-
-
-def kisgw_binary():
-    binary = os.environ.get('KISGW_DEMO_BIN') or os.path.join(REPO, '.build', 'debug', 'kisgw')
-    if not os.path.exists(binary):
-        pytest.fail(f'{binary} does not exist: build kisgw first (swift build) or set KISGW_DEMO_BIN')
-    return binary
-
-
-def http_get(url, headers=None, method='GET', data=None):
-    req = urllib.request.Request(url, headers=headers or {}, method=method, data=data)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
-
-
-def log_tail(path, n=3000):
-    try:
-        with open(path, encoding='utf-8', errors='replace') as f:
-            return f.read()[-n:]
-    except OSError:
-        return ''
 
 
 class Proc:
@@ -243,12 +219,7 @@ def test_jwt_sign_in_connect_and_chart_through_gateway(browser, stack):
     wait(browser, lambda d: any(f'{USER} 로 로그인했습니다' in t for t in toast_texts(d)), message='no sign-in toast')
     wait(browser, lambda d: status(d) == ('disconnected', '연결 안됨'), message=f'status: {status(browser)}')
 
-    browser.find_element(By.CSS_SELECTOR, '#connect-form input[name=environment][value=SANDBOX]').click()
-    for id_, value in (('appKey', APP_KEY), ('appSecret', APP_SECRET), ('accountNumber', '12345678-01')):
-        f = el(browser, id_)
-        f.clear()
-        f.send_keys(value)
-    el(browser, 'connect-submit').click()
+    fill_connect(browser, key=APP_KEY, secret=APP_SECRET)
     wait(browser, lambda d: status(d) == ('connected', '연결됨'),
          message=f'not connected: {status(browser)} {visible_error_toasts(browser)}')
     assert '모의투자' in el(browser, 'status-detail').text
@@ -306,23 +277,38 @@ def test_jwt_signed_with_another_secret_is_refused_by_the_broker(browser, stack)
     wait(browser, lambda d: el(d, 'signin-state').text == 'JWT 를 입력하세요')
     el(browser, 'signin-user').send_keys(out.stdout.strip())
     el(browser, 'signin-button').click()
-    # The page reads the sub without checking the signature; the broker refuses the JWT and the page asks again.
-    wait(browser, lambda d: el(d, 'signin-state').text == '다시 로그인하세요',
-         message=f'a forged JWT was not refused: {el(browser, "signin-state").text!r}')
-    assert 'warn' in el(browser, 'signin-state').get_attribute('class').split()
-    assert browser.execute_script('return window.__kisgw.state().signInRequired') is True
-    assert status(browser) == ('disconnected', '연결 안됨')
-    # One error naming the refusal (invalid, not "expired"), no success, and the JWT is not kept for the next visit.
+    # The page reads the sub without checking the signature; the broker refuses the JWT before any session starts.
     wait(browser, lambda d: any('로그인 정보가 유효하지 않습니다' in t for t in visible_error_toasts(d)),
          message=f'no refusal toast: {toast_texts(browser)}')
-    time.sleep(0.5)
+    # One error naming the refusal (invalid, not "expired"), no success, no session, and the JWT is not kept.
     texts = toast_texts(browser)
     assert not any('로그인했습니다' in t or '만료' in t for t in texts), texts
     assert sum('로그인 정보가 유효하지 않습니다' in t for t in texts) == 1, texts
+    assert browser.execute_script('return window.__kisgw.state()') is None
+    assert el(browser, 'signin-state').text == 'JWT 를 입력하세요'
+    assert el(browser, 'signin-button').is_enabled()
     assert browser.execute_script("return sessionStorage.getItem('kisgw.jwt')") is None
+    assert status(browser)[0] != 'connected'
     browser.refresh()
     wait(browser, lambda d: el(d, 'signin-state').text == 'JWT 를 입력하세요',
          message=f'the refused JWT was tried again: {el(browser, "signin-state").text!r}')
+
+
+def test_refused_jwt_does_not_end_a_working_session(browser, stack):
+    browser.get(f'{stack.broker}/')
+    wait(browser, lambda d: el(d, 'signin-state').text == 'JWT 를 입력하세요')
+    jwt = stack.mint_jwt(USER)
+    el(browser, 'signin-user').send_keys(jwt)
+    el(browser, 'signin-button').click()
+    wait(browser, lambda d: el(d, 'signin-state').text == f'{USER} 로그인됨')
+    # A mistyped JWT is refused by the broker; the session signed in before goes on, and stays stored.
+    el(browser, 'signin-user').send_keys(jwt[:-4] + 'AAAA')
+    el(browser, 'signin-button').click()
+    wait(browser, lambda d: any('로그인 정보가 유효하지 않습니다' in t for t in visible_error_toasts(d)),
+         message=f'no refusal toast: {toast_texts(browser)}')
+    assert el(browser, 'signin-state').text == f'{USER} 로그인됨'
+    assert browser.execute_script('return window.__kisgw.state().user') == USER
+    assert browser.execute_script("return sessionStorage.getItem('kisgw.jwt')") == jwt
 
 
 def test_broker_ui_off(stack, tmp_path):

@@ -66,8 +66,16 @@ const c = mod.createKisClient({gatewayUrl: 'http://gw.invalid', getJwt: () => 'J
 await c.init();
 let error = null;
 try { await c.chart({market: 'overseas', exchange: 'NAS', symbol: 'AAPL'}); } catch (e) { error = [e.code, e.signInRequired]; }
+const afterOne = signIns;
+// A second refusal is not told again; an answer that takes the JWT (a new one from getJwt) re-arms it.
+try { await c.chart({market: 'overseas', exchange: 'NAS', symbol: 'MSFT'}); } catch (e) {}
+const afterTwo = signIns, stillRequired = c.state().signInRequired;
+await c.refresh('SANDBOX');
+const reArmed = !c.state().signInRequired;
+try { await c.chart({market: 'overseas', exchange: 'NAS', symbol: 'AAPL'}); } catch (e) {}
 c.stop();
-return {refreshes, charts, signIns, error, signInRequired: c.state().signInRequired};
+return {refreshes, charts, signIns: [afterOne, afterTwo, signIns], error, stillRequired, reArmed,
+        signInRequired: c.state().signInRequired};
 """,
     'rate_limited_waits_then_gives_up': r"""
 const {mod, json, future, account} = window.__t;
@@ -207,7 +215,8 @@ def test_concurrent_kis_401s_share_one_refresh_and_etag_is_reused(page):
 
 def test_jwt_codes_ask_to_sign_in_and_do_not_retry(page):
     r = run(page, SCENARIOS['jwt_codes_sign_in_without_retry'])
-    assert r == {'refreshes': 0, 'charts': 1, 'signIns': 1, 'error': ['jwt_expired', True], 'signInRequired': True}, r
+    assert r == {'refreshes': 1, 'charts': 3, 'signIns': [1, 1, 2], 'error': ['jwt_expired', True], 'stillRequired': True,
+                 'reArmed': True, 'signInRequired': True}, r
 
 
 def test_rate_limited_answers_are_waited_out_twice_then_shown(page):

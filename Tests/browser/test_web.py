@@ -12,7 +12,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import APP_KEY, APP_SECRET, ARTEFACTS, free_port_base
+from conftest import APP_KEY, APP_SECRET, ARTEFACTS, free_port_base, http_get
 
 TIMEOUT = 30
 # One app key is used throughout (the demo simulator accepts only KISGW_DEMO_APP_KEY/SECRET) and KIS gives one token
@@ -374,11 +374,7 @@ def test_environment_switch_disconnect_and_encrypted_store(browser, demo, reset_
 
 def test_assets_served_safely(demo):
     def get(path):
-        try:
-            with urllib.request.urlopen(demo.ui.rstrip('/') + path, timeout=10) as r:
-                return r.status, r.headers, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers, e.read()
+        return http_get(demo.ui.rstrip('/') + path)
 
     code, headers, body = get('/')
     assert code == 200 and 'text/html' in headers['Content-Type'] and '한국투자증권 계정 연결' in body.decode()

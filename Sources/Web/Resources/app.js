@@ -48,7 +48,6 @@ const formatExpiry = (iso) => (iso ? `${expiryFmt.format(new Date(iso))} (KST)` 
 
 let config = { gatewayUrl: '', demo: false };
 let client = null;
-let jwt = null;
 let user = null;
 let chartData = null;
 let lastQuery = null;
@@ -77,7 +76,25 @@ function jwtSubject(token) {
   }
 }
 
+/** Whether the broker takes `token`: null when it does, else why not (a problem's `code`/`message`, or `network`). */
+async function checkJwt(token) {
+  let res;
+  try {
+    res = await fetch('/api/kis/account?environment=SANDBOX', { headers: { Authorization: `Bearer ${token}` }, cache: 'no-store' });
+  } catch {
+    return { code: 'network', message: '브로커에 연결할 수 없습니다' };
+  }
+  if (res.ok || res.status === 404) return null;  // 404: no account yet, the JWT was taken
+  const body = await res.json().catch(() => ({}));
+  return { code: body.code ?? 'http', message: body.detail || body.title || `HTTP ${res.status}`, body };
+}
+
+let signInSeq = 0;
+
+/** Signs in with `input` (demo: a user id; otherwise a JWT): the broker checks the JWT before the current session is
+ *  replaced. Returns false when a newer sign-in started meanwhile; throws with the reason when it is refused. */
 async function signIn(input) {
+  const seq = ++signInSeq;
   let token;
   if (config.demo) {
     const userId = (input || 'demo').trim();
@@ -91,11 +108,14 @@ async function signIn(input) {
     token = input.trim();
     if (!jwtSubject(token)) throw new Error('JWT 형식이 아닙니다');
   }
-  const refused = await startSession(token);
+  const refused = await checkJwt(token);
+  if (seq !== signInSeq) return false;
   if (refused) throw new Error(describeError(refused));
-  // Kept for this tab only once the broker took it; the field does not keep showing a bearer credential.
+  // Kept for this tab once the broker took it; the field does not keep showing a bearer credential.
   sessionStorage.setItem(JWT_KEY, token);
   if (!config.demo) $('signin-user').value = '';
+  await startSession(token);
+  return true;
 }
 
 function showSignInState(text, warn) {
@@ -103,51 +123,39 @@ function showSignInState(text, warn) {
   $('signin-state').classList.toggle('warn', warn);
 }
 
-/** Starts a session with `token`; returns the broker's refusal (a `KisError`) when it did not take the token — the
- *  session is then closed and the token forgotten — or null. */
+/** Replaces the session with one for `token`, which the broker took. */
 async function startSession(token) {
   client?.stop();
-  jwt = token;
   user = jwtSubject(token) ?? 'user';
-  showSignInState(`${user} 확인 중…`, false);
+  showSignInState(`${user} 로그인됨`, false);
   if (config.demo) $('signin-user').value = user;
   const previousEnv = client?.environment ?? 'SANDBOX';
-  let refusal = null;
-  let starting = true;
   const session = createKisClient({
     gatewayUrl: config.gatewayUrl,
     brokerUrl: '',
-    getJwt: () => jwt,
+    getJwt: () => token,
     scope: user,
     environment: previousEnv,
     onStateChange: render,
     onSignInRequired: (err) => {
+      // The JWT stopped working mid-session (it expired): close the session and ask again.
       if (client !== session) return;
-      refusal = err;
+      session.stop();
       sessionStorage.removeItem(JWT_KEY);
       showSignInState('다시 로그인하세요', true);
-      // While signing in, the caller reports it; later (the JWT expired mid-session) the toast does.
-      if (!starting) toast(describeError(err), 'warn', 8000);
+      toast(describeError(err), 'warn', 8000);
     },
   });
   client = session;
   chartData = null;
   showChartEmpty('계정을 연결한 뒤 종목을 조회하세요');
   render(client.state());
-  let state = null;
   try {
-    state = await client.init();
+    const s = await client.init();
+    if (client === session && s.environments[client.environment].connected) loadChart();
   } catch (err) {
-    if (!refusal) toast(describeError(err), 'error');
+    if (client === session) toast(describeError(err), 'error');
   }
-  starting = false;
-  if (refusal) {
-    showChartEmpty('로그인이 필요합니다');
-    return refusal;
-  }
-  showSignInState(`${user} 로그인됨`, false);
-  if (state?.environments[client.environment].connected) loadChart();
-  return null;
 }
 
 // ------------------------------------------------------------------------------------------------ status
@@ -499,11 +507,14 @@ async function main() {
   $('exchange').addEventListener('change', () => { if (autoRange()) setDefaultRange($('period').value); });
   $('signin').addEventListener('submit', async (e) => {
     e.preventDefault();
+    const button = $('signin-button');
+    button.disabled = true;
     try {
-      await signIn($('signin-user').value);
-      toast(`${user} 로 로그인했습니다`, 'success');
+      if (await signIn($('signin-user').value)) toast(`${user} 로 로그인했습니다`, 'success');
     } catch (err) {
       toast(err.message, 'error');
+    } finally {
+      button.disabled = false;
     }
   });
   setInterval(() => render(), 30000);
@@ -518,15 +529,22 @@ async function main() {
   if (!config.demo) {
     $('signin-label').textContent = 'JWT';
     $('signin-user').value = '';
-    $('signin-user').type = 'password';  // a bearer credential: not shown on screen
+    $('signin-user').type = 'password';  // a bearer credential: not shown on screen, nor offered for saving
+    $('signin-user').autocomplete = 'off';
     $('signin-user').placeholder = 'eyJ…';
   }
   const requested = new URLSearchParams(location.search).get('user');
   const stored = sessionStorage.getItem(JWT_KEY);
   try {
     if (stored && (!requested || jwtSubject(stored) === requested)) {
-      const refused = await startSession(stored);
-      if (refused) toast(describeError(refused), 'warn', 8000);
+      const refused = await checkJwt(stored);
+      if (!refused) await startSession(stored);
+      else {
+        if (refused.code !== 'network') sessionStorage.removeItem(JWT_KEY);
+        showSignInState(config.demo ? '로그인하세요' : 'JWT 를 입력하세요', refused.code !== 'network');
+        showChartEmpty('로그인이 필요합니다');
+        toast(describeError(refused), 'warn', 8000);
+      }
     } else if (config.demo) await signIn(requested || 'demo');
     else {
       showSignInState('JWT 를 입력하세요', false);

@@ -349,13 +349,25 @@ export function createKisClient(options) {
     return token;
   }
 
-  /** The JWT was refused: `onSignInRequired` is told once, and again only after `signedIn()` (a page asking for both
-   *  environments at once would otherwise ask its user to sign in twice). */
+  /** The JWT was refused: `onSignInRequired` is told once, and again only after `signedIn()` or an answer that took
+   *  the JWT (a page asking for both environments at once would otherwise ask its user to sign in twice). */
   function requireSignIn(err) {
     if (signInRequired) return;
     signInRequired = true;
     emit();
     try { onSignInRequired(err); } catch (e) { console.error(e); }
+  }
+
+  /** Whether an answer refuses the JWT (or had none to check). */
+  function refusesJwt(response, err) {
+    return err.code.startsWith('jwt_') || (response.status === 401 && err.code === 'auth_required');
+  }
+
+  /** An answer that took the JWT (getJwt gave a new one, say): a later refusal is told again. */
+  function jwtTaken() {
+    if (!signInRequired) return;
+    signInRequired = false;
+    emit();
   }
 
   /** Calls the broker; throws KisError on non-2xx. */
@@ -373,9 +385,11 @@ export function createKisClient(options) {
     const data = await readBody(response);
     if (!response.ok) {
       const err = errorFrom(response, data);
-      if (err.code.startsWith('jwt_') || (response.status === 401 && err.code === 'auth_required')) requireSignIn(err);
+      if (refusesJwt(response, err)) requireSignIn(err);
+      else jwtTaken();
       throw err;
     }
+    jwtTaken();
     return data;
   }
 
@@ -646,6 +660,7 @@ export function createKisClient(options) {
         serverTiming: response.headers.get('Server-Timing'),
         etag: response.headers.get('ETag'),
       };
+      if (response.ok || response.status === 304) jwtTaken();
       if (response.status === 304 && kept) {
         return { data: kept.body, status: 304, ...meta, etag: meta.etag ?? kept.etag, ms: performance.now() - started, refreshed, url };
       }
@@ -656,6 +671,7 @@ export function createKisClient(options) {
       }
       const body = await readBody(response);
       const err = errorFrom(response, body);
+      if (!refusesJwt(response, err)) jwtTaken();
       if (response.status === 429 && err.code === 'rate_limited' && rateWaits < 2 && (err.retryAfter ?? 1) <= 5) {
         rateWaits++;
         await new Promise(r => setTimeout(r, (err.retryAfter ?? 1) * 1000 + Math.random() * 250));
@@ -667,7 +683,7 @@ export function createKisClient(options) {
         refreshed = true;
         continue;
       }
-      if (response.status === 401 && err.code.startsWith('jwt_')) requireSignIn(err);
+      if (refusesJwt(response, err)) requireSignIn(err);
       if (response.status === 401 && KIS_TOKEN_CODES.has(err.code)) {
         envs[env].lastError = err.message;
         emit();
