@@ -37,7 +37,7 @@ def free_port_base(span=10, offsets=None):
     """A base port such that base+offset is free on 127.0.0.1 right now, for offsets 0..span-1 (or `offsets`)."""
     offsets = offsets or range(span)
     for _ in range(200):
-        base = random.randrange(20000, 40000, 10)
+        base = random.randrange(20000, 32000, 10)  # mostly below Linux's ephemeral ports (32768 up)
         socks = []
         try:
             for p in (base + o for o in offsets):
