@@ -98,6 +98,8 @@ public protocol BrokerRepository: Sendable {
     func tokens(userID: String, environment: KISEnvironment) async throws -> [StoredToken]
     /// Every token with `status`.
     func tokens(status: TokenStatus) async throws -> [StoredToken]
+    /// The token whose SHA-256 is `sha256`, whoever's it is.
+    func token(sha256: String) async throws -> StoredToken?
     func setStatus(_ status: TokenStatus, tokenSHA256s: [String], updatedAt: Int64) async throws
 
     /// Replaces the sealed fields and key id of an account only if it is still sealed with `expectedKid`

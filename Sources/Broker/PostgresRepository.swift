@@ -329,6 +329,16 @@ public final class PostgresRepository: BrokerRepository, Service {
         }
     }
 
+    public func token(sha256: String) async throws -> StoredToken? {
+        return try await bounded {
+            let rows = try await self.client.query(
+                "SELECT \(unescaped: Schema.tokenColumns) FROM kis_tokens WHERE token_sha256 = \(sha256)",
+                logger: self.logger)
+            for try await columns in rows.decode(TokenColumns.self) { return try Self.token(columns) }
+            return nil
+        }
+    }
+
     public func tokens(status: TokenStatus) async throws -> [StoredToken] {
         return try await bounded {
             let raw = status.rawValue

@@ -146,6 +146,14 @@ public final class SQLiteRepository: BrokerRepository {
         }
     }
 
+    public func token(sha256: String) async throws -> StoredToken? {
+        try await queue.read { db in
+            try Row.fetchOne(
+                db, sql: "SELECT \(Schema.tokenColumns) FROM kis_tokens WHERE token_sha256 = ?", arguments: [sha256]
+            ).map(Self.token)
+        }
+    }
+
     public func tokens(status: TokenStatus) async throws -> [StoredToken] {
         try await queue.read { db in
             try Row.fetchAll(

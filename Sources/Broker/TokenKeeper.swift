@@ -376,6 +376,15 @@ final class TokenKeeper: Sendable {
                 obtained = t
             }
             let token = obtained!
+            // KIS hands an app key's token back for 6 hours after issuing it: another user who connected the same
+            // app key would take the token (its record names one user), and its owner's requests would be refused.
+            if let other = try await repository.token(sha256: token.sha256), other.userID != account.userID,
+                other.status == .active, other.expiresAt > now
+            {
+                throw Problem(.invalidParameter,
+                              "appKey: this app key's current KIS token belongs to another user of this broker (KIS "
+                              + "gives an app key the same token for 6 hours); connect an app key of your own")
+            }
             try await repository.saveAccount(try vault.seal(account), token: try vault.seal(token, updatedAt: now))
             try await publish(token, account: account)
             return token

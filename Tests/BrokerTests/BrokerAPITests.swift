@@ -153,6 +153,25 @@ struct BrokerAPITests {
         }
     }
 
+    /// KIS gives an app key the same token for 6 hours: a second user connecting the same app key after KIS's minute
+    /// used to take the token over (its row and record then named them), and its owner's requests were refused.
+    @Test("a second user with the same app key cannot take the first one's token: 400 invalid_parameter naming appKey")
+    func sameAppKeyTwoUsers() async throws {
+        try await withBroker { b in
+            let key = appKey("shared")
+            let first = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
+            let token = try #require(first.json["token"] as? String)
+            try await b.advanceClocks(61)
+            let second = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u2"))
+            #expect(second.status == 400 && second.code == "invalid_parameter", "\(second.text)")
+            #expect((second.json["detail"] as? String)?.hasPrefix("appKey: ") == true, "\(second.text)")
+            #expect(try await b.published(token)?.userID == "u1")
+            let mine = try await b.get("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u1"))
+            #expect(mine.json["connected"] as? Bool == true)
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u2")).status == 404)
+        }
+    }
+
     @Test("refresh: 404 without an account, the same token inside the reuse window, a new one past it")
     func refresh() async throws {
         try await withBroker(config: { testConfig(simURL: $0, database: $1, reconcileIntervalS: 3600) }) { b in

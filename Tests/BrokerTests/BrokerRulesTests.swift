@@ -47,6 +47,7 @@ final class SwitchableRepository: BrokerRepository {
         try await inner.tokens(userID: userID, environment: environment)
     }
     func tokens(status: TokenStatus) async throws -> [StoredToken] { try await inner.tokens(status: status) }
+    func token(sha256: String) async throws -> StoredToken? { try await inner.token(sha256: sha256) }
     func setStatus(_ status: TokenStatus, tokenSHA256s: [String], updatedAt: Int64) async throws {
         try await inner.setStatus(status, tokenSHA256s: tokenSHA256s, updatedAt: updatedAt)
     }

@@ -58,6 +58,8 @@ struct RepositoryContractTests {
             try await repo.saveToken(Self.token("u1", "b", issuedAt: 200))
             try await repo.saveAccount(Self.account("u2"), token: Self.token("u2", "c", issuedAt: 150))
             #expect(try await repo.tokens(userID: "u1", environment: .sandbox).map(\.tokenSHA256) == ["b", "a"])
+            #expect(try await repo.token(sha256: "c")?.userID == "u2")
+            #expect(try await repo.token(sha256: "none") == nil)
             var again = Self.token("u1", "a", issuedAt: 100)
             again.expiresAt = 5
             try await repo.saveToken(again)
