@@ -100,7 +100,7 @@ struct ChartQuery: Sendable, Hashable {
             }
             start = d
         } else {
-            start = end.adding(days: -150)
+            start = end.adding(days: -min(150, maxRangeDays))  // within [limits] max_range_days when that is shorter
         }
         guard start <= end else { throw Problem(.invalidParameter, "start must not be after end") }
         guard end.dayNumber - start.dayNumber <= maxRangeDays else {

@@ -193,13 +193,14 @@ struct GatewayCore: Sendable {
         parse: (_ query: [String: Substring], _ now: Date) throws(Problem) -> ChartQuery
     ) async throws -> Response {
         let now = Date()
-        // Authenticate first: nothing about the data is said to an unauthenticated caller.
+        // Both credentials first: nothing about the request is said to a caller without them (a KIS token that
+        // expired gets kis_token_expired, whatever the parameters, so the client refreshes it).
         let (jwt, kisToken) = try Self.credentials(request)
         let session = try await verifier.verify(jwt, now: now)
+        let token = try await authorizer.authorize(kisToken: kisToken, userID: session.userID, now: now)
         var params: [String: Substring] = [:]
         for (k, v) in request.uri.queryParameters where params[String(k)] == nil { params[String(k)] = v }
         let query = try parse(params, now)
-        let token = try await authorizer.authorize(kisToken: kisToken, userID: session.userID, now: now)
 
         let outcome = try await charts.chart(query, token: token)
         let entry = outcome.entry

@@ -95,11 +95,12 @@ final class TokenAuthorizer: Sendable {
             }
             throw Problem(.kisTokenInvalid, "the KIS token is unknown or was revoked")
         }
-        guard resolved.expiresAt > now else {
-            throw Problem(.kisTokenExpired, "the KIS token has expired")
-        }
+        // Whose it is before whether it expired (as when its record is gone): another user learns nothing of it.
         guard resolved.userID == userID else {
             throw Problem(.kisTokenInvalid, "the KIS token does not belong to this user")
+        }
+        guard resolved.expiresAt > now else {
+            throw Problem(.kisTokenExpired, "the KIS token has expired")
         }
         let until = min(resolved.expiresAt, now.addingTimeInterval(recheck))
         cache.withLock { c in

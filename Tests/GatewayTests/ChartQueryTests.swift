@@ -192,6 +192,9 @@ struct ChartQueryTests {
         #expect(Self.refusal { () throws(Problem) in
             try Self.domestic("005930", ["start": "2025-01-01", "end": "2025-01-12"], maxRangeDays: 10)
         } == "range_too_large")
+        // The default start (end − 150 days) keeps within a shorter max_range_days.
+        let short = try Self.domestic("005930", ["end": "2025-01-31"], maxRangeDays: 30)
+        #expect(short.start == CivilDate(year: 2025, month: 1, day: 1))
         // A single day is a range; start after end is not.
         _ = try Self.domestic("005930", ["start": "2025-01-02", "end": "2025-01-02"])
         #expect(Self.refusal { () throws(Problem) in try Self.domestic("005930", ["start": "2025-01-03", "end": "2025-01-02"]) }

@@ -254,6 +254,12 @@ struct GatewayAuthTests {
             try await check(try await g.jwt("alice", ttl: -3600), mine, "jwt_expired")
             try await check(jwt, "unknown-token", "kis_token_invalid")
             try await check(jwt, theirs, "kis_token_invalid")
+            // Both credentials before the parameters: a KIS token not theirs, with a bad query, says nothing of the
+            // query (the client's refresh acts on kis_token_*).
+            for kis in ["unknown-token", theirs] {
+                let r = try await g.get("/domestic/chart/daily/005930?period=Q&start=1999-01-01", jwt: jwt, kis: kis)
+                #expect(r.status == 401 && r.code == "kis_token_invalid", "\(r.text)")
+            }
             #expect(try await g.get(path, jwt: jwt, kis: mine).status == 200)
             // Revoked: unpublished by the broker → refused at once, even though the decision was cached.
             try await TokenDirectory.unpublish(sha256: TokenDirectory.sha256(of: mine), userID: "alice",
