@@ -97,14 +97,32 @@ final class BrokerScheduler: Service, Sendable {
         while !Task.isCancelled {
             if await holdLease() {
                 let now = ContinuousClock.now
-                await reconcileIfDue()
-                if Task.isCancelled { return }
-                if now >= nextRefresh {
-                    nextRefresh = now + refreshInterval
-                    await refreshPass()
+                let refreshDue = now >= nextRefresh
+                if refreshDue { nextRefresh = now + refreshInterval }
+                await whileHoldingLease {
+                    await self.reconcileIfDue()
+                    if refreshDue && !Task.isCancelled { await self.refreshPass() }
                 }
             }
             do { try await Task.sleep(for: tick) } catch { return }
+        }
+    }
+
+    /// Runs `work` while renewing the lease every tick, and cancels it as soon as the lease is lost: one account's
+    /// refresh (a wait for its issuance lock, then KIS) or a reconciliation (a lock wait per token) can outlast the
+    /// lease (3 ticks), and only one copy may work at a time (broker-api.md).
+    private func whileHoldingLease(_ work: @escaping @Sendable () async -> Void) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await work() }
+            group.addTask {
+                while true {
+                    do { try await Task.sleep(for: self.tick) } catch { return }
+                    guard await self.holdLease() else { return }
+                }
+            }
+            // The first to end — the work, or the renewer on losing the lease — ends the other.
+            await group.next()
+            group.cancelAll()
         }
     }
 
@@ -158,10 +176,9 @@ final class BrokerScheduler: Service, Sendable {
             return
         }
         for row in accounts where row.isActive {
-            // A pass over many due accounts (each KIS call up to [upstream] timeout_ms) can outlast the lease
-            // (3 ticks): renew it before each account, and stop if another copy holds it now — only one copy runs
-            // the scheduler at a time (broker-api.md).
-            guard await holdLease() else { return }
+            // The lease is renewed alongside every tick (whileHoldingLease), and here before each account: a pass
+            // stops at once if another copy holds it now.
+            guard !Task.isCancelled, await holdLease() else { return }
             await reconcileIfDue()
             let key = row.userID + "|" + row.environment.rawValue
             let now = keeper.clock().timeIntervalSince1970

@@ -268,6 +268,49 @@ struct SchedulerTests {
         }
     }
 
+    /// One account's refresh can outlast the lease by itself (a wait for its issuance lock, then KIS): the lease is
+    /// renewed alongside the work, every tick, so another copy never takes it meanwhile.
+    @Test("one refresh longer than the scheduler lease keeps it")
+    func leaseWithinOneRefresh() async throws {
+        let kind: StoreKind = redisURL == nil ? .memory : .redis
+        let (store, redis) = try makeStore(kind)
+        let clock = TestClock()
+        let kis = SlowTokenP(delay: .milliseconds(4500), clock: clock)  // the lease lives 3 s
+        let standIn = await kis.serve(copies: 2)
+        defer { standIn.task.cancel() }
+        let db = try await TestDatabase.make(.sqlite)
+        defer { Self.remove(db) }
+        let keyring = SealKeyring.ephemeral()
+        try await withRepository(db) { repository in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                if let redis { group.addTask { await redis.run() } }
+                defer { group.cancelAll() }
+                try await Self.saveDue([appKey("l1")], users: "u-l1", keyring: keyring, at: clock.now(), in: repository)
+                let took = [Hits(), Hits()]
+                let copies = (0..<2).map { copy in
+                    BrokerScheduler(
+                        keeper: Self.keeper(repository, store: store, keyring: keyring, kis: standIn.url + "/copy\(copy)",
+                                            refreshInterval: 1, clock: { clock.now() }),
+                        refreshIntervalS: 1, reconcileIntervalS: 1, logger: quietLogger,
+                        onLeaseChange: { if $0 { took[copy].hit() } })
+                }
+                let first = Task { try await copies[0].run() }
+                defer { first.cancel() }
+                #expect(try await eventually { copies[0].holdsLease.load(ordering: .relaxed) && kis.calls.count == 1 })
+                let second = Task { try await copies[1].run() }
+                defer { second.cancel() }
+                // The call takes 4.5 s; copy 1 asks for the lease every second meanwhile.
+                #expect(try await eventually(timeout: .seconds(10)) { kis.inFlight == 0 })
+                #expect(took[1].value == 0, "copy 1 took the lease during copy 0's refresh")
+                #expect(kis.calls.allSatisfy { $0.copy == 0 } && kis.calls.count == 1, "\(kis.calls.map(\.copy))")
+                for run in [first, second] {
+                    run.cancel()
+                    _ = await run.result
+                }
+            }
+        }
+    }
+
     /// Removes a test's SQLite database and its folder.
     private static func remove(_ db: TestDatabase) {
         try? FileManager.default.removeItem(
