@@ -119,13 +119,26 @@ public struct KISClient: Sendable {
     public func issueToken(appKey: String, appSecret: String) async throws -> KISIssuedToken {
         let body = try JSONEncoder().encode(KISTokenRequest(appkey: appKey, appsecret: appSecret))
         let (status, data, _) = try await send(.POST, KISPath.tokenP, headers: [], body: body)
-        if status == 200, let t = try? JSONDecoder().decode(KISTokenResponse.self, from: data) {
-            // Expiry: KST wall clock as KIS wrote it; `expires_in` only if that string is unreadable.
-            let expiry = KST.parse(t.access_token_token_expired)
-                ?? Date().addingTimeInterval(TimeInterval(t.expires_in))
-            return KISIssuedToken(accessToken: t.access_token, expiresAt: expiry, expiresIn: t.expires_in)
+        if status == 200, let t = try? JSONDecoder().decode(TokenAnswer.self, from: data) {
+            // Expiry: KST wall clock as KIS wrote it; `expires_in` when that is missing or unreadable.
+            let now = Date()
+            guard let expiry = t.access_token_token_expired.flatMap(KST.parse)
+                ?? t.expires_in.map({ now.addingTimeInterval(TimeInterval($0)) })
+            else {
+                throw KISClientError(kind: .unreadable, message: "KIS issued a token without a readable expiry",
+                                     httpStatus: status)
+            }
+            return KISIssuedToken(accessToken: t.access_token, expiresAt: expiry,
+                                  expiresIn: t.expires_in ?? Int(expiry.timeIntervalSince(now)))
         }
         throw Self.classify(status: status, data: data)
+    }
+
+    /// `tokenP`'s answer as read: the token, and its expiry in either of the two forms KIS gives (kis-api.md).
+    private struct TokenAnswer: Decodable {
+        var access_token: String
+        var access_token_token_expired: String?
+        var expires_in: Int?
     }
 
     /// `POST /oauth2/revokeP`.

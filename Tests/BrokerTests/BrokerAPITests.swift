@@ -335,6 +335,40 @@ struct BrokerAPITests {
         }
     }
 
+    /// broker-api.md: "Expiry is what KIS says (`access_token_token_expired` … or `expires_in`)". An answer with
+    /// `expires_in` only used to be unreadable: 502.
+    @Test("a tokenP answer with expires_in only, or an unreadable expiry string, gets its expiry from expires_in")
+    func expiresInOnly() async throws {
+        let router = Router()
+        router.post("/only-seconds/oauth2/tokenP") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(
+                string: #"{"access_token":"tok-seconds-only","token_type":"Bearer","expires_in":7200}"#)))
+        }
+        router.post("/bad-string/oauth2/tokenP") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(
+                string: #"{"access_token":"tok-bad-string","access_token_token_expired":"soon","token_type":"Bearer","expires_in":3600}"#)))
+        }
+        let standIn = await startStandInKIS(router)
+        defer { standIn.task.cancel() }
+        try await withBroker(config: { _, db in
+            let c = testConfig(simURL: standIn.url + "/only-seconds", database: db)
+            return KisgwConfig(auth: c.auth, kis: .init(liveURL: standIn.url + "/only-seconds",
+                                                        sandboxURL: standIn.url + "/bad-string"),
+                               upstream: c.upstream, broker: c.broker)
+        }) { b in
+            let jwt = try await b.jwt("u1")
+            for (env, seconds) in [("LIVE", 7200.0), ("SANDBOX", 3600.0)] {
+                let before = Date()
+                let r = try await b.post("/api/kis/token", accountBody(appKey("ei" + env), env: env), jwt: jwt)
+                #expect(r.status == 200, "\(env): \(r.text)")
+                let expiresAt = try #require((r.json["expiresAt"] as? String).flatMap {
+                    try? Date($0, strategy: .iso8601)
+                }, "\(env): \(r.text)")
+                #expect(abs(expiresAt.timeIntervalSince(before) - seconds) < 5, "\(env): \(expiresAt) from \(before)")
+            }
+        }
+    }
+
     @Test("a store that does not answer is store_unavailable (503)")
     func storeUnavailable() async throws {
         try await withBroker(store: .memory) { b in
