@@ -59,6 +59,9 @@ struct BrokerAPITests {
                 accountBody(appKey("a"), secret: String(repeating: "s", count: 513)),
                 accountBody(appKey("a"), env: "PAPER"),
                 ["appKey": appKey("a")],
+                accountBody("PS key with spaces", secret: "s"),
+                accountBody("PS" + String(repeating: "k", count: 511), secret: "s"),  // 513 characters
+                accountBody(appKey("a"), secret: ""),
             ]
             for body in cases {
                 let r = try await b.post("/api/kis/account/validate", body, jwt: jwt)
@@ -71,6 +74,33 @@ struct BrokerAPITests {
                                          headers: [("Authorization", "Bearer " + jwt)], body: "nope")
             #expect(notJSON.status == 400)
             #expect(try await b.issuances() == 0)
+            // At most 512 characters: 512 is a form KIS may be asked about.
+            let longest = try await b.post("/api/kis/account/validate",
+                                           accountBody("PS" + String(repeating: "k", count: 510), secret: "s"), jwt: jwt)
+            #expect(longest.status == 200, "\(longest.text)")
+        }
+    }
+
+    /// broker-api.md, issuance economy: a stored token serves `POST /api/kis/token` unless it is inside
+    /// `refresh_ahead_s` of its expiry and past `reuse_window_s` (then KIS is asked again).
+    @Test("token: the stored token serves past the reuse window until it is inside refresh_ahead_s of expiry")
+    func issuanceEconomy() async throws {
+        try await withBroker(config: { testConfig(simURL: $0, database: $1, refreshIntervalS: 3600, reconcileIntervalS: 3600) }) { b in
+            let key = appKey("econ")
+            let first = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
+                .json["token"] as? String)
+            #expect(try await b.issuances() == 1)
+            // Past the 6 h reuse window, 17.9 h left: served.
+            try await b.advanceClocks(21600 + 60)
+            let later = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
+            #expect(later.json["token"] as? String == first, "\(later.text)")
+            #expect(try await b.issuances() == 1)
+            // 30 min before its expiry (inside refresh_ahead_s, 1 h): a new one.
+            try await b.advanceClocks(86400 - 1800 - 21600 - 60)
+            let renewed = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
+            #expect(renewed.status == 200, "\(renewed.text)")
+            #expect(renewed.json["token"] as? String != first)
+            #expect(try await b.issuances() == 2)
         }
     }
 
