@@ -365,17 +365,17 @@ final class TokenKeeper: Sendable {
             }
             if obtained == nil {
                 let issued = try await issueAtKIS(env, appKey: account.appKey, appSecret: account.appSecret)
-                var t = BrokerToken(userID: account.userID, environment: env, accessToken: issued.accessToken,
-                                    issuedAt: now, expiresAt: Int64(issued.expiresAt.timeIntervalSince1970))
-                // KIS answers the same token again within its reuse window: keep when it was first issued.
-                if let same = try await repository.tokens(userID: account.userID, environment: env)
-                    .first(where: { $0.tokenSHA256 == t.sha256 })
-                {
-                    t.issuedAt = same.issuedAt
-                }
-                obtained = t
+                obtained = BrokerToken(userID: account.userID, environment: env, accessToken: issued.accessToken,
+                                       issuedAt: now, expiresAt: Int64(issued.expiresAt.timeIntervalSince1970))
             }
-            let token = obtained!
+            var token = obtained!
+            // KIS answers the same token again within its reuse window (to tokenP here, or to validate's): keep when
+            // it was first issued, which the reuse window counts from.
+            if let same = try await repository.tokens(userID: account.userID, environment: env)
+                .first(where: { $0.tokenSHA256 == token.sha256 })
+            {
+                token.issuedAt = min(token.issuedAt, same.issuedAt)
+            }
             // KIS hands an app key's token back for 6 hours after issuing it: another user who connected the same
             // app key would take the token (its record names one user), and its owner's requests would be refused.
             if let other = try await repository.token(sha256: token.sha256), other.userID != account.userID,

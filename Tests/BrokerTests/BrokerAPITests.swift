@@ -202,6 +202,28 @@ struct BrokerAPITests {
         }
     }
 
+    /// The reuse window counts from the token's first issuance: KIS hands the same token back within 6 hours, to
+    /// validate's tokenP as to the broker's own, and a token adopted from validate was dated from the validation.
+    @Test("a token validate got again keeps its first issuance time: refresh asks KIS 6 h after that, not after the validation")
+    func validatedTokenKeepsItsIssuance() async throws {
+        try await withBroker(config: { testConfig(simURL: $0, database: $1, refreshIntervalS: 3600, reconcileIntervalS: 3600) }) { b in
+            let key = appKey("vi")
+            let first = try #require(try await b.post("/api/kis/token", accountBody(key, secret: "secret-one"),
+                                                      jwt: try await b.jwt("u1")).json["token"] as? String)
+            // Two hours on, the user edits the account (a new secret): validate obtains the same token from KIS.
+            try await b.advanceClocks(7200)
+            let edited = accountBody(key, secret: "secret-two")
+            #expect(try await b.post("/api/kis/account/validate", edited, jwt: try await b.jwt("u1")).status == 200)
+            let adopted = try await b.post("/api/kis/token", edited, jwt: try await b.jwt("u1"))
+            #expect(adopted.json["token"] as? String == first, "\(adopted.text)")
+            // Six hours after the first issuance (four after the validation): past the reuse window.
+            try await b.advanceClocks(21600 - 7200 + 60)
+            let refreshed = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: try await b.jwt("u1"))
+            #expect(refreshed.status == 200, "\(refreshed.text)")
+            #expect(refreshed.json["token"] as? String != first, "the reuse window was counted from the validation")
+        }
+    }
+
     @Test("refresh: 404 without an account, the same token inside the reuse window, a new one past it")
     func refresh() async throws {
         try await withBroker(config: { testConfig(simURL: $0, database: $1, reconcileIntervalS: 3600) }) { b in
