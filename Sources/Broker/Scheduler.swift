@@ -2,6 +2,7 @@ import CoreMetrics
 import Foundation
 import KIS
 import Logging
+import NIOCore
 import ServerKit
 import ServiceLifecycle
 import Store
@@ -108,22 +109,54 @@ final class BrokerScheduler: Service, Sendable {
         }
     }
 
-    /// Runs `work` while renewing the lease every tick, and cancels it as soon as the lease is lost: one account's
-    /// refresh (a wait for its issuance lock, then KIS) or a reconciliation (a lock wait per token) can outlast the
-    /// lease (3 ticks), and only one copy may work at a time (broker-api.md).
-    private func whileHoldingLease(_ work: @escaping @Sendable () async -> Void) async {
+    /// Set when the renewer alongside the work could not keep the lease; the work stops at its next account.
+    private let leaseLost = Atomic<Bool>(false)
+
+    /// Runs `work` while a renewer renews the lease every tick: one account's refresh (a wait for its issuance lock,
+    /// then KIS) or a reconciliation (a lock wait per token) can outlast the lease (3 ticks), and only one copy may
+    /// work at a time (broker-api.md). The work is never cancelled — an issuance cut short could leave its app key's
+    /// lock held or a token KIS issued unsaved —; losing the lease sets ``leaseLost``, which a pass reads before each
+    /// account. Only the renewer renews while the work runs.
+    private func whileHoldingLease(_ work: @Sendable () async -> Void) async {
+        leaseLost.store(false, ordering: .relaxed)
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { await work() }
             group.addTask {
                 while true {
                     do { try await Task.sleep(for: self.tick) } catch { return }
-                    guard await self.holdLease() else { return }
+                    guard await self.holdLease() else {
+                        self.leaseLost.store(true, ordering: .relaxed)
+                        return
+                    }
                 }
             }
-            // The first to end — the work, or the renewer on losing the lease — ends the other.
-            await group.next()
+            await work()
             group.cancelAll()
         }
+    }
+
+    /// Whether the lease is still this copy's, read without renewing it (the renewer alone renews while work runs).
+    private func stillHoldsLease() async -> Bool {
+        guard !leaseLost.load(ordering: .relaxed), let lease = currentLease.withLock({ $0 }) else { return false }
+        let value: String?
+        do { value = try await keeper.store.get(lease.key).map { String(buffer: $0) } } catch { return false }
+        guard value == lease.token else {
+            forget(lease)
+            return false
+        }
+        return true
+    }
+
+    /// Forgets `lease` if it is still the one held (another call may have taken a new one meanwhile).
+    private func forget(_ lease: StoreLock) {
+        let forgotten = currentLease.withLock { current -> Bool in
+            guard current == lease else { return false }
+            current = nil
+            return true
+        }
+        guard forgotten else { return }
+        holdsLease.store(false, ordering: .relaxed)
+        onLeaseChange?(false)
+        logger.notice("lost the scheduler lease")
     }
 
     /// Reconciles if it is time. Called between the accounts of a refresh pass too: a pass over many due accounts
@@ -148,10 +181,7 @@ final class BrokerScheduler: Service, Sendable {
         do {
             if let lease = currentLease.withLock({ $0 }) {
                 if try await store.renewLock(lease, ttl: leaseTTL) { return true }
-                currentLease.withLock { $0 = nil }
-                holdsLease.store(false, ordering: .relaxed)
-                onLeaseChange?(false)
-                logger.notice("lost the scheduler lease")
+                forget(lease)
             }
             if let lease = try await store.acquireLock(Self.leaseKey, ttl: leaseTTL) {
                 currentLease.withLock { $0 = lease }
@@ -176,9 +206,9 @@ final class BrokerScheduler: Service, Sendable {
             return
         }
         for row in accounts where row.isActive {
-            // The lease is renewed alongside every tick (whileHoldingLease), and here before each account: a pass
-            // stops at once if another copy holds it now.
-            guard !Task.isCancelled, await holdLease() else { return }
+            // The lease is renewed alongside (whileHoldingLease); before each account the pass checks it is still
+            // this copy's, and stops at once if another copy holds it now.
+            guard !Task.isCancelled, await stillHoldsLease() else { return }
             await reconcileIfDue()
             let key = row.userID + "|" + row.environment.rawValue
             let now = keeper.clock().timeIntervalSince1970
