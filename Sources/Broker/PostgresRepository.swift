@@ -61,7 +61,7 @@ public final class PostgresRepository: BrokerRepository, Service {
     /// (SQLSTATE class 28, 3D000, 42501), no password for an authentication that needs one, or TLS that cannot work
     /// (not offered where `sslmode` requires it, or a certificate that does not verify).
     static func refusal(_ error: any Error) -> String? {
-        if error is NIOSSLError { return "TLS failed: \(error)" }
+        if let tls = error as? NIOSSLError, Self.isHandshakeRefusal(tls) { return "TLS failed: \(tls)" }
         guard let error = error as? PSQLError else { return nil }
         switch error.code {
         case .server:
@@ -73,8 +73,17 @@ public final class PostgresRepository: BrokerRepository, Service {
         case .sslUnsupported: return "it does not offer TLS, which sslmode requires"
         case .failedToAddSSLHandler: return "TLS failed: \(error.underlying.map { "\($0)" } ?? "\(error.code)")"
         default:
-            if let underlying = error.underlying, underlying is NIOSSLError { return "TLS failed: \(underlying)" }
+            if let tls = error.underlying as? NIOSSLError, Self.isHandshakeRefusal(tls) { return "TLS failed: \(tls)" }
             return nil
+        }
+    }
+
+    /// A TLS failure retrying cannot mend — the handshake refused or the certificate not verified — rather than a
+    /// connection that ended mid-handshake (a server restarting).
+    static func isHandshakeRefusal(_ error: NIOSSLError) -> Bool {
+        switch error {
+        case .handshakeFailed, .unableToValidateCertificate, .noCertificateToValidate: true
+        default: false
         }
     }
 
@@ -125,11 +134,17 @@ public final class PostgresRepository: BrokerRepository, Service {
             var configuration = PostgresClient.Configuration(
                 host: host, port: port, username: user, password: password, database: database, tls: mode)
             configuration.options.maximumConnections = 8
-            // The server ends a statement, or a wait for a lock, that outlasts what the broker waits for it.
-            let ms = String(PostgresRepository.operationTimeout.components.seconds * 1000)
-            configuration.options.additionalStartupParameters = [("statement_timeout", ms), ("lock_timeout", ms)]
+            configuration.options.additionalStartupParameters = Self.startupParameters
             return configuration
         }
+
+        /// The server ends a statement, or a wait for a lock, that outlasts what the broker waits for it
+        /// (``PostgresRepository/operationTimeout``). Sent by the login check too, so a server (or pooler) that
+        /// refuses them is found at start-up.
+        static let startupParameters: [(String, String)] = {
+            let ms = String(PostgresRepository.operationTimeout.components.seconds * 1000)
+            return [("statement_timeout", ms), ("lock_timeout", ms)]
+        }()
 
         var connectionConfiguration: PostgresConnection.Configuration {
             get throws {
@@ -139,8 +154,10 @@ public final class PostgresRepository: BrokerRepository, Service {
                 case .prefer: mode = .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
                 case .require: mode = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
                 }
-                return PostgresConnection.Configuration(
+                var configuration = PostgresConnection.Configuration(
                     host: host, port: port, username: user, password: password, database: database, tls: mode)
+                configuration.options.additionalStartupParameters = Self.startupParameters
+                return configuration
             }
         }
     }
@@ -161,18 +178,23 @@ public final class PostgresRepository: BrokerRepository, Service {
     private func bounded<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) async throws -> T {
         let task = Task { try await work() }
         let answer = Claim(), place = self.place
-        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-            let timer = Task {
-                try await Task.sleep(for: Self.operationTimeout)
-                guard answer.claim() else { return }
-                task.cancel()
-                continuation.resume(throwing: RepositoryError("\(place) did not answer within \(Self.operationTimeout)"))
+        // The caller's cancellation reaches the work (a wait for a connection ends at once).
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+                let timer = Task {
+                    try await Task.sleep(for: Self.operationTimeout)
+                    guard answer.claim() else { return }
+                    task.cancel()
+                    continuation.resume(throwing: RepositoryError("\(place) did not answer within \(Self.operationTimeout)"))
+                }
+                Task {
+                    let result = await task.result
+                    timer.cancel()
+                    if answer.claim() { continuation.resume(with: result) }
+                }
             }
-            Task {
-                let result = await task.result
-                timer.cancel()
-                if answer.claim() { continuation.resume(with: result) }
-            }
+        } onCancel: {
+            task.cancel()
         }
     }
 
@@ -183,6 +205,9 @@ public final class PostgresRepository: BrokerRepository, Service {
     public func migrate() async throws {
         try await checkLogin()
         try await client.withTransaction(logger: logger) { conn in
+            // A migration, or a wait for another copy's, may take longer than an operation's limits.
+            try await conn.query("SET LOCAL statement_timeout = 0", logger: self.logger)
+            try await conn.query("SET LOCAL lock_timeout = 0", logger: self.logger)
             try await conn.query("SELECT pg_advisory_xact_lock(736455001)", logger: self.logger)
             try await conn.query(
                 "CREATE TABLE IF NOT EXISTS kisgw_schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",

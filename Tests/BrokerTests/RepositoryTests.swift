@@ -202,6 +202,21 @@ struct RepositoryContractTests {
         }
     }
 
+    @Test("a cancelled caller is not held for the operation's 5 s")
+    func postgresCancelledCaller() async throws {
+        let (repository, _) = try Self.unreachableRepository()
+        await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await repository.run() }
+            defer { group.cancelAll() }
+            let started = ContinuousClock.now
+            let read = Task { _ = try await repository.account(userID: "u1", environment: .sandbox) }
+            try? await Task.sleep(for: .milliseconds(200))
+            read.cancel()
+            _ = await read.result
+            #expect(ContinuousClock.now - started < .seconds(2), "\(ContinuousClock.now - started)")
+        }
+    }
+
     /// A query already sent cannot be cancelled in postgres-nio: one stuck behind a lock another session holds used
     /// to wait as long as the lock was held.
     @Test("a statement stuck behind another session's lock fails after operationTimeout",
@@ -236,6 +251,8 @@ struct RepositoryContractTests {
                 #expect(waited < .milliseconds(6500), "\(waited)")
                 try await group.next()  // the holder's transaction ends
                 group.cancelAll()
+                // The server ended the update (lock_timeout) rather than running it once the lock was gone.
+                #expect(try await repo.account(userID: "u1", environment: .sandbox)?.isActive == true)
             }
         }
     }
