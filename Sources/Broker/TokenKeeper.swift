@@ -110,6 +110,7 @@ final class TokenKeeper: Sendable {
         {
             return  // already connected with these credentials: KIS accepted them
         }
+        try await refuseIfAnotherUsersAppKey(form, userID: userID)
         if try await peekValidated(form) != nil { return }
         let lock = try await acquireIssueLock(form.environment, form.appKey)
         do {
@@ -132,6 +133,7 @@ final class TokenKeeper: Sendable {
         let account = Account(
             userID: userID, environment: form.environment, appKey: form.appKey, appSecret: form.appSecret,
             accountNumber: form.accountNumber, isActive: true, createdAt: stored?.createdAt ?? now, updatedAt: now)
+        if stored?.appKey != form.appKey { try await refuseIfAnotherUsersAppKey(form, userID: userID) }
         var retiring: [StoredToken] = []
         if let stored {
             if stored.appKey == form.appKey, stored.appSecret == form.appSecret {
@@ -155,6 +157,19 @@ final class TokenKeeper: Sendable {
             await retire(retiring, account: stored)
         }
         return token
+    }
+
+    /// An app key is one user's (per environment): KIS gives it one token at a time — the same one for 6 hours
+    /// after issuing it — and a token's record names one user. Two users connecting one app key took each other's
+    /// token (the second one's record replaced the first's, whose requests were then refused as another user's).
+    /// The first to connect it keeps it; the accounts' keys are sealed, so they are opened to compare.
+    private func refuseIfAnotherUsersAppKey(_ form: AccountForm, userID: String) async throws {
+        for row in try await repository.allAccounts() where row.environment == form.environment && row.userID != userID {
+            guard let other = try? vault.open(row), other.appKey == form.appKey else { continue }
+            throw Problem(.invalidParameter,
+                          "appKey: this app key is connected to another user of this broker; KIS gives an app key one "
+                          + "token at a time, so each user connects an app key of their own")
+        }
     }
 
     /// `POST /api/kis/token/refresh`.
@@ -370,20 +385,10 @@ final class TokenKeeper: Sendable {
             }
             var token = obtained!
             // KIS answers the same token again within its reuse window (to tokenP here, or to validate's): keep when
-            // it was first issued, which the reuse window counts from.
-            if let same = try await repository.tokens(userID: account.userID, environment: env)
-                .first(where: { $0.tokenSHA256 == token.sha256 })
-            {
+            // it was first issued, which the reuse window counts from, and the expiry KIS gave then.
+            if let same = try await repository.token(sha256: token.sha256), same.userID == account.userID {
                 token.issuedAt = min(token.issuedAt, same.issuedAt)
-            }
-            // KIS hands an app key's token back for 6 hours after issuing it: another user who connected the same
-            // app key would take the token (its record names one user), and its owner's requests would be refused.
-            if let other = try await repository.token(sha256: token.sha256), other.userID != account.userID,
-                other.status == .active, other.expiresAt > now
-            {
-                throw Problem(.invalidParameter,
-                              "appKey: this app key's current KIS token belongs to another user of this broker (KIS "
-                              + "gives an app key the same token for 6 hours); connect an app key of your own")
+                token.expiresAt = min(token.expiresAt, same.expiresAt)
             }
             try await repository.saveAccount(try vault.seal(account), token: try vault.seal(token, updatedAt: now))
             try await publish(token, account: account)

@@ -173,8 +173,8 @@ struct BrokerAPITests {
         try await withBroker { b in
             let key = appKey("rl")
             #expect(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1")).status == 200)
-            // Another user with the same app key: nothing stored can serve them, and KIS refuses a second token.
-            let r = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u2"))
+            // The same app key with a new secret: nothing stored can serve it, and KIS refuses a second token.
+            let r = try await b.post("/api/kis/token", accountBody(key, secret: "another-secret"), jwt: try await b.jwt("u1"))
             #expect(r.status == 429)
             #expect(r.code == "kis_rate_limited")
             #expect(r.json["kis_msg_cd"] as? String == "EGW00133")
@@ -183,22 +183,32 @@ struct BrokerAPITests {
         }
     }
 
-    /// KIS gives an app key the same token for 6 hours: a second user connecting the same app key after KIS's minute
-    /// used to take the token over (its row and record then named them), and its owner's requests were refused.
-    @Test("a second user with the same app key cannot take the first one's token: 400 invalid_parameter naming appKey")
+    /// KIS gives an app key one token at a time (the same one for 6 hours): a second user connecting the same app
+    /// key after KIS's minute used to take the token over (its row and record then named them), and its owner's
+    /// requests were refused — and past the 6 hours, the first user's next issuance took back the second's.
+    @Test("an app key is one user's: a second user cannot validate or connect it (400 invalid_parameter naming appKey), now or 6 h on")
     func sameAppKeyTwoUsers() async throws {
-        try await withBroker { b in
+        try await withBroker(config: { testConfig(simURL: $0, database: $1, refreshIntervalS: 3600, reconcileIntervalS: 3600) }) { b in
             let key = appKey("shared")
             let first = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
             let token = try #require(first.json["token"] as? String)
-            try await b.advanceClocks(61)
-            let second = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u2"))
-            #expect(second.status == 400 && second.code == "invalid_parameter", "\(second.text)")
-            #expect((second.json["detail"] as? String)?.hasPrefix("appKey: ") == true, "\(second.text)")
+            let issued = try await b.issuances()
+            for wait in [61, 21600] {
+                try await b.advanceClocks(wait)
+                let validate = try await b.post("/api/kis/account/validate", accountBody(key, secret: "s2"), jwt: try await b.jwt("u2"))
+                #expect(validate.status == 400 && validate.json["valid"] as? Bool == false, "\(validate.text)")
+                let second = try await b.post("/api/kis/token", accountBody(key, secret: "s2"), jwt: try await b.jwt("u2"))
+                #expect(second.status == 400 && second.code == "invalid_parameter", "\(second.text)")
+                #expect((second.json["detail"] as? String)?.hasPrefix("appKey: ") == true, "\(second.text)")
+                #expect(try await b.issuances() == issued, "KIS was asked for the second user")
+            }
             #expect(try await b.published(token)?.userID == "u1")
             let mine = try await b.get("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u1"))
             #expect(mine.json["connected"] as? Bool == true)
             #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u2")).status == 404)
+            // Once the first user disconnects, the key is free.
+            #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u1")).status == 204)
+            #expect(try await b.post("/api/kis/token", accountBody(key, secret: "s2"), jwt: try await b.jwt("u2")).status == 200)
         }
     }
 
