@@ -270,7 +270,8 @@ public struct KisgwConfig: Sendable, Equatable {
         let rest = url[scheme.upperBound...]
         let authority = rest[..<(rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex)]
         guard case .success(let (host, _)) = Validation.hostAndPort(authority) else { return false }
-        return host == "localhost" || host.hasSuffix(".localhost") || host.hasPrefix("127.") || host == "::1"
+        let isIPv4 = host.split(separator: ".").count == 4 && host.utf8.allSatisfy { $0 == 46 || (48...57).contains($0) }
+        return host == "localhost" || host.hasSuffix(".localhost") || (isIPv4 && host.hasPrefix("127.")) || host == "::1"
     }
 
     /// `[upstream]`: calls to KIS.

@@ -300,8 +300,8 @@ public enum JPXHolidays {
 /// (4th month, 8th day); Tuen Ng (5/5); HKSAR Establishment Day (07-01); the day after Mid-Autumn (8/16); National
 /// Day (10-01); Chung Yeung (9/9); Christmas Day and the first weekday (not Sunday) after it. A holiday on a Sunday,
 /// or on a day that is already a holiday, gives the next day that is neither (so Ching Ming on Easter Sunday gives the
-/// Tuesday, Ching Ming on Easter Monday the Tuesday, and a Lunar New Year day on a Sunday the fourth day); a Saturday
-/// one gives nothing. Lunar dates are ICU's Chinese calendar (Hong Kong keeps China's); Ching Ming is the standard
+/// Tuesday, Ching Ming on Easter Monday the Tuesday, and a Lunar New Year day on a Sunday the fourth day); a holiday
+/// alone on a Saturday gives nothing. Lunar dates are ICU's Chinese calendar (Hong Kong keeps China's); Ching Ming is the standard
 /// formula of the 21st century. (HKEX has traded through typhoons and rainstorms since September 2024.) Half days
 /// (the morning session only, ``isHalfDay(_:)``): the eves of Christmas, the New Year and the Lunar New Year, on a
 /// trading day.

@@ -96,9 +96,9 @@ public protocol SharedStore: Sendable {
     /// Publishes `message` on `channel`; returns immediately (fire and forget).
     func publish(_ message: ByteBuffer, to channel: String) async throws(StoreError)
 
-    /// Deletes `key`, removes `member` from the set `setKey` and publishes `message` on `channel`, in one atomic step
-    /// that does all three or none: the key is never gone without the message having been sent (a token's `revoked`
-    /// event, which gateways forget their decision on).
+    /// Publishes `message` on `channel`, then deletes `key` and removes `member` from the set `setKey`, in one atomic
+    /// step that deletes nothing unless the message was sent: the key is never gone without the message (a token's
+    /// `revoked` event, which gateways forget their decision on).
     func delete(_ key: String, removing member: String, from setKey: String, announcing message: ByteBuffer,
                 on channel: String) async throws(StoreError)
 

@@ -395,7 +395,8 @@ struct LoadTests {
         for url in ["http://127.0.0.1:8000", "https://localhost", "http://[::1]:8000/kis", "http://gw.localhost"] {
             #expect(KisgwConfig.isLoopback(url), "\(url)")
         }
-        for url in ["https://gw.example.com", "http://10.0.0.5:8000", "http://localhost.example.com", "127.0.0.1"] {
+        for url in ["https://gw.example.com", "http://10.0.0.5:8000", "http://localhost.example.com", "127.0.0.1",
+                    "http://127.example.com"] {
             #expect(!KisgwConfig.isLoopback(url), "\(url)")
         }
     }
