@@ -314,6 +314,37 @@ struct BrokerAPITests {
         }
     }
 
+    /// After a refresh past the reuse window an account has two live tokens (a refresh never breaks requests in
+    /// flight with the old one): a disconnect revokes and unpublishes both.
+    @Test("disconnect with two live tokens revokes both at KIS and unpublishes both, with a revoked event each")
+    func disconnectTwoTokens() async throws {
+        try await withBroker(config: { testConfig(simURL: $0, database: $1, refreshIntervalS: 3600, reconcileIntervalS: 3600) }) { b in
+            let key = appKey("dc2")
+            let first = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
+                .json["token"] as? String)
+            try await b.advanceClocks(21600 + 60)
+            let second = try #require(try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"],
+                                                       jwt: try await b.jwt("u1")).json["token"] as? String)
+            #expect(second != first)
+            #expect(try await b.published(first) != nil)
+            #expect(try await b.published(second) != nil)
+            let subscription = try await b.store.subscribe(to: TokenDirectory.eventsChannel)
+            #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u1")).status == 204)
+            #expect(try await b.simCalls("revokeP") == 2)
+            #expect(try await b.published(first) == nil)
+            #expect(try await b.published(second) == nil)
+            var events = subscription.makeAsyncIterator()
+            var revoked: Set<String> = []
+            for _ in 0..<2 {
+                let event = try #require(await events.next())
+                let e = try JSONDecoder().decode(TokenEvent.self, from: Data(event.readableBytesView))
+                if e.type == "revoked" { revoked.insert(e.sha256) }
+            }
+            #expect(revoked == [TokenDirectory.sha256(of: first), TokenDirectory.sha256(of: second)])
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u1")).status == 404)
+        }
+    }
+
     @Test("disconnect revokes at KIS, unpublishes with a revoked event, and a gateway refuses the token at once",
           arguments: StoreKind.available)
     func disconnect(store: StoreKind) async throws {
