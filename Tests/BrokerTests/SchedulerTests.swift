@@ -311,6 +311,57 @@ struct SchedulerTests {
         }
     }
 
+    /// broker-api.md: the scheduler's failures back off; a key pair KIS refuses stops being refreshed (the account is
+    /// marked inactive until its user connects again) instead of being asked for again every pass.
+    @Test("scheduled refreshes: a refused key pair marks the account inactive and is not asked again; a failing KIS is asked again only after the backoff")
+    func scheduledFailures() async throws {
+        let calls = Mutex<[String: Int]>([:])
+        let router = Router()
+        router.post("/oauth2/tokenP") { request, _ -> Response in
+            let body = try await request.body.collect(upTo: 4096)
+            let appKey = (try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any])?["appkey"] as? String ?? ""
+            calls.withLock { $0[appKey, default: 0] += 1 }
+            if appKey.hasPrefix("PSrefused") {
+                return Response(status: .forbidden, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(
+                    string: #"{"error_code":"EGW00103","error_description":"유효하지 않은 AppKey입니다."}"#)))
+            }
+            return Response(status: .internalServerError, body: .init(byteBuffer: ByteBuffer(string: "<html>down</html>")))
+        }
+        let standIn = await startStandInKIS(router)
+        defer { standIn.task.cancel() }
+        let (store, redis) = try makeStore(redisURL == nil ? .memory : .redis)
+        let db = try await TestDatabase.make(.sqlite)
+        defer { Self.remove(db) }
+        let keyring = SealKeyring.ephemeral()
+        let clock = TestClock()
+        let refused = "PSrefused" + String(appKey("x").dropFirst(2).prefix(20)), failing = appKey("failing")
+        try await withRepository(db) { repository in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                if let redis { group.addTask { await redis.run() } }
+                defer { group.cancelAll() }
+                try await Self.saveDue([refused, failing], users: "u-sf", keyring: keyring, at: clock.now(), in: repository)
+                // refresh_interval_s 1: a pass every second; the backoff's base is 1 s, doubling.
+                let scheduler = BrokerScheduler(
+                    keeper: Self.keeper(repository, store: store, keyring: keyring, kis: standIn.url, refreshInterval: 1,
+                                        clock: { clock.now() }),
+                    refreshIntervalS: 1, reconcileIntervalS: 3600, logger: quietLogger)
+                let run = Task { try await scheduler.run() }
+                defer { run.cancel() }
+                #expect(try await eventually {
+                    try await repository.account(userID: "u-sf0", environment: .sandbox)?.isActive == false
+                })
+                try await Task.sleep(for: .seconds(4))
+                let seen = calls.withLock { $0 }
+                // Refused once, then left alone; the failing one asked again, but not every pass (4+ s of 1 s passes).
+                #expect(seen[refused] == 1, "\(seen)")
+                #expect((2...4).contains(seen[failing] ?? 0), "\(seen)")
+                #expect(try await repository.account(userID: "u-sf1", environment: .sandbox)?.isActive == true)
+                run.cancel()
+                _ = await run.result
+            }
+        }
+    }
+
     /// Removes a test's SQLite database and its folder.
     private static func remove(_ db: TestDatabase) {
         try? FileManager.default.removeItem(
