@@ -150,19 +150,7 @@ public final class MemoryStore: SharedStore {
     @discardableResult
     public func setRemove(_ key: String, members: [String]) async throws(StoreError) -> Int {
         let now = ContinuousClock.now
-        return state.withLock { s in
-            let k = keyPrefix + key
-            guard var item = Self.live(&s, k, now: now), case .set(var m) = item.value else { return 0 }
-            let before = m.count
-            m.subtract(members)
-            if m.isEmpty {
-                s.items.removeValue(forKey: k)
-            } else {
-                item.value = .set(m)
-                s.items[k] = item
-            }
-            return before - m.count
-        }
+        return state.withLock { s in Self.remove(members, fromSet: keyPrefix + key, in: &s, now: now) }
     }
 
     public func setMembers(_ key: String) async throws(StoreError) -> Set<String> {
@@ -256,14 +244,25 @@ public final class MemoryStore: SharedStore {
         // Under one lock: a reader sees the key and the member either both there or both gone.
         let continuations = state.withLock { s in
             s.items.removeValue(forKey: keyPrefix + key)
-            let sk = keyPrefix + setKey
-            if var item = Self.live(&s, sk, now: now), case .set(var m) = item.value {
-                m.remove(member)
-                if m.isEmpty { s.items.removeValue(forKey: sk) } else { item.value = .set(m); s.items[sk] = item }
-            }
+            Self.remove([member], fromSet: keyPrefix + setKey, in: &s, now: now)
             return Array((s.subscribers[keyPrefix + channel] ?? [:]).values)
         }
         for c in continuations { c.yield(message) }
+    }
+
+    /// Removes `members` from the set at the (prefixed) key `k`, deleting it once empty; returns how many were there.
+    @discardableResult
+    private static func remove(_ members: [String], fromSet k: String, in s: inout State, now: ContinuousClock.Instant) -> Int {
+        guard var item = live(&s, k, now: now), case .set(var m) = item.value else { return 0 }
+        let before = m.count
+        m.subtract(members)
+        if m.isEmpty {
+            s.items.removeValue(forKey: k)
+        } else {
+            item.value = .set(m)
+            s.items[k] = item
+        }
+        return before - m.count
     }
 
     public func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription {

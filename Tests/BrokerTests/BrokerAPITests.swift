@@ -85,7 +85,7 @@ struct BrokerAPITests {
     /// `refresh_ahead_s` of its expiry and past `reuse_window_s` (then KIS is asked again).
     @Test("token: the stored token serves past the reuse window until it is inside refresh_ahead_s of expiry")
     func issuanceEconomy() async throws {
-        try await withBroker(config: { testConfig(simURL: $0, database: $1, refreshIntervalS: 3600, reconcileIntervalS: 3600) }) { b in
+        try await withBroker(config: quietSchedulerConfig) { b in
             let key = appKey("econ")
             let first = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
                 .json["token"] as? String)
@@ -188,7 +188,7 @@ struct BrokerAPITests {
     /// requests were refused — and past the 6 hours, the first user's next issuance took back the second's.
     @Test("an app key is one user's: a second user cannot validate or connect it (400 invalid_parameter naming appKey), now or 6 h on")
     func sameAppKeyTwoUsers() async throws {
-        try await withBroker(config: { testConfig(simURL: $0, database: $1, refreshIntervalS: 3600, reconcileIntervalS: 3600) }) { b in
+        try await withBroker(config: quietSchedulerConfig) { b in
             let key = appKey("shared")
             let first = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
             let token = try #require(first.json["token"] as? String)
@@ -216,7 +216,7 @@ struct BrokerAPITests {
     /// validate's tokenP as to the broker's own, and a token adopted from validate was dated from the validation.
     @Test("a token validate got again keeps its first issuance time: refresh asks KIS 6 h after that, not after the validation")
     func validatedTokenKeepsItsIssuance() async throws {
-        try await withBroker(config: { testConfig(simURL: $0, database: $1, refreshIntervalS: 3600, reconcileIntervalS: 3600) }) { b in
+        try await withBroker(config: quietSchedulerConfig) { b in
             let key = appKey("vi")
             let first = try #require(try await b.post("/api/kis/token", accountBody(key, secret: "secret-one"),
                                                       jwt: try await b.jwt("u1")).json["token"] as? String)
@@ -318,7 +318,7 @@ struct BrokerAPITests {
     /// flight with the old one): a disconnect revokes and unpublishes both.
     @Test("disconnect with two live tokens revokes both at KIS and unpublishes both, with a revoked event each")
     func disconnectTwoTokens() async throws {
-        try await withBroker(config: { testConfig(simURL: $0, database: $1, refreshIntervalS: 3600, reconcileIntervalS: 3600) }) { b in
+        try await withBroker(config: quietSchedulerConfig) { b in
             let key = appKey("dc2")
             let first = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
                 .json["token"] as? String)

@@ -229,6 +229,12 @@ func appKey(_ tag: String) -> String {
     return String(base.prefix(32)) + "wxyz"
 }
 
+/// ``testConfig(simURL:database:refreshIntervalS:refreshAheadS:reuseWindowS:reconcileIntervalS:upstreamTimeoutMs:)``
+/// with the scheduler and the reconciler an hour apart: a test that moves the clocks decides every issuance itself.
+@Sendable func quietSchedulerConfig(simURL: String, database: BrokerDatabase) -> KisgwConfig {
+    testConfig(simURL: simURL, database: database, refreshIntervalS: 3600, reconcileIntervalS: 3600)
+}
+
 func testConfig(simURL: String, database: BrokerDatabase, refreshIntervalS: Int = 60, refreshAheadS: Int = 3600,
                 reuseWindowS: Int = 21600, reconcileIntervalS: Int = 60, upstreamTimeoutMs: Int = 3000) -> KisgwConfig
 {

@@ -173,6 +173,16 @@ struct RepositoryContractTests {
         #expect(ContinuousClock.now - started >= .seconds(1))
     }
 
+    /// Runs `body` with an unreachable repository whose pool runs (its operations wait for a connection).
+    static func withUnreachableRunning(_ body: (PostgresRepository) async -> Void) async throws {
+        let (repository, _) = try unreachableRepository()
+        await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await repository.run() }
+            defer { group.cancelAll() }
+            await body(repository)
+        }
+    }
+
     /// How `operation` ended, and after how long.
     static func timed(_ operation: @escaping @Sendable () async throws -> Void) async -> (Result<Void, any Error>, Duration) {
         let started = ContinuousClock.now
@@ -184,10 +194,7 @@ struct RepositoryContractTests {
     /// hung. Each operation now fails after `operationTimeout` (the broker answers `store_unavailable`, readiness 503).
     @Test("with the server gone, operations fail after operationTimeout instead of waiting for a connection for ever")
     func postgresGoneFailsOperations() async throws {
-        let (repository, _) = try Self.unreachableRepository()
-        await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await repository.run() }
-            defer { group.cancelAll() }
+        try await Self.withUnreachableRunning { repository in
             // Both at once: a read the broker's routes make, and the readiness check's ping.
             async let account = Self.timed { _ = try await repository.account(userID: "u1", environment: .sandbox) }
             async let ping = Self.timed { try await repository.ping() }
@@ -204,10 +211,7 @@ struct RepositoryContractTests {
 
     @Test("a cancelled caller is not held for the operation's 5 s")
     func postgresCancelledCaller() async throws {
-        let (repository, _) = try Self.unreachableRepository()
-        await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await repository.run() }
-            defer { group.cancelAll() }
+        try await Self.withUnreachableRunning { repository in
             let started = ContinuousClock.now
             let read = Task { _ = try await repository.account(userID: "u1", environment: .sandbox) }
             try? await Task.sleep(for: .milliseconds(200))

@@ -1,5 +1,5 @@
 // The kisgw page: sign-in (demo), KIS account connection, status, environment switch and the chart view.
-import { createKisClient, ENVIRONMENTS } from './kis-client.js';
+import { checkJwt, createKisClient, ENVIRONMENTS } from './kis-client.js';
 import { CandleChart, formatDate, formatPrice, formatVolume, priceDecimals } from './chart.js';
 
 const $ = (id) => document.getElementById(id);
@@ -76,19 +76,6 @@ function jwtSubject(token) {
   }
 }
 
-/** Whether the broker takes `token`: null when it does, else why not (a problem's `code`/`message`, or `network`). */
-async function checkJwt(token) {
-  let res;
-  try {
-    res = await fetch('/api/kis/account?environment=SANDBOX', { headers: { Authorization: `Bearer ${token}` }, cache: 'no-store' });
-  } catch {
-    return { code: 'network', message: '브로커에 연결할 수 없습니다' };
-  }
-  if (res.ok || res.status === 404) return null;  // 404: no account yet, the JWT was taken
-  const body = await res.json().catch(() => ({}));
-  return { code: body.code ?? 'http', message: body.detail || body.title || `HTTP ${res.status}`, body };
-}
-
 let signInSeq = 0;
 
 /** Signs in with `input` (demo: a user id; otherwise a JWT): the broker checks the JWT before the current session is
@@ -108,7 +95,7 @@ async function signIn(input) {
     token = input.trim();
     if (!jwtSubject(token)) throw new Error('JWT 형식이 아닙니다');
   }
-  const refused = await checkJwt(token);
+  const refused = await checkJwt({ jwt: token });
   if (seq !== signInSeq) return false;
   if (refused) throw new Error(describeError(refused));
   // Kept for this tab once the broker took it; the field does not keep showing a bearer credential.
@@ -537,7 +524,7 @@ async function main() {
   const stored = sessionStorage.getItem(JWT_KEY);
   try {
     if (stored && (!requested || jwtSubject(stored) === requested)) {
-      const refused = await checkJwt(stored);
+      const refused = await checkJwt({ jwt: stored });
       if (!refused) await startSession(stored);
       else {
         if (refused.code !== 'network') sessionStorage.removeItem(JWT_KEY);

@@ -255,6 +255,24 @@ function networkError(error) {
   return new KisError('서버에 연결할 수 없습니다 (네트워크 또는 CORS 거부)', { code: 'network', body: String(error) });
 }
 
+/**
+ * Asks the broker whether it takes `jwt` (`GET /api/kis/account`): null when it does (an account or none yet), else
+ * the `KisError` it answered — a `jwt_*` code when it refused the JWT, `network` when it could not be reached.
+ * For a page that must know a JWT works before it replaces a session with it.
+ */
+export async function checkJwt({ brokerUrl = '', jwt, fetch = (...args) => globalThis.fetch(...args) }) {
+  let response;
+  try {
+    response = await fetch(`${brokerUrl}/api/kis/account?environment=SANDBOX`, {
+      headers: { Authorization: `Bearer ${jwt}` }, cache: 'no-store',
+    });
+  } catch (e) {
+    return networkError(e);
+  }
+  if (response.ok || response.status === 404) return null;
+  return errorFrom(response, await readBody(response));
+}
+
 function normalizeDate(d) {
   if (!d) return '';
   return String(d).replaceAll('-', '');
