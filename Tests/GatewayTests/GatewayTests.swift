@@ -60,6 +60,91 @@ struct GatewayChartTests {
         }
     }
 
+    /// The simulator's rows for one query, every page, by KIS's own continuation (`tr_cont: N` after `M`) rather than
+    /// by the dates the gateway's pager walks back with: newest first, until the answer says `D` or passes `start`.
+    static func rowsByContinuation(simURL: String, path: String, trID: String, query: String, token: String,
+                                   appKey: String, dateField: String, start: CivilDate) async throws -> [[String: Any]] {
+        var rows: [[String: Any]] = []
+        var next = ""
+        for _ in 0..<60 {
+            let r = try await http(.GET, simURL + path + "?" + query, headers: [
+                ("authorization", "Bearer " + token), ("appkey", appKey), ("appsecret", "secret-" + appKey),
+                ("tr_id", trID), ("tr_cont", next), ("custtype", "P"),
+            ])
+            try #require(r.status == 200, "\(r.text)")
+            let page = r.json["output2"] as? [[String: Any]] ?? []
+            rows += page
+            let oldest = page.compactMap { ($0[dateField] as? String).flatMap(CivilDate.init(yyyymmdd:)) }.min()
+            guard r.header("tr_cont") == "M", let oldest, oldest >= start else { return rows }
+            next = "N"
+        }
+        Issue.record("more than 60 pages")
+        return rows
+    }
+
+    /// The candles of a gateway answer as the text it wrote them in: date and each number exactly as sent.
+    static func candleTexts(_ body: String) -> [[String]] {
+        let pattern = #"\{"date":"([0-9-]+)","open":([^,]+),"high":([^,]+),"low":([^,]+),"close":([^,]+),"volume":([^,}]+)(?:,"turnover":([^,}]+))?\}"#
+        let regex = try! NSRegularExpression(pattern: pattern)
+        let ns = body as NSString
+        return regex.matches(in: body, range: NSRange(location: 0, length: ns.length)).map { m in
+            (1...7).map { i in m.range(at: i).location == NSNotFound ? "" : ns.substring(with: m.range(at: i)) }
+        }
+    }
+
+    @Test("daily, weekly and monthly charts over ten years, domestic and overseas, equal every row the simulator pages out by tr_cont",
+          arguments: [("domestic", "D"), ("domestic", "W"), ("domestic", "M"), ("overseas", "D"), ("overseas", "W"),
+                      ("overseas", "M")])
+    func longChartsEqualSimulator(market: String, period: String) async throws {
+        try await withGateway { g, _ in
+            let appKey = "PSapp-long-\(market)-\(period)"
+            let kis = try await g.connect(user: "long", appKey: appKey)
+            let jwt = try await g.jwt("long")
+            // 3,651 days, within max_range_days; starting on a Wednesday, so the first week is cut by the range.
+            let start = CivilDate("2015-01-07")!, end = CivilDate("2025-01-03")!
+            let domestic = market == "domestic"
+            let path = domestic ? "/domestic/chart/daily/005930" : "/overseas/NAS/chart/daily/AAPL"
+            let r = try await g.get(path + "?start=\(start.iso)&end=\(end.iso)&period=\(period)", jwt: jwt, kis: kis)
+            #expect(r.status == 200, "\(r.text.prefix(300))")
+            let calls = (try await g.simStats())[domestic ? "domestic_daily" : "overseas_daily"] ?? 0
+
+            let rows: [[String: Any]]
+            let fields: [String]
+            if domestic {
+                fields = ["stck_bsop_date", "stck_oprc", "stck_hgpr", "stck_lwpr", "stck_clpr", "acml_vol", "acml_tr_pbmn"]
+                rows = try await Self.rowsByContinuation(
+                    simURL: g.simURL, path: KISPath.domesticDailyChart, trID: KISTrID.domesticDailyChart,
+                    query: "FID_COND_MRKT_DIV_CODE=J&FID_INPUT_ISCD=005930&FID_INPUT_DATE_1=\(start.yyyymmdd)"
+                        + "&FID_INPUT_DATE_2=\(end.yyyymmdd)&FID_PERIOD_DIV_CODE=\(period)&FID_ORG_ADJ_PRC=0",
+                    token: kis, appKey: appKey, dateField: fields[0], start: start)
+            } else {
+                fields = ["xymd", "open", "high", "low", "clos", "tvol", "tamt"]
+                let gubn = ["D": "0", "W": "1", "M": "2"][period]!
+                rows = try await Self.rowsByContinuation(
+                    simURL: g.simURL, path: KISPath.overseasDailyPrice, trID: KISTrID.overseasDailyPrice,
+                    query: "AUTH=&EXCD=NAS&SYMB=AAPL&GUBN=\(gubn)&BYMD=\(end.yyyymmdd)&MODP=1",
+                    token: kis, appKey: appKey, dateField: fields[0], start: start)
+            }
+            let expected: [[String]] = rows.compactMap { row in
+                guard let d = (row[fields[0]] as? String).flatMap(CivilDate.init(yyyymmdd:)), d >= start, d <= end
+                else { return nil }
+                return [d.iso] + fields.dropFirst().map { row[$0] as? String ?? "" }
+            }.reversed()
+            let got = Self.candleTexts(r.text)
+            #expect(got.count == r.candles.count)  // every candle was read by the pattern
+            // Several pages each (100 rows a page), and the merge neither lost nor repeated a row.
+            #expect(expected.count > (period == "M" ? 100 : 500), "\(expected.count) rows")
+            #expect(calls >= expected.count / 100 + 1, "\(calls) KIS calls")
+            #expect(got.count == expected.count)
+            #expect(Set(got.map { $0[0] }).count == got.count)
+            #expect(got.map { $0[0] } == got.map { $0[0] }.sorted())
+            for (a, b) in zip(got, expected) where a != b {
+                Issue.record("\(a) != \(b)")
+                break
+            }
+        }
+    }
+
     @Test("overseas prices keep KIS's decimals exactly")
     func overseasDecimals() async throws {
         try await withGateway { g, _ in
