@@ -34,9 +34,11 @@ let package = Package(
     ],
     targets: [
         // MARK: C at the bottom
+        // No `pkgConfig:`: hiredis.pc's cflags carry `-D_FILE_OFFSET_BITS=64`, a define SwiftPM refuses there with a
+        // warning on every build. The headers are included as <hiredis/…> from the default include path and
+        // module.modulemap links the library, so pkg-config adds nothing on Debian.
         .systemLibrary(
             name: "CHiredis",
-            pkgConfig: "hiredis",
             providers: [.apt(["libhiredis-dev"]), .brew(["hiredis"])]
         ),
         // KIS answers read with simdjson (C++, Debian's libsimdjson-dev, installed by scripts/bootstrap) behind a C
