@@ -7,9 +7,9 @@ import Tokens
 
 /// Listens to the store's channels for as long as the gateway runs: `events` (a `revoked` token is forgotten at
 /// once) and the chart-filled channel (wakes requests waiting on another gateway's fetch). Subscriptions are
-/// retried with backoff while the store is down. When they resume after a gap — the store's pub/sub connection was
-/// lost, so a `revoked` event may have gone by unseen — every remembered KIS token decision is dropped, and the
-/// next request for each token reads its record again.
+/// retried with backoff while the store is down. When a `revoked` event may have gone by unseen — the subscriptions
+/// resume after the store's pub/sub connection was lost, or a message was dropped because this listener fell behind
+/// — every remembered KIS token decision is dropped, and the next request for each token reads its record again.
 struct StoreEventListener: Service {
     let store: any SharedStore
     let authorizer: TokenAuthorizer
@@ -31,7 +31,7 @@ struct StoreEventListener: Service {
                 await cancelWhenGracefulShutdown {
                     for await _ in gaps {
                         self.authorizer.forgetAll()
-                        self.logger.notice("store subscriptions resumed after a gap: KIS token decisions dropped")
+                        self.logger.notice("store messages may have been lost: KIS token decisions dropped")
                     }
                 }
             }

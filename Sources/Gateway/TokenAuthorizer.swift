@@ -35,8 +35,15 @@ final class TokenAuthorizer: Sendable {
         var validUntil: Date
     }
 
+    /// The remembered decisions, and how many times any was forgotten: a lookup that began before a `forget` may
+    /// have read a record from before the revocation, and is not remembered (``authorize(kisToken:userID:now:)``).
+    private struct Cache {
+        var entries: [String: Entry] = [:]
+        var forgets: UInt64 = 0
+    }
+
     private let lookup: @Sendable (_ token: String) async throws(StoreError) -> ResolvedToken?
-    private let cache = Mutex<[String: Entry]>([:])
+    private let cache = Mutex(Cache())
     private let recheck: TimeInterval
     private let limit = 100_000
     private let logger: Logger
@@ -57,7 +64,7 @@ final class TokenAuthorizer: Sendable {
 
     /// The remembered decision for `kisToken`, while it is still valid.
     private func remembered(_ kisToken: String, now: Date) -> ResolvedToken? {
-        guard let hit = cache.withLock({ $0[kisToken] }), hit.validUntil > now else { return nil }
+        guard let hit = cache.withLock({ $0.entries[kisToken] }), hit.validUntil > now else { return nil }
         return hit.token
     }
 
@@ -70,6 +77,7 @@ final class TokenAuthorizer: Sendable {
             return token
         }
         let resolved: ResolvedToken?
+        let forgetsBefore = cache.withLock { $0.forgets }
         do { resolved = try await lookup(kisToken) } catch {
             guard error.code.isUnopenable else {
                 throw Problem(.storeUnavailable, "the token store cannot be reached", retryAfter: 1)
@@ -83,8 +91,8 @@ final class TokenAuthorizer: Sendable {
             // Its record is gone: expired (the record's TTL ends at `expires_at`), revoked, or never published.
             // Forgotten — unless another user asks for it (then its owner still learns it expired).
             let forgotten = cache.withLock { c -> Entry? in
-                guard let e = c[kisToken] else { return nil }
-                if e.token.userID == userID { c.removeValue(forKey: kisToken) }
+                guard let e = c.entries[kisToken] else { return nil }
+                if e.token.userID == userID { c.entries.removeValue(forKey: kisToken) }
                 return e
             }
             if let f = forgotten, f.token.userID != userID {
@@ -104,8 +112,12 @@ final class TokenAuthorizer: Sendable {
         }
         let until = min(resolved.expiresAt, now.addingTimeInterval(recheck))
         cache.withLock { c in
-            if c.count >= limit { c.removeAll(keepingCapacity: true) }
-            c[kisToken] = Entry(token: resolved, validUntil: until)
+            // A `revoked` event (or a KIS refusal) handled while the record was being read: what was read may be
+            // from before it. This request is answered with it (it was under way when the token was revoked), but
+            // nothing is remembered: the next request reads the record again.
+            guard c.forgets == forgetsBefore else { return }
+            if c.entries.count >= limit { c.entries.removeAll(keepingCapacity: true) }
+            c.entries[kisToken] = Entry(token: resolved, validUntil: until)
         }
         return resolved
     }
@@ -113,12 +125,17 @@ final class TokenAuthorizer: Sendable {
     /// Forgets every decision about the token with this SHA-256 (a `revoked` event, or KIS said it expired).
     func forget(sha256: String) {
         cache.withLock { c in
-            for (k, v) in c where v.token.sha256 == sha256 { c.removeValue(forKey: k) }
+            c.forgets &+= 1
+            for (k, v) in c.entries where v.token.sha256 == sha256 { c.entries.removeValue(forKey: k) }
         }
     }
 
-    func forget(token: String) { cache.withLock { _ = $0.removeValue(forKey: token) } }
-
-    /// Forgets every decision: a `revoked` event may have been missed (the store's pub/sub connection was lost).
-    func forgetAll() { cache.withLock { $0.removeAll() } }
+    /// Forgets every decision: a `revoked` event may have been missed (the store's pub/sub connection was lost, or a
+    /// message was dropped).
+    func forgetAll() {
+        cache.withLock { c in
+            c.forgets &+= 1
+            c.entries.removeAll()
+        }
+    }
 }

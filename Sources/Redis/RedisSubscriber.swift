@@ -26,7 +26,8 @@ public struct RedisPubSubMessage: Sendable, Hashable {
 /// The subscription ends (and the channels are unsubscribed when no other
 /// subscription needs them) when the sequence is deallocated, its iteration is
 /// cancelled, or the client shuts down. Up to 4096 undelivered messages are
-/// buffered; beyond that the oldest are dropped with a warning.
+/// buffered; beyond that the oldest are dropped with a warning, and
+/// `RedisClient.subscriptionRestorations()` yields (as after a lost connection).
 public struct RedisSubscription: AsyncSequence, Sendable {
     public typealias Element = RedisPubSubMessage
     let stream: AsyncStream<RedisPubSubMessage>
@@ -298,15 +299,24 @@ final class RedisSubscriber: Sendable {
         let targets = self.state.withLock { state in
             state.subscribers.values.filter(matches).map(\.continuation)
         }
+        var dropped = false
         for continuation in targets {
             if case .dropped = continuation.yield(message) {
+                dropped = true
                 self.logger.warning("redis pub/sub consumer is slow; dropped a message", metadata: ["channel": "\(message.channel)"])
             }
         }
+        if dropped {
+            // A message lost to a subscriber, as in a gap of the connection: its watchers start afresh.
+            let watchers = self.state.withLock { Array($0.restorationWatchers.values) }
+            for watcher in watchers { watcher.yield() }
+        }
     }
 
-    /// Yields each time the pub/sub connection is open again after it was lost (or could not be opened), once the
-    /// subscriptions have been renewed on it: messages published in between were not delivered. Ends at shutdown.
+    /// Yields each time messages may have been lost to a subscriber: the pub/sub connection is open again after it
+    /// was lost (or could not be opened), once the subscriptions have been renewed on it (messages published in
+    /// between were not delivered), or a subscriber fell 4096 messages behind and its oldest was dropped. Ends at
+    /// shutdown.
     func restorations() -> AsyncStream<Void> {
         let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let id = self.state.withLock { state -> Int? in

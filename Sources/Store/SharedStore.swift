@@ -105,8 +105,9 @@ public protocol SharedStore: Sendable {
     /// Messages published on `channel` from now on.
     func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription
 
-    /// Yields each time subscriptions resume after a gap in which published messages were lost (the store's pub/sub
-    /// connection dropped and came back). A store that never loses them never yields.
+    /// Yields each time published messages may have been lost to a subscription: after a gap (the store's pub/sub
+    /// connection dropped and came back), or when a subscriber fell too far behind. A store that never loses them
+    /// never yields.
     func subscriptionGaps() -> AsyncStream<Void>
 }
 

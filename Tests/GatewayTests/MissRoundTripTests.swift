@@ -118,11 +118,15 @@ struct CountingStore: SharedStore {
     let inner: any SharedStore
     let log: StoreCallLog
     let label: String
+    /// Runs after each `get` has read its key, before its caller has the value (a test holds a read in flight).
+    var afterGet: (@Sendable (_ key: String) async -> Void)? = nil
 
     var keyPrefix: String { inner.keyPrefix }
     func get(_ key: String) async throws(StoreError) -> ByteBuffer? {
         log.add(label, "get", key)
-        return try await inner.get(key)
+        let value = try await inner.get(key)
+        await afterGet?(key)
+        return value
     }
     func set(_ key: String, to value: ByteBuffer, ttl: Duration?) async throws(StoreError) {
         log.add(label, "set", key)

@@ -10,6 +10,7 @@ import NIOHTTP1
 import Redis
 import Simulator
 import Store
+import Synchronization
 import Testing
 import Tokens
 import TestSupport
@@ -47,6 +48,33 @@ struct GatewayResilienceTests {
                 try await g.get(path, jwt: jwt, kis: kis).code == "kis_token_invalid"
             }
             #expect(refused, "the remembered decision outlived the pub/sub gap")
+        }
+    }
+
+    /// A token's record read just before its revocation, by a lookup still under way when the gateway handles the
+    /// `revoked` event: the request it was made for is answered, but the decision must not be remembered (it was kept
+    /// for 30 s, past the event that was meant to end it).
+    @Test("a revocation while a token's record is being read: the read's decision is not remembered")
+    func revocationDuringLookup() async throws {
+        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        let gate = RecordGate()
+        try await withGateway(store: .redis, dependencies: { _, deps in
+            deps.store = CountingStore(inner: deps.store, log: StoreCallLog(), label: "gw", afterGet: gate.pass)
+        }) { g, _ in
+            let kis = try await g.connect(user: "rl1", appKey: "PSapp-revokelookup")
+            let jwt = try await g.jwt("rl1")
+            let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
+            gate.hold()
+            let first = Task { try await g.get(path, jwt: jwt, kis: kis) }
+            #expect(await eventually(.seconds(10)) { gate.held == 1 }, "the lookup never read the record")
+            try await TokenDirectory.unpublish(sha256: TokenDirectory.sha256(of: kis), userID: "rl1", environment: .live,
+                                               store: g.store)
+            try await Task.sleep(for: .milliseconds(300))  // the gateway handles the `revoked` event meanwhile
+            gate.release()
+            #expect(try await first.value.status == 200)  // it was under way when the token was revoked
+            let after = try await g.get(path, jwt: jwt, kis: kis)
+            #expect(after.status == 401)
+            #expect(after.code == "kis_token_invalid")
         }
     }
 
@@ -174,4 +202,40 @@ func kisgwBinary() -> String? {
         dir = dir.deletingLastPathComponent()
     }
     return nil
+}
+
+/// Holds the reads of token records (`tok:…`) made while it is held, after they have read: lookups in flight.
+final class RecordGate: Sendable {
+    private struct State {
+        var holding = false
+        var held: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state = Mutex(State())
+
+    /// How many reads it holds now.
+    var held: Int { state.withLock { $0.held.count } }
+
+    func hold() { state.withLock { $0.holding = true } }
+
+    func release() {
+        let held = state.withLock { s in
+            s.holding = false
+            defer { s.held = [] }
+            return s.held
+        }
+        for c in held { c.resume() }
+    }
+
+    @Sendable func pass(_ key: String) async {
+        guard key.hasPrefix("tok:") else { return }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let go = state.withLock { s -> Bool in
+                guard s.holding else { return true }
+                s.held.append(c)
+                return false
+            }
+            if go { c.resume() }
+        }
+    }
 }

@@ -261,6 +261,26 @@ struct ResilienceTests {
         #expect(count.withLock { $0 } == 1)
     }
 
+    /// A subscriber that falls more than 4096 messages behind loses the oldest: as lost as in a gap of the connection,
+    /// so `subscriptionRestorations` says so too (a `revoked` event may be among them).
+    @Test func aSubscriberThatFallsBehindIsToldOfTheLoss() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let client = try makeClient(server)
+        let restorations = client.subscriptionRestorations()
+        let count = Mutex(0)
+        let watcher = Task { for await _ in restorations { count.withLock { $0 += 1 } } }
+        let subscription = try await client.subscribe(to: ["behind"])
+        // Nobody reads the subscription yet: 4,096 are kept, the rest dropped.
+        for n in 0..<4_200 { _ = try await client.publish(RedisArgument("m\(n)"), to: "behind") }
+        #expect(await TestEnvironment.eventually { count.withLock { $0 } >= 1 })
+        var iterator = subscription.makeAsyncIterator()
+        let oldestKept = await iterator.next()
+        #expect(oldestKept != nil && oldestKept?.string != "m0", "the oldest were dropped: \(oldestKept?.string ?? "nil")")
+        await client.shutdown()
+        await watcher.value
+    }
+
     @Test func pubSubResubscribesAfterRestart() async throws {
         let server = try RedisServerProcess()
         defer { server.stop() }
