@@ -494,7 +494,11 @@ final class ChartService: Sendable {
                 // KIS refused it before its stated expiry: forget it everywhere and tell the broker.
                 authorizer.forget(sha256: token.sha256)
                 let store = self.store, sha = token.sha256, code = e.msgCode ?? "EGW00123"
-                background.start { try? await TokenDirectory.markDead(sha256: sha, msgCode: code, store: store) }
+                let user = token.userID, environment = token.environment
+                background.start {
+                    try? await TokenDirectory.markDead(sha256: sha, msgCode: code, userID: user, environment: environment,
+                                                       store: store)
+                }
                 if e.kind == .tokenInvalid {
                     throw Problem(.kisTokenInvalid, "KIS refused the token", kisMsgCode: e.msgCode,
                                   kisMessage: e.kisMessage)

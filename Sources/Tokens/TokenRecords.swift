@@ -164,10 +164,15 @@ public enum TokenDirectory {
     public static func deadKey(_ sha256: String) -> String { "dead:" + sha256 }
 
     /// Records that KIS refused a token as expired or invalid (`EGW00123`/`EGW00121`) before its stated expiry, so the
-    /// broker's refresh issues a new one instead of handing the same token back; gateways stop accepting it.
-    public static func markDead(sha256 sha: String, msgCode: String, store: any SharedStore) async throws(StoreError) {
+    /// broker's refresh issues a new one instead of handing the same token back, then unpublishes it as the broker
+    /// does (``unpublish(sha256:userID:environment:store:)``: the record, the user's set member and a `revoked`
+    /// event in one step), so that every gateway forgets its decision at once rather than each spending a KIS call to
+    /// learn the same. The mark comes first: the broker's reconciliation never republishes a token marked dead.
+    public static func markDead(
+        sha256 sha: String, msgCode: String, userID: String, environment: KISEnvironment, store: any SharedStore
+    ) async throws(StoreError) {
         try await store.set(deadKey(sha), to: ByteBuffer(string: msgCode), ttl: .seconds(86_400))
-        try await store.delete(recordKey(sha))
+        try await unpublish(sha256: sha, userID: userID, environment: environment, store: store)
     }
 
     /// The KIS code a token was refused with, if a gateway saw KIS refuse it.

@@ -274,12 +274,14 @@ struct BrokerAPITests {
             let first = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: jwt).json["token"] as? String)
             // KIS ended the token early (as after maintenance) and a gateway saw it refused.
             _ = try await b.sim(.POST, "/__sim/expire", #"{"access_token": "\#(first)"}"#)
-            try await TokenDirectory.markDead(sha256: TokenDirectory.sha256(of: first), msgCode: "EGW00123", store: b.store)
+            try await TokenDirectory.markDead(sha256: TokenDirectory.sha256(of: first), msgCode: "EGW00123", userID: "u1",
+                                               environment: .sandbox, store: b.store)
             try await b.advanceClocks(61)  // KIS's minute between issuances
             let second = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1")).json["token"] as? String)
             #expect(second != first)
             _ = try await b.sim(.POST, "/__sim/expire", #"{"access_token": "\#(second)"}"#)
-            try await TokenDirectory.markDead(sha256: TokenDirectory.sha256(of: second), msgCode: "EGW00123", store: b.store)
+            try await TokenDirectory.markDead(sha256: TokenDirectory.sha256(of: second), msgCode: "EGW00123", userID: "u1",
+                                               environment: .sandbox, store: b.store)
             try await b.advanceClocks(61)
             let third = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: try await b.jwt("u1"))
             #expect(third.status == 200)

@@ -425,6 +425,36 @@ struct GatewayAuthTests {
             #expect(try await g.store.get(TokenDirectory.recordKey(sha)) == nil)
         }
     }
+
+    @Test("a token KIS refused on one gateway is refused at once by the other, which remembered it, with no KIS call; it leaves the user's set")
+    func kisExpiredAcrossGateways() async throws {
+        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        try await withGateway(store: .redis, gateways: 2) { g, urls in
+            let kis = try await g.connect(user: "dave", appKey: "PSapp-dave")
+            let jwt = try await g.jwt("dave")
+            let chart = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
+            #expect(try await g.get(chart, jwt: jwt, kis: kis, base: urls[0]).status == 200)
+            // The second gateway answers from the shared cache and remembers the token's decision.
+            let hit = try await g.get(chart, jwt: jwt, kis: kis, base: urls[1])
+            #expect(hit.status == 200)
+            #expect(hit.header("X-Cache") == "HIT")
+            _ = try await g.sim(.POST, "/__sim/expire", #"{"access_token":"\#(kis)"}"#)
+            let refused = try await g.get("/domestic/chart/daily/005930?start=2025-02-03&end=2025-02-28", jwt: jwt,
+                                          kis: kis, base: urls[0])
+            #expect(refused.code == "kis_token_expired")
+            let calls = try await g.simStats()["domestic_daily"]
+            // The first gateway's `revoked` event reaches the second, which stops serving the token (it kept its
+            // decision for up to 30 s before).
+            #expect(try await eventually(.seconds(5)) {
+                try await g.get(chart, jwt: jwt, kis: kis, base: urls[1]).status == 401
+            })
+            #expect(try await g.get(chart, jwt: jwt, kis: kis, base: urls[1]).code == "kis_token_invalid")
+            #expect(try await g.simStats()["domestic_daily"] == calls)
+            let sha = TokenDirectory.sha256(of: kis)
+            #expect(try await !g.store.setMembers(TokenDirectory.userKey("dave", .live)).contains(sha))
+            #expect(try await TokenDirectory.deadReason(sha256: sha, store: g.store) == "EGW00123")
+        }
+    }
 }
 
 @Suite("Gateway: CORS matrix")
