@@ -54,6 +54,10 @@ final class BrokerScheduler: Service, Sendable {
     let keeper: TokenKeeper
     let refreshInterval: Duration
     let reconcileInterval: Duration
+    /// How often reconciliation runs: `reconcile_interval_s` less one tick (half of it at most). A token lost just
+    /// after a reconciliation read its row is republished by the next one, which must start soon enough for it to be
+    /// back within the interval (store.md) though the loop wakes only once a tick.
+    let reconcilePeriod: Duration
     /// How often the lease is renewed (and checked); the lease lives three times as long.
     let tick: Duration
     let leaseTTL: Duration
@@ -72,6 +76,7 @@ final class BrokerScheduler: Service, Sendable {
         self.reconcileInterval = .seconds(max(1, reconcileIntervalS))
         let tickS = max(1, min(refreshIntervalS, reconcileIntervalS, 10))
         self.tick = .seconds(tickS)
+        self.reconcilePeriod = self.reconcileInterval - min(self.tick, self.reconcileInterval / 2)
         self.leaseTTL = .seconds(tickS * 3)
         self.logger = logger
         self.backoff = Mutex(RefreshBackoff(base: Double(max(1, refreshIntervalS)), cap: 900))
@@ -105,7 +110,13 @@ final class BrokerScheduler: Service, Sendable {
                     if refreshDue && !Task.isCancelled { await self.refreshPass() }
                 }
             }
-            do { try await Task.sleep(for: tick) } catch { return }
+            // Once a tick, or sooner when a reconciliation falls due before the next one.
+            var nap = tick
+            if holdsLease.load(ordering: .relaxed) {
+                let untilReconcile = nextReconcile.withLock { $0 } - ContinuousClock.now
+                nap = max(.milliseconds(100), min(tick, untilReconcile))
+            }
+            do { try await Task.sleep(for: nap) } catch { return }
         }
     }
 
@@ -159,19 +170,21 @@ final class BrokerScheduler: Service, Sendable {
         logger.notice("lost the scheduler lease")
     }
 
-    /// Reconciles if it is time. Called between the accounts of a refresh pass too: a pass over many due accounts
-    /// may take minutes, and what the store lost is republished within `reconcile_interval_s` all the same (store.md).
+    /// Reconciles if it is time (every ``reconcilePeriod``). Called between the accounts of a refresh pass too: a
+    /// pass over many due accounts may take minutes, and what the store lost is republished within
+    /// `reconcile_interval_s` all the same (store.md). One that fails is tried again a tick later.
     private func reconcileIfDue() async {
         let now = ContinuousClock.now
         let due = nextReconcile.withLock { next -> Bool in
             guard now >= next else { return false }
-            next = now + reconcileInterval
+            next = now + reconcilePeriod
             return true
         }
         guard due else { return }
         do { try await keeper.reconcile() } catch {
             if Task.isCancelled { return }
-            logger.warning("reconciliation failed; it runs again next interval", metadata: ["error": "\(error)"])
+            nextReconcile.withLock { $0 = min($0, ContinuousClock.now + tick) }
+            logger.warning("reconciliation failed; it runs again next tick", metadata: ["error": "\(error)"])
         }
     }
 

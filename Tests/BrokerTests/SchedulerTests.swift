@@ -441,6 +441,30 @@ struct SchedulerTests {
         }
     }
 
+    /// store.md: lost tokens are republished "within `[broker] reconcile_interval_s`". With a 2 s refresh interval
+    /// the scheduler wakes every 2 s, and a 3 s reconciliation was due at 3 s but ran at the 4 s wake-up: a token
+    /// lost just after one was back 4 s later. Lost at once after each republication, three times over.
+    @Test("a token lost just after a reconciliation is back within reconcile_interval_s, though the scheduler wakes on a longer grid")
+    func reconcileWithinTheInterval() async throws {
+        try await Self.withKeeper { keeper, repository, store, keyring in
+            let kept = try await Self.save("u-grid", appKey: appKey("grid"), keyring: keyring, in: repository)
+            let record = TokenDirectory.recordKey(kept.sha256)
+            let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 2, reconcileIntervalS: 3, logger: quietLogger)
+            let run = Task { try await scheduler.run() }
+            defer { run.cancel() }
+            try #require(try await eventually { try await store.get(record) != nil })
+            for round in 1...3 {
+                // Just after a reconciliation published it: deleted and timed until the next one puts it back.
+                _ = try await store.delete(record)
+                let lost = ContinuousClock.now
+                let back = try await eventually(timeout: .seconds(6)) { try await store.get(record) != nil }
+                let after = ContinuousClock.now - lost
+                #expect(back)
+                #expect(after <= .seconds(3), "round \(round): back \(after) after the loss (reconcile_interval_s 3)")
+            }
+        }
+    }
+
     @Test("reconciliation does not republish a token revoked while it waited for the app key's issuance lock")
     func reconcileUnderTheIssuanceLock() async throws {
         try await Self.withKeeper { keeper, repository, store, keyring in
