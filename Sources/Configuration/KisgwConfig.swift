@@ -200,15 +200,49 @@ public struct KisgwConfig: Sendable, Equatable {
         public let prefix: String
         public let poolSize: Int
         public let timeoutMs: Int
+        /// `password_file`: a file holding the Redis password alone (the URL then has none), read when the store is
+        /// opened (``resolvedURL()``).
+        public let passwordFile: String?
+        /// Where `password_file` was set (`environment NAME` or the configuration file), for errors.
+        public let passwordFileSource: String?
 
-        public init(url: RedisURL? = nil, prefix: String = "kisgw:", poolSize: Int = 8, timeoutMs: Int = 250) {
+        public init(url: RedisURL? = nil, prefix: String = "kisgw:", poolSize: Int = 8, timeoutMs: Int = 250,
+                    passwordFile: String? = nil, passwordFileSource: String? = nil) {
             self.url = url
             self.prefix = prefix
             self.poolSize = poolSize
             self.timeoutMs = timeoutMs
+            self.passwordFile = passwordFile
+            self.passwordFileSource = passwordFileSource
         }
 
         public var timeout: Duration { .milliseconds(timeoutMs) }
+
+        /// ``url`` with the password of `password_file`, read now (``KisgwConfig/readPasswordFile(_:source:key:)``).
+        /// Called by the roles that open the store (validation for them, and opening it), not at load: `kisgw jwt`
+        /// and `kisgw sim` need no access to the file.
+        public func resolvedURL() throws(ConfigError) -> RedisURL? {
+            guard let url, let path = passwordFile else { return url }
+            let password = try KisgwConfig.readPasswordFile(path, source: passwordFileSource ?? "configuration",
+                                                            key: "redis.password_file")
+            return RedisURL(tls: url.tls, host: url.host, port: url.port, database: url.database,
+                            username: url.username, password: password)
+        }
+    }
+
+    /// The password a `…_password_file` key names: the file's one line, its newline dropped; an empty file, or more
+    /// than one line, is refused naming `key`.
+    static func readPasswordFile(_ path: String, source: String, key: String) throws(ConfigError) -> Secret {
+        var text = try Loader.readText(path, source: source, key: key)
+        if let last = text.last, last.isNewline { text.removeLast() }  // "\n", or "\r\n" (one Character)
+        guard !text.isEmpty else {
+            throw ConfigError(.invalidValue, source: source, key: key, problem: "\(Loader.quoted(path)) is empty")
+        }
+        guard !text.contains(where: \.isNewline) else {
+            throw ConfigError(.invalidValue, source: source, key: key,
+                              problem: "\(Loader.quoted(path)) must hold the password alone, on one line")
+        }
+        return Secret(text)
     }
 
     /// `[seal]`: keys that encrypt token records at rest.
@@ -378,18 +412,9 @@ public struct KisgwConfig: Sendable, Equatable {
         /// the configuration file needs no access to the file.
         public func resolvedDatabase() throws(ConfigError) -> BrokerDatabase {
             guard let path = databasePasswordFile, case .postgres(let url, _) = database else { return database }
-            let source = databasePasswordFileSource ?? "configuration"
-            var text = try Loader.readText(path, source: source, key: "broker.database_password_file")
-            if let last = text.last, last.isNewline { text.removeLast() }  // "\n", or "\r\n" (one Character)
-            guard !text.isEmpty else {
-                throw ConfigError(.invalidValue, source: source, key: "broker.database_password_file",
-                                  problem: "\(Loader.quoted(path)) is empty")
-            }
-            guard !text.contains(where: \.isNewline) else {
-                throw ConfigError(.invalidValue, source: source, key: "broker.database_password_file",
-                                  problem: "\(Loader.quoted(path)) must hold the password alone, on one line")
-            }
-            return .postgres(url: url, password: Secret(text))
+            let password = try KisgwConfig.readPasswordFile(path, source: databasePasswordFileSource ?? "configuration",
+                                                            key: "broker.database_password_file")
+            return .postgres(url: url, password: password)
         }
 
         /// The URL a browser on this machine reaches a server listening on `host`:`port` at — a wildcard address

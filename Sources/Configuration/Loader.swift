@@ -29,7 +29,7 @@ extension KisgwConfig {
             ["algorithms", "hs256_secret_file", "public_keys_file", "issuer", "audience", "leeway_s"]
         ),
         ("store", ["backend"]),
-        ("redis", ["url", "prefix", "pool_size", "timeout_ms"]),
+        ("redis", ["url", "password_file", "prefix", "pool_size", "timeout_ms"]),
         ("seal", ["current", "keys_file"]),
         ("kis", ["live_url", "sandbox_url", "live_rate_per_s", "sandbox_rate_per_s"]),
         ("upstream", ["timeout_ms", "max_queue_ms", "retries"]),
@@ -218,7 +218,8 @@ struct Loader {
                     .secretInFile, source: path, key: "\(section).\(key)",
                     problem: "secrets may not be written in the file: this URL carries a password; set "
                         + "\(KisgwConfig.environmentName(section: section, key: key)) to it instead"
-                        + (section == "broker" ? ", or give the password in [broker] database_password_file" : ""))
+                        + (section == "broker" ? ", or give the password in [broker] database_password_file"
+                            : ", or give the password in [redis] password_file"))
             }
             if section == "seal", key == "keys" {
                 var variable = "KISGW_SEAL_KEYS_<KID>"
@@ -567,11 +568,24 @@ struct Loader {
             }
             prefix = text
         }
+        // Only the path here: the roles that open the store read the file (resolvedURL()).
+        var passwordFile: (path: String, source: String)? = nil
+        if let (path, found) = try string("redis", "password_file", emptyIsUnset: true) {
+            guard let url else {
+                throw invalid(found, "redis", "password_file", "applies to a [redis] url, and none is set")
+            }
+            guard url.password == nil else {
+                throw invalid(found, "redis", "password_file", "the Redis URL carries a password too; give it in one place")
+            }
+            passwordFile = (path, source(of: found))
+        }
         return KisgwConfig.Redis(
             url: url,
             prefix: prefix,
             poolSize: try int("redis", "pool_size", 8, 1...1024),
-            timeoutMs: try int("redis", "timeout_ms", 250, 1...60_000)
+            timeoutMs: try int("redis", "timeout_ms", 250, 1...60_000),
+            passwordFile: passwordFile?.path,
+            passwordFileSource: passwordFile?.source
         )
     }
 

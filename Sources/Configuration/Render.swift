@@ -70,6 +70,7 @@ extension KisgwConfig {
                 line("url", string(url.description))
             }
         }
+        if let path = redis.passwordFile { line("password_file", string(path)) }
         line("prefix", string(redis.prefix))
         line("pool_size", String(redis.poolSize))
         line("timeout_ms", String(redis.timeoutMs))

@@ -57,6 +57,7 @@ extension KisgwConfig {
             guard redis.url != nil else {
                 throw missing("redis.url", "is required when [store] backend is \"redis\"; set KISGW_REDIS_URL or [redis] url")
             }
+            _ = try redis.resolvedURL()  // a password file it cannot read stops it here, naming the key
         }
 
         switch role {

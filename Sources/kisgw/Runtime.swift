@@ -42,7 +42,9 @@ struct Runtime {
             self.store = MemoryStore(keyPrefix: config.redis.prefix)
             self.redis = nil
         case .redis:
-            guard let url = config.redis.url else { throw ValidationErrorLine("[redis] url is required with backend redis") }
+            guard let url = try config.redis.resolvedURL() else {
+                throw ValidationErrorLine("[redis] url is required with backend redis")
+            }
             var rc = RedisConfiguration(host: url.host, port: url.port)
             rc.username = url.username
             rc.password = url.password?.value

@@ -112,11 +112,11 @@ let badInputs: [BadInput] = [
         kind: .secretInFile, hidden: ["secretpw"]),
     BadInput(
         name: "a Redis password in the file", toml: "[redis]\nurl = \"redis://:secretpw@127.0.0.1:6379/0\"",
-        message: "<FILE>: [redis] url: secrets may not be written in the file: this URL carries a password; set KISGW_REDIS_URL to it instead",
+        message: "<FILE>: [redis] url: secrets may not be written in the file: this URL carries a password; set KISGW_REDIS_URL to it instead, or give the password in [redis] password_file",
         kind: .secretInFile, hidden: ["secretpw"]),
     BadInput(
         name: "a Redis user and password in the file", toml: "[redis]\nurl = \"redis://app:secretpw@127.0.0.1:6379/0\"",
-        message: "<FILE>: [redis] url: secrets may not be written in the file: this URL carries a password; set KISGW_REDIS_URL to it instead",
+        message: "<FILE>: [redis] url: secrets may not be written in the file: this URL carries a password; set KISGW_REDIS_URL to it instead, or give the password in [redis] password_file",
         kind: .secretInFile, hidden: ["secretpw"]),
     BadInput(
         name: "seal keys in the file", toml: "[seal.keys]\nk1 = \"\(base64Key(32))\"",
@@ -193,6 +193,16 @@ let badInputs: [BadInput] = [
         environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw:pw@db/kisgw?sslmode=strict"],
         message: "environment KISGW_BROKER_DATABASE: has sslmode=strict; use one of disable, allow, prefer, require, verify-ca, verify-full, got \"postgres://kisgw:[REDACTED]@db/kisgw?sslmode=strict\"",
         kind: .invalidValue, hidden: ["pw@"]),
+    BadInput(
+        name: "a Redis password file and a password in the URL",
+        environment: ["KISGW_REDIS_URL": "redis://:pw@127.0.0.1:6379/0", "KISGW_REDIS_PASSWORD_FILE": "/run/secrets/redis"],
+        message: "environment KISGW_REDIS_PASSWORD_FILE: the Redis URL carries a password too; give it in one place",
+        kind: .invalidValue, hidden: ["pw@"]),
+    BadInput(
+        name: "a Redis password file with no Redis URL",
+        toml: "[redis]\npassword_file = \"/run/secrets/redis\"",
+        message: "<FILE>: [redis] password_file: applies to a [redis] url, and none is set",
+        kind: .invalidValue),
     BadInput(
         name: "a database password file for SQLite",
         toml: "[broker]\ndatabase = \"sqlite:data/b.sqlite\"\ndatabase_password_file = \"/run/secrets/db\"",

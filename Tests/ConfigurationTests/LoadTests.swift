@@ -91,7 +91,7 @@ struct LoadTests {
             ("server", ["host", "port", "request_timeout_ms", "max_header_bytes", "shutdown_grace_s"]),
             ("cors", ["allow_origins", "allow_credentials", "max_age_s"]),
             ("auth.jwt", ["algorithms", "hs256_secret", "hs256_secret_file", "public_keys_file", "issuer", "audience", "leeway_s"]),
-            ("store", ["backend"]), ("redis", ["url", "prefix", "pool_size", "timeout_ms"]),
+            ("store", ["backend"]), ("redis", ["url", "password_file", "prefix", "pool_size", "timeout_ms"]),
             ("seal", ["current", "keys", "keys_file"]),
             ("kis", ["live_url", "sandbox_url", "live_rate_per_s", "sandbox_rate_per_s"]),
             ("upstream", ["timeout_ms", "max_queue_ms", "retries"]),
@@ -369,6 +369,54 @@ struct LoadTests {
                 try config.validate(for: .broker)
             } throws: { error in
                 "\(error)" == "\(source): \(problem)"
+            }
+        }
+    }
+
+    /// config.md: a password in `[redis] url` "only from the environment or a file path". The roles that open the
+    /// store read the file; `kisgw jwt` never does.
+    @Test func redisPasswordFile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-redispw-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("password")
+        try Data("s3cret pw:@/\n".utf8).write(to: file)
+        let environment = ["KISGW_REDIS_URL": "rediss://kisgw@cache.internal:6380/2", "KISGW_REDIS_PASSWORD_FILE": file.path,
+                           "KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_K1": base64Key(32)]
+        let toml = dir.appendingPathComponent("gateway.toml")
+        try Data("[redis]\nurl = \"rediss://kisgw@cache.internal:6380/2\"\npassword_file = \"\(file.path)\"\n".utf8).write(to: toml)
+        var fileEnvironment = environment
+        (fileEnvironment["KISGW_REDIS_URL"], fileEnvironment["KISGW_REDIS_PASSWORD_FILE"]) = (nil, nil)
+        for config in [try KisgwConfig.load(file: toml.path, environment: fileEnvironment),
+                       try KisgwConfig.load(file: nil, environment: environment)] {
+            #expect(config.redis.url?.password == nil)  // not read at load
+            let resolved = try #require(try config.redis.resolvedURL())
+            #expect(resolved == RedisURL(tls: true, host: "cache.internal", port: 6380, database: 2, username: "kisgw",
+                                         password: Secret("s3cret pw:@/")))
+            #expect(!"\(resolved)".contains("s3cret"))
+            let rendered = config.effectiveTOML
+            #expect(rendered.contains("password_file = \"\(file.path)\""), "\(rendered)")
+            #expect(!rendered.contains("s3cret"))
+            try config.validate(for: .gateway)
+            try config.validate(for: .broker)
+        }
+
+        // A file it cannot use stops the gateway and the broker at validation, naming the key; `kisgw jwt` does not
+        // look at it.
+        let empty = dir.appendingPathComponent("empty"), missing = dir.appendingPathComponent("missing").path
+        try Data("".utf8).write(to: empty)
+        for (path, problem) in [(missing, "cannot read \"\(missing)\": no such file"),
+                                (empty.path, "\"\(empty.path)\" is empty")] {
+            var bad = environment
+            bad["KISGW_REDIS_PASSWORD_FILE"] = path
+            let config = try KisgwConfig.load(file: nil, environment: bad)
+            try config.validate(for: .jwt)
+            for role in [KisgwConfig.Role.gateway, .broker] {
+                #expect {
+                    try config.validate(for: role)
+                } throws: { error in
+                    "\(error)" == "environment KISGW_REDIS_PASSWORD_FILE: \(problem)"
+                }
             }
         }
     }
