@@ -128,7 +128,8 @@ struct Simulator: Sendable {
         let appKey = body.appkey!, appSecret = body.appsecret!
         let now = state.now()
         switch state.decideToken(
-            appKey: appKey, reuseWindow: configuration.reuseWindow, issueInterval: configuration.issueInterval, at: now)
+            appKey: appKey, appSecret: appSecret, reuseWindow: configuration.reuseWindow,
+            issueInterval: configuration.issueInterval, at: now)
         {
         case .tooSoon:
             return tokenError("EGW00133", status: .forbidden)

@@ -14,7 +14,8 @@ public struct SimulatorConfiguration: Sendable {
     public var issueInterval: Int
     /// Per-app-key quotation calls per second (sliding one-second window); nil = the environment's default.
     public var ratePerSecond: Int?
-    /// Latency added to every quotation call.
+    /// Latency added to every quotation call that passes the checks (a refused one — bad headers or token,
+    /// `EGW00201` — is answered at once).
     public var latencyMs: Int
     /// When set, only these app key → secret pairs get tokens.
     public var credentials: [String: String]?

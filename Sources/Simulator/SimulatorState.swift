@@ -83,13 +83,18 @@ final class SimulatorState: Sendable {
     }
 
     /// Decides a `tokenP` request: too soon after the last one, the same token again, or a new one.
-    func decideToken(appKey: String, reuseWindow: Int, issueInterval: Int, at now: Date) -> TokenDecision {
+    /// - Parameter appSecret: the request's; the latest token is handed back only to the secret it was issued to (with
+    ///   no `--credentials` any pair is accepted, so another secret for the same app key is another pair: it gets a
+    ///   token of its own, rather than one every quotation would refuse with `EGW00105`).
+    func decideToken(appKey: String, appSecret: String, reuseWindow: Int, issueInterval: Int, at now: Date)
+        -> TokenDecision
+    {
         state.withLock { s in
             if let last = s.lastTokenResponse[appKey], now.timeIntervalSince(last) < Double(issueInterval) {
                 return .tooSoon
             }
             if let tokenString = s.latestToken[appKey], let t = s.tokens[tokenString], !t.revoked, t.expiresAt > now,
-                now.timeIntervalSince(t.issuedAt) < Double(reuseWindow)
+                t.appSecret == appSecret, now.timeIntervalSince(t.issuedAt) < Double(reuseWindow)
             {
                 s.lastTokenResponse[appKey] = now
                 return .reuse(token: tokenString, expiresAt: t.expiresAt)
@@ -159,7 +164,10 @@ final class SimulatorState: Sendable {
     }
 
     func statsSnapshot() -> (calls: [String: Int], errors: [String: Int], issuances: Int, tokens: Int) {
-        state.withLock { s in (s.calls, s.errors, s.issuances, s.tokens.values.filter { !$0.revoked }.count) }
+        let now = self.now()
+        return state.withLock { s in
+            (s.calls, s.errors, s.issuances, s.tokens.values.filter { !$0.revoked && $0.expiresAt > now }.count)
+        }
     }
 
     // MARK: tr_cont cursors
