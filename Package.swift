@@ -182,7 +182,9 @@ let package = Package(
             swiftSettings: strict
         ),
 
-        // The browser UI and client module (../shared/spec/web-client.md), served from package resources.
+        // The browser UI and client module (../shared/spec/web-client.md): the files of Sources/Web/Resources,
+        // embedded in the binary by the EmbedWebAssets build plugin (not SwiftPM resources, which live in a folder
+        // next to the executable that an installed binary does not have).
         .target(
             name: "Web",
             dependencies: [
@@ -190,10 +192,12 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
-            exclude: ["README.md"],
-            resources: [.copy("Resources")],
-            swiftSettings: strict
+            exclude: ["README.md", "Resources"],
+            swiftSettings: strict,
+            plugins: ["EmbedWebAssets"]
         ),
+        .executableTarget(name: "EmbedFiles", swiftSettings: strict),
+        .plugin(name: "EmbedWebAssets", capability: .buildTool(), dependencies: ["EmbedFiles"]),
         .target(
             name: "Broker",
             dependencies: [
@@ -317,6 +321,7 @@ let package = Package(
                 "TestSupport",
                 "Broker",
                 "Gateway",
+                "Web",
                 "KIS",
                 "KisgwConfiguration",
                 "Observability",

@@ -26,6 +26,9 @@ const PROBLEM_LABEL = {
   store_unavailable: '토큰 저장소를 사용할 수 없습니다',
   kis_credentials_rejected: '한국투자증권이 App Key 또는 App Secret 을 거부했습니다',
   kis_rate_limited: '토큰 발급은 App Key 당 1분에 한 번입니다. 잠시 후 다시 시도하세요',
+  method_not_allowed: '지원하지 않는 요청 방식입니다',
+  payload_too_large: '요청 본문이 너무 큽니다',
+  internal_error: '서버 내부 오류가 발생했습니다',
 };
 
 /** A broker or gateway error for the user: the Korean headline of its code, then the server's message and, when KIS
@@ -256,7 +259,7 @@ async function onDisconnect() {
     chartData = null;
     showChartEmpty('계정을 연결한 뒤 종목을 조회하세요');
   } catch (err) {
-    toast(`연결 해제 실패: ${err.message}`, 'error');
+    toast(`연결 해제 실패 — ${describeError(err)}`, 'error');
   } finally {
     button.disabled = false;
   }
@@ -267,7 +270,7 @@ async function onRefreshNow() {
     await client.refresh();
     toast('토큰을 갱신했습니다', 'success');
   } catch (err) {
-    toast(`토큰 갱신 실패: ${err.message}`, 'error');
+    toast(`토큰 갱신 실패 — ${describeError(err)}`, 'error');
   }
 }
 
