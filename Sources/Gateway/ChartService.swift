@@ -376,9 +376,14 @@ final class ChartService: Sendable {
     /// KIS's per-second limit with headroom for network jitter, so the whole fleet never exceeds it.
     ///
     /// KIS counts calls in a sliding one-second window, so calls spaced exactly `1/rate` apart put `rate + 1` in
-    /// some windows once the network shifts them a little. Spacing them `1/(rate − 2)` apart (or `1.25/rate` for
-    /// small rates) keeps every window at least one call under the limit, with one interval of jitter to spare.
-    static func effectiveRate(_ rate: Double) -> Double { rate >= 4 ? rate - 2 : rate / 1.25 }
+    /// some windows once the network shifts them a little. Spacing them `1/(rate − 2)` apart keeps every window at
+    /// least one call under the limit, with one interval of jitter to spare. Small rates are spaced `1.25/rate` apart,
+    /// at most 2 calls a second and never more in a window than the setting's whole calls (1 for 1.5); from 2.5 to 4
+    /// the rate used stays 2, so that a higher setting never gives a lower rate: 18 → 16, 4 → 2, 3 → 2, 1.5 → 1,
+    /// 1 → 0.8.
+    static func effectiveRate(_ rate: Double) -> Double {
+        max(rate - 2, min(rate / 1.25, 2, max(1, rate.rounded(.down))))
+    }
 
     /// - Parameters:
     ///   - rate: the app key's upstream rate (``rateReservation(for:)``).

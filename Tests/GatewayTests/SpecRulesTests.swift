@@ -12,6 +12,24 @@ import Tokens
 /// in process).
 @Suite("Gateway: rules of gateway-api.md asserted one by one")
 struct SpecRulesTests {
+    /// The rate a gateway spaces an app key's KIS calls at, for a configured `[kis] *_rate_per_s`: never more calls
+    /// in any second than the setting, one fewer from 4 up (jitter), and never lower for a higher setting (it was
+    /// 2.4 for 3 and 2 for 4).
+    @Test("the upstream rate used: within KIS's limit, one call under it from 4/s, and rising with the setting")
+    func upstreamRateHeadroom() {
+        var previous = 0.0
+        for tenth in 1...1000 {
+            let rate = Double(tenth) / 10, used = ChartService.effectiveRate(rate)
+            #expect(used > 0 && used >= previous, "\(rate) → \(used), after \(previous)")
+            previous = used
+            // Calls spaced 1/used apart: at most ceil(used) in any one-second window.
+            if rate >= 1 { #expect(used.rounded(.up) <= rate.rounded(.down), "\(rate) → \(used)") }
+            if rate >= 4 { #expect(used.rounded(.up) <= rate.rounded(.down) - 1, "\(rate) → \(used)") }
+        }
+        #expect(ChartService.effectiveRate(18) == 16)
+        #expect(ChartService.effectiveRate(1) == 0.8)
+    }
+
     static let origin = "http://localhost:3000"
 
     static func domesticCalls(_ g: GatewayFixture) async throws -> Int {
