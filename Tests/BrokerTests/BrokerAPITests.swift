@@ -220,9 +220,10 @@ struct BrokerAPITests {
             let key = appKey("vi")
             let first = try #require(try await b.post("/api/kis/token", accountBody(key, secret: "secret-one"),
                                                       jwt: try await b.jwt("u1")).json["token"] as? String)
-            // Two hours on, the user edits the account (a new secret): validate obtains the same token from KIS.
+            // Two hours on, the user edits the account (another account number): validate obtains the same token
+            // from KIS.
             try await b.advanceClocks(7200)
-            let edited = accountBody(key, secret: "secret-two")
+            let edited = accountBody(key, secret: "secret-one", number: "87654321-01")
             #expect(try await b.post("/api/kis/account/validate", edited, jwt: try await b.jwt("u1")).status == 200)
             let adopted = try await b.post("/api/kis/token", edited, jwt: try await b.jwt("u1"))
             #expect(adopted.json["token"] as? String == first, "\(adopted.text)")
