@@ -101,7 +101,8 @@ final class BrokerScheduler: Service, Sendable {
     private func loop() async {
         var nextRefresh = ContinuousClock.now
         while !Task.isCancelled {
-            if await holdLease() {
+            let held = await holdLease()
+            if held {
                 let now = ContinuousClock.now
                 let refreshDue = now >= nextRefresh
                 if refreshDue { nextRefresh = now + refreshInterval }
@@ -110,9 +111,11 @@ final class BrokerScheduler: Service, Sendable {
                     if refreshDue && !Task.isCancelled { await self.refreshPass() }
                 }
             }
-            // Once a tick, or sooner when a reconciliation falls due before the next one.
+            // Once a tick, or sooner when a reconciliation falls due before the next one — only while this copy
+            // holds the lease: otherwise (another copy holds it, or the store does not answer) a reconciliation
+            // overdue here would turn the nap into a loop.
             var nap = tick
-            if holdsLease.load(ordering: .relaxed) {
+            if held && !leaseLost.load(ordering: .relaxed) {
                 let untilReconcile = nextReconcile.withLock { $0 } - ContinuousClock.now
                 nap = max(.milliseconds(100), min(tick, untilReconcile))
             }

@@ -2,6 +2,7 @@
 import Foundation
 import Hummingbird
 import KIS
+import Logging
 import NIOCore
 import Redis
 import Simulator
@@ -465,6 +466,50 @@ struct SchedulerTests {
         }
     }
 
+    /// The lease holder whose store stops answering (here: its Redis user loses every permission, so each command
+    /// fails at once) waits a tick between tries. The nap that brings a due reconciliation forward applies only while
+    /// the lease is held: it once applied whenever the last known state was "held", and an overdue reconciliation
+    /// made it 100 ms — ten tries and ten warnings a second for the whole outage.
+    @Test("a lease holder whose store fails tries again once a tick, not in a loop")
+    func storeFailureWaitsATick() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let admin = RedisClient(configuration: try RedisConfiguration(url: server.url), logger: quietLogger)
+        _ = try await admin.send(RedisCommand("ACL", ["SETUSER", "sched", "on", ">sched-pw", "~*", "&*", "+@all"]))
+        let client = RedisClient(
+            configuration: try RedisConfiguration(url: "redis://sched:sched-pw@127.0.0.1:\(server.port)/0"),
+            logger: quietLogger)
+        let store = RedisStore(client: client, keyPrefix: "sched-fail:")
+        let db = try await TestDatabase.make(.sqlite)
+        defer { Self.remove(db) }
+        let warnings = WarningCount(message: "the shared store does not answer; the scheduler waits")
+        let logger = {
+            var l = Logger(label: "scheduler") { _ in warnings }
+            l.logLevel = .warning
+            return l
+        }()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            group.addTask { await admin.run() }
+            defer { group.cancelAll() }
+            try await withRepository(db) { repository in
+                let keeper = Self.keeper(repository, store: store, keyring: .ephemeral(), kis: nil, refreshInterval: 1,
+                                         clock: { Date() })
+                let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1, logger: logger)
+                let run = Task { try await scheduler.run() }
+                defer { run.cancel() }
+                try #require(try await eventually { scheduler.holdsLease.load(ordering: .relaxed) })
+                _ = try await admin.send(RedisCommand("ACL", ["SETUSER", "sched", "-@all"]))
+                try await Task.sleep(for: .seconds(3))
+                let tries = warnings.count
+                #expect(tries >= 1, "the store's failure was never seen")
+                #expect(tries <= 6, "\(tries) tries in 3 s with a 1 s tick")
+            }
+        }
+        await client.shutdown()
+        await admin.shutdown()
+    }
+
     @Test("reconciliation does not republish a token revoked while it waited for the app key's issuance lock")
     func reconcileUnderTheIssuanceLock() async throws {
         try await Self.withKeeper { keeper, repository, store, keyring in
@@ -679,5 +724,29 @@ final class SlowTokenP: Sendable {
                                  expires_in: 86400)
         return Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
                         body: .init(byteBuffer: ByteBuffer(bytes: try JSONEncoder().encode(t))))
+    }
+}
+
+/// Counts the log records whose message is `message`, from every logger made with it.
+struct WarningCount: LogHandler {
+    let message: String
+    private let seen = Counter()
+
+    init(message: String) { self.message = message }
+
+    var count: Int { seen.value.load(ordering: .relaxed) }
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        if event.message.description == message { seen.value.add(1, ordering: .relaxed) }
+    }
+
+    private final class Counter: Sendable {
+        let value = Atomic<Int>(0)
     }
 }
