@@ -8,8 +8,9 @@ import Tokens
 /// Listens to the store's channels for as long as the gateway runs: `events` (a `revoked` token is forgotten at
 /// once) and the chart-filled channel (wakes requests waiting on another gateway's fetch). Subscriptions are
 /// retried with backoff while the store is down. When a `revoked` event may have gone by unseen — the subscriptions
-/// resume after the store's pub/sub connection was lost, or a message was dropped because this listener fell behind
-/// — every remembered KIS token decision is dropped, and the next request for each token reads its record again.
+/// resume after the store's pub/sub connection was lost, or an event was dropped because this listener fell 4096
+/// behind on the events channel — every remembered KIS token decision is dropped, and the next request for each token
+/// reads its record again. (Fill notices lost the same way only cost their waiters a poll.)
 struct StoreEventListener: Service {
     let store: any SharedStore
     let authorizer: TokenAuthorizer
@@ -24,14 +25,19 @@ struct StoreEventListener: Service {
 
     func run() async throws {
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.listen(to: TokenDirectory.eventsChannel) { self.handleEvent($0) } }
+            group.addTask {
+                await self.listen(to: TokenDirectory.eventsChannel, onLoss: {
+                    self.authorizer.forgetAll()
+                    self.logger.warning("token events were dropped (this gateway fell behind): KIS token decisions dropped")
+                }) { self.handleEvent($0) }
+            }
             group.addTask { await self.listen(to: self.filledChannel) { self.notifier.notify(String(buffer: $0)) } }
             group.addTask {
                 let gaps = self.store.subscriptionGaps()
                 await cancelWhenGracefulShutdown {
                     for await _ in gaps {
                         self.authorizer.forgetAll()
-                        self.logger.notice("store messages may have been lost: KIS token decisions dropped")
+                        self.logger.notice("store subscriptions resumed after a gap: KIS token decisions dropped")
                     }
                 }
             }
@@ -44,7 +50,10 @@ struct StoreEventListener: Service {
         if event.type == "revoked" { authorizer.forget(sha256: event.sha256) }
     }
 
-    private func listen(to channel: String, _ handle: @escaping @Sendable (ByteBuffer) -> Void) async {
+    /// - Parameter onLoss: called when messages of the channel were dropped because this reader fell behind, before
+    ///   the next message is handled.
+    private func listen(to channel: String, onLoss: (@Sendable () -> Void)? = nil,
+                        _ handle: @escaping @Sendable (ByteBuffer) -> Void) async {
         var delay = Duration.milliseconds(100)
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
@@ -53,7 +62,16 @@ struct StoreEventListener: Service {
                 // One task reads the whole subscription until graceful shutdown. `cancelOnGracefulShutdown()` on the
                 // sequence merges it with the shutdown signal, which hands every message through a task of its own:
                 // a second thread hand-off for each message (each fill notice, i.e. each miss of every gateway).
-                await cancelWhenGracefulShutdown { for await message in subscription { handle(message) } }
+                await cancelWhenGracefulShutdown {
+                    var lost = 0
+                    for await message in subscription {
+                        if let onLoss, subscription.lostMessages != lost {
+                            lost = subscription.lostMessages
+                            onLoss()
+                        }
+                        handle(message)
+                    }
+                }
             } catch {
                 logger.warning("store subscription failed; retrying", metadata: ["channel": "\(channel)"])
             }

@@ -131,9 +131,9 @@ public final class RedisClient: Sendable {
     }
 
     /// Yields each time the pub/sub connection is back after it was lost (or could not be opened), once every
-    /// subscription has been renewed on it — the messages published in between were not delivered to anyone — and
-    /// each time a subscription fell 4096 messages behind and lost its oldest: a subscriber that keeps state from them
-    /// (a cache it invalidates) should start afresh. Ends at shutdown.
+    /// subscription has been renewed on it: the messages published in between were not delivered to anyone, so a
+    /// subscriber that keeps state from them (a cache it invalidates) should start afresh. (A subscription whose
+    /// reader falls behind counts what it lost itself: ``RedisSubscription/lostMessages``.) Ends at shutdown.
     public func subscriptionRestorations() -> AsyncStream<Void> {
         self.subscriber.restorations()
     }

@@ -26,11 +26,17 @@ public struct RedisPubSubMessage: Sendable, Hashable {
 /// The subscription ends (and the channels are unsubscribed when no other
 /// subscription needs them) when the sequence is deallocated, its iteration is
 /// cancelled, or the client shuts down. Up to 4096 undelivered messages are
-/// buffered; beyond that the oldest are dropped with a warning, and
-/// `RedisClient.subscriptionRestorations()` yields (as after a lost connection).
+/// buffered; beyond that the oldest are dropped with a warning, and counted in
+/// ``lostMessages``.
 public struct RedisSubscription: AsyncSequence, Sendable {
     public typealias Element = RedisPubSubMessage
     let stream: AsyncStream<RedisPubSubMessage>
+    /// The messages this subscription lost because it fell 4096 behind.
+    public let losses: SubscriptionLosses
+
+    /// How many messages were dropped so far because this subscription's reader fell behind (a subscriber that keeps
+    /// state from them should start afresh when it grows).
+    public var lostMessages: Int { losses.count }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         var iterator: AsyncStream<RedisPubSubMessage>.AsyncIterator
@@ -45,6 +51,18 @@ public struct RedisSubscription: AsyncSequence, Sendable {
     }
 }
 
+/// A count of the messages a subscription lost: dropped because its reader fell behind.
+public final class SubscriptionLosses: Sendable {
+    private let value = Atomic<Int>(0)
+
+    public init() {}
+
+    public var count: Int { value.load(ordering: .relaxed) }
+
+    /// One more message lost.
+    public func add() { value.add(1, ordering: .relaxed) }
+}
+
 /// The dedicated pub/sub connection of a ``RedisClient``: opened on the first
 /// subscription, reopened with backoff whenever it drops, and every active
 /// channel and pattern subscribed again on the new connection.
@@ -53,6 +71,7 @@ final class RedisSubscriber: Sendable {
         var channels: Set<String>
         var patterns: Set<String>
         var continuation: AsyncStream<RedisPubSubMessage>.Continuation
+        var losses: SubscriptionLosses
     }
 
     private struct State {
@@ -90,11 +109,13 @@ final class RedisSubscriber: Sendable {
         let (stream, continuation) = AsyncStream<RedisPubSubMessage>.makeStream(bufferingPolicy: .bufferingNewest(self.bufferSize))
         let channelSet = Set(channels)
         let patternSet = Set(patterns)
+        let losses = SubscriptionLosses()
         let registered: (id: Int, connection: RedisConnection?, newChannels: [String], newPatterns: [String])? = self.state.withLock { state in
             guard !state.isShutdown else { return nil }
             let id = state.nextID
             state.nextID += 1
-            state.subscribers[id] = Subscriber(channels: channelSet, patterns: patternSet, continuation: continuation)
+            state.subscribers[id] = Subscriber(channels: channelSet, patterns: patternSet, continuation: continuation,
+                                               losses: losses)
             var newChannels: [String] = []
             var newPatterns: [String] = []
             for channel in channelSet {
@@ -120,7 +141,7 @@ final class RedisSubscriber: Sendable {
         }
         // Without a connection the supervisor subscribes everything once it connects.
         await self.waitForConfirmation(channels: channelSet, patterns: patternSet)
-        return RedisSubscription(stream: stream)
+        return RedisSubscription(stream: stream, losses: losses)
     }
 
     /// Waits until the server confirmed the channels, the connection is lost, or the timeout passes.
@@ -297,26 +318,18 @@ final class RedisSubscriber: Sendable {
 
     private func deliver(_ message: RedisPubSubMessage, to matches: (Subscriber) -> Bool) {
         let targets = self.state.withLock { state in
-            state.subscribers.values.filter(matches).map(\.continuation)
+            state.subscribers.values.filter(matches).map { ($0.continuation, $0.losses) }
         }
-        var dropped = false
-        for continuation in targets {
+        for (continuation, losses) in targets {
             if case .dropped = continuation.yield(message) {
-                dropped = true
+                losses.add()
                 self.logger.warning("redis pub/sub consumer is slow; dropped a message", metadata: ["channel": "\(message.channel)"])
             }
         }
-        if dropped {
-            // A message lost to a subscriber, as in a gap of the connection: its watchers start afresh.
-            let watchers = self.state.withLock { Array($0.restorationWatchers.values) }
-            for watcher in watchers { watcher.yield() }
-        }
     }
 
-    /// Yields each time messages may have been lost to a subscriber: the pub/sub connection is open again after it
-    /// was lost (or could not be opened), once the subscriptions have been renewed on it (messages published in
-    /// between were not delivered), or a subscriber fell 4096 messages behind and its oldest was dropped. Ends at
-    /// shutdown.
+    /// Yields each time the pub/sub connection is open again after it was lost (or could not be opened), once the
+    /// subscriptions have been renewed on it: messages published in between were not delivered. Ends at shutdown.
     func restorations() -> AsyncStream<Void> {
         let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let id = self.state.withLock { state -> Int? in

@@ -1,4 +1,5 @@
 public import NIOCore
+import Redis
 import Synchronization
 
 /// The in-process store for a single process (`[store] backend = "memory"`): the same contract as
@@ -22,7 +23,7 @@ public final class MemoryStore: SharedStore {
 
     private struct State {
         var items: [String: Item] = [:]
-        var subscribers: [String: [Int: AsyncStream<ByteBuffer>.Continuation]] = [:]
+        var subscribers: [String: [Int: (continuation: AsyncStream<ByteBuffer>.Continuation, losses: SubscriptionLosses)]] = [:]
         var nextSubscriber = 0
         var writes = 0
     }
@@ -233,8 +234,18 @@ public final class MemoryStore: SharedStore {
     }
 
     public func publish(_ message: ByteBuffer, to channel: String) async throws(StoreError) {
-        let continuations = state.withLock { s in Array((s.subscribers[keyPrefix + channel] ?? [:]).values) }
-        for c in continuations { c.yield(message) }
+        let subscribers = state.withLock { s in Array((s.subscribers[keyPrefix + channel] ?? [:]).values) }
+        Self.deliver(message, to: subscribers)
+    }
+
+    /// Hands `message` to each subscriber; one 4096 behind loses its oldest, counted in its `lostMessages`.
+    private static func deliver(
+        _ message: ByteBuffer,
+        to subscribers: [(continuation: AsyncStream<ByteBuffer>.Continuation, losses: SubscriptionLosses)]
+    ) {
+        for s in subscribers {
+            if case .dropped = s.continuation.yield(message) { s.losses.add() }
+        }
     }
 
     public func delete(_ key: String, removing member: String, from setKey: String, announcing message: ByteBuffer,
@@ -247,7 +258,7 @@ public final class MemoryStore: SharedStore {
             Self.remove([member], fromSet: keyPrefix + setKey, in: &s, now: now)
             return Array((s.subscribers[keyPrefix + channel] ?? [:]).values)
         }
-        for c in continuations { c.yield(message) }
+        Self.deliver(message, to: continuations)
     }
 
     /// Removes `members` from the set at the (prefixed) key `k`, deleting it once empty; returns how many were there.
@@ -267,10 +278,11 @@ public final class MemoryStore: SharedStore {
 
     public func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription {
         let (stream, continuation) = AsyncStream.makeStream(of: ByteBuffer.self, bufferingPolicy: .bufferingNewest(4096))
+        let losses = SubscriptionLosses()
         let k = keyPrefix + channel
         let id = state.withLock { s -> Int in
             s.nextSubscriber += 1
-            s.subscribers[k, default: [:]][s.nextSubscriber] = continuation
+            s.subscribers[k, default: [:]][s.nextSubscriber] = (continuation, losses)
             return s.nextSubscriber
         }
         continuation.onTermination = { [weak self] _ in
@@ -279,7 +291,7 @@ public final class MemoryStore: SharedStore {
                 if s.subscribers[k]?.isEmpty == true { s.subscribers.removeValue(forKey: k) }
             }
         }
-        return StoreSubscription(source: .memory(stream))
+        return StoreSubscription(source: .memory(stream), losses: losses)
     }
 
     private static func micros(_ d: Duration) -> Int64 {

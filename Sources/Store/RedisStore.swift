@@ -278,7 +278,10 @@ public final class RedisStore: SharedStore {
     public func subscriptionGaps() -> AsyncStream<Void> { client.subscriptionRestorations() }
 
     public func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription {
-        do { return StoreSubscription(source: .redis(try await client.subscribe(to: [k(channel)]))) } catch {
+        do {
+            let subscription = try await client.subscribe(to: [k(channel)])
+            return StoreSubscription(source: .redis(subscription), losses: subscription.losses)
+        } catch {
             throw Self.map(error)
         }
     }

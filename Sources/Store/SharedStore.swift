@@ -105,14 +105,14 @@ public protocol SharedStore: Sendable {
     /// Messages published on `channel` from now on.
     func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription
 
-    /// Yields each time published messages may have been lost to a subscription: after a gap (the store's pub/sub
-    /// connection dropped and came back), or when a subscriber fell too far behind. A store that never loses them
-    /// never yields.
+    /// Yields each time subscriptions resume after a gap in which published messages were lost (the store's pub/sub
+    /// connection dropped and came back). A store that never loses them that way never yields. (A subscription whose
+    /// reader falls behind counts what it lost itself: ``StoreSubscription/lostMessages``.)
     func subscriptionGaps() -> AsyncStream<Void>
 }
 
 extension SharedStore {
-    /// A store whose subscriptions never miss a message (the memory store): no gap, ever; the sequence ends at once.
+    /// A store with no connection to lose (the memory store): no gap, ever; the sequence ends at once.
     public func subscriptionGaps() -> AsyncStream<Void> { AsyncStream { $0.finish() } }
 
     /// `key` with the store's prefix, as it appears in Redis (e.g. for AAD).

@@ -16,6 +16,17 @@ public struct StoreSubscription: AsyncSequence, Sendable {
     }
 
     let source: Source
+    /// The messages dropped because this subscription's reader fell behind (4096 are kept).
+    let losses: SubscriptionLosses
+
+    init(source: Source, losses: SubscriptionLosses) {
+        self.source = source
+        self.losses = losses
+    }
+
+    /// How many messages were dropped so far because the reader fell 4096 behind: one that keeps state from them (a
+    /// cache it invalidates on `revoked`) should start afresh when this grows.
+    public var lostMessages: Int { losses.count }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         enum Inner {

@@ -261,24 +261,31 @@ struct ResilienceTests {
         #expect(count.withLock { $0 } == 1)
     }
 
-    /// A subscriber that falls more than 4096 messages behind loses the oldest: as lost as in a gap of the connection,
-    /// so `subscriptionRestorations` says so too (a `revoked` event may be among them).
-    @Test func aSubscriberThatFallsBehindIsToldOfTheLoss() async throws {
+    /// A subscriber that falls more than 4096 messages behind loses the oldest, and its subscription counts them
+    /// (`lostMessages`): a `revoked` event may be among them. The other subscriptions, and the connection's gap
+    /// notices, are not concerned.
+    @Test func aSubscriberThatFallsBehindCountsWhatItLost() async throws {
         let server = try RedisServerProcess()
         defer { server.stop() }
         let client = try makeClient(server)
         let restorations = client.subscriptionRestorations()
-        let count = Mutex(0)
-        let watcher = Task { for await _ in restorations { count.withLock { $0 += 1 } } }
-        let subscription = try await client.subscribe(to: ["behind"])
-        // Nobody reads the subscription yet: 4,096 are kept, the rest dropped.
+        let gaps = Mutex(0)
+        let watcher = Task { for await _ in restorations { gaps.withLock { $0 += 1 } } }
+        let behind = try await client.subscribe(to: ["behind"])
+        let reading = try await client.subscribe(to: ["behind"])
+        let read = Mutex(0)
+        let reader = Task { for await _ in reading { read.withLock { $0 += 1 } } }
+        // Nobody reads `behind` yet: 4,096 are kept, the rest dropped and counted.
         for n in 0..<4_200 { _ = try await client.publish(RedisArgument("m\(n)"), to: "behind") }
-        #expect(await TestEnvironment.eventually { count.withLock { $0 } >= 1 })
-        var iterator = subscription.makeAsyncIterator()
-        let oldestKept = await iterator.next()
-        #expect(oldestKept != nil && oldestKept?.string != "m0", "the oldest were dropped: \(oldestKept?.string ?? "nil")")
+        #expect(await TestEnvironment.eventually { read.withLock { $0 } == 4_200 })
+        #expect(behind.lostMessages == 4_200 - 4_096)
+        #expect(reading.lostMessages == 0)
+        var iterator = behind.makeAsyncIterator()
+        #expect(await iterator.next()?.string == "m104")
+        #expect(gaps.withLock { $0 } == 0, "a slow reader is no gap of the connection")
         await client.shutdown()
         await watcher.value
+        await reader.value
     }
 
     @Test func pubSubResubscribesAfterRestart() async throws {

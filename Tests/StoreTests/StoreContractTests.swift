@@ -3,6 +3,7 @@ import KIS
 import NIOCore
 import Redis
 import Store
+import Synchronization
 import Testing
 import Tokens
 
@@ -355,6 +356,26 @@ struct StoreContractTests {
         #expect(await otherIterator.next()?.text == "there")
         try await store.publish(ByteBuffer(bytes: [0, 255, 13, 10]), to: "events")
         #expect(await firstIterator.next().map { Array($0.readableBytesView) } == [0, 255, 13, 10])
+        await close()
+    }
+
+    /// A subscription whose reader falls more than 4096 behind loses the oldest and says how many (`lostMessages`),
+    /// whichever the store; one that keeps up loses none. (The gateway drops its token decisions on such a loss of
+    /// `revoked` events.)
+    @Test(arguments: Backend.available)
+    func aSubscriptionCountsWhatItLost(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        let behind = try await store.subscribe(to: "busy")
+        let reading = try await store.subscribe(to: "busy")
+        let read = Mutex(0)
+        let reader = Task { for await _ in reading { read.withLock { $0 += 1 } } }
+        for n in 0..<4_200 { try await store.publish(ByteBuffer(string: "m\(n)"), to: "busy") }
+        #expect(await eventually { read.withLock { $0 } == 4_200 })
+        #expect(behind.lostMessages == 4_200 - 4_096)
+        #expect(reading.lostMessages == 0)
+        var iterator = behind.makeAsyncIterator()
+        #expect(await iterator.next()?.text == "m104")
+        reader.cancel()
         await close()
     }
 }
