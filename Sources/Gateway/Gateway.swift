@@ -99,7 +99,9 @@ struct GatewayCore: Sendable {
         self.recorder = recorder
         self.verifier = try await JWTVerifier(settings: .init(config: config.auth.jwt))
         let store = dependencies.store, keyring = dependencies.keyring
-        let authorizer = TokenAuthorizer(logger: logger) { (token: String) async throws(StoreError) -> ResolvedToken? in
+        let authorizer = TokenAuthorizer(logger: logger, deadReason: { token in
+            try? await TokenDirectory.deadReason(sha256: TokenDirectory.sha256(of: token), store: store)
+        }) { (token: String) async throws(StoreError) -> ResolvedToken? in
             guard let p = try await TokenDirectory.resolve(token: token, store: store, keyring: keyring) else { return nil }
             return ResolvedToken(
                 userID: p.userID, environment: p.environment, expiresAt: p.expiresAt, sha256: p.sha256,

@@ -35,23 +35,42 @@ final class TokenAuthorizer: Sendable {
         var validUntil: Date
     }
 
-    /// The remembered decisions, and how many times any was forgotten: a lookup that began before a `forget` may
-    /// have read a record from before the revocation, and is not remembered (``authorize(kisToken:userID:now:)``).
+    /// The remembered decisions, and when each token was last forgotten: a lookup that began before its token was
+    /// forgotten (or before everything was) may have read a record from before the revocation, and is not remembered
+    /// (``authorize(kisToken:userID:now:)``). Lookups of other tokens are not concerned.
     private struct Cache {
         var entries: [String: Entry] = [:]
-        var forgets: UInt64 = 0
+        /// Counts forgets.
+        var generation: UInt64 = 0
+        /// The generation of the last `forgetAll` (or of the last time `forgotten` overflowed).
+        var allForgottenAt: UInt64 = 0
+        /// The generation each recently forgotten token (by SHA-256) was forgotten at; at most `forgottenLimit`.
+        var forgotten: [String: UInt64] = [:]
+
+        /// Whether a lookup of the token `sha256` that began at `generation` may be remembered.
+        func mayRemember(_ sha256: String, lookupBegan generation: UInt64) -> Bool {
+            allForgottenAt <= generation && (forgotten[sha256] ?? 0) <= generation
+        }
     }
 
     private let lookup: @Sendable (_ token: String) async throws(StoreError) -> ResolvedToken?
+    private let deadReason: (@Sendable (_ token: String) async -> String?)?
     private let cache = Mutex(Cache())
     private let recheck: TimeInterval
     private let limit = 100_000
+    private let forgottenLimit = 1024
     private let logger: Logger
 
+    /// - Parameters:
+    ///   - lookup: the token's record, opened; nil when there is none.
+    ///   - deadReason: the KIS code a gateway saw KIS refuse the token with (`dead:{sha256}`), asked when its record
+    ///     is gone: `EGW00123` is answered `kis_token_expired` (gateway-api.md), as to the request that met it.
     init(recheck: TimeInterval = 30, logger: Logger = Logger(label: "kisgw.gateway"),
+         deadReason: (@Sendable (_ token: String) async -> String?)? = nil,
          lookup: @escaping @Sendable (_ token: String) async throws(StoreError) -> ResolvedToken?) {
         self.recheck = recheck
         self.logger = logger
+        self.deadReason = deadReason
         self.lookup = lookup
     }
 
@@ -77,7 +96,7 @@ final class TokenAuthorizer: Sendable {
             return token
         }
         let resolved: ResolvedToken?
-        let forgetsBefore = cache.withLock { $0.forgets }
+        let lookupBegan = cache.withLock { $0.generation }
         do { resolved = try await lookup(kisToken) } catch {
             guard error.code.isUnopenable else {
                 throw Problem(.storeUnavailable, "the token store cannot be reached", retryAfter: 1)
@@ -101,6 +120,9 @@ final class TokenAuthorizer: Sendable {
             if let expiry = forgotten?.token.expiresAt ?? KISTokenClaims.expiry(of: kisToken), expiry <= now {
                 throw Problem(.kisTokenExpired, "the KIS token has expired")
             }
+            if let deadReason, await deadReason(kisToken) == "EGW00123" {
+                throw Problem(.kisTokenExpired, "KIS says the token has expired", kisMsgCode: "EGW00123")
+            }
             throw Problem(.kisTokenInvalid, "the KIS token is unknown or was revoked")
         }
         // Whose it is before whether it expired (as when its record is gone): another user learns nothing of it.
@@ -115,7 +137,7 @@ final class TokenAuthorizer: Sendable {
             // A `revoked` event (or a KIS refusal) handled while the record was being read: what was read may be
             // from before it. This request is answered with it (it was under way when the token was revoked), but
             // nothing is remembered: the next request reads the record again.
-            guard c.forgets == forgetsBefore else { return }
+            guard c.mayRemember(resolved.sha256, lookupBegan: lookupBegan) else { return }
             if c.entries.count >= limit { c.entries.removeAll(keepingCapacity: true) }
             c.entries[kisToken] = Entry(token: resolved, validUntil: until)
         }
@@ -125,16 +147,25 @@ final class TokenAuthorizer: Sendable {
     /// Forgets every decision about the token with this SHA-256 (a `revoked` event, or KIS said it expired).
     func forget(sha256: String) {
         cache.withLock { c in
-            c.forgets &+= 1
-            for (k, v) in c.entries where v.token.sha256 == sha256 { c.entries.removeValue(forKey: k) }
+            c.generation &+= 1
+            if c.forgotten.count >= forgottenLimit {
+                c.forgotten.removeAll(keepingCapacity: true)
+                c.allForgottenAt = c.generation
+            }
+            c.forgotten[sha256] = c.generation
+            // The keys first, then the removals: removing while iterating would copy the whole table.
+            let keys = c.entries.compactMap { $0.value.token.sha256 == sha256 ? $0.key : nil }
+            for k in keys { c.entries.removeValue(forKey: k) }
         }
     }
 
-    /// Forgets every decision: a `revoked` event may have been missed (the store's pub/sub connection was lost, or a
-    /// message was dropped).
+    /// Forgets every decision: a `revoked` event may have been missed (the store's pub/sub connection was lost, or
+    /// events were dropped).
     func forgetAll() {
         cache.withLock { c in
-            c.forgets &+= 1
+            c.generation &+= 1
+            c.allForgottenAt = c.generation
+            c.forgotten.removeAll()
             c.entries.removeAll()
         }
     }
