@@ -384,6 +384,14 @@ final class TokenKeeper: Sendable {
                                        issuedAt: now, expiresAt: Int64(issued.expiresAt.timeIntervalSince1970))
             }
             var token = obtained!
+            // A token a gateway saw KIS refuse (`dead:`) that KIS now hands back as current (EGW00121/EGW00122 can be
+            // passing): KIS's word now stands, or every later `token`/`refresh` would expire it and ask KIS again —
+            // an issuance (and a notice to the user) a minute, for the mark's 24 h.
+            if (try? await TokenDirectory.deadReason(sha256: token.sha256, store: self.store)) != nil {
+                _ = try? await self.store.delete(TokenDirectory.deadKey(token.sha256))
+                self.logger.notice("KIS handed back a token a gateway had seen it refuse; it is current again",
+                                   metadata: ["env": "\(env.rawValue)"])
+            }
             // KIS answers the same token again within its reuse window (to tokenP here, or to validate's): keep when
             // it was first issued, which the reuse window counts from, and the expiry KIS gave then.
             if let same = try await repository.token(sha256: token.sha256), same.userID == account.userID {

@@ -113,6 +113,9 @@ struct Simulator: Sendable {
         if let known = configuration.credentials {
             guard let secret = known[appKey] else { return "EGW00103" }
             guard secret == appSecret else { return "EGW00105" }
+        } else if let secret = state.secret(of: appKey), secret != appSecret {
+            // Any pair is accepted once; an app key has one secret after that, as at KIS.
+            return "EGW00105"
         }
         return nil
     }
@@ -128,8 +131,7 @@ struct Simulator: Sendable {
         let appKey = body.appkey!, appSecret = body.appsecret!
         let now = state.now()
         switch state.decideToken(
-            appKey: appKey, appSecret: appSecret, reuseWindow: configuration.reuseWindow,
-            issueInterval: configuration.issueInterval, at: now)
+            appKey: appKey, reuseWindow: configuration.reuseWindow, issueInterval: configuration.issueInterval, at: now)
         {
         case .tooSoon:
             return tokenError("EGW00133", status: .forbidden)

@@ -40,6 +40,8 @@ final class SimulatorState: Sendable {
 
     struct State {
         var tokens: [String: Token] = [:]
+        /// Without `--credentials`: each app key's secret, the one its first token was issued to.
+        var secrets: [String: String] = [:]
         /// App key → the token it was last issued, and when any token request last succeeded.
         var latestToken: [String: String] = [:]
         var lastTokenResponse: [String: Date] = [:]
@@ -83,18 +85,13 @@ final class SimulatorState: Sendable {
     }
 
     /// Decides a `tokenP` request: too soon after the last one, the same token again, or a new one.
-    /// - Parameter appSecret: the request's; the latest token is handed back only to the secret it was issued to (with
-    ///   no `--credentials` any pair is accepted, so another secret for the same app key is another pair: it gets a
-    ///   token of its own, rather than one every quotation would refuse with `EGW00105`).
-    func decideToken(appKey: String, appSecret: String, reuseWindow: Int, issueInterval: Int, at now: Date)
-        -> TokenDecision
-    {
+    func decideToken(appKey: String, reuseWindow: Int, issueInterval: Int, at now: Date) -> TokenDecision {
         state.withLock { s in
             if let last = s.lastTokenResponse[appKey], now.timeIntervalSince(last) < Double(issueInterval) {
                 return .tooSoon
             }
             if let tokenString = s.latestToken[appKey], let t = s.tokens[tokenString], !t.revoked, t.expiresAt > now,
-                t.appSecret == appSecret, now.timeIntervalSince(t.issuedAt) < Double(reuseWindow)
+                now.timeIntervalSince(t.issuedAt) < Double(reuseWindow)
             {
                 s.lastTokenResponse[appKey] = now
                 return .reuse(token: tokenString, expiresAt: t.expiresAt)
@@ -106,8 +103,13 @@ final class SimulatorState: Sendable {
         }
     }
 
+    /// The secret an app key was first issued a token with (without `--credentials`, that pair is the app key's
+    /// from then on, as an app key has one secret at KIS).
+    func secret(of appKey: String) -> String? { state.withLock { $0.secrets[appKey] } }
+
     func record(token: String, appKey: String, appSecret: String, issuedAt: Date, expiresAt: Date) {
         state.withLock { s in
+            if s.secrets[appKey] == nil { s.secrets[appKey] = appSecret }
             s.tokens[token] = Token(appKey: appKey, appSecret: appSecret, issuedAt: issuedAt, expiresAt: expiresAt,
                                     revoked: false)
             s.latestToken[appKey] = token

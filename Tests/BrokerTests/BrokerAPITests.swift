@@ -172,9 +172,14 @@ struct BrokerAPITests {
     func rateLimited() async throws {
         try await withBroker { b in
             let key = appKey("rl")
-            #expect(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1")).status == 200)
-            // The same app key with a new secret: nothing stored can serve it, and KIS refuses a second token.
-            let r = try await b.post("/api/kis/token", accountBody(key, secret: "another-secret"), jwt: try await b.jwt("u1"))
+            let first = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
+            let token = try #require(first.json["token"] as? String)
+            // A gateway saw KIS refuse the token at once (it expired early at KIS): nothing stored can serve the
+            // account, and KIS refuses a second token within the minute.
+            _ = try await b.sim(.POST, "/__sim/expire", #"{"access_token": "\#(token)"}"#)
+            try await TokenDirectory.markDead(sha256: TokenDirectory.sha256(of: token), msgCode: "EGW00123", userID: "u1",
+                                              environment: .sandbox, store: b.store)
+            let r = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
             #expect(r.status == 429)
             #expect(r.code == "kis_rate_limited")
             #expect(r.json["kis_msg_cd"] as? String == "EGW00133")
@@ -208,7 +213,35 @@ struct BrokerAPITests {
             #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u2")).status == 404)
             // Once the first user disconnects, the key is free.
             #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u1")).status == 204)
-            #expect(try await b.post("/api/kis/token", accountBody(key, secret: "s2"), jwt: try await b.jwt("u2")).status == 200)
+            #expect(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u2")).status == 200)
+        }
+    }
+
+    /// A gateway may see KIS refuse a token KIS still holds current (EGW00121/EGW00122 can pass): the refresh then
+    /// gets the same token back from KIS. It is current again — the `dead:` mark cleared — or every later call would
+    /// expire it and ask KIS again (a minute apart, else EGW00133) for the mark's 24 h.
+    @Test("a token marked dead that KIS hands back as current is served again, not re-issued on every call")
+    func deadTokenHandedBack() async throws {
+        try await withBroker(config: quietSchedulerConfig) { b in
+            let key = appKey("back")
+            let first = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
+                .json["token"] as? String)
+            let sha = TokenDirectory.sha256(of: first)
+            try await TokenDirectory.markDead(sha256: sha, msgCode: "EGW00121", userID: "u1", environment: .sandbox,
+                                              store: b.store)
+            try await b.advanceClocks(61)
+            let refreshed = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: try await b.jwt("u1"))
+            #expect(refreshed.status == 200, "\(refreshed.text)")
+            #expect(refreshed.json["token"] as? String == first)  // KIS's reuse window: the same token
+            #expect(try await TokenDirectory.deadReason(sha256: sha, store: b.store) == nil)
+            #expect(try await b.published(first)?.userID == "u1")
+            let calls = try await b.sim(.GET, "/__sim/stats").json["calls"] as? [String: Int]
+            // Served from now on without KIS.
+            for _ in 0..<2 {
+                let again = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
+                #expect(again.status == 200 && again.json["token"] as? String == first, "\(again.text)")
+            }
+            #expect(try await b.sim(.GET, "/__sim/stats").json["calls"] as? [String: Int] == calls)
         }
     }
 

@@ -64,11 +64,11 @@ struct TokenTests {
         // second request decided in between (the signing is an actor call, so one may be) is too soon.
         let state = SimulatorState()
         let now = Date()
-        guard case .issue = state.decideToken(appKey: "PSconcurrent", appSecret: "s", reuseWindow: 21600, issueInterval: 60, at: now) else {
+        guard case .issue = state.decideToken(appKey: "PSconcurrent", reuseWindow: 21600, issueInterval: 60, at: now) else {
             Issue.record("the first request was not issued a token")
             return
         }
-        guard case .tooSoon = state.decideToken(appKey: "PSconcurrent", appSecret: "s", reuseWindow: 21600, issueInterval: 60, at: now)
+        guard case .tooSoon = state.decideToken(appKey: "PSconcurrent", reuseWindow: 21600, issueInterval: 60, at: now)
         else {
             Issue.record("a second request decided before the first token was recorded got a token too")
             return
@@ -105,25 +105,24 @@ struct TokenTests {
         }
     }
 
-    /// With no `--credentials` any pair is accepted: the same app key with another secret (a reconnect with the secret
-    /// retyped) is another pair. It used to be handed the first pair's token, which every quotation then refused with
-    /// `EGW00105` (its secret is not the token's).
-    @Test("within the reuse window another secret for the same app key gets a token of its own, which quotations accept")
-    func reuseOnlyForTheSameSecret() async throws {
+    /// With no `--credentials` any pair is accepted once; the app key's secret is then the one its first token went
+    /// to, as an app key has one secret at KIS. Another secret used to be handed the first pair's token, which every
+    /// quotation then refused with `EGW00105`.
+    @Test("without --credentials an app key keeps the secret of its first token: another is refused with EGW00105 at tokenP")
+    func oneSecretPerAppKey() async throws {
         try await withSimulator(SimulatorConfiguration(port: 0, issueInterval: 60, ratePerSecond: 100)) { sim in
             let first = try await sim.token(appSecret: "secret-one").decode(KISTokenResponse.self)
             _ = try await sim.post("/__sim/clock", ["advance_s": 120])
-            let other = try await sim.token(appSecret: "secret-two").decode(KISTokenResponse.self)
-            #expect(other.access_token != first.access_token)
-            let r = try await sim.domestic(token: other.access_token, from: "20250102", to: "20250110",
-                                           appSecret: "secret-two")
+            let other = try await sim.token(appSecret: "secret-two")
+            #expect(other.status == 403)
+            #expect(other.json["error_code"] as? String == "EGW00105")
+            let again = try await sim.token(appSecret: "secret-one").decode(KISTokenResponse.self)
+            #expect(again.access_token == first.access_token)  // the reuse window, as before
+            let r = try await sim.domestic(token: first.access_token, from: "20250102", to: "20250110",
+                                           appSecret: "secret-one")
             #expect(r.status == 200, "\(r.text)")
-            // Each token still goes with its own secret only.
-            let mixed = try await sim.domestic(token: first.access_token, from: "20250102", to: "20250110",
-                                               appSecret: "secret-two")
-            #expect(mixed.json["msg_cd"] as? String == "EGW00105")
-            // `live_tokens` counts both, and neither once the clock is past their expiry.
-            #expect(try await sim.request(.GET, "/__sim/stats").json["live_tokens"] as? Int == 2)
+            // `live_tokens` counts it, and not once the clock is past its expiry.
+            #expect(try await sim.request(.GET, "/__sim/stats").json["live_tokens"] as? Int == 1)
             _ = try await sim.post("/__sim/clock", ["advance_s": 86_400])
             #expect(try await sim.request(.GET, "/__sim/stats").json["live_tokens"] as? Int == 0)
         }
