@@ -377,12 +377,12 @@ final class ChartService: Sendable {
     ///
     /// KIS counts calls in a sliding one-second window, so calls spaced exactly `1/rate` apart put `rate + 1` in
     /// some windows once the network shifts them a little. Spacing them `1/(rate − 2)` apart keeps every window at
-    /// least one call under the limit, with one interval of jitter to spare. Small rates are spaced `1.25/rate` apart,
-    /// at most 2 calls a second and never more in a window than the setting's whole calls (1 for 1.5); from 2.5 to 4
-    /// the rate used stays 2, so that a higher setting never gives a lower rate: 18 → 16, 4 → 2, 3 → 2, 1.5 → 1,
-    /// 1 → 0.8.
+    /// least one call under the limit, with one interval of jitter to spare. Below 4 a second, calls are spaced
+    /// `1.25/n` apart for the setting's whole calls `n` (at most 2 a second), so that a one-second window, even a
+    /// closed one, never holds more than `n` — and a higher setting never gives a lower rate: 18 → 16, 4 → 2,
+    /// 3 → 2, 2.5 → 1.6, 1.5 → 0.8, 1 → 0.8.
     static func effectiveRate(_ rate: Double) -> Double {
-        max(rate - 2, min(rate / 1.25, 2, max(1, rate.rounded(.down))))
+        max(rate - 2, min(rate / 1.25, 2, max(1, rate.rounded(.down)) / 1.25))
     }
 
     /// - Parameters:
@@ -447,7 +447,8 @@ final class ChartService: Sendable {
             }
             callStarted.withLock { $0 = .now }
         }
-        // A page KIS refused as too frequent (`EGW00201`), or whose call failed on the way, is asked for again — that
+        // A page KIS refused as too frequent (`EGW00201`) or with a transient error (`EGW00001`/`EGW00002`), or whose
+        // call failed on the way, is asked for again — that
         // page only, up to `[upstream] retries` times — after pushing the app key's schedule back for every gateway
         // (a refusal) and a backoff.
         let retries = settings.retries
@@ -460,7 +461,8 @@ final class ChartService: Sendable {
                                                maxWait: .seconds(30))
                 try? await Task.sleep(for: .milliseconds(100 * (1 << attempt) + Int.random(in: 0..<50)))
                 return !Task.isCancelled
-            case .transport:
+            case .transport, .transient:
+                // The call failed on the way, or KIS said its error is transient (EGW00001/EGW00002, kis-api.md §7).
                 try? await Task.sleep(for: .milliseconds(50 * (1 << attempt) + Int.random(in: 0..<50)))
                 return !Task.isCancelled
             default:
@@ -499,10 +501,15 @@ final class ChartService: Sendable {
                 // KIS refused it before its stated expiry: forget it everywhere and tell the broker.
                 authorizer.forget(sha256: token.sha256)
                 let store = self.store, sha = token.sha256, code = e.msgCode ?? "EGW00123"
-                let user = token.userID, environment = token.environment
+                let user = token.userID, environment = token.environment, logger = self.logger
                 background.start {
-                    try? await TokenDirectory.markDead(sha256: sha, msgCode: code, userID: user, environment: environment,
-                                                       store: store)
+                    do {
+                        try await TokenDirectory.markDead(sha256: sha, msgCode: code, userID: user,
+                                                          environment: environment, store: store)
+                    } catch {
+                        // The broker's refresh may hand the same token back; gateways keep their decisions up to 30 s.
+                        logger.warning("could not mark a token KIS refused as dead", metadata: ["error": "\(error)"])
+                    }
                 }
                 if e.kind == .tokenInvalid {
                     throw Problem(.kisTokenInvalid, "KIS refused the token", kisMsgCode: e.msgCode,

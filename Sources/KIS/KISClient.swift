@@ -22,7 +22,7 @@ public struct KISCredentials: Sendable, Hashable {
 public struct KISClientError: Error, CustomStringConvertible, Sendable {
     public struct Kind: Hashable, Sendable, CustomStringConvertible {
         fileprivate enum Base: String { case tokenExpired, tokenInvalid, rateLimited, credentialsRejected,
-            issuanceTooFrequent, upstream, unreadable, timeout, transport }
+            issuanceTooFrequent, transient, upstream, unreadable, timeout, transport }
         fileprivate let base: Base
         /// `EGW00123`: the access token expired.
         public static let tokenExpired = Kind(base: .tokenExpired)
@@ -34,6 +34,8 @@ public struct KISClientError: Error, CustomStringConvertible, Sendable {
         public static let credentialsRejected = Kind(base: .credentialsRejected)
         /// `EGW00133`: a token was issued less than a minute ago.
         public static let issuanceTooFrequent = Kind(base: .issuanceTooFrequent)
+        /// `EGW00001`/`EGW00002`: a transient KIS error ("일시적 오류", "서버 에러"): worth another try.
+        public static let transient = Kind(base: .transient)
         /// Any other KIS error (see `msgCode`, `message`).
         public static let upstream = Kind(base: .upstream)
         /// A body that is not the JSON KIS sends.
@@ -78,6 +80,7 @@ public struct KISClientError: Error, CustomStringConvertible, Sendable {
         case "EGW00201", "EGW00215": .rateLimited
         case "EGW00102", "EGW00103", "EGW00104", "EGW00105": .credentialsRejected
         case "EGW00133": .issuanceTooFrequent
+        case "EGW00001", "EGW00002": .transient
         default: .upstream
         }
     }

@@ -22,9 +22,10 @@ struct SpecRulesTests {
             let rate = Double(tenth) / 10, used = ChartService.effectiveRate(rate)
             #expect(used > 0 && used >= previous, "\(rate) → \(used), after \(previous)")
             previous = used
-            // Calls spaced 1/used apart: at most ceil(used) in any one-second window.
-            if rate >= 1 { #expect(used.rounded(.up) <= rate.rounded(.down), "\(rate) → \(used)") }
-            if rate >= 4 { #expect(used.rounded(.up) <= rate.rounded(.down) - 1, "\(rate) → \(used)") }
+            // Calls spaced 1/used apart: at most floor(used) + 1 in a closed one-second window.
+            let most = used.rounded(.down) + 1
+            if rate >= 1 { #expect(most <= rate.rounded(.down), "\(rate) → \(used)") }
+            if rate >= 4 { #expect(most <= rate.rounded(.down) - 1, "\(rate) → \(used)") }
         }
         #expect(ChartService.effectiveRate(18) == 16)
         #expect(ChartService.effectiveRate(1) == 0.8)

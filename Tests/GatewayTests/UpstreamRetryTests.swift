@@ -105,6 +105,21 @@ struct UpstreamRetryTests {
         #expect(broken.kis.order == expected, "page ends asked: \(broken.kis.order), expected \(expected)")
     }
 
+    @Test("KIS answering one page with its transient error (EGW00001): 200, the same candles, that page asked twice")
+    func onePageTransientError() async throws {
+        let plain = try await Self.fetchThroughStandIn(Self.longChart, store: .memory, user: "plain-e")
+        try #require(plain.answer.status == 200, "\(plain.answer.text)")
+        let pages = plain.kis.calls
+        let transient = try await Self.fetchThroughStandIn(Self.longChart, store: .memory, user: "transient",
+                                                           failing: .transient, fail: [3])
+        #expect(transient.answer.status == 200, "\(transient.answer.status) \(transient.answer.text.prefix(500))")
+        #expect(try Self.candlesJSON(transient.answer) == Self.candlesJSON(plain.answer))
+        var expected = plain.kis.order
+        expected.insert(plain.kis.order[2], at: 2)
+        #expect(transient.kis.calls == pages + 1, "KIS was asked for the page ends \(transient.kis.order)")
+        #expect(transient.kis.order == expected, "page ends asked: \(transient.kis.order), expected \(expected)")
+    }
+
     // MARK: every call refused
 
     @Test("KIS refusing every call with EGW00201: 429 rate_limited with Retry-After and CORS, after 1 + retries calls",
@@ -161,6 +176,8 @@ final class StandInKIS: Sendable {
         case egw00201
         /// Headers promising a body, part of it, then the connection closed.
         case dropConnection
+        /// KIS's transient error: HTTP 500, `EGW00001` envelope ("일시적 오류", kis-api.md §7: retry).
+        case transient
     }
 
     struct Seen: Sendable {
@@ -222,6 +239,13 @@ final class StandInKIS: Sendable {
                 status: .internalServerError, headers: headers,
                 body: .init(byteBuffer: ByteBuffer(
                     string: #"{"rt_cd":"1","msg_cd":"EGW00201","msg1":"초당 거래건수를 초과하였습니다."}"#)))
+        case .transient:
+            var headers = HTTPFields()
+            headers[.contentType] = "application/json; charset=utf-8"
+            return Response(
+                status: .internalServerError, headers: headers,
+                body: .init(byteBuffer: ByteBuffer(
+                    string: #"{"rt_cd":"1","msg_cd":"EGW00001","msg1":"일시적 오류가 발생했습니다."}"#)))
         case .dropConnection:
             var headers = HTTPFields()
             headers[.contentType] = "application/json; charset=utf-8"

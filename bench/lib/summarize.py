@@ -293,19 +293,24 @@ for n in ("preflight", "nginx_preflight", "reject", "nginx_reject", "mixed.cold"
 miss = miss_record()
 rates = {n: r for n, r in records.items() if r.get("kind") == "fixed_rate"}
 # Rounds of one fixed rate (rate.<target>.<pct>.r<k>, interleaved by bench/run): one record with each figure's
-# median over the rounds, and every round's p99.
+# median over the rounds that measured it, and every round's p99 (None for a round with no h2load log).
+def round_number(name):
+    return int(name.rsplit(".r", 1)[1])
+
+
 for base in sorted({n.rsplit(".r", 1)[0] for n in rates if re.search(r"\.r\d+$", n)}):
-    rounds = [rates.pop(n) for n in sorted(rates) if n.rsplit(".r", 1)[0] == base and re.search(r"\.r\d+$", n)]
+    names = sorted((n for n in rates if n.rsplit(".r", 1)[0] == base and re.search(r"\.r\d+$", n)), key=round_number)
+    rounds = [rates.pop(n) for n in names]
+    measured = [r for r in rounds if r["requests"]]
     m = dict(rounds[0])
-    m["name"], m["rounds"] = base, len(rounds)
+    m["name"], m["rounds"], m["rounds_measured"] = base, len(rounds), len(measured)
     m["requests"] = sum(r["requests"] for r in rounds)
-    m["achieved_rps"] = round(statistics.median(r["achieved_rps"] for r in rounds), 1)
-    m["latency_ms"] = {k: (round(statistics.median(r["latency_ms"][k] for r in rounds), 3)
-                           if all(r["latency_ms"][k] is not None for r in rounds) else None)
+    m["achieved_rps"] = round(statistics.median(r["achieved_rps"] for r in measured), 1) if measured else 0
+    m["latency_ms"] = {k: (round(statistics.median(v), 3) if (v := [r["latency_ms"][k] for r in measured
+                                                                      if r["latency_ms"][k] is not None]) else None)
                        for k in rounds[0]["latency_ms"]}
     m["p99_rounds_ms"] = [r["latency_ms"]["p99"] for r in rounds]
-    m["errors"] = {k: (sum(r["errors"][k] for r in rounds) if all(r["errors"][k] is not None for r in rounds) else None)
-                   for k in rounds[0]["errors"]}
+    m["errors"] = {k: sum(r["errors"][k] or 0 for r in rounds) for k in rounds[0]["errors"]}
     m["load_before"] = [r.get("load_before") for r in rounds]
     rates[base] = m
 redis = [x for x in (redis_record("redis.get.csv", "redis GET"), redis_record("redis.get_p16.csv", "redis GET -P 16")) if x]
@@ -350,7 +355,8 @@ if r50:
     targets["p99_at_half_max_under_2ms"] = {"p99_ms": r50["latency_ms"]["p99"], "achieved_rps": r50["achieved_rps"],
                                             "offered_rps": r50["offered_rps"],
                                             "p99_rounds_ms": r50.get("p99_rounds_ms"),
-                                            "met": r50["latency_ms"]["p99"] is not None and r50["latency_ms"]["p99"] < 2}
+                                            "met": r50["latency_ms"]["p99"] is not None and r50["latency_ms"]["p99"] < 2
+                                                   and r50.get("rounds_measured", 1) * 2 > r50.get("rounds", 1)}
 if miss:
     over = miss["over_upstream_direct_ms"]["p50"]
     targets["miss_within_upstream_plus_1ms"] = {"p50_over_upstream_direct_ms": over,
