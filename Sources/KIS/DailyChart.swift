@@ -83,6 +83,11 @@ public struct ExactNumber: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { text }
+
+    /// Whether it is zero (`0`, `0.00`).
+    public var isZero: Bool { text.utf8.allSatisfy { $0 == UInt8(ascii: "0") || $0 == UInt8(ascii: ".") } }
+
+    static let zero = ExactNumber("0")!
 }
 
 /// One normalized daily (or weekly, monthly, yearly) candle.
@@ -107,21 +112,27 @@ public struct Candle: Sendable, Hashable {
     }
 
     init?(_ row: KISDomesticChartPage.Row) {
-        guard let d = row.stck_bsop_date.flatMap({ CivilDate(yyyymmdd: $0) }),
-            let o = row.stck_oprc.flatMap(ExactNumber.init), let h = row.stck_hgpr.flatMap(ExactNumber.init),
-            let l = row.stck_lwpr.flatMap(ExactNumber.init), let c = row.stck_clpr.flatMap(ExactNumber.init),
-            let v = row.acml_vol.flatMap(ExactNumber.init)
-        else { return nil }
-        self.init(date: d, open: o, high: h, low: l, close: c, volume: v,
-                  turnover: row.acml_tr_pbmn.flatMap(ExactNumber.init))
+        self.init(date: row.stck_bsop_date, open: row.stck_oprc, high: row.stck_hgpr, low: row.stck_lwpr,
+                  close: row.stck_clpr, volume: row.acml_vol, turnover: row.acml_tr_pbmn, noTrade: row.mod_yn == "Y")
     }
 
     init?(_ row: KISOverseasChartPage.Row) {
-        guard let d = row.xymd.flatMap({ CivilDate(yyyymmdd: $0) }), let o = row.open.flatMap(ExactNumber.init),
-            let h = row.high.flatMap(ExactNumber.init), let l = row.low.flatMap(ExactNumber.init),
-            let c = row.clos.flatMap(ExactNumber.init), let v = row.tvol.flatMap(ExactNumber.init)
+        self.init(date: row.xymd, open: row.open, high: row.high, low: row.low, close: row.clos, volume: row.tvol,
+                  turnover: row.tamt, noTrade: false)
+    }
+
+    /// A row as KIS wrote it. Without a date or a (non-zero) close there is no candle. A day with no trade — `mod_yn`
+    /// `Y`, or an open, high or low that is blank or zero beside a close (kis-api.md: no open price then) — is a
+    /// flat candle at the close, rather than a spike to zero or a day left out; a blank volume is 0.
+    private init?(date: String?, open: String?, high: String?, low: String?, close: String?, volume: String?,
+                  turnover: String?, noTrade: Bool) {
+        guard let d = date.flatMap({ CivilDate(yyyymmdd: $0) }), let c = close.flatMap(ExactNumber.init), !c.isZero
         else { return nil }
-        self.init(date: d, open: o, high: h, low: l, close: c, volume: v, turnover: row.tamt.flatMap(ExactNumber.init))
+        let prices = [open, high, low].map { $0.flatMap(ExactNumber.init) }
+        let traded = !noTrade && prices.allSatisfy { $0.map { !$0.isZero } ?? false }
+        self.init(date: d, open: traded ? prices[0]! : c, high: traded ? prices[1]! : c, low: traded ? prices[2]! : c,
+                  close: c, volume: volume.flatMap(ExactNumber.init) ?? .zero,
+                  turnover: turnover.flatMap(ExactNumber.init))
     }
 }
 
@@ -146,6 +157,19 @@ public enum DailyChartPager {
 
     /// Upper bound on pages for one chart, against a misbehaving upstream.
     static func pageLimit(start: CivilDate, end: CivilDate) -> Int { (end.dayNumber - start.dayNumber) / 100 + 3 }
+
+    /// The end of the page after one whose oldest bar is dated `oldest`: the day before that bar's period began. A
+    /// weekly, monthly or yearly bar may be dated by its first trading day (the simulator) or its last (KIS's dating
+    /// is not documented): ending the next page the day before `oldest` would, under the second, cut the same period
+    /// short and give a partial bar of it, under another date. python-kis steps back 1/7/30/365 days by period.
+    static func nextPageEnd(oldest: CivilDate, period: String) -> CivilDate {
+        switch period {
+        case "W": oldest.startOfWeek.adding(days: -1)
+        case "M": oldest.startOfMonth.adding(days: -1)
+        case "Y": oldest.startOfYear.adding(days: -1)
+        default: oldest.adding(days: -1)
+        }
+    }
 
     /// One page's call, after `beforeEachCall`, again while `retry` says so: a refusal of page 24 asks for page
     /// 24 again, not for the 23 before it (each page costs one unit of the app key's rate, kis-api.md).
@@ -189,7 +213,7 @@ public enum DailyChartPager {
             guard rows.count >= 100, let oldest = candles.map(\.date).min(), oldest > start, oldest <= pageEnd else {
                 break
             }
-            pageEnd = oldest.adding(days: -1)
+            pageEnd = Self.nextPageEnd(oldest: oldest, period: period)
         }
         return DailyChart(name: name, candles: byDate.values.sorted { $0.date < $1.date }, known: known, calls: calls)
     }
@@ -218,7 +242,7 @@ public enum DailyChartPager {
             guard rows.count >= 100, let oldest = candles.map(\.date).min(), oldest > start, oldest <= pageEnd else {
                 break
             }
-            pageEnd = oldest.adding(days: -1)
+            pageEnd = Self.nextPageEnd(oldest: oldest, period: period)
         }
         return DailyChart(name: nil, candles: byDate.values.sorted { $0.date < $1.date }, known: known, calls: calls)
     }

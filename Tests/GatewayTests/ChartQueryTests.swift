@@ -8,6 +8,52 @@ import Testing
 /// Chart request validation and defaults (gateway-api.md, "Chart routes"), at fixed instants.
 @Suite("Chart queries: parameters, defaults and the cache key (gateway-api.md, Chart routes)")
 struct ChartQueryTests {
+    /// A weekly, monthly or yearly bar dated by its period's first trading day (the simulator) or its last (KIS's
+    /// dating is not documented): either way the next page ends before the period began, so no period is cut short
+    /// into a second, partial bar.
+    /// kis-api.md: `mod_yn` is `Y` "when the day had no trade, hence no open price". Such a day, or one whose open,
+    /// high or low is blank or zero beside a close, is a flat candle at the close (it was a spike to zero, or, blank,
+    /// the day was left out); a row without a close or a date is no candle.
+    @Test("a day with no trade is a flat candle at its close; a row with no close or date is none")
+    func noTradeDays() {
+        typealias Row = KISDomesticChartPage.Row
+        func candle(_ row: Row) -> [String]? {
+            Candle(row).map { [$0.date.iso, $0.open.text, $0.high.text, $0.low.text, $0.close.text, $0.volume.text] }
+        }
+        let traded = Row(stck_bsop_date: "20250303", stck_clpr: "71000", stck_oprc: "70500", stck_hgpr: "71500",
+                         stck_lwpr: "70100", acml_vol: "1200", acml_tr_pbmn: "85000000", mod_yn: "N")
+        #expect(candle(traded) == ["2025-03-03", "70500", "71500", "70100", "71000", "1200"])
+        var halted = traded
+        (halted.stck_oprc, halted.stck_hgpr, halted.stck_lwpr, halted.acml_vol, halted.mod_yn) = ("0", "0", "0", "0", "Y")
+        #expect(candle(halted) == ["2025-03-03", "71000", "71000", "71000", "71000", "0"])
+        var blank = traded
+        (blank.stck_oprc, blank.acml_vol, blank.mod_yn) = ("", "", nil)
+        #expect(candle(blank) == ["2025-03-03", "71000", "71000", "71000", "71000", "0"])
+        var flagged = traded
+        flagged.mod_yn = "Y"
+        #expect(candle(flagged) == ["2025-03-03", "71000", "71000", "71000", "71000", "1200"])
+        for broken in [Row(), Row(stck_bsop_date: "20250303", stck_clpr: ""), Row(stck_bsop_date: "20250303", stck_clpr: "0"),
+                       Row(stck_bsop_date: "", stck_clpr: "71000")] {
+            #expect(candle(broken) == nil)
+        }
+        let overseas = KISOverseasChartPage.Row(xymd: "20250303", clos: "185.6400", open: "0.0000", high: "0.0000",
+                                                low: "0.0000", tvol: "0", tamt: "0")
+        #expect(Candle(overseas).map { [$0.open.text, $0.high.text, $0.low.text] } == ["185.6400", "185.6400", "185.6400"])
+    }
+
+    @Test("the next page ends the day before the oldest bar's period began, whichever day dates the bar")
+    func nextPageEnd() {
+        for (oldest, period, end) in [
+            ("2025-01-06", "W", "2025-01-05"), ("2025-01-10", "W", "2025-01-05"),  // Monday or Friday of one week
+            ("2025-03-04", "M", "2025-02-28"), ("2025-03-31", "M", "2025-02-28"),
+            ("2024-01-02", "Y", "2023-12-31"), ("2024-12-30", "Y", "2023-12-31"),
+            ("2025-03-04", "D", "2025-03-03"),
+        ] {
+            #expect(DailyChartPager.nextPageEnd(oldest: CivilDate(oldest)!, period: period) == CivilDate(end)!,
+                    "\(oldest) \(period)")
+        }
+    }
+
     /// 2025-03-04T23:30Z: 08:30 on 2025-03-05 in Seoul, 18:30 on 2025-03-04 in New York.
     static let now = try! Date("2025-03-04T23:30:00Z", strategy: .iso8601)
 
