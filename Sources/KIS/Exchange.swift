@@ -63,6 +63,16 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
         }
     }
 
+    /// How far behind the exchange KIS's quotes of it run: 15 minutes for Hong Kong, Tokyo, Shanghai, Shenzhen and
+    /// Vietnam (kis-api.md, "Hong Kong, Vietnam, China and Japan are delayed 15 minutes"); none for KRX and the US
+    /// (real time). A chart's freshness is judged at the time its data shows (``FreshnessPolicy``).
+    public var dataDelay: Duration {
+        switch self {
+        case .krx, .nas, .nys, .ams: .zero
+        case .hks, .tse, .shs, .szs, .hsx, .hnx: .seconds(15 * 60)
+        }
+    }
+
     /// Regular sessions in local minutes after midnight (lunch breaks split a day in two).
     public var sessions: [ClosedRange<Int>] {
         switch self {

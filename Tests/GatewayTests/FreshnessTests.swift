@@ -28,7 +28,9 @@ struct FreshnessCase: Sendable, CustomTestStringConvertible {
 /// The freshness policy at fixed instants, with the spec's default TTLs (live 5 s, settled 86400 s): live while
 /// the market's regular session is open, until the next opening while it is closed (at most settled_ttl_s),
 /// settled for ranges that end before the market's current trading day. Hours are the exchanges' own, in their
-/// own time zones, daylight saving included; weekends are closed.
+/// own time zones, daylight saving included; weekends are closed. A case's instant is the time KIS's data shows:
+/// for the markets KIS quotes 15 minutes late (HK, Tokyo, China, Vietnam) the request comes 15 minutes after it
+/// (``Exchange/dataDelay``; `delayedMarkets` has cases at the wall clock).
 @Suite("Freshness: TTLs at fixed instants (gateway-api.md, Freshness)")
 struct FreshnessTests {
     static let defaults = FreshnessPolicy(liveTTL: KisgwConfig.Cache().liveTTLS,
@@ -36,8 +38,9 @@ struct FreshnessTests {
     /// A settled TTL longer than any closure, to see the seconds until the next opening uncapped.
     static let uncapped = FreshnessPolicy(liveTTL: 5, settledTTL: 1_000_000)
 
-    static func ttl(_ c: FreshnessCase, _ policy: FreshnessPolicy = defaults) throws -> Int {
-        let now = try Date(c.at, strategy: .iso8601)
+    static func ttl(_ c: FreshnessCase, _ policy: FreshnessPolicy = defaults, wallClock: Bool = false) throws -> Int {
+        let shown = try Date(c.at, strategy: .iso8601)
+        let now = wallClock ? shown : shown.addingTimeInterval(TimeInterval(c.exchange.dataDelay.components.seconds))
         let end = try #require(CivilDate(c.end))
         let query = ChartQuery(market: c.exchange == .krx ? .domestic : .overseas, exchange: c.exchange,
                                symbol: "TEST", period: "D", adjusted: true, start: end.adding(days: -30), end: end)
@@ -143,6 +146,25 @@ struct FreshnessTests {
         .init(.hnx, "2025-03-11T08:00:00Z", end: "2025-03-11", 64_800, "15:00 ICT: closed until 09:00 next day"),
     ]
 
+    /// kis-api.md: "Hong Kong, Vietnam, China and Japan are delayed 15 minutes". A chart fetched in the 15 minutes
+    /// after such a market closed showed the session's last quarter hour, and was kept until the next day's opening.
+    @Test("HK, Tokyo, China, Vietnam: KIS's data runs 15 minutes late, and the chart's freshness with it; KRX and the US do not",
+          arguments: [
+        FreshnessCase(.tse, "2025-03-11T06:40:00Z", end: "2025-03-11", 5, "15:40 JST: KIS shows 15:25, still open"),
+        FreshnessCase(.tse, "2025-03-11T06:45:00Z", end: "2025-03-11", 63_000,
+                      "15:45 JST: KIS shows the 15:30 close; until KIS shows 09:00 (09:15 JST)"),
+        FreshnessCase(.tse, "2025-03-11T00:10:00Z", end: "2025-03-11", 300, "09:10 JST: KIS shows 08:55; until 09:15"),
+        FreshnessCase(.hks, "2025-03-11T08:20:00Z", end: "2025-03-11", 5, "16:20 HKT: KIS shows 16:05, the closing auction"),
+        FreshnessCase(.hsx, "2025-03-11T07:55:00Z", end: "2025-03-11", 5, "14:55 ICT: KIS shows 14:40, open"),
+        FreshnessCase(.shs, "2025-03-11T03:40:00Z", end: "2025-03-11", 5, "11:40 CST: KIS shows 11:25, open"),
+        FreshnessCase(.shs, "2025-03-11T03:45:00Z", end: "2025-03-11", 5_400, "11:45 CST: lunch as KIS shows it, to 13:15"),
+        FreshnessCase(.krx, "2025-03-11T06:30:00Z", end: "2025-03-11", 63_000, "15:30 KST: real time, closed"),
+        FreshnessCase(.nas, "2025-03-11T20:00:00Z", end: "2025-03-11", 63_000, "16:00 EDT: real time, closed"),
+    ])
+    func delayedMarkets(_ c: FreshnessCase) throws {
+        #expect(try Self.ttl(c, wallClock: true) == c.ttl)
+    }
+
     @Test("HKS, TSE, SHS, SZS, HSX, HNX: their own local hours", arguments: asia)
     func asiaSessions(_ c: FreshnessCase) throws {
         #expect(try Self.ttl(c) == c.ttl)
@@ -162,7 +184,7 @@ struct FreshnessTests {
         // Closed during the break (gateway-api.md: fresh until the next session opens), not live_ttl_s.
         let ttl = try Self.ttl(FreshnessCase(exchange, at, end: "2025-03-11", 0, "lunch"))
         #expect(ttl == untilReopening, "\(exchange.rawValue) at \(at): \(ttl)")
-        let now = try Date(at, strategy: .iso8601)
+        let now = try Date(at, strategy: .iso8601)  // the time KIS's data shows
         #expect(!exchange.isOpen(at: now))
         #expect(exchange.isOpen(at: now.addingTimeInterval(TimeInterval(untilReopening))))
         #expect(exchange.isOpen(at: now.addingTimeInterval(-3600)))  // the morning session, an hour before
