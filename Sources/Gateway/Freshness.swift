@@ -8,17 +8,17 @@ struct FreshnessPolicy: Sendable {
 
     /// Seconds the entry for `query` stays fresh when stored at `now`.
     ///
-    /// Judged at the time KIS's data shows: `now` less the exchange's ``Exchange/dataDelay`` (15 minutes for Hong
-    /// Kong, Tokyo, China and Vietnam). A Tokyo chart fetched at 15:40 holds the session as it was at 15:25 — still
-    /// trading — and is refreshed every `live_ttl_s` until 15:45, when KIS's data reaches the close; closed, it is
-    /// fresh until KIS's data reaches the next opening (09:15).
-    func ttl(for query: ChartQuery, now wallClock: Date) -> Int {
+    /// Live while the session is open (gateway-api.md), and also while KIS's data still shows it open: Hong Kong,
+    /// Tokyo, China and Vietnam are quoted 15 minutes late (``Exchange/dataDelay``), so a Tokyo chart fetched at 15:40
+    /// holds the session as it was at 15:25 and is refreshed every `live_ttl_s` until 15:45.
+    func ttl(for query: ChartQuery, now: Date) -> Int {
         let exchange = query.exchange
-        let now = wallClock.addingTimeInterval(-TimeInterval(exchange.dataDelay.components.seconds))
         let tradingDay = exchange.currentTradingDay(at: now)
         // A range that ends before the current trading day holds settled data.
         if query.end < tradingDay { return settledTTL }
         if exchange.isOpen(at: now) { return liveTTL }
+        let shown = now.addingTimeInterval(-TimeInterval(exchange.dataDelay.components.seconds))
+        if exchange.dataDelay > .zero, exchange.isOpen(at: shown) { return liveTTL }
         // Closed: fresh until the next session opens, at most settled_ttl.
         let untilOpen = Int(exchange.nextOpen(after: now).timeIntervalSince(now).rounded(.up))
         return max(liveTTL, min(settledTTL, untilOpen))

@@ -28,9 +28,8 @@ struct FreshnessCase: Sendable, CustomTestStringConvertible {
 /// The freshness policy at fixed instants, with the spec's default TTLs (live 5 s, settled 86400 s): live while
 /// the market's regular session is open, until the next opening while it is closed (at most settled_ttl_s),
 /// settled for ranges that end before the market's current trading day. Hours are the exchanges' own, in their
-/// own time zones, daylight saving included; weekends are closed. A case's instant is the time KIS's data shows:
-/// for the markets KIS quotes 15 minutes late (HK, Tokyo, China, Vietnam) the request comes 15 minutes after it
-/// (``Exchange/dataDelay``; `delayedMarkets` has cases at the wall clock).
+/// own time zones, daylight saving included; weekends are closed. The markets KIS quotes 15 minutes late (HK, Tokyo,
+/// China, Vietnam) stay live until KIS's data reaches their close (``Exchange/dataDelay``, `delayedMarkets`).
 @Suite("Freshness: TTLs at fixed instants (gateway-api.md, Freshness)")
 struct FreshnessTests {
     static let defaults = FreshnessPolicy(liveTTL: KisgwConfig.Cache().liveTTLS,
@@ -38,9 +37,8 @@ struct FreshnessTests {
     /// A settled TTL longer than any closure, to see the seconds until the next opening uncapped.
     static let uncapped = FreshnessPolicy(liveTTL: 5, settledTTL: 1_000_000)
 
-    static func ttl(_ c: FreshnessCase, _ policy: FreshnessPolicy = defaults, wallClock: Bool = false) throws -> Int {
-        let shown = try Date(c.at, strategy: .iso8601)
-        let now = wallClock ? shown : shown.addingTimeInterval(TimeInterval(c.exchange.dataDelay.components.seconds))
+    static func ttl(_ c: FreshnessCase, _ policy: FreshnessPolicy = defaults) throws -> Int {
+        let now = try Date(c.at, strategy: .iso8601)
         let end = try #require(CivilDate(c.end))
         let query = ChartQuery(market: c.exchange == .krx ? .domestic : .overseas, exchange: c.exchange,
                                symbol: "TEST", period: "D", adjusted: true, start: end.adding(days: -30), end: end)
@@ -119,7 +117,7 @@ struct FreshnessTests {
         .init(.hks, "2025-03-11T02:00:00Z", end: "2025-03-11", 5, "10:00 HKT: open"),
         .init(.hks, "2025-03-11T07:59:00Z", end: "2025-03-11", 5, "15:59 HKT: open"),
         .init(.hks, "2025-03-11T08:05:00Z", end: "2025-03-11", 5, "16:05 HKT: the closing auction, the close not yet set"),
-        .init(.hks, "2025-03-11T08:10:00Z", end: "2025-03-11", 62_400, "16:10 HKT: closed until 09:30 next day"),
+        .init(.hks, "2025-03-11T08:25:00Z", end: "2025-03-11", 61_500, "16:25 HKT (KIS's data at 16:10): closed until 09:30 next day"),
         .init(.hks, "2025-03-11T02:00:00Z", end: "2025-03-10", 86_400, "10:00 HKT, range ending yesterday: settled"),
         .init(.hks, "2025-03-15T02:00:00Z", end: "2025-03-15", 86_400, "Sat 10:00 HKT: weekend, capped"),
         .init(.hks, "2025-12-24T04:05:00Z", end: "2025-12-24", 5, "Christmas Eve 12:05 HKT: the half day's closing auction"),
@@ -129,40 +127,40 @@ struct FreshnessTests {
         .init(.tse, "2025-03-10T23:59:00Z", end: "2025-03-11", 60, "08:59 JST: closed until 09:00"),
         .init(.tse, "2025-03-11T00:00:00Z", end: "2025-03-11", 5, "09:00 JST: open"),
         .init(.tse, "2025-03-11T06:29:00Z", end: "2025-03-11", 5, "15:29 JST: open"),
-        .init(.tse, "2025-03-11T06:30:00Z", end: "2025-03-11", 63_000, "15:30 JST: closed until 09:00 next day"),
+        .init(.tse, "2025-03-11T06:45:00Z", end: "2025-03-11", 62_100, "15:45 JST (KIS's data at 15:30): closed until 09:00 next day"),
         // SSE and SZSE: 09:30–11:30, 13:00–15:00.
         .init(.shs, "2025-03-11T01:29:00Z", end: "2025-03-11", 60, "09:29 CST: closed until 09:30"),
         .init(.shs, "2025-03-11T06:59:00Z", end: "2025-03-11", 5, "14:59 CST: open"),
-        .init(.shs, "2025-03-11T07:00:00Z", end: "2025-03-11", 66_600, "15:00 CST: closed until 09:30 next day"),
+        .init(.shs, "2025-03-11T07:15:00Z", end: "2025-03-11", 65_700, "15:15 CST (KIS's data at 15:00): closed until 09:30 next day"),
         .init(.szs, "2025-03-11T02:00:00Z", end: "2025-03-11", 5, "10:00 CST: open"),
-        .init(.szs, "2025-03-11T07:00:00Z", end: "2025-03-11", 66_600, "15:00 CST: closed until 09:30 next day"),
+        .init(.szs, "2025-03-11T07:15:00Z", end: "2025-03-11", 65_700, "15:15 CST (KIS's data at 15:00): closed until 09:30 next day"),
         // HOSE: 09:00–11:30, 13:00–14:45 (ATC to 14:45).
         .init(.hsx, "2025-03-11T02:00:00Z", end: "2025-03-11", 5, "09:00 ICT: open"),
         .init(.hsx, "2025-03-11T07:44:00Z", end: "2025-03-11", 5, "14:44 ICT: open"),
-        .init(.hsx, "2025-03-11T07:45:00Z", end: "2025-03-11", 65_700, "14:45 ICT: closed until 09:00 next day"),
+        .init(.hsx, "2025-03-11T08:00:00Z", end: "2025-03-11", 64_800, "15:00 ICT (KIS's data at 14:45): closed until 09:00 next day"),
         // HNX: 09:00–11:30, 13:00–15:00 (ATC to 14:45, then the post-close session to 15:00).
         .init(.hnx, "2025-03-11T01:59:00Z", end: "2025-03-11", 60, "08:59 ICT: closed until 09:00"),
         .init(.hnx, "2025-03-11T07:59:00Z", end: "2025-03-11", 5, "14:59 ICT: open"),
-        .init(.hnx, "2025-03-11T08:00:00Z", end: "2025-03-11", 64_800, "15:00 ICT: closed until 09:00 next day"),
+        .init(.hnx, "2025-03-11T08:15:00Z", end: "2025-03-11", 63_900, "15:15 ICT (KIS's data at 15:00): closed until 09:00 next day"),
     ]
 
     /// kis-api.md: "Hong Kong, Vietnam, China and Japan are delayed 15 minutes". A chart fetched in the 15 minutes
     /// after such a market closed showed the session's last quarter hour, and was kept until the next day's opening.
-    @Test("HK, Tokyo, China, Vietnam: KIS's data runs 15 minutes late, and the chart's freshness with it; KRX and the US do not",
+    @Test("HK, Tokyo, China, Vietnam: live until KIS's data, 15 minutes late, reaches the close; KRX and the US are real time",
           arguments: [
         FreshnessCase(.tse, "2025-03-11T06:40:00Z", end: "2025-03-11", 5, "15:40 JST: KIS shows 15:25, still open"),
-        FreshnessCase(.tse, "2025-03-11T06:45:00Z", end: "2025-03-11", 63_000,
-                      "15:45 JST: KIS shows the 15:30 close; until KIS shows 09:00 (09:15 JST)"),
-        FreshnessCase(.tse, "2025-03-11T00:10:00Z", end: "2025-03-11", 300, "09:10 JST: KIS shows 08:55; until 09:15"),
+        FreshnessCase(.tse, "2025-03-11T06:45:00Z", end: "2025-03-11", 62_100,
+                      "15:45 JST: KIS shows the 15:30 close; closed until 09:00"),
+        FreshnessCase(.tse, "2025-03-11T00:10:00Z", end: "2025-03-11", 5, "09:10 JST: open (KIS shows 08:55)"),
         FreshnessCase(.hks, "2025-03-11T08:20:00Z", end: "2025-03-11", 5, "16:20 HKT: KIS shows 16:05, the closing auction"),
         FreshnessCase(.hsx, "2025-03-11T07:55:00Z", end: "2025-03-11", 5, "14:55 ICT: KIS shows 14:40, open"),
         FreshnessCase(.shs, "2025-03-11T03:40:00Z", end: "2025-03-11", 5, "11:40 CST: KIS shows 11:25, open"),
-        FreshnessCase(.shs, "2025-03-11T03:45:00Z", end: "2025-03-11", 5_400, "11:45 CST: lunch as KIS shows it, to 13:15"),
+        FreshnessCase(.shs, "2025-03-11T03:45:00Z", end: "2025-03-11", 4_500, "11:45 CST: lunch as KIS shows it; until 13:00"),
         FreshnessCase(.krx, "2025-03-11T06:30:00Z", end: "2025-03-11", 63_000, "15:30 KST: real time, closed"),
         FreshnessCase(.nas, "2025-03-11T20:00:00Z", end: "2025-03-11", 63_000, "16:00 EDT: real time, closed"),
     ])
     func delayedMarkets(_ c: FreshnessCase) throws {
-        #expect(try Self.ttl(c, wallClock: true) == c.ttl)
+        #expect(try Self.ttl(c) == c.ttl)
     }
 
     @Test("HKS, TSE, SHS, SZS, HSX, HNX: their own local hours", arguments: asia)
@@ -184,7 +182,7 @@ struct FreshnessTests {
         // Closed during the break (gateway-api.md: fresh until the next session opens), not live_ttl_s.
         let ttl = try Self.ttl(FreshnessCase(exchange, at, end: "2025-03-11", 0, "lunch"))
         #expect(ttl == untilReopening, "\(exchange.rawValue) at \(at): \(ttl)")
-        let now = try Date(at, strategy: .iso8601)  // the time KIS's data shows
+        let now = try Date(at, strategy: .iso8601)
         #expect(!exchange.isOpen(at: now))
         #expect(exchange.isOpen(at: now.addingTimeInterval(TimeInterval(untilReopening))))
         #expect(exchange.isOpen(at: now.addingTimeInterval(-3600)))  // the morning session, an hour before
@@ -199,7 +197,7 @@ struct FreshnessTests {
                       "Fri 16:00 KST before the Mon 03-03 holiday: until Tue 09:00"),
         FreshnessCase(.nas, "2025-03-07T21:00:00Z", end: "2025-03-07", 232_200,
                       "Fri 16:00 EST before daylight saving: until Mon 09:30 EDT"),
-        FreshnessCase(.hks, "2025-03-14T08:10:00Z", end: "2025-03-14", 235_200, "Fri 16:10 HKT: until Mon 09:30"),
+        FreshnessCase(.hks, "2025-03-14T08:25:00Z", end: "2025-03-14", 234_300, "Fri 16:25 HKT: until Mon 09:30"),
         // US holidays: closed all day, so a range ending today waits for the next session.
         FreshnessCase(.nas, "2025-11-27T15:00:00Z", end: "2025-11-27", 84_600,
                       "Thanksgiving 10:00 EST: closed until Fri 09:30"),
@@ -217,15 +215,15 @@ struct FreshnessTests {
         FreshnessCase(.ams, "2025-07-03T17:00:00Z", end: "2025-07-03", 333_000,
                       "Thu 07-03 13:00 EDT before Independence Day: until Mon 09:30"),
         // Hong Kong's holidays and half days.
-        FreshnessCase(.hks, "2025-10-06T08:10:00Z", end: "2025-10-06", 148_800,
-                      "Mon 16:10 HKT before the day after Mid-Autumn (Tue 10-07): until Wed 09:30"),
-        FreshnessCase(.hks, "2026-04-02T08:10:00Z", end: "2026-04-02", 494_400,
-                      "Thu 16:10 HKT before Good Friday, Easter Monday and Ching Ming's Tuesday: until Wed 04-08 09:30"),
-        FreshnessCase(.hks, "2025-12-24T04:10:00Z", end: "2025-12-24", 422_400,
-                      "Christmas Eve 12:10 HKT, a half day: until Mon 12-29 09:30"),
+        FreshnessCase(.hks, "2025-10-06T08:25:00Z", end: "2025-10-06", 147_900,
+                      "Mon 16:25 HKT before the day after Mid-Autumn (Tue 10-07): until Wed 09:30"),
+        FreshnessCase(.hks, "2026-04-02T08:25:00Z", end: "2026-04-02", 493_500,
+                      "Thu 16:25 HKT before Good Friday, Easter Monday and Ching Ming's Tuesday: until Wed 04-08 09:30"),
+        FreshnessCase(.hks, "2025-12-24T04:25:00Z", end: "2025-12-24", 421_500,
+                      "Christmas Eve 12:25 HKT, a half day: until Mon 12-29 09:30"),
         // Tokyo's holidays: 2026's Silver Week (Respect for the Aged Day, the day between, the autumnal equinox).
-        FreshnessCase(.tse, "2026-09-18T06:30:00Z", end: "2026-09-18", 495_000,
-                      "Fri 09-18 15:30 JST before 09-21 to 09-23: until Thu 09:00"),
+        FreshnessCase(.tse, "2026-09-18T06:45:00Z", end: "2026-09-18", 494_100,
+                      "Fri 09-18 15:45 JST before 09-21 to 09-23: until Thu 09:00"),
     ])
     func untilNextOpening(_ c: FreshnessCase) throws {
         #expect(try Self.ttl(c, Self.uncapped) == c.ttl)
