@@ -40,8 +40,6 @@ final class SimulatorState: Sendable {
 
     struct State {
         var tokens: [String: Token] = [:]
-        /// Without `--credentials`: each app key's secret, the one its first token was issued to.
-        var secrets: [String: String] = [:]
         /// App key → the token it was last issued, and when any token request last succeeded.
         var latestToken: [String: String] = [:]
         var lastTokenResponse: [String: Date] = [:]
@@ -103,13 +101,8 @@ final class SimulatorState: Sendable {
         }
     }
 
-    /// The secret an app key was first issued a token with (without `--credentials`, that pair is the app key's
-    /// from then on, as an app key has one secret at KIS).
-    func secret(of appKey: String) -> String? { state.withLock { $0.secrets[appKey] } }
-
     func record(token: String, appKey: String, appSecret: String, issuedAt: Date, expiresAt: Date) {
         state.withLock { s in
-            if s.secrets[appKey] == nil { s.secrets[appKey] = appSecret }
             s.tokens[token] = Token(appKey: appKey, appSecret: appSecret, issuedAt: issuedAt, expiresAt: expiresAt,
                                     revoked: false)
             s.latestToken[appKey] = token

@@ -27,7 +27,6 @@ struct GateTests {
                 ("no custtype", full.filter { $0.0 != "custtype" }, "EGW00208"),
                 ("bad custtype", full.map { $0.0 == "custtype" ? ($0.0, "X") : $0 }, "EGW00208"),
                 ("another app key", full.map { $0.0 == "appkey" ? ($0.0, "PSsomeone-else") : $0 }, "EGW00121"),
-                ("another app secret", full.map { $0.0 == "appsecret" ? ($0.0, "wrong") : $0 }, "EGW00105"),
             ]
             for (name, headers, code) in cases {
                 let r = try await sim.request(.GET, path, headers: headers)
@@ -37,6 +36,19 @@ struct GateTests {
                 #expect((r.json["msg1"] as? String)?.isEmpty == false, "\(name)")
                 #expect(r.json["output2"] == nil, "\(name)")
             }
+            // Without --credentials any secret goes with the app key (sim.md: any pair is accepted).
+            let anySecret = try await sim.request(.GET, path, headers: full.map { $0.0 == "appsecret" ? ($0.0, "other") : $0 })
+            #expect(anySecret.status == 200)
+        }
+        // With --credentials, only the app key's own.
+        try await withSimulator(SimulatorConfiguration(port: 0, issueInterval: 0,
+                                                       credentials: ["PSappkey-test-0001": "secret-0001"])) { sim in
+            let token = try await sim.accessToken()
+            let full = SimClient.kisHeaders(token: token, trID: KISTrID.domesticDailyChart)
+            let r = try await sim.request(.GET, KISPath.domesticDailyChart + "?" + q,
+                                          headers: full.map { $0.0 == "appsecret" ? ($0.0, "wrong") : $0 })
+            #expect(r.status == 500)
+            #expect(r.json["msg_cd"] as? String == "EGW00105")
         }
     }
 
