@@ -99,8 +99,14 @@ struct GatewayCore: Sendable {
         self.recorder = recorder
         self.verifier = try await JWTVerifier(settings: .init(config: config.auth.jwt))
         let store = dependencies.store, keyring = dependencies.keyring
-        let authorizer = TokenAuthorizer(logger: logger, deadReason: { token in
-            try? await TokenDirectory.deadReason(sha256: TokenDirectory.sha256(of: token), store: store)
+        let authorizer = TokenAuthorizer(logger: logger, deadReason: { token, userID in
+            // Only a token in KIS's shape can have been marked (no second read for any other string), and only its
+            // owner learns why: another user's is kis_token_invalid, whatever happened to it.
+            guard KISTokenClaims.expiry(of: token) != nil,
+                let mark = try? await TokenDirectory.deadMark(sha256: TokenDirectory.sha256(of: token), store: store),
+                mark.user_id == userID
+            else { return nil }
+            return mark.msg_cd
         }) { (token: String) async throws(StoreError) -> ResolvedToken? in
             guard let p = try await TokenDirectory.resolve(token: token, store: store, keyring: keyring) else { return nil }
             return ResolvedToken(

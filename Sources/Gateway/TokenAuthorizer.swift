@@ -54,7 +54,7 @@ final class TokenAuthorizer: Sendable {
     }
 
     private let lookup: @Sendable (_ token: String) async throws(StoreError) -> ResolvedToken?
-    private let deadReason: (@Sendable (_ token: String) async -> String?)?
+    private let deadReason: (@Sendable (_ token: String, _ userID: String) async -> String?)?
     private let cache = Mutex(Cache())
     private let recheck: TimeInterval
     private let limit = 100_000
@@ -63,10 +63,11 @@ final class TokenAuthorizer: Sendable {
 
     /// - Parameters:
     ///   - lookup: the token's record, opened; nil when there is none.
-    ///   - deadReason: the KIS code a gateway saw KIS refuse the token with (`dead:{sha256}`), asked when its record
-    ///     is gone: `EGW00123` is answered `kis_token_expired` (gateway-api.md), as to the request that met it.
+    ///   - deadReason: the KIS code a gateway saw KIS refuse the token with (`dead:{sha256}`) when the token was the
+    ///     user's, asked when its record is gone: `EGW00123` is answered `kis_token_expired` (gateway-api.md), as to
+    ///     the request that met it.
     init(recheck: TimeInterval = 30, logger: Logger = Logger(label: "kisgw.gateway"),
-         deadReason: (@Sendable (_ token: String) async -> String?)? = nil,
+         deadReason: (@Sendable (_ token: String, _ userID: String) async -> String?)? = nil,
          lookup: @escaping @Sendable (_ token: String) async throws(StoreError) -> ResolvedToken?) {
         self.recheck = recheck
         self.logger = logger
@@ -120,7 +121,7 @@ final class TokenAuthorizer: Sendable {
             if let expiry = forgotten?.token.expiresAt ?? KISTokenClaims.expiry(of: kisToken), expiry <= now {
                 throw Problem(.kisTokenExpired, "the KIS token has expired")
             }
-            if let deadReason, await deadReason(kisToken) == "EGW00123" {
+            if let deadReason, await deadReason(kisToken, userID) == "EGW00123" {
                 throw Problem(.kisTokenExpired, "KIS says the token has expired", kisMsgCode: "EGW00123")
             }
             throw Problem(.kisTokenInvalid, "the KIS token is unknown or was revoked")

@@ -161,6 +161,13 @@ public enum TokenDirectory {
         }
     }
 
+    /// The value of `dead:{sha256}`: the code KIS refused the token with, and its owner.
+    public struct DeadMark: Codable, Sendable, Equatable {
+        public var msg_cd: String
+        public var user_id: String?
+        public var env: KISEnvironment?
+    }
+
     public static func deadKey(_ sha256: String) -> String { "dead:" + sha256 }
 
     /// Records that KIS refused a token as expired or invalid (`EGW00123`/`EGW00121`) before its stated expiry, so the
@@ -171,13 +178,24 @@ public enum TokenDirectory {
     public static func markDead(
         sha256 sha: String, msgCode: String, userID: String, environment: KISEnvironment, store: any SharedStore
     ) async throws(StoreError) {
-        try await store.set(deadKey(sha), to: ByteBuffer(string: msgCode), ttl: .seconds(86_400))
+        let mark: ByteBuffer
+        do { mark = ByteBuffer(bytes: try JSONEncoder().encode(DeadMark(msg_cd: msgCode, user_id: userID, env: environment))) }
+        catch { throw StoreError(.invalidRecord, "cannot encode the dead mark") }
+        try await store.set(deadKey(sha), to: mark, ttl: .seconds(86_400))
         try await unpublish(sha256: sha, userID: userID, environment: environment, store: store)
     }
 
     /// The KIS code a token was refused with, if a gateway saw KIS refuse it.
     public static func deadReason(sha256 sha: String, store: any SharedStore) async throws(StoreError) -> String? {
-        try await store.get(deadKey(sha)).map { String(buffer: $0) }
+        try await deadMark(sha256: sha, store: store)?.msg_cd
+    }
+
+    /// What `dead:{sha256}` says: the KIS code, and whose token it was (a mark written by an older kisgw holds the
+    /// code alone: its owner is then unknown).
+    public static func deadMark(sha256 sha: String, store: any SharedStore) async throws(StoreError) -> DeadMark? {
+        guard let buffer = try await store.get(deadKey(sha)) else { return nil }
+        if let mark = try? JSONDecoder().decode(DeadMark.self, from: Data(buffer.readableBytesView)) { return mark }
+        return DeadMark(msg_cd: String(buffer: buffer), user_id: nil, env: nil)
     }
 
     /// The record of `token`, opened; nil when there is none (unknown, revoked, or expired away).

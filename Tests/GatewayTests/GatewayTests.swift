@@ -451,6 +451,9 @@ struct GatewayAuthTests {
             // As the first gateway said: KIS said it expired (dead:{sha256} holds EGW00123).
             #expect(try await g.get(chart, jwt: jwt, kis: kis, base: urls[1]).code == "kis_token_expired")
             #expect(try await g.get(chart, jwt: jwt, kis: kis, base: urls[0]).code == "kis_token_expired")
+            // Another user presenting it learns nothing of it.
+            #expect(try await g.get(chart, jwt: try await g.jwt("mallory"), kis: kis, base: urls[1]).code
+                    == "kis_token_invalid")
             #expect(try await g.simStats()["domestic_daily"] == calls)
             let sha = TokenDirectory.sha256(of: kis)
             #expect(try await !g.store.setMembers(TokenDirectory.userKey("dave", .live)).contains(sha))
