@@ -113,23 +113,24 @@ public struct Candle: Sendable, Hashable {
 
     init?(_ row: KISDomesticChartPage.Row) {
         self.init(date: row.stck_bsop_date, open: row.stck_oprc, high: row.stck_hgpr, low: row.stck_lwpr,
-                  close: row.stck_clpr, volume: row.acml_vol, turnover: row.acml_tr_pbmn, noTrade: row.mod_yn == "Y")
+                  close: row.stck_clpr, volume: row.acml_vol, turnover: row.acml_tr_pbmn)
     }
 
     init?(_ row: KISOverseasChartPage.Row) {
         self.init(date: row.xymd, open: row.open, high: row.high, low: row.low, close: row.clos, volume: row.tvol,
-                  turnover: row.tamt, noTrade: false)
+                  turnover: row.tamt)
     }
 
-    /// A row as KIS wrote it. Without a date or a (non-zero) close there is no candle. A day with no trade — `mod_yn`
-    /// `Y`, or an open, high or low that is blank or zero beside a close (kis-api.md: no open price then) — is a
-    /// flat candle at the close, rather than a spike to zero or a day left out; a blank volume is 0.
+    /// A row as KIS wrote it. Without a date or a (non-zero) close there is no candle. A day with no trade — an open,
+    /// high or low that is blank or zero beside a close (kis-api.md: `mod_yn` `Y`, no open price) — is a flat candle
+    /// at the close, rather than a spike to zero or a day left out; a blank volume is 0. Prices that are all there
+    /// are kept as they are.
     private init?(date: String?, open: String?, high: String?, low: String?, close: String?, volume: String?,
-                  turnover: String?, noTrade: Bool) {
+                  turnover: String?) {
         guard let d = date.flatMap({ CivilDate(yyyymmdd: $0) }), let c = close.flatMap(ExactNumber.init), !c.isZero
         else { return nil }
         let prices = [open, high, low].map { $0.flatMap(ExactNumber.init) }
-        let traded = !noTrade && prices.allSatisfy { $0.map { !$0.isZero } ?? false }
+        let traded = prices.allSatisfy { $0.map { !$0.isZero } ?? false }
         self.init(date: d, open: traded ? prices[0]! : c, high: traded ? prices[1]! : c, low: traded ? prices[2]! : c,
                   close: c, volume: volume.flatMap(ExactNumber.init) ?? .zero,
                   turnover: turnover.flatMap(ExactNumber.init))
@@ -213,7 +214,10 @@ public enum DailyChartPager {
             guard rows.count >= 100, let oldest = candles.map(\.date).min(), oldest > start, oldest <= pageEnd else {
                 break
             }
-            pageEnd = Self.nextPageEnd(oldest: oldest, period: period)
+            // A weekly (monthly, yearly) bar dated after `start` may still begin the range's first period.
+            let next = Self.nextPageEnd(oldest: oldest, period: period)
+            guard next >= start else { break }
+            pageEnd = next
         }
         return DailyChart(name: name, candles: byDate.values.sorted { $0.date < $1.date }, known: known, calls: calls)
     }
@@ -242,7 +246,10 @@ public enum DailyChartPager {
             guard rows.count >= 100, let oldest = candles.map(\.date).min(), oldest > start, oldest <= pageEnd else {
                 break
             }
-            pageEnd = Self.nextPageEnd(oldest: oldest, period: period)
+            // A weekly (monthly, yearly) bar dated after `start` may still begin the range's first period.
+            let next = Self.nextPageEnd(oldest: oldest, period: period)
+            guard next >= start else { break }
+            pageEnd = next
         }
         return DailyChart(name: nil, candles: byDate.values.sorted { $0.date < $1.date }, known: known, calls: calls)
     }

@@ -159,8 +159,7 @@ extension KISDomesticChartPage: KISTableAnswer {
     static let shape = KISTableShape(
         head: "output1", headFields: ["stck_prpr", "hts_kor_isnm"],
         rows: "output2",
-        rowFields: ["stck_bsop_date", "stck_clpr", "stck_oprc", "stck_hgpr", "stck_lwpr", "acml_vol", "acml_tr_pbmn",
-                    "mod_yn"])
+        rowFields: ["stck_bsop_date", "stck_clpr", "stck_oprc", "stck_hgpr", "stck_lwpr", "acml_vol", "acml_tr_pbmn"])
 
     init?(_ t: KISTable) {
         guard let rt_cd = t.rt_cd, let msg_cd = t.msg_cd, let msg1 = t.msg1 else { return nil }
@@ -171,8 +170,7 @@ extension KISDomesticChartPage: KISTableAnswer {
         output2 = t.hasRows
             ? (0..<t.rowCount).map { r in
                 Row(stck_bsop_date: t.row(r, 0), stck_clpr: t.row(r, 1), stck_oprc: t.row(r, 2),
-                    stck_hgpr: t.row(r, 3), stck_lwpr: t.row(r, 4), acml_vol: t.row(r, 5), acml_tr_pbmn: t.row(r, 6),
-                    mod_yn: t.row(r, 7))
+                    stck_hgpr: t.row(r, 3), stck_lwpr: t.row(r, 4), acml_vol: t.row(r, 5), acml_tr_pbmn: t.row(r, 6))
             } : nil
     }
 }

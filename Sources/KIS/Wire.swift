@@ -353,8 +353,6 @@ public struct KISDomesticChartPage: Decodable, Sendable, Equatable, KISEnveloped
     }
     public struct Row: Decodable, Sendable, Equatable {
         public var stck_bsop_date, stck_clpr, stck_oprc, stck_hgpr, stck_lwpr, acml_vol, acml_tr_pbmn: String?
-        /// `Y` when the day had no trade, hence no open price (kis-api.md §3).
-        public var mod_yn: String?
     }
     public var output1: Snapshot?
     public var output2: [Row]?

@@ -11,9 +11,9 @@ struct ChartQueryTests {
     /// A weekly, monthly or yearly bar dated by its period's first trading day (the simulator) or its last (KIS's
     /// dating is not documented): either way the next page ends before the period began, so no period is cut short
     /// into a second, partial bar.
-    /// kis-api.md: `mod_yn` is `Y` "when the day had no trade, hence no open price". Such a day, or one whose open,
-    /// high or low is blank or zero beside a close, is a flat candle at the close (it was a spike to zero, or, blank,
-    /// the day was left out); a row without a close or a date is no candle.
+    /// kis-api.md: `mod_yn` is `Y` "when the day had no trade, hence no open price". A day whose open, high or low is
+    /// blank or zero beside a close is a flat candle at the close (it was a spike to zero, or, blank, the day was left
+    /// out); prices that are all there are kept; a row without a close or a date is no candle.
     @Test("a day with no trade is a flat candle at its close; a row with no close or date is none")
     func noTradeDays() {
         typealias Row = KISDomesticChartPage.Row
@@ -21,17 +21,14 @@ struct ChartQueryTests {
             Candle(row).map { [$0.date.iso, $0.open.text, $0.high.text, $0.low.text, $0.close.text, $0.volume.text] }
         }
         let traded = Row(stck_bsop_date: "20250303", stck_clpr: "71000", stck_oprc: "70500", stck_hgpr: "71500",
-                         stck_lwpr: "70100", acml_vol: "1200", acml_tr_pbmn: "85000000", mod_yn: "N")
+                         stck_lwpr: "70100", acml_vol: "1200", acml_tr_pbmn: "85000000")
         #expect(candle(traded) == ["2025-03-03", "70500", "71500", "70100", "71000", "1200"])
         var halted = traded
-        (halted.stck_oprc, halted.stck_hgpr, halted.stck_lwpr, halted.acml_vol, halted.mod_yn) = ("0", "0", "0", "0", "Y")
+        (halted.stck_oprc, halted.stck_hgpr, halted.stck_lwpr, halted.acml_vol) = ("0", "0", "0", "0")
         #expect(candle(halted) == ["2025-03-03", "71000", "71000", "71000", "71000", "0"])
         var blank = traded
-        (blank.stck_oprc, blank.acml_vol, blank.mod_yn) = ("", "", nil)
+        (blank.stck_oprc, blank.acml_vol) = ("", "")
         #expect(candle(blank) == ["2025-03-03", "71000", "71000", "71000", "71000", "0"])
-        var flagged = traded
-        flagged.mod_yn = "Y"
-        #expect(candle(flagged) == ["2025-03-03", "71000", "71000", "71000", "71000", "1200"])
         for broken in [Row(), Row(stck_bsop_date: "20250303", stck_clpr: ""), Row(stck_bsop_date: "20250303", stck_clpr: "0"),
                        Row(stck_bsop_date: "", stck_clpr: "71000")] {
             #expect(candle(broken) == nil)

@@ -74,7 +74,7 @@ struct AnswerReaderTests {
     @Test("escapes, Korean text, null and absent parts, keys in any order, extra fields of any type")
     func shapes() throws {
         let page = try read(KISDomesticChartPage.self, #"""
-            {"output2":[{"stck_clpr":"71000","x":[1,{"y":null}],"stck_bsop_date":"20250102","acml_vol":null,"mod_yn":"Y"},
+            {"output2":[{"stck_clpr":"71000","x":[1,{"y":null}],"stck_bsop_date":"20250102","acml_vol":null},
                         {}],
              "msg1":"\uc870\ud68c \"\uc644\ub8cc\"\n","rt_cd":"0","msg_cd":"MCA00000",
              "output1":{"hts_kor_isnm":"삼성전자","stck_prpr":"0","n":1.5e3}}
@@ -82,7 +82,7 @@ struct AnswerReaderTests {
         #expect(page.msg1 == "조회 \"완료\"\n")
         #expect(page.output1 == KISDomesticChartPage.Snapshot(stck_prpr: "0", hts_kor_isnm: "삼성전자"))
         #expect(page.output2 == [
-            KISDomesticChartPage.Row(stck_bsop_date: "20250102", stck_clpr: "71000", mod_yn: "Y"), KISDomesticChartPage.Row(),
+            KISDomesticChartPage.Row(stck_bsop_date: "20250102", stck_clpr: "71000"), KISDomesticChartPage.Row(),
         ])
         let bare = try read(KISOverseasChartPage.self, #"{"rt_cd":"1","msg_cd":"E","msg1":"","output1":null}"#)
         #expect(bare.output1 == nil && bare.output2 == nil && bare.rt_cd == "1")
