@@ -90,34 +90,22 @@ struct UpstreamRetryTests {
         #expect(refused.simCalls == pages)
     }
 
-    @Test("a KIS call of one page failing on the way (connection closed mid-answer): 200, the same candles, that page asked twice")
-    func onePageTransportFailure() async throws {
-        let plain = try await Self.fetchThroughStandIn(Self.longChart, store: .memory, user: "plain-t")
+    /// A call failed on the way (the connection closed mid-answer), or KIS's transient error (`EGW00001`, kis-api.md:
+    /// retry): the page is asked for again.
+    @Test("a KIS call of one page failing on the way, or answered with KIS's transient error: 200, the same candles, that page asked twice",
+          arguments: [(StandInKIS.Failure.dropConnection, 2), (.transient, 3)])
+    func onePageFailingOnce(failure: StandInKIS.Failure, call: Int) async throws {
+        let plain = try await Self.fetchThroughStandIn(Self.longChart, store: .memory, user: "plain-\(call)")
         try #require(plain.answer.status == 200, "\(plain.answer.text)")
         let pages = plain.kis.calls
-        let broken = try await Self.fetchThroughStandIn(Self.longChart, store: .memory, user: "broken",
-                                                        failing: .dropConnection, fail: [2])
+        let broken = try await Self.fetchThroughStandIn(Self.longChart, store: .memory, user: "broken-\(call)",
+                                                        failing: failure, fail: [call])
         #expect(broken.answer.status == 200, "\(broken.answer.status) \(broken.answer.text.prefix(500))")
         #expect(try Self.candlesJSON(broken.answer) == Self.candlesJSON(plain.answer))
         var expected = plain.kis.order
-        expected.insert(plain.kis.order[1], at: 1)
+        expected.insert(plain.kis.order[call - 1], at: call - 1)
         #expect(broken.kis.calls == pages + 1, "KIS was asked for the page ends \(broken.kis.order)")
         #expect(broken.kis.order == expected, "page ends asked: \(broken.kis.order), expected \(expected)")
-    }
-
-    @Test("KIS answering one page with its transient error (EGW00001): 200, the same candles, that page asked twice")
-    func onePageTransientError() async throws {
-        let plain = try await Self.fetchThroughStandIn(Self.longChart, store: .memory, user: "plain-e")
-        try #require(plain.answer.status == 200, "\(plain.answer.text)")
-        let pages = plain.kis.calls
-        let transient = try await Self.fetchThroughStandIn(Self.longChart, store: .memory, user: "transient",
-                                                           failing: .transient, fail: [3])
-        #expect(transient.answer.status == 200, "\(transient.answer.status) \(transient.answer.text.prefix(500))")
-        #expect(try Self.candlesJSON(transient.answer) == Self.candlesJSON(plain.answer))
-        var expected = plain.kis.order
-        expected.insert(plain.kis.order[2], at: 2)
-        #expect(transient.kis.calls == pages + 1, "KIS was asked for the page ends \(transient.kis.order)")
-        #expect(transient.kis.order == expected, "page ends asked: \(transient.kis.order), expected \(expected)")
     }
 
     // MARK: every call refused
