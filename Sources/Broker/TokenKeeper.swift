@@ -304,6 +304,11 @@ final class TokenKeeper: Sendable {
                     let current = try await repository.tokens(userID: row.userID, environment: row.environment)
                     guard current.contains(where: { $0.tokenSHA256 == row.tokenSHA256 && $0.status == .active })
                     else { return false }
+                    // An issuance that held the lock may have published it meanwhile (the row was saved first): no
+                    // second `issued` event for it.
+                    if try await isPublished(row.tokenSHA256, userID: row.userID, environment: row.environment) {
+                        return false
+                    }
                     try await publish(token, account: account)
                     return true
                 }
