@@ -159,6 +159,18 @@ public enum DailyChartPager {
     /// Upper bound on pages for one chart, against a misbehaving upstream.
     static func pageLimit(start: CivilDate, end: CivilDate) -> Int { (end.dayNumber - start.dayNumber) / 100 + 3 }
 
+    /// Keeps a page's candles within `[start, end]` (the first seen of each date) and says where the next page ends:
+    /// nil when this page was the last — fewer than 100 rows, nothing older than `start` left, or an upstream that
+    /// answered past the page's end.
+    static func merge(_ candles: [Candle], rows: Int, into byDate: inout [CivilDate: Candle], start: CivilDate,
+                      end: CivilDate, pageEnd: CivilDate, period: String) -> CivilDate? {
+        for c in candles where c.date >= start && c.date <= end { byDate[c.date] = byDate[c.date] ?? c }
+        guard rows >= 100, let oldest = candles.map(\.date).min(), oldest > start, oldest <= pageEnd else { return nil }
+        // A weekly (monthly, yearly) bar dated after `start` may still begin the range's first period.
+        let next = nextPageEnd(oldest: oldest, period: period)
+        return next >= start ? next : nil
+    }
+
     /// The end of the page after one whose oldest bar is dated `oldest`: the day before that bar's period began. A
     /// weekly, monthly or yearly bar may be dated by its first trading day (the simulator) or its last (KIS's dating
     /// is not documented): ending the next page the day before `oldest` would, under the second, cut the same period
@@ -210,13 +222,9 @@ public enum DailyChartPager {
             }
             let rows = page.output2 ?? []
             let candles = rows.compactMap(Candle.init)
-            for c in candles where c.date >= start && c.date <= end { byDate[c.date] = byDate[c.date] ?? c }
-            guard rows.count >= 100, let oldest = candles.map(\.date).min(), oldest > start, oldest <= pageEnd else {
-                break
-            }
-            // A weekly (monthly, yearly) bar dated after `start` may still begin the range's first period.
-            let next = Self.nextPageEnd(oldest: oldest, period: period)
-            guard next >= start else { break }
+            guard let next = Self.merge(candles, rows: rows.count, into: &byDate, start: start, end: end,
+                                        pageEnd: pageEnd, period: period)
+            else { break }
             pageEnd = next
         }
         return DailyChart(name: name, candles: byDate.values.sorted { $0.date < $1.date }, known: known, calls: calls)
@@ -242,13 +250,9 @@ public enum DailyChartPager {
             // `nrec` counts the valid rows (python-kis truncates to it).
             if let n = page.output1?.nrec.flatMap({ Int($0) }), n < rows.count { rows = Array(rows.prefix(n)) }
             let candles = rows.compactMap(Candle.init)
-            for c in candles where c.date >= start && c.date <= end { byDate[c.date] = byDate[c.date] ?? c }
-            guard rows.count >= 100, let oldest = candles.map(\.date).min(), oldest > start, oldest <= pageEnd else {
-                break
-            }
-            // A weekly (monthly, yearly) bar dated after `start` may still begin the range's first period.
-            let next = Self.nextPageEnd(oldest: oldest, period: period)
-            guard next >= start else { break }
+            guard let next = Self.merge(candles, rows: rows.count, into: &byDate, start: start, end: end,
+                                        pageEnd: pageEnd, period: period)
+            else { break }
             pageEnd = next
         }
         return DailyChart(name: nil, candles: byDate.values.sorted { $0.date < $1.date }, known: known, calls: calls)

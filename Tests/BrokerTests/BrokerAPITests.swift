@@ -176,9 +176,7 @@ struct BrokerAPITests {
             let token = try #require(first.json["token"] as? String)
             // A gateway saw KIS refuse the token at once (it expired early at KIS): nothing stored can serve the
             // account, and KIS refuses a second token within the minute.
-            _ = try await b.sim(.POST, "/__sim/expire", #"{"access_token": "\#(token)"}"#)
-            try await TokenDirectory.markDead(sha256: TokenDirectory.sha256(of: token), msgCode: "EGW00123", userID: "u1",
-                                              environment: .sandbox, store: b.store)
+            try await b.kisRefused(token)
             let r = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
             #expect(r.status == 429)
             #expect(r.code == "kis_rate_limited")
@@ -227,8 +225,7 @@ struct BrokerAPITests {
             let first = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
                 .json["token"] as? String)
             let sha = TokenDirectory.sha256(of: first)
-            try await TokenDirectory.markDead(sha256: sha, msgCode: "EGW00121", userID: "u1", environment: .sandbox,
-                                              store: b.store)
+            try await b.kisRefused(first, code: "EGW00121", endedAtKIS: false)
             try await b.advanceClocks(61)
             let refreshed = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: try await b.jwt("u1"))
             #expect(refreshed.status == 200, "\(refreshed.text)")
@@ -307,15 +304,11 @@ struct BrokerAPITests {
             let key = appKey("dead")
             let first = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: jwt).json["token"] as? String)
             // KIS ended the token early (as after maintenance) and a gateway saw it refused.
-            _ = try await b.sim(.POST, "/__sim/expire", #"{"access_token": "\#(first)"}"#)
-            try await TokenDirectory.markDead(sha256: TokenDirectory.sha256(of: first), msgCode: "EGW00123", userID: "u1",
-                                               environment: .sandbox, store: b.store)
+            try await b.kisRefused(first)
             try await b.advanceClocks(61)  // KIS's minute between issuances
             let second = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1")).json["token"] as? String)
             #expect(second != first)
-            _ = try await b.sim(.POST, "/__sim/expire", #"{"access_token": "\#(second)"}"#)
-            try await TokenDirectory.markDead(sha256: TokenDirectory.sha256(of: second), msgCode: "EGW00123", userID: "u1",
-                                               environment: .sandbox, store: b.store)
+            try await b.kisRefused(second)
             try await b.advanceClocks(61)
             let third = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: try await b.jwt("u1"))
             #expect(third.status == 200)
@@ -591,18 +584,11 @@ struct BrokerAPITests {
     @Test("extra routes from the caller share the router")
     func extraRoutes() async throws {
         try await withBroker { b in
-            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-            let deps = BrokerDependencies(
-                store: b.store, keyring: b.keyring, repository: try b.database.repository(),
-                extraRoutes: { router in router.get("/ui/hello") { _, _ in "hi" } })
-            let app = try await buildBroker(b.config, dependencies: deps, logger: quietLogger) { cont.yield($0) }
-            let task = Task { try await app.runService(gracefulShutdownSignals: []) }
-            defer { task.cancel() }
-            var it = ports.makeAsyncIterator()
-            let url = "http://127.0.0.1:\(await it.next()!)"
-            let r = try await http(.GET, url + "/ui/hello")
-            #expect(r.status == 200)
-            #expect(r.text == "hi")
+            try await b.withBroker(extraRoutes: { router in router.get("/ui/hello") { _, _ in "hi" } }) { url in
+                let r = try await http(.GET, url + "/ui/hello")
+                #expect(r.status == 200)
+                #expect(r.text == "hi")
+            }
         }
     }
 }

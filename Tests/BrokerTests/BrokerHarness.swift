@@ -212,6 +212,28 @@ struct BrokerFixture: Sendable {
         clock.advance(TimeInterval(seconds))
     }
 
+    /// Runs another broker on this fixture's store and database with `extraRoutes` (as `kisgw broker` adds the web
+    /// UI's), for `body`, which gets its base URL.
+    func withBroker(extraRoutes: @escaping @Sendable (Router<BasicRequestContext>) -> Void,
+                    _ body: (_ url: String) async throws -> Void) async throws {
+        let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+        let deps = BrokerDependencies(store: store, keyring: keyring, repository: try database.repository(),
+                                      extraRoutes: extraRoutes)
+        let app = try await buildBroker(config, dependencies: deps, logger: quietLogger) { cont.yield($0) }
+        let task = Task { try await app.runService(gracefulShutdownSignals: []) }
+        defer { task.cancel() }
+        var it = ports.makeAsyncIterator()
+        try await body("http://127.0.0.1:\(await it.next()!)")
+    }
+
+    /// A gateway seeing KIS refuse `token`, a SANDBOX token of `user`'s: KIS ended it (unless `endedAtKIS` is false:
+    /// a refusal KIS does not hold to) and the gateway marks it dead with `code`.
+    func kisRefused(_ token: String, user: String = "u1", code: String = "EGW00123", endedAtKIS: Bool = true) async throws {
+        if endedAtKIS { _ = try await sim(.POST, "/__sim/expire", #"{"access_token": "\#(token)"}"#) }
+        try await TokenDirectory.markDead(sha256: TokenDirectory.sha256(of: token), msgCode: code, userID: user,
+                                          environment: .sandbox, store: store)
+    }
+
     func published(_ token: String) async throws -> PublishedToken? {
         try await TokenDirectory.resolve(token: token, store: store, keyring: keyring)
     }

@@ -32,22 +32,17 @@ struct WebAssetsTests {
     @Test("the broker serves them at / and /ui/ over a real socket")
     func servedByTheBroker() async throws {
         try await withBroker { b in
-            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-            let deps = BrokerDependencies(
-                store: b.store, keyring: b.keyring, repository: try b.database.repository(),
-                extraRoutes: { router in addWebRoutes(to: router) { #"{"demo": false, "gatewayUrl": "http://127.0.0.1:8000"}"# } })
-            let app = try await buildBroker(b.config, dependencies: deps, logger: quietLogger) { cont.yield($0) }
-            let task = Task { try await app.runService(gracefulShutdownSignals: []) }
-            defer { task.cancel() }
-            var it = ports.makeAsyncIterator()
-            let url = "http://127.0.0.1:\(await it.next()!)"
-            let index = try await http(.GET, url + "/")
-            #expect(index.status == 200)
-            #expect(index.header("Content-Type") == "text/html; charset=utf-8")
-            #expect(index.body == (try Data(contentsOf: Self.resources.appendingPathComponent("index.html"))))
-            let client = try await http(.GET, url + "/ui/kis-client.js")
-            #expect(client.header("Content-Type") == "text/javascript; charset=utf-8")
-            #expect(client.body == (try Data(contentsOf: Self.resources.appendingPathComponent("kis-client.js"))))
+            try await b.withBroker(extraRoutes: { router in
+                addWebRoutes(to: router) { #"{"demo": false, "gatewayUrl": "http://127.0.0.1:8000"}"# }
+            }) { url in
+                let index = try await http(.GET, url + "/")
+                #expect(index.status == 200)
+                #expect(index.header("Content-Type") == "text/html; charset=utf-8")
+                #expect(index.body == (try Data(contentsOf: Self.resources.appendingPathComponent("index.html"))))
+                let client = try await http(.GET, url + "/ui/kis-client.js")
+                #expect(client.header("Content-Type") == "text/javascript; charset=utf-8")
+                #expect(client.body == (try Data(contentsOf: Self.resources.appendingPathComponent("kis-client.js"))))
+            }
         }
     }
 }

@@ -326,41 +326,36 @@ struct LoadTests {
     /// config.md: the database password "only through the environment or a file path". The broker reads the file;
     /// a gateway sharing the configuration file never does (it may not be allowed to).
     @Test func databasePasswordFile() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-dbpw-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let file = dir.appendingPathComponent("password")
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
         // One line, as secret mounts write it; the newline is not part of the password, inner spaces are.
-        try Data("p@ss w:rd&1\r\n".utf8).write(to: file)
+        let file = writeFile("p@ss w:rd&1\r\n", name: "password", in: dir)
         let url = "postgres://kisgw@db:5432/kisgw?sslmode=disable"
-        let environment = ["KISGW_BROKER_DATABASE": url, "KISGW_BROKER_DATABASE_PASSWORD_FILE": file.path,
+        let environment = ["KISGW_BROKER_DATABASE": url, "KISGW_BROKER_DATABASE_PASSWORD_FILE": file,
                            "KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_K1": base64Key(32)]
 
         // From the file, and from the environment.
-        let toml = dir.appendingPathComponent("gateway.toml")
-        try Data("[broker]\ndatabase = \"\(url)\"\ndatabase_password_file = \"\(file.path)\"\n".utf8).write(to: toml)
+        let toml = writeFile("[broker]\ndatabase = \"\(url)\"\ndatabase_password_file = \"\(file)\"\n", in: dir)
         var fileEnvironment = environment
         (fileEnvironment["KISGW_BROKER_DATABASE"], fileEnvironment["KISGW_BROKER_DATABASE_PASSWORD_FILE"]) = (nil, nil)
-        for config in [try KisgwConfig.load(file: toml.path, environment: fileEnvironment),
+        for config in [try KisgwConfig.load(file: toml, environment: fileEnvironment),
                        try KisgwConfig.load(file: nil, environment: environment)] {
             #expect(config.broker.database == .postgres(url: Secret(url)))  // not read at load
             #expect(try config.broker.resolvedDatabase() == .postgres(url: Secret(url), password: Secret("p@ss w:rd&1")))
-            #expect(config.broker.databasePasswordFile == file.path)
+            #expect(config.broker.databasePasswordFile == file)
             // Rendered as the file's path.
             let rendered = config.effectiveTOML
-            #expect(rendered.contains("database_password_file = \"\(file.path)\""), "\(rendered)")
+            #expect(rendered.contains("database_password_file = \"\(file)\""), "\(rendered)")
             #expect(!rendered.contains("p@ss"))
         }
 
         // A file the broker cannot use stops it at validation, naming the key; the gateway does not look at it.
-        let missing = dir.appendingPathComponent("missing").path, empty = dir.appendingPathComponent("empty")
-        let twoLines = dir.appendingPathComponent("two-lines")
-        try Data("\n".utf8).write(to: empty)
-        try Data("first\nsecond\n".utf8).write(to: twoLines)
+        let missing = dir + "/missing", empty = writeFile("\n", name: "empty", in: dir)
+        let twoLines = writeFile("first\nsecond\n", name: "two-lines", in: dir)
         let source = "environment KISGW_BROKER_DATABASE_PASSWORD_FILE"
         for (path, problem) in [(missing, "cannot read \"\(missing)\": no such file"),
-                                (empty.path, "\"\(empty.path)\" is empty"),
-                                (twoLines.path, "\"\(twoLines.path)\" must hold the password alone, on one line")] {
+                                (empty, "\"\(empty)\" is empty"),
+                                (twoLines, "\"\(twoLines)\" must hold the password alone, on one line")] {
             var bad = environment
             bad["KISGW_BROKER_DATABASE_PASSWORD_FILE"] = path
             let config = try KisgwConfig.load(file: nil, environment: bad)
@@ -376,18 +371,15 @@ struct LoadTests {
     /// config.md: a password in `[redis] url` "only from the environment or a file path". The roles that open the
     /// store read the file; `kisgw jwt` never does.
     @Test func redisPasswordFile() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-redispw-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let file = dir.appendingPathComponent("password")
-        try Data("s3cret pw:@/\n".utf8).write(to: file)
-        let environment = ["KISGW_REDIS_URL": "rediss://kisgw@cache.internal:6380/2", "KISGW_REDIS_PASSWORD_FILE": file.path,
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let file = writeFile("s3cret pw:@/\n", name: "password", in: dir)
+        let environment = ["KISGW_REDIS_URL": "rediss://kisgw@cache.internal:6380/2", "KISGW_REDIS_PASSWORD_FILE": file,
                            "KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_K1": base64Key(32)]
-        let toml = dir.appendingPathComponent("gateway.toml")
-        try Data("[redis]\nurl = \"rediss://kisgw@cache.internal:6380/2\"\npassword_file = \"\(file.path)\"\n".utf8).write(to: toml)
+        let toml = writeFile("[redis]\nurl = \"rediss://kisgw@cache.internal:6380/2\"\npassword_file = \"\(file)\"\n", in: dir)
         var fileEnvironment = environment
         (fileEnvironment["KISGW_REDIS_URL"], fileEnvironment["KISGW_REDIS_PASSWORD_FILE"]) = (nil, nil)
-        for config in [try KisgwConfig.load(file: toml.path, environment: fileEnvironment),
+        for config in [try KisgwConfig.load(file: toml, environment: fileEnvironment),
                        try KisgwConfig.load(file: nil, environment: environment)] {
             #expect(config.redis.url?.password == nil)  // not read at load
             let resolved = try #require(try config.redis.resolvedURL())
@@ -395,7 +387,7 @@ struct LoadTests {
                                          password: Secret("s3cret pw:@/")))
             #expect(!"\(resolved)".contains("s3cret"))
             let rendered = config.effectiveTOML
-            #expect(rendered.contains("password_file = \"\(file.path)\""), "\(rendered)")
+            #expect(rendered.contains("password_file = \"\(file)\""), "\(rendered)")
             #expect(!rendered.contains("s3cret"))
             try config.validate(for: .gateway)
             try config.validate(for: .broker)
@@ -403,10 +395,9 @@ struct LoadTests {
 
         // A file it cannot use stops the gateway and the broker at validation, naming the key; `kisgw jwt` does not
         // look at it.
-        let empty = dir.appendingPathComponent("empty"), missing = dir.appendingPathComponent("missing").path
-        try Data("".utf8).write(to: empty)
+        let empty = writeFile("", name: "empty", in: dir), missing = dir + "/missing"
         for (path, problem) in [(missing, "cannot read \"\(missing)\": no such file"),
-                                (empty.path, "\"\(empty.path)\" is empty")] {
+                                (empty, "\"\(empty)\" is empty")] {
             var bad = environment
             bad["KISGW_REDIS_PASSWORD_FILE"] = path
             let config = try KisgwConfig.load(file: nil, environment: bad)

@@ -221,19 +221,9 @@ final class StandInKIS: Sendable {
     private func failureResponse() -> Response {
         switch failure {
         case .egw00201:
-            var headers = HTTPFields()
-            headers[.contentType] = "application/json; charset=utf-8"
-            return Response(
-                status: .internalServerError, headers: headers,
-                body: .init(byteBuffer: ByteBuffer(
-                    string: #"{"rt_cd":"1","msg_cd":"EGW00201","msg1":"초당 거래건수를 초과하였습니다."}"#)))
+            return Self.kisError("EGW00201", "초당 거래건수를 초과하였습니다.")
         case .transient:
-            var headers = HTTPFields()
-            headers[.contentType] = "application/json; charset=utf-8"
-            return Response(
-                status: .internalServerError, headers: headers,
-                body: .init(byteBuffer: ByteBuffer(
-                    string: #"{"rt_cd":"1","msg_cd":"EGW00001","msg1":"일시적 오류가 발생했습니다."}"#)))
+            return Self.kisError("EGW00001", "일시적 오류가 발생했습니다.")
         case .dropConnection:
             var headers = HTTPFields()
             headers[.contentType] = "application/json; charset=utf-8"
@@ -243,6 +233,15 @@ final class StandInKIS: Sendable {
                 throw CancellationError()  // the server closes the connection mid-body
             })
         }
+    }
+
+    /// KIS's error answer: HTTP 500 with its envelope.
+    private static func kisError(_ code: String, _ message: String) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json; charset=utf-8"
+        return Response(
+            status: .internalServerError, headers: headers,
+            body: .init(byteBuffer: ByteBuffer(string: #"{"rt_cd":"1","msg_cd":"\#(code)","msg1":"\#(message)"}"#)))
     }
 
     private func forward(_ request: Request) async throws -> Response {
