@@ -277,7 +277,7 @@ let package = Package(
         ),
         .testTarget(
             name: "KisgwConfigurationTests",
-            dependencies: ["KisgwConfiguration", "Observability", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["KisgwConfiguration", "Observability", "TestSupport", .product(name: "Logging", package: "swift-log")],
             path: "Tests/ConfigurationTests",
             swiftSettings: strict
         ),

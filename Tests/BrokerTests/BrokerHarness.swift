@@ -81,8 +81,7 @@ struct TestDatabase: Sendable {
     static func make(_ kind: DatabaseKind, owner: String? = nil, password: String? = nil) async throws -> TestDatabase {
         switch kind {
         case .sqlite:
-            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-broker-\(UUID().uuidString)")
-            return TestDatabase(kind: .sqlite, location: dir.appendingPathComponent("data/broker.sqlite").path)
+            return TestDatabase(kind: .sqlite, location: Scratch.directory("broker") + "/data/broker.sqlite")
         case .postgres:
             guard let postgresURL else { throw TestFailure("KISGW_TEST_POSTGRES_URL is not set") }
             let name = "kisgw_t\(UInt32.random(in: 0...UInt32.max))"

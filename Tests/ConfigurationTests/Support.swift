@@ -1,11 +1,10 @@
 import Foundation
 import KisgwConfiguration
+import TestSupport
 
-/// A fresh directory per call, for configuration and key files.
+/// A fresh directory per call, for configuration and key files (removed when the test process exits).
 func temporaryDirectory() -> String {
-    let path = NSTemporaryDirectory() + "kisgw-config-tests-" + UUID().uuidString
-    try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    return path
+    Scratch.directory("config")
 }
 
 /// Writes `text` to a new file and returns its path.

@@ -141,7 +141,7 @@ public final class RedisServerProcess: @unchecked Sendable {
     /// Makes a CA and a server certificate for localhost/127.0.0.1 with `openssl`; `nil` if it is missing.
     public static func makeTestCertificates() -> (certificate: String, key: String, ca: String)? {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl") else { return nil }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-redis-tls-\(UUID().uuidString)").path
+        let directory = Scratch.directory("redis-tls")
         let script = """
             set -e
             mkdir -p '\(directory)' && cd '\(directory)'
