@@ -163,9 +163,17 @@ final class TokenKeeper: Sendable {
     /// after issuing it — and a token's record names one user. Two users connecting one app key took each other's
     /// token (the second one's record replaced the first's, whose requests were then refused as another user's).
     /// The first to connect it keeps it; the accounts' keys are sealed, so they are opened to compare.
+    ///
+    /// Checked before the issuance lock (a quick refusal, before KIS is asked) and again under it: two users
+    /// connecting one app key at once both pass the first check, and the second to take the lock would otherwise
+    /// store the first one's token (KIS hands it back) as their own.
     private func refuseIfAnotherUsersAppKey(_ form: AccountForm, userID: String) async throws {
-        for row in try await repository.allAccounts() where row.environment == form.environment && row.userID != userID {
-            guard let other = try? vault.open(row), other.appKey == form.appKey else { continue }
+        try await refuseIfAnotherUsersAppKey(form.appKey, form.environment, userID: userID)
+    }
+
+    private func refuseIfAnotherUsersAppKey(_ appKey: String, _ environment: KISEnvironment, userID: String) async throws {
+        for row in try await repository.allAccounts() where row.environment == environment && row.userID != userID {
+            guard let other = try? vault.open(row), other.appKey == appKey else { continue }
             throw Problem(.invalidParameter,
                           "appKey: this app key is connected to another user of this broker; KIS gives an app key one "
                           + "token at a time, so each user connects an app key of their own")
@@ -195,11 +203,14 @@ final class TokenKeeper: Sendable {
     /// `DELETE /api/kis/account`: revokes at KIS, marks REVOKED, unpublishes, deletes. Idempotent.
     func disconnect(userID: String, environment: KISEnvironment) async throws {
         guard let row = try await repository.account(userID: userID, environment: environment) else { return }
-        // Under the app key's issuance lock: no issuance for this account (a scheduled refresh) runs meanwhile.
+        // Under the app key's issuance lock: no issuance for this account (a scheduled refresh) runs meanwhile. Not
+        // without it: an issuance still running would store the account again after it was deleted. When the lock
+        // cannot be had (another request holds it past `lockWait`, or the store fails), nothing is deleted and the
+        // caller is told to try again (429 or 503, with `Retry-After`).
         guard let appKey = (try? vault.open(row))?.appKey else {
             return try await disconnect(row, userID: userID, environment: environment)
         }
-        try await withIssueLock(environment, appKey, required: false) {
+        try await withIssueLock(environment, appKey) { _ in
             try await disconnect(row, userID: userID, environment: environment)
         }
     }
@@ -300,7 +311,7 @@ final class TokenKeeper: Sendable {
             }
             let published: Bool
             do {
-                published = try await withIssueLock(row.environment, account.appKey) {
+                published = try await withIssueLock(row.environment, account.appKey) { _ in
                     let current = try await repository.tokens(userID: row.userID, environment: row.environment)
                     guard current.contains(where: { $0.tokenSHA256 == row.tokenSHA256 && $0.status == .active })
                     else { return false }
@@ -360,11 +371,21 @@ final class TokenKeeper: Sendable {
         reusable: @Sendable (BrokerToken, Int64) -> Bool
     ) async throws -> BrokerToken {
         let env = account.environment
-        return try await withIssueLock(env, account.appKey) {
+        return try await withIssueLock(env, account.appKey) { lock in
             let now = self.now
+            var account = account
             let stored = try await self.account(account.userID, env)
             let sameCredentials = stored.map { $0.appKey == account.appKey && $0.appSecret == account.appSecret } ?? false
             if onlyIfStored && !sameCredentials { throw AccountChanged() }
+            if let stored, sameCredentials, !adoptValidated {
+                // A refresh (the user's or the scheduler's) keeps the account as it is stored now, not as it was
+                // read before the lock: a `token` call may have changed the account number meanwhile.
+                account.accountNumber = stored.accountNumber
+                account.createdAt = stored.createdAt
+            }
+            if stored?.appKey != account.appKey {
+                try await refuseIfAnotherUsersAppKey(account.appKey, env, userID: account.userID)
+            }
             // Another request (or copy) may have stored a token for these credentials while this one waited.
             if let stored, sameCredentials, let t = try await currentToken(account.userID, env), reusable(t, now) {
                 if stored.accountNumber != account.accountNumber || !stored.isActive {
@@ -402,6 +423,12 @@ final class TokenKeeper: Sendable {
             if let same = try await repository.token(sha256: token.sha256), same.userID == account.userID {
                 token.issuedAt = min(token.issuedAt, same.issuedAt)
                 token.expiresAt = min(token.expiresAt, same.expiresAt)
+            }
+            // The lock lives `lockTTL` (its holder may die); a slow database or KIS can outlast it, and a disconnect
+            // may then have deleted the account: nothing is stored unless the lock is still this issuance's.
+            guard try await self.store.renewLock(lock, ttl: self.settings.lockTTL) else {
+                throw Problem(.upstreamTimeout,
+                              "the token request took longer than its app key's issuance lock lasts; nothing was stored, try again")
             }
             try await repository.saveAccount(try vault.seal(account), token: try vault.seal(token, updatedAt: now))
             try await publish(token, account: account)
@@ -453,17 +480,16 @@ final class TokenKeeper: Sendable {
         }
     }
 
-    /// Runs `body` holding the app key's issuance lock, released however `body` ends. Not `required`: runs it
-    /// without the lock when the lock cannot be had (held past `lockWait`, or the store fails).
-    private func withIssueLock<T>(_ env: KISEnvironment, _ appKey: String, required: Bool = true,
-                                  _ body: () async throws -> T) async throws -> T {
-        let lock = required ? try await acquireIssueLock(env, appKey) : try? await acquireIssueLock(env, appKey)
+    /// Runs `body` holding the app key's issuance lock, released however `body` ends.
+    private func withIssueLock<T>(_ env: KISEnvironment, _ appKey: String,
+                                  _ body: (StoreLock) async throws -> T) async throws -> T {
+        let lock = try await acquireIssueLock(env, appKey)
         do {
-            let result = try await body()
-            if let lock { await release(lock) }
+            let result = try await body(lock)
+            await release(lock)
             return result
         } catch {
-            if let lock { await release(lock) }
+            await release(lock)
             throw error
         }
     }
@@ -528,7 +554,9 @@ final class TokenKeeper: Sendable {
                                                    store: store)
             }
         } catch {
-            logger.warning("could not retire the tokens of a replaced app key; the reconciler will",
+            // They stay ACTIVE (and published, if unpublishing failed) under the user until they expire; KIS refuses
+            // them once they are sent with the new app key, and a gateway then marks them dead.
+            logger.warning("could not retire the tokens of a replaced app key; they stay until they expire",
                            metadata: ["error": "\(error)"])
         }
     }

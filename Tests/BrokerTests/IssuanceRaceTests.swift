@@ -1,0 +1,136 @@
+@testable import Broker
+import CoreMetrics
+import Foundation
+import Hummingbird
+import KIS
+import NIOCore
+import Store
+import Synchronization
+import Testing
+import Tokens
+import TestSupport
+
+/// Races around the per-app-key issuance lock (broker-api.md: one user per app key, DELETE deletes the account and
+/// its tokens, and a token is never published after its account was deleted).
+@Suite("Broker: issuance, disconnect and the app key's lock", .serialized)
+struct IssuanceRaceTests {
+    /// A stand-in KIS whose `tokenP` takes `delay` and hands out one token per app key (as KIS does within its
+    /// reuse window), while `onIssue` runs.
+    static func slowKIS(delay: Duration, onIssue: @escaping @Sendable () async -> Void = {}) async
+        -> (url: String, task: Task<Void, any Error>)
+    {
+        let router = Router()
+        router.post("/oauth2/tokenP") { request, _ in
+            let body = try await request.body.collect(upTo: 1 << 16)
+            let form = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any]
+            let appKey = form?["appkey"] as? String ?? "?"
+            await onIssue()
+            try await Task.sleep(for: delay)
+            let t = KISTokenResponse(access_token: "standin-" + TokenDirectory.sha256(of: appKey),
+                                     access_token_token_expired: KST.format(Date().addingTimeInterval(86400)),
+                                     expires_in: 86400)
+            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(bytes: try JSONEncoder().encode(t))))
+        }
+        router.post("/oauth2/revokeP") { _, _ in
+            Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: #"{"code":200,"message":"ok"}"#)))
+        }
+        return await startStandInKIS(router)
+    }
+
+    static func lockKey(_ appKey: String) -> String {
+        "lock:kis-issue:\(KISEnvironment.sandbox.rawValue):\(TokenDirectory.sha256(of: appKey))"
+    }
+
+    /// Both requests pass the check made before the lock (neither account is stored yet); the second to take the
+    /// lock used to be handed the first one's token by KIS and store it as its own, taking the token's record over.
+    @Test("two users connecting one app key at once: one keeps it, the other is refused, the token stays the first's")
+    func sameAppKeyAtOnce() async throws {
+        let kis = await Self.slowKIS(delay: .milliseconds(400))
+        defer { kis.task.cancel() }
+        try await withBroker(config: { testConfig(simURL: kis.url, database: $1) }) { b in
+            let key = appKey("same")
+            let (ja, jb) = (try await b.jwt("u-a"), try await b.jwt("u-b"))
+            async let ra = b.post("/api/kis/token", accountBody(key), jwt: ja)
+            async let rb = b.post("/api/kis/token", accountBody(key), jwt: jb)
+            let (a, bb) = (try await ra, try await rb)
+            #expect([a.status, bb.status].sorted() == [200, 400], "\(a.text) / \(bb.text)")
+            let (winner, winnerAnswer, loserJWT) = a.status == 200 ? ("u-a", a, jb) : ("u-b", bb, ja)
+            let loser = a.status == 200 ? bb : a
+            #expect(loser.code == "invalid_parameter")
+            let token = try #require(winnerAnswer.json["token"] as? String)
+            #expect(try await b.published(token)?.userID == winner)
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: loserJWT).status == 404)
+            let row = try await withRepository(b.database) { try await $0.token(sha256: TokenDirectory.sha256(of: token)) }
+            #expect(row?.userID == winner)
+        }
+    }
+
+    /// A disconnect used to go ahead without the lock once `lockWait` passed: an issuance still running then stored
+    /// the deleted account again.
+    @Test("DELETE while another request holds the app key's issuance lock: 429, nothing deleted; once free, 204")
+    func disconnectWaitsForTheLock() async throws {
+        try await withBroker(config: { testConfig(simURL: $0, database: $1, upstreamTimeoutMs: 500) }) { b in
+            let key = appKey("held")
+            let jwt = try await b.jwt("u-held")
+            let token = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: jwt).json["token"] as? String)
+            let lock = try #require(try await b.store.acquireLock(Self.lockKey(key), ttl: .seconds(60)))
+            let d = try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)  // waits lockWait (5.5 s)
+            #expect(d.status == 429, "\(d.text)")
+            #expect(d.header("Retry-After") != nil)
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 200)
+            #expect(try await b.published(token) != nil)
+            _ = try await b.store.releaseLock(lock)
+            #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 204)
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
+            #expect(try await b.published(token) == nil)
+        }
+    }
+
+    /// The lock expires if its holder dies; an issuance slower than the lock's life must not store anything, since
+    /// a disconnect may have run meanwhile. Here the lock is taken away while KIS answers.
+    @Test("an issuance that lost its app key's lock while KIS answered stores and publishes nothing (504)")
+    func issuanceThatLostItsLock() async throws {
+        let key = appKey("lost")
+        let store = Mutex<(any SharedStore)?>(nil)
+        let kis = await Self.slowKIS(delay: .milliseconds(600)) {
+            if let store = store.withLock({ $0 }) { _ = try? await store.delete(Self.lockKey(key)) }
+        }
+        defer { kis.task.cancel() }
+        try await withBroker(config: { testConfig(simURL: kis.url, database: $1) }) { b in
+            store.withLock { $0 = b.store }
+            let jwt = try await b.jwt("u-lost")
+            let r = try await b.post("/api/kis/token", accountBody(key), jwt: jwt)
+            #expect(r.status == 504, "\(r.text)")
+            #expect(r.code == "upstream_timeout")
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
+            #expect(try await b.published("standin-" + TokenDirectory.sha256(of: key)) == nil)
+            #expect(try await b.store.setMembers(TokenDirectory.userKey("u-lost", .sandbox)).isEmpty)
+        }
+    }
+
+    /// A scheduler pass lists the accounts, then refreshes them one by one; an account changed meanwhile (a new
+    /// account number through `POST /api/kis/token`) used to be stored back as the pass had listed it.
+    @Test("a scheduled refresh keeps the account as stored now, not as the pass listed it")
+    func scheduledRefreshKeepsTheStoredAccount() async throws {
+        try await withBroker(config: quietSchedulerConfig) { b in
+            let key = appKey("num")
+            let jwt = try await b.jwt("u-num")
+            #expect(try await b.post("/api/kis/token", accountBody(key, number: "11112222-01"), jwt: jwt).status == 200)
+            try await withRepository(b.database) { repository in
+                let listed = try #require(try await repository.account(userID: "u-num", environment: .sandbox))
+                #expect(try await b.post("/api/kis/token", accountBody(key, number: "33334444-02"), jwt: jwt).status == 200)
+                let keeper = TokenKeeper(
+                    repository: repository, store: b.store, keyring: b.keyring,
+                    clients: [.sandbox: KISClient(baseURL: b.simURL, logger: quietLogger)],
+                    settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: 60,
+                                             lockTTL: .seconds(30), lockWait: .seconds(10)),
+                    metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger,
+                    clock: { b.clock.now() })
+                try await b.advanceClocks(86400 - 1800)  // inside refresh_ahead_s, past the reuse window
+                #expect(try await keeper.scheduledRefresh(listed) == true)
+                let now = try #require(try await repository.account(userID: "u-num", environment: .sandbox))
+                #expect(try AccountVault(keyring: b.keyring).open(now).accountNumber == "33334444-02")
+            }
+        }
+    }
+}
