@@ -188,6 +188,23 @@ struct ChartQueryTests {
         #expect(Self.refusal { () throws(Problem) in try Self.domestic(given) } == "invalid_parameter")
     }
 
+    @Test("overseas symbols: ^[A-Z0-9.\\-/]{1,16}$ after upper-casing", arguments: [
+        ("aapl", "AAPL"), ("brk.b", "BRK.B"), ("rds-a", "RDS-A"), ("BRK/B", "BRK/B"), ("0700", "0700"), ("x", "X"),
+        ("a.b-c/d", "A.B-C/D"), (String(repeating: "a", count: 16), String(repeating: "A", count: 16)),
+    ])
+    func overseasSymbols(given: String, resolved: String) throws {
+        #expect(try Self.overseas("NYS", given).symbol == resolved)
+    }
+
+    /// Besides the grammar, a `/` must stand between two parts (README, "Where kisgw differs"): `%2F` must not name
+    /// the same symbol another way than the path does.
+    @Test("overseas symbols refused", arguments: [
+        "", String(repeating: "A", count: 17), "BRK B", "BRK_B", "BRK+B", "BRK:B", "AAPL%", "애플", "/BRK", "BRK/", "BRK//B",
+    ])
+    func badOverseasSymbols(given: String) {
+        #expect(Self.refusal { () throws(Problem) in try Self.overseas("NYS", given) } == "invalid_parameter")
+    }
+
     @Test("every overseas exchange code is accepted, in any case", arguments: Exchange.overseas)
     func exchanges(exchange: Exchange) throws {
         let code = exchange.rawValue

@@ -87,9 +87,21 @@ struct JWTVerifierTests {
             let got = await code { () async throws(Problem) -> VerifiedSession in try await v.verify(token) }
             #expect(got == expected, "\(name)")
         }
-        // Within the leeway an expired token still passes.
+        // Within the leeway (30 s) an expired token, one not valid for another 10 s and one issued 10 s ahead of
+        // this clock still pass; 40 s is beyond it (cases above: exp −120 s, nbf and iat +600 s).
         let justExpired = try await hs256(claims(exp: -10, iss: "https://id.example.com", aud: "kisgw"))
         #expect(try await v.verify(justExpired).userID == "42")
+        let almostValid = try await hs256(claims(nbf: 10, iss: "https://id.example.com", aud: "kisgw"))
+        #expect(try await v.verify(almostValid).userID == "42")
+        let clockAhead = try await hs256(claims(iat: 10, iss: "https://id.example.com", aud: "kisgw"))
+        #expect(try await v.verify(clockAhead).userID == "42")
+        for (name, c) in [("nbf +40 s", claims(nbf: 40, iss: "https://id.example.com", aud: "kisgw")),
+                          ("iat +40 s", claims(iat: 40, iss: "https://id.example.com", aud: "kisgw")),
+                          ("exp −40 s", claims(exp: -40, iss: "https://id.example.com", aud: "kisgw"))] {
+            let token = try await hs256(c)
+            let got = await code { () async throws(Problem) -> VerifiedSession in try await v.verify(token) }
+            #expect(got == (name.hasPrefix("exp") ? "jwt_expired" : "jwt_invalid"), "\(name)")
+        }
     }
 
     @Test("decisions are remembered: valid until exp, lasting failures for a while, 'not yet valid' never")
