@@ -173,7 +173,26 @@ public final class RedisStore: SharedStore {
 
     public func acquireLock(_ key: String, ttl: Duration) async throws(StoreError) -> StoreLock? {
         let token = MemoryStore.randomToken()
-        return try await setIfAbsent(key, to: ByteBuffer(string: token), ttl: ttl) ? StoreLock(key: key, token: token) : nil
+        do {
+            return try await setIfAbsent(key, to: ByteBuffer(string: token), ttl: ttl) ? StoreLock(key: key, token: token) : nil
+        } catch {
+            releaseAbandoned(StoreLock(key: key, token: token))
+            throw error
+        }
+    }
+
+    /// A lock call that failed may still take the lock: a command that timed out (Redis stalled, the network
+    /// hiccuped) is still run when Redis gets to it. Nobody would own that lock until it expires, and every request
+    /// for its key, on every gateway, would wait it out (a chart's lock lives `timeout_ms + max_queue_ms + 1 s`).
+    /// Its token is this call's alone, so releasing it is safe whatever happened; the release is tried over the
+    /// next few seconds, since the failed command may still be waiting in Redis when the first try arrives.
+    private func releaseAbandoned(_ lock: StoreLock) {
+        Task { [self] in
+            for delay in [250, 1000, 4000] {
+                try? await Task.sleep(for: .milliseconds(delay))
+                if (try? await releaseLock(lock)) == true { return }
+            }
+        }
     }
 
     public func acquireLock(_ key: String, ttl: Duration, thenGet readKey: String) async throws(StoreError)
@@ -185,7 +204,10 @@ public final class RedisStore: SharedStore {
             reply = try await client.evaluate(
                 Self.lockThenGet, keys: [RedisArgument(k(key)), RedisArgument(k(readKey))],
                 arguments: [RedisArgument(token), RedisArgument(max(1, Self.ms(ttl)))])
-        } catch { throw Self.map(error) }
+        } catch {
+            releaseAbandoned(StoreLock(key: key, token: token))
+            throw Self.map(error)
+        }
         guard case .array(let items) = reply, let first = items.first else {
             throw StoreError(.backend, "the lock script gave an unexpected reply")
         }
@@ -208,6 +230,7 @@ public final class RedisStore: SharedStore {
         }
         let reply: RESPValue
         do { reply = try await client.evaluate(Self.readOrLock, keys: keys, arguments: args) } catch {
+            releaseAbandoned(StoreLock(key: key, token: token))
             throw Self.map(error)
         }
         guard case .array(let items) = reply, case .integer(let state)? = items.first else {

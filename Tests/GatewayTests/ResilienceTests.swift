@@ -78,12 +78,16 @@ struct GatewayResilienceTests {
         }
     }
 
-    @Test("Redis stops: readiness 503, undecidable requests store_unavailable, L1 hits still served; Redis returns: service resumes")
-    func redisOutage() async throws {
+    /// A gateway over a Redis server of its own (which the test stops, pauses and restarts), with `commandTimeout`.
+    static func withOwnRedis(
+        commandTimeout: Duration = .seconds(2),
+        _ body: (_ redis: RedisServerProcess, _ g: GatewayFixture) async throws -> Void
+    ) async throws {
         let redis = try RedisServerProcess()
+        defer { redis.stop() }
         let client = RedisClient(configuration: {
             var c = try! RedisConfiguration(url: redis.url)
-            c.commandTimeout = .seconds(2)
+            c.commandTimeout = commandTimeout
             c.connectTimeout = .seconds(2)
             c.maximumReconnectDelay = .milliseconds(200)
             return c
@@ -108,7 +112,39 @@ struct GatewayResilienceTests {
             group.addTask { try await app.runService(gracefulShutdownSignals: []) }
             var pit = ports.makeAsyncIterator()
             let base = "http://127.0.0.1:\(await pit.next()!)"
-            let g = GatewayFixture(gatewayURL: base, simURL: simURL, store: store, keyring: keyring)
+            try await body(redis, GatewayFixture(gatewayURL: base, simURL: simURL, store: store, keyring: keyring))
+            group.cancelAll()
+        }
+    }
+
+    /// A lock call that times out is still run when Redis gets to it. Before, the fleet lock it took was nobody's:
+    /// every request for that chart, on every gateway, waited `timeout_ms` and got 504 until the lock expired.
+    @Test("Redis stalls while a miss takes the fleet lock: 503 for it; the lock it took anyway is released, the next request fetches")
+    func lockTakenAfterATimeout() async throws {
+        try await Self.withOwnRedis(commandTimeout: .milliseconds(250)) { redis, g in
+            let kis = try await g.connect(user: "o1", appKey: "PSapp-stall")
+            let jwt = try await g.jwt("o1")
+            // Credentials verified and remembered: the stalled request's only store call is its read-or-lock.
+            #expect(try await g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis).status == 200)
+            let chart = "/domestic/chart/daily/000660?start=2025-01-02&end=2025-01-31"
+            redis.pause()
+            let stalled = try await g.get(chart, jwt: jwt, kis: kis)
+            try await Task.sleep(for: .milliseconds(150))
+            redis.resume()  // the read-or-lock script, still queued, runs now and takes the lock
+            #expect(stalled.status == 503)
+            #expect(stalled.code == "store_unavailable")
+            try await Task.sleep(for: .milliseconds(1500))
+            let started = ContinuousClock.now
+            let next = try await g.get(chart, jwt: jwt, kis: kis)
+            #expect(next.status == 200, "\(next.text)")
+            #expect(next.header("X-Cache") == "MISS")
+            #expect(ContinuousClock.now - started < .seconds(2))  // not `timeout_ms` (3 s) of waiting for the lock
+        }
+    }
+
+    @Test("Redis stops: readiness 503, undecidable requests store_unavailable, L1 hits still served; Redis returns: service resumes")
+    func redisOutage() async throws {
+        try await Self.withOwnRedis { redis, g in
             let kis = try await g.connect(user: "o1", appKey: "PSapp-outage")
             let jwt = try await g.jwt("o1")
             let cached = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
@@ -137,9 +173,7 @@ struct GatewayResilienceTests {
             #expect(try await eventually {
                 try await g.get("/domestic/chart/daily/000660?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis2).status == 200
             })
-            group.cancelAll()
         }
-        redis.stop()
     }
 
     /// Two requests in flight at KIS: one the router answers (a JWT not seen before) and one the hit path answers
