@@ -263,6 +263,7 @@ final class ChartService: Sendable {
         let patience = settings.upstreamTimeout
         let upstreamRate = rateReservation(for: token)
         var readFirst = cold
+        var waited = false  // on another gateway's fetch
         while true {
             let lock: StoreLock?, filled: ByteBuffer?
             var reserved: RateLimitDecision? = nil
@@ -297,18 +298,23 @@ final class ChartService: Sendable {
                 }
             }
             if let lock {
+                if let filled, let e = ChartEntry.decode(filled), e.freshUntil > Self.now() {
+                    l1.set(key, e, cost: e.cost)
+                    releaseInBackground(lock)
+                    return (e, nil, nil)
+                }
+                // The fetch this request waited on, on another gateway, failed: its answer is this one's too.
+                if waited, let problem = await failureShared(for: key) {
+                    releaseInBackground(lock)
+                    throw problem
+                }
                 let entry: ChartEntry, ms: Double
                 do {
-                    if let filled, let e = ChartEntry.decode(filled), e.freshUntil > Self.now() {
-                        l1.set(key, e, cost: e.cost)
-                        releaseInBackground(lock)
-                        return (e, nil, nil)
-                    }
                     (entry, ms) = try await fetchUpstream(query, token: token, lock: lock, lockTTL: lockTTL,
                                                           rate: upstreamRate,
                                                           reserved: reserved.map { ($0, ContinuousClock.now) })
                 } catch {
-                    releaseInBackground(lock)
+                    shareFailureInBackground(error, key: key, lock: lock)
                     throw error
                 }
                 l1.set(key, entry, cost: entry.cost)
@@ -317,7 +323,13 @@ final class ChartService: Sendable {
                 return (entry, ms, lock)
             }
             // Another gateway is fetching it.
+            waited = true
             await notifier.wait(for: key, timeout: .milliseconds(50))
+            // This process's own fetch of it (a refresh's, next to a cold request's) is in the L1 before the store.
+            if let e = l1.get(key), e.freshUntil > Self.now() {
+                metrics.cacheCoalesced.increment()
+                return (e, 0, nil)
+            }
             if let e = await freshFromStore(key) {
                 metrics.cacheCoalesced.increment()
                 return (e, 0, nil)
@@ -331,6 +343,52 @@ final class ChartService: Sendable {
 
     private func releaseInBackground(_ lock: StoreLock) {
         background.start { [store] in _ = try? await store.releaseLock(lock) }
+    }
+
+    /// How long a failed fetch's problem is kept for the requests on other gateways that waited on it.
+    static let sharedFailureTTL: Duration = .seconds(2)
+
+    /// A failed fetch's problem, for the requests on other gateways that waited on it (`failed:{key}`).
+    private struct SharedFailure: Codable {
+        var code: String
+        var detail: String
+        var kis_msg_cd: String?
+        var kis_msg1: String?
+    }
+
+    /// Releases the lock of a fetch that failed and, when the failure concerns the chart rather than the fetching
+    /// request's credentials (KIS answered an error, or did not answer in time), keeps it for `sharedFailureTTL`
+    /// and wakes the other gateways' waiters: they answer it as this gateway's own waiters do, instead of each
+    /// taking the lock in turn and asking KIS again (one upstream fetch for concurrent misses, across the fleet —
+    /// failed or not). A failure tied to the request's token or app key (refused token or credentials, the app
+    /// key's queue) is not kept: a waiter with other credentials fetches with its own.
+    private func shareFailureInBackground(_ problem: Problem, key: String, lock: StoreLock) {
+        let shared: SharedFailure?
+        switch problem.code {
+        case .upstreamError where problem.kisMsgCode.map({ KISClientError.kind(forCode: $0) != .credentialsRejected }) ?? true,
+             .upstreamTimeout:
+            shared = SharedFailure(code: problem.code.rawValue, detail: problem.detail, kis_msg_cd: problem.kisMsgCode,
+                                   kis_msg1: problem.kisMessage)
+        default:
+            shared = nil
+        }
+        let store = self.store
+        background.start {
+            if let shared, let data = try? JSONEncoder().encode(shared) {
+                _ = try? await store.set("failed:" + key, to: ByteBuffer(bytes: data), ttl: Self.sharedFailureTTL)
+            }
+            _ = try? await store.releaseLock(lock)
+            if shared != nil { _ = try? await store.publish(ByteBuffer(string: key), to: Self.filledChannel) }
+        }
+    }
+
+    /// The problem of the fetch another gateway just failed for `key` (``shareFailureInBackground(_:key:lock:)``).
+    private func failureShared(for key: String) async -> Problem? {
+        guard let buffer = try? await store.get("failed:" + key),
+            let f = try? JSONDecoder().decode(SharedFailure.self, from: Data(buffer.readableBytesView))
+        else { return nil }
+        let code: Problem.Code = f.code == Problem.Code.upstreamTimeout.rawValue ? .upstreamTimeout : .upstreamError
+        return Problem(code, f.detail, kisMsgCode: f.kis_msg_cd, kisMessage: f.kis_msg1)
     }
 
     /// Stores the entry for the fleet, tells the other gateways, then releases the lock — in that order, so a

@@ -643,6 +643,32 @@ struct GatewayUpstreamTests {
         }
     }
 
+    /// A fetch that fails is one fetch too: the requests on the other gateways that waited on it get its answer,
+    /// rather than each taking the lock in turn and asking KIS again.
+    @Test("two gateways sharing Redis: a fetch KIS fails is made once; the other gateway's waiter gets its answer")
+    func twoGatewaysShareAFailure() async throws {
+        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        try await withGateway(store: .redis, gateways: 2) { g, urls in
+            let kis = try await g.connect(user: "u-fail", appKey: "PSapp-fleet-fail")
+            let jwt = try await g.jwt("u-fail")
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"kis_error","msg_cd":"OPSQ0001","latency_ms":800}"#)
+            let path = "/domestic/chart/daily/035720?start=2025-01-02&end=2025-03-31"
+            async let first = g.get(path, jwt: jwt, kis: kis, base: urls[0])
+            try await Task.sleep(for: .milliseconds(200))
+            let waiter = try await g.get(path, jwt: jwt, kis: kis, base: urls[1])
+            let fetched = try await first
+            for r in [fetched, waiter] {
+                #expect(r.status == 502 && r.code == "upstream_error", "\(r.text)")
+                #expect(r.json["kis_msg_cd"] as? String == "OPSQ0001")
+            }
+            #expect(try await g.simStats()["domestic_daily"] == 1)
+            // Later requests ask KIS again.
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"none"}"#)
+            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[1]).status == 200)
+            #expect(try await g.simStats()["domestic_daily"] == 2)
+        }
+    }
+
     @Test("the per-app-key rate is shared by every gateway: KIS never sees more than allowed, excess waits then gets 429",
           arguments: StoreKind.allCases)
     func rateLimit(kind: StoreKind) async throws {
