@@ -25,9 +25,13 @@ package struct ConnectionStateMachine<Waiter> {
     /// The deadline the handler's timer is set for, if any.
     package private(set) var armedDeadline: NIODeadline?
     let maximumAbandoned: Int
+    /// How long past its deadline the oldest command's reply may still be missing before the connection is taken
+    /// for dead (nil: never).
+    let stallLimit: TimeAmount?
 
-    package init(maximumAbandoned: Int) {
+    package init(maximumAbandoned: Int, stallLimit: TimeAmount? = nil) {
         self.maximumAbandoned = maximumAbandoned
+        self.stallLimit = stallLimit
     }
 
     package enum EnqueueAction {
@@ -105,6 +109,12 @@ package struct ConnectionStateMachine<Waiter> {
                 .tooManyPending,
                 "connection recycled: \(self.abandoned) timed-out commands still awaiting replies"
             )
+        } else if let limit = self.stallLimit, let oldest = self.pending.first, oldest.deadline + limit <= now {
+            // Replies come in order: the oldest command's reply is long overdue and nothing after it was answered.
+            // A socket whose peer is gone without a reset (a failover, a partition) stays like this for good; a new
+            // connection reaches the server once it is reachable again.
+            action.close = RedisError(
+                .timeout, "connection recycled: no reply for \(self.pending.count) commands, the oldest overdue")
         }
         self.armedDeadline = next
         action.rearm = next

@@ -46,8 +46,8 @@ package final class RedisChannelHandler: ChannelDuplexHandler {
     private var context: ChannelHandlerContext?
     private var pushHandler: (@Sendable (RESPValue) -> Void)?
 
-    package init(maximumAbandoned: Int, logger: Logger) {
-        self.state = ConnectionStateMachine(maximumAbandoned: maximumAbandoned)
+    package init(maximumAbandoned: Int, stallLimit: TimeAmount? = nil, logger: Logger) {
+        self.state = ConnectionStateMachine(maximumAbandoned: maximumAbandoned, stallLimit: stallLimit)
         self.logger = logger
     }
 

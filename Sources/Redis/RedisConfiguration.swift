@@ -33,6 +33,12 @@ public struct RedisConfiguration: Sendable {
     /// A connection carrying more than this many timed-out commands whose
     /// replies are still outstanding is closed and replaced.
     public var maximumAbandonedCommands: Int
+    /// A command connection whose oldest command is this long past its deadline with no reply is closed and
+    /// replaced: its peer is gone without a reset (a failover, a network partition) or stalled.
+    public var stallLimit: Duration
+    /// How often the pub/sub connection is pinged; one that answered nothing (pong or message) since the last
+    /// ping is closed and opened again, its subscriptions renewed.
+    public var pubSubPingInterval: Duration
     /// Name sent with `CLIENT SETNAME` (visible in `CLIENT LIST`), or `nil`.
     public var clientName: String?
 
@@ -50,6 +56,8 @@ public struct RedisConfiguration: Sendable {
         self.initialReconnectDelay = .milliseconds(50)
         self.maximumReconnectDelay = .seconds(2)
         self.maximumAbandonedCommands = 1024
+        self.stallLimit = .seconds(1)
+        self.pubSubPingInterval = .seconds(5)
         self.clientName = nil
     }
 

@@ -137,6 +137,7 @@ package final class RedisConnection: Sendable {
         }
         let host = configuration.host
         let maximumAbandoned = configuration.maximumAbandonedCommands
+        let stallLimit = TimeAmount(configuration.stallLimit)
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(TimeAmount(configuration.connectTimeout))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -148,7 +149,7 @@ package final class RedisConnection: Sendable {
                         let serverName = Self.isIPAddress(host) ? nil : host
                         try sync.addHandler(NIOSSLClientHandler(context: sslContext, serverHostname: serverName))
                     }
-                    try sync.addHandler(RedisChannelHandler(maximumAbandoned: maximumAbandoned, logger: logger))
+                    try sync.addHandler(RedisChannelHandler(maximumAbandoned: maximumAbandoned, stallLimit: stallLimit, logger: logger))
                 }
             }
         let channel: any Channel

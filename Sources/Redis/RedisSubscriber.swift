@@ -224,7 +224,11 @@ final class RedisSubscriber: Sendable {
                     eventLoop: self.group.next(),
                     logger: self.logger
                 )
-                try await connection.enterPubSub { value in self.received(value) }
+                let heard = Heard()
+                try await connection.enterPubSub { value in
+                    heard.value.store(true, ordering: .relaxed)
+                    self.received(value)
+                }
                 let toSubscribe: (channels: [String], patterns: [String], watchers: [AsyncStream<Void>.Continuation])? =
                     self.state.withLock { state in
                         guard !state.isShutdown else { return nil }
@@ -247,7 +251,7 @@ final class RedisSubscriber: Sendable {
                 self.send(channels: toSubscribe.channels, patterns: toSubscribe.patterns, on: connection)
                 // After the renewed SUBSCRIBEs are sent: what was published in the gap is lost to the subscribers.
                 for watcher in toSubscribe.watchers { watcher.yield() }
-                try? await connection.closeFuture.get()
+                await self.watch(connection, heard: heard)
                 let waiters = self.state.withLock { state in
                     state.connection = nil
                     state.confirmedChannels = []
@@ -271,6 +275,38 @@ final class RedisSubscriber: Sendable {
             }
             let delay = failures == 0 ? self.configuration.initialReconnectDelay : self.backoff(failures: failures)
             try? await Task.sleep(for: delay)
+        }
+    }
+
+    /// Whether the pub/sub connection said anything since the last ping.
+    private final class Heard: Sendable {
+        let value = Atomic<Bool>(true)
+    }
+
+    /// Returns when `connection` closes. It is pinged every `pubSubPingInterval`, and closed when it answered
+    /// nothing (pong or message) in a whole interval: a connection whose peer is gone without a reset (a failover,
+    /// a partition) would otherwise wait for TCP keep-alive (hours) while every message published is lost; closed,
+    /// it is opened again and the subscribers are told messages were lost (``restorations()``).
+    private func watch(_ connection: RedisConnection, heard: Heard) async {
+        let interval = self.configuration.pubSubPingInterval
+        let ping = RESPEncoder.encode(RedisCommand("PING"))
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await connection.closeFuture.get() }
+            group.addTask {
+                while !Task.isCancelled {
+                    heard.value.store(false, ordering: .relaxed)
+                    connection.sendPush(ping)
+                    do { try await Task.sleep(for: interval) } catch { return }
+                    if !heard.value.load(ordering: .relaxed) {
+                        self.logger.warning("redis pub/sub connection answered nothing for an interval; reconnecting",
+                                            metadata: ["interval": "\(interval)"])
+                        connection.close()
+                        return
+                    }
+                }
+            }
+            await group.next()
+            group.cancelAll()
         }
     }
 

@@ -285,6 +285,39 @@ struct ConnectionStateMachineTests {
         }
         #expect(error.code == .tooManyPending)
     }
+
+    /// A peer gone without a reset (a failover, a partition) answers nothing, ever: once the oldest command is
+    /// `stallLimit` past its deadline, the connection is recycled.
+    @Test func aConnectionWithNoReplyLongPastTheOldestDeadlineIsRecycled() {
+        var machine = ConnectionStateMachine<Int>(maximumAbandoned: 1024, stallLimit: .seconds(1))
+        _ = machine.enqueue(1, deadline: t0 + .milliseconds(250))
+        var action = machine.timerFired(now: t0 + .milliseconds(250))
+        #expect(action.expired == [1])
+        #expect(action.close == nil)  // one late reply is not yet a dead connection
+        _ = machine.enqueue(2, deadline: t0 + .milliseconds(900))
+        action = machine.timerFired(now: t0 + .milliseconds(900))
+        #expect(action.expired == [2])
+        #expect(action.close == nil)  // the oldest is 650 ms overdue
+        _ = machine.enqueue(3, deadline: t0 + .milliseconds(1300))
+        action = machine.timerFired(now: t0 + .milliseconds(1300))
+        #expect(action.expired == [3])
+        #expect(action.close?.code == .timeout)  // the oldest is 1,050 ms overdue, and nothing came after it
+    }
+
+    @Test func lateRepliesThatDoComeKeepTheConnection() {
+        var machine = ConnectionStateMachine<Int>(maximumAbandoned: 1024, stallLimit: .seconds(1))
+        _ = machine.enqueue(1, deadline: t0 + .milliseconds(250))
+        _ = machine.timerFired(now: t0 + .milliseconds(250))
+        guard case .discard = machine.received(.integer(1)) else {
+            Issue.record("the late reply is discarded")
+            return
+        }
+        _ = machine.enqueue(2, deadline: t0 + .seconds(3))
+        let action = machine.timerFired(now: t0 + .seconds(3))
+        #expect(action.expired == [2])
+        #expect(action.close == nil)  // the oldest still waiting is 2's, just due
+        #expect(ConnectionStateMachine<Int>(maximumAbandoned: 1024).stallLimit == nil)
+    }
 }
 
 @Suite("Pool state machine")

@@ -15,10 +15,12 @@ import TestSupport
     .timeLimit(.minutes(3))
 )
 struct ResilienceTests {
-    func makeClient(_ server: RedisServerProcess, poolSize: Int = 4, timeout: Duration = .seconds(5)) throws -> RedisClient {
+    func makeClient(_ server: RedisServerProcess, poolSize: Int = 4, timeout: Duration = .seconds(5),
+                    stallLimit: Duration = .seconds(1)) throws -> RedisClient {
         var configuration = try RedisConfiguration(url: server.url)
         configuration.poolSize = poolSize
         configuration.commandTimeout = timeout
+        configuration.stallLimit = stallLimit
         configuration.initialReconnectDelay = .milliseconds(20)
         configuration.maximumReconnectDelay = .milliseconds(500)
         return RedisClient(configuration: configuration, logger: TestEnvironment.logger)
@@ -181,7 +183,8 @@ struct ResilienceTests {
     @Test func pausedServerTimesOutThenRepliesStayPaired() async throws {
         let server = try RedisServerProcess()
         defer { server.stop() }
-        let client = try makeClient(server, poolSize: 1, timeout: .milliseconds(300))
+        // The connection stays: the pause (1.5 s of timeouts) is not taken for a dead peer.
+        let client = try makeClient(server, poolSize: 1, timeout: .milliseconds(300), stallLimit: .seconds(60))
         #expect(try await client.send(["ECHO", "warm"]).string == "warm")
         server.pause()
         // Commands time out instead of hanging; their replies will come later.
@@ -236,6 +239,74 @@ struct ResilienceTests {
         try server.restart()
         #expect(await TestEnvironment.eventually { (try? await client.evaluate(script, arguments: [4])) == .integer(8) })
         await client.shutdown()
+    }
+
+    /// A client behind a proxy that can silence its connections (a peer gone without a reset).
+    func makeClient(through proxy: BlackholeProxy) throws -> RedisClient {
+        var configuration = try RedisConfiguration(url: "redis://127.0.0.1:\(proxy.port)/0")
+        configuration.poolSize = 1  // the one command connection is silenced (a pool opens more only on demand)
+        configuration.commandTimeout = .milliseconds(250)
+        configuration.stallLimit = .seconds(1)
+        configuration.pubSubPingInterval = .milliseconds(500)
+        configuration.initialReconnectDelay = .milliseconds(20)
+        configuration.maximumReconnectDelay = .milliseconds(200)
+        return RedisClient(configuration: configuration, logger: TestEnvironment.logger)
+    }
+
+    /// Before, such a connection stayed in the pool until 1,024 commands had timed out on it: each command waited
+    /// its whole timeout, and a gateway's readiness stayed 503 long after Redis was reachable again.
+    @Test func commandConnectionsWhosePeerWentSilentAreReplaced() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let proxy = try BlackholeProxy(to: server.port)
+        defer { proxy.stop() }
+        let client = try makeClient(through: proxy)
+        #expect(try await client.send(["ECHO", "before"]).string == "before")
+        proxy.blackhole()
+        let started = ContinuousClock.now
+        var timeouts = 0
+        let answered = await TestEnvironment.eventually(timeout: .seconds(10), every: .milliseconds(100)) {
+            do {
+                return try await client.send(["ECHO", "after"]).string == "after"
+            } catch {
+                if (error as? RedisError)?.code == .timeout { timeouts += 1 }
+                return false
+            }
+        }
+        #expect(answered)
+        #expect(timeouts >= 1)  // the silent connections were in use first
+        #expect(started.duration(to: .now) < .seconds(5), "answered after \(started.duration(to: .now))")
+        await client.shutdown()
+    }
+
+    /// Before, a silent pub/sub connection waited for TCP keep-alive (hours), every message published meanwhile lost
+    /// without a word to the subscribers.
+    @Test func aPubSubConnectionWhosePeerWentSilentIsReopenedAndTheGapTold() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let proxy = try BlackholeProxy(to: server.port)
+        defer { proxy.stop() }
+        let client = try makeClient(through: proxy)
+        let publisher = try makeClient(server, poolSize: 1)
+        let restorations = client.subscriptionRestorations()
+        let gaps = Mutex(0)
+        let watcher = Task { for await _ in restorations { gaps.withLock { $0 += 1 } } }
+        let subscription = try await client.subscribe(to: ["silent"])
+        let received = Mutex<[String]>([])
+        let reader = Task { for await m in subscription { received.withLock { $0.append(m.string) } } }
+        #expect(try await publisher.publish("one", to: "silent") == 1)
+        #expect(await TestEnvironment.eventually { received.withLock { $0 } == ["one"] })
+        proxy.blackhole()
+        #expect(try await publisher.publish("lost", to: "silent") == 1)  // Redis sends it into the silence
+        #expect(await TestEnvironment.eventually(timeout: .seconds(10)) { gaps.withLock { $0 } == 1 })
+        #expect(await TestEnvironment.eventually {
+            ((try? await publisher.publish("three", to: "silent")) ?? 0) >= 1 && received.withLock { $0.last } == "three"
+        })
+        #expect(!received.withLock { $0 }.contains("lost"))
+        await client.shutdown()
+        await publisher.shutdown()
+        await watcher.value
+        await reader.value
     }
 
     /// What a subscriber misses while the pub/sub connection is down cannot be replayed; `subscriptionRestorations`
