@@ -547,8 +547,9 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             switch pending.decision {
             case .answer(let answer):
                 record(answer, method: pending.method, start: pending.start)
-                send(answer, date: pending.now)
-                releaseQuiesce()
+                let written = quiesce == nil ? nil : context.eventLoop.makePromise(of: Void.self)
+                send(answer, date: pending.now, promise: written)
+                releaseQuiesce(once: written?.futureResult)
             case .fetch(let fetch):
                 startFetch(fetch, method: pending.method, start: pending.start, context: context)
             }
@@ -583,8 +584,9 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let answer = path.answer(outcome, to: fetch, allocator: context?.channel.allocator ?? ByteBufferAllocator())
         record(answer, method: method, start: start)
         guard let context else { return }  // the connection went away meanwhile; the fetch filled the caches
-        send(answer, date: Date())
-        if releaseQuiesce() { return }
+        let written = quiesce == nil ? nil : context.eventLoop.makePromise(of: Void.self)
+        send(answer, date: Date(), promise: written)
+        if releaseQuiesce(once: written?.futureResult) { return }
         // What arrived meanwhile, in order, until it all went or another fetch began. The async channel hands the
         // request parts it was given to the router at the end of a read: one ends before any event or error.
         var replayed = false
@@ -628,13 +630,20 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         encoder.flush()
     }
 
-    /// Passes on a quiesce event that waited for an answer; true if it did (the connection is closing).
+    /// Passes on a quiesce event that waited for an answer, once the answer is `written`; true if it did (the
+    /// connection is closing). Not before: the connection closes on it, and a close drops what the socket has not
+    /// taken yet — the end of a large chart, for a client that reads slowly.
     @discardableResult
-    private func releaseQuiesce() -> Bool {
+    private func releaseQuiesce(once written: EventLoopFuture<Void>?) -> Bool {
         guard let event = quiesce, let context else { return false }
         quiesce = nil
         held.removeAll()
-        context.fireUserInboundEventTriggered(event)
+        guard let written else {
+            context.fireUserInboundEventTriggered(event)
+            return true
+        }
+        let bound = NIOLoopBound((context, event), eventLoop: context.eventLoop)
+        written.whenComplete { _ in bound.value.0.fireUserInboundEventTriggered(bound.value.1) }
         return true
     }
 

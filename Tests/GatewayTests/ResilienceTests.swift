@@ -200,6 +200,38 @@ struct GatewayResilienceTests {
         }
     }
 
+    /// The answers on a connection when SIGTERM came are written whole before it closes. Before, the close came as
+    /// soon as the last answer was handed to the socket's queue, and dropped what the socket had not taken yet:
+    /// for a client reading slowly, the end of its answers. The kernel takes up to 4 MB (`tcp_wmem`) here, so
+    /// 20 answers of ten years of days (about 5 MB) are asked for, then a chart being fetched when SIGTERM comes.
+    @Test("SIGTERM while a client that reads slowly has answers queued and one being fetched: all of them arrive whole")
+    func sigtermWritesTheWholeAnswer() async throws {
+        try await withGatewayProcess(latencyMs: 40) { g, p in
+            let kis = try await g.connect(user: "s3", appKey: "PSapp-sigterm-large")
+            let jwt = try await g.jwt("s3")
+            let cached = "/domestic/chart/daily/000660?start=2015-01-01&end=2024-12-31"
+            #expect(try await g.get(cached, jwt: jwt, kis: kis).status == 200)
+            func request(_ target: String) -> String {
+                "GET \(target) HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \(jwt)\r\nX-KIS-Token: \(kis)\r\n\r\n"
+            }
+            // 20 hits, then a chart of 25 KIS pages of 40 ms or more.
+            let pipelined = String(repeating: request(cached), count: 20)
+                + request("/domestic/chart/daily/005930?start=2015-01-01&end=2024-12-31")
+            let reader = SlowReader(port: p.port, request: pipelined)
+            try await Task.sleep(for: .milliseconds(300))
+            kill(p.process.processIdentifier, SIGTERM)
+            let answers = try await reader.result()
+            #expect(answers.count == 21, "\(answers.count) answers")
+            for (index, answer) in answers.enumerated() {
+                #expect(answer.head.hasPrefix("HTTP/1.1 200"), "\(index): \(answer.head)")
+                #expect(answer.length > 150_000 && answer.received == answer.length,
+                        "\(index): \(answer.received) of \(answer.length) bytes")
+            }
+            #expect(await eventually(.seconds(15)) { !p.process.isRunning })
+            #expect(p.process.terminationStatus == 0)
+        }
+    }
+
     /// The request gives up after `request_timeout_ms`; its fetch goes on (the next request would find the chart).
     /// SIGTERM then must not drop it: a dropped fetch leaves its fleet lock held until it expires, and the chart
     /// unshared.
@@ -271,5 +303,82 @@ final class RecordGate: Sendable {
             }
             if go { c.resume() }
         }
+    }
+}
+
+struct SlowReaderError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+/// Requests over a socket whose receive buffer is 4 KB, read only after 2 s and then to the end of the stream, on a
+/// thread of its own (blocking reads).
+final class SlowReader: Sendable {
+    struct Answer: Sendable {
+        var head: String
+        /// `Content-Length`, and how many body bytes arrived.
+        var length: Int
+        var received: Int
+    }
+
+    private let outcome = Mutex<Result<[Answer], any Error>?>(nil)
+
+    init(port: Int, request: String) {
+        Thread.detachNewThread {
+            let r = Result { try Self.exchange(port: port, request: request) }
+            self.outcome.withLock { $0 = r }
+        }
+    }
+
+    func result() async throws -> [Answer] {
+        while true {
+            if let r = outcome.withLock({ $0 }) { return try r.get() }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    private static func exchange(port: Int, request: String) throws -> [Answer] {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var size: Int32 = 4096
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { throw SlowReaderError("cannot connect to the gateway") }
+        let bytes = Array(request.utf8)
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + sent, bytes.count - sent) }
+            guard n > 0 else { throw SlowReaderError("cannot send the requests") }
+            sent += n
+        }
+        usleep(2_000_000)
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { break }
+            received += buffer[0..<n]
+        }
+        // The answers, one after another: a head, then `Content-Length` bytes.
+        var answers: [Answer] = []
+        var at = 0
+        let separator: [UInt8] = Array("\r\n\r\n".utf8)
+        while at < received.count {
+            guard let end = (at..<max(at, received.count - 3)).first(where: { Array(received[$0..<$0 + 4]) == separator })
+            else { break }
+            let head = String(decoding: received[at..<end], as: UTF8.self)
+            let length = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
+                .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
+            let body = min(length, received.count - end - 4)
+            answers.append(Answer(head: head, length: length, received: body))
+            at = end + 4 + body
+        }
+        return answers
     }
 }
