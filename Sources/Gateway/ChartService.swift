@@ -468,6 +468,12 @@ final class ChartService: Sendable {
         let beforeEachCall: @Sendable () async throws -> Void = {
             recordCall("ok", nil)  // the page before this one
             let n = calls.add(1, ordering: .relaxed).oldValue
+            // The lock's TTL covers one queue wait and one call: renewed before each further page's (or retry's)
+            // wait, so that a first page's reserved wait, a slow answer, the backoff and the retry's own wait
+            // together cannot outlast it.
+            if n > 0 {
+                _ = try? await store.renewLock(lock, ttl: lockTTL)
+            }
             let waitStart = ContinuousClock.now
             let ok: Bool
             if n == 0, let (decision, decidedAt) = reserved {
@@ -498,10 +504,6 @@ final class ChartService: Sendable {
             if waited > .milliseconds(1) {
                 metrics.rateLimitWaits.increment()
                 metrics.rateLimitWait.recordNanoseconds(TimeAmount(waited).nanoseconds)
-            }
-            // The lock's TTL covers one queue wait and one call; renew it for each further page.
-            if n > 0 {
-                _ = try? await store.renewLock(lock, ttl: lockTTL)
             }
             callStarted.withLock { $0 = .now }
         }
