@@ -27,8 +27,9 @@ struct ChartEntry: Sendable {
         self.freshUntil = freshUntil
     }
 
-    /// Bytes this entry holds, for the L1's byte bound.
-    var cost: Int { body.readableBytes + etag.utf8.count + 64 }
+    /// Bytes this entry holds, for the L1's byte bound: the body's whole allocation (a `ByteBuffer`'s storage is a
+    /// power of two, up to twice the body), not only the body's bytes, so that the bound is on memory.
+    var cost: Int { body.capacity + etag.utf8.count + 64 }
 
     // MARK: store encoding: "kc1 <storedAt> <freshUntil> <etag>\n<body>"
 

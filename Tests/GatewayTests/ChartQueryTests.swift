@@ -300,6 +300,23 @@ struct ChartQueryTests {
 
     // MARK: the response body
 
+    /// The L1's byte bound is on memory: a body of 2,500 candles lies in a buffer rounded up to a power of two.
+    @Test("an entry costs its body's whole allocation, not only the body's bytes")
+    func entryCost() throws {
+        let q = try Self.domestic("005930", ["start": "2015-01-01", "end": "2024-12-31"])
+        let n = ExactNumber("71500")!
+        let candles = (0..<2500).map {
+            Candle(date: CivilDate(dayNumber: q.start.dayNumber + $0), open: n, high: n, low: n, close: n, volume: n,
+                   turnover: n)
+        }
+        let body = ChartEntry.render(q, chart: DailyChart(name: "삼성전자", candles: candles, known: true, calls: 25))
+        let entry = ChartEntry(body: body, storedAt: 0, freshUntil: 1)
+        #expect(body.capacity > body.readableBytes)
+        #expect(entry.cost >= body.capacity)
+        let decoded = try #require(ChartEntry.decode(entry.encoded()))
+        #expect(decoded.cost >= decoded.body.capacity)
+    }
+
     @Test("the body says market, exchange, currency, period and adjusted as resolved", arguments: Exchange.allCases)
     func body(exchange: Exchange) throws {
         for (period, adjusted) in [("D", true), ("W", false), ("M", true)] {
