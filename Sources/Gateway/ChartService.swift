@@ -431,6 +431,12 @@ final class ChartService: Sendable {
             maxWait: settings.maxQueue)
     }
 
+    /// `d` rounded up to whole seconds, at least 1: a `Retry-After`.
+    static func wholeSeconds(_ d: Duration) -> Int {
+        let (seconds, attoseconds) = d.components
+        return max(1, Int(seconds) + (attoseconds > 0 ? 1 : 0))
+    }
+
     /// KIS's per-second limit with headroom for network jitter, so the whole fleet never exceeds it.
     ///
     /// KIS counts calls in a sliding one-second window, so calls spaced exactly `1/rate` apart put `rate + 1` in
@@ -475,30 +481,29 @@ final class ChartService: Sendable {
                 _ = try? await store.renewLock(lock, ttl: lockTTL)
             }
             let waitStart = ContinuousClock.now
-            let ok: Bool
-            if n == 0, let (decision, decidedAt) = reserved {
+            let decision: RateLimitDecision
+            if n == 0, let (reservedDecision, decidedAt) = reserved {
                 // The slot came with the lock.
-                switch decision {
-                case .allowed(let wait):
-                    let remaining = wait - (waitStart - decidedAt)
-                    if remaining > .zero { try await Task.sleep(for: remaining) }
-                    ok = true
-                case .denied:
-                    ok = false
+                switch reservedDecision {
+                case .allowed(let wait): decision = .allowed(after: wait - (waitStart - decidedAt))
+                case .denied(let retryAfter): decision = .denied(retryAfter: retryAfter - (waitStart - decidedAt))
                 }
             } else {
                 do {
-                    ok = try await store.waitForRateLimit(rlKey, limit: limit, deadline: .now + maxQueue)
-                } catch is CancellationError {
-                    throw CancellationError()
+                    decision = try await store.rateLimit(rlKey, limit: limit, cost: 1, maxWait: maxQueue)
                 } catch {
                     throw Problem(.storeUnavailable, "the shared rate limiter cannot be reached", retryAfter: 1)
                 }
             }
-            guard ok else {
+            switch decision {
+            case .allowed(let wait):
+                if wait > .zero { try await Task.sleep(for: wait) }
+            case .denied(let retryAfter):
                 metrics.rateLimitRejections.increment()
+                // When the app key's next free slot comes, in whole seconds: a client that waits that long is not
+                // refused again for want of one (unless others take it first).
                 throw Problem(.rateLimited, "the KIS rate for this app key cannot be met within the queue limit",
-                              retryAfter: 1)
+                              retryAfter: Self.wholeSeconds(retryAfter))
             }
             let waited = ContinuousClock.now - (n == 0 ? reserved?.1 ?? waitStart : waitStart)
             if waited > .milliseconds(1) {

@@ -685,7 +685,10 @@ struct GatewayUpstreamTests {
                     group.addTask {
                         let r = try await g.get("/domestic/chart/daily/0\(10000 + i)0?start=2025-01-02&end=2025-01-31",
                                                 jwt: jwt, kis: kis, base: urls[i % urls.count])
-                        if r.status == 429 { #expect(r.header("Retry-After") != nil && r.code == "rate_limited") }
+                        if r.status == 429 {
+                            #expect(r.code == "rate_limited")
+                            #expect((1...5).contains(Int(r.header("Retry-After") ?? "") ?? 0), "\(r.header("Retry-After") ?? "none")")
+                        }
                         return r.status
                     }
                 }
@@ -695,6 +698,23 @@ struct GatewayUpstreamTests {
             #expect(codes.contains(429))
             let errors = try await g.sim(.GET, "/__sim/stats").json["errors"] as? [String: Int] ?? [:]
             #expect(errors["EGW00201"] == nil)
+        }
+    }
+
+    /// `Retry-After` says when the app key's next slot comes, rather than always 1 s.
+    @Test("a 429 for the app key's rate says in Retry-After when its next slot comes, in whole seconds")
+    func retryAfterOfTheNextSlot() async throws {
+        let sim = SimulatorConfiguration(port: 0, environment: .sandbox, issueInterval: 0, ratePerSecond: 1)
+        // 1/s is spaced 1.25 s apart (ChartService.effectiveRate); with no queue, the second call is refused with
+        // its slot about 1.25 s away.
+        try await withGateway(sim: sim, config: { testConfig(simURL: $0, maxQueueMs: 0, sandboxRate: 1) }) { g, _ in
+            let kis = try await g.connect(user: "u-ra", appKey: "PSapp-ra", environment: .sandbox)
+            let jwt = try await g.jwt("u-ra")
+            #expect(try await g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis).status == 200)
+            let refused = try await g.get("/domestic/chart/daily/000660?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(refused.status == 429 && refused.code == "rate_limited", "\(refused.text)")
+            #expect(refused.header("Retry-After") == "2")
+            #expect(refused.json["retry_after"] as? Int == 2)
         }
     }
 

@@ -31,6 +31,15 @@ struct SpecRulesTests {
         #expect(ChartService.effectiveRate(1) == 0.8)
     }
 
+    @Test("Retry-After: the wait for the next slot rounded up to whole seconds, at least 1")
+    func retryAfterSeconds() {
+        #expect(ChartService.wholeSeconds(.zero) == 1)
+        #expect(ChartService.wholeSeconds(.milliseconds(-5)) == 1)
+        #expect(ChartService.wholeSeconds(.seconds(1)) == 1)
+        #expect(ChartService.wholeSeconds(.milliseconds(1001)) == 2)
+        #expect(ChartService.wholeSeconds(.milliseconds(2500)) == 3)
+    }
+
     static let origin = "http://localhost:3000"
 
     static func domesticCalls(_ g: GatewayFixture) async throws -> Int {
