@@ -29,13 +29,15 @@ struct GatewayFixture: Sendable {
         try await JWTVerifier.mintHS256(secret: Array(testSecret.utf8), sub: sub, ttl: ttl)
     }
 
-    /// Issues a KIS token at the simulator and publishes it for `user`, as the broker does.
+    /// Issues a KIS token at the simulator and publishes it for `user`, as the broker does — with the app secret
+    /// `publishedSecret` if given (the one the token was issued with otherwise).
     func connect(user: String, appKey: String, environment: KISEnvironment = .live,
-                 expiresIn: TimeInterval? = nil) async throws -> String {
+                 expiresIn: TimeInterval? = nil, publishedSecret: String? = nil) async throws -> String {
         let client = KISClient(baseURL: simURL, logger: Logger(label: "test"))
         let issued = try await client.issueToken(appKey: appKey, appSecret: "secret-" + appKey)
         try await TokenDirectory.publish(
-            SealedCredentials(access_token: issued.accessToken, app_key: appKey, app_secret: "secret-" + appKey),
+            SealedCredentials(access_token: issued.accessToken, app_key: appKey,
+                              app_secret: publishedSecret ?? "secret-" + appKey),
             userID: user, environment: environment, issuedAt: Date(),
             expiresAt: expiresIn.map { Date().addingTimeInterval($0) } ?? issued.expiresAt, store: store,
             keyring: keyring)

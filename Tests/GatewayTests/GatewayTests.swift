@@ -1,10 +1,12 @@
 import Foundation
+import Gateway
 import KIS
 import KisgwConfiguration
 import Logging
 import Simulator
 import NIOCore
 import NIOHTTP1
+import Prometheus
 import ServerKit
 import Store
 import Testing
@@ -216,6 +218,10 @@ struct GatewayChartTests {
             #expect(second.body.isEmpty)
             #expect(second.header("ETag") == etag)
             #expect(second.header("Server-Timing") == #"cache;desc="hit""#)
+            // "Response headers on every chart response": a 304 too.
+            #expect(second.header("Cache-Control")?.wholeMatch(of: /private, max-age=\d+/) != nil, "\(second.header("Cache-Control") ?? "none")")
+            #expect(second.header("Age").flatMap { Int($0) } != nil)
+            #expect(second.header("X-Cache") == "HIT")
             let weak = try await g.get(path, jwt: jwt, kis: kis, headers: [("If-None-Match", #""nope", W/"# + etag)])
             #expect(weak.status == 304)
             let other = try await g.get(path, jwt: jwt, kis: kis, headers: [("If-None-Match", #""nope""#)])
@@ -502,7 +508,8 @@ struct GatewayCORSTests {
                 #expect(err.header("Access-Control-Allow-Origin") == origin)
                 #expect(err.header("Access-Control-Expose-Headers") == "ETag, X-Cache, Age, Retry-After, Server-Timing")
             } else {
-                #expect(err.header("Access-Control-Allow-Origin") == nil)
+                // No Access-Control-* header at all (gateway-api.md: origins not allowed get none).
+                #expect(!err.headers.contains { $0.0.lowercased().hasPrefix("access-control-") }, "\(err.headers)")
             }
         }
     }
@@ -546,7 +553,8 @@ struct GatewayUpstreamTests {
     /// while it ran, gets the chart fetched with B's own token (not a 401 that would make B's client refresh).
     @Test("a waiter whose fetch failed for another user's token fetches with its own")
     func waiterNotAnsweredWithAnotherUsersTokenProblem() async throws {
-        try await withGateway { g, _ in
+        let registry = PrometheusCollectorRegistry()
+        try await withGateway(dependencies: { _, deps in deps.metricsRegistry = registry }) { g, _ in
             // A's app key is a sandbox one (1 call/s, spaced 1.25 s): its second fetch waits for its slot, and B's
             // request joins it meanwhile. KIS then refuses A's token, which expired in between.
             let kisA = try await g.connect(user: "wa", appKey: "PSapp-waiter-a", environment: .sandbox)
@@ -562,6 +570,9 @@ struct GatewayUpstreamTests {
             #expect(first.status == 401 && first.code == "kis_token_expired")
             #expect(b.status == 200, "\(b.status) \(b.code ?? "")")
             #expect(b.header("X-Cache") == "MISS")  // fetched with B's token, after A's fetch failed
+            // B did wait on A's fetch (it did not merely come after it).
+            let m = Exposition(try await g.get("/metrics", jwt: nil, kis: nil).text)
+            #expect(m.value("kisgw_cache_results_total", ["result": "coalesced"]) == 1)
         }
     }
 
@@ -715,6 +726,24 @@ struct GatewayUpstreamTests {
             #expect(refused.status == 429 && refused.code == "rate_limited", "\(refused.text)")
             #expect(refused.header("Retry-After") == "2")
             #expect(refused.json["retry_after"] as? Int == 2)
+        }
+    }
+
+    /// gateway-api.md: "The gateway calls KIS with the credentials published with that token" — checked against a
+    /// simulator that knows each app key's own secret.
+    @Test("KIS is called with the app key and secret published with the token; a wrong published secret is KIS's EGW00105")
+    func credentialsPublishedWithTheToken() async throws {
+        let sim = SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000,
+                                         credentials: ["PSapp-cred": "secret-PSapp-cred", "PSapp-cred2": "secret-PSapp-cred2"])
+        try await withGateway(sim: sim) { g, _ in
+            let kis = try await g.connect(user: "cr", appKey: "PSapp-cred")
+            let ok = try await g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31", jwt: try await g.jwt("cr"), kis: kis)
+            #expect(ok.status == 200, "\(ok.text)")
+            let wrong = try await g.connect(user: "cr2", appKey: "PSapp-cred2", publishedSecret: "secret-of-another-key")
+            let refused = try await g.get("/domestic/chart/daily/000660?start=2025-01-02&end=2025-01-31",
+                                          jwt: try await g.jwt("cr2"), kis: wrong)
+            #expect(refused.status == 502 && refused.code == "upstream_error", "\(refused.text)")
+            #expect(refused.json["kis_msg_cd"] as? String == "EGW00105")
         }
     }
 
