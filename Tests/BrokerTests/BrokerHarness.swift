@@ -212,13 +212,13 @@ struct BrokerFixture: Sendable {
     }
 
     /// Runs another broker on this fixture's store and database with `extraRoutes` (as `kisgw broker` adds the web
-    /// UI's), for `body`, which gets its base URL.
-    func withBroker(extraRoutes: @escaping @Sendable (Router<BasicRequestContext>) -> Void,
-                    _ body: (_ url: String) async throws -> Void) async throws {
+    /// UI's) and `logger`, for `body`, which gets its base URL.
+    func withBroker(extraRoutes: @escaping @Sendable (Router<BasicRequestContext>) -> Void = { _ in },
+                    logger: Logger = quietLogger, _ body: (_ url: String) async throws -> Void) async throws {
         let (ports, cont) = AsyncStream.makeStream(of: Int.self)
         let deps = BrokerDependencies(store: store, keyring: keyring, repository: try database.repository(),
                                       extraRoutes: extraRoutes)
-        let app = try await buildBroker(config, dependencies: deps, logger: quietLogger) { cont.yield($0) }
+        let app = try await buildBroker(config, dependencies: deps, logger: logger) { cont.yield($0) }
         let task = Task { try await app.runService(gracefulShutdownSignals: []) }
         defer { task.cancel() }
         var it = ports.makeAsyncIterator()

@@ -2,6 +2,7 @@ import Broker
 import Foundation
 import Hummingbird
 import KIS
+import Logging
 import NIOCore
 import NIOHTTP1
 import Simulator
@@ -249,6 +250,144 @@ struct BrokerRulesTests {
                 #expect(r.status == 404 && r.code == "account_not_found")
                 for secret in [key, "right-secret-123", token, "12345678"] { #expect(!r.text.contains(secret), "\(r.text)") }
             }
+        }
+    }
+}
+
+/// Every log record, rendered as a line with its metadata, from every logger made with it.
+struct LogCapture: LogHandler {
+    final class Lines: Sendable {
+        let value = Mutex<[String]>([])
+    }
+
+    let lines = Lines()
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let all = metadata.merging(event.metadata ?? [:]) { _, new in new }
+        lines.value.withLock { $0.append("\(event.level) \(event.message) \(all) \(event.error.map { "\($0)" } ?? "")") }
+    }
+}
+
+@Suite("Broker: rules of broker-api.md, second pass", .serialized)
+struct BrokerRulesMoreTests {
+    static let origin = "http://localhost:3000"
+
+    @Test("a body over 16 KiB is 413 payload_too_large, a problem with CORS; DELETE without environment is 400")
+    func limitsAndParameters() async throws {
+        try await withBroker { b in
+            let jwt = try await b.jwt("u-big")
+            var body = accountBody(appKey("big"))
+            body["padding"] = String(repeating: "x", count: 17 * 1024)
+            let json = String(decoding: try JSONSerialization.data(withJSONObject: body), as: UTF8.self)
+            let big = try await http(.POST, b.url + "/api/kis/token", headers: [
+                ("content-type", "application/json"), ("Authorization", "Bearer " + jwt), ("Origin", Self.origin),
+            ], body: json)
+            #expect(big.status == 413 && big.code == "payload_too_large", "\(big.text)")
+            #expect(big.header("content-type")?.hasPrefix("application/problem+json") == true)
+            #expect(big.header("access-control-allow-origin") == Self.origin)
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)  // nothing stored
+            let noEnv = try await http(.DELETE, b.url + "/api/kis/account", headers: [
+                ("Authorization", "Bearer " + jwt), ("Origin", Self.origin),
+            ])
+            #expect(noEnv.status == 400 && noEnv.code == "invalid_parameter", "\(noEnv.text)")
+            #expect(noEnv.header("access-control-allow-origin") == Self.origin)
+        }
+    }
+
+    /// broker-api.md: "Failures … are counted in metrics"; `kis_rate_limited` is 429 with `Retry-After`.
+    @Test("KIS refusing a secret counts in kis_token_issuance_failures_total; a held issuance lock is 429 Retry-After, with CORS")
+    func failuresCountedAndLockWait() async throws {
+        let sim = SimulatorConfiguration(port: 0, environment: .sandbox, credentials: [appKey("cnt"): "right-secret"])
+        try await withBroker(sim: sim, config: { testConfig(simURL: $0, database: $1, upstreamTimeoutMs: 500) }) { b in
+            let jwt = try await b.jwt("u-cnt")
+            let refused = try await b.post("/api/kis/token", accountBody(appKey("cnt"), secret: "wrong-secret"), jwt: jwt)
+            #expect(refused.status == 400 && refused.code == "kis_credentials_rejected", "\(refused.text)")
+            let metrics = try await b.get("/metrics", jwt: nil).text
+            #expect(metrics.contains(#"kis_token_issuance_failures_total{reason="credentialsRejected"} 1"#), "\(metrics)")
+            let key = appKey("cnt")
+            let lock = try #require(try await b.store.acquireLock(
+                "lock:kis-issue:SANDBOX:\(TokenDirectory.sha256(of: key))", ttl: .seconds(60)))
+            let body = String(decoding: try JSONSerialization.data(withJSONObject: accountBody(key, secret: "right-secret")),
+                              as: UTF8.self)
+            let held = try await http(.POST, b.url + "/api/kis/token", headers: [
+                ("content-type", "application/json"), ("Authorization", "Bearer " + jwt), ("Origin", Self.origin),
+            ], body: body)  // waits lockWait (5.5 s)
+            #expect(held.status == 429 && held.code == "kis_rate_limited", "\(held.text)")
+            #expect(held.header("Retry-After") == "1")
+            #expect(held.header("access-control-allow-origin") == Self.origin)
+            _ = try await b.store.releaseLock(lock)
+            #expect(try await b.post("/api/kis/token", accountBody(key, secret: "right-secret"), jwt: jwt).status == 200)
+        }
+    }
+
+    /// store.md: a token's record lives until the token expires.
+    @Test("the published record's TTL is the time left until the token's expiry")
+    func recordTTL() async throws {
+        try await withBroker(store: StoreKind.available.last!) { b in
+            let r = try await b.post("/api/kis/token", accountBody(appKey("ttl")), jwt: try await b.jwt("u-ttl"))
+            let token = try #require(r.json["token"] as? String)
+            let expiresAt = try #require((r.json["expiresAt"] as? String).flatMap { try? Date($0, strategy: .iso8601) })
+            let ttl = try await b.store.timeToLive(TokenDirectory.recordKey(TokenDirectory.sha256(of: token)))
+            guard case .expiresIn(let left) = ttl else {
+                Issue.record("the record has no expiry: \(ttl)")
+                return
+            }
+            let expected = expiresAt.timeIntervalSince(b.clock.now())
+            #expect(abs(Double(left.components.seconds) - expected) <= 2, "TTL \(left), expiry in \(expected) s")
+        }
+    }
+
+    /// broker-api.md: scheduler failures "are logged without secrets" — and so is everything else the broker logs.
+    @Test("what the broker logs (connect, a refused secret, a failed revoke, disconnect) names no secret, token or account number")
+    func logsWithoutSecrets() async throws {
+        let capture = LogCapture()
+        let logger = {
+            var l = Logger(label: "broker-logs") { _ in capture }
+            l.logLevel = .trace
+            return l
+        }()
+        let router = Router()
+        router.post("/oauth2/tokenP") { request, _ in
+            let form = try JSONSerialization.jsonObject(with: Data(try await request.body.collect(upTo: 1 << 16).readableBytesView))
+                as? [String: Any]
+            guard form?["appsecret"] as? String == "secret-" + appKey("log") else {
+                return Response(status: .forbidden, body: .init(byteBuffer: ByteBuffer(string:
+                    #"{"error_code":"EGW00105","error_description":"유효하지 않은 AppSecret입니다."}"#)))
+            }
+            let t = KISTokenResponse(access_token: "standin-log-token-0123456789",
+                                     access_token_token_expired: KST.format(Date().addingTimeInterval(86400)), expires_in: 86400)
+            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(bytes: try JSONEncoder().encode(t))))
+        }
+        router.post("/oauth2/revokeP") { _, _ in
+            Response(status: .internalServerError, body: .init(byteBuffer: ByteBuffer(string: "<html>oops</html>")))
+        }
+        let standIn = await startStandInKIS(router)
+        defer { standIn.task.cancel() }
+        try await withBroker(config: { testConfig(simURL: standIn.url, database: $1) }) { b in
+            try await b.withBroker(logger: logger) { url in
+                let jwt = try await b.jwt("u-log")
+                let wrong = try await b.post("/api/kis/token", accountBody(appKey("log"), secret: "wrong-secret-value",
+                                                                           number: "98765432-01"), jwt: jwt, base: url)
+                #expect(wrong.status == 400)
+                let ok = try await b.post("/api/kis/token", accountBody(appKey("log"), number: "98765432-01"), jwt: jwt,
+                                          base: url)
+                #expect(ok.status == 200)
+                #expect(try await http(.DELETE, url + "/api/kis/account?environment=SANDBOX",
+                                       headers: [("Authorization", "Bearer " + jwt)]).status == 204)
+            }
+        }
+        let lines = capture.lines.value.withLock { $0 }
+        #expect(!lines.isEmpty)
+        for secret in [appKey("log"), "secret-" + appKey("log"), "wrong-secret-value", "standin-log-token-0123456789",
+                       "98765432", testSecret] {
+            #expect(!lines.contains { $0.contains(secret) }, "\(secret) in \(lines.filter { $0.contains(secret) })")
         }
     }
 }
