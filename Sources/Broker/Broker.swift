@@ -242,7 +242,10 @@ struct BrokerCore: Sendable {
         let environment = try RequestForm.environment(request.uri.queryParameters.get("environment"))
         let (account, token) = try await run { () async throws -> (Account?, BrokerToken?) in
             guard let a = try await keeper.account(userID, environment) else { return (nil, nil) }
-            return (a, try await keeper.currentToken(userID, environment))
+            guard let t = try await keeper.currentToken(userID, environment) else { return (a, nil) }
+            // A token a gateway saw KIS refuse (`dead:`) serves no more: not connected until a refresh.
+            if (try? await TokenDirectory.deadReason(sha256: t.sha256, store: keeper.store)) != nil { return (a, nil) }
+            return (a, t)
         }
         guard let account else { throw Problem(.accountNotFound, "no \(environment.rawValue) account is connected") }
         let now = keeper.now

@@ -41,6 +41,14 @@ struct RefreshBackoff: Sendable {
 
     mutating func succeeded(_ key: String) { failures[key] = nil }
 
+    /// Forgets the accounts not in `keys` (deleted, or made inactive, since they failed): the record does not grow
+    /// with every account that ever failed.
+    mutating func keepOnly(_ keys: Set<String>) {
+        failures = failures.filter { keys.contains($0.key) }
+    }
+
+    var remembered: Int { failures.count }
+
     func failureCount(_ key: String) -> Int { failures[key]?.count ?? 0 }
 }
 
@@ -221,6 +229,8 @@ final class BrokerScheduler: Service, Sendable {
             logger.warning("cannot list accounts for the refresh pass", metadata: ["error": "\(error)"])
             return
         }
+        let listed = Set(accounts.filter(\.isActive).map { $0.userID + "|" + $0.environment.rawValue })
+        backoff.withLock { $0.keepOnly(listed) }
         for row in accounts where row.isActive {
             // The lease is renewed alongside (whileHoldingLease); before each account the pass checks it is still
             // this copy's, and stops at once if another copy holds it now.

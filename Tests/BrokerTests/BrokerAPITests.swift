@@ -304,7 +304,12 @@ struct BrokerAPITests {
             let key = appKey("dead")
             let first = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: jwt).json["token"] as? String)
             // KIS ended the token early (as after maintenance) and a gateway saw it refused.
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).json["connected"] as? Bool == true)
             try await b.kisRefused(first)
+            // The account shows it: not connected, no expiry, until a new token is obtained.
+            let shown = try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt)
+            #expect(shown.json["connected"] as? Bool == false)
+            #expect(shown.json["tokenExpiresAt"] is NSNull)
             try await b.advanceClocks(61)  // KIS's minute between issuances
             let second = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1")).json["token"] as? String)
             #expect(second != first)

@@ -356,6 +356,11 @@ struct BrokerRuleTests {
         b.succeeded("a")
         #expect(b.mayAttempt("a", now: 0))
         #expect(b.failureCount("a") == 0)
+        // Accounts gone since they failed are forgotten at the next pass.
+        b.failed("gone", now: 0, jitter: 1)
+        b.failed("kept", now: 0, jitter: 1)
+        b.keepOnly(["kept", "new"])
+        #expect(b.remembered == 1 && b.failureCount("kept") == 1 && b.failureCount("gone") == 0)
     }
 
     @Test("account numbers: 8 digits, an optional dash, 2 digits", arguments: [
