@@ -343,3 +343,30 @@ func eventually(
 func startStandInKIS(_ router: Router<BasicRequestContext>) async -> (url: String, task: Task<Void, any Error>) {
     await TestSupport.startStandInKIS(router, logger: quietLogger)
 }
+
+/// Every log record from every logger made with it: its message, and a line with its level, metadata and error.
+struct LogCapture: LogHandler {
+    private final class Records: Sendable {
+        let value = Mutex<[(message: String, line: String)]>([])
+    }
+
+    private let records = Records()
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let all = metadata.merging(event.metadata ?? [:]) { _, new in new }
+        let line = "\(event.level) \(event.message) \(all) \(event.error.map { "\($0)" } ?? "")"
+        records.value.withLock { $0.append((event.message.description, line)) }
+    }
+
+    var lines: [String] { records.value.withLock { $0.map(\.line) } }
+
+    /// How many records had `message`.
+    func count(_ message: String) -> Int { records.value.withLock { $0.filter { $0.message == message }.count } }
+}

@@ -254,27 +254,6 @@ struct BrokerRulesTests {
     }
 }
 
-/// Every log record, rendered as a line with its metadata, from every logger made with it.
-struct LogCapture: LogHandler {
-    final class Lines: Sendable {
-        let value = Mutex<[String]>([])
-    }
-
-    let lines = Lines()
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        let all = metadata.merging(event.metadata ?? [:]) { _, new in new }
-        lines.value.withLock { $0.append("\(event.level) \(event.message) \(all) \(event.error.map { "\($0)" } ?? "")") }
-    }
-}
-
 @Suite("Broker: rules of broker-api.md, second pass", .serialized)
 struct BrokerRulesMoreTests {
     static let origin = "http://localhost:3000"
@@ -383,7 +362,7 @@ struct BrokerRulesMoreTests {
                                        headers: [("Authorization", "Bearer " + jwt)]).status == 204)
             }
         }
-        let lines = capture.lines.value.withLock { $0 }
+        let lines = capture.lines
         #expect(!lines.isEmpty)
         for secret in [appKey("log"), "secret-" + appKey("log"), "wrong-secret-value", "standin-log-token-0123456789",
                        "98765432", testSecret] {

@@ -119,13 +119,8 @@ struct IssuanceRaceTests {
             try await withRepository(b.database) { repository in
                 let listed = try #require(try await repository.account(userID: "u-num", environment: .sandbox))
                 #expect(try await b.post("/api/kis/token", accountBody(key, number: "33334444-02"), jwt: jwt).status == 200)
-                let keeper = TokenKeeper(
-                    repository: repository, store: b.store, keyring: b.keyring,
-                    clients: [.sandbox: KISClient(baseURL: b.simURL, logger: quietLogger)],
-                    settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: 60,
-                                             lockTTL: .seconds(30), lockWait: .seconds(10)),
-                    metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger,
-                    clock: { b.clock.now() })
+                let keeper = makeKeeper(repository, store: b.store, keyring: b.keyring, kis: b.simURL,
+                                        clock: { b.clock.now() })
                 try await b.advanceClocks(86400 - 1800)  // inside refresh_ahead_s, past the reuse window
                 #expect(try await keeper.scheduledRefresh(listed) == true)
                 let now = try #require(try await repository.account(userID: "u-num", environment: .sandbox))

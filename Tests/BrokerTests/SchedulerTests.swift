@@ -26,13 +26,8 @@ struct SchedulerTests {
             try await withRepository(b.database) { repository in
                 let listed = try #require(try await repository.account(userID: "u-del", environment: .sandbox))
                 #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 204)
-                let keeper = TokenKeeper(
-                    repository: repository, store: b.store, keyring: b.keyring,
-                    clients: [.sandbox: KISClient(baseURL: b.simURL, logger: quietLogger)],
-                    settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: 60,
-                                             lockTTL: .seconds(30), lockWait: .seconds(10)),
-                    metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger,
-                    clock: { b.clock.now() })
+                let keeper = makeKeeper(repository, store: b.store, keyring: b.keyring, kis: b.simURL,
+                                        clock: { b.clock.now() })
                 try await b.advanceClocks(61)  // KIS's minute between issuances: nothing but the account stops it
                 let issued = try await b.issuances()
                 #expect(try await keeper.scheduledRefresh(listed) == false)
@@ -187,7 +182,7 @@ struct SchedulerTests {
                     // smallest, so the lease lives 3 s.
                     let took = [Hits(), Hits()]
                     let copies = [repository, otherRepository].enumerated().map { (copy, repo) in
-                        let keeper = Self.keeper(repo, store: store, keyring: keyring, kis: standIn.url + "/copy\(copy)",
+                        let keeper = makeKeeper(repo, store: store, keyring: keyring, kis: standIn.url + "/copy\(copy)",
                                                  refreshInterval: 1, clock: { clock.now() })
                         return BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1,
                                                logger: quietLogger, onLeaseChange: { if $0 { took[copy].hit() } })
@@ -290,7 +285,7 @@ struct SchedulerTests {
                 let took = [Hits(), Hits()]
                 let copies = (0..<2).map { copy in
                     BrokerScheduler(
-                        keeper: Self.keeper(repository, store: store, keyring: keyring, kis: standIn.url + "/copy\(copy)",
+                        keeper: makeKeeper(repository, store: store, keyring: keyring, kis: standIn.url + "/copy\(copy)",
                                             refreshInterval: 1, clock: { clock.now() }),
                         refreshIntervalS: 1, reconcileIntervalS: 1, logger: quietLogger,
                         onLeaseChange: { if $0 { took[copy].hit() } })
@@ -343,7 +338,7 @@ struct SchedulerTests {
                 try await Self.saveDue([refused, failing], users: "u-sf", keyring: keyring, at: clock.now(), in: repository)
                 // refresh_interval_s 1: a pass every second; the backoff's base is 1 s, doubling.
                 let scheduler = BrokerScheduler(
-                    keeper: Self.keeper(repository, store: store, keyring: keyring, kis: standIn.url, refreshInterval: 1,
+                    keeper: makeKeeper(repository, store: store, keyring: keyring, kis: standIn.url, refreshInterval: 1,
                                         clock: { clock.now() }),
                     refreshIntervalS: 1, reconcileIntervalS: 3600, logger: quietLogger)
                 let run = Task { try await scheduler.run() }
@@ -367,19 +362,6 @@ struct SchedulerTests {
     private static func remove(_ db: TestDatabase) {
         try? FileManager.default.removeItem(
             atPath: URL(fileURLWithPath: db.location).deletingLastPathComponent().deletingLastPathComponent().path)
-    }
-
-    /// A keeper as a broker builds one (tokens refreshed an hour ahead, 30 s issuance locks), calling the KIS at
-    /// `kis` for SANDBOX accounts (none when nil).
-    private static func keeper(_ repository: any BrokerRepository, store: any SharedStore, keyring: SealKeyring,
-                               kis: String?, refreshInterval: Int64,
-                               clock: @escaping @Sendable () -> Date) -> TokenKeeper {
-        TokenKeeper(
-            repository: repository, store: store, keyring: keyring,
-            clients: kis.map { [.sandbox: KISClient(baseURL: $0, timeout: .seconds(10), logger: quietLogger)] } ?? [:],
-            settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: refreshInterval,
-                                     lockTTL: .seconds(30), lockWait: .seconds(10)),
-            metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger, clock: clock)
     }
 
     /// SANDBOX accounts connected with no token yet (all due for the scheduler), one per app key: users
@@ -408,7 +390,7 @@ struct SchedulerTests {
             if let redis { group.addTask { await redis.run() } }
             defer { group.cancelAll() }
             try await withRepository(db) { repository in
-                let keeper = Self.keeper(repository, store: store, keyring: keyring, kis: nil, refreshInterval: 60,
+                let keeper = makeKeeper(repository, store: store, keyring: keyring, kis: nil, refreshInterval: 60,
                                          clock: { Date() })
                 try await body(keeper, repository, store, keyring)
             }
@@ -482,7 +464,7 @@ struct SchedulerTests {
         let store = RedisStore(client: client, keyPrefix: "sched-fail:")
         let db = try await TestDatabase.make(.sqlite)
         defer { Self.remove(db) }
-        let warnings = WarningCount(message: "the shared store does not answer; the scheduler waits")
+        let warnings = LogCapture()
         let logger = {
             var l = Logger(label: "scheduler") { _ in warnings }
             l.logLevel = .warning
@@ -493,7 +475,7 @@ struct SchedulerTests {
             group.addTask { await admin.run() }
             defer { group.cancelAll() }
             try await withRepository(db) { repository in
-                let keeper = Self.keeper(repository, store: store, keyring: .ephemeral(), kis: nil, refreshInterval: 1,
+                let keeper = makeKeeper(repository, store: store, keyring: .ephemeral(), kis: nil, refreshInterval: 1,
                                          clock: { Date() })
                 let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1, logger: logger)
                 let run = Task { try await scheduler.run() }
@@ -501,7 +483,7 @@ struct SchedulerTests {
                 try #require(try await eventually { scheduler.holdsLease.load(ordering: .relaxed) })
                 _ = try await admin.send(RedisCommand("ACL", ["SETUSER", "sched", "-@all"]))
                 try await Task.sleep(for: .seconds(3))
-                let tries = warnings.count
+                let tries = warnings.count("the shared store does not answer; the scheduler waits")
                 #expect(tries >= 1, "the store's failure was never seen")
                 #expect(tries <= 6, "\(tries) tries in 3 s with a 1 s tick")
             }
@@ -549,7 +531,7 @@ struct SchedulerTests {
                 defer { group.cancelAll() }
                 // Four connected accounts with no token yet: all due, a pass of 4 × 1.5 s.
                 try await Self.saveDue(keys, users: "u-rp", keyring: keyring, at: clock.now(), in: repository)
-                let keeper = Self.keeper(repository, store: store, keyring: keyring, kis: standIn.url + "/copy0",
+                let keeper = makeKeeper(repository, store: store, keyring: keyring, kis: standIn.url + "/copy0",
                                          refreshInterval: 1, clock: { clock.now() })
                 // And one account with a live token, not due (a day left), published.
                 let kept = try await Self.save("u-rp-kept", appKey: appKey("rpk"), keyring: keyring, in: repository)
@@ -727,26 +709,14 @@ final class SlowTokenP: Sendable {
     }
 }
 
-/// Counts the log records whose message is `message`, from every logger made with it.
-struct WarningCount: LogHandler {
-    let message: String
-    private let seen = Counter()
-
-    init(message: String) { self.message = message }
-
-    var count: Int { seen.value.load(ordering: .relaxed) }
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        if event.message.description == message { seen.value.add(1, ordering: .relaxed) }
-    }
-
-    private final class Counter: Sendable {
-        let value = Atomic<Int>(0)
-    }
+/// A keeper as a broker builds one (tokens refreshed an hour ahead, 30 s issuance locks), calling the KIS at `kis`
+/// for SANDBOX accounts (none when nil).
+func makeKeeper(_ repository: any BrokerRepository, store: any SharedStore, keyring: SealKeyring, kis: String?,
+                refreshInterval: Int64 = 60, clock: @escaping @Sendable () -> Date) -> TokenKeeper {
+    TokenKeeper(
+        repository: repository, store: store, keyring: keyring,
+        clients: kis.map { [.sandbox: KISClient(baseURL: $0, timeout: .seconds(10), logger: quietLogger)] } ?? [:],
+        settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: refreshInterval,
+                                 lockTTL: .seconds(30), lockWait: .seconds(10)),
+        metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger, clock: clock)
 }
