@@ -137,13 +137,12 @@ final class TokenKeeper: Sendable {
         var retiring: [StoredToken] = []
         if let stored {
             if stored.appKey == form.appKey, stored.appSecret == form.appSecret {
-                if let t = try await currentToken(userID, form.environment), canServe(t, at: now),
-                    try await !isDead(t)
+                // Nothing to store: the current token is the answer. (A changed account number, or an inactive
+                // account, is stored by `issue`, under the lock, which reuses the token the same way.)
+                if stored.accountNumber == form.accountNumber, stored.isActive,
+                    let t = try await currentToken(userID, form.environment), canServe(t, at: now), try await !isDead(t)
                 {
-                    if stored.accountNumber != form.accountNumber || !stored.isActive {
-                        try await repository.saveAccount(try vault.seal(account), token: nil)
-                    }
-                    try await ensurePublished(t, account: account)
+                    try await ensurePublishedUnderLock(t, account: account)
                     return t
                 }
             } else if stored.appKey != form.appKey {
@@ -189,7 +188,7 @@ final class TokenKeeper: Sendable {
             // A gateway saw KIS refuse this token (EGW00123/EGW00121, e.g. after KIS maintenance): KIS would issue a
             // new one, so handing the same token back would only fail again.
             if (try? await TokenDirectory.deadReason(sha256: t.sha256, store: store)) == nil {
-                try await ensurePublished(t, account: account)
+                try await ensurePublishedUnderLock(t, account: account)
                 return t
             }
             try await expireRefused(t)
@@ -197,25 +196,39 @@ final class TokenKeeper: Sendable {
         var fresh = account
         fresh.isActive = true
         fresh.updatedAt = now
-        return try await issue(for: fresh, adoptValidated: false) { [self] t, now in refreshCanReuse(t, at: now) }
+        do {
+            // Only while the account is stored with these credentials: a disconnect that ran since it was read
+            // above is not undone.
+            return try await issue(for: fresh, adoptValidated: false, onlyIfStored: true) { [self] t, now in
+                refreshCanReuse(t, at: now)
+            }
+        } catch is AccountChanged {
+            throw Problem(.accountNotFound, "no \(environment.rawValue) account is connected")
+        }
     }
 
     /// `DELETE /api/kis/account`: revokes at KIS, marks REVOKED, unpublishes, deletes. Idempotent.
-    func disconnect(userID: String, environment: KISEnvironment) async throws {
+    func disconnect(userID: String, environment: KISEnvironment, retried: Int = 0) async throws {
         guard let row = try await repository.account(userID: userID, environment: environment) else { return }
         // Under the app key's issuance lock: no issuance for this account (a scheduled refresh) runs meanwhile. Not
         // without it: an issuance still running would store the account again after it was deleted. When the lock
         // cannot be had (another request holds it past `lockWait`, or the store fails), nothing is deleted and the
         // caller is told to try again (429 or 503, with `Retry-After`).
         guard let appKey = (try? vault.open(row))?.appKey else {
-            return try await disconnect(row, userID: userID, environment: environment)
+            return try await disconnect(row, userID: userID, environment: environment, lock: nil)
         }
-        try await withIssueLock(environment, appKey) { _ in
-            try await disconnect(row, userID: userID, environment: environment)
+        let again: Bool = try await withIssueLock(environment, appKey) { lock in
+            // Read again under the lock: a `token` call may have replaced the app key (and its lock) meanwhile.
+            guard let current = try await repository.account(userID: userID, environment: environment) else { return false }
+            guard (try? vault.open(current))?.appKey == appKey else { return true }
+            try await disconnect(current, userID: userID, environment: environment, lock: lock)
+            return false
         }
+        if again, retried < 2 { try await disconnect(userID: userID, environment: environment, retried: retried + 1) }
     }
 
-    private func disconnect(_ row: StoredAccount, userID: String, environment: KISEnvironment) async throws {
+    private func disconnect(_ row: StoredAccount, userID: String, environment: KISEnvironment,
+                            lock: StoreLock?) async throws {
         let now = self.now
         let rows = try await repository.tokens(userID: userID, environment: environment)
         let live = rows.filter { $0.expiresAt > now && $0.status != .expired }
@@ -231,6 +244,10 @@ final class TokenKeeper: Sendable {
                 }
             }
             try await store.delete(validatedKey(environment, account.appKey))
+        }
+        // The revocations at KIS may have taken long (one call a token): the lock must still be this disconnect's.
+        if let lock, try await !store.renewLock(lock, ttl: settings.lockTTL) {
+            throw Problem(.upstreamTimeout, "KIS took longer to revoke the tokens than the app key's lock lasts; try again")
         }
         // Database first: should unpublishing fail, the reconciler finishes it from these REVOKED rows.
         try await repository.setStatus(.revoked, tokenSHA256s: live.map(\.tokenSHA256), updatedAt: now)
@@ -387,7 +404,9 @@ final class TokenKeeper: Sendable {
                 try await refuseIfAnotherUsersAppKey(account.appKey, env, userID: account.userID)
             }
             // Another request (or copy) may have stored a token for these credentials while this one waited.
-            if let stored, sameCredentials, let t = try await currentToken(account.userID, env), reusable(t, now) {
+            if let stored, sameCredentials, let t = try await currentToken(account.userID, env), reusable(t, now),
+                try await !isDead(t)
+            {
                 if stored.accountNumber != account.accountNumber || !stored.isActive {
                     var updated = account
                     updated.createdAt = stored.createdAt
@@ -397,12 +416,13 @@ final class TokenKeeper: Sendable {
                 return t
             }
             var obtained: BrokerToken?
+            var adopted = false
             if adoptValidated, let v = try await peekValidated(
                 AccountForm(environment: env, appKey: account.appKey, appSecret: account.appSecret, accountNumber: ""))
             {
                 obtained = BrokerToken(userID: account.userID, environment: env, accessToken: v.access_token,
                                        issuedAt: v.issued_at, expiresAt: v.expires_at)
-                try await store.delete(validatedKey(env, account.appKey))
+                adopted = true
             }
             if obtained == nil {
                 let issued = try await issueAtKIS(env, appKey: account.appKey, appSecret: account.appSecret)
@@ -432,6 +452,9 @@ final class TokenKeeper: Sendable {
             }
             try await repository.saveAccount(try vault.seal(account), token: try vault.seal(token, updatedAt: now))
             try await publish(token, account: account)
+            // Only once it is stored: a request that fails before keeps the validated token for its retry (KIS
+            // would refuse another issuance within the minute).
+            if adopted { try await store.delete(validatedKey(env, account.appKey)) }
             return token
         }
     }
@@ -530,9 +553,23 @@ final class TokenKeeper: Sendable {
         _ = try await store.setRemove(TokenDirectory.userKey(token.userID, token.environment), members: [token.sha256])
     }
 
+    /// Publishes `token` unless it is; for a caller holding the app key's issuance lock.
     private func ensurePublished(_ token: BrokerToken, account: Account) async throws {
         if try await !isPublished(token.sha256, userID: token.userID, environment: token.environment) {
             try await publish(token, account: account)
+        }
+    }
+
+    /// ``ensurePublished(_:account:)`` for a caller without the lock: publishing is done under it, and only while
+    /// the token's row is still ACTIVE — a disconnect that unpublished it meanwhile (it marks the rows REVOKED and
+    /// deletes them under the lock) is not undone.
+    private func ensurePublishedUnderLock(_ token: BrokerToken, account: Account) async throws {
+        if try await isPublished(token.sha256, userID: token.userID, environment: token.environment) { return }
+        try await withIssueLock(token.environment, account.appKey) { _ in
+            guard let row = try await repository.token(sha256: token.sha256), row.status == .active,
+                row.userID == token.userID
+            else { throw Problem(.accountNotFound, "no \(token.environment.rawValue) account is connected") }
+            try await ensurePublished(token, account: account)
         }
     }
 
@@ -554,8 +591,9 @@ final class TokenKeeper: Sendable {
                                                    store: store)
             }
         } catch {
-            // They stay ACTIVE (and published, if unpublishing failed) under the user until they expire; KIS refuses
-            // them once they are sent with the new app key, and a gateway then marks them dead.
+            // They stay ACTIVE under the user until they expire. Still published, their records carry the old app key
+            // and secret, so they serve if KIS did not revoke them; republished by a reconciliation (after the store
+            // lost them), they carry the account's new key, KIS refuses them, and a gateway marks them dead.
             logger.warning("could not retire the tokens of a replaced app key; they stay until they expire",
                            metadata: ["error": "\(error)"])
         }

@@ -108,6 +108,30 @@ struct IssuanceRaceTests {
         }
     }
 
+    /// A refresh reads the account, then waits for the app key's lock; a disconnect that finished meanwhile (as
+    /// another broker copy holding the lock would) used to be undone: the refresh issued a token and stored the
+    /// account again.
+    @Test("a refresh that waited for the app key's lock while the account was deleted brings nothing back: 404")
+    func refreshAfterADisconnect() async throws {
+        try await withBroker(config: quietSchedulerConfig) { b in
+            let key = appKey("rd")
+            #expect(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u-rd")).status == 200)
+            try await b.advanceClocks(21600 + 60)  // past the reuse window: a refresh asks KIS for a new token
+            let lock = try #require(try await b.store.acquireLock(Self.lockKey(key), ttl: .seconds(60)))
+            let jwt = try await b.jwt("u-rd")
+            async let refreshed = b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: jwt)
+            try await Task.sleep(for: .milliseconds(300))
+            try await withRepository(b.database) {
+                _ = try await $0.deleteAccount(userID: "u-rd", environment: .sandbox)
+            }
+            _ = try await b.store.releaseLock(lock)
+            let r = try await refreshed
+            #expect(r.status == 404 && r.code == "account_not_found", "\(r.text)")
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
+            #expect(try await b.issuances() == 1)
+        }
+    }
+
     /// A scheduler pass lists the accounts, then refreshes them one by one; an account changed meanwhile (a new
     /// account number through `POST /api/kis/token`) used to be stored back as the pass had listed it.
     @Test("a scheduled refresh keeps the account as stored now, not as the pass listed it")
