@@ -116,6 +116,12 @@ package struct ConnectionStateMachine<Waiter> {
             action.close = RedisError(
                 .timeout, "connection recycled: no reply for \(self.pending.count) commands, the oldest overdue")
         }
+        // While anything is pending, the timer also fires when the oldest command is `stallLimit` overdue: with no
+        // later command to time out, a silent connection would otherwise never be checked again.
+        if action.close == nil, let limit = self.stallLimit, let oldest = self.pending.first {
+            let stalled = oldest.deadline + limit
+            if next.map({ stalled < $0 }) ?? true { next = stalled }
+        }
         self.armedDeadline = next
         action.rearm = next
         return action

@@ -294,6 +294,7 @@ struct ConnectionStateMachineTests {
         var action = machine.timerFired(now: t0 + .milliseconds(250))
         #expect(action.expired == [1])
         #expect(action.close == nil)  // one late reply is not yet a dead connection
+        #expect(action.rearm == t0 + .milliseconds(1250))  // checked again then, with or without another command
         _ = machine.enqueue(2, deadline: t0 + .milliseconds(900))
         action = machine.timerFired(now: t0 + .milliseconds(900))
         #expect(action.expired == [2])
@@ -302,6 +303,16 @@ struct ConnectionStateMachineTests {
         action = machine.timerFired(now: t0 + .milliseconds(1300))
         #expect(action.expired == [3])
         #expect(action.close?.code == .timeout)  // the oldest is 1,050 ms overdue, and nothing came after it
+    }
+
+    /// No other command comes (sparse traffic, a readiness probe): the timer alone finds the stall.
+    @Test func aStallIsFoundWithNoLaterCommand() {
+        var machine = ConnectionStateMachine<Int>(maximumAbandoned: 1024, stallLimit: .seconds(1))
+        _ = machine.enqueue(1, deadline: t0 + .milliseconds(250))
+        let first = machine.timerFired(now: t0 + .milliseconds(250))
+        #expect(first.expired == [1] && first.rearm == t0 + .milliseconds(1250))
+        let second = machine.timerFired(now: t0 + .milliseconds(1250))
+        #expect(second.close?.code == .timeout)
     }
 
     @Test func lateRepliesThatDoComeKeepTheConnection() {

@@ -8,6 +8,9 @@ import Darwin
 /// A TCP proxy on 127.0.0.1 to a local port, for tests of a peer that goes silent without a reset (a failover, a
 /// network partition): after ``blackhole()``, every connection open at that moment forwards nothing either way and
 /// is never closed; connections opened later are forwarded as usual.
+///
+/// Each descriptor is closed once, by the thread that owns it (the accept thread its listener, the last pump of a
+/// connection both of its sockets); ``stop()`` only shuts them down, which wakes those threads.
 public final class BlackholeProxy: @unchecked Sendable {  // state under `lock`; the threads only read it through it
     public let port: Int
     private let target: Int
@@ -16,6 +19,8 @@ public final class BlackholeProxy: @unchecked Sendable {  // state under `lock`;
     private var generation = 0
     private var sockets: [Int32] = []
     private var stopped = false
+    /// Pumps still running, by connection (its client socket).
+    private var pumps: [Int32: Int] = [:]
 
     public init(to target: Int) throws {
         self.target = target
@@ -44,19 +49,16 @@ public final class BlackholeProxy: @unchecked Sendable {  // state under `lock`;
         lock.withLock { generation += 1 }
     }
 
-    /// Closes the listener and every connection.
+    /// Stops accepting and ends every connection. Idempotent.
     public func stop() {
-        let all = lock.withLock { () -> [Int32] in
+        let all = lock.withLock { () -> [Int32]? in
+            guard !stopped else { return nil }
             stopped = true
-            defer { sockets = [] }
             return sockets
         }
+        guard let all else { return }
         shutdown(listener, Int32(SHUT_RDWR))
-        close(listener)
-        for fd in all {
-            shutdown(fd, Int32(SHUT_RDWR))
-            close(fd)
-        }
+        for fd in all { shutdown(fd, Int32(SHUT_RDWR)) }
     }
 
     deinit { stop() }
@@ -70,12 +72,10 @@ public final class BlackholeProxy: @unchecked Sendable {  // state under `lock`;
     }
 
     private func acceptLoop() {
-        while true {
+        defer { close(listener) }
+        while !lock.withLock({ stopped }) {
             let client = accept(listener, nil, nil)
-            if client < 0 {
-                if lock.withLock({ stopped }) { return }
-                continue
-            }
+            if client < 0 { continue }
             let server = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var address = Self.loopback(port: UInt16(target))
             let connected = withUnsafePointer(to: &address) {
@@ -86,6 +86,7 @@ public final class BlackholeProxy: @unchecked Sendable {  // state under `lock`;
             let generation = lock.withLock { () -> Int? in
                 guard !stopped, connected == 0 else { return nil }
                 sockets += [client, server]
+                pumps[client] = 2
                 return self.generation
             }
             guard let generation else {
@@ -93,13 +94,27 @@ public final class BlackholeProxy: @unchecked Sendable {  // state under `lock`;
                 close(server)
                 continue
             }
-            Thread.detachNewThread { self.pump(from: client, to: server, generation: generation) }
-            Thread.detachNewThread { self.pump(from: server, to: client, generation: generation) }
+            Thread.detachNewThread { self.pump(from: client, to: server, generation: generation, pair: client) }
+            Thread.detachNewThread { self.pump(from: server, to: client, generation: generation, pair: client) }
         }
     }
 
-    /// Copies `from` to `to` until either closes; once silenced, reads and drops.
-    private func pump(from: Int32, to: Int32, generation: Int) {
+    /// Copies `from` to `to` until either closes; once silenced, reads and drops. The connection's last pump to end
+    /// closes both sockets.
+    private func pump(from: Int32, to: Int32, generation: Int, pair: Int32) {
+        defer {
+            let last = lock.withLock { () -> Bool in
+                pumps[pair, default: 1] -= 1
+                guard pumps[pair] == 0 else { return false }
+                pumps[pair] = nil
+                sockets.removeAll { $0 == from || $0 == to }
+                return true
+            }
+            if last {
+                close(from)
+                close(to)
+            }
+        }
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = buffer.withUnsafeMutableBytes { read(from, $0.baseAddress, $0.count) }
@@ -110,8 +125,11 @@ public final class BlackholeProxy: @unchecked Sendable {  // state under `lock`;
             if lock.withLock({ self.generation != generation }) { continue }
             var sent = 0
             while sent < n {
-                let w = buffer.withUnsafeBytes { write(to, $0.baseAddress! + sent, n - sent) }
-                if w <= 0 { return }
+                let w = buffer.withUnsafeBytes { send(to, $0.baseAddress! + sent, n - sent, Int32(MSG_NOSIGNAL)) }
+                if w <= 0 {
+                    shutdown(from, Int32(SHUT_RDWR))  // the other pump's socket: it ends too
+                    return
+                }
                 sent += w
             }
         }
