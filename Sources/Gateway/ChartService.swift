@@ -263,7 +263,7 @@ final class ChartService: Sendable {
         let patience = settings.upstreamTimeout
         let upstreamRate = rateReservation(for: token)
         var readFirst = cold
-        var waited = false  // on another gateway's fetch
+        var waitingSince: Int64?  // when this request began waiting on another gateway's fetch (Unix ms)
         while true {
             let lock: StoreLock?, filled: ByteBuffer?
             var reserved: RateLimitDecision? = nil
@@ -304,7 +304,9 @@ final class ChartService: Sendable {
                     return (e, nil, nil)
                 }
                 // The fetch this request waited on, on another gateway, failed: its answer is this one's too.
-                if waited, let problem = await failureShared(for: key) {
+                if let since = waitingSince,
+                    let problem = await failureShared(for: key, environment: token.environment, since: since)
+                {
                     releaseInBackground(lock)
                     throw problem
                 }
@@ -314,7 +316,7 @@ final class ChartService: Sendable {
                                                           rate: upstreamRate,
                                                           reserved: reserved.map { ($0, ContinuousClock.now) })
                 } catch {
-                    shareFailureInBackground(error, key: key, lock: lock)
+                    shareFailureInBackground(error, key: key, lock: lock, environment: token.environment)
                     throw error
                 }
                 l1.set(key, entry, cost: entry.cost)
@@ -323,7 +325,7 @@ final class ChartService: Sendable {
                 return (entry, ms, lock)
             }
             // Another gateway is fetching it.
-            waited = true
+            if waitingSince == nil { waitingSince = Self.nowMilliseconds() }
             await notifier.wait(for: key, timeout: .milliseconds(50))
             // This process's own fetch of it (a refresh's, next to a cold request's) is in the L1 before the store.
             if let e = l1.get(key), e.freshUntil > Self.now() {
@@ -354,7 +356,12 @@ final class ChartService: Sendable {
         var detail: String
         var kis_msg_cd: String?
         var kis_msg1: String?
+        /// The environment of the token it was fetched with (the cache key has none), and when it failed (Unix ms).
+        var env: String
+        var at_ms: Int64
     }
+
+    private static func nowMilliseconds() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
     /// Releases the lock of a fetch that failed and, when the failure concerns the chart rather than the fetching
     /// request's credentials (KIS answered an error, or did not answer in time), keeps it for `sharedFailureTTL`
@@ -362,13 +369,13 @@ final class ChartService: Sendable {
     /// taking the lock in turn and asking KIS again (one upstream fetch for concurrent misses, across the fleet —
     /// failed or not). A failure tied to the request's token or app key (refused token or credentials, the app
     /// key's queue) is not kept: a waiter with other credentials fetches with its own.
-    private func shareFailureInBackground(_ problem: Problem, key: String, lock: StoreLock) {
+    private func shareFailureInBackground(_ problem: Problem, key: String, lock: StoreLock, environment: KISEnvironment) {
         let shared: SharedFailure?
         switch problem.code {
         case .upstreamError where problem.kisMsgCode.map({ KISClientError.kind(forCode: $0) != .credentialsRejected }) ?? true,
              .upstreamTimeout:
             shared = SharedFailure(code: problem.code.rawValue, detail: problem.detail, kis_msg_cd: problem.kisMsgCode,
-                                   kis_msg1: problem.kisMessage)
+                                   kis_msg1: problem.kisMessage, env: environment.rawValue, at_ms: Self.nowMilliseconds())
         default:
             shared = nil
         }
@@ -382,10 +389,13 @@ final class ChartService: Sendable {
         }
     }
 
-    /// The problem of the fetch another gateway just failed for `key` (``shareFailureInBackground(_:key:lock:)``).
-    private func failureShared(for key: String) async -> Problem? {
+    /// The problem of the fetch another gateway failed for `key` while this request waited on it (since `since`,
+    /// Unix ms), with a token of `environment` (``shareFailureInBackground(_:key:lock:environment:)``). An older
+    /// failure, or one of the other environment (another KIS), is not this request's answer: it fetches instead.
+    private func failureShared(for key: String, environment: KISEnvironment, since: Int64) async -> Problem? {
         guard let buffer = try? await store.get("failed:" + key),
-            let f = try? JSONDecoder().decode(SharedFailure.self, from: Data(buffer.readableBytesView))
+            let f = try? JSONDecoder().decode(SharedFailure.self, from: Data(buffer.readableBytesView)),
+            f.env == environment.rawValue, f.at_ms >= since
         else { return nil }
         let code: Problem.Code = f.code == Problem.Code.upstreamTimeout.rawValue ? .upstreamTimeout : .upstreamError
         return Problem(code, f.detail, kisMsgCode: f.kis_msg_cd, kisMessage: f.kis_msg1)
