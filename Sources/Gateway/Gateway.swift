@@ -29,6 +29,10 @@ public struct GatewayDependencies: Sendable {
     var hitPathEnabled = true
     /// Told of every answer the hit path gives (tests).
     var onHitPathAnswer: (@Sendable (_ status: Int) -> Void)?
+    /// How long a connection may stay with no request part read and nothing in progress before it is closed: idle
+    /// keep-alive connections, and ones that send a request head a byte at a time, do not hold the server's sockets
+    /// for ever. nginx waits 60 s for a request head (`client_header_timeout`) and 75 s on an idle connection.
+    public var idleTimeout: Duration = .seconds(60)
 
     public init(store: any SharedStore, keyring: SealKeyring, http: KISHTTPClients = .shared,
                 metricsRegistry: PrometheusCollectorRegistry? = nil,
@@ -64,8 +68,9 @@ public func buildGateway(
     return Application(
         router: router,
         server: dependencies.hitPathEnabled
-            ? .gateway(hitPath: gateway.hitPath, maxHeaderBytes: config.server.maxHeaderBytes)
-            : .http1(configuration: .init(httpDecoderConfiguration: .init(
+            ? .gateway(hitPath: gateway.hitPath, maxHeaderBytes: config.server.maxHeaderBytes,
+                       idleTimeout: dependencies.idleTimeout)
+            : .http1(configuration: .init(idleTimeout: TimeAmount(dependencies.idleTimeout), httpDecoderConfiguration: .init(
                 maxHeaderFieldSize: config.server.maxHeaderBytes, maxHeaderListSize: config.server.maxHeaderBytes))),
         configuration: .init(address: .hostname(config.server.host, port: config.server.port), serverName: nil),
         services: [gateway.eventListener, BackgroundDrain(work: gateway.charts.background, logger: logger)],

@@ -14,6 +14,7 @@ struct GatewayHTTP1Channel: HTTPChannelHandler {
     let hitPath: HitPath
     /// `[server] max_header_bytes`: the longest header field, and all of them together.
     let maxHeaderBytes: Int
+    /// How long a connection may sit with no request part read and nothing in progress (`HitPathHandler`).
     let idleTimeout: Duration?
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
@@ -30,10 +31,11 @@ struct GatewayHTTP1Channel: HTTPChannelHandler {
             try channel.pipeline.syncOperations.addHandler(HTTPResponseEncoder(configuration: .init()))
             try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(
                 leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop, limitConfiguration: limits)))
-            try channel.pipeline.syncOperations.addHandler(HitPathHandler(path: hitPath))
-            try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
             try channel.pipeline.syncOperations.addHandler(
-                HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
+                HitPathHandler(path: hitPath, idleTimeout: idleTimeout.map { TimeAmount($0) }))
+            try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+            // No idle timeout here: this handler sees only what the router answers (`HitPathHandler` keeps it).
+            try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
             return try NIOAsyncChannel(wrappingChannelSynchronously: channel,
                                        configuration: .init(isOutboundHalfClosureEnabled: true))
         }

@@ -333,6 +333,10 @@ final class HitPath: Sendable {
             return .answer(self.problem(problem, route: route.label, origin: allowedOrigin, allocator: allocator))
         case .valid(let s): session = s
         }
+        let token = kisToken.utf8.count == rawKIS.utf8.count ? rawKIS : String(kisToken)
+        guard let resolvedToken = authorizer.known(kisToken: token, userID: session.userID, now: now) else { return nil }
+        // Only now, for both credentials known good, is the query resolved (and remembered): the memo is not filled
+        // by a valid JWT with any KIS token.
         let query: ChartQuery
         if let memo {
             query = memo.query
@@ -340,8 +344,6 @@ final class HitPath: Sendable {
             guard let q = resolve(uri, route: route, now: now, nowSeconds: nowSeconds) else { return nil }
             query = q
         }
-        let token = kisToken.utf8.count == rawKIS.utf8.count ? rawKIS : String(kisToken)
-        guard let resolvedToken = authorizer.known(kisToken: token, userID: session.userID, now: now) else { return nil }
         guard let entry = l1.get(query.cacheKey), nowSeconds < entry.freshUntil else {
             return .fetch(Fetch(query: query, token: resolvedToken, route: route, origin: allowedOrigin,
                                 ifNoneMatch: fields.ifNoneMatch))
@@ -404,12 +406,19 @@ final class HitPath: Sendable {
         // Valid for a minute, and never across the exchange's local midnight (when "today" changes).
         let minute = chartQuery.exchange.localTime(now).minute
         let until = nowSeconds + Int64(min(60, (1439 - minute) * 60))
-        resolved.withLock { r in
-            if r.count >= resolvedLimit { r.removeAll(keepingCapacity: true) }
-            r[uri] = Resolved(route: route, query: chartQuery, validUntil: until)
+        // A chart URI is some 70 bytes; a longer one (padded with parameters nobody reads) is resolved every time
+        // rather than remembered, so the memo holds at most `resolvedLimit` short keys.
+        if uri.utf8.count <= Self.memoizedURILimit {
+            resolved.withLock { r in
+                if r.count >= resolvedLimit { r.removeAll(keepingCapacity: true) }
+                r[uri] = Resolved(route: route, query: chartQuery, validUntil: until)
+            }
         }
         return chartQuery
     }
+
+    /// The longest URI whose resolved query is remembered.
+    static let memoizedURILimit = 512
 
     // MARK: - parsing
 
@@ -501,24 +510,67 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var lastOrigin: (String, Bool)?
     /// Where this connection's fetches run: its own event loop (made at the first fetch).
     private var executor: EventLoopExecutor?
+    /// A quiesce event was passed on once the last answer is written: the connection is closing, and nothing more
+    /// is read or answered.
+    private var closing = false
+    /// How long the connection may stay with no request part read and nothing in progress (nil: for ever).
+    private let idleTimeout: TimeAmount?
+    private var idleTimer: Scheduled<Void>?
+    /// A request part was read, or an answer written, since the idle timer last fired.
+    private var sawActivity = false
 
-    init(path: HitPath) {
+    init(path: HitPath, idleTimeout: TimeAmount? = nil) {
         self.path = path
+        self.idleTimeout = idleTimeout
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         // Without the encoder in the pipeline nothing is answered here: the router answers everything.
         encoder = try? context.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self)
+        armIdleTimer(context: context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
         encoder = nil
         held.removeAll()
+        idleTimer?.cancel()
+        idleTimer = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+        idleTimer = nil
+        context.fireChannelInactive()
+    }
+
+    /// The idle timeout of the whole connection, kept here because this handler sees every request part and every
+    /// answer (Hummingbird's own sees only what the router answers, and would close a connection busy with the
+    /// hit path's). A connection is closed after one to two `idleTimeout`s with no request part read, no answer
+    /// written and nothing in progress: an idle keep-alive connection, or one sending a request head a byte at a
+    /// time (the decoder passes no part until the head is whole).
+    private func armIdleTimer(context: ChannelHandlerContext) {
+        guard let idleTimeout else { return }
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        idleTimer = context.eventLoop.scheduleTask(in: idleTimeout) { handler.value.idleTimerFired() }
+    }
+
+    private func idleTimerFired() {
+        guard let context else { return }
+        let busy = fetching || answering != nil || !routed.isEmpty
+        if sawActivity || busy {
+            sawActivity = false
+            armIdleTimer(context: context)
+        } else {
+            idleTimer = nil
+            context.close(promise: nil)
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        sawActivity = true
+        if closing { return }  // the connection closes once the last answer is written
         if fetching {
             held.append(.read(data))
             return
@@ -623,6 +675,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             promise?.succeed(())
             return
         }
+        sawActivity = true
         let dateLine = dates.line(at: Int64(date.timeIntervalSince1970))
         encoder.write(NIOAny(IOData.byteBuffer(answer.head.bytes)), promise: nil)
         encoder.write(NIOAny(IOData.byteBuffer(dateLine)), promise: answer.body == nil ? promise : nil)
@@ -642,6 +695,8 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             context.fireUserInboundEventTriggered(event)
             return true
         }
+        // Until the answer is written, requests that arrive are not answered: the connection closes after it.
+        closing = true
         let bound = NIOLoopBound((context, event), eventLoop: context.eventLoop)
         written.whenComplete { _ in bound.value.0.fireUserInboundEventTriggered(bound.value.1) }
         return true
@@ -696,6 +751,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        sawActivity = true
         let bodiless = routed.first == .HEAD
         switch unwrapOutboundIn(data) {
         case .head:

@@ -1,0 +1,125 @@
+import Foundation
+@testable import Gateway
+import Synchronization
+import Testing
+import TestSupport
+
+/// A blocking HTTP/1.1 client on one socket, for tests of what happens to a connection (not to a request).
+final class RawConnection: @unchecked Sendable {  // used by one thread at a time (`onThread`)
+    private let fd: Int32
+
+    init(port: Int, receiveTimeout seconds: Int = 10) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else {
+            close(fd)
+            throw RawConnectionError("cannot connect to port \(port)")
+        }
+    }
+
+    deinit { close(fd) }
+
+    func send(_ text: String) throws {
+        let bytes = Array(text.utf8)
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { throw RawConnectionError("the connection is closed") }
+            sent += n
+        }
+    }
+
+    /// One answer's status code (its body read and dropped).
+    func answer() throws -> Int {
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        let separator = Array("\r\n\r\n".utf8)
+        while true {
+            if let end = (0..<max(0, received.count - 3)).first(where: { Array(received[$0..<$0 + 4]) == separator }) {
+                let head = String(decoding: received[0..<end], as: UTF8.self)
+                let length = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
+                    .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
+                while received.count < end + 4 + length {
+                    let n = read(fd, &buffer, buffer.count)
+                    guard n > 0 else { throw RawConnectionError("the answer ended early") }
+                    received += buffer[0..<n]
+                }
+                return Int(head.split(separator: " ")[1]) ?? 0
+            }
+            let n = read(fd, &buffer, buffer.count)
+            guard n > 0 else { throw RawConnectionError(n == 0 ? "closed before an answer" : "no answer in time") }
+            received += buffer[0..<n]
+        }
+    }
+
+    /// Whether the server closed the connection (end of stream) within the receive timeout.
+    func closedByServer() -> Bool {
+        var byte: UInt8 = 0
+        return read(fd, &byte, 1) == 0
+    }
+}
+
+struct RawConnectionError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+/// Runs blocking `body` on a thread of its own.
+func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
+    }
+}
+
+@Suite("Gateway: idle connections", .serialized)
+struct IdleConnectionTests {
+    static func port(_ url: String) -> Int { Int(url.split(separator: ":").last!)! }
+
+    /// A client sending a request head a byte at a time (slowloris) holds a socket for as long as it likes unless
+    /// the server gives up on it.
+    @Test("a connection that never completes its request head is closed after the idle timeout")
+    func partialHeadIsClosed() async throws {
+        try await withGateway(dependencies: { _, deps in deps.idleTimeout = .seconds(1) }) { g, urls in
+            let started = ContinuousClock.now
+            let closed = try await onThread {
+                let c = try RawConnection(port: Self.port(urls[0]), receiveTimeout: 6)
+                try c.send("GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+                return c.closedByServer()
+            }
+            #expect(closed)
+            #expect(ContinuousClock.now - started < .seconds(4))
+        }
+    }
+
+    /// Hummingbird's own idle timer sees only what the router answers: it would close a connection kept busy by the
+    /// hit path. The connection's timer counts every request part and answer.
+    @Test("a keep-alive connection busy with hit-path answers stays open past the idle timeout; idle, it is closed")
+    func busyConnectionStaysOpen() async throws {
+        try await withGateway(dependencies: { _, deps in deps.idleTimeout = .seconds(1) }) { g, urls in
+            let kis = try await g.connect(user: "idle1", appKey: "PSapp-idle")
+            let jwt = try await g.jwt("idle1")
+            let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
+            #expect(try await g.get(path, jwt: jwt, kis: kis).status == 200)  // credentials and chart known
+            let (statuses, closed) = try await onThread {
+                let c = try RawConnection(port: Self.port(urls[0]))
+                var statuses: [Int] = []
+                for _ in 0..<12 {  // 3.6 s of requests, 300 ms apart
+                    try c.send("GET \(path) HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \(jwt)\r\nX-KIS-Token: \(kis)\r\n\r\n")
+                    statuses.append(try c.answer())
+                    usleep(300_000)
+                }
+                return (statuses, c.closedByServer())
+            }
+            #expect(statuses == Array(repeating: 200, count: 12))
+            #expect(closed)
+        }
+    }
+}
