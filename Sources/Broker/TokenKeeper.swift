@@ -171,7 +171,7 @@ final class TokenKeeper: Sendable {
     }
 
     private func refuseIfAnotherUsersAppKey(_ appKey: String, _ environment: KISEnvironment, userID: String) async throws {
-        for row in try await repository.allAccounts() where row.environment == environment && row.userID != userID {
+        for row in try await repository.allAccounts() where row.environment == environment && !row.userID.isSameUserID(userID) {
             guard let other = try? vault.open(row), other.appKey == appKey else { continue }
             throw Problem(.invalidParameter,
                           "appKey: this app key is connected to another user of this broker; KIS gives an app key one "
@@ -440,7 +440,7 @@ final class TokenKeeper: Sendable {
             }
             // KIS answers the same token again within its reuse window (to tokenP here, or to validate's): keep when
             // it was first issued, which the reuse window counts from, and the expiry KIS gave then.
-            if let same = try await repository.token(sha256: token.sha256), same.userID == account.userID {
+            if let same = try await repository.token(sha256: token.sha256), same.userID.isSameUserID(account.userID) {
                 token.issuedAt = min(token.issuedAt, same.issuedAt)
                 token.expiresAt = min(token.expiresAt, same.expiresAt)
             }
@@ -567,7 +567,7 @@ final class TokenKeeper: Sendable {
         if try await isPublished(token.sha256, userID: token.userID, environment: token.environment) { return }
         try await withIssueLock(token.environment, account.appKey) { _ in
             guard let row = try await repository.token(sha256: token.sha256), row.status == .active,
-                row.userID == token.userID
+                row.userID.isSameUserID(token.userID)
             else { throw Problem(.accountNotFound, "no \(token.environment.rawValue) account is connected") }
             try await ensurePublished(token, account: account)
         }

@@ -109,7 +109,7 @@ struct GatewayCore: Sendable {
             // owner learns why: another user's is kis_token_invalid, whatever happened to it.
             guard KISTokenClaims.expiry(of: token) != nil,
                 let mark = try? await TokenDirectory.deadMark(sha256: TokenDirectory.sha256(of: token), store: store),
-                mark.user_id == userID
+                mark.user_id?.isSameUserID(userID) == true
             else { return nil }
             return mark.msg_cd
         }) { (token: String) async throws(StoreError) -> ResolvedToken? in

@@ -4,6 +4,7 @@ import Logging
 import ServerKit
 import Store
 import Synchronization
+import Tokens
 
 /// What a KIS token resolves to: its owner, environment, expiry, and the credentials to call KIS with.
 struct ResolvedToken: Sendable {
@@ -78,7 +79,7 @@ final class TokenAuthorizer: Sendable {
     /// The remembered positive decision for `kisToken` and `userID`, if there is one still valid (for the hit path;
     /// anything else — unknown, another user's, expired — is left to `authorize`).
     func known(kisToken: String, userID: String, now: Date) -> ResolvedToken? {
-        guard let token = remembered(kisToken, now: now), token.userID == userID else { return nil }
+        guard let token = remembered(kisToken, now: now), token.userID.isSameUserID(userID) else { return nil }
         return token
     }
 
@@ -91,7 +92,7 @@ final class TokenAuthorizer: Sendable {
     /// The token's credentials if `kisToken` was published for `userID` and is live; else a `kis_token_*` problem.
     func authorize(kisToken: String, userID: String, now: Date = Date()) async throws(Problem) -> ResolvedToken {
         if let token = remembered(kisToken, now: now) {
-            guard token.userID == userID else {
+            guard token.userID.isSameUserID(userID) else {
                 throw Problem(.kisTokenInvalid, "the KIS token does not belong to this user")
             }
             return token
@@ -112,10 +113,10 @@ final class TokenAuthorizer: Sendable {
             // Forgotten — unless another user asks for it (then its owner still learns it expired).
             let forgotten = cache.withLock { c -> Entry? in
                 guard let e = c.entries[kisToken] else { return nil }
-                if e.token.userID == userID { c.entries.removeValue(forKey: kisToken) }
+                if e.token.userID.isSameUserID(userID) { c.entries.removeValue(forKey: kisToken) }
                 return e
             }
-            if let f = forgotten, f.token.userID != userID {
+            if let f = forgotten, !f.token.userID.isSameUserID(userID) {
                 throw Problem(.kisTokenInvalid, "the KIS token does not belong to this user")
             }
             if let expiry = forgotten?.token.expiresAt ?? KISTokenClaims.expiry(of: kisToken), expiry <= now {
@@ -127,7 +128,7 @@ final class TokenAuthorizer: Sendable {
             throw Problem(.kisTokenInvalid, "the KIS token is unknown or was revoked")
         }
         // Whose it is before whether it expired (as when its record is gone): another user learns nothing of it.
-        guard resolved.userID == userID else {
+        guard resolved.userID.isSameUserID(userID) else {
             throw Problem(.kisTokenInvalid, "the KIS token does not belong to this user")
         }
         guard resolved.expiresAt > now else {

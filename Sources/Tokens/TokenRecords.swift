@@ -225,3 +225,12 @@ public enum TokenDirectory {
             credentials: credentials)
     }
 }
+
+extension String {
+    /// Whether two user ids (a JWT's `sub`, a record's `user_id`) are the same bytes. Not `==`, which holds for
+    /// canonically equivalent text (`"\u{212A}im" == "Kim"`): the store and the databases key users by their bytes,
+    /// so a look-alike id is another user, and must not pass for its owner's.
+    public func isSameUserID(_ other: String) -> Bool {
+        utf8.elementsEqual(other.utf8)
+    }
+}

@@ -757,6 +757,20 @@ struct GatewayUpstreamTests {
 
     /// gateway-api.md: "The gateway calls KIS with the credentials published with that token" — checked against a
     /// simulator that knows each app key's own secret.
+    /// Swift's `==` holds for canonically equivalent text: "\u{212A}im" (KELVIN SIGN) == "Kim". The store keys users
+    /// by their bytes, so that is another user.
+    @Test("a JWT whose sub only looks like the token's user (canonically equivalent, other bytes) is another user's")
+    func lookAlikeUserID() async throws {
+        #expect("\u{212A}im" == "Kim" && !"\u{212A}im".isSameUserID("Kim") && "Kim".isSameUserID("Kim"))
+        try await withGateway { g, _ in
+            let kis = try await g.connect(user: "Kim", appKey: "PSapp-kim")
+            let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
+            #expect(try await g.get(path, jwt: try await g.jwt("Kim"), kis: kis).status == 200)
+            let other = try await g.get(path, jwt: try await g.jwt("\u{212A}im"), kis: kis)
+            #expect(other.status == 401 && other.code == "kis_token_invalid", "\(other.status) \(other.text)")
+        }
+    }
+
     @Test("KIS is called with the app key and secret published with the token; a wrong published secret is KIS's EGW00105")
     func credentialsPublishedWithTheToken() async throws {
         let sim = SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000,
