@@ -272,6 +272,11 @@ struct GatewayCore: Sendable {
         guard let authorization = request.headers[.authorization] else {
             throw Problem(.authRequired, "Authorization: Bearer <JWT> is required")
         }
+        guard let jwt = BearerCredentials.parse(authorization) else {
+            throw Problem(.authRequired, "Authorization must be a Bearer value")
+        }
+        // Checked here as the broker would: a caller without a valid JWT costs no round trip to the broker.
+        _ = try await verifier.verify(String(jwt), now: Date())
         let body: ByteBuffer
         do { body = try await request.body.collect(upTo: 16 * 1024) } catch let e as HTTPError { throw e } catch {
             throw Problem(.invalidParameter, "the request body cannot be read (malformed HTTP/1.1 framing)")

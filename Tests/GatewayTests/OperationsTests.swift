@@ -164,7 +164,7 @@ struct TokenRefreshProxyTests {
             expectProblem(via, 404, "account_not_found")
             expectPassedThrough(via, direct)
 
-            // The gateway does not judge the JWT itself; the broker's verdict and its challenge come back.
+            // The gateway judges the JWT as the broker does (same configuration, same verifier): the same answer.
             let badDirect = try await post(brokerURL + "/api/kis/token/refresh", #"{"environment":"LIVE"}"#, jwt: "not.a.jwt")
             let bad = try await post(g.gatewayURL + "/token/refresh", #"{"environment":"LIVE"}"#, jwt: "not.a.jwt")
             expectProblem(bad, 401, "jwt_invalid")
@@ -213,6 +213,9 @@ struct TokenRefreshProxyTests {
             expectProblem(r, 502, "upstream_error")
             expectCORS(r)
             #expect(waited < .seconds(10), "a refused connection to the broker was retried for \(waited)")
+            // A caller without a valid JWT is answered by the gateway, with no call to the broker.
+            expectProblem(try await post(g.gatewayURL + "/token/refresh", #"{"environment":"LIVE"}"#, jwt: "not.a.jwt"),
+                          401, "jwt_invalid")
         }
     }
 
