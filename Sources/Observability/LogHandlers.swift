@@ -94,11 +94,30 @@ public struct TextLogHandler: LogHandler {
         var line = LogTime.now().iso8601
         line += " \(event.level) \(label) :"
         for (key, value) in all.sorted(by: { $0.key < $1.key }) {
-            line += " \(key)=\(value)"
+            line += " \(Self.oneLine(key))=\(Self.oneLine("\(value)"))"
         }
-        if let error = event.error { line += " error=\(error)" }
-        line += " [\(event.source)] \(event.message)\n"
+        if let error = event.error { line += " error=\(Self.oneLine("\(error)"))" }
+        line += " [\(event.source)] \(Self.oneLine(event.message.description))\n"
         output.write(line)
+    }
+
+    /// `text` with its control characters escaped (`\n`, `\r`, `\t`, `\u{…}`): a value that comes from a request
+    /// (a JWT's `sub`, a KIS message) cannot start a line of its own and pass for another record.
+    static func oneLine(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { return text }
+        var out = ""
+        out.unicodeScalars.reserveCapacity(text.unicodeScalars.count + 8)
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
+                out += "\\u{" + String(scalar.value, radix: 16) + "}"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 }
 

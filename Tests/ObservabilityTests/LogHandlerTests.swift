@@ -101,6 +101,19 @@ struct LogHandlerTests {
         #expect(parts[1] == "error kisgw.test : a=1 b=2 [Store] boom\n")
     }
 
+    /// A value from a request (a JWT's `sub`) with a line break cannot forge a record of its own.
+    @Test func textLinesStayOneLine() throws {
+        let buffer = LogBuffer()
+        let logger = logger(.text, buffer)
+        logger.warning("refresh failed\rfor", metadata: ["user": "eve\n2026-01-01T00:00:00.000Z info kisgw : forged", "tab": "a\tb\u{1}"])
+        #expect(buffer.lines.count == 1)
+        let line = try #require(buffer.lines.first)
+        #expect(line.filter { $0 == "\n" || $0 == "\r" }.count == 1 && line.hasSuffix("\n"))
+        #expect(line.contains(#"user=eve\n2026-01-01T00:00:00.000Z info kisgw : forged"#))
+        #expect(line.contains(#"tab=a\tb\u{1}"#))
+        #expect(line.contains(#"refresh failed\rfor"#))
+    }
+
     @Test func levelFiltersAndMetadataIsAValue() {
         let buffer = LogBuffer()
         let one = logger(.text, buffer, level: .notice)
