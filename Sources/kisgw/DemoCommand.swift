@@ -59,8 +59,13 @@ struct DemoCommand: AsyncParsableCommand {
         func random(_ n: Int) -> String { Data((0..<n).map { _ in UInt8.random(in: 0...255) }).base64EncodedString() }
         let s = DemoSecrets(jwtSecret: random(48), sealKeys: ["k1": random(32)], sealCurrent: "k1")
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        try JSONEncoder().encode(s).write(to: url)
-        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: url.path)
+        // Created with mode 0600 (and only if absent): never readable by others, not even for a moment.
+        let bytes = try JSONEncoder().encode(s)
+        let fd = open(url.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw ValidationError("cannot create \(url.path): errno \(errno)") }
+        defer { close(fd) }
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        guard written == bytes.count else { throw ValidationError("cannot write \(url.path): errno \(errno)") }
         return s
     }
 

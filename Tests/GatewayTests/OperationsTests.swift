@@ -402,6 +402,34 @@ struct GatewayMetricsRegistryTests {
     }
 }
 
+@Suite("kisgw demo: its secrets file")
+struct DemoSecretsFileTests {
+    /// The demo's JWT secret and seal keys are written to the data folder: readable by their owner only, from the
+    /// moment the file exists (it was created with the default umask, then narrowed).
+    @Test("demo-secrets.json is readable by its owner only (mode 0600)")
+    func secretsFileMode() async throws {
+        let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
+        let folder = Scratch.directory("demo")
+        let process = kisgwProcess(binary, "demo")
+        // A port base whose five ports are free now (the demo only needs to start far enough to write the file).
+        let base = try RedisServerProcess.freePort() % 20_000 + 20_000
+        process.arguments = ["demo", "--data", folder, "--port-base", String(base), "--log-level", "critical"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer {
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+        }
+        let path = folder + "/demo-secrets.json"
+        #expect(await eventually(.seconds(20)) { FileManager.default.fileExists(atPath: path) })
+        let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+        #expect(mode == 0o600, "mode \(String(mode ?? -1, radix: 8))")
+    }
+}
+
 /// Runs `kisgw <command>` with only `env` of the KISGW_ variables, in a directory without a gateway.toml, until it
 /// exits; its standard error.
 func runToExit(_ command: String, env extra: [String: String]) throws -> (Process, String) {
