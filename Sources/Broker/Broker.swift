@@ -208,11 +208,30 @@ struct BrokerCore: Sendable {
 
     // MARK: - handlers
 
+    /// Account checks (`validate`, `token`) a user may make: 10 back to back, then one every 6 s. Each may ask KIS
+    /// for a token and opens every stored account (an app key is one user's): a signed-in user looping with
+    /// made-up app keys must not make the broker flood KIS from its address (KIS may block it, for every user) or
+    /// spend its CPU.
+    static let accountChecks = RateLimit(rate: 1.0 / 6, burst: 10)
+
+    /// `rate_limited` (429, `Retry-After`) past ``accountChecks`` for `userID`, counted in the shared store (so
+    /// across broker copies).
+    func throttleAccountChecks(_ userID: String) async throws {
+        let key = "broker:account-checks:" + TokenDirectory.sha256(of: userID)
+        let decision = try await run { try await keeper.store.rateLimit(key, limit: Self.accountChecks, cost: 1, maxWait: .zero) }
+        if case .denied(let retryAfter) = decision {
+            let (seconds, atto) = retryAfter.components
+            throw Problem(.rateLimited, "too many account checks for this user; try again later",
+                          retryAfter: max(1, Int(seconds) + (atto > 0 ? 1 : 0)))
+        }
+    }
+
     func validate(_ request: Request) async throws -> Response {
         let userID = try await authenticate(request)
         let form: AccountForm
         do {
             form = try RequestForm.account(try await Self.body(request))
+            try await throttleAccountChecks(userID)  // a well-formed check only: a bad form costs nothing
             try await run { try await keeper.validate(userID: userID, form: form) }
         } catch let p as Problem where p.code == .invalidParameter || p.code == .kisCredentialsRejected {
             // KIS's own words (Korean, e.g. "유효하지 않은 AppSecret입니다.") go with the code, for the user.
@@ -228,6 +247,7 @@ struct BrokerCore: Sendable {
     func token(_ request: Request) async throws -> Response {
         let userID = try await authenticate(request)
         let form = try RequestForm.account(try await Self.body(request))
+        try await throttleAccountChecks(userID)
         let token = try await run { try await keeper.connect(userID: userID, form: form) }
         return Self.tokenAnswer(token)
     }

@@ -306,6 +306,26 @@ struct BrokerRulesMoreTests {
         }
     }
 
+    /// Each check may ask KIS for a token: a user looping with made-up app keys is stopped before KIS is flooded.
+    @Test("a user's account checks (validate, token) are throttled: 10 back to back, then 429 rate_limited with Retry-After")
+    func accountChecksThrottled() async throws {
+        try await withBroker { b in
+            let jwt = try await b.jwt("u-loop")
+            var statuses: [Int] = []
+            for i in 0..<10 {
+                let path = i % 2 == 0 ? "/api/kis/account/validate" : "/api/kis/token"
+                statuses.append(try await b.post(path, accountBody(appKey("loop\(i)")), jwt: jwt).status)
+            }
+            #expect(!statuses.contains(429), "\(statuses)")
+            let refused = try await b.post("/api/kis/account/validate", accountBody(appKey("loop10")), jwt: jwt)
+            #expect(refused.status == 429 && refused.code == "rate_limited", "\(refused.text)")
+            #expect((1...6).contains(Int(refused.header("Retry-After") ?? "") ?? 0))
+            #expect(try await b.issuances() == 10)  // the refused one never reached KIS
+            // Another user is not held back.
+            #expect(try await b.post("/api/kis/account/validate", accountBody(appKey("other")), jwt: try await b.jwt("u-other")).status == 200)
+        }
+    }
+
     /// store.md: a token's record lives until the token expires.
     @Test("the published record's TTL is the time left until the token's expiry")
     func recordTTL() async throws {
