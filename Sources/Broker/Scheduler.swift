@@ -7,6 +7,7 @@ import ServerKit
 import ServiceLifecycle
 import Store
 import Synchronization
+import Tokens
 
 /// Per-account retry timing after failed scheduled refreshes: exponential backoff with jitter, as a value type
 /// with no clock of its own (tests drive it with plain numbers).
@@ -222,6 +223,12 @@ final class BrokerScheduler: Service, Sendable {
         }
     }
 
+    /// An account's key in the backoff record: by the user id's bytes (a `String` key would take two users whose
+    /// ids only look alike for one), and the environment.
+    static func backoffKey(_ row: StoredAccount) -> String {
+        TokenDirectory.sha256(of: row.userID) + "|" + row.environment.rawValue
+    }
+
     func refreshPass() async {
         let accounts: [StoredAccount]
         do { accounts = try await keeper.repository.allAccounts() } catch {
@@ -229,14 +236,14 @@ final class BrokerScheduler: Service, Sendable {
             logger.warning("cannot list accounts for the refresh pass", metadata: ["error": "\(error)"])
             return
         }
-        let listed = Set(accounts.filter(\.isActive).map { $0.userID + "|" + $0.environment.rawValue })
+        let listed = Set(accounts.filter(\.isActive).map(Self.backoffKey))
         backoff.withLock { $0.keepOnly(listed) }
         for row in accounts where row.isActive {
             // The lease is renewed alongside (whileHoldingLease); before each account the pass checks it is still
             // this copy's, and stops at once if another copy holds it now.
             guard !Task.isCancelled, await stillHoldsLease() else { return }
             await reconcileIfDue()
-            let key = row.userID + "|" + row.environment.rawValue
+            let key = Self.backoffKey(row)
             let now = keeper.clock().timeIntervalSince1970
             guard backoff.withLock({ $0.mayAttempt(key, now: now) }) else { continue }
             do {

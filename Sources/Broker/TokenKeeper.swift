@@ -142,8 +142,7 @@ final class TokenKeeper: Sendable {
                 if stored.accountNumber == form.accountNumber, stored.isActive,
                     let t = try await currentToken(userID, form.environment), canServe(t, at: now), try await !isDead(t)
                 {
-                    try await ensurePublishedUnderLock(t, account: account)
-                    return t
+                    if try await publishedWhileActive(t, account: account) { return t }
                 }
             } else if stored.appKey != form.appKey {
                 // Another app key: its tokens are retired once the new one is in place.
@@ -180,7 +179,7 @@ final class TokenKeeper: Sendable {
     }
 
     /// `POST /api/kis/token/refresh`.
-    func refresh(userID: String, environment: KISEnvironment) async throws -> BrokerToken {
+    func refresh(userID: String, environment: KISEnvironment, retried: Bool = false) async throws -> BrokerToken {
         guard let account = try await account(userID, environment) else {
             throw Problem(.accountNotFound, "no \(environment.rawValue) account is connected")
         }
@@ -188,10 +187,10 @@ final class TokenKeeper: Sendable {
             // A gateway saw KIS refuse this token (EGW00123/EGW00121, e.g. after KIS maintenance): KIS would issue a
             // new one, so handing the same token back would only fail again.
             if (try? await TokenDirectory.deadReason(sha256: t.sha256, store: store)) == nil {
-                try await ensurePublishedUnderLock(t, account: account)
-                return t
+                if try await publishedWhileActive(t, account: account) { return t }
+            } else {
+                try await expireRefused(t)
             }
-            try await expireRefused(t)
         }
         var fresh = account
         fresh.isActive = true
@@ -203,7 +202,11 @@ final class TokenKeeper: Sendable {
                 refreshCanReuse(t, at: now)
             }
         } catch is AccountChanged {
-            throw Problem(.accountNotFound, "no \(environment.rawValue) account is connected")
+            // Disconnected meanwhile (404), or connected again with other credentials: refreshed as it is now.
+            guard !retried, try await self.account(userID, environment) != nil else {
+                throw Problem(.accountNotFound, "no \(environment.rawValue) account is connected")
+            }
+            return try await refresh(userID: userID, environment: environment, retried: true)
         }
     }
 
@@ -224,7 +227,12 @@ final class TokenKeeper: Sendable {
             try await disconnect(current, userID: userID, environment: environment, lock: lock)
             return false
         }
-        if again, retried < 2 { try await disconnect(userID: userID, environment: environment, retried: retried + 1) }
+        guard again else { return }
+        guard retried < 2 else {
+            throw Problem(.kisRateLimited, "the account's app key keeps changing while it is being disconnected; try again",
+                          retryAfter: 1)
+        }
+        try await disconnect(userID: userID, environment: environment, retried: retried + 1)
     }
 
     private func disconnect(_ row: StoredAccount, userID: String, environment: KISEnvironment,
@@ -297,11 +305,13 @@ final class TokenKeeper: Sendable {
     @discardableResult
     func reconcile() async throws -> Int {
         let now = self.now
-        var expiredByUser: [String: [String]] = [:]  // user set key → shas
+        // Keyed by bytes, not by `String` (whose equality and hashing hold for canonically equivalent text): two
+        // users whose ids only look alike are two users.
+        var expiredByUser: [[UInt8]: [String]] = [:]  // user set key → shas
         var republished = 0, unopenable = 0, postponed = 0
-        var accounts: [String: Account?] = [:]
+        var accounts: [[UInt8]: Account?] = [:]
         func expire(_ row: StoredToken) {
-            expiredByUser[TokenDirectory.userKey(row.userID, row.environment), default: []].append(row.tokenSHA256)
+            expiredByUser[Array(TokenDirectory.userKey(row.userID, row.environment).utf8), default: []].append(row.tokenSHA256)
         }
         for row in try await repository.tokens(status: .active) {
             if row.expiresAt <= now {
@@ -314,7 +324,7 @@ final class TokenKeeper: Sendable {
                 expire(row)
                 continue
             }
-            let key = row.userID + "|" + row.environment.rawValue
+            let key = Array((row.userID + "|" + row.environment.rawValue).utf8)
             if accounts[key] == nil {
                 let stored = try await repository.account(userID: row.userID, environment: row.environment)
                 let opened = stored.flatMap { try? vault.open($0) }
@@ -359,7 +369,9 @@ final class TokenKeeper: Sendable {
         if !expired.isEmpty {
             try await repository.setStatus(.expired, tokenSHA256s: expired, updatedAt: now)
             metrics.expired.increment(by: Int64(expired.count))
-            for (key, shas) in expiredByUser { _ = try await store.setRemove(key, members: shas) }
+            for (key, shas) in expiredByUser {
+                _ = try await store.setRemove(String(decoding: key, as: UTF8.self), members: shas)
+            }
         }
         for row in try await repository.tokens(status: .revoked) where row.expiresAt > now {
             if try await store.get(TokenDirectory.recordKey(row.tokenSHA256)) != nil {
@@ -454,7 +466,7 @@ final class TokenKeeper: Sendable {
             try await publish(token, account: account)
             // Only once it is stored: a request that fails before keeps the validated token for its retry (KIS
             // would refuse another issuance within the minute).
-            if adopted { try await store.delete(validatedKey(env, account.appKey)) }
+            if adopted { _ = try? await store.delete(validatedKey(env, account.appKey)) }
             return token
         }
     }
@@ -562,14 +574,16 @@ final class TokenKeeper: Sendable {
 
     /// ``ensurePublished(_:account:)`` for a caller without the lock: publishing is done under it, and only while
     /// the token's row is still ACTIVE — a disconnect that unpublished it meanwhile (it marks the rows REVOKED and
-    /// deletes them under the lock) is not undone.
-    private func ensurePublishedUnderLock(_ token: BrokerToken, account: Account) async throws {
-        if try await isPublished(token.sha256, userID: token.userID, environment: token.environment) { return }
-        try await withIssueLock(token.environment, account.appKey) { _ in
+    /// deletes them under the lock) is not undone. False when the row is no longer ACTIVE (disconnected, or expired
+    /// by another request): the caller goes on as if there were no token to hand back.
+    private func publishedWhileActive(_ token: BrokerToken, account: Account) async throws -> Bool {
+        if try await isPublished(token.sha256, userID: token.userID, environment: token.environment) { return true }
+        return try await withIssueLock(token.environment, account.appKey) { _ in
             guard let row = try await repository.token(sha256: token.sha256), row.status == .active,
                 row.userID.isSameUserID(token.userID)
-            else { throw Problem(.accountNotFound, "no \(token.environment.rawValue) account is connected") }
+            else { return false }
             try await ensurePublished(token, account: account)
+            return true
         }
     }
 

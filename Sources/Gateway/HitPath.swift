@@ -558,7 +558,10 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func idleTimerFired() {
         guard let context else { return }
-        let busy = fetching || answering != nil || !routed.isEmpty
+        // Busy means work on the server's side: a fetch, or a routed request read whole and not answered yet. A
+        // request whose head or body is still coming is not (a client may declare a body and never send it); its
+        // parts, as they come, are activity.
+        let busy = fetching || routed.count > (routedBodyOpen ? 1 : 0)
         if sawActivity || busy {
             sawActivity = false
             armIdleTimer(context: context)
@@ -569,8 +572,8 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if closing { return }  // the connection closes once the last answer is written: nothing read counts
         sawActivity = true
-        if closing { return }  // the connection closes once the last answer is written
         if fetching {
             held.append(.read(data))
             return

@@ -101,10 +101,15 @@ public struct TextLogHandler: LogHandler {
         output.write(line)
     }
 
+    /// C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+    private static func breaksLines(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
+    }
+
     /// `text` with its control characters escaped (`\n`, `\r`, `\t`, `\u{…}`): a value that comes from a request
     /// (a JWT's `sub`, a KIS message) cannot start a line of its own and pass for another record.
     static func oneLine(_ text: String) -> String {
-        guard text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { return text }
+        guard text.unicodeScalars.contains(where: Self.breaksLines) else { return text }
         var out = ""
         out.unicodeScalars.reserveCapacity(text.unicodeScalars.count + 8)
         for scalar in text.unicodeScalars {
@@ -112,7 +117,7 @@ public struct TextLogHandler: LogHandler {
             case "\n": out += "\\n"
             case "\r": out += "\\r"
             case "\t": out += "\\t"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
+            case _ where Self.breaksLines(scalar):
                 out += "\\u{" + String(scalar.value, radix: 16) + "}"
             default: out.unicodeScalars.append(scalar)
             }

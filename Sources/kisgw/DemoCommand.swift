@@ -61,11 +61,18 @@ struct DemoCommand: AsyncParsableCommand {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         // Created with mode 0600 (and only if absent): never readable by others, not even for a moment.
         let bytes = try JSONEncoder().encode(s)
+        if FileManager.default.fileExists(atPath: url.path) {
+            throw ValidationError("\(url.path) exists but cannot be read; fix its permissions or move it away to start afresh")
+        }
         let fd = open(url.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw ValidationError("cannot create \(url.path): errno \(errno)") }
-        defer { close(fd) }
+        guard fd >= 0 else { throw ValidationError("cannot create \(url.path): \(String(cString: strerror(errno)))") }
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        guard written == bytes.count else { throw ValidationError("cannot write \(url.path): errno \(errno)") }
+        let failure = errno
+        close(fd)
+        guard written == bytes.count else {
+            unlink(url.path)  // no half-written secrets file for the next start to refuse
+            throw ValidationError("cannot write \(url.path): \(String(cString: strerror(failure)))")
+        }
         return s
     }
 

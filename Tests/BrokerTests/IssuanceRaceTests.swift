@@ -120,7 +120,7 @@ struct IssuanceRaceTests {
             let lock = try #require(try await b.store.acquireLock(Self.lockKey(key), ttl: .seconds(60)))
             let jwt = try await b.jwt("u-rd")
             async let refreshed = b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: jwt)
-            try await Task.sleep(for: .milliseconds(300))
+            try await Task.sleep(for: .seconds(1))  // it has read the account and waits for the lock (8 s at most)
             try await withRepository(b.database) {
                 _ = try await $0.deleteAccount(userID: "u-rd", environment: .sandbox)
             }

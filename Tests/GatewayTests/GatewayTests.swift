@@ -755,8 +755,6 @@ struct GatewayUpstreamTests {
         }
     }
 
-    /// gateway-api.md: "The gateway calls KIS with the credentials published with that token" — checked against a
-    /// simulator that knows each app key's own secret.
     /// Swift's `==` holds for canonically equivalent text: "\u{212A}im" (KELVIN SIGN) == "Kim". The store keys users
     /// by their bytes, so that is another user.
     @Test("a JWT whose sub only looks like the token's user (canonically equivalent, other bytes) is another user's")
@@ -771,6 +769,8 @@ struct GatewayUpstreamTests {
         }
     }
 
+    /// gateway-api.md: "The gateway calls KIS with the credentials published with that token" — checked against a
+    /// simulator that knows each app key's own secret.
     @Test("KIS is called with the app key and secret published with the token; a wrong published secret is KIS's EGW00105")
     func credentialsPublishedWithTheToken() async throws {
         let sim = SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000,

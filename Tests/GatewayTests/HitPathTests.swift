@@ -288,7 +288,7 @@ struct HitPathTests {
 
     @Test("bytes the decoder refuses: a problem 400 for a request it cannot read; the router's own body error for a request it is reading")
     func refusedBytes() async throws {
-        try await Self.withUser("hp-bytes", appKey: "PShitpath0008") { fx, _, _, _ in
+        try await Self.withUser("hp-bytes", appKey: "PShitpath0008") { fx, jwt, _, _ in
             let port = Int(fx.gatewayURL.split(separator: ":").last!)!
             // Not HTTP at all: answered as a problem, then closed.
             let junk = try await RawBytes.exchange(port: port, "NOT HTTP AT ALL\r\n\r\n")
@@ -298,8 +298,9 @@ struct HitPathTests {
             // A routed request whose chunked body turns bad mid-way: the router's body stream fails (a problem 400
             // from the route) and the connection closes — it does not wait for a body that will never end.
             let started = ContinuousClock.now
+            // (A valid JWT: the route checks it before it reads the body.)
             let bad = try await RawBytes.exchange(port: port, "POST /token/refresh HTTP/1.1\r\nHost: x\r\n"
-                + "Authorization: Bearer x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n")
+                + "Authorization: Bearer \(jwt)\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n")
             #expect(ContinuousClock.now - started < .seconds(5), "the connection stayed open")
             #expect(bad.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(bad)")
             #expect(bad.contains(#""code":"invalid_parameter""#), "\(bad)")

@@ -99,6 +99,23 @@ struct IdleConnectionTests {
         }
     }
 
+    /// The hit path decides a preflight at its head and answers at its end: a client that declares a body and never
+    /// sends it must not pass for a request in progress for ever.
+    @Test("a request that declares a body and never sends it is closed after the idle timeout")
+    func stalledBodyIsClosed() async throws {
+        try await withGateway(dependencies: { _, deps in deps.idleTimeout = .seconds(1) }) { g, urls in
+            let started = ContinuousClock.now
+            let closed = try await onThread {
+                let c = try RawConnection(port: Self.port(urls[0]), receiveTimeout: 6)
+                try c.send("OPTIONS /domestic/chart/daily/005930 HTTP/1.1\r\nHost: t\r\nOrigin: http://localhost:3000\r\n"
+                           + "Access-Control-Request-Method: GET\r\nContent-Length: 1000000\r\n\r\n")
+                return c.closedByServer()
+            }
+            #expect(closed)
+            #expect(ContinuousClock.now - started < .seconds(4))
+        }
+    }
+
     /// Hummingbird's own idle timer sees only what the router answers: it would close a connection kept busy by the
     /// hit path. The connection's timer counts every request part and answer.
     @Test("a keep-alive connection busy with hit-path answers stays open past the idle timeout; idle, it is closed")
