@@ -8,10 +8,14 @@ import TestSupport
 final class RawConnection: @unchecked Sendable {  // used by one thread at a time (`onThread`)
     private let fd: Int32
 
-    init(port: Int, receiveTimeout seconds: Int = 10) throws {
+    /// - Parameter receiveBuffer: `SO_RCVBUF`, set before connecting (a small one makes a slow reader).
+    init(port: Int, receiveTimeout seconds: Int = 10, receiveBuffer: Int32? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var timeout = timeval(tv_sec: seconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        if var size = receiveBuffer {
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = UInt16(port).bigEndian
@@ -56,6 +60,17 @@ final class RawConnection: @unchecked Sendable {  // used by one thread at a tim
             }
             let n = read(fd, &buffer, buffer.count)
             guard n > 0 else { throw RawConnectionError(n == 0 ? "closed before an answer" : "no answer in time") }
+            received += buffer[0..<n]
+        }
+    }
+
+    /// Everything until the end of the stream (or the receive timeout).
+    func readToEnd() -> [UInt8] {
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { return received }
             received += buffer[0..<n]
         }
     }

@@ -306,13 +306,8 @@ final class RecordGate: Sendable {
     }
 }
 
-struct SlowReaderError: Error, CustomStringConvertible {
-    let description: String
-    init(_ d: String) { description = d }
-}
-
-/// Requests over a socket whose receive buffer is 4 KB, read only after 2 s and then to the end of the stream, on a
-/// thread of its own (blocking reads).
+/// Requests over a socket whose receive buffer is 4 KB (a `RawConnection`), read only after 2 s and then to the end
+/// of the stream, on a thread of its own (blocking reads).
 final class SlowReader: Sendable {
     struct Answer: Sendable {
         var head: String
@@ -338,33 +333,10 @@ final class SlowReader: Sendable {
     }
 
     private static func exchange(port: Int, request: String) throws -> [Answer] {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var size: Int32 = 4096
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { throw SlowReaderError("cannot connect to the gateway") }
-        let bytes = Array(request.utf8)
-        var sent = 0
-        while sent < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + sent, bytes.count - sent) }
-            guard n > 0 else { throw SlowReaderError("cannot send the requests") }
-            sent += n
-        }
+        let connection = try RawConnection(port: port, receiveTimeout: 30, receiveBuffer: 4096)
+        try connection.send(request)
         usleep(2_000_000)
-        var received: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = read(fd, &buffer, buffer.count)
-            if n <= 0 { break }
-            received += buffer[0..<n]
-        }
+        let received = connection.readToEnd()
         // The answers, one after another: a head, then `Content-Length` bytes.
         var answers: [Answer] = []
         var at = 0
