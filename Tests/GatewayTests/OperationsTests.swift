@@ -394,6 +394,8 @@ struct GatewayMetricsRegistryTests {
             #expect(refused.status == 429)
             try await Task.sleep(for: .milliseconds(2100))
             #expect(try await g.get(path, jwt: jwt, kis: kis).header("X-Cache") == "STALE")
+            // The STALE answer started a background refresh: it is done before the simulator stops.
+            #expect(try await eventually(.seconds(10)) { try await g.simStats()["domestic_daily"] == 2 })
             let m = Exposition(try await g.get("/metrics", jwt: nil, kis: nil).text)
             #expect(m.value("kisgw_cache_results_total", ["result": "stale"]) == 1)
             #expect(m.value("kisgw_rate_limit_rejections_total") == 1)
