@@ -220,9 +220,8 @@ struct BrokerCore: Sendable {
         let key = "broker:account-checks:" + TokenDirectory.sha256(of: userID)
         let decision = try await run { try await keeper.store.rateLimit(key, limit: Self.accountChecks, cost: 1, maxWait: .zero) }
         if case .denied(let retryAfter) = decision {
-            let (seconds, atto) = retryAfter.components
             throw Problem(.rateLimited, "too many account checks for this user; try again later",
-                          retryAfter: max(1, Int(seconds) + (atto > 0 ? 1 : 0)))
+                          retryAfter: Problem.retryAfterSeconds(retryAfter))
         }
     }
 

@@ -110,7 +110,7 @@ final class TokenKeeper: Sendable {
         {
             return  // already connected with these credentials: KIS accepted them
         }
-        try await refuseIfAnotherUsersAppKey(form, userID: userID)
+        try await refuseIfAnotherUsersAppKey(form.appKey, form.environment, userID: userID)
         if try await peekValidated(form) != nil { return }
         let lock = try await acquireIssueLock(form.environment, form.appKey)
         do {
@@ -133,7 +133,9 @@ final class TokenKeeper: Sendable {
         let account = Account(
             userID: userID, environment: form.environment, appKey: form.appKey, appSecret: form.appSecret,
             accountNumber: form.accountNumber, isActive: true, createdAt: stored?.createdAt ?? now, updatedAt: now)
-        if stored?.appKey != form.appKey { try await refuseIfAnotherUsersAppKey(form, userID: userID) }
+        if stored?.appKey != form.appKey {
+            try await refuseIfAnotherUsersAppKey(form.appKey, form.environment, userID: userID)
+        }
         var retiring: [StoredToken] = []
         if let stored {
             if stored.appKey == form.appKey, stored.appSecret == form.appSecret {
@@ -165,10 +167,6 @@ final class TokenKeeper: Sendable {
     /// Checked before the issuance lock (a quick refusal, before KIS is asked) and again under it: two users
     /// connecting one app key at once both pass the first check, and the second to take the lock would otherwise
     /// store the first one's token (KIS hands it back) as their own.
-    private func refuseIfAnotherUsersAppKey(_ form: AccountForm, userID: String) async throws {
-        try await refuseIfAnotherUsersAppKey(form.appKey, form.environment, userID: userID)
-    }
-
     private func refuseIfAnotherUsersAppKey(_ appKey: String, _ environment: KISEnvironment, userID: String) async throws {
         for row in try await repository.allAccounts() where row.environment == environment && !row.userID.isSameUserID(userID) {
             guard let other = try? vault.open(row), other.appKey == appKey else { continue }

@@ -441,11 +441,6 @@ final class ChartService: Sendable {
             maxWait: settings.maxQueue)
     }
 
-    /// `d` rounded up to whole seconds, at least 1: a `Retry-After`.
-    static func wholeSeconds(_ d: Duration) -> Int {
-        let (seconds, attoseconds) = d.components
-        return max(1, Int(seconds) + (attoseconds > 0 ? 1 : 0))
-    }
 
     /// KIS's per-second limit with headroom for network jitter, so the whole fleet never exceeds it.
     ///
@@ -513,7 +508,7 @@ final class ChartService: Sendable {
                 // When the app key's next free slot comes, in whole seconds: a client that waits that long is not
                 // refused again for want of one (unless others take it first).
                 throw Problem(.rateLimited, "the KIS rate for this app key cannot be met within the queue limit",
-                              retryAfter: Self.wholeSeconds(retryAfter))
+                              retryAfter: Problem.retryAfterSeconds(retryAfter))
             }
             let waited = ContinuousClock.now - (n == 0 ? reserved?.1 ?? waitStart : waitStart)
             if waited > .milliseconds(1) {

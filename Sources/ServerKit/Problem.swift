@@ -78,3 +78,11 @@ public struct Problem: Error, Sendable, CustomStringConvertible {
         return code == .authRequired ? "Bearer" : "Bearer error=\"invalid_token\""
     }
 }
+
+extension Problem {
+    /// `wait` rounded up to whole seconds, at least 1: a `Retry-After`.
+    public static func retryAfterSeconds(_ wait: Duration) -> Int {
+        let (seconds, attoseconds) = wait.components
+        return max(1, Int(seconds) + (attoseconds > 0 ? 1 : 0))
+    }
+}

@@ -340,13 +340,10 @@ final class SlowReader: Sendable {
         // The answers, one after another: a head, then `Content-Length` bytes.
         var answers: [Answer] = []
         var at = 0
-        let separator: [UInt8] = Array("\r\n\r\n".utf8)
         while at < received.count {
-            guard let end = (at..<max(at, received.count - 3)).first(where: { Array(received[$0..<$0 + 4]) == separator })
-            else { break }
+            guard let end = RawConnection.headEnd(in: received, from: at) else { break }
             let head = String(decoding: received[at..<end], as: UTF8.self)
-            let length = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
-                .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
+            let length = RawConnection.contentLength(head)
             let body = min(length, received.count - end - 4)
             answers.append(Answer(head: head, length: length, received: body))
             at = end + 4 + body

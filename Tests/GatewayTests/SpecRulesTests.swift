@@ -3,6 +3,7 @@ import Foundation
 import KIS
 import KisgwConfiguration
 import NIOHTTP1
+import ServerKit
 import Simulator
 import TestSupport
 import Testing
@@ -33,11 +34,11 @@ struct SpecRulesTests {
 
     @Test("Retry-After: the wait for the next slot rounded up to whole seconds, at least 1")
     func retryAfterSeconds() {
-        #expect(ChartService.wholeSeconds(.zero) == 1)
-        #expect(ChartService.wholeSeconds(.milliseconds(-5)) == 1)
-        #expect(ChartService.wholeSeconds(.seconds(1)) == 1)
-        #expect(ChartService.wholeSeconds(.milliseconds(1001)) == 2)
-        #expect(ChartService.wholeSeconds(.milliseconds(2500)) == 3)
+        #expect(Problem.retryAfterSeconds(.zero) == 1)
+        #expect(Problem.retryAfterSeconds(.milliseconds(-5)) == 1)
+        #expect(Problem.retryAfterSeconds(.seconds(1)) == 1)
+        #expect(Problem.retryAfterSeconds(.milliseconds(1001)) == 2)
+        #expect(Problem.retryAfterSeconds(.milliseconds(2500)) == 3)
     }
 
     static let origin = "http://localhost:3000"

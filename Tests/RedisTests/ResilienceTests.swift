@@ -241,8 +241,15 @@ struct ResilienceTests {
         await client.shutdown()
     }
 
-    /// A client behind a proxy that can silence its connections (a peer gone without a reset).
-    func makeClient(through proxy: BlackholeProxy) throws -> RedisClient {
+    /// A redis-server of its own and, for `body`, a client that reaches it through a proxy that can silence its
+    /// connections (a peer gone without a reset).
+    func withSilenceableClient(
+        _ body: (_ server: RedisServerProcess, _ proxy: BlackholeProxy, _ client: RedisClient) async throws -> Void
+    ) async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let proxy = try BlackholeProxy(to: server.port)
+        defer { proxy.stop() }
         var configuration = try RedisConfiguration(url: "redis://127.0.0.1:\(proxy.port)/0")
         configuration.poolSize = 1  // the one command connection is silenced (a pool opens more only on demand)
         configuration.commandTimeout = .milliseconds(250)
@@ -250,63 +257,57 @@ struct ResilienceTests {
         configuration.pubSubPingInterval = .milliseconds(500)
         configuration.initialReconnectDelay = .milliseconds(20)
         configuration.maximumReconnectDelay = .milliseconds(200)
-        return RedisClient(configuration: configuration, logger: TestEnvironment.logger)
+        try await body(server, proxy, RedisClient(configuration: configuration, logger: TestEnvironment.logger))
     }
 
     /// Before, such a connection stayed in the pool until 1,024 commands had timed out on it: each command waited
     /// its whole timeout, and a gateway's readiness stayed 503 long after Redis was reachable again.
     @Test func commandConnectionsWhosePeerWentSilentAreReplaced() async throws {
-        let server = try RedisServerProcess()
-        defer { server.stop() }
-        let proxy = try BlackholeProxy(to: server.port)
-        defer { proxy.stop() }
-        let client = try makeClient(through: proxy)
-        #expect(try await client.send(["ECHO", "before"]).string == "before")
-        proxy.blackhole()
-        let started = ContinuousClock.now
-        var timeouts = 0
-        let answered = await TestEnvironment.eventually(timeout: .seconds(10), every: .milliseconds(100)) {
-            do {
-                return try await client.send(["ECHO", "after"]).string == "after"
-            } catch {
-                if (error as? RedisError)?.code == .timeout { timeouts += 1 }
-                return false
+        try await withSilenceableClient { (_: RedisServerProcess, proxy: BlackholeProxy, client: RedisClient) async throws in
+            #expect(try await client.send(["ECHO", "before"]).string == "before")
+            proxy.blackhole()
+            let started = ContinuousClock.now
+            var timeouts = 0
+            let answered = await TestEnvironment.eventually(timeout: .seconds(10), every: .milliseconds(100)) {
+                do {
+                    return try await client.send(["ECHO", "after"]).string == "after"
+                } catch {
+                    if (error as? RedisError)?.code == .timeout { timeouts += 1 }
+                    return false
+                }
             }
+            #expect(answered)
+            #expect(timeouts >= 1)  // the silent connections were in use first
+            #expect(started.duration(to: .now) < .seconds(5), "answered after \(started.duration(to: .now))")
+            await client.shutdown()
         }
-        #expect(answered)
-        #expect(timeouts >= 1)  // the silent connections were in use first
-        #expect(started.duration(to: .now) < .seconds(5), "answered after \(started.duration(to: .now))")
-        await client.shutdown()
     }
 
     /// Before, a silent pub/sub connection waited for TCP keep-alive (hours), every message published meanwhile lost
     /// without a word to the subscribers.
     @Test func aPubSubConnectionWhosePeerWentSilentIsReopenedAndTheGapTold() async throws {
-        let server = try RedisServerProcess()
-        defer { server.stop() }
-        let proxy = try BlackholeProxy(to: server.port)
-        defer { proxy.stop() }
-        let client = try makeClient(through: proxy)
-        let publisher = try makeClient(server, poolSize: 1)
-        let restorations = client.subscriptionRestorations()
-        let gaps = Mutex(0)
-        let watcher = Task { for await _ in restorations { gaps.withLock { $0 += 1 } } }
-        let subscription = try await client.subscribe(to: ["silent"])
-        let received = Mutex<[String]>([])
-        let reader = Task { for await m in subscription { received.withLock { $0.append(m.string) } } }
-        #expect(try await publisher.publish("one", to: "silent") == 1)
-        #expect(await TestEnvironment.eventually { received.withLock { $0 } == ["one"] })
-        proxy.blackhole()
-        #expect(try await publisher.publish("lost", to: "silent") == 1)  // Redis sends it into the silence
-        #expect(await TestEnvironment.eventually(timeout: .seconds(10)) { gaps.withLock { $0 } == 1 })
-        #expect(await TestEnvironment.eventually {
-            ((try? await publisher.publish("three", to: "silent")) ?? 0) >= 1 && received.withLock { $0.last } == "three"
-        })
-        #expect(!received.withLock { $0 }.contains("lost"))
-        await client.shutdown()
-        await publisher.shutdown()
-        await watcher.value
-        await reader.value
+        try await withSilenceableClient { (server: RedisServerProcess, proxy: BlackholeProxy, client: RedisClient) async throws in
+            let publisher = try makeClient(server, poolSize: 1)
+            let restorations = client.subscriptionRestorations()
+            let gaps = Mutex(0)
+            let watcher = Task { for await _ in restorations { gaps.withLock { $0 += 1 } } }
+            let subscription = try await client.subscribe(to: ["silent"])
+            let received = Mutex<[String]>([])
+            let reader = Task { for await m in subscription { received.withLock { $0.append(m.string) } } }
+            #expect(try await publisher.publish("one", to: "silent") == 1)
+            #expect(await TestEnvironment.eventually { received.withLock { $0 } == ["one"] })
+            proxy.blackhole()
+            #expect(try await publisher.publish("lost", to: "silent") == 1)  // Redis sends it into the silence
+            #expect(await TestEnvironment.eventually(timeout: .seconds(10)) { gaps.withLock { $0 } == 1 })
+            #expect(await TestEnvironment.eventually {
+                ((try? await publisher.publish("three", to: "silent")) ?? 0) >= 1 && received.withLock { $0.last } == "three"
+            })
+            #expect(!received.withLock { $0 }.contains("lost"))
+            await client.shutdown()
+            await publisher.shutdown()
+            await watcher.value
+            await reader.value
+        }
     }
 
     /// What a subscriber misses while the pub/sub connection is down cannot be replayed; `subscriptionRestorations`
