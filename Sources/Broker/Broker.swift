@@ -86,6 +86,8 @@ public func buildBroker(
     router.add(middleware: CORSMiddleware(
         cors: config.cors, renderer: ProblemRenderer(allowedMethods: { BrokerCore.allowedMethods($0, demo: demo) }),
         allowMethods: CORSHeaderValues.brokerMethods))
+    // The demo mints JWTs for anyone: only pages of the loopback names may reach it (no DNS rebinding).
+    if demo { router.add(middleware: LoopbackHostMiddleware()) }
     core.addRoutes(to: router)
     dependencies.extraRoutes?(router)
 

@@ -586,6 +586,49 @@ struct BrokerAPITests {
         }
     }
 
+    /// DNS rebinding: a page of `http://evil.example:PORT` whose name resolves to 127.0.0.1 is same-origin with the
+    /// demo to its browser; only `Host` still names it.
+    @Test("demo mode answers only requests whose Host is a loopback name; a broker not in demo mode does not check")
+    func demoLoopbackHost() async throws {
+        try await withBroker(demoMode: true) { b in
+            let port = try #require(URL(string: b.url)?.port)
+            let signIn = String(decoding: try JSONSerialization.data(withJSONObject: ["userId": "alice"]), as: UTF8.self)
+            func post(host: String) async throws -> HTTPResult {
+                try await http(.POST, b.url + "/api/dev/signin",
+                               headers: [("Host", host), ("content-type", "application/json")], body: signIn)
+            }
+            for host in ["evil.example:\(port)", "evil.example", "127.0.0.1.evil.example:\(port)",
+                         "localhost.evil.example", "127.0.0.2:\(port)", "[::2]:\(port)"] {
+                let r = try await post(host: host)
+                #expect(r.status == 400, "Host: \(host)")
+                #expect(r.code == "invalid_parameter")
+                #expect((r.json["detail"] as? String)?.hasPrefix("Host: ") == true)
+                #expect(r.json["token"] == nil)
+            }
+            for host in ["127.0.0.1:\(port)", "localhost:\(port)", "LocalHost:\(port)", "localhost"] {
+                #expect(try await post(host: host).status == 200, "Host: \(host)")
+            }
+            // The UI's routes and the API alike.
+            #expect(try await http(.GET, b.url + "/healthz", headers: [("Host", "evil.example")]).status == 400)
+        }
+        try await withBroker { b in
+            let r = try await http(.GET, b.url + "/healthz", headers: [("Host", "evil.example")])
+            #expect(r.status == 200)
+        }
+    }
+
+    @Test("loopback names: 127.0.0.1, localhost in any case, [::1], each with or without a port; nothing else")
+    func loopbackNames() {
+        for good in ["127.0.0.1", "127.0.0.1:8080", "localhost", "LOCALHOST:1", "[::1]", "[::1]:65535"] {
+            #expect(LoopbackHostMiddleware<BasicRequestContext>.isLoopback(good), "\(good)")
+        }
+        for bad in ["", ":80", "127.0.0.1:", "127.0.0.1:80x", "127.0.0.1:123456", "127.0.0.1.nip.io", "localhost.",
+                    "localhos", "localhostt", "[::1", "[::1]x", "[::1]:", "[0:0:0:0:0:0:0:1]:80", "evil.example",
+                    "ｌocalhost", "127.0.0.1 ", "user@localhost"] {
+            #expect(!LoopbackHostMiddleware<BasicRequestContext>.isLoopback(bad), "\(bad)")
+        }
+    }
+
     @Test("extra routes from the caller share the router")
     func extraRoutes() async throws {
         try await withBroker { b in
