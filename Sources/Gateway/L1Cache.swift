@@ -2,6 +2,7 @@ import Synchronization
 
 /// The in-process cache in front of the shared store: bounded by entries and by bytes, evicting with the CLOCK
 /// algorithm (an LRU approximation whose hits only set a bit, so a hit costs one short lock and no reordering).
+/// `maxEntries` 0 turns it off (`[cache] l1_entries = 0`): it keeps nothing.
 final class L1Cache<Value: Sendable>: Sendable {
     private struct Slot {
         var key: String
@@ -23,7 +24,7 @@ final class L1Cache<Value: Sendable>: Sendable {
     private let state = Mutex(State())
 
     init(maxEntries: Int, maxBytes: Int) {
-        self.maxEntries = max(1, maxEntries)
+        self.maxEntries = max(0, maxEntries)
         self.maxBytes = max(1, maxBytes)
     }
 
@@ -36,7 +37,7 @@ final class L1Cache<Value: Sendable>: Sendable {
     }
 
     func set(_ key: String, _ value: Value, cost: Int) {
-        guard cost <= maxBytes else { return }
+        guard maxEntries > 0, cost <= maxBytes else { return }
         state.withLock { s in
             if let i = s.index[key] {
                 s.bytes += cost - s.slots[i]!.cost

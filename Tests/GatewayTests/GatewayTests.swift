@@ -603,6 +603,28 @@ struct GatewayUpstreamTests {
         }
     }
 
+    /// `[cache] l1_entries = 0` turns the in-process copy off (it kept one entry before): with the store's copy
+    /// gone, the next request is a miss.
+    @Test("[cache] l1_entries: 0 keeps nothing in the process, 1 keeps one chart", arguments: [0, 1])
+    func l1Off(entries: Int) async throws {
+        let cache = KisgwConfig.Cache(l1Entries: entries)
+        try await withGateway(config: { testConfig(simURL: $0, cache: cache) }) { g, _ in
+            let kis = try await g.connect(user: "u-l1", appKey: "PSapp-l1")
+            let jwt = try await g.jwt("u-l1")
+            let path = "/domestic/chart/daily/035420?start=2025-03-03&end=2025-05-30"  // settled: fresh for an hour
+            #expect(try await g.get(path, jwt: jwt, kis: kis).header("X-Cache") == "MISS")
+            try await waitUntilShared(g.store, domesticChart: path)
+            // From the store while it has the chart: a HIT either way.
+            #expect(try await g.get(path, jwt: jwt, kis: kis).header("X-Cache") == "HIT")
+            #expect(try await g.simStats()["domestic_daily"] == 1)
+            _ = try await g.store.delete("cache:" + chartKey(domesticChart: path))
+            let again = try await g.get(path, jwt: jwt, kis: kis)
+            #expect(again.status == 200)
+            #expect(again.header("X-Cache") == (entries == 0 ? "MISS" : "HIT"))
+            #expect(try await g.simStats()["domestic_daily"] == (entries == 0 ? 2 : 1))
+        }
+    }
+
     /// gateway-api.md: the others "wait for it (bounded by `[upstream] timeout_ms`)" — across gateways too.
     @Test("a request waiting on another gateway's fetch waits at most [upstream] timeout_ms; the fetch goes on")
     func fleetWaiterBound() async throws {
