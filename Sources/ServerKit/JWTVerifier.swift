@@ -84,19 +84,37 @@ public final class JWTVerifier: Sendable {
         } else {
             self.hmacKeys = nil
         }
-        if let text = settings.publicKeys {
+        // The asymmetric algorithms allowed; the public keys are read only for them, and must serve one of them.
+        let asymmetric = settings.algorithms.subtracting(["HS256"])
+        if let text = settings.publicKeys, !asymmetric.isEmpty {
             let keys = JWTKeyCollection()
+            func allowing(_ algorithm: String, _ what: String) throws(Problem) {
+                guard asymmetric.contains(algorithm) else {
+                    throw Problem(.internalError, "public_keys_file holds \(what), for \(algorithm), which [auth.jwt] "
+                                  + "algorithms (\(asymmetric.sorted().joined(separator: ", "))) does not allow")
+                }
+            }
             if text.contains("-----BEGIN") {
                 if let rsa = try? Insecure.RSA.PublicKey(pem: text) {
+                    try allowing("RS256", "an RSA key")
                     await keys.add(rsa: rsa, digestAlgorithm: .sha256)
                 } else if let ec = try? ES256PublicKey(pem: text) {
+                    try allowing("ES256", "a P-256 key")
                     await keys.add(ecdsa: ec)
                 } else if let ed = try? EdDSA.PublicKey(pem: text) {
+                    try allowing("EdDSA", "an Ed25519 key")
                     await keys.add(eddsa: ed)
                 } else {
                     throw Problem(.internalError, "public_keys_file holds no RSA, P-256 or Ed25519 public key")
                 }
             } else {
+                guard let usable = Self.jwksAlgorithms(text) else {
+                    throw Problem(.internalError, "public_keys_file is neither PEM nor a JWKS document")
+                }
+                guard !usable.isDisjoint(with: asymmetric) else {
+                    throw Problem(.internalError, "public_keys_file's JWKS has no key for [auth.jwt] algorithms ("
+                                  + asymmetric.sorted().joined(separator: ", ") + ")")
+                }
                 do { try await keys.add(jwksJSON: text) } catch {
                     throw Problem(.internalError, "public_keys_file is neither PEM nor a JWKS document")
                 }
@@ -105,6 +123,28 @@ public final class JWTVerifier: Sendable {
         } else {
             self.publicKeyCollection = nil
         }
+    }
+
+    /// The algorithms the keys of a JWKS document serve (a key's `alg`, or what its `kty` and `crv` are for:
+    /// RS256, ES256, EdDSA); nil when the text is not a JWKS document.
+    static func jwksAlgorithms(_ text: String) -> Set<String>? {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+            let keys = object["keys"] as? [Any]
+        else { return nil }
+        var algorithms: Set<String> = []
+        for case let key as [String: Any] in keys {
+            if let alg = key["alg"] as? String {
+                algorithms.insert(alg)
+                continue
+            }
+            switch (key["kty"] as? String, key["crv"] as? String) {
+            case ("RSA", _): algorithms.insert("RS256")
+            case ("EC", "P-256"): algorithms.insert("ES256")
+            case ("OKP", "Ed25519"): algorithms.insert("EdDSA")
+            default: break
+            }
+        }
+        return algorithms
     }
 
     /// The remembered decision about `token`, if any (no signature check, no suspension: for the hit path).
@@ -230,12 +270,22 @@ public final class JWTVerifier: Sendable {
 }
 
 extension JWTVerifier.Settings {
-    /// The settings `[auth.jwt]` describes (the public keys file is read here).
-    public init(config: KisgwConfig.JWT) {
+    /// The settings `[auth.jwt]` describes (the public keys file is read here: a file that cannot be read, or is
+    /// not text, is an error, not a verifier without keys).
+    public init(config: KisgwConfig.JWT) throws(Problem) {
+        var publicKeys: String? = nil
+        if let path = config.publicKeysFile, config.algorithms.contains(where: \.isAsymmetric) {
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw Problem(.internalError, "public_keys_file cannot be read")
+            }
+            guard let text = String(data: data, encoding: .utf8) else {
+                throw Problem(.internalError, "public_keys_file is not text (a PEM key or a JWKS document)")
+            }
+            publicKeys = text
+        }
         self.init(
             algorithms: Set(config.algorithms.map(\.rawValue)), hs256Secret: config.hs256Secret.map { Array($0.value.utf8) },
-            publicKeys: config.publicKeysFile.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) },
-            issuer: config.issuer, audience: config.audience, leeway: TimeInterval(config.leewayS))
+            publicKeys: publicKeys, issuer: config.issuer, audience: config.audience, leeway: TimeInterval(config.leewayS))
     }
 }
 

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Broker
+import Crypto
 import Foundation
 import Gateway
 import Hummingbird
@@ -404,8 +405,25 @@ struct GatewayMetricsRegistryTests {
     }
 }
 
-@Suite("kisgw demo: its secrets file")
+@Suite("kisgw demo: its secrets file and its Redis URL")
 struct DemoSecretsFileTests {
+    /// `KISGW_REDIS_URL` is read as every verb reads it. Before, a bad one was an ArgumentParser validation error
+    /// (exit 64 with the usage text) that did not say what was wrong.
+    @Test("a bad KISGW_REDIS_URL: exit 78, one line naming the variable and the problem, no secret", arguments: [
+        ("http://127.0.0.1:6379", "must be redis://[:password@]host[:port][/db]"),
+        ("redis://s3cret@127.0.0.1:6379/0", "names a user without a password"),
+    ])
+    func badRedisURL(url: String, problem: String) throws {
+        let base = try RedisServerProcess.freePort() % 20_000 + 20_000
+        let (process, text) = try runToExit(
+            "demo", env: ["KISGW_REDIS_URL": url],
+            arguments: ["--data", Scratch.directory("demo"), "--port-base", String(base)])
+        #expect(process.terminationReason == .exit && process.terminationStatus == 78, "\(process.terminationStatus): \(text)")
+        #expect(text.split(separator: "\n").count == 1, "\(text)")
+        #expect(text.hasPrefix("kisgw: environment KISGW_REDIS_URL: ") && text.contains(problem), "\(text)")
+        #expect(!text.contains("s3cret"))
+    }
+
     /// The demo's JWT secret and seal keys are written to the data folder: readable by their owner only, from the
     /// moment the file exists (it was created with the default umask, then narrowed).
     @Test("demo-secrets.json is readable by its owner only (mode 0600)")
@@ -434,16 +452,23 @@ struct DemoSecretsFileTests {
 
 /// Runs `kisgw <command>` with only `env` of the KISGW_ variables, in a directory without a gateway.toml, until it
 /// exits; its standard error.
-func runToExit(_ command: String, env extra: [String: String]) throws -> (Process, String) {
+func runToExit(_ command: String, env extra: [String: String], arguments: [String] = []) throws -> (Process, String) {
     let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
     let process = kisgwProcess(binary, command)
+    process.arguments = [command] + arguments
     process.environment = process.environment?.merging(extra) { _, new in new }
     let stderr = Pipe()
     process.standardError = stderr
     process.standardOutput = FileHandle.nullDevice
     try process.run()
+    // A process that should stop at once but starts serving (a regression) is killed after a minute, so the test
+    // fails (its exit is a signal) instead of waiting for it forever.
+    let pid = process.processIdentifier
+    let watchdog = DispatchWorkItem { kill(pid, SIGKILL) }
+    DispatchQueue.global().asyncAfter(deadline: .now() + 60, execute: watchdog)
     let text = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     process.waitUntilExit()
+    watchdog.cancel()
     return (process, text)
 }
 
@@ -562,15 +587,26 @@ struct GatewayOperationsProcessTests {
         #expect(!RedisServerProcess.accepts(port: port))
     }
 
-    /// A readable `public_keys_file` that holds no key: validation only sees that it can be read; the keys are read
-    /// before anything starts, and a bad file is a configuration error like the others.
-    @Test("public_keys_file without a usable key: exit 78, one line naming the key and the file", arguments: ["gateway", "broker"])
-    func unusablePublicKeys(role: String) async throws {
-        let keys = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-keys-\(UUID().uuidString).pem")
-        try Data("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n".utf8).write(to: keys)
+    /// A readable `public_keys_file` that holds no usable key: validation only sees that it can be read; the keys
+    /// are read before anything starts, and a bad file is a configuration error like the others. Before, only a PEM
+    /// without a key was refused: a file that is not text was read as no file, and an empty JWKS or a key for an
+    /// algorithm not allowed started a server that refused every JWT.
+    @Test("public_keys_file without a usable key: exit 78, one line naming the key and the file", arguments: [
+        ("gateway", "pem-without-key"), ("broker", "pem-without-key"), ("gateway", "der"), ("broker", "empty-jwks"),
+        ("gateway", "p256-key-for-rs256"),
+    ])
+    func unusablePublicKeys(role: String, content: String) async throws {
+        let keys = URL(fileURLWithPath: Scratch.directory("keys") + "/keys.pem")
+        let algorithms = "RS256"
+        switch content {
+        case "pem-without-key": try Data("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n".utf8).write(to: keys)
+        case "der": try P256.Signing.PrivateKey().publicKey.derRepresentation.write(to: keys)
+        case "empty-jwks": try Data(#"{"keys": []}"#.utf8).write(to: keys)
+        default: try Data(P256.Signing.PrivateKey().publicKey.pemRepresentation.utf8).write(to: keys)
+        }
         defer { try? FileManager.default.removeItem(at: keys) }
         let (process, text) = try runToExit(role, env: [
-            "KISGW_AUTH_JWT_ALGORITHMS": "RS256", "KISGW_AUTH_JWT_PUBLIC_KEYS_FILE": keys.path,
+            "KISGW_AUTH_JWT_ALGORITHMS": algorithms, "KISGW_AUTH_JWT_PUBLIC_KEYS_FILE": keys.path,
             "KISGW_SEAL_KEYS_K1": Data(repeating: 7, count: 32).base64EncodedString(),
             "KISGW_SERVER_PORT": String(try RedisServerProcess.freePort()),
             "KISGW_BROKER_PORT": String(try RedisServerProcess.freePort()), "KISGW_BROKER_DATABASE": "sqlite::memory:",

@@ -172,6 +172,32 @@ struct JWTVerifierTests {
         #expect(try await v.verify(token).userID == "42")
     }
 
+    /// A key file that serves none of the allowed algorithms gave a verifier refusing every JWT (jwt_invalid): it
+    /// is now an error when the verifier is made (the process stops at start-up, exit 78).
+    @Test("public keys that serve none of the allowed algorithms are refused when the verifier is made")
+    func unusableKeys() async throws {
+        let rsaPEM = try _RSA.Signing.PrivateKey(keySize: .bits2048).publicKey.pemRepresentation
+        let ecPEM = ES256PrivateKey().publicKey.pemRepresentation
+        let params = try #require(ES256PrivateKey().publicKey.parameters)
+        let ecJWK = #"{"kty":"EC","crv":"P-256","kid":"k1","x":"\#(params.x)","y":"\#(params.y)"}"#
+        func problem(_ algorithms: Set<String>, _ keys: String) async -> String? {
+            do {
+                _ = try await verifier(algorithms, publicKeys: keys)
+                return nil
+            } catch let p as Problem { return p.detail } catch { return "\(error)" }
+        }
+        #expect(await problem(["ES256"], rsaPEM)?.contains("an RSA key, for RS256") == true)
+        #expect(await problem(["RS256"], ecPEM)?.contains("a P-256 key, for ES256") == true)
+        #expect(await problem(["RS256", "EdDSA"], #"{"keys":[]}"#)?.contains("no key for [auth.jwt] algorithms (EdDSA, RS256)") == true)
+        #expect(await problem(["RS256"], #"{"keys":[\#(ecJWK)]}"#)?.contains("no key for") == true)
+        #expect(await problem(["RS256"], #"{"kty":"RSA"}"#)?.contains("neither PEM nor a JWKS") == true)
+        // Usable: the key's own algorithm allowed (by kty and crv when the JWK names no alg); HS256 alone reads no
+        // public keys at all.
+        #expect(await problem(["ES256"], ecPEM) == nil)
+        #expect(await problem(["ES256", "RS256"], #"{"keys":[\#(ecJWK)]}"#) == nil)
+        #expect(await problem(["HS256"], "not a key") == nil)
+    }
+
     @Test("mintHS256 makes tokens the verifier accepts, with whole-second times")
     func mint() async throws {
         let token = try await JWTVerifier.mintHS256(secret: secret, sub: "user-7", ttl: 600)
