@@ -447,6 +447,8 @@ struct Loader {
         if let problem = Validation.hostProblem(text) {
             throw invalid(found, section, "host", "\(problem), got \(Loader.quoted(text))")
         }
+        // `[::1]` as written in URLs is bound as `::1`: the resolver the servers bind through takes no brackets.
+        if text.hasPrefix("["), text.hasSuffix("]") { return String(text.dropFirst().dropLast()) }
         return text
     }
 
@@ -552,7 +554,9 @@ struct Loader {
 
     private func buildRedis() throws(ConfigError) -> KisgwConfig.Redis {
         var url: RedisURL? = nil
+        var urlFound: Found? = nil
         if let (text, found) = try string("redis", "url", emptyIsUnset: true) {
+            urlFound = found
             switch Validation.redisURL(text) {
             case .success(let parsed): url = parsed
             case .failure(let failure):
@@ -578,6 +582,15 @@ struct Loader {
                 throw invalid(found, "redis", "password_file", "the Redis URL carries a password too; give it in one place")
             }
             passwordFile = (path, source(of: found))
+        }
+        // `redis://name@host` names an ACL user, whom Redis knows only with a password; a password written there
+        // instead (as some clients read it) would never be sent. Neither is guessed, and the value is not repeated.
+        if let url, let urlFound, url.username != nil, url.password == nil, passwordFile == nil {
+            throw invalid(
+                urlFound, "redis", "url",
+                "names a user without a password (redis://user@host); give the user's password in "
+                    + "KISGW_REDIS_URL (redis://user:password@host) or in [redis] password_file; a password alone is "
+                    + "written redis://:password@host")
         }
         return KisgwConfig.Redis(
             url: url,

@@ -35,9 +35,11 @@ struct BrokerCommand: AsyncParsableCommand {
             }
         }
         let deps = runtime.brokerDependencies(extraRoutes: webRoutes)
+        // An IPv6 address in URL form.
+        let bound = config.broker.host.contains(":") ? "[\(config.broker.host)]" : config.broker.host
         try await runtime.run {
             [try await buildBroker(config, dependencies: deps, logger: logger) { port in
-                var line = "kisgw broker listening on http://\(config.broker.host):\(port) "
+                var line = "kisgw broker listening on http://\(bound):\(port) "
                     + "(database: \(config.broker.database), store: \(config.store.backend.rawValue))\n"
                 if config.broker.ui {
                     line += "web UI: \(KisgwConfig.Broker.browserURL(host: config.broker.host, port: port))/ "

@@ -93,8 +93,13 @@ struct DemoCommand: AsyncParsableCommand {
         let redisURL = env["KISGW_REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 }
         var redis = KisgwConfig.Redis()
         if let redisURL {
-            guard let url = RedisURL(redisURL) else { throw ValidationError("KISGW_REDIS_URL is not a redis:// URL") }
-            redis = KisgwConfig.Redis(url: url)
+            // Read as the other verbs read it: a bad URL is one line naming the variable and why, exit 78.
+            do {
+                redis = try KisgwConfig.load(file: nil, environment: ["KISGW_REDIS_URL": redisURL]).redis
+            } catch {
+                FileHandle.standardError.write(Data("kisgw: \(error)\n".utf8))
+                throw ExitCode(78)  // EX_CONFIG
+            }
         }
         let config = KisgwConfig(
             server: .init(host: host, port: gatewayPort),

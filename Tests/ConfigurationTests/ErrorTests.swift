@@ -198,6 +198,18 @@ let badInputs: [BadInput] = [
         environment: ["KISGW_REDIS_URL": "redis://:pw@127.0.0.1:6379/0", "KISGW_REDIS_PASSWORD_FILE": "/run/secrets/redis"],
         message: "environment KISGW_REDIS_PASSWORD_FILE: the Redis URL carries a password too; give it in one place",
         kind: .invalidValue, hidden: ["pw@"]),
+    // A password written where the user goes (as some clients read `redis://secret@host`) was kept as a user name
+    // and never sent: refused, without repeating it.
+    BadInput(
+        name: "a Redis user without a password, in the file",
+        toml: "[redis]\nurl = \"redis://s3cret@127.0.0.1:6379/0\"",
+        message: "<FILE>: [redis] url: names a user without a password (redis://user@host); give the user's password in KISGW_REDIS_URL (redis://user:password@host) or in [redis] password_file; a password alone is written redis://:password@host",
+        kind: .invalidValue, hidden: ["s3cret"]),
+    BadInput(
+        name: "a Redis user without a password, in the environment",
+        environment: ["KISGW_REDIS_URL": "rediss://s3cret@cache.internal:6380/2"],
+        message: "environment KISGW_REDIS_URL: names a user without a password (redis://user@host); give the user's password in KISGW_REDIS_URL (redis://user:password@host) or in [redis] password_file; a password alone is written redis://:password@host",
+        kind: .invalidValue, hidden: ["s3cret"]),
     BadInput(
         name: "a Redis password file with no Redis URL",
         toml: "[redis]\npassword_file = \"/run/secrets/redis\"",

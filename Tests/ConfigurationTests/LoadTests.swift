@@ -123,6 +123,8 @@ struct LoadTests {
         let secretFile = writeFile(goodSecret + "\n", name: "jwt-secret", in: directory)
         let keysFile = writeFile("k1 = \"\(base64Key(32, value: 1))\"\nk2 = \"\(base64Key(32, value: 2))\"\n", name: "seal.toml", in: directory)
         let pem = writeFile("-----BEGIN PUBLIC KEY-----\n", name: "keys.pem", in: directory)
+        // A Redis user needs a password (`rediss://gw@…` alone is refused).
+        let redisPasswordFile = writeFile("pw\n", name: "redis-password", in: directory)
         let config = try load(
             """
             [server]
@@ -146,6 +148,7 @@ struct LoadTests {
             backend = "redis"
             [redis]
             url = "rediss://gw@cache.example.com:6380/2"
+            password_file = "\(redisPasswordFile)"
             prefix = "prod:"
             pool_size = 16
             timeout_ms = 100

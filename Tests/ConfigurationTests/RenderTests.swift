@@ -27,7 +27,7 @@ struct RenderTests {
             issuer = "iss \\"quoted\\" \\\\ back"
             audience = "kisgw"
             [redis]
-            url = "redis://app@[::1]:7000/3"
+            url = "redis://[::1]:7000/3"
             prefix = "p:"
             [seal]
             current = "k1"
