@@ -44,6 +44,31 @@ public struct SealKeyring: Sendable {
         }
     }
 
+    /// A keyed fingerprint of `data`: lower-case hex HMAC-SHA256 under a key derived (HKDF-SHA256) from seal key `kid`
+    /// for the key id and `context`. Equal data has equal fingerprints under one key id and context, so a database can
+    /// index and compare them where sealed values (random nonces) cannot be; without the seal key a fingerprint tells
+    /// nothing, and under another key id (even one with the same bytes) or context it is unrelated. The seal key
+    /// itself never keys anything but AES-GCM.
+    ///
+    /// ```swift
+    /// let fp = try keyring.fingerprint(Data(appKey.utf8), kid: row.kid, context: "kis_accounts.app_key_fp:LIVE")
+    /// ```
+    public func fingerprint(_ data: Data, kid: String, context: String) throws(StoreError) -> String {
+        guard let key = keys[kid] else { throw StoreError(.unknownKey, "no seal key with id \(kid)") }
+        return Self.fingerprint(data, key: key, kid: kid, context: context)
+    }
+
+    /// ``fingerprint(_:kid:context:)`` under every key: key id → fingerprint, to find what any key fingerprinted.
+    public func fingerprints(_ data: Data, context: String) -> [String: String] {
+        Dictionary(uniqueKeysWithValues: keys.map { ($0.key, Self.fingerprint(data, key: $0.value, kid: $0.key, context: context)) })
+    }
+
+    private static func fingerprint(_ data: Data, key: SymmetricKey, kid: String, context: String) -> String {
+        let derived = HKDF<SHA256>.deriveKey(
+            inputKeyMaterial: key, info: Data("kisgw fingerprint:\(kid):\(context)".utf8), outputByteCount: 32)
+        return lowercaseHex(HMAC<SHA256>.authenticationCode(for: data, using: derived))
+    }
+
     /// Opens what `seal` made; fails for an unknown key id, a wrong key or AAD, or tampered data.
     public func open(_ sealed: String, kid: String, aad: Data) throws(StoreError) -> Data {
         guard let key = keys[kid] else { throw StoreError(.unknownKey, "no seal key with id \(kid)") }
