@@ -54,7 +54,8 @@ public struct BrokerToken: Sendable, Equatable {
 /// Seals and opens the secret columns with the seal keyring (AES-256-GCM, the key id stored with the row).
 ///
 /// Each field's additional authenticated data names the table, column and row (`kis_accounts.app_secret:42:LIVE`),
-/// so a sealed value copied to another row or column does not open.
+/// so a sealed value copied to another row or column does not open. The app key is fingerprinted too
+/// (`app_key_fp`, keyed with the row's seal key), so that the accounts holding an app key are found by index.
 public struct AccountVault: Sendable {
     public let keyring: SealKeyring
 
@@ -77,20 +78,44 @@ public struct AccountVault: Sendable {
         return StoredAccount(
             userID: account.userID, environment: account.environment, appKey: appKey, appSecret: appSecret,
             accountNumber: number, kid: kid, isActive: account.isActive, createdAt: account.createdAt,
-            updatedAt: account.updatedAt)
+            updatedAt: account.updatedAt,
+            appKeyFingerprint: try appKeyFingerprint(account.appKey, account.environment, kid: kid))
     }
 
     public func open(_ row: StoredAccount) throws(StoreError) -> Account {
-        func field(_ sealed: String, _ column: String) throws(StoreError) -> String {
-            let data = try keyring.open(sealed, kid: row.kid, aad: Self.aad(column, row.userID, row.environment))
-            return String(decoding: data, as: UTF8.self)
-        }
-        return Account(
-            userID: row.userID, environment: row.environment, appKey: try field(row.appKey, "kis_accounts.app_key"),
-            appSecret: try field(row.appSecret, "kis_accounts.app_secret"),
-            accountNumber: try field(row.accountNumber, "kis_accounts.account_number"), isActive: row.isActive,
-            createdAt: row.createdAt, updatedAt: row.updatedAt)
+        Account(
+            userID: row.userID, environment: row.environment, appKey: try openAppKey(row),
+            appSecret: try Self.field(row.appSecret, "kis_accounts.app_secret", of: row, keyring),
+            accountNumber: try Self.field(row.accountNumber, "kis_accounts.account_number", of: row, keyring),
+            isActive: row.isActive, createdAt: row.createdAt, updatedAt: row.updatedAt)
     }
+
+    /// The app key of a row, opening that column alone (the one-user-per-app-key check needs no more).
+    public func openAppKey(_ row: StoredAccount) throws(StoreError) -> String {
+        try Self.field(row.appKey, "kis_accounts.app_key", of: row, keyring)
+    }
+
+    private static func field(_ sealed: String, _ column: String, of row: StoredAccount, _ keyring: SealKeyring)
+        throws(StoreError) -> String
+    {
+        let data = try keyring.open(sealed, kid: row.kid, aad: aad(column, row.userID, row.environment))
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// `app_key_fp`: the app key's keyed fingerprint (``SealKeyring/fingerprint(_:kid:context:)``) under seal key
+    /// `kid`, for its environment. It reveals nothing without the seal keys, and differs between key ids: a row
+    /// re-encrypted with another key gets it anew.
+    public func appKeyFingerprint(_ appKey: String, _ env: KISEnvironment, kid: String) throws(StoreError) -> String {
+        try keyring.fingerprint(Data(appKey.utf8), kid: kid, context: Self.appKeyFingerprintContext(env))
+    }
+
+    /// The app key's fingerprint under every configured key (key id → fingerprint): what a row sealed with any of
+    /// them holds in `app_key_fp` if it holds that app key.
+    public func appKeyFingerprints(_ appKey: String, _ env: KISEnvironment) -> [String: String] {
+        keyring.fingerprints(Data(appKey.utf8), context: Self.appKeyFingerprintContext(env))
+    }
+
+    static func appKeyFingerprintContext(_ env: KISEnvironment) -> String { "kis_accounts.app_key_fp:\(env.rawValue)" }
 
     public func seal(_ token: BrokerToken, updatedAt: Int64) throws(StoreError) -> StoredToken {
         let (kid, sealed) = try keyring.seal(
@@ -150,6 +175,30 @@ public struct AccountVault: Sendable {
                          metadata: ["rows": "\(unopenable)"])
         }
         if count > 0 { logger.notice("re-encrypted rows with the current seal key", metadata: ["rows": "\(count)", "kid": "\(keyring.current)"]) }
+        return count
+    }
+
+    /// Fills `app_key_fp` of the accounts written before the column existed (after ``resealStaleRows(in:logger:)``,
+    /// which gives the rows it re-encrypts a fingerprint), opening their app key alone. Until then the
+    /// one-user-per-app-key check opens such rows at every look-up; afterwards it finds none. Returns how many rows
+    /// it filled.
+    @discardableResult
+    public func fillAppKeyFingerprints(in repository: any BrokerRepository, logger: Logger) async throws -> Int {
+        var count = 0
+        var unopenable = 0
+        for var row in try await repository.accountsWithoutAppKeyFingerprint() {
+            guard let appKey = try? openAppKey(row) else {
+                unopenable += 1
+                continue
+            }
+            row.appKeyFingerprint = try appKeyFingerprint(appKey, row.environment, kid: row.kid)
+            if try await repository.setAppKeyFingerprint(row) { count += 1 }
+        }
+        if unopenable > 0 {
+            logger.error("accounts whose app key does not open with the configured seal keys get no app key fingerprint; the app key check opens them at every look-up",
+                         metadata: ["rows": "\(unopenable)"])
+        }
+        if count > 0 { logger.notice("filled the app key fingerprint of accounts stored without one", metadata: ["rows": "\(count)"]) }
         return count
     }
 }

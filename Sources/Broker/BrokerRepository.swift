@@ -8,7 +8,8 @@ public enum TokenStatus: String, Sendable, Codable, CaseIterable {
 }
 
 /// A `kis_accounts` row as stored: the app key, secret and account number are sealed (base64 of AES-256-GCM
-/// nonce ‖ ciphertext ‖ tag) with the seal key `kid`. See ``AccountVault`` for sealing and opening.
+/// nonce ‖ ciphertext ‖ tag) with the seal key `kid`, and the app key fingerprinted under that key. See
+/// ``AccountVault`` for sealing and opening.
 public struct StoredAccount: Sendable, Equatable {
     public var userID: String
     public var environment: KISEnvironment
@@ -20,9 +21,13 @@ public struct StoredAccount: Sendable, Equatable {
     /// Unix seconds.
     public var createdAt: Int64
     public var updatedAt: Int64
+    /// `app_key_fp`: the app key's keyed fingerprint under the seal key `kid`
+    /// (``AccountVault/appKeyFingerprint(_:_:kid:)``), which the one-user-per-app-key check looks up by index; nil
+    /// in a row written before the column existed, until the broker fills it at start-up.
+    public var appKeyFingerprint: String?
 
     public init(userID: String, environment: KISEnvironment, appKey: String, appSecret: String, accountNumber: String,
-                kid: String, isActive: Bool, createdAt: Int64, updatedAt: Int64) {
+                kid: String, isActive: Bool, createdAt: Int64, updatedAt: Int64, appKeyFingerprint: String? = nil) {
         self.userID = userID
         self.environment = environment
         self.appKey = appKey
@@ -32,6 +37,7 @@ public struct StoredAccount: Sendable, Equatable {
         self.isActive = isActive
         self.createdAt = createdAt
         self.updatedAt = updatedAt
+        self.appKeyFingerprint = appKeyFingerprint
     }
 }
 
@@ -82,7 +88,18 @@ public protocol BrokerRepository: Sendable {
     func ping() async throws
 
     func account(userID: String, environment: KISEnvironment) async throws -> StoredAccount?
+    /// Every account (the scheduler's pass, re-encryption after a key rotation).
     func allAccounts() async throws -> [StoredAccount]
+    /// The accounts of `environment` that may hold an app key, found through the index on (`environment`,
+    /// `app_key_fp`): those whose (`seal_kid`, `app_key_fp`) is a pair of `appKeyFingerprints` (key id → the app
+    /// key's fingerprint under that key), and those without a fingerprint (written before the column existed). The
+    /// caller opens them and compares: a fingerprint alone proves nothing.
+    func accounts(environment: KISEnvironment, appKeyFingerprints: [String: String]) async throws -> [StoredAccount]
+    /// The accounts without `app_key_fp`, for ``AccountVault/fillAppKeyFingerprints(in:logger:)``.
+    func accountsWithoutAppKeyFingerprint() async throws -> [StoredAccount]
+    /// Sets `app_key_fp` of an account that has none to `account.appKeyFingerprint`, only while the row is still
+    /// sealed as `account` (the same `seal_kid` and sealed `app_key`). Returns whether it did.
+    func setAppKeyFingerprint(_ account: StoredAccount) async throws -> Bool
     /// Inserts or replaces the account (unique per user and environment; `created_at` of an existing row is
     /// kept) and, when given, inserts or replaces `token` (unique by `token_sha256`), in one transaction.
     func saveAccount(_ account: StoredAccount, token: StoredToken?) async throws
@@ -102,8 +119,8 @@ public protocol BrokerRepository: Sendable {
     func token(sha256: String) async throws -> StoredToken?
     func setStatus(_ status: TokenStatus, tokenSHA256s: [String], updatedAt: Int64) async throws
 
-    /// Replaces the sealed fields and key id of an account only if it is still sealed with `expectedKid`
-    /// (so concurrent re-encryptions cannot clobber each other). Returns whether it did.
+    /// Replaces the sealed fields, app key fingerprint and key id of an account only if it is still sealed with
+    /// `expectedKid` (so concurrent re-encryptions cannot clobber each other). Returns whether it did.
     func replaceAccountSeal(_ account: StoredAccount, expectedKid: String) async throws -> Bool
     /// Replaces the sealed access token and key id of a token only if it is still sealed with `expectedKid`.
     func replaceTokenSeal(tokenSHA256: String, accessToken: String, kid: String, expectedKid: String) async throws
@@ -113,7 +130,7 @@ public protocol BrokerRepository: Sendable {
 /// The tables, as both implementations create them (types differ only where the dialects do).
 enum Schema {
     static let accountColumns =
-        "user_id, environment, app_key, app_secret, account_number, seal_kid, is_active, created_at, updated_at"
+        "user_id, environment, app_key, app_secret, account_number, seal_kid, is_active, created_at, updated_at, app_key_fp"
     static let tokenColumns =
         "user_id, environment, access_token, token_sha256, seal_kid, issued_at, expires_at, status, updated_at"
 }

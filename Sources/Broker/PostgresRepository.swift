@@ -256,6 +256,15 @@ public final class PostgresRepository: BrokerRepository, Service {
                 try await conn.query("INSERT INTO kisgw_schema_migrations (version, applied_at) VALUES (1, \(now))",
                                      logger: self.logger)
             }
+            if !applied.contains(2) {
+                // NULL in the rows already there, until the broker fills it (AccountVault.fillAppKeyFingerprints).
+                try await conn.query("ALTER TABLE kis_accounts ADD COLUMN app_key_fp TEXT", logger: self.logger)
+                try await conn.query(
+                    "CREATE INDEX kis_accounts_app_key_fp ON kis_accounts (environment, app_key_fp)", logger: self.logger)
+                let now = Int64(Date().timeIntervalSince1970)
+                try await conn.query("INSERT INTO kisgw_schema_migrations (version, applied_at) VALUES (2, \(now))",
+                                     logger: self.logger)
+            }
         }
     }
 
@@ -263,7 +272,7 @@ public final class PostgresRepository: BrokerRepository, Service {
         try await bounded { _ = try await self.client.query("SELECT 1", logger: self.logger) }
     }
 
-    private typealias AccountColumns = (String, String, String, String, String, String, Bool, Int64, Int64)
+    private typealias AccountColumns = (String, String, String, String, String, String, Bool, Int64, Int64, String?)
     private typealias TokenColumns = (String, String, String, String, String, Int64, Int64, String, Int64)
 
     public func account(userID: String, environment: KISEnvironment) async throws -> StoredAccount? {
@@ -278,12 +287,55 @@ public final class PostgresRepository: BrokerRepository, Service {
     }
 
     public func allAccounts() async throws -> [StoredAccount] {
+        try await fetchAccounts("SELECT \(unescaped: Schema.accountColumns) FROM kis_accounts ORDER BY user_id, environment")
+    }
+
+    public func accounts(environment: KISEnvironment, appKeyFingerprints: [String: String]) async throws
+        -> [StoredAccount]
+    {
+        let env = environment.rawValue
+        let pairs = appKeyFingerprints.sorted { $0.key < $1.key }
+        let kids = pairs.map(\.key), fingerprints = pairs.map(\.value)
+        // A join with the pairs and a union, not `(seal_kid, app_key_fp) IN (…) OR app_key_fp IS NULL`, which the
+        // planner answers with a scan of the table: each part searches the index on (environment, app_key_fp).
+        return try await fetchAccounts(
+            """
+            SELECT \(unescaped: Schema.accountColumns) FROM kis_accounts
+                JOIN unnest(\(kids)::text[], \(fingerprints)::text[]) AS wanted (kid, fp)
+                ON seal_kid = wanted.kid AND app_key_fp = wanted.fp
+            WHERE environment = \(env)
+            UNION ALL
+            SELECT \(unescaped: Schema.accountColumns) FROM kis_accounts WHERE environment = \(env) AND app_key_fp IS NULL
+            """)
+    }
+
+    public func accountsWithoutAppKeyFingerprint() async throws -> [StoredAccount] {
+        try await fetchAccounts("SELECT \(unescaped: Schema.accountColumns) FROM kis_accounts WHERE app_key_fp IS NULL")
+    }
+
+    /// The accounts `query` selects (``Schema/accountColumns``).
+    private func fetchAccounts(_ query: PostgresQuery) async throws -> [StoredAccount] {
         return try await bounded {
-            let rows = try await self.client.query(
-                "SELECT \(unescaped: Schema.accountColumns) FROM kis_accounts ORDER BY user_id, environment", logger: self.logger)
+            let rows = try await self.client.query(query, logger: self.logger)
             var out: [StoredAccount] = []
             for try await columns in rows.decode(AccountColumns.self) { out.append(try Self.account(columns)) }
             return out
+        }
+    }
+
+    public func setAppKeyFingerprint(_ account: StoredAccount) async throws -> Bool {
+        return try await bounded {
+            let env = account.environment.rawValue
+            let rows = try await self.client.query(
+                """
+                UPDATE kis_accounts SET app_key_fp = \(account.appKeyFingerprint)
+                WHERE user_id = \(account.userID) AND environment = \(env) AND seal_kid = \(account.kid)
+                    AND app_key = \(account.appKey) AND app_key_fp IS NULL
+                RETURNING user_id
+                """, logger: self.logger)
+            var changed = false
+            for try await _ in rows.decode(String.self) { changed = true }
+            return changed
         }
     }
 
@@ -295,10 +347,11 @@ public final class PostgresRepository: BrokerRepository, Service {
                     """
                     INSERT INTO kis_accounts (\(unescaped: Schema.accountColumns)) VALUES (\(account.userID), \(env),
                         \(account.appKey), \(account.appSecret), \(account.accountNumber), \(account.kid),
-                        \(account.isActive), \(account.createdAt), \(account.updatedAt))
+                        \(account.isActive), \(account.createdAt), \(account.updatedAt), \(account.appKeyFingerprint))
                     ON CONFLICT (user_id, environment) DO UPDATE SET app_key = excluded.app_key,
                         app_secret = excluded.app_secret, account_number = excluded.account_number,
-                        seal_kid = excluded.seal_kid, is_active = excluded.is_active, updated_at = excluded.updated_at
+                        seal_kid = excluded.seal_kid, is_active = excluded.is_active, updated_at = excluded.updated_at,
+                        app_key_fp = excluded.app_key_fp
                     """, logger: self.logger)
                 if let token { try await Self.upsert(token, conn, self.logger) }
             }
@@ -393,7 +446,8 @@ public final class PostgresRepository: BrokerRepository, Service {
             let rows = try await self.client.query(
                 """
                 UPDATE kis_accounts SET app_key = \(account.appKey), app_secret = \(account.appSecret),
-                    account_number = \(account.accountNumber), seal_kid = \(account.kid)
+                    account_number = \(account.accountNumber), seal_kid = \(account.kid),
+                    app_key_fp = \(account.appKeyFingerprint)
                 WHERE user_id = \(account.userID) AND environment = \(env) AND seal_kid = \(expectedKid)
                 RETURNING user_id
                 """, logger: self.logger)
@@ -444,7 +498,7 @@ public final class PostgresRepository: BrokerRepository, Service {
     private static func account(_ c: AccountColumns) throws -> StoredAccount {
         StoredAccount(
             userID: c.0, environment: try environment(c.1), appKey: c.2, appSecret: c.3, accountNumber: c.4, kid: c.5,
-            isActive: c.6, createdAt: c.7, updatedAt: c.8)
+            isActive: c.6, createdAt: c.7, updatedAt: c.8, appKeyFingerprint: c.9)
     }
 
     private static func token(_ c: TokenColumns) throws -> StoredToken {

@@ -59,6 +59,13 @@ public final class SQLiteRepository: BrokerRepository {
                 CREATE INDEX kis_tokens_status ON kis_tokens (status);
                 """)
         }
+        migrator.registerMigration("v2: kis_accounts.app_key_fp") { db in
+            // NULL in the rows already there, until the broker fills it (AccountVault.fillAppKeyFingerprints).
+            try db.execute(sql: """
+                ALTER TABLE kis_accounts ADD COLUMN app_key_fp TEXT;
+                CREATE INDEX kis_accounts_app_key_fp ON kis_accounts (environment, app_key_fp);
+                """)
+        }
         let queue = self.queue
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             migrator.asyncMigrate(queue) { result in
@@ -84,9 +91,45 @@ public final class SQLiteRepository: BrokerRepository {
     }
 
     public func allAccounts() async throws -> [StoredAccount] {
-        try await queue.read { db in
-            try Row.fetchAll(db, sql: "SELECT \(Schema.accountColumns) FROM kis_accounts ORDER BY user_id, environment")
-                .map(Self.account)
+        try await fetchAccounts("SELECT \(Schema.accountColumns) FROM kis_accounts ORDER BY user_id, environment")
+    }
+
+    public func accounts(environment: KISEnvironment, appKeyFingerprints: [String: String]) async throws
+        -> [StoredAccount]
+    {
+        // One index search per key id, and one for the rows without a fingerprint (SQLite's multi-index OR).
+        var arguments: StatementArguments = [environment.rawValue]
+        var matches = ["app_key_fp IS NULL"]
+        for (kid, fingerprint) in appKeyFingerprints.sorted(by: { $0.key < $1.key }) {
+            matches.append("(seal_kid = ? AND app_key_fp = ?)")
+            arguments += [kid, fingerprint]
+        }
+        return try await fetchAccounts(
+            "SELECT \(Schema.accountColumns) FROM kis_accounts WHERE environment = ? AND (\(matches.joined(separator: " OR ")))",
+            arguments)
+    }
+
+    public func accountsWithoutAppKeyFingerprint() async throws -> [StoredAccount] {
+        try await fetchAccounts("SELECT \(Schema.accountColumns) FROM kis_accounts WHERE app_key_fp IS NULL")
+    }
+
+    /// The accounts `sql` selects (``Schema/accountColumns``).
+    private func fetchAccounts(_ sql: String, _ arguments: StatementArguments = []) async throws -> [StoredAccount] {
+        try await queue.read { db in try Row.fetchAll(db, sql: sql, arguments: arguments).map(Self.account) }
+    }
+
+    public func setAppKeyFingerprint(_ account: StoredAccount) async throws -> Bool {
+        try await queue.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE kis_accounts SET app_key_fp = ?
+                    WHERE user_id = ? AND environment = ? AND seal_kid = ? AND app_key = ? AND app_key_fp IS NULL
+                    """,
+                arguments: [
+                    account.appKeyFingerprint, account.userID, account.environment.rawValue, account.kid,
+                    account.appKey,
+                ])
+            return db.changesCount > 0
         }
     }
 
@@ -94,14 +137,16 @@ public final class SQLiteRepository: BrokerRepository {
         try await queue.write { db in
             try db.execute(
                 sql: """
-                    INSERT INTO kis_accounts (\(Schema.accountColumns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    INSERT INTO kis_accounts (\(Schema.accountColumns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     ON CONFLICT (user_id, environment) DO UPDATE SET app_key = excluded.app_key,
                         app_secret = excluded.app_secret, account_number = excluded.account_number,
-                        seal_kid = excluded.seal_kid, is_active = excluded.is_active, updated_at = excluded.updated_at
+                        seal_kid = excluded.seal_kid, is_active = excluded.is_active, updated_at = excluded.updated_at,
+                        app_key_fp = excluded.app_key_fp
                     """,
                 arguments: [
                     account.userID, account.environment.rawValue, account.appKey, account.appSecret,
                     account.accountNumber, account.kid, account.isActive, account.createdAt, account.updatedAt,
+                    account.appKeyFingerprint,
                 ])
             if let token { try Self.upsert(token, db) }
         }
@@ -178,12 +223,12 @@ public final class SQLiteRepository: BrokerRepository {
         try await queue.write { db in
             try db.execute(
                 sql: """
-                    UPDATE kis_accounts SET app_key = ?, app_secret = ?, account_number = ?, seal_kid = ?
+                    UPDATE kis_accounts SET app_key = ?, app_secret = ?, account_number = ?, seal_kid = ?, app_key_fp = ?
                     WHERE user_id = ? AND environment = ? AND seal_kid = ?
                     """,
                 arguments: [
-                    account.appKey, account.appSecret, account.accountNumber, account.kid, account.userID,
-                    account.environment.rawValue, expectedKid,
+                    account.appKey, account.appSecret, account.accountNumber, account.kid, account.appKeyFingerprint,
+                    account.userID, account.environment.rawValue, expectedKid,
                 ])
             return db.changesCount > 0
         }
@@ -226,7 +271,8 @@ public final class SQLiteRepository: BrokerRepository {
         StoredAccount(
             userID: row["user_id"], environment: try environment(row["environment"]), appKey: row["app_key"],
             appSecret: row["app_secret"], accountNumber: row["account_number"], kid: row["seal_kid"],
-            isActive: row["is_active"], createdAt: row["created_at"], updatedAt: row["updated_at"])
+            isActive: row["is_active"], createdAt: row["created_at"], updatedAt: row["updated_at"],
+            appKeyFingerprint: row["app_key_fp"])
     }
 
     private static func token(_ row: Row) throws -> StoredToken {

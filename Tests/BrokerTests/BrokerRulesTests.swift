@@ -34,6 +34,15 @@ final class SwitchableRepository: BrokerRepository {
         try await inner.account(userID: userID, environment: environment)
     }
     func allAccounts() async throws -> [StoredAccount] { try await inner.allAccounts() }
+    func accounts(environment: KISEnvironment, appKeyFingerprints: [String: String]) async throws -> [StoredAccount] {
+        try await inner.accounts(environment: environment, appKeyFingerprints: appKeyFingerprints)
+    }
+    func accountsWithoutAppKeyFingerprint() async throws -> [StoredAccount] {
+        try await inner.accountsWithoutAppKeyFingerprint()
+    }
+    func setAppKeyFingerprint(_ account: StoredAccount) async throws -> Bool {
+        try await inner.setAppKeyFingerprint(account)
+    }
     func saveAccount(_ account: StoredAccount, token: StoredToken?) async throws {
         try await inner.saveAccount(account, token: token)
     }

@@ -91,6 +91,59 @@ struct RepositoryContractTests {
         }
     }
 
+    @Test("accounts are looked up by (key id, app key fingerprint) in one environment, with those without a fingerprint",
+          arguments: DatabaseKind.available)
+    func appKeyFingerprintLookup(kind: DatabaseKind) async throws {
+        let db = try await TestDatabase.make(kind)
+        try await withRepository(db) { repo in
+            func account(_ user: String, _ env: KISEnvironment = .sandbox, kid: String, fp: String?) -> StoredAccount {
+                var a = Self.account(user, env, kid: kid)
+                a.appKeyFingerprint = fp
+                return a
+            }
+            try await repo.saveAccount(account("u1", kid: "k1", fp: "f1"), token: nil)
+            try await repo.saveAccount(account("u2", kid: "k2", fp: "f1"), token: nil)  // f1, but under another key
+            try await repo.saveAccount(account("u3", .live, kid: "k1", fp: "f1"), token: nil)  // another environment
+            try await repo.saveAccount(account("u4", kid: "k1", fp: nil), token: nil)  // stored before app_key_fp
+            try await repo.saveAccount(account("u5", kid: "k1", fp: "f2"), token: nil)
+            func found(_ fingerprints: [String: String], _ env: KISEnvironment = .sandbox) async throws -> Set<String> {
+                Set(try await repo.accounts(environment: env, appKeyFingerprints: fingerprints).map(\.userID))
+            }
+            #expect(try await found(["k1": "f1", "k3": "f9"]) == ["u1", "u4"])
+            #expect(try await found(["k1": "f9", "k2": "f1"]) == ["u2", "u4"])
+            #expect(try await found([:]) == ["u4"])
+            #expect(try await found(["k1": "f1"], .live) == ["u3"])
+            #expect(try await repo.account(userID: "u1", environment: .sandbox)?.appKeyFingerprint == "f1")
+
+            // Filling a missing fingerprint: only while the row is sealed as it was read, and only once.
+            let u4 = try #require(try await repo.accountsWithoutAppKeyFingerprint().first)
+            #expect(try await repo.accountsWithoutAppKeyFingerprint().map(\.userID) == ["u4"])
+            var filled = u4
+            filled.appKeyFingerprint = "f4"
+            var resealed = filled
+            resealed.appKey = "sealed-otherwise"
+            #expect(try await repo.setAppKeyFingerprint(resealed) == false)
+            resealed = filled
+            resealed.kid = "k2"
+            #expect(try await repo.setAppKeyFingerprint(resealed) == false)
+            #expect(try await repo.setAppKeyFingerprint(filled))
+            filled.appKeyFingerprint = "f5"
+            #expect(try await repo.setAppKeyFingerprint(filled) == false)
+            #expect(try await repo.accountsWithoutAppKeyFingerprint().isEmpty)
+            #expect(try await found(["k1": "f4"]) == ["u4"])
+            #expect(try await found(["k1": "f1"]) == ["u1"])
+
+            // Saving and re-sealing write the fingerprint with the sealed columns.
+            try await repo.saveAccount(account("u1", kid: "k1", fp: "f6"), token: nil)
+            #expect(try await found(["k1": "f1"]).isEmpty)
+            #expect(try await found(["k1": "f6"]) == ["u1"])
+            #expect(try await repo.replaceAccountSeal(account("u1", kid: "k2", fp: "f7"), expectedKid: "k1"))
+            #expect(try await found(["k1": "f6"]).isEmpty)
+            #expect(try await found(["k2": "f7"]) == ["u1"])
+            #expect(try await repo.allAccounts().count == 5)
+        }
+    }
+
     @Test("a PostgreSQL URL's password is read from the authority or from a password= parameter, as libpq reads it")
     func postgresPassword() throws {
         #expect(try PostgresRepository.configuration(url: "postgres://u:a%40b@db/x").password == "a@b")
@@ -303,6 +356,58 @@ struct VaultTests {
         #expect(throws: StoreError.self) { try stranger.open(sealedToken) }
     }
 
+    @Test("the app key fingerprint: one per key id and environment, never equal across key ids, no app key in it")
+    func appKeyFingerprint() throws {
+        let keyring = try SealKeyring(current: "k2", keys: ["k1": Self.key(1), "k2": Self.key(2), "k3": Self.key(1)])
+        let vault = AccountVault(keyring: keyring)
+        let key = Self.account.appKey
+        let all = vault.appKeyFingerprints(key, .live)
+        #expect(all.keys.sorted() == ["k1", "k2", "k3"])
+        #expect(Set(all.values).count == 3)  // k3 has k1's bytes, and a fingerprint of its own all the same
+        for (kid, fp) in all {
+            #expect(try fp == vault.appKeyFingerprint(key, .live, kid: kid))
+            #expect(fp.count == 64 && fp.allSatisfy(\.isHexDigit) && !fp.contains(key))
+            #expect(try fp != vault.appKeyFingerprint(key, .sandbox, kid: kid))
+            #expect(try fp != vault.appKeyFingerprint(key + "x", .live, kid: kid))
+        }
+        // Another key under the same id: another fingerprint (it is keyed, not a plain hash).
+        let stranger = AccountVault(keyring: try SealKeyring(current: "k1", keys: ["k1": Self.key(9)]))
+        #expect(try stranger.appKeyFingerprint(key, .live, kid: "k1") != all["k1"])
+        #expect(throws: StoreError.self) { try vault.appKeyFingerprint(key, .live, kid: "k0") }
+        // Sealing writes the fingerprint under the key that sealed.
+        #expect(try vault.seal(Self.account).appKeyFingerprint == all["k2"])
+    }
+
+    @Test("start-up fills the fingerprint of rows stored without one, under the row's own key; rows that do not open stay",
+          arguments: DatabaseKind.available)
+    func fillFingerprints(kind: DatabaseKind) async throws {
+        let db = try await TestDatabase.make(kind)
+        let old = AccountVault(keyring: try SealKeyring(current: "k1", keys: ["k1": Self.key(1)]))
+        let both = AccountVault(keyring: try SealKeyring(current: "k2", keys: ["k1": Self.key(1), "k2": Self.key(2)]))
+        let lost = AccountVault(keyring: try SealKeyring(current: "k0", keys: ["k0": Self.key(9)]))
+        @Sendable func stored(_ user: String, by vault: AccountVault, fingerprinted: Bool = false) throws -> StoredAccount {
+            var account = Self.account
+            account.userID = user
+            var row = try vault.seal(account)
+            if !fingerprinted { row.appKeyFingerprint = nil }
+            return row
+        }
+        try await withRepository(db) { repo in
+            try await repo.saveAccount(try stored("old", by: old), token: nil)
+            try await repo.saveAccount(try stored("lost", by: lost), token: nil)
+            try await repo.saveAccount(try stored("new", by: both, fingerprinted: true), token: nil)
+            #expect(try await both.fillAppKeyFingerprints(in: repo, logger: quietLogger) == 1)
+            #expect(try await both.fillAppKeyFingerprints(in: repo, logger: quietLogger) == 0)
+            let filled = try await repo.account(userID: "old", environment: .live)
+            #expect(filled?.kid == "k1")
+            #expect(try filled?.appKeyFingerprint == both.appKeyFingerprint(Self.account.appKey, .live, kid: "k1"))
+            #expect(try await repo.accountsWithoutAppKeyFingerprint().map(\.userID) == ["lost"])
+            let found = try await repo.accounts(environment: .live,
+                                                appKeyFingerprints: both.appKeyFingerprints(Self.account.appKey, .live))
+            #expect(Set(found.map(\.userID)) == ["old", "new", "lost"])  // "lost" as a row without a fingerprint
+        }
+    }
+
     @Test("rotation: a new current key re-encrypts old rows at start-up; the old key can then go",
           arguments: DatabaseKind.available)
     func rotation(kind: DatabaseKind) async throws {
@@ -320,6 +425,11 @@ struct VaultTests {
             let rotated = try #require(try await repo.account(userID: "42", environment: .live))
             #expect(rotated.kid == "k2")
             #expect(try onlyNew.open(rotated) == Self.account)
+            // Its app key fingerprint is made anew with the key: found with the new key alone.
+            #expect(try rotated.appKeyFingerprint == onlyNew.appKeyFingerprint(Self.account.appKey, .live, kid: "k2"))
+            let found = try await repo.accounts(
+                environment: .live, appKeyFingerprints: onlyNew.appKeyFingerprints(Self.account.appKey, .live))
+            #expect(found.map(\.userID) == ["42"])
             let t = try #require(try await repo.tokens(userID: "42", environment: .live).first)
             #expect(t.kid == "k2")
             #expect(try onlyNew.open(t) == token)
