@@ -65,8 +65,8 @@ public func makeBrokerRepository(_ database: BrokerDatabase, logger: Logger) thr
 
 /// The token broker (broker-api.md) as a Hummingbird application, with its scheduler and reconciler as services.
 ///
-/// Before the server accepts requests the database is migrated and rows sealed with an old seal key are
-/// re-encrypted with the current one.
+/// Before the server accepts requests the database is migrated, rows sealed with an old seal key are
+/// re-encrypted with the current one, and accounts stored without an app key fingerprint get one.
 ///
 /// ```swift
 /// let deps = BrokerDependencies(store: store, keyring: keyring, metricsRegistry: registry)
@@ -108,6 +108,7 @@ public func buildBroker(
     app.beforeServerStarts {
         try await repository.migrate()
         try await keeper.vault.resealStaleRows(in: repository, logger: logger)
+        try await keeper.vault.fillAppKeyFingerprints(in: repository, logger: logger)
         started.open()
     }
     return app

@@ -162,14 +162,18 @@ final class TokenKeeper: Sendable {
     /// An app key is one user's (per environment): KIS gives it one token at a time — the same one for 6 hours
     /// after issuing it — and a token's record names one user. Two users connecting one app key took each other's
     /// token (the second one's record replaced the first's, whose requests were then refused as another user's).
-    /// The first to connect it keeps it; the accounts' keys are sealed, so they are opened to compare.
+    /// The first to connect it keeps it. The accounts' keys are sealed (random nonces): the rows that may hold it
+    /// are looked up by their app key fingerprint under each configured seal key (an index), with those stored
+    /// without one, and only their app key is opened to compare.
     ///
     /// Checked before the issuance lock (a quick refusal, before KIS is asked) and again under it: two users
     /// connecting one app key at once both pass the first check, and the second to take the lock would otherwise
     /// store the first one's token (KIS hands it back) as their own.
     private func refuseIfAnotherUsersAppKey(_ appKey: String, _ environment: KISEnvironment, userID: String) async throws {
-        for row in try await repository.allAccounts() where row.environment == environment && !row.userID.isSameUserID(userID) {
-            guard let other = try? vault.open(row), other.appKey == appKey else { continue }
+        let candidates = try await repository.accounts(
+            environment: environment, appKeyFingerprints: vault.appKeyFingerprints(appKey, environment))
+        for row in candidates where !row.userID.isSameUserID(userID) {
+            guard (try? vault.openAppKey(row)) == appKey else { continue }
             throw Problem(.invalidParameter,
                           "appKey: this app key is connected to another user of this broker; KIS gives an app key one "
                           + "token at a time, so each user connects an app key of their own")

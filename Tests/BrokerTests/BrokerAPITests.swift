@@ -195,15 +195,9 @@ struct BrokerAPITests {
             let key = appKey("shared")
             let first = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
             let token = try #require(first.json["token"] as? String)
-            let issued = try await b.issuances()
             for wait in [61, 21600] {
                 try await b.advanceClocks(wait)
-                let validate = try await b.post("/api/kis/account/validate", accountBody(key, secret: "s2"), jwt: try await b.jwt("u2"))
-                #expect(validate.status == 400 && validate.json["valid"] as? Bool == false, "\(validate.text)")
-                let second = try await b.post("/api/kis/token", accountBody(key, secret: "s2"), jwt: try await b.jwt("u2"))
-                #expect(second.status == 400 && second.code == "invalid_parameter", "\(second.text)")
-                #expect((second.json["detail"] as? String)?.hasPrefix("appKey: ") == true, "\(second.text)")
-                #expect(try await b.issuances() == issued, "KIS was asked for the second user")
+                try await Self.expectAnotherUsersAppKey(b, key, user: "u2")
             }
             #expect(try await b.published(token)?.userID == "u1")
             let mine = try await b.get("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u1"))
@@ -212,6 +206,84 @@ struct BrokerAPITests {
             // Once the first user disconnects, the key is free.
             #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u1")).status == 204)
             #expect(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u2")).status == 200)
+        }
+    }
+
+    /// `user` can neither validate nor connect `key`, another user's: 400 naming `appKey`, before KIS is asked.
+    static func expectAnotherUsersAppKey(_ b: BrokerFixture, _ key: String, user: String,
+                                         sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let issued = try await b.issuances()
+        let validate = try await b.post("/api/kis/account/validate", accountBody(key, secret: "s2"), jwt: try await b.jwt(user))
+        #expect(validate.status == 400 && validate.json["valid"] as? Bool == false, "\(validate.text)",
+                sourceLocation: sourceLocation)
+        let second = try await b.post("/api/kis/token", accountBody(key, secret: "s2"), jwt: try await b.jwt(user))
+        #expect(second.status == 400 && second.code == "invalid_parameter", "\(second.text)", sourceLocation: sourceLocation)
+        #expect((second.json["detail"] as? String)?.hasPrefix("appKey: ") == true, "\(second.text)",
+                sourceLocation: sourceLocation)
+        #expect(try await b.issuances() == issued, "KIS was asked for \(user)", sourceLocation: sourceLocation)
+    }
+
+    /// `user`'s SANDBOX account with `key` (the secret and account number `accountBody` sends), sealed by `keyring`,
+    /// and inactive: the scheduler would otherwise obtain its first token at KIS while a test counts issuances. (It
+    /// holds its app key all the same.)
+    static func sealedAccount(_ user: String, _ key: String, keyring: SealKeyring) throws -> StoredAccount {
+        try AccountVault(keyring: keyring).seal(Account(
+            userID: user, environment: .sandbox, appKey: key, appSecret: "secret-" + key, accountNumber: "12345678-01",
+            isActive: false, createdAt: 1, updatedAt: 1))
+    }
+
+    /// The check looks accounts up by the app key's fingerprint under every seal key: it finds an account re-encrypted
+    /// with the new key at start-up (its fingerprint made anew) as well as one still sealed with the old key (written
+    /// by a copy not restarted yet).
+    @Test("after a seal key rotation an app key is still one user's, whichever key sealed the account",
+          arguments: DatabaseKind.available)
+    func appKeyAfterRotation(kind: DatabaseKind) async throws {
+        let db = try await TestDatabase.make(kind)
+        let old = try SealKeyring(current: "k1", keys: ["k1": VaultTests.key(1)])
+        let rotated = try SealKeyring(current: "k2", keys: ["k1": VaultTests.key(1), "k2": VaultTests.key(2)])
+        let key = appKey("rotated")
+        try await withBroker(keyring: old, existingDatabase: db, config: quietSchedulerConfig) { b in
+            let connected = try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1"))
+            #expect(connected.status == 200, "\(connected.text)")
+        }
+        try await withBroker(keyring: rotated, existingDatabase: db, config: quietSchedulerConfig) { b in
+            let row = try await withRepository(db) { try await $0.account(userID: "u1", environment: .sandbox) }
+            #expect(row?.kid == "k2")
+            #expect(try row?.appKeyFingerprint == AccountVault(keyring: rotated).appKeyFingerprint(key, .sandbox, kid: "k2"))
+            try await Self.expectAnotherUsersAppKey(b, key, user: "u2")
+            let oldKey = appKey("unrotated")
+            try await withRepository(db) { try await $0.saveAccount(try Self.sealedAccount("u3", oldKey, keyring: old), token: nil) }
+            try await Self.expectAnotherUsersAppKey(b, oldKey, user: "u4")
+            #expect(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1")).status == 200)
+        }
+    }
+
+    /// A kisgw from before `app_key_fp` stored accounts without it (the broker fills it at start-up): such an account
+    /// is looked at on every check until then.
+    @Test("an account stored without an app key fingerprint still holds its app key", arguments: DatabaseKind.available)
+    func appKeyWithoutFingerprint(kind: DatabaseKind) async throws {
+        try await withBroker(database: kind, config: quietSchedulerConfig) { b in
+            let key = appKey("nofp")
+            let sealed = try Self.sealedAccount("u1", key, keyring: b.keyring)
+            let row = StoredAccount(
+                userID: sealed.userID, environment: sealed.environment, appKey: sealed.appKey, appSecret: sealed.appSecret,
+                accountNumber: sealed.accountNumber, kid: sealed.kid, isActive: false, createdAt: 1, updatedAt: 1)
+            try await withRepository(b.database) { try await $0.saveAccount(row, token: nil) }
+            try await Self.expectAnotherUsersAppKey(b, key, user: "u2")
+        }
+    }
+
+    /// The check opens an account's app key, not its secret and account number: it needs no more, and an account
+    /// whose other columns do not open (altered, say) still holds its app key.
+    @Test("the app key check opens the app key alone: an account whose secret does not open still holds its app key")
+    func appKeyCheckOpensAppKeyAlone() async throws {
+        try await withBroker(config: quietSchedulerConfig) { b in
+            let key = appKey("keyonly")
+            var altered = try Self.sealedAccount("u1", key, keyring: b.keyring)
+            altered.appSecret = altered.accountNumber  // sealed for another column: it does not open as the secret
+            let row = altered
+            try await withRepository(b.database) { try await $0.saveAccount(row, token: nil) }
+            try await Self.expectAnotherUsersAppKey(b, key, user: "u2")
         }
     }
 

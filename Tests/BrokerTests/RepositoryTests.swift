@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import KIS
 import KisgwConfiguration
 import Logging
@@ -443,6 +444,146 @@ struct VaultTests {
             #expect(try await both.resealStaleRows(in: repo, logger: quietLogger) == 1)
             #expect(try await repo.account(userID: "99", environment: .live)?.kid == "k0")
             #expect(try await repo.account(userID: "42", environment: .live)?.kid == "k2")
+        }
+    }
+}
+
+@Suite("Broker storage: a database created before app_key_fp")
+struct AppKeyFingerprintMigrationTests {
+    /// The schema before this change: migration v1 as `SQLiteRepository` and `PostgresRepository` ran it (and recorded
+    /// it: GRDB's migrator by name, PostgreSQL in `kisgw_schema_migrations`), with a row written as that code wrote it.
+    static func createBeforeFingerprints(_ db: TestDatabase, with row: StoredAccount) async throws {
+        let columns = "user_id, environment, app_key, app_secret, account_number, seal_kid, is_active, created_at, updated_at"
+        switch db.kind {
+        case .sqlite:
+            let url = URL(fileURLWithPath: db.location)
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            let queue = try DatabaseQueue(path: url.path)
+            var migrator = DatabaseMigrator()
+            migrator.registerMigration("v1: kis_accounts and kis_tokens") { db in
+                try db.execute(sql: """
+                    CREATE TABLE kis_accounts (
+                        user_id TEXT NOT NULL,
+                        environment TEXT NOT NULL CHECK (environment IN ('LIVE', 'SANDBOX')),
+                        app_key TEXT NOT NULL,
+                        app_secret TEXT NOT NULL,
+                        account_number TEXT NOT NULL,
+                        seal_kid TEXT NOT NULL,
+                        is_active INTEGER NOT NULL DEFAULT 1,
+                        created_at INTEGER NOT NULL,
+                        updated_at INTEGER NOT NULL,
+                        PRIMARY KEY (user_id, environment)
+                    );
+                    CREATE TABLE kis_tokens (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        user_id TEXT NOT NULL,
+                        environment TEXT NOT NULL CHECK (environment IN ('LIVE', 'SANDBOX')),
+                        access_token TEXT NOT NULL,
+                        token_sha256 TEXT NOT NULL UNIQUE,
+                        seal_kid TEXT NOT NULL,
+                        issued_at INTEGER NOT NULL,
+                        expires_at INTEGER NOT NULL,
+                        status TEXT NOT NULL CHECK (status IN ('ACTIVE', 'REVOKED', 'EXPIRED')),
+                        updated_at INTEGER NOT NULL
+                    );
+                    CREATE INDEX kis_tokens_account ON kis_tokens (user_id, environment);
+                    CREATE INDEX kis_tokens_status ON kis_tokens (status);
+                    """)
+            }
+            try migrator.migrate(queue)
+            try await queue.write { db in
+                try db.execute(
+                    sql: "INSERT INTO kis_accounts (\(columns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    arguments: [
+                        row.userID, row.environment.rawValue, row.appKey, row.appSecret, row.accountNumber, row.kid,
+                        row.isActive, row.createdAt, row.updatedAt,
+                    ])
+            }
+        case .postgres:
+            let client = PostgresClient(configuration: try PostgresRepository.configuration(url: db.location))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await client.run() }
+                defer { group.cancelAll() }
+                try await client.withTransaction(logger: quietLogger) { conn in
+                    try await conn.query(
+                        "CREATE TABLE kisgw_schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
+                        logger: quietLogger)
+                    try await conn.query(
+                        """
+                        CREATE TABLE kis_accounts (
+                            user_id TEXT NOT NULL,
+                            environment TEXT NOT NULL CHECK (environment IN ('LIVE', 'SANDBOX')),
+                            app_key TEXT NOT NULL,
+                            app_secret TEXT NOT NULL,
+                            account_number TEXT NOT NULL,
+                            seal_kid TEXT NOT NULL,
+                            is_active BOOLEAN NOT NULL DEFAULT TRUE,
+                            created_at BIGINT NOT NULL,
+                            updated_at BIGINT NOT NULL,
+                            PRIMARY KEY (user_id, environment)
+                        )
+                        """, logger: quietLogger)
+                    try await conn.query(
+                        """
+                        CREATE TABLE kis_tokens (
+                            id BIGSERIAL PRIMARY KEY,
+                            user_id TEXT NOT NULL,
+                            environment TEXT NOT NULL CHECK (environment IN ('LIVE', 'SANDBOX')),
+                            access_token TEXT NOT NULL,
+                            token_sha256 TEXT NOT NULL UNIQUE,
+                            seal_kid TEXT NOT NULL,
+                            issued_at BIGINT NOT NULL,
+                            expires_at BIGINT NOT NULL,
+                            status TEXT NOT NULL CHECK (status IN ('ACTIVE', 'REVOKED', 'EXPIRED')),
+                            updated_at BIGINT NOT NULL
+                        )
+                        """, logger: quietLogger)
+                    try await conn.query("CREATE INDEX kis_tokens_account ON kis_tokens (user_id, environment)",
+                                         logger: quietLogger)
+                    try await conn.query("CREATE INDEX kis_tokens_status ON kis_tokens (status)", logger: quietLogger)
+                    try await conn.query("INSERT INTO kisgw_schema_migrations (version, applied_at) VALUES (1, 1000)",
+                                         logger: quietLogger)
+                    let env = row.environment.rawValue
+                    try await conn.query(
+                        """
+                        INSERT INTO kis_accounts (\(unescaped: columns)) VALUES (\(row.userID), \(env), \(row.appKey),
+                            \(row.appSecret), \(row.accountNumber), \(row.kid), \(row.isActive), \(row.createdAt),
+                            \(row.updatedAt))
+                        """, logger: quietLogger)
+                }
+            }
+        }
+    }
+
+    @Test("migrating adds app_key_fp, the broker fills it at start-up, and the app key is still its user's",
+          arguments: DatabaseKind.available)
+    func upgrade(kind: DatabaseKind) async throws {
+        let db = try await TestDatabase.make(kind)
+        let keyring = try SealKeyring(current: "k1", keys: ["k1": VaultTests.key(1)])
+        let vault = AccountVault(keyring: keyring)
+        let key = appKey("upgraded")
+        try await Self.createBeforeFingerprints(db, with: try BrokerAPITests.sealedAccount("u1", key, keyring: keyring))
+        try await withRepository(db) { repo in
+            try await repo.migrate()  // at every start: a second time changes nothing
+            let row = try #require(try await repo.account(userID: "u1", environment: .sandbox))
+            #expect(row.appKeyFingerprint == nil)
+            #expect(try vault.open(row).appKey == key)
+            #expect(try await repo.accountsWithoutAppKeyFingerprint().map(\.userID) == ["u1"])
+            // Found without a fingerprint, until it has one.
+            let found = try await repo.accounts(environment: .sandbox, appKeyFingerprints: vault.appKeyFingerprints(key, .sandbox))
+            #expect(found.map(\.userID) == ["u1"])
+        }
+        try await withBroker(keyring: keyring, existingDatabase: db, config: quietSchedulerConfig) { b in
+            try await withRepository(db) { repo in
+                #expect(try await repo.accountsWithoutAppKeyFingerprint().isEmpty)
+                let row = try #require(try await repo.account(userID: "u1", environment: .sandbox))
+                #expect(try row.appKeyFingerprint == vault.appKeyFingerprint(key, .sandbox, kid: "k1"))
+                let other = try await repo.accounts(environment: .sandbox,
+                                                    appKeyFingerprints: vault.appKeyFingerprints(appKey("other"), .sandbox))
+                #expect(other.isEmpty)
+            }
+            try await BrokerAPITests.expectAnotherUsersAppKey(b, key, user: "u2")
+            #expect(try await b.post("/api/kis/token", accountBody(key), jwt: try await b.jwt("u1")).status == 200)
         }
     }
 }
