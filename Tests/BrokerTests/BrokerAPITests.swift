@@ -258,32 +258,23 @@ struct BrokerAPITests {
         }
     }
 
-    /// A kisgw from before `app_key_fp` stored accounts without it (the broker fills it at start-up): such an account
-    /// is looked at on every check until then.
-    @Test("an account stored without an app key fingerprint still holds its app key", arguments: DatabaseKind.available)
-    func appKeyWithoutFingerprint(kind: DatabaseKind) async throws {
+    /// Accounts the check finds however they are stored: without an app key fingerprint (by a kisgw from before
+    /// `app_key_fp`, until the broker fills it at start-up: looked at on every check until then), and with a secret that
+    /// does not open (altered, say: the check opens the app key alone, it needs no more).
+    @Test("an account stored without an app key fingerprint, or whose secret does not open, still holds its app key",
+          arguments: DatabaseKind.available)
+    func appKeyOfAccountsStoredOtherwise(kind: DatabaseKind) async throws {
         try await withBroker(database: kind, config: quietSchedulerConfig) { b in
-            let key = appKey("nofp")
-            let sealed = try Self.sealedAccount("u1", key, keyring: b.keyring)
-            let row = StoredAccount(
-                userID: sealed.userID, environment: sealed.environment, appKey: sealed.appKey, appSecret: sealed.appSecret,
-                accountNumber: sealed.accountNumber, kid: sealed.kid, isActive: false, createdAt: 1, updatedAt: 1)
-            try await withRepository(b.database) { try await $0.saveAccount(row, token: nil) }
-            try await Self.expectAnotherUsersAppKey(b, key, user: "u2")
-        }
-    }
-
-    /// The check opens an account's app key, not its secret and account number: it needs no more, and an account
-    /// whose other columns do not open (altered, say) still holds its app key.
-    @Test("the app key check opens the app key alone: an account whose secret does not open still holds its app key")
-    func appKeyCheckOpensAppKeyAlone() async throws {
-        try await withBroker(config: quietSchedulerConfig) { b in
-            let key = appKey("keyonly")
-            var altered = try Self.sealedAccount("u1", key, keyring: b.keyring)
-            altered.appSecret = altered.accountNumber  // sealed for another column: it does not open as the secret
-            let row = altered
-            try await withRepository(b.database) { try await $0.saveAccount(row, token: nil) }
-            try await Self.expectAnotherUsersAppKey(b, key, user: "u2")
+            var withoutFingerprint = try Self.sealedAccount("u1", appKey("nofp"), keyring: b.keyring)
+            withoutFingerprint.appKeyFingerprint = nil
+            var secretAltered = try Self.sealedAccount("u2", appKey("keyonly"), keyring: b.keyring)
+            secretAltered.appSecret = secretAltered.accountNumber  // sealed for another column: it does not open as the secret
+            let rows = [withoutFingerprint, secretAltered]
+            try await withRepository(b.database) { repo in
+                for row in rows { try await repo.saveAccount(row, token: nil) }
+            }
+            try await Self.expectAnotherUsersAppKey(b, appKey("nofp"), user: "u3")
+            try await Self.expectAnotherUsersAppKey(b, appKey("keyonly"), user: "u4")
         }
     }
 

@@ -328,6 +328,11 @@ struct RepositoryContractTests {
 struct VaultTests {
     static func key(_ byte: UInt8) -> [UInt8] { [UInt8](repeating: byte, count: 32) }
 
+    /// A vault whose keys are `keys` (id → the byte each of its 32 bytes is) and seals with `current`.
+    static func vault(_ current: String, _ keys: [String: UInt8]) throws -> AccountVault {
+        AccountVault(keyring: try SealKeyring(current: current, keys: keys.mapValues(key)))
+    }
+
     static let account = Account(
         userID: "42", environment: .live, appKey: "PSabcdefghijklmnopqrstuvwxyz012345", appSecret: "very-secret",
         accountNumber: "12345678-01", createdAt: 1, updatedAt: 1)
@@ -359,8 +364,7 @@ struct VaultTests {
 
     @Test("the app key fingerprint: one per key id and environment, never equal across key ids, no app key in it")
     func appKeyFingerprint() throws {
-        let keyring = try SealKeyring(current: "k2", keys: ["k1": Self.key(1), "k2": Self.key(2), "k3": Self.key(1)])
-        let vault = AccountVault(keyring: keyring)
+        let vault = try Self.vault("k2", ["k1": 1, "k2": 2, "k3": 1])
         let key = Self.account.appKey
         let all = vault.appKeyFingerprints(key, .live)
         #expect(all.keys.sorted() == ["k1", "k2", "k3"])
@@ -372,7 +376,7 @@ struct VaultTests {
             #expect(try fp != vault.appKeyFingerprint(key + "x", .live, kid: kid))
         }
         // Another key under the same id: another fingerprint (it is keyed, not a plain hash).
-        let stranger = AccountVault(keyring: try SealKeyring(current: "k1", keys: ["k1": Self.key(9)]))
+        let stranger = try Self.vault("k1", ["k1": 9])
         #expect(try stranger.appKeyFingerprint(key, .live, kid: "k1") != all["k1"])
         #expect(throws: StoreError.self) { try vault.appKeyFingerprint(key, .live, kid: "k0") }
         // Sealing writes the fingerprint under the key that sealed.
@@ -383,9 +387,8 @@ struct VaultTests {
           arguments: DatabaseKind.available)
     func fillFingerprints(kind: DatabaseKind) async throws {
         let db = try await TestDatabase.make(kind)
-        let old = AccountVault(keyring: try SealKeyring(current: "k1", keys: ["k1": Self.key(1)]))
-        let both = AccountVault(keyring: try SealKeyring(current: "k2", keys: ["k1": Self.key(1), "k2": Self.key(2)]))
-        let lost = AccountVault(keyring: try SealKeyring(current: "k0", keys: ["k0": Self.key(9)]))
+        let old = try Self.vault("k1", ["k1": 1]), both = try Self.vault("k2", ["k1": 1, "k2": 2])
+        let lost = try Self.vault("k0", ["k0": 9])
         @Sendable func stored(_ user: String, by vault: AccountVault, fingerprinted: Bool = false) throws -> StoredAccount {
             var account = Self.account
             account.userID = user
@@ -413,9 +416,8 @@ struct VaultTests {
           arguments: DatabaseKind.available)
     func rotation(kind: DatabaseKind) async throws {
         let db = try await TestDatabase.make(kind)
-        let old = AccountVault(keyring: try SealKeyring(current: "k1", keys: ["k1": Self.key(1)]))
-        let both = AccountVault(keyring: try SealKeyring(current: "k2", keys: ["k1": Self.key(1), "k2": Self.key(2)]))
-        let onlyNew = AccountVault(keyring: try SealKeyring(current: "k2", keys: ["k2": Self.key(2)]))
+        let old = try Self.vault("k1", ["k1": 1]), both = try Self.vault("k2", ["k1": 1, "k2": 2])
+        let onlyNew = try Self.vault("k2", ["k2": 2])
         let token = BrokerToken(userID: "42", environment: .live, accessToken: "eyJ.token", issuedAt: 1, expiresAt: 2)
         try await withRepository(db) { repo in
             try await repo.saveAccount(try old.seal(Self.account), token: try old.seal(token, updatedAt: 1))
@@ -436,7 +438,7 @@ struct VaultTests {
             #expect(try onlyNew.open(t) == token)
 
             // A row sealed with a key the broker no longer has is left alone; the others are not held up by it.
-            let lost = AccountVault(keyring: try SealKeyring(current: "k0", keys: ["k0": Self.key(9)]))
+            let lost = try Self.vault("k0", ["k0": 9])
             var orphan = Self.account
             orphan.userID = "99"
             try await repo.saveAccount(try lost.seal(orphan), token: nil)
