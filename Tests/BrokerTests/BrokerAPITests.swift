@@ -456,41 +456,42 @@ struct BrokerAPITests {
                 auth: .init(jwt: .init(algorithms: [.hs256], hs256Secret: Secret(testSecret))),
                 kis: .init(liveURL: b.simURL, sandboxURL: b.simURL, liveRatePerS: 1000, sandboxRatePerS: 1000))
             let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-            let gateway = try await buildGateway(
+            let gateway = TestServer(try await buildGateway(
                 gatewayConfig, dependencies: GatewayDependencies(store: b.store, keyring: b.keyring, readiness: { nil }),
-                logger: quietLogger) { cont.yield($0) }
-            let gatewayTask = Task { try await gateway.runService(gracefulShutdownSignals: []) }
-            defer { gatewayTask.cancel() }
-            var it = ports.makeAsyncIterator()
-            let gatewayURL = "http://127.0.0.1:\(await it.next()!)"
-            let path = "/domestic/chart/daily/005930?start=2025-01-06&end=2025-01-10"
-            let headers = [("Authorization", "Bearer " + jwt), ("X-KIS-Token", token)]
-            #expect(try await http(.GET, gatewayURL + path, headers: headers).status == 200)
+                logger: quietLogger) { cont.yield($0) })
+            Task { try await gateway.run() }
+            try await stopping([gateway]) {
+                var it = ports.makeAsyncIterator()
+                let gatewayURL = "http://127.0.0.1:\(await it.next()!)"
+                let path = "/domestic/chart/daily/005930?start=2025-01-06&end=2025-01-10"
+                let headers = [("Authorization", "Bearer " + jwt), ("X-KIS-Token", token)]
+                #expect(try await http(.GET, gatewayURL + path, headers: headers).status == 200)
 
-            let subscription = try await b.store.subscribe(to: TokenDirectory.eventsChannel)
-            let d = try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)
-            #expect(d.status == 204)
-            #expect(try await b.simCalls("revokeP") == 1)
-            #expect(try await b.published(token) == nil)
-            #expect(try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox)).isEmpty)
-            // The revoked event (a reconciliation at the broker's start may announce the token `issued` first).
-            var events = subscription.makeAsyncIterator()
-            var types: [String] = []
-            while types.last != "revoked", types.count < 3, let event = await events.next() {
-                let e = try JSONDecoder().decode(TokenEvent.self, from: Data(event.readableBytesView))
-                #expect(e.sha256 == TokenDirectory.sha256(of: token))
-                types.append(e.type)
-            }
-            #expect(types.last == "revoked", "\(types)")
+                let subscription = try await b.store.subscribe(to: TokenDirectory.eventsChannel)
+                let d = try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)
+                #expect(d.status == 204)
+                #expect(try await b.simCalls("revokeP") == 1)
+                #expect(try await b.published(token) == nil)
+                #expect(try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox)).isEmpty)
+                // The revoked event (a reconciliation at the broker's start may announce the token `issued` first).
+                var events = subscription.makeAsyncIterator()
+                var types: [String] = []
+                while types.last != "revoked", types.count < 3, let event = await events.next() {
+                    let e = try JSONDecoder().decode(TokenEvent.self, from: Data(event.readableBytesView))
+                    #expect(e.sha256 == TokenDirectory.sha256(of: token))
+                    types.append(e.type)
+                }
+                #expect(types.last == "revoked", "\(types)")
 
-            // …which the revoked event drops: the gateway refuses the token straight away.
-            let refused = try await eventually(timeout: .seconds(2)) {
-                try await http(.GET, gatewayURL + path, headers: headers).code == "kis_token_invalid"
+                // …which the revoked event drops: the gateway refuses the token straight away.
+                let refused = try await eventually(timeout: .seconds(2)) {
+                    try await http(.GET, gatewayURL + path, headers: headers).code == "kis_token_invalid"
+                }
+                #expect(refused)
+                #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
+                // Disconnecting again is harmless.
+                #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 204)
             }
-            #expect(refused)
-            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
-            // Disconnecting again is harmless.
-            #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 204)
         }
     }
 
@@ -506,28 +507,29 @@ struct BrokerAPITests {
             return Response(status: .ok)
         }
         let faulty = await startStandInKIS(router)
-        defer { faulty.task.cancel() }
-        let base = faulty.url
-        try await withBroker(config: { _, db in
-            // A timeout long enough that the broken answer never runs into it on a loaded machine.
-            var c = testConfig(simURL: base + "/broken", database: db, upstreamTimeoutMs: 2500)
-            c = KisgwConfig(auth: c.auth, kis: .init(liveURL: base + "/broken", sandboxURL: base + "/slow"),
-                            upstream: c.upstream, broker: c.broker)
-            return c
-        }) { b in
-            let jwt = try await b.jwt("u1")
-            let e = try await b.post("/api/kis/token", accountBody(appKey("up"), env: "LIVE"), jwt: jwt)
-            #expect(e.status == 502)
-            #expect(e.code == "upstream_error")
-            let t = try await b.post("/api/kis/token", accountBody(appKey("up"), env: "SANDBOX"), jwt: jwt)
-            #expect(t.status == 504)
-            #expect(t.code == "upstream_timeout")
-            #expect(try await b.get("/api/kis/account?environment=LIVE", jwt: jwt).status == 404)
-        }
-        try await withBroker(config: { testConfig(simURL: "http://127.0.0.1:1", database: $1) }) { b in
-            let r = try await b.post("/api/kis/token", accountBody(appKey("gone")), jwt: try await b.jwt("u1"))
-            #expect(r.status == 502)
-            #expect(r.code == "upstream_error")
+        try await stopping([faulty.server]) {
+            let base = faulty.url
+            try await withBroker(config: { _, db in
+                // A timeout long enough that the broken answer never runs into it on a loaded machine.
+                var c = testConfig(simURL: base + "/broken", database: db, upstreamTimeoutMs: 2500)
+                c = KisgwConfig(auth: c.auth, kis: .init(liveURL: base + "/broken", sandboxURL: base + "/slow"),
+                                upstream: c.upstream, broker: c.broker)
+                return c
+            }) { b in
+                let jwt = try await b.jwt("u1")
+                let e = try await b.post("/api/kis/token", accountBody(appKey("up"), env: "LIVE"), jwt: jwt)
+                #expect(e.status == 502)
+                #expect(e.code == "upstream_error")
+                let t = try await b.post("/api/kis/token", accountBody(appKey("up"), env: "SANDBOX"), jwt: jwt)
+                #expect(t.status == 504)
+                #expect(t.code == "upstream_timeout")
+                #expect(try await b.get("/api/kis/account?environment=LIVE", jwt: jwt).status == 404)
+            }
+            try await withBroker(config: { testConfig(simURL: "http://127.0.0.1:1", database: $1) }) { b in
+                let r = try await b.post("/api/kis/token", accountBody(appKey("gone")), jwt: try await b.jwt("u1"))
+                #expect(r.status == 502)
+                #expect(r.code == "upstream_error")
+            }
         }
     }
 
@@ -545,22 +547,23 @@ struct BrokerAPITests {
                 string: #"{"access_token":"tok-bad-string","access_token_token_expired":"soon","token_type":"Bearer","expires_in":3600}"#)))
         }
         let standIn = await startStandInKIS(router)
-        defer { standIn.task.cancel() }
-        try await withBroker(config: { _, db in
-            let c = testConfig(simURL: standIn.url + "/only-seconds", database: db)
-            return KisgwConfig(auth: c.auth, kis: .init(liveURL: standIn.url + "/only-seconds",
-                                                        sandboxURL: standIn.url + "/bad-string"),
-                               upstream: c.upstream, broker: c.broker)
-        }) { b in
-            let jwt = try await b.jwt("u1")
-            for (env, seconds) in [("LIVE", 7200.0), ("SANDBOX", 3600.0)] {
-                let before = Date()
-                let r = try await b.post("/api/kis/token", accountBody(appKey("ei" + env), env: env), jwt: jwt)
-                #expect(r.status == 200, "\(env): \(r.text)")
-                let expiresAt = try #require((r.json["expiresAt"] as? String).flatMap {
-                    try? Date($0, strategy: .iso8601)
-                }, "\(env): \(r.text)")
-                #expect(abs(expiresAt.timeIntervalSince(before) - seconds) < 5, "\(env): \(expiresAt) from \(before)")
+        try await stopping([standIn.server]) {
+            try await withBroker(config: { _, db in
+                let c = testConfig(simURL: standIn.url + "/only-seconds", database: db)
+                return KisgwConfig(auth: c.auth, kis: .init(liveURL: standIn.url + "/only-seconds",
+                                                            sandboxURL: standIn.url + "/bad-string"),
+                                   upstream: c.upstream, broker: c.broker)
+            }) { b in
+                let jwt = try await b.jwt("u1")
+                for (env, seconds) in [("LIVE", 7200.0), ("SANDBOX", 3600.0)] {
+                    let before = Date()
+                    let r = try await b.post("/api/kis/token", accountBody(appKey("ei" + env), env: env), jwt: jwt)
+                    #expect(r.status == 200, "\(env): \(r.text)")
+                    let expiresAt = try #require((r.json["expiresAt"] as? String).flatMap {
+                        try? Date($0, strategy: .iso8601)
+                    }, "\(env): \(r.text)")
+                    #expect(abs(expiresAt.timeIntervalSince(before) - seconds) < 5, "\(env): \(expiresAt) from \(before)")
+                }
             }
         }
     }
@@ -571,18 +574,19 @@ struct BrokerAPITests {
             // The same broker code over a store whose Redis is gone.
             let dead = DeadStore()
             let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-            let app = try await buildBroker(
+            let server = TestServer(try await buildBroker(
                 b.config, dependencies: BrokerDependencies(store: dead, keyring: b.keyring, repository: try b.database.repository()),
-                logger: quietLogger) { cont.yield($0) }
-            let task = Task { try await app.runService(gracefulShutdownSignals: []) }
-            defer { task.cancel() }
-            var it = ports.makeAsyncIterator()
-            let url = "http://127.0.0.1:\(await it.next()!)"
-            let r = try await b.post("/api/kis/token", accountBody(appKey("st")), jwt: try await b.jwt("u1"), base: url)
-            #expect(r.status == 503)
-            #expect(r.code == "store_unavailable")
-            let ready = try await b.get("/readyz", jwt: nil, base: url)
-            #expect(ready.status == 503)
+                logger: quietLogger) { cont.yield($0) })
+            Task { try await server.run() }
+            try await stopping([server]) {
+                var it = ports.makeAsyncIterator()
+                let url = "http://127.0.0.1:\(await it.next()!)"
+                let r = try await b.post("/api/kis/token", accountBody(appKey("st")), jwt: try await b.jwt("u1"), base: url)
+                #expect(r.status == 503)
+                #expect(r.code == "store_unavailable")
+                let ready = try await b.get("/readyz", jwt: nil, base: url)
+                #expect(ready.status == 503)
+            }
         }
     }
 

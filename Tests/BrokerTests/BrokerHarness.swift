@@ -154,6 +154,8 @@ struct RunningBroker: Sendable {
     let url: String
     let registry: PrometheusCollectorRegistry
     let holdsLease: Flag
+    let server: TestServer
+    /// Runs `server`; a test cancels it to have the broker die (`withBroker` stops every server at the end).
     let task: Task<Void, any Error>
 }
 
@@ -218,11 +220,11 @@ struct BrokerFixture: Sendable {
         let (ports, cont) = AsyncStream.makeStream(of: Int.self)
         let deps = BrokerDependencies(store: store, keyring: keyring, repository: try database.repository(),
                                       extraRoutes: extraRoutes)
-        let app = try await buildBroker(config, dependencies: deps, logger: logger) { cont.yield($0) }
-        let task = Task { try await app.runService(gracefulShutdownSignals: []) }
-        defer { task.cancel() }
+        let broker = TestServer(try await buildBroker(config, dependencies: deps, logger: logger) { cont.yield($0) })
+        Task { try await broker.run() }
         var it = ports.makeAsyncIterator()
-        try await body("http://127.0.0.1:\(await it.next()!)")
+        let url = "http://127.0.0.1:\(await it.next()!)"
+        try await stopping([broker]) { try await body(url) }
     }
 
     /// A gateway seeing KIS refuse `token`, a SANDBOX token of `user`'s: KIS ended it (unless `endedAtKIS` is false:
@@ -291,10 +293,10 @@ func withBroker<T: Sendable>(
     let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
     var simConfig = simConfig
     simConfig.port = 0
-    let sim = try await buildSimulator(simConfig, logger: logger) { simCont.yield($0) }
+    let sim = TestServer(try await buildSimulator(simConfig, logger: logger) { simCont.yield($0) })
     return try await withThrowingTaskGroup(of: Void.self) { group in
         if let redis { group.addTask { await redis.run() } }
-        group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
+        group.addTask { try await sim.run() }
         var it = simPorts.makeAsyncIterator()
         let simURL = "http://127.0.0.1:\(await it.next()!)"
         let config = makeConfig(simURL, database.config)
@@ -307,23 +309,23 @@ func withBroker<T: Sendable>(
                 store: store, keyring: keyring, metricsRegistry: registry, demoMode: demoMode,
                 repository: try database.repository(), clock: { clock.now() })
             deps.onLeaseChange = { lease.value.store($0, ordering: .relaxed) }
-            let app = try await buildBroker(config, dependencies: deps, logger: logger) { cont.yield($0) }
-            let task = Task { try await app.runService(gracefulShutdownSignals: []) }
+            let server = TestServer(try await buildBroker(config, dependencies: deps, logger: logger) { cont.yield($0) })
+            let task = Task { try await server.run() }
             var pit = ports.makeAsyncIterator()
             guard let port = await pit.next() else { throw TestFailure("the broker did not start") }
-            brokers.append(RunningBroker(url: "http://127.0.0.1:\(port)", registry: registry, holdsLease: lease, task: task))
+            brokers.append(RunningBroker(url: "http://127.0.0.1:\(port)", registry: registry, holdsLease: lease,
+                                         server: server, task: task))
         }
         let fixture = BrokerFixture(brokers: brokers, simURL: simURL, store: store, redis: redis, keyring: keyring,
                                     database: database, clock: clock, config: config)
         defer {
-            for b in brokers { b.task.cancel() }
-            group.cancelAll()
+            group.cancelAll()  // the Redis client
             if database.kind == .sqlite && existingDatabase == nil {
                 try? FileManager.default.removeItem(
                     atPath: URL(fileURLWithPath: database.location).deletingLastPathComponent().deletingLastPathComponent().path)
             }
         }
-        return try await body(fixture)
+        return try await stopping(brokers.map(\.server) + [sim]) { try await body(fixture) }
     }
 }
 
@@ -340,7 +342,7 @@ func eventually(
 }
 
 /// `TestSupport.startStandInKIS` with the broker tests' quiet logger.
-func startStandInKIS(_ router: Router<BasicRequestContext>) async -> (url: String, task: Task<Void, any Error>) {
+func startStandInKIS(_ router: Router<BasicRequestContext>) async -> (url: String, server: TestServer) {
     await TestSupport.startStandInKIS(router, logger: quietLogger)
 }
 

@@ -90,19 +90,20 @@ struct BrokerRulesTests {
             return Response(status: .internalServerError, body: .init(byteBuffer: ByteBuffer(string: "<html>oops</html>")))
         }
         let standIn = await startStandInKIS(router)
-        defer { standIn.task.cancel() }
-        let base = standIn.url
-        try await withBroker(config: { testConfig(simURL: base, database: $1) }) { b in
-            let jwt = try await b.jwt("u-rf")
-            let token = try #require(try await b.post("/api/kis/token", accountBody(appKey("rf")), jwt: jwt).json["token"] as? String)
-            #expect(try await b.published(token) != nil)
-            let d = try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)
-            #expect(d.status == 204)
-            #expect(revokes.value == 1)
-            #expect(try await b.store.get(TokenDirectory.recordKey(TokenDirectory.sha256(of: token))) == nil)
-            #expect(try await b.store.setMembers(TokenDirectory.userKey("u-rf", .sandbox)).isEmpty)
-            let metrics = try await b.get("/metrics", jwt: nil).text
-            #expect(metrics.contains("kisgw_broker_revoke_failures_total 1"), "\(metrics)")
+        try await stopping([standIn.server]) {
+            let base = standIn.url
+            try await withBroker(config: { testConfig(simURL: base, database: $1) }) { b in
+                let jwt = try await b.jwt("u-rf")
+                let token = try #require(try await b.post("/api/kis/token", accountBody(appKey("rf")), jwt: jwt).json["token"] as? String)
+                #expect(try await b.published(token) != nil)
+                let d = try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)
+                #expect(d.status == 204)
+                #expect(revokes.value == 1)
+                #expect(try await b.store.get(TokenDirectory.recordKey(TokenDirectory.sha256(of: token))) == nil)
+                #expect(try await b.store.setMembers(TokenDirectory.userKey("u-rf", .sandbox)).isEmpty)
+                let metrics = try await b.get("/metrics", jwt: nil).text
+                #expect(metrics.contains("kisgw_broker_revoke_failures_total 1"), "\(metrics)")
+            }
         }
     }
 
@@ -183,20 +184,21 @@ struct BrokerRulesTests {
             // The same broker code over a database that can be switched off.
             let repository = SwitchableRepository(try b.database.repository())
             let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-            let app = try await buildBroker(
+            let server = TestServer(try await buildBroker(
                 b.config, dependencies: BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository),
-                logger: quietLogger) { cont.yield($0) }
-            let task = Task { try await app.runService(gracefulShutdownSignals: []) }
-            defer { task.cancel() }
-            var it = ports.makeAsyncIterator()
-            let url = "http://127.0.0.1:\(await it.next()!)"
-            #expect(try await b.get("/readyz", jwt: nil, base: url).status == 200)
-            repository.down.store(true, ordering: .relaxed)
-            let down = try await b.get("/readyz", jwt: nil, base: url)
-            #expect(down.status == 503)
-            #expect(down.json["status"] as? String == "unavailable")
-            repository.down.store(false, ordering: .relaxed)
-            #expect(try await b.get("/readyz", jwt: nil, base: url).status == 200)
+                logger: quietLogger) { cont.yield($0) })
+            Task { try await server.run() }
+            try await stopping([server]) {
+                var it = ports.makeAsyncIterator()
+                let url = "http://127.0.0.1:\(await it.next()!)"
+                #expect(try await b.get("/readyz", jwt: nil, base: url).status == 200)
+                repository.down.store(true, ordering: .relaxed)
+                let down = try await b.get("/readyz", jwt: nil, base: url)
+                #expect(down.status == 503)
+                #expect(down.json["status"] as? String == "unavailable")
+                repository.down.store(false, ordering: .relaxed)
+                #expect(try await b.get("/readyz", jwt: nil, base: url).status == 200)
+            }
         }
     }
 
@@ -377,25 +379,26 @@ struct BrokerRulesMoreTests {
             Response(status: .internalServerError, body: .init(byteBuffer: ByteBuffer(string: "<html>oops</html>")))
         }
         let standIn = await startStandInKIS(router)
-        defer { standIn.task.cancel() }
-        try await withBroker(config: { testConfig(simURL: standIn.url, database: $1) }) { b in
-            try await b.withBroker(logger: logger) { url in
-                let jwt = try await b.jwt("u-log")
-                let wrong = try await b.post("/api/kis/token", accountBody(appKey("log"), secret: "wrong-secret-value",
-                                                                           number: "98765432-01"), jwt: jwt, base: url)
-                #expect(wrong.status == 400)
-                let ok = try await b.post("/api/kis/token", accountBody(appKey("log"), number: "98765432-01"), jwt: jwt,
-                                          base: url)
-                #expect(ok.status == 200)
-                #expect(try await http(.DELETE, url + "/api/kis/account?environment=SANDBOX",
-                                       headers: [("Authorization", "Bearer " + jwt)]).status == 204)
+        try await stopping([standIn.server]) {
+            try await withBroker(config: { testConfig(simURL: standIn.url, database: $1) }) { b in
+                try await b.withBroker(logger: logger) { url in
+                    let jwt = try await b.jwt("u-log")
+                    let wrong = try await b.post("/api/kis/token", accountBody(appKey("log"), secret: "wrong-secret-value",
+                                                                               number: "98765432-01"), jwt: jwt, base: url)
+                    #expect(wrong.status == 400)
+                    let ok = try await b.post("/api/kis/token", accountBody(appKey("log"), number: "98765432-01"), jwt: jwt,
+                                              base: url)
+                    #expect(ok.status == 200)
+                    #expect(try await http(.DELETE, url + "/api/kis/account?environment=SANDBOX",
+                                           headers: [("Authorization", "Bearer " + jwt)]).status == 204)
+                }
             }
-        }
-        let lines = capture.lines
-        #expect(!lines.isEmpty)
-        for secret in [appKey("log"), "secret-" + appKey("log"), "wrong-secret-value", "standin-log-token-0123456789",
-                       "98765432", testSecret] {
-            #expect(!lines.contains { $0.contains(secret) }, "\(secret) in \(lines.filter { $0.contains(secret) })")
+            let lines = capture.lines
+            #expect(!lines.isEmpty)
+            for secret in [appKey("log"), "secret-" + appKey("log"), "wrong-secret-value", "standin-log-token-0123456789",
+                           "98765432", testSecret] {
+                #expect(!lines.contains { $0.contains(secret) }, "\(secret) in \(lines.filter { $0.contains(secret) })")
+            }
         }
     }
 }

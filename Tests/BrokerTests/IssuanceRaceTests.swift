@@ -17,7 +17,7 @@ struct IssuanceRaceTests {
     /// A stand-in KIS whose `tokenP` takes `delay` and hands out one token per app key (as KIS does within its
     /// reuse window), while `onIssue` runs.
     static func slowKIS(delay: Duration, onIssue: @escaping @Sendable () async -> Void = {}) async
-        -> (url: String, task: Task<Void, any Error>)
+        -> (url: String, server: TestServer)
     {
         let router = Router()
         router.post("/oauth2/tokenP") { request, _ in
@@ -46,22 +46,23 @@ struct IssuanceRaceTests {
     @Test("two users connecting one app key at once: one keeps it, the other is refused, the token stays the first's")
     func sameAppKeyAtOnce() async throws {
         let kis = await Self.slowKIS(delay: .milliseconds(400))
-        defer { kis.task.cancel() }
-        try await withBroker(config: { testConfig(simURL: kis.url, database: $1) }) { b in
-            let key = appKey("same")
-            let (ja, jb) = (try await b.jwt("u-a"), try await b.jwt("u-b"))
-            async let ra = b.post("/api/kis/token", accountBody(key), jwt: ja)
-            async let rb = b.post("/api/kis/token", accountBody(key), jwt: jb)
-            let (a, bb) = (try await ra, try await rb)
-            #expect([a.status, bb.status].sorted() == [200, 400], "\(a.text) / \(bb.text)")
-            let (winner, winnerAnswer, loserJWT) = a.status == 200 ? ("u-a", a, jb) : ("u-b", bb, ja)
-            let loser = a.status == 200 ? bb : a
-            #expect(loser.code == "invalid_parameter")
-            let token = try #require(winnerAnswer.json["token"] as? String)
-            #expect(try await b.published(token)?.userID == winner)
-            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: loserJWT).status == 404)
-            let row = try await withRepository(b.database) { try await $0.token(sha256: TokenDirectory.sha256(of: token)) }
-            #expect(row?.userID == winner)
+        try await stopping([kis.server]) {
+            try await withBroker(config: { testConfig(simURL: kis.url, database: $1) }) { b in
+                let key = appKey("same")
+                let (ja, jb) = (try await b.jwt("u-a"), try await b.jwt("u-b"))
+                async let ra = b.post("/api/kis/token", accountBody(key), jwt: ja)
+                async let rb = b.post("/api/kis/token", accountBody(key), jwt: jb)
+                let (a, bb) = (try await ra, try await rb)
+                #expect([a.status, bb.status].sorted() == [200, 400], "\(a.text) / \(bb.text)")
+                let (winner, winnerAnswer, loserJWT) = a.status == 200 ? ("u-a", a, jb) : ("u-b", bb, ja)
+                let loser = a.status == 200 ? bb : a
+                #expect(loser.code == "invalid_parameter")
+                let token = try #require(winnerAnswer.json["token"] as? String)
+                #expect(try await b.published(token)?.userID == winner)
+                #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: loserJWT).status == 404)
+                let row = try await withRepository(b.database) { try await $0.token(sha256: TokenDirectory.sha256(of: token)) }
+                #expect(row?.userID == winner)
+            }
         }
     }
 
@@ -95,16 +96,17 @@ struct IssuanceRaceTests {
         let kis = await Self.slowKIS(delay: .milliseconds(600)) {
             if let store = store.withLock({ $0 }) { _ = try? await store.delete(Self.lockKey(key)) }
         }
-        defer { kis.task.cancel() }
-        try await withBroker(config: { testConfig(simURL: kis.url, database: $1) }) { b in
-            store.withLock { $0 = b.store }
-            let jwt = try await b.jwt("u-lost")
-            let r = try await b.post("/api/kis/token", accountBody(key), jwt: jwt)
-            #expect(r.status == 504, "\(r.text)")
-            #expect(r.code == "upstream_timeout")
-            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
-            #expect(try await b.published("standin-" + TokenDirectory.sha256(of: key)) == nil)
-            #expect(try await b.store.setMembers(TokenDirectory.userKey("u-lost", .sandbox)).isEmpty)
+        try await stopping([kis.server]) {
+            try await withBroker(config: { testConfig(simURL: kis.url, database: $1) }) { b in
+                store.withLock { $0 = b.store }
+                let jwt = try await b.jwt("u-lost")
+                let r = try await b.post("/api/kis/token", accountBody(key), jwt: jwt)
+                #expect(r.status == 504, "\(r.text)")
+                #expect(r.code == "upstream_timeout")
+                #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
+                #expect(try await b.published("standin-" + TokenDirectory.sha256(of: key)) == nil)
+                #expect(try await b.store.setMembers(TokenDirectory.userKey("u-lost", .sandbox)).isEmpty)
+            }
         }
     }
 

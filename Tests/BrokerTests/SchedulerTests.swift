@@ -166,98 +166,99 @@ struct SchedulerTests {
         let clock = TestClock()
         let kis = SlowTokenP(delay: .milliseconds(1200), clock: clock)
         let standIn = await kis.serve(copies: 2)
-        defer { standIn.task.cancel() }
-        let db = try await TestDatabase.make(.sqlite)
-        defer { Self.remove(db) }
-        let keyring = SealKeyring.ephemeral()
-        let keys = (0..<4).map { appKey("lp\($0)") }
-        try await withRepository(db) { repository in
-            try await withRepository(db) { otherRepository in
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    if let redis { group.addTask { await redis.run() } }
-                    defer { group.cancelAll() }
-                    // Four connected accounts with no token yet: all due.
-                    try await Self.saveDue(keys, users: "u-lp", keyring: keyring, at: clock.now(), in: repository)
-                    // Two scheduler copies on one store and database, as two brokers run them; a tick of 1 s, the
-                    // smallest, so the lease lives 3 s.
-                    let took = [Hits(), Hits()]
-                    let copies = [repository, otherRepository].enumerated().map { (copy, repo) in
-                        let keeper = makeKeeper(repo, store: store, keyring: keyring, kis: standIn.url + "/copy\(copy)",
-                                                 refreshInterval: 1, clock: { clock.now() })
-                        return BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1,
-                                               logger: quietLogger, onLeaseChange: { if $0 { took[copy].hit() } })
-                    }
-                    #expect(copies[0].leaseTTL == .seconds(3))
-                    @Sendable func holds(_ copy: Int) -> Bool { copies[copy].holdsLease.load(ordering: .relaxed) }
-                    @Sendable func refreshed(_ calls: ArraySlice<SlowTokenP.Call>) -> Bool { Set(calls.map(\.appKey)) == Set(keys) }
-
-                    // Copy 0 takes the lease and starts its pass; copy 1 starts then, and asks for the lease every tick.
-                    let first = Task { try await copies[0].run() }
-                    defer { first.cancel() }
-                    #expect(try await eventually { holds(0) && kis.calls.count == 1 })
-                    let passStart = ContinuousClock.now
-                    let lease = try await store.get(BrokerScheduler.leaseKey).map { String(buffer: $0) }
-                    #expect(lease != nil)
-                    let stopWatching = Flag()
-                    let watch = Task {
-                        var seen: [String?] = []  // the lease key's value, each change once (nil: gone)
-                        while !stopWatching.current {
-                            do {
-                                let v = try await store.get(BrokerScheduler.leaseKey).map { String(buffer: $0) }
-                                if seen.isEmpty || seen[seen.count - 1] != v { seen.append(v) }
-                            } catch {}  // no answer is no observation
-                            try? await Task.sleep(for: .milliseconds(50))
+        try await stopping([standIn.server]) {
+            let db = try await TestDatabase.make(.sqlite)
+            defer { Self.remove(db) }
+            let keyring = SealKeyring.ephemeral()
+            let keys = (0..<4).map { appKey("lp\($0)") }
+            try await withRepository(db) { repository in
+                try await withRepository(db) { otherRepository in
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        if let redis { group.addTask { await redis.run() } }
+                        defer { group.cancelAll() }
+                        // Four connected accounts with no token yet: all due.
+                        try await Self.saveDue(keys, users: "u-lp", keyring: keyring, at: clock.now(), in: repository)
+                        // Two scheduler copies on one store and database, as two brokers run them; a tick of 1 s, the
+                        // smallest, so the lease lives 3 s.
+                        let took = [Hits(), Hits()]
+                        let copies = [repository, otherRepository].enumerated().map { (copy, repo) in
+                            let keeper = makeKeeper(repo, store: store, keyring: keyring, kis: standIn.url + "/copy\(copy)",
+                                                     refreshInterval: 1, clock: { clock.now() })
+                            return BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1,
+                                                   logger: quietLogger, onLeaseChange: { if $0 { took[copy].hit() } })
                         }
-                        return seen
-                    }
-                    let second = Task { try await copies[1].run() }
-                    defer { second.cancel() }
+                        #expect(copies[0].leaseTTL == .seconds(3))
+                        @Sendable func holds(_ copy: Int) -> Bool { copies[copy].holdsLease.load(ordering: .relaxed) }
+                        @Sendable func refreshed(_ calls: ArraySlice<SlowTokenP.Call>) -> Bool { Set(calls.map(\.appKey)) == Set(keys) }
 
-                    // The pass (4 × 1.2 s) outlasts the 3 s lease; copy 0 refreshes every account, one at a time.
-                    let passed = try await eventually(timeout: .seconds(15)) {
-                        guard refreshed(kis.calls[...]), kis.inFlight == 0 else { return false }
-                        for i in keys.indices where try await repository.tokens(userID: "u-lp\(i)", environment: .sandbox).isEmpty {
-                            return false
+                        // Copy 0 takes the lease and starts its pass; copy 1 starts then, and asks for the lease every tick.
+                        let first = Task { try await copies[0].run() }
+                        defer { first.cancel() }
+                        #expect(try await eventually { holds(0) && kis.calls.count == 1 })
+                        let passStart = ContinuousClock.now
+                        let lease = try await store.get(BrokerScheduler.leaseKey).map { String(buffer: $0) }
+                        #expect(lease != nil)
+                        let stopWatching = Flag()
+                        let watch = Task {
+                            var seen: [String?] = []  // the lease key's value, each change once (nil: gone)
+                            while !stopWatching.current {
+                                do {
+                                    let v = try await store.get(BrokerScheduler.leaseKey).map { String(buffer: $0) }
+                                    if seen.isEmpty || seen[seen.count - 1] != v { seen.append(v) }
+                                } catch {}  // no answer is no observation
+                                try? await Task.sleep(for: .milliseconds(50))
+                            }
+                            return seen
                         }
-                        return true
-                    }
-                    #expect(passed)
-                    #expect(ContinuousClock.now - passStart > copies[0].leaseTTL, "the pass did not outlast the lease")
-                    stopWatching.value.store(true, ordering: .relaxed)
-                    let seen = await watch.value
-                    #expect(seen == [lease], "the lease key went or changed hands during the pass: \(seen)")
-                    #expect(took[1].value == 0, "copy 1 took the lease during copy 0's pass")
-                    #expect(kis.calls.allSatisfy { $0.copy == 0 }, "tokenP calls by copy: \(kis.calls.map(\.copy))")
-                    #expect(kis.calls.map(\.appKey).sorted() == keys.sorted(), "each account once: \(kis.calls.map(\.appKey))")
-                    #expect(kis.mostAtOnce == 1, "tokenP calls at once: \(kis.mostAtOnce)")
+                        let second = Task { try await copies[1].run() }
+                        defer { second.cancel() }
 
-                    // A day on, every account is due again. The holder's next pass is held inside its first tokenP
-                    // call while another copy takes the lease (the key deleted, as if it had expired): once that call
-                    // answers, the holder's pass stops, and the new holder refreshes the other accounts.
-                    #expect(try await eventually { holds(0) != holds(1) })  // a copy that lost it notices at its next tick
-                    let holder = try #require([0, 1].first(where: holds))
-                    let other = 1 - holder
-                    let before = kis.calls.count
-                    kis.set(delay: .zero, holding: true)
-                    clock.advance(86400 - 1800)
-                    try #require(try await eventually { kis.calls.count == before + 1 })
-                    try #require(kis.calls.last?.copy == holder)
-                    try await store.delete(BrokerScheduler.leaseKey)
-                    #expect(try await eventually { holds(other) })
-                    kis.set(holding: false)
-                    let done = try await eventually(timeout: .seconds(15)) { refreshed(kis.calls[before...]) && kis.inFlight == 0 }
-                    #expect(done)
-                    try await Task.sleep(for: .milliseconds(500))
-                    let again = kis.calls[before...]
-                    #expect(again.filter { $0.copy == holder }.count == 1,
-                            "the pass went on after another copy took the lease: tokenP calls by copy \(again.map(\.copy))")
-                    #expect(again.filter { $0.copy == other }.count == keys.count - 1)
-                    #expect(again.map(\.appKey).sorted() == keys.sorted(), "each account once: \(again.map(\.appKey))")
-                    #expect(!holds(holder))
+                        // The pass (4 × 1.2 s) outlasts the 3 s lease; copy 0 refreshes every account, one at a time.
+                        let passed = try await eventually(timeout: .seconds(15)) {
+                            guard refreshed(kis.calls[...]), kis.inFlight == 0 else { return false }
+                            for i in keys.indices where try await repository.tokens(userID: "u-lp\(i)", environment: .sandbox).isEmpty {
+                                return false
+                            }
+                            return true
+                        }
+                        #expect(passed)
+                        #expect(ContinuousClock.now - passStart > copies[0].leaseTTL, "the pass did not outlast the lease")
+                        stopWatching.value.store(true, ordering: .relaxed)
+                        let seen = await watch.value
+                        #expect(seen == [lease], "the lease key went or changed hands during the pass: \(seen)")
+                        #expect(took[1].value == 0, "copy 1 took the lease during copy 0's pass")
+                        #expect(kis.calls.allSatisfy { $0.copy == 0 }, "tokenP calls by copy: \(kis.calls.map(\.copy))")
+                        #expect(kis.calls.map(\.appKey).sorted() == keys.sorted(), "each account once: \(kis.calls.map(\.appKey))")
+                        #expect(kis.mostAtOnce == 1, "tokenP calls at once: \(kis.mostAtOnce)")
 
-                    for run in [first, second] {
-                        run.cancel()
-                        _ = await run.result
+                        // A day on, every account is due again. The holder's next pass is held inside its first tokenP
+                        // call while another copy takes the lease (the key deleted, as if it had expired): once that call
+                        // answers, the holder's pass stops, and the new holder refreshes the other accounts.
+                        #expect(try await eventually { holds(0) != holds(1) })  // a copy that lost it notices at its next tick
+                        let holder = try #require([0, 1].first(where: holds))
+                        let other = 1 - holder
+                        let before = kis.calls.count
+                        kis.set(delay: .zero, holding: true)
+                        clock.advance(86400 - 1800)
+                        try #require(try await eventually { kis.calls.count == before + 1 })
+                        try #require(kis.calls.last?.copy == holder)
+                        try await store.delete(BrokerScheduler.leaseKey)
+                        #expect(try await eventually { holds(other) })
+                        kis.set(holding: false)
+                        let done = try await eventually(timeout: .seconds(15)) { refreshed(kis.calls[before...]) && kis.inFlight == 0 }
+                        #expect(done)
+                        try await Task.sleep(for: .milliseconds(500))
+                        let again = kis.calls[before...]
+                        #expect(again.filter { $0.copy == holder }.count == 1,
+                                "the pass went on after another copy took the lease: tokenP calls by copy \(again.map(\.copy))")
+                        #expect(again.filter { $0.copy == other }.count == keys.count - 1)
+                        #expect(again.map(\.appKey).sorted() == keys.sorted(), "each account once: \(again.map(\.appKey))")
+                        #expect(!holds(holder))
+
+                        for run in [first, second] {
+                            run.cancel()
+                            _ = await run.result
+                        }
                     }
                 }
             }
@@ -273,35 +274,36 @@ struct SchedulerTests {
         let clock = TestClock()
         let kis = SlowTokenP(delay: .milliseconds(4500), clock: clock)  // the lease lives 3 s
         let standIn = await kis.serve(copies: 2)
-        defer { standIn.task.cancel() }
-        let db = try await TestDatabase.make(.sqlite)
-        defer { Self.remove(db) }
-        let keyring = SealKeyring.ephemeral()
-        try await withRepository(db) { repository in
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                if let redis { group.addTask { await redis.run() } }
-                defer { group.cancelAll() }
-                try await Self.saveDue([appKey("l1")], users: "u-l1", keyring: keyring, at: clock.now(), in: repository)
-                let took = [Hits(), Hits()]
-                let copies = (0..<2).map { copy in
-                    BrokerScheduler(
-                        keeper: makeKeeper(repository, store: store, keyring: keyring, kis: standIn.url + "/copy\(copy)",
-                                            refreshInterval: 1, clock: { clock.now() }),
-                        refreshIntervalS: 1, reconcileIntervalS: 1, logger: quietLogger,
-                        onLeaseChange: { if $0 { took[copy].hit() } })
-                }
-                let first = Task { try await copies[0].run() }
-                defer { first.cancel() }
-                #expect(try await eventually { copies[0].holdsLease.load(ordering: .relaxed) && kis.calls.count == 1 })
-                let second = Task { try await copies[1].run() }
-                defer { second.cancel() }
-                // The call takes 4.5 s; copy 1 asks for the lease every second meanwhile.
-                #expect(try await eventually(timeout: .seconds(10)) { kis.inFlight == 0 })
-                #expect(took[1].value == 0, "copy 1 took the lease during copy 0's refresh")
-                #expect(kis.calls.allSatisfy { $0.copy == 0 } && kis.calls.count == 1, "\(kis.calls.map(\.copy))")
-                for run in [first, second] {
-                    run.cancel()
-                    _ = await run.result
+        try await stopping([standIn.server]) {
+            let db = try await TestDatabase.make(.sqlite)
+            defer { Self.remove(db) }
+            let keyring = SealKeyring.ephemeral()
+            try await withRepository(db) { repository in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    if let redis { group.addTask { await redis.run() } }
+                    defer { group.cancelAll() }
+                    try await Self.saveDue([appKey("l1")], users: "u-l1", keyring: keyring, at: clock.now(), in: repository)
+                    let took = [Hits(), Hits()]
+                    let copies = (0..<2).map { copy in
+                        BrokerScheduler(
+                            keeper: makeKeeper(repository, store: store, keyring: keyring, kis: standIn.url + "/copy\(copy)",
+                                                refreshInterval: 1, clock: { clock.now() }),
+                            refreshIntervalS: 1, reconcileIntervalS: 1, logger: quietLogger,
+                            onLeaseChange: { if $0 { took[copy].hit() } })
+                    }
+                    let first = Task { try await copies[0].run() }
+                    defer { first.cancel() }
+                    #expect(try await eventually { copies[0].holdsLease.load(ordering: .relaxed) && kis.calls.count == 1 })
+                    let second = Task { try await copies[1].run() }
+                    defer { second.cancel() }
+                    // The call takes 4.5 s; copy 1 asks for the lease every second meanwhile.
+                    #expect(try await eventually(timeout: .seconds(10)) { kis.inFlight == 0 })
+                    #expect(took[1].value == 0, "copy 1 took the lease during copy 0's refresh")
+                    #expect(kis.calls.allSatisfy { $0.copy == 0 } && kis.calls.count == 1, "\(kis.calls.map(\.copy))")
+                    for run in [first, second] {
+                        run.cancel()
+                        _ = await run.result
+                    }
                 }
             }
         }
@@ -324,36 +326,37 @@ struct SchedulerTests {
             return Response(status: .internalServerError, body: .init(byteBuffer: ByteBuffer(string: "<html>down</html>")))
         }
         let standIn = await startStandInKIS(router)
-        defer { standIn.task.cancel() }
-        let (store, redis) = try makeStore(redisURL == nil ? .memory : .redis)
-        let db = try await TestDatabase.make(.sqlite)
-        defer { Self.remove(db) }
-        let keyring = SealKeyring.ephemeral()
-        let clock = TestClock()
-        let refused = "PSrefused" + String(appKey("x").dropFirst(2).prefix(20)), failing = appKey("failing")
-        try await withRepository(db) { repository in
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                if let redis { group.addTask { await redis.run() } }
-                defer { group.cancelAll() }
-                try await Self.saveDue([refused, failing], users: "u-sf", keyring: keyring, at: clock.now(), in: repository)
-                // refresh_interval_s 1: a pass every second; the backoff's base is 1 s, doubling.
-                let scheduler = BrokerScheduler(
-                    keeper: makeKeeper(repository, store: store, keyring: keyring, kis: standIn.url, refreshInterval: 1,
-                                        clock: { clock.now() }),
-                    refreshIntervalS: 1, reconcileIntervalS: 3600, logger: quietLogger)
-                let run = Task { try await scheduler.run() }
-                defer { run.cancel() }
-                #expect(try await eventually {
-                    try await repository.account(userID: "u-sf0", environment: .sandbox)?.isActive == false
-                })
-                try await Task.sleep(for: .seconds(4))
-                let seen = calls.withLock { $0 }
-                // Refused once, then left alone; the failing one asked again, but not every pass (4+ s of 1 s passes).
-                #expect(seen[refused] == 1, "\(seen)")
-                #expect((2...4).contains(seen[failing] ?? 0), "\(seen)")
-                #expect(try await repository.account(userID: "u-sf1", environment: .sandbox)?.isActive == true)
-                run.cancel()
-                _ = await run.result
+        try await stopping([standIn.server]) {
+            let (store, redis) = try makeStore(redisURL == nil ? .memory : .redis)
+            let db = try await TestDatabase.make(.sqlite)
+            defer { Self.remove(db) }
+            let keyring = SealKeyring.ephemeral()
+            let clock = TestClock()
+            let refused = "PSrefused" + String(appKey("x").dropFirst(2).prefix(20)), failing = appKey("failing")
+            try await withRepository(db) { repository in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    if let redis { group.addTask { await redis.run() } }
+                    defer { group.cancelAll() }
+                    try await Self.saveDue([refused, failing], users: "u-sf", keyring: keyring, at: clock.now(), in: repository)
+                    // refresh_interval_s 1: a pass every second; the backoff's base is 1 s, doubling.
+                    let scheduler = BrokerScheduler(
+                        keeper: makeKeeper(repository, store: store, keyring: keyring, kis: standIn.url, refreshInterval: 1,
+                                            clock: { clock.now() }),
+                        refreshIntervalS: 1, reconcileIntervalS: 3600, logger: quietLogger)
+                    let run = Task { try await scheduler.run() }
+                    defer { run.cancel() }
+                    #expect(try await eventually {
+                        try await repository.account(userID: "u-sf0", environment: .sandbox)?.isActive == false
+                    })
+                    try await Task.sleep(for: .seconds(4))
+                    let seen = calls.withLock { $0 }
+                    // Refused once, then left alone; the failing one asked again, but not every pass (4+ s of 1 s passes).
+                    #expect(seen[refused] == 1, "\(seen)")
+                    #expect((2...4).contains(seen[failing] ?? 0), "\(seen)")
+                    #expect(try await repository.account(userID: "u-sf1", environment: .sandbox)?.isActive == true)
+                    run.cancel()
+                    _ = await run.result
+                }
             }
         }
     }
@@ -520,68 +523,69 @@ struct SchedulerTests {
         let clock = TestClock()
         let kis = SlowTokenP(delay: .milliseconds(1500), clock: clock)
         let standIn = await kis.serve(copies: 1)
-        defer { standIn.task.cancel() }
-        let db = try await TestDatabase.make(.sqlite)
-        defer { Self.remove(db) }
-        let keyring = SealKeyring.ephemeral()
-        let keys = (0..<4).map { appKey("rp\($0)") }
-        try await withRepository(db) { repository in
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                if let redis { group.addTask { await redis.run() } }
-                defer { group.cancelAll() }
-                // Four connected accounts with no token yet: all due, a pass of 4 × 1.5 s.
-                try await Self.saveDue(keys, users: "u-rp", keyring: keyring, at: clock.now(), in: repository)
-                let keeper = makeKeeper(repository, store: store, keyring: keyring, kis: standIn.url + "/copy0",
-                                         refreshInterval: 1, clock: { clock.now() })
-                // And one account with a live token, not due (a day left), published.
-                let kept = try await Self.save("u-rp-kept", appKey: appKey("rpk"), keyring: keyring, in: repository)
-                #expect(try await keeper.reconcile() == 1)
-                let record = TokenDirectory.recordKey(kept.sha256), userSet = TokenDirectory.userKey("u-rp-kept", .sandbox)
-                @Sendable func published() async throws -> Bool {
-                    guard try await store.get(record) != nil else { return false }
-                    return try await store.setMembers(userSet).contains(kept.sha256)
-                }
-                #expect(try await published())
-
-                let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1, logger: quietLogger)
-                let run = Task { try await scheduler.run() }
-                defer { run.cancel() }
-                // The pass is under way; the store loses the live token (as after a FLUSHALL).
-                try #require(try await eventually { kis.calls.count == 1 })
-                let lost = ContinuousClock.now
-                try await store.delete(record)
-                _ = try await store.setRemove(userSet, members: [kept.sha256])
-                // Not checked to be gone: reconciliation may already have put it back (see flushRecovery).
-                let callsWhenBack = Mutex<Int?>(nil)
-                let back = try await eventually(timeout: .milliseconds(2500)) {
-                    guard try await published() else { return false }
-                    callsWhenBack.withLock { $0 = kis.calls.count }
-                    return true
-                }
-                let after = ContinuousClock.now - lost
-                let callsNow = kis.calls.count
-                #expect(back, "not republished within 2.5 s of the loss (reconcile_interval_s 1); tokenP calls: \(callsNow)")
-                if back, let calls = callsWhenBack.withLock({ $0 }) {
-                    #expect(calls < keys.count, "republished \(after) after the loss, at the pass's last account (tokenP calls: \(calls))")
-                }
-
-                // Then the pass ends as usual: every account refreshed once, one at a time, published, its app key's
-                // issuance lock released (only then is the scheduler stopped, so no store call is cut short).
-                let passed = try await eventually {
-                    guard kis.calls.count == keys.count, kis.inFlight == 0 else { return false }
-                    for (i, key) in keys.enumerated() {
-                        guard try await !store.setMembers(TokenDirectory.userKey("u-rp\(i)", .sandbox)).isEmpty,
-                              try await store.get("lock:kis-issue:\(KISEnvironment.sandbox.rawValue):\(TokenDirectory.sha256(of: key))") == nil
-                        else { return false }
+        try await stopping([standIn.server]) {
+            let db = try await TestDatabase.make(.sqlite)
+            defer { Self.remove(db) }
+            let keyring = SealKeyring.ephemeral()
+            let keys = (0..<4).map { appKey("rp\($0)") }
+            try await withRepository(db) { repository in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    if let redis { group.addTask { await redis.run() } }
+                    defer { group.cancelAll() }
+                    // Four connected accounts with no token yet: all due, a pass of 4 × 1.5 s.
+                    try await Self.saveDue(keys, users: "u-rp", keyring: keyring, at: clock.now(), in: repository)
+                    let keeper = makeKeeper(repository, store: store, keyring: keyring, kis: standIn.url + "/copy0",
+                                             refreshInterval: 1, clock: { clock.now() })
+                    // And one account with a live token, not due (a day left), published.
+                    let kept = try await Self.save("u-rp-kept", appKey: appKey("rpk"), keyring: keyring, in: repository)
+                    #expect(try await keeper.reconcile() == 1)
+                    let record = TokenDirectory.recordKey(kept.sha256), userSet = TokenDirectory.userKey("u-rp-kept", .sandbox)
+                    @Sendable func published() async throws -> Bool {
+                        guard try await store.get(record) != nil else { return false }
+                        return try await store.setMembers(userSet).contains(kept.sha256)
                     }
-                    return true
-                }
-                #expect(passed)
-                #expect(kis.calls.map(\.appKey).sorted() == keys.sorted(), "each account once: \(kis.calls.map(\.appKey))")
-                #expect(kis.mostAtOnce == 1)
+                    #expect(try await published())
 
-                run.cancel()
-                _ = await run.result
+                    let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1, logger: quietLogger)
+                    let run = Task { try await scheduler.run() }
+                    defer { run.cancel() }
+                    // The pass is under way; the store loses the live token (as after a FLUSHALL).
+                    try #require(try await eventually { kis.calls.count == 1 })
+                    let lost = ContinuousClock.now
+                    try await store.delete(record)
+                    _ = try await store.setRemove(userSet, members: [kept.sha256])
+                    // Not checked to be gone: reconciliation may already have put it back (see flushRecovery).
+                    let callsWhenBack = Mutex<Int?>(nil)
+                    let back = try await eventually(timeout: .milliseconds(2500)) {
+                        guard try await published() else { return false }
+                        callsWhenBack.withLock { $0 = kis.calls.count }
+                        return true
+                    }
+                    let after = ContinuousClock.now - lost
+                    let callsNow = kis.calls.count
+                    #expect(back, "not republished within 2.5 s of the loss (reconcile_interval_s 1); tokenP calls: \(callsNow)")
+                    if back, let calls = callsWhenBack.withLock({ $0 }) {
+                        #expect(calls < keys.count, "republished \(after) after the loss, at the pass's last account (tokenP calls: \(calls))")
+                    }
+
+                    // Then the pass ends as usual: every account refreshed once, one at a time, published, its app key's
+                    // issuance lock released (only then is the scheduler stopped, so no store call is cut short).
+                    let passed = try await eventually {
+                        guard kis.calls.count == keys.count, kis.inFlight == 0 else { return false }
+                        for (i, key) in keys.enumerated() {
+                            guard try await !store.setMembers(TokenDirectory.userKey("u-rp\(i)", .sandbox)).isEmpty,
+                                  try await store.get("lock:kis-issue:\(KISEnvironment.sandbox.rawValue):\(TokenDirectory.sha256(of: key))") == nil
+                            else { return false }
+                        }
+                        return true
+                    }
+                    #expect(passed)
+                    #expect(kis.calls.map(\.appKey).sorted() == keys.sorted(), "each account once: \(kis.calls.map(\.appKey))")
+                    #expect(kis.mostAtOnce == 1)
+
+                    run.cancel()
+                    _ = await run.result
+                }
             }
         }
     }
@@ -676,8 +680,8 @@ final class SlowTokenP: Sendable {
     }
 
     /// Serves `tokenP` for scheduler copies `0..<copies`, each under its own prefix (`/copy<n>`), so the stand-in
-    /// knows which copy called; the caller cancels the task when done.
-    func serve(copies: Int) async -> (url: String, task: Task<Void, any Error>) {
+    /// knows which copy called; the caller stops the server when done.
+    func serve(copies: Int) async -> (url: String, server: TestServer) {
         let router = Router()
         for copy in 0..<copies {
             router.post(RouterPath("/copy\(copy)/oauth2/tokenP")) { request, _ in try await self.answer(copy: copy, request) }

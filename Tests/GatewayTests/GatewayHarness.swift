@@ -124,18 +124,21 @@ func withGateway<T: Sendable>(
     let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
     var simConfig = simConfig
     simConfig.port = 0
-    let sim = try await buildSimulator(simConfig, logger: logger) { simCont.yield($0) }
+    let sim = TestServer(try await buildSimulator(simConfig, logger: logger) { simCont.yield($0) })
     return try await withThrowingTaskGroup(of: Void.self) { group in
         if let redis { group.addTask { await redis.run() } }
-        group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
+        group.addTask { try await sim.run() }
         var it = simPorts.makeAsyncIterator()
         let simURL = "http://127.0.0.1:\(await it.next()!)"
         let (ports, cont) = AsyncStream.makeStream(of: (Int, Int).self)
+        var gateways: [TestServer] = []
         for index in 0..<count {
             var deps = GatewayDependencies(store: store, keyring: keyring, readiness: { nil })
             tweak(index, &deps)
-            let app = try await buildGateway(config(simURL), dependencies: deps, logger: logger) { cont.yield((index, $0)) }
-            group.addTask { try await app.runService(gracefulShutdownSignals: []) }
+            let gateway = TestServer(
+                try await buildGateway(config(simURL), dependencies: deps, logger: logger) { cont.yield((index, $0)) })
+            gateways.append(gateway)
+            group.addTask { try await gateway.run() }
         }
         // In the order of `index` (the servers may start in any order).
         var urls = [String](repeating: "", count: count)
@@ -145,14 +148,8 @@ func withGateway<T: Sendable>(
             urls[index] = "http://127.0.0.1:\(port)"
         }
         let fixture = GatewayFixture(gatewayURL: urls[0], simURL: simURL, store: store, keyring: keyring)
-        do {
-            let result = try await body(fixture, urls)
-            group.cancelAll()
-            return result
-        } catch {
-            group.cancelAll()
-            throw error
-        }
+        defer { group.cancelAll() }  // the Redis client
+        return try await stopping(gateways + [sim]) { try await body(fixture, urls) }
     }
 }
 
@@ -219,10 +216,10 @@ func withGatewayProcess(
     var logger = Logger(label: "gateway-process")
     logger.logLevel = .critical
     let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
-    let sim = try await buildSimulator(
+    let sim = TestServer(try await buildSimulator(
         SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000, latencyMs: latencyMs),
         logger: logger
-    ) { simCont.yield($0) }
+    ) { simCont.yield($0) })
     let (store, client) = try makeStore(.redis, prefix: "ops\(UInt32.random(in: 0...UInt32.max)):")
     let keyBytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
     let keyring = try SealKeyring(current: "k1", keys: ["k1": keyBytes])
@@ -231,7 +228,7 @@ func withGatewayProcess(
     defer { try? FileManager.default.removeItem(at: stderrFile) }
     try await withThrowingTaskGroup(of: Void.self) { group in
         if let client { group.addTask { await client.run() } }
-        group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
+        group.addTask { try await sim.run() }
         var sit = simPorts.makeAsyncIterator()
         let simURL = "http://127.0.0.1:\(await sit.next()!)"
         let port = try RedisServerProcess.freePort()
@@ -264,12 +261,7 @@ func withGatewayProcess(
         let p = GatewayProcess(process: process, port: port, stderrFile: stderrFile)
         try #require(await eventually(.seconds(10)) { p.accepts }, "the gateway did not start: \(p.ending)")
         let g = GatewayFixture(gatewayURL: "http://127.0.0.1:\(port)", simURL: simURL, store: store, keyring: keyring)
-        do {
-            try await body(g, p)
-        } catch {
-            group.cancelAll()
-            throw error
-        }
-        group.cancelAll()
+        defer { group.cancelAll() }  // the Redis client
+        try await stopping([sim]) { try await body(g, p) }
     }
 }

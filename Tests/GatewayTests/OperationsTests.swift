@@ -36,11 +36,11 @@ private func withBrokerAndGateway(
     let folder = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-gw-refresh-\(UUID().uuidString)")
     defer { try? FileManager.default.removeItem(at: folder) }
     let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
-    let sim = try await buildSimulator(SimulatorConfiguration(port: 0, environment: .sandbox), logger: logger) {
+    let sim = TestServer(try await buildSimulator(SimulatorConfiguration(port: 0, environment: .sandbox), logger: logger) {
         simCont.yield($0)
-    }
+    })
     try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
+        group.addTask { try await sim.run() }
         var sit = simPorts.makeAsyncIterator()
         let simURL = "http://127.0.0.1:\(await sit.next()!)"
 
@@ -53,28 +53,23 @@ private func withBrokerAndGateway(
                           database: .sqlite(path: folder.appendingPathComponent("broker.sqlite").path),
                           reconcileIntervalS: 3600))
         let (brokerPorts, brokerCont) = AsyncStream.makeStream(of: Int.self)
-        let broker = try await buildBroker(brokerConfig, dependencies: BrokerDependencies(store: store, keyring: keyring),
-                                           logger: logger) { brokerCont.yield($0) }
-        group.addTask { try await broker.runService(gracefulShutdownSignals: []) }
+        let broker = TestServer(try await buildBroker(
+            brokerConfig, dependencies: BrokerDependencies(store: store, keyring: keyring), logger: logger
+        ) { brokerCont.yield($0) })
+        group.addTask { try await broker.run() }
         var bit = brokerPorts.makeAsyncIterator()
         let brokerURL = "http://127.0.0.1:\(await bit.next()!)"
 
         let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-        let gateway = try await buildGateway(
+        let gateway = TestServer(try await buildGateway(
             testConfig(simURL: simURL, broker: .init(url: brokerURL)),
             dependencies: GatewayDependencies(store: store, keyring: keyring, readiness: { nil }), logger: logger
-        ) { cont.yield($0) }
-        group.addTask { try await gateway.runService(gracefulShutdownSignals: []) }
+        ) { cont.yield($0) })
+        group.addTask { try await gateway.run() }
         var pit = ports.makeAsyncIterator()
         let g = GatewayFixture(gatewayURL: "http://127.0.0.1:\(await pit.next()!)", simURL: simURL, store: store,
                                keyring: keyring)
-        do {
-            try await body(g, brokerURL)
-        } catch {
-            group.cancelAll()
-            throw error
-        }
-        group.cancelAll()
+        try await stopping([gateway, broker, sim]) { try await body(g, brokerURL) }
     }
 }
 

@@ -97,23 +97,27 @@ struct GatewayResilienceTests {
         var logger = Logger(label: "outage")
         logger.logLevel = .critical
         let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
-        let sim = try await buildSimulator(SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000),
-                                           logger: logger) { simCont.yield($0) }
+        let sim = TestServer(try await buildSimulator(
+            SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000), logger: logger
+        ) { simCont.yield($0) })
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await client.run() }
-            group.addTask { try await sim.runService(gracefulShutdownSignals: []) }
+            group.addTask { try await sim.run() }
             var sit = simPorts.makeAsyncIterator()
             let simURL = "http://127.0.0.1:\(await sit.next()!)"
             let (ports, cont) = AsyncStream.makeStream(of: Int.self)
             let deps = GatewayDependencies(store: store, keyring: keyring, readiness: {
                 do { _ = try await store.get("readyz"); return nil } catch { return "store down" }
             })
-            let app = try await buildGateway(testConfig(simURL: simURL), dependencies: deps, logger: logger) { cont.yield($0) }
-            group.addTask { try await app.runService(gracefulShutdownSignals: []) }
+            let gateway = TestServer(
+                try await buildGateway(testConfig(simURL: simURL), dependencies: deps, logger: logger) { cont.yield($0) })
+            group.addTask { try await gateway.run() }
             var pit = ports.makeAsyncIterator()
             let base = "http://127.0.0.1:\(await pit.next()!)"
-            try await body(redis, GatewayFixture(gatewayURL: base, simURL: simURL, store: store, keyring: keyring))
-            group.cancelAll()
+            defer { group.cancelAll() }  // the Redis client
+            try await stopping([gateway, sim]) {
+                try await body(redis, GatewayFixture(gatewayURL: base, simURL: simURL, store: store, keyring: keyring))
+            }
         }
     }
 

@@ -39,15 +39,16 @@ struct UpstreamRetryTests {
         fail: Set<Int> = []
     ) async throws -> (answer: HTTPResult, kis: StandInKIS.Seen, simCalls: Int) {
         let standIn = StandInKIS(failure: failure, failing: fail)
-        let (url, task) = await standIn.start()
-        defer { task.cancel() }
-        return try await withGateway(store: store, config: { simURL in
-            standIn.forwardTo(simURL)
-            return Self.config(simURL, liveURL: url)
-        }) { g, _ in
-            let (jwt, kis) = try await g.signIn(user)  // the token comes from the simulator itself
-            let r = try await g.get(path, jwt: jwt, kis: kis)
-            return (r, standIn.seen, try await g.simStats()["domestic_daily"] ?? 0)
+        let (url, server) = await standIn.start()
+        return try await stopping([server]) {
+            return try await withGateway(store: store, config: { simURL in
+                standIn.forwardTo(simURL)
+                return Self.config(simURL, liveURL: url)
+            }) { g, _ in
+                let (jwt, kis) = try await g.signIn(user)  // the token comes from the simulator itself
+                let r = try await g.get(path, jwt: jwt, kis: kis)
+                return (r, standIn.seen, try await g.simStats()["domestic_daily"] ?? 0)
+            }
         }
     }
 
@@ -192,8 +193,8 @@ final class StandInKIS: Sendable {
     /// Where requests are passed on to (the simulator); set before the first request.
     func forwardTo(_ url: String) { target.withLock { $0 = url } }
 
-    /// Serves on a free loopback port; the caller cancels the task when done.
-    func start() async -> (url: String, task: Task<Void, any Error>) {
+    /// Serves on a free loopback port; the caller stops the server when done.
+    func start() async -> (url: String, server: TestServer) {
         let router = Router()
         router.get("**") { request, _ in try await self.handle(request) }
         router.post("**") { request, _ in try await self.handle(request) }

@@ -32,18 +32,12 @@ func withApp<App: ApplicationProtocol, T: Sendable>(
 ) async throws -> T {
     let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
     let app = try await make { continuation.yield($0) }
+    let server = TestServer(app)
     return try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask { try await app.runService(gracefulShutdownSignals: []) }
+        group.addTask { try await server.run() }
         var iterator = ports.makeAsyncIterator()
         guard let port = await iterator.next() else { throw SimulatorError("the server did not start") }
-        do {
-            let result = try await body(port)
-            group.cancelAll()
-            return result
-        } catch {
-            group.cancelAll()
-            throw error
-        }
+        return try await stopping([server]) { try await body(port) }
     }
 }
 

@@ -1,0 +1,54 @@
+import Foundation
+import KIS
+import Logging
+@testable import Simulator
+import Testing
+import TestSupport
+
+@Suite("Simulator: stopped while connections arrive")
+struct ShutdownTests {
+    /// Cancelling a Hummingbird server drops a connection it has accepted but not yet handed to a handler, and the
+    /// connection's NIOAsyncWriter, deinited unfinished, crashes the test process (once in CI: a background request
+    /// reached a simulator during teardown). The harness stops its servers gracefully (`TestServer`): a connection
+    /// that arrives meanwhile is served or refused.
+    @Test("connections keep arriving while the harness stops the simulator: the test process survives")
+    func connectionsDuringStop() async throws {
+        var logger = Logger(label: "sim-shutdown")
+        logger.logLevel = .critical
+        let configuration = SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000)
+        for _ in 0..<8 {
+            let hammering = try await withApp({ onPort in
+                try await buildSimulator(configuration, logger: logger) { onPort($0) }
+            }) { port in
+                // Four clients connect, send a request and hang up, over and over, until after the stop.
+                let until = ContinuousClock.now + .milliseconds(300)
+                let clients = Task {
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for _ in 0..<4 { group.addTask { try await onThread { connectRepeatedly(port: port, until: until) } } }
+                        try await group.waitForAll()
+                    }
+                }
+                try await Task.sleep(for: .milliseconds(100))
+                return clients
+            }
+            try await hammering.value
+        }
+    }
+}
+
+/// Connects to `port` on loopback, sends a request and hangs up, again and again until `deadline` (a refused
+/// connection counts as one too).
+private func connectRepeatedly(port: Int, until deadline: ContinuousClock.Instant) {
+    let request = Array("GET /__sim/stats HTTP/1.1\r\nHost: t\r\n\r\n".utf8)
+    while ContinuousClock.now < deadline {
+        let fd = connectToLoopback(port: port) { fd in
+            // A connect the full backlog leaves unanswered gives up here, not at the SYN's retry a second later.
+            var timeout = timeval(tv_sec: 0, tv_usec: 50_000)
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        }
+        if let fd {
+            _ = request.withUnsafeBytes { send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
+            close(fd)
+        }
+    }
+}
