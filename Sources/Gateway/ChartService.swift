@@ -191,7 +191,8 @@ final class ChartService: Sendable {
         case .rateLimited:
             return owner.rateKey != token.rateKey
         case .upstreamError:
-            // KIS refused the app key or secret (EGW00102–EGW00105).
+            // KIS refused the app key or secret (EGW00102–EGW00105), or the app key for this API or domain
+            // (EGW00206, EGW02004).
             guard let code = problem.kisMsgCode, KISClientError.kind(forCode: code) == .credentialsRejected else {
                 return false
             }

@@ -78,7 +78,9 @@ public struct KISClientError: Error, CustomStringConvertible, Sendable {
         case "EGW00123": .tokenExpired
         case "EGW00121", "EGW00122": .tokenInvalid
         case "EGW00201", "EGW00215": .rateLimited
-        case "EGW00102", "EGW00103", "EGW00104", "EGW00105": .credentialsRejected
+        // The app key or secret is bad or missing, the app is not entitled to the API (EGW00206), or a paper-trading
+        // app key called the live domain (EGW02004): each concerns one app key, not the request.
+        case "EGW00102", "EGW00103", "EGW00104", "EGW00105", "EGW00206", "EGW02004": .credentialsRejected
         case "EGW00133": .issuanceTooFrequent
         case "EGW00001", "EGW00002": .transient
         default: .upstream

@@ -7,6 +7,7 @@ import KisgwConfiguration
 import Logging
 import NIOCore
 import NIOHTTP1
+import Prometheus
 import Simulator
 import Synchronization
 import TestSupport
@@ -155,6 +156,57 @@ struct UpstreamRetryTests {
     }
 }
 
+/// KIS refusals that concern one app key (kis-api.md §6) are that app key's answer only: a request made with another
+/// app key, waiting on the refused fetch, fetches with its own.
+@Suite("KIS codes of one app key")
+struct AppKeyRefusalTests {
+    @Test("KIS's codes are classified as kis-api.md §6 says")
+    func classification() {
+        let table: [(String, KISClientError.Kind)] = [
+            ("EGW00123", .tokenExpired), ("EGW00121", .tokenInvalid), ("EGW00122", .tokenInvalid),
+            ("EGW00201", .rateLimited), ("EGW00215", .rateLimited), ("EGW00133", .issuanceTooFrequent),
+            ("EGW00102", .credentialsRejected), ("EGW00103", .credentialsRejected), ("EGW00104", .credentialsRejected),
+            ("EGW00105", .credentialsRejected), ("EGW00206", .credentialsRejected), ("EGW02004", .credentialsRejected),
+            ("EGW00001", .transient), ("EGW00002", .transient), ("OPSQ2001", .upstream), ("EGW00213", .upstream),
+        ]
+        for (code, kind) in table { #expect(KISClientError.kind(forCode: code) == kind, "\(code)") }
+    }
+
+    /// Before, `EGW00206` (the app is not entitled to the API) counted as the chart's failure: the user with another
+    /// app key who waited on it got the same 502.
+    @Test("a fetch KIS refuses with EGW00206 for one app key: its user gets 502, a user of another app key waiting on it 200")
+    func notEntitledIsTheAppKeysOwn() async throws {
+        let standIn = StandInKIS(failure: .notEntitled(appKey: "PSapp-unentitled"), failing: [])
+        let (url, server) = await standIn.start()
+        let registry = PrometheusCollectorRegistry()
+        try await stopping([server]) {
+            try await withGateway(
+                config: { simURL in
+                    standIn.forwardTo(simURL)
+                    return testConfig(simURL: simURL, liveURL: url)
+                },
+                dependencies: { _, deps in deps.metricsRegistry = registry }
+            ) { g, _ in
+                let kisA = try await g.connect(user: "ne-a", appKey: "PSapp-unentitled")
+                let kisB = try await g.connect(user: "ne-b", appKey: "PSapp-entitled")
+                let (jwtA, jwtB) = (try await g.jwt("ne-a"), try await g.jwt("ne-b"))
+                let path = "/domestic/chart/daily/005930?start=2025-02-03&end=2025-02-28"
+                async let a = g.get(path, jwt: jwtA, kis: kisA)
+                try await Task.sleep(for: .milliseconds(200))  // A's call is at the stand-in, answered at 500 ms
+                let b = try await g.get(path, jwt: jwtB, kis: kisB)
+                let refused = try await a
+                #expect(refused.status == 502 && refused.code == "upstream_error")
+                #expect(refused.json["kis_msg_cd"] as? String == "EGW00206")
+                #expect(b.status == 200, "\(b.status) \(b.text)")
+                #expect(b.header("X-Cache") == "MISS")  // fetched with B's app key after A's fetch failed
+                let m = Exposition(try await g.get("/metrics", jwt: nil, kis: nil).text)
+                #expect(m.value("kisgw_cache_results_total", ["result": "coalesced"]) == 1)  // B waited on A's fetch
+                #expect(standIn.seen.refused == 1)
+            }
+        }
+    }
+}
+
 /// A stand-in for KIS in front of a simulator: every request is passed on to the simulator (same method, path,
 /// query, headers and body) and its answer passed back — except the quotation calls whose 1-based number is in
 /// `failing`, which get `failure` instead. Counts the quotation calls by their page end (`FID_INPUT_DATE_2`, or
@@ -167,6 +219,9 @@ final class StandInKIS: Sendable {
         case dropConnection
         /// KIS's transient error: HTTP 500, `EGW00001` envelope ("일시적 오류", kis-api.md §7: retry).
         case transient
+        /// Every quotation call made with this app key, whatever `failing` says, after 500 ms: HTTP 500, `EGW00206`
+        /// ("API 사용 권한이 없습니다": the app is not entitled to the API). Other app keys' calls pass.
+        case notEntitled(appKey: String)
     }
 
     struct Seen: Sendable {
@@ -207,20 +262,25 @@ final class StandInKIS: Sendable {
         if request.uri.path.hasPrefix("/uapi/") {
             let params = request.uri.queryParameters
             let end = String(params["FID_INPUT_DATE_2"] ?? params["BYMD"] ?? "")
+            var refused = false
+            if case .notEntitled(let appKey) = failure { refused = request.headers[.init("appkey")!] == appKey }
             let n = state.withLock { s in
                 s.calls += 1
                 s.order.append(end)
                 s.byPageEnd[end, default: 0] += 1
-                if failing.contains(s.calls) { s.refused += 1 }
+                if refused || failing.contains(s.calls) { s.refused += 1 }
                 return s.calls
             }
-            if failing.contains(n) { return failureResponse() }
+            if refused || failing.contains(n) { return try await failureResponse() }
         }
         return try await forward(request)
     }
 
-    private func failureResponse() -> Response {
+    private func failureResponse() async throws -> Response {
         switch failure {
+        case .notEntitled:
+            try await Task.sleep(for: .milliseconds(500))
+            return Self.kisError("EGW00206", "API 사용 권한이 없습니다.")
         case .egw00201:
             return Self.kisError("EGW00201", "초당 거래건수를 초과하였습니다.")
         case .transient:
