@@ -6,7 +6,7 @@ import KisgwConfiguration
 import Logging
 import NIOHTTP1
 import Redis
-import Simulator
+@testable import Simulator
 import Store
 import TestSupport
 import Testing
@@ -95,6 +95,51 @@ struct GatewaySpecTests {
     }
 
     // MARK: parameters
+
+    /// kis-api.md §4 and §5: `FID_ORG_ADJ_PRC` `0` and `MODP` `1` ask for adjusted prices. The body's `adjusted` flag
+    /// was asserted, not the prices: KIS called with either flag the wrong way round would have served original
+    /// prices as adjusted (and cached them for everyone). The simulator's split makes the two differ.
+    @Test("adjusted=true gives KIS's split-adjusted prices and adjusted=false the original ones, domestic and overseas",
+          arguments: [Exchange.krx, .nas])
+    func adjustedPricesReachKIS(exchange: Exchange) async throws {
+        var found: (symbol: String, split: (date: CivilDate, ratio: Int64))? = nil
+        for n in 1..<2_000 where found == nil {
+            // Six digits at KRX, three capital letters at Nasdaq.
+            let letters = [n / 676 % 26, n / 26 % 26, n % 26].map { UInt8(65 + $0) }
+            let symbol = exchange == .krx ? String(format: "%06d", n * 10) : String(decoding: letters, as: UTF8.self)
+            if let split = MarketData.profile(symbol: symbol, exchange: exchange)?.split,
+                split.date > CivilDate(yyyymmdd: "20160101")!
+            {
+                found = (symbol, split)
+            }
+        }
+        let (symbol, split) = try #require(found)
+        try await withGateway { g, _ in
+            let (jwt, kis) = try await g.signIn("adj-\(exchange.rawValue)")
+            let range = "start=\(split.date.adding(days: -20).iso)&end=\(split.date.adding(days: 20).iso)"
+            let path = exchange == .krx ? "/domestic/chart/daily/\(symbol)?\(range)" : "/overseas/NAS/chart/daily/\(symbol)?\(range)"
+            func closes(_ adjusted: Bool) async throws -> [String: Double] {
+                let r = try await g.get(path + "&adjusted=\(adjusted)", jwt: jwt, kis: kis)
+                #expect(r.status == 200, "\(r.text)")
+                var out: [String: Double] = [:]
+                for c in r.candles { out[c["date"] as! String] = (c["close"] as! NSNumber).doubleValue }
+                return out
+            }
+            let adjusted = try await closes(true), original = try await closes(false)
+            #expect(!adjusted.isEmpty && Set(adjusted.keys) == Set(original.keys))
+            var before = 0
+            for (date, a) in adjusted {
+                let o = original[date]!
+                if date < split.date.iso {
+                    before += 1
+                    #expect(abs(o / a - Double(split.ratio)) / Double(split.ratio) < 0.05, "\(date): \(o) / \(a)")
+                } else {
+                    #expect(a == o, "\(date)")
+                }
+            }
+            #expect(before > 5)
+        }
+    }
 
     @Test("period=w&adjusted=false: 200 and the body says W and false; without them D and true")
     func periodAndAdjusted() async throws {
