@@ -1,0 +1,94 @@
+import Foundation
+import Hummingbird
+import KIS
+import Logging
+import NIOCore
+import TestSupport
+import Testing
+
+/// Answers real KIS gives and the simulator does not (kis-api.md §5–6): errors at any HTTP status, padded messages,
+/// `output2` padded past `nrec`. The KIS client and the pager read them from a stand-in over a real socket.
+@Suite("KIS answers the simulator never gives")
+struct KISAnswerShapeTests {
+    static let credentials = KISCredentials(appKey: "PSappkey-shape", appSecret: "secret-shape", accessToken: "token")
+
+    /// Runs `body` with a KIS client whose every call is answered `status` and `body`.
+    func withCannedKIS(_ status: Int, _ answer: String, _ body: (KISClient) async throws -> Void) async throws {
+        let router = Router()
+        router.get("**") { _, _ in
+            Response(status: .init(code: status), headers: [.contentType: "application/json; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(string: answer)))
+        }
+        var logger = Logger(label: "canned-kis")
+        logger.logLevel = .critical
+        let (url, server) = await startStandInKIS(router, logger: logger)
+        try await stopping([server]) { try await body(KISClient(baseURL: url, logger: logger)) }
+    }
+
+    struct ErrorAnswer: Sendable, CustomTestStringConvertible {
+        let status: Int
+        let body: String
+        let kind: KISClientError.Kind
+        let code: String?
+        let message: String?
+        var testDescription: String { "HTTP \(status) \(code ?? "no code")" }
+    }
+
+    /// "Clients should parse the JSON body whatever the status" (§6): the body decides, and `msg1`'s trailing
+    /// spaces are not KIS's message.
+    @Test("an error is KIS's envelope read whatever the HTTP status, its message trimmed", arguments: [
+        ErrorAnswer(status: 200, body: #"{"rt_cd":"1","msg_cd":"EGW00123","msg1":"기간이 만료된 token 입니다."}"#,
+                    kind: .tokenExpired, code: "EGW00123", message: "기간이 만료된 token 입니다."),
+        ErrorAnswer(status: 429, body: #"{"rt_cd":"1","msg_cd":"EGW00201","msg1":"초당 거래건수를 초과하였습니다."}"#,
+                    kind: .rateLimited, code: "EGW00201", message: "초당 거래건수를 초과하였습니다."),
+        ErrorAnswer(status: 401, body: #"{"rt_cd":"1","msg_cd":"EGW00121","msg1":"유효하지 않은 token 입니다."}"#,
+                    kind: .tokenInvalid, code: "EGW00121", message: "유효하지 않은 token 입니다."),
+        ErrorAnswer(status: 200, body: #"{"rt_cd":"2","msg_cd":"OPSQ2001","msg1":"INPUT INVALID_CHECK_MRKT_DIV_CODE    "}"#,
+                    kind: .upstream, code: "OPSQ2001", message: "INPUT INVALID_CHECK_MRKT_DIV_CODE"),
+        ErrorAnswer(status: 403, body: #"{"error_description":"접근토큰 발급 잠시 후 다시 시도하세요(1분당 1회) ","error_code":"EGW00133"}"#,
+                    kind: .issuanceTooFrequent, code: "EGW00133", message: "접근토큰 발급 잠시 후 다시 시도하세요(1분당 1회)"),
+        ErrorAnswer(status: 502, body: "<html><body>Bad Gateway</body></html>", kind: .unreadable, code: nil, message: nil),
+    ])
+    func errorAnswers(answer: ErrorAnswer) async throws {
+        try await withCannedKIS(answer.status, answer.body) { client in
+            let day = CivilDate(yyyymmdd: "20250228")!
+            do {
+                _ = try await client.domesticDailyPage(Self.credentials, symbol: "005930", start: day.adding(days: -30),
+                                                       end: day, period: "D", adjusted: true)
+                Issue.record("no error thrown")
+            } catch let error as KISClientError {
+                #expect(error.kind == answer.kind, "\(error)")
+                #expect(error.msgCode == answer.code)
+                if let message = answer.message { #expect(error.message == message) }
+                #expect(error.httpStatus == answer.status)
+            }
+        }
+    }
+
+    /// §5: "PK uses it as the record count, truncating `output2` to `nrec`" — rows past it are padding.
+    @Test("an overseas page is read up to nrec; a blank nrec keeps every row", arguments: ["37", ""])
+    func overseasNrec(nrec: String) async throws {
+        var day = CivilDate(yyyymmdd: "20250228")!
+        var rows: [String] = []
+        while rows.count < 37 {
+            if day.weekday != 0 && day.weekday != 6 {
+                rows.append(#"{"xymd":"\#(day.yyyymmdd)","clos":"101.25","open":"100.50","high":"102.00","low":"99.75","tvol":"1200","tamt":"121500"}"#)
+            }
+            day = day.adding(days: -1)
+        }
+        let oldest = day.adding(days: 1)
+        let padding = Array(repeating: #"{"xymd":"","clos":"","open":"","high":"","low":"","tvol":"","tamt":""}"#,
+                            count: nrec.isEmpty ? 0 : 63)
+        let page = #"{"rt_cd":"0","msg_cd":"MCA00000","msg1":"정상처리 되었습니다.","output1":{"nrec":"\#(nrec)"},"output2":[\#((rows + padding).joined(separator: ","))]}"#
+        try await withCannedKIS(200, page) { client in
+            let chart = try await DailyChartPager.overseas(
+                client: client, credentials: Self.credentials, exchange: .nas, symbol: "AAPL",
+                start: oldest, end: CivilDate(yyyymmdd: "20250228")!, period: "D", adjusted: true,
+                beforeEachCall: {})
+            #expect(chart.candles.count == 37)
+            #expect(chart.calls == 1)  // fewer than 100 valid rows: the last page
+            #expect(chart.candles.first?.date == oldest)
+            #expect(chart.known)
+        }
+    }
+}
