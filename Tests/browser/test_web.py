@@ -228,6 +228,32 @@ def test_token_expiring_mid_session_is_refreshed(browser, demo, reset_account):
     shot(browser, '04-after-token-refresh.png')
 
 
+def test_refused_token_that_cannot_be_replaced_yet_shows_expired_and_is_retried(browser, demo, reset_account):
+    """web-client.md: the state is visible at all times (yellow 토큰 만료) and a refresh that keeps failing retries with
+    backoff, visibly. A token KIS ended early was shown 연결됨 while the refresh the chart's 401 started failed (KIS
+    gives an app key one token a minute: the broker answers kis_rate_limited), and nothing tried again."""
+    open_page(browser, demo, USER)
+    connect(browser)
+    wait_chart(browser)
+    old = browser.execute_script('return window.__kisgw.state().token')
+    assert sim_post(demo, '/__sim/expire', {'access_token': old}) == 200   # the clock not moved: no new token yet
+
+    load_chart(browser, symbol='035420')   # a symbol no other test asks for: the gateway asks KIS with the ended token
+    wait(browser, lambda d: chart_state(d)[0] == 'error', message=f'the chart did not fail: {chart_state(browser)}')
+    wait(browser, lambda d: status(d) == ('expired', '토큰 만료'), message=f'not shown expired: {status(browser)}')
+    assert '재시도' in el(browser, 'acct-refresh').text, el(browser, 'acct-refresh').text
+    assert 'token' not in browser.execute_script('return window.__kisgw.client.state().environments.SANDBOX')
+    shot(browser, '05-refused-token-expired.png')
+
+    advance_sim_clock(demo)   # a new issuance is allowed now
+    el(browser, 'acct-refresh-now').click()
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'), message=f'not reconnected: {status(browser)}')
+    new = browser.execute_script('return window.__kisgw.state().token')
+    assert new and new != old
+    load_chart(browser, symbol='035420')
+    assert wait_chart(browser) == '200'
+
+
 def test_default_range_ends_today_in_the_markets_time_zone(browser, demo):
     """A browser far from Seoul still asks for today's KRX candle: the default end is today in Asia/Seoul (and in New
     York for a NAS chart), not in the browser's zone; dates typed by the user stay theirs."""

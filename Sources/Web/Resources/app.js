@@ -126,7 +126,8 @@ async function startSession(token) {
     getJwt: () => token,
     scope: user,
     environment: previousEnv,
-    onStateChange: render,
+    // a session replaced by another (a new sign-in) may still finish a request: it no longer paints the page
+    onStateChange: (s) => { if (client === session) render(s); },
     onSignInRequired: (err) => {
       // The JWT stopped working mid-session (it expired): close the session and ask again.
       if (client !== session) return;

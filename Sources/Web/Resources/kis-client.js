@@ -333,12 +333,15 @@ export function createKisClient(options) {
     return {
       status: 'disconnected', connected: false, expiresAt: null, account: null, appKey: null,
       refreshing: false, refreshFailures: 0, nextRefreshAt: null, lastError: null, token: null, receivedAt: null,
+      refusedToken: null,
     };
   }
 
   function statusOf(e) {
     if (!e.connected) return 'disconnected';
     if (!e.token || !(Date.parse(e.expiresAt) > Date.now())) return 'expired';
+    // the gateway refused it (KIS ended it early, or it was revoked): expired whatever its stated life
+    if (e.token === e.refusedToken) return 'expired';
     if (e.refreshFailures >= 2 && Date.parse(e.expiresAt) - Date.now() < 60000) return 'expired';
     return 'connected';
   }
@@ -347,7 +350,7 @@ export function createKisClient(options) {
   function state() {
     const out = { environment, signInRequired, environments: {} };
     for (const env of ENVIRONMENTS) {
-      const { token, receivedAt, ...rest } = envs[env];
+      const { token, receivedAt, refusedToken, ...rest } = envs[env];
       out.environments[env] = { ...rest, status: statusOf(envs[env]) };
     }
     return out;
@@ -477,15 +480,20 @@ export function createKisClient(options) {
       if (envs[env].token === before) schedule(env, Math.max(4 * minRefreshDelayMs, (Date.parse(envs[env].expiresAt) - Date.now()) / 2));
       emit();
     } catch (err) {
-      const e = envs[env];
-      if (err.signInRequired || err.code === 'account_not_found' || !e.connected) return;
-      e.refreshFailures += 1;
-      e.lastError = err.message;
-      const base = Math.min(backoffMaxMs, backoffBaseMs * 2 ** (e.refreshFailures - 1));
-      const wait = err.retryAfter ? Math.max(err.retryAfter * 1000, base) : base;
-      schedule(env, wait * (0.8 + Math.random() * 0.4));
-      emit();
+      refreshFailed(env, err);
     }
+  }
+
+  /** A refresh that failed is tried again with exponential backoff (or after the broker's `Retry-After`). */
+  function refreshFailed(env, err) {
+    const e = envs[env];
+    if (err.signInRequired || err.code === 'account_not_found' || !e.connected) return;
+    e.refreshFailures += 1;
+    e.lastError = err.message;
+    const base = Math.min(backoffMaxMs, backoffBaseMs * 2 ** (e.refreshFailures - 1));
+    const wait = err.retryAfter ? Math.max(err.retryAfter * 1000, base) : base;
+    schedule(env, wait * (0.8 + Math.random() * 0.4));
+    emit();
   }
 
   /**
@@ -678,7 +686,14 @@ export function createKisClient(options) {
         serverTiming: response.headers.get('Server-Timing'),
         etag: response.headers.get('ETag'),
       };
-      if (response.ok || response.status === 304) jwtTaken();
+      if (response.ok || response.status === 304) {
+        jwtTaken();
+        // a token refused once and handed back by the broker (its record was republished) works again
+        if (envs[env].refusedToken === kisToken) {
+          envs[env].refusedToken = null;
+          emit();
+        }
+      }
       if (response.status === 304 && kept) {
         return { data: kept.body, status: 304, ...meta, etag: meta.etag ?? kept.etag, ms: performance.now() - started, refreshed, url };
       }
@@ -695,17 +710,30 @@ export function createKisClient(options) {
         await new Promise(r => setTimeout(r, (err.retryAfter ?? 1) * 1000 + Math.random() * 250));
         continue;
       }
-      if (response.status === 401 && KIS_TOKEN_CODES.has(err.code) && !refreshed) {
-        // another caller may already have replaced the token we used
-        if (envs[env].token === kisToken) await refresh(env);
-        refreshed = true;
-        continue;
+      if (response.status === 401 && KIS_TOKEN_CODES.has(err.code)) {
+        // The token is dead (until a new one comes it shows as expired, whatever its stated life); one that
+        // cannot be replaced now is tried again with backoff, like a proactive refresh, and the failures show.
+        if (envs[env].token === kisToken) {
+          envs[env].refusedToken = kisToken;
+          emit();
+        }
+        if (!refreshed) {
+          refreshed = true;
+          // another caller may already have replaced the token we used
+          if (envs[env].token === kisToken) {
+            try {
+              await refresh(env);
+            } catch (refreshError) {
+              refreshFailed(env, refreshError);
+              throw refreshError;
+            }
+          }
+          continue;
+        }
+        refreshFailed(env, err);
+        throw err;
       }
       if (refusesJwt(response, err)) requireSignIn(err);
-      if (response.status === 401 && KIS_TOKEN_CODES.has(err.code)) {
-        envs[env].lastError = err.message;
-        emit();
-      }
       throw err;
     }
   }
