@@ -495,6 +495,10 @@ final class TokenKeeper: Sendable {
                 }
                 throw Problem(.kisRateLimited, "KIS allows one token issuance a minute per app key; try again later",
                               retryAfter: Int(wait), kisMsgCode: e.msgCode, kisMessage: e.kisMessage)
+            case .rateLimited:
+                // KIS's per-second limit (EGW00201) at tokenP: a moment's wait, not a failure of KIS.
+                throw Problem(.kisRateLimited, "KIS refused the token request as too frequent; try again in a moment",
+                              retryAfter: 1, kisMsgCode: e.msgCode, kisMessage: e.kisMessage)
             case .timeout:
                 throw Problem(.upstreamTimeout, "KIS did not answer the token request in time")
             default:

@@ -568,6 +568,29 @@ struct BrokerAPITests {
         }
     }
 
+    /// kis-api.md §6: EGW00201 is KIS's per-second limit, also at tokenP (1/s); EGW02004 a paper-trading app key on
+    /// the live domain. Before, both were 502 upstream_error.
+    @Test("tokenP refused with EGW00201: 429 kis_rate_limited, Retry-After 1; with EGW02004: 400 kis_credentials_rejected",
+          arguments: [("EGW00201", 429, "kis_rate_limited"), ("EGW02004", 400, "kis_credentials_rejected")])
+    func tokenRefusals(code: String, status: Int, problem: String) async throws {
+        let router = Router()
+        router.post("/oauth2/tokenP") { _, _ in
+            Response(status: .internalServerError, headers: [.contentType: "application/json"], body: .init(
+                byteBuffer: ByteBuffer(string: #"{"rt_cd":"1","msg_cd":"\#(code)","msg1":"refused"}"#)))
+        }
+        let standIn = await startStandInKIS(router)
+        try await stopping([standIn.server]) {
+            try await withBroker(config: { testConfig(simURL: standIn.url, database: $1) }) { b in
+                let r = try await b.post("/api/kis/token", accountBody(appKey("tr" + code)), jwt: try await b.jwt("u-tr"))
+                #expect(r.status == status, "\(r.text)")
+                #expect(r.code == problem)
+                #expect(r.json["kis_msg_cd"] as? String == code)
+                #expect(r.header("Retry-After") == (status == 429 ? "1" : nil))
+                #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u-tr")).status == 404)
+            }
+        }
+    }
+
     @Test("a store that does not answer is store_unavailable (503)")
     func storeUnavailable() async throws {
         try await withBroker(store: .memory) { b in
