@@ -22,7 +22,8 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from conftest import ARTEFACTS, free_port_base, http_get, kisgw_binary, log_tail
-from test_web import assert_canvas_drawn, chart_state, el, fill_connect, shot, status, visible_error_toasts, wait
+from test_web import (RECORD_STATUS, RECORD_VALIDATE, assert_canvas_drawn, chart_state, el, fill_connect, load_chart,
+                      record_toasts, recorded_toasts, shot, status, visible_error_toasts, wait, wait_chart)
 
 APP_KEY = 'PSbrokerUiTest' + secrets.token_hex(5)       # the simulator takes any non-empty key and secret
 APP_SECRET = 'broker-ui-test-secret-' + secrets.token_hex(8)
@@ -134,6 +135,7 @@ def stack(tmp_path_factory):
         KISGW_REDIS_URL=f'redis://127.0.0.1:{redis_port}/0',
         KISGW_REDIS_PREFIX=f'broker-ui-{secrets.token_hex(4)}:',
         KISGW_AUTH_JWT_HS256_SECRET=secrets.token_urlsafe(48),
+        KISGW_AUTH_JWT_LEEWAY_S='0',   # a short-lived JWT expires when its exp says (the default leeway is 30 s)
         KISGW_SEAL_KEYS_K1=base64.b64encode(secrets.token_bytes(32)).decode(),
         KISGW_KIS_SANDBOX_URL=f'http://127.0.0.1:{sim_port}',
         KISGW_KIS_LIVE_URL=f'http://127.0.0.1:{sim_port}',
@@ -168,6 +170,24 @@ def stack(tmp_path_factory):
 
 def toast_texts(browser):
     return [t.text for t in browser.find_elements(By.CSS_SELECTOR, '#toasts .toast')]
+
+
+def own_user():
+    """A user of its own and an app key of its own (an app key is one user's at the broker, and each user has its
+    own budget of account checks); the stack's simulator takes any key and secret."""
+    tag = secrets.token_hex(4)
+    return f'ui-{tag}', f'PSbrokerUiOwn{tag}', f'broker-ui-own-secret-{tag}'
+
+
+def sign_in(browser, stack, user, ttl=3600):
+    """Signs in on the page (already open) with a JWT for `user`; returns the JWT."""
+    jwt = stack.mint_jwt(user, ttl=ttl)
+    el(browser, 'signin-user').send_keys(jwt)
+    el(browser, 'signin-button').click()
+    wait(browser, lambda d: d.execute_script("return sessionStorage.getItem('kisgw.jwt')") == jwt,
+         message=f'the JWT was not taken: {visible_error_toasts(browser)}')
+    wait(browser, lambda d: el(d, 'signin-state').text == f'{user} 로그인됨')
+    return jwt
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -344,3 +364,113 @@ def test_unlisted_page_origin_is_warned_about(stack, tmp_path):
         assert f'[cors] allow_origins does not list http://127.0.0.1:{stack.spare_port}' in out, out[-2000:]
     finally:
         broker.stop()
+
+
+def test_jwt_expiring_mid_session_asks_to_sign_in_again(browser, stack):
+    """web-client.md: on jwt_* codes the client does not retry and the page asks the user to sign in again. A JWT
+    that expires while the page is open: the next chart is refused (401 jwt_expired), the page says so, forgets the
+    JWT and does not try to refresh the KIS token; signing in again carries on with the connected account."""
+    user, app_key, app_secret = own_user()
+    browser.get(f'{stack.broker}/')
+    wait(browser, lambda d: el(d, 'signin-state').text == 'JWT 를 입력하세요')
+    sign_in(browser, stack, user)
+    fill_connect(browser, key=app_key, secret=app_secret)
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'), message=f'not connected: {status(browser)}')
+    wait_chart(browser)
+
+    # The same user signs in with a JWT that is good for a few seconds only; the account stays connected.
+    short = sign_in(browser, stack, user, ttl=10)   # signing in and drawing the first chart take well under a second
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'), message=f'not connected: {status(browser)}')
+    wait_chart(browser)
+    kis = browser.execute_script('return window.__kisgw.state().token')
+    assert kis
+    record_toasts(browser)
+
+    # Until the gateway refuses it as expired (leeway 0).
+    url = f'{stack.gateway}/domestic/chart/daily/005930?period=D'
+
+    def expired(_):
+        code, _, body = http_get(url, headers={'Authorization': f'Bearer {short}', 'X-KIS-Token': kis})
+        return code == 401 and json.loads(body).get('code') == 'jwt_expired'
+    wait(browser, expired, message='the short-lived JWT did not expire')
+
+    refreshes = "return performance.getEntriesByType('resource').filter(e => e.name.includes('/api/kis/token/refresh')).length"
+    before = browser.execute_script(refreshes)
+    load_chart(browser, symbol='005380')
+    wait(browser, lambda d: chart_state(d)[0] in ('ready', 'error', 'empty'), message='the chart did not finish loading')
+    assert chart_state(browser) == ('error', '401'), chart_state(browser)
+    assert '로그인이 만료되었습니다' in el(browser, 'chart-error').text, el(browser, 'chart-error').text
+    assert 'jwt_expired' in el(browser, 'chart-error').text
+
+    wait(browser, lambda d: el(d, 'signin-state').text == '다시 로그인하세요',
+         message=f'no sign-in prompt: {el(browser, "signin-state").text!r}')
+    assert 'warn' in el(browser, 'signin-state').get_attribute('class')
+    assert browser.execute_script("return sessionStorage.getItem('kisgw.jwt')") is None, 'the expired JWT is kept'
+    wait(browser, lambda d: any(k == 'toast warn' and '로그인이 만료되었습니다. 다시 로그인하세요' in t
+                                for k, t in recorded_toasts(d)), message=f'no toast: {recorded_toasts(browser)}')
+    assert '다시 로그인 필요' in el(browser, 'status-detail').text, el(browser, 'status-detail').text
+    assert browser.execute_script(refreshes) == before, 'a refused JWT made the page refresh the KIS token'
+    assert browser.execute_script('return window.__kisgw.state().signInRequired') is True
+    shot(browser, 'broker-ui-03-jwt-expired.png')
+
+    # A new JWT: signed in again, the account is still connected and the chart loads.
+    sign_in(browser, stack, user)
+    assert 'warn' not in el(browser, 'signin-state').get_attribute('class')
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'), message=f'after signing in again: {status(browser)}')
+    load_chart(browser, symbol='005380')
+    assert wait_chart(browser) == '200'
+    assert '다시 로그인 필요' not in el(browser, 'status-detail').text
+
+
+def test_connect_form_hides_secrets_and_edit_keeps_the_connection(browser, stack):
+    """web-client.md: App Key and App Secret are password fields; success is a toast with the broker's message; the
+    account can be edited (수정) and saved again, and stays connected."""
+    user, app_key, app_secret = own_user()
+    browser.get(f'{stack.broker}/')
+    wait(browser, lambda d: el(d, 'signin-state').text == 'JWT 를 입력하세요')
+    sign_in(browser, stack, user)
+    wait(browser, lambda d: status(d) == ('disconnected', '연결 안됨'), message=f'status: {status(browser)}')
+    for id_ in ('appKey', 'appSecret'):
+        assert el(browser, id_).get_attribute('type') == 'password', id_
+    assert el(browser, 'accountNumber').get_attribute('type') != 'password'
+
+    record_toasts(browser)
+    browser.execute_script(RECORD_VALIDATE)
+    fill_connect(browser, key=app_key, secret=app_secret)
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'), message=f'not connected: {status(browser)}')
+    wait(browser, lambda d: any(k == 'toast success' for k, _ in recorded_toasts(d)), message='no success toast')
+    message = browser.execute_script('return window.__validated.at(-1).message')
+    assert message, browser.execute_script('return window.__validated')
+    successes = [t for k, t in recorded_toasts(browser) if k == 'toast success']
+    assert successes == [f'모의투자 계정이 연결되었습니다 — {message}'], recorded_toasts(browser)
+    # the form is emptied and hidden: the secret does not stay in the page
+    assert not el(browser, 'connect-form').is_displayed()
+    assert el(browser, 'appKey').get_attribute('value') == ''
+    assert el(browser, 'appSecret').get_attribute('value') == ''
+    assert app_key not in el(browser, 'acct-appkey').text
+    wait_chart(browser)
+
+    # 수정: the form comes back (empty, password fields, 저장 and 취소) while the account stays connected
+    browser.execute_script(RECORD_STATUS)
+    el(browser, 'acct-edit').click()
+    wait(browser, lambda d: el(d, 'connect-form').is_displayed(), message='수정 did not show the form')
+    assert not el(browser, 'account-view').is_displayed()
+    assert el(browser, 'connect-submit').text == '저장'
+    assert el(browser, 'connect-cancel').is_displayed()
+    assert el(browser, 'appSecret').get_attribute('type') == 'password'
+    assert status(browser) == ('connected', '연결됨')
+    shot(browser, 'broker-ui-04-edit-account.png')
+
+    fill_connect(browser, key=app_key, secret=app_secret)
+    wait(browser, lambda d: len([1 for k, _ in recorded_toasts(d) if k == 'toast success']) == 2,
+         message=f'no second success toast: {recorded_toasts(browser)}')
+    wait(browser, lambda d: el(d, 'account-view').is_displayed(), message='the form stayed open after 저장')
+    message = browser.execute_script('return window.__validated.at(-1).message')
+    assert [t for k, t in recorded_toasts(browser) if k == 'toast success'][1] == f'모의투자 계정이 연결되었습니다 — {message}'
+    assert status(browser) == ('connected', '연결됨')
+    assert set(browser.execute_script('return window.__statuses')) <= {'connected'}, 'the status left 연결됨 on 저장'
+    assert not el(browser, 'connect-form').is_displayed()
+    assert el(browser, 'connect-submit').get_attribute('textContent') == '연결'   # hidden: .text is ''
+    assert el(browser, 'appSecret').get_attribute('value') == ''
+    assert not [t for k, t in recorded_toasts(browser) if 'error' in k], recorded_toasts(browser)
+    assert wait_chart(browser) in ('200', '304')

@@ -3,6 +3,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -410,3 +411,184 @@ def test_assets_served_safely(demo):
     assert code == 200 and json.loads(body)['gatewayUrl'].rstrip('/') == demo.gateway
     for path in ('/ui/..%2FPackage.swift', '/ui/../Package.swift', '/ui/.hidden', '/ui/nope.js'):
         assert get(path)[0] == 404, path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Chart loading and error states, periods, the connect form, a refresh that keeps failing.
+
+RECORD_TOASTS = """
+window.__toasts = [];
+new MutationObserver((records) => {
+  for (const r of records) for (const n of r.addedNodes) window.__toasts.push([n.className, n.textContent]);
+}).observe(document.getElementById('toasts'), {childList: true});
+"""
+
+
+def record_toasts(browser):
+    """Keeps every toast shown from now on (kind, text) in window.__toasts: a toast goes away after a few seconds."""
+    browser.execute_script(RECORD_TOASTS)
+
+
+def recorded_toasts(browser):
+    return [tuple(t) for t in browser.execute_script('return window.__toasts')]
+
+
+# Every value #status[data-status] takes from now on.
+RECORD_STATUS = """
+window.__statuses = [];
+new MutationObserver(() => window.__statuses.push(document.getElementById('status').dataset.status))
+  .observe(document.getElementById('status'), {attributes: true, attributeFilter: ['data-status']});
+"""
+
+# The broker's answers to /api/kis/account/validate, as the page received them.
+RECORD_VALIDATE = """
+window.__validated = [];
+const pageFetch = window.fetch;
+window.fetch = async (...args) => {
+  const r = await pageFetch(...args);
+  if (String(args[0]).includes('/api/kis/account/validate')) window.__validated.push(await r.clone().json());
+  return r;
+};
+"""
+
+
+@pytest.fixture
+def sim_faults(demo):
+    """Sets the demo simulator's faults (its /__sim/faults body); every fault is lifted after the test, pass or fail,
+    since the demo is shared by all tests."""
+    def set_faults(**body):
+        assert sim_post(demo, '/__sim/faults', body) == 200
+    yield set_faults
+    assert sim_post(demo, '/__sim/faults', {'mode': 'none'}) == 200
+
+
+@pytest.fixture
+def connected_account(demo):
+    """USER has a SANDBOX account connected at the broker, with a token the broker can hand out; connected through
+    the broker's API only when it is not already (the broker allows a user 10 account checks back to back, then one
+    every 6 s, and the tests that connect through the page use them). The page gets the token as a new browser does."""
+    code, body = broker_post(demo, '/api/dev/signin', {'userId': USER}, jwt='')
+    assert code == 200, body
+    jwt = body['token']
+    advance_sim_clock(demo)   # the broker may need a new KIS token
+    code, body = broker_post(demo, '/api/kis/token/refresh', {'environment': 'SANDBOX'}, jwt)
+    if code == 404:
+        advance_sim_clock(demo)
+        code, body = broker_post(demo, '/api/kis/token', {'appKey': APP_KEY, 'appSecret': APP_SECRET,
+                                                          'accountNumber': '12345678-01', 'environment': 'SANDBOX'}, jwt)
+    assert code == 200, body
+
+
+def open_connected(browser, demo):
+    open_page(browser, demo, USER)
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'), message=f'not connected: {status(browser)}')
+
+
+def chart_error_lines(browser):
+    return [d.text for d in el(browser, 'chart-error').find_elements(By.XPATH, './div')]
+
+
+def test_chart_loading_and_error_states(browser, demo, connected_account, sim_faults):
+    """web-client.md: the chart has loading and error states. KIS's error is shown with its Korean headline, KIS's
+    own message and the gateway's status and code; a range the gateway refuses likewise; while a chart loads, the
+    spinner is up and the 조회 button is disabled."""
+    open_connected(browser, demo)
+    wait_chart(browser)
+
+    # KIS answers an error the gateway passes on (not a token, rate or credentials code): 502 upstream_error with
+    # KIS's msg_cd and msg1. Symbols no other test asks for, so the gateway must go to KIS.
+    sim_faults(mode='kis_error', msg_cd='OPSQ0002')
+    load_chart(browser, symbol='068270')
+    wait(browser, lambda d: chart_state(d)[0] in ('ready', 'error', 'empty'), message='the chart did not finish loading')
+    assert chart_state(browser) == ('error', '502'), (chart_state(browser), el(browser, 'chart-error').text)
+    assert el(browser, 'chart-error').is_displayed()
+    assert not el(browser, 'chart-loading').is_displayed()
+    lines = chart_error_lines(browser)
+    assert lines[0] == '한국투자증권 API 오류', lines
+    assert 'OPSQ0002 없는 서비스 코드 입니다' in lines, lines
+    assert '502 upstream_error' in lines, lines
+    assert el(browser, 'chart-title').text == '068270'
+    assert el(browser, 'chart-submit').is_enabled()
+    assert status(browser) == ('connected', '연결됨'), 'a KIS error is not a token problem'
+    shot(browser, '08-chart-kis-error.png')
+
+    # A range longer than the gateway's max_range_days (3660): 400 range_too_large, before any KIS call.
+    sim_faults(mode='none')
+    load_chart(browser, symbol='005930', start='2000-01-03', end='2024-03-29')
+    wait(browser, lambda d: chart_state(d)[0] in ('ready', 'error', 'empty'), message='the chart did not finish loading')
+    assert chart_state(browser) == ('error', '400'), (chart_state(browser), el(browser, 'chart-error').text)
+    lines = chart_error_lines(browser)
+    assert lines[0] == '조회 기간이 너무 깁니다', lines
+    assert '400 range_too_large' in lines, lines
+    assert any('3660' in line for line in lines), f'the gateway detail is not shown: {lines}'
+    shot(browser, '09-chart-range-too-large.png')
+
+    # KIS answers slowly: the loading state (spinner shown, button disabled) lasts until the chart is drawn.
+    sim_faults(mode='none', latency_ms=2500)
+    load_chart(browser, symbol='207940', start='2024-01-02', end='2024-03-29')
+    wait(browser, lambda d: chart_state(d)[0] != 'submitting', message='the chart form was not submitted')
+    assert chart_state(browser)[0] == 'loading', chart_state(browser)
+    assert el(browser, 'chart-loading').is_displayed()
+    assert '불러오는 중' in el(browser, 'chart-loading').text
+    assert not el(browser, 'chart-submit').is_enabled(), 'the submit button is enabled while the chart loads'
+    assert not el(browser, 'chart-error').is_displayed(), 'the previous error is still shown while loading'
+    shot(browser, '10-chart-loading.png')
+    assert wait_chart(browser) == '200'
+    assert not el(browser, 'chart-loading').is_displayed()
+    assert el(browser, 'chart-submit').is_enabled()
+    assert '207940' in el(browser, 'chart-title').text
+    assert_canvas_drawn(browser)
+
+
+def test_weekly_and_yearly_charts(browser, demo, connected_account):
+    """web-client.md: period D/W/M(/Y). The title names the period the gateway answered for; the candles are drawn."""
+    open_connected(browser, demo)
+    wait_chart(browser)
+    assert '일봉' in el(browser, 'chart-title').text
+
+    for period, label in (('W', '주봉'), ('Y', '년봉')):
+        load_chart(browser, symbol='005930', period=period)
+        assert wait_chart(browser) == '200'
+        title = el(browser, 'chart-title').text
+        assert label in title and '일봉' not in title, (period, title)
+        assert_canvas_drawn(browser)
+        url = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/chart/')).pop()")
+        assert f'period={period}' in url, url
+        shot(browser, f'11-chart-{period}.png')
+
+
+def test_refresh_that_keeps_failing_is_shown_and_retried(browser, demo, connected_account):
+    """web-client.md: a refresh that keeps failing is retried with backoff, visibly. The page reloads without its
+    stored token while the broker's refresh cannot be reached: 토큰 만료 with the failures counted, until a retry
+    gets through."""
+    open_connected(browser, demo)
+    wait_chart(browser)
+    key = f'kisgw.v1.{USER}.SANDBOX'
+    assert browser.execute_script('return localStorage.getItem(arguments[0])', key), 'no stored token entry'
+
+    browser.execute_cdp_cmd('Network.enable', {})
+    browser.execute_cdp_cmd('Network.setBlockedURLs', {'urls': ['*/api/kis/token/refresh*']})
+    try:
+        browser.execute_script('localStorage.removeItem(arguments[0])', key)
+        browser.refresh()
+        wait(browser, lambda d: d.execute_script('return window.__kisgw.state() && window.__kisgw.state().user') == USER)
+        wait(browser, lambda d: status(d) == ('expired', '토큰 만료'), message=f'not shown expired: {status(browser)}')
+        wait(browser, lambda d: re.search(r'토큰 갱신 실패 [1-9]\d*회', el(d, 'status-detail').text),
+             message=f'no failure shown: {el(browser, "status-detail").text!r}')
+        assert status(browser) == ('expired', '토큰 만료')
+        refresh_text = el(browser, 'acct-refresh').text
+        assert re.match(r'실패 [1-9]\d*회 — .+ 재시도', refresh_text), refresh_text
+        assert '서버에 연결할 수 없습니다' in refresh_text, refresh_text
+        assert 'warn' in el(browser, 'acct-refresh').get_attribute('class')
+        assert browser.execute_script('return window.__kisgw.state().token') is None
+        shot(browser, '13-refresh-failing.png')
+    finally:
+        browser.execute_cdp_cmd('Network.setBlockedURLs', {'urls': []})
+
+    # the next retry (no click) gets through
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'), message=f'not reconnected: {status(browser)}')
+    assert '실패' not in el(browser, 'status-detail').text
+    assert '예정' in el(browser, 'acct-refresh').text
+    assert browser.execute_script('return window.__kisgw.state().token')
+    assert browser.execute_script('return localStorage.getItem(arguments[0])', key), 'the new token was not stored'
