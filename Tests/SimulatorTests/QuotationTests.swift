@@ -402,13 +402,47 @@ struct OverseasTests {
             #expect((p2.first!["xymd"] as! String) < (p1.last!["xymd"] as! String))
             let weekly = try await sim.overseas(token: token, gubn: "1", bymd: "20250305").rows
             #expect(weekly.count == 100)
-            #expect(CivilDate(yyyymmdd: weekly[1]["xymd"] as! String)!.weekday == 1)  // a Monday (no US holidays simulated)
+            // Weeks are dated by their first trading day: here a Monday (2025-02-24 was no NYSE holiday).
+            #expect(CivilDate(yyyymmdd: weekly[1]["xymd"] as! String)!.weekday == 1)
             for (excd, sym, zdiv) in [("HKS", "0700", "3"), ("TSE", "7203", "1"), ("SHS", "600519", "2"),
                                       ("HSX", "VNM", "0"), ("nys", "BRK/B", "4")] {
                 let r = try await sim.overseas(token: token, excd: excd, symbol: sym, bymd: "20250305")
                 #expect(r.output1["zdiv"] as? String == zdiv, "\(excd)")
                 #expect(r.rows.count == 100, "\(excd)")
             }
+        }
+    }
+
+    /// sim.md: overseas rows are the exchange's trading days — NYSE's holidays (and Tokyo's, Hong Kong's) skipped.
+    @Test("overseas daily rows skip the exchange's holidays: none of NYSE's, JPX's or HKEX's in 2024", arguments: [
+        ("NYS", "IBM"), ("TSE", "7203"), ("HKS", "0700"),
+    ])
+    func overseasHolidays(excd: String, symbol: String) async throws {
+        let exchange = try #require(Exchange(rawValue: excd))
+        try await withSimulator { sim in
+            let token = try await sim.accessToken()
+            var dates: [CivilDate] = []
+            var bymd = "20241231"
+            while true {  // pages of 100 rows, newest first, back into 2023
+                let rows = try await sim.overseas(token: token, excd: excd, symbol: symbol, bymd: bymd).rows
+                let page = rows.compactMap { ($0["xymd"] as? String).flatMap { CivilDate(yyyymmdd: $0) } }
+                dates += page
+                guard page.count == 100, let oldest = page.last, oldest.yyyymmdd > "20240101" else { break }
+                bymd = oldest.adding(days: -1).yyyymmdd
+            }
+            let year = dates.filter { $0.yyyymmdd.hasPrefix("2024") }
+            var weekdays = 0
+            var day = CivilDate(yyyymmdd: "20240101")!
+            while day.yyyymmdd <= "20241231" {
+                if day.weekday != 0 && day.weekday != 6 { weekdays += 1 }
+                day = day.adding(days: 1)
+            }
+            let holidays = year.filter { !exchange.isTradingDay($0) }
+            #expect(holidays.isEmpty, "\(excd) rows on holidays: \(holidays)")
+            // Every trading day of the year, and not one weekday holiday kept as a row.
+            #expect(year.count < weekdays - 5 && year.count > weekdays - 25,
+                    "\(excd): \(year.count) rows for \(weekdays) weekdays")
+            #expect(Set(year).count == year.count)
         }
     }
 
