@@ -579,7 +579,7 @@ def test_refresh_that_keeps_failing_is_shown_and_retried(browser, demo, connecte
         assert status(browser) == ('expired', '토큰 만료')
         refresh_text = el(browser, 'acct-refresh').text
         assert re.match(r'실패 [1-9]\d*회 — .+ 재시도', refresh_text), refresh_text
-        assert '서버에 연결할 수 없습니다' in refresh_text, refresh_text
+        assert '브로커에 연결할 수 없습니다' in refresh_text, refresh_text   # the refresh is the broker's
         assert 'warn' in el(browser, 'acct-refresh').get_attribute('class')
         assert browser.execute_script('return window.__kisgw.state().token') is None
         shot(browser, '13-refresh-failing.png')

@@ -6,9 +6,9 @@ const $ = (id) => document.getElementById(id);
 const ENV_LABEL = { SANDBOX: '모의투자', LIVE: '실계좌' };
 const STATUS_LABEL = { connected: '연결됨', expired: '토큰 만료', disconnected: '연결 안됨' };
 const JWT_KEY = 'kisgw.jwt';
-/** Korean headlines for the gateway's problem codes (gateway-api.md); the server's own detail is shown below. */
+/** Korean headlines for the gateway's problem codes (gateway-api.md); the server's own detail is shown below. A
+ *  request that got no answer (`network`) is described by its own message, which names the server. */
 const PROBLEM_LABEL = {
-  network: '게이트웨이에 연결할 수 없습니다 (네트워크 또는 CORS 거부)',
   invalid_parameter: '요청 값이 올바르지 않습니다',
   range_too_large: '조회 기간이 너무 깁니다',
   auth_required: '인증 정보가 없습니다',

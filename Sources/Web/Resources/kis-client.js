@@ -251,8 +251,12 @@ function errorFrom(response, body) {
   });
 }
 
-function networkError(error) {
-  return new KisError('서버에 연결할 수 없습니다 (네트워크 또는 CORS 거부)', { code: 'network', body: String(error) });
+/** A request that got no answer, naming the server it was for: the broker (same origin) or the gateway (CORS). */
+function networkError(error, server) {
+  const message = server === 'gateway'
+    ? '게이트웨이에 연결할 수 없습니다 (네트워크 또는 CORS 거부)'
+    : '브로커에 연결할 수 없습니다 (네트워크 오류)';
+  return new KisError(message, { code: 'network', body: String(error) });
 }
 
 /**
@@ -267,7 +271,7 @@ export async function checkJwt({ brokerUrl = '', jwt, fetch = (...args) => globa
       headers: { Authorization: `Bearer ${jwt}` }, cache: 'no-store',
     });
   } catch (e) {
-    return networkError(e);
+    return networkError(e, 'broker');
   }
   if (response.ok || response.status === 404) return null;
   return errorFrom(response, await readBody(response));
@@ -401,7 +405,7 @@ export function createKisClient(options) {
         method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store',
       });
     } catch (e) {
-      throw networkError(e);
+      throw networkError(e, 'broker');
     }
     const data = await readBody(response);
     if (!response.ok) {
@@ -679,7 +683,7 @@ export function createKisClient(options) {
       try {
         response = await doFetch(url, { headers, cache: 'no-store', credentials: 'omit' });
       } catch (e) {
-        throw networkError(e);
+        throw networkError(e, 'gateway');
       }
       const meta = {
         cache: response.headers.get('X-Cache'),
