@@ -424,9 +424,14 @@ public struct KisgwConfig: Sendable, Equatable {
             switch host {
             case "0.0.0.0", "": shown = "127.0.0.1"
             case "::", "[::]": shown = "[::1]"
-            default: shown = host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host
+            default: shown = urlHost(host)
             }
             return "http://\(shown):\(port)"
+        }
+
+        /// `host` as a URL writes it: an IPv6 address in brackets.
+        public static func urlHost(_ host: String) -> String {
+            host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host
         }
     }
 

@@ -35,8 +35,7 @@ struct BrokerCommand: AsyncParsableCommand {
             }
         }
         let deps = runtime.brokerDependencies(extraRoutes: webRoutes)
-        // An IPv6 address in URL form.
-        let bound = config.broker.host.contains(":") ? "[\(config.broker.host)]" : config.broker.host
+        let bound = KisgwConfig.Broker.urlHost(config.broker.host)
         try await runtime.run {
             [try await buildBroker(config, dependencies: deps, logger: logger) { port in
                 var line = "kisgw broker listening on http://\(bound):\(port) "

@@ -27,8 +27,7 @@ struct GatewayCommand: AsyncParsableCommand {
             logger.warning(
                 "[store] backend is memory: no broker can publish KIS tokens to this process's own store, so every chart request answers kis_token_invalid; set [redis] url (KISGW_REDIS_URL) to share one with the broker")
         }
-        // An IPv6 address in URL form.
-        let bound = config.server.host.contains(":") ? "[\(config.server.host)]" : config.server.host
+        let bound = KisgwConfig.Broker.urlHost(config.server.host)
         try await runtime.run {
             [try await buildGateway(config, dependencies: deps, logger: logger) { port in
                 let line = "kisgw gateway listening on http://\(bound):\(port) "
