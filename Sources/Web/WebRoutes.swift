@@ -6,23 +6,25 @@ import NIOCore
 /// Adds the web UI's routes to a router (the broker's, so the page's token calls are same-origin):
 ///
 /// - `GET /` — `index.html`
-/// - `GET /ui/config.json` — the JSON that `config` returns, e.g. `{"gatewayUrl": "http://127.0.0.1:8000", "demo": true}`
+/// - `GET /ui/config.json` — ``webConfigJSON(gatewayURL:demo:)``, e.g. `{"demo":true,"gatewayUrl":"http://127.0.0.1:8000"}`
 /// - `GET /ui/<file>` — one of `WebAssets.fileNames`, else 404
 ///
 /// Every answer has `Cache-Control: no-cache` (the browser revalidates, so a new binary's assets are seen at
 /// once), `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`; the page also gets a
-/// Content-Security-Policy that allows scripts and styles from the same origin only and fetches to any http(s)
-/// origin (the gateway's is only known at run time).
+/// Content-Security-Policy (``webContentSecurityPolicy(gatewayURL:)``) that allows scripts and styles from the same
+/// origin only, and fetches to the same origin (the broker's token calls) and to the gateway's origin only.
 ///
 /// ```swift
 /// let router = Router(context: BasicRequestContext.self)
-/// addWebRoutes(to: router) { #"{"gatewayUrl": "http://127.0.0.1:8000", "demo": true}"# }
+/// addWebRoutes(to: router, gatewayURL: "http://127.0.0.1:8000", demo: true)
 /// ```
-public func addWebRoutes(to router: Router<BasicRequestContext>, config: @escaping @Sendable () -> String) {
+public func addWebRoutes(to router: Router<BasicRequestContext>, gatewayURL: String, demo: Bool) {
+    let config = webConfigJSON(gatewayURL: gatewayURL, demo: demo)
+    let policy = webContentSecurityPolicy(gatewayURL: gatewayURL)
     router.get("/") { _, _ in
         guard let page = WebAssets.asset(path: "index.html") else { return webNotFound() }
         var headers = webHeaders(contentType: page.contentType)
-        headers[.contentSecurityPolicy] = webContentSecurityPolicy
+        headers[.contentSecurityPolicy] = policy
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: page.bytes)))
     }
     router.get("/ui/{file}") { _, context in
@@ -30,11 +32,11 @@ public func addWebRoutes(to router: Router<BasicRequestContext>, config: @escapi
         if file == "config.json" {
             return Response(
                 status: .ok, headers: webHeaders(contentType: "application/json; charset=utf-8"),
-                body: .init(byteBuffer: ByteBuffer(string: config())))
+                body: .init(byteBuffer: ByteBuffer(string: config)))
         }
         guard let asset = WebAssets.asset(path: file) else { return webNotFound() }
         var headers = webHeaders(contentType: asset.contentType)
-        if file.hasSuffix(".html") { headers[.contentSecurityPolicy] = webContentSecurityPolicy }
+        if file.hasSuffix(".html") { headers[.contentSecurityPolicy] = policy }
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: asset.bytes)))
     }
 }
@@ -52,9 +54,24 @@ public func webConfigJSON(gatewayURL: String, demo: Bool) -> String {
     return String(decoding: data, as: UTF8.self)
 }
 
-let webContentSecurityPolicy =
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self' http: https:; "
-    + "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+/// The page's Content-Security-Policy. `connect-src` names the page's own origin (the broker's `/api/kis/*`) and the
+/// gateway's origin — `scheme://host[:port]` of `gatewayURL`, a URL `[broker] ui_gateway_url` has validated — and
+/// nothing else, so a script that got into the page cannot send a token anywhere with `fetch`. A `gatewayURL`
+/// without `://` (not one kisgw builds) leaves only `'self'`.
+public func webContentSecurityPolicy(gatewayURL: String) -> String {
+    var connect = "'self'"
+    if let schemeEnd = gatewayURL.range(of: "://") {
+        let rest = gatewayURL[schemeEnd.upperBound...]
+        let authority = rest[..<(rest.firstIndex(of: "/") ?? rest.endIndex)]
+        if !authority.isEmpty,
+            !authority.contains(where: { $0 == ";" || $0 == "," || $0 == "'" || $0.isWhitespace })
+        {
+            connect += " " + gatewayURL[..<schemeEnd.upperBound].lowercased() + authority
+        }
+    }
+    return "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src \(connect); "
+        + "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+}
 
 let referrerPolicy = HTTPField.Name("Referrer-Policy")!
 

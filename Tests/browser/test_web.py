@@ -413,6 +413,34 @@ def test_assets_served_safely(demo):
         assert get(path)[0] == 404, path
 
 
+CSP_PROBE = """
+const [url, done] = [arguments[0], arguments[arguments.length - 1]];
+const seen = [];
+const listener = (e) => seen.push(e.violatedDirective);
+document.addEventListener('securitypolicyviolation', listener);
+fetch(url, {cache: 'no-store', credentials: 'omit'})
+  .then((r) => 'ok:' + r.status, (e) => 'error:' + e.name)
+  .then((result) => setTimeout(() => {
+    document.removeEventListener('securitypolicyviolation', listener);
+    done([result, seen]);
+  }, 200));
+"""
+
+
+def test_page_fetches_only_from_broker_and_gateway(browser, demo):
+    code, headers, _ = http_get(demo.ui)
+    assert code == 200
+    assert f"connect-src 'self' {demo.gateway};" in headers['Content-Security-Policy'], headers['Content-Security-Policy']
+    browser.get(demo.ui)
+    wait(browser, lambda d: d.execute_script('return document.readyState') == 'complete')
+    # the gateway's origin and the page's own are allowed ...
+    assert browser.execute_async_script(CSP_PROBE, f'{demo.gateway}/healthz') == ['ok:200', []]
+    assert browser.execute_async_script(CSP_PROBE, demo.ui_origin + '/ui/config.json') == ['ok:200', []]
+    # ... any other origin (here the simulator, which answers CORS-less GETs) is refused by the browser itself
+    result, seen = browser.execute_async_script(CSP_PROBE, f'{demo.simulator}/__sim/stats')
+    assert result == 'error:TypeError' and any(d.startswith('connect-src') for d in seen), (result, seen)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Chart loading and error states, periods, the connect form, a refresh that keeps failing.
 
