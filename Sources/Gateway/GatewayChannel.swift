@@ -12,7 +12,10 @@ struct GatewayHTTP1Channel: HTTPChannelHandler {
 
     let responder: HTTPChannelHandler.Responder
     let hitPath: HitPath
-    /// `[server] max_header_bytes`: the longest header field, and all of them together.
+    /// `[server] max_header_bytes`: the target and each header field at most, and all of them together.
+    /// `HitPathHandler` enforces it on the parsed head, where it knows the request's `Origin` and can answer with
+    /// CORS headers; the decoder stops reading a head at twice the limit (a head longer than that is refused
+    /// without them).
     let maxHeaderBytes: Int
     /// How long a connection may sit with no request part read and nothing in progress (`HitPathHandler`).
     let idleTimeout: Duration?
@@ -20,8 +23,8 @@ struct GatewayHTTP1Channel: HTTPChannelHandler {
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
             var limits = NIOHTTPDecoderLimitConfiguration()
-            limits.maxHeaderFieldSize = maxHeaderBytes
-            limits.maxHeaderListSize = maxHeaderBytes
+            limits.maxHeaderFieldSize = 2 * maxHeaderBytes
+            limits.maxHeaderListSize = 2 * maxHeaderBytes
             limits.maxHeaderFieldCount = 1000  // Hummingbird's default
             // What `configureHTTPServerPipeline` sets up without pipelining assistance (the hit path and the async
             // channel keep answers in order), error handling (Hummingbird answers parse errors) or header
@@ -32,7 +35,7 @@ struct GatewayHTTP1Channel: HTTPChannelHandler {
             try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(
                 leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop, limitConfiguration: limits)))
             try channel.pipeline.syncOperations.addHandler(
-                HitPathHandler(path: hitPath, idleTimeout: idleTimeout.map { TimeAmount($0) }))
+                HitPathHandler(path: hitPath, maxHeaderBytes: maxHeaderBytes, idleTimeout: idleTimeout.map { TimeAmount($0) }))
             try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
             // No idle timeout here: this handler sees only what the router answers (`HitPathHandler` keeps it).
             try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))

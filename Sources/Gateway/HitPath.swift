@@ -365,15 +365,29 @@ final class HitPath: Sendable {
         return Answer(status: status, head: out, body: rendered.body, route: route, cacheHit: false)
     }
 
-    /// The answer to a request the HTTP decoder refused (its head too long, or not HTTP/1.1): a problem like every
-    /// other error, and the connection closes after it (nothing after the bad bytes can be read). Its `Origin` was
-    /// not read, so it has no CORS headers.
-    func malformed(_ error: HTTPParserError, allocator: ByteBufferAllocator) -> Answer {
+    /// The answer to a request refused before it was routed — its head longer than `[server] max_header_bytes`, or
+    /// not HTTP/1.1: a problem like every other error, and the connection closes after it. `origin` is the request's
+    /// allowed `Origin` when its head was read whole (a head over the limit but within the decoder's own, twice
+    /// that), so that a browser can read the answer; nil when the decoder gave up before the end of the head.
+    func malformed(_ error: HTTPParserError, origin: String?, allocator: ByteBufferAllocator) -> Answer {
         let detail = error == .headerOverflow
             ? "the request's header fields are longer than this server accepts ([server] max_header_bytes)"
             : "the request is not valid HTTP/1.1 (\(error))"
-        return problem(Problem(.invalidParameter, detail), route: "unmatched", origin: nil, close: true,
+        return problem(Problem(.invalidParameter, detail), route: "unmatched", origin: origin, close: true,
                        allocator: allocator)
+    }
+
+    /// Whether `head` is longer than `limit` as NIO's decoder measures it: the target, and each header name and
+    /// value, each at most `limit` bytes, and all of them together too.
+    static func exceeds(_ limit: Int, _ head: HTTPRequestHead) -> Bool {
+        var total = head.uri.utf8.count
+        if total > limit { return true }
+        for (name, value) in head.headers {
+            let n = name.utf8.count, v = value.utf8.count
+            total += n + v
+            if total > limit || n > limit || v > limit { return true }
+        }
+        return false
     }
 
     private func addCORS(to head: inout Head, origin: String?) {
@@ -501,8 +515,12 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var readHeld = false
     /// A `ChannelShouldQuiesceEvent` that waits for this handler's answer.
     private var quiesce: Any?
-    /// A request the decoder refused, answered (and the connection closed) once the answers before it are out.
-    private var refused: HTTPParserError?
+    /// A request refused before routing (by the decoder, or its head over `maxHeaderBytes`) and its allowed
+    /// `Origin` if that was read, answered (and the connection closed) once the answers before it are out.
+    private var refused: (error: HTTPParserError, origin: String?)?
+    /// `[server] max_header_bytes`. The decoder's own limit is twice this: a head between the two is read whole and
+    /// refused here, where its `Origin` is known.
+    private let maxHeaderBytes: Int
     /// The router has a request whose end has not been passed on yet: a decoder error now is in its body, and the
     /// router's body stream is the one to fail.
     private var routedBodyOpen = false
@@ -519,8 +537,9 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// A request part was read, or an answer written, since the idle timer last fired.
     private var sawActivity = false
 
-    init(path: HitPath, idleTimeout: TimeAmount? = nil) {
+    init(path: HitPath, maxHeaderBytes: Int, idleTimeout: TimeAmount? = nil) {
         self.path = path
+        self.maxHeaderBytes = maxHeaderBytes
         self.idleTimeout = idleTimeout
     }
 
@@ -572,7 +591,8 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if closing { return }  // the connection closes once the last answer is written: nothing read counts
+        // The connection closes once the last answer is written (or a refused request's): nothing read counts.
+        if closing || refused != nil { return }
         sawActivity = true
         if fetching {
             held.append(.read(data))
@@ -580,6 +600,11 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         switch unwrapInboundIn(data) {
         case .head(let head):
+            if encoder != nil, HitPath.exceeds(maxHeaderBytes, head) {
+                refused = (.headerOverflow, head.headers.first(name: "origin").flatMap { allowed($0) ? $0 : nil })
+                if routed.isEmpty { refuse(context: context) }
+                return
+            }
             let start = ContinuousClock.now, now = Date()
             if routed.isEmpty, encoder != nil,
                 let decision = path.decide(head, now: now, allocator: context.channel.allocator, originAllowed: allowed)
@@ -725,7 +750,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         } else if let bad = error as? HTTPParserError, encoder != nil, refused == nil, !routedBodyOpen {
             // Answered here, as a problem, rather than by Hummingbird's bare 400 — after the router's answers to
             // the requests before it.
-            refused = bad
+            refused = (bad, nil)
             if routed.isEmpty { refuse(context: context) }
         } else {
             context.fireErrorCaught(error)
@@ -735,9 +760,9 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Answers the request the decoder refused, then closes the connection — once that answer, and everything
     /// written before it, has gone out (a close drops the writes still pending).
     private func refuse(context: ChannelHandlerContext) {
-        guard let bad = refused else { return }
+        guard let (bad, origin) = refused else { return }
         answering = nil  // a request cut short by the bad bytes is not answered
-        let answer = path.malformed(bad, allocator: context.channel.allocator)
+        let answer = path.malformed(bad, origin: origin, allocator: context.channel.allocator)
         record(answer, method: .RAW(value: "-"), start: ContinuousClock.now)
         let written = context.eventLoop.makePromise(of: Void.self)
         send(answer, date: Date(), promise: written)

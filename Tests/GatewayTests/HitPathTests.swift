@@ -232,6 +232,57 @@ struct HitPathTests {
         }
     }
 
+    /// gateway-api.md: errors carry CORS "so the browser code can read the status". A head over the limit was
+    /// refused by NIO's decoder before its `Origin` was read, so the browser saw a network error. Now the decoder
+    /// stops at twice the limit, and a head between the two is refused with CORS; beyond that it still has none.
+    @Test("a request head over max_header_bytes from an allowed origin is refused with CORS headers, in order behind the router's answers")
+    func headerLimitCarriesCORS() async throws {
+        try await withGateway(config: { testConfig(simURL: $0, maxHeaderBytes: 4096) }) { fx, urls in
+            let url = urls[0]
+            let jwt = try await fx.jwt("hp-limit-cors")
+            let kis = try await fx.connect(user: "hp-limit-cors", appKey: "PShitpath0015")
+            let path = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
+            let origin = "http://localhost:3000"
+            let auth = [("Authorization", "Bearer " + jwt), ("X-KIS-Token", kis), ("Origin", origin)]
+            func pad(_ n: Int) -> (String, String) { ("X-Pad", String(repeating: "a", count: n)) }
+
+            #expect(try await http(.GET, url + path, headers: auth + [pad(3000)]).status == 200)
+            for (what, headers) in [("a long field", auth + [pad(5000)]),
+                                    ("many fields", auth + (0..<6).map { ("X-Pad-\($0)", String(repeating: "b", count: 700)) }),
+                                    ("a preflight", [("Origin", origin), ("Access-Control-Request-Method", "GET"), pad(5000)])]
+            {
+                let method: HTTPMethod = what == "a preflight" ? .OPTIONS : .GET
+                let over = try await http(method, url + path, headers: headers)
+                #expect(over.status == 400 && over.code == "invalid_parameter", "\(what): \(over.status) \(over.text)")
+                #expect((over.json["detail"] as? String)?.contains("max_header_bytes") == true, "\(what)")
+                #expect(over.header("Access-Control-Allow-Origin") == origin, "\(what)")
+                #expect(over.header("Access-Control-Allow-Credentials") == "true", "\(what)")
+                #expect(over.header("Access-Control-Expose-Headers")?.contains("Retry-After") == true, "\(what)")
+                #expect(over.header("Vary") == "Origin" && over.header("Connection") == "close", "\(what)")
+            }
+            // The target counts as the decoder counts it.
+            let longTarget = try await http(.GET, url + path + "&pad=" + String(repeating: "c", count: 4100), headers: auth)
+            #expect(longTarget.status == 400 && longTarget.header("Access-Control-Allow-Origin") == origin)
+            // An origin not allowed gets none; a head past the decoder's own limit (twice) still gets a problem.
+            let foreign = try await http(.GET, url + path, headers: [auth[0], auth[1], ("Origin", "http://evil.test"), pad(5000)])
+            #expect(foreign.status == 400 && foreign.header("Access-Control-Allow-Origin") == nil)
+            let huge = try await http(.GET, url + path, headers: auth + [pad(9000)])
+            #expect(huge.status == 400 && huge.code == "invalid_parameter" && huge.header("Access-Control-Allow-Origin") == nil)
+
+            // Pipelined behind a request the router answers (an unknown route): that answer first, then the refusal,
+            // then the connection closes; nothing after the refused head is answered.
+            let port = Int(url.split(separator: ":").last!)!
+            let small = "GET /nope HTTP/1.1\r\nHost: x\r\nOrigin: \(origin)\r\n\r\n"
+            let big = "GET \(path) HTTP/1.1\r\nHost: x\r\nOrigin: \(origin)\r\nX-Pad: \(String(repeating: "a", count: 5000))\r\n\r\n"
+            let reply = try await RawBytes.exchange(port: port, small + big + small)
+            // (A status line follows the previous answer's body directly.)
+            let statuses = reply.components(separatedBy: "HTTP/1.1 ").dropFirst().map { $0.prefix(3) }
+            #expect(statuses == ["404", "400"], "\(reply.prefix(2000))")
+            #expect(reply.lowercased().components(separatedBy: "access-control-allow-origin: \(origin)").count == 3,
+                    "\(reply.prefix(2000))")
+        }
+    }
+
     @Test("[server] request_timeout_ms bounds the wait for a fetch, through the router and the hit path; the fetch goes on")
     func requestTimeout() async throws {
         try await Self.withUser("hp-timeout", appKey: "PShitpath0006", latencyMs: 1200,
