@@ -215,6 +215,38 @@ struct TokenRefreshProxyTests {
         }
     }
 
+    /// The broker's 429 (`kis_rate_limited`: KIS gives an app key one token a minute) and 503 (`store_unavailable`)
+    /// tell the client when to ask again; through the gateway the browser must still be able to read that.
+    @Test("the broker's 429 and 503 pass through with their Retry-After and body, readable cross-origin", arguments: [429, 503])
+    func passesRetryAfter(_ status: Int) async throws {
+        let code = status == 429 ? "kis_rate_limited" : "store_unavailable"
+        let body = #"{"code":"\#(code)","detail":"try again","status":\#(status),"title":"t","type":"https://kisgw.dev/problems/\#(code)"}"#
+        let router = Router()
+        router.post("/api/kis/token/refresh") { _, _ in
+            var headers = HTTPFields()
+            headers[.contentType] = "application/problem+json"
+            headers[.retryAfter] = "37"
+            headers[.init("X-Broker-Internal")!] = "not for the browser"
+            return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
+        }
+        var logger = Logger(label: "stand-in-broker")
+        logger.logLevel = .critical
+        let (brokerURL, server) = await startStandInKIS(router, logger: logger)
+        try await stopping([server]) {
+            try await withGateway(config: { testConfig(simURL: $0, broker: .init(url: brokerURL)) }) { g, _ in
+                let jwt = try await g.jwt("refresh-retry-after")
+                let r = try await post(g.gatewayURL + "/token/refresh", #"{"environment":"LIVE"}"#, jwt: jwt, origin: allowedOrigin)
+                #expect(r.status == status)
+                #expect(r.header("Retry-After") == "37")
+                #expect(r.text == body)
+                #expect(r.header("content-type") == "application/problem+json")
+                #expect(r.header("cache-control") == "no-store")
+                #expect(r.header("X-Broker-Internal") == nil)
+                expectCORS(r)
+            }
+        }
+    }
+
     @Test("CORS on every refresh answer: allowed origin gets the headers once (200, 404, 400, 401), others none; preflight 204")
     func cors() async throws {
         try await withBrokerAndGateway { g, brokerURL in

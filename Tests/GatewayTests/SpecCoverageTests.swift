@@ -264,6 +264,17 @@ struct GatewaySpecTests {
             #expect(try await Self.chartCalls(g) > afterRaw)
             // And user A now finds user B's entries.
             #expect(try await g.get(path + "&adjusted=false", jwt: jwtA, kis: kisA).header("X-Cache") == "HIT")
+
+            // The ETag is a validator of the body (gateway-api.md: "a strong validator of the body"), not of the
+            // user or the URL alone: other bodies have other ETags, so a client's copy of one never answers 304 for
+            // another.
+            let etags = [a, raw, weekly].compactMap { $0.header("ETag") }
+            #expect(etags.count == 3 && Set(etags).count == 3, "\(etags)")
+            #expect(Set([a.body, raw.body, weekly.body]).count == 3)
+            let other = try await g.get(path + "&period=W", jwt: jwtA, kis: kisA, headers: [("If-None-Match", etags[0])])
+            #expect(other.status == 200 && other.body == weekly.body)
+            #expect(try await g.get(path + "&period=W", jwt: jwtA, kis: kisA,
+                                    headers: [("If-None-Match", etags[2])]).status == 304)
         }
     }
 
