@@ -246,22 +246,47 @@ public struct KisgwConfig: Sendable, Equatable {
     }
 
     /// `[seal]`: keys that encrypt token records at rest.
+    ///
+    /// Only the roles that seal or open token records use the keys: the broker, and a gateway on the Redis store.
+    /// The keys in `keys_file` are read by them (``resolvedKeys()``), not at load, so that one configuration file
+    /// can name a keys file that only the broker's machine can read (config.md: "each role reads its sections").
     public struct Seal: Sendable, Equatable {
         /// The key id new records are sealed with.
         public let current: String
-        /// Every key that may open a record, by key id.
+        /// The keys set directly, by key id: from `KISGW_SEAL_KEYS_<KID>`, or in code. Those of ``keysFile`` are
+        /// not among them until ``resolvedKeys()`` reads it.
         public let keys: [String: SealKey]
-        /// The TOML file the keys were read from, if any.
+        /// `keys_file`: a TOML file of `kid = "base64"` lines, read by ``resolvedKeys()``.
         public let keysFile: String?
+        /// Where `keys_file` was set (`environment NAME` or the configuration file), for errors.
+        public let keysFileSource: String?
 
-        public init(current: String = "k1", keys: [String: SealKey] = [:], keysFile: String? = nil) {
+        public init(current: String = "k1", keys: [String: SealKey] = [:], keysFile: String? = nil,
+                    keysFileSource: String? = nil) {
             self.current = current
             self.keys = keys
             self.keysFile = keysFile
+            self.keysFileSource = keysFileSource
         }
 
-        /// The key named by ``current``, if present.
-        public var currentKey: SealKey? { keys[current] }
+        /// Every key that may open a record, by key id: those of ``keysFile``, read now, with ``keys`` over them
+        /// (a key id set in the environment wins over the file's). Called by the roles that use the keys
+        /// (validation for them, and making the keyring), not at load: `kisgw jwt`, and a gateway on the memory
+        /// store, need no access to the file.
+        ///
+        /// - Throws: ``ConfigError`` naming `seal.keys_file` when the file cannot be read, or the key id in it
+        ///   that is malformed; never a key's text.
+        public func resolvedKeys() throws(ConfigError) -> [String: SealKey] {
+            guard let keysFile else { return keys }
+            var all = try Loader.sealKeys(file: keysFile, source: keysFileSource ?? "configuration")
+            all.merge(keys) { _, direct in direct }
+            return all
+        }
+
+        /// Equal when they hold the same keys and name the same file; where the file was named is not compared.
+        public static func == (a: Seal, b: Seal) -> Bool {
+            a.current == b.current && a.keys == b.keys && a.keysFile == b.keysFile
+        }
     }
 
     /// `[kis]`: the KIS Open API endpoints and their per-app-key rate limits.

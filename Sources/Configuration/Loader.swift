@@ -611,35 +611,8 @@ struct Loader {
             current = text
         }
         var keys: [String: SealKey] = [:]
+        // Only the path here: the roles that use the keys read the file (resolvedKeys()).
         let keysFile = try string("seal", "keys_file", emptyIsUnset: true)
-        if let (path, found) = keysFile {
-            let text = try Loader.readText(path, source: source(of: found), key: "seal.keys_file")
-            let table: TOMLTable
-            do {
-                table = try TOMLTable(string: text)
-            } catch let error as TOMLParseError {
-                throw ConfigError(
-                    .syntax, source: path, key: nil,
-                    problem: "line \(error.source.begin.line), column \(error.source.begin.column): \(error.description)")
-            } catch {
-                throw ConfigError(.syntax, source: path, key: nil, problem: "not valid TOML")
-            }
-            for (id, value) in Raw.entries(of: table) {
-                if let problem = Validation.keyIDProblem(id) {
-                    throw ConfigError(.invalidValue, source: path, key: "seal.keys.\(id)", problem: problem)
-                }
-                guard case .string(let base64) = value else {
-                    throw ConfigError(
-                        .invalidValue, source: path, key: "seal.keys.\(id)",
-                        problem: "must be a base64 string of exactly 32 bytes, got \(value.shownWithoutStrings)")
-                }
-                switch Validation.sealKey(id: id, base64: base64) {
-                case .success(let key): keys[id] = key
-                case .failure(let failure):
-                    throw ConfigError(.invalidValue, source: path, key: "seal.keys.\(id)", problem: failure.problem)
-                }
-            }
-        }
         for (id, name, value) in sealKeysFromEnvironment where !value.isEmpty {
             switch Validation.sealKey(id: id, base64: value.trimmingCharacters(in: .whitespacesAndNewlines)) {
             case .success(let key): keys[id] = key
@@ -647,7 +620,40 @@ struct Loader {
                 throw ConfigError(.invalidValue, source: "environment \(name)", key: "seal.keys.\(id)", problem: failure.problem)
             }
         }
-        return KisgwConfig.Seal(current: current, keys: keys, keysFile: keysFile?.0)
+        return KisgwConfig.Seal(current: current, keys: keys, keysFile: keysFile?.0,
+                                keysFileSource: keysFile.map { source(of: $0.1) })
+    }
+
+    /// The keys in `[seal] keys_file` at `path` (set in `source`), by key id.
+    static func sealKeys(file path: String, source: String) throws(ConfigError) -> [String: SealKey] {
+        let text = try Loader.readText(path, source: source, key: "seal.keys_file")
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigError(
+                .syntax, source: path, key: nil,
+                problem: "line \(error.source.begin.line), column \(error.source.begin.column): \(error.description)")
+        } catch {
+            throw ConfigError(.syntax, source: path, key: nil, problem: "not valid TOML")
+        }
+        var keys: [String: SealKey] = [:]
+        for (id, value) in Raw.entries(of: table) {
+            if let problem = Validation.keyIDProblem(id) {
+                throw ConfigError(.invalidValue, source: path, key: "seal.keys.\(id)", problem: problem)
+            }
+            guard case .string(let base64) = value else {
+                throw ConfigError(
+                    .invalidValue, source: path, key: "seal.keys.\(id)",
+                    problem: "must be a base64 string of exactly 32 bytes, got \(value.shownWithoutStrings)")
+            }
+            switch Validation.sealKey(id: id, base64: base64) {
+            case .success(let key): keys[id] = key
+            case .failure(let failure):
+                throw ConfigError(.invalidValue, source: path, key: "seal.keys.\(id)", problem: failure.problem)
+            }
+        }
+        return keys
     }
 
     private func buildKIS() throws(ConfigError) -> KisgwConfig.KIS {

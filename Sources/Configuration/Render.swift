@@ -77,7 +77,13 @@ extension KisgwConfig {
 
         section("seal")
         line("current", string(seal.current))
-        comment("keys: " + (seal.keys.isEmpty ? "none set" : seal.keys.keys.sorted().joined(separator: ", ")))
+        let direct = seal.keys.keys.sorted().joined(separator: ", ")
+        switch (seal.keys.isEmpty, seal.keysFile == nil) {
+        case (true, true): comment("keys: none set")
+        case (false, true): comment("keys: \(direct)")
+        case (true, false): comment("keys: those in keys_file (read by the roles that use them)")
+        case (false, false): comment("keys: \(direct), and those in keys_file (read by the roles that use them)")
+        }
         if let file = seal.keysFile { line("keys_file", string(file)) }
 
         section("kis")

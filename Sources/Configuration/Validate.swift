@@ -5,11 +5,13 @@ extension KisgwConfig {
     ///
     /// - `gateway`: the HS256 secret when `algorithms` include HS256, a readable
     ///   `public_keys_file` when they include RS256, ES256 or EdDSA; with the Redis backend,
-    ///   a Redis URL and the `current` seal key.
-    /// - `broker`: the same JWT requirements, the `current` seal key, with the Redis
-    ///   backend a Redis URL, and a readable `database_password_file` when one is set.
+    ///   a Redis URL and the `current` seal key (reading `[seal] keys_file`, whose keys open
+    ///   the broker's token records). On the memory store no broker publishes to the process:
+    ///   `keys_file` is not read, and keys set in the environment must include the current one.
+    /// - `broker`: the same JWT requirements, the `current` seal key (reading `keys_file`), with
+    ///   the Redis backend a Redis URL, and a readable `database_password_file` when one is set.
     /// - `demo`: nothing (it makes its own).
-    /// - `jwt`: the HS256 secret.
+    /// - `jwt`: the HS256 secret; no seal key, and `keys_file` is not read.
     ///
     /// - Throws: ``ConfigError`` (kind ``ConfigError/Kind/missing``) naming the key and how to set it.
     public func validate(for role: Role) throws(ConfigError) {
@@ -44,9 +46,10 @@ extension KisgwConfig {
             }
         }
         func requireSealKey() throws(ConfigError) {
-            guard seal.currentKey != nil else {
+            let keys = try seal.resolvedKeys()  // a keys file it cannot read, or a bad key in it, stops it here
+            guard keys[seal.current] != nil else {
                 let variable = KisgwConfig.sealKeyEnvironmentPrefix + seal.current.uppercased()
-                let have = seal.keys.isEmpty ? "no seal keys are set" : "the seal keys are \(seal.keys.keys.sorted().joined(separator: ", "))"
+                let have = keys.isEmpty ? "no seal keys are set" : "the seal keys are \(keys.keys.sorted().joined(separator: ", "))"
                 throw missing(
                     "seal.keys",
                     "has no key for [seal] current \(Loader.quoted(seal.current)) (\(have)); set \(variable) to the base64 of 32 random bytes, or [seal] keys_file")
@@ -64,7 +67,8 @@ extension KisgwConfig {
         case .gateway:
             try requireJWT()
             try requireRedis()
-            // The memory store makes its own key when none is set; keys that are set must include the current one.
+            // The memory store makes its own key when none is set in the environment, and reads no keys file;
+            // keys that are set must include the current one.
             if store.backend == .redis || !seal.keys.isEmpty { try requireSealKey() }
         case .broker:
             try requireJWT()

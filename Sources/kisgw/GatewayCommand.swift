@@ -9,7 +9,10 @@ struct GatewayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway",
         abstract: "Run the edge gateway: authenticated, cached, coalesced and rate-limited KIS daily charts.",
-        discussion: "Reads [server], [cors], [auth.jwt], [store], [redis], [seal], [kis], [upstream], [cache], [limits], [broker] and [log]."
+        discussion: """
+            Reads [server], [cors], [auth.jwt], [store], [redis], [seal] (on the Redis store, whose token records it \
+            opens), [kis], [upstream], [cache], [limits], [broker] and [log].
+            """
     )
 
     @OptionGroup var configOptions: ConfigOptions
@@ -18,7 +21,8 @@ struct GatewayCommand: AsyncParsableCommand {
         let config = try configOptions.load(for: .gateway)
         try await configOptions.checkJWTKeys(config)
         // On the memory store no broker can publish a token record to this process, so there is nothing to open:
-        // without `[seal]` keys (validation asks for them only with Redis) a throwaway key stands in.
+        // without `[seal]` keys in the environment (validation asks for them only with Redis) a throwaway key stands
+        // in, and `[seal] keys_file` is not read.
         let memory = config.store.backend == .memory
         let runtime = try Runtime(config: config, label: "kisgw.gateway", ephemeralSeal: memory)
         let deps = runtime.gatewayDependencies

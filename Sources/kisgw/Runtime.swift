@@ -59,7 +59,8 @@ struct Runtime {
         if ephemeralSeal && config.seal.keys.isEmpty {
             self.keyring = SealKeyring.ephemeral()
         } else {
-            self.keyring = try SealKeyring(current: config.seal.current, keys: config.seal.keys.mapValues(\.bytes))
+            let keys = try config.seal.resolvedKeys()  // reads [seal] keys_file, as validation did
+            self.keyring = try SealKeyring(current: config.seal.current, keys: keys.mapValues(\.bytes))
         }
         self.kisHTTP = KISHTTPClients()
     }

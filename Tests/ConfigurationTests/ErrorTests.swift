@@ -271,13 +271,29 @@ struct ErrorTests {
         #expect(failure.error.description.hasPrefix("\(failure.path): line 2, column "))
     }
 
+    /// The keys file is read by the roles that use it (``KisgwConfig/Seal/resolvedKeys()``): the broker's validation
+    /// names the file and the key id, as loading did when every role read it.
     @Test func keysFileProblemsNameTheKeysFile() throws {
+        let environment = ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret]
+        func brokerError(_ keys: String) throws -> ConfigError? {
+            let config = try load("[seal]\nkeys_file = \"\(keys)\"\n", environment: environment)
+            do {
+                try config.validate(for: .broker)
+                return nil
+            } catch {
+                return error
+            }
+        }
         let keys = writeFile("k1 = \"\(base64Key(31))\"\n", name: "keys.toml")
-        let failure = try #require(loadError("[seal]\nkeys_file = \"\(keys)\"\n"))
-        #expect(failure.error.description == "\(keys): [seal.keys] k1: must be base64 of exactly 32 bytes, got 31 bytes")
+        let failure = try #require(try brokerError(keys))
+        #expect(failure.description == "\(keys): [seal.keys] k1: must be base64 of exactly 32 bytes, got 31 bytes")
+        #expect(!failure.description.contains(base64Key(31)))
         let numeric = writeFile("k1 = 5\n", name: "keys.toml")
-        let second = try #require(loadError("[seal]\nkeys_file = \"\(numeric)\"\n"))
-        #expect(second.error.description == "\(numeric): [seal.keys] k1: must be a base64 string of exactly 32 bytes, got 5")
+        let second = try #require(try brokerError(numeric))
+        #expect(second.description == "\(numeric): [seal.keys] k1: must be a base64 string of exactly 32 bytes, got 5")
+        let directory = temporaryDirectory()
+        let third = try #require(try brokerError(directory))
+        #expect(third.description.hasSuffix(": [seal] keys_file: cannot read \"\(directory)\": it is a directory"))
     }
 
     @Test func errorKeyAndSourceAreExposed() throws {
@@ -344,6 +360,26 @@ let roleCases: [RoleCase] = [
         message: "kisgw jwt: [auth.jwt] hs256_secret: is required to sign tokens; set KISGW_AUTH_JWT_HS256_SECRET (32 bytes or more) or [auth.jwt] hs256_secret_file"),
     RoleCase(name: "jwt with secret", toml: "", environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret], role: .jwt, message: nil),
     RoleCase(name: "demo needs nothing", toml: "[store]\nbackend = \"redis\"", environment: [:], role: .demo, message: nil),
+    // `[seal] keys_file` is read by the roles that use the keys only (the broker; a gateway on Redis).
+    RoleCase(
+        name: "jwt with a seal keys file it cannot read", toml: "",
+        environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_FILE": "/nonexistent/kisgw-seal.toml"],
+        role: .jwt, message: nil),
+    RoleCase(
+        name: "gateway on memory with a seal keys file it cannot read", toml: "",
+        environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_FILE": "/nonexistent/kisgw-seal.toml"],
+        role: .gateway, message: nil),
+    RoleCase(
+        name: "gateway on redis with a seal keys file it cannot read", toml: "[redis]\nurl = \"redis://localhost\"",
+        environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_FILE": "/nonexistent/kisgw-seal.toml",
+                      "KISGW_SEAL_KEYS_K1": base64Key(32)],
+        role: .gateway,
+        message: "environment KISGW_SEAL_KEYS_FILE: cannot read \"/nonexistent/kisgw-seal.toml\": no such file"),
+    RoleCase(
+        name: "broker with a seal keys file it cannot read", toml: "",
+        environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret, "KISGW_SEAL_KEYS_FILE": "/nonexistent/kisgw-seal.toml"],
+        role: .broker,
+        message: "environment KISGW_SEAL_KEYS_FILE: cannot read \"/nonexistent/kisgw-seal.toml\": no such file"),
 ]
 
 @Suite("Roles")

@@ -204,8 +204,10 @@ struct LoadTests {
         #expect(url.password == nil)  // a password only through KISGW_REDIS_URL (ErrorTests)
         #expect(config.redis.prefix == "prod:" && config.redis.poolSize == 16 && config.redis.timeoutMs == 100)
         #expect(config.seal.current == "k2")
-        #expect(config.seal.currentKey?.bytes == [UInt8](repeating: 2, count: 32))
-        #expect(config.seal.keys.keys.sorted() == ["k1", "k2"])
+        #expect(config.seal.keysFile == keysFile && config.seal.keys.isEmpty)  // read by the roles that use it
+        let sealKeys = try config.seal.resolvedKeys()
+        #expect(sealKeys[config.seal.current]?.bytes == [UInt8](repeating: 2, count: 32))
+        #expect(sealKeys.keys.sorted() == ["k1", "k2"])
         #expect(config.kis.liveURL == "https://live.example.com")
         #expect(config.kis.sandboxRatePerS == 0.5)
         #expect(config.kis.liveRatePerS == 15)
@@ -264,7 +266,7 @@ struct LoadTests {
         #expect(config.auth.jwt.algorithms == [.hs256, .rs256])
         #expect(config.kis.liveRatePerS == 2.5)
         #expect(config.auth.jwt.hs256Secret?.value == goodSecret)
-        #expect(config.seal.currentKey?.bytes.count == 32)
+        #expect(config.seal.keys[config.seal.current]?.bytes.count == 32)
     }
 
     @Test func environmentSecretWinsOverTheSecretFileInTheFile() throws {
@@ -288,12 +290,60 @@ struct LoadTests {
                     .replacingOccurrences(of: "=", with: ""),
             ]
         )
-        #expect(config.seal.keys.keys.sorted() == ["k1", "k2", "old_2025"])
-        #expect(config.seal.keys["k1"]?.bytes == [UInt8](repeating: 3, count: 32))
-        #expect(config.seal.keys["k2"]?.bytes == [UInt8](repeating: 0xFB, count: 32))
-        #expect(config.seal.keys["old_2025"]?.bytes == [UInt8](repeating: 9, count: 32))
-        #expect(!"\(config.seal.keys)".contains(base64Key(32, value: 3)))
-        #expect("\(config.seal.keys["k1"]!)" == "SealKey(k1, [REDACTED])")
+        #expect(config.seal.keys.keys.sorted() == ["k1", "k2"])  // the file is read by the roles that use it
+        let keys = try config.seal.resolvedKeys()
+        #expect(keys.keys.sorted() == ["k1", "k2", "old_2025"])
+        #expect(keys["k1"]?.bytes == [UInt8](repeating: 3, count: 32))
+        #expect(keys["k2"]?.bytes == [UInt8](repeating: 0xFB, count: 32))
+        #expect(keys["old_2025"]?.bytes == [UInt8](repeating: 9, count: 32))
+        #expect(!"\(keys)".contains(base64Key(32, value: 3)) && !"\(keys)".contains(base64Key(32, value: 9)))
+        #expect("\(keys["k1"]!)" == "SealKey(k1, [REDACTED])")
+    }
+
+    /// config.md: "One file configures every role; each role reads its sections." `[seal] keys_file` is read by the
+    /// roles that seal or open token records (the broker; a gateway on Redis), not at load: a file that only the
+    /// broker's machine can read does not stop `kisgw jwt`, or a gateway on the memory store, sharing the
+    /// configuration. Before, the loader read it for every role.
+    @Test func keysFileIsReadByTheRolesThatUseIt() throws {
+        let missing = temporaryDirectory() + "/broker-only/seal.toml"
+        let toml = "[seal]\nkeys_file = \"\(missing)\"\n"
+        let path = writeFile(toml)
+        let secret = ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret]
+        let config = try KisgwConfig.load(file: path, environment: secret)
+        #expect(config.seal.keysFile == missing)
+        try config.validate(for: .jwt)
+        try config.validate(for: .gateway)  // the memory store: nothing to open
+        try config.validate(for: .demo)
+        let expected = "\(path): [seal] keys_file: cannot read \"\(missing)\": no such file"
+        #expect(throws: ConfigError.self) { try config.validate(for: .broker) }
+        do {
+            try config.validate(for: .broker)
+        } catch {
+            #expect(error.description == expected)
+            #expect(error.key == "seal.keys_file" && error.kind == .unreadableFile)
+        }
+        let onRedis = try KisgwConfig.load(
+            file: path, environment: secret.merging(["KISGW_REDIS_URL": "redis://127.0.0.1:6379/0"]) { a, _ in a })
+        do {
+            try onRedis.validate(for: .gateway)
+            Issue.record("a gateway on Redis opens the broker's records with the seal keys: it must read the file")
+        } catch {
+            #expect(error.description == expected)
+        }
+        do {
+            _ = try config.seal.resolvedKeys()
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.description == expected)
+        }
+        // A role that has its keys elsewhere unsets the shared file's path with an empty variable.
+        let own = try KisgwConfig.load(
+            file: path,
+            environment: secret.merging([
+                "KISGW_REDIS_URL": "redis://127.0.0.1:6379/0", "KISGW_SEAL_KEYS_FILE": "", "KISGW_SEAL_KEYS_K1": base64Key(32),
+            ]) { a, _ in a })
+        #expect(own.seal.keysFile == nil)
+        try own.validate(for: .gateway)
     }
 
     @Test func noFileMeansDefaultsOrKISGWConfig() throws {

@@ -47,7 +47,7 @@ struct RenderTests {
         #expect(!text.contains(goodSecret))
         #expect(!text.contains(base64Key(32, value: 1)))
         #expect(text.contains("# hs256_secret: set (\(Redact.token(goodSecret)))"))
-        #expect(text.contains("# keys: k1"))
+        #expect(text.contains("# keys: those in keys_file"))
         let reloaded = try load(text, environment: environment)
         #expect(reloaded == config)
     }
