@@ -6,7 +6,7 @@ import ServerKit
 /// `--config FILE`, and loading it with the environment's overrides. A bad file or value stops start-up with one
 /// line naming the source, the key and the problem.
 struct ConfigOptions: ParsableArguments {
-    @Option(name: .long, help: "Configuration file (default: ./gateway.toml if present, else built-in defaults).")
+    @Option(name: .long, help: "Configuration file (default: the file KISGW_CONFIG names, else ./gateway.toml if present, else built-in defaults).")
     var config: String?
 
     func load(for role: KisgwConfig.Role) throws -> KisgwConfig {

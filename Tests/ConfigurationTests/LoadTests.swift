@@ -358,6 +358,15 @@ struct LoadTests {
         }
     }
 
+    /// README (Configuration): `--config FILE` (the `file` argument) wins over `KISGW_CONFIG`, which wins over
+    /// ./gateway.toml.
+    @Test func explicitFileWinsOverKISGWConfig() throws {
+        let explicit = writeFile("[server]\nport = 8124\n")
+        let named = writeFile("[server]\nport = -1\n")
+        #expect(try KisgwConfig.load(file: explicit, environment: ["KISGW_CONFIG": named]).server.port == 8124)
+        #expect(throws: ConfigError.self) { try KisgwConfig.load(file: nil, environment: ["KISGW_CONFIG": named]) }
+    }
+
     @Test func kisgwToolsVariablesAreNotConfiguration() throws {
         // kisgw demo's, the tests' and the benchmark's own variables, left exported, do not stop a command.
         let environment = ["KISGW_DEMO_PORT_BASE": "8100", "KISGW_DEMO_APP_KEY": "PSdemo", "KISGW_DEMO_DATA": "/tmp/d",

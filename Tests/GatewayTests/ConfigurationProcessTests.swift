@@ -100,4 +100,27 @@ struct SharedConfigurationProcessTests {
         defer { own.stop() }
         #expect(await own.started(), "the gateway with KISGW_SEAL_KEYS_FILE= did not start: \(own.ending)")
     }
+
+    /// README (Configuration): `--config FILE` names the file; without it `KISGW_CONFIG` does, else ./gateway.toml.
+    /// And a `KISGW_<SECTION>_<KEY>` variable wins over the file's value (the file's is not even read).
+    @Test("--config wins over KISGW_CONFIG; KISGW_CONFIG names the file without it; KISGW_SERVER_PORT wins over the file's port")
+    func configFileChoiceAndEnvironmentOverride() throws {
+        let directory = Scratch.directory("config-choice")
+        let good = directory + "/good.toml", bad = directory + "/bad.toml"
+        try writeText("[auth.jwt]\nissuer = \"kisgw-tests\"\n", good)
+        try writeText("[server]\nport = -1\n", bad)
+        let env = ["KISGW_AUTH_JWT_HS256_SECRET": testSecret, "KISGW_CONFIG": bad]
+
+        let (chosen, chosenText) = try runToExit("jwt", env: env, arguments: ["--sub", "u1", "--config", good])
+        #expect(chosen.terminationReason == .exit && chosen.terminationStatus == 0, "\(chosen.terminationStatus): \(chosenText)")
+
+        let (named, namedText) = try runToExit("jwt", env: env, arguments: ["--sub", "u1"])
+        #expect(named.terminationReason == .exit && named.terminationStatus == 78, "\(named.terminationStatus): \(namedText)")
+        #expect(namedText == "kisgw: \(bad): [server] port: must be an integer from 1 to 65535, got -1\n")
+
+        let (overridden, overriddenText) = try runToExit(
+            "jwt", env: env.merging(["KISGW_SERVER_PORT": "8123"]) { a, _ in a }, arguments: ["--sub", "u1"])
+        #expect(overridden.terminationReason == .exit && overridden.terminationStatus == 0,
+                "\(overridden.terminationStatus): \(overriddenText)")
+    }
 }
