@@ -12,6 +12,9 @@ package final class ConnectionPool: Sendable {
 
     private let state: Mutex<Machine>
     private let waiterIDs = Atomic<Int>(0)
+    /// Whether a failed connection attempt was logged as a warning since a connection last opened: the first failure
+    /// of a streak (Redis down, a wrong password) is a warning naming the cause, the retries after it are debug.
+    private let failureReported = Atomic<Bool>(false)
     private let configuration: RedisConfiguration
     private let group: any EventLoopGroup
     /// The group's loops: slot `i` always connects on `loops[i % loops.count]`, so the connections are spread
@@ -125,7 +128,11 @@ package final class ConnectionPool: Sendable {
                     eventLoop: eventLoop,
                     logger: self.logger
                 )
-                self.logger.debug("redis connection ready", metadata: ["slot": "\(slot)", "endpoint": "\(self.configuration.endpointDescription)"])
+                if self.failureReported.exchange(false, ordering: .relaxed) {
+                    self.logger.notice("redis connection restored", metadata: ["endpoint": "\(self.configuration.endpointDescription)"])
+                } else {
+                    self.logger.debug("redis connection ready", metadata: ["slot": "\(slot)", "endpoint": "\(self.configuration.endpointDescription)"])
+                }
                 let effects = self.state.withLock { $0.connected(slot: slot, generation: generation, connection: connection) }
                 self.run(effects)
                 // Registered after the slot is ready, so a close that already happened is seen.
@@ -136,7 +143,12 @@ package final class ConnectionPool: Sendable {
                 }
             } catch {
                 let redisError = error as? RedisError ?? RedisError(.unavailable, "\(error)")
-                self.logger.debug("redis connect failed", metadata: ["slot": "\(slot)", "error": "\(redisError.message)"])
+                // The message names the endpoint and the server's answer (WRONGPASS, NOAUTH, …), never the password.
+                if !self.failureReported.exchange(true, ordering: .relaxed) {
+                    self.logger.warning("redis connect failed; retrying in the background: \(redisError.message)")
+                } else {
+                    self.logger.debug("redis connect failed", metadata: ["slot": "\(slot)", "error": "\(redisError.message)"])
+                }
                 let effects = self.state.withLock { $0.connectFailed(slot: slot, generation: generation, error: redisError) }
                 self.run(effects)
             }

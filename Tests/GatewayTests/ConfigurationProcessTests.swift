@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOHTTP1
 import Redis
 import Testing
 import TestSupport
@@ -122,5 +123,110 @@ struct SharedConfigurationProcessTests {
             "jwt", env: env.merging(["KISGW_SERVER_PORT": "8123"]) { a, _ in a }, arguments: ["--sub", "u1"])
         #expect(overridden.terminationReason == .exit && overridden.terminationStatus == 0,
                 "\(overridden.terminationStatus): \(overriddenText)")
+    }
+}
+
+/// config.md `[redis]`: `password_file`, `pool_size` and `timeout_ms`, as the executable hands them to its Redis client
+/// (`Runtime`), seen from the Redis server: a `redis-server` of the test's own with `requirepass`, and a separate
+/// connection that lists the clients and pauses them.
+@Suite("Gateway process: [redis] password_file, pool_size and timeout_ms reach the Redis client", .serialized,
+       .timeLimit(.minutes(2)))
+struct RedisSettingsProcessTests {
+    let password = "pw-\(UUID().uuidString)"
+
+    func gateway(_ redis: RedisServerProcess, database: Int, passwordFile: String, poolSize: Int = 8,
+                 timeoutMs: Int = 250) throws -> GatewayProcess {
+        let port = try RedisServerProcess.freePort()
+        return try startKisgw("gateway", env: [
+            "KISGW_AUTH_JWT_HS256_SECRET": testSecret, "KISGW_SEAL_KEYS_K1": sealKey, "KISGW_SERVER_PORT": String(port),
+            "KISGW_REDIS_URL": "redis://127.0.0.1:\(redis.port)/\(database)", "KISGW_REDIS_PASSWORD_FILE": passwordFile,
+            "KISGW_REDIS_POOL_SIZE": String(poolSize), "KISGW_REDIS_TIMEOUT_MS": String(timeoutMs),
+            "KISGW_LOG_LEVEL": "warning",
+        ], port: port)
+    }
+
+    func passwordFile(_ text: String) throws -> String {
+        let path = Scratch.directory("redis-password") + "/password"
+        try writeText(text + "\n", path)
+        return path
+    }
+
+    /// `/readyz` of `g` (one GET of the store), and how long it took.
+    func readyz(_ g: GatewayProcess) async throws -> (status: Int, elapsed: Duration) {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let status = try await http(.GET, "http://127.0.0.1:\(g.port)/readyz").status
+        return (status, clock.now - start)
+    }
+
+    /// The command connections (not pub/sub) selecting `database`, by `CLIENT LIST TYPE NORMAL`.
+    func commandConnections(_ admin: RedisClient, database: Int) async throws -> Int {
+        let list = try await admin.send(["CLIENT", "LIST", "TYPE", "NORMAL"]).string ?? ""
+        return list.split(separator: "\n").filter { $0.split(separator: " ").contains("db=\(database)") }.count
+    }
+
+    @Test("password_file authenticates; pool_size N opens N command connections; timeout_ms bounds a command while Redis is paused")
+    func settingsReachTheClient() async throws {
+        let redis = try RedisServerProcess(extraArguments: ["--requirepass", password])
+        defer { redis.stop() }
+        var adminConfiguration = RedisConfiguration(host: "127.0.0.1", port: redis.port)
+        adminConfiguration.password = password
+        adminConfiguration.poolSize = 1
+        adminConfiguration.commandTimeout = .seconds(10)
+        let admin = RedisClient(configuration: adminConfiguration, logger: Logger(label: "admin"))
+        let file = try passwordFile(password)
+        // Different from the defaults (8 connections, 250 ms), one database each to tell their connections apart.
+        let small = try gateway(redis, database: 1, passwordFile: file, poolSize: 2, timeoutMs: 150)
+        defer { small.stop() }
+        let large = try gateway(redis, database: 2, passwordFile: file, poolSize: 5, timeoutMs: 1200)
+        defer { large.stop() }
+        for g in [small, large] {
+            #expect(await g.started(), "\(g.ending)")
+            // Every command before AUTH is refused (NOAUTH): the store answers only with the file's password.
+            #expect(try await eventually(.seconds(10)) { try await readyz(g).status == 200 }, "\(g.stderr)")
+        }
+
+        // The pool opens one more connection with a command while it has fewer than pool_size: after many
+        // commands it holds exactly pool_size (the pub/sub connection is not of TYPE NORMAL).
+        for _ in 0..<30 {
+            _ = try await readyz(small)
+            _ = try await readyz(large)
+        }
+        var counts = (0, 0)
+        let settled = try await eventually(.seconds(10)) {
+            counts = (try await commandConnections(admin, database: 1), try await commandConnections(admin, database: 2))
+            return counts == (2, 5)
+        }
+        #expect(settled, "command connections: \(counts), expected (2, 5)")
+
+        // Every client is paused for 4 s: a command fails once its timeout_ms is past, not when Redis answers again
+        // (which would make /readyz 200).
+        #expect(try await admin.send(["CLIENT", "PAUSE", "4000", "ALL"]) == .simpleString("OK"))
+        async let quick = readyz(small)
+        async let patient = readyz(large)
+        let (q, p) = try await (quick, patient)
+        #expect(q.status == 503 && q.elapsed < .seconds(2), "timeout_ms 150: \(q)")
+        #expect(p.status == 503 && p.elapsed >= .milliseconds(1100) && p.elapsed < .milliseconds(3500),
+                "timeout_ms 1200: \(p)")  // at least its own timeout: not the default 250 ms
+        await admin.shutdown()
+    }
+
+    /// A wrong password in `password_file`: the gateway starts (Redis may come later), `/readyz` says the store does
+    /// not answer, and the log says why — the server's refusal of AUTH — without the password. Before, it said
+    /// nothing at any level above debug.
+    @Test("a wrong password in password_file: /readyz 503, one warning naming AUTH and the server's refusal, no password")
+    func wrongPassword() async throws {
+        let redis = try RedisServerProcess(extraArguments: ["--requirepass", password])
+        defer { redis.stop() }
+        let wrong = "wrong-\(UUID().uuidString)"
+        let g = try gateway(redis, database: 0, passwordFile: try passwordFile(wrong))
+        defer { g.stop() }
+        #expect(await g.started(), "\(g.ending)")
+        #expect(try await readyz(g).status == 503)
+        #expect(await eventually(.seconds(10)) { g.stderr.contains("WRONGPASS") }, "\(g.stderr)")
+        let warnings = g.stderr.split(separator: "\n").filter { $0.contains("redis connect failed") }
+        #expect(warnings.count == 1, "\(g.stderr)")  // the first failure; the retries after it are debug
+        #expect(warnings.first?.contains("AUTH failed on redis://127.0.0.1:\(redis.port)/0") == true, "\(g.stderr)")
+        #expect(!g.stderr.contains(wrong) && !g.stderr.contains(password))
     }
 }
