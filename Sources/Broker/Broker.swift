@@ -349,8 +349,14 @@ struct BrokerCore: Sendable {
 
     static func body(_ request: Request) async throws -> [String: Any] {
         let buffer: ByteBuffer
-        do { buffer = try await request.body.collect(upTo: 16 * 1024) } catch {
+        do { buffer = try await request.body.collect(upTo: 16 * 1024) } catch is NIOTooManyBytesError {
             throw Problem(.payloadTooLarge, "the request body is larger than 16 KiB")
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            // The HTTP decoder refused the body (a bad chunk size, say) or the upload ended early: the client's
+            // framing, not its size.
+            throw Problem(.invalidParameter, "the request body cannot be read (malformed HTTP/1.1 framing or an upload cut short)")
         }
         guard buffer.readableBytes > 0,
             let object = try? JSONSerialization.jsonObject(with: Data(buffer.readableBytesView)) as? [String: Any]

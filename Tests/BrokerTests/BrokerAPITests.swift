@@ -591,6 +591,46 @@ struct BrokerAPITests {
         }
     }
 
+    /// A body the HTTP decoder refuses mid-way is the client's framing, not its size: before, every error reading the
+    /// body was answered `413 payload_too_large`.
+    @Test("over a raw socket: a chunked body with a bad chunk size is 400 invalid_parameter, a body over 16 KiB is 413")
+    func bodyFraming() async throws {
+        try await withBroker { b in
+            let port = try #require(URL(string: b.url)?.port)
+            let jwt = try await b.jwt("u-framing")
+            let head = "POST /api/kis/token HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \(jwt)\r\n"
+                + "Content-Type: application/json\r\n"
+            // `ZZ` is no chunk size: the decoder fails while the route reads the body. The connection closes after
+            // the answer (nothing after the bad bytes can be read).
+            let badChunk = try await exchangeRawBytes(
+                port: port, head + "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\nZZ\r\n")
+            #expect(badChunk.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(badChunk)")
+            #expect(badChunk.components(separatedBy: "HTTP/1.1 400 Bad Request\r\n").count == 2, "one answer: \(badChunk)")
+            let problem = RawAnswer(badChunk)
+            #expect(problem.header("content-type") == "application/problem+json", "\(badChunk)")
+            #expect(problem.json["code"] as? String == "invalid_parameter", "\(badChunk)")
+            #expect((problem.json["detail"] as? String)?.contains("cannot be read") == true, "\(badChunk)")
+            // Over 16 KiB, as a length and in chunks: 413.
+            let big = String(repeating: "x", count: 17 * 1024)
+            let sized = try await exchangeRawBytes(
+                port: port, head + "Connection: close\r\nContent-Length: \(big.utf8.count)\r\n\r\n" + big)
+            #expect(sized.hasPrefix("HTTP/1.1 413 Content Too Large\r\n") || sized.hasPrefix("HTTP/1.1 413 Payload Too Large\r\n"),
+                    "\(sized.prefix(200))")
+            #expect(RawAnswer(sized).json["code"] as? String == "payload_too_large", "\(sized.prefix(400))")
+            let chunks = String(format: "%x", big.utf8.count) + "\r\n" + big + "\r\n0\r\n\r\n"
+            let chunked = try await exchangeRawBytes(
+                port: port, head + "Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+            #expect(RawAnswer(chunked).json["code"] as? String == "payload_too_large", "\(chunked.prefix(400))")
+            // validate answers a body it cannot read as it answers a bad form: valid:false with the code.
+            let validate = try await exchangeRawBytes(port: port, head.replacingOccurrences(of: "/api/kis/token", with: "/api/kis/account/validate")
+                + "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\nZZ\r\n")
+            #expect(validate.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(validate)")
+            #expect(RawAnswer(validate).json["code"] as? String == "invalid_parameter", "\(validate)")
+            #expect(RawAnswer(validate).json["valid"] as? Bool == false, "\(validate)")
+            #expect(try await b.issuances() == 0)
+        }
+    }
+
     @Test("a store that does not answer is store_unavailable (503)")
     func storeUnavailable() async throws {
         try await withBroker(store: .memory) { b in
@@ -762,4 +802,30 @@ struct DeadStore: SharedStore {
     func delete(_ key: String, removing member: String, from setKey: String, announcing message: ByteBuffer,
                 on channel: String) async throws(StoreError) { throw down }
     func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription { throw down }
+}
+
+/// The first answer in bytes read off a raw socket: its head fields and its JSON body.
+struct RawAnswer {
+    let fields: [(String, String)]
+    let json: [String: Any]
+
+    init(_ raw: String) {
+        let bytes = Array(raw.utf8)
+        let separator = Array("\r\n\r\n".utf8)
+        guard let end = (0..<max(0, bytes.count - 3)).first(where: { Array(bytes[$0..<$0 + 4]) == separator }) else {
+            fields = []
+            json = [:]
+            return
+        }
+        let head = String(decoding: bytes[0..<end], as: UTF8.self)
+        fields = head.split(separator: "\r\n").dropFirst().compactMap { line in
+            guard let colon = line.firstIndex(of: ":") else { return nil }
+            return (String(line[..<colon]).lowercased(), line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces))
+        }
+        let length = fields.first { $0.0 == "content-length" }.flatMap { Int($0.1) } ?? 0
+        let body = Data(bytes[(end + 4)..<min(bytes.count, end + 4 + length)])
+        json = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:]
+    }
+
+    func header(_ name: String) -> String? { fields.first { $0.0 == name.lowercased() }?.1 }
 }

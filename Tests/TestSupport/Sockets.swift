@@ -30,3 +30,44 @@ public func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) as
         Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
     }
 }
+
+/// Writes `request` as it is to a new connection to `port` on loopback and reads until the server closes it:
+/// bytes no HTTP client would send (a bad chunk size, a head too long). Throws if the connection cannot be made or
+/// the server keeps it open past `seconds`.
+public func exchangeRawBytes(port: Int, _ request: String, timeout seconds: Int = 10) async throws -> String {
+    try await onThread {
+        let connected = connectToLoopback(port: port) { fd in
+            var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        }
+        guard let fd = connected else { throw RawBytesError("cannot connect to port \(port)") }
+        defer { close(fd) }
+        let bytes = Array(request.utf8)
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
+            // The server may answer and close before it has read everything (a head too long): read what it said.
+            guard n > 0 else { break }
+            sent += n
+        }
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n == 0 { break }
+            if n < 0 {
+                // ECONNRESET after an answer: the server closed with unread bytes; what it sent is still the answer.
+                if errno == ECONNRESET, !received.isEmpty { break }
+                throw RawBytesError(errno == EAGAIN || errno == EWOULDBLOCK
+                    ? "the server kept the connection open for \(seconds) s" : "read failed: errno \(errno)")
+            }
+            received += buffer[0..<n]
+        }
+        return String(decoding: received, as: UTF8.self)
+    }
+}
+
+public struct RawBytesError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
