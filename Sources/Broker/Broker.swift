@@ -401,10 +401,15 @@ enum RequestForm {
         return env
     }
 
+    /// An app key or secret: 1 to 512 bytes of printable ASCII (`!` to `~`). It goes to KIS as an HTTP header value
+    /// (`appkey`, `appsecret`) and in JSON, so a control character, a zero-width space, a combining mark or any other
+    /// non-ASCII letter is refused here, and the length is counted in bytes, not in characters (a combining mark adds
+    /// none to `String.count`).
     static func credential(_ value: Any?, name: String) throws(Problem) -> String {
-        guard let s = value as? String, !s.isEmpty, s.count <= 512,
-            !s.unicodeScalars.contains(where: { CharacterSet.whitespacesAndNewlines.contains($0) })
-        else { throw Problem(.invalidParameter, "\(name) must be 1 to 512 characters with no whitespace") }
+        guard let s = value as? String, (1...512).contains(s.utf8.count), s.utf8.allSatisfy({ (0x21...0x7E).contains($0) })
+        else {
+            throw Problem(.invalidParameter, "\(name) must be 1 to 512 printable ASCII characters without spaces")
+        }
         return s
     }
 
