@@ -5,6 +5,7 @@ import KIS
 import Logging
 import NIOCore
 import NIOHTTP1
+import Redis
 import Simulator
 import Store
 import Synchronization
@@ -19,11 +20,24 @@ final class Hits: Sendable {
     var value: Int { count.load(ordering: .relaxed) }
 }
 
-/// A database whose `ping` can be made to fail, everything else delegated (for `/readyz`).
+/// A database whose `ping` (for `/readyz`) or whose writes of an account and its token can be made to fail,
+/// everything else delegated.
 final class SwitchableRepository: BrokerRepository {
     let inner: any BrokerRepository
     let down = Atomic<Bool>(false)
+    /// `saveAccount` and `saveToken` throw, and the tokens they were given are recorded in ``refusedTokens``.
+    let writesFail = Atomic<Bool>(false)
+    /// The sha256 of each token a failing write was given.
+    let refused = Mutex<[String]>([])
     init(_ inner: any BrokerRepository) { self.inner = inner }
+
+    var refusedTokens: [String] { refused.withLock { $0 } }
+
+    private func refuseWrite(_ token: StoredToken?) throws {
+        guard writesFail.load(ordering: .relaxed) else { return }
+        if let token { refused.withLock { $0.append(token.tokenSHA256) } }
+        throw TestFailure("the database refuses writes")
+    }
 
     func migrate() async throws { try await inner.migrate() }
     func ping() async throws {
@@ -44,6 +58,7 @@ final class SwitchableRepository: BrokerRepository {
         try await inner.setAppKeyFingerprint(account)
     }
     func saveAccount(_ account: StoredAccount, token: StoredToken?) async throws {
+        try refuseWrite(token)
         try await inner.saveAccount(account, token: token)
     }
     func setAccountActive(userID: String, environment: KISEnvironment, isActive: Bool, updatedAt: Int64) async throws {
@@ -52,7 +67,10 @@ final class SwitchableRepository: BrokerRepository {
     func deleteAccount(userID: String, environment: KISEnvironment) async throws -> Bool {
         try await inner.deleteAccount(userID: userID, environment: environment)
     }
-    func saveToken(_ token: StoredToken) async throws { try await inner.saveToken(token) }
+    func saveToken(_ token: StoredToken) async throws {
+        try refuseWrite(token)
+        try await inner.saveToken(token)
+    }
     func tokens(userID: String, environment: KISEnvironment) async throws -> [StoredToken] {
         try await inner.tokens(userID: userID, environment: environment)
     }
@@ -198,6 +216,59 @@ struct BrokerRulesTests {
                 #expect(down.json["status"] as? String == "unavailable")
                 repository.down.store(false, ordering: .relaxed)
                 #expect(try await b.get("/readyz", jwt: nil, base: url).status == 200)
+            }
+        }
+    }
+
+    /// broker-api.md: "The database is written before Redis; Redis is a published copy", and a database that fails
+    /// is `503 store_unavailable`. A token KIS issued whose row could not be written is not published: no record, no
+    /// member of the user's set, no `issued` event.
+    @Test("POST /api/kis/token when the database refuses the write: 503 store_unavailable, nothing published",
+          arguments: StoreKind.available)
+    func databaseBeforeStore(store kind: StoreKind) async throws {
+        try await withBroker(store: kind) { b in
+            let repository = SwitchableRepository(try b.database.repository())
+            repository.writesFail.store(true, ordering: .relaxed)
+            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+            let server = TestServer(try await buildBroker(
+                b.config, dependencies: BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository,
+                                                           clock: { b.clock.now() }),
+                logger: quietLogger) { cont.yield($0) })
+            Task { try await server.run() }
+            var events = try await b.store.subscribe(to: TokenDirectory.eventsChannel).makeAsyncIterator()
+            try await stopping([server]) {
+                var it = ports.makeAsyncIterator()
+                let url = "http://127.0.0.1:\(await it.next()!)"
+                let jwt = try await b.jwt("u-dbfirst")
+                let r = try await b.post("/api/kis/token", accountBody(appKey("dbfirst")), jwt: jwt, base: url)
+                #expect(r.status == 503, "\(r.text)")
+                #expect(r.code == "store_unavailable")
+                #expect(r.header("content-type") == "application/problem+json")
+                #expect(r.header("retry-after") == "1")
+                #expect((r.json["detail"] as? String)?.contains("database") == true, "\(r.text)")
+                #expect(r.json["token"] == nil)
+                // KIS issued a token and the broker tried to store it, but it is nowhere in the store.
+                #expect(try await b.issuances() == 1)
+                let refused = try #require(repository.refusedTokens.first, "the broker never tried to write the token")
+                #expect(try await b.store.get(TokenDirectory.recordKey(refused)) == nil)
+                #expect(try await b.store.setMembers(TokenDirectory.userKey("u-dbfirst", .sandbox)).isEmpty)
+                if let redis = b.redis {
+                    // In the real Redis, by full name: no token record under this test's prefix at all.
+                    let keys = try await redis.send(RedisCommand("KEYS", [RedisArgument(b.store.keyPrefix + "tok:*")]))
+                    #expect(keys.array?.isEmpty == true, "\(keys)")
+                }
+                #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt, base: url).code == "account_not_found")
+
+                // The database back: the next connection (another app key: KIS allows one issuance a minute per key)
+                // is stored, then published; its `issued` event is the first one the store carried.
+                repository.writesFail.store(false, ordering: .relaxed)
+                let ok = try await b.post("/api/kis/token", accountBody(appKey("dbfirst2")), jwt: jwt, base: url)
+                let token = try #require(ok.json["token"] as? String, "\(ok.text)")
+                let first = try #require(await events.next())
+                let event = try JSONDecoder().decode(TokenEvent.self, from: Data(first.readableBytesView))
+                #expect(event.type == "issued" && event.sha256 == TokenDirectory.sha256(of: token), "\(String(buffer: first))")
+                #expect(event.sha256 != refused)
+                #expect(try await b.published(token) != nil)
             }
         }
     }
