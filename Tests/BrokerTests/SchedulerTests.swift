@@ -4,6 +4,8 @@ import Hummingbird
 import KIS
 import Logging
 import NIOCore
+import Observability
+import Prometheus
 import Redis
 import Simulator
 import Store
@@ -310,10 +312,14 @@ struct SchedulerTests {
     }
 
     /// broker-api.md: the scheduler's failures back off; a key pair KIS refuses stops being refreshed (the account is
-    /// marked inactive until its user connects again) instead of being asked for again every pass.
-    @Test("scheduled refreshes: a refused key pair marks the account inactive and is not asked again; a failing KIS is asked again only after the backoff")
+    /// marked inactive until its user connects again) instead of being asked for again every pass. "Failures … are
+    /// logged without secrets, and are counted in metrics": each failed attempt counts in
+    /// `kisgw_broker_scheduled_refreshes_total{outcome="failed"}`, each refresh in `{outcome="ok"}`, and nothing the
+    /// scheduler or the keeper logs holds an app key, an app secret or a token.
+    @Test("scheduled refreshes: a refused key pair marks the account inactive and is not asked again; a failing KIS is asked again only after the backoff; counted by outcome, logged without secrets")
     func scheduledFailures() async throws {
         let calls = Mutex<[String: Int]>([:])
+        let issued = Mutex<[String]>([])
         let router = Router()
         router.post("/oauth2/tokenP") { request, _ -> Response in
             let body = try await request.body.collect(upTo: 4096)
@@ -322,6 +328,13 @@ struct SchedulerTests {
             if appKey.hasPrefix("PSrefused") {
                 return Response(status: .forbidden, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(
                     string: #"{"error_code":"EGW00103","error_description":"유효하지 않은 AppKey입니다."}"#)))
+            }
+            if appKey.hasPrefix("PSgood") {
+                let token = "standin-" + UUID().uuidString
+                issued.withLock { $0.append(token) }
+                let t = KISTokenResponse(access_token: token, access_token_token_expired: KST.format(Date().addingTimeInterval(86400)),
+                                         expires_in: 86400)
+                return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(bytes: try JSONEncoder().encode(t))))
             }
             return Response(status: .internalServerError, body: .init(byteBuffer: ByteBuffer(string: "<html>down</html>")))
         }
@@ -332,30 +345,62 @@ struct SchedulerTests {
             defer { Self.remove(db) }
             let keyring = SealKeyring.ephemeral()
             let clock = TestClock()
-            let refused = "PSrefused" + String(appKey("x").dropFirst(2).prefix(20)), failing = appKey("failing")
+            let registry = PrometheusCollectorRegistry()
+            let capture = LogCapture()
+            let logger = { () -> Logger in
+                var logger = Logger(label: "scheduler-test") { _ in capture }
+                logger.logLevel = .trace
+                return logger
+            }()
+            let refused = "PSrefused" + String(appKey("x").dropFirst(2).prefix(20)), failing = appKey("failing"),
+                good = "PSgood" + String(appKey("x").dropFirst(2).prefix(20))
             try await withRepository(db) { repository in
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     if let redis { group.addTask { await redis.run() } }
                     defer { group.cancelAll() }
-                    try await Self.saveDue([refused, failing], users: "u-sf", keyring: keyring, at: clock.now(), in: repository)
+                    try await Self.saveDue([refused, failing, good], users: "u-sf", keyring: keyring, at: clock.now(),
+                                           in: repository)
                     // refresh_interval_s 1: a pass every second; the backoff's base is 1 s, doubling.
                     let scheduler = BrokerScheduler(
                         keeper: makeKeeper(repository, store: store, keyring: keyring, kis: standIn.url, refreshInterval: 1,
-                                            clock: { clock.now() }),
-                        refreshIntervalS: 1, reconcileIntervalS: 3600, logger: quietLogger)
+                                           metrics: MetricsSetup.factory(for: registry), logger: logger,
+                                           clock: { clock.now() }),
+                        refreshIntervalS: 1, reconcileIntervalS: 3600, logger: logger)
                     let run = Task { try await scheduler.run() }
                     defer { run.cancel() }
                     #expect(try await eventually {
                         try await repository.account(userID: "u-sf0", environment: .sandbox)?.isActive == false
                     })
                     try await Task.sleep(for: .seconds(4))
-                    let seen = calls.withLock { $0 }
-                    // Refused once, then left alone; the failing one asked again, but not every pass (4+ s of 1 s passes).
-                    #expect(seen[refused] == 1, "\(seen)")
-                    #expect((2...4).contains(seen[failing] ?? 0), "\(seen)")
-                    #expect(try await repository.account(userID: "u-sf1", environment: .sandbox)?.isActive == true)
                     run.cancel()
                     _ = await run.result
+                    let seen = calls.withLock { $0 }
+                    // Refused once, then left alone; the failing one asked again, but not every pass (4+ s of 1 s passes);
+                    // the good one refreshed once (its new token is not due).
+                    #expect(seen[refused] == 1, "\(seen)")
+                    #expect((2...4).contains(seen[failing] ?? 0), "\(seen)")
+                    #expect(seen[good] == 1, "\(seen)")
+                    #expect(try await repository.account(userID: "u-sf1", environment: .sandbox)?.isActive == true)
+
+                    // Every failed attempt counted, and the refresh: one KIS call each.
+                    let m = Exposition(MetricsSetup.render(registry))
+                    let failedCalls = Double((seen[refused] ?? 0) + (seen[failing] ?? 0))
+                    #expect(m.value("kisgw_broker_scheduled_refreshes_total", ["outcome": "failed"]) == failedCalls,
+                            "\(m.samples("kisgw_broker_scheduled_refreshes_total").map { ($0.labels, $0.value) }), calls \(seen)")
+                    #expect(m.value("kisgw_broker_scheduled_refreshes_total", ["outcome": "ok"]) == 1)
+                    #expect(m.value("kis_token_issuances_total", ["environment": "SANDBOX"]) == 1)
+
+                    // Each failure is logged as one warning naming the account by user and environment; no line the
+                    // scheduler or the keeper wrote holds an app key, a secret or a token.
+                    #expect(capture.count("scheduled refresh failed; retrying later") == Int(failedCalls), "\(capture.lines)")
+                    let warnings = capture.lines.filter { $0.contains("scheduled refresh failed") }
+                    #expect(warnings.contains { $0.contains("u-sf0") && $0.contains("kis_credentials_rejected") }, "\(warnings)")
+                    #expect(warnings.contains { $0.contains("u-sf1") && $0.contains("SANDBOX") }, "\(warnings)")
+                    let secrets = [refused, failing, good].flatMap { [$0, "secret-" + $0, String($0.suffix(20))] }
+                        + issued.withLock { $0 }
+                    for line in capture.lines {
+                        for secret in secrets { #expect(!line.contains(secret), "a secret in the log: \(line)") }
+                    }
                 }
             }
         }
@@ -716,11 +761,12 @@ final class SlowTokenP: Sendable {
 /// A keeper as a broker builds one (tokens refreshed an hour ahead, 30 s issuance locks), calling the KIS at `kis`
 /// for SANDBOX accounts (none when nil).
 func makeKeeper(_ repository: any BrokerRepository, store: any SharedStore, keyring: SealKeyring, kis: String?,
-                refreshInterval: Int64 = 60, clock: @escaping @Sendable () -> Date) -> TokenKeeper {
+                refreshInterval: Int64 = 60, metrics: any MetricsFactory = NOOPMetricsHandler.instance,
+                logger: Logger = quietLogger, clock: @escaping @Sendable () -> Date) -> TokenKeeper {
     TokenKeeper(
         repository: repository, store: store, keyring: keyring,
-        clients: kis.map { [.sandbox: KISClient(baseURL: $0, timeout: .seconds(10), logger: quietLogger)] } ?? [:],
+        clients: kis.map { [.sandbox: KISClient(baseURL: $0, timeout: .seconds(10), logger: logger)] } ?? [:],
         settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: refreshInterval,
                                  lockTTL: .seconds(30), lockWait: .seconds(10)),
-        metrics: BrokerMetrics(factory: NOOPMetricsHandler.instance), logger: quietLogger, clock: clock)
+        metrics: BrokerMetrics(factory: metrics), logger: logger, clock: clock)
 }
