@@ -788,6 +788,59 @@ struct BrokerAPITests {
         }
     }
 
+    /// `/metrics` counts and times the broker's requests by route pattern and status: never by the path sent (which
+    /// may hold anything a caller types) nor its query.
+    @Test("/metrics: kisgw_http_requests_total by route pattern and status, the duration histogram per route")
+    func metricsByRoute() async throws {
+        try await withBroker { b in
+            let jwt = try await b.jwt("u-metrics")
+            #expect(try await b.post("/api/kis/token", accountBody(appKey("metrics")), jwt: jwt).status == 200)
+            #expect(try await b.post("/api/kis/token", accountBody("bad key"), jwt: jwt).status == 400)
+            #expect(try await b.post("/api/kis/token", accountBody(appKey("metrics")), jwt: nil).status == 401)
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 200)
+            #expect(try await b.get("/api/kis/account?environment=LIVE&u=secret-in-query", jwt: jwt).status == 404)
+            #expect(try await b.get("/nope/secret-in-path-u-metrics", jwt: nil).status == 404)
+            #expect(try await http(.PUT, b.url + "/api/kis/token").status == 405)
+            #expect(try await b.get("/healthz", jwt: nil).status == 200)
+            let preflight = try await http(.OPTIONS, b.url + "/api/kis/token", headers: [
+                ("Origin", "http://localhost:3000"), ("Access-Control-Request-Method", "POST"),
+            ])
+            #expect(preflight.status == 204)
+
+            let r = try await b.get("/metrics", jwt: nil)
+            let m = Exposition(r.text)
+            #expect(m.types["kisgw_http_requests_total"] == "counter")
+            let requests = m.samples("kisgw_http_requests_total")
+            func count(_ route: String, _ status: Int) -> Double? {
+                m.value("kisgw_http_requests_total", ["route": route, "status": String(status)])
+            }
+            #expect(count("/api/kis/token", 200) == 1, "\(requests.map { ($0.labels, $0.value) })")
+            #expect(count("/api/kis/token", 400) == 1)
+            #expect(count("/api/kis/token", 401) == 1)
+            #expect(count("/api/kis/account", 200) == 1)
+            #expect(count("/api/kis/account", 404) == 1)
+            #expect(count("/healthz", 200) == 1)
+            #expect(count("unmatched", 404) == 1)
+            // Every label is a route pattern of the broker's (or `unmatched`): no query, no path a caller made up.
+            let patterns: Set<String> = ["/api/kis/account/validate", "/api/kis/token", "/api/kis/token/refresh",
+                                         "/api/kis/account", "/healthz", "/readyz", "/metrics", "unmatched"]
+            let routes = Set(requests.compactMap { $0.labels["route"] })
+            #expect(routes.isSubset(of: patterns), "\(routes)")
+            #expect(!r.text.contains("secret-in"), "\(r.text)")
+            // One histogram series per route, its count the route's requests.
+            #expect(m.types["kisgw_http_request_duration_seconds"] == "histogram")
+            for (route, n) in [("/api/kis/token", 3.0), ("/api/kis/account", 2.0)] {
+                #expect(m.value("kisgw_http_request_duration_seconds_count", ["route": route]) == n, "\(route)")
+                #expect(m.value("kisgw_http_request_duration_seconds_sum", ["route": route]).map { $0 > 0 } == true)
+                let inf = m.samples("kisgw_http_request_duration_seconds_bucket")
+                    .first { $0.labels == ["route": route, "le": "+Inf"] }?.value
+                #expect(inf == n, "\(route)")
+                let buckets = m.samples("kisgw_http_request_duration_seconds_bucket").filter { $0.labels["route"] == route }
+                #expect(buckets.count >= 2)
+            }
+        }
+    }
+
     @Test("demo mode: sign-in mints a 12-hour JWT for a valid user id; extra routes mount beside the API")
     func demoSignIn() async throws {
         try await withBroker(demoMode: true) { b in
