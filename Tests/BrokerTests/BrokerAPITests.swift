@@ -722,6 +722,28 @@ struct BrokerAPITests {
         }
     }
 
+    /// Sources/Broker/README.md, "Requests the HTTP decoder refuses": Hummingbird answers these before the router, with
+    /// no hook for the answer. Pinned here so that a Hummingbird that changes it (or a broker that takes them over)
+    /// updates the README.
+    @Test("a head over 80 KiB or bytes that are not HTTP get Hummingbird's bare 400 and a closed connection")
+    func decoderRefusals() async throws {
+        try await withBroker { b in
+            let port = try #require(URL(string: b.url)?.port)
+            let long = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + String(repeating: "a", count: 90 * 1024) + "\r\n\r\n"
+            for request in [long, "NOT HTTP AT ALL\r\n\r\n"] {
+                let answer = try await exchangeRawBytes(port: port, request)
+                #expect(answer.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(answer)")
+                let head = RawAnswer(answer)
+                #expect(head.header("content-length") == "0" && head.header("connection") == "close", "\(answer)")
+                #expect(head.header("content-type") == nil, "\(answer)")
+            }
+            // Not a route's answer: not counted.
+            let m = Exposition(try await b.get("/metrics", jwt: nil).text)
+            #expect(m.samples("kisgw_http_requests_total").allSatisfy { $0.labels["status"] != "400" })
+            #expect(try await b.get("/healthz", jwt: nil).status == 200)
+        }
+    }
+
     @Test("a store that does not answer is store_unavailable (503)")
     func storeUnavailable() async throws {
         try await withBroker(store: .memory) { b in

@@ -4,6 +4,7 @@ import Foundation
 import Hummingbird
 import KIS
 import NIOCore
+import NIOHTTP1
 import Store
 import Synchronization
 import Testing
@@ -84,6 +85,44 @@ struct IssuanceRaceTests {
             #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 204)
             #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
             #expect(try await b.published(token) == nil)
+        }
+    }
+
+    /// Sources/Broker/README.md, "The 429 answers": a disconnect reads the account, takes its app key's lock and reads
+    /// it again; an app key changed meanwhile (a `token` call with another one) sends it round again, and after three
+    /// rounds it gives up with the broker's own `kis_rate_limited` — no `kis_msg_cd`, `Retry-After: 1`, nothing deleted.
+    @Test("DELETE while the account's app key keeps changing: 429 kis_rate_limited, Retry-After 1, nothing deleted")
+    func disconnectWhileTheKeyChanges() async throws {
+        try await withBroker { b in
+            let jwt = try await b.jwt("u-shift")
+            let token = try #require(try await b.post("/api/kis/token", accountBody(appKey("shift1")), jwt: jwt)
+                .json["token"] as? String)
+            let repository = SwitchableRepository(try b.database.repository())
+            let now = Int64(b.clock.now().timeIntervalSince1970)
+            let other = Account(userID: "u-shift", environment: .sandbox, appKey: appKey("shift2"), appSecret: "secret-2",
+                                accountNumber: "12345678-01", createdAt: now, updatedAt: now)
+            repository.alternate.withLock { $0 = (try? AccountVault(keyring: b.keyring).seal(other)).map { ($0, 0) } }
+            #expect(repository.alternate.withLock { $0 != nil })
+            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+            let server = TestServer(try await buildBroker(
+                b.config, dependencies: BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository,
+                                                           clock: { b.clock.now() }),
+                logger: quietLogger) { cont.yield($0) })
+            Task { try await server.run() }
+            try await stopping([server]) {
+                var it = ports.makeAsyncIterator()
+                let url = "http://127.0.0.1:\(await it.next()!)"
+                let d = try await http(.DELETE, url + "/api/kis/account?environment=SANDBOX",
+                                       headers: [("Authorization", "Bearer " + jwt)])
+                #expect(d.status == 429 && d.code == "kis_rate_limited", "\(d.text)")
+                #expect(d.header("retry-after") == "1")
+                #expect(d.json["retry_after"] as? Int == 1)
+                #expect(d.json["kis_msg_cd"] == nil)
+                #expect(d.header("content-type") == "application/problem+json")
+                #expect(repository.alternate.withLock { $0?.reads ?? 0 } == 6, "three rounds of two reads")
+            }
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 200)
+            #expect(try await b.published(token) != nil)
         }
     }
 
