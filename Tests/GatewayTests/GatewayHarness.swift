@@ -194,16 +194,6 @@ struct GatewayProcess: Sendable {
     }
 }
 
-/// `kisgw <command>` ready to run: none of this process's KISGW_ variables, in a directory without a gateway.toml.
-func kisgwProcess(_ binary: String, _ command: String) -> Process {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: binary)
-    process.arguments = [command]
-    process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("KISGW_") }
-    process.currentDirectoryURL = FileManager.default.temporaryDirectory  // no ./gateway.toml is read
-    return process
-}
-
 /// Runs the kisgw executable as a gateway over real Redis (a prefix of its own; `env` added to its environment, the
 /// variables in `without` removed from it) and an in-process simulator that answers after `latencyMs`, for the
 /// duration of `body`; a process still running afterwards is killed.

@@ -260,20 +260,6 @@ struct GatewayResilienceTests {
     }
 }
 
-/// The kisgw executable built next to the tests (or KISGW_TEST_BINARY).
-func kisgwBinary() -> String? {
-    if let p = ProcessInfo.processInfo.environment["KISGW_TEST_BINARY"], FileManager.default.isExecutableFile(atPath: p) {
-        return p
-    }
-    var dir = Bundle.main.bundleURL
-    for _ in 0..<4 {
-        let candidate = dir.appendingPathComponent("kisgw").path
-        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        dir = dir.deletingLastPathComponent()
-    }
-    return nil
-}
-
 /// Holds the reads of token records (`tok:…`) made while it is held, after they have read: lookups in flight.
 final class RecordGate: Sendable {
     private struct State {
