@@ -28,6 +28,49 @@ struct ControlTests {
         }
     }
 
+    /// sim.md: reset "zero[es] the counters, drop[s] faults (tokens stay)". The sliding rate windows are counters —
+    /// each holds the app key's calls of the last second — so reset empties them too (README: "lift faults and rate
+    /// windows"): a test or benchmark round starting after a reset gets each app key's full budget at once, not
+    /// what the previous round left. What belongs to tokens stays: the tokens, the reuse window (the same token comes
+    /// back), the issuance interval (`EGW00133`) and the token clock.
+    @Test("reset empties the rate windows (they count calls) and keeps tokens, their reuse, the issue interval and the clock")
+    func resetRateWindowsKeepTokens() async throws {
+        let config = SimulatorConfiguration(port: 0, environment: .sandbox, issueInterval: 60)  // 1 call a second
+        try await withSimulator(config) { sim in
+            let token = try await sim.accessToken()
+            _ = try await sim.post("/__sim/clock", ["advance_s": 30])
+            // Spend the app key's budget: a call is refused (the second within the second, unless the machine stalls).
+            var spent = ContinuousClock.now
+            var refused = false
+            for _ in 0..<3 where !refused {
+                let r = try await sim.domestic(token: token, from: "20250102", to: "20250110")
+                if r.status == 200 { spent = ContinuousClock.now } else { refused = r.json["msg_cd"] as? String == "EGW00201" }
+            }
+            #expect(refused, "three calls in a row at 1/s, none refused")
+            _ = try await sim.post("/__sim/faults", ["mode": "kis_error", "msg_cd": "EGW00123"])
+            #expect(try await sim.request(.POST, "/__sim/reset").status == 200)
+            // At once, well inside the second of the last call that passed: the window is empty again.
+            let r = try await sim.domestic(token: token, from: "20250102", to: "20250110")
+            let since = ContinuousClock.now - spent
+            if since < .milliseconds(900) {
+                #expect(r.status == 200, "\(since) after the last call that passed: \(r.status) \(r.text)")
+            }
+            #expect(r.json["msg_cd"] as? String != "EGW00123")  // the fault is gone
+            let stats = try await sim.request(.GET, "/__sim/stats").json
+            #expect((stats["errors"] as? [String: Int])?["EGW00201"] == nil)
+            #expect(stats["live_tokens"] as? Int == 1)
+            // Tokens stay: 30 s into its minute a request is still too soon; past it, the same token comes back
+            // (the reuse window), its expiry counted on the clock that was not reset.
+            let soon = try await sim.token()
+            #expect(soon.status == 403 && soon.json["error_code"] as? String == "EGW00133", "\(soon.text)")
+            _ = try await sim.post("/__sim/clock", ["advance_s": 31])
+            let again = try await sim.token().decode(KISTokenResponse.self)
+            #expect(again.access_token == token)
+            #expect((86400 - 61 - 10)...(86400 - 61) ~= again.expires_in, "\(again.expires_in)")
+            #expect(try await sim.request(.GET, "/__sim/stats").json["issuances"] as? Int == 0)  // none since the reset
+        }
+    }
+
     @Test("faults: kis_error, http500 and garbage hit quotation calls; reset lifts them")
     func faults() async throws {
         try await withSimulator { sim in

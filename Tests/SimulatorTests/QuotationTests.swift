@@ -85,6 +85,80 @@ struct GateTests {
         }
     }
 
+    /// sim.md: KIS's headers "on every quotation response including overseas ones" — refusals too: the rate limit's
+    /// `EGW00201` and a `kis_error` fault are KIS's error answers, read by clients (PK puts `gt_uid` into its
+    /// `KisAPIError`) exactly as KIS's own.
+    @Test("refusals carry KIS's headers and envelope: EGW00201 from the rate limit and from a kis_error fault, domestic and overseas")
+    func refusalHeaders() async throws {
+        @Sendable func expectKISError(_ r: SimResponse, trID: String, code: String, _ name: String) {
+            #expect(r.status == 500, "\(name)")
+            #expect(r.header("Content-Type") == "application/json; charset=utf-8", "\(name)")
+            #expect(r.headers.contains { $0.0 == "tr_id" && $0.1 == trID }, "\(name): \(r.headers)")  // lower case, echoed
+            #expect(r.headers.contains { $0.0 == "tr_cont" }, "\(name): \(r.headers)")
+            let gtUID = r.headers.first { $0.0 == "gt_uid" }?.1 ?? ""
+            #expect(gtUID.count == 32 && gtUID.allSatisfy(\.isHexDigit), "\(name): gt_uid \(gtUID)")
+            let names = Set(r.headers.map { $0.0.lowercased() })
+            #expect(names.isSubset(of: ["content-type", "content-length", "date", "tr_id", "tr_cont", "gt_uid",
+                                        "connection", "keep-alive"]), "\(name): \(names)")
+            // KIS's error envelope, nothing more (kis-api.md §6).
+            #expect(Set(r.json.keys) == ["rt_cd", "msg_cd", "msg1"], "\(name): \(r.text)")
+            #expect(r.json["rt_cd"] as? String == "1", "\(name)")
+            #expect(r.json["msg_cd"] as? String == code, "\(name)")
+            #expect(r.json["msg1"] as? String == KISMessage.text(code), "\(name)")
+        }
+        // The rate limit (1 call a second): the second of two calls at once is refused, unless the machine stalls
+        // for a second between them — then a third is.
+        try await withSimulator(SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1)) { sim in
+            let token = try await sim.accessToken()
+            for name in ["domestic", "overseas"] {
+                var refusal: SimResponse?
+                for _ in 0..<3 where refusal == nil {
+                    let r = name == "domestic"
+                        ? try await sim.domestic(token: token, from: "20250102", to: "20250110")
+                        : try await sim.overseas(token: token)
+                    if r.status != 200 { refusal = r }
+                }
+                let r = try #require(refusal, "\(name): three calls in a row at 1/s, none refused")
+                let trID = name == "domestic" ? KISTrID.domesticDailyChart : KISTrID.overseasDailyPrice
+                expectKISError(r, trID: trID, code: "EGW00201", "rate limit, \(name)")
+                try await Task.sleep(for: .milliseconds(1100))
+            }
+        }
+        try await withSimulator { sim in
+            let token = try await sim.accessToken()
+            _ = try await sim.post("/__sim/faults", ["mode": "kis_error", "msg_cd": "EGW00201"])
+            expectKISError(try await sim.domestic(token: token, from: "20250102", to: "20250110"),
+                           trID: KISTrID.domesticDailyChart, code: "EGW00201", "kis_error fault, domestic")
+            expectKISError(try await sim.overseas(token: token), trID: KISTrID.overseasDailyPrice, code: "EGW00201",
+                           "kis_error fault, overseas")
+        }
+    }
+
+    /// README: "Fault `http500` answers as a proxy in front of KIS would, an HTML page with none of KIS's headers" —
+    /// the fault that is not KIS's own answer (`kis_error` is), for a client's handling of a 500 that is not KIS's
+    /// envelope. It still sends no custom header (a header such as `x-request-id` breaks KIS's Python samples).
+    @Test("the http500 fault is a bare 500, as a proxy in front of KIS answers: no KIS headers, no other custom header; garbage keeps KIS's headers")
+    func faultHeaders() async throws {
+        try await withSimulator { sim in
+            let token = try await sim.accessToken()
+            _ = try await sim.post("/__sim/faults", ["mode": "http500"])
+            for r in [try await sim.domestic(token: token, from: "20250102", to: "20250110"), try await sim.overseas(token: token)] {
+                #expect(r.status == 500)
+                #expect(r.header("Content-Type")?.hasPrefix("text/html") == true)
+                let names = Set(r.headers.map { $0.0.lowercased() })
+                #expect(names.isSubset(of: ["content-type", "content-length", "date", "connection", "keep-alive"]),
+                        "\(names)")
+                #expect(r.text.contains("500"))
+            }
+            _ = try await sim.post("/__sim/faults", ["mode": "garbage"])
+            let r = try await sim.overseas(token: token)
+            #expect(r.status == 200)
+            #expect(r.header("Content-Type") == "application/json; charset=utf-8")
+            #expect(r.headers.contains { $0.0 == "tr_id" && $0.1 == KISTrID.overseasDailyPrice })
+            #expect(r.header("gt_uid")?.count == 32)
+        }
+    }
+
     @Test("the sandbox allows one call per second per app key, then 500 EGW00201; the window slides")
     func sandboxRate() async throws {
         try await withSimulator(SimulatorConfiguration(port: 0, environment: .sandbox, issueInterval: 0)) { sim in
@@ -137,6 +211,42 @@ struct GateTests {
             #expect(ok >= 1)
             #expect(ok <= 5 * seconds, "\(ok) successes in \(elapsed)")
             #expect(statuses.filter { $0 == 500 }.count == 30 - ok)
+        }
+    }
+
+    /// sim.md: `--environment` sets the per-app-key rate, 18/s live and 1/s sandbox (kis-api.md §7), and
+    /// `--rate-per-s` overrides it either way. A burst of `limit + 12` calls at once: within one second exactly
+    /// `limit` pass and the rest get 500 `EGW00201`. Timing is only trusted one way — the first `limit` calls always
+    /// pass, and no more than `limit` a second ever do — with the exact split asserted only when the burst took
+    /// under 0.9 s (a machine that stalls longer lets a few more through, legitimately).
+    @Test("the default rate follows --environment (live 18/s, sandbox 1/s) and --rate-per-s overrides it", arguments: [
+        (KISEnvironment.live, Int?.none, 18), (.sandbox, nil, 1), (.sandbox, 3, 3), (.live, 2, 2), (.live, 25, 25),
+    ])
+    func defaultRates(environment: KISEnvironment, override: Int?, limit: Int) async throws {
+        let config = SimulatorConfiguration(port: 0, environment: environment, issueInterval: 0, ratePerSecond: override)
+        #expect(config.effectiveRatePerSecond == limit)
+        try await withSimulator(config) { sim in
+            let token = try await sim.accessToken()
+            let calls = limit + 12
+            let started = ContinuousClock.now
+            let answers = try await withThrowingTaskGroup(of: SimResponse.self) { group in
+                for _ in 0..<calls {
+                    group.addTask { try await sim.domestic(token: token, from: "20250102", to: "20250103") }
+                }
+                return try await group.reduce(into: [SimResponse]()) { $0.append($1) }
+            }
+            let elapsed = ContinuousClock.now - started
+            let passed = answers.filter { $0.status == 200 }.count
+            let refused = answers.filter { $0.status == 500 && $0.json["msg_cd"] as? String == "EGW00201" }.count
+            #expect(passed + refused == calls, "statuses \(answers.map(\.status))")
+            #expect(passed >= limit, "\(passed) of \(calls) passed in \(elapsed)")
+            #expect(passed <= limit * (Int(elapsed.components.seconds) + 1), "\(passed) of \(calls) passed in \(elapsed)")
+            if elapsed < .milliseconds(900) {
+                #expect(passed == limit, "\(passed) of \(calls) passed in \(elapsed)")
+                #expect(refused == 12)
+            }
+            let stats = try await sim.request(.GET, "/__sim/stats").json
+            #expect((stats["errors"] as? [String: Int])?["EGW00201"] ?? 0 == refused)
         }
     }
 }
