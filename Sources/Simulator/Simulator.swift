@@ -26,17 +26,7 @@ public func buildSimulator(
     simulator.addRoutes(to: router)
 
     let server: HTTPServerBuilder
-    if let cert = configuration.tlsCertificatePath, let key = configuration.tlsKeyPath {
-        let chain: [NIOSSLCertificate]
-        let privateKey: NIOSSLPrivateKey
-        do {
-            chain = try NIOSSLCertificate.fromPEMFile(cert)
-            privateKey = try NIOSSLPrivateKey(file: key, format: .pem)
-        } catch {
-            throw SimulatorError("cannot load --tls-cert \(cert) / --tls-key \(key): \(error)")
-        }
-        let tls = TLSConfiguration.makeServerConfiguration(
-            certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(privateKey))
+    if let tls = try configuration.loadTLS() {
         server = try .tls(.http1(), tlsConfiguration: tls)
     } else {
         server = .http1()

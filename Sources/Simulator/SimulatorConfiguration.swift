@@ -1,5 +1,6 @@
 public import Foundation
 public import KIS
+import NIOSSL
 
 /// How `kisgw sim` behaves (../shared/spec/sim.md).
 public struct SimulatorConfiguration: Sendable {
@@ -75,7 +76,7 @@ public struct SimulatorConfiguration: Sendable {
         return out
     }
 
-    /// Checks ranges; the message names the option.
+    /// Checks ranges, and that the TLS files read as PEM; the message names the option.
     public func validate() throws {
         guard (0...65535).contains(port) else { throw SimulatorError("--port must be from 0 to 65535, got \(port)") }
         guard tokenTTL > 0 else { throw SimulatorError("--token-ttl-s must be positive, got \(tokenTTL)") }
@@ -85,9 +86,44 @@ public struct SimulatorConfiguration: Sendable {
         }
         if let r = ratePerSecond, r <= 0 { throw SimulatorError("--rate-per-s must be positive, got \(r)") }
         guard latencyMs >= 0 else { throw SimulatorError("--latency-ms must be 0 or more, got \(latencyMs)") }
-        guard (tlsCertificatePath == nil) == (tlsKeyPath == nil) else {
-            throw SimulatorError("--tls-cert and --tls-key go together")
+        switch (tlsCertificatePath, tlsKeyPath) {
+        case (.some, nil): throw SimulatorError("--tls-cert needs --tls-key, the certificate's private key")
+        case (nil, .some): throw SimulatorError("--tls-key needs --tls-cert, the certificate it is the key of")
+        default: _ = try loadTLS()
         }
+    }
+
+    /// The server's TLS configuration from the certificate chain of `--tls-cert` and the private key of `--tls-key`,
+    /// read now; nil for plain HTTP. A file that cannot be read, or does not hold what its option wants in PEM, is
+    /// named with that option alone; a key that is not the certificate's, with both.
+    func loadTLS() throws -> TLSConfiguration? {
+        guard let certificatePath = tlsCertificatePath, let keyPath = tlsKeyPath else { return nil }
+        func mustRead(_ path: String, _ option: String) throws {
+            guard !FileManager.default.isReadableFile(atPath: path) else { return }
+            let why = FileManager.default.fileExists(atPath: path) ? "cannot be read" : "no such file"
+            throw SimulatorError("\(option) \(path): \(why)")
+        }
+        try mustRead(certificatePath, "--tls-cert")
+        let chain: [NIOSSLCertificate]
+        do { chain = try NIOSSLCertificate.fromPEMFile(certificatePath) } catch {
+            throw SimulatorError("--tls-cert \(certificatePath): not a PEM certificate chain (\(error))")
+        }
+        guard !chain.isEmpty else {
+            throw SimulatorError("--tls-cert \(certificatePath): not a PEM certificate chain (no certificate in it)")
+        }
+        try mustRead(keyPath, "--tls-key")
+        let key: NIOSSLPrivateKey
+        do { key = try NIOSSLPrivateKey(file: keyPath, format: .pem) } catch {
+            throw SimulatorError("--tls-key \(keyPath): not a PEM private key (\(error))")
+        }
+        let configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        // What the server will do with them when it starts: OpenSSL checks the key against the certificate.
+        do { _ = try NIOSSLContext(configuration: configuration) } catch {
+            throw SimulatorError(
+                "--tls-key \(keyPath) is not the private key of --tls-cert \(certificatePath) (\(error))")
+        }
+        return configuration
     }
 }
 
