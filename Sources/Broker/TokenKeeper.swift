@@ -116,7 +116,7 @@ final class TokenKeeper: Sendable {
         do {
             if try await peekValidated(form) == nil {
                 let issued = try await issueAtKIS(form.environment, appKey: form.appKey, appSecret: form.appSecret)
-                try await keepValidated(form, token: issued.accessToken, issuedAt: now,
+                try await keepValidated(form, token: issued.accessToken, issuedAt: issuance(of: issued, now: now),
                                         expiresAt: Int64(issued.expiresAt.timeIntervalSince1970))
             }
         } catch {
@@ -441,7 +441,8 @@ final class TokenKeeper: Sendable {
             if obtained == nil {
                 let issued = try await issueAtKIS(env, appKey: account.appKey, appSecret: account.appSecret)
                 obtained = BrokerToken(userID: account.userID, environment: env, accessToken: issued.accessToken,
-                                       issuedAt: now, expiresAt: Int64(issued.expiresAt.timeIntervalSince1970))
+                                       issuedAt: issuance(of: issued, now: now),
+                                       expiresAt: Int64(issued.expiresAt.timeIntervalSince1970))
             }
             var token = obtained!
             // A token a gateway saw KIS refuse (`dead:`) that KIS now hands back as current (EGW00121/EGW00122 can be
@@ -471,6 +472,16 @@ final class TokenKeeper: Sendable {
             if adopted { _ = try? await store.delete(validatedKey(env, account.appKey)) }
             return token
         }
+    }
+
+    /// When KIS issued `issued`, which the reuse window counts from: now, unless KIS's answer dates it earlier —
+    /// a token handed back within KIS's reuse window whose `expires_in` says the full life rather than the seconds
+    /// left (kis-api.md §2.1 leaves open which KIS sends). For a token the broker has a row of, the row's issuance
+    /// counts anyway (`issue`); this is for one issued outside the broker, such as by the user's own script. Never
+    /// later than now, whatever KIS's clock says.
+    private func issuance(of issued: KISIssuedToken, now: Int64) -> Int64 {
+        guard let at = issued.issuedAt else { return now }
+        return min(now, Int64(at.timeIntervalSince1970.rounded(.down)))
     }
 
     /// One `tokenP` call, counted, with KIS's refusals as the broker's problems.

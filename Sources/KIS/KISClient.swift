@@ -93,6 +93,12 @@ public struct KISIssuedToken: Sendable, Equatable {
     public var accessToken: String
     public var expiresAt: Date
     public var expiresIn: Int
+    /// When KIS issued it, by KIS's clock, as far as its answer tells: `access_token_token_expired` less
+    /// `expires_in`, when the answer gives both. Within its reuse window KIS answers with the token it issued before
+    /// (kis-api.md §2.1): if `expires_in` then counts the seconds left, this is the time of the answer; if it still
+    /// says the full life (`kisgw sim --reused-expires-in full`), it is the first issuance. nil when the answer gives
+    /// only one of the two.
+    public var issuedAt: Date?
 }
 
 /// A REST client for the KIS endpoints kisgw uses, on AsyncHTTPClient (`KISHTTPClients`: keep-alive pools, a call
@@ -127,14 +133,14 @@ public struct KISClient: Sendable {
         if status == 200, let t = try? JSONDecoder().decode(TokenAnswer.self, from: data) {
             // Expiry: KST wall clock as KIS wrote it; `expires_in` when that is missing or unreadable.
             let now = Date()
-            guard let expiry = t.access_token_token_expired.flatMap(KST.parse)
-                ?? t.expires_in.map({ now.addingTimeInterval(TimeInterval($0)) })
-            else {
+            let stated = t.access_token_token_expired.flatMap(KST.parse)
+            guard let expiry = stated ?? t.expires_in.map({ now.addingTimeInterval(TimeInterval($0)) }) else {
                 throw KISClientError(kind: .unreadable, message: "KIS issued a token without a readable expiry",
                                      httpStatus: status)
             }
+            let issuedAt = stated.flatMap { at in t.expires_in.map { at.addingTimeInterval(-TimeInterval($0)) } }
             return KISIssuedToken(accessToken: t.access_token, expiresAt: expiry,
-                                  expiresIn: t.expires_in ?? Int(expiry.timeIntervalSince(now)))
+                                  expiresIn: t.expires_in ?? Int(expiry.timeIntervalSince(now)), issuedAt: issuedAt)
         }
         throw Self.classify(status: status, data: data)
     }

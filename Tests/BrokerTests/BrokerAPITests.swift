@@ -419,6 +419,58 @@ struct BrokerAPITests {
         }
     }
 
+    /// kis-api.md §2.1: within its 6 h reuse window KIS answers tokenP with the token it issued before, and whether
+    /// `expires_in` then counts the seconds left or still says the full 86400 is unverified — `kisgw sim
+    /// --reused-expires-in full` plays the second. Here the token was issued outside the broker (the user tried the
+    /// app key with KIS's own sample two hours before connecting), so the broker has no row of it to take the first
+    /// issuance from. Its expiry is KIS's `access_token_token_expired`, not the answer's time plus 86400 s; and the
+    /// full life says when KIS issued it (expiry − 86400), which the reuse window counts from: a refresh 6 h after that
+    /// issuance (4 h after connecting) asks KIS, which issues a new token.
+    @Test("a token KIS hands back with expires_in the full life (--reused-expires-in full): KIS's expiry, and the reuse window counted from its first issuance")
+    func reusedTokenFullExpiresIn() async throws {
+        let sim = SimulatorConfiguration(port: 0, environment: .sandbox, reuseReportsRemaining: false)
+        try await withBroker(sim: sim, config: quietSchedulerConfig) { b in
+            let key = appKey("full")
+            // Both clocks an hour ahead of the real one from the start: an expiry taken as the time of the answer
+            // (KISClient reads the real clock) plus expires_in would then be an hour off KIS's, not a few milliseconds.
+            try await b.advanceClocks(3600)
+            // The user's own tokenP call, two hours before connecting.
+            let own = try await b.sim(.POST, KISPath.tokenP,
+                                      #"{"grant_type":"client_credentials","appkey":"\#(key)","appsecret":"secret-\#(key)"}"#)
+            let first = try own.decode(KISTokenResponse.self)
+            let kisExpiry = try #require(KST.parse(first.access_token_token_expired))
+            let issued = kisExpiry.addingTimeInterval(-86400)
+            try await b.advanceClocks(7200)
+
+            let jwt = try await b.jwt("u1")
+            let connected = try await b.post("/api/kis/token", accountBody(key), jwt: jwt)
+            #expect(connected.status == 200, "\(connected.text)")
+            #expect(connected.json["token"] as? String == first.access_token)  // KIS's reuse window: the same token
+            #expect(try await b.issuances() == 1)
+            let expiresAt = try #require((connected.json["expiresAt"] as? String).flatMap { try? Date($0, strategy: .iso8601) })
+            #expect(expiresAt == kisExpiry, "KIS said \(first.access_token_token_expired) KST; the broker \(expiresAt)")
+            let published = try #require(try await b.published(first.access_token))
+            #expect(published.expiresAt == kisExpiry)
+            #expect(published.issuedAt == issued, "issued \(published.issuedAt), KIS issued it at \(issued)")
+            let account = try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt)
+            #expect(account.json["tokenExpiresAt"] as? String == connected.json["expiresAt"] as? String)
+
+            // Inside KIS's reuse window the stored token serves a refresh, without KIS.
+            let tokenCalls = try await b.simCalls("tokenP")
+            let inside = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: jwt)
+            #expect(inside.json["token"] as? String == first.access_token, "\(inside.text)")
+            #expect(try await b.simCalls("tokenP") == tokenCalls)
+
+            // Six hours after KIS issued it (four after connecting): past the reuse window, a new token.
+            try await b.advanceClocks(21600 - 7200 + 60)
+            let refreshed = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: try await b.jwt("u1"))
+            #expect(refreshed.status == 200, "\(refreshed.text)")
+            #expect(refreshed.json["token"] as? String != first.access_token,
+                    "the reuse window was counted from the connection, not from KIS's issuance")
+            #expect(try await b.issuances() == 2)
+        }
+    }
+
     @Test("refresh: 404 without an account, the same token inside the reuse window, a new one past it")
     func refresh() async throws {
         try await withBroker(config: { testConfig(simURL: $0, database: $1, reconcileIntervalS: 3600) }) { b in

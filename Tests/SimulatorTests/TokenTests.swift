@@ -2,6 +2,7 @@ import Foundation
 import NIOHTTP1
 import NIOCore
 import KIS
+import Logging
 import Testing
 @testable import Simulator
 import TestSupport
@@ -136,6 +137,34 @@ struct TokenTests {
             _ = try await sim.token()
             _ = try await sim.post("/__sim/clock", ["advance_s": 100])
             #expect(try await sim.token().decode(KISTokenResponse.self).expires_in == 86400)
+        }
+    }
+
+    /// What the broker builds on (kis-api.md §2.1): KISClient takes the expiry from `access_token_token_expired`
+    /// whatever `expires_in` says, and dates the token by the two together — the first issuance when a reused token
+    /// says the full life, the time of the answer when it says the seconds left.
+    @Test("KISClient reads a reused token: KIS's expiry either way; issued at the first issuance (full) or at the answer (remaining)",
+          arguments: [false, true])
+    func clientReadsReusedToken(reportsRemaining: Bool) async throws {
+        let config = SimulatorConfiguration(port: 0, issueInterval: 0, reuseReportsRemaining: reportsRemaining)
+        try await withSimulator(config) { sim in
+            var logger = Logger(label: "kis-client")
+            logger.logLevel = .critical
+            let client = KISClient(baseURL: sim.base, logger: logger)
+            let first = try await client.issueToken(appKey: "PSappkey-test-0001", appSecret: "secret-0001")
+            let issued = first.expiresAt.addingTimeInterval(-86400)
+            #expect(first.issuedAt == issued)
+            _ = try await sim.post("/__sim/clock", ["advance_s": 3600])
+            let again = try await client.issueToken(appKey: "PSappkey-test-0001", appSecret: "secret-0001")
+            #expect(again.accessToken == first.accessToken)
+            #expect(again.expiresAt == first.expiresAt)
+            let at = try #require(again.issuedAt)
+            if reportsRemaining {
+                #expect((3600...3610).contains(at.timeIntervalSince(issued)), "\(at) for a token issued \(issued)")
+            } else {
+                #expect(again.expiresIn == 86400)
+                #expect(at == issued)
+            }
         }
     }
 
