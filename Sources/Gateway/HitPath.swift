@@ -86,6 +86,9 @@ final class HitPath: Sendable {
         case answer(Answer)
         /// Ask `ChartService` for the chart, then answer (``answer(_:to:allocator:)``).
         case fetch(Fetch)
+        /// Refuse the request, its head longer than `maxHeaderBytes` (``malformed(_:origin:allocator:)``), and close
+        /// the connection; `origin` is its allowed `Origin`, if any.
+        case refuseOversized(origin: String?)
     }
 
     /// A chart to ask `ChartService` for, for credentials already verified, and what its answer depends on.
@@ -182,15 +185,18 @@ final class HitPath: Sendable {
 
     // MARK: - deciding
 
-    /// The answer to `head` if it is known now, the chart to fetch first, or nil to let the router answer.
-    /// `originAllowed` says whether an `Origin` value is allowed (the handler remembers the last one).
-    /// The head is encoded into a buffer from `allocator`.
-    func decide(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator,
+    /// The answer to `head` if it is known now, the chart to fetch first, a refusal of a head longer than
+    /// `maxHeaderBytes`, or nil to let the router answer (whoever answers a head measures it: here while reading the
+    /// fields a hit needs anyway, ``exceeds(_:_:)`` for the router's). `originAllowed` says whether an `Origin` value
+    /// is allowed (the handler remembers the last one). The head is encoded into a buffer from `allocator`.
+    func decide(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator, maxHeaderBytes: Int,
                 originAllowed: (String) -> Bool) -> Decision? {
         guard head.version == .http1_1, head.isKeepAlive else { return nil }
         switch head.method {
-        case .GET: return chart(head, now: now, allocator: allocator, originAllowed: originAllowed)
-        case .OPTIONS: return preflight(head, allocator: allocator, originAllowed: originAllowed).map(Decision.answer)
+        case .GET:
+            return chart(head, now: now, allocator: allocator, maxHeaderBytes: maxHeaderBytes, originAllowed: originAllowed)
+        case .OPTIONS:
+            return preflight(head, allocator: allocator, maxHeaderBytes: maxHeaderBytes, originAllowed: originAllowed)
         default: return nil
         }
     }
@@ -240,14 +246,17 @@ final class HitPath: Sendable {
     }
 
     /// What `CORSMiddleware` answers to a preflight.
-    private func preflight(_ head: HTTPRequestHead, allocator: ByteBufferAllocator,
-                           originAllowed: (String) -> Bool) -> Answer? {
+    private func preflight(_ head: HTTPRequestHead, allocator: ByteBufferAllocator, maxHeaderBytes: Int,
+                           originAllowed: (String) -> Bool) -> Decision? {
         guard let fields = Fields(head.headers), let origin = fields.origin, fields.requestMethod != nil else { return nil }
+        if fields.exceed(maxHeaderBytes, uri: head.uri) {
+            return .refuseOversized(origin: originAllowed(origin) ? origin : nil)
+        }
         guard originAllowed(origin) else {
             var out = Head(.forbidden, allocator: allocator, capacity: 128)
             out.add("Vary", "Origin")
             out.add("Content-Length", "0")
-            return Answer(status: .forbidden, head: out, body: nil, route: "unmatched", cacheHit: false)
+            return .answer(Answer(status: .forbidden, head: out, body: nil, route: "unmatched", cacheHit: false))
         }
         var out = Head(.noContent, allocator: allocator, capacity: 384 + origin.utf8.count)
         out.add("Vary", "Origin")
@@ -256,7 +265,7 @@ final class HitPath: Sendable {
         out.add("Access-Control-Allow-Methods", CORSHeaderValues.gatewayMethods)
         out.add("Access-Control-Allow-Headers", CORSHeaderValues.allowHeaders)
         out.add("Access-Control-Max-Age", String(cors.maxAgeS))
-        return Answer(status: .noContent, head: out, body: nil, route: "unmatched", cacheHit: false)
+        return .answer(Answer(status: .noContent, head: out, body: nil, route: "unmatched", cacheHit: false))
     }
 
     /// The request headers the hit path reads, each found in one pass; a repeated one makes the request the
@@ -267,10 +276,16 @@ final class HitPath: Sendable {
         var origin: String?
         var ifNoneMatch: String?
         var requestMethod: String?
+        /// The names' and values' bytes, and the longest of them, as NIO's decoder counts them.
+        var bytes = 0
+        var longest = 0
 
         init?(_ headers: HTTPHeaders) {
             for (name, value) in headers {
                 let n = name.utf8
+                let nameBytes = n.count, valueBytes = value.utf8.count
+                bytes += nameBytes + valueBytes
+                longest = Swift.max(longest, nameBytes, valueBytes)
                 let fresh: Bool
                 switch n.count {
                 case 6 where Self.equals(n, "origin"): fresh = Self.take(&origin, value)
@@ -282,6 +297,12 @@ final class HitPath: Sendable {
                 }
                 guard fresh else { return nil }
             }
+        }
+
+        /// Whether the head is longer than `limit`, as ``HitPath/exceeds(_:_:)`` measures it.
+        func exceed(_ limit: Int, uri: String) -> Bool {
+            let target = uri.utf8.count
+            return longest > limit || target > limit || bytes + target > limit
         }
 
         /// Sets an unset field; false when it was set already (a repeated header).
@@ -306,7 +327,7 @@ final class HitPath: Sendable {
         }
     }
 
-    private func chart(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator,
+    private func chart(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator, maxHeaderBytes: Int,
                        originAllowed: (String) -> Bool) -> Decision? {
         let uri = head.uri
         let nowSeconds = Int64(now.timeIntervalSince1970)
@@ -324,6 +345,7 @@ final class HitPath: Sendable {
         let kisToken = BearerCredentials.trimmedOWS(rawKIS[...])
         guard !kisToken.isEmpty else { return nil }
         let allowedOrigin = fields.origin.flatMap { originAllowed($0) ? $0 : nil }
+        if fields.exceed(maxHeaderBytes, uri: uri) { return .refuseOversized(origin: allowedOrigin) }
 
         let session: VerifiedSession
         switch verifier.known(String(jwt), now: now) {
@@ -600,16 +622,21 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         switch unwrapInboundIn(data) {
         case .head(let head):
-            if encoder != nil, HitPath.exceeds(maxHeaderBytes, head) {
-                refused = (.headerOverflow, head.headers.first(name: "origin").flatMap { allowed($0) ? $0 : nil })
-                if routed.isEmpty { refuse(context: context) }
-                return
-            }
             let start = ContinuousClock.now, now = Date()
             if routed.isEmpty, encoder != nil,
-                let decision = path.decide(head, now: now, allocator: context.channel.allocator, originAllowed: allowed)
+                let decision = path.decide(head, now: now, allocator: context.channel.allocator,
+                                           maxHeaderBytes: maxHeaderBytes, originAllowed: allowed)
             {
-                answering = (decision, head.method, start, now)
+                if case .refuseOversized(let origin) = decision {
+                    refused = (.headerOverflow, origin)
+                    refuse(context: context)
+                } else {
+                    answering = (decision, head.method, start, now)
+                }
+            } else if encoder != nil, HitPath.exceeds(maxHeaderBytes, head) {
+                // What the hit path leaves to the router is measured here (it measures what it answers itself).
+                refused = (.headerOverflow, head.headers.first(name: "origin").flatMap { allowed($0) ? $0 : nil })
+                if routed.isEmpty { refuse(context: context) }
             } else {
                 routed.append(head.method)
                 routedBodyOpen = true
@@ -632,6 +659,8 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 releaseQuiesce(once: written?.futureResult)
             case .fetch(let fetch):
                 startFetch(fetch, method: pending.method, start: pending.start, context: context)
+            case .refuseOversized:
+                break  // refused when its head was read, never kept for its end
             }
         }
     }
