@@ -129,18 +129,22 @@ struct Loader {
         if path == nil, FileManager.default.fileExists(atPath: "gateway.toml") { path = "gateway.toml" }
         guard let path else { return }
         filePath = path
-        let text = try Loader.readText(path, source: path, key: nil)
-        let table: TOMLTable
+        let table = try Loader.parseTOML(try Loader.readText(path, source: path, key: nil), path: path)
+        try collect(Raw.entries(of: table), path: path)
+    }
+
+    /// `text`, the file at `path`, as a TOML table; a syntax error names the file, line and column. The error of a
+    /// file of `secrets` does not quote the parser's other errors, which may quote the text.
+    static func parseTOML(_ text: String, path: String, secrets: Bool = false) throws(ConfigError) -> TOMLTable {
         do {
-            table = try TOMLTable(string: text)
+            return try TOMLTable(string: text)
         } catch let error as TOMLParseError {
             throw ConfigError(
                 .syntax, source: path, key: nil,
                 problem: "line \(error.source.begin.line), column \(error.source.begin.column): \(error.description)")
         } catch {
-            throw ConfigError(.syntax, source: path, key: nil, problem: "not valid TOML: \(error)")
+            throw ConfigError(.syntax, source: path, key: nil, problem: secrets ? "not valid TOML" : "not valid TOML: \(error)")
         }
-        try collect(Raw.entries(of: table), path: path)
     }
 
     static func readText(_ path: String, source: String, key: String?) throws(ConfigError) -> String {
@@ -626,17 +630,8 @@ struct Loader {
 
     /// The keys in `[seal] keys_file` at `path` (set in `source`), by key id.
     static func sealKeys(file path: String, source: String) throws(ConfigError) -> [String: SealKey] {
-        let text = try Loader.readText(path, source: source, key: "seal.keys_file")
-        let table: TOMLTable
-        do {
-            table = try TOMLTable(string: text)
-        } catch let error as TOMLParseError {
-            throw ConfigError(
-                .syntax, source: path, key: nil,
-                problem: "line \(error.source.begin.line), column \(error.source.begin.column): \(error.description)")
-        } catch {
-            throw ConfigError(.syntax, source: path, key: nil, problem: "not valid TOML")
-        }
+        let table = try parseTOML(try Loader.readText(path, source: source, key: "seal.keys_file"), path: path,
+                                  secrets: true)
         var keys: [String: SealKey] = [:]
         for (id, value) in Raw.entries(of: table) {
             if let problem = Validation.keyIDProblem(id) {

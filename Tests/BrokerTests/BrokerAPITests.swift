@@ -801,14 +801,7 @@ struct BrokerAPITests {
         try await withBroker(store: .memory) { b in
             // The same broker code over a store whose Redis is gone.
             let dead = DeadStore()
-            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-            let server = TestServer(try await buildBroker(
-                b.config, dependencies: BrokerDependencies(store: dead, keyring: b.keyring, repository: try b.database.repository()),
-                logger: quietLogger) { cont.yield($0) })
-            Task { try await server.run() }
-            try await stopping([server]) {
-                var it = ports.makeAsyncIterator()
-                let url = "http://127.0.0.1:\(await it.next()!)"
+            try await b.withBroker(dependencies: BrokerDependencies(store: dead, keyring: b.keyring, repository: try b.database.repository())) { url in
                 let r = try await b.post("/api/kis/token", accountBody(appKey("st")), jwt: try await b.jwt("u1"), base: url)
                 #expect(r.status == 503)
                 #expect(r.code == "store_unavailable")

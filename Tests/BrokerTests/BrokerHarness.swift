@@ -217,10 +217,17 @@ struct BrokerFixture: Sendable {
     /// UI's) and `logger`, for `body`, which gets its base URL.
     func withBroker(extraRoutes: @escaping @Sendable (Router<BasicRequestContext>) -> Void = { _ in },
                     logger: Logger = quietLogger, _ body: (_ url: String) async throws -> Void) async throws {
-        let (ports, cont) = AsyncStream.makeStream(of: Int.self)
         let deps = BrokerDependencies(store: store, keyring: keyring, repository: try database.repository(),
                                       extraRoutes: extraRoutes)
-        let broker = TestServer(try await buildBroker(config, dependencies: deps, logger: logger) { cont.yield($0) })
+        try await withBroker(dependencies: deps, logger: logger, body)
+    }
+
+    /// Runs another broker with this fixture's configuration on `dependencies` (a repository or store that fails on
+    /// demand, say) for `body`, which gets its base URL.
+    func withBroker(dependencies: BrokerDependencies, logger: Logger = quietLogger,
+                    _ body: (_ url: String) async throws -> Void) async throws {
+        let (ports, cont) = AsyncStream.makeStream(of: Int.self)
+        let broker = TestServer(try await buildBroker(config, dependencies: dependencies, logger: logger) { cont.yield($0) })
         Task { try await broker.run() }
         var it = ports.makeAsyncIterator()
         let url = "http://127.0.0.1:\(await it.next()!)"

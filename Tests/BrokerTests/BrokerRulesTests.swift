@@ -211,14 +211,7 @@ struct BrokerRulesTests {
             #expect(try await b.get("/readyz", jwt: nil).status == 200)
             // The same broker code over a database that can be switched off.
             let repository = SwitchableRepository(try b.database.repository())
-            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-            let server = TestServer(try await buildBroker(
-                b.config, dependencies: BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository),
-                logger: quietLogger) { cont.yield($0) })
-            Task { try await server.run() }
-            try await stopping([server]) {
-                var it = ports.makeAsyncIterator()
-                let url = "http://127.0.0.1:\(await it.next()!)"
+            try await b.withBroker(dependencies: BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository)) { url in
                 #expect(try await b.get("/readyz", jwt: nil, base: url).status == 200)
                 repository.down.store(true, ordering: .relaxed)
                 let down = try await b.get("/readyz", jwt: nil, base: url)
@@ -239,16 +232,8 @@ struct BrokerRulesTests {
         try await withBroker(store: kind) { b in
             let repository = SwitchableRepository(try b.database.repository())
             repository.writesFail.store(true, ordering: .relaxed)
-            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-            let server = TestServer(try await buildBroker(
-                b.config, dependencies: BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository,
-                                                           clock: { b.clock.now() }),
-                logger: quietLogger) { cont.yield($0) })
-            Task { try await server.run() }
             var events = try await b.store.subscribe(to: TokenDirectory.eventsChannel).makeAsyncIterator()
-            try await stopping([server]) {
-                var it = ports.makeAsyncIterator()
-                let url = "http://127.0.0.1:\(await it.next()!)"
+            try await b.withBroker(dependencies: BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository, clock: { b.clock.now() })) { url in
                 let jwt = try await b.jwt("u-dbfirst")
                 let r = try await b.post("/api/kis/token", accountBody(appKey("dbfirst")), jwt: jwt, base: url)
                 #expect(r.status == 503, "\(r.text)")

@@ -103,15 +103,7 @@ struct IssuanceRaceTests {
                                 accountNumber: "12345678-01", createdAt: now, updatedAt: now)
             repository.alternate.withLock { $0 = (try? AccountVault(keyring: b.keyring).seal(other)).map { ($0, 0) } }
             #expect(repository.alternate.withLock { $0 != nil })
-            let (ports, cont) = AsyncStream.makeStream(of: Int.self)
-            let server = TestServer(try await buildBroker(
-                b.config, dependencies: BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository,
-                                                           clock: { b.clock.now() }),
-                logger: quietLogger) { cont.yield($0) })
-            Task { try await server.run() }
-            try await stopping([server]) {
-                var it = ports.makeAsyncIterator()
-                let url = "http://127.0.0.1:\(await it.next()!)"
+            try await b.withBroker(dependencies: BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository, clock: { b.clock.now() })) { url in
                 let d = try await http(.DELETE, url + "/api/kis/account?environment=SANDBOX",
                                        headers: [("Authorization", "Bearer " + jwt)])
                 #expect(d.status == 429 && d.code == "kis_rate_limited", "\(d.text)")
