@@ -68,8 +68,7 @@ public func buildGateway(
     return Application(
         router: router,
         server: dependencies.hitPathEnabled
-            ? .gateway(hitPath: gateway.hitPath, maxHeaderBytes: config.server.maxHeaderBytes,
-                       idleTimeout: dependencies.idleTimeout)
+            ? .gateway(hitPath: gateway.hitPath, idleTimeout: dependencies.idleTimeout)
             : .http1(configuration: .init(idleTimeout: TimeAmount(dependencies.idleTimeout), httpDecoderConfiguration: .init(
                 maxHeaderFieldSize: config.server.maxHeaderBytes, maxHeaderListSize: config.server.maxHeaderBytes))),
         configuration: .init(address: .hostname(config.server.host, port: config.server.port), serverName: nil),
@@ -135,7 +134,8 @@ struct GatewayCore: Sendable {
         let metrics = self.metrics
         self.charts = ChartService(settings: settings, store: store, l1: l1, clients: clients, authorizer: authorizer,
                                    metrics: metrics, logger: logger)
-        self.hitPath = HitPath(cors: config.cors, maxRangeDays: config.limits.maxRangeDays, verifier: verifier,
+        self.hitPath = HitPath(cors: config.cors, maxRangeDays: config.limits.maxRangeDays,
+                               maxHeaderBytes: config.server.maxHeaderBytes, verifier: verifier,
                                authorizer: authorizer, l1: l1, charts: charts, metrics: metrics, recorder: recorder,
                                observer: dependencies.onHitPathAnswer)
         self.eventListener = StoreEventListener(store: store, authorizer: authorizer, notifier: charts.notifier,

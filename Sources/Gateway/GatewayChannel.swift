@@ -12,19 +12,17 @@ struct GatewayHTTP1Channel: HTTPChannelHandler {
 
     let responder: HTTPChannelHandler.Responder
     let hitPath: HitPath
-    /// `[server] max_header_bytes`: the target and each header field at most, and all of them together.
-    /// `HitPathHandler` enforces it on the parsed head, where it knows the request's `Origin` and can answer with
-    /// CORS headers; the decoder stops reading a head at twice the limit (a head longer than that is refused
-    /// without them).
-    let maxHeaderBytes: Int
     /// How long a connection may sit with no request part read and nothing in progress (`HitPathHandler`).
     let idleTimeout: Duration?
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
             var limits = NIOHTTPDecoderLimitConfiguration()
-            limits.maxHeaderFieldSize = 2 * maxHeaderBytes
-            limits.maxHeaderListSize = 2 * maxHeaderBytes
+            // `[server] max_header_bytes` is enforced on the parsed head (`HitPath.HeadSize`), where the request's
+            // `Origin` is known and the refusal can carry CORS headers; the decoder stops reading at twice the limit
+            // (a head longer than that is refused without them).
+            limits.maxHeaderFieldSize = 2 * hitPath.maxHeaderBytes
+            limits.maxHeaderListSize = 2 * hitPath.maxHeaderBytes
             limits.maxHeaderFieldCount = 1000  // Hummingbird's default
             // What `configureHTTPServerPipeline` sets up without pipelining assistance (the hit path and the async
             // channel keep answers in order), error handling (Hummingbird answers parse errors) or header
@@ -35,7 +33,7 @@ struct GatewayHTTP1Channel: HTTPChannelHandler {
             try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(
                 leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop, limitConfiguration: limits)))
             try channel.pipeline.syncOperations.addHandler(
-                HitPathHandler(path: hitPath, maxHeaderBytes: maxHeaderBytes, idleTimeout: idleTimeout.map { TimeAmount($0) }))
+                HitPathHandler(path: hitPath, idleTimeout: idleTimeout.map { TimeAmount($0) }))
             try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
             // No idle timeout here: this handler sees only what the router answers (`HitPathHandler` keeps it).
             try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
@@ -51,9 +49,9 @@ struct GatewayHTTP1Channel: HTTPChannelHandler {
 
 extension HTTPServerBuilder {
     /// HTTP/1.1 with the gateway's hit path.
-    static func gateway(hitPath: HitPath, maxHeaderBytes: Int, idleTimeout: Duration? = nil) -> HTTPServerBuilder {
+    static func gateway(hitPath: HitPath, idleTimeout: Duration? = nil) -> HTTPServerBuilder {
         .init { responder in
-            GatewayHTTP1Channel(responder: responder, hitPath: hitPath, maxHeaderBytes: maxHeaderBytes, idleTimeout: idleTimeout)
+            GatewayHTTP1Channel(responder: responder, hitPath: hitPath, idleTimeout: idleTimeout)
         }
     }
 }

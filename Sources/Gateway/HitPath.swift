@@ -159,6 +159,9 @@ final class HitPath: Sendable {
 
     let cors: KisgwConfig.CORS
     let maxRangeDays: Int
+    /// `[server] max_header_bytes`. The decoder's own limit is twice this (`GatewayHTTP1Channel`): a head between the
+    /// two is read whole and refused where its `Origin` is known (``HeadSize``).
+    let maxHeaderBytes: Int
     let verifier: JWTVerifier
     let authorizer: TokenAuthorizer
     let l1: L1Cache<ChartEntry>
@@ -169,13 +172,14 @@ final class HitPath: Sendable {
     private let resolved = Mutex<[String: Resolved]>([:])
     private let resolvedLimit = 10_000
 
-    init(cors: KisgwConfig.CORS, maxRangeDays: Int, verifier: JWTVerifier, authorizer: TokenAuthorizer,
-         l1: L1Cache<ChartEntry>, charts: ChartService, metrics: GatewayMetrics, recorder: RequestRecorder,
-         observer: (@Sendable (_ status: Int) -> Void)? = nil) {
+    init(cors: KisgwConfig.CORS, maxRangeDays: Int, maxHeaderBytes: Int, verifier: JWTVerifier,
+         authorizer: TokenAuthorizer, l1: L1Cache<ChartEntry>, charts: ChartService, metrics: GatewayMetrics,
+         recorder: RequestRecorder, observer: (@Sendable (_ status: Int) -> Void)? = nil) {
         self.charts = charts
         self.observer = observer
         self.cors = cors
         self.maxRangeDays = maxRangeDays
+        self.maxHeaderBytes = maxHeaderBytes
         self.verifier = verifier
         self.authorizer = authorizer
         self.l1 = l1
@@ -187,16 +191,14 @@ final class HitPath: Sendable {
 
     /// The answer to `head` if it is known now, the chart to fetch first, a refusal of a head longer than
     /// `maxHeaderBytes`, or nil to let the router answer (whoever answers a head measures it: here while reading the
-    /// fields a hit needs anyway, ``exceeds(_:_:)`` for the router's). `originAllowed` says whether an `Origin` value
+    /// fields a hit needs anyway, ``oversized(_:)`` for the router's). `originAllowed` says whether an `Origin` value
     /// is allowed (the handler remembers the last one). The head is encoded into a buffer from `allocator`.
-    func decide(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator, maxHeaderBytes: Int,
+    func decide(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator,
                 originAllowed: (String) -> Bool) -> Decision? {
         guard head.version == .http1_1, head.isKeepAlive else { return nil }
         switch head.method {
-        case .GET:
-            return chart(head, now: now, allocator: allocator, maxHeaderBytes: maxHeaderBytes, originAllowed: originAllowed)
-        case .OPTIONS:
-            return preflight(head, allocator: allocator, maxHeaderBytes: maxHeaderBytes, originAllowed: originAllowed)
+        case .GET: return chart(head, now: now, allocator: allocator, originAllowed: originAllowed)
+        case .OPTIONS: return preflight(head, allocator: allocator, originAllowed: originAllowed)
         default: return nil
         }
     }
@@ -246,10 +248,10 @@ final class HitPath: Sendable {
     }
 
     /// What `CORSMiddleware` answers to a preflight.
-    private func preflight(_ head: HTTPRequestHead, allocator: ByteBufferAllocator, maxHeaderBytes: Int,
+    private func preflight(_ head: HTTPRequestHead, allocator: ByteBufferAllocator,
                            originAllowed: (String) -> Bool) -> Decision? {
         guard let fields = Fields(head.headers), let origin = fields.origin, fields.requestMethod != nil else { return nil }
-        if fields.exceed(maxHeaderBytes, uri: head.uri) {
+        if fields.size.exceeds(maxHeaderBytes, target: head.uri) {
             return .refuseOversized(origin: originAllowed(origin) ? origin : nil)
         }
         guard originAllowed(origin) else {
@@ -276,16 +278,13 @@ final class HitPath: Sendable {
         var origin: String?
         var ifNoneMatch: String?
         var requestMethod: String?
-        /// The names' and values' bytes, and the longest of them, as NIO's decoder counts them.
-        var bytes = 0
-        var longest = 0
+        /// The head's size, measured in the same pass.
+        var size = HeadSize()
 
         init?(_ headers: HTTPHeaders) {
             for (name, value) in headers {
                 let n = name.utf8
-                let nameBytes = n.count, valueBytes = value.utf8.count
-                bytes += nameBytes + valueBytes
-                longest = Swift.max(longest, nameBytes, valueBytes)
+                size.add(name: n.count, value: value.utf8.count)
                 let fresh: Bool
                 switch n.count {
                 case 6 where Self.equals(n, "origin"): fresh = Self.take(&origin, value)
@@ -297,12 +296,6 @@ final class HitPath: Sendable {
                 }
                 guard fresh else { return nil }
             }
-        }
-
-        /// Whether the head is longer than `limit`, as ``HitPath/exceeds(_:_:)`` measures it.
-        func exceed(_ limit: Int, uri: String) -> Bool {
-            let target = uri.utf8.count
-            return longest > limit || target > limit || bytes + target > limit
         }
 
         /// Sets an unset field; false when it was set already (a repeated header).
@@ -327,7 +320,7 @@ final class HitPath: Sendable {
         }
     }
 
-    private func chart(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator, maxHeaderBytes: Int,
+    private func chart(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator,
                        originAllowed: (String) -> Bool) -> Decision? {
         let uri = head.uri
         let nowSeconds = Int64(now.timeIntervalSince1970)
@@ -345,7 +338,7 @@ final class HitPath: Sendable {
         let kisToken = BearerCredentials.trimmedOWS(rawKIS[...])
         guard !kisToken.isEmpty else { return nil }
         let allowedOrigin = fields.origin.flatMap { originAllowed($0) ? $0 : nil }
-        if fields.exceed(maxHeaderBytes, uri: uri) { return .refuseOversized(origin: allowedOrigin) }
+        if fields.size.exceeds(maxHeaderBytes, target: uri) { return .refuseOversized(origin: allowedOrigin) }
 
         let session: VerifiedSession
         switch verifier.known(String(jwt), now: now) {
@@ -399,17 +392,29 @@ final class HitPath: Sendable {
                        allocator: allocator)
     }
 
-    /// Whether `head` is longer than `limit` as NIO's decoder measures it: the target, and each header name and
-    /// value, each at most `limit` bytes, and all of them together too.
-    static func exceeds(_ limit: Int, _ head: HTTPRequestHead) -> Bool {
-        var total = head.uri.utf8.count
-        if total > limit { return true }
-        for (name, value) in head.headers {
-            let n = name.utf8.count, v = value.utf8.count
-            total += n + v
-            if total > limit || n > limit || v > limit { return true }
+    /// Whether `head` is longer than `maxHeaderBytes` (``HeadSize``): for the heads the hit path leaves to the
+    /// router, which measures those it answers as it reads their fields.
+    func oversized(_ head: HTTPRequestHead) -> Bool {
+        var size = HeadSize()
+        for (name, value) in head.headers { size.add(name: name.utf8.count, value: value.utf8.count) }
+        return size.exceeds(maxHeaderBytes, target: head.uri)
+    }
+
+    /// A request head's size as NIO's decoder measures it against its limits: the target and each header name and
+    /// value each at most the limit, and all of them together too.
+    struct HeadSize {
+        private var bytes = 0
+        private var longest = 0
+
+        mutating func add(name: Int, value: Int) {
+            bytes += name + value
+            longest = Swift.max(longest, name, value)
         }
-        return false
+
+        func exceeds(_ limit: Int, target: String) -> Bool {
+            let t = target.utf8.count
+            return longest > limit || t > limit || bytes + t > limit
+        }
     }
 
     private func addCORS(to head: inout Head, origin: String?) {
@@ -540,9 +545,6 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// A request refused before routing (by the decoder, or its head over `maxHeaderBytes`) and its allowed
     /// `Origin` if that was read, answered (and the connection closed) once the answers before it are out.
     private var refused: (error: HTTPParserError, origin: String?)?
-    /// `[server] max_header_bytes`. The decoder's own limit is twice this: a head between the two is read whole and
-    /// refused here, where its `Origin` is known.
-    private let maxHeaderBytes: Int
     /// The router has a request whose end has not been passed on yet: a decoder error now is in its body, and the
     /// router's body stream is the one to fail.
     private var routedBodyOpen = false
@@ -559,9 +561,8 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// A request part was read, or an answer written, since the idle timer last fired.
     private var sawActivity = false
 
-    init(path: HitPath, maxHeaderBytes: Int, idleTimeout: TimeAmount? = nil) {
+    init(path: HitPath, idleTimeout: TimeAmount? = nil) {
         self.path = path
-        self.maxHeaderBytes = maxHeaderBytes
         self.idleTimeout = idleTimeout
     }
 
@@ -624,8 +625,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .head(let head):
             let start = ContinuousClock.now, now = Date()
             if routed.isEmpty, encoder != nil,
-                let decision = path.decide(head, now: now, allocator: context.channel.allocator,
-                                           maxHeaderBytes: maxHeaderBytes, originAllowed: allowed)
+                let decision = path.decide(head, now: now, allocator: context.channel.allocator, originAllowed: allowed)
             {
                 if case .refuseOversized(let origin) = decision {
                     refused = (.headerOverflow, origin)
@@ -633,7 +633,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 } else {
                     answering = (decision, head.method, start, now)
                 }
-            } else if encoder != nil, HitPath.exceeds(maxHeaderBytes, head) {
+            } else if encoder != nil, path.oversized(head) {
                 // What the hit path leaves to the router is measured here (it measures what it answers itself).
                 refused = (.headerOverflow, head.headers.first(name: "origin").flatMap { allowed($0) ? $0 : nil })
                 if routed.isEmpty { refuse(context: context) }
