@@ -6,11 +6,17 @@ struct FreshnessPolicy: Sendable {
     var liveTTL: Int
     var settledTTL: Int
 
+    /// How long a chart that includes the current trading day stays fresh in the time after the close when its bar
+    /// may still change (``Exchange/settling``): a close KIS shows before the closing auction has ended is
+    /// replaced within a minute, instead of being kept until the next opening.
+    static let settlingTTL = 60
+
     /// Seconds the entry for `query` stays fresh when stored at `now`.
     ///
     /// Live while the session is open (gateway-api.md), and also while KIS's data still shows it open: Hong Kong,
     /// Tokyo, China and Vietnam are quoted 15 minutes late (``Exchange/dataDelay``), so a Tokyo chart fetched at 15:40
-    /// holds the session as it was at 15:25 and is refreshed every `live_ttl_s` until 15:45.
+    /// holds the session as it was at 15:25 and is refreshed every `live_ttl_s` until 15:45. KRX and the US, quoted in
+    /// real time, are refreshed every minute for a while after their close instead (``Exchange/settling``).
     func ttl(for query: ChartQuery, now: Date) -> Int {
         let exchange = query.exchange
         let tradingDay = exchange.currentTradingDay(at: now)
@@ -19,6 +25,11 @@ struct FreshnessPolicy: Sendable {
         if exchange.isOpen(at: now) { return liveTTL }
         let shown = now.addingTimeInterval(-TimeInterval(exchange.dataDelay.components.seconds))
         if exchange.dataDelay > .zero, exchange.isOpen(at: shown) { return liveTTL }
+        // Just closed, while the day's bar may still change at KIS (KRX's closing auction and after-hours trading,
+        // the US closing cross): refreshed every `settlingTTL` seconds until it settles.
+        if let untilSettled = exchange.secondsUntilSettled(at: now) {
+            return max(liveTTL, min(Self.settlingTTL, untilSettled, settledTTL))
+        }
         // Closed: fresh until the next session opens, at most settled_ttl.
         let untilOpen = Int(exchange.nextOpen(after: now).timeIntervalSince(now).rounded(.up))
         return max(liveTTL, min(settledTTL, untilOpen))

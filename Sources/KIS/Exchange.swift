@@ -73,6 +73,35 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
         }
     }
 
+    /// How long after a trading day's last session KIS's daily bar of that day may still change, for the exchanges
+    /// whose quotes are real time (the delayed ones are covered by ``dataDelay``, their closing auctions by
+    /// ``sessions``):
+    /// - KRX, to 18:00 KST: the closing auction ends at a random moment up to 30 s after 15:30, post-market trading
+    ///   at the close (15:40–16:00) and after-hours single-price trading (16:00–18:00) add to the day's volume
+    ///   (kis-api.md, "Market hours": "provisional until after 15:30 KST, or 18:00 KST to be safe");
+    /// - the US exchanges, a quarter of an hour: the closing cross and late trade reports.
+    public var settling: Duration {
+        switch self {
+        case .krx: .seconds(150 * 60)
+        case .nas, .nys, .ams: .seconds(15 * 60)
+        case .hks, .tse, .shs, .szs, .hsx, .hnx: .zero
+        }
+    }
+
+    /// The seconds left until today's bar settles, when `instant` falls in the ``settling`` time after a trading
+    /// day's last session; `nil` otherwise.
+    public func secondsUntilSettled(at instant: Date) -> Int? {
+        let settlingSeconds = Int(settling.components.seconds)
+        guard settlingSeconds > 0 else { return nil }
+        let seconds = Int(instant.timeIntervalSince1970.rounded(.down)) + secondsFromGMT(at: instant)
+        let day = Int((Double(seconds) / 86400).rounded(.down))
+        let date = CivilDate(dayNumber: day)
+        guard isTradingDay(date), let close = sessions(on: date).last?.upperBound else { return nil }
+        let sinceClose = seconds - day * 86400 - close * 60
+        guard sinceClose >= 0, sinceClose < settlingSeconds else { return nil }
+        return settlingSeconds - sinceClose
+    }
+
     /// Regular sessions in local minutes after midnight (lunch breaks split a day in two).
     public var sessions: [ClosedRange<Int>] {
         switch self {

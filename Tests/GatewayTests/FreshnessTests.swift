@@ -29,7 +29,9 @@ struct FreshnessCase: Sendable, CustomTestStringConvertible {
 /// the market's regular session is open, until the next opening while it is closed (at most settled_ttl_s),
 /// settled for ranges that end before the market's current trading day. Hours are the exchanges' own, in their
 /// own time zones, daylight saving included; weekends are closed. The markets KIS quotes 15 minutes late (HK, Tokyo,
-/// China, Vietnam) stay live until KIS's data reaches their close (``Exchange/dataDelay``, `delayedMarkets`).
+/// China, Vietnam) stay live until KIS's data reaches their close (``Exchange/dataDelay``, `delayedMarkets`); the markets
+/// it quotes in real time (KRX, the US) are refreshed every minute after their close until the day's bar settles — KRX
+/// at 18:00, the US a quarter of an hour after the close (``Exchange/settling``, `settlingAfterTheClose`).
 @Suite("Freshness: TTLs at fixed instants (gateway-api.md, Freshness)")
 struct FreshnessTests {
     static let defaults = FreshnessPolicy(liveTTL: KisgwConfig.Cache().liveTTLS,
@@ -61,16 +63,22 @@ struct FreshnessTests {
         .init(.krx, "2025-03-11T01:00:00Z", end: "2025-02-28", 86_400, "Tue 10:00 KST, range ending last month: settled"),
         .init(.krx, "2025-03-11T00:00:00Z", end: "2025-03-11", 5, "Tue 09:00 KST: the session opens"),
         .init(.krx, "2025-03-11T06:29:00Z", end: "2025-03-11", 5, "Tue 15:29 KST: still open"),
-        .init(.krx, "2025-03-11T06:30:00Z", end: "2025-03-11", 63_000, "Tue 15:30 KST: closed until Wed 09:00"),
-        .init(.krx, "2025-03-11T07:00:00Z", end: "2025-03-11", 61_200, "Tue 16:00 KST: closed until Wed 09:00"),
+        .init(.krx, "2025-03-11T06:30:00Z", end: "2025-03-11", 60,
+              "Tue 15:30 KST: closed, the closing auction's end not yet known: refreshed every minute"),
+        .init(.krx, "2025-03-11T07:00:00Z", end: "2025-03-11", 60, "Tue 16:00 KST: after-hours trading: every minute"),
+        .init(.krx, "2025-03-11T08:59:30Z", end: "2025-03-11", 30, "Tue 17:59:30 KST: until 18:00, when the day settles"),
+        .init(.krx, "2025-03-11T09:00:00Z", end: "2025-03-11", 54_000, "Tue 18:00 KST: settled, closed until Wed 09:00"),
+        .init(.krx, "2025-03-11T07:00:00Z", end: "2025-03-10", 86_400, "Tue 16:00 KST, range ending Monday: settled"),
         .init(.krx, "2025-03-10T23:00:00Z", end: "2025-03-11", 3600, "Tue 08:00 KST: closed until 09:00"),
         .init(.krx, "2025-03-10T23:00:00Z", end: "2025-03-10", 86_400, "Tue 08:00 KST, range ending Monday: settled"),
-        .init(.krx, "2025-03-14T07:00:00Z", end: "2025-03-14", 86_400,
-              "Fri 16:00 KST: until Mon 09:00 (65 h) capped at settled_ttl"),
+        .init(.krx, "2025-03-14T09:00:00Z", end: "2025-03-14", 86_400,
+              "Fri 18:00 KST: until Mon 09:00 (63 h) capped at settled_ttl"),
         .init(.krx, "2025-03-15T01:00:00Z", end: "2025-03-15", 86_400,
               "Sat 10:00 KST (session hours, but a weekend): until Mon 09:00 capped"),
         .init(.krx, "2025-03-16T11:00:00Z", end: "2025-03-16", 46_800, "Sun 20:00 KST: until Mon 09:00"),
         .init(.krx, "2025-03-03T03:00:00Z", end: "2025-03-03", 75_600, "Mon 12:00 KST, a KRX holiday: until Tue 09:00"),
+        .init(.krx, "2025-03-03T07:00:00Z", end: "2025-03-03", 61_200,
+              "Mon 16:00 KST, a KRX holiday: nothing to settle, until Tue 09:00"),
         // The market's own date: 01:00 KST on the 11th is still the 10th in UTC.
         .init(.krx, "2025-03-10T16:00:00Z", end: "2025-03-10", 86_400,
               "Tue 01:00 KST (Mon 16:00 UTC), range ending Monday: settled by the Seoul date"),
@@ -88,12 +96,16 @@ struct FreshnessTests {
             .init(x, "2025-07-01T13:30:00Z", end: "2025-07-01", 5, "EDT 09:30: open"),
             .init(x, "2025-07-01T13:29:00Z", end: "2025-07-01", 60, "EDT 09:29: closed until 09:30"),
             .init(x, "2025-07-01T19:59:00Z", end: "2025-07-01", 5, "EDT 15:59: open"),
-            .init(x, "2025-07-01T20:00:00Z", end: "2025-07-01", 63_000, "EDT 16:00: closed until 09:30 next day"),
+            .init(x, "2025-07-01T20:00:00Z", end: "2025-07-01", 60, "EDT 16:00: closed, the closing cross: every minute"),
+            .init(x, "2025-07-01T20:14:30Z", end: "2025-07-01", 30, "EDT 16:14:30: until 16:15, when the day settles"),
+            .init(x, "2025-07-01T20:15:00Z", end: "2025-07-01", 62_100, "EDT 16:15: settled, closed until 09:30 next day"),
             .init(x, "2025-07-01T13:30:00Z", end: "2025-06-30", 86_400, "EDT 09:30, range ending yesterday: settled"),
             .init(x, "2025-01-02T14:00:00Z", end: "2025-01-02", 1800, "EST 09:00: closed until 09:30"),
             .init(x, "2025-01-02T14:30:00Z", end: "2025-01-02", 5, "EST 09:30: open"),
             .init(x, "2025-01-02T20:59:00Z", end: "2025-01-02", 5, "EST 15:59: open"),
-            .init(x, "2025-01-02T21:00:00Z", end: "2025-01-02", 63_000, "EST 16:00: closed until 09:30 next day"),
+            .init(x, "2025-01-02T21:00:00Z", end: "2025-01-02", 60, "EST 16:00: closed, the closing cross: every minute"),
+            .init(x, "2025-01-02T21:15:00Z", end: "2025-01-02", 62_100, "EST 16:15: settled, closed until 09:30 next day"),
+            .init(x, "2025-11-28T18:05:00Z", end: "2025-11-28", 60, "Fri 13:05 EST, an early close: every minute"),
             // 22:00 EDT on June 30 is July 1 in UTC: the range ending June 30 includes New York's today.
             .init(x, "2025-07-01T02:00:00Z", end: "2025-06-30", 41_400,
                   "EDT 22:00 (next day in UTC), range ending New York's today: until 09:30"),
@@ -156,11 +168,39 @@ struct FreshnessTests {
         FreshnessCase(.hsx, "2025-03-11T07:55:00Z", end: "2025-03-11", 5, "14:55 ICT: KIS shows 14:40, open"),
         FreshnessCase(.shs, "2025-03-11T03:40:00Z", end: "2025-03-11", 5, "11:40 CST: KIS shows 11:25, open"),
         FreshnessCase(.shs, "2025-03-11T03:45:00Z", end: "2025-03-11", 4_500, "11:45 CST: lunch as KIS shows it; until 13:00"),
-        FreshnessCase(.krx, "2025-03-11T06:30:00Z", end: "2025-03-11", 63_000, "15:30 KST: real time, closed"),
-        FreshnessCase(.nas, "2025-03-11T20:00:00Z", end: "2025-03-11", 63_000, "16:00 EDT: real time, closed"),
+        FreshnessCase(.krx, "2025-03-11T06:30:00Z", end: "2025-03-11", 60, "15:30 KST: real time, closed, settling"),
+        FreshnessCase(.nas, "2025-03-11T20:00:00Z", end: "2025-03-11", 60, "16:00 EDT: real time, closed, settling"),
+        FreshnessCase(.krx, "2025-03-11T09:00:00Z", end: "2025-03-11", 54_000, "18:00 KST: settled"),
+        FreshnessCase(.nas, "2025-03-11T20:15:00Z", end: "2025-03-11", 62_100, "16:15 EDT: settled"),
     ])
     func delayedMarkets(_ c: FreshnessCase) throws {
         #expect(try Self.ttl(c) == c.ttl)
+    }
+
+    /// kis-api.md ("Market hours"): a domestic bar is "provisional until after 15:30 KST, or 18:00 KST to be safe with
+    /// after-hours" — KRX's closing auction ends at a random moment after 15:30, and trading at and around the close
+    /// goes on to 18:00. A chart fetched at 15:30:05 showed the price before the auction; kept until the next opening,
+    /// every user would see that close all evening. Every second of the window: fresh for a minute at most, never
+    /// past the moment the day settles, and from then on until the next opening.
+    @Test("KRX and the US after their close: refreshed every minute until the day's bar settles, never past it",
+          arguments: [(Exchange.krx, "2025-03-11T06:30:00Z", 150 * 60, "2025-03-11"),
+                      (Exchange.nas, "2025-07-01T20:00:00Z", 15 * 60, "2025-07-01"),
+                      (Exchange.nys, "2025-11-28T18:00:00Z", 15 * 60, "2025-11-28")])  // an early close (13:00 EST)
+    func settlingAfterTheClose(exchange: Exchange, close: String, window: Int, today: String) throws {
+        let closed = try Date(close, strategy: .iso8601)
+        for elapsed in stride(from: 0, to: window, by: 7) {
+            let at = closed.addingTimeInterval(TimeInterval(elapsed))
+            let ttl = try Self.ttl(FreshnessCase(exchange, at.ISO8601Format(), end: today, 0, "settling"))
+            #expect(ttl == max(5, min(60, window - elapsed)), "\(exchange.rawValue) \(elapsed) s after the close")
+            #expect(!exchange.isOpen(at: at))
+        }
+        let settled = closed.addingTimeInterval(TimeInterval(window))
+        let next = exchange.nextOpen(after: settled)
+        let ttl = try Self.ttl(FreshnessCase(exchange, settled.ISO8601Format(), end: today, 0, "settled"), Self.uncapped)
+        #expect(ttl == Int(next.timeIntervalSince(settled)))
+        // A range that ends before today holds settled data all the while.
+        let yesterday = try #require(CivilDate(today)).adding(days: -1)
+        #expect(try Self.ttl(FreshnessCase(exchange, close, end: yesterday.iso, 0, "ending yesterday")) == 86_400)
     }
 
     @Test("HKS, TSE, SHS, SZS, HSX, HNX: their own local hours", arguments: asia)
@@ -191,29 +231,29 @@ struct FreshnessTests {
     /// With a settled TTL longer than any closure: closed markets stay fresh exactly until their next opening,
     /// across weekends, holidays and daylight saving changes; the defaults cap the same cases at 86400.
     @Test("closed: exactly until the next opening, or settled_ttl_s when that is sooner", arguments: [
-        FreshnessCase(.krx, "2025-03-14T07:00:00Z", end: "2025-03-14", 234_000, "Fri 16:00 KST: until Mon 09:00"),
+        FreshnessCase(.krx, "2025-03-14T09:00:00Z", end: "2025-03-14", 226_800, "Fri 18:00 KST: until Mon 09:00"),
         FreshnessCase(.krx, "2025-03-15T03:00:00Z", end: "2025-03-15", 162_000, "Sat 12:00 KST: until Mon 09:00"),
-        FreshnessCase(.krx, "2025-02-28T07:00:00Z", end: "2025-02-28", 320_400,
-                      "Fri 16:00 KST before the Mon 03-03 holiday: until Tue 09:00"),
-        FreshnessCase(.nas, "2025-03-07T21:00:00Z", end: "2025-03-07", 232_200,
-                      "Fri 16:00 EST before daylight saving: until Mon 09:30 EDT"),
+        FreshnessCase(.krx, "2025-02-28T09:00:00Z", end: "2025-02-28", 313_200,
+                      "Fri 18:00 KST before the Mon 03-03 holiday: until Tue 09:00"),
+        FreshnessCase(.nas, "2025-03-07T21:15:00Z", end: "2025-03-07", 231_300,
+                      "Fri 16:15 EST before daylight saving: until Mon 09:30 EDT"),
         FreshnessCase(.hks, "2025-03-14T08:25:00Z", end: "2025-03-14", 234_300, "Fri 16:25 HKT: until Mon 09:30"),
         // US holidays: closed all day, so a range ending today waits for the next session.
         FreshnessCase(.nas, "2025-11-27T15:00:00Z", end: "2025-11-27", 84_600,
                       "Thanksgiving 10:00 EST: closed until Fri 09:30"),
-        FreshnessCase(.nys, "2025-04-17T20:00:00Z", end: "2025-04-17", 322_200,
-                      "Thu 16:00 EDT before Good Friday: until Mon 09:30"),
-        FreshnessCase(.ams, "2026-07-02T20:00:00Z", end: "2026-07-02", 322_200,
-                      "Thu 16:00 EDT before Fri 07-03 (Independence Day, a Saturday, kept on the Friday): until Mon 09:30"),
-        FreshnessCase(.nas, "2025-01-08T21:00:00Z", end: "2025-01-08", 149_400,
-                      "Wed 16:00 EST before the 01-09 day of mourning: until Fri 09:30"),
+        FreshnessCase(.nys, "2025-04-17T20:15:00Z", end: "2025-04-17", 321_300,
+                      "Thu 16:15 EDT before Good Friday: until Mon 09:30"),
+        FreshnessCase(.ams, "2026-07-02T20:15:00Z", end: "2026-07-02", 321_300,
+                      "Thu 16:15 EDT before Fri 07-03 (Independence Day, a Saturday, kept on the Friday): until Mon 09:30"),
+        FreshnessCase(.nas, "2025-01-08T21:15:00Z", end: "2025-01-08", 148_500,
+                      "Wed 16:15 EST before the 01-09 day of mourning: until Fri 09:30"),
         // US early closes (13:00): closed from then until the next session, not refetched every live_ttl_s.
         FreshnessCase(.nas, "2026-11-27T18:30:00Z", end: "2026-11-27", 244_800,
                       "Fri 13:30 EST after Thanksgiving (closed at 13:00): until Mon 09:30"),
-        FreshnessCase(.nys, "2025-12-24T18:00:00Z", end: "2025-12-24", 160_200,
-                      "Christmas Eve 13:00 EST: until Fri 12-26 09:30"),
-        FreshnessCase(.ams, "2025-07-03T17:00:00Z", end: "2025-07-03", 333_000,
-                      "Thu 07-03 13:00 EDT before Independence Day: until Mon 09:30"),
+        FreshnessCase(.nys, "2025-12-24T18:15:00Z", end: "2025-12-24", 159_300,
+                      "Christmas Eve 13:15 EST: until Fri 12-26 09:30"),
+        FreshnessCase(.ams, "2025-07-03T17:15:00Z", end: "2025-07-03", 332_100,
+                      "Thu 07-03 13:15 EDT before Independence Day: until Mon 09:30"),
         // Hong Kong's holidays and half days.
         FreshnessCase(.hks, "2025-10-06T08:25:00Z", end: "2025-10-06", 147_900,
                       "Mon 16:25 HKT before the day after Mid-Autumn (Tue 10-07): until Wed 09:30"),
@@ -416,7 +456,12 @@ struct FreshnessTests {
         let policy = FreshnessPolicy(liveTTL: 7, settledTTL: 3000)
         #expect(try Self.ttl(FreshnessCase(.krx, "2025-03-11T01:00:00Z", end: "2025-03-11", 0, "open"), policy) == 7)
         #expect(try Self.ttl(FreshnessCase(.krx, "2025-03-11T01:00:00Z", end: "2025-03-10", 0, "settled"), policy) == 3000)
-        // Closed until the next opening (61200 s), capped at settled_ttl_s.
-        #expect(try Self.ttl(FreshnessCase(.krx, "2025-03-11T07:00:00Z", end: "2025-03-11", 0, "closed"), policy) == 3000)
+        // Closed until the next opening (54000 s), capped at settled_ttl_s.
+        #expect(try Self.ttl(FreshnessCase(.krx, "2025-03-11T09:00:00Z", end: "2025-03-11", 0, "closed"), policy) == 3000)
+        // Settling after the close: a minute, but never less than live_ttl_s nor more than settled_ttl_s.
+        #expect(try Self.ttl(FreshnessCase(.krx, "2025-03-11T07:00:00Z", end: "2025-03-11", 0, "settling"), policy) == 60)
+        let slow = FreshnessPolicy(liveTTL: 90, settledTTL: 3000), tight = FreshnessPolicy(liveTTL: 5, settledTTL: 30)
+        #expect(try Self.ttl(FreshnessCase(.krx, "2025-03-11T07:00:00Z", end: "2025-03-11", 0, "settling"), slow) == 90)
+        #expect(try Self.ttl(FreshnessCase(.krx, "2025-03-11T07:00:00Z", end: "2025-03-11", 0, "settling"), tight) == 30)
     }
 }
