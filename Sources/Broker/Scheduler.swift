@@ -16,6 +16,15 @@ struct RefreshBackoff: Sendable {
     var base: Double
     var cap: Double
     private var failures: [String: (count: Int, notBefore: Double)] = [:]
+    /// Consecutive refusals of an account's key pair by KIS, and when the first of them came.
+    private var refusals: [String: (count: Int, since: Double)] = [:]
+
+    /// How many consecutive refusals, over how long, make the scheduler give an account up: KIS answers a key pair
+    /// it does not know with `EGW00103`/`EGW00105`, but repeated issuance-throttle violations may surface as
+    /// `EGW00103` too, a temporary lockout (kis-api.md, ⚠ unverified) — one refusal is not enough to stop refreshing a
+    /// user's tokens.
+    static let refusalsToGiveUp = 3
+    static let refusalSpanToGiveUp: Double = 1800
 
     init(base: Double, cap: Double) {
         self.base = base
@@ -40,12 +49,24 @@ struct RefreshBackoff: Sendable {
         return delay
     }
 
-    mutating func succeeded(_ key: String) { failures[key] = nil }
+    mutating func succeeded(_ key: String) {
+        failures[key] = nil
+        refusals[key] = nil
+    }
+
+    /// Records that KIS refused `key`'s key pair at `now` (its failure is recorded by ``failed(_:now:jitter:atLeast:)``);
+    /// returns whether the refusals have lasted long enough to give the account up.
+    mutating func refused(_ key: String, now: Double) -> (giveUp: Bool, count: Int, since: Double) {
+        let r = refusals[key].map { ($0.count + 1, $0.since) } ?? (1, now)
+        refusals[key] = r
+        return (r.0 >= Self.refusalsToGiveUp && now - r.1 >= Self.refusalSpanToGiveUp, r.0, r.1)
+    }
 
     /// Forgets the accounts not in `keys` (deleted, or made inactive, since they failed): the record does not grow
     /// with every account that ever failed.
     mutating func keepOnly(_ keys: Set<String>) {
         failures = failures.filter { keys.contains($0.key) }
+        refusals = refusals.filter { keys.contains($0.key) }
     }
 
     var remembered: Int { failures.count }
@@ -229,6 +250,26 @@ final class BrokerScheduler: Service, Sendable {
         TokenDirectory.sha256(of: row.userID) + "|" + row.environment.rawValue
     }
 
+    /// KIS refused `row`'s key pair: after ``RefreshBackoff/refusalsToGiveUp`` refusals over
+    /// ``RefreshBackoff/refusalSpanToGiveUp`` seconds the account is marked inactive and no longer refreshed, until
+    /// its user connects again or asks for a refresh; until then it is retried with the backoff, like any failure.
+    private func refused(_ row: StoredAccount, key: String, now: Double) async {
+        let (giveUp, count, since) = backoff.withLock { $0.refused(key, now: now) }
+        guard giveUp else { return }
+        do {
+            guard try await keeper.deactivate(row) else { return }
+            backoff.withLock { $0.succeeded(key) }
+            logger.warning("KIS keeps refusing the app key or secret; the account is inactive until its user connects again", metadata: [
+                "user": "\(row.userID)", "env": "\(row.environment.rawValue)", "refusals": "\(count)",
+                "over_s": "\(Int(now - since))",
+            ])
+        } catch {
+            logger.warning("cannot mark the account inactive", metadata: [
+                "user": "\(row.userID)", "env": "\(row.environment.rawValue)", "error": "\(error)",
+            ])
+        }
+    }
+
     func refreshPass() async {
         let accounts: [StoredAccount]
         do { accounts = try await keeper.repository.allAccounts() } catch {
@@ -264,6 +305,9 @@ final class BrokerScheduler: Service, Sendable {
                     "user": "\(row.userID)", "env": "\(row.environment.rawValue)", "error": "\(error)",
                     "retry_in_s": "\(Int(delay))",
                 ])
+                if let p = error as? Problem, p.code == .kisCredentialsRejected {
+                    await refused(row, key: key, now: now)
+                }
             }
         }
     }

@@ -286,13 +286,23 @@ final class TokenKeeper: Sendable {
             }
         } catch is AccountChanged {
             return false  // disconnected (or connected again with other credentials) since the pass listed it
-        } catch let p as Problem where p.code == .kisCredentialsRejected {
-            // KIS no longer accepts this key pair: stop asking until the user connects again.
-            try await repository.setAccountActive(userID: row.userID, environment: row.environment, isActive: false,
-                                                  updatedAt: now)
-            throw p
         }
         return true
+    }
+
+    /// Marks the account inactive — the scheduler stops refreshing it until its user connects again or asks for a
+    /// refresh — if it is still stored with `row`'s credentials, under its app key's issuance lock (a user who
+    /// connected again with another key pair meanwhile keeps an active account). Returns whether it did.
+    func deactivate(_ row: StoredAccount) async throws -> Bool {
+        let account = try vault.open(row)
+        return try await withIssueLock(account.environment, account.appKey) { _ in
+            guard let stored = try await self.account(account.userID, account.environment),
+                stored.appKey == account.appKey, stored.appSecret == account.appSecret
+            else { return false }
+            try await self.repository.setAccountActive(userID: row.userID, environment: row.environment, isActive: false,
+                                                       updatedAt: self.now)
+            return true
+        }
     }
 
     /// Puts back into the store every live token it lost, marks expired ones EXPIRED (and takes them out of their

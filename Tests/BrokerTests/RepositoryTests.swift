@@ -616,6 +616,21 @@ struct BrokerRuleTests {
         #expect(b.remembered == 1 && b.failureCount("kept") == 1 && b.failureCount("gone") == 0)
     }
 
+    @Test("a refused key pair is given up after three refusals in a row over half an hour; a success starts again")
+    func refusals() {
+        var b = RefreshBackoff(base: 10, cap: 100)
+        #expect(b.refused("a", now: 0) == (false, 1, 0))
+        #expect(b.refused("a", now: 600) == (false, 2, 0))
+        #expect(b.refused("a", now: 1799) == (false, 3, 0))  // three, but not yet half an hour
+        #expect(b.refused("a", now: 1800) == (true, 4, 0))
+        #expect(b.refused("b", now: 0) == (false, 1, 0))
+        #expect(b.refused("b", now: 5000) == (false, 2, 0))  // half an hour, but two refusals
+        b.succeeded("b")
+        #expect(b.refused("b", now: 6000) == (false, 1, 6000))
+        b.keepOnly(["c"])
+        #expect(b.refused("a", now: 7000) == (false, 1, 7000))
+    }
+
     @Test("account numbers: 8 digits, an optional dash, 2 digits", arguments: [
         ("12345678-01", "12345678-01"), ("1234567801", "12345678-01"), ("1234567-801", nil), ("12345678-1", nil),
         ("abcdefgh-01", nil), ("", nil), ("12345678--01", nil), ("１２３４５６７８-01", nil),
