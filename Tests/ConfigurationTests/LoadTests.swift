@@ -72,7 +72,12 @@ struct LoadTests {
         // Apart from the simulator URLs and the shared Redis, the example shows the defaults.
         let defaults = KisgwConfig.defaults
         #expect(config.server == defaults.server)
-        #expect(config.cors == defaults.cors)
+        // CORS: the defaults' origins and the broker's web UI, whose page calls the gateway from its own origin.
+        let ui = ["http://127.0.0.1:8080", "http://localhost:8080"].compactMap(OriginPattern.init)
+        #expect(config.cors == KisgwConfig.CORS(allowOrigins: defaults.cors.allowOrigins + ui,
+                                                allowCredentials: defaults.cors.allowCredentials,
+                                                maxAgeS: defaults.cors.maxAgeS))
+        #expect(config.cors.allows(origin: "http://\(config.broker.host):\(config.broker.port)"))
         #expect(config.auth == defaults.auth)
         #expect(config.redis.prefix == defaults.redis.prefix && config.redis.poolSize == defaults.redis.poolSize
                     && config.redis.timeout == defaults.redis.timeout)
