@@ -6,7 +6,8 @@ import NIOCore
 /// Adds the web UI's routes to a router (the broker's, so the page's token calls are same-origin):
 ///
 /// - `GET /` — `index.html`
-/// - `GET /ui/config.json` — ``webConfigJSON(gatewayURL:demo:)``, e.g. `{"demo":true,"gatewayUrl":"http://127.0.0.1:8000"}`
+/// - `GET /ui/config.json` — ``webConfigJSON(gatewayURL:demo:maxRangeDays:)``, e.g.
+///   `{"demo":true,"gatewayUrl":"http://127.0.0.1:8000","maxRangeDays":3660}`
 /// - `GET /ui/<file>` — one of `WebAssets.fileNames`, else 404
 ///
 /// Every answer has `Cache-Control: no-cache` (the browser revalidates, so a new binary's assets are seen at
@@ -18,8 +19,9 @@ import NIOCore
 /// let router = Router(context: BasicRequestContext.self)
 /// addWebRoutes(to: router, gatewayURL: "http://127.0.0.1:8000", demo: true)
 /// ```
-public func addWebRoutes(to router: Router<BasicRequestContext>, gatewayURL: String, demo: Bool) {
-    let config = webConfigJSON(gatewayURL: gatewayURL, demo: demo)
+public func addWebRoutes(to router: Router<BasicRequestContext>, gatewayURL: String, demo: Bool,
+                         maxRangeDays: Int = 3660) {
+    let config = webConfigJSON(gatewayURL: gatewayURL, demo: demo, maxRangeDays: maxRangeDays)
     let policy = webContentSecurityPolicy(gatewayURL: gatewayURL)
     router.get("/") { _, _ in
         guard let page = WebAssets.asset(path: "index.html") else { return webNotFound() }
@@ -41,16 +43,18 @@ public func addWebRoutes(to router: Router<BasicRequestContext>, gatewayURL: Str
     }
 }
 
-/// The page's `/ui/config.json`: where the gateway is (its base URL as browsers reach it) and whether the broker
-/// runs the demo's sign-in (`POST /api/dev/signin`) or the page asks for a JWT.
-public func webConfigJSON(gatewayURL: String, demo: Bool) -> String {
+/// The page's `/ui/config.json`: where the gateway is (its base URL as browsers reach it), whether the broker
+/// runs the demo's sign-in (`POST /api/dev/signin`) or the page asks for a JWT, and the gateway's `[limits]
+/// max_range_days`, which bounds the ranges the page fills in itself.
+public func webConfigJSON(gatewayURL: String, demo: Bool, maxRangeDays: Int = 3660) -> String {
     struct Config: Encodable {
         var gatewayUrl: String
         var demo: Bool
+        var maxRangeDays: Int
     }
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-    let data = (try? encoder.encode(Config(gatewayUrl: gatewayURL, demo: demo))) ?? Data("{}".utf8)
+    let data = (try? encoder.encode(Config(gatewayUrl: gatewayURL, demo: demo, maxRangeDays: maxRangeDays))) ?? Data("{}".utf8)
     return String(decoding: data, as: UTF8.self)
 }
 

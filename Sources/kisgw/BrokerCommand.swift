@@ -27,8 +27,10 @@ struct BrokerCommand: AsyncParsableCommand {
         let logger = runtime.logger
         var webRoutes: (@Sendable (Router<BasicRequestContext>) -> Void)? = nil
         if config.broker.ui {
-            let gatewayURL = config.broker.uiGatewayURL
-            webRoutes = { router in addWebRoutes(to: router, gatewayURL: gatewayURL, demo: false) }
+            let gatewayURL = config.broker.uiGatewayURL, maxRangeDays = config.limits.maxRangeDays
+            webRoutes = { router in
+                addWebRoutes(to: router, gatewayURL: gatewayURL, demo: false, maxRangeDays: maxRangeDays)
+            }
             if let origin = Self.unlistedPageOrigin(config) {
                 logger.warning(
                     "the web UI's chart calls go to the gateway cross-origin, and [cors] allow_origins does not list \(origin): add it (or the origin browsers reach the broker at) for the gateway, or set [broker] ui = false")

@@ -51,13 +51,13 @@ struct WebAssetsTests {
     func servedByTheBroker() async throws {
         try await withBroker { b in
             try await b.withBroker(extraRoutes: { router in
-                addWebRoutes(to: router, gatewayURL: "http://127.0.0.1:8000", demo: false)
+                addWebRoutes(to: router, gatewayURL: "http://127.0.0.1:8000", demo: false, maxRangeDays: 400)
             }) { url in
                 let index = try await http(.GET, url + "/")
                 #expect(index.status == 200)
                 #expect(index.header("Content-Security-Policy")?.contains("connect-src 'self' http://127.0.0.1:8000;") == true)
                 let config = try await http(.GET, url + "/ui/config.json")
-                #expect(config.body == Data(#"{"demo":false,"gatewayUrl":"http://127.0.0.1:8000"}"#.utf8))
+                #expect(config.body == Data(#"{"demo":false,"gatewayUrl":"http://127.0.0.1:8000","maxRangeDays":400}"#.utf8))
                 #expect(index.header("Content-Type") == "text/html; charset=utf-8")
                 #expect(index.body == (try Data(contentsOf: Self.resources.appendingPathComponent("index.html"))))
                 let client = try await http(.GET, url + "/ui/kis-client.js")

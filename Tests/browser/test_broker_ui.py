@@ -146,6 +146,7 @@ def stack(tmp_path_factory):
         KISGW_BROKER_URL=f'http://127.0.0.1:{broker_port}',
         KISGW_BROKER_DATABASE=f'sqlite:{workdir}/broker.sqlite',
         KISGW_CORS_ALLOW_ORIGINS=f'http://127.0.0.1:{broker_port}',
+        KISGW_LIMITS_MAX_RANGE_DAYS='1000',   # shorter than the page's default yearly range (3650 days)
     )
     s = Stack(binary, env, str(workdir), ports)
     try:
@@ -196,7 +197,7 @@ def sign_in(browser, stack, user, ttl=3600):
 def test_broker_serves_ui_with_default_gateway_url(stack):
     code, headers, body = http_get(f'{stack.broker}/ui/config.json')
     assert code == 200, body
-    assert json.loads(body) == {'demo': False, 'gatewayUrl': stack.gateway}
+    assert json.loads(body) == {'demo': False, 'gatewayUrl': stack.gateway, 'maxRangeDays': 1000}
 
     code, headers, body = http_get(f'{stack.broker}/')
     assert code == 200, body
@@ -264,6 +265,16 @@ def test_jwt_sign_in_connect_and_chart_through_gateway(browser, stack):
     assert charts and all(n.startswith(stack.gateway + '/domestic/chart/') for n in charts), charts
     assert any('000660' in n for n in charts), charts
     assert visible_error_toasts(browser) == []
+
+    # The yearly period's default range (ten years) is cut to the gateway's max_range_days (1000 here, from
+    # /ui/config.json), so the page's own query is not refused with range_too_large.
+    load_chart(browser, period='Y')
+    wait(browser, lambda d: chart_state(d)[0] in ('ready', 'error', 'empty'), message='the yearly chart did not load')
+    assert chart_state(browser) == ('ready', '200'), f'{chart_state(browser)}: {el(browser, "chart-error").text}'
+    days = browser.execute_script(
+        "return (Date.parse(document.getElementById('end').value) - Date.parse(document.getElementById('start').value))"
+        " / 86400000")
+    assert days == 1000, days
 
     # The gateway grants the broker's origin, and only it.
     kis = browser.execute_script('return window.__kisgw.state().token')

@@ -49,7 +49,7 @@ const timeFmt = new Intl.DateTimeFormat('ko-KR', {
 });
 const formatExpiry = (iso) => (iso ? `${expiryFmt.format(new Date(iso))} (KST)` : '—');
 
-let config = { gatewayUrl: '', demo: false };
+let config = { gatewayUrl: '', demo: false, maxRangeDays: 3660 };
 let client = null;
 let user = null;
 let chartData = null;
@@ -372,7 +372,8 @@ const autoRange = () => autoDates === null || (autoDates.start === $('start').va
 function setDefaultRange(period = 'D') {
   const auto = autoRange() || !$('end').value;
   const end = auto ? todayIn(selectedZone()) : $('end').value;
-  const start = addDays(end, -PERIOD_SPAN_DAYS[period]);
+  // Never longer than the gateway allows ([limits] max_range_days), or the default query would be refused.
+  const start = addDays(end, -Math.min(PERIOD_SPAN_DAYS[period], config.maxRangeDays || Infinity));
   $('end').value = end;
   $('start').value = start;
   autoDates = auto ? { start, end } : { start: null, end: null };
