@@ -65,6 +65,8 @@ final class ChartService: Sendable {
     let notifier = FillNotifier()
     let metrics: GatewayMetrics
     let logger: Logger
+    /// Where the store's failures are logged (one line a minute for each kind).
+    let failures: ThrottledLog
     /// Each key's fetch in this process, and the token it is made with.
     private let inflight = Mutex<[String: (flight: Flight<(ChartEntry, Double?)>, owner: ResolvedToken)]>([:])
     private let refreshing = Mutex<Set<String>>([])
@@ -72,7 +74,7 @@ final class ChartService: Sendable {
     let background = BackgroundWork()
 
     init(settings: Settings, store: any SharedStore, l1: L1Cache<ChartEntry>, clients: [KISEnvironment: KISClient],
-         authorizer: TokenAuthorizer, metrics: GatewayMetrics, logger: Logger) {
+         authorizer: TokenAuthorizer, metrics: GatewayMetrics, logger: Logger, failures: ThrottledLog) {
         self.settings = settings
         self.store = store
         self.l1 = l1
@@ -80,6 +82,7 @@ final class ChartService: Sendable {
         self.authorizer = authorizer
         self.metrics = metrics
         self.logger = logger
+        self.failures = failures
     }
 
     private static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
@@ -275,7 +278,7 @@ final class ChartService: Sendable {
                     step = try await store.readOrLock("cache:" + key, lock: lockKey, ttl: lockTTL,
                                                       reserving: upstreamRate)
                 } catch {
-                    throw Problem(.storeUnavailable, "the shared store cannot be reached", retryAfter: 1)
+                    throw failures.storeProblem(error, subject: "the shared store")
                 }
                 switch step {
                 case .value(let buffer):
@@ -295,7 +298,7 @@ final class ChartService: Sendable {
                     // filled it between our miss and the lock.
                     (lock, filled) = try await store.acquireLock(lockKey, ttl: lockTTL, thenGet: "cache:" + key)
                 } catch {
-                    throw Problem(.storeUnavailable, "the shared store cannot be reached", retryAfter: 1)
+                    throw failures.storeProblem(error, subject: "the shared store")
                 }
             }
             if let lock {
@@ -466,7 +469,7 @@ final class ChartService: Sendable {
             throw Problem(.upstreamError, "no KIS URL is configured for \(token.environment.rawValue)")
         }
         let limit = upstreamRate.limit, rate = limit.rate, rlKey = upstreamRate.key
-        let store = self.store, maxQueue = upstreamRate.maxWait, metrics = self.metrics
+        let store = self.store, maxQueue = upstreamRate.maxWait, metrics = self.metrics, failures = self.failures
         let calls = Atomic<Int>(0)
         // Each KIS call is counted, with its own duration, as it ends: a page ends when the pager asks for the next
         // one or returns, or with the error it throws.
@@ -495,10 +498,10 @@ final class ChartService: Sendable {
                 case .denied(let retryAfter): decision = .denied(retryAfter: retryAfter - (waitStart - decidedAt))
                 }
             } else {
-                do {
+                do throws(StoreError) {
                     decision = try await store.rateLimit(rlKey, limit: limit, cost: 1, maxWait: maxQueue)
                 } catch {
-                    throw Problem(.storeUnavailable, "the shared rate limiter cannot be reached", retryAfter: 1)
+                    throw failures.storeProblem(error, subject: "the shared rate limiter")
                 }
             }
             switch decision {

@@ -103,7 +103,8 @@ struct GatewayCore: Sendable {
         self.recorder = recorder
         self.verifier = try await JWTVerifier(settings: .init(config: config.auth.jwt))
         let store = dependencies.store, keyring = dependencies.keyring
-        let authorizer = TokenAuthorizer(logger: logger, deadReason: { token, userID in
+        let failures = ThrottledLog(logger: logger)
+        let authorizer = TokenAuthorizer(logger: logger, failures: failures, deadReason: { token, userID in
             // Only a token in KIS's shape can have been marked (no second read for any other string), and only its
             // owner learns why: another user's is kis_token_invalid, whatever happened to it.
             guard KISTokenClaims.expiry(of: token) != nil,
@@ -133,7 +134,7 @@ struct GatewayCore: Sendable {
         let l1 = L1Cache<ChartEntry>(maxEntries: config.cache.l1Entries, maxBytes: 256 << 20)
         let metrics = self.metrics
         self.charts = ChartService(settings: settings, store: store, l1: l1, clients: clients, authorizer: authorizer,
-                                   metrics: metrics, logger: logger)
+                                   metrics: metrics, logger: logger, failures: failures)
         self.hitPath = HitPath(cors: config.cors, maxRangeDays: config.limits.maxRangeDays,
                                maxHeaderBytes: config.server.maxHeaderBytes, verifier: verifier,
                                authorizer: authorizer, l1: l1, charts: charts, metrics: metrics, recorder: recorder,

@@ -61,17 +61,20 @@ final class TokenAuthorizer: Sendable {
     private let limit = 100_000
     private let forgottenLimit = 1024
     private let logger: Logger
+    private let failures: ThrottledLog
 
     /// - Parameters:
     ///   - lookup: the token's record, opened; nil when there is none.
     ///   - deadReason: the KIS code a gateway saw KIS refuse the token with (`dead:{sha256}`) when the token was the
     ///     user's, asked when its record is gone: `EGW00123` is answered `kis_token_expired` (gateway-api.md), as to
     ///     the request that met it.
-    init(recheck: TimeInterval = 30, logger: Logger = Logger(label: "kisgw.gateway"),
+    ///   - failures: where the store's failures are logged (the gateway's one; a new one by default).
+    init(recheck: TimeInterval = 30, logger: Logger = Logger(label: "kisgw.gateway"), failures: ThrottledLog? = nil,
          deadReason: (@Sendable (_ token: String, _ userID: String) async -> String?)? = nil,
          lookup: @escaping @Sendable (_ token: String) async throws(StoreError) -> ResolvedToken?) {
         self.recheck = recheck
         self.logger = logger
+        self.failures = failures ?? ThrottledLog(logger: logger)
         self.deadReason = deadReason
         self.lookup = lookup
     }
@@ -100,9 +103,7 @@ final class TokenAuthorizer: Sendable {
         let resolved: ResolvedToken?
         let lookupBegan = cache.withLock { $0.generation }
         do { resolved = try await lookup(kisToken) } catch {
-            guard error.code.isUnopenable else {
-                throw Problem(.storeUnavailable, "the token store cannot be reached", retryAfter: 1)
-            }
+            guard error.code.isUnopenable else { throw failures.storeProblem(error, subject: "the token store") }
             // A record this gateway cannot open: sealed with a key it does not hold (its `[seal]` keys differ from
             // the broker's), tampered with, or malformed. Nothing to accept the token on.
             logger.error("a KIS token record cannot be opened", metadata: ["error": "\(error)"])

@@ -87,6 +87,9 @@ public final class RedisStore: SharedStore {
         case .timeout: StoreError(.timeout, "Redis did not answer in time")
         case .unavailable, .connectionClosed, .cancelled: StoreError(.unavailable, "Redis is unreachable: \(e.message)")
         case .shutdown: StoreError(.shutdown, "the Redis client was shut down")
+        // Redis answered with an error reply: it is up, and refuses (an ACL, OOM, a read-only replica, WRONGTYPE).
+        case .server: StoreError(.refused, "Redis refused the command: \(e.message)",
+                                 refusal: e.serverErrorPrefix.map(String.init) ?? "ERR")
         default: StoreError(.backend, "Redis: \(e.message)")
         }
     }

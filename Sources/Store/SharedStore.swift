@@ -227,7 +227,7 @@ public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The category of the error.
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         fileprivate enum Base: Sendable, Hashable {
-            case unavailable, timeout, backend, invalidRecord, seal, unknownKey, shutdown
+            case unavailable, timeout, backend, refused, invalidRecord, seal, unknownKey, shutdown
         }
         fileprivate let base: Base
 
@@ -237,6 +237,10 @@ public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let timeout = Code(base: .timeout)
         /// The backing store reported an error.
         public static let backend = Code(base: .backend)
+        /// The backing store answered, refusing the command: a Redis error reply such as `NOPERM` (an ACL without the
+        /// command), `OOM` (`maxmemory` reached under `noeviction`), `READONLY` (a replica after a failover) or
+        /// `WRONGTYPE`. ``StoreError/refusal`` names it.
+        public static let refused = Code(base: .refused)
         /// A stored record is malformed.
         public static let invalidRecord = Code(base: .invalidRecord)
         /// Sealing or opening a token record failed (wrong key, tampered data).
@@ -255,6 +259,7 @@ public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
             case .unavailable: "unavailable"
             case .timeout: "timeout"
             case .backend: "backend"
+            case .refused: "refused"
             case .invalidRecord: "invalidRecord"
             case .seal: "seal"
             case .unknownKey: "unknownKey"
@@ -267,10 +272,14 @@ public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
     public let code: Code
     /// A human-readable explanation (never contains secrets).
     public let message: String
+    /// For ``Code/refused``: the store's name for the refusal, Redis's error code (`NOPERM`, `OOM`, `READONLY`,
+    /// `WRONGTYPE`, `ERR`, …).
+    public let refusal: String?
 
-    package init(_ code: Code, _ message: String) {
+    package init(_ code: Code, _ message: String, refusal: String? = nil) {
         self.code = code
         self.message = message
+        self.refusal = refusal
     }
 
     public var description: String { "StoreError(\(self.code)): \(self.message)" }

@@ -76,13 +76,14 @@ enum StoreKind: String, Sendable, CaseIterable { case memory, redis }
 
 let redisURL = ProcessInfo.processInfo.environment["KISGW_TEST_REDIS_URL"]
 
-/// A store for one test: the memory store, or Redis (from KISGW_TEST_REDIS_URL) under a unique prefix.
-func makeStore(_ kind: StoreKind, prefix: String = "t\(UInt32.random(in: 0...UInt32.max)):") throws -> (any SharedStore, RedisClient?) {
+/// A store for one test: the memory store, or Redis (`url`, else KISGW_TEST_REDIS_URL) under a unique prefix.
+func makeStore(_ kind: StoreKind, prefix: String = "t\(UInt32.random(in: 0...UInt32.max)):",
+               url: String? = nil) throws -> (any SharedStore, RedisClient?) {
     switch kind {
     case .memory:
         return (MemoryStore(keyPrefix: prefix), nil)
     case .redis:
-        guard let redisURL else { throw SimulatorError("KISGW_TEST_REDIS_URL is not set") }
+        guard let redisURL = url ?? redisURL else { throw SimulatorError("KISGW_TEST_REDIS_URL is not set") }
         // Generous timeouts: the whole suite runs in parallel on a small machine.
         var configuration = try RedisConfiguration(url: redisURL)
         configuration.commandTimeout = .seconds(3)
@@ -194,15 +195,17 @@ struct GatewayProcess: Sendable {
     }
 }
 
-/// Runs the kisgw executable as a gateway over real Redis (a prefix of its own; `env` added to its environment, the
-/// variables in `without` removed from it) and an in-process simulator that answers after `latencyMs`, for the
-/// duration of `body`; a process still running afterwards is killed.
+/// Runs the kisgw executable as a gateway over real Redis (`redis`, else KISGW_TEST_REDIS_URL; a prefix of its own;
+/// `env` added to its environment, the variables in `without` removed from it) and an in-process simulator that
+/// answers after `latencyMs`, for the duration of `body`; a process still running afterwards is killed. The
+/// fixture's store is on `redis` too.
 func withGatewayProcess(
-    latencyMs: Int = 0, env extra: [String: String] = [:], without: Set<String> = [],
+    latencyMs: Int = 0, redis redisOverride: String? = nil, env extra: [String: String] = [:], without: Set<String> = [],
     _ body: @Sendable (GatewayFixture, GatewayProcess) async throws -> Void
 ) async throws {
     let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
-    let redis = try #require(redisURL, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+    let redis = try #require(redisOverride ?? redisURL,
+                             "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
     var logger = Logger(label: "gateway-process")
     logger.logLevel = .critical
     let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
@@ -210,7 +213,7 @@ func withGatewayProcess(
         SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000, latencyMs: latencyMs),
         logger: logger
     ) { simCont.yield($0) })
-    let (store, client) = try makeStore(.redis, prefix: "ops\(UInt32.random(in: 0...UInt32.max)):")
+    let (store, client) = try makeStore(.redis, prefix: "ops\(UInt32.random(in: 0...UInt32.max)):", url: redis)
     let keyBytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
     let keyring = try SealKeyring(current: "k1", keys: ["k1": keyBytes])
     let stderrFile = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-ops-\(UUID().uuidString).stderr")

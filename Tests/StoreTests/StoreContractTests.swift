@@ -400,6 +400,22 @@ struct RedisStoreTests {
         await close()
     }
 
+    /// An error reply is Redis refusing the command, not Redis out of reach: ``StoreError/Code/refused`` with Redis's
+    /// error code (the gateway's 503 detail and its log line tell the two apart).
+    @Test func errorRepliesAreRefusals() async throws {
+        let (store, close) = try Backend.redis.makeStore()
+        try await store.setAdd("a-set", members: ["x"], ttlAtLeast: .seconds(30))
+        do {
+            _ = try await store.get("a-set")
+            Issue.record("GET of a set succeeded")
+        } catch {
+            #expect(error.code == .refused)
+            #expect(error.refusal == "WRONGTYPE")
+            #expect(error.message.hasPrefix("Redis refused the command: WRONGTYPE "), "\(error)")
+        }
+        await close()
+    }
+
     @Test func keysCarryThePrefixInRedis() async throws {
         let (store, close) = try Backend.redis.makeStore()
         let redisStore = try #require(store as? RedisStore)
