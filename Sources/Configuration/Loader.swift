@@ -323,9 +323,13 @@ struct Loader {
         return value
     }
 
+    /// The slowest rate a `*_rate_per_s` key takes: one call in 100 s. (Any slower is a mistake, and the rate
+    /// limiter's interval is bounded: `RateLimit.intervalMicroseconds`.)
+    static let slowestRate = 0.01
+
     func rate(_ section: String, _ key: String, _ fallback: Double) throws(ConfigError) -> Double {
         guard let found = lookup(section, key) else { return fallback }
-        let problem = "must be a number greater than 0 and at most 10000 (requests per second)"
+        let problem = "must be a number from 0.01 to 10000 (requests per second)"
         let value: Double
         switch found {
         case .file(.int(let i)): value = Double(i)
@@ -337,7 +341,7 @@ struct Loader {
             }
             value = d
         }
-        guard value.isFinite, value > 0, value <= 10_000 else {
+        guard value.isFinite, value >= Self.slowestRate, value <= 10_000 else {
             throw invalid(found, section, key, "\(problem), got \(value)")
         }
         return value

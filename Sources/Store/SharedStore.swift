@@ -177,9 +177,17 @@ public struct RateLimit: Sendable, Hashable {
         self.burst = burst
     }
 
-    /// The emission interval in microseconds (rounded up, so never faster than `rate`).
+    /// The longest emission interval: an hour. A rate slower than one an hour is taken as one an hour, so that the
+    /// interval, times a cost or a burst, stays far inside `Int64` and the integers Lua's doubles hold exactly.
+    public static let longestIntervalMicroseconds: Int64 = 3_600_000_000
+
+    /// The emission interval in microseconds: rounded up, so never faster than `rate`; at least 1, and at most
+    /// ``longestIntervalMicroseconds`` — whatever the rate, never a trap converting to `Int64`.
     public var intervalMicroseconds: Int64 {
-        Int64((1_000_000 / self.rate).rounded(.up))
+        let micros = (1_000_000 / self.rate).rounded(.up)
+        // Also taken for a NaN.
+        guard micros < Double(Self.longestIntervalMicroseconds) else { return Self.longestIntervalMicroseconds }
+        return max(1, Int64(micros))
     }
 }
 

@@ -150,7 +150,20 @@ let badInputs: [BadInput] = [
         kind: .invalidValue),
     BadInput(
         name: "bad env rate", environment: ["KISGW_KIS_SANDBOX_RATE_PER_S": "0"],
-        message: "environment KISGW_KIS_SANDBOX_RATE_PER_S: must be a number greater than 0 and at most 10000 (requests per second), got 0.0",
+        message: "environment KISGW_KIS_SANDBOX_RATE_PER_S: must be a number from 0.01 to 10000 (requests per second), got 0.0",
+        kind: .invalidValue),
+    // Below the floor: accepted before, then the first miss trapped computing the GCRA interval (SharedStore.swift).
+    BadInput(
+        name: "tiny rate", toml: "[kis]\nsandbox_rate_per_s = 1e-13",
+        message: "<FILE>: [kis] sandbox_rate_per_s: must be a number from 0.01 to 10000 (requests per second), got 1e-13",
+        kind: .invalidValue),
+    BadInput(
+        name: "tiny env rate", environment: ["KISGW_KIS_LIVE_RATE_PER_S": "0.009"],
+        message: "environment KISGW_KIS_LIVE_RATE_PER_S: must be a number from 0.01 to 10000 (requests per second), got 0.009",
+        kind: .invalidValue),
+    BadInput(
+        name: "rate above the ceiling", toml: "[kis]\nlive_rate_per_s = 10001",
+        message: "<FILE>: [kis] live_rate_per_s: must be a number from 0.01 to 10000 (requests per second), got 10001.0",
         kind: .invalidValue),
     BadInput(
         name: "unknown KISGW_ variable", environment: ["KISGW_SERVER_PROT": "9000"],

@@ -542,4 +542,11 @@ struct LoadTests {
         #expect(!printed.contains(base64Key(32)))
         #expect(config.redis.url?.description == "redis://:[REDACTED]@localhost:6379/0")
     }
+
+    /// `[kis] *_rate_per_s` from 0.01 (one call in 100 s) to 10000, both ends included (ErrorTests: outside them).
+    @Test func rateBoundsAreInclusive() throws {
+        let config = try load("[kis]\nlive_rate_per_s = 10000\nsandbox_rate_per_s = 0.01\n")
+        #expect(config.kis.liveRatePerS == 10_000)
+        #expect(config.kis.sandboxRatePerS == 0.01)
+    }
 }

@@ -75,4 +75,19 @@ struct GCRATests {
         #expect(RateLimit(rate: 1).intervalMicroseconds == 1_000_000)
         #expect(RateLimit(rate: 3).intervalMicroseconds == 333_334)
     }
+
+    /// Every positive rate gives an interval the stores can compute with: at most an hour (what `Int64` and Lua's
+    /// doubles hold with room for `interval × cost`), at least a microsecond. Before, a rate below about 1.1e-13
+    /// overflowed `Int64` and trapped — the gateway's first miss with `[kis] sandbox_rate_per_s = 1e-13`.
+    @Test func intervalIsClamped() {
+        let hour: Int64 = 3_600_000_000
+        #expect(RateLimit(rate: 1e-13).intervalMicroseconds == hour)
+        #expect(RateLimit(rate: .leastNonzeroMagnitude).intervalMicroseconds == hour)
+        #expect(RateLimit(rate: 1.0 / 3600).intervalMicroseconds == hour)
+        #expect(RateLimit(rate: 1.0 / 7200).intervalMicroseconds == hour)
+        #expect(RateLimit(rate: 0.01).intervalMicroseconds == 100_000_000)
+        #expect(RateLimit(rate: 1e7).intervalMicroseconds == 1)
+        #expect(RateLimit(rate: .greatestFiniteMagnitude).intervalMicroseconds == 1)
+        #expect(RateLimit(rate: .infinity).intervalMicroseconds == 1)
+    }
 }
