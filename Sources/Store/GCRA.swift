@@ -39,6 +39,17 @@ public enum GCRA {
         return Outcome(allowed: true, wait: wait, newTAT: newTAT, keepFor: newTAT - now)
     }
 
+    /// The TAT a rate-limit key holds as text: an optional sign and 1 to 18 digits (what the stores write, with room
+    /// to spare: 10^18 µs is 31,000 years). Anything else — not a number, a fraction, `nan`, a number beyond that —
+    /// is `nil`, and the key counts as absent: the decision replaces it. The Lua version reads it the same way, so
+    /// both stores decide alike on a key written by hand or by another program (store.md).
+    public static func storedTAT(_ text: String) -> Int64? {
+        var digits = Substring(text)
+        if let sign = digits.first, sign == "+" || sign == "-" { digits = digits.dropFirst() }
+        guard (1...18).contains(digits.utf8.count), digits.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
+        return Int64(text)
+    }
+
     /// The Lua version of ``decide(tat:now:interval:burst:cost:maxWait:)``, for `EVALSHA`.
     ///
     /// `KEYS[1]` holds the TAT; `ARGV` is interval, burst, cost, maxWait (all µs
@@ -59,10 +70,15 @@ public enum GCRA {
             cost = tonumber(cost)
             maxwait = tonumber(maxwait)
             local tat = now
-            local stored = redis.call('GET', key)
-            if stored then
-                tat = tonumber(stored)
-                if tat < now then tat = now end
+            -- What is not a TAT (GCRA.storedTAT: a sign and 1 to 18 digits), or a key of another type (GET's error),
+            -- counts as absent, as in the memory store; the SET below replaces it.
+            local stored = redis.pcall('GET', key)
+            if type(stored) == 'string' then
+                local digits = string.match(stored, '^[+-]?(%d+)$')
+                if digits and #digits <= 18 then
+                    local t = tonumber(stored)
+                    if t > now then tat = t end
+                end
             end
             local newtat = tat + interval * cost
             local wait = newtat - interval * burst - now

@@ -200,7 +200,7 @@ public final class MemoryStore: SharedStore {
         let k = keyPrefix + key
         var tat: Int64? = nil
         if case .bytes(let b)? = Self.live(&s, k, now: now)?.value,
-            let t = b.getString(at: b.readerIndex, length: b.readableBytes).flatMap({ Int64($0) })
+            let t = b.getString(at: b.readerIndex, length: b.readableBytes).flatMap(GCRA.storedTAT)
         {
             tat = t
         }

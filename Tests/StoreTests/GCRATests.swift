@@ -76,6 +76,17 @@ struct GCRATests {
         #expect(RateLimit(rate: 3).intervalMicroseconds == 333_334)
     }
 
+    /// What a rate-limit key must hold to count as a TAT (the Lua script reads it the same way).
+    @Test func storedTAT() {
+        #expect(GCRA.storedTAT("1732500000000000") == 1_732_500_000_000_000)
+        #expect(GCRA.storedTAT("+42") == 42)
+        #expect(GCRA.storedTAT("-42") == -42)
+        #expect(GCRA.storedTAT("999999999999999999") == 999_999_999_999_999_999)
+        for junk in ["", "+", "garbage", "12abc", "1.5", "1e300", "nan", "inf", " 42", "42 ", "0x10", "9999999999999999999"] {
+            #expect(GCRA.storedTAT(junk) == nil, "\(junk.debugDescription)")
+        }
+    }
+
     /// Every positive rate gives an interval the stores can compute with: at most an hour (what `Int64` and Lua's
     /// doubles hold with room for `interval × cost`), at least a microsecond. Before, a rate below about 1.1e-13
     /// overflowed `Int64` and trapped — the gateway's first miss with `[kis] sandbox_rate_per_s = 1e-13`.

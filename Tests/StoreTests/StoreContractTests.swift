@@ -311,6 +311,40 @@ struct StoreContractTests {
         await close()
     }
 
+    /// store.md: the memory store "behaves the same" as Redis. A rate-limit key holding what is not a theoretical
+    /// arrival time (whole microseconds) — written by hand or by another program — counts as absent on both, and the
+    /// decision replaces it. Before, the Lua script failed on it (`tonumber` gave nil or NaN, or GET met a set), so
+    /// every miss of that app key was a 503 on Redis, while the memory store went on.
+    @Test(arguments: Backend.available)
+    func rateLimitKeyHoldingJunk(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        let limit = RateLimit(rate: 0.1, burst: 1)  // one per 10 s: a second decision right after is denied
+        for (i, junk) in ["garbage", "", "12abc", "1.5", "1e300", "nan", "inf", " 42", "99999999999999999999"].enumerated() {
+            let key = "rl:junk\(i)"
+            try await store.set(key, to: ByteBuffer(string: junk), ttl: .seconds(60))
+            #expect(try await store.rateLimit(key, limit: limit, cost: 1, maxWait: .zero) == .allowed(after: .zero),
+                    "\(backend) with \(junk.debugDescription)")
+            // The slot taken replaced it with a time: the next one waits.
+            #expect(try await store.rateLimit(key, limit: limit, cost: 1, maxWait: .zero).isAllowed == false,
+                    "\(backend) with \(junk.debugDescription)")
+        }
+        // The slot reserved with a lock, the same.
+        try await store.set("rl:lock", to: ByteBuffer(string: "garbage"), ttl: .seconds(60))
+        let step = try await store.readOrLock("value:junk", lock: "lock:junk", ttl: .seconds(30),
+                                              reserving: RateReservation(key: "rl:lock", limit: limit, maxWait: .zero))
+        guard case .locked(_, let slot) = step else {
+            Issue.record("\(backend): expected the lock, got \(step)")
+            return
+        }
+        #expect(slot == .allowed(after: .zero), "\(backend)")
+        // A key of another type (a set).
+        try await store.setAdd("rl:set", members: ["x"], ttlAtLeast: .seconds(60))
+        #expect(try await store.rateLimit("rl:set", limit: limit, cost: 1, maxWait: .zero) == .allowed(after: .zero),
+                "\(backend)")
+        #expect(try await store.rateLimit("rl:set", limit: limit, cost: 1, maxWait: .zero).isAllowed == false, "\(backend)")
+        await close()
+    }
+
     @Test(arguments: Backend.available)
     func rateLimitIsSharedAcrossConcurrentCallers(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
