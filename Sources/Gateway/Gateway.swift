@@ -140,7 +140,8 @@ struct GatewayCore: Sendable {
                                authorizer: authorizer, l1: l1, charts: charts, metrics: metrics, recorder: recorder,
                                observer: dependencies.onHitPathAnswer)
         self.eventListener = StoreEventListener(store: store, authorizer: authorizer, notifier: charts.notifier,
-                                                filledChannel: ChartService.filledChannel, logger: logger)
+                                                filledChannel: ChartService.filledChannel, logger: logger,
+                                                failures: failures)
     }
 
     /// The methods a path allows, when it matches a route (for 405 answers).

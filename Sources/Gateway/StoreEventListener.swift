@@ -17,6 +17,8 @@ struct StoreEventListener: Service {
     let notifier: FillNotifier
     let filledChannel: String
     let logger: Logger
+    /// Where malformed events are logged (one line a minute at most).
+    let failures: ThrottledLog
 
     private struct Event: Decodable {
         var type: String
@@ -46,7 +48,15 @@ struct StoreEventListener: Service {
     }
 
     private func handleEvent(_ payload: ByteBuffer) {
-        guard let event = try? JSONDecoder().decode(Event.self, from: Data(payload.readableBytesView)) else { return }
+        guard let event = try? JSONDecoder().decode(Event.self, from: Data(payload.readableBytesView)) else {
+            // Not store.md's shape: a publisher of another version, or a hand-typed PUBLISH. Skipped, and said once a
+            // minute at most, with the payload's size and first bytes only (it came from outside: it may hold anything).
+            failures.warning(
+                kind: "malformed event", "a malformed event on the events channel was skipped",
+                metadata: ["bytes": "\(payload.readableBytes)",
+                           "start": "\(ThrottledLog.excerpt(payload.readableBytesView, max: 32))"])
+            return
+        }
         if event.type == "revoked" { authorizer.forget(sha256: event.sha256) }
     }
 

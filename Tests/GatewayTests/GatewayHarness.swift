@@ -109,9 +109,11 @@ func testConfig(simURL: String, origins: [String] = ["http://localhost:3000", "h
         broker: broker)
 }
 
-/// Runs a simulator, then `gateways` gateways sharing one store, for the duration of `body`.
+/// Runs a simulator, then `gateways` gateways sharing one store, for the duration of `body`. With `log`, the gateways
+/// log to it (text, from `logLevel` up), through the executable's handler (secrets scrubbed).
 func withGateway<T: Sendable>(
     store kind: StoreKind = .memory,
+    log: LogBuffer? = nil, logLevel: Logger.Level = .warning,
     sim simConfig: SimulatorConfiguration = SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000),
     gateways count: Int = 1,
     config: @escaping @Sendable (_ simURL: String) -> KisgwConfig = { testConfig(simURL: $0) },
@@ -120,6 +122,11 @@ func withGateway<T: Sendable>(
 ) async throws -> T {
     var logger = Logger(label: "gateway-test")
     logger.logLevel = .warning
+    if let log {
+        logger = Logger(label: "gateway-test") { label in
+            LoggingSetup.makeHandler(label: label, level: logLevel, format: .text, output: log.output)
+        }
+    }
     let (store, redis) = try makeStore(kind)
     let keyring = SealKeyring.ephemeral()
     let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)

@@ -9,8 +9,9 @@ import Testing
 import TestSupport
 import Tokens
 
-/// A store that answers but refuses (gateway-api.md: still `503 store_unavailable`).
-@Suite("Gateway: a store that refuses commands", .serialized, .timeLimit(.minutes(3)))
+/// A store that answers but refuses (gateway-api.md: still `503 store_unavailable`), and what the gateway does with
+/// store contents it cannot read: events on `events` that are not store.md's.
+@Suite("Gateway: a store that refuses commands, and store contents it cannot read", .serialized, .timeLimit(.minutes(3)))
 struct StoreFailureTests {
     /// An ACL user without the scripting commands (`-@scripting`: no `EVALSHA`), as an operator may hand the gateway
     /// by mistake: every miss is refused with `NOPERM`. Before, each was answered "the shared store cannot be
@@ -54,6 +55,43 @@ struct StoreFailureTests {
                 #expect(!p.stderr.contains(secret), "the log holds a secret: \(p.stderr)")
             }
             #expect(try await g.simStats()["domestic_daily", default: 0] == 0)
+        }
+    }
+
+    /// store.md's `events` carries JSON of one shape. Anything else (a publisher of another version, a hand-typed
+    /// PUBLISH) is skipped — the listener goes on — and logged: once (a warning), with at most the start of the
+    /// payload. Before, it was skipped without a word.
+    @Test("malformed events are skipped with one capped warning; a `revoked` event after them still drops the token's decision",
+          arguments: StoreKind.allCases)
+    func malformedEvents(_ kind: StoreKind) async throws {
+        let log = LogBuffer()
+        try await withGateway(store: kind, log: log) { g, _ in
+            let user = "ev-\(kind)"
+            let kis = try await g.connect(user: user, appKey: "PSapp-malformed-events")
+            let jwt = try await g.jwt(user)
+            let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
+            #expect(try await g.get(path, jwt: jwt, kis: kis).status == 200)  // the decision is remembered now
+            let sha = TokenDirectory.sha256(of: kis)
+            // Its record goes without an event: the remembered decision still answers, until a `revoked` event.
+            try await g.store.delete(TokenDirectory.recordKey(sha))
+            #expect(try await g.get(path, jwt: jwt, kis: kis).status == 200)
+
+            let tail = "tail-\(UUID().uuidString)"
+            for payload in ["{nope " + String(repeating: "x", count: 300) + tail, #"{"type":"revoked","sha":"x"}"#, "[1,2,3]"] {
+                try await g.store.publish(ByteBuffer(string: payload), to: TokenDirectory.eventsChannel)
+            }
+            let revoked = #"{"type":"revoked","sha256":"\#(sha)","user_id":"\#(user)","env":"LIVE"}"#
+            try await g.store.publish(ByteBuffer(string: revoked), to: TokenDirectory.eventsChannel)
+            let refused = try await eventually(.seconds(10)) {
+                try await g.get(path, jwt: jwt, kis: kis).code == "kis_token_invalid"
+            }
+            #expect(refused, "the listener did not act on the `revoked` event after the malformed ones")
+
+            let warnings = log.lines.filter { $0.contains("malformed") }
+            #expect(warnings.count == 1, "\(log.text)")
+            #expect(warnings.first?.contains(" warning ") == true, "\(log.text)")
+            #expect(warnings.first?.contains("{nope") == true, "\(log.text)")
+            #expect(!log.text.contains(tail), "the whole payload was logged: \(log.text)")
         }
     }
 }
