@@ -10,7 +10,7 @@ import TestSupport
 import Tokens
 
 /// A store that answers but refuses (gateway-api.md: still `503 store_unavailable`), and what the gateway does with
-/// store contents it cannot read: events on `events` that are not store.md's.
+/// store contents it cannot read: events on `events` and chart entries that are not what it wrote.
 @Suite("Gateway: a store that refuses commands, and store contents it cannot read", .serialized, .timeLimit(.minutes(3)))
 struct StoreFailureTests {
     /// An ACL user without the scripting commands (`-@scripting`: no `EVALSHA`), as an operator may hand the gateway
@@ -92,6 +92,35 @@ struct StoreFailureTests {
             #expect(warnings.first?.contains(" warning ") == true, "\(log.text)")
             #expect(warnings.first?.contains("{nope") == true, "\(log.text)")
             #expect(!log.text.contains(tail), "the whole payload was logged: \(log.text)")
+        }
+    }
+
+    /// README (shared-store keys): `cache:{key}` holds `kc1 <storedAt> <freshUntil> <etag>\n<body>`. A value that is
+    /// not one (another version's, a hand edit) is a miss: fetched again under the fleet lock — once — and replaced.
+    @Test("a chart entry in Redis that cannot be read: 200 after one KIS call, and the entry is overwritten")
+    func unreadableChartEntry() async throws {
+        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        try await withGateway(store: .redis) { g, _ in
+            let redis = try #require((g.store as? RedisStore)?.client)
+            let kis = try await g.connect(user: "junk1", appKey: "PSapp-junk-entry")
+            let jwt = try await g.jwt("junk1")
+            let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
+            // Under the configured prefix, as Redis holds it.
+            let key = RedisArgument(g.store.keyPrefix + "cache:" + (try chartKey(domesticChart: path)))
+            let junk = "kc1 not an entry"
+            #expect(try await redis.send(["SET", key, RedisArgument(junk), "EX", "600"]) == .simpleString("OK"))
+
+            let r = try await g.get(path, jwt: jwt, kis: kis)
+            #expect(r.status == 200 && r.header("X-Cache") == "MISS", "\(r.status) \(r.text)")
+            #expect(!r.candles.isEmpty)
+            #expect(try await g.simStats()["domestic_daily"] == 1)
+            let replaced = try await eventually(.seconds(10)) {
+                guard let stored = try await redis.send(["GET", key]).string else { return false }
+                return stored != junk && stored.hasPrefix("kc1 ")
+            }
+            #expect(replaced, "the unreadable entry was not overwritten")
+            #expect(try await g.get(path, jwt: jwt, kis: kis).header("X-Cache") == "HIT")
+            #expect(try await g.simStats()["domestic_daily"] == 1)
         }
     }
 }
