@@ -20,6 +20,15 @@ extension KisgwConfig {
         return try loader.build()
     }
 
+    /// The embedded defaults with `environment`'s `KISGW_*` variables, checked as ``load(file:environment:)`` checks
+    /// them, and no file: neither `KISGW_CONFIG`'s nor `./gateway.toml` (`kisgw demo`, which runs on embedded
+    /// defaults wherever it is started).
+    public static func load(environmentOnly environment: [String: String]) throws(ConfigError) -> KisgwConfig {
+        var loader = Loader(environment: environment)
+        try loader.readEnvironment()
+        return try loader.build()
+    }
+
     /// Section → keys that may appear in the file, in the documented order.
     static let fileKeys: [(section: String, keys: [String])] = [
         ("server", ["host", "port", "request_timeout_ms", "max_header_bytes", "shutdown_grace_s"]),

@@ -19,8 +19,9 @@ struct DemoCommand: AsyncParsableCommand {
         abstract: "Run everything in one process: KIS simulators (live and sandbox), the broker on SQLite, the gateway, and the web UI.",
         discussion: """
             Prints the URL to open and a ready JWT; stops cleanly on Ctrl-C. The broker keeps its SQLite database and
-            the demo's generated secrets in the data folder. With KISGW_REDIS_URL set, the gateway and the broker share
-            that Redis instead of the in-process memory store. KISGW_DEMO_APP_KEY / KISGW_DEMO_APP_SECRET make the
+            the demo's generated secrets in the data folder. It runs on embedded defaults and reads no gateway.toml.
+            With KISGW_REDIS_URL set, the gateway and the broker share that Redis instead of the in-process memory
+            store. KISGW_DEMO_APP_KEY / KISGW_DEMO_APP_SECRET make the
             simulators accept only that pair (any non-empty pair otherwise).
             """
     )
@@ -93,9 +94,10 @@ struct DemoCommand: AsyncParsableCommand {
         let redisURL = env["KISGW_REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 }
         var redis = KisgwConfig.Redis()
         if let redisURL {
-            // Read as the other verbs read it: a bad URL is one line naming the variable and why, exit 78.
+            // Checked as the other verbs check it (a bad URL is one line naming the variable and why, exit 78), but
+            // with no file: the demo runs on embedded defaults, whatever ./gateway.toml the directory holds.
             do {
-                redis = try KisgwConfig.load(file: nil, environment: ["KISGW_REDIS_URL": redisURL]).redis
+                redis = try KisgwConfig.load(environmentOnly: ["KISGW_REDIS_URL": redisURL]).redis
             } catch {
                 FileHandle.standardError.write(Data("kisgw: \(error)\n".utf8))
                 throw ExitCode(78)  // EX_CONFIG

@@ -363,6 +363,20 @@ struct LoadTests {
         }
     }
 
+    /// `kisgw demo`'s load: the defaults and the environment's variables, checked, and never a file — not the one
+    /// `KISGW_CONFIG` names (nor ./gateway.toml: OperationsTests, `kisgw demo` in a directory holding a broken one).
+    @Test func environmentOnlyReadsNoFile() throws {
+        let broken = writeFile("[server]\nport = -1\n")
+        let config = try KisgwConfig.load(environmentOnly: ["KISGW_CONFIG": broken, "KISGW_REDIS_URL": "redis://127.0.0.1:6390/2"])
+        #expect(config.server.port == KisgwConfig.defaults.server.port)
+        #expect(config.redis.url?.description == "redis://127.0.0.1:6390/2")
+        #expect {
+            try KisgwConfig.load(environmentOnly: ["KISGW_REDIS_URL": "http://127.0.0.1:6379"])
+        } throws: { error in
+            "\(error)".hasPrefix("environment KISGW_REDIS_URL: ")
+        }
+    }
+
     /// README (Configuration): `--config FILE` (the `file` argument) wins over `KISGW_CONFIG`, which wins over
     /// ./gateway.toml.
     @Test func explicitFileWinsOverKISGWConfig() throws {

@@ -411,6 +411,48 @@ struct DemoSecretsFileTests {
     }
 }
 
+extension DemoSecretsFileTests {
+    /// config.md: the demo runs "on embedded defaults", with only the `KISGW_REDIS_URL` its help documents. Before,
+    /// with that variable set it loaded the configuration as the other verbs do — ./gateway.toml included — and a
+    /// working directory holding a gateway.toml it cannot use (another deployment's, or a broken one) stopped it
+    /// with exit 78.
+    @Test("a broken ./gateway.toml does not stop `kisgw demo` with KISGW_REDIS_URL set: it starts and is ready")
+    func ignoresTheWorkingDirectorysGatewayTOML() async throws {
+        let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
+        let redis = try RedisServerProcess()
+        defer { redis.stop() }
+        let directory = Scratch.directory("demo-cwd")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try "[server]\nport = -1\n".write(toFile: directory + "/gateway.toml", atomically: true, encoding: .utf8)
+        let process = kisgwProcess(binary, "demo")
+        process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        // A port base whose ports are free now.
+        let base = try RedisServerProcess.freePort() % 20_000 + 20_000
+        process.arguments = ["demo", "--data", directory + "/data", "--port-base", String(base), "--log-level", "error"]
+        process.environment?["KISGW_REDIS_URL"] = redis.url
+        let stderrFile = directory + "/stderr"
+        _ = FileManager.default.createFile(atPath: stderrFile, contents: nil)
+        let stderrHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrFile))
+        process.standardError = stderrHandle
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        try? stderrHandle.close()  // the child has its own
+        defer {
+            // By its PID; SIGKILL: a demo that hangs must not outlive the test.
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+        }
+        let stderr = { (try? String(contentsOfFile: stderrFile, encoding: .utf8)) ?? "" }
+        let ready = await eventually(.seconds(30)) {
+            guard process.isRunning else { return true }
+            return (try? await http(.GET, "http://127.0.0.1:\(base)/readyz", timeout: .seconds(2)))?.status == 200
+        }
+        #expect(ready && process.isRunning, "the demo did not start: exit \(process.isRunning ? "-" : String(process.terminationStatus)); \(stderr())")
+    }
+}
+
 /// Runs `kisgw <command>` with only `env` of the KISGW_ variables, in a directory without a gateway.toml, until it
 /// exits; its standard error.
 func runToExit(_ command: String, env extra: [String: String], arguments: [String] = []) throws -> (Process, String) {
