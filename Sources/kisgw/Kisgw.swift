@@ -7,8 +7,15 @@ struct Kisgw: AsyncParsableCommand {
         commandName: "kisgw",
         abstract: "A caching edge gateway for the Korea Investment & Securities (KIS) Open API.",
         discussion: """
-            Roles: `sim` runs a simulator of the KIS Open API for local runs, tests and benchmarks.
-            Configuration: gateway.toml (see the README), overridden by KISGW_<SECTION>_<KEY> variables.
+            One binary for every role; `kisgw <verb> --help` says more of each:
+              kisgw gateway  the edge gateway: cached, coalesced, rate-limited charts
+              kisgw broker   the token broker (KIS accounts and tokens) and the web UI
+              kisgw sim      a simulator of the KIS Open API, for tests and benchmarks
+              kisgw demo     everything in one process on embedded defaults
+              kisgw jwt      prints a JWT signed with the configured secret
+            Configuration: gateway.toml (--config, else KISGW_CONFIG, else the one
+            in the working directory; see the README), overridden by
+            KISGW_<SECTION>_<KEY> variables. The demo reads no file.
             """,
         subcommands: [DemoCommand.self, GatewayCommand.self, BrokerCommand.self, SimCommand.self, JWTCommand.self]
     )

@@ -231,3 +231,55 @@ struct RedisSettingsProcessTests {
         #expect(!g.stderr.contains(wrong) && !g.stderr.contains(password))
     }
 }
+
+/// config.md: "`--help` on each says what it does." Every verb answers `--help` (exit 0, before any configuration is
+/// read: the process has no secret), with its abstract; and `kisgw --help` names every verb.
+@Suite("kisgw --help")
+struct HelpTests {
+    static let abstracts = [
+        "demo": "Run everything in one process: KIS simulators (live and sandbox), the broker on SQLite, the gateway, and the web UI.",
+        "gateway": "Run the edge gateway: authenticated, cached, coalesced and rate-limited KIS daily charts.",
+        "broker": "Run the token broker: encrypted KIS accounts, KIS tokens obtained, kept alive and published to the store.",
+        "sim": "Run a simulator of the KIS Open API (tokens, daily charts, errors, rate limits).",
+        "jwt": "Print an HS256 JWT signed with the configured secret, for development and load tests.",
+    ]
+
+    /// `kisgw arguments…` until it exits: its status and standard output, whitespace runs made one space (the help
+    /// text is wrapped to the terminal's width).
+    func help(_ arguments: [String]) throws -> (status: Int32, text: String) {
+        let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
+        let process = kisgwProcess(binary, arguments.first ?? "")
+        process.arguments = arguments
+        let stdout = Pipe()
+        process.standardOutput = stdout
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let pid = process.processIdentifier
+        let watchdog = DispatchWorkItem { kill(pid, SIGKILL) }  // one that starts serving instead is stopped
+        DispatchQueue.global().asyncAfter(deadline: .now() + 30, execute: watchdog)
+        let data = stdout.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        watchdog.cancel()
+        let text = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        return (process.terminationReason == .exit ? process.terminationStatus : -1, text)
+    }
+
+    @Test("kisgw <verb> --help: exit 0 and the verb's abstract", arguments: ["demo", "gateway", "broker", "sim", "jwt"])
+    func verbHelp(_ verb: String) throws {
+        let (status, text) = try help([verb, "--help"])
+        #expect(status == 0, "\(text)")
+        #expect(text.contains("OVERVIEW: " + HelpTests.abstracts[verb]!), "\(text)")
+        #expect(text.contains("USAGE: kisgw \(verb)"), "\(text)")
+    }
+
+    /// Before, its overview said only "Roles: `sim` runs a simulator…".
+    @Test("kisgw --help: exit 0, and its overview names every verb")
+    func rootHelp() throws {
+        let (status, text) = try help(["--help"])
+        #expect(status == 0, "\(text)")
+        let overview = try #require(text.components(separatedBy: "USAGE:").first)
+        for verb in HelpTests.abstracts.keys.sorted() {
+            #expect(overview.contains("kisgw \(verb)"), "the overview does not name \(verb): \(overview)")
+        }
+    }
+}
