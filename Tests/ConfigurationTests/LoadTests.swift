@@ -424,10 +424,6 @@ struct LoadTests {
             #expect(config.broker.database == .postgres(url: Secret(url)))  // not read at load
             #expect(try config.broker.resolvedDatabase() == .postgres(url: Secret(url), password: Secret("p@ss w:rd&1")))
             #expect(config.broker.databasePasswordFile == file)
-            // Rendered as the file's path.
-            let rendered = config.effectiveTOML
-            #expect(rendered.contains("database_password_file = \"\(file)\""), "\(rendered)")
-            #expect(!rendered.contains("p@ss"))
         }
 
         // A file the broker cannot use stops it at validation, naming the key; the gateway does not look at it.
@@ -467,9 +463,7 @@ struct LoadTests {
             #expect(resolved == RedisURL(tls: true, host: "cache.internal", port: 6380, database: 2, username: "kisgw",
                                          password: Secret("s3cret pw:@/")))
             #expect(!"\(resolved)".contains("s3cret"))
-            let rendered = config.effectiveTOML
-            #expect(rendered.contains("password_file = \"\(file)\""), "\(rendered)")
-            #expect(!rendered.contains("s3cret"))
+            #expect(config.redis.passwordFile == file)
             try config.validate(for: .gateway)
             try config.validate(for: .broker)
         }
