@@ -246,9 +246,7 @@ public enum DailyChartPager {
             }
             calls += 1
             if (page.output1?.nrec ?? "").isEmpty && (page.output2 ?? []).isEmpty { known = false }
-            var rows = page.output2 ?? []
-            // `nrec` counts the valid rows (python-kis truncates to it).
-            if let n = page.output1?.nrec.flatMap({ Int($0) }), n < rows.count { rows = Array(rows.prefix(n)) }
+            let rows = Self.droppingPadding(page.output2 ?? [], nrec: page.output1?.nrec)
             let candles = rows.compactMap(Candle.init)
             guard let next = Self.merge(candles, rows: rows.count, into: &byDate, start: start, end: end,
                                         pageEnd: pageEnd, period: period)
@@ -256,6 +254,18 @@ public enum DailyChartPager {
             pageEnd = next
         }
         return DailyChart(name: nil, candles: byDate.values.sorted { $0.date < $1.date }, known: known, calls: calls)
+    }
+}
+
+extension DailyChartPager {
+    /// An overseas page's rows without the blank padding past `nrec`. python-kis reads `nrec` as the count of valid
+    /// rows and truncates `output2` to it, but KIS's spec labels it "previous close" (kis-api.md §5): a number smaller
+    /// than the real row count (`"0"`, a price) must not cut real rows, which would lose them and, the page then
+    /// looking short, end the chart early. Only rows past `nrec` with no date (`xymd`) are dropped; a real row is
+    /// kept wherever it is.
+    static func droppingPadding(_ rows: [KISOverseasChartPage.Row], nrec: String?) -> [KISOverseasChartPage.Row] {
+        guard let n = nrec.flatMap({ Int($0.trimmingSpaces()) }), n >= 0, n < rows.count else { return rows }
+        return Array(rows[..<n]) + rows[n...].filter { !($0.xymd ?? "").trimmingSpaces().isEmpty }
     }
 }
 

@@ -3,6 +3,7 @@ import Hummingbird
 import KIS
 import Logging
 import NIOCore
+import Synchronization
 import TestSupport
 import Testing
 
@@ -62,6 +63,59 @@ struct KISAnswerShapeTests {
                 if let message = answer.message { #expect(error.message == message) }
                 #expect(error.httpStatus == answer.status)
             }
+        }
+    }
+
+    /// Runs `body` with a KIS client whose overseas `dailyprice` answers as KIS pages by date: the weekdays from
+    /// `first` to `last`, newest first, 100 at most, from `BYMD` on — or, with `overlap`, from the `overlap`th
+    /// weekday after `BYMD` (a page starting with rows the previous page ended with, as when the caller sets `BYMD`
+    /// to the oldest date it has, KIS's backtester's way). `output1.nrec` is `nrec` of the page's row count.
+    /// `calls` counts the quotation calls.
+    func withPagedOverseasKIS(
+        first: CivilDate, last: CivilDate, overlap: Int = 0, nrec: @escaping @Sendable (Int) -> String,
+        _ body: (KISClient, _ calls: @Sendable () -> Int) async throws -> Void
+    ) async throws {
+        let weekdays = (first.dayNumber...last.dayNumber).map(CivilDate.init(dayNumber:)).filter { !$0.isWeekend }
+        let calls = Mutex(0)
+        let router = Router()
+        router.get("**") { request, _ in
+            calls.withLock { $0 += 1 }
+            let bymd = request.uri.queryParameters["BYMD"].flatMap { CivilDate(yyyymmdd: $0) } ?? last
+            let from = (weekdays.lastIndex { $0 <= bymd } ?? -1) + overlap
+            let page = from < 0 ? [] : weekdays[...min(from, weekdays.count - 1)].suffix(100).reversed().map(Self.overseasRow)
+            let answer = #"{"rt_cd":"0","msg_cd":"MCA00000","msg1":"정상처리 되었습니다.","output1":{"rsym":"DNASAAPL","zdiv":"4","nrec":"\#(nrec(page.count))"},"output2":[\#(page.joined(separator: ","))]}"#
+            return Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: answer)))
+        }
+        var logger = Logger(label: "paged-kis")
+        logger.logLevel = .critical
+        let (url, server) = await startStandInKIS(router, logger: logger)
+        try await stopping([server]) {
+            try await body(KISClient(baseURL: url, logger: logger), { calls.withLock { $0 } })
+        }
+    }
+
+    /// A `dailyprice` row for `day`, its close varying with the date.
+    static func overseasRow(_ day: CivilDate) -> String {
+        let close = "\(100 + day.dayNumber % 50).2500"
+        return #"{"xymd":"\#(day.yyyymmdd)","clos":"\#(close)","open":"\#(close)","high":"\#(close)","low":"\#(close)","tvol":"1200","tamt":"121500"}"#
+    }
+
+    /// §5: `nrec` is labelled "previous close" in KIS's spec; python-kis reads it as a row count. Before, rows past
+    /// `nrec` were cut whatever they held: an `nrec` of "0" beside 100 real rows lost them all, and the page, looking
+    /// empty, ended the chart.
+    @Test("an overseas nrec smaller than the real rows (\"0\") cuts none of them, and the next page is still asked for")
+    func overseasNrecBelowRealRows() async throws {
+        let first = CivilDate(yyyymmdd: "20240902")!, last = CivilDate(yyyymmdd: "20250404")!
+        let weekdays = (first.dayNumber...last.dayNumber).map(CivilDate.init(dayNumber:)).filter { !$0.isWeekend }
+        try #require(weekdays.count > 100 && weekdays.count < 200)
+        try await withPagedOverseasKIS(first: first, last: last, nrec: { _ in "0" }) { client, calls in
+            let chart = try await DailyChartPager.overseas(
+                client: client, credentials: Self.credentials, exchange: .nas, symbol: "AAPL", start: first,
+                end: last, period: "D", adjusted: true, beforeEachCall: {})
+            #expect(chart.candles.map(\.date) == weekdays)
+            #expect(chart.calls == 2 && calls() == 2)  // 100 rows, then the rest
+            #expect(chart.known)
         }
     }
 
