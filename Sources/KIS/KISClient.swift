@@ -130,7 +130,13 @@ public struct KISClient: Sendable {
     public func issueToken(appKey: String, appSecret: String) async throws -> KISIssuedToken {
         let body = try JSONEncoder().encode(KISTokenRequest(appkey: appKey, appsecret: appSecret))
         let (status, data, _) = try await send(.POST, KISPath.tokenP, headers: [], body: body)
-        if status == 200, let t = try? JSONDecoder().decode(TokenAnswer.self, from: data) {
+        if status == 200, let t = try? JSONDecoder().decode(TokenAnswer.self, from: data), t.hasAccessToken {
+            // KIS issued something: that issuance counts against its 1-per-minute limit whatever else the answer
+            // holds, so only a token that is no token is refused.
+            guard let token = t.access_token, Self.isTokenText(token) else {
+                throw KISClientError(kind: .unreadable, message: "KIS answered tokenP with an access_token that is not a token",
+                                     httpStatus: status)
+            }
             // Expiry: KST wall clock as KIS wrote it; `expires_in` when that is missing or unreadable.
             let now = Date()
             let stated = t.access_token_token_expired.flatMap(KST.parse)
@@ -139,17 +145,50 @@ public struct KISClient: Sendable {
                                      httpStatus: status)
             }
             let issuedAt = stated.flatMap { at in t.expires_in.map { at.addingTimeInterval(-TimeInterval($0)) } }
-            return KISIssuedToken(accessToken: t.access_token, expiresAt: expiry,
+            return KISIssuedToken(accessToken: token, expiresAt: expiry,
                                   expiresIn: t.expires_in ?? Int(expiry.timeIntervalSince(now)), issuedAt: issuedAt)
         }
-        throw Self.classify(status: status, data: data)
+        let error = Self.classify(status: status, data: data)
+        if status == 200 && error.kind == .unreadable {
+            throw KISClientError(kind: .unreadable, message: "KIS answered tokenP with no access_token", httpStatus: status)
+        }
+        throw error
     }
 
-    /// `tokenP`'s answer as read: the token, and its expiry in either of the two forms KIS gives (kis-api.md).
+    /// `tokenP`'s answer as read: the token, and its expiry in either of the two forms KIS gives (kis-api.md §2.1).
+    /// Each field is read on its own, so that one KIS writes in another type than its spec's does not throw the token
+    /// away: `expires_in` is a number there, and a string of digits (`"86400"`) is read as that number; any other
+    /// value of it, or of the expiry text, counts as missing.
     private struct TokenAnswer: Decodable {
-        var access_token: String
+        /// Whether the answer has an `access_token` field at all, whatever its value.
+        var hasAccessToken: Bool
+        /// nil when it is not a string.
+        var access_token: String?
         var access_token_token_expired: String?
         var expires_in: Int?
+
+        private enum CodingKeys: String, CodingKey { case access_token, access_token_token_expired, expires_in }
+
+        init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            hasAccessToken = c.contains(.access_token)
+            access_token = try? c.decode(String.self, forKey: .access_token)
+            access_token_token_expired = try? c.decode(String.self, forKey: .access_token_token_expired)
+            if let seconds = try? c.decode(Int.self, forKey: .expires_in) {
+                expires_in = seconds
+            } else if let text = (try? c.decode(String.self, forKey: .expires_in))?.trimmingSpaces(), !text.isEmpty,
+                      text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) {
+                expires_in = Int(text)  // nil past Int.max
+            } else {
+                expires_in = nil
+            }
+        }
+    }
+
+    /// Whether `token` can be sent back as `authorization: Bearer <token>`: not empty, visible ASCII only (KIS's
+    /// tokens are JWTs).
+    static func isTokenText(_ token: String) -> Bool {
+        !token.isEmpty && token.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F }
     }
 
     /// `POST /oauth2/revokeP`.

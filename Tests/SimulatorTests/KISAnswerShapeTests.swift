@@ -13,13 +13,15 @@ import Testing
 struct KISAnswerShapeTests {
     static let credentials = KISCredentials(appKey: "PSappkey-shape", appSecret: "secret-shape", accessToken: "token")
 
-    /// Runs `body` with a KIS client whose every call is answered `status` and `body`.
+    /// Runs `body` with a KIS client whose every call (GET or POST) is answered `status` and `answer`.
     func withCannedKIS(_ status: Int, _ answer: String, _ body: (KISClient) async throws -> Void) async throws {
         let router = Router()
-        router.get("**") { _, _ in
+        @Sendable func canned(_: Request, _: BasicRequestContext) -> Response {
             Response(status: .init(code: status), headers: [.contentType: "application/json; charset=utf-8"],
                      body: .init(byteBuffer: ByteBuffer(string: answer)))
         }
+        router.get("**", use: canned)
+        router.post("**", use: canned)
         var logger = Logger(label: "canned-kis")
         logger.logLevel = .critical
         let (url, server) = await startStandInKIS(router, logger: logger)
@@ -62,6 +64,49 @@ struct KISAnswerShapeTests {
                 #expect(error.msgCode == answer.code)
                 if let message = answer.message { #expect(error.message == message) }
                 #expect(error.httpStatus == answer.status)
+            }
+        }
+    }
+
+    /// §2.1 types `expires_in` as a number. Before, an answer that wrote it as a string was refused whole, and the
+    /// token KIS had issued — one issuance of its 1-per-minute limit, one KakaoTalk notice to the owner — was lost.
+    @Test("tokenP's expires_in is read as a number or as a string of digits", arguments: ["86400", #""86400""#, #"" 86400 ""#])
+    func tokenExpiresIn(expiresIn: String) async throws {
+        let withExpiry = #"{"access_token":"eyJ0.eyJz.c2ln","access_token_token_expired":"2025-03-06 08:30:00","token_type":"Bearer","expires_in":\#(expiresIn)}"#
+        try await withCannedKIS(200, withExpiry) { client in
+            let t = try await client.issueToken(appKey: Self.credentials.appKey, appSecret: Self.credentials.appSecret)
+            #expect(t.accessToken == "eyJ0.eyJz.c2ln")
+            #expect(t.expiresIn == 86400)
+            #expect(t.expiresAt == KST.parse("2025-03-06 08:30:00"))
+            #expect(t.issuedAt == KST.parse("2025-03-05 08:30:00"))
+        }
+        // With no expiry text, `expires_in` alone gives the expiry.
+        let withoutExpiry = #"{"access_token":"eyJ0.eyJz.c2ln","token_type":"Bearer","expires_in":\#(expiresIn)}"#
+        try await withCannedKIS(200, withoutExpiry) { client in
+            let before = Date()
+            let t = try await client.issueToken(appKey: Self.credentials.appKey, appSecret: Self.credentials.appSecret)
+            #expect(t.expiresIn == 86400 && t.issuedAt == nil)
+            #expect(t.expiresAt >= before.addingTimeInterval(86400) && t.expiresAt <= Date().addingTimeInterval(86400))
+        }
+    }
+
+    /// What is refused still is an answer with no token to use: its error names the field, not the body.
+    @Test("a tokenP answer with no access_token, or one that is no token, is refused as unreadable", arguments: [
+        #"{"token_type":"Bearer","expires_in":86400,"access_token_token_expired":"2025-03-06 08:30:00"}"#,
+        #"{"access_token":12345,"token_type":"Bearer","expires_in":86400}"#,
+        #"{"access_token":"","token_type":"Bearer","expires_in":86400}"#,
+        #"{"access_token":"eyJ0 eyJz\n","token_type":"Bearer","expires_in":"86400"}"#,
+        #"{"access_token":null,"token_type":"Bearer","expires_in":86400}"#,
+    ])
+    func tokenWithoutToken(answer: String) async throws {
+        try await withCannedKIS(200, answer) { client in
+            do {
+                _ = try await client.issueToken(appKey: Self.credentials.appKey, appSecret: Self.credentials.appSecret)
+                Issue.record("a token was accepted from \(answer)")
+            } catch let error as KISClientError {
+                #expect(error.kind == .unreadable, "\(error)")
+                #expect(error.message?.contains("access_token") == true, "\(error)")
+                #expect(error.msgCode == nil && error.httpStatus == 200)
             }
         }
     }
