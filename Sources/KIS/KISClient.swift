@@ -128,7 +128,7 @@ public struct KISClient: Sendable {
 
     /// `POST /oauth2/tokenP`.
     public func issueToken(appKey: String, appSecret: String) async throws -> KISIssuedToken {
-        let body = try JSONEncoder().encode(KISTokenRequest(appkey: appKey, appsecret: appSecret))
+        let body = try Self.tokenEndpointBody(KISTokenRequest(appkey: appKey, appsecret: appSecret))
         let (status, data, _) = try await send(.POST, KISPath.tokenP, headers: [], body: body)
         if status == 200, let t = try? JSONDecoder().decode(TokenAnswer.self, from: data), t.hasAccessToken {
             // KIS issued something: that issuance counts against its 1-per-minute limit whatever else the answer
@@ -191,9 +191,19 @@ public struct KISClient: Sendable {
         !token.isEmpty && token.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F }
     }
 
+    /// A `tokenP`/`revokeP` body. `/` is written as itself: app secrets are base64-like and hold `/`, and KIS's own
+    /// samples send them so; `JSONEncoder` by default writes `\/`, valid JSON but not what KIS is known to read. Keys
+    /// are sorted so that a body is the same bytes on every run (`JSONEncoder`'s order otherwise changes from one
+    /// process to the next).
+    private static func tokenEndpointBody(_ value: some Encodable) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes, .sortedKeys]
+        return try encoder.encode(value)
+    }
+
     /// `POST /oauth2/revokeP`.
     public func revokeToken(appKey: String, appSecret: String, token: String) async throws {
-        let body = try JSONEncoder().encode(KISRevokeRequest(appkey: appKey, appsecret: appSecret, token: token))
+        let body = try Self.tokenEndpointBody(KISRevokeRequest(appkey: appKey, appsecret: appSecret, token: token))
         let (status, data, _) = try await send(.POST, KISPath.revokeP, headers: [], body: body)
         if status == 200, let r = try? JSONDecoder().decode(KISRevokeResponse.self, from: data), r.code == 200 {
             return

@@ -111,6 +111,71 @@ struct KISAnswerShapeTests {
         }
     }
 
+    /// A request as a stand-in KIS received it.
+    struct Received: Sendable {
+        let method: String
+        let path: String
+        let headers: [(String, String)]
+        let body: [UInt8]
+        func header(_ name: String) -> [String] { headers.filter { $0.0.lowercased() == name }.map(\.1) }
+    }
+
+    /// Runs `body` with a KIS client whose calls a stand-in records (``Received``, in order) and answers as KIS
+    /// does when all is well: a token, a revocation, an empty chart page.
+    func withRecordingKIS(_ body: (KISClient, _ received: @Sendable () -> [Received]) async throws -> Void)
+        async throws
+    {
+        let received = Mutex<[Received]>([])
+        @Sendable func record(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+            let bytes = try await request.body.collect(upTo: 1 << 20)
+            received.withLock {
+                $0.append(Received(method: request.method.rawValue, path: request.uri.path,
+                                   headers: request.headers.map { ($0.name.rawName, $0.value) },
+                                   body: Array(bytes.readableBytesView)))
+            }
+            let answer = switch request.uri.path {
+            case KISPath.tokenP:
+                #"{"access_token":"eyJ0.eyJz.c2ln","access_token_token_expired":"2025-03-06 08:30:00","token_type":"Bearer","expires_in":86400}"#
+            case KISPath.revokeP: #"{"code":200,"message":"접근토큰 폐기에 성공하였습니다"}"#
+            default: #"{"rt_cd":"0","msg_cd":"MCA00000","msg1":"정상처리 되었습니다.","output1":{},"output2":[]}"#
+            }
+            return Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: answer)))
+        }
+        let router = Router()
+        router.get("**", use: record)
+        router.post("**", use: record)
+        var logger = Logger(label: "recording-kis")
+        logger.logLevel = .critical
+        let (url, server) = await startStandInKIS(router, logger: logger)
+        try await stopping([server]) {
+            try await body(KISClient(baseURL: url, logger: logger), { received.withLock { $0 } })
+        }
+    }
+
+    /// §2.1–2.2: an app secret is base64-like (180 characters of KIS's alphabet, `/` and `+` among them), and KIS's
+    /// samples send it as it is. Before, `JSONEncoder` wrote each `/` as `\/`, and its keys in an order that
+    /// changed from run to run.
+    @Test("tokenP and revokeP bodies are sent with / unescaped, the same bytes every time")
+    func tokenBodiesKeepSlashes() async throws {
+        let appKey = "PSg4Vb7nZ0aQWkx2cRdLm9TjYh3sEo1uFiAb"
+        let appSecret = "xK/2m+Qz9/Rw" + String(repeating: "a/B+", count: 41) + "9/Zq"
+        let token = "eyJ0eXAiOiJKV1QifQ.eyJzdWIiOiJ0b2tlbiJ9.c2ln/+"
+        try await withRecordingKIS { client, received in
+            _ = try await client.issueToken(appKey: appKey, appSecret: appSecret)
+            try await client.revokeToken(appKey: appKey, appSecret: appSecret, token: token)
+            let calls = received()
+            try #require(calls.map(\.path) == [KISPath.tokenP, KISPath.revokeP])
+            #expect(calls.map(\.method) == ["POST", "POST"])
+            let issue = String(decoding: calls[0].body, as: UTF8.self)
+            let revoke = String(decoding: calls[1].body, as: UTF8.self)
+            #expect(issue == #"{"appkey":"\#(appKey)","appsecret":"\#(appSecret)","grant_type":"client_credentials"}"#)
+            #expect(revoke == #"{"appkey":"\#(appKey)","appsecret":"\#(appSecret)","token":"\#(token)"}"#)
+            #expect(!issue.contains(#"\/"#) && !revoke.contains(#"\/"#))
+            #expect(calls.allSatisfy { $0.header("content-type") == ["application/json; charset=utf-8"] })
+        }
+    }
+
     /// Runs `body` with a KIS client whose overseas `dailyprice` answers as KIS pages by date: the weekdays from
     /// `first` to `last`, newest first, 100 at most, from `BYMD` on — or, with `overlap`, from the `overlap`th
     /// weekday after `BYMD` (a page starting with rows the previous page ended with, as when the caller sets `BYMD`
