@@ -116,6 +116,10 @@ public struct KISClient: Sendable {
     /// line is ever written.
     let httpLogger: Logger
 
+    /// What every call names its client as: `kisgw/<version>`. KIS's own samples send a `User-Agent` too
+    /// (kis-api.md §2.1), and KIS can then tell kisgw's calls from others of the same app key.
+    public static let userAgent = "kisgw/" + KisgwVersion.current
+
     public init(baseURL: String, http: KISHTTPClients = .shared, timeout: Duration = .seconds(5), logger: Logger) {
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
         self.http = http
@@ -293,9 +297,10 @@ public struct KISClient: Sendable {
         _ method: HTTPMethod, _ pathAndQuery: String, headers: [(String, String)], body: Data?
     ) async throws -> (Int, Data, HTTPHeaders) {
         var headerFields = HTTPHeaders()
-        headerFields.reserveCapacity(headers.count + 2)
+        headerFields.reserveCapacity(headers.count + 3)
         headerFields.add(name: "content-type", value: "application/json; charset=utf-8")
         headerFields.add(name: "accept", value: "application/json")
+        headerFields.add(name: "user-agent", value: Self.userAgent)
         for (name, value) in headers { headerFields.add(name: name, value: value) }
         let deadline = NIODeadline.now() + TimeAmount(timeout)
         do {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import KIS
 
 /// `kisgw`: one binary for every role (../shared/spec/config.md).
 @main
@@ -17,6 +18,7 @@ struct Kisgw: AsyncParsableCommand {
             in the working directory; see the README), overridden by
             KISGW_<SECTION>_<KEY> variables. The demo reads no file.
             """,
+        version: KisgwVersion.current,
         subcommands: [DemoCommand.self, GatewayCommand.self, BrokerCommand.self, SimCommand.self, JWTCommand.self]
     )
 }

@@ -176,6 +176,29 @@ struct KISAnswerShapeTests {
         }
     }
 
+    /// KIS's samples name themselves (kis-api.md §2.1); before, kisgw's calls carried no `User-Agent` at all.
+    @Test("every KIS call — tokenP, revokeP, both charts — carries User-Agent: kisgw/<version>")
+    func userAgent() async throws {
+        try await withRecordingKIS { client, received in
+            let issued = try await client.issueToken(appKey: Self.credentials.appKey,
+                                                     appSecret: Self.credentials.appSecret)
+            let credentials = KISCredentials(appKey: Self.credentials.appKey, appSecret: Self.credentials.appSecret,
+                                             accessToken: issued.accessToken)
+            let day = CivilDate(yyyymmdd: "20250228")!
+            _ = try await client.domesticDailyPage(credentials, symbol: "005930", start: day.adding(days: -30),
+                                                   end: day, period: "D", adjusted: true)
+            _ = try await client.overseasDailyPage(credentials, exchange: .nas, symbol: "AAPL", period: "D", end: day,
+                                                   adjusted: true)
+            try await client.revokeToken(appKey: credentials.appKey, appSecret: credentials.appSecret,
+                                         token: issued.accessToken)
+            let calls = received()
+            #expect(calls.map(\.path) == [KISPath.tokenP, KISPath.domesticDailyChart, KISPath.overseasDailyPrice,
+                                          KISPath.revokeP])
+            #expect(KISClient.userAgent == "kisgw/" + KisgwVersion.current)
+            for call in calls { #expect(call.header("user-agent") == ["kisgw/" + KisgwVersion.current], "\(call.path)") }
+        }
+    }
+
     /// Runs `body` with a KIS client whose overseas `dailyprice` answers as KIS pages by date: the weekdays from
     /// `first` to `last`, newest first, 100 at most, from `BYMD` on — or, with `overlap`, from the `overlap`th
     /// weekday after `BYMD` (a page starting with rows the previous page ended with, as when the caller sets `BYMD`
