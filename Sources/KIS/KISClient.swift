@@ -72,9 +72,9 @@ public struct KISClientError: Error, CustomStringConvertible, Sendable {
         return s
     }
 
-    /// Classifies a KIS code.
+    /// Classifies a KIS code, whitespace around it ignored (` EGW00123 ` is `EGW00123`).
     public static func kind(forCode code: String) -> Kind {
-        switch code {
+        switch code.trimmingCharacters(in: .whitespacesAndNewlines) {
         case "EGW00123": .tokenExpired
         case "EGW00121", "EGW00122": .tokenInvalid
         case "EGW00201", "EGW00215": .rateLimited
@@ -258,39 +258,56 @@ public struct KISClient: Sendable {
         let q = query.map { "\($0.0)=\(Self.percentEncode($0.1))" }.joined(separator: "&")
         let (status, data, _) = try await send(.GET, path + "?" + q, headers: headers, body: nil)
         // KIS answers errors as 200 or 500 alike: the body decides.
-        if status == 200 || status == 500 || status == 403 {
-            let envelope: KISEnvelope
-            if let answer = KISAnswerReader.shared.answer(T.self, from: data) {
-                if answer.rt_cd == "0" { return answer }
-                envelope = KISEnvelope(rt_cd: answer.rt_cd, msg_cd: answer.msg_cd, msg1: answer.msg1)
-            } else if let e = try? JSONDecoder().decode(KISEnvelope.self, from: data) {
-                guard e.rt_cd != "0" else {
-                    throw KISClientError(kind: .unreadable, message: "KIS answered rt_cd 0 with a body kisgw cannot read",
-                                         httpStatus: status)
-                }
-                envelope = e
-            } else {
-                throw Self.classify(status: status, data: data)
-            }
-            throw KISClientError(
-                kind: KISClientError.kind(forCode: envelope.msg_cd), msgCode: envelope.msg_cd,
-                message: envelope.msg1.trimmingCharacters(in: .whitespaces), httpStatus: status)
+        if status == 200 || status == 500 || status == 403,
+           let answer = KISAnswerReader.shared.answer(T.self, from: data) {
+            if answer.rt_cd == "0" { return answer }
+            throw Self.kisError(code: answer.msg_cd, message: answer.msg1, status: status)
         }
         throw Self.classify(status: status, data: data)
     }
 
-    /// Classifies a non-success answer by its body: KIS's envelope, the token endpoints' shape, or neither.
+    /// KIS's error as it wrote it: its code, whitespace around it dropped, classified; its message trimmed (KIS pads
+    /// `msg1` with spaces, kis-api.md §6), nil when there is none.
+    static func kisError(code: String, message: String?, status: Int) -> KISClientError {
+        let code = code.trimmingCharacters(in: .whitespacesAndNewlines)
+        return KISClientError(kind: KISClientError.kind(forCode: code), msgCode: code,
+                              message: message?.trimmingCharacters(in: .whitespacesAndNewlines), httpStatus: status)
+    }
+
+    /// Classifies an answer that is not the one asked for by its body: the token endpoints' shape (`error_code`),
+    /// KIS's envelope with a non-zero `rt_cd` (its `msg_cd` decides; `msg1` may be missing), or neither.
     static func classify(status: Int, data: Data) -> KISClientError {
-        if let e = try? JSONDecoder().decode(KISTokenError.self, from: data) {
-            return KISClientError(kind: KISClientError.kind(forCode: e.error_code), msgCode: e.error_code,
-                                  message: e.error_description.trimmingCharacters(in: .whitespaces), httpStatus: status)
-        }
-        if let e = try? JSONDecoder().decode(KISEnvelope.self, from: data), e.rt_cd != "0" {
-            return KISClientError(kind: KISClientError.kind(forCode: e.msg_cd), msgCode: e.msg_cd,
-                                  message: e.msg1.trimmingCharacters(in: .whitespaces), httpStatus: status)
+        if let e = try? JSONDecoder().decode(ErrorBody.self, from: data) {
+            if let code = e.error_code { return kisError(code: code, message: e.error_description, status: status) }
+            if let result = e.rt_cd?.trimmingCharacters(in: .whitespacesAndNewlines) {
+                if result == "0" {
+                    return KISClientError(kind: .unreadable, message: "KIS answered rt_cd 0 with a body kisgw cannot read",
+                                          httpStatus: status)
+                }
+                if let code = e.msg_cd { return kisError(code: code, message: e.msg1, status: status) }
+                return KISClientError(kind: .unreadable, message: "KIS answered rt_cd \(result) with no msg_cd",
+                                      httpStatus: status)
+            }
         }
         return KISClientError(kind: .unreadable, message: "KIS answered HTTP \(status) with no KIS error body",
                               httpStatus: status)
+    }
+
+    /// The fields of KIS's two error shapes (kis-api.md §6 and §2.1), each read on its own: one missing, or not a
+    /// string, leaves the others readable.
+    private struct ErrorBody: Decodable {
+        var rt_cd, msg_cd, msg1, error_code, error_description: String?
+
+        private enum CodingKeys: String, CodingKey { case rt_cd, msg_cd, msg1, error_code, error_description }
+
+        init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            rt_cd = try? c.decode(String.self, forKey: .rt_cd)
+            msg_cd = try? c.decode(String.self, forKey: .msg_cd)
+            msg1 = try? c.decode(String.self, forKey: .msg1)
+            error_code = try? c.decode(String.self, forKey: .error_code)
+            error_description = try? c.decode(String.self, forKey: .error_description)
+        }
     }
 
     private func send(

@@ -34,7 +34,9 @@ struct KISAnswerShapeTests {
         let kind: KISClientError.Kind
         let code: String?
         let message: String?
-        var testDescription: String { "HTTP \(status) \(code ?? "no code")" }
+        /// KIS gave no message: none is made up.
+        var noMessage = false
+        var testDescription: String { "HTTP \(status) \(code ?? "no code")\(noMessage ? " without a message" : "")" }
     }
 
     /// "Clients should parse the JSON body whatever the status" (§6): the body decides, and `msg1`'s trailing
@@ -51,6 +53,21 @@ struct KISAnswerShapeTests {
         ErrorAnswer(status: 403, body: #"{"error_description":"접근토큰 발급 잠시 후 다시 시도하세요(1분당 1회) ","error_code":"EGW00133"}"#,
                     kind: .issuanceTooFrequent, code: "EGW00133", message: "접근토큰 발급 잠시 후 다시 시도하세요(1분당 1회)"),
         ErrorAnswer(status: 502, body: "<html><body>Bad Gateway</body></html>", kind: .unreadable, code: nil, message: nil),
+        // Whitespace around a code is not part of it: before, " EGW00123 " was no known code (`upstream`).
+        ErrorAnswer(status: 500, body: #"{"rt_cd":"1","msg_cd":" EGW00123 ","msg1":"기간이 만료된 token 입니다. "}"#,
+                    kind: .tokenExpired, code: "EGW00123", message: "기간이 만료된 token 입니다."),
+        ErrorAnswer(status: 403, body: #"{"error_description":"접근토큰 발급 잠시 후 다시 시도하세요(1분당 1회)","error_code":"EGW00133\n"}"#,
+                    kind: .issuanceTooFrequent, code: "EGW00133", message: "접근토큰 발급 잠시 후 다시 시도하세요(1분당 1회)"),
+        // A code with no message is still KIS's code: before, an envelope without msg1 was "unreadable".
+        ErrorAnswer(status: 500, body: #"{"rt_cd":"1","msg_cd":"EGW00201"}"#,
+                    kind: .rateLimited, code: "EGW00201", message: nil, noMessage: true),
+        ErrorAnswer(status: 200, body: #"{"rt_cd":"1","msg_cd":"EGW00121 ","msg1":null}"#,
+                    kind: .tokenInvalid, code: "EGW00121", message: nil, noMessage: true),
+        ErrorAnswer(status: 403, body: #"{"error_code":"EGW00103"}"#,
+                    kind: .credentialsRejected, code: "EGW00103", message: nil, noMessage: true),
+        // No code at all: nothing to classify by.
+        ErrorAnswer(status: 500, body: #"{"rt_cd":"1","msg1":"오류가 발생했습니다."}"#,
+                    kind: .unreadable, code: nil, message: nil),
     ])
     func errorAnswers(answer: ErrorAnswer) async throws {
         try await withCannedKIS(answer.status, answer.body) { client in
@@ -63,6 +80,7 @@ struct KISAnswerShapeTests {
                 #expect(error.kind == answer.kind, "\(error)")
                 #expect(error.msgCode == answer.code)
                 if let message = answer.message { #expect(error.message == message) }
+                if answer.noMessage { #expect(error.message == nil && error.kisMessage == nil) }
                 #expect(error.httpStatus == answer.status)
             }
         }
