@@ -432,6 +432,29 @@ struct GatewayAuthTests {
         }
     }
 
+    /// kis-api.md §6: KIS answers `EGW00123` as HTTP 500 with its envelope, and the body decides, not the status.
+    /// Here KIS's exact answer comes from a stand-in in front of the simulator. Coverage.
+    @Test("KIS answering HTTP 500 with an EGW00123 envelope gives kis_token_expired, with no retry")
+    func kisExpiredAnsweredAs500() async throws {
+        let standIn = StandInKIS(failure: .tokenExpired, failing: [1])
+        let (url, server) = await standIn.start()
+        try await stopping([server]) {
+            try await withGateway(config: { simURL in
+                standIn.forwardTo(simURL)
+                return testConfig(simURL: simURL, liveURL: url)
+            }) { g, _ in
+                let (jwt, kis) = try await g.signIn("expired-500")
+                let r = try await g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+                #expect(r.status == 401, "\(r.text)")
+                #expect(r.code == "kis_token_expired")
+                #expect(r.json["kis_msg_cd"] as? String == "EGW00123")
+                #expect(standIn.seen.calls == 1)  // a token KIS calls expired is not asked with again
+                let sha = TokenDirectory.sha256(of: kis)
+                #expect(try await eventually { try await TokenDirectory.deadReason(sha256: sha, store: g.store) == "EGW00123" })
+            }
+        }
+    }
+
     @Test("a token KIS refused on one gateway is refused at once by the other, which remembered it, with no KIS call; it leaves the user's set")
     func kisExpiredAcrossGateways() async throws {
         try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")

@@ -219,6 +219,8 @@ final class StandInKIS: Sendable {
         case dropConnection
         /// KIS's transient error: HTTP 500, `EGW00001` envelope ("일시적 오류", kis-api.md §7: retry).
         case transient
+        /// KIS's expired-token error: HTTP 500, `EGW00123` envelope (kis-api.md §6).
+        case tokenExpired
         /// Every quotation call made with this app key, whatever `failing` says, after 500 ms: HTTP 500, `EGW00206`
         /// ("API 사용 권한이 없습니다": the app is not entitled to the API). Other app keys' calls pass.
         case notEntitled(appKey: String)
@@ -285,6 +287,8 @@ final class StandInKIS: Sendable {
             return Self.kisError("EGW00201", "초당 거래건수를 초과하였습니다.")
         case .transient:
             return Self.kisError("EGW00001", "일시적 오류가 발생했습니다.")
+        case .tokenExpired:
+            return Self.kisError("EGW00123", "기간이 만료된 token 입니다.")
         case .dropConnection:
             var headers = HTTPFields()
             headers[.contentType] = "application/json; charset=utf-8"

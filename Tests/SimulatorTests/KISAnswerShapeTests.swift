@@ -270,6 +270,51 @@ struct KISAnswerShapeTests {
         }
     }
 
+    /// KIS's backtester pages with `BYMD` set to the oldest date it has, so each page repeats rows of the one before
+    /// (kis-api.md §5). Coverage: the pager keeps each date once, ascending.
+    @Test("overseas pages whose first rows repeat the previous page's last dates: each date once, ascending")
+    func overlappingPages() async throws {
+        let first = CivilDate(yyyymmdd: "20240102")!, last = CivilDate(yyyymmdd: "20241231")!
+        let weekdays = (first.dayNumber...last.dayNumber).map(CivilDate.init(dayNumber:)).filter { !$0.isWeekend }
+        try await withPagedOverseasKIS(first: first, last: last, overlap: 3, nrec: { String($0) }) { client, calls in
+            let chart = try await DailyChartPager.overseas(
+                client: client, credentials: Self.credentials, exchange: .nas, symbol: "AAPL", start: first,
+                end: last, period: "D", adjusted: true, beforeEachCall: {})
+            #expect(chart.candles.map(\.date) == weekdays)
+            #expect(zip(chart.candles, chart.candles.dropFirst()).allSatisfy { $0.date < $1.date })
+            #expect(chart.candles.allSatisfy { $0.close.text == "\(100 + $0.date.dayNumber % 50).2500" })
+            // 261 weekdays: 100 rows, 100 more (3 of them repeated), the last 64 (and 3 repeated).
+            #expect(chart.calls == 3 && calls() == 3)
+        }
+    }
+
+    /// `output2` may hold `{}` (the domestic bar type says so): such a row is no candle and no error. Coverage.
+    @Test("{} rows inside output2 are ignored, domestic and overseas")
+    func emptyObjectRows() async throws {
+        let days = ["20250228", "20250227", "20250226", "20250225", "20250224"]
+        let domestic = days.map { #"{"stck_bsop_date":"\#($0)","stck_clpr":"55200","stck_oprc":"54700","stck_hgpr":"55500","stck_lwpr":"54300","acml_vol":"100","acml_tr_pbmn":"5520000"}"# }
+        let rows = [domestic[0], "{}", domestic[1], domestic[2], "{}", domestic[3], domestic[4], "{}"]
+        let page = #"{"rt_cd":"0","msg_cd":"MCA00000","msg1":"정상처리 되었습니다.","output1":{"stck_prpr":"55200","hts_kor_isnm":"삼성전자"},"output2":[\#(rows.joined(separator: ","))]}"#
+        let start = CivilDate(yyyymmdd: "20250201")!, end = CivilDate(yyyymmdd: "20250228")!
+        try await withCannedKIS(200, page) { client in
+            let chart = try await DailyChartPager.domestic(
+                client: client, credentials: Self.credentials, symbol: "005930", start: start, end: end,
+                period: "D", adjusted: true, beforeEachCall: {})
+            #expect(chart.candles.map(\.date.yyyymmdd) == days.reversed())
+            #expect(chart.known && chart.name == "삼성전자" && chart.calls == 1)
+        }
+        let overseas = days.map { Self.overseasRow(CivilDate(yyyymmdd: $0)!) }
+        let overseasRows = [overseas[0], "{}", overseas[1], overseas[2], "{}", overseas[3], overseas[4], "{}"]
+        let overseasPage = #"{"rt_cd":"0","msg_cd":"MCA00000","msg1":"정상처리 되었습니다.","output1":{"rsym":"DNASAAPL","zdiv":"4","nrec":"8"},"output2":[\#(overseasRows.joined(separator: ","))]}"#
+        try await withCannedKIS(200, overseasPage) { client in
+            let chart = try await DailyChartPager.overseas(
+                client: client, credentials: Self.credentials, exchange: .nas, symbol: "AAPL", start: start, end: end,
+                period: "D", adjusted: true, beforeEachCall: {})
+            #expect(chart.candles.map(\.date.yyyymmdd) == days.reversed())
+            #expect(chart.known && chart.calls == 1)
+        }
+    }
+
     /// §5: "PK uses it as the record count, truncating `output2` to `nrec`" — rows past it are padding.
     @Test("an overseas page is read up to nrec; a blank nrec keeps every row", arguments: ["37", ""])
     func overseasNrec(nrec: String) async throws {
