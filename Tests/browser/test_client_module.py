@@ -155,6 +155,35 @@ const st = c.state().environments;
 return {calls, token: c.token(), sawExpiredFailing: seen.includes('expired:2'), status: st.SANDBOX.status,
         account: st.SANDBOX.account, live: st.LIVE.status};
 """,
+    'first_key_race': r"""
+const {mod, future} = window.__t;
+// A first visit: no key yet. Several tabs (here, stores) create one at the same moment; every one must end up
+// with the key that stays stored, or what it saved cannot be read after a reload.
+await new Promise((resolve, reject) => {
+  const r = indexedDB.open('kisgw', 1);
+  r.onupgradeneeded = () => r.result.createObjectStore('keys');
+  r.onsuccess = () => { const tx = r.result.transaction('keys', 'readwrite'); tx.objectStore('keys').clear();
+                        tx.oncomplete = () => { r.result.close(); resolve(); }; tx.onerror = reject; };
+  r.onerror = reject;
+});
+// Every tab finds no key; the later ones finish generating theirs only after the first has stored its own and read
+// it back (each generation after the first takes 100 ms longer than the one before).
+const generateKey = crypto.subtle.generateKey;
+let generated = 0;
+crypto.subtle.generateKey = async (...args) => {
+  const key = await generateKey.apply(crypto.subtle, args);
+  await new Promise((r) => setTimeout(r, 100 * generated++));
+  return key;
+};
+const scopes = Array.from({length: 4}, (_, i) => 'race-' + i + '-' + Math.random());
+const stores = scopes.map((scope) => new mod.TokenStore({scope}));
+try { await Promise.all(stores.map((s) => s.key())); } finally { delete crypto.subtle.generateKey; }
+await Promise.all(stores.map((s, i) => s.save({token: 'T' + i, expiresAt: future(3600), receivedAt: Date.now(),
+                                                 environment: 'LIVE', connected: true})));
+// After a reload: new stores read the key from IndexedDB.
+const loaded = await Promise.all(scopes.map((scope) => new mod.TokenStore({scope}).load('LIVE')));
+return loaded.map((e) => e && e.token);
+""",
     'encrypted_store': r"""
 const {mod, future} = window.__t;
 const scope = 'contract-' + Math.random();
@@ -245,6 +274,10 @@ def test_token_store_is_encrypted_under_a_non_extractable_key(page):
     assert r['moved'] is None
     assert r['expired'] is None
     assert (r['keyType'], r['extractable'], r['algorithm']) == ('secret', False, 'AES-GCM')
+
+
+def test_tabs_creating_the_first_key_at_once_all_keep_the_stored_one(page):
+    assert run(page, SCENARIOS['first_key_race']) == [f'T{i}' for i in range(4)]
 
 
 def test_connected_account_without_local_token_gets_one_with_backoff(page):

@@ -126,7 +126,7 @@ function idbRequest(db, mode, fn) {
     const tx = db.transaction(DB_STORE, mode);
     const req = fn(tx.objectStore(DB_STORE));
     tx.oncomplete = () => resolve(req.result);
-    tx.onerror = () => reject(tx.error);
+    tx.onerror = () => reject(req.error || tx.error);
     tx.onabort = () => reject(tx.error);
   });
 }
@@ -138,8 +138,13 @@ async function loadOrCreateKey() {
     let key = await idbRequest(db, 'readonly', (s) => s.get(KEY_ID));
     if (!key) {
       key = await crypto.subtle.generateKey({ name: 'AES-GCM', length: 256 }, false, ['encrypt', 'decrypt']);
-      await idbRequest(db, 'readwrite', (s) => s.put(key, KEY_ID));
-      // another tab may have raced us: use whatever is stored now
+      // `add`, not `put`: another tab may have stored its key since we looked, and may already have encrypted
+      // entries under it; the first key stored stays, and everyone uses it.
+      try {
+        await idbRequest(db, 'readwrite', (s) => s.add(key, KEY_ID));
+      } catch (err) {
+        if (err?.name !== 'ConstraintError') throw err;
+      }
       key = (await idbRequest(db, 'readonly', (s) => s.get(KEY_ID))) || key;
     }
     return key;
