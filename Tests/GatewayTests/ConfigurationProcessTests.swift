@@ -13,22 +13,14 @@ func startKisgw(_ command: String, env extra: [String: String], arguments: [Stri
     process.arguments = [command] + arguments
     process.environment = process.environment?.merging(extra) { _, new in new }
     let stderrFile = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-\(command)-\(UUID().uuidString).stderr")
-    _ = FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
-    let stderrHandle = try FileHandle(forWritingTo: stderrFile)
-    process.standardError = stderrHandle
-    process.standardOutput = FileHandle.nullDevice
-    try process.run()
-    try? stderrHandle.close()  // the child has its own
+    try process.run(stderrTo: stderrFile)
     return GatewayProcess(process: process, port: port, stderrFile: stderrFile)
 }
 
 extension GatewayProcess {
     /// Kills the process (SIGKILL: one that hangs must not outlive the test) and removes its stderr file.
     func stop() {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        process.killIfRunning()
         try? FileManager.default.removeItem(at: stderrFile)
     }
 

@@ -224,7 +224,6 @@ func withGatewayProcess(
     let keyBytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
     let keyring = try SealKeyring(current: "k1", keys: ["k1": keyBytes])
     let stderrFile = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-ops-\(UUID().uuidString).stderr")
-    _ = FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
     defer { try? FileManager.default.removeItem(at: stderrFile) }
     try await withThrowingTaskGroup(of: Void.self) { group in
         if let client { group.addTask { await client.run() } }
@@ -246,18 +245,8 @@ func withGatewayProcess(
         env.merge(extra) { _, new in new }
         for name in without { env.removeValue(forKey: name) }
         process.environment = env
-        process.standardOutput = FileHandle.nullDevice
-        let stderrHandle = try FileHandle(forWritingTo: stderrFile)
-        process.standardError = stderrHandle
-        try process.run()
-        try? stderrHandle.close()  // the child has its own
-        defer {
-            // SIGKILL: a gateway that hangs must not outlive the test.
-            if process.isRunning {
-                kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
-            }
-        }
+        try process.run(stderrTo: stderrFile)
+        defer { process.killIfRunning() }
         let p = GatewayProcess(process: process, port: port, stderrFile: stderrFile)
         try #require(await eventually(.seconds(10)) { p.accepts }, "the gateway did not start: \(p.ending)")
         let g = GatewayFixture(gatewayURL: "http://127.0.0.1:\(port)", simURL: simURL, store: store, keyring: keyring)

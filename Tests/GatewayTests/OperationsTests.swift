@@ -398,12 +398,7 @@ struct DemoSecretsFileTests {
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
-        defer {
-            if process.isRunning {
-                kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
-            }
-        }
+        defer { process.killIfRunning() }
         let path = folder + "/demo-secrets.json"
         #expect(await eventually(.seconds(20)) { FileManager.default.fileExists(atPath: path) })
         let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
@@ -431,19 +426,8 @@ extension DemoSecretsFileTests {
         process.arguments = ["demo", "--data", directory + "/data", "--port-base", String(base), "--log-level", "error"]
         process.environment?["KISGW_REDIS_URL"] = redis.url
         let stderrFile = directory + "/stderr"
-        _ = FileManager.default.createFile(atPath: stderrFile, contents: nil)
-        let stderrHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrFile))
-        process.standardError = stderrHandle
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        try? stderrHandle.close()  // the child has its own
-        defer {
-            // By its PID; SIGKILL: a demo that hangs must not outlive the test.
-            if process.isRunning {
-                kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
-            }
-        }
+        try process.run(stderrTo: URL(fileURLWithPath: stderrFile))
+        defer { process.killIfRunning() }
         let stderr = { (try? String(contentsOfFile: stderrFile, encoding: .utf8)) ?? "" }
         let ready = await eventually(.seconds(30)) {
             guard process.isRunning else { return true }

@@ -23,3 +23,24 @@ public func kisgwProcess(_ binary: String, _ command: String) -> Process {
     process.currentDirectoryURL = FileManager.default.temporaryDirectory  // no ./gateway.toml is read
     return process
 }
+
+extension Process {
+    /// Starts the process with its standard error written to `file` (created empty first) and its standard output
+    /// discarded.
+    public func run(stderrTo file: URL) throws {
+        _ = FileManager.default.createFile(atPath: file.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: file)
+        standardError = handle
+        standardOutput = FileHandle.nullDevice
+        try run()
+        try? handle.close()  // the child has its own
+    }
+
+    /// Kills the process by its PID if it still runs, and waits (10 s at most) until it has exited: SIGKILL, so that
+    /// one that hangs does not outlive its test. Polled: Foundation's `waitUntilExit` can wait forever when called
+    /// from a cooperative thread.
+    public func killIfRunning() {
+        if isRunning { kill(processIdentifier, SIGKILL) }
+        for _ in 0..<400 where isRunning { usleep(25_000) }
+    }
+}

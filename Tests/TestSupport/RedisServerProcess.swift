@@ -58,11 +58,7 @@ public final class RedisServerProcess: @unchecked Sendable {
     public func stop() {
         guard let process = self.process else { return }
         self.process = nil
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-        }
-        // Polled: Foundation's waitUntilExit can wait forever when called from a cooperative thread.
-        for _ in 0..<400 where process.isRunning { usleep(25_000) }
+        process.killIfRunning()
     }
 
     public func restart() throws {
