@@ -101,6 +101,7 @@ struct GatewayCore: Sendable {
         self.metrics = GatewayMetrics(factory: factory)
         let recorder = RequestRecorder(logger: logger, factory: factory)
         self.recorder = recorder
+        if let stale = KRXHolidays.staleTableWarning(at: Date()) { logger.warning("\(stale)") }
         self.verifier = try await JWTVerifier(settings: .init(config: config.auth.jwt))
         let store = dependencies.store, keyring = dependencies.keyring
         let failures = ThrottledLog(logger: logger)

@@ -429,6 +429,19 @@ public enum HKEXHolidays {
 public enum KRXHolidays {
     public static func contains(_ date: CivilDate) -> Bool { days.contains(date.dayNumber) }
 
+    /// The last year the table covers.
+    public static let lastYear = CivilDate(dayNumber: days.max()!).components.year
+
+    /// A warning for the log when `instant`, in Seoul, is past the table's last year: that year's holidays then
+    /// count as trading days, so a chart that includes one is refetched every `live_ttl_s` during its session hours
+    /// instead of waiting for the next opening (and holidays past the table are not known when a range is settled).
+    public static func staleTableWarning(at instant: Date) -> String? {
+        let year = Exchange.krx.localTime(instant).date.components.year
+        guard year > lastYear else { return nil }
+        return "kisgw knows KRX's holidays through \(lastYear) only: in \(year) they count as trading days (charts that "
+            + "include one are refreshed as on a trading day); a kisgw release with \(year)'s KRX calendar fixes it"
+    }
+
     static let days: Set<Int> = Set(
         [
             // 2023

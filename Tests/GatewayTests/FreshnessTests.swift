@@ -427,6 +427,17 @@ struct FreshnessTests {
         #expect(try Exchange.krx.isTradingDay(#require(CivilDate("2027-02-05"))))
     }
 
+    /// KRX's holidays are a table (KRX publishes its calendar each December): a gateway still running past its last
+    /// year says so once at start-up, by the Seoul date.
+    @Test("past the KRX holiday table's last year, a warning names it; within it, none")
+    func krxTableEnds() throws {
+        #expect(KRXHolidays.lastYear == 2027)
+        #expect(KRXHolidays.staleTableWarning(at: try Date("2026-11-27T12:00:00Z", strategy: .iso8601)) == nil)
+        #expect(KRXHolidays.staleTableWarning(at: try Date("2027-12-31T14:59:59Z", strategy: .iso8601)) == nil)
+        let warning = try #require(KRXHolidays.staleTableWarning(at: try Date("2027-12-31T15:00:00Z", strategy: .iso8601)))
+        #expect(warning.contains("through 2027") && warning.contains("in 2028"), "\(warning)")
+    }
+
     @Test("an exchange's UTC offset, remembered until the zone's next transition, is ICU's on both sides of one")
     func offsetsAcrossTransitions() throws {
         // New York's 2026 changes: 03-08 07:00 UTC (EST → EDT) and 11-01 06:00 UTC (EDT → EST); Seoul has none.
