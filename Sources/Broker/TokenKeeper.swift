@@ -296,8 +296,7 @@ final class TokenKeeper: Sendable {
     func deactivate(_ row: StoredAccount) async throws -> Bool {
         let account = try vault.open(row)
         return try await withIssueLock(account.environment, account.appKey) { _ in
-            guard let stored = try await self.account(account.userID, account.environment),
-                stored.appKey == account.appKey, stored.appSecret == account.appSecret
+            guard let stored = try await self.account(account.userID, account.environment), stored.sameKeyPair(as: account)
             else { return false }
             try await self.repository.setAccountActive(userID: row.userID, environment: row.environment, isActive: false,
                                                        updatedAt: self.now)
@@ -416,7 +415,7 @@ final class TokenKeeper: Sendable {
             let now = self.now
             var account = account
             let stored = try await self.account(account.userID, env)
-            let sameCredentials = stored.map { $0.appKey == account.appKey && $0.appSecret == account.appSecret } ?? false
+            let sameCredentials = stored?.sameKeyPair(as: account) ?? false
             if onlyIfStored && !sameCredentials { throw AccountChanged() }
             if let stored, sameCredentials, !adoptValidated {
                 // A refresh (the user's or the scheduler's) keeps the account as it is stored now, not as it was
@@ -687,4 +686,9 @@ final class TokenKeeper: Sendable {
         guard v.app_key == form.appKey, v.app_secret == form.appSecret, v.expires_at > now else { return nil }
         return v
     }
+}
+
+extension Account {
+    /// Whether `other` has this account's app key and secret.
+    func sameKeyPair(as other: Account) -> Bool { appKey == other.appKey && appSecret == other.appSecret }
 }

@@ -93,11 +93,9 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
     public func secondsUntilSettled(at instant: Date) -> Int? {
         let settlingSeconds = Int(settling.components.seconds)
         guard settlingSeconds > 0 else { return nil }
-        let seconds = Int(instant.timeIntervalSince1970.rounded(.down)) + secondsFromGMT(at: instant)
-        let day = Int((Double(seconds) / 86400).rounded(.down))
-        let date = CivilDate(dayNumber: day)
+        let (date, second) = localSecond(instant)
         guard isTradingDay(date), let close = sessions(on: date).last?.upperBound else { return nil }
-        let sinceClose = seconds - day * 86400 - close * 60
+        let sinceClose = second - close * 60
         guard sinceClose >= 0, sinceClose < settlingSeconds else { return nil }
         return settlingSeconds - sinceClose
     }
@@ -144,9 +142,15 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
 
     /// The local date and minute-of-day of `instant` at this exchange.
     public func localTime(_ instant: Date) -> (date: CivilDate, minute: Int) {
+        let (date, second) = localSecond(instant)
+        return (date, second / 60)
+    }
+
+    /// The local date and second-of-day of `instant` at this exchange.
+    func localSecond(_ instant: Date) -> (date: CivilDate, second: Int) {
         let seconds = Int(instant.timeIntervalSince1970.rounded(.down)) + secondsFromGMT(at: instant)
         let day = Int((Double(seconds) / 86400).rounded(.down))
-        return (CivilDate(dayNumber: day), (seconds - day * 86400) / 60)
+        return (CivilDate(dayNumber: day), seconds - day * 86400)
     }
 
     /// True while a regular session is under way at `instant` (a lunch break is closed: nothing trades then).

@@ -72,9 +72,10 @@ public struct KISClientError: Error, CustomStringConvertible, Sendable {
         return s
     }
 
-    /// Classifies a KIS code, whitespace around it ignored (` EGW00123 ` is `EGW00123`).
+    /// Classifies a KIS code as KISClient keeps it (``KISClient/kisError(code:message:status:)`` drops the whitespace
+    /// KIS may put around it).
     public static func kind(forCode code: String) -> Kind {
-        switch code.trimmingCharacters(in: .whitespacesAndNewlines) {
+        switch code {
         case "EGW00123": .tokenExpired
         case "EGW00121", "EGW00122": .tokenInvalid
         case "EGW00201", "EGW00215": .rateLimited

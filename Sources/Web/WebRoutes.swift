@@ -17,10 +17,9 @@ import NIOCore
 ///
 /// ```swift
 /// let router = Router(context: BasicRequestContext.self)
-/// addWebRoutes(to: router, gatewayURL: "http://127.0.0.1:8000", demo: true)
+/// addWebRoutes(to: router, gatewayURL: "http://127.0.0.1:8000", demo: true, maxRangeDays: 3660)
 /// ```
-public func addWebRoutes(to router: Router<BasicRequestContext>, gatewayURL: String, demo: Bool,
-                         maxRangeDays: Int = 3660) {
+public func addWebRoutes(to router: Router<BasicRequestContext>, gatewayURL: String, demo: Bool, maxRangeDays: Int) {
     let config = webConfigJSON(gatewayURL: gatewayURL, demo: demo, maxRangeDays: maxRangeDays)
     let policy = webContentSecurityPolicy(gatewayURL: gatewayURL)
     router.get("/") { _, _ in
@@ -46,7 +45,7 @@ public func addWebRoutes(to router: Router<BasicRequestContext>, gatewayURL: Str
 /// The page's `/ui/config.json`: where the gateway is (its base URL as browsers reach it), whether the broker
 /// runs the demo's sign-in (`POST /api/dev/signin`) or the page asks for a JWT, and the gateway's `[limits]
 /// max_range_days`, which bounds the ranges the page fills in itself.
-public func webConfigJSON(gatewayURL: String, demo: Bool, maxRangeDays: Int = 3660) -> String {
+public func webConfigJSON(gatewayURL: String, demo: Bool, maxRangeDays: Int) -> String {
     struct Config: Encodable {
         var gatewayUrl: String
         var demo: Bool

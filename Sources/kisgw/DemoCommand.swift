@@ -126,11 +126,13 @@ struct DemoCommand: AsyncParsableCommand {
                 SimulatorConfiguration(host: host, port: sandboxPort, environment: .sandbox, credentials: credentials),
                 logger: logger)
             let gateway = try await buildGateway(config, dependencies: runtime.gatewayDependencies, logger: logger)
-            let gatewayURL = "http://\(host):\(gatewayPort)"
+            let gatewayURL = "http://\(host):\(gatewayPort)", maxRangeDays = config.limits.maxRangeDays
             let broker = try await buildBroker(
                 config,
                 dependencies: runtime.brokerDependencies(
-                    demoMode: true, extraRoutes: { router in addWebRoutes(to: router, gatewayURL: gatewayURL, demo: true) }),
+                    demoMode: true, extraRoutes: { router in
+                        addWebRoutes(to: router, gatewayURL: gatewayURL, demo: true, maxRangeDays: maxRangeDays)
+                    }),
                 logger: logger)
             let jwt = try await JWTVerifier.mintHS256(secret: Array(secrets.jwtSecret.utf8), sub: "demo", ttl: 12 * 3600)
             let banner = """

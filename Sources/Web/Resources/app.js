@@ -49,7 +49,7 @@ const timeFmt = new Intl.DateTimeFormat('ko-KR', {
 });
 const formatExpiry = (iso) => (iso ? `${expiryFmt.format(new Date(iso))} (KST)` : '—');
 
-let config = { gatewayUrl: '', demo: false, maxRangeDays: 3660 };
+let config = { gatewayUrl: '', demo: false };
 let client = null;
 let user = null;
 let chartData = null;
