@@ -119,7 +119,9 @@ struct IdleConnectionTests {
     /// hit path. The connection's timer counts every request part and answer.
     @Test("a keep-alive connection busy with hit-path answers stays open past the idle timeout; idle, it is closed")
     func busyConnectionStaysOpen() async throws {
-        try await withGateway(dependencies: { _, deps in deps.idleTimeout = .seconds(1) }) { g, urls in
+        // Closed between one and two timeouts after its last request: requests 300 ms apart for 4.8 s keep it open past
+        // twice the timeout, with 1.7 s to spare for a stalled machine.
+        try await withGateway(dependencies: { _, deps in deps.idleTimeout = .seconds(2) }) { g, urls in
             let kis = try await g.connect(user: "idle1", appKey: "PSapp-idle")
             let jwt = try await g.jwt("idle1")
             let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
@@ -127,14 +129,14 @@ struct IdleConnectionTests {
             let (statuses, closed) = try await onThread {
                 let c = try RawConnection(port: Self.port(urls[0]))
                 var statuses: [Int] = []
-                for _ in 0..<12 {  // 3.6 s of requests, 300 ms apart
+                for _ in 0..<16 {  // 4.8 s of requests, 300 ms apart
                     try c.send("GET \(path) HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \(jwt)\r\nX-KIS-Token: \(kis)\r\n\r\n")
                     statuses.append(try c.answer())
                     usleep(300_000)
                 }
                 return (statuses, c.closedByServer())
             }
-            #expect(statuses == Array(repeating: 200, count: 12))
+            #expect(statuses == Array(repeating: 200, count: 16))
             #expect(closed)
         }
     }

@@ -163,33 +163,40 @@ struct GateTests {
     func sandboxRate() async throws {
         try await withSimulator(SimulatorConfiguration(port: 0, environment: .sandbox, issueInterval: 0)) { sim in
             let token = try await sim.accessToken()
-            // Two calls at once: the second falls in the same second (unless the machine stalls for a second).
-            let started = ContinuousClock.now
-            async let a = sim.domestic(token: token, from: "20250102", to: "20250110")
-            async let b = sim.domestic(token: token, from: "20250102", to: "20250110")
-            let first = try await a
-            let second = try await b
-            let elapsed = ContinuousClock.now - started
-            var refused: [SimResponse] = []
-            var accepted = 0
-            for r in [first, second] {
-                if r.status == 500 { refused.append(r) } else if r.status == 200 { accepted += 1 }
+            // Two calls at once: the second falls in the same second — again, in a fresh window, when the machine
+            // stalled for a second and could not tell.
+            var refusedInAll = 0
+            let checked = try await untilTimely { attempt in
+                if attempt > 1 { try await Task.sleep(for: .milliseconds(1100)) }
+                let started = ContinuousClock.now
+                async let a = sim.domestic(token: token, from: "20250102", to: "20250110")
+                async let b = sim.domestic(token: token, from: "20250102", to: "20250110")
+                let first = try await a
+                let second = try await b
+                let elapsed = ContinuousClock.now - started
+                var refused: [SimResponse] = []
+                var accepted = 0
+                for r in [first, second] {
+                    if r.status == 500 { refused.append(r) } else if r.status == 200 { accepted += 1 }
+                }
+                #expect(accepted >= 1)
+                refusedInAll += refused.count
+                for r in refused {
+                    #expect(r.json["msg_cd"] as? String == "EGW00201")
+                    #expect(r.json["msg1"] as? String == "초당 거래건수를 초과하였습니다.")
+                }
+                guard elapsed < .milliseconds(900) else { return false }
+                #expect(refused.count == 1, "\(elapsed): \([first, second].map(\.status))")
+                return true
             }
-            #expect(accepted >= 1)
-            if elapsed < .milliseconds(900) {
-                #expect(refused.count == 1)
-            }
-            for r in refused {
-                #expect(r.json["msg_cd"] as? String == "EGW00201")
-                #expect(r.json["msg1"] as? String == "초당 거래건수를 초과하였습니다.")
-            }
+            #expect(checked, "no attempt made both calls within 0.9 s")
             // Another app key has its own budget.
             let other = try await sim.accessToken(appKey: "PSanother")
             #expect(try await sim.domestic(token: other, from: "20250102", to: "20250110", appKey: "PSanother").status == 200)
             try await Task.sleep(for: .milliseconds(1100))
             #expect(try await sim.domestic(token: token, from: "20250102", to: "20250110").status == 200)
             let stats = try await sim.request(.GET, "/__sim/stats").json
-            #expect((stats["errors"] as? [String: Int])?["EGW00201"] == refused.count)
+            #expect((stats["errors"] as? [String: Int])?["EGW00201"] == refusedInAll)
         }
     }
 
@@ -216,9 +223,8 @@ struct GateTests {
 
     /// sim.md: `--environment` sets the per-app-key rate, 18/s live and 1/s sandbox (kis-api.md §7), and
     /// `--rate-per-s` overrides it either way. A burst of `limit + 12` calls at once: within one second exactly
-    /// `limit` pass and the rest get 500 `EGW00201`. Timing is only trusted one way — the first `limit` calls always
-    /// pass, and no more than `limit` a second ever do — with the exact split asserted only when the burst took
-    /// under 0.9 s (a machine that stalls longer lets a few more through, legitimately).
+    /// `limit` pass and the rest get 500 `EGW00201`. The exact split needs the burst to take under 0.9 s (a machine
+    /// that stalls longer lets a few more through, legitimately): a slower burst is tried again in a fresh window.
     @Test("the default rate follows --environment (live 18/s, sandbox 1/s) and --rate-per-s overrides it", arguments: [
         (KISEnvironment.live, Int?.none, 18), (.sandbox, nil, 1), (.sandbox, 3, 3), (.live, 2, 2), (.live, 25, 25),
     ])
@@ -228,25 +234,32 @@ struct GateTests {
         try await withSimulator(config) { sim in
             let token = try await sim.accessToken()
             let calls = limit + 12
-            let started = ContinuousClock.now
-            let answers = try await withThrowingTaskGroup(of: SimResponse.self) { group in
-                for _ in 0..<calls {
-                    group.addTask { try await sim.domestic(token: token, from: "20250102", to: "20250103") }
+            var refusedInAll = 0
+            // Again, in a fresh window, when the machine stalled and the burst took longer.
+            let checked = try await untilTimely { attempt in
+                if attempt > 1 { try await Task.sleep(for: .milliseconds(1100)) }
+                let started = ContinuousClock.now
+                let answers = try await withThrowingTaskGroup(of: SimResponse.self) { group in
+                    for _ in 0..<calls {
+                        group.addTask { try await sim.domestic(token: token, from: "20250102", to: "20250103") }
+                    }
+                    return try await group.reduce(into: [SimResponse]()) { $0.append($1) }
                 }
-                return try await group.reduce(into: [SimResponse]()) { $0.append($1) }
-            }
-            let elapsed = ContinuousClock.now - started
-            let passed = answers.filter { $0.status == 200 }.count
-            let refused = answers.filter { $0.status == 500 && $0.json["msg_cd"] as? String == "EGW00201" }.count
-            #expect(passed + refused == calls, "statuses \(answers.map(\.status))")
-            #expect(passed >= limit, "\(passed) of \(calls) passed in \(elapsed)")
-            #expect(passed <= limit * (Int(elapsed.components.seconds) + 1), "\(passed) of \(calls) passed in \(elapsed)")
-            if elapsed < .milliseconds(900) {
+                let elapsed = ContinuousClock.now - started
+                let passed = answers.filter { $0.status == 200 }.count
+                let refused = answers.filter { $0.status == 500 && $0.json["msg_cd"] as? String == "EGW00201" }.count
+                refusedInAll += refused
+                #expect(passed + refused == calls, "statuses \(answers.map(\.status))")
+                #expect(passed >= limit, "\(passed) of \(calls) passed in \(elapsed)")
+                #expect(passed <= limit * (Int(elapsed.components.seconds) + 1), "\(passed) of \(calls) passed in \(elapsed)")
+                guard elapsed < .milliseconds(900) else { return false }
                 #expect(passed == limit, "\(passed) of \(calls) passed in \(elapsed)")
                 #expect(refused == 12)
+                return true
             }
+            #expect(checked, "no burst took under 0.9 s")
             let stats = try await sim.request(.GET, "/__sim/stats").json
-            #expect((stats["errors"] as? [String: Int])?["EGW00201"] ?? 0 == refused)
+            #expect((stats["errors"] as? [String: Int])?["EGW00201"] ?? 0 == refusedInAll)
         }
     }
 }

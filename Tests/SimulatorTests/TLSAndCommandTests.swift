@@ -272,18 +272,25 @@ struct SimCommandTests {
             // and, when the burst took under 0.9 s, no more.
             let client = SimClient(base: "http://127.0.0.1:\(try #require(sim.port, "\(sim.banner)"))")
             let token = try await client.accessToken()
-            let started = ContinuousClock.now
-            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
-                for _ in 0..<(limit + 5) {
-                    group.addTask { try await client.domestic(token: token, from: "20250102", to: "20250103").status }
+            // Again, in a fresh window, when the machine stalled and the burst took longer.
+            let checked = try await untilTimely { attempt in
+                if attempt > 1 { try await Task.sleep(for: .milliseconds(1100)) }
+                let started = ContinuousClock.now
+                let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                    for _ in 0..<(limit + 5) {
+                        group.addTask { try await client.domestic(token: token, from: "20250102", to: "20250103").status }
+                    }
+                    return try await group.reduce(into: [Int]()) { $0.append($1) }
                 }
-                return try await group.reduce(into: [Int]()) { $0.append($1) }
+                let elapsed = ContinuousClock.now - started
+                let passed = statuses.filter { $0 == 200 }.count
+                #expect(passed >= limit, "\(statuses) in \(elapsed)")
+                #expect(statuses.filter { $0 == 500 }.count == limit + 5 - passed)
+                guard elapsed < .milliseconds(900) else { return false }
+                #expect(passed == limit, "\(statuses) in \(elapsed)")
+                return true
             }
-            let elapsed = ContinuousClock.now - started
-            let passed = statuses.filter { $0 == 200 }.count
-            #expect(passed >= limit, "\(statuses) in \(elapsed)")
-            if elapsed < .milliseconds(900) { #expect(passed == limit, "\(statuses) in \(elapsed)") }
-            #expect(statuses.filter { $0 == 500 }.count == limit + 5 - passed)
+            #expect(checked, "no burst took under 0.9 s")
         } catch {
             _ = try await sim.stop()
             throw error
