@@ -10,6 +10,7 @@ import NIOCore
 import NIOHTTP1
 import Observability
 import Prometheus
+import Redis
 import ServerKit
 import Simulator
 import Store
@@ -799,15 +800,24 @@ struct BrokerAPITests {
     @Test("a store that does not answer is store_unavailable (503)")
     func storeUnavailable() async throws {
         try await withBroker(store: .memory) { b in
-            // The same broker code over a store whose Redis is gone.
-            let dead = DeadStore()
-            try await b.withBroker(dependencies: BrokerDependencies(store: dead, keyring: b.keyring, repository: try b.database.repository())) { url in
+            // The same broker code over a Redis store whose redis-server was there and is gone.
+            let redis = try RedisServerProcess()
+            defer { redis.stop() }
+            var configuration = try RedisConfiguration(url: redis.url)
+            configuration.commandTimeout = .seconds(2)
+            configuration.connectTimeout = .seconds(2)
+            let client = RedisClient(configuration: configuration, logger: quietLogger)
+            let store = RedisStore(client: client, keyPrefix: "gone:")
+            #expect(try await store.setIfAbsent("probe", to: ByteBuffer(string: "1"), ttl: .seconds(30)))
+            redis.stop()
+            try await b.withBroker(dependencies: BrokerDependencies(store: store, keyring: b.keyring, repository: try b.database.repository())) { url in
                 let r = try await b.post("/api/kis/token", accountBody(appKey("st")), jwt: try await b.jwt("u1"), base: url)
                 #expect(r.status == 503)
                 #expect(r.code == "store_unavailable")
                 let ready = try await b.get("/readyz", jwt: nil, base: url)
                 #expect(ready.status == 503)
             }
+            await client.shutdown()
         }
     }
 
@@ -982,38 +992,6 @@ struct BrokerAPITests {
     }
 }
 
-/// A shared store whose backend is gone: every call fails as Redis's would.
-struct DeadStore: SharedStore {
-    var keyPrefix: String { "dead:" }
-    private var down: StoreError { StoreError(.unavailable, "the store is gone") }
-    func get(_ key: String) async throws(StoreError) -> ByteBuffer? { throw down }
-    func set(_ key: String, to value: ByteBuffer, ttl: Duration?) async throws(StoreError) { throw down }
-    func setIfAbsent(_ key: String, to value: ByteBuffer, ttl: Duration?) async throws(StoreError) -> Bool { throw down }
-    func compareAndSet(_ key: String, expected: ByteBuffer?, newValue: ByteBuffer?, ttl: Duration?) async throws(StoreError)
-        -> Bool
-    { throw down }
-    func delete(_ key: String) async throws(StoreError) -> Bool { throw down }
-    func timeToLive(_ key: String) async throws(StoreError) -> StoreTTL { throw down }
-    func setAdd(_ key: String, members: [String], ttlAtLeast: Duration?) async throws(StoreError) -> Int { throw down }
-    func setRemove(_ key: String, members: [String]) async throws(StoreError) -> Int { throw down }
-    func setMembers(_ key: String) async throws(StoreError) -> Set<String> { throw down }
-    func acquireLock(_ key: String, ttl: Duration) async throws(StoreError) -> StoreLock? { throw down }
-    func acquireLock(_ key: String, ttl: Duration, thenGet readKey: String) async throws(StoreError)
-        -> (lock: StoreLock?, value: ByteBuffer?)
-    { throw down }
-    func readOrLock(_ readKey: String, lock key: String, ttl: Duration, reserving: RateReservation?)
-        async throws(StoreError) -> ReadOrLock
-    { throw down }
-    func renewLock(_ lock: StoreLock, ttl: Duration) async throws(StoreError) -> Bool { throw down }
-    func releaseLock(_ lock: StoreLock) async throws(StoreError) -> Bool { throw down }
-    func rateLimit(_ key: String, limit: RateLimit, cost: Int, maxWait: Duration) async throws(StoreError)
-        -> RateLimitDecision
-    { throw down }
-    func publish(_ message: ByteBuffer, to channel: String) async throws(StoreError) { throw down }
-    func delete(_ key: String, removing member: String, from setKey: String, announcing message: ByteBuffer,
-                on channel: String) async throws(StoreError) { throw down }
-    func subscribe(to channel: String) async throws(StoreError) -> StoreSubscription { throw down }
-}
 
 /// The first answer in bytes read off a raw socket: its head fields and its JSON body.
 struct RawAnswer {

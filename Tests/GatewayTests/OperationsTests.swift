@@ -25,8 +25,10 @@ private let allowedOrigin = "http://localhost:3000"
 // MARK: - POST /token/refresh against a real broker
 
 /// A simulator playing KIS's sandbox, a broker on a fresh SQLite file, and a gateway whose `[broker] url` is that
-/// broker, all sharing one memory store, for the duration of `body` (which gets the broker's URL).
+/// broker, all sharing one memory store (the broker `brokerStore` when given), for the duration of `body` (which
+/// gets the broker's URL).
 private func withBrokerAndGateway(
+    brokerStore: (any SharedStore)? = nil,
     _ body: @Sendable (_ g: GatewayFixture, _ brokerURL: String) async throws -> Void
 ) async throws {
     var logger = Logger(label: "refresh-test")
@@ -54,7 +56,7 @@ private func withBrokerAndGateway(
                           reconcileIntervalS: 3600))
         let (brokerPorts, brokerCont) = AsyncStream.makeStream(of: Int.self)
         let broker = TestServer(try await buildBroker(
-            brokerConfig, dependencies: BrokerDependencies(store: store, keyring: keyring), logger: logger
+            brokerConfig, dependencies: BrokerDependencies(store: brokerStore ?? store, keyring: keyring), logger: logger
         ) { brokerCont.yield($0) })
         group.addTask { try await broker.run() }
         var bit = brokerPorts.makeAsyncIterator()
@@ -216,35 +218,47 @@ struct TokenRefreshProxyTests {
     }
 
     /// The broker's 429 (`kis_rate_limited`: KIS gives an app key one token a minute) and 503 (`store_unavailable`)
-    /// tell the client when to ask again; through the gateway the browser must still be able to read that.
+    /// tell the client when to ask again; through the gateway the browser must still be able to read that. Both come
+    /// from a real broker: a refresh of a token a gateway saw KIS refuse, within a minute of the account's first
+    /// token (the simulator's issuance interval), and a refresh once the broker's redis-server is gone.
     @Test("the broker's 429 and 503 pass through with their Retry-After and body, readable cross-origin", arguments: [429, 503])
     func passesRetryAfter(_ status: Int) async throws {
         let code = status == 429 ? "kis_rate_limited" : "store_unavailable"
-        let body = #"{"code":"\#(code)","detail":"try again","status":\#(status),"title":"t","type":"https://kisgw.dev/problems/\#(code)"}"#
-        let router = Router()
-        router.post("/api/kis/token/refresh") { _, _ in
-            var headers = HTTPFields()
-            headers[.contentType] = "application/problem+json"
-            headers[.retryAfter] = "37"
-            headers[.init("X-Broker-Internal")!] = "not for the browser"
-            return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
+        let redis = status == 503 ? try RedisServerProcess() : nil
+        defer { redis?.stop() }
+        var client: RedisClient?
+        if let redis {
+            var configuration = try RedisConfiguration(url: redis.url)
+            configuration.commandTimeout = .seconds(2)
+            configuration.connectTimeout = .seconds(2)
+            var logger = Logger(label: "refresh-test-redis")
+            logger.logLevel = .critical
+            client = RedisClient(configuration: configuration, logger: logger)
         }
-        var logger = Logger(label: "stand-in-broker")
-        logger.logLevel = .critical
-        let (brokerURL, server) = await startStandInKIS(router, logger: logger)
-        try await stopping([server]) {
-            try await withGateway(config: { testConfig(simURL: $0, broker: .init(url: brokerURL)) }) { g, _ in
-                let jwt = try await g.jwt("refresh-retry-after")
-                let r = try await post(g.gatewayURL + "/token/refresh", #"{"environment":"LIVE"}"#, jwt: jwt, origin: allowedOrigin)
-                #expect(r.status == status)
-                #expect(r.header("Retry-After") == "37")
-                #expect(r.text == body)
-                #expect(r.header("content-type") == "application/problem+json")
-                #expect(r.header("cache-control") == "no-store")
-                #expect(r.header("X-Broker-Internal") == nil)
-                expectCORS(r)
+        let brokerStore = client.map { RedisStore(client: $0, keyPrefix: "refresh-\(UInt32.random(in: 0...UInt32.max)):") }
+        try await withBrokerAndGateway(brokerStore: brokerStore) { g, brokerURL in
+            let user = "refresh-retry-after-\(status)"
+            let jwt = try await g.jwt(user)
+            let token = try await connectAccount(brokerURL: brokerURL, jwt: jwt, appKey: "PSrefreshretryafter\(status)xxxxxxxxxxxxxxxx")
+            if status == 429 {
+                // What a gateway records when KIS refuses the token: the broker must ask KIS for another one.
+                try await TokenDirectory.markDead(sha256: TokenDirectory.sha256(of: token), msgCode: "EGW00123",
+                                                  userID: user, environment: .sandbox, store: g.store)
             }
+            redis?.stop()
+            let r = try await post(g.gatewayURL + "/token/refresh", #"{"environment":"SANDBOX"}"#, jwt: jwt, origin: allowedOrigin)
+            #expect(r.status == status, "\(r.status) \(r.text)")
+            #expect(r.json["code"] as? String == code, "\(r.text)")
+            let retryAfter = try #require(r.header("Retry-After").flatMap { Int($0) }, "\(r.headers)")
+            #expect((1...60).contains(retryAfter), "Retry-After: \(retryAfter)")
+            #expect(r.header("content-type") == "application/problem+json")
+            #expect(r.header("cache-control") == "no-store")
+            expectCORS(r)
+            // The broker's own answer to the same request: the gateway passed its status, body and type on.
+            let direct = try await post(brokerURL + "/api/kis/token/refresh", #"{"environment":"SANDBOX"}"#, jwt: jwt)
+            expectPassedThrough(r, direct)
         }
+        await client?.shutdown()
     }
 
     @Test("CORS on every refresh answer: allowed origin gets the headers once (200, 404, 400, 401), others none; preflight 204")
@@ -375,7 +389,7 @@ struct DemoSecretsFileTests {
         ("redis://s3cret@127.0.0.1:6379/0", "names a user without a password"),
     ])
     func badRedisURL(url: String, problem: String) throws {
-        let base = try RedisServerProcess.freePort() % 20_000 + 20_000
+        let base = try freeDemoPortBase()
         let (process, text) = try runToExit(
             "demo", env: ["KISGW_REDIS_URL": url],
             arguments: ["--data", Scratch.directory("demo"), "--port-base", String(base)])
@@ -392,8 +406,8 @@ struct DemoSecretsFileTests {
         let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
         let folder = Scratch.directory("demo")
         let process = kisgwProcess(binary, "demo")
-        // A port base whose five ports are free now (the demo only needs to start far enough to write the file).
-        let base = try RedisServerProcess.freePort() % 20_000 + 20_000
+        // A port base whose four ports are free now (the demo only needs to start far enough to write the file).
+        let base = try freeDemoPortBase()
         process.arguments = ["demo", "--data", folder, "--port-base", String(base), "--log-level", "critical"]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
@@ -422,7 +436,7 @@ extension DemoSecretsFileTests {
         let process = kisgwProcess(binary, "demo")
         process.currentDirectoryURL = URL(fileURLWithPath: directory)
         // A port base whose ports are free now.
-        let base = try RedisServerProcess.freePort() % 20_000 + 20_000
+        let base = try freeDemoPortBase()
         process.arguments = ["demo", "--data", directory + "/data", "--port-base", String(base), "--log-level", "error"]
         process.environment?["KISGW_REDIS_URL"] = redis.url
         let stderrFile = directory + "/stderr"
