@@ -229,6 +229,61 @@ def test_token_expiring_mid_session_is_refreshed(browser, demo, reset_account):
     shot(browser, '04-after-token-refresh.png')
 
 
+def sim_stats(demo):
+    with urllib.request.urlopen(f'{demo.simulator}/__sim/stats', timeout=10) as r:
+        return json.loads(r.read())
+
+
+def broker_refreshes(demo):
+    """How many POST /api/kis/token/refresh the broker has answered (its kisgw_http_requests_total)."""
+    with urllib.request.urlopen(demo.ui.rstrip('/') + '/metrics', timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(' ', 1)[1]) for line in text.splitlines()
+               if line.startswith('kisgw_http_requests_total{') and 'route="/api/kis/token/refresh"' in line)
+
+
+def test_concurrent_charts_refused_for_an_ended_token_share_one_refresh(browser, demo, reset_account):
+    """web-client.md: concurrent kis_token_* 401s share one refresh, and each request is retried once with the new
+    token — here against the real gateway, broker and simulator. KIS ends the token; one chart that goes to KIS finds
+    out (the gateway marks the token dead for every gateway); then three charts at once are all refused by the
+    gateway, and one new token answers them all (from the gateway's cache: they were drawn before)."""
+    open_page(browser, demo, USER)
+    connect(browser)
+    wait_chart(browser)
+    queries = [{'market': 'domestic', 'symbol': s, 'start': '2025-03-03', 'end': '2025-05-30'}
+               for s in ('005380', '068270', '207940')]
+    charts = """
+const [queries, done] = [arguments[0], arguments[arguments.length - 1]];
+(async () => {
+  const rs = [];
+  if (arguments[1]) for (const q of queries) rs.push(await window.__kisgw.client.chart(q));
+  else rs.push(...await Promise.all(queries.map((q) => window.__kisgw.client.chart(q))));
+  return {statuses: rs.map((r) => r.status), refreshed: rs.map((r) => r.refreshed), cache: rs.map((r) => r.cache)};
+})().then(done, (e) => done({error: String(e && e.code || e)}));
+"""
+    warm = browser.execute_async_script(charts, queries, True)   # one after another: the sandbox's 1 call a second
+    assert warm.get('statuses') == [200, 200, 200], warm
+    old = browser.execute_script('return window.__kisgw.state().token')
+    assert sim_post(demo, '/__sim/expire', {'access_token': old}) == 200
+    advance_sim_clock(demo)   # KIS would refuse a second issuance within a minute
+    refused = browser.execute_async_script("""
+const [old, done] = [arguments[0], arguments[arguments.length - 1]];
+const url = window.__kisgw.client.chartUrl({market: 'domestic', symbol: '096770'});
+fetch(url, {headers: {Authorization: 'Bearer ' + sessionStorage.getItem('kisgw.jwt'), 'X-KIS-Token': old}})
+  .then(async (r) => done([r.status, (await r.json()).code]), (e) => done(String(e)));
+""", old)
+    assert refused == [401, 'kis_token_expired'], refused
+    before, asked = sim_stats(demo)['issuances'], broker_refreshes(demo)
+    result = browser.execute_async_script(charts, queries, False)
+    assert result.get('statuses') == [304, 304, 304], result   # the bodies kept with their ETags
+    assert result['refreshed'] == [True, True, True], result
+    assert broker_refreshes(demo) - asked == 1, 'not one shared refresh'
+    assert sim_stats(demo)['issuances'] - before == 1
+    new = browser.execute_script('return window.__kisgw.state().token')
+    assert new and new != old
+    assert status(browser) == ('connected', '연결됨')
+
+
 def test_refused_token_that_cannot_be_replaced_yet_shows_expired_and_is_retried(browser, demo, reset_account):
     """web-client.md: the state is visible at all times (yellow 토큰 만료) and a refresh that keeps failing retries with
     backoff, visibly. A token KIS ended early was shown 연결됨 while the refresh the chart's 401 started failed (KIS
