@@ -152,13 +152,20 @@ struct IssuanceRaceTests {
             try await b.advanceClocks(21600 + 60)  // past the reuse window: a refresh asks KIS for a new token
             let lock = try #require(try await b.store.acquireLock(Self.lockKey(key), ttl: .seconds(60)))
             let jwt = try await b.jwt("u-rd")
-            async let refreshed = b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: jwt)
+            async let refreshed = { () async throws -> (HTTPResult, ContinuousClock.Instant) in
+                let r = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: jwt)
+                return (r, ContinuousClock.now)
+            }()
             try await Task.sleep(for: .seconds(1))  // it has read the account and waits for the lock (8 s at most)
             try await withRepository(b.database) {
                 _ = try await $0.deleteAccount(userID: "u-rd", environment: .sandbox)
             }
+            let released = ContinuousClock.now
             _ = try await b.store.releaseLock(lock)
-            let r = try await refreshed
+            let (r, answered) = try await refreshed
+            // Answered after the lock came free: it had read the account before the delete and waited for the lock
+            // (one that read it after would have answered 404 at once) — the race this test is about did happen.
+            #expect(answered > released, "the refresh did not wait for the app key's lock")
             #expect(r.status == 404 && r.code == "account_not_found", "\(r.text)")
             #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
             #expect(try await b.issuances() == 1)
