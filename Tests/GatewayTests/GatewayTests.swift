@@ -310,7 +310,7 @@ struct GatewayChartTests {
             }
             // On the wire: the head, then nothing, and the connection goes on to the next request.
             let port = Int(g.gatewayURL.split(separator: ":").last!)!
-            let raw = try await RawBytes.exchange(port: port, "HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+            let raw = try await exchangeRawBytes(port: port, "HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
                 + "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
             let answers = raw.components(separatedBy: "HTTP/1.1 200 OK")
             #expect(answers.count == 3, "\(raw)")

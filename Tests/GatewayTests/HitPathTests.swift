@@ -274,7 +274,7 @@ struct HitPathTests {
             let port = Int(url.split(separator: ":").last!)!
             let small = "GET /nope HTTP/1.1\r\nHost: x\r\nOrigin: \(origin)\r\n\r\n"
             let big = "GET \(path) HTTP/1.1\r\nHost: x\r\nOrigin: \(origin)\r\nX-Pad: \(String(repeating: "a", count: 5000))\r\n\r\n"
-            let reply = try await RawBytes.exchange(port: port, small + big + small)
+            let reply = try await exchangeRawBytes(port: port, small + big + small)
             // (A status line follows the previous answer's body directly.)
             let statuses = reply.components(separatedBy: "HTTP/1.1 ").dropFirst().map { $0.prefix(3) }
             #expect(statuses == ["404", "400"], "\(reply.prefix(2000))")
@@ -345,7 +345,7 @@ struct HitPathTests {
         try await Self.withUser("hp-bytes", appKey: "PShitpath0008") { fx, jwt, _, _ in
             let port = Int(fx.gatewayURL.split(separator: ":").last!)!
             // Not HTTP at all: answered as a problem, then closed.
-            let junk = try await RawBytes.exchange(port: port, "NOT HTTP AT ALL\r\n\r\n")
+            let junk = try await exchangeRawBytes(port: port, "NOT HTTP AT ALL\r\n\r\n")
             #expect(junk.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(junk)")
             #expect(junk.contains("Content-Type: application/problem+json"), "\(junk)")
             #expect(junk.contains(#""code":"invalid_parameter""#), "\(junk)")
@@ -353,7 +353,7 @@ struct HitPathTests {
             // from the route) and the connection closes — it does not wait for a body that will never end.
             let started = ContinuousClock.now
             // (A valid JWT: the route checks it before it reads the body.)
-            let bad = try await RawBytes.exchange(port: port, "POST /token/refresh HTTP/1.1\r\nHost: x\r\n"
+            let bad = try await exchangeRawBytes(port: port, "POST /token/refresh HTTP/1.1\r\nHost: x\r\n"
                 + "Authorization: Bearer \(jwt)\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n")
             #expect(ContinuousClock.now - started < .seconds(5), "the connection stayed open")
             #expect(bad.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(bad)")
@@ -645,34 +645,3 @@ enum RawHTTP {
     }
 }
 
-/// Raw bytes to the server; what it sends back until it closes the connection (within 10 s, else a failure).
-enum RawBytes {
-    final class Collector: ChannelInboundHandler, @unchecked Sendable {
-        typealias InboundIn = ByteBuffer
-        var received = ByteBuffer()
-        var timedOut = false
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            var b = unwrapInboundIn(data)
-            received.writeBuffer(&b)
-        }
-    }
-
-    static func exchange(port: Int, _ request: String) async throws -> String {
-        let collector = Collector()
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
-            }
-            .connect(host: "127.0.0.1", port: port).get()
-        try await channel.writeAndFlush(ByteBuffer(string: request))
-        let timeout = channel.eventLoop.scheduleTask(in: .seconds(10)) {
-            collector.timedOut = true
-            channel.close(promise: nil)
-        }
-        try await channel.closeFuture.get()
-        timeout.cancel()
-        let (text, timedOut) = try await channel.eventLoop.submit { (String(buffer: collector.received), collector.timedOut) }.get()
-        if timedOut { throw ChannelError.connectTimeout(.seconds(10)) }
-        return text
-    }
-}
