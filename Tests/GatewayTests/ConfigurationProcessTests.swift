@@ -242,17 +242,8 @@ struct HelpTests {
         let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
         let process = kisgwProcess(binary, arguments.first ?? "")
         process.arguments = arguments
-        let stdout = Pipe()
-        process.standardOutput = stdout
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let pid = process.processIdentifier
-        let watchdog = DispatchWorkItem { kill(pid, SIGKILL) }  // one that starts serving instead is stopped
-        DispatchQueue.global().asyncAfter(deadline: .now() + 30, execute: watchdog)
-        let data = stdout.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        watchdog.cancel()
-        let text = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        let text = try process.runToExit(capturing: .standardOutput, watchdog: 30)
+            .split(whereSeparator: \.isWhitespace).joined(separator: " ")
         return (process.terminationReason == .exit ? process.terminationStatus : -1, text)
     }
 

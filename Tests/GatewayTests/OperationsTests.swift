@@ -458,19 +458,7 @@ func runToExit(_ command: String, env extra: [String: String], arguments: [Strin
     let process = kisgwProcess(binary, command)
     process.arguments = [command] + arguments
     process.environment = process.environment?.merging(extra) { _, new in new }
-    let stderr = Pipe()
-    process.standardError = stderr
-    process.standardOutput = FileHandle.nullDevice
-    try process.run()
-    // A process that should stop at once but starts serving (a regression) is killed after a minute, so the test
-    // fails (its exit is a signal) instead of waiting for it forever.
-    let pid = process.processIdentifier
-    let watchdog = DispatchWorkItem { kill(pid, SIGKILL) }
-    DispatchQueue.global().asyncAfter(deadline: .now() + 60, execute: watchdog)
-    let text = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    process.waitUntilExit()
-    watchdog.cancel()
-    return (process, text)
+    return (process, try process.runToExit())
 }
 
 @Suite("Gateway process: /metrics series, SIGINT, shutdown grace", .serialized)

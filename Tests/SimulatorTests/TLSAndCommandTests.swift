@@ -190,22 +190,9 @@ struct SimCommandTests {
         let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
         let process = kisgwProcess(binary, "sim")
         process.arguments = ["sim", "--host", "127.0.0.1", "--port", "0"] + arguments
-        let stderr = Pipe()
-        process.standardError = stderr
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let pid = process.processIdentifier
-        let watchdog = DispatchWorkItem { kill(pid, SIGKILL) }  // one that starts serving (a regression) fails
-        DispatchQueue.global().asyncAfter(deadline: .now() + 60, execute: watchdog)
-        let handle = stderr.fileHandleForReading
-        let text = try await onThread { String(decoding: handle.readDataToEndOfFile(), as: UTF8.self) }
-        let waiting = UncheckedProcess(process: process)
-        let status = try await onThread {
-            waiting.process.waitUntilExit()
-            return waiting.process.terminationStatus
-        }
-        watchdog.cancel()
-        return (status, text)
+        let running = UncheckedProcess(process: process)
+        let text = try await onThread { try running.process.runToExit() }
+        return (process.terminationStatus, text)
     }
 
     @Test("--tls-cert and --tls-key: the banner says https, KIS's answers come over TLS, SIGTERM exits 0")

@@ -43,4 +43,30 @@ extension Process {
         if isRunning { kill(processIdentifier, SIGKILL) }
         for _ in 0..<400 where isRunning { usleep(25_000) }
     }
+
+    /// Which of its outputs ``runToExit(capturing:watchdog:)`` returns; the other is discarded.
+    public enum Captured: Sendable { case standardOutput, standardError }
+
+    /// Runs the process to its end and returns what it wrote to `captured`. One still running after `watchdog`
+    /// seconds (a command meant to stop at once that starts serving instead, a regression) is killed, so that its
+    /// test fails on the exit instead of waiting forever. Blocks its thread: from async code, call it `onThread`.
+    public func runToExit(capturing captured: Captured = .standardError, watchdog: TimeInterval = 60) throws -> String {
+        let pipe = Pipe()
+        switch captured {
+        case .standardOutput:
+            standardOutput = pipe
+            standardError = FileHandle.nullDevice
+        case .standardError:
+            standardError = pipe
+            standardOutput = FileHandle.nullDevice
+        }
+        try run()
+        let pid = processIdentifier
+        let dog = DispatchWorkItem { kill(pid, SIGKILL) }
+        DispatchQueue.global().asyncAfter(deadline: .now() + watchdog, execute: dog)
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        while isRunning { usleep(5_000) }  // polled, as in killIfRunning
+        dog.cancel()
+        return String(decoding: data, as: UTF8.self)
+    }
 }
