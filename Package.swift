@@ -375,6 +375,7 @@ let package = Package(
         .testTarget(
             name: "StoreTests",
             dependencies: [
+                "TestSupport",
                 "Store",
                 "Redis",
                 "Tokens",

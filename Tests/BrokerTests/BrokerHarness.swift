@@ -336,18 +336,6 @@ func withBroker<T: Sendable>(
     }
 }
 
-/// Polls `condition` every 50 ms until it holds or `timeout` passes.
-func eventually(
-    timeout: Duration = .seconds(10), _ condition: @Sendable () async throws -> Bool
-) async throws -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try await Task.sleep(for: .milliseconds(50))
-    }
-    return try await condition()
-}
-
 /// `TestSupport.startStandInKIS` with the broker tests' quiet logger.
 func startStandInKIS(_ router: Router<BasicRequestContext>) async -> (url: String, server: TestServer) {
     await TestSupport.startStandInKIS(router, logger: quietLogger)

@@ -144,7 +144,7 @@ struct BrokerRulesTests {
             let sha = TokenDirectory.sha256(of: token)
             try await b.store.delete(TokenDirectory.recordKey(sha))
             _ = try await b.store.setRemove(TokenDirectory.userKey("u-rc", .sandbox), members: [sha])
-            let back = try await eventually {
+            let back = try await eventually(timeout: .seconds(10)) {
                 guard try await b.published(token) != nil else { return false }
                 return try await b.store.setMembers(TokenDirectory.userKey("u-rc", .sandbox)) == [sha]
             }
@@ -169,7 +169,7 @@ struct BrokerRulesTests {
             // A stale copy of its record comes back into the store; reconciliation removes it again.
             try await b.store.set(TokenDirectory.recordKey(oldSHA), to: record, ttl: .seconds(3600))
             _ = try await b.store.setAdd(TokenDirectory.userKey("u-rv", .sandbox), members: [oldSHA], ttlAtLeast: nil)
-            let gone = try await eventually {
+            let gone = try await eventually(timeout: .seconds(10)) {
                 guard try await b.store.get(TokenDirectory.recordKey(oldSHA)) == nil else { return false }
                 return try await b.store.setMembers(TokenDirectory.userKey("u-rv", .sandbox)) == [TokenDirectory.sha256(of: new)]
             }

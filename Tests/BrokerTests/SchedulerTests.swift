@@ -55,16 +55,16 @@ struct SchedulerTests {
 
             // 23.5 hours later, by both clocks: inside refresh_ahead_s and past the reuse window.
             try await b.advanceClocks(86400 - 1800)
-            let refreshed = try await eventually { try await b.issuances() == 2 }
+            let refreshed = try await eventually(timeout: .seconds(10)) { try await b.issuances() == 2 }
             #expect(refreshed)
-            let account = try await eventually {
+            let account = try await eventually(timeout: .seconds(10)) {
                 let r = try await b.get("/api/kis/account?environment=SANDBOX", jwt: try await b.jwt("u1"))
                 return r.json["connected"] as? Bool == true
             }
             #expect(account)
             // KIS counts the issuance when it answers; the broker then saves the token (to Postgres, say) and only
             // then publishes it.
-            let published = try await eventually {
+            let published = try await eventually(timeout: .seconds(10)) {
                 try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox)).count == 2
             }
             #expect(published)
@@ -84,7 +84,7 @@ struct SchedulerTests {
             // An hour on, the first token has expired: reconciliation marks it EXPIRED and takes it out of the
             // user's set (store.md: the sha256 values of that user's live tokens); the new one stays.
             try await b.advanceClocks(3600)
-            let pruned = try await eventually {
+            let pruned = try await eventually(timeout: .seconds(10)) {
                 try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox)) == [newSHA]
             }
             let left = try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox))
@@ -110,7 +110,7 @@ struct SchedulerTests {
             // Not checked to be gone here: reconciliation runs every second and may already have put it back (a
             // check here failed once in CI-like runs for that reason). The record first, then the user's set: wait
             // for both.
-            let back = try await eventually {
+            let back = try await eventually(timeout: .seconds(10)) {
                 guard try await b.published(token) != nil else { return false }
                 return try await b.store.setMembers(TokenDirectory.userKey("u1", .sandbox)) == [sha]
             }
@@ -126,7 +126,7 @@ struct SchedulerTests {
         try await withBroker(store: store, database: database, brokers: 2, config: {
             testConfig(simURL: $0, database: $1, refreshIntervalS: 1, reconcileIntervalS: 1)
         }) { b in
-            let one = try await eventually { b.brokers.filter(\.holdsLease.current).count == 1 }
+            let one = await eventually(timeout: .seconds(10)) { b.brokers.filter(\.holdsLease.current).count == 1 }
             #expect(one)
             for _ in 0..<20 {
                 #expect(b.brokers.filter(\.holdsLease.current).count <= 1)
@@ -153,7 +153,7 @@ struct SchedulerTests {
             let holder = try #require(b.brokers.firstIndex { $0.holdsLease.current })
             let other = 1 - holder
             b.brokers[holder].task.cancel()
-            let moved = try await eventually(timeout: .seconds(15)) { b.brokers[other].holdsLease.current }
+            let moved = await eventually(timeout: .seconds(15)) { b.brokers[other].holdsLease.current }
             #expect(moved)
         }
     }
@@ -196,7 +196,7 @@ struct SchedulerTests {
                         // Copy 0 takes the lease and starts its pass; copy 1 starts then, and asks for the lease every tick.
                         let first = Task { try await copies[0].run() }
                         defer { first.cancel() }
-                        #expect(try await eventually { holds(0) && kis.calls.count == 1 })
+                        #expect(try await eventually(timeout: .seconds(10)) { holds(0) && kis.calls.count == 1 })
                         let passStart = ContinuousClock.now
                         let lease = try await store.get(BrokerScheduler.leaseKey).map { String(buffer: $0) }
                         #expect(lease != nil)
@@ -236,18 +236,18 @@ struct SchedulerTests {
                         // A day on, every account is due again. The holder's next pass is held inside its first tokenP
                         // call while another copy takes the lease (the key deleted, as if it had expired): once that call
                         // answers, the holder's pass stops, and the new holder refreshes the other accounts.
-                        #expect(try await eventually { holds(0) != holds(1) })  // a copy that lost it notices at its next tick
+                        #expect(try await eventually(timeout: .seconds(10)) { holds(0) != holds(1) })  // a copy that lost it notices at its next tick
                         let holder = try #require([0, 1].first(where: holds))
                         let other = 1 - holder
                         let before = kis.calls.count
                         kis.set(delay: .zero, holding: true)
                         clock.advance(86400 - 1800)
-                        try #require(try await eventually { kis.calls.count == before + 1 })
+                        try #require(try await eventually(timeout: .seconds(10)) { kis.calls.count == before + 1 })
                         try #require(kis.calls.last?.copy == holder)
                         try await store.delete(BrokerScheduler.leaseKey)
-                        #expect(try await eventually { holds(other) })
+                        #expect(try await eventually(timeout: .seconds(10)) { holds(other) })
                         kis.set(holding: false)
-                        let done = try await eventually(timeout: .seconds(15)) { refreshed(kis.calls[before...]) && kis.inFlight == 0 }
+                        let done = await eventually(timeout: .seconds(15)) { refreshed(kis.calls[before...]) && kis.inFlight == 0 }
                         #expect(done)
                         try await Task.sleep(for: .milliseconds(500))
                         let again = kis.calls[before...]
@@ -295,7 +295,7 @@ struct SchedulerTests {
                     }
                     let first = Task { try await copies[0].run() }
                     defer { first.cancel() }
-                    #expect(try await eventually { copies[0].holdsLease.load(ordering: .relaxed) && kis.calls.count == 1 })
+                    #expect(try await eventually(timeout: .seconds(10)) { copies[0].holdsLease.load(ordering: .relaxed) && kis.calls.count == 1 })
                     let second = Task { try await copies[1].run() }
                     defer { second.cancel() }
                     // The call takes 4.5 s; copy 1 asks for the lease every second meanwhile.
@@ -381,7 +381,7 @@ struct SchedulerTests {
                     #expect(early[good] == 1, "\(early)")
                     // Refused three times and for half an hour: the account is given up, and not asked again.
                     clock.advance(1800)
-                    #expect(try await eventually {
+                    #expect(try await eventually(timeout: .seconds(10)) {
                         try await repository.account(userID: "u-sf0", environment: .sandbox)?.isActive == false
                     })
                     let givenUp = calls.withLock { $0[refused] ?? 0 }
@@ -495,7 +495,7 @@ struct SchedulerTests {
             let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 2, reconcileIntervalS: 3, logger: quietLogger)
             let run = Task { try await scheduler.run() }
             defer { run.cancel() }
-            try #require(try await eventually { try await store.get(record) != nil })
+            try #require(try await eventually(timeout: .seconds(10)) { try await store.get(record) != nil })
             for round in 1...3 {
                 // Just after a reconciliation published it: deleted and timed until the next one puts it back.
                 _ = try await store.delete(record)
@@ -540,7 +540,7 @@ struct SchedulerTests {
                 let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1, logger: logger)
                 let run = Task { try await scheduler.run() }
                 defer { run.cancel() }
-                try #require(try await eventually { scheduler.holdsLease.load(ordering: .relaxed) })
+                try #require(try await eventually(timeout: .seconds(10)) { scheduler.holdsLease.load(ordering: .relaxed) })
                 _ = try await admin.send(RedisCommand("ACL", ["SETUSER", "sched", "-@all"]))
                 try await Task.sleep(for: .seconds(3))
                 let tries = warnings.count("the shared store does not answer; the scheduler waits")
@@ -607,7 +607,7 @@ struct SchedulerTests {
                     let run = Task { try await scheduler.run() }
                     defer { run.cancel() }
                     // The pass is under way; the store loses the live token (as after a FLUSHALL).
-                    try #require(try await eventually { kis.calls.count == 1 })
+                    try #require(try await eventually(timeout: .seconds(10)) { kis.calls.count == 1 })
                     let lost = ContinuousClock.now
                     try await store.delete(record)
                     _ = try await store.setRemove(userSet, members: [kept.sha256])
@@ -627,7 +627,7 @@ struct SchedulerTests {
 
                     // Then the pass ends as usual: every account refreshed once, one at a time, published, its app key's
                     // issuance lock released (only then is the scheduler stopped, so no store call is cut short).
-                    let passed = try await eventually {
+                    let passed = try await eventually(timeout: .seconds(10)) {
                         guard kis.calls.count == keys.count, kis.inFlight == 0 else { return false }
                         for (i, key) in keys.enumerated() {
                             guard try await !store.setMembers(TokenDirectory.userKey("u-rp\(i)", .sandbox)).isEmpty,

@@ -26,7 +26,7 @@ extension GatewayProcess {
 
     /// Waits until it accepts connections, or has exited.
     func started() async -> Bool {
-        _ = await eventually(.seconds(20)) { accepts || !process.isRunning }
+        _ = await eventually(timeout: .seconds(20)) { accepts || !process.isRunning }
         return accepts
     }
 }
@@ -175,7 +175,7 @@ struct RedisSettingsProcessTests {
         for g in [small, large] {
             #expect(await g.started(), "\(g.ending)")
             // Every command before AUTH is refused (NOAUTH): the store answers only with the file's password.
-            #expect(try await eventually(.seconds(10)) { try await readyz(g).status == 200 }, "\(g.stderr)")
+            #expect(try await eventually(timeout: .seconds(10)) { try await readyz(g).status == 200 }, "\(g.stderr)")
         }
 
         // The pool opens one more connection with a command while it has fewer than pool_size: after many
@@ -185,7 +185,7 @@ struct RedisSettingsProcessTests {
             _ = try await readyz(large)
         }
         var counts = (0, 0)
-        let settled = try await eventually(.seconds(10)) {
+        let settled = try await eventually(timeout: .seconds(10)) {
             counts = (try await commandConnections(admin, database: 1), try await commandConnections(admin, database: 2))
             return counts == (2, 5)
         }
@@ -216,7 +216,7 @@ struct RedisSettingsProcessTests {
         defer { g.stop() }
         #expect(await g.started(), "\(g.ending)")
         #expect(try await readyz(g).status == 503)
-        #expect(await eventually(.seconds(10)) { g.stderr.contains("WRONGPASS") }, "\(g.stderr)")
+        #expect(await eventually(timeout: .seconds(10)) { g.stderr.contains("WRONGPASS") }, "\(g.stderr)")
         let warnings = g.stderr.split(separator: "\n").filter { $0.contains("redis connect failed") }
         #expect(warnings.count == 1, "\(g.stderr)")  // the first failure; the retries after it are debug
         #expect(warnings.first?.contains("AUTH failed on redis://127.0.0.1:\(redis.port)/0") == true, "\(g.stderr)")

@@ -248,7 +248,7 @@ func withGatewayProcess(
         try process.run(stderrTo: stderrFile)
         defer { process.killIfRunning() }
         let p = GatewayProcess(process: process, port: port, stderrFile: stderrFile)
-        try #require(await eventually(.seconds(10)) { p.accepts }, "the gateway did not start: \(p.ending)")
+        try #require(await eventually(timeout: .seconds(10)) { p.accepts }, "the gateway did not start: \(p.ending)")
         let g = GatewayFixture(gatewayURL: "http://127.0.0.1:\(port)", simURL: simURL, store: store, keyring: keyring)
         defer { group.cancelAll() }  // the Redis client
         try await stopping([sim]) { try await body(g, p) }

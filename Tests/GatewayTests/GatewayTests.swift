@@ -474,7 +474,7 @@ struct GatewayAuthTests {
             let calls = try await g.simStats()["domestic_daily"]
             // The first gateway's `revoked` event reaches the second, which stops serving the token (it kept its
             // decision for up to 30 s before).
-            #expect(try await eventually(.seconds(5)) {
+            #expect(try await eventually(timeout: .seconds(5)) {
                 try await g.get(chart, jwt: jwt, kis: kis, base: urls[1]).status == 401
             })
             // As the first gateway said: KIS said it expired (dead:{sha256} holds EGW00123).

@@ -371,7 +371,7 @@ struct GatewayMetricsRegistryTests {
             try await Task.sleep(for: .milliseconds(2100))
             #expect(try await g.get(path, jwt: jwt, kis: kis).header("X-Cache") == "STALE")
             // The STALE answer started a background refresh: it is done before the simulator stops.
-            #expect(try await eventually(.seconds(10)) { try await g.simStats()["domestic_daily"] == 2 })
+            #expect(try await eventually(timeout: .seconds(10)) { try await g.simStats()["domestic_daily"] == 2 })
             let m = Exposition(try await g.get("/metrics", jwt: nil, kis: nil).text)
             #expect(m.value("kisgw_cache_results_total", ["result": "stale"]) == 1)
             #expect(m.value("kisgw_rate_limit_rejections_total") == 1)
@@ -414,7 +414,7 @@ struct DemoSecretsFileTests {
         try process.run()
         defer { process.killIfRunning() }
         let path = folder + "/demo-secrets.json"
-        #expect(await eventually(.seconds(20)) { FileManager.default.fileExists(atPath: path) })
+        #expect(await eventually(timeout: .seconds(20)) { FileManager.default.fileExists(atPath: path) })
         let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
         #expect(mode == 0o600, "mode \(String(mode ?? -1, radix: 8))")
     }
@@ -443,7 +443,7 @@ extension DemoSecretsFileTests {
         try process.run(stderrTo: URL(fileURLWithPath: stderrFile))
         defer { process.killIfRunning() }
         let stderr = { (try? String(contentsOfFile: stderrFile, encoding: .utf8)) ?? "" }
-        let ready = await eventually(.seconds(30)) {
+        let ready = await eventually(timeout: .seconds(30)) {
             guard process.isRunning else { return true }
             return (try? await http(.GET, "http://127.0.0.1:\(base)/readyz", timeout: .seconds(2)))?.status == 200
         }
@@ -503,7 +503,7 @@ struct GatewayOperationsProcessTests {
             // A request is recorded as it is answered: wait for the last ones to show.
             var m = Exposition("")
             var response: HTTPResult?
-            _ = try await eventually(.seconds(5)) {
+            _ = try await eventually(timeout: .seconds(5)) {
                 let r = try await g.get("/metrics", jwt: nil, kis: nil)
                 response = r
                 m = Exposition(r.text)
@@ -635,7 +635,7 @@ struct GatewayOperationsProcessTests {
             #expect(try await g.get("/domestic/chart/daily/1", jwt: jwt, kis: kis).status == 400)
             #expect(try await g.get("/nowhere", jwt: jwt, kis: kis).status == 404)
             var lines: [[String: Any]] = []
-            _ = await eventually(.seconds(5)) {
+            _ = await eventually(timeout: .seconds(5)) {
                 lines = p.stderr.split(separator: "\n").compactMap {
                     try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
                 }.filter { $0["message"] as? String == "request" }
@@ -661,12 +661,12 @@ struct GatewayOperationsProcessTests {
         try await withGatewayProcess(env: ["KISGW_REDIS_URL": redis.url]) { g, p in
             #expect(try await g.get("/readyz", jwt: nil, kis: nil).status == 200)
             redis.stop()
-            #expect(try await eventually(.seconds(10)) { try await g.get("/readyz", jwt: nil, kis: nil).status == 503 })
+            #expect(try await eventually(timeout: .seconds(10)) { try await g.get("/readyz", jwt: nil, kis: nil).status == 503 })
             let down = try await g.get("/readyz", jwt: nil, kis: nil)
             #expect(down.status == 503 && down.json["status"] as? String == "unavailable", "\(down.text)")
             #expect(try await g.get("/healthz", jwt: nil, kis: nil).status == 200)  // alive all the same
             try redis.start()
-            #expect(try await eventually(.seconds(15)) { try await g.get("/readyz", jwt: nil, kis: nil).status == 200 })
+            #expect(try await eventually(timeout: .seconds(15)) { try await g.get("/readyz", jwt: nil, kis: nil).status == 200 })
             #expect(p.process.isRunning)
         }
     }
@@ -682,10 +682,10 @@ struct GatewayOperationsProcessTests {
             try await Task.sleep(for: .milliseconds(1000))
             kill(p.process.processIdentifier, SIGINT)
             // Well before KIS answers the request in flight, new connections are refused.
-            #expect(await eventually(.seconds(2.5)) { !p.accepts }, "still accepting connections after SIGINT")
+            #expect(await eventually(timeout: .seconds(2.5)) { !p.accepts }, "still accepting connections after SIGINT")
             let r = try await inFlight
             #expect(r.status == 200 && r.header("X-Cache") == "MISS", "\(r.status) \(r.text)")
-            try #require(await eventually(.seconds(10)) { !p.process.isRunning }, "still running 10 s after SIGINT")
+            try #require(await eventually(timeout: .seconds(10)) { !p.process.isRunning }, "still running 10 s after SIGINT")
             #expect(p.process.terminationReason == .exit && p.process.terminationStatus == 0, "\(p.ending)")
         }
     }
@@ -709,7 +709,7 @@ struct GatewayOperationsProcessTests {
             try await Task.sleep(for: .milliseconds(500))
             let signalled = ContinuousClock.now
             kill(p.process.processIdentifier, SIGTERM)
-            try #require(await eventually(.seconds(6)) { !p.process.isRunning },
+            try #require(await eventually(timeout: .seconds(6)) { !p.process.isRunning },
                          "still running 6 s after SIGTERM with shutdown_grace_s = 2 and a request in flight")
             let took = ContinuousClock.now - signalled
             // It did wait for the request (rather than dropping it at once) until about the grace.

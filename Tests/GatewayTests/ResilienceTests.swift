@@ -15,16 +15,6 @@ import Testing
 import Tokens
 import TestSupport
 
-/// Polls `condition` until it holds or `timeout` passes.
-func eventually(_ timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(50))
-    }
-    return try await condition()
-}
-
 @Suite("Gateway: Redis outage and process shutdown", .serialized)
 struct GatewayResilienceTests {
     /// A `revoked` event published while the gateway's pub/sub connection is down never reaches it. The token's
@@ -44,7 +34,7 @@ struct GatewayResilienceTests {
             #expect(killed != .integer(0), "no pub/sub connection to kill")
             try await g.store.delete(TokenDirectory.recordKey(TokenDirectory.sha256(of: kis)))
             // Once the gateway has subscribed again, the token is looked up afresh: its record is gone.
-            let refused = try await eventually(.seconds(10)) {
+            let refused = try await eventually(timeout: .seconds(10)) {
                 try await g.get(path, jwt: jwt, kis: kis).code == "kis_token_invalid"
             }
             #expect(refused, "the remembered decision outlived the pub/sub gap")
@@ -66,7 +56,7 @@ struct GatewayResilienceTests {
             let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
             gate.hold()
             let first = Task { try await g.get(path, jwt: jwt, kis: kis) }
-            #expect(await eventually(.seconds(10)) { gate.held == 1 }, "the lookup never read the record")
+            #expect(await eventually(timeout: .seconds(10)) { gate.held == 1 }, "the lookup never read the record")
             try await TokenDirectory.unpublish(sha256: TokenDirectory.sha256(of: kis), userID: "rl1", environment: .live,
                                                store: g.store)
             try await Task.sleep(for: .milliseconds(300))  // the gateway handles the `revoked` event meanwhile
@@ -198,7 +188,7 @@ struct GatewayResilienceTests {
             let (r, h) = try await (viaRouter, viaHitPath)
             #expect(r.status == 200 && r.header("x-cache") == "MISS")
             #expect(h.status == 200 && h.header("x-cache") == "MISS")
-            #expect(await eventually(.seconds(15)) { !process.isRunning })
+            #expect(await eventually(timeout: .seconds(15)) { !process.isRunning })
             #expect(process.terminationStatus == 0)
             #expect(!p.accepts)
         }
@@ -231,7 +221,7 @@ struct GatewayResilienceTests {
                 #expect(answer.length > 150_000 && answer.received == answer.length,
                         "\(index): \(answer.received) of \(answer.length) bytes")
             }
-            #expect(await eventually(.seconds(15)) { !p.process.isRunning })
+            #expect(await eventually(timeout: .seconds(15)) { !p.process.isRunning })
             #expect(p.process.terminationStatus == 0)
         }
     }
@@ -251,7 +241,7 @@ struct GatewayResilienceTests {
             let key = try chartKey(domesticChart: path)
             #expect(try await g.store.timeToLive("lock:chart:" + key) != .missing, "the fetch holds the fleet lock")
             kill(process.processIdentifier, SIGTERM)
-            #expect(await eventually(.seconds(15)) { !process.isRunning })
+            #expect(await eventually(timeout: .seconds(15)) { !process.isRunning })
             #expect(process.terminationStatus == 0)
             #expect(try await g.store.get("cache:" + key) != nil, "the fetched chart was not shared")
             #expect(try await g.store.timeToLive("lock:chart:" + key) == .missing, "the fleet lock is still held")

@@ -47,7 +47,7 @@ struct StoreFailureTests {
                 #expect(r.json["detail"] as? String == "the shared store refused the command", "\(r.text)")
                 #expect(!r.text.contains("NOPERM"))  // what Redis said is for the operator's log, not for clients
             }
-            #expect(await eventually(.seconds(5)) { p.stderr.contains("NOPERM") }, "\(p.stderr)")
+            #expect(await eventually(timeout: .seconds(5)) { p.stderr.contains("NOPERM") }, "\(p.stderr)")
             let warnings = p.stderr.split(separator: "\n").filter { $0.contains("NOPERM") }
             #expect(warnings.count == 1, "one warning for six refusals: \(p.stderr)")
             #expect(warnings.first?.contains(" warning ") == true, "\(p.stderr)")
@@ -82,7 +82,7 @@ struct StoreFailureTests {
             }
             let revoked = #"{"type":"revoked","sha256":"\#(sha)","user_id":"\#(user)","env":"LIVE"}"#
             try await g.store.publish(ByteBuffer(string: revoked), to: TokenDirectory.eventsChannel)
-            let refused = try await eventually(.seconds(10)) {
+            let refused = try await eventually(timeout: .seconds(10)) {
                 try await g.get(path, jwt: jwt, kis: kis).code == "kis_token_invalid"
             }
             #expect(refused, "the listener did not act on the `revoked` event after the malformed ones")
@@ -114,7 +114,7 @@ struct StoreFailureTests {
             #expect(r.status == 200 && r.header("X-Cache") == "MISS", "\(r.status) \(r.text)")
             #expect(!r.candles.isEmpty)
             #expect(try await g.simStats()["domestic_daily"] == 1)
-            let replaced = try await eventually(.seconds(10)) {
+            let replaced = try await eventually(timeout: .seconds(10)) {
                 guard let stored = try await redis.send(["GET", key]).string else { return false }
                 return stored != junk && stored.hasPrefix("kc1 ")
             }

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import Redis
 import Testing
+import TestSupport
 
 /// Command families against the shared server named by `KISGW_TEST_REDIS_URL`.
 @Suite("Redis client against KISGW_TEST_REDIS_URL", .enabled(if: TestEnvironment.hasRedis), .timeLimit(.minutes(2)))
@@ -66,7 +67,7 @@ struct RedisClientTests {
         }
         #expect(ttl > .seconds(20) && ttl <= .seconds(30))
         try await client.set(key, to: "v", expiration: .milliseconds(50))
-        #expect(await TestEnvironment.eventually { (try? await client.get(key)) == .some(nil) })
+        #expect(await eventually { (try? await client.get(key)) == .some(nil) })
         let counter = TestEnvironment.uniqueKey() + ":n"
         #expect(try await client.increment(counter) == 1)
         #expect(try await client.increment(counter, by: 41) == 42)
@@ -254,7 +255,7 @@ struct RedisClientTests {
         let single = RedisClient(configuration: configuration, logger: TestEnvironment.logger)
         let id = try #require(try await single.send(["CLIENT", "ID"]).int)
         #expect(try await client.send(["CLIENT", "KILL", "ID", RedisArgument(id)]) == .integer(1))
-        let recovered = await TestEnvironment.eventually {
+        let recovered = await eventually {
             guard let newID = try? await single.send(["CLIENT", "ID"]).int else { return false }
             return newID != id
         }

@@ -28,18 +28,4 @@ enum TestEnvironment {
         let clean = name.prefix { $0 != "(" }
         return "test:\(clean):\(UUID().uuidString.prefix(8))"
     }
-
-    /// Polls `condition` until it holds or `timeout` passes.
-    static func eventually(
-        timeout: Duration = .seconds(20),
-        every interval: Duration = .milliseconds(50),
-        _ condition: () async -> Bool
-    ) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if await condition() { return true }
-            try? await Task.sleep(for: interval)
-        }
-        return await condition()
-    }
 }

@@ -84,11 +84,11 @@ struct ResilienceTests {
         let client = try makeClient(server)
         let tally = Tally()
         let load = Task { await runLoad(client, workers: 50, tally: tally) }
-        #expect(await TestEnvironment.eventually { tally.succeeded.load(ordering: .relaxed) > 200 })
+        #expect(await eventually { tally.succeeded.load(ordering: .relaxed) > 200 })
         try server.restart()
         let before = tally.succeeded.load(ordering: .relaxed)
         // Traffic resumes on new connections.
-        #expect(await TestEnvironment.eventually { tally.succeeded.load(ordering: .relaxed) > before + 500 })
+        #expect(await eventually { tally.succeeded.load(ordering: .relaxed) > before + 500 })
         tally.stop.store(true, ordering: .relaxed)
         await load.value
         try await expectRecovered(client, tally: tally)
@@ -102,7 +102,7 @@ struct ResilienceTests {
         server.stop()
         // After the connection drops and a reconnect fails, calls fail at once
         // with `unavailable` instead of waiting out their 30 s timeout.
-        let sawUnavailable = await TestEnvironment.eventually {
+        let sawUnavailable = await eventually {
             do {
                 try await client.ping()
                 return false
@@ -122,7 +122,7 @@ struct ResilienceTests {
         // Far below the 30 s command timeout: the call did not wait for it.
         #expect(started.duration(to: .now) < .seconds(15))
         try server.start()
-        #expect(await TestEnvironment.eventually { (try? await client.ping()) != nil })
+        #expect(await eventually { (try? await client.ping()) != nil })
         #expect(try await client.send(["ECHO", "back"]).string == "back")
         await client.shutdown()
     }
@@ -134,12 +134,12 @@ struct ResilienceTests {
         let admin = try makeClient(server, poolSize: 1)
         let tally = Tally()
         let load = Task { await runLoad(client, workers: 20, tally: tally) }
-        #expect(await TestEnvironment.eventually { tally.succeeded.load(ordering: .relaxed) > 100 })
+        #expect(await eventually { tally.succeeded.load(ordering: .relaxed) > 100 })
         let adminID = try #require(try await admin.send(["CLIENT", "ID"]).int)
         let killed = try await admin.send(["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
         #expect((killed.int ?? 0) >= 1)
         let before = tally.succeeded.load(ordering: .relaxed)
-        #expect(await TestEnvironment.eventually { tally.succeeded.load(ordering: .relaxed) > before + 300 })
+        #expect(await eventually { tally.succeeded.load(ordering: .relaxed) > before + 300 })
         tally.stop.store(true, ordering: .relaxed)
         await load.value
         #expect(tally.mispaired.load(ordering: .relaxed) == 0)
@@ -164,15 +164,15 @@ struct ResilienceTests {
             await runLoad(client, workers: 16, tally: tally)
             finished.store(true, ordering: .relaxed)
         }
-        #expect(await TestEnvironment.eventually { tally.succeeded.load(ordering: .relaxed) > 50 })
+        #expect(await eventually { tally.succeeded.load(ordering: .relaxed) > 50 })
         for _ in 0..<20 {
             _ = try await admin.send(["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
             let before = tally.succeeded.load(ordering: .relaxed)
-            #expect(await TestEnvironment.eventually { tally.succeeded.load(ordering: .relaxed) > before + 20 })
+            #expect(await eventually { tally.succeeded.load(ordering: .relaxed) > before + 20 })
         }
         tally.stop.store(true, ordering: .relaxed)
         // Each worker is at most one call (2 s deadline) from noticing `stop`.
-        let ended = await TestEnvironment.eventually(timeout: .seconds(10)) { finished.load(ordering: .relaxed) }
+        let ended = await eventually(timeout: .seconds(10)) { finished.load(ordering: .relaxed) }
         #expect(ended, "a command outlived its deadline")
         if !ended { load.cancel() }
         await load.value
@@ -199,7 +199,7 @@ struct ResilienceTests {
         #expect(timeouts == 5)
         server.resume()
         // The late replies to the timed-out commands are discarded, not handed to these.
-        #expect(await TestEnvironment.eventually { (try? await client.ping()) != nil })
+        #expect(await eventually { (try? await client.ping()) != nil })
         for index in 0..<20 {
             #expect(try await client.send(["ECHO", RedisArgument("fresh \(index)")]).string == "fresh \(index)")
         }
@@ -237,7 +237,7 @@ struct ResilienceTests {
         let script = RedisScript(name: "answer", "return tonumber(ARGV[1]) * 2")
         #expect(try await client.evaluate(script, arguments: [21]) == .integer(42))
         try server.restart()
-        #expect(await TestEnvironment.eventually { (try? await client.evaluate(script, arguments: [4])) == .integer(8) })
+        #expect(await eventually { (try? await client.evaluate(script, arguments: [4])) == .integer(8) })
         await client.shutdown()
     }
 
@@ -268,7 +268,7 @@ struct ResilienceTests {
             proxy.blackhole()
             let started = ContinuousClock.now
             var timeouts = 0
-            let answered = await TestEnvironment.eventually(timeout: .seconds(10), every: .milliseconds(100)) {
+            let answered = await eventually(timeout: .seconds(10), every: .milliseconds(100)) {
                 do {
                     return try await client.send(["ECHO", "after"]).string == "after"
                 } catch {
@@ -295,11 +295,11 @@ struct ResilienceTests {
             let received = Mutex<[String]>([])
             let reader = Task { for await m in subscription { received.withLock { $0.append(m.string) } } }
             #expect(try await publisher.publish("one", to: "silent") == 1)
-            #expect(await TestEnvironment.eventually { received.withLock { $0 } == ["one"] })
+            #expect(await eventually { received.withLock { $0 } == ["one"] })
             proxy.blackhole()
             #expect(try await publisher.publish("lost", to: "silent") == 1)  // Redis sends it into the silence
-            #expect(await TestEnvironment.eventually(timeout: .seconds(10)) { gaps.withLock { $0 } == 1 })
-            #expect(await TestEnvironment.eventually {
+            #expect(await eventually(timeout: .seconds(10)) { gaps.withLock { $0 } == 1 })
+            #expect(await eventually {
                 ((try? await publisher.publish("three", to: "silent")) ?? 0) >= 1 && received.withLock { $0.last } == "three"
             })
             #expect(!received.withLock { $0 }.contains("lost"))
@@ -325,8 +325,8 @@ struct ResilienceTests {
         try await Task.sleep(for: .milliseconds(200))
         #expect(count.withLock { $0 } == 0, "the first connection is no gap")
         try server.restart()
-        #expect(await TestEnvironment.eventually { count.withLock { $0 } == 1 })
-        #expect(await TestEnvironment.eventually { ((try? await client.publish("probe", to: "gaps")) ?? 0) == 1 })
+        #expect(await eventually { count.withLock { $0 } == 1 })
+        #expect(await eventually { ((try? await client.publish("probe", to: "gaps")) ?? 0) == 1 })
         await client.shutdown()
         await watcher.value  // the sequence ends at shutdown
         await reader.value
@@ -350,7 +350,7 @@ struct ResilienceTests {
         // Nobody reads `behind` yet: 4,096 are kept, the rest dropped and counted.
         for batch in 0..<7 {
             for n in batch * 600..<(batch + 1) * 600 { _ = try await client.publish(RedisArgument("m\(n)"), to: "behind") }
-            #expect(await TestEnvironment.eventually { read.withLock { $0 } == (batch + 1) * 600 })
+            #expect(await eventually { read.withLock { $0 } == (batch + 1) * 600 })
         }
         #expect(behind.lostMessages == 4_200 - 4_096)
         #expect(reading.lostMessages == 0)
@@ -374,12 +374,12 @@ struct ResilienceTests {
             }
         }
         #expect(try await client.publish("before", to: "events") == 2)
-        #expect(await TestEnvironment.eventually { received.withLock { $0.count } == 2 })
+        #expect(await eventually { received.withLock { $0.count } == 2 })
         try server.restart()
         // Publish until both subscriptions are live again on the new connection.
-        #expect(await TestEnvironment.eventually { ((try? await client.publish("probe", to: "events")) ?? 0) == 2 })
+        #expect(await eventually { ((try? await client.publish("probe", to: "events")) ?? 0) == 2 })
         #expect(try await client.publish("after", to: "events") == 2)
-        #expect(await TestEnvironment.eventually {
+        #expect(await eventually {
             received.withLock { messages in messages.filter { $0.string == "after" }.count } == 2
         })
         let messages = received.withLock { $0 }
@@ -403,7 +403,7 @@ struct ResilienceTests {
         #expect(try await db0.get(key) == nil)
         // After the connections are killed, the replacements authenticate and select again.
         _ = try await db0.send(["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
-        #expect(await TestEnvironment.eventually { (try? await client.getString(key)) == "in db 5" })
+        #expect(await eventually { (try? await client.getString(key)) == "in db 5" })
         // A wrong password is a clear error that does not echo the password.
         let bad = RedisClient(configuration: try RedisConfiguration(url: "redis://:wrong-pw-123@127.0.0.1:\(server.port)/0"), logger: TestEnvironment.logger)
         do {
@@ -440,8 +440,8 @@ struct ResilienceTests {
         var iterator = subscription.makeAsyncIterator()
         #expect(await iterator.next()?.string == "hi")
         try server.restart()
-        #expect(await TestEnvironment.eventually { (try? await client.send(["ECHO", "tls back"]).string) == "tls back" })
-        #expect(await TestEnvironment.eventually { ((try? await client.publish("again", to: "tls-events")) ?? 0) == 1 })
+        #expect(await eventually { (try? await client.send(["ECHO", "tls back"]).string) == "tls back" })
+        #expect(await eventually { ((try? await client.publish("again", to: "tls-events")) ?? 0) == 1 })
         // Without the CA the server is not trusted.
         var untrusted = configuration
         untrusted.tls = .makeClientConfiguration()
@@ -460,7 +460,7 @@ struct ResilienceTests {
         #expect(try await observer.publish("x", to: "gone") == 1)
         #expect(subscription != nil)
         subscription = nil
-        #expect(await TestEnvironment.eventually { ((try? await observer.publish("x", to: "gone")) ?? -1) == 0 })
+        #expect(await eventually { ((try? await observer.publish("x", to: "gone")) ?? -1) == 0 })
         await client.shutdown()
         await observer.shutdown()
     }

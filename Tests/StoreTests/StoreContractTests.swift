@@ -5,6 +5,7 @@ import Redis
 import Store
 import Synchronization
 import Testing
+import TestSupport
 import Tokens
 
 /// The `SharedStore` contract, run against every available implementation.
@@ -25,7 +26,7 @@ struct StoreContractTests {
         }
         #expect(ttl > .seconds(20) && ttl <= .seconds(30))
         try await store.set("short", to: ByteBuffer(string: "x"), ttl: .milliseconds(80))
-        #expect(await eventually { (try? await store.get("short")) == .some(nil) })
+        #expect(await eventually(every: .milliseconds(25)) { (try? await store.get("short")) == .some(nil) })
         #expect(try await store.timeToLive("short") == .missing)
         #expect(try await store.delete("a"))
         #expect(try await store.delete("a") == false)
@@ -52,7 +53,7 @@ struct StoreContractTests {
         #expect(try await store.setIfAbsent("k", to: ByteBuffer(string: "second"), ttl: nil) == false)
         #expect(try await store.get("k")?.text == "first")
         // Once expired the key is absent again.
-        #expect(await eventually { (try? await store.setIfAbsent("k", to: ByteBuffer(string: "third"), ttl: nil)) == true })
+        #expect(await eventually(every: .milliseconds(25)) { (try? await store.setIfAbsent("k", to: ByteBuffer(string: "third"), ttl: nil)) == true })
         #expect(try await store.get("k")?.text == "third")
         await close()
     }
@@ -145,7 +146,7 @@ struct StoreContractTests {
         // An expired lock can be taken by someone else, and the old owner cannot release it.
         let short = try #require(try await store.acquireLock("lock", ttl: .milliseconds(80)))
         var next: StoreLock?
-        #expect(await eventually {
+        #expect(await eventually(every: .milliseconds(25)) {
             next = try? await store.acquireLock("lock", ttl: .seconds(30))
             return next != nil
         })
@@ -200,7 +201,7 @@ struct StoreContractTests {
         }
         #expect(extended > .seconds(100))
         #expect(try await store.setAdd("u", members: ["x"], ttlAtLeast: .milliseconds(80)) == 1)
-        #expect(await eventually { (try? await store.setMembers("u")) == .some([]) })
+        #expect(await eventually(every: .milliseconds(25)) { (try? await store.setMembers("u")) == .some([]) })
         #expect(try await store.delete("t"))
         await close()
     }
@@ -406,7 +407,7 @@ struct StoreContractTests {
         // In batches the reading subscription keeps up with (the memory store's publish never waits for a reader).
         for batch in 0..<7 {
             for n in batch * 600..<(batch + 1) * 600 { try await store.publish(ByteBuffer(string: "m\(n)"), to: "busy") }
-            #expect(await eventually { read.withLock { $0 } == (batch + 1) * 600 })
+            #expect(await eventually(every: .milliseconds(25)) { read.withLock { $0 } == (batch + 1) * 600 })
         }
         #expect(behind.lostMessages == 4_200 - 4_096)
         #expect(reading.lostMessages == 0)
