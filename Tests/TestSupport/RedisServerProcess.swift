@@ -28,8 +28,11 @@ public final class RedisServerProcess: @unchecked Sendable {
     public var pid: Int32? { self.process?.processIdentifier }
 
     public func start() throws {
+        guard let executable = Self.redisServerPath else {
+            throw ServerError(message: "redis-server is not on PATH (scripts/bootstrap installs the package redis-server)")
+        }
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.redisServerPath)
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = [
             "--port", String(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--protected-mode", "no", "--loglevel", "warning", "--enable-debug-command", "local",
@@ -177,12 +180,11 @@ public final class RedisServerProcess: @unchecked Sendable {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
-    public static let redisServerPath: String = {
-        for directory in ["/usr/bin", "/usr/local/bin", "/opt/homebrew/bin"] {
-            let path = directory + "/redis-server"
-            if FileManager.default.isExecutableFile(atPath: path) { return path }
-        }
-        return "/usr/bin/redis-server"
+    /// `redis-server` on PATH, else in the usual folders; nil when there is none.
+    public static let redisServerPath: String? = {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+        let directories = path.split(separator: ":").map(String.init) + ["/usr/bin", "/usr/local/bin", "/opt/homebrew/bin"]
+        return directories.map { $0 + "/redis-server" }.first { FileManager.default.isExecutableFile(atPath: $0) }
     }()
 
     public struct ServerError: Error, CustomStringConvertible {
