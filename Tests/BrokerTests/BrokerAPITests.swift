@@ -219,7 +219,7 @@ struct BrokerAPITests {
     }
 
     @Test("validate then token back to back succeeds with one KIS issuance (KIS allows one a minute)",
-          arguments: StoreKind.available, DatabaseKind.available)
+          arguments: StoreKind.allCases, DatabaseKind.allCases)
     func validateThenToken(store: StoreKind, database: DatabaseKind) async throws {
         try await withBroker(store: store, database: database) { b in
             let jwt = try await b.jwt("u1")
@@ -328,7 +328,7 @@ struct BrokerAPITests {
     /// with the new key at start-up (its fingerprint made anew) as well as one still sealed with the old key (written
     /// by a copy not restarted yet).
     @Test("after a seal key rotation an app key is still one user's, whichever key sealed the account",
-          arguments: DatabaseKind.available)
+          arguments: DatabaseKind.allCases)
     func appKeyAfterRotation(kind: DatabaseKind) async throws {
         let db = try await TestDatabase.make(kind)
         let old = try SealKeyring(current: "k1", keys: ["k1": VaultTests.key(1)])
@@ -354,7 +354,7 @@ struct BrokerAPITests {
     /// `app_key_fp`, until the broker fills it at start-up: looked at on every check until then), and with a secret that
     /// does not open (altered, say: the check opens the app key alone, it needs no more).
     @Test("an account stored without an app key fingerprint, or whose secret does not open, still holds its app key",
-          arguments: DatabaseKind.available)
+          arguments: DatabaseKind.allCases)
     func appKeyOfAccountsStoredOtherwise(kind: DatabaseKind) async throws {
         try await withBroker(database: kind, config: quietSchedulerConfig) { b in
             var withoutFingerprint = try Self.sealedAccount("u1", appKey("nofp"), keyring: b.keyring)
@@ -587,7 +587,7 @@ struct BrokerAPITests {
     }
 
     @Test("disconnect revokes at KIS, unpublishes with a revoked event, and a gateway refuses the token at once",
-          arguments: StoreKind.available)
+          arguments: StoreKind.allCases)
     func disconnect(store: StoreKind) async throws {
         try await withBroker(store: store, sim: SimulatorConfiguration(port: 0, environment: .sandbox, ratePerSecond: 1000)) { b in
             let jwt = try await b.jwt("u1")

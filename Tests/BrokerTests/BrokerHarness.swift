@@ -20,10 +20,6 @@ import Tokens
 import TestSupport
 
 let testSecret = "broker-test-secret-of-at-least-32-bytes!"
-let redisURL = ProcessInfo.processInfo.environment["KISGW_TEST_REDIS_URL"]
-let postgresURL = ProcessInfo.processInfo.environment["KISGW_TEST_POSTGRES_URL"]
-/// A role of that cluster that must give its password (scripts/test sets it up), for the password tests.
-let passwordRole = ProcessInfo.processInfo.environment["KISGW_TEST_POSTGRES_PASSWORD_ROLE"]
 
 var quietLogger: Logger {
     var logger = Logger(label: "broker-test")
@@ -31,17 +27,15 @@ var quietLogger: Logger {
     return logger
 }
 
+/// Every case runs every time: without `KISGW_TEST_REDIS_URL` the Redis ones fail, naming it.
 enum StoreKind: String, Sendable, CaseIterable, CustomTestStringConvertible {
     case memory, redis
-    /// Memory always; Redis when KISGW_TEST_REDIS_URL is set.
-    static var available: [StoreKind] { redisURL == nil ? [.memory] : [.memory, .redis] }
     var testDescription: String { rawValue }
 }
 
+/// Every case runs every time: without `KISGW_TEST_POSTGRES_URL` the PostgreSQL ones fail, naming it.
 enum DatabaseKind: String, Sendable, CaseIterable, CustomTestStringConvertible {
     case sqlite, postgres
-    /// SQLite always; PostgreSQL when KISGW_TEST_POSTGRES_URL is set.
-    static var available: [DatabaseKind] { postgresURL == nil ? [.sqlite] : [.sqlite, .postgres] }
     var testDescription: String { rawValue }
 }
 
@@ -57,7 +51,7 @@ func makeStore(_ kind: StoreKind, db: Int? = nil) throws -> (any SharedStore, Re
     case .memory:
         return (MemoryStore(keyPrefix: prefix), nil)
     case .redis:
-        guard var url = redisURL else { throw TestFailure("KISGW_TEST_REDIS_URL is not set") }
+        var url = try TestServices.requireRedisURL()
         if let db, let slash = url.lastIndex(of: "/"), url[url.index(after: slash)...].allSatisfy(\.isNumber) {
             url = String(url[..<slash]) + "/\(db)"
         }
@@ -83,7 +77,7 @@ struct TestDatabase: Sendable {
         case .sqlite:
             return TestDatabase(kind: .sqlite, location: Scratch.directory("broker") + "/data/broker.sqlite")
         case .postgres:
-            guard let postgresURL else { throw TestFailure("KISGW_TEST_POSTGRES_URL is not set") }
+            let postgresURL = try TestServices.requirePostgresURL()
             let name = "kisgw_t\(UInt32.random(in: 0...UInt32.max))"
             try await withAdmin { admin in
                 if let owner {
@@ -104,7 +98,7 @@ struct TestDatabase: Sendable {
 
     /// Runs `body` with a client of the test cluster's administrator.
     static func withAdmin(_ body: @Sendable (PostgresClient) async throws -> Void) async throws {
-        guard let postgresURL else { throw TestFailure("KISGW_TEST_POSTGRES_URL is not set") }
+        let postgresURL = try TestServices.requirePostgresURL()
         let admin = PostgresClient(configuration: try PostgresRepository.configuration(url: postgresURL))
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await admin.run() }

@@ -28,7 +28,7 @@ struct RepositoryContractTests {
     }
 
     @Test("migrations run twice without harm; accounts upsert per user and environment, keeping created_at",
-          arguments: DatabaseKind.available)
+          arguments: DatabaseKind.allCases)
     func accounts(kind: DatabaseKind) async throws {
         let db = try await TestDatabase.make(kind)
         try await withRepository(db) { repo in
@@ -51,7 +51,7 @@ struct RepositoryContractTests {
     }
 
     @Test("tokens: newest first, upsert by sha256, status changes, delete takes the account's tokens",
-          arguments: DatabaseKind.available)
+          arguments: DatabaseKind.allCases)
     func tokens(kind: DatabaseKind) async throws {
         let db = try await TestDatabase.make(kind)
         try await withRepository(db) { repo in
@@ -76,7 +76,7 @@ struct RepositoryContractTests {
         }
     }
 
-    @Test("re-sealing replaces a row only while it still has the expected key id", arguments: DatabaseKind.available)
+    @Test("re-sealing replaces a row only while it still has the expected key id", arguments: DatabaseKind.allCases)
     func resealCompareAndSet(kind: DatabaseKind) async throws {
         let db = try await TestDatabase.make(kind)
         try await withRepository(db) { repo in
@@ -93,7 +93,7 @@ struct RepositoryContractTests {
     }
 
     @Test("accounts are looked up by (key id, app key fingerprint) in one environment, with those without a fingerprint",
-          arguments: DatabaseKind.available)
+          arguments: DatabaseKind.allCases)
     func appKeyFingerprintLookup(kind: DatabaseKind) async throws {
         let db = try await TestDatabase.make(kind)
         try await withRepository(db) { repo in
@@ -156,11 +156,12 @@ struct RepositoryContractTests {
     /// config.md: the database password may be given "through the environment or a file path". A role of the test
     /// cluster that must give its password (scripts/test: scram-sha-256 for it, trust for the others) connects with
     /// the one read from `[broker] database_password_file`, and is refused with a wrong one or none.
-    @Test("a PostgreSQL password from database_password_file reaches the server; a wrong one or none is refused",
-          .enabled(if: postgresURL != nil && passwordRole != nil, "needs KISGW_TEST_POSTGRES_URL and _PASSWORD_ROLE"))
+    @Test("a PostgreSQL password from database_password_file reaches the server; a wrong one or none is refused")
     func postgresPasswordFile() async throws {
         let password = "pw-\(UInt64.random(in: 0...UInt64.max))&:@ x"
-        let url = try await TestDatabase.make(.postgres, owner: passwordRole, password: password).location
+        try TestServices.requirePostgresURL()
+        let role = try TestServices.requirePostgresPasswordRole()
+        let url = try await TestDatabase.make(.postgres, owner: role, password: password).location
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-pgpw-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -277,8 +278,7 @@ struct RepositoryContractTests {
 
     /// A query already sent cannot be cancelled in postgres-nio: one stuck behind a lock another session holds used
     /// to wait as long as the lock was held.
-    @Test("a statement stuck behind another session's lock fails after operationTimeout",
-          .enabled(if: postgresURL != nil, "needs KISGW_TEST_POSTGRES_URL"))
+    @Test("a statement stuck behind another session's lock fails after operationTimeout")
     func postgresLockedFailsOperations() async throws {
         let db = try await TestDatabase.make(.postgres)
         try await withRepository(db) { repo in
@@ -384,7 +384,7 @@ struct VaultTests {
     }
 
     @Test("start-up fills the fingerprint of rows stored without one, under the row's own key; rows that do not open stay",
-          arguments: DatabaseKind.available)
+          arguments: DatabaseKind.allCases)
     func fillFingerprints(kind: DatabaseKind) async throws {
         let db = try await TestDatabase.make(kind)
         let old = try Self.vault("k1", ["k1": 1]), both = try Self.vault("k2", ["k1": 1, "k2": 2])
@@ -413,7 +413,7 @@ struct VaultTests {
     }
 
     @Test("rotation: a new current key re-encrypts old rows at start-up; the old key can then go",
-          arguments: DatabaseKind.available)
+          arguments: DatabaseKind.allCases)
     func rotation(kind: DatabaseKind) async throws {
         let db = try await TestDatabase.make(kind)
         let old = try Self.vault("k1", ["k1": 1]), both = try Self.vault("k2", ["k1": 1, "k2": 2])
@@ -558,7 +558,7 @@ struct AppKeyFingerprintMigrationTests {
     }
 
     @Test("migrating adds app_key_fp, the broker fills it at start-up, and the app key is still its user's",
-          arguments: DatabaseKind.available)
+          arguments: DatabaseKind.allCases)
     func upgrade(kind: DatabaseKind) async throws {
         let db = try await TestDatabase.make(kind)
         let keyring = try SealKeyring(current: "k1", keys: ["k1": VaultTests.key(1)])

@@ -20,7 +20,7 @@ struct SchedulerTests {
     /// broker-api.md: DELETE "deletes the account and its tokens". A scheduler pass lists the accounts once; one
     /// deleted after that must not be issued a token, stored again with its secrets, or published.
     @Test("a scheduler pass does not bring back an account deleted after it listed the accounts",
-          arguments: DatabaseKind.available)
+          arguments: DatabaseKind.allCases)
     func deletedDuringAPass(database: DatabaseKind) async throws {
         try await withBroker(database: database) { b in
             let jwt = try await b.jwt("u-del")
@@ -41,7 +41,7 @@ struct SchedulerTests {
     }
 
     @Test("the scheduler refreshes a token before KIS's expiry and publishes the new one (clock control)",
-          arguments: DatabaseKind.available)
+          arguments: DatabaseKind.allCases)
     func refreshBeforeExpiry(database: DatabaseKind) async throws {
         try await withBroker(database: database, config: {
             testConfig(simURL: $0, database: $1, refreshIntervalS: 1, refreshAheadS: 3600, reconcileIntervalS: 1)
@@ -93,7 +93,7 @@ struct SchedulerTests {
         }
     }
 
-    @Test("reconciliation puts back what the store lost (FLUSHALL) within the interval", arguments: StoreKind.available)
+    @Test("reconciliation puts back what the store lost (FLUSHALL) within the interval", arguments: StoreKind.allCases)
     func flushRecovery(store: StoreKind) async throws {
         try await withBroker(store: store, redisDB: 13, config: {
             testConfig(simURL: $0, database: $1, refreshIntervalS: 1, reconcileIntervalS: 1)
@@ -120,10 +120,9 @@ struct SchedulerTests {
     }
 
     @Test("two broker copies: one holds the scheduler lease, one KIS issuance per app key; the lease moves when its holder dies",
-          arguments: DatabaseKind.available)
+          arguments: DatabaseKind.allCases)
     func twoCopies(database: DatabaseKind) async throws {
-        let store: StoreKind = redisURL == nil ? .memory : .redis
-        try await withBroker(store: store, database: database, brokers: 2, config: {
+        try await withBroker(store: .redis, database: database, brokers: 2, config: {
             testConfig(simURL: $0, database: $1, refreshIntervalS: 1, reconcileIntervalS: 1)
         }) { b in
             let one = await eventually(timeout: .seconds(10)) { b.brokers.filter(\.holdsLease.current).count == 1 }
@@ -163,8 +162,7 @@ struct SchedulerTests {
     /// a second copy never takes it meanwhile; and once another copy holds it, the pass stops at the next account.
     @Test("a refresh pass longer than the scheduler lease keeps it, and stops once another copy holds it")
     func leaseWithinAPass() async throws {
-        let kind: StoreKind = redisURL == nil ? .memory : .redis
-        let (store, redis) = try makeStore(kind)
+        let (store, redis) = try makeStore(.redis)
         let clock = TestClock()
         let kis = SlowTokenP(delay: .milliseconds(1200), clock: clock)
         let standIn = await kis.serve(copies: 2)
@@ -271,8 +269,7 @@ struct SchedulerTests {
     /// renewed alongside the work, every tick, so another copy never takes it meanwhile.
     @Test("one refresh longer than the scheduler lease keeps it")
     func leaseWithinOneRefresh() async throws {
-        let kind: StoreKind = redisURL == nil ? .memory : .redis
-        let (store, redis) = try makeStore(kind)
+        let (store, redis) = try makeStore(.redis)
         let clock = TestClock()
         let kis = SlowTokenP(delay: .milliseconds(4500), clock: clock)  // the lease lives 3 s
         let standIn = await kis.serve(copies: 2)
@@ -341,7 +338,7 @@ struct SchedulerTests {
         }
         let standIn = await startStandInKIS(router)
         try await stopping([standIn.server]) {
-            let (store, redis) = try makeStore(redisURL == nil ? .memory : .redis)
+            let (store, redis) = try makeStore(.redis)
             let db = try await TestDatabase.make(.sqlite)
             defer { Self.remove(db) }
             let keyring = SealKeyring.ephemeral()
@@ -437,12 +434,12 @@ struct SchedulerTests {
         }
     }
 
-    /// A keeper over this run's store (Redis when `KISGW_TEST_REDIS_URL` is set, else memory), a fresh SQLite
+    /// A keeper over Redis (`KISGW_TEST_REDIS_URL`), a fresh SQLite
     /// database and a new seal keyring, for reconciliation (it calls no KIS).
     private static func withKeeper(
         _ body: @Sendable (TokenKeeper, any BrokerRepository, any SharedStore, SealKeyring) async throws -> Void
     ) async throws {
-        let (store, redis) = try makeStore(redisURL == nil ? .memory : .redis)
+        let (store, redis) = try makeStore(.redis)
         let keyring = SealKeyring.ephemeral()
         let db = try await TestDatabase.make(.sqlite)
         defer { Self.remove(db) }
@@ -575,8 +572,7 @@ struct SchedulerTests {
     /// accounts too, so a token lost mid-pass is back before the pass ends.
     @Test("a token the store lost during a long refresh pass is republished within the reconcile interval, not after the pass")
     func reconcileWithinAPass() async throws {
-        let kind: StoreKind = redisURL == nil ? .memory : .redis
-        let (store, redis) = try makeStore(kind)
+        let (store, redis) = try makeStore(.redis)
         let clock = TestClock()
         let kis = SlowTokenP(delay: .milliseconds(1500), clock: clock)
         let standIn = await kis.serve(copies: 1)
@@ -648,7 +644,7 @@ struct SchedulerTests {
     }
 
     @Test("key rotation: a broker started with a new current key re-encrypts every row and still serves the account",
-          arguments: DatabaseKind.available)
+          arguments: DatabaseKind.allCases)
     func rotationAtStart(database: DatabaseKind) async throws {
         let k1 = [UInt8](repeating: 1, count: 32), k2 = [UInt8](repeating: 2, count: 32)
         let db = try await TestDatabase.make(database)

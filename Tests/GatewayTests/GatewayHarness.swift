@@ -74,8 +74,6 @@ extension HTTPResult {
 
 enum StoreKind: String, Sendable, CaseIterable { case memory, redis }
 
-let redisURL = ProcessInfo.processInfo.environment["KISGW_TEST_REDIS_URL"]
-
 /// A store for one test: the memory store, or Redis (`url`, else KISGW_TEST_REDIS_URL) under a unique prefix.
 func makeStore(_ kind: StoreKind, prefix: String = "t\(UInt32.random(in: 0...UInt32.max)):",
                url: String? = nil) throws -> (any SharedStore, RedisClient?) {
@@ -83,7 +81,7 @@ func makeStore(_ kind: StoreKind, prefix: String = "t\(UInt32.random(in: 0...UIn
     case .memory:
         return (MemoryStore(keyPrefix: prefix), nil)
     case .redis:
-        guard let redisURL = url ?? redisURL else { throw SimulatorError("KISGW_TEST_REDIS_URL is not set") }
+        let redisURL = try url ?? TestServices.requireRedisURL()
         // Generous timeouts: the whole suite runs in parallel on a small machine.
         var configuration = try RedisConfiguration(url: redisURL)
         configuration.commandTimeout = .seconds(3)
@@ -211,8 +209,7 @@ func withGatewayProcess(
     _ body: @Sendable (GatewayFixture, GatewayProcess) async throws -> Void
 ) async throws {
     let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
-    let redis = try #require(redisOverride ?? redisURL,
-                             "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+    let redis = try redisOverride ?? TestServices.requireRedisURL()
     var logger = Logger(label: "gateway-process")
     logger.logLevel = .critical
     let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)

@@ -17,7 +17,7 @@ import TestSupport
 struct GatewayChartTests {
     @Test("a domestic chart over several KIS pages equals the simulator's rows, field for field", arguments: StoreKind.allCases)
     func domesticEqualsSimulator(kind: StoreKind) async throws {
-        try #require(kind == .memory || redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        if kind == .redis { try TestServices.requireRedisURL() }
         try await withGateway(store: kind) { g, _ in
             let kis = try await g.connect(user: "u1", appKey: "PSapp-eq-\(kind)")
             let jwt = try await g.jwt("u1")
@@ -457,7 +457,7 @@ struct GatewayAuthTests {
 
     @Test("a token KIS refused on one gateway is refused at once by the other, which remembered it, with no KIS call; it leaves the user's set")
     func kisExpiredAcrossGateways() async throws {
-        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        try TestServices.requireRedisURL()
         try await withGateway(store: .redis, gateways: 2) { g, urls in
             let kis = try await g.connect(user: "dave", appKey: "PSapp-dave")
             let jwt = try await g.jwt("dave")
@@ -552,7 +552,7 @@ struct GatewayCORSTests {
 struct GatewayUpstreamTests {
     @Test("50 concurrent identical misses make one upstream fetch", arguments: StoreKind.allCases)
     func coalescing(kind: StoreKind) async throws {
-        try #require(kind == .memory || redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        if kind == .redis { try TestServices.requireRedisURL() }
         try await withGateway(store: kind) { g, _ in
             let kis = try await g.connect(user: "u5", appKey: "PSapp-co-\(kind)")
             let jwt = try await g.jwt("u5")
@@ -603,7 +603,7 @@ struct GatewayUpstreamTests {
     /// expired finds the copy another gateway just refreshed in the store: that is a HIT, with no KIS call.
     @Test("an expired L1 copy refreshed meanwhile by another gateway is a HIT from the shared cache")
     func refreshedByAnotherGatewayIsAHit() async throws {
-        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        try TestServices.requireRedisURL()
         let cache = KisgwConfig.Cache(settledTTLS: 2, staleWhileRevalidateS: 0)
         try await withGateway(store: .redis, gateways: 2, config: { testConfig(simURL: $0, cache: cache) }) { g, urls in
             let kis = try await g.connect(user: "u-refreshed", appKey: "PSapp-refreshed")
@@ -651,7 +651,7 @@ struct GatewayUpstreamTests {
     /// gateway-api.md: the others "wait for it (bounded by `[upstream] timeout_ms`)" — across gateways too.
     @Test("a request waiting on another gateway's fetch waits at most [upstream] timeout_ms; the fetch goes on")
     func fleetWaiterBound() async throws {
-        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        try TestServices.requireRedisURL()
         try await withGateway(store: .redis, gateways: 2,
                               config: { testConfig(simURL: $0, upstreamTimeoutMs: 1000) }) { g, urls in
             let kis = try await g.connect(user: "u-fleet-wait", appKey: "PSapp-fleet-wait")
@@ -681,7 +681,7 @@ struct GatewayUpstreamTests {
 
     @Test("two gateways sharing Redis make one upstream fetch for concurrent misses")
     func twoGateways() async throws {
-        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        try TestServices.requireRedisURL()
         try await withGateway(store: .redis, gateways: 2) { g, urls in
             let kis = try await g.connect(user: "u6", appKey: "PSapp-fleet")
             let jwt = try await g.jwt("u6")
@@ -704,7 +704,7 @@ struct GatewayUpstreamTests {
     /// (here left in the store), when the fetch it waited on failed for the fetching request's own token.
     @Test("two gateways: a waiter whose fetch failed for another user's token fetches with its own, whatever older failure is kept")
     func twoGatewaysIgnoreAnOlderFailure() async throws {
-        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        try TestServices.requireRedisURL()
         try await withGateway(store: .redis, gateways: 2) { g, urls in
             // A's app key is a sandbox one (1 call/s, spaced 1.25 s): its second fetch waits for its slot, and B's
             // request, on the other gateway, waits on it meanwhile. KIS then refuses A's token, which expired.
@@ -730,7 +730,7 @@ struct GatewayUpstreamTests {
     /// rather than each taking the lock in turn and asking KIS again.
     @Test("two gateways sharing Redis: a fetch KIS fails is made once; the other gateway's waiter gets its answer")
     func twoGatewaysShareAFailure() async throws {
-        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        try TestServices.requireRedisURL()
         try await withGateway(store: .redis, gateways: 2) { g, urls in
             let kis = try await g.connect(user: "u-fail", appKey: "PSapp-fleet-fail")
             let jwt = try await g.jwt("u-fail")
@@ -755,7 +755,7 @@ struct GatewayUpstreamTests {
     @Test("the per-app-key rate is shared by every gateway: KIS never sees more than allowed, excess waits then gets 429",
           arguments: StoreKind.allCases)
     func rateLimit(kind: StoreKind) async throws {
-        try #require(kind == .memory || redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        if kind == .redis { try TestServices.requireRedisURL() }
         let sim = SimulatorConfiguration(port: 0, environment: .sandbox, issueInterval: 0, ratePerSecond: 1)
         try await withGateway(store: kind, sim: sim, gateways: kind == .redis ? 2 : 1,
                               // KIS allows 1/s; the gateway is told 0.8/s, the headroom config.md recommends, so

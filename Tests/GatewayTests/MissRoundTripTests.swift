@@ -15,7 +15,7 @@ struct MissRoundTripTests {
     @Test("a cold miss takes one store step before KIS; another gateway's first request for it is a HIT in one step",
           arguments: StoreKind.allCases)
     func oneStepPerMiss(kind: StoreKind) async throws {
-        try #require(kind == .memory || redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        if kind == .redis { try TestServices.requireRedisURL() }
         try await withCountedGateways(kind, count: 2, user: "u-rt") { g, urls, log, jwt, kis in
             let path = "/domestic/chart/daily/068270?start=2025-03-03&end=2025-05-30"  // one KIS page
             log.reset()
@@ -46,7 +46,7 @@ struct MissRoundTripTests {
     @Test("a miss the hit path fetches runs on the connection's event loop: the store step, and the sharing after it",
           arguments: StoreKind.allCases)
     func hitPathMissRunsOnTheEventLoop(kind: StoreKind) async throws {
-        try #require(kind == .memory || redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        if kind == .redis { try TestServices.requireRedisURL() }
         try await withCountedGateways(kind, count: 1, user: "u-loop") { g, urls, log, jwt, kis in
             // The router answers the first request and the gateway learns the credentials; the hit path fetches
             // the next chart it lacks.

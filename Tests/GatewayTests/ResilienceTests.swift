@@ -22,7 +22,7 @@ struct GatewayResilienceTests {
     /// decision it remembers (30 s) must not outlive the gap.
     @Test("a revocation missed while the store's pub/sub connection was down: remembered decisions are dropped when it is back")
     func missedRevocation() async throws {
-        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        try TestServices.requireRedisURL()
         try await withGateway(store: .redis) { g, _ in
             let redis = try #require((g.store as? RedisStore)?.client)
             let kis = try await g.connect(user: "mr1", appKey: "PSapp-missedrevoke")
@@ -46,7 +46,7 @@ struct GatewayResilienceTests {
     /// for 30 s, past the event that was meant to end it).
     @Test("a revocation while a token's record is being read: the read's decision is not remembered")
     func revocationDuringLookup() async throws {
-        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        try TestServices.requireRedisURL()
         let gate = RecordGate()
         try await withGateway(store: .redis, dependencies: { _, deps in
             deps.store = CountingStore(inner: deps.store, log: StoreCallLog(), label: "gw", afterGet: gate.pass)

@@ -99,7 +99,7 @@ struct StoreFailureTests {
     /// not one (another version's, a hand edit) is a miss: fetched again under the fleet lock — once — and replaced.
     @Test("a chart entry in Redis that cannot be read: 200 after one KIS call, and the entry is overwritten")
     func unreadableChartEntry() async throws {
-        try #require(redisURL != nil, "KISGW_TEST_REDIS_URL is not set (scripts/test starts a redis-server and sets it)")
+        try TestServices.requireRedisURL()
         try await withGateway(store: .redis) { g, _ in
             let redis = try #require((g.store as? RedisStore)?.client)
             let kis = try await g.connect(user: "junk1", appKey: "PSapp-junk-entry")

@@ -22,8 +22,6 @@ struct UpstreamRetryTests {
     /// 2023-01-02 … 2024-06-28: 388 weekdays, so four pages of at most 100 rows from the simulator.
     static let longChart = "/domestic/chart/daily/005930?start=2023-01-02&end=2024-06-28"
 
-    static var stores: [StoreKind] { redisURL == nil ? [.memory] : [.memory, .redis] }
-
     /// `testConfig` with `[upstream] retries` set (the harness fixes it at 2).
     static func config(_ simURL: String, liveURL: String? = nil, retries: Int = 2) -> KisgwConfig {
         let c = testConfig(simURL: simURL, liveURL: liveURL)
@@ -61,7 +59,7 @@ struct UpstreamRetryTests {
     // MARK: one page refused
 
     @Test("KIS refusing one page of a multi-page chart with EGW00201: 200, the same candles, that page asked twice and every other once",
-          arguments: stores, [2, 3])
+          arguments: StoreKind.allCases, [2, 3])
     func onePageRefused(store: StoreKind, refusedCall: Int) async throws {
         let plain = try await Self.fetchThroughStandIn(Self.longChart, store: store, user: "plain")
         try #require(plain.answer.status == 200, "\(plain.answer.text)")
@@ -113,7 +111,7 @@ struct UpstreamRetryTests {
     // MARK: every call refused
 
     @Test("KIS refusing every call with EGW00201: 429 rate_limited with Retry-After and CORS, after 1 + retries calls",
-          arguments: stores, [0, 2])
+          arguments: StoreKind.allCases, [0, 2])
     func everyCallRefused(store: StoreKind, retries: Int) async throws {
         try await withGateway(store: store, config: { Self.config($0, retries: retries) }) { g, _ in
             let (jwt, kis) = try await g.signIn("always-\(retries)")

@@ -7,16 +7,9 @@ import Glibc
 import Darwin
 #endif
 
-/// Test environment: the shared Redis named by `KISGW_TEST_REDIS_URL`, and
-/// private `redis-server` processes for tests that stop, restart or pause it.
+/// What the Redis client's tests share: a quiet logger and keys of their own (the shared Redis is
+/// `TestServices.requireRedisURL()`; the tests that stop, restart or pause one run a `RedisServerProcess`).
 enum TestEnvironment {
-    static let redisURL: String? = {
-        let value = ProcessInfo.processInfo.environment["KISGW_TEST_REDIS_URL"]
-        return value?.isEmpty == false ? value : nil
-    }()
-
-    static var hasRedis: Bool { redisURL != nil }
-
     static let logger: Logger = {
         var logger = Logger(label: "kisgw.redis.tests")
         logger.logLevel = ProcessInfo.processInfo.environment["KISGW_TEST_LOG"] == "debug" ? .debug : .critical

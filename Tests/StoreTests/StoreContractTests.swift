@@ -8,10 +8,10 @@ import Testing
 import TestSupport
 import Tokens
 
-/// The `SharedStore` contract, run against every available implementation.
+/// The `SharedStore` contract, run against every implementation.
 @Suite("SharedStore contract", .timeLimit(.minutes(2)))
 struct StoreContractTests {
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func valuesWithExpiry(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         #expect(try await store.get("a") == nil)
@@ -34,7 +34,7 @@ struct StoreContractTests {
         await close()
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func binaryValues(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         let bytes: [UInt8] = Array(0...255) + [13, 10, 0]
@@ -45,7 +45,7 @@ struct StoreContractTests {
         await close()
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func setIfAbsent(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         // Long enough that a loaded machine still reads it back before it expires.
@@ -58,7 +58,7 @@ struct StoreContractTests {
         await close()
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func compareAndSet(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         let a = ByteBuffer(string: "a")
@@ -78,7 +78,7 @@ struct StoreContractTests {
         await close()
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func compareAndSetIsAtomicUnderContention(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         try await store.set("counter", to: ByteBuffer(string: "0"), ttl: .seconds(60))
@@ -101,7 +101,7 @@ struct StoreContractTests {
         await close()
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func lockThenGet(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         // Free lock, nothing stored: the lock and no value.
@@ -127,7 +127,7 @@ struct StoreContractTests {
         await close()
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func locks(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         let lock = try #require(try await store.acquireLock("lock", ttl: .seconds(30)))
@@ -156,7 +156,7 @@ struct StoreContractTests {
         await close()
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func lockHasOneWinner(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         let winners = try await withThrowingTaskGroup(of: Int.self) { group in
@@ -169,7 +169,7 @@ struct StoreContractTests {
         await close()
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func sets(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         #expect(try await store.setMembers("s").isEmpty)
@@ -206,7 +206,7 @@ struct StoreContractTests {
         await close()
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func readOrLock(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         // Nothing stored, lock free: the lock, no slot asked for, none given.
@@ -234,7 +234,7 @@ struct StoreContractTests {
         await close()
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func readOrLockReservesARateSlot(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         // One per 10 s (slow, so a loaded machine cannot change the answers).
@@ -278,7 +278,7 @@ struct StoreContractTests {
         await close()
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func rateLimitDecisions(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         // One per 10 s, bursts of two: two go now, the third must wait up to 10 s. (A slow interval, so that a
@@ -316,7 +316,7 @@ struct StoreContractTests {
     /// arrival time (whole microseconds) — written by hand or by another program — counts as absent on both, and the
     /// decision replaces it. Before, the Lua script failed on it (`tonumber` gave nil or NaN, or GET met a set), so
     /// every miss of that app key was a 503 on Redis, while the memory store went on.
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func rateLimitKeyHoldingJunk(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         let limit = RateLimit(rate: 0.1, burst: 1)  // one per 10 s: a second decision right after is denied
@@ -346,7 +346,7 @@ struct StoreContractTests {
         await close()
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func rateLimitIsSharedAcrossConcurrentCallers(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         // 1 per 10 s with a burst of 5: of 40 simultaneous callers exactly 5 pass.
@@ -361,7 +361,7 @@ struct StoreContractTests {
         await close()
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func waitForRateLimitQueuesUntilDeadline(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         let limit = RateLimit(rate: 20, burst: 1)
@@ -375,7 +375,7 @@ struct StoreContractTests {
         await close()
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func publishSubscribe(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         let first = try await store.subscribe(to: "events")
@@ -397,7 +397,7 @@ struct StoreContractTests {
     /// A subscription whose reader falls more than 4096 behind loses the oldest and says how many (`lostMessages`),
     /// whichever the store; one that keeps up loses none. (The gateway drops its token decisions on such a loss of
     /// `revoked` events.)
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func aSubscriptionCountsWhatItLost(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         let behind = try await store.subscribe(to: "busy")
@@ -419,7 +419,7 @@ struct StoreContractTests {
 }
 
 /// Behaviour only the Redis implementation can show.
-@Suite("RedisStore", .enabled(if: Backend.redisURL != nil), .timeLimit(.minutes(2)))
+@Suite("RedisStore", .timeLimit(.minutes(2)))
 struct RedisStoreTests {
     @Test func scriptsSurviveScriptFlush() async throws {
         let (store, close) = try Backend.redis.makeStore()
@@ -470,7 +470,7 @@ struct RedisStoreTests {
         let user = "kisgw-nopub-\(UUID().uuidString.prefix(8).lowercased())", password = UUID().uuidString
         _ = try await adminClient.send(["ACL", "SETUSER", RedisArgument(user), "on", RedisArgument(">" + password),
                                         "~*", "&*", "+@all", "-publish"])
-        var url = try #require(URLComponents(string: Backend.redisURL!))
+        var url = try #require(URLComponents(string: TestServices.requireRedisURL()))
         (url.user, url.password) = (user, password)
         var configuration = try RedisConfiguration(url: try #require(url.string))
         configuration.commandTimeout = .seconds(10)
@@ -501,7 +501,7 @@ struct RedisStoreTests {
     @Test func rateLimitIsSharedBetweenTwoClients() async throws {
         // Two "gateways" (separate clients, same prefix) draw from one budget.
         let (first, closeFirst) = try Backend.redis.makeStore()
-        var configuration = try RedisConfiguration(url: Backend.redisURL!)
+        var configuration = try RedisConfiguration(url: TestServices.requireRedisURL())
         configuration.commandTimeout = .seconds(10)
         let otherClient = RedisClient(configuration: configuration, logger: Backend.logger)
         let second = RedisStore(client: otherClient, keyPrefix: first.keyPrefix)

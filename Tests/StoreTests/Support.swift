@@ -3,21 +3,15 @@ import Logging
 import NIOCore
 import Redis
 import Store
+import TestSupport
 
 /// Which implementation a parameterised contract test runs against.
-enum Backend: String, CustomStringConvertible, Sendable {
+/// Every case runs every time: without `KISGW_TEST_REDIS_URL` the Redis ones fail, naming it.
+enum Backend: String, CaseIterable, CustomStringConvertible, Sendable {
     case memory
     case redis
 
     var description: String { self.rawValue }
-
-    static let redisURL: String? = {
-        let value = ProcessInfo.processInfo.environment["KISGW_TEST_REDIS_URL"]
-        return value?.isEmpty == false ? value : nil
-    }()
-
-    /// Memory always; Redis when `KISGW_TEST_REDIS_URL` is set.
-    static let available: [Backend] = redisURL == nil ? [.memory] : [.memory, .redis]
 
     static let logger: Logger = {
         var logger = Logger(label: "kisgw.store.tests")
@@ -32,7 +26,7 @@ enum Backend: String, CustomStringConvertible, Sendable {
         case .memory:
             return (MemoryStore(keyPrefix: prefix), {})
         case .redis:
-            var configuration = try RedisConfiguration(url: Self.redisURL!)
+            var configuration = try RedisConfiguration(url: TestServices.requireRedisURL())
             configuration.commandTimeout = .seconds(10)
             let client = RedisClient(configuration: configuration, logger: Self.logger)
             return (RedisStore(client: client, keyPrefix: prefix), { await client.shutdown() })

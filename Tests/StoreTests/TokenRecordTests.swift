@@ -68,7 +68,7 @@ struct TokenRecordTests {
         #expect(throws: StoreError.self) { try ring.open(newSealed, kid: newKid, aad: aad) }
     }
 
-    @Test(arguments: Backend.available)
+    @Test(arguments: Backend.allCases)
     func publishResolveUnpublish(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
         let events = try await store.subscribe(to: TokenDirectory.eventsChannel)
