@@ -300,7 +300,7 @@ struct HitPathTests {
                 #expect(r.status == 504 && r.json["code"] as? String == "upstream_timeout", "\(path): \(r.status)")
                 #expect(waited < .milliseconds(2000), "waited \(waited) (KIS takes 2.5 s)")
                 // The fetch went on and filled the cache (a request that joins it on the way is answered MISS).
-                #expect(try await eventually(.seconds(20)) { try await fx.get(path, jwt: jwt, kis: kis).status == 200 })
+                #expect(try await eventually(timeout: .seconds(20)) { try await fx.get(path, jwt: jwt, kis: kis).status == 200 })
                 let later = try await fx.get(path, jwt: jwt, kis: kis)
                 #expect(later.status == 200 && later.header("x-cache") == "HIT", "\(path) later: \(later.status)")
             }

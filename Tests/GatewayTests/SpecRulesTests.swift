@@ -84,7 +84,7 @@ struct SpecRulesTests {
             #expect(states.allSatisfy { $0 == "STALE" || $0 == "HIT" }, "X-Cache: \(states)")
             #expect(states.contains("STALE"), "X-Cache: \(states)")
             // The one refresh ends (however slow the machine), and no other follows it.
-            #expect(try await eventually(.seconds(10)) { try await Self.domesticCalls(g) > before }, "X-Cache: \(states)")
+            #expect(try await eventually(timeout: .seconds(10)) { try await Self.domesticCalls(g) > before }, "X-Cache: \(states)")
             try await Task.sleep(for: .milliseconds(500))
             #expect(try await Self.domesticCalls(g) == before + 1, "X-Cache: \(states)")
         }

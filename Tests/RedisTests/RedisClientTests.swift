@@ -305,11 +305,9 @@ struct RedisClientTests {
         // BLPOP blocks this connection for up to 3 s; cancel the waiting task meanwhile.
         let blocked = Task { try await single.send(["BLPOP", RedisArgument(key), "3"], timeout: .seconds(30)) }
         // Cancelled once Redis has it (a client blocked in BLPOP), not after a guess at how long sending takes.
-        var blocking = false
-        for _ in 0..<200 where !blocking {
+        let blocking = try await eventually(timeout: .seconds(5), every: .milliseconds(10)) {
             let clients = try await client.send(["CLIENT", "LIST"]).string ?? ""
-            blocking = clients.split(separator: "\n").contains { $0.contains("cmd=blpop") && $0.contains("flags=b") }
-            if !blocking { try await Task.sleep(for: .milliseconds(10)) }
+            return clients.split(separator: "\n").contains { $0.contains("cmd=blpop") && $0.contains("flags=b") }
         }
         #expect(blocking, "BLPOP never reached Redis")
         blocked.cancel()
