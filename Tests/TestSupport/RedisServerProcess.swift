@@ -28,6 +28,10 @@ public final class RedisServerProcess: @unchecked Sendable {
     public var pid: Int32? { self.process?.processIdentifier }
 
     public func start() throws {
+        // `init` starts it: a second start would fail to bind the port and leave the first one running, unstopped.
+        if let running = self.process, running.isRunning {
+            throw ServerError(message: "redis-server on port \(self.port) is running already (init starts it)")
+        }
         guard let executable = Self.redisServerPath else {
             throw ServerError(message: "redis-server is not on PATH (scripts/bootstrap installs the package redis-server)")
         }
