@@ -125,7 +125,7 @@ def stack(tmp_path_factory):
     os.makedirs(ARTEFACTS, exist_ok=True)
     redis_server = shutil.which('redis-server')
     if not redis_server:
-        pytest.skip('redis-server is not installed (scripts/test installs it): the broker and the gateway share a store')
+        pytest.fail('redis-server is not installed (scripts/test installs it): the broker and the gateway share a store')
     binary = kisgw_binary()
     workdir = tmp_path_factory.mktemp('broker-ui')   # empty: no ./gateway.toml is read
     base = free_port_base(span=5)
