@@ -803,11 +803,7 @@ struct BrokerAPITests {
             // The same broker code over a Redis store whose redis-server was there and is gone.
             let redis = try RedisServerProcess()
             defer { redis.stop() }
-            var configuration = try RedisConfiguration(url: redis.url)
-            configuration.commandTimeout = .seconds(2)
-            configuration.connectTimeout = .seconds(2)
-            let client = RedisClient(configuration: configuration, logger: quietLogger)
-            let store = RedisStore(client: client, keyPrefix: "gone:")
+            let (store, client) = try makeStore(.redis, url: redis.url)
             #expect(try await store.setIfAbsent("probe", to: ByteBuffer(string: "1"), ttl: .seconds(30)))
             redis.stop()
             try await b.withBroker(dependencies: BrokerDependencies(store: store, keyring: b.keyring, repository: try b.database.repository())) { url in
@@ -817,7 +813,7 @@ struct BrokerAPITests {
                 let ready = try await b.get("/readyz", jwt: nil, base: url)
                 #expect(ready.status == 503)
             }
-            await client.shutdown()
+            await client?.shutdown()
         }
     }
 

@@ -44,14 +44,15 @@ struct TestFailure: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
-/// A store for one test: the memory store, or Redis under a unique prefix (database `db`).
-func makeStore(_ kind: StoreKind, db: Int? = nil) throws -> (any SharedStore, RedisClient?) {
+/// A store for one test: the memory store, or Redis (`url`, else KISGW_TEST_REDIS_URL) under a unique prefix
+/// (database `db`).
+func makeStore(_ kind: StoreKind, db: Int? = nil, url: String? = nil) throws -> (any SharedStore, RedisClient?) {
     let prefix = "b\(UInt32.random(in: 0...UInt32.max)):"
     switch kind {
     case .memory:
         return (MemoryStore(keyPrefix: prefix), nil)
     case .redis:
-        var url = try TestServices.requireRedisURL()
+        var url = try url ?? TestServices.requireRedisURL()
         if let db, let slash = url.lastIndex(of: "/"), url[url.index(after: slash)...].allSatisfy(\.isNumber) {
             url = String(url[..<slash]) + "/\(db)"
         }

@@ -226,16 +226,7 @@ struct TokenRefreshProxyTests {
         let code = status == 429 ? "kis_rate_limited" : "store_unavailable"
         let redis = status == 503 ? try RedisServerProcess() : nil
         defer { redis?.stop() }
-        var client: RedisClient?
-        if let redis {
-            var configuration = try RedisConfiguration(url: redis.url)
-            configuration.commandTimeout = .seconds(2)
-            configuration.connectTimeout = .seconds(2)
-            var logger = Logger(label: "refresh-test-redis")
-            logger.logLevel = .critical
-            client = RedisClient(configuration: configuration, logger: logger)
-        }
-        let brokerStore = client.map { RedisStore(client: $0, keyPrefix: "refresh-\(UInt32.random(in: 0...UInt32.max)):") }
+        let (brokerStore, client) = try redis.map { try makeStore(.redis, url: $0.url) } ?? (nil, nil)
         try await withBrokerAndGateway(brokerStore: brokerStore) { g, brokerURL in
             let user = "refresh-retry-after-\(status)"
             let jwt = try await g.jwt(user)

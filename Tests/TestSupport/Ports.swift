@@ -5,18 +5,17 @@ import Glibc
 import Darwin
 #endif
 
+/// A TCP socket bound to 127.0.0.1:`port` (0: a free port the kernel picks), or nil when the port is taken. The
+/// caller closes it.
+func loopbackSocket(boundTo port: Int) -> Int32? {
+    loopbackSocket(port: port) { bind($0, $1, $2) }
+}
+
 /// Whether `port` on 127.0.0.1 can be bound now (nothing listens on it, nor holds it).
 public func loopbackPortIsFree(_ port: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = UInt16(port).bigEndian
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    } == 0
+    guard let fd = loopbackSocket(boundTo: port) else { return false }
+    close(fd)
+    return true
 }
 
 /// A `kisgw demo --port-base` whose every port (the gateway's, the broker's at +80, the simulators' at +1443 and

@@ -101,7 +101,7 @@ public final class RedisServerProcess: @unchecked Sendable {
 
     /// One `PING` over a blocking socket (test helper only, not the client under test).
     public static func ping(port: Int, acceptAuthError: Bool = false) -> Bool {
-        guard let fd = connectLoopback(port: port) else { return false }
+        guard let fd = connectToLoopback(port: port) else { return false }
         defer { close(fd) }
         var timeout = timeval(tv_sec: 1, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -116,29 +116,9 @@ public final class RedisServerProcess: @unchecked Sendable {
 
     /// Whether a TCP connection to the port succeeds.
     public static func accepts(port: Int) -> Bool {
-        guard let fd = connectLoopback(port: port) else { return false }
+        guard let fd = connectToLoopback(port: port) else { return false }
         close(fd)
         return true
-    }
-
-    /// A blocking TCP socket connected to 127.0.0.1:`port`, or nil.
-    private static func connectLoopback(port: Int) -> Int32? {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return nil }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard connected == 0 else {
-            close(fd)
-            return nil
-        }
-        return fd
     }
 
     /// Makes a CA and a server certificate for localhost/127.0.0.1 with `openssl`; `nil` if it is missing.
@@ -165,17 +145,9 @@ public final class RedisServerProcess: @unchecked Sendable {
     }
 
     public static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw ServerError(message: "socket() failed") }
+        guard let fd = loopbackSocket(boundTo: 0) else { throw ServerError(message: "bind() to a free port failed") }
         defer { close(fd) }
         var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0 else { throw ServerError(message: "bind() failed") }
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let named = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }

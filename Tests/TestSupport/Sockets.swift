@@ -5,23 +5,31 @@ import Glibc
 import Darwin
 #endif
 
-/// A TCP socket connected to `port` on loopback, `configure` applied to it before connecting; nil if the connection
-/// failed. The caller closes it.
-public func connectToLoopback(port: Int, configure: (Int32) -> Void = { _ in }) -> Int32? {
+/// A new TCP socket on which `call` (`connect` or `bind`) to 127.0.0.1:`port` succeeded, `configure` applied to it
+/// first; nil (the socket closed) otherwise. The caller closes it.
+func loopbackSocket(port: Int, configure: (Int32) -> Void = { _ in },
+                    _ call: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32? {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return nil }
     configure(fd)
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = UInt16(port).bigEndian
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    let done = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
-    guard connected == 0 else {
+    guard done == 0 else {
         close(fd)
         return nil
     }
     return fd
+}
+
+/// A TCP socket connected to `port` on loopback, `configure` applied to it before connecting; nil if the connection
+/// failed. The caller closes it.
+public func connectToLoopback(port: Int, configure: (Int32) -> Void = { _ in }) -> Int32? {
+    loopbackSocket(port: port, configure: configure) { connect($0, $1, $2) }
 }
 
 /// Runs blocking `body` (a client on a raw socket, say) on a thread of its own.

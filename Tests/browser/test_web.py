@@ -230,14 +230,16 @@ def test_token_expiring_mid_session_is_refreshed(browser, demo, reset_account):
 
 
 def sim_stats(demo):
-    with urllib.request.urlopen(f'{demo.simulator}/__sim/stats', timeout=10) as r:
-        return json.loads(r.read())
+    code, _, body = http_get(f'{demo.simulator}/__sim/stats')
+    assert code == 200, body
+    return json.loads(body)
 
 
 def broker_refreshes(demo):
     """How many POST /api/kis/token/refresh the broker has answered (its kisgw_http_requests_total)."""
-    with urllib.request.urlopen(demo.ui.rstrip('/') + '/metrics', timeout=10) as r:
-        text = r.read().decode()
+    code, _, body = http_get(demo.ui.rstrip('/') + '/metrics')
+    assert code == 200, body
+    text = body.decode()
     return sum(float(line.rsplit(' ', 1)[1]) for line in text.splitlines()
                if line.startswith('kisgw_http_requests_total{') and 'route="/api/kis/token/refresh"' in line)
 
