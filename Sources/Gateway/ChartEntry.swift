@@ -31,6 +31,15 @@ struct ChartEntry: Sendable {
     /// power of two, up to twice the body), not only the body's bytes, so that the bound is on memory.
     var cost: Int { body.capacity + etag.utf8.count + 64 }
 
+    /// `Cache-Control: max-age` at `now` (Unix seconds): the entry's whole freshness lifetime while it is fresh, 0
+    /// past it. A cache — the browser's — holds an answer fresh while its `max-age` exceeds its age, which counts from
+    /// the `Age` header on (RFC 9111 §4.2): what is left of the freshness goes without saying, and a `max-age` of
+    /// what is left would be counted down twice.
+    func maxAge(at now: Int64) -> Int64 { now < freshUntil ? freshUntil - storedAt : 0 }
+
+    /// `Age` at `now`: seconds since the entry was stored (by this gateway or another).
+    func age(at now: Int64) -> Int64 { max(0, now - storedAt) }
+
     // MARK: store encoding: "kc1 <storedAt> <freshUntil> <etag>\n<body>"
 
     func encoded() -> ByteBuffer {

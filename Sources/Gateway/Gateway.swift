@@ -225,8 +225,8 @@ struct GatewayCore: Sendable {
         var headers = HTTPFields()
         headers.reserveCapacity(10)
         headers[.eTag] = entry.etag
-        headers[.cacheControl] = "private, max-age=\(max(0, entry.freshUntil - nowSeconds))"
-        headers[.age] = String(max(0, nowSeconds - entry.storedAt))
+        headers[.cacheControl] = "private, max-age=\(entry.maxAge(at: nowSeconds))"
+        headers[.age] = String(entry.age(at: nowSeconds))
         headers[Self.xCache] = outcome.cacheState
         headers[Self.serverTiming] = outcome.serverTiming
         if let inm = request.headers[.ifNoneMatch], Self.etagMatches(inm, entry.etag) {

@@ -234,8 +234,8 @@ final class HitPath: Sendable {
         let notModified = ifNoneMatch.map { GatewayCore.etagMatches($0, entry.etag) } ?? false
         var out = Head(notModified ? .notModified : .ok, allocator: allocator, capacity: 400 + (origin?.utf8.count ?? 0))
         out.add("ETag", entry.etag)
-        out.add("Cache-Control", "private, max-age=", String(max(0, entry.freshUntil - nowSeconds)))
-        out.add("Age", String(max(0, nowSeconds - entry.storedAt)))
+        out.add("Cache-Control", "private, max-age=", String(entry.maxAge(at: nowSeconds)))
+        out.add("Age", String(entry.age(at: nowSeconds)))
         out.add("X-Cache", outcome.cacheState)
         out.add("Server-Timing", outcome.serverTiming)
         if !notModified {
