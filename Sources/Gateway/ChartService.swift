@@ -70,6 +70,8 @@ final class ChartService: Sendable {
     /// Each key's fetch in this process, and the token it is made with.
     private let inflight = Mutex<[String: (flight: Flight<(ChartEntry, Double?)>, owner: ResolvedToken)]>([:])
     private let refreshing = Mutex<Set<String>>([])
+    /// Each key's read of the store's copy in this process (``sharedCopy(_:)``).
+    private let sharedReads = Mutex<[String: Flight<ChartEntry?>]>([:])
     /// Every task a request starts and does not wait for, for graceful shutdown (`BackgroundDrain`).
     let background = BackgroundWork()
 
@@ -101,6 +103,14 @@ final class ChartService: Sendable {
             let (e, ms) = try await fetchCoalesced(query, token: token, cold: true, deadline: deadline, on: executor)
             if let ms { return .miss(e, upstreamMilliseconds: ms) }
             entry = e
+        } else if let e = entry, Self.now() >= e.freshUntil, !refreshing.withLock({ $0.contains(key) }) {
+            // Past freshness here. Another gateway may have refreshed the fleet's copy meanwhile: that one is a HIT
+            // while fresh, and a newer stale copy than this process's (`stale_while_revalidate_s`,
+            // `stale_if_error_s`). While this process refreshes the key itself, its own copy is served as it is.
+            if let shared = await sharedCopy(key), shared.storedAt > e.storedAt {
+                l1.set(key, shared, cost: shared.cost)
+                entry = shared
+            }
         }
         let now = Self.now()
         if let e = entry {
@@ -133,6 +143,25 @@ final class ChartService: Sendable {
             }
             throw error
         }
+    }
+
+    /// The store's copy of `key`, fresh or not; nil when it has none or cannot be read (the caller goes on with its
+    /// own). One read per key in this process at a time: the requests that come meanwhile share it.
+    private func sharedCopy(_ key: String) async -> ChartEntry? {
+        let (flight, leads) = sharedReads.withLock { reads -> (Flight<ChartEntry?>, Bool) in
+            if let f = reads[key] { return (f, false) }
+            let f = Flight<ChartEntry?>()
+            reads[key] = f
+            return (f, true)
+        }
+        if leads {
+            let entry = (try? await store.get("cache:" + key)).flatMap { ChartEntry.decode($0) }
+            sharedReads.withLock { reads in
+                if reads[key] === flight { reads.removeValue(forKey: key) }
+            }
+            flight.finish(.success(entry))
+        }
+        return (try? await flight.wait(until: nil).get()) ?? nil
     }
 
     private func refreshInBackground(_ query: ChartQuery, token: ResolvedToken, on executor: (any TaskExecutor)?) {

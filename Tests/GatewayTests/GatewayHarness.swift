@@ -168,6 +168,14 @@ func chartKey(domesticChart path: String) throws -> String {
     return try ChartQuery.domestic(symbol: symbol, query: query, maxRangeDays: 3660, now: Date()).cacheKey
 }
 
+/// When the store's copy of the domestic chart at `path` was stored (Unix seconds, from its `kc1 <storedAt> …` head,
+/// store.md), or nil when the store has none.
+func storedAt(_ store: any SharedStore, domesticChart path: String) async throws -> Int64? {
+    guard let value = try await store.get("cache:" + chartKey(domesticChart: path)) else { return nil }
+    let head = String(decoding: value.readableBytesView.prefix(64), as: UTF8.self).split(separator: " ")
+    return head.count > 1 && head[0] == "kc1" ? Int64(head[1]) : nil
+}
+
 /// Waits until the gateway that fetched the domestic chart at `path` (`/domestic/chart/daily/SYMBOL?start=…&end=…`)
 /// has shared it with the fleet: it stores the entry and releases its fleet lock after it has answered, so a
 /// request to another gateway right after the answer may still find the lock held and wait for the fill.

@@ -626,6 +626,71 @@ struct GatewayUpstreamTests {
         }
     }
 
+    /// The same with `stale_while_revalidate_s`: a gateway whose own copy is past freshness does not serve it STALE
+    /// when another gateway has refreshed the fleet's copy meanwhile — that one is fresh, a HIT from the shared cache.
+    @Test("past freshness, with stale_while_revalidate_s: the copy another gateway refreshed is a HIT, not this one's STALE copy")
+    func refreshedElsewhereBeatsOwnStaleCopy() async throws {
+        try TestServices.requireRedisURL()
+        let cache = KisgwConfig.Cache(settledTTLS: 3, staleWhileRevalidateS: 60)
+        try await withGateway(store: .redis, gateways: 2, config: { testConfig(simURL: $0, cache: cache) }) { g, urls in
+            let kis = try await g.connect(user: "u-swr-fleet", appKey: "PSapp-swr-fleet")
+            let jwt = try await g.jwt("u-swr-fleet")
+            let path = "/domestic/chart/daily/000660?start=2025-03-03&end=2025-05-30"  // settled: fresh for 3 s
+            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[0]).header("X-Cache") == "MISS")
+            try await waitUntilShared(g.store, domesticChart: path)
+            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[1]).header("X-Cache") == "HIT")  // its L1 copy
+            let first = try #require(try await storedAt(g.store, domesticChart: path))
+            try await Task.sleep(for: .milliseconds(3100))  // every copy past freshness, well inside the 60 s
+            // Gateway 0 serves its own copy STALE and refreshes the chart for the fleet in the background.
+            let stale = try await g.get(path, jwt: jwt, kis: kis, base: urls[0])
+            #expect(stale.header("X-Cache") == "STALE")
+            #expect(stale.header("Cache-Control") == "private, max-age=0")
+            #expect(try await eventually(timeout: .seconds(10)) {
+                try await storedAt(g.store, domesticChart: path).map { $0 > first } ?? false
+            })
+            let calls = try await g.simStats()["domestic_daily"]
+            let answer = try await g.get(path, jwt: jwt, kis: kis, base: urls[1])
+            #expect(answer.status == 200)
+            #expect(answer.header("X-Cache") == "HIT")
+            #expect(answer.header("Cache-Control") == "private, max-age=3")
+            #expect(answer.header("Age").flatMap { Int($0) }.map { $0 <= 1 } == true, "Age \(answer.header("Age") ?? "-")")
+            #expect(try await g.simStats()["domestic_daily"] == calls)
+        }
+    }
+
+    /// gateway-api.md: past freshness an entry may be served "for `stale_if_error_s` when KIS fails" — the fleet's
+    /// entry: a gateway whose own copy is past that window serves the newer copy another gateway stored, STALE, rather
+    /// than the error.
+    @Test("stale-if-error: past the window of this gateway's own copy, the newer copy another gateway stored is served STALE")
+    func staleIfErrorServesTheFleetsNewerCopy() async throws {
+        try TestServices.requireRedisURL()
+        let cache = KisgwConfig.Cache(settledTTLS: 2, staleWhileRevalidateS: 0, staleIfErrorS: 4)
+        try await withGateway(store: .redis, gateways: 2, config: { testConfig(simURL: $0, cache: cache) }) { g, urls in
+            let kis = try await g.connect(user: "u-sie-fleet", appKey: "PSapp-sie-fleet")
+            let jwt = try await g.jwt("u-sie-fleet")
+            let path = "/domestic/chart/daily/005490?start=2025-03-03&end=2025-05-30"
+            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[0]).header("X-Cache") == "MISS")
+            let t0 = ContinuousClock.now  // the first copy was stored (whole seconds, s0) by now: s0 ≤ t0
+            try await waitUntilShared(g.store, domesticChart: path)
+            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[1]).header("X-Cache") == "HIT")
+            let first = try #require(try await storedAt(g.store, domesticChart: path))
+            // Past the first copy's freshness (s0 + 2): gateway 0 fetches again and stores a copy at s1 > t0 + 1.
+            try await Task.sleep(until: t0 + .milliseconds(2100))
+            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[0]).header("X-Cache") == "MISS")
+            #expect(try await eventually(timeout: .seconds(10)) {
+                try await storedAt(g.store, domesticChart: path).map { $0 > first } ?? false
+            })
+            // Gateway 1's copy is past s0 + 2 + 4; the store's is past freshness but inside its window (s1 + 6 > t0 + 7).
+            try await Task.sleep(until: t0 + .milliseconds(6200))
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"http500"}"#)
+            let r = try await g.get(path, jwt: jwt, kis: kis, base: urls[1])
+            #expect(r.status == 200, "\(r.status) \(r.text)")
+            #expect(r.header("X-Cache") == "STALE")
+            #expect(r.header("Cache-Control") == "private, max-age=0")
+            #expect(r.header("Age").flatMap { Int($0) }.map { $0 < 6 } == true, "Age \(r.header("Age") ?? "-")")
+        }
+    }
+
     /// `[cache] l1_entries = 0` turns the in-process copy off (it kept one entry before): with the store's copy
     /// gone, the next request is a miss.
     @Test("[cache] l1_entries: 0 keeps nothing in the process, 1 keeps one chart", arguments: [0, 1])
