@@ -623,7 +623,7 @@ struct Loader {
         var current = "k1"
         if let (text, found) = try string("seal", "current") {
             if let problem = Validation.keyIDProblem(text) {
-                throw invalid(found, "seal", "current", "\(problem), got \(Loader.quoted(text))")
+                throw invalid(found, "seal", "current", "\(problem), got \(Loader.quoted(Validation.shownKeyID(text)))")
             }
             current = text
         }
@@ -648,7 +648,8 @@ struct Loader {
         var keys: [String: SealKey] = [:]
         for (id, value) in Raw.entries(of: table) {
             if let problem = Validation.keyIDProblem(id) {
-                throw ConfigError(.invalidValue, source: path, key: "seal.keys.\(id)", problem: problem)
+                throw ConfigError(.invalidValue, source: path, key: "seal.keys.\(Validation.shownKeyID(id))",
+                                  problem: problem)
             }
             guard case .string(let base64) = value else {
                 throw ConfigError(

@@ -227,17 +227,35 @@ enum Validation {
     private static func isPassword(_ parameter: Substring) -> Bool { parameter.lowercased().hasPrefix("password=") }
 
     /// The URL with everything between `://` and the last `@` replaced, and the value of a `password=` parameter,
-    /// so a password never shows.
+    /// so a password never shows. Without an `@`, a colon in the authority that does not start a port
+    /// (`redis://u:secret/0`, `redis://:secret`) may begin a password whose `@host` was left out: everything from
+    /// that colon on is replaced.
     static func maskingPassword(_ url: String) -> String {
         var url = url
         if let parameters = queryParameters(of: url[...]), let q = url.firstIndex(of: "?") {
             url = String(url[...q]) + parameters.map { isPassword($0) ? "password=[REDACTED]" : String($0) }
                 .joined(separator: "&")
         }
-        guard let userinfo = userinfo(of: url) else { return url }
+        guard let userinfo = userinfo(of: url) else {
+            guard let colon = colonNotStartingAPort(url) else { return url }
+            return String(url[...colon]) + "[REDACTED]"
+        }
         let user = userinfo.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         let masked = userinfo.contains(":") ? "\(user):[REDACTED]" : "[REDACTED]"
         return String(url[..<userinfo.startIndex]) + masked + String(url[userinfo.endIndex...])
+    }
+
+    /// In a URL without userinfo, the first colon of its authority (`://` up to `/`, `?` or `#`) that is not
+    /// followed by a port's digits alone; a bracketed IPv6 address's colons do not count.
+    private static func colonNotStartingAPort(_ url: String) -> String.Index? {
+        guard let scheme = url.range(of: "://") else { return nil }
+        let rest = url[scheme.upperBound...]
+        let authority = rest[..<(rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex)]
+        var host = authority
+        if host.first == "[", let close = host.firstIndex(of: "]") { host = host[host.index(after: close)...] }
+        guard let colon = host.firstIndex(of: ":") else { return nil }
+        let port = host[host.index(after: colon)...]
+        return port.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) ? nil : colon
     }
 
     /// What lies between `://` and the last `@`, if there is such a part.
@@ -249,6 +267,12 @@ enum Validation {
     }
 
     // MARK: - seal keys
+
+    /// A key id as an error shows it: as written when it could be one (32 bytes at most), otherwise only its length —
+    /// a longer name may be a key written where its id goes (a 32-byte key is 44 characters of base64).
+    static func shownKeyID(_ id: String) -> String {
+        id.utf8.count <= 32 ? id : "<\(id.utf8.count) characters, not shown: a key in place of its id?>"
+    }
 
     /// Lower-case letters, digits and underscores, starting with a letter or digit, up to 32;
     /// `file` is taken by `KISGW_SEAL_KEYS_FILE`.

@@ -76,6 +76,22 @@ let badInputs: [BadInput] = [
         message: "environment KISGW_REDIS_URL: must end with a database number (/0 to /999999999) or nothing, got \"redis://u:[REDACTED]@localhost/x\"",
         kind: .invalidValue, hidden: ["s3cret"]),
     BadInput(
+        name: "redis url with a password and no host keeps the password out", environment: ["KISGW_REDIS_URL": "redis://:secretpw"],
+        message: "environment KISGW_REDIS_URL: has an invalid host or port; must be redis://[:password@]host[:port][/db] or rediss://…, got \"redis://:[REDACTED]\"",
+        kind: .invalidValue, hidden: ["secretpw"]),
+    BadInput(
+        name: "redis url with user:password and no @ keeps the password out", environment: ["KISGW_REDIS_URL": "redis://u:secretpw/0"],
+        message: "environment KISGW_REDIS_URL: has an invalid host or port; must be redis://[:password@]host[:port][/db] or rediss://…, got \"redis://u:[REDACTED]\"",
+        kind: .invalidValue, hidden: ["secretpw"]),
+    BadInput(
+        name: "database url with user:password and no @ keeps the password out", environment: ["KISGW_BROKER_DATABASE": "postgres://u:secretpw"],
+        message: "environment KISGW_BROKER_DATABASE: has a missing or invalid host; must be sqlite:<path> or postgres://user@host[:port]/database, got \"postgres://u:[REDACTED]\"",
+        kind: .invalidValue, hidden: ["secretpw"]),
+    BadInput(
+        name: "a seal key where [seal] current's id goes is not shown", toml: "[seal]\ncurrent = \"\(base64Key(32))\"",
+        message: "<FILE>: [seal] current: must be a key id of 1 to 32 lower-case letters, digits and underscores, like k1, got \"<44 characters, not shown: a key in place of its id?>\"",
+        kind: .invalidValue, hidden: [base64Key(32)]),
+    BadInput(
         name: "bad origin pattern", toml: "[cors]\nallow_origins = [\"https://*.com\"]",
         message: "<FILE>: [cors] allow_origins: must name a registrable domain after *. (like *.example.com, not *.com), got \"https://*.com\"",
         kind: .invalidValue),
@@ -304,6 +320,11 @@ struct ErrorTests {
         let numeric = writeFile("k1 = 5\n", name: "keys.toml")
         let second = try #require(try brokerError(numeric))
         #expect(second.description == "\(numeric): [seal.keys] k1: must be a base64 string of exactly 32 bytes, got 5")
+        // A key written where its id goes (`"<key>" = "k1"`): the error shows neither.
+        let swapped = writeFile("\"\(base64Key(32))\" = \"k1\"\n", name: "keys.toml")
+        let fourth = try #require(try brokerError(swapped))
+        #expect(fourth.description == "\(swapped): [seal.keys] <44 characters, not shown: a key in place of its id?>: must be a key id of 1 to 32 lower-case letters, digits and underscores, like k1")
+        #expect(!fourth.description.contains(base64Key(32)))
         let directory = temporaryDirectory()
         let third = try #require(try brokerError(directory))
         #expect(third.description.hasSuffix(": [seal] keys_file: cannot read \"\(directory)\": it is a directory"))
