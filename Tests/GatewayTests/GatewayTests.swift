@@ -298,6 +298,16 @@ struct GatewayChartTests {
             let notModified = try await http(.HEAD, g.gatewayURL + path,
                                              headers: credentials + [("If-None-Match", get.header("ETag") ?? "")])
             #expect(notModified.status == 304 && notModified.body.isEmpty)
+            // gateway-api.md: "Every response that depends on `Origin` has `Vary: Origin`" — a 200 and a 304 carry
+            // CORS headers for the asking origin, so a shared cache must not answer another origin with them.
+            let getNotModified = try await http(.GET, g.gatewayURL + path,
+                                                headers: credentials + [("If-None-Match", get.header("ETag") ?? "")])
+            #expect(getNotModified.status == 304 && getNotModified.body.isEmpty)
+            for (what, r) in [("200", get), ("HEAD 200", head), ("HEAD 304", notModified), ("304", getNotModified)] {
+                let vary = r.headers("Vary").flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }
+                #expect(vary.contains { $0.caseInsensitiveCompare("Origin") == .orderedSame }, "\(what): Vary \(vary)")
+                #expect(r.header("Access-Control-Allow-Origin") == "http://localhost:3000", "\(what)")
+            }
             // Problems too: the status and headers of the GET's, no body.
             let refused = try await http(.HEAD, g.gatewayURL + path, headers: [("Origin", "http://localhost:3000")])
             #expect(refused.status == 401 && refused.body.isEmpty)

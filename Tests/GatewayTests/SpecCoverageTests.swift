@@ -93,6 +93,38 @@ struct GatewaySpecTests {
         }
     }
 
+    /// gateway-api.md, Freshness, through the gateway: a chart whose range includes today is live — `live_ttl_s`
+    /// while the session is open, then a minute at a time while the day's bar settles, then until the next opening (at
+    /// most settled_ttl_s) — and one that ended before the current trading day is settled. Whatever the hour the test
+    /// runs at, the answer's max-age is the policy's TTL for that query at the moment the entry was stored, between
+    /// what the policy says just before the request and just after it; and it is not settled_ttl_s.
+    @Test("a chart that includes today is fresh for the policy's TTL at that moment (live, settling or until the next open), not settled_ttl_s",
+          arguments: ["/domestic/chart/daily/000270", "/overseas/NAS/chart/daily/AAPL", "/overseas/TSE/chart/daily/7203"])
+    func todayFreshnessThroughTheGateway(route: String) async throws {
+        let cache = KisgwConfig.Cache(liveTTLS: 7, settledTTLS: 30 * 86_400)
+        let policy = FreshnessPolicy(liveTTL: 7, settledTTL: 30 * 86_400)
+        try await withGateway(config: { testConfig(simURL: $0, cache: cache) }) { g, _ in
+            let (jwt, kis) = try await g.signIn("today-fresh")
+            let parts = route.split(separator: "/")
+            func query(_ now: Date) throws -> ChartQuery {  // no start, no end: the default range, ending today
+                parts[0] == "domestic"
+                    ? try ChartQuery.domestic(symbol: parts[3], query: [:], maxRangeDays: 3660, now: now)
+                    : try ChartQuery.overseas(exchange: parts[1], symbol: parts[4], query: [:], maxRangeDays: 3660, now: now)
+            }
+            let before = Date()
+            let ttlBefore = policy.ttl(for: try query(before), now: before)
+            let r = try await g.get(route, jwt: jwt, kis: kis)
+            let after = Date()
+            let ttlAfter = policy.ttl(for: try query(after), now: after)
+            #expect(r.status == 200, "\(r.status) \(r.text)")
+            #expect(r.header("X-Cache") == "MISS")
+            let maxAge = try #require(Self.maxAge(r), "\(r.header("Cache-Control") ?? "no Cache-Control")")
+            #expect(min(ttlBefore, ttlAfter) <= maxAge && maxAge <= max(ttlBefore, ttlAfter),
+                    "max-age \(maxAge), the policy's TTL \(ttlBefore) before the request and \(ttlAfter) after")
+            #expect(maxAge < 30 * 86_400, "max-age \(maxAge) is settled_ttl_s: today's chart was taken as settled")
+        }
+    }
+
     // MARK: parameters
 
     /// kis-api.md §4 and §5: `FID_ORG_ADJ_PRC` `0` and `MODP` `1` ask for adjusted prices. The body's `adjusted` flag
