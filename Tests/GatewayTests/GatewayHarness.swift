@@ -96,7 +96,8 @@ func testConfig(simURL: String, origins: [String] = ["http://localhost:3000", "h
                 upstreamTimeoutMs: Int = 3000, maxQueueMs: Int = 2000, liveRate: Double = 1000,
                 sandboxRate: Double = 1, cache: KisgwConfig.Cache = KisgwConfig.Cache(),
                 maxHeaderBytes: Int = 16_384, requestTimeoutMs: Int = 10_000,
-                broker: KisgwConfig.Broker = KisgwConfig.Broker(), liveURL: String? = nil) -> KisgwConfig {
+                broker: KisgwConfig.Broker = KisgwConfig.Broker(), liveURL: String? = nil,
+                maxRangeDays: Int = 3660) -> KisgwConfig {
     KisgwConfig(
         server: .init(host: "127.0.0.1", port: 0, requestTimeoutMs: requestTimeoutMs, maxHeaderBytes: maxHeaderBytes),
         cors: .init(allowOrigins: origins.map { OriginPattern($0)! }, allowCredentials: true, maxAgeS: 600),
@@ -104,6 +105,7 @@ func testConfig(simURL: String, origins: [String] = ["http://localhost:3000", "h
         kis: .init(liveURL: liveURL ?? simURL, sandboxURL: simURL, liveRatePerS: liveRate, sandboxRatePerS: sandboxRate),
         upstream: .init(timeoutMs: upstreamTimeoutMs, maxQueueMs: maxQueueMs, retries: 2),
         cache: cache,
+        limits: .init(maxRangeDays: maxRangeDays),
         broker: broker)
 }
 

@@ -412,4 +412,26 @@ struct GatewaySpecTests {
             }
         }
     }
+
+    /// `[limits] max_range_days` set to 30 reaches both ways a request is answered: the hit path (a user's second
+    /// request) and the router (the first), domestic and overseas; and the default range (150 days before `end`) is
+    /// cut to it rather than refused.
+    @Test("[limits] max_range_days = 30: 30 days are answered, 31 are range_too_large, the default range is 30 days")
+    func configuredRangeLimit() async throws {
+        try await withGateway(config: { testConfig(simURL: $0, maxRangeDays: 30) }) { g, _ in
+            let (jwt, kis) = try await g.signIn("range-30")
+            for _ in 0..<2 {  // the router's answer first, then the hit path's for the same user
+                for base in ["/domestic/chart/daily/005930", "/overseas/NAS/chart/daily/AAPL"] {
+                    let longest = try await g.get(base + "?start=2025-01-01&end=2025-01-31", jwt: jwt, kis: kis)
+                    #expect(longest.status == 200, "\(base): \(longest.text)")
+                    let tooLong = try await g.get(base + "?start=2025-01-01&end=2025-02-01", jwt: jwt, kis: kis)
+                    #expect(tooLong.status == 400, "\(base)")
+                    #expect(tooLong.code == "range_too_large", "\(base): \(tooLong.text)")
+                    let defaulted = try await g.get(base + "?end=2025-03-31", jwt: jwt, kis: kis)
+                    #expect(defaulted.status == 200, "\(base): \(defaulted.text)")
+                    #expect(defaulted.json["start"] as? String == "2025-03-01", "\(base)")
+                }
+            }
+        }
+    }
 }
