@@ -444,9 +444,7 @@ final class HitPath: Sendable {
         } catch {
             return nil
         }
-        // Valid for a minute, and never across the exchange's local midnight (when "today" changes).
-        let minute = chartQuery.exchange.localTime(now).minute
-        let until = nowSeconds + Int64(min(60, (1439 - minute) * 60))
+        let until = Self.memoValidUntil(chartQuery.exchange, now: now, nowSeconds: nowSeconds)
         // A chart URI is some 70 bytes; a longer one (padded with parameters nobody reads) is resolved every time
         // rather than remembered, so the memo holds at most `resolvedLimit` short keys.
         if uri.utf8.count <= Self.memoizedURILimit {
@@ -460,6 +458,12 @@ final class HitPath: Sendable {
 
     /// The longest URI whose resolved query is remembered.
     static let memoizedURILimit = 512
+
+    /// Until when (Unix seconds) a query resolved at `now` is remembered: a minute, and never past the exchange's
+    /// local midnight, when "today" — a default `end` — changes (not at all in the day's last minute).
+    static func memoValidUntil(_ exchange: Exchange, now: Date, nowSeconds: Int64) -> Int64 {
+        nowSeconds + Int64(min(60, (1439 - exchange.localTime(now).minute) * 60))
+    }
 
     // MARK: - parsing
 

@@ -645,3 +645,36 @@ enum RawHTTP {
     }
 }
 
+
+/// gateway-api.md: an omitted `end` is "today in the market's own time zone". The hit path remembers each URI's
+/// resolved query, so that memo must end by the exchange's local midnight.
+@Suite("Hit path: remembered queries")
+struct HitPathMemoTests {
+    static func instant(_ iso: String) -> Date { ISO8601DateFormatter().date(from: iso)! }
+
+    @Test("a resolved query is remembered for a minute at most, and never past the exchange's local midnight",
+          arguments: [
+              // (exchange, an instant, its local midnight after it)
+              (Exchange.krx, "2025-06-02T14:59:30Z", "2025-06-02T15:00:00Z"),  // 23:59:30 KST
+              (Exchange.krx, "2025-06-02T14:58:59Z", "2025-06-02T15:00:00Z"),  // 23:58:59 KST
+              (Exchange.krx, "2025-06-02T03:00:00Z", "2025-06-02T15:00:00Z"),  // noon KST
+              (Exchange.nas, "2025-07-01T03:59:10Z", "2025-07-01T04:00:00Z"),  // 23:59:10 EDT
+              (Exchange.nas, "2025-01-07T04:58:40Z", "2025-01-07T05:00:00Z"),  // 23:58:40 EST
+              (Exchange.tse, "2025-03-03T14:59:59Z", "2025-03-03T15:00:00Z"),  // 23:59:59 JST
+          ])
+    func memoEndsByLocalMidnight(exchange: Exchange, at iso: String, midnight: String) {
+        let now = Self.instant(iso)
+        let nowSeconds = Int64(now.timeIntervalSince1970)
+        let until = HitPath.memoValidUntil(exchange, now: now, nowSeconds: nowSeconds)
+        let midnightSeconds = Int64(Self.instant(midnight).timeIntervalSince1970)
+        #expect(until <= midnightSeconds, "remembered until \(until - midnightSeconds) s past local midnight")
+        #expect(until <= nowSeconds + 60)
+        // The day's date as the exchange sees it is the same at both ends of the memo.
+        if until > nowSeconds {
+            let last = Date(timeIntervalSince1970: TimeInterval(until - 1))
+            #expect(exchange.localTime(last).date == exchange.localTime(now).date)
+        }
+        // Far from midnight, a whole minute.
+        if midnightSeconds - nowSeconds > 120 { #expect(until == nowSeconds + 60) }
+    }
+}
