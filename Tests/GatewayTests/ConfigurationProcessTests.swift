@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Logging
 import NIOHTTP1
@@ -115,6 +116,46 @@ struct SharedConfigurationProcessTests {
             "jwt", env: env.merging(["KISGW_SERVER_PORT": "8123"]) { a, _ in a }, arguments: ["--sub", "u1"])
         #expect(overridden.terminationReason == .exit && overridden.terminationStatus == 0,
                 "\(overridden.terminationStatus): \(overriddenText)")
+    }
+
+    /// README (The verbs): `kisgw jwt --sub ID [--ttl SECONDS]` prints an HS256 JWT signed with the configured secret,
+    /// carrying `[auth.jwt] issuer` and `audience` — what the gateway and broker then require. Read back here
+    /// without the project's verifier: the signature is HMAC-SHA256 of the first two parts with the secret.
+    @Test("kisgw jwt prints an HS256 JWT with sub, iat, exp = iat + --ttl, and the configured iss and aud, signed with the secret")
+    func jwtVerbClaims() throws {
+        let directory = Scratch.directory("jwt-claims")
+        let config = directory + "/gateway.toml"
+        try writeText("[auth.jwt]\nissuer = \"kisgw-tests\"\naudience = \"charts\"\n", config)
+        let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
+        let process = kisgwProcess(binary, "jwt")
+        process.arguments = ["jwt", "--sub", "user-42", "--ttl", "600", "--config", config]
+        process.environment = process.environment?.merging(["KISGW_AUTH_JWT_HS256_SECRET": testSecret]) { _, new in new }
+        let before = Int(Date().timeIntervalSince1970)
+        let output = try process.runToExit(capturing: .standardOutput)
+        let after = Int(Date().timeIntervalSince1970)
+        #expect(process.terminationReason == .exit && process.terminationStatus == 0)
+        let parts = output.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ".").map(String.init)
+        try #require(parts.count == 3, "\(output)")
+        func json(_ part: String) throws -> [String: Any] {
+            var b64 = part.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+            while b64.count % 4 != 0 { b64 += "=" }
+            let data = try #require(Data(base64Encoded: b64), "not base64url: \(part)")
+            return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        }
+        #expect(try json(parts[0])["alg"] as? String == "HS256")
+        let claims = try json(parts[1])
+        #expect(claims["sub"] as? String == "user-42")
+        #expect(claims["iss"] as? String == "kisgw-tests")
+        let audience = claims["aud"] as? String ?? (claims["aud"] as? [String])?.first
+        #expect(audience == "charts", "aud \(String(describing: claims["aud"]))")
+        let iat = try #require(claims["iat"] as? Int), exp = try #require(claims["exp"] as? Int)
+        #expect(before - 1 <= iat && iat <= after + 1, "iat \(iat), ran \(before)…\(after)")
+        #expect(exp - iat == 600)
+        let signature = HMAC<SHA256>.authenticationCode(for: Data((parts[0] + "." + parts[1]).utf8),
+                                                        using: SymmetricKey(data: Data(testSecret.utf8)))
+        let expected = Data(signature).base64EncodedString().replacingOccurrences(of: "+", with: "-")
+            .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        #expect(parts[2] == expected, "the signature is not HMAC-SHA256 with the configured secret")
     }
 }
 
