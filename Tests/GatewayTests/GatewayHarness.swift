@@ -178,6 +178,24 @@ func storedAt(_ store: any SharedStore, domesticChart path: String) async throws
     return head.count > 1 && head[0] == "kc1" ? Int64(head[1]) : nil
 }
 
+/// Has gateway 0 (`urls[0]`) fetch the domestic chart at `path` (a MISS) and gateway 1 answer it from the store (a
+/// HIT, so that both L1s hold that copy); returns when the store's copy was stored (Unix seconds).
+func fetchedByOneHeldByBoth(_ g: GatewayFixture, _ urls: [String], _ path: String, jwt: String, kis: String)
+    async throws -> Int64
+{
+    #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[0]).header("X-Cache") == "MISS")
+    try await waitUntilShared(g.store, domesticChart: path)
+    #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[1]).header("X-Cache") == "HIT")
+    return try #require(try await storedAt(g.store, domesticChart: path))
+}
+
+/// Whether the store comes to hold a copy of the domestic chart at `path` stored after `since` (Unix seconds).
+func storedAfter(_ since: Int64, _ store: any SharedStore, domesticChart path: String) async throws -> Bool {
+    try await eventually(timeout: .seconds(10)) {
+        try await storedAt(store, domesticChart: path).map { $0 > since } ?? false
+    }
+}
+
 /// Waits until the gateway that fetched the domestic chart at `path` (`/domestic/chart/daily/SYMBOL?start=…&end=…`)
 /// has shared it with the fleet: it stores the entry and releases its fleet lock after it has answered, so a
 /// request to another gateway right after the answer may still find the lock held and wait for the fill.

@@ -619,9 +619,7 @@ struct GatewayUpstreamTests {
             let kis = try await g.connect(user: "u-refreshed", appKey: "PSapp-refreshed")
             let jwt = try await g.jwt("u-refreshed")
             let path = "/domestic/chart/daily/051910?start=2025-03-03&end=2025-05-30"  // settled: fresh for 2 s
-            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[0]).header("X-Cache") == "MISS")
-            try await waitUntilShared(g.store, domesticChart: path)
-            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[1]).header("X-Cache") == "HIT")
+            _ = try await fetchedByOneHeldByBoth(g, urls, path, jwt: jwt, kis: kis)
             try await Task.sleep(for: .milliseconds(2100))  // both L1 copies and the store's are past freshness
             let refreshed = try await g.get(path, jwt: jwt, kis: kis, base: urls[0])
             #expect(refreshed.header("X-Cache") == "MISS")
@@ -646,18 +644,13 @@ struct GatewayUpstreamTests {
             let kis = try await g.connect(user: "u-swr-fleet", appKey: "PSapp-swr-fleet")
             let jwt = try await g.jwt("u-swr-fleet")
             let path = "/domestic/chart/daily/000660?start=2025-03-03&end=2025-05-30"  // settled: fresh for 3 s
-            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[0]).header("X-Cache") == "MISS")
-            try await waitUntilShared(g.store, domesticChart: path)
-            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[1]).header("X-Cache") == "HIT")  // its L1 copy
-            let first = try #require(try await storedAt(g.store, domesticChart: path))
+            let first = try await fetchedByOneHeldByBoth(g, urls, path, jwt: jwt, kis: kis)
             try await Task.sleep(for: .milliseconds(3100))  // every copy past freshness, well inside the 60 s
             // Gateway 0 serves its own copy STALE and refreshes the chart for the fleet in the background.
             let stale = try await g.get(path, jwt: jwt, kis: kis, base: urls[0])
             #expect(stale.header("X-Cache") == "STALE")
             #expect(stale.header("Cache-Control") == "private, max-age=0")
-            #expect(try await eventually(timeout: .seconds(10)) {
-                try await storedAt(g.store, domesticChart: path).map { $0 > first } ?? false
-            })
+            #expect(try await storedAfter(first, g.store, domesticChart: path))
             let calls = try await g.simStats()["domestic_daily"]
             let answer = try await g.get(path, jwt: jwt, kis: kis, base: urls[1])
             #expect(answer.status == 200)
@@ -679,17 +672,12 @@ struct GatewayUpstreamTests {
             let kis = try await g.connect(user: "u-sie-fleet", appKey: "PSapp-sie-fleet")
             let jwt = try await g.jwt("u-sie-fleet")
             let path = "/domestic/chart/daily/005490?start=2025-03-03&end=2025-05-30"
-            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[0]).header("X-Cache") == "MISS")
+            let first = try await fetchedByOneHeldByBoth(g, urls, path, jwt: jwt, kis: kis)
             let t0 = ContinuousClock.now  // the first copy was stored (whole seconds, s0) by now: s0 ≤ t0
-            try await waitUntilShared(g.store, domesticChart: path)
-            #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[1]).header("X-Cache") == "HIT")
-            let first = try #require(try await storedAt(g.store, domesticChart: path))
             // Past the first copy's freshness (s0 + 2): gateway 0 fetches again and stores a copy at s1 > t0 + 1.
             try await Task.sleep(until: t0 + .milliseconds(2100))
             #expect(try await g.get(path, jwt: jwt, kis: kis, base: urls[0]).header("X-Cache") == "MISS")
-            #expect(try await eventually(timeout: .seconds(10)) {
-                try await storedAt(g.store, domesticChart: path).map { $0 > first } ?? false
-            })
+            #expect(try await storedAfter(first, g.store, domesticChart: path))
             // Gateway 1's copy is past s0 + 2 + 4; the store's is past freshness but inside its window (s1 + 6 > t0 + 7).
             try await Task.sleep(until: t0 + .milliseconds(6200))
             _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"http500"}"#)
