@@ -254,18 +254,21 @@ func appKey(_ tag: String) -> String {
     return String(base.prefix(32)) + "wxyz"
 }
 
-/// ``testConfig(simURL:database:refreshIntervalS:refreshAheadS:reuseWindowS:reconcileIntervalS:upstreamTimeoutMs:)``
+/// ``testConfig(simURL:database:refreshIntervalS:refreshAheadS:reuseWindowS:reconcileIntervalS:upstreamTimeoutMs:jwtIssuer:jwtAudience:)``
 /// with the scheduler and the reconciler an hour apart: a test that moves the clocks decides every issuance itself.
 @Sendable func quietSchedulerConfig(simURL: String, database: BrokerDatabase) -> KisgwConfig {
     testConfig(simURL: simURL, database: database, refreshIntervalS: 3600, reconcileIntervalS: 3600)
 }
 
+/// `jwtIssuer` and `jwtAudience` are `[auth.jwt]` `issuer` and `audience`.
 func testConfig(simURL: String, database: BrokerDatabase, refreshIntervalS: Int = 60, refreshAheadS: Int = 3600,
-                reuseWindowS: Int = 21600, reconcileIntervalS: Int = 60, upstreamTimeoutMs: Int = 3000) -> KisgwConfig
+                reuseWindowS: Int = 21600, reconcileIntervalS: Int = 60, upstreamTimeoutMs: Int = 3000,
+                jwtIssuer: String? = nil, jwtAudience: String? = nil) -> KisgwConfig
 {
     KisgwConfig(
         cors: .init(allowOrigins: [OriginPattern("http://localhost:3000")!], allowCredentials: true, maxAgeS: 600),
-        auth: .init(jwt: .init(algorithms: [.hs256], hs256Secret: Secret(testSecret))),
+        auth: .init(jwt: .init(algorithms: [.hs256], hs256Secret: Secret(testSecret), issuer: jwtIssuer,
+                               audience: jwtAudience)),
         kis: .init(liveURL: simURL, sandboxURL: simURL),
         upstream: .init(timeoutMs: upstreamTimeoutMs, maxQueueMs: 2000, retries: 0),
         broker: .init(host: "127.0.0.1", port: 0, database: database, refreshIntervalS: refreshIntervalS,

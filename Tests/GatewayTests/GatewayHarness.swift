@@ -91,17 +91,19 @@ func makeStore(_ kind: StoreKind, prefix: String = "t\(UInt32.random(in: 0...UIn
     }
 }
 
-/// The configuration a test gateway runs with; `tweak` adjusts it.
+/// The configuration a test gateway runs with; `tweak` adjusts it. `jwtIssuer` and `jwtAudience` are `[auth.jwt]`
+/// `issuer` and `audience`.
 func testConfig(simURL: String, origins: [String] = ["http://localhost:3000", "https://*.example.com"],
                 upstreamTimeoutMs: Int = 3000, maxQueueMs: Int = 2000, liveRate: Double = 1000,
                 sandboxRate: Double = 1, cache: KisgwConfig.Cache = KisgwConfig.Cache(),
                 maxHeaderBytes: Int = 16_384, requestTimeoutMs: Int = 10_000,
                 broker: KisgwConfig.Broker = KisgwConfig.Broker(), liveURL: String? = nil,
-                maxRangeDays: Int = 3660) -> KisgwConfig {
+                jwtIssuer: String? = nil, jwtAudience: String? = nil, maxRangeDays: Int = 3660) -> KisgwConfig {
     KisgwConfig(
         server: .init(host: "127.0.0.1", port: 0, requestTimeoutMs: requestTimeoutMs, maxHeaderBytes: maxHeaderBytes),
         cors: .init(allowOrigins: origins.map { OriginPattern($0)! }, allowCredentials: true, maxAgeS: 600),
-        auth: .init(jwt: .init(algorithms: [.hs256], hs256Secret: Secret(testSecret))),
+        auth: .init(jwt: .init(algorithms: [.hs256], hs256Secret: Secret(testSecret), issuer: jwtIssuer,
+                               audience: jwtAudience)),
         kis: .init(liveURL: liveURL ?? simURL, sandboxURL: simURL, liveRatePerS: liveRate, sandboxRatePerS: sandboxRate),
         upstream: .init(timeoutMs: upstreamTimeoutMs, maxQueueMs: maxQueueMs, retries: 2),
         cache: cache,
