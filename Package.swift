@@ -380,6 +380,7 @@ let package = Package(
                 "Redis",
                 "Tokens",
                 "KIS",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
