@@ -194,7 +194,7 @@ struct SchedulerTests {
                         // Copy 0 takes the lease and starts its pass; copy 1 starts then, and asks for the lease every tick.
                         let first = Task { try await copies[0].run() }
                         defer { first.cancel() }
-                        #expect(try await eventually(timeout: .seconds(10)) { holds(0) && kis.calls.count == 1 })
+                        #expect(await eventually(timeout: .seconds(10)) { holds(0) && kis.calls.count == 1 })
                         let passStart = ContinuousClock.now
                         let lease = try await store.get(BrokerScheduler.leaseKey).map { String(buffer: $0) }
                         #expect(lease != nil)
@@ -234,16 +234,16 @@ struct SchedulerTests {
                         // A day on, every account is due again. The holder's next pass is held inside its first tokenP
                         // call while another copy takes the lease (the key deleted, as if it had expired): once that call
                         // answers, the holder's pass stops, and the new holder refreshes the other accounts.
-                        #expect(try await eventually(timeout: .seconds(10)) { holds(0) != holds(1) })  // a copy that lost it notices at its next tick
+                        #expect(await eventually(timeout: .seconds(10)) { holds(0) != holds(1) })  // a copy that lost it notices at its next tick
                         let holder = try #require([0, 1].first(where: holds))
                         let other = 1 - holder
                         let before = kis.calls.count
                         kis.set(delay: .zero, holding: true)
                         clock.advance(86400 - 1800)
-                        try #require(try await eventually(timeout: .seconds(10)) { kis.calls.count == before + 1 })
+                        try #require(await eventually(timeout: .seconds(10)) { kis.calls.count == before + 1 })
                         try #require(kis.calls.last?.copy == holder)
                         try await store.delete(BrokerScheduler.leaseKey)
-                        #expect(try await eventually(timeout: .seconds(10)) { holds(other) })
+                        #expect(await eventually(timeout: .seconds(10)) { holds(other) })
                         kis.set(holding: false)
                         let done = await eventually(timeout: .seconds(15)) { refreshed(kis.calls[before...]) && kis.inFlight == 0 }
                         #expect(done)
@@ -292,11 +292,11 @@ struct SchedulerTests {
                     }
                     let first = Task { try await copies[0].run() }
                     defer { first.cancel() }
-                    #expect(try await eventually(timeout: .seconds(10)) { copies[0].holdsLease.load(ordering: .relaxed) && kis.calls.count == 1 })
+                    #expect(await eventually(timeout: .seconds(10)) { copies[0].holdsLease.load(ordering: .relaxed) && kis.calls.count == 1 })
                     let second = Task { try await copies[1].run() }
                     defer { second.cancel() }
                     // The call takes 4.5 s; copy 1 asks for the lease every second meanwhile.
-                    #expect(try await eventually(timeout: .seconds(10)) { kis.inFlight == 0 })
+                    #expect(await eventually(timeout: .seconds(10)) { kis.inFlight == 0 })
                     #expect(took[1].value == 0, "copy 1 took the lease during copy 0's refresh")
                     #expect(kis.calls.allSatisfy { $0.copy == 0 } && kis.calls.count == 1, "\(kis.calls.map(\.copy))")
                     for run in [first, second] {
@@ -368,7 +368,7 @@ struct SchedulerTests {
                     defer { run.cancel() }
                     // A refusal may be a temporary lockout (kis-api.md): the refused key pair is asked again after the
                     // backoff, like any failure, and its account stays active.
-                    #expect(try await eventually(timeout: .seconds(15)) { calls.withLock { $0[refused] ?? 0 } >= 3 })
+                    #expect(await eventually(timeout: .seconds(15)) { calls.withLock { $0[refused] ?? 0 } >= 3 })
                     #expect(try await repository.account(userID: "u-sf0", environment: .sandbox)?.isActive == true)
                     try await Task.sleep(for: .seconds(4))
                     let early = calls.withLock { $0 }
@@ -537,7 +537,7 @@ struct SchedulerTests {
                 let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1, logger: logger)
                 let run = Task { try await scheduler.run() }
                 defer { run.cancel() }
-                try #require(try await eventually(timeout: .seconds(10)) { scheduler.holdsLease.load(ordering: .relaxed) })
+                try #require(await eventually(timeout: .seconds(10)) { scheduler.holdsLease.load(ordering: .relaxed) })
                 _ = try await admin.send(RedisCommand("ACL", ["SETUSER", "sched", "-@all"]))
                 try await Task.sleep(for: .seconds(3))
                 let tries = warnings.count("the shared store does not answer; the scheduler waits")
@@ -603,7 +603,7 @@ struct SchedulerTests {
                     let run = Task { try await scheduler.run() }
                     defer { run.cancel() }
                     // The pass is under way; the store loses the live token (as after a FLUSHALL).
-                    try #require(try await eventually(timeout: .seconds(10)) { kis.calls.count == 1 })
+                    try #require(await eventually(timeout: .seconds(10)) { kis.calls.count == 1 })
                     let lost = ContinuousClock.now
                     try await store.delete(record)
                     _ = try await store.setRemove(userSet, members: [kept.sha256])
