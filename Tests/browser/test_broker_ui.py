@@ -342,6 +342,39 @@ def test_refused_jwt_does_not_end_a_working_session(browser, stack):
     assert browser.execute_script("return sessionStorage.getItem('kisgw.jwt')") == jwt
 
 
+def test_broker_unreachable_at_reload_keeps_the_session_and_asks_again(browser, stack):
+    """A reload while the broker's account API cannot be reached (blocked at the browser's network layer) does not
+    throw the signed-in session away: the JWT is kept, the session starts, the status says the account could not be
+    checked, and the page asks again (2 s, then doubling) — connected once the broker answers. Before, the page showed
+    the sign-in prompt and sat there; a 5xx (the broker's store down) also deleted the stored JWT."""
+    user, key, secret = own_user()
+    browser.get(f'{stack.broker}/')
+    wait(browser, lambda d: el(d, 'signin-state').text == 'JWT 를 입력하세요')
+    jwt = sign_in(browser, stack, user)
+    fill_connect(browser, key=key, secret=secret)
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'),
+         message=f'not connected: {status(browser)} {visible_error_toasts(browser)}')
+    browser.execute_cdp_cmd('Network.enable', {})
+    browser.execute_cdp_cmd('Network.setBlockedURLs', {'urls': ['*/api/kis/account*']})
+    try:
+        # The KIS token kept in this browser is gone too (another browser, or its entry cleared): only the broker can
+        # say the account is connected.
+        browser.execute_script('localStorage.clear()')
+        browser.refresh()
+        wait(browser, lambda d: el(d, 'signin-state').text == f'{user} 로그인됨',
+             message=f'the session was not kept: {el(browser, "signin-state").text!r} {toast_texts(browser)}')
+        assert browser.execute_script("return sessionStorage.getItem('kisgw.jwt')") == jwt
+        wait(browser, lambda d: '브로커에서 계정 상태를 확인하지 못했습니다' in el(d, 'status-detail').text,
+             message=f'no word of the failed check: {el(browser, "status-detail").text!r}')
+        assert any('다시 시도합니다' in t for t in toast_texts(browser)), toast_texts(browser)
+    finally:
+        browser.execute_cdp_cmd('Network.setBlockedURLs', {'urls': []})
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'), timeout=30,
+         message=f'not connected once the broker answered: {status(browser)} {el(browser, "status-detail").text!r}')
+    assert '확인하지 못했습니다' not in el(browser, 'status-detail').text
+    assert browser.execute_script('return window.__kisgw.state().token'), 'no KIS token after the account was read'
+
+
 def test_broker_ui_off(stack, tmp_path):
     # Its own database and Redis prefix: a broker repairs the store from its database, which must not touch the
     # first broker's tokens.

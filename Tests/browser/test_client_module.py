@@ -155,6 +155,35 @@ const st = c.state().environments;
 return {calls, token: c.token(), sawExpiredFailing: seen.includes('expired:2'), status: st.SANDBOX.status,
         account: st.SANDBOX.account, live: st.LIVE.status};
 """,
+    'account_read_retried_until_the_broker_answers': r"""
+const {mod, json, future} = window.__t;
+let reads = 0, liveReads = 0;
+const fetch = async (url) => {
+  const u = new URL(url, location.href);
+  if (u.pathname === '/api/kis/account') {
+    if (u.searchParams.get('environment') === 'LIVE') {
+      liveReads++;
+      return json(404, {code: 'account_not_found', status: 404, detail: 'no account'});
+    }
+    reads++;
+    if (reads <= 2) return json(503, {code: 'store_unavailable', status: 503, detail: 'the token store is down'});
+    return json(200, {environment: 'SANDBOX', accountNumber: '1234****-01', appKey: 'PSab…wxyz', connected: true});
+  }
+  if (u.pathname === '/api/kis/token/refresh') return json(200, {token: 'NEW', expiresAt: future(86400)});
+  return json(404, {code: 'not_found'});
+};
+const store = new mod.TokenStore({scope: 'contract-' + Math.random()});
+const c = mod.createKisClient({gatewayUrl: 'http://gw.invalid', getJwt: () => 'J', fetch, store, backoffBaseMs: 200});
+const s0 = (await c.init()).environments;
+const first = [s0.SANDBOX.status, Boolean(s0.SANDBOX.syncError), s0.LIVE.syncError];
+const t0 = Date.now();
+while (c.token() !== 'NEW' && Date.now() - t0 < 8000) await new Promise(r => setTimeout(r, 20));
+const waited = Date.now() - t0;
+const st = c.state().environments;
+await new Promise(r => setTimeout(r, 1000));  // nothing asks again once it answered
+c.stop();
+return {first, reads, liveReads, waited, status: st.SANDBOX.status, syncError: st.SANDBOX.syncError, token: c.token()};
+""",
     'first_key_race': r"""
 const {mod, future} = window.__t;
 // A first visit: no key yet. Several tabs (here, stores) create one at the same moment; every one must end up
@@ -285,3 +314,14 @@ def test_connected_account_without_local_token_gets_one_with_backoff(page):
     r = run(page, SCENARIOS['new_browser_gets_token_with_retries'])
     assert r == {'calls': 3, 'token': 'NEW', 'sawExpiredFailing': True, 'status': 'connected',
                  'account': '1234****-01', 'live': 'disconnected'}, r
+
+
+def test_account_read_the_broker_failed_is_said_and_asked_again_with_backoff(page):
+    page.set_script_timeout(20)
+    r = run(page, SCENARIOS['account_read_retried_until_the_broker_answers'])
+    # Failed at first (503): said in the state, not taken for "no account"; the account with no answer is not retried.
+    assert r['first'] == ['disconnected', True, None], r
+    # Asked again after 200 ms, then 400 ms: connected at the third read, with a token, and no read after it.
+    assert r['reads'] == 3 and r['liveReads'] == 1, r
+    assert 550 <= r['waited'] < 4000, r
+    assert (r['status'], r['syncError'], r['token']) == ('connected', None, 'NEW'), r

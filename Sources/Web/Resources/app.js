@@ -168,6 +168,7 @@ function render(s = client?.state()) {
   if (e.refreshing) detail += ' · 갱신 중…';
   else if (e.refreshFailures > 0) detail += ` · 토큰 갱신 실패 ${e.refreshFailures}회`;
   if (s.signInRequired) detail += ' · 다시 로그인 필요';
+  if (e.syncError) detail += ' · 브로커에서 계정 상태를 확인하지 못했습니다 (다시 시도 중)';
   $('status-detail').textContent = detail;
 
   // account panel
@@ -531,11 +532,17 @@ async function main() {
     if (stored && (!requested || jwtSubject(stored) === requested)) {
       const refused = await checkJwt({ jwt: stored });
       if (!refused) await startSession(stored);
-      else {
-        if (refused.code !== 'network') sessionStorage.removeItem(JWT_KEY);
-        showSignInState(config.demo ? '로그인하세요' : 'JWT 를 입력하세요', refused.code !== 'network');
+      else if (refused.signInRequired || refused.code === 'auth_required') {
+        sessionStorage.removeItem(JWT_KEY);
+        showSignInState(config.demo ? '로그인하세요' : 'JWT 를 입력하세요', true);
         showChartEmpty('로그인이 필요합니다');
         toast(describeError(refused), 'warn', 8000);
+      } else {
+        // The broker did not refuse the JWT: it did not answer, or failed (a 5xx, its store down). The session goes
+        // on with it — its account read is asked again until the broker answers, and a refusal then still asks for
+        // a sign-in — rather than throwing a working session away.
+        toast(`${describeError(refused)} — 다시 시도합니다`, 'warn', 8000);
+        await startSession(stored);
       }
     } else if (config.demo) await signIn(requested || 'demo');
     else {

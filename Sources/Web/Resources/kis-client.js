@@ -48,6 +48,8 @@
  * @property {number} refreshFailures consecutive failed proactive refreshes
  * @property {string|null} nextRefreshAt ISO time of the next proactive refresh
  * @property {string|null} lastError
+ * @property {string|null} syncError  the broker could not say what account this environment has (it did not answer,
+ *                                    or failed); asked again with a backoff until it answers
  */
 
 /**
@@ -333,6 +335,8 @@ export function createKisClient(options) {
   /** @type {Record<string, Promise<TokenEntry>|null>} */
   const inflight = { SANDBOX: null, LIVE: null };
   const timers = { SANDBOX: null, LIVE: null };
+  /** Retries of an account read the broker did not answer (``syncFailed``). */
+  const syncTimers = { SANDBOX: null, LIVE: null };
   /** @type {Map<string, {etag: string, body: any}>} */
   const etags = new Map();
   const ETAG_LIMIT = 64;
@@ -342,7 +346,7 @@ export function createKisClient(options) {
     return {
       status: 'disconnected', connected: false, expiresAt: null, account: null, appKey: null,
       refreshing: false, refreshFailures: 0, nextRefreshAt: null, lastError: null, token: null, receivedAt: null,
-      refusedToken: null,
+      refusedToken: null, syncError: null, syncFailures: 0,
     };
   }
 
@@ -359,7 +363,7 @@ export function createKisClient(options) {
   function state() {
     const out = { environment, signInRequired, environments: {} };
     for (const env of ENVIRONMENTS) {
-      const { token, receivedAt, refusedToken, ...rest } = envs[env];
+      const { token, receivedAt, refusedToken, syncFailures, ...rest } = envs[env];
       out.environments[env] = { ...rest, status: statusOf(envs[env]) };
     }
     return out;
@@ -447,6 +451,8 @@ export function createKisClient(options) {
   function clearEnv(env) {
     clearTimeout(timers[env]);
     timers[env] = null;
+    clearTimeout(syncTimers[env]);
+    syncTimers[env] = null;
     envs[env] = blankEnv();
   }
 
@@ -554,8 +560,27 @@ export function createKisClient(options) {
       }
     }
     emit();
-    await Promise.all(ENVIRONMENTS.map((env) => syncAccount(env).catch(() => {})));
+    await Promise.all(ENVIRONMENTS.map((env) => syncAccount(env).catch((err) => syncFailed(env, err))));
     return state();
+  }
+
+  /**
+   * The broker could not say what account `env` has — it did not answer, or answered an error that is not about
+   * the JWT: said in the state (`syncError`), and asked again after `backoffBaseMs` (2 s), doubling up to a minute,
+   * until it answers.
+   * A refused JWT is not retried: the session asks for a sign-in instead (``brokerCall``).
+   */
+  function syncFailed(env, err) {
+    if (stopped || err?.signInRequired) return;
+    const e = envs[env];
+    e.syncFailures += 1;
+    e.syncError = err?.message ?? String(err);
+    emit();
+    clearTimeout(syncTimers[env]);
+    syncTimers[env] = setTimeout(() => {
+      syncTimers[env] = null;
+      if (!stopped) syncAccount(env).catch((again) => syncFailed(env, again));
+    }, Math.min(60000, backoffMaxMs, backoffBaseMs * 2 ** (e.syncFailures - 1)));
   }
 
   /**
@@ -577,7 +602,11 @@ export function createKisClient(options) {
     }
     // The account exists; `info.connected` says whether the broker holds a live token for it.
     const e = envs[env];
-    Object.assign(e, { connected: true, account: info.accountNumber ?? e.account, appKey: info.appKey ?? e.appKey });
+    clearTimeout(syncTimers[env]);
+    Object.assign(e, {
+      connected: true, account: info.accountNumber ?? e.account, appKey: info.appKey ?? e.appKey, syncError: null,
+      syncFailures: 0,
+    });
     if (info.connected === false && e.token) {
       // the broker knows the token expired or was revoked: forget ours
       e.token = null;
@@ -774,7 +803,12 @@ export function createKisClient(options) {
     stop() {
       stopped = true;
       globalThis.document?.removeEventListener?.('visibilitychange', onVisible);
-      for (const env of ENVIRONMENTS) { clearTimeout(timers[env]); timers[env] = null; }
+      for (const env of ENVIRONMENTS) {
+        clearTimeout(timers[env]);
+        timers[env] = null;
+        clearTimeout(syncTimers[env]);
+        syncTimers[env] = null;
+      }
     },
     store,
   };
