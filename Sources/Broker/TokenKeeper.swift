@@ -105,11 +105,12 @@ final class TokenKeeper: Sendable {
     /// (sealed, in the shared store) for the `token` call that follows — KIS allows one issuance a minute.
     func validate(userID: String, form: AccountForm) async throws {
         let now = self.now
-        if let stored = try await account(userID, form.environment), stored.appKey == form.appKey,
+        if let stored = try await account(userID, form.environment), stored.isActive, stored.appKey == form.appKey,
             stored.appSecret == form.appSecret, let t = try await currentToken(userID, form.environment), t.expiresAt > now
         {
             return  // already connected with these credentials: KIS accepted them
         }
+        // An account the scheduler switched off (KIS refused its key pair three times) proves nothing: KIS is asked.
         try await refuseIfAnotherUsersAppKey(form.appKey, form.environment, userID: userID)
         if try await peekValidated(form) != nil { return }
         let lock = try await acquireIssueLock(form.environment, form.appKey)

@@ -260,6 +260,34 @@ struct BrokerAPITests {
         }
     }
 
+    /// broker-api.md: validate "proves the credentials at KIS by obtaining a token". Validating the key pair an
+    /// account is connected with, while its token lives, needs no new proof — unless the scheduler switched the
+    /// account off because KIS refused that pair: then KIS is asked again.
+    @Test("validate of an account the scheduler switched off asks KIS again (no shortcut on its stored token)")
+    func validateOfAnInactiveAccountAsksKIS() async throws {
+        let key = appKey("inactive")
+        let sim = SimulatorConfiguration(port: 0, environment: .sandbox, issueInterval: 0)
+        try await withBroker(sim: sim, config: quietSchedulerConfig) { b in
+            let jwt = try await b.jwt("u1")
+            #expect(try await b.post("/api/kis/token", accountBody(key), jwt: jwt).status == 200)
+            func tokenCalls() async throws -> Int {
+                try await (b.sim(.GET, "/__sim/stats").json["calls"] as? [String: Int])?["tokenP"] ?? -1
+            }
+            let before = try await tokenCalls()
+            // Connected, its token live: validating the same pair again is answered without KIS.
+            let again = try await b.post("/api/kis/account/validate", accountBody(key), jwt: jwt)
+            #expect(again.status == 200 && again.json["valid"] as? Bool == true, "\(again.text)")
+            #expect(try await tokenCalls() == before)
+            // The scheduler switched the account off (KIS refused its pair three times): its token proves nothing.
+            try await withRepository(b.database) { repo in
+                try await repo.setAccountActive(userID: "u1", environment: .sandbox, isActive: false, updatedAt: 2)
+            }
+            let asked = try await b.post("/api/kis/account/validate", accountBody(key), jwt: jwt)
+            #expect(asked.status == 200 && asked.json["valid"] as? Bool == true, "\(asked.text)")
+            #expect(try await tokenCalls() == before + 1, "KIS was not asked")
+        }
+    }
+
     @Test("a second issuance within KIS's minute is kis_rate_limited, 429 with Retry-After")
     func rateLimited() async throws {
         try await withBroker { b in
