@@ -184,6 +184,24 @@ await new Promise(r => setTimeout(r, 1000));  // nothing asks again once it answ
 c.stop();
 return {first, reads, liveReads, waited, status: st.SANDBOX.status, syncError: st.SANDBOX.syncError, token: c.token()};
 """,
+    'non_json_error_body_is_not_shown': r"""
+const {mod, json, future, account} = window.__t;
+const fetch = async (url) => {
+  const u = new URL(url, location.href);
+  if (u.pathname === '/api/kis/account') return account(u);
+  if (u.pathname === '/api/kis/token/refresh') return json(200, {token: 'T1', expiresAt: future(86400)});
+  return new Response('<html><body><h1>502 Bad Gateway</h1><hr>nginx</body></html>',
+                      {status: 502, headers: {'Content-Type': 'text/html'}});
+};
+const store = new mod.TokenStore({scope: 'contract-' + Math.random()});
+await store.save({token: 'T1', expiresAt: future(3600), receivedAt: Date.now(), environment: 'SANDBOX', connected: true});
+const c = mod.createKisClient({gatewayUrl: 'http://gw.invalid', getJwt: () => 'J', fetch, store});
+await c.init();
+let e = null;
+try { await c.chart({market: 'domestic', symbol: '005930'}); } catch (err) { e = {message: err.message, code: err.code, status: err.status}; }
+c.stop();
+return e;
+""",
     'first_key_race': r"""
 const {mod, future} = window.__t;
 // A first visit: no key yet. Several tabs (here, stores) create one at the same moment; every one must end up
@@ -325,3 +343,10 @@ def test_account_read_the_broker_failed_is_said_and_asked_again_with_backoff(pag
     assert r['reads'] == 3 and r['liveReads'] == 1, r
     assert 550 <= r['waited'] < 4000, r
     assert (r['status'], r['syncError'], r['token']) == ('connected', None, 'NEW'), r
+
+
+def test_an_error_page_that_is_not_json_is_told_in_korean_not_shown(page):
+    """A proxy's HTML error page in front of the gateway: the user is told in Korean what happened, not shown the
+    page's markup."""
+    r = run(page, SCENARIOS['non_json_error_body_is_not_shown'])
+    assert r == {'message': '서버가 일시적으로 응답하지 않습니다 (HTTP 502)', 'code': 'http_502', 'status': 502}, r

@@ -4,6 +4,7 @@ import http.server
 import json
 import os
 import re
+import secrets
 import threading
 import urllib.error
 import urllib.request
@@ -571,6 +572,36 @@ def open_connected(browser, demo):
 
 def chart_error_lines(browser):
     return [d.text for d in el(browser, 'chart-error').find_elements(By.XPATH, './div')]
+
+
+def test_demo_sign_in_refusal_is_told_in_korean(browser, demo):
+    """The demo's sign-in refuses a user id it cannot take: the page says so in Korean (the broker's English detail
+    is not shown), and the session signed in before goes on."""
+    open_page(browser, demo, 'korean-refusal')
+    field = el(browser, 'signin-user')
+    field.clear()
+    field.send_keys('bad user!')
+    el(browser, 'signin-button').click()
+    wait(browser, lambda d: any('사용자 ID 는' in t for t in visible_error_toasts(d)),
+         message=f'no Korean refusal: {visible_error_toasts(browser)}')
+    assert not any('userId' in t for t in visible_error_toasts(browser)), visible_error_toasts(browser)
+    assert browser.execute_script('return window.__kisgw.state().user') == 'korean-refusal'
+
+
+def test_signing_in_as_another_user_clears_the_chart(browser, demo, connected_account):
+    """The chart of the user before does not stay drawn under the next user's notice."""
+    open_connected(browser, demo)
+    wait_chart(browser)
+    assert_canvas_drawn(browser)
+    other = 'someone-else-' + secrets.token_hex(3)
+    field = el(browser, 'signin-user')
+    field.clear()
+    field.send_keys(other)
+    el(browser, 'signin-button').click()
+    wait(browser, lambda d: d.execute_script('return window.__kisgw.state().user') == other,
+         message=f'not signed in as {other}: {visible_error_toasts(browser)}')
+    px = browser.execute_script(CANVAS_PIXELS)
+    assert px['red'] + px['blue'] == 0, f"the previous user's candles are still drawn: {px}"
 
 
 def test_chart_loading_and_error_states(browser, demo, connected_account, sim_faults):

@@ -88,11 +88,17 @@ async function signIn(input) {
   let token;
   if (config.demo) {
     const userId = (input || 'demo').trim();
-    const res = await fetch('/api/dev/signin', {
-      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ userId }),
-    });
+    let res;
+    try {
+      res = await fetch('/api/dev/signin', {
+        method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ userId }),
+      });
+    } catch {
+      throw new Error('브로커에 연결할 수 없습니다 (네트워크 오류)');
+    }
     const body = await res.json().catch(() => ({}));
-    if (!res.ok || !body.token) throw new Error(body.message || body.detail || `로그인 실패 (HTTP ${res.status})`);
+    if (res.status === 400) throw new Error('사용자 ID 는 1~64자의 영문, 숫자, - _ . @ 만 쓸 수 있습니다');
+    if (!res.ok || !body.token) throw new Error(`로그인 실패 (HTTP ${res.status})`);
     token = body.token;
   } else {
     token = input.trim();
@@ -283,7 +289,6 @@ function switchEnvironment(env) {
   if (client.state().environments[env].connected) loadChart();
   else {
     chartData = null;
-    chart.setData(null);
     showChartEmpty(`${ENV_LABEL[env]} 계정이 연결되어 있지 않습니다`);
   }
 }
@@ -326,7 +331,9 @@ function setChartState(state, status = '') {
   $('chart-submit').disabled = state === 'loading';
 }
 
+/** No chart to show: the canvas is cleared (a chart of the account or user before must not stay under the notice). */
 function showChartEmpty(text) {
+  chart.setData(null);
   $('chart-empty').textContent = text;
   $('chart-title').textContent = '종목을 조회하세요';
   $('chart-cache').textContent = '';
@@ -416,6 +423,8 @@ async function loadChart(query = readQuery()) {
     if (seq !== chartSeq) return;
     chartData = res.data;
     const d = res.data;
+    // No candles: the empty notice, under the title of the symbol that was asked for.
+    if (!d.candles.length) showChartEmpty('해당 기간에 데이터가 없습니다');
     const title = $('chart-title');
     title.textContent = d.name || d.symbol;
     const code = document.createElement('span');
@@ -427,8 +436,6 @@ async function loadChart(query = readQuery()) {
     const upstream = /upstream;dur=([\d.]+)/.exec(res.serverTiming ?? '');
     $('chart-timing').textContent = `${Math.round(res.ms)} ms${upstream ? ` (KIS ${Math.round(Number(upstream[1]))} ms)` : ''}`;
     if (!d.candles.length) {
-      chart.setData(null);
-      showChartEmpty('해당 기간에 데이터가 없습니다');
       chartEl.dataset.status = String(res.status);
       chartEl.dataset.state = 'empty';
       return;

@@ -243,11 +243,19 @@ export class TokenStore {
 async function readBody(response) {
   const text = await response.text();
   if (!text) return null;
-  try { return JSON.parse(text); } catch { return { detail: text }; }
+  // A body that is not JSON (a proxy's HTML error page) is kept for debugging, never shown as the message.
+  try { return JSON.parse(text); } catch { return { raw: text.slice(0, 2000) }; }
+}
+
+/** What to tell the user of an answer with no problem body of its own (a proxy's error page, an empty body). */
+function statusMessage(status) {
+  if (status === 502 || status === 503 || status === 504) return `서버가 일시적으로 응답하지 않습니다 (HTTP ${status})`;
+  if (status >= 500) return `서버 오류가 발생했습니다 (HTTP ${status})`;
+  return `요청이 거절되었습니다 (HTTP ${status})`;
 }
 
 function errorFrom(response, body) {
-  const message = body?.message || body?.detail || body?.title || `HTTP ${response.status}`;
+  const message = body?.message || body?.detail || body?.title || statusMessage(response.status);
   const retry = response.headers.get('Retry-After');
   return new KisError(message, {
     status: response.status,
