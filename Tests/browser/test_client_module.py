@@ -280,8 +280,10 @@ def page(browser, demo):
     return browser
 
 
-def test_concurrent_kis_401s_share_one_refresh_and_etag_is_reused(page):
-    r = run(page, SCENARIOS['concurrent_401_share_one_refresh'])
+@pytest.mark.parametrize('code', ['kis_token_expired', 'kis_token_invalid'])
+def test_concurrent_kis_401s_share_one_refresh_and_etag_is_reused(page, code):
+    # web-client.md: either KIS-token code is one shared refresh and one retry.
+    r = run(page, SCENARIOS['concurrent_401_share_one_refresh'].replace("'kis_token_expired'", f"'{code}'"))
     assert r['refreshes'] == 1, r
     assert sorted(r['used']) == ['T1'] * 3 + ['T2'] * 4, r
     assert r['statuses'] == [200, 200, 200] and all(r['refreshed']), r

@@ -452,6 +452,13 @@ def test_environment_switch_disconnect_and_encrypted_store(browser, demo, reset_
     el(browser, 'acct-disconnect').click()
     wait(browser, lambda d: status(d) == ('disconnected', '연결 안됨'))
     shot(browser, '07-live-disconnected.png')
+    # The disconnect reached the broker (DELETE /api/kis/account): it no longer has the LIVE account.
+    code, body = broker_post(demo, '/api/dev/signin', {'userId': USER}, jwt='')
+    assert code == 200, body
+    got, _, text = http_get(demo.ui.rstrip('/') + '/api/kis/account?environment=LIVE',
+                            headers={'Authorization': f"Bearer {body['token']}"})
+    assert got == 404, f'the broker still has the LIVE account: {got} {text[:200]}'
+
     el(browser, 'env-SANDBOX').click()
     wait(browser, lambda d: status(d) == ('connected', '연결됨'))
     assert visible_error_toasts(browser) == []
