@@ -155,7 +155,7 @@ final class ChartService: Sendable {
             return (f, true)
         }
         if leads {
-            let entry = (try? await store.get("cache:" + key)).flatMap { ChartEntry.decode($0) }
+            let entry = await storedCopy(key)
             sharedReads.withLock { reads in
                 if reads[key] === flight { reads.removeValue(forKey: key) }
             }
@@ -451,11 +451,14 @@ final class ChartService: Sendable {
     }
 
     private func freshFromStore(_ key: String) async -> ChartEntry? {
-        guard let buffer = try? await store.get("cache:" + key), let e = ChartEntry.decode(buffer),
-            e.freshUntil > Self.now()
-        else { return nil }
+        guard let e = await storedCopy(key), e.freshUntil > Self.now() else { return nil }
         l1.set(key, e, cost: e.cost)
         return e
+    }
+
+    /// The store's copy of `key` (`cache:{key}`), fresh or not; nil when it has none, or cannot be read or decoded.
+    private func storedCopy(_ key: String) async -> ChartEntry? {
+        (try? await store.get("cache:" + key)).flatMap { ChartEntry.decode($0) }
     }
 
     // MARK: - KIS

@@ -172,12 +172,9 @@ func chartKey(domesticChart path: String) throws -> String {
     return try ChartQuery.domestic(symbol: symbol, query: query, maxRangeDays: 3660, now: Date()).cacheKey
 }
 
-/// When the store's copy of the domestic chart at `path` was stored (Unix seconds, from its `kc1 <storedAt> …` head,
-/// store.md), or nil when the store has none.
+/// When the store's copy of the domestic chart at `path` was stored (Unix seconds), or nil when the store has none.
 func storedAt(_ store: any SharedStore, domesticChart path: String) async throws -> Int64? {
-    guard let value = try await store.get("cache:" + chartKey(domesticChart: path)) else { return nil }
-    let head = String(decoding: value.readableBytesView.prefix(64), as: UTF8.self).split(separator: " ")
-    return head.count > 1 && head[0] == "kc1" ? Int64(head[1]) : nil
+    try await store.get("cache:" + chartKey(domesticChart: path)).flatMap { ChartEntry.decode($0) }?.storedAt
 }
 
 /// Has gateway 0 (`urls[0]`) fetch the domestic chart at `path` (a MISS) and gateway 1 answer it from the store (a

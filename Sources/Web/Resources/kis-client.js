@@ -513,7 +513,7 @@ export function createKisClient(options) {
     if (err.signInRequired || err.code === 'account_not_found' || !e.connected) return;
     e.refreshFailures += 1;
     e.lastError = err.message;
-    const base = Math.min(backoffMaxMs, backoffBaseMs * 2 ** (e.refreshFailures - 1));
+    const base = backoff(e.refreshFailures);
     const wait = err.retryAfter ? Math.max(err.retryAfter * 1000, base) : base;
     schedule(env, wait * (0.8 + Math.random() * 0.4));
     emit();
@@ -588,7 +588,12 @@ export function createKisClient(options) {
     syncTimers[env] = setTimeout(() => {
       syncTimers[env] = null;
       if (!stopped) syncAccount(env).catch((again) => syncFailed(env, again));
-    }, Math.min(60000, backoffMaxMs, backoffBaseMs * 2 ** (e.syncFailures - 1)));
+    }, Math.min(60000, backoff(e.syncFailures)));
+  }
+
+  /** The delay before the `failures`th retry: `backoffBaseMs`, doubling, at most `backoffMaxMs`. */
+  function backoff(failures) {
+    return Math.min(backoffMaxMs, backoffBaseMs * 2 ** (failures - 1));
   }
 
   /**
