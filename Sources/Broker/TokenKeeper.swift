@@ -12,9 +12,9 @@ struct KeeperSettings: Sendable {
     var refreshAhead: Int64
     var reuseWindow: Int64
     var refreshInterval: Int64
-    /// How long the per-app-key issuance lock lives if its holder dies.
+    /// How long the per-app-key issuance lock and the per-account lock live if their holder dies.
     var lockTTL: Duration
-    /// How long a request waits for another copy's issuance for the same app key.
+    /// How long a request waits for another copy's issuance for the same app key (or write of the same account).
     var lockWait: Duration
 }
 
@@ -137,27 +137,21 @@ final class TokenKeeper: Sendable {
         if stored?.appKey != form.appKey {
             try await refuseIfAnotherUsersAppKey(form.appKey, form.environment, userID: userID)
         }
-        var retiring: [StoredToken] = []
-        if let stored {
-            if stored.appKey == form.appKey, stored.appSecret == form.appSecret {
-                // Nothing to store: the current token is the answer. (A changed account number, or an inactive
-                // account, is stored by `issue`, under the lock, which reuses the token the same way.)
-                if stored.accountNumber == form.accountNumber, stored.isActive,
-                    let t = try await currentToken(userID, form.environment), canServe(t, at: now), try await !isDead(t)
-                {
-                    if try await publishedWhileActive(t, account: account) { return t }
-                }
-            } else if stored.appKey != form.appKey {
-                // Another app key: its tokens are retired once the new one is in place.
-                retiring = try await repository.tokens(userID: userID, environment: form.environment)
-                    .filter { $0.status == .active }
+        if let stored, stored.appKey == form.appKey, stored.appSecret == form.appSecret {
+            // Nothing to store: the current token is the answer. (A changed account number, or an inactive account,
+            // is stored by `issue`, under the locks, which reuses the token the same way.)
+            if stored.accountNumber == form.accountNumber, stored.isActive,
+                let t = try await currentToken(userID, form.environment), canServe(t, at: now), try await !isDead(t)
+            {
+                if try await publishedWhileActive(t, account: account) { return t }
             }
         }
-        let token = try await issue(for: account, adoptValidated: true) { [self] t, now in canServe(t, at: now) }
-        if !retiring.isEmpty, let stored {
-            await retire(retiring, account: stored)
+        let issued = try await issue(for: account, adoptValidated: true) { [self] t, now in canServe(t, at: now) }
+        // Another app key before: its tokens are retired now that the new one is in place.
+        if let replaced = issued.replaced, !replaced.tokens.isEmpty {
+            await retire(replaced.tokens, account: replaced.account)
         }
-        return token
+        return issued.token
     }
 
     /// An app key is one user's (per environment): KIS gives it one token at a time — the same one for 6 hours
@@ -203,7 +197,7 @@ final class TokenKeeper: Sendable {
             // above is not undone.
             return try await issue(for: fresh, adoptValidated: false, onlyIfStored: true) { [self] t, now in
                 refreshCanReuse(t, at: now)
-            }
+            }.token
         } catch is AccountChanged {
             // Disconnected meanwhile (404), or connected again with other credentials: refreshed as it is now.
             guard !retried, try await self.account(userID, environment) != nil else {
@@ -216,18 +210,17 @@ final class TokenKeeper: Sendable {
     /// `DELETE /api/kis/account`: revokes at KIS, marks REVOKED, unpublishes, deletes. Idempotent.
     func disconnect(userID: String, environment: KISEnvironment, retried: Int = 0) async throws {
         guard let row = try await repository.account(userID: userID, environment: environment) else { return }
-        // Under the app key's issuance lock: no issuance for this account (a scheduled refresh) runs meanwhile. Not
-        // without it: an issuance still running would store the account again after it was deleted. When the lock
-        // cannot be had (another request holds it past `lockWait`, or the store fails), nothing is deleted and the
-        // caller is told to try again (429 or 503, with `Retry-After`).
-        guard let appKey = (try? vault.open(row))?.appKey else {
-            return try await disconnect(row, userID: userID, environment: environment, lock: nil)
-        }
-        let again: Bool = try await withIssueLock(environment, appKey) { lock in
-            // Read again under the lock: a `token` call may have replaced the app key (and its lock) meanwhile.
+        // Under the account's lock and its app key's issuance lock: no other writer of this account (a `token` call
+        // with another app key, a scheduled refresh) runs meanwhile. Not without them: an issuance still running would
+        // store the account again after it was deleted. When the locks cannot be had (another request holds one past
+        // `lockWait`, or the store fails), nothing is deleted and the caller is told to try again (429 or 503, with
+        // `Retry-After`). A row whose app key cannot be opened is deleted under the account's lock alone.
+        let appKey = (try? vault.open(row))?.appKey
+        let again: Bool = try await withAccountLocks(userID, environment, appKey) { locks in
+            // Read again under the locks: a `token` call may have replaced the app key (and its lock) before.
             guard let current = try await repository.account(userID: userID, environment: environment) else { return false }
             guard (try? vault.open(current))?.appKey == appKey else { return true }
-            try await disconnect(current, userID: userID, environment: environment, lock: lock)
+            try await disconnect(current, userID: userID, environment: environment, locks: locks)
             return false
         }
         guard again else { return }
@@ -239,7 +232,7 @@ final class TokenKeeper: Sendable {
     }
 
     private func disconnect(_ row: StoredAccount, userID: String, environment: KISEnvironment,
-                            lock: StoreLock?) async throws {
+                            locks: AccountLocks) async throws {
         let now = self.now
         let rows = try await repository.tokens(userID: userID, environment: environment)
         let live = rows.filter { $0.expiresAt > now && $0.status != .expired }
@@ -256,9 +249,9 @@ final class TokenKeeper: Sendable {
             }
             try await store.delete(validatedKey(environment, account.appKey))
         }
-        // The revocations at KIS may have taken long (one call a token): the lock must still be this disconnect's.
-        if let lock, try await !store.renewLock(lock, ttl: settings.lockTTL) {
-            throw Problem(.upstreamTimeout, "KIS took longer to revoke the tokens than the app key's lock lasts; try again")
+        // The revocations at KIS may have taken long (one call a token): the locks must still be this disconnect's.
+        if try await !renew(locks) {
+            throw Problem(.upstreamTimeout, "KIS took longer to revoke the tokens than the account's locks last; try again")
         }
         // Database first: should unpublishing fail, the reconciler finishes it from these REVOKED rows.
         try await repository.setStatus(.revoked, tokenSHA256s: live.map(\.tokenSHA256), updatedAt: now)
@@ -292,11 +285,11 @@ final class TokenKeeper: Sendable {
     }
 
     /// Marks the account inactive — the scheduler stops refreshing it until its user connects again or asks for a
-    /// refresh — if it is still stored with `row`'s credentials, under its app key's issuance lock (a user who
-    /// connected again with another key pair meanwhile keeps an active account). Returns whether it did.
+    /// refresh — if it is still stored with `row`'s credentials, under the account's lock and its app key's (a user
+    /// who connected again with another key pair meanwhile keeps an active account). Returns whether it did.
     func deactivate(_ row: StoredAccount) async throws -> Bool {
         let account = try vault.open(row)
-        return try await withIssueLock(account.environment, account.appKey) { _ in
+        return try await withAccountLocks(account.userID, account.environment, account.appKey) { _ in
             guard let stored = try await self.account(account.userID, account.environment), stored.sameKeyPair(as: account)
             else { return false }
             try await self.repository.setAccountActive(userID: row.userID, environment: row.environment, isActive: false,
@@ -311,9 +304,10 @@ final class TokenKeeper: Sendable {
     ///
     /// A row that cannot be opened (its seal key is gone, or it was tampered with) is reported and passed over: the
     /// rows after it are still republished, and the expired and revoked ones still handled. A token is republished
-    /// under its app key's issuance lock, and only while its row is still ACTIVE: `disconnect` holds that lock from
-    /// marking the account's tokens REVOKED until it has deleted them, so a pass that listed a token before the
-    /// disconnect cannot publish it again after the disconnect unpublished it.
+    /// under the account's lock and its app key's, and only while its row is still ACTIVE and the account still has
+    /// the key pair it was read with: `disconnect` holds those locks from marking the account's tokens REVOKED until
+    /// it has deleted them, so a pass that listed a token before the disconnect cannot publish it again after the
+    /// disconnect unpublished it (nor with a key pair the user has since replaced).
     @discardableResult
     func reconcile() async throws -> Int {
         let now = self.now
@@ -350,7 +344,9 @@ final class TokenKeeper: Sendable {
             }
             let published: Bool
             do {
-                published = try await withIssueLock(row.environment, account.appKey) { _ in
+                published = try await withAccountLocks(row.userID, row.environment, account.appKey) { _ in
+                    guard let stored = try await self.account(row.userID, row.environment), stored.sameKeyPair(as: account)
+                    else { return false }
                     let current = try await repository.tokens(userID: row.userID, environment: row.environment)
                     guard current.contains(where: { $0.tokenSHA256 == row.tokenSHA256 && $0.status == .active })
                     else { return false }
@@ -363,7 +359,7 @@ final class TokenKeeper: Sendable {
                     return true
                 }
             } catch let problem as Problem where problem.code == .kisRateLimited {
-                postponed += 1  // an issuance for this app key holds the lock: the next pass sees its outcome
+                postponed += 1  // an issuance for this account or app key holds a lock: the next pass sees its outcome
                 continue
             }
             if published { republished += 1 }
@@ -374,7 +370,7 @@ final class TokenKeeper: Sendable {
                 metadata: ["rows": "\(unopenable)"])
         }
         if postponed > 0 {
-            logger.notice("tokens left to the next reconciliation: an issuance held their app key's lock",
+            logger.notice("tokens left to the next reconciliation: an issuance held their account's or app key's lock",
                           metadata: ["tokens": "\(postponed)"])
         }
         let expired = expiredByUser.values.flatMap { $0 }
@@ -400,29 +396,40 @@ final class TokenKeeper: Sendable {
 
     // MARK: - issuance
 
-    /// Obtains a token for `account` under the app key's lock — unless, once the lock is held, a stored token
-    /// satisfies `reusable` (another copy just obtained one) — saves account and token, publishes, releases.
+    /// What ``issue(for:adoptValidated:onlyIfStored:reusable:)`` obtained, and the tokens of the app key it replaced.
+    private struct Issuance {
+        var token: BrokerToken
+        /// The account as it was stored with another app key, and its ACTIVE tokens, read under the locks: the caller
+        /// retires them (the new token is in place).
+        var replaced: (account: Account, tokens: [StoredToken])?
+    }
+
+    /// Obtains a token for `account` under the account's lock and the app key's — unless, once they are held, a
+    /// stored token satisfies `reusable` (another copy just obtained one) — saves account and token, publishes,
+    /// releases.
     /// - Parameter onlyIfStored: the scheduler's refresh: issue only while the account is still stored with these
     ///   credentials (else ``AccountChanged``), so a pass never brings back an account deleted since it listed it.
     ///
-    /// Everything from the check to the publication happens under the app key's issuance lock, which
-    /// ``disconnect(userID:environment:)`` takes too: a token is never published after its account was deleted.
+    /// Everything from the check to the publication happens under those locks, which
+    /// ``disconnect(userID:environment:retried:)`` takes too: a token is never published after its account was
+    /// deleted, and two writers with different app keys (a key change, a disconnect, a scheduled refresh) take turns.
     private func issue(
         for account: Account, adoptValidated: Bool, onlyIfStored: Bool = false,
         reusable: @Sendable (BrokerToken, Int64) -> Bool
-    ) async throws -> BrokerToken {
+    ) async throws -> Issuance {
         let env = account.environment
-        return try await withIssueLock(env, account.appKey) { lock in
+        return try await withAccountLocks(account.userID, env, account.appKey) { locks in
             let now = self.now
             var account = account
             let stored = try await self.account(account.userID, env)
             let sameCredentials = stored?.sameKeyPair(as: account) ?? false
             if onlyIfStored && !sameCredentials { throw AccountChanged() }
+            // Created when first stored, as it is now (a disconnect may have deleted it since the caller read it).
+            account.createdAt = stored?.createdAt ?? now
             if let stored, sameCredentials, !adoptValidated {
                 // A refresh (the user's or the scheduler's) keeps the account as it is stored now, not as it was
-                // read before the lock: a `token` call may have changed the account number meanwhile.
+                // read before the locks: a `token` call may have changed the account number meanwhile.
                 account.accountNumber = stored.accountNumber
-                account.createdAt = stored.createdAt
             }
             if stored?.appKey != account.appKey {
                 try await refuseIfAnotherUsersAppKey(account.appKey, env, userID: account.userID)
@@ -437,7 +444,13 @@ final class TokenKeeper: Sendable {
                     try await repository.saveAccount(try vault.seal(updated), token: nil)
                 }
                 try await ensurePublished(t, account: account)
-                return t
+                return Issuance(token: t)
+            }
+            // Connected before with another app key: its tokens, read here so that none stored meanwhile is missed.
+            var replaced: (account: Account, tokens: [StoredToken])?
+            if let stored, stored.appKey != account.appKey {
+                replaced = (stored, try await repository.tokens(userID: account.userID, environment: env)
+                    .filter { $0.status == .active })
             }
             var obtained: BrokerToken?
             var adopted = false
@@ -469,18 +482,18 @@ final class TokenKeeper: Sendable {
                 token.issuedAt = min(token.issuedAt, same.issuedAt)
                 token.expiresAt = min(token.expiresAt, same.expiresAt)
             }
-            // The lock lives `lockTTL` (its holder may die); a slow database or KIS can outlast it, and a disconnect
-            // may then have deleted the account: nothing is stored unless the lock is still this issuance's.
-            guard try await self.store.renewLock(lock, ttl: self.settings.lockTTL) else {
+            // The locks live `lockTTL` (their holder may die); a slow database or KIS can outlast them, and a disconnect
+            // may then have deleted the account: nothing is stored unless both are still this issuance's.
+            guard try await self.renew(locks) else {
                 throw Problem(.upstreamTimeout,
-                              "the token request took longer than its app key's issuance lock lasts; nothing was stored, try again")
+                              "the token request took longer than its account's locks last; nothing was stored, try again")
             }
             try await repository.saveAccount(try vault.seal(account), token: try vault.seal(token, updatedAt: now))
             try await publish(token, account: account)
             // Only once it is stored: a request that fails before keeps the validated token for its retry (KIS
             // would refuse another issuance within the minute).
             if adopted { _ = try? await store.delete(validatedKey(env, account.appKey)) }
-            return token
+            return Issuance(token: token, replaced: replaced)
         }
     }
 
@@ -528,32 +541,74 @@ final class TokenKeeper: Sendable {
         }
     }
 
+    /// The app key's issuance lock: one `tokenP` at a time per app key (KIS issues one a minute), across copies.
+    private func issueLockKey(_ env: KISEnvironment, _ appKey: String) -> String {
+        "lock:kis-issue:\(env.rawValue):\(TokenDirectory.sha256(of: appKey))"
+    }
+
+    /// The account's lock: one writer at a time per user and environment, across copies, whatever app key each one
+    /// writes — a `token` call changing the app key, a disconnect, a scheduled refresh, a reconciliation.
+    private func accountLockKey(_ userID: String, _ env: KISEnvironment) -> String {
+        "lock:kis-account:\(env.rawValue):\(TokenDirectory.sha256(of: userID))"
+    }
+
     private func acquireIssueLock(_ env: KISEnvironment, _ appKey: String) async throws -> StoreLock {
-        let key = "lock:kis-issue:\(env.rawValue):\(TokenDirectory.sha256(of: appKey))"
-        let deadline = ContinuousClock.now + settings.lockWait
+        try await acquireLock(issueLockKey(env, appKey), until: ContinuousClock.now + settings.lockWait,
+                              busy: "another token request for this app key is in progress")
+    }
+
+    private func acquireLock(_ key: String, until deadline: ContinuousClock.Instant, busy: String) async throws -> StoreLock {
         var delay = Duration.milliseconds(20)
         while true {
             if let lock = try await store.acquireLock(key, ttl: settings.lockTTL) { return lock }
-            guard ContinuousClock.now < deadline else {
-                throw Problem(.kisRateLimited, "another token request for this app key is in progress", retryAfter: 1)
-            }
+            guard ContinuousClock.now < deadline else { throw Problem(.kisRateLimited, busy, retryAfter: 1) }
             try await Task.sleep(for: delay)
             delay = min(delay * 2, .milliseconds(250))
         }
     }
 
-    /// Runs `body` holding the app key's issuance lock, released however `body` ends.
-    private func withIssueLock<T>(_ env: KISEnvironment, _ appKey: String,
-                                  _ body: (StoreLock) async throws -> T) async throws -> T {
-        let lock = try await acquireIssueLock(env, appKey)
+    /// What a writer of an account holds: the account's lock, then (when its app key is known) the app key's.
+    struct AccountLocks: Sendable {
+        var account: StoreLock
+        var appKey: StoreLock?
+    }
+
+    /// Runs `body` holding the account's lock and then `appKey`'s issuance lock — always in that order, so two
+    /// writers never wait for each other — released however `body` ends. Both are waited for within `lockWait`.
+    ///
+    /// The app key's lock alone left an account open to two writers with different app keys: a disconnect (under the
+    /// old key's lock, revoking at KIS) and a `token` call with a new key (under the new key's) both went ahead, and
+    /// the disconnect's deletion removed the new token's row while the token stayed published, unrevoked; a
+    /// scheduled refresh under the old key could likewise store the old key back over the new one.
+    private func withAccountLocks<T>(_ userID: String, _ env: KISEnvironment, _ appKey: String?,
+                                     _ body: (AccountLocks) async throws -> T) async throws -> T {
+        let deadline = ContinuousClock.now + settings.lockWait
+        let account = try await acquireLock(accountLockKey(userID, env), until: deadline,
+                                            busy: "another request for this account is in progress")
+        var locks = AccountLocks(account: account, appKey: nil)
         do {
-            let result = try await body(lock)
-            await release(lock)
+            if let appKey {
+                locks.appKey = try await acquireLock(issueLockKey(env, appKey), until: deadline,
+                                                     busy: "another token request for this app key is in progress")
+            }
+            let result = try await body(locks)
+            await release(locks)
             return result
         } catch {
-            await release(lock)
+            await release(locks)
             throw error
         }
+    }
+
+    /// Renews both locks for another `lockTTL`; false when either is no longer this holder's.
+    private func renew(_ locks: AccountLocks) async throws -> Bool {
+        if let key = locks.appKey, try await !store.renewLock(key, ttl: settings.lockTTL) { return false }
+        return try await store.renewLock(locks.account, ttl: settings.lockTTL)
+    }
+
+    private func release(_ locks: AccountLocks) async {
+        if let key = locks.appKey { await release(key) }
+        await release(locks.account)
     }
 
     private func release(_ lock: StoreLock) async {
@@ -592,20 +647,20 @@ final class TokenKeeper: Sendable {
         _ = try await store.setRemove(TokenDirectory.userKey(token.userID, token.environment), members: [token.sha256])
     }
 
-    /// Publishes `token` unless it is; for a caller holding the app key's issuance lock.
+    /// Publishes `token` unless it is; for a caller holding the account's locks.
     private func ensurePublished(_ token: BrokerToken, account: Account) async throws {
         if try await !isPublished(token.sha256, userID: token.userID, environment: token.environment) {
             try await publish(token, account: account)
         }
     }
 
-    /// ``ensurePublished(_:account:)`` for a caller without the lock: publishing is done under it, and only while
+    /// ``ensurePublished(_:account:)`` for a caller without the locks: publishing is done under them, and only while
     /// the token's row is still ACTIVE — a disconnect that unpublished it meanwhile (it marks the rows REVOKED and
-    /// deletes them under the lock) is not undone. False when the row is no longer ACTIVE (disconnected, or expired
+    /// deletes them under the locks) is not undone. False when the row is no longer ACTIVE (disconnected, or expired
     /// by another request): the caller goes on as if there were no token to hand back.
     private func publishedWhileActive(_ token: BrokerToken, account: Account) async throws -> Bool {
         if try await isPublished(token.sha256, userID: token.userID, environment: token.environment) { return true }
-        return try await withIssueLock(token.environment, account.appKey) { _ in
+        return try await withAccountLocks(token.userID, token.environment, account.appKey) { _ in
             guard let row = try await repository.token(sha256: token.sha256), row.status == .active,
                 row.userID.isSameUserID(token.userID)
             else { return false }

@@ -192,4 +192,108 @@ struct IssuanceRaceTests {
             }
         }
     }
+
+    /// How many slow calls a stand-in KIS has begun.
+    final class Started: Sendable {
+        let count = Atomic<Int>(0)
+        var value: Int { count.load(ordering: .relaxed) }
+    }
+
+    /// A stand-in KIS whose `tokenP` hands out one token per app key and whose `revokeP` (or, for `slowKey`, `tokenP`)
+    /// takes `delay` after counting itself in `started`.
+    static func turnTakingKIS(delay: Duration, slowRevoke: Bool, slowKey: String? = nil, started: Started) async
+        -> (url: String, server: TestServer)
+    {
+        let router = Router()
+        router.post("/oauth2/tokenP") { request, _ in
+            let body = try await request.body.collect(upTo: 1 << 16)
+            let form = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any]
+            let appKey = form?["appkey"] as? String ?? "?"
+            if appKey == slowKey {
+                started.count.add(1, ordering: .relaxed)
+                try await Task.sleep(for: delay)
+            }
+            let t = KISTokenResponse(access_token: "standin-" + TokenDirectory.sha256(of: appKey),
+                                     access_token_token_expired: KST.format(Date().addingTimeInterval(86400)),
+                                     expires_in: 86400)
+            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(bytes: try JSONEncoder().encode(t))))
+        }
+        router.post("/oauth2/revokeP") { _, _ in
+            if slowRevoke {
+                started.count.add(1, ordering: .relaxed)
+                try await Task.sleep(for: delay)
+            }
+            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: #"{"code":200,"message":"ok"}"#)))
+        }
+        return await startStandInKIS(router)
+    }
+
+    /// The app key's lock alone let a disconnect (under the old key's lock, revoking at KIS) and a `token` call with a
+    /// new key (under the new key's) run at once: the disconnect's deletion took the new token's row with the
+    /// account, and the token stayed published — accepted by every gateway for up to 24 h, never revoked at KIS.
+    /// With the account's lock the two take turns: the `token` call, second, connects the account afresh.
+    @Test("DELETE and a key change at once take turns: the account ends connected with the new key, its token published and stored")
+    func disconnectRacingAKeyChange() async throws {
+        let revoking = Started()
+        let kis = await Self.turnTakingKIS(delay: .milliseconds(1200), slowRevoke: true, started: revoking)
+        try await stopping([kis.server]) {
+            try await withBroker(config: { testConfig(simURL: kis.url, database: $1) }) { b in
+                let jwt = try await b.jwt("u-turns")
+                let old = try #require(try await b.post("/api/kis/token", accountBody(appKey("turns1")), jwt: jwt)
+                    .json["token"] as? String)
+                async let deleted = b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)
+                // The DELETE holds its locks and waits for KIS's revokeP (1.2 s): the key changes then.
+                try #require(await eventually(timeout: .seconds(10)) { revoking.value == 1 })
+                let changed = try await b.post("/api/kis/token", accountBody(appKey("turns2"), secret: "secret-2"), jwt: jwt)
+                #expect(try await deleted.status == 204)
+                #expect(changed.status == 200, "\(changed.text)")
+                let new = try #require(changed.json["token"] as? String)
+                #expect(new != old)
+                #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 200,
+                        "the new token is published, but its account was deleted")
+                #expect(try await b.published(new)?.userID == "u-turns")
+                let row = try await withRepository(b.database) { try await $0.token(sha256: TokenDirectory.sha256(of: new)) }
+                #expect(row?.status == .active, "the published token has no ACTIVE row: \(String(describing: row?.status))")
+                #expect(try await b.published(old) == nil)
+                #expect(try await b.store.setMembers(TokenDirectory.userKey("u-turns", .sandbox))
+                    == [TokenDirectory.sha256(of: new)])
+            }
+        }
+    }
+
+    /// A scheduled refresh under the old app key's lock, waiting for KIS, and a `token` call with a new key under the
+    /// new key's lock: the refresh stored the old key back over the new one when KIS answered. With the account's
+    /// lock the `token` call waits, then replaces the key and retires the refresh's token.
+    @Test("a scheduled refresh and a key change at once take turns: the new key stays, the old key's tokens are retired")
+    func scheduledRefreshRacingAKeyChange() async throws {
+        let issuing = Started()
+        let oldKey = appKey("sched1"), newKey = appKey("sched2")
+        let kis = await Self.turnTakingKIS(delay: .milliseconds(1200), slowRevoke: false, slowKey: oldKey, started: issuing)
+        try await stopping([kis.server]) {
+            try await withBroker(config: { quietSchedulerConfig(simURL: kis.url, database: $1) }) { b in
+                let jwt = try await b.jwt("u-sched")
+                #expect(try await b.post("/api/kis/token", accountBody(oldKey), jwt: jwt).status == 200)
+                #expect(issuing.value == 1)
+                try await withRepository(b.database) { repository in
+                    let listed = try #require(try await repository.account(userID: "u-sched", environment: .sandbox))
+                    let keeper = makeKeeper(repository, store: b.store, keyring: b.keyring, kis: kis.url,
+                                            clock: { b.clock.now() })
+                    b.clock.advance(86400 - 1800)  // inside refresh_ahead_s, past the reuse window: due
+                    async let refreshed = keeper.scheduledRefresh(listed)
+                    try #require(await eventually(timeout: .seconds(10)) { issuing.value == 2 })
+                    let new = try await keeper.connect(
+                        userID: "u-sched",
+                        form: AccountForm(environment: .sandbox, appKey: newKey, appSecret: "secret-2",
+                                          accountNumber: "12345678-01"))
+                    #expect(try await refreshed == true)
+                    let stored = try #require(try await keeper.account("u-sched", .sandbox))
+                    #expect(stored.appKey == newKey, "the refresh stored the old app key back over the new one")
+                    let active = try await repository.tokens(userID: "u-sched", environment: .sandbox)
+                        .filter { $0.status == .active }.map(\.tokenSHA256)
+                    #expect(active == [new.sha256])
+                    #expect(try await b.store.setMembers(TokenDirectory.userKey("u-sched", .sandbox)) == [new.sha256])
+                }
+            }
+        }
+    }
 }
