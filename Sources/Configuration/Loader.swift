@@ -336,6 +336,9 @@ struct Loader {
     /// limiter's interval is bounded: `RateLimit.intervalMicroseconds`.)
     static let slowestRate = 0.01
 
+    /// A KIS access token's life (kis-api.md: 24 h), which the broker's scheduler timings must fit in.
+    static let kisTokenLifeS = 86_400
+
     func rate(_ section: String, _ key: String, _ fallback: Double) throws(ConfigError) -> Double {
         guard let found = lookup(section, key) else { return fallback }
         let problem = "must be a number from 0.01 to 10000 (requests per second)"
@@ -698,6 +701,22 @@ struct Loader {
             }
             passwordFile = (path, source(of: found))
         }
+        let refreshIntervalS = try int("broker", "refresh_interval_s", 60, 1...86_400)
+        let reuseWindowS = try int("broker", "reuse_window_s", 21_600, 0...86_400)
+        // The scheduler refreshes a token with less than two intervals of life left (so that none expires between
+        // two passes); earlier than the reuse window's end KIS hands back the same token, and the token stays due:
+        // every pass would call tokenP again, and KIS notifies the account holder of each issuance.
+        if 2 * refreshIntervalS + reuseWindowS > Self.kisTokenLifeS {
+            let key = lookup("broker", "refresh_interval_s") != nil ? "refresh_interval_s" : "reuse_window_s"
+            if let found = lookup("broker", key) {
+                throw invalid(
+                    found, "broker", key,
+                    "twice refresh_interval_s (\(refreshIntervalS)) plus reuse_window_s (\(reuseWindowS)) must be at most "
+                        + "\(Self.kisTokenLifeS), a KIS token's life: a token is refreshed once less than two intervals "
+                        + "of it are left, and inside the reuse window KIS only hands the same token back, so every pass "
+                        + "would ask KIS again")
+            }
+        }
         return KisgwConfig.Broker(
             url: try httpURL("broker", "url", defaults.url),
             host: try host("broker", defaults.host),
@@ -705,9 +724,9 @@ struct Loader {
             database: database,
             databasePasswordFile: passwordFile?.path,
             databasePasswordFileSource: passwordFile?.source,
-            refreshIntervalS: try int("broker", "refresh_interval_s", 60, 1...86_400),
+            refreshIntervalS: refreshIntervalS,
             refreshAheadS: try int("broker", "refresh_ahead_s", 3600, 0...86_399),
-            reuseWindowS: try int("broker", "reuse_window_s", 21_600, 0...86_400),
+            reuseWindowS: reuseWindowS,
             reconcileIntervalS: try int("broker", "reconcile_interval_s", 60, 1...86_400),
             ui: try bool("broker", "ui", true),
             uiGatewayURL: try httpURL(

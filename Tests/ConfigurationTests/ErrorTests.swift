@@ -262,6 +262,15 @@ let badInputs: [BadInput] = [
         message: "environment KISGW_BROKER_DATABASE_PASSWORD_FILE: the database URL carries a password too; give it in one place",
         kind: .invalidValue),
     BadInput(
+        name: "a refresh interval KIS's reuse window leaves no room for", toml: "[broker]\nrefresh_interval_s = 36000",
+        message: "<FILE>: [broker] refresh_interval_s: twice refresh_interval_s (36000) plus reuse_window_s (21600) must be at most 86400, a KIS token's life: a token is refreshed once less than two intervals of it are left, and inside the reuse window KIS only hands the same token back, so every pass would ask KIS again",
+        kind: .invalidValue),
+    BadInput(
+        name: "a reuse window the refresh interval leaves no room for",
+        environment: ["KISGW_BROKER_REUSE_WINDOW_S": "86400"],
+        message: "environment KISGW_BROKER_REUSE_WINDOW_S: twice refresh_interval_s (60) plus reuse_window_s (86400) must be at most 86400, a KIS token's life: a token is refreshed once less than two intervals of it are left, and inside the reuse window KIS only hands the same token back, so every pass would ask KIS again",
+        kind: .invalidValue),
+    BadInput(
         name: "ui not a bool", toml: "[broker]\nui = \"yes\"",
         message: "<FILE>: [broker] ui: must be true or false, got \"yes\"", kind: .invalidValue),
     BadInput(
