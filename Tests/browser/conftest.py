@@ -159,9 +159,16 @@ def wait_http(url, timeout=30):
             time.sleep(0.2)
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'chrome_prefs(prefs): Chromium profile preferences for the test\'s browser')
+
+
 @pytest.fixture
 def browser(request):
     options = webdriver.ChromeOptions()
+    prefs = request.node.get_closest_marker('chrome_prefs')
+    if prefs:
+        options.add_experimental_option('prefs', prefs.args[0])
     options.binary_location = os.environ.get('CHROMIUM', '/usr/bin/chromium')
     for arg in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu',
                 '--window-size=1400,950', '--force-device-scale-factor=1', '--lang=ko-KR',

@@ -1,11 +1,17 @@
 // The kisgw page: sign-in (demo), KIS account connection, status, environment switch and the chart view.
-import { checkJwt, createKisClient, ENVIRONMENTS } from './kis-client.js';
+import { checkJwt, createKisClient, ENVIRONMENTS, storageOrNull } from './kis-client.js';
 import { CandleChart, formatDate, formatPrice, formatVolume, priceDecimals } from './chart.js';
 
 const $ = (id) => document.getElementById(id);
 const ENV_LABEL = { SANDBOX: '모의투자', LIVE: '실계좌' };
 const STATUS_LABEL = { connected: '연결됨', expired: '토큰 만료', disconnected: '연결 안됨' };
 const JWT_KEY = 'kisgw.jwt';
+// The JWT is kept for this tab (a reload keeps the session). Where the browser refuses the page storage (site data
+// blocked), the page works all the same and a reload asks for a sign-in again.
+const tabStorage = storageOrNull('sessionStorage');
+function keepJwt(token) { try { tabStorage?.setItem(JWT_KEY, token); } catch { /* refused or full: not kept */ } }
+function storedJwt() { try { return tabStorage?.getItem(JWT_KEY) ?? null; } catch { return null; } }
+function forgetJwt() { try { tabStorage?.removeItem(JWT_KEY); } catch { /* nothing was kept */ } }
 /** Korean headlines for the gateway's problem codes (gateway-api.md); the server's own detail is shown below. A
  *  request that got no answer (`network`) is described by its own message, which names the server. */
 const PROBLEM_LABEL = {
@@ -108,7 +114,7 @@ async function signIn(input) {
   if (seq !== signInSeq) return false;
   if (refused) throw new Error(describeError(refused));
   // Kept for this tab once the broker took it; the field does not keep showing a bearer credential.
-  sessionStorage.setItem(JWT_KEY, token);
+  keepJwt(token);
   if (!config.demo) $('signin-user').value = '';
   await startSession(token);
   return true;
@@ -138,7 +144,7 @@ async function startSession(token) {
       // The JWT stopped working mid-session (it expired): close the session and ask again.
       if (client !== session) return;
       session.stop();
-      sessionStorage.removeItem(JWT_KEY);
+      forgetJwt();
       showSignInState('다시 로그인하세요', true);
       toast(describeError(err), 'warn', 8000);
     },
@@ -214,13 +220,19 @@ async function onConnect(event) {
   };
   const errorEl = $('connect-error');
   errorEl.hidden = true;
+  markConnectFields([]);
   const problems = [];
-  if (!data.appKey.trim()) problems.push('App Key 를 입력하세요');
-  if (!data.appSecret.trim()) problems.push('App Secret 을 입력하세요');
-  if (!/^\d{8}-?\d{2}$/.test(data.accountNumber.trim())) problems.push('계좌번호는 12345678-01 형식입니다');
+  const invalid = [];
+  if (!data.appKey.trim()) { problems.push('App Key 를 입력하세요'); invalid.push('appKey'); }
+  if (!data.appSecret.trim()) { problems.push('App Secret 을 입력하세요'); invalid.push('appSecret'); }
+  if (!/^\d{8}-?\d{2}$/.test(data.accountNumber.trim())) {
+    problems.push('계좌번호는 12345678-01 형식입니다');
+    invalid.push('accountNumber');
+  }
   if (problems.length) {
     errorEl.textContent = problems.join(' · ');
     errorEl.hidden = false;
+    markConnectFields(invalid, true);
     return;
   }
   const button = $('connect-submit');
@@ -240,11 +252,40 @@ async function onConnect(event) {
     errorEl.textContent = text;
     errorEl.dataset.code = err.code;
     errorEl.hidden = false;
+    markConnectFields(fieldsRefused(err));
     toast(`연결 실패: ${text}`, 'error', 7000);
   } finally {
     button.disabled = false;
     render();
   }
+}
+
+const CONNECT_FIELDS = ['appKey', 'appSecret', 'accountNumber'];
+
+/**
+ * Marks the connect form's fields in `invalid` as such and ties them to the error text that says why (screen
+ * readers read it with the field); the others are cleared. `focus`: the first of them takes the focus.
+ */
+function markConnectFields(invalid, focus = false) {
+  for (const id of CONNECT_FIELDS) {
+    const field = $(id);
+    if (invalid.includes(id)) {
+      field.setAttribute('aria-invalid', 'true');
+      field.setAttribute('aria-describedby', 'connect-error');
+    } else {
+      field.removeAttribute('aria-invalid');
+      field.removeAttribute('aria-describedby');
+    }
+  }
+  if (focus && invalid.length) $(invalid[0]).focus();
+}
+
+/** The connect form's fields a refusal is about: the key pair KIS refused, or the field the broker names. */
+function fieldsRefused(err) {
+  if (err.code === 'kis_credentials_rejected') return ['appKey', 'appSecret'];
+  if (err.code !== 'invalid_parameter') return [];
+  const named = /^(appKey|appSecret|accountNumber)\b/.exec(err.message);
+  return named ? [named[1]] : [];
 }
 
 let disconnectArmed = null;
@@ -534,13 +575,13 @@ async function main() {
     $('signin-user').placeholder = 'eyJ…';
   }
   const requested = new URLSearchParams(location.search).get('user');
-  const stored = sessionStorage.getItem(JWT_KEY);
+  const stored = storedJwt();
   try {
     if (stored && (!requested || jwtSubject(stored) === requested)) {
       const refused = await checkJwt({ jwt: stored });
       if (!refused) await startSession(stored);
       else if (refused.signInRequired || refused.code === 'auth_required') {
-        sessionStorage.removeItem(JWT_KEY);
+        forgetJwt();
         showSignInState(config.demo ? '로그인하세요' : 'JWT 를 입력하세요', true);
         showChartEmpty('로그인이 필요합니다');
         toast(describeError(refused), 'warn', 8000);

@@ -155,6 +155,22 @@ async function loadOrCreateKey() {
   }
 }
 
+/**
+ * `globalThis[name]` (`localStorage`, `sessionStorage`), or null where the browser refuses this page storage: with
+ * site data blocked, even reading the property throws (`SecurityError`), which would stop the whole page.
+ * @param {'localStorage'|'sessionStorage'} name
+ * @returns {Storage|null}
+ */
+export function storageOrNull(name) {
+  try {
+    const storage = globalThis[name];
+    storage?.getItem('kisgw.probe');
+    return storage ?? null;
+  } catch {
+    return null;
+  }
+}
+
 const b64 = (bytes) => btoa(String.fromCharCode(...bytes));
 const unb64 = (text) => Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
 
@@ -164,7 +180,7 @@ const unb64 = (text) => Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
  */
 export class TokenStore {
   /** @param {{scope?: string, storage?: Storage|null}} [options] */
-  constructor({ scope = 'default', storage = globalThis.localStorage ?? null } = {}) {
+  constructor({ scope = 'default', storage = storageOrNull('localStorage') } = {}) {
     this.scope = scope;
     this.storage = storage;
     /** @type {Map<string, TokenEntry>} */
@@ -195,7 +211,8 @@ export class TokenStore {
     let entry = this.memory.get(env) ?? null;
     if (!entry) {
       const key = await this.key();
-      const raw = key && this.storage.getItem(this.storageKey(env));
+      let raw = null;
+      try { raw = key && this.storage.getItem(this.storageKey(env)); } catch { /* refused since the page loaded */ }
       if (raw) {
         try {
           const { iv, ct } = JSON.parse(raw);
@@ -207,7 +224,7 @@ export class TokenStore {
         } catch {
           entry = null;
         }
-        if (!entry) this.storage.removeItem(this.storageKey(env));
+        if (!entry) await this.remove(env);
       }
     }
     if (entry && !(Date.parse(entry.expiresAt) > Date.now())) {
@@ -227,7 +244,11 @@ export class TokenStore {
     const ct = new Uint8Array(await crypto.subtle.encrypt(
       { name: 'AES-GCM', iv, additionalData: new TextEncoder().encode(this.storageKey(entry.environment)) },
       key, new TextEncoder().encode(JSON.stringify(entry))));
-    this.storage.setItem(this.storageKey(entry.environment), JSON.stringify({ v: 1, iv: b64(iv), ct: b64(ct) }));
+    try {
+      this.storage.setItem(this.storageKey(entry.environment), JSON.stringify({ v: 1, iv: b64(iv), ct: b64(ct) }));
+    } catch {
+      // Storage full, or refused since the page loaded: the entry is kept in memory, for this page only.
+    }
   }
 
   /** @param {Environment} env */
