@@ -3,6 +3,8 @@ import Foundation
 import KIS
 import KisgwConfiguration
 import NIOHTTP1
+import Observability
+import Prometheus
 import ServerKit
 import Simulator
 import TestSupport
@@ -16,6 +18,35 @@ struct SpecRulesTests {
     /// The rate a gateway spaces an app key's KIS calls at, for a configured `[kis] *_rate_per_s`: never more calls
     /// in any second than the setting, one fewer from 4 up (jitter), and never lower for a higher setting (it was
     /// 2.4 for 3 and 2 for 4).
+    /// "upstream calls by outcome and KIS `msg_cd`": the code is what the upstream sent (a plain-http KIS URL, a
+    /// proxy, the simulator's faults) — a label only when it looks like KIS's, and the series stay bounded.
+    @Test("upstream calls' msg_cd label: KIS-like codes only, and a bounded number of series whatever the upstream sends")
+    func upstreamMsgCodeLabelIsBounded() {
+        let registry = PrometheusCollectorRegistry()
+        let metrics = GatewayMetrics(factory: MetricsSetup.factory(for: registry))
+        metrics.upstreamCall(outcome: "ok", msgCode: nil)
+        metrics.upstreamCall(outcome: "kis_error", msgCode: "EGW00201")
+        metrics.upstreamCall(outcome: "kis_error", msgCode: "OPSQ2001")
+        metrics.upstreamCall(outcome: "kis_error", msgCode: "40580000")
+        for bad in ["egw00201", "EGW 00201", "<script>", "EGW002010000000", ""] {
+            metrics.upstreamCall(outcome: "kis_error", msgCode: bad)
+        }
+        for i in 0..<500 { metrics.upstreamCall(outcome: "kis_error", msgCode: String(format: "ZZ%05d", i)) }
+        let m = Exposition(MetricsSetup.render(registry))
+        let series = m.samples.filter { $0.name == "kisgw_upstream_calls_total" }
+        #expect(series.count <= GatewayMetrics.maxUpstreamSeries + 1, "\(series.count) series")
+        #expect(m.value("kisgw_upstream_calls_total", ["outcome": "ok", "msg_cd": ""]) == 1)
+        #expect(m.value("kisgw_upstream_calls_total", ["outcome": "kis_error", "msg_cd": "EGW00201"]) == 1)
+        #expect(m.value("kisgw_upstream_calls_total", ["outcome": "kis_error", "msg_cd": "OPSQ2001"]) == 1)
+        #expect(m.value("kisgw_upstream_calls_total", ["outcome": "kis_error", "msg_cd": "40580000"]) == 1)
+        // Every call is counted: the 4 odd codes and the codes past the bound under `other`, an empty one without.
+        #expect(series.reduce(0) { $0 + $1.value } == 509)
+        #expect(m.value("kisgw_upstream_calls_total", ["outcome": "kis_error", "msg_cd": ""]) == 1)
+        let other = m.value("kisgw_upstream_calls_total", ["outcome": "kis_error", "msg_cd": "other"]) ?? 0
+        #expect(other >= 4 + 500 - Double(GatewayMetrics.maxUpstreamSeries), "\(other)")
+        #expect(!series.contains { $0.labels["msg_cd"].map { !GatewayMetrics.isKISCode($0) && $0 != "other" && !$0.isEmpty } ?? false })
+    }
+
     @Test("the upstream rate used: within KIS's limit, one call under it from 4/s, and rising with the setting")
     func upstreamRateHeadroom() {
         var previous = 0.0
