@@ -227,6 +227,14 @@ struct Simulator: Sendable {
                 status: .ok, headers: kisHeaders(trID: requestTrID, trCont: ""),
                 body: .init(byteBuffer: ByteBuffer(string: "{\"rt_cd\":\"0\",\"output2\":[{\"stck_bsop_dat")))
         case .kis_error:
+            // An input error (`OPSQ2…`) in the shape KIS gives one (kis-api.md §6): HTTP 200, `rt_cd "2"`.
+            if faults.msgCode.hasPrefix("OPSQ2") {
+                state.count(error: faults.msgCode)
+                let text = faults.msgCode == "OPSQ2002" ? "ERROR : INPUT FIELD_LENGTH" : "ERROR : INPUT INVALID_CHECK"
+                let body = try! Self.encoder.encode(KISEnvelope(rt_cd: "2", msg_cd: faults.msgCode, msg1: text))
+                return Response(status: .ok, headers: kisHeaders(trID: requestTrID, trCont: ""),
+                                body: .init(byteBuffer: ByteBuffer(bytes: body)))
+            }
             return kisError(faults.msgCode, trID: requestTrID)
         }
     }
@@ -281,10 +289,12 @@ struct Simulator: Sendable {
         return minute >= exchange.sessions[0].lowerBound ? date : date.adding(days: -1)
     }
 
-    /// Pages newest-first rows: honours `tr_cont: N` by continuing where the same query left off.
+    /// Pages newest-first rows: 100 at most, `tr_cont: D` (clients page by date, kis-api.md §5); with
+    /// `trContPaging`, `M` while more rows follow, and `tr_cont: N` continues where the same query left off.
     private func page<T>(
         _ request: Request, appKey: String, rows: (_ limit: Int) -> [T]
     ) -> (rows: [T], trCont: String) {
+        guard configuration.trContPaging else { return (Array(rows(100).prefix(100)), "D") }
         let key = appKey + "|" + request.uri.path + "|" + (request.uri.query ?? "")
         let wantsNext = request.headers[HTTPField.Name("tr_cont")!]?.uppercased() == "N"
         let offset = wantsNext ? (state.cursor(key) ?? 0) : 0

@@ -27,6 +27,10 @@ public struct SimulatorConfiguration: Sendable {
     public var reuseReportsRemaining: Bool
     /// Where quotation data is dated from; nil = the real clock (the token clock is separate, see `/__sim/clock`).
     public var marketNow: (@Sendable () -> Date)?
+    /// Whether a daily chart with more than 100 rows says `tr_cont: M` and continues on `tr_cont: N`. KIS marks both
+    /// chart TRs "cannot page with tr_cont" (kis-api.md §5): off, every page says `D` and clients page by date, as
+    /// with KIS; on, for clients written to KIS's samples that follow `M`.
+    public var trContPaging: Bool
 
     public var effectiveRatePerSecond: Int { ratePerSecond ?? environment.defaultRatePerSecond }
 
@@ -34,7 +38,8 @@ public struct SimulatorConfiguration: Sendable {
         host: String = "127.0.0.1", port: Int = 29443, environment: KISEnvironment = .sandbox,
         tokenTTL: Int = 86400, reuseWindow: Int = 21600, issueInterval: Int = 60, ratePerSecond: Int? = nil,
         latencyMs: Int = 0, credentials: [String: String]? = nil, tlsCertificatePath: String? = nil,
-        tlsKeyPath: String? = nil, reuseReportsRemaining: Bool = true, marketNow: (@Sendable () -> Date)? = nil
+        tlsKeyPath: String? = nil, reuseReportsRemaining: Bool = true, marketNow: (@Sendable () -> Date)? = nil,
+        trContPaging: Bool = false
     ) {
         self.host = host
         self.port = port
@@ -49,6 +54,7 @@ public struct SimulatorConfiguration: Sendable {
         self.tlsKeyPath = tlsKeyPath
         self.reuseReportsRemaining = reuseReportsRemaining
         self.marketNow = marketNow
+        self.trContPaging = trContPaging
     }
 
     /// Reads a `--credentials` file: `[{"appKey": "…", "appSecret": "…"}, …]`.

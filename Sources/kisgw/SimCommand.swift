@@ -35,6 +35,9 @@ struct SimCommand: AsyncParsableCommand {
     @Option(name: .customLong("tls-key"), help: "PEM private key, to serve HTTPS.") var tlsKey: String?
     @Option(name: .customLong("reused-expires-in"), help: "expires_in on a reused token: remaining or full.")
     var reusedExpiresIn = "remaining"
+    @Flag(name: .customLong("tr-cont-paging"),
+          help: "Daily charts say tr_cont M while more rows follow and continue on tr_cont N (KIS marks them as paged by date only: without this, D).")
+    var trContPaging = false
     @OptionGroup var logging: LoggingOptions
 
     func makeConfiguration() throws -> SimulatorConfiguration {
@@ -52,7 +55,8 @@ struct SimCommand: AsyncParsableCommand {
                     throw ValidationError(e.description)
                 }
             },
-            tlsCertificatePath: tlsCert, tlsKeyPath: tlsKey, reuseReportsRemaining: reusedExpiresIn == "remaining")
+            tlsCertificatePath: tlsCert, tlsKeyPath: tlsKey, reuseReportsRemaining: reusedExpiresIn == "remaining",
+            trContPaging: trContPaging)
         do { try config.validate() } catch let e as SimulatorError { throw ValidationError(e.description) }
         return config
     }

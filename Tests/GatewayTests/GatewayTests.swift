@@ -98,7 +98,9 @@ struct GatewayChartTests {
           arguments: [("domestic", "D"), ("domestic", "W"), ("domestic", "M"), ("overseas", "D"), ("overseas", "W"),
                       ("overseas", "M")])
     func longChartsEqualSimulator(market: String, period: String) async throws {
-        try await withGateway { g, _ in
+        let sim = SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000,
+                                         trContPaging: true)
+        try await withGateway(sim: sim) { g, _ in
             let appKey = "PSapp-long-\(market)-\(period)"
             let kis = try await g.connect(user: "long", appKey: appKey)
             let jwt = try await g.jwt("long")

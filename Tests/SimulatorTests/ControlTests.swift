@@ -84,6 +84,13 @@ struct ControlTests {
             _ = try await sim.post("/__sim/faults", ["mode": "kis_error", "msg_cd": "EGW00123"])
             r = try await sim.overseas(token: token)
             #expect(r.json["msg_cd"] as? String == "EGW00123")
+            #expect(r.status == 500 && r.json["rt_cd"] as? String == "1")
+            // An input error comes as KIS sends one (kis-api.md §6): HTTP 200, rt_cd "2".
+            _ = try await sim.post("/__sim/faults", ["mode": "kis_error", "msg_cd": "OPSQ2001"])
+            r = try await sim.domestic(token: token, from: "20250102", to: "20250110")
+            #expect(r.status == 200 && r.json["rt_cd"] as? String == "2" && r.json["msg_cd"] as? String == "OPSQ2001",
+                    "\(r.status) \(r.text)")
+            #expect((r.json["msg1"] as? String)?.isEmpty == false)
             _ = try await sim.post("/__sim/faults", ["mode": "http500"])
             r = try await sim.domestic(token: token, from: "20250102", to: "20250110")
             #expect(r.status == 500 && r.json.isEmpty)

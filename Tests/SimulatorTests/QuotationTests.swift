@@ -287,7 +287,7 @@ struct DomesticChartTests {
             #expect(r.json["rt_cd"] as? String == "0")
             #expect(r.json["msg_cd"] as? String == "MCA00000")
             #expect(r.json["msg1"] as? String == "정상처리 되었습니다.")
-            #expect(r.header("tr_cont") == "M")
+            #expect(r.header("tr_cont") == "D")  // kis-api.md §5: the chart TRs page by date, not by tr_cont
             let rows = r.rows
             #expect(rows.count == 100)
             let dates = rows.compactMap { $0["stck_bsop_date"] as? String }
@@ -324,7 +324,7 @@ struct DomesticChartTests {
             let open = try await sim.domestic(token: token, from: "00000101", to: "20250331")
             let dated = try await sim.domestic(token: token, from: "19000101", to: "20250331")
             #expect(open.status == 200 && open.json["rt_cd"] as? String == "0", "\(open.json)")
-            #expect(open.rows.count == 100 && open.header("tr_cont") == "M")
+            #expect(open.rows.count == 100 && open.header("tr_cont") == "D")
             #expect(open.rows.compactMap { $0["stck_bsop_date"] as? String }
                 == dated.rows.compactMap { $0["stck_bsop_date"] as? String })
             // Only year 0000 means that: other unreadable dates are still refused.
@@ -359,9 +359,10 @@ struct DomesticChartTests {
         }
     }
 
-    @Test("tr_cont: N after M continues from where the same query stopped")
+    @Test("--tr-cont-paging: tr_cont N after M continues from where the same query stopped")
     func trContPaging() async throws {
-        try await withSimulator { sim in
+        try await withSimulator(SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000,
+                                                       trContPaging: true)) { sim in
             let token = try await sim.accessToken()
             let first = try await sim.domestic(token: token, from: "20240101", to: "20250331")
             let second = try await sim.domestic(
@@ -380,6 +381,25 @@ struct DomesticChartTests {
             #expect(last.header("tr_cont") == "D")
             #expect(pages == 4)
             #expect(last.rows.last!["stck_bsop_date"] as? String == "20240102")
+        }
+    }
+
+    /// kis-api.md §5: "For the simulator, default to `tr_cont` "D" or empty and support date paging." A client that
+    /// follows `M` with `N` (KIS's overseas sample, up to ten times) makes one call per page by date, as against KIS.
+    @Test("by default every chart page says tr_cont D, and a tr_cont N is answered with the first page again")
+    func trContByDefault() async throws {
+        try await withSimulator { sim in
+            let token = try await sim.accessToken()
+            let first = try await sim.domestic(token: token, from: "20240101", to: "20250331")
+            let again = try await sim.domestic(
+                token: token, from: "20240101", to: "20250331", extraHeaders: [("tr_cont", "N")])
+            #expect(first.rows.count == 100 && first.header("tr_cont") == "D")
+            #expect(again.header("tr_cont") == "D")
+            #expect(again.rows.compactMap { $0["stck_bsop_date"] as? String }
+                == first.rows.compactMap { $0["stck_bsop_date"] as? String })
+            let overseas = try await sim.overseas(token: token, bymd: "20250331")
+            #expect(overseas.rows.count == 100, "\(overseas.text.prefix(200))")
+            #expect(overseas.status == 200 && overseas.header("tr_cont") == "D")
         }
     }
 

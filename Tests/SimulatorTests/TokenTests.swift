@@ -59,6 +59,32 @@ struct TokenTests {
         }
     }
 
+    /// sim.md: "a second token request for an app key within `--issue-interval-s` gets the 403 `EGW00133`" — counted
+    /// from the first request itself, not from its token's issuance time, which is in whole seconds.
+    @Test("the issue interval counts from the request: 59.6 s after a request at x.9 s is still too soon")
+    func issueIntervalFromTheRequest() {
+        let state = SimulatorState()
+        let first = Date(timeIntervalSince1970: 1_800_000_000.9)
+        guard case .issue = state.decideToken(appKey: "PSinterval", reuseWindow: 21600, issueInterval: 60, at: first) else {
+            Issue.record("the first request was not issued a token")
+            return
+        }
+        state.record(token: "t", appKey: "PSinterval", appSecret: "s",
+                     issuedAt: Date(timeIntervalSince1970: 1_800_000_000), expiresAt: first.addingTimeInterval(86400))
+        let early = state.decideToken(appKey: "PSinterval", reuseWindow: 21600, issueInterval: 60,
+                                      at: first.addingTimeInterval(59.6))
+        guard case .tooSoon = early else {
+            Issue.record("59.6 s after the first request: \(early), not too soon")
+            return
+        }
+        let later = state.decideToken(appKey: "PSinterval", reuseWindow: 21600, issueInterval: 60,
+                                      at: first.addingTimeInterval(60.1))
+        guard case .reuse = later else {
+            Issue.record("60.1 s after the first request: \(later), not the same token")
+            return
+        }
+    }
+
     @Test("two token requests at once for one app key: one token, the other 403 EGW00133, as at KIS")
     func concurrentRequests() async throws {
         // The decision is taken when the request is decided, not when its token has been signed and recorded: a
