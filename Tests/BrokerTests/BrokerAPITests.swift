@@ -9,6 +9,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import Observability
+import PostgresNIO
 import Prometheus
 import Redis
 import ServerKit
@@ -842,6 +843,32 @@ struct BrokerAPITests {
                 #expect(ready.status == 503)
             }
             await client?.shutdown()
+        }
+    }
+
+    /// broker-api.md: `/readyz` as in the gateway — 503 while what the broker needs does not answer; here its
+    /// PostgreSQL database, which refuses connections (the broker's are cut), then takes them again.
+    @Test("a PostgreSQL database that refuses connections: /readyz 503 naming it, routes store_unavailable; ready again after")
+    func databaseUnavailable() async throws {
+        try await withBroker(database: .postgres) { b in
+            let jwt = try await b.jwt("u-db")
+            #expect(try await b.get("/readyz", jwt: nil).status == 200)
+            let name = String(try #require(URLComponents(string: b.database.location)).path.dropFirst())
+            try await TestDatabase.withAdmin { admin in
+                try await admin.query("ALTER DATABASE \(unescaped: name) ALLOW_CONNECTIONS false")
+                try await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = \(name)")
+            }
+            let down = try await b.get("/readyz", jwt: nil)
+            #expect(down.status == 503, "\(down.text)")
+            #expect(down.json["detail"] as? String == "the broker database does not answer")
+            let refused = try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt)
+            #expect(refused.status == 503 && refused.code == "store_unavailable", "\(refused.text)")
+            #expect(refused.header("Retry-After") != nil)
+            try await TestDatabase.withAdmin { admin in
+                try await admin.query("ALTER DATABASE \(unescaped: name) ALLOW_CONNECTIONS true")
+            }
+            #expect(try await eventually(timeout: .seconds(30)) { try await b.get("/readyz", jwt: nil).status == 200 })
+            #expect(try await b.post("/api/kis/token", accountBody(appKey("db")), jwt: jwt).status == 200)
         }
     }
 
