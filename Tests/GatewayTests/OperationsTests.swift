@@ -326,6 +326,41 @@ private func expectHistogram(_ m: Exposition, _ name: String, _ labels: [String:
 
 @Suite("Gateway: its series go to the registry it is given")
 struct GatewayMetricsRegistryTests {
+    /// gateway-api.md: "upstream calls by outcome and KIS `msg_cd`" and "upstream duration histograms" — the calls
+    /// that fail on the way too: an answer that cannot be read, one that does not come in time, a KIS that cannot be
+    /// reached. Each is counted by its outcome and timed.
+    @Test("upstream calls that cannot be read, time out or never connect are counted by outcome, and each is timed")
+    func failedUpstreamOutcomes() async throws {
+        let registry = PrometheusCollectorRegistry()
+        let unreachable = "http://127.0.0.1:\(try unusedLoopbackPort())"
+        try await withGateway(
+            config: { testConfig(simURL: unreachable, upstreamTimeoutMs: 800, liveURL: $0) },
+            dependencies: { _, deps in deps.metricsRegistry = registry }
+        ) { g, _ in
+            let kis = try await g.connect(user: "out-u", appKey: "PSapp-outcomes")
+            let jwt = try await g.jwt("out-u")
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"garbage"}"#)
+            let unreadable = try await g.get("/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(unreadable.status == 502 && unreadable.code == "upstream_error", "\(unreadable.text)")
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"timeout"}"#)
+            let late = try await g.get("/domestic/chart/daily/000660?start=2025-01-02&end=2025-01-31", jwt: jwt, kis: kis)
+            #expect(late.status == 504 && late.code == "upstream_timeout", "\(late.text)")
+            _ = try await g.sim(.POST, "/__sim/reset")
+            // A sandbox token: the gateway's sandbox KIS URL has nothing listening.
+            let sandbox = try await g.connect(user: "out-s", appKey: "PSapp-outcomes-s", environment: .sandbox)
+            let refused = try await g.get("/domestic/chart/daily/035420?start=2025-01-02&end=2025-01-31",
+                                          jwt: try await g.jwt("out-s"), kis: sandbox)
+            #expect(refused.status == 502 && refused.code == "upstream_error", "\(refused.text)")
+            let m = Exposition(try await g.get("/metrics", jwt: nil, kis: nil).text)
+            for outcome in ["unreadable", "timeout", "transport"] {
+                let v = m.value("kisgw_upstream_calls_total", ["outcome": outcome, "msg_cd": ""]) ?? 0
+                #expect(v >= 1, "\(outcome): \(m.samples("kisgw_upstream_calls_total").map { ($0.labels, $0.value) })")
+            }
+            let calls = m.samples("kisgw_upstream_calls_total").reduce(0) { $0 + $1.value }
+            #expect(m.value("kisgw_upstream_duration_seconds_count") == calls)
+        }
+    }
+
     @Test("an in-process gateway given a registry serves its own series at /metrics, and no other gateway's")
     func ownRegistry() async throws {
         let registry = PrometheusCollectorRegistry()

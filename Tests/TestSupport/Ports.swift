@@ -31,3 +31,12 @@ public func freeDemoPortBase() throws -> Int {
 public struct PortError: Error, CustomStringConvertible {
     public let description: String
 }
+
+/// A port on 127.0.0.1 that nothing listens on now (a connection to it is refused), from 40000–60000.
+public func unusedLoopbackPort() throws -> Int {
+    for _ in 0..<200 {
+        let port = Int.random(in: 40_000...60_000)
+        if loopbackPortIsFree(port) { return port }
+    }
+    throw PortError(description: "no free loopback port in 40000–60000 after 200 tries")
+}
