@@ -167,7 +167,7 @@ final class BrokerScheduler: Service, Sendable {
             group.addTask {
                 while true {
                     do { try await Task.sleep(for: self.tick) } catch { return }
-                    guard await self.holdLease() else {
+                    guard await self.renewLease() else {
                         self.leaseLost.store(true, ordering: .relaxed)
                         return
                     }
@@ -218,6 +218,24 @@ final class BrokerScheduler: Service, Sendable {
             if Task.isCancelled { return }
             nextReconcile.withLock { $0 = min($0, ContinuousClock.now + tick) }
             logger.warning("reconciliation failed; it runs again next tick", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Renews the lease this copy holds; false when it is no longer this copy's (it expired or went, and another copy
+    /// may have held it since) or the store does not answer. Unlike ``holdLease()`` it never takes the lease afresh:
+    /// work that lost the lease stops at its next step, and the copies compete for it again at their next tick.
+    private func renewLease() async -> Bool {
+        guard let lease = currentLease.withLock({ $0 }) else { return false }
+        do {
+            if try await keeper.store.renewLock(lease, ttl: leaseTTL) { return true }
+            forget(lease)
+            return false
+        } catch {
+            if !Task.isCancelled {
+                logger.warning("the shared store does not answer; the scheduler's work stops at its next step",
+                               metadata: ["error": "\(error)"])
+            }
+            return false
         }
     }
 
