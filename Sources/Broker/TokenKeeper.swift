@@ -147,9 +147,9 @@ final class TokenKeeper: Sendable {
             }
         }
         let issued = try await issue(for: account, adoptValidated: true) { [self] t, now in canServe(t, at: now) }
-        // Another app key before: its tokens are retired now that the new one is in place.
+        // Another app key before: its tokens, already REVOKED and unpublished, are revoked at KIS too.
         if let replaced = issued.replaced, !replaced.tokens.isEmpty {
-            await retire(replaced.tokens, account: replaced.account)
+            await revokeAtKIS(replaced.tokens, account: replaced.account)
         }
         return issued.token
     }
@@ -399,8 +399,8 @@ final class TokenKeeper: Sendable {
     /// What ``issue(for:adoptValidated:onlyIfStored:reusable:)`` obtained, and the tokens of the app key it replaced.
     private struct Issuance {
         var token: BrokerToken
-        /// The account as it was stored with another app key, and its ACTIVE tokens, read under the locks: the caller
-        /// retires them (the new token is in place).
+        /// The account as it was stored with another app key, and its tokens that were ACTIVE: REVOKED and
+        /// unpublished under the locks; the caller revokes them at KIS.
         var replaced: (account: Account, tokens: [StoredToken])?
     }
 
@@ -489,6 +489,21 @@ final class TokenKeeper: Sendable {
                               "the token request took longer than its account's locks last; nothing was stored, try again")
             }
             try await repository.saveAccount(try vault.seal(account), token: try vault.seal(token, updatedAt: now))
+            // The replaced app key's tokens leave under the locks (only KIS's revocation, slow, is left to the
+            // caller): a `token` call with that key again, right after, must not find them ACTIVE and retire its own
+            // token with them. Database first: should unpublishing fail, the reconciler finishes it from these
+            // REVOKED rows, and publishes the new token, saved ACTIVE.
+            if let r = replaced {
+                let old = r.tokens.filter { $0.tokenSHA256 != token.sha256 }
+                if !old.isEmpty {
+                    try await repository.setStatus(.revoked, tokenSHA256s: old.map(\.tokenSHA256), updatedAt: now)
+                    for row in old {
+                        try await TokenDirectory.unpublish(sha256: row.tokenSHA256, userID: row.userID,
+                                                           environment: row.environment, store: store)
+                    }
+                }
+                replaced = (r.account, old)
+            }
             try await publish(token, account: account)
             // Only once it is stored: a request that fails before keeps the validated token for its retry (KIS
             // would refuse another issuance within the minute).
@@ -590,6 +605,11 @@ final class TokenKeeper: Sendable {
             if let appKey {
                 locks.appKey = try await acquireLock(issueLockKey(env, appKey), until: deadline,
                                                      busy: "another token request for this app key is in progress")
+                // The wait for the app key's lock used up some of the account lock's life: both start afresh (and
+                // a lock that expired meanwhile, which another writer may hold now, ends this one).
+                guard try await renew(locks) else {
+                    throw Problem(.kisRateLimited, "another request for this account is in progress", retryAfter: 1)
+                }
             }
             let result = try await body(locks)
             await release(locks)
@@ -613,7 +633,7 @@ final class TokenKeeper: Sendable {
 
     private func release(_ lock: StoreLock) async {
         do { try await store.releaseLock(lock) } catch {
-            logger.warning("could not release an issuance lock; it expires by itself", metadata: ["error": "\(error)"])
+            logger.warning("could not release a lock; it expires by itself", metadata: ["error": "\(error)"])
         }
     }
 
@@ -669,29 +689,20 @@ final class TokenKeeper: Sendable {
         }
     }
 
-    /// Tokens of an app key the user replaced: revoked at KIS (best effort), marked REVOKED, unpublished.
-    private func retire(_ rows: [StoredToken], account: Account) async {
+    /// Tokens of an app key the user replaced (already REVOKED and unpublished): revoked at KIS, best effort. Should
+    /// KIS hand one of them back meanwhile (the user connected that app key again at once, within its reuse window),
+    /// a gateway sees KIS refuse it, marks it dead, and the broker issues a new one.
+    private func revokeAtKIS(_ rows: [StoredToken], account: Account) async {
+        guard let client = clients[account.environment] else { return }
         for r in rows {
-            if let t = try? vault.open(r), let client = clients[account.environment] {
-                do {
-                    try await client.revokeToken(appKey: account.appKey, appSecret: account.appSecret, token: t.accessToken)
-                } catch {
-                    metrics.revokeFailures.increment()
-                }
+            guard let t = try? vault.open(r) else { continue }
+            do {
+                try await client.revokeToken(appKey: account.appKey, appSecret: account.appSecret, token: t.accessToken)
+            } catch {
+                metrics.revokeFailures.increment()
+                logger.warning("KIS did not revoke a token of a replaced app key; it is unpublished all the same",
+                               metadata: ["env": "\(account.environment.rawValue)", "error": "\(error)"])
             }
-        }
-        do {
-            try await repository.setStatus(.revoked, tokenSHA256s: rows.map(\.tokenSHA256), updatedAt: now)
-            for r in rows {
-                try await TokenDirectory.unpublish(sha256: r.tokenSHA256, userID: r.userID, environment: r.environment,
-                                                   store: store)
-            }
-        } catch {
-            // They stay ACTIVE under the user until they expire. Still published, their records carry the old app key
-            // and secret, so they serve if KIS did not revoke them; republished by a reconciliation (after the store
-            // lost them), they carry the account's new key, KIS refuses them, and a gateway marks them dead.
-            logger.warning("could not retire the tokens of a replaced app key; they stay until they expire",
-                           metadata: ["error": "\(error)"])
         }
     }
 

@@ -88,6 +88,31 @@ struct IssuanceRaceTests {
         }
     }
 
+    /// Sources/Broker/README.md, "The 429 answers": another request (or copy) holding the account's lock past the
+    /// wait — whatever app key it writes — is the broker's own `kis_rate_limited`, and nothing is stored or deleted.
+    @Test("a token call or DELETE while another request holds the account's lock: 429, nothing changed; once free, they go ahead")
+    func accountLockHeld() async throws {
+        try await withBroker(config: { testConfig(simURL: $0, database: $1, upstreamTimeoutMs: 500) }) { b in
+            let jwt = try await b.jwt("u-acct")
+            let old = try #require(try await b.post("/api/kis/token", accountBody(appKey("acct1")), jwt: jwt)
+                .json["token"] as? String)
+            let key = "lock:kis-account:\(KISEnvironment.sandbox.rawValue):\(TokenDirectory.sha256(of: "u-acct"))"
+            let lock = try #require(try await b.store.acquireLock(key, ttl: .seconds(60)))
+            let changed = try await b.post("/api/kis/token", accountBody(appKey("acct2")), jwt: jwt)  // waits 5.5 s
+            #expect(changed.status == 429 && changed.code == "kis_rate_limited", "\(changed.text)")
+            #expect(changed.json["detail"] as? String == "another request for this account is in progress")
+            #expect(changed.header("Retry-After") == "1" && changed.json["kis_msg_cd"] == nil)
+            let d = try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)
+            #expect(d.status == 429, "\(d.text)")
+            #expect(try await b.published(old) != nil)
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 200)
+            _ = try await b.store.releaseLock(lock)
+            #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 204)
+            #expect(try await b.published(old) == nil)
+            #expect(try await b.store.get(key) == nil, "the DELETE left the account's lock behind")
+        }
+    }
+
     /// Sources/Broker/README.md, "The 429 answers": a disconnect reads the account, takes its app key's lock and reads
     /// it again; an app key changed meanwhile (a `token` call with another one) sends it round again, and after three
     /// rounds it gives up with the broker's own `kis_rate_limited` — no `kis_msg_cd`, `Retry-After: 1`, nothing deleted.
@@ -193,10 +218,12 @@ struct IssuanceRaceTests {
         }
     }
 
-    /// How many slow calls a stand-in KIS has begun.
+    /// How many slow calls a stand-in KIS has begun, and ended.
     final class Started: Sendable {
         let count = Atomic<Int>(0)
+        let ended = Atomic<Int>(0)
         var value: Int { count.load(ordering: .relaxed) }
+        var finished: Int { ended.load(ordering: .relaxed) }
     }
 
     /// A stand-in KIS whose `tokenP` hands out one token per app key and whose `revokeP` (or, for `slowKey`, `tokenP`)
@@ -212,6 +239,7 @@ struct IssuanceRaceTests {
             if appKey == slowKey {
                 started.count.add(1, ordering: .relaxed)
                 try await Task.sleep(for: delay)
+                started.ended.add(1, ordering: .relaxed)
             }
             let t = KISTokenResponse(access_token: "standin-" + TokenDirectory.sha256(of: appKey),
                                      access_token_token_expired: KST.format(Date().addingTimeInterval(86400)),
@@ -222,6 +250,7 @@ struct IssuanceRaceTests {
             if slowRevoke {
                 started.count.add(1, ordering: .relaxed)
                 try await Task.sleep(for: delay)
+                started.ended.add(1, ordering: .relaxed)
             }
             return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: #"{"code":200,"message":"ok"}"#)))
         }
@@ -244,6 +273,7 @@ struct IssuanceRaceTests {
                 async let deleted = b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)
                 // The DELETE holds its locks and waits for KIS's revokeP (1.2 s): the key changes then.
                 try #require(await eventually(timeout: .seconds(10)) { revoking.value == 1 })
+                try #require(revoking.finished == 0, "the revocation had ended: the two requests did not overlap")
                 let changed = try await b.post("/api/kis/token", accountBody(appKey("turns2"), secret: "secret-2"), jwt: jwt)
                 #expect(try await deleted.status == 204)
                 #expect(changed.status == 200, "\(changed.text)")
@@ -281,6 +311,7 @@ struct IssuanceRaceTests {
                     b.clock.advance(86400 - 1800)  // inside refresh_ahead_s, past the reuse window: due
                     async let refreshed = keeper.scheduledRefresh(listed)
                     try #require(await eventually(timeout: .seconds(10)) { issuing.value == 2 })
+                    try #require(issuing.finished == 1, "the refresh's tokenP had ended: the two did not overlap")
                     let new = try await keeper.connect(
                         userID: "u-sched",
                         form: AccountForm(environment: .sandbox, appKey: newKey, appSecret: "secret-2",
