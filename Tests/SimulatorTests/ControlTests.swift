@@ -184,6 +184,31 @@ struct ConfigurationCheckTests {
 
 @Suite("Simulator: market data")
 struct MarketDataTests {
+    /// sim.md: "the same candle, on every run and machine" — pinned here, so that a platform whose `sin`, `exp`,
+    /// `log` or `pow` round differently (another libm), or a change to the model, shows as a failure rather than as
+    /// data that moved under the users' cached charts.
+    @Test("known candles, pinned: KRX, Nasdaq and Hong Kong, adjusted and as traded")
+    func pinnedCandles() throws {
+        func candle(_ symbol: String, _ exchange: Exchange, _ date: String, adjusted: Bool = true) throws -> [Int64] {
+            let p = try #require(MarketData.profile(symbol: symbol, exchange: exchange))
+            let d = MarketData.day(p, try #require(CivilDate(yyyymmdd: date)), adjusted: adjusted)
+            return [d.open, d.high, d.low, d.close, d.volume, d.turnover]
+        }
+        // open, high, low, close (in the exchange's minor unit: won, cents), volume, turnover
+        #expect(try candle("005930", .krx, "20250304")
+                == [57500, 58300, 57000, 57800, 72228984, 4164000927600])
+        #expect(try candle("005930", .krx, "20180510")
+                == [153100, 156800, 145200, 147300, 7834980, 1179947988000])
+        #expect(try candle("AAPL", .nas, "20250304")
+                == [20390, 20683, 20002, 20438, 6682471, 1361770647])
+        #expect(try candle("0700", .hks, "20230801")
+                == [62905, 63565, 59111, 59161, 80271856, 49114736453])
+        #expect(try candle("000660", .krx, "20160104", adjusted: false)
+                == [697000, 698000, 684000, 689000, 1286598, 890325816000])
+        #expect(try candle("000660", .krx, "20160104", adjusted: true)
+                == [139500, 139600, 136900, 137800, 6432987, 890647050150])
+    }
+
     @Test("the same symbol and date give the same candle; KRX ticks; listed vs unknown codes")
     func determinism() throws {
         let p = try #require(MarketData.profile(symbol: "005930", exchange: .krx))
