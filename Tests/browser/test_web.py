@@ -342,6 +342,32 @@ def test_refused_token_that_cannot_be_replaced_yet_shows_expired_and_is_retried(
     assert wait_chart(browser) == '200'
 
 
+def test_candle_dates_are_the_markets_dates_in_any_browser_zone(browser, demo, reset_account):
+    """KRX candles carry Seoul dates: a browser in UTC−10 shows each as its own date (a date read as the browser's
+    midnight would show a Monday's candle as Sunday's), in Korean, on the crosshair."""
+    import datetime
+    browser.execute_cdp_cmd('Emulation.setTimezoneOverride', {'timezoneId': 'Pacific/Honolulu'})
+    open_page(browser, demo, USER)
+    connect(browser)
+    wait_chart(browser)
+    load_chart(browser, start='2024-01-02', end='2024-03-29')
+    wait_chart(browser)
+    canvas = el(browser, 'chart-canvas')
+    tip = el(browser, 'crosshair')
+    width = canvas.size['width']
+    seen = set()
+    for x in range(-width // 2 + 5, width // 2 - 5, 12):
+        ActionChains(browser).move_to_element_with_offset(canvas, x, 0).perform()
+        if not tip.is_displayed():
+            continue
+        m = re.search(r'(\d{4})년 (\d{1,2})월 (\d{1,2})일', tip.text)
+        if m:
+            seen.add(datetime.date(int(m.group(1)), int(m.group(2)), int(m.group(3))))
+    assert len(seen) >= 20, sorted(seen)
+    assert all(d.weekday() < 5 for d in seen), [d.isoformat() for d in sorted(seen) if d.weekday() >= 5]
+    assert min(seen) >= datetime.date(2024, 1, 2) and max(seen) == datetime.date(2024, 3, 29), (min(seen), max(seen))
+
+
 def test_default_range_ends_today_in_the_markets_time_zone(browser, demo):
     """A browser far from Seoul still asks for today's KRX candle: the default end is today in Asia/Seoul (and in New
     York for a NAS chart), not in the browser's zone; dates typed by the user stay theirs."""
