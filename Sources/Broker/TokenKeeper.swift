@@ -147,7 +147,9 @@ final class TokenKeeper: Sendable {
             }
         }
         let issued = try await issue(for: account, adoptValidated: true) { [self] t, now in canServe(t, at: now) }
-        // Another app key before: its tokens, already REVOKED and unpublished, are revoked at KIS too.
+        // Another app key before: its tokens, already REVOKED and unpublished, are revoked at KIS too. Should KIS hand
+        // one back meanwhile (the user connected that app key again at once, within its reuse window), a gateway
+        // sees KIS refuse it, marks it dead, and the broker issues a new one.
         if let replaced = issued.replaced, !replaced.tokens.isEmpty {
             await revokeAtKIS(replaced.tokens, account: replaced.account)
         }
@@ -236,17 +238,8 @@ final class TokenKeeper: Sendable {
         let now = self.now
         let rows = try await repository.tokens(userID: userID, environment: environment)
         let live = rows.filter { $0.expiresAt > now && $0.status != .expired }
-        if let account = try? vault.open(row), let client = clients[environment] {
-            for r in live where r.status == .active {
-                guard let t = try? vault.open(r) else { continue }
-                do {
-                    try await client.revokeToken(appKey: account.appKey, appSecret: account.appSecret, token: t.accessToken)
-                } catch {
-                    metrics.revokeFailures.increment()
-                    logger.warning("KIS did not revoke a token; it is unpublished all the same",
-                                   metadata: ["user": "\(userID)", "env": "\(environment.rawValue)", "error": "\(error)"])
-                }
-            }
+        if let account = try? vault.open(row) {
+            await revokeAtKIS(live.filter { $0.status == .active }, account: account)
             try await store.delete(validatedKey(environment, account.appKey))
         }
         // The revocations at KIS may have taken long (one call a token): the locks must still be this disconnect's.
@@ -689,9 +682,8 @@ final class TokenKeeper: Sendable {
         }
     }
 
-    /// Tokens of an app key the user replaced (already REVOKED and unpublished): revoked at KIS, best effort. Should
-    /// KIS hand one of them back meanwhile (the user connected that app key again at once, within its reuse window),
-    /// a gateway sees KIS refuse it, marks it dead, and the broker issues a new one.
+    /// Revokes `rows` at KIS with `account`'s key pair, one call a token, best effort: a failure is counted and
+    /// logged, and the caller unpublishes them all the same (a disconnect, a replaced app key).
     private func revokeAtKIS(_ rows: [StoredToken], account: Account) async {
         guard let client = clients[account.environment] else { return }
         for r in rows {
@@ -700,8 +692,9 @@ final class TokenKeeper: Sendable {
                 try await client.revokeToken(appKey: account.appKey, appSecret: account.appSecret, token: t.accessToken)
             } catch {
                 metrics.revokeFailures.increment()
-                logger.warning("KIS did not revoke a token of a replaced app key; it is unpublished all the same",
-                               metadata: ["env": "\(account.environment.rawValue)", "error": "\(error)"])
+                logger.warning("KIS did not revoke a token; it is unpublished all the same", metadata: [
+                    "user": "\(account.userID)", "env": "\(account.environment.rawValue)", "error": "\(error)",
+                ])
             }
         }
     }

@@ -22,20 +22,32 @@ struct IssuanceRaceTests {
     {
         let router = Router()
         router.post("/oauth2/tokenP") { request, _ in
-            let body = try await request.body.collect(upTo: 1 << 16)
-            let form = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any]
-            let appKey = form?["appkey"] as? String ?? "?"
+            let appKey = try await Self.requestedAppKey(in: request)
             await onIssue()
             try await Task.sleep(for: delay)
-            let t = KISTokenResponse(access_token: "standin-" + TokenDirectory.sha256(of: appKey),
-                                     access_token_token_expired: KST.format(Date().addingTimeInterval(86400)),
-                                     expires_in: 86400)
-            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(bytes: try JSONEncoder().encode(t))))
+            return try Self.tokenAnswer(for: appKey)
         }
-        router.post("/oauth2/revokeP") { _, _ in
-            Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: #"{"code":200,"message":"ok"}"#)))
-        }
+        router.post("/oauth2/revokeP") { _, _ in Self.revokedAnswer() }
         return await startStandInKIS(router)
+    }
+
+    /// The app key a stand-in's `tokenP` request names.
+    static func requestedAppKey(in request: Request) async throws -> String {
+        let body = try await request.body.collect(upTo: 1 << 16)
+        let form = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any]
+        return form?["appkey"] as? String ?? "?"
+    }
+
+    /// A stand-in's `tokenP` answer: the app key's one token, for a day.
+    static func tokenAnswer(for appKey: String) throws -> Response {
+        let t = KISTokenResponse(access_token: "standin-" + TokenDirectory.sha256(of: appKey),
+                                 access_token_token_expired: KST.format(Date().addingTimeInterval(86400)),
+                                 expires_in: 86400)
+        return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(bytes: try JSONEncoder().encode(t))))
+    }
+
+    static func revokedAnswer() -> Response {
+        Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: #"{"code":200,"message":"ok"}"#)))
     }
 
     static func lockKey(_ appKey: String) -> String {
@@ -224,6 +236,13 @@ struct IssuanceRaceTests {
         let ended = Atomic<Int>(0)
         var value: Int { count.load(ordering: .relaxed) }
         var finished: Int { ended.load(ordering: .relaxed) }
+
+        /// A slow call: counted as begun, `delay` long, counted as ended.
+        func during(_ delay: Duration) async throws {
+            count.add(1, ordering: .relaxed)
+            try await Task.sleep(for: delay)
+            ended.add(1, ordering: .relaxed)
+        }
     }
 
     /// A stand-in KIS whose `tokenP` hands out one token per app key and whose `revokeP` (or, for `slowKey`, `tokenP`)
@@ -233,26 +252,13 @@ struct IssuanceRaceTests {
     {
         let router = Router()
         router.post("/oauth2/tokenP") { request, _ in
-            let body = try await request.body.collect(upTo: 1 << 16)
-            let form = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any]
-            let appKey = form?["appkey"] as? String ?? "?"
-            if appKey == slowKey {
-                started.count.add(1, ordering: .relaxed)
-                try await Task.sleep(for: delay)
-                started.ended.add(1, ordering: .relaxed)
-            }
-            let t = KISTokenResponse(access_token: "standin-" + TokenDirectory.sha256(of: appKey),
-                                     access_token_token_expired: KST.format(Date().addingTimeInterval(86400)),
-                                     expires_in: 86400)
-            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(bytes: try JSONEncoder().encode(t))))
+            let appKey = try await Self.requestedAppKey(in: request)
+            if appKey == slowKey { try await started.during(delay) }
+            return try Self.tokenAnswer(for: appKey)
         }
         router.post("/oauth2/revokeP") { _, _ in
-            if slowRevoke {
-                started.count.add(1, ordering: .relaxed)
-                try await Task.sleep(for: delay)
-                started.ended.add(1, ordering: .relaxed)
-            }
-            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: #"{"code":200,"message":"ok"}"#)))
+            if slowRevoke { try await started.during(delay) }
+            return Self.revokedAnswer()
         }
         return await startStandInKIS(router)
     }
