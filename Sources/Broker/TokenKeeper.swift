@@ -246,11 +246,7 @@ final class TokenKeeper: Sendable {
         if try await !renew(locks) {
             throw Problem(.upstreamTimeout, "KIS took longer to revoke the tokens than the account's locks last; try again")
         }
-        // Database first: should unpublishing fail, the reconciler finishes it from these REVOKED rows.
-        try await repository.setStatus(.revoked, tokenSHA256s: live.map(\.tokenSHA256), updatedAt: now)
-        for r in live {
-            try await TokenDirectory.unpublish(sha256: r.tokenSHA256, userID: userID, environment: environment, store: store)
-        }
+        try await revokeAndUnpublish(live, at: now)
         try await repository.deleteAccount(userID: userID, environment: environment)
     }
 
@@ -484,17 +480,10 @@ final class TokenKeeper: Sendable {
             try await repository.saveAccount(try vault.seal(account), token: try vault.seal(token, updatedAt: now))
             // The replaced app key's tokens leave under the locks (only KIS's revocation, slow, is left to the
             // caller): a `token` call with that key again, right after, must not find them ACTIVE and retire its own
-            // token with them. Database first: should unpublishing fail, the reconciler finishes it from these
-            // REVOKED rows, and publishes the new token, saved ACTIVE.
+            // token with them. Should unpublishing fail, the reconciler also publishes the new token, saved ACTIVE.
             if let r = replaced {
                 let old = r.tokens.filter { $0.tokenSHA256 != token.sha256 }
-                if !old.isEmpty {
-                    try await repository.setStatus(.revoked, tokenSHA256s: old.map(\.tokenSHA256), updatedAt: now)
-                    for row in old {
-                        try await TokenDirectory.unpublish(sha256: row.tokenSHA256, userID: row.userID,
-                                                           environment: row.environment, store: store)
-                    }
-                }
+                try await revokeAndUnpublish(old, at: now)
                 replaced = (r.account, old)
             }
             try await publish(token, account: account)
@@ -560,8 +549,9 @@ final class TokenKeeper: Sendable {
         "lock:kis-account:\(env.rawValue):\(TokenDirectory.sha256(of: userID))"
     }
 
-    private func acquireIssueLock(_ env: KISEnvironment, _ appKey: String) async throws -> StoreLock {
-        try await acquireLock(issueLockKey(env, appKey), until: ContinuousClock.now + settings.lockWait,
+    private func acquireIssueLock(_ env: KISEnvironment, _ appKey: String,
+                                  until deadline: ContinuousClock.Instant? = nil) async throws -> StoreLock {
+        try await acquireLock(issueLockKey(env, appKey), until: deadline ?? ContinuousClock.now + settings.lockWait,
                               busy: "another token request for this app key is in progress")
     }
 
@@ -596,8 +586,7 @@ final class TokenKeeper: Sendable {
         var locks = AccountLocks(account: account, appKey: nil)
         do {
             if let appKey {
-                locks.appKey = try await acquireLock(issueLockKey(env, appKey), until: deadline,
-                                                     busy: "another token request for this app key is in progress")
+                locks.appKey = try await acquireIssueLock(env, appKey, until: deadline)
                 // The wait for the app key's lock used up some of the account lock's life: both start afresh (and
                 // a lock that expired meanwhile, which another writer may hold now, ends this one).
                 guard try await renew(locks) else {
@@ -679,6 +668,17 @@ final class TokenKeeper: Sendable {
             else { return false }
             try await ensurePublished(token, account: account)
             return true
+        }
+    }
+
+    /// Marks `rows` REVOKED, then takes them out of the shared store (records, user set, a `revoked` event each).
+    /// Database first: should unpublishing fail, the reconciler finishes it from the REVOKED rows.
+    private func revokeAndUnpublish(_ rows: [StoredToken], at now: Int64) async throws {
+        guard !rows.isEmpty else { return }
+        try await repository.setStatus(.revoked, tokenSHA256s: rows.map(\.tokenSHA256), updatedAt: now)
+        for r in rows {
+            try await TokenDirectory.unpublish(sha256: r.tokenSHA256, userID: r.userID, environment: r.environment,
+                                               store: store)
         }
     }
 

@@ -229,11 +229,8 @@ struct Simulator: Sendable {
         case .kis_error:
             // An input error (`OPSQ2…`) in the shape KIS gives one (kis-api.md §6): HTTP 200, `rt_cd "2"`.
             if faults.msgCode.hasPrefix("OPSQ2") {
-                state.count(error: faults.msgCode)
                 let text = faults.msgCode == "OPSQ2002" ? "ERROR : INPUT FIELD_LENGTH" : "ERROR : INPUT INVALID_CHECK"
-                let body = try! Self.encoder.encode(KISEnvelope(rt_cd: "2", msg_cd: faults.msgCode, msg1: text))
-                return Response(status: .ok, headers: kisHeaders(trID: requestTrID, trCont: ""),
-                                body: .init(byteBuffer: ByteBuffer(bytes: body)))
+                return inputError(code: faults.msgCode, text: text, trID: requestTrID)
             }
             return kisError(faults.msgCode, trID: requestTrID)
         }
@@ -250,9 +247,12 @@ struct Simulator: Sendable {
 
     /// An input error: HTTP 200 with `rt_cd "2"` (`OPSQ2001 ERROR : INPUT INVALID_CHECK_…`).
     private func inputError(_ field: String, trID: String, length: Bool = false) -> Response {
-        let code = length ? "OPSQ2002" : "OPSQ2001"
+        length ? inputError(code: "OPSQ2002", text: "ERROR : INPUT FIELD_LENGTH", trID: trID)
+            : inputError(code: "OPSQ2001", text: "ERROR : INPUT INVALID_CHECK_\(field)", trID: trID)
+    }
+
+    private func inputError(code: String, text: String, trID: String) -> Response {
         state.count(error: code)
-        let text = length ? "ERROR : INPUT FIELD_LENGTH" : "ERROR : INPUT INVALID_CHECK_\(field)"
         let body = try! Self.encoder.encode(KISEnvelope(rt_cd: "2", msg_cd: code, msg1: text))
         return Response(status: .ok, headers: kisHeaders(trID: trID, trCont: ""),
                         body: .init(byteBuffer: ByteBuffer(bytes: body)))
@@ -294,7 +294,7 @@ struct Simulator: Sendable {
     private func page<T>(
         _ request: Request, appKey: String, rows: (_ limit: Int) -> [T]
     ) -> (rows: [T], trCont: String) {
-        guard configuration.trContPaging else { return (Array(rows(100).prefix(100)), "D") }
+        guard configuration.trContPaging else { return (rows(100), "D") }
         let key = appKey + "|" + request.uri.path + "|" + (request.uri.query ?? "")
         let wantsNext = request.headers[HTTPField.Name("tr_cont")!]?.uppercased() == "N"
         let offset = wantsNext ? (state.cursor(key) ?? 0) : 0

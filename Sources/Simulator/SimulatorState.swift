@@ -106,9 +106,8 @@ final class SimulatorState: Sendable {
             s.tokens[token] = Token(appKey: appKey, appSecret: appSecret, issuedAt: issuedAt, expiresAt: expiresAt,
                                     revoked: false)
             s.latestToken[appKey] = token
-            // Not earlier than when `decideToken` counted the request (the exact time; `issuedAt` is in whole seconds,
+            // `lastTokenResponse` is `decideToken`'s alone: the request's exact time (`issuedAt` is in whole seconds,
             // which let a request up to a second short of the issue interval through).
-            s.lastTokenResponse[appKey] = max(s.lastTokenResponse[appKey] ?? issuedAt, issuedAt)
             s.issuances += 1
         }
     }
