@@ -352,3 +352,45 @@ def test_an_error_page_that_is_not_json_is_told_in_korean_not_shown(page):
     page's markup."""
     r = run(page, SCENARIOS['non_json_error_body_is_not_shown'])
     assert r == {'message': '서버가 일시적으로 응답하지 않습니다 (HTTP 502)', 'code': 'http_502', 'status': 502}, r
+
+
+def test_retry_after_is_read_as_seconds_or_as_an_http_date(page):
+    """RFC 9110 §10.2.3: Retry-After is delay-seconds or an HTTP-date; a date is a wait counted from now (it read as
+    NaN before, and the page then neither waited nor said how long to wait)."""
+    r = run(page, r"""
+const {mod} = window.__t;
+const now = Date.parse('2026-11-28T01:00:00Z');
+return [mod.retryAfterSeconds('5', now), mod.retryAfterSeconds(' 0 ', now),
+        mod.retryAfterSeconds('Sat, 28 Nov 2026 01:00:30 GMT', now), mod.retryAfterSeconds('Sat, 28 Nov 2026 00:59:00 GMT', now),
+        mod.retryAfterSeconds('soon', now), mod.retryAfterSeconds(null, now), mod.retryAfterSeconds('', now)];
+""")
+    assert r == [5, 0, 30, 0, None, None, None], r
+
+
+def test_price_axis_labels_are_distinct_for_a_flat_krw_chart_and_fine_overseas_steps(page):
+    """A flat KRW chart (one price) spans ±1 won: its axis must not step by 0.5 and label 78,200 twice; an overseas
+    chart whose range needs steps finer than its prices' digits labels each step with the digits it needs."""
+    r = run(page, r"""
+const {CandleChart} = await import('/ui/chart.js');
+const labels = (data) => {
+  const canvas = document.createElement('canvas');
+  canvas.style.width = '800px'; canvas.style.height = '400px';
+  document.body.append(canvas);
+  const ctx = canvas.getContext('2d');
+  const seen = [];
+  const fill = ctx.fillText.bind(ctx);
+  ctx.fillText = (text, x, y) => { seen.push([String(text), x]); fill(text, x, y); };
+  new CandleChart(canvas).setData(data);
+  canvas.remove();
+  const right = Math.max(...seen.map(([, x]) => x));
+  return seen.filter(([t, x]) => x === right && /^[\d,.]+$/.test(t)).map(([t]) => t);
+};
+const candle = (date, o, h, l, c) => ({date, open: o, high: h, low: l, close: c, volume: 1000});
+return {
+  krw: labels({currency: 'KRW', candles: [candle('2024-01-02', 78200, 78200, 78200, 78200)]}),
+  usd: labels({currency: 'USD', candles: [candle('2024-01-02', 10.5, 10.51, 10.5, 10.5)]}),
+};
+""")
+    for name, shown in r.items():
+        assert shown and len(shown) == len(set(shown)), (name, shown)
+    assert all('.' not in t for t in r['krw']), r['krw']

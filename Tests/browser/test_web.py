@@ -748,6 +748,43 @@ def test_chart_loading_and_error_states(browser, demo, connected_account, sim_fa
     assert_canvas_drawn(browser)
 
 
+def test_a_chart_still_loading_is_not_drawn_after_the_environment_changed(browser, demo, connected_account, sim_faults):
+    """A chart asked for under the SANDBOX account that arrives after the user switched to LIVE (not connected) is
+    not drawn under "연결 안됨": the page shows what the status says, not the answer of a request it no longer wants."""
+    open_connected(browser, demo)
+    wait_chart(browser)
+    sim_faults(mode='none', latency_ms=2500)
+    load_chart(browser, symbol='035420', start='2024-01-02', end='2024-03-29')   # no other test asks for it
+    wait(browser, lambda d: chart_state(d)[0] == 'loading', message=f'not loading: {chart_state(browser)}')
+    el(browser, 'env-LIVE').click()
+    wait(browser, lambda d: status(d) == ('disconnected', '연결 안됨'))
+    assert chart_state(browser)[0] == 'idle', chart_state(browser)
+    # The answer arrives (2.5 s of KIS latency) — and is not drawn.
+    wait(browser, lambda d: d.execute_script(
+        "return performance.getEntriesByType('resource').some((e) => e.name.includes('/035420') && e.responseEnd > 0)"),
+        timeout=15, message='the chart request did not finish')
+    browser.execute_script('return new Promise((r) => setTimeout(r, 300))')
+    assert chart_state(browser)[0] == 'idle', chart_state(browser)
+    assert el(browser, 'chart-title').text == '종목을 조회하세요'
+    px = browser.execute_script(CANVAS_PIXELS)
+    assert px['red'] + px['blue'] == 0, f"the SANDBOX chart was drawn under LIVE's notice: {px}"
+    assert '실계좌 계정이 연결되어 있지 않습니다' in el(browser, 'chart-empty').text
+    el(browser, 'env-SANDBOX').click()
+
+
+def test_a_field_the_broker_refuses_is_told_in_korean_with_its_message(browser, demo):
+    """An app key the page lets through (not empty) but the broker refuses (a space in it): the form says in Korean
+    what is wrong with which field, marks that field, and still shows the broker's own message (web-client.md)."""
+    open_page(browser, demo, 'field-refusal')
+    fill_connect(browser, key='PS with spaces')
+    error = el(browser, 'connect-error')
+    wait(browser, lambda d: error.is_displayed() and error.text, message='no error shown')
+    assert error.get_attribute('data-code') == 'invalid_parameter', error.text
+    assert error.text.startswith('요청 값이 올바르지 않습니다 — App Key 는 공백 없는'), error.text
+    assert '(appKey must be' in error.text, error.text
+    assert connect_field_marks(browser) == [['true', 'connect-error'], [None, None], [None, None]]
+
+
 def test_weekly_and_yearly_charts(browser, demo, connected_account):
     """web-client.md: period D/W/M(/Y). The title names the period the gateway answered for; the candles are drawn."""
     open_connected(browser, demo)

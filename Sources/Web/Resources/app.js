@@ -37,14 +37,42 @@ const PROBLEM_LABEL = {
   internal_error: '서버 내부 오류가 발생했습니다',
 };
 
-/** A broker or gateway error for the user: the Korean headline of its code, then the server's message and, when KIS
- *  gave one, KIS's own (Korean) message. */
+/** Korean for what the broker's `invalid_parameter` names: its message starts with the field (broker-api.md). */
+const FIELD_PROBLEM = {
+  appKey: 'App Key 는 공백 없는 영문·숫자·기호 1~512자입니다',
+  appSecret: 'App Secret 은 공백 없는 영문·숫자·기호 1~512자입니다',
+  accountNumber: '계좌번호는 12345678-01 형식입니다',
+  environment: '환경은 실계좌 또는 모의투자입니다',
+};
+
+/** The field of the connect form (or the environment) a broker `invalid_parameter` is about, or null. */
+function refusedField(err) {
+  if (err.code !== 'invalid_parameter') return null;
+  return /^(appKey|appSecret|accountNumber|environment)\b/.exec(err.message ?? '')?.[1] ?? null;
+}
+
+/**
+ * A broker or gateway error for the user, in Korean first: the headline of its code, what it means here when the
+ * page knows (the field refused, another request for the same account), how long to wait when the server said
+ * (`Retry-After`); then the server's own message in parentheses (broker-api.md: the broker's message is shown) and,
+ * when KIS gave one, KIS's own (Korean) message.
+ */
 function describeError(err) {
   const label = PROBLEM_LABEL[err.code];
+  if (!label) return err.message;  // the page's own (Korean) text: no answer, or an answer without a problem body
+  let text = label;
+  const field = refusedField(err);
+  if (field) text = `${label} — ${FIELD_PROBLEM[field]}`;
+  else if (err.code === 'kis_rate_limited' && /in progress|keeps changing/.test(err.message ?? '')) {
+    text = '이 계정에 대한 다른 요청을 처리하고 있습니다';
+  } else if (err.code === 'rate_limited' && /account checks/.test(err.message ?? '')) {
+    text = '계정 확인 요청이 너무 많습니다';
+  }
+  if (err.retryAfter) text += `. ${err.retryAfter}초 후 다시 시도하세요`;
+  if (err.message && !text.includes(err.message)) text += ` (${err.message})`;
   const kis = err.body?.kis_msg1;
-  const parts = [label && !err.message.includes(label) ? `${label}: ${err.message}` : err.message];
-  if (kis && !parts[0].includes(kis)) parts.push(`(한국투자증권: ${kis})`);
-  return parts.join(' ');
+  if (kis && !text.includes(kis)) text += ` (한국투자증권: ${kis})`;
+  return text;
 }
 
 const expiryFmt = new Intl.DateTimeFormat('ko-KR', {
@@ -164,11 +192,17 @@ async function startSession(token) {
 // ------------------------------------------------------------------------------------------------ status
 
 let editing = false;
+/** Renders again when the shown token expires (or is a minute from it: `expired` once refreshes keep failing), so
+ *  that the status turns at that moment rather than at the next periodic render. */
+let expiryTimer = null;
 
 function render(s = client?.state()) {
   if (!s) return;
   const env = s.environment;
   const e = s.environments[env];
+  clearTimeout(expiryTimer);
+  const left = e.expiresAt ? Date.parse(e.expiresAt) - Date.now() : NaN;
+  if (e.connected && left > 0) expiryTimer = setTimeout(() => render(), Math.min(left > 60000 ? left - 60000 : left, 2 ** 31 - 1) + 50);
   for (const name of ENVIRONMENTS) $(`env-${name}`).setAttribute('aria-checked', String(name === env));
 
   const status = $('status');
@@ -198,10 +232,10 @@ function render(s = client?.state()) {
   $('acct-expiry').textContent = formatExpiry(e.expiresAt);
   const refreshEl = $('acct-refresh');
   if (e.refreshFailures > 0) {
-    refreshEl.textContent = `실패 ${e.refreshFailures}회 — ${e.nextRefreshAt ? timeFmt.format(new Date(e.nextRefreshAt)) + ' 재시도' : '중지됨'}${e.lastError ? ` (${e.lastError})` : ''}`;
+    refreshEl.textContent = `실패 ${e.refreshFailures}회 — ${e.nextRefreshAt ? timeFmt.format(new Date(e.nextRefreshAt)) + ' (KST) 재시도' : '중지됨'}${e.lastError ? ` (${e.lastError})` : ''}`;
     refreshEl.className = 'warn';
   } else {
-    refreshEl.textContent = e.nextRefreshAt ? `${timeFmt.format(new Date(e.nextRefreshAt))} 예정` : '—';
+    refreshEl.textContent = e.nextRefreshAt ? `${timeFmt.format(new Date(e.nextRefreshAt))} (KST) 예정` : '—';
     refreshEl.className = '';
   }
   $('acct-refresh-now').disabled = e.refreshing;
@@ -283,9 +317,8 @@ function markConnectFields(invalid, focus = false) {
 /** The connect form's fields a refusal is about: the key pair KIS refused, or the field the broker names. */
 function fieldsRefused(err) {
   if (err.code === 'kis_credentials_rejected') return ['appKey', 'appSecret'];
-  if (err.code !== 'invalid_parameter') return [];
-  const named = /^(appKey|appSecret|accountNumber)\b/.exec(err.message);
-  return named ? [named[1]] : [];
+  const field = refusedField(err);
+  return field && CONNECT_FIELDS.includes(field) ? [field] : [];
 }
 
 let disconnectArmed = null;
@@ -316,8 +349,11 @@ async function onDisconnect() {
 
 async function onRefreshNow() {
   try {
-    await client.refresh();
-    toast('토큰을 갱신했습니다', 'success');
+    const before = client.token();
+    const entry = await client.refresh();
+    // Within KIS's reuse window the broker hands back the token it has (broker-api.md): nothing was renewed.
+    toast(entry.token === before ? `토큰이 아직 유효합니다 — 만료 ${formatExpiry(entry.expiresAt)}` : '토큰을 갱신했습니다',
+      'success');
   } catch (err) {
     toast(`토큰 갱신 실패 — ${describeError(err)}`, 'error');
   }
@@ -366,14 +402,18 @@ function showCrosshair(c, i, x) {
 function setChartState(state, status = '') {
   chartEl.dataset.state = state;
   chartEl.dataset.status = String(status);
+  chartEl.setAttribute('aria-busy', String(state === 'loading'));
   $('chart-loading').hidden = state !== 'loading';
   $('chart-error').hidden = state !== 'error';
   $('chart-empty').hidden = state !== 'idle';
   $('chart-submit').disabled = state === 'loading';
 }
 
-/** No chart to show: the canvas is cleared (a chart of the account or user before must not stay under the notice). */
+/** No chart to show: the canvas is cleared (a chart of the account or user before must not stay under the notice),
+ *  and a chart still on its way is not drawn when it arrives — it was asked for another account, environment or
+ *  user than the page now shows. */
 function showChartEmpty(text) {
+  chartSeq++;
   chart.setData(null);
   $('chart-empty').textContent = text;
   $('chart-title').textContent = '종목을 조회하세요';
@@ -472,7 +512,7 @@ async function loadChart(query = readQuery()) {
     code.className = 'code';
     code.textContent = `${d.name ? `${d.symbol} · ` : ''}${d.exchange} · ${d.currency} · ${({ D: '일봉', W: '주봉', M: '월봉', Y: '년봉' })[d.period] ?? d.period}`;
     title.append(code);
-    $('chart-cache').textContent = `${res.cache ?? '—'}${res.status === 304 ? ' · 304' : ''}`;
+    $('chart-cache').textContent = `${res.cache ?? '—'}${res.status === 304 ? ' · 304' : ''}${res.cache === 'STALE' ? ' · 이전 데이터 (한국투자증권 응답 없음)' : ''}`;
     $('chart-cache').dataset.cache = res.cache ?? '';
     const upstream = /upstream;dur=([\d.]+)/.exec(res.serverTiming ?? '');
     $('chart-timing').textContent = `${Math.round(res.ms)} ms${upstream ? ` (KIS ${Math.round(Number(upstream[1]))} ms)` : ''}`;

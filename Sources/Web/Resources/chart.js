@@ -148,14 +148,17 @@ export class CandleChart {
     // grid + price axis
     ctx.font = '11px system-ui, "Noto Sans CJK KR", sans-serif';
     ctx.textBaseline = 'middle';
-    const ps = niceStep(hi - lo, 6);
+    // Never finer than the prices' own last digit (a flat KRW chart would label 78,200 twice at a step of 0.5), and
+    // each label with the digits its step needs.
+    const ps = Math.max(niceStep(hi - lo, 6), 10 ** -this.decimals);
+    const labelDecimals = Math.max(0, -Math.floor(Math.log10(ps) + 1e-9));
     ctx.strokeStyle = COLORS.grid;
     ctx.fillStyle = COLORS.axis;
     ctx.lineWidth = 1;
     for (let p = Math.ceil(lo / ps) * ps; p <= hi; p += ps) {
       const y = Math.round(yP(p)) + 0.5;
       ctx.beginPath(); ctx.moveTo(plotLeft, y); ctx.lineTo(plotRight, y); ctx.stroke();
-      ctx.fillText(formatPrice(p, ps < 1 ? this.decimals : 0), plotRight + 6, y);
+      ctx.fillText(formatPrice(p, labelDecimals), plotRight + 6, y);
     }
     ctx.beginPath();
     ctx.moveTo(plotLeft, volTop - gap / 2 + 0.5); ctx.lineTo(plotRight, volTop - gap / 2 + 0.5); ctx.stroke();

@@ -282,9 +282,18 @@ function errorFrom(response, body) {
     status: response.status,
     code: body?.code || `http_${response.status}`,
     title: body?.title,
-    retryAfter: retry ? Number(retry) : null,
+    retryAfter: retryAfterSeconds(retry),
     body,
   });
+}
+
+/** `Retry-After` in seconds: delay-seconds, or an HTTP-date (RFC 9110 §10.2.3) counted from now; null when absent or
+ *  unreadable. */
+export function retryAfterSeconds(value, now = Date.now()) {
+  if (value == null || value.trim() === '') return null;
+  if (/^\d+$/.test(value.trim())) return Number(value.trim());
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? null : Math.max(0, Math.ceil((at - now) / 1000));
 }
 
 /** A request that got no answer, naming the server it was for: the broker (same origin) or the gateway (CORS). */
