@@ -344,6 +344,8 @@ final class TokenKeeper: Sendable {
                     if try await isPublished(row.tokenSHA256, userID: row.userID, environment: row.environment) {
                         return false
                     }
+                    // A gateway may have seen KIS refuse it since the mark was read above: not published again.
+                    if try await TokenDirectory.deadReason(sha256: row.tokenSHA256, store: store) != nil { return false }
                     try await publish(token, account: account)
                     return true
                 }
@@ -630,8 +632,13 @@ final class TokenKeeper: Sendable {
             now: clock())
     }
 
+    /// Whether the token is published as this broker would publish it now: its record, sealed with the current seal
+    /// key, and its user's set member. A record sealed with another key (before a rotation) counts as not published,
+    /// so every path that publishes a token missing from the store (the reconciler, a refresh handing the token
+    /// back) seals it again with the current key — gateways given only the new key then open it, and the old key
+    /// can go once a reconciliation has run (`Sources/Broker/README.md`). Unreadable records count as not published.
     func isPublished(_ sha: String, userID: String, environment: KISEnvironment) async throws -> Bool {
-        guard try await store.get(TokenDirectory.recordKey(sha)) != nil else { return false }
+        guard (try? await TokenDirectory.sealKeyID(sha256: sha, store: store)) == keyring.current else { return false }
         return try await store.setMembers(TokenDirectory.userKey(userID, environment)).contains(sha)
     }
 
@@ -643,10 +650,13 @@ final class TokenKeeper: Sendable {
         return true
     }
 
-    /// Marks a token KIS refused EXPIRED and takes it out of its user's set, which holds live tokens only.
+    /// Marks a token KIS refused EXPIRED and unpublishes it (its record, its user's set member, a `revoked` event):
+    /// the gateway that saw KIS refuse it unpublished it too, but a gateway's unpublish that failed after its `dead:`
+    /// mark would leave the record accepted by every gateway until each learned the same from KIS.
     private func expireRefused(_ token: BrokerToken) async throws {
         try await repository.setStatus(.expired, tokenSHA256s: [token.sha256], updatedAt: now)
-        _ = try await store.setRemove(TokenDirectory.userKey(token.userID, token.environment), members: [token.sha256])
+        try await TokenDirectory.unpublish(sha256: token.sha256, userID: token.userID, environment: token.environment,
+                                           store: store)
     }
 
     /// Publishes `token` unless it is; for a caller holding the account's locks.

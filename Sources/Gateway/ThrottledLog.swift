@@ -48,11 +48,17 @@ final class ThrottledLog: Sendable {
     /// Logs `message` as a warning unless one of `kind` was logged less than the interval ago.
     func warning(kind: String, _ message: @autoclosure () -> Logger.Message,
                  metadata: @autoclosure () -> Logger.Metadata = [:]) {
+        log(.warning, kind: kind, message(), metadata: metadata())
+    }
+
+    /// Logs `message` at `level` unless one of `kind` was logged less than the interval ago.
+    func log(_ level: Logger.Level, kind: String, _ message: @autoclosure () -> Logger.Message,
+             metadata: @autoclosure () -> Logger.Metadata = [:]) {
         let now = ContinuousClock.now
         guard let unlogged = throttle.withLock({ $0.admit(kind, at: now) }) else { return }
         var all = metadata()
         if unlogged > 0 { all["unlogged_since_last"] = "\(unlogged)" }
-        logger.warning(message(), metadata: all)
+        logger.log(level: level, message(), metadata: all)
     }
 
     /// The answer to a request the shared store failed: `503 store_unavailable` (gateway-api.md), whose detail says

@@ -60,7 +60,6 @@ final class TokenAuthorizer: Sendable {
     private let recheck: TimeInterval
     private let limit = 100_000
     private let forgottenLimit = 1024
-    private let logger: Logger
     private let failures: ThrottledLog
 
     /// - Parameters:
@@ -68,12 +67,12 @@ final class TokenAuthorizer: Sendable {
     ///   - deadReason: the KIS code a gateway saw KIS refuse the token with (`dead:{sha256}`) when the token was the
     ///     user's, asked when its record is gone: `EGW00123` is answered `kis_token_expired` (gateway-api.md), as to
     ///     the request that met it.
-    ///   - failures: where the store's failures are logged (the gateway's one; a new one by default).
+    ///   - failures: where the store's failures and unopenable records are logged (the gateway's one; by default a
+    ///     new one on `logger`).
     init(recheck: TimeInterval = 30, logger: Logger = Logger(label: "kisgw.gateway"), failures: ThrottledLog? = nil,
          deadReason: (@Sendable (_ token: String, _ userID: String) async -> String?)? = nil,
          lookup: @escaping @Sendable (_ token: String) async throws(StoreError) -> ResolvedToken?) {
         self.recheck = recheck
-        self.logger = logger
         self.failures = failures ?? ThrottledLog(logger: logger)
         self.deadReason = deadReason
         self.lookup = lookup
@@ -105,8 +104,10 @@ final class TokenAuthorizer: Sendable {
         do { resolved = try await lookup(kisToken) } catch {
             guard error.code.isUnopenable else { throw failures.storeProblem(error, subject: "the token store") }
             // A record this gateway cannot open: sealed with a key it does not hold (its `[seal]` keys differ from
-            // the broker's), tampered with, or malformed. Nothing to accept the token on.
-            logger.error("a KIS token record cannot be opened", metadata: ["error": "\(error)"])
+            // the broker's), tampered with, or malformed. Nothing to accept the token on. Logged once a minute for
+            // each kind of failure: a seal key missing here fails every request that brings a token it sealed.
+            failures.log(.error, kind: "unopenable record " + error.code.description,
+                         "a KIS token record cannot be opened", metadata: ["error": "\(error)"])
             throw Problem(.kisTokenInvalid, "the KIS token's record cannot be opened by this gateway")
         }
         guard let resolved else {

@@ -223,6 +223,17 @@ public enum TokenDirectory {
         return DeadMark(msg_cd: String(buffer: buffer), user_id: nil, env: nil)
     }
 
+    /// The id of the seal key the record of `sha` is sealed with; nil when there is no record. The broker publishes a
+    /// record again when it is sealed with a key other than its current one (a rotation), so that gateways which
+    /// hold only the new key can open it before the old key goes.
+    public static func sealKeyID(sha256 sha: String, store: any SharedStore) async throws(StoreError) -> String? {
+        let key = recordKey(sha)
+        guard let buffer = try await store.get(key) else { return nil }
+        do { return try JSONDecoder().decode(TokenRecord.self, from: Data(buffer.readableBytesView)).kid } catch {
+            throw StoreError(.invalidRecord, "the record at \(key) is not a token record")
+        }
+    }
+
     /// The record of `token`, opened; nil when there is none (unknown, revoked, or expired away).
     public static func resolve(token: String, store: any SharedStore, keyring: SealKeyring) async throws(StoreError)
         -> PublishedToken?

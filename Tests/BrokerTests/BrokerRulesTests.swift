@@ -1,4 +1,4 @@
-import Broker
+@testable import Broker
 import Foundation
 import Hummingbird
 import KIS
@@ -465,6 +465,91 @@ struct BrokerRulesMoreTests {
                            "98765432", testSecret] {
                 #expect(!lines.contains { $0.contains(secret) }, "\(secret) in \(lines.filter { $0.contains(secret) })")
             }
+        }
+    }
+
+    /// store.md: the broker and all gateways hold the same seal keys. A rotation (a new key made current, the broker
+    /// restarted) re-encrypts the database at start-up; the records already in the shared store were still sealed
+    /// with the old key, so a gateway given only the new key refused every live token as `kis_token_invalid`, and a
+    /// refresh handed the same token back (its record existed) for up to the reuse window.
+    @Test("after a seal key rotation the reconciler and a refresh seal published records again with the new key",
+          arguments: StoreKind.allCases)
+    func rotationReseals(store: StoreKind) async throws {
+        let old = try SealKeyring(current: "k1", keys: ["k1": VaultTests.key(1)])
+        let rotated = try SealKeyring(current: "k2", keys: ["k1": VaultTests.key(1), "k2": VaultTests.key(2)])
+        let onlyNew = try SealKeyring(current: "k2", keys: ["k2": VaultTests.key(2)])
+        try await withBroker(store: store, keyring: old, config: quietSchedulerConfig) { b in
+            var tokens: [String] = []
+            for user in ["u-rot1", "u-rot2"] {
+                let r = try await b.post("/api/kis/token", accountBody(appKey(user)), jwt: try await b.jwt(user))
+                tokens.append(try #require(r.json["token"] as? String, "\(r.text)"))
+            }
+            let shas = tokens.map { TokenDirectory.sha256(of: $0) }
+            for sha in shas { #expect(try await TokenDirectory.sealKeyID(sha256: sha, store: b.store) == "k1") }
+            await #expect(throws: StoreError.self) {
+                _ = try await TokenDirectory.resolve(token: tokens[0], store: b.store, keyring: onlyNew)
+            }
+            let issued = try await b.issuances()
+
+            // The reconciler of a broker with the new key current seals the first user's record again.
+            let keeper = makeKeeper(try b.database.repository(), store: b.store, keyring: rotated, kis: nil,
+                                    clock: { b.clock.now() })
+            try await b.store.delete(TokenDirectory.recordKey(shas[1]))  // not published at all: republished too
+            #expect(try await keeper.reconcile() == 2)
+            for (token, user) in zip(tokens, ["u-rot1", "u-rot2"]) {
+                let sha = TokenDirectory.sha256(of: token)
+                #expect(try await TokenDirectory.sealKeyID(sha256: sha, store: b.store) == "k2")
+                #expect(try await TokenDirectory.resolve(token: token, store: b.store, keyring: onlyNew)?.userID == user)
+                #expect(try await b.store.setMembers(TokenDirectory.userKey(user, .sandbox)) == [sha])
+            }
+            #expect(try await keeper.reconcile() == 0, "sealed with the current key: nothing to do")
+
+            // A refresh on a broker with the new key current, before any reconciliation: the token handed back is
+            // sealed again with the new key.
+            let resealedOld = try SealKeyring(current: "k1", keys: ["k1": VaultTests.key(1), "k2": VaultTests.key(2)])
+            try await TokenDirectory.publish(
+                SealedCredentials(access_token: tokens[0], app_key: appKey("u-rot1"), app_secret: "secret-" + appKey("u-rot1")),
+                userID: "u-rot1", environment: .sandbox, issuedAt: b.clock.now(),
+                expiresAt: b.clock.now().addingTimeInterval(3600), store: b.store, keyring: resealedOld, now: b.clock.now())
+            #expect(try await TokenDirectory.sealKeyID(sha256: shas[0], store: b.store) == "k1")
+            try await b.withBroker(dependencies: BrokerDependencies(store: b.store, keyring: rotated,
+                                                                    repository: try b.database.repository())) { url in
+                let r = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: try await b.jwt("u-rot1"),
+                                         base: url)
+                #expect(r.status == 200, "\(r.text)")
+                #expect(r.json["token"] as? String == tokens[0])
+            }
+            #expect(try await TokenDirectory.sealKeyID(sha256: shas[0], store: b.store) == "k2")
+            #expect(try await TokenDirectory.resolve(token: tokens[0], store: b.store, keyring: onlyNew)?.userID == "u-rot1")
+            #expect(try await b.issuances() == issued, "no token was issued for the rotation")
+        }
+    }
+
+    /// A gateway that saw KIS refuse a token writes `dead:` and then unpublishes the token; when the unpublish failed
+    /// (the store went away between the two), the record stayed and every gateway still accepted the token.
+    @Test("a refresh that finds a token marked dead but still published takes it out of the store (revoked event)")
+    func deadButPublishedIsUnpublished() async throws {
+        try await withBroker(store: .redis, config: quietSchedulerConfig) { b in
+            let jwt = try await b.jwt("u-dp")
+            let first = try #require(try await b.post("/api/kis/token", accountBody(appKey("dp")), jwt: jwt).json["token"] as? String)
+            let sha = TokenDirectory.sha256(of: first)
+            let record = try #require(try await b.store.get(TokenDirectory.recordKey(sha)))
+            try await b.kisRefused(first, user: "u-dp")
+            // The gateway's unpublish did not happen: the record and the set member are still there.
+            try await b.store.set(TokenDirectory.recordKey(sha), to: record, ttl: .seconds(3600))
+            _ = try await b.store.setAdd(TokenDirectory.userKey("u-dp", .sandbox), members: [sha], ttlAtLeast: nil)
+            let subscription = try await b.store.subscribe(to: TokenDirectory.eventsChannel)
+            try await b.advanceClocks(61)
+            let r = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: jwt)
+            #expect(r.status == 200, "\(r.text)")
+            let second = try #require(r.json["token"] as? String)
+            #expect(second != first)
+            #expect(try await b.published(first) == nil, "the refused token is still published")
+            #expect(try await b.store.setMembers(TokenDirectory.userKey("u-dp", .sandbox)) == [TokenDirectory.sha256(of: second)])
+            var events = subscription.makeAsyncIterator()
+            let e = try #require(await events.next())
+            let event = try JSONDecoder().decode(TokenEvent.self, from: Data(e.readableBytesView))
+            #expect(event == TokenEvent(type: "revoked", sha256: sha, user_id: "u-dp", env: .sandbox))
         }
     }
 }

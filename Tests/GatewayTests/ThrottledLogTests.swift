@@ -53,6 +53,28 @@ struct ThrottledLogTests {
         #expect(buffer.lines.last?.contains("connection refused") == true, "\(buffer.text)")
     }
 
+    /// A seal key the broker uses and a gateway lacks fails every request that brings a token it sealed: each is
+    /// answered kis_token_invalid, and logged as an error once a minute (it was a line per request).
+    @Test("records this gateway cannot open: each request refused, one error line a minute")
+    func unopenableRecordsLoggedOnce() async {
+        let buffer = LogBuffer()
+        let logger = Logger(label: "t") { LoggingSetup.makeHandler(label: $0, level: .info, format: .text, output: buffer.output) }
+        let authorizer = TokenAuthorizer(logger: logger) { _ throws(StoreError) -> ResolvedToken? in
+            throw StoreError(.unknownKey, "no seal key with id k9")
+        }
+        for i in 0..<5 {
+            do {
+                _ = try await authorizer.authorize(kisToken: "token-\(i)", userID: "u1")
+                Issue.record("accepted a token whose record does not open")
+            } catch {
+                #expect(error.code == .kisTokenInvalid)
+            }
+        }
+        #expect(buffer.lines.count == 1, "\(buffer.text)")
+        #expect(buffer.lines.first?.contains(" error ") == true && buffer.lines.first?.contains("no seal key with id k9") == true,
+                "\(buffer.text)")
+    }
+
     @Test("an excerpt of outside bytes: capped, printable ASCII only")
     func excerpt() {
         #expect(ThrottledLog.excerpt(Array("{nope".utf8), max: 32) == "{nope")
