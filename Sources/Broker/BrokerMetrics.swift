@@ -1,6 +1,7 @@
 import CoreMetrics
 import KIS
 import Metrics
+import Observability
 import Synchronization
 
 /// The broker's series. With a registry in ``BrokerDependencies`` they go to that registry (so two brokers in one
@@ -14,6 +15,14 @@ final class BrokerMetrics: Sendable {
     let expired: Counter
     let revokeFailures: Counter
     private let failures = Mutex<[String: Counter]>([:])
+    /// Every call to KIS (`tokenP`, `revokeP`) by outcome and `msg_cd`, and its duration, as the gateway counts its
+    /// own (`kisgw_upstream_calls_total`, `kisgw_upstream_duration_seconds`).
+    private let kisCalls: [KISCall: (counters: KISCallCounters, duration: Timer)]
+
+    /// The broker's calls to KIS, a `call` label each.
+    enum KISCall: String, CaseIterable, Sendable {
+        case tokenP, revokeP
+    }
 
     init(factory: any MetricsFactory) {
         self.factory = factory
@@ -30,6 +39,39 @@ final class BrokerMetrics: Sendable {
         republished = Counter(label: "kisgw_broker_republished_tokens_total", factory: factory)
         expired = Counter(label: "kisgw_broker_expired_tokens_total", factory: factory)
         revokeFailures = Counter(label: "kisgw_broker_revoke_failures_total", factory: factory)
+        var kisCalls: [KISCall: (KISCallCounters, Timer)] = [:]
+        for call in KISCall.allCases {
+            kisCalls[call] = (
+                KISCallCounters(label: "kisgw_broker_kis_calls_total", dimensions: [("call", call.rawValue)], factory: factory),
+                Timer(label: "kisgw_broker_kis_duration_seconds", dimensions: [("call", call.rawValue)],
+                      preferredDisplayUnit: .seconds, factory: factory))
+        }
+        self.kisCalls = kisCalls
+    }
+
+    /// One call to KIS that ended after `duration`: `error` nil when it succeeded, else what it failed with (KIS's
+    /// refusal, its `msg_cd` beside it; or no answer, no connection, an unreadable one).
+    func kisCall(_ call: KISCall, duration: Duration, error: (any Error)?) {
+        guard let (counters, timer) = kisCalls[call] else { return }
+        switch error {
+        case nil: counters.record(outcome: "ok", msgCode: nil)
+        case let e as KISClientError: counters.record(outcome: e.kind.outcome, msgCode: e.msgCode)
+        default: counters.record(outcome: "transport", msgCode: nil)
+        }
+        timer.recordNanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+    }
+
+    /// Runs `body`, a call to KIS, counted and timed as `call`.
+    func timingKIS<T>(_ call: KISCall, _ body: () async throws -> T) async throws -> T {
+        let started = ContinuousClock.now
+        do {
+            let value = try await body()
+            kisCall(call, duration: ContinuousClock.now - started, error: nil)
+            return value
+        } catch {
+            kisCall(call, duration: ContinuousClock.now - started, error: error)
+            throw error
+        }
     }
 
     /// One token KIS handed out (`tokenP` answered with a token).

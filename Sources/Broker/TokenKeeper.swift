@@ -510,7 +510,7 @@ final class TokenKeeper: Sendable {
     private func issueAtKIS(_ env: KISEnvironment, appKey: String, appSecret: String) async throws -> KISIssuedToken {
         guard let client = clients[env] else { throw Problem(.internalError, "no KIS endpoint for \(env.rawValue)") }
         do {
-            let issued = try await client.issueToken(appKey: appKey, appSecret: appSecret)
+            let issued = try await metrics.timingKIS(.tokenP) { try await client.issueToken(appKey: appKey, appSecret: appSecret) }
             metrics.issued(env)
             try? await store.set(issuedAtKey(env, appKey), to: ByteBuffer(string: String(now)), ttl: .seconds(60))
             logger.info("KIS issued a token", metadata: ["env": "\(env.rawValue)"])
@@ -699,7 +699,9 @@ final class TokenKeeper: Sendable {
         for r in rows {
             guard let t = try? vault.open(r) else { continue }
             do {
-                try await client.revokeToken(appKey: account.appKey, appSecret: account.appSecret, token: t.accessToken)
+                try await metrics.timingKIS(.revokeP) {
+                    try await client.revokeToken(appKey: account.appKey, appSecret: account.appSecret, token: t.accessToken)
+                }
             } catch {
                 metrics.revokeFailures.increment()
                 logger.warning("KIS did not revoke a token; it is unpublished all the same", metadata: [

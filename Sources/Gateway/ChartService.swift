@@ -559,7 +559,7 @@ final class ChartService: Sendable {
         // (a refusal) and a backoff.
         let retries = settings.retries
         let retry: DailyChartPager.Retry = { e, attempt in
-            recordCall(Self.outcome(e.kind), e.msgCode)
+            recordCall(e.kind.outcome, e.msgCode)
             guard attempt <= retries else { return false }
             switch e.kind {
             case .rateLimited:
@@ -601,7 +601,7 @@ final class ChartService: Sendable {
         } catch let p as Problem {
             throw p
         } catch let e as KISClientError {
-            recordCall(Self.outcome(e.kind), e.msgCode)  // counted already when `retry` saw it
+            recordCall(e.kind.outcome, e.msgCode)  // counted already when `retry` saw it
             switch e.kind {
             case .tokenExpired, .tokenInvalid:
                 // KIS refused it before its stated expiry: forget it everywhere and tell the broker.
@@ -638,15 +638,6 @@ final class ChartService: Sendable {
         } catch {
             recordCall("transport", nil)
             throw Problem(.upstreamError, "the KIS call failed")
-        }
-    }
-
-    static func outcome(_ kind: KISClientError.Kind) -> String {
-        switch kind {
-        case .timeout: "timeout"
-        case .transport: "transport"
-        case .unreadable: "unreadable"
-        default: "kis_error"
         }
     }
 }

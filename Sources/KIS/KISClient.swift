@@ -45,6 +45,17 @@ public struct KISClientError: Error, CustomStringConvertible, Sendable {
         /// The connection failed.
         public static let transport = Kind(base: .transport)
         public var description: String { base.rawValue }
+
+        /// The `outcome` label of a failed call in the call metrics: `timeout`, `transport`, `unreadable`, or
+        /// `kis_error` for an answer of KIS's (whose `msg_cd` goes beside it).
+        public var outcome: String {
+            switch base {
+            case .timeout: "timeout"
+            case .transport: "transport"
+            case .unreadable: "unreadable"
+            default: "kis_error"
+            }
+        }
     }
 
     public let kind: Kind

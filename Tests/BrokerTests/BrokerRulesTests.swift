@@ -383,6 +383,34 @@ struct BrokerRulesMoreTests {
         }
     }
 
+    /// broker-api.md: `/metrics` "as in the gateway", whose upstream calls are counted by outcome and KIS `msg_cd`
+    /// and timed: the broker's own KIS calls (`tokenP` for a check or an issuance, `revokeP` at a disconnect) likewise.
+    @Test("every KIS call of the broker is counted by call, outcome and msg_cd, and timed")
+    func kisCallsCounted() async throws {
+        let key = appKey("calls")
+        let sim = SimulatorConfiguration(port: 0, environment: .sandbox, credentials: [key: "right-secret"])
+        try await withBroker(sim: sim, config: quietSchedulerConfig) { b in
+            let jwt = try await b.jwt("u-calls")
+            let refused = try await b.post("/api/kis/token", accountBody(key, secret: "wrong-secret"), jwt: jwt)
+            #expect(refused.status == 400 && refused.code == "kis_credentials_rejected", "\(refused.text)")
+            let code = try #require(refused.json["kis_msg_cd"] as? String, "\(refused.text)")
+            #expect(try await b.post("/api/kis/token", accountBody(key, secret: "right-secret"), jwt: jwt).status == 200)
+            #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 204)
+            let metrics = try await b.get("/metrics", jwt: nil).text
+            for line in [
+                #"kisgw_broker_kis_calls_total{call="tokenP",outcome="kis_error",msg_cd="\#(code)"} 1"#,
+                #"kisgw_broker_kis_calls_total{call="tokenP",outcome="ok",msg_cd=""} 1"#,
+                #"kisgw_broker_kis_calls_total{call="revokeP",outcome="ok",msg_cd=""} 1"#,
+                #"kisgw_broker_kis_duration_seconds_count{call="tokenP"} 2"#,
+                #"kisgw_broker_kis_duration_seconds_count{call="revokeP"} 1"#,
+            ] {
+                #expect(metrics.contains(line), "\(line) not in \(metrics)")
+            }
+            #expect(try await b.simCalls("tokenP") == 2)
+            #expect(try await b.simCalls("revokeP") == 1)
+        }
+    }
+
     /// Each check may ask KIS for a token: a user looping with made-up app keys is stopped before KIS is flooded.
     @Test("a user's account checks (validate, token) are throttled: 10 back to back, then 429 rate_limited with Retry-After")
     func accountChecksThrottled() async throws {
