@@ -785,6 +785,44 @@ def test_a_field_the_broker_refuses_is_told_in_korean_with_its_message(browser, 
     assert connect_field_marks(browser) == [['true', 'connect-error'], [None, None], [None, None]]
 
 
+def test_the_chart_and_the_environment_switch_work_from_the_keyboard(browser, demo, connected_account):
+    """Without a pointer: the chart takes the focus and ←/→, Home and End put the crosshair on a candle, whose date
+    and prices are read out (a live region) and the canvas says what it shows; the environment switch is one tab
+    stop whose arrow keys move the choice (a radio group)."""
+    from selenium.webdriver.common.keys import Keys
+    open_connected(browser, demo)
+    wait_chart(browser)
+    load_chart(browser, symbol='005930', start='2024-01-02', end='2024-03-29')
+    wait_chart(browser)
+    canvas = el(browser, 'chart-canvas')
+    label = canvas.get_attribute('aria-label')
+    assert '일봉' in label and '2024년 1월 2일' in label and '2024년 3월 29일' in label, label
+    canvas.send_keys(Keys.END)   # focuses the canvas, then End
+    tip = el(browser, 'crosshair')
+    wait(browser, lambda d: tip.is_displayed(), message='no crosshair from the keyboard')
+    assert browser.execute_script('return document.activeElement.id') == 'chart-canvas'
+    assert tip.get_attribute('role') == 'status' and tip.get_attribute('aria-live') == 'polite'
+    assert '2024년 3월 29일' in tip.text and '종가' in tip.text, tip.text
+    canvas.send_keys(Keys.ARROW_LEFT)
+    assert '2024년 3월 28일' in tip.text, tip.text
+    canvas.send_keys(Keys.HOME)
+    assert '2024년 1월 2일' in tip.text, tip.text
+    canvas.send_keys(Keys.ARROW_LEFT)   # stays on the first
+    assert '2024년 1월 2일' in tip.text, tip.text
+    canvas.send_keys(Keys.ESCAPE)
+    assert not tip.is_displayed()
+
+    sandbox, live = el(browser, 'env-SANDBOX'), el(browser, 'env-LIVE')
+    assert (sandbox.get_attribute('tabindex'), live.get_attribute('tabindex')) == ('0', '-1')
+    sandbox.send_keys(Keys.ARROW_RIGHT)
+    wait(browser, lambda d: status(d) == ('disconnected', '연결 안됨'), message='the arrow key did not switch')
+    assert live.get_attribute('aria-checked') == 'true' and live.get_attribute('tabindex') == '0'
+    assert browser.execute_script('return document.activeElement.id') == 'env-LIVE'
+    live.send_keys(Keys.ARROW_LEFT)
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'), message='the arrow key did not switch back')
+    assert browser.execute_script('return document.activeElement.id') == 'env-SANDBOX'
+
+
 def test_weekly_and_yearly_charts(browser, demo, connected_account):
     """web-client.md: period D/W/M(/Y). The title names the period the gateway answered for; the candles are drawn."""
     open_connected(browser, demo)

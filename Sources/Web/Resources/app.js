@@ -203,7 +203,11 @@ function render(s = client?.state()) {
   clearTimeout(expiryTimer);
   const left = e.expiresAt ? Date.parse(e.expiresAt) - Date.now() : NaN;
   if (e.connected && left > 0) expiryTimer = setTimeout(() => render(), Math.min(left > 60000 ? left - 60000 : left, 2 ** 31 - 1) + 50);
-  for (const name of ENVIRONMENTS) $(`env-${name}`).setAttribute('aria-checked', String(name === env));
+  for (const name of ENVIRONMENTS) {
+    // a radio group: one tab stop, the checked one; the arrow keys move between them (main())
+    $(`env-${name}`).setAttribute('aria-checked', String(name === env));
+    $(`env-${name}`).tabIndex = name === env ? 0 : -1;
+  }
 
   const status = $('status');
   status.dataset.status = e.status;
@@ -280,6 +284,7 @@ async function onConnect(event) {
     const connected = `${ENV_LABEL[data.environment]} 계정이 연결되었습니다`;
     toast(message ? `${connected} — ${message}` : connected, 'success');
     render();
+    $('acct-edit').focus();  // the form the focus was in is hidden now
     loadChart();
   } catch (err) {
     const text = describeError(err);
@@ -340,6 +345,7 @@ async function onDisconnect() {
     toast(`${ENV_LABEL[env]} 계정 연결을 해제했습니다`, 'success');
     chartData = null;
     showChartEmpty('계정을 연결한 뒤 종목을 조회하세요');
+    if (client.environment === env) $('appKey').focus();  // the account view the focus was in is hidden now
   } catch (err) {
     toast(`연결 해제 실패 — ${describeError(err)}`, 'error');
   } finally {
@@ -415,6 +421,7 @@ function setChartState(state, status = '') {
 function showChartEmpty(text) {
   chartSeq++;
   chart.setData(null);
+  $('chart-canvas').setAttribute('aria-label', '캔들 차트');
   $('chart-empty').textContent = text;
   $('chart-title').textContent = '종목을 조회하세요';
   $('chart-cache').textContent = '';
@@ -523,6 +530,9 @@ async function loadChart(query = readQuery()) {
     }
     setChartState('ready', res.status);
     chart.setData(d);
+    const periodLabel = ({ D: '일봉', W: '주봉', M: '월봉', Y: '년봉' })[d.period] ?? d.period;
+    $('chart-canvas').setAttribute('aria-label', `${d.name || d.symbol} ${periodLabel} 캔들 차트, ${formatDate(d.candles[0].date)}부터 `
+      + `${formatDate(d.candles[d.candles.length - 1].date)}까지 ${d.candles.length}개`);
     if (res.refreshed) console.info('KIS 토큰을 갱신하고 다시 요청했습니다');
   } catch (err) {
     if (seq !== chartSeq) return;
@@ -572,7 +582,7 @@ function onMarketChange() {
 async function main() {
   setDefaultRange('D');
   $('connect-form').addEventListener('submit', onConnect);
-  $('connect-cancel').addEventListener('click', () => { editing = false; render(); });
+  $('connect-cancel').addEventListener('click', () => { editing = false; render(); $('acct-edit').focus(); });
   $('acct-edit').addEventListener('click', () => {
     editing = true;
     render();
@@ -582,6 +592,14 @@ async function main() {
   $('acct-disconnect').addEventListener('click', onDisconnect);
   $('acct-refresh-now').addEventListener('click', onRefreshNow);
   for (const env of ENVIRONMENTS) $(`env-${env}`).addEventListener('click', () => switchEnvironment(env));
+  document.querySelector('.env-switch').addEventListener('keydown', (e) => {
+    const step = { ArrowLeft: -1, ArrowUp: -1, ArrowRight: 1, ArrowDown: 1 }[e.key];
+    if (!step || !client) return;
+    e.preventDefault();
+    const next = ENVIRONMENTS[(ENVIRONMENTS.indexOf(client.environment) + step + ENVIRONMENTS.length) % ENVIRONMENTS.length];
+    switchEnvironment(next);
+    $(`env-${next}`).focus();
+  });
   $('chart-form').addEventListener('submit', (e) => { e.preventDefault(); loadChart(); });
   for (const r of document.querySelectorAll('#chart-form input[name=market]')) r.addEventListener('change', onMarketChange);
   $('period').addEventListener('change', () => setDefaultRange($('period').value));

@@ -71,7 +71,11 @@ export class CandleChart {
     this.decimals = 0;
     this.layout = null;
     canvas.addEventListener('pointermove', (e) => this.pointer(e));
-    canvas.addEventListener('pointerleave', () => { this.hover = null; this.draw(); this.onHover(null, -1, 0, 0); });
+    canvas.addEventListener('pointerleave', () => this.clearSelection());
+    // The keyboard reads the candles one by one, as the pointer does: ←/→ a candle, PageUp/PageDown 20, Home/End
+    // the first and the last, Esc away (the canvas is focusable in the page).
+    canvas.addEventListener('keydown', (e) => this.key(e));
+    canvas.addEventListener('blur', () => this.clearSelection());
     if (typeof ResizeObserver !== 'undefined') new ResizeObserver(() => this.draw()).observe(canvas);
     if (window.matchMedia) {
       // redraw when the device pixel ratio changes (moving to another screen, zooming)
@@ -101,6 +105,43 @@ export class CandleChart {
     this.hover = { i, x, y };
     this.draw();
     this.onHover(this.data.candles[i], i, x, y);
+  }
+
+  /** The candle the crosshair is on, or null. */
+  get selected() { return this.hover?.i ?? null; }
+
+  /** Puts the crosshair on candle `i` (clamped), at its close, and tells `onHover`. */
+  select(i) {
+    if (!this.layout || !this.data?.candles.length) return;
+    const { plotLeft, step, n, yP } = this.layout;
+    const k = Math.max(0, Math.min(n - 1, i));
+    const c = this.data.candles[k];
+    const x = plotLeft + step * k + step / 2;
+    const y = yP(c.close);
+    this.hover = { i: k, x, y };
+    this.draw();
+    this.onHover(c, k, x, y);
+  }
+
+  clearSelection() {
+    if (!this.hover) return;
+    this.hover = null;
+    this.draw();
+    this.onHover(null, -1, 0, 0);
+  }
+
+  key(event) {
+    const n = this.data?.candles.length ?? 0;
+    if (!n) return;
+    const at = this.selected;
+    const from = (delta) => (at === null ? n - 1 : at + delta);
+    const next = { ArrowLeft: from(-1), ArrowRight: from(1), PageUp: from(-20), PageDown: from(20), Home: 0, End: n - 1 }[event.key];
+    if (next !== undefined) {
+      event.preventDefault();
+      this.select(next);
+    } else if (event.key === 'Escape') {
+      this.clearSelection();
+    }
   }
 
   draw() {
