@@ -255,8 +255,10 @@ final class TokenKeeper: Sendable {
     /// Refreshes one account if its token is due; returns whether it obtained a new token.
     func scheduledRefresh(_ row: StoredAccount) async throws -> Bool {
         guard row.isActive else { return false }
+        // Not "the newest row is REVOKED, so a disconnect is in progress": a replaced app key's token can be newer
+        // than the one adopted from a check. A disconnect that ran since the pass listed the account is seen by
+        // `issue(onlyIfStored:)` under the account's locks.
         let rows = try await repository.tokens(userID: row.userID, environment: row.environment)
-        if rows.first?.status == .revoked { return false }  // a disconnect in progress
         let now = self.now
         if let current = rows.first(where: { $0.status == .active }), !needsScheduledRefresh(try vault.open(current), at: now) {
             return false

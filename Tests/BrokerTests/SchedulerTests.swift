@@ -40,6 +40,47 @@ struct SchedulerTests {
         }
     }
 
+    /// Token rows are read newest issuance first, and a token adopted from a check (`validate`) keeps the time KIS
+    /// issued it: the old app key's token refreshed after that check is newer, and REVOKED once the new key is
+    /// connected. The scheduler took a REVOKED newest row for "a disconnect in progress" and skipped the account on
+    /// every pass, so its token was never refreshed.
+    @Test("an account whose newest token row is a replaced key's REVOKED one is still refreshed by the scheduler")
+    func refreshedBehindANewerRevokedRow() async throws {
+        try await withBroker(config: { testConfig(simURL: $0, database: $1, refreshIntervalS: 3600, reconcileIntervalS: 3600) }) { b in
+            let jwt = try await b.jwt("u-order")
+            let (k1, k2) = (appKey("order1"), appKey("order2"))
+            #expect(try await b.post("/api/kis/token", accountBody(k1), jwt: jwt).status == 200)           // t = 0
+            try await b.advanceClocks(61)
+            let checked = try await b.post("/api/kis/account/validate", accountBody(k2), jwt: jwt)       // t = 61
+            #expect(checked.status == 200, "\(checked.text)")
+            // K1's token inside refresh_ahead_s and past the reuse window: the refresh obtains a new one, newer
+            // than the one the check obtained for K2.
+            try await b.advanceClocks(82_900 - 61)
+            let issuedBefore = try await b.issuances()
+            let later = try await b.jwt("u-order")  // the first one has expired by the test's clock
+            let refreshed = try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: later)  // t = 82,900
+            #expect(refreshed.status == 200, "\(refreshed.text)")
+            #expect(try await b.issuances() == issuedBefore + 1, "K1's token was not renewed")
+            let connected = try await b.post("/api/kis/token", accountBody(k2), jwt: later)
+            #expect(connected.status == 200, "\(connected.text)")
+            #expect(try await b.issuances() == issuedBefore + 1, "the checked token was not adopted")
+            try await withRepository(b.database) { repository in
+                let rows = try await repository.tokens(userID: "u-order", environment: .sandbox)
+                #expect(rows.first?.status == .revoked, "the case this test is about: \(rows.map(\.status))")
+                let listed = try #require(try await repository.account(userID: "u-order", environment: .sandbox))
+                let keeper = makeKeeper(repository, store: b.store, keyring: b.keyring, kis: b.simURL,
+                                        clock: { b.clock.now() })
+                try await b.advanceClocks(61)  // K2's token (issued at t = 61) is due; KIS's minute since K1's
+                #expect(try await keeper.scheduledRefresh(listed) == true)
+                #expect(try await b.issuances() == issuedBefore + 2)
+                // The new token is the newest row, ACTIVE and published (the one it renews stays valid until its end).
+                let newest = try #require(try await repository.tokens(userID: "u-order", environment: .sandbox).first)
+                #expect(newest.status == .active)
+                #expect(try await b.store.setMembers(TokenDirectory.userKey("u-order", .sandbox)).contains(newest.tokenSHA256))
+            }
+        }
+    }
+
     @Test("the scheduler refreshes a token before KIS's expiry and publishes the new one (clock control)",
           arguments: DatabaseKind.allCases)
     func refreshBeforeExpiry(database: DatabaseKind) async throws {
