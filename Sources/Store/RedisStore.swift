@@ -177,10 +177,11 @@ public final class RedisStore: SharedStore {
     public func acquireLock(_ key: String, ttl: Duration) async throws(StoreError) -> StoreLock? {
         let token = MemoryStore.randomToken()
         do {
-            return try await setIfAbsent(key, to: ByteBuffer(string: token), ttl: ttl) ? StoreLock(key: key, token: token) : nil
+            let taken = try await client.set(k(key), to: ByteBuffer(string: token), expiration: ttl, condition: .ifAbsent)
+            return taken ? StoreLock(key: key, token: token) : nil
         } catch {
-            releaseAbandoned(StoreLock(key: key, token: token))
-            throw error
+            releaseAbandoned(StoreLock(key: key, token: token), after: error)
+            throw Self.map(error)
         }
     }
 
@@ -188,8 +189,11 @@ public final class RedisStore: SharedStore {
     /// hiccuped) is still run when Redis gets to it. Nobody would own that lock until it expires, and every request
     /// for its key, on every gateway, would wait it out (a chart's lock lives `timeout_ms + max_queue_ms + 1 s`).
     /// Its token is this call's alone, so releasing it is safe whatever happened; the release is tried over the
-    /// next few seconds, since the failed command may still be waiting in Redis when the first try arrives.
-    private func releaseAbandoned(_ lock: StoreLock) {
+    /// next few seconds, since the failed command may still be waiting in Redis when the first try arrives. Not
+    /// when the command never left (`unavailable`: no connection to send it on): while Redis is down every failed
+    /// miss would otherwise add three more commands to what the reconnecting client has to refuse.
+    private func releaseAbandoned(_ lock: StoreLock, after error: RedisError) {
+        guard error.code != .unavailable else { return }
         Task { [self] in
             for delay in [250, 1000, 4000] {
                 try? await Task.sleep(for: .milliseconds(delay))
@@ -208,7 +212,7 @@ public final class RedisStore: SharedStore {
                 Self.lockThenGet, keys: [RedisArgument(k(key)), RedisArgument(k(readKey))],
                 arguments: [RedisArgument(token), RedisArgument(max(1, Self.ms(ttl)))])
         } catch {
-            releaseAbandoned(StoreLock(key: key, token: token))
+            releaseAbandoned(StoreLock(key: key, token: token), after: error)
             throw Self.map(error)
         }
         guard case .array(let items) = reply, let first = items.first else {
@@ -233,7 +237,7 @@ public final class RedisStore: SharedStore {
         }
         let reply: RESPValue
         do { reply = try await client.evaluate(Self.readOrLock, keys: keys, arguments: args) } catch {
-            releaseAbandoned(StoreLock(key: key, token: token))
+            releaseAbandoned(StoreLock(key: key, token: token), after: error)
             throw Self.map(error)
         }
         guard case .array(let items) = reply, case .integer(let state)? = items.first else {

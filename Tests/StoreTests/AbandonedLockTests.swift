@@ -1,0 +1,88 @@
+import Foundation
+import NIOCore
+import Redis
+import Store
+import Testing
+import TestSupport
+
+/// A lock call that fails may still take the lock (a command that timed out still runs when Redis gets to it): the
+/// store releases such a lock by its token over the next seconds. A call that never left — no connection to send it
+/// on — took nothing, and nothing is sent for it. Each test runs a `redis-server` of its own, which it stalls (SIGSTOP)
+/// or stops.
+@Suite("Redis store: locks of failed lock calls", .serialized, .timeLimit(.minutes(1)))
+struct AbandonedLockTests {
+    static func store(_ server: RedisServerProcess) throws -> (RedisStore, RedisClient) {
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .milliseconds(200)
+        let client = RedisClient(configuration: configuration, logger: Backend.logger)
+        return (RedisStore(client: client, keyPrefix: "abandon-\(UUID().uuidString):"), client)
+    }
+
+    /// Calls of `names` (`set`, `evalsha`, `eval`) the server ran, from `INFO commandstats`.
+    static func calls(_ server: RedisServerProcess, _ names: [String]) async throws -> Int {
+        let admin = RedisClient(configuration: try RedisConfiguration(url: server.url), logger: Backend.logger)
+        defer { Task { await admin.shutdown() } }
+        guard case .bulkString(let info) = try await admin.send(["INFO", "commandstats"]) else { return -1 }
+        var total = 0
+        for line in String(buffer: info).split(whereSeparator: \.isNewline) {
+            for name in names where line.hasPrefix("cmdstat_\(name):calls=") {
+                total += Int(line.dropFirst("cmdstat_\(name):calls=".count).prefix { $0.isNumber }) ?? 0
+            }
+        }
+        return total
+    }
+
+    @Test("a lock call that timed out while Redis stalled: the lock it took is released once Redis answers")
+    func timedOutLockIsReleased() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let (store, client) = try Self.store(server)
+        #expect(try await store.get("warm") == nil)  // connected
+        server.pause()
+        do {
+            _ = try await store.acquireLock("chart", ttl: .seconds(60))
+            Issue.record("the lock call did not fail")
+        } catch {
+            #expect(error.code == .timeout, "\(error)")
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        server.resume()
+        // The SET ran when Redis resumed (the lock was taken, for 60 s), then a release by its token took it away.
+        let released = try await eventually(timeout: .seconds(8)) {
+            guard try await Self.calls(server, ["set"]) >= 1 else { return false }
+            guard try await store.get("chart") == nil else { return false }
+            return try await Self.calls(server, ["evalsha", "eval"]) >= 1
+        }
+        #expect(released, "the abandoned lock is still held")
+        await client.shutdown()
+    }
+
+    @Test("a lock call that found no connection sends nothing afterwards (it took nothing)")
+    func unsentLockCallSendsNoRelease() async throws {
+        let server = try RedisServerProcess()
+        let (store, client) = try Self.store(server)
+        #expect(try await store.get("warm") == nil)
+        server.stop()
+        #expect(await eventually(timeout: .seconds(5)) {
+            do { _ = try await store.get("probe"); return false } catch let error as StoreError {
+                return error.code == .unavailable
+            } catch { return false }
+        }, "the client did not notice the server had gone")
+        for call in 0..<3 {
+            do {
+                _ = call == 0 ? try await store.acquireLock("a", ttl: .seconds(60)) as Any
+                    : try await store.readOrLock("entry", lock: "lock-\(call)", ttl: .seconds(60), reserving: nil) as Any
+                Issue.record("a lock call succeeded with no server")
+            } catch {
+                #expect(error.code == .unavailable, "\(error)")
+            }
+        }
+        try server.start()
+        // A release is first tried 250 ms after the failure, then 1 s after that: the server is back for both.
+        #expect(await eventually(timeout: .seconds(5)) { (try? await store.get("probe")) == .some(nil) })
+        try await Task.sleep(for: .milliseconds(1500))
+        #expect(try await Self.calls(server, ["evalsha", "eval", "set"]) == 0)
+        await client.shutdown()
+        server.stop()
+    }
+}
