@@ -25,6 +25,10 @@ struct BrokerCommand: AsyncParsableCommand {
         try await configOptions.checkJWTKeys(config)
         let runtime = try Runtime(config: config, label: "kisgw.broker")
         let logger = runtime.logger
+        if config.store.backend == .memory {
+            logger.warning(
+                "[store] backend is memory: the KIS tokens this broker obtains are published to its own process only, where no gateway can read them, and each broker copy would run its own scheduler; set [redis] url (KISGW_REDIS_URL) to share one store with the gateways")
+        }
         var webRoutes: (@Sendable (Router<BasicRequestContext>) -> Void)? = nil
         if config.broker.ui {
             let gatewayURL = config.broker.uiGatewayURL, maxRangeDays = config.limits.maxRangeDays

@@ -95,6 +95,21 @@ struct SharedConfigurationProcessTests {
         #expect(await own.started(), "the gateway with KISGW_SEAL_KEYS_FILE= did not start: \(own.ending)")
     }
 
+    /// config.md: "memory" is one process's own store. A broker on it publishes tokens where no gateway can read
+    /// them (and copies would each hold their own scheduler lease): it starts, as the gateway does, and says so.
+    @Test("a broker on the memory store starts and warns that no gateway can read its tokens")
+    func brokerOnTheMemoryStoreWarns() async throws {
+        let port = try RedisServerProcess.freePort()
+        let broker = try startKisgw("broker", env: [
+            "KISGW_AUTH_JWT_HS256_SECRET": testSecret, "KISGW_STORE_BACKEND": "memory", "KISGW_REDIS_URL": "",
+            "KISGW_BROKER_PORT": String(port), "KISGW_BROKER_DATABASE": "sqlite::memory:", "KISGW_SEAL_KEYS_K1": sealKey,
+        ], port: port)
+        defer { broker.stop() }
+        #expect(await broker.started(), "the broker did not start: \(broker.ending)")
+        #expect(await eventually(timeout: .seconds(5)) { broker.stderr.contains("[store] backend is memory") },
+                "\(broker.stderr.suffix(2000))")
+    }
+
     /// README (Configuration): `--config FILE` names the file; without it `KISGW_CONFIG` does, else ./gateway.toml.
     /// And a `KISGW_<SECTION>_<KEY>` variable wins over the file's value (the file's is not even read).
     @Test("--config wins over KISGW_CONFIG; KISGW_CONFIG names the file without it; KISGW_SERVER_PORT wins over the file's port")
