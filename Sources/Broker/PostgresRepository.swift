@@ -97,9 +97,18 @@ public final class PostgresRepository: BrokerRepository, Service {
     }
 
     /// What a URL names: server, user, password, database and TLS (`sslmode`, `prefer` when not given, as libpq).
+    ///
+    /// `sslmode` means what it means to libpq: `allow`/`prefer` use TLS when the server offers it and `require`
+    /// insists on it, neither checking the server's certificate (a server with a self-signed certificate — Debian's
+    /// default, a managed database's private CA — is reached as psql reaches it); `verify-ca` checks that the
+    /// certificate chains to a trusted CA, `verify-full` also that it names the host. The CA is `sslrootcert=FILE`
+    /// (PEM), else the system's trust store; `require` with `sslrootcert` verifies the chain, as libpq does.
     struct Target {
-        enum TLSMode { case disable, prefer, require }
+        enum TLSMode: Equatable { case disable, prefer, require }
+        enum Verification: Equatable { case none, chain, full }
         var host: String, port: Int, user: String, password: String?, database: String?, tls: TLSMode
+        var verification: Verification
+        var rootCertificate: String?
 
         /// `password` when the URL has none (an empty one counts as none).
         init(url: String, password fallback: String?) throws {
@@ -113,23 +122,42 @@ public final class PostgresRepository: BrokerRepository, Service {
                 ?? fallback
             var database = c.path
             if database.hasPrefix("/") { database.removeFirst() }
+            let rootCertificate = nonEmpty(c.queryItems?.first { $0.name.lowercased() == "sslrootcert" }?.value)
             switch c.queryItems?.first(where: { $0.name.lowercased() == "sslmode" })?.value ?? "prefer" {
-            case "disable": tls = .disable
-            case "prefer", "allow": tls = .prefer
-            case "require", "verify-ca", "verify-full": tls = .require
+            case "disable": (tls, verification) = (.disable, .none)
+            case "prefer", "allow": (tls, verification) = (.prefer, .none)
+            case "require": (tls, verification) = (.require, rootCertificate == nil ? .none : .chain)
+            case "verify-ca": (tls, verification) = (.require, .chain)
+            case "verify-full": (tls, verification) = (.require, .full)
             case let other:
                 throw RepositoryError("sslmode must be disable, allow, prefer, require, verify-ca or verify-full, got \(other)")
             }
+            if let rootCertificate, !FileManager.default.isReadableFile(atPath: rootCertificate) {
+                throw RepositoryError("sslrootcert: cannot read \"\(rootCertificate)\"")
+            }
+            self.rootCertificate = rootCertificate
             (self.host, self.port, self.user) = (host, c.port ?? 5432, c.user.flatMap { $0.removingPercentEncoding } ?? "postgres")
             (self.password, self.database) = (password, database.isEmpty ? nil : database)
+        }
+
+        /// The TLS client configuration `sslmode` and `sslrootcert` ask for.
+        var tlsConfiguration: TLSConfiguration {
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            switch verification {
+            case .none: configuration.certificateVerification = .none
+            case .chain: configuration.certificateVerification = .noHostnameVerification
+            case .full: configuration.certificateVerification = .fullVerification
+            }
+            if let rootCertificate { configuration.trustRoots = .file(rootCertificate) }
+            return configuration
         }
 
         var poolConfiguration: PostgresClient.Configuration {
             let mode: PostgresClient.Configuration.TLS
             switch tls {
             case .disable: mode = .disable
-            case .prefer: mode = .prefer(.makeClientConfiguration())
-            case .require: mode = .require(.makeClientConfiguration())
+            case .prefer: mode = .prefer(tlsConfiguration)
+            case .require: mode = .require(tlsConfiguration)
             }
             var configuration = PostgresClient.Configuration(
                 host: host, port: port, username: user, password: password, database: database, tls: mode)
@@ -151,8 +179,8 @@ public final class PostgresRepository: BrokerRepository, Service {
                 let mode: PostgresConnection.Configuration.TLS
                 switch tls {
                 case .disable: mode = .disable
-                case .prefer: mode = .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
-                case .require: mode = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+                case .prefer: mode = .prefer(try NIOSSLContext(configuration: tlsConfiguration))
+                case .require: mode = .require(try NIOSSLContext(configuration: tlsConfiguration))
                 }
                 var configuration = PostgresConnection.Configuration(
                     host: host, port: port, username: user, password: password, database: database, tls: mode)

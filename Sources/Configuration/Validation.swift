@@ -152,8 +152,9 @@ enum Validation {
         return String(text).removingPercentEncoding
     }
 
-    /// libpq's `sslmode` values: `disable`; `allow` and `prefer` (TLS when the server offers it); `require`,
-    /// `verify-ca` and `verify-full` (TLS with the certificate verified).
+    /// libpq's `sslmode` values, with libpq's meaning: `disable`; `allow` and `prefer` (TLS when the server offers
+    /// it); `require` (TLS, the certificate not checked unless `sslrootcert` names a CA); `verify-ca` (the certificate
+    /// chains to `sslrootcert`, or the system's CAs) and `verify-full` (and names the host).
     static let sslModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
     /// `sqlite:<path>` or `postgres://` / `postgresql://` URLs.
@@ -190,13 +191,25 @@ enum Validation {
                         return .failure(Failure(problem: "has sslmode=\(value); use one of "
                                                 + Self.sslModes.joined(separator: ", ")))
                     }
+                case "sslrootcert":
+                    let path = percentDecoded(Substring(value)) ?? value
+                    guard !path.isEmpty, FileManager.default.isReadableFile(atPath: path) else {
+                        return .failure(Failure(problem: "has sslrootcert=\(value), which cannot be read (a PEM file of "
+                                                + "the CA that signed the server's certificate)"))
+                    }
                 case "password":
                     continue
                 default:
                     return .failure(Failure(problem: "has the parameter \"\(parts[0])\", which kisgw does not read "
-                                            + "(it reads sslmode and password)"))
+                                            + "(it reads sslmode, sslrootcert and password)"))
                 }
             }
+        }
+        // Read as the PostgreSQL client reads it: a password with `/`, `?`, `#` or `@` not percent-encoded passes the
+        // checks above and failed only at start-up, with a message naming no key.
+        guard let parsed = URLComponents(string: text), parsed.host?.isEmpty == false else {
+            return .failure(Failure(problem: "is not a URL the PostgreSQL client can read; percent-encode /, ?, #, @ "
+                                    + "and : in the user name and password (%2F %3F %23 %40 %3A)"))
         }
         return .success(.postgres(url: Secret(text)))
     }

@@ -656,3 +656,71 @@ struct BrokerRuleTests {
         #expect(!RequestForm.isUserID("a/b"))
     }
 }
+
+/// `sslmode` with libpq's meaning, against the test cluster serving TLS with a certificate of a CA of its own (as a
+/// managed database does, or Debian's default self-signed one): `prefer` and `require` encrypt without checking the
+/// certificate — the broker used to verify it in full, so it could not start against such a server where psql
+/// connects — and `verify-ca` / `verify-full` check it against `sslrootcert` or the system's CAs.
+@Suite("Broker storage: PostgreSQL TLS as libpq's sslmode", .serialized)
+struct PostgresTLSTests {
+    /// The cluster's administrator URL with `query` in place of its parameters.
+    static func url(_ query: String) throws -> String {
+        var c = try #require(URLComponents(string: try TestServices.requirePostgresURL()))
+        c.query = query
+        return try #require(c.string)
+    }
+
+    /// Whether a connection made as `url` says is encrypted (`pg_stat_ssl`), after a login check.
+    static func connectsEncrypted(_ url: String) async throws -> Bool {
+        try await PostgresRepository(url: url, logger: quietLogger).checkLogin(within: .seconds(5))
+        let client = PostgresClient(configuration: try PostgresRepository.configuration(url: url))
+        return try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask { await client.run(); return false }
+            defer { group.cancelAll() }
+            let rows = try await client.query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            for try await (ssl) in rows.decode(Bool.self) { return ssl }
+            return false
+        }
+    }
+
+    @Test("prefer, allow and require encrypt without checking the certificate",
+          arguments: ["sslmode=prefer", "sslmode=require", "sslmode=allow"])
+    func encryptedUnverified(_ query: String) async throws {
+        #expect(try await Self.connectsEncrypted(try Self.url(query)))
+    }
+
+    @Test("disable: a plain connection")
+    func disabled() async throws {
+        #expect(try await Self.connectsEncrypted(try Self.url("sslmode=disable")) == false)
+    }
+
+    @Test("verify-ca and verify-full check the certificate against sslrootcert (and the host, for verify-full)")
+    func verified() async throws {
+        let ca = try TestServices.requirePostgresTLSCA()
+        for mode in ["verify-ca", "verify-full", "require"] {
+            #expect(try await Self.connectsEncrypted(try Self.url("sslmode=\(mode)&sslrootcert=\(ca)")), "\(mode)")
+        }
+    }
+
+    @Test("verify-full without the server's CA, or require with another CA: refused at the login check, naming TLS")
+    func unverifiable() async throws {
+        // The system's CAs did not sign the test cluster's certificate.
+        let system = "/etc/ssl/certs/ca-certificates.crt"
+        for query in ["sslmode=verify-full", "sslmode=verify-ca", "sslmode=require&sslrootcert=\(system)"] {
+            let repository = try PostgresRepository(url: try Self.url(query), logger: quietLogger)
+            do {
+                try await repository.checkLogin(within: .seconds(5))
+                Issue.record("\(query): the login check passed")
+            } catch {
+                #expect("\(error)".contains("refused the broker: TLS failed"), "\(query): \(error)")
+            }
+        }
+    }
+
+    @Test("an sslrootcert that cannot be read is refused when the repository is made, naming it")
+    func unreadableRootCertificate() throws {
+        #expect(throws: RepositoryError.self) {
+            _ = try PostgresRepository(url: try Self.url("sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"), logger: quietLogger)
+        }
+    }
+}

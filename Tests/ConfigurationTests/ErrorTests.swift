@@ -215,8 +215,18 @@ let badInputs: [BadInput] = [
     BadInput(
         name: "a database URL parameter kisgw does not read",
         environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw@db/kisgw?sslmode=require&connect_timeout=5"],
-        message: "environment KISGW_BROKER_DATABASE: has the parameter \"connect_timeout\", which kisgw does not read (it reads sslmode and password), got \"postgres://[REDACTED]@db/kisgw?sslmode=require&connect_timeout=5\"",
+        message: "environment KISGW_BROKER_DATABASE: has the parameter \"connect_timeout\", which kisgw does not read (it reads sslmode, sslrootcert and password), got \"postgres://[REDACTED]@db/kisgw?sslmode=require&connect_timeout=5\"",
         kind: .invalidValue),
+    BadInput(
+        name: "an sslrootcert that cannot be read",
+        environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw@db/kisgw?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"],
+        message: "environment KISGW_BROKER_DATABASE: has sslrootcert=/nonexistent/ca.pem, which cannot be read (a PEM file of the CA that signed the server's certificate), got \"postgres://[REDACTED]@db/kisgw?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem\"",
+        kind: .invalidValue),
+    BadInput(
+        name: "a database password with an unencoded slash",
+        environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw:se/cret@db/kisgw"],
+        message: "environment KISGW_BROKER_DATABASE: is not a URL the PostgreSQL client can read; percent-encode /, ?, #, @ and : in the user name and password (%2F %3F %23 %40 %3A), got \"postgres://kisgw:[REDACTED]@db/kisgw\"",
+        kind: .invalidValue, hidden: ["se/cret", "cret"]),
     BadInput(
         name: "an unknown sslmode",
         environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw:pw@db/kisgw?sslmode=strict"],

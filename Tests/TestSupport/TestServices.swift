@@ -15,6 +15,12 @@ public enum TestServices {
         try require("KISGW_TEST_POSTGRES_URL", set: "starts a PostgreSQL server and sets it")
     }
 
+    /// `KISGW_TEST_POSTGRES_TLS_CA`: the CA (PEM) that signed the cluster's TLS certificate, for 127.0.0.1.
+    @discardableResult
+    public static func requirePostgresTLSCA() throws -> String {
+        try require("KISGW_TEST_POSTGRES_TLS_CA", set: "serves TLS on its PostgreSQL server with a CA of its own and sets it")
+    }
+
     /// `KISGW_TEST_POSTGRES_PASSWORD_ROLE`: a role of that cluster that must give its password.
     @discardableResult
     public static func requirePostgresPasswordRole() throws -> String {
