@@ -220,6 +220,11 @@ public final class JWTVerifier: Sendable {
         guard let sub = c.sub?.value, !sub.isEmpty, sub.count <= 256 else {
             throw Refusal(.jwtInvalid, "the JWT has no sub (user id)")
         }
+        // The user id keys the store and the broker's database, where PostgreSQL refuses a NUL in text (every call of
+        // such a user answered 503, on SQLite it worked), and it is written in logs: no control characters.
+        guard !sub.unicodeScalars.contains(where: { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) }) else {
+            throw Refusal(.jwtInvalid, "the JWT's sub (user id) contains a control character")
+        }
         guard let exp = c.exp?.value else { throw Refusal(.jwtInvalid, "the JWT has no exp") }
         guard exp.addingTimeInterval(leeway) > now else { throw Refusal(.jwtExpired, "the JWT has expired") }
         if let nbf = c.nbf?.value, nbf.addingTimeInterval(-leeway) > now {

@@ -77,6 +77,10 @@ struct JWTVerifierTests {
         cases.append(("wrong aud", try await hs256(claims(iss: "https://id.example.com", aud: "other")), "jwt_invalid"))
         cases.append(("no sub", try await hs256(claims(sub: nil, iss: "https://id.example.com", aud: "kisgw")), "jwt_invalid"))
         cases.append(("no exp", try await hs256(claims(exp: nil, iss: "https://id.example.com", aud: "kisgw")), "jwt_invalid"))
+        // A user id with a control character: PostgreSQL refuses a NUL in text (that user's every broker call was 503).
+        for (name, sub) in [("sub with NUL", "u\u{0}1"), ("sub with a newline", "u1\nadmin"), ("sub with C1", "u\u{85}1")] {
+            cases.append((name, try await hs256(claims(sub: sub, iss: "https://id.example.com", aud: "kisgw")), "jwt_invalid"))
+        }
         // alg none: a header saying none and an empty signature.
         let none = b64url(Data(#"{"alg":"none","typ":"JWT"}"#.utf8)) + "."
             + b64url(Data(#"{"sub":"42","exp":4102444800}"#.utf8)) + "."
