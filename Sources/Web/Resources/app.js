@@ -519,7 +519,7 @@ async function loadChart(query = readQuery()) {
     code.className = 'code';
     code.textContent = `${d.name ? `${d.symbol} · ` : ''}${d.exchange} · ${d.currency} · ${({ D: '일봉', W: '주봉', M: '월봉', Y: '년봉' })[d.period] ?? d.period}`;
     title.append(code);
-    $('chart-cache').textContent = `${res.cache ?? '—'}${res.status === 304 ? ' · 304' : ''}${res.cache === 'STALE' ? ' · 이전 데이터 (한국투자증권 응답 없음)' : ''}`;
+    $('chart-cache').textContent = `${res.cache ?? '—'}${res.status === 304 ? ' · 304' : ''}${res.cache === 'STALE' ? ' · 캐시된 이전 데이터 (갱신 중이거나 한국투자증권 응답 실패)' : ''}`;
     $('chart-cache').dataset.cache = res.cache ?? '';
     const upstream = /upstream;dur=([\d.]+)/.exec(res.serverTiming ?? '');
     $('chart-timing').textContent = `${Math.round(res.ms)} ms${upstream ? ` (KIS ${Math.round(Number(upstream[1]))} ms)` : ''}`;
