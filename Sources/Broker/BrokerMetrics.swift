@@ -51,7 +51,7 @@ final class BrokerMetrics: Sendable {
 
     /// One call to KIS that ended after `duration`: `error` nil when it succeeded, else what it failed with (KIS's
     /// refusal, its `msg_cd` beside it; or no answer, no connection, an unreadable one).
-    func kisCall(_ call: KISCall, duration: Duration, error: (any Error)?) {
+    private func kisCall(_ call: KISCall, duration: Duration, error: (any Error)?) {
         guard let (counters, timer) = kisCalls[call] else { return }
         switch error {
         case nil: counters.record(outcome: "ok", msgCode: nil)

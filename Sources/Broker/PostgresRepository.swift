@@ -104,8 +104,8 @@ public final class PostgresRepository: BrokerRepository, Service {
     /// certificate chains to a trusted CA, `verify-full` also that it names the host. The CA is `sslrootcert=FILE`
     /// (PEM), else the system's trust store; `require` with `sslrootcert` verifies the chain, as libpq does.
     struct Target {
-        enum TLSMode: Equatable { case disable, prefer, require }
-        enum Verification: Equatable { case none, chain, full }
+        enum TLSMode { case disable, prefer, require }
+        enum Verification { case none, chain, full }
         var host: String, port: Int, user: String, password: String?, database: String?, tls: TLSMode
         var verification: Verification
         var rootCertificate: String?

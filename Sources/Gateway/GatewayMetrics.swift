@@ -31,14 +31,9 @@ final class GatewayMetrics: Sendable {
         upstream = KISCallCounters(label: "kisgw_upstream_calls_total", factory: factory)
     }
 
-    /// How many `outcome`/`msg_cd` series the upstream calls may have; any further `msg_cd` is counted as "other".
-    static let maxUpstreamSeries = KISCallCounters.maxSeries
-
     /// One KIS call: `outcome` ok | kis_error | timeout | transport | unreadable, with KIS's `msg_cd` if any (a label
-    /// only when it looks like KIS's codes, at most ``maxUpstreamSeries`` series: ``KISCallCounters``).
+    /// only when it looks like KIS's codes, at most ``KISCallCounters/maxSeries`` series).
     func upstreamCall(outcome: String, msgCode: String?) {
         upstream.record(outcome: outcome, msgCode: msgCode)
     }
-
-    static func isKISCode(_ code: String) -> Bool { KISCallCounters.isKISCode(code) }
 }

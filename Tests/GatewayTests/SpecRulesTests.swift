@@ -34,7 +34,7 @@ struct SpecRulesTests {
         for i in 0..<500 { metrics.upstreamCall(outcome: "kis_error", msgCode: String(format: "ZZ%05d", i)) }
         let m = Exposition(MetricsSetup.render(registry))
         let series = m.samples.filter { $0.name == "kisgw_upstream_calls_total" }
-        #expect(series.count <= GatewayMetrics.maxUpstreamSeries + 1, "\(series.count) series")
+        #expect(series.count <= KISCallCounters.maxSeries + 1, "\(series.count) series")
         #expect(m.value("kisgw_upstream_calls_total", ["outcome": "ok", "msg_cd": ""]) == 1)
         #expect(m.value("kisgw_upstream_calls_total", ["outcome": "kis_error", "msg_cd": "EGW00201"]) == 1)
         #expect(m.value("kisgw_upstream_calls_total", ["outcome": "kis_error", "msg_cd": "OPSQ2001"]) == 1)
@@ -43,8 +43,8 @@ struct SpecRulesTests {
         #expect(series.reduce(0) { $0 + $1.value } == 509)
         #expect(m.value("kisgw_upstream_calls_total", ["outcome": "kis_error", "msg_cd": ""]) == 1)
         let other = m.value("kisgw_upstream_calls_total", ["outcome": "kis_error", "msg_cd": "other"]) ?? 0
-        #expect(other >= 4 + 500 - Double(GatewayMetrics.maxUpstreamSeries), "\(other)")
-        #expect(!series.contains { $0.labels["msg_cd"].map { !GatewayMetrics.isKISCode($0) && $0 != "other" && !$0.isEmpty } ?? false })
+        #expect(other >= 4 + 500 - Double(KISCallCounters.maxSeries), "\(other)")
+        #expect(!series.contains { $0.labels["msg_cd"].map { !KISCallCounters.isKISCode($0) && $0 != "other" && !$0.isEmpty } ?? false })
     }
 
     @Test("the upstream rate used: within KIS's limit, one call under it from 4/s, and rising with the setting")
