@@ -209,7 +209,13 @@ final class TokenKeeper: Sendable {
         }
     }
 
-    /// `DELETE /api/kis/account`: revokes at KIS, marks REVOKED, unpublishes, deletes. Idempotent.
+    /// `DELETE /api/kis/account`: marks the tokens REVOKED, unpublishes them, deletes the account, then revokes them at
+    /// KIS. Idempotent.
+    ///
+    /// Gateways stop accepting the tokens first (the `revoked` events) and KIS is asked after, with the locks already
+    /// released: revoking at KIS first left a window in which gateways accepted tokens KIS had ended, and a KIS slower
+    /// than the locks' life failed the whole disconnect (504) after KIS had revoked them, leaving them ACTIVE and
+    /// published. The 204 still comes after KIS was asked (best effort, as before: a refusal is counted and logged).
     func disconnect(userID: String, environment: KISEnvironment, retried: Int = 0) async throws {
         guard let row = try await repository.account(userID: userID, environment: environment) else { return }
         // Under the account's lock and its app key's issuance lock: no other writer of this account (a `token` call
@@ -218,36 +224,43 @@ final class TokenKeeper: Sendable {
         // `lockWait`, or the store fails), nothing is deleted and the caller is told to try again (429 or 503, with
         // `Retry-After`). A row whose app key cannot be opened is deleted under the account's lock alone.
         let appKey = (try? vault.open(row))?.appKey
-        let again: Bool = try await withAccountLocks(userID, environment, appKey) { locks in
+        let outcome: Disconnected = try await withAccountLocks(userID, environment, appKey) { _ in
             // Read again under the locks: a `token` call may have replaced the app key (and its lock) before.
-            guard let current = try await repository.account(userID: userID, environment: environment) else { return false }
-            guard (try? vault.open(current))?.appKey == appKey else { return true }
-            try await disconnect(current, userID: userID, environment: environment, locks: locks)
-            return false
+            guard let current = try await repository.account(userID: userID, environment: environment) else { return .done(nil) }
+            guard (try? vault.open(current))?.appKey == appKey else { return .keyChanged }
+            return .done(try await disconnect(current, userID: userID, environment: environment))
         }
-        guard again else { return }
-        guard retried < 2 else {
-            throw Problem(.kisRateLimited, "the account's app key keeps changing while it is being disconnected; try again",
-                          retryAfter: 1)
+        switch outcome {
+        case .done(let revoke?): await revokeAtKIS(revoke.tokens, account: revoke.account)
+        case .done(nil): return
+        case .keyChanged:
+            guard retried < 2 else {
+                throw Problem(.kisRateLimited, "the account's app key keeps changing while it is being disconnected; try again",
+                              retryAfter: 1)
+            }
+            try await disconnect(userID: userID, environment: environment, retried: retried + 1)
         }
-        try await disconnect(userID: userID, environment: environment, retried: retried + 1)
     }
 
-    private func disconnect(_ row: StoredAccount, userID: String, environment: KISEnvironment,
-                            locks: AccountLocks) async throws {
+    private enum Disconnected {
+        /// Deleted; the tokens to revoke at KIS with the account's key pair, when it opens.
+        case done((account: Account, tokens: [StoredToken])?)
+        /// The app key changed before the locks were had: its lock is another one.
+        case keyChanged
+    }
+
+    /// Unpublishes and deletes `row`'s account under its locks; returns what to revoke at KIS once they are released.
+    private func disconnect(_ row: StoredAccount, userID: String, environment: KISEnvironment) async throws
+        -> (account: Account, tokens: [StoredToken])?
+    {
         let now = self.now
         let rows = try await repository.tokens(userID: userID, environment: environment)
         let live = rows.filter { $0.expiresAt > now && $0.status != .expired }
-        if let account = try? vault.open(row) {
-            await revokeAtKIS(live.filter { $0.status == .active }, account: account)
-            try await store.delete(validatedKey(environment, account.appKey))
-        }
-        // The revocations at KIS may have taken long (one call a token): the locks must still be this disconnect's.
-        if try await !renew(locks) {
-            throw Problem(.upstreamTimeout, "KIS took longer to revoke the tokens than the account's locks last; try again")
-        }
+        let account = try? vault.open(row)
+        if let account { try await store.delete(validatedKey(environment, account.appKey)) }
         try await revokeAndUnpublish(live, at: now)
         try await repository.deleteAccount(userID: userID, environment: environment)
+        return account.map { ($0, live.filter { $0.status == .active }) }
     }
 
     // MARK: - the scheduler's work

@@ -178,6 +178,43 @@ struct IssuanceRaceTests {
         }
     }
 
+    /// broker-api.md: DELETE revokes at KIS, unpublishes and deletes. Revoked at KIS first, the token stayed accepted
+    /// by every gateway until it was unpublished (each then spent a KIS call to learn it was dead), and a KIS slower
+    /// than the locks' life failed the disconnect with 504 after KIS had revoked the token, leaving it published.
+    @Test("DELETE unpublishes and deletes under the locks, then revokes at KIS: a slow revokeP fails nothing")
+    func disconnectRevokesAfterUnpublishing() async throws {
+        let key = appKey("slowrevoke")
+        let sha = TokenDirectory.sha256(of: "standin-" + TokenDirectory.sha256(of: key))
+        let store = Mutex<(any SharedStore)?>(nil)
+        let publishedAtRevoke = Mutex<[Bool]>([])
+        let router = Router()
+        router.post("/oauth2/tokenP") { request, _ in try Self.tokenAnswer(for: try await Self.requestedAppKey(in: request)) }
+        router.post("/oauth2/revokeP") { _, _ in
+            if let store = store.withLock({ $0 }) {
+                let published = (try? await store.get(TokenDirectory.recordKey(sha))) != nil
+                publishedAtRevoke.withLock { $0.append(published) }
+                // KIS answers after the locks' life: they are gone by then.
+                _ = try? await store.delete(Self.lockKey(key))
+                _ = try? await store.delete("lock:kis-account:SANDBOX:\(TokenDirectory.sha256(of: "u-sr"))")
+            }
+            return Self.revokedAnswer()
+        }
+        let kis = await startStandInKIS(router)
+        try await stopping([kis.server]) {
+            try await withBroker(config: { testConfig(simURL: kis.url, database: $1) }) { b in
+                store.withLock { $0 = b.store }
+                let jwt = try await b.jwt("u-sr")
+                #expect(try await b.post("/api/kis/token", accountBody(key), jwt: jwt).status == 200)
+                let r = try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)
+                #expect(r.status == 204, "\(r.text)")
+                #expect(publishedAtRevoke.withLock { $0 } == [false], "revoked at KIS while gateways still accepted the token")
+                #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
+                #expect(try await b.store.get(TokenDirectory.recordKey(sha)) == nil)
+                #expect(try await b.database.repository().tokens(userID: "u-sr", environment: .sandbox).isEmpty)
+            }
+        }
+    }
+
     /// A refresh reads the account, then waits for the app key's lock; a disconnect that finished meanwhile (as
     /// another broker copy holding the lock would) used to be undone: the refresh issued a token and stored the
     /// account again.
