@@ -101,8 +101,9 @@ public protocol BrokerRepository: Sendable {
     /// sealed as `account` (the same `seal_kid` and sealed `app_key`). Returns whether it did.
     func setAppKeyFingerprint(_ account: StoredAccount) async throws -> Bool
     /// Inserts or replaces the account (unique per user and environment; `created_at` of an existing row is
-    /// kept) and, when given, inserts or replaces `token` (unique by `token_sha256`), in one transaction.
-    func saveAccount(_ account: StoredAccount, token: StoredToken?) async throws
+    /// kept), when given inserts or replaces `token` (unique by `token_sha256`), and marks the tokens `revoking`
+    /// REVOKED (a replaced app key's, `updated_at` the account's), in one transaction.
+    func saveAccount(_ account: StoredAccount, token: StoredToken?, revoking: [String]) async throws
     /// Sets `is_active` of an account.
     func setAccountActive(userID: String, environment: KISEnvironment, isActive: Bool, updatedAt: Int64) async throws
     /// Deletes an account and all its tokens; returns whether the account existed.
@@ -125,6 +126,13 @@ public protocol BrokerRepository: Sendable {
     /// Replaces the sealed access token and key id of a token only if it is still sealed with `expectedKid`.
     func replaceTokenSeal(tokenSHA256: String, accessToken: String, kid: String, expectedKid: String) async throws
         -> Bool
+}
+
+extension BrokerRepository {
+    /// ``saveAccount(_:token:revoking:)`` revoking nothing.
+    public func saveAccount(_ account: StoredAccount, token: StoredToken?) async throws {
+        try await saveAccount(account, token: token, revoking: [])
+    }
 }
 
 /// The tables, as both implementations create them (types differ only where the dialects do).

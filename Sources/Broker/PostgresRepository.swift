@@ -367,7 +367,7 @@ public final class PostgresRepository: BrokerRepository, Service {
         }
     }
 
-    public func saveAccount(_ account: StoredAccount, token: StoredToken?) async throws {
+    public func saveAccount(_ account: StoredAccount, token: StoredToken?, revoking: [String]) async throws {
         try await bounded {
             try await self.client.withTransaction(logger: self.logger) { conn in
                 let env = account.environment.rawValue
@@ -382,6 +382,14 @@ public final class PostgresRepository: BrokerRepository, Service {
                         app_key_fp = excluded.app_key_fp
                     """, logger: self.logger)
                 if let token { try await Self.upsert(token, conn, self.logger) }
+                if !revoking.isEmpty {
+                    let revoked = TokenStatus.revoked.rawValue
+                    try await conn.query(
+                        """
+                        UPDATE kis_tokens SET status = \(revoked), updated_at = \(account.updatedAt)
+                        WHERE token_sha256 = ANY(\(revoking))
+                        """, logger: self.logger)
+                }
             }
         }
     }

@@ -133,7 +133,7 @@ public final class SQLiteRepository: BrokerRepository {
         }
     }
 
-    public func saveAccount(_ account: StoredAccount, token: StoredToken?) async throws {
+    public func saveAccount(_ account: StoredAccount, token: StoredToken?, revoking: [String]) async throws {
         try await queue.write { db in
             try db.execute(
                 sql: """
@@ -149,6 +149,11 @@ public final class SQLiteRepository: BrokerRepository {
                     account.appKeyFingerprint,
                 ])
             if let token { try Self.upsert(token, db) }
+            for sha in revoking {
+                try db.execute(
+                    sql: "UPDATE kis_tokens SET status = ?, updated_at = ? WHERE token_sha256 = ?",
+                    arguments: [TokenStatus.revoked.rawValue, account.updatedAt, sha])
+            }
         }
     }
 

@@ -494,13 +494,17 @@ final class TokenKeeper: Sendable {
                 throw Problem(.upstreamTimeout,
                               "the token request took longer than its account's locks last; nothing was stored, try again")
             }
-            try await repository.saveAccount(try vault.seal(account), token: try vault.seal(token, updatedAt: now))
             // The replaced app key's tokens leave under the locks (only KIS's revocation, slow, is left to the
             // caller): a `token` call with that key again, right after, must not find them ACTIVE and retire its own
-            // token with them. Should unpublishing fail, the reconciler also publishes the new token, saved ACTIVE.
+            // token with them. REVOKED in the transaction that stores the new key: stored apart, a failure between
+            // the two left them ACTIVE and published beside the new key's (and the reconciler, which seals a row with
+            // its account's key pair, would republish them with the new one). Should unpublishing fail, the
+            // reconciler finishes it from the REVOKED rows, and publishes the new token, saved ACTIVE.
+            let old = replaced?.tokens.filter { $0.tokenSHA256 != token.sha256 } ?? []
+            try await repository.saveAccount(try vault.seal(account), token: try vault.seal(token, updatedAt: now),
+                                             revoking: old.map(\.tokenSHA256))
             if let r = replaced {
-                let old = r.tokens.filter { $0.tokenSHA256 != token.sha256 }
-                try await revokeAndUnpublish(old, at: now)
+                try await unpublish(old)
                 replaced = (r.account, old)
             }
             try await publish(token, account: account)
@@ -696,11 +700,16 @@ final class TokenKeeper: Sendable {
         }
     }
 
-    /// Marks `rows` REVOKED, then takes them out of the shared store (records, user set, a `revoked` event each).
-    /// Database first: should unpublishing fail, the reconciler finishes it from the REVOKED rows.
+    /// Marks `rows` REVOKED, then takes them out of the shared store (``unpublish(_:)``). Database first: should
+    /// unpublishing fail, the reconciler finishes it from the REVOKED rows.
     private func revokeAndUnpublish(_ rows: [StoredToken], at now: Int64) async throws {
         guard !rows.isEmpty else { return }
         try await repository.setStatus(.revoked, tokenSHA256s: rows.map(\.tokenSHA256), updatedAt: now)
+        try await unpublish(rows)
+    }
+
+    /// Takes `rows`, REVOKED in the database, out of the shared store: records, user set, a `revoked` event each.
+    private func unpublish(_ rows: [StoredToken]) async throws {
         for r in rows {
             try await TokenDirectory.unpublish(sha256: r.tokenSHA256, userID: r.userID, environment: r.environment,
                                                store: store)

@@ -1,6 +1,7 @@
 @testable import Broker
 import Foundation
 import Hummingbird
+import ServiceLifecycle
 import KIS
 import Logging
 import NIOCore
@@ -21,12 +22,18 @@ final class Hits: Sendable {
 }
 
 /// A database whose `ping` (for `/readyz`) or whose writes of an account and its token can be made to fail,
-/// everything else delegated.
-final class SwitchableRepository: BrokerRepository {
+/// everything else delegated. A service when its database is (PostgreSQL's pool runs for as long as the broker).
+final class SwitchableRepository: BrokerRepository, Service {
+    func run() async throws {
+        if let service = inner as? any Service { try await service.run() } else { try? await gracefulShutdown() }
+    }
+
     let inner: any BrokerRepository
     let down = Atomic<Bool>(false)
     /// `saveAccount` and `saveToken` throw, and the tokens they were given are recorded in ``refusedTokens``.
     let writesFail = Atomic<Bool>(false)
+    /// `setStatus` throws (a write apart from the account's, failing after it was stored).
+    let statusWritesFail = Atomic<Bool>(false)
     /// The sha256 of each token a failing write was given.
     let refused = Mutex<[String]>([])
     /// When set, every second read of that row's account (same user and environment) answers it instead of the
@@ -67,9 +74,9 @@ final class SwitchableRepository: BrokerRepository {
     func setAppKeyFingerprint(_ account: StoredAccount) async throws -> Bool {
         try await inner.setAppKeyFingerprint(account)
     }
-    func saveAccount(_ account: StoredAccount, token: StoredToken?) async throws {
+    func saveAccount(_ account: StoredAccount, token: StoredToken?, revoking: [String]) async throws {
         try refuseWrite(token)
-        try await inner.saveAccount(account, token: token)
+        try await inner.saveAccount(account, token: token, revoking: revoking)
     }
     func setAccountActive(userID: String, environment: KISEnvironment, isActive: Bool, updatedAt: Int64) async throws {
         try await inner.setAccountActive(userID: userID, environment: environment, isActive: isActive, updatedAt: updatedAt)
@@ -87,6 +94,7 @@ final class SwitchableRepository: BrokerRepository {
     func tokens(status: TokenStatus) async throws -> [StoredToken] { try await inner.tokens(status: status) }
     func token(sha256: String) async throws -> StoredToken? { try await inner.token(sha256: sha256) }
     func setStatus(_ status: TokenStatus, tokenSHA256s: [String], updatedAt: Int64) async throws {
+        if statusWritesFail.load(ordering: .relaxed) { throw TestFailure("the database refuses status writes") }
         try await inner.setStatus(status, tokenSHA256s: tokenSHA256s, updatedAt: updatedAt)
     }
     func replaceAccountSeal(_ account: StoredAccount, expectedKid: String) async throws -> Bool {
@@ -219,6 +227,31 @@ struct BrokerRulesTests {
                 #expect(down.json["status"] as? String == "unavailable")
                 repository.down.store(false, ordering: .relaxed)
                 #expect(try await b.get("/readyz", jwt: nil, base: url).status == 200)
+            }
+        }
+    }
+
+    /// A new app key is stored and the old key's tokens REVOKED in one transaction: written apart, a failure of the
+    /// second write (here `setStatus`) answered 503 after the new key was stored, and left the old key's token ACTIVE
+    /// and published beside the new one's — accepted by every gateway, never revoked at KIS, and republished by the
+    /// reconciler with the new key pair.
+    @Test("a key change stores the new key and revokes the old key's tokens in one transaction", arguments: DatabaseKind.allCases)
+    func keyChangeIsOneTransaction(database: DatabaseKind) async throws {
+        try await withBroker(database: database, config: quietSchedulerConfig) { b in
+            let repository = SwitchableRepository(try b.database.repository())
+            try await b.withBroker(dependencies: BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository, clock: { b.clock.now() })) { url in
+                let jwt = try await b.jwt("u-tx")
+                let old = try #require(try await b.post("/api/kis/token", accountBody(appKey("tx1")), jwt: jwt, base: url)
+                    .json["token"] as? String)
+                repository.statusWritesFail.store(true, ordering: .relaxed)
+                let r = try await b.post("/api/kis/token", accountBody(appKey("tx2")), jwt: jwt, base: url)
+                #expect(r.status == 200, "\(r.text)")
+                let new = try #require(r.json["token"] as? String)
+                let rows = try await repository.tokens(userID: "u-tx", environment: .sandbox)
+                #expect(rows.first { $0.tokenSHA256 == TokenDirectory.sha256(of: old) }?.status == .revoked)
+                #expect(rows.first { $0.tokenSHA256 == TokenDirectory.sha256(of: new) }?.status == .active)
+                #expect(try await b.published(old) == nil)
+                #expect(try await b.store.setMembers(TokenDirectory.userKey("u-tx", .sandbox)) == [TokenDirectory.sha256(of: new)])
             }
         }
     }
