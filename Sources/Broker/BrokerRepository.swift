@@ -119,6 +119,9 @@ public protocol BrokerRepository: Sendable {
     /// The token whose SHA-256 is `sha256`, whoever's it is.
     func token(sha256: String) async throws -> StoredToken?
     func setStatus(_ status: TokenStatus, tokenSHA256s: [String], updatedAt: Int64) async throws
+    /// Deletes the EXPIRED and REVOKED tokens that expired before `before` (Unix seconds); returns how many.
+    @discardableResult
+    func deleteEndedTokens(expiredBefore before: Int64) async throws -> Int
 
     /// Replaces the sealed fields, app key fingerprint and key id of an account only if it is still sealed with
     /// `expectedKid` (so concurrent re-encryptions cannot clobber each other). Returns whether it did.

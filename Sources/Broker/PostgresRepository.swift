@@ -423,6 +423,20 @@ public final class PostgresRepository: BrokerRepository, Service {
         }
     }
 
+    public func deleteEndedTokens(expiredBefore before: Int64) async throws -> Int {
+        try await bounded {
+            let (expired, revoked) = (TokenStatus.expired.rawValue, TokenStatus.revoked.rawValue)
+            let rows = try await self.client.query(
+                """
+                DELETE FROM kis_tokens WHERE status IN (\(expired), \(revoked)) AND expires_at < \(before)
+                RETURNING token_sha256
+                """, logger: self.logger)
+            var count = 0
+            for try await _ in rows.decode(String.self) { count += 1 }
+            return count
+        }
+    }
+
     public func saveToken(_ token: StoredToken) async throws {
         try await bounded {
             try await self.client.withConnection { conn in try await Self.upsert(token, conn, self.logger) }

@@ -179,6 +179,15 @@ public final class SQLiteRepository: BrokerRepository {
         }
     }
 
+    public func deleteEndedTokens(expiredBefore before: Int64) async throws -> Int {
+        try await queue.write { db in
+            try db.execute(
+                sql: "DELETE FROM kis_tokens WHERE status IN (?, ?) AND expires_at < ?",
+                arguments: [TokenStatus.expired.rawValue, TokenStatus.revoked.rawValue, before])
+            return db.changesCount
+        }
+    }
+
     public func saveToken(_ token: StoredToken) async throws {
         try await queue.write { db in try Self.upsert(token, db) }
     }

@@ -61,6 +61,9 @@ final class TokenKeeper: Sendable {
 
     var now: Int64 { Int64(clock().timeIntervalSince1970) }
 
+    /// How long the rows of EXPIRED and REVOKED tokens are kept after the tokens' own expiry: 7 days.
+    static let endedTokenRetention: Int64 = 7 * 86_400
+
     // MARK: - decisions
 
     /// Issuance economy: a stored token serves unless it is gone, expired or revoked, or inside `refresh_ahead_s`
@@ -393,6 +396,10 @@ final class TokenKeeper: Sendable {
                                                    environment: row.environment, store: store)
             }
         }
+        // Ended tokens are kept a while (what was revoked or refused, and when), then go: every account gained a row a
+        // day for ever, and every call and pass reads all of an account's rows (this loop, all REVOKED ones).
+        let pruned = try await repository.deleteEndedTokens(expiredBefore: now - Self.endedTokenRetention)
+        if pruned > 0 { logger.info("deleted ended tokens", metadata: ["tokens": "\(pruned)"]) }
         if republished > 0 {
             metrics.republished.increment(by: Int64(republished))
             logger.notice("republished tokens missing from the shared store", metadata: ["tokens": "\(republished)"])

@@ -93,6 +93,9 @@ final class SwitchableRepository: BrokerRepository, Service {
     }
     func tokens(status: TokenStatus) async throws -> [StoredToken] { try await inner.tokens(status: status) }
     func token(sha256: String) async throws -> StoredToken? { try await inner.token(sha256: sha256) }
+    func deleteEndedTokens(expiredBefore before: Int64) async throws -> Int {
+        try await inner.deleteEndedTokens(expiredBefore: before)
+    }
     func setStatus(_ status: TokenStatus, tokenSHA256s: [String], updatedAt: Int64) async throws {
         if statusWritesFail.load(ordering: .relaxed) { throw TestFailure("the database refuses status writes") }
         try await inner.setStatus(status, tokenSHA256s: tokenSHA256s, updatedAt: updatedAt)

@@ -81,6 +81,35 @@ struct SchedulerTests {
         }
     }
 
+    /// Ended tokens (EXPIRED, REVOKED) were never deleted but with their account: a row a day for every account, for
+    /// ever, each read by every call and pass. Reconciliation deletes those whose expiry is more than 7 days past.
+    @Test("reconciliation deletes the rows of tokens that ended more than 7 days ago, and only those",
+          arguments: DatabaseKind.allCases)
+    func endedTokensPruned(database: DatabaseKind) async throws {
+        try await withBroker(database: database, config: quietSchedulerConfig) { b in
+            let jwt = try await b.jwt("u-prune")
+            let live = try #require(try await b.post("/api/kis/token", accountBody(appKey("prune")), jwt: jwt).json["token"] as? String)
+            let now = Int64(b.clock.now().timeIntervalSince1970)
+            let day: Int64 = 86_400
+            let rows: [(String, TokenStatus, Int64)] = [
+                ("old-expired", .expired, now - 8 * day), ("old-revoked", .revoked, now - 8 * day),
+                ("recent-expired", .expired, now - 6 * day), ("recent-revoked", .revoked, now - day),
+                ("live-revoked", .revoked, now + day),
+            ]
+            try await withRepository(b.database) { repository in
+                for (name, status, expiresAt) in rows {
+                    try await repository.saveToken(StoredToken(
+                        userID: "u-prune", environment: .sandbox, accessToken: "sealed-" + name, tokenSHA256: "sha-" + name,
+                        kid: "k1", issuedAt: expiresAt - day, expiresAt: expiresAt, status: status, updatedAt: now))
+                }
+                let keeper = makeKeeper(repository, store: b.store, keyring: b.keyring, kis: nil, clock: { b.clock.now() })
+                try await keeper.reconcile()
+                let left = Set(try await repository.tokens(userID: "u-prune", environment: .sandbox).map(\.tokenSHA256))
+                #expect(left == ["sha-recent-expired", "sha-recent-revoked", "sha-live-revoked", TokenDirectory.sha256(of: live)])
+            }
+        }
+    }
+
     @Test("the scheduler refreshes a token before KIS's expiry and publishes the new one (clock control)",
           arguments: DatabaseKind.allCases)
     func refreshBeforeExpiry(database: DatabaseKind) async throws {
