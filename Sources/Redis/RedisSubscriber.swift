@@ -229,6 +229,9 @@ final class RedisSubscriber: Sendable {
                     heard.value.store(true, ordering: .relaxed)
                     self.received(value)
                 }
+                // A gap: a connection lost, or a first one that could not be opened at once — subscriptions were
+                // asked for meanwhile, and what was published then reached nobody.
+                let afterAGap = failures > 0
                 let toSubscribe: (channels: [String], patterns: [String], watchers: [AsyncStream<Void>.Continuation])? =
                     self.state.withLock { state in
                         guard !state.isShutdown else { return nil }
@@ -236,7 +239,7 @@ final class RedisSubscriber: Sendable {
                         state.isDown = false
                         state.confirmedChannels = []
                         state.confirmedPatterns = []
-                        let watchers = state.wasConnected ? Array(state.restorationWatchers.values) : []
+                        let watchers = state.wasConnected || afterAGap ? Array(state.restorationWatchers.values) : []
                         state.wasConnected = true
                         return (Array(state.channelCounts.keys), Array(state.patternCounts.keys), watchers)
                     }

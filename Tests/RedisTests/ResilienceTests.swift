@@ -333,6 +333,29 @@ struct ResilienceTests {
         #expect(count.withLock { $0 } == 1)
     }
 
+    /// A gateway that starts while Redis is down subscribes at once (no connection yet) and decides tokens meanwhile
+    /// from records it reads when Redis answers; the `revoked` events published before its pub/sub connection opened
+    /// reached nobody. The first connection after failed attempts is a gap too (it was told of none).
+    @Test func aFirstConnectionThatCouldNotBeOpenedAtOnceIsAGap() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        server.stop()
+        let client = try makeClient(server)
+        let restorations = client.subscriptionRestorations()
+        let count = Mutex(0)
+        let watcher = Task { for await _ in restorations { count.withLock { $0 += 1 } } }
+        let subscription = try await client.subscribe(to: ["late"])  // returns at once: Redis is down
+        let reader = Task { for await _ in subscription {} }
+        try await Task.sleep(for: .milliseconds(300))  // at least one attempt failed
+        try server.start()
+        #expect(await eventually(timeout: .seconds(10)) { count.withLock { $0 } == 1 })
+        #expect(await eventually { ((try? await client.publish("probe", to: "late")) ?? 0) == 1 })
+        await client.shutdown()
+        await watcher.value
+        await reader.value
+        #expect(count.withLock { $0 } == 1)
+    }
+
     /// A subscriber that falls more than 4096 messages behind loses the oldest, and its subscription counts them
     /// (`lostMessages`): a `revoked` event may be among them. The other subscriptions, and the connection's gap
     /// notices, are not concerned.
