@@ -823,6 +823,34 @@ def test_the_chart_and_the_environment_switch_work_from_the_keyboard(browser, de
     assert browser.execute_script('return document.activeElement.id') == 'env-SANDBOX'
 
 
+def test_a_disconnect_in_another_tab_is_shown_here(browser, demo, connected_account):
+    """Two tabs of one user: disconnecting in one turns the other to "연결 안됨" without a reload or a failed call
+    (a `storage` event); connecting again in the first hands the second the new token."""
+    open_connected(browser, demo)
+    first = browser.current_window_handle
+    browser.switch_to.new_window('tab')
+    open_connected(browser, demo)
+    second = browser.current_window_handle
+    browser.switch_to.window(first)
+    el(browser, 'acct-disconnect').click()
+    el(browser, 'acct-disconnect').click()
+    wait(browser, lambda d: status(d) == ('disconnected', '연결 안됨'), message='not disconnected in the first tab')
+    browser.switch_to.window(second)
+    wait(browser, lambda d: status(d) == ('disconnected', '연결 안됨'), timeout=10,
+         message=f'the second tab still shows {status(browser)}')
+    assert browser.execute_script('return window.__kisgw.state().token') is None
+    browser.switch_to.window(first)
+    advance_sim_clock(demo)   # KIS's minute between issuances for the app key
+    connect(browser)
+    token = browser.execute_script('return window.__kisgw.state().token')
+    browser.switch_to.window(second)
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'), timeout=10,
+         message=f'the second tab did not take the new token: {status(browser)}')
+    assert browser.execute_script('return window.__kisgw.state().token') == token
+    browser.close()
+    browser.switch_to.window(first)
+
+
 def test_weekly_and_yearly_charts(browser, demo, connected_account):
     """web-client.md: period D/W/M(/Y). The title names the period the gateway answered for; the candles are drawn."""
     open_connected(browser, demo)

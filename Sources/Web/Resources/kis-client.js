@@ -251,6 +251,20 @@ export class TokenStore {
     }
   }
 
+  /**
+   * The environment whose entry another tab of this scope changed (a `storage` event of this store's storage), or
+   * null: this page's memory copy of it is dropped, so that the next ``load`` reads what the other tab stored.
+   * @param {StorageEvent} event
+   * @returns {Environment|null}
+   */
+  changedElsewhere(event) {
+    if (!this.storage || event.storageArea !== this.storage) return null;
+    const env = ENVIRONMENTS.find((e) => this.storageKey(e) === event.key);
+    if (!env) return null;
+    this.memory.delete(env);
+    return env;
+  }
+
   /** @param {Environment} env */
   async remove(env) {
     this.memory.delete(env);
@@ -521,6 +535,30 @@ export function createKisClient(options) {
     emit();
   }
   globalThis.document?.addEventListener?.('visibilitychange', onVisible);
+
+  /**
+   * Another tab of this user changed a stored token (it connected, refreshed, disconnected or switched the key):
+   * this one takes the stored token when there is one, else asks the broker what account there is — instead of
+   * showing "connected" with a token the other tab had the broker revoke, until its next call failed.
+   */
+  async function onStorage(event) {
+    const env = store.changedElsewhere(event);
+    if (!env || stopped) return;
+    const entry = await store.load(env);
+    if (stopped) return;
+    const e = envs[env];
+    if (entry) {
+      Object.assign(e, {
+        token: entry.token, expiresAt: entry.expiresAt, receivedAt: entry.receivedAt, account: entry.account ?? e.account,
+        appKey: entry.appKey ?? e.appKey, connected: true, lastError: null, refreshFailures: 0,
+      });
+      schedule(env);
+      emit();
+    } else {
+      await syncAccount(env).catch((err) => syncFailed(env, err));
+    }
+  }
+  globalThis.addEventListener?.('storage', onStorage);
 
   async function proactive(env) {
     clearTimeout(timers[env]);
@@ -846,6 +884,7 @@ export function createKisClient(options) {
     stop() {
       stopped = true;
       globalThis.document?.removeEventListener?.('visibilitychange', onVisible);
+      globalThis.removeEventListener?.('storage', onStorage);
       for (const env of ENVIRONMENTS) {
         clearTimeout(timers[env]);
         timers[env] = null;
