@@ -212,13 +212,15 @@ final class TokenKeeper: Sendable {
         }
     }
 
-    /// `DELETE /api/kis/account`: marks the tokens REVOKED, unpublishes them, deletes the account, then revokes them at
-    /// KIS. Idempotent.
+    /// `DELETE /api/kis/account`: marks the tokens REVOKED, unpublishes them, revokes them at KIS, deletes the account
+    /// and its tokens — all under the account's locks. Idempotent.
     ///
-    /// Gateways stop accepting the tokens first (the `revoked` events) and KIS is asked after, with the locks already
-    /// released: revoking at KIS first left a window in which gateways accepted tokens KIS had ended, and a KIS slower
-    /// than the locks' life failed the whole disconnect (504) after KIS had revoked them, leaving them ACTIVE and
-    /// published. The 204 still comes after KIS was asked (best effort, as before: a refusal is counted and logged).
+    /// Gateways stop accepting the tokens (the `revoked` events) before KIS is asked: revoked at KIS first, they were
+    /// accepted until unpublished, each gateway spending a KIS call to learn they had ended; and a KIS slower than the
+    /// locks' life failed the disconnect (504) with the tokens still ACTIVE and published. KIS is still asked under
+    /// the locks, so a `token` call right after (which waits for them) cannot be handed back by KIS, within its reuse
+    /// window, the token this disconnect is about to revoke. Once the tokens are REVOKED in the database they are
+    /// revoked at KIS whatever fails after (a retry finds them REVOKED and would not ask KIS again).
     func disconnect(userID: String, environment: KISEnvironment, retried: Int = 0) async throws {
         guard let row = try await repository.account(userID: userID, environment: environment) else { return }
         // Under the account's lock and its app key's issuance lock: no other writer of this account (a `token` call
@@ -227,43 +229,45 @@ final class TokenKeeper: Sendable {
         // `lockWait`, or the store fails), nothing is deleted and the caller is told to try again (429 or 503, with
         // `Retry-After`). A row whose app key cannot be opened is deleted under the account's lock alone.
         let appKey = (try? vault.open(row))?.appKey
-        let outcome: Disconnected = try await withAccountLocks(userID, environment, appKey) { _ in
+        let again: Bool = try await withAccountLocks(userID, environment, appKey) { locks in
             // Read again under the locks: a `token` call may have replaced the app key (and its lock) before.
-            guard let current = try await repository.account(userID: userID, environment: environment) else { return .done(nil) }
-            guard (try? vault.open(current))?.appKey == appKey else { return .keyChanged }
-            return .done(try await disconnect(current, userID: userID, environment: environment))
+            guard let current = try await repository.account(userID: userID, environment: environment) else { return false }
+            guard (try? vault.open(current))?.appKey == appKey else { return true }
+            try await disconnect(current, userID: userID, environment: environment, locks: locks)
+            return false
         }
-        switch outcome {
-        case .done(let revoke?): await revokeAtKIS(revoke.tokens, account: revoke.account)
-        case .done(nil): return
-        case .keyChanged:
-            guard retried < 2 else {
-                throw Problem(.kisRateLimited, "the account's app key keeps changing while it is being disconnected; try again",
-                              retryAfter: 1)
-            }
-            try await disconnect(userID: userID, environment: environment, retried: retried + 1)
+        guard again else { return }
+        guard retried < 2 else {
+            throw Problem(.kisRateLimited, "the account's app key keeps changing while it is being disconnected; try again",
+                          retryAfter: 1)
         }
+        try await disconnect(userID: userID, environment: environment, retried: retried + 1)
     }
 
-    private enum Disconnected {
-        /// Deleted; the tokens to revoke at KIS with the account's key pair, when it opens.
-        case done((account: Account, tokens: [StoredToken])?)
-        /// The app key changed before the locks were had: its lock is another one.
-        case keyChanged
-    }
-
-    /// Unpublishes and deletes `row`'s account under its locks; returns what to revoke at KIS once they are released.
-    private func disconnect(_ row: StoredAccount, userID: String, environment: KISEnvironment) async throws
-        -> (account: Account, tokens: [StoredToken])?
-    {
+    private func disconnect(_ row: StoredAccount, userID: String, environment: KISEnvironment,
+                            locks: AccountLocks) async throws {
         let now = self.now
         let rows = try await repository.tokens(userID: userID, environment: environment)
         let live = rows.filter { $0.expiresAt > now && $0.status != .expired }
+        let active = live.filter { $0.status == .active }
         let account = try? vault.open(row)
         if let account { try await store.delete(validatedKey(environment, account.appKey)) }
-        try await revokeAndUnpublish(live, at: now)
+        try await repository.setStatus(.revoked, tokenSHA256s: live.map(\.tokenSHA256), updatedAt: now)
+        do {
+            try await unpublish(live)
+        } catch {
+            if let account { await revokeAtKIS(active, account: account) }
+            throw error
+        }
+        if let account { await revokeAtKIS(active, account: account) }
+        // The revocations at KIS may have taken long (one call a token): the locks must still be this disconnect's
+        // before it deletes (another writer may have stored the account anew). If not, the tokens are revoked and
+        // unpublished all the same, and a DELETE tried again deletes the account.
+        if try await !renew(locks) {
+            throw Problem(.upstreamTimeout,
+                          "KIS took longer to revoke the tokens than the account's locks last; they are revoked, try again to delete the account")
+        }
         try await repository.deleteAccount(userID: userID, environment: environment)
-        return account.map { ($0, live.filter { $0.status == .active }) }
     }
 
     // MARK: - the scheduler's work
@@ -271,10 +275,12 @@ final class TokenKeeper: Sendable {
     /// Refreshes one account if its token is due; returns whether it obtained a new token.
     func scheduledRefresh(_ row: StoredAccount) async throws -> Bool {
         guard row.isActive else { return false }
-        // Not "the newest row is REVOKED, so a disconnect is in progress": a replaced app key's token can be newer
-        // than the one adopted from a check. A disconnect that ran since the pass listed the account is seen by
-        // `issue(onlyIfStored:)` under the account's locks.
+        // A disconnect in progress, or one that failed after revoking the tokens (the user was told to try again): no
+        // token is ACTIVE and the newest is REVOKED. Not the newest row alone: a replaced app key's token can be newer
+        // than the one adopted from a check, ACTIVE. A disconnect that ran since the pass listed the account is seen
+        // by `issue(onlyIfStored:)` under the account's locks.
         let rows = try await repository.tokens(userID: row.userID, environment: row.environment)
+        if rows.first?.status == .revoked, !rows.contains(where: { $0.status == .active }) { return false }
         let now = self.now
         if let current = rows.first(where: { $0.status == .active }), !needsScheduledRefresh(try vault.open(current), at: now) {
             return false
@@ -664,7 +670,11 @@ final class TokenKeeper: Sendable {
     /// back) seals it again with the current key — gateways given only the new key then open it, and the old key
     /// can go once a reconciliation has run (`Sources/Broker/README.md`). Unreadable records count as not published.
     func isPublished(_ sha: String, userID: String, environment: KISEnvironment) async throws -> Bool {
-        guard (try? await TokenDirectory.sealKeyID(sha256: sha, store: store)) == keyring.current else { return false }
+        let kid: String?
+        do { kid = try await TokenDirectory.sealKeyID(sha256: sha, store: store) } catch where error.code == .invalidRecord {
+            kid = nil
+        }
+        guard kid == keyring.current else { return false }
         return try await store.setMembers(TokenDirectory.userKey(userID, environment)).contains(sha)
     }
 
@@ -705,14 +715,6 @@ final class TokenKeeper: Sendable {
             try await ensurePublished(token, account: account)
             return true
         }
-    }
-
-    /// Marks `rows` REVOKED, then takes them out of the shared store (``unpublish(_:)``). Database first: should
-    /// unpublishing fail, the reconciler finishes it from the REVOKED rows.
-    private func revokeAndUnpublish(_ rows: [StoredToken], at now: Int64) async throws {
-        guard !rows.isEmpty else { return }
-        try await repository.setStatus(.revoked, tokenSHA256s: rows.map(\.tokenSHA256), updatedAt: now)
-        try await unpublish(rows)
     }
 
     /// Takes `rows`, REVOKED in the database, out of the shared store: records, user set, a `revoked` event each.

@@ -179,9 +179,11 @@ struct IssuanceRaceTests {
     }
 
     /// broker-api.md: DELETE revokes at KIS, unpublishes and deletes. Revoked at KIS first, the token stayed accepted
-    /// by every gateway until it was unpublished (each then spent a KIS call to learn it was dead), and a KIS slower
-    /// than the locks' life failed the disconnect with 504 after KIS had revoked the token, leaving it published.
-    @Test("DELETE unpublishes and deletes under the locks, then revokes at KIS: a slow revokeP fails nothing")
+    /// by every gateway until it was unpublished (each then spent a KIS call to learn it had ended), and a KIS slower
+    /// than the locks' life failed the disconnect with 504 after KIS had revoked the token, leaving it ACTIVE and
+    /// published. Now it is unpublished before KIS is asked; a KIS that outlasts the locks still fails the deletion
+    /// (another writer may hold them by then), with the token revoked and unpublished, and a DELETE tried again ends it.
+    @Test("DELETE unpublishes before revoking at KIS; a KIS slower than the locks leaves the token revoked and unpublished")
     func disconnectRevokesAfterUnpublishing() async throws {
         let key = appKey("slowrevoke")
         let sha = TokenDirectory.sha256(of: "standin-" + TokenDirectory.sha256(of: key))
@@ -206,11 +208,15 @@ struct IssuanceRaceTests {
                 let jwt = try await b.jwt("u-sr")
                 #expect(try await b.post("/api/kis/token", accountBody(key), jwt: jwt).status == 200)
                 let r = try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)
-                #expect(r.status == 204, "\(r.text)")
+                #expect(r.status == 504 && r.code == "upstream_timeout", "\(r.text)")
                 #expect(publishedAtRevoke.withLock { $0 } == [false], "revoked at KIS while gateways still accepted the token")
-                #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
                 #expect(try await b.store.get(TokenDirectory.recordKey(sha)) == nil)
+                #expect(try await b.database.repository().tokens(userID: "u-sr", environment: .sandbox).map(\.status) == [.revoked])
+                // Tried again: deleted, and KIS is not asked again for a token it revoked.
+                #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 204)
+                #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
                 #expect(try await b.database.repository().tokens(userID: "u-sr", environment: .sandbox).isEmpty)
+                #expect(publishedAtRevoke.withLock { $0 }.count == 1)
             }
         }
     }

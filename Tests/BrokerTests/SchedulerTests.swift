@@ -81,6 +81,26 @@ struct SchedulerTests {
         }
     }
 
+    /// A disconnect that failed after revoking the account's tokens (the store went away while unpublishing, or KIS
+    /// outlasted the locks) leaves the account with REVOKED rows only, for the DELETE the user is told to try again:
+    /// the scheduler does not obtain a token for it meanwhile (KIS would notify the user of it).
+    @Test("the scheduler leaves alone an account whose tokens are all REVOKED (a disconnect to be tried again)")
+    func halfDisconnectedAccountLeftAlone() async throws {
+        try await withBroker(config: quietSchedulerConfig) { b in
+            let jwt = try await b.jwt("u-half")
+            let token = try #require(try await b.post("/api/kis/token", accountBody(appKey("half")), jwt: jwt).json["token"] as? String)
+            try await withRepository(b.database) { repository in
+                try await repository.setStatus(.revoked, tokenSHA256s: [TokenDirectory.sha256(of: token)], updatedAt: 1)
+                let listed = try #require(try await repository.account(userID: "u-half", environment: .sandbox))
+                let keeper = makeKeeper(repository, store: b.store, keyring: b.keyring, kis: b.simURL, clock: { b.clock.now() })
+                try await b.advanceClocks(86400 - 1800)
+                let issued = try await b.issuances()
+                #expect(try await keeper.scheduledRefresh(listed) == false)
+                #expect(try await b.issuances() == issued)
+            }
+        }
+    }
+
     /// Ended tokens (EXPIRED, REVOKED) were never deleted but with their account: a row a day for every account, for
     /// ever, each read by every call and pass. Reconciliation deletes those whose expiry is more than 7 days past.
     @Test("reconciliation deletes the rows of tokens that ended more than 7 days ago, and only those",
