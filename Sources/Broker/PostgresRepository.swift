@@ -98,7 +98,8 @@ public final class PostgresRepository: BrokerRepository, Service {
 
     /// What a URL names: server, user, password, database and TLS (`sslmode`, `prefer` when not given, as libpq).
     ///
-    /// `sslmode` means what it means to libpq: `allow`/`prefer` use TLS when the server offers it and `require`
+    /// `sslmode` means what it means to libpq (`allow` is taken as `prefer`: TLS first): `allow`/`prefer` use TLS
+    /// when the server offers it and `require`
     /// insists on it, neither checking the server's certificate (a server with a self-signed certificate — Debian's
     /// default, a managed database's private CA — is reached as psql reaches it); `verify-ca` checks that the
     /// certificate chains to a trusted CA, `verify-full` also that it names the host. The CA is `sslrootcert=FILE`

@@ -238,7 +238,7 @@ struct BrokerRulesTests {
     /// second write (here `setStatus`) answered 503 after the new key was stored, and left the old key's token ACTIVE
     /// and published beside the new one's — accepted by every gateway, never revoked at KIS, and republished by the
     /// reconciler with the new key pair.
-    @Test("a key change stores the new key and revokes the old key's tokens in one transaction", arguments: DatabaseKind.allCases)
+    @Test("a key change marks the old key's tokens REVOKED in the new key's write, not in a write of its own", arguments: DatabaseKind.allCases)
     func keyChangeIsOneTransaction(database: DatabaseKind) async throws {
         try await withBroker(database: database, config: quietSchedulerConfig) { b in
             let repository = SwitchableRepository(try b.database.repository())

@@ -346,7 +346,7 @@ struct ResilienceTests {
         let watcher = Task { for await _ in restorations { count.withLock { $0 += 1 } } }
         let subscription = try await client.subscribe(to: ["late"])  // returns at once: Redis is down
         let reader = Task { for await _ in subscription {} }
-        try await Task.sleep(for: .milliseconds(300))  // at least one attempt failed
+        try await Task.sleep(for: .seconds(1))  // at least one attempt failed (nothing listens: refused at once)
         try server.start()
         #expect(await eventually(timeout: .seconds(10)) { count.withLock { $0 } == 1 })
         #expect(await eventually { ((try? await client.publish("probe", to: "late")) ?? 0) == 1 })

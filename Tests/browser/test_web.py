@@ -830,6 +830,7 @@ def test_a_disconnect_in_another_tab_is_shown_here(browser, demo, connected_acco
     first = browser.current_window_handle
     browser.switch_to.new_window('tab')
     open_connected(browser, demo)
+    wait_chart(browser)
     second = browser.current_window_handle
     browser.switch_to.window(first)
     el(browser, 'acct-disconnect').click()
@@ -839,6 +840,10 @@ def test_a_disconnect_in_another_tab_is_shown_here(browser, demo, connected_acco
     wait(browser, lambda d: status(d) == ('disconnected', '연결 안됨'), timeout=10,
          message=f'the second tab still shows {status(browser)}')
     assert browser.execute_script('return window.__kisgw.state().token') is None
+    # ... and the chart of the account that is gone is not left drawn under it.
+    assert chart_state(browser)[0] == 'idle', chart_state(browser)
+    px = browser.execute_script(CANVAS_PIXELS)
+    assert px['red'] + px['blue'] == 0, f"the disconnected account's chart is still drawn: {px}"
     browser.switch_to.window(first)
     advance_sim_clock(demo)   # KIS's minute between issuances for the app key
     connect(browser)

@@ -243,6 +243,12 @@ function render(s = client?.state()) {
     refreshEl.className = '';
   }
   $('acct-refresh-now').disabled = e.refreshing;
+  // Disconnected from elsewhere (another tab, the broker): the account's chart goes, and one still loading is not
+  // drawn when it arrives.
+  if (!e.connected && chartEl.dataset.state !== 'idle') {
+    chartData = null;
+    showChartEmpty(`${ENV_LABEL[env]} 계정이 연결되어 있지 않습니다`);
+  }
 }
 
 // ------------------------------------------------------------------------------------------------ account
