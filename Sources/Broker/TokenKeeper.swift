@@ -253,13 +253,11 @@ final class TokenKeeper: Sendable {
         let account = try? vault.open(row)
         if let account { try await store.delete(validatedKey(environment, account.appKey)) }
         try await repository.setStatus(.revoked, tokenSHA256s: live.map(\.tokenSHA256), updatedAt: now)
-        do {
-            try await unpublish(live)
-        } catch {
-            if let account { await revokeAtKIS(active, account: account) }
-            throw error
-        }
+        // REVOKED now: revoked at KIS whether or not unpublishing them succeeds.
+        let unpublished: Result<Void, any Error>
+        do { try await unpublish(live); unpublished = .success(()) } catch { unpublished = .failure(error) }
         if let account { await revokeAtKIS(active, account: account) }
+        try unpublished.get()
         // The revocations at KIS may have taken long (one call a token): the locks must still be this disconnect's
         // before it deletes (another writer may have stored the account anew). If not, the tokens are revoked and
         // unpublished all the same, and a DELETE tried again deletes the account.
