@@ -768,7 +768,9 @@ final class TokenKeeper: Sendable {
 
     private func keepValidated(_ form: AccountForm, token: String, issuedAt: Int64, expiresAt: Int64) async throws {
         let key = validatedKey(form.environment, form.appKey)
-        let ttl = min(expiresAt - now, settings.reuseWindow)
+        // For the reuse window, and at least KIS's minute between issuances: with `reuse_window_s = 0` a `token`
+        // call right after the check found nothing kept and asked KIS again, which refused (`EGW00133`, 429).
+        let ttl = min(expiresAt - now, max(settings.reuseWindow, 60))
         guard ttl > 0 else { return }
         let plain = try JSONEncoder().encode(Validated(
             access_token: token, app_key: form.appKey, app_secret: form.appSecret, issued_at: issuedAt,

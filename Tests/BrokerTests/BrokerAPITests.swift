@@ -219,6 +219,21 @@ struct BrokerAPITests {
         }
     }
 
+    /// `[broker] reuse_window_s` may be 0 (config.md allows it): the token a check obtained is still kept for KIS's
+    /// minute between issuances, or the `token` call right after asks KIS again and is refused (429).
+    @Test("validate then token with reuse_window_s = 0: still one KIS issuance")
+    func validateThenTokenWithoutAReuseWindow() async throws {
+        try await withBroker(config: { testConfig(simURL: $0, database: $1, refreshIntervalS: 3600, reuseWindowS: 0,
+                                                  reconcileIntervalS: 3600) }) { b in
+            let jwt = try await b.jwt("u-rw0")
+            let key = appKey("rw0")
+            #expect(try await b.post("/api/kis/account/validate", accountBody(key), jwt: jwt).status == 200)
+            let t = try await b.post("/api/kis/token", accountBody(key), jwt: jwt)
+            #expect(t.status == 200, "\(t.text)")
+            #expect(try await b.issuances() == 1)
+        }
+    }
+
     @Test("validate then token back to back succeeds with one KIS issuance (KIS allows one a minute)",
           arguments: StoreKind.allCases, DatabaseKind.allCases)
     func validateThenToken(store: StoreKind, database: DatabaseKind) async throws {
