@@ -227,9 +227,13 @@ public enum TokenDirectory {
     /// record again when it is sealed with a key other than its current one (a rotation), so that gateways which
     /// hold only the new key can open it before the old key goes.
     public static func sealKeyID(sha256 sha: String, store: any SharedStore) async throws(StoreError) -> String? {
-        let key = recordKey(sha)
+        try await record(at: recordKey(sha), store: store)?.kid
+    }
+
+    /// The token record at `key`, decoded; nil when there is none.
+    private static func record(at key: String, store: any SharedStore) async throws(StoreError) -> TokenRecord? {
         guard let buffer = try await store.get(key) else { return nil }
-        do { return try JSONDecoder().decode(TokenRecord.self, from: Data(buffer.readableBytesView)).kid } catch {
+        do { return try JSONDecoder().decode(TokenRecord.self, from: Data(buffer.readableBytesView)) } catch {
             throw StoreError(.invalidRecord, "the record at \(key) is not a token record")
         }
     }
@@ -240,11 +244,7 @@ public enum TokenDirectory {
     {
         let sha = sha256(of: token)
         let key = recordKey(sha)
-        guard let buffer = try await store.get(key) else { return nil }
-        let record: TokenRecord
-        do { record = try JSONDecoder().decode(TokenRecord.self, from: Data(buffer.readableBytesView)) } catch {
-            throw StoreError(.invalidRecord, "the record at \(key) is not a token record")
-        }
+        guard let record = try await record(at: key, store: store) else { return nil }
         guard record.v == 1 else { throw StoreError(.invalidRecord, "the record at \(key) has version \(record.v)") }
         let plaintext = try keyring.open(record.sealed, kid: record.kid, aad: Data(store.fullKey(key).utf8))
         let credentials: SealedCredentials

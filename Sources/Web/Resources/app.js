@@ -462,6 +462,7 @@ function addDays(iso, days) {
 }
 
 const PERIOD_SPAN_DAYS = { D: 150, W: 730, M: 1825, Y: 3650 };
+const PERIOD_LABEL = { D: '일봉', W: '주봉', M: '월봉', Y: '년봉' };
 
 /** The dates this page filled in itself, last. While the fields still hold them (nobody changed them), they follow
  *  the market's today: after a change of market or exchange, and at each query, so a page left open past midnight
@@ -523,7 +524,8 @@ async function loadChart(query = readQuery()) {
     title.textContent = d.name || d.symbol;
     const code = document.createElement('span');
     code.className = 'code';
-    code.textContent = `${d.name ? `${d.symbol} · ` : ''}${d.exchange} · ${d.currency} · ${({ D: '일봉', W: '주봉', M: '월봉', Y: '년봉' })[d.period] ?? d.period}`;
+    const periodLabel = PERIOD_LABEL[d.period] ?? d.period;
+    code.textContent = `${d.name ? `${d.symbol} · ` : ''}${d.exchange} · ${d.currency} · ${periodLabel}`;
     title.append(code);
     $('chart-cache').textContent = `${res.cache ?? '—'}${res.status === 304 ? ' · 304' : ''}${res.cache === 'STALE' ? ' · 캐시된 이전 데이터 (갱신 중이거나 한국투자증권 응답 실패)' : ''}`;
     $('chart-cache').dataset.cache = res.cache ?? '';
@@ -536,7 +538,6 @@ async function loadChart(query = readQuery()) {
     }
     setChartState('ready', res.status);
     chart.setData(d);
-    const periodLabel = ({ D: '일봉', W: '주봉', M: '월봉', Y: '년봉' })[d.period] ?? d.period;
     $('chart-canvas').setAttribute('aria-label', `${d.name || d.symbol} ${periodLabel} 캔들 차트, ${formatDate(d.candles[0].date)}부터 `
       + `${formatDate(d.candles[d.candles.length - 1].date)}까지 ${d.candles.length}개`);
     if (res.refreshed) console.info('KIS 토큰을 갱신하고 다시 요청했습니다');

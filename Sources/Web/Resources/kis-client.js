@@ -490,14 +490,20 @@ export function createKisClient(options) {
       appKey: extra.appKey ?? prev.appKey ?? null,
       connected: true,
     };
-    Object.assign(envs[env], {
-      token: entry.token, expiresAt: entry.expiresAt, receivedAt: entry.receivedAt, account: entry.account,
-      appKey: entry.appKey, connected: true, lastError: null, refreshFailures: 0,
-    });
+    take(env, entry);
     await store.save(entry);
     schedule(env);
     emit();
     return entry;
+  }
+
+  /** Makes `entry` (obtained, or stored by this or another tab) `env`'s current token: connected, no failure. */
+  function take(env, entry) {
+    const e = envs[env];
+    Object.assign(e, {
+      token: entry.token, expiresAt: entry.expiresAt, receivedAt: entry.receivedAt, account: entry.account ?? e.account,
+      appKey: entry.appKey ?? e.appKey, connected: true, lastError: null, refreshFailures: 0,
+    });
   }
 
   function clearEnv(env) {
@@ -546,12 +552,8 @@ export function createKisClient(options) {
     if (!env || stopped) return;
     const entry = await store.load(env);
     if (stopped) return;
-    const e = envs[env];
     if (entry) {
-      Object.assign(e, {
-        token: entry.token, expiresAt: entry.expiresAt, receivedAt: entry.receivedAt, account: entry.account ?? e.account,
-        appKey: entry.appKey ?? e.appKey, connected: true, lastError: null, refreshFailures: 0,
-      });
+      take(env, entry);
       schedule(env);
       emit();
     } else {
@@ -628,10 +630,7 @@ export function createKisClient(options) {
     for (const env of ENVIRONMENTS) {
       const entry = await store.load(env);
       if (entry) {
-        Object.assign(envs[env], {
-          token: entry.token, expiresAt: entry.expiresAt, receivedAt: entry.receivedAt, account: entry.account,
-          appKey: entry.appKey ?? null, connected: true,
-        });
+        take(env, entry);
         schedule(env);
       }
     }
