@@ -114,9 +114,12 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
     }
 
     /// The regular sessions on `date`: ``sessions``, but for the US exchanges' early closes at 13:00 (the day before
-    /// Independence Day, the day after Thanksgiving, Christmas Eve; see ``USMarketHolidays/isEarlyClose(_:)``).
+    /// Independence Day, the day after Thanksgiving, Christmas Eve; see ``USMarketHolidays/isEarlyClose(_:)``), Hong
+    /// Kong's half days, and KRX's late days (``KRXHolidays/lateSession(on:)``: the year's first trading day opens at
+    /// 10:00, the college entrance exam's day trades 10:00–16:30).
     public func sessions(on date: CivilDate) -> [ClosedRange<Int>] {
         switch self {
+        case .krx: KRXHolidays.lateSession(on: date).map { [$0] } ?? sessions
         case .nas, .nys, .ams: USMarketHolidays.isEarlyClose(date) ? [570...780] : sessions  // 09:30–13:00
         // 09:30–12:00, then the closing auction to 12:10
         case .hks: HKEXHolidays.isHalfDay(date) ? [570...730] : sessions
@@ -126,9 +129,10 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
 
     /// Whether the exchange trades on `date`: weekdays, less the holidays kisgw knows — KRX's (a table), the US
     /// exchanges' (NYSE's rules, which Nasdaq and NYSE American follow), Tokyo's (Japan's holiday law and JPX's
-    /// year-end closure) and Hong Kong's (its general holidays). Other exchanges' holidays — Shanghai's, Shenzhen's
-    /// and Vietnam's, whose spans their governments set each year — count as trading days: their charts are then
-    /// refreshed as on a trading day, never kept past a real session.
+    /// year-end closure), Hong Kong's (its general holidays), and for Shanghai, Shenzhen and Vietnam the statutory
+    /// holidays whose dates their laws fix (``ChinaMarketHolidays``, ``VietnamMarketHolidays``). The further days their
+    /// governments add each year count as trading days: charts that include one are refreshed as on a trading day,
+    /// never kept past a real session.
     public func isTradingDay(_ date: CivilDate) -> Bool {
         if date.isWeekend { return false }
         switch self {
@@ -136,7 +140,8 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
         case .nas, .nys, .ams: return !USMarketHolidays.contains(date)
         case .tse: return !JPXHolidays.contains(date)
         case .hks: return !HKEXHolidays.contains(date)
-        default: return true
+        case .shs, .szs: return !ChinaMarketHolidays.contains(date)
+        case .hsx, .hnx: return !VietnamMarketHolidays.contains(date)
         }
     }
 
@@ -172,12 +177,13 @@ public enum Exchange: String, CaseIterable, Sendable, Hashable {
     public func nextOpen(after instant: Date) -> Date {
         let (today, minute) = localTime(instant)
         var d = today
-        var openMinute = sessions.first!.lowerBound
+        let openMinute: Int
         if let later = isTradingDay(d) ? sessions(on: d).first(where: { $0.lowerBound > minute }) : nil {
             openMinute = later.lowerBound
         } else {
             d = d.adding(days: 1)
             while !isTradingDay(d) { d = d.adding(days: 1) }
+            openMinute = sessions(on: d).first!.lowerBound
         }
         // Local midnight of d plus the opening minute, converted back to an instant through the zone's offset.
         let localSeconds = Double(d.dayNumber * 86400 + openMinute * 60)
@@ -364,24 +370,19 @@ public enum HKEXHolidays {
     }
 
     /// The year's days (computed once per year; nothing outside 2022–2099).
-    static func calendar(of year: Int) -> Year {
-        guard (2022...2099).contains(year) else { return Year() }
-        if let known = cache.withLock({ $0[year] }) { return known }
-        let computed = compute(year)
-        cache.withLock { $0[year] = computed }
-        return computed
-    }
+    static func calendar(of year: Int) -> Year { cache.value(for: year) }
 
-    private static let cache = Mutex<[Int: Year]>([:])
+    private static let cache = YearCache<Year>(years: 2022...2099, empty: Year(), compute: compute)
 
     private static func compute(_ year: Int) -> Year {
         func day(_ month: Int, _ day: Int) -> CivilDate { CivilDate(year: year, month: month, day: day)! }
-        let lunar = lunar(of: year)
+        let lunar = ChineseLunarCalendar.days(of: year, wanted: [[1, 1], [1, 2], [1, 3], [4, 8], [5, 5], [8, 16], [9, 9]])
         let easter = USMarketHolidays.easter(year)
         let christmas = day(12, 25)
         let afterChristmas = christmas.adding(days: christmas.adding(days: 1).weekday == 0 ? 2 : 1)
-        var named = [day(1, 1), day(4, qingMing(year)), easter.adding(days: -2), easter.adding(days: -1),
-                     easter.adding(days: 1), day(5, 1), day(7, 1), day(10, 1), christmas, afterChristmas]
+        var named = [day(1, 1), day(4, ChineseLunarCalendar.qingMing(year)), easter.adding(days: -2),
+                     easter.adding(days: -1), easter.adding(days: 1), day(5, 1), day(7, 1), day(10, 1), christmas,
+                     afterChristmas]
         named += lunar.days.map(CivilDate.init(dayNumber:))
         // A holiday on a Sunday, or on a day that is already one, gives the next day that is neither.
         var holidays = Set<Int>(), owed: [CivilDate] = []
@@ -397,30 +398,107 @@ public enum HKEXHolidays {
         let halfDays = eves.filter { !$0.isWeekend && !holidays.contains($0.dayNumber) }.map(\.dayNumber)
         return Year(holidays: holidays, halfDays: Set(halfDays))
     }
+}
 
-    /// The day of April of Ching Ming (清明, the sun at 15°) in 2000–2099.
-    static func qingMing(_ year: Int) -> Int {
-        let y = year % 100
-        return Int((Double(y) * 0.2422 + 4.81).rounded(.down)) - y / 4
+/// The weekdays the Shanghai and Shenzhen stock exchanges are closed for certain, from 2022 to 2099: mainland
+/// China's statutory public holidays (the State Council's regulation on national holidays; the exchanges close on
+/// every one).
+///
+/// The statutory days: New Year's Day; the first three days of the Spring Festival (and its eve, from 2025); Qingming
+/// (the solar term, April 4 or 5); Labour Day (and May 2, from 2025); Dragon Boat (5th month, 5th day); Mid-Autumn
+/// (8/15); National Day, October 1–3. The State Council sets the rest of each year's closures every November — the
+/// weekdays it joins to these (with weekend working days to make up for them), such as the Spring Festival week's
+/// last days, the Monday after a Sunday Qingming, October 4–7: kisgw does not guess them. Those days count as trading
+/// days, so a chart that includes one is refreshed as on a trading day (an upstream call every `live_ttl_s` while it
+/// is asked for during session hours) — never kept past a real session, which a guessed closure would risk.
+public enum ChinaMarketHolidays {
+    public static func contains(_ date: CivilDate) -> Bool { cache.value(for: date.year).contains(date.dayNumber) }
+
+    private static let cache = YearCache<Set<Int>>(years: 2022...2099, empty: [], compute: compute)
+
+    static func compute(_ year: Int) -> Set<Int> {
+        func day(_ month: Int, _ day: Int) -> Int { CivilDate(year: year, month: month, day: day)!.dayNumber }
+        let lunar = ChineseLunarCalendar.days(of: year, wanted: [[1, 1], [1, 2], [1, 3], [5, 5], [8, 15]])
+        var days = Set(lunar.days)
+        days.formUnion([day(1, 1), day(4, ChineseLunarCalendar.qingMing(year)), day(5, 1), day(10, 1), day(10, 2),
+                        day(10, 3)])
+        if year >= 2025 {
+            days.insert(day(5, 2))
+            if let eve = lunar.newYearsEve { days.insert(eve) }
+        }
+        return days
     }
+}
 
-    /// The year's lunar holidays (the Lunar New Year's first three days, the Buddha's Birthday, Tuen Ng, the day after
-    /// Mid-Autumn, Chung Yeung) and the Lunar New Year's eve, as day numbers.
-    private static func lunar(of year: Int) -> (days: [Int], newYearsEve: Int?) {
+/// The weekdays the Ho Chi Minh City and Hanoi stock exchanges (HOSE, HNX) are closed for certain, from 2022 to
+/// 2099: Vietnam's public holidays whose dates the Labour Code fixes.
+///
+/// New Year's Day, the first three days of Tết (the Lunar New Year), Reunification Day (04-30), International Labour
+/// Day (05-01) and National Day (09-02). The government sets each year which days around these are also off — Tết's
+/// five days, the day next to National Day, days in lieu of a holiday on a weekend — and the Hùng Kings'
+/// Commemoration (3rd month, 10th day) is left out too: Vietnam reckons its lunar months at UTC+7, ICU's Chinese
+/// calendar at UTC+8, so in the rare year a new moon falls between 16:00 and 17:00 UTC Vietnam's month begins a day
+/// earlier and that one day would be wrong. (Tết is not affected: China's first three days then fall on Vietnam's
+/// second to fourth, which are off every year.) The days left out count as trading days, refreshed as on one.
+public enum VietnamMarketHolidays {
+    public static func contains(_ date: CivilDate) -> Bool { cache.value(for: date.year).contains(date.dayNumber) }
+
+    private static let cache = YearCache<Set<Int>>(years: 2022...2099, empty: [], compute: compute)
+
+    static func compute(_ year: Int) -> Set<Int> {
+        func day(_ month: Int, _ day: Int) -> Int { CivilDate(year: year, month: month, day: day)!.dayNumber }
+        let tet = ChineseLunarCalendar.days(of: year, wanted: [[1, 1], [1, 2], [1, 3]])
+        return Set(tet.days).union([day(1, 1), day(4, 30), day(5, 1), day(9, 2)])
+    }
+}
+
+/// Dates of the Chinese lunisolar calendar as mainland China and Hong Kong keep it (ICU's, reckoned at UTC+8), and the
+/// solar term Qingming.
+enum ChineseLunarCalendar {
+    /// The days of the Gregorian `year` whose lunar month and day (`[month, day]`, not of a leap month) are among
+    /// `wanted`, and the Lunar New Year's eve when the New Year falls in `year` after January 1, as day numbers.
+    static func days(of year: Int, wanted: Set<[Int]>) -> (days: [Int], newYearsEve: Int?) {
         var chinese = Calendar(identifier: .chinese)
-        chinese.timeZone = TimeZone(identifier: "Asia/Hong_Kong")!
-        let wanted: Set<[Int]> = [[1, 1], [1, 2], [1, 3], [4, 8], [5, 5], [8, 16], [9, 9]]
+        chinese.timeZone = TimeZone(identifier: "Asia/Shanghai")!
         var days: [Int] = [], eve: Int? = nil
         let first = CivilDate(year: year, month: 1, day: 1)!.dayNumber
         let last = CivilDate(year: year, month: 12, day: 31)!.dayNumber
         for n in first...last {
-            // Noon in Hong Kong (UTC+8) of that day.
+            // Noon at UTC+8 of that day.
             let c = chinese.dateComponents([.month, .day, .isLeapMonth], from: Date(timeIntervalSince1970: Double(n * 86400 + 4 * 3600)))
             guard c.isLeapMonth != true, let month = c.month, let day = c.day else { continue }
             if wanted.contains([month, day]) { days.append(n) }
             if month == 1 && day == 1 && n > first { eve = n - 1 }
         }
         return (days, eve)
+    }
+
+    /// The day of April of Qingming (清明, the sun at 15°) in 2000–2099.
+    static func qingMing(_ year: Int) -> Int {
+        let y = year % 100
+        return Int((Double(y) * 0.2422 + 4.81).rounded(.down)) - y / 4
+    }
+}
+
+/// Values computed once per year, for the years in `years` (`empty` for any other).
+final class YearCache<Value: Sendable>: Sendable {
+    private let years: ClosedRange<Int>
+    private let empty: Value
+    private let compute: @Sendable (Int) -> Value
+    private let cache = Mutex<[Int: Value]>([:])
+
+    init(years: ClosedRange<Int>, empty: Value, compute: @escaping @Sendable (Int) -> Value) {
+        self.years = years
+        self.empty = empty
+        self.compute = compute
+    }
+
+    func value(for year: Int) -> Value {
+        guard years.contains(year) else { return empty }
+        if let known = cache.withLock({ $0[year] }) { return known }
+        let computed = compute(year)
+        cache.withLock { $0[year] = computed }
+        return computed
     }
 }
 
@@ -432,6 +510,26 @@ public enum HKEXHolidays {
 /// Foundation Day (10-04), Hangul Day (10-11) and Christmas (12-27), and the year-end closing day.
 public enum KRXHolidays {
     public static func contains(_ date: CivilDate) -> Bool { days.contains(date.dayNumber) }
+
+    /// KRX's one session on a day it opens an hour late, in local minutes; `nil` on other days. The year's first
+    /// trading day opens at 10:00 (and closes at 15:30); on the day of the college entrance exam (수능) the market
+    /// trades 10:00–16:30, every later session an hour later too (the settling time follows the close).
+    public static func lateSession(on date: CivilDate) -> ClosedRange<Int>? {
+        if examDays.contains(date.dayNumber) { return 600...990 }
+        let (year, month, day) = date.components
+        guard month == 1, day <= 10, !date.isWeekend, !contains(date) else { return nil }
+        // The first trading day: no earlier weekday of the year that is not a holiday.
+        var earlier = CivilDate(year: year, month: 1, day: 1)!
+        while earlier < date {
+            if !earlier.isWeekend && !contains(earlier) { return nil }
+            earlier = earlier.adding(days: 1)
+        }
+        return 600...930
+    }
+
+    /// The days of the college scholastic ability test (대학수학능력시험), as the education ministry set them.
+    static let examDays: Set<Int> = Set(
+        ["20231116", "20241114", "20251113", "20261119"].compactMap { CivilDate(yyyymmdd: $0)?.dayNumber })
 
     /// The last year the table covers.
     public static let lastYear = CivilDate(dayNumber: days.max()!).components.year

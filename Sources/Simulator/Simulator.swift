@@ -286,7 +286,7 @@ struct Simulator: Sendable {
     /// The newest date with data: today once the session has opened, else the day before.
     private func lastDataDay(_ exchange: Exchange) -> CivilDate {
         let (date, minute) = exchange.localTime(marketNow)
-        return minute >= exchange.sessions[0].lowerBound ? date : date.adding(days: -1)
+        return minute >= exchange.sessions(on: date)[0].lowerBound ? date : date.adding(days: -1)
     }
 
     /// Pages newest-first rows: 100 at most, `tr_cont: D` (clients page by date, kis-api.md §5); with

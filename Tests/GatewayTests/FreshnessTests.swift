@@ -294,7 +294,7 @@ struct FreshnessTests {
             #expect(!Exchange.nas.isTradingDay(d) && !Exchange.ams.isTradingDay(d))
             #expect(Exchange.krx.isTradingDay(d) == !KRXHolidays.contains(d))  // KRX keeps its own calendar
             #expect(Exchange.hks.isTradingDay(d) == !HKEXHolidays.contains(d))  // so does HKEX
-            #expect(Exchange.shs.isTradingDay(d))
+            #expect(Exchange.shs.isTradingDay(d) == !ChinaMarketHolidays.contains(d))  // and China
         }
     }
 
@@ -354,7 +354,10 @@ struct FreshnessTests {
         let closed = (first.dayNumber...last.dayNumber).map(CivilDate.init(dayNumber:))
             .filter { !$0.isWeekend && !Exchange.tse.isTradingDay($0) }
         #expect(closed.map { String($0.iso.dropFirst(5)) } == Self.tseClosures[year])
-        for d in closed { #expect(Exchange.shs.isTradingDay(d) && Exchange.hsx.isTradingDay(d)) }
+        for d in closed {  // China and Vietnam keep their own
+            #expect(Exchange.shs.isTradingDay(d) == !ChinaMarketHolidays.contains(d))
+            #expect(Exchange.hsx.isTradingDay(d) == !VietnamMarketHolidays.contains(d))
+        }
         // Before 2022 nothing is known: weekdays trade.
         #expect(try Exchange.tse.isTradingDay(#require(CivilDate("2021-11-03"))))
     }
@@ -393,7 +396,10 @@ struct FreshnessTests {
         let half = weekdays.filter { Exchange.hks.sessions(on: $0) != Exchange.hks.sessions }
         #expect(half.map { String($0.iso.dropFirst(5)) } == Self.hksClosures[year]?.half)
         for d in half { #expect(Exchange.hks.sessions(on: d) == [570...730]) }  // 09:30–12:00 and the closing auction
-        for d in closed { #expect(Exchange.shs.isTradingDay(d) && Exchange.hsx.isTradingDay(d)) }
+        for d in closed {  // China and Vietnam keep their own
+            #expect(Exchange.shs.isTradingDay(d) == !ChinaMarketHolidays.contains(d))
+            #expect(Exchange.hsx.isTradingDay(d) == !VietnamMarketHolidays.contains(d))
+        }
         // Outside the years the rules are written for, nothing is known: weekdays trade.
         #expect(try Exchange.hks.isTradingDay(#require(CivilDate("2021-12-27"))))
     }
@@ -404,10 +410,132 @@ struct FreshnessTests {
           arguments: [(2037, -1), (2042, -2), (2048, -1), (2078, 1)])
     func hksChingMingOnEaster(year: Int, offset: Int) throws {
         let easter = USMarketHolidays.easter(year)
-        #expect(easter.adding(days: offset) == CivilDate(year: year, month: 4, day: HKEXHolidays.qingMing(year)))
+        #expect(easter.adding(days: offset) == CivilDate(year: year, month: 4, day: ChineseLunarCalendar.qingMing(year)))
         #expect(!Exchange.hks.isTradingDay(easter.adding(days: 1)))  // Easter Monday
         #expect(!Exchange.hks.isTradingDay(easter.adding(days: 2)))  // the Tuesday
         #expect(Exchange.hks.isTradingDay(easter.adding(days: 3)))
+    }
+
+    /// The weekdays the statutory holidays close Shanghai and Shenzhen, by the rules (before 2025 without the Spring
+    /// Festival's eve and May 2), and the weekday closures the exchanges published — the statutory days and the ones
+    /// the State Council joined to them that year.
+    static let chinaClosures: [Int: (statutory: [String], published: [String]?)] = [
+        // 01-01 a Saturday, Labour Day a Sunday, Mid-Autumn a Saturday, National Day from a Saturday.
+        2022: (["02-01", "02-02", "02-03", "04-05", "06-03", "10-03"],
+               ["01-03", "01-31", "02-01", "02-02", "02-03", "02-04", "04-04", "04-05", "05-02", "05-03", "05-04",
+                "06-03", "09-12", "10-03", "10-04", "10-05", "10-06", "10-07"]),
+        2023: (["01-23", "01-24", "04-05", "05-01", "06-22", "09-29", "10-02", "10-03"],
+               ["01-02", "01-23", "01-24", "01-25", "01-26", "01-27", "04-05", "05-01", "05-02", "05-03", "06-22",
+                "06-23", "09-29", "10-02", "10-03", "10-04", "10-05", "10-06"]),
+        2024: (["01-01", "02-12", "04-04", "05-01", "06-10", "09-17", "10-01", "10-02", "10-03"],
+               ["01-01", "02-09", "02-12", "02-13", "02-14", "02-15", "02-16", "04-04", "04-05", "05-01", "05-02",
+                "05-03", "06-10", "09-16", "09-17", "10-01", "10-02", "10-03", "10-04", "10-07"]),
+        // From 2025 the Spring Festival's eve and May 2 are statutory; Dragon Boat a Saturday; Mid-Autumn on 10-06.
+        2025: (["01-01", "01-28", "01-29", "01-30", "01-31", "04-04", "05-01", "05-02", "10-01", "10-02", "10-03",
+                "10-06"],
+               ["01-01", "01-28", "01-29", "01-30", "01-31", "02-03", "02-04", "04-04", "05-01", "05-02", "05-05",
+                "06-02", "10-01", "10-02", "10-03", "10-06", "10-07", "10-08"]),
+        // Qingming a Sunday (04-05); May 2 and October 3 Saturdays.
+        2026: (["01-01", "02-16", "02-17", "02-18", "02-19", "05-01", "06-19", "09-25", "10-01", "10-02"],
+               ["01-01", "01-02", "02-16", "02-17", "02-18", "02-19", "02-20", "02-23", "04-06", "05-01", "05-04",
+                "05-05", "06-19", "09-25", "10-01", "10-02", "10-05", "10-06", "10-07"]),
+        // The Spring Festival on a Saturday (its eve 02-05, its third day 02-08); not published yet.
+        2027: (["01-01", "02-05", "02-08", "04-05", "06-09", "09-15", "10-01"], nil),
+    ]
+
+    @Test("SHS, SZS: China's statutory holidays by the law's rules, 2022–2027 — every one a published closure, so no trading day is taken for a holiday",
+          arguments: [2022, 2023, 2024, 2025, 2026, 2027])
+    func chinaHolidays(year: Int) throws {
+        let first = try #require(CivilDate(year: year, month: 1, day: 1)), last = try #require(CivilDate(year: year, month: 12, day: 31))
+        let weekdays = (first.dayNumber...last.dayNumber).map(CivilDate.init(dayNumber:)).filter { !$0.isWeekend }
+        let closed = weekdays.filter { !Exchange.shs.isTradingDay($0) }.map { String($0.iso.dropFirst(5)) }
+        let expected = try #require(Self.chinaClosures[year])
+        #expect(closed == expected.statutory)
+        if let published = expected.published { #expect(Set(closed).isSubset(of: published)) }
+        #expect(weekdays.allSatisfy { Exchange.szs.isTradingDay($0) == Exchange.shs.isTradingDay($0) })
+        #expect(try Exchange.shs.isTradingDay(#require(CivilDate("2021-10-01"))))  // before 2022 nothing is known
+    }
+
+    /// The weekdays Vietnam's fixed-date holidays close HOSE and HNX, by the rules, and the weekday closures the
+    /// exchanges published (with Tết's other days, the Hùng Kings' day, the days next to National Day and days in
+    /// lieu).
+    static let vietnamClosures: [Int: (fixed: [String], published: [String]?)] = [
+        2022: (["02-01", "02-02", "02-03", "09-02"],
+               ["01-03", "01-31", "02-01", "02-02", "02-03", "02-04", "04-11", "05-02", "05-03", "09-01", "09-02"]),
+        2023: (["01-23", "01-24", "05-01"],
+               ["01-02", "01-20", "01-23", "01-24", "01-25", "01-26", "05-01", "05-02", "05-03", "09-01", "09-04"]),
+        // Tết's first day a Saturday: its third (02-12) is the one weekday.
+        2024: (["01-01", "02-12", "04-30", "05-01", "09-02"],
+               ["01-01", "02-08", "02-09", "02-12", "02-13", "02-14", "04-18", "04-29", "04-30", "05-01", "09-02",
+                "09-03"]),
+        2025: (["01-01", "01-29", "01-30", "01-31", "04-30", "05-01", "09-02"],
+               ["01-01", "01-27", "01-28", "01-29", "01-30", "01-31", "04-07", "04-30", "05-01", "05-02", "09-01",
+                "09-02"]),
+        2026: (["01-01", "02-17", "02-18", "02-19", "04-30", "05-01", "09-02"], nil),
+        2027: (["01-01", "02-08", "04-30", "09-02"], nil),
+    ]
+
+    @Test("HSX, HNX: Vietnam's fixed-date holidays and Tết's first three days, 2022–2027 — every one a published closure",
+          arguments: [2022, 2023, 2024, 2025, 2026, 2027])
+    func vietnamHolidays(year: Int) throws {
+        let first = try #require(CivilDate(year: year, month: 1, day: 1)), last = try #require(CivilDate(year: year, month: 12, day: 31))
+        let weekdays = (first.dayNumber...last.dayNumber).map(CivilDate.init(dayNumber:)).filter { !$0.isWeekend }
+        let closed = weekdays.filter { !Exchange.hsx.isTradingDay($0) }.map { String($0.iso.dropFirst(5)) }
+        let expected = try #require(Self.vietnamClosures[year])
+        #expect(closed == expected.fixed)
+        if let published = expected.published { #expect(Set(closed).isSubset(of: published)) }
+        #expect(weekdays.allSatisfy { Exchange.hnx.isTradingDay($0) == Exchange.hsx.isTradingDay($0) })
+    }
+
+    /// A statutory holiday is closed all day, and a day the State Council joined to it (unknown to kisgw) is refreshed
+    /// as a trading day — never kept past a real session.
+    @Test("China and Vietnam on a holiday: closed until the next day kisgw knows to trade", arguments: [
+        FreshnessCase(.shs, "2026-02-19T02:00:00Z", end: "2026-02-19", 84_600,
+                      "Thu 10:00 CST, the Spring Festival's third day: until Fri 09:30"),
+        FreshnessCase(.szs, "2026-02-19T02:00:00Z", end: "2026-02-18", 84_600,
+                      "Thu 10:00 CST, range ending the day before (a holiday too): not settled, until Fri 09:30"),
+        FreshnessCase(.shs, "2026-02-20T02:00:00Z", end: "2026-02-20", 5,
+                      "Fri 10:00 CST, a closure the State Council added: refreshed as a trading day"),
+        FreshnessCase(.shs, "2026-02-20T02:00:00Z", end: "2026-02-13", 86_400,
+                      "Fri 10:00 CST, range ending the last session before the holidays: settled"),
+        FreshnessCase(.hsx, "2026-04-30T03:00:00Z", end: "2026-04-30", 86_400,
+                      "Thu 10:00 ICT, Reunification Day, Labour Day next: until Mon 09:00, capped"),
+        FreshnessCase(.hnx, "2026-09-02T03:00:00Z", end: "2026-09-02", 82_800,
+                      "Wed 10:00 ICT, National Day: until Thu 09:00"),
+    ])
+    func chinaVietnamHolidayTTL(_ c: FreshnessCase) throws {
+        #expect(try Self.ttl(c) == c.ttl)
+    }
+
+    /// KRX opens at 10:00 on the year's first trading day, and trades 10:00–16:30 (after-hours an hour later too) on the
+    /// day of the college entrance exam.
+    @Test("KRX's late days: 10:00 on the year's first trading day, 10:00–16:30 on the entrance exam's day", arguments: [
+        FreshnessCase(.krx, "2026-01-02T00:30:00Z", end: "2026-01-02", 1800, "Fri 09:30 KST, the year's first session: until 10:00"),
+        FreshnessCase(.krx, "2026-01-02T01:00:00Z", end: "2026-01-02", 5, "Fri 10:00 KST: open"),
+        FreshnessCase(.krx, "2026-01-02T06:30:00Z", end: "2026-01-02", 60, "Fri 15:30 KST: closed, settling"),
+        FreshnessCase(.krx, "2026-11-19T00:30:00Z", end: "2026-11-19", 1800, "exam day 09:30 KST: until 10:00"),
+        FreshnessCase(.krx, "2026-11-19T07:00:00Z", end: "2026-11-19", 5, "exam day 16:00 KST: still open"),
+        FreshnessCase(.krx, "2026-11-19T07:30:00Z", end: "2026-11-19", 60, "exam day 16:30 KST: closed, settling"),
+        FreshnessCase(.krx, "2026-11-19T09:59:30Z", end: "2026-11-19", 30, "exam day 18:59:30 KST: settles at 19:00"),
+        FreshnessCase(.krx, "2026-11-19T10:00:00Z", end: "2026-11-19", 50_400, "exam day 19:00 KST: until Fri 09:00"),
+        FreshnessCase(.krx, "2026-11-20T00:30:00Z", end: "2026-11-20", 5, "the day after, 09:30 KST: open"),
+    ])
+    func krxLateDays(_ c: FreshnessCase) throws {
+        #expect(try Self.ttl(c) == c.ttl)
+    }
+
+    @Test("KRX's first trading day of the year is found past New Year's Day and weekends; the next opening after the year-end closing is 10:00")
+    func krxFirstTradingDay() throws {
+        func late(_ d: String) throws -> ClosedRange<Int>? { KRXHolidays.lateSession(on: try #require(CivilDate(d))) }
+        #expect(try late("2027-01-04") == 600...930)  // 01-01 a Friday (a holiday), then the weekend
+        #expect(try late("2027-01-05") == nil)
+        #expect(try late("2025-01-02") == 600...930)
+        #expect(try late("2024-01-02") == 600...930)  // 01-01 a Monday
+        #expect(try late("2024-01-01") == nil)  // a holiday
+        #expect(try late("2023-11-16") == 600...990)  // an exam day
+        // The last session of 2025 (12-30; 12-31 is the year-end closing day) at 18:00 KST: until 2026-01-02 10:00.
+        let ttl = try Self.ttl(FreshnessCase(.krx, "2025-12-30T09:00:00Z", end: "2025-12-30", 0, "year end"), Self.uncapped)
+        #expect(ttl == 64 * 3600)
     }
 
     @Test("KRX holidays: weekdays only, through 2027, each year's New Year's Day (on a weekday) and year-end closing day")
