@@ -502,7 +502,7 @@ final class ChartService: Sendable {
         }
         let limit = upstreamRate.limit, rate = limit.rate, rlKey = upstreamRate.key
         let store = self.store, maxQueue = upstreamRate.maxWait, metrics = self.metrics, failures = self.failures
-        let calls = Atomic<Int>(0)
+        let calls = Atomic<Int>(0), lockLost = Atomic<Bool>(false)
         // Each KIS call is counted, with its own duration, as it ends: a page ends when the pager asks for the next
         // one or returns, or with the error it throws.
         let callStarted = Mutex<ContinuousClock.Instant?>(nil)
@@ -518,8 +518,17 @@ final class ChartService: Sendable {
             // The lock's TTL covers one queue wait and one call: renewed before each further page's (or retry's)
             // wait, so that a first page's reserved wait, a slow answer, the backoff and the retry's own wait
             // together cannot outlast it.
-            if n > 0 {
-                _ = try? await store.renewLock(lock, ttl: lockTTL)
+            // A lock found gone (it expired — Redis stalled longer than its TTL — and perhaps another gateway took
+            // it and is fetching the same chart) is counted and logged once per fetch; the fetch goes on, its answer
+            // as good as any, and its release at the end cannot remove another holder's lock (it compares tokens).
+            // A renewal the store failed is not a loss: the rate limiter's call right after reports the store.
+            if n > 0, (try? await store.renewLock(lock, ttl: lockTTL)) == false,
+                !lockLost.exchange(true, ordering: .relaxed)
+            {
+                metrics.chartLocksLost.increment()
+                failures.warning(kind: "chart lock lost",
+                                 "a chart fetch outlived its lock: another gateway may have fetched the same chart",
+                                 metadata: ["lock_ttl": "\(lockTTL)"])
             }
             let waitStart = ContinuousClock.now
             let decision: RateLimitDecision

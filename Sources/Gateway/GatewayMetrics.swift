@@ -12,6 +12,9 @@ final class GatewayMetrics: Sendable {
     let rateLimitRejections: Counter
     let rateLimitWait: Timer
     let upstreamDuration: Timer
+    /// Chart fetches that found their lock gone (expired, and perhaps taken by another gateway) before a further
+    /// KIS call: the fleet may have fetched that chart twice.
+    let chartLocksLost: Counter
 
     private let upstream: KISCallCounters
 
@@ -28,6 +31,7 @@ final class GatewayMetrics: Sendable {
         rateLimitRejections = Counter(label: "kisgw_rate_limit_rejections_total", factory: factory)
         rateLimitWait = Timer(label: "kisgw_rate_limit_wait_seconds", preferredDisplayUnit: .seconds, factory: factory)
         upstreamDuration = Timer(label: "kisgw_upstream_duration_seconds", preferredDisplayUnit: .seconds, factory: factory)
+        chartLocksLost = Counter(label: "kisgw_chart_locks_lost_total", factory: factory)
         upstream = KISCallCounters(label: "kisgw_upstream_calls_total", factory: factory)
     }
 

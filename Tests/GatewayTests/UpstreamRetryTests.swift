@@ -8,7 +8,9 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import Prometheus
+import Observability
 import Simulator
+import Store
 import Synchronization
 import TestSupport
 import Testing
@@ -107,6 +109,49 @@ struct UpstreamRetryTests {
         #expect(broken.kis.calls == pages + 1, "KIS was asked for the page ends \(broken.kis.order)")
         #expect(broken.kis.order == expected, "page ends asked: \(broken.kis.order), expected \(expected)")
     }
+
+    // MARK: the lock lost
+
+    /// A fetch whose fleet lock expired mid-way (Redis stalled past its TTL) and was taken by another gateway: the fetch
+    /// finishes and answers, the loss is counted and logged once, and the other holder's lock is left alone.
+    @Test("a multi-page fetch that finds its lock taken by another holder: 200, counted once in kisgw_chart_locks_lost_total and logged, the other's lock kept",
+          arguments: StoreKind.allCases)
+    func lockLostMidFetch(store kind: StoreKind) async throws {
+        let stolen = Mutex<(any SharedStore)?>(nil)
+        let someoneElse = ByteBuffer(string: "another-gateway")
+        // Before the second page: the lock now holds another gateway's token, as after an expiry and a takeover.
+        let standIn = StandInKIS(failure: .egw00201, failing: []) { n in
+            guard n == 2, let store = stolen.withLock({ $0 }) else { return }
+            try #require(try await store.get(Self.longChartLock) != nil, "the fetch holds its lock")
+            try await store.set(Self.longChartLock, to: someoneElse, ttl: .seconds(30))
+        }
+        let (url, server) = await standIn.start()
+        let log = LogBuffer(), registry = PrometheusCollectorRegistry()
+        try await stopping([server]) {
+            try await withGateway(store: kind, log: log, config: { simURL in
+                standIn.forwardTo(simURL)
+                return Self.config(simURL, liveURL: url)
+            }, dependencies: { _, deps in deps.metricsRegistry = registry }) { g, _ in
+                stolen.withLock { $0 = g.store }
+                let (jwt, kis) = try await g.signIn("lost-lock-\(kind)")
+                let r = try await g.get(Self.longChart, jwt: jwt, kis: kis)
+                #expect(r.status == 200, "\(r.status) \(r.text.prefix(300))")
+                #expect(r.candles.count > 300)
+                #expect(standIn.seen.calls >= 4)
+                let m = Exposition(try await g.get("/metrics", jwt: nil, kis: nil).text)
+                #expect(m.value("kisgw_chart_locks_lost_total", [:]) == 1)  // once, though every later page found it gone
+                #expect(log.text.components(separatedBy: "outlived its lock").count == 2, "\(log.text)")
+                // The release at the end compared tokens: the other holder's lock is still there.
+                try await Task.sleep(for: .milliseconds(200))
+                #expect(try await g.store.get(Self.longChartLock) == someoneElse)
+            }
+        }
+    }
+
+    /// The fleet lock of `longChart`'s fetch (`lock:chart:{cache key}`).
+    static let longChartLock = "lock:chart:" + ChartQuery(
+        market: .domestic, exchange: .krx, symbol: "005930", period: "D", adjusted: true,
+        start: CivilDate("2023-01-02")!, end: CivilDate("2024-06-28")!).cacheKey
 
     // MARK: every call refused
 
@@ -235,12 +280,15 @@ final class StandInKIS: Sendable {
 
     let failure: Failure
     let failing: Set<Int>
+    /// Run before each quotation call is answered, with its 1-based number.
+    let beforeCall: @Sendable (Int) async throws -> Void
     private let target = Mutex<String?>(nil)
     private let state = Mutex(Seen())
 
-    init(failure: Failure, failing: Set<Int>) {
+    init(failure: Failure, failing: Set<Int>, beforeCall: @escaping @Sendable (Int) async throws -> Void = { _ in }) {
         self.failure = failure
         self.failing = failing
+        self.beforeCall = beforeCall
     }
 
     var seen: Seen { state.withLock { $0 } }
@@ -271,6 +319,7 @@ final class StandInKIS: Sendable {
                 if refused || failing.contains(s.calls) { s.refused += 1 }
                 return s.calls
             }
+            try await beforeCall(n)
             if refused || failing.contains(n) { return try await failureResponse() }
         }
         return try await forward(request)
