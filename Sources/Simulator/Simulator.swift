@@ -123,11 +123,7 @@ struct Simulator: Sendable {
         case .tooSoon:
             return tokenError("EGW00133", status: .forbidden)
         case .reuse(let token, let expiresAt):
-            let remaining = max(0, Int(expiresAt.timeIntervalSince(now).rounded(.down)))
-            let expiresIn = configuration.reuseReportsRemaining ? remaining : configuration.tokenTTL
-            return Self.json(
-                KISTokenResponse(access_token: token, access_token_token_expired: KST.format(expiresAt),
-                                 expires_in: expiresIn), status: .ok)
+            return reuse(token, expiresAt: expiresAt, now: now)
         case .issue:
             let issued = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))
             let expires = issued.addingTimeInterval(TimeInterval(configuration.tokenTTL))
@@ -136,13 +132,25 @@ struct Simulator: Sendable {
                 exp: Int(expires.timeIntervalSince1970), iat: Int(issued.timeIntervalSince1970), jti: appKey)
             var header = JWTHeader()
             header.typ = "JWT"
-            let token = try await keys.sign(claims, header: header)
-            state.record(token: token, appKey: appKey, appSecret: appSecret, issuedAt: issued, expiresAt: expires)
+            let signed = try await keys.sign(claims, header: header)
+            let (token, expiresAt, reused) = state.record(
+                token: signed, appKey: appKey, appSecret: appSecret, issuedAt: issued, expiresAt: expires,
+                reuseWindow: configuration.reuseWindow)
+            if reused { return reuse(token, expiresAt: expiresAt, now: now) }
             logger.debug("simulator issued a token", metadata: ["expires": "\(KST.format(expires))"])
             return Self.json(
-                KISTokenResponse(access_token: token, access_token_token_expired: KST.format(expires),
+                KISTokenResponse(access_token: token, access_token_token_expired: KST.format(expiresAt),
                                  expires_in: configuration.tokenTTL), status: .ok)
         }
+    }
+
+    /// The answer handing back a token issued before, within the reuse window.
+    private func reuse(_ token: String, expiresAt: Date, now: Date) -> Response {
+        let remaining = max(0, Int(expiresAt.timeIntervalSince(now).rounded(.down)))
+        let expiresIn = configuration.reuseReportsRemaining ? remaining : configuration.tokenTTL
+        return Self.json(
+            KISTokenResponse(access_token: token, access_token_token_expired: KST.format(expiresAt),
+                             expires_in: expiresIn), status: .ok)
     }
 
     func revokeP(_ request: Request) async throws -> Response {

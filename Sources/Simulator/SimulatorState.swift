@@ -101,14 +101,25 @@ final class SimulatorState: Sendable {
         }
     }
 
-    func record(token: String, appKey: String, appSecret: String, issuedAt: Date, expiresAt: Date) {
+    /// Records a token signed for `appKey`, and returns the token to answer with: this one, or the one another request
+    /// for the app key recorded while this one was being signed (with an `issueInterval` of 0 nothing stops two requests
+    /// from both deciding to issue) — within the reuse window KIS answers every request with the same token.
+    func record(token: String, appKey: String, appSecret: String, issuedAt: Date, expiresAt: Date, reuseWindow: Int)
+        -> (token: String, expiresAt: Date, reused: Bool)
+    {
         state.withLock { s in
+            if let other = s.latestToken[appKey], let t = s.tokens[other], !t.revoked, t.expiresAt > issuedAt,
+                issuedAt.timeIntervalSince(t.issuedAt) < Double(reuseWindow)
+            {
+                return (other, t.expiresAt, true)
+            }
             s.tokens[token] = Token(appKey: appKey, appSecret: appSecret, issuedAt: issuedAt, expiresAt: expiresAt,
                                     revoked: false)
             s.latestToken[appKey] = token
             // `lastTokenResponse` is `decideToken`'s alone: the request's exact time (`issuedAt` is in whole seconds,
             // which let a request up to a second short of the issue interval through).
             s.issuances += 1
+            return (token, expiresAt, false)
         }
     }
 

@@ -69,8 +69,9 @@ struct TokenTests {
             Issue.record("the first request was not issued a token")
             return
         }
-        state.record(token: "t", appKey: "PSinterval", appSecret: "s",
-                     issuedAt: Date(timeIntervalSince1970: 1_800_000_000), expiresAt: first.addingTimeInterval(86400))
+        _ = state.record(token: "t", appKey: "PSinterval", appSecret: "s",
+                         issuedAt: Date(timeIntervalSince1970: 1_800_000_000), expiresAt: first.addingTimeInterval(86400),
+                         reuseWindow: 21600)
         let early = state.decideToken(appKey: "PSinterval", reuseWindow: 21600, issueInterval: 60,
                                       at: first.addingTimeInterval(59.6))
         guard case .tooSoon = early else {
@@ -109,6 +110,44 @@ struct TokenTests {
                 return out.sorted()
             }
             #expect(statuses == [200, 403, 403, 403])
+            #expect(try await sim.request(.GET, "/__sim/stats").json["issuances"] as? Int == 1)
+        }
+    }
+
+    /// With `--issue-interval-s 0` nothing refuses a second request, and both may decide to issue before either token
+    /// is recorded: the one recorded second hands back the first (sim.md: within the reuse window "the same token and
+    /// expiry").
+    @Test("with no issue interval, requests at once for one app key all get the same token, one issuance")
+    func concurrentRequestsWithoutInterval() async throws {
+        let state = SimulatorState()
+        let now = Date()
+        for _ in 0..<2 {
+            guard case .issue = state.decideToken(appKey: "PSnoInterval", reuseWindow: 21600, issueInterval: 0, at: now)
+            else { Issue.record("no token decided yet, so both requests issue"); return }
+        }
+        let first = state.record(token: "t1", appKey: "PSnoInterval", appSecret: "s", issuedAt: now,
+                                 expiresAt: now.addingTimeInterval(86400), reuseWindow: 21600)
+        let second = state.record(token: "t2", appKey: "PSnoInterval", appSecret: "s", issuedAt: now,
+                                  expiresAt: now.addingTimeInterval(3600), reuseWindow: 21600)
+        #expect(first.token == "t1" && !first.reused)
+        #expect(second.token == "t1" && second.reused && second.expiresAt == first.expiresAt)
+        #expect(state.token("t2") == nil)
+        // With no reuse window, every request is a new token.
+        let third = state.record(token: "t3", appKey: "PSnoInterval", appSecret: "s", issuedAt: now,
+                                 expiresAt: now.addingTimeInterval(86400), reuseWindow: 0)
+        #expect(third.token == "t3" && !third.reused)
+        // Over HTTP, eight at once: one token.
+        try await withSimulator(SimulatorConfiguration(port: 0, issueInterval: 0)) { sim in
+            let tokens = try await withThrowingTaskGroup(of: String?.self) { group in
+                for _ in 0..<8 {
+                    group.addTask { try await sim.token(appKey: "PSnoInterval").json["access_token"] as? String }
+                }
+                var out: [String?] = []
+                for try await t in group { out.append(t) }
+                return out
+            }
+            #expect(tokens.count == 8 && tokens.allSatisfy { $0 != nil })
+            #expect(Set(tokens).count == 1, "\(Set(tokens).count) different tokens")
             #expect(try await sim.request(.GET, "/__sim/stats").json["issuances"] as? Int == 1)
         }
     }
