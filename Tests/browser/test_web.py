@@ -713,7 +713,7 @@ def test_chart_loading_and_error_states(browser, demo, connected_account, sim_fa
     assert not el(browser, 'chart-loading').is_displayed()
     lines = chart_error_lines(browser)
     assert lines[0] == '한국투자증권 API 오류', lines
-    assert 'OPSQ0002 없는 서비스 코드 입니다' in lines, lines
+    assert '한국투자증권: OPSQ0002 없는 서비스 코드 입니다' in lines, lines
     assert '502 upstream_error' in lines, lines
     assert el(browser, 'chart-title').text == '068270'
     assert el(browser, 'chart-submit').is_enabled()
@@ -728,7 +728,8 @@ def test_chart_loading_and_error_states(browser, demo, connected_account, sim_fa
     lines = chart_error_lines(browser)
     assert lines[0] == '조회 기간이 너무 깁니다', lines
     assert '400 range_too_large' in lines, lines
-    assert any('3660' in line for line in lines), f'the gateway detail is not shown: {lines}'
+    assert any(line.startswith('게이트웨이 응답: ') and '3660' in line for line in lines), \
+        f'the gateway detail is not shown as its: {lines}'
     shot(browser, '09-chart-range-too-large.png')
 
     # KIS answers slowly: the loading state (spinner shown, button disabled) lasts until the chart is drawn.
