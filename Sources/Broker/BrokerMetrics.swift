@@ -14,6 +14,9 @@ final class BrokerMetrics: Sendable {
     let republished: Counter
     let expired: Counter
     let revokeFailures: Counter
+    /// How long each reconciliation pass took (store.md: what the store lost is republished within
+    /// `reconcile_interval_s`, so a pass must take well under it), failed ones included.
+    let reconcileDuration: Timer
     private let failures = Mutex<[String: Counter]>([:])
     /// Every call to KIS (`tokenP`, `revokeP`) by outcome and `msg_cd`, and its duration, as the gateway counts its
     /// own (`kisgw_upstream_calls_total`, `kisgw_upstream_duration_seconds`).
@@ -39,6 +42,8 @@ final class BrokerMetrics: Sendable {
         republished = Counter(label: "kisgw_broker_republished_tokens_total", factory: factory)
         expired = Counter(label: "kisgw_broker_expired_tokens_total", factory: factory)
         revokeFailures = Counter(label: "kisgw_broker_revoke_failures_total", factory: factory)
+        reconcileDuration = Timer(label: "kisgw_broker_reconcile_duration_seconds", preferredDisplayUnit: .seconds,
+                                  factory: factory)
         var kisCalls: [KISCall: (KISCallCounters, Timer)] = [:]
         for call in KISCall.allCases {
             kisCalls[call] = (

@@ -161,8 +161,13 @@ struct BrokerRulesTests {
             }
             #expect(back)
             // It was the reconciler that put it back, from the database: no new issuance.
-            #expect(try await b.get("/metrics", jwt: nil).text.contains("kisgw_broker_republished_tokens_total 1"))
+            let metrics = try await b.get("/metrics", jwt: nil).text
+            #expect(metrics.contains("kisgw_broker_republished_tokens_total 1"))
             #expect(try await b.issuances() == 1)
+            // Each pass is timed.
+            let line = metrics.split(separator: "\n").first { $0.hasPrefix("kisgw_broker_reconcile_duration_seconds_count ") }
+            let passes: Double = line.flatMap { Double($0.split(separator: " ")[1]) } ?? 0
+            #expect(passes >= 1, "\(metrics)")
         }
     }
 

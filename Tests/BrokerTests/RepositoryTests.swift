@@ -322,6 +322,25 @@ struct RepositoryContractTests {
         try await withRepository(db) { repo in try await repo.ping() }
         #expect(FileManager.default.fileExists(atPath: db.location))
     }
+
+    /// The app key check runs twice per connect: reading every account of the environment made a connect cost grow
+    /// with the accounts stored (40 ms with a thousand, 360 ms with ten thousand: bench/broker-reconcile).
+    @Test("SQLite: the app key look-up is one index search on (environment, app_key_fp) per seal key and one for rows without a fingerprint — no scan",
+          arguments: [1, 2, 3])
+    func sqliteAppKeyLookupSearchesTheIndex(keys: Int) async throws {
+        let db = try await TestDatabase.make(.sqlite)
+        try await withRepository(db) { repo in try await repo.ping() }  // migrated
+        let fingerprints = Dictionary(uniqueKeysWithValues: (1...keys).map { ("k\($0)", "fp\($0)") })
+        let queue = try DatabaseQueue(path: db.location)
+        let plan = try await queue.read { db in
+            try Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + SQLiteRepository.appKeyLookup(count: keys),
+                             arguments: SQLiteRepository.appKeyLookupArguments(.live, fingerprints))
+                .map { $0["detail"] as String }
+        }
+        let search = "SEARCH kis_accounts USING INDEX kis_accounts_app_key_fp (environment=? AND app_key_fp=?)"
+        #expect(plan.filter { $0 == search }.count == keys + 1, "\(plan)")
+        #expect(!plan.contains { $0.hasPrefix("SCAN") }, "\(plan)")
+    }
 }
 
 @Suite("Broker sealing: per-field AES-256-GCM with key ids, and rotation")
