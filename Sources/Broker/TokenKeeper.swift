@@ -331,58 +331,44 @@ final class TokenKeeper: Sendable {
         // Keyed by bytes, not by `String` (whose equality and hashing hold for canonically equivalent text): two
         // users whose ids only look alike are two users.
         var expiredByUser: [[UInt8]: [String]] = [:]  // user set key → shas
-        var republished = 0, unopenable = 0, postponed = 0
-        var accounts: [[UInt8]: Account?] = [:]
         func expire(_ row: StoredToken) {
             expiredByUser[Array(TokenDirectory.userKey(row.userID, row.environment).utf8), default: []].append(row.tokenSHA256)
         }
+        // The live rows by account, in the order the database gave them: each account's rows are handled in turn by
+        // one task (they share its locks), the accounts `reconcileWidth` at a time — a pass is a few store round
+        // trips per token, which one at a time took 1.3 s for 10,000 tokens with nothing missing and 19 s to
+        // republish them all (bench/broker-reconcile).
+        var accountRows: [[StoredToken]] = [], accountIndex: [[UInt8]: Int] = [:]
         for row in try await repository.tokens(status: .active) {
             if row.expiresAt <= now {
                 expire(row)
                 continue
             }
-            if try await isPublished(row.tokenSHA256, userID: row.userID, environment: row.environment) { continue }
-            // KIS refused it (a gateway marked it dead): expire it rather than publish it again.
-            if try await TokenDirectory.deadReason(sha256: row.tokenSHA256, store: store) != nil {
-                expire(row)
-                continue
-            }
             let key = Array((row.userID + "|" + row.environment.rawValue).utf8)
-            if accounts[key] == nil {
-                let stored = try await repository.account(userID: row.userID, environment: row.environment)
-                let opened = stored.flatMap { try? vault.open($0) }
-                if stored != nil, opened == nil { unopenable += 1 }
-                accounts[key] = .some(opened)
+            if let i = accountIndex[key] { accountRows[i].append(row) } else {
+                accountIndex[key] = accountRows.count
+                accountRows.append([row])
             }
-            guard let account = accounts[key] ?? nil else { continue }
-            guard let token = try? vault.open(row) else {
-                unopenable += 1
-                continue
-            }
-            let published: Bool
-            do {
-                published = try await withAccountLocks(row.userID, row.environment, account.appKey) { _ in
-                    guard let stored = try await self.account(row.userID, row.environment), stored.sameKeyPair(as: account)
-                    else { return false }
-                    let current = try await repository.tokens(userID: row.userID, environment: row.environment)
-                    guard current.contains(where: { $0.tokenSHA256 == row.tokenSHA256 && $0.status == .active })
-                    else { return false }
-                    // An issuance that held the lock may have published it meanwhile (the row was saved first): no
-                    // second `issued` event for it.
-                    if try await isPublished(row.tokenSHA256, userID: row.userID, environment: row.environment) {
-                        return false
-                    }
-                    // A gateway may have seen KIS refuse it since the mark was read above: not published again.
-                    if try await TokenDirectory.deadReason(sha256: row.tokenSHA256, store: store) != nil { return false }
-                    try await publish(token, account: account)
-                    return true
-                }
-            } catch let problem as Problem where problem.code == .kisRateLimited {
-                postponed += 1  // an issuance for this account or app key holds a lock: the next pass sees its outcome
-                continue
-            }
-            if published { republished += 1 }
         }
+        var outcome = ReconcileOutcome()
+        try await withThrowingTaskGroup(of: ReconcileOutcome.self) { group in
+            var next = 0
+            while next < min(Self.reconcileWidth, accountRows.count) {
+                let rows = accountRows[next]
+                group.addTask { try await self.reconcileAccount(rows) }
+                next += 1
+            }
+            while let done = try await group.next() {
+                outcome.add(done)
+                if next < accountRows.count {
+                    let rows = accountRows[next]
+                    group.addTask { try await self.reconcileAccount(rows) }
+                    next += 1
+                }
+            }
+        }
+        for row in outcome.refused { expire(row) }
+        let (republished, unopenable, postponed) = (outcome.republished, outcome.unopenable, outcome.postponed)
         if unopenable > 0 {
             logger.error(
                 "the reconciler cannot open some stored rows (their seal key is gone, or they were altered); their tokens are not republished",
@@ -415,6 +401,72 @@ final class TokenKeeper: Sendable {
             logger.notice("republished tokens missing from the shared store", metadata: ["tokens": "\(republished)"])
         }
         return republished
+    }
+
+    /// How many accounts a reconciliation handles at once.
+    static let reconcileWidth = 16
+
+    /// What a reconciliation did with some accounts' live rows.
+    struct ReconcileOutcome: Sendable {
+        var republished = 0, unopenable = 0, postponed = 0
+        /// Rows of tokens a gateway saw KIS refuse (`dead:`): to be marked EXPIRED.
+        var refused: [StoredToken] = []
+
+        mutating func add(_ other: ReconcileOutcome) {
+            republished += other.republished
+            unopenable += other.unopenable
+            postponed += other.postponed
+            refused += other.refused
+        }
+    }
+
+    /// Republishes the live ACTIVE `rows` of one account (one user and environment) that the store lost, in turn.
+    private func reconcileAccount(_ rows: [StoredToken]) async throws -> ReconcileOutcome {
+        var outcome = ReconcileOutcome()
+        var account: Account??  // read once, when a row needs it
+        for row in rows {
+            if try await isPublished(row.tokenSHA256, userID: row.userID, environment: row.environment) { continue }
+            // KIS refused it (a gateway marked it dead): expire it rather than publish it again.
+            if try await TokenDirectory.deadReason(sha256: row.tokenSHA256, store: store) != nil {
+                outcome.refused.append(row)
+                continue
+            }
+            if account == nil {
+                let stored = try await repository.account(userID: row.userID, environment: row.environment)
+                let opened = stored.flatMap { try? vault.open($0) }
+                if stored != nil, opened == nil { outcome.unopenable += 1 }
+                account = .some(opened)
+            }
+            guard let account = account ?? nil else { continue }
+            guard let token = try? vault.open(row) else {
+                outcome.unopenable += 1
+                continue
+            }
+            let published: Bool
+            do {
+                published = try await withAccountLocks(row.userID, row.environment, account.appKey) { _ in
+                    guard let stored = try await self.account(row.userID, row.environment), stored.sameKeyPair(as: account)
+                    else { return false }
+                    let current = try await self.repository.tokens(userID: row.userID, environment: row.environment)
+                    guard current.contains(where: { $0.tokenSHA256 == row.tokenSHA256 && $0.status == .active })
+                    else { return false }
+                    // An issuance that held the lock may have published it meanwhile (the row was saved first): no
+                    // second `issued` event for it.
+                    if try await self.isPublished(row.tokenSHA256, userID: row.userID, environment: row.environment) {
+                        return false
+                    }
+                    // A gateway may have seen KIS refuse it since the mark was read above: not published again.
+                    if try await TokenDirectory.deadReason(sha256: row.tokenSHA256, store: self.store) != nil { return false }
+                    try await self.publish(token, account: account)
+                    return true
+                }
+            } catch let problem as Problem where problem.code == .kisRateLimited {
+                outcome.postponed += 1  // an issuance for this account or app key holds a lock: the next pass sees its outcome
+                continue
+            }
+            if published { outcome.republished += 1 }
+        }
+        return outcome
     }
 
     // MARK: - issuance

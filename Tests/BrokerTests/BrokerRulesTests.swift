@@ -171,6 +171,37 @@ struct BrokerRulesTests {
         }
     }
 
+    /// A pass handles `TokenKeeper.reconcileWidth` accounts at once: every token comes back, each once.
+    @Test("reconciliation republishes many accounts' tokens, handled several at once, each once", arguments: StoreKind.allCases)
+    func reconcileRepublishesMany(store: StoreKind) async throws {
+        try await withBroker(store: store, config: { testConfig(simURL: $0, database: $1, reconcileIntervalS: 1) }) { b in
+            let n = 2 * TokenKeeper.reconcileWidth + 5
+            var tokens: [(user: String, token: String)] = []
+            for i in 0..<n {
+                let user = "u-rcm-\(i)"
+                let answer = try await b.post("/api/kis/token", accountBody(appKey("rcm\(i)")), jwt: try await b.jwt(user))
+                tokens.append((user, try #require(answer.json["token"] as? String, "\(answer.text)")))
+            }
+            for (user, token) in tokens {
+                let sha = TokenDirectory.sha256(of: token)
+                try await b.store.delete(TokenDirectory.recordKey(sha))
+                _ = try await b.store.setRemove(TokenDirectory.userKey(user, .sandbox), members: [sha])
+            }
+            let back = try await eventually(timeout: .seconds(20)) {
+                for (user, token) in tokens {
+                    guard try await b.published(token)?.userID == user,
+                        try await b.store.setMembers(TokenDirectory.userKey(user, .sandbox)) == [TokenDirectory.sha256(of: token)]
+                    else { return false }
+                }
+                return true
+            }
+            #expect(back)
+            let metrics = try await b.get("/metrics", jwt: nil).text
+            #expect(metrics.contains("kisgw_broker_republished_tokens_total \(n)"), "\(metrics)")
+            #expect(try await b.issuances() == n)
+        }
+    }
+
     @Test("reconciliation takes out of the store a token whose row is REVOKED")
     func reconcileRemovesRevoked() async throws {
         try await withBroker(config: { testConfig(simURL: $0, database: $1, reconcileIntervalS: 1) }) { b in
