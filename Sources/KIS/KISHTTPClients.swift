@@ -28,11 +28,15 @@ public final class KISHTTPClients: Sendable {
     /// connections — down, or in maintenance — then held every request for the whole `[upstream] timeout_ms` and
     /// answered 504, where kisgw's own retries (`[upstream] retries`, with backoff) give up in a few hundred
     /// milliseconds and stale-if-error can serve a stale copy at once. The caller shuts them down (`shutdown()`).
-    public convenience init(group: MultiThreadedEventLoopGroup = .singleton) {
-        self.init(group: group, canShutDown: true)
+    ///
+    /// - Parameter connectionsPerHost: the connections each loop's client keeps per host, when not the default above —
+    ///   the broker's calls (token issuances, a few hundred milliseconds each at KIS, all from off the loops: the
+    ///   first loop's client) need more at once than a gateway's rate-limited chart calls.
+    public convenience init(group: MultiThreadedEventLoopGroup = .singleton, connectionsPerHost: Int? = nil) {
+        self.init(group: group, canShutDown: true, connectionsPerHost: connectionsPerHost)
     }
 
-    private init(group: MultiThreadedEventLoopGroup, canShutDown: Bool) {
+    private init(group: MultiThreadedEventLoopGroup, canShutDown: Bool, connectionsPerHost: Int? = nil) {
         let loops = Array(group.makeIterator())
         var configuration = HTTPClient.Configuration.singletonConfiguration
         configuration.redirectConfiguration = .disallow
@@ -41,7 +45,8 @@ public final class KISHTTPClients: Sendable {
         // and still builds each request's span name and attributes: 12 % of the samples between a miss's Redis
         // reply and its KIS request (bench/README.md, "Miss path"; the miss as a whole did not measurably change).
         configuration.tracing.tracer = nil
-        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = max(2, 8 / loops.count)
+        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit =
+            connectionsPerHost ?? max(2, 8 / loops.count)
         self.clients = loops.map { HTTPClient(eventLoopGroup: $0, configuration: configuration) }
         self.byLoop = Dictionary(uniqueKeysWithValues: loops.enumerated().map { (ObjectIdentifier($1), $0) })
         self.canShutDown = canShutDown

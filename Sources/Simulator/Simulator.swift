@@ -109,6 +109,7 @@ struct Simulator: Sendable {
 
     func tokenP(_ request: Request) async throws -> Response {
         state.count(call: "tokenP")
+        try await tokenLatency()
         guard let body = try await decodeTokenBody(request) else { return tokenError("EGW00115", status: .forbidden) }
         guard let grant = body.grant_type, !grant.isEmpty else { return tokenError("EGW00115", status: .forbidden) }
         guard grant == "client_credentials" else { return tokenError("EGW00116", status: .forbidden) }
@@ -144,6 +145,11 @@ struct Simulator: Sendable {
         }
     }
 
+    /// `--token-latency-ms`: KIS's token endpoint is not instant.
+    private func tokenLatency() async throws {
+        if configuration.tokenLatencyMs > 0 { try await Task.sleep(for: .milliseconds(configuration.tokenLatencyMs)) }
+    }
+
     /// The answer handing back a token issued before, within the reuse window.
     private func reuse(_ token: String, expiresAt: Date, now: Date) -> Response {
         let remaining = max(0, Int(expiresAt.timeIntervalSince(now).rounded(.down)))
@@ -155,6 +161,7 @@ struct Simulator: Sendable {
 
     func revokeP(_ request: Request) async throws -> Response {
         state.count(call: "revokeP")
+        try await tokenLatency()
         guard let body = try await decodeTokenBody(request) else { return tokenError("EGW00122", status: .forbidden) }
         if let problem = credentialProblem(appKey: body.appkey, appSecret: body.appsecret) {
             return tokenError(problem, status: .forbidden)

@@ -18,6 +18,9 @@ public struct SimulatorConfiguration: Sendable {
     /// Latency added to every quotation call that passes the checks (a refused one — bad headers or token,
     /// `EGW00201` — is answered at once).
     public var latencyMs: Int
+    /// Latency added to every `tokenP` and `revokeP` call before it is answered (KIS's token endpoint takes a while:
+    /// what a broker refreshing many tokens at once has to live with).
+    public var tokenLatencyMs: Int
     /// When set, only these app key → secret pairs get tokens.
     public var credentials: [String: String]?
     /// PEM files for HTTPS.
@@ -39,7 +42,7 @@ public struct SimulatorConfiguration: Sendable {
         tokenTTL: Int = 86400, reuseWindow: Int = 21600, issueInterval: Int = 60, ratePerSecond: Int? = nil,
         latencyMs: Int = 0, credentials: [String: String]? = nil, tlsCertificatePath: String? = nil,
         tlsKeyPath: String? = nil, reuseReportsRemaining: Bool = true, marketNow: (@Sendable () -> Date)? = nil,
-        trContPaging: Bool = false
+        trContPaging: Bool = false, tokenLatencyMs: Int = 0
     ) {
         self.host = host
         self.port = port
@@ -49,6 +52,7 @@ public struct SimulatorConfiguration: Sendable {
         self.issueInterval = issueInterval
         self.ratePerSecond = ratePerSecond
         self.latencyMs = latencyMs
+        self.tokenLatencyMs = tokenLatencyMs
         self.credentials = credentials
         self.tlsCertificatePath = tlsCertificatePath
         self.tlsKeyPath = tlsKeyPath
@@ -92,6 +96,9 @@ public struct SimulatorConfiguration: Sendable {
         }
         if let r = ratePerSecond, r <= 0 { throw SimulatorError("--rate-per-s must be positive, got \(r)") }
         guard latencyMs >= 0 else { throw SimulatorError("--latency-ms must be 0 or more, got \(latencyMs)") }
+        guard (0...600_000).contains(tokenLatencyMs) else {
+            throw SimulatorError("--token-latency-ms must be from 0 to 600000, got \(tokenLatencyMs)")
+        }
         switch (tlsCertificatePath, tlsKeyPath) {
         case (.some, nil): throw SimulatorError("--tls-cert needs --tls-key, the certificate's private key")
         case (nil, .some): throw SimulatorError("--tls-key needs --tls-cert, the certificate it is the key of")

@@ -23,8 +23,14 @@ struct Runtime {
     let store: any SharedStore
     let redis: RedisClient?
     let keyring: SealKeyring
-    /// The clients for KIS calls, one per event loop, shut down after the servers.
+    /// The clients for KIS calls, one per event loop, shut down after the servers: the gateway's, and the broker's
+    /// (token calls take a while at KIS, and a scheduler's refresh pass makes several at once).
     let kisHTTP: KISHTTPClients
+    let brokerKISHTTP: KISHTTPClients
+
+    /// Connections per host of the broker's clients: its scheduler makes `BrokerScheduler.defaultRefreshWidth` issuances
+    /// at once, and connects and refreshes come besides.
+    static let brokerConnectionsPerHost = 32
 
     init(config: KisgwConfig, label: String, ephemeralSeal: Bool = false) throws {
         self.config = config
@@ -63,6 +69,7 @@ struct Runtime {
             self.keyring = try SealKeyring(current: config.seal.current, keys: keys.mapValues(\.bytes))
         }
         self.kisHTTP = KISHTTPClients()
+        self.brokerKISHTTP = KISHTTPClients(connectionsPerHost: Self.brokerConnectionsPerHost)
     }
 
     /// What a gateway takes from the runtime.
@@ -74,7 +81,7 @@ struct Runtime {
     /// What a broker takes from the runtime.
     func brokerDependencies(demoMode: Bool = false,
                             extraRoutes: (@Sendable (Router<BasicRequestContext>) -> Void)? = nil) -> BrokerDependencies {
-        BrokerDependencies(store: store, keyring: keyring, http: kisHTTP, metricsRegistry: registry,
+        BrokerDependencies(store: store, keyring: keyring, http: brokerKISHTTP, metricsRegistry: registry,
                            demoMode: demoMode, extraRoutes: extraRoutes)
     }
 
@@ -99,6 +106,7 @@ struct Runtime {
             services = try await build()
         } catch {
             try? await kisHTTP.shutdown()
+            try? await brokerKISHTTP.shutdown()
             throw error
         }
         try await run(services)
@@ -107,7 +115,7 @@ struct Runtime {
     private func run(_ services: [any Service]) async throws {
         var all: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let redis { all.append(.init(service: RedisService(client: redis))) }
-        all.append(.init(service: HTTPClientService(clients: kisHTTP)))
+        all.append(.init(service: HTTPClientService(clients: [kisHTTP, brokerKISHTTP])))
         all += services.map { .init(service: $0) }
         var configuration = ServiceGroupConfiguration(
             services: all, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -130,10 +138,10 @@ struct RedisService: Service {
 
 /// The KIS clients as a service: once the servers after it in the group have drained, they close their connections.
 struct HTTPClientService: Service {
-    let clients: KISHTTPClients
+    let clients: [KISHTTPClients]
     func run() async throws {
         try? await gracefulShutdown()
-        try await clients.shutdown()
+        for c in clients { try await c.shutdown() }
     }
 }
 

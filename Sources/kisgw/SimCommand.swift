@@ -29,6 +29,8 @@ struct SimCommand: AsyncParsableCommand {
     @Option(name: .customLong("rate-per-s"), help: "Quotation calls per second per app key (default: by environment).")
     var ratePerSecond: Int?
     @Option(name: .customLong("latency-ms"), help: "Latency added to every quotation call KIS would answer (not to refused ones: bad headers or token, EGW00201).") var latencyMs = 0
+    @Option(name: .customLong("token-latency-ms"), help: "Latency added to every token call (tokenP, revokeP).")
+    var tokenLatencyMs = 0
     @Option(help: "JSON file of accepted credentials: [{\"appKey\": …, \"appSecret\": …}]. Default: any non-empty pair.")
     var credentials: String?
     @Option(name: .customLong("tls-cert"), help: "PEM certificate chain, to serve HTTPS.") var tlsCert: String?
@@ -56,7 +58,7 @@ struct SimCommand: AsyncParsableCommand {
                 }
             },
             tlsCertificatePath: tlsCert, tlsKeyPath: tlsKey, reuseReportsRemaining: reusedExpiresIn == "remaining",
-            trContPaging: trContPaging)
+            trContPaging: trContPaging, tokenLatencyMs: tokenLatencyMs)
         do { try config.validate() } catch let e as SimulatorError { throw ValidationError(e.description) }
         return config
     }

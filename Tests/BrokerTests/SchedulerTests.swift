@@ -247,6 +247,46 @@ struct SchedulerTests {
         }
     }
 
+    /// KIS's token calls take a while: one account at a time, a pass over many due accounts (all who connected within
+    /// the same hour the day before) outlasted `refresh_ahead_s` at KIS's pace. A pass refreshes `refreshWidth` at once.
+    @Test("a refresh pass refreshes up to 8 due accounts at once, each once")
+    func passRefreshesSeveralAtOnce() async throws {
+        let (store, redis) = try makeStore(.redis)
+        let clock = TestClock()
+        let kis = SlowTokenP(delay: .milliseconds(400), clock: clock)
+        let standIn = await kis.serve(copies: 1)
+        let http = KISHTTPClients(connectionsPerHost: 16)
+        try await stopping([standIn.server]) {
+            let db = try await TestDatabase.make(.sqlite)
+            defer { Self.remove(db) }
+            let keyring = SealKeyring.ephemeral()
+            let keys = (0..<12).map { appKey("pw\($0)") }
+            try await withRepository(db) { repository in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    if let redis { group.addTask { await redis.run() } }
+                    defer { group.cancelAll() }
+                    try await Self.saveDue(keys, users: "u-pw", keyring: keyring, at: clock.now(), in: repository)
+                    let keeper = makeKeeper(repository, store: store, keyring: keyring, kis: standIn.url + "/copy0",
+                                            refreshInterval: 1, http: http, clock: { clock.now() })
+                    let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1,
+                                                    logger: quietLogger)
+                    let running = Task { try await scheduler.run() }
+                    defer { running.cancel() }
+                    let done = await eventually(timeout: .seconds(15)) {
+                        Set(kis.calls.map(\.appKey)) == Set(keys) && kis.inFlight == 0
+                    }
+                    #expect(done)
+                    #expect(kis.mostAtOnce == 8, "tokenP calls at once: \(kis.mostAtOnce)")
+                    #expect(kis.calls.map(\.appKey).sorted() == keys.sorted(), "each account once: \(kis.calls.map(\.appKey))")
+                    for i in keys.indices {
+                        #expect(try await repository.tokens(userID: "u-pw\(i)", environment: .sandbox).count == 1)
+                    }
+                }
+            }
+        }
+        try await http.shutdown()
+    }
+
     /// broker-api.md: "only one runs the scheduler at a time". A refresh pass over several due accounts, each
     /// `tokenP` slower than a tick, outlasts the 3-tick lease: its holder renews the lease before each account, so
     /// a second copy never takes it meanwhile; and once another copy holds it, the pass stops at the next account.
@@ -274,8 +314,10 @@ struct SchedulerTests {
                         let copies = [repository, otherRepository].enumerated().map { (copy, repo) in
                             let keeper = makeKeeper(repo, store: store, keyring: keyring, kis: standIn.url + "/copy\(copy)",
                                                      refreshInterval: 1, clock: { clock.now() })
+                            // One account at a time, so that the pass outlasts the lease.
                             return BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1,
-                                                   logger: quietLogger, onLeaseChange: { if $0 { took[copy].hit() } })
+                                                   logger: quietLogger, refreshWidth: 1,
+                                                   onLeaseChange: { if $0 { took[copy].hit() } })
                         }
                         #expect(copies[0].leaseTTL == .seconds(3))
                         @Sendable func holds(_ copy: Int) -> Bool { copies[copy].holdsLease.load(ordering: .relaxed) }
@@ -689,7 +731,9 @@ struct SchedulerTests {
                     }
                     #expect(try await published())
 
-                    let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1, logger: quietLogger)
+                    // One account at a time: a pass of 4 × 1.5 s.
+                    let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1,
+                                                    logger: quietLogger, refreshWidth: 1)
                     let run = Task { try await scheduler.run() }
                     defer { run.cancel() }
                     // The pass is under way; the store loses the live token (as after a FLUSHALL).
@@ -860,10 +904,11 @@ final class SlowTokenP: Sendable {
 /// for SANDBOX accounts (none when nil).
 func makeKeeper(_ repository: any BrokerRepository, store: any SharedStore, keyring: SealKeyring, kis: String?,
                 refreshInterval: Int64 = 60, metrics: any MetricsFactory = NOOPMetricsHandler.instance,
-                logger: Logger = quietLogger, clock: @escaping @Sendable () -> Date) -> TokenKeeper {
+                http: KISHTTPClients = .shared, logger: Logger = quietLogger,
+                clock: @escaping @Sendable () -> Date) -> TokenKeeper {
     TokenKeeper(
         repository: repository, store: store, keyring: keyring,
-        clients: kis.map { [.sandbox: KISClient(baseURL: $0, timeout: .seconds(10), logger: logger)] } ?? [:],
+        clients: kis.map { [.sandbox: KISClient(baseURL: $0, http: http, timeout: .seconds(10), logger: logger)] } ?? [:],
         settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: refreshInterval,
                                  lockTTL: .seconds(30), lockWait: .seconds(10)),
         metrics: BrokerMetrics(factory: metrics), logger: logger, clock: clock)

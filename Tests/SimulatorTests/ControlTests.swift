@@ -175,6 +175,7 @@ struct ConfigurationCheckTests {
         (SimulatorConfiguration(tokenTTL: 0), "--token-ttl-s"),
         (SimulatorConfiguration(ratePerSecond: 0), "--rate-per-s"),
         (SimulatorConfiguration(latencyMs: -1), "--latency-ms"),
+        (SimulatorConfiguration(tokenLatencyMs: -1), "--token-latency-ms"),
         (SimulatorConfiguration(tlsCertificatePath: "/x.pem"), "--tls-cert"),
     ])
     func options(config: SimulatorConfiguration, option: String) {

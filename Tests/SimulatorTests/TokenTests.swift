@@ -152,6 +152,20 @@ struct TokenTests {
         }
     }
 
+    @Test("--token-latency-ms delays tokenP and revokeP answers, never sooner")
+    func tokenLatency() async throws {
+        try await withSimulator(SimulatorConfiguration(port: 0, issueInterval: 0, tokenLatencyMs: 300)) { sim in
+            let clock = ContinuousClock()
+            var started = clock.now
+            let token = try await sim.accessToken(appKey: "PSlatency", appSecret: "s")
+            #expect(clock.now - started >= .milliseconds(300))
+            started = clock.now
+            let r = try await sim.post(KISPath.revokeP, ["appkey": "PSlatency", "appsecret": "s", "token": token])
+            #expect(r.status == 200)
+            #expect(clock.now - started >= .milliseconds(300))
+        }
+    }
+
     @Test("within the reuse window the same token and expiry come back; after it, a new token")
     func reuseWindow() async throws {
         try await withSimulator(SimulatorConfiguration(port: 0, issueInterval: 60)) { sim in
