@@ -315,7 +315,11 @@ final class BrokerScheduler: Service, Sendable {
                 // this copy's, and stops at once if another copy holds it now (the refreshes under way finish).
                 guard !Task.isCancelled, await stillHoldsLease() else { break }
                 await reconcileIfDue()
-                group.addTask { await self.refresh(row) }
+                // Not cancelled with the pass (a graceful shutdown cancels it): an issuance under way is finished —
+                // the token KIS has just issued saved and published, the locks released — rather than cut short
+                // between KIS and the database (the store refuses a cancelled task's commands). The pass waits for
+                // it; no account is started after the cancellation.
+                group.addTask { await Task { await self.refresh(row) }.value }
                 running += 1
             }
         }

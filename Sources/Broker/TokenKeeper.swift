@@ -635,7 +635,7 @@ final class TokenKeeper: Sendable {
 
     /// The account's lock: one writer at a time per user and environment, across copies, whatever app key each one
     /// writes — a `token` call changing the app key, a disconnect, a scheduled refresh, a reconciliation.
-    private func accountLockKey(_ userID: String, _ env: KISEnvironment) -> String {
+    func accountLockKey(_ userID: String, _ env: KISEnvironment) -> String {
         "lock:kis-account:\(env.rawValue):\(TokenDirectory.sha256(of: userID))"
     }
 

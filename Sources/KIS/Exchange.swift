@@ -527,7 +527,9 @@ public enum KRXHolidays {
         return 600...930
     }
 
-    /// The days of the college scholastic ability test (대학수학능력시험), as the education ministry set them.
+    /// The days of the college scholastic ability test (대학수학능력시험), as the education ministry set them — to be
+    /// added each year with KRX's holidays (``days``): a date guessed wrong would hold a real session's first hour
+    /// closed, and a year missing one only refreshes its last hour every minute (KRX's settling) instead of live.
     static let examDays: Set<Int> = Set(
         ["20231116", "20241114", "20251113", "20261119"].compactMap { CivilDate(yyyymmdd: $0)?.dayNumber })
 

@@ -141,7 +141,12 @@ struct HTTPClientService: Service {
     let clients: [KISHTTPClients]
     func run() async throws {
         try? await gracefulShutdown()
-        for c in clients { try await c.shutdown() }
+        // Every one, whatever another's shutdown threw.
+        var failure: (any Error)?
+        for c in clients {
+            do { try await c.shutdown() } catch { failure = failure ?? error }
+        }
+        if let failure { throw failure }
     }
 }
 

@@ -287,6 +287,52 @@ struct SchedulerTests {
         try await http.shutdown()
     }
 
+    /// A graceful shutdown cancels the scheduler: the issuances under way are finished — KIS issued those tokens (and
+    /// told their holders) — not cut short between KIS and the database, and their locks are released; no account is
+    /// started after it.
+    @Test("a shutdown during a refresh pass lets the refreshes under way finish: tokens saved, locks released, nothing new started")
+    func shutdownFinishesRefreshesUnderWay() async throws {
+        let (store, redis) = try makeStore(.redis)
+        let clock = TestClock()
+        let kis = SlowTokenP(delay: .milliseconds(1000), clock: clock)
+        let standIn = await kis.serve(copies: 1)
+        let http = KISHTTPClients(connectionsPerHost: 16)
+        try await stopping([standIn.server]) {
+            let db = try await TestDatabase.make(.sqlite)
+            defer { Self.remove(db) }
+            let keyring = SealKeyring.ephemeral()
+            let keys = (0..<10).map { appKey("sd\($0)") }
+            try await withRepository(db) { repository in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    if let redis { group.addTask { await redis.run() } }
+                    defer { group.cancelAll() }
+                    try await Self.saveDue(keys, users: "u-sd", keyring: keyring, at: clock.now(), in: repository)
+                    let keeper = makeKeeper(repository, store: store, keyring: keyring, kis: standIn.url + "/copy0",
+                                            refreshInterval: 1, http: http, clock: { clock.now() })
+                    let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1,
+                                                    logger: quietLogger)
+                    let running = Task { try await scheduler.run() }
+                    // Eight tokenP calls under way (the pass's width), two accounts not started: shut down.
+                    try #require(await eventually(timeout: .seconds(10)) { kis.inFlight == 8 })
+                    running.cancel()
+                    _ = try? await running.value
+                    #expect(kis.calls.count == 8, "accounts started after the shutdown: \(kis.calls.count) tokenP calls")
+                    var saved = 0
+                    for i in keys.indices {
+                        let rows = try await repository.tokens(userID: "u-sd\(i)", environment: .sandbox)
+                        saved += rows.count
+                        if let row = rows.first {
+                            #expect(try await store.get(TokenDirectory.recordKey(row.tokenSHA256)) != nil, "not published")
+                            #expect(try await store.get(keeper.accountLockKey("u-sd\(i)", .sandbox)) == nil, "lock left held")
+                        }
+                    }
+                    #expect(saved == 8, "tokens KIS issued that were saved: \(saved) of 8")
+                }
+            }
+        }
+        try await http.shutdown()
+    }
+
     /// broker-api.md: "only one runs the scheduler at a time". A refresh pass over several due accounts, each
     /// `tokenP` slower than a tick, outlasts the 3-tick lease: its holder renews the lease before each account, so
     /// a second copy never takes it meanwhile; and once another copy holds it, the pass stops at the next account.

@@ -446,14 +446,22 @@ struct FreshnessTests {
     @Test("SHS, SZS: China's statutory holidays by the law's rules, 2022–2027 — every one a published closure, so no trading day is taken for a holiday",
           arguments: [2022, 2023, 2024, 2025, 2026, 2027])
     func chinaHolidays(year: Int) throws {
+        let expected = try #require(Self.chinaClosures[year])
+        try Self.expectClosures(.shs, .szs, year: year, ruled: expected.statutory, published: expected.published)
+        #expect(try Exchange.shs.isTradingDay(#require(CivilDate("2021-10-01"))))  // before 2022 nothing is known
+    }
+
+    /// `exchange`'s weekday closures in `year` are `ruled` (as `MM-DD`), each one of the `published` closures when
+    /// known, and `twin` (the other exchange of the country) closes on the same days.
+    static func expectClosures(_ exchange: Exchange, _ twin: Exchange, year: Int, ruled: [String], published: [String]?)
+        throws
+    {
         let first = try #require(CivilDate(year: year, month: 1, day: 1)), last = try #require(CivilDate(year: year, month: 12, day: 31))
         let weekdays = (first.dayNumber...last.dayNumber).map(CivilDate.init(dayNumber:)).filter { !$0.isWeekend }
-        let closed = weekdays.filter { !Exchange.shs.isTradingDay($0) }.map { String($0.iso.dropFirst(5)) }
-        let expected = try #require(Self.chinaClosures[year])
-        #expect(closed == expected.statutory)
-        if let published = expected.published { #expect(Set(closed).isSubset(of: published)) }
-        #expect(weekdays.allSatisfy { Exchange.szs.isTradingDay($0) == Exchange.shs.isTradingDay($0) })
-        #expect(try Exchange.shs.isTradingDay(#require(CivilDate("2021-10-01"))))  // before 2022 nothing is known
+        let closed = weekdays.filter { !exchange.isTradingDay($0) }.map { String($0.iso.dropFirst(5)) }
+        #expect(closed == ruled)
+        if let published { #expect(Set(closed).isSubset(of: published), "\(Set(closed).subtracting(published))") }
+        #expect(weekdays.allSatisfy { twin.isTradingDay($0) == exchange.isTradingDay($0) })
     }
 
     /// The weekdays Vietnam's fixed-date holidays close HOSE and HNX, by the rules, and the weekday closures the
@@ -478,13 +486,8 @@ struct FreshnessTests {
     @Test("HSX, HNX: Vietnam's fixed-date holidays and Tết's first three days, 2022–2027 — every one a published closure",
           arguments: [2022, 2023, 2024, 2025, 2026, 2027])
     func vietnamHolidays(year: Int) throws {
-        let first = try #require(CivilDate(year: year, month: 1, day: 1)), last = try #require(CivilDate(year: year, month: 12, day: 31))
-        let weekdays = (first.dayNumber...last.dayNumber).map(CivilDate.init(dayNumber:)).filter { !$0.isWeekend }
-        let closed = weekdays.filter { !Exchange.hsx.isTradingDay($0) }.map { String($0.iso.dropFirst(5)) }
         let expected = try #require(Self.vietnamClosures[year])
-        #expect(closed == expected.fixed)
-        if let published = expected.published { #expect(Set(closed).isSubset(of: published)) }
-        #expect(weekdays.allSatisfy { Exchange.hnx.isTradingDay($0) == Exchange.hsx.isTradingDay($0) })
+        try Self.expectClosures(.hsx, .hnx, year: year, ruled: expected.fixed, published: expected.published)
     }
 
     /// A statutory holiday is closed all day, and a day the State Council joined to it (unknown to kisgw) is refreshed

@@ -23,6 +23,31 @@ window.__t = {mod, log, json, future, account};
 """
 
 SCENARIOS = {
+    'errors_name_the_server': r"""
+const {mod, json, future, account} = window.__t;
+// A chart the gateway refuses (a bad range) is the gateway's error; then the gateway refuses T1 as expired and the
+// broker refuses its refresh (another token request in progress): the broker's.
+const fetch = async (url, init = {}) => {
+  const u = new URL(url, location.href);
+  if (u.pathname === '/api/kis/account') return account(u);
+  if (u.pathname === '/api/kis/token/refresh') {
+    return json(429, {code: 'kis_rate_limited', status: 429, detail: 'another token request for this app key is in progress'},
+                {'Retry-After': '30'});
+  }
+  if (u.searchParams.get('start') === '19990104') return json(400, {code: 'range_too_large', status: 400, detail: 'at most 3660 days'});
+  return json(401, {code: 'kis_token_expired', status: 401, detail: 'expired'});
+};
+const store = new mod.TokenStore({scope: 'server-' + Math.random()});
+await store.save({token: 'T1', expiresAt: future(86400), receivedAt: Date.now(), environment: 'SANDBOX', connected: true});
+const c = mod.createKisClient({gatewayUrl: 'http://gw.invalid', getJwt: () => 'J', fetch, store});
+await c.init();
+const out = [];
+for (const q of [{market: 'domestic', symbol: '005930', start: '1999-01-04', end: '2024-01-02'}, {market: 'domestic', symbol: '005930'}]) {
+  try { await c.chart(q); out.push(null); } catch (e) { out.push([e.code, e.server]); }
+}
+c.stop();
+return out;
+""",
     'concurrent_401_share_one_refresh': r"""
 const {mod, json, future, account} = window.__t;
 let refreshes = 0; const used = [];
@@ -289,6 +314,12 @@ def test_concurrent_kis_401s_share_one_refresh_and_etag_is_reused(page, code):
     assert r['statuses'] == [200, 200, 200] and all(r['refreshed']), r
     assert r['again'] == [304, 1, 'HIT'], r
     assert r['token'] == 'T2'
+
+
+def test_errors_name_the_server_that_answered(page):
+    # A chart's error may be the broker's (its token refresh failed): the page labels the detail with its server.
+    r = run(page, SCENARIOS['errors_name_the_server'])
+    assert r == [['range_too_large', 'gateway'], ['kis_rate_limited', 'broker']], r
 
 
 def test_jwt_codes_ask_to_sign_in_and_do_not_retry(page):

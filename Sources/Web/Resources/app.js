@@ -552,13 +552,15 @@ async function loadChart(query = readQuery()) {
     const msg = document.createElement('div');
     msg.textContent = PROBLEM_LABEL[err.code] ?? err.message;
     box.append(msg);
-    // Below the Korean headline, whose words they are: KIS's own message (Korean), or the gateway's detail (English,
-    // the problem's `detail`, for whoever reports the problem).
+    // Below the Korean headline, whose words they are: KIS's own message (Korean), or the detail of the server that
+    // answered (English, the problem's `detail`, for whoever reports the problem) — the gateway's, or the broker's when
+    // the chart's token refresh failed.
     const kisMsg = err.body?.kis_msg1 ? `${err.body.kis_msg_cd ?? ''} ${err.body.kis_msg1}`.trim() : null;
     if (err.code !== 'network' && (kisMsg || err.message !== msg.textContent)) {
       const detail = document.createElement('div');
       detail.className = 'code';
-      detail.textContent = kisMsg ? `한국투자증권: ${kisMsg}` : `게이트웨이 응답: ${err.message}`;
+      const from = err.server === 'broker' ? '브로커 응답' : '게이트웨이 응답';
+      detail.textContent = kisMsg ? `한국투자증권: ${kisMsg}` : `${from}: ${err.message}`;
       box.append(detail);
     }
     const code = document.createElement('div');

@@ -90,7 +90,8 @@ export const EXCHANGES = /** @type {const} */ (['NAS', 'NYS', 'AMS', 'HKS', 'TSE
 export class KisError extends Error {
   /**
    * @param {string} message  human-readable, the server's own message when it gave one
-   * @param {{status?: number, code?: string, title?: string, retryAfter?: number|null, body?: any}} [info]
+   * @param {{status?: number, code?: string, title?: string, retryAfter?: number|null, body?: any,
+   *          server?: 'broker'|'gateway'|null}} [info]
    */
   constructor(message, info = {}) {
     super(message);
@@ -100,6 +101,8 @@ export class KisError extends Error {
     this.title = info.title ?? '';
     this.retryAfter = info.retryAfter ?? null;
     this.body = info.body ?? null;
+    /** Which server answered (or could not be reached): a chart's error may be the broker's (its token refresh). */
+    this.server = info.server ?? null;
   }
   /** True when the user must sign in again (the JWT was refused). */
   get signInRequired() { return this.code.startsWith('jwt_') || this.code === 'sign_in_required'; }
@@ -289,7 +292,8 @@ function statusMessage(status) {
   return `요청이 거절되었습니다 (HTTP ${status})`;
 }
 
-function errorFrom(response, body) {
+/** The error of an answer `server` ('broker' or 'gateway') gave. */
+function errorFrom(response, body, server) {
   const message = body?.message || body?.detail || body?.title || statusMessage(response.status);
   const retry = response.headers.get('Retry-After');
   return new KisError(message, {
@@ -298,6 +302,7 @@ function errorFrom(response, body) {
     title: body?.title,
     retryAfter: retryAfterSeconds(retry),
     body,
+    server,
   });
 }
 
@@ -315,7 +320,7 @@ function networkError(error, server) {
   const message = server === 'gateway'
     ? '게이트웨이에 연결할 수 없습니다 (네트워크 또는 CORS 거부)'
     : '브로커에 연결할 수 없습니다 (네트워크 오류)';
-  return new KisError(message, { code: 'network', body: String(error) });
+  return new KisError(message, { code: 'network', body: String(error), server });
 }
 
 /**
@@ -333,7 +338,7 @@ export async function checkJwt({ brokerUrl = '', jwt, fetch = (...args) => globa
     return networkError(e, 'broker');
   }
   if (response.ok || response.status === 404) return null;
-  return errorFrom(response, await readBody(response));
+  return errorFrom(response, await readBody(response), 'broker');
 }
 
 function normalizeDate(d) {
@@ -470,7 +475,7 @@ export function createKisClient(options) {
     }
     const data = await readBody(response);
     if (!response.ok) {
-      const err = errorFrom(response, data);
+      const err = errorFrom(response, data, 'broker');
       if (refusesJwt(response, err)) requireSignIn(err);
       else jwtTaken();
       throw err;
@@ -821,7 +826,7 @@ export function createKisClient(options) {
         return { data, status: response.status, ...meta, ms: performance.now() - started, refreshed, url };
       }
       const body = await readBody(response);
-      const err = errorFrom(response, body);
+      const err = errorFrom(response, body, 'gateway');
       if (!refusesJwt(response, err)) jwtTaken();
       if (response.status === 429 && err.code === 'rate_limited' && rateWaits < 2 && (err.retryAfter ?? 1) <= 5) {
         rateWaits++;
