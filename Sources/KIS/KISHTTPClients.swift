@@ -13,9 +13,13 @@ public import NIOPosix
 /// elsewhere (a task on Swift's pool, the broker, a loop of another group) uses the first loop's client, so such calls
 /// share one pool instead of opening a connection on every loop.
 ///
-/// Each client allows `max(2, 8 / loops)` connections per host (`HTTPClient.shared` allows 8 over the whole group):
-/// 8 in all on 1, 2 or 4 loops (6 on 3), 2 per loop beyond. Measured (bench/README.md, "Miss path"): the hand-offs are gone from
-/// the trace; isolated misses on an idle machine were not measurably faster.
+/// Each client keeps up to `max(8, 64 / loops)` connections per host: 64 on one loop, 32 on each of two, 8 per loop
+/// from eight on. (`HTTPClient.shared` keeps 8 over the whole group, and so did these until 2026-11-28: twelve users'
+/// misses at once went to KIS four at a time, one loop's four connections — each user's app key has its own rate, and
+/// a call that waits for a connection after taking its rate slot reaches KIS later than its slot, bunched with the
+/// next.) A connection is opened only when no idle one is there, so isolated misses use one. Measured (bench/README.md,
+/// "Miss path"): the hand-offs between loops are gone from the trace; isolated misses on an idle machine were not
+/// measurably faster.
 public final class KISHTTPClients: Sendable {
     private let clients: [HTTPClient]
     private let byLoop: [ObjectIdentifier: Int]
@@ -46,7 +50,7 @@ public final class KISHTTPClients: Sendable {
         // reply and its KIS request (bench/README.md, "Miss path"; the miss as a whole did not measurably change).
         configuration.tracing.tracer = nil
         configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit =
-            connectionsPerHost ?? max(2, 8 / loops.count)
+            connectionsPerHost ?? max(8, 64 / loops.count)
         self.clients = loops.map { HTTPClient(eventLoopGroup: $0, configuration: configuration) }
         self.byLoop = Dictionary(uniqueKeysWithValues: loops.enumerated().map { (ObjectIdentifier($1), $0) })
         self.canShutDown = canShutDown

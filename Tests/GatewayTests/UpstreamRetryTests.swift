@@ -110,6 +110,51 @@ struct UpstreamRetryTests {
         #expect(broken.kis.order == expected, "page ends asked: \(broken.kis.order), expected \(expected)")
     }
 
+    // MARK: many users' misses at once
+
+    /// Each user's app key has its own KIS rate; many users' misses at once go to KIS at once, not through a few
+    /// pooled connections one after another (a call queued for a connection after taking its rate slot would reach
+    /// KIS later than the slot says, bunched with the next ones).
+    @Test("12 users' cold charts at once: 12 KIS calls under way at once, all 200")
+    func manyUsersMissesAtOnce() async throws {
+        let inFlight = Mutex((now: 0, most: 0))
+        let standIn = StandInKIS(failure: .egw00201, failing: []) { _ in
+            inFlight.withLock { $0.now += 1; $0.most = max($0.most, $0.now) }
+            try await Task.sleep(for: .milliseconds(400))
+            inFlight.withLock { $0.now -= 1 }
+        }
+        let (url, server) = await standIn.start()
+        try await stopping([server]) {
+            try await withGateway(config: { simURL in
+                standIn.forwardTo(simURL)
+                return Self.config(simURL, liveURL: url)
+            }) { g, _ in
+                var users: [(jwt: String, kis: String)] = []
+                for i in 0..<12 { users.append(try await g.signIn("many-\(i)")) }
+                // A client of its own: `HTTPClient.shared` keeps 8 connections, and would send 8 requests at a time.
+                var configuration = HTTPClient.Configuration()
+                configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 16
+                let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+                let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                    for (i, user) in users.enumerated() {
+                        let symbol = String(format: "%06d", 300_000 + i * 7)
+                        group.addTask {
+                            try await http(.GET, g.gatewayURL + "/domestic/chart/daily/\(symbol)?start=2025-02-03&end=2025-02-28",
+                                           headers: [("Authorization", "Bearer " + user.jwt), ("X-KIS-Token", user.kis)],
+                                           client: client).status
+                        }
+                    }
+                    var out: [Int] = []
+                    for try await s in group { out.append(s) }
+                    return out
+                }
+                try await client.shutdown()
+                #expect(statuses == Array(repeating: 200, count: 12))
+                #expect(inFlight.withLock { $0.most } == 12, "KIS calls at once: \(inFlight.withLock { $0.most })")
+            }
+        }
+    }
+
     // MARK: the lock lost
 
     /// A fetch whose fleet lock expired mid-way (Redis stalled past its TTL) and was taken by another gateway: the fetch

@@ -1,4 +1,4 @@
-import AsyncHTTPClient
+public import AsyncHTTPClient
 public import Foundation
 public import NIOCore
 public import NIOHTTP1
@@ -28,12 +28,12 @@ public struct HTTPResult: Sendable {
 
 /// One request over a real socket with AsyncHTTPClient.
 public func http(_ method: HTTPMethod, _ url: String, headers: [(String, String)] = [], body: String? = nil,
-                 timeout: TimeAmount = .seconds(30)) async throws -> HTTPResult {
+                 timeout: TimeAmount = .seconds(30), client: HTTPClient = .shared) async throws -> HTTPResult {
     var request = HTTPClientRequest(url: url)
     request.method = method
     for (n, v) in headers { request.headers.add(name: n, value: v) }
     if let body { request.body = .bytes(ByteBuffer(string: body)) }
-    let response = try await HTTPClient.shared.execute(request, timeout: timeout)
+    let response = try await client.execute(request, timeout: timeout)
     let bytes = try await response.body.collect(upTo: 16 << 20)
     return HTTPResult(status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) },
                       body: Data(bytes.readableBytesView))
