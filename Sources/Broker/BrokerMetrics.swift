@@ -16,7 +16,7 @@ final class BrokerMetrics: Sendable {
     let revokeFailures: Counter
     /// How long each reconciliation pass took (store.md: what the store lost is republished within
     /// `reconcile_interval_s`, so a pass must take well under it), failed ones included.
-    let reconcileDuration: Timer
+    private let reconcileDuration: Timer
     private let failures = Mutex<[String: Counter]>([:])
     /// Every call to KIS (`tokenP`, `revokeP`) by outcome and `msg_cd`, and its duration, as the gateway counts its
     /// own (`kisgw_upstream_calls_total`, `kisgw_upstream_duration_seconds`).
@@ -63,7 +63,14 @@ final class BrokerMetrics: Sendable {
         case let e as KISClientError: counters.record(outcome: e.kind.outcome, msgCode: e.msgCode)
         default: counters.record(outcome: "transport", msgCode: nil)
         }
-        timer.recordNanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+        timer.recordNanoseconds(Self.nanoseconds(duration))
+    }
+
+    /// One reconciliation pass that took `duration`.
+    func reconciled(in duration: Duration) { reconcileDuration.recordNanoseconds(Self.nanoseconds(duration)) }
+
+    private static func nanoseconds(_ d: Duration) -> Int64 {
+        d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000
     }
 
     /// Runs `body`, a call to KIS, counted and timed as `call`.

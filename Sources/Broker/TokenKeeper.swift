@@ -322,11 +322,7 @@ final class TokenKeeper: Sendable {
     @discardableResult
     func reconcile() async throws -> Int {
         let started = ContinuousClock.now
-        defer {
-            let took = ContinuousClock.now - started
-            metrics.reconcileDuration.recordNanoseconds(
-                took.components.seconds * 1_000_000_000 + took.components.attoseconds / 1_000_000_000)
-        }
+        defer { metrics.reconciled(in: ContinuousClock.now - started) }
         let now = self.now
         // Keyed by bytes, not by `String` (whose equality and hashing hold for canonically equivalent text): two
         // users whose ids only look alike are two users.

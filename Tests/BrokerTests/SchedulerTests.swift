@@ -247,44 +247,57 @@ struct SchedulerTests {
         }
     }
 
-    /// KIS's token calls take a while: one account at a time, a pass over many due accounts (all who connected within
-    /// the same hour the day before) outlasted `refresh_ahead_s` at KIS's pace. A pass refreshes `refreshWidth` at once.
-    @Test("a refresh pass refreshes up to 8 due accounts at once, each once")
-    func passRefreshesSeveralAtOnce() async throws {
+    /// `count` connected accounts with no token yet (all due; users `u-{tag}0`…), their tokens from a stand-in KIS
+    /// answering after `delay`, through clients with 16 connections; `body` gets a scheduler over them (8 at once, not
+    /// started), its keeper, the repository and the store.
+    private static func withDueAccounts(
+        _ tag: String, count: Int, delay: Duration,
+        _ body: @Sendable (_ kis: SlowTokenP, _ scheduler: BrokerScheduler, _ keeper: TokenKeeper,
+                           _ repository: any BrokerRepository, _ store: any SharedStore, _ keys: [String]) async throws -> Void
+    ) async throws {
         let (store, redis) = try makeStore(.redis)
         let clock = TestClock()
-        let kis = SlowTokenP(delay: .milliseconds(400), clock: clock)
+        let kis = SlowTokenP(delay: delay, clock: clock)
         let standIn = await kis.serve(copies: 1)
         let http = KISHTTPClients(connectionsPerHost: 16)
         try await stopping([standIn.server]) {
             let db = try await TestDatabase.make(.sqlite)
             defer { Self.remove(db) }
             let keyring = SealKeyring.ephemeral()
-            let keys = (0..<12).map { appKey("pw\($0)") }
+            let keys = (0..<count).map { appKey("\(tag)\($0)") }
             try await withRepository(db) { repository in
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     if let redis { group.addTask { await redis.run() } }
                     defer { group.cancelAll() }
-                    try await Self.saveDue(keys, users: "u-pw", keyring: keyring, at: clock.now(), in: repository)
+                    try await Self.saveDue(keys, users: "u-\(tag)", keyring: keyring, at: clock.now(), in: repository)
                     let keeper = makeKeeper(repository, store: store, keyring: keyring, kis: standIn.url + "/copy0",
                                             refreshInterval: 1, http: http, clock: { clock.now() })
                     let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1,
                                                     logger: quietLogger)
-                    let running = Task { try await scheduler.run() }
-                    defer { running.cancel() }
-                    let done = await eventually(timeout: .seconds(15)) {
-                        Set(kis.calls.map(\.appKey)) == Set(keys) && kis.inFlight == 0
-                    }
-                    #expect(done)
-                    #expect(kis.mostAtOnce == 8, "tokenP calls at once: \(kis.mostAtOnce)")
-                    #expect(kis.calls.map(\.appKey).sorted() == keys.sorted(), "each account once: \(kis.calls.map(\.appKey))")
-                    for i in keys.indices {
-                        #expect(try await repository.tokens(userID: "u-pw\(i)", environment: .sandbox).count == 1)
-                    }
+                    try await body(kis, scheduler, keeper, repository, store, keys)
                 }
             }
         }
         try await http.shutdown()
+    }
+
+    /// KIS's token calls take a while: one account at a time, a pass over many due accounts (all who connected within
+    /// the same hour the day before) outlasted `refresh_ahead_s` at KIS's pace. A pass refreshes `refreshWidth` at once.
+    @Test("a refresh pass refreshes up to 8 due accounts at once, each once")
+    func passRefreshesSeveralAtOnce() async throws {
+        try await Self.withDueAccounts("pw", count: 12, delay: .milliseconds(400)) { kis, scheduler, _, repository, _, keys async throws in
+            let running = Task { try await scheduler.run() }
+            defer { running.cancel() }
+            let done = await eventually(timeout: .seconds(15)) {
+                Set(kis.calls.map(\.appKey)) == Set(keys) && kis.inFlight == 0
+            }
+            #expect(done)
+            #expect(kis.mostAtOnce == 8, "tokenP calls at once: \(kis.mostAtOnce)")
+            #expect(kis.calls.map(\.appKey).sorted() == keys.sorted(), "each account once: \(kis.calls.map(\.appKey))")
+            for i in keys.indices {
+                #expect(try await repository.tokens(userID: "u-pw\(i)", environment: .sandbox).count == 1)
+            }
+        }
     }
 
     /// A graceful shutdown cancels the scheduler: the issuances under way are finished — KIS issued those tokens (and
@@ -292,45 +305,24 @@ struct SchedulerTests {
     /// started after it.
     @Test("a shutdown during a refresh pass lets the refreshes under way finish: tokens saved, locks released, nothing new started")
     func shutdownFinishesRefreshesUnderWay() async throws {
-        let (store, redis) = try makeStore(.redis)
-        let clock = TestClock()
-        let kis = SlowTokenP(delay: .milliseconds(1000), clock: clock)
-        let standIn = await kis.serve(copies: 1)
-        let http = KISHTTPClients(connectionsPerHost: 16)
-        try await stopping([standIn.server]) {
-            let db = try await TestDatabase.make(.sqlite)
-            defer { Self.remove(db) }
-            let keyring = SealKeyring.ephemeral()
-            let keys = (0..<10).map { appKey("sd\($0)") }
-            try await withRepository(db) { repository in
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    if let redis { group.addTask { await redis.run() } }
-                    defer { group.cancelAll() }
-                    try await Self.saveDue(keys, users: "u-sd", keyring: keyring, at: clock.now(), in: repository)
-                    let keeper = makeKeeper(repository, store: store, keyring: keyring, kis: standIn.url + "/copy0",
-                                            refreshInterval: 1, http: http, clock: { clock.now() })
-                    let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 1,
-                                                    logger: quietLogger)
-                    let running = Task { try await scheduler.run() }
-                    // Eight tokenP calls under way (the pass's width), two accounts not started: shut down.
-                    try #require(await eventually(timeout: .seconds(10)) { kis.inFlight == 8 })
-                    running.cancel()
-                    _ = try? await running.value
-                    #expect(kis.calls.count == 8, "accounts started after the shutdown: \(kis.calls.count) tokenP calls")
-                    var saved = 0
-                    for i in keys.indices {
-                        let rows = try await repository.tokens(userID: "u-sd\(i)", environment: .sandbox)
-                        saved += rows.count
-                        if let row = rows.first {
-                            #expect(try await store.get(TokenDirectory.recordKey(row.tokenSHA256)) != nil, "not published")
-                            #expect(try await store.get(keeper.accountLockKey("u-sd\(i)", .sandbox)) == nil, "lock left held")
-                        }
-                    }
-                    #expect(saved == 8, "tokens KIS issued that were saved: \(saved) of 8")
+        try await Self.withDueAccounts("sd", count: 10, delay: .milliseconds(1000)) { kis, scheduler, keeper, repository, store, keys async throws in
+            let running = Task { try await scheduler.run() }
+            // Eight tokenP calls under way (the pass's width), two accounts not started: shut down.
+            try #require(await eventually(timeout: .seconds(10)) { kis.inFlight == 8 })
+            running.cancel()
+            _ = try? await running.value
+            #expect(kis.calls.count == 8, "accounts started after the shutdown: \(kis.calls.count) tokenP calls")
+            var saved = 0
+            for i in keys.indices {
+                let rows = try await repository.tokens(userID: "u-sd\(i)", environment: .sandbox)
+                saved += rows.count
+                if let row = rows.first {
+                    #expect(try await store.get(TokenDirectory.recordKey(row.tokenSHA256)) != nil, "not published")
+                    #expect(try await store.get(keeper.accountLockKey("u-sd\(i)", .sandbox)) == nil, "lock left held")
                 }
             }
+            #expect(saved == 8, "tokens KIS issued that were saved: \(saved) of 8")
         }
-        try await http.shutdown()
     }
 
     /// broker-api.md: "only one runs the scheduler at a time". A refresh pass over several due accounts, each
