@@ -6,7 +6,7 @@ import NIOCore
 /// connection on that loop (the Redis client prefers one of the calling loop) and the KIS call on that loop
 /// (``KIS/KISClient`` asks AsyncHTTPClient for a connection there) complete the task where it waits, so a miss
 /// crosses no thread from the request's read to its answer's write. Each crossing is a wake-up of a sleeping
-/// thread, the dearest step of an isolated miss on an idle machine (`bench/README.md`, "Miss path").
+/// thread, the dearest step of an isolated miss on an idle machine (`bench/HISTORY.md`, "Miss path").
 ///
 /// Jobs run between the loop's I/O events; none may block, which holds for everything `ChartService` runs
 /// (it awaits, it never waits). What a fetched chart costs in CPU — reading KIS's pages, building and rendering the

@@ -7,7 +7,7 @@ import Synchronization
 /// Every KIS quotation answer has the same shape: the envelope strings at the top, an optional object (`output1`)
 /// and an optional array of row objects (`output2`), every value a JSON string. A conforming type names the fields
 /// it reads and builds itself from what was found. Foundation's `JSONDecoder` took 0.6–0.9 ms for a 100-row page
-/// on the 2-core bench machine, simdjson 0.03–0.04 ms (bench/README.md, "Miss path").
+/// on the 2-core bench machine, simdjson 0.03–0.04 ms (bench/HISTORY.md, "Miss path").
 protocol KISTableAnswer: KISEnveloped, Decodable, Sendable {
     static var shape: KISTableShape { get }
     /// Nil when a field the type requires (the envelope's) is missing.

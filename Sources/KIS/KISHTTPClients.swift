@@ -17,7 +17,7 @@ public import NIOPosix
 /// from eight on. (`HTTPClient.shared` keeps 8 over the whole group, and so did these until 2026-11-28: twelve users'
 /// misses at once went to KIS four at a time, one loop's four connections — each user's app key has its own rate, and
 /// a call that waits for a connection after taking its rate slot reaches KIS later than its slot, bunched with the
-/// next.) A connection is opened only when no idle one is there, so isolated misses use one. Measured (bench/README.md,
+/// next.) A connection is opened only when no idle one is there, so isolated misses use one. Measured (bench/HISTORY.md,
 /// "Miss path"): the hand-offs between loops are gone from the trace; isolated misses on an idle machine were not
 /// measurably faster.
 public final class KISHTTPClients: Sendable {
@@ -47,7 +47,7 @@ public final class KISHTTPClients: Sendable {
         configuration.connectionPool.retryConnectionEstablishment = false
         // No spans: kisgw bootstraps no tracer, and AsyncHTTPClient otherwise takes the global one (a no-op tracer)
         // and still builds each request's span name and attributes: 12 % of the samples between a miss's Redis
-        // reply and its KIS request (bench/README.md, "Miss path"; the miss as a whole did not measurably change).
+        // reply and its KIS request (bench/HISTORY.md, "Miss path"; the miss as a whole did not measurably change).
         configuration.tracing.tracer = nil
         configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit =
             connectionsPerHost ?? max(8, 64 / loops.count)

@@ -7,7 +7,7 @@ import Glibc
 /// a reply) and freed on another (the task that used it). glibc gives each thread its own arena and, by default,
 /// hands the free top of an arena back to the kernel once it passes 128 KB: under load the same pages were
 /// returned and faulted in again all the time — 0.1–0.35 page faults per 6 KB `GET`, ~15 % of the client's CPU
-/// in `bench/redis` with 2 event loops (bench/README.md, "Redis client"). Keeping a few MB per arena stops that
+/// in `bench/redis` with 2 event loops (bench/HISTORY.md, "The Redis client"). Keeping a few MB per arena stops that
 /// for the cost of that much resident memory per busy arena.
 package enum ProcessHeap {
     /// Keeps up to `trimThreshold` bytes free at the top of each arena, grows arenas by `topPad` extra bytes, and
