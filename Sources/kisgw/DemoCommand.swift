@@ -18,11 +18,11 @@ struct DemoCommand: AsyncParsableCommand {
         commandName: "demo",
         abstract: "Run everything in one process: KIS simulators (live and sandbox), the broker on SQLite, the gateway, and the web UI.",
         discussion: """
-            Prints the URL to open and a ready JWT; stops cleanly on Ctrl-C. The broker keeps its SQLite database and
-            the demo's generated secrets in the data folder. It runs on embedded defaults and reads no gateway.toml.
-            With KISGW_REDIS_URL set, the gateway and the broker share that Redis instead of the in-process memory
-            store. KISGW_DEMO_APP_KEY / KISGW_DEMO_APP_SECRET make the
-            simulators accept only that pair (any non-empty pair otherwise).
+            Prints the URL to open and a ready JWT; stops cleanly on Ctrl-C. The broker keeps its SQLite database \
+            and the demo's generated secrets in the data folder. It runs on embedded defaults and reads no \
+            gateway.toml. With KISGW_REDIS_URL set, the gateway and the broker share that Redis instead of the \
+            in-process memory store. KISGW_DEMO_APP_KEY / KISGW_DEMO_APP_SECRET make the simulators accept only that \
+            pair (any non-empty pair otherwise).
             """
     )
 

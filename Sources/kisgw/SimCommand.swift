@@ -12,7 +12,7 @@ struct SimCommand: AsyncParsableCommand {
         commandName: "sim",
         abstract: "Run a simulator of the KIS Open API (tokens, daily charts, errors, rate limits).",
         discussion: """
-            Answers on KIS's own paths with KIS's headers, fields and error bodies, so a client written for KIS
+            Answers on KIS's own paths with KIS's headers, fields and error bodies, so a client written for KIS \
             works against it with only the base URL changed. Control routes for tests live under /__sim/.
             """
     )
