@@ -97,7 +97,7 @@ public func buildBroker(
     var app = Application(
         router: router,
         // Idle connections, and ones sending a request head a byte at a time, are closed after 60 s.
-        server: .http1(configuration: .init(idleTimeout: .seconds(60))),
+        server: .closingHTTP1(idleTimeout: .seconds(60)),
         configuration: .init(address: .hostname(config.broker.host, port: config.broker.port), serverName: nil),
         services: services,
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? 0) },

@@ -45,6 +45,14 @@ public struct GatewayDependencies: Sendable {
     }
 }
 
+/// The HTTP decoder's limits for the gateway without its hit path (the router alone): `[server] max_header_bytes`.
+private func routerDecoderLimits(_ config: KisgwConfig) -> NIOHTTPDecoderLimitConfiguration {
+    var limits = NIOHTTPDecoderLimitConfiguration()
+    limits.maxHeaderFieldSize = config.server.maxHeaderBytes
+    limits.maxHeaderListSize = config.server.maxHeaderBytes
+    return limits
+}
+
 /// The edge gateway (gateway-api.md) as a Hummingbird application.
 ///
 /// ```swift
@@ -69,8 +77,7 @@ public func buildGateway(
         router: router,
         server: dependencies.hitPathEnabled
             ? .gateway(hitPath: gateway.hitPath, idleTimeout: dependencies.idleTimeout)
-            : .http1(configuration: .init(idleTimeout: TimeAmount(dependencies.idleTimeout), httpDecoderConfiguration: .init(
-                maxHeaderFieldSize: config.server.maxHeaderBytes, maxHeaderListSize: config.server.maxHeaderBytes))),
+            : .closingHTTP1(idleTimeout: dependencies.idleTimeout, decoderLimits: routerDecoderLimits(config)),
         configuration: .init(address: .hostname(config.server.host, port: config.server.port), serverName: nil),
         services: [gateway.eventListener, BackgroundDrain(work: gateway.charts.background, logger: logger)],
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? 0) },
@@ -281,7 +288,10 @@ struct GatewayCore: Sendable {
         // Checked here as the broker would: a caller without a valid JWT costs no round trip to the broker.
         _ = try await verifier.verify(String(jwt), now: Date())
         let body: ByteBuffer
-        do { body = try await request.body.collect(upTo: 16 * 1024) } catch let e as HTTPError { throw e } catch {
+        do { body = try await request.body.collect(upTo: 16 * 1024) } catch let e as HTTPError { throw e } catch is NIOTooManyBytesError {
+            // What the broker answers to such a body: the same answer without the round trip.
+            throw Problem(.payloadTooLarge, "the request body is larger than 16 KiB")
+        } catch {
             throw Problem(.invalidParameter, "the request body cannot be read (malformed HTTP/1.1 framing)")
         }
         var upstream = HTTPClientRequest(url: config.broker.url + "/api/kis/token/refresh")

@@ -4,6 +4,7 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
+import ServerKit
 
 /// Hummingbird's HTTP/1.1 child channel with the gateway's hit path (`HitPathHandler`) in front of the
 /// conversion to HTTPTypes: the same pipeline as `HTTP1Channel`, plus one handler.
@@ -34,6 +35,9 @@ struct GatewayHTTP1Channel: HTTPChannelHandler {
                 leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop, limitConfiguration: limits)))
             try channel.pipeline.syncOperations.addHandler(
                 HitPathHandler(path: hitPath, idleTimeout: idleTimeout.map { TimeAmount($0) }))
+            // What the hit path passes on (it answers only requests that keep the connection) keeps HTTP/1.1's
+            // persistence rules at the router too. The hit path answers the requests the decoder refuses.
+            try channel.pipeline.syncOperations.addHandler(ConnectionCloseHandler(answersRefusals: false))
             try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
             // No idle timeout here: this handler sees only what the router answers (`HitPathHandler` keeps it).
             try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))

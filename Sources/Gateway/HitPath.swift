@@ -384,12 +384,18 @@ final class HitPath: Sendable {
     /// not HTTP/1.1: a problem like every other error, and the connection closes after it. `origin` is the request's
     /// allowed `Origin` when its head was read whole (a head over the limit but within the decoder's own, twice
     /// that), so that a browser can read the answer; nil when the decoder gave up before the end of the head.
-    func malformed(_ error: HTTPParserError, origin: String?, allocator: ByteBufferAllocator) -> Answer {
-        let detail = error == .headerOverflow
-            ? "the request's header fields are longer than this server accepts ([server] max_header_bytes)"
-            : "the request is not valid HTTP/1.1 (\(error))"
-        return problem(Problem(.invalidParameter, detail), route: "unmatched", origin: origin, close: true,
+    func malformed(_ error: HTTPParserError?, origin: String?, allocator: ByteBufferAllocator) -> Answer {
+        return problem(Problem(.invalidParameter, Self.refusal(error)), route: "unmatched", origin: origin, close: true,
                        allocator: allocator)
+    }
+
+    /// What a refused request is told: `nil` for a head this server measured longer than `maxHeaderBytes`, else the
+    /// decoder's error (`HTTPRefusal`).
+    static func refusal(_ error: HTTPParserError?) -> String {
+        guard let error else {
+            return "the request's header fields are longer than this server accepts ([server] max_header_bytes)"
+        }
+        return HTTPRefusal.detail(error)
     }
 
     /// Whether `head` is longer than `maxHeaderBytes` (``HeadSize``): for the heads the hit path leaves to the
@@ -548,7 +554,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var quiesce: Any?
     /// A request refused before routing (by the decoder, or its head over `maxHeaderBytes`) and its allowed
     /// `Origin` if that was read, answered (and the connection closed) once the answers before it are out.
-    private var refused: (error: HTTPParserError, origin: String?)?
+    private var refused: (error: HTTPParserError?, origin: String?)?
     /// The router has a request whose end has not been passed on yet: a decoder error now is in its body, and the
     /// router's body stream is the one to fail.
     private var routedBodyOpen = false
@@ -632,14 +638,14 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 let decision = path.decide(head, now: now, allocator: context.channel.allocator, originAllowed: allowed)
             {
                 if case .refuseOversized(let origin) = decision {
-                    refused = (.headerOverflow, origin)
+                    refused = (nil, origin)
                     refuse(context: context)
                 } else {
                     answering = (decision, head.method, start, now)
                 }
             } else if encoder != nil, path.oversized(head) {
                 // What the hit path leaves to the router is measured here (it measures what it answers itself).
-                refused = (.headerOverflow, head.headers.first(name: "origin").flatMap { allowed($0) ? $0 : nil })
+                refused = (nil, head.headers.first(name: "origin").flatMap { allowed($0) ? $0 : nil })
                 if routed.isEmpty { refuse(context: context) }
             } else {
                 routed.append(head.method)

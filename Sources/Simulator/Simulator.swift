@@ -7,6 +7,7 @@ import HummingbirdCore
 public import Logging
 import NIOCore
 import NIOSSL
+import ServerKit
 import Foundation
 
 /// The KIS Open API simulator (../shared/spec/sim.md) as a Hummingbird application.
@@ -27,9 +28,9 @@ public func buildSimulator(
 
     let server: HTTPServerBuilder
     if let tls = try configuration.loadTLS() {
-        server = try .tls(.http1(), tlsConfiguration: tls)
+        server = try .tls(.closingHTTP1(), tlsConfiguration: tls)
     } else {
-        server = .http1()
+        server = .closingHTTP1()
     }
     return Application(
         router: router,

@@ -819,25 +819,49 @@ struct BrokerAPITests {
         }
     }
 
-    /// Sources/Broker/README.md, "Requests the HTTP decoder refuses": Hummingbird answers these before the router, with
-    /// no hook for the answer. Pinned here so that a Hummingbird that changes it (or a broker that takes them over)
-    /// updates the README.
-    @Test("a head over 80 KiB or bytes that are not HTTP get Hummingbird's bare 400 and a closed connection")
+    /// Before, Hummingbird answered these before the router with a bare 400 (no body, no code); `ConnectionCloseHandler`
+    /// answers them as problems.
+    @Test("a head over 80 KiB or bytes that are not HTTP get a problem 400 that says what was wrong, and a closed connection")
     func decoderRefusals() async throws {
         try await withBroker { b in
             let port = try #require(URL(string: b.url)?.port)
             let long = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + String(repeating: "a", count: 90 * 1024) + "\r\n\r\n"
-            for request in [long, "NOT HTTP AT ALL\r\n\r\n"] {
+            for (request, says) in [(long, "too large"), ("NOT HTTP AT ALL\r\n\r\n", "not valid HTTP/1.1"),
+                                    ("GET /healthz HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", "not valid HTTP/1.1")] {
                 let answer = try await exchangeRawBytes(port: port, request)
                 #expect(answer.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(answer)")
-                let head = RawAnswer(answer)
-                #expect(head.header("content-length") == "0" && head.header("connection") == "close", "\(answer)")
-                #expect(head.header("content-type") == nil, "\(answer)")
+                #expect(answer.components(separatedBy: "HTTP/1.1 ").count == 2, "one answer: \(answer)")
+                let problem = RawAnswer(answer)
+                #expect(problem.header("connection") == "close", "\(answer)")
+                #expect(problem.header("content-type") == "application/problem+json", "\(answer)")
+                #expect(problem.json["code"] as? String == "invalid_parameter", "\(answer)")
+                #expect((problem.json["detail"] as? String)?.contains(says) == true, "\(answer)")
             }
+            // After the answers to the requests before it, in order.
+            let pipelined = try await exchangeRawBytes(port: port, "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nNOT HTTP\r\n\r\n")
+            let answers = pipelined.components(separatedBy: "HTTP/1.1 ")
+            #expect(answers.count == 3 && answers[1].hasPrefix("200 OK") && answers[2].hasPrefix("400 Bad Request"), "\(pipelined)")
             // Not a route's answer: not counted.
             let m = Exposition(try await b.get("/metrics", jwt: nil).text)
             #expect(m.samples("kisgw_http_requests_total").allSatisfy { $0.labels["status"] != "400" })
             #expect(try await b.get("/healthz", jwt: nil).status == 200)
+        }
+    }
+
+    @Test("a request that does not keep the connection (HTTP/1.0, `close` in any case or in a list) is answered with Connection: close, and the connection closes; a bad body after an answered request closes it without a second answer")
+    func connectionClose() async throws {
+        try await withBroker { b in
+            let port = try #require(URL(string: b.url)?.port)
+            for request in ["GET /healthz HTTP/1.0\r\n\r\n", "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n",
+                            "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n",
+                            "GET /nowhere HTTP/1.0\r\n\r\n"] {
+                let raw = try await exchangeRawBytes(port: port, request, timeout: 3)
+                #expect(raw.components(separatedBy: "HTTP/1.1 ").count == 2, "one answer: \(raw)")
+                #expect(RawAnswer(raw).header("connection") == "close", "\(raw)")
+            }
+            let raw = try await exchangeRawBytes(port: port, "GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + "zz\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n", timeout: 3)
+            #expect(raw.hasPrefix("HTTP/1.1 200 OK\r\n") && raw.components(separatedBy: "HTTP/1.1 ").count == 2, "\(raw)")
         }
     }
 

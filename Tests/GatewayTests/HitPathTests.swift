@@ -361,6 +361,61 @@ struct HitPathTests {
         }
     }
 
+    @Test("a request that does not keep the connection (HTTP/1.0, `close` in any case or in a list) is answered with Connection: close, and the connection closes")
+    func connectionClose() async throws {
+        try await Self.withUser("hp-close", appKey: "PShitpath0011") { fx, jwt, kis, _ in
+            let port = Int(fx.gatewayURL.split(separator: ":").last!)!
+            let chart = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
+            let credentials = "Authorization: Bearer \(jwt)\r\nX-KIS-Token: \(kis)\r\n"
+            for (request, what) in [
+                ("GET /healthz HTTP/1.0\r\n\r\n", "HTTP/1.0"),
+                ("GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n", "Close"),
+                ("GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n", "a list"),
+                ("GET /nowhere HTTP/1.1\r\nHost: a\r\nConnection: CLOSE\r\n\r\n", "an error answer"),
+                ("GET \(chart) HTTP/1.0\r\n\(credentials)\r\n", "a chart over HTTP/1.0"),
+                ("GET \(chart) HTTP/1.1\r\nHost: a\r\n\(credentials)Connection: close\r\n\r\n", "a chart"),
+            ] {
+                // `exchangeRawBytes` reads until the server closes: it throws if the connection stays open 3 s.
+                let raw = try await exchangeRawBytes(port: port, request, timeout: 3)
+                #expect(raw.hasPrefix("HTTP/1.1 "), "\(what): \(raw)")
+                #expect(raw.components(separatedBy: "HTTP/1.1 ").count == 2, "one answer: \(what): \(raw)")
+                let head = raw.components(separatedBy: "\r\n\r\n")[0].lowercased()
+                #expect(head.contains("\r\nconnection: close"), "\(what): \(raw)")
+            }
+            // Kept alive otherwise: two answers on one connection, the second closing it.
+            let both = try await exchangeRawBytes(port: port, "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive\r\n\r\n"
+                + "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", timeout: 3)
+            #expect(both.components(separatedBy: "HTTP/1.1 200 OK").count == 3, "\(both)")
+        }
+    }
+
+    @Test("a bad body after its request was answered closes the connection without a second answer; refusals say what was wrong in plain words")
+    func framingErrors() async throws {
+        try await Self.withUser("hp-framing", appKey: "PShitpath0012") { fx, jwt, _, _ in
+            let port = Int(fx.gatewayURL.split(separator: ":").last!)!
+            // The router answers /healthz without reading the body; the bad chunk that follows is not a request.
+            let raw = try await exchangeRawBytes(port: port, "GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + "zz\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n", timeout: 3)
+            #expect(raw.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(raw)")
+            #expect(raw.components(separatedBy: "HTTP/1.1 ").count == 2, "one answer only: \(raw)")
+            // Refusals name the problem without the parser's internals.
+            let both = try await exchangeRawBytes(port: port, "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", timeout: 3)
+            #expect(both.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(both)")
+            #expect(both.contains("the request is not valid HTTP/1.1: ") && !both.contains("http_parser"), "\(both)")
+            let many = "GET /healthz HTTP/1.1\r\nHost: x\r\n" + (0..<1001).map { "x-\($0): 1\r\n" }.joined() + "\r\n"
+            let tooMany = try await exchangeRawBytes(port: port, many, timeout: 3)
+            #expect(tooMany.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(tooMany)")
+            #expect(tooMany.contains("more than 1000 header fields"), "\(tooMany)")
+            // A token refresh body over 16 KiB is too large, as the broker says of it — not malformed.
+            let big = try await http(.POST, fx.gatewayURL + "/token/refresh",
+                                     headers: [("Authorization", "Bearer \(jwt)"), ("Content-Type", "application/json")],
+                                     body: #"{"environment":"LIVE","pad":""# + String(repeating: "x", count: 17_000) + #""}"#)
+            #expect(big.status == 413, "\(big.status) \(String(decoding: big.body, as: UTF8.self))")
+            #expect(String(decoding: big.body, as: UTF8.self).contains("payload_too_large"))
+        }
+    }
+
     @Test("a revoked KIS token is refused at once, however often its hit was served")
     func revocation() async throws {
         try await Self.withUser("hp-revoke", appKey: "PShitpath0002") { fx, jwt, kis, answers in

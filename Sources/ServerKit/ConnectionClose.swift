@@ -1,0 +1,204 @@
+import HTTPTypes
+public import HummingbirdCore
+public import Logging
+public import NIOCore
+public import NIOHTTP1
+public import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+
+/// Keeps a connection's persistence as HTTP/1.1 has it (RFC 9112 §9.3, §9.6) for the requests Hummingbird answers,
+/// between NIO's HTTP/1 codec and the conversion to HTTPTypes:
+///
+/// - A request that does not keep the connection — HTTP/1.0 without `keep-alive`, or a `close` option in any case or
+///   in a list (`Connection: Close`, `Connection: keep-alive, close`) — reaches Hummingbird with `Connection: close`
+///   exactly: the one form its loop checks before closing. (The conversion to HTTPTypes drops the version, and the
+///   connection was kept open until its idle timeout: a client reading to the end of the stream waited that long.)
+/// - Its answer says `Connection: close`.
+/// - A request the decoder cannot read (not HTTP, a head too large, bad framing) is answered with a problem
+///   (`invalid_parameter`, saying what was wrong) once the answers before it are out, and the connection closes —
+///   instead of Hummingbird's bare 400 with no body.
+/// - A framing error in the body of a request already answered (a bad chunk after the router answered the head)
+///   closes the connection: the client had its answer, and a second one — Hummingbird's bare 400 — would be read as
+///   the answer to its next request.
+public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = HTTPServerRequestPart
+    public typealias InboundOut = HTTPServerRequestPart
+    public typealias OutboundIn = HTTPServerResponsePart
+    public typealias OutboundOut = HTTPServerResponsePart
+
+    /// For each request read whose answer has not ended, oldest first: whether the connection closes after it.
+    private var closes = CircularBuffer<Bool>(initialCapacity: 2)
+    /// A request's head was read and its end not yet.
+    private var bodyOpen = false
+    /// The decoder failed in the body of a request not answered yet.
+    private var errorInBody = false
+    /// That request's answer is written, or a refusal's: the connection is closing.
+    private var closingAfterBadBody = false
+    /// A request the decoder refused in its head, answered once the answers before it are out.
+    private var refusal: HTTPParserError?
+
+    private let answersRefusals: Bool
+
+    /// - Parameter answersRefusals: whether this handler answers the requests the decoder refuses in their head
+    ///   (false where a handler before it does: the gateway's hit path, which adds CORS headers).
+    public init(answersRefusals: Bool = true) {
+        self.answersRefusals = answersRefusals
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(var head):
+            bodyOpen = true
+            let close = !head.isKeepAlive
+            closes.append(close)
+            if close, head.headers[canonicalForm: "connection"] != ["close"] {
+                head.headers.replaceOrAdd(name: "connection", value: "close")
+                context.fireChannelRead(wrapInboundOut(.head(head)))
+                return
+            }
+        case .end:
+            bodyOpen = false
+        case .body:
+            break
+        }
+        context.fireChannelRead(data)
+    }
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if closingAfterBadBody {
+            // Hummingbird's bare 400 for the body error, after the answer already written: not sent.
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        switch unwrapOutboundIn(data) {
+        case .head(var head) where head.status.code >= 200 && closes.first == true:
+            head.headers.replaceOrAdd(name: "connection", value: "close")
+            context.write(wrapOutboundOut(.head(head)), promise: promise)
+        case .end:
+            if !closes.isEmpty { closes.removeFirst() }
+            guard errorInBody, closes.isEmpty else {
+                context.write(data, promise: promise)
+                if refusal != nil, closes.isEmpty { refuse(context: context) }
+                return
+            }
+            // The answer to the request whose body was bad (the route's own, had it read the body) is complete:
+            // the connection closes once it is out, and nothing after it is written.
+            closingAfterBadBody = true
+            let written = context.eventLoop.makePromise(of: Void.self)
+            if let promise { written.futureResult.cascade(to: promise) }
+            context.writeAndFlush(data, promise: written)
+            let channel = context.channel
+            written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        default:
+            context.write(data, promise: promise)
+        }
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let bad = error as? HTTPParserError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        if bodyOpen {
+            guard !closes.isEmpty else {
+                // Its request was answered already.
+                context.close(promise: nil)
+                return
+            }
+            // Passed on (a route reading the body answers it); the connection closes after this request's answer.
+            errorInBody = true
+            context.fireErrorCaught(error)
+            return
+        }
+        // In a head: no request to pass on. Answered here, after the answers to the requests before it.
+        guard answersRefusals else {
+            context.fireErrorCaught(error)
+            return
+        }
+        guard refusal == nil, !closingAfterBadBody else { return }
+        refusal = bad
+        if closes.isEmpty { refuse(context: context) }
+    }
+
+    private func refuse(context: ChannelHandlerContext) {
+        guard let bad = refusal else { return }
+        closingAfterBadBody = true  // nothing written after this answer
+        let rendered = ProblemRenderer.rendered(Problem(.invalidParameter, HTTPRefusal.detail(bad)))
+        var headers = HTTPHeaders()
+        for field in rendered.headers { headers.add(name: field.name.rawName, value: field.value) }
+        headers.add(name: "content-length", value: String(rendered.body.readableBytes))
+        headers.add(name: "connection", value: "close")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))),
+                      promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(rendered.body))), promise: nil)
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
+        let channel = context.channel
+        written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+    }
+}
+
+/// What a request the HTTP decoder refused is told, in words (NIO's own descriptions name its parser's internals).
+public enum HTTPRefusal {
+    public static func detail(_ error: HTTPParserError) -> String {
+        let what: String
+        switch error {
+        case .headerOverflow:
+            return "the request's head is too large: more than 1000 header fields, or longer than this server reads"
+        case .invalidVersion: what = "its HTTP version is not HTTP/1.x"
+        case .invalidMethod: what = "its method is not a valid token"
+        case .invalidURL, .invalidPath, .invalidQueryString, .invalidFragment, .invalidHost, .invalidPort:
+            what = "its request target is not valid"
+        case .invalidHeaderToken, .invalidCharactersUsed, .invalidConstant:
+            what = "a header field's name or value has a character HTTP does not allow, or a field is folded"
+        case .lfExpected, .strictModeAssertion:
+            what = "a line does not end in CRLF"
+        case .invalidContentLength, .unexpectedContentLength:
+            what = "its Content-Length is not valid, repeated with different values, or sent with Transfer-Encoding"
+        case .invalidChunkSize:
+            what = "its chunked body is not valid"
+        default:
+            what = "its framing is not valid (for instance both Content-Length and Transfer-Encoding, or an HTTP/2 preface)"
+        }
+        return "the request is not valid HTTP/1.1: " + what
+    }
+}
+
+/// Hummingbird's HTTP/1.1 channel (`HTTP1Channel`) with `ConnectionCloseHandler` before the conversion to HTTPTypes.
+public struct ClosingHTTP1Channel: HTTPChannelHandler {
+    public typealias Value = NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>
+
+    public let responder: HTTPChannelHandler.Responder
+    let idleTimeout: Duration?
+    let decoderLimits: NIOHTTPDecoderLimitConfiguration
+
+    public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                withPipeliningAssistance: false,  // the async channel keeps answers in order
+                withErrorHandling: false,  // Hummingbird answers parse errors
+                withOutboundHeaderValidation: false,  // HTTPTypes validates the fields
+                withEncoderConfiguration: .init(),
+                withDecoderLimitConfiguration: decoderLimits)
+            try channel.pipeline.syncOperations.addHandler(ConnectionCloseHandler())
+            try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+            try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
+            return try NIOAsyncChannel(wrappingChannelSynchronously: channel,
+                                       configuration: .init(isOutboundHalfClosureEnabled: true))
+        }
+    }
+
+    public func handle(value asyncChannel: Value, logger: Logger) async {
+        await handleHTTP(asyncChannel: asyncChannel, logger: logger)
+    }
+}
+
+extension HTTPServerBuilder {
+    /// HTTP/1.1 as `.http1(configuration:)` builds it, with `ConnectionCloseHandler`.
+    public static func closingHTTP1(idleTimeout: Duration? = nil,
+                                    decoderLimits: NIOHTTPDecoderLimitConfiguration = .init()) -> HTTPServerBuilder {
+        .init { responder in
+            ClosingHTTP1Channel(responder: responder, idleTimeout: idleTimeout, decoderLimits: decoderLimits)
+        }
+    }
+}
