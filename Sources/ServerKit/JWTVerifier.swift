@@ -206,10 +206,21 @@ public final class JWTVerifier: Sendable {
         guard settings.algorithms.contains(alg) else {
             throw Refusal(.jwtInvalid, "the JWT's algorithm \(alg) is not allowed")
         }
+        // RFC 7515 §4.1.11: a token whose header makes extensions critical is refused by a recipient that does not
+        // implement them — and this one implements none.
+        guard header["crit"] == nil else {
+            throw Refusal(.jwtInvalid, "the JWT's header lists critical extensions (crit), which this server does not implement")
+        }
         let keys = alg == "HS256" ? hmacKeys : publicKeyCollection
         guard let keys else { throw Refusal(.jwtInvalid, "no key is configured for \(alg)") }
         let claims: Claims
-        do { claims = try await keys.verify(token, as: Claims.self) } catch {
+        do { claims = try await keys.verify(token, as: Claims.self) } catch let error as JWTError
+            where error.errorType == .malformedToken
+        {
+            // The signature verified (jwt-kit checks it first); the claims did not decode.
+            throw Refusal(.jwtInvalid,
+                          "the JWT's claims cannot be read: the payload must be a JSON object whose sub and iss are strings, aud a string or an array of strings, and exp, nbf and iat numbers")
+        } catch {
             throw Refusal(.jwtInvalid, "the JWT's signature does not verify")
         }
         return try check(claims, now: now)

@@ -53,6 +53,42 @@ struct JWTVerifierTests {
         } catch { return error.code.rawValue }
     }
 
+    /// A token signed by hand with the test secret: any header and payload bytes.
+    func handSigned(header: String, payload: String) -> String {
+        let input = b64url(Data(header.utf8)) + "." + b64url(Data(payload.utf8))
+        let mac = HMAC<SHA256>.authenticationCode(for: Data(input.utf8), using: SymmetricKey(data: secret))
+        return input + "." + b64url(Data(mac))
+    }
+
+    func detail(_ v: JWTVerifier, _ token: String) async -> (String, String)? {
+        do {
+            _ = try await v.verify(token)
+            return nil
+        } catch { return (error.code.rawValue, error.detail) }
+    }
+
+    @Test("claims of the wrong type, correctly signed, are refused as unreadable claims (not as a bad signature); a crit header is refused")
+    func unreadableClaimsAndCrit() async throws {
+        let v = try await verifier()
+        let header = #"{"alg":"HS256","typ":"JWT"}"#
+        // The hand-signing itself is sound: the same claims in their types verify.
+        #expect(await detail(v, handSigned(header: header, payload: #"{"sub":"42","exp":4102444800}"#)) == nil)
+        for payload in [#"{"sub":42,"exp":4102444800}"#, #"{"sub":"42","exp":"4102444800"}"#,
+                        #"{"sub":"42","exp":true}"#, #"["sub","42"]"#] {
+            let refusal = await detail(v, handSigned(header: header, payload: payload))
+            #expect(refusal?.0 == "jwt_invalid", "\(payload)")
+            #expect(refusal?.1.contains("claims cannot be read") == true, "\(payload): \(String(describing: refusal))")
+        }
+        // Signed with another secret: the signature, whatever the claims.
+        let forged = try await hs256(claims(), secret: Array("another-secret-another-secret-32".utf8))
+        #expect(await detail(v, forged)?.1.contains("signature does not verify") == true)
+        // RFC 7515 §4.1.11: critical extensions this server does not implement (it implements none).
+        let crit = handSigned(header: #"{"alg":"HS256","typ":"JWT","crit":["exp"]}"#, payload: #"{"sub":"42","exp":4102444800}"#)
+        let critRefusal = await detail(v, crit)
+        #expect(critRefusal?.0 == "jwt_invalid")
+        #expect(critRefusal?.1.contains("crit") == true, "\(String(describing: critRefusal))")
+    }
+
     @Test("a good HS256 token gives its sub; the second check is served from memory")
     func good() async throws {
         let v = try await verifier()
