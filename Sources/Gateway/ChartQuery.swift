@@ -32,6 +32,10 @@ struct ChartQuery: Sendable, Hashable {
     static let domesticPeriods: Set<String> = ["D", "W", "M", "Y"]
     static let overseasPeriods: Set<String> = ["D", "W", "M"]
 
+    /// The earliest date a chart may ask for: no exchange has daily prices from before it (KIS's own go back to the
+    /// 1950s at most), and a year-1 date would reach KIS, or a default start before year 1 be computed.
+    static let earliest = CivilDate(year: 1900, month: 1, day: 1)!
+
     /// Validates a domestic request (`/domestic/chart/daily/{symbol}`).
     static func domestic(symbol raw: Substring, query: [String: Substring], maxRangeDays: Int, now: Date)
         throws(Problem) -> ChartQuery
@@ -89,6 +93,7 @@ struct ChartQuery: Sendable, Hashable {
         let end: CivilDate
         if let e = query["end"] {
             guard let d = CivilDate(e) else { throw Problem(.invalidParameter, "end must be a date, YYYYMMDD or YYYY-MM-DD") }
+            guard d >= earliest else { throw Problem(.invalidParameter, "end must not be before 1900-01-01") }
             end = d
         } else {
             end = today
@@ -98,9 +103,11 @@ struct ChartQuery: Sendable, Hashable {
             guard let d = CivilDate(s) else {
                 throw Problem(.invalidParameter, "start must be a date, YYYYMMDD or YYYY-MM-DD")
             }
+            guard d >= earliest else { throw Problem(.invalidParameter, "start must not be before 1900-01-01") }
             start = d
         } else {
-            start = end.adding(days: -min(150, maxRangeDays))  // within [limits] max_range_days when that is shorter
+            // Within [limits] max_range_days when that is shorter, and never before the earliest date accepted.
+            start = max(earliest, end.adding(days: -min(150, maxRangeDays)))
         }
         guard start <= end else { throw Problem(.invalidParameter, "start must not be after end") }
         guard end.dayNumber - start.dayNumber <= maxRangeDays else {

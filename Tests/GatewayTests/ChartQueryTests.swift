@@ -117,6 +117,19 @@ struct ChartQueryTests {
         #expect(s.end.iso == "2025-03-04")
     }
 
+    @Test("dates before 1900-01-01 are refused, and a default start never falls before it")
+    func earliestDate() throws {
+        for query in [["start": "00010101", "end": "00010201"], ["end": "0001-01-01"], ["start": "1899-12-31"],
+                      ["start": "18991231", "end": "19000101"]] {
+            #expect(Self.refusal { () throws(Problem) in try Self.domestic("005930", query) } == "invalid_parameter", "\(query)")
+        }
+        let early = try Self.domestic("005930", ["end": "1900-01-05"])
+        #expect(early.start.iso == "1900-01-01")
+        #expect(early.end.iso == "1900-01-05")
+        let first = try Self.overseas("NAS", "AAPL", ["start": "1900-01-01", "end": "1900-12-31"])
+        #expect(first.start.iso == "1900-01-01")
+    }
+
     // MARK: period and adjusted
 
     @Test("domestic period: D W M Y, in either case (upper-cased), default D", arguments: [
