@@ -550,7 +550,9 @@ struct Simulator: Sendable {
         guard body.advance_s >= 0, body.advance_s.isFinite else {
             return Self.controlError("advance_s must be a number of seconds, 0 or more", status: .badRequest)
         }
-        let offset = state.advanceClock(seconds: body.advance_s)
+        guard let offset = state.advanceClock(seconds: body.advance_s) else {
+            return Self.controlError("advance_s would move the clock more than 100 years ahead in all", status: .badRequest)
+        }
         return Self.controlJSON(["offset_s": offset, "now": KST.format(state.now())])
     }
 

@@ -1,5 +1,6 @@
 public import Foundation
 public import KIS
+import NIOCore
 import NIOSSL
 
 /// How `kisgw sim` behaves (../shared/spec/sim.md).
@@ -81,7 +82,12 @@ public struct SimulatorConfiguration: Sendable {
             guard !p.appKey.isEmpty, !p.appSecret.isEmpty else {
                 throw SimulatorError("credentials file \(path): entry \(i) has an empty appKey or appSecret")
             }
-            out[p.appKey] = p.appSecret
+            guard out.updateValue(p.appSecret, forKey: p.appKey) == nil else {
+                throw SimulatorError("credentials file \(path): entry \(i) repeats an appKey of an entry before it")
+            }
+        }
+        guard !out.isEmpty else {
+            throw SimulatorError("credentials file \(path) lists no credentials: every token request would be refused")
         }
         return out
     }
@@ -89,13 +95,26 @@ public struct SimulatorConfiguration: Sendable {
     /// Checks ranges, and that the TLS files read as PEM; the message names the option.
     public func validate() throws {
         guard (0...65535).contains(port) else { throw SimulatorError("--port must be from 0 to 65535, got \(port)") }
-        guard tokenTTL > 0 else { throw SimulatorError("--token-ttl-s must be positive, got \(tokenTTL)") }
-        guard reuseWindow >= 0 else { throw SimulatorError("--reuse-window-s must be 0 or more, got \(reuseWindow)") }
-        guard issueInterval >= 0 else {
-            throw SimulatorError("--issue-interval-s must be 0 or more, got \(issueInterval)")
+        do { _ = try SocketAddress.makeAddressResolvingHost(host, port: port) } catch {
+            throw SimulatorError("--host \"\(host)\" is not an address or host name this machine can listen on")
         }
-        if let r = ratePerSecond, r <= 0 { throw SimulatorError("--rate-per-s must be positive, got \(r)") }
-        guard latencyMs >= 0 else { throw SimulatorError("--latency-ms must be 0 or more, got \(latencyMs)") }
+        // Bounded above too: a token life or latency near Int.max overflowed (a crash) when added to a time.
+        let year = 365 * 86400
+        guard (1...10 * year).contains(tokenTTL) else {
+            throw SimulatorError("--token-ttl-s must be from 1 to \(10 * year) (ten years), got \(tokenTTL)")
+        }
+        guard (0...10 * year).contains(reuseWindow) else {
+            throw SimulatorError("--reuse-window-s must be from 0 to \(10 * year) (ten years), got \(reuseWindow)")
+        }
+        guard (0...10 * year).contains(issueInterval) else {
+            throw SimulatorError("--issue-interval-s must be from 0 to \(10 * year) (ten years), got \(issueInterval)")
+        }
+        if let r = ratePerSecond, !(1...1_000_000).contains(r) {
+            throw SimulatorError("--rate-per-s must be from 1 to 1000000, got \(r)")
+        }
+        guard (0...600_000).contains(latencyMs) else {
+            throw SimulatorError("--latency-ms must be from 0 to 600000, got \(latencyMs)")
+        }
         guard (0...600_000).contains(tokenLatencyMs) else {
             throw SimulatorError("--token-latency-ms must be from 0 to 600000, got \(tokenLatencyMs)")
         }

@@ -150,8 +150,14 @@ final class SimulatorState: Sendable {
 
     // MARK: control
 
-    func advanceClock(seconds: Double) -> TimeInterval {
+    /// The longest the clock may be moved ahead in all: a century (dates past it are not a KIS session's).
+    static let maxClockOffset: TimeInterval = 100 * 365.25 * 86400
+
+    /// Moves the clock ahead; nil, and the clock left as it was, when that would put it more than `maxClockOffset`
+    /// ahead of the real one.
+    func advanceClock(seconds: Double) -> TimeInterval? {
         state.withLock { s in
+            guard s.clockOffset + seconds <= Self.maxClockOffset else { return nil }
             s.clockOffset += seconds
             return s.clockOffset
         }

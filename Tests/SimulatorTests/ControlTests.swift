@@ -141,6 +141,8 @@ struct ControlTests {
         ("/__sim/faults", "nope"),
         ("/__sim/clock", #"{"advance_s":-5}"#),
         ("/__sim/clock", #"{}"#),
+        ("/__sim/clock", #"{"advance_s":1e300}"#),
+        ("/__sim/clock", #"{"advance_s":3200000000}"#),
         ("/__sim/expire", #"{"token":"x"}"#),
     ])
     func badControl(path: String, body: String) async throws {
@@ -168,6 +170,13 @@ struct ConfigurationCheckTests {
             "\(error)".contains(bad.path)
         }
         #expect(throws: SimulatorError.self) { try SimulatorConfiguration.loadCredentials(path: dir.path + "/missing") }
+        // An empty list would refuse every token; a repeated appKey would keep one of two secrets.
+        for (name, json, says) in [("empty.json", "[]", "no credentials"),
+                                   ("twice.json", #"[{"appKey":"PSa","appSecret":"s"},{"appKey":"PSa","appSecret":"t"}]"#, "repeats")] {
+            let file = dir.appendingPathComponent(name)
+            try Data(json.utf8).write(to: file)
+            #expect { try SimulatorConfiguration.loadCredentials(path: file.path) } throws: { "\($0)".contains(says) }
+        }
     }
 
     @Test("out-of-range options are refused naming the option", arguments: [
@@ -177,6 +186,14 @@ struct ConfigurationCheckTests {
         (SimulatorConfiguration(latencyMs: -1), "--latency-ms"),
         (SimulatorConfiguration(tokenLatencyMs: -1), "--token-latency-ms"),
         (SimulatorConfiguration(tlsCertificatePath: "/x.pem"), "--tls-cert"),
+        // Near Int.max these overflowed when added to a time (the simulator crashed at the first token or call).
+        (SimulatorConfiguration(tokenTTL: Int.max), "--token-ttl-s"),
+        (SimulatorConfiguration(reuseWindow: Int.max), "--reuse-window-s"),
+        (SimulatorConfiguration(issueInterval: Int.max), "--issue-interval-s"),
+        (SimulatorConfiguration(ratePerSecond: Int.max), "--rate-per-s"),
+        (SimulatorConfiguration(latencyMs: Int.max), "--latency-ms"),
+        (SimulatorConfiguration(host: "not a host"), "--host"),
+        (SimulatorConfiguration(host: "999.1.1.1"), "--host"),
     ])
     func options(config: SimulatorConfiguration, option: String) {
         #expect { try config.validate() } throws: { "\($0)".contains(option) }
