@@ -164,11 +164,21 @@ struct Loader {
         guard !isDirectory.boolValue else {
             throw ConfigError(.unreadableFile, source: source, key: key, problem: "cannot read \(quoted(path)): it is a directory")
         }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ConfigError(.unreadableFile, source: source, key: key, problem: "cannot read \(quoted(path)): permission denied")
+        // A pipe or a device (`--config <(…)`, /dev/stdin) is read as a stream; `contents(atPath:)` reads regular files.
+        guard let data = FileManager.default.contents(atPath: path)
+            ?? FileHandle(forReadingAtPath: path).flatMap({ try? $0.readToEnd() ?? Data() })
+        else {
+            let why = FileManager.default.isReadableFile(atPath: path) ? "it could not be read" : "permission denied"
+            throw ConfigError(.unreadableFile, source: source, key: key, problem: "cannot read \(quoted(path)): \(why)")
         }
         guard let text = String(data: data, encoding: .utf8) else {
             throw ConfigError(.unreadableFile, source: source, key: key, problem: "cannot read \(quoted(path)): not UTF-8 text")
+        }
+        // The TOML parser stops at a NUL byte, and what follows it was ignored without a word.
+        if let nul = data.firstIndex(of: 0) {
+            let line = data[data.startIndex..<nul].reduce(1) { $1 == 0x0A ? $0 + 1 : $0 }
+            throw ConfigError(.unreadableFile, source: source, key: key,
+                              problem: "cannot read \(quoted(path)): line \(line) holds a NUL byte, which a text file does not")
         }
         return text
     }
@@ -580,7 +590,7 @@ struct Loader {
             switch Validation.redisURL(text) {
             case .success(let parsed): url = parsed
             case .failure(let failure):
-                throw invalid(found, "redis", "url", "\(failure.problem), got \(Loader.quoted(Validation.maskingPassword(text)))")
+                throw invalid(found, "redis", "url", "\(failure.problem), got \(Loader.quoted(Validation.maskingPassword(text, hidingMalformed: true)))")
             }
         }
         var prefix = "kisgw:"
@@ -685,7 +695,7 @@ struct Loader {
             switch Validation.database(text) {
             case .success(let parsed): database = parsed
             case .failure(let failure):
-                throw invalid(found, "broker", "database", "\(failure.problem), got \(Loader.quoted(Validation.maskingPassword(text)))")
+                throw invalid(found, "broker", "database", "\(failure.problem), got \(Loader.quoted(Validation.maskingPassword(text, hidingMalformed: true)))")
             }
         }
         // Only the path here: the broker reads the file (resolvedDatabase()), the gateway never does.

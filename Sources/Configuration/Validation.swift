@@ -243,7 +243,14 @@ enum Validation {
     /// so a password never shows. Without an `@`, a colon in the authority that does not start a port
     /// (`redis://u:secret/0`, `redis://:secret`) may begin a password whose `@host` was left out: everything from
     /// that colon on is replaced.
-    static func maskingPassword(_ url: String) -> String {
+    ///
+    /// `hidingMalformed`, for the keys whose URL may carry a password ([redis] url, [broker] database): without `://`
+    /// there is no telling where a password would be (`redis//:secret@host`, `redis:/:secret@h`, a password alone), so
+    /// nothing of such a value is shown, but for a SQLite path.
+    static func maskingPassword(_ url: String, hidingMalformed: Bool = false) -> String {
+        guard !hidingMalformed || url.contains("://") || url.lowercased().hasPrefix("sqlite:") else {
+            return "<\(url.count) characters, not shown: not a URL, and it may hold a password>"
+        }
         var url = url
         if let parameters = queryParameters(of: url[...]), let q = url.firstIndex(of: "?") {
             url = String(url[...q]) + parameters.map { isPassword($0) ? "password=[REDACTED]" : String($0) }

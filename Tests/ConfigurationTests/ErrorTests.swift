@@ -88,6 +88,14 @@ let badInputs: [BadInput] = [
         message: "environment KISGW_BROKER_DATABASE: has a missing or invalid host; must be sqlite:<path> or postgres://user@host[:port]/database, got \"postgres://u:[REDACTED]\"",
         kind: .invalidValue, hidden: ["secretpw"]),
     BadInput(
+        name: "a redis url with its scheme mistyped is not shown", environment: ["KISGW_REDIS_URL": "redis//:hunter2@h"],
+        message: "environment KISGW_REDIS_URL: must be redis://[:password@]host[:port][/db] or rediss://…, got \"<17 characters, not shown: not a URL, and it may hold a password>\"",
+        kind: .invalidValue, hidden: ["hunter2"]),
+    BadInput(
+        name: "a database url with its scheme mistyped is not shown", environment: ["KISGW_BROKER_DATABASE": "postgres//u:hunter2@host/db"],
+        message: "environment KISGW_BROKER_DATABASE: must be sqlite:<path> or postgres://user@host[:port]/database, got \"<27 characters, not shown: not a URL, and it may hold a password>\"",
+        kind: .invalidValue, hidden: ["hunter2"]),
+    BadInput(
         name: "a seal key where [seal] current's id goes is not shown", toml: "[seal]\ncurrent = \"\(base64Key(32))\"",
         message: "<FILE>: [seal] current: must be a key id of 1 to 32 lower-case letters, digits and underscores, like k1, got \"<44 characters, not shown: a key in place of its id?>\"",
         kind: .invalidValue, hidden: [base64Key(32)]),
@@ -197,6 +205,11 @@ let badInputs: [BadInput] = [
     BadInput(
         name: "missing secret file", toml: "[auth.jwt]\nhs256_secret_file = \"/nonexistent/kisgw-secret\"",
         message: "<FILE>: [auth.jwt] hs256_secret_file: cannot read \"/nonexistent/kisgw-secret\": no such file",
+        kind: .unreadableFile),
+    BadInput(
+        name: "a NUL byte (the parser stopped at it, and the rest was ignored)",
+        toml: "[server]\nport = 8001\n\u{0}\n[server]\nport = \"bad\"\n",
+        message: "<FILE>: cannot read \"<FILE>\": line 3 holds a NUL byte, which a text file does not",
         kind: .unreadableFile),
     BadInput(
         name: "log level", toml: "[log]\nlevel = \"warn\"",
