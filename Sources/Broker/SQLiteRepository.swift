@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import ServerKit
 public import KIS
 
 /// ``BrokerRepository`` on an SQLite file through GRDB: the default (`[broker] database = "sqlite:PATH"`).
@@ -20,10 +21,24 @@ public final class SQLiteRepository: BrokerRepository {
             self.queue = try DatabaseQueue(configuration: configuration)
         } else {
             let url = URL(fileURLWithPath: path)
-            try FileManager.default.createDirectory(
-                at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            let folder = url.deletingLastPathComponent()
+            do {
+                try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            } catch {
+                throw SQLiteOpenError(path: path, why: "its folder \(folder.path) cannot be created (\(FileSystemReason.of(error)))")
+            }
             self.path = url.path
-            self.queue = try DatabaseQueue(path: url.path, configuration: configuration)
+            do {
+                self.queue = try DatabaseQueue(path: url.path, configuration: configuration)
+            } catch let error as DatabaseError {
+                let why = switch error.resultCode {
+                case .SQLITE_CANTOPEN: "it cannot be opened or created (a folder, or a place this process cannot write)"
+                case .SQLITE_NOTADB: "the file is not a SQLite database"
+                case .SQLITE_PERM, .SQLITE_READONLY, .SQLITE_AUTH: "permission denied"
+                default: "SQLite error \(error.resultCode.rawValue)"
+                }
+                throw SQLiteOpenError(path: path, why: why)
+            }
         }
     }
 
@@ -307,4 +322,11 @@ public final class SQLiteRepository: BrokerRepository {
             tokenSHA256: row["token_sha256"], kid: row["seal_kid"], issuedAt: row["issued_at"],
             expiresAt: row["expires_at"], status: status, updatedAt: row["updated_at"])
     }
+}
+
+/// The SQLite file of `[broker] database` cannot be used: its path and why, for the one line start-up prints.
+public struct SQLiteOpenError: Error, CustomStringConvertible {
+    public let path: String
+    public let why: String
+    public var description: String { "[broker] database sqlite:\(path): \(why)" }
 }

@@ -42,16 +42,18 @@ struct BrokerCommand: AsyncParsableCommand {
         }
         let deps = runtime.brokerDependencies(extraRoutes: webRoutes)
         let bound = KisgwConfig.Broker.urlHost(config.broker.host)
-        try await runtime.run {
-            [try await buildBroker(config, dependencies: deps, logger: logger) { port in
-                var line = "kisgw broker listening on http://\(bound):\(port) "
-                    + "(database: \(config.broker.database), store: \(config.store.backend.rawValue))\n"
-                if config.broker.ui {
-                    line += "web UI: \(KisgwConfig.Broker.browserURL(host: config.broker.host, port: port))/ "
-                        + "(charts from \(config.broker.uiGatewayURL))\n"
-                }
-                FileHandle.standardOutput.write(Data(line.utf8))
-            }]
+        try await StartupFailure.reported(listening: "[broker] \(bound):\(config.broker.port)") {
+            try await runtime.run {
+                [try await buildBroker(config, dependencies: deps, logger: logger) { port in
+                    var line = "kisgw broker listening on http://\(bound):\(port) "
+                        + "(database: \(config.broker.database), store: \(config.store.backend.rawValue))\n"
+                    if config.broker.ui {
+                        line += "web UI: \(KisgwConfig.Broker.browserURL(host: config.broker.host, port: port))/ "
+                            + "(charts from \(config.broker.uiGatewayURL))\n"
+                    }
+                    FileHandle.standardOutput.write(Data(line.utf8))
+                }]
+            }
         }
     }
 

@@ -26,15 +26,19 @@ struct DemoCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "First port: the gateway listens on it, the broker and UI on +80, the live simulator on +1443, the sandbox simulator on +21443.")
+    @Option(help: "First port: the gateway listens on it, the broker and UI on +80, the live simulator on +1443, the sandbox simulator on +21443. KISGW_DEMO_PORT_BASE sets the default.")
     var portBase: Int = Int(ProcessInfo.processInfo.environment["KISGW_DEMO_PORT_BASE"] ?? "") ?? 8000
 
-    @Option(help: "Data folder (SQLite database and the demo's secrets).")
+    @Option(help: "Data folder (SQLite database and the demo's secrets). KISGW_DEMO_DATA sets the default.")
     var data: String = ProcessInfo.processInfo.environment["KISGW_DEMO_DATA"] ?? "data/demo"
 
     @Option(help: "Log level: trace … critical.") var logLevel: String = "notice"
 
     func validate() throws {
+        let env = ProcessInfo.processInfo.environment
+        if let text = env["KISGW_DEMO_PORT_BASE"], !text.isEmpty, Int(text) == nil {
+            throw ValidationError("KISGW_DEMO_PORT_BASE must be a port number from 1024 to 44000, got \"\(text)\"")
+        }
         guard (1024...44000).contains(portBase) else { throw ValidationError("--port-base must be from 1024 to 44000, got \(portBase)") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level must be trace … critical") }
         if let key = ProcessInfo.processInfo.environment["KISGW_DEMO_APP_KEY"], key.isEmpty {
@@ -49,37 +53,56 @@ struct DemoCommand: AsyncParsableCommand {
         var sealCurrent: String
     }
 
+    /// Why the data folder cannot be used, for the one line start-up prints (not a usage error: the arguments were
+    /// fine).
+    struct DataError: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+
     static func secrets(in folder: String) throws -> DemoSecrets {
         let url = URL(fileURLWithPath: folder).appendingPathComponent("demo-secrets.json")
         if let data = try? Data(contentsOf: url) {
             guard let s = try? JSONDecoder().decode(DemoSecrets.self, from: data) else {
-                throw ValidationError("\(url.path) is not a demo secrets file; move it away to start afresh")
+                throw DataError("\(url.path) is not a demo secrets file; move it away to start afresh")
             }
             return s
         }
         func random(_ n: Int) -> String { Data((0..<n).map { _ in UInt8.random(in: 0...255) }).base64EncodedString() }
         let s = DemoSecrets(jwtSecret: random(48), sealKeys: ["k1": random(32)], sealCurrent: "k1")
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        var isFolder: ObjCBool = false
+        if FileManager.default.fileExists(atPath: folder, isDirectory: &isFolder), !isFolder.boolValue {
+            throw DataError("\(folder) is a file, not a folder")
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        } catch {
+            throw DataError("the folder \(folder) cannot be created (\(FileSystemReason.of(error)))")
+        }
         // Created with mode 0600 (and only if absent): never readable by others, not even for a moment.
         let bytes = try JSONEncoder().encode(s)
         if FileManager.default.fileExists(atPath: url.path) {
-            throw ValidationError("\(url.path) exists but cannot be read; fix its permissions or move it away to start afresh")
+            throw DataError("\(url.path) exists but cannot be read; fix its permissions or move it away to start afresh")
         }
         let fd = open(url.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw ValidationError("cannot create \(url.path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw DataError("cannot create \(url.path): \(String(cString: strerror(errno)))") }
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         let failure = errno
         close(fd)
         guard written == bytes.count else {
             unlink(url.path)  // no half-written secrets file for the next start to refuse
-            throw ValidationError("cannot write \(url.path): \(String(cString: strerror(failure)))")
+            throw DataError("cannot write \(url.path): \(String(cString: strerror(failure)))")
         }
         return s
     }
 
     func run() async throws {
         let env = ProcessInfo.processInfo.environment
-        let secrets = try Self.secrets(in: data)
+        let secrets: DemoSecrets
+        do { secrets = try Self.secrets(in: data) } catch let error as DataError {
+            FileHandle.standardError.write(Data("kisgw: --data \(data): \(error)\n".utf8))
+            throw ExitCode.failure
+        }
         let gatewayPort = portBase, brokerPort = portBase + 80
         let livePort = portBase + 1443, sandboxPort = portBase + 21443
         let host = "127.0.0.1"
@@ -87,7 +110,8 @@ struct DemoCommand: AsyncParsableCommand {
         var sealKeys: [String: SealKey] = [:]
         for (id, b64) in secrets.sealKeys {
             guard let bytes = Data(base64Encoded: b64), let key = SealKey(id: id, bytes: Array(bytes)) else {
-                throw ValidationError("the demo secrets file holds a bad seal key \(id)")
+                FileHandle.standardError.write(Data("kisgw: --data \(data): the demo secrets file holds a bad seal key \(id); move it away to start afresh\n".utf8))
+                throw ExitCode.failure
             }
             sealKeys[id] = key
         }
@@ -118,38 +142,42 @@ struct DemoCommand: AsyncParsableCommand {
 
         var credentials: [String: String]? = nil
         if let key = env["KISGW_DEMO_APP_KEY"], let secret = env["KISGW_DEMO_APP_SECRET"] { credentials = [key: secret] }
-        try await runtime.run {
-            let live = try await buildSimulator(
-                SimulatorConfiguration(host: host, port: livePort, environment: .live, credentials: credentials),
-                logger: logger)
-            let sandbox = try await buildSimulator(
-                SimulatorConfiguration(host: host, port: sandboxPort, environment: .sandbox, credentials: credentials),
-                logger: logger)
-            let gateway = try await buildGateway(config, dependencies: runtime.gatewayDependencies, logger: logger)
-            let gatewayURL = "http://\(host):\(gatewayPort)", maxRangeDays = config.limits.maxRangeDays
-            let broker = try await buildBroker(
-                config,
-                dependencies: runtime.brokerDependencies(
-                    demoMode: true, extraRoutes: { router in
-                        addWebRoutes(to: router, gatewayURL: gatewayURL, demo: true, maxRangeDays: maxRangeDays)
-                    }),
-                logger: logger)
-            let jwt = try await JWTVerifier.mintHS256(secret: Array(secrets.jwtSecret.utf8), sub: "demo", ttl: 12 * 3600)
-            let banner = """
-                kisgw demo — 한국투자증권 Open API gateway, everything in one process
-                UI: http://\(host):\(brokerPort)/
-                Gateway: http://\(host):\(gatewayPort)
-                Broker: http://\(host):\(brokerPort)/api/kis
-                Simulator: http://\(host):\(sandboxPort) (sandbox)
-                Simulator (live): http://\(host):\(livePort)
-                Store: \(redisURL == nil ? "memory" : "redis")
-                Data: \(data)
-                JWT: \(jwt)
-                Open the UI, connect with any app key and secret (sandbox), and draw a chart. Ctrl-C stops.
+        try await StartupFailure.reported(
+            listening: "\(host): the gateway on \(gatewayPort), the broker on \(brokerPort), the simulators on \(livePort) and \(sandboxPort) (--port-base)"
+        ) {
+            try await runtime.run {
+                let live = try await buildSimulator(
+                    SimulatorConfiguration(host: host, port: livePort, environment: .live, credentials: credentials),
+                    logger: logger)
+                let sandbox = try await buildSimulator(
+                    SimulatorConfiguration(host: host, port: sandboxPort, environment: .sandbox, credentials: credentials),
+                    logger: logger)
+                let gateway = try await buildGateway(config, dependencies: runtime.gatewayDependencies, logger: logger)
+                let gatewayURL = "http://\(host):\(gatewayPort)", maxRangeDays = config.limits.maxRangeDays
+                let broker = try await buildBroker(
+                    config,
+                    dependencies: runtime.brokerDependencies(
+                        demoMode: true, extraRoutes: { router in
+                            addWebRoutes(to: router, gatewayURL: gatewayURL, demo: true, maxRangeDays: maxRangeDays)
+                        }),
+                    logger: logger)
+                let jwt = try await JWTVerifier.mintHS256(secret: Array(secrets.jwtSecret.utf8), sub: "demo", ttl: 12 * 3600)
+                let banner = """
+                    kisgw demo — 한국투자증권 Open API gateway, everything in one process
+                    UI: http://\(host):\(brokerPort)/
+                    Gateway: http://\(host):\(gatewayPort)
+                    Broker: http://\(host):\(brokerPort)/api/kis
+                    Simulator: http://\(host):\(sandboxPort) (sandbox)
+                    Simulator (live): http://\(host):\(livePort)
+                    Store: \(redisURL == nil ? "memory" : "redis")
+                    Data: \(data)
+                    JWT: \(jwt)
+                    Open the UI, connect with any app key and secret (sandbox), and draw a chart. Ctrl-C stops.
 
-                """
-            FileHandle.standardOutput.write(Data(banner.utf8))
-            return [live, sandbox, gateway, broker]
+                    """
+                FileHandle.standardOutput.write(Data(banner.utf8))
+                return [live, sandbox, gateway, broker]
+            }
         }
     }
 }

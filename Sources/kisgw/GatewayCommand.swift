@@ -32,12 +32,14 @@ struct GatewayCommand: AsyncParsableCommand {
                 "[store] backend is memory: no broker can publish KIS tokens to this process's own store, so every chart request answers kis_token_invalid; set [redis] url (KISGW_REDIS_URL) to share one with the broker")
         }
         let bound = KisgwConfig.Broker.urlHost(config.server.host)
-        try await runtime.run {
-            [try await buildGateway(config, dependencies: deps, logger: logger) { port in
-                let line = "kisgw gateway listening on http://\(bound):\(port) "
-                    + "(store: \(config.store.backend.rawValue))\n"
-                FileHandle.standardOutput.write(Data(line.utf8))
-            }]
+        try await StartupFailure.reported(listening: "[server] \(bound):\(config.server.port)") {
+            try await runtime.run {
+                [try await buildGateway(config, dependencies: deps, logger: logger) { port in
+                    let line = "kisgw gateway listening on http://\(bound):\(port) "
+                        + "(store: \(config.store.backend.rawValue))\n"
+                    FileHandle.standardOutput.write(Data(line.utf8))
+                }]
+            }
         }
     }
 }

@@ -322,3 +322,61 @@ struct HelpTests {
         }
     }
 }
+
+/// A role that cannot start says why in one line naming what it tried, exit 1 — before, the errors' internal
+/// descriptions: `bind(descriptor:ptr:bytes:): Address already in use) (errno: 98)`, `SQLite error 14`,
+/// `Error Domain=NSCocoaErrorDomain Code=516`.
+@Suite("Start-up failures")
+struct StartupFailureTests {
+    func run(_ arguments: [String], env: [String: String] = [:]) throws -> (status: Int32, stderr: String) {
+        let binary = try #require(kisgwBinary(), "the kisgw executable (build it, or set KISGW_TEST_BINARY)")
+        let process = kisgwProcess(binary, arguments[0])
+        process.arguments = arguments
+        process.environment = process.environment?.merging(env) { _, new in new }
+        let text = try process.runToExit(capturing: .standardError, watchdog: 30)
+        return (process.terminationReason == .exit ? process.terminationStatus : -1, text)
+    }
+
+    @Test("a port in use, an address not on this machine, a SQLite path that is a folder or not a database, a demo data folder that is a file")
+    func oneLineEach() throws {
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-startup-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch.appendingPathComponent("folder.sqlite"), withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        try Data("not a database, not at all".utf8).write(to: scratch.appendingPathComponent("text.sqlite"))
+        try Data("x".utf8).write(to: scratch.appendingPathComponent("a-file"))
+        // A port this test holds.
+        let held = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(held) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(held, $0, length) == 0 && getsockname(held, $0, &length) == 0 }
+        }
+        #expect(bound && listen(held, 1) == 0)
+        let heldPort = Int(UInt16(bigEndian: address.sin_port))
+        let memory = ["KISGW_AUTH_JWT_HS256_SECRET": testSecret, "KISGW_STORE_BACKEND": "memory", "KISGW_REDIS_URL": ""]
+
+        let cases: [([String], [String: String], String)] = [
+            (["gateway"], memory.merging(["KISGW_SERVER_HOST": "127.0.0.1", "KISGW_SERVER_PORT": String(heldPort)]) { $1 },
+             "kisgw: cannot listen on [server] 127.0.0.1:\(heldPort): the address is in use"),
+            (["gateway"], memory.merging(["KISGW_SERVER_HOST": "192.0.2.1", "KISGW_SERVER_PORT": String(heldPort)]) { $1 },
+             "kisgw: cannot listen on [server] 192.0.2.1:\(heldPort): no interface of this machine has that address"),
+            (["broker"], memory.merging(["KISGW_BROKER_HOST": "127.0.0.1", "KISGW_BROKER_PORT": String(heldPort), "KISGW_SEAL_KEYS_K1": sealKey,
+                                         "KISGW_BROKER_DATABASE": "sqlite:" + scratch.appendingPathComponent("folder.sqlite").path]) { $1 },
+             "kisgw: [broker] database sqlite:\(scratch.path)/folder.sqlite: it cannot be opened or created"),
+            (["broker"], memory.merging(["KISGW_BROKER_HOST": "127.0.0.1", "KISGW_BROKER_PORT": String(heldPort), "KISGW_SEAL_KEYS_K1": sealKey,
+                                         "KISGW_BROKER_DATABASE": "sqlite:" + scratch.appendingPathComponent("text.sqlite").path]) { $1 },
+             "kisgw: [broker] database sqlite:\(scratch.path)/text.sqlite: the file is not a SQLite database"),
+            (["demo", "--port-base", "40000", "--data", scratch.appendingPathComponent("a-file").path], [:],
+             "kisgw: --data \(scratch.path)/a-file: \(scratch.path)/a-file is a file, not a folder"),
+        ]
+        for (arguments, env, says) in cases {
+            let (status, stderr) = try run(arguments, env: env)
+            #expect(status == 1, "\(arguments): \(stderr)")
+            #expect(stderr.contains(says), "\(arguments): \(stderr)")
+            #expect(!stderr.contains("Error:") && !stderr.contains("errno") && !stderr.contains("NSCocoaErrorDomain"), "\(stderr)")
+        }
+    }
+}
