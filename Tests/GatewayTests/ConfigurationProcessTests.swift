@@ -337,7 +337,7 @@ struct StartupFailureTests {
         return (process.terminationReason == .exit ? process.terminationStatus : -1, text)
     }
 
-    @Test("a port in use, an address not on this machine, a SQLite path that is a folder or not a database, a demo data folder that is a file")
+    @Test("a port in use, an address not on this machine, a SQLite path that is a folder or not a database, a demo data folder that is a file, a JWT sub no verifier accepts")
     func oneLineEach() throws {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-startup-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: scratch.appendingPathComponent("folder.sqlite"), withIntermediateDirectories: true)
@@ -371,12 +371,16 @@ struct StartupFailureTests {
              "kisgw: [broker] database sqlite:\(scratch.path)/text.sqlite: the file is not a SQLite database"),
             (["demo", "--port-base", "40000", "--data", scratch.appendingPathComponent("a-file").path], [:],
              "kisgw: --data \(scratch.path)/a-file: \(scratch.path)/a-file is a file, not a folder"),
+            (["jwt", "--sub", "a\nb"], ["KISGW_AUTH_JWT_HS256_SECRET": testSecret],
+             "--sub must not contain control characters"),
         ]
         for (arguments, env, says) in cases {
             let (status, stderr) = try run(arguments, env: env)
-            #expect(status == 1, "\(arguments): \(stderr)")
+            // A usage error (the jwt verb's argument) is 64, EX_USAGE.
+            #expect(status == (arguments[0] == "jwt" ? 64 : 1), "\(arguments): \(stderr)")
             #expect(stderr.contains(says), "\(arguments): \(stderr)")
-            #expect(!stderr.contains("Error:") && !stderr.contains("errno") && !stderr.contains("NSCocoaErrorDomain"), "\(stderr)")
+            #expect(arguments[0] == "jwt" || !stderr.contains("Error:"), "\(stderr)")
+            #expect(!stderr.contains("errno") && !stderr.contains("NSCocoaErrorDomain"), "\(stderr)")
         }
     }
 }
