@@ -106,7 +106,8 @@ public func buildBroker(
     let keeper = core.keeper
     let started = core.started
     app.beforeServerStarts {
-        try await repository.migrate()
+        // A SIGTERM while the database is not there yet ends the wait (the task is cancelled) rather than after it.
+        try await cancelWhenGracefulShutdown { try await repository.migrate() }
         try await keeper.vault.resealStaleRows(in: repository, logger: logger)
         try await keeper.vault.fillAppKeyFingerprints(in: repository, logger: logger)
         started.open()

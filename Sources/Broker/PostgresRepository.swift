@@ -38,6 +38,7 @@ public final class PostgresRepository: BrokerRepository, Service {
     public func checkLogin(within: Duration = .seconds(30)) async throws {
         let deadline = ContinuousClock.now + within
         var delay = Duration.milliseconds(200)
+        var warned = false
         while true {
             let failure: any Error
             do {
@@ -52,7 +53,15 @@ public final class PostgresRepository: BrokerRepository, Service {
                                       + "(KISGW_BROKER_DATABASE) and database_password_file")
             }
             guard ContinuousClock.now < deadline else { throw RepositoryError("cannot reach \(place): \(Self.reason(failure))") }
-            try await Task.sleep(for: delay)
+            if !warned {
+                // Once: the wait is not silent (a database still starting is the common case, and it ends well).
+                warned = true
+                logger.warning("cannot reach \(place) yet: \(Self.reason(failure)); trying again for up to \(within)")
+            }
+            // A shutdown asked for meanwhile stops the wait at once (it waited out the whole deadline before).
+            do { try await Task.sleep(for: delay) } catch {
+                throw RepositoryError("stopped while waiting for \(place) (\(Self.reason(failure)))")
+            }
             delay = min(delay * 2, .seconds(2))
         }
     }
@@ -92,6 +101,14 @@ public final class PostgresRepository: BrokerRepository, Service {
         guard let error = error as? PSQLError else { return "\(error)" }
         if let message = error.serverInfo?[.message] {
             return "\(message) (SQLSTATE \(error.serverInfo?[.sqlState] ?? "?"))"
+        }
+        // The connection's own failure, said plainly (PostgresNIO's description nests NIO's errors three deep).
+        let underlying = error.underlying.map { "\($0)" } ?? ""
+        for (needle, plain) in [("Connection refused", "connection refused (is PostgreSQL running, and on that port?)"),
+                                ("No route to host", "no route to host"), ("Network is unreachable", "network unreachable"),
+                                ("connectTimeout", "the connection timed out"), ("Connection timed out", "the connection timed out")]
+        where underlying.contains(needle) {
+            return plain
         }
         return error.underlying.map { "\(error.code): \($0)" } ?? "\(error.code)"
     }

@@ -33,6 +33,8 @@ enum StartupFailure {
             return "cannot listen on \(listening): the host is not an address or a name this machine can resolve"
         case let e as SQLiteOpenError:
             return e.description
+        case let e as RepositoryError:
+            return "[broker] database: " + e.message
         default:
             return nil
         }

@@ -216,16 +216,27 @@ struct RepositoryContractTests {
                 port)
     }
 
-    @Test("a PostgreSQL server that cannot be reached is tried again, then named in the error")
+    @Test("a PostgreSQL server that cannot be reached is tried again, then named in the error; a cancelled wait ends at once")
     func postgresUnreachable() async throws {
         let (repository, port) = try Self.unreachableRepository()
         let started = ContinuousClock.now
         await #expect {
             try await repository.checkLogin(within: .seconds(1))
         } throws: { error in
-            "\(error)".contains("cannot reach PostgreSQL at 127.0.0.1:\(port)")
+            "\(error)".contains("cannot reach PostgreSQL at 127.0.0.1:\(port): connection refused")
         }
         #expect(ContinuousClock.now - started >= .seconds(1))
+        // Cancelled (a SIGTERM while the broker waits for its database): the wait ends at once, not at its deadline.
+        let waiting = Task { try await repository.checkLogin(within: .seconds(30)) }
+        try await Task.sleep(for: .milliseconds(300))
+        let cancelled = ContinuousClock.now
+        waiting.cancel()
+        await #expect {
+            try await waiting.value
+        } throws: { error in
+            "\(error)".contains("stopped while waiting for PostgreSQL at 127.0.0.1:\(port)")
+        }
+        #expect(ContinuousClock.now - cancelled < .seconds(5))
     }
 
     /// Runs `body` with an unreachable repository whose pool runs (its operations wait for a connection).
