@@ -329,8 +329,14 @@ def test_refused_token_that_cannot_be_replaced_yet_shows_expired_and_is_retried(
     load_chart(browser, symbol='035420')   # a symbol no other test asks for: the gateway asks KIS with the ended token
     wait(browser, lambda d: chart_state(d)[0] == 'error', message=f'the chart did not fail: {chart_state(browser)}')
     wait(browser, lambda d: status(d) == ('expired', '토큰 만료'), message=f'not shown expired: {status(browser)}')
-    assert '재시도' in el(browser, 'acct-refresh').text, el(browser, 'acct-refresh').text
-    assert 'token' not in browser.execute_script('return window.__kisgw.client.state().environments.SANDBOX')
+    wait(browser, lambda d: '재시도' in el(d, 'acct-refresh').text, message=el(browser, 'acct-refresh').text)
+    sandbox = browser.execute_script('return window.__kisgw.client.state().environments.SANDBOX')
+    assert 'token' not in sandbox
+    # The failed refresh is said in Korean; the broker's (English) words are kept under 자세한 내용, not shown.
+    refresh_text = el(browser, 'acct-refresh').text
+    assert sandbox['lastError'] and sandbox['lastError'] not in refresh_text, (sandbox['lastError'], refresh_text)
+    assert not re.search(r'[A-Za-z]{4,}', refresh_text), refresh_text   # "KST", "App Key" at most
+    assert (f"브로커 응답: {sandbox['lastError']}", 'en') in server_details(browser, 'acct-refresh')
     shot(browser, '05-refused-token-expired.png')
 
     advance_sim_clock(demo)   # a new issuance is allowed now
@@ -418,7 +424,10 @@ def test_wrong_app_secret_shows_broker_message(browser, demo, reset_account):
                               'accountNumber': '12345678-01', 'environment': 'SANDBOX'}, jwt)
     assert code == 400 and body.get('code') == 'kis_credentials_rejected', body
     message = body.get('message') or body.get('detail')
-    assert message and message in shown, (message, shown)
+    # Korean on the page; the broker's (English) words kept under 자세한 내용, and as a smaller line of the toast
+    assert message and message not in shown, (message, shown)
+    assert shown.startswith('한국투자증권이 App Key 또는 App Secret을 거부했습니다'), shown
+    assert ('브로커 응답: ' + message, 'en') in server_details(browser, 'connect-error'), server_details(browser, 'connect-error')
     assert any(message in t for t in visible_error_toasts(browser))
     # The refused key pair is marked on its two fields and tied to the message (screen readers read it with them).
     assert connect_field_marks(browser) == [['true', 'connect-error'], ['true', 'connect-error'], [None, None]]
@@ -663,7 +672,17 @@ def open_connected(browser, demo):
 
 
 def chart_error_lines(browser):
+    """The chart error's lines shown (the Korean headline, KIS's own message, when to try again)."""
     return [d.text for d in el(browser, 'chart-error').find_elements(By.XPATH, './div')]
+
+
+def server_details(browser, id_):
+    """The lines of the closed "자세한 내용" under an error (the servers' own words, the code): (text, lang)."""
+    return [tuple(x) for x in browser.execute_script("""
+const d = document.querySelector('#' + arguments[0] + ' details.server-detail');
+if (!d) return [];
+return [...d.querySelectorAll(':scope > div')].map((x) => [x.textContent, x.lang]);
+""", id_)]
 
 
 def test_demo_sign_in_refusal_is_told_in_korean(browser, demo):
@@ -674,7 +693,7 @@ def test_demo_sign_in_refusal_is_told_in_korean(browser, demo):
     field.clear()
     field.send_keys('bad user!')
     el(browser, 'signin-button').click()
-    wait(browser, lambda d: any('사용자 ID 는' in t for t in visible_error_toasts(d)),
+    wait(browser, lambda d: any('사용자 ID는' in t for t in visible_error_toasts(d)),
          message=f'no Korean refusal: {visible_error_toasts(browser)}')
     assert not any('userId' in t for t in visible_error_toasts(browser)), visible_error_toasts(browser)
     assert browser.execute_script('return window.__kisgw.state().user') == 'korean-refusal'
@@ -714,7 +733,7 @@ def test_chart_loading_and_error_states(browser, demo, connected_account, sim_fa
     lines = chart_error_lines(browser)
     assert lines[0] == '한국투자증권 API 오류', lines
     assert '한국투자증권: OPSQ0002 없는 서비스 코드 입니다' in lines, lines
-    assert '502 upstream_error' in lines, lines
+    assert ('오류 코드: 502 upstream_error', 'en') in server_details(browser, 'chart-error'), server_details(browser, 'chart-error')
     assert el(browser, 'chart-title').text == '068270'
     assert el(browser, 'chart-submit').is_enabled()
     assert status(browser) == ('connected', '연결됨'), 'a KIS error is not a token problem'
@@ -726,10 +745,11 @@ def test_chart_loading_and_error_states(browser, demo, connected_account, sim_fa
     wait(browser, lambda d: chart_state(d)[0] in ('ready', 'error', 'empty'), message='the chart did not finish loading')
     assert chart_state(browser) == ('error', '400'), (chart_state(browser), el(browser, 'chart-error').text)
     lines = chart_error_lines(browser)
-    assert lines[0] == '조회 기간이 너무 깁니다', lines
-    assert '400 range_too_large' in lines, lines
-    assert any(line.startswith('게이트웨이 응답: ') and '3660' in line for line in lines), \
-        f'the gateway detail is not shown as its: {lines}'
+    assert lines[0] == '조회 기간이 너무 깁니다 (최대 3,660일)', lines
+    details = server_details(browser, 'chart-error')
+    assert ('오류 코드: 400 range_too_large', 'en') in details, details
+    assert any(t.startswith('게이트웨이 응답: ') and '3660' in t and lang == 'en' for t, lang in details), \
+        f'the gateway detail is not kept as its: {details}'
     shot(browser, '09-chart-range-too-large.png')
 
     # KIS answers slowly: the loading state (spinner shown, button disabled) lasts until the chart is drawn.
@@ -781,8 +801,11 @@ def test_a_field_the_broker_refuses_is_told_in_korean_with_its_message(browser, 
     error = el(browser, 'connect-error')
     wait(browser, lambda d: error.is_displayed() and error.text, message='no error shown')
     assert error.get_attribute('data-code') == 'invalid_parameter', error.text
-    assert error.text.startswith('요청 값이 올바르지 않습니다 — App Key 는 공백 없는'), error.text
-    assert '(appKey must be' in error.text, error.text
+    assert error.text.startswith('요청 값이 올바르지 않습니다 — App Key는 공백 없는'), error.text
+    # the broker's own words: kept, under 자세한 내용 (closed), named as the broker's and marked English
+    assert 'appKey must be' not in error.text, error.text
+    details = server_details(browser, 'connect-error')
+    assert any(t.startswith('브로커 응답: appKey must be') and lang == 'en' for t, lang in details), details
     assert connect_field_marks(browser) == [['true', 'connect-error'], [None, None], [None, None]]
 
 
@@ -909,3 +932,44 @@ def test_refresh_that_keeps_failing_is_shown_and_retried(browser, demo, connecte
     assert '예정' in el(browser, 'acct-refresh').text
     assert browser.execute_script('return window.__kisgw.state().token')
     assert browser.execute_script('return localStorage.getItem(arguments[0])', key), 'the new token was not stored'
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The review of the page in headless Chromium (environment kept, a failed chart, Korean text, touch, a phone's width,
+# the chart form's own checks, screen readers, monthly and yearly candles).
+
+
+def test_a_gateway_refusal_is_korean_first_with_its_words_kept_as_detail(browser, demo, connected_account):
+    """The gateway's English detail ("start must not be after end") is not shown as the message: the error says it
+    in Korean, and keeps the gateway's words and the code under a closed 자세한 내용 (lang en). Account values
+    wrap between words, not inside one."""
+    open_connected(browser, demo)
+    wait_chart(browser)
+    # sent as it is (the form's own checks would refuse it before the gateway)
+    browser.execute_script("window.__kisgw.loadChart({symbol: '005930', start: '2024-03-29', end: '2024-01-02'})")
+    wait(browser, lambda d: chart_state(d) == ('error', '400'), message=f'not refused: {chart_state(browser)}')
+    shown = el(browser, 'chart-error').text
+    assert chart_error_lines(browser)[0] == '요청 값이 올바르지 않습니다 — 시작일이 종료일보다 늦습니다', shown
+    assert 'start must not' not in shown and 'invalid_parameter' not in shown, shown
+    assert '자세한 내용' in shown
+    details = server_details(browser, 'chart-error')
+    assert details == [('게이트웨이 응답: start must not be after end', 'en'), ('오류 코드: 400 invalid_parameter', 'en')], \
+        details
+    browser.find_element(By.CSS_SELECTOR, '#chart-error details summary').click()
+    assert 'start must not be after end' in el(browser, 'chart-error').text
+    shot(browser, '21-chart-error-details.png')
+    dd = browser.execute_script(
+        "const s = getComputedStyle(document.getElementById('acct-refresh')); return [s.wordBreak, s.overflowWrap]")
+    assert dd[0] != 'break-all' and dd[1] == 'anywhere', dd
+
+
+def test_korean_particles_are_attached_and_terms_are_one(demo):
+    """The page's Korean: particles attach to the word before them ("App Key는", not "App Key 는"), and KIS is
+    called 한국투자증권 in the page's sentences (its access token 접근 토큰)."""
+    spaced = re.compile(r'[A-Za-z)}] (?:은|는|을|를|이|가|로|으로|당|와|과|의|에)(?![가-힣])')
+    for path in ('/', '/ui/app.js', '/ui/kis-client.js', '/ui/chart.js'):
+        code, _, body = http_get(demo.ui.rstrip('/') + path)
+        assert code == 200, path
+        text = body.decode()
+        assert not spaced.findall(text), (path, sorted({m for m in spaced.findall(text)}))
+        assert not re.search(r'KIS (?:접근 )?토큰', text), (path, re.findall(r'.{20}KIS (?:접근 )?토큰.{10}', text))

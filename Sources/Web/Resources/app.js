@@ -12,8 +12,9 @@ const tabStorage = storageOrNull('sessionStorage');
 function keepJwt(token) { try { tabStorage?.setItem(JWT_KEY, token); } catch { /* refused or full: not kept */ } }
 function storedJwt() { try { return tabStorage?.getItem(JWT_KEY) ?? null; } catch { return null; } }
 function forgetJwt() { try { tabStorage?.removeItem(JWT_KEY); } catch { /* nothing was kept */ } }
-/** Korean headlines for the gateway's problem codes (gateway-api.md); the server's own detail is shown below. A
- *  request that got no answer (`network`) is described by its own message, which names the server. */
+/** Korean headlines for the gateway's and the broker's problem codes (gateway-api.md, broker-api.md); the server's
+ *  own words are kept as detail (`errorDetail`). A request that got no answer (`network`) is described by its own
+ *  (Korean) message, which names the server. */
 const PROBLEM_LABEL = {
   invalid_parameter: '요청 값이 올바르지 않습니다',
   range_too_large: '조회 기간이 너무 깁니다',
@@ -21,8 +22,8 @@ const PROBLEM_LABEL = {
   jwt_invalid: '로그인 정보가 유효하지 않습니다. 다시 로그인하세요',
   jwt_expired: '로그인이 만료되었습니다. 다시 로그인하세요',
   sign_in_required: '로그인이 필요합니다',
-  kis_token_invalid: 'KIS 접근 토큰이 유효하지 않습니다',
-  kis_token_expired: 'KIS 접근 토큰이 만료되었습니다',
+  kis_token_invalid: '한국투자증권 접근 토큰이 유효하지 않습니다',
+  kis_token_expired: '한국투자증권 접근 토큰이 만료되었습니다',
   not_connected: '한국투자증권 계정이 연결되어 있지 않습니다',
   account_not_found: '연결된 계정이 없습니다',
   not_found: '지원하지 않는 요청입니다',
@@ -30,8 +31,8 @@ const PROBLEM_LABEL = {
   upstream_error: '한국투자증권 API 오류',
   upstream_timeout: '한국투자증권 API 응답이 지연되고 있습니다',
   store_unavailable: '토큰 저장소를 사용할 수 없습니다',
-  kis_credentials_rejected: '한국투자증권이 App Key 또는 App Secret 을 거부했습니다',
-  kis_rate_limited: '토큰 발급은 App Key 당 1분에 한 번입니다. 잠시 후 다시 시도하세요',
+  kis_credentials_rejected: '한국투자증권이 App Key 또는 App Secret을 거부했습니다',
+  kis_rate_limited: '접근 토큰 발급은 App Key당 1분에 한 번입니다. 잠시 후 다시 시도하세요',
   method_not_allowed: '지원하지 않는 요청 방식입니다',
   payload_too_large: '요청 본문이 너무 큽니다',
   internal_error: '서버 내부 오류가 발생했습니다',
@@ -39,11 +40,22 @@ const PROBLEM_LABEL = {
 
 /** Korean for what the broker's `invalid_parameter` names: its message starts with the field (broker-api.md). */
 const FIELD_PROBLEM = {
-  appKey: 'App Key 는 공백 없는 영문·숫자·기호 1~512자입니다',
-  appSecret: 'App Secret 은 공백 없는 영문·숫자·기호 1~512자입니다',
+  appKey: 'App Key는 공백 없는 영문·숫자·기호 1~512자입니다',
+  appSecret: 'App Secret은 공백 없는 영문·숫자·기호 1~512자입니다',
   accountNumber: '계좌번호는 12345678-01 형식입니다',
   environment: '환경은 실계좌 또는 모의투자입니다',
 };
+
+/** The gateway's `invalid_parameter` about a chart query, in Korean (its message names the parameter). */
+const CHART_PARAMETER_PROBLEM = [
+  [/^start must not be after end/, '시작일이 종료일보다 늦습니다'],
+  [/^(start|end) must be a date/, '날짜 형식이 올바르지 않습니다'],
+  [/^period\b/, '기간은 일·주·월·년 중 하나입니다'],
+  [/^symbol\b/, '종목 코드 형식이 올바르지 않습니다'],
+];
+
+const HANGUL = /[\uac00-\ud7a3]/;
+const SERVER_LABEL = { broker: '브로커 응답', gateway: '게이트웨이 응답' };
 
 /** The field of the connect form (or the environment) a broker `invalid_parameter` is about, or null. */
 function refusedField(err) {
@@ -52,27 +64,98 @@ function refusedField(err) {
 }
 
 /**
- * A broker or gateway error for the user, in Korean first: the headline of its code, what it means here when the
+ * A broker or gateway error for the user, in Korean only: the headline of its code, what it means here when the
  * page knows (the field refused, another request for the same account), how long to wait when the server said
- * (`Retry-After`); then the server's own message in parentheses (broker-api.md: the broker's message is shown) and,
- * when KIS gave one, KIS's own (Korean) message.
+ * (`Retry-After`). The server's own words (English) are not part of it: `errorDetail` keeps them, shown as detail.
  */
-function describeError(err) {
+function describeError(err, { retry = true } = {}) {
   const label = PROBLEM_LABEL[err.code];
-  if (!label) return err.message;  // the page's own (Korean) text: no answer, or an answer without a problem body
-  let text = label;
-  const field = refusedField(err);
-  if (field) text = `${label} — ${FIELD_PROBLEM[field]}`;
-  else if (err.code === 'kis_rate_limited' && /in progress|keeps changing/.test(err.message ?? '')) {
-    text = '이 계정에 대한 다른 요청을 처리하고 있습니다';
-  } else if (err.code === 'rate_limited' && /account checks/.test(err.message ?? '')) {
-    text = '계정 확인 요청이 너무 많습니다';
+  const message = err.message ?? '';
+  let text;
+  if (!label) {
+    // the page's own (Korean) text: no answer, or an answer without a problem body; else a code this page does not
+    // know, whose (English) message goes to the detail
+    text = HANGUL.test(message) ? message
+      : `요청을 처리하지 못했습니다${err.status ? ` (HTTP ${err.status})` : ''}`;
+  } else {
+    text = label;
+    const field = refusedField(err);
+    const param = err.code === 'invalid_parameter' && CHART_PARAMETER_PROBLEM.find(([re]) => re.test(message));
+    if (field) text = `${label} — ${FIELD_PROBLEM[field]}`;
+    else if (param) text = `${label} — ${param[1]}`;
+    else if (err.code === 'kis_rate_limited' && /in progress|keeps changing/.test(message)) {
+      text = '이 계정에 대한 다른 요청을 처리하고 있습니다';
+    } else if (err.code === 'rate_limited' && /account checks/.test(message)) {
+      text = '계정 확인 요청이 너무 많습니다';
+    } else if (err.code === 'range_too_large' && /(\d+) days/.test(message)) {
+      text = `${label} (최대 ${Number(/(\d+) days/.exec(message)[1]).toLocaleString('ko-KR')}일)`;
+    }
   }
-  if (err.retryAfter) text += `. ${err.retryAfter}초 후 다시 시도하세요`;
-  if (err.message && !text.includes(err.message)) text += ` (${err.message})`;
-  const kis = err.body?.kis_msg1;
-  if (kis && !text.includes(kis)) text += ` (한국투자증권: ${kis})`;
+  // the server said when: that, instead of "잠시 후"
+  if (retry && err.retryAfter) text = `${text.replace(/\. 잠시 후 다시 시도하세요$/, '')}. ${err.retryAfter}초 후 다시 시도하세요`;
   return text;
+}
+
+/**
+ * The words of the servers behind `err`, below the Korean headline and for whoever reports the problem: KIS's own
+ * message (Korean: `kis: true`, shown as it is), then the broker's or the gateway's message (English, `lang: 'en'`,
+ * named `브로커 응답:` / `게이트웨이 응답:` after the server that answered), then the status and code. A request
+ * that got no answer has no such words (its Korean message is the headline).
+ * @returns {{text: string, lang?: string, kis?: boolean}[]}
+ */
+function errorDetail(err) {
+  const lines = [];
+  const kisMessage = err.body?.kis_msg1 ?? err.kisMessage;
+  const kisCode = err.body?.kis_msg_cd ?? err.kisCode;
+  if (kisMessage) lines.push({ text: `한국투자증권: ${`${kisCode ?? ''} ${kisMessage}`.trim()}`, kis: true });
+  if (err.code === 'network') return lines;
+  const message = err.message ?? '';
+  if (message && !HANGUL.test(message)) {
+    lines.push({ text: `${SERVER_LABEL[err.server] ?? '서버 응답'}: ${message}`, lang: 'en' });
+  }
+  if (err.status || err.code) {
+    lines.push({ text: `오류 코드: ${err.status ? `${err.status} ` : ''}${err.code}`, lang: 'en' });
+  }
+  return lines;
+}
+
+/** A `<details>` "자세한 내용" holding `lines` (errorDetail's), closed; null when there are none. */
+function detailsElement(lines) {
+  if (!lines.length) return null;
+  const details = document.createElement('details');
+  details.className = 'server-detail';
+  const summary = document.createElement('summary');
+  summary.textContent = '자세한 내용';
+  details.append(summary);
+  for (const line of lines) {
+    const div = document.createElement('div');
+    if (line.lang) div.lang = line.lang;
+    div.textContent = line.text;
+    details.append(div);
+  }
+  return details;
+}
+
+/**
+ * Fills `box` with an error: the Korean `headline` (describeError's by default), then KIS's own (Korean) message as
+ * a smaller line, then the servers' English words and the code in a closed "자세한 내용". `extra`: more smaller lines
+ * (Korean) after KIS's message.
+ */
+function showError(box, err, { headline = describeError(err), extra = [] } = {}) {
+  const detail = errorDetail(err);
+  const msg = document.createElement('div');
+  msg.className = 'msg';
+  msg.textContent = headline;
+  const lines = [msg];
+  for (const text of [...detail.filter((l) => l.kis).map((l) => l.text), ...extra]) {
+    const div = document.createElement('div');
+    div.className = 'code';
+    div.textContent = text;
+    lines.push(div);
+  }
+  const details = detailsElement(detail.filter((l) => !l.kis));
+  if (details) lines.push(details);
+  box.replaceChildren(...lines);
 }
 
 const expiryFmt = new Intl.DateTimeFormat('ko-KR', {
@@ -92,13 +175,35 @@ let chartSeq = 0;
 
 // ------------------------------------------------------------------------------------------------ toasts
 
-function toast(message, kind = 'info', ms = 4500) {
+/**
+ * Shows a toast.
+ * `err`: the server's words of that error follow as a smaller line, in English, after the Korean message.
+ */
+function toast(message, kind = 'info', ms = 4500, err = null) {
   const el = document.createElement('div');
   el.className = `toast ${kind}`;
   el.setAttribute('role', kind === 'error' ? 'alert' : 'status');
-  el.textContent = message;
+  const detail = err ? errorDetail(err).filter((l) => !l.text.startsWith('오류 코드')) : [];
+  if (!detail.length) el.textContent = message;
+  else {
+    const head = document.createElement('div');
+    head.textContent = message;
+    el.append(head);
+    for (const line of detail) {
+      const div = document.createElement('div');
+      div.className = 'toast-detail';
+      if (line.lang) div.lang = line.lang;
+      div.textContent = line.text;
+      el.append(div);
+    }
+  }
   $('toasts').append(el);
   setTimeout(() => el.remove(), ms);
+}
+
+/** A toast of `err`: `prefix` and its Korean description, the server's words below. */
+function toastError(err, { prefix = '', suffix = '', kind = 'error', ms = 7000 } = {}) {
+  toast(`${prefix}${describeError(err)}${suffix}`, kind, ms, err);
 }
 
 // ------------------------------------------------------------------------------------------------ sign-in
@@ -131,7 +236,7 @@ async function signIn(input) {
       throw new Error('브로커에 연결할 수 없습니다 (네트워크 오류)');
     }
     const body = await res.json().catch(() => ({}));
-    if (res.status === 400) throw new Error('사용자 ID 는 1~64자의 영문, 숫자, - _ . @ 만 쓸 수 있습니다');
+    if (res.status === 400) throw new Error('사용자 ID는 1~64자의 영문, 숫자, - _ . @만 쓸 수 있습니다');
     if (!res.ok || !body.token) throw new Error(`로그인 실패 (HTTP ${res.status})`);
     token = body.token;
   } else {
@@ -140,7 +245,7 @@ async function signIn(input) {
   }
   const refused = await checkJwt({ jwt: token });
   if (seq !== signInSeq) return false;
-  if (refused) throw new Error(describeError(refused));
+  if (refused) throw refused;  // a KisError: told in Korean, the broker's words as detail (failed())
   // Kept for this tab once the broker took it; the field does not keep showing a bearer credential.
   keepJwt(token);
   if (!config.demo) $('signin-user').value = '';
@@ -174,7 +279,7 @@ async function startSession(token) {
       session.stop();
       forgetJwt();
       showSignInState('다시 로그인하세요', true);
-      toast(describeError(err), 'warn', 8000);
+      toastError(err, { kind: 'warn', ms: 8000 });
     },
   });
   client = session;
@@ -185,7 +290,7 @@ async function startSession(token) {
     const s = await client.init();
     if (client === session && s.environments[client.environment].connected) loadChart();
   } catch (err) {
-    if (client === session) toast(describeError(err), 'error');
+    if (client === session) toastError(err);
   }
 }
 
@@ -216,7 +321,7 @@ function render(s = client?.state()) {
   let detail = ENV_LABEL[env];
   if (e.connected && e.expiresAt) detail += ` · 만료 ${formatExpiry(e.expiresAt)}`;
   if (e.refreshing) detail += ' · 갱신 중…';
-  else if (e.refreshFailures > 0) detail += ` · 토큰 갱신 실패 ${e.refreshFailures}회`;
+  else if (e.refreshFailures > 0) detail += ` · 접근 토큰 갱신 실패 ${e.refreshFailures}회`;
   if (s.signInRequired) detail += ' · 다시 로그인 필요';
   if (e.syncError) detail += ' · 브로커에서 계정 상태를 확인하지 못했습니다 (다시 시도 중)';
   $('status-detail').textContent = detail;
@@ -236,9 +341,22 @@ function render(s = client?.state()) {
   $('acct-expiry').textContent = formatExpiry(e.expiresAt);
   const refreshEl = $('acct-refresh');
   if (e.refreshFailures > 0) {
-    refreshEl.textContent = `실패 ${e.refreshFailures}회 — ${e.nextRefreshAt ? timeFmt.format(new Date(e.nextRefreshAt)) + ' (KST) 재시도' : '중지됨'}${e.lastError ? ` (${e.lastError})` : ''}`;
+    // why, in Korean; the server's own words in "자세한 내용"
+    const when = e.nextRefreshAt ? `${timeFmt.format(new Date(e.nextRefreshAt))} (KST) 재시도` : '중지됨';
+    const failure = e.lastFailure ?? (e.lastError ? { message: e.lastError } : null);
+    const text = `실패 ${e.refreshFailures}회 — ${when}${failure ? ` · ${describeError(failure, { retry: false })}` : ''}`;
+    const lines = failure ? errorDetail(failure) : [];
+    const key = JSON.stringify([text, lines]);
+    if (refreshEl.dataset.key !== key) {
+      refreshEl.dataset.key = key;
+      const span = document.createElement('span');
+      span.textContent = text;
+      const details = detailsElement(lines);
+      refreshEl.replaceChildren(...(details ? [span, details] : [span]));
+    }
     refreshEl.className = 'warn';
   } else {
+    delete refreshEl.dataset.key;
     refreshEl.textContent = e.nextRefreshAt ? `${timeFmt.format(new Date(e.nextRefreshAt))} (KST) 예정` : '—';
     refreshEl.className = '';
   }
@@ -267,8 +385,8 @@ async function onConnect(event) {
   markConnectFields([]);
   const problems = [];
   const invalid = [];
-  if (!data.appKey.trim()) { problems.push('App Key 를 입력하세요'); invalid.push('appKey'); }
-  if (!data.appSecret.trim()) { problems.push('App Secret 을 입력하세요'); invalid.push('appSecret'); }
+  if (!data.appKey.trim()) { problems.push('App Key를 입력하세요'); invalid.push('appKey'); }
+  if (!data.appSecret.trim()) { problems.push('App Secret을 입력하세요'); invalid.push('appSecret'); }
   if (!/^\d{8}-?\d{2}$/.test(data.accountNumber.trim())) {
     problems.push('계좌번호는 12345678-01 형식입니다');
     invalid.push('accountNumber');
@@ -293,12 +411,12 @@ async function onConnect(event) {
     $('acct-edit').focus();  // the form the focus was in is hidden now
     loadChart();
   } catch (err) {
-    const text = describeError(err);
-    errorEl.textContent = text;
+    // Korean first; KIS's own message below it, the broker's words in "자세한 내용"
+    showError(errorEl, err);
     errorEl.dataset.code = err.code;
     errorEl.hidden = false;
     markConnectFields(fieldsRefused(err));
-    toast(`연결 실패: ${text}`, 'error', 7000);
+    toastError(err, { prefix: '연결 실패: ' });
   } finally {
     button.disabled = false;
     render();
@@ -353,7 +471,7 @@ async function onDisconnect() {
     showChartEmpty('계정을 연결한 뒤 종목을 조회하세요');
     if (client.environment === env) $('appKey').focus();  // the account view the focus was in is hidden now
   } catch (err) {
-    toast(`연결 해제 실패 — ${describeError(err)}`, 'error');
+    toastError(err, { prefix: '연결 해제 실패 — ' });
   } finally {
     button.disabled = false;
   }
@@ -364,10 +482,10 @@ async function onRefreshNow() {
     const before = client.token();
     const entry = await client.refresh();
     // Within KIS's reuse window the broker hands back the token it has (broker-api.md): nothing was renewed.
-    toast(entry.token === before ? `토큰이 아직 유효합니다 — 만료 ${formatExpiry(entry.expiresAt)}` : '토큰을 갱신했습니다',
-      'success');
+    toast(entry.token === before ? `접근 토큰이 아직 유효합니다 — 만료 ${formatExpiry(entry.expiresAt)}`
+      : '접근 토큰을 갱신했습니다', 'success');
   } catch (err) {
-    toast(`토큰 갱신 실패 — ${describeError(err)}`, 'error');
+    toastError(err, { prefix: '접근 토큰 갱신 실패 — ' });
   }
 }
 
@@ -530,7 +648,7 @@ async function loadChart(query = readQuery()) {
     $('chart-cache').textContent = `${res.cache ?? '—'}${res.status === 304 ? ' · 304' : ''}${res.cache === 'STALE' ? ' · 캐시된 이전 데이터 (갱신 중이거나 한국투자증권 응답 실패)' : ''}`;
     $('chart-cache').dataset.cache = res.cache ?? '';
     const upstream = /upstream;dur=([\d.]+)/.exec(res.serverTiming ?? '');
-    $('chart-timing').textContent = `${Math.round(res.ms)} ms${upstream ? ` (KIS ${Math.round(Number(upstream[1]))} ms)` : ''}`;
+    $('chart-timing').textContent = `${Math.round(res.ms)} ms${upstream ? ` (한국투자증권 ${Math.round(Number(upstream[1]))} ms)` : ''}`;
     if (!d.candles.length) {
       chartEl.dataset.status = String(res.status);
       chartEl.dataset.state = 'empty';
@@ -540,39 +658,20 @@ async function loadChart(query = readQuery()) {
     chart.setData(d);
     $('chart-canvas').setAttribute('aria-label', `${d.name || d.symbol} ${periodLabel} 캔들 차트, ${formatDate(d.candles[0].date)}부터 `
       + `${formatDate(d.candles[d.candles.length - 1].date)}까지 ${d.candles.length}개`);
-    if (res.refreshed) console.info('KIS 토큰을 갱신하고 다시 요청했습니다');
+    if (res.refreshed) console.info('한국투자증권 접근 토큰을 갱신하고 다시 요청했습니다');
   } catch (err) {
     if (seq !== chartSeq) return;
     setChartState('error', err.status || err.code);
     $('chart-title').textContent = query.market === 'overseas' ? `${query.exchange} ${query.symbol}` : query.symbol;
     $('chart-cache').textContent = '';
     $('chart-timing').textContent = '';
-    const box = $('chart-error');
-    box.replaceChildren();
-    const msg = document.createElement('div');
-    msg.textContent = PROBLEM_LABEL[err.code] ?? err.message;
-    box.append(msg);
-    // Below the Korean headline, whose words they are: KIS's own message (Korean), or the detail of the server that
-    // answered (English, the problem's `detail`, for whoever reports the problem) — the gateway's, or the broker's when
-    // the chart's token refresh failed.
-    const kisMsg = err.body?.kis_msg1 ? `${err.body.kis_msg_cd ?? ''} ${err.body.kis_msg1}`.trim() : null;
-    if (err.code !== 'network' && (kisMsg || err.message !== msg.textContent)) {
-      const detail = document.createElement('div');
-      detail.className = 'code';
-      const from = err.server === 'broker' ? '브로커 응답' : '게이트웨이 응답';
-      detail.textContent = kisMsg ? `한국투자증권: ${kisMsg}` : `${from}: ${err.message}`;
-      box.append(detail);
-    }
-    const code = document.createElement('div');
-    code.className = 'code';
-    code.textContent = err.status ? `${err.status} ${err.code}` : err.code;
-    box.append(code);
-    if (err.retryAfter) {
-      const retry = document.createElement('div');
-      retry.className = 'code';
-      retry.textContent = `${err.retryAfter}초 후 다시 시도하세요`;
-      box.append(retry);
-    }
+    // Korean first; KIS's own message (Korean) below it; the server's words (English: the problem's `detail`, the
+    // gateway's, or the broker's when the chart's token refresh failed) and the code in "자세한 내용", for whoever
+    // reports the problem.
+    showError($('chart-error'), err, {
+      headline: describeError(err, { retry: false }),
+      extra: err.retryAfter ? [`${err.retryAfter}초 후 다시 시도하세요`] : [],
+    });
   }
 }
 
@@ -620,9 +719,9 @@ async function main() {
     const button = $('signin-button');
     button.disabled = true;
     try {
-      if (await signIn($('signin-user').value)) toast(`${user} 로 로그인했습니다`, 'success');
+      if (await signIn($('signin-user').value)) toast(`${user} 사용자로 로그인했습니다`, 'success');
     } catch (err) {
-      toast(err.message, 'error');
+      failed(err);
     } finally {
       button.disabled = false;
     }
@@ -651,24 +750,30 @@ async function main() {
       if (!refused) await startSession(stored);
       else if (refused.signInRequired || refused.code === 'auth_required') {
         forgetJwt();
-        showSignInState(config.demo ? '로그인하세요' : 'JWT 를 입력하세요', true);
+        showSignInState(config.demo ? '로그인하세요' : 'JWT를 입력하세요', true);
         showChartEmpty('로그인이 필요합니다');
-        toast(describeError(refused), 'warn', 8000);
+        toastError(refused, { kind: 'warn', ms: 8000 });
       } else {
         // The broker did not refuse the JWT: it did not answer, or failed (a 5xx, its store down). The session goes
         // on with it — its account read is asked again until the broker answers, and a refusal then still asks for
         // a sign-in — rather than throwing a working session away.
-        toast(`${describeError(refused)} — 다시 시도합니다`, 'warn', 8000);
+        toastError(refused, { suffix: ' — 다시 시도합니다', kind: 'warn', ms: 8000 });
         await startSession(stored);
       }
     } else if (config.demo) await signIn(requested || 'demo');
     else {
-      showSignInState('JWT 를 입력하세요', false);
+      showSignInState('JWT를 입력하세요', false);
       showChartEmpty('로그인이 필요합니다');
     }
   } catch (err) {
-    toast(err.message, 'error');
+    failed(err);
   }
+}
+
+/** A failure of the page's own (a Korean `Error`) or a server's (a `KisError`, said in Korean with its words). */
+function failed(err) {
+  if (err?.code) toastError(err, { ms: 4500 });
+  else toast(err?.message ?? String(err), 'error');
 }
 
 // A small hook for tests and debugging: the client's state plus the current KIS token.

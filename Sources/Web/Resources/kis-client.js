@@ -47,7 +47,10 @@
  * @property {boolean} refreshing
  * @property {number} refreshFailures consecutive failed proactive refreshes
  * @property {string|null} nextRefreshAt ISO time of the next proactive refresh
- * @property {string|null} lastError
+ * @property {string|null} lastError  the last failed refresh's message (the server's own words when it answered)
+ * @property {{code: string, status: number, message: string, server: string|null, kisCode: string|null,
+ *             kisMessage: string|null}|null} lastFailure  that failure's code and origin, for a page to say it in
+ *                                   its own language and keep the server's words as detail
  * @property {string|null} syncError  the broker could not say what account this environment has (it did not answer,
  *                                    or failed); asked again with a backoff until it answers
  */
@@ -106,6 +109,14 @@ export class KisError extends Error {
   }
   /** True when the user must sign in again (the JWT was refused). */
   get signInRequired() { return this.code.startsWith('jwt_') || this.code === 'sign_in_required'; }
+}
+
+/** What a page needs of a failed refresh to describe it (`EnvState.lastFailure`). */
+function failureOf(err) {
+  return {
+    code: err?.code ?? 'error', status: err?.status ?? 0, message: err?.message ?? String(err),
+    server: err?.server ?? null, kisCode: err?.body?.kis_msg_cd ?? null, kisMessage: err?.body?.kis_msg1 ?? null,
+  };
 }
 
 const KIS_TOKEN_CODES = new Set(['kis_token_expired', 'kis_token_invalid']);
@@ -318,7 +329,7 @@ export function retryAfterSeconds(value, now = Date.now()) {
 /** A request that got no answer, naming the server it was for: the broker (same origin) or the gateway (CORS). */
 function networkError(error, server) {
   const message = server === 'gateway'
-    ? '게이트웨이에 연결할 수 없습니다 (네트워크 또는 CORS 거부)'
+    ? '게이트웨이에 연결할 수 없습니다 (네트워크 오류이거나 이 페이지의 출처가 허용되지 않음)'
     : '브로커에 연결할 수 없습니다 (네트워크 오류)';
   return new KisError(message, { code: 'network', body: String(error), server });
 }
@@ -402,7 +413,8 @@ export function createKisClient(options) {
   function blankEnv() {
     return {
       status: 'disconnected', connected: false, expiresAt: null, account: null, appKey: null,
-      refreshing: false, refreshFailures: 0, nextRefreshAt: null, lastError: null, token: null, receivedAt: null,
+      refreshing: false, refreshFailures: 0, nextRefreshAt: null, lastError: null, lastFailure: null, token: null,
+      receivedAt: null,
       refusedToken: null, syncError: null, syncFailures: 0,
     };
   }
@@ -507,7 +519,7 @@ export function createKisClient(options) {
     const e = envs[env];
     Object.assign(e, {
       token: entry.token, expiresAt: entry.expiresAt, receivedAt: entry.receivedAt, account: entry.account ?? e.account,
-      appKey: entry.appKey ?? e.appKey, connected: true, lastError: null, refreshFailures: 0,
+      appKey: entry.appKey ?? e.appKey, connected: true, lastError: null, lastFailure: null, refreshFailures: 0,
     });
   }
 
@@ -588,6 +600,7 @@ export function createKisClient(options) {
     if (err.signInRequired || err.code === 'account_not_found' || !e.connected) return;
     e.refreshFailures += 1;
     e.lastError = err.message;
+    e.lastFailure = failureOf(err);
     const base = backoff(e.refreshFailures);
     const wait = err.retryAfter ? Math.max(err.retryAfter * 1000, base) : base;
     schedule(env, wait * (0.8 + Math.random() * 0.4));
@@ -614,6 +627,7 @@ export function createKisClient(options) {
           await store.remove(env);
         } else {
           envs[env].lastError = err.message;
+          envs[env].lastFailure = failureOf(err);
         }
         throw err;
       } finally {
@@ -718,7 +732,8 @@ export function createKisClient(options) {
     };
     const validation = await brokerCall('POST', '/api/kis/account/validate', body);
     if (validation && validation.valid === false) {
-      throw new KisError(validation.message || '계정 검증에 실패했습니다', { status: 400, code: validation.code });
+      throw new KisError(validation.message || '계정 검증에 실패했습니다',
+        { status: 400, code: validation.code, server: 'broker' });
     }
     const token = await brokerCall('POST', '/api/kis/token', body);
     const masked = body.accountNumber.replace(/^(\d{4})\d{4}-?(\d{2})$/, '$1****-$2');
