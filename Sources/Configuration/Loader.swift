@@ -505,9 +505,10 @@ struct Loader {
         var origins = KisgwConfig.CORS().allowOrigins
         if let (entries, found) = try stringArray("cors", "allow_origins") {
             origins = []
+            var seen: Set<OriginPattern> = []  // not `origins.contains`: thousands of origins took seconds
             for entry in entries {
                 switch OriginPattern.parse(entry) {
-                case .success(let pattern): if !origins.contains(pattern) { origins.append(pattern) }
+                case .success(let pattern): if seen.insert(pattern).inserted { origins.append(pattern) }
                 case .failure(let failure):
                     throw invalid(found, "cors", "allow_origins", "\(failure.problem), got \(Loader.quoted(entry))")
                 }
