@@ -739,11 +739,11 @@ def test_chart_loading_and_error_states(browser, demo, connected_account, sim_fa
     assert status(browser) == ('connected', '연결됨'), 'a KIS error is not a token problem'
     shot(browser, '08-chart-kis-error.png')
 
-    # A range longer than the gateway's max_range_days (3660): 400 range_too_large, before any KIS call.
+    # A range longer than the gateway's max_range_days (3660): 400 range_too_large, before any KIS call. (The form
+    # says so itself before asking — test_chart_form_is_checked_before_the_gateway_is_asked; the page's hook asks.)
     sim_faults(mode='none')
-    load_chart(browser, symbol='005930', start='2000-01-03', end='2024-03-29')
-    wait(browser, lambda d: chart_state(d)[0] in ('ready', 'error', 'empty'), message='the chart did not finish loading')
-    assert chart_state(browser) == ('error', '400'), (chart_state(browser), el(browser, 'chart-error').text)
+    browser.execute_script("window.__kisgw.loadChart({symbol: '005930', start: '2000-01-03', end: '2024-03-29'})")
+    wait(browser, lambda d: chart_state(d) == ('error', '400'), message=f'not refused: {chart_state(browser)}')
     lines = chart_error_lines(browser)
     assert lines[0] == '조회 기간이 너무 깁니다 (최대 3,660일)', lines
     details = server_details(browser, 'chart-error')
@@ -939,6 +939,46 @@ def test_refresh_that_keeps_failing_is_shown_and_retried(browser, demo, connecte
 # the chart form's own checks, screen readers, monthly and yearly candles).
 
 
+def test_a_failed_chart_does_not_leave_the_one_before_drawn(browser, demo, connected_account, sim_faults):
+    """A chart that cannot be loaded (the gateway unreachable) is not shown over the chart before: the canvas is
+    cleared and says which symbol failed, ←/→ read nothing, and the error is told in Korean (no bare "network").
+    While a chart loads, the one before is not presented as it either."""
+    from selenium.webdriver.common.keys import Keys
+    open_connected(browser, demo)
+    wait_chart(browser)
+    assert_canvas_drawn(browser)
+    browser.execute_cdp_cmd('Network.enable', {})
+    browser.execute_cdp_cmd('Network.setBlockedURLs', {'urls': ['*/chart/daily/*']})
+    try:
+        load_chart(browser, symbol='051910')
+        wait(browser, lambda d: chart_state(d)[0] == 'error', message=f'the chart did not fail: {chart_state(browser)}')
+    finally:
+        browser.execute_cdp_cmd('Network.setBlockedURLs', {'urls': []})
+    px = browser.execute_script(CANVAS_PIXELS)
+    assert px['red'] + px['blue'] == 0, f'the chart before is still drawn under the error: {px}'
+    assert el(browser, 'chart-title').text == '051910'
+    label = el(browser, 'chart-canvas').get_attribute('aria-label')
+    assert '051910' in label and '불러오지 못했습니다' in label and '개' not in label, label
+    browser.execute_script("document.getElementById('chart-canvas').focus()")
+    el(browser, 'chart-canvas').send_keys(Keys.ARROW_LEFT)
+    assert not el(browser, 'crosshair').is_displayed(), el(browser, 'crosshair').text
+    shown = el(browser, 'chart-error').text
+    assert '게이트웨이에 연결할 수 없습니다' in shown, shown
+    assert not re.search(r'[A-Za-z]{4,}', shown), f'English shown in the error: {shown!r}'
+    shot(browser, '20-chart-network-error.png')
+
+    # loading (KIS slow): the canvas is empty and says it is loading the symbol asked for
+    sim_faults(mode='none', latency_ms=2500)
+    load_chart(browser, symbol='105560', start='2024-01-02', end='2024-03-29')
+    wait(browser, lambda d: chart_state(d)[0] == 'loading', message=f'not loading: {chart_state(browser)}')
+    px = browser.execute_script(CANVAS_PIXELS)
+    assert px['red'] + px['blue'] == 0, f'a chart is drawn under the loading notice: {px}'
+    assert el(browser, 'chart-title').text == '105560'
+    assert '불러오는 중' in el(browser, 'chart-canvas').get_attribute('aria-label')
+    assert wait_chart(browser) == '200'
+    assert_canvas_drawn(browser)
+
+
 def test_a_gateway_refusal_is_korean_first_with_its_words_kept_as_detail(browser, demo, connected_account):
     """The gateway's English detail ("start must not be after end") is not shown as the message: the error says it
     in Korean, and keeps the gateway's words and the code under a closed 자세한 내용 (lang en). Account values
@@ -961,6 +1001,94 @@ def test_a_gateway_refusal_is_korean_first_with_its_words_kept_as_detail(browser
     dd = browser.execute_script(
         "const s = getComputedStyle(document.getElementById('acct-refresh')); return [s.wordBreak, s.overflowWrap]")
     assert dd[0] != 'break-all' and dd[1] == 'anywhere', dd
+
+
+def chart_requests(browser):
+    return browser.execute_script(
+        "return performance.getEntriesByType('resource').filter((e) => e.name.includes('/chart/daily/')).length")
+
+
+def chart_field_marks(browser):
+    return browser.execute_script("""
+return ['symbol', 'start', 'end'].map((id) => {
+  const f = document.getElementById(id);
+  return [f.getAttribute('aria-invalid'), f.getAttribute('aria-describedby')];
+});""")
+
+
+def set_field(browser, id_, value):
+    """Sets a field's value as typing does (an input event)."""
+    browser.execute_script("const f = document.getElementById(arguments[0]); f.value = arguments[1];"
+                           "f.dispatchEvent(new Event('input', {bubbles: true}))", id_, value)
+
+
+def test_chart_form_is_checked_before_the_gateway_is_asked(browser, demo, connected_account):
+    """A bad symbol, a start after the end, a range longer than the gateway allows and an end after today are said in
+    Korean next to the form, on the fields (aria-invalid, tied to the message), without a request to the gateway;
+    each mark goes when its field is put right. The date fields have a max (today in the market's zone)."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+    from selenium.webdriver.common.keys import Keys
+    open_connected(browser, demo)
+    wait_chart(browser)
+    error = el(browser, 'chart-form-error')
+    assert not error.is_displayed()
+    before = chart_requests(browser)
+    ok = [[None, None]] * 3
+    wrong = [['true', 'chart-form-error']]
+
+    # a domestic symbol must be 6 to 9 letters or digits
+    field = el(browser, 'symbol')
+    field.clear()
+    field.send_keys('ABC')
+    el(browser, 'chart-submit').click()
+    wait(browser, lambda d: error.is_displayed(), timeout=5, message='no message for a bad symbol')
+    assert '국내 종목 코드는' in error.text, error.text
+    assert chart_field_marks(browser) == wrong + [[None, None]] * 2
+    assert browser.execute_script('return document.activeElement.id') == 'symbol'
+    shot(browser, '24-chart-form-bad-symbol.png')
+    field.send_keys(Keys.BACKSPACE * 3 + '005930')
+    wait(browser, lambda d: not error.is_displayed(), timeout=5, message='the mark stayed once the symbol was right')
+    assert chart_field_marks(browser) == ok
+
+    # start after end
+    set_field(browser, 'start', '2024-03-29')
+    set_field(browser, 'end', '2024-01-02')
+    el(browser, 'chart-submit').click()
+    wait(browser, lambda d: error.is_displayed(), timeout=5, message='no message for a start after the end')
+    assert error.text == '시작일이 종료일보다 늦습니다', error.text
+    assert chart_field_marks(browser) == [[None, None]] + wrong * 2
+    set_field(browser, 'start', '2023-12-01')
+    wait(browser, lambda d: not error.is_displayed(), timeout=5, message='the marks stayed once the dates were right')
+    assert chart_field_marks(browser) == ok
+
+    # longer than [limits] max_range_days (the page has it from /ui/config.json)
+    max_days = browser.execute_script("return fetch('/ui/config.json').then((r) => r.json()).then((c) => c.maxRangeDays)")
+    assert max_days == 3660
+    set_field(browser, 'start', '2000-01-03')
+    set_field(browser, 'end', '2024-03-29')
+    el(browser, 'chart-submit').click()
+    wait(browser, lambda d: error.is_displayed(), timeout=5, message='no message for a range too long')
+    assert '조회 기간은 최대 3,660일입니다' in error.text, error.text
+    assert chart_field_marks(browser) == [[None, None]] + wrong * 2
+
+    # an end after the market's today; the fields' max is that today
+    today = datetime.now(ZoneInfo('Asia/Seoul')).date().isoformat()
+    set_field(browser, 'start', '2024-01-02')
+    set_field(browser, 'end', (datetime.fromisoformat(today) + timedelta(days=40)).date().isoformat())
+    el(browser, 'chart-submit').click()
+    wait(browser, lambda d: '종료일은 오늘' in error.text, timeout=5, message=f'no message for a future end: {error.text!r}')
+    assert chart_field_marks(browser) == [[None, None], [None, None]] + wrong
+    assert el(browser, 'end').get_attribute('max') in (today, datetime.now(ZoneInfo('Asia/Seoul')).date().isoformat())
+    assert el(browser, 'start').get_attribute('max')
+    assert chart_requests(browser) == before, 'the gateway was asked for a query the form refused'
+
+    set_field(browser, 'end', '2024-03-29')
+    wait(browser, lambda d: not error.is_displayed(), timeout=5)
+    el(browser, 'chart-submit').click()
+    assert wait_chart(browser) in ('200', '304')
+    assert chart_field_marks(browser) == ok
+    assert chart_requests(browser) == before + 1
 
 
 def test_korean_particles_are_attached_and_terms_are_one(demo):

@@ -288,7 +288,7 @@ async function startSession(token) {
   render(client.state());
   try {
     const s = await client.init();
-    if (client === session && s.environments[client.environment].connected) loadChart();
+    if (client === session && s.environments[client.environment].connected) loadFormChart();
   } catch (err) {
     if (client === session) toastError(err);
   }
@@ -297,6 +297,11 @@ async function startSession(token) {
 // ------------------------------------------------------------------------------------------------ status
 
 let editing = false;
+
+/** Sets `el`'s text only when it changes (no mutation, so no announcement by a live region, when it is the same). */
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
 /** Renders again when the shown token expires (or is a minute from it: `expired` once refreshes keep failing), so
  *  that the status turns at that moment rather than at the next periodic render. */
 let expiryTimer = null;
@@ -409,7 +414,7 @@ async function onConnect(event) {
     toast(message ? `${connected} — ${message}` : connected, 'success');
     render();
     $('acct-edit').focus();  // the form the focus was in is hidden now
-    loadChart();
+    loadFormChart();
   } catch (err) {
     // Korean first; KIS's own message below it, the broker's words in "자세한 내용"
     showError(errorEl, err);
@@ -493,7 +498,7 @@ function switchEnvironment(env) {
   if (!client || client.environment === env) return;
   editing = false;
   client.setEnvironment(env);
-  if (client.state().environments[env].connected) loadChart();
+  if (client.state().environments[env].connected) loadFormChart();
   else {
     chartData = null;
     showChartEmpty(`${ENV_LABEL[env]} 계정이 연결되어 있지 않습니다`);
@@ -544,6 +549,7 @@ function setChartState(state, status = '') {
  *  user than the page now shows. */
 function showChartEmpty(text) {
   chartSeq++;
+  chartData = null;
   chart.setData(null);
   $('chart-canvas').setAttribute('aria-label', '캔들 차트');
   $('chart-empty').textContent = text;
@@ -598,6 +604,79 @@ function setDefaultRange(period = 'D') {
   $('end').value = end;
   $('start').value = start;
   autoDates = auto ? { start, end } : { start: null, end: null };
+  updateDateLimits();
+}
+
+/** The date fields' limits: no end after the market's today, no start after the end. */
+function updateDateLimits() {
+  const today = todayIn(selectedZone());
+  $('end').max = today;
+  $('start').max = $('end').value && $('end').value < today ? $('end').value : today;
+}
+
+const DAY_MS = 86400000;
+const CHART_FIELDS = ['symbol', 'start', 'end'];
+
+/**
+ * What is wrong with the chart form, checked before the gateway is asked: the symbol's form, the dates (no end after
+ * the market's today, no start after the end, no range longer than the gateway's [limits] max_range_days).
+ * @returns {{fields: string[], text: string}[]} the problems, each with the fields it is about (Korean text)
+ */
+function chartFormProblems() {
+  const problems = [];
+  const overseas = document.querySelector('#chart-form input[name=market]:checked')?.value === 'overseas';
+  const symbol = $('symbol').value.trim().toUpperCase();
+  if (!symbol) problems.push({ fields: ['symbol'], text: '종목 코드를 입력하세요' });
+  else if (overseas && !/^[A-Z0-9.\-/]{1,16}$/.test(symbol)) {
+    problems.push({ fields: ['symbol'], text: '해외 종목 코드는 영문·숫자 1~16자입니다 (예: AAPL, BRK/B)' });
+  } else if (!overseas && !/^[0-9A-Z]{6,9}$/.test(symbol)) {
+    problems.push({ fields: ['symbol'], text: '국내 종목 코드는 영문·숫자 6~9자입니다 (예: 005930)' });
+  }
+  const start = $('start').value;
+  const end = $('end').value;
+  const today = todayIn(selectedZone());
+  // a date the field could not read (typed in part) is empty in .value, but the field knows it is bad
+  if ($('start').validity.badInput) problems.push({ fields: ['start'], text: '시작일을 바르게 입력하세요' });
+  if ($('end').validity.badInput) problems.push({ fields: ['end'], text: '종료일을 바르게 입력하세요' });
+  if (end && end > today) problems.push({ fields: ['end'], text: `종료일은 오늘(${today})보다 늦을 수 없습니다` });
+  if (start && end && start > end) {
+    problems.push({ fields: ['start', 'end'], text: '시작일이 종료일보다 늦습니다' });
+  } else if (start && config.maxRangeDays) {
+    const days = Math.round((Date.parse(end || today) - Date.parse(start)) / DAY_MS);
+    if (days > config.maxRangeDays) {
+      const n = (v) => v.toLocaleString('ko-KR');
+      problems.push({
+        fields: end ? ['start', 'end'] : ['start'],
+        text: `조회 기간은 최대 ${n(config.maxRangeDays)}일입니다 (지금 ${n(days)}일)`,
+      });
+    }
+  }
+  return problems;
+}
+
+/**
+ * Checks the chart form and says what is wrong next to it: the fields marked `aria-invalid` and tied to the message
+ * (`aria-describedby`), the others cleared. `focus`: the first wrong field takes the focus.
+ * @returns {boolean} true when the form can be sent
+ */
+function checkChartForm({ focus = false } = {}) {
+  const problems = chartFormProblems();
+  const wrong = new Set(problems.flatMap((p) => p.fields));
+  for (const id of CHART_FIELDS) {
+    const field = $(id);
+    if (wrong.has(id)) {
+      field.setAttribute('aria-invalid', 'true');
+      field.setAttribute('aria-describedby', 'chart-form-error');
+    } else {
+      field.removeAttribute('aria-invalid');
+      field.removeAttribute('aria-describedby');
+    }
+  }
+  const box = $('chart-form-error');
+  setText(box, problems.map((p) => p.text).join(' · '));
+  box.hidden = !problems.length;
+  if (focus && problems.length) $(CHART_FIELDS.find((id) => wrong.has(id))).focus();
+  return !problems.length;
 }
 
 function readQuery() {
@@ -615,14 +694,18 @@ function readQuery() {
   };
 }
 
-async function loadChart(query = readQuery()) {
+/** Loads the chart the form asks for, once the form is checked: when something in it is wrong, that is said next to
+ *  the form and the gateway is not asked. `focus`: the first wrong field takes the focus (a submit). */
+function loadFormChart({ focus = false } = {}) {
   if (!client) return;
-  if (!query.symbol) { toast('종목 코드를 입력하세요', 'warn'); return; }
-  const pattern = query.market === 'overseas' ? /^[A-Z0-9.\-/]{1,16}$/ : /^[0-9A-Z]{6,9}$/;
-  if (!pattern.test(query.symbol)) {
-    toast(query.market === 'overseas' ? '해외 종목 코드 형식이 올바르지 않습니다 (예: AAPL, BRK/B)' : '국내 종목 코드는 6~9자리입니다 (예: 005930)', 'warn');
-    return;
-  }
+  if (autoRange()) setDefaultRange($('period').value);
+  if (!checkChartForm({ focus })) return;
+  loadChart(readQuery());
+}
+
+/** Asks the gateway for the chart of `query` and shows it (or why there is none). */
+async function loadChart(query) {
+  if (!client || !query.symbol) return;
   const s = client.state();
   if (!s.environments[s.environment].connected) {
     showChartEmpty(`${ENV_LABEL[s.environment]} 계정을 먼저 연결하세요`);
@@ -630,6 +713,16 @@ async function loadChart(query = readQuery()) {
   }
   const seq = ++chartSeq;
   lastQuery = query;
+  // The chart before is not shown as this one while it loads, nor when it fails: cleared (the canvas, its label, the
+  // crosshair, the candles ←/→ read), under the title of the symbol asked for.
+  const asked = query.market === 'overseas' ? `${query.exchange} ${query.symbol}` : query.symbol;
+  chartData = null;
+  chart.setData(null);
+  tip.hidden = true;
+  $('chart-title').textContent = asked;
+  $('chart-canvas').setAttribute('aria-label', `${asked} 캔들 차트 — 불러오는 중`);
+  $('chart-cache').textContent = '';
+  $('chart-timing').textContent = '';
   setChartState('loading');
   try {
     const res = await client.chart(query);
@@ -661,8 +754,12 @@ async function loadChart(query = readQuery()) {
     if (res.refreshed) console.info('한국투자증권 접근 토큰을 갱신하고 다시 요청했습니다');
   } catch (err) {
     if (seq !== chartSeq) return;
+    chartData = null;
+    chart.setData(null);
+    tip.hidden = true;
     setChartState('error', err.status || err.code);
-    $('chart-title').textContent = query.market === 'overseas' ? `${query.exchange} ${query.symbol}` : query.symbol;
+    $('chart-title').textContent = asked;
+    $('chart-canvas').setAttribute('aria-label', `${asked} 차트를 불러오지 못했습니다`);
     $('chart-cache').textContent = '';
     $('chart-timing').textContent = '';
     // Korean first; KIS's own message (Korean) below it; the server's words (English: the problem's `detail`, the
@@ -685,6 +782,13 @@ function onMarketChange() {
   if (overseas && /^\d{6}$/.test(sym.value)) sym.value = 'AAPL';
   if (!overseas && !/^[0-9A-Z]{6,9}$/.test(sym.value)) sym.value = '005930';
   if (autoRange()) setDefaultRange($('period').value);
+  updateDateLimits();  // another market, another today
+  recheckChartForm();
+}
+
+/** The chart form checked again when a field is marked wrong: a mark goes as soon as its field is right. */
+function recheckChartForm() {
+  if (CHART_FIELDS.some((f) => $(f).getAttribute('aria-invalid') === 'true')) checkChartForm();
 }
 
 // ------------------------------------------------------------------------------------------------ start
@@ -710,10 +814,21 @@ async function main() {
     switchEnvironment(next);
     $(`env-${next}`).focus();
   });
-  $('chart-form').addEventListener('submit', (e) => { e.preventDefault(); loadChart(); });
+  $('chart-form').addEventListener('submit', (e) => { e.preventDefault(); loadFormChart({ focus: true }); });
+  // A field marked wrong is checked again as it changes: its mark goes as soon as it is right.
+  for (const id of CHART_FIELDS) {
+    $(id).addEventListener('input', () => {
+      if (id === 'end') updateDateLimits();
+      recheckChartForm();
+    });
+  }
   for (const r of document.querySelectorAll('#chart-form input[name=market]')) r.addEventListener('change', onMarketChange);
-  $('period').addEventListener('change', () => setDefaultRange($('period').value));
-  $('exchange').addEventListener('change', () => { if (autoRange()) setDefaultRange($('period').value); });
+  $('period').addEventListener('change', () => { setDefaultRange($('period').value); recheckChartForm(); });
+  $('exchange').addEventListener('change', () => {
+    if (autoRange()) setDefaultRange($('period').value);
+    updateDateLimits();
+    recheckChartForm();
+  });
   $('signin').addEventListener('submit', async (e) => {
     e.preventDefault();
     const button = $('signin-button');
@@ -780,6 +895,7 @@ function failed(err) {
 window.__kisgw = {
   state: () => (client ? { ...client.state(), user, token: client.token() } : null),
   get client() { return client; },
+  // the form's query with `q` over it, sent as it is (the form's own checks are not made: the gateway's are tested)
   loadChart: (q) => loadChart(q ? { ...readQuery(), ...q } : readQuery()),
   get lastQuery() { return lastQuery; },
 };
