@@ -332,6 +332,12 @@ def test_refused_token_that_cannot_be_replaced_yet_shows_expired_and_is_retried(
     wait(browser, lambda d: '재시도' in el(d, 'acct-refresh').text, message=el(browser, 'acct-refresh').text)
     sandbox = browser.execute_script('return window.__kisgw.client.state().environments.SANDBOX')
     assert 'token' not in sandbox
+    # The token's stated expiry (tomorrow) is not shown as its end: KIS ended it early, it needs a refresh. (The
+    # header read "토큰 만료 … 만료 <tomorrow>".)
+    detail = el(browser, 'status-detail').text
+    assert '조기 종료' in detail and '갱신 필요' in detail, detail
+    assert '(KST)' not in detail, detail
+    assert '조기 종료' in el(browser, 'acct-expiry').text, el(browser, 'acct-expiry').text
     # The failed refresh is said in Korean; the broker's (English) words are kept under 자세한 내용, not shown.
     refresh_text = el(browser, 'acct-refresh').text
     assert sandbox['lastError'] and sandbox['lastError'] not in refresh_text, (sandbox['lastError'], refresh_text)
@@ -521,18 +527,30 @@ def test_environment_switch_disconnect_and_encrypted_store(browser, demo, reset_
     connect(browser, 'LIVE')
     assert '실계좌' in el(browser, 'status-detail').text
     wait_chart(browser)
+    assert browser.execute_script('return window.__noReload') is True
 
+    # A reload shows the environment selected last when it has a connected account (it always went back to 모의투자)
+    browser.refresh()
+    wait(browser, lambda d: d.execute_script('return window.__kisgw.state() && window.__kisgw.state().user') == USER)
+    wait(browser, lambda d: status(d) == ('connected', '연결됨') and '실계좌' in el(d, 'status-detail').text,
+         message=f'not 실계좌 after the reload: {status(browser)} {el(browser, "status-detail").text!r}')
+    assert el(browser, 'env-LIVE').get_attribute('aria-checked') == 'true'
+    wait_chart(browser)
+
+    browser.execute_script('window.__noReload = true')
     el(browser, 'env-SANDBOX').click()
     wait(browser, lambda d: status(d) == ('connected', '연결됨') and '모의투자' in el(d, 'status-detail').text)
     assert browser.execute_script('return window.__noReload') is True
 
-    # tokens are in localStorage only as ciphertext
+    # tokens are in localStorage only as ciphertext (beside them, the environment last selected: a plain name)
     stored = browser.execute_script(
         'return Object.keys(localStorage).filter(k => k.startsWith("kisgw.")).map(k => [k, localStorage.getItem(k)])')
     token = browser.execute_script('return window.__kisgw.state().token')
-    assert len(stored) == 2, stored
-    for _, value in stored:
+    entries = [(k, v) for k, v in stored if k.startswith('kisgw.v1.')]
+    assert len(entries) == 2, stored
+    for _, value in entries:
         assert token not in value and '"ct"' in value
+    assert [(k, v) for k, v in stored if not k.startswith('kisgw.v1.')] == [(f'kisgw.environment.{USER}', 'SANDBOX')], stored
 
     # a reload restores the connection from the encrypted store
     browser.refresh()
@@ -553,8 +571,12 @@ def test_environment_switch_disconnect_and_encrypted_store(browser, demo, reset_
                             headers={'Authorization': f"Bearer {body['token']}"})
     assert got == 404, f'the broker still has the LIVE account: {got} {text[:200]}'
 
-    el(browser, 'env-SANDBOX').click()
-    wait(browser, lambda d: status(d) == ('connected', '연결됨'))
+    # LIVE, selected last, has no account now: a reload shows 모의투자, which has one
+    browser.refresh()
+    wait(browser, lambda d: d.execute_script('return window.__kisgw.state() && window.__kisgw.state().user') == USER)
+    wait(browser, lambda d: status(d) == ('connected', '연결됨') and '모의투자' in el(d, 'status-detail').text,
+         message=f'not 모의투자 after the reload: {status(browser)} {el(browser, "status-detail").text!r}')
+    assert el(browser, 'env-SANDBOX').get_attribute('aria-checked') == 'true'
     assert visible_error_toasts(browser) == []
 
 

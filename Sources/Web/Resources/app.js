@@ -12,6 +12,19 @@ const tabStorage = storageOrNull('sessionStorage');
 function keepJwt(token) { try { tabStorage?.setItem(JWT_KEY, token); } catch { /* refused or full: not kept */ } }
 function storedJwt() { try { return tabStorage?.getItem(JWT_KEY) ?? null; } catch { return null; } }
 function forgetJwt() { try { tabStorage?.removeItem(JWT_KEY); } catch { /* nothing was kept */ } }
+// The environment the user last selected, per user and across reloads (not secret: SANDBOX or LIVE). A reload shows
+// it again when it has a connected account, else the default (모의투자).
+const localStore = storageOrNull('localStorage');
+const envKey = (u) => `kisgw.environment.${encodeURIComponent(u)}`;
+function rememberEnvironment(env) { try { if (user) localStore?.setItem(envKey(user), env); } catch { /* not kept */ } }
+function rememberedEnvironment(u) {
+  try {
+    const env = localStore?.getItem(envKey(u));
+    return ENVIRONMENTS.includes(env) ? env : null;
+  } catch {
+    return null;
+  }
+}
 /** Korean headlines for the gateway's and the broker's problem codes (gateway-api.md, broker-api.md); the server's
  *  own words are kept as detail (`errorDetail`). A request that got no answer (`network`) is described by its own
  *  (Korean) message, which names the server. */
@@ -264,7 +277,8 @@ async function startSession(token) {
   user = jwtSubject(token) ?? 'user';
   showSignInState(`${user} 로그인됨`, false);
   if (config.demo) $('signin-user').value = user;
-  const previousEnv = client?.environment ?? 'SANDBOX';
+  const remembered = rememberedEnvironment(user);
+  const previousEnv = remembered ?? client?.environment ?? 'SANDBOX';
   const session = createKisClient({
     gatewayUrl: config.gatewayUrl,
     brokerUrl: '',
@@ -288,7 +302,13 @@ async function startSession(token) {
   render(client.state());
   try {
     const s = await client.init();
-    if (client === session && s.environments[client.environment].connected) loadFormChart();
+    if (client !== session) return;
+    // The remembered environment has no connected account (any more): the default one is shown — unless the user
+    // chose another meanwhile.
+    if (remembered && session.environment === remembered && !s.environments[remembered].connected) {
+      session.setEnvironment('SANDBOX');
+    }
+    if (session.state().environments[session.environment].connected) loadFormChart();
   } catch (err) {
     if (client === session) toastError(err);
   }
@@ -324,7 +344,13 @@ function render(s = client?.state()) {
   status.dataset.environment = env;
   $('status-text').textContent = STATUS_LABEL[e.status];
   let detail = ENV_LABEL[env];
-  if (e.connected && e.expiresAt) detail += ` · 만료 ${formatExpiry(e.expiresAt)}`;
+  // A token the gateway refused before its stated expiry (KIS ended it early), or none while the account is
+  // connected: that expiry is not when it ends — it needs a refresh.
+  const endedEarly = e.connected && e.tokenRefused;
+  const needsToken = e.connected && !endedEarly && e.status === 'expired' && left > 60000;
+  if (endedEarly) detail += ' · 접근 토큰 조기 종료 — 갱신 필요';
+  else if (needsToken) detail += ' · 접근 토큰 갱신 필요';
+  else if (e.connected && e.expiresAt) detail += ` · 만료 ${formatExpiry(e.expiresAt)}`;
   if (e.refreshing) detail += ' · 갱신 중…';
   else if (e.refreshFailures > 0) detail += ` · 접근 토큰 갱신 실패 ${e.refreshFailures}회`;
   if (s.signInRequired) detail += ' · 다시 로그인 필요';
@@ -343,7 +369,7 @@ function render(s = client?.state()) {
   $('acct-env').textContent = ENV_LABEL[env];
   $('acct-number').textContent = e.account ?? '—';
   $('acct-appkey').textContent = e.appKey ?? '—';
-  $('acct-expiry').textContent = formatExpiry(e.expiresAt);
+  $('acct-expiry').textContent = endedEarly ? '조기 종료됨 — 갱신 필요' : needsToken ? '갱신 필요' : formatExpiry(e.expiresAt);
   const refreshEl = $('acct-refresh');
   if (e.refreshFailures > 0) {
     // why, in Korean; the server's own words in "자세한 내용"
@@ -406,7 +432,10 @@ async function onConnect(event) {
   button.disabled = true;
   button.textContent = '확인 중…';
   try {
-    if (client.environment !== data.environment) client.setEnvironment(data.environment);
+    if (client.environment !== data.environment) {
+      client.setEnvironment(data.environment);
+      rememberEnvironment(data.environment);
+    }
     const { message } = await client.connect(data);
     editing = false;
     $('connect-form').reset();
@@ -498,6 +527,7 @@ function switchEnvironment(env) {
   if (!client || client.environment === env) return;
   editing = false;
   client.setEnvironment(env);
+  rememberEnvironment(env);
   if (client.state().environments[env].connected) loadFormChart();
   else {
     chartData = null;

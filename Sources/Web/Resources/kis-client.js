@@ -51,6 +51,8 @@
  * @property {{code: string, status: number, message: string, server: string|null, kisCode: string|null,
  *             kisMessage: string|null}|null} lastFailure  that failure's code and origin, for a page to say it in
  *                                   its own language and keep the server's words as detail
+ * @property {boolean} tokenRefused  the gateway refused the current token before its stated expiry (KIS ended it
+ *                                   early, or it was revoked): `expiresAt` is no longer when it ends
  * @property {string|null} syncError  the broker could not say what account this environment has (it did not answer,
  *                                    or failed); asked again with a backoff until it answers
  */
@@ -433,7 +435,9 @@ export function createKisClient(options) {
     const out = { environment, signInRequired, environments: {} };
     for (const env of ENVIRONMENTS) {
       const { token, receivedAt, refusedToken, syncFailures, ...rest } = envs[env];
-      out.environments[env] = { ...rest, status: statusOf(envs[env]) };
+      out.environments[env] = {
+        ...rest, status: statusOf(envs[env]), tokenRefused: token !== null && token === refusedToken,
+      };
     }
     return out;
   }
