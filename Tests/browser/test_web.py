@@ -1025,6 +1025,29 @@ def test_a_gateway_refusal_is_korean_first_with_its_words_kept_as_detail(browser
     assert dd[0] != 'break-all' and dd[1] == 'anywhere', dd
 
 
+def test_status_words_stay_whole_on_a_phone(browser, demo, connected_account):
+    """At 375 px the header's status read "연결 / 됨" over two lines: a status word is not broken."""
+    browser.execute_cdp_cmd('Emulation.setDeviceMetricsOverride',
+                            {'width': 375, 'height': 812, 'deviceScaleFactor': 1, 'mobile': True})
+    open_connected(browser, demo)
+    wait_chart(browser)
+    lines = """
+const el = document.getElementById(arguments[0]);
+const r = document.createRange();
+r.selectNodeContents(el);
+return new Set([...r.getClientRects()].filter((x) => x.width > 0).map((x) => Math.round(x.top))).size;
+"""
+    assert browser.execute_script('return document.documentElement.clientWidth') == 375
+    shot(browser, '23-phone-375.png')
+    assert el(browser, 'status-text').text == '연결됨'
+    assert browser.execute_script(lines, 'status-text') == 1, 'the status word is broken over two lines'
+    # the switch to the other environment: 연결 안됨 stays whole too
+    el(browser, 'env-LIVE').click()
+    wait(browser, lambda d: status(d) == ('disconnected', '연결 안됨'))
+    assert browser.execute_script(lines, 'status-text') == 1, 'the status words are broken over two lines'
+    el(browser, 'env-SANDBOX').click()
+
+
 def chart_requests(browser):
     return browser.execute_script(
         "return performance.getEntriesByType('resource').filter((e) => e.name.includes('/chart/daily/')).length")
@@ -1111,6 +1134,53 @@ def test_chart_form_is_checked_before_the_gateway_is_asked(browser, demo, connec
     assert wait_chart(browser) in ('200', '304')
     assert chart_field_marks(browser) == ok
     assert chart_requests(browser) == before + 1
+
+
+def test_screen_readers_hear_each_change_once(browser, demo, connected_account):
+    """The periodic render does not rewrite the live status when nothing changed (it was read again every 30 s);
+    the chart's empty notice is announced (a status); a toast is its own live region, not an alert inside a live
+    container (read twice)."""
+    open_connected(browser, demo)
+    wait_chart(browser)
+    browser.execute_script("""
+window.__statusMutations = [];
+new MutationObserver((rs) => window.__statusMutations.push(...rs.map((r) => r.type)))
+  .observe(document.getElementById('status'), {subtree: true, childList: true, characterData: true, attributes: true});
+""")
+    # a render with nothing changed (the client tells the page its state; the 30 s timer does the same)
+    browser.execute_script("for (let i = 0; i < 3; i++) window.__kisgw.client.setEnvironment('SANDBOX')")
+    browser.execute_script('return new Promise((r) => setTimeout(r, 200))')
+    assert browser.execute_script('return window.__statusMutations') == [], 'the status was rewritten unchanged'
+    # a change is still written
+    el(browser, 'env-LIVE').click()
+    wait(browser, lambda d: status(d) == ('disconnected', '연결 안됨'))
+    assert browser.execute_script('return window.__statusMutations.length') > 0
+
+    empty = el(browser, 'chart-empty')
+    assert empty.is_displayed() and '실계좌 계정이 연결되어 있지 않습니다' in empty.text
+    live = browser.execute_script("""
+let e = arguments[0];
+for (; e; e = e.parentElement) if (e.getAttribute('aria-live') || ['status', 'alert', 'log'].includes(e.getAttribute('role'))) return true;
+return false;""", empty)
+    assert live, '#chart-empty is not announced'
+    el(browser, 'env-SANDBOX').click()
+    wait(browser, lambda d: status(d) == ('connected', '연결됨'))
+
+    # an error toast (a user id the demo refuses)
+    field = el(browser, 'signin-user')
+    field.clear()
+    field.send_keys('bad user!')
+    el(browser, 'signin-button').click()
+    wait(browser, lambda d: visible_error_toasts(d), timeout=10, message='no error toast')
+    nested = browser.execute_script("""
+return [...document.querySelectorAll('#toasts .toast')].map((t) => {
+  let live = 0;
+  for (let e = t.parentElement; e; e = e.parentElement) {
+    if (e.getAttribute('aria-live') || ['status', 'alert', 'log'].includes(e.getAttribute('role'))) live++;
+  }
+  return [t.getAttribute('role'), live];
+});""")
+    assert nested and all(role in ('alert', 'status') and live == 0 for role, live in nested), nested
 
 
 def test_korean_particles_are_attached_and_terms_are_one(demo):

@@ -189,7 +189,8 @@ let chartSeq = 0;
 // ------------------------------------------------------------------------------------------------ toasts
 
 /**
- * Shows a toast.
+ * Shows a toast. The container is not a live region: each toast is its own — an error an alert, the rest a status —
+ * so that a screen reader reads it once (an alert inside a live container was read twice).
  * `err`: the server's words of that error follow as a smaller line, in English, after the Korean message.
  */
 function toast(message, kind = 'info', ms = 4500, err = null) {
@@ -339,10 +340,12 @@ function render(s = client?.state()) {
     $(`env-${name}`).tabIndex = name === env ? 0 : -1;
   }
 
+  // The status is a live region: written only when what it says changes (the periodic render would otherwise have
+  // screen readers read it again every 30 s).
   const status = $('status');
-  status.dataset.status = e.status;
-  status.dataset.environment = env;
-  $('status-text').textContent = STATUS_LABEL[e.status];
+  if (status.dataset.status !== e.status) status.dataset.status = e.status;
+  if (status.dataset.environment !== env) status.dataset.environment = env;
+  setText($('status-text'), STATUS_LABEL[e.status]);
   let detail = ENV_LABEL[env];
   // A token the gateway refused before its stated expiry (KIS ended it early), or none while the account is
   // connected: that expiry is not when it ends — it needs a refresh.
@@ -355,7 +358,7 @@ function render(s = client?.state()) {
   else if (e.refreshFailures > 0) detail += ` · 접근 토큰 갱신 실패 ${e.refreshFailures}회`;
   if (s.signInRequired) detail += ' · 다시 로그인 필요';
   if (e.syncError) detail += ' · 브로커에서 계정 상태를 확인하지 못했습니다 (다시 시도 중)';
-  $('status-detail').textContent = detail;
+  setText($('status-detail'), detail);
 
   // account panel
   const showForm = !e.connected || editing;
@@ -366,10 +369,10 @@ function render(s = client?.state()) {
   if (!editing) {
     for (const r of document.querySelectorAll('#connect-form input[name=environment]')) r.checked = r.value === env;
   }
-  $('acct-env').textContent = ENV_LABEL[env];
-  $('acct-number').textContent = e.account ?? '—';
-  $('acct-appkey').textContent = e.appKey ?? '—';
-  $('acct-expiry').textContent = endedEarly ? '조기 종료됨 — 갱신 필요' : needsToken ? '갱신 필요' : formatExpiry(e.expiresAt);
+  setText($('acct-env'), ENV_LABEL[env]);
+  setText($('acct-number'), e.account ?? '—');
+  setText($('acct-appkey'), e.appKey ?? '—');
+  setText($('acct-expiry'), endedEarly ? '조기 종료됨 — 갱신 필요' : needsToken ? '갱신 필요' : formatExpiry(e.expiresAt));
   const refreshEl = $('acct-refresh');
   if (e.refreshFailures > 0) {
     // why, in Korean; the server's own words in "자세한 내용"
@@ -388,7 +391,7 @@ function render(s = client?.state()) {
     refreshEl.className = 'warn';
   } else {
     delete refreshEl.dataset.key;
-    refreshEl.textContent = e.nextRefreshAt ? `${timeFmt.format(new Date(e.nextRefreshAt))} (KST) 예정` : '—';
+    setText(refreshEl, e.nextRefreshAt ? `${timeFmt.format(new Date(e.nextRefreshAt))} (KST) 예정` : '—');
     refreshEl.className = '';
   }
   $('acct-refresh-now').disabled = e.refreshing;
