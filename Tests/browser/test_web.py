@@ -1025,6 +1025,42 @@ def test_a_gateway_refusal_is_korean_first_with_its_words_kept_as_detail(browser
     assert dd[0] != 'break-all' and dd[1] == 'anywhere', dd
 
 
+def touch_tap(browser, element, x=0, y=0):
+    """A finger's tap on `element`, `x`/`y` from its centre (WebDriver's touch pointer: pointerType "touch")."""
+    from selenium.webdriver.common.actions import interaction
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
+    actions = ActionBuilder(browser, mouse=PointerInput(interaction.POINTER_TOUCH, 'finger'))
+    actions.pointer_action.move_to(element, x, y).pointer_down().pause(0.05).pointer_up()
+    actions.perform()
+
+
+def test_the_crosshair_works_by_touch_and_the_page_still_scrolls(browser, demo, connected_account):
+    """On a phone: a tap on the chart shows the crosshair, which stays once the finger lifts; a tap elsewhere hides
+    it. The chart lets the page scroll vertically (touch-action pan-y: it was none, and the page could not be
+    scrolled over the chart)."""
+    open_connected(browser, demo)
+    wait_chart(browser)
+    load_chart(browser, symbol='005930', start='2024-01-02', end='2024-03-29')
+    wait_chart(browser)
+    canvas = el(browser, 'chart-canvas')
+    assert browser.execute_script('return getComputedStyle(arguments[0]).touchAction', canvas) == 'pan-y'
+    browser.execute_script("""
+window.__pointers = [];
+document.getElementById('chart-canvas').addEventListener('pointerdown', (e) => window.__pointers.push(e.pointerType));
+""")
+    tip = el(browser, 'crosshair')
+    touch_tap(browser, canvas, 60, 0)
+    assert browser.execute_script('return window.__pointers') == ['touch']
+    wait(browser, lambda d: tip.is_displayed(), timeout=5, message='no crosshair after a tap')
+    browser.execute_script('return new Promise((r) => setTimeout(r, 300))')
+    assert tip.is_displayed(), 'the crosshair went when the finger lifted'
+    assert re.search(r'\d{4}년 \d{1,2}월 \d{1,2}일', tip.text) and '종가' in tip.text, tip.text
+    shot(browser, '22-touch-crosshair.png')
+    touch_tap(browser, el(browser, 'chart-title'))
+    wait(browser, lambda d: not tip.is_displayed(), timeout=5, message='the crosshair stayed after a tap elsewhere')
+
+
 def test_status_words_stay_whole_on_a_phone(browser, demo, connected_account):
     """At 375 px the header's status read "연결 / 됨" over two lines: a status word is not broken."""
     browser.execute_cdp_cmd('Emulation.setDeviceMetricsOverride',

@@ -70,8 +70,17 @@ export class CandleChart {
     this.hover = null;
     this.decimals = 0;
     this.layout = null;
-    canvas.addEventListener('pointermove', (e) => this.pointer(e));
-    canvas.addEventListener('pointerleave', () => this.clearSelection());
+    // A mouse (or a pen) shows the crosshair where it hovers and hides it when it leaves. A finger has no hover: a
+    // tap or a horizontal drag puts the crosshair on a candle, and it stays after the finger lifts (which is also a
+    // `pointerleave`) — until a tap elsewhere on the page, Esc, or the focus leaving the chart. The canvas lets the
+    // page scroll vertically (`touch-action: pan-y`): a vertical swipe over the chart scrolls the page.
+    const touch = (e) => e.pointerType === 'touch';
+    canvas.addEventListener('pointerdown', (e) => this.pointer(e));
+    canvas.addEventListener('pointermove', (e) => { if (!touch(e) || e.buttons) this.pointer(e); });
+    canvas.addEventListener('pointerleave', (e) => { if (!touch(e)) this.clearSelection(); });
+    canvas.ownerDocument.addEventListener('pointerdown', (e) => {
+      if (e.target !== canvas && touch(e)) this.clearSelection();
+    });
     // The keyboard reads the candles one by one, as the pointer does: ←/→ a candle, PageUp/PageDown 20, Home/End
     // the first and the last, Esc away (the canvas is focusable in the page).
     canvas.addEventListener('keydown', (e) => this.key(e));
