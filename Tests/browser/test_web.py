@@ -1229,3 +1229,34 @@ def test_korean_particles_are_attached_and_terms_are_one(demo):
         text = body.decode()
         assert not spaced.findall(text), (path, sorted({m for m in spaced.findall(text)}))
         assert not re.search(r'KIS (?:접근 )?토큰', text), (path, re.findall(r'.{20}KIS (?:접근 )?토큰.{10}', text))
+
+
+def test_monthly_and_yearly_candles_are_named_by_month_and_year(browser, demo, connected_account):
+    """A monthly candle's crosshair reads "2026년 7월" (not the first day, "2026년 7월 1일 (수)"), a yearly one's
+    "2026년"; a yearly range starts on 1 January. The cache and timing line is legible (4.5:1 on white)."""
+    open_connected(browser, demo)
+    wait_chart(browser)
+    canvas = el(browser, 'chart-canvas')
+    tip = el(browser, 'crosshair')
+    for period, pattern in (('M', r'^\d{4}년 \d{1,2}월$'), ('Y', r'^\d{4}년$')):
+        load_chart(browser, symbol='005930', period=period)
+        assert wait_chart(browser) in ('200', '304')
+        if period == 'Y':
+            assert el(browser, 'start').get_attribute('value').endswith('-01-01'), el(browser, 'start').get_attribute('value')
+        if period == 'M':
+            assert el(browser, 'start').get_attribute('value').endswith('-01'), el(browser, 'start').get_attribute('value')
+        ActionChains(browser).move_to_element_with_offset(canvas, 0, 0).perform()
+        wait(browser, lambda d: tip.is_displayed(), timeout=5, message='no crosshair')
+        head = tip.find_element(By.CSS_SELECTOR, '.d').text
+        assert re.match(pattern, head), (period, head)
+        label = canvas.get_attribute('aria-label')
+        assert '일 (' not in label, label
+        ActionChains(browser).move_to_element(el(browser, 'chart-title')).perform()
+    rgb = browser.execute_script("return getComputedStyle(document.getElementById('chart-meta')).color")
+
+    def luminance(c):
+        c = c / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+    r, g, b = (int(x) for x in re.findall(r'\d+', rgb)[:3])
+    lum = 0.2126 * luminance(r) + 0.7152 * luminance(g) + 0.0722 * luminance(b)
+    assert (1.05) / (lum + 0.05) >= 4.5, rgb

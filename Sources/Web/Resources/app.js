@@ -1,6 +1,6 @@
 // The kisgw page: sign-in (demo), KIS account connection, status, environment switch and the chart view.
 import { checkJwt, createKisClient, ENVIRONMENTS, storageOrNull } from './kis-client.js';
-import { CandleChart, formatDate, formatPrice, formatVolume, priceDecimals } from './chart.js';
+import { CandleChart, formatCandleDate, formatPrice, formatVolume, priceDecimals } from './chart.js';
 
 const $ = (id) => document.getElementById(id);
 const ENV_LABEL = { SANDBOX: '모의투자', LIVE: '실계좌' };
@@ -557,7 +557,7 @@ function showCrosshair(c, i, x) {
   };
   const head = document.createElement('div');
   head.className = 'd';
-  head.textContent = formatDate(c.date);
+  head.textContent = formatCandleDate(c.date, chartData.period);
   tip.replaceChildren(head, row('시가', formatPrice(c.open, d)), row('고가', formatPrice(c.high, d)),
     row('저가', formatPrice(c.low, d)), row('종가', formatPrice(c.close, d)), row('거래량', formatVolume(c.volume)));
   tip.hidden = false;
@@ -628,12 +628,21 @@ let autoDates = null;
 const autoRange = () => autoDates === null || (autoDates.start === $('start').value && autoDates.end === $('end').value);
 
 /** The range for `period` ending at the market's today — or, when the user chose the end, at theirs (which stays
- *  theirs). */
+ *  theirs). A monthly range starts on the first of a month, a yearly one on 1 January (the first candle is then a
+ *  whole month's or year's). */
 function setDefaultRange(period = 'D') {
   const auto = autoRange() || !$('end').value;
   const end = auto ? todayIn(selectedZone()) : $('end').value;
   // Never longer than the gateway allows ([limits] max_range_days), or the default query would be refused.
-  const start = addDays(end, -Math.min(PERIOD_SPAN_DAYS[period], config.maxRangeDays || Infinity));
+  let start = addDays(end, -Math.min(PERIOD_SPAN_DAYS[period], config.maxRangeDays || Infinity));
+  // rounded up (never longer than the span): to the next 1 January, or the next first of a month
+  const [y, m, d] = start.split('-').map(Number);
+  let rounded = start;
+  if (period === 'Y' && (m !== 1 || d !== 1)) rounded = `${y + 1}-01-01`;
+  else if (period === 'M' && d !== 1) {
+    rounded = m === 12 ? `${y + 1}-01-01` : `${y}-${String(m + 1).padStart(2, '0')}-01`;
+  }
+  if (rounded <= end) start = rounded;
   $('end').value = end;
   $('start').value = start;
   autoDates = auto ? { start, end } : { start: null, end: null };
@@ -782,8 +791,10 @@ async function loadChart(query) {
     }
     setChartState('ready', res.status);
     chart.setData(d);
-    $('chart-canvas').setAttribute('aria-label', `${d.name || d.symbol} ${periodLabel} 캔들 차트, ${formatDate(d.candles[0].date)}부터 `
-      + `${formatDate(d.candles[d.candles.length - 1].date)}까지 ${d.candles.length}개`);
+    const first = formatCandleDate(d.candles[0].date, d.period);
+    const last = formatCandleDate(d.candles[d.candles.length - 1].date, d.period);
+    $('chart-canvas').setAttribute('aria-label', `${d.name || d.symbol} ${periodLabel} 캔들 차트, ${first}부터 `
+      + `${last}까지 ${d.candles.length}개`);
     if (res.refreshed) console.info('한국투자증권 접근 토큰을 갱신하고 다시 요청했습니다');
   } catch (err) {
     if (seq !== chartSeq) return;

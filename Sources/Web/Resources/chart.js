@@ -48,6 +48,15 @@ export function formatDate(iso) {
   return `${get('year')}년 ${get('month')} ${get('day')}일 (${get('weekday')})`.replace('월월', '월');
 }
 
+/** A candle's date as its period reads it: "2024년 7월" for a month's candle (`M`), "2024년" for a year's (`Y`), else
+ *  the day, "2024년 7월 1일 (월)" (a day's or a week's candle). */
+export function formatCandleDate(iso, period) {
+  const [y, m] = String(iso).split('-').map(Number);
+  if (period === 'Y' && y) return `${y}년`;
+  if (period === 'M' && y && m) return `${y}년 ${m}월`;
+  return formatDate(iso);
+}
+
 function niceStep(range, target) {
   const raw = range / Math.max(1, target);
   const mag = 10 ** Math.floor(Math.log10(raw));
