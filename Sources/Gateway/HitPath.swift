@@ -384,18 +384,27 @@ final class HitPath: Sendable {
     /// not HTTP/1.1: a problem like every other error, and the connection closes after it. `origin` is the request's
     /// allowed `Origin` when its head was read whole (a head over the limit but within the decoder's own, twice
     /// that), so that a browser can read the answer; nil when the decoder gave up before the end of the head.
-    func malformed(_ error: HTTPParserError?, origin: String?, allocator: ByteBufferAllocator) -> Answer {
-        return problem(Problem(.invalidParameter, Self.refusal(error)), route: "unmatched", origin: origin, close: true,
+    func malformed(_ reason: Refusal, origin: String?, allocator: ByteBufferAllocator) -> Answer {
+        return problem(Problem(.invalidParameter, reason.detail), route: "unmatched", origin: origin, close: true,
                        allocator: allocator)
     }
 
-    /// What a refused request is told: `nil` for a head this server measured longer than `maxHeaderBytes`, else the
-    /// decoder's error (`HTTPRefusal`).
-    static func refusal(_ error: HTTPParserError?) -> String {
-        guard let error else {
-            return "the request's header fields are longer than this server accepts ([server] max_header_bytes)"
+    /// Why a request is refused before it is routed.
+    enum Refusal {
+        /// The decoder could not read it.
+        case decoder(HTTPParserError)
+        /// Its head is longer than `maxHeaderBytes` (measured here).
+        case oversized
+        /// HTTP/1.1 without exactly one `Host` (RFC 9112 §3.2).
+        case host
+
+        var detail: String {
+            switch self {
+            case .decoder(let error): HTTPRefusal.detail(error)
+            case .oversized: "the request's header fields are longer than this server accepts ([server] max_header_bytes)"
+            case .host: HTTPRefusal.hostDetail
+            }
         }
-        return HTTPRefusal.detail(error)
     }
 
     /// Whether `head` is longer than `maxHeaderBytes` (``HeadSize``): for the heads the hit path leaves to the
@@ -554,7 +563,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var quiesce: Any?
     /// A request refused before routing (by the decoder, or its head over `maxHeaderBytes`) and its allowed
     /// `Origin` if that was read, answered (and the connection closed) once the answers before it are out.
-    private var refused: (error: HTTPParserError?, origin: String?)?
+    private var refused: (reason: HitPath.Refusal, origin: String?)?
     /// The router has a request whose end has not been passed on yet: a decoder error now is in its body, and the
     /// router's body stream is the one to fail.
     private var routedBodyOpen = false
@@ -634,18 +643,21 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         switch unwrapInboundIn(data) {
         case .head(let head):
             let start = ContinuousClock.now, now = Date()
-            if routed.isEmpty, encoder != nil,
+            if head.version == .http1_1, encoder != nil, !HTTPRefusal.hasOneHost(head.headers) {
+                refused = (.host, head.headers.first(name: "origin").flatMap { allowed($0) ? $0 : nil })
+                if routed.isEmpty { refuse(context: context) }
+            } else if routed.isEmpty, encoder != nil,
                 let decision = path.decide(head, now: now, allocator: context.channel.allocator, originAllowed: allowed)
             {
                 if case .refuseOversized(let origin) = decision {
-                    refused = (nil, origin)
+                    refused = (.oversized, origin)
                     refuse(context: context)
                 } else {
                     answering = (decision, head.method, start, now)
                 }
             } else if encoder != nil, path.oversized(head) {
                 // What the hit path leaves to the router is measured here (it measures what it answers itself).
-                refused = (nil, head.headers.first(name: "origin").flatMap { allowed($0) ? $0 : nil })
+                refused = (.oversized, head.headers.first(name: "origin").flatMap { allowed($0) ? $0 : nil })
                 if routed.isEmpty { refuse(context: context) }
             } else {
                 routed.append(head.method)
@@ -789,7 +801,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         } else if let bad = error as? HTTPParserError, encoder != nil, refused == nil, !routedBodyOpen {
             // Answered here, as a problem, rather than by Hummingbird's bare 400 — after the router's answers to
             // the requests before it.
-            refused = (bad, nil)
+            refused = (.decoder(bad), nil)
             if routed.isEmpty { refuse(context: context) }
         } else {
             context.fireErrorCaught(error)

@@ -14,7 +14,8 @@ import NIOHTTPTypesHTTP1
 ///   exactly: the one form its loop checks before closing. (The conversion to HTTPTypes drops the version, and the
 ///   connection was kept open until its idle timeout: a client reading to the end of the stream waited that long.)
 /// - Its answer says `Connection: close`.
-/// - A request the decoder cannot read (not HTTP, a head too large, bad framing) is answered with a problem
+/// - A request the decoder cannot read (not HTTP, a head too large, bad framing), or an HTTP/1.1 request without
+///   exactly one `Host` (RFC 9112 §3.2), is answered with a problem
 ///   (`invalid_parameter`, saying what was wrong) once the answers before it are out, and the connection closes —
 ///   instead of Hummingbird's bare 400 with no body.
 /// - A framing error in the body of a request already answered (a bad chunk after the router answered the head)
@@ -34,8 +35,9 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
     private var errorInBody = false
     /// That request's answer is written, or a refusal's: the connection is closing.
     private var closingAfterBadBody = false
-    /// A request the decoder refused in its head, answered once the answers before it are out.
-    private var refusal: HTTPParserError?
+    /// What a request refused in its head (by the decoder, or for its `Host`) is told, once the answers before it
+    /// are out.
+    private var refusal: String?
 
     private let answersRefusals: Bool
 
@@ -46,8 +48,15 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // After a refused head nothing more is read: the connection closes once its answer is out.
+        if refusal != nil { return }
         switch unwrapInboundIn(data) {
         case .head(var head):
+            if answersRefusals, head.version == .http1_1, !HTTPRefusal.hasOneHost(head.headers) {
+                refusal = HTTPRefusal.hostDetail
+                if closes.isEmpty { refuse(context: context) }
+                return
+            }
             bodyOpen = true
             let close = !head.isKeepAlive
             closes.append(close)
@@ -116,14 +125,14 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
             return
         }
         guard refusal == nil, !closingAfterBadBody else { return }
-        refusal = bad
+        refusal = HTTPRefusal.detail(bad)
         if closes.isEmpty { refuse(context: context) }
     }
 
     private func refuse(context: ChannelHandlerContext) {
-        guard let bad = refusal else { return }
+        guard let detail = refusal else { return }
         closingAfterBadBody = true  // nothing written after this answer
-        let rendered = ProblemRenderer.rendered(Problem(.invalidParameter, HTTPRefusal.detail(bad)))
+        let rendered = ProblemRenderer.rendered(Problem(.invalidParameter, detail))
         var headers = HTTPHeaders()
         for field in rendered.headers { headers.add(name: field.name.rawName, value: field.value) }
         headers.add(name: "content-length", value: String(rendered.body.readableBytes))
@@ -140,6 +149,23 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
 
 /// What a request the HTTP decoder refused is told, in words (NIO's own descriptions name its parser's internals).
 public enum HTTPRefusal {
+    /// RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without a `Host`, or with more than one.
+    public static let hostDetail = "the request is not valid HTTP/1.1: it must have exactly one Host header field"
+
+    /// Whether `headers` hold exactly one `Host` (names compared without case, without allocating).
+    public static func hasOneHost(_ headers: HTTPHeaders) -> Bool {
+        var count = 0
+        for (name, _) in headers where name.utf8.count == 4 {
+            var matches = true
+            for (c, h) in zip(name.utf8, "host".utf8) where (c >= 65 && c <= 90 ? c | 0x20 : c) != h {
+                matches = false
+                break
+            }
+            if matches { count += 1 }
+        }
+        return count == 1
+    }
+
     public static func detail(_ error: HTTPParserError) -> String {
         let what: String
         switch error {

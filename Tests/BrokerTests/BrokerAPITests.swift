@@ -821,13 +821,15 @@ struct BrokerAPITests {
 
     /// Before, Hummingbird answered these before the router with a bare 400 (no body, no code); `ConnectionCloseHandler`
     /// answers them as problems.
-    @Test("a head over 80 KiB or bytes that are not HTTP get a problem 400 that says what was wrong, and a closed connection")
+    @Test("a head over 80 KiB, bytes that are not HTTP or HTTP/1.1 without one Host get a problem 400 that says what was wrong, and a closed connection")
     func decoderRefusals() async throws {
         try await withBroker { b in
             let port = try #require(URL(string: b.url)?.port)
             let long = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + String(repeating: "a", count: 90 * 1024) + "\r\n\r\n"
             for (request, says) in [(long, "too large"), ("NOT HTTP AT ALL\r\n\r\n", "not valid HTTP/1.1"),
-                                    ("GET /healthz HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", "not valid HTTP/1.1")] {
+                                    ("GET /healthz HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", "not valid HTTP/1.1"),
+                                    ("GET /healthz HTTP/1.1\r\n\r\n", "exactly one Host"),
+                                    ("GET /healthz HTTP/1.1\r\nHost: a\r\nHOST: b\r\n\r\n", "exactly one Host")] {
                 let answer = try await exchangeRawBytes(port: port, request)
                 #expect(answer.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(answer)")
                 #expect(answer.components(separatedBy: "HTTP/1.1 ").count == 2, "one answer: \(answer)")

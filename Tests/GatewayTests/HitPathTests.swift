@@ -407,6 +407,13 @@ struct HitPathTests {
             let tooMany = try await exchangeRawBytes(port: port, many, timeout: 3)
             #expect(tooMany.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(tooMany)")
             #expect(tooMany.contains("more than 1000 header fields"), "\(tooMany)")
+            // RFC 9112 §3.2: HTTP/1.1 needs exactly one Host — for a chart the hit path would answer, too.
+            for request in ["GET /healthz HTTP/1.1\r\n\r\n", "GET /healthz HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+                            "GET /domestic/chart/daily/005930 HTTP/1.1\r\nAuthorization: Bearer \(jwt)\r\n\r\n"] {
+                let refused = try await exchangeRawBytes(port: port, request, timeout: 3)
+                #expect(refused.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(refused)")
+                #expect(refused.contains("exactly one Host header field"), "\(refused)")
+            }
             // A token refresh body over 16 KiB is too large, as the broker says of it — not malformed.
             let big = try await http(.POST, fx.gatewayURL + "/token/refresh",
                                      headers: [("Authorization", "Bearer \(jwt)"), ("Content-Type", "application/json")],
