@@ -11,19 +11,21 @@ struct LoggingOptions: ParsableArguments {
     var logFormat: String = "text"
 
     func validate() throws {
-        guard Logger.Level(rawValue: logLevel) != nil else {
+        guard Logger.Level(rawValue: logLevel.lowercased()) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got \"\(logLevel)\"")
         }
-        guard LogFormat(rawValue: logFormat) != nil else {
+        guard LogFormat(rawValue: logFormat.lowercased()) != nil else {
             throw ValidationError("--log-format must be text or json; got \"\(logFormat)\"")
         }
     }
 
     /// Bootstraps swift-log once for the process and returns the root logger.
     func bootstrap(label: String) -> Logger {
-        LoggingSetup.bootstrap(level: Logger.Level(rawValue: logLevel) ?? .info, format: LogFormat(rawValue: logFormat) ?? .text)
+        // In any case, as the configuration file's [log] level is read.
+        let level = Logger.Level(rawValue: logLevel.lowercased()) ?? .info
+        LoggingSetup.bootstrap(level: level, format: LogFormat(rawValue: logFormat.lowercased()) ?? .text)
         var logger = Logger(label: label)
-        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        logger.logLevel = level
         return logger
     }
 }
