@@ -343,6 +343,11 @@ def test_refused_token_that_cannot_be_replaced_yet_shows_expired_and_is_retried(
     assert sandbox['lastError'] and sandbox['lastError'] not in refresh_text, (sandbox['lastError'], refresh_text)
     assert not re.search(r'[A-Za-z]{4,}', refresh_text), refresh_text   # "KST", "App Key" at most
     assert (f"브로커 응답: {sandbox['lastError']}", 'en') in server_details(browser, 'acct-refresh')
+    # The row says when the page tries again itself: no "잠시 후 다시 시도하세요" beside it; the chart's error says
+    # once when to try again (it said "잠시 후 …" and "59초 후 …").
+    assert '다시 시도하세요' not in refresh_text, refresh_text
+    headline = chart_error_lines(browser)[0]
+    assert headline.count('다시 시도하세요') <= 1 and not ('잠시 후' in headline and '초 후' in headline), headline
     shot(browser, '05-refused-token-expired.png')
 
     advance_sim_clock(demo)   # a new issuance is allowed now

@@ -40,7 +40,7 @@ const PROBLEM_LABEL = {
   not_connected: '한국투자증권 계정이 연결되어 있지 않습니다',
   account_not_found: '연결된 계정이 없습니다',
   not_found: '지원하지 않는 요청입니다',
-  rate_limited: '요청이 많아 잠시 후 다시 시도해야 합니다',
+  rate_limited: '요청이 많습니다. 잠시 후 다시 시도하세요',
   upstream_error: '한국투자증권 API 오류',
   upstream_timeout: '한국투자증권 API 응답이 지연되고 있습니다',
   store_unavailable: '토큰 저장소를 사용할 수 없습니다',
@@ -80,6 +80,7 @@ function refusedField(err) {
  * A broker or gateway error for the user, in Korean only: the headline of its code, what it means here when the
  * page knows (the field refused, another request for the same account), how long to wait when the server said
  * (`Retry-After`). The server's own words (English) are not part of it: `errorDetail` keeps them, shown as detail.
+ * `retry: false`: no advice to try again (the page retries by itself and says when).
  */
 function describeError(err, { retry = true } = {}) {
   const label = PROBLEM_LABEL[err.code];
@@ -105,7 +106,9 @@ function describeError(err, { retry = true } = {}) {
     }
   }
   // the server said when: that, instead of "잠시 후"
-  if (retry && err.retryAfter) text = `${text.replace(/\. 잠시 후 다시 시도하세요$/, '')}. ${err.retryAfter}초 후 다시 시도하세요`;
+  const later = /\. 잠시 후 다시 시도하세요$/;
+  if (!retry) text = text.replace(later, '');
+  else if (err.retryAfter) text = `${text.replace(later, '')}. ${err.retryAfter}초 후 다시 시도하세요`;
   return text;
 }
 
@@ -150,17 +153,17 @@ function detailsElement(lines) {
 }
 
 /**
- * Fills `box` with an error: the Korean `headline` (describeError's by default), then KIS's own (Korean) message as
- * a smaller line, then the servers' English words and the code in a closed "자세한 내용". `extra`: more smaller lines
- * (Korean) after KIS's message.
+ * Fills `box` with an error: its Korean description (when to try again included), then KIS's own (Korean) message as
+ * a smaller line, then the servers' English words and the code in a closed "자세한 내용".
  */
-function showError(box, err, { headline = describeError(err), extra = [] } = {}) {
+function showError(box, err) {
+  const headline = describeError(err);
   const detail = errorDetail(err);
   const msg = document.createElement('div');
   msg.className = 'msg';
   msg.textContent = headline;
   const lines = [msg];
-  for (const text of [...detail.filter((l) => l.kis).map((l) => l.text), ...extra]) {
+  for (const text of detail.filter((l) => l.kis).map((l) => l.text)) {
     const div = document.createElement('div');
     div.className = 'code';
     div.textContent = text;
@@ -809,10 +812,7 @@ async function loadChart(query) {
     // Korean first; KIS's own message (Korean) below it; the server's words (English: the problem's `detail`, the
     // gateway's, or the broker's when the chart's token refresh failed) and the code in "자세한 내용", for whoever
     // reports the problem.
-    showError($('chart-error'), err, {
-      headline: describeError(err, { retry: false }),
-      extra: err.retryAfter ? [`${err.retryAfter}초 후 다시 시도하세요`] : [],
-    });
+    showError($('chart-error'), err);
   }
 }
 
