@@ -1,4 +1,6 @@
 public import Foundation
+import Crypto
+import _CryptoExtras
 import JWTKit
 public import KisgwConfiguration
 import Observability
@@ -105,7 +107,7 @@ public final class JWTVerifier: Sendable {
                     try allowing("EdDSA", "an Ed25519 key")
                     await keys.add(eddsa: ed)
                 } else {
-                    throw Problem(.internalError, "public_keys_file holds no RSA, P-256 or Ed25519 public key")
+                    throw Problem(.internalError, "public_keys_file " + Self.unusablePEM(text))
                 }
             } else {
                 guard let usable = Self.jwksAlgorithms(text) else {
@@ -116,13 +118,41 @@ public final class JWTVerifier: Sendable {
                                   + asymmetric.sorted().joined(separator: ", ") + ")")
                 }
                 do { try await keys.add(jwksJSON: text) } catch {
-                    throw Problem(.internalError, "public_keys_file is neither PEM nor a JWKS document")
+                    // A JWKS document (it read as one above) whose key jwt-kit cannot use: a modulus or a curve
+                    // point that is not valid.
+                    throw Problem(.internalError, "public_keys_file's JWKS holds a key that cannot be read (a modulus, "
+                                  + "exponent or curve point that is not valid): \(Self.jwtKitReason(error))")
                 }
             }
             self.publicKeyCollection = keys
         } else {
             self.publicKeyCollection = nil
         }
+    }
+
+    /// Why a PEM file holds no key kisgw verifies with, as precisely as can be told (jwt-kit's own readers only say
+    /// they could not read it).
+    static func unusablePEM(_ text: String) -> String {
+        if text.components(separatedBy: "-----BEGIN").count > 2 {
+            return "holds more than one PEM block: give one public key, or a JWKS document for several"
+        }
+        if text.contains("PRIVATE KEY-----") {
+            return "holds a private key: give the public key (openssl pkey -pubout), which is all a verifier needs"
+        }
+        if (try? P384.Signing.PublicKey(pemRepresentation: text)) != nil {
+            return "holds a P-384 key (ES384), which kisgw does not verify with: ES256 needs a P-256 key"
+        }
+        if (try? P521.Signing.PublicKey(pemRepresentation: text)) != nil {
+            return "holds a P-521 key (ES512), which kisgw does not verify with: ES256 needs a P-256 key"
+        }
+        if let rsa = try? _RSA.Signing.PublicKey(unsafePEMRepresentation: text), rsa.keySizeInBits < 2048 {
+            return "holds an RSA key of \(rsa.keySizeInBits) bits: RS256 needs one of at least 2048"
+        }
+        return "holds no RSA, P-256 or Ed25519 public key"
+    }
+
+    private static func jwtKitReason(_ error: any Error) -> String {
+        (error as? JWTError).flatMap(\.reason) ?? "\(error)"
     }
 
     /// The algorithms the keys of a JWKS document serve (a key's `alg`, or what its `kty` and `crv` are for:

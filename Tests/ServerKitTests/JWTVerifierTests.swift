@@ -228,6 +228,12 @@ struct JWTVerifierTests {
         }
         #expect(await problem(["ES256"], rsaPEM)?.contains("an RSA key, for RS256") == true)
         #expect(await problem(["RS256"], ecPEM)?.contains("a P-256 key, for ES256") == true)
+        // Keys kisgw cannot verify with, each named (all were "holds no RSA, P-256 or Ed25519 public key").
+        let small = try _RSA.Signing.PrivateKey(unsafeKeySize: .init(bitCount: 1024)).publicKey.pemRepresentation
+        #expect(await problem(["RS256"], small)?.contains("an RSA key of 1024 bits: RS256 needs one of at least 2048") == true)
+        #expect(await problem(["ES256"], P384.Signing.PrivateKey().publicKey.pemRepresentation)?.contains("a P-384 key (ES384)") == true)
+        #expect(await problem(["RS256", "ES256"], rsaPEM + "\n" + ecPEM)?.contains("more than one PEM block") == true)
+        #expect(await problem(["ES256"], P256.Signing.PrivateKey().pemRepresentation)?.contains("holds a private key") == true)
         #expect(await problem(["RS256", "EdDSA"], #"{"keys":[]}"#)?.contains("no key for [auth.jwt] algorithms (EdDSA, RS256)") == true)
         #expect(await problem(["RS256"], #"{"keys":[\#(ecJWK)]}"#)?.contains("no key for") == true)
         #expect(await problem(["RS256"], #"{"kty":"RSA"}"#)?.contains("neither PEM nor a JWKS") == true)
