@@ -47,7 +47,7 @@ public struct GatewayDependencies: Sendable {
 
 /// The HTTP decoder's limits for the gateway without its hit path (the router alone): `[server] max_header_bytes`.
 private func routerDecoderLimits(_ config: KisgwConfig) -> NIOHTTPDecoderLimitConfiguration {
-    var limits = NIOHTTPDecoderLimitConfiguration()
+    var limits = NIOHTTPDecoderLimitConfiguration.hummingbird  // at most 1000 fields
     limits.maxHeaderFieldSize = config.server.maxHeaderBytes
     limits.maxHeaderListSize = config.server.maxHeaderBytes
     return limits

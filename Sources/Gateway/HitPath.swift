@@ -567,6 +567,9 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The router has a request whose end has not been passed on yet: a decoder error now is in its body, and the
     /// router's body stream is the one to fail.
     private var routedBodyOpen = false
+    /// A request passed to the router does not keep the connection (HTTP/1.0, `Connection: close`): the connection
+    /// closes after its answer, and no request after it is answered.
+    private var routedClose = false
     private var dates = HTTPDateCache()
     private var lastOrigin: (String, Bool)?
     /// Where this connection's fetches run: its own event loop (made at the first fetch).
@@ -633,7 +636,8 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        // The connection closes once the last answer is written (or a refused request's): nothing read counts.
+        // The connection closes once the last answer is written (or a refused request's, or the answer to a request
+        // that did not keep the connection): nothing read after counts.
         if closing || refused != nil { return }
         sawActivity = true
         if fetching {
@@ -642,6 +646,12 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         switch unwrapInboundIn(data) {
         case .head(let head):
+            // RFC 9112 §9.6: no request after one that closes the connection is processed — Hummingbird stops reading
+            // after the router's answer to it, and the hit path must not answer (or fetch) what follows either.
+            if routedClose {
+                closing = true
+                return
+            }
             let start = ContinuousClock.now, now = Date()
             if head.version == .http1_1, encoder != nil, !HTTPRefusal.hasOneHost(head.headers) {
                 refused = (.host, head.headers.first(name: "origin").flatMap { allowed($0) ? $0 : nil })
@@ -662,6 +672,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             } else {
                 routed.append(head.method)
                 routedBodyOpen = true
+                routedClose = !head.isKeepAlive
                 context.fireChannelRead(data)
             }
         case .body:
@@ -796,7 +807,11 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if fetching {
+        if refused != nil || closing || routedClose, error is HTTPParserError || error is ByteToMessageDecoderError {
+            // The connection is closing: the decoder's later errors (one for every read after its first) go nowhere
+            // — passed on, Hummingbird would answer with its bare 400 or close the channel before the answers went.
+            return
+        } else if fetching {
             held.append(.error(error))
         } else if let bad = error as? HTTPParserError, encoder != nil, refused == nil, !routedBodyOpen {
             // Answered here, as a problem, rather than by Hummingbird's bare 400 — after the router's answers to
@@ -818,7 +833,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let written = context.eventLoop.makePromise(of: Void.self)
         send(answer, date: Date(), promise: written)
         let channel = context.channel
-        written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        written.futureResult.whenComplete { _ in closeAfterLinger(channel) }
     }
 
     func read(context: ChannelHandlerContext) {

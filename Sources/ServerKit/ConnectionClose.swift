@@ -38,6 +38,8 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
     /// What a request refused in its head (by the decoder, or for its `Host`) is told, once the answers before it
     /// are out.
     private var refusal: String?
+    /// When the last answer's end is written: the connection is not closed before it (a close drops pending writes).
+    private var lastAnswerWritten: EventLoopFuture<Void>?
 
     private let answersRefusals: Bool
 
@@ -48,8 +50,8 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        // After a refused head nothing more is read: the connection closes once its answer is out.
-        if refusal != nil { return }
+        // After a refused head, or a bad body, nothing more is read: the connection closes once its answer is out.
+        if refusal != nil || closingAfterBadBody { return }
         switch unwrapInboundIn(data) {
         case .head(var head):
             if answersRefusals, head.version == .http1_1, !HTTPRefusal.hasOneHost(head.headers) {
@@ -85,33 +87,39 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
             context.write(wrapOutboundOut(.head(head)), promise: promise)
         case .end:
             if !closes.isEmpty { closes.removeFirst() }
+            let written = promise ?? context.eventLoop.makePromise(of: Void.self)
+            lastAnswerWritten = written.futureResult
             guard errorInBody, closes.isEmpty else {
-                context.write(data, promise: promise)
+                context.write(data, promise: written)
                 if refusal != nil, closes.isEmpty { refuse(context: context) }
                 return
             }
             // The answer to the request whose body was bad (the route's own, had it read the body) is complete:
             // the connection closes once it is out, and nothing after it is written.
             closingAfterBadBody = true
-            let written = context.eventLoop.makePromise(of: Void.self)
-            if let promise { written.futureResult.cascade(to: promise) }
             context.writeAndFlush(data, promise: written)
-            let channel = context.channel
-            written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+            closeWhenWritten(context: context)
         default:
             context.write(data, promise: promise)
         }
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Once the connection is closing, the decoder's later errors (it reports every read after its first error)
+        // go nowhere: passed on, Hummingbird would close the channel at once, dropping the answers not yet sent.
+        if refusal != nil || closingAfterBadBody, error is HTTPParserError || error is ByteToMessageDecoderError {
+            return
+        }
         guard let bad = error as? HTTPParserError else {
             context.fireErrorCaught(error)
             return
         }
         if bodyOpen {
             guard !closes.isEmpty else {
-                // Its request was answered already.
-                context.close(promise: nil)
+                // Its request was answered already: closed once that answer is out.
+                closingAfterBadBody = true
+                context.flush()
+                closeWhenWritten(context: context)
                 return
             }
             // Passed on (a route reading the body answers it); the connection closes after this request's answer.
@@ -141,9 +149,33 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
                       promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(rendered.body))), promise: nil)
         let written = context.eventLoop.makePromise(of: Void.self)
+        lastAnswerWritten = written.futureResult
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
+        closeWhenWritten(context: context)
+    }
+
+    /// Closes the connection once the last answer is written, lingering (``closeAfterLinger(_:linger:)``).
+    private func closeWhenWritten(context: ChannelHandlerContext) {
         let channel = context.channel
-        written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        guard let written = lastAnswerWritten else {
+            closeAfterLinger(channel)
+            return
+        }
+        written.whenComplete { _ in closeAfterLinger(channel) }
+    }
+}
+
+/// Ends a connection after its last answer: the output first (the client reads the answer, then the end of the
+/// stream), then — after `linger`, while what the client still sends is read and dropped — the whole of it. Closed
+/// at once, a socket with unread bytes is reset, and a client still sending (a large head or body) may see the reset
+/// before the answer.
+public func closeAfterLinger(_ channel: any Channel, linger: TimeAmount = .seconds(2)) {
+    channel.close(mode: .output).whenComplete { result in
+        if case .failure = result {
+            channel.close(promise: nil)
+            return
+        }
+        channel.eventLoop.scheduleTask(in: linger) { channel.close(promise: nil) }
     }
 }
 
@@ -222,9 +254,21 @@ public struct ClosingHTTP1Channel: HTTPChannelHandler {
 extension HTTPServerBuilder {
     /// HTTP/1.1 as `.http1(configuration:)` builds it, with `ConnectionCloseHandler`.
     public static func closingHTTP1(idleTimeout: Duration? = nil,
-                                    decoderLimits: NIOHTTPDecoderLimitConfiguration = .init()) -> HTTPServerBuilder {
+                                    decoderLimits: NIOHTTPDecoderLimitConfiguration = .hummingbird) -> HTTPServerBuilder {
         .init { responder in
             ClosingHTTP1Channel(responder: responder, idleTimeout: idleTimeout, decoderLimits: decoderLimits)
         }
+    }
+}
+
+extension NIOHTTPDecoderLimitConfiguration {
+    /// Hummingbird's own limits (`.http1`): 80 KiB of header fields, and at most 1000 of them (NIO's default count is
+    /// 65534).
+    public static var hummingbird: NIOHTTPDecoderLimitConfiguration {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderFieldSize = 80 * 1024
+        limits.maxHeaderListSize = 80 * 1024
+        limits.maxHeaderFieldCount = 1000
+        return limits
     }
 }

@@ -245,11 +245,15 @@ public final class JWTVerifier: Sendable {
         guard let keys else { throw Refusal(.jwtInvalid, "no key is configured for \(alg)") }
         let claims: Claims
         do { claims = try await keys.verify(token, as: Claims.self) } catch let error as JWTError
-            where error.errorType == .malformedToken
+            where error.errorType == .malformedToken && (error.reason ?? "").contains("payload")
         {
-            // The signature verified (jwt-kit checks it first); the claims did not decode.
+            // The signature verified (jwt-kit checks it before it decodes the payload); the claims did not decode.
+            // (A header it cannot read — a kid that is not a string — is malformed before any signature check: that
+            // one is not said to be the claims.)
             throw Refusal(.jwtInvalid,
                           "the JWT's claims cannot be read: the payload must be a JSON object whose sub and iss are strings, aud a string or an array of strings, and exp, nbf and iat numbers")
+        } catch let error as JWTError where error.errorType == .malformedToken {
+            throw Refusal(.jwtInvalid, "the JWT cannot be read: its header's alg and kid must be strings, and each part base64url")
         } catch {
             throw Refusal(.jwtInvalid, "the JWT's signature does not verify")
         }

@@ -21,7 +21,8 @@ enum StartupFailure {
 
     static func message(for error: any Error, listening: String) -> String? {
         switch error {
-        case let e as IOError:
+        // Only a failure to bind is "cannot listen": the same error type reports other socket failures later on.
+        case let e as IOError where "\(e)".hasPrefix("bind("):
             let why = switch e.errnoCode {
             case EADDRINUSE: "the address is in use (another process listens there)"
             case EADDRNOTAVAIL: "no interface of this machine has that address"

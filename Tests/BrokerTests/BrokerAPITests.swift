@@ -829,6 +829,9 @@ struct BrokerAPITests {
             for (request, says) in [(long, "too large"), ("NOT HTTP AT ALL\r\n\r\n", "not valid HTTP/1.1"),
                                     ("GET /healthz HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", "not valid HTTP/1.1"),
                                     ("GET /healthz HTTP/1.1\r\n\r\n", "exactly one Host"),
+                                    // Hummingbird's limit of 1000 fields, kept (NIO's own default is 65534).
+                                    ("GET /healthz HTTP/1.1\r\nHost: a\r\n" + (0..<1001).map { "x-\($0): 1\r\n" }.joined() + "\r\n",
+                                     "more than 1000 header fields"),
                                     ("GET /healthz HTTP/1.1\r\nHost: a\r\nHOST: b\r\n\r\n", "exactly one Host")] {
                 let answer = try await exchangeRawBytes(port: port, request)
                 #expect(answer.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(answer)")

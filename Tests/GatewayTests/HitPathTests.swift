@@ -382,6 +382,13 @@ struct HitPathTests {
                 let head = raw.components(separatedBy: "\r\n\r\n")[0].lowercased()
                 #expect(head.contains("\r\nconnection: close"), "\(what): \(raw)")
             }
+            // RFC 9112 §9.6: nothing after a request that closes the connection is answered — not even a hit the
+            // hit path could answer at once (it did).
+            _ = try await fx.get(chart, jwt: jwt, kis: kis)  // in the L1, credentials known
+            let after = try await exchangeRawBytes(port: port, "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                + "GET \(chart) HTTP/1.1\r\nHost: a\r\n\(credentials)\r\n", timeout: 3)
+            #expect(after.components(separatedBy: "HTTP/1.1 ").count == 2 && after.hasPrefix("HTTP/1.1 200 OK"), "\(after)")
+            #expect(after.contains(#"{"status":"ok"}"#), "\(after)")
             // Kept alive otherwise: two answers on one connection, the second closing it.
             let both = try await exchangeRawBytes(port: port, "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive\r\n\r\n"
                 + "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", timeout: 3)

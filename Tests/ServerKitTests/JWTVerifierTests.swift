@@ -79,6 +79,10 @@ struct JWTVerifierTests {
             #expect(refusal?.0 == "jwt_invalid", "\(payload)")
             #expect(refusal?.1.contains("claims cannot be read") == true, "\(payload): \(String(describing: refusal))")
         }
+        // A kid that is not a string: jwt-kit refuses the header before any signature check — not "the claims".
+        let badKid = await detail(v, handSigned(header: #"{"alg":"HS256","typ":"JWT","kid":7}"#, payload: #"{"sub":"42","exp":4102444800}"#))
+        #expect(badKid?.0 == "jwt_invalid")
+        #expect(badKid?.1.contains("cannot be read: its header") == true, "\(String(describing: badKid))")
         // Signed with another secret: the signature, whatever the claims.
         let forged = try await hs256(claims(), secret: Array("another-secret-another-secret-32".utf8))
         #expect(await detail(v, forged)?.1.contains("signature does not verify") == true)
