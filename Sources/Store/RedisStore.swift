@@ -1,5 +1,6 @@
 public import NIOCore
 public import Redis
+public import Foundation
 
 /// The shared store on Redis: every gateway and the broker see the same keys, locks, rate-limit state and
 /// events. Compound operations are single Lua scripts (`EVALSHA`, reloaded transparently after `NOSCRIPT`),
@@ -13,9 +14,13 @@ public final class RedisStore: SharedStore {
     public let client: RedisClient
     public let keyPrefix: String
 
-    public init(client: RedisClient, keyPrefix: String = "kisgw:") {
+    /// This host's clock, for the time after which a read-or-lock call is stale (a test gives one that is off).
+    private let now: @Sendable () -> Date
+
+    public init(client: RedisClient, keyPrefix: String = "kisgw:", clock: @escaping @Sendable () -> Date = { Date() }) {
         self.client = client
         self.keyPrefix = keyPrefix
+        self.now = clock
     }
 
     static let compareAndSet = RedisScript(name: "kisgw-cas", """
@@ -71,7 +76,16 @@ public final class RedisStore: SharedStore {
 
     /// GET the read key; when it has no value, SET NX PX the lock, and when that is taken and a slot is asked
     /// for (a third key), decide it with GCRA: `{2, value}`, `{0}` (busy), `{1}` or `{1, allowed, wait_us}`.
+    ///
+    /// `ARGV[6]`, when given, is the Unix time in ms after which the call is stale: its caller has given up (the
+    /// command timed out while Redis stalled, and ran when Redis came back). A stale call does nothing — takes no
+    /// lock and, above all, no slot of the app key's KIS rate, which no KIS call would use (every gateway's requests
+    /// after a stall were refused for those slots) — and answers `{3}`.
     static let readOrLock = RedisScript(name: "kisgw-read-or-lock", GCRA.luaFunction + """
+        if ARGV[6] then
+            local t = redis.call('TIME')
+            if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[6]) then return {3} end
+        end
         local v = redis.call('GET', KEYS[1])
         if v then return {2, v} end
         if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
@@ -227,6 +241,16 @@ public final class RedisStore: SharedStore {
     public func readOrLock(_ readKey: String, lock key: String, ttl: Duration, reserving: RateReservation?)
         async throws(StoreError) -> ReadOrLock
     {
+        try await readOrLock(readKey, lock: key, ttl: ttl, reserving: reserving, staleAfter: true)
+    }
+
+    /// How long after it is sent a read-or-lock call may still act (``readOrLock``'s `ARGV[6]`): the command's own
+    /// timeout, and a second for the difference between this host's clock and Redis's.
+    public var staleMargin: Duration { client.configuration.commandTimeout + .seconds(1) }
+
+    private func readOrLock(_ readKey: String, lock key: String, ttl: Duration, reserving: RateReservation?,
+                            staleAfter: Bool) async throws(StoreError) -> ReadOrLock
+    {
         let token = MemoryStore.randomToken()
         var keys = [RedisArgument(k(readKey)), RedisArgument(k(key))]
         var args = [RedisArgument(token), RedisArgument(max(1, Self.ms(ttl)))]
@@ -234,11 +258,23 @@ public final class RedisStore: SharedStore {
             keys.append(RedisArgument(k(r.key)))
             args += [RedisArgument(integer: r.limit.intervalMicroseconds), RedisArgument(r.limit.burst),
                      RedisArgument(integer: max(0, Self.micros(r.maxWait)))]
+        } else if staleAfter {
+            args += [RedisArgument(0), RedisArgument(0), RedisArgument(0)]  // ARGV[3…5] unread without a slot
+        }
+        if staleAfter {
+            let notAfter = Int64(now().timeIntervalSince1970 * 1000) + Int64(Self.ms(staleMargin))
+            args.append(RedisArgument(integer: notAfter))
         }
         let reply: RESPValue
         do { reply = try await client.evaluate(Self.readOrLock, keys: keys, arguments: args) } catch {
             releaseAbandoned(StoreLock(key: key, token: token), after: error)
             throw Self.map(error)
+        }
+        if case .array(let items) = reply, items.first == .integer(3) {
+            // Answered in time, yet stale by Redis's clock: the clocks differ by more than the margin. The call is
+            // made again without the check (an outage for want of synchronised clocks would be worse).
+            guard staleAfter else { throw StoreError(.backend, "the read-or-lock script gave an unexpected reply") }
+            return try await readOrLock(readKey, lock: key, ttl: ttl, reserving: reserving, staleAfter: false)
         }
         guard case .array(let items) = reply, case .integer(let state)? = items.first else {
             throw StoreError(.backend, "the read-or-lock script gave an unexpected reply")

@@ -57,6 +57,64 @@ struct AbandonedLockTests {
         await client.shutdown()
     }
 
+    /// Before, the script ran when Redis resumed and booked the app key's slot: after a stall under load every
+    /// gateway's next misses waited or were refused (429) for slots no KIS call used.
+    @Test("a read-or-lock that timed out while Redis stalled books no KIS rate slot and takes no lock when Redis resumes")
+    func staleReadOrLockBooksNothing() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let (store, client) = try Self.store(server)
+        let rate = RateReservation(key: "rl:stale", limit: RateLimit(rate: 1, burst: 1), maxWait: .seconds(5))
+        // Connected, and the script loaded (a stalled EVALSHA of an unknown script would fail on its own).
+        _ = try await store.readOrLock("warm", lock: "warm-lock", ttl: .seconds(1),
+                                       reserving: RateReservation(key: "rl:warm", limit: rate.limit, maxWait: .zero))
+        server.pause()
+        for n in 0..<5 {
+            do {
+                _ = try await store.readOrLock("entry-\(n)", lock: "lock-\(n)", ttl: .seconds(60), reserving: rate)
+                Issue.record("the call did not fail")
+            } catch {
+                #expect(error.code == .timeout, "\(error)")
+            }
+        }
+        // Past the calls' margin (their timeout, 200 ms, and a second), then Redis runs them.
+        try await Task.sleep(for: store.staleMargin + .milliseconds(300))
+        server.resume()
+        #expect(await eventually(timeout: .seconds(5)) { (try? await Self.calls(server, ["evalsha", "eval"])) ?? 0 >= 5 })
+        #expect(try await store.get("rl:stale") == nil, "a slot was booked for a call its caller gave up")
+        for n in 0..<5 { #expect(try await store.get("lock-\(n)") == nil) }
+        // A call in time books its slot as before.
+        guard case .locked(_, let slot) = try await store.readOrLock("entry", lock: "lock", ttl: .seconds(60), reserving: rate),
+            case .allowed = slot
+        else {
+            Issue.record("a call in time did not take the lock and a slot")
+            return
+        }
+        #expect(try await store.get("rl:stale") != nil)
+        await client.shutdown()
+    }
+
+    @Test("a host whose clock is behind Redis's by more than the margin still takes locks and slots (the call is made again without the check)")
+    func clockBehindRedis() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        var configuration = try RedisConfiguration(url: server.url)
+        configuration.commandTimeout = .milliseconds(200)
+        let client = RedisClient(configuration: configuration, logger: Backend.logger)
+        let store = RedisStore(client: client, keyPrefix: "skew-\(UUID().uuidString):", clock: { Date().addingTimeInterval(-30) })
+        let rate = RateReservation(key: "rl", limit: RateLimit(rate: 1, burst: 1), maxWait: .seconds(5))
+        guard case .locked(_, let slot) = try await store.readOrLock("entry", lock: "lock", ttl: .seconds(60), reserving: rate),
+            case .allowed = slot
+        else {
+            Issue.record("no lock and slot with a clock 30 s behind Redis's")
+            return
+        }
+        #expect(try await store.get("lock") != nil)
+        #expect(try await store.get("rl") != nil)
+        #expect(try await store.readOrLock("entry", lock: "lock", ttl: .seconds(60), reserving: rate) == .busy)
+        await client.shutdown()
+    }
+
     @Test("a lock call that found no connection sends nothing afterwards (it took nothing)")
     func unsentLockCallSendsNoRelease() async throws {
         let server = try RedisServerProcess()
