@@ -1,3 +1,4 @@
+import Foundation
 import HTTPTypes
 public import HummingbirdCore
 public import Logging
@@ -40,6 +41,10 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
     private var refusal: String?
     /// When the last answer's end is written: the connection is not closed before it (a close drops pending writes).
     private var lastAnswerWritten: EventLoopFuture<Void>?
+    /// A request that closes the connection was read: what follows it is dropped, and the decoder's errors about it
+    /// (NIO's parser refuses any bytes after such a message) are not answered.
+    private var closeRequested = false
+    private var discarding = false
 
     private let answersRefusals: Bool
 
@@ -51,9 +56,14 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // After a refused head, or a bad body, nothing more is read: the connection closes once its answer is out.
-        if refusal != nil || closingAfterBadBody { return }
+        if refusal != nil || closingAfterBadBody || discarding { return }
         switch unwrapInboundIn(data) {
         case .head(var head):
+            // RFC 9112 §9.6: nothing after a request that closes the connection is processed (nor answered).
+            if closeRequested {
+                discarding = true
+                return
+            }
             if answersRefusals, head.version == .http1_1, !HTTPRefusal.hasOneHost(head.headers) {
                 refusal = HTTPRefusal.hostDetail
                 if closes.isEmpty { refuse(context: context) }
@@ -62,6 +72,7 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
             bodyOpen = true
             let close = !head.isKeepAlive
             closes.append(close)
+            closeRequested = close
             if close, head.headers[canonicalForm: "connection"] != ["close"] {
                 head.headers.replaceOrAdd(name: "connection", value: "close")
                 context.fireChannelRead(wrapInboundOut(.head(head)))
@@ -107,7 +118,9 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // Once the connection is closing, the decoder's later errors (it reports every read after its first error)
         // go nowhere: passed on, Hummingbird would close the channel at once, dropping the answers not yet sent.
-        if refusal != nil || closingAfterBadBody, error is HTTPParserError || error is ByteToMessageDecoderError {
+        if refusal != nil || closingAfterBadBody || (closeRequested && !bodyOpen) || discarding,
+            error is HTTPParserError || error is ByteToMessageDecoderError
+        {
             return
         }
         guard let bad = error as? HTTPParserError else {
@@ -145,6 +158,7 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
         for field in rendered.headers { headers.add(name: field.name.rawName, value: field.value) }
         headers.add(name: "content-length", value: String(rendered.body.readableBytes))
         headers.add(name: "connection", value: "close")
+        headers.add(name: "date", value: Self.httpDate(Date()))
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))),
                       promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(rendered.body))), promise: nil)
@@ -152,6 +166,16 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
         lastAnswerWritten = written.futureResult
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
         closeWhenWritten(context: context)
+    }
+
+    /// `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110 §5.6.7): a refusal's `Date` (rare; Hummingbird's cached value is not
+    /// reachable from here).
+    static func httpDate(_ date: Date) -> String {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(secondsFromGMT: 0)
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        return formatter.string(from: date)
     }
 
     /// Closes the connection once the last answer is written, lingering (``closeAfterLinger(_:linger:)``).

@@ -864,6 +864,17 @@ struct BrokerAPITests {
                 #expect(raw.components(separatedBy: "HTTP/1.1 ").count == 2, "one answer: \(raw)")
                 #expect(RawAnswer(raw).header("connection") == "close", "\(raw)")
             }
+            // RFC 9112 §9.6: nothing after a request that closes the connection is answered (NIO's parser refuses
+            // the bytes after it; that was answered with a second, misleading 400).
+            for first in ["GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "GET /healthz HTTP/1.0\r\n\r\n"] {
+                for next in ["GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", "GET /healthz HTTP/1.1\r\n\r\n", "NOT HTTP\r\n\r\n"] {
+                    let both = try await exchangeRawBytes(port: port, first + next, timeout: 3)
+                    #expect(both.components(separatedBy: "HTTP/1.1 ").count == 2 && both.hasPrefix("HTTP/1.1 200 OK"), "\(both)")
+                }
+            }
+            // A refusal has a Date, like every answer.
+            let refused = try await exchangeRawBytes(port: port, "GET /healthz HTTP/1.1\r\n\r\n", timeout: 3)
+            #expect(RawAnswer(refused).header("date")?.hasSuffix(" GMT") == true, "\(refused)")
             let raw = try await exchangeRawBytes(port: port, "GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                 + "zz\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n", timeout: 3)
             #expect(raw.hasPrefix("HTTP/1.1 200 OK\r\n") && raw.components(separatedBy: "HTTP/1.1 ").count == 2, "\(raw)")
