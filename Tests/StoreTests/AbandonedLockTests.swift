@@ -11,11 +11,14 @@ import TestSupport
 /// or stops.
 @Suite("Redis store: locks of failed lock calls", .serialized, .timeLimit(.minutes(1)))
 struct AbandonedLockTests {
-    static func store(_ server: RedisServerProcess) throws -> (RedisStore, RedisClient) {
+    /// A store whose commands time out after 200 ms; `clock` is this host's (for a stale call's time).
+    static func store(_ server: RedisServerProcess, clock: @escaping @Sendable () -> Date = { Date() }) throws
+        -> (RedisStore, RedisClient)
+    {
         var configuration = try RedisConfiguration(url: server.url)
         configuration.commandTimeout = .milliseconds(200)
         let client = RedisClient(configuration: configuration, logger: Backend.logger)
-        return (RedisStore(client: client, keyPrefix: "abandon-\(UUID().uuidString):"), client)
+        return (RedisStore(client: client, keyPrefix: "abandon-\(UUID().uuidString):", clock: clock), client)
     }
 
     /// Calls of `names` (`set`, `evalsha`, `eval`) the server ran, from `INFO commandstats`.
@@ -98,10 +101,7 @@ struct AbandonedLockTests {
     func clockBehindRedis() async throws {
         let server = try RedisServerProcess()
         defer { server.stop() }
-        var configuration = try RedisConfiguration(url: server.url)
-        configuration.commandTimeout = .milliseconds(200)
-        let client = RedisClient(configuration: configuration, logger: Backend.logger)
-        let store = RedisStore(client: client, keyPrefix: "skew-\(UUID().uuidString):", clock: { Date().addingTimeInterval(-30) })
+        let (store, client) = try Self.store(server, clock: { Date().addingTimeInterval(-30) })
         let rate = RateReservation(key: "rl", limit: RateLimit(rate: 1, burst: 1), maxWait: .seconds(5))
         guard case .locked(_, let slot) = try await store.readOrLock("entry", lock: "lock", ttl: .seconds(60), reserving: rate),
             case .allowed = slot
