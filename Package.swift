@@ -135,6 +135,7 @@ let package = Package(
         .target(
             name: "ServerKit",
             dependencies: [
+                "KIS",
                 "KisgwConfiguration",
                 "Observability",
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -86,9 +86,9 @@ final class HitPath: Sendable {
         case answer(Answer)
         /// Ask `ChartService` for the chart, then answer (``answer(_:to:allocator:)``).
         case fetch(Fetch)
-        /// Refuse the request, its head longer than `maxHeaderBytes` (``malformed(_:origin:allocator:)``), and close
-        /// the connection; `origin` is its allowed `Origin`, if any.
-        case refuseOversized(origin: String?)
+        /// Refuse the request — its head longer than `maxHeaderBytes`, or HTTP/1.1 without one `Host`
+        /// (``malformed(_:origin:allocator:)``) — and close the connection; `origin` is its allowed `Origin`, if any.
+        case refuse(Refusal, origin: String?)
     }
 
     /// A chart to ask `ChartService` for, for credentials already verified, and what its answer depends on.
@@ -251,8 +251,8 @@ final class HitPath: Sendable {
     private func preflight(_ head: HTTPRequestHead, allocator: ByteBufferAllocator,
                            originAllowed: (String) -> Bool) -> Decision? {
         guard let fields = Fields(head.headers), let origin = fields.origin, fields.requestMethod != nil else { return nil }
-        if fields.size.exceeds(maxHeaderBytes, target: head.uri) {
-            return .refuseOversized(origin: originAllowed(origin) ? origin : nil)
+        if let refusal = fields.refusal(maxHeaderBytes, target: head.uri) {
+            return .refuse(refusal, origin: originAllowed(origin) ? origin : nil)
         }
         guard originAllowed(origin) else {
             var out = Head(.forbidden, allocator: allocator, capacity: 128)
@@ -278,8 +278,9 @@ final class HitPath: Sendable {
         var origin: String?
         var ifNoneMatch: String?
         var requestMethod: String?
-        /// The head's size, measured in the same pass.
+        /// The head's size, and its `Host` fields, counted in the same pass.
         var size = HeadSize()
+        var hosts = 0
 
         init?(_ headers: HTTPHeaders) {
             for (name, value) in headers {
@@ -287,6 +288,9 @@ final class HitPath: Sendable {
                 size.add(name: n.count, value: value.utf8.count)
                 let fresh: Bool
                 switch n.count {
+                case 4 where Self.equals(n, "host"):
+                    hosts += 1
+                    fresh = true
                 case 6 where Self.equals(n, "origin"): fresh = Self.take(&origin, value)
                 case 11 where Self.equals(n, "x-kis-token"): fresh = Self.take(&kisToken, value)
                 case 13 where Self.equals(n, "authorization"): fresh = Self.take(&authorization, value)
@@ -305,19 +309,14 @@ final class HitPath: Sendable {
             return true
         }
 
-        /// ASCII case-insensitive equality with a lower-case name.
-        static func equals(_ a: String.UTF8View, _ lower: StaticString) -> Bool {
-            lower.withUTF8Buffer { b in
-                guard a.count == b.count else { return false }
-                var i = 0
-                for c in a {
-                    let folded = (c >= 65 && c <= 90) ? c | 0x20 : c
-                    guard folded == b[i] else { return false }
-                    i += 1
-                }
-                return true
-            }
+        /// Why a request with these fields is refused before anything else, if it is: HTTP/1.1 (the only version the
+        /// hit path answers) without exactly one `Host`, or a head longer than `limit`.
+        func refusal(_ limit: Int, target: String) -> Refusal? {
+            if hosts != 1 { return .host }
+            return size.exceeds(limit, target: target) ? .oversized : nil
         }
+
+        static func equals(_ a: String.UTF8View, _ lower: StaticString) -> Bool { HeaderName.equals(a, lower) }
     }
 
     private func chart(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator,
@@ -338,7 +337,7 @@ final class HitPath: Sendable {
         let kisToken = BearerCredentials.trimmedOWS(rawKIS[...])
         guard !kisToken.isEmpty else { return nil }
         let allowedOrigin = fields.origin.flatMap { originAllowed($0) ? $0 : nil }
-        if fields.size.exceeds(maxHeaderBytes, target: uri) { return .refuseOversized(origin: allowedOrigin) }
+        if let refusal = fields.refusal(maxHeaderBytes, target: uri) { return .refuse(refusal, origin: allowedOrigin) }
 
         let session: VerifiedSession
         switch verifier.known(String(jwt), now: now) {
@@ -653,18 +652,20 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             }
             let start = ContinuousClock.now, now = Date()
-            if head.version == .http1_1, encoder != nil, !HTTPRefusal.hasOneHost(head.headers) {
-                refused = (.host, head.headers.first(name: "origin").flatMap { allowed($0) ? $0 : nil })
-                if routed.isEmpty { refuse(context: context) }
-            } else if routed.isEmpty, encoder != nil,
+            // The hit path checks `Host` and the head's size in the pass that reads the fields it needs; what it
+            // leaves to the router is checked here.
+            if routed.isEmpty, encoder != nil,
                 let decision = path.decide(head, now: now, allocator: context.channel.allocator, originAllowed: allowed)
             {
-                if case .refuseOversized(let origin) = decision {
-                    refused = (.oversized, origin)
+                if case .refuse(let reason, let origin) = decision {
+                    refused = (reason, origin)
                     refuse(context: context)
                 } else {
                     answering = (decision, head.method, start, now)
                 }
+            } else if head.version == .http1_1, encoder != nil, !HTTPRefusal.hasOneHost(head.headers) {
+                refused = (.host, head.headers.first(name: "origin").flatMap { allowed($0) ? $0 : nil })
+                if routed.isEmpty { refuse(context: context) }
             } else if encoder != nil, path.oversized(head) {
                 // What the hit path leaves to the router is measured here (it measures what it answers itself).
                 refused = (.oversized, head.headers.first(name: "origin").flatMap { allowed($0) ? $0 : nil })
@@ -692,7 +693,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 releaseQuiesce(once: written?.futureResult)
             case .fetch(let fetch):
                 startFetch(fetch, method: pending.method, start: pending.start, context: context)
-            case .refuseOversized:
+            case .refuse:
                 break  // refused when its head was read, never kept for its end
             }
         }
@@ -869,33 +870,5 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let a = path.cors.allows(origin: origin)
         lastOrigin = (origin, a)
         return a
-    }
-}
-
-/// `Date` values (IMF-fixdate), formatted once a second.
-struct HTTPDateCache {
-    private var second: Int64 = -1
-    private var bytes = ByteBuffer()
-
-    /// `Date: <IMF-fixdate>` and the blank line that ends a head.
-    mutating func line(at epoch: Int64) -> ByteBuffer {
-        if epoch != second {
-            second = epoch
-            bytes = ByteBuffer(string: "Date: " + Self.format(epoch) + "\r\n\r\n")
-        }
-        return bytes
-    }
-
-    private static let days = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]  // 1970-01-01 was a Thursday
-    private static let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-
-    /// `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110 §5.6.7) for Unix seconds.
-    static func format(_ epoch: Int64) -> String {
-        let day = epoch >= 0 ? epoch / 86400 : (epoch - 86399) / 86400
-        let secs = Int(epoch - day * 86400)
-        let (y, m, d) = CivilDate(dayNumber: Int(day)).components
-        let weekday = Int(((day % 7) + 7) % 7)
-        func two(_ v: some BinaryInteger) -> String { v < 10 ? "0\(v)" : "\(v)" }
-        return "\(days[weekday]), \(two(d)) \(months[m - 1]) \(y) \(two(secs / 3600)):\(two(secs / 60 % 60)):\(two(secs % 60)) GMT"
     }
 }

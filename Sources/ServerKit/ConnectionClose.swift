@@ -44,7 +44,6 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
     /// A request that closes the connection was read: what follows it is dropped, and the decoder's errors about it
     /// (NIO's parser refuses any bytes after such a message) are not answered.
     private var closeRequested = false
-    private var discarding = false
 
     private let answersRefusals: Bool
 
@@ -56,14 +55,10 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // After a refused head, or a bad body, nothing more is read: the connection closes once its answer is out.
-        if refusal != nil || closingAfterBadBody || discarding { return }
+        // RFC 9112 §9.6: nor is anything after a request that closes the connection (once its own body has ended).
+        if refusal != nil || closingAfterBadBody || (closeRequested && !bodyOpen) { return }
         switch unwrapInboundIn(data) {
         case .head(var head):
-            // RFC 9112 §9.6: nothing after a request that closes the connection is processed (nor answered).
-            if closeRequested {
-                discarding = true
-                return
-            }
             if answersRefusals, head.version == .http1_1, !HTTPRefusal.hasOneHost(head.headers) {
                 refusal = HTTPRefusal.hostDetail
                 if closes.isEmpty { refuse(context: context) }
@@ -118,7 +113,7 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // Once the connection is closing, the decoder's later errors (it reports every read after its first error)
         // go nowhere: passed on, Hummingbird would close the channel at once, dropping the answers not yet sent.
-        if refusal != nil || closingAfterBadBody || (closeRequested && !bodyOpen) || discarding,
+        if refusal != nil || closingAfterBadBody || (closeRequested && !bodyOpen),
             error is HTTPParserError || error is ByteToMessageDecoderError
         {
             return
@@ -158,7 +153,7 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
         for field in rendered.headers { headers.add(name: field.name.rawName, value: field.value) }
         headers.add(name: "content-length", value: String(rendered.body.readableBytes))
         headers.add(name: "connection", value: "close")
-        headers.add(name: "date", value: Self.httpDate(Date()))
+        headers.add(name: "date", value: HTTPDateCache.format(Int64(Date().timeIntervalSince1970)))
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))),
                       promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(rendered.body))), promise: nil)
@@ -166,16 +161,6 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
         lastAnswerWritten = written.futureResult
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
         closeWhenWritten(context: context)
-    }
-
-    /// `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110 §5.6.7): a refusal's `Date` (rare; Hummingbird's cached value is not
-    /// reachable from here).
-    static func httpDate(_ date: Date) -> String {
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(secondsFromGMT: 0)
-        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
-        return formatter.string(from: date)
     }
 
     /// Closes the connection once the last answer is written, lingering (``closeAfterLinger(_:linger:)``).
@@ -211,14 +196,7 @@ public enum HTTPRefusal {
     /// Whether `headers` hold exactly one `Host` (names compared without case, without allocating).
     public static func hasOneHost(_ headers: HTTPHeaders) -> Bool {
         var count = 0
-        for (name, _) in headers where name.utf8.count == 4 {
-            var matches = true
-            for (c, h) in zip(name.utf8, "host".utf8) where (c >= 65 && c <= 90 ? c | 0x20 : c) != h {
-                matches = false
-                break
-            }
-            if matches { count += 1 }
-        }
+        for (name, _) in headers where HeaderName.equals(name.utf8, "host") { count += 1 }
         return count == 1
     }
 
@@ -294,5 +272,23 @@ extension NIOHTTPDecoderLimitConfiguration {
         limits.maxHeaderListSize = 80 * 1024
         limits.maxHeaderFieldCount = 1000
         return limits
+    }
+}
+
+/// Header names compared as HTTP compares them: ASCII, without case.
+public enum HeaderName {
+    /// Whether `name` is `lower` (given in lower case), without allocating.
+    @inlinable
+    public static func equals(_ name: String.UTF8View, _ lower: StaticString) -> Bool {
+        lower.withUTF8Buffer { b in
+            guard name.count == b.count else { return false }
+            var i = 0
+            for c in name {
+                let folded = (c >= 65 && c <= 90) ? c | 0x20 : c
+                guard folded == b[i] else { return false }
+                i += 1
+            }
+            return true
+        }
     }
 }

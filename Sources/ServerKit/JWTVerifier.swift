@@ -260,6 +260,11 @@ public final class JWTVerifier: Sendable {
         return try check(claims, now: now)
     }
 
+    /// Whether a user id (`sub`) holds a control character (C0, DEL or C1), which the verifier refuses.
+    public static func hasControlCharacter(_ sub: String) -> Bool {
+        sub.unicodeScalars.contains { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) }
+    }
+
     private func check(_ c: Claims, now: Date) throws(Refusal) -> VerifiedSession {
         let leeway = settings.leeway
         guard let sub = c.sub?.value, !sub.isEmpty, sub.count <= 256 else {
@@ -267,7 +272,7 @@ public final class JWTVerifier: Sendable {
         }
         // The user id keys the store and the broker's database, where PostgreSQL refuses a NUL in text (every call of
         // such a user answered 503, on SQLite it worked), and it is written in logs: no control characters.
-        guard !sub.unicodeScalars.contains(where: { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) }) else {
+        guard !Self.hasControlCharacter(sub) else {
             throw Refusal(.jwtInvalid, "the JWT's sub (user id) contains a control character")
         }
         guard let exp = c.exp?.value else { throw Refusal(.jwtInvalid, "the JWT has no exp") }

@@ -99,25 +99,18 @@ public struct SimulatorConfiguration: Sendable {
             throw SimulatorError("--host \"\(host)\" is not an address or host name this machine can listen on")
         }
         // Bounded above too: a token life or latency near Int.max overflowed (a crash) when added to a time.
-        let year = 365 * 86400
-        guard (1...10 * year).contains(tokenTTL) else {
-            throw SimulatorError("--token-ttl-s must be from 1 to \(10 * year) (ten years), got \(tokenTTL)")
+        func within(_ value: Int, _ range: ClosedRange<Int>, _ option: String, _ note: String = "") throws {
+            guard range.contains(value) else {
+                throw SimulatorError("\(option) must be from \(range.lowerBound) to \(range.upperBound)\(note), got \(value)")
+            }
         }
-        guard (0...10 * year).contains(reuseWindow) else {
-            throw SimulatorError("--reuse-window-s must be from 0 to \(10 * year) (ten years), got \(reuseWindow)")
-        }
-        guard (0...10 * year).contains(issueInterval) else {
-            throw SimulatorError("--issue-interval-s must be from 0 to \(10 * year) (ten years), got \(issueInterval)")
-        }
-        if let r = ratePerSecond, !(1...1_000_000).contains(r) {
-            throw SimulatorError("--rate-per-s must be from 1 to 1000000, got \(r)")
-        }
-        guard (0...600_000).contains(latencyMs) else {
-            throw SimulatorError("--latency-ms must be from 0 to 600000, got \(latencyMs)")
-        }
-        guard (0...600_000).contains(tokenLatencyMs) else {
-            throw SimulatorError("--token-latency-ms must be from 0 to 600000, got \(tokenLatencyMs)")
-        }
+        let years = 10 * 365 * 86400
+        try within(tokenTTL, 1...years, "--token-ttl-s", " (ten years)")
+        try within(reuseWindow, 0...years, "--reuse-window-s", " (ten years)")
+        try within(issueInterval, 0...years, "--issue-interval-s", " (ten years)")
+        if let r = ratePerSecond { try within(r, 1...1_000_000, "--rate-per-s") }
+        try within(latencyMs, 0...600_000, "--latency-ms")
+        try within(tokenLatencyMs, 0...600_000, "--token-latency-ms")
         switch (tlsCertificatePath, tlsKeyPath) {
         case (.some, nil): throw SimulatorError("--tls-cert needs --tls-key, the certificate's private key")
         case (nil, .some): throw SimulatorError("--tls-key needs --tls-cert, the certificate it is the key of")

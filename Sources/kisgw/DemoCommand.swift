@@ -40,9 +40,7 @@ struct DemoCommand: AsyncParsableCommand {
             throw ValidationError("KISGW_DEMO_PORT_BASE must be a port number from 1024 to 44000, got \"\(text)\"")
         }
         guard (1024...44000).contains(portBase) else { throw ValidationError("--port-base must be from 1024 to 44000, got \(portBase)") }
-        guard Logger.Level(rawValue: logLevel.lowercased()) != nil else {
-            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got \"\(logLevel)\"")
-        }
+        _ = try LoggingOptions.level(logLevel)
         if let key = ProcessInfo.processInfo.environment["KISGW_DEMO_APP_KEY"], key.isEmpty {
             throw ValidationError("KISGW_DEMO_APP_KEY is set but empty")
         }
@@ -138,7 +136,7 @@ struct DemoCommand: AsyncParsableCommand {
             kis: .init(liveURL: "http://\(host):\(livePort)", sandboxURL: "http://\(host):\(sandboxPort)"),
             broker: .init(url: "http://\(host):\(brokerPort)", host: host, port: brokerPort,
                           database: .sqlite(path: URL(fileURLWithPath: data).appendingPathComponent("broker.sqlite").path)),
-            log: .init(level: Logger.Level(rawValue: logLevel.lowercased()) ?? .notice, format: .text))
+            log: .init(level: (try? LoggingOptions.level(logLevel)) ?? .notice, format: .text))
         let runtime = try Runtime(config: config, label: "kisgw.demo")
         let logger = runtime.logger
 

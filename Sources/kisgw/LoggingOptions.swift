@@ -10,10 +10,16 @@ struct LoggingOptions: ParsableArguments {
     @Option(help: "Log format: text or json.")
     var logFormat: String = "text"
 
-    func validate() throws {
-        guard Logger.Level(rawValue: logLevel.lowercased()) != nil else {
-            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got \"\(logLevel)\"")
+    /// A `--log-level` value, in any case (as the configuration file's `[log] level` is read); `demo` reads its own.
+    static func level(_ text: String) throws -> Logger.Level {
+        guard let level = Logger.Level(rawValue: text.lowercased()) else {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got \"\(text)\"")
         }
+        return level
+    }
+
+    func validate() throws {
+        _ = try Self.level(logLevel)
         guard LogFormat(rawValue: logFormat.lowercased()) != nil else {
             throw ValidationError("--log-format must be text or json; got \"\(logFormat)\"")
         }
@@ -21,8 +27,7 @@ struct LoggingOptions: ParsableArguments {
 
     /// Bootstraps swift-log once for the process and returns the root logger.
     func bootstrap(label: String) -> Logger {
-        // In any case, as the configuration file's [log] level is read.
-        let level = Logger.Level(rawValue: logLevel.lowercased()) ?? .info
+        let level = (try? Self.level(logLevel)) ?? .info
         LoggingSetup.bootstrap(level: level, format: LogFormat(rawValue: logFormat.lowercased()) ?? .text)
         var logger = Logger(label: label)
         logger.logLevel = level

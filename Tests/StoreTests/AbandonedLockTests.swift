@@ -21,6 +21,14 @@ struct AbandonedLockTests {
         return (RedisStore(client: client, keyPrefix: "abandon-\(UUID().uuidString):", clock: clock), client)
     }
 
+    /// Whether a read-or-lock of `entry` takes the lock `lock` and a slot of `rate` now.
+    static func takesLockAndSlot(_ store: RedisStore, _ rate: RateReservation) async throws -> Bool {
+        guard case .locked(_, let slot) = try await store.readOrLock("entry", lock: "lock", ttl: .seconds(60), reserving: rate),
+            case .allowed = slot
+        else { return false }
+        return true
+    }
+
     /// Calls of `names` (`set`, `evalsha`, `eval`) the server ran, from `INFO commandstats`.
     static func calls(_ server: RedisServerProcess, _ names: [String]) async throws -> Int {
         let admin = RedisClient(configuration: try RedisConfiguration(url: server.url), logger: Backend.logger)
@@ -87,9 +95,7 @@ struct AbandonedLockTests {
         #expect(try await store.get("rl:stale") == nil, "a slot was booked for a call its caller gave up")
         for n in 0..<5 { #expect(try await store.get("lock-\(n)") == nil) }
         // A call in time books its slot as before.
-        guard case .locked(_, let slot) = try await store.readOrLock("entry", lock: "lock", ttl: .seconds(60), reserving: rate),
-            case .allowed = slot
-        else {
+        guard try await Self.takesLockAndSlot(store, rate) else {
             Issue.record("a call in time did not take the lock and a slot")
             return
         }
@@ -103,9 +109,7 @@ struct AbandonedLockTests {
         defer { server.stop() }
         let (store, client) = try Self.store(server, clock: { Date().addingTimeInterval(-30) })
         let rate = RateReservation(key: "rl", limit: RateLimit(rate: 1, burst: 1), maxWait: .seconds(5))
-        guard case .locked(_, let slot) = try await store.readOrLock("entry", lock: "lock", ttl: .seconds(60), reserving: rate),
-            case .allowed = slot
-        else {
+        guard try await Self.takesLockAndSlot(store, rate) else {
             Issue.record("no lock and slot with a clock 30 s behind Redis's")
             return
         }

@@ -465,21 +465,26 @@ async function onConnect(event) {
 
 const CONNECT_FIELDS = ['appKey', 'appSecret', 'accountNumber'];
 
-/**
- * Marks the connect form's fields in `invalid` as such and ties them to the error text that says why (screen
- * readers read it with the field); the others are cleared. `focus`: the first of them takes the focus.
- */
-function markConnectFields(invalid, focus = false) {
-  for (const id of CONNECT_FIELDS) {
+/** Marks the fields of `ids` that `isInvalid` as invalid, described by the message in `errorId`; clears the others. */
+function markInvalid(ids, isInvalid, errorId) {
+  for (const id of ids) {
     const field = $(id);
-    if (invalid.includes(id)) {
+    if (isInvalid(id)) {
       field.setAttribute('aria-invalid', 'true');
-      field.setAttribute('aria-describedby', 'connect-error');
+      field.setAttribute('aria-describedby', errorId);
     } else {
       field.removeAttribute('aria-invalid');
       field.removeAttribute('aria-describedby');
     }
   }
+}
+
+/**
+ * Marks the connect form's fields in `invalid` as such and ties them to the error text that says why (screen
+ * readers read it with the field); the others are cleared. `focus`: the first of them takes the focus.
+ */
+function markConnectFields(invalid, focus = false) {
+  markInvalid(CONNECT_FIELDS, (id) => invalid.includes(id), 'connect-error');
   if (focus && invalid.length) $(invalid[0]).focus();
 }
 
@@ -707,16 +712,7 @@ function chartFormProblems() {
 function checkChartForm({ focus = false } = {}) {
   const problems = chartFormProblems();
   const wrong = new Set(problems.flatMap((p) => p.fields));
-  for (const id of CHART_FIELDS) {
-    const field = $(id);
-    if (wrong.has(id)) {
-      field.setAttribute('aria-invalid', 'true');
-      field.setAttribute('aria-describedby', 'chart-form-error');
-    } else {
-      field.removeAttribute('aria-invalid');
-      field.removeAttribute('aria-describedby');
-    }
-  }
+  markInvalid(CHART_FIELDS, (id) => wrong.has(id), 'chart-form-error');
   const box = $('chart-form-error');
   setText(box, problems.map((p) => p.text).join(' · '));
   box.hidden = !problems.length;
