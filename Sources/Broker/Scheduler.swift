@@ -253,6 +253,11 @@ final class BrokerScheduler: Service, Sendable {
             }
             if let lease = try await store.acquireLock(Self.leaseKey, ttl: leaseTTL) {
                 currentLease.withLock { $0 = lease }
+                // Taken afresh: this copy just started, the copy that held it died (its last reconciliation's time
+                // is unknown here), or the store lost the lease with everything else (a restart without
+                // persistence, FLUSHALL) — then every token is missing, and waiting for the next period would leave
+                // every user without one for up to `reconcile_interval_s`. Reconcile at once.
+                nextReconcile.withLock { $0 = ContinuousClock.now }
                 holdsLease.store(true, ordering: .relaxed)
                 onLeaseChange?(true)
                 logger.notice("took the scheduler lease")

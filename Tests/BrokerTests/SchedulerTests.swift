@@ -675,6 +675,31 @@ struct SchedulerTests {
         }
     }
 
+    /// store.md: the broker may lose Redis entirely and republishes every live token within `reconcile_interval_s`.
+    /// What it lost is known sooner: the scheduler's lease went with everything else, so the next tick takes it
+    /// afresh. The reconciliation waited for its period all the same (here an hour; 60 s by default), every user's
+    /// token `kis_token_invalid` at the gateways meanwhile; it now runs when the lease is taken.
+    @Test("after the store lost everything (its lease included), the scheduler republishes at the next tick, not a reconcile interval later")
+    func reconcileWhenTheLeaseIsTakenAfresh() async throws {
+        try await Self.withKeeper { keeper, repository, store, keyring in
+            let kept = try await Self.save("u-lost", appKey: appKey("lost"), keyring: keyring, in: repository)
+            let record = TokenDirectory.recordKey(kept.sha256)
+            let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 3600, logger: quietLogger)
+            let run = Task { try await scheduler.run() }
+            defer { run.cancel() }
+            try #require(try await eventually(timeout: .seconds(10)) { try await store.get(record) != nil })
+            let held = scheduler.holdsLease.load(ordering: .relaxed)
+            try #require(held)
+            // What a restart without persistence leaves of this broker's keys: nothing.
+            _ = try await store.delete(record)
+            _ = try await store.delete(BrokerScheduler.leaseKey)
+            let back = try await eventually(timeout: .seconds(10)) { try await store.get(record) != nil }
+            #expect(back, "not republished 10 s after the loss (tick 1 s, reconcile_interval_s 3600)")
+            let holds = scheduler.holdsLease.load(ordering: .relaxed)
+            #expect(holds)
+        }
+    }
+
     /// The lease holder whose store stops answering (here: its Redis user loses every permission, so each command
     /// fails at once) waits a tick between tries. The nap that brings a due reconciliation forward applies only while
     /// the lease is held: it once applied whenever the last known state was "held", and an overdue reconciliation
