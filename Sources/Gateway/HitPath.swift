@@ -556,6 +556,13 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// A fetched chart is awaited: what arrives meanwhile waits in `held`, and reading waits in `readHeld`.
     private var fetching = false
+    /// The client is not reading its answers (the channel's outbound buffer is over its high-water mark): what
+    /// arrives waits in `held`, as while fetching, and the socket is not read, until the buffer drains. Without it a
+    /// client pipelining requests it never reads the answers to grew the gateway's memory without bound (hits are
+    /// answered here, not by the router, whose async writer waits for the buffer).
+    private var paused = false
+    /// Requests are held rather than answered.
+    private var holding: Bool { fetching || paused }
     private var held = CircularBuffer<Held>(initialCapacity: 4)
     private var readHeld = false
     /// A `ChannelShouldQuiesceEvent` that waits for this handler's answer.
@@ -581,6 +588,10 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var idleTimer: Scheduled<Void>?
     /// A request part was read, or an answer written, since the idle timer last fired.
     private var sawActivity = false
+    /// Since when a request's head has been read and its end not yet (set at the end of a read that leaves one
+    /// open). Its body must come within the idle timeout: each byte of a body trickled in counts as activity, and a
+    /// connection sending one a minute was kept for ever.
+    private var bodySince: NIODeadline?
 
     init(path: HitPath, idleTimeout: TimeAmount? = nil) {
         self.path = path
@@ -612,7 +623,8 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// answer (Hummingbird's own sees only what the router answers, and would close a connection busy with the
     /// hit path's). A connection is closed after one to two `idleTimeout`s with no request part read, no answer
     /// written and nothing in progress: an idle keep-alive connection, or one sending a request head a byte at a
-    /// time (the decoder passes no part until the head is whole).
+    /// time (the decoder passes no part until the head is whole) — and after one to two with a request's body
+    /// unfinished, however it trickles in.
     private func armIdleTimer(context: ChannelHandlerContext) {
         guard let idleTimeout else { return }
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -625,7 +637,10 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // request whose head or body is still coming is not (a client may declare a body and never send it); its
         // parts, as they come, are activity.
         let busy = fetching || routed.count > (routedBodyOpen ? 1 : 0)
-        if sawActivity || busy {
+        if !busy, let since = bodySince, let idleTimeout, NIODeadline.now() - since >= idleTimeout {
+            idleTimer = nil
+            context.close(promise: nil)
+        } else if sawActivity || busy {
             sawActivity = false
             armIdleTimer(context: context)
         } else {
@@ -639,7 +654,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // that did not keep the connection): nothing read after counts.
         if closing || refused != nil { return }
         sawActivity = true
-        if fetching {
+        if holding {
             held.append(.read(data))
             return
         }
@@ -679,6 +694,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .body:
             if answering == nil { context.fireChannelRead(data) }
         case .end:
+            bodySince = nil
             guard let pending = answering else {
                 routedBodyOpen = false
                 context.fireChannelRead(data)
@@ -691,6 +707,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 let written = quiesce == nil ? nil : context.eventLoop.makePromise(of: Void.self)
                 send(answer, date: pending.now, promise: written)
                 releaseQuiesce(once: written?.futureResult)
+                if !context.channel.isWritable { paused = true }
             case .fetch(let fetch):
                 startFetch(fetch, method: pending.method, start: pending.start, context: context)
             case .refuse:
@@ -730,10 +747,17 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let written = quiesce == nil ? nil : context.eventLoop.makePromise(of: Void.self)
         send(answer, date: Date(), promise: written)
         if releaseQuiesce(once: written?.futureResult) { return }
-        // What arrived meanwhile, in order, until it all went or another fetch began. The async channel hands the
-        // request parts it was given to the router at the end of a read: one ends before any event or error.
+        if !context.channel.isWritable { paused = true }
+        replayHeld(context: context)
+    }
+
+    /// What arrived while requests were held, in order, until it all went or they are held again (another fetch
+    /// began, or the client stopped reading its answers); then reading resumes, if it is not held. The async
+    /// channel hands the request parts it was given to the router at the end of a read: one ends before any event
+    /// or error.
+    private func replayHeld(context: ChannelHandlerContext) {
         var replayed = false
-        while !fetching, let item = held.popFirst() {
+        while !holding, let item = held.popFirst() {
             switch item {
             case .read(let data):
                 replayed = true
@@ -749,10 +773,18 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         if replayed { context.fireChannelReadComplete() }
-        if !fetching, readHeld {
+        if !holding, readHeld, context.channel.isWritable {
             readHeld = false
             context.read()
         }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            paused = false
+            replayHeld(context: context)
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     /// Recorded before the write, as the router's middleware records before Hummingbird writes.
@@ -794,13 +826,15 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        if bodySince == nil, answering != nil || routedBodyOpen { bodySince = .now() }
         context.fireChannelReadComplete()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent, fetching || answering != nil {
+        if event is ChannelShouldQuiesceEvent, fetching || answering != nil || paused {
+            // (Paused: the answers written are the client's to read; the next one ends the connection.)
             quiesce = event
-        } else if fetching {
+        } else if holding {
             held.append(.event(event))
         } else {
             context.fireUserInboundEventTriggered(event)
@@ -812,7 +846,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // The connection is closing: the decoder's later errors (one for every read after its first) go nowhere
             // — passed on, Hummingbird would answer with its bare 400 or close the channel before the answers went.
             return
-        } else if fetching {
+        } else if holding {
             held.append(.error(error))
         } else if let bad = error as? HTTPParserError, encoder != nil, refused == nil, !routedBodyOpen {
             // Answered here, as a problem, rather than by Hummingbird's bare 400 — after the router's answers to
@@ -838,7 +872,7 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if fetching {
+        if holding || !context.channel.isWritable {
             readHeld = true
         } else {
             context.read()

@@ -22,6 +22,9 @@ import NIOHTTPTypesHTTP1
 /// - A framing error in the body of a request already answered (a bad chunk after the router answered the head)
 ///   closes the connection: the client had its answer, and a second one — Hummingbird's bare 400 — would be read as
 ///   the answer to its next request.
+/// - A request's body must be whole within `bodyTimeout` of the end of the read that left it unfinished, or the
+///   connection closes: Hummingbird's idle timer counts each byte read as activity, so a body trickled in a byte a
+///   minute (declaring a terabyte) held its connection for ever — a few thousand such, all the descriptors.
 public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public typealias InboundIn = HTTPServerRequestPart
     public typealias InboundOut = HTTPServerRequestPart
@@ -46,11 +49,41 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
     private var closeRequested = false
 
     private let answersRefusals: Bool
+    private let bodyTimeout: TimeAmount?
+    /// Closes the connection when the body being read is still unfinished.
+    private var bodyTimer: Scheduled<Void>?
 
-    /// - Parameter answersRefusals: whether this handler answers the requests the decoder refuses in their head
-    ///   (false where a handler before it does: the gateway's hit path, which adds CORS headers).
-    public init(answersRefusals: Bool = true) {
+    /// - Parameters:
+    ///   - answersRefusals: whether this handler answers the requests the decoder refuses in their head (false where
+    ///     a handler before it does: the gateway's hit path, which adds CORS headers).
+    ///   - bodyTimeout: how long a request's body may take to arrive after a read leaves it unfinished (nil: for
+    ///     ever).
+    public init(answersRefusals: Bool = true, bodyTimeout: TimeAmount? = nil) {
         self.answersRefusals = answersRefusals
+        self.bodyTimeout = bodyTimeout
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        if bodyOpen, bodyTimer == nil, let bodyTimeout {
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            bodyTimer = context.eventLoop.scheduleTask(in: bodyTimeout) {
+                let (handler, context) = bound.value
+                handler.bodyTimer = nil
+                if handler.bodyOpen { context.close(promise: nil) }
+            }
+        }
+        context.fireChannelReadComplete()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        bodyTimer?.cancel()
+        bodyTimer = nil
+        context.fireChannelInactive()
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        bodyTimer?.cancel()
+        bodyTimer = nil
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -75,6 +108,8 @@ public final class ConnectionCloseHandler: ChannelDuplexHandler, RemovableChanne
             }
         case .end:
             bodyOpen = false
+            bodyTimer?.cancel()
+            bodyTimer = nil
         case .body:
             break
         }
@@ -206,7 +241,9 @@ public enum HTTPRefusal {
         case .headerOverflow:
             return "the request's head is too large: more than 1000 header fields, or longer than this server reads"
         case .invalidVersion: what = "its HTTP version is not HTTP/1.x"
-        case .invalidMethod: what = "its method is not a valid token"
+        // NIO's parser knows a fixed list of methods (RFC 9110's, WebDAV's and a few others), upper case only: a
+        // method outside it (`FOO`, `get`) is a token HTTP allows, but not one this server reads.
+        case .invalidMethod: what = "its method is not one this server knows (methods are case-sensitive: GET, HEAD, OPTIONS, POST)"
         case .invalidURL, .invalidPath, .invalidQueryString, .invalidFragment, .invalidHost, .invalidPort:
             what = "its request target is not valid"
         case .invalidHeaderToken, .invalidCharactersUsed, .invalidConstant:
@@ -240,7 +277,8 @@ public struct ClosingHTTP1Channel: HTTPChannelHandler {
                 withOutboundHeaderValidation: false,  // HTTPTypes validates the fields
                 withEncoderConfiguration: .init(),
                 withDecoderLimitConfiguration: decoderLimits)
-            try channel.pipeline.syncOperations.addHandler(ConnectionCloseHandler())
+            try channel.pipeline.syncOperations.addHandler(
+                ConnectionCloseHandler(bodyTimeout: idleTimeout.map { TimeAmount($0) }))
             try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
             try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
             return try NIOAsyncChannel(wrappingChannelSynchronously: channel,

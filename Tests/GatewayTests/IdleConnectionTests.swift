@@ -77,6 +77,40 @@ final class RawConnection: @unchecked Sendable {  // used by one thread at a tim
         }
     }
 
+    /// Sends a byte, then reads what came without waiting: true once the server has closed the connection (end of
+    /// the stream, or the byte refused).
+    func trickleAndCheckClosed() -> Bool {
+        var byte = UInt8(ascii: "a")
+        guard Glibc.send(fd, &byte, 1, Int32(MSG_NOSIGNAL)) == 1 else { return true }
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+            if n > 0 { continue }  // an answer given early: read and dropped
+            return n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)
+        }
+    }
+
+    /// Sends `request` again and again, never reading, until a send waits longer than `blocked` or `limit` bytes
+    /// went; the bytes sent, and whether the sending was stopped (the server stopped reading).
+    func pipelineUntilBlocked(_ request: String, blocked: Int, limit: Int) -> (sent: Int, stopped: Bool) {
+        var timeout = timeval(tv_sec: blocked, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let batch = Array(String(repeating: request, count: 64).utf8)
+        var sent = 0
+        while sent < limit {
+            var offset = 0
+            while offset < batch.count {
+                let n = batch.withUnsafeBytes {
+                    Glibc.send(fd, $0.baseAddress! + offset, batch.count - offset, Int32(MSG_NOSIGNAL))
+                }
+                guard n > 0 else { return (sent + offset, true) }
+                offset += n
+            }
+            sent += batch.count
+        }
+        return (sent, false)
+    }
+
     /// Whether the server closed the connection (end of stream) within the receive timeout.
     func closedByServer() -> Bool {
         var byte: UInt8 = 0
@@ -112,6 +146,59 @@ struct IdleConnectionTests {
             }
             #expect(closed)
             #expect(ContinuousClock.now - started < .seconds(4))
+        }
+    }
+
+    /// Each byte of a body counts as activity for an idle timer, so a body trickled in a byte at a time — a
+    /// terabyte declared — held its connection for ever, with no credentials: the gateway (its hit path, and the
+    /// router's answer given before the body), and the router-only gateway (whose `ConnectionCloseHandler` the
+    /// broker uses too). A body must now be whole within one to two idle timeouts of the read that left it open.
+    @Test("a request body trickled in a byte at a time is closed after the idle timeout, answered early or not",
+          arguments: [true, false], [
+              "POST /token/refresh HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 999999999999\r\n\r\n",
+              "GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n",
+              "OPTIONS /domestic/chart/daily/005930 HTTP/1.1\r\nHost: t\r\nOrigin: http://localhost:3000\r\n"
+                  + "Access-Control-Request-Method: GET\r\nContent-Length: 1000000\r\n\r\n",
+          ])
+    func trickledBodyIsClosed(hitPath: Bool, head: String) async throws {
+        try await withGateway(dependencies: { _, deps in
+            deps.idleTimeout = .seconds(1)
+            deps.hitPathEnabled = hitPath
+        }) { g, urls in
+            let started = ContinuousClock.now
+            let closed = try await onThread {
+                let c = try RawConnection(port: Self.port(urls[0]), receiveTimeout: 6)
+                try c.send(head)
+                for _ in 0..<30 {  // a byte every 200 ms, 6 s at most
+                    usleep(200_000)
+                    if c.trickleAndCheckClosed() { return true }
+                }
+                return false
+            }
+            #expect(closed, "still open after 6 s of a byte every 200 ms (idle timeout 1 s)")
+            #expect(ContinuousClock.now - started < .seconds(4))
+        }
+    }
+
+    /// The hit path answers hits itself, straight to the channel: a client pipelining requests and never reading the
+    /// answers made it queue them in memory without bound (100 MB in 30 s, with no credentials: a rejected JWT is a
+    /// hit too). It now stops reading while the channel is not writable, as the router's writer does, so the
+    /// client's sending stops once the sockets' buffers are full.
+    @Test("a client pipelining hits without reading the answers is not read from once the answers back up")
+    func pipelinedHitsWithoutReading() async throws {
+        try await withGateway { g, urls in
+            let kis = try await g.connect(user: "flood1", appKey: "PSapp-flood")
+            let jwt = try await g.jwt("flood1")
+            let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
+            #expect(try await g.get(path, jwt: jwt, kis: kis).status == 200)  // credentials and chart known: hits
+            let request = "GET \(path) HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \(jwt)\r\nX-KIS-Token: \(kis)\r\n\r\n"
+            let (sent, stopped) = try await onThread {
+                let c = try RawConnection(port: Self.port(urls[0]), receiveBuffer: 4096)
+                // The loopback sockets hold some megabytes; 96 MB of requests would be some 600 MB of answers.
+                return c.pipelineUntilBlocked(request, blocked: 2, limit: 96 << 20)
+            }
+            #expect(stopped, "the gateway read \(sent >> 20) MiB of requests whose answers nobody read")
+            #expect(sent < 48 << 20, "\(sent >> 20) MiB of requests read before the gateway stopped")
         }
     }
 

@@ -197,8 +197,11 @@ struct GatewayResilienceTests {
     /// The answers on a connection when SIGTERM came are written whole before it closes. Before, the close came as
     /// soon as the last answer was handed to the socket's queue, and dropped what the socket had not taken yet:
     /// for a client reading slowly, the end of its answers. The kernel takes up to 4 MB (`tcp_wmem`) here, so
-    /// 20 answers of ten years of days (about 5 MB) are asked for, then a chart being fetched when SIGTERM comes.
-    @Test("SIGTERM while a client that reads slowly has answers queued and one being fetched: all of them arrive whole")
+    /// 20 answers of ten years of days (about 5 MB) are asked for, then a chart to fetch. The gateway stops reading a
+    /// client's requests while its answers back up (a client that never reads them grew its memory without bound):
+    /// those it had not read when SIGTERM came are not answered, as Hummingbird drops the requests after the one it
+    /// is answering; every answer begun arrives whole, in order, and the connection then ends.
+    @Test("SIGTERM while a client that reads slowly has answers queued: every answer begun arrives whole")
     func sigtermWritesTheWholeAnswer() async throws {
         try await withGatewayProcess(latencyMs: 40) { g, p in
             let kis = try await g.connect(user: "s3", appKey: "PSapp-sigterm-large")
@@ -215,7 +218,8 @@ struct GatewayResilienceTests {
             try await Task.sleep(for: .milliseconds(300))
             kill(p.process.processIdentifier, SIGTERM)
             let answers = try await reader.result()
-            #expect(answers.count == 21, "\(answers.count) answers")
+            // Megabytes of answers were queued when SIGTERM came (the socket's buffers hold about 4 MB).
+            #expect(answers.count >= 5 && answers.count <= 21, "\(answers.count) answers")
             for (index, answer) in answers.enumerated() {
                 #expect(answer.head.hasPrefix("HTTP/1.1 200"), "\(index): \(answer.head)")
                 #expect(answer.length > 150_000 && answer.received == answer.length,
