@@ -164,18 +164,22 @@ struct GatewayCore: Sendable {
     }
 
     func addRoutes(to router: Router<BasicRequestContext>) {
+        // The path's parts are read from the path as sent, not from the router's parameters: the router skips empty
+        // segments, and `/005930/`, `BRK//B` or `//BRK` were answered as `005930`, `BRK/B` and `BRK` (while their
+        // `%2F` forms are refused) — one chart under several names.
         router.get(RouterPath(HitPath.Route.domestic.routerPath)) { request, context in
             try await self.chart(request, context: context) { query, now throws(Problem) in
-                try ChartQuery.domestic(symbol: Self.decoded(context.parameters.get("symbol") ?? ""), query: query,
+                try ChartQuery.domestic(symbol: Self.decoded(Self.path(request.uri.path, after: 4)), query: query,
                                         maxRangeDays: self.config.limits.maxRangeDays, now: now)
             }
         }
         // The symbol is the rest of the path, so `BRK/B` may be sent as is (or as `BRK%2FB`).
         router.get(RouterPath(HitPath.Route.overseas.routerPath)) { request, context in
             try await self.chart(request, context: context) { query, now throws(Problem) in
-                try ChartQuery.overseas(
-                    exchange: Self.decoded(context.parameters.get("exchange") ?? ""),
-                    symbol: Self.decoded(context.parameters.getCatchAll().joined(separator: "/")),
+                let path = request.uri.path
+                let exchange = Self.path(path, after: 2).prefix { $0 != "/" }
+                return try ChartQuery.overseas(
+                    exchange: Self.decoded(exchange), symbol: Self.decoded(Self.path(path, after: 5)),
                     query: query, maxRangeDays: self.config.limits.maxRangeDays, now: now)
             }
         }
@@ -198,8 +202,18 @@ struct GatewayCore: Sendable {
 
     /// A path parameter with its percent-escapes decoded (the router leaves them); as sent when they are not
     /// valid UTF-8 escapes, for the validation to refuse.
-    static func decoded(_ raw: String) -> Substring {
-        Substring(raw.contains("%") ? raw.removingPercentEncoding ?? raw : raw)
+    static func decoded(_ raw: some StringProtocol) -> Substring {
+        raw.contains("%") ? Substring(raw.removingPercentEncoding ?? String(raw)) : Substring(raw)
+    }
+
+    /// What follows the `n`th `/` of `path` (empty if it has fewer).
+    static func path(_ path: String, after n: Int) -> Substring {
+        var seen = 0
+        for i in path.utf8.indices where path.utf8[i] == UInt8(ascii: "/") {
+            seen += 1
+            if seen == n { return path[path.utf8.index(after: i)...] }
+        }
+        return ""
     }
 
     static func json(_ body: String, status: HTTPResponse.Status) -> Response {

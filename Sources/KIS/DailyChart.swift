@@ -162,9 +162,17 @@ public enum DailyChartPager {
     /// Keeps a page's candles within `[start, end]` (the first seen of each date) and says where the next page ends:
     /// nil when this page was the last — fewer than 100 rows, nothing older than `start` left, or an upstream that
     /// answered past the page's end.
-    static func merge(_ candles: [Candle], rows: Int, into byDate: inout [CivilDate: Candle], start: CivilDate,
-                      end: CivilDate, pageEnd: CivilDate, period: String) -> CivilDate? {
-        for c in candles where c.date >= start && c.date <= end { byDate[c.date] = byDate[c.date] ?? c }
+    /// The newest candle dated before `start` is kept in `beforeStart` (see ``keepingFirstPeriod``).
+    static func merge(_ candles: [Candle], rows: Int, into byDate: inout [CivilDate: Candle],
+                      beforeStart: inout Candle?, start: CivilDate, end: CivilDate, pageEnd: CivilDate,
+                      period: String) -> CivilDate? {
+        for c in candles {
+            if c.date >= start {
+                if c.date <= end { byDate[c.date] = byDate[c.date] ?? c }
+            } else if beforeStart.map({ c.date > $0.date }) ?? true {
+                beforeStart = c
+            }
+        }
         guard rows >= 100, let oldest = candles.map(\.date).min(), oldest > start, oldest <= pageEnd else { return nil }
         // A weekly (monthly, yearly) bar dated after `start` may still begin the range's first period.
         let next = nextPageEnd(oldest: oldest, period: period)
@@ -182,6 +190,39 @@ public enum DailyChartPager {
         case "Y": oldest.startOfYear.adding(days: -1)
         default: oldest.adding(days: -1)
         }
+    }
+
+    /// The days of the week (month, year) `date` is in; nil for daily candles.
+    static func periodDays(of date: CivilDate, period: String) -> ClosedRange<CivilDate>? {
+        let first: CivilDate, next: CivilDate
+        switch period {
+        case "W": first = date.startOfWeek; next = first.adding(days: 7)
+        case "M": first = date.startOfMonth; next = first.adding(days: 31).startOfMonth
+        case "Y": first = date.startOfYear; next = CivilDate(year: first.year + 1, month: 1, day: 1)!
+        default: return nil
+        }
+        return first...next.adding(days: -1)
+    }
+
+    /// The weekly (monthly, yearly) candle of the period that contains `start`, when KIS dated it before `start`.
+    /// KIS's overseas chart takes no start date and dates a period's candle by its first trading day, so a range
+    /// starting mid-week (mid-month) got that candle dated before the range, and it was dropped — an empty chart for
+    /// a range inside one week or month, whose days the daily chart has. It is kept, its values as KIS sent them (the
+    /// whole period's), and dated at the range's first weekday in that period, as KIS dates the domestic chart's
+    /// first, partial period (the first trading day in range): the answer's dates stay within `[start, end]`
+    /// (gateway-api.md). Not when the range holds no weekday of that period (it traded before the range began), or
+    /// a candle of that period is in the range already.
+    static func keepingFirstPeriod(_ byDate: inout [CivilDate: Candle], beforeStart: Candle?, start: CivilDate,
+                                   end: CivilDate, period: String) {
+        guard let candle = beforeStart, let days = periodDays(of: candle.date, period: period), days.contains(start)
+        else { return }
+        let last = min(end, days.upperBound)
+        var date = start
+        while date.isWeekend && date < last { date = date.adding(days: 1) }
+        guard !date.isWeekend, date <= last, !byDate.keys.contains(where: { days.contains($0) }) else { return }
+        var moved = candle
+        moved.date = date
+        byDate[date] = moved
     }
 
     /// One page's call, after `beforeEachCall`, again while `retry` says so: a refusal of page 24 asks for page
@@ -206,6 +247,7 @@ public enum DailyChartPager {
         retry: Retry = { _, _ in false }
     ) async throws -> DailyChart {
         var byDate: [CivilDate: Candle] = [:]
+        var beforeStart: Candle? = nil
         var name: String? = nil
         var known = true
         var calls = 0
@@ -222,11 +264,12 @@ public enum DailyChartPager {
             }
             let rows = page.output2 ?? []
             let candles = rows.compactMap(Candle.init)
-            guard let next = Self.merge(candles, rows: rows.count, into: &byDate, start: start, end: end,
-                                        pageEnd: pageEnd, period: period)
+            guard let next = Self.merge(candles, rows: rows.count, into: &byDate, beforeStart: &beforeStart,
+                                        start: start, end: end, pageEnd: pageEnd, period: period)
             else { break }
             pageEnd = next
         }
+        Self.keepingFirstPeriod(&byDate, beforeStart: beforeStart, start: start, end: end, period: period)
         return DailyChart(name: name, candles: byDate.values.sorted { $0.date < $1.date }, known: known, calls: calls)
     }
 
@@ -236,6 +279,7 @@ public enum DailyChartPager {
         retry: Retry = { _, _ in false }
     ) async throws -> DailyChart {
         var byDate: [CivilDate: Candle] = [:]
+        var beforeStart: Candle? = nil
         var known = true
         var calls = 0
         var pageEnd = end
@@ -248,11 +292,12 @@ public enum DailyChartPager {
             if (page.output1?.nrec ?? "").isEmpty && (page.output2 ?? []).isEmpty { known = false }
             let rows = Self.droppingPadding(page.output2 ?? [], nrec: page.output1?.nrec)
             let candles = rows.compactMap(Candle.init)
-            guard let next = Self.merge(candles, rows: rows.count, into: &byDate, start: start, end: end,
-                                        pageEnd: pageEnd, period: period)
+            guard let next = Self.merge(candles, rows: rows.count, into: &byDate, beforeStart: &beforeStart,
+                                        start: start, end: end, pageEnd: pageEnd, period: period)
             else { break }
             pageEnd = next
         }
+        Self.keepingFirstPeriod(&byDate, beforeStart: beforeStart, start: start, end: end, period: period)
         return DailyChart(name: nil, candles: byDate.values.sorted { $0.date < $1.date }, known: known, calls: calls)
     }
 }

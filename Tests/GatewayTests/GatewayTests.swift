@@ -129,11 +129,25 @@ struct GatewayChartTests {
                     query: "AUTH=&EXCD=NAS&SYMB=AAPL&GUBN=\(gubn)&BYMD=\(end.yyyymmdd)&MODP=1",
                     token: kis, appKey: appKey, dateField: fields[0], start: start)
             }
-            let expected: [[String]] = rows.compactMap { row in
+            var expected: [[String]] = rows.compactMap { row in
                 guard let d = (row[fields[0]] as? String).flatMap(CivilDate.init(yyyymmdd:)), d >= start, d <= end
                 else { return nil }
                 return [d.iso] + fields.dropFirst().map { row[$0] as? String ?? "" }
             }.reversed()
+            // The period that contains start (a Wednesday), when KIS dated its candle before start (the overseas
+            // chart, which takes no start date): kept, dated at start.
+            @Sendable func samePeriod(_ d: CivilDate) -> Bool {
+                period == "W" ? d.startOfWeek == start.startOfWeek : period == "M" && d.startOfMonth == start.startOfMonth
+            }
+            let first = rows.compactMap { row -> (CivilDate, [String])? in
+                guard let d = (row[fields[0]] as? String).flatMap(CivilDate.init(yyyymmdd:)), d < start, samePeriod(d)
+                else { return nil }
+                return (d, fields.dropFirst().map { row[$0] as? String ?? "" })
+            }.max { $0.0 < $1.0 }
+            if let first, !expected.contains(where: { samePeriod(CivilDate($0[0])!) }) {
+                expected.insert([start.iso] + first.1, at: 0)
+            }
+            #expect((first != nil) == (market == "overseas" && period != "D"), "the case this test is about")
             let got = Self.candleTexts(r.text)
             #expect(got.count == r.candles.count)  // every candle was read by the pattern
             // Several pages each (100 rows a page), and the merge neither lost nor repeated a row.
@@ -197,6 +211,14 @@ struct GatewayChartTests {
                 let r = try await g.get("/overseas/NYS/chart/daily/" + bad + query, jwt: jwt, kis: kis)
                 #expect(r.status == 400 && r.code == "invalid_parameter", "\(bad): \(r.status)")
             }
+            // Nor can empty segments, which the router skips: `BRK//B`, `BRK/`, `//BRK` were answered as BRK/B and
+            // BRK, and a domestic `005930/` as 005930.
+            for bad in ["/overseas/NYS/chart/daily/BRK//B", "/overseas/NYS/chart/daily/BRK/",
+                        "/overseas/NYS/chart/daily//BRK", "/domestic/chart/daily/005930/", "/domestic/chart/daily/005930//"] {
+                let r = try await g.get(bad + query, jwt: jwt, kis: kis)
+                #expect(r.status == 400 && r.code == "invalid_parameter", "\(bad): \(r.status) \(r.text)")
+            }
+            #expect(try await g.simStats()["overseas_daily"] == 1)
             let m = try await http(.DELETE, g.gatewayURL + "/overseas/NYS/chart/daily/BRK/B")
             #expect(m.status == 405 && m.header("Allow") == "GET, HEAD, OPTIONS")
         }

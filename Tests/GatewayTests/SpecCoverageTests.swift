@@ -130,6 +130,42 @@ struct GatewaySpecTests {
     /// kis-api.md §4 and §5: `FID_ORG_ADJ_PRC` `0` and `MODP` `1` ask for adjusted prices. The body's `adjusted` flag
     /// was asserted, not the prices: KIS called with either flag the wrong way round would have served original
     /// prices as adjusted (and cached them for everyone). The simulator's split makes the two differ.
+    /// KIS's overseas chart has no start date and dates a week's (month's) candle by its first trading day: for a
+    /// range starting mid-week that candle came dated before `start` and was dropped — an empty chart for a range
+    /// inside one week or month. Kept now, with KIS's values, dated at the range's first weekday.
+    @Test("overseas weekly and monthly: the period that contains start is in the chart, dated at the range's first weekday")
+    func overseasFirstPeriod() async throws {
+        try await withGateway { g, _ in
+            let (jwt, kis) = try await g.signIn("first-period")
+            func candles(_ query: String) async throws -> [[String: Any]] {
+                let r = try await g.get("/overseas/NAS/chart/daily/AAPL?" + query, jwt: jwt, kis: kis)
+                #expect(r.status == 200, "\(query): \(r.text)")
+                return r.json["candles"] as? [[String: Any]] ?? []
+            }
+            func values(_ c: [String: Any]) -> [String] {
+                ["open", "high", "low", "close", "volume"].map { "\(c[$0] ?? "-")" }
+            }
+            // 2025-01-06 is a Monday; the week from it, asked whole and from its Wednesday.
+            let week = try await candles("start=2025-01-06&end=2025-01-10&period=W")
+            let fromWednesday = try await candles("start=2025-01-08&end=2025-01-10&period=W")
+            #expect(week.map { $0["date"] as? String } == ["2025-01-06"])
+            #expect(fromWednesday.map { $0["date"] as? String } == ["2025-01-08"])
+            #expect(fromWednesday.map(values) == week.map(values))
+            // A range from a Saturday: the next week's candle only (the week of the Saturday traded before it).
+            let fromSaturday = try await candles("start=2025-01-11&end=2025-01-17&period=W")
+            #expect(fromSaturday.map { $0["date"] as? String } == ["2025-01-13"])
+            #expect(try await candles("start=2025-01-11&end=2025-01-12&period=W").isEmpty)
+            // A month from its 15th (a Wednesday), and over two months: the first one's candle dated the 15th.
+            let january = try await candles("start=2025-01-01&end=2025-01-31&period=M")
+            let fromMidJanuary = try await candles("start=2025-01-15&end=2025-02-28&period=M")
+            #expect(fromMidJanuary.map { $0["date"] as? String } == ["2025-01-15", "2025-02-03"])
+            #expect(fromMidJanuary.first.map(values) == january.first.map(values))
+            // Daily candles are as they were: none before start.
+            #expect(try await candles("start=2025-01-14&end=2025-01-16").map { $0["date"] as? String }
+                    == ["2025-01-14", "2025-01-15", "2025-01-16"])
+        }
+    }
+
     @Test("adjusted=true gives KIS's split-adjusted prices and adjusted=false the original ones, domestic and overseas",
           arguments: [Exchange.krx, .nas])
     func adjustedPricesReachKIS(exchange: Exchange) async throws {
