@@ -360,14 +360,18 @@ final class ChartService: Sendable {
             // Another gateway is fetching it.
             if waitingSince == nil { waitingSince = Self.nowMilliseconds() }
             await notifier.wait(for: key, timeout: .milliseconds(50))
+            // What this request spent on KIS is its wait for that fetch: its `upstream;dur` (it said 0.0, for a
+            // MISS that waited as long as the fetch took).
+            let waited = ContinuousClock.now - started
+            let waitedMs = Double(waited.components.seconds) * 1000 + Double(waited.components.attoseconds) / 1e15
             // This process's own fetch of it (a refresh's, next to a cold request's) is in the L1 before the store.
             if let e = l1.get(key), e.freshUntil > Self.now() {
                 metrics.cacheCoalesced.increment()
-                return (e, 0, nil)
+                return (e, waitedMs, nil)
             }
             if let e = await freshFromStore(key) {
                 metrics.cacheCoalesced.increment()
-                return (e, 0, nil)
+                return (e, waitedMs, nil)
             }
             if ContinuousClock.now - started > patience {
                 throw Problem(.upstreamTimeout,

@@ -773,17 +773,26 @@ struct GatewayUpstreamTests {
             let kis = try await g.connect(user: "u6", appKey: "PSapp-fleet")
             let jwt = try await g.jwt("u6")
             _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"none","latency_ms":300}"#)
-            let results = try await withThrowingTaskGroup(of: Int.self) { group in
+            let results = try await withThrowingTaskGroup(of: HTTPResult.self) { group in
                 for i in 0..<20 {
                     group.addTask {
                         try await g.get("/domestic/chart/daily/051910?start=2025-01-02&end=2025-03-31", jwt: jwt, kis: kis,
-                                        base: urls[i % 2]).status
+                                        base: urls[i % 2])
                     }
                 }
-                return try await group.reduce(into: [Int]()) { $0.append($1) }
+                return try await group.reduce(into: [HTTPResult]()) { $0.append($1) }
             }
-            #expect(results.allSatisfy { $0 == 200 })
+            #expect(results.allSatisfy { $0.status == 200 })
             #expect(try await g.simStats()["domestic_daily"] == 1)
+            // Each is a MISS that spent the fetch's time on KIS, on whichever gateway made the call: its
+            // `upstream;dur` (gateway-api.md) is that time — not 0.0 on the gateway that waited for the other's.
+            // (A request the machine delayed past the fetch is a HIT, with no upstream time.)
+            #expect(results.filter { $0.header("X-Cache") == "MISS" }.count >= 15)
+            for r in results where r.header("X-Cache") == "MISS" {
+                let timing = r.header("Server-Timing") ?? ""
+                let dur = timing.components(separatedBy: "upstream;dur=").last.flatMap { Double($0.prefix { $0 != "," }) }
+                #expect((dur ?? 0) >= 200, "\(timing)")
+            }
         }
     }
 
