@@ -109,7 +109,7 @@ final class TokenKeeper: Sendable {
     func validate(userID: String, form: AccountForm) async throws {
         let now = self.now
         if let stored = try await account(userID, form.environment), stored.isActive, stored.appKey == form.appKey,
-            stored.appSecret == form.appSecret, let t = try await currentToken(userID, form.environment), t.expiresAt > now
+            secretsEqual(stored.appSecret, form.appSecret), let t = try await currentToken(userID, form.environment), t.expiresAt > now
         {
             return  // already connected with these credentials: KIS accepted them
         }
@@ -140,7 +140,7 @@ final class TokenKeeper: Sendable {
         if stored?.appKey != form.appKey {
             try await refuseIfAnotherUsersAppKey(form.appKey, form.environment, userID: userID)
         }
-        if let stored, stored.appKey == form.appKey, stored.appSecret == form.appSecret {
+        if let stored, stored.appKey == form.appKey, secretsEqual(stored.appSecret, form.appSecret) {
             // Nothing to store: the current token is the answer. (A changed account number, or an inactive account,
             // is stored by `issue`, under the locks, which reuses the token the same way.)
             if stored.accountNumber == form.accountNumber, stored.isActive,
@@ -842,12 +842,12 @@ final class TokenKeeper: Sendable {
             let plain = try? keyring.open(value.sealed, kid: value.kid, aad: Data(store.fullKey(key).utf8)),
             let v = try? JSONDecoder().decode(Validated.self, from: plain)
         else { return nil }
-        guard v.app_key == form.appKey, v.app_secret == form.appSecret, v.expires_at > now else { return nil }
+        guard v.app_key == form.appKey, secretsEqual(v.app_secret, form.appSecret), v.expires_at > now else { return nil }
         return v
     }
 }
 
 extension Account {
     /// Whether `other` has this account's app key and secret.
-    func sameKeyPair(as other: Account) -> Bool { appKey == other.appKey && appSecret == other.appSecret }
+    func sameKeyPair(as other: Account) -> Bool { appKey == other.appKey && secretsEqual(appSecret, other.appSecret) }
 }
