@@ -114,7 +114,7 @@ final class TokenKeeper: Sendable {
             return  // already connected with these credentials: KIS accepted them
         }
         // An account the scheduler switched off (KIS refused its key pair three times) proves nothing: KIS is asked.
-        try await refuseIfAnotherUsersAppKey(form.appKey, form.environment, userID: userID)
+        try await refuseIfAnotherUsersAppKey(form.appKey, form.appSecret, form.environment, userID: userID)
         if try await peekValidated(form) != nil { return }
         let lock = try await acquireIssueLock(form.environment, form.appKey)
         do {
@@ -138,7 +138,7 @@ final class TokenKeeper: Sendable {
             userID: userID, environment: form.environment, appKey: form.appKey, appSecret: form.appSecret,
             accountNumber: form.accountNumber, isActive: true, createdAt: stored?.createdAt ?? now, updatedAt: now)
         if stored?.appKey != form.appKey {
-            try await refuseIfAnotherUsersAppKey(form.appKey, form.environment, userID: userID)
+            try await refuseIfAnotherUsersAppKey(form.appKey, form.appSecret, form.environment, userID: userID)
         }
         if let stored, stored.appKey == form.appKey, secretsEqual(stored.appSecret, form.appSecret) {
             // Nothing to store: the current token is the answer. (A changed account number, or an inactive account,
@@ -169,16 +169,33 @@ final class TokenKeeper: Sendable {
     /// Checked before the issuance lock (a quick refusal, before KIS is asked) and again under it: two users
     /// connecting one app key at once both pass the first check, and the second to take the lock would otherwise
     /// store the first one's token (KIS hands it back) as their own.
-    private func refuseIfAnotherUsersAppKey(_ appKey: String, _ environment: KISEnvironment, userID: String) async throws {
+    ///
+    /// Only a caller who proves the key pair — `appSecret` is the secret stored with the other user's account
+    /// (compared in constant time) — is told that the app key is connected to another user. Anyone else is answered
+    /// what KIS answers a wrong secret for a key it knows (``wrongSecret``), without asking KIS: told the truth, any
+    /// signed-in user could learn with a made-up secret which app keys are registered here. A stored secret that
+    /// does not open proves nothing either way: the key stays its user's, with that same answer.
+    private func refuseIfAnotherUsersAppKey(_ appKey: String, _ appSecret: String, _ environment: KISEnvironment,
+                                            userID: String) async throws {
         let candidates = try await repository.accounts(
             environment: environment, appKeyFingerprints: vault.appKeyFingerprints(appKey, environment))
         for row in candidates where !row.userID.isSameUserID(userID) {
             guard (try? vault.openAppKey(row)) == appKey else { continue }
+            guard let stored = try? vault.open(row), secretsEqual(stored.appSecret, appSecret) else {
+                logger.notice("refused another user's app key with a secret that is not its own; KIS was not asked",
+                              metadata: ["user": "\(userID)", "env": "\(environment.rawValue)"])
+                throw Self.wrongSecret
+            }
             throw Problem(.invalidParameter,
                           "appKey: this app key is connected to another user of this broker; KIS gives an app key one "
                           + "token at a time, so each user connects an app key of their own")
         }
     }
+
+    /// The problem ``issueAtKIS(_:appKey:appSecret:)`` makes of KIS's refusal of a wrong secret for an app key it
+    /// knows (`EGW00105`, kis-api.md), word for word.
+    static let wrongSecret = Problem(.kisCredentialsRejected, "KIS refused the app key or secret", kisMsgCode: "EGW00105",
+                                     kisMessage: KISMessage.texts["EGW00105"])
 
     /// `POST /api/kis/token/refresh`.
     func refresh(userID: String, environment: KISEnvironment, retried: Bool = false) async throws -> BrokerToken {
@@ -503,7 +520,7 @@ final class TokenKeeper: Sendable {
                 account.accountNumber = stored.accountNumber
             }
             if stored?.appKey != account.appKey {
-                try await refuseIfAnotherUsersAppKey(account.appKey, env, userID: account.userID)
+                try await refuseIfAnotherUsersAppKey(account.appKey, account.appSecret, env, userID: account.userID)
             }
             // Another request (or copy) may have stored a token for these credentials while this one waited.
             if let stored, sameCredentials, let t = try await currentToken(account.userID, env), reusable(t, now),

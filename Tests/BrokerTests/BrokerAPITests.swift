@@ -345,18 +345,77 @@ struct BrokerAPITests {
         }
     }
 
-    /// `user` can neither validate nor connect `key`, another user's: 400 naming `appKey`, before KIS is asked.
-    static func expectAnotherUsersAppKey(_ b: BrokerFixture, _ key: String, user: String,
+    /// `user` can neither validate nor connect `key`, another user's, before KIS is asked: with the secret stored for
+    /// that user (the one `accountBody` sends), 400 naming `appKey`; with another secret, KIS's answer to a wrong
+    /// secret (the broker does not tell who has not proven the key pair that the key is registered here). When the
+    /// stored secret does not open (`provable` false) nothing proves the key pair: KIS's answer either way.
+    static func expectAnotherUsersAppKey(_ b: BrokerFixture, _ key: String, user: String, provable: Bool = true,
                                          sourceLocation: SourceLocation = #_sourceLocation) async throws {
         let issued = try await b.issuances()
-        let validate = try await b.post("/api/kis/account/validate", accountBody(key, secret: "s2"), jwt: try await b.jwt(user))
+        let asked = try await b.simCalls("tokenP")
+        let jwt = try await b.jwt(user)
+        for route in ["/api/kis/account/validate", "/api/kis/token"] {
+            let wrong = try await b.post(route, accountBody(key, secret: "s2"), jwt: jwt)
+            #expect(wrong.status == 400 && wrong.code == "kis_credentials_rejected", "\(route): \(wrong.text)",
+                    sourceLocation: sourceLocation)
+            #expect(wrong.json["kis_msg_cd"] as? String == "EGW00105", "\(wrong.text)", sourceLocation: sourceLocation)
+        }
+        let validate = try await b.post("/api/kis/account/validate", accountBody(key), jwt: jwt)
         #expect(validate.status == 400 && validate.json["valid"] as? Bool == false, "\(validate.text)",
                 sourceLocation: sourceLocation)
-        let second = try await b.post("/api/kis/token", accountBody(key, secret: "s2"), jwt: try await b.jwt(user))
-        #expect(second.status == 400 && second.code == "invalid_parameter", "\(second.text)", sourceLocation: sourceLocation)
-        #expect((second.json["detail"] as? String)?.hasPrefix("appKey: ") == true, "\(second.text)",
-                sourceLocation: sourceLocation)
+        let second = try await b.post("/api/kis/token", accountBody(key), jwt: jwt)
+        if provable {
+            #expect(validate.code == "invalid_parameter", "\(validate.text)", sourceLocation: sourceLocation)
+            #expect(second.status == 400 && second.code == "invalid_parameter", "\(second.text)", sourceLocation: sourceLocation)
+            #expect((second.json["detail"] as? String)?.hasPrefix("appKey: ") == true, "\(second.text)",
+                    sourceLocation: sourceLocation)
+        } else {
+            #expect(validate.code == "kis_credentials_rejected", "\(validate.text)", sourceLocation: sourceLocation)
+            #expect(second.status == 400 && second.code == "kis_credentials_rejected", "\(second.text)",
+                    sourceLocation: sourceLocation)
+        }
         #expect(try await b.issuances() == issued, "KIS was asked for \(user)", sourceLocation: sourceLocation)
+        #expect(try await b.simCalls("tokenP") == asked, "KIS was asked for \(user)", sourceLocation: sourceLocation)
+    }
+
+    /// The one-user-per-app-key refusal was an oracle: any signed-in user posting an app key with any secret learned
+    /// whether another user of the broker had connected it. Now only the right secret tells; a wrong one gets, word for
+    /// word, what KIS's refusal of a wrong secret gets — without KIS being asked (no issuance, no tokenP call).
+    @Test("another user's app key with a wrong secret is answered as KIS's wrong secret, KIS not asked; with its secret, 400 naming appKey")
+    func anotherUsersAppKeyNeedsItsSecret() async throws {
+        let (taken, free) = (appKey("oracle-a"), appKey("oracle-c"))
+        let sim = SimulatorConfiguration(port: 0, environment: .sandbox,
+                                         credentials: [taken: "secret-" + taken, free: "secret-" + free])
+        try await withBroker(sim: sim, config: quietSchedulerConfig) { b in
+            let connected = try await b.post("/api/kis/token", accountBody(taken), jwt: try await b.jwt("u-a"))
+            #expect(connected.status == 200, "\(connected.text)")
+            let jwt = try await b.jwt("u-b")
+            func canonical(_ r: HTTPResult) throws -> String {
+                String(decoding: try JSONSerialization.data(withJSONObject: r.json, options: .sortedKeys), as: UTF8.self)
+            }
+            for route in ["/api/kis/account/validate", "/api/kis/token"] {
+                // A key no user here has, and a wrong secret: KIS is asked and refuses it.
+                let calls = try await b.simCalls("tokenP")
+                let reference = try await b.post(route, accountBody(free, secret: "wrong"), jwt: jwt)
+                #expect(reference.status == 400 && reference.code == "kis_credentials_rejected", "\(reference.text)")
+                #expect(try await b.simCalls("tokenP") == calls + 1)
+                // Another user's key and a wrong secret: the same answer, and KIS is not asked.
+                let issued = try await b.issuances()
+                let probe = try await b.post(route, accountBody(taken, secret: "wrong"), jwt: jwt)
+                #expect(probe.status == reference.status)
+                #expect(probe.header("content-type") == reference.header("content-type"))
+                #expect(try canonical(probe) == canonical(reference), "\(route): \(probe.text) / \(reference.text)")
+                #expect(try await b.simCalls("tokenP") == calls + 1, "KIS was asked")
+                #expect(try await b.issuances() == issued)
+                // With the key's secret: told why.
+                let proven = try await b.post(route, accountBody(taken), jwt: jwt)
+                #expect(proven.status == 400 && proven.code == "invalid_parameter", "\(proven.text)")
+                #expect((proven.json[route.hasSuffix("validate") ? "message" : "detail"] as? String)?
+                    .hasPrefix("appKey: this app key is connected to another user") == true, "\(proven.text)")
+                #expect(try await b.simCalls("tokenP") == calls + 1, "KIS was asked")
+            }
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
+        }
     }
 
     /// `user`'s SANDBOX account with `key` (the secret and account number `accountBody` sends), sealed by `keyring`,
@@ -410,7 +469,7 @@ struct BrokerAPITests {
                 for row in rows { try await repo.saveAccount(row, token: nil) }
             }
             try await Self.expectAnotherUsersAppKey(b, appKey("nofp"), user: "u3")
-            try await Self.expectAnotherUsersAppKey(b, appKey("keyonly"), user: "u4")
+            try await Self.expectAnotherUsersAppKey(b, appKey("keyonly"), user: "u4", provable: false)
         }
     }
 
