@@ -28,6 +28,7 @@ public final class SQLiteRepository: BrokerRepository {
                 throw SQLiteOpenError(path: path, why: "its folder \(folder.path) cannot be created (\(FileSystemReason.of(error)))")
             }
             self.path = url.path
+            Self.createPrivately(url.path)
             do {
                 self.queue = try DatabaseQueue(path: url.path, configuration: configuration)
             } catch let error as DatabaseError {
@@ -40,6 +41,18 @@ public final class SQLiteRepository: BrokerRepository {
                 throw SQLiteOpenError(path: path, why: why)
             }
         }
+    }
+
+    /// Creates the database file, empty (which SQLite reads as a new database), readable and writable by its owner
+    /// alone (0600) when there is none: SQLite creates it 0644 (less the umask), and gives its `-wal`, `-shm` and
+    /// `-journal` files the database file's mode — every account's sealed secrets, readable by every user of the
+    /// machine. An existing file keeps its mode (an operator may have chosen it). A file that cannot be created here
+    /// is left to SQLite, which says why.
+    static func createPrivately(_ path: String) {
+        guard !FileManager.default.fileExists(atPath: path) else { return }
+        // O_EXCL: a file another process created meanwhile is not touched.
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if fd >= 0 { close(fd) }
     }
 
     public func migrate() async throws {
