@@ -69,7 +69,8 @@ public func buildGateway(
     let router = Router(context: BasicRequestContext.self, options: .autoGenerateHeadEndpoints)
     router.add(middleware: AccessMiddleware(
         recorder: gateway.recorder,
-        labels: Dictionary(uniqueKeysWithValues: HitPath.Route.allCases.map { ($0.endpointPath, $0.label) })))
+        labels: Dictionary(uniqueKeysWithValues: HitPath.Route.allCases.map { ($0.endpointPath, $0.label) }),
+        routeOfPath: GatewayCore.routeLabel))
     router.add(middleware: CORSMiddleware(cors: config.cors, renderer: ProblemRenderer(allowedMethods: GatewayCore.allowedMethods),
                                           allowMethods: CORSHeaderValues.gatewayMethods))
     gateway.addRoutes(to: router)
@@ -161,6 +162,13 @@ struct GatewayCore: Sendable {
         case "/healthz", "/readyz", "/metrics": return "GET, HEAD"
         default: return nil
         }
+    }
+
+    /// The `/metrics` label of the route `path` is on, whatever the method; nil when it is on none.
+    static let routeLabel: @Sendable (String) -> String? = { path in
+        let parts = path.split(separator: "/")
+        if let route = HitPath.Route.allCases.first(where: { $0.matches(parts) }) { return route.label }
+        return allowedMethods(path) == nil ? nil : path
     }
 
     func addRoutes(to router: Router<BasicRequestContext>) {

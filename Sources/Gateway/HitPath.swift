@@ -258,7 +258,8 @@ final class HitPath: Sendable {
             var out = Head(.forbidden, allocator: allocator, capacity: 128)
             out.add("Vary", "Origin")
             out.add("Content-Length", "0")
-            return .answer(Answer(status: .forbidden, head: out, body: nil, route: "unmatched", cacheHit: false))
+            return .answer(Answer(status: .forbidden, head: out, body: nil, route: Self.preflightRoute(head.uri),
+                                  cacheHit: false))
         }
         var out = Head(.noContent, allocator: allocator, capacity: 384 + origin.utf8.count)
         out.add("Vary", "Origin")
@@ -267,7 +268,14 @@ final class HitPath: Sendable {
         out.add("Access-Control-Allow-Methods", CORSHeaderValues.gatewayMethods)
         out.add("Access-Control-Allow-Headers", CORSHeaderValues.allowHeaders)
         out.add("Access-Control-Max-Age", String(cors.maxAgeS))
-        return .answer(Answer(status: .noContent, head: out, body: nil, route: "unmatched", cacheHit: false))
+        return .answer(Answer(status: .noContent, head: out, body: nil, route: Self.preflightRoute(head.uri),
+                              cacheHit: false))
+    }
+
+    /// A preflight's `/metrics` route: the one its target's path is on, as the router's middleware counts it.
+    static func preflightRoute(_ uri: String) -> String {
+        let path = uri.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(uri[..<$0]) } ?? uri
+        return GatewayCore.routeLabel(path) ?? "unmatched"
     }
 
     /// The request headers the hit path reads, each found in one pass; a repeated one makes the request the

@@ -59,10 +59,15 @@ public struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
     public let recorder: RequestRecorder
     /// Labels for routes whose path pattern is not how they are named (a `**` capture), by pattern.
     public let labels: [String: String]
+    /// The route a path the router matched no route for is on all the same: a request with a method the route does
+    /// not take (405), or a preflight answered before routing (CORS) — counted under its route, not `unmatched`.
+    public let routeOfPath: (@Sendable (_ path: String) -> String?)?
 
-    public init(recorder: RequestRecorder, labels: [String: String] = [:]) {
+    public init(recorder: RequestRecorder, labels: [String: String] = [:],
+                routeOfPath: (@Sendable (_ path: String) -> String?)? = nil) {
         self.recorder = recorder
         self.labels = labels
+        self.routeOfPath = routeOfPath
     }
 
     public func handle(
@@ -84,7 +89,8 @@ public struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
     private func finish(_ request: Request, context: Context, status: Int, start: ContinuousClock.Instant) {
         let d = ContinuousClock.now - start
         // Hummingbird names the path of a request no route matched "NotFound".
-        let route = context.endpointPath.flatMap { $0 == "NotFound" ? nil : labels[$0] ?? $0 } ?? "unmatched"
+        let route = context.endpointPath.flatMap { $0 == "NotFound" ? nil : labels[$0] ?? $0 }
+            ?? routeOfPath?(request.uri.path) ?? "unmatched"
         recorder.record(method: "\(request.method)", route: route, status: status,
                         nanoseconds: d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
     }

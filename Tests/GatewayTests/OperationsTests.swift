@@ -2,7 +2,7 @@ import AsyncHTTPClient
 import Broker
 import Crypto
 import Foundation
-import Gateway
+@testable import Gateway
 import Hummingbird
 import KIS
 import KisgwConfiguration
@@ -376,6 +376,38 @@ struct GatewayMetricsRegistryTests {
             #expect(m.value("kisgw_upstream_calls_total", ["outcome": "ok", "msg_cd": ""]) == 1)
             #expect(m.value("kisgw_http_requests_total", ["route": "/domestic/chart/daily/{symbol}", "status": "200"]) == 2)
             #expect(m.types["kisgw_upstream_duration_seconds"] == "histogram")
+        }
+    }
+
+    /// gateway-api.md: "requests by route and status". A method a route does not take (405) and a preflight (which
+    /// CORS answers before routing, or the hit path) are requests on that route: they were counted as `unmatched`,
+    /// with the paths no route has.
+    @Test("405s and preflights are counted under the route of their path, with the hit path and without",
+          arguments: [true, false])
+    func methodAndPreflightLabels(hitPath: Bool) async throws {
+        let registry = PrometheusCollectorRegistry()
+        try await withGateway(dependencies: { _, deps in
+            deps.metricsRegistry = registry
+            deps.hitPathEnabled = hitPath
+        }) { g, _ in
+            let chart = g.gatewayURL + "/overseas/NYS/chart/daily/BRK/B"
+            #expect(try await http(.DELETE, chart).status == 405)
+            #expect(try await http(.GET, g.gatewayURL + "/token/refresh").status == 405)
+            for origin in ["http://localhost:3000", "https://elsewhere.example"] {
+                let preflight = try await http(.OPTIONS, chart + "?start=2025-01-02", headers: [
+                    ("Origin", origin), ("Access-Control-Request-Method", "GET"),
+                ])
+                #expect(preflight.status == (origin.hasPrefix("http://localhost") ? 204 : 403))
+            }
+            #expect(try await g.get("/no/such/route", jwt: nil, kis: nil).status == 404)
+            let m = Exposition(try await g.get("/metrics", jwt: nil, kis: nil).text)
+            let route = "/overseas/{exchange}/chart/daily/{symbol}"
+            #expect(m.value("kisgw_http_requests_total", ["route": route, "status": "405"]) == 1)
+            #expect(m.value("kisgw_http_requests_total", ["route": route, "status": "204"]) == 1)
+            #expect(m.value("kisgw_http_requests_total", ["route": route, "status": "403"]) == 1)
+            #expect(m.value("kisgw_http_requests_total", ["route": "/token/refresh", "status": "405"]) == 1)
+            let unmatched = m.samples("kisgw_http_requests_total").filter { $0.labels["route"] == "unmatched" }
+            #expect(unmatched.map(\.labels) == [["route": "unmatched", "status": "404"]])
         }
     }
 
