@@ -63,6 +63,8 @@ public func buildGateway(
     _ config: KisgwConfig, dependencies: GatewayDependencies, logger: Logger,
     onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
+    // Secret files other users may read: a warning each, as the broker gives (not a refusal).
+    for warning in config.looseSecretFileWarnings(for: .gateway) { logger.warning("\(warning)") }
     let gateway = try await GatewayCore(config: config, dependencies: dependencies, logger: logger)
     // HEAD is answered wherever GET is (RFC 9110 §9.3.2: every general-purpose server supports both): the GET
     // route's answer, with its headers and without its body.

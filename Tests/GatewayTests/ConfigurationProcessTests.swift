@@ -337,6 +337,32 @@ struct StartupFailureTests {
         return (process.terminationReason == .exit ? process.terminationStatus : -1, text)
     }
 
+    /// The broker warned about secret files other users may read; the gateway and `kisgw jwt` read the JWT secret
+    /// file (and the gateway the seal keys and the Redis password) and said nothing.
+    @Test("the gateway and kisgw jwt warn about a secret file other users may read, naming it, never its content")
+    func looseSecretFiles() throws {
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-loose-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        let secretFile = scratch.appendingPathComponent("jwt-secret").path
+        try writeText(testSecret, secretFile)
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: secretFile)
+        let says = "hs256_secret_file (KISGW_AUTH_JWT_HS256_SECRET_FILE) \"\(secretFile)\" is readable by other users (mode 0644)"
+        let env = ["KISGW_AUTH_JWT_HS256_SECRET_FILE": secretFile, "KISGW_AUTH_JWT_HS256_SECRET": "",
+                   "KISGW_STORE_BACKEND": "memory", "KISGW_REDIS_URL": ""]
+        let (jwtStatus, jwtText) = try run(["jwt", "--sub", "u1"], env: env)
+        #expect(jwtStatus == 0 && jwtText.contains(says), "\(jwtStatus): \(jwtText)")
+        // The gateway warns as it starts; given an address not on this machine, it then stops.
+        let (status, text) = try run(["gateway"], env: env.merging(["KISGW_SERVER_HOST": "192.0.2.1"]) { $1 })
+        // (The log handler's scrubber hides the quoted path after a key named for a secret.)
+        #expect(status == 1 && text.contains("hs256_secret_file (KISGW_AUTH_JWT_HS256_SECRET_FILE)")
+                && text.contains("is readable by other users (mode 0644)"), "\(status): \(text)")
+        #expect(!jwtText.contains(testSecret) && !text.contains(testSecret))
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: secretFile)
+        let (_, quiet) = try run(["jwt", "--sub", "u1"], env: env)
+        #expect(!quiet.contains("other users"), "\(quiet)")
+    }
+
     @Test("a port in use, an address not on this machine, a SQLite path that is a folder or not a database, a demo data folder that is a file, a JWT sub no verifier accepts")
     func oneLineEach() throws {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-startup-\(UUID().uuidString)")
