@@ -179,7 +179,7 @@ struct GatewayCore: Sendable {
         // `%2F` forms are refused) — one chart under several names.
         router.get(RouterPath(HitPath.Route.domestic.routerPath)) { request, context in
             try await self.chart(request, context: context) { query, now throws(Problem) in
-                try ChartQuery.domestic(symbol: Self.decoded(Self.path(request.uri.path, after: 4)), query: query,
+                try ChartQuery.domestic(symbol: Self.decoded(Self.pathRest(request.uri.path, after: 4)), query: query,
                                         maxRangeDays: self.config.limits.maxRangeDays, now: now)
             }
         }
@@ -187,9 +187,9 @@ struct GatewayCore: Sendable {
         router.get(RouterPath(HitPath.Route.overseas.routerPath)) { request, context in
             try await self.chart(request, context: context) { query, now throws(Problem) in
                 let path = request.uri.path
-                let exchange = Self.path(path, after: 2).prefix { $0 != "/" }
+                let exchange = Self.pathRest(path, after: 2).prefix { $0 != "/" }
                 return try ChartQuery.overseas(
-                    exchange: Self.decoded(exchange), symbol: Self.decoded(Self.path(path, after: 5)),
+                    exchange: Self.decoded(exchange), symbol: Self.decoded(Self.pathRest(path, after: 5)),
                     query: query, maxRangeDays: self.config.limits.maxRangeDays, now: now)
             }
         }
@@ -217,7 +217,7 @@ struct GatewayCore: Sendable {
     }
 
     /// What follows the `n`th `/` of `path` (empty if it has fewer).
-    static func path(_ path: String, after n: Int) -> Substring {
+    static func pathRest(_ path: String, after n: Int) -> Substring {
         var seen = 0
         for i in path.utf8.indices where path.utf8[i] == UInt8(ascii: "/") {
             seen += 1

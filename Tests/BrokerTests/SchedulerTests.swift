@@ -624,6 +624,24 @@ struct SchedulerTests {
         }
     }
 
+    /// User `u-{tag}`'s ACTIVE token saved, a scheduler running over it, and the token's record key once the
+    /// scheduler's first reconciliation has published it.
+    private static func withPublishedToken(
+        _ tag: String, refreshIntervalS: Int, reconcileIntervalS: Int,
+        _ body: @Sendable (BrokerScheduler, any SharedStore, String) async throws -> Void
+    ) async throws {
+        try await withKeeper { keeper, repository, store, keyring in
+            let kept = try await save("u-" + tag, appKey: appKey(tag), keyring: keyring, in: repository)
+            let record = TokenDirectory.recordKey(kept.sha256)
+            let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: refreshIntervalS,
+                                            reconcileIntervalS: reconcileIntervalS, logger: quietLogger)
+            let run = Task { try await scheduler.run() }
+            defer { run.cancel() }
+            try #require(try await eventually(timeout: .seconds(10)) { try await store.get(record) != nil })
+            try await body(scheduler, store, record)
+        }
+    }
+
     /// An account and an ACTIVE token for it, sealed with `keyring`, saved in `repository`; returns the token.
     private static func save(_ user: String, appKey: String, keyring: SealKeyring,
                              in repository: any BrokerRepository) async throws -> BrokerToken {
@@ -656,13 +674,7 @@ struct SchedulerTests {
     /// lost just after one was back 4 s later. Lost at once after each republication, three times over.
     @Test("a token lost just after a reconciliation is back within reconcile_interval_s, though the scheduler wakes on a longer grid")
     func reconcileWithinTheInterval() async throws {
-        try await Self.withKeeper { keeper, repository, store, keyring in
-            let kept = try await Self.save("u-grid", appKey: appKey("grid"), keyring: keyring, in: repository)
-            let record = TokenDirectory.recordKey(kept.sha256)
-            let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 2, reconcileIntervalS: 3, logger: quietLogger)
-            let run = Task { try await scheduler.run() }
-            defer { run.cancel() }
-            try #require(try await eventually(timeout: .seconds(10)) { try await store.get(record) != nil })
+        try await Self.withPublishedToken("grid", refreshIntervalS: 2, reconcileIntervalS: 3) { _, store, record in
             for round in 1...3 {
                 // Just after a reconciliation published it: deleted and timed until the next one puts it back.
                 _ = try await store.delete(record)
@@ -681,13 +693,7 @@ struct SchedulerTests {
     /// token `kis_token_invalid` at the gateways meanwhile; it now runs when the lease is taken.
     @Test("after the store lost everything (its lease included), the scheduler republishes at the next tick, not a reconcile interval later")
     func reconcileWhenTheLeaseIsTakenAfresh() async throws {
-        try await Self.withKeeper { keeper, repository, store, keyring in
-            let kept = try await Self.save("u-lost", appKey: appKey("lost"), keyring: keyring, in: repository)
-            let record = TokenDirectory.recordKey(kept.sha256)
-            let scheduler = BrokerScheduler(keeper: keeper, refreshIntervalS: 1, reconcileIntervalS: 3600, logger: quietLogger)
-            let run = Task { try await scheduler.run() }
-            defer { run.cancel() }
-            try #require(try await eventually(timeout: .seconds(10)) { try await store.get(record) != nil })
+        try await Self.withPublishedToken("lost", refreshIntervalS: 1, reconcileIntervalS: 3600) { scheduler, store, record in
             let held = scheduler.holdsLease.load(ordering: .relaxed)
             try #require(held)
             // What a restart without persistence leaves of this broker's keys: nothing.

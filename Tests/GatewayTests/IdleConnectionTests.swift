@@ -187,8 +187,7 @@ struct IdleConnectionTests {
     @Test("a client pipelining hits without reading the answers is not read from once the answers back up")
     func pipelinedHitsWithoutReading() async throws {
         try await withGateway { g, urls in
-            let kis = try await g.connect(user: "flood1", appKey: "PSapp-flood")
-            let jwt = try await g.jwt("flood1")
+            let (jwt, kis) = try await g.signIn("flood1")
             let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
             #expect(try await g.get(path, jwt: jwt, kis: kis).status == 200)  // credentials and chart known: hits
             let request = "GET \(path) HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \(jwt)\r\nX-KIS-Token: \(kis)\r\n\r\n"
