@@ -84,8 +84,11 @@ public func buildBroker(
     let core = try await BrokerCore(config: config, dependencies: dependencies, repository: repository, logger: logger)
     // HEAD wherever GET is (RFC 9110 §9.3.2), as the gateway: the GET route's headers without its body.
     let router = Router(context: BasicRequestContext.self, options: .autoGenerateHeadEndpoints)
-    router.add(middleware: AccessMiddleware(recorder: core.recorder))
     let demo = dependencies.demoMode
+    // A 405 and a preflight (answered by CORS before routing) are counted under the route of their path, as the
+    // gateway counts them; `unmatched` is for paths no route has.
+    router.add(middleware: AccessMiddleware(
+        recorder: core.recorder, routeOfPath: { BrokerCore.allowedMethods($0, demo: demo) == nil ? nil : $0 }))
     router.add(middleware: CORSMiddleware(
         cors: config.cors, renderer: ProblemRenderer(allowedMethods: { BrokerCore.allowedMethods($0, demo: demo) }),
         allowMethods: CORSHeaderValues.brokerMethods))

@@ -1062,7 +1062,11 @@ struct BrokerAPITests {
             #expect(count("/api/kis/account", 200) == 1)
             #expect(count("/api/kis/account", 404) == 1)
             #expect(count("/healthz", 200) == 1)
+            // A method the route does not take, and a preflight (CORS answers it before routing): on that route.
+            #expect(count("/api/kis/token", 405) == 1)
+            #expect(count("/api/kis/token", 204) == 1)
             #expect(count("unmatched", 404) == 1)
+            #expect(requests.filter { $0.labels["route"] == "unmatched" }.count == 1, "\(requests.map(\.labels))")
             // Every label is a route pattern of the broker's (or `unmatched`): no query, no path a caller made up.
             let patterns: Set<String> = ["/api/kis/account/validate", "/api/kis/token", "/api/kis/token/refresh",
                                          "/api/kis/account", "/healthz", "/readyz", "/metrics", "unmatched"]
@@ -1071,7 +1075,7 @@ struct BrokerAPITests {
             #expect(!r.text.contains("secret-in"), "\(r.text)")
             // One histogram series per route, its count the route's requests.
             #expect(m.types["kisgw_http_request_duration_seconds"] == "histogram")
-            for (route, n) in [("/api/kis/token", 3.0), ("/api/kis/account", 2.0)] {
+            for (route, n) in [("/api/kis/token", 5.0), ("/api/kis/account", 2.0)] {
                 #expect(m.value("kisgw_http_request_duration_seconds_count", ["route": route]) == n, "\(route)")
                 #expect(m.value("kisgw_http_request_duration_seconds_sum", ["route": route]).map { $0 > 0 } == true)
                 let inf = m.samples("kisgw_http_request_duration_seconds_bucket")
