@@ -28,9 +28,9 @@ public func buildSimulator(
 
     let server: HTTPServerBuilder
     if let tls = try configuration.loadTLS() {
-        server = try .tls(.closingHTTP1(), tlsConfiguration: tls)
+        server = try .tls(.closingHTTP1(idleTimeout: configuration.idleTimeout), tlsConfiguration: tls)
     } else {
-        server = .closingHTTP1()
+        server = .closingHTTP1(idleTimeout: configuration.idleTimeout)
     }
     return Application(
         router: router,

@@ -35,6 +35,10 @@ public struct SimulatorConfiguration: Sendable {
     /// chart TRs "cannot page with tr_cont" (kis-api.md §5): off, every page says `D` and clients page by date, as
     /// with KIS; on, for clients written to KIS's samples that follow `M`.
     public var trContPaging: Bool
+    /// How long a connection may stay with no request part read and nothing in progress, and a request's body
+    /// unfinished, before the simulator closes it, as servers do (KIS's idle limit is not documented). Longer than
+    /// AsyncHTTPClient's pool keeps an idle connection (60 s), so a client's pool closes first.
+    public var idleTimeout: Duration
 
     public var effectiveRatePerSecond: Int { ratePerSecond ?? environment.defaultRatePerSecond }
 
@@ -43,7 +47,7 @@ public struct SimulatorConfiguration: Sendable {
         tokenTTL: Int = 86400, reuseWindow: Int = 21600, issueInterval: Int = 60, ratePerSecond: Int? = nil,
         latencyMs: Int = 0, credentials: [String: String]? = nil, tlsCertificatePath: String? = nil,
         tlsKeyPath: String? = nil, reuseReportsRemaining: Bool = true, marketNow: (@Sendable () -> Date)? = nil,
-        trContPaging: Bool = false, tokenLatencyMs: Int = 0
+        trContPaging: Bool = false, tokenLatencyMs: Int = 0, idleTimeout: Duration = .seconds(120)
     ) {
         self.host = host
         self.port = port
@@ -60,6 +64,7 @@ public struct SimulatorConfiguration: Sendable {
         self.reuseReportsRemaining = reuseReportsRemaining
         self.marketNow = marketNow
         self.trContPaging = trContPaging
+        self.idleTimeout = idleTimeout
     }
 
     /// Reads a `--credentials` file: `[{"appKey": "…", "appSecret": "…"}, …]`.

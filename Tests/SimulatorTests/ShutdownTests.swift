@@ -56,3 +56,37 @@ private func connectRepeatedly(port: Int, until deadline: ContinuousClock.Instan
     }
     return sent
 }
+
+/// The simulator kept a connection open for as long as its client liked — idle, or sending a body a byte at a time —
+/// as no server does. It closes one idle for its idle timeout (120 s by default: after AsyncHTTPClient's pool, 60 s,
+/// closes its own), and one whose body has not come whole in that time.
+@Suite("Simulator: idle connections")
+struct SimulatorIdleTests {
+    @Test("an idle connection, and one trickling a body, are closed after the idle timeout",
+          arguments: ["", "POST /oauth2/tokenP HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"])
+    func closedWhenIdle(_ sent: String) async throws {
+        var configuration = SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000)
+        configuration.idleTimeout = .seconds(1)
+        try await withSimulator(configuration) { sim in
+            let port = Int(sim.base.split(separator: ":").last!)!
+            let started = ContinuousClock.now
+            let closed = try await onThread { () -> Bool in
+                guard let fd = connectToLoopback(port: port) else { return false }
+                defer { close(fd) }
+                let bytes = Array(sent.utf8)
+                if !bytes.isEmpty { _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress!, bytes.count, Int32(MSG_NOSIGNAL)) } }
+                for _ in 0..<30 {  // a byte every 200 ms (the body's), 6 s at most
+                    usleep(200_000)
+                    var byte = UInt8(ascii: "a")
+                    if !sent.isEmpty, send(fd, &byte, 1, Int32(MSG_NOSIGNAL)) != 1 { return true }
+                    var buffer = [UInt8](repeating: 0, count: 4096)
+                    let n = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+                    if n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) { return true }
+                }
+                return false
+            }
+            #expect(closed, "still open after 6 s (idle timeout 1 s)")
+            #expect(ContinuousClock.now - started < .seconds(5))
+        }
+    }
+}
