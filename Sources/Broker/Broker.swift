@@ -77,9 +77,6 @@ public func buildBroker(
     _ config: KisgwConfig, dependencies: BrokerDependencies, logger: Logger,
     onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
-    // Secret files other users may read: a warning each (naming key, path and mode), not a refusal — containers
-    // commonly mount secrets 0644.
-    for warning in config.looseSecretFileWarnings(for: .broker) { logger.warning("\(warning)") }
     let repository = try dependencies.repository ?? makeBrokerRepository(config.broker.resolvedDatabase(), logger: logger)
     let core = try await BrokerCore(config: config, dependencies: dependencies, repository: repository, logger: logger)
     // HEAD wherever GET is (RFC 9110 §9.3.2), as the gateway: the GET route's headers without its body.

@@ -360,24 +360,27 @@ final class ChartService: Sendable {
             // Another gateway is fetching it.
             if waitingSince == nil { waitingSince = Self.nowMilliseconds() }
             await notifier.wait(for: key, timeout: .milliseconds(50))
-            // What this request spent on KIS is its wait for that fetch: its `upstream;dur` (it said 0.0, for a
-            // MISS that waited as long as the fetch took).
-            let waited = ContinuousClock.now - started
-            let waitedMs = Double(waited.components.seconds) * 1000 + Double(waited.components.attoseconds) / 1e15
             // This process's own fetch of it (a refresh's, next to a cold request's) is in the L1 before the store.
+            // What this request spent on KIS is its wait for that fetch: its `upstream;dur` (it said 0.0, for a MISS
+            // that waited as long as the fetch took).
             if let e = l1.get(key), e.freshUntil > Self.now() {
                 metrics.cacheCoalesced.increment()
-                return (e, waitedMs, nil)
+                return (e, Self.milliseconds(ContinuousClock.now - started), nil)
             }
             if let e = await freshFromStore(key) {
                 metrics.cacheCoalesced.increment()
-                return (e, waitedMs, nil)
+                return (e, Self.milliseconds(ContinuousClock.now - started), nil)
             }
             if ContinuousClock.now - started > patience {
                 throw Problem(.upstreamTimeout,
                               "the fetch this request waited for, on another gateway, took longer than [upstream] timeout_ms")
             }
         }
+    }
+
+    /// `d` in milliseconds, for `Server-Timing`.
+    static func milliseconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
     }
 
     private func releaseInBackground(_ lock: StoreLock) {
@@ -609,8 +612,7 @@ final class ChartService: Sendable {
             let ttl = settings.freshness.ttl(for: query, now: Date(timeIntervalSince1970: TimeInterval(now)))
             let entry = ChartEntry(body: ChartEntry.render(query, chart: chart), storedAt: now,
                                    freshUntil: now + Int64(ttl))
-            let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
-            return (entry, ms)
+            return (entry, Self.milliseconds(elapsed))
         } catch let p as Problem {
             throw p
         } catch let e as KISClientError {

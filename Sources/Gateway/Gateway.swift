@@ -63,8 +63,6 @@ public func buildGateway(
     _ config: KisgwConfig, dependencies: GatewayDependencies, logger: Logger,
     onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
-    // Secret files other users may read: a warning each, as the broker gives (not a refusal).
-    for warning in config.looseSecretFileWarnings(for: .gateway) { logger.warning("\(warning)") }
     let gateway = try await GatewayCore(config: config, dependencies: dependencies, logger: logger)
     // HEAD is answered wherever GET is (RFC 9110 §9.3.2: every general-purpose server supports both): the GET
     // route's answer, with its headers and without its body.
@@ -72,7 +70,7 @@ public func buildGateway(
     router.add(middleware: AccessMiddleware(
         recorder: gateway.recorder,
         labels: Dictionary(uniqueKeysWithValues: HitPath.Route.allCases.map { ($0.endpointPath, $0.label) }),
-        routeOfPath: GatewayCore.routeLabel))
+        routeOfPath: { GatewayCore.route(ofPath: $0[...])?.label }))
     router.add(middleware: CORSMiddleware(cors: config.cors, renderer: ProblemRenderer(allowedMethods: GatewayCore.allowedMethods),
                                           allowMethods: CORSHeaderValues.gatewayMethods))
     gateway.addRoutes(to: router)
@@ -155,41 +153,37 @@ struct GatewayCore: Sendable {
                                                 failures: failures)
     }
 
-    /// The methods a path allows, when it matches a route (for 405 answers).
-    static let allowedMethods: @Sendable (String) -> String? = { path in
-        let parts = path.split(separator: "/")
-        if HitPath.Route.allCases.contains(where: { $0.matches(parts) }) { return "GET, HEAD, OPTIONS" }
+    /// The route `path` is on, whatever the method: its `/metrics` label and the methods it allows (for 405
+    /// answers); nil when it is on none.
+    static func route(ofPath path: Substring) -> (label: String, allow: String)? {
         switch path {
-        case "/token/refresh": return "POST, OPTIONS"
-        case "/healthz", "/readyz", "/metrics": return "GET, HEAD"
-        default: return nil
+        case "/token/refresh": return ("/token/refresh", "POST, OPTIONS")
+        case "/healthz", "/readyz", "/metrics": return (String(path), "GET, HEAD")
+        default:
+            let parts = path.split(separator: "/")
+            return HitPath.Route.allCases.first { $0.matches(parts) }.map { ($0.label, "GET, HEAD, OPTIONS") }
         }
     }
 
-    /// The `/metrics` label of the route `path` is on, whatever the method; nil when it is on none.
-    static let routeLabel: @Sendable (String) -> String? = { path in
-        let parts = path.split(separator: "/")
-        if let route = HitPath.Route.allCases.first(where: { $0.matches(parts) }) { return route.label }
-        return allowedMethods(path) == nil ? nil : path
-    }
+    /// The methods a path allows, when it matches a route (for 405 answers).
+    static let allowedMethods: @Sendable (String) -> String? = { route(ofPath: $0[...])?.allow }
 
     func addRoutes(to router: Router<BasicRequestContext>) {
-        // The path's parts are read from the path as sent, not from the router's parameters: the router skips empty
-        // segments, and `/005930/`, `BRK//B` or `//BRK` were answered as `005930`, `BRK/B` and `BRK` (while their
-        // `%2F` forms are refused) — one chart under several names.
+        // The path's parameters are read from the path as sent, as the hit path reads them (`Route.parameter`), not
+        // from the router's, which skips empty segments.
         router.get(RouterPath(HitPath.Route.domestic.routerPath)) { request, context in
             try await self.chart(request, context: context) { query, now throws(Problem) in
-                try ChartQuery.domestic(symbol: Self.decoded(Self.pathRest(request.uri.path, after: 4)), query: query,
-                                        maxRangeDays: self.config.limits.maxRangeDays, now: now)
+                try ChartQuery.domestic(symbol: Self.decoded(HitPath.Route.domestic.parameter("symbol", in: request.uri.path[...])),
+                                        query: query, maxRangeDays: self.config.limits.maxRangeDays, now: now)
             }
         }
         // The symbol is the rest of the path, so `BRK/B` may be sent as is (or as `BRK%2FB`).
         router.get(RouterPath(HitPath.Route.overseas.routerPath)) { request, context in
             try await self.chart(request, context: context) { query, now throws(Problem) in
-                let path = request.uri.path
-                let exchange = Self.pathRest(path, after: 2).prefix { $0 != "/" }
+                let path = request.uri.path[...], route = HitPath.Route.overseas
                 return try ChartQuery.overseas(
-                    exchange: Self.decoded(exchange), symbol: Self.decoded(Self.pathRest(path, after: 5)),
+                    exchange: Self.decoded(route.parameter("exchange", in: path)),
+                    symbol: Self.decoded(route.parameter("symbol", in: path)),
                     query: query, maxRangeDays: self.config.limits.maxRangeDays, now: now)
             }
         }
@@ -214,16 +208,6 @@ struct GatewayCore: Sendable {
     /// valid UTF-8 escapes, for the validation to refuse.
     static func decoded(_ raw: some StringProtocol) -> Substring {
         raw.contains("%") ? Substring(raw.removingPercentEncoding ?? String(raw)) : Substring(raw)
-    }
-
-    /// What follows the `n`th `/` of `path` (empty if it has fewer).
-    static func pathRest(_ path: String, after n: Int) -> Substring {
-        var seen = 0
-        for i in path.utf8.indices where path.utf8[i] == UInt8(ascii: "/") {
-            seen += 1
-            if seen == n { return path[path.utf8.index(after: i)...] }
-        }
-        return ""
     }
 
     static func json(_ body: String, status: HTTPResponse.Status) -> Response {

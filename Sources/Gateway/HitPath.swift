@@ -40,6 +40,26 @@ final class HitPath: Sendable {
         /// `AccessMiddleware`'s label map.
         var endpointPath: String { Self.shapes[rawValue].endpointPath }
 
+        /// A parameter of a path on this route (`exchange`, `symbol`), read from the path as sent — empty segments
+        /// included, which the router skips: `BRK//B`, `BRK/` or `005930/` reach the validation and are refused, as
+        /// their `%2F` forms are, instead of naming `BRK/B`, `BRK` or `005930` another way. A parameter is the segment
+        /// in its place; the last one (the symbol) is everything from its place on (an overseas symbol may hold `/`).
+        func parameter(_ name: String, in path: Substring) -> Substring {
+            let segments = Self.shapes[rawValue].segments
+            guard let index = segments.firstIndex(where: {
+                ($0.hasPrefix(":") && $0.dropFirst() == name) || ($0 == "**" && name == "symbol")
+            })
+            else { return "" }
+            // What follows the path's (index + 1)th `/` (the first is the leading one).
+            var rest = path[...], slashes = 0
+            while slashes <= index {
+                guard let slash = rest.utf8.firstIndex(of: UInt8(ascii: "/")) else { return "" }
+                rest = rest[rest.utf8.index(after: slash)...]
+                slashes += 1
+            }
+            return index == segments.count - 1 ? rest : rest.prefix { $0 != "/" }
+        }
+
         /// Whether a path's segments (without the leading empty one) match this route's.
         func matches<C: Collection>(_ parts: C) -> Bool where C.Element: StringProtocol {
             let shape = Self.shapes[rawValue]
@@ -274,8 +294,8 @@ final class HitPath: Sendable {
 
     /// A preflight's `/metrics` route: the one its target's path is on, as the router's middleware counts it.
     static func preflightRoute(_ uri: String) -> String {
-        let path = uri.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(uri[..<$0]) } ?? uri
-        return GatewayCore.routeLabel(path) ?? "unmatched"
+        let path = uri.utf8.firstIndex(of: UInt8(ascii: "?")).map { uri[..<$0] } ?? uri[...]
+        return GatewayCore.route(ofPath: path)?.label ?? "unmatched"
     }
 
     /// The request headers the hit path reads, each found in one pass; a repeated one makes the request the
@@ -296,14 +316,14 @@ final class HitPath: Sendable {
                 size.add(name: n.count, value: value.utf8.count)
                 let fresh: Bool
                 switch n.count {
-                case 4 where Self.equals(n, "host"):
+                case 4 where HeaderName.equals(n, "host"):
                     hosts += 1
                     fresh = true
-                case 6 where Self.equals(n, "origin"): fresh = Self.take(&origin, value)
-                case 11 where Self.equals(n, "x-kis-token"): fresh = Self.take(&kisToken, value)
-                case 13 where Self.equals(n, "authorization"): fresh = Self.take(&authorization, value)
-                case 13 where Self.equals(n, "if-none-match"): fresh = Self.take(&ifNoneMatch, value)
-                case 29 where Self.equals(n, "access-control-request-method"): fresh = Self.take(&requestMethod, value)
+                case 6 where HeaderName.equals(n, "origin"): fresh = Self.take(&origin, value)
+                case 11 where HeaderName.equals(n, "x-kis-token"): fresh = Self.take(&kisToken, value)
+                case 13 where HeaderName.equals(n, "authorization"): fresh = Self.take(&authorization, value)
+                case 13 where HeaderName.equals(n, "if-none-match"): fresh = Self.take(&ifNoneMatch, value)
+                case 29 where HeaderName.equals(n, "access-control-request-method"): fresh = Self.take(&requestMethod, value)
                 default: fresh = true
                 }
                 guard fresh else { return nil }
@@ -324,7 +344,6 @@ final class HitPath: Sendable {
             return size.exceeds(limit, target: target) ? .oversized : nil
         }
 
-        static func equals(_ a: String.UTF8View, _ lower: StaticString) -> Bool { HeaderName.equals(a, lower) }
     }
 
     private func chart(_ head: HTTPRequestHead, now: Date, allocator: ByteBufferAllocator,
@@ -451,17 +470,15 @@ final class HitPath: Sendable {
     /// invalid (the router then says why).
     private func resolve(_ uri: String, route: Route, now: Date, nowSeconds: Int64) -> ChartQuery? {
         guard let (path, query) = Self.split(uri) else { return nil }
-        let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        let symbol = route.parameter("symbol", in: path)
         let chartQuery: ChartQuery
         do throws(Problem) {
             switch route {
             case .domestic:
-                chartQuery = try ChartQuery.domestic(symbol: parts.last!, query: query, maxRangeDays: maxRangeDays, now: now)
+                chartQuery = try ChartQuery.domestic(symbol: symbol, query: query, maxRangeDays: maxRangeDays, now: now)
             case .overseas:
-                // A symbol may contain `/` (BRK/B): everything after `daily/`.
-                let symbol = path[parts[parts.startIndex + 4].startIndex...]
-                chartQuery = try ChartQuery.overseas(exchange: parts[parts.startIndex + 1], symbol: symbol, query: query,
-                                                     maxRangeDays: maxRangeDays, now: now)
+                chartQuery = try ChartQuery.overseas(exchange: route.parameter("exchange", in: path), symbol: symbol,
+                                                     query: query, maxRangeDays: maxRangeDays, now: now)
             }
         } catch {
             return nil

@@ -184,12 +184,7 @@ public enum DailyChartPager {
     /// is not documented): ending the next page the day before `oldest` would, under the second, cut the same period
     /// short and give a partial bar of it, under another date. python-kis steps back 1/7/30/365 days by period.
     static func nextPageEnd(oldest: CivilDate, period: String) -> CivilDate {
-        switch period {
-        case "W": oldest.startOfWeek.adding(days: -1)
-        case "M": oldest.startOfMonth.adding(days: -1)
-        case "Y": oldest.startOfYear.adding(days: -1)
-        default: oldest.adding(days: -1)
-        }
+        (periodDays(of: oldest, period: period)?.lowerBound ?? oldest).adding(days: -1)
     }
 
     /// The days of the week (month, year) `date` is in; nil for daily candles.

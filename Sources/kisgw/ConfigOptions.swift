@@ -13,6 +13,12 @@ struct ConfigOptions: ParsableArguments {
         do {
             let loaded = try KisgwConfig.load(file: config, environment: ProcessInfo.processInfo.environment)
             try loaded.validate(for: role)
+            // Secret files other users may read: a warning each (naming key, path and mode, never the content), not
+            // a refusal — containers commonly mount secrets 0644. On standard error, as the configuration's errors
+            // are: before logging starts, and `kisgw jwt`'s standard output is the token alone.
+            for warning in loaded.looseSecretFileWarnings(for: role) {
+                FileHandle.standardError.write(Data("kisgw: warning: \(warning)\n".utf8))
+            }
             return loaded
         } catch {
             FileHandle.standardError.write(Data("kisgw: \(error)\n".utf8))

@@ -28,8 +28,6 @@ struct JWTCommand: AsyncParsableCommand {
 
     func run() async throws {
         let config = try configOptions.load(for: .jwt)
-        // On standard error: standard output is the token alone.
-        for warning in config.looseSecretFileWarnings(for: .jwt) { FileHandle.standardError.write(Data("kisgw: warning: \(warning)\n".utf8)) }
         guard let secret = config.auth.jwt.hs256Secret else { throw ExitCode(78) }
         let token = try await JWTVerifier.mintHS256(
             secret: Array(secret.value.utf8), sub: sub, ttl: TimeInterval(ttl), issuer: config.auth.jwt.issuer,
