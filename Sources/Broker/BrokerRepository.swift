@@ -106,6 +106,10 @@ public protocol BrokerRepository: Sendable {
     func saveAccount(_ account: StoredAccount, token: StoredToken?, revoking: [String]) async throws
     /// Sets `is_active` of an account.
     func setAccountActive(userID: String, environment: KISEnvironment, isActive: Bool, updatedAt: Int64) async throws
+    /// Marks the account inactive and the tokens `revoking` REVOKED, in one transaction: a disconnect's first write,
+    /// so that one failing after it leaves an account the scheduler passes over, whatever becomes of the rows.
+    func deactivateAccount(userID: String, environment: KISEnvironment, revoking: [String], updatedAt: Int64)
+        async throws
     /// Deletes an account and all its tokens; returns whether the account existed.
     @discardableResult
     func deleteAccount(userID: String, environment: KISEnvironment) async throws -> Bool

@@ -425,6 +425,29 @@ public final class PostgresRepository: BrokerRepository, Service {
         }
     }
 
+    public func deactivateAccount(userID: String, environment: KISEnvironment, revoking: [String], updatedAt: Int64)
+        async throws
+    {
+        try await bounded {
+            try await self.client.withTransaction(logger: self.logger) { conn in
+                let env = environment.rawValue
+                try await conn.query(
+                    """
+                    UPDATE kis_accounts SET is_active = false, updated_at = \(updatedAt)
+                    WHERE user_id = \(userID) AND environment = \(env)
+                    """, logger: self.logger)
+                if !revoking.isEmpty {
+                    let revoked = TokenStatus.revoked.rawValue
+                    try await conn.query(
+                        """
+                        UPDATE kis_tokens SET status = \(revoked), updated_at = \(updatedAt)
+                        WHERE token_sha256 = ANY(\(revoking))
+                        """, logger: self.logger)
+                }
+            }
+        }
+    }
+
     public func deleteAccount(userID: String, environment: KISEnvironment) async throws -> Bool {
         return try await bounded {
             let env = environment.rawValue

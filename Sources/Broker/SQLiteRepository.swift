@@ -206,6 +206,21 @@ public final class SQLiteRepository: BrokerRepository {
         }
     }
 
+    public func deactivateAccount(userID: String, environment: KISEnvironment, revoking: [String], updatedAt: Int64)
+        async throws
+    {
+        try await queue.write { db in
+            try db.execute(
+                sql: "UPDATE kis_accounts SET is_active = 0, updated_at = ? WHERE user_id = ? AND environment = ?",
+                arguments: [updatedAt, userID, environment.rawValue])
+            for sha in revoking {
+                try db.execute(
+                    sql: "UPDATE kis_tokens SET status = ?, updated_at = ? WHERE token_sha256 = ?",
+                    arguments: [TokenStatus.revoked.rawValue, updatedAt, sha])
+            }
+        }
+    }
+
     public func deleteAccount(userID: String, environment: KISEnvironment) async throws -> Bool {
         try await queue.write { db in
             try db.execute(

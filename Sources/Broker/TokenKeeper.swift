@@ -269,7 +269,12 @@ final class TokenKeeper: Sendable {
         let active = live.filter { $0.status == .active }
         let account = try? vault.open(row)
         if let account { try await store.delete(validatedKey(environment, account.appKey)) }
-        try await repository.setStatus(.revoked, tokenSHA256s: live.map(\.tokenSHA256), updatedAt: now)
+        // The tokens REVOKED and the account inactive in one write: a disconnect that fails after it (the store,
+        // KIS outlasting the locks, the deletion) leaves an account the scheduler passes over until its user connects
+        // again, asks for a refresh or tries the DELETE again — not one it refreshed once the REVOKED rows were pruned,
+        // 7 days after their expiry, publishing a new token for an account its user had tried to disconnect.
+        try await repository.deactivateAccount(userID: userID, environment: environment,
+                                               revoking: live.map(\.tokenSHA256), updatedAt: now)
         // REVOKED now: revoked at KIS whether or not unpublishing them succeeds.
         let unpublished: Result<Void, any Error>
         do { try await unpublish(live); unpublished = .success(()) } catch { unpublished = .failure(error) }
@@ -303,8 +308,8 @@ final class TokenKeeper: Sendable {
         var account = try vault.open(row)
         account.updatedAt = now
         do {
-            _ = try await issue(for: account, adoptValidated: false, onlyIfStored: true) { [self] t, now in
-                !needsScheduledRefresh(t, at: now)
+            _ = try await issue(for: account, adoptValidated: false, onlyIfStored: true, onlyIfActive: true) {
+                [self] t, now in !needsScheduledRefresh(t, at: now)
             }
         } catch is AccountChanged {
             return false  // disconnected (or connected again with other credentials) since the pass listed it
@@ -497,12 +502,14 @@ final class TokenKeeper: Sendable {
     /// releases.
     /// - Parameter onlyIfStored: the scheduler's refresh: issue only while the account is still stored with these
     ///   credentials (else ``AccountChanged``), so a pass never brings back an account deleted since it listed it.
+    /// - Parameter onlyIfActive: the scheduler's too: and only while it is still active (else ``AccountChanged``) — a
+    ///   disconnect since the pass listed it, even one that failed after its first write, is not undone.
     ///
     /// Everything from the check to the publication happens under those locks, which
     /// ``disconnect(userID:environment:retried:)`` takes too: a token is never published after its account was
     /// deleted, and two writers with different app keys (a key change, a disconnect, a scheduled refresh) take turns.
     private func issue(
-        for account: Account, adoptValidated: Bool, onlyIfStored: Bool = false,
+        for account: Account, adoptValidated: Bool, onlyIfStored: Bool = false, onlyIfActive: Bool = false,
         reusable: @Sendable (BrokerToken, Int64) -> Bool
     ) async throws -> Issuance {
         let env = account.environment
@@ -512,6 +519,7 @@ final class TokenKeeper: Sendable {
             let stored = try await self.account(account.userID, env)
             let sameCredentials = stored?.sameKeyPair(as: account) ?? false
             if onlyIfStored && !sameCredentials { throw AccountChanged() }
+            if onlyIfActive && stored?.isActive != true { throw AccountChanged() }
             // Created when first stored, as it is now (a disconnect may have deleted it since the caller read it).
             account.createdAt = stored?.createdAt ?? now
             if let stored, sameCredentials, !adoptValidated {

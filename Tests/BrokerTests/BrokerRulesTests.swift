@@ -34,6 +34,8 @@ final class SwitchableRepository: BrokerRepository, Service {
     let writesFail = Atomic<Bool>(false)
     /// `setStatus` throws (a write apart from the account's, failing after it was stored).
     let statusWritesFail = Atomic<Bool>(false)
+    /// `deleteAccount` throws (a disconnect failing at its last step).
+    let deletesFail = Atomic<Bool>(false)
     /// The sha256 of each token a failing write was given.
     let refused = Mutex<[String]>([])
     /// When set, every second read of that row's account (same user and environment) answers it instead of the
@@ -81,8 +83,15 @@ final class SwitchableRepository: BrokerRepository, Service {
     func setAccountActive(userID: String, environment: KISEnvironment, isActive: Bool, updatedAt: Int64) async throws {
         try await inner.setAccountActive(userID: userID, environment: environment, isActive: isActive, updatedAt: updatedAt)
     }
+    func deactivateAccount(userID: String, environment: KISEnvironment, revoking: [String], updatedAt: Int64)
+        async throws
+    {
+        try await inner.deactivateAccount(userID: userID, environment: environment, revoking: revoking,
+                                          updatedAt: updatedAt)
+    }
     func deleteAccount(userID: String, environment: KISEnvironment) async throws -> Bool {
-        try await inner.deleteAccount(userID: userID, environment: environment)
+        if deletesFail.load(ordering: .relaxed) { throw TestFailure("the database refuses to delete") }
+        return try await inner.deleteAccount(userID: userID, environment: environment)
     }
     func saveToken(_ token: StoredToken) async throws {
         try refuseWrite(token)

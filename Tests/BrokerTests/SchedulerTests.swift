@@ -4,6 +4,7 @@ import Hummingbird
 import KIS
 import Logging
 import NIOCore
+import NIOHTTP1
 import Observability
 import Prometheus
 import Redis
@@ -97,6 +98,43 @@ struct SchedulerTests {
                 let issued = try await b.issuances()
                 #expect(try await keeper.scheduledRefresh(listed) == false)
                 #expect(try await b.issuances() == issued)
+            }
+        }
+    }
+
+    /// A disconnect that failed after its first write (here at the deletion) left the account active with REVOKED
+    /// rows only, which the scheduler passed over only while those rows were there: reconciliation deletes them 7 days
+    /// after their expiry, and the next pass obtained (tokenP) and published a token for an account its user had
+    /// tried to disconnect. The disconnect now marks the account inactive in the write that marks its tokens REVOKED,
+    /// and the scheduler, which goes by that flag (under the account's locks too), leaves it alone.
+    @Test("a disconnect that fails midway is not undone by the scheduler once its REVOKED rows are pruned",
+          arguments: DatabaseKind.allCases)
+    func failedDisconnectStaysDisconnected(database: DatabaseKind) async throws {
+        try await withBroker(database: database, config: quietSchedulerConfig) { b in
+            let repository = SwitchableRepository(try b.database.repository())
+            let deps = BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository, clock: { b.clock.now() })
+            try await b.withBroker(dependencies: deps) { url in
+                let jwt = try await b.jwt("u-gone")
+                #expect(try await b.post("/api/kis/token", accountBody(appKey("gone")), jwt: jwt, base: url).status == 200)
+                // As a refresh pass listed it just before the DELETE.
+                let listed = try #require(try await repository.account(userID: "u-gone", environment: .sandbox))
+                repository.deletesFail.store(true, ordering: .relaxed)
+                let d = try await http(.DELETE, url + "/api/kis/account?environment=SANDBOX",
+                                       headers: [("Authorization", "Bearer " + jwt)])
+                #expect(d.status != 204, "the case this test is about: a DELETE that fails at its last step")
+                repository.deletesFail.store(false, ordering: .relaxed)
+                let keeper = makeKeeper(repository, store: b.store, keyring: b.keyring, kis: b.simURL, clock: { b.clock.now() })
+                try await b.advanceClocks(86400 + Int(TokenKeeper.endedTokenRetention) + 60)
+                try await keeper.reconcile()
+                #expect(try await repository.tokens(userID: "u-gone", environment: .sandbox).isEmpty, "the REVOKED rows are pruned")
+                let issued = try await b.issuances()
+                #expect(try await keeper.scheduledRefresh(listed) == false)
+                for row in try await repository.allAccounts() where row.userID == "u-gone" {
+                    #expect(!row.isActive)
+                    #expect(try await keeper.scheduledRefresh(row) == false)
+                }
+                #expect(try await b.issuances() == issued, "a token was obtained for the account being disconnected")
+                #expect(try await b.store.setMembers(TokenDirectory.userKey("u-gone", .sandbox)).isEmpty)
             }
         }
     }
