@@ -294,13 +294,19 @@ final class TokenKeeper: Sendable {
 
     /// Refreshes one account if its token is due; returns whether it obtained a new token.
     func scheduledRefresh(_ row: StoredAccount) async throws -> Bool {
+        // A disconnect, even one that failed after its first write, marked the account inactive; one since the pass
+        // listed it is seen under the account's locks (`issue(onlyIfActive:)`). Decided by that flag, not by the
+        // order of the rows (newest `issued_at` first): "the newest REVOKED, none ACTIVE" also held for an account
+        // whose new app key's token was issued before the replaced key's last ones and ended early (marked dead →
+        // EXPIRED, or expired while KIS was down), which was then never refreshed again.
         guard row.isActive else { return false }
-        // A disconnect in progress, or one that failed after revoking the tokens (the user was told to try again): no
-        // token is ACTIVE and the newest is REVOKED. Not the newest row alone: a replaced app key's token can be newer
-        // than the one adopted from a check, ACTIVE. A disconnect that ran since the pass listed the account is seen
-        // by `issue(onlyIfStored:)` under the account's locks.
         let rows = try await repository.tokens(userID: row.userID, environment: row.environment)
-        if rows.first?.status == .revoked, !rows.contains(where: { $0.status == .active }) { return false }
+        if !rows.isEmpty, rows.allSatisfy({ $0.status == .revoked }) {
+            // Only a disconnect leaves every row REVOKED, and one by a broker from before disconnects marked the
+            // account inactive left it active: it is marked inactive now, before the rows are pruned.
+            try await deactivateIfAllRevoked(row)
+            return false
+        }
         let now = self.now
         if let current = rows.first(where: { $0.status == .active }), !needsScheduledRefresh(try vault.open(current), at: now) {
             return false
@@ -315,6 +321,24 @@ final class TokenKeeper: Sendable {
             return false  // disconnected (or connected again with other credentials) since the pass listed it
         }
         return true
+    }
+
+    /// Marks the account inactive if, under its locks, it is still stored with `row`'s key pair, active, and every
+    /// token row it has is REVOKED: a disconnect left half done by a broker from before disconnects marked the account
+    /// inactive (`scheduledRefresh`).
+    private func deactivateIfAllRevoked(_ row: StoredAccount) async throws {
+        let account = try vault.open(row)
+        try await withAccountLocks(account.userID, account.environment, account.appKey) { _ in
+            guard let stored = try await self.account(account.userID, account.environment), stored.isActive,
+                stored.sameKeyPair(as: account)
+            else { return }
+            let rows = try await self.repository.tokens(userID: account.userID, environment: account.environment)
+            guard !rows.isEmpty, rows.allSatisfy({ $0.status == .revoked }) else { return }
+            try await self.repository.setAccountActive(userID: row.userID, environment: row.environment, isActive: false,
+                                                       updatedAt: self.now)
+            self.logger.notice("an account a disconnect left half done is marked inactive; the scheduler leaves it alone",
+                               metadata: ["user": "\(row.userID)", "env": "\(row.environment.rawValue)"])
+        }
     }
 
     /// Marks the account inactive — the scheduler stops refreshing it until its user connects again or asks for a

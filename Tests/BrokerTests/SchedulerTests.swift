@@ -83,8 +83,9 @@ struct SchedulerTests {
     }
 
     /// A disconnect that failed after revoking the account's tokens (the store went away while unpublishing, or KIS
-    /// outlasted the locks) leaves the account with REVOKED rows only, for the DELETE the user is told to try again:
-    /// the scheduler does not obtain a token for it meanwhile (KIS would notify the user of it).
+    /// outlasted the locks) on a broker from before disconnects marked the account inactive left it active with
+    /// REVOKED rows only, for the DELETE the user is told to try again: the scheduler does not obtain a token for it
+    /// meanwhile (KIS would notify the user of it), and marks it inactive.
     @Test("the scheduler leaves alone an account whose tokens are all REVOKED (a disconnect to be tried again)")
     func halfDisconnectedAccountLeftAlone() async throws {
         try await withBroker(config: quietSchedulerConfig) { b in
@@ -98,6 +99,46 @@ struct SchedulerTests {
                 let issued = try await b.issuances()
                 #expect(try await keeper.scheduledRefresh(listed) == false)
                 #expect(try await b.issuances() == issued)
+                // Marked inactive (as a disconnect now leaves it), so that it stays alone once the rows are pruned.
+                #expect(try await repository.account(userID: "u-half", environment: .sandbox)?.isActive == false)
+            }
+        }
+    }
+
+    /// The scheduler skipped an account whose newest row (by `issued_at`) was REVOKED with none ACTIVE, taking it for a
+    /// disconnect. After an app key change the new key's token can be older than the replaced key's last ones (adopted
+    /// from a check made before the old key's last refresh, or handed back by KIS): once it ended early (a gateway saw
+    /// KIS refuse it → EXPIRED), the account was skipped on every pass — no token, nothing logged. It goes by the
+    /// account's active flag now.
+    @Test("an account whose new app key's token ended early behind the old key's newer REVOKED rows is refreshed",
+          arguments: DatabaseKind.allCases)
+    func refreshedAfterAnEndedTokenBehindRevokedRows(database: DatabaseKind) async throws {
+        try await withBroker(database: database, config: quietSchedulerConfig) { b in
+            try await withRepository(b.database) { repository in
+                let vault = AccountVault(keyring: b.keyring)
+                let now = Int64(b.clock.now().timeIntervalSince1970)
+                let (user, newKey) = ("u-ended", appKey("ended2"))
+                try await repository.saveAccount(try vault.seal(Account(
+                    userID: user, environment: .sandbox, appKey: newKey, appSecret: "secret-" + newKey,
+                    accountNumber: "12345678-01", createdAt: now - 7200, updatedAt: now - 3600)), token: nil)
+                // The new key's token, issued before the old key's last one, ended early; the old key's, REVOKED.
+                let rows: [(String, Int64, TokenStatus)] = [("new-key", now - 7200, .expired), ("old-key", now - 3600, .revoked)]
+                for (name, issuedAt, status) in rows {
+                    var row = try vault.seal(BrokerToken(userID: user, environment: .sandbox, accessToken: "token-" + name,
+                                                         issuedAt: issuedAt, expiresAt: issuedAt + 86400), updatedAt: now)
+                    row.status = status
+                    try await repository.saveToken(row)
+                }
+                #expect(try await repository.tokens(userID: user, environment: .sandbox).map(\.status) == [.revoked, .expired],
+                        "the case this test is about")
+                let listed = try #require(try await repository.account(userID: user, environment: .sandbox))
+                let keeper = makeKeeper(repository, store: b.store, keyring: b.keyring, kis: b.simURL, clock: { b.clock.now() })
+                let issued = try await b.issuances()
+                #expect(try await keeper.scheduledRefresh(listed) == true)
+                #expect(try await b.issuances() == issued + 1)
+                let newest = try #require(try await repository.tokens(userID: user, environment: .sandbox).first)
+                #expect(newest.status == .active)
+                #expect(try await b.store.setMembers(TokenDirectory.userKey(user, .sandbox)) == [newest.tokenSHA256])
             }
         }
     }
