@@ -591,7 +591,7 @@ final class ChartService: Sendable {
                 return false
             }
         }
-        let started = ContinuousClock.now
+        let started = ContinuousClock.now, asked = Self.now()
         do {
             let chart: DailyChart
             switch query.market {
@@ -609,9 +609,8 @@ final class ChartService: Sendable {
             recordCall("ok", nil)  // the last page
             let elapsed = ContinuousClock.now - started
             let now = Self.now()
-            let ttl = settings.freshness.ttl(for: query, now: Date(timeIntervalSince1970: TimeInterval(now)))
             let entry = ChartEntry(body: ChartEntry.render(query, chart: chart), storedAt: now,
-                                   freshUntil: now + Int64(ttl))
+                                   freshUntil: settings.freshness.freshUntil(for: query, asked: asked, stored: now))
             return (entry, Self.milliseconds(elapsed))
         } catch let p as Problem {
             throw p

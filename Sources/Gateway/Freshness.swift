@@ -11,6 +11,17 @@ struct FreshnessPolicy: Sendable {
     /// replaced within a minute, instead of being kept until the next opening.
     static let settlingTTL = 60
 
+    /// Until when (Unix seconds) a chart whose KIS calls began at `asked` and which is stored at `stored` stays fresh:
+    /// from `stored`, the shorter of the two instants' TTLs. KIS's first page, which holds the current day, was read at
+    /// the first; judged only at the second, a fetch that began while the market was open (as KIS shows it) and ended
+    /// after its close — waits for the rate, pages, retries — held the session as it was before the close, and was
+    /// kept until the next opening as if it were the close. (The lifetime still counts from `stored`: `max-age` is
+    /// the TTL, and `Age` counts from when KIS answered.)
+    func freshUntil(for query: ChartQuery, asked: Int64, stored: Int64) -> Int64 {
+        func ttl(_ at: Int64) -> Int { self.ttl(for: query, now: Date(timeIntervalSince1970: TimeInterval(at))) }
+        return stored + Int64(asked >= stored ? ttl(stored) : min(ttl(asked), ttl(stored)))
+    }
+
     /// Seconds the entry for `query` stays fresh when stored at `now`.
     ///
     /// Live while the session is open (gateway-api.md), and also while KIS's data still shows it open: Hong Kong,

@@ -177,6 +177,30 @@ struct FreshnessTests {
         #expect(try Self.ttl(c) == c.ttl)
     }
 
+    /// A fetch's data is as of its first KIS call, which holds the current day: a fetch that began while the market
+    /// was open as KIS shows it, and was stored after the close (rate waits, pages, retries), is live data and fresh
+    /// for `live_ttl_s` (a minute at most, settling) — before, it was judged when stored only, and kept until the next
+    /// opening with the session's last minutes missing.
+    @Test("a fetch asked before the close (as KIS shows it) and stored after it is fresh for the TTL it was asked at",
+          arguments: [(Exchange.tse, "2025-03-11T06:44:59Z"), (.hks, "2025-03-11T08:24:59Z"), (.krx, "2025-03-11T08:59:59Z"),
+                      (.nas, "2025-03-11T20:14:59Z")])
+    func askedBeforeTheCloseStoredAfter(exchange: Exchange, asked: String) throws {
+        let at = Int64(try Date(asked, strategy: .iso8601).timeIntervalSince1970)
+        let end = try #require(CivilDate("2025-03-11"))
+        let query = ChartQuery(market: exchange == .krx ? .domestic : .overseas, exchange: exchange, symbol: "TEST",
+                               period: "D", adjusted: true, start: end.adding(days: -30), end: end)
+        let policy = Self.defaults
+        let stored = at + 3
+        // Asked: live (or settling: a minute at most); stored: closed, or settled, until the next opening.
+        #expect(policy.ttl(for: query, now: Date(timeIntervalSince1970: TimeInterval(at))) <= 60)
+        #expect(policy.ttl(for: query, now: Date(timeIntervalSince1970: TimeInterval(stored))) > 3600)
+        let until = policy.freshUntil(for: query, asked: at, stored: stored)
+        #expect(until <= stored + 60, "fresh for \(until - stored) s after it was stored")
+        // Asked and stored at once: the policy's own TTL.
+        #expect(policy.freshUntil(for: query, asked: stored, stored: stored)
+                == stored + Int64(policy.ttl(for: query, now: Date(timeIntervalSince1970: TimeInterval(stored)))))
+    }
+
     /// kis-api.md ("Market hours"): a domestic bar is "provisional until after 15:30 KST, or 18:00 KST to be safe with
     /// after-hours" — KRX's closing auction ends at a random moment after 15:30, and trading at and around the close
     /// goes on to 18:00. A chart fetched at 15:30:05 showed the price before the auction; kept until the next opening,
