@@ -217,6 +217,11 @@ final class ChartService: Sendable {
     /// the chart, so that a request made with `token` — another token, or another app key — must not be answered
     /// with it.
     static func concernsOnly(_ owner: ResolvedToken, not token: ResolvedToken, _ problem: Problem) -> Bool {
+        if owner.environment != token.environment, problem.code == .upstreamError || problem.code == .upstreamTimeout {
+            // Another KIS host's failure (the live domain down, sandbox up): not this request's answer — as a failure
+            // another gateway shares is not answered to a request for the other environment (`failureShared`).
+            return true
+        }
         switch problem.code {
         case .kisTokenExpired, .kisTokenInvalid:
             return owner.sha256 != token.sha256
@@ -579,8 +584,11 @@ final class ChartService: Sendable {
             guard attempt <= retries else { return false }
             switch e.kind {
             case .rateLimited:
+                // A second's worth of the app key's rate, unless its schedule is already a second or more ahead:
+                // refusals of one window (several fetches, several retries each) push it back once, not once each
+                // — 8 refused fetches pushed it 16 s, and every request on the key was refused (429) for as long.
                 _ = try? await store.rateLimit(rlKey, limit: limit, cost: max(1, Int(rate.rounded(.up))),
-                                               maxWait: .seconds(30))
+                                               maxWait: .seconds(1))
                 try? await Task.sleep(for: .milliseconds(100 * (1 << attempt) + Int.random(in: 0..<50)))
                 return !Task.isCancelled
             case .transport, .transient:

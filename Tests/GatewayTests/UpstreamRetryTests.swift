@@ -14,6 +14,7 @@ import Store
 import Synchronization
 import TestSupport
 import Testing
+import Tokens
 
 /// `[upstream] retries` on a multi-page chart, over real sockets: a page KIS refuses with `EGW00201` (or whose call
 /// fails on the way) is asked for again — that page only — and a chart KIS keeps refusing ends in 429 after
@@ -291,6 +292,84 @@ struct AppKeyRefusalTests {
                 #expect(m.value("kisgw_cache_results_total", ["result": "coalesced"]) == 1)  // B waited on A's fetch
                 #expect(standIn.seen.refused == 1)
             }
+        }
+    }
+
+    /// Before, a request for the SANDBOX environment that joined a LIVE fetch of the same chart in this gateway was
+    /// answered with the live KIS host's failure (502 or 504), where another gateway — or this one a moment later —
+    /// fetched it from the sandbox host and answered 200.
+    @Test("a SANDBOX request waiting on a LIVE fetch that the live KIS host fails: 200 from the sandbox host, the LIVE request 502")
+    func anotherEnvironmentsFailureIsNotTheWaitersAnswer() async throws {
+        // The live KIS host: a simulator failing every quotation call with HTTP 500 after 500 ms. The sandbox host is
+        // the harness's simulator.
+        let (ports, found) = AsyncStream.makeStream(of: Int.self)
+        let live = TestServer(try await buildSimulator(
+            SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000),
+            logger: Logger(label: "live-kis")) { found.yield($0) })
+        let registry = PrometheusCollectorRegistry()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await live.run() }
+            var it = ports.makeAsyncIterator()
+            let liveURL = "http://127.0.0.1:\(await it.next()!)"
+            try await stopping([live]) {
+                let fault = try await http(.POST, liveURL + "/__sim/faults",
+                                           headers: [("content-type", "application/json")],
+                                           body: #"{"mode":"http500","latency_ms":500,"rate":1.0}"#)
+                try #require(fault.status == 200, "\(fault.text)")
+                try await withGateway(config: { testConfig(simURL: $0, liveURL: liveURL) },
+                                      dependencies: { _, deps in deps.metricsRegistry = registry }) { g, _ in
+                    // The live token, from the live host, published as the broker does.
+                    let issued = try await KISClient(baseURL: liveURL, logger: Logger(label: "test"))
+                        .issueToken(appKey: "PSapp-env-live", appSecret: "secret-live")
+                    try await TokenDirectory.publish(
+                        SealedCredentials(access_token: issued.accessToken, app_key: "PSapp-env-live",
+                                          app_secret: "secret-live"),
+                        userID: "env-live", environment: .live, issuedAt: Date(), expiresAt: issued.expiresAt,
+                        store: g.store, keyring: g.keyring)
+                    let kisA = issued.accessToken
+                    let kisB = try await g.connect(user: "env-sandbox", appKey: "PSapp-env-sandbox", environment: .sandbox)
+                    let (jwtA, jwtB) = (try await g.jwt("env-live"), try await g.jwt("env-sandbox"))
+                    let path = "/domestic/chart/daily/005930?start=2025-02-03&end=2025-02-28"
+                    async let a = g.get(path, jwt: jwtA, kis: kisA)
+                    try await Task.sleep(for: .milliseconds(200))  // A's call is at the live host, failed at 500 ms
+                    let b = try await g.get(path, jwt: jwtB, kis: kisB)
+                    let failed = try await a
+                    #expect(failed.status == 502 && failed.code == "upstream_error", "\(failed.status) \(failed.text)")
+                    #expect(b.status == 200, "\(b.status) \(b.text)")
+                    #expect(b.header("X-Cache") == "MISS")  // fetched from the sandbox host after A's fetch failed
+                    let m = Exposition(try await g.get("/metrics", jwt: nil, kis: nil).text)
+                    #expect(m.value("kisgw_cache_results_total", ["result": "coalesced"]) == 1)  // B waited on A's
+                    #expect(try await g.simStats()["domestic_daily"] == 1)  // the sandbox host: B's call only
+                }
+            }
+            group.cancelAll()
+        }
+    }
+
+    /// Before, each refused call pushed the app key's schedule back a second's worth of its rate, whatever it was
+    /// already: eight charts refused at once (two retries each) pushed it ~16 s, and every request on the app key, in
+    /// every gateway, was refused with 429 for as long after KIS accepted calls again.
+    @Test("EGW00201 refusals of eight charts at once push the app key's schedule back about a second, not a second per refusal: a chart 3 s later is answered",
+          arguments: StoreKind.allCases)
+    func refusalsPushTheScheduleBackOnce(store: StoreKind) async throws {
+        try await withGateway(store: store, config: { UpstreamRetryTests.config($0, retries: 2) }) { g, _ in
+            let (jwt, kis) = try await g.signIn("pushback-\(store.rawValue)")
+            _ = try await g.sim(.POST, "/__sim/faults", #"{"mode":"kis_error","msg_cd":"EGW00201","rate":1.0}"#)
+            let symbols = ["005930", "000660", "035420", "051910", "005380", "006400", "035720", "068270"]
+            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                for symbol in symbols {
+                    group.addTask {
+                        try await g.get("/domestic/chart/daily/\(symbol)?start=2025-02-03&end=2025-02-28",
+                                        jwt: jwt, kis: kis).status
+                    }
+                }
+                return try await group.reduce(into: [Int]()) { $0.append($1) }
+            }
+            #expect(statuses.allSatisfy { $0 == 429 }, "\(statuses)")
+            _ = try await g.sim(.POST, "/__sim/reset")  // KIS takes calls again
+            try await Task.sleep(for: .seconds(3))
+            let r = try await g.get("/domestic/chart/daily/207940?start=2025-02-03&end=2025-02-28", jwt: jwt, kis: kis)
+            #expect(r.status == 200, "\(r.status) \(r.text)")
         }
     }
 }
