@@ -57,6 +57,8 @@ final class TokenAuthorizer: Sendable {
     private let lookup: @Sendable (_ token: String) async throws(StoreError) -> ResolvedToken?
     private let deadReason: (@Sendable (_ token: String, _ userID: String) async -> String?)?
     private let cache = Mutex(Cache())
+    /// `cache.generation`, readable without the lock; set (under it) before any decision is removed.
+    private let forgets = Atomic<UInt64>(0)
     private let recheck: TimeInterval
     private let limit = 100_000
     private let forgottenLimit = 1024
@@ -80,20 +82,25 @@ final class TokenAuthorizer: Sendable {
 
     /// The remembered positive decision for `kisToken` and `userID`, if there is one still valid (for the hit path;
     /// anything else — unknown, another user's, expired — is left to `authorize`).
-    func known(kisToken: String, userID: String, now: Date) -> ResolvedToken? {
-        guard let token = remembered(kisToken, now: now), token.userID.isSameUserID(userID) else { return nil }
-        return token
+    /// Also says until when the decision holds, unless the authorizer forgets something first (``generation``).
+    func known(kisToken: String, userID: String, now: Date) -> (ResolvedToken, validUntil: Date)? {
+        guard let hit = remembered(kisToken, now: now), hit.token.userID.isSameUserID(userID) else { return nil }
+        return (hit.token, hit.validUntil)
     }
 
+    /// Changes whenever a decision is forgotten (``forget(sha256:)``, ``forgetAll()``): a copy of a decision taken
+    /// from ``known(kisToken:userID:now:)`` holds only while this is what it was before that call.
+    var generation: UInt64 { forgets.load(ordering: .acquiring) }
+
     /// The remembered decision for `kisToken`, while it is still valid.
-    private func remembered(_ kisToken: String, now: Date) -> ResolvedToken? {
+    private func remembered(_ kisToken: String, now: Date) -> Entry? {
         guard let hit = cache.withLock({ $0.entries[kisToken] }), hit.validUntil > now else { return nil }
-        return hit.token
+        return hit
     }
 
     /// The token's credentials if `kisToken` was published for `userID` and is live; else a `kis_token_*` problem.
     func authorize(kisToken: String, userID: String, now: Date = Date()) async throws(Problem) -> ResolvedToken {
-        if let token = remembered(kisToken, now: now) {
+        if let token = remembered(kisToken, now: now)?.token {
             guard token.userID.isSameUserID(userID) else {
                 throw Problem(.kisTokenInvalid, "the KIS token does not belong to this user")
             }
@@ -152,6 +159,7 @@ final class TokenAuthorizer: Sendable {
     func forget(sha256: String) {
         cache.withLock { c in
             c.generation &+= 1
+            forgets.store(c.generation, ordering: .releasing)
             if c.forgotten.count >= forgottenLimit {
                 c.forgotten.removeAll(keepingCapacity: true)
                 c.allForgottenAt = c.generation
@@ -168,6 +176,7 @@ final class TokenAuthorizer: Sendable {
     func forgetAll() {
         cache.withLock { c in
             c.generation &+= 1
+            forgets.store(c.generation, ordering: .releasing)
             c.allForgottenAt = c.generation
             c.forgotten.removeAll()
             c.entries.removeAll()
