@@ -119,6 +119,10 @@ final class TokenKeeper: Sendable {
         let lock = try await acquireIssueLock(form.environment, form.appKey)
         do {
             if try await peekValidated(form) == nil {
+                // As in `issue`: the lock, possibly outlasted by the read above, is still this check's right before tokenP.
+                guard try await store.renewLock(lock, ttl: settings.lockTTL) else {
+                    throw Problem(.kisRateLimited, "another token request for this app key is in progress", retryAfter: 1)
+                }
                 let issued = try await issueAtKIS(form.environment, appKey: form.appKey, appSecret: form.appSecret)
                 try await keepValidated(form, token: issued.accessToken, issuedAt: issuance(of: issued, now: now),
                                         expiresAt: Int64(issued.expiresAt.timeIntervalSince1970))
@@ -584,6 +588,12 @@ final class TokenKeeper: Sendable {
                 adopted = true
             }
             if obtained == nil {
+                // The locks were renewed when taken, and the reads since (each up to 5 s on PostgreSQL) may have
+                // outlasted them: another copy may hold them now and be asking KIS too (two issuances within the
+                // minute: EGW00133). Renewed again right before tokenP, and given up if lost.
+                guard try await self.renew(locks) else {
+                    throw Problem(.kisRateLimited, "another request for this account is in progress", retryAfter: 1)
+                }
                 let issued = try await issueAtKIS(env, appKey: account.appKey, appSecret: account.appSecret)
                 obtained = BrokerToken(userID: account.userID, environment: env, accessToken: issued.accessToken,
                                        issuedAt: issuance(of: issued, now: now),

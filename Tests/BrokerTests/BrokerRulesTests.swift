@@ -36,6 +36,8 @@ final class SwitchableRepository: BrokerRepository, Service {
     let statusWritesFail = Atomic<Bool>(false)
     /// `deleteAccount` throws (a disconnect failing at its last step).
     let deletesFail = Atomic<Bool>(false)
+    /// When set, every read of an account's tokens takes this long (a slow database).
+    let tokensDelay = Mutex<Duration?>(nil)
     /// The sha256 of each token a failing write was given.
     let refused = Mutex<[String]>([])
     /// When set, every second read of that row's account (same user and environment) answers it instead of the
@@ -98,7 +100,8 @@ final class SwitchableRepository: BrokerRepository, Service {
         try await inner.saveToken(token)
     }
     func tokens(userID: String, environment: KISEnvironment) async throws -> [StoredToken] {
-        try await inner.tokens(userID: userID, environment: environment)
+        if let delay = tokensDelay.withLock({ $0 }) { try await Task.sleep(for: delay) }
+        return try await inner.tokens(userID: userID, environment: environment)
     }
     func tokens(status: TokenStatus) async throws -> [StoredToken] { try await inner.tokens(status: status) }
     func token(sha256: String) async throws -> StoredToken? { try await inner.token(sha256: sha256) }

@@ -178,6 +178,26 @@ struct IssuanceRaceTests {
         }
     }
 
+    /// The locks were renewed once, when taken; the database reads before `tokenP` (each up to 5 s on PostgreSQL)
+    /// could outlast their life, and the issuance still asked KIS — with another copy, holding the locks by then,
+    /// possibly asking too (two issuances within the minute: EGW00133). They are renewed right before `tokenP` now,
+    /// and an issuance that lost them gives up without asking KIS.
+    @Test("an issuance whose locks expired during slow database reads does not ask KIS")
+    func locksRenewedBeforeTokenP() async throws {
+        try await withBroker(config: quietSchedulerConfig) { b in
+            let jwt = try await b.jwt("u-slowdb")
+            #expect(try await b.post("/api/kis/token", accountBody(appKey("slowdb")), jwt: jwt).status == 200)
+            try await b.advanceClocks(86400 - 1800)  // the token is due: a refresh asks KIS
+            let repository = SwitchableRepository(try b.database.repository())  // SQLite: no pool to run
+            let keeper = makeKeeper(repository, store: b.store, keyring: b.keyring, kis: b.simURL, lockTTL: .seconds(1),
+                                    clock: { b.clock.now() })
+            repository.tokensDelay.withLock { $0 = .milliseconds(1500) }  // longer than the locks live
+            let issued = try await b.issuances()
+            await #expect(throws: (any Error).self) { _ = try await keeper.refresh(userID: "u-slowdb", environment: .sandbox) }
+            #expect(try await b.issuances() == issued, "tokenP was called by an issuance that no longer held its locks")
+        }
+    }
+
     /// broker-api.md: DELETE revokes at KIS, unpublishes and deletes. Revoked at KIS first, the token stayed accepted
     /// by every gateway until it was unpublished (each then spent a KIS call to learn it had ended), and a KIS slower
     /// than the locks' life failed the disconnect with 504 after KIS had revoked the token, leaving it ACTIVE and

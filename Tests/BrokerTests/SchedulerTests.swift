@@ -1051,13 +1051,14 @@ final class SlowTokenP: Sendable {
 /// A keeper as a broker builds one (tokens refreshed an hour ahead, 30 s issuance locks), calling the KIS at `kis`
 /// for SANDBOX accounts (none when nil).
 func makeKeeper(_ repository: any BrokerRepository, store: any SharedStore, keyring: SealKeyring, kis: String?,
-                refreshInterval: Int64 = 60, metrics: any MetricsFactory = NOOPMetricsHandler.instance,
+                refreshInterval: Int64 = 60, lockTTL: Duration = .seconds(30),
+                metrics: any MetricsFactory = NOOPMetricsHandler.instance,
                 http: KISHTTPClients = .shared, logger: Logger = quietLogger,
                 clock: @escaping @Sendable () -> Date) -> TokenKeeper {
     TokenKeeper(
         repository: repository, store: store, keyring: keyring,
         clients: kis.map { [.sandbox: KISClient(baseURL: $0, http: http, timeout: .seconds(10), logger: logger)] } ?? [:],
         settings: KeeperSettings(refreshAhead: 3600, reuseWindow: 21600, refreshInterval: refreshInterval,
-                                 lockTTL: .seconds(30), lockWait: .seconds(10)),
+                                 lockTTL: lockTTL, lockWait: .seconds(10)),
         metrics: BrokerMetrics(factory: metrics), logger: logger, clock: clock)
 }
