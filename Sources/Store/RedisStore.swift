@@ -41,13 +41,15 @@ public final class RedisStore: SharedStore {
         return 1
         """)
 
+    /// A set with no expiry gets one only when this call created it: every member it holds was added now (a set is
+    /// never empty in Redis), however many of the members given were repeats.
     static let setAddAtLeast = RedisScript(name: "kisgw-sadd-ttl", """
         local added = redis.call('SADD', KEYS[1], unpack(ARGV, 2))
         local want = tonumber(ARGV[1])
         if want > 0 then
             local ttl = redis.call('PTTL', KEYS[1])
             if ttl >= 0 and ttl < want then redis.call('PEXPIRE', KEYS[1], want) end
-            if ttl == -1 and added == #ARGV - 1 and redis.call('SCARD', KEYS[1]) == added then
+            if ttl == -1 and redis.call('SCARD', KEYS[1]) == added then
                 redis.call('PEXPIRE', KEYS[1], want)
             end
         end

@@ -206,6 +206,25 @@ struct StoreContractTests {
         await close()
     }
 
+    /// Before, Redis compared SADD's count with the number of members given: a new set given a member twice was
+    /// added fewer than given and kept no expiry (the memory store gave it one).
+    @Test(arguments: Backend.allCases)
+    func aNewSetGivenARepeatedMemberExpires(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        #expect(try await store.setAdd("dup", members: ["a", "a"], ttlAtLeast: .seconds(60)) == 1)
+        guard case .expiresIn(let ttl) = try await store.timeToLive("dup") else {
+            Issue.record("a set created with ttlAtLeast and a repeated member must expire")
+            await close()
+            return
+        }
+        #expect(ttl > .seconds(50) && ttl <= .seconds(60))
+        // An existing persistent set stays persistent, repeated members or not.
+        #expect(try await store.setAdd("kept", members: ["x"], ttlAtLeast: nil) == 1)
+        #expect(try await store.setAdd("kept", members: ["y", "y"], ttlAtLeast: .seconds(60)) == 1)
+        #expect(try await store.timeToLive("kept") == .persistent)
+        await close()
+    }
+
     @Test(arguments: Backend.allCases)
     func readOrLock(_ backend: Backend) async throws {
         let (store, close) = try backend.makeStore()
