@@ -50,17 +50,10 @@ public enum GCRA {
         return Int64(text)
     }
 
-    /// The Lua version of ``decide(tat:now:interval:burst:cost:maxWait:)``, for `EVALSHA`.
-    ///
-    /// `KEYS[1]` holds the TAT; `ARGV` is interval, burst, cost, maxWait (all µs
-    /// or counts). Time comes from the Redis server (`TIME`), so every gateway
+    /// `kisgw_gcra(key, interval, burst, cost, maxwait)`: the Lua version of
+    /// ``decide(tat:now:interval:burst:cost:maxWait:)`` as a local function, for the store's scripts (`EVALSHA`).
+    /// `key` holds the TAT; the others are µs or counts. Time comes from the Redis server (`TIME`), so every gateway
     /// shares one clock. Returns `{allowed (0/1), wait_us}`.
-    static let lua = luaFunction + """
-        return kisgw_gcra(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
-        """
-
-    /// `kisgw_gcra(key, interval, burst, cost, maxwait)`: the decision as a local Lua function, for scripts that
-    /// take a slot along with other work.
     static let luaFunction = """
         local function kisgw_gcra(key, interval, burst, cost, maxwait)
             local t = redis.call('TIME')

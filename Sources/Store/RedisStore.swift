@@ -65,7 +65,17 @@ public final class RedisStore: SharedStore {
         return 1
         """)
 
-    static let gcra = RedisScript(name: "kisgw-gcra", GCRA.lua)
+    /// GCRA (``GCRA/decide(tat:now:interval:burst:cost:maxWait:)``): `{allowed (0/1), wait_us}`.
+    ///
+    /// `ARGV[5]`, when given, is the Unix time in ms after which the call is stale, as ``readOrLock``'s `ARGV[6]`: a
+    /// stale call books nothing — its caller gave up, and no KIS call will use the slot — and answers `{3}`.
+    static let gcra = RedisScript(name: "kisgw-gcra", GCRA.luaFunction + """
+        if ARGV[5] then
+            local t = redis.call('TIME')
+            if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[5]) then return {3} end
+        end
+        return kisgw_gcra(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+        """)
     /// SET NX PX the lock; when taken, GET the read key too: one round trip, one atomic step.
     static let lockThenGet = RedisScript(name: "kisgw-lock-get", """
         if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -246,9 +256,15 @@ public final class RedisStore: SharedStore {
         try await readOrLock(readKey, lock: key, ttl: ttl, reserving: reserving, staleAfter: true)
     }
 
-    /// How long after it is sent a read-or-lock call may still act (``readOrLock``'s `ARGV[6]`): the command's own
-    /// timeout, and a second for the difference between this host's clock and Redis's.
+    /// How long after it is sent a read-or-lock or rate-limit call may still act (``readOrLock``'s `ARGV[6]`,
+    /// ``gcra``'s `ARGV[5]`): the command's own timeout, and a second for the difference between this host's clock
+    /// and Redis's.
     public var staleMargin: Duration { client.configuration.commandTimeout + .seconds(1) }
+
+    /// The Unix time in ms after which a call sent now is stale (``staleMargin``).
+    private func notAfter() -> Int64 {
+        Int64(now().timeIntervalSince1970 * 1000) + Int64(Self.ms(staleMargin))
+    }
 
     private func readOrLock(_ readKey: String, lock key: String, ttl: Duration, reserving: RateReservation?,
                             staleAfter: Bool) async throws(StoreError) -> ReadOrLock
@@ -263,10 +279,7 @@ public final class RedisStore: SharedStore {
         } else if staleAfter {
             args += [RedisArgument(0), RedisArgument(0), RedisArgument(0)]  // ARGV[3…5] unread without a slot
         }
-        if staleAfter {
-            let notAfter = Int64(now().timeIntervalSince1970 * 1000) + Int64(Self.ms(staleMargin))
-            args.append(RedisArgument(integer: notAfter))
-        }
+        if staleAfter { args.append(RedisArgument(integer: notAfter())) }
         let reply: RESPValue
         do { reply = try await client.evaluate(Self.readOrLock, keys: keys, arguments: args) } catch {
             releaseAbandoned(StoreLock(key: key, token: token), after: error)
@@ -311,17 +324,33 @@ public final class RedisStore: SharedStore {
         try await compareAndSet(lock.key, expected: ByteBuffer(string: lock.token), newValue: nil, ttl: nil)
     }
 
+    /// Like ``readOrLock``, the call carries the time after which it is stale: one that timed out while Redis
+    /// stalled, and that Redis runs when it resumes, books nothing (every caller whose call timed out was answered
+    /// with an error; slots booked for them would make later callers wait, or refuse them, for KIS calls never made).
     public func rateLimit(_ key: String, limit: RateLimit, cost: Int, maxWait: Duration) async throws(StoreError)
         -> RateLimitDecision
     {
+        try await rateLimit(key, limit: limit, cost: cost, maxWait: maxWait, staleAfter: true)
+    }
+
+    private func rateLimit(_ key: String, limit: RateLimit, cost: Int, maxWait: Duration, staleAfter: Bool)
+        async throws(StoreError) -> RateLimitDecision
+    {
         let maxWaitMicros = Self.micros(maxWait)
-        let args: [RedisArgument] = [
+        var args: [RedisArgument] = [
             RedisArgument(integer: limit.intervalMicroseconds), RedisArgument(limit.burst), RedisArgument(cost),
             RedisArgument(integer: max(0, maxWaitMicros)),
         ]
+        if staleAfter { args.append(RedisArgument(integer: notAfter())) }
         let reply: RESPValue
         do { reply = try await client.evaluate(Self.gcra, keys: [RedisArgument(k(key))], arguments: args) } catch {
             throw Self.map(error)
+        }
+        if reply == .array([.integer(3)]) {
+            // Answered in time, yet stale by Redis's clock: the clocks differ by more than the margin. The call is
+            // made again without the check, as a read-or-lock is.
+            guard staleAfter else { throw StoreError(.backend, "the rate-limit script gave an unexpected reply") }
+            return try await rateLimit(key, limit: limit, cost: cost, maxWait: maxWait, staleAfter: false)
         }
         guard case .array(let parts) = reply, parts.count == 2, case .integer(let allowed) = parts[0],
             case .integer(let wait) = parts[1]

@@ -103,6 +103,53 @@ struct AbandonedLockTests {
         await client.shutdown()
     }
 
+    /// Before, Redis ran every rate-limit call that had timed out while it stalled once it resumed, each pushing the
+    /// app key's schedule forward: later calls waited, or were refused 429, for slots no KIS call used.
+    @Test("a rate-limit call that timed out while Redis stalled books no slot when Redis resumes")
+    func staleRateLimitBooksNothing() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let (store, client) = try Self.store(server)
+        let limit = RateLimit(rate: 1, burst: 1)
+        // Connected, and the script loaded (a stalled EVALSHA of an unknown script would fail on its own).
+        #expect(try await store.rateLimit("rl:warm", limit: limit, cost: 1, maxWait: .zero) == .allowed(after: .zero))
+        server.pause()
+        for _ in 0..<3 {
+            do {
+                _ = try await store.rateLimit("rl:stale", limit: limit, cost: 1, maxWait: .seconds(5))
+                Issue.record("the call did not fail")
+            } catch {
+                #expect(error.code == .timeout, "\(error)")
+            }
+        }
+        // Past the calls' margin (their timeout, 200 ms, and a second), then Redis runs them.
+        try await Task.sleep(for: store.staleMargin + .milliseconds(300))
+        server.resume()
+        #expect(await eventually(timeout: .seconds(5)) { (try? await Self.calls(server, ["evalsha", "eval"])) ?? 0 >= 4 })
+        #expect(try await store.get("rl:stale") == nil, "a slot was booked for a call its caller gave up")
+        // A call in time is decided as before: the slot is free, and then taken.
+        #expect(try await store.rateLimit("rl:stale", limit: limit, cost: 1, maxWait: .zero) == .allowed(after: .zero))
+        guard case .denied = try await store.rateLimit("rl:stale", limit: limit, cost: 1, maxWait: .zero) else {
+            Issue.record("a second call within the second was not refused")
+            await client.shutdown()
+            return
+        }
+        await client.shutdown()
+    }
+
+    /// Answered in time yet stale by Redis's clock (this host's is behind): the call is made again without the check.
+    @Test("a host whose clock is behind Redis's by more than the margin still gets rate-limit slots")
+    func rateLimitWithAClockBehindRedis() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let (store, client) = try Self.store(server, clock: { Date().addingTimeInterval(-30) })
+        let limit = RateLimit(rate: 1, burst: 1)
+        #expect(try await store.rateLimit("rl", limit: limit, cost: 1, maxWait: .zero) == .allowed(after: .zero))
+        #expect(try await store.get("rl") != nil)
+        #expect(try await store.rateLimit("rl", limit: limit, cost: 1, maxWait: .zero).isAllowed == false)
+        await client.shutdown()
+    }
+
     @Test("a host whose clock is behind Redis's by more than the margin still takes locks and slots (the call is made again without the check)")
     func clockBehindRedis() async throws {
         let server = try RedisServerProcess()
