@@ -130,10 +130,11 @@ public final class RedisClient: Sendable {
         try await self.subscriber.subscribe(channels: channels, patterns: patterns)
     }
 
-    /// Yields each time the pub/sub connection is back after it was lost (or could not be opened), once every
-    /// subscription has been renewed on it: the messages published in between were not delivered to anyone, so a
-    /// subscriber that keeps state from them (a cache it invalidates) should start afresh. (A subscription whose
-    /// reader falls behind counts what it lost itself: ``RedisSubscription/lostMessages``.) Ends at shutdown.
+    /// Yields each time the pub/sub connection is back after it was lost (or could not be opened), once the server
+    /// has confirmed every subscription renewed on it: the messages published in between were not delivered to
+    /// anyone, so a subscriber that keeps state from them (a cache it invalidates) should start afresh, and those
+    /// published from then on are. (A subscription whose reader falls behind counts what it lost itself:
+    /// ``RedisSubscription/lostMessages``.) Ends at shutdown.
     public func subscriptionRestorations() -> AsyncStream<Void> {
         self.subscriber.restorations()
     }

@@ -82,7 +82,7 @@ final class RedisSubscriber: Sendable {
         var connection: RedisConnection?
         var confirmedChannels: Set<String> = []
         var confirmedPatterns: Set<String> = []
-        var confirmationWaiters: [Int: (channels: Set<String>, patterns: Set<String>, continuation: CheckedContinuation<Void, Never>)] = [:]
+        var confirmationWaiters: [Int: (channels: Set<String>, patterns: Set<String>, continuation: CheckedContinuation<Confirmation, Never>)] = [:]
         var supervisor: Task<Void, Never>?
         var isShutdown = false
         /// The last attempt to open the pub/sub connection failed.
@@ -144,29 +144,39 @@ final class RedisSubscriber: Sendable {
         return RedisSubscription(stream: stream, losses: losses)
     }
 
+    /// How a wait for the server's confirmation of channels and patterns ended.
+    private enum Confirmation {
+        /// The server confirmed every one.
+        case confirmed
+        /// Not every one was confirmed within the connect and command timeouts.
+        case timedOut
+        /// There is no connection to confirm them (down, lost, shut down).
+        case interrupted
+    }
+
     /// Waits until the server confirmed the channels, the connection is lost, or the timeout passes.
-    private func waitForConfirmation(channels: Set<String>, patterns: Set<String>) async {
+    @discardableResult
+    private func waitForConfirmation(channels: Set<String>, patterns: Set<String>) async -> Confirmation {
         let waiterID = self.state.withLock { state -> Int in
             state.nextID += 1
             return state.nextID
         }
         let timeout = self.configuration.connectTimeout + self.configuration.commandTimeout
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let done = self.state.withLock { state -> Bool in
-                if state.isDown || state.isShutdown
-                    || (channels.isSubset(of: state.confirmedChannels) && patterns.isSubset(of: state.confirmedPatterns))
-                {
-                    return true
+        return await withCheckedContinuation { (continuation: CheckedContinuation<Confirmation, Never>) in
+            let done = self.state.withLock { state -> Confirmation? in
+                if channels.isSubset(of: state.confirmedChannels) && patterns.isSubset(of: state.confirmedPatterns) {
+                    return .confirmed
                 }
+                if state.isDown || state.isShutdown { return .interrupted }
                 state.confirmationWaiters[waiterID] = (channels, patterns, continuation)
-                return false
+                return nil
             }
-            if done {
-                continuation.resume()
+            if let done {
+                continuation.resume(returning: done)
             } else {
                 self.group.any().scheduleTask(in: TimeAmount(timeout)) {
                     let waiter = self.state.withLock { $0.confirmationWaiters.removeValue(forKey: waiterID) }
-                    waiter?.continuation.resume()
+                    waiter?.continuation.resume(returning: .timedOut)
                 }
             }
         }
@@ -224,6 +234,8 @@ final class RedisSubscriber: Sendable {
                     eventLoop: self.group.next(),
                     logger: self.logger
                 )
+                // Whoever waits for a confirmation on it stops waiting the moment it closes.
+                connection.closeFuture.whenComplete { _ in self.lost(connection) }
                 let heard = Heard()
                 try await connection.enterPubSub { value in
                     heard.value.store(true, ordering: .relaxed)
@@ -252,18 +264,12 @@ final class RedisSubscriber: Sendable {
                 }
                 failures = 0
                 self.send(channels: toSubscribe.channels, patterns: toSubscribe.patterns, on: connection)
-                // After the renewed SUBSCRIBEs are sent: what was published in the gap is lost to the subscribers.
-                for watcher in toSubscribe.watchers { watcher.yield() }
-                await self.watch(connection, heard: heard)
-                let waiters = self.state.withLock { state in
-                    state.connection = nil
-                    state.confirmedChannels = []
-                    state.confirmedPatterns = []
-                    let waiters = state.confirmationWaiters.values.map(\.continuation)
-                    state.confirmationWaiters = [:]
-                    return waiters
+                if !toSubscribe.watchers.isEmpty {
+                    await self.tellOfGap(toSubscribe.watchers, once: Set(toSubscribe.channels), Set(toSubscribe.patterns),
+                                         are: connection)
                 }
-                for waiter in waiters { waiter.resume() }
+                await self.watch(connection, heard: heard)
+                self.lost(connection)
                 self.logger.info("redis pub/sub connection lost; reconnecting")
             } catch {
                 failures += 1
@@ -274,11 +280,49 @@ final class RedisSubscriber: Sendable {
                     state.confirmationWaiters = [:]
                     return waiters
                 }
-                for waiter in waiters { waiter.resume() }
+                for waiter in waiters { waiter.resume(returning: .interrupted) }
             }
             let delay = failures == 0 ? self.configuration.initialReconnectDelay : self.backoff(failures: failures)
             try? await Task.sleep(for: delay)
         }
+    }
+
+    /// Tells `watchers` that messages published in a gap were lost, once the server has confirmed every channel and
+    /// pattern renewed on `connection`: a subscriber that starts afresh then (a gateway dropping its token decisions
+    /// and reading each record again) is sure to hear of what changes from then on. Told before, it could read a
+    /// record while the renewed SUBSCRIBE was still on its way, and a `revoked` event published meanwhile reached
+    /// nobody. Not confirmed in time, the gap is told all the same and the connection is opened again, to be told
+    /// once more when the subscriptions are confirmed; lost meanwhile, the next connection tells it.
+    private func tellOfGap(_ watchers: [AsyncStream<Void>.Continuation], once channels: Set<String>, _ patterns: Set<String>,
+                           are connection: RedisConnection) async {
+        switch await self.waitForConfirmation(channels: channels, patterns: patterns) {
+        case .confirmed:
+            for watcher in watchers { watcher.yield() }
+        case .timedOut:
+            self.logger.warning("redis did not confirm the renewed subscriptions in time; reconnecting",
+                                metadata: ["channels": "\(channels.count)", "patterns": "\(patterns.count)"])
+            for watcher in watchers { watcher.yield() }
+            connection.close()
+        case .interrupted:
+            break
+        }
+    }
+
+    /// The pub/sub connection `connection` closed: it is no longer used, nothing it confirmed holds, and whoever
+    /// waits for a confirmation stops waiting (unless a newer connection is already up).
+    private func lost(_ connection: RedisConnection) {
+        let waiters = self.state.withLock { state -> [CheckedContinuation<Confirmation, Never>] in
+            if let current = state.connection {
+                guard current === connection else { return [] }
+            }
+            state.connection = nil
+            state.confirmedChannels = []
+            state.confirmedPatterns = []
+            let waiters = state.confirmationWaiters.values.map(\.continuation)
+            state.confirmationWaiters = [:]
+            return waiters
+        }
+        for waiter in waiters { waiter.resume(returning: .interrupted) }
     }
 
     /// Whether the pub/sub connection said anything since the last ping.
@@ -339,9 +383,9 @@ final class RedisSubscriber: Sendable {
             self.deliver(message) { $0.patterns.contains(pattern) }
         case "subscribe", "psubscribe":
             guard parts.count >= 2, let name = parts[1].string else { return }
-            let ready = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            let ready = self.state.withLock { state -> [CheckedContinuation<Confirmation, Never>] in
                 if kind == "subscribe" { state.confirmedChannels.insert(name) } else { state.confirmedPatterns.insert(name) }
-                var ready: [CheckedContinuation<Void, Never>] = []
+                var ready: [CheckedContinuation<Confirmation, Never>] = []
                 for (id, waiter) in state.confirmationWaiters
                 where waiter.channels.isSubset(of: state.confirmedChannels) && waiter.patterns.isSubset(of: state.confirmedPatterns) {
                     ready.append(waiter.continuation)
@@ -349,7 +393,7 @@ final class RedisSubscriber: Sendable {
                 }
                 return ready
             }
-            for waiter in ready { waiter.resume() }
+            for waiter in ready { waiter.resume(returning: .confirmed) }
         default:
             break
         }
@@ -368,7 +412,8 @@ final class RedisSubscriber: Sendable {
     }
 
     /// Yields each time the pub/sub connection is open again after it was lost (or could not be opened), once the
-    /// subscriptions have been renewed on it: messages published in between were not delivered. Ends at shutdown.
+    /// server has confirmed the subscriptions renewed on it: messages published in between were not delivered, and
+    /// those published from then on are. Ends at shutdown.
     func restorations() -> AsyncStream<Void> {
         let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let id = self.state.withLock { state -> Int? in
@@ -401,7 +446,7 @@ final class RedisSubscriber: Sendable {
         }
         supervisor?.cancel()
         connection?.close()
-        for waiter in waiters { waiter.resume() }
+        for waiter in waiters { waiter.resume(returning: .interrupted) }
         for continuation in continuations { continuation.finish() }
         for watcher in watchers { watcher.finish() }
         await supervisor?.value

@@ -385,6 +385,44 @@ struct ResilienceTests {
         await reader.value
     }
 
+    /// Before, the gap was told as soon as the renewed SUBSCRIBE was handed to the new connection, before Redis had
+    /// it: a gateway dropped its token decisions and read each record again while a `revoked` event published then
+    /// still reached nobody, and the decision made from the record was kept up to its recheck (30 s).
+    @Test func aGapIsToldOnceTheRenewedSubscriptionsAreConfirmed() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let proxy = try DelayProxy(to: server.port)
+        defer { proxy.stop() }
+        var configuration = try RedisConfiguration(url: "redis://127.0.0.1:\(proxy.port)/0")
+        configuration.initialReconnectDelay = .milliseconds(20)
+        configuration.maximumReconnectDelay = .milliseconds(200)
+        let client = RedisClient(configuration: configuration, logger: TestEnvironment.logger)
+        let admin = try makeClient(server, poolSize: 1)
+        let restorations = client.subscriptionRestorations()
+        let subscription = try await client.subscribe(to: ["revocations"], patterns: ["revoc*"])
+        let received = Mutex<[String]>([])
+        let reader = Task { for await m in subscription { received.withLock { $0.append(m.string) } } }
+        #expect(try await admin.publish("before", to: "revocations") == 2)
+        // From now on what the client sends reaches Redis 300 ms late (the new connection's handshake included).
+        proxy.delay = .milliseconds(300)
+        // What a PUBLISH made the moment the gap is told reaches: the channel and the pattern, both renewed.
+        let reachedWhenTold = Mutex<[Int]>([])
+        let watcher = Task {
+            for await _ in restorations {
+                let reached = (try? await admin.publish("right when told", to: "revocations")) ?? -1
+                reachedWhenTold.withLock { $0.append(reached) }
+            }
+        }
+        _ = try await admin.send(["CLIENT", "KILL", "TYPE", "pubsub"])
+        #expect(await eventually(timeout: .seconds(10)) { !reachedWhenTold.withLock { $0 }.isEmpty })
+        #expect(reachedWhenTold.withLock { $0 } == [2], "told before the renewed subscriptions were in place")
+        #expect(await eventually { received.withLock { $0.filter { $0 == "right when told" }.count } == 2 })
+        await client.shutdown()
+        await admin.shutdown()
+        await watcher.value
+        await reader.value
+    }
+
     @Test func pubSubResubscribesAfterRestart() async throws {
         let server = try RedisServerProcess()
         defer { server.stop() }
