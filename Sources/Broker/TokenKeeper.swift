@@ -270,6 +270,7 @@ final class TokenKeeper: Sendable {
         let now = self.now
         let rows = try await repository.tokens(userID: userID, environment: environment)
         let live = rows.filter { $0.expiresAt > now && $0.status != .expired }
+        let active = live.filter { $0.status == .active }
         let account = try? vault.open(row)
         if let account { try await store.delete(validatedKey(environment, account.appKey)) }
         // The tokens REVOKED and the account inactive in one write: a disconnect that fails after it (the store,
@@ -281,10 +282,7 @@ final class TokenKeeper: Sendable {
         // REVOKED now: revoked at KIS whether or not unpublishing them succeeds.
         let unpublished: Result<Void, any Error>
         do { try await unpublish(live); unpublished = .success(()) } catch { unpublished = .failure(error) }
-        // Every unexpired token not ended at KIS, REVOKED ones too: an attempt before this one (a DELETE tried again)
-        // may have marked them and stopped before asking KIS (a crash, a write that timed out but was committed),
-        // and they are valid at KIS until revoked there. Revoking one again is harmless (`revokeAtKIS`).
-        if let account { await revokeAtKIS(live, account: account) }
+        if let account { await revokeAtKIS(active, account: account) }
         try unpublished.get()
         // The revocations at KIS may have taken long (one call a token): the locks must still be this disconnect's
         // before it deletes (another writer may have stored the account anew). If not, the tokens are revoked and
@@ -839,8 +837,7 @@ final class TokenKeeper: Sendable {
     }
 
     /// Revokes `rows` at KIS with `account`'s key pair, one call a token, best effort: a failure is counted and
-    /// logged, and the caller unpublishes them all the same (a disconnect, a replaced app key). KIS answering that a
-    /// token is unknown, revoked or expired (`EGW00121`–`EGW00123`: revoked before, by an earlier attempt) is done.
+    /// logged, and the caller unpublishes them all the same (a disconnect, a replaced app key).
     private func revokeAtKIS(_ rows: [StoredToken], account: Account) async {
         guard let client = clients[account.environment] else { return }
         for r in rows {
@@ -849,10 +846,6 @@ final class TokenKeeper: Sendable {
                 try await metrics.timingKIS(.revokeP) {
                     try await client.revokeToken(appKey: account.appKey, appSecret: account.appSecret, token: t.accessToken)
                 }
-            } catch let e as KISClientError where e.kind == .tokenInvalid || e.kind == .tokenExpired {
-                logger.debug("KIS no longer knows a token being revoked; nothing to revoke", metadata: [
-                    "user": "\(account.userID)", "env": "\(account.environment.rawValue)", "msg_cd": "\(e.msgCode ?? "")",
-                ])
             } catch {
                 metrics.revokeFailures.increment()
                 logger.warning("KIS did not revoke a token; it is unpublished all the same", metadata: [
