@@ -126,6 +126,10 @@ public final class RedisClient: Sendable {
     /// confirmed the subscription, so a message published afterwards is
     /// delivered. While Redis is unreachable it returns at once and the
     /// subscription becomes active when the connection is back.
+    ///
+    /// - Throws: ``RedisError/Code/server`` with the server's error (`NOPERM …`) when it refuses a channel or pattern
+    ///   (an ACL without it, or without `SUBSCRIBE`). A channel refused later, when it is renewed after a reconnect,
+    ///   ends the subscription.
     public func subscribe(to channels: [String], patterns: [String] = []) async throws(RedisError) -> RedisSubscription {
         try await self.subscriber.subscribe(channels: channels, patterns: patterns)
     }

@@ -79,10 +79,10 @@ final class RedisSubscriber: Sendable {
         var nextID = 0
         var channelCounts: [String: Int] = [:]
         var patternCounts: [String: Int] = [:]
-        var connection: RedisConnection?
+        var link: Link?
         var confirmedChannels: Set<String> = []
         var confirmedPatterns: Set<String> = []
-        var confirmationWaiters: [Int: (channels: Set<String>, patterns: Set<String>, continuation: CheckedContinuation<Confirmation, Never>)] = [:]
+        var confirmationWaiters: [Int: Waiter] = [:]
         var supervisor: Task<Void, Never>?
         var isShutdown = false
         /// The last attempt to open the pub/sub connection failed.
@@ -91,6 +91,20 @@ final class RedisSubscriber: Sendable {
         var wasConnected = false
         /// Told each time the subscriptions are renewed on a new connection after a gap (``restorations()``).
         var restorationWatchers: [Int: AsyncStream<Void>.Continuation] = [:]
+    }
+
+    /// Someone waiting for the server to confirm channels and patterns.
+    private struct Waiter {
+        var channels: Set<String>
+        var patterns: Set<String>
+        /// The supervisor, waiting for the subscriptions renewed on a new connection: a channel the server refuses is
+        /// no longer waited for (its subscriptions end), rather than failing the wait.
+        var isRenewal: Bool
+        var continuation: CheckedContinuation<Confirmation, Never>
+
+        func isConfirmed(_ state: State) -> Bool {
+            self.channels.isSubset(of: state.confirmedChannels) && self.patterns.isSubset(of: state.confirmedPatterns)
+        }
     }
 
     private let state = Mutex(State())
@@ -110,7 +124,7 @@ final class RedisSubscriber: Sendable {
         let channelSet = Set(channels)
         let patternSet = Set(patterns)
         let losses = SubscriptionLosses()
-        let registered: (id: Int, connection: RedisConnection?, newChannels: [String], newPatterns: [String])? = self.state.withLock { state in
+        let registered: (id: Int, link: Link?, newChannels: [String], newPatterns: [String])? = self.state.withLock { state in
             guard !state.isShutdown else { return nil }
             let id = state.nextID
             state.nextID += 1
@@ -129,18 +143,21 @@ final class RedisSubscriber: Sendable {
             if state.supervisor == nil {
                 state.supervisor = Task { await self.supervise() }
             }
-            return (id, state.connection, newChannels, newPatterns)
+            return (id, state.link, newChannels, newPatterns)
         }
         guard let registered else {
             continuation.finish()
             throw RedisError(.shutdown, "the Redis client was shut down")
         }
         continuation.onTermination = { _ in self.unsubscribe(id: registered.id) }
-        if let connection = registered.connection {
-            self.send(channels: registered.newChannels, patterns: registered.newPatterns, on: connection)
+        if let link = registered.link {
+            self.send(channels: registered.newChannels, patterns: registered.newPatterns, on: link)
         }
         // Without a connection the supervisor subscribes everything once it connects.
-        await self.waitForConfirmation(channels: channelSet, patterns: patternSet)
+        if case .refused(let error) = await self.waitForConfirmation(channels: channelSet, patterns: patternSet) {
+            continuation.finish()  // ended already (``refused(_:_:on:)``); its channels are given up
+            throw error
+        }
         return RedisSubscription(stream: stream, losses: losses)
     }
 
@@ -152,11 +169,15 @@ final class RedisSubscriber: Sendable {
         case timedOut
         /// There is no connection to confirm them (down, lost, shut down).
         case interrupted
+        /// The server refused one (an ACL without the channel, or without SUBSCRIBE).
+        case refused(RedisError)
     }
 
     /// Waits until the server confirmed the channels, the connection is lost, or the timeout passes.
     @discardableResult
-    private func waitForConfirmation(channels: Set<String>, patterns: Set<String>) async -> Confirmation {
+    private func waitForConfirmation(channels: Set<String>, patterns: Set<String>, isRenewal: Bool = false) async
+        -> Confirmation
+    {
         let waiterID = self.state.withLock { state -> Int in
             state.nextID += 1
             return state.nextID
@@ -168,7 +189,8 @@ final class RedisSubscriber: Sendable {
                     return .confirmed
                 }
                 if state.isDown || state.isShutdown { return .interrupted }
-                state.confirmationWaiters[waiterID] = (channels, patterns, continuation)
+                state.confirmationWaiters[waiterID] = Waiter(channels: channels, patterns: patterns, isRenewal: isRenewal,
+                                                             continuation: continuation)
                 return nil
             }
             if let done {
@@ -183,7 +205,7 @@ final class RedisSubscriber: Sendable {
     }
 
     private func unsubscribe(id: Int) {
-        let result: (RedisConnection?, [String], [String]) = self.state.withLock { state in
+        let result: (Link?, [String], [String]) = self.state.withLock { state in
             guard let subscriber = state.subscribers.removeValue(forKey: id) else { return (nil, [], []) }
             var goneChannels: [String] = []
             var gonePatterns: [String] = []
@@ -203,24 +225,18 @@ final class RedisSubscriber: Sendable {
                     gonePatterns.append(pattern)
                 }
             }
-            return (state.connection, goneChannels, gonePatterns)
+            return (state.link, goneChannels, gonePatterns)
         }
-        guard let connection = result.0 else { return }
-        if !result.1.isEmpty {
-            connection.sendPush(RESPEncoder.encode(RedisCommand("UNSUBSCRIBE", result.1.map { RedisArgument($0) })))
-        }
-        if !result.2.isEmpty {
-            connection.sendPush(RESPEncoder.encode(RedisCommand("PUNSUBSCRIBE", result.2.map { RedisArgument($0) })))
-        }
+        guard let link = result.0 else { return }
+        if !result.1.isEmpty { link.push(.other, "UNSUBSCRIBE", result.1) }
+        if !result.2.isEmpty { link.push(.other, "PUNSUBSCRIBE", result.2) }
     }
 
-    private func send(channels: [String], patterns: [String], on connection: RedisConnection) {
-        if !channels.isEmpty {
-            connection.sendPush(RESPEncoder.encode(RedisCommand("SUBSCRIBE", channels.map { RedisArgument($0) })))
-        }
-        if !patterns.isEmpty {
-            connection.sendPush(RESPEncoder.encode(RedisCommand("PSUBSCRIBE", patterns.map { RedisArgument($0) })))
-        }
+    /// One SUBSCRIBE for each channel and one PSUBSCRIBE for each pattern: the server refuses a command whole, so
+    /// one it refuses ends only the subscriptions to the channel or pattern refused.
+    private func send(channels: [String], patterns: [String], on link: Link) {
+        for channel in channels { link.push(.subscribe, "SUBSCRIBE", [channel]) }
+        for pattern in patterns { link.push(.psubscribe, "PSUBSCRIBE", [pattern]) }
     }
 
     /// Keeps one pub/sub connection open until shutdown.
@@ -234,12 +250,13 @@ final class RedisSubscriber: Sendable {
                     eventLoop: self.group.next(),
                     logger: self.logger
                 )
+                let link = Link(connection)
                 // Whoever waits for a confirmation on it stops waiting the moment it closes.
-                connection.closeFuture.whenComplete { _ in self.lost(connection) }
+                connection.closeFuture.whenComplete { _ in self.lost(link) }
                 let heard = Heard()
                 try await connection.enterPubSub { value in
                     heard.value.store(true, ordering: .relaxed)
-                    self.received(value)
+                    self.received(value, on: link)
                 }
                 // A gap: a connection lost, or a first one that could not be opened at once — subscriptions were
                 // asked for meanwhile, and what was published then reached nobody.
@@ -247,7 +264,7 @@ final class RedisSubscriber: Sendable {
                 let toSubscribe: (channels: [String], patterns: [String], watchers: [AsyncStream<Void>.Continuation])? =
                     self.state.withLock { state in
                         guard !state.isShutdown else { return nil }
-                        state.connection = connection
+                        state.link = link
                         state.isDown = false
                         state.confirmedChannels = []
                         state.confirmedPatterns = []
@@ -263,13 +280,13 @@ final class RedisSubscriber: Sendable {
                     self.logger.info("redis pub/sub connection restored", metadata: ["channels": "\(toSubscribe.channels.count)"])
                 }
                 failures = 0
-                self.send(channels: toSubscribe.channels, patterns: toSubscribe.patterns, on: connection)
+                self.send(channels: toSubscribe.channels, patterns: toSubscribe.patterns, on: link)
                 if !toSubscribe.watchers.isEmpty {
                     await self.tellOfGap(toSubscribe.watchers, once: Set(toSubscribe.channels), Set(toSubscribe.patterns),
-                                         are: connection)
+                                         are: link)
                 }
-                await self.watch(connection, heard: heard)
-                self.lost(connection)
+                await self.watch(link, heard: heard)
+                self.lost(link)
                 self.logger.info("redis pub/sub connection lost; reconnecting")
             } catch {
                 failures += 1
@@ -292,17 +309,18 @@ final class RedisSubscriber: Sendable {
     /// and reading each record again) is sure to hear of what changes from then on. Told before, it could read a
     /// record while the renewed SUBSCRIBE was still on its way, and a `revoked` event published meanwhile reached
     /// nobody. Not confirmed in time, the gap is told all the same and the connection is opened again, to be told
-    /// once more when the subscriptions are confirmed; lost meanwhile, the next connection tells it.
+    /// once more when the subscriptions are confirmed; lost meanwhile, the next connection tells it. A channel or
+    /// pattern the server refuses is not waited for: its subscriptions end (``refused(_:_:on:)``).
     private func tellOfGap(_ watchers: [AsyncStream<Void>.Continuation], once channels: Set<String>, _ patterns: Set<String>,
-                           are connection: RedisConnection) async {
-        switch await self.waitForConfirmation(channels: channels, patterns: patterns) {
-        case .confirmed:
+                           are link: Link) async {
+        switch await self.waitForConfirmation(channels: channels, patterns: patterns, isRenewal: true) {
+        case .confirmed, .refused:
             for watcher in watchers { watcher.yield() }
         case .timedOut:
             self.logger.warning("redis did not confirm the renewed subscriptions in time; reconnecting",
                                 metadata: ["channels": "\(channels.count)", "patterns": "\(patterns.count)"])
             for watcher in watchers { watcher.yield() }
-            connection.close()
+            link.connection.close()
         case .interrupted:
             break
         }
@@ -310,12 +328,12 @@ final class RedisSubscriber: Sendable {
 
     /// The pub/sub connection `connection` closed: it is no longer used, nothing it confirmed holds, and whoever
     /// waits for a confirmation stops waiting (unless a newer connection is already up).
-    private func lost(_ connection: RedisConnection) {
+    private func lost(_ link: Link) {
         let waiters = self.state.withLock { state -> [CheckedContinuation<Confirmation, Never>] in
-            if let current = state.connection {
-                guard current === connection else { return [] }
+            if let current = state.link {
+                guard current === link else { return [] }
             }
-            state.connection = nil
+            state.link = nil
             state.confirmedChannels = []
             state.confirmedPatterns = []
             let waiters = state.confirmationWaiters.values.map(\.continuation)
@@ -330,19 +348,74 @@ final class RedisSubscriber: Sendable {
         let value = Atomic<Bool>(true)
     }
 
+    /// One pub/sub connection and the commands it has yet to answer, oldest first. Every reply but a message answers
+    /// the oldest (one reply per channel or pattern it names; an error answers it whole), so a refusal is known to be
+    /// of the channels its SUBSCRIBE named. A command is recorded and written in one event-loop task: in the order it
+    /// reaches the socket, whichever thread sent it.
+    final class Link: Sendable {
+        enum Kind: Sendable {
+            case subscribe
+            case psubscribe
+            case other
+        }
+
+        struct Sent: Sendable {
+            var kind: Kind
+            var names: [String]
+            /// Replies still to come.
+            var replies: Int
+        }
+
+        let connection: RedisConnection
+        private let unanswered = Mutex(CircularBuffer<Sent>())
+
+        init(_ connection: RedisConnection) {
+            self.connection = connection
+        }
+
+        /// Sends `command` with `names` as its arguments.
+        func push(_ kind: Kind, _ command: String, _ names: [String]) {
+            let bytes = RESPEncoder.encode(RedisCommand(command, names.map { RedisArgument($0) }))
+            let sent = Sent(kind: kind, names: names, replies: max(1, names.count))
+            let loop = self.connection.eventLoop
+            if loop.inEventLoop {
+                self.write(sent, bytes)
+            } else {
+                loop.execute { self.write(sent, bytes) }
+            }
+        }
+
+        /// On the event loop: the connection writes it at once (``RedisConnection/sendPush(_:)``).
+        private func write(_ sent: Sent, _ bytes: ByteBuffer) {
+            self.unanswered.withLock { $0.append(sent) }
+            self.connection.sendPush(bytes)
+        }
+
+        /// A reply that is not a message (on the event loop): the command it answered, when it is an error.
+        func answered(_ reply: RESPValue) -> Sent? {
+            self.unanswered.withLock { unanswered -> Sent? in
+                guard !unanswered.isEmpty else { return nil }
+                if case .error = reply { return unanswered.removeFirst() }
+                unanswered[unanswered.startIndex].replies -= 1
+                if unanswered[unanswered.startIndex].replies <= 0 { unanswered.removeFirst() }
+                return nil
+            }
+        }
+    }
+
     /// Returns when `connection` closes. It is pinged every `pubSubPingInterval`, and closed when it answered
     /// nothing (pong or message) in a whole interval: a connection whose peer is gone without a reset (a failover,
     /// a partition) would otherwise wait for TCP keep-alive (hours) while every message published is lost; closed,
     /// it is opened again and the subscribers are told messages were lost (``restorations()``).
-    private func watch(_ connection: RedisConnection, heard: Heard) async {
+    private func watch(_ link: Link, heard: Heard) async {
         let interval = self.configuration.pubSubPingInterval
-        let ping = RESPEncoder.encode(RedisCommand("PING"))
+        let connection = link.connection
         await withTaskGroup(of: Void.self) { group in
             group.addTask { try? await connection.closeFuture.get() }
             group.addTask {
                 while !Task.isCancelled {
                     heard.value.store(false, ordering: .relaxed)
-                    connection.sendPush(ping)
+                    link.push(.other, "PING", [])
                     do { try await Task.sleep(for: interval) } catch { return }
                     if !heard.value.load(ordering: .relaxed) {
                         self.logger.warning("redis pub/sub connection answered nothing for an interval; reconnecting",
@@ -369,9 +442,16 @@ final class RedisSubscriber: Sendable {
         ByteBuffer(bytes: payload.readableBytesView)
     }
 
-    /// A push from the pub/sub connection (on its event loop).
-    private func received(_ value: RESPValue) {
-        guard case .array(let parts) = value, let kind = parts.first?.string?.lowercased() else { return }
+    /// A push from the pub/sub connection `link` (on its event loop).
+    private func received(_ value: RESPValue, on link: Link) {
+        guard case .array(let parts) = value, let kind = parts.first?.string?.lowercased() else {
+            // An error answers a whole command: a SUBSCRIBE or PSUBSCRIBE refused (`NOPERM`), or another. (`+PONG`:
+            // a PING while nothing is subscribed.)
+            if let command = link.answered(value), case .error(let message) = value {
+                self.refused(command, message, on: link)
+            }
+            return
+        }
         switch kind {
         case "message" where parts.count == 3:
             guard let channel = parts[1].string, let payload = parts[2].byteBuffer else { return }
@@ -382,21 +462,71 @@ final class RedisSubscriber: Sendable {
             let message = RedisPubSubMessage(channel: channel, pattern: pattern, payload: Self.own(payload))
             self.deliver(message) { $0.patterns.contains(pattern) }
         case "subscribe", "psubscribe":
+            _ = link.answered(value)
             guard parts.count >= 2, let name = parts[1].string else { return }
             let ready = self.state.withLock { state -> [CheckedContinuation<Confirmation, Never>] in
+                guard state.link === link else { return [] }
                 if kind == "subscribe" { state.confirmedChannels.insert(name) } else { state.confirmedPatterns.insert(name) }
-                var ready: [CheckedContinuation<Confirmation, Never>] = []
-                for (id, waiter) in state.confirmationWaiters
-                where waiter.channels.isSubset(of: state.confirmedChannels) && waiter.patterns.isSubset(of: state.confirmedPatterns) {
-                    ready.append(waiter.continuation)
-                    state.confirmationWaiters[id] = nil
-                }
-                return ready
+                return Self.takeConfirmed(&state)
             }
             for waiter in ready { waiter.resume(returning: .confirmed) }
         default:
-            break
+            // UNSUBSCRIBE, PUNSUBSCRIBE, PING.
+            _ = link.answered(value)
         }
+    }
+
+    /// The waiters whose channels and patterns are all confirmed, removed from `state`.
+    private static func takeConfirmed(_ state: inout State) -> [CheckedContinuation<Confirmation, Never>] {
+        var ready: [CheckedContinuation<Confirmation, Never>] = []
+        for (id, waiter) in state.confirmationWaiters where waiter.isConfirmed(state) {
+            ready.append(waiter.continuation)
+            state.confirmationWaiters[id] = nil
+        }
+        return ready
+    }
+
+    /// The server refused `command`, a SUBSCRIBE or PSUBSCRIBE sent on `link` (an ACL without its channel, or
+    /// without the command). Every subscription to the channel or pattern ends — it would never yield — and a
+    /// `subscribe` waiting for it throws the server's error; the supervisor no longer waits for it.
+    private func refused(_ command: Link.Sent, _ message: String, on link: Link) {
+        let isPattern: Bool
+        switch command.kind {
+        case .subscribe: isPattern = false
+        case .psubscribe: isPattern = true
+        case .other: return
+        }
+        let names = Set(command.names)
+        // The server's text first: it is what `serverErrorPrefix` (`NOPERM`) reads.
+        let error = RedisError.server("\(message) (\(isPattern ? "PSUBSCRIBE" : "SUBSCRIBE") \(command.names.joined(separator: " ")))")
+        let outcome = self.state.withLock { state -> (refused: [CheckedContinuation<Confirmation, Never>],
+                                                      confirmed: [CheckedContinuation<Confirmation, Never>],
+                                                      ended: [AsyncStream<RedisPubSubMessage>.Continuation])? in
+            guard state.link === link else { return nil }
+            var refused: [CheckedContinuation<Confirmation, Never>] = []
+            for (id, var waiter) in state.confirmationWaiters
+            where !(isPattern ? waiter.patterns : waiter.channels).isDisjoint(with: names) {
+                if waiter.isRenewal {
+                    if isPattern { waiter.patterns.subtract(names) } else { waiter.channels.subtract(names) }
+                    state.confirmationWaiters[id] = waiter
+                } else {
+                    refused.append(waiter.continuation)
+                    state.confirmationWaiters[id] = nil
+                }
+            }
+            let ended = state.subscribers.values
+                .filter { !(isPattern ? $0.patterns : $0.channels).isDisjoint(with: names) }
+                .map(\.continuation)
+            return (refused, Self.takeConfirmed(&state), ended)
+        }
+        guard let outcome else { return }
+        self.logger.error("redis refused a subscription; it ends", metadata: [
+            "error": "\(message)", isPattern ? "patterns" : "channels": "\(command.names.joined(separator: " "))",
+        ])
+        for waiter in outcome.refused { waiter.resume(returning: .refused(error)) }
+        for waiter in outcome.confirmed { waiter.resume(returning: .confirmed) }
+        // Ending a subscription unsubscribes it (`onTermination`), which gives up its channels.
+        for continuation in outcome.ended { continuation.finish() }
     }
 
     private func deliver(_ message: RedisPubSubMessage, to matches: (Subscriber) -> Bool) {
@@ -432,10 +562,10 @@ final class RedisSubscriber: Sendable {
     }
 
     func shutdown() async {
-        let (supervisor, connection, continuations, waiters, watchers) = self.state.withLock { state in
+        let (supervisor, link, continuations, waiters, watchers) = self.state.withLock { state in
             state.isShutdown = true
             let result = (
-                state.supervisor, state.connection, state.subscribers.values.map(\.continuation),
+                state.supervisor, state.link, state.subscribers.values.map(\.continuation),
                 state.confirmationWaiters.values.map(\.continuation), Array(state.restorationWatchers.values)
             )
             state.subscribers = [:]
@@ -445,7 +575,7 @@ final class RedisSubscriber: Sendable {
             return result
         }
         supervisor?.cancel()
-        connection?.close()
+        link?.connection.close()
         for waiter in waiters { waiter.resume(returning: .interrupted) }
         for continuation in continuations { continuation.finish() }
         for watcher in watchers { watcher.finish() }

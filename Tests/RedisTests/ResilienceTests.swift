@@ -423,6 +423,101 @@ struct ResilienceTests {
         await reader.value
     }
 
+    /// A user that may not subscribe to a channel (Redis 7's default `resetchannels`, or `-subscribe`).
+    func withRestrictedUser(
+        _ rules: [String], _ body: (_ user: String, _ admin: RedisClient, _ client: RedisClient) async throws -> Void
+    ) async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let admin = try makeClient(server, poolSize: 1)
+        let user = "restricted-\(UUID().uuidString.prefix(8).lowercased())"
+        let setUser = ["ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all"] + rules
+        _ = try await admin.send(RedisCommand(arguments: setUser.map { RedisArgument($0) }))
+        var configuration = try RedisConfiguration(url: "redis://\(user):pw@127.0.0.1:\(server.port)/0")
+        configuration.initialReconnectDelay = .milliseconds(20)
+        configuration.maximumReconnectDelay = .milliseconds(200)
+        let client = RedisClient(configuration: configuration, logger: TestEnvironment.logger)
+        do {
+            try await body(user, admin, client)
+        } catch {
+            await client.shutdown()
+            _ = try? await admin.send(["ACL", "DELUSER", RedisArgument(user)])
+            await admin.shutdown()
+            throw error
+        }
+        await client.shutdown()
+        _ = try await admin.send(["ACL", "DELUSER", RedisArgument(user)])
+        await admin.shutdown()
+    }
+
+    /// Subscribes to `channels`/`patterns`, which the server refuses: the call must throw at once, saying so.
+    func expectRefused(_ client: RedisClient, channels: [String] = [], patterns: [String] = []) async {
+        let started = ContinuousClock.now
+        do {
+            _ = try await client.subscribe(to: channels, patterns: patterns)
+            Issue.record("a refused subscription was reported as made")
+        } catch {
+            #expect(error.code == .server, "\(error)")
+            #expect(error.message.contains("NOPERM"), "\(error)")
+        }
+        #expect(started.duration(to: .now) < .seconds(1), "the refusal took \(started.duration(to: .now))")
+    }
+
+    /// Before, the refusal (`-NOPERM`) was dropped unseen: `subscribe` waited out its confirmation time (2.25 s) and
+    /// returned a subscription that never yielded anything.
+    @Test func aSubscriptionTheServerRefusesThrows() async throws {
+        try await withRestrictedUser(["resetchannels", "&allowed"]) { _, admin, client in
+            await expectRefused(client, channels: ["refused"])
+            await expectRefused(client, channels: ["refused"])  // asked again: the refused channel was not kept
+            await expectRefused(client, patterns: ["ref*"])
+            // The connection serves what the user may subscribe to.
+            let subscription = try await client.subscribe(to: ["allowed"])
+            #expect(try await admin.publish("hello", to: "allowed") == 1)
+            var iterator = subscription.makeAsyncIterator()
+            #expect(await iterator.next()?.string == "hello")
+        }
+        try await withRestrictedUser(["-subscribe"]) { _, admin, client in
+            await expectRefused(client, channels: ["any"])
+            let subscription = try await client.subscribe(to: [], patterns: ["an*"])
+            #expect(try await admin.publish("hi", to: "any") == 1)
+            var iterator = subscription.makeAsyncIterator()
+            #expect(await iterator.next()?.string == "hi")
+        }
+    }
+
+    /// A channel the server refuses when it is renewed after a gap (the user's permissions changed meanwhile): the
+    /// subscription ends, so its owner finds out (and subscribes again, which throws while refused), and the gap is
+    /// still told.
+    @Test func aSubscriptionRefusedOnRenewalEnds() async throws {
+        try await withRestrictedUser([]) { user, admin, client in
+            let restorations = client.subscriptionRestorations()
+            let gaps = Mutex(0)
+            let watcher = Task { for await _ in restorations { gaps.withLock { $0 += 1 } } }
+            let kept = try await client.subscribe(to: ["kept"])
+            let revoked = try await client.subscribe(to: ["revoked"])
+            let ended = Mutex(false)
+            let reader = Task {
+                for await _ in revoked {}
+                ended.withLock { $0 = true }
+            }
+            let received = Mutex<[String]>([])
+            let keptReader = Task { for await m in kept { received.withLock { $0.append(m.string) } } }
+            // Redis 7 closes the user's pub/sub connection when its channel permissions shrink.
+            _ = try await admin.send(["ACL", "SETUSER", RedisArgument(user), "resetchannels", "&kept"])
+            #expect(await eventually(timeout: .seconds(10)) { ended.withLock { $0 } }, "the refused subscription did not end")
+            #expect(await eventually(timeout: .seconds(10)) { gaps.withLock { $0 } == 1 })
+            #expect(try await admin.publish("still", to: "kept") == 1)
+            #expect(await eventually { received.withLock { $0 } == ["still"] })
+            await expectRefused(client, channels: ["revoked"])
+            watcher.cancel()
+            keptReader.cancel()
+            reader.cancel()  // ended already, unless the test failed
+            await watcher.value
+            await keptReader.value
+            await reader.value
+        }
+    }
+
     @Test func pubSubResubscribesAfterRestart() async throws {
         let server = try RedisServerProcess()
         defer { server.stop() }
