@@ -83,7 +83,10 @@ struct StoreEventListener: Service {
                     }
                 }
             } catch {
-                logger.warning("store subscription failed; retrying", metadata: ["channel": "\(channel)"])
+                // Says why: a Redis user refused the channel (NOPERM: ACL `resetchannels`, `-subscribe`) is not an
+                // outage, and revocations do not reach this gateway until it is allowed.
+                logger.warning("store subscription failed; retrying",
+                               metadata: ["channel": "\(channel)", "error": "\(error)"])
             }
             // The backoff ends early on graceful shutdown (up to 5 s while the store is down).
             try? await cancelWhenGracefulShutdown { [delay] in try await Task.sleep(for: delay) }
