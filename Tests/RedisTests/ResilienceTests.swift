@@ -391,7 +391,7 @@ struct ResilienceTests {
     @Test func aGapIsToldOnceTheRenewedSubscriptionsAreConfirmed() async throws {
         let server = try RedisServerProcess()
         defer { server.stop() }
-        let proxy = try DelayProxy(to: server.port)
+        let proxy = try BlackholeProxy(to: server.port)  // with a delay, not silenced
         defer { proxy.stop() }
         var configuration = try RedisConfiguration(url: "redis://127.0.0.1:\(proxy.port)/0")
         configuration.initialReconnectDelay = .milliseconds(20)

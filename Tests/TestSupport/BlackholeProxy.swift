@@ -7,7 +7,9 @@ import Darwin
 
 /// A TCP proxy on 127.0.0.1 to a local port, for tests of a peer that goes silent without a reset (a failover, a
 /// network partition): after ``blackhole()``, every connection open at that moment forwards nothing either way and
-/// is never closed; connections opened later are forwarded as usual.
+/// is never closed; connections opened later are forwarded as usual. While ``delay`` is above zero, each chunk a
+/// client sends reaches the server that much later (in order; the server's bytes pass at once): a command reaches
+/// Redis late, as over a congested link.
 ///
 /// Each descriptor is closed once, by the thread that owns it (the accept thread its listener, the last pump of a
 /// connection both of its sockets); ``stop()`` only shuts them down, which wakes those threads.
@@ -17,6 +19,7 @@ public final class BlackholeProxy: @unchecked Sendable {  // state under `lock`;
     private let listener: Int32
     private let lock = NSLock()
     private var generation = 0
+    private var held: Duration = .zero
     private var sockets: [Int32] = []
     private var stopped = false
     /// Pumps still running, by connection (its client socket).
@@ -42,6 +45,12 @@ public final class BlackholeProxy: @unchecked Sendable {  // state under `lock`;
         self.listener = fd
         self.port = Int(UInt16(bigEndian: address.sin_port))
         Thread.detachNewThread { self.acceptLoop() }
+    }
+
+    /// How long each chunk from a client is held before it is passed on.
+    public var delay: Duration {
+        get { lock.withLock { held } }
+        set { lock.withLock { held = newValue } }
     }
 
     /// Silences every connection open now, for good.
@@ -94,14 +103,14 @@ public final class BlackholeProxy: @unchecked Sendable {  // state under `lock`;
                 close(server)
                 continue
             }
-            Thread.detachNewThread { self.pump(from: client, to: server, generation: generation, pair: client) }
-            Thread.detachNewThread { self.pump(from: server, to: client, generation: generation, pair: client) }
+            Thread.detachNewThread { self.pump(from: client, to: server, generation: generation, delayed: true, pair: client) }
+            Thread.detachNewThread { self.pump(from: server, to: client, generation: generation, delayed: false, pair: client) }
         }
     }
 
-    /// Copies `from` to `to` until either closes; once silenced, reads and drops. The connection's last pump to end
-    /// closes both sockets.
-    private func pump(from: Int32, to: Int32, generation: Int, pair: Int32) {
+    /// Copies `from` to `to` until either closes, each chunk after ``delay`` when `delayed`; once silenced, reads and
+    /// drops. The connection's last pump to end closes both sockets.
+    private func pump(from: Int32, to: Int32, generation: Int, delayed: Bool, pair: Int32) {
         defer {
             let last = lock.withLock { () -> Bool in
                 pumps[pair, default: 1] -= 1
@@ -123,6 +132,13 @@ public final class BlackholeProxy: @unchecked Sendable {  // state under `lock`;
                 return
             }
             if lock.withLock({ self.generation != generation }) { continue }
+            if delayed {
+                let wait = self.delay
+                if wait > .zero {
+                    let (seconds, attoseconds) = wait.components
+                    usleep(useconds_t(seconds * 1_000_000 + attoseconds / 1_000_000_000_000))
+                }
+            }
             var sent = 0
             while sent < n {
                 let w = buffer.withUnsafeBytes { send(to, $0.baseAddress! + sent, n - sent, Int32(MSG_NOSIGNAL)) }
