@@ -215,6 +215,9 @@ final class TokenKeeper: Sendable {
                 try await expireRefused(t)
             }
         }
+        // From here KIS is asked for a token (unless another request obtained one meanwhile): one of the user's
+        // refreshes that reach KIS.
+        try await chargeRefreshToKIS(userID)
         var fresh = account
         fresh.isActive = true
         fresh.updatedAt = now
@@ -230,6 +233,22 @@ final class TokenKeeper: Sendable {
                 throw Problem(.accountNotFound, "no \(environment.rawValue) account is connected")
             }
             return try await refresh(userID: userID, environment: environment, retried: true)
+        }
+    }
+
+    /// A user's refreshes that ask KIS for a token: 10 in a row, then one every 6 s, counted in the store for every
+    /// copy (as `validate` and `token` count account checks). A refresh that hands back the current token costs
+    /// nothing; one that goes to KIS — the token refused or due, or KIS refusing the key pair or the minute between
+    /// issuances (`EGW00133`), which every call asks again — does, so a client refreshing in a loop cannot make the
+    /// broker ask KIS for tokens from its address without end.
+    static let refreshesToKIS = RateLimit(rate: 1.0 / 6, burst: 10)
+
+    private func chargeRefreshToKIS(_ userID: String) async throws {
+        let key = "broker:refreshes:" + TokenDirectory.sha256(of: userID)
+        let decision = try await store.rateLimit(key, limit: Self.refreshesToKIS, cost: 1, maxWait: .zero)
+        if case .denied(let retryAfter) = decision {
+            throw Problem(.rateLimited, "too many token refreshes for this user; try again later",
+                          retryAfter: Problem.retryAfterSeconds(retryAfter))
         }
     }
 

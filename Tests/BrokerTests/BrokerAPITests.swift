@@ -635,6 +635,33 @@ struct BrokerAPITests {
         }
     }
 
+    /// Before, every refresh of a token KIS would not replace yet (EGW00133: one issuance a minute per app key) asked
+    /// KIS again: a client refreshing in a loop made the broker call tokenP from its address as fast as it asked.
+    @Test("refresh: a user's refreshes that reach KIS are limited (10 in a row, then one every 6 s): 429 rate_limited, KIS not asked")
+    func refreshesToKISLimited() async throws {
+        try await withBroker { b in
+            let jwt = try await b.jwt("u1")
+            let first = try #require(try await b.post("/api/kis/token", accountBody(appKey("loop")), jwt: jwt).json["token"] as? String)
+            try await b.kisRefused(first)  // each refresh now asks KIS, which refuses a second issuance within the minute
+            func tokenPCalls() async throws -> Int {
+                (try await b.sim(.GET, "/__sim/stats").json["calls"] as? [String: Int])?["tokenP"] ?? -1
+            }
+            let before = try await tokenPCalls()
+            var answers: [HTTPResult] = []
+            for _ in 0..<14 { answers.append(try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: jwt)) }
+            #expect(try await tokenPCalls() - before == 10)
+            #expect(answers.prefix(10).allSatisfy { $0.code == "kis_rate_limited" }, "\(answers.map(\.status))")
+            for r in answers.suffix(4) {
+                #expect(r.status == 429 && r.code == "rate_limited", "\(r.status) \(r.text)")
+                #expect(r.header("Retry-After").flatMap(Int.init).map { $0 >= 1 } == true)
+            }
+            // Another user's refreshes are theirs to spend.
+            let other = try await b.jwt("u2")
+            _ = try await b.post("/api/kis/token", accountBody(appKey("loop2")), jwt: other)
+            #expect(try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: other).status == 200)
+        }
+    }
+
     @Test("account: masked, connected, with the token's expiry; 404 for the other environment")
     func account() async throws {
         try await withBroker { b in
