@@ -374,7 +374,7 @@ struct SchedulerTests {
             #expect(kis.mostAtOnce == 8, "tokenP calls at once: \(kis.mostAtOnce)")
             #expect(kis.calls.map(\.appKey).sorted() == keys.sorted(), "each account once: \(kis.calls.map(\.appKey))")
             // Each token is saved after KIS answered: the last may still be on its way when the last call returns.
-            let saved = await eventually(timeout: .seconds(5)) {
+            let saved = try await eventually(timeout: .seconds(5)) {
                 for i in keys.indices where try await repository.tokens(userID: "u-pw\(i)", environment: .sandbox).count != 1 {
                     return false
                 }
