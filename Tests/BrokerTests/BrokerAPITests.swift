@@ -649,7 +649,10 @@ struct BrokerAPITests {
             let before = try await tokenPCalls()
             var answers: [HTTPResult] = []
             for _ in 0..<14 { answers.append(try await b.post("/api/kis/token/refresh", ["environment": "SANDBOX"], jwt: jwt)) }
-            #expect(try await tokenPCalls() - before == 10)
+            // Ten of them asked KIS (the broker's own scheduler, running beside them, may have asked once as well:
+            // the token is refused, and it refreshes accounts without a live token).
+            let asked = try await tokenPCalls() - before
+            #expect(asked == 10 || asked == 11, "tokenP calls: \(asked)")
             #expect(answers.prefix(10).allSatisfy { $0.code == "kis_rate_limited" }, "\(answers.map(\.status))")
             for r in answers.suffix(4) {
                 #expect(r.status == 429 && r.code == "rate_limited", "\(r.status) \(r.text)")
