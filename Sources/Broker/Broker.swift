@@ -221,15 +221,9 @@ struct BrokerCore: Sendable {
     /// spend its CPU.
     static let accountChecks = RateLimit(rate: 1.0 / 6, burst: 10)
 
-    /// `rate_limited` (429, `Retry-After`) past ``accountChecks`` for `userID`, counted in the shared store (so
-    /// across broker copies).
+    /// `rate_limited` (429, `Retry-After`) past ``accountChecks`` for `userID` (``TokenKeeper/throttle``).
     func throttleAccountChecks(_ userID: String) async throws {
-        let key = "broker:account-checks:" + TokenDirectory.sha256(of: userID)
-        let decision = try await run { try await keeper.store.rateLimit(key, limit: Self.accountChecks, cost: 1, maxWait: .zero) }
-        if case .denied(let retryAfter) = decision {
-            throw Problem(.rateLimited, "too many account checks for this user; try again later",
-                          retryAfter: Problem.retryAfterSeconds(retryAfter))
-        }
+        try await run { try await keeper.throttle(userID, "account-checks", limit: Self.accountChecks, "too many account checks") }
     }
 
     func validate(_ request: Request) async throws -> Response {

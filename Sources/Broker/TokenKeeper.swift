@@ -244,10 +244,15 @@ final class TokenKeeper: Sendable {
     static let refreshesToKIS = RateLimit(rate: 1.0 / 6, burst: 10)
 
     private func chargeRefreshToKIS(_ userID: String) async throws {
-        let key = "broker:refreshes:" + TokenDirectory.sha256(of: userID)
-        let decision = try await store.rateLimit(key, limit: Self.refreshesToKIS, cost: 1, maxWait: .zero)
-        if case .denied(let retryAfter) = decision {
-            throw Problem(.rateLimited, "too many token refreshes for this user; try again later",
+        try await throttle(userID, "refreshes", limit: Self.refreshesToKIS, "too many token refreshes")
+    }
+
+    /// `rate_limited` (429, `Retry-After`, "`what` for this user") past `limit` for `userID`'s `kind` of request,
+    /// counted in the shared store (so across broker copies).
+    func throttle(_ userID: String, _ kind: String, limit: RateLimit, _ what: String) async throws {
+        let key = "broker:\(kind):" + TokenDirectory.sha256(of: userID)
+        if case .denied(let retryAfter) = try await store.rateLimit(key, limit: limit, cost: 1, maxWait: .zero) {
+            throw Problem(.rateLimited, what + " for this user; try again later",
                           retryAfter: Problem.retryAfterSeconds(retryAfter))
         }
     }

@@ -42,7 +42,6 @@ final class TokenAuthorizer: Sendable {
     private struct Cache {
         var entries: [String: Entry] = [:]
         /// Counts forgets.
-        var generation: UInt64 = 0
         /// The generation of the last `forgetAll` (or of the last time `forgotten` overflowed).
         var allForgottenAt: UInt64 = 0
         /// The generation each recently forgotten token (by SHA-256) was forgotten at; at most `forgottenLimit`.
@@ -57,7 +56,8 @@ final class TokenAuthorizer: Sendable {
     private let lookup: @Sendable (_ token: String) async throws(StoreError) -> ResolvedToken?
     private let deadReason: (@Sendable (_ token: String, _ userID: String) async -> String?)?
     private let cache = Mutex(Cache())
-    /// `cache.generation`, readable without the lock; set (under it) before any decision is removed.
+    /// Counts forgets (``generation``): changed only under `cache`'s lock, before any decision is removed, and read
+    /// without it.
     private let forgets = Atomic<UInt64>(0)
     private let recheck: TimeInterval
     private let limit = 100_000
@@ -107,7 +107,7 @@ final class TokenAuthorizer: Sendable {
             return token
         }
         let resolved: ResolvedToken?
-        let lookupBegan = cache.withLock { $0.generation }
+        let lookupBegan = generation
         do { resolved = try await lookup(kisToken) } catch {
             guard error.code.isUnopenable else { throw failures.storeProblem(error, subject: "the token store") }
             // A record this gateway cannot open: sealed with a key it does not hold (its `[seal]` keys differ from
@@ -158,13 +158,12 @@ final class TokenAuthorizer: Sendable {
     /// Forgets every decision about the token with this SHA-256 (a `revoked` event, or KIS said it expired).
     func forget(sha256: String) {
         cache.withLock { c in
-            c.generation &+= 1
-            forgets.store(c.generation, ordering: .releasing)
+            let generation = forgets.wrappingAdd(1, ordering: .releasing).newValue
             if c.forgotten.count >= forgottenLimit {
                 c.forgotten.removeAll(keepingCapacity: true)
-                c.allForgottenAt = c.generation
+                c.allForgottenAt = generation
             }
-            c.forgotten[sha256] = c.generation
+            c.forgotten[sha256] = generation
             // The keys first, then the removals: removing while iterating would copy the whole table.
             let keys = c.entries.compactMap { $0.value.token.sha256 == sha256 ? $0.key : nil }
             for k in keys { c.entries.removeValue(forKey: k) }
@@ -175,9 +174,7 @@ final class TokenAuthorizer: Sendable {
     /// events were dropped).
     func forgetAll() {
         cache.withLock { c in
-            c.generation &+= 1
-            forgets.store(c.generation, ordering: .releasing)
-            c.allForgottenAt = c.generation
+            c.allForgottenAt = forgets.wrappingAdd(1, ordering: .releasing).newValue
             c.forgotten.removeAll()
             c.entries.removeAll()
         }
