@@ -839,14 +839,18 @@ final class TokenKeeper: Sendable {
 
     /// ``ensurePublished(_:account:)`` for a caller without the locks: publishing is done under them, and only while
     /// the token's row is still ACTIVE — a disconnect that unpublished it meanwhile (it marks the rows REVOKED and
-    /// deletes them under the locks) is not undone. False when the row is no longer ACTIVE (disconnected, or expired
-    /// by another request): the caller goes on as if there were no token to hand back.
+    /// deletes them under the locks) is not undone, nor a gateway's `dead:` mark set meanwhile. False when the row is no
+    /// longer ACTIVE (disconnected, or expired by another request) or the token is dead: the caller goes on as if there
+    /// were no token to hand back.
     private func publishedWhileActive(_ token: BrokerToken, account: Account) async throws -> Bool {
         if try await isPublished(token.sha256, userID: token.userID, environment: token.environment) { return true }
         return try await withAccountLocks(token.userID, token.environment, account.appKey) { _ in
             guard let row = try await repository.token(sha256: token.sha256), row.status == .active,
                 row.userID.isSameUserID(token.userID)
             else { return false }
+            // A gateway may have seen KIS refuse it (and unpublished it) since the caller looked, before the locks:
+            // expired, not published again.
+            if try await isDead(token) { return false }
             try await ensurePublished(token, account: account)
             return true
         }

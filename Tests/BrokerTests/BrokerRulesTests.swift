@@ -43,6 +43,8 @@ final class SwitchableRepository: BrokerRepository, Service {
     /// When set, every second read of that row's account (same user and environment) answers it instead of the
     /// stored one: an account whose app key keeps changing between reads.
     let alternate = Mutex<(row: StoredAccount, reads: Int)?>(nil)
+    /// When set, runs once, before the next read of a token by its SHA-256 (what happens meanwhile elsewhere).
+    let beforeTokenRead = Mutex<(@Sendable () async throws -> Void)?>(nil)
     init(_ inner: any BrokerRepository) { self.inner = inner }
 
     var refusedTokens: [String] { refused.withLock { $0 } }
@@ -104,7 +106,10 @@ final class SwitchableRepository: BrokerRepository, Service {
         return try await inner.tokens(userID: userID, environment: environment)
     }
     func tokens(status: TokenStatus) async throws -> [StoredToken] { try await inner.tokens(status: status) }
-    func token(sha256: String) async throws -> StoredToken? { try await inner.token(sha256: sha256) }
+    func token(sha256: String) async throws -> StoredToken? {
+        if let hook = beforeTokenRead.withLock({ h in defer { h = nil }; return h }) { try await hook() }
+        return try await inner.token(sha256: sha256)
+    }
     func deleteEndedTokens(expiredBefore before: Int64) async throws -> Int {
         try await inner.deleteEndedTokens(expiredBefore: before)
     }

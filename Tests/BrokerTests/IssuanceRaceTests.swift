@@ -199,6 +199,42 @@ struct IssuanceRaceTests {
         }
     }
 
+    /// A `token` call found its stored token alive and not dead, then took the account's locks to publish it again
+    /// (the store had lost it); a gateway seeing KIS refuse it meanwhile (`dead:`, unpublished) was not looked at
+    /// again under the locks, and the dead token was published and handed back. It is checked under them now. The
+    /// gateway's mark lands right after the call took the locks: before its first read under them.
+    @Test("a token marked dead while a token call took the account's locks is not published again nor handed back")
+    func deadWhileTakingTheLocks() async throws {
+        try await withBroker(config: quietSchedulerConfig) { b in
+            let (user, key) = ("u-deadwait", appKey("deadwait"))
+            let jwt = try await b.jwt(user)
+            let first = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: jwt).json["token"] as? String)
+            try await b.advanceClocks(61)  // KIS's minute between issuances: a new token can be had
+            // The store lost the token: the call publishes it again, under the account's locks.
+            try await TokenDirectory.unpublish(sha256: TokenDirectory.sha256(of: first), userID: user, environment: .sandbox,
+                                               store: b.store)
+            let repository = SwitchableRepository(try b.database.repository())  // SQLite: no pool to run
+            let keeper = makeKeeper(repository, store: b.store, keyring: b.keyring, kis: b.simURL, clock: { b.clock.now() })
+            let marked = Flag()
+            repository.beforeTokenRead.withLock {
+                $0 = {
+                    try await b.kisRefused(first, user: user)
+                    // A second on: the simulator, asked within the second it ended the token in, hands it back.
+                    try await b.advanceClocks(1)
+                    marked.value.store(true, ordering: .relaxed)
+                }
+            }
+            let form = AccountForm(environment: .sandbox, appKey: key, appSecret: "secret-" + key, accountNumber: "12345678-01")
+            let answered = try await keeper.connect(userID: user, form: form)
+            try #require(marked.current, "the call never read the token under the locks: the race did not happen")
+            #expect(answered.accessToken != first, "the dead token was handed back")
+            #expect(try await b.published(first) == nil, "the dead token was published again")
+            #expect(try await b.published(answered.accessToken)?.userID == user)
+            let row = try await repository.token(sha256: TokenDirectory.sha256(of: first))
+            #expect(row?.status == .expired)
+        }
+    }
+
     /// broker-api.md: DELETE revokes at KIS, unpublishes and deletes. Revoked at KIS first, the token stayed accepted
     /// by every gateway until it was unpublished (each then spent a KIS call to learn it had ended), and a KIS slower
     /// than the locks' life failed the disconnect with 504 after KIS had revoked the token, leaving it ACTIVE and
