@@ -141,10 +141,16 @@ public struct AccountVault: Sendable {
 
     /// Re-encrypts, with the current key, every row sealed with another key (after a rotation: a new `current`
     /// key in `[seal]`, the old ones kept to open). Returns how many rows it re-encrypted.
+    ///
+    /// An account is written back only while its row is still as read (``BrokerRepository/replaceAccountSeal(_:replacing:)``):
+    /// one written meanwhile — its user connecting a new key pair through another broker copy, which may still seal
+    /// with the old key during a rotation — keeps what was written. (Only the key id was compared before, and such a
+    /// row, still under the old key's id, was overwritten: the old key pair came back over the new one.)
     @discardableResult
     public func resealStaleRows(in repository: any BrokerRepository, logger: Logger) async throws -> Int {
         var count = 0
         var unopenable = 0
+        var changed = 0
         for row in try await repository.allAccounts() where row.kid != keyring.current {
             // A row whose key is gone cannot be re-encrypted; it is reported, and the rest go on.
             guard let account = try? open(row) else {
@@ -154,7 +160,13 @@ public struct AccountVault: Sendable {
             var fresh = try seal(account)
             fresh.createdAt = row.createdAt
             fresh.updatedAt = row.updatedAt
-            if try await repository.replaceAccountSeal(fresh, expectedKid: row.kid) { count += 1 }
+            if try await repository.replaceAccountSeal(fresh, replacing: row) { count += 1 } else { changed += 1 }
+        }
+        if changed > 0 {
+            // Written since it was read (by a request, another copy, or its re-encryption): left as it is now; one still
+            // sealed with an old key is re-encrypted at the next start.
+            logger.info("accounts changed while being re-encrypted are left as written",
+                        metadata: ["rows": "\(changed)"])
         }
         for status in TokenStatus.allCases {
             for row in try await repository.tokens(status: status) where row.kid != keyring.current {

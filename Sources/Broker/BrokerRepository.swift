@@ -127,9 +127,11 @@ public protocol BrokerRepository: Sendable {
     @discardableResult
     func deleteEndedTokens(expiredBefore before: Int64) async throws -> Int
 
-    /// Replaces the sealed fields, app key fingerprint and key id of an account only if it is still sealed with
-    /// `expectedKid` (so concurrent re-encryptions cannot clobber each other). Returns whether it did.
-    func replaceAccountSeal(_ account: StoredAccount, expectedKid: String) async throws -> Bool
+    /// Replaces the sealed fields, app key fingerprint and key id of an account only if the row is still as `old`
+    /// was read: the same key id and the same sealed app key, secret and account number. Every write seals anew (a
+    /// fresh nonce), so a row written since — a user connecting another key pair through another broker copy, even
+    /// one sealing with that same key — is left as written; so are concurrent re-encryptions. Returns whether it did.
+    func replaceAccountSeal(_ account: StoredAccount, replacing old: StoredAccount) async throws -> Bool
     /// Replaces the sealed access token and key id of a token only if it is still sealed with `expectedKid`.
     func replaceTokenSeal(tokenSHA256: String, accessToken: String, kid: String, expectedKid: String) async throws
         -> Bool

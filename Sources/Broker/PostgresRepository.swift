@@ -531,7 +531,7 @@ public final class PostgresRepository: BrokerRepository, Service {
         }
     }
 
-    public func replaceAccountSeal(_ account: StoredAccount, expectedKid: String) async throws -> Bool {
+    public func replaceAccountSeal(_ account: StoredAccount, replacing old: StoredAccount) async throws -> Bool {
         return try await bounded {
             let env = account.environment.rawValue
             let rows = try await self.client.query(
@@ -539,7 +539,9 @@ public final class PostgresRepository: BrokerRepository, Service {
                 UPDATE kis_accounts SET app_key = \(account.appKey), app_secret = \(account.appSecret),
                     account_number = \(account.accountNumber), seal_kid = \(account.kid),
                     app_key_fp = \(account.appKeyFingerprint)
-                WHERE user_id = \(account.userID) AND environment = \(env) AND seal_kid = \(expectedKid)
+                WHERE user_id = \(account.userID) AND environment = \(env) AND seal_kid = \(old.kid)
+                    AND app_key = \(old.appKey) AND app_secret = \(old.appSecret)
+                    AND account_number = \(old.accountNumber)
                 RETURNING user_id
                 """, logger: self.logger)
             var changed = false

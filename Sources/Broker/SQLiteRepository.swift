@@ -287,16 +287,17 @@ public final class SQLiteRepository: BrokerRepository {
         }
     }
 
-    public func replaceAccountSeal(_ account: StoredAccount, expectedKid: String) async throws -> Bool {
+    public func replaceAccountSeal(_ account: StoredAccount, replacing old: StoredAccount) async throws -> Bool {
         try await queue.write { db in
             try db.execute(
                 sql: """
                     UPDATE kis_accounts SET app_key = ?, app_secret = ?, account_number = ?, seal_kid = ?, app_key_fp = ?
-                    WHERE user_id = ? AND environment = ? AND seal_kid = ?
+                    WHERE user_id = ? AND environment = ? AND seal_kid = ? AND app_key = ? AND app_secret = ?
+                        AND account_number = ?
                     """,
                 arguments: [
                     account.appKey, account.appSecret, account.accountNumber, account.kid, account.appKeyFingerprint,
-                    account.userID, account.environment.rawValue, expectedKid,
+                    account.userID, account.environment.rawValue, old.kid, old.appKey, old.appSecret, old.accountNumber,
                 ])
             return db.changesCount > 0
         }

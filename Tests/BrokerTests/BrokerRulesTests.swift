@@ -45,6 +45,8 @@ final class SwitchableRepository: BrokerRepository, Service {
     let alternate = Mutex<(row: StoredAccount, reads: Int)?>(nil)
     /// When set, runs once, before the next read of a token by its SHA-256 (what happens meanwhile elsewhere).
     let beforeTokenRead = Mutex<(@Sendable () async throws -> Void)?>(nil)
+    /// When set, runs once, after the next listing of every account and before it is answered.
+    let afterAllAccounts = Mutex<(@Sendable () async throws -> Void)?>(nil)
     init(_ inner: any BrokerRepository) { self.inner = inner }
 
     var refusedTokens: [String] { refused.withLock { $0 } }
@@ -70,7 +72,11 @@ final class SwitchableRepository: BrokerRepository, Service {
         if let other { return other }
         return try await inner.account(userID: userID, environment: environment)
     }
-    func allAccounts() async throws -> [StoredAccount] { try await inner.allAccounts() }
+    func allAccounts() async throws -> [StoredAccount] {
+        let accounts = try await inner.allAccounts()
+        if let hook = afterAllAccounts.withLock({ h in defer { h = nil }; return h }) { try await hook() }
+        return accounts
+    }
     func accounts(environment: KISEnvironment, appKeyFingerprints: [String: String]) async throws -> [StoredAccount] {
         try await inner.accounts(environment: environment, appKeyFingerprints: appKeyFingerprints)
     }
@@ -117,8 +123,8 @@ final class SwitchableRepository: BrokerRepository, Service {
         if statusWritesFail.load(ordering: .relaxed) { throw TestFailure("the database refuses status writes") }
         try await inner.setStatus(status, tokenSHA256s: tokenSHA256s, updatedAt: updatedAt)
     }
-    func replaceAccountSeal(_ account: StoredAccount, expectedKid: String) async throws -> Bool {
-        try await inner.replaceAccountSeal(account, expectedKid: expectedKid)
+    func replaceAccountSeal(_ account: StoredAccount, replacing old: StoredAccount) async throws -> Bool {
+        try await inner.replaceAccountSeal(account, replacing: old)
     }
     func replaceTokenSeal(tokenSHA256: String, accessToken: String, kid: String, expectedKid: String) async throws
         -> Bool

@@ -5,6 +5,7 @@ import KisgwConfiguration
 import Logging
 import PostgresNIO
 import Store
+import Synchronization
 import Testing
 import Tokens
 
@@ -76,15 +77,22 @@ struct RepositoryContractTests {
         }
     }
 
-    @Test("re-sealing replaces a row only while it still has the expected key id", arguments: DatabaseKind.allCases)
+    @Test("re-sealing replaces a row only while it is still as read: its key id and sealed fields", arguments: DatabaseKind.allCases)
     func resealCompareAndSet(kind: DatabaseKind) async throws {
         let db = try await TestDatabase.make(kind)
         try await withRepository(db) { repo in
             try await repo.saveAccount(Self.account("u1"), token: Self.token("u1", "a", issuedAt: 100))
             var fresh = Self.account("u1", kid: "k2")
             fresh.appSecret = "resealed"
-            #expect(try await repo.replaceAccountSeal(fresh, expectedKid: "k1"))
-            #expect(try await repo.replaceAccountSeal(fresh, expectedKid: "k1") == false)
+            // Written since it was read, with the same key id: each sealed field alone tells.
+            for change in [\StoredAccount.appKey, \.appSecret, \.accountNumber] {
+                var read = Self.account("u1")
+                read[keyPath: change] = "sealed-before"
+                #expect(try await repo.replaceAccountSeal(fresh, replacing: read) == false)
+            }
+            #expect(try await repo.account(userID: "u1", environment: .sandbox)?.appSecret == "sealed-secret")
+            #expect(try await repo.replaceAccountSeal(fresh, replacing: Self.account("u1")))
+            #expect(try await repo.replaceAccountSeal(fresh, replacing: Self.account("u1")) == false)
             #expect(try await repo.account(userID: "u1", environment: .sandbox)?.appSecret == "resealed")
             #expect(try await repo.replaceTokenSeal(tokenSHA256: "a", accessToken: "x", kid: "k2", expectedKid: "k1"))
             #expect(try await repo.replaceTokenSeal(tokenSHA256: "a", accessToken: "y", kid: "k3", expectedKid: "k1") == false)
@@ -138,7 +146,8 @@ struct RepositoryContractTests {
             try await repo.saveAccount(account("u1", kid: "k1", fp: "f6"), token: nil)
             #expect(try await found(["k1": "f1"]).isEmpty)
             #expect(try await found(["k1": "f6"]) == ["u1"])
-            #expect(try await repo.replaceAccountSeal(account("u1", kid: "k2", fp: "f7"), expectedKid: "k1"))
+            #expect(try await repo.replaceAccountSeal(account("u1", kid: "k2", fp: "f7"),
+                                                    replacing: account("u1", kid: "k1", fp: "f6")))
             #expect(try await found(["k1": "f6"]).isEmpty)
             #expect(try await found(["k2": "f7"]) == ["u1"])
             #expect(try await repo.allAccounts().count == 5)
@@ -476,6 +485,38 @@ struct VaultTests {
             #expect(try await both.resealStaleRows(in: repo, logger: quietLogger) == 1)
             #expect(try await repo.account(userID: "99", environment: .live)?.kid == "k0")
             #expect(try await repo.account(userID: "42", environment: .live)?.kid == "k2")
+        }
+    }
+
+    /// The re-encryption reads every row sealed with an old key, then writes each back sealed with the new one. A
+    /// user connecting a new key pair meanwhile through another broker copy — still sealing with the old key, as
+    /// copies not yet restarted do during a rotation — kept the old key id, and the re-encryption wrote the old key
+    /// pair back over the new one. It is left as written now, and re-encrypted at the next start.
+    @Test("rotation: an account written while the re-encryption ran keeps what was written", arguments: DatabaseKind.allCases)
+    func resealLeavesANewerRow(kind: DatabaseKind) async throws {
+        let db = try await TestDatabase.make(kind)
+        let old = try Self.vault("k1", ["k1": 1]), both = try Self.vault("k2", ["k1": 1, "k2": 2])
+        var connected = Self.account
+        connected.appKey = "PSnewkeyxxxxxxxxxxxxxxxxxxxxxxxxwxyz"
+        connected.appSecret = "the-new-secret"
+        connected.accountNumber = "87654321-01"
+        let replacement = connected
+        try await withRepository(db) { inner in
+            try await inner.saveAccount(try old.seal(Self.account), token: nil)
+            let repo = SwitchableRepository(inner)
+            // Right after the re-encryption listed the rows: the user connects another key pair through a copy that
+            // still seals with k1.
+            repo.afterAllAccounts.withLock { $0 = { try await inner.saveAccount(try old.seal(replacement), token: nil) } }
+            #expect(try await both.resealStaleRows(in: repo, logger: quietLogger) == 0)
+            #expect(repo.afterAllAccounts.withLock { $0 == nil }, "the account was not written during the re-encryption")
+            let stored = try #require(try await inner.account(userID: "42", environment: .live))
+            #expect(try both.open(stored) == replacement, "the re-encryption wrote the old key pair back over the new one")
+            #expect(stored.kid == "k1")
+            // Re-encrypted at the next start, as written.
+            #expect(try await both.resealStaleRows(in: repo, logger: quietLogger) == 1)
+            let rotated = try #require(try await inner.account(userID: "42", environment: .live))
+            #expect(rotated.kid == "k2")
+            #expect(try both.open(rotated) == replacement)
         }
     }
 }
