@@ -108,8 +108,7 @@ final class ChartService: Sendable {
             // while fresh, and a newer stale copy than this process's (`stale_while_revalidate_s`,
             // `stale_if_error_s`). While this process refreshes the key itself, its own copy is served as it is.
             if let shared = await sharedCopy(key), shared.storedAt > e.storedAt {
-                l1.set(key, shared, cost: shared.cost)
-                entry = shared
+                entry = keepNewer(key, shared)
             }
         }
         let now = Self.now()
@@ -317,8 +316,7 @@ final class ChartService: Sendable {
                 switch step {
                 case .value(let buffer):
                     if let e = ChartEntry.decode(buffer) {
-                        l1.set(key, e, cost: e.cost)
-                        return (e, nil, nil)
+                        return (keepNewer(key, e), nil, nil)
                     }
                     continue  // unreadable: fetch it under the lock
                 case .locked(let l, let slot):
@@ -337,9 +335,8 @@ final class ChartService: Sendable {
             }
             if let lock {
                 if let filled, let e = ChartEntry.decode(filled), e.freshUntil > Self.now() {
-                    l1.set(key, e, cost: e.cost)
                     releaseInBackground(lock)
-                    return (e, nil, nil)
+                    return (keepNewer(key, e), nil, nil)
                 }
                 // The fetch this request waited on, on another gateway, failed: its answer is this one's too.
                 if let since = waitingSince,
@@ -464,8 +461,14 @@ final class ChartService: Sendable {
 
     private func freshFromStore(_ key: String) async -> ChartEntry? {
         guard let e = await storedCopy(key), e.freshUntil > Self.now() else { return nil }
-        l1.set(key, e, cost: e.cost)
-        return e
+        return keepNewer(key, e)
+    }
+
+    /// Puts `copy`, read from the shared store, in the L1 unless the L1 holds a newer one of `key` (stored later):
+    /// this process's own fetch, or another read's, may have put one there while this read was on its way. Returns
+    /// the newer of the two.
+    private func keepNewer(_ key: String, _ copy: ChartEntry) -> ChartEntry {
+        l1.offer(key, copy, cost: copy.cost) { held in held.storedAt > copy.storedAt }
     }
 
     /// The store's copy of `key` (`cache:{key}`), fresh or not; nil when it has none, or cannot be read or decoded.

@@ -38,23 +38,41 @@ final class L1Cache<Value: Sendable>: Sendable {
 
     func set(_ key: String, _ value: Value, cost: Int) {
         guard maxEntries > 0, cost <= maxBytes else { return }
-        state.withLock { s in
-            if let i = s.index[key] {
-                s.bytes += cost - s.slots[i]!.cost
-                s.slots[i] = Slot(key: key, value: value, cost: cost, referenced: true)
-            } else {
-                let slot = Slot(key: key, value: value, cost: cost, referenced: false)
-                if let i = s.free.popLast() {
-                    s.slots[i] = slot
-                    s.index[key] = i
-                } else {
-                    s.slots.append(slot)
-                    s.index[key] = s.slots.count - 1
-                }
-                s.bytes += cost
+        state.withLock { s in Self.insert(&s, key, value, cost: cost, maxEntries: maxEntries, maxBytes: maxBytes) }
+    }
+
+    /// Keeps `value` under `key` unless what `key` holds already is to be kept instead (`keepsHeld(held)`), in one
+    /// step: a copy read from the shared store while this process fetched a newer one does not replace it. Returns
+    /// what `key` holds afterwards (`value` when nothing is kept: the cache off, or `value` too large).
+    func offer(_ key: String, _ value: Value, cost: Int, keepsHeld: (_ held: Value) -> Bool) -> Value {
+        guard maxEntries > 0, cost <= maxBytes else { return value }
+        return state.withLock { s in
+            if let i = s.index[key], keepsHeld(s.slots[i]!.value) {
+                s.slots[i]!.referenced = true
+                return s.slots[i]!.value
             }
-            Self.evict(&s, maxEntries: maxEntries, maxBytes: maxBytes, keep: key)
+            Self.insert(&s, key, value, cost: cost, maxEntries: maxEntries, maxBytes: maxBytes)
+            return value
         }
+    }
+
+    private static func insert(_ s: inout State, _ key: String, _ value: Value, cost: Int, maxEntries: Int,
+                               maxBytes: Int) {
+        if let i = s.index[key] {
+            s.bytes += cost - s.slots[i]!.cost
+            s.slots[i] = Slot(key: key, value: value, cost: cost, referenced: true)
+        } else {
+            let slot = Slot(key: key, value: value, cost: cost, referenced: false)
+            if let i = s.free.popLast() {
+                s.slots[i] = slot
+                s.index[key] = i
+            } else {
+                s.slots.append(slot)
+                s.index[key] = s.slots.count - 1
+            }
+            s.bytes += cost
+        }
+        evict(&s, maxEntries: maxEntries, maxBytes: maxBytes, keep: key)
     }
 
     func remove(_ key: String) {

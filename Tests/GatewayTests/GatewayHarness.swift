@@ -111,10 +111,11 @@ func testConfig(simURL: String, origins: [String] = ["http://localhost:3000", "h
         broker: broker)
 }
 
-/// Runs a simulator, then `gateways` gateways sharing one store, for the duration of `body`. With `log`, the gateways
+/// Runs a simulator, then `gateways` gateways sharing one store (on `redisURL`, else KISGW_TEST_REDIS_URL, when
+/// `kind` is Redis), for the duration of `body`. With `log`, the gateways
 /// log to it (text, from `logLevel` up), through the executable's handler (secrets scrubbed).
 func withGateway<T: Sendable>(
-    store kind: StoreKind = .memory,
+    store kind: StoreKind = .memory, redisURL: String? = nil,
     log: LogBuffer? = nil, logLevel: Logger.Level = .warning,
     sim simConfig: SimulatorConfiguration = SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000),
     gateways count: Int = 1,
@@ -129,7 +130,7 @@ func withGateway<T: Sendable>(
             LoggingSetup.makeHandler(label: label, level: logLevel, format: .text, output: log.output)
         }
     }
-    let (store, redis) = try makeStore(kind)
+    let (store, redis) = try makeStore(kind, url: redisURL)
     let keyring = SealKeyring.ephemeral()
     let (simPorts, simCont) = AsyncStream.makeStream(of: Int.self)
     var simConfig = simConfig
@@ -175,6 +176,14 @@ func chartKey(domesticChart path: String) throws -> String {
 /// When the store's copy of the domestic chart at `path` was stored (Unix seconds), or nil when the store has none.
 func storedAt(_ store: any SharedStore, domesticChart path: String) async throws -> Int64? {
     try await store.get("cache:" + chartKey(domesticChart: path)).flatMap { ChartEntry.decode($0) }?.storedAt
+}
+
+/// Puts a copy of the domestic chart at `path` in the store, as a gateway that fetched it now would, fresh for
+/// `freshFor` seconds (its body: `body`).
+func storeCopy(_ store: any SharedStore, domesticChart path: String, body: String, freshFor: Int64) async throws {
+    let now = Int64(Date().timeIntervalSince1970)
+    let entry = ChartEntry(body: ByteBuffer(string: body), storedAt: now, freshUntil: now + freshFor)
+    try await store.set("cache:" + chartKey(domesticChart: path), to: entry.encoded(), ttl: .seconds(freshFor + 60))
 }
 
 /// Has gateway 0 (`urls[0]`) fetch the domestic chart at `path` (a MISS) and gateway 1 answer it from the store (a

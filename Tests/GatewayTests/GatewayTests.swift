@@ -1024,4 +1024,46 @@ struct GatewayUpstreamTests {
             #expect(refreshed)
         }
     }
+
+    /// A cold read of the store's copy — this process held none — answered after this process's own refresh of the
+    /// same chart had put a newer copy in the L1 (the L1 had dropped the chart while the refresh ran) replaced the
+    /// newer copy with the older one: the request was answered STALE, and so were the ones after it, until the next
+    /// refresh. The L1 keeps the newer copy now, and the cold read answers with it.
+    @Test("a cold read of the store's copy does not replace a newer copy this process fetched meanwhile")
+    func coldReadKeepsTheNewerCopy() async throws {
+        try TestServices.requireRedisURL()
+        let chart = "/domestic/chart/daily/035420?start=2025-01-02&end=2025-01-31"
+        let other = "/domestic/chart/daily/035720?start=2025-01-02&end=2025-01-31"
+        let gate = RecordGate(prefix: "cache:" + (try chartKey(domesticChart: chart)))
+        // One chart in the L1; past the settled TTL after 1 s; KIS answers after 1.5 s.
+        let cache = KisgwConfig.Cache(l1Entries: 1, liveTTLS: 1, settledTTLS: 1, staleWhileRevalidateS: 60, staleIfErrorS: 60)
+        let sim = SimulatorConfiguration(port: 0, environment: .live, issueInterval: 0, ratePerSecond: 1000, latencyMs: 1500)
+        try await withGateway(store: .redis, sim: sim, config: { testConfig(simURL: $0, cache: cache) },
+                              dependencies: { _, deps in
+            deps.store = CountingStore(inner: deps.store, log: StoreCallLog(), label: "gw", afterReadOrLock: gate.pass)
+        }) { g, _ in
+            let kis = try await g.connect(user: "u10n", appKey: "PSapp-coldnewer")
+            let jwt = try await g.jwt("u10n")
+            #expect(try await g.get(chart, jwt: jwt, kis: kis).header("X-Cache") == "MISS")  // the L1 holds `chart`
+            try await waitUntilShared(g.store, domesticChart: chart)
+            let first = try #require(try await storedAt(g.store, domesticChart: chart))
+            // `other`: a fresh copy in the store only (read, it takes the L1's one place and asks KIS nothing).
+            try await storeCopy(g.store, domesticChart: other, body: #"{"candles":[]}"#, freshFor: 3600)
+            try await Task.sleep(for: .milliseconds(2100))
+            // Stale: answered so, and refreshed in the background (KIS takes 1.5 s).
+            #expect(try await g.get(chart, jwt: jwt, kis: kis).header("X-Cache") == "STALE")
+            #expect(try await g.get(other, jwt: jwt, kis: kis).header("X-Cache") == "HIT")
+            // `chart` again: the L1 has none, so the store's (older) copy is read; its answer is held back until the
+            // refresh has put its newer copy in the L1 and the store.
+            gate.hold()
+            let cold = Task { try await g.get(chart, jwt: jwt, kis: kis) }
+            #expect(await eventually(timeout: .seconds(10)) { gate.held == 1 }, "the cold read never read the store")
+            #expect(try await storedAfter(first, g.store, domesticChart: chart), "the refresh never stored its copy")
+            gate.release()
+            let answer = try await cold.value
+            #expect(answer.status == 200)
+            #expect(answer.header("X-Cache") == "HIT", "answered with the older copy: \(answer.header("X-Cache") ?? "-")")
+            #expect(try await g.get(chart, jwt: jwt, kis: kis).header("X-Cache") == "HIT")
+        }
+    }
 }

@@ -120,6 +120,8 @@ struct CountingStore: SharedStore {
     let label: String
     /// Runs after each `get` has read its key, before its caller has the value (a test holds a read in flight).
     var afterGet: (@Sendable (_ key: String) async -> Void)? = nil
+    /// The same after each `readOrLock` (its read key).
+    var afterReadOrLock: (@Sendable (_ readKey: String) async -> Void)? = nil
 
     var keyPrefix: String { inner.keyPrefix }
     func get(_ key: String) async throws(StoreError) -> ByteBuffer? {
@@ -176,7 +178,9 @@ struct CountingStore: SharedStore {
         async throws(StoreError) -> ReadOrLock
     {
         log.add(label, reserving == nil ? "readOrLock" : "readOrLock(reserving)", readKey)
-        return try await inner.readOrLock(readKey, lock: key, ttl: ttl, reserving: reserving)
+        let step = try await inner.readOrLock(readKey, lock: key, ttl: ttl, reserving: reserving)
+        await afterReadOrLock?(readKey)
+        return step
     }
     func renewLock(_ lock: StoreLock, ttl: Duration) async throws(StoreError) -> Bool {
         log.add(label, "renewLock", lock.key)

@@ -254,7 +254,8 @@ struct GatewayResilienceTests {
     }
 }
 
-/// Holds the reads of token records (`tok:…`) made while it is held, after they have read: lookups in flight.
+/// Holds the reads of the keys starting with `prefix` (token records, `tok:…`, unless told) made while it is held,
+/// after they have read: lookups in flight.
 final class RecordGate: Sendable {
     private struct State {
         var holding = false
@@ -262,6 +263,9 @@ final class RecordGate: Sendable {
     }
 
     private let state = Mutex(State())
+    private let prefix: String
+
+    init(prefix: String = "tok:") { self.prefix = prefix }
 
     /// How many reads it holds now.
     var held: Int { state.withLock { $0.held.count } }
@@ -278,7 +282,7 @@ final class RecordGate: Sendable {
     }
 
     @Sendable func pass(_ key: String) async {
-        guard key.hasPrefix("tok:") else { return }
+        guard key.hasPrefix(prefix) else { return }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let go = state.withLock { s -> Bool in
                 guard s.holding else { return true }
