@@ -31,6 +31,14 @@ struct StoreEventListener: Service {
                 await self.listen(to: TokenDirectory.eventsChannel, onLoss: {
                     self.authorizer.forgetAll()
                     self.logger.warning("token events were dropped (this gateway fell behind): KIS token decisions dropped")
+                }, onSubscribed: { retried in
+                    // Until now no event reached this gateway — since it started, or since the last subscription
+                    // ended (the channel refused, the store down): a decision taken meanwhile may be of a token revoked
+                    // since, and would be kept up to its recheck. Each is taken again from the token's record.
+                    self.authorizer.forgetAll()
+                    if retried {
+                        self.logger.notice("token events subscribed after a failure: KIS token decisions dropped")
+                    }
                 }) { self.handleEvent($0) }
             }
             group.addTask { await self.listen(to: self.filledChannel) { self.notifier.notify(String(buffer: $0)) } }
@@ -60,14 +68,21 @@ struct StoreEventListener: Service {
         if event.type == "revoked" { authorizer.forget(sha256: event.sha256) }
     }
 
-    /// - Parameter onLoss: called when messages of the channel were dropped because this reader fell behind, before
-    ///   the next message is handled.
+    /// - Parameters:
+    ///   - onLoss: called when messages of the channel were dropped because this reader fell behind, before the next
+    ///     message is handled.
+    ///   - onSubscribed: called each time the store has confirmed the channel's subscription, before its first message
+    ///     is handled; `retried` when an attempt failed or a subscription ended before.
     private func listen(to channel: String, onLoss: (@Sendable () -> Void)? = nil,
+                        onSubscribed: (@Sendable (_ retried: Bool) -> Void)? = nil,
                         _ handle: @escaping @Sendable (ByteBuffer) -> Void) async {
         var delay = Duration.milliseconds(100)
+        var retried = false
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            defer { retried = true }
             do {
                 let subscription = try await store.subscribe(to: channel)
+                onSubscribed?(retried)
                 delay = .milliseconds(100)
                 // One task reads the whole subscription until graceful shutdown. `cancelOnGracefulShutdown()` on the
                 // sequence merges it with the shutdown signal, which hands every message through a task of its own:

@@ -41,6 +41,50 @@ struct GatewayResilienceTests {
         }
     }
 
+    /// A `revoked` event published before the gateway's subscription to `events` was made — the gateway had just
+    /// started, or the store refused the channel (a Redis user without it: Redis 7's default `resetchannels`) or was
+    /// down — reached nobody, and a decision taken before it was kept up to its recheck (30 s). Once the
+    /// subscription is made the decisions taken before it are dropped, and the next request reads the record again.
+    @Test("a revocation published before the events subscription was made: decisions taken before it are dropped")
+    func revocationBeforeTheSubscription() async throws {
+        let server = try RedisServerProcess()
+        defer { server.stop() }
+        let adminURL = "redis://127.0.0.1:\(server.port)/0"
+        let (_, adminClient) = try makeStore(.redis, url: adminURL)
+        let admin = try #require(adminClient)
+        let adminRun = Task { await admin.run() }
+        defer { adminRun.cancel() }
+        // The gateway's Redis user may use every key and command but subscribe to no channel, until it is let.
+        let user = "gw-events"
+        _ = try await admin.send(["ACL", "SETUSER", RedisArgument(user), "on", ">pw", "~*", "resetchannels", "+@all"])
+        var configuration = try RedisConfiguration(url: "redis://\(user):pw@127.0.0.1:\(server.port)/0")
+        configuration.initialReconnectDelay = .milliseconds(20)
+        configuration.maximumReconnectDelay = .milliseconds(200)
+        let restricted = RedisClient(configuration: configuration, logger: Logger(label: "test-redis"))
+        let restrictedRun = Task { await restricted.run() }
+        defer { restrictedRun.cancel() }
+        try await withGateway(store: .redis, redisURL: adminURL, dependencies: { _, deps in
+            deps.store = RedisStore(client: restricted, keyPrefix: deps.store.keyPrefix)
+        }) { g, _ in
+            let kis = try await g.connect(user: "rb1", appKey: "PSapp-eventsrefused")
+            let jwt = try await g.jwt("rb1")
+            let path = "/domestic/chart/daily/005930?start=2025-01-02&end=2025-01-31"
+            #expect(try await g.get(path, jwt: jwt, kis: kis).status == 200)  // the decision is remembered now
+            // Revoked: the record goes and the event is published, to no subscriber of this gateway's.
+            try await TokenDirectory.unpublish(sha256: TokenDirectory.sha256(of: kis), userID: "rb1", environment: .live,
+                                               store: g.store)
+            #expect(try await g.get(path, jwt: jwt, kis: kis).status == 200, "the decision was not remembered")
+            // The channel allowed: the gateway's next attempt subscribes (its backoff is 5 s at most).
+            _ = try await admin.send(["ACL", "SETUSER", RedisArgument(user), "allchannels"])
+            let refused = try await eventually(timeout: .seconds(12)) {
+                try await g.get(path, jwt: jwt, kis: kis).code == "kis_token_invalid"
+            }
+            #expect(refused, "a decision taken before the events subscription outlived it")
+        }
+        await restricted.shutdown()
+        await admin.shutdown()
+    }
+
     /// A token's record read just before its revocation, by a lookup still under way when the gateway handles the
     /// `revoked` event: the request it was made for is answered, but the decision must not be remembered (it was kept
     /// for 30 s, past the event that was meant to end it).
