@@ -28,12 +28,13 @@ public enum GCRA {
     ///   - interval: emission interval in microseconds (> 0).
     ///   - burst: requests allowed back to back (≥ 1).
     ///   - cost: units this request consumes (≥ 0).
-    ///   - maxWait: the longest wait the caller accepts, in microseconds (≥ 0).
+    ///   - maxWait: the longest wait the caller accepts, in microseconds; a negative one (a deadline already passed)
+    ///     is zero, as ``RedisStore`` sends it to the script.
     public static func decide(tat: Int64?, now: Int64, interval: Int64, burst: Int64, cost: Int64, maxWait: Int64) -> Outcome {
         let base = max(tat ?? now, now)
         let newTAT = base + interval * cost
         let wait = max(0, newTAT - interval * burst - now)
-        if wait > maxWait {
+        if wait > max(0, maxWait) {
             return Outcome(allowed: false, wait: wait, newTAT: nil, keepFor: 0)
         }
         return Outcome(allowed: true, wait: wait, newTAT: newTAT, keepFor: newTAT - now)

@@ -331,6 +331,44 @@ struct StoreContractTests {
         await close()
     }
 
+    /// A negative maxWait (a caller's deadline already passed: `waitForRateLimit` computes it as time remaining) is a
+    /// maxWait of zero on both stores: a request that conforms now is allowed at once, one that would wait is denied
+    /// with the time it would wait, and nothing is booked by the denial. `RedisStore` sends it as zero; the memory
+    /// store passed it to GCRA as is, and denied every request, one that conformed now included, with a retry after
+    /// of zero (a caller retrying at once was denied again, for ever).
+    @Test(arguments: Backend.allCases)
+    func negativeMaxWaitIsZero(_ backend: Backend) async throws {
+        let (store, close) = try backend.makeStore()
+        // One per 10 s, bursts of two (slow, so a loaded machine cannot change the answers).
+        let limit = RateLimit(rate: 0.1, burst: 2)
+        let past: Duration = .milliseconds(-250)
+        #expect(try await store.rateLimit("neg", limit: limit, cost: 1, maxWait: past) == .allowed(after: .zero),
+                "\(backend)")
+        #expect(try await store.rateLimit("neg", limit: limit, cost: 1, maxWait: .seconds(-30)) == .allowed(after: .zero),
+                "\(backend)")
+        let denied = try await store.rateLimit("neg", limit: limit, cost: 1, maxWait: past)
+        guard case .denied(let retryAfter) = denied else {
+            Issue.record("the third in a burst of two must be denied on \(backend), got \(denied)")
+            return
+        }
+        #expect(retryAfter > .seconds(5) && retryAfter <= .seconds(10), "\(backend)")
+        // The denial booked nothing: the next caller willing to wait gets the slot the denied one was told of.
+        guard case .allowed(let wait) = try await store.rateLimit("neg", limit: limit, cost: 1, maxWait: .seconds(60)) else {
+            Issue.record("a caller willing to wait must get a reservation on \(backend)")
+            return
+        }
+        #expect(wait <= retryAfter && wait > .seconds(5), "\(backend)")
+        // A slot reserved by read-or-lock reads a negative maxWait the same way.
+        let reservation = RateReservation(key: "neg:r", limit: limit, maxWait: past)
+        let locked = try await store.readOrLock("neg:value", lock: "neg:lock", ttl: .seconds(30), reserving: reservation)
+        guard case .locked(_, let slot) = locked else {
+            Issue.record("expected the lock on \(backend), got \(locked)")
+            return
+        }
+        #expect(slot == .allowed(after: .zero), "\(backend)")
+        await close()
+    }
+
     /// store.md: the memory store "behaves the same" as Redis. A rate-limit key holding what is not a theoretical
     /// arrival time (whole microseconds) — written by hand or by another program — counts as absent on both, and the
     /// decision replaces it. Before, the Lua script failed on it (`tonumber` gave nil or NaN, or GET met a set), so
