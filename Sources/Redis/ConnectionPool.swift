@@ -62,15 +62,23 @@ package final class ConnectionPool: Sendable {
                 case .fail(let error): continuation.resume(throwing: error)
                 case .wait: continuation.resume(throwing: RedisError(.unavailable, "internal: unexpected wait"))
                 case nil:
+                    // Cancelled before the waiter was queued, `onCancel` found nothing to remove: it ends here, not
+                    // when a connection opens or the deadline passes.
+                    if Task.isCancelled {
+                        self.failWaiter(id: id, Self.cancelled)
+                        return
+                    }
                     self.group.any().scheduleTask(deadline: deadline) {
                         self.failWaiter(id: id, RedisError(.timeout, "timed out waiting for a connection to \(self.configuration.endpointDescription)"))
                     }
                 }
             }
         } onCancel: {
-            self.failWaiter(id: id, RedisError(.cancelled, "cancelled while waiting for a Redis connection"))
+            self.failWaiter(id: id, Self.cancelled)
         }
     }
+
+    private static let cancelled = RedisError(.cancelled, "cancelled while waiting for a Redis connection")
 
     private func failWaiter(id: Int, _ error: RedisError) {
         if let waiter = self.state.withLock({ $0.cancelWaiter(id: id) }) {
