@@ -82,6 +82,12 @@ final class RedisSubscriber: Sendable {
         var link: Link?
         var confirmedChannels: Set<String> = []
         var confirmedPatterns: Set<String> = []
+        /// The SUBSCRIBE and UNSUBSCRIBE (PSUBSCRIBE, PUNSUBSCRIBE) commands sent on `link` that Redis has yet to
+        /// answer, by channel (pattern). A channel is confirmed by the answer to the last one sent for it: an earlier
+        /// SUBSCRIBE's answer, of a subscriber gone since (its UNSUBSCRIBE on its way), is not the answer to the
+        /// SUBSCRIBE of the one that came after it.
+        var channelsInFlight: [String: Int] = [:]
+        var patternsInFlight: [String: Int] = [:]
         var confirmationWaiters: [Int: Waiter] = [:]
         var supervisor: Task<Void, Never>?
         var isShutdown = false
@@ -103,7 +109,14 @@ final class RedisSubscriber: Sendable {
         var continuation: CheckedContinuation<Confirmation, Never>
 
         func isConfirmed(_ state: State) -> Bool {
-            self.channels.isSubset(of: state.confirmedChannels) && self.patterns.isSubset(of: state.confirmedPatterns)
+            Self.isConfirmed(self.channels, self.patterns, state)
+        }
+
+        /// Every channel and pattern confirmed, or no longer wanted (unsubscribed while the supervisor waited for
+        /// its renewal: the answer to its SUBSCRIBE no longer confirms it).
+        static func isConfirmed(_ channels: Set<String>, _ patterns: Set<String>, _ state: State) -> Bool {
+            channels.allSatisfy { state.confirmedChannels.contains($0) || state.channelCounts[$0] == nil }
+                && patterns.allSatisfy { state.confirmedPatterns.contains($0) || state.patternCounts[$0] == nil }
         }
     }
 
@@ -124,7 +137,7 @@ final class RedisSubscriber: Sendable {
         let channelSet = Set(channels)
         let patternSet = Set(patterns)
         let losses = SubscriptionLosses()
-        let registered: (id: Int, link: Link?, newChannels: [String], newPatterns: [String])? = self.state.withLock { state in
+        let registered: Int? = self.state.withLock { state in
             guard !state.isShutdown else { return nil }
             let id = state.nextID
             state.nextID += 1
@@ -143,17 +156,15 @@ final class RedisSubscriber: Sendable {
             if state.supervisor == nil {
                 state.supervisor = Task { await self.supervise() }
             }
-            return (id, state.link, newChannels, newPatterns)
+            // Without a connection the supervisor subscribes everything once it connects.
+            if let link = state.link { Self.subscribe(newChannels, newPatterns, on: link, &state) }
+            return id
         }
         guard let registered else {
             continuation.finish()
             throw RedisError(.shutdown, "the Redis client was shut down")
         }
-        continuation.onTermination = { _ in self.unsubscribe(id: registered.id) }
-        if let link = registered.link {
-            self.send(channels: registered.newChannels, patterns: registered.newPatterns, on: link)
-        }
-        // Without a connection the supervisor subscribes everything once it connects.
+        continuation.onTermination = { _ in self.unsubscribe(id: registered) }
         if case .refused(let error) = await self.waitForConfirmation(channels: channelSet, patterns: patternSet) {
             continuation.finish()  // ended already (``refused(_:_:on:)``); its channels are given up
             throw error
@@ -185,9 +196,7 @@ final class RedisSubscriber: Sendable {
         let timeout = self.configuration.connectTimeout + self.configuration.commandTimeout
         return await withCheckedContinuation { (continuation: CheckedContinuation<Confirmation, Never>) in
             let done = self.state.withLock { state -> Confirmation? in
-                if channels.isSubset(of: state.confirmedChannels) && patterns.isSubset(of: state.confirmedPatterns) {
-                    return .confirmed
-                }
+                if Waiter.isConfirmed(channels, patterns, state) { return .confirmed }
                 if state.isDown || state.isShutdown { return .interrupted }
                 state.confirmationWaiters[waiterID] = Waiter(channels: channels, patterns: patterns, isRenewal: isRenewal,
                                                              continuation: continuation)
@@ -204,9 +213,12 @@ final class RedisSubscriber: Sendable {
         }
     }
 
+    /// The subscription `id` ended: the channels and patterns no other subscription needs are unsubscribed. Decided
+    /// and sent under the lock, as a subscription is: the commands for a channel reach Redis in the order the
+    /// subscriptions came and went, whichever threads they came and went on.
     private func unsubscribe(id: Int) {
-        let result: (Link?, [String], [String]) = self.state.withLock { state in
-            guard let subscriber = state.subscribers.removeValue(forKey: id) else { return (nil, [], []) }
+        let ready = self.state.withLock { state -> [CheckedContinuation<Confirmation, Never>] in
+            guard let subscriber = state.subscribers.removeValue(forKey: id) else { return [] }
             var goneChannels: [String] = []
             var gonePatterns: [String] = []
             for channel in subscriber.channels {
@@ -225,18 +237,39 @@ final class RedisSubscriber: Sendable {
                     gonePatterns.append(pattern)
                 }
             }
-            return (state.link, goneChannels, gonePatterns)
+            guard let link = state.link else { return [] }
+            if !goneChannels.isEmpty {
+                for channel in goneChannels { state.channelsInFlight[channel, default: 0] += 1 }
+                link.push(.unsubscribe, "UNSUBSCRIBE", goneChannels)
+            }
+            if !gonePatterns.isEmpty {
+                for pattern in gonePatterns { state.patternsInFlight[pattern, default: 0] += 1 }
+                link.push(.punsubscribe, "PUNSUBSCRIBE", gonePatterns)
+            }
+            return goneChannels.isEmpty && gonePatterns.isEmpty ? [] : Self.takeConfirmed(&state)
         }
-        guard let link = result.0 else { return }
-        if !result.1.isEmpty { link.push(.other, "UNSUBSCRIBE", result.1) }
-        if !result.2.isEmpty { link.push(.other, "PUNSUBSCRIBE", result.2) }
+        for waiter in ready { waiter.resume(returning: .confirmed) }
     }
 
     /// One SUBSCRIBE for each channel and one PSUBSCRIBE for each pattern: the server refuses a command whole, so
-    /// one it refuses ends only the subscriptions to the channel or pattern refused.
-    private func send(channels: [String], patterns: [String], on link: Link) {
-        for channel in channels { link.push(.subscribe, "SUBSCRIBE", [channel]) }
-        for pattern in patterns { link.push(.psubscribe, "PSUBSCRIBE", [pattern]) }
+    /// one it refuses ends only the subscriptions to the channel or pattern refused. Called under the lock, with the
+    /// decision to subscribe: the commands are queued for the link's event loop in the order they were decided.
+    private static func subscribe(_ channels: [String], _ patterns: [String], on link: Link, _ state: inout State) {
+        for channel in channels {
+            state.channelsInFlight[channel, default: 0] += 1
+            link.push(.subscribe, "SUBSCRIBE", [channel])
+        }
+        for pattern in patterns {
+            state.patternsInFlight[pattern, default: 0] += 1
+            link.push(.psubscribe, "PSUBSCRIBE", [pattern])
+        }
+    }
+
+    /// One command for `name` answered: whether it was the last one sent for it (none is still in flight).
+    private static func settle(_ inFlight: inout [String: Int], _ name: String) -> Bool {
+        let left = (inFlight[name] ?? 1) - 1
+        inFlight[name] = left > 0 ? left : nil
+        return left <= 0
     }
 
     /// Keeps one pub/sub connection open until shutdown.
@@ -268,9 +301,14 @@ final class RedisSubscriber: Sendable {
                         state.isDown = false
                         state.confirmedChannels = []
                         state.confirmedPatterns = []
+                        state.channelsInFlight = [:]
+                        state.patternsInFlight = [:]
                         let watchers = state.wasConnected || afterAGap ? Array(state.restorationWatchers.values) : []
                         state.wasConnected = true
-                        return (Array(state.channelCounts.keys), Array(state.patternCounts.keys), watchers)
+                        let channels = Array(state.channelCounts.keys)
+                        let patterns = Array(state.patternCounts.keys)
+                        Self.subscribe(channels, patterns, on: link, &state)
+                        return (channels, patterns, watchers)
                     }
                 guard let toSubscribe else {
                     connection.close()
@@ -280,7 +318,6 @@ final class RedisSubscriber: Sendable {
                     self.logger.info("redis pub/sub connection restored", metadata: ["channels": "\(toSubscribe.channels.count)"])
                 }
                 failures = 0
-                self.send(channels: toSubscribe.channels, patterns: toSubscribe.patterns, on: link)
                 if !toSubscribe.watchers.isEmpty {
                     await self.tellOfGap(toSubscribe.watchers, once: Set(toSubscribe.channels), Set(toSubscribe.patterns),
                                          are: link)
@@ -336,6 +373,8 @@ final class RedisSubscriber: Sendable {
             state.link = nil
             state.confirmedChannels = []
             state.confirmedPatterns = []
+            state.channelsInFlight = [:]
+            state.patternsInFlight = [:]
             let waiters = state.confirmationWaiters.values.map(\.continuation)
             state.confirmationWaiters = [:]
             return waiters
@@ -356,6 +395,8 @@ final class RedisSubscriber: Sendable {
         enum Kind: Sendable {
             case subscribe
             case psubscribe
+            case unsubscribe
+            case punsubscribe
             case other
         }
 
@@ -373,16 +414,13 @@ final class RedisSubscriber: Sendable {
             self.connection = connection
         }
 
-        /// Sends `command` with `names` as its arguments.
+        /// Sends `command` with `names` as its arguments: queued for the connection's event loop, even when called
+        /// on it, so commands reach the socket in the order they were pushed (the subscriber pushes under its lock;
+        /// one written at once on the loop overtook one pushed before it from another thread, still queued).
         func push(_ kind: Kind, _ command: String, _ names: [String]) {
             let bytes = RESPEncoder.encode(RedisCommand(command, names.map { RedisArgument($0) }))
             let sent = Sent(kind: kind, names: names, replies: max(1, names.count))
-            let loop = self.connection.eventLoop
-            if loop.inEventLoop {
-                self.write(sent, bytes)
-            } else {
-                loop.execute { self.write(sent, bytes) }
-            }
+            self.connection.eventLoop.execute { self.write(sent, bytes) }
         }
 
         /// On the event loop: the connection writes it at once (``RedisConnection/sendPush(_:)``).
@@ -448,6 +486,14 @@ final class RedisSubscriber: Sendable {
             // An error answers a whole command: a SUBSCRIBE or PSUBSCRIBE refused (`NOPERM`), or another. (`+PONG`:
             // a PING while nothing is subscribed.)
             if let command = link.answered(value), case .error(let message) = value {
+                self.state.withLock { state in
+                    guard state.link === link else { return }
+                    switch command.kind {
+                    case .subscribe, .unsubscribe: for name in command.names { _ = Self.settle(&state.channelsInFlight, name) }
+                    case .psubscribe, .punsubscribe: for name in command.names { _ = Self.settle(&state.patternsInFlight, name) }
+                    case .other: break
+                    }
+                }
                 self.refused(command, message, on: link)
             }
             return
@@ -466,12 +512,30 @@ final class RedisSubscriber: Sendable {
             guard parts.count >= 2, let name = parts[1].string else { return }
             let ready = self.state.withLock { state -> [CheckedContinuation<Confirmation, Never>] in
                 guard state.link === link else { return [] }
-                if kind == "subscribe" { state.confirmedChannels.insert(name) } else { state.confirmedPatterns.insert(name) }
+                // Confirmed by the answer to the last command sent for it, while it is still wanted: Redis has it.
+                if kind == "subscribe" {
+                    guard Self.settle(&state.channelsInFlight, name), state.channelCounts[name] != nil else { return [] }
+                    state.confirmedChannels.insert(name)
+                } else {
+                    guard Self.settle(&state.patternsInFlight, name), state.patternCounts[name] != nil else { return [] }
+                    state.confirmedPatterns.insert(name)
+                }
                 return Self.takeConfirmed(&state)
             }
             for waiter in ready { waiter.resume(returning: .confirmed) }
+        case "unsubscribe", "punsubscribe":
+            _ = link.answered(value)
+            guard parts.count >= 2, let name = parts[1].string else { return }
+            self.state.withLock { state in
+                guard state.link === link else { return }
+                if kind == "unsubscribe" {
+                    _ = Self.settle(&state.channelsInFlight, name)
+                } else {
+                    _ = Self.settle(&state.patternsInFlight, name)
+                }
+            }
         default:
-            // UNSUBSCRIBE, PUNSUBSCRIBE, PING.
+            // PING.
             _ = link.answered(value)
         }
     }
@@ -494,7 +558,7 @@ final class RedisSubscriber: Sendable {
         switch command.kind {
         case .subscribe: isPattern = false
         case .psubscribe: isPattern = true
-        case .other: return
+        case .unsubscribe, .punsubscribe, .other: return
         }
         let names = Set(command.names)
         // The server's text first: it is what `serverErrorPrefix` (`NOPERM`) reads.
