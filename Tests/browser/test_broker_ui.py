@@ -220,7 +220,7 @@ def test_no_dev_sign_in_outside_the_demo(stack):
 
 def test_jwt_sign_in_connect_and_chart_through_gateway(browser, stack):
     jwt = stack.mint_jwt(USER)
-    browser.get(f'{stack.broker}/')
+    browser.get(f'{stack.broker}/?debug=1')
     wait(browser, lambda d: el(d, 'signin-state').text == 'JWT를 입력하세요',
          message=f'no JWT prompt: {el(browser, "signin-state").text!r}')
     assert el(browser, 'signin-label').text == 'JWT'
@@ -292,7 +292,7 @@ def test_jwt_sign_in_connect_and_chart_through_gateway(browser, stack):
 
 
 def test_non_jwt_input_is_refused(browser, stack):
-    browser.get(f'{stack.broker}/')
+    browser.get(f'{stack.broker}/?debug=1')
     wait(browser, lambda d: el(d, 'signin-state').text == 'JWT를 입력하세요')
     el(browser, 'signin-user').send_keys(USER)   # a user name, as in the demo, is not a JWT
     el(browser, 'signin-button').click()
@@ -306,7 +306,7 @@ def test_jwt_signed_with_another_secret_is_refused_by_the_broker(browser, stack)
     out = subprocess.run([stack.binary, 'jwt', '--sub', 'mallory'], cwd=stack.workdir, env=env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    browser.get(f'{stack.broker}/')
+    browser.get(f'{stack.broker}/?debug=1')
     wait(browser, lambda d: el(d, 'signin-state').text == 'JWT를 입력하세요')
     el(browser, 'signin-user').send_keys(out.stdout.strip())
     el(browser, 'signin-button').click()
@@ -328,7 +328,7 @@ def test_jwt_signed_with_another_secret_is_refused_by_the_broker(browser, stack)
 
 
 def test_refused_jwt_does_not_end_a_working_session(browser, stack):
-    browser.get(f'{stack.broker}/')
+    browser.get(f'{stack.broker}/?debug=1')
     wait(browser, lambda d: el(d, 'signin-state').text == 'JWT를 입력하세요')
     jwt = stack.mint_jwt(USER)
     el(browser, 'signin-user').send_keys(jwt)
@@ -350,7 +350,7 @@ def test_broker_unreachable_at_reload_keeps_the_session_and_asks_again(browser, 
     checked, and the page asks again (2 s, then doubling) — connected once the broker answers. Before, the page showed
     the sign-in prompt and sat there; a 5xx (the broker's store down) also deleted the stored JWT."""
     user, key, secret = own_user()
-    browser.get(f'{stack.broker}/')
+    browser.get(f'{stack.broker}/?debug=1')
     wait(browser, lambda d: el(d, 'signin-state').text == 'JWT를 입력하세요')
     jwt = sign_in(browser, stack, user)
     fill_connect(browser, key=key, secret=secret)
@@ -417,7 +417,7 @@ def test_jwt_expiring_mid_session_asks_to_sign_in_again(browser, stack):
     that expires while the page is open: the next chart is refused (401 jwt_expired), the page says so, forgets the
     JWT and does not try to refresh the KIS token; signing in again carries on with the connected account."""
     user, app_key, app_secret = own_user()
-    browser.get(f'{stack.broker}/')
+    browser.get(f'{stack.broker}/?debug=1')
     wait(browser, lambda d: el(d, 'signin-state').text == 'JWT를 입력하세요')
     sign_in(browser, stack, user)
     fill_connect(browser, key=app_key, secret=app_secret)
@@ -474,7 +474,7 @@ def test_connect_form_hides_secrets_and_edit_keeps_the_connection(browser, stack
     """web-client.md: App Key and App Secret are password fields; success is a toast with the broker's message; the
     account can be edited (수정) and saved again, and stays connected."""
     user, app_key, app_secret = own_user()
-    browser.get(f'{stack.broker}/')
+    browser.get(f'{stack.broker}/?debug=1')
     wait(browser, lambda d: el(d, 'signin-state').text == 'JWT를 입력하세요')
     sign_in(browser, stack, user)
     wait(browser, lambda d: status(d) == ('disconnected', '연결 안됨'), message=f'status: {status(browser)}')

@@ -35,7 +35,7 @@ def shot(browser, name):
 
 
 def open_page(browser, demo, user):
-    browser.get(f'{demo.ui}?user={user}')
+    browser.get(f'{demo.ui}?user={user}&debug=1')
     wait(browser, lambda d: d.execute_script('return window.__kisgw && window.__kisgw.state() && window.__kisgw.state().user'),
          message='the page did not sign in')
     assert browser.execute_script('return window.__kisgw.state().user') == user
@@ -218,7 +218,7 @@ def test_connect_then_chart_with_crosshair_and_etag(browser, demo, reset_account
 # later test of USER's refused. The app key is given back at the end.
 @pytest.mark.chrome_prefs({'profile.default_content_setting_values.cookies': 2})
 def test_page_works_where_the_browser_refuses_storage(browser, demo, reset_account):
-    browser.get(demo.ui)
+    browser.get(demo.ui + '?debug=1')
     refused = browser.execute_script(
         "return ['localStorage', 'sessionStorage'].map((n) => { try { window[n]; return 'allowed'; } "
         "catch (e) { return e.name; } })")
@@ -619,6 +619,8 @@ def test_page_fetches_only_from_broker_and_gateway(browser, demo):
     assert f"connect-src 'self' {demo.gateway};" in headers['Content-Security-Policy'], headers['Content-Security-Policy']
     browser.get(demo.ui)
     wait(browser, lambda d: d.execute_script('return document.readyState') == 'complete')
+    # no global holds the KIS token (the test hook is there on `?debug=1` only)
+    assert browser.execute_script('return typeof window.__kisgw') == 'undefined'
     # the gateway's origin and the page's own are allowed ...
     assert browser.execute_async_script(CSP_PROBE, f'{demo.gateway}/healthz') == ['ok:200', []]
     assert browser.execute_async_script(CSP_PROBE, demo.ui_origin + '/ui/config.json') == ['ok:200', []]

@@ -931,13 +931,17 @@ function failed(err) {
   else toast(err?.message ?? String(err), 'error');
 }
 
-// A small hook for tests and debugging: the client's state plus the current KIS token.
-window.__kisgw = {
-  state: () => (client ? { ...client.state(), user, token: client.token() } : null),
-  get client() { return client; },
-  // the form's query with `q` over it, sent as it is (the form's own checks are not made: the gateway's are tested)
-  loadChart: (q) => loadChart(q ? { ...readQuery(), ...q } : readQuery()),
-  get lastQuery() { return lastQuery; },
-};
+// A small hook for tests and debugging, only on a page opened with `?debug=1`: the client's state plus the current
+// KIS token. Without it no global of the page's holds the token (a script the page did not mean to run — an extension's,
+// an injected one — finds nothing to read there).
+if (new URLSearchParams(location.search).get('debug') === '1') {
+  window.__kisgw = {
+    state: () => (client ? { ...client.state(), user, token: client.token() } : null),
+    get client() { return client; },
+    // the form's query with `q` over it, sent as it is (the form's own checks are not made: the gateway's are tested)
+    loadChart: (q) => loadChart(q ? { ...readQuery(), ...q } : readQuery()),
+    get lastQuery() { return lastQuery; },
+  };
+}
 
 main();
