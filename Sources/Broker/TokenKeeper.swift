@@ -265,7 +265,12 @@ final class TokenKeeper: Sendable {
     /// locks' life failed the disconnect (504) with the tokens still ACTIVE and published. KIS is still asked under
     /// the locks, so a `token` call right after (which waits for them) cannot be handed back by KIS, within its reuse
     /// window, the token this disconnect is about to revoke. Once the tokens are REVOKED in the database they are
-    /// revoked at KIS whatever fails after (a retry finds them REVOKED and would not ask KIS again).
+    /// revoked at KIS whatever fails after.
+    ///
+    /// The tokens found REVOKED already — an attempt before this one marked them and may have stopped before asking
+    /// KIS (a crash, a PostgreSQL write that timed out but was committed) — are revoked at KIS once the account is
+    /// deleted and the locks released (``revokeLeftAtKIS(_:account:)``): asked under the locks, a KIS slower than their
+    /// life failed every DELETE tried again with 504.
     func disconnect(userID: String, environment: KISEnvironment, retried: Int = 0) async throws {
         guard let row = try await repository.account(userID: userID, environment: environment) else { return }
         // Under the account's lock and its app key's issuance lock: no other writer of this account (a `token` call
@@ -274,14 +279,16 @@ final class TokenKeeper: Sendable {
         // `lockWait`, or the store fails), nothing is deleted and the caller is told to try again (429 or 503, with
         // `Retry-After`). A row whose app key cannot be opened is deleted under the account's lock alone.
         let appKey = (try? vault.open(row))?.appKey
-        let again: Bool = try await withAccountLocks(userID, environment, appKey) { locks in
+        let outcome: DisconnectOutcome = try await withAccountLocks(userID, environment, appKey) { locks in
             // Read again under the locks: a `token` call may have replaced the app key (and its lock) before.
-            guard let current = try await repository.account(userID: userID, environment: environment) else { return false }
-            guard (try? vault.open(current))?.appKey == appKey else { return true }
-            try await disconnect(current, userID: userID, environment: environment, locks: locks)
-            return false
+            guard let current = try await repository.account(userID: userID, environment: environment) else { return .done(nil) }
+            guard (try? vault.open(current))?.appKey == appKey else { return .appKeyChanged }
+            return .done(try await disconnect(current, userID: userID, environment: environment, locks: locks))
         }
-        guard again else { return }
+        guard case .appKeyChanged = outcome else {
+            if case .done(let left?) = outcome { await revokeLeftAtKIS(left.tokens, account: left.account) }
+            return
+        }
         guard retried < 2 else {
             throw Problem(.kisRateLimited, "the account's app key keeps changing while it is being disconnected; try again",
                           retryAfter: 1)
@@ -289,12 +296,23 @@ final class TokenKeeper: Sendable {
         try await disconnect(userID: userID, environment: environment, retried: retried + 1)
     }
 
+    /// What one round of a disconnect under the locks came to.
+    private enum DisconnectOutcome {
+        /// Deleted (or already gone); with the tokens an attempt before left REVOKED, to revoke at KIS now.
+        case done((account: Account, tokens: [StoredToken])?)
+        /// The account's app key changed before the locks were had: another round.
+        case appKeyChanged
+    }
+
+    /// Marks, unpublishes, revokes at KIS and deletes; returns the account and the unexpired tokens it found REVOKED
+    /// already (an attempt before marked them), which the caller revokes at KIS once the locks are released.
     private func disconnect(_ row: StoredAccount, userID: String, environment: KISEnvironment,
-                            locks: AccountLocks) async throws {
+                            locks: AccountLocks) async throws -> (account: Account, tokens: [StoredToken])? {
         let now = self.now
         let rows = try await repository.tokens(userID: userID, environment: environment)
         let live = rows.filter { $0.expiresAt > now && $0.status != .expired }
         let active = live.filter { $0.status == .active }
+        let leftRevoked = live.filter { $0.status == .revoked }
         let account = try? vault.open(row)
         if let account { try await store.delete(validatedKey(environment, account.appKey)) }
         // The tokens REVOKED and the account inactive in one write: a disconnect that fails after it (the store,
@@ -316,7 +334,33 @@ final class TokenKeeper: Sendable {
                           "KIS took longer to revoke the tokens than the account's locks last; they are revoked, try again to delete the account")
         }
         try await repository.deleteAccount(userID: userID, environment: environment)
+        guard let account, !leftRevoked.isEmpty else { return nil }
+        return (account, leftRevoked)
     }
+
+    /// Revokes at KIS, once a disconnect has deleted the account and released its locks, the unexpired tokens it found
+    /// REVOKED: an attempt before marked them and may have stopped before asking KIS, and they stay valid there until
+    /// revoked. Best effort, within `lockWait` (each call within KIS's timeout), without the locks: so a KIS slower than
+    /// their life does not fail the DELETE again. Passed over: a token KIS was seen to revoke (``revokedAtKISKey(_:)``:
+    /// the earlier attempt got that far), and one stored ACTIVE again (a `token` call since, which KIS handed it back
+    /// to as current: it is that account's token now).
+    private func revokeLeftAtKIS(_ rows: [StoredToken], account: Account) async {
+        let deadline = ContinuousClock.now + settings.lockWait
+        var due: [StoredToken] = []
+        for r in rows {
+            if (try? await store.get(revokedAtKISKey(r.tokenSHA256))) != nil { continue }
+            if let stored = try? await repository.token(sha256: r.tokenSHA256), stored.status == .active { continue }
+            due.append(r)
+        }
+        guard !due.isEmpty else { return }
+        logger.info("revoking at KIS the tokens an earlier disconnect left revoked here",
+                    metadata: ["user": "\(account.userID)", "env": "\(account.environment.rawValue)", "tokens": "\(due.count)"])
+        await revokeAtKIS(due, account: account, until: deadline)
+    }
+
+    /// Where a token KIS was seen to revoke (or to know no more) is noted, until its expiry: a disconnect tried again
+    /// does not ask KIS again for it.
+    private func revokedAtKISKey(_ sha256: String) -> String { "broker:revoked-at-kis:" + sha256 }
 
     // MARK: - the scheduler's work
 
@@ -865,21 +909,45 @@ final class TokenKeeper: Sendable {
     }
 
     /// Revokes `rows` at KIS with `account`'s key pair, one call a token, best effort: a failure is counted and
-    /// logged, and the caller unpublishes them all the same (a disconnect, a replaced app key).
-    private func revokeAtKIS(_ rows: [StoredToken], account: Account) async {
+    /// logged, and the caller unpublishes them all the same (a disconnect, a replaced app key). KIS answering that a
+    /// token is unknown, revoked or expired (`EGW00121`–`EGW00123`: revoked before) is done, not a failure. Each token
+    /// done is noted (``revokedAtKISKey(_:)``) until its expiry. No call begins after `deadline`.
+    private func revokeAtKIS(_ rows: [StoredToken], account: Account, until deadline: ContinuousClock.Instant? = nil) async {
         guard let client = clients[account.environment] else { return }
         for r in rows {
+            if let deadline, ContinuousClock.now >= deadline {
+                metrics.revokeFailures.increment()
+                logger.warning("a token was not revoked at KIS: the disconnect's time to revoke ran out", metadata: [
+                    "user": "\(account.userID)", "env": "\(account.environment.rawValue)",
+                ])
+                continue
+            }
             guard let t = try? vault.open(r) else { continue }
             do {
                 try await metrics.timingKIS(.revokeP) {
                     try await client.revokeToken(appKey: account.appKey, appSecret: account.appSecret, token: t.accessToken)
                 }
+                await noteRevokedAtKIS(r)
+            } catch let e as KISClientError where e.kind == .tokenInvalid || e.kind == .tokenExpired {
+                logger.debug("KIS no longer knows a token being revoked; nothing to revoke", metadata: [
+                    "user": "\(account.userID)", "env": "\(account.environment.rawValue)", "msg_cd": "\(e.msgCode ?? "")",
+                ])
+                await noteRevokedAtKIS(r)
             } catch {
                 metrics.revokeFailures.increment()
                 logger.warning("KIS did not revoke a token; it is unpublished all the same", metadata: [
                     "user": "\(account.userID)", "env": "\(account.environment.rawValue)", "error": "\(error)",
                 ])
             }
+        }
+    }
+
+    private func noteRevokedAtKIS(_ row: StoredToken) async {
+        let ttl = row.expiresAt - now
+        guard ttl > 0 else { return }
+        do { try await store.set(revokedAtKISKey(row.tokenSHA256), to: ByteBuffer(string: "1"), ttl: .seconds(ttl)) } catch {
+            logger.warning("could not note a token revoked at KIS; a disconnect tried again asks KIS again",
+                           metadata: ["error": "\(error)"])
         }
     }
 

@@ -169,6 +169,45 @@ struct BrokerRulesTests {
         }
     }
 
+    /// A disconnect whose first attempt marked the tokens REVOKED and stopped before asking KIS (a crash, or a
+    /// PostgreSQL write that timed out but was committed) left them valid at KIS: the DELETE tried again revoked only
+    /// ACTIVE rows, so none. It revokes the REVOKED ones not seen revoked at KIS once the account is deleted and the
+    /// locks released; KIS answering that a token is unknown (`EGW00121`) counts as done, not as a failure.
+    @Test("a DELETE tried again revokes at KIS the tokens an earlier attempt marked REVOKED; an unknown one is done",
+          arguments: DatabaseKind.allCases)
+    func retriedDisconnectRevokesAtKIS(database: DatabaseKind) async throws {
+        try await withBroker(database: database, config: quietSchedulerConfig) { b in
+            let jwt = try await b.jwt("u-again")
+            let token = try #require(try await b.post("/api/kis/token", accountBody(appKey("again")), jwt: jwt)
+                .json["token"] as? String)
+            @Sendable func liveAtKIS() async throws -> Int {
+                try await b.sim(.GET, "/__sim/stats").json["live_tokens"] as? Int ?? -1
+            }
+            let liveBefore = try await liveAtKIS()
+            try await withRepository(b.database) { repository in
+                let now = Int64(b.clock.now().timeIntervalSince1970)
+                // The first attempt's write, and nothing after it.
+                try await repository.deactivateAccount(userID: "u-again", environment: .sandbox,
+                                                       revoking: [TokenDirectory.sha256(of: token)], updatedAt: now)
+                // And a REVOKED token KIS no longer knows.
+                var gone = try AccountVault(keyring: b.keyring).seal(BrokerToken(
+                    userID: "u-again", environment: .sandbox, accessToken: "unknown-to-kis", issuedAt: now - 60,
+                    expiresAt: now + 3600), updatedAt: now)
+                gone.status = .revoked
+                try await repository.saveToken(gone)
+            }
+            let revokes = try await b.simCalls("revokeP")
+            let d = try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)
+            #expect(d.status == 204, "\(d.text)")
+            #expect(try await b.simCalls("revokeP") == revokes + 2)
+            #expect(try await liveAtKIS() == liveBefore - 1, "the token is still valid at KIS")
+            #expect(try await b.published(token) == nil)
+            #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
+            let metrics = try await b.get("/metrics", jwt: nil).text
+            #expect(metrics.contains("kisgw_broker_revoke_failures_total 0"), "\(metrics)")
+        }
+    }
+
     @Test("reconciliation republishes a live token whose record and set member were deleted from the store",
           arguments: StoreKind.allCases)
     func reconcileRepublishes(store: StoreKind) async throws {

@@ -278,6 +278,49 @@ struct IssuanceRaceTests {
         }
     }
 
+    /// A DELETE tried again after an attempt that marked the tokens REVOKED and stopped before asking KIS revokes
+    /// them at KIS once the account is deleted and its locks released: asked under the locks (as the reverted
+    /// 6090aee did), a KIS slower than their life failed every DELETE tried again with 504. Here KIS is asked with
+    /// neither lock held, the DELETE answers 204, and a DELETE after it does not ask KIS again.
+    @Test("a DELETE tried again revokes the tokens an earlier attempt left at KIS after releasing the account's locks")
+    func retriedDisconnectRevokesWithoutTheLocks() async throws {
+        let key = appKey("leftrevoke")
+        let accountLock = "lock:kis-account:SANDBOX:\(TokenDirectory.sha256(of: "u-lr"))"
+        let store = Mutex<(any SharedStore)?>(nil)
+        let locksAtRevoke = Mutex<[Bool]>([])
+        let router = Router()
+        router.post("/oauth2/tokenP") { request, _ in try Self.tokenAnswer(for: try await Self.requestedAppKey(in: request)) }
+        router.post("/oauth2/revokeP") { _, _ in
+            if let store = store.withLock({ $0 }) {
+                let account = (try? await store.get(accountLock)) != nil
+                let appKeyLock = (try? await store.get(Self.lockKey(key))) != nil
+                locksAtRevoke.withLock { $0.append(account || appKeyLock) }
+            }
+            return Self.revokedAnswer()
+        }
+        let kis = await startStandInKIS(router)
+        try await stopping([kis.server]) {
+            try await withBroker(config: { testConfig(simURL: kis.url, database: $1) }) { b in
+                store.withLock { $0 = b.store }
+                let jwt = try await b.jwt("u-lr")
+                let token = try #require(try await b.post("/api/kis/token", accountBody(key), jwt: jwt).json["token"] as? String)
+                // The first attempt's write, and nothing after it: REVOKED here, valid at KIS, still published.
+                try await withRepository(b.database) { repository in
+                    try await repository.deactivateAccount(
+                        userID: "u-lr", environment: .sandbox, revoking: [TokenDirectory.sha256(of: token)],
+                        updatedAt: Int64(b.clock.now().timeIntervalSince1970))
+                }
+                let r = try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)
+                #expect(r.status == 204, "\(r.text)")
+                #expect(locksAtRevoke.withLock { $0 } == [false], "KIS was asked under the locks, or not at all")
+                #expect(try await b.published(token) == nil)
+                #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
+                #expect(try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 204)
+                #expect(locksAtRevoke.withLock { $0 }.count == 1)
+            }
+        }
+    }
+
     /// A refresh reads the account, then waits for the app key's lock; a disconnect that finished meanwhile (as
     /// another broker copy holding the lock would) used to be undone: the refresh issued a token and stored the
     /// account again.
