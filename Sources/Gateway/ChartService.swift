@@ -578,9 +578,9 @@ final class ChartService: Sendable {
             callStarted.withLock { $0 = .now }
         }
         // A page KIS refused as too frequent (`EGW00201`) or with a transient error (`EGW00001`/`EGW00002`), or whose
-        // call failed on the way, is asked for again — that
-        // page only, up to `[upstream] retries` times — after pushing the app key's schedule back for every gateway
-        // (a refusal) and a backoff.
+        // call failed on the way or was answered with an HTTP 5xx and no KIS answer in it (its front's 502/503 page
+        // while its servers are away), is asked for again — that page only, up to `[upstream] retries` times — after
+        // pushing the app key's schedule back for every gateway (a refusal) and a backoff.
         let retries = settings.retries
         let retry: DailyChartPager.Retry = { e, attempt in
             recordCall(e.kind.outcome, e.msgCode)
@@ -594,8 +594,10 @@ final class ChartService: Sendable {
                                                maxWait: .seconds(1))
                 try? await Task.sleep(for: .milliseconds(100 * (1 << attempt) + Int.random(in: 0..<50)))
                 return !Task.isCancelled
-            case .transport, .transient:
-                // The call failed on the way, or KIS said its error is transient (EGW00001/EGW00002, kis-api.md §7).
+            case .transport, .transient,
+                 .unreadable where (e.httpStatus ?? 0) >= 500:
+                // The call failed on the way, KIS said its error is transient (EGW00001/EGW00002, kis-api.md §7), or
+                // something in front of KIS answered for it with a server error.
                 try? await Task.sleep(for: .milliseconds(50 * (1 << attempt) + Int.random(in: 0..<50)))
                 return !Task.isCancelled
             default:

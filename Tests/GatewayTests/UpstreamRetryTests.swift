@@ -93,10 +93,11 @@ struct UpstreamRetryTests {
         #expect(refused.simCalls == pages)
     }
 
-    /// A call failed on the way (the connection closed mid-answer), or KIS's transient error (`EGW00001`, kis-api.md:
-    /// retry): the page is asked for again.
-    @Test("a KIS call of one page failing on the way, or answered with KIS's transient error: 200, the same candles, that page asked twice",
-          arguments: [(StandInKIS.Failure.dropConnection, 2), (.transient, 3)])
+    /// A call failed on the way (the connection closed mid-answer), KIS's transient error (`EGW00001`, kis-api.md:
+    /// retry), or an HTTP 5xx with no KIS answer in it (its front's 503 page): the page is asked for again. (The
+    /// last was answered 502 at once: a second's outage of KIS's servers failed every chart fetched in it.)
+    @Test("a KIS call of one page failing on the way, answered with KIS's transient error or its front's 503: 200, the same candles, that page asked twice",
+          arguments: [(StandInKIS.Failure.dropConnection, 2), (.transient, 3), (.frontUnavailable, 2)])
     func onePageFailingOnce(failure: StandInKIS.Failure, call: Int) async throws {
         let plain = try await Self.fetchThroughStandIn(Self.longChart, store: .memory, user: "plain-\(call)")
         try #require(plain.answer.status == 200, "\(plain.answer.text)")
@@ -388,6 +389,9 @@ final class StandInKIS: Sendable {
         case transient
         /// KIS's expired-token error: HTTP 500, `EGW00123` envelope (kis-api.md §6).
         case tokenExpired
+        /// No answer of KIS's: HTTP 503 with an HTML page, as a load balancer in front of it gives while its
+        /// servers are away for a moment.
+        case frontUnavailable
         /// Every quotation call made with this app key, whatever `failing` says, after 500 ms: HTTP 500, `EGW00206`
         /// ("API 사용 권한이 없습니다": the app is not entitled to the API). Other app keys' calls pass.
         case notEntitled(appKey: String)
@@ -460,6 +464,11 @@ final class StandInKIS: Sendable {
             return Self.kisError("EGW00001", "일시적 오류가 발생했습니다.")
         case .tokenExpired:
             return Self.kisError("EGW00123", "기간이 만료된 token 입니다.")
+        case .frontUnavailable:
+            var headers = HTTPFields()
+            headers[.contentType] = "text/html"
+            return Response(status: .serviceUnavailable, headers: headers,
+                            body: .init(byteBuffer: ByteBuffer(string: "<html><body>503 Service Unavailable</body></html>")))
         case .dropConnection:
             var headers = HTTPFields()
             headers[.contentType] = "application/json; charset=utf-8"
