@@ -268,9 +268,9 @@ final class TokenKeeper: Sendable {
     /// revoked at KIS whatever fails after.
     ///
     /// The tokens found REVOKED already — an attempt before this one marked them and may have stopped before asking
-    /// KIS (a crash, a PostgreSQL write that timed out but was committed) — are revoked at KIS once the account is
-    /// deleted and the locks released (``revokeLeftAtKIS(_:account:)``): asked under the locks, a KIS slower than their
-    /// life failed every DELETE tried again with 504.
+    /// KIS (a crash, a PostgreSQL write that timed out but was committed) — are revoked at KIS once the locks are
+    /// released, the account deleted or not (``revokeLeftAtKIS(_:account:)``): asked under the locks, a KIS slower than
+    /// their life failed every DELETE tried again with 504.
     func disconnect(userID: String, environment: KISEnvironment, retried: Int = 0) async throws {
         guard let row = try await repository.account(userID: userID, environment: environment) else { return }
         // Under the account's lock and its app key's issuance lock: no other writer of this account (a `token` call
@@ -279,16 +279,25 @@ final class TokenKeeper: Sendable {
         // `lockWait`, or the store fails), nothing is deleted and the caller is told to try again (429 or 503, with
         // `Retry-After`). A row whose app key cannot be opened is deleted under the account's lock alone.
         let appKey = (try? vault.open(row))?.appKey
-        let outcome: DisconnectOutcome = try await withAccountLocks(userID, environment, appKey) { locks in
-            // Read again under the locks: a `token` call may have replaced the app key (and its lock) before.
-            guard let current = try await repository.account(userID: userID, environment: environment) else { return .done(nil) }
-            guard (try? vault.open(current))?.appKey == appKey else { return .appKeyChanged }
-            return .done(try await disconnect(current, userID: userID, environment: environment, locks: locks))
+        // The tokens an attempt before left REVOKED, once read under the locks: revoked at KIS after them, however
+        // this attempt ends — a deletion that timed out on PostgreSQL but was committed answers an error, and the
+        // DELETE tried again then finds no account (nor its rows) to go by.
+        var left: (account: Account, tokens: [StoredToken])?
+        let again: Bool
+        do {
+            again = try await withAccountLocks(userID, environment, appKey) { locks in
+                // Read again under the locks: a `token` call may have replaced the app key (and its lock) before.
+                guard let current = try await repository.account(userID: userID, environment: environment) else { return false }
+                guard (try? vault.open(current))?.appKey == appKey else { return true }
+                try await disconnect(current, userID: userID, environment: environment, locks: locks, leftRevoked: &left)
+                return false
+            }
+        } catch {
+            if let left { await revokeLeftAtKIS(left.tokens, account: left.account) }
+            throw error
         }
-        guard case .appKeyChanged = outcome else {
-            if case .done(let left?) = outcome { await revokeLeftAtKIS(left.tokens, account: left.account) }
-            return
-        }
+        if let left { await revokeLeftAtKIS(left.tokens, account: left.account) }
+        guard again else { return }
         guard retried < 2 else {
             throw Problem(.kisRateLimited, "the account's app key keeps changing while it is being disconnected; try again",
                           retryAfter: 1)
@@ -296,24 +305,18 @@ final class TokenKeeper: Sendable {
         try await disconnect(userID: userID, environment: environment, retried: retried + 1)
     }
 
-    /// What one round of a disconnect under the locks came to.
-    private enum DisconnectOutcome {
-        /// Deleted (or already gone); with the tokens an attempt before left REVOKED, to revoke at KIS now.
-        case done((account: Account, tokens: [StoredToken])?)
-        /// The account's app key changed before the locks were had: another round.
-        case appKeyChanged
-    }
-
-    /// Marks, unpublishes, revokes at KIS and deletes; returns the account and the unexpired tokens it found REVOKED
-    /// already (an attempt before marked them), which the caller revokes at KIS once the locks are released.
-    private func disconnect(_ row: StoredAccount, userID: String, environment: KISEnvironment,
-                            locks: AccountLocks) async throws -> (account: Account, tokens: [StoredToken])? {
+    /// Marks, unpublishes, revokes at KIS and deletes. `leftRevoked` is set, as soon as the rows are read, to the
+    /// account and the unexpired tokens found REVOKED already (an attempt before marked them), which the caller revokes
+    /// at KIS once the locks are released, whatever fails here after.
+    private func disconnect(_ row: StoredAccount, userID: String, environment: KISEnvironment, locks: AccountLocks,
+                            leftRevoked: inout (account: Account, tokens: [StoredToken])?) async throws {
         let now = self.now
         let rows = try await repository.tokens(userID: userID, environment: environment)
         let live = rows.filter { $0.expiresAt > now && $0.status != .expired }
         let active = live.filter { $0.status == .active }
-        let leftRevoked = live.filter { $0.status == .revoked }
         let account = try? vault.open(row)
+        let revokedBefore = live.filter { $0.status == .revoked }
+        if let account, !revokedBefore.isEmpty { leftRevoked = (account, revokedBefore) }
         if let account { try await store.delete(validatedKey(environment, account.appKey)) }
         // The tokens REVOKED and the account inactive in one write: a disconnect that fails after it (the store,
         // KIS outlasting the locks, the deletion) leaves an account the scheduler passes over until its user connects
@@ -334,12 +337,10 @@ final class TokenKeeper: Sendable {
                           "KIS took longer to revoke the tokens than the account's locks last; they are revoked, try again to delete the account")
         }
         try await repository.deleteAccount(userID: userID, environment: environment)
-        guard let account, !leftRevoked.isEmpty else { return nil }
-        return (account, leftRevoked)
     }
 
-    /// Revokes at KIS, once a disconnect has deleted the account and released its locks, the unexpired tokens it found
-    /// REVOKED: an attempt before marked them and may have stopped before asking KIS, and they stay valid there until
+    /// Revokes at KIS, once a disconnect has released the account's locks, the unexpired tokens it found REVOKED
+    /// under them: an attempt before marked them and may have stopped before asking KIS, and they stay valid there until
     /// revoked. Best effort, within `lockWait` (each call within KIS's timeout), without the locks: so a KIS slower than
     /// their life does not fail the DELETE again. Passed over: a token KIS was seen to revoke (``revokedAtKISKey(_:)``:
     /// the earlier attempt got that far), and one stored ACTIVE again (a `token` call since, which KIS handed it back

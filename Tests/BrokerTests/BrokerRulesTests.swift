@@ -36,6 +36,8 @@ final class SwitchableRepository: BrokerRepository, Service {
     let statusWritesFail = Atomic<Bool>(false)
     /// `deleteAccount` throws (a disconnect failing at its last step).
     let deletesFail = Atomic<Bool>(false)
+    /// `deleteAccount` deletes, then throws: a PostgreSQL write that timed out for its caller but was committed.
+    let deletesCommitThenFail = Atomic<Bool>(false)
     /// When set, every read of an account's tokens takes this long (a slow database).
     let tokensDelay = Mutex<Duration?>(nil)
     /// The sha256 of each token a failing write was given.
@@ -101,7 +103,9 @@ final class SwitchableRepository: BrokerRepository, Service {
     }
     func deleteAccount(userID: String, environment: KISEnvironment) async throws -> Bool {
         if deletesFail.load(ordering: .relaxed) { throw TestFailure("the database refuses to delete") }
-        return try await inner.deleteAccount(userID: userID, environment: environment)
+        let deleted = try await inner.deleteAccount(userID: userID, environment: environment)
+        if deletesCommitThenFail.load(ordering: .relaxed) { throw TestFailure("the database did not answer in time") }
+        return deleted
     }
     func saveToken(_ token: StoredToken) async throws {
         try refuseWrite(token)
@@ -205,6 +209,42 @@ struct BrokerRulesTests {
             #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
             let metrics = try await b.get("/metrics", jwt: nil).text
             #expect(metrics.contains("kisgw_broker_revoke_failures_total 0"), "\(metrics)")
+        }
+    }
+
+    /// A DELETE tried again whose deletion times out on PostgreSQL but is committed answers an error, and the DELETE
+    /// after it finds no account, nor its rows, to go by: the tokens an attempt before left REVOKED and unrevoked at
+    /// KIS were revoked at KIS only after a deletion that succeeded, so never. They are revoked once the locks are
+    /// released however the attempt ended.
+    @Test("a DELETE tried again whose deletion is committed but answers an error still revokes the earlier attempt's tokens at KIS",
+          arguments: DatabaseKind.allCases)
+    func retriedDisconnectCommittedButFailed(database: DatabaseKind) async throws {
+        try await withBroker(database: database, config: quietSchedulerConfig) { b in
+            let repository = SwitchableRepository(try b.database.repository())
+            let deps = BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository, clock: { b.clock.now() })
+            try await b.withBroker(dependencies: deps) { url in
+                let jwt = try await b.jwt("u-commit")
+                let token = try #require(try await b.post("/api/kis/token", accountBody(appKey("commit")), jwt: jwt, base: url)
+                    .json["token"] as? String)
+                @Sendable func liveAtKIS() async throws -> Int {
+                    try await b.sim(.GET, "/__sim/stats").json["live_tokens"] as? Int ?? -1
+                }
+                let liveBefore = try await liveAtKIS()
+                // The first attempt's write, and nothing after it.
+                try await repository.deactivateAccount(userID: "u-commit", environment: .sandbox,
+                                                       revoking: [TokenDirectory.sha256(of: token)],
+                                                       updatedAt: Int64(b.clock.now().timeIntervalSince1970))
+                repository.deletesCommitThenFail.store(true, ordering: .relaxed)
+                let delete = { try await http(.DELETE, url + "/api/kis/account?environment=SANDBOX",
+                                              headers: [("Authorization", "Bearer " + jwt)]) }
+                let d = try await delete()
+                #expect(d.status != 204, "the case this test is about: a deletion committed that answers an error")
+                #expect(try await repository.account(userID: "u-commit", environment: .sandbox) == nil)
+                repository.deletesCommitThenFail.store(false, ordering: .relaxed)
+                #expect(try await delete().status == 204)
+                #expect(try await liveAtKIS() == liveBefore - 1, "the token is still valid at KIS")
+                #expect(try await b.published(token) == nil)
+            }
         }
     }
 
