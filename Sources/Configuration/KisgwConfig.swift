@@ -233,14 +233,13 @@ public struct KisgwConfig: Sendable, Equatable {
     /// The password a `…_password_file` key names: the file's one line, its newline dropped; an empty file, or more
     /// than one line, is refused naming `key`.
     static func readPasswordFile(_ path: String, source: String, key: String) throws(ConfigError) -> Secret {
-        var text = try Loader.readText(path, source: source, key: key)
-        if let last = text.last, last.isNewline { text.removeLast() }  // "\n", or "\r\n" (one Character)
-        guard !text.isEmpty else {
-            throw ConfigError(.invalidValue, source: source, key: key, problem: "\(Loader.quoted(path)) is empty")
-        }
-        guard !text.contains(where: \.isNewline) else {
+        let read = try Loader.readText(path, source: source, key: key)
+        guard let text = Loader.oneLine(read) else {
             throw ConfigError(.invalidValue, source: source, key: key,
                               problem: "\(Loader.quoted(path)) must hold the password alone, on one line")
+        }
+        guard !text.isEmpty else {
+            throw ConfigError(.invalidValue, source: source, key: key, problem: "\(Loader.quoted(path)) is empty")
         }
         return Secret(text)
     }
@@ -321,6 +320,15 @@ public struct KisgwConfig: Sendable, Equatable {
         public static func isInClear(_ url: String) -> Bool {
             url.lowercased().hasPrefix("http://") && !KisgwConfig.isLoopback(url)
         }
+    }
+
+    /// The URLs `role` calls that are plain `http` to another machine, by key: KIS's (app secrets and tokens), and
+    /// for the gateway `[broker] url` too (it sends the user's JWT there and gets a KIS access token back). For a
+    /// warning at start-up.
+    public func urlsInClear(for role: Role) -> [(key: String, url: String)] {
+        var found = kis.inClear
+        if role == .gateway, KIS.isInClear(broker.url) { found.append(("[broker] url", broker.url)) }
+        return found
     }
 
     /// Whether an `http(s)://` URL's host is this machine's loopback (`localhost`, `*.localhost`, 127.x, `::1`).

@@ -156,6 +156,14 @@ struct Loader {
         }
     }
 
+    /// `text` without one line ending at its end ("\n", or "\r\n"); nil when a line ending is left in it. How a
+    /// secret is read from a file or a variable: one line, whatever wrote it.
+    static func oneLine(_ text: String) -> String? {
+        var text = text
+        if let last = text.last, last.isNewline { text.removeLast() }  // "\r\n" is one Character
+        return text.contains(where: \.isNewline) ? nil : text
+    }
+
     static func readText(_ path: String, source: String, key: String?) throws(ConfigError) -> String {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
@@ -554,21 +562,31 @@ struct Loader {
                     .invalidValue, source: "environment \(fileVariable)", key: "auth.jwt.hs256_secret_file",
                     problem: "set either \(env.name) or \(fileVariable), not both")
             }
-            guard env.value.utf8.count >= 32 else {
+            // The same bytes as a file holding the value (`kubectl create secret --from-file` keeps its line ending
+            // in a variable, drops nothing in a mounted file): one trailing line ending is not part of the secret.
+            guard let value = Loader.oneLine(env.value) else {
                 throw ConfigError(
                     .invalidValue, source: "environment \(env.name)", key: "auth.jwt.hs256_secret",
-                    problem: "must be at least 32 bytes (256 bits), got \(env.value.utf8.count) bytes")
+                    problem: "must be one line (a line ending at its end is dropped)")
             }
-            secret = Secret(env.value)
+            guard value.utf8.count >= 32 else {
+                throw ConfigError(
+                    .invalidValue, source: "environment \(env.name)", key: "auth.jwt.hs256_secret",
+                    problem: "must be at least 32 bytes (256 bits), got \(value.utf8.count) bytes")
+            }
+            secret = Secret(value)
         } else if let (path, found) = fileFound {
-            var text = try Loader.readText(path, source: source(of: found), key: "auth.jwt.hs256_secret_file")
-            while let last = text.last, last.isWhitespace { text.removeLast() }
-            guard text.utf8.count >= 32 else {
+            let text = try Loader.readText(path, source: source(of: found), key: "auth.jwt.hs256_secret_file")
+            guard let value = Loader.oneLine(text) else {
+                throw invalid(found, "auth.jwt", "hs256_secret_file",
+                              "\(Loader.quoted(path)) must hold the secret alone, on one line")
+            }
+            guard value.utf8.count >= 32 else {
                 throw invalid(
                     found, "auth.jwt", "hs256_secret_file",
-                    "the secret in \(Loader.quoted(path)) must be at least 32 bytes (256 bits), got \(text.utf8.count) bytes")
+                    "the secret in \(Loader.quoted(path)) must be at least 32 bytes (256 bits), got \(value.utf8.count) bytes")
             }
-            secret = Secret(text)
+            secret = Secret(value)
             secretFile = path
         }
 

@@ -11,7 +11,7 @@ extension KisgwConfig {
     /// - `broker`: the same JWT requirements, the `current` seal key (reading `keys_file`), with
     ///   the Redis backend a Redis URL, and a readable `database_password_file` when one is set.
     /// - `demo`: nothing (it makes its own).
-    /// - `jwt`: the HS256 secret; no seal key, and `keys_file` is not read.
+    /// - `jwt`: the HS256 secret, and HS256 among `algorithms`; no seal key, and `keys_file` is not read.
     ///
     /// - Throws: ``ConfigError`` (kind ``ConfigError/Kind/missing``) naming the key and how to set it.
     public func validate(for role: Role) throws(ConfigError) {
@@ -79,6 +79,14 @@ extension KisgwConfig {
             return
         case .jwt:
             try requireSecret("is required to sign tokens")
+            // It signs HS256 tokens: with HS256 not allowed, every gateway of this configuration would refuse them.
+            guard auth.jwt.algorithms.contains(.hs256) else {
+                let allowed = auth.jwt.algorithms.map(\.rawValue).joined(separator: ", ")
+                throw ConfigError(
+                    .invalidValue, source: source, key: "auth.jwt.algorithms",
+                    problem: "must include HS256 to sign tokens (kisgw jwt signs HS256); with \(allowed) only, the "
+                        + "gateways of this configuration would refuse them")
+            }
         }
     }
 }

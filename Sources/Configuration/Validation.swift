@@ -180,11 +180,23 @@ enum Validation {
         guard !authority.isEmpty, case .success = hostAndPort(authority) else {
             return .failure(Failure(problem: "has a missing or invalid host; " + shape))
         }
+        // Everything after a `#` is a fragment to the PostgreSQL client: `…/db#?sslmode=verify-full` was checked here
+        // as sslmode=verify-full and connected with the default (prefer: the certificate not checked).
+        if text.contains("#") {
+            return .failure(Failure(problem: "has a # (the client ignores it and everything after it); percent-encode # "
+                                    + "in a user name or password as %23"))
+        }
         // The parameters the broker's PostgreSQL client reads; any other would be silently ignored.
         if let parameters = queryParameters(of: rest) {
+            var seen: Set<String> = []
             for parameter in parameters {
                 let parts = parameter.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                 let name = parts[0].lowercased(), value = parts.count > 1 ? String(parts[1]) : ""
+                // Given twice, libpq takes the last and the client the first: `sslmode=disable&sslmode=verify-full`
+                // connected in clear where psql verifies the certificate.
+                guard seen.insert(name).inserted else {
+                    return .failure(Failure(problem: "has the parameter \"\(parts[0])\" more than once; give it once"))
+                }
                 switch name {
                 case "sslmode":
                     guard Self.sslModes.contains(value) else {

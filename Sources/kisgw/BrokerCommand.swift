@@ -23,7 +23,7 @@ struct BrokerCommand: AsyncParsableCommand {
     func run() async throws {
         let config = try configOptions.load(for: .broker)
         try await configOptions.checkJWTKeys(config)
-        let runtime = try Runtime(config: config, label: "kisgw.broker")
+        let runtime = try Runtime(config: config, role: .broker, label: "kisgw.broker")
         let logger = runtime.logger
         if config.store.backend == .memory {
             logger.warning(

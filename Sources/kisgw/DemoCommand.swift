@@ -21,8 +21,9 @@ struct DemoCommand: AsyncParsableCommand {
             Prints the URL to open and a ready JWT; stops cleanly on Ctrl-C. The broker keeps its SQLite database \
             and the demo's generated secrets in the data folder. It runs on embedded defaults and reads no \
             gateway.toml. With KISGW_REDIS_URL set, the gateway and the broker share that Redis instead of the \
-            in-process memory store. KISGW_DEMO_APP_KEY / KISGW_DEMO_APP_SECRET make the simulators accept only that \
-            pair (any non-empty pair otherwise).
+            in-process memory store (the other KISGW_REDIS_* variables apply with it). KISGW_DEMO_APP_KEY and \
+            KISGW_DEMO_APP_SECRET, set together, make the simulators accept only that pair (any non-empty pair \
+            otherwise).
             """
     )
 
@@ -41,8 +42,23 @@ struct DemoCommand: AsyncParsableCommand {
         }
         guard (1024...44000).contains(portBase) else { throw ValidationError("--port-base must be from 1024 to 44000, got \(portBase)") }
         _ = try LoggingOptions.level(logLevel)
-        if let key = ProcessInfo.processInfo.environment["KISGW_DEMO_APP_KEY"], key.isEmpty {
-            throw ValidationError("KISGW_DEMO_APP_KEY is set but empty")
+        try Self.demoCredentials(env)
+    }
+
+    /// The one app key and secret the simulators accept (KISGW_DEMO_APP_KEY and KISGW_DEMO_APP_SECRET), or nil: any
+    /// non-empty pair. Both or neither, neither empty: one alone was ignored (any pair accepted, unlike what the
+    /// variable says), and an empty secret made every account's connection fail (KIS's EGW00105).
+    @discardableResult
+    static func demoCredentials(_ env: [String: String]) throws -> [String: String]? {
+        let key = env["KISGW_DEMO_APP_KEY"], secret = env["KISGW_DEMO_APP_SECRET"]
+        for (name, value) in [("KISGW_DEMO_APP_KEY", key), ("KISGW_DEMO_APP_SECRET", secret)] where value?.isEmpty == true {
+            throw ValidationError("\(name) is set but empty")
+        }
+        switch (key, secret) {
+        case (nil, nil): return nil
+        case (let key?, let secret?): return [key: secret]
+        case (nil, _): throw ValidationError("KISGW_DEMO_APP_SECRET is set without KISGW_DEMO_APP_KEY: set both, or neither")
+        case (_, nil): throw ValidationError("KISGW_DEMO_APP_KEY is set without KISGW_DEMO_APP_SECRET: set both, or neither")
         }
     }
 
@@ -115,13 +131,22 @@ struct DemoCommand: AsyncParsableCommand {
             }
             sealKeys[id] = key
         }
-        let redisURL = env["KISGW_REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        // `[redis]` from its variables (KISGW_REDIS_URL, _PASSWORD_FILE, _PREFIX, _POOL_SIZE, _TIMEOUT_MS), checked as
+        // the other verbs check them (a bad value is one line naming the variable and why, exit 78), but with no file:
+        // the demo runs on embedded defaults, whatever ./gateway.toml the directory holds.
+        let redisVariables = env.filter { $0.key.hasPrefix("KISGW_REDIS_") && !$0.value.isEmpty }
+        let redisURL = redisVariables["KISGW_REDIS_URL"]
         var redis = KisgwConfig.Redis()
-        if let redisURL {
-            // Checked as the other verbs check it (a bad URL is one line naming the variable and why, exit 78), but
-            // with no file: the demo runs on embedded defaults, whatever ./gateway.toml the directory holds.
+        if redisURL == nil, !redisVariables.isEmpty {
+            let names = redisVariables.keys.sorted().joined(separator: ", ")
+            FileHandle.standardError.write(Data(
+                "kisgw: \(names) set without KISGW_REDIS_URL: the demo uses Redis only when KISGW_REDIS_URL is set\n".utf8))
+            throw ExitCode(78)  // EX_CONFIG
+        }
+        if redisURL != nil {
             do {
-                redis = try KisgwConfig.load(environmentOnly: ["KISGW_REDIS_URL": redisURL]).redis
+                redis = try KisgwConfig.load(environmentOnly: redisVariables).redis
+                _ = try redis.resolvedURL()  // a password file it cannot read stops it here, naming the variable
             } catch {
                 FileHandle.standardError.write(Data("kisgw: \(error)\n".utf8))
                 throw ExitCode(78)  // EX_CONFIG
@@ -137,11 +162,10 @@ struct DemoCommand: AsyncParsableCommand {
             broker: .init(url: "http://\(host):\(brokerPort)", host: host, port: brokerPort,
                           database: .sqlite(path: URL(fileURLWithPath: data).appendingPathComponent("broker.sqlite").path)),
             log: .init(level: (try? LoggingOptions.level(logLevel)) ?? .notice, format: .text))
-        let runtime = try Runtime(config: config, label: "kisgw.demo")
+        let runtime = try Runtime(config: config, role: .demo, label: "kisgw.demo")
         let logger = runtime.logger
 
-        var credentials: [String: String]? = nil
-        if let key = env["KISGW_DEMO_APP_KEY"], let secret = env["KISGW_DEMO_APP_SECRET"] { credentials = [key: secret] }
+        let credentials = try Self.demoCredentials(env)
         try await StartupFailure.reported(
             listening: "\(host): the gateway on \(gatewayPort), the broker on \(brokerPort), the simulators on \(livePort) and \(sandboxPort) (--port-base)"
         ) {

@@ -24,7 +24,7 @@ struct GatewayCommand: AsyncParsableCommand {
         // without `[seal]` keys in the environment (validation asks for them only with Redis) a throwaway key stands
         // in, and `[seal] keys_file` is not read.
         let memory = config.store.backend == .memory
-        let runtime = try Runtime(config: config, label: "kisgw.gateway", ephemeralSeal: memory)
+        let runtime = try Runtime(config: config, role: .gateway, label: "kisgw.gateway", ephemeralSeal: memory)
         let deps = runtime.gatewayDependencies
         let logger = runtime.logger
         if memory {

@@ -32,15 +32,16 @@ struct Runtime {
     /// at once, and connects and refreshes come besides.
     static let brokerConnectionsPerHost = 32
 
-    init(config: KisgwConfig, label: String, ephemeralSeal: Bool = false) throws {
+    init(config: KisgwConfig, role: KisgwConfig.Role, label: String, ephemeralSeal: Bool = false) throws {
         self.config = config
         ProcessHeap.keepFreedMemory()
         LoggingSetup.bootstrap(level: config.log.level, format: config.log.format)
         var logger = Logger(label: label)
         logger.logLevel = config.log.level
         self.logger = logger
-        for (key, _) in config.kis.inClear {
-            logger.warning("\(key) is plain http to another machine: app secrets and KIS tokens cross the network in clear")
+        for (key, _) in config.urlsInClear(for: role) {
+            let what = key == "[broker] url" ? "users' JWTs and KIS tokens" : "app secrets and KIS tokens"
+            logger.warning("\(key) is plain http to another machine: \(what) cross the network in clear")
         }
         self.registry = MetricsSetup.bootstrap()
         switch config.store.backend {

@@ -231,6 +231,16 @@ let badInputs: [BadInput] = [
         message: "environment KISGW_BROKER_DATABASE: has the parameter \"connect_timeout\", which kisgw does not read (it reads sslmode, sslrootcert and password), got \"postgres://[REDACTED]@db/kisgw?sslmode=require&connect_timeout=5\"",
         kind: .invalidValue),
     BadInput(
+        name: "a database URL parameter given twice (libpq takes the last, the client the first)",
+        environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw@db/kisgw?sslmode=disable&sslmode=verify-full"],
+        message: "environment KISGW_BROKER_DATABASE: has the parameter \"sslmode\" more than once; give it once, got \"postgres://[REDACTED]@db/kisgw?sslmode=disable&sslmode=verify-full\"",
+        kind: .invalidValue),
+    BadInput(
+        name: "a database URL whose parameters follow a # (a fragment the client ignores)",
+        environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw@db/kisgw#?sslmode=verify-full"],
+        message: "environment KISGW_BROKER_DATABASE: has a # (the client ignores it and everything after it); percent-encode # in a user name or password as %23, got \"postgres://[REDACTED]@db/kisgw#?sslmode=verify-full\"",
+        kind: .invalidValue),
+    BadInput(
         name: "an sslrootcert that cannot be read",
         environment: ["KISGW_BROKER_DATABASE": "postgres://kisgw@db/kisgw?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"],
         message: "environment KISGW_BROKER_DATABASE: has sslrootcert=/nonexistent/ca.pem, which cannot be read (a PEM file of the CA that signed the server's certificate), got \"postgres://[REDACTED]@db/kisgw?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem\"",
@@ -425,6 +435,10 @@ let roleCases: [RoleCase] = [
         name: "jwt without secret", toml: "[auth.jwt]\nalgorithms = [\"EdDSA\"]", environment: [:], role: .jwt,
         message: "kisgw jwt: [auth.jwt] hs256_secret: is required to sign tokens; set KISGW_AUTH_JWT_HS256_SECRET (32 bytes or more) or [auth.jwt] hs256_secret_file"),
     RoleCase(name: "jwt with secret", toml: "", environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret], role: .jwt, message: nil),
+    RoleCase(
+        name: "jwt with HS256 not allowed", toml: "[auth.jwt]\nalgorithms = [\"RS256\"]\npublic_keys_file = \"/nonexistent.pem\"",
+        environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret], role: .jwt,
+        message: "kisgw jwt: [auth.jwt] algorithms: must include HS256 to sign tokens (kisgw jwt signs HS256); with RS256 only, the gateways of this configuration would refuse them"),
     RoleCase(name: "demo needs nothing", toml: "[store]\nbackend = \"redis\"", environment: [:], role: .demo, message: nil),
     // `[seal] keys_file` is read by the roles that use the keys only (the broker; a gateway on Redis).
     RoleCase(

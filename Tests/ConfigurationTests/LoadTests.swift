@@ -274,6 +274,39 @@ struct LoadTests {
         #expect(config.seal.keys[config.seal.current]?.bytes.count == 32)
     }
 
+    /// The HS256 secret is the same bytes whether it comes from KISGW_AUTH_JWT_HS256_SECRET or from
+    /// `hs256_secret_file`: one line ending at its end is dropped from both, and a second line is refused. The variable
+    /// was taken byte for byte (a trailing newline signed with, and counted towards the 32 bytes) while the file lost
+    /// every trailing space and kept any further lines: a gateway given the variable and a broker given the file —
+    /// one Kubernetes secret, injected and mounted — refused each other's tokens.
+    @Test func hs256SecretIsOneLineFromTheVariableAndFromTheFile() throws {
+        for (n, ending) in ["", "\n", "\r\n"].enumerated() {
+            let file = writeFile(goodSecret + ending, name: "jwt-secret-\(n)")
+            #expect(try load("[auth.jwt]\nhs256_secret_file = \"\(file)\"\n").auth.jwt.hs256Secret?.value == goodSecret)
+            #expect(try load("", environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret + ending]).auth.jwt.hs256Secret?.value
+                == goodSecret)
+        }
+        // Trailing spaces are part of it, from both.
+        let spaced = writeFile(goodSecret + "  \n", name: "jwt-secret-spaced")
+        #expect(try load("[auth.jwt]\nhs256_secret_file = \"\(spaced)\"\n").auth.jwt.hs256Secret?.value == goodSecret + "  ")
+        // 31 bytes and a line ending: too short, from both.
+        let short = String(repeating: "a", count: 31) + "\n"
+        let fromVariable = loadError("", environment: ["KISGW_AUTH_JWT_HS256_SECRET": short])
+        #expect(fromVariable?.error.description.contains("got 31 bytes") == true, "\(String(describing: fromVariable))")
+        let shortFile = writeFile(short, name: "jwt-secret-short")
+        let fromFile = loadError("[auth.jwt]\nhs256_secret_file = \"\(shortFile)\"\n")
+        #expect(fromFile?.error.description.contains("got 31 bytes") == true, "\(String(describing: fromFile))")
+        // A second line is refused, naming the file, never showing the secret.
+        let twoLines = writeFile(goodSecret + "\n# rotated 2026-11\n", name: "jwt-secret-two")
+        let refused = loadError("[auth.jwt]\nhs256_secret_file = \"\(twoLines)\"\n")
+        #expect(refused?.error.description.contains("must hold the secret alone, on one line") == true,
+                "\(String(describing: refused))")
+        #expect(refused?.error.description.contains(goodSecret) == false)
+        let twoInVariable = loadError("", environment: ["KISGW_AUTH_JWT_HS256_SECRET": goodSecret + "\nmore"])
+        #expect(twoInVariable?.error.description.contains("must be one line") == true, "\(String(describing: twoInVariable))")
+        #expect(twoInVariable?.error.description.contains(goodSecret) == false)
+    }
+
     @Test func environmentSecretWinsOverTheSecretFileInTheFile() throws {
         let secretFile = writeFile("file-secret-file-secret-file-secret-0123", name: "s")
         let toml = "[auth.jwt]\nhs256_secret_file = \"\(secretFile)\"\n"
@@ -527,6 +560,19 @@ struct LoadTests {
         }
         let config = try KisgwConfig.load(file: nil, environment: ["KISGW_KIS_SANDBOX_URL": "http://10.0.0.5:29443"])
         #expect(config.kis.inClear.map(\.key) == ["[kis] sandbox_url"])
+    }
+
+    /// The gateway sends the user's JWT to `[broker] url` and gets a KIS token back: plain http to another machine is
+    /// warned about as KIS's URLs are (it was not). The broker does not call it.
+    @Test func brokerURLInClear() throws {
+        let far = try KisgwConfig.load(file: nil, environment: ["KISGW_BROKER_URL": "http://10.0.0.7:8080"])
+        #expect(far.urlsInClear(for: .gateway).map(\.key) == ["[broker] url"])
+        #expect(far.urlsInClear(for: .broker).isEmpty)
+        let near = try KisgwConfig.load(file: nil, environment: ["KISGW_BROKER_URL": "http://127.0.0.1:8080"])
+        #expect(near.urlsInClear(for: .gateway).isEmpty)
+        let both = try KisgwConfig.load(file: nil, environment: ["KISGW_BROKER_URL": "http://broker:8080",
+                                                                 "KISGW_KIS_LIVE_URL": "http://sim:9443"])
+        #expect(both.urlsInClear(for: .gateway).map(\.key) == ["[kis] live_url", "[broker] url"])
     }
 
     @Test func environmentNames() {

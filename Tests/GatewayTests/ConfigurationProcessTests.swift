@@ -363,6 +363,32 @@ struct StartupFailureTests {
         #expect(!quiet.contains("other users"), "\(quiet)")
     }
 
+    /// `kisgw demo`'s variables: KISGW_DEMO_APP_KEY and _SECRET together or not at all (one alone was ignored — any
+    /// pair accepted — and an empty secret made every connection fail); the other KISGW_REDIS_* variables with
+    /// KISGW_REDIS_URL (a Redis user's password file was dropped, and the error then asked for that very file).
+    @Test("kisgw demo: the app key and secret both or neither; KISGW_REDIS_PASSWORD_FILE read with KISGW_REDIS_URL")
+    func demoVariables() throws {
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-demo-vars-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        let demo = ["demo", "--port-base", "40100", "--data", scratch.path]
+        let cases: [([String: String], Int32, String)] = [
+            (["KISGW_DEMO_APP_KEY": "PSdemo"], 64, "KISGW_DEMO_APP_KEY is set without KISGW_DEMO_APP_SECRET: set both, or neither"),
+            (["KISGW_DEMO_APP_SECRET": "s3cret"], 64, "KISGW_DEMO_APP_SECRET is set without KISGW_DEMO_APP_KEY: set both, or neither"),
+            (["KISGW_DEMO_APP_KEY": "PSdemo", "KISGW_DEMO_APP_SECRET": ""], 64, "KISGW_DEMO_APP_SECRET is set but empty"),
+            (["KISGW_REDIS_URL": "redis://app@127.0.0.1:1/0", "KISGW_REDIS_PASSWORD_FILE": "/nonexistent/kisgw-redis-pw"], 78,
+             "KISGW_REDIS_PASSWORD_FILE: cannot read \"/nonexistent/kisgw-redis-pw\""),
+            (["KISGW_REDIS_PASSWORD_FILE": "/nonexistent/kisgw-redis-pw"], 78,
+             "KISGW_REDIS_PASSWORD_FILE set without KISGW_REDIS_URL: the demo uses Redis only when KISGW_REDIS_URL is set"),
+        ]
+        for (variables, expected, says) in cases {
+            let (status, stderr) = try run(demo, env: variables)  // no other KISGW_* variable (kisgwProcess)
+            #expect(status == expected, "\(variables): \(stderr)")
+            #expect(stderr.contains(says), "\(variables): \(stderr)")
+            #expect(!stderr.contains("s3cret"), "\(stderr)")
+        }
+    }
+
     @Test("a port in use, an address not on this machine, a SQLite path that is a folder or not a database, a demo data folder that is a file, a JWT sub no verifier accepts")
     func oneLineEach() throws {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("kisgw-startup-\(UUID().uuidString)")
