@@ -350,7 +350,7 @@ final class HitPath: Sendable {
     }
 
     /// The request headers the hit path reads, each found in one pass; a repeated one makes the request the
-    /// router's (HTTPTypes joins repeated fields, and a credential must not be ambiguous).
+    /// router's (HTTPTypes joins repeated fields, and a credential must not be ambiguous), as does a body.
     struct Fields {
         var authorization: String?
         var kisToken: String?
@@ -375,6 +375,10 @@ final class HitPath: Sendable {
                 case 13 where HeaderName.equals(n, "authorization"): fresh = Self.take(&authorization, value)
                 case 13 where HeaderName.equals(n, "if-none-match"): fresh = Self.take(&ifNoneMatch, value)
                 case 29 where HeaderName.equals(n, "access-control-request-method"): fresh = Self.take(&requestMethod, value)
+                // A request with a body is the router's: the hit path decides at the head and answers at the end,
+                // which a body held back could put minutes after a revocation (the answer, or a KIS call, after it).
+                case 14 where HeaderName.equals(n, "content-length"): fresh = value == "0"
+                case 17 where HeaderName.equals(n, "transfer-encoding"): fresh = false
                 default: fresh = true
                 }
                 guard fresh else { return nil }
@@ -421,7 +425,7 @@ final class HitPath: Sendable {
         let session: VerifiedSession
         let resolvedToken: ResolvedToken
         if let last = memo.credentials, now < last.validUntil, last.generation == authorizer.generation,
-            last.authorization == authorization, last.kisToken == rawKIS
+            last.authorization.utf8.elementsEqual(authorization.utf8), last.kisToken.utf8.elementsEqual(rawKIS.utf8)
         {
             if let refusal = fields.refusal(maxHeaderBytes, target: uri) { return .refuse(refusal, origin: allowedOrigin) }
             (session, resolvedToken) = (last.session, last.token)
@@ -1000,7 +1004,9 @@ final class HitPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func allowed(_ origin: String) -> Bool {
-        if let (o, a) = lastOrigin, o == origin { return a }
+        // Compared byte for byte: `String`'s `==` is canonical equivalence, which would take other bytes for the last
+        // origin allowed (and echo them). A serialised origin is ASCII (RFC 6454).
+        if let (o, a) = lastOrigin, o.utf8.elementsEqual(origin.utf8) { return a }
         let a = path.cors.allows(origin: origin)
         lastOrigin = (origin, a)
         return a

@@ -88,18 +88,25 @@ final class TokenAuthorizer: Sendable {
         return (hit.token, hit.validUntil)
     }
 
+    static func isASCII(_ s: String) -> Bool { s.utf8.allSatisfy { $0 < 0x80 } }
+
     /// Changes whenever a decision is forgotten (``forget(sha256:)``, ``forgetAll()``): a copy of a decision taken
     /// from ``known(kisToken:userID:now:)`` holds only while this is what it was before that call.
     var generation: UInt64 { forgets.load(ordering: .acquiring) }
 
     /// The remembered decision for `kisToken`, while it is still valid.
     private func remembered(_ kisToken: String, now: Date) -> Entry? {
-        guard let hit = cache.withLock({ $0.entries[kisToken] }), hit.validUntil > now else { return nil }
+        // Keyed by `String` (canonical equivalence): only an ASCII token — as KIS's are — is looked up, so that no
+        // other bytes are taken for a remembered token.
+        guard Self.isASCII(kisToken), let hit = cache.withLock({ $0.entries[kisToken] }), hit.validUntil > now else {
+            return nil
+        }
         return hit
     }
 
     /// The token's credentials if `kisToken` was published for `userID` and is live; else a `kis_token_*` problem.
     func authorize(kisToken: String, userID: String, now: Date = Date()) async throws(Problem) -> ResolvedToken {
+        guard Self.isASCII(kisToken) else { throw Problem(.kisTokenInvalid, "the KIS token must be ASCII") }
         if let token = remembered(kisToken, now: now)?.token {
             guard token.userID.isSameUserID(userID) else {
                 throw Problem(.kisTokenInvalid, "the KIS token does not belong to this user")

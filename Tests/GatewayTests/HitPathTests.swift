@@ -430,6 +430,74 @@ struct HitPathTests {
         }
     }
 
+    /// A JWT or KIS token with U+212A KELVIN SIGN for its `K`s is, to Swift's `String`, the same value as the real one
+    /// (canonical equivalence). The JWT verifier's and the token authorizer's caches are keyed by `String`: the
+    /// lookalike's refusal, remembered, refused the real JWT (jwt_invalid: its user signed out), and once the real
+    /// one was remembered the lookalike, whose bytes were never verified, was accepted. Credentials are ASCII now.
+    @Test("a JWT or KIS token with a Kelvin sign for a K: refused, and the real one still answered")
+    func lookalikeCredentials() async throws {
+        try await Self.withUser("hp-kelvin", appKey: "PShitpathkelvin") { fx, _, _, _ in
+            let port = Int(fx.gatewayURL.split(separator: ":").last!)!
+            let path = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
+            // A JWT and a KIS token with a `K` in them (about half have one: a longer ttl changes the JWT, another app
+            // key the token).
+            var jwt = ""
+            for ttl in 600..<700 where !jwt.contains("K") { jwt = try await fx.jwt("hp-kelvin", ttl: TimeInterval(ttl)) }
+            var kis = ""
+            for i in 0..<40 where !kis.contains("K") { kis = try await fx.connect(user: "hp-kelvin", appKey: "PShitpathkelvin\(i)") }
+            try #require(jwt.contains("K") && kis.contains("K"))
+            let kelvin = "\u{212A}"
+            let fakeJWT = jwt.replacingOccurrences(of: "K", with: kelvin)
+            let fakeKIS = kis.replacingOccurrences(of: "K", with: kelvin)
+            #expect(fakeJWT == jwt && fakeKIS == kis, "Swift's String equality is what this test is about")
+            func headers(_ j: String, _ k: String) -> HTTPHeaders {
+                HTTPHeaders([("Host", "127.0.0.1"), ("Authorization", "Bearer \(j)"), ("X-KIS-Token", k)])
+            }
+            // The lookalike JWT first: refused. Then the real one, on a connection of its own: answered.
+            #expect(try await RawHTTP.exchange(port: port, paths: [path], headers: headers(fakeJWT, kis)).map(\.status)
+                    == [.unauthorized])
+            #expect(try await RawHTTP.exchange(port: port, paths: [path, path], headers: headers(jwt, kis)).map(\.status)
+                    == [.ok, .ok], "the lookalike's refusal refused the real JWT")
+            // Both credentials remembered now: neither lookalike is taken for them.
+            #expect(try await RawHTTP.exchange(port: port, paths: [path], headers: headers(fakeJWT, kis)).map(\.status)
+                    == [.unauthorized], "a lookalike JWT was accepted")
+            let withFakeKIS = try await RawHTTP.exchange(port: port, paths: [path], headers: headers(jwt, fakeKIS))
+            #expect(withFakeKIS.map(\.status) == [.unauthorized], "a lookalike KIS token was accepted")
+        }
+    }
+
+    /// The hit path decided a chart request at its head and answered at its end: a body held back (`Content-Length:
+    /// 1`, the byte sent later) put the answer — a HIT, or a KIS call with the token's app key — after the token's
+    /// revocation. A request with a body is the router's now, which answers at the head (before the revocation).
+    @Test("a chart request whose body is held back past a revocation is not answered with the chart after it")
+    func bodyHeldBackPastARevocation() async throws {
+        try await Self.withUser("hp-body", appKey: "PShitpathbody") { fx, jwt, kis, _ in
+            let port = Int(fx.gatewayURL.split(separator: ":").last!)!
+            let path = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
+            #expect(try await fx.get(path, jwt: jwt, kis: kis).status == 200)
+            #expect(try await fx.get(path, jwt: jwt, kis: kis).header("x-cache") == "HIT")
+            let connection = try RawConnection(port: port, receiveTimeout: 10)
+            // Whatever is answered to the head alone (the router answers there; the body is read after).
+            let early = try await onThread {
+                try connection.send("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \(jwt)\r\n"
+                                    + "X-KIS-Token: \(kis)\r\nContent-Length: 1\r\n\r\n")
+                return connection.readAvailable(within: 1000)
+            }
+            try await TokenDirectory.unpublish(sha256: TokenDirectory.sha256(of: kis), userID: "hp-body",
+                                               environment: .live, store: fx.store)
+            let revoked = try await eventually(timeout: .seconds(10)) { try await fx.get(path, jwt: jwt, kis: kis).status == 401 }
+            #expect(revoked, "the revocation never took effect")
+            let late = try await onThread {
+                try connection.send("x")
+                return connection.readAvailable(within: 1000)
+            }
+            let text = String(decoding: late, as: UTF8.self)
+            #expect(!text.hasPrefix("HTTP/1.1 200"), "the chart was answered after the token was revoked: \(text.prefix(200))")
+            #expect(String(decoding: early, as: UTF8.self).hasPrefix("HTTP/1.1 200") || text.hasPrefix("HTTP/1.1 401"),
+                    "early \(early.count) bytes, late: \(text.prefix(200))")
+        }
+    }
+
     @Test("a revoked KIS token is refused at once, however often its hit was served")
     func revocation() async throws {
         try await Self.withUser("hp-revoke", appKey: "PShitpath0002") { fx, jwt, kis, answers in

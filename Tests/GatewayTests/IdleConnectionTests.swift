@@ -66,6 +66,19 @@ final class RawConnection: @unchecked Sendable {  // used by one thread at a tim
         }
     }
 
+    /// What arrives within `milliseconds`, without waiting longer for more (`poll`, then what is there).
+    func readAvailable(within milliseconds: Int32) -> [UInt8] {
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var waiting = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        while poll(&waiting, 1, milliseconds) > 0 {
+            let n = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+            guard n > 0 else { break }
+            received += buffer[0..<n]
+        }
+        return received
+    }
+
     /// Everything until the end of the stream (or the receive timeout).
     func readToEnd() -> [UInt8] {
         var received: [UInt8] = []
@@ -111,10 +124,15 @@ final class RawConnection: @unchecked Sendable {  // used by one thread at a tim
         return (sent, false)
     }
 
-    /// Whether the server closed the connection (end of stream) within the receive timeout.
+    /// Whether the server closed the connection (end of stream) within the receive timeout; an answer given before
+    /// (the router answers a preflight at its head, whatever body is declared) is read and dropped.
     func closedByServer() -> Bool {
-        var byte: UInt8 = 0
-        return read(fd, &byte, 1) == 0
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n > 0 { continue }
+            return n == 0
+        }
     }
 }
 
