@@ -269,7 +269,7 @@ struct GatewayCore: Sendable {
         guard let raw = request.headers[xKISToken], case let kis = BearerCredentials.trimmedOWS(raw[...]), !kis.isEmpty else {
             throw Problem(.authRequired, "X-KIS-Token is required")
         }
-        return (String(jwt), kis.count == raw.count ? raw : String(kis))
+        return (String(jwt), kis.utf8.count == raw.utf8.count ? raw : String(kis))
     }
 
 
