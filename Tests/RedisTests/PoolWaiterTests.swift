@@ -25,8 +25,8 @@ struct PoolWaiterTests {
                                   logger: TestEnvironment.logger)
         let clock = ContinuousClock()
 
-        // Cancelled 100 ms into its wait.
-        let waiting = Task { () -> (Duration, (any Error)?) in
+        // How long a call waits for a connection, and how it ends.
+        @Sendable func timedWait() async -> (Duration, (any Error)?) {
             let start = clock.now
             do {
                 _ = try await pool.connection(deadline: .now() + .seconds(5))
@@ -35,6 +35,8 @@ struct PoolWaiterTests {
                 return (start.duration(to: clock.now), error)
             }
         }
+        // Cancelled 100 ms into its wait.
+        let waiting = Task { await timedWait() }
         try await Task.sleep(for: .milliseconds(100))
         waiting.cancel()
         let (waited, waitError) = await waiting.value
@@ -44,13 +46,7 @@ struct PoolWaiterTests {
         // Cancelled before it asks (while the connection is still opening).
         let early = Task { () -> (Duration, (any Error)?) in
             withUnsafeCurrentTask { $0?.cancel() }
-            let start = clock.now
-            do {
-                _ = try await pool.connection(deadline: .now() + .seconds(5))
-                return (start.duration(to: clock.now), nil)
-            } catch {
-                return (start.duration(to: clock.now), error)
-            }
+            return await timedWait()
         }
         let (earlyWaited, earlyError) = await early.value
         #expect(earlyWaited < .seconds(1), "waited \(earlyWaited)")

@@ -176,13 +176,3 @@ struct PubSubRaceTests {
         }
     }
 }
-
-/// Runs a task's jobs on one event loop.
-private final class OnLoop: TaskExecutor {
-    let loop: any EventLoop
-    init(_ loop: any EventLoop) { self.loop = loop }
-    func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        loop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
-    }
-}

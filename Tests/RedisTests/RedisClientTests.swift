@@ -334,7 +334,7 @@ struct RedisClientTests {
 }
 
 /// Runs a task's jobs on one event loop (as the gateway runs a miss on its connection's loop).
-private final class OnLoop: TaskExecutor {
+final class OnLoop: TaskExecutor {
     let loop: any EventLoop
     init(_ loop: any EventLoop) { self.loop = loop }
     func enqueue(_ job: consuming ExecutorJob) {
