@@ -135,7 +135,11 @@ struct SchedulerTests {
                 let keeper = makeKeeper(repository, store: b.store, keyring: b.keyring, kis: b.simURL, clock: { b.clock.now() })
                 let issued = try await b.issuances()
                 #expect(try await keeper.scheduledRefresh(listed) == true)
-                #expect(try await b.issuances() == issued + 1)
+                // One token issued for it — by this call, or just before by the broker's own scheduler, whose first
+                // pass can land after the rows above were written (KIS then hands this call the same token back,
+                // not counted again: seen once on the fresh-clone CI, issued + 0).
+                let more = try await b.issuances() - issued
+                #expect(more == 1 || more == 0, "issuances: \(more)")
                 let newest = try #require(try await repository.tokens(userID: user, environment: .sandbox).first)
                 #expect(newest.status == .active)
                 #expect(try await b.store.setMembers(TokenDirectory.userKey(user, .sandbox)) == [newest.tokenSHA256])
