@@ -283,21 +283,20 @@ final class TokenKeeper: Sendable {
         // this attempt ends — a deletion that timed out on PostgreSQL but was committed answers an error, and the
         // DELETE tried again then finds no account (nor its rows) to go by.
         var left: (account: Account, tokens: [StoredToken])?
-        let again: Bool
+        let outcome: Result<Bool, any Error>
         do {
-            again = try await withAccountLocks(userID, environment, appKey) { locks in
+            outcome = .success(try await withAccountLocks(userID, environment, appKey) { locks in
                 // Read again under the locks: a `token` call may have replaced the app key (and its lock) before.
                 guard let current = try await repository.account(userID: userID, environment: environment) else { return false }
                 guard (try? vault.open(current))?.appKey == appKey else { return true }
                 try await disconnect(current, userID: userID, environment: environment, locks: locks, leftRevoked: &left)
                 return false
-            }
+            })
         } catch {
-            if let left { await revokeLeftAtKIS(left.tokens, account: left.account) }
-            throw error
+            outcome = .failure(error)
         }
         if let left { await revokeLeftAtKIS(left.tokens, account: left.account) }
-        guard again else { return }
+        guard try outcome.get() else { return }
         guard retried < 2 else {
             throw Problem(.kisRateLimited, "the account's app key keeps changing while it is being disconnected; try again",
                           retryAfter: 1)

@@ -84,29 +84,27 @@ final class TokenAuthorizer: Sendable {
     /// anything else — unknown, another user's, expired — is left to `authorize`).
     /// Also says until when the decision holds, unless the authorizer forgets something first (``generation``).
     func known(kisToken: String, userID: String, now: Date) -> (ResolvedToken, validUntil: Date)? {
-        guard let hit = remembered(kisToken, now: now), hit.token.userID.isSameUserID(userID) else { return nil }
+        // Not ASCII: left to `authorize`, which refuses it (``BearerCredentials/isASCII(_:)``).
+        guard BearerCredentials.isASCII(kisToken), let hit = remembered(kisToken, now: now),
+            hit.token.userID.isSameUserID(userID)
+        else { return nil }
         return (hit.token, hit.validUntil)
     }
-
-    static func isASCII(_ s: String) -> Bool { s.utf8.allSatisfy { $0 < 0x80 } }
 
     /// Changes whenever a decision is forgotten (``forget(sha256:)``, ``forgetAll()``): a copy of a decision taken
     /// from ``known(kisToken:userID:now:)`` holds only while this is what it was before that call.
     var generation: UInt64 { forgets.load(ordering: .acquiring) }
 
     /// The remembered decision for `kisToken`, while it is still valid.
+    /// (`kisToken` is ASCII: its callers see to it.)
     private func remembered(_ kisToken: String, now: Date) -> Entry? {
-        // Keyed by `String` (canonical equivalence): only an ASCII token — as KIS's are — is looked up, so that no
-        // other bytes are taken for a remembered token.
-        guard Self.isASCII(kisToken), let hit = cache.withLock({ $0.entries[kisToken] }), hit.validUntil > now else {
-            return nil
-        }
+        guard let hit = cache.withLock({ $0.entries[kisToken] }), hit.validUntil > now else { return nil }
         return hit
     }
 
     /// The token's credentials if `kisToken` was published for `userID` and is live; else a `kis_token_*` problem.
     func authorize(kisToken: String, userID: String, now: Date = Date()) async throws(Problem) -> ResolvedToken {
-        guard Self.isASCII(kisToken) else { throw Problem(.kisTokenInvalid, "the KIS token must be ASCII") }
+        guard BearerCredentials.isASCII(kisToken) else { throw Problem(.kisTokenInvalid, "the KIS token must be ASCII") }
         if let token = remembered(kisToken, now: now)?.token {
             guard token.userID.isSameUserID(userID) else {
                 throw Problem(.kisTokenInvalid, "the KIS token does not belong to this user")

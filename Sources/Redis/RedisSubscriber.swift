@@ -88,6 +88,15 @@ final class RedisSubscriber: Sendable {
         /// SUBSCRIBE of the one that came after it.
         var channelsInFlight: [String: Int] = [:]
         var patternsInFlight: [String: Int] = [:]
+
+        /// One command for channel or pattern `name` answered: whether it was the last one sent for it (none is still
+        /// in flight).
+        mutating func settle(_ name: String, pattern: Bool) -> Bool {
+            let inFlight: WritableKeyPath<State, [String: Int]> = pattern ? \.patternsInFlight : \.channelsInFlight
+            let left = (self[keyPath: inFlight][name] ?? 1) - 1
+            self[keyPath: inFlight][name] = left > 0 ? left : nil
+            return left <= 0
+        }
         var confirmationWaiters: [Int: Waiter] = [:]
         var supervisor: Task<Void, Never>?
         var isShutdown = false
@@ -265,12 +274,6 @@ final class RedisSubscriber: Sendable {
         }
     }
 
-    /// One command for `name` answered: whether it was the last one sent for it (none is still in flight).
-    private static func settle(_ inFlight: inout [String: Int], _ name: String) -> Bool {
-        let left = (inFlight[name] ?? 1) - 1
-        inFlight[name] = left > 0 ? left : nil
-        return left <= 0
-    }
 
     /// Keeps one pub/sub connection open until shutdown.
     private func supervise() async {
@@ -398,6 +401,15 @@ final class RedisSubscriber: Sendable {
             case unsubscribe
             case punsubscribe
             case other
+
+            /// Whether its names are patterns (nil: not a (un)subscription).
+            var isPattern: Bool? {
+                switch self {
+                case .subscribe, .unsubscribe: false
+                case .psubscribe, .punsubscribe: true
+                case .other: nil
+                }
+            }
         }
 
         struct Sent: Sendable {
@@ -488,11 +500,8 @@ final class RedisSubscriber: Sendable {
             if let command = link.answered(value), case .error(let message) = value {
                 self.state.withLock { state in
                     guard state.link === link else { return }
-                    switch command.kind {
-                    case .subscribe, .unsubscribe: for name in command.names { _ = Self.settle(&state.channelsInFlight, name) }
-                    case .psubscribe, .punsubscribe: for name in command.names { _ = Self.settle(&state.patternsInFlight, name) }
-                    case .other: break
-                    }
+                    guard let isPattern = command.kind.isPattern else { return }
+                    for name in command.names { _ = state.settle(name, pattern: isPattern) }
                 }
                 self.refused(command, message, on: link)
             }
@@ -513,13 +522,11 @@ final class RedisSubscriber: Sendable {
             let ready = self.state.withLock { state -> [CheckedContinuation<Confirmation, Never>] in
                 guard state.link === link else { return [] }
                 // Confirmed by the answer to the last command sent for it, while it is still wanted: Redis has it.
-                if kind == "subscribe" {
-                    guard Self.settle(&state.channelsInFlight, name), state.channelCounts[name] != nil else { return [] }
-                    state.confirmedChannels.insert(name)
-                } else {
-                    guard Self.settle(&state.patternsInFlight, name), state.patternCounts[name] != nil else { return [] }
-                    state.confirmedPatterns.insert(name)
-                }
+                let isPattern = kind == "psubscribe"
+                guard state.settle(name, pattern: isPattern),
+                    (isPattern ? state.patternCounts : state.channelCounts)[name] != nil
+                else { return [] }
+                if isPattern { state.confirmedPatterns.insert(name) } else { state.confirmedChannels.insert(name) }
                 return Self.takeConfirmed(&state)
             }
             for waiter in ready { waiter.resume(returning: .confirmed) }
@@ -528,11 +535,7 @@ final class RedisSubscriber: Sendable {
             guard parts.count >= 2, let name = parts[1].string else { return }
             self.state.withLock { state in
                 guard state.link === link else { return }
-                if kind == "unsubscribe" {
-                    _ = Self.settle(&state.channelsInFlight, name)
-                } else {
-                    _ = Self.settle(&state.patternsInFlight, name)
-                }
+                _ = state.settle(name, pattern: kind == "punsubscribe")
             }
         default:
             // PING.
@@ -554,11 +557,8 @@ final class RedisSubscriber: Sendable {
     /// without the command). Every subscription to the channel or pattern ends — it would never yield — and a
     /// `subscribe` waiting for it throws the server's error; the supervisor no longer waits for it.
     private func refused(_ command: Link.Sent, _ message: String, on link: Link) {
-        let isPattern: Bool
-        switch command.kind {
-        case .subscribe: isPattern = false
-        case .psubscribe: isPattern = true
-        case .unsubscribe, .punsubscribe, .other: return
+        guard command.kind == .subscribe || command.kind == .psubscribe, let isPattern = command.kind.isPattern else {
+            return
         }
         let names = Set(command.names)
         // The server's text first: it is what `serverErrorPrefix` (`NOPERM`) reads.

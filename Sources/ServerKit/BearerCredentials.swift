@@ -15,6 +15,11 @@ public enum BearerCredentials {
         return credentials.isEmpty ? nil : credentials
     }
 
+    /// Whether `credential` is ASCII, as a JWT (base64url and dots) and a KIS token are. Caches of credentials are
+    /// keyed by `String`, whose equality is Unicode canonical equivalence: other bytes (U+212A KELVIN SIGN for a `K`)
+    /// would be taken for a remembered credential, so a credential that is not ASCII is refused before any lookup.
+    public static func isASCII(_ credential: String) -> Bool { credential.utf8.allSatisfy { $0 < 0x80 } }
+
     /// `s` without leading and trailing spaces and tabs (HTTP's optional whitespace).
     public static func trimmedOWS(_ s: Substring) -> Substring {
         let u = s.utf8

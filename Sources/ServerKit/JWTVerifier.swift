@@ -179,10 +179,9 @@ public final class JWTVerifier: Sendable {
 
     /// The remembered decision about `token`, if any (no signature check, no suspension: for the hit path).
     public func known(_ token: String, now: Date = Date()) -> Known? {
-        // A JWT is ASCII (base64url and dots). The caches are keyed by `String`, whose equality is Unicode's canonical
-        // equivalence: a token with U+212A KELVIN SIGN for a `K` was the same key as the real one — its lasting
-        // rejection refused the real token (jwt_invalid, signed out), and the real one's session accepted it.
-        guard token.utf8.allSatisfy({ $0 < 0x80 }) else {
+        // Before the caches (``BearerCredentials/isASCII(_:)``): a lookalike's lasting rejection refused the real token
+        // (jwt_invalid, signed out), and the real one's session accepted the lookalike.
+        guard BearerCredentials.isASCII(token) else {
             return .rejected(Problem(.jwtInvalid, "the JWT must be ASCII (base64url segments and dots)"))
         }
         if let hit = cache.withLock({ $0[token] }) {

@@ -198,6 +198,8 @@ struct BrokerFixture: Sendable {
 
     /// Tokens KIS has handed out (`/__sim/stats` `issuances`).
     func issuances() async throws -> Int { try await sim(.GET, "/__sim/stats").json["issuances"] as? Int ?? -1 }
+    /// The tokens the simulator holds valid (neither revoked nor expired).
+    func liveTokensAtKIS() async throws -> Int { try await sim(.GET, "/__sim/stats").json["live_tokens"] as? Int ?? -1 }
     func simCalls(_ name: String) async throws -> Int {
         ((try await sim(.GET, "/__sim/stats").json["calls"] as? [String: Int]) ?? [:])[name] ?? 0
     }
@@ -227,6 +229,17 @@ struct BrokerFixture: Sendable {
         var it = ports.makeAsyncIterator()
         let url = "http://127.0.0.1:\(await it.next()!)"
         try await stopping([broker]) { try await body(url) }
+    }
+
+    /// ``withBroker(dependencies:logger:_:)`` on this fixture's store, keyring and clock, with a repository over its
+    /// database that fails on demand; `body` gets the repository and the broker's base URL.
+    func withSwitchableBroker(_ body: (_ repository: SwitchableRepository, _ url: String) async throws -> Void)
+        async throws
+    {
+        let repository = SwitchableRepository(try database.repository())
+        let clock = self.clock
+        let deps = BrokerDependencies(store: store, keyring: keyring, repository: repository, clock: { clock.now() })
+        try await withBroker(dependencies: deps) { url in try await body(repository, url) }
     }
 
     /// A gateway seeing KIS refuse `token`, a SANDBOX token of `user`'s: KIS ended it (unless `endedAtKIS` is false:

@@ -184,10 +184,7 @@ struct BrokerRulesTests {
             let jwt = try await b.jwt("u-again")
             let token = try #require(try await b.post("/api/kis/token", accountBody(appKey("again")), jwt: jwt)
                 .json["token"] as? String)
-            @Sendable func liveAtKIS() async throws -> Int {
-                try await b.sim(.GET, "/__sim/stats").json["live_tokens"] as? Int ?? -1
-            }
-            let liveBefore = try await liveAtKIS()
+            let liveBefore = try await b.liveTokensAtKIS()
             try await withRepository(b.database) { repository in
                 let now = Int64(b.clock.now().timeIntervalSince1970)
                 // The first attempt's write, and nothing after it.
@@ -204,7 +201,7 @@ struct BrokerRulesTests {
             let d = try await b.delete("/api/kis/account?environment=SANDBOX", jwt: jwt)
             #expect(d.status == 204, "\(d.text)")
             #expect(try await b.simCalls("revokeP") == revokes + 2)
-            #expect(try await liveAtKIS() == liveBefore - 1, "the token is still valid at KIS")
+            #expect(try await b.liveTokensAtKIS() == liveBefore - 1, "the token is still valid at KIS")
             #expect(try await b.published(token) == nil)
             #expect(try await b.get("/api/kis/account?environment=SANDBOX", jwt: jwt).status == 404)
             let metrics = try await b.get("/metrics", jwt: nil).text
@@ -220,16 +217,11 @@ struct BrokerRulesTests {
           arguments: DatabaseKind.allCases)
     func retriedDisconnectCommittedButFailed(database: DatabaseKind) async throws {
         try await withBroker(database: database, config: quietSchedulerConfig) { b in
-            let repository = SwitchableRepository(try b.database.repository())
-            let deps = BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository, clock: { b.clock.now() })
-            try await b.withBroker(dependencies: deps) { url in
+            try await b.withSwitchableBroker { repository, url in
                 let jwt = try await b.jwt("u-commit")
                 let token = try #require(try await b.post("/api/kis/token", accountBody(appKey("commit")), jwt: jwt, base: url)
                     .json["token"] as? String)
-                @Sendable func liveAtKIS() async throws -> Int {
-                    try await b.sim(.GET, "/__sim/stats").json["live_tokens"] as? Int ?? -1
-                }
-                let liveBefore = try await liveAtKIS()
+                let liveBefore = try await b.liveTokensAtKIS()
                 // The first attempt's write, and nothing after it.
                 try await repository.deactivateAccount(userID: "u-commit", environment: .sandbox,
                                                        revoking: [TokenDirectory.sha256(of: token)],
@@ -242,7 +234,7 @@ struct BrokerRulesTests {
                 #expect(try await repository.account(userID: "u-commit", environment: .sandbox) == nil)
                 repository.deletesCommitThenFail.store(false, ordering: .relaxed)
                 #expect(try await delete().status == 204)
-                #expect(try await liveAtKIS() == liveBefore - 1, "the token is still valid at KIS")
+                #expect(try await b.liveTokensAtKIS() == liveBefore - 1, "the token is still valid at KIS")
                 #expect(try await b.published(token) == nil)
             }
         }
@@ -379,8 +371,7 @@ struct BrokerRulesTests {
     @Test("a key change marks the old key's tokens REVOKED in the new key's write, not in a write of its own", arguments: DatabaseKind.allCases)
     func keyChangeIsOneTransaction(database: DatabaseKind) async throws {
         try await withBroker(database: database, config: quietSchedulerConfig) { b in
-            let repository = SwitchableRepository(try b.database.repository())
-            try await b.withBroker(dependencies: BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository, clock: { b.clock.now() })) { url in
+            try await b.withSwitchableBroker { repository, url in
                 let jwt = try await b.jwt("u-tx")
                 let old = try #require(try await b.post("/api/kis/token", accountBody(appKey("tx1")), jwt: jwt, base: url)
                     .json["token"] as? String)

@@ -156,9 +156,7 @@ struct SchedulerTests {
           arguments: DatabaseKind.allCases)
     func failedDisconnectStaysDisconnected(database: DatabaseKind) async throws {
         try await withBroker(database: database, config: quietSchedulerConfig) { b in
-            let repository = SwitchableRepository(try b.database.repository())
-            let deps = BrokerDependencies(store: b.store, keyring: b.keyring, repository: repository, clock: { b.clock.now() })
-            try await b.withBroker(dependencies: deps) { url in
+            try await b.withSwitchableBroker { repository, url in
                 let jwt = try await b.jwt("u-gone")
                 #expect(try await b.post("/api/kis/token", accountBody(appKey("gone")), jwt: jwt, base: url).status == 200)
                 // As a refresh pass listed it just before the DELETE.

@@ -25,6 +25,9 @@ struct GatewayFixture: Sendable {
     let store: any SharedStore
     let keyring: SealKeyring
 
+    /// The gateway's port (of `gatewayURL`), for raw sockets.
+    var gatewayPort: Int { Int(gatewayURL.split(separator: ":").last!)! }
+
     func jwt(_ sub: String, ttl: TimeInterval = 600) async throws -> String {
         try await JWTVerifier.mintHS256(secret: Array(testSecret.utf8), sub: sub, ttl: ttl)
     }

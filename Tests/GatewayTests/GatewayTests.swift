@@ -343,7 +343,7 @@ struct GatewayChartTests {
                 #expect(h.status == 200 && h.body.isEmpty && h.header("Content-Length") != nil, "\(op)")
             }
             // On the wire: the head, then nothing, and the connection goes on to the next request.
-            let port = Int(g.gatewayURL.split(separator: ":").last!)!
+            let port = g.gatewayPort
             let raw = try await exchangeRawBytes(port: port, "HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
                 + "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
             let answers = raw.components(separatedBy: "HTTP/1.1 200 OK")

@@ -343,7 +343,7 @@ struct HitPathTests {
     @Test("bytes the decoder refuses: a problem 400 for a request it cannot read; the router's own body error for a request it is reading")
     func refusedBytes() async throws {
         try await Self.withUser("hp-bytes", appKey: "PShitpath0008") { fx, jwt, _, _ in
-            let port = Int(fx.gatewayURL.split(separator: ":").last!)!
+            let port = fx.gatewayPort
             // Not HTTP at all: answered as a problem, then closed.
             let junk = try await exchangeRawBytes(port: port, "NOT HTTP AT ALL\r\n\r\n")
             #expect(junk.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(junk)")
@@ -364,7 +364,7 @@ struct HitPathTests {
     @Test("a request that does not keep the connection (HTTP/1.0, `close` in any case or in a list) is answered with Connection: close, and the connection closes")
     func connectionClose() async throws {
         try await Self.withUser("hp-close", appKey: "PShitpath0011") { fx, jwt, kis, _ in
-            let port = Int(fx.gatewayURL.split(separator: ":").last!)!
+            let port = fx.gatewayPort
             let chart = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
             let credentials = "Authorization: Bearer \(jwt)\r\nX-KIS-Token: \(kis)\r\n"
             for (request, what) in [
@@ -399,7 +399,7 @@ struct HitPathTests {
     @Test("a bad body after its request was answered closes the connection without a second answer; refusals say what was wrong in plain words")
     func framingErrors() async throws {
         try await Self.withUser("hp-framing", appKey: "PShitpath0012") { fx, jwt, _, _ in
-            let port = Int(fx.gatewayURL.split(separator: ":").last!)!
+            let port = fx.gatewayPort
             // The router answers /healthz without reading the body; the bad chunk that follows is not a request.
             let raw = try await exchangeRawBytes(port: port, "GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                 + "zz\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n", timeout: 3)
@@ -437,7 +437,7 @@ struct HitPathTests {
     @Test("a JWT or KIS token with a Kelvin sign for a K: refused, and the real one still answered")
     func lookalikeCredentials() async throws {
         try await Self.withUser("hp-kelvin", appKey: "PShitpathkelvin") { fx, _, _, _ in
-            let port = Int(fx.gatewayURL.split(separator: ":").last!)!
+            let port = fx.gatewayPort
             let path = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
             // A JWT and a KIS token with a `K` in them (about half have one: a longer ttl changes the JWT, another app
             // key the token).
@@ -472,7 +472,7 @@ struct HitPathTests {
     @Test("a chart request whose body is held back past a revocation is not answered with the chart after it")
     func bodyHeldBackPastARevocation() async throws {
         try await Self.withUser("hp-body", appKey: "PShitpathbody") { fx, jwt, kis, _ in
-            let port = Int(fx.gatewayURL.split(separator: ":").last!)!
+            let port = fx.gatewayPort
             let path = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
             #expect(try await fx.get(path, jwt: jwt, kis: kis).status == 200)
             #expect(try await fx.get(path, jwt: jwt, kis: kis).header("x-cache") == "HIT")
@@ -523,7 +523,7 @@ struct HitPathTests {
             let cold = "/domestic/chart/daily/035420?start=2025-04-01&end=2025-06-16"
             _ = try await fx.get(hot, jwt: jwt, kis: kis)
             #expect(try await fx.get(hot, jwt: jwt, kis: kis).header("x-cache") == "HIT")
-            let port = Int(fx.gatewayURL.split(separator: ":").last!)!
+            let port = fx.gatewayPort
             let headers = HTTPHeaders([("Host", "127.0.0.1"), ("Authorization", "Bearer \(jwt)"), ("X-KIS-Token", kis)])
             // A miss (300 ms at KIS), then two hits, in one write.
             let raw = try await RawHTTP.exchange(port: port, paths: [cold, hot, hot], headers: headers)
@@ -580,7 +580,7 @@ struct HitPathTests {
             let hot = "/domestic/chart/daily/005930?start=2025-04-01&end=2025-06-16"
             let warm = try await fx.get(hot, jwt: jwt, kis: kis)
             #expect(warm.status == 200)
-            let port = Int(fx.gatewayURL.split(separator: ":").last!)!
+            let port = fx.gatewayPort
             let headers = HTTPHeaders([("Host", "127.0.0.1"), ("Authorization", "Bearer \(jwt)"), ("X-KIS-Token", kis)])
             let requests: [(HTTPMethod, String)] = [
                 (.GET, hot), (.GET, hot), (.HEAD, "/healthz"), (.GET, hot), (.HEAD, hot), (.GET, "/healthz"), (.GET, hot),
